@@ -1,0 +1,48 @@
+# kds-engine build, test and demo targets. Needs only Go (see go.mod) and make.
+GO        ?= go
+BIN       ?= $(CURDIR)/bin
+PLUGINS   ?= $(BIN)/plugins
+GOFLAGS_TEST ?= -race -count=1
+# Every Go module under examples/ (third-party plugins with their own go.mod).
+EXAMPLE_MODULES := $(patsubst %/go.mod,%,$(shell find examples -name go.mod 2>/dev/null))
+
+.PHONY: all build plugins test vet check-proto proto demo bench clean
+
+all: build
+
+## build: the kds-engine binary and the built-in plugins into ./bin
+build: plugins
+	$(GO) build -o $(BIN)/kds-engine ./cmd/kds-engine
+	@if [ -d cmd/kds-bench ]; then $(GO) build -o $(BIN)/kds-bench ./cmd/kds-bench; fi
+
+## plugins: the built-in plugins (and the examples') into ./bin/plugins
+plugins:
+	@mkdir -p $(PLUGINS)
+	$(GO) build -o $(PLUGINS)/kds-plugin-policies ./plugins/policies
+	$(GO) build -o $(PLUGINS)/kds-plugin-dataplanes ./plugins/dataplanes
+
+## test: vet, generated-code check, the race-enabled suite, and the examples
+test: vet check-proto
+	$(GO) test $(GOFLAGS_TEST) ./...
+	@for m in $(EXAMPLE_MODULES); do echo "== $$m"; (cd $$m && $(GO) vet ./... && $(GO) test $(GOFLAGS_TEST) ./...) || exit 1; done
+
+vet:
+	$(GO) vet ./...
+
+## proto: regenerate Go code next to every .proto with the pinned generators
+proto:
+	$(GO) run ./proto/internal/protogen
+
+check-proto:
+	$(GO) run ./proto/internal/protogen -check
+
+## demo: build everything and run a global and two zones in one process
+demo: build
+	$(BIN)/kds-engine demo --plugins-dir $(PLUGINS)
+
+## bench: the long benchmark runs (not part of CI)
+bench: build
+	$(GO) test -run '^$$' -bench . -benchtime 3x ./engine/...
+
+clean:
+	rm -rf $(BIN)
