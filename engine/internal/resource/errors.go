@@ -1,6 +1,7 @@
 package resource
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 )
@@ -46,3 +47,20 @@ func (e *ValidationError) Error() string {
 	}
 	return b.String()
 }
+
+// Sentinel errors shared by every layer that reads or writes resources. The
+// admin API maps them to HTTP status codes; callers branch with errors.Is.
+var (
+	// ErrNotFound: no resource with that key.
+	ErrNotFound = errors.New("resource not found")
+	// ErrAlreadyExists: a create for a key that exists.
+	ErrAlreadyExists = errors.New("resource already exists")
+	// ErrConflict: an update or delete carried a version that is not the
+	// stored one (optimistic concurrency).
+	ErrConflict = errors.New("resource version conflict")
+	// ErrReadOnly: a write on the side that only receives the type
+	// (GlobalToZone types on a zone, ZoneToGlobal types on global).
+	ErrReadOnly = errors.New("resource type is read-only on this side")
+	// ErrUnknownType: no loaded plugin supplies the type.
+	ErrUnknownType = errors.New("unknown resource type")
+)

@@ -1,0 +1,125 @@
+// Package insights keeps the in-memory sync state the admin API shows: on
+// global one entry per zone, on a zone one entry for its connection to
+// global. The sync layer records events; readers take snapshots.
+//
+// All methods of Registry are safe for concurrent use. Snapshots are copies
+// the caller owns.
+package insights
+
+import (
+	"maps"
+	"slices"
+	"sync"
+	"time"
+)
+
+// TypeState is the sync state of one resource type on one connection.
+type TypeState struct {
+	Type               string    `json:"type"`
+	LastVersionSent    string    `json:"lastVersionSent,omitempty"`
+	LastVersionApplied string    `json:"lastVersionApplied,omitempty"`
+	LastACK            time.Time `json:"lastAck,omitzero"`
+	LastNACK           time.Time `json:"lastNack,omitzero"`
+	LastNACKError      string    `json:"lastNackError,omitempty"`
+	ResourcesHeld      int       `json:"resourcesHeld"`
+	ResponsesSent      uint64    `json:"responsesSent"`
+	ResponsesACKed     uint64    `json:"responsesAcked"`
+	ResponsesNACKed    uint64    `json:"responsesNacked"`
+	// Unknown is set when the peer asked for (or sent) a type this side
+	// has no plugin for; Error then says so.
+	Unknown bool   `json:"unknown,omitempty"`
+	Error   string `json:"error,omitempty"`
+}
+
+// Conn is the state of one zone<->global connection.
+type Conn struct {
+	// Name is the zone name (on global) or "global" (on a zone).
+	Name           string               `json:"name"`
+	Online         bool                 `json:"online"`
+	ConnectedSince time.Time            `json:"connectedSince,omitzero"`
+	DisconnectedAt time.Time            `json:"disconnectedAt,omitzero"`
+	Sessions       uint64               `json:"sessions"`
+	LastError      string               `json:"lastError,omitempty"`
+	Types          map[string]TypeState `json:"types"`
+}
+
+// Registry holds the Conn entries by name.
+type Registry struct {
+	mu    sync.Mutex
+	conns map[string]*Conn
+	now   func() time.Time
+}
+
+// NewRegistry returns an empty registry.
+func NewRegistry() *Registry {
+	return &Registry{conns: map[string]*Conn{}, now: time.Now}
+}
+
+func (r *Registry) conn(name string) *Conn {
+	c, ok := r.conns[name]
+	if !ok {
+		c = &Conn{Name: name, Types: map[string]TypeState{}}
+		r.conns[name] = c
+	}
+	return c
+}
+
+// Connected records the start of a session for name.
+func (r *Registry) Connected(name string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c := r.conn(name)
+	c.Online = true
+	c.ConnectedSince = r.now()
+	c.Sessions++
+}
+
+// Disconnected records the end of a session for name and why it ended.
+func (r *Registry) Disconnected(name string, cause error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c := r.conn(name)
+	c.Online = false
+	c.DisconnectedAt = r.now()
+	if cause != nil {
+		c.LastError = cause.Error()
+	}
+}
+
+// UpdateType applies fn to the state of typ on connection name.
+func (r *Registry) UpdateType(name, typ string, fn func(*TypeState)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c := r.conn(name)
+	ts := c.Types[typ]
+	ts.Type = typ
+	fn(&ts)
+	c.Types[typ] = ts
+}
+
+// Get returns a copy of the entry for name.
+func (r *Registry) Get(name string) (Conn, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c, ok := r.conns[name]
+	if !ok {
+		return Conn{}, false
+	}
+	cp := *c
+	cp.Types = maps.Clone(c.Types)
+	return cp, true
+}
+
+// List returns copies of all entries sorted by name.
+func (r *Registry) List() []Conn {
+	r.mu.Lock()
+	names := slices.Sorted(maps.Keys(r.conns))
+	r.mu.Unlock()
+	out := make([]Conn, 0, len(names))
+	for _, n := range names {
+		if c, ok := r.Get(n); ok {
+			out = append(out, c)
+		}
+	}
+	return out
+}
