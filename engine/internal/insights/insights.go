@@ -22,9 +22,13 @@ type TypeState struct {
 	LastNACK           time.Time `json:"lastNack,omitzero"`
 	LastNACKError      string    `json:"lastNackError,omitempty"`
 	ResourcesHeld      int       `json:"resourcesHeld"`
-	ResponsesSent      uint64    `json:"responsesSent"`
-	ResponsesACKed     uint64    `json:"responsesAcked"`
-	ResponsesNACKed    uint64    `json:"responsesNacked"`
+	// ResourcesSent and ResourcesReceived count resources carried in
+	// responses (a resumed peer with unchanged state adds nothing).
+	ResourcesSent     uint64 `json:"resourcesSent"`
+	ResourcesReceived uint64 `json:"resourcesReceived"`
+	ResponsesSent     uint64 `json:"responsesSent"`
+	ResponsesACKed    uint64 `json:"responsesAcked"`
+	ResponsesNACKed   uint64 `json:"responsesNacked"`
 	// Unknown is set when the peer asked for (or sent) a type this side
 	// has no plugin for; Error then says so.
 	Unknown bool   `json:"unknown,omitempty"`

@@ -1,0 +1,275 @@
+package kdssync
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/kds-engine/kds-engine/engine/internal/insights"
+	"github.com/kds-engine/kds-engine/engine/internal/resource"
+	kdsv1 "github.com/kds-engine/kds-engine/proto/kds/v1"
+)
+
+// ClientStream is the subscribing side of a session's logical stream. Send
+// must only enqueue.
+type ClientStream interface {
+	Send(*discovery.DeltaDiscoveryRequest) error
+	Recv() (*discovery.DeltaDiscoveryResponse, error)
+	Context() context.Context
+}
+
+// Sink is where a client puts what it receives.
+type Sink interface {
+	// Versions returns wire name → version of the resources of typ held
+	// for this connection's peer (sent as initial_resource_versions).
+	Versions(ctx context.Context, typ string) (map[string]string, error)
+	// Apply upserts puts (keeping their versions) and deletes the keys, all
+	// or nothing.
+	Apply(ctx context.Context, puts []*resource.Resource, deletes []resource.Key) error
+}
+
+// Validator checks received resources. It returns a *resource.ValidationError
+// for invalid resources; any other error means validation could not run
+// (for example a plugin is down).
+type Validator interface {
+	Validate(ctx context.Context, rs []*resource.Resource) error
+}
+
+// ErrLimitExceeded is wrapped in NACKs that refuse a response because the
+// peer would hold more resources of a type than allowed.
+var ErrLimitExceeded = errors.New("resource limit exceeded")
+
+// ClientOption configures a Client.
+type ClientOption func(*Client)
+
+// WithClientLogger sets the logger (default: discard).
+func WithClientLogger(l hclog.Logger) ClientOption { return func(c *Client) { c.log = l } }
+
+// WithClientInsights records per-type state in reg.
+func WithClientInsights(reg *insights.Registry) ClientOption {
+	return func(c *Client) { c.ins = reg }
+}
+
+// WithMaxResourcesPerType limits how many resources of one type the peer may
+// make this side hold (0: no limit). A response that would exceed it is
+// NACKed with ErrLimitExceeded.
+func WithMaxResourcesPerType(n int) ClientOption { return func(c *Client) { c.maxPerType = n } }
+
+// Client subscribes to a fixed set of types and applies what arrives. One
+// Client serves one session: create a new one per session.
+type Client struct {
+	types      []string
+	sink       Sink
+	validator  Validator
+	zone       string
+	peer       string
+	log        hclog.Logger
+	ins        *insights.Registry
+	maxPerType int
+
+	held map[string]map[string]string // type -> wire name -> version
+}
+
+// NewClient returns a client for one session with peer (the insights name).
+// zone is stamped on every received resource: the authenticated zone on
+// global, "" on a zone.
+func NewClient(types []string, sink Sink, v Validator, peer, zone string, opts ...ClientOption) *Client {
+	c := &Client{
+		types:     slices.Clone(types),
+		sink:      sink,
+		validator: v,
+		zone:      zone,
+		peer:      peer,
+		log:       hclog.NewNullLogger(),
+		held:      map[string]map[string]string{},
+	}
+	for _, o := range opts {
+		o(c)
+	}
+	c.log = c.log.With("peer", peer)
+	return c
+}
+
+// Run subscribes to every type and applies responses until ctx ends or the
+// stream fails. An invalid response is NACKed and the session goes on; a
+// failure to validate at all (plugin down) or to store ends the session, so
+// that the reconnect resumes from what is stored and nothing is lost.
+func (c *Client) Run(ctx context.Context, stream ClientStream) error {
+	for _, typ := range c.types {
+		versions, err := c.sink.Versions(ctx, typ)
+		if err != nil {
+			return fmt.Errorf("read held versions of %s: %w", typ, err)
+		}
+		c.held[typ] = versions
+		req := &discovery.DeltaDiscoveryRequest{
+			TypeUrl:                 TypeURL(typ),
+			ResourceNamesSubscribe:  []string{"*"},
+			InitialResourceVersions: versions,
+		}
+		if err := stream.Send(req); err != nil {
+			return fmt.Errorf("subscribe to %s: %w", typ, err)
+		}
+	}
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			return fmt.Errorf("receive response: %w", err)
+		}
+		if err := c.handle(ctx, stream, resp); err != nil {
+			return err
+		}
+	}
+}
+
+func (c *Client) handle(ctx context.Context, stream ClientStream, resp *discovery.DeltaDiscoveryResponse) error {
+	typ, err := TypeFromURL(resp.GetTypeUrl())
+	if err == nil {
+		if _, ok := c.held[typ]; !ok {
+			err = fmt.Errorf("response for type %s, which this side never subscribed to", typ)
+		}
+	}
+	if err != nil {
+		c.log.Warn("rejecting response", "error", err)
+		return c.nack(stream, resp, typ, err)
+	}
+	for _, re := range resp.GetResourceErrors() {
+		msg := re.GetErrorDetail().GetMessage()
+		c.log.Warn("peer reported an error for a type", "type", typ, "error", msg)
+		c.record(typ, func(ts *insights.TypeState) {
+			ts.Unknown = true
+			ts.Error = "peer: " + msg
+		})
+	}
+
+	puts, decodeErr := c.decode(typ, resp)
+	if decodeErr == nil && len(puts) > 0 {
+		if err := c.validator.Validate(ctx, puts); err != nil {
+			var ve *resource.ValidationError
+			if !errors.As(err, &ve) {
+				return fmt.Errorf("validate %s response: %w", typ, err)
+			}
+			decodeErr = ve
+		}
+	}
+	held := c.held[typ]
+	if decodeErr == nil && c.maxPerType > 0 {
+		n := len(held)
+		for _, p := range puts {
+			if _, ok := held[xdsName(p.Mesh, p.Name)]; !ok {
+				n++
+			}
+		}
+		for _, name := range resp.GetRemovedResources() {
+			if _, ok := held[name]; ok {
+				n--
+			}
+		}
+		if n > c.maxPerType {
+			decodeErr = fmt.Errorf("%w: %s would hold %d resources, the limit is %d", ErrLimitExceeded, typ, n, c.maxPerType)
+		}
+	}
+	if decodeErr != nil {
+		c.log.Warn("rejecting response (NACK)", "type", typ, "error", decodeErr)
+		return c.nack(stream, resp, typ, decodeErr)
+	}
+
+	deletes := make([]resource.Key, 0, len(resp.GetRemovedResources()))
+	for _, name := range resp.GetRemovedResources() {
+		deletes = append(deletes, keyFor(typ, c.zone, name))
+	}
+	if len(puts) > 0 || len(deletes) > 0 {
+		if err := c.sink.Apply(ctx, puts, deletes); err != nil {
+			return fmt.Errorf("apply %s response: %w", typ, err)
+		}
+	}
+	for _, p := range puts {
+		held[xdsName(p.Mesh, p.Name)] = p.Version
+	}
+	for _, name := range resp.GetRemovedResources() {
+		delete(held, name)
+	}
+	if err := stream.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: resp.GetTypeUrl(), ResponseNonce: resp.GetNonce()}); err != nil {
+		return fmt.Errorf("ACK %s: %w", typ, err)
+	}
+	n := len(held)
+	c.record(typ, func(ts *insights.TypeState) {
+		ts.ResponsesACKed++
+		ts.LastACK = time.Now()
+		ts.LastVersionApplied = resp.GetSystemVersionInfo()
+		ts.ResourcesHeld = n
+		ts.ResourcesReceived += uint64(len(puts))
+	})
+	return nil
+}
+
+// decode turns the wire resources into engine resources, stamped with the
+// connection's zone. It returns a *resource.ValidationError for envelopes
+// that cannot be decoded or do not match their wire name and type.
+func (c *Client) decode(typ string, resp *discovery.DeltaDiscoveryResponse) ([]*resource.Resource, error) {
+	puts := make([]*resource.Resource, 0, len(resp.GetResources()))
+	var invalid []resource.InvalidResource
+	for _, wr := range resp.GetResources() {
+		key := keyFor(typ, c.zone, wr.GetName())
+		bad := func(field, msg string) {
+			invalid = append(invalid, resource.InvalidResource{Key: key, Errors: []resource.FieldError{{Field: field, Message: msg}}})
+		}
+		if wr.GetResource().GetTypeUrl() != resourceTypeURL {
+			bad("", fmt.Sprintf("payload type %q, want %q", wr.GetResource().GetTypeUrl(), resourceTypeURL))
+			continue
+		}
+		var p kdsv1.Resource
+		if err := proto.Unmarshal(wr.GetResource().GetValue(), &p); err != nil {
+			bad("", "malformed envelope: "+err.Error())
+			continue
+		}
+		r := resource.FromProto(&p)
+		if r.Type != typ {
+			bad("type", fmt.Sprintf("is %q inside a %s response", r.Type, typ))
+			continue
+		}
+		if xdsName(r.Mesh, r.Name) != wr.GetName() {
+			bad("name", fmt.Sprintf("envelope says %q, wire name is %q", xdsName(r.Mesh, r.Name), wr.GetName()))
+			continue
+		}
+		r.Zone = c.zone // attribution comes from the connection, never the payload
+		r.Version = wr.GetVersion()
+		puts = append(puts, r)
+	}
+	if len(invalid) > 0 {
+		return nil, &resource.ValidationError{Invalid: invalid}
+	}
+	return puts, nil
+}
+
+func (c *Client) nack(stream ClientStream, resp *discovery.DeltaDiscoveryResponse, typ string, cause error) error {
+	req := &discovery.DeltaDiscoveryRequest{
+		TypeUrl:       resp.GetTypeUrl(),
+		ResponseNonce: resp.GetNonce(),
+		ErrorDetail:   &status.Status{Code: int32(codes.InvalidArgument), Message: cause.Error()},
+	}
+	if err := stream.Send(req); err != nil {
+		return fmt.Errorf("NACK %s: %w", resp.GetTypeUrl(), err)
+	}
+	if typ != "" {
+		c.record(typ, func(ts *insights.TypeState) {
+			ts.ResponsesNACKed++
+			ts.LastNACK = time.Now()
+			ts.LastNACKError = cause.Error()
+		})
+	}
+	return nil
+}
+
+func (c *Client) record(typ string, fn func(*insights.TypeState)) {
+	if c.ins != nil {
+		c.ins.UpdateType(c.peer, typ, fn)
+	}
+}

@@ -1,0 +1,164 @@
+package kdssync
+
+import (
+	"fmt"
+	"sync"
+
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/kds-engine/kds-engine/engine/internal/resource"
+)
+
+// Index is the served view of one side's resources: per served type, every
+// resource pre-encoded as a delta-xDS Resource, plus the subscriptions of the
+// connected peers. The engine feeds it from the store's change feed; servers
+// read it. Encoding happens once per change, whatever the number of peers.
+//
+// Index is safe for concurrent use. Entries are immutable once stored.
+type Index struct {
+	mu    sync.RWMutex
+	types map[string]*typeIndex
+}
+
+type typeIndex struct {
+	entries map[string]entry
+	subs    map[*Subscription]struct{}
+	// revision counts changes to the type; it is the system version servers
+	// report.
+	revision uint64
+}
+
+type entry struct {
+	res  *discovery.Resource
+	size int // encoded size of res
+}
+
+// NewIndex returns an empty index serving the given type names. Puts and
+// deletes of other types are ignored.
+func NewIndex(types []string) *Index {
+	ix := &Index{types: make(map[string]*typeIndex, len(types))}
+	for _, t := range types {
+		ix.types[t] = &typeIndex{entries: map[string]entry{}, subs: map[*Subscription]struct{}{}}
+	}
+	return ix
+}
+
+// Serves reports whether typ is a served type.
+func (ix *Index) Serves(typ string) bool {
+	_, ok := ix.types[typ]
+	return ok
+}
+
+// Encode turns r into its wire form. The zone is never put on the wire.
+func Encode(r *resource.Resource) (*discovery.Resource, error) {
+	p := r.ToProto()
+	p.Zone = ""
+	b, err := proto.Marshal(p)
+	if err != nil {
+		return nil, fmt.Errorf("encode %s: %w", r.Key(), err)
+	}
+	return &discovery.Resource{
+		Name:     xdsName(r.Mesh, r.Name),
+		Version:  r.Version,
+		Resource: &anypb.Any{TypeUrl: resourceTypeURL, Value: b},
+	}, nil
+}
+
+// Put adds or replaces r. It is ignored when r's type is not served.
+func (ix *Index) Put(r *resource.Resource) error {
+	ti, ok := ix.types[r.Type]
+	if !ok {
+		return nil
+	}
+	res, err := Encode(r)
+	if err != nil {
+		return err
+	}
+	e := entry{res: res, size: proto.Size(res)}
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	ti.entries[res.Name] = e
+	ti.revision++
+	for s := range ti.subs {
+		s.mark(res.Name)
+	}
+	return nil
+}
+
+// Delete removes the resource with key k, if present.
+func (ix *Index) Delete(k resource.Key) {
+	ti, ok := ix.types[k.Type]
+	if !ok {
+		return
+	}
+	name := xdsName(k.Mesh, k.Name)
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	if _, ok := ti.entries[name]; !ok {
+		return
+	}
+	delete(ti.entries, name)
+	ti.revision++
+	for s := range ti.subs {
+		s.mark(name)
+	}
+}
+
+// Len returns the number of resources of typ.
+func (ix *Index) Len(typ string) int {
+	ti, ok := ix.types[typ]
+	if !ok {
+		return 0
+	}
+	ix.mu.RLock()
+	defer ix.mu.RUnlock()
+	return len(ti.entries)
+}
+
+// subscribe registers a subscription for typ that signals on notify when
+// resources change. The caller must call unsubscribe.
+func (ix *Index) subscribe(typ string, notify chan struct{}) *Subscription {
+	s := &Subscription{typ: typ, dirty: map[string]struct{}{}, notify: notify}
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	ix.types[typ].subs[s] = struct{}{}
+	return s
+}
+
+func (ix *Index) unsubscribe(s *Subscription) {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	delete(ix.types[s.typ].subs, s)
+}
+
+// Subscription collects the names of changed resources of one type for one
+// serving stream. Marking never blocks: names accumulate in a set and the
+// owner is signalled through a coalescing channel.
+type Subscription struct {
+	typ    string
+	mu     sync.Mutex
+	dirty  map[string]struct{}
+	notify chan struct{}
+}
+
+func (s *Subscription) mark(name string) {
+	s.mu.Lock()
+	s.dirty[name] = struct{}{}
+	s.mu.Unlock()
+	select {
+	case s.notify <- struct{}{}:
+	default:
+	}
+}
+
+// take moves the dirty names into into.
+func (s *Subscription) take(into map[string]struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for n := range s.dirty {
+		into[n] = struct{}{}
+	}
+	clear(s.dirty)
+}
