@@ -1,0 +1,281 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/kds-engine/kds-engine/engine/internal/resource"
+)
+
+// Errors callers branch on. Implementations wrap them with %w and add the
+// key (and versions, for ErrConflict) to the message; test with errors.Is.
+var (
+	// ErrNotFound: the resource does not exist.
+	ErrNotFound = errors.New("resource not found")
+	// ErrAlreadyExists: Create of a key that is already stored.
+	ErrAlreadyExists = errors.New("resource already exists")
+	// ErrConflict: the version the caller read is no longer the stored one.
+	ErrConflict = errors.New("version conflict")
+	// ErrClosed: the store has been closed.
+	ErrClosed = errors.New("store closed")
+	// ErrInvalid: a resource, key, filter or batch the store cannot hold
+	// (empty type or name, a NUL byte in an identity field, an Apply put
+	// without a version, a key twice in one batch). The write changes nothing.
+	ErrInvalid = errors.New("invalid store request")
+)
+
+// Store holds resources and publishes every committed change to watchers.
+//
+// All methods are safe for concurrent use. Resources passed in are not
+// retained (the store copies them); resources returned by Get, List, Create,
+// Update and Snapshot are fresh copies the caller owns. Resources inside
+// Events are shared between watchers and must be treated as read-only.
+//
+// Local writes (Create, Update, Delete) assign versions and times; the sync
+// write (Apply) stores what the sender sent. The store does not know which
+// side (global or zone) it runs on: the admin API and the sync layer decide
+// which types each side may write, and the Origin of each Event tells
+// watchers which kind of write produced it.
+//
+// After Close every method returns an error wrapping ErrClosed (Revision
+// returns the last revision).
+type Store interface {
+	// Get returns the resource stored under key, or ErrNotFound.
+	Get(ctx context.Context, key resource.Key) (*resource.Resource, error)
+
+	// List returns the resources matching f, ordered by (Type, Zone, Mesh,
+	// Name). An empty result is an empty (possibly nil) slice, not an error.
+	List(ctx context.Context, f Filter) ([]*resource.Resource, error)
+
+	// Create stores r as a new resource. The store assigns Version,
+	// CreationTime and ModificationTime (values in r are ignored) and returns
+	// the stored copy. ErrAlreadyExists if the key is taken.
+	Create(ctx context.Context, r *resource.Resource) (*resource.Resource, error)
+
+	// Update replaces the resource with r's key. r.Version is the version
+	// the caller read: if it differs from the stored version Update fails
+	// with ErrConflict; an empty r.Version skips the check (last writer
+	// wins). The store assigns a new Version and ModificationTime, keeps
+	// CreationTime, and returns the stored copy. ErrNotFound if absent.
+	Update(ctx context.Context, r *resource.Resource) (*resource.Resource, error)
+
+	// Delete removes the resource under key. A non-empty version must equal
+	// the stored one (else ErrConflict); empty deletes whatever is stored.
+	// ErrNotFound if absent.
+	Delete(ctx context.Context, key resource.Key, version string) error
+
+	// Apply commits b atomically: every put is stored verbatim (the sender's
+	// Version and times are kept) and every delete is removed, or, on any
+	// error, nothing changes. A delete of a key that is not stored, and a
+	// put identical to the stored resource, are no-ops that emit no Event.
+	// It returns the revision of the commit (the current revision if the
+	// batch changed nothing).
+	Apply(ctx context.Context, b Batch) (revision uint64, err error)
+
+	// Snapshot is List plus the revision the result reflects: the result
+	// contains exactly the commits with Revision <= revision. See the
+	// package documentation for the gap-free list-then-watch recipe.
+	Snapshot(ctx context.Context, f Filter) ([]*resource.Resource, uint64, error)
+
+	// Watch registers a watcher that receives every commit published after
+	// Watch returns, in commit order, until ctx ends or the store closes.
+	Watch(ctx context.Context) (*Watch, error)
+
+	// Revision returns the revision of the latest commit (0 for a new store).
+	Revision() uint64
+
+	// Close releases the store and ends every Watch with ErrClosed. It is
+	// idempotent.
+	Close() error
+}
+
+// Filter selects resources. Empty fields match anything; every set field
+// must match.
+type Filter struct {
+	Type string
+	Mesh string
+	// Zone selects resources a zone provided (held on global). Empty means
+	// any zone, including none, unless LocalOnly is set.
+	Zone string
+	// LocalOnly selects only resources with an empty Zone: those written on
+	// this side rather than received from a zone. It cannot be combined with
+	// Zone.
+	LocalOnly bool
+	// Labels must all be present on the resource with equal values.
+	Labels map[string]string
+}
+
+// Validate reports an error wrapping ErrInvalid for a contradictory filter.
+func (f Filter) Validate() error {
+	if f.LocalOnly && f.Zone != "" {
+		return fmt.Errorf("filter: Zone %q and LocalOnly are exclusive: %w", f.Zone, ErrInvalid)
+	}
+	return nil
+}
+
+// Matches reports whether r passes the filter. Watchers use it to select
+// events the same way List selects resources.
+func (f Filter) Matches(r *resource.Resource) bool {
+	return f.MatchesKey(r.Key()) && f.matchesLabels(r.Labels)
+}
+
+// MatchesKey reports whether a resource with key k could pass the filter
+// (every criterion except Labels).
+func (f Filter) MatchesKey(k resource.Key) bool {
+	if f.Type != "" && k.Type != f.Type {
+		return false
+	}
+	if f.Mesh != "" && k.Mesh != f.Mesh {
+		return false
+	}
+	if f.Zone != "" && k.Zone != f.Zone {
+		return false
+	}
+	if f.LocalOnly && k.Zone != "" {
+		return false
+	}
+	return true
+}
+
+func (f Filter) matchesLabels(labels map[string]string) bool {
+	for k, v := range f.Labels {
+		got, ok := labels[k]
+		if !ok || got != v {
+			return false
+		}
+	}
+	return true
+}
+
+// Batch is one atomic sync write: the content of one received sync
+// response. A key may appear at most once across Put and Delete.
+type Batch struct {
+	// Put holds resources stored verbatim, Version included (required).
+	Put []*resource.Resource
+	// Delete holds keys to remove; keys not stored are ignored.
+	Delete []resource.Key
+}
+
+// EventKind says what a commit did to one resource.
+type EventKind int
+
+const (
+	// EventPut: the resource was created or replaced.
+	EventPut EventKind = iota + 1
+	// EventDelete: the resource was removed.
+	EventDelete
+)
+
+func (k EventKind) String() string {
+	switch k {
+	case EventPut:
+		return "Put"
+	case EventDelete:
+		return "Delete"
+	}
+	return fmt.Sprintf("EventKind(%d)", int(k))
+}
+
+// Origin says which kind of write produced an event.
+type Origin int
+
+const (
+	// OriginLocal: Create, Update or Delete (the admin API side).
+	OriginLocal Origin = iota + 1
+	// OriginSync: Apply (the sync layer).
+	OriginSync
+)
+
+func (o Origin) String() string {
+	switch o {
+	case OriginLocal:
+		return "Local"
+	case OriginSync:
+		return "Sync"
+	}
+	return fmt.Sprintf("Origin(%d)", int(o))
+}
+
+// Event is one change of one resource.
+type Event struct {
+	Kind   EventKind
+	Origin Origin
+	// Resource is the stored resource after a put, and the last stored
+	// resource (Key and Version included) for a delete. It is shared with
+	// other watchers: read-only.
+	Resource *resource.Resource
+	// Revision of the commit. All events of one commit (one Apply) share it;
+	// revisions grow strictly from commit to commit.
+	Revision uint64
+}
+
+// CheckKey returns an error wrapping ErrInvalid if k cannot identify a
+// stored resource: empty Type or Name, or a NUL byte in any field.
+func CheckKey(k resource.Key) error {
+	if k.Type == "" {
+		return fmt.Errorf("key %s: empty type: %w", k, ErrInvalid)
+	}
+	if k.Name == "" {
+		return fmt.Errorf("key %s: empty name: %w", k, ErrInvalid)
+	}
+	for _, s := range [...]string{k.Type, k.Mesh, k.Zone, k.Name} {
+		if strings.IndexByte(s, 0) >= 0 {
+			return fmt.Errorf("key %q: NUL byte: %w", k.String(), ErrInvalid)
+		}
+	}
+	return nil
+}
+
+// CheckBatch validates b as a whole before anything is written: no nil
+// resource, valid keys, a Version on every put, no key twice.
+func CheckBatch(b Batch) error {
+	seen := make(map[resource.Key]struct{}, len(b.Put)+len(b.Delete))
+	for i, r := range b.Put {
+		if r == nil {
+			return fmt.Errorf("batch put %d: nil resource: %w", i, ErrInvalid)
+		}
+		k := r.Key()
+		if err := CheckKey(k); err != nil {
+			return fmt.Errorf("batch put %d: %w", i, err)
+		}
+		if r.Version == "" {
+			return fmt.Errorf("batch put %s: empty version: %w", k, ErrInvalid)
+		}
+		if _, dup := seen[k]; dup {
+			return fmt.Errorf("batch put %s: key appears twice: %w", k, ErrInvalid)
+		}
+		seen[k] = struct{}{}
+	}
+	for i, k := range b.Delete {
+		if err := CheckKey(k); err != nil {
+			return fmt.Errorf("batch delete %d: %w", i, err)
+		}
+		if _, dup := seen[k]; dup {
+			return fmt.Errorf("batch delete %s: key appears twice: %w", k, ErrInvalid)
+		}
+		seen[k] = struct{}{}
+	}
+	return nil
+}
+
+// ConflictError builds the ErrConflict error for key with the version the
+// caller expected and the version stored.
+func ConflictError(key resource.Key, expected, stored string) error {
+	return fmt.Errorf("%s: expected version %q, stored version %q: %w", key, expected, stored, ErrConflict)
+}
+
+// CompareKeys orders keys by (Type, Zone, Mesh, Name), the order List uses.
+func CompareKeys(a, b resource.Key) int {
+	if c := strings.Compare(a.Type, b.Type); c != 0 {
+		return c
+	}
+	if c := strings.Compare(a.Zone, b.Zone); c != 0 {
+		return c
+	}
+	if c := strings.Compare(a.Mesh, b.Mesh); c != 0 {
+		return c
+	}
+	return strings.Compare(a.Name, b.Name)
+}
