@@ -163,7 +163,7 @@ func (c *Client) handle(ctx context.Context, stream ClientStream, resp *discover
 	if decodeErr == nil && c.maxPerType > 0 {
 		n := len(held)
 		for _, p := range puts {
-			if _, ok := held[xdsName(p.Mesh, p.Name)]; !ok {
+			if _, ok := held[WireName(p.Mesh, p.Name)]; !ok {
 				n++
 			}
 		}
@@ -191,7 +191,7 @@ func (c *Client) handle(ctx context.Context, stream ClientStream, resp *discover
 		}
 	}
 	for _, p := range puts {
-		held[xdsName(p.Mesh, p.Name)] = p.Version
+		held[WireName(p.Mesh, p.Name)] = p.Version
 	}
 	for _, name := range resp.GetRemovedResources() {
 		delete(held, name)
@@ -235,8 +235,8 @@ func (c *Client) decode(typ string, resp *discovery.DeltaDiscoveryResponse) ([]*
 			bad("type", fmt.Sprintf("is %q inside a %s response", r.Type, typ))
 			continue
 		}
-		if xdsName(r.Mesh, r.Name) != wr.GetName() {
-			bad("name", fmt.Sprintf("envelope says %q, wire name is %q", xdsName(r.Mesh, r.Name), wr.GetName()))
+		if WireName(r.Mesh, r.Name) != wr.GetName() {
+			bad("name", fmt.Sprintf("envelope says %q, wire name is %q", WireName(r.Mesh, r.Name), wr.GetName()))
 			continue
 		}
 		r.Zone = c.zone // attribution comes from the connection, never the payload

@@ -60,7 +60,7 @@ func Encode(r *resource.Resource) (*discovery.Resource, error) {
 		return nil, fmt.Errorf("encode %s: %w", r.Key(), err)
 	}
 	return &discovery.Resource{
-		Name:     xdsName(r.Mesh, r.Name),
+		Name:     WireName(r.Mesh, r.Name),
 		Version:  r.Version,
 		Resource: &anypb.Any{TypeUrl: resourceTypeURL, Value: b},
 	}, nil
@@ -93,7 +93,7 @@ func (ix *Index) Delete(k resource.Key) {
 	if !ok {
 		return
 	}
-	name := xdsName(k.Mesh, k.Name)
+	name := WireName(k.Mesh, k.Name)
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
 	if _, ok := ti.entries[name]; !ok {

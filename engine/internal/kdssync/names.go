@@ -26,17 +26,17 @@ func TypeFromURL(url string) (string, error) {
 	return typ, nil
 }
 
-// xdsName is a resource's name within its type on the wire: "mesh/name" for
+// WireName is a resource's name within its type on the wire: "mesh/name" for
 // mesh-scoped resources, "name" otherwise. Zone never appears: it follows
 // from the connection.
-func xdsName(mesh, name string) string {
+func WireName(mesh, name string) string {
 	if mesh == "" {
 		return name
 	}
 	return mesh + "/" + name
 }
 
-// splitXDSName reverses xdsName.
+// splitXDSName reverses WireName.
 func splitXDSName(s string) (mesh, name string) {
 	if m, n, ok := strings.Cut(s, "/"); ok {
 		return m, n

@@ -96,7 +96,7 @@ func (m *memSink) Versions(_ context.Context, typ string) (map[string]string, er
 	out := map[string]string{}
 	for k, r := range m.res {
 		if k.Type == typ {
-			out[xdsName(k.Mesh, k.Name)] = r.Version
+			out[WireName(k.Mesh, k.Name)] = r.Version
 		}
 	}
 	return out, nil
