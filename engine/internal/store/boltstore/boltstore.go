@@ -82,6 +82,7 @@ type config struct {
 	log         hclog.Logger
 	lockTimeout time.Duration
 	noSync      bool
+	initialMmap int
 	now         func() time.Time
 }
 
@@ -101,6 +102,17 @@ func WithLockTimeout(d time.Duration) Option {
 // may lose or corrupt recent commits. For tests and benchmarks only.
 func WithNoSync(noSync bool) Option {
 	return func(c *config) { c.noSync = noSync }
+}
+
+// DefaultInitialMmapSize is the address space mapped at open (1 GiB). It
+// costs no memory or disk; a database that outgrows it is remapped.
+const DefaultInitialMmapSize = 1 << 30
+
+// WithInitialMmapSize sets the address space mapped at open (default
+// DefaultInitialMmapSize). Commits that grow the file past it remap, which
+// costs a copy of every node the commit touched.
+func WithInitialMmapSize(bytes int) Option {
+	return func(c *config) { c.initialMmap = bytes }
 }
 
 // WithClock sets the source of CreationTime and ModificationTime (default
@@ -130,7 +142,7 @@ type Store struct {
 // If the file is locked by another holder for longer than the lock timeout
 // it fails with an error wrapping ErrLocked that names the file.
 func Open(dir string, opts ...Option) (*Store, error) {
-	cfg := config{log: hclog.NewNullLogger(), lockTimeout: time.Second, now: time.Now}
+	cfg := config{log: hclog.NewNullLogger(), lockTimeout: time.Second, initialMmap: DefaultInitialMmapSize, now: time.Now}
 	for _, o := range opts {
 		o(&cfg)
 	}
@@ -146,6 +158,9 @@ func Open(dir string, opts ...Option) (*Store, error) {
 		NoSync:         cfg.noSync,
 		NoFreelistSync: true,
 		FreelistType:   bolt.FreelistMapType,
+		// Address space only: reserving it up front spares large commits
+		// the remaps (each copying every dirty node) of a growing file.
+		InitialMmapSize: cfg.initialMmap,
 	})
 	if errors.Is(err, berrors.ErrTimeout) {
 		return nil, fmt.Errorf("open store: %w (lock held on %s)", ErrLocked, path)
@@ -412,11 +427,7 @@ func (s *Store) Create(ctx context.Context, r *resource.Resource) (*resource.Res
 		now := s.normTime()
 		c.CreationTime, c.ModificationTime = now, now
 		c.Version = t.nextVersion()
-		v, err := encode(c)
-		if err != nil {
-			return err
-		}
-		if err := b.Put(k, v); err != nil {
+		if err := b.Put(k, encode(c)); err != nil {
 			return err
 		}
 		t.events = append(t.events, store.Event{Kind: store.EventPut, Origin: store.OriginLocal, Resource: c})
@@ -461,11 +472,7 @@ func (s *Store) Update(ctx context.Context, r *resource.Resource) (*resource.Res
 		c.CreationTime = prev.CreationTime
 		c.ModificationTime = s.normTime()
 		c.Version = t.nextVersion()
-		v, err := encode(c)
-		if err != nil {
-			return err
-		}
-		if err := b.Put(k, v); err != nil {
+		if err := b.Put(k, encode(c)); err != nil {
 			return err
 		}
 		t.events = append(t.events, store.Event{Kind: store.EventPut, Origin: store.OriginLocal, Resource: c})
@@ -543,14 +550,18 @@ func (s *Store) Apply(ctx context.Context, b store.Batch) (uint64, error) {
 	if err := store.CheckBatch(b); err != nil {
 		return 0, fmt.Errorf("apply: %w", err)
 	}
+	// One arena for all values: bbolt keeps references until the commit.
+	size := 0
+	for _, r := range b.Put {
+		size += encodedSize(r)
+	}
+	arena := make([]byte, 0, size)
 	puts := make([]encodedPut, len(b.Put))
 	for i, r := range b.Put {
 		c := r.Clone()
-		v, err := encode(c)
-		if err != nil {
-			return 0, fmt.Errorf("apply: %w", err)
-		}
-		puts[i] = encodedPut{r: c, key: itemKey(c.Key()), val: v}
+		start := len(arena)
+		arena = appendEncoded(arena, c)
+		puts[i] = encodedPut{r: c, key: itemKey(c.Key()), val: arena[start:len(arena):len(arena)]}
 	}
 	slices.SortFunc(puts, func(a, b encodedPut) int {
 		if a.r.Type != b.r.Type {
