@@ -14,6 +14,7 @@ func BenchmarkApply(b *testing.B) {
 		total, batch int
 	}{
 		{"10k/batch=10k", 10_000, 10_000},
+		{"100k/batch=4k", 100_000, 4_000},
 		{"100k/batch=25k", 100_000, 25_000},
 		{"100k/batch=100k", 100_000, 100_000},
 	} {
