@@ -39,8 +39,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -550,7 +552,9 @@ func (s *Store) Apply(ctx context.Context, b store.Batch) (uint64, error) {
 	if err := store.CheckBatch(b); err != nil {
 		return 0, fmt.Errorf("apply: %w", err)
 	}
-	// One arena for all values: bbolt keeps references until the commit.
+	// One arena holds every value (bbolt references them until the commit)
+	// and doubles as the events' copy of each spec: event resources are
+	// read-only, and neither bbolt nor the store writes to the arena.
 	size := 0
 	for _, r := range b.Put {
 		size += encodedSize(r)
@@ -558,10 +562,17 @@ func (s *Store) Apply(ctx context.Context, b store.Batch) (uint64, error) {
 	arena := make([]byte, 0, size)
 	puts := make([]encodedPut, len(b.Put))
 	for i, r := range b.Put {
-		c := r.Clone()
 		start := len(arena)
-		arena = appendEncoded(arena, c)
-		puts[i] = encodedPut{r: c, key: itemKey(c.Key()), val: arena[start:len(arena):len(arena)]}
+		var specAt int
+		arena, specAt = appendEncodedSpec(arena, r)
+		c := *r
+		c.Labels = maps.Clone(r.Labels)
+		c.Spec = nil
+		if specAt >= 0 {
+			end := specAt + len(r.Spec)
+			c.Spec = json.RawMessage(arena[specAt:end:end])
+		}
+		puts[i] = encodedPut{r: &c, key: itemKey(c.Key()), val: arena[start:len(arena):len(arena)]}
 	}
 	slices.SortFunc(puts, func(a, b encodedPut) int {
 		if a.r.Type != b.r.Type {

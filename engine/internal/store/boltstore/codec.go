@@ -84,6 +84,14 @@ func encodedSize(r *resource.Resource) int {
 // sorted by key), so equal resources encode to equal bytes; Apply relies on
 // it to skip no-op puts.
 func appendEncoded(b []byte, r *resource.Resource) []byte {
+	b, _ = appendEncodedSpec(b, r)
+	return b
+}
+
+// appendEncodedSpec is appendEncoded that also reports where r.Spec's bytes
+// start in the result (-1 if r has no spec).
+func appendEncodedSpec(b []byte, r *resource.Resource) (out []byte, specAt int) {
+	specAt = -1
 	b = appendString(b, fType, r.Type)
 	b = appendString(b, fMesh, r.Mesh)
 	b = appendString(b, fName, r.Name)
@@ -107,12 +115,14 @@ func appendEncoded(b []byte, r *resource.Resource) []byte {
 	}
 	if len(r.Spec) > 0 {
 		b = protowire.AppendTag(b, fSpec, protowire.BytesType)
-		b = protowire.AppendBytes(b, r.Spec)
+		b = protowire.AppendVarint(b, uint64(len(r.Spec)))
+		specAt = len(b)
+		b = append(b, r.Spec...)
 	}
 	b = appendString(b, fVersion, r.Version)
 	b = appendTime(b, fCreationTime, r.CreationTime)
 	b = appendTime(b, fModificationTime, r.ModificationTime)
-	return appendString(b, fZone, r.Zone)
+	return appendString(b, fZone, r.Zone), specAt
 }
 
 func appendString(b []byte, n protowire.Number, s string) []byte {

@@ -242,9 +242,11 @@ func testCopies(t *testing.T, s store.Store) {
 	_, err = s.Apply(ctx, store.Batch{Put: []*resource.Resource{batch}})
 	require.NoError(t, err)
 	batch.Labels["a"] = "mutated"
+	batch.Spec[2] = 'Z'
 	got, err = s.Get(ctx, batch.Key())
 	require.NoError(t, err)
 	assert.Equal(t, "b", got.Labels["a"])
+	assert.JSONEq(t, `{"port":8080}`, string(got.Spec))
 }
 
 func testVersionsUnique(t *testing.T, s store.Store) {
