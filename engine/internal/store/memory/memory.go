@@ -140,7 +140,7 @@ func (s *Store) Create(ctx context.Context, r *resource.Resource) (*resource.Res
 		return nil, fmt.Errorf("create %s: %w", key, store.ErrAlreadyExists)
 	}
 	c := r.Clone()
-	now := s.now()
+	now := s.now().UTC().Round(0)
 	c.CreationTime, c.ModificationTime = now, now
 	s.version++
 	c.Version = strconv.FormatUint(s.version, 10)
@@ -172,7 +172,7 @@ func (s *Store) Update(ctx context.Context, r *resource.Resource) (*resource.Res
 	}
 	c := r.Clone()
 	c.CreationTime = old.CreationTime
-	c.ModificationTime = s.now()
+	c.ModificationTime = s.now().UTC().Round(0)
 	s.version++
 	c.Version = strconv.FormatUint(s.version, 10)
 	s.put(c)

@@ -242,9 +242,11 @@ func testCopies(t *testing.T, s store.Store) {
 	_, err = s.Apply(ctx, store.Batch{Put: []*resource.Resource{batch}})
 	require.NoError(t, err)
 	batch.Labels["a"] = "mutated"
+	batch.Spec[2] = 'Z'
 	got, err = s.Get(ctx, batch.Key())
 	require.NoError(t, err)
 	assert.Equal(t, "b", got.Labels["a"])
+	assert.JSONEq(t, `{"port":8080}`, string(got.Spec))
 }
 
 func testVersionsUnique(t *testing.T, s store.Store) {
@@ -363,10 +365,22 @@ func testApplyKeepsVersions(t *testing.T, s store.Store) {
 		r.Labels = map[string]string{"i": strconv.Itoa(i)}
 		puts = append(puts, r)
 	}
+	w, err := s.Watch(ctx)
+	require.NoError(t, err)
 	rev, err := s.Apply(ctx, store.Batch{Put: puts})
 	require.NoError(t, err)
 	assert.Equal(t, s.Revision(), rev)
 	assert.EqualValues(t, 1, rev, "one batch, one revision")
+	evs := waitEvents(t, w, len(puts))
+	require.Len(t, evs, len(puts))
+	for _, ev := range evs {
+		i, err := strconv.Atoi(ev.Resource.Labels["i"])
+		require.NoError(t, err)
+		assertSame(t, puts[i], ev.Resource)
+		assert.Equal(t, store.EventPut, ev.Kind)
+		assert.Equal(t, store.OriginSync, ev.Origin)
+		assert.Equal(t, rev, ev.Revision)
+	}
 	for _, p := range puts {
 		got, err := s.Get(ctx, p.Key())
 		require.NoError(t, err)

@@ -1,0 +1,59 @@
+package boltstore_test
+
+import (
+	"testing"
+
+	"github.com/kds-engine/kds-engine/engine/internal/store"
+	"github.com/kds-engine/kds-engine/engine/internal/store/boltstore"
+	"github.com/kds-engine/kds-engine/engine/internal/store/storetest"
+)
+
+func openBench(b *testing.B, opts ...boltstore.Option) *boltstore.Store {
+	s, err := boltstore.Open(b.TempDir(), opts...)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return s
+}
+
+func BenchmarkApply(b *testing.B) {
+	for _, c := range []struct {
+		name         string
+		total, batch int
+	}{
+		{"10k/batch=10k", 10_000, 10_000},
+		{"100k/batch=4k", 100_000, 4_000},
+		{"100k/batch=25k", 100_000, 25_000},
+		{"100k/batch=100k", 100_000, 100_000},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			storetest.BenchApply(b, func(b *testing.B) store.Store { return openBench(b) }, c.total, c.batch)
+		})
+	}
+}
+
+func BenchmarkUpdateLatency(b *testing.B) {
+	b.Run("stored=100k/fsync", func(b *testing.B) {
+		s := openBench(b)
+		defer s.Close()
+		storetest.BenchUpdateLatency(b, s, 100_000)
+	})
+	b.Run("stored=100k/nosync", func(b *testing.B) {
+		s := openBench(b, boltstore.WithNoSync(true))
+		defer s.Close()
+		storetest.BenchUpdateLatency(b, s, 100_000)
+	})
+}
+
+func BenchmarkList(b *testing.B) {
+	b.Run("stored=100k/type", func(b *testing.B) {
+		s := openBench(b, boltstore.WithNoSync(true))
+		defer s.Close()
+		storetest.BenchList(b, s, 100_000, 50, store.Filter{Type: "Dataplane"})
+	})
+	b.Run("stored=100k/type+zone", func(b *testing.B) {
+		s := openBench(b, boltstore.WithNoSync(true))
+		defer s.Close()
+		storetest.BenchList(b, s, 100_000, 50, store.Filter{Type: "Dataplane", Zone: "zone-07"})
+	})
+}
