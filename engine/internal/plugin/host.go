@@ -1,0 +1,350 @@
+package plugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/kds-engine/kds-engine/engine/internal/resource"
+)
+
+// FilePrefix starts the file name of every plugin binary; the rest of the
+// name is the plugin's name.
+const FilePrefix = "kds-plugin-"
+
+// ChecksumSuffix ends the name of a plugin's checksum file, which sits next
+// to the binary: kds-plugin-NAME.sha256 in sha256sum format.
+const ChecksumSuffix = ".sha256"
+
+// Defaults for the options.
+const (
+	DefaultHeadroom        = 16
+	DefaultDescribeTimeout = 10 * time.Second
+	DefaultStartTimeout    = 30 * time.Second
+	DefaultBackoffBase     = 250 * time.Millisecond
+	DefaultBackoffCap      = 30 * time.Second
+	DefaultBatchSize       = 1000
+	// MaxBatchBytes bounds the resources of one Validate RPC; a single
+	// larger resource is sent alone.
+	MaxBatchBytes = 4 << 20
+)
+
+var (
+	// ErrPluginDown is returned (wrapped with the plugin's name) for work on
+	// the types of a plugin whose process is not running.
+	ErrPluginDown = errors.New("plugin is down")
+	// ErrDuplicateType is returned by Start when two plugins claim one type.
+	ErrDuplicateType = errors.New("duplicate resource type")
+	// ErrRequiredPlugin is returned by Start when a required plugin is
+	// missing or failed to load.
+	ErrRequiredPlugin = errors.New("required plugin unavailable")
+)
+
+// State of a plugin.
+type State string
+
+const (
+	// StateRunning plugins serve validation.
+	StateRunning State = "running"
+	// StateDown plugins crashed and are being restarted.
+	StateDown State = "down"
+	// StateFailed plugins failed to load at start and are not retried.
+	StateFailed State = "failed"
+)
+
+// PluginInfo is a snapshot of one plugin, for listings and metrics.
+type PluginInfo struct {
+	Name      string // from the file name kds-plugin-NAME
+	Version   string // as reported by Describe
+	Path      string
+	Types     []string // types registered for this plugin, sorted
+	State     State
+	Restarts  int    // successful restarts after a crash
+	LastError string // why the plugin last failed or went down; "" if never
+	PID       int    // 0 unless running
+	Calls     int64  // Validate RPCs sent
+}
+
+// Option configures a Host.
+type Option func(*Host)
+
+// WithRequired lists plugin names (NAME of kds-plugin-NAME) whose failure
+// to load fails Start.
+func WithRequired(names []string) Option {
+	return func(h *Host) { h.required = slices.Clone(names) }
+}
+
+// WithHeadroom sets the send-buffer headroom added to the type count
+// (default 16). Negative values are treated as 0.
+func WithHeadroom(n int) Option { return func(h *Host) { h.headroom = max(n, 0) } }
+
+// WithDescribeTimeout bounds the Describe call at every start (default 10s).
+func WithDescribeTimeout(d time.Duration) Option { return func(h *Host) { h.describeTimeout = d } }
+
+// WithStartTimeout bounds process start and handshake (default 30s).
+func WithStartTimeout(d time.Duration) Option { return func(h *Host) { h.startTimeout = d } }
+
+// WithRestartBackoff sets the first delay before restarting a crashed
+// plugin and the cap the doubling delay never exceeds (defaults 250ms, 30s).
+func WithRestartBackoff(base, limit time.Duration) Option {
+	return func(h *Host) { h.backoffBase, h.backoffCap = base, max(base, limit) }
+}
+
+// WithBatchSize sets how many resources Host.Validate sends per RPC
+// (default 1000).
+func WithBatchSize(n int) Option { return func(h *Host) { h.batchSize = max(n, 1) } }
+
+// WithEngineVersion sets the version reported to plugins in Describe.
+func WithEngineVersion(v string) Option { return func(h *Host) { h.engineVersion = v } }
+
+// Host loads and supervises plugins. Create with NewHost; see the package
+// documentation for the life cycle.
+type Host struct {
+	dir             string
+	log             hclog.Logger
+	required        []string
+	headroom        int
+	describeTimeout time.Duration
+	startTimeout    time.Duration
+	backoffBase     time.Duration
+	backoffCap      time.Duration
+	batchSize       int
+	engineVersion   string
+
+	ctx    context.Context // cancelled by Close; stops supervisors
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // supervisors
+
+	mu       sync.RWMutex // guards the fields below
+	started  bool
+	closed   bool
+	plugins  []*managed // sorted by name
+	byName   map[string]*managed
+	registry *Registry
+	capacity Capacity
+}
+
+// NewHost returns a Host for the plugins in dir, logging to logger (which
+// must not be nil) under the name "plugins".
+func NewHost(dir string, logger hclog.Logger, opts ...Option) *Host {
+	ctx, cancel := context.WithCancel(context.Background())
+	h := &Host{
+		dir:             dir,
+		log:             logger.Named("plugins"),
+		headroom:        DefaultHeadroom,
+		describeTimeout: DefaultDescribeTimeout,
+		startTimeout:    DefaultStartTimeout,
+		backoffBase:     DefaultBackoffBase,
+		backoffCap:      DefaultBackoffCap,
+		batchSize:       DefaultBatchSize,
+		engineVersion:   "dev",
+		ctx:             ctx,
+		cancel:          cancel,
+		byName:          map[string]*managed{},
+		registry:        &Registry{},
+	}
+	for _, o := range opts {
+		o(h)
+	}
+	h.capacity = newCapacity(0, h.headroom)
+	return h
+}
+
+// Start loads every plugin in the directory. A plugin that fails to start,
+// hand-shake, verify or describe is logged and left out, unless it is
+// required. Start returns an error (and leaves no process running) when the
+// directory cannot be read, a required plugin is missing or failed, or two
+// plugins claim one type. It may be called once; ctx bounds the loading only.
+func (h *Host) Start(ctx context.Context) error {
+	h.mu.Lock()
+	if h.started || h.closed {
+		h.mu.Unlock()
+		return errors.New("plugin host: Start called twice or after Close")
+	}
+	h.started = true
+	h.mu.Unlock()
+
+	candidates, err := h.scan()
+	if err != nil {
+		return err
+	}
+	found := map[string]bool{}
+	for _, m := range candidates {
+		found[m.name] = true
+	}
+	var reqErrs []error
+	for _, r := range h.required {
+		if !found[r] {
+			reqErrs = append(reqErrs, fmt.Errorf("%w: %s: no executable %s%s in %s", ErrRequiredPlugin, r, FilePrefix, r, h.dir))
+		}
+	}
+	if len(reqErrs) > 0 {
+		return errors.Join(reqErrs...)
+	}
+
+	// Launch in parallel: a slow plugin's timeouts do not add up.
+	insts := make([]*instance, len(candidates))
+	errs := make([]error, len(candidates))
+	var wg sync.WaitGroup
+	for i, m := range candidates {
+		wg.Go(func() { insts[i], errs[i] = h.launch(ctx, m) })
+	}
+	wg.Wait()
+
+	byPlugin := map[string][]resource.TypeDescriptor{}
+	for i, m := range candidates {
+		if errs[i] != nil {
+			m.state, m.lastErr = StateFailed, errs[i]
+			if slices.Contains(h.required, m.name) {
+				reqErrs = append(reqErrs, fmt.Errorf("%w: %s: %w", ErrRequiredPlugin, m.name, errs[i]))
+				continue
+			}
+			m.log.Error("plugin not loaded; continuing without it", "path", m.path, "error", errs[i])
+			continue
+		}
+		m.setRunning(insts[i])
+		m.types = insts[i].types
+		byPlugin[m.name] = insts[i].types
+	}
+	killAll := func() {
+		for i := range insts {
+			if insts[i] != nil {
+				insts[i].client.Kill()
+			}
+		}
+	}
+	if len(reqErrs) > 0 {
+		killAll()
+		return errors.Join(reqErrs...)
+	}
+	reg, err := newRegistry(byPlugin)
+	if err != nil {
+		killAll()
+		return err
+	}
+	capacity := newCapacity(reg.Len(), h.headroom)
+
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		killAll()
+		return errors.New("plugin host: closed during Start")
+	}
+	h.plugins = candidates
+	for _, m := range candidates {
+		h.byName[m.name] = m
+	}
+	h.registry = reg
+	h.capacity = capacity
+	for i, m := range candidates {
+		if insts[i] == nil {
+			continue
+		}
+		m.log.Info("plugin loaded", "version", insts[i].version, "types", typeNames(insts[i].types), "pid", insts[i].pid)
+		h.wg.Add(1)
+		go h.supervise(m, insts[i])
+	}
+	h.log.Info("send buffer capacity per logical stream",
+		"formula", capacity.Formula, "types", capacity.Types, "headroom", capacity.Headroom, "total", capacity.Total,
+		"reason", "at most one response per type is in flight before its ACK; headroom covers requests for types only the peer knows")
+	return nil
+}
+
+// scan lists the plugin binaries in the directory, logging what it skips.
+func (h *Host) scan() ([]*managed, error) {
+	entries, err := os.ReadDir(h.dir)
+	if err != nil {
+		return nil, fmt.Errorf("read plugins dir: %w", err)
+	}
+	var out []*managed
+	for _, e := range entries {
+		name := e.Name()
+		path := filepath.Join(h.dir, name)
+		switch {
+		case !strings.HasPrefix(name, FilePrefix):
+			h.log.Info("skipping file: not a plugin (name does not start with "+FilePrefix+")", "path", path)
+			continue
+		case strings.HasSuffix(name, ChecksumSuffix):
+			continue // a checksum, read when its binary starts
+		case name == FilePrefix:
+			h.log.Warn("skipping file: plugin has no name after "+FilePrefix, "path", path)
+			continue
+		}
+		fi, err := os.Stat(path) // follows symlinks
+		if err != nil {
+			h.log.Warn("skipping file: cannot stat", "path", path, "error", err)
+			continue
+		}
+		if !fi.Mode().IsRegular() {
+			h.log.Info("skipping file: not a regular file", "path", path)
+			continue
+		}
+		if fi.Mode().Perm()&0o111 == 0 {
+			h.log.Warn("skipping file: not executable", "path", path, "mode", fi.Mode().String())
+			continue
+		}
+		pname := strings.TrimPrefix(name, FilePrefix)
+		out = append(out, &managed{name: pname, path: path, log: h.log.Named(pname)})
+	}
+	slices.SortFunc(out, func(a, b *managed) int { return strings.Compare(a.name, b.name) })
+	return out, nil
+}
+
+// Registry returns the type registry built by Start (empty before).
+func (h *Host) Registry() *Registry {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return h.registry
+}
+
+// Capacity returns the send-buffer capacity computed by Start (types 0
+// before Start).
+func (h *Host) Capacity() Capacity {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return h.capacity
+}
+
+// Plugins returns a snapshot of every plugin found, sorted by name.
+func (h *Host) Plugins() []PluginInfo {
+	h.mu.RLock()
+	ps := slices.Clone(h.plugins)
+	h.mu.RUnlock()
+	out := make([]PluginInfo, len(ps))
+	for i, m := range ps {
+		out[i] = m.info()
+	}
+	return out
+}
+
+// Close stops supervision, kills every plugin process and waits for them.
+// It is safe to call more than once and before Start.
+func (h *Host) Close() error {
+	h.mu.Lock()
+	h.closed = true
+	ps := slices.Clone(h.plugins)
+	h.mu.Unlock()
+	h.cancel()
+	h.wg.Wait()
+	for _, m := range ps {
+		m.kill()
+	}
+	return nil
+}
+
+func typeNames(ds []resource.TypeDescriptor) []string {
+	out := make([]string, len(ds))
+	for i, d := range ds {
+		out[i] = d.Name
+	}
+	slices.Sort(out)
+	return out
+}

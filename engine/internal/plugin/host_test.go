@@ -1,0 +1,469 @@
+package plugin
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/kds-engine/kds-engine/engine/internal/resource"
+)
+
+// binDir holds the plugin binaries built once for the whole test run.
+var binDir string
+
+func TestMain(m *testing.M) {
+	code := func() int {
+		dir, err := os.MkdirTemp("", "kds-plugin-host-test")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer os.RemoveAll(dir)
+		binDir = dir
+		root := filepath.Join("..", "..", "..")
+		for name, pkg := range map[string]string{
+			"policies":   "./plugins/policies",
+			"dataplanes": "./plugins/dataplanes",
+			"testplugin": "./engine/internal/plugin/testplugins/testplugin",
+		} {
+			cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg)
+			cmd.Dir = root
+			if out, err := cmd.CombinedOutput(); err != nil {
+				fmt.Fprintf(os.Stderr, "build %s: %v\n%s", pkg, err, out)
+				return 1
+			}
+		}
+		code := m.Run()
+		if code == 0 {
+			if err := goleak.Find(); err != nil {
+				fmt.Fprintln(os.Stderr, "goleak:", err)
+				return 1
+			}
+			if kids := childPIDs(); len(kids) > 0 {
+				fmt.Fprintln(os.Stderr, "plugin processes left behind:", kids)
+				return 1
+			}
+		}
+		return code
+	}()
+	os.Exit(code)
+}
+
+// childPIDs lists the live (or unreaped) child processes of this test.
+func childPIDs() []int {
+	if runtime.GOOS != "linux" {
+		return nil
+	}
+	entries, _ := os.ReadDir("/proc")
+	var out []int
+	me := os.Getpid()
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...
+		rest := string(b[bytes.LastIndexByte(b, ')')+2:])
+		f := strings.Fields(rest)
+		if len(f) > 1 && f[1] == strconv.Itoa(me) {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// pluginsDir makes a plugins directory holding kds-plugin-NAME for each name:
+// policies and dataplanes are the built-in plugins, anything else the test
+// plugin under that name.
+func pluginsDir(t *testing.T, names ...string) string {
+	t.Helper()
+	dir := t.TempDir()
+	for _, n := range names {
+		src := filepath.Join(binDir, "testplugin")
+		if n == "policies" || n == "dataplanes" {
+			src = filepath.Join(binDir, n)
+		}
+		copyFile(t, src, filepath.Join(dir, FilePrefix+n), 0o755)
+	}
+	return dir
+}
+
+func copyFile(t *testing.T, src, dst string, mode os.FileMode) {
+	t.Helper()
+	in, err := os.Open(src)
+	require.NoError(t, err)
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, mode)
+	require.NoError(t, err)
+	_, err = io.Copy(out, in)
+	require.NoError(t, err)
+	require.NoError(t, out.Close())
+}
+
+func writeChecksum(t *testing.T, binary string, sum []byte) {
+	t.Helper()
+	line := fmt.Sprintf("%x  %s\n", sum, filepath.Base(binary))
+	require.NoError(t, os.WriteFile(binary+ChecksumSuffix, []byte(line), 0o644))
+}
+
+func fileSum(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	s := sha256.Sum256(b)
+	return s[:]
+}
+
+// syncBuffer is a goroutine-safe log sink.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func testLogger(t *testing.T) (hclog.Logger, *syncBuffer) {
+	buf := &syncBuffer{}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log("engine log:\n" + buf.String())
+		}
+	})
+	return hclog.New(&hclog.LoggerOptions{Name: "test", Output: buf, Level: hclog.Info}), buf
+}
+
+func startHost(t *testing.T, dir string, opts ...Option) (*Host, *syncBuffer) {
+	t.Helper()
+	log, buf := testLogger(t)
+	h := NewHost(dir, log, opts...)
+	t.Cleanup(func() { require.NoError(t, h.Close()) })
+	require.NoError(t, h.Start(context.Background()))
+	return h, buf
+}
+
+func info(t *testing.T, h *Host, name string) PluginInfo {
+	t.Helper()
+	for _, p := range h.Plugins() {
+		if p.Name == name {
+			return p
+		}
+	}
+	t.Fatalf("no plugin %q", name)
+	return PluginInfo{}
+}
+
+func res(typ, mesh, name, spec string) *resource.Resource {
+	return &resource.Resource{Type: typ, Mesh: mesh, Name: name, Spec: json.RawMessage(spec)}
+}
+
+func validationErr(t *testing.T, err error) *resource.ValidationError {
+	t.Helper()
+	var ve *resource.ValidationError
+	require.ErrorAs(t, err, &ve)
+	return ve
+}
+
+const eventually = 20 * time.Second
+
+func TestStartRegistersTypesFromSeveralPluginsAndValidates(t *testing.T) {
+	dir := pluginsDir(t, "alpha", "beta", "policies", "dataplanes")
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "README.txt"), []byte("hi"), 0o644))
+	copyFile(t, filepath.Join(binDir, "testplugin"), filepath.Join(dir, FilePrefix+"noexec"), 0o644)
+	require.NoError(t, os.Mkdir(filepath.Join(dir, FilePrefix+"adir"), 0o755))
+	alpha := filepath.Join(dir, FilePrefix+"alpha")
+	writeChecksum(t, alpha, fileSum(t, alpha)) // a correct checksum is accepted
+
+	h, logs := startHost(t, dir)
+
+	var names []string
+	for _, d := range h.Registry().Types() {
+		names = append(names, d.Name+"@"+d.Plugin)
+	}
+	assert.Equal(t, []string{
+		"AlphaOne@alpha", "AlphaTwo@alpha", "BetaThing@beta", "Dataplane@dataplanes", "DataplaneInsight@dataplanes",
+		"Mesh@policies", "MeshRateLimit@policies", "MeshRetry@policies", "MeshTimeout@policies", "MeshTrafficPermission@policies",
+	}, names)
+	d, ok := h.Registry().Type("Dataplane")
+	require.True(t, ok)
+	assert.Equal(t, resource.ZoneToGlobal, d.Direction)
+	assert.Equal(t, resource.ScopeMesh, d.Scope)
+	assert.NotEmpty(t, d.Schema)
+	d, _ = h.Registry().Type("AlphaTwo")
+	assert.Equal(t, resource.ScopeGlobal, d.Scope)
+	_, ok = h.Registry().Type("Nope")
+	assert.False(t, ok)
+
+	assert.Equal(t, Capacity{Types: 10, Headroom: 16, Total: 26, Formula: "10 types + 16 headroom = 26"}, h.Capacity())
+	assert.Contains(t, logs.String(), "10 types + 16 headroom = 26")
+
+	ps := h.Plugins()
+	require.Len(t, ps, 4, "only the four executables are plugins")
+	for _, p := range ps {
+		assert.Equal(t, StateRunning, p.State, p.Name)
+		assert.NotZero(t, p.PID, p.Name)
+	}
+	assert.Equal(t, PluginInfo{Name: "alpha", Version: "9.9.9", Path: alpha, Types: []string{"AlphaOne", "AlphaTwo"}, State: StateRunning, PID: ps[0].PID}, ps[0])
+
+	out := logs.String()
+	assert.Regexp(t, `skipping file: not a plugin.*README\.txt`, out)
+	assert.Regexp(t, `skipping file: not executable.*kds-plugin-noexec`, out)
+	assert.Regexp(t, `skipping file: not a regular file.*kds-plugin-adir`, out)
+	// Plugin output reaches the engine log tagged with the plugin's name.
+	assert.Eventually(t, func() bool {
+		s := logs.String()
+		return strings.Contains(s, "test.plugins.alpha: alpha says hello on stdout") &&
+			regexpMatch(`test\.plugins\.alpha[.\w-]*: alpha describing itself`, s)
+	}, eventually, 20*time.Millisecond)
+
+	rs := []*resource.Resource{
+		res("AlphaOne", "default", "good", `{"value":"x"}`),
+		res("AlphaOne", "default", "bad", `{"bad":true}`),
+		res("MeshTimeout", "default", "t1", `{"targetRef":{"kind":"Mesh"},"to":[{"targetRef":{"kind":"Mesh"},"default":{"connectTimeout":"-5s"}}]}`),
+		res("Dataplane", "default", "dp", `{"networking":{"address":"10.0.0.1","inbound":[{"port":80,"tags":{"kuma.io/service":"web"}}]}}`),
+		res("Unknown", "default", "u", `{}`),
+	}
+	ve := validationErr(t, h.Validate(context.Background(), rs))
+	require.Len(t, ve.Invalid, 3)
+	assert.Equal(t, resource.Key{Type: "AlphaOne", Mesh: "default", Name: "bad"}, ve.Invalid[0].Key)
+	assert.Equal(t, "spec.bad", ve.Invalid[0].Errors[0].Field)
+	assert.Equal(t, "spec.to[0].default.connectTimeout", ve.Invalid[1].Errors[0].Field)
+	assert.Equal(t, "type", ve.Invalid[2].Errors[0].Field)
+	require.NoError(t, h.Validate(context.Background(), rs[:1]))
+}
+
+func regexpMatch(re, s string) bool { return regexp.MustCompile(re).MatchString(s) }
+
+func TestHeadroomOption(t *testing.T) {
+	h, _ := startHost(t, pluginsDir(t, "beta"), WithHeadroom(4))
+	assert.Equal(t, "1 types + 4 headroom = 5", h.Capacity().Formula)
+	assert.Equal(t, 5, h.Capacity().Total)
+}
+
+func TestDuplicateTypeIsRefusedWithBothNames(t *testing.T) {
+	log, _ := testLogger(t)
+	h := NewHost(pluginsDir(t, "alpha", "dupalpha", "beta"), log)
+	err := h.Start(context.Background())
+	require.ErrorIs(t, err, ErrDuplicateType)
+	assert.Contains(t, err.Error(), `type AlphaOne is claimed by plugins "alpha" and "dupalpha"`)
+	require.NoError(t, h.Close())
+	assert.Empty(t, childPIDs(), "a refused start leaves no plugin running")
+}
+
+func TestChecksumMismatchIsRefused(t *testing.T) {
+	dir := pluginsDir(t, "alpha", "beta")
+	alpha := filepath.Join(dir, FilePrefix+"alpha")
+	writeChecksum(t, alpha, make([]byte, sha256.Size))
+
+	h, logs := startHost(t, dir)
+	a := info(t, h, "alpha")
+	assert.Equal(t, StateFailed, a.State)
+	assert.Contains(t, a.LastError, "checksum mismatch")
+	assert.Equal(t, StateRunning, info(t, h, "beta").State, "the engine continues without it")
+	assert.Contains(t, logs.String(), "plugin not loaded; continuing without it")
+	_, ok := h.Registry().Type("AlphaOne")
+	assert.False(t, ok)
+
+	// Required, the same failure fails Start with the reason.
+	log, _ := testLogger(t)
+	h2 := NewHost(dir, log, WithRequired([]string{"alpha"}))
+	err := h2.Start(context.Background())
+	require.ErrorIs(t, err, ErrRequiredPlugin)
+	assert.Contains(t, err.Error(), "checksum mismatch")
+	require.NoError(t, h2.Close())
+}
+
+func TestDescribeTimeout(t *testing.T) {
+	start := time.Now()
+	h, _ := startHost(t, pluginsDir(t, "hang", "beta"), WithDescribeTimeout(300*time.Millisecond))
+	assert.Less(t, time.Since(start), 15*time.Second)
+	hang := info(t, h, "hang")
+	assert.Equal(t, StateFailed, hang.State)
+	assert.Contains(t, hang.LastError, "describe: no answer within 300ms")
+	assert.Equal(t, StateRunning, info(t, h, "beta").State)
+}
+
+func TestBrokenHandshakeIsReported(t *testing.T) {
+	h, _ := startHost(t, pluginsDir(t, "garbage", "beta"))
+	g := info(t, h, "garbage")
+	assert.Equal(t, StateFailed, g.State)
+	assert.Contains(t, g.LastError, "start and handshake")
+}
+
+func TestRequiredPluginFailureFailsStart(t *testing.T) {
+	log, _ := testLogger(t)
+	h := NewHost(pluginsDir(t, "hang", "beta"), log, WithRequired([]string{"hang"}), WithDescribeTimeout(300*time.Millisecond))
+	err := h.Start(context.Background())
+	require.ErrorIs(t, err, ErrRequiredPlugin)
+	assert.Contains(t, err.Error(), "hang")
+	assert.Contains(t, err.Error(), "no answer within")
+	require.NoError(t, h.Close())
+	assert.Empty(t, childPIDs())
+
+	h = NewHost(pluginsDir(t, "beta"), log, WithRequired([]string{"policies"}))
+	err = h.Start(context.Background())
+	require.ErrorIs(t, err, ErrRequiredPlugin)
+	assert.Contains(t, err.Error(), "no executable kds-plugin-policies")
+	require.NoError(t, h.Close())
+}
+
+func TestKilledPluginIsRestartedAndOthersUndisturbed(t *testing.T) {
+	h, logs := startHost(t, pluginsDir(t, "alpha", "beta"), WithRestartBackoff(50*time.Millisecond, time.Second))
+	alpha, beta := info(t, h, "alpha"), info(t, h, "beta")
+	require.NoError(t, syscall.Kill(alpha.PID, syscall.SIGKILL))
+
+	require.Eventually(t, func() bool {
+		a := info(t, h, "alpha")
+		return a.State == StateRunning && a.Restarts == 1 && a.PID != alpha.PID
+	}, eventually, 10*time.Millisecond)
+	assert.Contains(t, logs.String(), "plugin process exited; restarting")
+	b := info(t, h, "beta")
+	assert.Equal(t, beta.PID, b.PID, "beta kept its process")
+	assert.Zero(t, b.Restarts)
+
+	ve := validationErr(t, h.Validate(context.Background(), []*resource.Resource{
+		res("AlphaOne", "m", "a", `{"bad":true}`), res("BetaThing", "m", "b", `{"bad":true}`),
+	}))
+	require.Len(t, ve.Invalid, 2, "both plugins validate after the restart")
+	assert.Equal(t, "spec.bad", ve.Invalid[0].Errors[0].Field)
+	assert.Equal(t, syscall.ESRCH, syscall.Kill(alpha.PID, 0), "the killed process was reaped")
+}
+
+func TestValidationWhilePluginDownNamesThePlugin(t *testing.T) {
+	h, _ := startHost(t, pluginsDir(t, "alpha", "beta"), WithRestartBackoff(time.Hour, time.Hour))
+	require.NoError(t, syscall.Kill(info(t, h, "alpha").PID, syscall.SIGKILL))
+	require.Eventually(t, func() bool { return info(t, h, "alpha").State == StateDown }, eventually, 5*time.Millisecond)
+
+	err := h.Validate(context.Background(), []*resource.Resource{res("AlphaOne", "m", "a", `{}`)})
+	require.ErrorIs(t, err, ErrPluginDown)
+	assert.Contains(t, err.Error(), `plugin "alpha"`)
+	assert.Contains(t, info(t, h, "alpha").LastError, "process exited")
+
+	require.NoError(t, h.Validate(context.Background(), []*resource.Resource{res("BetaThing", "m", "b", `{}`)}),
+		"other plugins keep serving")
+}
+
+func TestCrashDuringValidateIsPluginDown(t *testing.T) {
+	h, _ := startHost(t, pluginsDir(t, "crashvalidate"), WithRestartBackoff(time.Hour, time.Hour))
+	err := h.Validate(context.Background(), []*resource.Resource{res("CrashvalidateThing", "m", "a", `{}`)})
+	require.ErrorIs(t, err, ErrPluginDown)
+	assert.Contains(t, err.Error(), "crashvalidate")
+}
+
+func TestCloseLeavesNoPluginProcess(t *testing.T) {
+	log, _ := testLogger(t)
+	h := NewHost(pluginsDir(t, "alpha", "beta", "policies", "dataplanes"), log)
+	require.NoError(t, h.Start(context.Background()))
+	var pids []int
+	for _, p := range h.Plugins() {
+		require.NotZero(t, p.PID)
+		pids = append(pids, p.PID)
+	}
+	require.NoError(t, h.Close())
+	require.NoError(t, h.Close(), "Close is idempotent")
+	for _, pid := range pids {
+		assert.Equal(t, syscall.ESRCH, syscall.Kill(pid, 0), "pid %d still exists", pid)
+	}
+	assert.Empty(t, childPIDs())
+	for _, p := range h.Plugins() {
+		assert.Zero(t, p.PID)
+	}
+}
+
+func TestRestartWithChangedTypesIsLoggedAndRegistryStable(t *testing.T) {
+	dir := pluginsDir(t, "shifty")
+	h, logs := startHost(t, dir, WithRestartBackoff(20*time.Millisecond, time.Second))
+	shifty := info(t, h, "shifty")
+	require.NoError(t, os.WriteFile(filepath.Join(dir, FilePrefix+"shifty.v2"), nil, 0o644))
+	require.NoError(t, syscall.Kill(shifty.PID, syscall.SIGKILL))
+	require.Eventually(t, func() bool { return info(t, h, "shifty").Restarts == 1 }, eventually, 10*time.Millisecond)
+	assert.Contains(t, logs.String(), "plugin restarted with different types")
+	_, ok := h.Registry().Type("ShiftyV1")
+	assert.True(t, ok, "the registry keeps the types from start")
+	_, ok = h.Registry().Type("ShiftyV2")
+	assert.False(t, ok)
+}
+
+func TestChecksumIsVerifiedBeforeEveryStart(t *testing.T) {
+	dir := pluginsDir(t, "alpha")
+	alpha := filepath.Join(dir, FilePrefix+"alpha")
+	writeChecksum(t, alpha, fileSum(t, alpha))
+	h, _ := startHost(t, dir, WithRestartBackoff(20*time.Millisecond, 100*time.Millisecond))
+	pid := info(t, h, "alpha").PID
+	// Swap the binary for another one; the restart must refuse it.
+	require.NoError(t, os.Remove(alpha))
+	copyFile(t, filepath.Join(binDir, "policies"), alpha, 0o755)
+	require.NoError(t, syscall.Kill(pid, syscall.SIGKILL))
+	require.Eventually(t, func() bool {
+		a := info(t, h, "alpha")
+		return a.State == StateDown && strings.Contains(a.LastError, "checksum mismatch")
+	}, eventually, 10*time.Millisecond)
+	assert.Zero(t, info(t, h, "alpha").Restarts)
+}
+
+func TestBatchingKeepsRPCsFew(t *testing.T) {
+	h, _ := startHost(t, pluginsDir(t, "alpha"), WithBatchSize(1000))
+	rs := make([]*resource.Resource, 10_000)
+	for i := range rs {
+		spec := `{"value":"ok"}`
+		if i%1000 == 7 {
+			spec = `{"bad":true}`
+		}
+		rs[i] = res("AlphaOne", "m", fmt.Sprintf("r-%d", i), spec)
+	}
+	ve := validationErr(t, h.Validate(context.Background(), rs))
+	require.Len(t, ve.Invalid, 10)
+	assert.Equal(t, "r-7", ve.Invalid[0].Key.Name)
+	assert.Equal(t, "r-9007", ve.Invalid[9].Key.Name)
+	assert.EqualValues(t, 10, info(t, h, "alpha").Calls)
+}
+
+func TestStartErrors(t *testing.T) {
+	log, _ := testLogger(t)
+	h := NewHost(filepath.Join(t.TempDir(), "missing"), log)
+	require.Error(t, h.Start(context.Background()))
+	require.Error(t, h.Start(context.Background()), "Start twice")
+	require.NoError(t, h.Close())
+
+	h = NewHost(t.TempDir(), log)
+	require.NoError(t, h.Start(context.Background()), "an empty directory is fine")
+	assert.Equal(t, "0 types + 16 headroom = 16", h.Capacity().Formula)
+	require.NoError(t, h.Close())
+	err := h.Validate(context.Background(), []*resource.Resource{res("X", "", "x", `{}`)})
+	assert.Equal(t, "type", validationErr(t, err).Invalid[0].Errors[0].Field)
+	_, err = h.ValidateBatch(context.Background(), "nope", nil)
+	assert.False(t, errors.Is(err, ErrPluginDown))
+}

@@ -1,0 +1,331 @@
+package plugin
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	goplugin "github.com/hashicorp/go-plugin"
+
+	"github.com/kds-engine/kds-engine/engine/internal/resource"
+	pluginv1 "github.com/kds-engine/kds-engine/proto/plugin/v1"
+	"github.com/kds-engine/kds-engine/sdk"
+)
+
+// managed is one plugin binary and its current process, if any.
+type managed struct {
+	name string
+	path string
+	log  hclog.Logger
+
+	calls atomic.Int64
+
+	mu       sync.Mutex // guards the fields below
+	state    State
+	inst     *instance // nil unless running
+	version  string
+	types    []resource.TypeDescriptor // as registered at Start
+	restarts int
+	lastErr  error
+}
+
+// instance is one started plugin process.
+type instance struct {
+	client  *goplugin.Client
+	conn    *sdk.Conn
+	pid     int
+	version string
+	types   []resource.TypeDescriptor
+}
+
+func (m *managed) setRunning(inst *instance) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.state, m.inst, m.version = StateRunning, inst, inst.version
+}
+
+func (m *managed) setDown(err error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.state, m.inst, m.lastErr = StateDown, nil, err
+}
+
+func (m *managed) setErr(err error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.lastErr = err
+}
+
+// current returns the running instance or an ErrPluginDown error.
+func (m *managed) current() (*instance, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.state != StateRunning || m.inst == nil {
+		return nil, m.downErr()
+	}
+	return m.inst, nil
+}
+
+// downErr must be called with mu held.
+func (m *managed) downErr() error {
+	if m.lastErr != nil {
+		return fmt.Errorf("plugin %q (%s, last error: %v): %w", m.name, m.state, m.lastErr, ErrPluginDown)
+	}
+	return fmt.Errorf("plugin %q (%s): %w", m.name, m.state, ErrPluginDown)
+}
+
+func (m *managed) info() PluginInfo {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	pi := PluginInfo{
+		Name:     m.name,
+		Version:  m.version,
+		Path:     m.path,
+		Types:    typeNames(m.types),
+		State:    m.state,
+		Restarts: m.restarts,
+		Calls:    m.calls.Load(),
+	}
+	if m.lastErr != nil {
+		pi.LastError = m.lastErr.Error()
+	}
+	if m.inst != nil {
+		pi.PID = m.inst.pid
+	}
+	return pi
+}
+
+func (m *managed) kill() {
+	m.mu.Lock()
+	inst := m.inst
+	m.inst = nil
+	if m.state == StateRunning {
+		m.state = StateDown
+		m.lastErr = errors.New("engine shut down")
+	}
+	m.mu.Unlock()
+	if inst != nil {
+		inst.client.Kill()
+	}
+}
+
+// launch verifies, starts and describes one plugin process. On error no
+// process is left running.
+func (h *Host) launch(ctx context.Context, m *managed) (*instance, error) {
+	if err := verifyChecksum(m.path); err != nil {
+		return nil, err
+	}
+	client := goplugin.NewClient(&goplugin.ClientConfig{
+		HandshakeConfig:  sdk.Handshake,
+		VersionedPlugins: sdk.VersionedPlugins(nil),
+		Cmd:              exec.Command(m.path),
+		AllowedProtocols: []goplugin.Protocol{goplugin.ProtocolGRPC},
+		GRPCDialOptions:  sdk.GRPCDialOptions(),
+		Logger:           m.log,
+		StartTimeout:     h.startTimeout,
+		SyncStdout:       lineLogger(m.log, "stdout"),
+		SyncStderr:       lineLogger(m.log, "stderr"),
+	})
+	inst, err := h.handshakeAndDescribe(ctx, m, client)
+	if err != nil {
+		client.Kill()
+		return nil, err
+	}
+	return inst, nil
+}
+
+func (h *Host) handshakeAndDescribe(ctx context.Context, m *managed, client *goplugin.Client) (*instance, error) {
+	proto, err := client.Client()
+	if err != nil {
+		return nil, fmt.Errorf("start and handshake: %w", err)
+	}
+	raw, err := proto.Dispense(sdk.PluginKey)
+	if err != nil {
+		return nil, fmt.Errorf("dispense %q: %w", sdk.PluginKey, err)
+	}
+	conn, ok := raw.(*sdk.Conn)
+	if !ok {
+		return nil, fmt.Errorf("dispense %q: unexpected %T", sdk.PluginKey, raw)
+	}
+	dctx, cancel := context.WithTimeout(ctx, h.describeTimeout)
+	defer cancel()
+	resp, err := conn.Describe(dctx, &pluginv1.DescribeRequest{EngineVersion: h.engineVersion})
+	if err != nil {
+		if errors.Is(dctx.Err(), context.DeadlineExceeded) {
+			return nil, fmt.Errorf("describe: no answer within %s", h.describeTimeout)
+		}
+		return nil, fmt.Errorf("describe: %w", err)
+	}
+	if resp.GetName() != m.name {
+		m.log.Warn("plugin reports a different name than its file name; using the file name", "reported", resp.GetName())
+	}
+	inst := &instance{client: client, conn: conn, version: resp.GetVersion()}
+	if rc := client.ReattachConfig(); rc != nil {
+		inst.pid = rc.Pid
+	}
+	seen := map[string]bool{}
+	for _, t := range resp.GetTypes() {
+		d, err := descriptorFromProto(m.name, t)
+		if err != nil {
+			return nil, fmt.Errorf("describe: %w", err)
+		}
+		if seen[d.Name] {
+			return nil, fmt.Errorf("describe: type %s reported twice", d.Name)
+		}
+		seen[d.Name] = true
+		inst.types = append(inst.types, d)
+	}
+	return inst, nil
+}
+
+// verifyChecksum hashes the binary afresh and compares it with
+// path.sha256 when that file exists.
+func verifyChecksum(path string) error {
+	sumPath := path + ChecksumSuffix
+	b, err := os.ReadFile(sumPath)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read checksum: %w", err)
+	}
+	fields := strings.Fields(string(b))
+	if len(fields) == 0 {
+		return fmt.Errorf("checksum file %s is empty", sumPath)
+	}
+	want, err := hex.DecodeString(fields[0])
+	if err != nil || len(want) != sha256.Size {
+		return fmt.Errorf("checksum file %s: first field is not a sha256 hex digest", sumPath)
+	}
+	if len(fields) > 1 {
+		if named := strings.TrimPrefix(fields[1], "*"); filepath.Base(named) != filepath.Base(path) {
+			return fmt.Errorf("checksum file %s names %q, not %q", sumPath, named, filepath.Base(path))
+		}
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("open binary: %w", err)
+	}
+	defer f.Close()
+	hsh := sha256.New()
+	if _, err := io.Copy(hsh, f); err != nil {
+		return fmt.Errorf("hash binary: %w", err)
+	}
+	if got := hsh.Sum(nil); !slices.Equal(got, want) {
+		return fmt.Errorf("checksum mismatch: %s has sha256 %x, %s expects %x", filepath.Base(path), got, filepath.Base(sumPath), want)
+	}
+	return nil
+}
+
+// supervise waits for the process to exit and restarts it with backoff until
+// the host closes. It owns inst until it hands it to m.
+func (h *Host) supervise(m *managed, inst *instance) {
+	defer h.wg.Done()
+	backoff := h.backoffBase
+	for {
+		upSince := time.Now()
+		select {
+		case <-h.ctx.Done():
+			return
+		case <-inst.conn.Done():
+		}
+		m.setDown(errors.New("process exited"))
+		m.log.Error("plugin process exited; restarting", "pid", inst.pid, "backoff", backoff)
+		inst.client.Kill() // reap and release go-plugin's goroutines
+		if time.Since(upSince) > h.backoffCap {
+			backoff = h.backoffBase // it ran long enough: a fresh crash
+		}
+		for {
+			t := time.NewTimer(backoff)
+			select {
+			case <-h.ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			backoff = min(backoff*2, h.backoffCap)
+			next, err := h.launch(h.ctx, m)
+			if err != nil {
+				m.setErr(err)
+				m.log.Error("plugin restart failed", "error", err, "next_attempt_in", backoff)
+				continue
+			}
+			if h.ctx.Err() != nil {
+				next.client.Kill()
+				return
+			}
+			m.mu.Lock()
+			m.restarts++
+			restarts := m.restarts
+			registered := m.types
+			m.mu.Unlock()
+			if !sameTypes(registered, next.types) {
+				m.log.Warn("plugin restarted with different types; the registry keeps the types from start until the engine restarts",
+					"registered", typeNames(registered), "reported", typeNames(next.types))
+			}
+			m.setRunning(next)
+			m.log.Info("plugin restarted", "pid", next.pid, "restarts", restarts)
+			inst = next
+			break
+		}
+	}
+}
+
+func sameTypes(a, b []resource.TypeDescriptor) bool {
+	key := func(ds []resource.TypeDescriptor) []string {
+		out := make([]string, len(ds))
+		for i, d := range ds {
+			out[i] = fmt.Sprintf("%s/%s/%s/%d/%s", d.Name, d.Direction, d.Scope, d.SchemaVersion, d.Schema)
+		}
+		slices.Sort(out)
+		return out
+	}
+	return slices.Equal(key(a), key(b))
+}
+
+// lineLogger returns a writer that logs each line written to it at info
+// level, tagged with the stream name.
+func lineLogger(l hclog.Logger, stream string) io.Writer {
+	return &lineWriter{log: l, stream: stream}
+}
+
+type lineWriter struct {
+	log    hclog.Logger
+	stream string
+	mu     sync.Mutex
+	buf    []byte
+}
+
+func (w *lineWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf = append(w.buf, p...)
+	for {
+		i := bytes.IndexByte(w.buf, '\n')
+		if i < 0 {
+			break
+		}
+		if line := strings.TrimRight(string(w.buf[:i]), "\r"); line != "" {
+			w.log.Info(line, "stream", w.stream)
+		}
+		w.buf = w.buf[i+1:]
+	}
+	if len(w.buf) > 64<<10 { // a very long line: flush it as is
+		w.log.Info(string(w.buf), "stream", w.stream)
+		w.buf = nil
+	}
+	return len(p), nil
+}

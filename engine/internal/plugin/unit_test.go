@@ -1,0 +1,74 @@
+package plugin
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/kds-engine/kds-engine/engine/internal/resource"
+)
+
+func TestVerifyChecksumFormats(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "kds-plugin-x")
+	require.NoError(t, os.WriteFile(bin, []byte("binary"), 0o755))
+	// sha256sum of "binary"
+	const sum = "9a3a45d01531a20e89ac6ae10b0b0beb0492acd7216a368aa062d1a5fecaf9cd"
+	cases := map[string]string{
+		"":                                "",
+		sum + "  kds-plugin-x\n":          "",
+		sum + " *kds-plugin-x\n":          "",
+		sum + "\n":                        "",
+		sum + "  /elsewhere/kds-plugin-x": "",
+		sum + "  kds-plugin-y\n":          "names",
+		strings.Repeat("0", 64) + "\n":    "checksum mismatch",
+		"xyz\n":                           "not a sha256",
+		"\n":                              "empty",
+	}
+	for content, want := range cases {
+		t.Run(content, func(t *testing.T) {
+			_ = os.Remove(bin + ChecksumSuffix)
+			if content != "" {
+				require.NoError(t, os.WriteFile(bin+ChecksumSuffix, []byte(content), 0o644))
+			}
+			err := verifyChecksum(bin)
+			if want == "" {
+				assert.NoError(t, err)
+				return
+			}
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), want)
+		})
+	}
+}
+
+func TestBatchesBoundCountAndBytes(t *testing.T) {
+	rs := make([]*resource.Resource, 10)
+	idx := make([]int, 10)
+	for i := range rs {
+		rs[i] = &resource.Resource{Type: "T", Name: "n", Spec: make([]byte, 100)}
+		idx[i] = i
+	}
+	assert.Equal(t, [][]int{{0, 1, 2, 3}, {4, 5, 6, 7}, {8, 9}}, Batches(rs, idx, 4, 1<<20))
+	assert.Equal(t, [][]int{{0, 1}, {2, 3}, {4, 5}, {6, 7}, {8, 9}}, Batches(rs, idx, 100, 400))
+	rs[3].Spec = make([]byte, 1000)
+	assert.Equal(t, [][]int{{0, 1, 2}, {3}, {4, 5, 6}, {7, 8, 9}}, Batches(rs, idx, 100, 600), "an oversized resource goes alone")
+	assert.Empty(t, Batches(rs, nil, 10, 10))
+}
+
+func TestLineWriterLogsWholeLines(t *testing.T) {
+	var buf syncBuffer
+	w := lineLogger(hclog.New(&hclog.LoggerOptions{Name: "p", Output: &buf}), "stdout")
+	_, _ = w.Write([]byte("hel"))
+	assert.Empty(t, buf.String())
+	_, _ = w.Write([]byte("lo\nsecond\r\nthi"))
+	out := buf.String()
+	assert.Contains(t, out, "p: hello: stream=stdout")
+	assert.Contains(t, out, "p: second: stream=stdout")
+	assert.NotContains(t, out, "thi")
+}

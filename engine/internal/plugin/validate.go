@@ -1,0 +1,152 @@
+package plugin
+
+import (
+	"context"
+	"fmt"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/kds-engine/kds-engine/engine/internal/resource"
+	kdsv1 "github.com/kds-engine/kds-engine/proto/kds/v1"
+	pluginv1 "github.com/kds-engine/kds-engine/proto/plugin/v1"
+)
+
+// ValidateBatch sends rs to the named plugin in one Validate RPC and returns
+// the field errors of each invalid resource by its index in rs. It fails
+// with an error wrapping ErrPluginDown when the plugin is not running (or
+// dies during the call). Every resource must be of a type of that plugin;
+// the caller keeps batches under MaxBatchBytes.
+func (h *Host) ValidateBatch(ctx context.Context, pluginName string, rs []*resource.Resource) (map[int][]resource.FieldError, error) {
+	h.mu.RLock()
+	m := h.byName[pluginName]
+	h.mu.RUnlock()
+	if m == nil {
+		return nil, fmt.Errorf("validate: no plugin %q", pluginName)
+	}
+	inst, err := m.current()
+	if err != nil {
+		return nil, fmt.Errorf("validate: %w", err)
+	}
+	req := &pluginv1.ValidateRequest{Resources: make([]*kdsv1.Resource, len(rs))}
+	for i, r := range rs {
+		req.Resources[i] = r.ToProto()
+	}
+	m.calls.Add(1)
+	resp, err := inst.conn.Validate(ctx, req)
+	if err != nil {
+		select {
+		case <-inst.conn.Done():
+			return nil, fmt.Errorf("validate: plugin %q exited during the call: %w", pluginName, ErrPluginDown)
+		default:
+		}
+		if status.Code(err) == codes.Unavailable {
+			return nil, fmt.Errorf("validate: plugin %q unreachable (%v): %w", pluginName, status.Convert(err).Message(), ErrPluginDown)
+		}
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("validate with plugin %q: %w", pluginName, context.Cause(ctx))
+		}
+		return nil, fmt.Errorf("validate with plugin %q: %w", pluginName, err)
+	}
+	out := make(map[int][]resource.FieldError, len(resp.GetInvalid()))
+	for _, inv := range resp.GetInvalid() {
+		idx := int(inv.GetIndex())
+		if idx >= len(rs) {
+			return nil, fmt.Errorf("validate with plugin %q: answer names resource %d of a batch of %d", pluginName, idx, len(rs))
+		}
+		fes := make([]resource.FieldError, 0, len(inv.GetErrors()))
+		for _, fe := range inv.GetErrors() {
+			fes = append(fes, resource.FieldError{Field: fe.GetField(), Message: fe.GetMessage()})
+		}
+		if len(fes) == 0 {
+			fes = append(fes, resource.FieldError{Message: "rejected by plugin " + pluginName})
+		}
+		out[idx] = append(out[idx], fes...)
+	}
+	return out, nil
+}
+
+// Validate checks rs with their plugins only (no envelope or schema checks;
+// see package validate for the full pipeline). Resources are grouped by
+// plugin and sent in batches of the configured size. It returns nil, a
+// *resource.ValidationError listing every invalid resource (an unknown type
+// is invalid), or an error wrapping ErrPluginDown.
+func (h *Host) Validate(ctx context.Context, rs []*resource.Resource) error {
+	reg := h.Registry()
+	invalid := map[int][]resource.FieldError{}
+	groups := map[string][]int{}
+	var order []string
+	for i, r := range rs {
+		d, ok := reg.Type(r.Type)
+		if !ok {
+			invalid[i] = []resource.FieldError{{Field: "type", Message: fmt.Sprintf("unknown type %q", r.Type)}}
+			continue
+		}
+		if _, seen := groups[d.Plugin]; !seen {
+			order = append(order, d.Plugin)
+		}
+		groups[d.Plugin] = append(groups[d.Plugin], i)
+	}
+	for _, p := range order {
+		for _, batch := range Batches(rs, groups[p], h.batchSize, MaxBatchBytes) {
+			sub := make([]*resource.Resource, len(batch))
+			for j, idx := range batch {
+				sub[j] = rs[idx]
+			}
+			res, err := h.ValidateBatch(ctx, p, sub)
+			if err != nil {
+				return err
+			}
+			for j, fes := range res {
+				invalid[batch[j]] = append(invalid[batch[j]], fes...)
+			}
+		}
+	}
+	return ValidationError(rs, invalid)
+}
+
+// Batches splits idx (indexes into rs) into batches of at most size
+// resources and at most maxBytes of wire size; a resource larger than
+// maxBytes forms a batch of its own.
+func Batches(rs []*resource.Resource, idx []int, size, maxBytes int) [][]int {
+	var out [][]int
+	var cur []int
+	curBytes := 0
+	for _, i := range idx {
+		n := approxSize(rs[i])
+		if len(cur) > 0 && (len(cur) >= size || curBytes+n > maxBytes) {
+			out = append(out, cur)
+			cur, curBytes = nil, 0
+		}
+		cur = append(cur, i)
+		curBytes += n
+	}
+	if len(cur) > 0 {
+		out = append(out, cur)
+	}
+	return out
+}
+
+// ValidationError builds the error for the invalid resources (by index in
+// rs), in input order; nil if there are none.
+func ValidationError(rs []*resource.Resource, invalid map[int][]resource.FieldError) error {
+	if len(invalid) == 0 {
+		return nil
+	}
+	ve := &resource.ValidationError{}
+	for i, r := range rs {
+		if fes, ok := invalid[i]; ok {
+			ve.Invalid = append(ve.Invalid, resource.InvalidResource{Key: r.Key(), Errors: fes})
+		}
+	}
+	return ve
+}
+
+// approxSize estimates a resource's wire size without encoding it.
+func approxSize(r *resource.Resource) int {
+	n := 64 + len(r.Type) + len(r.Mesh) + len(r.Name) + len(r.Spec) + len(r.Version) + len(r.Zone)
+	for k, v := range r.Labels {
+		n += len(k) + len(v) + 8
+	}
+	return n
+}

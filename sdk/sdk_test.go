@@ -1,0 +1,108 @@
+package sdk
+
+import (
+	"context"
+	"encoding/json"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	kdsv1 "github.com/kds-engine/kds-engine/proto/kds/v1"
+	pluginv1 "github.com/kds-engine/kds-engine/proto/plugin/v1"
+)
+
+func TestPathBuilder(t *testing.T) {
+	p := Field("spec").Child("inbound").Index(1).Child("port")
+	assert.Equal(t, "spec.inbound[1].port", p.String())
+	base := Field("spec").Child("tags")
+	assert.Equal(t, `spec.tags["kuma.io/service"]`, base.Key("kuma.io/service").String())
+	assert.Equal(t, "spec.tags", base.String(), "paths are immutable")
+	assert.Equal(t, "", Path{}.String())
+}
+
+func TestErrorList(t *testing.T) {
+	var l ErrorList
+	assert.True(t, l.Empty())
+	l.Required(Field("spec").Child("a"))
+	l.Invalid(Field("spec").Child("b"), "x", "not allowed")
+	l.Add(Path{}, "whole resource is off")
+	l.Append(ErrorList{{Field: "spec.c", Message: "m"}})
+	require.Len(t, l, 4)
+	assert.Equal(t, `spec.a: is required; spec.b: invalid value "x": not allowed; whole resource is off; spec.c: m`, l.Error())
+}
+
+type sample struct {
+	Port    int               `json:"port" jsonschema:"minimum=1,maximum=65535"`
+	Name    string            `json:"name,omitempty"`
+	Tags    map[string]string `json:"tags,omitempty"`
+	Inner   *inner            `json:"inner,omitempty"`
+	Entries []inner           `json:"entries,omitempty"`
+}
+
+type inner struct {
+	Value string `json:"value"`
+}
+
+func TestSchemaForIsStandaloneAndStrict(t *testing.T) {
+	raw, err := SchemaFor[sample]()
+	require.NoError(t, err)
+	var s map[string]any
+	require.NoError(t, json.Unmarshal(raw, &s))
+	assert.Equal(t, "object", s["type"])
+	assert.Equal(t, false, s["additionalProperties"])
+	assert.Equal(t, []any{"port"}, s["required"])
+	assert.NotContains(t, string(raw), `"$ref"`, "definitions are inlined")
+	port := s["properties"].(map[string]any)["port"].(map[string]any)
+	assert.EqualValues(t, 65535, port["maximum"])
+}
+
+func TestNewServerChecksDeclarations(t *testing.T) {
+	ok := TypeSpec[sample]{Name: "Sample", Direction: GlobalToZone, Scope: ScopeMesh}
+	cases := map[string]struct {
+		p    Plugin
+		want string
+	}{
+		"no name":        {Plugin{Types: []Type{Define(ok)}}, "plugin name is empty"},
+		"bad type name":  {Plugin{Name: "p", Types: []Type{Define(TypeSpec[sample]{Name: "my-type", Direction: GlobalToZone, Scope: ScopeMesh})}}, "type name"},
+		"no direction":   {Plugin{Name: "p", Types: []Type{Define(TypeSpec[sample]{Name: "A", Scope: ScopeMesh})}}, "direction"},
+		"no scope":       {Plugin{Name: "p", Types: []Type{Define(TypeSpec[sample]{Name: "A", Direction: ZoneToGlobal})}}, "scope"},
+		"duplicate type": {Plugin{Name: "p", Types: []Type{Define(ok), Define(ok)}}, "declared twice"},
+		"bad schema":     {Plugin{Name: "p", Types: []Type{Define(TypeSpec[sample]{Name: "A", Direction: GlobalToZone, Scope: ScopeMesh, Schema: json.RawMessage("{")})}}, "not valid JSON"},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			_, err := NewServer(tc.p)
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tc.want)
+		})
+	}
+}
+
+func TestServerValidateReportsIndexesAndPassesMeta(t *testing.T) {
+	var seen []Meta
+	srv, err := NewServer(Plugin{Name: "p", Types: []Type{Define(TypeSpec[sample]{
+		Name: "Sample", Direction: GlobalToZone, Scope: ScopeMesh, AllowUnknownFields: true,
+		Validate: func(_ context.Context, m Meta, s *sample) ErrorList {
+			seen = append(seen, m)
+			if s.Port == 0 {
+				return ErrorList{{Field: "spec.port", Message: "is required"}}
+			}
+			return nil
+		},
+	})}})
+	require.NoError(t, err)
+	resp, err := srv.Validate(context.Background(), &pluginv1.ValidateRequest{Resources: []*kdsv1.Resource{
+		{Type: "Sample", Mesh: "m1", Name: "a", Spec: []byte(`{"port": 80, "extra": 1}`)},
+		{Type: "Sample", Mesh: "m1", Name: "b", Labels: map[string]string{"k": "v"}},
+		{Type: "Sample", Mesh: "m1", Name: "c", Spec: []byte(`[1]`)},
+	}})
+	require.NoError(t, err)
+	require.Len(t, resp.GetInvalid(), 2)
+	assert.EqualValues(t, 1, resp.GetInvalid()[0].GetIndex())
+	assert.Equal(t, "spec.port", resp.GetInvalid()[0].GetErrors()[0].GetField())
+	assert.EqualValues(t, 2, resp.GetInvalid()[1].GetIndex())
+	assert.Equal(t, "spec", resp.GetInvalid()[1].GetErrors()[0].GetField())
+	require.Len(t, seen, 2)
+	assert.Equal(t, Meta{Type: "Sample", Mesh: "m1", Name: "b", Labels: map[string]string{"k": "v"}}, seen[1])
+}

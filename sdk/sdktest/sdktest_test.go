@@ -1,0 +1,92 @@
+package sdktest_test
+
+import (
+	"context"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/kds-engine/kds-engine/sdk"
+	"github.com/kds-engine/kds-engine/sdk/sdktest"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+type widgetSpec struct {
+	Size  int      `json:"size"`
+	Color string   `json:"color,omitempty" jsonschema:"enum=red,enum=blue"`
+	Parts []string `json:"parts,omitempty"`
+}
+
+func widgetPlugin() sdk.Plugin {
+	return sdk.Plugin{Name: "widgets", Version: "0.1.0", Types: []sdk.Type{
+		sdk.Define(sdk.TypeSpec[widgetSpec]{
+			Name: "Widget", Direction: sdk.GlobalToZone, Scope: sdk.ScopeMesh, SchemaVersion: 2,
+			Validate: func(_ context.Context, _ sdk.Meta, s *widgetSpec) sdk.ErrorList {
+				var errs sdk.ErrorList
+				if s.Size <= 0 {
+					errs.Invalid(sdk.Field("spec").Child("size"), s.Size, "must be positive")
+				}
+				for i, p := range s.Parts {
+					if p == "" {
+						errs.Required(sdk.Field("spec").Child("parts").Index(i))
+					}
+				}
+				return errs
+			},
+		}),
+	}}
+}
+
+func TestStartDescribeAndValidateOverGRPC(t *testing.T) {
+	c := sdktest.Start(t, widgetPlugin())
+	d := c.Describe()
+	assert.Equal(t, "widgets", d.GetName())
+	assert.Equal(t, "0.1.0", d.GetVersion())
+	require.Len(t, d.GetTypes(), 1)
+	assert.Equal(t, "Widget", d.GetTypes()[0].GetName())
+	assert.EqualValues(t, 2, d.GetTypes()[0].GetSchemaVersion())
+	assert.Contains(t, string(d.GetTypes()[0].GetJsonSchema()), `"size"`)
+
+	got := c.Validate(
+		sdktest.Resource{Type: "Widget", Mesh: "default", Name: "ok", Spec: widgetSpec{Size: 3}},
+		sdktest.Resource{Type: "Widget", Mesh: "default", Name: "bad", Spec: widgetSpec{Size: 0, Parts: []string{"a", ""}}},
+		sdktest.Resource{Type: "Gadget", Mesh: "default", Name: "unknown", Spec: `{}`},
+		sdktest.Resource{Type: "Widget", Mesh: "default", Name: "typo", Spec: `{"size": 1, "colour": "red"}`},
+		sdktest.Resource{Type: "Widget", Mesh: "default", Name: "wrongtype", Spec: `{"size": "big"}`},
+	)
+	require.Len(t, got, 5)
+	assert.Empty(t, got[0])
+	assert.Equal(t, []string{"spec.size", "spec.parts[1]"}, sdktest.Fields(got[1]))
+	assert.Contains(t, got[1][0].Message, "must be positive")
+	assert.Equal(t, []string{"type"}, sdktest.Fields(got[2]))
+	assert.Equal(t, []string{"spec.colour"}, sdktest.Fields(got[3]))
+	assert.Equal(t, []string{"spec.size"}, sdktest.Fields(got[4]))
+	assert.Contains(t, got[4][0].Message, "must be an integer")
+}
+
+func TestStartRejectsBadDeclaration(t *testing.T) {
+	ft := &fakeT{TB: t}
+	func() {
+		defer func() { _ = recover() }()
+		sdktest.Start(ft, sdk.Plugin{Name: "x", Types: []sdk.Type{sdk.Define(sdk.TypeSpec[widgetSpec]{Name: "lower", Direction: sdk.GlobalToZone, Scope: sdk.ScopeMesh})}})
+	}()
+	assert.Contains(t, ft.msg, "type name")
+}
+
+// fakeT records Fatalf instead of failing the real test.
+type fakeT struct {
+	testing.TB
+	msg string
+}
+
+func (f *fakeT) Helper() {}
+func (f *fakeT) Fatalf(format string, args ...any) {
+	f.msg = format
+	if len(args) > 0 {
+		f.msg = args[0].(error).Error()
+	}
+	panic("fatal")
+}

@@ -1,0 +1,86 @@
+package sdk
+
+import (
+	"context"
+	"fmt"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	pluginv1 "github.com/kds-engine/kds-engine/proto/plugin/v1"
+)
+
+// Plugin is a complete plugin: its identity and its types.
+type Plugin struct {
+	// Name should equal the NAME in the binary's file name kds-plugin-NAME;
+	// the engine identifies the plugin by its file name and logs a mismatch.
+	Name string
+	// Version of the plugin, free form (for example "1.2.0").
+	Version string
+	Types   []Type
+}
+
+// NewServer checks the plugin's declarations and returns the gRPC
+// implementation of the plugin protocol. [Serve] uses it; sdktest and
+// benchmarks use it to run a plugin in-process. The returned server is safe
+// for concurrent use.
+func NewServer(p Plugin) (pluginv1.PluginServer, error) {
+	if p.Name == "" {
+		return nil, fmt.Errorf("plugin name is empty")
+	}
+	s := &server{name: p.Name, version: p.Version, types: make(map[string]Type, len(p.Types))}
+	for _, t := range p.Types {
+		d, err := t.descriptor()
+		if err != nil {
+			return nil, fmt.Errorf("plugin %s: %w", p.Name, err)
+		}
+		if _, dup := s.types[d.Name]; dup {
+			return nil, fmt.Errorf("plugin %s: type %s declared twice", p.Name, d.Name)
+		}
+		s.types[d.Name] = t
+		s.descriptors = append(s.descriptors, d)
+	}
+	return s, nil
+}
+
+type server struct {
+	pluginv1.UnimplementedPluginServer
+	name, version string
+	types         map[string]Type
+	descriptors   []*pluginv1.TypeDescriptor
+}
+
+func (s *server) Describe(context.Context, *pluginv1.DescribeRequest) (*pluginv1.DescribeResponse, error) {
+	return &pluginv1.DescribeResponse{Name: s.name, Version: s.version, Types: s.descriptors}, nil
+}
+
+func (s *server) Validate(ctx context.Context, req *pluginv1.ValidateRequest) (*pluginv1.ValidateResponse, error) {
+	resp := &pluginv1.ValidateResponse{}
+	for i, r := range req.GetResources() {
+		if i%256 == 0 {
+			if err := ctx.Err(); err != nil {
+				return nil, status.FromContextError(err).Err()
+			}
+		}
+		var errs ErrorList
+		t, ok := s.types[r.GetType()]
+		if !ok {
+			errs = ErrorList{{Field: "type", Message: fmt.Sprintf("plugin %s does not supply type %q", s.name, r.GetType())}}
+		} else {
+			meta := Meta{Type: r.GetType(), Mesh: r.GetMesh(), Name: r.GetName(), Labels: r.GetLabels(), Zone: r.GetZone()}
+			errs = t.validate(ctx, meta, r.GetSpec())
+		}
+		if len(errs) == 0 {
+			continue
+		}
+		re := &pluginv1.ResourceErrors{Index: uint32(i), Errors: make([]*pluginv1.FieldError, len(errs))}
+		for j, e := range errs {
+			re.Errors[j] = &pluginv1.FieldError{Field: e.Field, Message: e.Message}
+		}
+		resp.Invalid = append(resp.Invalid, re)
+	}
+	if len(req.GetResources()) > 0 && ctx.Err() != nil {
+		return nil, status.Error(codes.Canceled, ctx.Err().Error())
+	}
+	return resp, nil
+}
