@@ -203,13 +203,27 @@ func (m *Metrics) SendTimeout(zone string) {
 	m.sendTimeouts.WithLabelValues(zone).Inc()
 }
 
-// SessionStarted records an established session for zone.
+// SessionStarted records an established session for zone and creates the
+// zone's per-session series at zero.
 func (m *Metrics) SessionStarted(zone string) {
 	if m == nil {
 		return
 	}
 	m.sessionsStarted.WithLabelValues(zone).Inc()
 	m.sessionConnected.WithLabelValues(zone).Set(1)
+	// Create the zone's other series at zero so they are scraped (and
+	// rate() works) before the first event.
+	for _, s := range []Stream{StreamGlobalToZone, StreamZoneToGlobal} {
+		m.messagesSent.WithLabelValues(zone, string(s)).Add(0)
+		m.messagesReceived.WithLabelValues(zone, string(s)).Add(0)
+		m.bytesSent.WithLabelValues(zone, string(s)).Add(0)
+		m.bytesReceived.WithLabelValues(zone, string(s)).Add(0)
+		m.sendDuration.WithLabelValues(zone, string(s))
+	}
+	m.sendTimeouts.WithLabelValues(zone).Add(0)
+	for _, r := range EndReasons {
+		m.sessionsEnded.WithLabelValues(zone, string(r)).Add(0)
+	}
 }
 
 // SessionEnded records the end of zone's session and why, and drops the
@@ -224,12 +238,15 @@ func (m *Metrics) SessionEnded(zone string, reason EndReason) {
 	m.bufferCapacity.DeletePartialMatch(prometheus.Labels{"zone": zone})
 }
 
-// ResponseSent records a response of typ sent to zone.
+// ResponseSent records a response of typ sent to zone (and creates its ACK
+// and NACK series at zero).
 func (m *Metrics) ResponseSent(zone, typ string) {
 	if m == nil {
 		return
 	}
 	m.responsesSent.WithLabelValues(zone, typ).Inc()
+	m.responsesACKed.WithLabelValues(zone, typ).Add(0)
+	m.responsesNACKed.WithLabelValues(zone, typ).Add(0)
 }
 
 // ResponseACKed records the peer's ACK of a response of typ.
@@ -264,7 +281,8 @@ func (m *Metrics) PluginRestarted(plugin string) {
 	m.pluginRestarts.WithLabelValues(plugin).Add(1)
 }
 
-// SetPluginUp records whether plugin is running and serving.
+// SetPluginUp records whether plugin is running and serving, and creates the
+// plugin's other series at zero.
 func (m *Metrics) SetPluginUp(plugin string, up bool) {
 	if m == nil {
 		return
@@ -274,6 +292,8 @@ func (m *Metrics) SetPluginUp(plugin string, up bool) {
 		v = 1
 	}
 	m.pluginUp.WithLabelValues(plugin).Set(v)
+	m.pluginRestarts.WithLabelValues(plugin).Add(0)
+	m.validation.WithLabelValues(plugin)
 }
 
 // ObserveValidation records how long plugin took to validate one batch.

@@ -136,3 +136,18 @@ func TestNilMetricsAndNilRegistry(t *testing.T) {
 	require.NoError(t, err)
 	assert.NotPanics(t, func() { touchAll(m2) })
 }
+
+func TestSeriesExistAtZeroAfterSessionStartAndPluginLoad(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m, err := New(reg)
+	require.NoError(t, err)
+	m.SessionStarted("zone-1")
+	m.SetPluginUp("policies", true)
+	body := scrape(t, reg)
+	assert.Contains(t, body, `kds_send_timeouts_total{zone="zone-1"} 0`)
+	assert.Contains(t, body, `kds_sessions_ended_total{reason="buffer_full",zone="zone-1"} 0`)
+	assert.Contains(t, body, `kds_stream_messages_received_total{stream="zone_to_global",zone="zone-1"} 0`)
+	assert.Contains(t, body, `kds_send_duration_seconds_count{stream="global_to_zone",zone="zone-1"} 0`)
+	assert.Contains(t, body, `kds_plugin_restarts_total{plugin="policies"} 0`)
+	assert.Contains(t, body, `kds_validation_duration_seconds_count{plugin="policies"} 0`)
+}
