@@ -579,4 +579,3 @@ func (a *App) pluginsCommand() *cobra.Command {
 	cmd.AddCommand(list)
 	return cmd
 }
-
