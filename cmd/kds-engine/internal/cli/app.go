@@ -147,8 +147,6 @@ func (a *App) rootCommand() *cobra.Command {
 		Short:         "Keep typed resources in sync between a global control plane and its zones",
 		SilenceUsage:  true,
 		SilenceErrors: true,
-		// Only subcommands do anything.
-		Args: cobra.NoArgs,
 	}
 	root.CompletionOptions.DisableDefaultCmd = true
 	root.AddCommand(
