@@ -47,7 +47,7 @@ func (a *App) runCommand(role engine.Role) *cobra.Command {
 		if s.Flag == "data-dir" && role == engine.RoleZone {
 			usage += " (default \"kds-data/NAME\")"
 		}
-		fs.String(s.Flag, def, usage)
+		fs.Var(&textValue{text: def, kind: s.Kind}, s.Flag, usage)
 	}
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		return a.runRole(cmd, role, *configFile)
@@ -109,3 +109,12 @@ func (a *App) runRole(cmd *cobra.Command, role engine.Role, configFile string) e
 	}
 	return nil
 }
+
+// textValue is a flag holding text; config.Load parses it, so every source
+// (file, environment, flag) goes through one parser. kind is what --help
+// shows as the value's type.
+type textValue struct{ text, kind string }
+
+func (v *textValue) String() string     { return v.text }
+func (v *textValue) Set(s string) error { v.text = s; return nil }
+func (v *textValue) Type() string       { return v.kind }

@@ -66,6 +66,9 @@ type Setting struct {
 	Default func(role engine.Role) string
 	// Accepted describes accepted values for messages and docs.
 	Accepted string
+	// Kind names the value's form in --help: string, list, duration,
+	// int, size or address.
+	Kind string
 
 	set func(c *Config, v string) error
 }
@@ -89,41 +92,41 @@ func byRole(global, zone string) func(engine.Role) string {
 
 // Settings lists every setting in documentation order.
 var Settings = []Setting{
-	{Flag: "name", Key: "name", Zone: true, Default: fixed(""), Accepted: "a DNS label: lower-case letters, digits and '-', at most 63",
+	{Flag: "name", Kind: "string", Key: "name", Zone: true, Default: fixed(""), Accepted: "a DNS label: lower-case letters, digits and '-', at most 63",
 		Usage: "this zone's name (required)", set: func(c *Config, v string) error { c.Name = v; return nil }},
-	{Flag: "global", Key: "global", Zone: true, Default: fixed(""), Accepted: "HOST:PORT",
+	{Flag: "global", Kind: "address", Key: "global", Zone: true, Default: fixed(""), Accepted: "HOST:PORT",
 		Usage: "global's KDS address, HOST:PORT (required)", set: func(c *Config, v string) error { c.Global = v; return nil }},
-	{Flag: "plugins-dir", Key: "pluginsDir", Global: true, Zone: true, Default: fixed("plugins"), Accepted: "a directory",
+	{Flag: "plugins-dir", Kind: "string", Key: "pluginsDir", Global: true, Zone: true, Default: fixed("plugins"), Accepted: "a directory",
 		Usage: "directory holding the kds-plugin-* binaries", set: func(c *Config, v string) error { c.PluginsDir = v; return nil }},
-	{Flag: "required-plugins", Key: "requiredPlugins", Global: true, Zone: true, Default: fixed(""), Accepted: "comma-separated plugin names",
+	{Flag: "required-plugins", Kind: "list", Key: "requiredPlugins", Global: true, Zone: true, Default: fixed(""), Accepted: "comma-separated plugin names",
 		Usage: "plugins that must load or the engine does not start (comma list)", set: func(c *Config, v string) error { c.RequiredPlugins = splitList(v); return nil }},
-	{Flag: "data-dir", Key: "dataDir", Global: true, Zone: true, Default: byRole("kds-data/global", "kds-data/NAME"), Accepted: "a directory",
+	{Flag: "data-dir", Kind: "string", Key: "dataDir", Global: true, Zone: true, Default: byRole("kds-data/global", "kds-data/NAME"), Accepted: "a directory",
 		Usage: "directory of the bolt store", set: func(c *Config, v string) error { c.DataDir = v; return nil }},
-	{Flag: "store", Key: "store", Global: true, Zone: true, Default: fixed("bolt"), Accepted: "bolt, memory",
+	{Flag: "store", Kind: "string", Key: "store", Global: true, Zone: true, Default: fixed("bolt"), Accepted: "bolt, memory",
 		Usage: "resource store: bolt (durable, under --data-dir) or memory", set: func(c *Config, v string) error { c.Store = v; return nil }},
-	{Flag: "kds-addr", Key: "kdsAddr", Global: true, Default: fixed(":5685"), Accepted: "HOST:PORT (empty host: all interfaces)",
+	{Flag: "kds-addr", Kind: "address", Key: "kdsAddr", Global: true, Default: fixed(":5685"), Accepted: "HOST:PORT (empty host: all interfaces)",
 		Usage: "address global listens on for zones", set: func(c *Config, v string) error { c.KDSAddr = v; return nil }},
-	{Flag: "api-addr", Key: "apiAddr", Global: true, Zone: true, Default: byRole("127.0.0.1:5681", "127.0.0.1:5682"), Accepted: "HOST:PORT",
+	{Flag: "api-addr", Kind: "address", Key: "apiAddr", Global: true, Zone: true, Default: byRole("127.0.0.1:5681", "127.0.0.1:5682"), Accepted: "HOST:PORT",
 		Usage: "address of the admin HTTP API", set: func(c *Config, v string) error { c.APIAddr = v; return nil }},
-	{Flag: "send-timeout", Key: "sendTimeout", Global: true, Zone: true, Default: fixed("1m"), Accepted: "a positive duration such as 30s, 1m, 1m30s",
+	{Flag: "send-timeout", Kind: "duration", Key: "sendTimeout", Global: true, Zone: true, Default: fixed("1m"), Accepted: "a positive duration such as 30s, 1m, 1m30s",
 		Usage: "a gRPC Send not done within this ends the session", set: func(c *Config, v string) error { return setDuration(&c.SendTimeout, v) }},
-	{Flag: "buffer-headroom", Key: "bufferHeadroom", Global: true, Zone: true, Default: fixed("16"), Accepted: "an integer from 1 to 4096",
+	{Flag: "buffer-headroom", Kind: "int", Key: "bufferHeadroom", Global: true, Zone: true, Default: fixed("16"), Accepted: "an integer from 1 to 4096",
 		Usage: "send-buffer slots beyond one per registered type", set: func(c *Config, v string) error { return setInt(&c.BufferHeadroom, v) }},
-	{Flag: "max-message-size", Key: "maxMessageSize", Global: true, Zone: true, Default: fixed("4MiB"), Accepted: "a size from 64KiB to 1GiB: bytes, or a number with B, KB, KiB, MB, MiB, GB, GiB",
+	{Flag: "max-message-size", Kind: "size", Key: "maxMessageSize", Global: true, Zone: true, Default: fixed("4MiB"), Accepted: "a size from 64KiB to 1GiB: bytes, or a number with B, KB, KiB, MB, MiB, GB, GiB",
 		Usage: "largest KDS message sent or accepted", set: func(c *Config, v string) error { return setSize(&c.MaxMessageSize, v) }},
-	{Flag: "max-resource-size", Key: "maxResourceSize", Global: true, Zone: true, Default: fixed("1MiB"), Accepted: "a size below max-message-size: bytes, or a number with B, KB, KiB, MB, MiB, GB, GiB",
+	{Flag: "max-resource-size", Kind: "size", Key: "maxResourceSize", Global: true, Zone: true, Default: fixed("1MiB"), Accepted: "a size below max-message-size: bytes, or a number with B, KB, KiB, MB, MiB, GB, GiB",
 		Usage: "largest single resource accepted on write", set: func(c *Config, v string) error { return setSize(&c.MaxResourceSize, v) }},
-	{Flag: "keepalive-time", Key: "keepaliveTime", Global: true, Zone: true, Default: fixed("10s"), Accepted: "a duration of at least 1s",
+	{Flag: "keepalive-time", Kind: "duration", Key: "keepaliveTime", Global: true, Zone: true, Default: fixed("10s"), Accepted: "a duration of at least 1s",
 		Usage: "idle time after which a keepalive ping is sent", set: func(c *Config, v string) error { return setDuration(&c.KeepaliveTime, v) }},
-	{Flag: "keepalive-timeout", Key: "keepaliveTimeout", Global: true, Zone: true, Default: fixed("10s"), Accepted: "a duration of at least 1s",
+	{Flag: "keepalive-timeout", Kind: "duration", Key: "keepaliveTimeout", Global: true, Zone: true, Default: fixed("10s"), Accepted: "a duration of at least 1s",
 		Usage: "time to wait for a keepalive ack before closing the connection", set: func(c *Config, v string) error { return setDuration(&c.KeepaliveTimeout, v) }},
-	{Flag: "reconnect-backoff-base", Key: "reconnectBackoffBase", Zone: true, Default: fixed("500ms"), Accepted: "a positive duration",
+	{Flag: "reconnect-backoff-base", Kind: "duration", Key: "reconnectBackoffBase", Zone: true, Default: fixed("500ms"), Accepted: "a positive duration",
 		Usage: "first delay before reconnecting to global", set: func(c *Config, v string) error { return setDuration(&c.ReconnectBackoffBase, v) }},
-	{Flag: "reconnect-backoff-max", Key: "reconnectBackoffMax", Zone: true, Default: fixed("30s"), Accepted: "a duration not below reconnect-backoff-base",
+	{Flag: "reconnect-backoff-max", Kind: "duration", Key: "reconnectBackoffMax", Zone: true, Default: fixed("30s"), Accepted: "a duration not below reconnect-backoff-base",
 		Usage: "longest delay between reconnects", set: func(c *Config, v string) error { return setDuration(&c.ReconnectBackoffMax, v) }},
-	{Flag: "log-level", Key: "logLevel", Global: true, Zone: true, Default: fixed("info"), Accepted: "trace, debug, info, warn, error",
+	{Flag: "log-level", Kind: "string", Key: "logLevel", Global: true, Zone: true, Default: fixed("info"), Accepted: "trace, debug, info, warn, error",
 		Usage: "log level", set: func(c *Config, v string) error { c.LogLevel = strings.ToLower(strings.TrimSpace(v)); return nil }},
-	{Flag: "log-format", Key: "logFormat", Global: true, Zone: true, Default: fixed("text"), Accepted: "text, json",
+	{Flag: "log-format", Kind: "string", Key: "logFormat", Global: true, Zone: true, Default: fixed("text"), Accepted: "text, json",
 		Usage: "log format", set: func(c *Config, v string) error { c.LogFormat = strings.ToLower(strings.TrimSpace(v)); return nil }},
 }
 

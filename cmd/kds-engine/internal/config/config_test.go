@@ -197,6 +197,7 @@ func TestSettingsMatchStructTags(t *testing.T) {
 		keys = append(keys, s.Key)
 		assert.True(t, s.Global || s.Zone, s.Flag)
 		assert.NotEmpty(t, s.Accepted, s.Flag)
+		assert.Contains(t, []string{"string", "list", "duration", "int", "size", "address"}, s.Kind, s.Flag)
 	}
 	assert.ElementsMatch(t, tags, keys)
 }
