@@ -2,6 +2,7 @@ package config
 
 import (
 	"io/fs"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
@@ -212,5 +213,36 @@ func TestEveryDefaultParses(t *testing.T) {
 			var c Config
 			assert.NoError(t, s.set(&c, d), s.Flag)
 		}
+	}
+}
+
+// TestDocsListEverySetting checks docs/configuration.md has one table row per
+// setting with its flag, variable, YAML key and default.
+func TestDocsListEverySetting(t *testing.T) {
+	doc, err := os.ReadFile("../../../../docs/configuration.md")
+	require.NoError(t, err)
+	rows := map[string]string{}
+	for _, line := range strings.Split(string(doc), "\n") {
+		if strings.HasPrefix(line, "| `--") {
+			flag := strings.Trim(strings.Split(line, "|")[1], " `")
+			rows[flag] = line
+		}
+	}
+	assert.Len(t, rows, len(Settings))
+	for _, s := range Settings {
+		row, ok := rows["--"+s.Flag]
+		if !assert.True(t, ok, "no row for --%s", s.Flag) {
+			continue
+		}
+		cells := strings.Split(row, "|")
+		assert.Equal(t, "`"+s.EnvName()+"`", strings.TrimSpace(cells[2]), s.Flag)
+		assert.Equal(t, "`"+s.Key+"`", strings.TrimSpace(cells[3]), s.Flag)
+		for _, role := range []engine.Role{engine.RoleGlobal, engine.RoleZone} {
+			if d := s.Default(role); d != "" && s.For(role) {
+				assert.Contains(t, cells[4], "`"+d+"`", "default of %s", s.Flag)
+			}
+		}
+		want := map[[2]bool]string{{true, true}: "global, zone", {true, false}: "global", {false, true}: "zone"}[[2]bool{s.Global, s.Zone}]
+		assert.Equal(t, want, strings.TrimSpace(cells[5]), s.Flag)
 	}
 }
