@@ -81,11 +81,29 @@ func NewHandler(b Backend, logger hclog.Logger, opts ...Option) http.Handler {
 	mux.HandleFunc("GET /api/v1/zones/{name}", h.zone)
 	mux.HandleFunc("GET /api/v1/sync", h.sync)
 	mux.HandleFunc("GET /api/v1/plugins", h.plugins)
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		h.fail(w, r, newError(http.StatusNotFound, CodeNotFound, "no route %s %s", r.Method, r.URL.Path), "")
-	})
+	mux.HandleFunc("/", h.noRoute)
 	h.mux = mux
 	return h
+}
+
+// noRoute answers what no pattern matched: 405 when the path exists with
+// other methods, else 404.
+func (h *handler) noRoute(w http.ResponseWriter, r *http.Request) {
+	var allowed []string
+	for _, m := range []string{http.MethodGet, http.MethodPut, http.MethodPost, http.MethodDelete} {
+		probe := r.Clone(r.Context())
+		probe.Method = m
+		if _, pattern := h.mux.Handler(probe); pattern != "/" && pattern != "" {
+			allowed = append(allowed, m)
+		}
+	}
+	if len(allowed) > 0 {
+		w.Header().Set("Allow", strings.Join(allowed, ", "))
+		h.fail(w, r, newError(http.StatusMethodNotAllowed, CodeMethodNotAllowed, "%s %s: allowed methods: %s",
+			r.Method, r.URL.Path, strings.Join(allowed, ", ")), "")
+		return
+	}
+	h.fail(w, r, newError(http.StatusNotFound, CodeNotFound, "no route %s %s", r.Method, r.URL.Path), "")
 }
 
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {

@@ -224,6 +224,17 @@ func TestUnknownTypeAndRoute(t *testing.T) {
 	f.apiError("GET", "/api/v1/resources/Nope/x", nil, 404, api.CodeUnknownType)
 	f.apiError("PUT", "/api/v1/resources/Nope/x", `{}`, 404, api.CodeUnknownType)
 	f.apiError("GET", "/api/v1/nothing", nil, 404, api.CodeNotFound)
+
+	req, err := http.NewRequest("POST", f.srv.URL+"/api/v1/resources/MeshTimeout/web", nil)
+	require.NoError(t, err)
+	resp, err := f.srv.Client().Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	assert.Equal(t, 405, resp.StatusCode)
+	assert.Equal(t, "GET, PUT, DELETE", resp.Header.Get("Allow"))
+	var body api.Error
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&body))
+	assert.Equal(t, api.CodeMethodNotAllowed, body.Code)
 }
 
 func TestReadOnly(t *testing.T) {

@@ -100,16 +100,17 @@ type FieldProblem struct {
 
 // Error codes and the HTTP status each comes with.
 const (
-	CodeBadRequest    = "bad_request"    // 400
-	CodeReadOnly      = "read_only"      // 403
-	CodeNotFound      = "not_found"      // 404
-	CodeUnknownType   = "unknown_type"   // 404
-	CodeWrongRole     = "wrong_role"     // 404: route served by the other role
-	CodeAlreadyExists = "already_exists" // 409
-	CodeConflict      = "conflict"       // 409
-	CodeTooLarge      = "too_large"      // 413
-	CodeInvalid       = "invalid"        // 422
-	CodeInternal      = "internal"       // 500
-	CodePluginDown    = "plugin_down"    // 503
-	CodeNotReady      = "not_ready"      // 503
+	CodeBadRequest       = "bad_request"        // 400
+	CodeReadOnly         = "read_only"          // 403
+	CodeNotFound         = "not_found"          // 404
+	CodeUnknownType      = "unknown_type"       // 404
+	CodeWrongRole        = "wrong_role"         // 404: route served by the other role
+	CodeMethodNotAllowed = "method_not_allowed" // 405
+	CodeAlreadyExists    = "already_exists"     // 409
+	CodeConflict         = "conflict"           // 409
+	CodeTooLarge         = "too_large"          // 413
+	CodeInvalid          = "invalid"            // 422
+	CodeInternal         = "internal"           // 500
+	CodePluginDown       = "plugin_down"        // 503
+	CodeNotReady         = "not_ready"          // 503
 )
