@@ -1,0 +1,543 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io/fs"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+	"sigs.k8s.io/yaml"
+
+	"github.com/kds-engine/kds-engine/engine"
+	"github.com/kds-engine/kds-engine/engine/apitest"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// created is the fake backend's fixed creation time.
+var created = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+
+type harness struct {
+	t     *testing.T
+	srv   *apitest.Server
+	env   map[string]string
+	files map[string]string
+	stdin string
+}
+
+func newHarness(t *testing.T, role string) *harness {
+	t.Helper()
+	srv := apitest.NewServer(role)
+	t.Cleanup(srv.Close)
+	return &harness{t: t, srv: srv, env: map[string]string{}, files: map[string]string{}}
+}
+
+func (h *harness) app() (*App, *bytes.Buffer, *bytes.Buffer) {
+	var out, errb bytes.Buffer
+	return &App{
+		Stdin:  strings.NewReader(h.stdin),
+		Stdout: &out,
+		Stderr: &errb,
+		LookupEnv: func(k string) (string, bool) {
+			v, ok := h.env[k]
+			return v, ok
+		},
+		ReadFile: func(p string) ([]byte, error) {
+			if s, ok := h.files[p]; ok {
+				return []byte(s), nil
+			}
+			return nil, &fs.PathError{Op: "open", Path: p, Err: fs.ErrNotExist}
+		},
+		Now:     func() time.Time { return created.Add(5 * time.Minute) },
+		Version: "1.2.3", Commit: "abc123",
+	}, &out, &errb
+}
+
+// run runs a client verb against the fake API.
+func (h *harness) run(args ...string) (int, string, string) {
+	h.t.Helper()
+	a, out, errb := h.app()
+	code := a.Run(append(args, "--api", h.srv.URL))
+	return code, out.String(), errb.String()
+}
+
+const policiesYAML = `# two resources and an empty document
+type: Mesh
+name: default
+---
+---
+type: MeshTimeout
+mesh: default
+name: web-timeouts
+labels:
+  team: web
+spec:
+  targetRef: {kind: MeshService, name: web}
+  connectTimeout: 5s
+`
+
+func TestApplyYAMLCreatedUpdatedUnchanged(t *testing.T) {
+	h := newHarness(t, "global")
+	h.files["p.yaml"] = policiesYAML
+	code, out, errOut := h.run("apply", "-f", "p.yaml")
+	require.Equal(t, ExitOK, code, errOut)
+	assert.Equal(t, "Mesh default created\nMeshTimeout default/web-timeouts created\n2 resources applied: 2 created, 0 updated, 0 unchanged\n", out)
+	assert.Equal(t, 2, h.srv.Backend.Count())
+
+	code, out, _ = h.run("apply", "-f", "p.yaml")
+	require.Equal(t, ExitOK, code)
+	assert.Equal(t, "Mesh default unchanged\nMeshTimeout default/web-timeouts unchanged\n2 resources applied: 0 created, 0 updated, 2 unchanged\n", out)
+
+	h.files["p.yaml"] = strings.Replace(policiesYAML, "5s", "7s", 1)
+	code, out, _ = h.run("apply", "-f", "p.yaml")
+	require.Equal(t, ExitOK, code)
+	assert.Equal(t, "Mesh default unchanged\nMeshTimeout default/web-timeouts updated\n2 resources applied: 0 created, 1 updated, 1 unchanged\n", out)
+}
+
+func TestApplyJSONAndStdin(t *testing.T) {
+	h := newHarness(t, "global")
+	h.files["p.json"] = `{"type":"MeshTimeout","mesh":"default","name":"a","spec":{"connectTimeout":"1s"}}
+---
+{"type":"MeshTimeout","mesh":"default","name":"b","spec":{}}
+`
+	code, out, errOut := h.run("apply", "-f", "p.json")
+	require.Equal(t, ExitOK, code, errOut)
+	assert.Contains(t, out, "MeshTimeout default/a created\nMeshTimeout default/b created\n")
+
+	h.stdin = `{"type":"Mesh","name":"default"}`
+	code, out, errOut = h.run("apply", "-f", "-")
+	require.Equal(t, ExitOK, code, errOut)
+	assert.Equal(t, "Mesh default created\n1 resource applied: 1 created, 0 updated, 0 unchanged\n", out)
+	assert.Equal(t, 3, h.srv.Backend.Count())
+}
+
+func TestApplyInvalidNamesFileDocumentAndField(t *testing.T) {
+	h := newHarness(t, "global")
+	h.files["examples/x.yaml"] = `type: MeshTimeout
+mesh: default
+name: ok
+spec: {connectTimeout: 5s}
+---
+type: MeshTimeout
+mesh: default
+name: web
+spec: {connectTimeout: -3s}
+`
+	code, out, errOut := h.run("apply", "-f", "examples/x.yaml")
+	assert.Equal(t, ExitFailed, code)
+	assert.Empty(t, out)
+	assert.Equal(t, "apply: examples/x.yaml document 2: MeshTimeout default/web: spec.connectTimeout: must be a positive duration\n", errOut)
+	assert.Equal(t, 0, h.srv.Backend.Count(), "nothing written")
+}
+
+func TestApplyInputErrors(t *testing.T) {
+	h := newHarness(t, "global")
+	for name, tc := range map[string]struct{ file, want string }{
+		"unknown field": {"type: Mesh\nname: a\nmetadata: {}\n", `apply: f.yaml document 1: unknown field "metadata"`},
+		"no name":       {"type: Mesh\n---\ntype: Mesh\n", `apply: f.yaml document 1: type and name are required`},
+		"bad yaml":      {"type: Mesh\nname: a\n---\ntype: [\n", `apply: f.yaml document 2: `},
+		"duplicate":     {"type: Mesh\nname: a\n---\ntype: Mesh\nname: a\n", `apply: f.yaml document 2: Mesh a is also in f.yaml document 1`},
+		"empty":         {"# nothing\n", `apply: no resources in f.yaml`},
+		"unknown type":  {"type: Nope\nname: a\n", `apply: unknown resource type Nope`},
+	} {
+		t.Run(name, func(t *testing.T) {
+			h.files["f.yaml"] = tc.file
+			code, _, errOut := h.run("apply", "-f", "f.yaml")
+			assert.Equal(t, ExitFailed, code)
+			assert.True(t, strings.HasPrefix(errOut, tc.want), "got %q", errOut)
+		})
+	}
+	code, _, errOut := h.run("apply", "-f", "missing.yaml")
+	assert.Equal(t, ExitFailed, code)
+	assert.Contains(t, errOut, "apply: read missing.yaml: open missing.yaml: file does not exist")
+	code, _, errOut = h.run("apply")
+	assert.Equal(t, ExitUsage, code)
+	assert.Contains(t, errOut, "give a file with -f")
+	assert.Equal(t, 0, h.srv.Backend.Count())
+}
+
+func TestApplyReadOnlyOnZone(t *testing.T) {
+	h := newHarness(t, "zone")
+	h.files["p.yaml"] = policiesYAML
+	code, _, errOut := h.run("apply", "-f", "p.yaml")
+	assert.Equal(t, ExitFailed, code)
+	assert.Equal(t, "apply: Mesh is written on global and synced to zones; apply it on global\n", errOut)
+}
+
+func TestApplyPluginDown(t *testing.T) {
+	h := newHarness(t, "global")
+	h.srv.Backend.SetPluginDown("policies", true)
+	h.files["p.yaml"] = policiesYAML
+	code, _, errOut := h.run("apply", "-f", "p.yaml")
+	assert.Equal(t, ExitFailed, code)
+	assert.Contains(t, errOut, "plugin policies (type Mesh) is down")
+}
+
+func seed(t *testing.T, h *harness) {
+	t.Helper()
+	require.NoError(t, h.srv.Backend.SeedJSON(`[
+		{"type":"MeshTimeout","mesh":"default","name":"web","labels":{"team":"web"},"spec":{"connectTimeout":"5s"}},
+		{"type":"MeshTimeout","mesh":"default","name":"db","labels":{"team":"db"},"spec":{"connectTimeout":"2s"}},
+		{"type":"Dataplane","mesh":"default","zone":"zone-1","name":"web-1","spec":{"address":"10.0.0.1"}},
+		{"type":"Mesh","name":"default","spec":{}}
+	]`))
+}
+
+func TestGetTable(t *testing.T) {
+	h := newHarness(t, "global")
+	seed(t, h)
+	code, out, errOut := h.run("get", "MeshTimeout")
+	require.Equal(t, ExitOK, code, errOut)
+	assert.Equal(t, "MESH     NAME  VERSION  AGE\ndefault  db    2        5m\ndefault  web   1        5m\n", out)
+
+	code, out, _ = h.run("get", "Dataplane")
+	require.Equal(t, ExitOK, code)
+	assert.Equal(t, "MESH     NAME   ZONE    VERSION  AGE\ndefault  web-1  zone-1  3        5m\n", out)
+
+	code, out, _ = h.run("get", "Mesh")
+	require.Equal(t, ExitOK, code)
+	assert.Equal(t, "NAME     VERSION  AGE\ndefault  4        5m\n", out)
+
+	code, out, _ = h.run("get", "MeshTimeout", "-l", "team=web")
+	require.Equal(t, ExitOK, code)
+	assert.Equal(t, "MESH     NAME  VERSION  AGE\ndefault  web   1        5m\n", out)
+
+	code, out, errOut = h.run("get", "MeshTimeout", "--mesh", "nope")
+	require.Equal(t, ExitOK, code)
+	assert.Empty(t, out)
+	assert.Equal(t, "No MeshTimeout resources found.\n", errOut)
+
+	// A single mesh-scoped resource: mesh defaults to "default".
+	code, out, _ = h.run("get", "MeshTimeout", "web")
+	require.Equal(t, ExitOK, code)
+	assert.Equal(t, "MESH     NAME  VERSION  AGE\ndefault  web   1        5m\n", out)
+}
+
+func TestGetJSONAndYAML(t *testing.T) {
+	h := newHarness(t, "global")
+	seed(t, h)
+	code, out, _ := h.run("get", "MeshTimeout", "web", "-o", "json")
+	require.Equal(t, ExitOK, code)
+	var one map[string]any
+	require.NoError(t, json.Unmarshal([]byte(out), &one))
+	assert.Equal(t, "web", one["name"])
+	assert.Equal(t, map[string]any{"connectTimeout": "5s"}, one["spec"])
+
+	code, out, _ = h.run("get", "MeshTimeout", "-o", "json")
+	require.Equal(t, ExitOK, code)
+	var list []map[string]any
+	require.NoError(t, json.Unmarshal([]byte(out), &list))
+	require.Len(t, list, 2)
+	assert.Equal(t, "db", list[0]["name"])
+
+	code, out, _ = h.run("get", "MeshTimeout", "--mesh", "nope", "-o", "json")
+	require.Equal(t, ExitOK, code)
+	assert.Equal(t, "[]\n", out)
+
+	code, out, _ = h.run("get", "MeshTimeout", "-o", "yaml")
+	require.Equal(t, ExitOK, code)
+	docs := strings.Split(out, "---\n")
+	require.Len(t, docs, 2)
+	var second map[string]any
+	require.NoError(t, yaml.Unmarshal([]byte(docs[1]), &second))
+	assert.Equal(t, "web", second["name"])
+	assert.Equal(t, map[string]any{"team": "web"}, second["labels"])
+
+	// YAML output applies back unchanged (the versions match).
+	h.files["back.yaml"] = out
+	code, out, errOut := h.run("apply", "-f", "back.yaml")
+	require.Equal(t, ExitOK, code, errOut)
+	assert.Contains(t, out, "2 resources applied: 0 created, 0 updated, 2 unchanged")
+}
+
+func TestGetErrors(t *testing.T) {
+	h := newHarness(t, "global")
+	code, _, errOut := h.run("get", "Nope")
+	assert.Equal(t, ExitFailed, code)
+	assert.Equal(t, "get: unknown resource type \"Nope\" (known types: Dataplane, Mesh, MeshTimeout)\n", errOut)
+	code, _, errOut = h.run("get", "MeshTimeout", "missing")
+	assert.Equal(t, ExitFailed, code)
+	assert.Equal(t, "get: MeshTimeout default/missing: resource not found\n", errOut)
+	code, _, errOut = h.run("get", "MeshTimeout", "-o", "xml")
+	assert.Equal(t, ExitUsage, code)
+	assert.Contains(t, errOut, `-o "xml": accepted: table, json, yaml`)
+	code, _, _ = h.run("get", "MeshTimeout", "-l", "novalue")
+	assert.Equal(t, ExitUsage, code)
+	code, _, _ = h.run("get")
+	assert.Equal(t, ExitUsage, code)
+}
+
+func TestDelete(t *testing.T) {
+	h := newHarness(t, "global")
+	seed(t, h)
+	code, out, errOut := h.run("delete", "MeshTimeout", "web")
+	require.Equal(t, ExitOK, code, errOut)
+	assert.Equal(t, "MeshTimeout default/web deleted\n", out)
+	code, _, errOut = h.run("delete", "MeshTimeout", "web")
+	assert.Equal(t, ExitFailed, code)
+	assert.Contains(t, errOut, "delete: MeshTimeout default/web: resource not found")
+	code, out, _ = h.run("delete", "Mesh", "default")
+	require.Equal(t, ExitOK, code)
+	assert.Equal(t, "Mesh default deleted\n", out)
+	code, _, errOut = h.run("delete", "Dataplane", "web-1")
+	assert.Equal(t, ExitFailed, code)
+	assert.Contains(t, errOut, "delete: Dataplane resources on global belong to a zone")
+	code, _, _ = h.run("delete", "MeshTimeout")
+	assert.Equal(t, ExitUsage, code)
+}
+
+const zonesJSON = `[
+	{"name":"zone-1","online":true,"connectedSince":"2026-01-02T03:00:00Z","sessions":3,
+	 "types":{"MeshTimeout":{"type":"MeshTimeout","responsesSent":4,"responsesAcked":3,"responsesNacked":1,
+	   "lastAck":"2026-01-02T03:01:00Z","lastNack":"2026-01-02T03:02:00Z","lastNackError":"spec.x: bad","resourcesHeld":2}}},
+	{"name":"zone-2","online":false,"disconnectedAt":"2026-01-02T02:00:00Z","sessions":1,"lastError":"send timeout after 1m0s","types":{}}
+]`
+
+func TestInspectZones(t *testing.T) {
+	h := newHarness(t, "global")
+	require.NoError(t, h.srv.Backend.SetInsightsJSON(zonesJSON))
+	code, out, errOut := h.run("inspect", "zones")
+	require.Equal(t, ExitOK, code, errOut)
+	want := `ZONE    STATUS   SINCE                 SESSIONS  TYPES  NACKED  LAST ERROR
+zone-1  online   2026-01-02T03:00:00Z  3         1      1       -
+zone-2  offline  2026-01-02T02:00:00Z  1         0      0       send timeout after 1m0s
+
+ZONE    TYPE         SENT  ACKED  NACKED  HELD  LAST ACK              LAST NACK                         ERROR
+zone-1  MeshTimeout  4     3      1       2     2026-01-02T03:01:00Z  2026-01-02T03:02:00Z spec.x: bad  -
+`
+	assert.Equal(t, want, out)
+
+	code, out, _ = h.run("inspect", "zones", "-o", "json")
+	require.Equal(t, ExitOK, code)
+	var z struct {
+		Zones []map[string]any `json:"zones"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(out), &z))
+	require.Len(t, z.Zones, 2)
+	assert.Equal(t, "zone-2", z.Zones[1]["name"])
+
+	code, out, _ = h.run("inspect", "zones", "zone-2", "-o", "yaml")
+	require.Equal(t, ExitOK, code)
+	assert.Contains(t, out, "lastError: send timeout after 1m0s")
+
+	code, _, errOut = h.run("inspect", "zones", "zone-9")
+	assert.Equal(t, ExitFailed, code)
+	assert.Equal(t, "inspect zones: zone \"zone-9\" has never connected\n", errOut)
+
+	code, _, errOut = h.run("inspect", "sync")
+	assert.Equal(t, ExitFailed, code)
+	assert.Equal(t, "inspect sync: this route is served by zone; this is a global control plane\n", errOut)
+}
+
+func TestInspectSync(t *testing.T) {
+	h := newHarness(t, "zone")
+	code, out, errOut := h.run("inspect", "sync")
+	require.Equal(t, ExitOK, code, errOut)
+	assert.Equal(t, "PEER    STATUS   SINCE  SESSIONS  TYPES  NACKED  LAST ERROR\nglobal  offline  -      0         0      0       -\n", out)
+
+	require.NoError(t, h.srv.Backend.SetInsightsJSON(`[{"name":"global","online":true,"connectedSince":"2026-01-02T03:00:00Z","sessions":2,
+		"types":{"Dataplane":{"type":"Dataplane","responsesSent":1,"responsesAcked":1,"resourcesHeld":5}}}]`))
+	code, out, _ = h.run("inspect", "sync", "-o", "json")
+	require.Equal(t, ExitOK, code)
+	var c map[string]any
+	require.NoError(t, json.Unmarshal([]byte(out), &c))
+	assert.Equal(t, true, c["online"])
+
+	code, _, errOut = h.run("inspect", "zones")
+	assert.Equal(t, ExitFailed, code)
+	assert.Contains(t, errOut, "this route is served by global")
+}
+
+func TestPluginsList(t *testing.T) {
+	h := newHarness(t, "global")
+	h.srv.Backend.SetPluginDown("dataplanes", true)
+	code, out, errOut := h.run("plugins", "list")
+	require.Equal(t, ExitOK, code, errOut)
+	assert.Equal(t, `NAME        VERSION  STATE       TYPES             RESTARTS  LAST ERROR
+dataplanes  0.1.0    restarting  Dataplane         0         -
+policies    0.1.0    running     Mesh,MeshTimeout  0         -
+
+Send buffer per logical stream: registered types (3) + headroom (16) = 19 messages
+`, out)
+	code, out, _ = h.run("plugins", "list", "-o", "json")
+	require.Equal(t, ExitOK, code)
+	assert.Contains(t, out, `"capacity": 19`)
+}
+
+func TestVersion(t *testing.T) {
+	h := newHarness(t, "global")
+	a, out, _ := h.app()
+	require.Equal(t, ExitOK, a.Run([]string{"version"}))
+	assert.Regexp(t, `^kds-engine 1\.2\.3\ncommit: abc123\ngo: go1\.`, out.String())
+
+	a = &App{Stdout: &bytes.Buffer{}}
+	a.defaults()
+	assert.Equal(t, "dev", a.Version)
+	assert.Equal(t, "dev", a.Commit)
+}
+
+func TestAPIURLFromEnvAndErrors(t *testing.T) {
+	h := newHarness(t, "global")
+	seed(t, h)
+	h.env[APIEnv] = h.srv.URL
+	a, out, errb := h.app()
+	require.Equal(t, ExitOK, a.Run([]string{"get", "Mesh"}), errb.String())
+	assert.Contains(t, out.String(), "default")
+
+	// --api wins over the environment.
+	a, _, errb = h.app()
+	assert.Equal(t, ExitFailed, a.Run([]string{"get", "Mesh", "--api", "http://127.0.0.1:1"}))
+	assert.Contains(t, errb.String(), "get: cannot reach the admin API at http://127.0.0.1:1")
+
+	a, _, errb = h.app()
+	assert.Equal(t, ExitUsage, a.Run([]string{"get", "Mesh", "--api", "ftp://x"}))
+	assert.Contains(t, errb.String(), `api URL "ftp://x": want http(s)://HOST:PORT`)
+
+	a, _, errb = h.app()
+	assert.Equal(t, ExitUsage, a.Run([]string{"frobnicate"}))
+	assert.Contains(t, errb.String(), `unknown command "frobnicate"`)
+}
+
+// ---- run commands ----
+
+type fakeEngine struct {
+	mu   sync.Mutex
+	cfgs []engine.Config
+	// run is what the fake does once started; nil returns nil at once.
+	run func(ctx context.Context) error
+}
+
+func (f *fakeEngine) Run(ctx context.Context, cfg engine.Config, _ hclog.Logger) error {
+	f.mu.Lock()
+	f.cfgs = append(f.cfgs, cfg)
+	f.mu.Unlock()
+	if f.run == nil {
+		return nil
+	}
+	return f.run(ctx)
+}
+
+func (f *fakeEngine) last(t *testing.T) engine.Config {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	require.NotEmpty(t, f.cfgs)
+	return f.cfgs[len(f.cfgs)-1]
+}
+
+func TestRunPrecedenceFileEnvFlag(t *testing.T) {
+	h := newHarness(t, "global")
+	h.files["kds.yaml"] = "sendTimeout: 20s\nbufferHeadroom: 4\nlogLevel: debug\nname: from-file\ndataDir: /file\n"
+	h.env["KDS_ENGINE_BUFFER_HEADROOM"] = "8"
+	h.env["KDS_ENGINE_DATA_DIR"] = "/env"
+	h.env["KDS_ENGINE_CONFIG"] = "kds.yaml"
+	fe := &fakeEngine{}
+	a, _, errb := h.app()
+	a.RunEngine = fe.Run
+	code := a.Run([]string{"zone", "--global", "g.example:5685", "--data-dir", "/flag", "--max-message-size", "8MiB"})
+	require.Equal(t, ExitOK, code, errb.String())
+	cfg := fe.last(t)
+	assert.Equal(t, engine.RoleZone, cfg.Role)
+	assert.Equal(t, "from-file", cfg.ZoneName, "file")
+	assert.Equal(t, 20*time.Second, cfg.SendTimeout, "file over default")
+	assert.Equal(t, 8, cfg.BufferHeadroom, "env over file")
+	assert.Equal(t, "/flag", cfg.DataDir, "flag over env over file")
+	assert.Equal(t, 8<<20, cfg.MaxMessageSize)
+	assert.Equal(t, "127.0.0.1:5682", cfg.APIAddress, "zone default")
+
+	// --config wins over KDS_ENGINE_CONFIG.
+	h.files["other.yaml"] = "sendTimeout: 3s\n"
+	a, _, errb = h.app()
+	a.RunEngine = fe.Run
+	require.Equal(t, ExitOK, a.Run([]string{"global", "--config", "other.yaml"}), errb.String())
+	assert.Equal(t, 3*time.Second, fe.last(t).SendTimeout)
+	assert.Equal(t, ":5685", fe.last(t).KDSAddress)
+}
+
+func TestRunInvalidConfigExitsOne(t *testing.T) {
+	h := newHarness(t, "global")
+	fe := &fakeEngine{}
+	a, _, errb := h.app()
+	a.RunEngine = fe.Run
+	assert.Equal(t, ExitUsage, a.Run([]string{"zone", "--global", "g:1", "--store", "sqlite"}))
+	assert.Equal(t, "kds-engine zone: invalid configuration:\n  name: required for a zone (accepted: a DNS label: lower-case letters, digits and '-', at most 63)\n"+
+		"  store: \"sqlite\" is not a store (accepted: bolt, memory)\n", errb.String())
+	assert.Empty(t, fe.cfgs, "engine not started")
+
+	a, _, errb = h.app()
+	a.RunEngine = fe.Run
+	assert.Equal(t, ExitUsage, a.Run([]string{"global", "--send-timeout", "forever"}))
+	assert.Contains(t, errb.String(), `--send-timeout: "forever" is not a duration`)
+
+	a, _, _ = h.app()
+	assert.Equal(t, ExitUsage, a.Run([]string{"global", "--no-such-flag"}))
+	assert.Equal(t, ExitUsage, a.Run([]string{"global", "extra-arg"}))
+}
+
+func TestRunEngineFailureExitsTwo(t *testing.T) {
+	h := newHarness(t, "global")
+	a, _, errb := h.app()
+	a.RunEngine = (&fakeEngine{run: func(context.Context) error { return errors.New("listen :5685: address in use") }}).Run
+	assert.Equal(t, ExitFailed, a.Run([]string{"global", "--log-level", "error"}))
+	assert.Equal(t, "kds-engine global: listen :5685: address in use\n", errb.String())
+}
+
+func TestRunFirstSignalCancelsSecondExits(t *testing.T) {
+	h := newHarness(t, "global")
+	sigs := make(chan os.Signal, 2)
+	started := make(chan struct{})
+
+	// First signal: the context is cancelled, the engine returns, exit 0.
+	a, _, errb := h.app()
+	a.Signals = func() (<-chan os.Signal, func()) { return sigs, func() {} }
+	a.RunEngine = (&fakeEngine{run: func(ctx context.Context) error {
+		close(started)
+		<-ctx.Done()
+		return ctx.Err()
+	}}).Run
+	done := make(chan int)
+	go func() { done <- a.Run([]string{"global"}) }()
+	<-started
+	sigs <- syscall.SIGTERM
+	select {
+	case code := <-done:
+		assert.Equal(t, ExitOK, code, errb.String())
+	case <-time.After(10 * time.Second):
+		t.Fatal("run did not return after the first signal")
+	}
+
+	// Second signal: Exit(130) while the engine still shuts down.
+	exited := make(chan int, 1)
+	release := make(chan struct{})
+	started2 := make(chan struct{})
+	a, _, _ = h.app()
+	a.Signals = func() (<-chan os.Signal, func()) { return sigs, func() {} }
+	a.Exit = func(code int) { exited <- code; close(release) }
+	a.RunEngine = (&fakeEngine{run: func(ctx context.Context) error {
+		close(started2)
+		<-ctx.Done()
+		<-release // a slow shutdown
+		return nil
+	}}).Run
+	go func() { done <- a.Run([]string{"global"}) }()
+	<-started2
+	sigs <- syscall.SIGINT
+	sigs <- syscall.SIGINT
+	select {
+	case code := <-exited:
+		assert.Equal(t, ExitInterrupt, code)
+	case <-time.After(10 * time.Second):
+		t.Fatal("no exit after the second signal")
+	}
+	<-done
+}

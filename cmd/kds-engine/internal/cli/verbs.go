@@ -1,0 +1,581 @@
+package cli
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"sigs.k8s.io/yaml"
+
+	"github.com/kds-engine/kds-engine/cmd/kds-engine/internal/client"
+)
+
+// DefaultAPI is the admin API the client verbs talk to by default (global's).
+const DefaultAPI = "http://127.0.0.1:5681"
+
+// APIEnv overrides DefaultAPI; --api overrides it.
+const APIEnv = "KDS_ENGINE_API"
+
+type apiFlag struct{ url string }
+
+func (a *App) addAPIFlag(cmd *cobra.Command) *apiFlag {
+	f := &apiFlag{}
+	cmd.Flags().StringVar(&f.url, "api", DefaultAPI, "admin API URL (env "+APIEnv+")")
+	return f
+}
+
+func (a *App) client(cmd *cobra.Command, f *apiFlag) (*client.Client, error) {
+	u := f.url
+	if !cmd.Flags().Changed("api") {
+		if v, ok := a.LookupEnv(APIEnv); ok && v != "" {
+			u = v
+		}
+	}
+	c, err := client.New(u, a.HTTPClient)
+	if err != nil {
+		return nil, usageError(err)
+	}
+	return c, nil
+}
+
+// opError makes an API or transport error a failure of verb.
+func opError(verb string, err error) error {
+	return failed(fmt.Errorf("%s: %w", verb, err))
+}
+
+// ---- apply ----
+
+type doc struct {
+	source string // file name, or "stdin"
+	n      int    // 1-based among the file's non-empty documents
+	res    client.Resource
+}
+
+func (d doc) where() string { return fmt.Sprintf("%s document %d", d.source, d.n) }
+
+func (a *App) applyCommand() *cobra.Command {
+	var files []string
+	cmd := &cobra.Command{
+		Use:   "apply -f FILE|-",
+		Short: "Create or update resources from YAML or JSON files",
+		Long: "Create or update the resources in FILE (YAML or JSON; several documents separated by ---; - reads stdin).\n" +
+			"Every resource is validated before any is written; then each is reported created, updated or unchanged.",
+		Args: cobra.NoArgs,
+	}
+	api := a.addAPIFlag(cmd)
+	cmd.Flags().StringArrayVarP(&files, "file", "f", nil, "file to apply, - for stdin (repeatable)")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		if len(files) == 0 {
+			return usageError(errors.New("apply: give a file with -f FILE (or -f - for stdin)"))
+		}
+		c, err := a.client(cmd, api)
+		if err != nil {
+			return err
+		}
+		var docs []doc
+		for _, f := range files {
+			ds, err := a.readDocs(f)
+			if err != nil {
+				return failed(fmt.Errorf("apply: %w", err))
+			}
+			docs = append(docs, ds...)
+		}
+		if len(docs) == 0 {
+			return failed(fmt.Errorf("apply: no resources in %s", strings.Join(files, ", ")))
+		}
+		if err := checkDuplicates(docs); err != nil {
+			return failed(fmt.Errorf("apply: %w", err))
+		}
+		rs := make([]client.Resource, len(docs))
+		for i, d := range docs {
+			rs[i] = d.res
+		}
+		results, err := c.Apply(cmd.Context(), rs)
+		if err != nil {
+			return failed(applyError(docs, err))
+		}
+		counts := map[string]int{}
+		for _, r := range results {
+			fmt.Fprintf(a.Stdout, "%s %s\n", client.KeyString(r.Type, "", r.Mesh, r.Name), r.Action)
+			counts[r.Action]++
+		}
+		noun := "resources"
+		if len(results) == 1 {
+			noun = "resource"
+		}
+		fmt.Fprintf(a.Stdout, "%d %s applied: %d created, %d updated, %d unchanged\n",
+			len(results), noun, counts["created"], counts["updated"], counts["unchanged"])
+		return nil
+	}
+	return cmd
+}
+
+var docSeparator = regexp.MustCompile(`^---\s*(#.*)?$`)
+
+// readDocs reads one file (or stdin for "-") and decodes every non-empty
+// document into a resource.
+func (a *App) readDocs(path string) ([]doc, error) {
+	var raw []byte
+	var err error
+	source := path
+	if path == "-" {
+		source = "stdin"
+		raw, err = io.ReadAll(a.Stdin)
+	} else {
+		raw, err = a.ReadFile(path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", source, err)
+	}
+	var parts [][]byte
+	var cur bytes.Buffer
+	sc := bufio.NewScanner(bytes.NewReader(raw))
+	sc.Buffer(make([]byte, 64<<10), 64<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if docSeparator.MatchString(line) {
+			parts = append(parts, bytes.Clone(cur.Bytes()))
+			cur.Reset()
+			continue
+		}
+		cur.WriteString(line + "\n")
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("read %s: %w", source, err)
+	}
+	parts = append(parts, cur.Bytes())
+
+	var docs []doc
+	for _, p := range parts {
+		js, err := yaml.YAMLToJSONStrict(p)
+		if err != nil {
+			return nil, fmt.Errorf("%s document %d: %w", source, len(docs)+1, err)
+		}
+		if t := strings.TrimSpace(string(js)); t == "null" || t == "" {
+			continue
+		}
+		d := doc{source: source, n: len(docs) + 1}
+		dec := json.NewDecoder(bytes.NewReader(js))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&d.res); err != nil {
+			return nil, fmt.Errorf("%s: %s", d.where(), strings.TrimPrefix(err.Error(), "json: "))
+		}
+		if d.res.Type == "" || d.res.Name == "" {
+			return nil, fmt.Errorf("%s: type and name are required", d.where())
+		}
+		docs = append(docs, d)
+	}
+	return docs, nil
+}
+
+func checkDuplicates(docs []doc) error {
+	seen := map[string]doc{}
+	for _, d := range docs {
+		k := d.res.Key()
+		if prev, ok := seen[k]; ok {
+			return fmt.Errorf("%s: %s is also in %s", d.where(), k, prev.where())
+		}
+		seen[k] = d
+	}
+	return nil
+}
+
+// applyError says where in the input each problem is.
+func applyError(docs []doc, err error) error {
+	var ae *client.APIError
+	if !errors.As(err, &ae) {
+		return fmt.Errorf("apply: %w", err)
+	}
+	find := func(typ, mesh, name string) (doc, bool) {
+		for _, d := range docs {
+			if d.res.Type == typ && d.res.Mesh == mesh && d.res.Name == name {
+				return d, true
+			}
+		}
+		return doc{}, false
+	}
+	var lines []string
+	for _, f := range ae.Fields {
+		msg := f.Message
+		if f.Field != "" {
+			msg = f.Field + ": " + msg
+		}
+		if d, ok := find(f.Type, f.Mesh, f.Name); ok {
+			lines = append(lines, fmt.Sprintf("apply: %s: %s: %s", d.where(), f.Resource, msg))
+		} else {
+			lines = append(lines, fmt.Sprintf("apply: %s: %s", f.Resource, msg))
+		}
+	}
+	if len(lines) == 0 || ae.Code != "invalid" {
+		where := ""
+		for _, d := range docs {
+			if strings.HasPrefix(ae.Message, d.res.Key()+": ") {
+				where = d.where() + ": "
+				break
+			}
+		}
+		lines = append([]string{"apply: " + where + ae.Message}, lines...)
+		if len(ae.Fields) > 0 && ae.Code != "invalid" {
+			lines = lines[:1]
+		}
+	}
+	return errors.New(strings.Join(lines, "\n"))
+}
+
+// ---- get ----
+
+type scopeFlags struct {
+	mesh, zone string
+	labels     []string
+	output     string
+}
+
+// resolveMesh defaults the mesh of a named mesh-scoped resource to "default".
+func resolveMesh(types client.Types, typ, mesh string) string {
+	if ti, ok := types.Find(typ); ok && ti.Scope == "Mesh" && mesh == "" {
+		return "default"
+	}
+	return mesh
+}
+
+func (a *App) getCommand() *cobra.Command {
+	var f scopeFlags
+	cmd := &cobra.Command{
+		Use:   "get TYPE [NAME]",
+		Short: "List resources of a type, or show one",
+		Long: "List resources of TYPE (filtered by --mesh, --zone, -l), or show the one named NAME.\n" +
+			"For a mesh-scoped TYPE, NAME is looked up in --mesh (default \"default\").",
+		Args: cobra.RangeArgs(1, 2),
+	}
+	api := a.addAPIFlag(cmd)
+	cmd.Flags().StringVarP(&f.mesh, "mesh", "m", "", "mesh (mesh-scoped types)")
+	cmd.Flags().StringVar(&f.zone, "zone", "", "zone that provided the resource (on global, zone-provided types)")
+	cmd.Flags().StringArrayVarP(&f.labels, "label", "l", nil, "label filter key=value (repeatable, or comma-separated)")
+	cmd.Flags().StringVarP(&f.output, "output", "o", outTable, "output format: table, json, yaml")
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		if err := checkOutput(f.output); err != nil {
+			return err
+		}
+		var labels []string
+		for _, l := range f.labels {
+			for _, p := range strings.Split(l, ",") {
+				if k, _, ok := strings.Cut(p, "="); !ok || k == "" {
+					return usageError(fmt.Errorf("-l %q: want key=value", p))
+				}
+				labels = append(labels, p)
+			}
+		}
+		c, err := a.client(cmd, api)
+		if err != nil {
+			return err
+		}
+		ctx := cmd.Context()
+		types, err := c.Types(ctx)
+		if err != nil {
+			return opError("get", err)
+		}
+		typ := args[0]
+		if len(args) == 2 {
+			r, err := c.Get(ctx, typ, args[1], resolveMesh(types, typ, f.mesh), f.zone)
+			if err != nil {
+				return opError("get", err)
+			}
+			return a.printResources(types, typ, []client.Resource{r}, true, f.output)
+		}
+		rs, err := c.List(ctx, typ, f.mesh, f.zone, labels)
+		if err != nil {
+			return opError("get", err)
+		}
+		return a.printResources(types, typ, rs, false, f.output)
+	}
+	return cmd
+}
+
+func (a *App) printResources(types client.Types, typ string, rs []client.Resource, single bool, output string) error {
+	switch output {
+	case outJSON:
+		if single {
+			return writeJSON(a.Stdout, rs[0])
+		}
+		if rs == nil {
+			rs = []client.Resource{}
+		}
+		return writeJSON(a.Stdout, rs)
+	case outYAML:
+		for i, r := range rs {
+			if i > 0 {
+				fmt.Fprintln(a.Stdout, "---")
+			}
+			if err := writeYAML(a.Stdout, r); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if len(rs) == 0 {
+		fmt.Fprintf(a.Stderr, "No %s resources found.\n", typ)
+		return nil
+	}
+	ti, _ := types.Find(typ)
+	mesh := ti.Scope == "Mesh"
+	zone := types.Role == "global" && ti.Direction == "ZoneToGlobal"
+	var header []string
+	if mesh {
+		header = append(header, "MESH")
+	}
+	header = append(header, "NAME")
+	if zone {
+		header = append(header, "ZONE")
+	}
+	header = append(header, "VERSION", "AGE")
+	t := newTable(a.Stdout, header...)
+	now := a.Now()
+	for _, r := range rs {
+		var row []string
+		if mesh {
+			row = append(row, r.Mesh)
+		}
+		row = append(row, r.Name)
+		if zone {
+			row = append(row, r.Zone)
+		}
+		row = append(row, r.Version, age(now, r.CreationTime))
+		t.row(row...)
+	}
+	return t.flush()
+}
+
+// ---- delete ----
+
+func (a *App) deleteCommand() *cobra.Command {
+	var mesh string
+	cmd := &cobra.Command{
+		Use:   "delete TYPE NAME",
+		Short: "Delete a resource",
+		Long:  "Delete the resource NAME of TYPE. For a mesh-scoped TYPE, NAME is looked up in --mesh (default \"default\").",
+		Args:  cobra.ExactArgs(2),
+	}
+	api := a.addAPIFlag(cmd)
+	cmd.Flags().StringVarP(&mesh, "mesh", "m", "", "mesh (mesh-scoped types)")
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		c, err := a.client(cmd, api)
+		if err != nil {
+			return err
+		}
+		types, err := c.Types(cmd.Context())
+		if err != nil {
+			return opError("delete", err)
+		}
+		m := resolveMesh(types, args[0], mesh)
+		if err := c.Delete(cmd.Context(), args[0], args[1], m); err != nil {
+			return opError("delete", err)
+		}
+		fmt.Fprintf(a.Stdout, "%s deleted\n", client.KeyString(args[0], "", m, args[1]))
+		return nil
+	}
+	return cmd
+}
+
+// ---- inspect ----
+
+func (a *App) inspectCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "inspect",
+		Short: "Show sync state: zones (on global) or the connection to global (on a zone)",
+		Args:  cobra.NoArgs,
+	}
+	var zonesOut, syncOut string
+	zones := &cobra.Command{
+		Use:   "zones [NAME]",
+		Short: "On global: each zone's connection and per-type sync state",
+		Args:  cobra.MaximumNArgs(1),
+	}
+	zapi := a.addAPIFlag(zones)
+	zones.Flags().StringVarP(&zonesOut, "output", "o", outTable, "output format: table, json, yaml")
+	zones.RunE = func(cmd *cobra.Command, args []string) error {
+		if err := checkOutput(zonesOut); err != nil {
+			return err
+		}
+		c, err := a.client(cmd, zapi)
+		if err != nil {
+			return err
+		}
+		var conns []client.Conn
+		if len(args) == 1 {
+			z, err := c.Zone(cmd.Context(), args[0])
+			if err != nil {
+				return opError("inspect zones", err)
+			}
+			conns = []client.Conn{z}
+		} else if conns, err = c.Zones(cmd.Context()); err != nil {
+			return opError("inspect zones", err)
+		}
+		switch zonesOut {
+		case outJSON:
+			if len(args) == 1 {
+				return writeJSON(a.Stdout, conns[0])
+			}
+			return writeJSON(a.Stdout, map[string]any{"zones": nonNil(conns)})
+		case outYAML:
+			if len(args) == 1 {
+				return writeYAML(a.Stdout, conns[0])
+			}
+			return writeYAML(a.Stdout, map[string]any{"zones": nonNil(conns)})
+		}
+		if len(conns) == 0 {
+			fmt.Fprintln(a.Stderr, "No zone has connected yet.")
+			return nil
+		}
+		return a.printConns("ZONE", conns)
+	}
+	sync := &cobra.Command{
+		Use:   "sync",
+		Short: "On a zone: its connection to global and per-type sync state",
+		Args:  cobra.NoArgs,
+	}
+	sapi := a.addAPIFlag(sync)
+	sync.Flags().StringVarP(&syncOut, "output", "o", outTable, "output format: table, json, yaml")
+	sync.RunE = func(cmd *cobra.Command, _ []string) error {
+		if err := checkOutput(syncOut); err != nil {
+			return err
+		}
+		c, err := a.client(cmd, sapi)
+		if err != nil {
+			return err
+		}
+		conn, err := c.Sync(cmd.Context())
+		if err != nil {
+			return opError("inspect sync", err)
+		}
+		switch syncOut {
+		case outJSON:
+			return writeJSON(a.Stdout, conn)
+		case outYAML:
+			return writeYAML(a.Stdout, conn)
+		}
+		return a.printConns("PEER", []client.Conn{conn})
+	}
+	cmd.AddCommand(zones, sync)
+	return cmd
+}
+
+func nonNil(cs []client.Conn) []client.Conn {
+	if cs == nil {
+		return []client.Conn{}
+	}
+	return cs
+}
+
+// printConns writes a connection table, then a per-type table.
+func (a *App) printConns(first string, conns []client.Conn) error {
+	t := newTable(a.Stdout, first, "STATUS", "SINCE", "SESSIONS", "TYPES", "NACKED", "LAST ERROR")
+	for _, c := range conns {
+		status, since := "offline", c.DisconnectedAt
+		if c.Online {
+			status, since = "online", c.ConnectedSince
+		}
+		var nacked uint64
+		for _, ts := range c.Types {
+			nacked += ts.ResponsesNACKed
+		}
+		t.row(c.Name, status, timestamp(since), strconv.FormatUint(c.Sessions, 10),
+			strconv.Itoa(len(c.Types)), strconv.FormatUint(nacked, 10), c.LastError)
+	}
+	if err := t.flush(); err != nil {
+		return err
+	}
+	var rows int
+	for _, c := range conns {
+		rows += len(c.Types)
+	}
+	if rows == 0 {
+		return nil
+	}
+	fmt.Fprintln(a.Stdout)
+	t = newTable(a.Stdout, first, "TYPE", "SENT", "ACKED", "NACKED", "HELD", "LAST ACK", "LAST NACK", "ERROR")
+	for _, c := range conns {
+		names := make([]string, 0, len(c.Types))
+		for n := range c.Types {
+			names = append(names, n)
+		}
+		slices.Sort(names)
+		for _, n := range names {
+			ts := c.Types[n]
+			lastNACK := timestamp(ts.LastNACK)
+			if ts.LastNACKError != "" {
+				lastNACK += " " + ts.LastNACKError
+			}
+			errText := ts.Error
+			if ts.Unknown && errText == "" {
+				errText = "unknown type"
+			}
+			t.row(c.Name, n, strconv.FormatUint(ts.ResponsesSent, 10), strconv.FormatUint(ts.ResponsesACKed, 10),
+				strconv.FormatUint(ts.ResponsesNACKed, 10), strconv.Itoa(ts.ResourcesHeld), timestamp(ts.LastACK), lastNACK, errText)
+		}
+	}
+	return t.flush()
+}
+
+// ---- plugins ----
+
+func (a *App) pluginsCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "plugins",
+		Short: "Show the loaded plugins",
+		Args:  cobra.NoArgs,
+	}
+	var output string
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List plugins, their versions, states and types, and the send-buffer capacity",
+		Args:  cobra.NoArgs,
+	}
+	api := a.addAPIFlag(list)
+	list.Flags().StringVarP(&output, "output", "o", outTable, "output format: table, json, yaml")
+	list.RunE = func(cmd *cobra.Command, _ []string) error {
+		if err := checkOutput(output); err != nil {
+			return err
+		}
+		c, err := a.client(cmd, api)
+		if err != nil {
+			return err
+		}
+		p, err := c.Plugins(cmd.Context())
+		if err != nil {
+			return opError("plugins list", err)
+		}
+		switch output {
+		case outJSON:
+			return writeJSON(a.Stdout, p)
+		case outYAML:
+			return writeYAML(a.Stdout, p)
+		}
+		t := newTable(a.Stdout, "NAME", "VERSION", "STATE", "TYPES", "RESTARTS", "LAST ERROR")
+		for _, pl := range p.Plugins {
+			state := pl.State
+			if pl.Required {
+				state += " (required)"
+			}
+			t.row(pl.Name, pl.Version, state, strings.Join(pl.Types, ","), strconv.FormatUint(pl.Restarts, 10), pl.LastError)
+		}
+		if err := t.flush(); err != nil {
+			return err
+		}
+		formula := p.Buffer.Formula
+		if formula == "" {
+			formula = strconv.Itoa(p.Buffer.Capacity)
+		}
+		fmt.Fprintf(a.Stdout, "\nSend buffer per logical stream: %s messages\n", formula)
+		return nil
+	}
+	cmd.AddCommand(list)
+	return cmd
+}

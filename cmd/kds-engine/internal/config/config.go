@@ -1,0 +1,490 @@
+// Package config is the kds-engine CLI's configuration for the run
+// commands: a struct with one field per setting, filled from defaults, a
+// YAML file, KDS_ENGINE_* environment variables and flags (later wins), then
+// checked by Validate and converted to engine.Config.
+//
+// Settings is the single table of every setting (flag, environment
+// variable, YAML key, default, roles, meaning); flags, environment lookup,
+// file keys and docs/configuration.md all follow it.
+package config
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/kds-engine/kds-engine/engine"
+)
+
+// Config holds every setting of the run commands. The json tags are the
+// YAML keys of the config file. Settings of the other role are ignored.
+type Config struct {
+	Role engine.Role `json:"-"`
+
+	Name   string `json:"name,omitempty"`   // zone
+	Global string `json:"global,omitempty"` // zone
+
+	PluginsDir      string   `json:"pluginsDir"`
+	RequiredPlugins []string `json:"requiredPlugins,omitempty"`
+	DataDir         string   `json:"dataDir"`
+	Store           string   `json:"store"`
+
+	KDSAddr string `json:"kdsAddr,omitempty"` // global
+	APIAddr string `json:"apiAddr"`
+
+	SendTimeout     time.Duration `json:"sendTimeout"`
+	BufferHeadroom  int           `json:"bufferHeadroom"`
+	MaxMessageSize  int64         `json:"maxMessageSize"`
+	MaxResourceSize int64         `json:"maxResourceSize"`
+
+	KeepaliveTime    time.Duration `json:"keepaliveTime"`
+	KeepaliveTimeout time.Duration `json:"keepaliveTimeout"`
+
+	ReconnectBackoffBase time.Duration `json:"reconnectBackoffBase,omitempty"` // zone
+	ReconnectBackoffMax  time.Duration `json:"reconnectBackoffMax,omitempty"`  // zone
+
+	LogLevel  string `json:"logLevel"`
+	LogFormat string `json:"logFormat"`
+}
+
+// Setting describes one setting.
+type Setting struct {
+	Flag  string // flag name without dashes; also the setting's name in errors
+	Key   string // YAML key in the config file
+	Usage string
+	// Global and Zone say which run commands take the setting.
+	Global, Zone bool
+	// Default is the default's text for role (what --help shows).
+	Default func(role engine.Role) string
+	// Accepted describes accepted values for messages and docs.
+	Accepted string
+	// Kind names the value's form in --help: string, list, duration,
+	// int, size or address.
+	Kind string
+
+	set func(c *Config, v string) error
+}
+
+// EnvPrefix starts every environment variable.
+const EnvPrefix = "KDS_ENGINE_"
+
+// ConfigFileEnv names the config file when --config is not given.
+const ConfigFileEnv = EnvPrefix + "CONFIG"
+
+func fixed(s string) func(engine.Role) string { return func(engine.Role) string { return s } }
+
+func byRole(global, zone string) func(engine.Role) string {
+	return func(r engine.Role) string {
+		if r == engine.RoleZone {
+			return zone
+		}
+		return global
+	}
+}
+
+// Settings lists every setting in documentation order.
+var Settings = []Setting{
+	{Flag: "name", Kind: "string", Key: "name", Zone: true, Default: fixed(""), Accepted: "a DNS label: lower-case letters, digits and '-', at most 63",
+		Usage: "this zone's name (required)", set: func(c *Config, v string) error { c.Name = v; return nil }},
+	{Flag: "global", Kind: "address", Key: "global", Zone: true, Default: fixed(""), Accepted: "HOST:PORT",
+		Usage: "global's KDS address, HOST:PORT (required)", set: func(c *Config, v string) error { c.Global = v; return nil }},
+	{Flag: "plugins-dir", Kind: "string", Key: "pluginsDir", Global: true, Zone: true, Default: fixed("plugins"), Accepted: "a directory",
+		Usage: "directory holding the kds-plugin-* binaries", set: func(c *Config, v string) error { c.PluginsDir = v; return nil }},
+	{Flag: "required-plugins", Kind: "list", Key: "requiredPlugins", Global: true, Zone: true, Default: fixed(""), Accepted: "comma-separated plugin names",
+		Usage: "plugins that must load or the engine does not start (comma list)", set: func(c *Config, v string) error { c.RequiredPlugins = splitList(v); return nil }},
+	{Flag: "data-dir", Kind: "string", Key: "dataDir", Global: true, Zone: true, Default: byRole("kds-data/global", "kds-data/NAME"), Accepted: "a directory",
+		Usage: "directory of the bolt store", set: func(c *Config, v string) error { c.DataDir = v; return nil }},
+	{Flag: "store", Kind: "string", Key: "store", Global: true, Zone: true, Default: fixed("bolt"), Accepted: "bolt, memory",
+		Usage: "resource store: bolt (durable, under --data-dir) or memory", set: func(c *Config, v string) error { c.Store = v; return nil }},
+	{Flag: "kds-addr", Kind: "address", Key: "kdsAddr", Global: true, Default: fixed(":5685"), Accepted: "HOST:PORT (empty host: all interfaces)",
+		Usage: "address global listens on for zones", set: func(c *Config, v string) error { c.KDSAddr = v; return nil }},
+	{Flag: "api-addr", Kind: "address", Key: "apiAddr", Global: true, Zone: true, Default: byRole("127.0.0.1:5681", "127.0.0.1:5682"), Accepted: "HOST:PORT",
+		Usage: "address of the admin HTTP API", set: func(c *Config, v string) error { c.APIAddr = v; return nil }},
+	{Flag: "send-timeout", Kind: "duration", Key: "sendTimeout", Global: true, Zone: true, Default: fixed("1m"), Accepted: "a positive duration such as 30s, 1m, 1m30s",
+		Usage: "a gRPC Send not done within this ends the session", set: func(c *Config, v string) error { return setDuration(&c.SendTimeout, v) }},
+	{Flag: "buffer-headroom", Kind: "int", Key: "bufferHeadroom", Global: true, Zone: true, Default: fixed("16"), Accepted: "an integer from 1 to 4096",
+		Usage: "send-buffer slots beyond one per registered type", set: func(c *Config, v string) error { return setInt(&c.BufferHeadroom, v) }},
+	{Flag: "max-message-size", Kind: "size", Key: "maxMessageSize", Global: true, Zone: true, Default: fixed("4MiB"), Accepted: "a size from 64KiB to 1GiB: bytes, or a number with B, KB, KiB, MB, MiB, GB, GiB",
+		Usage: "largest KDS message sent or accepted", set: func(c *Config, v string) error { return setSize(&c.MaxMessageSize, v) }},
+	{Flag: "max-resource-size", Kind: "size", Key: "maxResourceSize", Global: true, Zone: true, Default: fixed("1MiB"), Accepted: "a size below max-message-size: bytes, or a number with B, KB, KiB, MB, MiB, GB, GiB",
+		Usage: "largest single resource accepted on write", set: func(c *Config, v string) error { return setSize(&c.MaxResourceSize, v) }},
+	{Flag: "keepalive-time", Kind: "duration", Key: "keepaliveTime", Global: true, Zone: true, Default: fixed("10s"), Accepted: "a duration of at least 1s",
+		Usage: "idle time after which a keepalive ping is sent", set: func(c *Config, v string) error { return setDuration(&c.KeepaliveTime, v) }},
+	{Flag: "keepalive-timeout", Kind: "duration", Key: "keepaliveTimeout", Global: true, Zone: true, Default: fixed("10s"), Accepted: "a duration of at least 1s",
+		Usage: "time to wait for a keepalive ack before closing the connection", set: func(c *Config, v string) error { return setDuration(&c.KeepaliveTimeout, v) }},
+	{Flag: "reconnect-backoff-base", Kind: "duration", Key: "reconnectBackoffBase", Zone: true, Default: fixed("500ms"), Accepted: "a positive duration",
+		Usage: "first delay before reconnecting to global", set: func(c *Config, v string) error { return setDuration(&c.ReconnectBackoffBase, v) }},
+	{Flag: "reconnect-backoff-max", Kind: "duration", Key: "reconnectBackoffMax", Zone: true, Default: fixed("30s"), Accepted: "a duration not below reconnect-backoff-base",
+		Usage: "longest delay between reconnects", set: func(c *Config, v string) error { return setDuration(&c.ReconnectBackoffMax, v) }},
+	{Flag: "log-level", Kind: "string", Key: "logLevel", Global: true, Zone: true, Default: fixed("info"), Accepted: "trace, debug, info, warn, error",
+		Usage: "log level", set: func(c *Config, v string) error { c.LogLevel = strings.ToLower(strings.TrimSpace(v)); return nil }},
+	{Flag: "log-format", Kind: "string", Key: "logFormat", Global: true, Zone: true, Default: fixed("text"), Accepted: "text, json",
+		Usage: "log format", set: func(c *Config, v string) error { c.LogFormat = strings.ToLower(strings.TrimSpace(v)); return nil }},
+}
+
+// For reports whether role takes s.
+func (s Setting) For(role engine.Role) bool {
+	if role == engine.RoleZone {
+		return s.Zone
+	}
+	return s.Global
+}
+
+// EnvName is s's environment variable.
+func (s Setting) EnvName() string {
+	return EnvPrefix + strings.ToUpper(strings.ReplaceAll(s.Flag, "-", "_"))
+}
+
+// Defaults returns the configuration of role with every default applied.
+// DataDir stays empty for a zone until its name is known (Load derives it).
+func Defaults(role engine.Role) Config {
+	c := Config{Role: role}
+	for _, s := range Settings {
+		if !s.For(role) || s.Default(role) == "" || strings.Contains(s.Default(role), "NAME") {
+			continue
+		}
+		if err := s.set(&c, s.Default(role)); err != nil {
+			panic(fmt.Sprintf("default of %s: %v", s.Flag, err))
+		}
+	}
+	return c
+}
+
+// Sources are where Load reads settings from besides defaults.
+type Sources struct {
+	// File is the config file's path ("" for none) and ReadFile reads it.
+	File     string
+	ReadFile func(string) ([]byte, error)
+	// LookupEnv reads the environment (os.LookupEnv in production).
+	LookupEnv func(string) (string, bool)
+	// Flags holds the flags given on the command line, by name, as text.
+	Flags map[string]string
+}
+
+// Load builds role's configuration: defaults, then the file, then the
+// environment, then flags. A value that does not parse is an error naming
+// where it came from (file key, variable or flag) and the accepted values.
+// Load does not call Validate.
+func Load(role engine.Role, src Sources) (Config, error) {
+	c := Defaults(role)
+	if src.File != "" {
+		raw, err := src.ReadFile(src.File)
+		if err != nil {
+			return c, fmt.Errorf("config file: %w", err)
+		}
+		if err := c.applyFile(src.File, raw); err != nil {
+			return c, err
+		}
+	}
+	if src.LookupEnv != nil {
+		for _, s := range Settings {
+			if !s.For(role) {
+				continue
+			}
+			if v, ok := src.LookupEnv(s.EnvName()); ok {
+				if err := s.set(&c, v); err != nil {
+					return c, fmt.Errorf("%s: %w", s.EnvName(), err)
+				}
+			}
+		}
+	}
+	for _, s := range Settings {
+		v, ok := src.Flags[s.Flag]
+		if !ok || !s.For(role) {
+			continue
+		}
+		if err := s.set(&c, v); err != nil {
+			return c, fmt.Errorf("--%s: %w", s.Flag, err)
+		}
+	}
+	if c.DataDir == "" {
+		if role == engine.RoleZone && c.Name != "" {
+			c.DataDir = "kds-data/" + c.Name
+		} else if role == engine.RoleGlobal {
+			c.DataDir = "kds-data/global"
+		}
+	}
+	return c, nil
+}
+
+func (c *Config) applyFile(path string, raw []byte) error {
+	js, err := yaml.YAMLToJSONStrict(raw)
+	if err != nil {
+		return fmt.Errorf("config file %s: %w", path, err)
+	}
+	var doc map[string]json.RawMessage
+	if len(strings.TrimSpace(string(js))) == 0 || string(js) == "null" {
+		return nil
+	}
+	if err := json.Unmarshal(js, &doc); err != nil {
+		return fmt.Errorf("config file %s: want a mapping of settings: %w", path, err)
+	}
+	keys := make([]string, 0, len(doc))
+	for k := range doc {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		i := slices.IndexFunc(Settings, func(s Setting) bool { return s.Key == k })
+		if i < 0 {
+			known := make([]string, 0, len(Settings))
+			for _, s := range Settings {
+				known = append(known, s.Key)
+			}
+			return fmt.Errorf("config file %s: unknown key %q (known keys: %s)", path, k, strings.Join(known, ", "))
+		}
+		s := Settings[i]
+		if !s.For(c.Role) {
+			continue // a setting of the other role: one file may serve both
+		}
+		v, err := scalarText(doc[k])
+		if err != nil {
+			return fmt.Errorf("config file %s: %s: %w", path, k, err)
+		}
+		if err := s.set(c, v); err != nil {
+			return fmt.Errorf("config file %s: %s: %w", path, k, err)
+		}
+	}
+	return nil
+}
+
+// scalarText turns a JSON value from the file into the text form flags and
+// variables use: strings as is, numbers and booleans literally, lists of
+// strings joined with commas.
+func scalarText(raw json.RawMessage) (string, error) {
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		return s, nil
+	}
+	var list []string
+	if json.Unmarshal(raw, &list) == nil {
+		return strings.Join(list, ","), nil
+	}
+	var v any
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return "", err
+	}
+	switch v.(type) {
+	case float64, bool:
+		return strings.TrimSpace(string(raw)), nil
+	case nil:
+		return "", nil
+	}
+	return "", fmt.Errorf("want a single value, got %s", raw)
+}
+
+func splitList(v string) []string {
+	var out []string
+	for _, p := range strings.Split(v, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func setDuration(dst *time.Duration, v string) error {
+	d, err := time.ParseDuration(strings.TrimSpace(v))
+	if err != nil {
+		return fmt.Errorf("%q is not a duration (examples: 500ms, 30s, 1m, 1h30m)", v)
+	}
+	*dst = d
+	return nil
+}
+
+func setInt(dst *int, v string) error {
+	n, err := strconv.Atoi(strings.TrimSpace(v))
+	if err != nil {
+		return fmt.Errorf("%q is not an integer", v)
+	}
+	*dst = n
+	return nil
+}
+
+func setSize(dst *int64, v string) error {
+	n, err := ParseSize(v)
+	if err != nil {
+		return err
+	}
+	*dst = n
+	return nil
+}
+
+var sizeRE = regexp.MustCompile(`^([0-9]+)\s*([A-Za-z]*)$`)
+
+var sizeUnits = map[string]int64{
+	"": 1, "b": 1,
+	"kb": 1000, "mb": 1000 * 1000, "gb": 1000 * 1000 * 1000,
+	"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30,
+}
+
+// ParseSize parses a byte size: a number of bytes ("4194304") or a number
+// with a unit, case-insensitive: B, KB, MB, GB (powers of 1000), KiB, MiB,
+// GiB (powers of 1024).
+func ParseSize(v string) (int64, error) {
+	m := sizeRE.FindStringSubmatch(strings.TrimSpace(v))
+	bad := fmt.Errorf("%q is not a size (examples: 4194304, 512KiB, 4MiB, 1GiB)", v)
+	if m == nil {
+		return 0, bad
+	}
+	unit, ok := sizeUnits[strings.ToLower(m[2])]
+	if !ok {
+		return 0, bad
+	}
+	n, err := strconv.ParseInt(m[1], 10, 64)
+	if err != nil || n > (1<<62)/unit {
+		return 0, bad
+	}
+	return n * unit, nil
+}
+
+// FormatSize writes n the way the defaults are written (4MiB, 512KiB, or
+// bytes).
+func FormatSize(n int64) string {
+	switch {
+	case n >= 1<<30 && n%(1<<30) == 0:
+		return fmt.Sprintf("%dGiB", n>>30)
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return fmt.Sprintf("%dMiB", n>>20)
+	case n >= 1<<10 && n%(1<<10) == 0:
+		return fmt.Sprintf("%dKiB", n>>10)
+	}
+	return strconv.FormatInt(n, 10)
+}
+
+var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
+
+// Validate checks every setting of c's role and reports every problem, one
+// per line, each naming the setting and the accepted values.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(setting, format string, args ...any) {
+		i := slices.IndexFunc(Settings, func(s Setting) bool { return s.Flag == setting })
+		msg := fmt.Sprintf(format, args...)
+		if i >= 0 {
+			msg += " (accepted: " + Settings[i].Accepted + ")"
+		}
+		errs = append(errs, fmt.Errorf("%s: %s", setting, msg))
+	}
+	if c.Role == engine.RoleZone {
+		switch {
+		case c.Name == "":
+			bad("name", "required for a zone")
+		case len(c.Name) > 63 || !dnsLabel.MatchString(c.Name):
+			bad("name", "%q is not a valid zone name", c.Name)
+		}
+		if c.Global == "" {
+			bad("global", "required for a zone")
+		} else if host, err := checkHostPort(c.Global); err != nil {
+			bad("global", "%q: %v", c.Global, err)
+		} else if host == "" {
+			bad("global", "%q has no host", c.Global)
+		}
+		if c.ReconnectBackoffBase <= 0 {
+			bad("reconnect-backoff-base", "must be positive, got %s", c.ReconnectBackoffBase)
+		}
+		if c.ReconnectBackoffMax < c.ReconnectBackoffBase {
+			bad("reconnect-backoff-max", "%s is below reconnect-backoff-base %s", c.ReconnectBackoffMax, c.ReconnectBackoffBase)
+		}
+	}
+	if c.Role == engine.RoleGlobal {
+		if _, err := checkHostPort(c.KDSAddr); err != nil {
+			bad("kds-addr", "%q: %v", c.KDSAddr, err)
+		}
+	}
+	if c.PluginsDir == "" {
+		bad("plugins-dir", "must not be empty")
+	}
+	seen := map[string]bool{}
+	for _, p := range c.RequiredPlugins {
+		if seen[p] {
+			bad("required-plugins", "%q is listed twice", p)
+		}
+		seen[p] = true
+	}
+	switch c.Store {
+	case string(engine.StoreBolt):
+		if c.DataDir == "" {
+			bad("data-dir", "must not be empty with store bolt")
+		}
+	case string(engine.StoreMemory):
+	default:
+		bad("store", "%q is not a store", c.Store)
+	}
+	if _, err := checkHostPort(c.APIAddr); err != nil {
+		bad("api-addr", "%q: %v", c.APIAddr, err)
+	}
+	if c.SendTimeout <= 0 {
+		bad("send-timeout", "must be positive, got %s", c.SendTimeout)
+	}
+	if c.BufferHeadroom < 1 || c.BufferHeadroom > 4096 {
+		bad("buffer-headroom", "%d is out of range", c.BufferHeadroom)
+	}
+	if c.MaxMessageSize < 64<<10 || c.MaxMessageSize > 1<<30 {
+		bad("max-message-size", "%s is out of range", FormatSize(c.MaxMessageSize))
+	}
+	if c.MaxResourceSize <= 0 || c.MaxResourceSize >= c.MaxMessageSize {
+		bad("max-resource-size", "%s must be positive and below max-message-size %s (a message carries envelope overhead)",
+			FormatSize(c.MaxResourceSize), FormatSize(c.MaxMessageSize))
+	}
+	if c.KeepaliveTime < time.Second {
+		bad("keepalive-time", "%s is too short", c.KeepaliveTime)
+	}
+	if c.KeepaliveTimeout < time.Second {
+		bad("keepalive-timeout", "%s is too short", c.KeepaliveTimeout)
+	}
+	if !slices.Contains([]string{"trace", "debug", "info", "warn", "error"}, c.LogLevel) {
+		bad("log-level", "%q is not a level", c.LogLevel)
+	}
+	if !slices.Contains([]string{"text", "json"}, c.LogFormat) {
+		bad("log-format", "%q is not a format", c.LogFormat)
+	}
+	return errors.Join(errs...)
+}
+
+func checkHostPort(addr string) (host string, err error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", errors.New("want HOST:PORT")
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return "", fmt.Errorf("port %q is not a number from 0 to 65535", port)
+	}
+	return host, nil
+}
+
+// Engine converts a validated configuration to engine.Config.
+func (c *Config) Engine() engine.Config {
+	ec := engine.Config{
+		Role:             c.Role,
+		PluginsDir:       c.PluginsDir,
+		RequiredPlugins:  slices.Clone(c.RequiredPlugins),
+		Store:            engine.StoreKind(c.Store),
+		DataDir:          c.DataDir,
+		APIAddress:       c.APIAddr,
+		SendTimeout:      c.SendTimeout,
+		BufferHeadroom:   c.BufferHeadroom,
+		MaxMessageSize:   int(c.MaxMessageSize),
+		MaxResourceSize:  int(c.MaxResourceSize),
+		KeepaliveTime:    c.KeepaliveTime,
+		KeepaliveTimeout: c.KeepaliveTimeout,
+	}
+	switch c.Role {
+	case engine.RoleGlobal:
+		ec.KDSAddress = c.KDSAddr
+	case engine.RoleZone:
+		ec.ZoneName = c.Name
+		ec.GlobalAddress = c.Global
+		ec.ReconnectBackoffBase = c.ReconnectBackoffBase
+		ec.ReconnectBackoffMax = c.ReconnectBackoffMax
+	}
+	return ec
+}

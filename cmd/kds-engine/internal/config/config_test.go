@@ -1,0 +1,248 @@
+package config
+
+import (
+	"io/fs"
+	"os"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/kds-engine/kds-engine/engine"
+)
+
+func files(m map[string]string) func(string) ([]byte, error) {
+	return func(p string) ([]byte, error) {
+		if s, ok := m[p]; ok {
+			return []byte(s), nil
+		}
+		return nil, &fs.PathError{Op: "open", Path: p, Err: fs.ErrNotExist}
+	}
+}
+
+func env(m map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
+}
+
+func TestDefaults(t *testing.T) {
+	g, err := Load(engine.RoleGlobal, Sources{})
+	require.NoError(t, err)
+	require.NoError(t, g.Validate())
+	assert.Equal(t, engine.Config{
+		Role: engine.RoleGlobal, PluginsDir: "plugins", Store: engine.StoreBolt, DataDir: "kds-data/global",
+		KDSAddress: ":5685", APIAddress: "127.0.0.1:5681", SendTimeout: time.Minute, BufferHeadroom: 16,
+		MaxMessageSize: 4 << 20, MaxResourceSize: 1 << 20, KeepaliveTime: 10 * time.Second, KeepaliveTimeout: 10 * time.Second,
+	}, g.Engine())
+
+	z, err := Load(engine.RoleZone, Sources{Flags: map[string]string{"name": "zone-1", "global": "global.example:5685"}})
+	require.NoError(t, err)
+	require.NoError(t, z.Validate())
+	ec := z.Engine()
+	assert.Equal(t, "zone-1", ec.ZoneName)
+	assert.Equal(t, "global.example:5685", ec.GlobalAddress)
+	assert.Equal(t, "kds-data/zone-1", ec.DataDir)
+	assert.Equal(t, "127.0.0.1:5682", ec.APIAddress)
+	assert.Equal(t, 500*time.Millisecond, ec.ReconnectBackoffBase)
+	assert.Equal(t, 30*time.Second, ec.ReconnectBackoffMax)
+	assert.Empty(t, ec.KDSAddress)
+}
+
+func TestPrecedenceFileEnvFlag(t *testing.T) {
+	file := `
+sendTimeout: 10s
+bufferHeadroom: 4
+maxMessageSize: 8MiB
+logLevel: debug
+requiredPlugins: [policies, dataplanes]
+dataDir: /from/file
+`
+	src := Sources{
+		File:     "kds.yaml",
+		ReadFile: files(map[string]string{"kds.yaml": file}),
+		LookupEnv: env(map[string]string{
+			"KDS_ENGINE_BUFFER_HEADROOM": "8",
+			"KDS_ENGINE_LOG_LEVEL":       "warn",
+			"KDS_ENGINE_DATA_DIR":        "/from/env",
+		}),
+		Flags: map[string]string{"log-level": "error"},
+	}
+	c, err := Load(engine.RoleGlobal, src)
+	require.NoError(t, err)
+	require.NoError(t, c.Validate())
+	assert.Equal(t, 10*time.Second, c.SendTimeout, "file over default")
+	assert.Equal(t, int64(8<<20), c.MaxMessageSize, "file over default")
+	assert.Equal(t, 8, c.BufferHeadroom, "env over file")
+	assert.Equal(t, "/from/env", c.DataDir, "env over file")
+	assert.Equal(t, "error", c.LogLevel, "flag over env over file")
+	assert.Equal(t, []string{"policies", "dataplanes"}, c.RequiredPlugins)
+	assert.Equal(t, 1<<20, c.Engine().MaxResourceSize, "default kept")
+}
+
+func TestOtherRoleSettingsAreIgnored(t *testing.T) {
+	src := Sources{
+		File:      "both.yaml",
+		ReadFile:  files(map[string]string{"both.yaml": "name: zone-1\nkdsAddr: ':7000'\nreconnectBackoffMax: 1m\n"}),
+		LookupEnv: env(map[string]string{"KDS_ENGINE_GLOBAL": "x:1"}),
+	}
+	g, err := Load(engine.RoleGlobal, src)
+	require.NoError(t, err)
+	assert.Equal(t, ":7000", g.Engine().KDSAddress)
+	assert.Empty(t, g.Engine().ZoneName)
+	assert.Zero(t, g.Engine().ReconnectBackoffMax)
+
+	src.Flags = map[string]string{"global": "g:5685"}
+	z, err := Load(engine.RoleZone, src)
+	require.NoError(t, err)
+	require.NoError(t, z.Validate())
+	assert.Equal(t, "zone-1", z.Engine().ZoneName)
+	assert.Empty(t, z.Engine().KDSAddress)
+	assert.Equal(t, time.Minute, z.Engine().ReconnectBackoffMax)
+}
+
+func TestLoadErrorsNameTheSource(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		src  Sources
+		want string
+	}{
+		{"flag", Sources{Flags: map[string]string{"send-timeout": "soon"}},
+			`--send-timeout: "soon" is not a duration (examples: 500ms, 30s, 1m, 1h30m)`},
+		{"env", Sources{LookupEnv: env(map[string]string{"KDS_ENGINE_MAX_MESSAGE_SIZE": "4 lots"})},
+			`KDS_ENGINE_MAX_MESSAGE_SIZE: "4 lots" is not a size (examples: 4194304, 512KiB, 4MiB, 1GiB)`},
+		{"file value", Sources{File: "c.yaml", ReadFile: files(map[string]string{"c.yaml": "bufferHeadroom: many\n"})},
+			`config file c.yaml: bufferHeadroom: "many" is not an integer`},
+		{"file number duration", Sources{File: "c.yaml", ReadFile: files(map[string]string{"c.yaml": "sendTimeout: 60\n"})},
+			`config file c.yaml: sendTimeout: "60" is not a duration (examples: 500ms, 30s, 1m, 1h30m)`},
+		{"file key", Sources{File: "c.yaml", ReadFile: files(map[string]string{"c.yaml": "sendTimout: 1m\n"})},
+			`config file c.yaml: unknown key "sendTimout" (known keys: name, global, pluginsDir,`},
+		{"file missing", Sources{File: "nope.yaml", ReadFile: files(nil)},
+			`config file: open nope.yaml: file does not exist`},
+		{"file not a mapping", Sources{File: "c.yaml", ReadFile: files(map[string]string{"c.yaml": "- a\n- b\n"})},
+			`config file c.yaml: want a mapping of settings`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Load(engine.RoleGlobal, tc.src)
+			require.Error(t, err)
+			assert.True(t, strings.HasPrefix(err.Error(), tc.want), "got %q", err.Error())
+		})
+	}
+}
+
+func TestValidateMessages(t *testing.T) {
+	z, err := Load(engine.RoleZone, Sources{Flags: map[string]string{
+		"name": "Zone_1", "global": "nohost", "store": "sql", "send-timeout": "0s", "buffer-headroom": "0",
+		"max-message-size": "1KiB", "max-resource-size": "2KiB", "log-level": "loud", "log-format": "xml",
+		"api-addr": "localhost", "reconnect-backoff-base": "2s", "reconnect-backoff-max": "1s", "keepalive-time": "10ms",
+	}})
+	require.NoError(t, err)
+	err = z.Validate()
+	require.Error(t, err)
+	got := strings.Split(err.Error(), "\n")
+	want := []string{
+		`name: "Zone_1" is not a valid zone name (accepted: a DNS label: lower-case letters, digits and '-', at most 63)`,
+		`global: "nohost": want HOST:PORT (accepted: HOST:PORT)`,
+		`reconnect-backoff-max: 1s is below reconnect-backoff-base 2s (accepted: a duration not below reconnect-backoff-base)`,
+		`store: "sql" is not a store (accepted: bolt, memory)`,
+		`api-addr: "localhost": want HOST:PORT (accepted: HOST:PORT)`,
+		`send-timeout: must be positive, got 0s (accepted: a positive duration such as 30s, 1m, 1m30s)`,
+		`buffer-headroom: 0 is out of range (accepted: an integer from 1 to 4096)`,
+		`max-message-size: 1KiB is out of range (accepted: a size from 64KiB to 1GiB: bytes, or a number with B, KB, KiB, MB, MiB, GB, GiB)`,
+		`max-resource-size: 2KiB must be positive and below max-message-size 1KiB (a message carries envelope overhead) (accepted: a size below max-message-size: bytes, or a number with B, KB, KiB, MB, MiB, GB, GiB)`,
+		`keepalive-time: 10ms is too short (accepted: a duration of at least 1s)`,
+		`log-level: "loud" is not a level (accepted: trace, debug, info, warn, error)`,
+		`log-format: "xml" is not a format (accepted: text, json)`,
+	}
+	assert.Equal(t, want, got)
+
+	z2, err := Load(engine.RoleZone, Sources{})
+	require.NoError(t, err)
+	err = z2.Validate()
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "name: required for a zone")
+	assert.Contains(t, err.Error(), "global: required for a zone")
+}
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]int64{
+		"4194304": 4 << 20, "4MiB": 4 << 20, "4mib": 4 << 20, "512KiB": 512 << 10, "1GiB": 1 << 30,
+		"2MB": 2_000_000, "10kb": 10_000, "7B": 7, " 3 MiB ": 3 << 20,
+	} {
+		got, err := ParseSize(in)
+		require.NoError(t, err, in)
+		assert.Equal(t, want, got, in)
+	}
+	for _, in := range []string{"", "MiB", "-1", "1.5MiB", "4XB", "99999999999999999999"} {
+		_, err := ParseSize(in)
+		assert.Error(t, err, in)
+	}
+	assert.Equal(t, "4MiB", FormatSize(4<<20))
+	assert.Equal(t, "1000", FormatSize(1000))
+}
+
+// TestSettingsMatchStructTags keeps the table and the struct's YAML keys in
+// step: every key in Settings is a json tag of Config and vice versa.
+func TestSettingsMatchStructTags(t *testing.T) {
+	var tags []string
+	rt := reflect.TypeFor[Config]()
+	for i := range rt.NumField() {
+		tag := strings.Split(rt.Field(i).Tag.Get("json"), ",")[0]
+		if tag != "-" {
+			tags = append(tags, tag)
+		}
+	}
+	var keys []string
+	for _, s := range Settings {
+		keys = append(keys, s.Key)
+		assert.True(t, s.Global || s.Zone, s.Flag)
+		assert.NotEmpty(t, s.Accepted, s.Flag)
+		assert.Contains(t, []string{"string", "list", "duration", "int", "size", "address"}, s.Kind, s.Flag)
+	}
+	assert.ElementsMatch(t, tags, keys)
+}
+
+func TestEveryDefaultParses(t *testing.T) {
+	for _, role := range []engine.Role{engine.RoleGlobal, engine.RoleZone} {
+		for _, s := range Settings {
+			d := s.Default(role)
+			if d == "" || strings.Contains(d, "NAME") {
+				continue
+			}
+			var c Config
+			assert.NoError(t, s.set(&c, d), s.Flag)
+		}
+	}
+}
+
+// TestDocsListEverySetting checks docs/configuration.md has one table row per
+// setting with its flag, variable, YAML key and default.
+func TestDocsListEverySetting(t *testing.T) {
+	doc, err := os.ReadFile("../../../../docs/configuration.md")
+	require.NoError(t, err)
+	rows := map[string]string{}
+	for _, line := range strings.Split(string(doc), "\n") {
+		if strings.HasPrefix(line, "| `--") {
+			flag := strings.Trim(strings.Split(line, "|")[1], " `")
+			rows[flag] = line
+		}
+	}
+	assert.Len(t, rows, len(Settings))
+	for _, s := range Settings {
+		row, ok := rows["--"+s.Flag]
+		if !assert.True(t, ok, "no row for --%s", s.Flag) {
+			continue
+		}
+		cells := strings.Split(row, "|")
+		assert.Equal(t, "`"+s.EnvName()+"`", strings.TrimSpace(cells[2]), s.Flag)
+		assert.Equal(t, "`"+s.Key+"`", strings.TrimSpace(cells[3]), s.Flag)
+		for _, role := range []engine.Role{engine.RoleGlobal, engine.RoleZone} {
+			if d := s.Default(role); d != "" && s.For(role) {
+				assert.Contains(t, cells[4], "`"+d+"`", "default of %s", s.Flag)
+			}
+		}
+		want := map[[2]bool]string{{true, true}: "global, zone", {true, false}: "global", {false, true}: "zone"}[[2]bool{s.Global, s.Zone}]
+		assert.Equal(t, want, strings.TrimSpace(cells[5]), s.Flag)
+	}
+}

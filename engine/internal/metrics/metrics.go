@@ -1,0 +1,305 @@
+// Package metrics holds the engine's Prometheus collectors and the typed
+// methods the transport, sync layer, store and plugin host call to update
+// them. docs/metrics.md lists every metric; a test keeps the two in step.
+//
+// Label conventions: zone is the zone a session belongs to (on global the
+// connected zone, on a zone its own name); stream is the logical delta-xDS
+// stream, StreamGlobalToZone or StreamZoneToGlobal; type is a resource type;
+// plugin is a plugin name.
+//
+// All methods are safe for concurrent use. Methods on a nil *Metrics do
+// nothing, so components may run without metrics in tests.
+package metrics
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Stream is a logical delta-xDS stream on a session.
+type Stream string
+
+// The two logical streams multiplexed on one session.
+const (
+	StreamGlobalToZone Stream = "global_to_zone"
+	StreamZoneToGlobal Stream = "zone_to_global"
+)
+
+// EndReason says why a session ended; it is the reason label of
+// kds_sessions_ended_total.
+type EndReason string
+
+// Session end reasons.
+const (
+	ReasonSendTimeout EndReason = "send_timeout" // a Send did not return within the send timeout
+	ReasonBufferFull  EndReason = "buffer_full"  // a logical stream's send buffer overflowed
+	ReasonPeerClosed  EndReason = "peer_closed"  // the peer ended the stream
+	ReasonKeepalive   EndReason = "keepalive"    // keepalive pings went unanswered
+	ReasonAuth        EndReason = "auth"         // the peer failed authentication
+	ReasonShutdown    EndReason = "shutdown"     // this side is stopping
+	ReasonOther       EndReason = "other"        // anything else
+)
+
+// EndReasons lists every EndReason.
+var EndReasons = []EndReason{ReasonSendTimeout, ReasonBufferFull, ReasonPeerClosed, ReasonKeepalive, ReasonAuth, ReasonShutdown, ReasonOther}
+
+// Metrics holds every collector. Create it with New.
+type Metrics struct {
+	messagesSent     *prometheus.CounterVec
+	messagesReceived *prometheus.CounterVec
+	bytesSent        *prometheus.CounterVec
+	bytesReceived    *prometheus.CounterVec
+	bufferMessages   *prometheus.GaugeVec
+	bufferCapacity   *prometheus.GaugeVec
+	sendDuration     *prometheus.HistogramVec
+	sendTimeouts     *prometheus.CounterVec
+	sessionsStarted  *prometheus.CounterVec
+	sessionsEnded    *prometheus.CounterVec
+	sessionConnected *prometheus.GaugeVec
+	responsesSent    *prometheus.CounterVec
+	responsesACKed   *prometheus.CounterVec
+	responsesNACKed  *prometheus.CounterVec
+	resources        *prometheus.GaugeVec
+	pluginRestarts   *prometheus.CounterVec
+	pluginUp         *prometheus.GaugeVec
+	validation       *prometheus.HistogramVec
+}
+
+// New creates the collectors and registers them with reg. A nil reg
+// registers nothing (the collectors still work). Registering twice with
+// the same registry is an error.
+func New(reg prometheus.Registerer) (*Metrics, error) {
+	zs := []string{"zone", "stream"}
+	m := &Metrics{
+		messagesSent: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kds_stream_messages_sent_total", Help: "Messages sent on a logical stream.",
+		}, zs),
+		messagesReceived: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kds_stream_messages_received_total", Help: "Messages received on a logical stream.",
+		}, zs),
+		bytesSent: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kds_stream_sent_bytes_total", Help: "Serialized message bytes sent on a logical stream.",
+		}, zs),
+		bytesReceived: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kds_stream_received_bytes_total", Help: "Serialized message bytes received on a logical stream.",
+		}, zs),
+		bufferMessages: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kds_send_buffer_messages", Help: "Messages waiting in a logical stream's send buffer.",
+		}, zs),
+		bufferCapacity: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kds_send_buffer_capacity_messages", Help: "Capacity of a logical stream's send buffer (registered types + headroom).",
+		}, zs),
+		sendDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "kds_send_duration_seconds",
+			Help:    "Time a gRPC Send took to return.",
+			Buckets: []float64{.0005, .001, .005, .01, .05, .1, .5, 1, 5, 10, 30, 60},
+		}, zs),
+		sendTimeouts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kds_send_timeouts_total", Help: "Sends that did not return within the send timeout.",
+		}, []string{"zone"}),
+		sessionsStarted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kds_sessions_started_total", Help: "KDS sessions established.",
+		}, []string{"zone"}),
+		sessionsEnded: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kds_sessions_ended_total", Help: "KDS sessions ended, by reason.",
+		}, []string{"zone", "reason"}),
+		sessionConnected: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kds_session_connected", Help: "1 while a KDS session is up, else 0.",
+		}, []string{"zone"}),
+		responsesSent: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kds_responses_sent_total", Help: "Delta discovery responses sent, per type.",
+		}, []string{"zone", "type"}),
+		responsesACKed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kds_responses_acked_total", Help: "Sent responses the peer ACKed, per type.",
+		}, []string{"zone", "type"}),
+		responsesNACKed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kds_responses_nacked_total", Help: "Sent responses the peer NACKed, per type.",
+		}, []string{"zone", "type"}),
+		resources: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kds_resources", Help: "Resources held in the store, per type.",
+		}, []string{"type"}),
+		pluginRestarts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kds_plugin_restarts_total", Help: "Plugin process restarts after a crash.",
+		}, []string{"plugin"}),
+		pluginUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kds_plugin_up", Help: "1 while a plugin is running and serving, else 0.",
+		}, []string{"plugin"}),
+		validation: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "kds_validation_duration_seconds",
+			Help:    "Time to validate one batch of resources through a plugin.",
+			Buckets: []float64{.0001, .0005, .001, .005, .01, .05, .1, .5, 1, 5},
+		}, []string{"plugin"}),
+	}
+	if reg == nil {
+		return m, nil
+	}
+	var errs []error
+	for _, c := range m.collectors() {
+		if err := reg.Register(c); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("register metrics: %w", err)
+	}
+	return m, nil
+}
+
+func (m *Metrics) collectors() []prometheus.Collector {
+	return []prometheus.Collector{
+		m.messagesSent, m.messagesReceived, m.bytesSent, m.bytesReceived,
+		m.bufferMessages, m.bufferCapacity, m.sendDuration, m.sendTimeouts,
+		m.sessionsStarted, m.sessionsEnded, m.sessionConnected,
+		m.responsesSent, m.responsesACKed, m.responsesNACKed,
+		m.resources, m.pluginRestarts, m.pluginUp, m.validation,
+	}
+}
+
+// ObserveSend records one message sent on stream: its size and how long
+// the gRPC Send took.
+func (m *Metrics) ObserveSend(zone string, stream Stream, bytes int, d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.messagesSent.WithLabelValues(zone, string(stream)).Inc()
+	m.bytesSent.WithLabelValues(zone, string(stream)).Add(float64(bytes))
+	m.sendDuration.WithLabelValues(zone, string(stream)).Observe(d.Seconds())
+}
+
+// MessageReceived records one message received for stream.
+func (m *Metrics) MessageReceived(zone string, stream Stream, bytes int) {
+	if m == nil {
+		return
+	}
+	m.messagesReceived.WithLabelValues(zone, string(stream)).Inc()
+	m.bytesReceived.WithLabelValues(zone, string(stream)).Add(float64(bytes))
+}
+
+// SetSendBuffer records how many messages wait in stream's send buffer.
+func (m *Metrics) SetSendBuffer(zone string, stream Stream, messages int) {
+	if m == nil {
+		return
+	}
+	m.bufferMessages.WithLabelValues(zone, string(stream)).Set(float64(messages))
+}
+
+// SetSendBufferCapacity records the capacity of stream's send buffer.
+func (m *Metrics) SetSendBufferCapacity(zone string, stream Stream, capacity int) {
+	if m == nil {
+		return
+	}
+	m.bufferCapacity.WithLabelValues(zone, string(stream)).Set(float64(capacity))
+}
+
+// SendTimeout records a Send that exceeded the send timeout. The session end
+// that follows is recorded separately with SessionEnded.
+func (m *Metrics) SendTimeout(zone string) {
+	if m == nil {
+		return
+	}
+	m.sendTimeouts.WithLabelValues(zone).Inc()
+}
+
+// SessionStarted records an established session for zone and creates the
+// zone's per-session series at zero.
+func (m *Metrics) SessionStarted(zone string) {
+	if m == nil {
+		return
+	}
+	m.sessionsStarted.WithLabelValues(zone).Inc()
+	m.sessionConnected.WithLabelValues(zone).Set(1)
+	// Create the zone's other series at zero so they are scraped (and
+	// rate() works) before the first event.
+	for _, s := range []Stream{StreamGlobalToZone, StreamZoneToGlobal} {
+		m.messagesSent.WithLabelValues(zone, string(s)).Add(0)
+		m.messagesReceived.WithLabelValues(zone, string(s)).Add(0)
+		m.bytesSent.WithLabelValues(zone, string(s)).Add(0)
+		m.bytesReceived.WithLabelValues(zone, string(s)).Add(0)
+		m.sendDuration.WithLabelValues(zone, string(s))
+	}
+	m.sendTimeouts.WithLabelValues(zone).Add(0)
+	for _, r := range EndReasons {
+		m.sessionsEnded.WithLabelValues(zone, string(r)).Add(0)
+	}
+}
+
+// SessionEnded records the end of zone's session and why, and drops the
+// zone's send-buffer gauges (a new session sets them again).
+func (m *Metrics) SessionEnded(zone string, reason EndReason) {
+	if m == nil {
+		return
+	}
+	m.sessionsEnded.WithLabelValues(zone, string(reason)).Inc()
+	m.sessionConnected.WithLabelValues(zone).Set(0)
+	m.bufferMessages.DeletePartialMatch(prometheus.Labels{"zone": zone})
+	m.bufferCapacity.DeletePartialMatch(prometheus.Labels{"zone": zone})
+}
+
+// ResponseSent records a response of typ sent to zone (and creates its ACK
+// and NACK series at zero).
+func (m *Metrics) ResponseSent(zone, typ string) {
+	if m == nil {
+		return
+	}
+	m.responsesSent.WithLabelValues(zone, typ).Inc()
+	m.responsesACKed.WithLabelValues(zone, typ).Add(0)
+	m.responsesNACKed.WithLabelValues(zone, typ).Add(0)
+}
+
+// ResponseACKed records the peer's ACK of a response of typ.
+func (m *Metrics) ResponseACKed(zone, typ string) {
+	if m == nil {
+		return
+	}
+	m.responsesACKed.WithLabelValues(zone, typ).Inc()
+}
+
+// ResponseNACKed records the peer's NACK of a response of typ.
+func (m *Metrics) ResponseNACKed(zone, typ string) {
+	if m == nil {
+		return
+	}
+	m.responsesNACKed.WithLabelValues(zone, typ).Inc()
+}
+
+// SetResources records how many resources of typ the store holds.
+func (m *Metrics) SetResources(typ string, n int) {
+	if m == nil {
+		return
+	}
+	m.resources.WithLabelValues(typ).Set(float64(n))
+}
+
+// PluginRestarted records a restart of plugin after a crash.
+func (m *Metrics) PluginRestarted(plugin string) {
+	if m == nil {
+		return
+	}
+	m.pluginRestarts.WithLabelValues(plugin).Add(1)
+}
+
+// SetPluginUp records whether plugin is running and serving, and creates the
+// plugin's other series at zero.
+func (m *Metrics) SetPluginUp(plugin string, up bool) {
+	if m == nil {
+		return
+	}
+	v := 0.0
+	if up {
+		v = 1
+	}
+	m.pluginUp.WithLabelValues(plugin).Set(v)
+	m.pluginRestarts.WithLabelValues(plugin).Add(0)
+	m.validation.WithLabelValues(plugin)
+}
+
+// ObserveValidation records how long plugin took to validate one batch.
+func (m *Metrics) ObserveValidation(plugin string, d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.validation.WithLabelValues(plugin).Observe(d.Seconds())
+}
