@@ -1,0 +1,134 @@
+package kdsgrpc
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/kds-engine/kds-engine/engine/internal/mux"
+	kdsv1 "github.com/kds-engine/kds-engine/proto/kds/v1"
+)
+
+// ZoneHandler runs the sync for one session on a zone. ctx is the session's
+// context; the handler must return once it is done. When the handler
+// returns, the session ends (and the Dialer reconnects).
+type ZoneHandler func(ctx context.Context, s *mux.Session) error
+
+// ConnState is a zone's view of its connection to global.
+type ConnState struct {
+	// Connected is true while a session runs; ConnectedSince is when it
+	// started (zero when not connected).
+	Connected      bool
+	ConnectedSince time.Time
+	// LastError is the error the previous session ended with (or the
+	// failure to open one); nil before the first one ended.
+	LastError error
+	// Sessions counts the sessions started so far.
+	Sessions int
+}
+
+// Dialer keeps a zone's KDS session to global: it dials, opens the stream,
+// runs a mux.Session with the handler, and reconnects with backoff after any
+// error until its context ends.
+type Dialer struct {
+	target, zone string
+	types        int
+	handler      ZoneHandler
+	set          settings
+	log          hclog.Logger
+
+	mu    sync.Mutex
+	state ConnState
+}
+
+// NewDialer returns a Dialer for zone that connects to target (a gRPC target
+// such as "dns:///global.example:5685") with sessions sized for types
+// resource types. Pass transport credentials with WithDialOptions.
+func NewDialer(target, zone string, types int, handler ZoneHandler, opts ...Option) *Dialer {
+	set := newSettings(opts)
+	return &Dialer{
+		target: target, zone: zone, types: types, handler: handler, set: set,
+		log: set.log.Named("kds-zone").With("zone", zone, "global", target),
+	}
+}
+
+// State returns a snapshot of the connection state. Safe for concurrent use.
+func (d *Dialer) State() ConnState {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.state
+}
+
+// Run connects and keeps reconnecting until ctx is done; it then returns
+// nil once the current session has been joined. It returns an error at once
+// only for an invalid zone name or target/dial options that gRPC rejects.
+func (d *Dialer) Run(ctx context.Context) error {
+	if err := ValidateZoneName(d.zone); err != nil {
+		return err
+	}
+	opts := DialOptions(d.set.cfg, d.set.dialOpts...)
+	conn, err := grpc.NewClient(d.target, opts...)
+	if err != nil {
+		return fmt.Errorf("dial %s: %w", d.target, err)
+	}
+	defer conn.Close()
+	client := kdsv1.NewKDSClient(conn)
+
+	attempt := 0
+	for {
+		start := time.Now()
+		err := d.session(ctx, client)
+		if ctx.Err() != nil {
+			return nil
+		}
+		lived := time.Since(start)
+		if lived >= d.set.backoff.ResetAfter {
+			attempt = 0
+		}
+		delay := d.set.backoff.Delay(attempt)
+		attempt++
+		d.log.Warn("session ended, reconnecting", "error", err, "lived", lived.Round(time.Millisecond), "retry_in", delay.Round(time.Millisecond))
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// session opens one stream and runs one session on it.
+func (d *Dialer) session(ctx context.Context, client kdsv1.KDSClient) error {
+	sctx, cancel := context.WithCancel(metadata.AppendToOutgoingContext(ctx, ZoneMetadataKey, d.zone))
+	defer cancel()
+	stream, err := client.Session(sctx)
+	if err != nil {
+		err = fmt.Errorf("open stream: %w", err)
+		d.setState(func(s *ConnState) { s.LastError = err })
+		return err
+	}
+	opts := append(d.set.cfg.muxOptions(), mux.WithLogger(d.log), mux.WithAbort(cancel))
+	sess := mux.NewSession(stream, d.types, opts...)
+	d.setState(func(s *ConnState) {
+		s.Connected, s.ConnectedSince = true, time.Now()
+		s.Sessions++
+	})
+	d.log.Info("session started")
+	err = runSession(&d.set, d.zone, sess, func(ctx context.Context) error { return d.handler(ctx, sess) })
+	d.setState(func(s *ConnState) {
+		s.Connected, s.ConnectedSince, s.LastError = false, time.Time{}, err
+	})
+	return err
+}
+
+func (d *Dialer) setState(f func(*ConnState)) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	f(&d.state)
+}

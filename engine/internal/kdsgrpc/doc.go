@@ -1,0 +1,14 @@
+// Package kdsgrpc is the gRPC edge of a KDS session: global accepts the
+// kdsv1.KDS/Session stream ([Global]), a zone dials it ([Dialer]); both run a
+// mux.Session on the stream and hand it to a sync handler.
+//
+// The zone identifies itself with the request metadata key "kds-zone"
+// ([ZoneMetadataKey]). gRPC status codes appear only here: a missing or
+// invalid zone name is codes.InvalidArgument, and a session's error is mapped
+// to a status when the RPC ends.
+//
+// Both sides apply keepalive and the max message size from [Config]; TLS and
+// tokens are added by the caller as extra grpc.ServerOption / grpc.DialOption.
+// The zone side reconnects after any session error with exponential backoff
+// and jitter ([Backoff]).
+package kdsgrpc

@@ -1,0 +1,94 @@
+package kdsgrpc
+
+import (
+	"context"
+	"errors"
+	"sync"
+
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/kds-engine/kds-engine/engine/internal/mux"
+	kdsv1 "github.com/kds-engine/kds-engine/proto/kds/v1"
+)
+
+// Handler runs the sync for one session on global. ctx is the session's
+// context; the handler must return once it is done. When the handler
+// returns, the session ends.
+type Handler func(ctx context.Context, zone string, s *mux.Session) error
+
+// Global accepts KDS sessions from zones. It implements kdsv1.KDSServer;
+// register it on a grpc.Server built with NewServer. Safe for concurrent use.
+type Global struct {
+	kdsv1.UnimplementedKDSServer
+
+	types   int
+	handler Handler
+	set     settings
+	log     hclog.Logger
+	wg      sync.WaitGroup
+}
+
+var _ kdsv1.KDSServer = (*Global)(nil)
+
+// NewGlobal returns a Global whose sessions are sized for types resource
+// types and run handler.
+func NewGlobal(types int, handler Handler, opts ...Option) *Global {
+	set := newSettings(opts)
+	return &Global{types: types, handler: handler, set: set, log: set.log.Named("kds-global")}
+}
+
+// Session is the KDS.Session RPC. It reads the zone's name from the
+// metadata (codes.InvalidArgument if it is missing or invalid), runs a
+// mux.Session with the handler, and returns once the session has ended.
+//
+// A Send blocked in flow control only returns when the RPC ends, so the RPC
+// returns as soon as the session has ended; the goroutine that runs the
+// session and the handler then joins them. Wait waits for those goroutines.
+func (g *Global) Session(stream kdsv1.KDS_SessionServer) error {
+	zone, err := zoneFromContext(stream.Context())
+	if err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	log := g.log.With("zone", zone)
+	release := make(chan struct{})
+	opts := append(g.set.cfg.muxOptions(),
+		mux.WithLogger(log),
+		mux.WithAbort(func() { close(release) })) // mux calls abort once
+	sess := mux.NewSession(stream, g.types, opts...)
+
+	done := make(chan error, 1)
+	g.wg.Go(func() {
+		done <- runSession(&g.set, zone, sess, func(ctx context.Context) error {
+			return g.handler(ctx, zone, sess)
+		})
+	})
+	select {
+	case err = <-done:
+	case <-release:
+		err = sess.Err()
+	}
+	log.Info("session ended", "error", err)
+	return toStatus(err)
+}
+
+// Wait blocks until every session goroutine has returned. Call it after the
+// grpc.Server was stopped.
+func (g *Global) Wait() { g.wg.Wait() }
+
+// toStatus maps a session's error to the status the RPC ends with.
+func toStatus(err error) error {
+	switch {
+	case err == nil, errors.Is(err, ErrHandlerReturned):
+		return nil
+	case errors.Is(err, mux.ErrSendTimeout):
+		return status.Error(codes.DeadlineExceeded, err.Error())
+	case errors.Is(err, mux.ErrBufferFull), errors.Is(err, mux.ErrInboundFull), errors.Is(err, mux.ErrMessageTooLarge):
+		return status.Error(codes.ResourceExhausted, err.Error())
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, err.Error())
+	default:
+		return status.Error(codes.Aborted, err.Error())
+	}
+}

@@ -1,0 +1,142 @@
+package kdsgrpc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/kds-engine/kds-engine/engine/internal/mux"
+)
+
+// ZoneMetadataKey is the request metadata key carrying the zone's name.
+const ZoneMetadataKey = "kds-zone"
+
+var zoneName = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// ErrInvalidZoneName: a zone name is not a DNS label (1-63 lowercase
+// letters, digits and '-', starting and ending with a letter or digit).
+var ErrInvalidZoneName = errors.New("invalid zone name")
+
+// ErrHandlerReturned ends a session whose sync handler returned nil.
+var ErrHandlerReturned = errors.New("sync handler returned")
+
+// ValidateZoneName returns an error wrapping ErrInvalidZoneName unless name
+// is a DNS label.
+func ValidateZoneName(name string) error {
+	if !zoneName.MatchString(name) {
+		return fmt.Errorf("%w: %q (want a DNS label: 1-63 of [a-z0-9-], starting and ending with [a-z0-9])",
+			ErrInvalidZoneName, name)
+	}
+	return nil
+}
+
+// SessionEvent describes a session's start or end to a hook.
+type SessionEvent struct {
+	// Zone is the zone the session belongs to (on a zone: its own name).
+	Zone    string
+	Session *mux.Session
+	Started time.Time
+	// Ended and Err are set only for the end hook.
+	Ended time.Time
+	Err   error
+}
+
+// Option configures a Global or a Dialer.
+type Option func(*settings)
+
+type settings struct {
+	cfg      Config
+	log      hclog.Logger
+	onStart  func(SessionEvent)
+	onEnd    func(SessionEvent)
+	dialOpts []grpc.DialOption
+	backoff  Backoff
+}
+
+func newSettings(opts []Option) settings {
+	s := settings{log: hclog.NewNullLogger(), backoff: DefaultBackoff}
+	for _, o := range opts {
+		o(&s)
+	}
+	return s
+}
+
+// WithConfig sets the transport settings (the session's send timeout,
+// headroom and max message size; the Dialer also derives its keepalive and
+// message-size dial options from it). A Global's grpc.Server takes the same
+// Config through NewServer.
+func WithConfig(c Config) Option { return func(s *settings) { s.cfg = c } }
+
+// WithLogger sets the logger (default: discard). Nil keeps the default.
+func WithLogger(l hclog.Logger) Option {
+	return func(s *settings) {
+		if l != nil {
+			s.log = l
+		}
+	}
+}
+
+// WithSessionHooks sets functions called when a session starts (before the
+// handler runs) and when it has ended (after everything it owns was joined).
+// Either may be nil. They run on the session's goroutine and must not block.
+func WithSessionHooks(onStart, onEnd func(SessionEvent)) Option {
+	return func(s *settings) { s.onStart, s.onEnd = onStart, onEnd }
+}
+
+// WithDialOptions adds grpc.DialOptions (transport credentials, per-RPC
+// credentials) to the Dialer's. Ignored by Global.
+func WithDialOptions(o ...grpc.DialOption) Option {
+	return func(s *settings) { s.dialOpts = append(s.dialOpts, o...) }
+}
+
+// WithBackoff sets the Dialer's reconnect backoff (default DefaultBackoff);
+// zero fields keep their defaults. Ignored by Global.
+func WithBackoff(b Backoff) Option { return func(s *settings) { s.backoff = b.withDefaults() } }
+
+// runSession runs sess and handler together and joins both. The handler gets
+// the session's context; when it returns, the session ends (with
+// ErrHandlerReturned if it returned nil). Returns the session's error.
+func runSession(set *settings, zone string, sess *mux.Session, handler func(context.Context) error) error {
+	ev := SessionEvent{Zone: zone, Session: sess, Started: time.Now()}
+	if set.onStart != nil {
+		set.onStart(ev)
+	}
+	var g errgroup.Group
+	g.Go(func() error { return sess.Run(context.Background()) })
+	g.Go(func() error {
+		err := handler(sess.Context())
+		if err == nil {
+			err = ErrHandlerReturned
+		} else {
+			err = fmt.Errorf("sync handler: %w", err)
+		}
+		sess.Close(err)
+		return nil
+	})
+	_ = g.Wait()
+	ev.Ended, ev.Err = time.Now(), sess.Err()
+	if set.onEnd != nil {
+		set.onEnd(ev)
+	}
+	return ev.Err
+}
+
+func zoneFromContext(ctx context.Context) (string, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	vals := md.Get(ZoneMetadataKey)
+	if len(vals) != 1 {
+		return "", fmt.Errorf("%w: metadata %q must hold exactly one zone name, got %d",
+			ErrInvalidZoneName, ZoneMetadataKey, len(vals))
+	}
+	if err := ValidateZoneName(vals[0]); err != nil {
+		return "", err
+	}
+	return vals[0], nil
+}

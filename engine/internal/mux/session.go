@@ -1,0 +1,396 @@
+package mux
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/protobuf/proto"
+
+	kdsv1 "github.com/kds-engine/kds-engine/proto/kds/v1"
+)
+
+// Defaults for the session options.
+const (
+	// DefaultHeadroom is added to the number of registered types to size each
+	// logical stream's buffers. See the package documentation.
+	DefaultHeadroom = 16
+	// DefaultSendTimeout bounds one gRPC Send.
+	DefaultSendTimeout = time.Minute
+	// DefaultMaxMessageSize is the largest message a session sends (and the
+	// gRPC default for what it receives).
+	DefaultMaxMessageSize = 4 << 20
+)
+
+// Sentinel errors. The error a session ends with wraps exactly one of them
+// (or the error that came from the stream or the context), so callers branch
+// with errors.Is.
+var (
+	// ErrBufferFull: a logical stream's send buffer was full when a message
+	// was handed to it. The session ends.
+	ErrBufferFull = errors.New("send buffer full")
+	// ErrInboundFull: the peer sent more messages to a logical stream than
+	// its inbound queue holds, i.e. it ignored application-level flow
+	// control. The session ends.
+	ErrInboundFull = errors.New("inbound queue full")
+	// ErrSendTimeout: a gRPC Send did not return within the send timeout.
+	// The session ends.
+	ErrSendTimeout = errors.New("send timeout")
+	// ErrMessageTooLarge: a message handed to Send exceeds the max message
+	// size. Send returns it; the session goes on.
+	ErrMessageTooLarge = errors.New("message too large")
+	// ErrSessionClosed: the session was closed, by the peer (the stream
+	// ended) or locally by Close.
+	ErrSessionClosed = errors.New("session closed")
+	// ErrUnknownMessage: the peer sent a Message with neither a request nor
+	// a response. The session ends.
+	ErrUnknownMessage = errors.New("message with unknown kind")
+)
+
+var errRunTwice = errors.New("mux: Run called twice")
+
+// Stream is the bidirectional message stream a Session runs on. It is
+// satisfied by both the gRPC client stream and the gRPC server stream of
+// kdsv1.KDS/Session. The session calls Send from one goroutine and Recv from
+// another, never concurrently with themselves.
+type Stream interface {
+	Send(*kdsv1.Message) error
+	Recv() (*kdsv1.Message, error)
+	Context() context.Context
+}
+
+// Option configures a Session.
+type Option func(*options)
+
+type options struct {
+	headroom       int
+	sendTimeout    time.Duration
+	maxMessageSize int
+	log            hclog.Logger
+	abort          func()
+}
+
+// WithHeadroom sets the headroom added to the number of types to size each
+// logical stream's buffers (default DefaultHeadroom). Negative values are
+// treated as 0.
+func WithHeadroom(n int) Option {
+	return func(o *options) { o.headroom = max(n, 0) }
+}
+
+// WithSendTimeout sets how long one gRPC Send may take before the session
+// ends with ErrSendTimeout (default DefaultSendTimeout). Zero or negative
+// keeps the default.
+func WithSendTimeout(d time.Duration) Option {
+	return func(o *options) {
+		if d > 0 {
+			o.sendTimeout = d
+		}
+	}
+}
+
+// WithLogger sets the logger; the session logs under the sub-logger "mux".
+// Nil keeps the default, which discards.
+func WithLogger(l hclog.Logger) Option {
+	return func(o *options) {
+		if l != nil {
+			o.log = l
+		}
+	}
+}
+
+// WithMaxMessageSize sets the largest message, in encoded bytes, that Send
+// accepts (default DefaultMaxMessageSize). Zero or negative keeps the default.
+// Configure the gRPC transport with the same limit for what is received.
+func WithMaxMessageSize(n int) Option {
+	return func(o *options) {
+		if n > 0 {
+			o.maxMessageSize = n
+		}
+	}
+}
+
+// WithAbort sets a function the session calls once when it ends, before Run
+// joins its goroutines. It must make a Send blocked in flow control and a
+// blocked Recv return: for a gRPC client stream, cancel the stream's context;
+// for a gRPC server stream, make the RPC handler return. Without it, Run
+// relies on the stream ending by itself.
+func WithAbort(f func()) Option {
+	return func(o *options) { o.abort = f }
+}
+
+// Session multiplexes two logical delta-xDS streams on one Stream. Create it
+// with NewSession, run it with Run, use Server and Client from any goroutine.
+// All methods are safe for concurrent use.
+type Session struct {
+	stream   Stream
+	log      hclog.Logger
+	types    int
+	headroom int
+	capacity int
+	timeout  time.Duration
+	maxSize  int
+	abort    func()
+
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+
+	server *ServerStream
+	client *ClientStream
+
+	started atomic.Bool
+	// inSendSince is the UnixNano time the current Stream.Send started, or 0
+	// when the sender is not inside Send.
+	inSendSince  atomic.Int64
+	sendNanos    atomic.Int64
+	sendTimeouts atomic.Uint64
+	sendTimer    *time.Timer
+}
+
+// NewSession returns a session on stream for a side with types registered
+// resource types. Nothing runs until Run. The session's context is derived from
+// stream.Context(): it ends when the stream's context ends.
+func NewSession(stream Stream, types int, opts ...Option) *Session {
+	o := options{
+		headroom:       DefaultHeadroom,
+		sendTimeout:    DefaultSendTimeout,
+		maxMessageSize: DefaultMaxMessageSize,
+		log:            hclog.NewNullLogger(),
+	}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	types = max(types, 0)
+	s := &Session{
+		stream:   stream,
+		log:      o.log.Named("mux"),
+		types:    types,
+		headroom: o.headroom,
+		capacity: max(types+o.headroom, 1),
+		timeout:  o.sendTimeout,
+		maxSize:  o.maxMessageSize,
+		abort:    o.abort,
+	}
+	s.ctx, s.cancel = context.WithCancelCause(stream.Context())
+	s.server = &ServerStream{s: s}
+	s.server.out.init("server", s.capacity)
+	s.server.in.init("server", s.capacity)
+	s.client = &ClientStream{s: s}
+	s.client.out.init("client", s.capacity)
+	s.client.in.init("client", s.capacity)
+	return s
+}
+
+// Capacity is the size of each logical stream's send buffer and inbound
+// queue: types + headroom (at least 1).
+func (s *Session) Capacity() int { return s.capacity }
+
+// Server is the logical stream this side serves: it receives the peer's
+// requests and sends responses.
+func (s *Session) Server() *ServerStream { return s.server }
+
+// Client is the logical stream this side subscribes on: it sends requests and
+// receives the peer's responses.
+func (s *Session) Client() *ClientStream { return s.client }
+
+// Context is the session's context; it is cancelled, with the session's
+// error as cause, when the session ends.
+func (s *Session) Context() context.Context { return s.ctx }
+
+// Done is closed when the session ends.
+func (s *Session) Done() <-chan struct{} { return s.ctx.Done() }
+
+// Err returns nil while the session runs and the error it ended with after.
+func (s *Session) Err() error {
+	if s.ctx.Err() == nil {
+		return nil
+	}
+	return context.Cause(s.ctx)
+}
+
+// Close ends the session with cause; a nil cause means ErrSessionClosed. Only
+// the first cause is kept. Close does not wait: Run returns once everything is
+// joined.
+func (s *Session) Close(cause error) {
+	if cause == nil {
+		cause = fmt.Errorf("%w: closed locally", ErrSessionClosed)
+	}
+	s.cancel(cause)
+}
+
+// Run starts the sender and receiver goroutines, blocks until the session
+// ends (a failure, Close, the peer closing the stream, or ctx ending), joins
+// both and returns the session's error, which is never nil: a stream the peer
+// closed yields an error wrapping ErrSessionClosed. Run may be called once;
+// later calls return an error at once.
+func (s *Session) Run(ctx context.Context) error {
+	if !s.started.CompareAndSwap(false, true) {
+		return errRunTwice
+	}
+	stop := context.AfterFunc(ctx, func() {
+		cause := context.Cause(ctx)
+		s.Close(fmt.Errorf("%w: %w", ErrSessionClosed, cause))
+	})
+	defer stop()
+
+	s.log.Debug("session started", "types", s.types, "headroom", s.headroom,
+		"capacity", s.capacity, "send_timeout", s.timeout, "max_message_size", s.maxSize)
+
+	s.sendTimer = time.AfterFunc(time.Hour, s.checkSendTimeout)
+	s.sendTimer.Stop()
+
+	var wg sync.WaitGroup
+	wg.Go(s.sendLoop)
+	wg.Go(s.recvLoop)
+	<-s.ctx.Done()
+	if s.abort != nil {
+		s.abort()
+	}
+	wg.Wait()
+	s.sendTimer.Stop()
+	err := context.Cause(s.ctx)
+	s.log.Debug("session ended", "error", err)
+	return err
+}
+
+// recvLoop is the only caller of stream.Recv. It routes and enqueues without
+// ever blocking on anything but Recv itself.
+func (s *Session) recvLoop() {
+	for {
+		m, err := s.stream.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				s.Close(fmt.Errorf("%w: peer closed the stream", ErrSessionClosed))
+			} else {
+				s.Close(fmt.Errorf("receive: %w", err))
+			}
+			return
+		}
+		switch k := m.GetKind().(type) {
+		case *kdsv1.Message_Request:
+			err = s.server.in.put(k.Request, proto.Size(k.Request))
+		case *kdsv1.Message_Response:
+			err = s.client.in.put(k.Response, proto.Size(k.Response))
+		default:
+			err = ErrUnknownMessage
+		}
+		if err != nil {
+			s.Close(err)
+			return
+		}
+	}
+}
+
+// sendLoop is the only caller of stream.Send.
+func (s *Session) sendLoop() {
+	srv, cli := s.server.out.ch, s.client.out.ch
+	for {
+		var it outItem
+		var q *outQueue
+		select {
+		case <-s.ctx.Done():
+			return
+		case it = <-srv:
+			q = &s.server.out
+		case it = <-cli:
+			q = &s.client.out
+		}
+		if err := s.send(it.msg); err != nil {
+			if errors.Is(err, io.EOF) {
+				// A gRPC client stream reports the real status on Recv;
+				// give the receiver a moment to record it first.
+				t := time.NewTimer(time.Second)
+				select {
+				case <-s.ctx.Done():
+				case <-t.C:
+				}
+				t.Stop()
+			}
+			s.Close(fmt.Errorf("send on %s stream: %w", q.name, err))
+			return
+		}
+		q.messages.Add(1)
+		q.bytes.Add(uint64(it.size))
+	}
+}
+
+func (s *Session) send(m *kdsv1.Message) error {
+	start := time.Now()
+	s.inSendSince.Store(start.UnixNano())
+	s.sendTimer.Reset(s.timeout)
+	err := s.stream.Send(m)
+	s.sendTimer.Stop()
+	s.inSendSince.Store(0)
+	s.sendNanos.Add(int64(time.Since(start)))
+	return err
+}
+
+// checkSendTimeout runs when the send timer fires. A stale firing (the Send
+// it was armed for has returned) is ignored.
+func (s *Session) checkSendTimeout() {
+	since := s.inSendSince.Load()
+	if since == 0 || time.Since(time.Unix(0, since)) < s.timeout {
+		return
+	}
+	s.sendTimeouts.Add(1)
+	s.Close(fmt.Errorf("%w: gRPC Send did not return within %s", ErrSendTimeout, s.timeout))
+}
+
+// Stats is a snapshot of a session's counters.
+type Stats struct {
+	// Server is the logical stream this side serves (sends responses,
+	// receives requests); Client the one it subscribes on.
+	Server, Client StreamStats
+	// SendTime is the cumulative time spent inside the gRPC Send.
+	SendTime time.Duration
+	// SendTimeouts counts Sends that exceeded the send timeout (0 or 1: the
+	// first one ends the session).
+	SendTimeouts uint64
+	// Capacity is types + headroom.
+	Capacity int
+}
+
+// StreamStats are the counters of one logical stream.
+type StreamStats struct {
+	MessagesSent, BytesSent         uint64
+	MessagesReceived, BytesReceived uint64
+	// SendBufferLen is the number of messages waiting in the send buffer,
+	// SendBufferHighWater the most it has held.
+	SendBufferLen, SendBufferHighWater int
+	// InboundLen is the number of received messages not yet read by Recv,
+	// InboundHighWater the most the inbound queue has held.
+	InboundLen, InboundHighWater int
+}
+
+// Stats returns a snapshot of the session's counters. Safe to call at any
+// time, also after the session ended.
+func (s *Session) Stats() Stats {
+	return Stats{
+		Server:       streamStats(&s.server.out, inStats(&s.server.in)),
+		Client:       streamStats(&s.client.out, inStats(&s.client.in)),
+		SendTime:     time.Duration(s.sendNanos.Load()),
+		SendTimeouts: s.sendTimeouts.Load(),
+		Capacity:     s.capacity,
+	}
+}
+
+func inStats[T any](in *inQueue[T]) StreamStats {
+	return StreamStats{
+		MessagesReceived: in.messages.Load(),
+		BytesReceived:    in.bytes.Load(),
+		InboundLen:       len(in.ch),
+		InboundHighWater: int(in.highWater.Load()),
+	}
+}
+
+func streamStats(out *outQueue, st StreamStats) StreamStats {
+	st.MessagesSent = out.messages.Load()
+	st.BytesSent = out.bytes.Load()
+	st.SendBufferLen = len(out.ch)
+	st.SendBufferHighWater = int(out.highWater.Load())
+	return st
+}
