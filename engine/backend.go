@@ -1,0 +1,121 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+
+	"github.com/kds-engine/kds-engine/engine/internal/api"
+	"github.com/kds-engine/kds-engine/engine/internal/insights"
+	"github.com/kds-engine/kds-engine/engine/internal/plugin"
+	"github.com/kds-engine/kds-engine/engine/internal/resource"
+	"github.com/kds-engine/kds-engine/engine/internal/store"
+)
+
+// backend adapts a running engine to the admin API. Every write goes through
+// the validation pipeline and the guarded store, so the API cannot bypass
+// the read-only rules.
+type backend struct{ e *Engine }
+
+var _ api.Backend = backend{}
+
+func (e *Engine) apiHandler() http.Handler {
+	return api.NewHandler(backend{e}, e.log.Named("api"),
+		api.WithGatherer(e.promReg),
+		api.WithErrorCode(plugin.ErrPluginDown, http.StatusServiceUnavailable, "plugin_down"),
+		api.WithErrorCode(store.ErrNotFound, http.StatusNotFound, "not_found"),
+		api.WithErrorCode(store.ErrAlreadyExists, http.StatusConflict, "already_exists"),
+		api.WithErrorCode(store.ErrConflict, http.StatusConflict, "conflict"),
+		api.WithErrorCode(store.ErrInvalid, http.StatusBadRequest, "bad_request"))
+}
+
+func (b backend) Role() string { return string(b.e.cfg.Role) }
+
+func (b backend) Types() []resource.TypeDescriptor { return b.e.host.Registry().Types() }
+
+func (b backend) Get(ctx context.Context, k resource.Key) (*resource.Resource, error) {
+	return b.e.store.Get(ctx, k)
+}
+
+func (b backend) List(ctx context.Context, f api.Filter) ([]*resource.Resource, error) {
+	return b.e.store.List(ctx, store.Filter{Type: f.Type, Mesh: f.Mesh, Zone: f.Zone, Labels: f.Labels})
+}
+
+func (b backend) Create(ctx context.Context, r *resource.Resource) (*resource.Resource, error) {
+	if err := b.checkWrite(ctx, r); err != nil {
+		return nil, err
+	}
+	return b.e.store.Create(ctx, r)
+}
+
+func (b backend) Update(ctx context.Context, r *resource.Resource) (*resource.Resource, error) {
+	if err := b.checkWrite(ctx, r); err != nil {
+		return nil, err
+	}
+	return b.e.store.Update(ctx, r)
+}
+
+// checkWrite refuses writes to the receiving side before validating, so a
+// user learns where to write before learning what is wrong with the spec.
+func (b backend) checkWrite(ctx context.Context, r *resource.Resource) error {
+	if err := b.e.store.CheckLocalWrite(r.Type); err != nil {
+		return err
+	}
+	if err := b.e.validator.Validate(ctx, []*resource.Resource{r}); err != nil {
+		return err
+	}
+	return nil
+}
+
+func (b backend) Delete(ctx context.Context, k resource.Key, version string) error {
+	return b.e.store.Delete(ctx, k, version)
+}
+
+func (b backend) Validate(ctx context.Context, rs []*resource.Resource) error {
+	return b.e.validator.Validate(ctx, rs)
+}
+
+func (b backend) Plugins() api.PluginsInfo {
+	capa := b.e.host.Capacity()
+	out := api.PluginsInfo{Buffer: api.BufferInfo{
+		Capacity: capa.Total, RegisteredTypes: capa.Types, Headroom: capa.Headroom, Formula: capa.Formula,
+	}}
+	for _, p := range b.e.host.Plugins() {
+		state := api.PluginRunning
+		switch p.State {
+		case plugin.StateDown:
+			state = api.PluginRestarting
+		case plugin.StateFailed:
+			state = api.PluginFailed
+		}
+		out.Plugins = append(out.Plugins, api.PluginInfo{
+			Name: p.Name, Version: p.Version, Path: p.Path, State: state,
+			Required: slices.Contains(b.e.cfg.RequiredPlugins, p.Name),
+			Types:    p.Types, Restarts: uint64(p.Restarts), LastError: p.LastError,
+		})
+	}
+	return out
+}
+
+func (b backend) Insights() []insights.Conn { return b.e.ins.List() }
+
+func (b backend) Ready() error {
+	if b.e.cfg.Role == RoleZone {
+		b.e.mu.Lock()
+		ok := b.e.connected
+		b.e.mu.Unlock()
+		if !ok {
+			c, _ := b.e.ins.Get(GlobalPeer)
+			if c.LastError != "" {
+				return fmt.Errorf("not connected to global at %s: %s", b.e.cfg.GlobalAddress, c.LastError)
+			}
+			return fmt.Errorf("not connected to global at %s yet", b.e.cfg.GlobalAddress)
+		}
+	}
+	if b.e.host.Registry().Len() == 0 {
+		return errors.New("no resource types: no plugin loaded from " + b.e.cfg.PluginsDir)
+	}
+	return nil
+}

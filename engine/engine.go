@@ -1,0 +1,412 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/kds-engine/kds-engine/engine/internal/guard"
+	"github.com/kds-engine/kds-engine/engine/internal/insights"
+	"github.com/kds-engine/kds-engine/engine/internal/kdsgrpc"
+	"github.com/kds-engine/kds-engine/engine/internal/kdssync"
+	"github.com/kds-engine/kds-engine/engine/internal/metrics"
+	"github.com/kds-engine/kds-engine/engine/internal/mux"
+	"github.com/kds-engine/kds-engine/engine/internal/plugin"
+	"github.com/kds-engine/kds-engine/engine/internal/resource"
+	"github.com/kds-engine/kds-engine/engine/internal/store"
+	"github.com/kds-engine/kds-engine/engine/internal/store/boltstore"
+	"github.com/kds-engine/kds-engine/engine/internal/store/memory"
+	"github.com/kds-engine/kds-engine/engine/internal/validate"
+	kdsv1 "github.com/kds-engine/kds-engine/proto/kds/v1"
+)
+
+// GlobalPeer is the insights name of a zone's connection to global.
+const GlobalPeer = "global"
+
+// Engine is one running role. Create it with New, start it with Run. After
+// Started is closed, the address methods report the bound listeners.
+type Engine struct {
+	cfg Config
+	log hclog.Logger
+
+	started chan struct{}
+	ins     *insights.Registry
+	promReg *prometheus.Registry
+	metrics *metrics.Metrics
+
+	// Set by Run before Started is closed.
+	host      *plugin.Host
+	store     *guard.Store
+	validator *validate.Validator
+	ix        *kdssync.Index
+	server    *kdssync.Server
+	served    []string
+	received  []string
+	kdsAddr   net.Addr
+	apiAddr   net.Addr
+
+	mu        sync.Mutex
+	connected bool // zone: a session to global is up
+}
+
+// New checks cfg, fills in defaults and returns an engine that is not yet
+// running. logger must not be nil.
+func New(cfg Config, logger hclog.Logger) (*Engine, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.check(); err != nil {
+		return nil, err
+	}
+	promReg := prometheus.NewRegistry()
+	promReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m, err := metrics.New(promReg)
+	if err != nil {
+		return nil, fmt.Errorf("register metrics: %w", err)
+	}
+	return &Engine{
+		cfg:     cfg,
+		log:     logger.Named(string(cfg.Role)),
+		started: make(chan struct{}),
+		ins:     insights.NewRegistry(),
+		promReg: promReg,
+		metrics: m,
+	}, nil
+}
+
+func (c Config) withDefaults() Config {
+	if c.Store == "" {
+		c.Store = StoreBolt
+	}
+	if c.SendTimeout <= 0 {
+		c.SendTimeout = time.Minute
+	}
+	if c.BufferHeadroom == 0 {
+		c.BufferHeadroom = mux.DefaultHeadroom
+	}
+	if c.MaxMessageSize <= 0 {
+		c.MaxMessageSize = mux.DefaultMaxMessageSize
+	}
+	if c.MaxResourceSize <= 0 {
+		c.MaxResourceSize = 1 << 20
+	}
+	if c.KeepaliveTime <= 0 {
+		c.KeepaliveTime = 10 * time.Second
+	}
+	if c.KeepaliveTimeout <= 0 {
+		c.KeepaliveTimeout = 10 * time.Second
+	}
+	if c.ReconnectBackoffBase <= 0 {
+		c.ReconnectBackoffBase = 500 * time.Millisecond
+	}
+	if c.ReconnectBackoffMax <= 0 {
+		c.ReconnectBackoffMax = 30 * time.Second
+	}
+	if c.APIAddress == "" {
+		if c.Role == RoleGlobal {
+			c.APIAddress = "127.0.0.1:5681"
+		} else {
+			c.APIAddress = "127.0.0.1:5682"
+		}
+	}
+	if c.KDSAddress == "" && c.Role == RoleGlobal {
+		c.KDSAddress = ":5685"
+	}
+	return c
+}
+
+func (c Config) check() error {
+	switch c.Role {
+	case RoleGlobal:
+	case RoleZone:
+		if err := kdsgrpc.ValidateZoneName(c.ZoneName); err != nil {
+			return fmt.Errorf("zone name: %w", err)
+		}
+		if c.GlobalAddress == "" {
+			return errors.New("global address: required for a zone (HOST:PORT of global's KDS port)")
+		}
+	default:
+		return fmt.Errorf("role %q: want %q or %q", c.Role, RoleGlobal, RoleZone)
+	}
+	if c.Store == StoreBolt && c.DataDir == "" {
+		return errors.New("data dir: required for the bolt store")
+	}
+	if c.Store != StoreBolt && c.Store != StoreMemory {
+		return fmt.Errorf("store %q: want %q or %q", c.Store, StoreBolt, StoreMemory)
+	}
+	if c.MaxResourceSize > c.MaxMessageSize/2 {
+		return fmt.Errorf("max resource size %d: must be at most half the max message size (%d)", c.MaxResourceSize, c.MaxMessageSize)
+	}
+	return nil
+}
+
+// Started is closed once Run has loaded the plugins, opened the store and
+// bound its listeners.
+func (e *Engine) Started() <-chan struct{} { return e.started }
+
+// KDSAddr is global's bound KDS address (nil on a zone or before Started).
+func (e *Engine) KDSAddr() net.Addr { return e.kdsAddr }
+
+// APIAddr is the bound admin API address (nil before Started).
+func (e *Engine) APIAddr() net.Addr { return e.apiAddr }
+
+// Insights returns the sync state registry.
+func (e *Engine) Insights() *insights.Registry { return e.ins }
+
+// Run runs the engine until ctx ends or a component fails, then shuts down
+// in order: listeners, sessions, sync, plugins, store. It returns nil after
+// a clean shutdown caused by ctx.
+func (e *Engine) Run(ctx context.Context) error {
+	log := e.log
+	host := plugin.NewHost(e.cfg.PluginsDir, log.Named("plugins"),
+		plugin.WithRequired(e.cfg.RequiredPlugins),
+		plugin.WithHeadroom(e.cfg.BufferHeadroom))
+	if err := host.Start(ctx); err != nil {
+		return fmt.Errorf("start plugins: %w", err)
+	}
+	defer host.Close()
+	e.host = host
+	capa := host.Capacity()
+	log.Info("send buffers sized from the registered types",
+		"formula", capa.Formula, "types", capa.Types, "headroom", capa.Headroom, "capacity", capa.Total,
+		"reason", "servers send at most one response per type before its ACK, clients keep at most one request per type outstanding; headroom covers requests for types this side does not know")
+
+	raw, err := e.openStore()
+	if err != nil {
+		return err
+	}
+	defer raw.Close()
+	role := guard.Global
+	if e.cfg.Role == RoleZone {
+		role = guard.Zone
+	}
+	reg := host.Registry()
+	e.store = guard.New(raw, role, reg)
+	e.validator = validate.New(reg, host, validate.WithMaxResourceSize(e.cfg.MaxResourceSize))
+
+	owned := resource.GlobalToZone
+	if e.cfg.Role == RoleZone {
+		owned = resource.ZoneToGlobal
+	}
+	for _, td := range reg.Types() {
+		if td.Direction == owned {
+			e.served = append(e.served, td.Name)
+		} else {
+			e.received = append(e.received, td.Name)
+		}
+	}
+	e.ix = kdssync.NewIndex(e.served)
+	e.server = kdssync.NewServer(e.ix,
+		kdssync.WithServerLogger(log.Named("kds-server")),
+		kdssync.WithServerInsights(e.ins),
+		kdssync.WithServerMaxMessageSize(e.cfg.MaxMessageSize))
+
+	apiLis, err := net.Listen("tcp", e.cfg.APIAddress)
+	if err != nil {
+		return fmt.Errorf("admin API listen on %s: %w", e.cfg.APIAddress, err)
+	}
+	e.apiAddr = apiLis.Addr()
+	var kdsLis net.Listener
+	if e.cfg.Role == RoleGlobal {
+		kdsLis, err = net.Listen("tcp", e.cfg.KDSAddress)
+		if err != nil {
+			apiLis.Close()
+			return fmt.Errorf("KDS listen on %s: %w", e.cfg.KDSAddress, err)
+		}
+		e.kdsAddr = kdsLis.Addr()
+	}
+
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	g, gctx := errgroup.WithContext(ctx)
+
+	// The index follows the store's change feed: every write path (admin
+	// API, sync) reaches peers the same way.
+	feedReady := make(chan struct{})
+	g.Go(func() error { return e.feedIndex(gctx, raw, feedReady) })
+	select {
+	case <-feedReady:
+	case <-gctx.Done():
+		apiLis.Close()
+		if kdsLis != nil {
+			kdsLis.Close()
+		}
+		return g.Wait()
+	}
+
+	srv := &http.Server{Handler: e.apiHandler(), ReadHeaderTimeout: 10 * time.Second}
+	g.Go(func() error {
+		if err := srv.Serve(apiLis); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("admin API: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer scancel()
+		return srv.Shutdown(sctx)
+	})
+
+	tcfg := kdsgrpc.Config{
+		MaxMessageSize:   e.cfg.MaxMessageSize,
+		KeepaliveTime:    e.cfg.KeepaliveTime,
+		KeepaliveTimeout: e.cfg.KeepaliveTimeout,
+		SendTimeout:      e.cfg.SendTimeout,
+		Headroom:         &e.cfg.BufferHeadroom,
+	}
+	types := len(reg.Types())
+	if e.cfg.Role == RoleGlobal {
+		e.runGlobal(g, gctx, kdsLis, tcfg, types)
+	} else {
+		e.runZone(g, gctx, tcfg, types)
+	}
+	close(e.started)
+	log.Info("running", "api", e.apiAddr, "kds", e.kdsAddr, "store", e.cfg.Store, "data_dir", e.cfg.DataDir)
+
+	err = g.Wait()
+	if ctx.Err() != nil && context.Cause(ctx) == nil || errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	log.Info("stopped", "error", err)
+	return err
+}
+
+func (e *Engine) openStore() (store.Store, error) {
+	if e.cfg.Store == StoreMemory {
+		return memory.New(), nil
+	}
+	s, err := boltstore.Open(filepath.Join(e.cfg.DataDir, "kds.db"))
+	if err != nil {
+		return nil, fmt.Errorf("open store in %s: %w", e.cfg.DataDir, err)
+	}
+	return s, nil
+}
+
+// feedIndex loads the locally written resources into the index and then
+// follows the change feed, without a gap.
+func (e *Engine) feedIndex(ctx context.Context, s store.Store, ready chan<- struct{}) error {
+	w, items, _, err := store.SnapshotAndWatch(ctx, s, store.Filter{LocalOnly: true})
+	if err != nil {
+		return fmt.Errorf("watch store: %w", err)
+	}
+	for _, r := range items {
+		if err := e.ix.Put(r); err != nil {
+			return err
+		}
+	}
+	close(ready)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-w.Done():
+			return fmt.Errorf("store watch ended: %w", w.Err())
+		case <-w.C():
+			for _, ev := range w.Next() {
+				if ev.Resource.Zone != "" {
+					continue
+				}
+				if ev.Kind == store.EventDelete {
+					e.ix.Delete(ev.Resource.Key())
+				} else if err := e.ix.Put(ev.Resource); err != nil {
+					return err
+				}
+			}
+		}
+	}
+}
+
+// runSync runs both logical streams of one session: serving this side's
+// types and applying the peer's.
+func (e *Engine) runSync(ctx context.Context, peer, zone string, sess *mux.Session) error {
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return e.server.Serve(ctx, sess.Server(), peer) })
+	g.Go(func() error {
+		c := kdssync.NewClient(e.received, &sink{s: e.store, zone: zone}, e.validator, peer, zone,
+			kdssync.WithClientLogger(e.log.Named("kds-client")),
+			kdssync.WithClientInsights(e.ins))
+		return c.Run(ctx, sess.Client())
+	})
+	return g.Wait()
+}
+
+func (e *Engine) runGlobal(g *errgroup.Group, ctx context.Context, lis net.Listener, tcfg kdsgrpc.Config, types int) {
+	glob := kdsgrpc.NewGlobal(types, func(ctx context.Context, zone string, s *mux.Session) error {
+		return e.runSync(ctx, zone, zone, s)
+	},
+		kdsgrpc.WithConfig(tcfg),
+		kdsgrpc.WithLogger(e.log),
+		kdsgrpc.WithSessionHooks(
+			func(ev kdsgrpc.SessionEvent) { e.ins.Connected(ev.Zone) },
+			func(ev kdsgrpc.SessionEvent) { e.ins.Disconnected(ev.Zone, ev.Err) }))
+	gs := kdsgrpc.NewServer(tcfg)
+	kdsv1.RegisterKDSServer(gs, glob)
+	g.Go(func() error {
+		if err := gs.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			return fmt.Errorf("KDS server: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-ctx.Done()
+		gs.Stop() // ends every session; their goroutines are joined below
+		glob.Wait()
+		return nil
+	})
+}
+
+func (e *Engine) runZone(g *errgroup.Group, ctx context.Context, tcfg kdsgrpc.Config, types int) {
+	d := kdsgrpc.NewDialer(e.cfg.GlobalAddress, e.cfg.ZoneName, types,
+		func(ctx context.Context, s *mux.Session) error {
+			return e.runSync(ctx, GlobalPeer, "", s)
+		},
+		kdsgrpc.WithConfig(tcfg),
+		kdsgrpc.WithLogger(e.log),
+		kdsgrpc.WithBackoff(kdsgrpc.Backoff{Base: e.cfg.ReconnectBackoffBase, Max: e.cfg.ReconnectBackoffMax}),
+		kdsgrpc.WithDialOptions(grpc.WithTransportCredentials(insecure.NewCredentials())),
+		kdsgrpc.WithSessionHooks(
+			func(kdsgrpc.SessionEvent) { e.setConnected(true); e.ins.Connected(GlobalPeer) },
+			func(ev kdsgrpc.SessionEvent) { e.setConnected(false); e.ins.Disconnected(GlobalPeer, ev.Err) }))
+	g.Go(func() error { return d.Run(ctx) })
+}
+
+func (e *Engine) setConnected(v bool) {
+	e.mu.Lock()
+	e.connected = v
+	e.mu.Unlock()
+}
+
+// sink stores what a session's client receives, attributed to zone.
+type sink struct {
+	s    *guard.Store
+	zone string
+}
+
+func (k *sink) Versions(ctx context.Context, typ string) (map[string]string, error) {
+	f := store.Filter{Type: typ, Zone: k.zone, LocalOnly: k.zone == ""}
+	rs, err := k.s.List(ctx, f)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]string, len(rs))
+	for _, r := range rs {
+		out[kdssync.WireName(r.Mesh, r.Name)] = r.Version
+	}
+	return out, nil
+}
+
+func (k *sink) Apply(ctx context.Context, puts []*resource.Resource, deletes []resource.Key) error {
+	_, err := k.s.Apply(ctx, store.Batch{Put: puts, Delete: deletes})
+	return err
+}

@@ -1,0 +1,391 @@
+package engine
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/kds-engine/kds-engine/engine/internal/api"
+	"github.com/kds-engine/kds-engine/engine/internal/insights"
+	"github.com/kds-engine/kds-engine/engine/internal/resource"
+)
+
+// Plugin directories built once for the whole package.
+var (
+	builtinDir string // kds-plugin-policies, kds-plugin-dataplanes
+	lenientDir string // kds-plugin-synctest
+	strictDir  string // kds-plugin-synctest-strict
+)
+
+func TestMain(m *testing.M) {
+	code, err := buildPluginsAndRun(m)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	os.Exit(code)
+}
+
+func buildPluginsAndRun(m *testing.M) (int, error) {
+	tmp, err := os.MkdirTemp("", "kds-engine-test-")
+	if err != nil {
+		return 0, err
+	}
+	defer os.RemoveAll(tmp)
+	_, file, _, _ := runtime.Caller(0)
+	root := filepath.Dir(filepath.Dir(file))
+	builtinDir, lenientDir, strictDir = filepath.Join(tmp, "builtin"), filepath.Join(tmp, "lenient"), filepath.Join(tmp, "strict")
+	builds := []struct{ out, pkg string }{
+		{filepath.Join(builtinDir, "kds-plugin-policies"), "./plugins/policies"},
+		{filepath.Join(builtinDir, "kds-plugin-dataplanes"), "./plugins/dataplanes"},
+		{filepath.Join(lenientDir, "kds-plugin-synctest"), "./engine/internal/testsupport/syncplugin"},
+		{filepath.Join(strictDir, "kds-plugin-synctest-strict"), "./engine/internal/testsupport/syncplugin"},
+	}
+	for _, b := range builds {
+		cmd := exec.Command("go", "build", "-o", b.out, b.pkg)
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return 0, fmt.Errorf("build %s: %w\n%s", b.pkg, err, out)
+		}
+	}
+	code := m.Run()
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goleak:", err)
+			return 1, nil
+		}
+	}
+	return code, nil
+}
+
+// node is one running engine in a test.
+type node struct {
+	t      *testing.T
+	e      *Engine
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func (n *node) b() backend { return backend{n.e} }
+
+func (n *node) stop() {
+	n.t.Helper()
+	if n.cancel == nil {
+		return
+	}
+	n.cancel()
+	select {
+	case err := <-n.done:
+		require.NoError(n.t, err, "engine shut down cleanly")
+	case <-time.After(30 * time.Second):
+		n.t.Fatal("engine did not stop")
+	}
+	n.cancel = nil
+}
+
+func startNode(t *testing.T, cfg Config) *node {
+	t.Helper()
+	if cfg.DataDir == "" {
+		cfg.DataDir = t.TempDir()
+	}
+	cfg.APIAddress = "127.0.0.1:0"
+	if cfg.Role == RoleGlobal {
+		cfg.KDSAddress = "127.0.0.1:0"
+	}
+	cfg.ReconnectBackoffBase = 50 * time.Millisecond
+	cfg.ReconnectBackoffMax = 500 * time.Millisecond
+	log := hclog.New(&hclog.LoggerOptions{Name: "test", Level: hclog.Warn, Output: os.Stderr})
+	e, err := New(cfg, log)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	n := &node{t: t, e: e, cancel: cancel, done: make(chan error, 1)}
+	go func() { n.done <- e.Run(ctx) }()
+	select {
+	case <-e.Started():
+	case err := <-n.done:
+		t.Fatalf("engine failed to start: %v", err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("engine did not start")
+	}
+	t.Cleanup(n.stop)
+	return n
+}
+
+func startGlobal(t *testing.T, plugins string) *node {
+	return startNode(t, Config{Role: RoleGlobal, PluginsDir: plugins})
+}
+
+func startZone(t *testing.T, name string, g *node, plugins, dataDir string) *node {
+	return startNode(t, Config{Role: RoleZone, ZoneName: name, GlobalAddress: g.e.KDSAddr().String(), PluginsDir: plugins, DataDir: dataDir})
+}
+
+func create(t *testing.T, n *node, r *resource.Resource) *resource.Resource {
+	t.Helper()
+	got, err := n.b().Create(context.Background(), r)
+	require.NoError(t, err)
+	return got
+}
+
+func list(n *node, typ string) []*resource.Resource {
+	rs, err := n.b().List(context.Background(), api.Filter{Type: typ})
+	if err != nil {
+		return nil
+	}
+	return rs
+}
+
+func find(n *node, k resource.Key) *resource.Resource {
+	r, err := n.b().Get(context.Background(), k)
+	if err != nil {
+		return nil
+	}
+	return r
+}
+
+func eventually(t *testing.T, cond func() bool, msg string, args ...any) {
+	t.Helper()
+	require.Eventually(t, cond, 30*time.Second, 10*time.Millisecond, msg, args...)
+}
+
+func spec(v any) json.RawMessage {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+func meshTimeout(name, connect string) *resource.Resource {
+	return &resource.Resource{Type: "MeshTimeout", Mesh: "default", Name: name, Spec: spec(map[string]any{
+		"targetRef": map[string]any{"kind": "Mesh"},
+		"to": []any{map[string]any{
+			"targetRef": map[string]any{"kind": "Mesh"},
+			"default":   map[string]any{"connectTimeout": connect},
+		}},
+	})}
+}
+
+func dataplane(name, addr string) *resource.Resource {
+	return &resource.Resource{Type: "Dataplane", Mesh: "default", Name: name, Spec: spec(map[string]any{
+		"networking": map[string]any{
+			"address": addr,
+			"inbound": []any{map[string]any{"port": 8080, "tags": map[string]any{"service": "web"}}},
+		},
+	})}
+}
+
+func zoneType(g *node, zone, typ string) insights.TypeState {
+	c, _ := g.e.Insights().Get(zone)
+	return c.Types[typ]
+}
+
+func TestPoliciesAndDataplanesSyncBothWays(t *testing.T) {
+	g := startGlobal(t, builtinDir)
+	z1 := startZone(t, "zone-1", g, builtinDir, "")
+	z2 := startZone(t, "zone-2", g, builtinDir, "")
+
+	create(t, g, &resource.Resource{Type: "Mesh", Name: "default", Spec: spec(map[string]any{})})
+	mt := create(t, g, meshTimeout("web-timeouts", "5s"))
+	for _, z := range []*node{z1, z2} {
+		eventually(t, func() bool { return len(list(z, "MeshTimeout")) == 1 && len(list(z, "Mesh")) == 1 }, "policies reach %s", z.e.cfg.ZoneName)
+		got := find(z, mt.Key())
+		require.NotNil(t, got)
+		assert.Equal(t, mt.Version, got.Version)
+		assert.JSONEq(t, string(mt.Spec), string(got.Spec))
+	}
+
+	// The same dataplane name in two zones stays two resources on global.
+	create(t, z1, dataplane("web-1", "10.0.0.1"))
+	create(t, z2, dataplane("web-1", "10.0.0.2"))
+	k1 := resource.Key{Type: "Dataplane", Mesh: "default", Zone: "zone-1", Name: "web-1"}
+	k2 := resource.Key{Type: "Dataplane", Mesh: "default", Zone: "zone-2", Name: "web-1"}
+	eventually(t, func() bool { return find(g, k1) != nil && find(g, k2) != nil }, "dataplanes reach global")
+	assert.Contains(t, string(find(g, k1).Spec), "10.0.0.1")
+	assert.Contains(t, string(find(g, k2).Spec), "10.0.0.2")
+
+	// Updates and deletes propagate both ways.
+	upd := meshTimeout("web-timeouts", "7s")
+	upd.Version = mt.Version
+	_, err := g.b().Update(context.Background(), upd)
+	require.NoError(t, err)
+	for _, z := range []*node{z1, z2} {
+		eventually(t, func() bool {
+			r := find(z, mt.Key())
+			return r != nil && strings.Contains(string(r.Spec), "7s")
+		}, "update reaches zone")
+	}
+	dp := find(z1, resource.Key{Type: "Dataplane", Mesh: "default", Name: "web-1"})
+	require.NoError(t, z1.b().Delete(context.Background(), dp.Key(), dp.Version))
+	eventually(t, func() bool { return find(g, k1) == nil }, "zone delete reaches global")
+	assert.NotNil(t, find(g, k2), "the other zone's web-1 is untouched")
+
+	require.NoError(t, g.b().Delete(context.Background(), mt.Key(), ""))
+	for _, z := range []*node{z1, z2} {
+		eventually(t, func() bool { return len(list(z, "MeshTimeout")) == 0 }, "global delete reaches zone")
+	}
+
+	// Read-only sides, below the API.
+	_, err = z1.b().Create(context.Background(), meshTimeout("sneaky", "1s"))
+	require.ErrorIs(t, err, resource.ErrReadOnly)
+	_, err = g.b().Create(context.Background(), dataplane("sneaky", "10.0.0.9"))
+	require.ErrorIs(t, err, resource.ErrReadOnly)
+
+	c, ok := g.e.Insights().Get("zone-1")
+	require.True(t, ok)
+	assert.True(t, c.Online)
+	assert.Equal(t, uint64(1), c.Sessions)
+	assert.GreaterOrEqual(t, c.Types["MeshTimeout"].ResponsesACKed, uint64(3))
+}
+
+func TestResumeWithUnchangedStateReceivesNothing(t *testing.T) {
+	g := startGlobal(t, builtinDir)
+	zoneData := t.TempDir()
+	z := startZone(t, "zone-1", g, builtinDir, zoneData)
+	create(t, g, &resource.Resource{Type: "Mesh", Name: "default", Spec: spec(map[string]any{})})
+	for i := range 20 {
+		create(t, g, meshTimeout(fmt.Sprintf("t-%d", i), "5s"))
+	}
+	create(t, z, dataplane("web-1", "10.0.0.1"))
+	eventually(t, func() bool { return len(list(z, "MeshTimeout")) == 20 }, "initial sync")
+	eventually(t, func() bool { return len(list(g, "Dataplane")) == 1 }, "dataplane up")
+	sentBefore := zoneType(g, "zone-1", "MeshTimeout").ResourcesSent
+	receivedBefore := zoneType(g, "zone-1", "Dataplane").ResourcesReceived
+	z.stop()
+	eventually(t, func() bool { c, _ := g.e.Insights().Get("zone-1"); return !c.Online }, "global sees the zone go offline")
+
+	z = startZone(t, "zone-1", g, builtinDir, zoneData)
+	eventually(t, func() bool { c, _ := g.e.Insights().Get("zone-1"); return c.Online && c.Sessions == 2 }, "zone back")
+	eventually(t, func() bool {
+		st, _ := z.e.Insights().Get(GlobalPeer)
+		return st.Types["MeshTimeout"].ResponsesACKed >= 1 && st.Types["Mesh"].ResponsesACKed >= 1
+	}, "resumed zone applied global's answer")
+	st, _ := z.e.Insights().Get(GlobalPeer)
+	assert.Zero(t, st.Types["MeshTimeout"].ResourcesReceived, "zone received no MeshTimeout again")
+	assert.Zero(t, st.Types["Mesh"].ResourcesReceived, "zone received no Mesh again")
+	eventually(t, func() bool { return zoneType(g, "zone-1", "Dataplane").ResponsesACKed >= 2 }, "global applied the zone's answer")
+	assert.Equal(t, sentBefore, zoneType(g, "zone-1", "MeshTimeout").ResourcesSent, "global resent nothing")
+	assert.Equal(t, receivedBefore, zoneType(g, "zone-1", "Dataplane").ResourcesReceived, "zone resent nothing")
+}
+
+func TestOfflineZoneConvergesOnReconnect(t *testing.T) {
+	g := startGlobal(t, builtinDir)
+	zoneData := t.TempDir()
+	z := startZone(t, "zone-1", g, builtinDir, zoneData)
+	create(t, g, &resource.Resource{Type: "Mesh", Name: "default", Spec: spec(map[string]any{})})
+	keep := create(t, g, meshTimeout("keep", "5s"))
+	change := create(t, g, meshTimeout("change", "5s"))
+	drop := create(t, g, meshTimeout("drop", "5s"))
+	eventually(t, func() bool { return len(list(z, "MeshTimeout")) == 3 }, "initial sync")
+	z.stop()
+
+	upd := meshTimeout("change", "9s")
+	upd.Version = change.Version
+	_, err := g.b().Update(context.Background(), upd)
+	require.NoError(t, err)
+	require.NoError(t, g.b().Delete(context.Background(), drop.Key(), ""))
+	added := create(t, g, meshTimeout("added", "5s"))
+
+	z = startZone(t, "zone-1", g, builtinDir, zoneData)
+	eventually(t, func() bool {
+		c := find(z, change.Key())
+		return find(z, added.Key()) != nil && find(z, drop.Key()) == nil && c != nil && strings.Contains(string(c.Spec), "9s")
+	}, "zone converges")
+	assert.NotNil(t, find(z, keep.Key()))
+	st, _ := z.e.Insights().Get(GlobalPeer)
+	assert.Equal(t, uint64(2), st.Types["MeshTimeout"].ResourcesReceived, "only the changed and the added resource were sent")
+}
+
+func syncPolicy(name string, reject bool) *resource.Resource {
+	return &resource.Resource{Type: "SyncPolicy", Mesh: "default", Name: name, Spec: spec(map[string]any{"reject": reject})}
+}
+
+func TestNACKShowsInGlobalInsightsAndDoesNotBlockOtherTypes(t *testing.T) {
+	g := startGlobal(t, lenientDir)
+	z := startZone(t, "zone-1", g, strictDir, "")
+	create(t, g, syncPolicy("refused", true))
+	eventually(t, func() bool { return zoneType(g, "zone-1", "SyncPolicy").ResponsesNACKed == 1 }, "NACK recorded on global")
+	st := zoneType(g, "zone-1", "SyncPolicy")
+	assert.Contains(t, st.LastNACKError, "refused")
+	assert.Contains(t, st.LastNACKError, "spec.reject")
+	assert.False(t, st.LastNACK.IsZero())
+
+	// The zone keeps syncing the other direction, and later changes of the
+	// same type.
+	create(t, z, &resource.Resource{Type: "SyncStatus", Mesh: "default", Name: "s1", Spec: spec(map[string]any{})})
+	eventually(t, func() bool { return len(list(g, "SyncStatus")) == 1 }, "other direction unaffected")
+	create(t, g, syncPolicy("fine", false))
+	eventually(t, func() bool { return len(list(z, "SyncPolicy")) == 1 }, "later valid policy arrives")
+	assert.Equal(t, uint64(1), zoneType(g, "zone-1", "SyncPolicy").ResponsesNACKed, "the NACKed version was not resent")
+}
+
+func TestTypeUnknownToOneSideLeavesStreamUp(t *testing.T) {
+	g := startGlobal(t, lenientDir) // serves OldOnly; does not know FutureType
+	z := startZone(t, "zone-1", g, strictDir, "")
+	create(t, g, &resource.Resource{Type: "OldOnly", Mesh: "default", Name: "o", Spec: spec(map[string]any{})})
+	eventually(t, func() bool {
+		c, _ := z.e.Insights().Get(GlobalPeer)
+		return c.Types["FutureType"].Unknown
+	}, "zone learns global does not serve FutureType")
+	eventually(t, func() bool { return zoneType(g, "zone-1", "FutureType").Unknown }, "global records the request")
+	create(t, g, syncPolicy("p", false))
+	eventually(t, func() bool { return len(list(z, "SyncPolicy")) == 1 }, "stream still up")
+	c, _ := g.e.Insights().Get("zone-1")
+	assert.Equal(t, uint64(1), c.Sessions, "no reconnect happened")
+}
+
+func TestLargeUpdateIsSplitAcrossMessages(t *testing.T) {
+	g := startNode(t, Config{Role: RoleGlobal, PluginsDir: lenientDir, MaxMessageSize: 256 << 10, MaxResourceSize: 64 << 10})
+	const n = 40
+	for i := range n {
+		r := syncPolicy(fmt.Sprintf("big-%d", i), false)
+		r.Spec = spec(map[string]any{"pad": strings.Repeat("x", 40<<10)})
+		create(t, g, r)
+	}
+	z := startNode(t, Config{Role: RoleZone, ZoneName: "zone-1", GlobalAddress: g.e.KDSAddr().String(), PluginsDir: lenientDir,
+		MaxMessageSize: 256 << 10, MaxResourceSize: 64 << 10})
+	eventually(t, func() bool { return len(list(z, "SyncPolicy")) == n }, "all arrive")
+	assert.GreaterOrEqual(t, zoneType(g, "zone-1", "SyncPolicy").ResponsesSent, uint64(7), "1.6 MB in 256 KiB messages")
+}
+
+func TestBothDirectionsLargeInitialSync(t *testing.T) {
+	g := startGlobal(t, lenientDir)
+	zoneData := t.TempDir()
+	z := startZone(t, "zone-1", g, lenientDir, zoneData)
+	z.stop()
+	const n = 300
+	pad := strings.Repeat("y", 16<<10)
+	for i := range n {
+		r := syncPolicy(fmt.Sprintf("p-%d", i), false)
+		r.Spec = spec(map[string]any{"pad": pad})
+		create(t, g, r)
+	}
+	// Fill the zone's store offline through a zone engine without a global.
+	zOff := startNode(t, Config{Role: RoleZone, ZoneName: "zone-1", GlobalAddress: "127.0.0.1:1", PluginsDir: lenientDir, DataDir: zoneData})
+	for i := range n {
+		create(t, zOff, &resource.Resource{Type: "SyncStatus", Mesh: "default", Name: fmt.Sprintf("s-%d", i), Spec: spec(map[string]any{"pad": pad})})
+	}
+	zOff.stop()
+	z = startZone(t, "zone-1", g, lenientDir, zoneData)
+	eventually(t, func() bool { return len(list(z, "SyncPolicy")) == n && len(list(g, "SyncStatus")) == n }, "both directions converge")
+}
+
+func TestStartFailsClearlyWithoutDataDir(t *testing.T) {
+	_, err := New(Config{Role: RoleGlobal, PluginsDir: builtinDir}, hclog.NewNullLogger())
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "data dir")
+	_, err = New(Config{Role: RoleZone, ZoneName: "Bad_Name", GlobalAddress: "x:1", DataDir: "d"}, hclog.NewNullLogger())
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "zone name")
+}

@@ -1,0 +1,46 @@
+// Command syncplugin is a plugin for the engine's sync tests. Its behaviour
+// follows its file name, so one build serves both sides of a test:
+//
+//	kds-plugin-synctest         SyncPolicy (GlobalToZone), SyncStatus
+//	                            (ZoneToGlobal), OldOnly (GlobalToZone); accepts
+//	                            every spec
+//	kds-plugin-synctest-strict  SyncPolicy, SyncStatus and FutureType
+//	                            (GlobalToZone, unknown to the lenient build);
+//	                            rejects specs with "reject": true
+package main
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/kds-engine/kds-engine/sdk"
+)
+
+type spec struct {
+	Reject bool   `json:"reject,omitempty"`
+	Value  string `json:"value,omitempty"`
+	Pad    string `json:"pad,omitempty"`
+}
+
+func main() {
+	strict := strings.HasSuffix(filepath.Base(os.Args[0]), "-strict")
+	check := func(_ context.Context, _ sdk.Meta, s *spec) sdk.ErrorList {
+		var errs sdk.ErrorList
+		if strict && s.Reject {
+			errs.Invalid(sdk.Field("spec").Child("reject"), true, "this zone refuses rejected specs")
+		}
+		return errs
+	}
+	def := func(name string, d sdk.Direction) sdk.Type {
+		return sdk.Define(sdk.TypeSpec[spec]{Name: name, Direction: d, Scope: sdk.ScopeMesh, SchemaVersion: 1, Validate: check})
+	}
+	types := []sdk.Type{def("SyncPolicy", sdk.GlobalToZone), def("SyncStatus", sdk.ZoneToGlobal)}
+	if strict {
+		types = append(types, def("FutureType", sdk.GlobalToZone))
+	} else {
+		types = append(types, def("OldOnly", sdk.GlobalToZone))
+	}
+	sdk.Serve(sdk.Plugin{Name: "synctest", Version: "1.0.0", Types: types})
+}
