@@ -467,7 +467,9 @@ func (h *handler) apply(w http.ResponseWriter, r *http.Request) {
 		result, err := h.applyOne(r, res)
 		if err != nil {
 			status, body := h.classify(err, res.Type)
-			body.Message = res.Key().String() + ": " + body.Message
+			if k := res.Key().String(); !strings.HasPrefix(body.Message, k) {
+				body.Message = k + ": " + body.Message
+			}
 			if status >= 500 {
 				h.log.Error("apply", "resource", res.Key().String(), "error", err)
 			}

@@ -389,6 +389,12 @@ func TestApplyCreatedUpdatedUnchanged(t *testing.T) {
 	stale.Version = res[1].Version
 	e := f.apiError("POST", "/api/v1/apply", api.BatchRequest{Resources: []*resource.Resource{stale}}, 409, api.CodeConflict)
 	assert.True(t, strings.HasPrefix(e.Message, "MeshTimeout default/web: "), e.Message)
+
+	// A backend error that already names the resource is not prefixed twice.
+	gone := meshTimeout("default", "gone", "1s")
+	gone.Version = "1"
+	e = f.apiError("POST", "/api/v1/apply", api.BatchRequest{Resources: []*resource.Resource{gone}}, 404, api.CodeNotFound)
+	assert.Equal(t, "MeshTimeout default/gone: resource not found", e.Message)
 }
 
 func TestApplyValidatesAllBeforeWriting(t *testing.T) {

@@ -149,7 +149,7 @@ func TestApplyInputErrors(t *testing.T) {
 		"bad yaml":      {"type: Mesh\nname: a\n---\ntype: [\n", `apply: f.yaml document 2: `},
 		"duplicate":     {"type: Mesh\nname: a\n---\ntype: Mesh\nname: a\n", `apply: f.yaml document 2: Mesh a is also in f.yaml document 1`},
 		"empty":         {"# nothing\n", `apply: no resources in f.yaml`},
-		"unknown type":  {"type: Nope\nname: a\n", `apply: unknown resource type Nope`},
+		"unknown type":  {"type: Mesh\nname: m\n---\ntype: Nope\nname: a\n", `apply: f.yaml document 2: Nope a: type: unknown resource type Nope`},
 	} {
 		t.Run(name, func(t *testing.T) {
 			h.files["f.yaml"] = tc.file
@@ -540,4 +540,13 @@ func TestRunFirstSignalCancelsSecondExits(t *testing.T) {
 		t.Fatal("no exit after the second signal")
 	}
 	<-done
+}
+
+func TestApplyConflictNamesDocument(t *testing.T) {
+	h := newHarness(t, "global")
+	seed(t, h)
+	h.files["stale.yaml"] = "type: Mesh\nname: default\n---\ntype: MeshTimeout\nmesh: default\nname: web\nversion: \"999\"\nspec: {connectTimeout: 9s}\n"
+	code, _, errOut := h.run("apply", "-f", "stale.yaml")
+	assert.Equal(t, ExitFailed, code)
+	assert.Equal(t, "apply: stale.yaml document 2: MeshTimeout default/web: version 999 was given but the stored version is 1\n", errOut)
 }

@@ -202,6 +202,17 @@ func applyError(docs []doc, err error) error {
 		}
 		return doc{}, false
 	}
+	// A read-only refusal says it all in one line.
+	if ae.Code == "read_only" || len(ae.Fields) == 0 {
+		where := ""
+		for _, d := range docs {
+			if strings.HasPrefix(ae.Message, d.res.Key()+": ") {
+				where = d.where() + ": "
+				break
+			}
+		}
+		return errors.New("apply: " + where + ae.Message)
+	}
 	var lines []string
 	for _, f := range ae.Fields {
 		msg := f.Message
@@ -212,19 +223,6 @@ func applyError(docs []doc, err error) error {
 			lines = append(lines, fmt.Sprintf("apply: %s: %s: %s", d.where(), f.Resource, msg))
 		} else {
 			lines = append(lines, fmt.Sprintf("apply: %s: %s", f.Resource, msg))
-		}
-	}
-	if len(lines) == 0 || ae.Code != "invalid" {
-		where := ""
-		for _, d := range docs {
-			if strings.HasPrefix(ae.Message, d.res.Key()+": ") {
-				where = d.where() + ": "
-				break
-			}
-		}
-		lines = append([]string{"apply: " + where + ae.Message}, lines...)
-		if len(ae.Fields) > 0 && ae.Code != "invalid" {
-			lines = lines[:1]
 		}
 	}
 	return errors.New(strings.Join(lines, "\n"))
