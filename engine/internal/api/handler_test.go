@@ -484,3 +484,24 @@ func TestPlugins(t *testing.T) {
 	assert.Equal(t, 19, p.Buffer.Capacity)
 	assert.Equal(t, "registered types (3) + headroom (16) = 19", p.Buffer.Formula)
 }
+
+func TestToken(t *testing.T) {
+	f := newFixture(t, api.RoleGlobal, api.WithToken("s3cret"))
+	status, _ := f.do("GET", "/healthz", nil)
+	assert.Equal(t, 200, status, "health needs no token")
+	status, _ = f.do("GET", "/readyz", nil)
+	assert.Equal(t, 200, status, "readiness needs no token")
+	e := f.apiError("GET", "/api/v1/types", nil, 401, api.CodeUnauthorized)
+	assert.Contains(t, e.Message, "Bearer")
+	f.apiError("GET", "/metrics", nil, 401, api.CodeUnauthorized)
+
+	for token, want := range map[string]int{"s3cret": 200, "wrong": 401, "s3cret2": 401} {
+		req, err := http.NewRequest("GET", f.srv.URL+"/api/v1/types", nil)
+		require.NoError(t, err)
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := f.srv.Client().Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		assert.Equal(t, want, resp.StatusCode, token)
+	}
+}

@@ -550,3 +550,21 @@ func TestApplyConflictNamesDocument(t *testing.T) {
 	assert.Equal(t, ExitFailed, code)
 	assert.Equal(t, "apply: stale.yaml document 2: MeshTimeout default/web: version 999 was given but the stored version is 1\n", errOut)
 }
+
+func TestTokenFromFlagAndEnv(t *testing.T) {
+	srv := apitest.NewServerWithToken("global", "s3cret")
+	t.Cleanup(srv.Close)
+	h := &harness{t: t, srv: srv, env: map[string]string{}, files: map[string]string{}}
+	code, _, errOut := h.run("get", "Mesh")
+	assert.Equal(t, ExitFailed, code)
+	assert.Equal(t, "get: this API requires a token: Authorization: Bearer TOKEN\n", errOut)
+
+	code, _, errOut = h.run("get", "Mesh", "--token", "s3cret")
+	assert.Equal(t, ExitOK, code, errOut)
+
+	h.env[TokenEnv] = "s3cret"
+	code, _, errOut = h.run("plugins", "list")
+	assert.Equal(t, ExitOK, code, errOut)
+	code, _, _ = h.run("plugins", "list", "--token", "wrong")
+	assert.Equal(t, ExitFailed, code, "flag wins over env")
+}

@@ -24,11 +24,15 @@ const DefaultAPI = "http://127.0.0.1:5681"
 // APIEnv overrides DefaultAPI; --api overrides it.
 const APIEnv = "KDS_ENGINE_API"
 
-type apiFlag struct{ url string }
+// TokenEnv is the admin API token when --token is not given.
+const TokenEnv = "KDS_ENGINE_API_TOKEN"
+
+type apiFlag struct{ url, token string }
 
 func (a *App) addAPIFlag(cmd *cobra.Command) *apiFlag {
 	f := &apiFlag{}
 	cmd.Flags().StringVar(&f.url, "api", DefaultAPI, "admin API URL (env "+APIEnv+")")
+	cmd.Flags().StringVar(&f.token, "token", "", "admin API token, sent as a bearer token (env "+TokenEnv+")")
 	return f
 }
 
@@ -39,7 +43,11 @@ func (a *App) client(cmd *cobra.Command, f *apiFlag) (*client.Client, error) {
 			u = v
 		}
 	}
-	c, err := client.New(u, a.HTTPClient)
+	token := f.token
+	if !cmd.Flags().Changed("token") {
+		token, _ = a.LookupEnv(TokenEnv)
+	}
+	c, err := client.New(u, token, a.HTTPClient)
 	if err != nil {
 		return nil, usageError(err)
 	}
