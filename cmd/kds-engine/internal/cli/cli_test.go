@@ -369,6 +369,7 @@ dataplanes  0.1.0    restarting  Dataplane         0         -
 policies    0.1.0    running     Mesh,MeshTimeout  0         -
 
 Send buffer per logical stream: registered types (3) + headroom (16) = 19 messages
+(at most one response or request per type is in flight; the headroom covers requests for types this side does not know)
 `, out)
 	code, out, _ = h.run("plugins", "list", "-o", "json")
 	require.Equal(t, ExitOK, code)

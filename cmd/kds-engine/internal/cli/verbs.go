@@ -580,6 +580,7 @@ func (a *App) pluginsCommand() *cobra.Command {
 			formula = strconv.Itoa(p.Buffer.Capacity)
 		}
 		fmt.Fprintf(a.Stdout, "\nSend buffer per logical stream: %s messages\n", formula)
+		fmt.Fprintln(a.Stdout, "(at most one response or request per type is in flight; the headroom covers requests for types this side does not know)")
 		return nil
 	}
 	cmd.AddCommand(list)
