@@ -569,3 +569,21 @@ func TestTokenFromFlagAndEnv(t *testing.T) {
 	code, _, _ = h.run("plugins", "list", "--token", "wrong")
 	assert.Equal(t, ExitFailed, code, "flag wins over env")
 }
+
+// TestRunFlagNames pins the flag names other tools and docs rely on.
+func TestRunFlagNames(t *testing.T) {
+	a := &App{}
+	a.defaults()
+	both := []string{"config", "plugins-dir", "required-plugins", "data-dir", "store", "api-addr", "send-timeout",
+		"buffer-headroom", "max-message-size", "max-resource-size", "keepalive-time", "keepalive-timeout", "log-level", "log-format"}
+	g := a.runCommand(engine.RoleGlobal)
+	for _, f := range append(both, "kds-addr") {
+		assert.NotNil(t, g.Flags().Lookup(f), "global --%s", f)
+	}
+	assert.Nil(t, g.Flags().Lookup("name"))
+	z := a.runCommand(engine.RoleZone)
+	for _, f := range append(both, "name", "global", "reconnect-backoff-base", "reconnect-backoff-max") {
+		assert.NotNil(t, z.Flags().Lookup(f), "zone --%s", f)
+	}
+	assert.Nil(t, z.Flags().Lookup("kds-addr"))
+}
