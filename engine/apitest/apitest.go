@@ -382,6 +382,13 @@ type Server struct {
 // NewServer starts the admin API for role over a fresh Backend. The caller
 // closes it.
 func NewServer(role string) *Server {
+	return NewServerWithToken(role, "")
+}
+
+// NewServerWithToken is NewServer with the API requiring token (see
+// api.WithToken); "" means no token.
+func NewServerWithToken(role, token string) *Server {
 	b := NewBackend(role)
-	return &Server{Server: httptest.NewServer(api.NewHandler(b, hclog.NewNullLogger())), Backend: b}
+	h := api.NewHandler(b, hclog.NewNullLogger(), api.WithToken(token))
+	return &Server{Server: httptest.NewServer(h), Backend: b}
 }

@@ -3,6 +3,7 @@ package api
 import (
 	"bytes"
 	"cmp"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -24,6 +25,7 @@ import (
 const DefaultMaxBodyBytes = 32 << 20
 
 type options struct {
+	token        string
 	gatherer     prometheus.Gatherer
 	mappings     []errorMapping
 	maxBodyBytes int64
@@ -44,6 +46,13 @@ func WithGatherer(g prometheus.Gatherer) Option {
 // resource sentinels.
 func WithErrorCode(target error, status int, code string) Option {
 	return func(o *options) { o.mappings = append(o.mappings, errorMapping{target, status, code}) }
+}
+
+// WithToken requires "Authorization: Bearer TOKEN" on every route except
+// /healthz and /readyz (401 unauthorized otherwise). An empty token means no
+// authentication, which is only safe on a loopback address.
+func WithToken(token string) Option {
+	return func(o *options) { o.token = token }
 }
 
 // WithMaxBodyBytes bounds request bodies (413 too_large beyond it).
@@ -109,8 +118,21 @@ func (h *handler) noRoute(w http.ResponseWriter, r *http.Request) {
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
-	h.mux.ServeHTTP(sw, r)
+	if h.authorized(r) {
+		h.mux.ServeHTTP(sw, r)
+	} else {
+		sw.Header().Set("WWW-Authenticate", `Bearer realm="kds-engine"`)
+		h.fail(sw, r, newError(http.StatusUnauthorized, CodeUnauthorized, "this API requires a token: Authorization: Bearer TOKEN"), "")
+	}
 	h.log.Debug("request", "method", r.Method, "path", r.URL.Path, "status", sw.status, "duration", time.Since(start))
+}
+
+func (h *handler) authorized(r *http.Request) bool {
+	if h.opts.token == "" || r.URL.Path == "/healthz" || r.URL.Path == "/readyz" {
+		return true
+	}
+	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	return ok && subtle.ConstantTimeCompare([]byte(got), []byte(h.opts.token)) == 1
 }
 
 type statusWriter struct {
@@ -467,7 +489,9 @@ func (h *handler) apply(w http.ResponseWriter, r *http.Request) {
 		result, err := h.applyOne(r, res)
 		if err != nil {
 			status, body := h.classify(err, res.Type)
-			body.Message = res.Key().String() + ": " + body.Message
+			if k := res.Key().String(); !strings.HasPrefix(body.Message, k) {
+				body.Message = k + ": " + body.Message
+			}
 			if status >= 500 {
 				h.log.Error("apply", "resource", res.Key().String(), "error", err)
 			}

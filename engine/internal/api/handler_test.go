@@ -389,6 +389,12 @@ func TestApplyCreatedUpdatedUnchanged(t *testing.T) {
 	stale.Version = res[1].Version
 	e := f.apiError("POST", "/api/v1/apply", api.BatchRequest{Resources: []*resource.Resource{stale}}, 409, api.CodeConflict)
 	assert.True(t, strings.HasPrefix(e.Message, "MeshTimeout default/web: "), e.Message)
+
+	// A backend error that already names the resource is not prefixed twice.
+	gone := meshTimeout("default", "gone", "1s")
+	gone.Version = "1"
+	e = f.apiError("POST", "/api/v1/apply", api.BatchRequest{Resources: []*resource.Resource{gone}}, 404, api.CodeNotFound)
+	assert.Equal(t, "MeshTimeout default/gone: resource not found", e.Message)
 }
 
 func TestApplyValidatesAllBeforeWriting(t *testing.T) {
@@ -477,4 +483,25 @@ func TestPlugins(t *testing.T) {
 	assert.Equal(t, []string{"Mesh", "MeshTimeout"}, p.Plugins[1].Types)
 	assert.Equal(t, 19, p.Buffer.Capacity)
 	assert.Equal(t, "registered types (3) + headroom (16) = 19", p.Buffer.Formula)
+}
+
+func TestToken(t *testing.T) {
+	f := newFixture(t, api.RoleGlobal, api.WithToken("s3cret"))
+	status, _ := f.do("GET", "/healthz", nil)
+	assert.Equal(t, 200, status, "health needs no token")
+	status, _ = f.do("GET", "/readyz", nil)
+	assert.Equal(t, 200, status, "readiness needs no token")
+	e := f.apiError("GET", "/api/v1/types", nil, 401, api.CodeUnauthorized)
+	assert.Contains(t, e.Message, "Bearer")
+	f.apiError("GET", "/metrics", nil, 401, api.CodeUnauthorized)
+
+	for token, want := range map[string]int{"s3cret": 200, "wrong": 401, "s3cret2": 401} {
+		req, err := http.NewRequest("GET", f.srv.URL+"/api/v1/types", nil)
+		require.NoError(t, err)
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := f.srv.Client().Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		assert.Equal(t, want, resp.StatusCode, token)
+	}
 }

@@ -149,7 +149,7 @@ func TestApplyInputErrors(t *testing.T) {
 		"bad yaml":      {"type: Mesh\nname: a\n---\ntype: [\n", `apply: f.yaml document 2: `},
 		"duplicate":     {"type: Mesh\nname: a\n---\ntype: Mesh\nname: a\n", `apply: f.yaml document 2: Mesh a is also in f.yaml document 1`},
 		"empty":         {"# nothing\n", `apply: no resources in f.yaml`},
-		"unknown type":  {"type: Nope\nname: a\n", `apply: unknown resource type Nope`},
+		"unknown type":  {"type: Mesh\nname: m\n---\ntype: Nope\nname: a\n", `apply: f.yaml document 2: Nope a: type: unknown resource type Nope`},
 	} {
 		t.Run(name, func(t *testing.T) {
 			h.files["f.yaml"] = tc.file
@@ -369,6 +369,7 @@ dataplanes  0.1.0    restarting  Dataplane         0         -
 policies    0.1.0    running     Mesh,MeshTimeout  0         -
 
 Send buffer per logical stream: registered types (3) + headroom (16) = 19 messages
+(at most one response or request per type is in flight; the headroom covers requests for types this side does not know)
 `, out)
 	code, out, _ = h.run("plugins", "list", "-o", "json")
 	require.Equal(t, ExitOK, code)
@@ -540,4 +541,49 @@ func TestRunFirstSignalCancelsSecondExits(t *testing.T) {
 		t.Fatal("no exit after the second signal")
 	}
 	<-done
+}
+
+func TestApplyConflictNamesDocument(t *testing.T) {
+	h := newHarness(t, "global")
+	seed(t, h)
+	h.files["stale.yaml"] = "type: Mesh\nname: default\n---\ntype: MeshTimeout\nmesh: default\nname: web\nversion: \"999\"\nspec: {connectTimeout: 9s}\n"
+	code, _, errOut := h.run("apply", "-f", "stale.yaml")
+	assert.Equal(t, ExitFailed, code)
+	assert.Equal(t, "apply: stale.yaml document 2: MeshTimeout default/web: version 999 was given but the stored version is 1\n", errOut)
+}
+
+func TestTokenFromFlagAndEnv(t *testing.T) {
+	srv := apitest.NewServerWithToken("global", "s3cret")
+	t.Cleanup(srv.Close)
+	h := &harness{t: t, srv: srv, env: map[string]string{}, files: map[string]string{}}
+	code, _, errOut := h.run("get", "Mesh")
+	assert.Equal(t, ExitFailed, code)
+	assert.Equal(t, "get: this API requires a token: Authorization: Bearer TOKEN\n", errOut)
+
+	code, _, errOut = h.run("get", "Mesh", "--token", "s3cret")
+	assert.Equal(t, ExitOK, code, errOut)
+
+	h.env[TokenEnv] = "s3cret"
+	code, _, errOut = h.run("plugins", "list")
+	assert.Equal(t, ExitOK, code, errOut)
+	code, _, _ = h.run("plugins", "list", "--token", "wrong")
+	assert.Equal(t, ExitFailed, code, "flag wins over env")
+}
+
+// TestRunFlagNames pins the flag names other tools and docs rely on.
+func TestRunFlagNames(t *testing.T) {
+	a := &App{}
+	a.defaults()
+	both := []string{"config", "plugins-dir", "required-plugins", "data-dir", "store", "api-addr", "send-timeout",
+		"buffer-headroom", "max-message-size", "max-resource-size", "keepalive-time", "keepalive-timeout", "log-level", "log-format"}
+	g := a.runCommand(engine.RoleGlobal)
+	for _, f := range append(both, "kds-addr") {
+		assert.NotNil(t, g.Flags().Lookup(f), "global --%s", f)
+	}
+	assert.Nil(t, g.Flags().Lookup("name"))
+	z := a.runCommand(engine.RoleZone)
+	for _, f := range append(both, "name", "global", "reconnect-backoff-base", "reconnect-backoff-max") {
+		assert.NotNil(t, z.Flags().Lookup(f), "zone --%s", f)
+	}
+	assert.Nil(t, z.Flags().Lookup("kds-addr"))
 }

@@ -24,11 +24,15 @@ const DefaultAPI = "http://127.0.0.1:5681"
 // APIEnv overrides DefaultAPI; --api overrides it.
 const APIEnv = "KDS_ENGINE_API"
 
-type apiFlag struct{ url string }
+// TokenEnv is the admin API token when --token is not given.
+const TokenEnv = "KDS_ENGINE_API_TOKEN"
+
+type apiFlag struct{ url, token string }
 
 func (a *App) addAPIFlag(cmd *cobra.Command) *apiFlag {
 	f := &apiFlag{}
 	cmd.Flags().StringVar(&f.url, "api", DefaultAPI, "admin API URL (env "+APIEnv+")")
+	cmd.Flags().StringVar(&f.token, "token", "", "admin API token, sent as a bearer token (env "+TokenEnv+")")
 	return f
 }
 
@@ -39,7 +43,11 @@ func (a *App) client(cmd *cobra.Command, f *apiFlag) (*client.Client, error) {
 			u = v
 		}
 	}
-	c, err := client.New(u, a.HTTPClient)
+	token := f.token
+	if !cmd.Flags().Changed("token") {
+		token, _ = a.LookupEnv(TokenEnv)
+	}
+	c, err := client.New(u, token, a.HTTPClient)
 	if err != nil {
 		return nil, usageError(err)
 	}
@@ -202,6 +210,17 @@ func applyError(docs []doc, err error) error {
 		}
 		return doc{}, false
 	}
+	// A read-only refusal says it all in one line.
+	if ae.Code == "read_only" || len(ae.Fields) == 0 {
+		where := ""
+		for _, d := range docs {
+			if strings.HasPrefix(ae.Message, d.res.Key()+": ") {
+				where = d.where() + ": "
+				break
+			}
+		}
+		return errors.New("apply: " + where + ae.Message)
+	}
 	var lines []string
 	for _, f := range ae.Fields {
 		msg := f.Message
@@ -212,19 +231,6 @@ func applyError(docs []doc, err error) error {
 			lines = append(lines, fmt.Sprintf("apply: %s: %s: %s", d.where(), f.Resource, msg))
 		} else {
 			lines = append(lines, fmt.Sprintf("apply: %s: %s", f.Resource, msg))
-		}
-	}
-	if len(lines) == 0 || ae.Code != "invalid" {
-		where := ""
-		for _, d := range docs {
-			if strings.HasPrefix(ae.Message, d.res.Key()+": ") {
-				where = d.where() + ": "
-				break
-			}
-		}
-		lines = append([]string{"apply: " + where + ae.Message}, lines...)
-		if len(ae.Fields) > 0 && ae.Code != "invalid" {
-			lines = lines[:1]
 		}
 	}
 	return errors.New(strings.Join(lines, "\n"))
@@ -574,6 +580,7 @@ func (a *App) pluginsCommand() *cobra.Command {
 			formula = strconv.Itoa(p.Buffer.Capacity)
 		}
 		fmt.Fprintf(a.Stdout, "\nSend buffer per logical stream: %s messages\n", formula)
+		fmt.Fprintln(a.Stdout, "(at most one response or request per type is in flight; the headroom covers requests for types this side does not know)")
 		return nil
 	}
 	cmd.AddCommand(list)

@@ -173,13 +173,15 @@ var ErrUnreachable = errors.New("cannot reach the admin API")
 
 // Client talks to one admin API.
 type Client struct {
-	base string
-	hc   *http.Client
+	base  string
+	token string
+	hc    *http.Client
 }
 
 // New returns a client for the API at base (for example
-// "http://127.0.0.1:5681"). A nil hc means a client with a 30s timeout.
-func New(base string, hc *http.Client) (*Client, error) {
+// "http://127.0.0.1:5681"), sending token as a bearer token when not
+// empty. A nil hc means a client with a 30s timeout.
+func New(base, token string, hc *http.Client) (*Client, error) {
 	u, err := url.Parse(base)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, fmt.Errorf("api URL %q: want http(s)://HOST:PORT", base)
@@ -187,7 +189,7 @@ func New(base string, hc *http.Client) (*Client, error) {
 	if hc == nil {
 		hc = &http.Client{Timeout: 30 * time.Second}
 	}
-	return &Client{base: strings.TrimRight(base, "/"), hc: hc}, nil
+	return &Client{base: strings.TrimRight(base, "/"), token: token, hc: hc}, nil
 }
 
 // do sends a request; a 2xx response body is decoded into out (when not
@@ -211,6 +213,9 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, in, 
 	}
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {

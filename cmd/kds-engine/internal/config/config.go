@@ -412,7 +412,9 @@ func (c *Config) Validate() error {
 	}
 	switch c.Store {
 	case string(engine.StoreBolt):
-		if c.DataDir == "" {
+		// A zone's default data dir derives from its name; a missing
+		// name is reported on its own.
+		if c.DataDir == "" && (c.Role != engine.RoleZone || c.Name != "") {
 			bad("data-dir", "must not be empty with store bolt")
 		}
 	case string(engine.StoreMemory):
