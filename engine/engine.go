@@ -192,7 +192,10 @@ func (e *Engine) Run(ctx context.Context) error {
 	}
 	reg := host.Registry()
 	e.store = guard.New(raw, role, reg)
-	e.validator = validate.New(reg, host, validate.WithMaxResourceSize(e.cfg.MaxResourceSize))
+	e.validator, err = validate.New(reg, host, validate.WithMaxResourceSize(e.cfg.MaxResourceSize))
+	if err != nil {
+		return fmt.Errorf("compile type schemas: %w", err)
+	}
 
 	owned := resource.GlobalToZone
 	if e.cfg.Role == RoleZone {
@@ -373,7 +376,7 @@ func (e *Engine) runZone(g *errgroup.Group, ctx context.Context, tcfg kdsgrpc.Co
 		},
 		kdsgrpc.WithConfig(tcfg),
 		kdsgrpc.WithLogger(e.log),
-		kdsgrpc.WithBackoff(kdsgrpc.Backoff{Base: e.cfg.ReconnectBackoffBase, Max: e.cfg.ReconnectBackoffMax}),
+		kdsgrpc.WithBackoff(kdsgrpc.Backoff{Base: e.cfg.ReconnectBackoffBase, Cap: e.cfg.ReconnectBackoffMax}),
 		kdsgrpc.WithDialOptions(grpc.WithTransportCredentials(insecure.NewCredentials())),
 		kdsgrpc.WithSessionHooks(
 			func(kdsgrpc.SessionEvent) { e.setConnected(true); e.ins.Connected(GlobalPeer) },

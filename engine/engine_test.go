@@ -156,7 +156,7 @@ func find(n *node, k resource.Key) *resource.Resource {
 
 func eventually(t *testing.T, cond func() bool, msg string, args ...any) {
 	t.Helper()
-	require.Eventually(t, cond, 30*time.Second, 10*time.Millisecond, msg, args...)
+	require.Eventually(t, cond, 30*time.Second, 10*time.Millisecond, append([]any{msg}, args...)...)
 }
 
 func spec(v any) json.RawMessage {
@@ -181,7 +181,7 @@ func dataplane(name, addr string) *resource.Resource {
 	return &resource.Resource{Type: "Dataplane", Mesh: "default", Name: name, Spec: spec(map[string]any{
 		"networking": map[string]any{
 			"address": addr,
-			"inbound": []any{map[string]any{"port": 8080, "tags": map[string]any{"service": "web"}}},
+			"inbound": []any{map[string]any{"port": 8080, "tags": map[string]any{"kuma.io/service": "web"}}},
 		},
 	})}
 }
@@ -303,6 +303,11 @@ func TestOfflineZoneConvergesOnReconnect(t *testing.T) {
 		return find(z, added.Key()) != nil && find(z, drop.Key()) == nil && c != nil && strings.Contains(string(c.Spec), "9s")
 	}, "zone converges")
 	assert.NotNil(t, find(z, keep.Key()))
+	eventually(t, func() bool {
+		st, _ := z.e.Insights().Get(GlobalPeer)
+		return st.Types["MeshTimeout"].ResourcesReceived == 2
+	}, "insights record the applied response")
+	time.Sleep(100 * time.Millisecond)
 	st, _ := z.e.Insights().Get(GlobalPeer)
 	assert.Equal(t, uint64(2), st.Types["MeshTimeout"].ResourcesReceived, "only the changed and the added resource were sent")
 }
