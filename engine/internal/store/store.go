@@ -13,11 +13,11 @@ import (
 // key (and versions, for ErrConflict) to the message; test with errors.Is.
 var (
 	// ErrNotFound: the resource does not exist.
-	ErrNotFound = errors.New("resource not found")
+	ErrNotFound = resource.ErrNotFound
 	// ErrAlreadyExists: Create of a key that is already stored.
-	ErrAlreadyExists = errors.New("resource already exists")
+	ErrAlreadyExists = resource.ErrAlreadyExists
 	// ErrConflict: the version the caller read is no longer the stored one.
-	ErrConflict = errors.New("version conflict")
+	ErrConflict = resource.ErrConflict
 	// ErrClosed: the store has been closed.
 	ErrClosed = errors.New("store closed")
 	// ErrInvalid: a resource, key, filter or batch the store cannot hold
