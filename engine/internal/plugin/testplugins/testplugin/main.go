@@ -38,7 +38,7 @@ func main() {
 	goplugin.Serve(&goplugin.ServeConfig{
 		HandshakeConfig:  sdk.Handshake,
 		VersionedPlugins: sdk.VersionedPlugins(impl),
-		GRPCServer:       goplugin.DefaultGRPCServer,
+		GRPCServer:       sdk.GRPCServer,
 		Logger:           sdk.Logger(),
 	})
 }
