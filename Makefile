@@ -20,6 +20,7 @@ plugins:
 	@mkdir -p $(PLUGINS)
 	$(GO) build -o $(PLUGINS)/kds-plugin-policies ./plugins/policies
 	$(GO) build -o $(PLUGINS)/kds-plugin-dataplanes ./plugins/dataplanes
+	cd examples/featureflag && $(GO) build -o $(PLUGINS)/kds-plugin-featureflag .
 
 ## test: vet, generated-code check, the race-enabled suite, and the examples
 test: vet check-proto

@@ -22,6 +22,10 @@ const (
 	PluginKey = "kds"
 	// MaxMessageBytes bounds one Validate request or response on both ends.
 	MaxMessageBytes = 64 << 20
+	// windowBytes is the HTTP/2 flow-control window on plugin connections:
+	// large enough that a whole batch goes out without waiting for
+	// WINDOW_UPDATEs (the connection is local, memory is the only cost).
+	windowBytes = 16 << 20
 )
 
 // Handshake is the go-plugin handshake. The magic cookie only tells a
@@ -83,10 +87,14 @@ func (c *Conn) Done() <-chan struct{} { return c.done }
 // GRPCDialOptions are the dial options the engine uses for plugin
 // connections, matching the limits [Serve] sets on the plugin side.
 func GRPCDialOptions() []grpc.DialOption {
-	return []grpc.DialOption{grpc.WithDefaultCallOptions(
-		grpc.MaxCallRecvMsgSize(MaxMessageBytes),
-		grpc.MaxCallSendMsgSize(MaxMessageBytes),
-	)}
+	return []grpc.DialOption{
+		grpc.WithDefaultCallOptions(
+			grpc.MaxCallRecvMsgSize(MaxMessageBytes),
+			grpc.MaxCallSendMsgSize(MaxMessageBytes),
+		),
+		grpc.WithInitialWindowSize(windowBytes),
+		grpc.WithInitialConnWindowSize(windowBytes),
+	}
 }
 
 // Logger returns the logger a plugin should use: hclog JSON on the process's
@@ -112,13 +120,21 @@ func Serve(p Plugin) {
 	goplugin.Serve(&goplugin.ServeConfig{
 		HandshakeConfig:  Handshake,
 		VersionedPlugins: VersionedPlugins(impl),
-		GRPCServer:       grpcServer,
+		GRPCServer:       GRPCServer,
 		Logger:           logger,
 	})
 	os.Exit(0)
 }
 
-func grpcServer(opts []grpc.ServerOption) *grpc.Server {
-	opts = append(opts, grpc.MaxRecvMsgSize(MaxMessageBytes), grpc.MaxSendMsgSize(MaxMessageBytes))
+// GRPCServer builds the plugin's gRPC server with the message limits and
+// flow-control windows matching [GRPCDialOptions]. [Serve] uses it; a plugin
+// that calls go-plugin's Serve itself should too.
+func GRPCServer(opts []grpc.ServerOption) *grpc.Server {
+	opts = append(opts,
+		grpc.MaxRecvMsgSize(MaxMessageBytes),
+		grpc.MaxSendMsgSize(MaxMessageBytes),
+		grpc.InitialWindowSize(windowBytes),
+		grpc.InitialConnWindowSize(windowBytes),
+	)
 	return grpc.NewServer(opts...)
 }

@@ -19,6 +19,8 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	goplugin "github.com/hashicorp/go-plugin"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/kds-engine/kds-engine/engine/internal/resource"
 	pluginv1 "github.com/kds-engine/kds-engine/proto/plugin/v1"
@@ -164,7 +166,7 @@ func (h *Host) handshakeAndDescribe(ctx context.Context, m *managed, client *gop
 	defer cancel()
 	resp, err := conn.Describe(dctx, &pluginv1.DescribeRequest{EngineVersion: h.engineVersion})
 	if err != nil {
-		if errors.Is(dctx.Err(), context.DeadlineExceeded) {
+		if errors.Is(dctx.Err(), context.DeadlineExceeded) || status.Code(err) == codes.DeadlineExceeded {
 			return nil, fmt.Errorf("describe: no answer within %s", h.describeTimeout)
 		}
 		return nil, fmt.Errorf("describe: %w", err)

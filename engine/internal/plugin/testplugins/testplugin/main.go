@@ -13,7 +13,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -21,90 +20,25 @@ import (
 
 	goplugin "github.com/hashicorp/go-plugin"
 
-	pluginv1 "github.com/kds-engine/kds-engine/proto/plugin/v1"
+	"github.com/kds-engine/kds-engine/engine/internal/plugin/testplugins/fixture"
 	"github.com/kds-engine/kds-engine/sdk"
 )
 
-type spec struct {
-	Bad   bool   `json:"bad,omitempty"`
-	Value string `json:"value,omitempty"`
-	Pad   string `json:"pad,omitempty"`
-}
-
-func check(_ context.Context, _ sdk.Meta, s *spec) sdk.ErrorList {
-	var errs sdk.ErrorList
-	if s.Bad {
-		errs.Invalid(sdk.Field("spec").Child("bad"), true, "bad is set")
-	}
-	return errs
-}
-
-func typ(name string, scope sdk.Scope) sdk.Type {
-	return sdk.Define(sdk.TypeSpec[spec]{Name: name, Direction: sdk.GlobalToZone, Scope: scope, SchemaVersion: 1, Validate: check})
-}
-
-type server struct {
-	pluginv1.PluginServer
-	mode string
-}
-
-func (s *server) Describe(ctx context.Context, req *pluginv1.DescribeRequest) (*pluginv1.DescribeResponse, error) {
-	switch s.mode {
-	case "hang":
-		<-ctx.Done()
-		return nil, ctx.Err()
-	case "alpha":
-		fmt.Println("alpha says hello on stdout")
-		sdk.Logger().Info("alpha describing itself", "engine", req.GetEngineVersion())
-	}
-	return s.PluginServer.Describe(ctx, req)
-}
-
-func (s *server) Validate(ctx context.Context, req *pluginv1.ValidateRequest) (*pluginv1.ValidateResponse, error) {
-	switch s.mode {
-	case "crashvalidate":
-		os.Exit(3)
-	case "reject":
-		resp := &pluginv1.ValidateResponse{}
-		for i := range req.GetResources() {
-			resp.Invalid = append(resp.Invalid, &pluginv1.ResourceErrors{Index: uint32(i), Errors: []*pluginv1.FieldError{{Field: "spec", Message: "rejected by the reject plugin"}}})
-		}
-		return resp, nil
-	}
-	return s.PluginServer.Validate(ctx, req)
-}
-
 func main() {
 	mode := strings.TrimPrefix(filepath.Base(os.Args[0]), "kds-plugin-")
-	p := sdk.Plugin{Name: mode, Version: "9.9.9"}
-	switch mode {
-	case "alpha":
-		p.Types = []sdk.Type{typ("AlphaOne", sdk.ScopeMesh), typ("AlphaTwo", sdk.ScopeGlobal)}
-	case "beta":
-		p.Types = []sdk.Type{typ("BetaThing", sdk.ScopeMesh)}
-	case "dupalpha":
-		p.Types = []sdk.Type{typ("AlphaOne", sdk.ScopeMesh)}
-	case "shifty":
-		if _, err := os.Stat(os.Args[0] + ".v2"); err == nil {
-			p.Types = []sdk.Type{typ("ShiftyV2", sdk.ScopeMesh)}
-		} else {
-			p.Types = []sdk.Type{typ("ShiftyV1", sdk.ScopeMesh)}
-		}
-	case "garbage":
+	if mode == "garbage" {
 		fmt.Println("this is not a handshake")
 		os.Exit(1)
-	default:
-		p.Types = []sdk.Type{typ(strings.ToUpper(mode[:1])+mode[1:]+"Thing", sdk.ScopeMesh)}
 	}
-	impl, err := sdk.NewServer(p)
+	impl, err := fixture.Server(mode, os.Args[0])
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 	goplugin.Serve(&goplugin.ServeConfig{
 		HandshakeConfig:  sdk.Handshake,
-		VersionedPlugins: sdk.VersionedPlugins(&server{PluginServer: impl, mode: mode}),
-		GRPCServer:       goplugin.DefaultGRPCServer,
+		VersionedPlugins: sdk.VersionedPlugins(impl),
+		GRPCServer:       sdk.GRPCServer,
 		Logger:           sdk.Logger(),
 	})
 }

@@ -1,0 +1,364 @@
+// Package validate is the validation pipeline the engine runs on every write
+// and on every received sync response, before anything is stored:
+//
+//  1. envelope: known type, name and mesh syntax, scope rules, label keys,
+//     total size against the configured limit, spec is JSON;
+//  2. the type's JSON Schema (compiled once per type when the Validator is
+//     built);
+//  3. the plugin's own Validate, resources grouped by plugin and sent in
+//     batches, so ten thousand resources cost a handful of RPCs.
+//
+// A resource that fails one step is not passed to the next. The result is
+// nil, a *resource.ValidationError naming every invalid resource and field,
+// or an error from the plugins (for example one wrapping plugin.ErrPluginDown
+// when a plugin is down).
+package validate
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/santhosh-tekuri/jsonschema/v6"
+	"github.com/santhosh-tekuri/jsonschema/v6/kind"
+	"golang.org/x/text/language"
+	"golang.org/x/text/message"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/kds-engine/kds-engine/engine/internal/resource"
+)
+
+// Defaults for the options.
+const (
+	DefaultMaxResourceBytes = 1 << 20
+	DefaultBatchSize        = 1000
+	// MaxBatchBytes bounds the resources of one plugin RPC; a single
+	// larger resource is sent alone.
+	MaxBatchBytes = 4 << 20
+	// MaxNameLength bounds resource and mesh names.
+	MaxNameLength = 253
+)
+
+// Registry looks up type descriptors; the plugin host's registry is one.
+type Registry interface {
+	Type(name string) (resource.TypeDescriptor, bool)
+	Types() []resource.TypeDescriptor
+}
+
+// Plugins validates a batch of resources with one plugin in one call and
+// returns the field errors of each invalid resource by index in rs; the
+// plugin host is one.
+type Plugins interface {
+	ValidateBatch(ctx context.Context, plugin string, rs []*resource.Resource) (map[int][]resource.FieldError, error)
+}
+
+// Option configures a Validator.
+type Option func(*Validator)
+
+// WithMaxResourceSize sets the largest accepted resource, in bytes of its
+// wire envelope (default 1 MiB).
+func WithMaxResourceSize(n int) Option { return func(v *Validator) { v.maxBytes = n } }
+
+// WithBatchSize sets how many resources go to a plugin per call (default
+// 1000).
+func WithBatchSize(n int) Option { return func(v *Validator) { v.batchSize = max(n, 1) } }
+
+// Validator runs the pipeline. It is immutable after New and safe for
+// concurrent use.
+type Validator struct {
+	reg       Registry
+	plugins   Plugins
+	maxBytes  int
+	batchSize int
+	schemas   map[string]*jsonschema.Schema // by type; absent: no schema
+}
+
+// New compiles the JSON Schema of every type in reg and returns a Validator.
+// A schema that does not compile is an error naming the type and plugin.
+func New(reg Registry, plugins Plugins, opts ...Option) (*Validator, error) {
+	v := &Validator{
+		reg:       reg,
+		plugins:   plugins,
+		maxBytes:  DefaultMaxResourceBytes,
+		batchSize: DefaultBatchSize,
+		schemas:   map[string]*jsonschema.Schema{},
+	}
+	for _, o := range opts {
+		o(v)
+	}
+	var errs []error
+	for _, d := range reg.Types() {
+		if len(d.Schema) == 0 {
+			continue
+		}
+		s, err := compile(d)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("schema of type %s (plugin %s): %w", d.Name, d.Plugin, err))
+			continue
+		}
+		v.schemas[d.Name] = s
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return v, nil
+}
+
+func compile(d resource.TypeDescriptor) (*jsonschema.Schema, error) {
+	doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(d.Schema))
+	if err != nil {
+		return nil, fmt.Errorf("parse: %w", err)
+	}
+	c := jsonschema.NewCompiler()
+	c.DefaultDraft(jsonschema.Draft2020)
+	url := "urn:kds-engine:type:" + d.Name
+	if err := c.AddResource(url, doc); err != nil {
+		return nil, fmt.Errorf("add: %w", err)
+	}
+	s, err := c.Compile(url)
+	if err != nil {
+		return nil, fmt.Errorf("compile: %w", err)
+	}
+	return s, nil
+}
+
+// Type returns the descriptor of the named type.
+func (v *Validator) Type(name string) (resource.TypeDescriptor, bool) { return v.reg.Type(name) }
+
+// Types returns every registered type descriptor.
+func (v *Validator) Types() []resource.TypeDescriptor { return v.reg.Types() }
+
+// Validate checks rs (which it does not modify). It returns nil when every
+// resource is valid, a *resource.ValidationError listing each invalid
+// resource in input order with its field errors, or the first error a plugin
+// call returned (wrapping plugin.ErrPluginDown when the plugin is down).
+func (v *Validator) Validate(ctx context.Context, rs []*resource.Resource) error {
+	invalid := map[int][]resource.FieldError{}
+	groups := map[string][]int{}
+	sizes := make([]int, len(rs))
+	var order []string
+	for i, r := range rs {
+		d, size, fes := v.envelope(r)
+		sizes[i] = size
+		if len(fes) == 0 {
+			fes = v.schema(d, r)
+		}
+		if len(fes) > 0 {
+			invalid[i] = fes
+			continue
+		}
+		if _, ok := groups[d.Plugin]; !ok {
+			order = append(order, d.Plugin)
+		}
+		groups[d.Plugin] = append(groups[d.Plugin], i)
+	}
+	for _, p := range order {
+		for _, batch := range batches(groups[p], sizes, v.batchSize, MaxBatchBytes) {
+			sub := make([]*resource.Resource, len(batch))
+			for j, idx := range batch {
+				sub[j] = rs[idx]
+			}
+			res, err := v.plugins.ValidateBatch(ctx, p, sub)
+			if err != nil {
+				return err
+			}
+			for j, fes := range res {
+				if j < 0 || j >= len(batch) {
+					return fmt.Errorf("validate with plugin %q: answer names resource %d of a batch of %d", p, j, len(batch))
+				}
+				invalid[batch[j]] = append(invalid[batch[j]], fes...)
+			}
+		}
+	}
+	if len(invalid) == 0 {
+		return nil
+	}
+	ve := &resource.ValidationError{}
+	for i, r := range rs {
+		if fes, ok := invalid[i]; ok {
+			ve.Invalid = append(ve.Invalid, resource.InvalidResource{Key: r.Key(), Errors: fes})
+		}
+	}
+	return ve
+}
+
+// envelope checks everything but the spec's content and returns the type's
+// descriptor and the resource's wire size.
+func (v *Validator) envelope(r *resource.Resource) (resource.TypeDescriptor, int, []resource.FieldError) {
+	var fes []resource.FieldError
+	add := func(field, format string, args ...any) {
+		fes = append(fes, resource.FieldError{Field: field, Message: fmt.Sprintf(format, args...)})
+	}
+	size := proto.Size(r.ToProto())
+	if size > v.maxBytes {
+		add("", "resource is %d bytes, over the limit of %d bytes", size, v.maxBytes)
+	}
+	if msg := nameProblem(r.Name); msg != "" {
+		add("name", "%s", msg)
+	}
+	for k := range r.Labels {
+		if k == "" || len(k) > MaxNameLength {
+			add("labels", "label names must be 1-%d characters", MaxNameLength)
+			break
+		}
+	}
+	if len(r.Spec) > 0 && !json.Valid(r.Spec) {
+		add("spec", "not valid JSON")
+	}
+	d, ok := v.reg.Type(r.Type)
+	switch {
+	case r.Type == "":
+		add("type", "is required")
+	case !ok:
+		add("type", "unknown type %q (no plugin supplies it)", r.Type)
+	case d.Scope == resource.ScopeMesh && r.Mesh == "":
+		add("mesh", "is required: %s is mesh-scoped", d.Name)
+	case d.Scope == resource.ScopeGlobal && r.Mesh != "":
+		add("mesh", "must be empty: %s is global-scoped", d.Name)
+	case r.Mesh != "":
+		if msg := nameProblem(r.Mesh); msg != "" {
+			add("mesh", "%s", msg)
+		}
+	}
+	slices.SortStableFunc(fes, func(a, b resource.FieldError) int { return strings.Compare(a.Field, b.Field) })
+	return d, size, fes
+}
+
+// nameProblem describes what is wrong with a resource or mesh name, or
+// returns "": 1-253 characters of lower case letters, digits, '-' and '.',
+// starting and ending with a letter or digit.
+func nameProblem(n string) string {
+	if n == "" {
+		return "is required"
+	}
+	if len(n) > MaxNameLength {
+		return fmt.Sprintf("is %d characters, longer than %d", len(n), MaxNameLength)
+	}
+	for i := 0; i < len(n); i++ {
+		c := n[i]
+		alnum := c >= 'a' && c <= 'z' || c >= '0' && c <= '9'
+		if !alnum && c != '-' && c != '.' {
+			return fmt.Sprintf("%q: only lower case letters, digits, '-' and '.' are allowed", n)
+		}
+		if !alnum && (i == 0 || i == len(n)-1) {
+			return fmt.Sprintf("%q: must start and end with a lower case letter or digit", n)
+		}
+	}
+	return ""
+}
+
+var printer = message.NewPrinter(language.English)
+
+var groupedNumber = regexp.MustCompile(`\b\d{1,3}(,\d{3})+\b`)
+
+// ungroup removes the printer's thousands separators: 65,535 -> 65535.
+func ungroup(s string) string {
+	return groupedNumber.ReplaceAllStringFunc(s, func(n string) string { return strings.ReplaceAll(n, ",", "") })
+}
+
+// schema validates the spec against the type's JSON Schema.
+func (v *Validator) schema(d resource.TypeDescriptor, r *resource.Resource) []resource.FieldError {
+	s, ok := v.schemas[d.Name]
+	if !ok {
+		return nil
+	}
+	raw := r.Spec
+	if len(bytes.TrimSpace(raw)) == 0 {
+		raw = []byte("{}")
+	}
+	inst, err := jsonschema.UnmarshalJSON(bytes.NewReader(raw))
+	if err != nil {
+		return []resource.FieldError{{Field: "spec", Message: "not valid JSON"}}
+	}
+	err = s.Validate(inst)
+	if err == nil {
+		return nil
+	}
+	var ve *jsonschema.ValidationError
+	if !errors.As(err, &ve) {
+		return []resource.FieldError{{Field: "spec", Message: err.Error()}}
+	}
+	var fes []resource.FieldError
+	collect(ve, &fes)
+	return dedupe(fes)
+}
+
+// collect turns the leaves of a schema error tree into field errors.
+func collect(e *jsonschema.ValidationError, out *[]resource.FieldError) {
+	if len(e.Causes) > 0 {
+		for _, c := range e.Causes {
+			collect(c, out)
+		}
+		return
+	}
+	base := specPath(e.InstanceLocation)
+	switch k := e.ErrorKind.(type) {
+	case *kind.Required:
+		for _, m := range k.Missing {
+			*out = append(*out, resource.FieldError{Field: child(base, m), Message: "is required"})
+		}
+	case *kind.AdditionalProperties:
+		for _, p := range k.Properties {
+			*out = append(*out, resource.FieldError{Field: child(base, p), Message: "unknown field"})
+		}
+	default:
+		*out = append(*out, resource.FieldError{Field: base, Message: ungroup(e.ErrorKind.LocalizedString(printer))})
+	}
+}
+
+// specPath renders a JSON pointer's tokens as spec.a.b[2].c.
+func specPath(tokens []string) string {
+	p := "spec"
+	for _, t := range tokens {
+		p = child(p, t)
+	}
+	return p
+}
+
+func child(base, tok string) string {
+	if _, err := strconv.Atoi(tok); err == nil {
+		return base + "[" + tok + "]"
+	}
+	if tok == "" || strings.ContainsAny(tok, ".[]\" ") {
+		return base + "[" + strconv.Quote(tok) + "]"
+	}
+	return base + "." + tok
+}
+
+func dedupe(fes []resource.FieldError) []resource.FieldError {
+	seen := map[resource.FieldError]bool{}
+	out := fes[:0]
+	for _, fe := range fes {
+		if !seen[fe] {
+			seen[fe] = true
+			out = append(out, fe)
+		}
+	}
+	return out
+}
+
+// batches splits idx into runs of at most size resources and maxBytes of
+// wire size; a resource larger than maxBytes goes alone.
+func batches(idx, sizes []int, size, maxBytes int) [][]int {
+	var out [][]int
+	var cur []int
+	curBytes := 0
+	for _, i := range idx {
+		if len(cur) > 0 && (len(cur) >= size || curBytes+sizes[i] > maxBytes) {
+			out = append(out, cur)
+			cur, curBytes = nil, 0
+		}
+		cur = append(cur, i)
+		curBytes += sizes[i]
+	}
+	if len(cur) > 0 {
+		out = append(out, cur)
+	}
+	return out
+}

@@ -1,0 +1,247 @@
+package validate
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/kds-engine/kds-engine/engine/internal/plugin"
+	"github.com/kds-engine/kds-engine/engine/internal/resource"
+	"github.com/kds-engine/kds-engine/sdk"
+)
+
+// The plugin host provides both halves of what the Validator needs.
+var (
+	_ Registry = (*plugin.Registry)(nil)
+	_ Plugins  = (*plugin.Host)(nil)
+)
+
+type portSpec struct {
+	Port  int    `json:"port" jsonschema:"minimum=1,maximum=65535"`
+	Items []item `json:"items,omitempty"`
+}
+
+type item struct {
+	Value string `json:"value"`
+}
+
+// fakeRegistry is a fixed registry.
+type fakeRegistry map[string]resource.TypeDescriptor
+
+func (f fakeRegistry) Type(n string) (resource.TypeDescriptor, bool) { d, ok := f[n]; return d, ok }
+func (f fakeRegistry) Types() []resource.TypeDescriptor {
+	var out []resource.TypeDescriptor
+	for _, d := range f {
+		out = append(out, d)
+	}
+	return out
+}
+
+// fakePlugins records calls and rejects specs containing "reject".
+type fakePlugins struct {
+	mu      sync.Mutex
+	calls   map[string][]int // plugin -> batch sizes
+	failing map[string]error
+}
+
+func (f *fakePlugins) ValidateBatch(_ context.Context, p string, rs []*resource.Resource) (map[int][]resource.FieldError, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.calls == nil {
+		f.calls = map[string][]int{}
+	}
+	f.calls[p] = append(f.calls[p], len(rs))
+	if err := f.failing[p]; err != nil {
+		return nil, err
+	}
+	out := map[int][]resource.FieldError{}
+	for i, r := range rs {
+		if !strings.HasPrefix(r.Type, p) {
+			return nil, fmt.Errorf("type %s sent to plugin %s", r.Type, p)
+		}
+		if strings.Contains(string(r.Spec), "reject") {
+			out[i] = []resource.FieldError{{Field: "spec.items[0].value", Message: "rejected by " + p}}
+		}
+	}
+	return out, nil
+}
+
+func registry(t *testing.T) fakeRegistry {
+	schema, err := sdk.SchemaFor[portSpec]()
+	require.NoError(t, err)
+	return fakeRegistry{
+		"alphaMeshy":  {Name: "alphaMeshy", Scope: resource.ScopeMesh, Plugin: "alpha", Schema: schema},
+		"alphaGlobal": {Name: "alphaGlobal", Scope: resource.ScopeGlobal, Plugin: "alpha"},
+		"betaMeshy":   {Name: "betaMeshy", Scope: resource.ScopeMesh, Plugin: "beta", Schema: schema},
+	}
+}
+
+func newValidator(t *testing.T, opts ...Option) (*Validator, *fakePlugins) {
+	fp := &fakePlugins{}
+	v, err := New(registry(t), fp, opts...)
+	require.NoError(t, err)
+	return v, fp
+}
+
+func r(typ, mesh, name, spec string) *resource.Resource {
+	return &resource.Resource{Type: typ, Mesh: mesh, Name: name, Spec: json.RawMessage(spec)}
+}
+
+func errorsOf(t *testing.T, err error) map[string][]resource.FieldError {
+	t.Helper()
+	var ve *resource.ValidationError
+	require.ErrorAs(t, err, &ve, "%v", err)
+	out := map[string][]resource.FieldError{}
+	for _, inv := range ve.Invalid {
+		out[inv.Key.Name] = inv.Errors
+	}
+	return out
+}
+
+func TestEnvelope(t *testing.T) {
+	v, fp := newValidator(t, WithMaxResourceSize(2048))
+	long := strings.Repeat("a", 254)
+	cases := []struct {
+		res   *resource.Resource
+		field string
+		msg   string
+	}{
+		{r("alphaMeshy", "default", "web-1.v2", `{"port":80}`), "", ""},
+		{r("alphaGlobal", "", strings.Repeat("a", 253), `{}`), "", ""},
+		{r("alphaMeshy", "default", "Web", `{"port":80}`), "name", "lower case"},
+		{r("alphaMeshy", "default", "-web", `{"port":80}`), "name", "start and end"},
+		{r("alphaMeshy", "default", "web.", `{"port":80}`), "name", "start and end"},
+		{r("alphaMeshy", "default", "we_b", `{"port":80}`), "name", "only lower case"},
+		{r("alphaGlobal", "", long, `{}`), "name", "254 characters, longer than 253"},
+		{r("alphaMeshy", "default", "", `{"port":80}`), "name", "is required"},
+		{r("alphaMeshy", "", "nomesh", `{"port":80}`), "mesh", "is required: alphaMeshy is mesh-scoped"},
+		{r("alphaGlobal", "default", "hasmesh", `{}`), "mesh", "must be empty: alphaGlobal is global-scoped"},
+		{r("alphaMeshy", "Bad_Mesh", "badmesh", `{"port":80}`), "mesh", "only lower case"},
+		{r("gammaThing", "default", "unknown", `{}`), "type", `unknown type "gammaThing"`},
+		{r("", "default", "notype", `{}`), "type", "is required"},
+		{r("alphaGlobal", "", "big", `{"pad":"`+strings.Repeat("x", 3000)+`"}`), "", "over the limit of 2048 bytes"},
+		{r("alphaGlobal", "", "notjson", `{"port":`), "spec", "not valid JSON"},
+		{&resource.Resource{Type: "alphaGlobal", Name: "label", Labels: map[string]string{"": "x"}}, "labels", "label names"},
+	}
+	rs := make([]*resource.Resource, len(cases))
+	for i, c := range cases {
+		rs[i] = c.res
+	}
+	got := errorsOf(t, v.Validate(context.Background(), rs))
+	for _, c := range cases {
+		t.Run(c.res.Name+"/"+c.field, func(t *testing.T) {
+			fes := got[c.res.Name]
+			if c.msg == "" {
+				assert.Empty(t, fes)
+				return
+			}
+			require.NotEmpty(t, fes)
+			assert.Equal(t, c.field, fes[0].Field)
+			assert.Contains(t, fes[0].Message, c.msg)
+		})
+	}
+	assert.Contains(t, got["big"][0].Message, "resource is 30")
+	// Only the valid ones reached the plugin.
+	assert.Equal(t, map[string][]int{"alpha": {2}}, fp.calls)
+}
+
+func TestSchemaErrorsHaveSpecPaths(t *testing.T) {
+	v, fp := newValidator(t)
+	got := errorsOf(t, v.Validate(context.Background(), []*resource.Resource{
+		r("alphaMeshy", "m", "missing", `{}`),
+		r("alphaMeshy", "m", "wrongtype", `{"port":"80"}`),
+		r("alphaMeshy", "m", "range", `{"port":70000}`),
+		r("alphaMeshy", "m", "extra", `{"port":80,"colour":"red"}`),
+		r("alphaMeshy", "m", "nested", `{"port":80,"items":[{"value":"a"},{}]}`),
+		r("alphaMeshy", "m", "empty", ``),
+		r("alphaMeshy", "m", "fine", `{"port":80,"items":[{"value":"a"}]}`),
+	}))
+	assert.Equal(t, []resource.FieldError{{Field: "spec.port", Message: "is required"}}, got["missing"])
+	assert.Equal(t, "spec.port", got["wrongtype"][0].Field)
+	assert.Contains(t, got["wrongtype"][0].Message, "want integer")
+	assert.Equal(t, "spec.port", got["range"][0].Field)
+	assert.Contains(t, got["range"][0].Message, "65535")
+	assert.Equal(t, []resource.FieldError{{Field: "spec.colour", Message: "unknown field"}}, got["extra"])
+	assert.Equal(t, []resource.FieldError{{Field: "spec.items[1].value", Message: "is required"}}, got["nested"])
+	assert.Equal(t, []resource.FieldError{{Field: "spec.port", Message: "is required"}}, got["empty"], "an absent spec is {}")
+	assert.NotContains(t, got, "fine")
+	assert.Equal(t, map[string][]int{"alpha": {1}}, fp.calls, "schema failures never reach the plugin")
+}
+
+func TestPluginErrorsInInputOrder(t *testing.T) {
+	v, _ := newValidator(t)
+	rs := []*resource.Resource{
+		r("betaMeshy", "m", "b-bad", `{"port":1,"items":[{"value":"reject"}]}`),
+		r("alphaMeshy", "m", "a-env", `{"port":0}`),
+		r("alphaMeshy", "m", "a-bad", `{"port":1,"items":[{"value":"reject"}]}`),
+		r("alphaMeshy", "m", "a-ok", `{"port":1}`),
+	}
+	err := v.Validate(context.Background(), rs)
+	var ve *resource.ValidationError
+	require.ErrorAs(t, err, &ve)
+	var names []string
+	for _, inv := range ve.Invalid {
+		names = append(names, inv.Key.Name)
+	}
+	assert.Equal(t, []string{"b-bad", "a-env", "a-bad"}, names)
+	assert.Equal(t, resource.FieldError{Field: "spec.items[0].value", Message: "rejected by beta"}, ve.Invalid[0].Errors[0])
+	assert.Contains(t, err.Error(), "betaMeshy m/b-bad invalid: spec.items[0].value: rejected by beta")
+	require.NoError(t, v.Validate(context.Background(), rs[3:]))
+	require.NoError(t, v.Validate(context.Background(), nil))
+}
+
+func TestBatchingGroupsByPlugin(t *testing.T) {
+	v, fp := newValidator(t, WithBatchSize(1000))
+	var rs []*resource.Resource
+	for i := range 10_000 {
+		typ := "alphaMeshy"
+		if i%2 == 1 {
+			typ = "betaMeshy"
+		}
+		rs = append(rs, r(typ, "m", fmt.Sprintf("r%d", i), `{"port":8080}`))
+	}
+	require.NoError(t, v.Validate(context.Background(), rs))
+	assert.Equal(t, map[string][]int{"alpha": {1000, 1000, 1000, 1000, 1000}, "beta": {1000, 1000, 1000, 1000, 1000}}, fp.calls)
+
+	// Large resources are batched by bytes as well.
+	v, fp = newValidator(t, WithBatchSize(1000), WithMaxResourceSize(2<<20))
+	big := `{"port":1,"items":[{"value":"` + strings.Repeat("x", 1<<20) + `"}]}`
+	rs = []*resource.Resource{r("alphaMeshy", "m", "a", big), r("alphaMeshy", "m", "b", big), r("alphaMeshy", "m", "c", big), r("alphaMeshy", "m", "d", big), r("alphaMeshy", "m", "e", big)}
+	require.NoError(t, v.Validate(context.Background(), rs))
+	assert.Equal(t, map[string][]int{"alpha": {3, 2}}, fp.calls)
+}
+
+func TestPluginFailurePassesThrough(t *testing.T) {
+	v, fp := newValidator(t)
+	down := fmt.Errorf("validate: plugin %q (down): %w", "beta", plugin.ErrPluginDown)
+	fp.failing = map[string]error{"beta": down}
+	err := v.Validate(context.Background(), []*resource.Resource{r("betaMeshy", "m", "x", `{"port":1}`)})
+	require.ErrorIs(t, err, plugin.ErrPluginDown)
+	assert.Contains(t, err.Error(), `"beta"`)
+}
+
+func TestNewRejectsBadSchema(t *testing.T) {
+	reg := registry(t)
+	reg["broken"] = resource.TypeDescriptor{Name: "broken", Plugin: "gamma", Schema: json.RawMessage(`{"type": 12}`)}
+	_, err := New(reg, &fakePlugins{})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "schema of type broken (plugin gamma)")
+
+	v, _ := newValidator(t)
+	d, ok := v.Type("alphaMeshy")
+	assert.True(t, ok)
+	assert.Equal(t, "alpha", d.Plugin)
+	assert.Len(t, v.Types(), 3)
+}
+
+func TestUngroup(t *testing.T) {
+	assert.Equal(t, "maximum: got 70000, want 65535", ungroup("maximum: got 70,000, want 65,535"))
+	assert.Equal(t, "got 1000000", ungroup("got 1,000,000"))
+	assert.Equal(t, "a, b", ungroup("a, b"))
+}
