@@ -3,6 +3,7 @@ package boltstore
 import (
 	"path/filepath"
 	"testing"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -16,10 +17,9 @@ import (
 // the same run on the same (noisy) machine.
 
 func openRaw(b *testing.B, noSync bool) *bolt.DB {
-	db, err := bolt.Open(filepath.Join(b.TempDir(), FileName), 0o600, &bolt.Options{
-		NoSync: noSync, NoFreelistSync: true, FreelistType: bolt.FreelistMapType,
-		InitialMmapSize: DefaultInitialMmapSize,
-	})
+	db, err := bolt.Open(filepath.Join(b.TempDir(), FileName), 0o600, boltOptions(config{
+		lockTimeout: time.Second, noSync: noSync, initialMmap: DefaultInitialMmapSize,
+	}))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -53,6 +53,7 @@ func BenchmarkBaselineRawBoltApply(b *testing.B) {
 						if err != nil {
 							return err
 						}
+						bk.FillPercent = 0.9 // as the store does for appends
 						for j := i; j < min(i+c.batch, c.total); j++ {
 							if err := bk.Put(keys[j], vals[j]); err != nil {
 								return err
