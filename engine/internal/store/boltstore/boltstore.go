@@ -155,15 +155,7 @@ func Open(dir string, opts ...Option) (*Store, error) {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
 	path := filepath.Join(dir, FileName)
-	db, err := bolt.Open(path, 0o600, &bolt.Options{
-		Timeout:        cfg.lockTimeout,
-		NoSync:         cfg.noSync,
-		NoFreelistSync: true,
-		FreelistType:   bolt.FreelistMapType,
-		// Address space only: reserving it up front spares large commits
-		// the remaps (each copying every dirty node) of a growing file.
-		InitialMmapSize: cfg.initialMmap,
-	})
+	db, err := bolt.Open(path, 0o600, boltOptions(cfg))
 	if errors.Is(err, berrors.ErrTimeout) {
 		return nil, fmt.Errorf("open store: %w (lock held on %s)", ErrLocked, path)
 	}
@@ -204,6 +196,29 @@ func Open(dir string, opts ...Option) (*Store, error) {
 	s.revision.Store(rev)
 	s.log.Info("store opened", "path", path, "revision", rev, "version", s.version, "nosync", cfg.noSync)
 	return s, nil
+}
+
+// PageSize is the page size of new database files. Measured with 1 KiB
+// resources, 16 KiB pages make bulk commits about twice as fast as the 4 KiB
+// default (fewer, fuller pages to split and write); an existing file keeps
+// the page size it was created with.
+const PageSize = 16 << 10
+
+func boltOptions(cfg config) *bolt.Options {
+	return &bolt.Options{
+		Timeout: cfg.lockTimeout,
+		NoSync:  cfg.noSync,
+		// The freelist is rebuilt by a scan at open instead of being
+		// written by every commit; the hashmap freelist stays fast when
+		// the file is large and fragmented.
+		NoFreelistSync: true,
+		FreelistType:   bolt.FreelistMapType,
+		PageSize:       PageSize,
+		// Address space only: reserving it up front spares large commits
+		// the remaps (each copying every dirty node) of a growing file, and
+		// spares readers from being blocked by them.
+		InitialMmapSize: cfg.initialMmap,
+	}
 }
 
 // Path returns the database file's path.
