@@ -120,7 +120,7 @@ func (d *Dialer) session(ctx context.Context, client kdsv1.KDSClient) error {
 		s.Sessions++
 	})
 	d.log.Info("session started")
-	err = runSession(&d.set, d.zone, sess, func(ctx context.Context) error { return d.handler(ctx, sess) })
+	err = runSession(ctx, &d.set, d.zone, sess, func(ctx context.Context) error { return d.handler(ctx, sess) })
 	d.setState(func(s *ConnState) {
 		s.Connected, s.ConnectedSince, s.LastError = false, time.Time{}, err
 	})

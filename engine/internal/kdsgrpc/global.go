@@ -60,7 +60,7 @@ func (g *Global) Session(stream kdsv1.KDS_SessionServer) error {
 
 	done := make(chan error, 1)
 	g.wg.Go(func() {
-		done <- runSession(&g.set, zone, sess, func(ctx context.Context) error {
+		done <- runSession(context.Background(), &g.set, zone, sess, func(ctx context.Context) error {
 			return g.handler(ctx, zone, sess)
 		})
 	})

@@ -103,13 +103,13 @@ func WithBackoff(b Backoff) Option { return func(s *settings) { s.backoff = b.wi
 // runSession runs sess and handler together and joins both. The handler gets
 // the session's context; when it returns, the session ends (with
 // ErrHandlerReturned if it returned nil). Returns the session's error.
-func runSession(set *settings, zone string, sess *mux.Session, handler func(context.Context) error) error {
+func runSession(ctx context.Context, set *settings, zone string, sess *mux.Session, handler func(context.Context) error) error {
 	ev := SessionEvent{Zone: zone, Session: sess, Started: time.Now()}
 	if set.onStart != nil {
 		set.onStart(ev)
 	}
 	var g errgroup.Group
-	g.Go(func() error { return sess.Run(context.Background()) })
+	g.Go(func() error { return sess.Run(ctx) })
 	g.Go(func() error {
 		err := handler(sess.Context())
 		if err == nil {

@@ -152,8 +152,9 @@ type Session struct {
 }
 
 // NewSession returns a session on stream for a side with types registered
-// resource types. Nothing runs until Run. The session's context is derived from
-// stream.Context(): it ends when the stream's context ends.
+// resource types. Nothing runs until Run. The session's context carries
+// stream.Context()'s values; the session ends when the stream does (Recv
+// fails) or when Run's context ends.
 func NewSession(stream Stream, types int, opts ...Option) *Session {
 	o := options{
 		headroom:       DefaultHeadroom,
@@ -175,7 +176,10 @@ func NewSession(stream Stream, types int, opts ...Option) *Session {
 		maxSize:  o.maxMessageSize,
 		abort:    o.abort,
 	}
-	s.ctx, s.cancel = context.WithCancelCause(stream.Context())
+	// Not cancelled with the stream's context: when the stream ends, Recv
+	// reports why (a gRPC status), which is a better cause than "context
+	// canceled". Values (metadata, peer) are kept.
+	s.ctx, s.cancel = context.WithCancelCause(context.WithoutCancel(stream.Context()))
 	s.server = &ServerStream{s: s}
 	s.server.out.init("server", s.capacity)
 	s.server.in.init("server", s.capacity)

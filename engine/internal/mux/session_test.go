@@ -137,6 +137,11 @@ func TestStatsCountMessagesAndBytes(t *testing.T) {
 	_, err := a.Client().Recv()
 	require.NoError(t, err)
 
+	// Sent counters move once Send has returned, just after the peer got
+	// the message.
+	require.Eventually(t, func() bool {
+		return a.Stats().Client.MessagesSent == n && b.Stats().Server.MessagesSent == 1
+	}, 10*time.Second, time.Millisecond)
 	sa, sb := a.Stats(), b.Stats()
 	size := uint64(proto.Size(&kdsv1.Message{Kind: &kdsv1.Message_Request{Request: r}}))
 	assert.Equal(t, uint64(n), sa.Client.MessagesSent)

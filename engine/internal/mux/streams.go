@@ -104,7 +104,8 @@ func (s *Session) enqueue(q *outQueue, m *kdsv1.Message) error {
 		s.Close(err)
 		return err
 	}
-	raise(&q.highWater, len(q.ch))
+	// The message held a slot even if the sender has taken it already.
+	raise(&q.highWater, max(len(q.ch), 1))
 	return nil
 }
 

@@ -1,0 +1,426 @@
+package kdsgrpc
+
+import (
+	"context"
+	"errors"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/kds-engine/kds-engine/engine/internal/mux"
+	kdsv1 "github.com/kds-engine/kds-engine/proto/kds/v1"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// serve starts srv with impl on 127.0.0.1:0 and stops it at cleanup.
+func serve(t *testing.T, impl kdsv1.KDSServer, cfg Config, extra ...grpc.ServerOption) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	srv := NewServer(cfg, extra...)
+	kdsv1.RegisterKDSServer(srv, impl)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = srv.Serve(lis)
+	}()
+	t.Cleanup(func() {
+		srv.Stop()
+		<-done
+		if g, ok := impl.(*Global); ok {
+			g.Wait()
+		}
+	})
+	return lis.Addr().String()
+}
+
+// rawStream opens a KDS.Session stream without a mux, as a misbehaving zone.
+func rawStream(t *testing.T, ctx context.Context, addr, zone string, opts ...grpc.DialOption) kdsv1.KDS_SessionClient {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, opts...)...)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = conn.Close() })
+	if zone != "" {
+		ctx = metadata.AppendToOutgoingContext(ctx, ZoneMetadataKey, zone)
+	}
+	s, err := kdsv1.NewKDSClient(conn).Session(ctx)
+	require.NoError(t, err)
+	return s
+}
+
+func insecureDial() Option {
+	return WithDialOptions(grpc.WithTransportCredentials(insecure.NewCredentials()))
+}
+
+func eventually(t *testing.T, cond func() bool, msg string) {
+	t.Helper()
+	require.Eventually(t, cond, 20*time.Second, 10*time.Millisecond, msg)
+}
+
+func TestGlobalRejectsMissingOrInvalidZone(t *testing.T) {
+	called := atomic.Bool{}
+	g := NewGlobal(1, func(context.Context, string, *mux.Session) error { called.Store(true); return nil })
+	addr := serve(t, g, Config{})
+	for _, zone := range []string{"", "Bad_Zone", strings.Repeat("a", 64), "-x"} {
+		ctx, cancel := context.WithCancel(context.Background())
+		s := rawStream(t, ctx, addr, zone)
+		_, err := s.Recv()
+		cancel()
+		require.Error(t, err, zone)
+		assert.Equal(t, codes.InvalidArgument, status.Code(err), "zone %q: %v", zone, err)
+		assert.Contains(t, err.Error(), "zone")
+	}
+	assert.False(t, called.Load())
+	assert.ErrorIs(t, ValidateZoneName("Zone"), ErrInvalidZoneName)
+	assert.NoError(t, ValidateZoneName("zone-1"))
+}
+
+// Both sides sync over a real stream: the zone subscribes to global and
+// serves it, global mirrors that; hooks and connection state follow.
+func TestGlobalAndDialerExchange(t *testing.T) {
+	type seen struct {
+		zone  string
+		nonce string
+	}
+	globalSeen := make(chan seen, 1)
+	g := NewGlobal(2, func(ctx context.Context, zone string, s *mux.Session) error {
+		// global serves the zone's request, and subscribes to the zone.
+		r, err := s.Server().Recv()
+		if err != nil {
+			return err
+		}
+		if err := s.Server().Send(&discovery.DeltaDiscoveryResponse{Nonce: "from-global"}); err != nil {
+			return err
+		}
+		if err := s.Client().Send(&discovery.DeltaDiscoveryRequest{ResponseNonce: "global-asks"}); err != nil {
+			return err
+		}
+		resp, err := s.Client().Recv()
+		if err != nil {
+			return err
+		}
+		globalSeen <- seen{zone: zone, nonce: r.GetResponseNonce() + "/" + resp.GetNonce()}
+		<-ctx.Done()
+		return nil
+	})
+	addr := serve(t, g, Config{})
+
+	zoneGot := make(chan string, 1)
+	var starts, ends atomic.Int32
+	var endErr atomic.Value
+	d := NewDialer(addr, "zone-1", 2, func(ctx context.Context, s *mux.Session) error {
+		if err := s.Client().Send(&discovery.DeltaDiscoveryRequest{ResponseNonce: "zone-asks"}); err != nil {
+			return err
+		}
+		resp, err := s.Client().Recv()
+		if err != nil {
+			return err
+		}
+		r, err := s.Server().Recv()
+		if err != nil {
+			return err
+		}
+		if err := s.Server().Send(&discovery.DeltaDiscoveryResponse{Nonce: "from-zone"}); err != nil {
+			return err
+		}
+		zoneGot <- resp.GetNonce() + "/" + r.GetResponseNonce()
+		<-ctx.Done()
+		return nil
+	}, insecureDial(), WithSessionHooks(
+		func(ev SessionEvent) { starts.Add(1); assert.Equal(t, "zone-1", ev.Zone) },
+		func(ev SessionEvent) { ends.Add(1); endErr.Store(ev.Err) },
+	))
+	ctx, cancel := context.WithCancel(context.Background())
+	runDone := make(chan error, 1)
+	go func() { runDone <- d.Run(ctx) }()
+
+	select {
+	case s := <-globalSeen:
+		assert.Equal(t, seen{zone: "zone-1", nonce: "zone-asks/from-zone"}, s)
+	case <-time.After(20 * time.Second):
+		t.Fatal("global did not complete its exchange")
+	}
+	select {
+	case s := <-zoneGot:
+		assert.Equal(t, "from-global/global-asks", s)
+	case <-time.After(20 * time.Second):
+		t.Fatal("zone did not complete its exchange")
+	}
+	st := d.State()
+	assert.True(t, st.Connected)
+	assert.False(t, st.ConnectedSince.IsZero())
+	assert.Equal(t, 1, st.Sessions)
+	assert.Equal(t, int32(1), starts.Load())
+
+	cancel()
+	require.NoError(t, <-runDone)
+	assert.Equal(t, int32(1), ends.Load())
+	assert.Error(t, endErr.Load().(error), "a session always ends with an error")
+	assert.False(t, d.State().Connected)
+}
+
+// stallingGlobal accepts sessions and never reads from them.
+type stallingGlobal struct {
+	kdsv1.UnimplementedKDSServer
+	sessions atomic.Int32
+}
+
+func (s *stallingGlobal) Session(stream kdsv1.KDS_SessionServer) error {
+	s.sessions.Add(1)
+	<-stream.Context().Done()
+	return nil
+}
+
+// A global that stops reading: the zone's Send blocks in flow control, the
+// send timeout ends the session with an error naming the timeout, and the
+// Dialer reconnects.
+func TestSendTimeoutEndsSessionAndZoneReconnects(t *testing.T) {
+	peer := &stallingGlobal{}
+	// Static 64 KiB windows: a peer that does not read stops the sender
+	// after 64 KiB.
+	addr := serve(t, peer, Config{}, grpc.InitialWindowSize(64<<10), grpc.InitialConnWindowSize(64<<10))
+
+	const timeout = 500 * time.Millisecond
+	headroom := 0
+	type end struct {
+		lived time.Duration
+		err   error
+	}
+	ends := make(chan end, 10)
+	payload := make([]byte, 1<<20)
+	d := NewDialer(addr, "zone-1", 3, func(ctx context.Context, s *mux.Session) error {
+		for range 3 {
+			r := &discovery.DeltaDiscoveryRequest{ResponseNonce: "x"}
+			r.InitialResourceVersions = map[string]string{"big": string(payload)}
+			if err := s.Client().Send(r); err != nil {
+				return err
+			}
+		}
+		<-ctx.Done()
+		return nil
+	}, insecureDial(),
+		WithConfig(Config{SendTimeout: timeout, Headroom: &headroom}),
+		WithBackoff(Backoff{Base: 10 * time.Millisecond, Cap: 20 * time.Millisecond}),
+		WithSessionHooks(nil, func(ev SessionEvent) { ends <- end{lived: ev.Ended.Sub(ev.Started), err: ev.Err} }),
+	)
+	ctx, cancel := context.WithCancel(context.Background())
+	runDone := make(chan error, 1)
+	go func() { runDone <- d.Run(ctx) }()
+
+	var first end
+	select {
+	case first = <-ends:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the session did not end")
+	}
+	require.ErrorIs(t, first.err, mux.ErrSendTimeout)
+	assert.Contains(t, first.err.Error(), "500ms")
+	assert.GreaterOrEqual(t, first.lived, timeout)
+	assert.Less(t, first.lived, timeout+5*time.Second)
+
+	eventually(t, func() bool { return peer.sessions.Load() >= 2 && d.State().Sessions >= 2 }, "the zone did not reconnect")
+	assert.ErrorIs(t, d.State().LastError, mux.ErrSendTimeout)
+	cancel()
+	require.NoError(t, <-runDone)
+}
+
+// A zone that ignores flow control and floods requests ends its session on
+// global with the overflow error; global's receive loop never blocks on the
+// handler, which here never reads.
+func TestFloodingPeerEndsSessionWithInboundFull(t *testing.T) {
+	ended := make(chan error, 1)
+	g := NewGlobal(2, func(ctx context.Context, _ string, _ *mux.Session) error {
+		<-ctx.Done()
+		return nil
+	}, WithSessionHooks(nil, func(ev SessionEvent) { ended <- ev.Err }))
+	addr := serve(t, g, Config{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s := rawStream(t, ctx, addr, "zone-1")
+	for i := range 2 + mux.DefaultHeadroom + 1 {
+		if err := s.Send(&kdsv1.Message{Kind: &kdsv1.Message_Request{Request: &discovery.DeltaDiscoveryRequest{TypeUrl: "t"}}}); err != nil {
+			t.Logf("send %d: %v", i, err)
+			break
+		}
+	}
+	select {
+	case err := <-ended:
+		require.ErrorIs(t, err, mux.ErrInboundFull)
+		assert.Contains(t, err.Error(), "server stream")
+	case <-time.After(20 * time.Second):
+		t.Fatal("global's session did not end on a flood")
+	}
+	_, err := s.Recv()
+	assert.Equal(t, codes.ResourceExhausted, status.Code(err), "%v", err)
+	assert.Contains(t, err.Error(), "inbound queue full")
+}
+
+// The max message size applies on the gRPC edge: a message over it is
+// refused with an error naming both sizes, and the session ends.
+func TestOversizedMessageIsRefused(t *testing.T) {
+	ended := make(chan error, 1)
+	g := NewGlobal(1, func(ctx context.Context, _ string, _ *mux.Session) error {
+		<-ctx.Done()
+		return nil
+	}, WithConfig(Config{MaxMessageSize: 64 << 10}), WithSessionHooks(nil, func(ev SessionEvent) { ended <- ev.Err }))
+	addr := serve(t, g, Config{MaxMessageSize: 64 << 10})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s := rawStream(t, ctx, addr, "zone-1")
+	big := &discovery.DeltaDiscoveryRequest{ResponseNonce: strings.Repeat("x", 100<<10)}
+	require.NoError(t, s.Send(&kdsv1.Message{Kind: &kdsv1.Message_Request{Request: big}}))
+	select {
+	case err := <-ended:
+		require.Error(t, err)
+		assert.Equal(t, codes.ResourceExhausted, status.Code(err), "%v", err)
+		assert.Contains(t, err.Error(), "larger than max")
+		assert.Contains(t, err.Error(), "65536")
+	case <-time.After(20 * time.Second):
+		t.Fatal("the oversized message did not end the session")
+	}
+
+	// The zone's own session refuses to send it, naming size and limit.
+	sess := mux.NewSession(&idleStream{ctx: ctx}, 1, Config{MaxMessageSize: 64 << 10}.muxOptions()...)
+	err := sess.Client().Send(big)
+	require.ErrorIs(t, err, mux.ErrMessageTooLarge)
+	assert.Contains(t, err.Error(), "limit is 65536")
+}
+
+type idleStream struct{ ctx context.Context }
+
+func (s *idleStream) Context() context.Context  { return s.ctx }
+func (s *idleStream) Send(*kdsv1.Message) error { return nil }
+func (s *idleStream) Recv() (*kdsv1.Message, error) {
+	<-s.ctx.Done()
+	return nil, s.ctx.Err()
+}
+
+// countingConn counts bytes read from the network.
+type countingConn struct {
+	net.Conn
+	read *atomic.Int64
+}
+
+func (c countingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.read.Add(int64(n))
+	return n, err
+}
+
+// The server's keepalive setting is applied: on an idle session, global
+// pings the zone at the configured interval (the default, 30s, would send
+// nothing during the test).
+func TestServerKeepaliveApplied(t *testing.T) {
+	g := NewGlobal(1, func(ctx context.Context, _ string, _ *mux.Session) error {
+		<-ctx.Done()
+		return nil
+	})
+	addr := serve(t, g, Config{KeepaliveTime: time.Second, KeepaliveTimeout: 5 * time.Second})
+	var read atomic.Int64
+	dialer := func(ctx context.Context, a string) (net.Conn, error) {
+		c, err := (&net.Dialer{}).DialContext(ctx, "tcp", a)
+		if err != nil {
+			return nil, err
+		}
+		return countingConn{Conn: c, read: &read}, nil
+	}
+	started := make(chan struct{})
+	var once sync.Once
+	d := NewDialer(addr, "zone-1", 1, func(ctx context.Context, _ *mux.Session) error {
+		once.Do(func() { close(started) })
+		<-ctx.Done()
+		return nil
+	}, insecureDial(), WithDialOptions(grpc.WithContextDialer(dialer)))
+	ctx, cancel := context.WithCancel(context.Background())
+	runDone := make(chan error, 1)
+	go func() { runDone <- d.Run(ctx) }()
+	<-started
+	time.Sleep(300 * time.Millisecond) // let the handshake settle
+	before := read.Load()
+	time.Sleep(2500 * time.Millisecond)
+	after := read.Load()
+	cancel()
+	require.NoError(t, <-runDone)
+	// A PING frame is 17 bytes; at least one must have arrived.
+	assert.GreaterOrEqual(t, after-before, int64(17), "no keepalive ping reached the idle zone")
+}
+
+func TestBackoffGrowsWithJitterUpToCap(t *testing.T) {
+	b := Backoff{Base: 100 * time.Millisecond, Cap: 1600 * time.Millisecond}
+	for n := range 8 {
+		want := min(100*time.Millisecond<<n, 1600*time.Millisecond)
+		seen := map[time.Duration]bool{}
+		for range 200 {
+			d := b.Delay(n)
+			require.GreaterOrEqual(t, d, want/2, "attempt %d", n)
+			require.LessOrEqual(t, d, want, "attempt %d", n)
+			seen[d] = true
+		}
+		assert.Greater(t, len(seen), 50, "attempt %d: no jitter", n)
+	}
+	// Huge attempt counts stay at the cap and do not overflow.
+	assert.LessOrEqual(t, b.Delay(1000), 1600*time.Millisecond)
+	assert.Equal(t, DefaultBackoff, Backoff{}.withDefaults())
+}
+
+// After a session that lived at least ResetAfter, the backoff starts over.
+func TestDialerBackoffResetsAfterStableSession(t *testing.T) {
+	var mu sync.Mutex
+	var lives []time.Duration
+	var starts []time.Time
+	g := NewGlobal(1, func(ctx context.Context, _ string, _ *mux.Session) error {
+		<-ctx.Done()
+		return nil
+	})
+	addr := serve(t, g, Config{})
+	// The zone ends its sessions at once, except the third, which it keeps
+	// for longer than ResetAfter.
+	var n atomic.Int32
+	d := NewDialer(addr, "zone-1", 1, func(ctx context.Context, _ *mux.Session) error {
+		if n.Add(1) == 3 {
+			select {
+			case <-time.After(400 * time.Millisecond):
+			case <-ctx.Done():
+			}
+		}
+		return errors.New("session done")
+	}, insecureDial(),
+		WithBackoff(Backoff{Base: 100 * time.Millisecond, Cap: 10 * time.Second, ResetAfter: 300 * time.Millisecond}),
+		WithSessionHooks(func(ev SessionEvent) {
+			mu.Lock()
+			starts = append(starts, ev.Started)
+			mu.Unlock()
+		}, func(ev SessionEvent) {
+			mu.Lock()
+			lives = append(lives, ev.Ended.Sub(ev.Started))
+			mu.Unlock()
+		}))
+	ctx, cancel := context.WithCancel(context.Background())
+	runDone := make(chan error, 1)
+	go func() { runDone <- d.Run(ctx) }()
+	eventually(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(starts) >= 5 }, "five sessions")
+	cancel()
+	require.NoError(t, <-runDone)
+	mu.Lock()
+	defer mu.Unlock()
+	gap := func(i int) time.Duration { return starts[i+1].Sub(starts[i]) - lives[i] }
+	// Delays: attempt 0 in [50,100]ms, attempt 1 in [100,200]ms; the third
+	// session lived long, so the next delay is attempt 0 again, then 1.
+	assert.GreaterOrEqual(t, gap(1), 100*time.Millisecond, "second retry grows")
+	assert.Less(t, gap(2), 150*time.Millisecond, "reset after a stable session")
+	assert.GreaterOrEqual(t, gap(3), 100*time.Millisecond)
+}
