@@ -63,7 +63,7 @@ const (
 	ReasonZoneMismatch  = "zone_mismatch" // token issued for another zone
 	ReasonMalformed     = "malformed"     // not a zone token
 	ReasonRateLimited   = "rate_limited"  // too many new sessions for this zone
-	ReasonUnknownReason = "invalid"       // verifier error outside the token sentinels
+	ReasonInvalid       = "invalid"      // verifier error outside the token sentinels
 )
 
 // TokenVerifier checks a zone token against the zone a connection claims and
@@ -251,7 +251,7 @@ func reasonFor(err error) string {
 	case errors.Is(err, token.ErrMalformed):
 		return ReasonMalformed
 	default:
-		return ReasonUnknownReason
+		return ReasonInvalid
 	}
 }
 

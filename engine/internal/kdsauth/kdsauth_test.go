@@ -445,7 +445,7 @@ func TestAuthenticatorFailsClosed(t *testing.T) {
 	auth, err = NewAuthenticator(fixedVerifier{err: assert.AnError}, hclog.NewNullLogger())
 	require.NoError(t, err)
 	_, err = auth.Authenticate(ctx, "/m")
-	assertRefused(t, err, codes.Unauthenticated, ReasonUnknownReason)
+	assertRefused(t, err, codes.Unauthenticated, ReasonInvalid)
 }
 
 func TestIdentityFromContext(t *testing.T) {
