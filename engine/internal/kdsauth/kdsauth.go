@@ -54,16 +54,16 @@ const (
 // Reasons a session is refused, passed to the OnRefused callback. The set is
 // fixed, so a reason is safe to use as a metric label.
 const (
-	ReasonMissingZone   = "missing_zone"  // no (or several) "kds-zone" values
-	ReasonMissingToken  = "missing_token" // no token presented
-	ReasonExpired       = "expired"       // token past its expiry
-	ReasonNotYetValid   = "not_yet_valid" // token not valid yet (clock skew)
-	ReasonUnknownKey    = "unknown_key"   // signed by a key global does not trust
-	ReasonBadSignature  = "bad_signature" // forged/altered token, or a non-EdDSA algorithm
-	ReasonZoneMismatch  = "zone_mismatch" // token issued for another zone
-	ReasonMalformed     = "malformed"     // not a zone token
-	ReasonRateLimited   = "rate_limited"  // too many new sessions for this zone
-	ReasonInvalid       = "invalid"      // verifier error outside the token sentinels
+	ReasonMissingZone  = "missing_zone"  // no (or several) "kds-zone" values
+	ReasonMissingToken = "missing_token" // no token presented
+	ReasonExpired      = "expired"       // token past its expiry
+	ReasonNotYetValid  = "not_yet_valid" // token not valid yet (clock skew)
+	ReasonUnknownKey   = "unknown_key"   // signed by a key global does not trust
+	ReasonBadSignature = "bad_signature" // forged/altered token, or a non-EdDSA algorithm
+	ReasonZoneMismatch = "zone_mismatch" // token issued for another zone
+	ReasonMalformed    = "malformed"     // not a zone token
+	ReasonRateLimited  = "rate_limited"  // too many new sessions for this zone
+	ReasonInvalid      = "invalid"       // verifier error outside the token sentinels
 )
 
 // TokenVerifier checks a zone token against the zone a connection claims and
