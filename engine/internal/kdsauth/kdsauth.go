@@ -8,7 +8,10 @@
 // before the handler runs; a refused stream never reaches the handler. On
 // success the handler's context carries the token's subject, read with
 // IdentityFromContext: that, and never anything in the payload, is the zone
-// that resources from the session are attributed to.
+// that resources from the session are attributed to. (After a stream has
+// passed the interceptor its "kds-zone" metadata holds exactly one value,
+// equal to the identity, so a transport that reads the zone from metadata
+// reads the verified zone; IdentityFromContext is still the one to use.)
 //
 // The Authenticator also limits how many sessions each (verified) zone may
 // open per minute, so a zone in a reconnect loop cannot make global spend

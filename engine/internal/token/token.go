@@ -23,9 +23,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"regexp"
 	"strings"
 	"time"
-	"unicode"
 
 	"github.com/golang-jwt/jwt/v5"
 )
@@ -41,8 +41,8 @@ const (
 	// MaxTokenSize bounds the token a verifier parses; longer input is
 	// ErrMalformed without being decoded.
 	MaxTokenSize = 4096
-	// MaxZoneNameLength bounds a zone name in a token.
-	MaxZoneNameLength = 253
+	// MaxZoneNameLength bounds a zone name (a DNS label).
+	MaxZoneNameLength = 63
 
 	algEdDSA = "EdDSA"
 )
@@ -124,9 +124,8 @@ func (i *Issuer) PublicKey() ed25519.PublicKey {
 func (i *Issuer) KeyID() string { return i.kid }
 
 // Generate returns a token for zone, valid from now for validFor. validFor
-// must be positive: zone tokens always expire. The zone name must be a
-// non-empty printable string without whitespace, at most MaxZoneNameLength
-// bytes.
+// must be positive: zone tokens always expire. The zone name must pass
+// ValidateZoneName.
 func (i *Issuer) Generate(zone string, validFor time.Duration) (string, error) {
 	if err := ValidateZoneName(zone); err != nil {
 		return "", fmt.Errorf("generate token: %w", err)
@@ -156,19 +155,18 @@ func (i *Issuer) Generate(zone string, validFor time.Duration) (string, error) {
 	return signed, nil
 }
 
-// ValidateZoneName reports whether name can be the subject of a zone token:
-// non-empty, at most MaxZoneNameLength bytes, printable, no whitespace.
+// zoneNameRE is the zone name rule shared with the zone's --name: a DNS
+// label.
+var zoneNameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// ValidateZoneName reports whether name can be the subject of a zone token.
+// The rule is the one zones are named by: a DNS label, 1 to
+// MaxZoneNameLength lower-case letters, digits and '-', starting and ending
+// with a letter or digit.
 func ValidateZoneName(name string) error {
-	if name == "" {
-		return errors.New("zone name is empty")
-	}
-	if len(name) > MaxZoneNameLength {
-		return fmt.Errorf("zone name is %d bytes long, the limit is %d", len(name), MaxZoneNameLength)
-	}
-	for _, r := range name {
-		if r == unicode.ReplacementChar || !unicode.IsPrint(r) || unicode.IsSpace(r) {
-			return fmt.Errorf("zone name %q contains %q; use printable characters without spaces", name, r)
-		}
+	if !zoneNameRE.MatchString(name) {
+		return fmt.Errorf("zone name %q is not a DNS label (1-%d of a-z, 0-9 and '-', starting and ending with a letter or digit)",
+			name, MaxZoneNameLength)
 	}
 	return nil
 }

@@ -105,7 +105,7 @@ func TestGenerateRejectsBadInput(t *testing.T) {
 		require.Error(t, err)
 		assert.Contains(t, err.Error(), "must be positive")
 	}
-	for _, zone := range []string{"", "has space", "tab\t", "nl\n", "\x00", strings.Repeat("z", MaxZoneNameLength+1), "bad\xffutf8"} {
+	for _, zone := range []string{"", "has space", "tab\t", "nl\n", "\x00", strings.Repeat("z", MaxZoneNameLength+1), "bad\xffutf8", "Upper", "-lead", "trail-", "a.b", "a_b"} {
 		_, err := f.issuer.Generate(zone, time.Hour)
 		assert.Error(t, err, "zone %q", zone)
 	}
