@@ -189,3 +189,18 @@ func writeFile(t *testing.T, dir, name string, data []byte, mode os.FileMode) st
 	require.NoError(t, os.Chmod(path, mode)) // umask-independent
 	return path
 }
+
+// Keys made with "openssl genpkey -algorithm ed25519" and "openssl pkey
+// -pubout" (the rotation procedure in docs/security.md) load as they are.
+func TestOpenSSLKeysLoad(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("testdata", "openssl-ed25519-test-only.pem"))
+	require.NoError(t, err)
+	priv := writeFile(t, t.TempDir(), "signing.pem", data, 0o600)
+	key, err := LoadSigningKey(priv)
+	require.NoError(t, err)
+
+	pubs, err := LoadVerificationKeys(filepath.Join("testdata", "openssl-ed25519-test-only.pub"))
+	require.NoError(t, err)
+	require.Len(t, pubs, 1)
+	assert.True(t, pubs[0].Equal(key.Public()))
+}
