@@ -44,6 +44,9 @@ const (
 	// DefaultSessionsPerMinute is the default number of new sessions a zone
 	// may open per minute (also the burst).
 	DefaultSessionsPerMinute = 20
+	// DefaultRefusalLogsPerMinute is the default number of refused sessions
+	// logged per minute (also the burst).
+	DefaultRefusalLogsPerMinute = 120
 
 	bearerPrefix = "Bearer "
 	// maxLoggedZone bounds how much of an unverified claimed zone is logged
@@ -85,6 +88,7 @@ type Authenticator struct {
 	logger    hclog.Logger
 	onRefused func(zone, reason string)
 	limiter   *limiter
+	logLimit  *logLimiter
 }
 
 // Option configures an Authenticator.
@@ -109,9 +113,17 @@ func WithSessionsPerMinute(n int) Option {
 	return func(a *Authenticator) { a.limiter.perMinute = max(n, 0) }
 }
 
-// WithClock sets the clock of the rate limiter (default time.Now); for tests.
+// WithRefusalLogsPerMinute bounds how many refused sessions are logged per
+// minute (default DefaultRefusalLogsPerMinute; zero or negative: no bound).
+// Refusals over the bound are not logged one by one; the next logged refusal
+// carries how many were suppressed. OnRefused sees every refusal regardless.
+func WithRefusalLogsPerMinute(n int) Option {
+	return func(a *Authenticator) { a.logLimit.perMinute = max(n, 0) }
+}
+
+// WithClock sets the clock of the rate limiters (default time.Now); for tests.
 func WithClock(now func() time.Time) Option {
-	return func(a *Authenticator) { a.limiter.now = now }
+	return func(a *Authenticator) { a.limiter.now, a.logLimit.now = now, now }
 }
 
 // NewAuthenticator returns an Authenticator verifying tokens with verifier
@@ -129,6 +141,7 @@ func NewAuthenticator(verifier TokenVerifier, logger hclog.Logger, opts ...Optio
 		logger:    logger.Named("kdsauth"),
 		onRefused: func(string, string) {},
 		limiter:   &limiter{perMinute: DefaultSessionsPerMinute, now: time.Now, buckets: map[string]*bucket{}},
+		logLimit:  &logLimiter{perMinute: DefaultRefusalLogsPerMinute, now: time.Now},
 	}
 	for _, o := range opts {
 		o(a)
@@ -215,9 +228,45 @@ func (a *Authenticator) Authenticate(ctx context.Context, method string) (contex
 
 func (a *Authenticator) refuse(code codes.Code, claimed, peerAddr, method, reason, msg string) error {
 	zone := sanitizeZone(claimed)
-	a.logger.Warn("refused zone session", "zone", zone, "peer", peerAddr, "method", method, "reason", reason, "error", msg)
+	if log, suppressed := a.logLimit.take(); log {
+		args := []any{"zone", zone, "peer", peerAddr, "method", method, "reason", reason, "error", msg}
+		if suppressed > 0 {
+			args = append(args, "suppressed_since_last", suppressed)
+		}
+		a.logger.Warn("refused zone session", args...)
+	}
 	a.onRefused(zone, reason)
 	return status.Error(code, msg)
+}
+
+// logLimiter bounds how many refusals are logged per minute, so that
+// anybody who can reach the port cannot flood global's log. Refusals over
+// the limit are counted and the count is reported with the next logged one;
+// the OnRefused callback still sees every refusal.
+type logLimiter struct {
+	mu         sync.Mutex
+	perMinute  int
+	now        func() time.Time
+	b          bucket
+	suppressed int
+}
+
+func (l *logLimiter) take() (log bool, suppressed int) {
+	if l.perMinute <= 0 {
+		return true, 0
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.b.last.IsZero() {
+		l.b = bucket{tokens: float64(l.perMinute), last: l.now()}
+	}
+	if l.b.refill(l.now(), float64(l.perMinute)) < 1 {
+		l.suppressed++
+		return false, 0
+	}
+	l.b.tokens--
+	suppressed, l.suppressed = l.suppressed, 0
+	return true, suppressed
 }
 
 // bearerToken extracts the token from the authorization values. A missing

@@ -529,3 +529,20 @@ func TestTokenFileCredentials(t *testing.T) {
 	_, err = grpc.NewClient("127.0.0.1:1", grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithPerRPCCredentials(secure))
 	assert.Error(t, err, "gRPC refuses to combine these credentials with a plaintext connection")
 }
+
+func TestRefusalLogsAreBounded(t *testing.T) {
+	e := startEnv(t, WithRefusalLogsPerMinute(2))
+	for range 5 {
+		_, err := e.session(t, "zone-a", nil)
+		require.Error(t, err)
+	}
+	assert.Len(t, e.refused.all(), 5, "the callback sees every refusal")
+	assert.Equal(t, 2, strings.Count(e.logs.String(), "refused zone session"))
+
+	e.clock.Advance(time.Minute)
+	_, err := e.session(t, "zone-a", nil)
+	require.Error(t, err)
+	logs := e.logs.String()
+	assert.Equal(t, 3, strings.Count(logs, "refused zone session"))
+	assert.Contains(t, logs, "suppressed_since_last=3")
+}
