@@ -32,7 +32,7 @@ func TestSecurityDocMatchesCode(t *testing.T) {
 		has("| `"+r+"` |", "reason %s is missing from the refusals table", r)
 	}
 	has(fmt.Sprintf("| New sessions per minute, per zone | %d |", DefaultSessionsPerMinute), "default changed?")
-	has(fmt.Sprintf("at most %d refusals a\nminute are logged", DefaultRefusalLogsPerMinute), "default changed?")
+	has(fmt.Sprintf("at most %d refusals a minute are logged", DefaultRefusalLogsPerMinute), "default changed?")
 	has(fmt.Sprintf("exceeded its limit of %d new sessions per minute", DefaultSessionsPerMinute), "default changed?")
 	has(fmt.Sprintf("| Token size | %d KiB |", token.MaxTokenSize>>10), "default changed?")
 	has(fmt.Sprintf("`%dh`", int(token.DefaultValidity.Hours())), "default changed?")
