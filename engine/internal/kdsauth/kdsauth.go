@@ -196,8 +196,12 @@ func (a *Authenticator) Authenticate(ctx context.Context, method string) (contex
 		claimed = zones[0]
 	}
 	if len(zones) != 1 || claimed == "" {
-		msg := fmt.Sprintf("zone authentication failed (%s): the connection must name its zone exactly once in metadata %q, got %d values",
-			ReasonMissingZone, MetadataZone, len(zones))
+		got := fmt.Sprintf("got %d values", len(zones))
+		if len(zones) == 1 {
+			got = "got an empty value"
+		}
+		msg := fmt.Sprintf("zone authentication failed (%s): the connection must name its zone exactly once in metadata %q, %s",
+			ReasonMissingZone, MetadataZone, got)
 		return nil, a.refuse(codes.Unauthenticated, claimed, peerAddr, method, ReasonMissingZone, msg)
 	}
 

@@ -546,3 +546,10 @@ func TestRefusalLogsAreBounded(t *testing.T) {
 	assert.Equal(t, 3, strings.Count(logs, "refused zone session"))
 	assert.Contains(t, logs, "suppressed_since_last=3")
 }
+
+func TestEmptyClaimedZoneIsRefused(t *testing.T) {
+	e := startEnv(t)
+	_, err := e.session(t, "", nil, MetadataZone, "", MetadataAuthorization, "Bearer "+e.token(t, "zone-a"))
+	assertRefused(t, err, codes.Unauthenticated, ReasonMissingZone, "empty value")
+	assert.Zero(t, e.kds.calls.Load())
+}

@@ -24,6 +24,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -212,12 +213,13 @@ func NewVerifier(keys []ed25519.PublicKey, opts ...VerifierOption) (*Verifier, e
 	return v, nil
 }
 
-// KeyIDs returns the ids of the trusted keys, in no particular order.
+// KeyIDs returns the ids of the trusted keys, sorted.
 func (v *Verifier) KeyIDs() []string {
 	ids := make([]string, 0, len(v.keys))
 	for id := range v.keys {
 		ids = append(ids, id)
 	}
+	slices.Sort(ids)
 	return ids
 }
 
