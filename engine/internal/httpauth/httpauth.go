@@ -34,8 +34,12 @@ const (
 	bearerPrefix = "Bearer "
 )
 
-// PublicPaths are served without a token (exact path match).
-var PublicPaths = []string{"/healthz", "/readyz"}
+// publicPaths are served without a token (exact path match).
+var publicPaths = []string{"/healthz", "/readyz"}
+
+// PublicPaths returns the paths Middleware serves without a token (exact
+// match): /healthz and /readyz. The result is a copy.
+func PublicPaths() []string { return append([]string(nil), publicPaths...) }
 
 // ErrInsecureBind is returned (wrapped) by CheckBind when a non-loopback
 // address lacks TLS or a token.
@@ -49,7 +53,7 @@ type errorBody struct {
 
 // Middleware returns a handler that passes a request to next only if it
 // carries "Authorization: Bearer <token>" with exactly token (compared in
-// constant time), except for the PublicPaths which always pass. Other
+// constant time), except for the PublicPaths, which always pass. Other
 // requests get 401 with a JSON body {"code":"unauthenticated","message":...}
 // and a WWW-Authenticate header. An empty token refuses every non-public
 // request (fail closed). The returned handler is safe for concurrent use.
@@ -57,7 +61,7 @@ func Middleware(token string, next http.Handler) http.Handler {
 	want := sha256.Sum256([]byte(token))
 	configured := token != ""
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		for _, p := range PublicPaths {
+		for _, p := range publicPaths {
 			if r.URL.Path == p {
 				next.ServeHTTP(w, r)
 				return

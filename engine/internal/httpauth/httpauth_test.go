@@ -204,3 +204,10 @@ func TestCheckBind(t *testing.T) {
 	require.Error(t, err)
 	assert.NotErrorIs(t, err, ErrInsecureBind)
 }
+
+func TestPublicPathsIsACopy(t *testing.T) {
+	p := PublicPaths()
+	assert.Equal(t, []string{"/healthz", "/readyz"}, p)
+	p[0] = "/api/v1/resources"
+	assert.Equal(t, []string{"/healthz", "/readyz"}, PublicPaths())
+}
