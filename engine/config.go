@@ -57,4 +57,32 @@ type Config struct {
 
 	ReconnectBackoffBase time.Duration // default 500ms
 	ReconnectBackoffMax  time.Duration // default 30s
+
+	// Insecure turns off TLS on the KDS connection (both roles). Zone
+	// tokens are still required. Logged as a warning.
+	Insecure bool
+
+	// Global: the KDS listener's certificate and key, and the CA that signs
+	// zone client certificates (set: mTLS is required).
+	TLSCertFile, TLSKeyFile, ClientCAFile string
+	// Global: the Ed25519 key that signs zone tokens. Empty means
+	// DataDir/zone-token-signing.key, created (mode 0600) on first start.
+	TokenSigningKeyFile string
+	// Global: public keys (PEM) that verify zone tokens, for rotation. The
+	// signing key's public half is always trusted.
+	TokenVerificationKeyFiles []string
+	// Global: new sessions one zone may open per minute (default 20;
+	// negative: no limit).
+	SessionsPerMinute int
+	// Global: most resources one zone may hold per type (default 100000;
+	// negative: no limit). A response that would exceed it is NACKed.
+	MaxResourcesPerZoneType int
+
+	// Zone: CA that signs global's certificate, the zone's client
+	// certificate and key (for mTLS), and the file holding its token.
+	CAFile, CertFile, KeyFile, TokenFile string
+
+	// Admin API: bearer token file (required with a non-loopback
+	// APIAddress) and TLS certificate and key (likewise).
+	APITokenFile, APITLSCertFile, APITLSKeyFile string
 }

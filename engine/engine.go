@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -15,7 +16,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/kds-engine/kds-engine/engine/internal/guard"
 	"github.com/kds-engine/kds-engine/engine/internal/insights"
@@ -122,6 +122,12 @@ func (c Config) withDefaults() Config {
 	if c.KDSAddress == "" && c.Role == RoleGlobal {
 		c.KDSAddress = ":5685"
 	}
+	if c.SessionsPerMinute == 0 {
+		c.SessionsPerMinute = 20
+	}
+	if c.MaxResourcesPerZoneType == 0 {
+		c.MaxResourcesPerZoneType = 100000
+	}
 	return c
 }
 
@@ -214,6 +220,21 @@ func (e *Engine) Run(ctx context.Context) error {
 		kdssync.WithServerInsights(e.ins),
 		kdssync.WithServerMaxMessageSize(e.cfg.MaxMessageSize))
 
+	srv, apiTLS, err := e.apiServer(e.apiHandler())
+	if err != nil {
+		return err
+	}
+	var kdsSrvOpts []grpc.ServerOption
+	var kdsDialOpts []grpc.DialOption
+	if e.cfg.Role == RoleGlobal {
+		kdsSrvOpts, err = e.kdsServerOptions()
+	} else {
+		kdsDialOpts, err = e.kdsDialOptions()
+	}
+	if err != nil {
+		return err
+	}
+
 	apiLis, err := net.Listen("tcp", e.cfg.APIAddress)
 	if err != nil {
 		return fmt.Errorf("admin API listen on %s: %w", e.cfg.APIAddress, err)
@@ -247,13 +268,19 @@ func (e *Engine) Run(ctx context.Context) error {
 		return g.Wait()
 	}
 
-	srv := &http.Server{Handler: e.apiHandler(), ReadHeaderTimeout: 10 * time.Second}
 	g.Go(func() error {
-		if err := srv.Serve(apiLis); !errors.Is(err, http.ErrServerClosed) {
+		var err error
+		if apiTLS != nil {
+			err = srv.Serve(tls.NewListener(apiLis, apiTLS))
+		} else {
+			err = srv.Serve(apiLis)
+		}
+		if !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("admin API: %w", err)
 		}
 		return nil
 	})
+	g.Go(func() error { e.sampleEngine(gctx, 5*time.Second); return nil })
 	g.Go(func() error {
 		<-gctx.Done()
 		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -270,9 +297,9 @@ func (e *Engine) Run(ctx context.Context) error {
 	}
 	types := len(reg.Types())
 	if e.cfg.Role == RoleGlobal {
-		e.runGlobal(g, gctx, kdsLis, tcfg, types)
+		e.runGlobal(g, gctx, kdsLis, tcfg, types, kdsSrvOpts)
 	} else {
-		e.runZone(g, gctx, tcfg, types)
+		e.runZone(g, gctx, tcfg, types, kdsDialOpts)
 	}
 	close(e.started)
 	log.Info("running", "api", e.apiAddr, "kds", e.kdsAddr, "store", e.cfg.Store, "data_dir", e.cfg.DataDir)
@@ -334,26 +361,35 @@ func (e *Engine) feedIndex(ctx context.Context, s store.Store, ready chan<- stru
 // types and applying the peer's.
 func (e *Engine) runSync(ctx context.Context, peer, zone string, sess *mux.Session) error {
 	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { e.sampleSession(ctx, peer, sess); return nil })
 	g.Go(func() error { return e.server.Serve(ctx, sess.Server(), peer) })
 	g.Go(func() error {
-		c := kdssync.NewClient(e.received, &sink{s: e.store, zone: zone}, e.validator, peer, zone,
+		opts := []kdssync.ClientOption{
 			kdssync.WithClientLogger(e.log.Named("kds-client")),
-			kdssync.WithClientInsights(e.ins))
+			kdssync.WithClientInsights(e.ins),
+		}
+		if e.cfg.Role == RoleGlobal && e.cfg.MaxResourcesPerZoneType > 0 {
+			opts = append(opts, kdssync.WithMaxResourcesPerType(e.cfg.MaxResourcesPerZoneType))
+		}
+		c := kdssync.NewClient(e.received, &sink{s: e.store, zone: zone}, e.validator, peer, zone, opts...)
 		return c.Run(ctx, sess.Client())
 	})
 	return g.Wait()
 }
 
-func (e *Engine) runGlobal(g *errgroup.Group, ctx context.Context, lis net.Listener, tcfg kdsgrpc.Config, types int) {
+func (e *Engine) runGlobal(g *errgroup.Group, ctx context.Context, lis net.Listener, tcfg kdsgrpc.Config, types int, opts []grpc.ServerOption) {
 	glob := kdsgrpc.NewGlobal(types, func(ctx context.Context, zone string, s *mux.Session) error {
 		return e.runSync(ctx, zone, zone, s)
 	},
 		kdsgrpc.WithConfig(tcfg),
 		kdsgrpc.WithLogger(e.log),
 		kdsgrpc.WithSessionHooks(
-			func(ev kdsgrpc.SessionEvent) { e.ins.Connected(ev.Zone) },
-			func(ev kdsgrpc.SessionEvent) { e.ins.Disconnected(ev.Zone, ev.Err) }))
-	gs := kdsgrpc.NewServer(tcfg)
+			func(ev kdsgrpc.SessionEvent) { e.ins.Connected(ev.Zone); e.metrics.SessionStarted(ev.Zone) },
+			func(ev kdsgrpc.SessionEvent) {
+				e.ins.Disconnected(ev.Zone, ev.Err)
+				e.metrics.SessionEnded(ev.Zone, endReason(ev.Err))
+			}))
+	gs := kdsgrpc.NewServer(tcfg, opts...)
 	kdsv1.RegisterKDSServer(gs, glob)
 	g.Go(func() error {
 		if err := gs.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
@@ -369,7 +405,7 @@ func (e *Engine) runGlobal(g *errgroup.Group, ctx context.Context, lis net.Liste
 	})
 }
 
-func (e *Engine) runZone(g *errgroup.Group, ctx context.Context, tcfg kdsgrpc.Config, types int) {
+func (e *Engine) runZone(g *errgroup.Group, ctx context.Context, tcfg kdsgrpc.Config, types int, opts []grpc.DialOption) {
 	d := kdsgrpc.NewDialer(e.cfg.GlobalAddress, e.cfg.ZoneName, types,
 		func(ctx context.Context, s *mux.Session) error {
 			return e.runSync(ctx, GlobalPeer, "", s)
@@ -377,10 +413,18 @@ func (e *Engine) runZone(g *errgroup.Group, ctx context.Context, tcfg kdsgrpc.Co
 		kdsgrpc.WithConfig(tcfg),
 		kdsgrpc.WithLogger(e.log),
 		kdsgrpc.WithBackoff(kdsgrpc.Backoff{Base: e.cfg.ReconnectBackoffBase, Cap: e.cfg.ReconnectBackoffMax}),
-		kdsgrpc.WithDialOptions(grpc.WithTransportCredentials(insecure.NewCredentials())),
+		kdsgrpc.WithDialOptions(opts...),
 		kdsgrpc.WithSessionHooks(
-			func(kdsgrpc.SessionEvent) { e.setConnected(true); e.ins.Connected(GlobalPeer) },
-			func(ev kdsgrpc.SessionEvent) { e.setConnected(false); e.ins.Disconnected(GlobalPeer, ev.Err) }))
+			func(kdsgrpc.SessionEvent) {
+				e.setConnected(true)
+				e.ins.Connected(GlobalPeer)
+				e.metrics.SessionStarted(GlobalPeer)
+			},
+			func(ev kdsgrpc.SessionEvent) {
+				e.setConnected(false)
+				e.ins.Disconnected(GlobalPeer, ev.Err)
+				e.metrics.SessionEnded(GlobalPeer, endReason(ev.Err))
+			}))
 	g.Go(func() error { return d.Run(ctx) })
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"net"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -27,6 +28,9 @@ var (
 	builtinDir string // kds-plugin-policies, kds-plugin-dataplanes
 	lenientDir string // kds-plugin-synctest
 	strictDir  string // kds-plugin-synctest-strict
+
+	// TLS material for every test: a CA and a certificate for localhost.
+	caFile, certFile, keyFile string
 )
 
 func TestMain(m *testing.M) {
@@ -59,6 +63,9 @@ func buildPluginsAndRun(m *testing.M) (int, error) {
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return 0, fmt.Errorf("build %s: %w\n%s", b.pkg, err, out)
 		}
+	}
+	if caFile, certFile, keyFile, _, err = GenerateDemoPKI(filepath.Join(tmp, "pki"), nil); err != nil {
+		return 0, err
 	}
 	code := m.Run()
 	if code == 0 {
@@ -103,6 +110,9 @@ func startNode(t *testing.T, cfg Config) *node {
 	cfg.APIAddress = "127.0.0.1:0"
 	if cfg.Role == RoleGlobal {
 		cfg.KDSAddress = "127.0.0.1:0"
+		cfg.TLSCertFile, cfg.TLSKeyFile = certFile, keyFile
+	} else {
+		cfg.CAFile = caFile
 	}
 	cfg.ReconnectBackoffBase = 50 * time.Millisecond
 	cfg.ReconnectBackoffMax = 500 * time.Millisecond
@@ -128,7 +138,32 @@ func startGlobal(t *testing.T, plugins string) *node {
 }
 
 func startZone(t *testing.T, name string, g *node, plugins, dataDir string) *node {
-	return startNode(t, Config{Role: RoleZone, ZoneName: name, GlobalAddress: g.e.KDSAddr().String(), PluginsDir: plugins, DataDir: dataDir})
+	return startNode(t, zoneConfig(t, name, g, Config{PluginsDir: plugins, DataDir: dataDir}))
+}
+
+// zoneConfig completes cfg for zone name connecting to g with a token
+// signed by g.
+func zoneConfig(t *testing.T, name string, g *node, cfg Config) Config {
+	t.Helper()
+	cfg.Role, cfg.ZoneName = RoleZone, name
+	cfg.GlobalAddress = "localhost:" + portOf(g.e.KDSAddr().String())
+	cfg.TokenFile = zoneToken(t, g, name)
+	return cfg
+}
+
+func portOf(addr string) string {
+	_, p, _ := net.SplitHostPort(addr)
+	return p
+}
+
+// zoneToken writes a token for zone signed by g's key and returns its file.
+func zoneToken(t *testing.T, g *node, zone string) string {
+	t.Helper()
+	tok, err := GenerateZoneToken(g.e.cfg.DataDir, "", zone, time.Hour)
+	require.NoError(t, err)
+	path := filepath.Join(t.TempDir(), zone+".token")
+	require.NoError(t, os.WriteFile(path, []byte(tok), 0o600))
+	return path
 }
 
 func create(t *testing.T, n *node, r *resource.Resource) *resource.Resource {
@@ -259,7 +294,11 @@ func TestResumeWithUnchangedStateReceivesNothing(t *testing.T) {
 	}
 	create(t, z, dataplane("web-1", "10.0.0.1"))
 	eventually(t, func() bool { return len(list(z, "MeshTimeout")) == 20 }, "initial sync")
-	eventually(t, func() bool { return len(list(g, "Dataplane")) == 1 }, "dataplane up")
+	eventually(t, func() bool { return zoneType(g, "zone-1", "Dataplane").ResourcesReceived == 1 }, "dataplane up")
+	eventually(t, func() bool {
+		st, _ := z.e.Insights().Get(GlobalPeer)
+		return st.Types["MeshTimeout"].ResourcesReceived == 20
+	}, "zone recorded the initial sync")
 	sentBefore := zoneType(g, "zone-1", "MeshTimeout").ResourcesSent
 	receivedBefore := zoneType(g, "zone-1", "Dataplane").ResourcesReceived
 	z.stop()
@@ -358,8 +397,7 @@ func TestLargeUpdateIsSplitAcrossMessages(t *testing.T) {
 		r.Spec = spec(map[string]any{"pad": strings.Repeat("x", 40<<10)})
 		create(t, g, r)
 	}
-	z := startNode(t, Config{Role: RoleZone, ZoneName: "zone-1", GlobalAddress: g.e.KDSAddr().String(), PluginsDir: lenientDir,
-		MaxMessageSize: 256 << 10, MaxResourceSize: 64 << 10})
+	z := startNode(t, zoneConfig(t, "zone-1", g, Config{PluginsDir: lenientDir, MaxMessageSize: 256 << 10, MaxResourceSize: 64 << 10}))
 	eventually(t, func() bool { return len(list(z, "SyncPolicy")) == n }, "all arrive")
 	assert.GreaterOrEqual(t, zoneType(g, "zone-1", "SyncPolicy").ResponsesSent, uint64(7), "1.6 MB in 256 KiB messages")
 }
@@ -377,7 +415,9 @@ func TestBothDirectionsLargeInitialSync(t *testing.T) {
 		create(t, g, r)
 	}
 	// Fill the zone's store offline through a zone engine without a global.
-	zOff := startNode(t, Config{Role: RoleZone, ZoneName: "zone-1", GlobalAddress: "127.0.0.1:1", PluginsDir: lenientDir, DataDir: zoneData})
+	offCfg := zoneConfig(t, "zone-1", g, Config{PluginsDir: lenientDir, DataDir: zoneData})
+	offCfg.GlobalAddress = "localhost:1"
+	zOff := startNode(t, offCfg)
 	for i := range n {
 		create(t, zOff, &resource.Resource{Type: "SyncStatus", Mesh: "default", Name: fmt.Sprintf("s-%d", i), Spec: spec(map[string]any{"pad": pad})})
 	}

@@ -66,6 +66,7 @@ type Metrics struct {
 	pluginRestarts   *prometheus.CounterVec
 	pluginUp         *prometheus.GaugeVec
 	validation       *prometheus.HistogramVec
+	authRefused      *prometheus.CounterVec
 }
 
 // New creates the collectors and registers them with reg. A nil reg
@@ -132,6 +133,9 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 			Help:    "Time to validate one batch of resources through a plugin.",
 			Buckets: []float64{.0001, .0005, .001, .005, .01, .05, .1, .5, 1, 5},
 		}, []string{"plugin"}),
+		authRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kds_auth_refused_total", Help: "Zone sessions refused by authentication or the session rate limit, by reason.",
+		}, []string{"reason"}),
 	}
 	if reg == nil {
 		return m, nil
@@ -154,7 +158,7 @@ func (m *Metrics) collectors() []prometheus.Collector {
 		m.bufferMessages, m.bufferCapacity, m.sendDuration, m.sendTimeouts,
 		m.sessionsStarted, m.sessionsEnded, m.sessionConnected,
 		m.responsesSent, m.responsesACKed, m.responsesNACKed,
-		m.resources, m.pluginRestarts, m.pluginUp, m.validation,
+		m.resources, m.pluginRestarts, m.pluginUp, m.validation, m.authRefused,
 	}
 }
 
@@ -167,6 +171,29 @@ func (m *Metrics) ObserveSend(zone string, stream Stream, bytes int, d time.Dura
 	m.messagesSent.WithLabelValues(zone, string(stream)).Inc()
 	m.bytesSent.WithLabelValues(zone, string(stream)).Add(float64(bytes))
 	m.sendDuration.WithLabelValues(zone, string(stream)).Observe(d.Seconds())
+}
+
+// AddTraffic adds counts sampled from a session's own counters: messages
+// and bytes sent and received on stream since the previous sample.
+func (m *Metrics) AddTraffic(zone string, stream Stream, msgsSent, bytesSent, msgsRecv, bytesRecv uint64) {
+	if m == nil {
+		return
+	}
+	m.messagesSent.WithLabelValues(zone, string(stream)).Add(float64(msgsSent))
+	m.bytesSent.WithLabelValues(zone, string(stream)).Add(float64(bytesSent))
+	m.messagesReceived.WithLabelValues(zone, string(stream)).Add(float64(msgsRecv))
+	m.bytesReceived.WithLabelValues(zone, string(stream)).Add(float64(bytesRecv))
+}
+
+// AddResponses adds per-type response counts sampled since the previous
+// sample.
+func (m *Metrics) AddResponses(zone, typ string, sent, acked, nacked uint64) {
+	if m == nil {
+		return
+	}
+	m.responsesSent.WithLabelValues(zone, typ).Add(float64(sent))
+	m.responsesACKed.WithLabelValues(zone, typ).Add(float64(acked))
+	m.responsesNACKed.WithLabelValues(zone, typ).Add(float64(nacked))
 }
 
 // MessageReceived records one message received for stream.
@@ -279,6 +306,15 @@ func (m *Metrics) PluginRestarted(plugin string) {
 		return
 	}
 	m.pluginRestarts.WithLabelValues(plugin).Add(1)
+}
+
+// AuthRefused counts a zone session refused for reason (one of the fixed
+// kdsauth reasons, so the label stays bounded).
+func (m *Metrics) AuthRefused(reason string) {
+	if m == nil {
+		return
+	}
+	m.authRefused.WithLabelValues(reason).Add(1)
 }
 
 // SetPluginUp records whether plugin is running and serving, and creates the

@@ -31,6 +31,7 @@ func touchAll(m *Metrics) {
 	m.ResponseACKed("zone-1", "MeshTimeout")
 	m.ResponseNACKed("zone-1", "MeshTimeout")
 	m.SetResources("MeshTimeout", 7)
+	m.AuthRefused("expired")
 	m.PluginRestarted("policies")
 	m.SetPluginUp("policies", true)
 	m.ObserveValidation("policies", time.Millisecond)

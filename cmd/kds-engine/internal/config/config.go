@@ -53,6 +53,25 @@ type Config struct {
 
 	LogLevel  string `json:"logLevel"`
 	LogFormat string `json:"logFormat"`
+
+	Insecure bool `json:"insecure,omitempty"`
+
+	TLSCertFile               string   `json:"tlsCertFile,omitempty"`               // global
+	TLSKeyFile                string   `json:"tlsKeyFile,omitempty"`                // global
+	ClientCAFile              string   `json:"clientCAFile,omitempty"`              // global
+	TokenSigningKeyFile       string   `json:"tokenSigningKeyFile,omitempty"`       // global
+	TokenVerificationKeyFiles []string `json:"tokenVerificationKeyFiles,omitempty"` // global
+	SessionsPerMinute         int      `json:"sessionsPerMinute,omitempty"`         // global
+	MaxResourcesPerZoneType   int      `json:"maxResourcesPerZoneType,omitempty"`   // global
+
+	CAFile    string `json:"caFile,omitempty"`    // zone
+	CertFile  string `json:"certFile,omitempty"`  // zone
+	KeyFile   string `json:"keyFile,omitempty"`   // zone
+	TokenFile string `json:"tokenFile,omitempty"` // zone
+
+	APITokenFile   string `json:"apiTokenFile,omitempty"`
+	APITLSCertFile string `json:"apiTLSCertFile,omitempty"`
+	APITLSKeyFile  string `json:"apiTLSKeyFile,omitempty"`
 }
 
 // Setting describes one setting.
@@ -128,6 +147,45 @@ var Settings = []Setting{
 		Usage: "log level", set: func(c *Config, v string) error { c.LogLevel = strings.ToLower(strings.TrimSpace(v)); return nil }},
 	{Flag: "log-format", Kind: "string", Key: "logFormat", Global: true, Zone: true, Default: fixed("text"), Accepted: "text, json",
 		Usage: "log format", set: func(c *Config, v string) error { c.LogFormat = strings.ToLower(strings.TrimSpace(v)); return nil }},
+	{Flag: "insecure", Kind: "bool", Key: "insecure", Global: true, Zone: true, Default: fixed("false"), Accepted: "true, false",
+		Usage: "run the KDS connection without TLS (zone tokens are still required)", set: func(c *Config, v string) error { return setBool(&c.Insecure, v) }},
+	{Flag: "tls-cert-file", Kind: "string", Key: "tlsCertFile", Global: true, Default: fixed(""), Accepted: "a PEM certificate file",
+		Usage: "certificate of the KDS listener (required unless --insecure)", set: func(c *Config, v string) error { c.TLSCertFile = v; return nil }},
+	{Flag: "tls-key-file", Kind: "string", Key: "tlsKeyFile", Global: true, Default: fixed(""), Accepted: "a PEM private key file",
+		Usage: "private key of the KDS listener (required unless --insecure)", set: func(c *Config, v string) error { c.TLSKeyFile = v; return nil }},
+	{Flag: "client-ca-file", Kind: "string", Key: "clientCAFile", Global: true, Default: fixed(""), Accepted: "a PEM CA file",
+		Usage: "CA that signs zone client certificates; set to require mTLS", set: func(c *Config, v string) error { c.ClientCAFile = v; return nil }},
+	{Flag: "token-signing-key-file", Kind: "string", Key: "tokenSigningKeyFile", Global: true, Default: fixed(""), Accepted: "a PEM PKCS#8 Ed25519 private key file, mode 0600",
+		Usage: "key that signs zone tokens (default: DATA_DIR/zone-token-signing.key, created on first start)", set: func(c *Config, v string) error { c.TokenSigningKeyFile = v; return nil }},
+	{Flag: "token-verification-key-files", Kind: "list", Key: "tokenVerificationKeyFiles", Global: true, Default: fixed(""), Accepted: "comma-separated PEM public key files",
+		Usage: "extra public keys that verify zone tokens, for key rotation (comma list)", set: func(c *Config, v string) error { c.TokenVerificationKeyFiles = splitList(v); return nil }},
+	{Flag: "sessions-per-minute", Kind: "int", Key: "sessionsPerMinute", Global: true, Default: fixed("20"), Accepted: "a positive integer, or -1 for no limit",
+		Usage: "new sessions one zone may open per minute", set: func(c *Config, v string) error { return setInt(&c.SessionsPerMinute, v) }},
+	{Flag: "max-resources-per-zone-type", Kind: "int", Key: "maxResourcesPerZoneType", Global: true, Default: fixed("100000"), Accepted: "a positive integer, or -1 for no limit",
+		Usage: "most resources of one type a zone may sync to global (beyond: NACK)", set: func(c *Config, v string) error { return setInt(&c.MaxResourcesPerZoneType, v) }},
+	{Flag: "ca-file", Kind: "string", Key: "caFile", Zone: true, Default: fixed(""), Accepted: "a PEM CA file",
+		Usage: "CA that signed global's certificate (required unless --insecure)", set: func(c *Config, v string) error { c.CAFile = v; return nil }},
+	{Flag: "cert-file", Kind: "string", Key: "certFile", Zone: true, Default: fixed(""), Accepted: "a PEM certificate file",
+		Usage: "this zone's client certificate, when global requires mTLS", set: func(c *Config, v string) error { c.CertFile = v; return nil }},
+	{Flag: "key-file", Kind: "string", Key: "keyFile", Zone: true, Default: fixed(""), Accepted: "a PEM private key file",
+		Usage: "private key of --cert-file", set: func(c *Config, v string) error { c.KeyFile = v; return nil }},
+	{Flag: "token-file", Kind: "string", Key: "tokenFile", Zone: true, Default: fixed(""), Accepted: "a file with the zone token, mode 0600",
+		Usage: "this zone's token, from `kds-engine token generate` on global (required)", set: func(c *Config, v string) error { c.TokenFile = v; return nil }},
+	{Flag: "api-token-file", Kind: "string", Key: "apiTokenFile", Global: true, Zone: true, Default: fixed(""), Accepted: "a file with a bearer token of at least 16 characters, mode 0600",
+		Usage: "bearer token the admin API requires (required with a non-loopback --api-addr)", set: func(c *Config, v string) error { c.APITokenFile = v; return nil }},
+	{Flag: "api-tls-cert-file", Kind: "string", Key: "apiTLSCertFile", Global: true, Zone: true, Default: fixed(""), Accepted: "a PEM certificate file",
+		Usage: "certificate of the admin API (required with a non-loopback --api-addr)", set: func(c *Config, v string) error { c.APITLSCertFile = v; return nil }},
+	{Flag: "api-tls-key-file", Kind: "string", Key: "apiTLSKeyFile", Global: true, Zone: true, Default: fixed(""), Accepted: "a PEM private key file",
+		Usage: "private key of --api-tls-cert-file", set: func(c *Config, v string) error { c.APITLSKeyFile = v; return nil }},
+}
+
+func setBool(dst *bool, v string) error {
+	b, err := strconv.ParseBool(strings.TrimSpace(v))
+	if err != nil {
+		return fmt.Errorf("%q is not a boolean (true or false)", v)
+	}
+	*dst = b
+	return nil
 }
 
 // For reports whether role takes s.
@@ -399,6 +457,32 @@ func (c *Config) Validate() error {
 		if _, err := checkHostPort(c.KDSAddr); err != nil {
 			bad("kds-addr", "%q: %v", c.KDSAddr, err)
 		}
+		if !c.Insecure && c.TLSCertFile == "" {
+			bad("tls-cert-file", "required unless --insecure")
+		}
+		if !c.Insecure && c.TLSKeyFile == "" {
+			bad("tls-key-file", "required unless --insecure")
+		}
+		if c.SessionsPerMinute == 0 || c.SessionsPerMinute < -1 {
+			bad("sessions-per-minute", "%d is out of range", c.SessionsPerMinute)
+		}
+		if c.MaxResourcesPerZoneType == 0 || c.MaxResourcesPerZoneType < -1 {
+			bad("max-resources-per-zone-type", "%d is out of range", c.MaxResourcesPerZoneType)
+		}
+	}
+	if c.Role == engine.RoleZone {
+		if !c.Insecure && c.CAFile == "" {
+			bad("ca-file", "required unless --insecure")
+		}
+		if (c.CertFile == "") != (c.KeyFile == "") {
+			bad("cert-file", "--cert-file and --key-file go together")
+		}
+		if c.TokenFile == "" {
+			bad("token-file", "required: generate a token on global with `kds-engine token generate --zone %s`", c.Name)
+		}
+	}
+	if (c.APITLSCertFile == "") != (c.APITLSKeyFile == "") {
+		bad("api-tls-cert-file", "--api-tls-cert-file and --api-tls-key-file go together")
 	}
 	if c.PluginsDir == "" {
 		bad("plugins-dir", "must not be empty")
@@ -478,15 +562,25 @@ func (c *Config) Engine() engine.Config {
 		MaxResourceSize:  int(c.MaxResourceSize),
 		KeepaliveTime:    c.KeepaliveTime,
 		KeepaliveTimeout: c.KeepaliveTimeout,
+		Insecure:         c.Insecure,
+		APITokenFile:     c.APITokenFile,
+		APITLSCertFile:   c.APITLSCertFile,
+		APITLSKeyFile:    c.APITLSKeyFile,
 	}
 	switch c.Role {
 	case engine.RoleGlobal:
 		ec.KDSAddress = c.KDSAddr
+		ec.TLSCertFile, ec.TLSKeyFile, ec.ClientCAFile = c.TLSCertFile, c.TLSKeyFile, c.ClientCAFile
+		ec.TokenSigningKeyFile = c.TokenSigningKeyFile
+		ec.TokenVerificationKeyFiles = slices.Clone(c.TokenVerificationKeyFiles)
+		ec.SessionsPerMinute = c.SessionsPerMinute
+		ec.MaxResourcesPerZoneType = c.MaxResourcesPerZoneType
 	case engine.RoleZone:
 		ec.ZoneName = c.Name
 		ec.GlobalAddress = c.Global
 		ec.ReconnectBackoffBase = c.ReconnectBackoffBase
 		ec.ReconnectBackoffMax = c.ReconnectBackoffMax
+		ec.CAFile, ec.CertFile, ec.KeyFile, ec.TokenFile = c.CAFile, c.CertFile, c.KeyFile, c.TokenFile
 	}
 	return ec
 }

@@ -1,0 +1,137 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/kds-engine/kds-engine/engine/internal/insights"
+	"github.com/kds-engine/kds-engine/engine/internal/metrics"
+	"github.com/kds-engine/kds-engine/engine/internal/mux"
+	"github.com/kds-engine/kds-engine/engine/internal/plugin"
+)
+
+// sessionSampleInterval is how often a session's own counters are copied to
+// the Prometheus metrics.
+const sessionSampleInterval = time.Second
+
+// streams returns the metric names of a session's serving and subscribing
+// logical streams on this side.
+func (e *Engine) streams() (server, client metrics.Stream) {
+	if e.cfg.Role == RoleGlobal {
+		return metrics.StreamGlobalToZone, metrics.StreamZoneToGlobal
+	}
+	return metrics.StreamZoneToGlobal, metrics.StreamGlobalToZone
+}
+
+// sampleSession copies sess's counters to the metrics under peer every
+// second until ctx ends, then once more.
+func (e *Engine) sampleSession(ctx context.Context, peer string, sess *mux.Session) {
+	srvName, cliName := e.streams()
+	e.metrics.SetSendBufferCapacity(peer, srvName, sess.Capacity())
+	e.metrics.SetSendBufferCapacity(peer, cliName, sess.Capacity())
+	var last mux.Stats
+	sample := func() {
+		st := sess.Stats()
+		for _, s := range []struct {
+			name      metrics.Stream
+			now, prev mux.StreamStats
+		}{{srvName, st.Server, last.Server}, {cliName, st.Client, last.Client}} {
+			e.metrics.AddTraffic(peer, s.name,
+				s.now.MessagesSent-s.prev.MessagesSent, s.now.BytesSent-s.prev.BytesSent,
+				s.now.MessagesReceived-s.prev.MessagesReceived, s.now.BytesReceived-s.prev.BytesReceived)
+			e.metrics.SetSendBuffer(peer, s.name, s.now.SendBufferLen)
+		}
+		if st.SendTimeouts > last.SendTimeouts {
+			e.metrics.SendTimeout(peer)
+		}
+		last = st
+	}
+	t := time.NewTicker(sessionSampleInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			sample()
+			return
+		case <-t.C:
+			sample()
+		}
+	}
+}
+
+// sampleEngine refreshes engine-wide metrics (plugins, resources, responses
+// per type) every interval until ctx ends.
+func (e *Engine) sampleEngine(ctx context.Context, interval time.Duration) {
+	restarts := map[string]int{}
+	type key struct{ peer, typ string }
+	responses := map[key]insights.TypeState{}
+	sample := func() {
+		for _, p := range e.host.Plugins() {
+			if d := p.Restarts - restarts[p.Name]; d > 0 {
+				for range d {
+					e.metrics.PluginRestarted(p.Name)
+				}
+			}
+			restarts[p.Name] = p.Restarts
+			e.metrics.SetPluginUp(p.Name, p.State == plugin.StateRunning)
+		}
+		held := map[string]int{}
+		for _, t := range e.served {
+			held[t] = e.ix.Len(t)
+		}
+		for _, c := range e.ins.List() {
+			for typ, ts := range c.Types {
+				k := key{c.Name, typ}
+				prev := responses[k]
+				if ts.ResponsesSent >= prev.ResponsesSent && ts.ResponsesACKed >= prev.ResponsesACKed && ts.ResponsesNACKed >= prev.ResponsesNACKed {
+					e.metrics.AddResponses(c.Name, typ, ts.ResponsesSent-prev.ResponsesSent, ts.ResponsesACKed-prev.ResponsesACKed, ts.ResponsesNACKed-prev.ResponsesNACKed)
+				}
+				responses[k] = ts
+				if _, served := held[typ]; !served {
+					held[typ] += ts.ResourcesHeld
+				}
+			}
+		}
+		for typ, n := range held {
+			e.metrics.SetResources(typ, n)
+		}
+	}
+	sample()
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			sample()
+		}
+	}
+}
+
+// endReason classifies why a session ended for kds_sessions_ended_total.
+func endReason(err error) metrics.EndReason {
+	switch {
+	case err == nil:
+		return metrics.ReasonOther
+	case errors.Is(err, mux.ErrSendTimeout):
+		return metrics.ReasonSendTimeout
+	case errors.Is(err, mux.ErrBufferFull), errors.Is(err, mux.ErrInboundFull):
+		return metrics.ReasonBufferFull
+	case errors.Is(err, context.Canceled):
+		return metrics.ReasonShutdown
+	case errors.Is(err, io.EOF), errors.Is(err, mux.ErrSessionClosed):
+		return metrics.ReasonPeerClosed
+	}
+	msg := err.Error()
+	switch {
+	case strings.Contains(msg, "keepalive"):
+		return metrics.ReasonKeepalive
+	case strings.Contains(msg, "Unauthenticated"):
+		return metrics.ReasonAuth
+	}
+	return metrics.ReasonOther
+}

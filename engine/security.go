@@ -1,0 +1,174 @@
+package engine
+
+import (
+	"crypto/ed25519"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"path/filepath"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/kds-engine/kds-engine/engine/internal/httpauth"
+	"github.com/kds-engine/kds-engine/engine/internal/kdsauth"
+	"github.com/kds-engine/kds-engine/engine/internal/tlsutil"
+	"github.com/kds-engine/kds-engine/engine/internal/token"
+)
+
+// DefaultTokenValidity is how long a zone token is valid unless told.
+const DefaultTokenValidity = token.DefaultValidity
+
+// SigningKeyFile is where global keeps its token signing key unless told.
+func SigningKeyFile(dataDir, configured string) string {
+	if configured != "" {
+		return configured
+	}
+	return filepath.Join(dataDir, "zone-token-signing.key")
+}
+
+// signingKey loads the signing key: a configured file must exist; the
+// default one in the data dir is created on first use.
+func signingKey(dataDir, configured string) (ed25519.PrivateKey, error) {
+	path := SigningKeyFile(dataDir, configured)
+	if configured != "" {
+		return token.LoadSigningKey(path)
+	}
+	key, _, err := token.LoadOrCreateSigningKey(path)
+	return key, err
+}
+
+// GenerateZoneToken signs a token for zone with global's signing key (the
+// one in dataDir unless signingKeyFile is set), valid for validFor.
+func GenerateZoneToken(dataDir, signingKeyFile, zone string, validFor time.Duration) (string, error) {
+	key, err := signingKey(dataDir, signingKeyFile)
+	if err != nil {
+		return "", err
+	}
+	iss, err := token.NewIssuer(key)
+	if err != nil {
+		return "", err
+	}
+	return iss.Generate(zone, validFor)
+}
+
+// GenerateDemoPKI writes a CA, a server certificate for localhost and client
+// certificates for zones into dir, for demos and tests. It returns the CA,
+// server certificate and key file paths, and each client's certificate and
+// key files.
+func GenerateDemoPKI(dir string, zones []string) (ca, cert, key string, clients map[string][2]string, err error) {
+	pki, err := tlsutil.GeneratePKI(dir, []string{"localhost", "127.0.0.1", "::1"}, zones)
+	if err != nil {
+		return "", "", "", nil, err
+	}
+	clients = map[string][2]string{}
+	for z, kp := range pki.Clients {
+		clients[z] = [2]string{kp.CertFile, kp.KeyFile}
+	}
+	return pki.CAFile, pki.Server.CertFile, pki.Server.KeyFile, clients, nil
+}
+
+// kdsServerOptions returns global's TLS credentials and zone authentication.
+func (e *Engine) kdsServerOptions() ([]grpc.ServerOption, error) {
+	var opts []grpc.ServerOption
+	if e.cfg.Insecure {
+		e.log.Warn("KDS port runs WITHOUT TLS (--insecure): zone tokens travel in plaintext; use only on a trusted network")
+	} else {
+		if e.cfg.TLSCertFile == "" || e.cfg.TLSKeyFile == "" {
+			return nil, errors.New("KDS TLS: set --tls-cert-file and --tls-key-file (or --insecure to run without TLS)")
+		}
+		tc, err := tlsutil.ServerConfig(e.cfg.TLSCertFile, e.cfg.TLSKeyFile, e.cfg.ClientCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("KDS TLS: %w", err)
+		}
+		opts = append(opts, grpc.Creds(credentials.NewTLS(tc)))
+	}
+	key, err := signingKey(e.cfg.DataDir, e.cfg.TokenSigningKeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("zone token signing key: %w", err)
+	}
+	keys := []ed25519.PublicKey{key.Public().(ed25519.PublicKey)}
+	if len(e.cfg.TokenVerificationKeyFiles) > 0 {
+		more, err := token.LoadVerificationKeys(e.cfg.TokenVerificationKeyFiles...)
+		if err != nil {
+			return nil, fmt.Errorf("zone token verification keys: %w", err)
+		}
+		keys = append(keys, more...)
+	}
+	v, err := token.NewVerifier(keys)
+	if err != nil {
+		return nil, fmt.Errorf("zone token verifier: %w", err)
+	}
+	auth, err := kdsauth.NewAuthenticator(v, e.log,
+		kdsauth.WithSessionsPerMinute(e.cfg.SessionsPerMinute),
+		kdsauth.WithOnRefused(func(_, reason string) { e.metrics.AuthRefused(reason) }))
+	if err != nil {
+		return nil, err
+	}
+	return append(opts, grpc.StreamInterceptor(auth.StreamInterceptor()), grpc.UnaryInterceptor(auth.UnaryInterceptor())), nil
+}
+
+// kdsDialOptions returns the zone's TLS credentials and token.
+func (e *Engine) kdsDialOptions() ([]grpc.DialOption, error) {
+	if e.cfg.TokenFile == "" {
+		return nil, errors.New("zone token: set --token-file (generate one on global with `kds-engine token generate --zone " + e.cfg.ZoneName + "`)")
+	}
+	var copts []kdsauth.CredentialsOption
+	var opts []grpc.DialOption
+	if e.cfg.Insecure {
+		e.log.Warn("connecting to global WITHOUT TLS (--insecure): the zone token travels in plaintext")
+		copts = append(copts, kdsauth.WithInsecureTransport())
+		opts = append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	} else {
+		if e.cfg.CAFile == "" {
+			return nil, errors.New("KDS TLS: set --ca-file to the CA that signed global's certificate (or --insecure to run without TLS)")
+		}
+		host, _, err := net.SplitHostPort(e.cfg.GlobalAddress)
+		if err != nil {
+			return nil, fmt.Errorf("global address %q: %w", e.cfg.GlobalAddress, err)
+		}
+		tc, err := tlsutil.ClientConfig(e.cfg.CAFile, e.cfg.CertFile, e.cfg.KeyFile, host)
+		if err != nil {
+			return nil, fmt.Errorf("KDS TLS: %w", err)
+		}
+		opts = append(opts, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+	}
+	creds, err := kdsauth.NewTokenFileCredentials(e.cfg.TokenFile, copts...)
+	if err != nil {
+		return nil, fmt.Errorf("zone token: %w", err)
+	}
+	return append(opts, grpc.WithPerRPCCredentials(creds)), nil
+}
+
+// apiServer wraps the admin API with its token and TLS as configured, and
+// refuses a network-reachable bind without both.
+func (e *Engine) apiServer(h http.Handler) (*http.Server, *tls.Config, error) {
+	tok := ""
+	if e.cfg.APITokenFile != "" {
+		var err error
+		if tok, err = httpauth.LoadTokenFile(e.cfg.APITokenFile); err != nil {
+			return nil, nil, fmt.Errorf("admin API token: %w", err)
+		}
+	}
+	tlsOn := e.cfg.APITLSCertFile != "" || e.cfg.APITLSKeyFile != ""
+	if err := httpauth.CheckBind(e.cfg.APIAddress, tlsOn, tok); err != nil {
+		return nil, nil, err
+	}
+	if tok != "" {
+		h = httpauth.Middleware(tok, h)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	if !tlsOn {
+		return srv, nil, nil
+	}
+	tc, err := tlsutil.ServerConfig(e.cfg.APITLSCertFile, e.cfg.APITLSKeyFile, "")
+	if err != nil {
+		return nil, nil, fmt.Errorf("admin API TLS: %w", err)
+	}
+	return srv, tc, nil
+}
+
