@@ -424,3 +424,40 @@ func TestDialerBackoffResetsAfterStableSession(t *testing.T) {
 	assert.Less(t, gap(2), 150*time.Millisecond, "reset after a stable session")
 	assert.GreaterOrEqual(t, gap(3), 100*time.Millisecond)
 }
+
+// Global.Wait joins the session goroutines even when the sync handler is
+// slow to return after its session ended.
+func TestGlobalWaitJoinsSlowHandlers(t *testing.T) {
+	before := goleak.IgnoreCurrent()
+	started := make(chan struct{})
+	var returned atomic.Bool
+	g := NewGlobal(1, func(ctx context.Context, _ string, _ *mux.Session) error {
+		close(started)
+		<-ctx.Done()
+		time.Sleep(time.Second)
+		returned.Store(true)
+		return nil
+	})
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	srv := NewServer(Config{})
+	kdsv1.RegisterKDSServer(srv, g)
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		_ = srv.Serve(lis)
+	}()
+	ctx, cancel := context.WithCancel(context.Background())
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	_, err = kdsv1.NewKDSClient(conn).Session(metadata.AppendToOutgoingContext(ctx, ZoneMetadataKey, "zone-1"))
+	require.NoError(t, err)
+	<-started
+	cancel()
+	require.NoError(t, conn.Close())
+	srv.Stop()
+	<-served
+	g.Wait()
+	assert.True(t, returned.Load(), "Wait returned before the handler did")
+	goleak.VerifyNone(t, before)
+}
