@@ -57,6 +57,7 @@ func (g *Global) Session(stream kdsv1.KDS_SessionServer) error {
 		mux.WithLogger(log),
 		mux.WithAbort(func() { close(release) })) // mux calls abort once
 	sess := mux.NewSession(stream, g.types, opts...)
+	log.Info("session started", "capacity", sess.Capacity())
 
 	done := make(chan error, 1)
 	g.wg.Go(func() {
