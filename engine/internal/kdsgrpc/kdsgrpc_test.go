@@ -393,13 +393,13 @@ func TestDialerBackoffResetsAfterStableSession(t *testing.T) {
 	d := NewDialer(addr, "zone-1", 1, func(ctx context.Context, _ *mux.Session) error {
 		if n.Add(1) == 3 {
 			select {
-			case <-time.After(400 * time.Millisecond):
+			case <-time.After(1200 * time.Millisecond):
 			case <-ctx.Done():
 			}
 		}
 		return errors.New("session done")
 	}, insecureDial(),
-		WithBackoff(Backoff{Base: 100 * time.Millisecond, Cap: 10 * time.Second, ResetAfter: 300 * time.Millisecond}),
+		WithBackoff(Backoff{Base: 400 * time.Millisecond, Cap: 10 * time.Second, ResetAfter: time.Second}),
 		WithSessionHooks(func(ev SessionEvent) {
 			mu.Lock()
 			starts = append(starts, ev.Started)
@@ -418,11 +418,13 @@ func TestDialerBackoffResetsAfterStableSession(t *testing.T) {
 	mu.Lock()
 	defer mu.Unlock()
 	gap := func(i int) time.Duration { return starts[i+1].Sub(starts[i]) - lives[i] }
-	// Delays: attempt 0 in [50,100]ms, attempt 1 in [100,200]ms; the third
-	// session lived long, so the next delay is attempt 0 again, then 1.
-	assert.GreaterOrEqual(t, gap(1), 100*time.Millisecond, "second retry grows")
-	assert.Less(t, gap(2), 150*time.Millisecond, "reset after a stable session")
-	assert.GreaterOrEqual(t, gap(3), 100*time.Millisecond)
+	// Delays: attempt 0 in [200,400]ms, attempt 1 in [400,800]ms, attempt 2
+	// in [800,1600]ms. The third session lived long, so the delay after it
+	// is attempt 0 again (under attempt 2's minimum even on a busy
+	// machine), then attempt 1.
+	assert.GreaterOrEqual(t, gap(1), 400*time.Millisecond, "second retry grows")
+	assert.Less(t, gap(2), 800*time.Millisecond, "reset after a stable session")
+	assert.GreaterOrEqual(t, gap(3), 400*time.Millisecond)
 }
 
 // Global.Wait joins the session goroutines even when the sync handler is
