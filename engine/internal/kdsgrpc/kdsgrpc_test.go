@@ -463,3 +463,27 @@ func TestGlobalWaitJoinsSlowHandlers(t *testing.T) {
 	assert.True(t, returned.Load(), "Wait returned before the handler did")
 	goleak.VerifyNone(t, before)
 }
+
+// With global unreachable, the zone keeps retrying and reports why.
+func TestDialerReportsUnreachableGlobal(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := lis.Addr().String()
+	require.NoError(t, lis.Close()) // nothing listens there now
+	d := NewDialer(addr, "zone-1", 1, func(ctx context.Context, _ *mux.Session) error {
+		<-ctx.Done()
+		return nil
+	}, insecureDial(), WithBackoff(Backoff{Base: 10 * time.Millisecond, Cap: 50 * time.Millisecond}))
+	ctx, cancel := context.WithCancel(context.Background())
+	runDone := make(chan error, 1)
+	go func() { runDone <- d.Run(ctx) }()
+	eventually(t, func() bool { return d.State().LastError != nil }, "no error reported")
+	st := d.State()
+	assert.False(t, st.Connected)
+	assert.Zero(t, st.Sessions)
+	assert.Contains(t, st.LastError.Error(), "open stream")
+	cancel()
+	require.NoError(t, <-runDone)
+
+	assert.ErrorIs(t, NewDialer(addr, "Not A Zone", 1, nil).Run(context.Background()), ErrInvalidZoneName)
+}
