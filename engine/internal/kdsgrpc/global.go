@@ -33,7 +33,10 @@ type Global struct {
 	wg      sync.WaitGroup
 }
 
-var _ kdsv1.KDSServer = (*Global)(nil)
+var (
+	_ kdsv1.KDSServer = (*Global)(nil)
+	_ mux.Stream      = (kdsv1.KDS_SessionServer)(nil)
+)
 
 // NewGlobal returns a Global whose sessions are sized for types resource
 // types and run handler.

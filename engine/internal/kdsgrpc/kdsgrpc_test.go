@@ -487,3 +487,40 @@ func TestDialerReportsUnreachableGlobal(t *testing.T) {
 
 	assert.ErrorIs(t, NewDialer(addr, "Not A Zone", 1, nil).Run(context.Background()), ErrInvalidZoneName)
 }
+
+// The zone's max message size applies to what it receives.
+func TestDialerMaxMessageSizeApplied(t *testing.T) {
+	g := NewGlobal(1, func(ctx context.Context, _ string, s *mux.Session) error {
+		big := &discovery.DeltaDiscoveryResponse{Nonce: strings.Repeat("x", 100<<10)}
+		if err := s.Server().Send(big); err != nil {
+			return err
+		}
+		<-ctx.Done()
+		return nil
+	})
+	addr := serve(t, g, Config{})
+	ended := make(chan error, 1)
+	d := NewDialer(addr, "zone-1", 1, func(ctx context.Context, _ *mux.Session) error {
+		<-ctx.Done()
+		return nil
+	}, insecureDial(), WithConfig(Config{MaxMessageSize: 64 << 10}),
+		WithSessionHooks(nil, func(ev SessionEvent) {
+			select {
+			case ended <- ev.Err:
+			default:
+			}
+		}))
+	ctx, cancel := context.WithCancel(context.Background())
+	runDone := make(chan error, 1)
+	go func() { runDone <- d.Run(ctx) }()
+	select {
+	case err := <-ended:
+		assert.Equal(t, codes.ResourceExhausted, status.Code(err), "%v", err)
+		assert.Contains(t, err.Error(), "larger than max")
+		assert.Contains(t, err.Error(), "65536")
+	case <-time.After(20 * time.Second):
+		t.Fatal("the oversized response did not end the zone's session")
+	}
+	cancel()
+	require.NoError(t, <-runDone)
+}
