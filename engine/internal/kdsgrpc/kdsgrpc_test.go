@@ -524,3 +524,39 @@ func TestDialerMaxMessageSizeApplied(t *testing.T) {
 	cancel()
 	require.NoError(t, <-runDone)
 }
+
+// On global, a Send blocked by a zone that stopped reading ends the session
+// with the send timeout; the RPC ends with codes.DeadlineExceeded and the
+// session's goroutines are joined (goleak in TestMain).
+func TestGlobalSendTimeoutOnZoneThatStopsReading(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	headroom := 0
+	ended := make(chan SessionEvent, 1)
+	payload := strings.Repeat("x", 1<<20)
+	g := NewGlobal(3, func(ctx context.Context, _ string, s *mux.Session) error {
+		for range 3 {
+			if err := s.Server().Send(&discovery.DeltaDiscoveryResponse{Nonce: payload}); err != nil {
+				return err
+			}
+		}
+		<-ctx.Done()
+		return nil
+	}, WithConfig(Config{SendTimeout: timeout, Headroom: &headroom}),
+		WithSessionHooks(nil, func(ev SessionEvent) { ended <- ev }))
+	addr := serve(t, g, Config{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// A zone with small static windows that never reads.
+	s := rawStream(t, ctx, addr, "zone-1",
+		grpc.WithInitialWindowSize(64<<10), grpc.WithInitialConnWindowSize(64<<10))
+	require.NoError(t, s.Send(&kdsv1.Message{Kind: &kdsv1.Message_Request{Request: &discovery.DeltaDiscoveryRequest{}}}))
+	select {
+	case ev := <-ended:
+		require.ErrorIs(t, ev.Err, mux.ErrSendTimeout)
+		assert.Contains(t, ev.Err.Error(), "300ms")
+		assert.Less(t, ev.Ended.Sub(ev.Started), timeout+5*time.Second)
+		assert.Equal(t, uint64(1), ev.Session.Stats().SendTimeouts)
+	case <-time.After(20 * time.Second):
+		t.Fatal("global's session did not end")
+	}
+}
