@@ -64,8 +64,9 @@ func (c Config) withDefaults() Config {
 }
 
 // ServerOptions returns the grpc.ServerOptions for the KDS port: keepalive
-// parameters and enforcement policy, and the max message size both ways.
-// extra (TLS credentials, interceptors) is appended.
+// parameters and enforcement policy, the max message size both ways, and
+// grpc.WaitForHandlers(true) so that Server.Stop returns only once every
+// RPC handler has. extra (TLS credentials, interceptors) is appended.
 func ServerOptions(cfg Config, extra ...grpc.ServerOption) []grpc.ServerOption {
 	c := cfg.withDefaults()
 	opts := []grpc.ServerOption{
@@ -79,6 +80,7 @@ func ServerOptions(cfg Config, extra ...grpc.ServerOption) []grpc.ServerOption {
 		}),
 		grpc.MaxRecvMsgSize(c.MaxMessageSize),
 		grpc.MaxSendMsgSize(c.MaxMessageSize),
+		grpc.WaitForHandlers(true),
 	}
 	return append(opts, extra...)
 }

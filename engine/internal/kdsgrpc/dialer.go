@@ -14,6 +14,8 @@ import (
 	kdsv1 "github.com/kds-engine/kds-engine/proto/kds/v1"
 )
 
+var _ mux.Stream = (kdsv1.KDS_SessionClient)(nil)
+
 // ZoneHandler runs the sync for one session on a zone. ctx is the session's
 // context; the handler must return once it is done. When the handler
 // returns, the session ends (and the Dialer reconnects).

@@ -27,10 +27,16 @@ type Global struct {
 	handler Handler
 	set     settings
 	log     hclog.Logger
+
+	mu      sync.Mutex
+	closing bool
 	wg      sync.WaitGroup
 }
 
-var _ kdsv1.KDSServer = (*Global)(nil)
+var (
+	_ kdsv1.KDSServer = (*Global)(nil)
+	_ mux.Stream      = (kdsv1.KDS_SessionServer)(nil)
+)
 
 // NewGlobal returns a Global whose sessions are sized for types resource
 // types and run handler.
@@ -51,19 +57,31 @@ func (g *Global) Session(stream kdsv1.KDS_SessionServer) error {
 	if err != nil {
 		return status.Error(codes.InvalidArgument, err.Error())
 	}
+	g.mu.Lock()
+	if g.closing {
+		g.mu.Unlock()
+		return status.Error(codes.Unavailable, "global is shutting down")
+	}
+	g.wg.Add(1)
+	g.mu.Unlock()
+	defer g.wg.Done()
+
 	log := g.log.With("zone", zone)
 	release := make(chan struct{})
 	opts := append(g.set.cfg.muxOptions(),
 		mux.WithLogger(log),
 		mux.WithAbort(func() { close(release) })) // mux calls abort once
 	sess := mux.NewSession(stream, g.types, opts...)
+	log.Info("session started", "capacity", sess.Capacity())
 
 	done := make(chan error, 1)
-	g.wg.Go(func() {
+	g.wg.Add(1) // joined by Wait, which the RPC does not wait for
+	go func() {
+		defer g.wg.Done()
 		done <- runSession(context.Background(), &g.set, zone, sess, func(ctx context.Context) error {
 			return g.handler(ctx, zone, sess)
 		})
-	})
+	}()
 	select {
 	case err = <-done:
 	case <-release:
@@ -73,9 +91,15 @@ func (g *Global) Session(stream kdsv1.KDS_SessionServer) error {
 	return toStatus(err)
 }
 
-// Wait blocks until every session goroutine has returned. Call it after the
-// grpc.Server was stopped.
-func (g *Global) Wait() { g.wg.Wait() }
+// Wait refuses new sessions (codes.Unavailable) and blocks until every
+// session goroutine has returned. Call it after stopping the grpc.Server
+// (which ends every session's stream).
+func (g *Global) Wait() {
+	g.mu.Lock()
+	g.closing = true
+	g.mu.Unlock()
+	g.wg.Wait()
+}
 
 // toStatus maps a session's error to the status the RPC ends with.
 func toStatus(err error) error {

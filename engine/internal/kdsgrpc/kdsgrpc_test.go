@@ -393,13 +393,13 @@ func TestDialerBackoffResetsAfterStableSession(t *testing.T) {
 	d := NewDialer(addr, "zone-1", 1, func(ctx context.Context, _ *mux.Session) error {
 		if n.Add(1) == 3 {
 			select {
-			case <-time.After(400 * time.Millisecond):
+			case <-time.After(1200 * time.Millisecond):
 			case <-ctx.Done():
 			}
 		}
 		return errors.New("session done")
 	}, insecureDial(),
-		WithBackoff(Backoff{Base: 100 * time.Millisecond, Cap: 10 * time.Second, ResetAfter: 300 * time.Millisecond}),
+		WithBackoff(Backoff{Base: 400 * time.Millisecond, Cap: 10 * time.Second, ResetAfter: time.Second}),
 		WithSessionHooks(func(ev SessionEvent) {
 			mu.Lock()
 			starts = append(starts, ev.Started)
@@ -418,9 +418,145 @@ func TestDialerBackoffResetsAfterStableSession(t *testing.T) {
 	mu.Lock()
 	defer mu.Unlock()
 	gap := func(i int) time.Duration { return starts[i+1].Sub(starts[i]) - lives[i] }
-	// Delays: attempt 0 in [50,100]ms, attempt 1 in [100,200]ms; the third
-	// session lived long, so the next delay is attempt 0 again, then 1.
-	assert.GreaterOrEqual(t, gap(1), 100*time.Millisecond, "second retry grows")
-	assert.Less(t, gap(2), 150*time.Millisecond, "reset after a stable session")
-	assert.GreaterOrEqual(t, gap(3), 100*time.Millisecond)
+	// Delays: attempt 0 in [200,400]ms, attempt 1 in [400,800]ms, attempt 2
+	// in [800,1600]ms. The third session lived long, so the delay after it
+	// is attempt 0 again (under attempt 2's minimum even on a busy
+	// machine), then attempt 1.
+	assert.GreaterOrEqual(t, gap(1), 400*time.Millisecond, "second retry grows")
+	assert.Less(t, gap(2), 800*time.Millisecond, "reset after a stable session")
+	assert.GreaterOrEqual(t, gap(3), 400*time.Millisecond)
+}
+
+// Global.Wait joins the session goroutines even when the sync handler is
+// slow to return after its session ended.
+func TestGlobalWaitJoinsSlowHandlers(t *testing.T) {
+	before := goleak.IgnoreCurrent()
+	started := make(chan struct{})
+	var returned atomic.Bool
+	g := NewGlobal(1, func(ctx context.Context, _ string, _ *mux.Session) error {
+		close(started)
+		<-ctx.Done()
+		time.Sleep(time.Second)
+		returned.Store(true)
+		return nil
+	})
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	srv := NewServer(Config{})
+	kdsv1.RegisterKDSServer(srv, g)
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		_ = srv.Serve(lis)
+	}()
+	ctx, cancel := context.WithCancel(context.Background())
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	_, err = kdsv1.NewKDSClient(conn).Session(metadata.AppendToOutgoingContext(ctx, ZoneMetadataKey, "zone-1"))
+	require.NoError(t, err)
+	<-started
+	cancel()
+	require.NoError(t, conn.Close())
+	srv.Stop()
+	<-served
+	g.Wait()
+	assert.True(t, returned.Load(), "Wait returned before the handler did")
+	goleak.VerifyNone(t, before)
+}
+
+// With global unreachable, the zone keeps retrying and reports why.
+func TestDialerReportsUnreachableGlobal(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := lis.Addr().String()
+	require.NoError(t, lis.Close()) // nothing listens there now
+	d := NewDialer(addr, "zone-1", 1, func(ctx context.Context, _ *mux.Session) error {
+		<-ctx.Done()
+		return nil
+	}, insecureDial(), WithBackoff(Backoff{Base: 10 * time.Millisecond, Cap: 50 * time.Millisecond}))
+	ctx, cancel := context.WithCancel(context.Background())
+	runDone := make(chan error, 1)
+	go func() { runDone <- d.Run(ctx) }()
+	eventually(t, func() bool { return d.State().LastError != nil }, "no error reported")
+	st := d.State()
+	assert.False(t, st.Connected)
+	assert.Zero(t, st.Sessions)
+	assert.Contains(t, st.LastError.Error(), "open stream")
+	cancel()
+	require.NoError(t, <-runDone)
+
+	assert.ErrorIs(t, NewDialer(addr, "Not A Zone", 1, nil).Run(context.Background()), ErrInvalidZoneName)
+}
+
+// The zone's max message size applies to what it receives.
+func TestDialerMaxMessageSizeApplied(t *testing.T) {
+	g := NewGlobal(1, func(ctx context.Context, _ string, s *mux.Session) error {
+		big := &discovery.DeltaDiscoveryResponse{Nonce: strings.Repeat("x", 100<<10)}
+		if err := s.Server().Send(big); err != nil {
+			return err
+		}
+		<-ctx.Done()
+		return nil
+	})
+	addr := serve(t, g, Config{})
+	ended := make(chan error, 1)
+	d := NewDialer(addr, "zone-1", 1, func(ctx context.Context, _ *mux.Session) error {
+		<-ctx.Done()
+		return nil
+	}, insecureDial(), WithConfig(Config{MaxMessageSize: 64 << 10}),
+		WithSessionHooks(nil, func(ev SessionEvent) {
+			select {
+			case ended <- ev.Err:
+			default:
+			}
+		}))
+	ctx, cancel := context.WithCancel(context.Background())
+	runDone := make(chan error, 1)
+	go func() { runDone <- d.Run(ctx) }()
+	select {
+	case err := <-ended:
+		assert.Equal(t, codes.ResourceExhausted, status.Code(err), "%v", err)
+		assert.Contains(t, err.Error(), "larger than max")
+		assert.Contains(t, err.Error(), "65536")
+	case <-time.After(20 * time.Second):
+		t.Fatal("the oversized response did not end the zone's session")
+	}
+	cancel()
+	require.NoError(t, <-runDone)
+}
+
+// On global, a Send blocked by a zone that stopped reading ends the session
+// with the send timeout; the RPC ends with codes.DeadlineExceeded and the
+// session's goroutines are joined (goleak in TestMain).
+func TestGlobalSendTimeoutOnZoneThatStopsReading(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	headroom := 0
+	ended := make(chan SessionEvent, 1)
+	payload := strings.Repeat("x", 1<<20)
+	g := NewGlobal(3, func(ctx context.Context, _ string, s *mux.Session) error {
+		for range 3 {
+			if err := s.Server().Send(&discovery.DeltaDiscoveryResponse{Nonce: payload}); err != nil {
+				return err
+			}
+		}
+		<-ctx.Done()
+		return nil
+	}, WithConfig(Config{SendTimeout: timeout, Headroom: &headroom}),
+		WithSessionHooks(nil, func(ev SessionEvent) { ended <- ev }))
+	addr := serve(t, g, Config{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// A zone with small static windows that never reads.
+	s := rawStream(t, ctx, addr, "zone-1",
+		grpc.WithInitialWindowSize(64<<10), grpc.WithInitialConnWindowSize(64<<10))
+	require.NoError(t, s.Send(&kdsv1.Message{Kind: &kdsv1.Message_Request{Request: &discovery.DeltaDiscoveryRequest{}}}))
+	select {
+	case ev := <-ended:
+		require.ErrorIs(t, ev.Err, mux.ErrSendTimeout)
+		assert.Contains(t, ev.Err.Error(), "300ms")
+		assert.Less(t, ev.Ended.Sub(ev.Started), timeout+5*time.Second)
+		assert.Equal(t, uint64(1), ev.Session.Stats().SendTimeouts)
+	case <-time.After(20 * time.Second):
+		t.Fatal("global's session did not end")
+	}
 }

@@ -41,5 +41,10 @@
 // everything the session owns: once the session has ended, Recv and Send on
 // both logical streams return that cause, and [Session.Run] returns it.
 //
-// Why the default headroom is 16: see docs/decisions/0001-mux-send-buffers.md.
+// Why the default headroom is 16: it covers a peer a full plugin release
+// ahead (a release rarely adds more than a handful of types) plus the
+// ACK/update overlaps of the few types busy at any moment, while keeping what
+// a violating peer can pin bounded ((types + 16) × max message size) and its
+// violation detected early. A buffer slot costs a pointer until used. See
+// docs/decisions/0001-mux-send-buffers.md.
 package mux

@@ -241,8 +241,9 @@ func (s *Session) Run(ctx context.Context) error {
 	})
 	defer stop()
 
-	s.log.Debug("session started", "types", s.types, "headroom", s.headroom,
-		"capacity", s.capacity, "send_timeout", s.timeout, "max_message_size", s.maxSize)
+	s.log.Debug("session started", "buffer_formula", "types + headroom", "types", s.types,
+		"headroom", s.headroom, "capacity", s.capacity, "send_timeout", s.timeout,
+		"max_message_size", s.maxSize)
 
 	s.sendTimer = time.AfterFunc(time.Hour, s.checkSendTimeout)
 	s.sendTimer.Stop()
@@ -293,6 +294,9 @@ func (s *Session) recvLoop() {
 func (s *Session) sendLoop() {
 	srv, cli := s.server.out.ch, s.client.out.ch
 	for {
+		if s.ctx.Err() != nil {
+			return // do not pick queued messages after the end
+		}
 		var it outItem
 		var q *outQueue
 		select {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -318,4 +319,36 @@ func TestUnknownMessageEndsSession(t *testing.T) {
 	in <- &kdsv1.Message{}
 	s := NewSession(&pipeEnd{ctx: ctx, in: in, out: make(chan *kdsv1.Message)}, 1, WithAbort(cancel))
 	assert.ErrorIs(t, s.Run(context.Background()), ErrUnknownMessage)
+}
+
+// slowStream takes a while to give up its Recv after its context ends, as
+// a transport tearing a connection down may.
+type slowStream struct {
+	ctx      context.Context
+	returned atomic.Bool
+}
+
+func (s *slowStream) Context() context.Context  { return s.ctx }
+func (s *slowStream) Send(*kdsv1.Message) error { return nil }
+func (s *slowStream) Recv() (*kdsv1.Message, error) {
+	<-s.ctx.Done()
+	time.Sleep(time.Second)
+	s.returned.Store(true)
+	return nil, s.ctx.Err()
+}
+
+// Run returns only after its sender and receiver have returned: nothing the
+// session started is left once Run returns, even after an error.
+func TestRunJoinsItsGoroutines(t *testing.T) {
+	before := goleak.IgnoreCurrent()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st := &slowStream{ctx: ctx}
+	s := NewSession(st, 1, WithAbort(cancel))
+	done := make(chan error, 1)
+	go func() { done <- s.Run(context.Background()) }()
+	s.Close(errors.New("boom"))
+	require.EqualError(t, <-done, "boom")
+	assert.True(t, st.returned.Load(), "Run returned before the receiver did")
+	goleak.VerifyNone(t, before)
 }

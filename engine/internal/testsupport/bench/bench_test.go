@@ -17,7 +17,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // session carrying the same payloads, both directions at once, in one run.
 // The ratio metric is engine throughput over raw throughput.
 func BenchmarkTransport(b *testing.B) {
-	for _, c := range []struct{ size, n int }{{1 << 10, 20000}, {64 << 10, 2000}} {
+	for _, c := range []struct{ size, n int }{{1 << 10, 20480}, {64 << 10, 2048}} {
 		b.Run(fmt.Sprintf("%dKiB", c.size>>10), func(b *testing.B) {
 			res, err := Compare(context.Background(), c.size, c.n, b.N)
 			require.NoError(b, err)

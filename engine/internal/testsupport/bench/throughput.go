@@ -15,12 +15,12 @@ import (
 // EngineWindow is how many responses each engine end keeps unacknowledged in
 // the throughput workload (and the session's type count, so its buffers fit
 // them, as application flow control would size them).
-const EngineWindow = 64
+const EngineWindow = 256
 
 // AckEvery is how many responses one ACK of the throughput workload
 // acknowledges: the credit returns in batches, so the engine carries the raw
 // workload's payloads plus one small message per AckEvery.
-const AckEvery = EngineWindow / 4
+const AckEvery = EngineWindow / 8
 
 // RawThroughput streams n messages of the payload's size from each end of a
 // fresh loopback stream to the other, both directions at once, with plain
