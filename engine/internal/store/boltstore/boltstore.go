@@ -613,8 +613,9 @@ func (s *Store) Apply(ctx context.Context, b store.Batch) (uint64, error) {
 	rev, err := s.commit(ctx, func(t *txn) error {
 		t.events = make([]store.Event, 0, len(puts)+len(b.Delete))
 		var (
-			bucket  *bolt.Bucket
-			current string
+			bucket    *bolt.Bucket
+			current   string
+			appending bool // every remaining key of this type sorts after the stored ones
 		)
 		for i, p := range puts {
 			if bucket == nil || p.r.Type != current {
@@ -623,13 +624,17 @@ func (s *Store) Apply(ctx context.Context, b store.Batch) (uint64, error) {
 					return err
 				}
 				current = p.r.Type
-				// Mostly-appending runs (a first sync) pack pages fuller.
-				if last, _ := bucket.Cursor().Last(); last == nil || bytes.Compare(last, p.key) < 0 {
+				last, _ := bucket.Cursor().Last()
+				appending = last == nil || bytes.Compare(last, p.key) < 0
+				if appending {
+					// A first sync of a type appends: pack pages fuller.
 					bucket.FillPercent = 0.9
 				}
 			}
-			if old := bucket.Get(p.key); old != nil && bytes.Equal(old, p.val) {
-				continue
+			if !appending {
+				if old := bucket.Get(p.key); old != nil && bytes.Equal(old, p.val) {
+					continue
+				}
 			}
 			if err := bucket.Put(p.key, p.val); err != nil {
 				return err

@@ -461,13 +461,26 @@ func testApplyDeletesAndNoops(t *testing.T, s store.Store) {
 	require.NoError(t, err)
 	assert.Empty(t, w.Next())
 
+	// Only the changed puts of a mixed batch are written.
+	c, d := Res("T", "0"), Res("T", "z")
+	c.Version, d.Version = "1", "1"
+	_, err = s.Apply(ctx, store.Batch{Put: []*resource.Resource{d, b.Clone(), c}})
+	require.NoError(t, err)
+	evs := waitEvents(t, w, 2)
+	require.Len(t, evs, 2)
+	assert.ElementsMatch(t, []string{"0", "z"}, []string{evs[0].Resource.Name, evs[1].Resource.Name})
+	assert.EqualValues(t, 2, s.Revision())
+	_, err = s.Apply(ctx, store.Batch{Delete: []resource.Key{c.Key(), d.Key()}})
+	require.NoError(t, err)
+	require.Len(t, waitEvents(t, w, 2), 2)
+
 	// A changed put and a real delete in one commit.
 	a2 := a.Clone()
 	a2.Version = "2"
 	rev, err = s.Apply(ctx, store.Batch{Put: []*resource.Resource{a2}, Delete: []resource.Key{b.Key()}})
 	require.NoError(t, err)
-	assert.EqualValues(t, 2, rev)
-	evs := waitEvents(t, w, 2)
+	assert.EqualValues(t, 4, rev)
+	evs = waitEvents(t, w, 2)
 	require.Len(t, evs, 2)
 	for _, ev := range evs {
 		assert.Equal(t, rev, ev.Revision, "one commit, one revision")
