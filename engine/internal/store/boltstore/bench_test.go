@@ -57,3 +57,9 @@ func BenchmarkList(b *testing.B) {
 		storetest.BenchList(b, s, 100_000, 50, store.Filter{Type: "Dataplane", Zone: "zone-07"})
 	})
 }
+
+func BenchmarkConcurrentApply(b *testing.B) {
+	s := openBench(b)
+	defer s.Close()
+	storetest.BenchConcurrentApply(b, s, 50, 10, 50)
+}
