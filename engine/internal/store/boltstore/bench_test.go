@@ -58,8 +58,18 @@ func BenchmarkList(b *testing.B) {
 	})
 }
 
+// BenchmarkConcurrentApply: 50 writers at once, with group commit and, as
+// the baseline, with every write committed alone.
 func BenchmarkConcurrentApply(b *testing.B) {
-	s := openBench(b)
-	defer s.Close()
-	storetest.BenchConcurrentApply(b, s, 50, 10, 50)
+	b.Run("group", func(b *testing.B) {
+		s := openBench(b)
+		defer s.Close()
+		storetest.BenchConcurrentApply(b, s, 50, 10, 50)
+	})
+	b.Run("serial", func(b *testing.B) {
+		s := openBench(b)
+		defer s.Close()
+		boltstore.DisableGroupCommitForTest(s)
+		storetest.BenchConcurrentApply(b, s, 50, 10, 50)
+	})
 }

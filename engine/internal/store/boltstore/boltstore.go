@@ -151,6 +151,8 @@ type Store struct {
 	life   sync.RWMutex
 	closed bool
 
+	// noGroupCommit commits each write alone (benchmarks compare).
+	noGroupCommit bool
 	// qmu guards queue, the writes waiting for the next group commit.
 	qmu   sync.Mutex
 	queue []*commitReq
@@ -319,6 +321,14 @@ func (s *Store) commit(ctx context.Context, fn func(t *txn) error) (uint64, erro
 	}
 	defer leave()
 	req := &commitReq{fn: fn}
+	if s.noGroupCommit {
+		s.wmu.Lock()
+		defer s.wmu.Unlock()
+		for group := []*commitReq{req}; len(group) > 0; {
+			group = s.commitGroup(group)
+		}
+		return req.rev, req.err
+	}
 	s.qmu.Lock()
 	s.queue = append(s.queue, req)
 	s.qmu.Unlock()

@@ -218,3 +218,14 @@ func TestApplyRollsBackOnMidTransactionFailure(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, rev+1, s.Revision())
 }
+
+// TestConformanceWithoutGroupCommit runs the suite against the one-write-
+// per-transaction path the group-commit benchmark uses as its baseline.
+func TestConformanceWithoutGroupCommit(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) store.Store {
+		s, err := boltstore.Open(t.TempDir())
+		require.NoError(t, err)
+		boltstore.DisableGroupCommitForTest(s)
+		return s
+	})
+}
