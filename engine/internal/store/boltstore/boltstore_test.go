@@ -229,3 +229,21 @@ func TestConformanceWithoutGroupCommit(t *testing.T) {
 		return s
 	})
 }
+
+func TestClockOption(t *testing.T) {
+	t0 := time.Date(2026, 2, 3, 4, 5, 6, 7, time.FixedZone("x", 3600))
+	now := t0
+	s := open(t, t.TempDir(), boltstore.WithClock(func() time.Time { return now }))
+	c, err := s.Create(t.Context(), storetest.Res("T", "x"))
+	require.NoError(t, err)
+	assert.True(t, c.CreationTime.Equal(t0))
+	assert.Equal(t, time.UTC, c.CreationTime.Location(), "times are stored in UTC")
+	now = t0.Add(time.Hour)
+	u, err := s.Update(t.Context(), c)
+	require.NoError(t, err)
+	assert.True(t, u.CreationTime.Equal(t0))
+	assert.True(t, u.ModificationTime.Equal(t0.Add(time.Hour)))
+	got, err := s.Get(t.Context(), c.Key())
+	require.NoError(t, err)
+	assert.Equal(t, u, got, "what Update returns is what Get reads")
+}
