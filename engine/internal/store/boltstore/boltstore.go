@@ -321,21 +321,14 @@ func (s *Store) commit(ctx context.Context, fn func(t *txn) error) (uint64, erro
 	}
 	defer leave()
 	req := &commitReq{fn: fn}
-	if s.noGroupCommit {
-		s.wmu.Lock()
-		defer s.wmu.Unlock()
-		for group := []*commitReq{req}; len(group) > 0; {
-			group = s.commitGroup(group)
-		}
-		return req.rev, req.err
+	if !s.noGroupCommit {
+		s.qmu.Lock()
+		s.queue = append(s.queue, req)
+		s.qmu.Unlock()
 	}
-	s.qmu.Lock()
-	s.queue = append(s.queue, req)
-	s.qmu.Unlock()
-
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	if !req.done {
+	if !req.done && !s.noGroupCommit {
 		s.qmu.Lock()
 		group := s.queue
 		s.queue = nil
@@ -343,6 +336,11 @@ func (s *Store) commit(ctx context.Context, fn func(t *txn) error) (uint64, erro
 		for len(group) > 0 {
 			group = s.commitGroup(group)
 		}
+	}
+	// Not done yet only without group commit, or if the goroutine that had
+	// taken req from the queue panicked (a bug) before answering it.
+	for group := []*commitReq{req}; !req.done && len(group) > 0; {
+		group = s.commitGroup(group)
 	}
 	return req.rev, req.err
 }
@@ -665,6 +663,14 @@ type encodedPut struct {
 func (s *Store) Apply(ctx context.Context, b store.Batch) (uint64, error) {
 	if err := store.CheckBatch(b); err != nil {
 		return 0, fmt.Errorf("apply: %w", err)
+	}
+	if len(b.Put) == 0 && len(b.Delete) == 0 {
+		leave, err := s.enter(ctx)
+		if err != nil {
+			return 0, fmt.Errorf("apply: %w", err)
+		}
+		defer leave()
+		return s.revision.Load(), nil
 	}
 	// One arena holds every value (bbolt references them until the commit)
 	// and doubles as the events' copy of each spec: event resources are
