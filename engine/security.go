@@ -171,4 +171,3 @@ func (e *Engine) apiServer(h http.Handler) (*http.Server, *tls.Config, error) {
 	}
 	return srv, tc, nil
 }
-

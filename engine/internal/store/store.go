@@ -39,8 +39,11 @@ var (
 // which types each side may write, and the Origin of each Event tells
 // watchers which kind of write produced it.
 //
-// After Close every method returns an error wrapping ErrClosed (Revision
-// returns the last revision).
+// Every method checks ctx before it starts (an ended ctx yields its cause);
+// a write that has started is committed or fails on its own, never half
+// done. Writes with an empty Type or Name fail with ErrInvalid. After Close
+// every method returns an error wrapping ErrClosed (Revision returns the
+// last revision).
 type Store interface {
 	// Get returns the resource stored under key, or ErrNotFound.
 	Get(ctx context.Context, key resource.Key) (*resource.Resource, error)

@@ -57,3 +57,19 @@ func BenchmarkList(b *testing.B) {
 		storetest.BenchList(b, s, 100_000, 50, store.Filter{Type: "Dataplane", Zone: "zone-07"})
 	})
 }
+
+// BenchmarkConcurrentApply: 50 writers at once, with group commit and, as
+// the baseline, with every write committed alone.
+func BenchmarkConcurrentApply(b *testing.B) {
+	b.Run("group", func(b *testing.B) {
+		s := openBench(b)
+		defer s.Close()
+		storetest.BenchConcurrentApply(b, s, 50, 10, 50)
+	})
+	b.Run("serial", func(b *testing.B) {
+		s := openBench(b)
+		defer s.Close()
+		boltstore.DisableGroupCommitForTest(s)
+		storetest.BenchConcurrentApply(b, s, 50, 10, 50)
+	})
+}

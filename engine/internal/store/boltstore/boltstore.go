@@ -1,5 +1,5 @@
-// Package boltstore is the durable store.Store: one bbolt file, FileName
-// inside the data dir. It is the engine's default store.
+// Package boltstore is the durable store.Store and the engine's default: one
+// bbolt file, FileName, inside the data dir.
 //
 // # Layout
 //
@@ -10,29 +10,46 @@
 //     commit and the last version assigned by a local write). Both counters
 //     are written in the same transaction as the resources they account for,
 //     so after a restart they continue where the last commit left them and
-//     versions never repeat.
-//   - "types": one nested bucket per resource type, named by the type. Inside
-//     it each resource is stored under Zone NUL Mesh NUL Name (NUL never
-//     occurs in a key part; store.CheckKey refuses it), so a cursor walks a
-//     type in (Zone, Mesh, Name) order and a zone's resources are one key
-//     range. The value is the resource's wire envelope, kds.v1.Resource,
-//     marshalled deterministically.
+//     versions never go backwards or repeat.
+//   - "types": one nested bucket per resource type, named by the type (a
+//     bucket is dropped when its last resource is deleted). Inside it each
+//     resource is stored under Zone NUL Mesh NUL Name (NUL never occurs in a
+//     key part; store.CheckKey refuses it), so a cursor walks a type in
+//     (Zone, Mesh, Name) order and one zone's resources are one key range:
+//     List with a Type and a Zone (or LocalOnly) reads only that range.
 //
-// Protobuf rather than JSON: decoding needs no reparse of the JSON spec,
-// which travels as opaque bytes (see docs/benchmarks.md for numbers).
+// A value is the resource's wire envelope, kds.v1.Resource, in protobuf
+// wire format with labels sorted by key, written and read with protowire
+// instead of proto reflection. Any protobuf tool can read it; encoding and
+// decoding cost about half of going through the generated message and a
+// quarter of JSON (BenchmarkCodec), and the JSON spec is carried as opaque
+// bytes, never reparsed.
+//
+// New files use PageSize (16 KiB) pages, and the first
+// DefaultInitialMmapSize bytes of address space are mapped at open, so that
+// large commits do not remap. There is no in-memory copy of the data: List
+// of 100k resources costs about what the in-memory store's List costs (both
+// are dominated by building the caller's copies; see docs/benchmarks.md).
 //
 // # Writes and the change feed
 //
-// One mutex serialises commits. Each commit is one bbolt read-write
-// transaction, synced to disk before it returns (unless WithNoSync), and its
-// events are published to watchers after the commit and before the mutex is
-// released, so watchers see commits in revision order and a Snapshot (a
-// read-only transaction that reads the revision from "meta") never misses a
-// published commit. Reads run concurrently with each other and with a
-// commit.
+// Writes are group-committed: a writer queues its change and waits for the
+// commit mutex; whoever holds it commits every queued change in one bbolt
+// read-write transaction and one fsync (unless WithNoSync), each change with
+// its own revision, in queue order. A change that fails (a conflict, say)
+// is answered with its error and the rest are committed without it, so
+// every writer sees the outcome it would have seen alone. With 50 writers
+// this multiplies commit throughput by about 9 (BenchmarkConcurrentApply);
+// a lone writer pays nothing. Events are published after the commit and
+// before the mutex is released, so watchers see commits in revision order,
+// and a Snapshot (a read-only transaction that reads the revision from
+// "meta" with the data) never misses a published commit. Reads run
+// concurrently with each other and with a commit. Apply validates, copies,
+// encodes and sorts its batch before queueing and writes it in key order.
 //
 // The file is locked while open: a second process (or a second Open in this
-// process) waits for the lock timeout and then fails with ErrLocked.
+// process) waits for the lock timeout and then fails with an error wrapping
+// ErrLocked that names the file.
 package boltstore
 
 import (
@@ -134,7 +151,13 @@ type Store struct {
 	life   sync.RWMutex
 	closed bool
 
-	// wmu serialises commits; version is guarded by it.
+	// noGroupCommit commits each write alone (benchmarks compare).
+	noGroupCommit bool
+	// qmu guards queue, the writes waiting for the next group commit.
+	qmu   sync.Mutex
+	queue []*commitReq
+	// wmu is held by the goroutine committing a group; version is guarded
+	// by it.
 	wmu      sync.Mutex
 	version  uint64
 	revision atomic.Uint64
@@ -272,47 +295,120 @@ func (t *txn) typeBucket(typ string, create bool) (*bolt.Bucket, error) {
 	return types.CreateBucketIfNotExists([]byte(typ))
 }
 
-// commit runs fn in one read-write transaction. If fn recorded events, the
+// commitReq is one write waiting to be committed. Its fields after fn are
+// written by the goroutine that commits it, under s.wmu, and read by the
+// writer after it took s.wmu itself.
+type commitReq struct {
+	fn   func(t *txn) error
+	done bool
+	rev  uint64
+	err  error
+}
+
+// commit runs fn in a read-write transaction and returns the store's
+// revision after it. If fn recorded events, they get the next revision, the
 // revision and version counters are persisted in the same transaction and,
-// once it committed, the events are stamped and published. It returns the
-// store's revision after the call.
+// once it committed, the events are published.
+//
+// Group commit: writers queue their fn; whoever holds s.wmu commits every
+// queued fn in one transaction (one fsync), in queue order, each with its
+// own revision. fn may therefore run more than once and must derive
+// everything it writes from its txn and its captured inputs.
 func (s *Store) commit(ctx context.Context, fn func(t *txn) error) (uint64, error) {
 	leave, err := s.enter(ctx)
 	if err != nil {
 		return 0, err
 	}
 	defer leave()
+	req := &commitReq{fn: fn}
+	if !s.noGroupCommit {
+		s.qmu.Lock()
+		s.queue = append(s.queue, req)
+		s.qmu.Unlock()
+	}
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	rev := s.revision.Load() + 1
-	t := &txn{s: s, version: s.version}
-	err = s.db.Update(func(tx *bolt.Tx) error {
-		t.tx = tx
-		if err := fn(t); err != nil {
-			return err
+	if !req.done && !s.noGroupCommit {
+		s.qmu.Lock()
+		group := s.queue
+		s.queue = nil
+		s.qmu.Unlock()
+		for len(group) > 0 {
+			group = s.commitGroup(group)
 		}
-		if len(t.events) == 0 {
+	}
+	// Not done yet only without group commit, or if the goroutine that had
+	// taken req from the queue panicked (a bug) before answering it.
+	for group := []*commitReq{req}; !req.done && len(group) > 0; {
+		group = s.commitGroup(group)
+	}
+	return req.rev, req.err
+}
+
+// errAbandon rolls back a group transaction in which one fn failed.
+var errAbandon = errors.New("abandon group")
+
+// commitGroup commits group in one transaction; s.wmu held. If one fn
+// fails, the transaction is rolled back, that request finishes with its
+// error, and the others are returned to be committed again: rerunning the
+// requests before it reproduces the state it failed on, so the outcome is
+// the same as committing them one by one in queue order.
+func (s *Store) commitGroup(group []*commitReq) (retry []*commitReq) {
+	type outcome struct {
+		req    *commitReq
+		rev    uint64
+		events []store.Event
+	}
+	var (
+		outs     []outcome
+		failed   = -1
+		failErr  error
+		rev      = s.revision.Load()
+		version  = s.version
+		firstRev = rev
+	)
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		for i, req := range group {
+			t := &txn{tx: tx, s: s, version: version}
+			if err := req.fn(t); err != nil {
+				failed, failErr = i, err
+				return errAbandon
+			}
+			version = t.version
+			if len(t.events) > 0 {
+				rev++
+				for j := range t.events {
+					t.events[j].Revision = rev
+				}
+			}
+			outs = append(outs, outcome{req: req, rev: rev, events: t.events})
+		}
+		if rev == firstRev {
 			return nil
 		}
 		meta := tx.Bucket(bucketMeta)
 		if err := putUint(meta, keyRevision, rev); err != nil {
 			return err
 		}
-		return putUint(meta, keyVersion, t.version)
+		return putUint(meta, keyVersion, version)
 	})
+	if failed >= 0 {
+		group[failed].done, group[failed].err = true, failErr
+		return append(group[:failed:failed], group[failed+1:]...)
+	}
 	if err != nil {
-		return 0, err
+		for _, req := range group {
+			req.done, req.err = true, err
+		}
+		return nil
 	}
-	if len(t.events) == 0 {
-		return rev - 1, nil
-	}
-	s.version = t.version
-	for i := range t.events {
-		t.events[i].Revision = rev
-	}
+	s.version = version
 	s.revision.Store(rev)
-	s.feed.Publish(t.events)
-	return rev, nil
+	for _, o := range outs {
+		s.feed.Publish(o.events)
+		o.req.done, o.req.rev = true, o.rev
+	}
+	return nil
 }
 
 // Get implements store.Store.
@@ -466,6 +562,7 @@ func (s *Store) Update(ctx context.Context, r *resource.Resource) (*resource.Res
 		return nil, fmt.Errorf("update: %w", err)
 	}
 	c := r.Clone()
+	expected := r.Version
 	_, err := s.commit(ctx, func(t *txn) error {
 		b, err := t.typeBucket(key.Type, false)
 		if err != nil {
@@ -483,8 +580,8 @@ func (s *Store) Update(ctx context.Context, r *resource.Resource) (*resource.Res
 		if err != nil {
 			return err
 		}
-		if c.Version != "" && c.Version != prev.Version {
-			return store.ConflictError(key, c.Version, prev.Version)
+		if expected != "" && expected != prev.Version {
+			return store.ConflictError(key, expected, prev.Version)
 		}
 		c.CreationTime = prev.CreationTime
 		c.ModificationTime = s.normTime()
@@ -567,6 +664,14 @@ func (s *Store) Apply(ctx context.Context, b store.Batch) (uint64, error) {
 	if err := store.CheckBatch(b); err != nil {
 		return 0, fmt.Errorf("apply: %w", err)
 	}
+	if len(b.Put) == 0 && len(b.Delete) == 0 {
+		leave, err := s.enter(ctx)
+		if err != nil {
+			return 0, fmt.Errorf("apply: %w", err)
+		}
+		defer leave()
+		return s.revision.Load(), nil
+	}
 	// One arena holds every value (bbolt references them until the commit)
 	// and doubles as the events' copy of each spec: event resources are
 	// read-only, and neither bbolt nor the store writes to the arena.
@@ -601,8 +706,9 @@ func (s *Store) Apply(ctx context.Context, b store.Batch) (uint64, error) {
 	rev, err := s.commit(ctx, func(t *txn) error {
 		t.events = make([]store.Event, 0, len(puts)+len(b.Delete))
 		var (
-			bucket  *bolt.Bucket
-			current string
+			bucket    *bolt.Bucket
+			current   string
+			appending bool // every remaining key of this type sorts after the stored ones
 		)
 		for i, p := range puts {
 			if bucket == nil || p.r.Type != current {
@@ -611,13 +717,17 @@ func (s *Store) Apply(ctx context.Context, b store.Batch) (uint64, error) {
 					return err
 				}
 				current = p.r.Type
-				// Mostly-appending runs (a first sync) pack pages fuller.
-				if last, _ := bucket.Cursor().Last(); last == nil || bytes.Compare(last, p.key) < 0 {
+				last, _ := bucket.Cursor().Last()
+				appending = last == nil || bytes.Compare(last, p.key) < 0
+				if appending {
+					// A first sync of a type appends: pack pages fuller.
 					bucket.FillPercent = 0.9
 				}
 			}
-			if old := bucket.Get(p.key); old != nil && bytes.Equal(old, p.val) {
-				continue
+			if !appending {
+				if old := bucket.Get(p.key); old != nil && bytes.Equal(old, p.val) {
+					continue
+				}
 			}
 			if err := bucket.Put(p.key, p.val); err != nil {
 				return err

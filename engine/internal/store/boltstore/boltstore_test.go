@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -177,4 +178,72 @@ func TestSpecBytesRoundTrip(t *testing.T) {
 	got, err := s.Get(t.Context(), r.Key())
 	require.NoError(t, err)
 	assert.Equal(t, string(r.Spec), string(got.Spec), "spec bytes kept exactly")
+}
+
+// TestApplyRollsBackOnMidTransactionFailure makes bbolt itself fail in the
+// middle of a batch (a key longer than bbolt allows) and checks that the
+// puts and deletes before it were rolled back and nothing was published.
+func TestApplyRollsBackOnMidTransactionFailure(t *testing.T) {
+	ctx := t.Context()
+	s := open(t, t.TempDir(), boltstore.WithNoSync(true))
+	first := storetest.Batch(100, 256, "z1", "v1")
+	_, err := s.Apply(ctx, first)
+	require.NoError(t, err)
+	before, rev, err := s.Snapshot(ctx, store.Filter{})
+	require.NoError(t, err)
+	w, err := s.Watch(ctx)
+	require.NoError(t, err)
+
+	next := storetest.Batch(100, 256, "z1", "v2")
+	huge := next.Put[50].Clone()
+	huge.Name = strings.Repeat("n", 40_000)
+	next.Put = append(next.Put, huge)
+	next.Delete = []resource.Key{first.Put[0].Key()}
+	next.Put = next.Put[1:]
+	_, err = s.Apply(ctx, next)
+	require.Error(t, err)
+
+	after, rev2, err := s.Snapshot(ctx, store.Filter{})
+	require.NoError(t, err)
+	assert.Equal(t, rev, rev2)
+	assert.Equal(t, s.Revision(), rev)
+	require.Len(t, after, len(before))
+	for i := range before {
+		assert.Equal(t, before[i], after[i])
+	}
+	assert.Empty(t, w.Next())
+
+	// The store still works after the failed commit.
+	_, err = s.Apply(ctx, storetest.Batch(3, 64, "z2", "v1"))
+	require.NoError(t, err)
+	assert.Equal(t, rev+1, s.Revision())
+}
+
+// TestConformanceWithoutGroupCommit runs the suite against the one-write-
+// per-transaction path the group-commit benchmark uses as its baseline.
+func TestConformanceWithoutGroupCommit(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) store.Store {
+		s, err := boltstore.Open(t.TempDir())
+		require.NoError(t, err)
+		boltstore.DisableGroupCommitForTest(s)
+		return s
+	})
+}
+
+func TestClockOption(t *testing.T) {
+	t0 := time.Date(2026, 2, 3, 4, 5, 6, 7, time.FixedZone("x", 3600))
+	now := t0
+	s := open(t, t.TempDir(), boltstore.WithClock(func() time.Time { return now }))
+	c, err := s.Create(t.Context(), storetest.Res("T", "x"))
+	require.NoError(t, err)
+	assert.True(t, c.CreationTime.Equal(t0))
+	assert.Equal(t, time.UTC, c.CreationTime.Location(), "times are stored in UTC")
+	now = t0.Add(time.Hour)
+	u, err := s.Update(t.Context(), c)
+	require.NoError(t, err)
+	assert.True(t, u.CreationTime.Equal(t0))
+	assert.True(t, u.ModificationTime.Equal(t0.Add(time.Hour)))
+	got, err := s.Get(t.Context(), c.Key())
+	require.NoError(t, err)
+	assert.Equal(t, u, got, "what Update returns is what Get reads")
 }

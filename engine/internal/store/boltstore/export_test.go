@@ -15,3 +15,7 @@ func SetLayoutForTest(path, layout string) error {
 		return tx.Bucket(bucketMeta).Put(keyLayout, []byte(layout))
 	})
 }
+
+// DisableGroupCommitForTest makes s commit every write in its own
+// transaction. Call before using s.
+func DisableGroupCommitForTest(s *Store) { s.noGroupCommit = true }

@@ -96,8 +96,8 @@ func (s *Store) Snapshot(ctx context.Context, f store.Filter) ([]*resource.Resou
 	}
 	var matched []*resource.Resource
 	collect := func(m map[resource.Key]*resource.Resource) {
-		for k, r := range m {
-			if f.MatchesKey(k) && f.Matches(r) {
+		for _, r := range m {
+			if f.Matches(r) {
 				matched = append(matched, r)
 			}
 		}

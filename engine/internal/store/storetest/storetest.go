@@ -17,6 +17,8 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -57,6 +59,8 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"ApplyKeepsVersions", testApplyKeepsVersions},
 		{"ApplyAtomic", testApplyAtomic},
 		{"ApplyDeletesAndNoops", testApplyDeletesAndNoops},
+		{"ConcurrentCreatesOneWins", testConcurrentCreates},
+		{"ConcurrentUpdatesNoLostUpdate", testNoLostUpdate},
 		{"WatchEvents", testWatchEvents},
 		{"WatchNeverBlocksWriters", testWatchNeverBlocksWriters},
 		{"WatchConcurrentWriters", testWatchConcurrentWriters},
@@ -461,13 +465,26 @@ func testApplyDeletesAndNoops(t *testing.T, s store.Store) {
 	require.NoError(t, err)
 	assert.Empty(t, w.Next())
 
+	// Only the changed puts of a mixed batch are written.
+	c, d := Res("T", "0"), Res("T", "z")
+	c.Version, d.Version = "1", "1"
+	_, err = s.Apply(ctx, store.Batch{Put: []*resource.Resource{d, b.Clone(), c}})
+	require.NoError(t, err)
+	evs := waitEvents(t, w, 2)
+	require.Len(t, evs, 2)
+	assert.ElementsMatch(t, []string{"0", "z"}, []string{evs[0].Resource.Name, evs[1].Resource.Name})
+	assert.EqualValues(t, 2, s.Revision())
+	_, err = s.Apply(ctx, store.Batch{Delete: []resource.Key{c.Key(), d.Key()}})
+	require.NoError(t, err)
+	require.Len(t, waitEvents(t, w, 2), 2)
+
 	// A changed put and a real delete in one commit.
 	a2 := a.Clone()
 	a2.Version = "2"
 	rev, err = s.Apply(ctx, store.Batch{Put: []*resource.Resource{a2}, Delete: []resource.Key{b.Key()}})
 	require.NoError(t, err)
-	assert.EqualValues(t, 2, rev)
-	evs := waitEvents(t, w, 2)
+	assert.EqualValues(t, 4, rev)
+	evs = waitEvents(t, w, 2)
 	require.Len(t, evs, 2)
 	for _, ev := range evs {
 		assert.Equal(t, rev, ev.Revision, "one commit, one revision")
@@ -480,6 +497,89 @@ func testApplyDeletesAndNoops(t *testing.T, s store.Store) {
 	assert.Equal(t, "1", evs[1].Resource.Version, "delete event carries the last version")
 	_, err = s.Get(ctx, b.Key())
 	require.ErrorIs(t, err, store.ErrNotFound)
+}
+
+// testConcurrentCreates races writers creating the same keys: exactly one
+// create per key succeeds, the rest get ErrAlreadyExists, and versions are
+// unique.
+func testConcurrentCreates(t *testing.T, s store.Store) {
+	ctx := ctxT(t)
+	const writers, keys = 8, 10
+	var mu sync.Mutex
+	wins := map[string]int{}
+	versions := map[string]bool{}
+	g, gctx := errgroup.WithContext(ctx)
+	for range writers {
+		g.Go(func() error {
+			for k := range keys {
+				r, err := s.Create(gctx, Res("T", fmt.Sprintf("k%d", k)))
+				if errors.Is(err, store.ErrAlreadyExists) {
+					continue
+				}
+				if err != nil {
+					return err
+				}
+				mu.Lock()
+				wins[r.Name]++
+				if versions[r.Version] {
+					mu.Unlock()
+					return fmt.Errorf("version %s handed out twice", r.Version)
+				}
+				versions[r.Version] = true
+				mu.Unlock()
+			}
+			return nil
+		})
+	}
+	require.NoError(t, g.Wait())
+	require.Len(t, wins, keys)
+	for name, n := range wins {
+		assert.Equal(t, 1, n, "creates of %s that succeeded", name)
+	}
+	assert.EqualValues(t, keys, s.Revision(), "failed creates commit nothing")
+}
+
+// testNoLostUpdate has writers increment a counter in one resource with
+// read-modify-write and retry on ErrConflict; every increment must land.
+func testNoLostUpdate(t *testing.T, s store.Store) {
+	ctx := ctxT(t)
+	r := Res("T", "counter")
+	r.Labels = map[string]string{"n": "0"}
+	mustCreate(t, s, r)
+	const writers, increments = 4, 15
+	var conflicts atomic.Int64
+	g, gctx := errgroup.WithContext(ctx)
+	for range writers {
+		g.Go(func() error {
+			for range increments {
+				for {
+					cur, err := s.Get(gctx, r.Key())
+					if err != nil {
+						return err
+					}
+					n, err := strconv.Atoi(cur.Labels["n"])
+					if err != nil {
+						return err
+					}
+					cur.Labels["n"] = strconv.Itoa(n + 1)
+					_, err = s.Update(gctx, cur)
+					if errors.Is(err, store.ErrConflict) {
+						conflicts.Add(1)
+						continue
+					}
+					if err != nil {
+						return err
+					}
+					break
+				}
+			}
+			return nil
+		})
+	}
+	require.NoError(t, g.Wait())
+	got, err := s.Get(ctx, r.Key())
+	require.NoError(t, err)
+	assert.Equal(t, strconv.Itoa(writers*increments), got.Labels["n"], "no lost update (%d conflicts retried)", conflicts.Load())
 }
 
 func testWatchEvents(t *testing.T, s store.Store) {
