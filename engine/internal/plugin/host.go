@@ -211,7 +211,9 @@ func (h *Host) Start(ctx context.Context) error {
 			continue
 		}
 		m.setRunning(insts[i])
+		m.mu.Lock()
 		m.types = insts[i].types
+		m.mu.Unlock()
 		byPlugin[m.name] = insts[i].types
 	}
 	killAll := func() {

@@ -54,11 +54,11 @@ func TestBatchesBoundCountAndBytes(t *testing.T) {
 		rs[i] = &resource.Resource{Type: "T", Name: "n", Spec: make([]byte, 100)}
 		idx[i] = i
 	}
-	assert.Equal(t, [][]int{{0, 1, 2, 3}, {4, 5, 6, 7}, {8, 9}}, Batches(rs, idx, 4, 1<<20))
-	assert.Equal(t, [][]int{{0, 1}, {2, 3}, {4, 5}, {6, 7}, {8, 9}}, Batches(rs, idx, 100, 400))
+	assert.Equal(t, [][]int{{0, 1, 2, 3}, {4, 5, 6, 7}, {8, 9}}, batches(rs, idx, 4, 1<<20))
+	assert.Equal(t, [][]int{{0, 1}, {2, 3}, {4, 5}, {6, 7}, {8, 9}}, batches(rs, idx, 100, 400))
 	rs[3].Spec = make([]byte, 1000)
-	assert.Equal(t, [][]int{{0, 1, 2}, {3}, {4, 5, 6}, {7, 8, 9}}, Batches(rs, idx, 100, 600), "an oversized resource goes alone")
-	assert.Empty(t, Batches(rs, nil, 10, 10))
+	assert.Equal(t, [][]int{{0, 1, 2}, {3}, {4, 5, 6}, {7, 8, 9}}, batches(rs, idx, 100, 600), "an oversized resource goes alone")
+	assert.Empty(t, batches(rs, nil, 10, 10))
 }
 
 func TestLineWriterLogsWholeLines(t *testing.T) {

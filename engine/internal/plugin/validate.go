@@ -88,7 +88,7 @@ func (h *Host) Validate(ctx context.Context, rs []*resource.Resource) error {
 		groups[d.Plugin] = append(groups[d.Plugin], i)
 	}
 	for _, p := range order {
-		for _, batch := range Batches(rs, groups[p], h.batchSize, MaxBatchBytes) {
+		for _, batch := range batches(rs, groups[p], h.batchSize, MaxBatchBytes) {
 			sub := make([]*resource.Resource, len(batch))
 			for j, idx := range batch {
 				sub[j] = rs[idx]
@@ -102,13 +102,13 @@ func (h *Host) Validate(ctx context.Context, rs []*resource.Resource) error {
 			}
 		}
 	}
-	return ValidationError(rs, invalid)
+	return validationError(rs, invalid)
 }
 
-// Batches splits idx (indexes into rs) into batches of at most size
+// batches splits idx (indexes into rs) into batches of at most size
 // resources and at most maxBytes of wire size; a resource larger than
 // maxBytes forms a batch of its own.
-func Batches(rs []*resource.Resource, idx []int, size, maxBytes int) [][]int {
+func batches(rs []*resource.Resource, idx []int, size, maxBytes int) [][]int {
 	var out [][]int
 	var cur []int
 	curBytes := 0
@@ -127,9 +127,9 @@ func Batches(rs []*resource.Resource, idx []int, size, maxBytes int) [][]int {
 	return out
 }
 
-// ValidationError builds the error for the invalid resources (by index in
+// validationError builds the error for the invalid resources (by index in
 // rs), in input order; nil if there are none.
-func ValidationError(rs []*resource.Resource, invalid map[int][]resource.FieldError) error {
+func validationError(rs []*resource.Resource, invalid map[int][]resource.FieldError) error {
 	if len(invalid) == 0 {
 		return nil
 	}
