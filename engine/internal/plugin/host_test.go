@@ -383,6 +383,19 @@ func TestCrashDuringValidateIsPluginDown(t *testing.T) {
 	assert.Contains(t, err.Error(), "crashvalidate")
 }
 
+func TestHungValidateTimesOut(t *testing.T) {
+	h, _ := startHost(t, pluginsDir(t, "hangvalidate"), WithCallTimeout(200*time.Millisecond))
+	err := h.Validate(context.Background(), []*resource.Resource{res("HangvalidateThing", "m", "a", `{}`)})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), `validate with plugin "hangvalidate": no answer within 200ms`)
+	assert.Equal(t, StateRunning, info(t, h, "hangvalidate").State, "a slow answer is not a crash")
+
+	ctx, cancel := context.WithCancelCause(context.Background())
+	cancel(errors.New("client went away"))
+	err = h.Validate(ctx, []*resource.Resource{res("HangvalidateThing", "m", "a", `{}`)})
+	assert.ErrorContains(t, err, "client went away")
+}
+
 func TestCloseLeavesNoPluginProcess(t *testing.T) {
 	log, _ := testLogger(t)
 	h := NewHost(pluginsDir(t, "alpha", "beta", "policies", "dataplanes"), log)

@@ -33,7 +33,9 @@ func (h *Host) ValidateBatch(ctx context.Context, pluginName string, rs []*resou
 		req.Resources[i] = r.ToProto()
 	}
 	m.calls.Add(1)
-	resp, err := inst.conn.Validate(ctx, req)
+	cctx, cancel := context.WithTimeout(ctx, h.callTimeout)
+	defer cancel()
+	resp, err := inst.conn.Validate(cctx, req)
 	if err != nil {
 		select {
 		case <-inst.conn.Done():
@@ -45,6 +47,9 @@ func (h *Host) ValidateBatch(ctx context.Context, pluginName string, rs []*resou
 		}
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("validate with plugin %q: %w", pluginName, context.Cause(ctx))
+		}
+		if cctx.Err() != nil || status.Code(err) == codes.DeadlineExceeded {
+			return nil, fmt.Errorf("validate with plugin %q: no answer within %s", pluginName, h.callTimeout)
 		}
 		return nil, fmt.Errorf("validate with plugin %q: %w", pluginName, err)
 	}

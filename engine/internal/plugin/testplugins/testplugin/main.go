@@ -7,6 +7,7 @@
 //	dupalpha      claims AlphaOne too
 //	hang          never answers Describe
 //	crashvalidate exits in the middle of Validate
+//	hangvalidate  never answers Validate
 //	reject        rejects every resource
 //	shifty        type ShiftyV1, or ShiftyV2 once NAME.v2 exists next to it
 //	garbage       breaks the handshake
