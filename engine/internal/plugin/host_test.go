@@ -323,6 +323,15 @@ func TestBrokenHandshakeIsReported(t *testing.T) {
 	assert.Contains(t, g.LastError, "start and handshake")
 }
 
+func TestProtocolVersionNegotiation(t *testing.T) {
+	h, _ := startHost(t, pluginsDir(t, "future", "futureonly"))
+	assert.Equal(t, StateRunning, info(t, h, "future").State, "a plugin that also speaks a newer version works")
+	fo := info(t, h, "futureonly")
+	assert.Equal(t, StateFailed, fo.State)
+	assert.Contains(t, fo.LastError, "start and handshake")
+	assert.Contains(t, fo.LastError, "version")
+}
+
 func TestRequiredPluginFailureFailsStart(t *testing.T) {
 	log, _ := testLogger(t)
 	h := NewHost(pluginsDir(t, "hang", "beta"), log, WithRequired([]string{"hang"}), WithDescribeTimeout(300*time.Millisecond))
