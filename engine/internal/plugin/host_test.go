@@ -308,11 +308,11 @@ func TestChecksumMismatchIsRefused(t *testing.T) {
 
 func TestDescribeTimeout(t *testing.T) {
 	start := time.Now()
-	h, _ := startHost(t, pluginsDir(t, "hang", "beta"), WithDescribeTimeout(300*time.Millisecond))
+	h, _ := startHost(t, pluginsDir(t, "hang", "beta"), WithDescribeTimeout(time.Second))
 	assert.Less(t, time.Since(start), 15*time.Second)
 	hang := info(t, h, "hang")
 	assert.Equal(t, StateFailed, hang.State)
-	assert.Contains(t, hang.LastError, "describe: no answer within 300ms")
+	assert.Contains(t, hang.LastError, "describe: no answer within 1s")
 	assert.Equal(t, StateRunning, info(t, h, "beta").State)
 }
 
