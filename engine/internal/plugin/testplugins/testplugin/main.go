@@ -38,6 +38,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+	sdk.TuneRuntime()
 	versions := sdk.VersionedPlugins(impl)
 	switch mode {
 	case "future":
