@@ -8,8 +8,8 @@
 // versioned protocol negotiation, gRPC only. [Build] compiles a plugin's main
 // package for StartBinary.
 //
-// Every value is torn down with t.Cleanup; a Client is safe for concurrent
-// use.
+// Everything is torn down with t.Cleanup. Client methods report failures
+// with t.Fatalf, so call them from the test's goroutine.
 package sdktest
 
 import (
