@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"runtime/debug"
 
 	"github.com/hashicorp/go-hclog"
 	goplugin "github.com/hashicorp/go-plugin"
@@ -117,6 +118,7 @@ func Serve(p Plugin) {
 		fmt.Fprintf(os.Stderr, "kds plugin: %v\n", err)
 		os.Exit(1)
 	}
+	TuneRuntime()
 	goplugin.Serve(&goplugin.ServeConfig{
 		HandshakeConfig:  Handshake,
 		VersionedPlugins: VersionedPlugins(impl),
@@ -124,6 +126,19 @@ func Serve(p Plugin) {
 		Logger:           logger,
 	})
 	os.Exit(0)
+}
+
+// PluginGCPercent is the garbage-collection target [TuneRuntime] sets.
+const PluginGCPercent = 400
+
+// TuneRuntime adapts the Go runtime to a plugin's work, a small live heap
+// with batch-sized bursts of short-lived garbage: unless the GOGC
+// environment variable is set, it sets the GC target to [PluginGCPercent],
+// so a batch does not trigger several collections. [Serve] calls it.
+func TuneRuntime() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(PluginGCPercent)
+	}
 }
 
 // GRPCServer builds the plugin's gRPC server with the message limits and

@@ -3,6 +3,7 @@ package sdk
 import (
 	"context"
 	"encoding/json"
+	"runtime/debug"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -105,4 +106,14 @@ func TestServerValidateReportsIndexesAndPassesMeta(t *testing.T) {
 	assert.Equal(t, "spec", resp.GetInvalid()[1].GetErrors()[0].GetField())
 	require.Len(t, seen, 2)
 	assert.Equal(t, Meta{Type: "Sample", Mesh: "m1", Name: "b", Labels: map[string]string{"k": "v"}}, seen[1])
+}
+
+func TestTuneRuntime(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(100))
+	t.Setenv("GOGC", "")
+	TuneRuntime()
+	assert.Equal(t, PluginGCPercent, debug.SetGCPercent(100))
+	t.Setenv("GOGC", "50")
+	TuneRuntime()
+	assert.Equal(t, 100, debug.SetGCPercent(100), "an explicit GOGC wins")
 }

@@ -43,6 +43,8 @@ func NewServer(p Plugin) (pluginv1.PluginServer, error) {
 	return s, nil
 }
 
+var _ pluginv1.PluginServer = (*server)(nil)
+
 type server struct {
 	pluginv1.UnimplementedPluginServer
 	name, version string

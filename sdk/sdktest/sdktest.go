@@ -1,21 +1,22 @@
 // Package sdktest runs a kds-engine plugin for unit tests, without the
 // engine.
 //
-// [Start] serves an sdk.Plugin in-process over a real gRPC connection (made
-// with go-plugin's test helpers), so requests and responses go through the
-// same protobuf encoding as in production. [StartBinary] starts a built
+// [Start] serves an sdk.Plugin in-process over a real gRPC connection on
+// the loopback interface, so requests and responses go through the same
+// protobuf encoding as in production. [StartBinary] starts a built
 // kds-plugin-* binary the way the engine does: go-plugin handshake,
 // versioned protocol negotiation, gRPC only. [Build] compiles a plugin's main
 // package for StartBinary.
 //
-// Every value is torn down with t.Cleanup; a Client is safe for concurrent
-// use.
+// Everything is torn down with t.Cleanup. Client methods report failures
+// with t.Fatalf, so call them from the test's goroutine.
 package sdktest
 
 import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,6 +25,8 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	goplugin "github.com/hashicorp/go-plugin"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	kdsv1 "github.com/kds-engine/kds-engine/proto/kds/v1"
 	pluginv1 "github.com/kds-engine/kds-engine/proto/plugin/v1"
@@ -51,25 +54,38 @@ type Client struct {
 	Pid int
 }
 
-// Start serves p in-process over gRPC and returns a client for it.
+// Start serves p in-process on a loopback gRPC server (with the server and
+// client options the engine and sdk.Serve use) and returns a client for it.
 func Start(t testing.TB, p sdk.Plugin) *Client {
 	t.Helper()
 	impl, err := sdk.NewServer(p)
 	if err != nil {
 		t.Fatalf("sdktest: %v", err)
 	}
-	gc, gs := goplugin.TestPluginGRPCConn(t, false, map[string]goplugin.Plugin{
-		sdk.PluginKey: &sdk.GRPCPlugin{Impl: impl},
-	})
-	t.Cleanup(func() {
-		_ = gc.Close()
-		gs.Stop()
-	})
-	raw, err := gc.Dispense(sdk.PluginKey)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatalf("sdktest: dispense: %v", err)
+		t.Fatalf("sdktest: listen: %v", err)
 	}
-	return &Client{t: t, conn: raw.(*sdk.Conn)}
+	srv := sdk.GRPCServer(nil)
+	pluginv1.RegisterPluginServer(srv, impl)
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		_ = srv.Serve(lis)
+	}()
+	opts := append(sdk.GRPCDialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	cc, err := grpc.NewClient(lis.Addr().String(), opts...)
+	if err != nil {
+		srv.Stop()
+		<-served
+		t.Fatalf("sdktest: dial: %v", err)
+	}
+	t.Cleanup(func() {
+		_ = cc.Close()
+		srv.Stop()
+		<-served
+	})
+	return &Client{t: t, conn: pluginv1.NewPluginClient(cc)}
 }
 
 // StartBinary starts the plugin binary at path as the engine does and

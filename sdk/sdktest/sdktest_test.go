@@ -90,3 +90,19 @@ func (f *fakeT) Fatalf(format string, args ...any) {
 	}
 	panic("fatal")
 }
+
+func TestBuildAndStartBinaryLikeTheEngine(t *testing.T) {
+	bin := sdktest.Build(t, "../../plugins/dataplanes", "dataplanes")
+	c := sdktest.StartBinary(t, bin)
+	assert.NotZero(t, c.Pid)
+	d := c.Describe()
+	assert.Equal(t, "dataplanes", d.GetName())
+	got := c.Validate(
+		sdktest.Resource{Type: "Dataplane", Mesh: "default", Name: "dp", Spec: map[string]any{
+			"networking": map[string]any{"address": "10.0.0.1", "inbound": []any{map[string]any{"port": 0, "tags": map[string]string{"kuma.io/service": "web"}}}},
+		}},
+		sdktest.Resource{Type: "DataplaneInsight", Mesh: "default", Name: "dp", Spec: map[string]any{}},
+	)
+	assert.Equal(t, []string{"spec.networking.inbound[0].port"}, sdktest.Fields(got[0]))
+	assert.Empty(t, got[1])
+}

@@ -53,7 +53,7 @@ func BenchmarkValidatePluginVsInProcess(b *testing.B) {
 	ctx := context.Background()
 	inProcess := func() error {
 		invalid := map[int][]resource.FieldError{}
-		for _, batch := range Batches(rs, idx, 1000, MaxBatchBytes) {
+		for _, batch := range batches(rs, idx, 1000, MaxBatchBytes) {
 			req := &pluginv1.ValidateRequest{Resources: make([]*kdsv1.Resource, len(batch))}
 			for j, k := range batch {
 				req.Resources[j] = rs[k].ToProto()
@@ -66,7 +66,7 @@ func BenchmarkValidatePluginVsInProcess(b *testing.B) {
 				invalid[batch[inv.GetIndex()]] = append(invalid[batch[inv.GetIndex()]], resource.FieldError{})
 			}
 		}
-		return ValidationError(rs, invalid)
+		return validationError(rs, invalid)
 	}
 	// Warm up both paths.
 	require.NoError(b, inProcess())

@@ -32,6 +32,7 @@ const (
 	DefaultBackoffBase     = 250 * time.Millisecond
 	DefaultBackoffCap      = 30 * time.Second
 	DefaultBatchSize       = 1000
+	DefaultCallTimeout     = 30 * time.Second
 	// MaxBatchBytes bounds the resources of one Validate RPC; a single
 	// larger resource is sent alone.
 	MaxBatchBytes = 4 << 20
@@ -102,6 +103,10 @@ func WithRestartBackoff(base, limit time.Duration) Option {
 // (default 1000).
 func WithBatchSize(n int) Option { return func(h *Host) { h.batchSize = max(n, 1) } }
 
+// WithCallTimeout bounds each Validate RPC (default 30s), so a plugin that
+// hangs cannot hold a write forever.
+func WithCallTimeout(d time.Duration) Option { return func(h *Host) { h.callTimeout = d } }
+
 // WithEngineVersion sets the version reported to plugins in Describe.
 func WithEngineVersion(v string) Option { return func(h *Host) { h.engineVersion = v } }
 
@@ -117,6 +122,7 @@ type Host struct {
 	backoffBase     time.Duration
 	backoffCap      time.Duration
 	batchSize       int
+	callTimeout     time.Duration
 	engineVersion   string
 
 	ctx    context.Context // cancelled by Close; stops supervisors
@@ -145,6 +151,7 @@ func NewHost(dir string, logger hclog.Logger, opts ...Option) *Host {
 		backoffBase:     DefaultBackoffBase,
 		backoffCap:      DefaultBackoffCap,
 		batchSize:       DefaultBatchSize,
+		callTimeout:     DefaultCallTimeout,
 		engineVersion:   "dev",
 		ctx:             ctx,
 		cancel:          cancel,
@@ -211,7 +218,9 @@ func (h *Host) Start(ctx context.Context) error {
 			continue
 		}
 		m.setRunning(insts[i])
+		m.mu.Lock()
 		m.types = insts[i].types
+		m.mu.Unlock()
 		byPlugin[m.name] = insts[i].types
 	}
 	killAll := func() {

@@ -308,11 +308,11 @@ func TestChecksumMismatchIsRefused(t *testing.T) {
 
 func TestDescribeTimeout(t *testing.T) {
 	start := time.Now()
-	h, _ := startHost(t, pluginsDir(t, "hang", "beta"), WithDescribeTimeout(300*time.Millisecond))
+	h, _ := startHost(t, pluginsDir(t, "hang", "beta"), WithDescribeTimeout(time.Second))
 	assert.Less(t, time.Since(start), 15*time.Second)
 	hang := info(t, h, "hang")
 	assert.Equal(t, StateFailed, hang.State)
-	assert.Contains(t, hang.LastError, "describe: no answer within 300ms")
+	assert.Contains(t, hang.LastError, "describe: no answer within 1s")
 	assert.Equal(t, StateRunning, info(t, h, "beta").State)
 }
 
@@ -321,6 +321,15 @@ func TestBrokenHandshakeIsReported(t *testing.T) {
 	g := info(t, h, "garbage")
 	assert.Equal(t, StateFailed, g.State)
 	assert.Contains(t, g.LastError, "start and handshake")
+}
+
+func TestProtocolVersionNegotiation(t *testing.T) {
+	h, _ := startHost(t, pluginsDir(t, "future", "futureonly"))
+	assert.Equal(t, StateRunning, info(t, h, "future").State, "a plugin that also speaks a newer version works")
+	fo := info(t, h, "futureonly")
+	assert.Equal(t, StateFailed, fo.State)
+	assert.Contains(t, fo.LastError, "start and handshake")
+	assert.Contains(t, fo.LastError, "version")
 }
 
 func TestRequiredPluginFailureFailsStart(t *testing.T) {
@@ -381,6 +390,19 @@ func TestCrashDuringValidateIsPluginDown(t *testing.T) {
 	err := h.Validate(context.Background(), []*resource.Resource{res("CrashvalidateThing", "m", "a", `{}`)})
 	require.ErrorIs(t, err, ErrPluginDown)
 	assert.Contains(t, err.Error(), "crashvalidate")
+}
+
+func TestHungValidateTimesOut(t *testing.T) {
+	h, _ := startHost(t, pluginsDir(t, "hangvalidate"), WithCallTimeout(200*time.Millisecond))
+	err := h.Validate(context.Background(), []*resource.Resource{res("HangvalidateThing", "m", "a", `{}`)})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), `validate with plugin "hangvalidate": no answer within 200ms`)
+	assert.Equal(t, StateRunning, info(t, h, "hangvalidate").State, "a slow answer is not a crash")
+
+	ctx, cancel := context.WithCancelCause(context.Background())
+	cancel(errors.New("client went away"))
+	err = h.Validate(ctx, []*resource.Resource{res("HangvalidateThing", "m", "a", `{}`)})
+	assert.ErrorContains(t, err, "client went away")
 }
 
 func TestCloseLeavesNoPluginProcess(t *testing.T) {

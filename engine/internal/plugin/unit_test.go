@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/kds-engine/kds-engine/engine/internal/resource"
+	pluginv1 "github.com/kds-engine/kds-engine/proto/plugin/v1"
 )
 
 func TestVerifyChecksumFormats(t *testing.T) {
@@ -54,11 +55,11 @@ func TestBatchesBoundCountAndBytes(t *testing.T) {
 		rs[i] = &resource.Resource{Type: "T", Name: "n", Spec: make([]byte, 100)}
 		idx[i] = i
 	}
-	assert.Equal(t, [][]int{{0, 1, 2, 3}, {4, 5, 6, 7}, {8, 9}}, Batches(rs, idx, 4, 1<<20))
-	assert.Equal(t, [][]int{{0, 1}, {2, 3}, {4, 5}, {6, 7}, {8, 9}}, Batches(rs, idx, 100, 400))
+	assert.Equal(t, [][]int{{0, 1, 2, 3}, {4, 5, 6, 7}, {8, 9}}, batches(rs, idx, 4, 1<<20))
+	assert.Equal(t, [][]int{{0, 1}, {2, 3}, {4, 5}, {6, 7}, {8, 9}}, batches(rs, idx, 100, 400))
 	rs[3].Spec = make([]byte, 1000)
-	assert.Equal(t, [][]int{{0, 1, 2}, {3}, {4, 5, 6}, {7, 8, 9}}, Batches(rs, idx, 100, 600), "an oversized resource goes alone")
-	assert.Empty(t, Batches(rs, nil, 10, 10))
+	assert.Equal(t, [][]int{{0, 1, 2}, {3}, {4, 5, 6}, {7, 8, 9}}, batches(rs, idx, 100, 600), "an oversized resource goes alone")
+	assert.Empty(t, batches(rs, nil, 10, 10))
 }
 
 func TestLineWriterLogsWholeLines(t *testing.T) {
@@ -71,4 +72,36 @@ func TestLineWriterLogsWholeLines(t *testing.T) {
 	assert.Contains(t, out, "p: hello: stream=stdout")
 	assert.Contains(t, out, "p: second: stream=stdout")
 	assert.NotContains(t, out, "thi")
+}
+
+func TestDescriptorFromProtoRefusesIncompleteTypes(t *testing.T) {
+	ok := &pluginv1.TypeDescriptor{Name: "A", Direction: pluginv1.Direction_DIRECTION_ZONE_TO_GLOBAL, Scope: pluginv1.Scope_SCOPE_GLOBAL, JsonSchema: []byte(`{}`), SchemaVersion: 3, Description: "d"}
+	d, err := descriptorFromProto("p", ok)
+	require.NoError(t, err)
+	assert.Equal(t, resource.TypeDescriptor{Name: "A", Direction: resource.ZoneToGlobal, Scope: resource.ScopeGlobal, Schema: []byte(`{}`), SchemaVersion: 3, Description: "d", Plugin: "p"}, d)
+
+	for name, td := range map[string]*pluginv1.TypeDescriptor{
+		"no name":      {Direction: pluginv1.Direction_DIRECTION_GLOBAL_TO_ZONE, Scope: pluginv1.Scope_SCOPE_MESH},
+		"no direction": {Name: "A", Scope: pluginv1.Scope_SCOPE_MESH},
+		"no scope":     {Name: "A", Direction: pluginv1.Direction_DIRECTION_GLOBAL_TO_ZONE},
+	} {
+		_, err := descriptorFromProto("p", td)
+		assert.Error(t, err, name)
+	}
+}
+
+func TestRegistryListsEveryDuplicate(t *testing.T) {
+	_, err := newRegistry(map[string][]resource.TypeDescriptor{
+		"a": {{Name: "X", Plugin: "a"}, {Name: "Y", Plugin: "a"}},
+		"b": {{Name: "X", Plugin: "b"}},
+		"c": {{Name: "Y", Plugin: "c"}},
+	})
+	require.ErrorIs(t, err, ErrDuplicateType)
+	assert.Contains(t, err.Error(), `type X is claimed by plugins "a" and "b"`)
+	assert.Contains(t, err.Error(), `type Y is claimed by plugins "a" and "c"`)
+
+	var empty *Registry
+	_, ok := empty.Type("X")
+	assert.False(t, ok)
+	assert.Zero(t, empty.Len())
 }

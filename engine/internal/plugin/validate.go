@@ -33,7 +33,9 @@ func (h *Host) ValidateBatch(ctx context.Context, pluginName string, rs []*resou
 		req.Resources[i] = r.ToProto()
 	}
 	m.calls.Add(1)
-	resp, err := inst.conn.Validate(ctx, req)
+	cctx, cancel := context.WithTimeout(ctx, h.callTimeout)
+	defer cancel()
+	resp, err := inst.conn.Validate(cctx, req)
 	if err != nil {
 		select {
 		case <-inst.conn.Done():
@@ -45,6 +47,9 @@ func (h *Host) ValidateBatch(ctx context.Context, pluginName string, rs []*resou
 		}
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("validate with plugin %q: %w", pluginName, context.Cause(ctx))
+		}
+		if cctx.Err() != nil || status.Code(err) == codes.DeadlineExceeded {
+			return nil, fmt.Errorf("validate with plugin %q: no answer within %s", pluginName, h.callTimeout)
 		}
 		return nil, fmt.Errorf("validate with plugin %q: %w", pluginName, err)
 	}
@@ -88,7 +93,7 @@ func (h *Host) Validate(ctx context.Context, rs []*resource.Resource) error {
 		groups[d.Plugin] = append(groups[d.Plugin], i)
 	}
 	for _, p := range order {
-		for _, batch := range Batches(rs, groups[p], h.batchSize, MaxBatchBytes) {
+		for _, batch := range batches(rs, groups[p], h.batchSize, MaxBatchBytes) {
 			sub := make([]*resource.Resource, len(batch))
 			for j, idx := range batch {
 				sub[j] = rs[idx]
@@ -102,13 +107,13 @@ func (h *Host) Validate(ctx context.Context, rs []*resource.Resource) error {
 			}
 		}
 	}
-	return ValidationError(rs, invalid)
+	return validationError(rs, invalid)
 }
 
-// Batches splits idx (indexes into rs) into batches of at most size
+// batches splits idx (indexes into rs) into batches of at most size
 // resources and at most maxBytes of wire size; a resource larger than
 // maxBytes forms a batch of its own.
-func Batches(rs []*resource.Resource, idx []int, size, maxBytes int) [][]int {
+func batches(rs []*resource.Resource, idx []int, size, maxBytes int) [][]int {
 	var out [][]int
 	var cur []int
 	curBytes := 0
@@ -127,9 +132,9 @@ func Batches(rs []*resource.Resource, idx []int, size, maxBytes int) [][]int {
 	return out
 }
 
-// ValidationError builds the error for the invalid resources (by index in
+// validationError builds the error for the invalid resources (by index in
 // rs), in input order; nil if there are none.
-func ValidationError(rs []*resource.Resource, invalid map[int][]resource.FieldError) error {
+func validationError(rs []*resource.Resource, invalid map[int][]resource.FieldError) error {
 	if len(invalid) == 0 {
 		return nil
 	}

@@ -7,9 +7,12 @@
 //	dupalpha      claims AlphaOne too
 //	hang          never answers Describe
 //	crashvalidate exits in the middle of Validate
+//	hangvalidate  never answers Validate
 //	reject        rejects every resource
 //	shifty        type ShiftyV1, or ShiftyV2 once NAME.v2 exists next to it
 //	garbage       breaks the handshake
+//	future        serves protocol versions 1 and 2 (a newer SDK)
+//	futureonly    serves only protocol version 2
 package main
 
 import (
@@ -35,9 +38,18 @@ func main() {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+	sdk.TuneRuntime()
+	versions := sdk.VersionedPlugins(impl)
+	switch mode {
+	case "future":
+		versions[2] = versions[1]
+	case "futureonly":
+		versions[2] = versions[1]
+		delete(versions, 1)
+	}
 	goplugin.Serve(&goplugin.ServeConfig{
 		HandshakeConfig:  sdk.Handshake,
-		VersionedPlugins: sdk.VersionedPlugins(impl),
+		VersionedPlugins: versions,
 		GRPCServer:       sdk.GRPCServer,
 		Logger:           sdk.Logger(),
 	})
