@@ -383,6 +383,7 @@ func (e *Engine) runGlobal(g *errgroup.Group, ctx context.Context, lis net.Liste
 	},
 		kdsgrpc.WithConfig(tcfg),
 		kdsgrpc.WithLogger(e.log),
+		kdsgrpc.WithSessionOptions(e.sendObserver),
 		kdsgrpc.WithSessionHooks(
 			func(ev kdsgrpc.SessionEvent) { e.ins.Connected(ev.Zone); e.metrics.SessionStarted(ev.Zone) },
 			func(ev kdsgrpc.SessionEvent) {
@@ -414,6 +415,7 @@ func (e *Engine) runZone(g *errgroup.Group, ctx context.Context, tcfg kdsgrpc.Co
 		kdsgrpc.WithLogger(e.log),
 		kdsgrpc.WithBackoff(kdsgrpc.Backoff{Base: e.cfg.ReconnectBackoffBase, Cap: e.cfg.ReconnectBackoffMax}),
 		kdsgrpc.WithDialOptions(opts...),
+		kdsgrpc.WithSessionOptions(func(string) []mux.Option { return e.sendObserver(GlobalPeer) }),
 		kdsgrpc.WithSessionHooks(
 			func(kdsgrpc.SessionEvent) {
 				e.setConnected(true)

@@ -282,6 +282,45 @@ func TestPoliciesAndDataplanesSyncBothWays(t *testing.T) {
 	assert.True(t, c.Online)
 	assert.Equal(t, uint64(1), c.Sessions)
 	assert.GreaterOrEqual(t, c.Types["MeshTimeout"].ResponsesACKed, uint64(3))
+
+	// The session's traffic reaches the Prometheus metrics.
+	eventually(t, func() bool {
+		return metricSum(t, g, "kds_send_duration_seconds", "zone-1") > 0 &&
+			metricSum(t, g, "kds_stream_messages_sent_total", "zone-1") > 0 &&
+			metricSum(t, g, "kds_responses_acked_total", "zone-1") >= 3
+	}, "metrics follow the session")
+}
+
+// metricSum adds up the samples (histogram counts) of a metric family on
+// n's registry whose zone label is zone.
+func metricSum(t *testing.T, n *node, name, zone string) float64 {
+	t.Helper()
+	mfs, err := n.e.promReg.Gather()
+	require.NoError(t, err)
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			match := false
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "zone" && l.GetValue() == zone {
+					match = true
+				}
+			}
+			if !match {
+				continue
+			}
+			switch {
+			case m.GetCounter() != nil:
+				sum += m.GetCounter().GetValue()
+			case m.GetHistogram() != nil:
+				sum += float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	return sum
 }
 
 func TestResumeWithUnchangedStateReceivesNothing(t *testing.T) {

@@ -26,6 +26,19 @@ func (e *Engine) streams() (server, client metrics.Stream) {
 	return metrics.StreamZoneToGlobal, metrics.StreamGlobalToZone
 }
 
+// sendObserver returns the mux option that records every Send of peer's
+// session in the send-latency histogram.
+func (e *Engine) sendObserver(peer string) []mux.Option {
+	srvName, cliName := e.streams()
+	return []mux.Option{mux.WithSendObserver(func(server bool, _ int, d time.Duration) {
+		name := cliName
+		if server {
+			name = srvName
+		}
+		e.metrics.ObserveSendDuration(peer, name, d)
+	})}
+}
+
 // sampleSession copies sess's counters to the metrics under peer every
 // second until ctx ends, then once more.
 func (e *Engine) sampleSession(ctx context.Context, peer string, sess *mux.Session) {

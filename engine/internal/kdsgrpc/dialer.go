@@ -116,6 +116,7 @@ func (d *Dialer) session(ctx context.Context, client kdsv1.KDSClient) error {
 		return err
 	}
 	opts := append(d.set.cfg.muxOptions(), mux.WithLogger(d.log), mux.WithAbort(cancel))
+	opts = append(opts, d.set.sessionOptions(d.zone)...)
 	sess := mux.NewSession(stream, d.types, opts...)
 	d.setState(func(s *ConnState) {
 		s.Connected, s.ConnectedSince = true, time.Now()

@@ -71,6 +71,7 @@ func (g *Global) Session(stream kdsv1.KDS_SessionServer) error {
 	opts := append(g.set.cfg.muxOptions(),
 		mux.WithLogger(log),
 		mux.WithAbort(func() { close(release) })) // mux calls abort once
+	opts = append(opts, g.set.sessionOptions(zone)...)
 	sess := mux.NewSession(stream, g.types, opts...)
 	log.Info("session started", "capacity", sess.Capacity())
 

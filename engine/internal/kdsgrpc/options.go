@@ -58,6 +58,7 @@ type settings struct {
 	onEnd    func(SessionEvent)
 	dialOpts []grpc.DialOption
 	backoff  Backoff
+	muxOpts  func(zone string) []mux.Option
 }
 
 func newSettings(opts []Option) settings {
@@ -88,6 +89,20 @@ func WithLogger(l hclog.Logger) Option {
 // Either may be nil. They run on the session's goroutine and must not block.
 func WithSessionHooks(onStart, onEnd func(SessionEvent)) Option {
 	return func(s *settings) { s.onStart, s.onEnd = onStart, onEnd }
+}
+
+// WithSessionOptions adds mux options to every session, computed per zone
+// (on a zone: its own name), for example a send observer that feeds metrics.
+func WithSessionOptions(f func(zone string) []mux.Option) Option {
+	return func(s *settings) { s.muxOpts = f }
+}
+
+// sessionOptions returns the extra mux options for zone's session.
+func (s *settings) sessionOptions(zone string) []mux.Option {
+	if s.muxOpts == nil {
+		return nil
+	}
+	return s.muxOpts(zone)
 }
 
 // WithDialOptions adds grpc.DialOptions (transport credentials, per-RPC

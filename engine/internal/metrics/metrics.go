@@ -173,6 +173,15 @@ func (m *Metrics) ObserveSend(zone string, stream Stream, bytes int, d time.Dura
 	m.sendDuration.WithLabelValues(zone, string(stream)).Observe(d.Seconds())
 }
 
+// ObserveSendDuration records how long one gRPC Send on stream took.
+// Message and byte counts are added separately (AddTraffic).
+func (m *Metrics) ObserveSendDuration(zone string, stream Stream, d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.sendDuration.WithLabelValues(zone, string(stream)).Observe(d.Seconds())
+}
+
 // AddTraffic adds counts sampled from a session's own counters: messages
 // and bytes sent and received on stream since the previous sample.
 func (m *Metrics) AddTraffic(zone string, stream Stream, msgsSent, bytesSent, msgsRecv, bytesRecv uint64) {

@@ -73,6 +73,7 @@ type options struct {
 	maxMessageSize int
 	log            hclog.Logger
 	abort          func()
+	observeSend    func(server bool, bytes int, d time.Duration)
 }
 
 // WithHeadroom sets the headroom added to the number of types to size each
@@ -114,6 +115,15 @@ func WithMaxMessageSize(n int) Option {
 	}
 }
 
+// WithSendObserver sets a function the sender goroutine calls after every
+// successful gRPC Send, with which logical stream the message belonged to
+// (server: the stream this side serves), its encoded size and how long Send
+// took. It runs on the sender goroutine: it must be cheap and never block
+// (a metrics histogram observation, not I/O).
+func WithSendObserver(f func(server bool, bytes int, d time.Duration)) Option {
+	return func(o *options) { o.observeSend = f }
+}
+
 // WithAbort sets a function the session calls once when it ends, before Run
 // joins its goroutines. It must make a Send blocked in flow control and a
 // blocked Recv return: for a gRPC client stream, cancel the stream's context;
@@ -135,6 +145,8 @@ type Session struct {
 	timeout  time.Duration
 	maxSize  int
 	abort    func()
+	// observeSend, if set, is called after every successful Send.
+	observeSend func(server bool, bytes int, d time.Duration)
 
 	ctx    context.Context
 	cancel context.CancelCauseFunc
@@ -175,6 +187,8 @@ func NewSession(stream Stream, types int, opts ...Option) *Session {
 		timeout:  o.sendTimeout,
 		maxSize:  o.maxMessageSize,
 		abort:    o.abort,
+
+		observeSend: o.observeSend,
 	}
 	// Not cancelled with the stream's context: when the stream ends, Recv
 	// reports why (a gRPC status), which is a better cause than "context
@@ -307,6 +321,7 @@ func (s *Session) sendLoop() {
 		case it = <-cli:
 			q = &s.client.out
 		}
+		start := time.Now()
 		if err := s.send(it.msg); err != nil {
 			if errors.Is(err, io.EOF) {
 				// A gRPC client stream reports the real status on Recv;
@@ -323,6 +338,9 @@ func (s *Session) sendLoop() {
 		}
 		q.messages.Add(1)
 		q.bytes.Add(uint64(it.size))
+		if s.observeSend != nil {
+			s.observeSend(q == &s.server.out, it.size, time.Since(start))
+		}
 	}
 }
 
