@@ -86,7 +86,7 @@ type Setting struct {
 	// Accepted describes accepted values for messages and docs.
 	Accepted string
 	// Kind names the value's form in --help: string, list, duration,
-	// int, size or address.
+	// int, size, address or bool.
 	Kind string
 
 	set func(c *Config, v string) error
@@ -478,7 +478,11 @@ func (c *Config) Validate() error {
 			bad("cert-file", "--cert-file and --key-file go together")
 		}
 		if c.TokenFile == "" {
-			bad("token-file", "required: generate a token on global with `kds-engine token generate --zone %s`", c.Name)
+			name := c.Name
+			if name == "" {
+				name = "NAME"
+			}
+			bad("token-file", "required: generate a token on global with `kds-engine token generate --zone %s`", name)
 		}
 	}
 	if (c.APITLSCertFile == "") != (c.APITLSKeyFile == "") {
