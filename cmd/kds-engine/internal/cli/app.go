@@ -158,6 +158,7 @@ func (a *App) rootCommand() *cobra.Command {
 		a.inspectCommand(),
 		a.pluginsCommand(),
 		a.versionCommand(),
+		a.tokenCommand(),
 		a.demoCommand(),
 	)
 	return root
