@@ -1,6 +1,8 @@
 // Package cli is the kds-engine command line: the run commands (global,
-// zone) and the client verbs (apply, get, delete, inspect, plugins,
-// version) that talk to the admin API. docs/cli.md documents it.
+// zone), the client verbs (apply, get, delete, inspect, plugins, version)
+// that talk to the admin API, token generate (signs zone tokens on global's
+// machine) and demo (a secured global and two zones in one process).
+// docs/cli.md documents it.
 //
 // Exit codes: 0 success; 1 usage error (bad flags or arguments, invalid
 // configuration); 2 the operation failed (API error, API unreachable,
@@ -158,6 +160,7 @@ func (a *App) rootCommand() *cobra.Command {
 		a.inspectCommand(),
 		a.pluginsCommand(),
 		a.versionCommand(),
+		a.tokenCommand(),
 		a.demoCommand(),
 	)
 	return root

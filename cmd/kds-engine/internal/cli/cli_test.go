@@ -438,7 +438,8 @@ func (f *fakeEngine) last(t *testing.T) engine.Config {
 
 func TestRunPrecedenceFileEnvFlag(t *testing.T) {
 	h := newHarness(t, "global")
-	h.files["kds.yaml"] = "sendTimeout: 20s\nbufferHeadroom: 4\nlogLevel: debug\nname: from-file\ndataDir: /file\n"
+	h.files["kds.yaml"] = "sendTimeout: 20s\nbufferHeadroom: 4\nlogLevel: debug\nname: from-file\ndataDir: /file\n" +
+		"caFile: ca.crt\ntokenFile: from-file.token\ntlsCertFile: kds.crt\n"
 	h.env["KDS_ENGINE_BUFFER_HEADROOM"] = "8"
 	h.env["KDS_ENGINE_DATA_DIR"] = "/env"
 	h.env["KDS_ENGINE_CONFIG"] = "kds.yaml"
@@ -455,14 +456,21 @@ func TestRunPrecedenceFileEnvFlag(t *testing.T) {
 	assert.Equal(t, "/flag", cfg.DataDir, "flag over env over file")
 	assert.Equal(t, 8<<20, cfg.MaxMessageSize)
 	assert.Equal(t, "127.0.0.1:5682", cfg.APIAddress, "zone default")
+	assert.Equal(t, "ca.crt", cfg.CAFile, "file")
+	assert.Equal(t, "from-file.token", cfg.TokenFile, "file")
+	assert.Empty(t, cfg.TLSCertFile, "a global setting in the file is ignored by a zone")
+	assert.False(t, cfg.Insecure)
 
 	// --config wins over KDS_ENGINE_CONFIG.
 	h.files["other.yaml"] = "sendTimeout: 3s\n"
 	a, _, errb = h.app()
 	a.RunEngine = fe.Run
-	require.Equal(t, ExitOK, a.Run([]string{"global", "--config", "other.yaml"}), errb.String())
+	require.Equal(t, ExitOK, a.Run([]string{"global", "--config", "other.yaml", "--insecure"}), errb.String())
 	assert.Equal(t, 3*time.Second, fe.last(t).SendTimeout)
 	assert.Equal(t, ":5685", fe.last(t).KDSAddress)
+	assert.True(t, fe.last(t).Insecure, "--insecure without a value")
+	assert.Equal(t, 20, fe.last(t).SessionsPerMinute, "default")
+	assert.Equal(t, 100000, fe.last(t).MaxResourcesPerZoneType, "default")
 }
 
 func TestRunInvalidConfigExitsOne(t *testing.T) {
@@ -472,7 +480,30 @@ func TestRunInvalidConfigExitsOne(t *testing.T) {
 	a.RunEngine = fe.Run
 	assert.Equal(t, ExitUsage, a.Run([]string{"zone", "--global", "g:1", "--store", "sqlite"}))
 	assert.Equal(t, "kds-engine zone: invalid configuration:\n  name: required for a zone (accepted: a DNS label: lower-case letters, digits and '-', at most 63)\n"+
+		"  ca-file: required unless --insecure (accepted: a PEM CA file)\n"+
+		"  token-file: required: generate a token on global with `kds-engine token generate --zone NAME` (accepted: a file with the zone token, mode 0600)\n"+
 		"  store: \"sqlite\" is not a store (accepted: bolt, memory)\n", errb.String())
+	assert.Empty(t, fe.cfgs, "engine not started")
+
+	a, _, errb = h.app()
+	a.RunEngine = fe.Run
+	assert.Equal(t, ExitUsage, a.Run([]string{"global"}))
+	assert.Equal(t, "kds-engine global: invalid configuration:\n"+
+		"  tls-cert-file: required unless --insecure (accepted: a PEM certificate file)\n"+
+		"  tls-key-file: required unless --insecure (accepted: a PEM private key file)\n", errb.String())
+
+	a, _, errb = h.app()
+	a.RunEngine = fe.Run
+	assert.Equal(t, ExitUsage, a.Run([]string{"zone", "--name", "zone-1", "--global", "g:1", "--insecure", "--token-file", "t",
+		"--cert-file", "z.crt"}))
+	assert.Equal(t, "kds-engine zone: invalid configuration:\n"+
+		"  cert-file: --cert-file and --key-file go together (accepted: a PEM certificate file)\n", errb.String())
+
+	a, _, errb = h.app()
+	a.RunEngine = fe.Run
+	assert.Equal(t, ExitUsage, a.Run([]string{"zone", "--name", "zone-1", "--global", "g:1", "--insecure", "--token-file", "t",
+		"--sessions-per-minute", "5"}))
+	assert.Contains(t, errb.String(), "unknown flag: --sessions-per-minute", "a global-only setting is not a zone flag")
 	assert.Empty(t, fe.cfgs, "engine not started")
 
 	a, _, errb = h.app()
@@ -489,8 +520,54 @@ func TestRunEngineFailureExitsTwo(t *testing.T) {
 	h := newHarness(t, "global")
 	a, _, errb := h.app()
 	a.RunEngine = (&fakeEngine{run: func(context.Context) error { return errors.New("listen :5685: address in use") }}).Run
-	assert.Equal(t, ExitFailed, a.Run([]string{"global", "--log-level", "error"}))
+	assert.Equal(t, ExitFailed, a.Run([]string{"global", "--log-level", "error", "--insecure"}))
 	assert.Equal(t, "kds-engine global: listen :5685: address in use\n", errb.String())
+}
+
+// within waits for ch to deliver or fails the test after d, so that no test
+// hangs when what it waits for never happens.
+func within[T any](t *testing.T, ch <-chan T, d time.Duration, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(d):
+		require.FailNow(t, "timed out after "+d.String()+": "+what)
+		var zero T
+		return zero
+	}
+}
+
+// waitStarted waits until the fake engine runs; if Run returns first (for
+// example because the configuration was refused), it fails with the exit
+// code and stderr instead of hanging.
+func waitStarted(t *testing.T, started <-chan struct{}, done <-chan int, errb *syncBuffer) {
+	t.Helper()
+	select {
+	case <-started:
+	case code := <-done:
+		require.FailNow(t, "run returned before the engine started", "exit %d: %s", code, errb.String())
+	case <-time.After(10 * time.Second):
+		require.FailNow(t, "engine not started after 10s", errb.String())
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a writer goroutine and a reader.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 func TestRunFirstSignalCancelsSecondExits(t *testing.T) {
@@ -499,48 +576,45 @@ func TestRunFirstSignalCancelsSecondExits(t *testing.T) {
 	started := make(chan struct{})
 
 	// First signal: the context is cancelled, the engine returns, exit 0.
-	a, _, errb := h.app()
+	a, _, _ := h.app()
+	errb := &syncBuffer{}
+	a.Stderr = errb
 	a.Signals = func() (<-chan os.Signal, func()) { return sigs, func() {} }
 	a.RunEngine = (&fakeEngine{run: func(ctx context.Context) error {
 		close(started)
 		<-ctx.Done()
 		return ctx.Err()
 	}}).Run
-	done := make(chan int)
-	go func() { done <- a.Run([]string{"global"}) }()
-	<-started
+	done := make(chan int, 1)
+	go func() { done <- a.Run([]string{"global", "--insecure"}) }()
+	waitStarted(t, started, done, errb)
 	sigs <- syscall.SIGTERM
-	select {
-	case code := <-done:
-		assert.Equal(t, ExitOK, code, errb.String())
-	case <-time.After(10 * time.Second):
-		t.Fatal("run did not return after the first signal")
-	}
+	assert.Equal(t, ExitOK, within(t, done, 10*time.Second, "run did not return after the first signal"), errb.String())
 
 	// Second signal: Exit(130) while the engine still shuts down.
 	exited := make(chan int, 1)
 	release := make(chan struct{})
 	started2 := make(chan struct{})
 	a, _, _ = h.app()
+	errb2 := &syncBuffer{}
+	a.Stderr = errb2
 	a.Signals = func() (<-chan os.Signal, func()) { return sigs, func() {} }
 	a.Exit = func(code int) { exited <- code; close(release) }
 	a.RunEngine = (&fakeEngine{run: func(ctx context.Context) error {
 		close(started2)
 		<-ctx.Done()
-		<-release // a slow shutdown
+		select { // a slow shutdown, bounded so a broken Exit cannot hang the test
+		case <-release:
+		case <-time.After(20 * time.Second):
+		}
 		return nil
 	}}).Run
-	go func() { done <- a.Run([]string{"global"}) }()
-	<-started2
+	go func() { done <- a.Run([]string{"global", "--insecure"}) }()
+	waitStarted(t, started2, done, errb2)
 	sigs <- syscall.SIGINT
 	sigs <- syscall.SIGINT
-	select {
-	case code := <-exited:
-		assert.Equal(t, ExitInterrupt, code)
-	case <-time.After(10 * time.Second):
-		t.Fatal("no exit after the second signal")
-	}
-	<-done
+	assert.Equal(t, ExitInterrupt, within(t, exited, 10*time.Second, "no exit after the second signal"))
+	within(t, done, 30*time.Second, "run did not return after the engine stopped")
 }
 
 func TestApplyConflictNamesDocument(t *testing.T) {
@@ -575,15 +649,20 @@ func TestRunFlagNames(t *testing.T) {
 	a := &App{}
 	a.defaults()
 	both := []string{"config", "plugins-dir", "required-plugins", "data-dir", "store", "api-addr", "send-timeout",
-		"buffer-headroom", "max-message-size", "max-resource-size", "keepalive-time", "keepalive-timeout", "log-level", "log-format"}
+		"buffer-headroom", "max-message-size", "max-resource-size", "keepalive-time", "keepalive-timeout", "log-level", "log-format",
+		"insecure", "api-token-file", "api-tls-cert-file", "api-tls-key-file"}
 	g := a.runCommand(engine.RoleGlobal)
-	for _, f := range append(both, "kds-addr") {
+	for _, f := range append(both, "kds-addr", "tls-cert-file", "tls-key-file", "client-ca-file", "token-signing-key-file",
+		"token-verification-key-files", "sessions-per-minute", "max-resources-per-zone-type") {
 		assert.NotNil(t, g.Flags().Lookup(f), "global --%s", f)
 	}
 	assert.Nil(t, g.Flags().Lookup("name"))
 	z := a.runCommand(engine.RoleZone)
-	for _, f := range append(both, "name", "global", "reconnect-backoff-base", "reconnect-backoff-max") {
+	for _, f := range append(both, "name", "global", "reconnect-backoff-base", "reconnect-backoff-max",
+		"ca-file", "cert-file", "key-file", "token-file") {
 		assert.NotNil(t, z.Flags().Lookup(f), "zone --%s", f)
 	}
 	assert.Nil(t, z.Flags().Lookup("kds-addr"))
+	assert.Nil(t, z.Flags().Lookup("tls-cert-file"))
+	assert.Equal(t, "true", z.Flags().Lookup("insecure").NoOptDefVal, "--insecure needs no value")
 }

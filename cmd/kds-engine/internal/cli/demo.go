@@ -34,7 +34,9 @@ func (a *App) demoCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "demo",
 		Short: "Run a global and two zones in one process and show them in sync",
-		Long: "Run a global and two zones (zone-1, zone-2) in one process on temporary bbolt stores, apply the\n" +
+		Long: "Run a global and two zones (zone-1, zone-2) in one process on temporary bbolt stores, secured as in\n" +
+			"production: a demo CA, a server certificate for localhost and client certificates (mTLS), and a token per\n" +
+			"zone signed by global, all written under the data dir. Then apply the\n" +
 			"example resources (EXAMPLES/global.yaml on global, EXAMPLES/ZONE.yaml on each zone), wait until\n" +
 			"everything is synced, print what each side holds and each zone's sync state, then keep running\n" +
 			"with the admin APIs reachable until interrupted (or exit with --once). The demo builds nothing:\n" +
@@ -131,18 +133,31 @@ func (a *App) runDemo(parent context.Context, f demoFlags) error {
 		return n, nil
 	}
 
-	global, err := start("global", engine.Config{Role: engine.RoleGlobal, KDSAddress: "127.0.0.1:0", APIAddress: apiAddr(0)})
+	sec, err := demoSecurity(dataDir)
+	if err != nil {
+		return failed(fmt.Errorf("demo: %w", err))
+	}
+	global, err := start("global", engine.Config{Role: engine.RoleGlobal, KDSAddress: "127.0.0.1:0", APIAddress: apiAddr(0),
+		TLSCertFile: sec.cert, TLSKeyFile: sec.key, ClientCAFile: sec.ca})
 	if err != nil {
 		return failed(fmt.Errorf("demo: start %w", err))
 	}
+	_, kdsPort, err := net.SplitHostPort(global.e.KDSAddr().String())
+	if err != nil {
+		return failed(fmt.Errorf("demo: global's KDS address: %w", err))
+	}
 	zones := make([]*demoNode, 0, len(demoZones))
 	for i, z := range demoZones {
-		n, err := start(z, engine.Config{Role: engine.RoleZone, ZoneName: z, GlobalAddress: global.e.KDSAddr().String(), APIAddress: apiAddr(i + 1)})
+		n, err := start(z, engine.Config{Role: engine.RoleZone, ZoneName: z, APIAddress: apiAddr(i + 1),
+			GlobalAddress: net.JoinHostPort("localhost", kdsPort), // the server certificate names localhost
+			CAFile:        sec.ca, CertFile: sec.clients[z][0], KeyFile: sec.clients[z][1], TokenFile: sec.tokens[z]})
 		if err != nil {
 			return failed(fmt.Errorf("demo: start %w", err))
 		}
 		zones = append(zones, n)
 	}
+	fmt.Fprintf(a.Stdout, "KDS: mutual TLS on localhost:%s (CA %s); each zone presents a token signed by global (%s)\n",
+		kdsPort, sec.ca, filepath.Dir(sec.tokens[demoZones[0]]))
 
 	section := func(title string) { fmt.Fprintf(a.Stdout, "\n=== %s\n", title) }
 	for _, n := range append([]*demoNode{global}, zones...) {
@@ -185,6 +200,41 @@ func (a *App) runDemo(parent context.Context, f demoFlags) error {
 	case <-parent.Done():
 	}
 	return nil
+}
+
+// demoSecurityFiles are the demo's certificates and zone tokens.
+type demoSecurityFiles struct {
+	ca, cert, key string
+	clients       map[string][2]string // zone → client certificate and key
+	tokens        map[string]string    // zone → token file
+}
+
+// demoSecurity writes a CA, a server certificate for localhost and a client
+// certificate per zone under dataDir/pki, and a token per zone under
+// dataDir/tokens (mode 0600), signed with the key in global's data dir
+// (dataDir/global, created here; global loads the same file when it starts).
+func demoSecurity(dataDir string) (demoSecurityFiles, error) {
+	var f demoSecurityFiles
+	var err error
+	if f.ca, f.cert, f.key, f.clients, err = engine.GenerateDemoPKI(filepath.Join(dataDir, "pki"), demoZones); err != nil {
+		return f, fmt.Errorf("certificates: %w", err)
+	}
+	tokens := filepath.Join(dataDir, "tokens")
+	if err := os.MkdirAll(tokens, 0o700); err != nil {
+		return f, fmt.Errorf("tokens: %w", err)
+	}
+	f.tokens = map[string]string{}
+	for _, z := range demoZones {
+		tok, err := engine.GenerateZoneToken(filepath.Join(dataDir, "global"), "", z, 24*time.Hour)
+		if err != nil {
+			return f, fmt.Errorf("token of %s: %w", z, err)
+		}
+		f.tokens[z] = filepath.Join(tokens, z+".token")
+		if err := writePrivateFile(f.tokens[z], []byte(tok+"\n")); err != nil {
+			return f, fmt.Errorf("token of %s: %w", z, err)
+		}
+	}
+	return f, nil
 }
 
 // sub runs another verb of this CLI with the same output streams.

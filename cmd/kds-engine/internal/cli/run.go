@@ -48,6 +48,9 @@ func (a *App) runCommand(role engine.Role) *cobra.Command {
 			usage += " (default \"kds-data/NAME\")"
 		}
 		fs.Var(&textValue{text: def, kind: s.Kind}, s.Flag, usage)
+		if s.Kind == "bool" {
+			fs.Lookup(s.Flag).NoOptDefVal = "true" // --insecure means --insecure=true
+		}
 	}
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		return a.runRole(cmd, role, *configFile)

@@ -86,7 +86,7 @@ type Setting struct {
 	// Accepted describes accepted values for messages and docs.
 	Accepted string
 	// Kind names the value's form in --help: string, list, duration,
-	// int, size or address.
+	// int, size, address or bool.
 	Kind string
 
 	set func(c *Config, v string) error
@@ -111,7 +111,7 @@ func byRole(global, zone string) func(engine.Role) string {
 
 // Settings lists every setting in documentation order.
 var Settings = []Setting{
-	{Flag: "name", Kind: "string", Key: "name", Zone: true, Default: fixed(""), Accepted: "a DNS label: lower-case letters, digits and '-', at most 63",
+	{Flag: "name", Kind: "string", Key: "name", Zone: true, Default: fixed(""), Accepted: ZoneNameAccepted,
 		Usage: "this zone's name (required)", set: func(c *Config, v string) error { c.Name = v; return nil }},
 	{Flag: "global", Kind: "address", Key: "global", Zone: true, Default: fixed(""), Accepted: "HOST:PORT",
 		Usage: "global's KDS address, HOST:PORT (required)", set: func(c *Config, v string) error { c.Global = v; return nil }},
@@ -420,6 +420,15 @@ func FormatSize(n int64) string {
 
 var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
 
+// ZoneNameAccepted describes a valid zone name, for messages.
+const ZoneNameAccepted = "a DNS label: lower-case letters, digits and '-', at most 63"
+
+// ValidZoneName reports whether name is a valid zone name (--name of a
+// zone, --zone of token generate): a DNS label of at most 63 characters.
+func ValidZoneName(name string) bool {
+	return len(name) <= 63 && dnsLabel.MatchString(name)
+}
+
 // Validate checks every setting of c's role and reports every problem, one
 // per line, each naming the setting and the accepted values.
 func (c *Config) Validate() error {
@@ -436,7 +445,7 @@ func (c *Config) Validate() error {
 		switch {
 		case c.Name == "":
 			bad("name", "required for a zone")
-		case len(c.Name) > 63 || !dnsLabel.MatchString(c.Name):
+		case !ValidZoneName(c.Name):
 			bad("name", "%q is not a valid zone name", c.Name)
 		}
 		if c.Global == "" {
@@ -478,7 +487,11 @@ func (c *Config) Validate() error {
 			bad("cert-file", "--cert-file and --key-file go together")
 		}
 		if c.TokenFile == "" {
-			bad("token-file", "required: generate a token on global with `kds-engine token generate --zone %s`", c.Name)
+			name := c.Name
+			if name == "" {
+				name = "NAME"
+			}
+			bad("token-file", "required: generate a token on global with `kds-engine token generate --zone %s`", name)
 		}
 	}
 	if (c.APITLSCertFile == "") != (c.APITLSKeyFile == "") {

@@ -2,6 +2,7 @@ package config
 
 import (
 	"io/fs"
+	"maps"
 	"os"
 	"reflect"
 	"strings"
@@ -27,17 +28,22 @@ func env(m map[string]string) func(string) (string, bool) {
 	return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
 }
 
+// tlsFlags are the smallest flags that make a global's configuration valid.
+var tlsFlags = map[string]string{"tls-cert-file": "kds.crt", "tls-key-file": "kds.key"}
+
 func TestDefaults(t *testing.T) {
-	g, err := Load(engine.RoleGlobal, Sources{})
+	g, err := Load(engine.RoleGlobal, Sources{Flags: tlsFlags})
 	require.NoError(t, err)
 	require.NoError(t, g.Validate())
 	assert.Equal(t, engine.Config{
 		Role: engine.RoleGlobal, PluginsDir: "plugins", Store: engine.StoreBolt, DataDir: "kds-data/global",
 		KDSAddress: ":5685", APIAddress: "127.0.0.1:5681", SendTimeout: time.Minute, BufferHeadroom: 16,
 		MaxMessageSize: 4 << 20, MaxResourceSize: 1 << 20, KeepaliveTime: 10 * time.Second, KeepaliveTimeout: 10 * time.Second,
+		TLSCertFile: "kds.crt", TLSKeyFile: "kds.key", SessionsPerMinute: 20, MaxResourcesPerZoneType: 100000,
 	}, g.Engine())
 
-	z, err := Load(engine.RoleZone, Sources{Flags: map[string]string{"name": "zone-1", "global": "global.example:5685"}})
+	z, err := Load(engine.RoleZone, Sources{Flags: map[string]string{
+		"name": "zone-1", "global": "global.example:5685", "ca-file": "ca.crt", "token-file": "zone-1.token"}})
 	require.NoError(t, err)
 	require.NoError(t, z.Validate())
 	ec := z.Engine()
@@ -47,7 +53,34 @@ func TestDefaults(t *testing.T) {
 	assert.Equal(t, "127.0.0.1:5682", ec.APIAddress)
 	assert.Equal(t, 500*time.Millisecond, ec.ReconnectBackoffBase)
 	assert.Equal(t, 30*time.Second, ec.ReconnectBackoffMax)
+	assert.Equal(t, "ca.crt", ec.CAFile)
+	assert.Equal(t, "zone-1.token", ec.TokenFile)
+	assert.False(t, ec.Insecure)
 	assert.Empty(t, ec.KDSAddress)
+	assert.Zero(t, ec.SessionsPerMinute, "a global setting")
+	assert.Empty(t, ec.TLSCertFile, "a global setting")
+}
+
+// TestDefaultsNeedTLS: with nothing set, the KDS port has no certificate, so
+// the defaults alone are not a valid configuration of either role.
+func TestDefaultsNeedTLS(t *testing.T) {
+	g, err := Load(engine.RoleGlobal, Sources{})
+	require.NoError(t, err)
+	err = g.Validate()
+	require.Error(t, err)
+	assert.Equal(t, []string{
+		"tls-cert-file: required unless --insecure (accepted: a PEM certificate file)",
+		"tls-key-file: required unless --insecure (accepted: a PEM private key file)",
+	}, strings.Split(err.Error(), "\n"))
+
+	z, err := Load(engine.RoleZone, Sources{Flags: map[string]string{"name": "zone-1", "global": "g:5685"}})
+	require.NoError(t, err)
+	err = z.Validate()
+	require.Error(t, err)
+	assert.Equal(t, []string{
+		"ca-file: required unless --insecure (accepted: a PEM CA file)",
+		"token-file: required: generate a token on global with `kds-engine token generate --zone zone-1` (accepted: a file with the zone token, mode 0600)",
+	}, strings.Split(err.Error(), "\n"))
 }
 
 func TestPrecedenceFileEnvFlag(t *testing.T) {
@@ -67,7 +100,7 @@ dataDir: /from/file
 			"KDS_ENGINE_LOG_LEVEL":       "warn",
 			"KDS_ENGINE_DATA_DIR":        "/from/env",
 		}),
-		Flags: map[string]string{"log-level": "error"},
+		Flags: map[string]string{"log-level": "error", "tls-cert-file": "kds.crt", "tls-key-file": "kds.key"},
 	}
 	c, err := Load(engine.RoleGlobal, src)
 	require.NoError(t, err)
@@ -93,7 +126,7 @@ func TestOtherRoleSettingsAreIgnored(t *testing.T) {
 	assert.Empty(t, g.Engine().ZoneName)
 	assert.Zero(t, g.Engine().ReconnectBackoffMax)
 
-	src.Flags = map[string]string{"global": "g:5685"}
+	src.Flags = map[string]string{"global": "g:5685", "ca-file": "ca.crt", "token-file": "t"}
 	z, err := Load(engine.RoleZone, src)
 	require.NoError(t, err)
 	require.NoError(t, z.Validate())
@@ -145,6 +178,8 @@ func TestValidateMessages(t *testing.T) {
 		`name: "Zone_1" is not a valid zone name (accepted: a DNS label: lower-case letters, digits and '-', at most 63)`,
 		`global: "nohost": want HOST:PORT (accepted: HOST:PORT)`,
 		`reconnect-backoff-max: 1s is below reconnect-backoff-base 2s (accepted: a duration not below reconnect-backoff-base)`,
+		`ca-file: required unless --insecure (accepted: a PEM CA file)`,
+		"token-file: required: generate a token on global with `kds-engine token generate --zone Zone_1` (accepted: a file with the zone token, mode 0600)",
 		`store: "sql" is not a store (accepted: bolt, memory)`,
 		`api-addr: "localhost": want HOST:PORT (accepted: HOST:PORT)`,
 		`send-timeout: must be positive, got 0s (accepted: a positive duration such as 30s, 1m, 1m30s)`,
@@ -163,6 +198,147 @@ func TestValidateMessages(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "name: required for a zone")
 	assert.Contains(t, err.Error(), "global: required for a zone")
+}
+
+// TestValidateSecurity covers the TLS, token and limit rules one at a time:
+// each case starts from a valid configuration and changes a few settings.
+func TestValidateSecurity(t *testing.T) {
+	global := map[string]string{"tls-cert-file": "kds.crt", "tls-key-file": "kds.key"}
+	zone := map[string]string{"name": "zone-1", "global": "g:5685", "ca-file": "ca.crt", "token-file": "t"}
+	with := func(base map[string]string, kv ...string) map[string]string {
+		m := maps.Clone(base)
+		for i := 0; i < len(kv); i += 2 {
+			if kv[i+1] == "" {
+				delete(m, kv[i])
+			} else {
+				m[kv[i]] = kv[i+1]
+			}
+		}
+		return m
+	}
+	for _, tc := range []struct {
+		name  string
+		role  engine.Role
+		flags map[string]string
+		want  []string // nil: valid
+	}{
+		{"global insecure needs no certificate", engine.RoleGlobal, map[string]string{"insecure": "true"}, nil},
+		{"global cert without key", engine.RoleGlobal, with(global, "tls-key-file", ""),
+			[]string{"tls-key-file: required unless --insecure (accepted: a PEM private key file)"}},
+		{"global key without cert", engine.RoleGlobal, with(global, "tls-cert-file", ""),
+			[]string{"tls-cert-file: required unless --insecure (accepted: a PEM certificate file)"}},
+		{"global mTLS and key files", engine.RoleGlobal,
+			with(global, "client-ca-file", "ca.crt", "token-signing-key-file", "k", "token-verification-key-files", "a.pub,b.pub"), nil},
+		{"sessions-per-minute -1 is no limit", engine.RoleGlobal, with(global, "sessions-per-minute", "-1"), nil},
+		{"sessions-per-minute 0", engine.RoleGlobal, with(global, "sessions-per-minute", "0"),
+			[]string{"sessions-per-minute: 0 is out of range (accepted: a positive integer, or -1 for no limit)"}},
+		{"sessions-per-minute -2", engine.RoleGlobal, with(global, "sessions-per-minute", "-2"),
+			[]string{"sessions-per-minute: -2 is out of range (accepted: a positive integer, or -1 for no limit)"}},
+		{"max-resources-per-zone-type -1 is no limit", engine.RoleGlobal, with(global, "max-resources-per-zone-type", "-1"), nil},
+		{"max-resources-per-zone-type 0", engine.RoleGlobal, with(global, "max-resources-per-zone-type", "0"),
+			[]string{"max-resources-per-zone-type: 0 is out of range (accepted: a positive integer, or -1 for no limit)"}},
+		{"max-resources-per-zone-type -5", engine.RoleGlobal, with(global, "max-resources-per-zone-type", "-5"),
+			[]string{"max-resources-per-zone-type: -5 is out of range (accepted: a positive integer, or -1 for no limit)"}},
+		{"zone insecure needs no CA", engine.RoleZone, with(zone, "insecure", "true", "ca-file", ""), nil},
+		{"zone insecure still needs a token", engine.RoleZone, with(zone, "insecure", "true", "ca-file", "", "token-file", ""),
+			[]string{"token-file: required: generate a token on global with `kds-engine token generate --zone zone-1` (accepted: a file with the zone token, mode 0600)"}},
+		{"zone client cert and key", engine.RoleZone, with(zone, "cert-file", "z.crt", "key-file", "z.key"), nil},
+		{"zone client cert without key", engine.RoleZone, with(zone, "cert-file", "z.crt"),
+			[]string{"cert-file: --cert-file and --key-file go together (accepted: a PEM certificate file)"}},
+		{"zone client key without cert", engine.RoleZone, with(zone, "key-file", "z.key"),
+			[]string{"cert-file: --cert-file and --key-file go together (accepted: a PEM certificate file)"}},
+		{"api TLS pair", engine.RoleZone, with(zone, "api-tls-cert-file", "a.crt", "api-tls-key-file", "a.key", "api-token-file", "tok"), nil},
+		{"api cert without key", engine.RoleGlobal, with(global, "api-tls-cert-file", "a.crt"),
+			[]string{"api-tls-cert-file: --api-tls-cert-file and --api-tls-key-file go together (accepted: a PEM certificate file)"}},
+		{"api key without cert", engine.RoleZone, with(zone, "api-tls-key-file", "a.key"),
+			[]string{"api-tls-cert-file: --api-tls-cert-file and --api-tls-key-file go together (accepted: a PEM certificate file)"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Load(tc.role, Sources{Flags: tc.flags})
+			require.NoError(t, err)
+			err = c.Validate()
+			if tc.want == nil {
+				require.NoError(t, err)
+				return
+			}
+			require.Error(t, err)
+			assert.Equal(t, tc.want, strings.Split(err.Error(), "\n"))
+		})
+	}
+}
+
+// TestSecuritySettingsReachEngine checks every security setting lands in its
+// engine.Config field, and that settings of the other role do not.
+func TestSecuritySettingsReachEngine(t *testing.T) {
+	file := `
+tlsCertFile: kds.crt
+tlsKeyFile: kds.key
+clientCAFile: clients-ca.crt
+tokenSigningKeyFile: sign.key
+tokenVerificationKeyFiles: [old.pub, older.pub]
+sessionsPerMinute: 5
+maxResourcesPerZoneType: -1
+caFile: ca.crt
+certFile: z.crt
+keyFile: z.key
+tokenFile: z.token
+apiTokenFile: api.token
+apiTLSCertFile: api.crt
+apiTLSKeyFile: api.key
+`
+	src := Sources{File: "c.yaml", ReadFile: files(map[string]string{"c.yaml": file})}
+	g, err := Load(engine.RoleGlobal, src)
+	require.NoError(t, err)
+	require.NoError(t, g.Validate())
+	ge := g.Engine()
+	assert.Equal(t, [3]string{"kds.crt", "kds.key", "clients-ca.crt"}, [3]string{ge.TLSCertFile, ge.TLSKeyFile, ge.ClientCAFile})
+	assert.Equal(t, "sign.key", ge.TokenSigningKeyFile)
+	assert.Equal(t, []string{"old.pub", "older.pub"}, ge.TokenVerificationKeyFiles)
+	assert.Equal(t, 5, ge.SessionsPerMinute)
+	assert.Equal(t, -1, ge.MaxResourcesPerZoneType)
+	assert.Equal(t, [3]string{"api.token", "api.crt", "api.key"}, [3]string{ge.APITokenFile, ge.APITLSCertFile, ge.APITLSKeyFile})
+	assert.Empty(t, ge.CAFile+ge.CertFile+ge.KeyFile+ge.TokenFile, "zone settings ignored on global")
+
+	src.Flags = map[string]string{"name": "zone-1", "global": "g:5685"}
+	z, err := Load(engine.RoleZone, src)
+	require.NoError(t, err)
+	require.NoError(t, z.Validate())
+	ze := z.Engine()
+	assert.Equal(t, [4]string{"ca.crt", "z.crt", "z.key", "z.token"}, [4]string{ze.CAFile, ze.CertFile, ze.KeyFile, ze.TokenFile})
+	assert.Equal(t, [3]string{"api.token", "api.crt", "api.key"}, [3]string{ze.APITokenFile, ze.APITLSCertFile, ze.APITLSKeyFile})
+	assert.Empty(t, ze.TLSCertFile+ze.TLSKeyFile+ze.ClientCAFile+ze.TokenSigningKeyFile, "global settings ignored on a zone")
+	assert.Empty(t, ze.TokenVerificationKeyFiles)
+}
+
+// TestBoolSetting covers the bool kind (--insecure) from each source.
+func TestBoolSetting(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		src  Sources
+		want bool
+	}{
+		{"default", Sources{}, false},
+		{"flag", Sources{Flags: map[string]string{"insecure": "true"}}, true},
+		{"flag 1", Sources{Flags: map[string]string{"insecure": "1"}}, true},
+		{"env", Sources{LookupEnv: env(map[string]string{"KDS_ENGINE_INSECURE": "TRUE"})}, true},
+		{"file", Sources{File: "c.yaml", ReadFile: files(map[string]string{"c.yaml": "insecure: true\n"})}, true},
+		{"file quoted", Sources{File: "c.yaml", ReadFile: files(map[string]string{"c.yaml": "insecure: 'true'\n"})}, true},
+		{"flag over env", Sources{LookupEnv: env(map[string]string{"KDS_ENGINE_INSECURE": "true"}),
+			Flags: map[string]string{"insecure": "false"}}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Load(engine.RoleGlobal, tc.src)
+			require.NoError(t, err)
+			assert.Equal(t, tc.want, c.Insecure)
+			assert.Equal(t, tc.want, c.Engine().Insecure)
+		})
+	}
+	_, err := Load(engine.RoleZone, Sources{Flags: map[string]string{"insecure": "maybe"}})
+	require.Error(t, err)
+	assert.Equal(t, `--insecure: "maybe" is not a boolean (true or false)`, err.Error())
+	_, err = Load(engine.RoleGlobal, Sources{File: "c.yaml", ReadFile: files(map[string]string{"c.yaml": "insecure: 3\n"})})
+	require.Error(t, err)
+	assert.Equal(t, `config file c.yaml: insecure: "3" is not a boolean (true or false)`, err.Error())
 }
 
 func TestParseSize(t *testing.T) {
@@ -198,7 +374,7 @@ func TestSettingsMatchStructTags(t *testing.T) {
 		keys = append(keys, s.Key)
 		assert.True(t, s.Global || s.Zone, s.Flag)
 		assert.NotEmpty(t, s.Accepted, s.Flag)
-		assert.Contains(t, []string{"string", "list", "duration", "int", "size", "address"}, s.Kind, s.Flag)
+		assert.Contains(t, []string{"string", "list", "duration", "int", "size", "address", "bool"}, s.Kind, s.Flag)
 	}
 	assert.ElementsMatch(t, tags, keys)
 }

@@ -1,0 +1,119 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/kds-engine/kds-engine/cmd/kds-engine/internal/config"
+	"github.com/kds-engine/kds-engine/engine"
+)
+
+type tokenFlags struct {
+	zone           string
+	validFor       time.Duration
+	dataDir        string
+	signingKeyFile string
+	output         string
+}
+
+func (a *App) tokenCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "token",
+		Short: "Manage zone tokens",
+		Args:  cobra.NoArgs,
+	}
+	var f tokenFlags
+	gen := &cobra.Command{
+		Use:   "generate --zone NAME",
+		Short: "Sign a token for a zone with global's signing key",
+		Long: "Sign a token for a zone with global's token signing key and print it (or write it to -o FILE, mode 0600).\n" +
+			"Run it on global's machine with global's --data-dir (or --token-signing-key-file); the zone presents the\n" +
+			"token from its --token-file. Without --token-signing-key-file the key is DATA_DIR/zone-token-signing.key,\n" +
+			"created when missing (global creates and loads the same file). The data dir and key file also come from\n" +
+			"KDS_ENGINE_DATA_DIR and KDS_ENGINE_TOKEN_SIGNING_KEY_FILE, like global's.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return a.tokenGenerate(cmd, f) },
+	}
+	fs := gen.Flags()
+	fs.StringVar(&f.zone, "zone", "", "the zone the token is for (required)")
+	fs.DurationVar(&f.validFor, "valid-for", engine.DefaultTokenValidity, "how long the token is valid")
+	fs.StringVar(&f.dataDir, "data-dir", "kds-data/global", "global's data dir, holding the signing key (env KDS_ENGINE_DATA_DIR)")
+	fs.StringVar(&f.signingKeyFile, "token-signing-key-file", "",
+		"global's signing key (default: DATA_DIR/zone-token-signing.key) (env KDS_ENGINE_TOKEN_SIGNING_KEY_FILE)")
+	fs.StringVarP(&f.output, "output", "o", "", "write the token to this file (mode 0600) instead of stdout")
+	cmd.AddCommand(gen)
+	return cmd
+}
+
+func (a *App) tokenGenerate(cmd *cobra.Command, f tokenFlags) error {
+	const verb = "token generate"
+	switch {
+	case f.zone == "":
+		return usageError(fmt.Errorf("%s: --zone is required", verb))
+	case !config.ValidZoneName(f.zone):
+		return usageError(fmt.Errorf("%s: --zone %q is not a valid zone name (accepted: %s)", verb, f.zone, config.ZoneNameAccepted))
+	case f.validFor <= 0:
+		return usageError(fmt.Errorf("%s: --valid-for %s must be positive (tokens always expire)", verb, f.validFor))
+	}
+	fromEnv := func(flag, env string, dst *string) {
+		if !cmd.Flags().Changed(flag) {
+			if v, ok := a.LookupEnv(env); ok && v != "" {
+				*dst = v
+			}
+		}
+	}
+	fromEnv("data-dir", config.EnvPrefix+"DATA_DIR", &f.dataDir)
+	fromEnv("token-signing-key-file", config.EnvPrefix+"TOKEN_SIGNING_KEY_FILE", &f.signingKeyFile)
+
+	keyFile := engine.SigningKeyFile(f.dataDir, f.signingKeyFile)
+	_, statErr := os.Stat(keyFile)
+	created := f.signingKeyFile == "" && errors.Is(statErr, os.ErrNotExist)
+	tok, err := engine.GenerateZoneToken(f.dataDir, f.signingKeyFile, f.zone, f.validFor)
+	if err != nil {
+		return failed(fmt.Errorf("%s: %w", verb, err))
+	}
+	if created {
+		fmt.Fprintf(a.Stderr, "%s: created the signing key %s; global must run with --data-dir %s to accept this token\n",
+			verb, keyFile, f.dataDir)
+	}
+	if f.output == "" {
+		fmt.Fprintln(a.Stdout, tok)
+		return nil
+	}
+	if err := writePrivateFile(f.output, []byte(tok+"\n")); err != nil {
+		return failed(fmt.Errorf("%s: %w", verb, err))
+	}
+	fmt.Fprintf(a.Stderr, "token of zone %s written to %s (valid for %s)\n", f.zone, f.output, f.validFor)
+	return nil
+}
+
+// writePrivateFile replaces path with data, mode 0600: it writes a temporary
+// file next to it (created 0600) and renames it over path, so a reader never
+// sees a partial token and the file is never readable by others.
+func writePrivateFile(path string, data []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	defer os.Remove(tmp.Name()) // after a successful rename: nothing to remove
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := tmp.Chmod(0o600); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
