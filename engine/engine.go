@@ -174,7 +174,7 @@ func (e *Engine) Insights() *insights.Registry { return e.ins }
 // a clean shutdown caused by ctx.
 func (e *Engine) Run(ctx context.Context) error {
 	log := e.log
-	host := plugin.NewHost(e.cfg.PluginsDir, log.Named("plugins"),
+	host := plugin.NewHost(e.cfg.PluginsDir, log,
 		plugin.WithRequired(e.cfg.RequiredPlugins),
 		plugin.WithHeadroom(e.cfg.BufferHeadroom))
 	if err := host.Start(ctx); err != nil {
@@ -182,10 +182,6 @@ func (e *Engine) Run(ctx context.Context) error {
 	}
 	defer host.Close()
 	e.host = host
-	capa := host.Capacity()
-	log.Info("send buffers sized from the registered types",
-		"formula", capa.Formula, "types", capa.Types, "headroom", capa.Headroom, "capacity", capa.Total,
-		"reason", "servers send at most one response per type before its ACK, clients keep at most one request per type outstanding; headroom covers requests for types this side does not know")
 
 	raw, err := e.openStore()
 	if err != nil {
