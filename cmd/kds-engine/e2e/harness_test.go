@@ -556,3 +556,5 @@ func httpPost(t *testing.T, url, body string) (int, string) {
 	require.NoError(t, err)
 	return resp.StatusCode, string(b)
 }
+
+func formatPIDs(pids []int) string { return fmt.Sprint(pids) }
