@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
 
 	"github.com/kds-engine/kds-engine/engine"
 )
@@ -70,7 +71,39 @@ func runMain(m *testing.M) int {
 			return 1
 		}
 	}
-	return m.Run()
+	code := m.Run()
+	if left := processesUnder(dir); len(left) > 0 {
+		fmt.Fprintf(os.Stderr, "e2e: processes of the built binaries still running after the tests: %v\n", left)
+		for _, pid := range left {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+		code = 1
+	}
+	if err := goleak.Find(); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: leaked goroutines:", err)
+		code = 1
+	}
+	return code
+}
+
+// processesUnder lists live processes whose executable is in dir.
+func processesUnder(dir string) []int {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	var pids []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || !alive(pid) {
+			continue
+		}
+		exe, err := os.Readlink(filepath.Join("/proc", e.Name(), "exe"))
+		if err == nil && strings.HasPrefix(exe, dir+string(filepath.Separator)) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }
 
 // syncBuffer is an io.Writer safe for the process's output copier and the
@@ -382,10 +415,13 @@ func waitFor(t *testing.T, what string, cond func() (bool, string)) {
 	}
 }
 
+// httpClient keeps no idle connections, so no transport goroutine outlives
+// a request.
+var httpClient = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+
 // httpGet fetches url and returns the status and body.
 func httpGet(url string) (int, string, error) {
-	c := &http.Client{Timeout: 5 * time.Second}
-	resp, err := c.Get(url)
+	resp, err := httpClient.Get(url)
 	if err != nil {
 		return 0, "", err
 	}
@@ -548,8 +584,7 @@ func readFile(t *testing.T, path string) string {
 // httpPost posts a JSON body and returns the status and response body.
 func httpPost(t *testing.T, url, body string) (int, string) {
 	t.Helper()
-	c := &http.Client{Timeout: 10 * time.Second}
-	resp, err := c.Post(url, "application/json", strings.NewReader(body))
+	resp, err := httpClient.Post(url, "application/json", strings.NewReader(body))
 	require.NoError(t, err)
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)

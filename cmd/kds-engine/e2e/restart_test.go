@@ -34,6 +34,8 @@ func TestZoneCrashRestart(t *testing.T) {
 		online, out := zoneOnline(t, c.global, "zone-1")
 		return !online, out
 	})
+	assert.Equal(t, []string{"zone-1/default/frontend-1", "zone-1/default/web-1"}, names(list(t, c.global.api(), "Dataplane")),
+		"global dropped the zone's dataplanes while it was down")
 	r := mustCLI(t, "apply", "-f", writeFile(t, t.TempDir(), "changed.yaml", changedTimeout), "--api", c.global.api())
 	require.Contains(t, r.stdout, "MeshTimeout default/web-timeouts updated")
 
