@@ -220,13 +220,13 @@ func metricNames(t *testing.T) []string {
 func testMetrics(t *testing.T, c *cluster) {
 	want := metricNames(t)
 	// kds_auth_refused_total has samples only after a refusal: make one
-	// with a zone whose token global never signed.
+	// with a zone whose token is not a token (reason malformed).
 	badToken := writeFile(t, t.TempDir(), "bad.token", "not-a-token")
+	badAPI := addr(freePort(t))
 	bad := startProc(t, "zone-bad", "zone", "--name", "zone-bad", "--global", addr(c.global.kdsPort),
-		"--data-dir", t.TempDir(), "--plugins-dir", pluginsDir, "--api-addr", addr(freePort(t)),
+		"--data-dir", t.TempDir(), "--plugins-dir", pluginsDir, "--api-addr", badAPI,
 		"--ca-file", c.pki.ca, "--token-file", badToken,
 		"--reconnect-backoff-base", "100ms", "--reconnect-backoff-max", "1s")
-	_ = bad
 	var body string
 	waitFor(t, "every documented metric on global", func() (bool, string) {
 		code, b, err := httpGet(c.global.api() + "/metrics")
@@ -246,6 +246,17 @@ func testMetrics(t *testing.T, c *cluster) {
 	assert.Regexp(t, `(?m)^kds_plugin_up\{plugin="policies"\} 1$`, body)
 	assert.Regexp(t, `(?m)^kds_plugin_up\{plugin="dataplanes"\} 1$`, body)
 	assert.Regexp(t, `(?m)^kds_resources\{type="Dataplane"\} 2$`, body)
+	assert.Regexp(t, `(?m)^kds_auth_refused_total\{reason="malformed"\} [1-9]`, body)
+
+	// The refused zone never counts as connected, on either side.
+	if !bad.exited() {
+		code, _, err := httpGet("http://" + badAPI + "/readyz")
+		if err == nil {
+			assert.NotEqual(t, 200, code, "a zone refused by global reports ready")
+		}
+	}
+	online, _ := zoneOnline(t, c.global, "zone-bad")
+	assert.False(t, online)
 }
 
 // hasMetric reports whether the exposition has a sample of name (for a
