@@ -80,10 +80,28 @@ func TestSyncBothWays(t *testing.T) {
 		assert.True(t, online, out)
 		tab := mustCLI(t, "inspect", "zones", "--api", c.global.api())
 		assert.Regexp(t, `(?m)^zone-1\s+online\s`, tab.stdout)
+		// The zone's side of the same connection.
+		tab = mustCLI(t, "inspect", "sync", "--api", z.api())
+		assert.Regexp(t, `(?m)^global\s+online\s`, tab.stdout)
 	})
 
 	t.Run("cli errors", func(t *testing.T) { testCLIErrors(t, c, z) })
 	t.Run("metrics", func(t *testing.T) { testMetrics(t, c) })
+
+	t.Run("deletes propagate", func(t *testing.T) {
+		r := mustCLI(t, "delete", "MeshRetry", "web-retries", "--api", c.global.api())
+		assert.Contains(t, r.stdout, "MeshRetry default/web-retries deleted")
+		r = mustCLI(t, "delete", "Dataplane", "frontend-1", "--api", z.api())
+		assert.Contains(t, r.stdout, "Dataplane default/frontend-1 deleted")
+		waitFor(t, "MeshRetry gone from the zone", func() (bool, string) {
+			rs := list(t, z.api(), "MeshRetry")
+			return len(rs) == 0, fmt.Sprint(names(rs))
+		})
+		waitFor(t, "frontend-1 gone from global", func() (bool, string) {
+			got := names(list(t, c.global.api(), "Dataplane"))
+			return slices.Equal(got, []string{"zone-1/default/web-1"}), fmt.Sprint(got)
+		})
+	})
 }
 
 // testCLIErrors: each bad apply exits 2 with the documented message and
