@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"runtime/debug"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	goplugin "github.com/hashicorp/go-plugin"
@@ -119,6 +120,7 @@ func Serve(p Plugin) {
 		os.Exit(1)
 	}
 	TuneRuntime()
+	go exitWithParent(os.Getppid(), time.Second)
 	goplugin.Serve(&goplugin.ServeConfig{
 		HandshakeConfig:  Handshake,
 		VersionedPlugins: VersionedPlugins(impl),
@@ -152,4 +154,19 @@ func GRPCServer(opts []grpc.ServerOption) *grpc.Server {
 		grpc.InitialConnWindowSize(windowBytes),
 	)
 	return grpc.NewServer(opts...)
+}
+
+// exitWithParent ends the plugin process once the engine that started it is
+// gone (the process is re-parented), so an engine killed with SIGKILL leaves
+// no plugin processes behind. It polls: the portable way to notice.
+func exitWithParent(parent int, every time.Duration) {
+	if parent <= 1 {
+		return // started by init or a subreaper directly: nothing to watch
+	}
+	for range time.Tick(every) {
+		if os.Getppid() != parent {
+			logger.Warn("the engine that started this plugin is gone; exiting", "engine_pid", parent)
+			os.Exit(0)
+		}
+	}
 }

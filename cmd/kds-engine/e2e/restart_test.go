@@ -63,7 +63,19 @@ func TestGlobalCrashRestart(t *testing.T) {
 	c, z := syncedCluster(t)
 	policiesBefore := names(list(t, c.global.api(), "MeshTimeout"))
 
+	plugins := children(c.global.p.cmd.Process.Pid)
+	require.Len(t, plugins, 2, "global runs two plugin processes")
 	c.global.p.kill9(t)
+	// Plugins notice that the engine that started them is gone and exit,
+	// so a crashed engine leaves no processes behind.
+	waitFor(t, "plugins of the killed global exited", func() (bool, string) {
+		for _, pid := range plugins {
+			if alive(pid) {
+				return false, fmt.Sprintf("plugin pid %d still running", pid)
+			}
+		}
+		return true, ""
+	})
 	c.start(t, c.global, false)
 
 	assert.Equal(t, policiesBefore, names(list(t, c.global.api(), "MeshTimeout")))
