@@ -17,10 +17,11 @@ build: plugins
 
 ## plugins: the built-in plugins (and the examples') into ./bin/plugins
 plugins:
-	@mkdir -p $(PLUGINS)
+	@mkdir -p $(PLUGINS) && chmod go-w $(BIN) $(PLUGINS)
 	$(GO) build -o $(PLUGINS)/kds-plugin-policies ./plugins/policies
 	$(GO) build -o $(PLUGINS)/kds-plugin-dataplanes ./plugins/dataplanes
 	cd examples/featureflag && $(GO) build -o $(PLUGINS)/kds-plugin-featureflag .
+	@chmod go-w $(PLUGINS)/kds-plugin-*
 
 ## test: vet, generated-code check, the race-enabled suite, and the examples
 test: vet check-proto

@@ -269,6 +269,9 @@ func (h *Host) Start(ctx context.Context) error {
 
 // scan lists the plugin binaries in the directory, logging what it skips.
 func (h *Host) scan() ([]*managed, error) {
+	if err := checkSafe(h.dir, true); err != nil {
+		return nil, fmt.Errorf("plugins dir: %w", err)
+	}
 	entries, err := os.ReadDir(h.dir)
 	if err != nil {
 		return nil, fmt.Errorf("read plugins dir: %w", err)
@@ -298,6 +301,10 @@ func (h *Host) scan() ([]*managed, error) {
 		}
 		if fi.Mode().Perm()&0o111 == 0 {
 			h.log.Warn("skipping file: not executable", "path", path, "mode", fi.Mode().String())
+			continue
+		}
+		if err := checkSafe(path, false); err != nil {
+			h.log.Error("refusing to load plugin", "path", path, "error", err)
 			continue
 		}
 		pname := strings.TrimPrefix(name, FilePrefix)
