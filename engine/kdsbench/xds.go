@@ -95,10 +95,10 @@ type xdsClient struct {
 	responses int
 	maxMsg    int
 	changed   chan struct{}
-	seen      func(name string, at time.Time)
+	seen      func(name string, value []byte, at time.Time)
 }
 
-func dialXDS(addr string, seen func(string, time.Time)) (*xdsClient, error) {
+func dialXDS(addr string, seen func(string, []byte, time.Time)) (*xdsClient, error) {
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(1<<30), grpc.MaxCallSendMsgSize(1<<30)))
 	if err != nil {
@@ -142,7 +142,7 @@ func dialXDS(addr string, seen func(string, time.Time)) (*xdsClient, error) {
 			c.mu.Unlock()
 			if c.seen != nil {
 				for _, r := range resp.Resources {
-					c.seen(r.Name, now)
+					c.seen(r.Name, r.GetResource().GetValue(), now)
 				}
 			}
 			select {
