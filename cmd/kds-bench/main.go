@@ -77,7 +77,8 @@ target. Compare runs across machines by their ratios, not absolute numbers.`,
 	pf.StringVar(&g.logLevel, "log-level", "off", "engine log level (off, error, warn, info, debug)")
 	pf.BoolVar(&g.noProgress, "no-progress", false, "no progress display")
 	root.AddCommand(
-		syncCmd(g), //MODES
+		transportCmd(g), syncCmd(g), updateCmd(g), fanoutCmd(g),
+		resumeCmd(g), memoryCmd(g), tortureCmd(g), zoneProcCmd(),
 	)
 	return root
 }

@@ -404,3 +404,5 @@ func percentile(ds []time.Duration, q float64) time.Duration {
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 type resourceKey = resource.Key
+
+type engineConfig = engine.Config

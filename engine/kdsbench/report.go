@@ -43,7 +43,9 @@ func (r *Report) row(cells ...any) {
 	r.Rows = append(r.Rows, s)
 }
 
-func (r *Report) note(format string, args ...any) { r.Notes = append(r.Notes, fmt.Sprintf(format, args...)) }
+func (r *Report) note(format string, args ...any) {
+	r.Notes = append(r.Notes, fmt.Sprintf(format, args...))
+}
 
 // Verdict is "PASS" or "MISS".
 func (r *Report) Verdict() string {

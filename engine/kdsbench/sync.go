@@ -214,4 +214,3 @@ func syncOnce(ctx context.Context, o Options, v *env, g *node, zname string, n i
 		}
 	}
 }
-

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/types/known/wrapperspb"
-
 )
 
 // UpdateConfig sizes the update mode.
@@ -130,4 +129,3 @@ func Update(ctx context.Context, o Options, c UpdateConfig) (*Report, error) {
 	r.note("engine path: global write (plugin validation + bbolt commit with fsync) → delta response over TLS → zone validation → zone store (%s) commit → watcher", zs)
 	return r, nil
 }
-
