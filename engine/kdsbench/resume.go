@@ -59,11 +59,14 @@ func Resume(ctx context.Context, o Options, c ResumeConfig) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	gst, gjoin, err := follow(ctx, g.e.Store(), store.Filter{Type: statusType, Zone: "zone-1"}, nil)
+	fctx, fcancel := context.WithCancel(ctx)
+	defer fcancel()
+	gst, gjoin, err := follow(fctx, g.e.Store(), store.Filter{Type: statusType, Zone: "zone-1"}, nil)
 	if err != nil {
 		return nil, err
 	}
 	defer gjoin()
+	defer fcancel()
 
 	// Full sync.
 	z, err := v.start(zc)
@@ -74,7 +77,9 @@ func Resume(ctx context.Context, o Options, c ResumeConfig) (*Report, error) {
 		z.stop()
 		return nil, err
 	}
-	zst, zjoin, err := follow(ctx, z.e.Store(), store.Filter{Type: policyType}, nil)
+	zctx, zcancel := context.WithCancel(ctx)
+	defer zcancel()
+	zst, zjoin, err := follow(zctx, z.e.Store(), store.Filter{Type: policyType}, nil)
 	if err != nil {
 		z.stop()
 		return nil, err
@@ -91,8 +96,9 @@ func Resume(ctx context.Context, o Options, c ResumeConfig) (*Report, error) {
 	}
 	zc1, _ := z.e.Insights().Get(engine.GlobalPeer)
 	fullStatuses := zc1.Types[statusType].ResourcesSent
-	zstopErr := z.stop()
+	zcancel()
 	zjoin()
+	zstopErr := z.stop()
 	if err != nil {
 		return nil, fmt.Errorf("full sync: %w", err)
 	}

@@ -99,16 +99,20 @@ func Torture(ctx context.Context, o Options, c TortureConfig) (*Report, []Tortur
 	zc.SendTimeout = 2 * c.Stall
 
 	rng := rand.New(rand.NewPCG(c.Seed, 0))
-	gPolicies, gjoin, err := follow(ctx, g.e.Store(), store.Filter{Type: policyType}, nil)
+	fctx, fcancel := context.WithCancel(ctx)
+	defer fcancel()
+	gPolicies, gjoin, err := follow(fctx, g.e.Store(), store.Filter{Type: policyType}, nil)
 	if err != nil {
 		return nil, nil, err
 	}
 	defer gjoin()
-	gStatuses, gjoin2, err := follow(ctx, g.e.Store(), store.Filter{Type: statusType, Zone: "zone-1"}, nil)
+	defer fcancel()
+	gStatuses, gjoin2, err := follow(fctx, g.e.Store(), store.Filter{Type: statusType, Zone: "zone-1"}, nil)
 	if err != nil {
 		return nil, nil, err
 	}
 	defer gjoin2()
+	defer fcancel()
 
 	var rounds []TortureRound
 	stalls := 0
