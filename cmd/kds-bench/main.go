@@ -55,8 +55,11 @@ func (g *globals) print(r *kdsbench.Report) error {
 	case "table", "":
 		r.WriteTable(g.stdout)
 		return nil
+	case "both":
+		r.WriteTable(g.stdout)
+		return r.WriteJSON(g.stdout)
 	}
-	return fmt.Errorf("output %q: want table or json", g.output)
+	return fmt.Errorf("output %q: want table, json or both", g.output)
 }
 
 func newRoot(stdout, stderr io.Writer) *cobra.Command {
@@ -72,7 +75,7 @@ target. Compare runs across machines by their ratios, not absolute numbers.`,
 		SilenceErrors: true,
 	}
 	pf := root.PersistentFlags()
-	pf.StringVarP(&g.output, "output", "o", "table", "output format: table or json")
+	pf.StringVarP(&g.output, "output", "o", "table", "output format: table, json (one line with every figure) or both")
 	pf.StringVar(&g.pluginsDir, "plugins-dir", "", "directory holding kds-plugin-synctest (empty: build it with the go tool; run inside the module)")
 	pf.StringVar(&g.logLevel, "log-level", "off", "engine log level (off, error, warn, info, debug)")
 	pf.BoolVar(&g.noProgress, "no-progress", false, "no progress display")
