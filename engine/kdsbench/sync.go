@@ -129,7 +129,15 @@ func syncEngine(ctx context.Context, o Options, v *env, n, size int) (g2z, z2g s
 		return g2z, z2g, fmt.Errorf("global→zone: %w", err)
 	}
 
-	// zone → global
+	// zone → global, on a fresh global that has nothing to send back.
+	if err := g.stop(); err != nil {
+		return g2z, z2g, err
+	}
+	g, err = v.startGlobal(fmt.Sprintf("global-sync-b-%d", n), nil)
+	if err != nil {
+		return g2z, z2g, err
+	}
+	defer g.stop()
 	zname = fmt.Sprintf("sync-b-%d", n)
 	z2g, err = syncOnce(ctx, o, v, g, zname, n, func(*node) (store.Store, store.Filter) {
 		return g.e.Store(), store.Filter{Type: statusType, Zone: zname}
