@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 
 	"github.com/hashicorp/go-hclog"
@@ -33,6 +34,7 @@ type globals struct {
 	pluginsDir string
 	logLevel   string
 	noProgress bool
+	cpuProfile string
 	stdout     io.Writer
 	stderr     io.Writer
 }
@@ -79,6 +81,7 @@ target. Compare runs across machines by their ratios, not absolute numbers.`,
 	pf.StringVar(&g.pluginsDir, "plugins-dir", "", "directory holding kds-plugin-synctest (empty: build it with the go tool; run inside the module)")
 	pf.StringVar(&g.logLevel, "log-level", "off", "engine log level (off, error, warn, info, debug)")
 	pf.BoolVar(&g.noProgress, "no-progress", false, "no progress display")
+	pf.StringVar(&g.cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run (engines and baseline) to this file")
 	root.AddCommand(
 		transportCmd(g), syncCmd(g), updateCmd(g), fanoutCmd(g),
 		resumeCmd(g), memoryCmd(g), tortureCmd(g), zoneProcCmd(),
@@ -89,6 +92,17 @@ target. Compare runs across machines by their ratios, not absolute numbers.`,
 // run runs a mode and prints its report. A MISS is not an error: the report
 // says so.
 func run(cmd *cobra.Command, g *globals, f func(context.Context, kdsbench.Options) (*kdsbench.Report, error)) error {
+	if g.cpuProfile != "" {
+		pf, err := os.Create(g.cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer pf.Close()
+		if err := pprof.StartCPUProfile(pf); err != nil {
+			return fmt.Errorf("cpu profile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	r, err := f(cmd.Context(), g.options())
 	if err != nil {
 		return err
