@@ -92,6 +92,11 @@ target. Compare runs across machines by their ratios, not absolute numbers.`,
 // run runs a mode and prints its report. A MISS is not an error: the report
 // says so.
 func run(cmd *cobra.Command, g *globals, f func(context.Context, kdsbench.Options) (*kdsbench.Report, error)) error {
+	switch g.output {
+	case "table", "json", "both", "":
+	default:
+		return fmt.Errorf("output %q: want table, json or both", g.output)
+	}
 	if g.cpuProfile != "" {
 		pf, err := os.Create(g.cpuProfile)
 		if err != nil {
