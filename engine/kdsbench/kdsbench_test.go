@@ -10,9 +10,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
+
+	"github.com/kds-engine/kds-engine/engine/internal/resource"
+	"github.com/kds-engine/kds-engine/engine/internal/store"
 )
 
 var pluginsDir string
@@ -111,4 +115,32 @@ func TestModesSmoke(t *testing.T) {
 	f, err := Fanout(ctx, o, FanoutConfig{Zones: []int{2}, Changes: 5, N: 10, Size: 256})
 	require.NoError(t, err)
 	assert.Positive(t, f.Figures["engine_2z_p99_ms"])
+}
+
+// BulkLoad and Write keep the admin API's rules: types owned by the other
+// side are refused; Write creates, then replaces with a new version.
+func TestBulkLoadAndWriteRules(t *testing.T) {
+	v, err := newEnv(pluginsDir, hclog.NewNullLogger())
+	require.NoError(t, err)
+	defer v.close()
+	g, err := v.startGlobal("global", nil)
+	require.NoError(t, err)
+	defer func() { require.NoError(t, g.stop()) }()
+	ctx := context.Background()
+
+	err = g.e.BulkLoad(ctx, makeResources(statusType, "s", 3, 64))
+	require.ErrorIs(t, err, resource.ErrReadOnly, "SyncStatus is written on zones")
+
+	require.NoError(t, g.e.BulkLoad(ctx, makeResources(policyType, "p", 7, 64)))
+	rs, err := g.e.Store().List(ctx, store.Filter{Type: policyType})
+	require.NoError(t, err)
+	assert.Len(t, rs, 7)
+
+	first, err := g.e.Write(ctx, policyUpdate(100, 64))
+	require.NoError(t, err)
+	second, err := g.e.Write(ctx, policyUpdate(100, 128))
+	require.NoError(t, err)
+	assert.NotEqual(t, first.Version, second.Version)
+	_, err = g.e.Write(ctx, &resource.Resource{Type: statusType, Mesh: benchMesh, Name: "x", Spec: specOf("v", 64)})
+	require.ErrorIs(t, err, resource.ErrReadOnly)
 }
