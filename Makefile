@@ -42,9 +42,17 @@ check-proto:
 demo: build
 	$(BIN)/kds-engine demo --plugins-dir $(PLUGINS)
 
-## bench: the long benchmark runs (not part of CI)
+BENCH_OUT ?= $(BIN)/bench-results.txt
+## bench: the long benchmark runs (not part of CI): the package benchmarks,
+## then every kds-bench mode at its default sizes (tables and JSON lines
+## appended to $(BENCH_OUT))
 bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./engine/...
+	$(GO) build -o $(BIN)/bench-plugins/kds-plugin-synctest ./engine/internal/testsupport/syncplugin
+	@for m in transport sync update fanout resume memory torture "torture --naive"; do \
+		echo "== kds-bench $$m"; \
+		$(BIN)/kds-bench $$m -o both --plugins-dir $(BIN)/bench-plugins | tee -a $(BENCH_OUT) || exit 1; \
+	done
 
 clean:
 	rm -rf $(BIN)

@@ -55,6 +55,11 @@ type Config struct {
 	KeepaliveTime    time.Duration // default 10s
 	KeepaliveTimeout time.Duration // default 10s
 
+	// InitialWindowSize, if positive, fixes the KDS connection's HTTP/2
+	// stream and connection windows at this many bytes (default: gRPC's
+	// dynamic windows). For benchmarks and tests that need full windows.
+	InitialWindowSize int32
+
 	ReconnectBackoffBase time.Duration // default 500ms
 	ReconnectBackoffMax  time.Duration // default 30s
 

@@ -290,6 +290,8 @@ func (e *Engine) Run(ctx context.Context) error {
 		KeepaliveTimeout: e.cfg.KeepaliveTimeout,
 		SendTimeout:      e.cfg.SendTimeout,
 		Headroom:         &e.cfg.BufferHeadroom,
+
+		InitialWindowSize: e.cfg.InitialWindowSize,
 	}
 	types := len(reg.Types())
 	if e.cfg.Role == RoleGlobal {

@@ -35,6 +35,12 @@ type Config struct {
 	// Headroom is added to the type count to size the session buffers
 	// (default mux.DefaultHeadroom). Negative means 0.
 	Headroom *int
+	// InitialWindowSize, if positive, sets static HTTP/2 stream and
+	// connection flow-control windows of this many bytes on both sides
+	// (gRPC then stops estimating the bandwidth-delay product). Zero keeps
+	// gRPC's dynamic windows. For tests and benchmarks that need a full
+	// window; gRPC ignores values below 64 KiB.
+	InitialWindowSize int32
 }
 
 // Defaults for Config fields.
@@ -82,6 +88,9 @@ func ServerOptions(cfg Config, extra ...grpc.ServerOption) []grpc.ServerOption {
 		grpc.MaxSendMsgSize(c.MaxMessageSize),
 		grpc.WaitForHandlers(true),
 	}
+	if c.InitialWindowSize > 0 {
+		opts = append(opts, grpc.InitialWindowSize(c.InitialWindowSize), grpc.InitialConnWindowSize(c.InitialWindowSize))
+	}
 	return append(opts, extra...)
 }
 
@@ -107,6 +116,9 @@ func DialOptions(cfg Config, extra ...grpc.DialOption) []grpc.DialOption {
 			grpc.MaxCallRecvMsgSize(c.MaxMessageSize),
 			grpc.MaxCallSendMsgSize(c.MaxMessageSize),
 		),
+	}
+	if c.InitialWindowSize > 0 {
+		opts = append(opts, grpc.WithInitialWindowSize(c.InitialWindowSize), grpc.WithInitialConnWindowSize(c.InitialWindowSize))
 	}
 	return append(opts, extra...)
 }

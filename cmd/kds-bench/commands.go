@@ -1,0 +1,176 @@
+package main
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/kds-engine/kds-engine/engine/kdsbench"
+)
+
+func syncCmd(g *globals) *cobra.Command {
+	var c kdsbench.SyncConfig
+	cmd := &cobra.Command{
+		Use:   "sync",
+		Short: "Initial sync of N resources both ways vs go-control-plane's delta server",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return run(cmd, g, func(ctx context.Context, o kdsbench.Options) (*kdsbench.Report, error) {
+				return kdsbench.Sync(ctx, o, c)
+			})
+		},
+	}
+	cmd.Flags().IntSliceVar(&c.Ns, "n", []int{10000, 100000}, "resource counts")
+	cmd.Flags().IntVar(&c.Size, "size", 1024, "spec size in bytes")
+	return cmd
+}
+
+func transportCmd(g *globals) *cobra.Command {
+	var c kdsbench.TransportConfig
+	cmd := &cobra.Command{
+		Use:   "transport",
+		Short: "Engine session vs raw gRPC bidi stream, both directions, 1 KiB and 64 KiB",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return run(cmd, g, func(ctx context.Context, o kdsbench.Options) (*kdsbench.Report, error) {
+				return kdsbench.Transport(ctx, o, c)
+			})
+		},
+	}
+	cmd.Flags().IntVar(&c.Rounds, "rounds", 3, "alternating raw/engine rounds per size")
+	cmd.Flags().IntVar(&c.Small, "small-messages", 20480, "1 KiB messages per direction")
+	cmd.Flags().IntVar(&c.Large, "large-messages", 2048, "64 KiB messages per direction")
+	return cmd
+}
+
+func updateCmd(g *globals) *cobra.Command {
+	var c kdsbench.UpdateConfig
+	cmd := &cobra.Command{
+		Use:   "update",
+		Short: "Single-resource update latency global→zone at N synced resources vs LinearCache",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return run(cmd, g, func(ctx context.Context, o kdsbench.Options) (*kdsbench.Report, error) {
+				return kdsbench.Update(ctx, o, c)
+			})
+		},
+	}
+	cmd.Flags().IntVar(&c.N, "n", 100000, "synced resources")
+	cmd.Flags().IntVar(&c.Updates, "updates", 200, "measured updates")
+	cmd.Flags().IntVar(&c.Size, "size", 1024, "spec size in bytes")
+	cmd.Flags().BoolVar(&c.ZoneMemory, "zone-memory", false, "zone on the memory store instead of bbolt")
+	return cmd
+}
+
+func fanoutCmd(g *globals) *cobra.Command {
+	var c kdsbench.FanoutConfig
+	cmd := &cobra.Command{
+		Use:   "fanout",
+		Short: "One policy change reaching Z zones vs LinearCache with Z clients",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return run(cmd, g, func(ctx context.Context, o kdsbench.Options) (*kdsbench.Report, error) {
+				return kdsbench.Fanout(ctx, o, c)
+			})
+		},
+	}
+	cmd.Flags().IntSliceVar(&c.Zones, "zones", []int{10, 50}, "zone counts")
+	cmd.Flags().IntVar(&c.Changes, "changes", 100, "measured changes per zone count")
+	cmd.Flags().IntVar(&c.N, "n", 100, "resources synced before measuring")
+	cmd.Flags().IntVar(&c.Size, "size", 1024, "spec size in bytes")
+	return cmd
+}
+
+func resumeCmd(g *globals) *cobra.Command {
+	var c kdsbench.ResumeConfig
+	cmd := &cobra.Command{
+		Use:   "resume",
+		Short: "Resources and bytes resent when a zone reconnects with unchanged state",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return run(cmd, g, func(ctx context.Context, o kdsbench.Options) (*kdsbench.Report, error) {
+				return kdsbench.Resume(ctx, o, c)
+			})
+		},
+	}
+	cmd.Flags().IntVar(&c.N, "n", 10000, "resources each way")
+	cmd.Flags().IntVar(&c.Size, "size", 1024, "spec size in bytes")
+	cmd.Flags().DurationVar(&c.Quiet, "quiet", 2*time.Second, "how long the resumed session must be silent to count as settled")
+	return cmd
+}
+
+func memoryCmd(g *globals) *cobra.Command {
+	var c kdsbench.MemoryConfig
+	var inProcess bool
+	cmd := &cobra.Command{
+		Use:   "memory",
+		Short: "Global heap and RSS per synced resource",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if !inProcess {
+				exe, err := os.Executable()
+				if err != nil {
+					return err
+				}
+				c.ZoneCommand = func(cfg string) *exec.Cmd { return exec.Command(exe, "zone-proc", "--config-json", cfg) }
+			}
+			return run(cmd, g, func(ctx context.Context, o kdsbench.Options) (*kdsbench.Report, error) {
+				return kdsbench.Memory(ctx, o, c)
+			})
+		},
+	}
+	cmd.Flags().IntVar(&c.N, "n", 100000, "resources")
+	cmd.Flags().IntVar(&c.Size, "size", 1024, "spec size in bytes")
+	cmd.Flags().BoolVar(&inProcess, "zone-in-process", false, "run the zone in this process (its heap then counts)")
+	return cmd
+}
+
+func tortureCmd(g *globals) *cobra.Command {
+	var c kdsbench.TortureConfig
+	cmd := &cobra.Command{
+		Use:   "torture",
+		Short: "Large resources written on both sides while the zone restarts; converged or stalled per round",
+		Long: `torture runs global and one zone (bbolt, TLS, static small HTTP/2 windows).
+Both sides write --resources resources of --size bytes at once and the zone is
+restarted in the middle of the transfer every round; a round converges when
+each side holds the other's resources at the writer's versions, and stalls
+when nothing changed for --stall. The target is zero stalls.
+
+--naive runs no engine: each round is one transport-level burst between two
+naive peers (static 64 KiB windows, min(--resources, 100) requests of --size
+bytes from each end at once, each answered with a response of --size bytes),
+which shows the stall the engine's session avoids.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return run(cmd, g, func(ctx context.Context, o kdsbench.Options) (*kdsbench.Report, error) {
+				r, _, err := kdsbench.Torture(ctx, o, c)
+				return r, err
+			})
+		},
+	}
+	cmd.Flags().IntVar(&c.Rounds, "rounds", 20, "rounds (zone restarts)")
+	cmd.Flags().IntVar(&c.Resources, "resources", 2000, "resources written on each side")
+	cmd.Flags().IntVar(&c.Size, "size", 64<<10, "spec size in bytes")
+	cmd.Flags().Int32Var(&c.Window, "window", 64<<10, "static HTTP/2 stream and connection window, bytes")
+	cmd.Flags().DurationVar(&c.Stall, "stall", 30*time.Second, "no progress for this long = stalled")
+	cmd.Flags().BoolVar(&c.Naive, "naive", false, "run the transport-level burst with the naive peer instead of the engine")
+	return cmd
+}
+
+// zoneProcCmd is the hidden child process of the memory mode.
+func zoneProcCmd() *cobra.Command {
+	var cfg string
+	cmd := &cobra.Command{
+		Use:    "zone-proc",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return kdsbench.ZoneProcess(cmd.Context(), cfg, nil)
+		},
+	}
+	cmd.Flags().StringVar(&cfg, "config-json", "", "zone engine.Config as JSON")
+	return cmd
+}

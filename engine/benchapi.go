@@ -1,0 +1,69 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/kds-engine/kds-engine/engine/internal/resource"
+	"github.com/kds-engine/kds-engine/engine/internal/store"
+)
+
+// bulkBatch is how many resources BulkLoad validates and commits at once.
+const bulkBatch = 5000
+
+// BulkLoad writes rs on this side the fast way, for benchmarks and
+// imports: every resource is validated by its plugin, as an admin API write
+// would be, and then committed in store batches of a few thousand instead
+// of one transaction per resource. Only types written on this side are
+// accepted. The engine assigns each resource a fresh Version and the
+// current time; rs is not modified. Call it only after Started is closed.
+// Safe for concurrent use with everything else the engine does.
+func (e *Engine) BulkLoad(ctx context.Context, rs []*resource.Resource) error {
+	now := time.Now()
+	for start := 0; start < len(rs); start += bulkBatch {
+		chunk := rs[start:min(start+bulkBatch, len(rs))]
+		for _, r := range chunk {
+			if err := e.store.CheckLocalWrite(r.Type); err != nil {
+				return err
+			}
+			if r.Zone != "" {
+				return fmt.Errorf("%s: zone is set by the engine, not by writers: %w", r.Key(), resource.ErrReadOnly)
+			}
+		}
+		if err := e.validator.Validate(ctx, chunk); err != nil {
+			return fmt.Errorf("validate: %w", err)
+		}
+		puts := make([]*resource.Resource, len(chunk))
+		for i, r := range chunk {
+			c := *r
+			c.Version = fmt.Sprintf("bulk-%d-%d", now.UnixNano(), start+i)
+			c.CreationTime, c.ModificationTime = now, now
+			puts[i] = &c
+		}
+		// The guard refuses sync writes of owned types; the checks above
+		// are the local-write rules, so commit on the wrapped store.
+		if _, err := e.store.Store.Apply(ctx, store.Batch{Put: puts}); err != nil {
+			return fmt.Errorf("apply: %w", err)
+		}
+	}
+	return nil
+}
+
+// Write creates r, or replaces it (last writer wins) if its key is taken,
+// through the same validation and read-only rules as the admin API, and
+// returns the stored copy. Call it only after Started is closed.
+func (e *Engine) Write(ctx context.Context, r *resource.Resource) (*resource.Resource, error) {
+	b := backend{e}
+	c := *r
+	c.Version = ""
+	if _, err := e.store.Get(ctx, r.Key()); err == nil {
+		return b.Update(ctx, &c)
+	}
+	return b.Create(ctx, &c)
+}
+
+// Store returns the engine's store for reading and watching (Get, List,
+// Snapshot, Watch). Writes through it bypass validation; use Write or
+// BulkLoad. Valid between Started and the end of Run.
+func (e *Engine) Store() store.Store { return e.store }

@@ -1,0 +1,137 @@
+package kdsbench
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/kds-engine/kds-engine/engine"
+)
+
+// FanoutConfig sizes the fanout mode.
+type FanoutConfig struct {
+	Zones   []int // zone counts (default 10 and 50)
+	Changes int   // measured changes per zone count (default 100)
+	N       int   // resources synced before measuring (default 100)
+	Size    int   // spec bytes (default 1 KiB)
+}
+
+// Fanout measures one policy change on global reaching every one of Z
+// zones: from just before the write until the last zone's store has it.
+// Global uses bbolt; the zones use the memory store and load only
+// kds-plugin-synctest (Z in-process engines, one plugin process each). The
+// baseline is one LinearCache update reaching Z minimal delta clients.
+func Fanout(ctx context.Context, o Options, c FanoutConfig) (*Report, error) {
+	o = o.withDefaults()
+	if len(c.Zones) == 0 {
+		c.Zones = []int{10, 50}
+	}
+	if c.Changes <= 0 {
+		c.Changes = 100
+	}
+	if c.N <= 0 {
+		c.N = 100
+	}
+	if c.Size <= 0 {
+		c.Size = 1024
+	}
+	c.Changes = min(c.Changes, c.N)
+	r := newReport("fanout", "one policy change reaches all of 50 zones with p99 ≤ 100 ms",
+		"zones", "path", "changes", "p50 ms", "p99 ms", "max ms")
+	v, err := newEnv(o.PluginsDir, o.Log)
+	if err != nil {
+		return nil, err
+	}
+	defer v.close()
+	for _, zn := range c.Zones {
+		base, err := fanoutXDS(ctx, o, zn, c)
+		if err != nil {
+			return nil, fmt.Errorf("baseline %d zones: %w", zn, err)
+		}
+		eng, err := fanoutEngine(ctx, o, v, zn, c)
+		if err != nil {
+			return nil, fmt.Errorf("engine %d zones: %w", zn, err)
+		}
+		for _, x := range []struct {
+			name string
+			ds   []time.Duration
+		}{{"baseline", base}, {"engine", eng}} {
+			p50, p99, mx := percentile(x.ds, 0.5), percentile(x.ds, 0.99), percentile(x.ds, 1)
+			r.row(zn, x.name, len(x.ds), ms(p50), ms(p99), ms(mx))
+			k := fmt.Sprintf("%s_%dz_", x.name, zn)
+			r.Figures[k+"p50_ms"] = ms(p50)
+			r.Figures[k+"p99_ms"] = ms(p99)
+			r.Figures[k+"max_ms"] = ms(mx)
+		}
+		r.Figures[fmt.Sprintf("p99_ratio_%dz", zn)] = r.Figures[fmt.Sprintf("engine_%dz_p99_ms", zn)] / r.Figures[fmt.Sprintf("baseline_%dz_p99_ms", zn)]
+		if zn >= 50 && r.Figures[fmt.Sprintf("engine_%dz_p99_ms", zn)] > 100 {
+			r.Pass = false
+		}
+	}
+	r.note("zones run in this process on the memory store with only kds-plugin-synctest loaded; global runs bbolt (fsync per write)")
+	return r, nil
+}
+
+func fanoutXDS(ctx context.Context, o Options, zones int, c FanoutConfig) ([]time.Duration, error) {
+	x, err := startXDS(xdsResources("p", c.N, c.Size))
+	if err != nil {
+		return nil, err
+	}
+	defer x.close()
+	var a arrivals
+	for i := range zones {
+		cl, err := dialXDS(x.proxy.Addr().String(), func(name string, v []byte, at time.Time) { a.saw(i, name, v, at) })
+		if err != nil {
+			return nil, err
+		}
+		defer cl.close()
+		if err := cl.waitCount(ctx, c.N, time.Minute); err != nil {
+			return nil, err
+		}
+	}
+	return measure(ctx, o.Progress, fmt.Sprintf("fanout %d: baseline", zones), c.Changes, zones, &a, func(i int) (string, []byte, error) {
+		name, _ := nameMarker(i)
+		return "", nil, x.cache.UpdateResource(name, wrapperspb.Bytes(specOf(fmt.Sprintf("u%d", i), c.Size)))
+	})
+}
+
+func fanoutEngine(ctx context.Context, o Options, v *env, zones int, c FanoutConfig) ([]time.Duration, error) {
+	g, err := v.startGlobal(fmt.Sprintf("global-fanout-%d", zones), nil)
+	if err != nil {
+		return nil, err
+	}
+	defer g.stop()
+	if err := g.e.BulkLoad(ctx, makeResources(policyType, "p", c.N, c.Size)); err != nil {
+		return nil, err
+	}
+	var a arrivals
+	o.Progress.Start(fmt.Sprintf("fanout %d: start zones", zones), zones)
+	for i := range zones {
+		zc, err := v.zoneConfig(g, fmt.Sprintf("fan-%d-%d", zones, i), localAddr(g.e.KDSAddr()), "")
+		if err != nil {
+			return nil, err
+		}
+		zc.Store = engine.StoreMemory
+		z, err := v.start(zc)
+		if err != nil {
+			return nil, err
+		}
+		defer z.stop()
+		cnt, stop, err := watchZone(ctx, z, i, &a)
+		if err != nil {
+			return nil, err
+		}
+		defer stop()
+		if err := cnt.waitFor(ctx, time.Minute, func(m map[resourceKey]string) bool { return len(m) >= c.N }); err != nil {
+			return nil, fmt.Errorf("zone %d initial sync: %w", i, err)
+		}
+		o.Progress.Set(i + 1)
+	}
+	o.Progress.Finish()
+	return measure(ctx, o.Progress, fmt.Sprintf("fanout %d: engine", zones), c.Changes, zones, &a, func(i int) (string, []byte, error) {
+		_, err := g.e.Write(ctx, policyUpdate(i, c.Size))
+		return "", nil, err
+	})
+}

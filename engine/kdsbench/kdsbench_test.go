@@ -1,0 +1,146 @@
+package kdsbench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/kds-engine/kds-engine/engine/internal/resource"
+	"github.com/kds-engine/kds-engine/engine/internal/store"
+)
+
+var pluginsDir string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "kdsbench-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	pluginsDir = filepath.Join(dir, "plugins")
+	if err := buildPlugin(pluginsDir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goleak:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// A short torture run: large resources written on both sides while the
+// zone restarts mid-transfer converge every round. Convergence only, never
+// timing.
+func TestTortureConverges(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	r, rounds, err := Torture(ctx, Options{PluginsDir: pluginsDir},
+		TortureConfig{Rounds: 3, Resources: 150, Size: 16 << 10, Stall: 30 * time.Second})
+	require.NoError(t, err)
+	require.Len(t, rounds, 3)
+	for _, rd := range rounds {
+		assert.True(t, rd.Converged, "round %d: %d of %d resources agree", rd.Round, rd.Matching, rd.Target)
+		assert.Equal(t, 300, rd.Target, "round %d compares both sides' resources", rd.Round)
+	}
+	assert.True(t, r.Pass)
+	assert.Zero(t, r.Figures["stalls"])
+}
+
+// The same harness reports the stall when the naive peer carries the burst.
+func TestTortureNaiveStalls(t *testing.T) {
+	r, rounds, err := Torture(context.Background(), Options{}, TortureConfig{Rounds: 1, Naive: true, Size: 64 << 10, Resources: 100, Stall: 2 * time.Second})
+	require.NoError(t, err)
+	require.Len(t, rounds, 1)
+	assert.False(t, rounds[0].Converged)
+	assert.Less(t, rounds[0].Matching, rounds[0].Target)
+	assert.Equal(t, float64(1), r.Figures["stalls"])
+}
+
+// A zone that reconnects with unchanged state is resent nothing, and the
+// report carries every figure as JSON.
+func TestResumeResendsNothing(t *testing.T) {
+	r, err := Resume(context.Background(), Options{PluginsDir: pluginsDir}, ResumeConfig{N: 200, Size: 256, Quiet: 500 * time.Millisecond})
+	require.NoError(t, err)
+	assert.Equal(t, float64(200), r.Figures["full_policies_sent"])
+	assert.Equal(t, float64(200), r.Figures["full_statuses_sent"])
+	assert.Zero(t, r.Figures["resume_policies_sent"])
+	assert.Zero(t, r.Figures["resume_statuses_sent"])
+	assert.True(t, r.Pass)
+
+	var buf bytes.Buffer
+	require.NoError(t, r.WriteJSON(&buf))
+	var got struct {
+		Mode    string             `json:"mode"`
+		Result  string             `json:"result"`
+		Figures map[string]float64 `json:"figures"`
+	}
+	require.NoError(t, json.Unmarshal(buf.Bytes(), &got))
+	assert.Equal(t, "resume", got.Mode)
+	assert.Equal(t, "PASS", got.Result)
+	assert.Equal(t, r.Figures, got.Figures)
+}
+
+// Sync, update and fanout run end to end at toy sizes and fill their
+// figures (no timing is asserted).
+func TestModesSmoke(t *testing.T) {
+	ctx := context.Background()
+	o := Options{PluginsDir: pluginsDir}
+	s, err := Sync(ctx, o, SyncConfig{Ns: []int{300}, Size: 256})
+	require.NoError(t, err)
+	assert.Positive(t, s.Figures["g2z_300_rps"])
+	assert.Positive(t, s.Figures["z2g_300_rps"])
+	assert.Positive(t, s.Figures["baseline_300_rps"])
+
+	u, err := Update(ctx, o, UpdateConfig{N: 100, Updates: 10, Size: 256})
+	require.NoError(t, err)
+	assert.Positive(t, u.Figures["engine_p99_ms"])
+	assert.Positive(t, u.Figures["baseline_p99_ms"])
+
+	f, err := Fanout(ctx, o, FanoutConfig{Zones: []int{2}, Changes: 5, N: 10, Size: 256})
+	require.NoError(t, err)
+	assert.Positive(t, f.Figures["engine_2z_p99_ms"])
+}
+
+// BulkLoad and Write keep the admin API's rules: types owned by the other
+// side are refused; Write creates, then replaces with a new version.
+func TestBulkLoadAndWriteRules(t *testing.T) {
+	v, err := newEnv(pluginsDir, hclog.NewNullLogger())
+	require.NoError(t, err)
+	defer v.close()
+	g, err := v.startGlobal("global", nil)
+	require.NoError(t, err)
+	defer func() { require.NoError(t, g.stop()) }()
+	ctx := context.Background()
+
+	err = g.e.BulkLoad(ctx, makeResources(statusType, "s", 3, 64))
+	require.ErrorIs(t, err, resource.ErrReadOnly, "SyncStatus is written on zones")
+
+	require.NoError(t, g.e.BulkLoad(ctx, makeResources(policyType, "p", 7, 64)))
+	rs, err := g.e.Store().List(ctx, store.Filter{Type: policyType})
+	require.NoError(t, err)
+	assert.Len(t, rs, 7)
+
+	first, err := g.e.Write(ctx, policyUpdate(100, 64))
+	require.NoError(t, err)
+	second, err := g.e.Write(ctx, policyUpdate(100, 128))
+	require.NoError(t, err)
+	assert.NotEqual(t, first.Version, second.Version)
+	_, err = g.e.Write(ctx, &resource.Resource{Type: statusType, Mesh: benchMesh, Name: "x", Spec: specOf("v", 64)})
+	require.ErrorIs(t, err, resource.ErrReadOnly)
+}
