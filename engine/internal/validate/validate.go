@@ -21,12 +21,15 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/santhosh-tekuri/jsonschema/v6"
 	"github.com/santhosh-tekuri/jsonschema/v6/kind"
+	"golang.org/x/sync/errgroup"
 	"golang.org/x/text/language"
 	"golang.org/x/text/message"
 	"google.golang.org/protobuf/proto"
@@ -139,42 +142,81 @@ func (v *Validator) Types() []resource.TypeDescriptor { return v.reg.Types() }
 // resource in input order with its field errors, or the first error a plugin
 // call returned (wrapping plugin.ErrPluginDown when the plugin is down).
 func (v *Validator) Validate(ctx context.Context, rs []*resource.Resource) error {
+	// Envelope and schema checks are independent per resource: large
+	// batches (a sync response) are spread over the available cores.
+	type local struct {
+		d    resource.TypeDescriptor
+		size int
+		fes  []resource.FieldError
+	}
+	locals := make([]local, len(rs))
+	check := func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			d, size, fes := v.envelope(rs[i])
+			if len(fes) == 0 {
+				fes = v.schema(d, rs[i])
+			}
+			locals[i] = local{d: d, size: size, fes: fes}
+		}
+	}
+	workers := min(runtime.GOMAXPROCS(0), len(rs)/parallelThreshold)
+	if workers <= 1 {
+		check(0, len(rs))
+	} else {
+		var wg sync.WaitGroup
+		chunk := (len(rs) + workers - 1) / workers
+		for lo := 0; lo < len(rs); lo += chunk {
+			wg.Go(func() { check(lo, min(lo+chunk, len(rs))) })
+		}
+		wg.Wait()
+	}
+
 	invalid := map[int][]resource.FieldError{}
 	groups := map[string][]int{}
 	sizes := make([]int, len(rs))
 	var order []string
-	for i, r := range rs {
-		d, size, fes := v.envelope(r)
-		sizes[i] = size
-		if len(fes) == 0 {
-			fes = v.schema(d, r)
-		}
-		if len(fes) > 0 {
-			invalid[i] = fes
+	for i, l := range locals {
+		sizes[i] = l.size
+		if len(l.fes) > 0 {
+			invalid[i] = l.fes
 			continue
 		}
-		if _, ok := groups[d.Plugin]; !ok {
-			order = append(order, d.Plugin)
+		if _, ok := groups[l.d.Plugin]; !ok {
+			order = append(order, l.d.Plugin)
 		}
-		groups[d.Plugin] = append(groups[d.Plugin], i)
+		groups[l.d.Plugin] = append(groups[l.d.Plugin], i)
 	}
+
+	// Plugin batches go out a few at a time, so the plugin process works
+	// while the engine waits for the next answer.
+	var mu sync.Mutex
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(pluginCallsInFlight)
 	for _, p := range order {
 		for _, batch := range batches(groups[p], sizes, v.batchSize, MaxBatchBytes) {
-			sub := make([]*resource.Resource, len(batch))
-			for j, idx := range batch {
-				sub[j] = rs[idx]
-			}
-			res, err := v.plugins.ValidateBatch(ctx, p, sub)
-			if err != nil {
-				return err
-			}
-			for j, fes := range res {
-				if j < 0 || j >= len(batch) {
-					return fmt.Errorf("validate with plugin %q: answer names resource %d of a batch of %d", p, j, len(batch))
+			g.Go(func() error {
+				sub := make([]*resource.Resource, len(batch))
+				for j, idx := range batch {
+					sub[j] = rs[idx]
 				}
-				invalid[batch[j]] = append(invalid[batch[j]], fes...)
-			}
+				res, err := v.plugins.ValidateBatch(gctx, p, sub)
+				if err != nil {
+					return err
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				for j, fes := range res {
+					if j < 0 || j >= len(batch) {
+						return fmt.Errorf("validate with plugin %q: answer names resource %d of a batch of %d", p, j, len(batch))
+					}
+					invalid[batch[j]] = append(invalid[batch[j]], fes...)
+				}
+				return nil
+			})
 		}
+	}
+	if err := g.Wait(); err != nil {
+		return err
 	}
 	if len(invalid) == 0 {
 		return nil
@@ -187,6 +229,13 @@ func (v *Validator) Validate(ctx context.Context, rs []*resource.Resource) error
 	}
 	return ve
 }
+
+// parallelThreshold is how many resources each extra worker must have to
+// be worth starting for envelope and schema checks.
+const parallelThreshold = 256
+
+// pluginCallsInFlight bounds concurrent Validate calls of one Validate.
+const pluginCallsInFlight = 4
 
 // envelope checks everything but the spec's content and returns the type's
 // descriptor and the resource's wire size.
