@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -16,6 +17,7 @@ import (
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
@@ -27,9 +29,15 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/kds-engine/kds-engine/engine/internal/guard"
 	"github.com/kds-engine/kds-engine/engine/internal/httpauth"
+	"github.com/kds-engine/kds-engine/engine/internal/insights"
 	"github.com/kds-engine/kds-engine/engine/internal/kdssync"
+	"github.com/kds-engine/kds-engine/engine/internal/metrics"
+	"github.com/kds-engine/kds-engine/engine/internal/mux"
 	"github.com/kds-engine/kds-engine/engine/internal/resource"
+	"github.com/kds-engine/kds-engine/engine/internal/store"
+	"github.com/kds-engine/kds-engine/engine/internal/store/memory"
 	"github.com/kds-engine/kds-engine/engine/internal/tlsutil"
 	"github.com/kds-engine/kds-engine/engine/internal/token"
 	kdsv1 "github.com/kds-engine/kds-engine/proto/kds/v1"
@@ -375,6 +383,37 @@ func TestHostileZonePayloads(t *testing.T) {
 		env.assertHonestZoneSyncs(t)
 	})
 
+	t.Run("inconsistent responses are NACKed, not fatal", func(t *testing.T) {
+		const zone = "zone-dup"
+		s := rawSession(t, dialGlobal(t, env.g), zone, tokenFor(t, env.g, zone))
+		dp := wireResource(t, dataplane("twice", "10.0.7.1"), "1")
+		cases := []struct {
+			name string
+			resp *discovery.DeltaDiscoveryResponse
+			want string
+		}{
+			{"same resource twice", &discovery.DeltaDiscoveryResponse{Resources: []*discovery.Resource{dp, dp}}, "appears more than once in the response"},
+			{"put and removed at once", &discovery.DeltaDiscoveryResponse{Resources: []*discovery.Resource{dp}, RemovedResources: []string{"default/twice"}}, "appears more than once in the response"},
+			{"removed twice", &discovery.DeltaDiscoveryResponse{RemovedResources: []string{"default/gone", "default/gone"}}, "appears more than once in the response"},
+			{"empty removed name", &discovery.DeltaDiscoveryResponse{RemovedResources: []string{"default/"}}, "removed resource has an empty name"},
+			{"NUL in removed name", &discovery.DeltaDiscoveryResponse{RemovedResources: []string{"default/a\x00b"}}, "NUL"},
+			{"no version", &discovery.DeltaDiscoveryResponse{Resources: []*discovery.Resource{wireResource(t, dataplane("unversioned", "10.0.7.2"), "")}}, "version: is empty"},
+		}
+		for i, c := range cases {
+			nonce := fmt.Sprint(i + 1)
+			c.resp.TypeUrl, c.resp.Nonce = dpURL, nonce
+			require.NoError(t, s.Send(&kdsv1.Message{Kind: &kdsv1.Message_Response{Response: c.resp}}), c.name)
+			nack := awaitReply(t, s, nonce)
+			require.NotNil(t, nack.GetErrorDetail(), c.name)
+			assert.Contains(t, nack.GetErrorDetail().GetMessage(), c.want, c.name)
+		}
+		assert.Empty(t, zoneResources(t, env.g, "Dataplane", zone), "nothing written")
+		c, _ := env.g.e.Insights().Get(zone)
+		assert.True(t, c.Online, "the session survives: %s", c.LastError)
+		assert.Equal(t, uint64(1), c.Sessions)
+		env.assertHonestZoneSyncs(t)
+	})
+
 	t.Run("message with no kind", func(t *testing.T) {
 		const zone = "zone-empty"
 		s := rawSession(t, dialGlobal(t, env.g), zone, tokenFor(t, env.g, zone))
@@ -546,4 +585,71 @@ func TestAdminAPIWriteWithoutTokenIsRefused(t *testing.T) {
 	code, body := put("allowed", "Bearer "+apiToken)
 	assert.Equal(t, http.StatusCreated, code, body)
 	assert.Len(t, list(g, "MeshTimeout"), 1, "the token is what gates the write")
+}
+
+// failingListStore is a store whose List fails: the sync client cannot read
+// the versions it holds.
+type failingListStore struct{ store.Store }
+
+func (failingListStore) List(context.Context, store.Filter) ([]*resource.Resource, error) {
+	return nil, errors.New("disk on fire")
+}
+
+type noTypes struct{}
+
+func (noTypes) Type(string) (resource.TypeDescriptor, bool) { return resource.TypeDescriptor{}, false }
+
+// idleStream is a mux.Stream on which nothing arrives until the session
+// aborts it.
+type idleStream struct {
+	ctx  context.Context
+	done chan struct{}
+}
+
+func (s *idleStream) Send(*kdsv1.Message) error     { return nil }
+func (s *idleStream) Context() context.Context      { return s.ctx }
+func (s *idleStream) Recv() (*kdsv1.Message, error) { <-s.done; return nil, io.EOF }
+
+// A sync failure (the store, or a plugin that is down) must end the session
+// so that the zone reconnects and resumes, rather than leave it open with
+// nothing flowing.
+func TestSyncFailureEndsTheSession(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m, err := metrics.New(reg)
+	require.NoError(t, err)
+	mem := memory.New()
+	defer mem.Close()
+	e := &Engine{
+		cfg:      Config{Role: RoleGlobal},
+		log:      hclog.NewNullLogger(),
+		ins:      insights.NewRegistry(),
+		metrics:  m,
+		store:    guard.New(failingListStore{mem}, guard.Global, noTypes{}),
+		server:   kdssync.NewServer(kdssync.NewIndex(nil)),
+		received: []string{"Dataplane"},
+	}
+	st := &idleStream{ctx: context.Background(), done: make(chan struct{})}
+	sess := mux.NewSession(st, 1, mux.WithAbort(func() { close(st.done) }))
+	runDone := make(chan error, 1)
+	go func() { runDone <- sess.Run(context.Background()) }()
+
+	syncDone := make(chan error, 1)
+	go func() { syncDone <- e.runSync(sess.Context(), "zone-1", "zone-1", sess) }()
+	select {
+	case err := <-syncDone:
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), "disk on fire")
+	case <-time.After(30 * time.Second):
+		sess.Close(errors.New("test gave up"))
+		<-syncDone
+		t.Fatal("the sync did not return after its client failed: the session hangs")
+	}
+	select {
+	case err := <-runDone:
+		assert.Contains(t, err.Error(), "disk on fire", "the session ends with the sync's error")
+	case <-time.After(30 * time.Second):
+		sess.Close(errors.New("test gave up"))
+		<-runDone
+		t.Fatal("the session did not end")
+	}
 }
