@@ -66,7 +66,9 @@ func (k storeSink) Apply(ctx context.Context, puts []*resource.Resource, deletes
 }
 
 // recordingStream records what the client sends; Recv is not used.
-type recordingStream struct{ sent []*discovery.DeltaDiscoveryRequest }
+type recordingStream struct {
+	sent []*discovery.DeltaDiscoveryRequest
+}
 
 func (s *recordingStream) Send(r *discovery.DeltaDiscoveryRequest) error {
 	s.sent = append(s.sent, r)
