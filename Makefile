@@ -26,6 +26,7 @@ plugins:
 ## test: vet, generated-code check, the race-enabled suite, and the examples
 test: vet check-proto
 	$(GO) test $(GOFLAGS_TEST) ./...
+	@for f in $$(grep -rl --include='*_test.go' '^func Fuzz' engine cmd sdk); do for t in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$f); do echo "== fuzz $$t ./$$(dirname $$f)"; $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime 1000x -parallel 1 ./$$(dirname $$f) || exit 1; done; done
 	@for m in $(EXAMPLE_MODULES); do echo "== $$m"; (cd $$m && $(GO) vet ./... && $(GO) test $(GOFLAGS_TEST) ./...) || exit 1; done
 
 vet:

@@ -359,6 +359,11 @@ func (e *Engine) feedIndex(ctx context.Context, s store.Store, ready chan<- stru
 // types and applying the peer's.
 func (e *Engine) runSync(ctx context.Context, peer, zone string, sess *mux.Session) error {
 	g, ctx := errgroup.WithContext(ctx)
+	// The logical streams' Recv only returns when the session ends, so the
+	// first failure (a store or plugin error in the client) must end the
+	// session; otherwise the other half waits for it forever.
+	stop := context.AfterFunc(ctx, func() { sess.Close(fmt.Errorf("sync: %w", context.Cause(ctx))) })
+	defer stop()
 	g.Go(func() error { e.sampleSession(ctx, peer, sess); return nil })
 	g.Go(func() error { return e.server.Serve(ctx, sess.Server(), peer) })
 	g.Go(func() error {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -212,14 +213,48 @@ func (c *Client) handle(ctx context.Context, stream ClientStream, resp *discover
 
 // decode turns the wire resources into engine resources, stamped with the
 // connection's zone. It returns a *resource.ValidationError for envelopes
-// that cannot be decoded or do not match their wire name and type.
+// that cannot be decoded or do not match their wire name and type, and for
+// a response the store could not apply as one batch: a name twice (among
+// the resources and the removed names), a resource without a version, a
+// removed name that cannot be a key.
 func (c *Client) decode(typ string, resp *discovery.DeltaDiscoveryResponse) ([]*resource.Resource, error) {
 	puts := make([]*resource.Resource, 0, len(resp.GetResources()))
 	var invalid []resource.InvalidResource
+	seen := make(map[string]struct{}, len(resp.GetResources())+len(resp.GetRemovedResources()))
+	once := func(name string) bool {
+		if _, dup := seen[name]; dup {
+			return false
+		}
+		seen[name] = struct{}{}
+		return true
+	}
+	for _, name := range resp.GetRemovedResources() {
+		key := keyFor(typ, c.zone, name)
+		msg := ""
+		switch {
+		case strings.IndexByte(name, 0) >= 0:
+			msg = "removed resource name contains a NUL byte"
+		case key.Name == "":
+			msg = "removed resource has an empty name"
+		case !once(name):
+			msg = "appears more than once in the response"
+		}
+		if msg != "" {
+			invalid = append(invalid, resource.InvalidResource{Key: key, Errors: []resource.FieldError{{Field: "name", Message: msg}}})
+		}
+	}
 	for _, wr := range resp.GetResources() {
 		key := keyFor(typ, c.zone, wr.GetName())
 		bad := func(field, msg string) {
 			invalid = append(invalid, resource.InvalidResource{Key: key, Errors: []resource.FieldError{{Field: field, Message: msg}}})
+		}
+		if !once(wr.GetName()) {
+			bad("name", "appears more than once in the response")
+			continue
+		}
+		if wr.GetVersion() == "" {
+			bad("version", "is empty")
+			continue
 		}
 		if wr.GetResource().GetTypeUrl() != resourceTypeURL {
 			bad("", fmt.Sprintf("payload type %q, want %q", wr.GetResource().GetTypeUrl(), resourceTypeURL))

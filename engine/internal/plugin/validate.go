@@ -53,11 +53,19 @@ func (h *Host) ValidateBatch(ctx context.Context, pluginName string, rs []*resou
 		}
 		return nil, fmt.Errorf("validate with plugin %q: %w", pluginName, err)
 	}
+	return fieldErrors(pluginName, len(rs), resp)
+}
+
+// fieldErrors converts a plugin's answer for a batch of n resources into
+// field errors by index. Entries for the same index are merged in order; an
+// entry without errors becomes one error naming the plugin. An index
+// outside the batch fails the whole answer: it cannot be attributed.
+func fieldErrors(pluginName string, n int, resp *pluginv1.ValidateResponse) (map[int][]resource.FieldError, error) {
 	out := make(map[int][]resource.FieldError, len(resp.GetInvalid()))
 	for _, inv := range resp.GetInvalid() {
 		idx := int(inv.GetIndex())
-		if idx >= len(rs) {
-			return nil, fmt.Errorf("validate with plugin %q: answer names resource %d of a batch of %d", pluginName, idx, len(rs))
+		if idx < 0 || idx >= n {
+			return nil, fmt.Errorf("validate with plugin %q: answer names resource %d of a batch of %d", pluginName, inv.GetIndex(), n)
 		}
 		fes := make([]resource.FieldError, 0, len(inv.GetErrors()))
 		for _, fe := range inv.GetErrors() {
