@@ -88,22 +88,10 @@ func runMain(m *testing.M) int {
 
 // processesUnder lists live processes whose executable is in dir.
 func processesUnder(dir string) []int {
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil
-	}
-	var pids []int
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || !alive(pid) {
-			continue
-		}
-		exe, err := os.Readlink(filepath.Join("/proc", e.Name(), "exe"))
-		if err == nil && strings.HasPrefix(exe, dir+string(filepath.Separator)) {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
+	return livePIDs(func(pid int, _ stat) bool {
+		exe, err := os.Readlink(filepath.Join("/proc", strconv.Itoa(pid), "exe"))
+		return err == nil && strings.HasPrefix(exe, dir+string(filepath.Separator))
+	})
 }
 
 // syncBuffer is an io.Writer safe for the process's output copier and the
@@ -200,6 +188,16 @@ func (p *proc) wait(t *testing.T, d time.Duration) int {
 
 // groupMembers lists the live (non-zombie) processes of process group pgid.
 func groupMembers(pgid int) []int {
+	return livePIDs(func(_ int, st stat) bool { return st.pgrp == pgid })
+}
+
+// children lists the live child processes of pid.
+func children(pid int) []int {
+	return livePIDs(func(_ int, st stat) bool { return st.ppid == pid })
+}
+
+// livePIDs lists the live (non-zombie) processes for which keep is true.
+func livePIDs(keep func(pid int, st stat) bool) []int {
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
 		return nil
@@ -210,29 +208,8 @@ func groupMembers(pgid int) []int {
 		if err != nil {
 			continue
 		}
-		st, ok := procStat(pid)
-		if ok && st.pgrp == pgid && st.state != "Z" {
+		if st, ok := procStat(pid); ok && st.state != "Z" && keep(pid, st) {
 			pids = append(pids, pid)
-		}
-	}
-	return pids
-}
-
-// children lists the live child processes of pid.
-func children(pid int) []int {
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil
-	}
-	var pids []int
-	for _, e := range entries {
-		c, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		st, ok := procStat(c)
-		if ok && st.ppid == pid && st.state != "Z" {
-			pids = append(pids, c)
 		}
 	}
 	return pids
