@@ -72,7 +72,12 @@ func runMain(m *testing.M) int {
 		}
 	}
 	code := m.Run()
-	if left := processesUnder(dir); len(left) > 0 {
+	// A plugin exits within about a second of its engine's death.
+	left := processesUnder(dir)
+	for deadline := time.Now().Add(5 * time.Second); len(left) > 0 && time.Now().Before(deadline); left = processesUnder(dir) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if len(left) > 0 {
 		fmt.Fprintf(os.Stderr, "e2e: processes of the built binaries still running after the tests: %v\n", left)
 		for _, pid := range left {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
@@ -139,6 +144,9 @@ func startProc(t *testing.T, name string, args ...string) *proc {
 	}()
 	pgid := p.cmd.Process.Pid
 	t.Cleanup(func() {
+		// Plugins run in their own process groups; they exit by themselves
+		// once their engine is gone.
+		plugins := children(pgid)
 		_ = syscall.Kill(-pgid, syscall.SIGKILL)
 		select {
 		case <-p.done:
@@ -146,6 +154,7 @@ func startProc(t *testing.T, name string, args ...string) *proc {
 			t.Errorf("%s (pid %d) still running after SIGKILL", name, pgid)
 		}
 		requireGroupGone(t, pgid)
+		requireGone(t, plugins)
 		if t.Failed() {
 			t.Logf("---- %s (pid %d) output ----\n%s", name, pgid, p.stderr.String())
 		}
@@ -247,6 +256,28 @@ func procStat(pid int) (stat, bool) {
 }
 
 // requireGroupGone fails the test if any process of group pgid survives.
+// requireGone waits until none of pids is alive.
+func requireGone(t *testing.T, pids []int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var left []int
+		for _, pid := range pids {
+			if alive(pid) {
+				left = append(left, pid)
+			}
+		}
+		if len(left) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("plugin processes still running after their engine was killed: %v", left)
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 func requireGroupGone(t *testing.T, pgid int) {
 	t.Helper()
 	if _, err := os.Stat("/proc/self/stat"); err != nil {

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -130,10 +131,16 @@ func (h *Host) launch(ctx context.Context, m *managed) (*instance, error) {
 	if err := verifyChecksum(m.path); err != nil {
 		return nil, err
 	}
+	cmd := exec.Command(m.path)
+	// Its own process group: a signal meant for the engine's group (Ctrl-C,
+	// `timeout`, a service manager) does not reach the plugin, which the
+	// engine stops in order on shutdown; a plugin whose engine died exits
+	// by itself (sdk.Serve watches its parent).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	client := goplugin.NewClient(&goplugin.ClientConfig{
 		HandshakeConfig:  sdk.Handshake,
 		VersionedPlugins: sdk.VersionedPlugins(nil),
-		Cmd:              exec.Command(m.path),
+		Cmd:              cmd,
 		AllowedProtocols: []goplugin.Protocol{goplugin.ProtocolGRPC},
 		GRPCDialOptions:  sdk.GRPCDialOptions(),
 		Logger:           m.log,
