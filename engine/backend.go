@@ -59,9 +59,13 @@ func (b backend) Update(ctx context.Context, r *resource.Resource) (*resource.Re
 
 // checkWrite refuses writes to the receiving side before validating, so a
 // user learns where to write before learning what is wrong with the spec.
+// Resources of a batch apply were validated together already.
 func (b backend) checkWrite(ctx context.Context, r *resource.Resource) error {
 	if err := b.e.store.CheckLocalWrite(r.Type); err != nil {
 		return err
+	}
+	if api.BatchValidated(ctx) {
+		return nil
 	}
 	if err := b.e.validator.Validate(ctx, []*resource.Resource{r}); err != nil {
 		return err

@@ -1,10 +1,12 @@
 package engine
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -472,4 +474,33 @@ func TestStartFailsClearlyWithoutDataDir(t *testing.T) {
 	_, err = New(Config{Role: RoleZone, ZoneName: "Bad_Name", GlobalAddress: "x:1", DataDir: "d"}, hclog.NewNullLogger())
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "zone name")
+}
+
+// pluginCalls returns how many Validate RPCs n has sent to plugin.
+func pluginCalls(n *node, plugin string) int64 {
+	for _, p := range n.e.host.Plugins() {
+		if p.Name == plugin {
+			return p.Calls
+		}
+	}
+	return -1
+}
+
+func TestBatchApplyValidatesOnce(t *testing.T) {
+	g := startGlobal(t, builtinDir)
+	create(t, g, &resource.Resource{Type: "Mesh", Name: "default", Spec: spec(map[string]any{})})
+	var docs []any
+	for i := range 5 {
+		docs = append(docs, meshTimeout(fmt.Sprintf("t-%d", i), "5s"))
+	}
+	body, err := json.Marshal(map[string]any{"resources": docs})
+	require.NoError(t, err)
+	before := pluginCalls(g, "policies")
+	resp, err := http.Post("http://"+g.e.APIAddr().String()+"/api/v1/apply", "application/json", bytes.NewReader(body))
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Len(t, list(g, "MeshTimeout"), 5)
+	assert.Equal(t, int64(1), pluginCalls(g, "policies")-before,
+		"the batch is validated in one plugin call, and the writes do not validate each resource again")
 }

@@ -51,6 +51,9 @@ type Backend interface {
 	// plugin) on every resource without writing anything, and reports all
 	// problems in one *resource.ValidationError.
 	Validate(ctx context.Context, rs []*resource.Resource) error
+	// (Create and Update may skip their own validation when
+	// BatchValidated(ctx) is true: the handler already validated the whole
+	// batch with Validate in the same request.)
 	// Plugins describes the loaded plugins and the send-buffer capacity.
 	Plugins() PluginsInfo
 	// Insights is, on global, one entry per zone that ever connected; on a
@@ -123,4 +126,16 @@ type BufferInfo struct {
 	RegisteredTypes int    `json:"registeredTypes"`
 	Headroom        int    `json:"headroom"`
 	Formula         string `json:"formula"`
+}
+
+// batchValidatedKey marks a request context whose resources were all
+// validated by Backend.Validate before any write.
+type batchValidatedKey struct{}
+
+// BatchValidated reports whether ctx belongs to a batch apply whose
+// resources the handler has already passed through Backend.Validate, so a
+// Backend need not validate each Create or Update of that batch again.
+func BatchValidated(ctx context.Context) bool {
+	v, _ := ctx.Value(batchValidatedKey{}).(bool)
+	return v
 }

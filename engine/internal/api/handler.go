@@ -3,6 +3,7 @@ package api
 import (
 	"bytes"
 	"cmp"
+	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
@@ -485,6 +486,9 @@ func (h *handler) apply(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	out := ApplyResponse{Results: make([]ApplyResult, 0, len(rs))}
+	// checkBatch validated every resource in one pass; the writes need not
+	// validate them one by one again.
+	r = r.WithContext(context.WithValue(r.Context(), batchValidatedKey{}, true))
 	for _, res := range rs {
 		result, err := h.applyOne(r, res)
 		if err != nil {
