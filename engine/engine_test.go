@@ -8,9 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -23,6 +21,7 @@ import (
 	"github.com/kds-engine/kds-engine/engine/internal/api"
 	"github.com/kds-engine/kds-engine/engine/internal/insights"
 	"github.com/kds-engine/kds-engine/engine/internal/resource"
+	"github.com/kds-engine/kds-engine/engine/internal/testsupport/pluginbuild"
 )
 
 // Plugin directories built once for the whole package.
@@ -50,20 +49,14 @@ func buildPluginsAndRun(m *testing.M) (int, error) {
 		return 0, err
 	}
 	defer os.RemoveAll(tmp)
-	_, file, _, _ := runtime.Caller(0)
-	root := filepath.Dir(filepath.Dir(file))
 	builtinDir, lenientDir, strictDir = filepath.Join(tmp, "builtin"), filepath.Join(tmp, "lenient"), filepath.Join(tmp, "strict")
-	builds := []struct{ out, pkg string }{
-		{filepath.Join(builtinDir, "kds-plugin-policies"), "./plugins/policies"},
-		{filepath.Join(builtinDir, "kds-plugin-dataplanes"), "./plugins/dataplanes"},
-		{filepath.Join(lenientDir, "kds-plugin-synctest"), "./engine/internal/testsupport/syncplugin"},
-		{filepath.Join(strictDir, "kds-plugin-synctest-strict"), "./engine/internal/testsupport/syncplugin"},
-	}
-	for _, b := range builds {
-		cmd := exec.Command("go", "build", "-o", b.out, b.pkg)
-		cmd.Dir = root
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return 0, fmt.Errorf("build %s: %w\n%s", b.pkg, err, out)
+	for dir, bins := range map[string]map[string]string{
+		builtinDir: {"kds-plugin-policies": "./plugins/policies", "kds-plugin-dataplanes": "./plugins/dataplanes"},
+		lenientDir: {"kds-plugin-synctest": "./engine/internal/testsupport/syncplugin"},
+		strictDir:  {"kds-plugin-synctest-strict": "./engine/internal/testsupport/syncplugin"},
+	} {
+		if err := pluginbuild.Build(dir, bins); err != nil {
+			return 0, err
 		}
 	}
 	if caFile, certFile, keyFile, _, err = GenerateDemoPKI(filepath.Join(tmp, "pki"), nil); err != nil {

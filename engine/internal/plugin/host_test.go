@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"runtime"
@@ -26,6 +25,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/kds-engine/kds-engine/engine/internal/resource"
+	"github.com/kds-engine/kds-engine/engine/internal/testsupport/pluginbuild"
 )
 
 // binDir holds the plugin binaries built once for the whole test run.
@@ -40,18 +40,13 @@ func TestMain(m *testing.M) {
 		}
 		defer os.RemoveAll(dir)
 		binDir = dir
-		root := filepath.Join("..", "..", "..")
-		for name, pkg := range map[string]string{
+		if err := pluginbuild.Build(dir, map[string]string{
 			"policies":   "./plugins/policies",
 			"dataplanes": "./plugins/dataplanes",
 			"testplugin": "./engine/internal/plugin/testplugins/testplugin",
-		} {
-			cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg)
-			cmd.Dir = root
-			if out, err := cmd.CombinedOutput(); err != nil {
-				fmt.Fprintf(os.Stderr, "build %s: %v\n%s", pkg, err, out)
-				return 1
-			}
+		}); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
 		}
 		code := m.Run()
 		if code == 0 {

@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
@@ -18,6 +16,7 @@ import (
 
 	"github.com/kds-engine/kds-engine/engine/internal/plugin"
 	"github.com/kds-engine/kds-engine/engine/internal/resource"
+	"github.com/kds-engine/kds-engine/engine/internal/testsupport/pluginbuild"
 )
 
 var binDir string
@@ -31,16 +30,12 @@ func TestMain(m *testing.M) {
 		}
 		defer os.RemoveAll(dir)
 		binDir = dir
-		for out, pkg := range map[string]string{
+		if err := pluginbuild.Build(dir, map[string]string{
 			"kds-plugin-policies": "./plugins/policies",
 			"kds-plugin-alpha":    "./engine/internal/plugin/testplugins/testplugin",
-		} {
-			cmd := exec.Command("go", "build", "-o", filepath.Join(dir, out), pkg)
-			cmd.Dir = filepath.Join("..", "..", "..")
-			if b, err := cmd.CombinedOutput(); err != nil {
-				fmt.Fprintf(os.Stderr, "build %s: %v\n%s", pkg, err, b)
-				return 1
-			}
+		}); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
 		}
 		code := m.Run()
 		if code == 0 {
