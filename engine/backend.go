@@ -84,7 +84,7 @@ func (b backend) Validate(ctx context.Context, rs []*resource.Resource) error {
 func (b backend) Plugins() api.PluginsInfo {
 	capa := b.e.host.Capacity()
 	out := api.PluginsInfo{Buffer: api.BufferInfo{
-		Capacity: capa.Total, RegisteredTypes: capa.Types, Headroom: capa.Headroom, Formula: capa.Formula,
+		Capacity: capa.Total, RegisteredTypes: capa.Types, Window: capa.Window, Headroom: capa.Headroom, Formula: capa.Formula,
 	}}
 	for _, p := range b.e.host.Plugins() {
 		state := api.PluginRunning

@@ -176,7 +176,8 @@ func (e *Engine) Run(ctx context.Context) error {
 	log := e.log
 	host := plugin.NewHost(e.cfg.PluginsDir, log,
 		plugin.WithRequired(e.cfg.RequiredPlugins),
-		plugin.WithHeadroom(e.cfg.BufferHeadroom))
+		plugin.WithHeadroom(e.cfg.BufferHeadroom),
+		plugin.WithWindow(kdssync.DefaultWindow))
 	if err := host.Start(ctx); err != nil {
 		return fmt.Errorf("start plugins: %w", err)
 	}
@@ -214,7 +215,8 @@ func (e *Engine) Run(ctx context.Context) error {
 	e.server = kdssync.NewServer(e.ix,
 		kdssync.WithServerLogger(log.Named("kds-server")),
 		kdssync.WithServerInsights(e.ins),
-		kdssync.WithServerMaxMessageSize(e.cfg.MaxMessageSize))
+		kdssync.WithServerMaxMessageSize(e.cfg.MaxMessageSize),
+		kdssync.WithServerWindow(kdssync.DefaultWindow))
 
 	srv, apiTLS, err := e.apiServer(e.apiHandler())
 	if err != nil {
@@ -290,6 +292,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		KeepaliveTimeout: e.cfg.KeepaliveTimeout,
 		SendTimeout:      e.cfg.SendTimeout,
 		Headroom:         &e.cfg.BufferHeadroom,
+		Window:           kdssync.DefaultWindow,
 
 		InitialWindowSize: e.cfg.InitialWindowSize,
 	}

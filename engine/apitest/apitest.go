@@ -87,7 +87,7 @@ func NewBackend(role string) *Backend {
 			{Name: "dataplanes", Version: "0.1.0", State: api.PluginRunning, Types: []string{"Dataplane"}, Path: "plugins/kds-plugin-dataplanes"},
 			{Name: "policies", Version: "0.1.0", State: api.PluginRunning, Types: []string{"Mesh", "MeshTimeout"}, Path: "plugins/kds-plugin-policies"},
 		},
-		Buffer: api.BufferInfo{Capacity: 19, RegisteredTypes: 3, Headroom: 16, Formula: "registered types (3) + headroom (16) = 19"},
+		Buffer: api.BufferInfo{Capacity: 25, RegisteredTypes: 3, Window: 3, Headroom: 16, Formula: "3 types × 3 in flight + 16 headroom = 25"},
 	}
 	return b
 }

@@ -119,11 +119,14 @@ type PluginInfo struct {
 }
 
 // BufferInfo is the per-logical-stream send-buffer capacity and how it was
-// computed: Capacity = RegisteredTypes + Headroom. Formula is that sum
-// written out for people, for example "registered types (3) + headroom (16) = 19".
+// computed: Capacity = RegisteredTypes × Window + Headroom, where Window is
+// how many responses per type a server keeps in flight before their ACKs.
+// Formula is that sum written out for people, for example
+// "3 types × 3 in flight + 16 headroom = 25".
 type BufferInfo struct {
 	Capacity        int    `json:"capacity"`
 	RegisteredTypes int    `json:"registeredTypes"`
+	Window          int    `json:"window"`
 	Headroom        int    `json:"headroom"`
 	Formula         string `json:"formula"`
 }

@@ -481,8 +481,9 @@ func TestPlugins(t *testing.T) {
 	require.Len(t, p.Plugins, 2)
 	assert.Equal(t, "policies", p.Plugins[1].Name)
 	assert.Equal(t, []string{"Mesh", "MeshTimeout"}, p.Plugins[1].Types)
-	assert.Equal(t, 19, p.Buffer.Capacity)
-	assert.Equal(t, "registered types (3) + headroom (16) = 19", p.Buffer.Formula)
+	assert.Equal(t, 25, p.Buffer.Capacity)
+	assert.Equal(t, 3, p.Buffer.Window)
+	assert.Equal(t, "3 types × 3 in flight + 16 headroom = 25", p.Buffer.Formula)
 }
 
 func TestToken(t *testing.T) {

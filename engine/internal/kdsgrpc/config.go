@@ -32,9 +32,12 @@ type Config struct {
 	KeepalivePermitWithoutStream bool
 	// SendTimeout bounds one gRPC Send (default mux.DefaultSendTimeout).
 	SendTimeout time.Duration
-	// Headroom is added to the type count to size the session buffers
+	// Headroom is added to types × Window to size the session buffers
 	// (default mux.DefaultHeadroom). Negative means 0.
 	Headroom *int
+	// Window is how many responses per type the sync layer keeps in flight
+	// before the ACK/NACK; it sizes the session buffers (default 1).
+	Window int
 	// InitialWindowSize, if positive, sets static HTTP/2 stream and
 	// connection flow-control windows of this many bytes on both sides
 	// (gRPC then stops estimating the bandwidth-delay product). Zero keeps
@@ -131,6 +134,9 @@ func (c Config) muxOptions() []mux.Option {
 	}
 	if c.Headroom != nil {
 		opts = append(opts, mux.WithHeadroom(*c.Headroom))
+	}
+	if c.Window > 0 {
+		opts = append(opts, mux.WithWindow(c.Window))
 	}
 	return opts
 }

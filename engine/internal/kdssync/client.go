@@ -10,6 +10,7 @@ import (
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sync/errgroup"
 	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
@@ -23,7 +24,9 @@ import (
 // must only enqueue.
 type ClientStream interface {
 	Send(*discovery.DeltaDiscoveryRequest) error
-	Recv() (*discovery.DeltaDiscoveryResponse, error)
+	// RecvContext blocks for the next response; it returns early, with
+	// ctx's cause, when ctx ends.
+	RecvContext(ctx context.Context) (*discovery.DeltaDiscoveryResponse, error)
 	Context() context.Context
 }
 
@@ -103,6 +106,12 @@ func NewClient(types []string, sink Sink, v Validator, peer, zone string, opts .
 // stream fails. An invalid response is NACKed and the session goes on; a
 // failure to validate at all (plugin down) or to store ends the session, so
 // that the reconnect resumes from what is stored and nothing is lost.
+//
+// Responses go through two stages, so that one is validated while the one
+// before it is stored: a checking goroutine receives, decodes and validates;
+// Run's own goroutine applies and answers (ACK or NACK) in arrival order.
+// The first failure of either ends both; Run joins the checker before it
+// returns.
 func (c *Client) Run(ctx context.Context, stream ClientStream) error {
 	for _, typ := range c.types {
 		versions, err := c.sink.Versions(ctx, typ)
@@ -119,18 +128,53 @@ func (c *Client) Run(ctx context.Context, stream ClientStream) error {
 			return fmt.Errorf("subscribe to %s: %w", typ, err)
 		}
 	}
-	for {
-		resp, err := stream.Recv()
-		if err != nil {
-			return fmt.Errorf("receive response: %w", err)
+	g, gctx := errgroup.WithContext(ctx)
+	checked := make(chan *checked, 1)
+	g.Go(func() error {
+		defer close(checked)
+		for {
+			resp, err := stream.RecvContext(gctx)
+			if err != nil {
+				return fmt.Errorf("receive response: %w", err)
+			}
+			ch, err := c.check(gctx, resp)
+			if err != nil {
+				return err
+			}
+			select {
+			case checked <- ch:
+			case <-gctx.Done():
+				return context.Cause(gctx)
+			}
 		}
-		if err := c.handle(ctx, stream, resp); err != nil {
-			return err
+	})
+	g.Go(func() error {
+		for ch := range checked {
+			if err := c.answer(gctx, stream, ch); err != nil {
+				return err
+			}
 		}
-	}
+		return nil
+	})
+	return g.Wait()
 }
 
-func (c *Client) handle(ctx context.Context, stream ClientStream, resp *discovery.DeltaDiscoveryResponse) error {
+// checked is a response that went through the checking stage: either
+// accepted (puts and deletes to apply) or refused (nack set).
+type checked struct {
+	resp    *discovery.DeltaDiscoveryResponse
+	typ     string
+	puts    []*resource.Resource
+	deletes []resource.Key
+	nack    error
+	held    int // resources of typ held once this response is applied
+}
+
+// check decodes and validates resp. Only a failure to validate at all is
+// returned as an error; an invalid response comes back with nack set. It
+// updates c.held as if the response were applied: answer applies it before
+// anything later, and a failed apply ends the session (and this Client).
+func (c *Client) check(ctx context.Context, resp *discovery.DeltaDiscoveryResponse) (*checked, error) {
 	typ, err := TypeFromURL(resp.GetTypeUrl())
 	if err == nil {
 		if _, ok := c.held[typ]; !ok {
@@ -139,7 +183,7 @@ func (c *Client) handle(ctx context.Context, stream ClientStream, resp *discover
 	}
 	if err != nil {
 		c.log.Warn("rejecting response", "error", err)
-		return c.nack(stream, resp, typ, err)
+		return &checked{resp: resp, typ: typ, nack: err}, nil
 	}
 	for _, re := range resp.GetResourceErrors() {
 		msg := re.GetErrorDetail().GetMessage()
@@ -155,7 +199,7 @@ func (c *Client) handle(ctx context.Context, stream ClientStream, resp *discover
 		if err := c.validator.Validate(ctx, puts); err != nil {
 			var ve *resource.ValidationError
 			if !errors.As(err, &ve) {
-				return fmt.Errorf("validate %s response: %w", typ, err)
+				return nil, fmt.Errorf("validate %s response: %w", typ, err)
 			}
 			decodeErr = ve
 		}
@@ -179,17 +223,12 @@ func (c *Client) handle(ctx context.Context, stream ClientStream, resp *discover
 	}
 	if decodeErr != nil {
 		c.log.Warn("rejecting response (NACK)", "type", typ, "error", decodeErr)
-		return c.nack(stream, resp, typ, decodeErr)
+		return &checked{resp: resp, typ: typ, nack: decodeErr}, nil
 	}
 
 	deletes := make([]resource.Key, 0, len(resp.GetRemovedResources()))
 	for _, name := range resp.GetRemovedResources() {
 		deletes = append(deletes, keyFor(typ, c.zone, name))
-	}
-	if len(puts) > 0 || len(deletes) > 0 {
-		if err := c.sink.Apply(ctx, puts, deletes); err != nil {
-			return fmt.Errorf("apply %s response: %w", typ, err)
-		}
 	}
 	for _, p := range puts {
 		held[WireName(p.Mesh, p.Name)] = p.Version
@@ -197,16 +236,29 @@ func (c *Client) handle(ctx context.Context, stream ClientStream, resp *discover
 	for _, name := range resp.GetRemovedResources() {
 		delete(held, name)
 	}
-	if err := stream.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: resp.GetTypeUrl(), ResponseNonce: resp.GetNonce()}); err != nil {
-		return fmt.Errorf("ACK %s: %w", typ, err)
+	return &checked{resp: resp, typ: typ, puts: puts, deletes: deletes, held: len(held)}, nil
+}
+
+// answer applies an accepted response as one transaction and ACKs it, or
+// NACKs a refused one. A failure to store is returned and ends the session.
+func (c *Client) answer(ctx context.Context, stream ClientStream, ch *checked) error {
+	if ch.nack != nil {
+		return c.nack(stream, ch.resp, ch.typ, ch.nack)
 	}
-	n := len(held)
-	c.record(typ, func(ts *insights.TypeState) {
+	if len(ch.puts) > 0 || len(ch.deletes) > 0 {
+		if err := c.sink.Apply(ctx, ch.puts, ch.deletes); err != nil {
+			return fmt.Errorf("apply %s response: %w", ch.typ, err)
+		}
+	}
+	if err := stream.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: ch.resp.GetTypeUrl(), ResponseNonce: ch.resp.GetNonce()}); err != nil {
+		return fmt.Errorf("ACK %s: %w", ch.typ, err)
+	}
+	c.record(ch.typ, func(ts *insights.TypeState) {
 		ts.ResponsesACKed++
 		ts.LastACK = time.Now()
-		ts.LastVersionApplied = resp.GetSystemVersionInfo()
-		ts.ResourcesHeld = n
-		ts.ResourcesReceived += uint64(len(puts))
+		ts.LastVersionApplied = ch.resp.GetSystemVersionInfo()
+		ts.ResourcesHeld = ch.held
+		ts.ResourcesReceived += uint64(len(ch.puts))
 	})
 	return nil
 }

@@ -9,14 +9,21 @@
 //     holds. The server answers with what differs (changed or new resources,
 //     and removed_resources for names it no longer has), so a resumed zone
 //     with unchanged state receives nothing but one empty response.
-//   - The server has at most one response per type in flight: the next one is
-//     sent only after the ACK or NACK of the previous one. Large updates are
-//     split into several responses of at most the max message size, each
-//     waiting for its ACK (this is the application-level flow control that
-//     bounds the transport's send buffers, DESIGN.md §2 invariant 3).
+//   - The server has at most DefaultWindow (3) responses per type in flight:
+//     the next one is sent only after the ACK or NACK of the oldest. Large
+//     updates are split into several responses of at most the max message
+//     size (this is the application-level flow control that bounds the
+//     transport's send buffers, DESIGN.md §2 invariant 3: types × window +
+//     headroom). A window above one lets the subscriber validate one response
+//     while it stores the previous one and the next is on the wire; see
+//     docs/decisions/0005-sync-window.md.
+//   - A large initial sync goes out in store-key order (mesh, then name), so
+//     each response is a contiguous key range the receiving store appends.
 //   - The subscriber validates a response through its plugins and applies it
 //     atomically (one store transaction), then ACKs; if anything is invalid it
 //     applies nothing and NACKs with an error naming the resources and fields.
+//     Responses are answered in arrival order; validation of the next response
+//     overlaps the store transaction of the previous one.
 //   - After a NACK the server does not resend the rejected versions: it sends
 //     a resource again only when its content (version) changes.
 //   - A request for a type this side does not serve gets an empty response

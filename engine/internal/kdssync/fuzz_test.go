@@ -74,7 +74,7 @@ func (s *recordingStream) Send(r *discovery.DeltaDiscoveryRequest) error {
 	s.sent = append(s.sent, r)
 	return nil
 }
-func (s *recordingStream) Recv() (*discovery.DeltaDiscoveryResponse, error) {
+func (s *recordingStream) RecvContext(context.Context) (*discovery.DeltaDiscoveryResponse, error) {
 	return nil, errors.New("not used")
 }
 func (s *recordingStream) Context() context.Context { return context.Background() }
@@ -173,7 +173,7 @@ func FuzzClientDecode(f *testing.F) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := c.handle(ctx, stream, &resp); err != nil {
+			if err := handle(ctx, c, stream, &resp); err != nil {
 				t.Fatalf("response %d ended the session: %v", i, err)
 			}
 			if len(stream.sent) != 1 {
@@ -210,6 +210,15 @@ func FuzzClientDecode(f *testing.F) {
 			}
 		}
 	})
+}
+
+// handle runs resp through both of the client's stages, as Run does.
+func handle(ctx context.Context, c *Client, stream ClientStream, resp *discovery.DeltaDiscoveryResponse) error {
+	ch, err := c.check(ctx, resp)
+	if err != nil {
+		return err
+	}
+	return c.answer(ctx, stream, ch)
 }
 
 func sameResources(a, b []*resource.Resource) bool {

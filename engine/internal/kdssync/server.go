@@ -3,7 +3,9 @@ package kdssync
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -40,6 +42,20 @@ func WithServerInsights(reg *insights.Registry) ServerOption {
 	return func(s *Server) { s.ins = reg }
 }
 
+// DefaultWindow is how many responses per type a server sends before the
+// oldest is ACKed or NACKed. More than one lets the subscriber validate and
+// store one response while the next is built and on the wire; each response
+// in flight holds a slot in the session's buffers on both sides, so the mux
+// is sized types × window + headroom.
+const DefaultWindow = 3
+
+// WithServerWindow sets how many responses per type may be in flight
+// (default DefaultWindow; values below 1 mean 1). The session's buffers must
+// be sized for it (mux.WithWindow).
+func WithServerWindow(n int) ServerOption {
+	return func(s *Server) { s.window = max(n, 1) }
+}
+
 // WithServerMaxMessageSize bounds each response's encoded size (default
 // DefaultMaxMessageSize).
 func WithServerMaxMessageSize(n int) ServerOption {
@@ -57,11 +73,12 @@ type Server struct {
 	log    hclog.Logger
 	ins    *insights.Registry
 	maxMsg int
+	window int
 }
 
 // NewServer returns a server for ix.
 func NewServer(ix *Index, opts ...ServerOption) *Server {
-	s := &Server{ix: ix, log: hclog.NewNullLogger(), maxMsg: DefaultMaxMessageSize}
+	s := &Server{ix: ix, log: hclog.NewNullLogger(), maxMsg: DefaultMaxMessageSize, window: DefaultWindow}
 	for _, o := range opts {
 		o(s)
 	}
@@ -142,8 +159,17 @@ type serveState struct {
 	// (a NACKed version stays here, so it is not resent until it changes).
 	known map[string]string
 	// pending holds names to reconsider in the next response.
-	pending  map[string]struct{}
-	inflight string
+	pending map[string]struct{}
+	// queue is a snapshot of pending in store-key order (mesh, then name),
+	// consumed from the front by build. Responses then carry contiguous key
+	// ranges, so the receiver's store appends to its tree instead of
+	// rewriting pages all over it; names that are no longer pending are
+	// skipped, names pending since the snapshot are sorted in when it is
+	// used up.
+	queue []string
+	// inflight holds the nonces of responses sent and not yet ACKed or
+	// NACKed, oldest first; at most the server's window.
+	inflight []string
 	// force makes the next trySend send even an empty response (the
 	// answer to an initial request).
 	force bool
@@ -184,15 +210,21 @@ func (ss *serverSession) handle(req *discovery.DeltaDiscoveryRequest) error {
 			st.pending[n] = struct{}{}
 		}
 		ss.ix.mu.RUnlock()
-		st.inflight = ""
+		st.queue = nil
+		st.inflight = nil
 		st.force = true
 		return ss.trySend(st)
 	}
-	if st == nil || req.GetResponseNonce() != st.inflight {
+	i := -1
+	if st != nil {
+		i = slices.Index(st.inflight, req.GetResponseNonce())
+	}
+	if i < 0 {
 		ss.log.Trace("ignoring stale ACK/NACK", "type", typ, "nonce", req.GetResponseNonce())
 		return nil
 	}
-	st.inflight = ""
+	// The peer answers in order, so nothing older can still be owed.
+	st.inflight = st.inflight[i+1:]
 	if d := req.GetErrorDetail(); d != nil {
 		ss.log.Warn("peer rejected a response (NACK); it is resent only when the resources change",
 			"type", typ, "nonce", req.GetResponseNonce(), "error", d.GetMessage())
@@ -238,27 +270,36 @@ func (ss *serverSession) refuse(req *discovery.DeltaDiscoveryRequest, typ string
 	return nil
 }
 
-// trySend sends the next response for st if none is in flight and there is
-// something to send (or an initial answer is owed).
+// trySend sends responses for st while fewer than the window are in flight
+// and there is something to send (or an initial answer is owed).
 func (ss *serverSession) trySend(st *serveState) error {
-	if st.inflight != "" {
-		return nil
+	for len(st.inflight) < ss.window {
+		sent, err := ss.sendNext(st)
+		if err != nil || !sent {
+			return err
+		}
 	}
+	return nil
+}
+
+// sendNext sends the next response for st, if there is anything to send,
+// and reports whether it did.
+func (ss *serverSession) sendNext(st *serveState) (bool, error) {
 	st.sub.take(st.pending)
 	if len(st.pending) == 0 && !st.force {
-		return nil
+		return false, nil
 	}
 	resp, sent := ss.build(st)
 	if len(resp.Resources) == 0 && len(resp.RemovedResources) == 0 && !st.force {
-		return nil
+		return false, nil
 	}
 	st.force = false
 	ss.nonce++
 	resp.Nonce = strconv.FormatUint(ss.nonce, 10)
 	if err := ss.stream.Send(resp); err != nil {
-		return fmt.Errorf("send %s response: %w", st.typ, err)
+		return false, fmt.Errorf("send %s response: %w", st.typ, err)
 	}
-	st.inflight = resp.Nonce
+	st.inflight = append(st.inflight, resp.Nonce)
 	held := len(st.known)
 	ss.record(st.typ, func(ts *insights.TypeState) {
 		ts.ResponsesSent++
@@ -266,7 +307,7 @@ func (ss *serverSession) trySend(st *serveState) error {
 		ts.LastVersionSent = resp.SystemVersionInfo
 		ts.ResourcesHeld = held
 	})
-	return nil
+	return true, nil
 }
 
 // build assembles one response from st.pending, at most maxMsg bytes; what
@@ -279,7 +320,18 @@ func (ss *serverSession) build(st *serveState) (*discovery.DeltaDiscoveryRespons
 	defer ss.ix.mu.RUnlock()
 	ti := ss.ix.types[st.typ]
 	resp.SystemVersionInfo = strconv.FormatUint(ti.revision, 10)
-	for name := range st.pending {
+	for {
+		if len(st.queue) == 0 {
+			if len(st.pending) == 0 {
+				break
+			}
+			st.queue = sortedNames(st.pending)
+		}
+		name := st.queue[0]
+		if _, ok := st.pending[name]; !ok {
+			st.queue = st.queue[1:]
+			continue
+		}
 		e, ok := ti.entries[name]
 		if !ok {
 			if _, held := st.known[name]; held {
@@ -292,10 +344,12 @@ func (ss *serverSession) build(st *serveState) (*discovery.DeltaDiscoveryRespons
 				delete(st.known, name)
 			}
 			delete(st.pending, name)
+			st.queue = st.queue[1:]
 			continue
 		}
 		if st.known[name] == e.res.Version {
 			delete(st.pending, name)
+			st.queue = st.queue[1:]
 			continue
 		}
 		if size+e.size > limit && size > 0 {
@@ -305,6 +359,10 @@ func (ss *serverSession) build(st *serveState) (*discovery.DeltaDiscoveryRespons
 		resp.Resources = append(resp.Resources, e.res)
 		st.known[name] = e.res.Version
 		delete(st.pending, name)
+		st.queue = st.queue[1:]
+	}
+	if len(st.queue) == 0 {
+		st.queue = nil // release the snapshot's backing array
 	}
 	return resp, len(resp.Resources)
 }
@@ -313,4 +371,22 @@ func (ss *serverSession) record(typ string, fn func(*insights.TypeState)) {
 	if ss.ins != nil {
 		ss.ins.UpdateType(ss.peer, typ, fn)
 	}
+}
+
+// sortedNames returns the wire names in set ordered by mesh, then name: the
+// order of the receiving store's keys.
+func sortedNames(set map[string]struct{}) []string {
+	names := make([]string, 0, len(set))
+	for n := range set {
+		names = append(names, n)
+	}
+	slices.SortFunc(names, func(a, b string) int {
+		am, an := splitXDSName(a)
+		bm, bn := splitXDSName(b)
+		if c := strings.Compare(am, bm); c != 0 {
+			return c
+		}
+		return strings.Compare(an, bn)
+	})
+	return names
 }

@@ -64,12 +64,14 @@ func (c clientEnd) Send(r *discovery.DeltaDiscoveryRequest) error {
 	c.reqs <- proto.Clone(r).(*discovery.DeltaDiscoveryRequest)
 	return nil
 }
-func (c clientEnd) Recv() (*discovery.DeltaDiscoveryResponse, error) {
+func (c clientEnd) RecvContext(ctx context.Context) (*discovery.DeltaDiscoveryResponse, error) {
 	select {
 	case r := <-c.resps:
 		return r, nil
 	case <-c.ctx.Done():
 		return nil, c.ctx.Err()
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
 	}
 }
 func (c clientEnd) Context() context.Context { return c.ctx }

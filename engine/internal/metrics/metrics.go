@@ -91,7 +91,7 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 			Name: "kds_send_buffer_messages", Help: "Messages waiting in a logical stream's send buffer.",
 		}, zs),
 		bufferCapacity: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "kds_send_buffer_capacity_messages", Help: "Capacity of a logical stream's send buffer (registered types + headroom).",
+			Name: "kds_send_buffer_capacity_messages", Help: "Capacity of a logical stream's send buffer (registered types × responses in flight per type + headroom).",
 		}, zs),
 		sendDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "kds_send_duration_seconds",

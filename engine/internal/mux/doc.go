@@ -20,11 +20,12 @@
 //  2. The receive path never waits for the send path. Handing a received
 //     message to a logical stream is a non-blocking enqueue, and so is
 //     producing a reply (ServerStream.Send, ClientStream.Send).
-//  3. Each logical stream's send buffer holds Capacity() = types + headroom
-//     messages. Application-level flow control bounds what is in flight: a
-//     delta-xDS server sends at most one response per type before the ACK or
-//     NACK, and a client has at most one request per type outstanding. The
-//     headroom (default [DefaultHeadroom]) absorbs requests for types this side
+//  3. Each logical stream's send buffer holds Capacity() = types × window +
+//     headroom messages. Application-level flow control bounds what is in
+//     flight: a delta-xDS server sends at most window responses per type
+//     before their ACKs or NACKs ([WithWindow]; the sync layer uses 3), and a
+//     client answers each response once, so it has at most window answers per
+//     type outstanding. The headroom (default [DefaultHeadroom]) absorbs requests for types this side
 //     does not know (a peer with a newer plugin) and the brief overlap of an
 //     ACK with a subscription change. The same bound applies to the inbound
 //     queue of each logical stream, for the same reason.
@@ -44,7 +45,7 @@
 // Why the default headroom is 16: it covers a peer a full plugin release
 // ahead (a release rarely adds more than a handful of types) plus the
 // ACK/update overlaps of the few types busy at any moment, while keeping what
-// a violating peer can pin bounded ((types + 16) × max message size) and its
+// a violating peer can pin bounded ((types × window + 16) × max message size) and its
 // violation detected early. A buffer slot costs a pointer until used. See
 // docs/decisions/0001-mux-send-buffers.md.
 package mux

@@ -69,6 +69,7 @@ type Option func(*options)
 
 type options struct {
 	headroom       int
+	window         int
 	sendTimeout    time.Duration
 	maxMessageSize int
 	log            hclog.Logger
@@ -81,6 +82,14 @@ type options struct {
 // treated as 0.
 func WithHeadroom(n int) Option {
 	return func(o *options) { o.headroom = max(n, 0) }
+}
+
+// WithWindow sets how many messages per type the protocol above keeps in
+// flight before an answer (default 1): a delta-xDS server's responses per
+// type before the ACK/NACK. Each logical stream's buffers hold
+// types × window + headroom messages. Values below 1 mean 1.
+func WithWindow(n int) Option {
+	return func(o *options) { o.window = max(n, 1) }
 }
 
 // WithSendTimeout sets how long one gRPC Send may take before the session
@@ -141,6 +150,7 @@ type Session struct {
 	log      hclog.Logger
 	types    int
 	headroom int
+	window   int
 	capacity int
 	timeout  time.Duration
 	maxSize  int
@@ -170,6 +180,7 @@ type Session struct {
 func NewSession(stream Stream, types int, opts ...Option) *Session {
 	o := options{
 		headroom:       DefaultHeadroom,
+		window:         1,
 		sendTimeout:    DefaultSendTimeout,
 		maxMessageSize: DefaultMaxMessageSize,
 		log:            hclog.NewNullLogger(),
@@ -183,7 +194,8 @@ func NewSession(stream Stream, types int, opts ...Option) *Session {
 		log:      o.log.Named("mux"),
 		types:    types,
 		headroom: o.headroom,
-		capacity: max(types+o.headroom, 1),
+		window:   o.window,
+		capacity: max(types*o.window+o.headroom, 1),
 		timeout:  o.sendTimeout,
 		maxSize:  o.maxMessageSize,
 		abort:    o.abort,
@@ -204,7 +216,7 @@ func NewSession(stream Stream, types int, opts ...Option) *Session {
 }
 
 // Capacity is the size of each logical stream's send buffer and inbound
-// queue: types + headroom (at least 1).
+// queue: types × window + headroom (at least 1).
 func (s *Session) Capacity() int { return s.capacity }
 
 // Server is the logical stream this side serves: it receives the peer's
@@ -255,8 +267,8 @@ func (s *Session) Run(ctx context.Context) error {
 	})
 	defer stop()
 
-	s.log.Debug("session started", "buffer_formula", "types + headroom", "types", s.types,
-		"headroom", s.headroom, "capacity", s.capacity, "send_timeout", s.timeout,
+	s.log.Debug("session started", "buffer_formula", "types × window + headroom", "types", s.types,
+		"window", s.window, "headroom", s.headroom, "capacity", s.capacity, "send_timeout", s.timeout,
 		"max_message_size", s.maxSize)
 
 	s.sendTimer = time.AfterFunc(time.Hour, s.checkSendTimeout)
@@ -376,7 +388,7 @@ type Stats struct {
 	// SendTimeouts counts Sends that exceeded the send timeout (0 or 1: the
 	// first one ends the session).
 	SendTimeouts uint64
-	// Capacity is types + headroom.
+	// Capacity is types × window + headroom.
 	Capacity int
 }
 

@@ -3,6 +3,7 @@ package mux
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"sync/atomic"
@@ -351,4 +352,38 @@ func TestRunJoinsItsGoroutines(t *testing.T) {
 	require.EqualError(t, <-done, "boom")
 	assert.True(t, st.returned.Load(), "Run returned before the receiver did")
 	goleak.VerifyNone(t, before)
+}
+
+func TestWindowSizesBuffers(t *testing.T) {
+	a, b, _ := pair(t, 2, WithWindow(3), WithHeadroom(1))
+	assert.Equal(t, 7, a.Capacity(), "2 types × 3 in flight + 1 headroom")
+	// A peer may have all 7 responses in flight before a is read at all.
+	for i := range 7 {
+		require.NoError(t, b.Server().Send(resp(fmt.Sprint(i))))
+	}
+	for i := range 7 {
+		got, err := a.Client().Recv()
+		require.NoError(t, err)
+		assert.Equal(t, fmt.Sprint(i), got.GetNonce())
+	}
+}
+
+func TestRecvContextReturnsWhenContextEnds(t *testing.T) {
+	a, b, _ := pair(t, 1)
+	ctx, cancel := context.WithCancelCause(context.Background())
+	done := make(chan error, 1)
+	go func() { _, err := a.Client().RecvContext(ctx); done <- err }()
+	cause := errors.New("stage failed")
+	cancel(cause)
+	select {
+	case err := <-done:
+		assert.ErrorIs(t, err, cause)
+	case <-time.After(10 * time.Second):
+		t.Fatal("RecvContext still blocked after its context ended")
+	}
+	// The session goes on.
+	require.NoError(t, b.Server().Send(resp("later")))
+	got, err := a.Client().RecvContext(context.Background())
+	require.NoError(t, err)
+	assert.Equal(t, "later", got.GetNonce())
 }

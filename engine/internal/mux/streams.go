@@ -54,7 +54,7 @@ func (q *inQueue[T]) put(m T, size int) error {
 	select {
 	case q.ch <- m:
 	default:
-		return fmt.Errorf("%w: %s stream: the peer has %d messages in flight, capacity is %d (types + headroom)",
+		return fmt.Errorf("%w: %s stream: the peer has %d messages in flight, capacity is %d (types × window + headroom)",
 			ErrInboundFull, q.name, cap(q.ch)+1, cap(q.ch))
 	}
 	q.messages.Add(1)
@@ -63,17 +63,24 @@ func (q *inQueue[T]) put(m T, size int) error {
 	return nil
 }
 
-// get blocks for the next message or the session's end.
-func (q *inQueue[T]) get(s *Session) (T, error) {
+// get blocks for the next message, the session's end or ctx's end (nil:
+// never).
+func (q *inQueue[T]) get(ctx context.Context, s *Session) (T, error) {
 	var zero T
 	if s.ctx.Err() != nil {
 		return zero, context.Cause(s.ctx)
+	}
+	var done <-chan struct{}
+	if ctx != nil {
+		done = ctx.Done()
 	}
 	select {
 	case m := <-q.ch:
 		return m, nil
 	case <-s.ctx.Done():
 		return zero, context.Cause(s.ctx)
+	case <-done:
+		return zero, context.Cause(ctx)
 	}
 }
 
@@ -99,7 +106,7 @@ func (s *Session) enqueue(q *outQueue, m *kdsv1.Message) error {
 	select {
 	case q.ch <- outItem{msg: m, size: size}:
 	default:
-		err := fmt.Errorf("%w: %s stream: %d messages queued, capacity is %d (types + headroom)",
+		err := fmt.Errorf("%w: %s stream: %d messages queued, capacity is %d (types × window + headroom)",
 			ErrBufferFull, q.name, cap(q.ch), cap(q.ch))
 		s.Close(err)
 		return err
@@ -134,7 +141,7 @@ func (ss *ServerStream) Send(r *discovery.DeltaDiscoveryResponse) error {
 // Recv blocks for the peer's next request and returns the session's error
 // once the session ended.
 func (ss *ServerStream) Recv() (*discovery.DeltaDiscoveryRequest, error) {
-	return ss.in.get(ss.s)
+	return ss.in.get(nil, ss.s)
 }
 
 // Context is the session's context.
@@ -194,7 +201,13 @@ func (cs *ClientStream) Send(r *discovery.DeltaDiscoveryRequest) error {
 // Recv blocks for the peer's next response and returns the session's error
 // once the session ended.
 func (cs *ClientStream) Recv() (*discovery.DeltaDiscoveryResponse, error) {
-	return cs.in.get(cs.s)
+	return cs.in.get(nil, cs.s)
+}
+
+// RecvContext is Recv that also returns, with ctx's cause, when ctx ends;
+// the session goes on.
+func (cs *ClientStream) RecvContext(ctx context.Context) (*discovery.DeltaDiscoveryResponse, error) {
+	return cs.in.get(ctx, cs.s)
 }
 
 // Context is the session's context.

@@ -83,9 +83,13 @@ func WithRequired(names []string) Option {
 	return func(h *Host) { h.required = slices.Clone(names) }
 }
 
-// WithHeadroom sets the send-buffer headroom added to the type count
+// WithHeadroom sets the send-buffer headroom added to types × window
 // (default 16). Negative values are treated as 0.
 func WithHeadroom(n int) Option { return func(h *Host) { h.headroom = max(n, 0) } }
+
+// WithWindow sets the responses per type the sync layer keeps in flight,
+// for the send-buffer capacity (default 1). Values below 1 mean 1.
+func WithWindow(n int) Option { return func(h *Host) { h.window = max(n, 1) } }
 
 // WithDescribeTimeout bounds the Describe call at every start (default 10s).
 func WithDescribeTimeout(d time.Duration) Option { return func(h *Host) { h.describeTimeout = d } }
@@ -117,6 +121,7 @@ type Host struct {
 	log             hclog.Logger
 	required        []string
 	headroom        int
+	window          int
 	describeTimeout time.Duration
 	startTimeout    time.Duration
 	backoffBase     time.Duration
@@ -146,6 +151,7 @@ func NewHost(dir string, logger hclog.Logger, opts ...Option) *Host {
 		dir:             dir,
 		log:             logger.Named("plugins"),
 		headroom:        DefaultHeadroom,
+		window:          1,
 		describeTimeout: DefaultDescribeTimeout,
 		startTimeout:    DefaultStartTimeout,
 		backoffBase:     DefaultBackoffBase,
@@ -161,7 +167,7 @@ func NewHost(dir string, logger hclog.Logger, opts ...Option) *Host {
 	for _, o := range opts {
 		o(h)
 	}
-	h.capacity = newCapacity(0, h.headroom)
+	h.capacity = newCapacity(0, h.window, h.headroom)
 	return h
 }
 
@@ -239,7 +245,7 @@ func (h *Host) Start(ctx context.Context) error {
 		killAll()
 		return err
 	}
-	capacity := newCapacity(reg.Len(), h.headroom)
+	capacity := newCapacity(reg.Len(), h.window, h.headroom)
 
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -262,8 +268,8 @@ func (h *Host) Start(ctx context.Context) error {
 		go h.supervise(m, insts[i])
 	}
 	h.log.Info("send buffer capacity per logical stream",
-		"formula", capacity.Formula, "types", capacity.Types, "headroom", capacity.Headroom, "total", capacity.Total,
-		"reason", "at most one response per type is in flight before its ACK; headroom covers requests for types only the peer knows")
+		"formula", capacity.Formula, "types", capacity.Types, "window", capacity.Window, "headroom", capacity.Headroom, "total", capacity.Total,
+		"reason", "a server keeps at most window responses per type in flight before their ACKs; headroom covers requests for types only the peer knows")
 	return nil
 }
 

@@ -222,8 +222,8 @@ func TestStartRegistersTypesFromSeveralPluginsAndValidates(t *testing.T) {
 	_, ok = h.Registry().Type("Nope")
 	assert.False(t, ok)
 
-	assert.Equal(t, Capacity{Types: 10, Headroom: 16, Total: 26, Formula: "10 types + 16 headroom = 26"}, h.Capacity())
-	assert.Contains(t, logs.String(), "10 types + 16 headroom = 26")
+	assert.Equal(t, Capacity{Types: 10, Window: 1, Headroom: 16, Total: 26, Formula: "10 types × 1 in flight + 16 headroom = 26"}, h.Capacity())
+	assert.Contains(t, logs.String(), "10 types × 1 in flight + 16 headroom = 26")
 
 	ps := h.Plugins()
 	require.Len(t, ps, 4, "only the four executables are plugins")
@@ -264,8 +264,11 @@ func regexpMatch(re, s string) bool { return regexp.MustCompile(re).MatchString(
 
 func TestHeadroomOption(t *testing.T) {
 	h, _ := startHost(t, pluginsDir(t, "beta"), WithHeadroom(4))
-	assert.Equal(t, "1 types + 4 headroom = 5", h.Capacity().Formula)
+	assert.Equal(t, "1 types × 1 in flight + 4 headroom = 5", h.Capacity().Formula)
 	assert.Equal(t, 5, h.Capacity().Total)
+	h, _ = startHost(t, pluginsDir(t, "beta"), WithHeadroom(4), WithWindow(3))
+	assert.Equal(t, "1 types × 3 in flight + 4 headroom = 7", h.Capacity().Formula)
+	assert.Equal(t, 7, h.Capacity().Total)
 }
 
 func TestDuplicateTypeIsRefusedWithBothNames(t *testing.T) {
@@ -477,7 +480,7 @@ func TestStartErrors(t *testing.T) {
 
 	h = NewHost(t.TempDir(), log)
 	require.NoError(t, h.Start(context.Background()), "an empty directory is fine")
-	assert.Equal(t, "0 types + 16 headroom = 16", h.Capacity().Formula)
+	assert.Equal(t, "0 types × 1 in flight + 16 headroom = 16", h.Capacity().Formula)
 	require.NoError(t, h.Close())
 	err := h.Validate(context.Background(), []*resource.Resource{res("X", "", "x", `{}`)})
 	assert.Equal(t, "type", validationErr(t, err).Invalid[0].Errors[0].Field)

@@ -101,22 +101,26 @@ func descriptorFromProto(plugin string, p *pluginv1.TypeDescriptor) (resource.Ty
 	return d, nil
 }
 
-// Capacity is the per-logical-stream send-buffer size: one message per
-// registered type (at most one response per type is in flight before its
-// ACK) plus headroom for requests about types only the peer knows.
+// Capacity is the per-logical-stream send-buffer size: window messages per
+// registered type (a server keeps at most window responses per type in
+// flight before their ACKs) plus headroom for requests about types only the
+// peer knows.
 type Capacity struct {
 	Types    int
+	Window   int
 	Headroom int
 	Total    int
-	Formula  string // for example "5 types + 16 headroom = 21"
+	Formula  string // for example "5 types × 3 in flight + 16 headroom = 31"
 }
 
-func newCapacity(types, headroom int) Capacity {
+func newCapacity(types, window, headroom int) Capacity {
+	total := types*window + headroom
 	return Capacity{
 		Types:    types,
+		Window:   window,
 		Headroom: headroom,
-		Total:    types + headroom,
-		Formula:  fmt.Sprintf("%d types + %d headroom = %d", types, headroom, types+headroom),
+		Total:    total,
+		Formula:  fmt.Sprintf("%d types × %d in flight + %d headroom = %d", types, window, headroom, total),
 	}
 }
 

@@ -29,6 +29,7 @@ import (
 
 	"github.com/santhosh-tekuri/jsonschema/v6"
 	"github.com/santhosh-tekuri/jsonschema/v6/kind"
+	"github.com/valyala/fastjson"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/text/language"
 	"golang.org/x/text/message"
@@ -141,78 +142,80 @@ func (v *Validator) Types() []resource.TypeDescriptor { return v.reg.Types() }
 // resource is valid, a *resource.ValidationError listing each invalid
 // resource in input order with its field errors, or the first error a plugin
 // call returned (wrapping plugin.ErrPluginDown when the plugin is down).
+//
+// Resources are taken in chunks of the batch size: the envelope and schema
+// checks of a chunk run on all cores, then its plugin calls go out while the
+// next chunk is checked, so the engine and the plugin processes work at the
+// same time.
 func (v *Validator) Validate(ctx context.Context, rs []*resource.Resource) error {
-	// Envelope and schema checks are independent per resource: large
-	// batches (a sync response) are spread over the available cores.
-	type local struct {
-		d    resource.TypeDescriptor
-		size int
-		fes  []resource.FieldError
-	}
-	locals := make([]local, len(rs))
-	check := func(lo, hi int) {
-		for i := lo; i < hi; i++ {
-			d, size, fes := v.envelope(rs[i])
-			if len(fes) == 0 {
-				fes = v.schema(d, rs[i])
-			}
-			locals[i] = local{d: d, size: size, fes: fes}
-		}
-	}
-	workers := min(runtime.GOMAXPROCS(0), len(rs)/parallelThreshold)
-	if workers <= 1 {
-		check(0, len(rs))
-	} else {
-		var wg sync.WaitGroup
-		chunk := (len(rs) + workers - 1) / workers
-		for lo := 0; lo < len(rs); lo += chunk {
-			wg.Go(func() { check(lo, min(lo+chunk, len(rs))) })
-		}
-		wg.Wait()
-	}
-
-	invalid := map[int][]resource.FieldError{}
-	groups := map[string][]int{}
-	sizes := make([]int, len(rs))
-	var order []string
-	for i, l := range locals {
-		sizes[i] = l.size
-		if len(l.fes) > 0 {
-			invalid[i] = l.fes
-			continue
-		}
-		if _, ok := groups[l.d.Plugin]; !ok {
-			order = append(order, l.d.Plugin)
-		}
-		groups[l.d.Plugin] = append(groups[l.d.Plugin], i)
-	}
-
-	// Plugin batches go out a few at a time, so the plugin process works
-	// while the engine waits for the next answer.
-	var mu sync.Mutex
+	var (
+		mu      sync.Mutex
+		invalid = map[int][]resource.FieldError{}
+	)
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(pluginCallsInFlight)
-	for _, p := range order {
-		for _, batch := range batches(groups[p], sizes, v.batchSize, MaxBatchBytes) {
-			g.Go(func() error {
-				sub := make([]*resource.Resource, len(batch))
-				for j, idx := range batch {
-					sub[j] = rs[idx]
+	// call sends one batch to plugin p; it blocks while
+	// pluginCallsInFlight calls are out.
+	call := func(p string, batch []int) {
+		g.Go(func() error {
+			sub := make([]*resource.Resource, len(batch))
+			for j, idx := range batch {
+				sub[j] = rs[idx]
+			}
+			res, err := v.plugins.ValidateBatch(gctx, p, sub)
+			if err != nil {
+				return err
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			for j, fes := range res {
+				if j < 0 || j >= len(batch) {
+					return fmt.Errorf("validate with plugin %q: answer names resource %d of a batch of %d", p, j, len(batch))
 				}
-				res, err := v.plugins.ValidateBatch(gctx, p, sub)
-				if err != nil {
-					return err
-				}
+				invalid[batch[j]] = append(invalid[batch[j]], fes...)
+			}
+			return nil
+		})
+	}
+	// Each plugin's next batch fills across chunks and goes out when it
+	// has the batch size or the byte limit; a resource larger than the
+	// byte limit goes alone.
+	type pending struct {
+		idx   []int
+		bytes int
+	}
+	next := map[string]*pending{}
+	var order []string
+	locals := make([]local, min(len(rs), v.batchSize))
+	for lo := 0; lo < len(rs) && gctx.Err() == nil; lo += v.batchSize {
+		hi := min(lo+v.batchSize, len(rs))
+		chunk := locals[:hi-lo]
+		v.checkLocal(rs[lo:hi], chunk)
+		for j, l := range chunk {
+			i := lo + j
+			if len(l.fes) > 0 {
 				mu.Lock()
-				defer mu.Unlock()
-				for j, fes := range res {
-					if j < 0 || j >= len(batch) {
-						return fmt.Errorf("validate with plugin %q: answer names resource %d of a batch of %d", p, j, len(batch))
-					}
-					invalid[batch[j]] = append(invalid[batch[j]], fes...)
-				}
-				return nil
-			})
+				invalid[i] = l.fes
+				mu.Unlock()
+				continue
+			}
+			pb := next[l.d.Plugin]
+			if pb == nil {
+				pb = &pending{}
+				next[l.d.Plugin] = pb
+				order = append(order, l.d.Plugin)
+			}
+			if len(pb.idx) > 0 && (len(pb.idx) >= v.batchSize || pb.bytes+l.size > MaxBatchBytes) {
+				call(l.d.Plugin, pb.idx)
+				*pb = pending{}
+			}
+			pb.idx = append(pb.idx, i)
+			pb.bytes += l.size
+		}
+	}
+	for _, p := range order {
+		if pb := next[p]; len(pb.idx) > 0 && gctx.Err() == nil {
+			call(p, pb.idx)
 		}
 	}
 	if err := g.Wait(); err != nil {
@@ -230,6 +233,39 @@ func (v *Validator) Validate(ctx context.Context, rs []*resource.Resource) error
 	return ve
 }
 
+// local is the outcome of the in-process checks of one resource.
+type local struct {
+	d    resource.TypeDescriptor
+	size int
+	fes  []resource.FieldError
+}
+
+// checkLocal runs the envelope and schema checks of rs into out (same
+// length), spread over the available cores when rs is large enough.
+func (v *Validator) checkLocal(rs []*resource.Resource, out []local) {
+	check := func(lo, hi int) {
+		var p fastjson.Parser // one per goroutine: a Parser is not safe for concurrent use
+		for i := lo; i < hi; i++ {
+			d, size, spec, fes := v.envelope(&p, rs[i])
+			if len(fes) == 0 {
+				fes = v.schema(d, spec)
+			}
+			out[i] = local{d: d, size: size, fes: fes}
+		}
+	}
+	workers := min(runtime.GOMAXPROCS(0), len(rs)/parallelThreshold)
+	if workers <= 1 {
+		check(0, len(rs))
+		return
+	}
+	var wg sync.WaitGroup
+	chunk := (len(rs) + workers - 1) / workers
+	for lo := 0; lo < len(rs); lo += chunk {
+		wg.Go(func() { check(lo, min(lo+chunk, len(rs))) })
+	}
+	wg.Wait()
+}
+
 // parallelThreshold is how many resources each extra worker must have to
 // be worth starting for envelope and schema checks.
 const parallelThreshold = 256
@@ -237,9 +273,10 @@ const parallelThreshold = 256
 // pluginCallsInFlight bounds concurrent Validate calls of one Validate.
 const pluginCallsInFlight = 4
 
-// envelope checks everything but the spec's content and returns the type's
-// descriptor and the resource's wire size.
-func (v *Validator) envelope(r *resource.Resource) (resource.TypeDescriptor, int, []resource.FieldError) {
+// envelope checks everything but the spec's content against the schema and
+// returns the type's descriptor, the resource's wire size and the parsed
+// spec (valid until p parses again; nil when the spec is not JSON).
+func (v *Validator) envelope(p *fastjson.Parser, r *resource.Resource) (resource.TypeDescriptor, int, *fastjson.Value, []resource.FieldError) {
 	var fes []resource.FieldError
 	add := func(field, format string, args ...any) {
 		fes = append(fes, resource.FieldError{Field: field, Message: fmt.Sprintf(format, args...)})
@@ -257,8 +294,9 @@ func (v *Validator) envelope(r *resource.Resource) (resource.TypeDescriptor, int
 			break
 		}
 	}
-	if len(r.Spec) > 0 && !json.Valid(r.Spec) {
-		add("spec", "not valid JSON")
+	spec, err := parseSpec(p, r.Spec)
+	if err != nil {
+		add("spec", "not valid JSON: %v", err)
 	}
 	d, ok := v.reg.Type(r.Type)
 	switch {
@@ -276,8 +314,46 @@ func (v *Validator) envelope(r *resource.Resource) (resource.TypeDescriptor, int
 		}
 	}
 	slices.SortStableFunc(fes, func(a, b resource.FieldError) int { return strings.Compare(a.Field, b.Field) })
-	return d, size, fes
+	return d, size, spec, fes
 }
+
+// MaxSpecDepth bounds how deeply a spec's objects and arrays nest.
+const MaxSpecDepth = fastjson.MaxDepth
+
+// parseSpec parses a spec; empty (or blank) means {}. The parser bounds the
+// nesting depth (MaxSpecDepth) before the strict check walks the document,
+// so a hostile spec cannot make either recurse deeply.
+func parseSpec(p *fastjson.Parser, spec []byte) (*fastjson.Value, error) {
+	if len(bytes.TrimSpace(spec)) == 0 {
+		spec = emptyObject
+	}
+	val, err := p.ParseBytes(spec)
+	if err == nil {
+		// The parser is lenient with escapes and control characters
+		// inside strings; the validator is not.
+		err = fastjson.ValidateBytes(spec)
+	}
+	if err != nil {
+		return nil, jsonProblem(spec, err)
+	}
+	return val, nil
+}
+
+// jsonProblem describes why spec is not JSON, with the byte offset where
+// the standard library can tell it (the parser's own messages are long
+// chains).
+func jsonProblem(spec []byte, parseErr error) error {
+	var se *json.SyntaxError
+	if err := json.Unmarshal(spec, new(json.RawMessage)); errors.As(err, &se) {
+		return fmt.Errorf("%s (at byte %d)", se.Error(), se.Offset)
+	}
+	if strings.Contains(parseErr.Error(), "depth") {
+		return fmt.Errorf("objects and arrays nest more than %d levels deep", MaxSpecDepth)
+	}
+	return parseErr
+}
+
+var emptyObject = []byte("{}")
 
 // nameProblem describes what is wrong with a resource or mesh name, or
 // returns "": 1-253 characters of lower case letters, digits, '-' and '.',
@@ -311,21 +387,13 @@ func ungroup(s string) string {
 	return groupedNumber.ReplaceAllStringFunc(s, func(n string) string { return strings.ReplaceAll(n, ",", "") })
 }
 
-// schema validates the spec against the type's JSON Schema.
-func (v *Validator) schema(d resource.TypeDescriptor, r *resource.Resource) []resource.FieldError {
+// schema validates the parsed spec against the type's JSON Schema.
+func (v *Validator) schema(d resource.TypeDescriptor, spec *fastjson.Value) []resource.FieldError {
 	s, ok := v.schemas[d.Name]
 	if !ok {
 		return nil
 	}
-	raw := r.Spec
-	if len(bytes.TrimSpace(raw)) == 0 {
-		raw = []byte("{}")
-	}
-	inst, err := jsonschema.UnmarshalJSON(bytes.NewReader(raw))
-	if err != nil {
-		return []resource.FieldError{{Field: "spec", Message: "not valid JSON"}}
-	}
-	err = s.Validate(inst)
+	err := s.Validate(instance(spec))
 	if err == nil {
 		return nil
 	}
@@ -336,6 +404,37 @@ func (v *Validator) schema(d resource.TypeDescriptor, r *resource.Resource) []re
 	var fes []resource.FieldError
 	collect(ve, &fes)
 	return dedupe(fes)
+}
+
+// instance converts a parsed JSON value to the form the schema validator
+// takes: map[string]any, []any, string, json.Number, bool and nil. Numbers
+// keep their text, so large integers are compared exactly.
+func instance(v *fastjson.Value) any {
+	switch v.Type() {
+	case fastjson.TypeObject:
+		o, _ := v.Object()
+		m := make(map[string]any, o.Len())
+		o.Visit(func(k []byte, x *fastjson.Value) { m[string(k)] = instance(x) })
+		return m
+	case fastjson.TypeArray:
+		a, _ := v.Array()
+		out := make([]any, len(a))
+		for i, x := range a {
+			out[i] = instance(x)
+		}
+		return out
+	case fastjson.TypeString:
+		b, _ := v.StringBytes()
+		return string(b)
+	case fastjson.TypeNumber:
+		return json.Number(v.MarshalTo(nil))
+	case fastjson.TypeTrue:
+		return true
+	case fastjson.TypeFalse:
+		return false
+	default:
+		return nil
+	}
 }
 
 // collect turns the leaves of a schema error tree into field errors.
@@ -388,26 +487,6 @@ func dedupe(fes []resource.FieldError) []resource.FieldError {
 			seen[fe] = true
 			out = append(out, fe)
 		}
-	}
-	return out
-}
-
-// batches splits idx into runs of at most size resources and maxBytes of
-// wire size; a resource larger than maxBytes goes alone.
-func batches(idx, sizes []int, size, maxBytes int) [][]int {
-	var out [][]int
-	var cur []int
-	curBytes := 0
-	for _, i := range idx {
-		if len(cur) > 0 && (len(cur) >= size || curBytes+sizes[i] > maxBytes) {
-			out = append(out, cur)
-			cur, curBytes = nil, 0
-		}
-		cur = append(cur, i)
-		curBytes += sizes[i]
-	}
-	if len(cur) > 0 {
-		out = append(out, cur)
 	}
 	return out
 }

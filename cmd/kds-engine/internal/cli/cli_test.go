@@ -368,12 +368,12 @@ func TestPluginsList(t *testing.T) {
 dataplanes  0.1.0    restarting  Dataplane         0         -
 policies    0.1.0    running     Mesh,MeshTimeout  0         -
 
-Send buffer per logical stream: registered types (3) + headroom (16) = 19 messages
-(at most one response or request per type is in flight; the headroom covers requests for types this side does not know)
+Send buffer per logical stream: 3 types × 3 in flight + 16 headroom = 25 messages
+(a server keeps at most 3 responses per type in flight before their ACKs; the headroom covers requests for types this side does not know)
 `, out)
 	code, out, _ = h.run("plugins", "list", "-o", "json")
 	require.Equal(t, ExitOK, code)
-	assert.Contains(t, out, `"capacity": 19`)
+	assert.Contains(t, out, `"capacity": 25`)
 }
 
 func TestVersion(t *testing.T) {

@@ -580,7 +580,7 @@ func (a *App) pluginsCommand() *cobra.Command {
 			formula = strconv.Itoa(p.Buffer.Capacity)
 		}
 		fmt.Fprintf(a.Stdout, "\nSend buffer per logical stream: %s messages\n", formula)
-		fmt.Fprintln(a.Stdout, "(at most one response or request per type is in flight; the headroom covers requests for types this side does not know)")
+		fmt.Fprintf(a.Stdout, "(a server keeps at most %d responses per type in flight before their ACKs; the headroom covers requests for types this side does not know)\n", max(p.Buffer.Window, 1))
 		return nil
 	}
 	cmd.AddCommand(list)

@@ -131,6 +131,7 @@ type Plugins struct {
 	Buffer  struct {
 		Capacity        int    `json:"capacity"`
 		RegisteredTypes int    `json:"registeredTypes"`
+		Window          int    `json:"window"`
 		Headroom        int    `json:"headroom"`
 		Formula         string `json:"formula"`
 	} `json:"buffer"`

@@ -1,0 +1,119 @@
+package validate
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/kds-engine/kds-engine/engine/internal/resource"
+)
+
+// Specs that are not JSON are refused with what is wrong and where; the
+// schema and the plugin never see them.
+func TestSpecMustBeJSON(t *testing.T) {
+	v, fp := newValidator(t)
+	cases := map[string]struct{ spec, msg string }{
+		"truncated":    {`{"port":`, "unexpected end of JSON input (at byte 8)"},
+		"trailing":     {`{"port":1} x`, "invalid character 'x' after top-level value (at byte 12)"},
+		"bad escape":   {`{"port":1,"items":[{"value":"\q"}]}`, `invalid character 'q' in string escape code`},
+		"control char": {"{\"port\":1,\"items\":[{\"value\":\"a\x01b\"}]}", "invalid character '\\x01' in string literal"},
+		"too deep":     {strings.Repeat("[", 400) + strings.Repeat("]", 400), "nest more than 300 levels deep"},
+	}
+	var rs []*resource.Resource
+	for name, c := range cases {
+		rs = append(rs, r("alphaMeshy", "m", strings.ReplaceAll(name, " ", "-"), c.spec))
+	}
+	errs := errorsOf(t, v.Validate(context.Background(), rs))
+	for name, c := range cases {
+		fes := errs[strings.ReplaceAll(name, " ", "-")]
+		require.Len(t, fes, 1, name)
+		assert.Equal(t, "spec", fes[0].Field, name)
+		assert.True(t, strings.HasPrefix(fes[0].Message, "not valid JSON: "), fes[0].Message)
+		assert.Contains(t, fes[0].Message, c.msg, name)
+	}
+	assert.Empty(t, fp.calls, "invalid JSON never reaches a plugin")
+
+	// Empty and blank specs are {}; the schema then decides.
+	errs = errorsOf(t, v.Validate(context.Background(), []*resource.Resource{r("alphaMeshy", "m", "blank", " \n")}))
+	assert.Equal(t, []resource.FieldError{{Field: "spec.port", Message: "is required"}}, errs["blank"])
+	require.NoError(t, v.Validate(context.Background(), []*resource.Resource{r("alphaGlobal", "", "empty", "")}))
+}
+
+// Schema checks see the same values encoding/json would produce: strings
+// with escapes decoded, numbers exact.
+func TestSchemaSeesDecodedValues(t *testing.T) {
+	v, _ := newValidator(t)
+	require.NoError(t, v.Validate(context.Background(), []*resource.Resource{
+		r("alphaMeshy", "m", "escaped", `{"port":65535,"items":[{"value":"a\"b\u00e9\ud83d\ude00"}]}`),
+		r("alphaMeshy", "m", "exponent", `{"port":6.5535e4}`),
+	}))
+	errs := errorsOf(t, v.Validate(context.Background(), []*resource.Resource{
+		r("alphaMeshy", "m", "big", `{"port":65535.0000000000000001}`),
+		r("alphaMeshy", "m", "type", `{"port":"80"}`),
+		r("alphaMeshy", "m", "dup", `{"port":80,"port":70000}`),
+	}))
+	assert.Equal(t, "got number, want integer", errs["big"][0].Message, "compared exactly, not as a float64 (which rounds to 65535)")
+	assert.Equal(t, "spec.port", errs["type"][0].Field)
+	assert.Equal(t, "spec.port", errs["dup"][0].Field, "the last duplicate wins, as in encoding/json")
+}
+
+// gatedRegistry holds the envelope check of resource number holdAt (one
+// type lookup per resource) until a plugin call has started, or gives up
+// after a while and records that it had to.
+type gatedRegistry struct {
+	fakeRegistry
+	holdAt  int64
+	lookups atomic.Int64
+	started chan struct{}
+	gaveUp  atomic.Bool
+}
+
+func (g *gatedRegistry) Type(n string) (resource.TypeDescriptor, bool) {
+	if g.lookups.Add(1) == g.holdAt {
+		select {
+		case <-g.started:
+		case <-time.After(5 * time.Second):
+			g.gaveUp.Store(true)
+		}
+	}
+	return g.fakeRegistry.Type(n)
+}
+
+// startedPlugins signals its first call.
+type startedPlugins struct {
+	fakePlugins
+	once    sync.Once
+	started chan struct{}
+}
+
+func (s *startedPlugins) ValidateBatch(ctx context.Context, p string, rs []*resource.Resource) (map[int][]resource.FieldError, error) {
+	s.once.Do(func() { close(s.started) })
+	return s.fakePlugins.ValidateBatch(ctx, p, rs)
+}
+
+// A large batch is checked in chunks of the batch size, and a chunk's
+// plugin call goes out while the next chunk is checked locally: the local
+// check of the 2,001st resource waits for a plugin call, which only the
+// pipelined order makes.
+func TestPluginCallsOverlapLocalChecks(t *testing.T) {
+	started := make(chan struct{})
+	reg := &gatedRegistry{fakeRegistry: registry(t), holdAt: 2001, started: started}
+	sp := &startedPlugins{started: started}
+	v, err := New(reg, sp, WithBatchSize(1000))
+	require.NoError(t, err)
+	var rs []*resource.Resource
+	for i := range 3000 {
+		rs = append(rs, r("alphaMeshy", "m", fmt.Sprintf("r-%d", i), `{"port":8080}`))
+	}
+	reg.lookups.Store(0)
+	require.NoError(t, v.Validate(context.Background(), rs))
+	assert.False(t, reg.gaveUp.Load(), "no plugin call started before every local check was done")
+	assert.Equal(t, []int{1000, 1000, 1000}, sp.calls["alpha"])
+}
