@@ -360,7 +360,7 @@ func (e *Engine) feedIndex(ctx context.Context, s store.Store, ready chan<- stru
 
 // runSync runs both logical streams of one session: serving this side's
 // types and applying the peer's.
-func (e *Engine) runSync(ctx context.Context, peer, zone string, sess *mux.Session) error {
+func (e *Engine) runSync(ctx context.Context, peer, zone string, sess *mux.Session, v kdssync.Validator) error {
 	g, ctx := errgroup.WithContext(ctx)
 	// The logical streams' Recv only returns when the session ends, so the
 	// first failure (a store or plugin error in the client) must end the
@@ -377,7 +377,7 @@ func (e *Engine) runSync(ctx context.Context, peer, zone string, sess *mux.Sessi
 		if e.cfg.Role == RoleGlobal && e.cfg.MaxResourcesPerZoneType > 0 {
 			opts = append(opts, kdssync.WithMaxResourcesPerType(e.cfg.MaxResourcesPerZoneType))
 		}
-		c := kdssync.NewClient(e.received, &sink{s: e.store, zone: zone}, e.validator, peer, zone, opts...)
+		c := kdssync.NewClient(e.received, &sink{s: e.store, zone: zone}, v, peer, zone, opts...)
 		return c.Run(ctx, sess.Client())
 	})
 	return g.Wait()
@@ -385,8 +385,9 @@ func (e *Engine) runSync(ctx context.Context, peer, zone string, sess *mux.Sessi
 
 func (e *Engine) runGlobal(g *errgroup.Group, ctx context.Context, lis net.Listener, tcfg kdsgrpc.Config, types int, opts []grpc.ServerOption) {
 	glob := kdsgrpc.NewGlobal(types, func(ctx context.Context, zone string, s *mux.Session) error {
-		return e.runSync(ctx, zone, zone, s)
+		return e.runSync(ctx, zone, zone, s, e.validator)
 	},
+		kdsgrpc.WithSessionHeader(e.schemaHeader),
 		kdsgrpc.WithConfig(tcfg),
 		kdsgrpc.WithLogger(e.log),
 		kdsgrpc.WithSessionOptions(e.sendObserver),
@@ -415,7 +416,15 @@ func (e *Engine) runGlobal(g *errgroup.Group, ctx context.Context, lis net.Liste
 func (e *Engine) runZone(g *errgroup.Group, ctx context.Context, tcfg kdsgrpc.Config, types int, opts []grpc.DialOption) {
 	d := kdsgrpc.NewDialer(e.cfg.GlobalAddress, e.cfg.ZoneName, types,
 		func(ctx context.Context, s *mux.Session) error {
-			return e.runSync(ctx, GlobalPeer, "", s)
+			md, err := kdsgrpc.PeerHeader(ctx)
+			if err != nil {
+				return err
+			}
+			v, trusted := e.receiveValidator(md)
+			if len(trusted) > 0 {
+				e.log.Debug("types whose JSON Schema is the same as global's skip the schema check on receipt (the plugins still validate them)", "types", trusted)
+			}
+			return e.runSync(ctx, GlobalPeer, "", s, v)
 		},
 		kdsgrpc.WithConfig(tcfg),
 		kdsgrpc.WithLogger(e.log),

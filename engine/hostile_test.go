@@ -634,7 +634,7 @@ func TestSyncFailureEndsTheSession(t *testing.T) {
 	go func() { runDone <- sess.Run(context.Background()) }()
 
 	syncDone := make(chan error, 1)
-	go func() { syncDone <- e.runSync(sess.Context(), "zone-1", "zone-1", sess) }()
+	go func() { syncDone <- e.runSync(sess.Context(), "zone-1", "zone-1", sess, e.validator) }()
 	select {
 	case err := <-syncDone:
 		require.Error(t, err)

@@ -5,7 +5,9 @@
 // The zone identifies itself with the request metadata key "kds-zone"
 // ([ZoneMetadataKey]). gRPC status codes appear only here: a missing or
 // invalid zone name is codes.InvalidArgument, and a session's error is mapped
-// to a status when the RPC ends.
+// to a status when the RPC ends. Global answers every session with a header
+// before any message ([WithSessionHeader]; the engine announces its schema
+// digests there), which the zone's handler reads with [PeerHeader].
 //
 // Both sides apply keepalive and the max message size from [Config]; TLS and
 // tokens are added by the caller as extra grpc.ServerOption / grpc.DialOption.

@@ -7,6 +7,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/kds-engine/kds-engine/engine/internal/mux"
@@ -67,6 +68,15 @@ func (g *Global) Session(stream kdsv1.KDS_SessionServer) error {
 	defer g.wg.Done()
 
 	log := g.log.With("zone", zone)
+	// The header goes out before anything else, always: a zone waits for
+	// it before its session starts.
+	var md metadata.MD
+	if g.set.header != nil {
+		md = g.set.header(zone)
+	}
+	if err := stream.SendHeader(md); err != nil {
+		return status.Errorf(codes.Unavailable, "send session header: %v", err)
+	}
 	release := make(chan struct{})
 	opts := append(g.set.cfg.muxOptions(),
 		mux.WithLogger(log),

@@ -560,3 +560,39 @@ func TestGlobalSendTimeoutOnZoneThatStopsReading(t *testing.T) {
 		t.Fatal("global's session did not end")
 	}
 }
+
+// Global's session header reaches the zone's handler, per zone.
+func TestSessionHeaderReachesZone(t *testing.T) {
+	g := NewGlobal(1, func(ctx context.Context, _ string, _ *mux.Session) error {
+		<-ctx.Done()
+		return nil
+	}, WithSessionHeader(func(zone string) metadata.MD {
+		return metadata.Pairs("x-greeting", "hello "+zone)
+	}))
+	addr := serve(t, g, Config{})
+	got := make(chan []string, 1)
+	d := NewDialer(addr, "zone-7", 1, func(ctx context.Context, _ *mux.Session) error {
+		md, err := PeerHeader(ctx)
+		if err != nil {
+			return err
+		}
+		got <- md.Get("x-greeting")
+		<-ctx.Done()
+		return nil
+	}, insecureDial())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	select {
+	case v := <-got:
+		assert.Equal(t, []string{"hello zone-7"}, v)
+	case <-time.After(20 * time.Second):
+		t.Fatal("no header")
+	}
+	cancel()
+	require.NoError(t, <-done)
+
+	md, err := PeerHeader(context.Background())
+	assert.NoError(t, err)
+	assert.Nil(t, md, "no Dialer context, no header")
+}

@@ -59,6 +59,7 @@ type settings struct {
 	dialOpts []grpc.DialOption
 	backoff  Backoff
 	muxOpts  func(zone string) []mux.Option
+	header   func(zone string) metadata.MD
 }
 
 func newSettings(opts []Option) settings {
@@ -95,6 +96,38 @@ func WithSessionHooks(onStart, onEnd func(SessionEvent)) Option {
 // (on a zone: its own name), for example a send observer that feeds metrics.
 func WithSessionOptions(f func(zone string) []mux.Option) Option {
 	return func(s *settings) { s.muxOpts = f }
+}
+
+// WithSessionHeader sets the header metadata a Global sends a zone when its
+// session starts (nil or empty: an empty header). A zone's session handler
+// reads it with PeerHeader. Ignored by a Dialer.
+func WithSessionHeader(f func(zone string) metadata.MD) Option {
+	return func(s *settings) { s.header = f }
+}
+
+type peerHeaderKey struct{}
+
+// headerSource is the client stream, whose Header blocks until global's
+// session header arrives or the stream ends.
+type headerSource interface {
+	Header() (metadata.MD, error)
+}
+
+// PeerHeader returns the header metadata global sent when the session
+// started, given the context a Dialer passes its ZoneHandler. It waits for
+// the header (global sends it first), and fails when the session ends
+// first; without a Dialer's context it returns nil, nil. The metadata must
+// not be modified.
+func PeerHeader(ctx context.Context) (metadata.MD, error) {
+	src, ok := ctx.Value(peerHeaderKey{}).(headerSource)
+	if !ok {
+		return nil, nil
+	}
+	md, err := src.Header()
+	if err != nil {
+		return nil, fmt.Errorf("read global's session header: %w", err)
+	}
+	return md, nil
 }
 
 // sessionOptions returns the extra mux options for zone's session.

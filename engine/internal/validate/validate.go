@@ -17,9 +17,12 @@ package validate
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"regexp"
 	"runtime"
 	"slices"
@@ -130,6 +133,32 @@ func compile(d resource.TypeDescriptor) (*jsonschema.Schema, error) {
 		return nil, fmt.Errorf("compile: %w", err)
 	}
 	return s, nil
+}
+
+// WithoutSchemas returns a Validator that skips the JSON Schema step for
+// the named types and is otherwise v (same registry, plugins, limits and
+// compiled schemas). The envelope and plugin steps still run. The engine
+// uses it for resources global sends a zone whose schema global already
+// enforced, byte for byte the same (see
+// docs/decisions/0006-trusted-schemas.md).
+func (v *Validator) WithoutSchemas(types []string) *Validator {
+	c := *v
+	c.schemas = maps.Clone(v.schemas)
+	for _, t := range types {
+		delete(c.schemas, t)
+	}
+	return &c
+}
+
+// SchemaDigest returns a hex SHA-256 of a type's JSON Schema as its plugin
+// reported it, or "" for a type without a schema. Equal digests mean the
+// same schema document.
+func SchemaDigest(d resource.TypeDescriptor) string {
+	if len(d.Schema) == 0 {
+		return ""
+	}
+	sum := sha256.Sum256(d.Schema)
+	return hex.EncodeToString(sum[:])
 }
 
 // Type returns the descriptor of the named type.
