@@ -3,6 +3,7 @@ package kdsbench
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/kds-engine/kds-engine/engine"
@@ -40,7 +41,7 @@ func Sync(ctx context.Context, o Options, c SyncConfig) (*Report, error) {
 	if c.Size <= 0 {
 		c.Size = 1024
 	}
-	r := newReport("sync", "100k resources global→zone (and zone→global) in ≤ 2 s and ≥ 0.7× the go-control-plane baseline's resources/s",
+	r := newReport("sync", "100k resources global→zone in ≤ 2 s and ≥ 0.7× the go-control-plane baseline's resources/s (10k and zone→global are shown, not judged)",
 		"N", "path", "time s", "resources/s", "wire MB", "responses", "largest msg KB", "ratio vs baseline")
 	v, err := newEnv(o.PluginsDir, o.Log)
 	if err != nil {
@@ -71,7 +72,7 @@ func Sync(ctx context.Context, o Options, c SyncConfig) (*Report, error) {
 			r.Figures[key+"wire_bytes"] = float64(x.run.bytes)
 			r.Figures[key+"responses"] = float64(x.run.responses)
 			r.Figures[key+"ratio"] = ratio
-			if ratio < 0.7 || (n == 100000 && x.run.elapsed > 2*time.Second) {
+			if n == 100000 && x.name == "global→zone" && (ratio < 0.7 || x.run.elapsed > 2*time.Second) {
 				r.Pass = false
 			}
 		}
@@ -81,6 +82,10 @@ func Sync(ctx context.Context, o Options, c SyncConfig) (*Report, error) {
 		r.Figures[bk+"wire_bytes"] = float64(base.bytes)
 		r.Figures[bk+"responses"] = float64(base.responses)
 		r.Figures[bk+"largest_msg_bytes"] = float64(base.maxMsg)
+	}
+	if !slices.Contains(c.Ns, 100000) {
+		r.note("the target is for N=100000, which this run did not measure (MISS means not shown to pass)")
+		r.Pass = false
 	}
 	r.note("engine wire bytes include TLS; the baseline runs plaintext gRPC. Engine responses are capped by the max message size (4 MiB); the largest engine message is not measured (n/m), wire MB / responses bounds its mean")
 	return r, nil
