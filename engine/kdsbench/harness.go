@@ -109,6 +109,17 @@ func (n *node) stop() error {
 	}
 }
 
+// discard stops the engine and removes its data directory, so that runs
+// in one process do not pile up store files (and their page cache) that
+// later runs would pay for.
+func (n *node) discard() error {
+	err := n.stop()
+	if rerr := os.RemoveAll(n.cfg.DataDir); err == nil {
+		err = rerr
+	}
+	return err
+}
+
 func (v *env) start(cfg engine.Config) (*node, error) {
 	cfg.APIAddress = "127.0.0.1:0"
 	cfg.PluginsDir = v.plugins
