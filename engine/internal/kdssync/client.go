@@ -108,10 +108,9 @@ func NewClient(types []string, sink Sink, v Validator, peer, zone string, opts .
 // that the reconnect resumes from what is stored and nothing is lost.
 //
 // Responses go through two stages, so that one is validated while the one
-// before it is stored: a checking goroutine receives, decodes and validates;
-// Run's own goroutine applies and answers (ACK or NACK) in arrival order.
-// The first failure of either ends both; Run joins the checker before it
-// returns.
+// before it is stored: one goroutine receives, decodes and validates;
+// another applies and answers (ACK or NACK) in arrival order. The first
+// failure of either ends both; Run joins both before it returns.
 func (c *Client) Run(ctx context.Context, stream ClientStream) error {
 	for _, typ := range c.types {
 		versions, err := c.sink.Versions(ctx, typ)
