@@ -2,6 +2,7 @@ package validate
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -116,4 +117,20 @@ func TestPluginCallsOverlapLocalChecks(t *testing.T) {
 	require.NoError(t, v.Validate(context.Background(), rs))
 	assert.False(t, reg.gaveUp.Load(), "no plugin call started before every local check was done")
 	assert.Equal(t, []int{1000, 1000, 1000}, sp.calls["alpha"])
+}
+
+// A context that has ended never lets unchecked resources pass as valid.
+func TestCancelledContextIsNotValid(t *testing.T) {
+	v, fp := newValidator(t, WithBatchSize(10))
+	var rs []*resource.Resource
+	for i := range 100 {
+		rs = append(rs, r("alphaMeshy", "m", fmt.Sprintf("r-%d", i), `{"port":8080}`))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	err := v.Validate(ctx, rs)
+	require.ErrorIs(t, err, context.Canceled)
+	var ve *resource.ValidationError
+	assert.False(t, errors.As(err, &ve), "not a validation verdict")
+	assert.Empty(t, fp.calls)
 }

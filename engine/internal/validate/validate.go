@@ -250,6 +250,11 @@ func (v *Validator) Validate(ctx context.Context, rs []*resource.Resource) error
 	if err := g.Wait(); err != nil {
 		return err
 	}
+	// A context that ended may have stopped the loop before every chunk
+	// was checked: nothing unchecked may pass as valid.
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("validate: %w", context.Cause(ctx))
+	}
 	if len(invalid) == 0 {
 		return nil
 	}
