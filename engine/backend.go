@@ -7,8 +7,8 @@ import (
 	"net/http"
 	"slices"
 
+	"github.com/kds-engine/kds-engine/engine/apitypes"
 	"github.com/kds-engine/kds-engine/engine/internal/api"
-	"github.com/kds-engine/kds-engine/engine/internal/insights"
 	"github.com/kds-engine/kds-engine/engine/internal/plugin"
 	"github.com/kds-engine/kds-engine/engine/internal/resource"
 	"github.com/kds-engine/kds-engine/engine/internal/store"
@@ -81,20 +81,20 @@ func (b backend) Validate(ctx context.Context, rs []*resource.Resource) error {
 	return b.e.validator.Validate(ctx, rs)
 }
 
-func (b backend) Plugins() api.PluginsInfo {
+func (b backend) Plugins() apitypes.PluginsInfo {
 	capa := b.e.host.Capacity()
-	out := api.PluginsInfo{Buffer: api.BufferInfo{
+	out := apitypes.PluginsInfo{Buffer: apitypes.BufferInfo{
 		Capacity: capa.Total, RegisteredTypes: capa.Types, Window: capa.Window, Headroom: capa.Headroom, Formula: capa.Formula,
 	}}
 	for _, p := range b.e.host.Plugins() {
-		state := api.PluginRunning
+		state := apitypes.PluginRunning
 		switch p.State {
 		case plugin.StateDown:
-			state = api.PluginRestarting
+			state = apitypes.PluginRestarting
 		case plugin.StateFailed:
-			state = api.PluginFailed
+			state = apitypes.PluginFailed
 		}
-		out.Plugins = append(out.Plugins, api.PluginInfo{
+		out.Plugins = append(out.Plugins, apitypes.PluginInfo{
 			Name: p.Name, Version: p.Version, Path: p.Path, State: state,
 			Required: slices.Contains(b.e.cfg.RequiredPlugins, p.Name),
 			Types:    p.Types, Restarts: uint64(p.Restarts), LastError: p.LastError,
@@ -103,7 +103,7 @@ func (b backend) Plugins() api.PluginsInfo {
 	return out
 }
 
-func (b backend) Insights() []insights.Conn { return b.e.ins.List() }
+func (b backend) Insights() []apitypes.Conn { return b.e.ins.List() }
 
 func (b backend) Ready() error {
 	if b.e.cfg.Role == RoleZone {

@@ -21,8 +21,8 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/kds-engine/kds-engine/engine/apitypes"
 	"github.com/kds-engine/kds-engine/engine/internal/api"
-	"github.com/kds-engine/kds-engine/engine/internal/insights"
 	"github.com/kds-engine/kds-engine/engine/internal/resource"
 )
 
@@ -64,8 +64,8 @@ type Backend struct {
 	mu       sync.Mutex
 	res      map[resource.Key]*resource.Resource
 	version  int
-	conns    []insights.Conn
-	plugins  api.PluginsInfo
+	conns    []apitypes.Conn
+	plugins  apitypes.PluginsInfo
 	notReady error
 	down     map[string]bool // plugin name → down
 }
@@ -82,12 +82,12 @@ func NewBackend(role string) *Backend {
 		res:   map[resource.Key]*resource.Resource{},
 		down:  map[string]bool{},
 	}
-	b.plugins = api.PluginsInfo{
-		Plugins: []api.PluginInfo{
-			{Name: "dataplanes", Version: "0.1.0", State: api.PluginRunning, Types: []string{"Dataplane"}, Path: "plugins/kds-plugin-dataplanes"},
-			{Name: "policies", Version: "0.1.0", State: api.PluginRunning, Types: []string{"Mesh", "MeshTimeout"}, Path: "plugins/kds-plugin-policies"},
+	b.plugins = apitypes.PluginsInfo{
+		Plugins: []apitypes.PluginInfo{
+			{Name: "dataplanes", Version: "0.1.0", State: apitypes.PluginRunning, Types: []string{"Dataplane"}, Path: "plugins/kds-plugin-dataplanes"},
+			{Name: "policies", Version: "0.1.0", State: apitypes.PluginRunning, Types: []string{"Mesh", "MeshTimeout"}, Path: "plugins/kds-plugin-policies"},
 		},
-		Buffer: api.BufferInfo{Capacity: 25, RegisteredTypes: 3, Window: 3, Headroom: 16, Formula: "3 types × 3 in flight + 16 headroom = 25"},
+		Buffer: apitypes.BufferInfo{Capacity: 25, RegisteredTypes: 3, Window: 3, Headroom: 16, Formula: "3 types × 3 in flight + 16 headroom = 25"},
 	}
 	return b
 }
@@ -271,7 +271,7 @@ func (b *Backend) validate(rs []*resource.Resource) error {
 }
 
 // Plugins implements api.Backend.
-func (b *Backend) Plugins() api.PluginsInfo {
+func (b *Backend) Plugins() apitypes.PluginsInfo {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	p := b.plugins
@@ -280,7 +280,7 @@ func (b *Backend) Plugins() api.PluginsInfo {
 }
 
 // Insights implements api.Backend.
-func (b *Backend) Insights() []insights.Conn {
+func (b *Backend) Insights() []apitypes.Conn {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	out := slices.Clone(b.conns)
@@ -323,16 +323,16 @@ func (b *Backend) SeedJSON(doc string) error {
 }
 
 // SetInsights replaces the connection entries Insights returns.
-func (b *Backend) SetInsights(cs ...insights.Conn) {
+func (b *Backend) SetInsights(cs ...apitypes.Conn) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.conns = cs
 }
 
 // SetInsightsJSON replaces the connection entries from a JSON array of
-// insights.Conn.
+// apitypes.Conn.
 func (b *Backend) SetInsightsJSON(doc string) error {
-	var cs []insights.Conn
+	var cs []apitypes.Conn
 	if err := json.Unmarshal([]byte(doc), &cs); err != nil {
 		return fmt.Errorf("insights: %w", err)
 	}
@@ -358,9 +358,9 @@ func (b *Backend) SetPluginDown(plugin string, down bool) {
 	b.down[plugin] = down
 	for i, p := range b.plugins.Plugins {
 		if p.Name == plugin {
-			b.plugins.Plugins[i].State = api.PluginRunning
+			b.plugins.Plugins[i].State = apitypes.PluginRunning
 			if down {
-				b.plugins.Plugins[i].State = api.PluginRestarting
+				b.plugins.Plugins[i].State = apitypes.PluginRestarting
 			}
 		}
 	}

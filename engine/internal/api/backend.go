@@ -12,14 +12,15 @@ package api
 import (
 	"context"
 
+	"github.com/kds-engine/kds-engine/engine/apitypes"
 	"github.com/kds-engine/kds-engine/engine/internal/insights"
 	"github.com/kds-engine/kds-engine/engine/internal/resource"
 )
 
 // Role names as Backend.Role reports them.
 const (
-	RoleGlobal = "global"
-	RoleZone   = "zone"
+	RoleGlobal = apitypes.RoleGlobal
+	RoleZone   = apitypes.RoleZone
 )
 
 // Backend is what the admin API needs from a running engine. All methods
@@ -93,43 +94,12 @@ func (f Filter) Matches(r *resource.Resource) bool {
 	return true
 }
 
-// PluginsInfo is the body of GET /api/v1/plugins. The engine fills it.
-type PluginsInfo struct {
-	Plugins []PluginInfo `json:"plugins"`
-	Buffer  BufferInfo   `json:"buffer"`
-}
-
-// Plugin states as PluginInfo.State reports them.
+// Plugin states as PluginInfo.State reports them (see apitypes).
 const (
-	PluginRunning    = "running"
-	PluginRestarting = "restarting"
-	PluginFailed     = "failed"
+	PluginRunning    = apitypes.PluginRunning
+	PluginRestarting = apitypes.PluginRestarting
+	PluginFailed     = apitypes.PluginFailed
 )
-
-// PluginInfo describes one plugin binary.
-type PluginInfo struct {
-	Name      string   `json:"name"`
-	Version   string   `json:"version,omitempty"`
-	Path      string   `json:"path,omitempty"`
-	State     string   `json:"state"`
-	Required  bool     `json:"required,omitempty"`
-	Types     []string `json:"types"`
-	Restarts  uint64   `json:"restarts"`
-	LastError string   `json:"lastError,omitempty"`
-}
-
-// BufferInfo is the per-logical-stream send-buffer capacity and how it was
-// computed: Capacity = RegisteredTypes × Window + Headroom, where Window is
-// how many responses per type a server keeps in flight before their ACKs.
-// Formula is that sum written out for people, for example
-// "3 types × 3 in flight + 16 headroom = 25".
-type BufferInfo struct {
-	Capacity        int    `json:"capacity"`
-	RegisteredTypes int    `json:"registeredTypes"`
-	Window          int    `json:"window"`
-	Headroom        int    `json:"headroom"`
-	Formula         string `json:"formula"`
-}
 
 // batchValidatedKey marks a request context whose resources were all
 // validated by Backend.Validate before any write.

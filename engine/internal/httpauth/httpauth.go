@@ -23,6 +23,8 @@ import (
 	"os"
 	"runtime"
 	"strings"
+
+	"github.com/kds-engine/kds-engine/engine/apitypes"
 )
 
 const (
@@ -44,12 +46,6 @@ func PublicPaths() []string { return append([]string(nil), publicPaths...) }
 // ErrInsecureBind is returned (wrapped) by CheckBind when a non-loopback
 // address lacks TLS or a token.
 var ErrInsecureBind = errors.New("admin API would be reachable from the network without protection")
-
-// errorBody is the admin API's JSON error shape.
-type errorBody struct {
-	Code    string `json:"code"`
-	Message string `json:"message"`
-}
 
 // Middleware returns a handler that passes a request to next only if it
 // carries "Authorization: Bearer <token>" with exactly token (compared in
@@ -98,7 +94,7 @@ func unauthorized(w http.ResponseWriter, msg string) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("WWW-Authenticate", `Bearer realm="kds-engine"`)
 	w.WriteHeader(http.StatusUnauthorized)
-	_ = json.NewEncoder(w).Encode(errorBody{Code: "unauthenticated", Message: msg}) //nolint:errchkjson // client gone
+	_ = json.NewEncoder(w).Encode(apitypes.Error{Code: "unauthenticated", Message: msg}) //nolint:errchkjson // client gone
 }
 
 // LoadTokenFile reads the admin API token from path: the file's content

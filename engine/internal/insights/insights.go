@@ -11,41 +11,17 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/kds-engine/kds-engine/engine/apitypes"
 )
 
-// TypeState is the sync state of one resource type on one connection.
-type TypeState struct {
-	Type               string    `json:"type"`
-	LastVersionSent    string    `json:"lastVersionSent,omitempty"`
-	LastVersionApplied string    `json:"lastVersionApplied,omitempty"`
-	LastACK            time.Time `json:"lastAck,omitzero"`
-	LastNACK           time.Time `json:"lastNack,omitzero"`
-	LastNACKError      string    `json:"lastNackError,omitempty"`
-	ResourcesHeld      int       `json:"resourcesHeld"`
-	// ResourcesSent and ResourcesReceived count resources carried in
-	// responses (a resumed peer with unchanged state adds nothing).
-	ResourcesSent     uint64 `json:"resourcesSent"`
-	ResourcesReceived uint64 `json:"resourcesReceived"`
-	ResponsesSent     uint64 `json:"responsesSent"`
-	ResponsesACKed    uint64 `json:"responsesAcked"`
-	ResponsesNACKed   uint64 `json:"responsesNacked"`
-	// Unknown is set when the peer asked for (or sent) a type this side
-	// has no plugin for; Error then says so.
-	Unknown bool   `json:"unknown,omitempty"`
-	Error   string `json:"error,omitempty"`
-}
+// TypeState is the sync state of one resource type on one connection. It is
+// part of the admin API's JSON (package apitypes).
+type TypeState = apitypes.TypeState
 
-// Conn is the state of one zone<->global connection.
-type Conn struct {
-	// Name is the zone name (on global) or "global" (on a zone).
-	Name           string               `json:"name"`
-	Online         bool                 `json:"online"`
-	ConnectedSince time.Time            `json:"connectedSince,omitzero"`
-	DisconnectedAt time.Time            `json:"disconnectedAt,omitzero"`
-	Sessions       uint64               `json:"sessions"`
-	LastError      string               `json:"lastError,omitempty"`
-	Types          map[string]TypeState `json:"types"`
-}
+// Conn is the state of one zone<->global connection. It is part of the admin
+// API's JSON (package apitypes).
+type Conn = apitypes.Conn
 
 // Registry holds the Conn entries by name.
 type Registry struct {

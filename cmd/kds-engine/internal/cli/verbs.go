@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/kds-engine/kds-engine/cmd/kds-engine/internal/client"
+	"github.com/kds-engine/kds-engine/engine/apitypes"
 )
 
 // DefaultAPI is the admin API the client verbs talk to by default (global's).
@@ -211,7 +212,7 @@ func applyError(docs []doc, err error) error {
 		return doc{}, false
 	}
 	// A read-only refusal says it all in one line.
-	if ae.Code == "read_only" || len(ae.Fields) == 0 {
+	if ae.Code == apitypes.CodeReadOnly || len(ae.Fields) == 0 {
 		where := ""
 		for _, d := range docs {
 			if strings.HasPrefix(ae.Message, d.res.Key()+": ") {
@@ -414,13 +415,13 @@ func (a *App) inspectCommand() *cobra.Command {
 		if err != nil {
 			return err
 		}
-		var conns []client.Conn
+		var conns []apitypes.Conn
 		if len(args) == 1 {
 			z, err := c.Zone(cmd.Context(), args[0])
 			if err != nil {
 				return opError("inspect zones", err)
 			}
-			conns = []client.Conn{z}
+			conns = []apitypes.Conn{z}
 		} else if conns, err = c.Zones(cmd.Context()); err != nil {
 			return opError("inspect zones", err)
 		}
@@ -467,21 +468,21 @@ func (a *App) inspectCommand() *cobra.Command {
 		case outYAML:
 			return writeYAML(a.Stdout, conn)
 		}
-		return a.printConns("PEER", []client.Conn{conn})
+		return a.printConns("PEER", []apitypes.Conn{conn})
 	}
 	cmd.AddCommand(zones, sync)
 	return cmd
 }
 
-func nonNil(cs []client.Conn) []client.Conn {
+func nonNil(cs []apitypes.Conn) []apitypes.Conn {
 	if cs == nil {
-		return []client.Conn{}
+		return []apitypes.Conn{}
 	}
 	return cs
 }
 
 // printConns writes a connection table, then a per-type table.
-func (a *App) printConns(first string, conns []client.Conn) error {
+func (a *App) printConns(first string, conns []apitypes.Conn) error {
 	t := newTable(a.Stdout, first, "STATUS", "SINCE", "SESSIONS", "TYPES", "NACKED", "LAST ERROR")
 	for _, c := range conns {
 		status, since := "offline", c.DisconnectedAt

@@ -1,6 +1,7 @@
 // Package client is the kds-engine CLI's client of the admin HTTP API
-// (docs/api.md). It has its own copies of the wire types: the CLI depends on
-// the documented JSON, not on engine internals.
+// (docs/api.md). The JSON bodies are the engine's own wire types, from
+// package apitypes; resources are a plain copy (Resource), since the
+// engine's resource model is internal to it.
 //
 // A Client is safe for concurrent use.
 package client
@@ -16,6 +17,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/kds-engine/kds-engine/engine/apitypes"
 )
 
 // Resource is a resource as the API reads and writes it.
@@ -49,112 +52,29 @@ func KeyString(typ, zone, mesh, name string) string {
 	return b.String()
 }
 
-// TypeInfo is one type of GET /api/v1/types.
-type TypeInfo struct {
-	Name          string          `json:"name"`
-	Direction     string          `json:"direction"`
-	Scope         string          `json:"scope"`
-	Description   string          `json:"description,omitempty"`
-	SchemaVersion uint32          `json:"schemaVersion"`
-	Plugin        string          `json:"plugin,omitempty"`
-	ReadOnly      bool            `json:"readOnly"`
-	Schema        json.RawMessage `json:"schema,omitempty"`
-}
-
 // Types is the body of GET /api/v1/types.
-type Types struct {
-	Role  string     `json:"role"`
-	Types []TypeInfo `json:"types"`
-}
+type Types apitypes.TypesResponse
 
 // Find returns the type named name.
-func (t Types) Find(name string) (TypeInfo, bool) {
+func (t Types) Find(name string) (apitypes.TypeInfo, bool) {
 	for _, ti := range t.Types {
 		if ti.Name == name {
 			return ti, true
 		}
 	}
-	return TypeInfo{}, false
+	return apitypes.TypeInfo{}, false
 }
 
-// ApplyResult is what apply did to one resource.
-type ApplyResult struct {
-	Type    string `json:"type"`
-	Mesh    string `json:"mesh,omitempty"`
-	Name    string `json:"name"`
-	Action  string `json:"action"`
-	Version string `json:"version"`
-}
-
-// TypeState is the sync state of one type on one connection.
-type TypeState struct {
-	Type               string    `json:"type"`
-	LastVersionSent    string    `json:"lastVersionSent,omitempty"`
-	LastVersionApplied string    `json:"lastVersionApplied,omitempty"`
-	LastACK            time.Time `json:"lastAck,omitzero"`
-	LastNACK           time.Time `json:"lastNack,omitzero"`
-	LastNACKError      string    `json:"lastNackError,omitempty"`
-	ResourcesHeld      int       `json:"resourcesHeld"`
-	ResponsesSent      uint64    `json:"responsesSent"`
-	ResponsesACKed     uint64    `json:"responsesAcked"`
-	ResponsesNACKed    uint64    `json:"responsesNacked"`
-	Unknown            bool      `json:"unknown,omitempty"`
-	Error              string    `json:"error,omitempty"`
-}
-
-// Conn is the state of one zone<->global connection.
-type Conn struct {
-	Name           string               `json:"name"`
-	Online         bool                 `json:"online"`
-	ConnectedSince time.Time            `json:"connectedSince,omitzero"`
-	DisconnectedAt time.Time            `json:"disconnectedAt,omitzero"`
-	Sessions       uint64               `json:"sessions"`
-	LastError      string               `json:"lastError,omitempty"`
-	Types          map[string]TypeState `json:"types"`
-}
-
-// PluginInfo describes one plugin.
-type PluginInfo struct {
-	Name      string   `json:"name"`
-	Version   string   `json:"version,omitempty"`
-	Path      string   `json:"path,omitempty"`
-	State     string   `json:"state"`
-	Required  bool     `json:"required,omitempty"`
-	Types     []string `json:"types"`
-	Restarts  uint64   `json:"restarts"`
-	LastError string   `json:"lastError,omitempty"`
-}
-
-// Plugins is the body of GET /api/v1/plugins.
-type Plugins struct {
-	Plugins []PluginInfo `json:"plugins"`
-	Buffer  struct {
-		Capacity        int    `json:"capacity"`
-		RegisteredTypes int    `json:"registeredTypes"`
-		Window          int    `json:"window"`
-		Headroom        int    `json:"headroom"`
-		Formula         string `json:"formula"`
-	} `json:"buffer"`
-}
-
-// FieldProblem is one problem with one field of one resource.
-type FieldProblem struct {
-	Resource string `json:"resource"`
-	Type     string `json:"type"`
-	Mesh     string `json:"mesh,omitempty"`
-	Zone     string `json:"zone,omitempty"`
-	Name     string `json:"name"`
-	Field    string `json:"field,omitempty"`
-	Message  string `json:"message"`
-}
-
-// APIError is an error response of the API.
+// APIError is an error response of the API: its HTTP status and its body,
+// whose fields (Code, Message, Fields) it promotes.
 type APIError struct {
-	Status  int            `json:"-"`
-	Code    string         `json:"code"`
-	Message string         `json:"message"`
-	Fields  []FieldProblem `json:"fields,omitempty"`
+	Status int `json:"-"`
+	errorBody
 }
+
+// errorBody names the embedded body so that its field does not clash with
+// the Error method.
+type errorBody = apitypes.Error
 
 func (e *APIError) Error() string {
 	var b strings.Builder
@@ -296,40 +216,36 @@ func (c *Client) Delete(ctx context.Context, typ, name, mesh string) error {
 }
 
 // Apply validates every resource, then creates, updates or leaves each one.
-func (c *Client) Apply(ctx context.Context, rs []Resource) ([]ApplyResult, error) {
-	var out struct {
-		Results []ApplyResult `json:"results"`
-	}
+func (c *Client) Apply(ctx context.Context, rs []Resource) ([]apitypes.ApplyResult, error) {
+	var out apitypes.ApplyResponse
 	err := c.do(ctx, http.MethodPost, "/api/v1/apply", nil, map[string]any{"resources": rs}, &out)
 	return out.Results, err
 }
 
 // Zones lists the zones global knows (global only).
-func (c *Client) Zones(ctx context.Context) ([]Conn, error) {
-	var out struct {
-		Zones []Conn `json:"zones"`
-	}
+func (c *Client) Zones(ctx context.Context) ([]apitypes.Conn, error) {
+	var out apitypes.ZonesResponse
 	err := c.do(ctx, http.MethodGet, "/api/v1/zones", nil, nil, &out)
 	return out.Zones, err
 }
 
 // Zone reads one zone's state (global only).
-func (c *Client) Zone(ctx context.Context, name string) (Conn, error) {
-	var out Conn
+func (c *Client) Zone(ctx context.Context, name string) (apitypes.Conn, error) {
+	var out apitypes.Conn
 	err := c.do(ctx, http.MethodGet, "/api/v1/zones/"+url.PathEscape(name), nil, nil, &out)
 	return out, err
 }
 
 // Sync reads a zone's connection to global (zone only).
-func (c *Client) Sync(ctx context.Context) (Conn, error) {
-	var out Conn
+func (c *Client) Sync(ctx context.Context) (apitypes.Conn, error) {
+	var out apitypes.Conn
 	err := c.do(ctx, http.MethodGet, "/api/v1/sync", nil, nil, &out)
 	return out, err
 }
 
 // Plugins lists the loaded plugins and the send-buffer capacity.
-func (c *Client) Plugins(ctx context.Context) (Plugins, error) {
-	var out Plugins
+func (c *Client) Plugins(ctx context.Context) (apitypes.PluginsInfo, error) {
+	var out apitypes.PluginsInfo
 	err := c.do(ctx, http.MethodGet, "/api/v1/plugins", nil, nil, &out)
 	return out, err
 }

@@ -1,0 +1,196 @@
+// Package apitypes holds the admin HTTP API's JSON wire types: the bodies the
+// engine's admin API writes and reads, and the constants that appear in them.
+// The engine (its API handler and sync insights) and the kds-engine CLI's
+// client share these types, so both sides agree on one definition.
+//
+// Changing a field here changes the public API: docs/api.md documents every
+// body, and clients depend on it. Resources themselves are not here: the
+// engine's resource model carries behaviour of its own, and the CLI keeps a
+// plain JSON copy of it.
+//
+// The package depends only on the standard library.
+package apitypes
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// Role names, as TypesResponse.Role reports them.
+const (
+	RoleGlobal = "global"
+	RoleZone   = "zone"
+)
+
+// TypeInfo is one entry of GET /api/v1/types.
+type TypeInfo struct {
+	Name          string          `json:"name"`
+	Direction     string          `json:"direction"`
+	Scope         string          `json:"scope"`
+	Description   string          `json:"description,omitempty"`
+	SchemaVersion uint32          `json:"schemaVersion"`
+	Plugin        string          `json:"plugin,omitempty"`
+	ReadOnly      bool            `json:"readOnly"`
+	Schema        json.RawMessage `json:"schema,omitempty"`
+}
+
+// TypesResponse is the body of GET /api/v1/types.
+type TypesResponse struct {
+	Role  string     `json:"role"`
+	Types []TypeInfo `json:"types"`
+}
+
+// Apply actions, as ApplyResult.Action reports them.
+const (
+	ActionCreated   = "created"
+	ActionUpdated   = "updated"
+	ActionUnchanged = "unchanged"
+)
+
+// ApplyResult is what apply did to one resource.
+type ApplyResult struct {
+	Type    string `json:"type"`
+	Mesh    string `json:"mesh,omitempty"`
+	Name    string `json:"name"`
+	Action  string `json:"action"`
+	Version string `json:"version"`
+}
+
+// ApplyResponse is the body of a successful POST /api/v1/apply, one result
+// per resource in request order.
+type ApplyResponse struct {
+	Results []ApplyResult `json:"results"`
+}
+
+// ValidateResponse is the body of a successful POST /api/v1/validate.
+type ValidateResponse struct {
+	Valid bool `json:"valid"`
+	Count int  `json:"count"`
+}
+
+// ZonesResponse is the body of GET /api/v1/zones.
+type ZonesResponse struct {
+	Zones []Conn `json:"zones"`
+}
+
+// StatusResponse is the body of /healthz and of /readyz when ready.
+type StatusResponse struct {
+	Status string `json:"status"`
+}
+
+// Error is the body of every error response.
+type Error struct {
+	// Code is stable; clients branch on it (see the Code… constants).
+	Code    string `json:"code"`
+	Message string `json:"message"`
+	// Fields lists per-resource, per-field problems (code "invalid", and
+	// batch checks such as "unknown_type" or "read_only").
+	Fields []FieldProblem `json:"fields,omitempty"`
+}
+
+func (e *Error) Error() string { return e.Code + ": " + e.Message }
+
+// FieldProblem is one problem with one field of one resource. Resource is
+// the resource key as text ("MeshTimeout default/web"); Type, Mesh, Zone and
+// Name are the same key, structured.
+type FieldProblem struct {
+	Resource string `json:"resource"`
+	Type     string `json:"type"`
+	Mesh     string `json:"mesh,omitempty"`
+	Zone     string `json:"zone,omitempty"`
+	Name     string `json:"name"`
+	Field    string `json:"field,omitempty"`
+	Message  string `json:"message"`
+}
+
+// Error codes and the HTTP status each comes with.
+const (
+	CodeBadRequest       = "bad_request"        // 400
+	CodeUnauthorized     = "unauthorized"       // 401
+	CodeReadOnly         = "read_only"          // 403
+	CodeNotFound         = "not_found"          // 404
+	CodeUnknownType      = "unknown_type"       // 404
+	CodeWrongRole        = "wrong_role"         // 404: route served by the other role
+	CodeMethodNotAllowed = "method_not_allowed" // 405
+	CodeAlreadyExists    = "already_exists"     // 409
+	CodeConflict         = "conflict"           // 409
+	CodeTooLarge         = "too_large"          // 413
+	CodeInvalid          = "invalid"            // 422
+	CodeInternal         = "internal"           // 500
+	CodePluginDown       = "plugin_down"        // 503
+	CodeNotReady         = "not_ready"          // 503
+)
+
+// PluginsInfo is the body of GET /api/v1/plugins.
+type PluginsInfo struct {
+	Plugins []PluginInfo `json:"plugins"`
+	Buffer  BufferInfo   `json:"buffer"`
+}
+
+// Plugin states, as PluginInfo.State reports them.
+const (
+	PluginRunning    = "running"
+	PluginRestarting = "restarting"
+	PluginFailed     = "failed"
+)
+
+// PluginInfo describes one plugin binary.
+type PluginInfo struct {
+	Name      string   `json:"name"`
+	Version   string   `json:"version,omitempty"`
+	Path      string   `json:"path,omitempty"`
+	State     string   `json:"state"`
+	Required  bool     `json:"required,omitempty"`
+	Types     []string `json:"types"`
+	Restarts  uint64   `json:"restarts"`
+	LastError string   `json:"lastError,omitempty"`
+}
+
+// BufferInfo is the per-logical-stream send-buffer capacity and how it was
+// computed: Capacity = RegisteredTypes × Window + Headroom, where Window is
+// how many responses per type a server keeps in flight before their ACKs.
+// Formula is that sum written out for people, for example
+// "3 types × 3 in flight + 16 headroom = 25".
+type BufferInfo struct {
+	Capacity        int    `json:"capacity"`
+	RegisteredTypes int    `json:"registeredTypes"`
+	Window          int    `json:"window"`
+	Headroom        int    `json:"headroom"`
+	Formula         string `json:"formula"`
+}
+
+// TypeState is the sync state of one resource type on one connection.
+type TypeState struct {
+	Type               string    `json:"type"`
+	LastVersionSent    string    `json:"lastVersionSent,omitempty"`
+	LastVersionApplied string    `json:"lastVersionApplied,omitempty"`
+	LastACK            time.Time `json:"lastAck,omitzero"`
+	LastNACK           time.Time `json:"lastNack,omitzero"`
+	LastNACKError      string    `json:"lastNackError,omitempty"`
+	ResourcesHeld      int       `json:"resourcesHeld"`
+	// ResourcesSent and ResourcesReceived count resources carried in
+	// responses (a resumed peer with unchanged state adds nothing).
+	ResourcesSent     uint64 `json:"resourcesSent"`
+	ResourcesReceived uint64 `json:"resourcesReceived"`
+	ResponsesSent     uint64 `json:"responsesSent"`
+	ResponsesACKed    uint64 `json:"responsesAcked"`
+	ResponsesNACKed   uint64 `json:"responsesNacked"`
+	// Unknown is set when the peer asked for (or sent) a type this side
+	// has no plugin for; Error then says so.
+	Unknown bool   `json:"unknown,omitempty"`
+	Error   string `json:"error,omitempty"`
+}
+
+// Conn is the state of one zone<->global connection: the body of
+// GET /api/v1/zones/{name} and GET /api/v1/sync, and each entry of
+// ZonesResponse.
+type Conn struct {
+	// Name is the zone name (on global) or "global" (on a zone).
+	Name           string               `json:"name"`
+	Online         bool                 `json:"online"`
+	ConnectedSince time.Time            `json:"connectedSince,omitzero"`
+	DisconnectedAt time.Time            `json:"disconnectedAt,omitzero"`
+	Sessions       uint64               `json:"sessions"`
+	LastError      string               `json:"lastError,omitempty"`
+	Types          map[string]TypeState `json:"types"`
+}
