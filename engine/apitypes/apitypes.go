@@ -106,7 +106,7 @@ type FieldProblem struct {
 // Error codes and the HTTP status each comes with.
 const (
 	CodeBadRequest       = "bad_request"        // 400
-	CodeUnauthorized     = "unauthorized"       // 401
+	CodeUnauthenticated  = "unauthenticated"    // 401
 	CodeReadOnly         = "read_only"          // 403
 	CodeNotFound         = "not_found"          // 404
 	CodeUnknownType      = "unknown_type"       // 404

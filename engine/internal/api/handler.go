@@ -50,7 +50,7 @@ func WithErrorCode(target error, status int, code string) Option {
 }
 
 // WithToken requires "Authorization: Bearer TOKEN" on every route except
-// /healthz and /readyz (401 unauthorized otherwise). An empty token means no
+// /healthz and /readyz (401 unauthenticated otherwise). An empty token means no
 // authentication, which is only safe on a loopback address.
 func WithToken(token string) Option {
 	return func(o *options) { o.token = token }
@@ -123,7 +123,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.mux.ServeHTTP(sw, r)
 	} else {
 		sw.Header().Set("WWW-Authenticate", `Bearer realm="kds-engine"`)
-		h.fail(sw, r, newError(http.StatusUnauthorized, CodeUnauthorized, "this API requires a token: Authorization: Bearer TOKEN"), "")
+		h.fail(sw, r, newError(http.StatusUnauthorized, CodeUnauthenticated, "this API requires a token: Authorization: Bearer TOKEN"), "")
 	}
 	h.log.Debug("request", "method", r.Method, "path", r.URL.Path, "status", sw.status, "duration", time.Since(start))
 }

@@ -492,9 +492,9 @@ func TestToken(t *testing.T) {
 	assert.Equal(t, 200, status, "health needs no token")
 	status, _ = f.do("GET", "/readyz", nil)
 	assert.Equal(t, 200, status, "readiness needs no token")
-	e := f.apiError("GET", "/api/v1/types", nil, 401, api.CodeUnauthorized)
+	e := f.apiError("GET", "/api/v1/types", nil, 401, api.CodeUnauthenticated)
 	assert.Contains(t, e.Message, "Bearer")
-	f.apiError("GET", "/metrics", nil, 401, api.CodeUnauthorized)
+	f.apiError("GET", "/metrics", nil, 401, api.CodeUnauthenticated)
 
 	for token, want := range map[string]int{"s3cret": 200, "wrong": 401, "s3cret2": 401} {
 		req, err := http.NewRequest("GET", f.srv.URL+"/api/v1/types", nil)

@@ -42,7 +42,7 @@ const (
 // Error codes and the HTTP status each comes with (see apitypes).
 const (
 	CodeBadRequest       = apitypes.CodeBadRequest       // 400
-	CodeUnauthorized     = apitypes.CodeUnauthorized     // 401
+	CodeUnauthenticated  = apitypes.CodeUnauthenticated  // 401
 	CodeReadOnly         = apitypes.CodeReadOnly         // 403
 	CodeNotFound         = apitypes.CodeNotFound         // 404
 	CodeUnknownType      = apitypes.CodeUnknownType      // 404

@@ -94,7 +94,7 @@ func unauthorized(w http.ResponseWriter, msg string) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("WWW-Authenticate", `Bearer realm="kds-engine"`)
 	w.WriteHeader(http.StatusUnauthorized)
-	_ = json.NewEncoder(w).Encode(apitypes.Error{Code: "unauthenticated", Message: msg}) //nolint:errchkjson // client gone
+	_ = json.NewEncoder(w).Encode(apitypes.Error{Code: apitypes.CodeUnauthenticated, Message: msg}) //nolint:errchkjson // client gone
 }
 
 // LoadTokenFile reads the admin API token from path: the file's content
