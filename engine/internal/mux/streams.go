@@ -51,14 +51,18 @@ func (q *inQueue[T]) init(name string, capacity int) {
 // put enqueues without blocking; a full queue is the peer's protocol
 // violation.
 func (q *inQueue[T]) put(m T, size int) error {
+	// Counted before the message becomes visible, so a reader that has
+	// received it also sees it counted.
+	q.messages.Add(1)
+	q.bytes.Add(uint64(size))
 	select {
 	case q.ch <- m:
 	default:
+		q.messages.Add(^uint64(0))
+		q.bytes.Add(^uint64(size - 1))
 		return fmt.Errorf("%w: %s stream: the peer has %d messages in flight, capacity is %d (types × window + headroom)",
 			ErrInboundFull, q.name, cap(q.ch)+1, cap(q.ch))
 	}
-	q.messages.Add(1)
-	q.bytes.Add(uint64(size))
 	raise(&q.highWater, len(q.ch))
 	return nil
 }
