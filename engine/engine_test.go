@@ -497,3 +497,22 @@ func TestBatchApplyValidatesOnce(t *testing.T) {
 	assert.Equal(t, int64(1), pluginCalls(g, "policies")-before,
 		"the batch is validated in one plugin call, and the writes do not validate each resource again")
 }
+
+// A zone whose schema for a type is byte for byte global's does not check
+// it again; its plugin still validates. Shown with a policy that reached
+// global's store without the schema step (written below the API): the zone
+// stores it, where a zone checking the schema itself would NACK it.
+func TestZoneTrustsGlobalsIdenticalSchema(t *testing.T) {
+	g := startGlobal(t, lenientDir)
+	z := startZone(t, "zone-1", g, lenientDir, "")
+	long := &resource.Resource{Type: "SyncPolicy", Mesh: "default", Name: "long",
+		Spec: spec(map[string]any{"value": strings.Repeat("v", 100)})}
+	_, err := g.b().Create(context.Background(), long.Clone())
+	require.Error(t, err, "global's own writes are schema-checked (value is capped at 64 characters)")
+	assert.Contains(t, err.Error(), "spec.value")
+
+	_, err = g.e.store.Create(context.Background(), long.Clone())
+	require.NoError(t, err)
+	eventually(t, func() bool { return len(list(z, "SyncPolicy")) == 1 }, "the zone trusts global's schema check")
+	assert.Zero(t, zoneType(g, "zone-1", "SyncPolicy").ResponsesNACKed)
+}

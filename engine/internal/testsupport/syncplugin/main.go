@@ -20,7 +20,7 @@ import (
 
 type spec struct {
 	Reject bool   `json:"reject,omitempty"`
-	Value  string `json:"value,omitempty"`
+	Value  string `json:"value,omitempty" jsonschema:"maxLength=64"`
 	Pad    string `json:"pad,omitempty"`
 }
 
