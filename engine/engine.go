@@ -50,6 +50,7 @@ type Engine struct {
 	host      *plugin.Host
 	store     *guard.Store
 	validator *validate.Validator
+	digests   map[string]string // type → schema digest, for types with a schema
 	ix        *kdssync.Index
 	server    *kdssync.Server
 	served    []string
@@ -199,6 +200,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("compile type schemas: %w", err)
 	}
+	e.digests = schemaDigests(reg.Types())
 
 	owned := resource.GlobalToZone
 	if e.cfg.Role == RoleZone {

@@ -5,6 +5,7 @@ import (
 
 	"google.golang.org/grpc/metadata"
 
+	"github.com/kds-engine/kds-engine/engine/internal/resource"
 	"github.com/kds-engine/kds-engine/engine/internal/validate"
 )
 
@@ -13,12 +14,23 @@ import (
 // SHA-256 of the schema document its plugin reported).
 const schemaDigestKey = "kds-schema-digest"
 
+// schemaDigests maps each type with a JSON Schema to its digest; computed
+// once when the plugins are loaded.
+func schemaDigests(types []resource.TypeDescriptor) map[string]string {
+	out := make(map[string]string, len(types))
+	for _, d := range types {
+		if dg := validate.SchemaDigest(d); dg != "" {
+			out[d.Name] = dg
+		}
+	}
+	return out
+}
+
 // schemaHeader is the session header global sends every zone.
 func (e *Engine) schemaHeader(string) metadata.MD {
 	md := metadata.MD{}
 	for _, name := range e.served {
-		d, _ := e.validator.Type(name)
-		if dg := validate.SchemaDigest(d); dg != "" {
+		if dg, ok := e.digests[name]; ok {
 			md.Append(schemaDigestKey, name+"="+dg)
 		}
 	}
@@ -41,8 +53,7 @@ func (e *Engine) receiveValidator(md metadata.MD) (*validate.Validator, []string
 	}
 	var same []string
 	for _, name := range e.received {
-		d, _ := e.validator.Type(name)
-		if dg := validate.SchemaDigest(d); dg != "" && announced[name] == dg {
+		if dg, ok := e.digests[name]; ok && announced[name] == dg {
 			same = append(same, name)
 		}
 	}

@@ -43,7 +43,7 @@ func schemaEngine(t *testing.T, role Role, policySchema string) (*Engine, *accep
 	plugins := &acceptAll{}
 	v, err := validate.New(reg, plugins)
 	require.NoError(t, err)
-	e := &Engine{cfg: Config{Role: role}, validator: v}
+	e := &Engine{cfg: Config{Role: role}, validator: v, digests: schemaDigests(reg.Types())}
 	if role == RoleGlobal {
 		e.served, e.received = []string{"Plain", "Policy"}, []string{"Dataplane"}
 	} else {
