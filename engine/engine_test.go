@@ -16,7 +16,6 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"go.uber.org/goleak"
 
 	"github.com/kds-engine/kds-engine/engine/internal/api"
 	"github.com/kds-engine/kds-engine/engine/internal/insights"
@@ -35,41 +34,21 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	code, err := buildPluginsAndRun(m)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	os.Exit(code)
-}
-
-func buildPluginsAndRun(m *testing.M) (int, error) {
-	tmp, err := os.MkdirTemp("", "kds-engine-test-")
-	if err != nil {
-		return 0, err
-	}
-	defer os.RemoveAll(tmp)
-	builtinDir, lenientDir, strictDir = filepath.Join(tmp, "builtin"), filepath.Join(tmp, "lenient"), filepath.Join(tmp, "strict")
-	for dir, bins := range map[string]map[string]string{
-		builtinDir: {"kds-plugin-policies": "./plugins/policies", "kds-plugin-dataplanes": "./plugins/dataplanes"},
-		lenientDir: {"kds-plugin-synctest": "./engine/internal/testsupport/syncplugin"},
-		strictDir:  {"kds-plugin-synctest-strict": "./engine/internal/testsupport/syncplugin"},
-	} {
-		if err := pluginbuild.Build(dir, bins); err != nil {
-			return 0, err
+	os.Exit(pluginbuild.Main(m, func(tmp string) error {
+		builtinDir, lenientDir, strictDir = filepath.Join(tmp, "builtin"), filepath.Join(tmp, "lenient"), filepath.Join(tmp, "strict")
+		for dir, bins := range map[string]map[string]string{
+			builtinDir: {"kds-plugin-policies": "./plugins/policies", "kds-plugin-dataplanes": "./plugins/dataplanes"},
+			lenientDir: {"kds-plugin-synctest": "./engine/internal/testsupport/syncplugin"},
+			strictDir:  {"kds-plugin-synctest-strict": "./engine/internal/testsupport/syncplugin"},
+		} {
+			if err := pluginbuild.Build(dir, bins); err != nil {
+				return err
+			}
 		}
-	}
-	if caFile, certFile, keyFile, _, err = GenerateDemoPKI(filepath.Join(tmp, "pki"), nil); err != nil {
-		return 0, err
-	}
-	code := m.Run()
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goleak:", err)
-			return 1, nil
-		}
-	}
-	return code, nil
+		var err error
+		caFile, certFile, keyFile, _, err = GenerateDemoPKI(filepath.Join(tmp, "pki"), nil)
+		return err
+	}))
 }
 
 // node is one running engine in a test.

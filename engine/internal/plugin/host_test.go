@@ -22,7 +22,6 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"go.uber.org/goleak"
 
 	"github.com/kds-engine/kds-engine/engine/internal/resource"
 	"github.com/kds-engine/kds-engine/engine/internal/testsupport/pluginbuild"
@@ -32,36 +31,19 @@ import (
 var binDir string
 
 func TestMain(m *testing.M) {
-	code := func() int {
-		dir, err := os.MkdirTemp("", "kds-plugin-host-test")
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-		defer os.RemoveAll(dir)
+	os.Exit(pluginbuild.Main(m, func(dir string) error {
 		binDir = dir
-		if err := pluginbuild.Build(dir, map[string]string{
+		return pluginbuild.Build(dir, map[string]string{
 			"policies":   "./plugins/policies",
 			"dataplanes": "./plugins/dataplanes",
 			"testplugin": "./engine/internal/plugin/testplugins/testplugin",
-		}); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
+		})
+	}, func() error {
+		if kids := childPIDs(); len(kids) > 0 {
+			return fmt.Errorf("plugin processes left behind: %v", kids)
 		}
-		code := m.Run()
-		if code == 0 {
-			if err := goleak.Find(); err != nil {
-				fmt.Fprintln(os.Stderr, "goleak:", err)
-				return 1
-			}
-			if kids := childPIDs(); len(kids) > 0 {
-				fmt.Fprintln(os.Stderr, "plugin processes left behind:", kids)
-				return 1
-			}
-		}
-		return code
-	}()
-	os.Exit(code)
+		return nil
+	}))
 }
 
 // childPIDs lists the live (or unreaped) child processes of this test.

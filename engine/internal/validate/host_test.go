@@ -12,7 +12,6 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"go.uber.org/goleak"
 
 	"github.com/kds-engine/kds-engine/engine/internal/plugin"
 	"github.com/kds-engine/kds-engine/engine/internal/resource"
@@ -22,31 +21,13 @@ import (
 var binDir string
 
 func TestMain(m *testing.M) {
-	code := func() int {
-		dir, err := os.MkdirTemp("", "kds-validate-test")
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-		defer os.RemoveAll(dir)
+	os.Exit(pluginbuild.Main(m, func(dir string) error {
 		binDir = dir
-		if err := pluginbuild.Build(dir, map[string]string{
+		return pluginbuild.Build(dir, map[string]string{
 			"kds-plugin-policies": "./plugins/policies",
 			"kds-plugin-alpha":    "./engine/internal/plugin/testplugins/testplugin",
-		}); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-		code := m.Run()
-		if code == 0 {
-			if err := goleak.Find(); err != nil {
-				fmt.Fprintln(os.Stderr, "goleak:", err)
-				return 1
-			}
-		}
-		return code
-	}()
-	os.Exit(code)
+		})
+	}))
 }
 
 func startHost(t *testing.T, opts ...plugin.Option) (*plugin.Host, *Validator) {
