@@ -98,14 +98,11 @@ func fanoutXDS(ctx context.Context, o Options, zones int, c FanoutConfig) ([]tim
 }
 
 func fanoutEngine(ctx context.Context, o Options, v *env, zones int, c FanoutConfig) ([]time.Duration, error) {
-	g, err := v.startGlobal(fmt.Sprintf("global-fanout-%d", zones), nil)
+	g, err := v.startLoadedGlobal(ctx, o, fmt.Sprintf("global-fanout-%d", zones), fmt.Sprintf("fanout %d: load global", zones), c.N, c.Size)
 	if err != nil {
 		return nil, err
 	}
 	defer g.stop()
-	if err := g.e.BulkLoad(ctx, makeResources(policyType, "p", c.N, c.Size)); err != nil {
-		return nil, err
-	}
 	var a arrivals
 	o.Progress.Start(fmt.Sprintf("fanout %d: start zones", zones), zones)
 	for i := range zones {

@@ -109,6 +109,24 @@ func (n *node) stop() error {
 	}
 }
 
+// startLoadedGlobal starts a global named name holding n SyncPolicy
+// resources of about size bytes (validated and stored in batches), showing
+// label on the progress bar while it loads.
+func (v *env) startLoadedGlobal(ctx context.Context, o Options, name, label string, n, size int) (*node, error) {
+	g, err := v.startGlobal(name, nil)
+	if err != nil {
+		return nil, err
+	}
+	o.Progress.Start(label, n)
+	err = g.e.BulkLoad(ctx, makeResources(policyType, "p", n, size))
+	o.Progress.Finish()
+	if err != nil {
+		_ = g.discard()
+		return nil, fmt.Errorf("load global: %w", err)
+	}
+	return g, nil
+}
+
 // discard stops the engine and removes its data directory, so that runs
 // in one process do not pile up store files (and their page cache) that
 // later runs would pay for.

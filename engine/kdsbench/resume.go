@@ -40,16 +40,11 @@ func Resume(ctx context.Context, o Options, c ResumeConfig) (*Report, error) {
 		return nil, err
 	}
 	defer v.close()
-	g, err := v.startGlobal("global", nil)
+	g, err := v.startLoadedGlobal(ctx, o, "global", "resume: load global", c.N, c.Size)
 	if err != nil {
 		return nil, err
 	}
 	defer g.stop()
-	o.Progress.Start("resume: load global", c.N)
-	if err := g.e.BulkLoad(ctx, makeResources(policyType, "p", c.N, c.Size)); err != nil {
-		return nil, err
-	}
-	o.Progress.Finish()
 	p, err := newProxy(g.e.KDSAddr().String(), true)
 	if err != nil {
 		return nil, err

@@ -165,16 +165,11 @@ func syncXDS(ctx context.Context, n, size int) (syncRun, error) {
 
 // syncEngine runs both directions on one global.
 func syncEngine(ctx context.Context, o Options, v *env, n, size, run int) (g2z, z2g syncRun, err error) {
-	g, err := v.startGlobal(fmt.Sprintf("global-sync-%d-%d", n, run), nil)
+	g, err := v.startLoadedGlobal(ctx, o, fmt.Sprintf("global-sync-%d-%d", n, run), fmt.Sprintf("sync %d: load global", n), n, size)
 	if err != nil {
 		return g2z, z2g, err
 	}
 	defer g.discard()
-	o.Progress.Start(fmt.Sprintf("sync %d: load global", n), n)
-	if err := g.e.BulkLoad(ctx, makeResources(policyType, "p", n, size)); err != nil {
-		return g2z, z2g, fmt.Errorf("load global: %w", err)
-	}
-	o.Progress.Finish()
 
 	// global → zone
 	zname := fmt.Sprintf("sync-a-%d-%d", n, run)

@@ -69,16 +69,11 @@ func Update(ctx context.Context, o Options, c UpdateConfig) (*Report, error) {
 		return nil, err
 	}
 	defer v.close()
-	g, err := v.startGlobal("global", nil)
+	g, err := v.startLoadedGlobal(ctx, o, "global", "update: load global", c.N, c.Size)
 	if err != nil {
 		return nil, err
 	}
 	defer g.stop()
-	o.Progress.Start("update: load global", c.N)
-	if err := g.e.BulkLoad(ctx, makeResources(policyType, "p", c.N, c.Size)); err != nil {
-		return nil, err
-	}
-	o.Progress.Finish()
 	zc, err := v.zoneConfig(g, "zone-1", localAddr(g.e.KDSAddr()), "")
 	if err != nil {
 		return nil, err
