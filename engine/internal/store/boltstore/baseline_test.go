@@ -166,24 +166,7 @@ func BenchmarkUpdateVsBolt(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			seen := make(chan uint64)
-			done := make(chan struct{})
-			go func() {
-				defer close(done)
-				for {
-					select {
-					case <-w.C():
-						evs := w.Next()
-						select {
-						case seen <- evs[len(evs)-1].Revision:
-						case <-ctx.Done():
-							return
-						}
-					case <-w.Done():
-						return
-					}
-				}
-			}()
+			seen, done := storetest.Revisions(ctx, w, 0)
 
 			r := all.Put[50_000].Clone()
 			r.Version = ""

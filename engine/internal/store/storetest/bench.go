@@ -84,24 +84,7 @@ func BenchUpdateLatency(b *testing.B, s store.Store, stored int) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	seen := make(chan uint64, 1)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			select {
-			case <-w.C():
-				evs := w.Next()
-				select {
-				case seen <- evs[len(evs)-1].Revision:
-				case <-ctx.Done():
-					return
-				}
-			case <-w.Done():
-				return
-			}
-		}
-	}()
+	seen, done := Revisions(ctx, w, 1)
 	r := batch.Put[stored/2].Clone()
 	r.Version = ""
 	b.ResetTimer()
@@ -188,4 +171,29 @@ func BenchConcurrentApply(b *testing.B, s store.Store, zones, batches, perBatch 
 		}
 	}
 	b.ReportMetric(float64(zones*batches)*float64(b.N)/b.Elapsed().Seconds(), "commits/s")
+}
+
+// Revisions forwards the revision of the last event of each batch w
+// delivers on seen (buffered buf) until ctx or w ends; done is closed when
+// the forwarding goroutine has returned.
+func Revisions(ctx context.Context, w *store.Watch, buf int) (seen <-chan uint64, done <-chan struct{}) {
+	out := make(chan uint64, buf)
+	fin := make(chan struct{})
+	go func() {
+		defer close(fin)
+		for {
+			select {
+			case <-w.C():
+				evs := w.Next()
+				select {
+				case out <- evs[len(evs)-1].Revision:
+				case <-ctx.Done():
+					return
+				}
+			case <-w.Done():
+				return
+			}
+		}
+	}()
+	return out, fin
 }
