@@ -9,20 +9,10 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/kds-engine/kds-engine/engine/internal/plugin"
 	"github.com/kds-engine/kds-engine/engine/internal/resource"
 	"github.com/kds-engine/kds-engine/engine/internal/validate"
 )
-
-type schemaRegistry map[string]resource.TypeDescriptor
-
-func (r schemaRegistry) Type(n string) (resource.TypeDescriptor, bool) { d, ok := r[n]; return d, ok }
-func (r schemaRegistry) Types() []resource.TypeDescriptor {
-	var out []resource.TypeDescriptor
-	for _, d := range r {
-		out = append(out, d)
-	}
-	return out
-}
 
 // acceptAll is a plugin side that accepts everything and counts what it saw.
 type acceptAll struct{ seen int }
@@ -35,11 +25,12 @@ func (a *acceptAll) ValidateBatch(_ context.Context, _ string, rs []*resource.Re
 func schemaEngine(t *testing.T, role Role, policySchema string) (*Engine, *acceptAll) {
 	t.Helper()
 	strict := json.RawMessage(`{"type":"object","properties":{"port":{"type":"integer","maximum":10}},"additionalProperties":false}`)
-	reg := schemaRegistry{
-		"Policy":    {Name: "Policy", Scope: resource.ScopeMesh, Direction: resource.GlobalToZone, Plugin: "p", Schema: json.RawMessage(policySchema)},
-		"Plain":     {Name: "Plain", Scope: resource.ScopeMesh, Direction: resource.GlobalToZone, Plugin: "p"},
-		"Dataplane": {Name: "Dataplane", Scope: resource.ScopeMesh, Direction: resource.ZoneToGlobal, Plugin: "p", Schema: strict},
-	}
+	reg, err := plugin.NewRegistry(map[string][]resource.TypeDescriptor{"p": {
+		{Name: "Policy", Scope: resource.ScopeMesh, Direction: resource.GlobalToZone, Plugin: "p", Schema: json.RawMessage(policySchema)},
+		{Name: "Plain", Scope: resource.ScopeMesh, Direction: resource.GlobalToZone, Plugin: "p"},
+		{Name: "Dataplane", Scope: resource.ScopeMesh, Direction: resource.ZoneToGlobal, Plugin: "p", Schema: strict},
+	}})
+	require.NoError(t, err)
 	plugins := &acceptAll{}
 	v, err := validate.New(reg, plugins)
 	require.NoError(t, err)

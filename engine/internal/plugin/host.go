@@ -240,7 +240,7 @@ func (h *Host) Start(ctx context.Context) error {
 		killAll()
 		return errors.Join(reqErrs...)
 	}
-	reg, err := newRegistry(byPlugin)
+	reg, err := NewRegistry(byPlugin)
 	if err != nil {
 		killAll()
 		return err

@@ -41,9 +41,11 @@ func (r *Registry) Len() int {
 	return len(r.sorted)
 }
 
-// newRegistry builds a registry from each plugin's types; two plugins that
-// claim one type make it fail with both names in the error.
-func newRegistry(byPlugin map[string][]resource.TypeDescriptor) (*Registry, error) {
+// NewRegistry builds a registry from each plugin's types (plugin name →
+// descriptors): the host builds one from Describe; tests and tools may build
+// one directly. Two plugins that claim one type make it fail with both
+// names in the error.
+func NewRegistry(byPlugin map[string][]resource.TypeDescriptor) (*Registry, error) {
 	r := &Registry{byName: map[string]resource.TypeDescriptor{}}
 	names := make([]string, 0, len(byPlugin))
 	for n := range byPlugin {

@@ -91,7 +91,7 @@ func TestDescriptorFromProtoRefusesIncompleteTypes(t *testing.T) {
 }
 
 func TestRegistryListsEveryDuplicate(t *testing.T) {
-	_, err := newRegistry(map[string][]resource.TypeDescriptor{
+	_, err := NewRegistry(map[string][]resource.TypeDescriptor{
 		"a": {{Name: "X", Plugin: "a"}, {Name: "Y", Plugin: "a"}},
 		"b": {{Name: "X", Plugin: "b"}},
 		"c": {{Name: "Y", Plugin: "c"}},
