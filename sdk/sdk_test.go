@@ -3,6 +3,7 @@ package sdk
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"runtime/debug"
 	"testing"
 
@@ -116,4 +117,63 @@ func TestTuneRuntime(t *testing.T) {
 	t.Setenv("GOGC", "50")
 	TuneRuntime()
 	assert.Equal(t, 100, debug.SetGCPercent(100), "an explicit GOGC wins")
+}
+
+// level is a spec field with its own JSON decoding.
+type level int
+
+func (l *level) UnmarshalJSON(b []byte) error {
+	switch string(b) {
+	case `"low"`:
+		*l = 1
+	case `"high"`:
+		*l = 2
+	default:
+		return errors.New(`must be "low" or "high"`)
+	}
+	return nil
+}
+
+type decodeSpec struct {
+	Port    uint8             `json:"port,omitempty"`
+	Name    string            `json:"name,omitempty"`
+	Tags    map[string]int    `json:"tags,omitempty"`
+	Entries []inner           `json:"entries,omitempty"`
+	Level   level             `json:"level,omitempty"`
+	Extra   map[string]string `json:"extra,omitempty"`
+}
+
+func TestDecodeErrorsNameTheField(t *testing.T) {
+	typ := Define(TypeSpec[decodeSpec]{Name: "Decode", Direction: GlobalToZone, Scope: ScopeMesh})
+	cases := []struct {
+		spec, field, msg string
+	}{
+		{`{"port":"80"}`, "spec.port", "must be an integer, not JSON string"},
+		{`{"port":1.5}`, "spec.port", "must be an integer, not JSON number 1.5"},
+		{`{"port":300}`, "spec.port", "number 300 is out of range for uint8"},
+		{`{"name":true}`, "spec.name", "must be a string, not JSON boolean"},
+		{`{"entries":[{"value":"a"},{"value":"b","nope":1}]}`, "spec.entries[1].nope", "unknown field"},
+		{`{"entries":[{"value":"a"},{"value":7}]}`, "spec.entries[1].value", "must be a string, not JSON number"},
+		{`{"entries":{}}`, "spec.entries", "must be a list, not JSON object"},
+		{`{"tags":{"a":1,"b":"x"}}`, "spec.tags.b", "must be an integer, not JSON string"},
+		{`{"Name":"x"}`, "spec.Name", "unknown field"},
+		{`{"name":"a","name":"b"}`, "spec.name", "appears more than once"},
+		{`{"level":"medium"}`, "spec.level", `must be "low" or "high"`},
+		{`{"name":"x"} {}`, "spec", "not valid JSON"},
+		{`{"name":`, "spec", "not valid JSON"},
+		{`[1]`, "spec", "must be an object, not JSON array"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.spec, func(t *testing.T) {
+			errs := typ.validate(context.Background(), Meta{}, []byte(tc.spec))
+			require.Len(t, errs, 1, "%v", errs)
+			assert.Equal(t, tc.field, errs[0].Field)
+			assert.Contains(t, errs[0].Message, tc.msg)
+		})
+	}
+	for _, ok := range []string{``, ` `, `{}`, `{"level":"low","tags":{"a":1},"entries":[{"value":"x"}]}`} {
+		assert.Empty(t, typ.validate(context.Background(), Meta{}, []byte(ok)), "%q", ok)
+	}
+	lenient := Define(TypeSpec[decodeSpec]{Name: "Lenient", Direction: GlobalToZone, Scope: ScopeMesh, AllowUnknownFields: true})
+	assert.Empty(t, lenient.validate(context.Background(), Meta{}, []byte(`{"port":1,"colour":"red"}`)))
 }

@@ -8,8 +8,11 @@ import (
 	"fmt"
 	"reflect"
 	"regexp"
+	"strconv"
 	"strings"
 
+	jsonv2 "github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 	"github.com/invopop/jsonschema"
 
 	pluginv1 "github.com/kds-engine/kds-engine/proto/plugin/v1"
@@ -130,15 +133,15 @@ func (t *typed[T]) descriptor() (*pluginv1.TypeDescriptor, error) {
 
 func (t *typed[T]) validate(ctx context.Context, meta Meta, raw []byte) ErrorList {
 	spec := new(T)
-	if len(bytes.TrimSpace(raw)) == 0 {
+	if len(raw) == 0 || (raw[0] != '{' && len(bytes.TrimSpace(raw)) == 0) {
 		raw = []byte("{}")
 	}
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	if !t.spec.AllowUnknownFields {
-		dec.DisallowUnknownFields()
+	opts := rejectUnknown
+	if t.spec.AllowUnknownFields {
+		opts = allowUnknown
 	}
-	if err := dec.Decode(spec); err != nil {
-		return ErrorList{decodeError(err)}
+	if err := jsonv2.Unmarshal(raw, spec, opts); err != nil {
+		return ErrorList{decodeError(raw, err)}
 	}
 	if t.spec.Validate == nil {
 		return nil
@@ -146,22 +149,97 @@ func (t *typed[T]) validate(ctx context.Context, meta Meta, raw []byte) ErrorLis
 	return t.spec.Validate(ctx, meta, spec)
 }
 
-// decodeError turns an encoding/json error into a FieldError under "spec".
-func decodeError(err error) FieldError {
-	var te *json.UnmarshalTypeError
-	if errors.As(err, &te) {
-		p := Field("spec")
-		if te.Field != "" {
-			p = p.Child(te.Field)
+// Decoding options: the v2 JSON decoder matches field names exactly, refuses
+// duplicate names, invalid UTF-8 and trailing data, and (unless the type
+// allows them) unknown fields.
+var (
+	rejectUnknown = jsonv2.RejectUnknownMembers(true)
+	allowUnknown  = jsonv2.RejectUnknownMembers(false)
+)
+
+// decodeError turns a decoding error into a FieldError under "spec" that
+// names the field and says what was expected.
+func decodeError(raw []byte, err error) FieldError {
+	var se *jsonv2.SemanticError
+	if errors.As(err, &se) {
+		p := pathOf(raw, se.JSONPointer)
+		switch {
+		case errors.Is(se.Err, jsonv2.ErrUnknownName):
+			return FieldError{Field: p.String(), Message: "unknown field"}
+		case se.Err == nil || errors.Is(se.Err, strconv.ErrSyntax):
+			if se.GoType == nil {
+				break
+			}
+			got := "JSON " + kindName(se.JSONKind)
+			if se.JSONKind == '0' && len(se.JSONValue) > 0 {
+				got += " " + string(se.JSONValue)
+			}
+			return FieldError{Field: p.String(), Message: fmt.Sprintf("must be %s, not %s", goKind(se.GoType), got)}
+		case errors.Is(se.Err, strconv.ErrRange) && se.GoType != nil:
+			return FieldError{Field: p.String(), Message: fmt.Sprintf("number %s is out of range for %s", se.JSONValue, se.GoType.Kind())}
 		}
-		return FieldError{Field: p.String(), Message: fmt.Sprintf("must be %s, not JSON %s", goKind(te.Type), te.Value)}
+		if se.Err != nil {
+			// An error from the type's own UnmarshalJSON or UnmarshalText.
+			return FieldError{Field: p.String(), Message: se.Err.Error()}
+		}
+		return FieldError{Field: p.String(), Message: strings.TrimPrefix(err.Error(), "json: ")}
 	}
-	msg := err.Error()
-	// encoding/json reports unknown fields as `json: unknown field "x"`.
-	if name, ok := strings.CutPrefix(msg, "json: unknown field "); ok {
-		return FieldError{Field: Field("spec").Child(strings.Trim(name, `"`)).String(), Message: "unknown field"}
+	var sy *jsontext.SyntacticError
+	if errors.As(err, &sy) {
+		if errors.Is(sy.Err, jsontext.ErrDuplicateName) {
+			return FieldError{Field: pathOf(raw, sy.JSONPointer).String(), Message: "appears more than once"}
+		}
+		return FieldError{Field: "spec", Message: fmt.Sprintf("not valid JSON: %v (at byte %d)", sy.Err, sy.ByteOffset)}
 	}
-	return FieldError{Field: "spec", Message: strings.TrimPrefix(msg, "json: ")}
+	return FieldError{Field: "spec", Message: err.Error()}
+}
+
+// pathOf turns a JSON Pointer into a Path below "spec", using raw to tell
+// list indexes from field names. Tokens it cannot resolve become fields.
+func pathOf(raw []byte, ptr jsontext.Pointer) Path {
+	p := Field("spec")
+	v := jsontext.Value(raw)
+	for tok := range ptr.Tokens() {
+		switch v.Kind() {
+		case '[':
+			var items []jsontext.Value
+			i, err := strconv.Atoi(tok)
+			if err == nil && jsonv2.Unmarshal(v, &items, lenient...) == nil && i >= 0 && i < len(items) {
+				p, v = p.Index(i), items[i]
+				continue
+			}
+		case '{':
+			var members map[string]jsontext.Value
+			if jsonv2.Unmarshal(v, &members, lenient...) == nil {
+				p, v = p.Child(tok), members[tok]
+				continue
+			}
+		}
+		p, v = p.Child(tok), nil
+	}
+	return p
+}
+
+// lenient reads a spec the strict decoder refused, to locate the problem.
+var lenient = []jsonv2.Options{jsontext.AllowDuplicateNames(true), jsontext.AllowInvalidUTF8(true)}
+
+// kindName names a JSON kind the way the JSON Schema does.
+func kindName(k jsontext.Kind) string {
+	switch k {
+	case '"':
+		return "string"
+	case '0':
+		return "number"
+	case 't', 'f':
+		return "boolean"
+	case 'n':
+		return "null"
+	case '{':
+		return "object"
+	case '[':
+		return "array"
+	}
+	return "value"
 }
 
 func goKind(t reflect.Type) string {

@@ -45,7 +45,7 @@ func TestValidate(t *testing.T) {
 		{"dp nothing served", "Dataplane", `{"networking":{"address":"10.0.0.1"}}`, []string{"spec.networking"}, "inbound or a gateway"},
 		{"dp gateway and inbound", "Dataplane", `{"networking":{"address":"10.0.0.1","inbound":[{"port":80,"tags":{"kuma.io/service":"a"}}],"gateway":{"tags":{"kuma.io/service":"g"}}}}`, []string{"spec.networking.gateway"}, "together"},
 		{"dp admin clashes", "Dataplane", `{"networking":{"address":"10.0.0.1","inbound":[{"port":9901,"tags":{"kuma.io/service":"a"}}],"admin":{"port":9901}}}`, []string{"spec.networking.admin.port"}, "inbound[0]"},
-		{"dp port as string", "Dataplane", `{"networking":{"address":"10.0.0.1","inbound":[{"port":"80","tags":{"kuma.io/service":"a"}}]}}`, []string{"spec.networking.inbound.port"}, "integer"},
+		{"dp port as string", "Dataplane", `{"networking":{"address":"10.0.0.1","inbound":[{"port":"80","tags":{"kuma.io/service":"a"}}]}}`, []string{"spec.networking.inbound[0].port"}, "integer"},
 
 		{"insight empty", "DataplaneInsight", `{}`, nil, ""},
 		{"insight ok", "DataplaneInsight", `{"subscriptions":[{"id":"a","controlPlaneInstanceId":"cp-1","connectTime":"2026-01-01T10:00:00Z","disconnectTime":"2026-01-01T11:00:00Z","responsesSent":5,"responsesAcknowledged":4,"responsesRejected":1},{"id":"b","controlPlaneInstanceId":"cp-2","connectTime":"2026-01-01T11:00:01Z"}],"mtls":{"certificateExpirationTime":"2026-02-01T00:00:00Z","issuedBackend":"ca-1"}}`, nil, ""},

@@ -36,6 +36,10 @@ const (
 	// MaxBatchBytes bounds the resources of one Validate RPC; a single
 	// larger resource is sent alone.
 	MaxBatchBytes = 4 << 20
+	// CallsInFlight is how many Validate RPCs one validation keeps out at
+	// once, so the engine prepares and sends the next batches while a
+	// plugin decodes the current one.
+	CallsInFlight = 4
 )
 
 var (

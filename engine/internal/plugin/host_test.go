@@ -365,6 +365,18 @@ func TestValidationWhilePluginDownNamesThePlugin(t *testing.T) {
 		"other plugins keep serving")
 }
 
+func TestValidateKeepsSeveralCallsInFlight(t *testing.T) {
+	// The pair plugin answers a call only once another call is in flight
+	// at the same time; sent one after the other, each call waits 10 s and
+	// rejects its batch.
+	h, _ := startHost(t, pluginsDir(t, "pair"), WithBatchSize(1))
+	rs := make([]*resource.Resource, 4)
+	for i := range rs {
+		rs[i] = res("PairThing", "m", fmt.Sprintf("r%d", i), `{}`)
+	}
+	require.NoError(t, h.Validate(context.Background(), rs))
+}
+
 func TestCrashDuringValidateIsPluginDown(t *testing.T) {
 	h, _ := startHost(t, pluginsDir(t, "crashvalidate"), WithRestartBackoff(time.Hour, time.Hour))
 	err := h.Validate(context.Background(), []*resource.Resource{res("CrashvalidateThing", "m", "a", `{}`)})

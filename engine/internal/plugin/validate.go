@@ -3,6 +3,9 @@ package plugin
 import (
 	"context"
 	"fmt"
+	"sync"
+
+	"golang.org/x/sync/errgroup"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -81,11 +84,13 @@ func fieldErrors(pluginName string, n int, resp *pluginv1.ValidateResponse) (map
 
 // Validate checks rs with their plugins only (no envelope or schema checks;
 // see package validate for the full pipeline). Resources are grouped by
-// plugin and sent in batches of the configured size. It returns nil, a
-// *resource.ValidationError listing every invalid resource (an unknown type
-// is invalid), or an error wrapping ErrPluginDown.
+// plugin and sent in batches of the configured size, up to CallsInFlight
+// batches at once. It returns nil, a *resource.ValidationError listing every
+// invalid resource (an unknown type is invalid), or the first error a call
+// returned (wrapping ErrPluginDown when a plugin is down).
 func (h *Host) Validate(ctx context.Context, rs []*resource.Resource) error {
 	reg := h.Registry()
+	var mu sync.Mutex
 	invalid := map[int][]resource.FieldError{}
 	groups := map[string][]int{}
 	var order []string
@@ -100,20 +105,30 @@ func (h *Host) Validate(ctx context.Context, rs []*resource.Resource) error {
 		}
 		groups[d.Plugin] = append(groups[d.Plugin], i)
 	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(CallsInFlight)
 	for _, p := range order {
 		for _, batch := range batches(rs, groups[p], h.batchSize, MaxBatchBytes) {
-			sub := make([]*resource.Resource, len(batch))
-			for j, idx := range batch {
-				sub[j] = rs[idx]
-			}
-			res, err := h.ValidateBatch(ctx, p, sub)
-			if err != nil {
-				return err
-			}
-			for j, fes := range res {
-				invalid[batch[j]] = append(invalid[batch[j]], fes...)
-			}
+			g.Go(func() error {
+				sub := make([]*resource.Resource, len(batch))
+				for j, idx := range batch {
+					sub[j] = rs[idx]
+				}
+				res, err := h.ValidateBatch(gctx, p, sub)
+				if err != nil {
+					return err
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				for j, fes := range res {
+					invalid[batch[j]] = append(invalid[batch[j]], fes...)
+				}
+				return nil
+			})
 		}
+	}
+	if err := g.Wait(); err != nil {
+		return err
 	}
 	return validationError(rs, invalid)
 }
