@@ -54,6 +54,11 @@ type Meta struct {
 type ValidateFunc[T any] func(ctx context.Context, meta Meta, spec *T) ErrorList
 
 // TypeSpec declares one resource type whose spec decodes into T.
+//
+// Specs are decoded with the v2 JSON decoder (github.com/go-json-experiment/json):
+// json struct tags, embedded structs and UnmarshalJSON methods work as with
+// encoding/json, but field names match exactly, and a field given twice,
+// invalid UTF-8 or data after the object is an error reported at its field.
 type TypeSpec[T any] struct {
 	// Name of the type, for example "MeshTimeout". Must start with an upper
 	// case letter and contain only letters and digits.
