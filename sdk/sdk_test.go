@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"runtime/debug"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -176,4 +177,28 @@ func TestDecodeErrorsNameTheField(t *testing.T) {
 	}
 	lenient := Define(TypeSpec[decodeSpec]{Name: "Lenient", Direction: GlobalToZone, Scope: ScopeMesh, AllowUnknownFields: true})
 	assert.Empty(t, lenient.validate(context.Background(), Meta{}, []byte(`{"port":1,"colour":"red"}`)))
+}
+
+// FuzzDecodeSpec feeds arbitrary bytes to the SDK's decoding: it never
+// panics, a spec that decodes gives no errors, and one that does not gives
+// exactly one error whose field is "spec" or below it.
+func FuzzDecodeSpec(f *testing.F) {
+	for _, s := range []string{
+		`{}`, `{"port":80,"entries":[{"value":"a"}]}`, `{"entries":[{},{"value":1}]}`,
+		`{"tags":{"a/b~c":"x"}}`, `{"extra":{"k":"v"},"extra":{}}`, `{"level":"high"}`,
+		`[`, `{"port":1e3}`, "{\"name\":\"\xff\"}", `{"entries":[[]]}`, `{"a~1b":1}`,
+	} {
+		f.Add([]byte(s))
+	}
+	typ := Define(TypeSpec[decodeSpec]{Name: "Decode", Direction: GlobalToZone, Scope: ScopeMesh})
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		errs := typ.validate(context.Background(), Meta{}, raw)
+		if len(errs) == 0 {
+			return
+		}
+		require.Len(t, errs, 1)
+		field := errs[0].Field
+		assert.True(t, field == "spec" || strings.HasPrefix(field, "spec.") || strings.HasPrefix(field, "spec["), "field %q", field)
+		assert.NotEmpty(t, errs[0].Message)
+	})
 }
