@@ -1,5 +1,6 @@
 // Package plugin is the engine's plugin host: it finds kds-plugin-* binaries
-// in the plugins directory, verifies their checksums, starts them with the
+// in the plugins directory, verifies them against the directory's lock file
+// and their .sha256 files before every start, starts them with the
 // go-plugin handshake (gRPC only, versions negotiated), asks each for its
 // types, builds the type registry and the send-buffer capacity, supervises
 // the processes (restarting crashed ones with exponential backoff) and sends

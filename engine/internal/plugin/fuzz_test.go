@@ -1,8 +1,11 @@
 package plugin
 
 import (
+	"bytes"
+	"crypto/sha256"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
@@ -119,6 +122,54 @@ func FuzzValidateResponse(f *testing.F) {
 			last = idx
 			if fmt.Sprint(inv.Errors) != fmt.Sprint(want[idx]) {
 				t.Fatalf("%v: errors %v, want %v", inv.Key, inv.Errors, want[idx])
+			}
+		}
+	})
+}
+
+// FuzzParseLock feeds arbitrary lock files to the parser. It never panics;
+// an accepted file yields only entries that name a kds-plugin-* binary
+// without a path and hold a sha256, and writing them back out in
+// sha256sum format parses to the same entries; a refused file's error
+// names the file and a line.
+func FuzzParseLock(f *testing.F) {
+	sum := strings.Repeat("0a", sha256.Size)
+	for _, s := range []string{
+		"", "# c\n\n" + sum + "  kds-plugin-a\n", sum + " *kds-plugin-b\r\n", sum + "\tkds-plugin-c\n",
+		sum + "  kds-plugin-a\n" + sum + "  kds-plugin-a\n", "zz  kds-plugin-a\n", sum + "\n", sum + "  x/kds-plugin-a\n",
+		`\` + sum + "  kds-plugin-a\n", sum + "  kds-plugin-a.sha256\n", sum + "  kds-plugin-\n",
+	} {
+		f.Add(s)
+	}
+	const path = "/plugins/kds-plugins.lock"
+	f.Fuzz(func(t *testing.T, content string) {
+		lf, err := parseLock(path, []byte(content))
+		if err != nil {
+			if !strings.Contains(err.Error(), "plugins lock file "+path+", line ") {
+				t.Fatalf("error names no file and line: %v", err)
+			}
+			return
+		}
+		var out strings.Builder
+		for name, e := range lf.entries {
+			if !strings.HasPrefix(name, FilePrefix) || name == FilePrefix || strings.Contains(name, "/") || strings.HasSuffix(name, ChecksumSuffix) {
+				t.Fatalf("accepted entry %q", name)
+			}
+			if len(e.sum) != sha256.Size {
+				t.Fatalf("entry %q has a %d-byte digest", name, len(e.sum))
+			}
+			fmt.Fprintf(&out, "%x  %s\n", e.sum, name)
+		}
+		again, err := parseLock(path, []byte(out.String()))
+		if err != nil {
+			t.Fatalf("entries written back do not parse: %v\n%s", err, out.String())
+		}
+		if len(again.entries) != len(lf.entries) {
+			t.Fatalf("%d entries written back, %d read", len(lf.entries), len(again.entries))
+		}
+		for name, e := range lf.entries {
+			if !bytes.Equal(again.entries[name].sum, e.sum) {
+				t.Fatalf("entry %q changed on the way back", name)
 			}
 		}
 	})

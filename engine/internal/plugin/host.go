@@ -21,7 +21,8 @@ import (
 const FilePrefix = "kds-plugin-"
 
 // ChecksumSuffix ends the name of a plugin's checksum file, which sits next
-// to the binary: kds-plugin-NAME.sha256 in sha256sum format.
+// to the binary: kds-plugin-NAME.sha256 in sha256sum format. When it exists
+// the binary is hashed and compared with it before every start.
 const ChecksumSuffix = ".sha256"
 
 // Defaults for the options.
@@ -134,6 +135,10 @@ type Host struct {
 	callTimeout     time.Duration
 	engineVersion   string
 
+	// lockedAtStart is set by Start, before any supervisor runs, when the
+	// lock file existed: a restart then needs it too.
+	lockedAtStart bool
+
 	ctx    context.Context // cancelled by Close; stops supervisors
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // supervisors
@@ -176,10 +181,13 @@ func NewHost(dir string, logger hclog.Logger, opts ...Option) *Host {
 }
 
 // Start loads every plugin in the directory. A plugin that fails to start,
-// hand-shake, verify or describe is logged and left out, unless it is
-// required. Start returns an error (and leaves no process running) when the
-// directory cannot be read, a required plugin is missing or failed, or two
-// plugins claim one type. It may be called once; ctx bounds the loading only.
+// hand-shake, verify (its lock file entry and checksum file, see
+// LockFileName and ChecksumSuffix) or describe is logged and left out,
+// unless it is required. Start returns an error (and leaves no process
+// running) when the directory cannot be read or is unsafe, the lock file is
+// unsafe or malformed, a required plugin is missing or failed, or two
+// plugins claim one type. It may be called once; ctx bounds the loading
+// only.
 func (h *Host) Start(ctx context.Context) error {
 	h.mu.Lock()
 	if h.started || h.closed {
@@ -189,9 +197,21 @@ func (h *Host) Start(ctx context.Context) error {
 	h.started = true
 	h.mu.Unlock()
 
-	candidates, err := h.scan()
+	candidates, bins, err := h.scan()
 	if err != nil {
 		return err
+	}
+	lock, err := loadLock(h.dir)
+	if err != nil {
+		return err
+	}
+	if lock != nil {
+		h.lockedAtStart = true
+		h.log.Info("plugins lock file found: every plugin binary must be listed in it and match", "path", lock.path, "entries", len(lock.entries))
+		for _, name := range lock.stale(bins) {
+			h.log.Warn("plugins lock file entry names no plugin binary in the plugins directory (missing, or not an executable file); ignoring the entry",
+				"entry", name, "line", lock.entries[name].line, "lock_file", lock.path)
+		}
 	}
 	found := map[string]bool{}
 	for _, m := range candidates {
@@ -212,7 +232,7 @@ func (h *Host) Start(ctx context.Context) error {
 	errs := make([]error, len(candidates))
 	var wg sync.WaitGroup
 	for i, m := range candidates {
-		wg.Go(func() { insts[i], errs[i] = h.launch(ctx, m) })
+		wg.Go(func() { insts[i], errs[i] = h.launch(ctx, m, lock) })
 	}
 	wg.Wait()
 
@@ -277,51 +297,89 @@ func (h *Host) Start(ctx context.Context) error {
 	return nil
 }
 
-// scan lists the plugin binaries in the directory, logging what it skips.
-func (h *Host) scan() ([]*managed, error) {
-	if err := checkSafe(h.dir, true); err != nil {
-		return nil, fmt.Errorf("plugins dir: %w", err)
-	}
-	entries, err := os.ReadDir(h.dir)
+// scan lists the plugin binaries in the directory, logging what it skips
+// and refusing unsafe binaries. bins is every binary found, refused or not.
+func (h *Host) scan() (out []*managed, bins []binary, err error) {
+	bins, skips, err := scanDir(h.dir)
 	if err != nil {
-		return nil, fmt.Errorf("read plugins dir: %w", err)
+		return nil, nil, err
 	}
-	var out []*managed
+	for _, s := range skips {
+		h.log.Log(s.level, s.msg, append([]any{"path", s.path}, s.args...)...)
+	}
+	for _, b := range bins {
+		if b.unsafe != nil {
+			h.log.Error("refusing to load plugin", "path", b.path, "error", b.unsafe)
+			continue
+		}
+		out = append(out, &managed{name: b.name, path: b.path, log: h.log.Named(b.name)})
+	}
+	return out, bins, nil
+}
+
+// binary is a plugin binary of the plugins directory: a regular,
+// executable kds-plugin-NAME file (symlinks followed).
+type binary struct {
+	name   string // NAME
+	path   string
+	unsafe error // why checkSafe refuses it; nil if it does not
+}
+
+// skipped is a file of the plugins directory that is not a plugin binary,
+// with the log line that says why.
+type skipped struct {
+	path  string
+	level hclog.Level
+	msg   string
+	args  []any
+}
+
+// scanDir checks that dir is safe and lists its plugin binaries, sorted by
+// name, and the files it skips. The lock file and checksum files are
+// neither: they are read when binaries start.
+func scanDir(dir string) (bins []binary, skips []skipped, err error) {
+	if err := checkSafe(dir, true); err != nil {
+		return nil, nil, fmt.Errorf("plugins dir: %w", err)
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, nil, fmt.Errorf("read plugins dir: %w", err)
+	}
+	skip := func(path string, level hclog.Level, msg string, args ...any) {
+		skips = append(skips, skipped{path: path, level: level, msg: msg, args: args})
+	}
 	for _, e := range entries {
 		name := e.Name()
-		path := filepath.Join(h.dir, name)
+		path := filepath.Join(dir, name)
 		switch {
+		case name == LockFileName:
+			continue // read at Start and before every restart
 		case !strings.HasPrefix(name, FilePrefix):
-			h.log.Info("skipping file: not a plugin (name does not start with "+FilePrefix+")", "path", path)
+			skip(path, hclog.Info, "skipping file: not a plugin (name does not start with "+FilePrefix+")")
 			continue
 		case strings.HasSuffix(name, ChecksumSuffix):
 			continue // a checksum, read when its binary starts
 		case name == FilePrefix:
-			h.log.Warn("skipping file: plugin has no name after "+FilePrefix, "path", path)
+			skip(path, hclog.Warn, "skipping file: plugin has no name after "+FilePrefix)
 			continue
 		}
 		fi, err := os.Stat(path) // follows symlinks
 		if err != nil {
-			h.log.Warn("skipping file: cannot stat", "path", path, "error", err)
+			skip(path, hclog.Warn, "skipping file: cannot stat", "error", err)
 			continue
 		}
 		if !fi.Mode().IsRegular() {
-			h.log.Info("skipping file: not a regular file", "path", path)
+			skip(path, hclog.Info, "skipping file: not a regular file")
 			continue
 		}
 		if fi.Mode().Perm()&0o111 == 0 {
-			h.log.Warn("skipping file: not executable", "path", path, "mode", fi.Mode().String())
+			skip(path, hclog.Warn, "skipping file: not executable", "mode", fi.Mode().String())
 			continue
 		}
-		if err := checkSafe(path, false); err != nil {
-			h.log.Error("refusing to load plugin", "path", path, "error", err)
-			continue
-		}
-		pname := strings.TrimPrefix(name, FilePrefix)
-		out = append(out, &managed{name: pname, path: path, log: h.log.Named(pname)})
+		bins = append(bins, binary{name: strings.TrimPrefix(name, FilePrefix), path: path, unsafe: checkSafe(path, false)})
 	}
-	slices.SortFunc(out, func(a, b *managed) int { return strings.Compare(a.name, b.name) })
-	return out, nil
+	slices.SortFunc(bins, func(a, b binary) int { return strings.Compare(a.name, b.name) })
+	return bins, skips, nil
 }
 
 // Registry returns the type registry built by Start (empty before).

@@ -9,9 +9,9 @@ import (
 	"syscall"
 )
 
-// ErrUnsafePath is returned (wrapped) for a plugins directory or plugin
-// binary that users other than the engine's (and root) could change: anyone
-// who can write there can make the engine run their code.
+// ErrUnsafePath is returned (wrapped) for a plugins directory, plugin binary
+// or lock file that users other than the engine's (and root) could change:
+// anyone who can write there can make the engine run their code.
 var ErrUnsafePath = errors.New("unsafe plugin path")
 
 // checkSafe resolves symlinks in path and checks the result, and for a file

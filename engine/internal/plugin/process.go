@@ -3,12 +3,9 @@ package plugin
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -125,10 +122,11 @@ func (m *managed) kill() {
 	}
 }
 
-// launch verifies, starts and describes one plugin process. On error no
-// process is left running.
-func (h *Host) launch(ctx context.Context, m *managed) (*instance, error) {
-	if err := verifyChecksum(m.path); err != nil {
+// launch verifies (against lock, the lock file as read for this start, nil
+// when there is none, and the binary's .sha256 file), starts and describes
+// one plugin process. On error no process is left running.
+func (h *Host) launch(ctx context.Context, m *managed, lock *lockFile) (*instance, error) {
+	if err := verifyBinary(m.path, lock); err != nil {
 		return nil, err
 	}
 	cmd := exec.Command(m.path)
@@ -200,45 +198,6 @@ func (h *Host) handshakeAndDescribe(ctx context.Context, m *managed, client *gop
 	return inst, nil
 }
 
-// verifyChecksum hashes the binary afresh and compares it with
-// path.sha256 when that file exists.
-func verifyChecksum(path string) error {
-	sumPath := path + ChecksumSuffix
-	b, err := os.ReadFile(sumPath)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("read checksum: %w", err)
-	}
-	fields := strings.Fields(string(b))
-	if len(fields) == 0 {
-		return fmt.Errorf("checksum file %s is empty", sumPath)
-	}
-	want, err := hex.DecodeString(fields[0])
-	if err != nil || len(want) != sha256.Size {
-		return fmt.Errorf("checksum file %s: first field is not a sha256 hex digest", sumPath)
-	}
-	if len(fields) > 1 {
-		if named := strings.TrimPrefix(fields[1], "*"); filepath.Base(named) != filepath.Base(path) {
-			return fmt.Errorf("checksum file %s names %q, not %q", sumPath, named, filepath.Base(path))
-		}
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		return fmt.Errorf("open binary: %w", err)
-	}
-	defer f.Close()
-	hsh := sha256.New()
-	if _, err := io.Copy(hsh, f); err != nil {
-		return fmt.Errorf("hash binary: %w", err)
-	}
-	if got := hsh.Sum(nil); !slices.Equal(got, want) {
-		return fmt.Errorf("checksum mismatch: %s has sha256 %x, %s expects %x", filepath.Base(path), got, filepath.Base(sumPath), want)
-	}
-	return nil
-}
-
 // supervise waits for the process to exit and restarts it with backoff until
 // the host closes. It owns inst until it hands it to m.
 func (h *Host) supervise(m *managed, inst *instance) {
@@ -266,7 +225,7 @@ func (h *Host) supervise(m *managed, inst *instance) {
 			case <-t.C:
 			}
 			backoff = min(backoff*2, h.backoffCap)
-			next, err := h.launch(h.ctx, m)
+			next, err := h.relaunch(m)
 			if err != nil {
 				m.setErr(err)
 				m.log.Error("plugin restart failed", "error", err, "next_attempt_in", backoff)
@@ -291,6 +250,21 @@ func (h *Host) supervise(m *managed, inst *instance) {
 			break
 		}
 	}
+}
+
+// relaunch reads the lock file afresh and launches m again. A lock file
+// that existed at Start must still exist: removing it is no way to run a
+// binary it would refuse.
+func (h *Host) relaunch(m *managed) (*instance, error) {
+	lock, err := loadLock(h.dir)
+	if err != nil {
+		return nil, err
+	}
+	if lock == nil && h.lockedAtStart {
+		return nil, fmt.Errorf("plugins lock file %s existed when the engine started and is gone; put it back, or restart the engine to run without it",
+			filepath.Join(h.dir, LockFileName))
+	}
+	return h.launch(h.ctx, m, lock)
 }
 
 func sameTypes(a, b []resource.TypeDescriptor) bool {

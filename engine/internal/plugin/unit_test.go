@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"encoding/hex"
 	"os"
 	"path/filepath"
 	"strings"
@@ -37,7 +38,7 @@ func TestVerifyChecksumFormats(t *testing.T) {
 			if content != "" {
 				require.NoError(t, os.WriteFile(bin+ChecksumSuffix, []byte(content), 0o644))
 			}
-			err := verifyChecksum(bin)
+			err := verifyBinary(bin, nil)
 			if want == "" {
 				assert.NoError(t, err)
 				return
@@ -104,4 +105,30 @@ func TestRegistryListsEveryDuplicate(t *testing.T) {
 	_, ok := empty.Type("X")
 	assert.False(t, ok)
 	assert.Zero(t, empty.Len())
+}
+
+func TestParseLockFormats(t *testing.T) {
+	a := strings.Repeat("ab", 32)
+	b := strings.Repeat("CD", 32) // upper-case hex is accepted
+	content := "# comment\n\n  # indented comment\n" +
+		a + "  kds-plugin-a\n" + // sha256sum text mode
+		b + " *kds-plugin-b\r\n" + // binary mode, CRLF
+		strings.Repeat("01", 32) + "\tkds-plugin-c  \n" // a tab, trailing blanks
+	lf, err := parseLock("/p/kds-plugins.lock", []byte(content))
+	require.NoError(t, err)
+	require.Len(t, lf.entries, 3)
+	assert.Equal(t, 4, lf.entries["kds-plugin-a"].line)
+	assert.Equal(t, 5, lf.entries["kds-plugin-b"].line)
+	assert.Equal(t, strings.Repeat("cd", 32), hex.EncodeToString(lf.entries["kds-plugin-b"].sum))
+	assert.Equal(t, 6, lf.entries["kds-plugin-c"].line)
+
+	lf, err = parseLock("/p/kds-plugins.lock", nil)
+	require.NoError(t, err, "an empty lock file is valid: it lists no binary")
+	assert.Empty(t, lf.entries)
+
+	// Every bad line is reported, not only the first.
+	_, err = parseLock("/p/kds-plugins.lock", []byte("x  kds-plugin-a\n"+a+"  other\n"))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "plugins lock file /p/kds-plugins.lock, line 1: ")
+	assert.Contains(t, err.Error(), "plugins lock file /p/kds-plugins.lock, line 2: ")
 }
