@@ -1,6 +1,9 @@
 // Package engine runs one kds-engine role — global or zone — from a Config:
 // the plugin host, the store, the KDS transport and sync, and the admin API.
-// The CLI (cmd/kds-engine) builds a Config and calls New then Run.
+// The CLI (cmd/kds-engine) builds a Config and calls New then Run. A few
+// functions serve CLI commands that run no engine: GenerateZoneToken signs
+// zone tokens, WritePluginLock and CheckPluginLock write and check the
+// plugins directory's lock file.
 package engine
 
 import "time"

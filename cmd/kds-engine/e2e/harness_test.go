@@ -1,7 +1,7 @@
 // Package e2e runs the real kds-engine binary and the real plugin binaries
 // as separate processes and checks the documented behaviour end to end:
 // sync in both directions, crash recovery, CLI errors, the demo, metrics,
-// configuration errors and graceful shutdown.
+// configuration errors, graceful shutdown and the plugins lock file.
 //
 // TestMain builds the binaries once into a temporary directory. Every
 // process a test starts runs in its own process group and is killed, with

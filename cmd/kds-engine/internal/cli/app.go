@@ -1,12 +1,15 @@
 // Package cli is the kds-engine command line: the run commands (global,
-// zone), the client verbs (apply, get, delete, inspect, plugins, version)
+// zone), the client verbs (apply, get, delete, inspect, plugins list, version)
 // that talk to the admin API, token generate (signs zone tokens on global's
-// machine) and demo (a secured global and two zones in one process).
+// machine), plugins lock (writes or checks the plugins directory's lock
+// file) and demo (a secured global and two zones in one process).
 // docs/cli.md documents it.
 //
 // Exit codes: 0 success; 1 usage error (bad flags or arguments, invalid
 // configuration); 2 the operation failed (API error, API unreachable,
-// invalid input file, engine failure); 130 a second interrupt signal.
+// invalid input file, engine failure, a plugins lock that could not be
+// written or a --check that found a binary the engine would refuse); 130 a
+// second interrupt signal.
 package cli
 
 import (

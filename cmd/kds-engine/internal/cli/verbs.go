@@ -536,7 +536,7 @@ func (a *App) printConns(first string, conns []apitypes.Conn) error {
 func (a *App) pluginsCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "plugins",
-		Short: "Show the loaded plugins",
+		Short: "Show the loaded plugins, lock the plugin binaries",
 		Args:  cobra.NoArgs,
 	}
 	var output string
@@ -584,6 +584,6 @@ func (a *App) pluginsCommand() *cobra.Command {
 		fmt.Fprintf(a.Stdout, "(a server keeps at most %d responses per type in flight before their ACKs; the headroom covers requests for types this side does not know)\n", max(p.Buffer.Window, 1))
 		return nil
 	}
-	cmd.AddCommand(list)
+	cmd.AddCommand(list, a.pluginsLockCommand())
 	return cmd
 }
