@@ -131,7 +131,7 @@ func Serve(p Plugin) {
 }
 
 // PluginGCPercent is the garbage-collection target [TuneRuntime] sets.
-const PluginGCPercent = 400
+const PluginGCPercent = 200
 
 // TuneRuntime adapts the Go runtime to a plugin's work, a small live heap
 // with batch-sized bursts of short-lived garbage: unless the GOGC
