@@ -29,6 +29,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"unicode/utf8"
 
 	"github.com/santhosh-tekuri/jsonschema/v6"
 	"github.com/santhosh-tekuri/jsonschema/v6/kind"
@@ -329,8 +330,15 @@ func (v *Validator) envelope(p *fastjson.Parser, r *resource.Resource) (resource
 		}
 	}
 	spec, err := parseSpec(p, r.Spec)
-	if err != nil {
+	switch {
+	case err != nil:
 		add("spec", "not valid JSON: %v", err)
+	case !utf8.Valid(r.Spec):
+		add("spec", "not valid UTF-8 (at byte %d)", invalidUTF8At(r.Spec))
+	default:
+		if field := duplicateName(spec, "spec"); field != "" {
+			add(field, "appears more than once")
+		}
 	}
 	d, ok := v.reg.Type(r.Type)
 	switch {
@@ -388,6 +396,84 @@ func jsonProblem(spec []byte, parseErr error) error {
 }
 
 var emptyObject = []byte("{}")
+
+// invalidUTF8At returns the offset of the first byte of b that is not part
+// of valid UTF-8.
+func invalidUTF8At(b []byte) int {
+	for i := 0; i < len(b); {
+		r, n := utf8.DecodeRune(b[i:])
+		if r == utf8.RuneError && n <= 1 {
+			return i
+		}
+		i += n
+	}
+	return len(b)
+}
+
+// duplicateName returns the path of the first object member whose name
+// appeared before in the same object (names compared after unescaping), or
+// "". A spec with a name twice reads differently to different decoders
+// (encoding/json keeps the last, others the first or refuse it), so the
+// engine refuses it before the schema or a plugin sees it.
+func duplicateName(v *fastjson.Value, path string) string {
+	switch v.Type() {
+	case fastjson.TypeArray:
+		items, _ := v.Array()
+		for i, item := range items {
+			if t := item.Type(); t == fastjson.TypeObject || t == fastjson.TypeArray {
+				if d := duplicateName(item, path+"["+strconv.Itoa(i)+"]"); d != "" {
+					return d
+				}
+			}
+		}
+	case fastjson.TypeObject:
+		o, _ := v.Object()
+		var (
+			small [16][]byte // names seen, while there are few
+			n     int
+			many  map[string]struct{}
+			dup   string
+		)
+		o.Visit(func(k []byte, item *fastjson.Value) {
+			if dup != "" {
+				return
+			}
+			seen := false
+			if many != nil {
+				_, seen = many[string(k)]
+			} else {
+				for _, prev := range small[:n] {
+					if bytes.Equal(prev, k) {
+						seen = true
+						break
+					}
+				}
+			}
+			if seen {
+				dup = child(path, string(k))
+				return
+			}
+			switch {
+			case many != nil:
+				many[string(k)] = struct{}{}
+			case n < len(small):
+				small[n] = k
+				n++
+			default:
+				many = make(map[string]struct{}, 2*len(small))
+				for _, prev := range small {
+					many[string(prev)] = struct{}{}
+				}
+				many[string(k)] = struct{}{}
+			}
+			if t := item.Type(); t == fastjson.TypeObject || t == fastjson.TypeArray {
+				dup = duplicateName(item, child(path, string(k)))
+			}
+		})
+		return dup
+	}
+	return ""
+}
 
 // nameProblem describes what is wrong with a resource or mesh name, or
 // returns "": 1-253 characters of lower case letters, digits, '-' and '.',
