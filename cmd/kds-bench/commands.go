@@ -25,7 +25,7 @@ func syncCmd(g *globals) *cobra.Command {
 	}
 	cmd.Flags().IntSliceVar(&c.Ns, "n", []int{10000, 100000}, "resource counts")
 	cmd.Flags().IntVar(&c.Size, "size", 1024, "spec size in bytes")
-	cmd.Flags().IntVar(&c.Repeat, "repeat", 1, "runs per N, each with its own baseline; the verdict uses each path's median")
+	cmd.Flags().IntVar(&c.Repeat, "repeat", 5, "runs per N, each with its own baseline; the verdict uses each path's median (one run is too noisy to judge)")
 	return cmd
 }
 
