@@ -412,7 +412,10 @@ func TestLargeUpdateIsSplitAcrossMessages(t *testing.T) {
 	}
 	z := startNode(t, zoneConfig(t, "zone-1", g, Config{PluginsDir: lenientDir, MaxMessageSize: 256 << 10, MaxResourceSize: 64 << 10}))
 	eventually(t, func() bool { return len(list(z, "SyncPolicy")) == n }, "all arrive")
-	assert.GreaterOrEqual(t, zoneType(g, "zone-1", "SyncPolicy").ResponsesSent, uint64(7), "1.6 MB in 256 KiB messages")
+	ts := zoneType(g, "zone-1", "SyncPolicy")
+	assert.GreaterOrEqual(t, ts.ResponsesSent, uint64(7), "1.6 MB in 256 KiB messages")
+	assert.LessOrEqual(t, ts.LargestResponseBytes, 256<<10, "insights show the largest response, under the limit")
+	assert.Greater(t, ts.LargestResponseBytes, 160<<10, "responses are filled (four 40 KiB resources or more)")
 }
 
 func TestBothDirectionsLargeInitialSync(t *testing.T) {

@@ -173,8 +173,11 @@ type TypeState struct {
 	ResourcesSent     uint64 `json:"resourcesSent"`
 	ResourcesReceived uint64 `json:"resourcesReceived"`
 	ResponsesSent     uint64 `json:"responsesSent"`
-	ResponsesACKed    uint64 `json:"responsesAcked"`
-	ResponsesNACKed   uint64 `json:"responsesNacked"`
+	// LargestResponseBytes is the encoded size of the largest response
+	// this side sent for the type (never above the max message size).
+	LargestResponseBytes int    `json:"largestResponseBytes,omitempty"`
+	ResponsesACKed       uint64 `json:"responsesAcked"`
+	ResponsesNACKed      uint64 `json:"responsesNacked"`
 	// Unknown is set when the peer asked for (or sent) a type this side
 	// has no plugin for; Error then says so.
 	Unknown bool   `json:"unknown,omitempty"`

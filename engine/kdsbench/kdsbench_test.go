@@ -108,6 +108,8 @@ func TestModesSmoke(t *testing.T) {
 	assert.Positive(t, s.Figures["baseline_300_rps"])
 	assert.Positive(t, s.Figures["baseline_cold_300_seconds"], "the first (cold) client is reported too")
 	assert.Positive(t, s.Figures["g2z_300_ratio_cold"])
+	assert.Positive(t, s.Figures["g2z_300_largest_msg_bytes"], "the engine's largest response comes from insights")
+	assert.Positive(t, s.Figures["z2g_300_largest_msg_bytes"])
 
 	u, err := Update(ctx, o, UpdateConfig{N: 100, Updates: 10, Size: 256})
 	require.NoError(t, err)

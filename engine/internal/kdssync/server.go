@@ -3,6 +3,7 @@ package kdssync
 import (
 	"context"
 	"fmt"
+	"google.golang.org/protobuf/proto"
 	"slices"
 	"strconv"
 	"time"
@@ -300,8 +301,10 @@ func (ss *serverSession) sendNext(st *serveState) (bool, error) {
 	}
 	st.inflight = append(st.inflight, resp.Nonce)
 	held := len(st.known)
+	size := proto.Size(resp)
 	ss.record(st.typ, func(ts *insights.TypeState) {
 		ts.ResponsesSent++
+		ts.LargestResponseBytes = max(ts.LargestResponseBytes, size)
 		ts.ResourcesSent += uint64(sent)
 		ts.LastVersionSent = resp.SystemVersionInfo
 		ts.ResourcesHeld = held
