@@ -84,8 +84,10 @@ func startNode(t *testing.T, cfg Config) *node {
 	cfg.APIAddress = "127.0.0.1:0"
 	if cfg.Role == RoleGlobal {
 		cfg.KDSAddress = "127.0.0.1:0"
-		cfg.TLSCertFile, cfg.TLSKeyFile = certFile, keyFile
-	} else {
+		if cfg.TLSCertFile == "" {
+			cfg.TLSCertFile, cfg.TLSKeyFile = certFile, keyFile
+		}
+	} else if cfg.CAFile == "" {
 		cfg.CAFile = caFile
 	}
 	cfg.ReconnectBackoffBase = 50 * time.Millisecond

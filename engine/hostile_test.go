@@ -133,7 +133,7 @@ func tokenFor(t *testing.T, g *node, zone string) string {
 // tlsCreds trusts the test CA and presents no client certificate.
 func tlsCreds(t *testing.T) grpc.DialOption {
 	t.Helper()
-	tc, err := tlsutil.ClientConfig(caFile, "", "", "localhost")
+	tc, err := tlsutil.ClientConfig(caFile, "", "", "localhost", hclog.NewNullLogger())
 	require.NoError(t, err)
 	return grpc.WithTransportCredentials(credentials.NewTLS(tc))
 }

@@ -81,7 +81,7 @@ func (e *Engine) kdsServerOptions() ([]grpc.ServerOption, error) {
 		if e.cfg.TLSCertFile == "" || e.cfg.TLSKeyFile == "" {
 			return nil, errors.New("KDS TLS: set --tls-cert-file and --tls-key-file (or --insecure to run without TLS)")
 		}
-		tc, err := tlsutil.ServerConfig(e.cfg.TLSCertFile, e.cfg.TLSKeyFile, e.cfg.ClientCAFile)
+		tc, err := tlsutil.ServerConfig(e.cfg.TLSCertFile, e.cfg.TLSKeyFile, e.cfg.ClientCAFile, e.log.Named("kds-tls"))
 		if err != nil {
 			return nil, fmt.Errorf("KDS TLS: %w", err)
 		}
@@ -131,7 +131,7 @@ func (e *Engine) kdsDialOptions() ([]grpc.DialOption, error) {
 		if err != nil {
 			return nil, fmt.Errorf("global address %q: %w", e.cfg.GlobalAddress, err)
 		}
-		tc, err := tlsutil.ClientConfig(e.cfg.CAFile, e.cfg.CertFile, e.cfg.KeyFile, host)
+		tc, err := tlsutil.ClientConfig(e.cfg.CAFile, e.cfg.CertFile, e.cfg.KeyFile, host, e.log.Named("kds-tls"))
 		if err != nil {
 			return nil, fmt.Errorf("KDS TLS: %w", err)
 		}
@@ -165,9 +165,10 @@ func (e *Engine) apiServer(h http.Handler) (*http.Server, *tls.Config, error) {
 	if !tlsOn {
 		return srv, nil, nil
 	}
-	tc, err := tlsutil.ServerConfig(e.cfg.APITLSCertFile, e.cfg.APITLSKeyFile, "")
+	tc, err := tlsutil.ServerConfig(e.cfg.APITLSCertFile, e.cfg.APITLSKeyFile, "", e.log.Named("api-tls"))
 	if err != nil {
 		return nil, nil, fmt.Errorf("admin API TLS: %w", err)
 	}
 	return srv, tc, nil
 }
+

@@ -27,7 +27,7 @@ import (
 func TestTokenOverMutualTLS(t *testing.T) {
 	pki, err := tlsutil.GeneratePKI(filepath.Join(t.TempDir(), "pki"), []string{"localhost", "127.0.0.1"}, []string{"zone-a"})
 	require.NoError(t, err)
-	scfg, err := tlsutil.ServerConfig(pki.Server.CertFile, pki.Server.KeyFile, pki.CAFile)
+	scfg, err := tlsutil.ServerConfig(pki.Server.CertFile, pki.Server.KeyFile, pki.CAFile, hclog.NewNullLogger())
 	require.NoError(t, err)
 
 	iss := newIssuer(t, time.Now())
@@ -58,7 +58,7 @@ func TestTokenOverMutualTLS(t *testing.T) {
 	creds, err := NewTokenFileCredentials(e.tokenFile(t, tok))
 	require.NoError(t, err)
 	require.True(t, creds.RequireTransportSecurity())
-	ccfg, err := tlsutil.ClientConfig(pki.CAFile, pki.Clients["zone-a"].CertFile, pki.Clients["zone-a"].KeyFile, "")
+	ccfg, err := tlsutil.ClientConfig(pki.CAFile, pki.Clients["zone-a"].CertFile, pki.Clients["zone-a"].KeyFile, "127.0.0.1", hclog.NewNullLogger())
 	require.NoError(t, err)
 
 	session := func(zone string) (string, error) {

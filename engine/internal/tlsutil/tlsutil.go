@@ -1,20 +1,58 @@
-// Package tlsutil builds the TLS configurations of the KDS connection —
-// global's listener (optionally requiring client certificates: mTLS) and the
-// zone's dialer — from PEM files, and generates a small self-contained PKI
-// (a CA, a server certificate, client certificates) for demos and tests.
+// Package tlsutil builds the TLS configurations kds-engine uses — global's
+// KDS listener (optionally requiring client certificates: mTLS), the zone's
+// dialer and the admin API listener — from PEM files, and generates a small
+// self-contained PKI (a CA, a server certificate, client certificates) for
+// demos and tests.
 //
 // Both sides require TLS 1.2 or newer; TLS 1.3 is negotiated whenever both
 // ends support it. Errors name the file involved and what is wrong with it.
+//
+// # Reloading
+//
+// The configs follow their files: certificates and keys, client CA files and
+// CA files can be replaced while the process runs, and the next handshake
+// uses the new ones. A handshake looks at the files again (a stat, no read)
+// once the check interval (DefaultCheckInterval, WithCheckInterval) has
+// passed since the last look, and reloads them when a file's size,
+// modification time or inode changed. Stat follows symlinks, so files
+// replaced by rename and Kubernetes secret volumes (whose ..data symlink is
+// swapped) are noticed as well as files rewritten in place. A file
+// rewritten in place with the same size within the file system's timestamp
+// granularity of the last look is noticed only when it changes again:
+// replace files by rename where possible.
+//
+// Contracts:
+//
+//   - A config returned without error has usable material, and keeps it:
+//     new files that cannot be used — missing, unparsable, expired, a
+//     certificate whose key does not match (say the certificate was written
+//     and the key not yet) — are not adopted; the previous material stays in
+//     use and a warning naming the files and the reason is logged once per
+//     change. The next change is tried again, so a pair written as two files
+//     is adopted once both are there.
+//   - Successful reloads are logged at info with the file and each new
+//     certificate's subject, serial and expiry (the first load at debug), and
+//     reported to WithOnLoad.
+//   - Only new handshakes see new material. TLS connections already up keep
+//     the session they negotiated (TLS does not re-handshake).
+//   - Verification is as strict as Go's standard verification against the
+//     current CA file: chain, expiry and key usage; on the client also the
+//     server name.
+//   - No goroutines: all work happens in the handshakes.
 package tlsutil
 
 import (
+	"crypto/fips140"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
+	"sync/atomic"
 	"time"
+
+	"github.com/hashicorp/go-hclog"
 )
 
 // MinVersion is the oldest TLS version either side accepts.
@@ -24,29 +62,58 @@ const MinVersion = tls.VersionTLS12
 // certificate chain in certFile with the private key in keyFile (PEM). When
 // clientCAFile is non-empty the listener requires every client to present a
 // certificate that verifies against the CA certificates in that file (mTLS);
-// otherwise client certificates are not requested.
+// otherwise client certificates are not requested. All three files are
+// reloaded when they change (see the package documentation); log receives
+// the reload messages (nil discards them).
 //
-// The returned config is new and owned by the caller.
-func ServerConfig(certFile, keyFile, clientCAFile string) (*tls.Config, error) {
+// The returned config is new and owned by the caller. With a client CA file,
+// each handshake runs with a copy of it (made at the first handshake after a
+// CA reload) that holds the current CA certificates, returned by its
+// GetConfigForClient: change the returned config before it is first used,
+// not a copy of it (gRPC's credentials.NewTLS, which adds its ALPN protocol
+// to its copy and to what GetConfigForClient returns, is fine).
+func ServerConfig(certFile, keyFile, clientCAFile string, log hclog.Logger, opts ...Option) (*tls.Config, error) {
 	if certFile == "" || keyFile == "" {
 		return nil, errors.New("TLS server needs both a certificate file (--tls-cert-file) and a key file (--tls-key-file)")
 	}
-	cert, err := loadKeyPair(certFile, keyFile)
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	o := newOptions(opts)
+	pair, err := watchKeyPair(certFile, keyFile, log, o)
 	if err != nil {
 		return nil, err
 	}
 	cfg := &tls.Config{
-		MinVersion:   MinVersion,
-		Certificates: []tls.Certificate{cert},
-		ClientAuth:   tls.NoClientCert,
+		MinVersion: MinVersion,
+		ClientAuth: tls.NoClientCert,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			return pair.current(), nil
+		},
 	}
-	if clientCAFile != "" {
-		pool, err := loadCertPool(clientCAFile, "client CA file")
-		if err != nil {
-			return nil, err
+	if clientCAFile == "" {
+		return cfg, nil
+	}
+	cas, err := watchCAs(clientCAFile, "client CA file", log, o)
+	if err != nil {
+		return nil, err
+	}
+	cfg.ClientAuth = tls.RequireAndVerifyClientCert
+	cfg.ClientCAs = cas.current().pool
+	// Go verifies the client's certificate against the ClientCAs of the
+	// config the handshake runs with, so each handshake gets a config with
+	// the current pool; one copy per pool, made when first needed.
+	var forPool atomic.Pointer[tls.Config]
+	cfg.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
+		pool := cas.current().pool
+		if c := forPool.Load(); c != nil && c.ClientCAs == pool {
+			return c, nil
 		}
-		cfg.ClientCAs = pool
-		cfg.ClientAuth = tls.RequireAndVerifyClientCert
+		c := cfg.Clone()
+		c.ClientCAs = pool
+		c.GetConfigForClient = nil
+		forPool.Store(c)
+		return c, nil
 	}
 	return cfg, nil
 }
@@ -54,33 +121,91 @@ func ServerConfig(certFile, keyFile, clientCAFile string) (*tls.Config, error) {
 // ClientConfig returns the TLS configuration for dialing a server. caFile
 // holds the CA certificates the server's certificate must verify against;
 // empty means the system roots. certFile and keyFile are the client's own
-// certificate for mTLS: both or neither. serverName, when set, is the name
-// the server certificate must be valid for (instead of the dialed host).
+// certificate for mTLS: both or neither. serverName is the name the server
+// certificate must be valid for (a DNS name or an IP address); it is
+// required with caFile, and without caFile empty means the dialed host.
+// caFile, certFile and keyFile are reloaded when they change (see the
+// package documentation); log receives the reload messages (nil discards
+// them).
+//
+// With caFile, the returned config verifies the server itself, in
+// VerifyConnection, against the CA certificates the file holds at the
+// handshake, exactly as Go would (chain, expiry, key usage and serverName);
+// InsecureSkipVerify is set only to hand verification to it, and
+// ConnectionState.VerifiedChains stays empty. In FIPS 140-3 mode, where Go
+// restricts verified chains further, the CA file is instead read once and
+// Go's own verification is used. Do not clear VerifyConnection.
 //
 // The returned config is new and owned by the caller.
-func ClientConfig(caFile, certFile, keyFile, serverName string) (*tls.Config, error) {
+func ClientConfig(caFile, certFile, keyFile, serverName string, log hclog.Logger, opts ...Option) (*tls.Config, error) {
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	o := newOptions(opts)
 	cfg := &tls.Config{
 		MinVersion: MinVersion,
 		ServerName: serverName,
 	}
 	if caFile != "" {
-		pool, err := loadCertPool(caFile, "CA file")
+		if serverName == "" {
+			return nil, fmt.Errorf("TLS client with CA file %s: no server name given; pass the name the server's certificate must be valid for", caFile)
+		}
+		cas, err := watchCAs(caFile, "CA file", log, o)
 		if err != nil {
 			return nil, err
 		}
-		cfg.RootCAs = pool
+		if fips140.Enabled() {
+			log.Info("FIPS 140-3 mode: the CA file is read at start only; restart to use a changed one", "file", caFile)
+			cfg.RootCAs = cas.current().pool
+		} else {
+			cfg.InsecureSkipVerify = true //nolint:gosec // VerifyConnection verifies against the current CA file
+			cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+				return verifyServer(cs.PeerCertificates, cas.current().pool, serverName)
+			}
+		}
 	}
 	switch {
 	case certFile != "" && keyFile != "":
-		cert, err := loadKeyPair(certFile, keyFile)
+		pair, err := watchKeyPair(certFile, keyFile, log, o)
 		if err != nil {
 			return nil, err
 		}
-		cfg.Certificates = []tls.Certificate{cert}
+		cfg.GetClientCertificate = func(cri *tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			// What Go does with Config.Certificates: send the certificate
+			// only if the server's request allows it, else none.
+			c := pair.current()
+			if cri.SupportsCertificate(c) != nil {
+				return &tls.Certificate{}, nil
+			}
+			return c, nil
+		}
 	case certFile != "" || keyFile != "":
 		return nil, fmt.Errorf("client certificate needs both a certificate file (--cert-file, got %q) and a key file (--key-file, got %q)", certFile, keyFile)
 	}
 	return cfg, nil
+}
+
+// verifyServer is Go's verification of a server's certificate chain
+// (crypto/tls verifyServerCertificate): certs[0] must chain to roots through
+// the other certificates, be valid now, allow server authentication and be
+// valid for name.
+func verifyServer(certs []*x509.Certificate, roots *x509.CertPool, name string) error {
+	if len(certs) == 0 {
+		return errors.New("tls: server presented no certificate")
+	}
+	opts := x509.VerifyOptions{
+		Roots:         roots,
+		DNSName:       name,
+		Intermediates: x509.NewCertPool(),
+		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	for _, c := range certs[1:] {
+		opts.Intermediates.AddCert(c)
+	}
+	if _, err := certs[0].Verify(opts); err != nil {
+		return &tls.CertificateVerificationError{UnverifiedCertificates: certs, Err: err}
+	}
+	return nil
 }
 
 func loadKeyPair(certFile, keyFile string) (tls.Certificate, error) {
@@ -99,27 +224,15 @@ func loadKeyPair(certFile, keyFile string) (tls.Certificate, error) {
 	if err != nil {
 		return tls.Certificate{}, fmt.Errorf("TLS certificate %s with key %s: %w", certFile, keyFile, err)
 	}
-	leaf := cert.Leaf
-	if leaf == nil {
-		if leaf, err = x509.ParseCertificate(cert.Certificate[0]); err != nil {
+	if cert.Leaf == nil {
+		if cert.Leaf, err = x509.ParseCertificate(cert.Certificate[0]); err != nil {
 			return tls.Certificate{}, fmt.Errorf("TLS certificate file %s: %w", certFile, err)
 		}
 	}
+	leaf := cert.Leaf
 	if now := time.Now(); now.After(leaf.NotAfter) {
 		return tls.Certificate{}, fmt.Errorf("TLS certificate file %s expired at %s; renew it",
 			certFile, leaf.NotAfter.UTC().Format(time.RFC3339))
 	}
 	return cert, nil
-}
-
-func loadCertPool(path, what string) (*x509.CertPool, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", what, err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(data) {
-		return nil, fmt.Errorf("%s %s: no PEM certificates found", what, path)
-	}
-	return pool, nil
 }

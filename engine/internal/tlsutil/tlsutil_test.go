@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
@@ -33,11 +34,16 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
+// quiet discards the reload log of tests that do not look at it.
+var quiet = hclog.NewNullLogger()
+
 type server struct {
 	addr  string
 	calls atomic.Int32
 	// peerCN is the common name of the last verified client certificate.
 	peerCN atomic.Value
+	// peerSerial is the serial number (hex) of that certificate.
+	peerSerial atomic.Value
 }
 
 // serve runs a gRPC health server over real TCP loopback with cfg.
@@ -51,6 +57,7 @@ func serve(t *testing.T, cfg *tls.Config) *server {
 		if p, ok := peer.FromContext(ctx); ok {
 			if info, ok := p.AuthInfo.(credentials.TLSInfo); ok && len(info.State.PeerCertificates) > 0 {
 				s.peerCN.Store(info.State.PeerCertificates[0].Subject.CommonName)
+				s.peerSerial.Store(serial(info.State.PeerCertificates[0]))
 			}
 		}
 		return handler(ctx, req)
@@ -156,12 +163,12 @@ func TestGeneratePKIRejectsBadInput(t *testing.T) {
 
 func TestTLSWithCA(t *testing.T) {
 	pki := genPKI(t)
-	scfg, err := ServerConfig(pki.Server.CertFile, pki.Server.KeyFile, "")
+	scfg, err := ServerConfig(pki.Server.CertFile, pki.Server.KeyFile, "", quiet)
 	require.NoError(t, err)
 	assert.Equal(t, uint16(tls.VersionTLS12), scfg.MinVersion)
 	s := serve(t, scfg)
 
-	ccfg, err := ClientConfig(pki.CAFile, "", "", "")
+	ccfg, err := ClientConfig(pki.CAFile, "", "", "127.0.0.1", quiet)
 	require.NoError(t, err)
 	p, err := check(t, s.addr, credentials.NewTLS(ccfg))
 	require.NoError(t, err)
@@ -170,7 +177,7 @@ func TestTLSWithCA(t *testing.T) {
 	assert.Equal(t, uint16(tls.VersionTLS13), info.State.Version, "TLS 1.3 when both ends support it")
 
 	// TLS 1.2 clients are still served.
-	ccfg12, err := ClientConfig(pki.CAFile, "", "", "")
+	ccfg12, err := ClientConfig(pki.CAFile, "", "", "127.0.0.1", quiet)
 	require.NoError(t, err)
 	ccfg12.MaxVersion = tls.VersionTLS12
 	p, err = check(t, s.addr, credentials.NewTLS(ccfg12))
@@ -178,12 +185,14 @@ func TestTLSWithCA(t *testing.T) {
 	assert.Equal(t, uint16(tls.VersionTLS12), p.AuthInfo.(credentials.TLSInfo).State.Version)
 
 	// Older versions are not.
-	old := &tls.Config{RootCAs: ccfg.RootCAs, MinVersion: tls.VersionTLS10, MaxVersion: tls.VersionTLS11} //nolint:gosec // testing refusal
+	roots := x509.NewCertPool()
+	roots.AddCert(readCert(t, pki.CAFile))
+	old := &tls.Config{RootCAs: roots, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS10, MaxVersion: tls.VersionTLS11} //nolint:gosec // testing refusal
 	_, err = check(t, s.addr, credentials.NewTLS(old))
 	assertUnavailable(t, err)
 
 	// The server name can be set explicitly.
-	named, err := ClientConfig(pki.CAFile, "", "", "localhost")
+	named, err := ClientConfig(pki.CAFile, "", "", "localhost", quiet)
 	require.NoError(t, err)
 	_, err = check(t, s.addr, credentials.NewTLS(named))
 	require.NoError(t, err)
@@ -192,7 +201,7 @@ func TestTLSWithCA(t *testing.T) {
 
 func TestPlaintextClientAgainstTLSListenerFails(t *testing.T) {
 	pki := genPKI(t)
-	scfg, err := ServerConfig(pki.Server.CertFile, pki.Server.KeyFile, "")
+	scfg, err := ServerConfig(pki.Server.CertFile, pki.Server.KeyFile, "", quiet)
 	require.NoError(t, err)
 	s := serve(t, scfg)
 
@@ -204,16 +213,16 @@ func TestPlaintextClientAgainstTLSListenerFails(t *testing.T) {
 func TestClientRefusesUntrustedOrMisnamedServer(t *testing.T) {
 	pki := genPKI(t)
 	other := genPKI(t)
-	scfg, err := ServerConfig(pki.Server.CertFile, pki.Server.KeyFile, "")
+	scfg, err := ServerConfig(pki.Server.CertFile, pki.Server.KeyFile, "", quiet)
 	require.NoError(t, err)
 	s := serve(t, scfg)
 
-	wrongCA, err := ClientConfig(other.CAFile, "", "", "")
+	wrongCA, err := ClientConfig(other.CAFile, "", "", "127.0.0.1", quiet)
 	require.NoError(t, err)
 	_, err = check(t, s.addr, credentials.NewTLS(wrongCA))
 	assertUnavailable(t, err, "certificate")
 
-	wrongName, err := ClientConfig(pki.CAFile, "", "", "global.example.com")
+	wrongName, err := ClientConfig(pki.CAFile, "", "", "global.example.com", quiet)
 	require.NoError(t, err)
 	_, err = check(t, s.addr, credentials.NewTLS(wrongName))
 	assertUnavailable(t, err, "global.example.com")
@@ -223,23 +232,23 @@ func TestClientRefusesUntrustedOrMisnamedServer(t *testing.T) {
 func TestMutualTLS(t *testing.T) {
 	pki := genPKI(t, "zone-a")
 	other := genPKI(t, "zone-a")
-	scfg, err := ServerConfig(pki.Server.CertFile, pki.Server.KeyFile, pki.CAFile)
+	scfg, err := ServerConfig(pki.Server.CertFile, pki.Server.KeyFile, pki.CAFile, quiet)
 	require.NoError(t, err)
 	assert.Equal(t, tls.RequireAndVerifyClientCert, scfg.ClientAuth)
 	s := serve(t, scfg)
 
-	good, err := ClientConfig(pki.CAFile, pki.Clients["zone-a"].CertFile, pki.Clients["zone-a"].KeyFile, "")
+	good, err := ClientConfig(pki.CAFile, pki.Clients["zone-a"].CertFile, pki.Clients["zone-a"].KeyFile, "127.0.0.1", quiet)
 	require.NoError(t, err)
 	_, err = check(t, s.addr, credentials.NewTLS(good))
 	require.NoError(t, err)
 	assert.Equal(t, "zone-a", s.peerCN.Load())
 
-	noCert, err := ClientConfig(pki.CAFile, "", "", "")
+	noCert, err := ClientConfig(pki.CAFile, "", "", "127.0.0.1", quiet)
 	require.NoError(t, err)
 	_, err = check(t, s.addr, credentials.NewTLS(noCert))
 	assertUnavailable(t, err)
 
-	foreign, err := ClientConfig(pki.CAFile, other.Clients["zone-a"].CertFile, other.Clients["zone-a"].KeyFile, "")
+	foreign, err := ClientConfig(pki.CAFile, other.Clients["zone-a"].CertFile, other.Clients["zone-a"].KeyFile, "127.0.0.1", quiet)
 	require.NoError(t, err)
 	_, err = check(t, s.addr, credentials.NewTLS(foreign))
 	assertUnavailable(t, err)
@@ -254,37 +263,37 @@ func TestConfigErrorsNameTheFile(t *testing.T) {
 	empty := filepath.Join(dir, "empty.pem")
 	require.NoError(t, os.WriteFile(empty, []byte("nothing here"), 0o600))
 
-	_, err := ServerConfig("", pki.Server.KeyFile, "")
+	_, err := ServerConfig("", pki.Server.KeyFile, "", quiet)
 	assert.ErrorContains(t, err, "--tls-cert-file")
 
-	_, err = ServerConfig(missing, pki.Server.KeyFile, "")
+	_, err = ServerConfig(missing, pki.Server.KeyFile, "", quiet)
 	assert.ErrorContains(t, err, missing)
 	assert.ErrorIs(t, err, os.ErrNotExist)
 
-	_, err = ServerConfig(pki.Server.CertFile, filepath.Join(dir, "missing.key"), "")
+	_, err = ServerConfig(pki.Server.CertFile, filepath.Join(dir, "missing.key"), "", quiet)
 	assert.ErrorContains(t, err, "missing.key")
 
-	_, err = ServerConfig(empty, pki.Server.KeyFile, "")
+	_, err = ServerConfig(empty, pki.Server.KeyFile, "", quiet)
 	assert.ErrorContains(t, err, empty)
 	assert.ErrorContains(t, err, "no PEM CERTIFICATE")
 
 	// A certificate with someone else's key.
-	_, err = ServerConfig(pki.Server.CertFile, pki.Clients["zone-a"].KeyFile, "")
+	_, err = ServerConfig(pki.Server.CertFile, pki.Clients["zone-a"].KeyFile, "", quiet)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), pki.Server.CertFile)
 	assert.Contains(t, err.Error(), pki.Clients["zone-a"].KeyFile)
 
-	_, err = ServerConfig(pki.Server.CertFile, pki.Server.KeyFile, empty)
+	_, err = ServerConfig(pki.Server.CertFile, pki.Server.KeyFile, empty, quiet)
 	assert.ErrorContains(t, err, "client CA file "+empty+": no PEM certificates found")
 
-	_, err = ClientConfig(empty, "", "", "")
+	_, err = ClientConfig(empty, "", "", "localhost", quiet)
 	assert.ErrorContains(t, err, "CA file "+empty)
 
-	_, err = ClientConfig(pki.CAFile, pki.Clients["zone-a"].CertFile, "", "")
+	_, err = ClientConfig(pki.CAFile, pki.Clients["zone-a"].CertFile, "", "127.0.0.1", quiet)
 	assert.ErrorContains(t, err, "--key-file")
 
 	// No CA file: the system roots are used.
-	cfg, err := ClientConfig("", "", "", "")
+	cfg, err := ClientConfig("", "", "", "", quiet)
 	require.NoError(t, err)
 	assert.Nil(t, cfg.RootCAs)
 }
@@ -314,7 +323,7 @@ func TestExpiredCertificateIsRefusedAtLoad(t *testing.T) {
 	kp := KeyPair{CertFile: filepath.Join(dir, "old.crt"), KeyFile: filepath.Join(dir, "old.key")}
 	require.NoError(t, writePair(kp.CertFile, kp.KeyFile, der, key))
 
-	_, err = ServerConfig(kp.CertFile, kp.KeyFile, "")
+	_, err = ServerConfig(kp.CertFile, kp.KeyFile, "", quiet)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), kp.CertFile)
 	assert.Contains(t, err.Error(), "expired at")

@@ -1,0 +1,118 @@
+package engine
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// copyTo copies src to dir/name by writing a temporary file and renaming
+// it over the target, the way certificate tools replace files.
+func copyTo(t *testing.T, src, dir, name string) string {
+	t.Helper()
+	data, err := os.ReadFile(src)
+	require.NoError(t, err)
+	dst := filepath.Join(dir, name)
+	require.NoError(t, os.WriteFile(dst+".tmp", data, 0o600))
+	require.NoError(t, os.Rename(dst+".tmp", dst))
+	return dst
+}
+
+// concat writes the contents of srcs into dir/name (by rename).
+func concat(t *testing.T, dir, name string, srcs ...string) string {
+	t.Helper()
+	var all []byte
+	for _, s := range srcs {
+		data, err := os.ReadFile(s)
+		require.NoError(t, err)
+		all = append(all, data...)
+	}
+	dst := filepath.Join(dir, name)
+	require.NoError(t, os.WriteFile(dst+".tmp", all, 0o600))
+	require.NoError(t, os.Rename(dst+".tmp", dst))
+	return dst
+}
+
+func leafOf(t *testing.T, certPath string) *x509.Certificate {
+	t.Helper()
+	c, err := tls.LoadX509KeyPair(certPath, certPath[:len(certPath)-len(".crt")]+".key")
+	require.NoError(t, err)
+	return c.Leaf
+}
+
+// A running global serves certificates replaced on disk on its KDS port
+// and admin API, accepts zone certificates from a CA added to its client CA
+// file, and keeps the zone's session up meanwhile.
+func TestRunningGlobalPicksUpRotatedCertificates(t *testing.T) {
+	caA, certA, keyA, clientsA, err := GenerateDemoPKI(filepath.Join(t.TempDir(), "a"), []string{"zone-a"})
+	require.NoError(t, err)
+	caB, certB, keyB, _, err := GenerateDemoPKI(filepath.Join(t.TempDir(), "b"), nil)
+	require.NoError(t, err)
+
+	live := t.TempDir()
+	g := startNode(t, Config{Role: RoleGlobal, PluginsDir: builtinDir,
+		TLSCertFile: copyTo(t, certA, live, "kds.crt"), TLSKeyFile: copyTo(t, keyA, live, "kds.key"),
+		ClientCAFile:   copyTo(t, caA, live, "client-ca.crt"),
+		APITLSCertFile: copyTo(t, certA, live, "api.crt"), APITLSKeyFile: copyTo(t, keyA, live, "api.key")})
+	zone := startNode(t, zoneConfig(t, "zone-a", g, Config{PluginsDir: builtinDir, CAFile: caA,
+		CertFile: clientsA["zone-a"][0], KeyFile: clientsA["zone-a"][1]}))
+	create(t, g, meshTimeout("before", "1s"))
+	eventually(t, func() bool { return find(zone, meshTimeout("before", "").Key()) != nil }, "zone syncs before the rotation")
+
+	newLeaf := leafOf(t, certB)
+
+	concat(t, live, "client-ca.crt", caA, caB)
+	copyTo(t, keyB, live, "kds.key")
+	copyTo(t, certB, live, "kds.crt")
+	copyTo(t, keyB, live, "api.key")
+	copyTo(t, certB, live, "api.crt")
+
+	both := x509.NewCertPool()
+	for _, f := range []string{caA, caB} {
+		data, err := os.ReadFile(f)
+		require.NoError(t, err)
+		require.True(t, both.AppendCertsFromPEM(data))
+	}
+	zoneCert, err := tls.LoadX509KeyPair(clientsA["zone-a"][0], clientsA["zone-a"][1])
+	require.NoError(t, err)
+	presented := func(addr string, protos ...string) string {
+		d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: 5 * time.Second}, Config: &tls.Config{
+			RootCAs: both, ServerName: "localhost", NextProtos: protos, Certificates: []tls.Certificate{zoneCert}, MinVersion: tls.VersionTLS12}}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		conn, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return err.Error()
+		}
+		defer conn.Close()
+		return conn.(*tls.Conn).ConnectionState().PeerCertificates[0].SerialNumber.String()
+	}
+	kdsAddr := "127.0.0.1:" + portOf(g.e.KDSAddr().String())
+	apiAddr := g.e.APIAddr().String()
+	want := newLeaf.SerialNumber.String()
+	require.Eventually(t, func() bool { return presented(kdsAddr, "h2") == want }, 30*time.Second, 50*time.Millisecond,
+		"the KDS port presents the new certificate (last: %s)", presented(kdsAddr, "h2"))
+	require.Eventually(t, func() bool { return presented(apiAddr) == want }, 30*time.Second, 50*time.Millisecond,
+		"the admin API presents the new certificate")
+
+	// The admin API still answers over the new certificate.
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: both, MinVersion: tls.VersionTLS12}}}
+	resp, err := client.Get("https://localhost:" + portOf(apiAddr) + "/healthz")
+	require.NoError(t, err)
+	resp.Body.Close()
+	assert.Equal(t, http.StatusOK, resp.StatusCode)
+
+	// The zone's session was not interrupted.
+	create(t, g, meshTimeout("after", "2s"))
+	eventually(t, func() bool { return find(zone, meshTimeout("after", "").Key()) != nil }, "zone syncs after the rotation")
+	assert.Equal(t, 1.0, metricSum(t, g, "kds_sessions_started_total", "zone-a"), "one session from start to end")
+}
