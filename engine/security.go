@@ -81,7 +81,8 @@ func (e *Engine) kdsServerOptions() ([]grpc.ServerOption, error) {
 		if e.cfg.TLSCertFile == "" || e.cfg.TLSKeyFile == "" {
 			return nil, errors.New("KDS TLS: set --tls-cert-file and --tls-key-file (or --insecure to run without TLS)")
 		}
-		tc, err := tlsutil.ServerConfig(e.cfg.TLSCertFile, e.cfg.TLSKeyFile, e.cfg.ClientCAFile, e.log.Named("kds-tls"))
+		tc, err := tlsutil.ServerConfig(e.cfg.TLSCertFile, e.cfg.TLSKeyFile, e.cfg.ClientCAFile, e.log.Named("kds-tls"),
+			tlsutil.WithOnLoad(e.certificateExpiry("tls-cert-file", "client-ca-file")))
 		if err != nil {
 			return nil, fmt.Errorf("KDS TLS: %w", err)
 		}
@@ -131,7 +132,8 @@ func (e *Engine) kdsDialOptions() ([]grpc.DialOption, error) {
 		if err != nil {
 			return nil, fmt.Errorf("global address %q: %w", e.cfg.GlobalAddress, err)
 		}
-		tc, err := tlsutil.ClientConfig(e.cfg.CAFile, e.cfg.CertFile, e.cfg.KeyFile, host, e.log.Named("kds-tls"))
+		tc, err := tlsutil.ClientConfig(e.cfg.CAFile, e.cfg.CertFile, e.cfg.KeyFile, host, e.log.Named("kds-tls"),
+			tlsutil.WithOnLoad(e.certificateExpiry("cert-file", "ca-file")))
 		if err != nil {
 			return nil, fmt.Errorf("KDS TLS: %w", err)
 		}
@@ -165,10 +167,23 @@ func (e *Engine) apiServer(h http.Handler) (*http.Server, *tls.Config, error) {
 	if !tlsOn {
 		return srv, nil, nil
 	}
-	tc, err := tlsutil.ServerConfig(e.cfg.APITLSCertFile, e.cfg.APITLSKeyFile, "", e.log.Named("api-tls"))
+	tc, err := tlsutil.ServerConfig(e.cfg.APITLSCertFile, e.cfg.APITLSKeyFile, "", e.log.Named("api-tls"),
+		tlsutil.WithOnLoad(e.certificateExpiry("api-tls-cert-file", "")))
 	if err != nil {
 		return nil, nil, fmt.Errorf("admin API TLS: %w", err)
 	}
 	return srv, tc, nil
 }
 
+// certificateExpiry returns a tlsutil.WithOnLoad callback that records the
+// expiry of the certificates in use under the setting that names their
+// file: certSetting for a certificate and key, caSetting for a CA file.
+func (e *Engine) certificateExpiry(certSetting, caSetting string) func(tlsutil.Loaded) {
+	return func(l tlsutil.Loaded) {
+		setting := certSetting
+		if l.CA {
+			setting = caSetting
+		}
+		e.metrics.SetCertificateExpiry(setting, l.NotAfter)
+	}
+}

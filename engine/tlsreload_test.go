@@ -49,6 +49,26 @@ func leafOf(t *testing.T, certPath string) *x509.Certificate {
 	return c.Leaf
 }
 
+// metricValue is the gauge value of name with label setting on n.
+func metricValue(t *testing.T, n *node, name, setting string) (float64, bool) {
+	t.Helper()
+	mfs, err := n.e.promReg.Gather()
+	require.NoError(t, err)
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "setting" && l.GetValue() == setting {
+					return m.GetGauge().GetValue(), true
+				}
+			}
+		}
+	}
+	return 0, false
+}
+
 // A running global serves certificates replaced on disk on its KDS port
 // and admin API, accepts zone certificates from a CA added to its client CA
 // file, and keeps the zone's session up meanwhile.
@@ -68,7 +88,17 @@ func TestRunningGlobalPicksUpRotatedCertificates(t *testing.T) {
 	create(t, g, meshTimeout("before", "1s"))
 	eventually(t, func() bool { return find(zone, meshTimeout("before", "").Key()) != nil }, "zone syncs before the rotation")
 
-	newLeaf := leafOf(t, certB)
+	const expiry = "kds_tls_certificate_expiry_timestamp_seconds"
+	oldLeaf, newLeaf := leafOf(t, certA), leafOf(t, certB)
+	v, ok := metricValue(t, g, expiry, "tls-cert-file")
+	require.True(t, ok)
+	assert.Equal(t, float64(oldLeaf.NotAfter.Unix()), v)
+	_, ok = metricValue(t, g, expiry, "client-ca-file")
+	assert.True(t, ok)
+	_, ok = metricValue(t, zone, expiry, "ca-file")
+	assert.True(t, ok)
+	_, ok = metricValue(t, zone, expiry, "cert-file")
+	assert.True(t, ok)
 
 	concat(t, live, "client-ca.crt", caA, caB)
 	copyTo(t, keyB, live, "kds.key")
@@ -110,6 +140,11 @@ func TestRunningGlobalPicksUpRotatedCertificates(t *testing.T) {
 	require.NoError(t, err)
 	resp.Body.Close()
 	assert.Equal(t, http.StatusOK, resp.StatusCode)
+
+	v, _ = metricValue(t, g, expiry, "tls-cert-file")
+	assert.Equal(t, float64(newLeaf.NotAfter.Unix()), v)
+	v, _ = metricValue(t, g, expiry, "api-tls-cert-file")
+	assert.Equal(t, float64(newLeaf.NotAfter.Unix()), v)
 
 	// The zone's session was not interrupted.
 	create(t, g, meshTimeout("after", "2s"))

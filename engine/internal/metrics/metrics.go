@@ -67,6 +67,7 @@ type Metrics struct {
 	pluginUp         *prometheus.GaugeVec
 	validation       *prometheus.HistogramVec
 	authRefused      *prometheus.CounterVec
+	certExpiry       *prometheus.GaugeVec
 }
 
 // New creates the collectors and registers them with reg. A nil reg
@@ -136,6 +137,9 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 		authRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kds_auth_refused_total", Help: "Zone sessions refused by authentication or the session rate limit, by reason.",
 		}, []string{"reason"}),
+		certExpiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kds_tls_certificate_expiry_timestamp_seconds", Help: "When the TLS certificate in use expires (Unix time), by the setting naming its file; for a CA file the earliest of its certificates.",
+		}, []string{"setting"}),
 	}
 	if reg == nil {
 		return m, nil
@@ -159,6 +163,7 @@ func (m *Metrics) collectors() []prometheus.Collector {
 		m.sessionsStarted, m.sessionsEnded, m.sessionConnected,
 		m.responsesSent, m.responsesACKed, m.responsesNACKed,
 		m.resources, m.pluginRestarts, m.pluginUp, m.validation, m.authRefused,
+		m.certExpiry,
 	}
 }
 
@@ -347,4 +352,14 @@ func (m *Metrics) ObserveValidation(plugin string, d time.Duration) {
 		return
 	}
 	m.validation.WithLabelValues(plugin).Observe(d.Seconds())
+}
+
+// SetCertificateExpiry records when the certificate in use from the file
+// named by setting (a flag name such as "tls-cert-file") expires. The
+// settings are a fixed set, so the label stays bounded.
+func (m *Metrics) SetCertificateExpiry(setting string, notAfter time.Time) {
+	if m == nil {
+		return
+	}
+	m.certExpiry.WithLabelValues(setting).Set(float64(notAfter.Unix()))
 }

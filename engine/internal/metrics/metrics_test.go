@@ -35,6 +35,7 @@ func touchAll(m *Metrics) {
 	m.PluginRestarted("policies")
 	m.SetPluginUp("policies", true)
 	m.ObserveValidation("policies", time.Millisecond)
+	m.SetCertificateExpiry("tls-cert-file", time.Unix(1900000000, 0))
 }
 
 func scrape(t *testing.T, g prometheus.Gatherer) string {
@@ -105,6 +106,7 @@ func TestValuesAndLabels(t *testing.T) {
 	assert.Contains(t, body, `kds_send_duration_seconds_count{stream="global_to_zone",zone="zone-1"} 2`)
 	assert.Contains(t, body, `kds_send_buffer_capacity_messages{stream="global_to_zone",zone="zone-1"} 19`)
 	assert.Contains(t, body, `kds_plugin_restarts_total{plugin="policies"} 1`)
+	assert.Contains(t, body, `kds_tls_certificate_expiry_timestamp_seconds{setting="tls-cert-file"} 1.9e+09`)
 
 	// Ending zone-1's session drops its buffer gauges.
 	m.SessionEnded("zone-1", ReasonPeerClosed)
