@@ -53,7 +53,11 @@ func WithCheckInterval(d time.Duration) Option {
 // runs during a handshake and must be quick; it is never called concurrently
 // for the same file.
 func WithOnLoad(fn func(Loaded)) Option {
-	return func(o *options) { o.onLoad = fn }
+	return func(o *options) {
+		if fn != nil {
+			o.onLoad = fn
+		}
+	}
 }
 
 // WithClock replaces time.Now for the check interval (for tests).

@@ -357,6 +357,38 @@ func TestServerCertificateBehindSwappedSymlink(t *testing.T) {
 	assert.Equal(t, second.serial(), got)
 }
 
+// A file renamed into place with the size and modification time of the one
+// it replaces (cp -p, tar, rsync -t keep times) differs only in its inode.
+func TestReplacementWithSameSizeAndTimeIsSeen(t *testing.T) {
+	ca := newCA(t, "ca")
+	old := ca.server(t, "127.0.0.1")
+	kp := pairIn(t, old)
+	scfg, err := ServerConfig(kp.CertFile, kp.KeyFile, "", quiet, WithCheckInterval(0))
+	require.NoError(t, err)
+	s := serve(t, scfg)
+	ccfg, err := ClientConfig(caFileWith(t, ca), "", "", "127.0.0.1", quiet)
+	require.NoError(t, err)
+
+	renewed := ca.server(t, "127.0.0.1")
+	for len(renewed.certPEM) != len(old.certPEM) || len(renewed.keyPEM) != len(old.keyPEM) {
+		renewed = ca.server(t, "127.0.0.1")
+	}
+	for path, data := range map[string][]byte{kp.CertFile: renewed.certPEM, kp.KeyFile: renewed.keyPEM} {
+		fi, err := os.Stat(path)
+		require.NoError(t, err)
+		require.NoError(t, os.WriteFile(path+".new", data, 0o600))
+		require.NoError(t, os.Chtimes(path+".new", fi.ModTime(), fi.ModTime()))
+		require.NoError(t, os.Rename(path+".new", path))
+		after, err := os.Stat(path)
+		require.NoError(t, err)
+		require.Equal(t, fi.Size(), after.Size())
+		require.Equal(t, fi.ModTime(), after.ModTime())
+	}
+	got, err := serverSerial(t, s.addr, ccfg)
+	require.NoError(t, err)
+	assert.Equal(t, renewed.serial(), got)
+}
+
 func TestClientCAFileExtendedToNewCA(t *testing.T) {
 	caA, caB := newCA(t, "ca-a"), newCA(t, "ca-b")
 	srv := pairIn(t, caA.server(t, "127.0.0.1"))
@@ -631,6 +663,7 @@ func TestClientVerificationIsAsStrictAsGo(t *testing.T) {
 			c.NotBefore, c.NotAfter = time.Now().Add(time.Hour), time.Now().Add(2*time.Hour)
 		}))), "localhost", false},
 		{"unknown CA", chain(stranger.issue(t, serverTmpl(nil))), "localhost", false},
+		{"unknown CA sent along", chain(stranger.issue(t, serverTmpl(nil)), stranger.cert), "localhost", false},
 		{"self-signed", chain(func() leaf {
 			ss := newCA(t, "localhost")
 			return leaf{cert: ss.cert, key: ss.key}
@@ -784,4 +817,67 @@ func TestFIPSModeKeepsGoVerification(t *testing.T) {
 	out, err := cmd.CombinedOutput()
 	require.NoError(t, err, "%s", out)
 	assert.Contains(t, string(out), "--- PASS: TestFIPSModeKeepsGoVerification")
+}
+
+// The zone's certificate is offered the way Go offers Config.Certificates:
+// only when the server's request accepts it (its CA list, its signature
+// algorithms), else no certificate at all.
+func TestClientCertificateOfferedLikeGo(t *testing.T) {
+	caA, caB := newCA(t, "ca-a"), newCA(t, "ca-b")
+	srv := caA.server(t, "127.0.0.1")
+	fromB := caB.client(t, "zone-b")
+	zone := pairIn(t, fromB)
+	poolA := x509.NewCertPool()
+	poolA.AddCert(caA.cert)
+	for _, tc := range []struct {
+		name    string
+		server  *tls.Config
+		wantErr string
+	}{
+		{"server asks for certificates from another CA", &tls.Config{ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: poolA},
+			"client didn't provide a certificate"},
+		{"server names no CA", &tls.Config{ClientAuth: tls.RequireAnyClientCert}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.server.Certificates = []tls.Certificate{{Certificate: [][]byte{srv.cert.Raw}, PrivateKey: srv.key}}
+			tc.server.MinVersion = MinVersion
+			lis, err := tls.Listen("tcp", "127.0.0.1:0", tc.server)
+			require.NoError(t, err)
+			defer lis.Close()
+			serverErr := func(client *tls.Config) string {
+				t.Helper()
+				got := make(chan string, 1)
+				go func() {
+					conn, err := lis.Accept()
+					if err != nil {
+						got <- err.Error()
+						return
+					}
+					defer conn.Close()
+					if err := conn.(*tls.Conn).Handshake(); err != nil {
+						got <- err.Error()
+						return
+					}
+					got <- ""
+				}()
+				conn, err := tls.Dial("tcp", lis.Addr().String(), client)
+				require.NoError(t, err)
+				_, _ = conn.Read(make([]byte, 1)) // lets the server finish (TLS 1.3 checks the client last)
+				conn.Close()
+				return <-got
+			}
+			goCert, err := tls.X509KeyPair(fromB.certPEM, fromB.keyPEM)
+			require.NoError(t, err)
+			goErr := serverErr(&tls.Config{RootCAs: poolA, ServerName: "127.0.0.1", Certificates: []tls.Certificate{goCert}, MinVersion: MinVersion})
+			ours, err := ClientConfig(caFileWith(t, caA), zone.CertFile, zone.KeyFile, "127.0.0.1", quiet)
+			require.NoError(t, err)
+			ourErr := serverErr(ours)
+			assert.Equal(t, goErr, ourErr)
+			if tc.wantErr == "" {
+				assert.Empty(t, ourErr)
+			} else {
+				assert.Contains(t, ourErr, tc.wantErr)
+			}
+		})
+	}
 }

@@ -16,10 +16,10 @@
 // passed since the last look, and reloads them when a file's size,
 // modification time or inode changed. Stat follows symlinks, so files
 // replaced by rename and Kubernetes secret volumes (whose ..data symlink is
-// swapped) are noticed as well as files rewritten in place. A file
-// rewritten in place with the same size within the file system's timestamp
-// granularity of the last look is noticed only when it changes again:
-// replace files by rename where possible.
+// swapped) are noticed as well as files rewritten in place. Only a file
+// rewritten in place that keeps its size and whose modification time does
+// not move (a rewrite within the file system's timestamp granularity) goes
+// unnoticed until its next change: replace files by rename where possible.
 //
 // Contracts:
 //
@@ -37,7 +37,7 @@
 //     the session they negotiated (TLS does not re-handshake).
 //   - Verification is as strict as Go's standard verification against the
 //     current CA file: chain, expiry and key usage; on the client also the
-//     server name.
+//     server name, which ClientConfig therefore needs with a CA file.
 //   - No goroutines: all work happens in the handshakes.
 package tlsutil
 
