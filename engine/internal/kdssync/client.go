@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -118,10 +119,12 @@ func (c *Client) Run(ctx context.Context, stream ClientStream) error {
 			return fmt.Errorf("read held versions of %s: %w", typ, err)
 		}
 		c.held[typ] = versions
+		// A copy: the transport may marshal the request after Send returns,
+		// while check updates held.
 		req := &discovery.DeltaDiscoveryRequest{
 			TypeUrl:                 TypeURL(typ),
 			ResourceNamesSubscribe:  []string{"*"},
-			InitialResourceVersions: versions,
+			InitialResourceVersions: maps.Clone(versions),
 		}
 		if err := stream.Send(req); err != nil {
 			return fmt.Errorf("subscribe to %s: %w", typ, err)

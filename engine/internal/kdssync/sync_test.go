@@ -372,3 +372,41 @@ func TestResponseForUnsubscribedTypeIsNACKed(t *testing.T) {
 	cancel()
 	<-done
 }
+
+// sharingEnd is clientEnd without the copy on Send: like the mux, which
+// queues the request and marshals it later, it keeps what it was given.
+type sharingEnd struct{ clientEnd }
+
+func (c sharingEnd) Send(r *discovery.DeltaDiscoveryRequest) error {
+	c.reqs <- r
+	return nil
+}
+
+// A sent request may still be marshalled after Send returns, so the client
+// must not change it afterwards: the versions it subscribed with are not
+// the map it keeps updating as responses arrive.
+func TestSentSubscriptionIsNotChangedLater(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	p := newPipe(ctx)
+	sink := newMemSink()
+	held := res("Mesh", "", "default", "1", 1)
+	sink.res[held.Key()] = held
+	cli := NewClient([]string{"Mesh"}, sink, rejectValidator{}, "global", "z")
+	done := make(chan struct{})
+	go func() { defer close(done); _ = cli.Run(ctx, sharingEnd{clientEnd{p}}) }()
+	sub := <-p.reqs
+	sent := maps.Clone(sub.InitialResourceVersions)
+	require.Equal(t, map[string]string{"default": "1"}, sent)
+
+	enc, err := Encode(res("Mesh", "", "other", "1", 1))
+	require.NoError(t, err)
+	p.resps <- &discovery.DeltaDiscoveryResponse{TypeUrl: TypeURL("Mesh"), Nonce: "n1", Resources: []*discovery.Resource{enc},
+		RemovedResources: []string{"default"}}
+	ack := <-p.reqs
+	require.Equal(t, "n1", ack.ResponseNonce)
+	require.Nil(t, ack.ErrorDetail)
+	assert.Equal(t, sent, sub.InitialResourceVersions, "the subscription as it was sent")
+	cancel()
+	<-done
+}
