@@ -2,7 +2,9 @@ package kdsgrpc
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"sync"
 	"time"
 
@@ -112,6 +114,21 @@ func (d *Dialer) session(ctx context.Context, client kdsv1.KDSClient) error {
 	stream, err := client.Session(sctx)
 	if err != nil {
 		err = fmt.Errorf("open stream: %w", err)
+		d.setState(func(s *ConnState) { s.LastError = err })
+		return err
+	}
+	// Global sends its session header before anything else once it has
+	// accepted the zone; a refusal (authentication, a duplicate session)
+	// ends the stream instead. Only then is the session connected: the
+	// stream opening proves nothing, since gRPC opens it without waiting
+	// for global.
+	if md, _ := stream.Header(); md == nil {
+		// No header: the stream ended first. Its status says why.
+		_, err := stream.Recv()
+		if err == nil || errors.Is(err, io.EOF) {
+			err = errors.New("global ended the stream without a session header")
+		}
+		err = fmt.Errorf("session refused: %w", err)
 		d.setState(func(s *ConnState) { s.LastError = err })
 		return err
 	}

@@ -181,8 +181,53 @@ type stallingGlobal struct {
 
 func (s *stallingGlobal) Session(stream kdsv1.KDS_SessionServer) error {
 	s.sessions.Add(1)
+	// Like Global, it accepts the zone with its session header first.
+	if err := stream.SendHeader(nil); err != nil {
+		return err
+	}
 	<-stream.Context().Done()
 	return nil
+}
+
+// refusingGlobal refuses every session, as global does a zone whose token
+// it does not accept.
+type refusingGlobal struct {
+	kdsv1.UnimplementedKDSServer
+	attempts atomic.Int32
+}
+
+func (s *refusingGlobal) Session(kdsv1.KDS_SessionServer) error {
+	s.attempts.Add(1)
+	return status.Error(codes.Unauthenticated, "token expired")
+}
+
+// A session global refuses never counts as connected on the zone: the
+// stream opens at once (gRPC does not wait for global), so the Dialer waits
+// for global's session header before it calls the session started.
+func TestRefusedSessionIsNeverConnected(t *testing.T) {
+	peer := &refusingGlobal{}
+	addr := serve(t, peer, Config{})
+	var started atomic.Int32
+	d := NewDialer(addr, "zone-1", 1, func(ctx context.Context, s *mux.Session) error {
+		<-ctx.Done()
+		return nil
+	}, insecureDial(),
+		WithBackoff(Backoff{Base: 5 * time.Millisecond, Cap: 10 * time.Millisecond}),
+		WithSessionHooks(func(SessionEvent) { started.Add(1) }, nil),
+	)
+	ctx, cancel := context.WithCancel(context.Background())
+	runDone := make(chan error, 1)
+	go func() { runDone <- d.Run(ctx) }()
+	require.Eventually(t, func() bool { return peer.attempts.Load() >= 5 }, 10*time.Second, time.Millisecond)
+	cancel()
+	<-runDone
+	assert.Zero(t, started.Load(), "no refused attempt started a session")
+	st := d.State()
+	assert.False(t, st.Connected)
+	assert.Zero(t, st.Sessions)
+	require.Error(t, st.LastError)
+	assert.Contains(t, st.LastError.Error(), "session refused")
+	assert.Contains(t, st.LastError.Error(), "token expired")
 }
 
 // A global that stops reading: the zone's Send blocks in flow control, the

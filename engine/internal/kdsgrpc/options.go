@@ -127,6 +127,10 @@ func PeerHeader(ctx context.Context) (metadata.MD, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read global's session header: %w", err)
 	}
+	if md == nil {
+		// gRPC reports a stream that ended before any header this way.
+		return nil, errors.New("read global's session header: the session ended first")
+	}
 	return md, nil
 }
 
