@@ -1,7 +1,6 @@
 package kdsauth
 
 import (
-	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -25,6 +24,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/kds-engine/kds-engine/engine/internal/testsupport/logbuf"
 	"github.com/kds-engine/kds-engine/engine/internal/token"
 	kdsv1 "github.com/kds-engine/kds-engine/proto/kds/v1"
 )
@@ -70,23 +70,6 @@ func (r *recorder) all() []refusal {
 	return append([]refusal(nil), r.seen...)
 }
 
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 var now0 = time.Date(2026, 5, 1, 10, 0, 0, 0, time.UTC)
 
 type env struct {
@@ -94,7 +77,7 @@ type env struct {
 	addr     string
 	kds      *echoKDS
 	refused  *recorder
-	logs     *syncBuffer
+	logs     *logbuf.Buffer
 	clock    *fakeClock
 	tokenDir string
 }
@@ -133,7 +116,7 @@ func startEnv(t *testing.T, opts ...Option) *env {
 		issuer:   newIssuer(t, now0),
 		kds:      &echoKDS{},
 		refused:  &recorder{},
-		logs:     &syncBuffer{},
+		logs:     &logbuf.Buffer{},
 		clock:    &fakeClock{now: now0},
 		tokenDir: t.TempDir(),
 	}

@@ -14,7 +14,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -24,6 +23,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/kds-engine/kds-engine/engine/internal/resource"
+	"github.com/kds-engine/kds-engine/engine/internal/testsupport/logbuf"
 	"github.com/kds-engine/kds-engine/engine/internal/testsupport/pluginbuild"
 )
 
@@ -115,26 +115,8 @@ func fileSum(t *testing.T, path string) []byte {
 	return s[:]
 }
 
-// syncBuffer is a goroutine-safe log sink.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func testLogger(t *testing.T) (hclog.Logger, *syncBuffer) {
-	buf := &syncBuffer{}
+func testLogger(t *testing.T) (hclog.Logger, *logbuf.Buffer) {
+	buf := &logbuf.Buffer{}
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Log("engine log:\n" + buf.String())
@@ -143,7 +125,7 @@ func testLogger(t *testing.T) (hclog.Logger, *syncBuffer) {
 	return hclog.New(&hclog.LoggerOptions{Name: "test", Output: buf, Level: hclog.Info}), buf
 }
 
-func startHost(t *testing.T, dir string, opts ...Option) (*Host, *syncBuffer) {
+func startHost(t *testing.T, dir string, opts ...Option) (*Host, *logbuf.Buffer) {
 	t.Helper()
 	log, buf := testLogger(t)
 	h := NewHost(dir, log, opts...)
@@ -267,11 +249,21 @@ func TestChecksumMismatchIsRefused(t *testing.T) {
 	dir := pluginsDir(t, "alpha", "beta")
 	alpha := filepath.Join(dir, FilePrefix+"alpha")
 	writeChecksum(t, alpha, make([]byte, sha256.Size))
+	assertAlphaRefused(t, dir, "checksum mismatch")
+}
 
+// assertAlphaRefused starts a host on dir (plugins alpha and beta) and
+// checks that alpha is refused with an error containing each of want while
+// beta runs, then that a host requiring alpha fails to start with the same
+// reason.
+func assertAlphaRefused(t *testing.T, dir string, want ...string) {
+	t.Helper()
 	h, logs := startHost(t, dir)
 	a := info(t, h, "alpha")
 	assert.Equal(t, StateFailed, a.State)
-	assert.Contains(t, a.LastError, "checksum mismatch")
+	for _, w := range want {
+		assert.Contains(t, a.LastError, w)
+	}
 	assert.Equal(t, StateRunning, info(t, h, "beta").State, "the engine continues without it")
 	assert.Contains(t, logs.String(), "plugin not loaded; continuing without it")
 	_, ok := h.Registry().Type("AlphaOne")
@@ -282,7 +274,7 @@ func TestChecksumMismatchIsRefused(t *testing.T) {
 	h2 := NewHost(dir, log, WithRequired([]string{"alpha"}))
 	err := h2.Start(context.Background())
 	require.ErrorIs(t, err, ErrRequiredPlugin)
-	assert.Contains(t, err.Error(), "checksum mismatch")
+	assert.Contains(t, err.Error(), want[0])
 	require.NoError(t, h2.Close())
 }
 

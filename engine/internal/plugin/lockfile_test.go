@@ -62,25 +62,10 @@ func TestLockFileMatchingBinariesStart(t *testing.T) {
 func TestLockFileMismatchIsRefused(t *testing.T) {
 	dir := pluginsDir(t, "alpha", "beta")
 	lock := writeLock(t, dir, fmt.Sprintf("%x  %salpha", make([]byte, sha256.Size), FilePrefix), lockLine(t, dir, "beta"))
-
-	h, logs := startHost(t, dir)
-	a := info(t, h, "alpha")
-	assert.Equal(t, StateFailed, a.State)
-	assert.Contains(t, a.LastError, "checksum mismatch: kds-plugin-alpha has sha256 ")
-	assert.Contains(t, a.LastError, "the plugins lock file "+lock+" (line 1) expects 0000")
-	assert.Contains(t, a.LastError, "kds-engine plugins lock --plugins-dir "+dir)
-	assert.Equal(t, StateRunning, info(t, h, "beta").State, "the engine continues without it")
-	assert.Contains(t, logs.String(), "plugin not loaded; continuing without it")
-	_, ok := h.Registry().Type("AlphaOne")
-	assert.False(t, ok)
-
-	// Required, the same failure fails Start with the reason.
-	log, _ := testLogger(t)
-	h2 := NewHost(dir, log, WithRequired([]string{"alpha"}))
-	err := h2.Start(context.Background())
-	require.ErrorIs(t, err, ErrRequiredPlugin)
-	assert.Contains(t, err.Error(), "checksum mismatch: kds-plugin-alpha")
-	require.NoError(t, h2.Close())
+	assertAlphaRefused(t, dir,
+		"checksum mismatch: kds-plugin-alpha has sha256 ",
+		"the plugins lock file "+lock+" (line 1) expects 0000",
+		"kds-engine plugins lock --plugins-dir "+dir)
 }
 
 func TestLockFileUnlistedBinaryIsRefused(t *testing.T) {

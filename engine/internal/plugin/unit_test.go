@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/kds-engine/kds-engine/engine/internal/resource"
+	"github.com/kds-engine/kds-engine/engine/internal/testsupport/logbuf"
 	pluginv1 "github.com/kds-engine/kds-engine/proto/plugin/v1"
 )
 
@@ -64,7 +65,7 @@ func TestBatchesBoundCountAndBytes(t *testing.T) {
 }
 
 func TestLineWriterLogsWholeLines(t *testing.T) {
-	var buf syncBuffer
+	var buf logbuf.Buffer
 	w := lineLogger(hclog.New(&hclog.LoggerOptions{Name: "p", Output: &buf}), "stdout")
 	_, _ = w.Write([]byte("hel"))
 	assert.Empty(t, buf.String())

@@ -1,7 +1,6 @@
 package tlsutil
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -27,6 +26,8 @@ import (
 	"google.golang.org/grpc/credentials"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/peer"
+
+	"github.com/kds-engine/kds-engine/engine/internal/testsupport/logbuf"
 )
 
 // testCA signs certificates for the reload tests.
@@ -213,41 +214,8 @@ func (c *clock) advance(d time.Duration) {
 	c.t = c.t.Add(d)
 }
 
-// logBuf collects a logger's output.
-type logBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// lines returns the logged lines that contain every fragment.
-func (l *logBuf) lines(fragments ...string) []string {
-	var out []string
-	for _, line := range strings.Split(l.String(), "\n") {
-		ok := line != ""
-		for _, f := range fragments {
-			ok = ok && strings.Contains(line, f)
-		}
-		if ok {
-			out = append(out, line)
-		}
-	}
-	return out
-}
-
-func newLog() (hclog.Logger, *logBuf) {
-	buf := &logBuf{}
+func newLog() (hclog.Logger, *logbuf.Buffer) {
+	buf := &logbuf.Buffer{}
 	return hclog.New(&hclog.LoggerOptions{Level: hclog.Debug, Output: buf}), buf
 }
 
@@ -312,7 +280,7 @@ func TestServerCertificateReplacedByRename(t *testing.T) {
 	assert.Equal(t, renewed.serial(), got, "a new connection gets the new certificate")
 	assert.Equal(t, old.serial(), onOld(), "the connection made before keeps its session")
 
-	reloaded := logs.lines("[INFO]", "reloaded TLS certificate", kp.CertFile, "serial="+renewed.serial(),
+	reloaded := logs.Lines("[INFO]", "reloaded TLS certificate", kp.CertFile, "serial="+renewed.serial(),
 		"not_after="+timestamp(renewed.cert.NotAfter), "subject=CN=localhost")
 	assert.Len(t, reloaded, 1, logs.String())
 	mu.Lock()
@@ -422,7 +390,7 @@ func TestClientCAFileExtendedToNewCA(t *testing.T) {
 	_, err = check(t, s.addr, credentials.NewTLS(clientA))
 	require.NoError(t, err)
 	assert.Equal(t, "zone-a", s.peerCN.Load(), "the old CA is still trusted")
-	assert.Len(t, logs.lines("[INFO]", "reloaded CA certificates", clientCA, "certificates=2", "CN=ca-b"), 1, logs.String())
+	assert.Len(t, logs.Lines("[INFO]", "reloaded CA certificates", clientCA, "certificates=2", "CN=ca-b"), 1, logs.String())
 
 	// Dropping a CA from the file takes effect the same way.
 	replace(t, clientCA, bundle(caB))
@@ -456,7 +424,7 @@ func TestZoneClientCertificateRotated(t *testing.T) {
 	_, err = check(t, s.addr, credentials.NewTLS(ccfg))
 	require.NoError(t, err)
 	assert.Equal(t, second.serial(), s.peerSerial.Load(), "global sees the zone's new certificate")
-	assert.Len(t, logs.lines("[INFO]", "reloaded TLS certificate", zone.CertFile, "serial="+second.serial()), 1, logs.String())
+	assert.Len(t, logs.Lines("[INFO]", "reloaded TLS certificate", zone.CertFile, "serial="+second.serial()), 1, logs.String())
 }
 
 func TestHalfWrittenPairKeepsOldUntilKeyArrives(t *testing.T) {
@@ -479,7 +447,7 @@ func TestHalfWrittenPairKeepsOldUntilKeyArrives(t *testing.T) {
 		require.NoError(t, err)
 		assert.Equal(t, old.serial(), got, "the old pair is still served")
 	}
-	warned := logs.lines("[WARN]", warnCert, kp.CertFile, kp.KeyFile, "private key does not match public key")
+	warned := logs.Lines("[WARN]", warnCert, kp.CertFile, kp.KeyFile, "private key does not match public key")
 	assert.Len(t, warned, 1, "one warning per change: %s", logs.String())
 
 	rewrite(t, kp.KeyFile, renewed.keyPEM)
@@ -487,7 +455,7 @@ func TestHalfWrittenPairKeepsOldUntilKeyArrives(t *testing.T) {
 	got, err := serverSerial(t, s.addr, ccfg)
 	require.NoError(t, err)
 	assert.Equal(t, renewed.serial(), got, "adopted once the key matches")
-	assert.Len(t, logs.lines("reloaded TLS certificate", "serial="+renewed.serial()), 1, logs.String())
+	assert.Len(t, logs.Lines("reloaded TLS certificate", "serial="+renewed.serial()), 1, logs.String())
 }
 
 func TestBrokenFilesKeepTheLastGoodMaterial(t *testing.T) {
@@ -545,7 +513,7 @@ func TestBrokenFilesKeepTheLastGoodMaterial(t *testing.T) {
 			for _, w := range tc.warn {
 				warn = append(warn, strings.ReplaceAll(w, "CAFILE", clientCA))
 			}
-			assert.Len(t, logs.lines(append(warn, "[WARN]")...), 1, logs.String())
+			assert.Len(t, logs.Lines(append(warn, "[WARN]")...), 1, logs.String())
 
 			// A good file is adopted again.
 			renewed := ca.server(t, "127.0.0.1")
@@ -591,7 +559,7 @@ func TestClientCAFileRotated(t *testing.T) {
 	got, err := serverSerial(t, s.addr, ccfg)
 	require.NoError(t, err, "accepted after the reload")
 	assert.Equal(t, fromB.serial(), got)
-	assert.Len(t, logs.lines("[INFO]", "reloaded CA certificates", caFile, "CN=ca-b"), 1, logs.String())
+	assert.Len(t, logs.Lines("[INFO]", "reloaded CA certificates", caFile, "CN=ca-b"), 1, logs.String())
 
 	// Still as strict as before: a certificate that does not chain to the
 	// current CA file (the old CA's included), a wrong name.
