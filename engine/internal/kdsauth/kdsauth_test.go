@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/kds-engine/kds-engine/engine/internal/testsupport/fakeclock"
 	"github.com/kds-engine/kds-engine/engine/internal/testsupport/logbuf"
 	"github.com/kds-engine/kds-engine/engine/internal/token"
 	kdsv1 "github.com/kds-engine/kds-engine/proto/kds/v1"
@@ -78,25 +79,8 @@ type env struct {
 	kds      *echoKDS
 	refused  *recorder
 	logs     *logbuf.Buffer
-	clock    *fakeClock
+	clock    *fakeclock.Clock
 	tokenDir string
-}
-
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
 }
 
 func newIssuer(t *testing.T, at time.Time) *token.Issuer {
@@ -117,7 +101,7 @@ func startEnv(t *testing.T, opts ...Option) *env {
 		kds:      &echoKDS{},
 		refused:  &recorder{},
 		logs:     &logbuf.Buffer{},
-		clock:    &fakeClock{now: now0},
+		clock:    fakeclock.New(now0),
 		tokenDir: t.TempDir(),
 	}
 	verifier, err := token.NewVerifier([]ed25519.PublicKey{e.issuer.PublicKey()}, token.WithClock(e.clock.Now))
@@ -445,7 +429,7 @@ func TestIdentityFromContext(t *testing.T) {
 }
 
 func TestLimiterRefillAndPrune(t *testing.T) {
-	clock := &fakeClock{now: now0}
+	clock := fakeclock.New(now0)
 	l := &limiter{perMinute: 2, now: clock.Now, buckets: map[string]*bucket{}}
 	assert.True(t, l.allow("a"))
 	assert.True(t, l.allow("a"))

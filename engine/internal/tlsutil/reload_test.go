@@ -27,6 +27,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/peer"
 
+	"github.com/kds-engine/kds-engine/engine/internal/testsupport/fakeclock"
 	"github.com/kds-engine/kds-engine/engine/internal/testsupport/logbuf"
 )
 
@@ -194,26 +195,6 @@ func bundle(cas ...*testCA) []byte {
 	return b
 }
 
-// clock is a settable time for the check interval.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock() *clock { return &clock{t: time.Now()} }
-
-func (c *clock) now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
 func newLog() (hclog.Logger, *logbuf.Buffer) {
 	buf := &logbuf.Buffer{}
 	return hclog.New(&hclog.LoggerOptions{Level: hclog.Debug, Output: buf}), buf
@@ -241,10 +222,10 @@ func TestServerCertificateReplacedByRename(t *testing.T) {
 	old := ca.server(t, "localhost", "127.0.0.1")
 	kp := pairIn(t, old)
 	log, logs := newLog()
-	clk := newClock()
+	clk := fakeclock.New(time.Now())
 	var loads []Loaded
 	var mu sync.Mutex
-	scfg, err := ServerConfig(kp.CertFile, kp.KeyFile, "", log, WithClock(clk.now),
+	scfg, err := ServerConfig(kp.CertFile, kp.KeyFile, "", log, WithClock(clk.Now),
 		WithOnLoad(func(l Loaded) { mu.Lock(); loads = append(loads, l); mu.Unlock() }))
 	require.NoError(t, err)
 	s := serve(t, scfg)
@@ -274,7 +255,7 @@ func TestServerCertificateReplacedByRename(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, old.serial(), got, "within the check interval the files are not looked at")
 
-	clk.advance(DefaultCheckInterval)
+	clk.Advance(DefaultCheckInterval)
 	got, err = serverSerial(t, s.addr, ccfg)
 	require.NoError(t, err)
 	assert.Equal(t, renewed.serial(), got, "a new connection gets the new certificate")
@@ -362,8 +343,8 @@ func TestClientCAFileExtendedToNewCA(t *testing.T) {
 	srv := pairIn(t, caA.server(t, "127.0.0.1"))
 	clientCA := caFileWith(t, caA)
 	log, logs := newLog()
-	clk := newClock()
-	scfg, err := ServerConfig(srv.CertFile, srv.KeyFile, clientCA, log, WithClock(clk.now))
+	clk := fakeclock.New(time.Now())
+	scfg, err := ServerConfig(srv.CertFile, srv.KeyFile, clientCA, log, WithClock(clk.Now))
 	require.NoError(t, err)
 	s := serve(t, scfg)
 	serverCA := caFileWith(t, caA)
@@ -383,7 +364,7 @@ func TestClientCAFileExtendedToNewCA(t *testing.T) {
 	assertUnavailable(t, err)
 	assert.EqualValues(t, 0, s.calls.Load(), "a certificate from the new CA is refused until the file is looked at again")
 
-	clk.advance(DefaultCheckInterval)
+	clk.Advance(DefaultCheckInterval)
 	_, err = check(t, s.addr, credentials.NewTLS(clientB))
 	require.NoError(t, err)
 	assert.Equal(t, "zone-b", s.peerCN.Load())
@@ -394,7 +375,7 @@ func TestClientCAFileExtendedToNewCA(t *testing.T) {
 
 	// Dropping a CA from the file takes effect the same way.
 	replace(t, clientCA, bundle(caB))
-	clk.advance(DefaultCheckInterval)
+	clk.Advance(DefaultCheckInterval)
 	_, err = check(t, s.addr, credentials.NewTLS(clientA))
 	assertUnavailable(t, err)
 	assert.EqualValues(t, 2, s.calls.Load())
@@ -410,8 +391,8 @@ func TestZoneClientCertificateRotated(t *testing.T) {
 	first := ca.client(t, "zone-a")
 	zone := pairIn(t, first)
 	log, logs := newLog()
-	clk := newClock()
-	ccfg, err := ClientConfig(caFileWith(t, ca), zone.CertFile, zone.KeyFile, "127.0.0.1", log, WithClock(clk.now))
+	clk := fakeclock.New(time.Now())
+	ccfg, err := ClientConfig(caFileWith(t, ca), zone.CertFile, zone.KeyFile, "127.0.0.1", log, WithClock(clk.Now))
 	require.NoError(t, err)
 	_, err = check(t, s.addr, credentials.NewTLS(ccfg))
 	require.NoError(t, err)
@@ -420,7 +401,7 @@ func TestZoneClientCertificateRotated(t *testing.T) {
 	second := ca.client(t, "zone-a")
 	replace(t, zone.KeyFile, second.keyPEM)
 	replace(t, zone.CertFile, second.certPEM)
-	clk.advance(DefaultCheckInterval)
+	clk.Advance(DefaultCheckInterval)
 	_, err = check(t, s.addr, credentials.NewTLS(ccfg))
 	require.NoError(t, err)
 	assert.Equal(t, second.serial(), s.peerSerial.Load(), "global sees the zone's new certificate")
@@ -432,8 +413,8 @@ func TestHalfWrittenPairKeepsOldUntilKeyArrives(t *testing.T) {
 	old := ca.server(t, "127.0.0.1")
 	kp := pairIn(t, old)
 	log, logs := newLog()
-	clk := newClock()
-	scfg, err := ServerConfig(kp.CertFile, kp.KeyFile, "", log, WithClock(clk.now))
+	clk := fakeclock.New(time.Now())
+	scfg, err := ServerConfig(kp.CertFile, kp.KeyFile, "", log, WithClock(clk.Now))
 	require.NoError(t, err)
 	s := serve(t, scfg)
 	ccfg, err := ClientConfig(caFileWith(t, ca), "", "", "127.0.0.1", quiet)
@@ -442,7 +423,7 @@ func TestHalfWrittenPairKeepsOldUntilKeyArrives(t *testing.T) {
 	renewed := ca.server(t, "127.0.0.1")
 	rewrite(t, kp.CertFile, renewed.certPEM) // the key comes in a second write
 	for range 3 {
-		clk.advance(DefaultCheckInterval)
+		clk.Advance(DefaultCheckInterval)
 		got, err := serverSerial(t, s.addr, ccfg)
 		require.NoError(t, err)
 		assert.Equal(t, old.serial(), got, "the old pair is still served")
@@ -451,7 +432,7 @@ func TestHalfWrittenPairKeepsOldUntilKeyArrives(t *testing.T) {
 	assert.Len(t, warned, 1, "one warning per change: %s", logs.String())
 
 	rewrite(t, kp.KeyFile, renewed.keyPEM)
-	clk.advance(DefaultCheckInterval)
+	clk.Advance(DefaultCheckInterval)
 	got, err := serverSerial(t, s.addr, ccfg)
 	require.NoError(t, err)
 	assert.Equal(t, renewed.serial(), got, "adopted once the key matches")
@@ -540,8 +521,8 @@ func TestClientCAFileRotated(t *testing.T) {
 
 	caFile := caFileWith(t, caA)
 	log, logs := newLog()
-	clk := newClock()
-	ccfg, err := ClientConfig(caFile, "", "", "127.0.0.1", log, WithClock(clk.now))
+	clk := fakeclock.New(time.Now())
+	ccfg, err := ClientConfig(caFile, "", "", "127.0.0.1", log, WithClock(clk.Now))
 	require.NoError(t, err)
 	_, err = serverSerial(t, s.addr, ccfg)
 	require.NoError(t, err)
@@ -555,7 +536,7 @@ func TestClientCAFileRotated(t *testing.T) {
 	_, err = serverSerial(t, s.addr, ccfg)
 	assertUnavailable(t, err, "certificate signed by unknown authority")
 
-	clk.advance(DefaultCheckInterval)
+	clk.Advance(DefaultCheckInterval)
 	got, err := serverSerial(t, s.addr, ccfg)
 	require.NoError(t, err, "accepted after the reload")
 	assert.Equal(t, fromB.serial(), got)
@@ -743,16 +724,16 @@ func TestCheckInterval(t *testing.T) {
 	ca := newCA(t, "ca")
 	first := ca.server(t, "127.0.0.1")
 	kp := pairIn(t, first)
-	clk := newClock()
-	w, err := watchKeyPair(kp.CertFile, kp.KeyFile, quiet, newOptions([]Option{WithClock(clk.now), WithCheckInterval(time.Minute)}))
+	clk := fakeclock.New(time.Now())
+	w, err := watchKeyPair(kp.CertFile, kp.KeyFile, quiet, newOptions([]Option{WithClock(clk.Now), WithCheckInterval(time.Minute)}))
 	require.NoError(t, err)
 	second := ca.server(t, "127.0.0.1")
 	replace(t, kp.KeyFile, second.keyPEM)
 	replace(t, kp.CertFile, second.certPEM)
 
-	clk.advance(time.Minute - time.Millisecond)
+	clk.Advance(time.Minute - time.Millisecond)
 	assert.Equal(t, first.serial(), serial(w.current().Leaf))
-	clk.advance(time.Millisecond)
+	clk.Advance(time.Millisecond)
 	assert.Equal(t, second.serial(), serial(w.current().Leaf))
 
 	// Looking does not push the next look out: the minute counts from the
@@ -761,10 +742,10 @@ func TestCheckInterval(t *testing.T) {
 	replace(t, kp.KeyFile, third.keyPEM)
 	replace(t, kp.CertFile, third.certPEM)
 	for range 5 {
-		clk.advance(10 * time.Second)
+		clk.Advance(10 * time.Second)
 		assert.Equal(t, second.serial(), serial(w.current().Leaf))
 	}
-	clk.advance(10 * time.Second)
+	clk.Advance(10 * time.Second)
 	assert.Equal(t, third.serial(), serial(w.current().Leaf))
 }
 
