@@ -27,13 +27,13 @@ func TestSpecMustBeJSON(t *testing.T) {
 		"control char": {"{\"port\":1,\"items\":[{\"value\":\"a\x01b\"}]}", "invalid character '\\x01' in string literal"},
 		"too deep":     {strings.Repeat("[", 400) + strings.Repeat("]", 400), "nest more than 300 levels deep"},
 	}
-	var rs []*resource.Resource
+	specs := map[string]string{}
 	for name, c := range cases {
-		rs = append(rs, r("alphaMeshy", "m", strings.ReplaceAll(name, " ", "-"), c.spec))
+		specs[name] = c.spec
 	}
-	errs := errorsOf(t, v.Validate(context.Background(), rs))
+	errs := validateSpecs(t, v, specs)
 	for name, c := range cases {
-		fes := errs[strings.ReplaceAll(name, " ", "-")]
+		fes := errs[name]
 		require.Len(t, fes, 1, name)
 		assert.Equal(t, "spec", fes[0].Field, name)
 		assert.True(t, strings.HasPrefix(fes[0].Message, "not valid JSON: "), fes[0].Message)
@@ -75,19 +75,19 @@ func TestSpecNamesAreUniqueAndUTF8(t *testing.T) {
 	many += `,"f7":0}`
 	cases := map[string]struct{ spec, field, msg string }{
 		"top":      {`{"port":80,"port":70000}`, "spec.port", "appears more than once"},
-		"escaped":  {`{"port":80,"port":81}`, "spec.port", "appears more than once"},
+		"escaped":  {`{"port":80,"p\u006frt":81}`, "spec.port", "appears more than once"},
 		"nested":   {`{"port":1,"items":[{"value":"a"},{"value":"b","value":"c"}]}`, "spec.items[1].value", "appears more than once"},
 		"in array": {`{"port":1,"items":[[{"k":1,"k":2}]]}`, "spec.items[0][0].k", "appears more than once"},
 		"many":     {many, "spec.f7", "appears more than once"},
 		"utf8":     {"{\"port\":1,\"items\":[{\"value\":\"a\xffb\"}]}", "spec", "not valid UTF-8 (at byte 30)"},
 	}
-	var rs []*resource.Resource
+	specs := map[string]string{}
 	for name, c := range cases {
-		rs = append(rs, r("alphaMeshy", "m", strings.ReplaceAll(name, " ", "-"), c.spec))
+		specs[name] = c.spec
 	}
-	errs := errorsOf(t, v.Validate(context.Background(), rs))
+	errs := validateSpecs(t, v, specs)
 	for name, c := range cases {
-		fes := errs[strings.ReplaceAll(name, " ", "-")]
+		fes := errs[name]
 		require.Len(t, fes, 1, name)
 		assert.Equal(t, c.field, fes[0].Field, name)
 		assert.Equal(t, c.msg, fes[0].Message, name)
@@ -167,4 +167,22 @@ func TestCancelledContextIsNotValid(t *testing.T) {
 	var ve *resource.ValidationError
 	assert.False(t, errors.As(err, &ve), "not a validation verdict")
 	assert.Empty(t, fp.calls)
+}
+
+// validateSpecs validates one alphaMeshy resource per case name and spec,
+// and returns the field errors by case name.
+func validateSpecs(t *testing.T, v *Validator, specs map[string]string) map[string][]resource.FieldError {
+	t.Helper()
+	var rs []*resource.Resource
+	names := map[string]string{}
+	for name, spec := range specs {
+		rname := strings.ReplaceAll(name, " ", "-")
+		names[rname] = name
+		rs = append(rs, r("alphaMeshy", "m", rname, spec))
+	}
+	out := map[string][]resource.FieldError{}
+	for rname, fes := range errorsOf(t, v.Validate(context.Background(), rs)) {
+		out[names[rname]] = fes
+	}
+	return out
 }
