@@ -6,12 +6,11 @@ import (
 	"encoding/pem"
 	"fmt"
 	"os"
-	"slices"
-	"sync"
-	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/kds-engine/kds-engine/engine/internal/filewatch"
 )
 
 // DefaultCheckInterval is how often, at most, the files behind a config are
@@ -73,110 +72,15 @@ func newOptions(opts []Option) options {
 	return o
 }
 
-// stamp is what stat says about a file: enough to notice that it was
-// rewritten, renamed over or reached through a swapped symlink, without
-// reading it.
-type stamp struct {
-	exists   bool
-	size     int64
-	mtime    int64 // Unix nanoseconds
-	dev, ino uint64
-}
-
-// statFile follows symlinks, so a Kubernetes secret volume whose ..data link
-// was swapped shows up as another inode.
-func statFile(path string) stamp {
-	fi, err := os.Stat(path)
-	if err != nil {
-		// Missing or unreadable: the load that follows reports why.
-		return stamp{}
-	}
-	s := stamp{exists: true, size: fi.Size(), mtime: fi.ModTime().UnixNano()}
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		s.dev, s.ino = uint64(st.Dev), st.Ino //nolint:unconvert // Dev is not uint64 everywhere
-	}
-	return s
-}
-
-// watched is material loaded from files, reloaded when a look at the files
-// (at most once per interval, on demand) finds them changed. A load that
-// fails keeps the previous material; it is retried when the files change
-// again.
-type watched[T any] struct {
-	files []string
-	load  func() (T, error)
-	// adopted logs material that was just put to use (reload: false at
-	// start) and reports it to onLoad.
-	adopted func(v T, reload bool)
-	// rejected logs a load that failed after the files changed.
-	rejected func(err error)
-	interval time.Duration
-	now      func() time.Time
-
-	mu      sync.Mutex
-	cur     T
-	stamps  []stamp
-	checked time.Time
-}
-
-func newWatched[T any](w *watched[T]) (*watched[T], error) {
-	// Stat before reading: a change after the stat is then always noticed
-	// by the next look (at worst the same content is loaded twice).
-	w.stamps = w.stat()
-	v, err := w.load()
-	if err != nil {
-		return nil, err
-	}
-	w.cur, w.checked = v, w.now()
-	w.adopted(v, false)
-	return w, nil
-}
-
-func (w *watched[T]) stat() []stamp {
-	s := make([]stamp, len(w.files))
-	for i, f := range w.files {
-		s[i] = statFile(f)
-	}
-	return s
-}
-
-// current returns the material to use now, looking at the files first if
-// the interval has passed since the last look.
-func (w *watched[T]) current() T {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	now := w.now()
-	if w.interval > 0 && now.Sub(w.checked) < w.interval {
-		return w.cur
-	}
-	w.checked = now
-	stamps := w.stat()
-	if slices.Equal(stamps, w.stamps) {
-		return w.cur
-	}
-	// Remember these files even if they cannot be used, so one change is
-	// reported once; a later change (the key of a pair arriving, a file
-	// written to the end) is tried again.
-	w.stamps = stamps
-	v, err := w.load()
-	if err != nil {
-		w.rejected(err)
-		return w.cur
-	}
-	w.cur = v
-	w.adopted(v, true)
-	return v
-}
-
 // watchKeyPair loads certFile and keyFile and keeps them current.
-func watchKeyPair(certFile, keyFile string, log hclog.Logger, o options) (*watched[*tls.Certificate], error) {
-	return newWatched(&watched[*tls.Certificate]{
-		files: []string{certFile, keyFile},
-		load: func() (*tls.Certificate, error) {
+func watchKeyPair(certFile, keyFile string, log hclog.Logger, o options) (*filewatch.Watched[*tls.Certificate], error) {
+	return filewatch.New(filewatch.Config[*tls.Certificate]{
+		Files: []string{certFile, keyFile},
+		Load: func() (*tls.Certificate, error) {
 			c, err := loadKeyPair(certFile, keyFile)
 			return &c, err
 		},
-		adopted: func(c *tls.Certificate, reload bool) {
+		Adopted: func(c *tls.Certificate, reload bool) {
 			msg := "loaded TLS certificate"
 			lvl := hclog.Debug
 			if reload {
@@ -186,12 +90,12 @@ func watchKeyPair(certFile, keyFile string, log hclog.Logger, o options) (*watch
 				"subject", c.Leaf.Subject.String(), "serial", serial(c.Leaf), "not_after", timestamp(c.Leaf.NotAfter))
 			o.onLoad(Loaded{File: certFile, NotAfter: c.Leaf.NotAfter})
 		},
-		rejected: func(err error) {
+		Rejected: func(err error) {
 			log.Warn("TLS certificate files changed but cannot be used; still using the previous certificate, will try again when the files change",
 				"file", certFile, "key_file", keyFile, "error", err)
 		},
-		interval: o.interval,
-		now:      o.now,
+		Interval: o.interval,
+		Now:      o.now,
 	})
 }
 
@@ -203,11 +107,11 @@ type caBundle struct {
 
 // watchCAs loads the CA certificates in path (what names the setting in
 // errors) and keeps them current.
-func watchCAs(path, what string, log hclog.Logger, o options) (*watched[caBundle], error) {
-	return newWatched(&watched[caBundle]{
-		files: []string{path},
-		load:  func() (caBundle, error) { return loadCAs(path, what) },
-		adopted: func(b caBundle, reload bool) {
+func watchCAs(path, what string, log hclog.Logger, o options) (*filewatch.Watched[caBundle], error) {
+	return filewatch.New(filewatch.Config[caBundle]{
+		Files: []string{path},
+		Load:  func() (caBundle, error) { return loadCAs(path, what) },
+		Adopted: func(b caBundle, reload bool) {
 			msg := "loaded CA certificates"
 			lvl := hclog.Debug
 			if reload {
@@ -227,12 +131,12 @@ func watchCAs(path, what string, log hclog.Logger, o options) (*watched[caBundle
 				"subject", subjects, "serial", serials, "not_after", notAfter)
 			o.onLoad(Loaded{File: path, CA: true, NotAfter: earliest})
 		},
-		rejected: func(err error) {
+		Rejected: func(err error) {
 			log.Warn("CA file changed but cannot be used; still using the previous CA certificates, will try again when the file changes",
 				"file", path, "error", err)
 		},
-		interval: o.interval,
-		now:      o.now,
+		Interval: o.interval,
+		Now:      o.now,
 	})
 }
 

@@ -27,6 +27,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/peer"
 
+	"github.com/kds-engine/kds-engine/engine/internal/filewatch"
 	"github.com/kds-engine/kds-engine/engine/internal/testsupport/fakeclock"
 	"github.com/kds-engine/kds-engine/engine/internal/testsupport/logbuf"
 )
@@ -158,10 +159,10 @@ func replace(t *testing.T, path string, data []byte) {
 // writes again a moment later, as a real rotation would happen later.
 func rewrite(t *testing.T, path string, data []byte) {
 	t.Helper()
-	before := statFile(path)
+	before := filewatch.Stat(path)
 	for range 100 {
 		require.NoError(t, os.WriteFile(path, data, 0o600))
-		if statFile(path) != before {
+		if filewatch.Stat(path) != before {
 			return
 		}
 		time.Sleep(5 * time.Millisecond)
@@ -732,9 +733,9 @@ func TestCheckInterval(t *testing.T) {
 	replace(t, kp.CertFile, second.certPEM)
 
 	clk.Advance(time.Minute - time.Millisecond)
-	assert.Equal(t, first.serial(), serial(w.current().Leaf))
+	assert.Equal(t, first.serial(), serial(w.Current().Leaf))
 	clk.Advance(time.Millisecond)
-	assert.Equal(t, second.serial(), serial(w.current().Leaf))
+	assert.Equal(t, second.serial(), serial(w.Current().Leaf))
 
 	// Looking does not push the next look out: the minute counts from the
 	// last look at the files.
@@ -743,10 +744,10 @@ func TestCheckInterval(t *testing.T) {
 	replace(t, kp.CertFile, third.certPEM)
 	for range 5 {
 		clk.Advance(10 * time.Second)
-		assert.Equal(t, second.serial(), serial(w.current().Leaf))
+		assert.Equal(t, second.serial(), serial(w.Current().Leaf))
 	}
 	clk.Advance(10 * time.Second)
-	assert.Equal(t, third.serial(), serial(w.current().Leaf))
+	assert.Equal(t, third.serial(), serial(w.Current().Leaf))
 }
 
 // In FIPS 140-3 mode Go restricts the chains it accepts beyond what

@@ -88,7 +88,7 @@ func ServerConfig(certFile, keyFile, clientCAFile string, log hclog.Logger, opts
 		MinVersion: MinVersion,
 		ClientAuth: tls.NoClientCert,
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-			return pair.current(), nil
+			return pair.Current(), nil
 		},
 	}
 	if clientCAFile == "" {
@@ -99,13 +99,13 @@ func ServerConfig(certFile, keyFile, clientCAFile string, log hclog.Logger, opts
 		return nil, err
 	}
 	cfg.ClientAuth = tls.RequireAndVerifyClientCert
-	cfg.ClientCAs = cas.current().pool
+	cfg.ClientCAs = cas.Current().pool
 	// Go verifies the client's certificate against the ClientCAs of the
 	// config the handshake runs with, so each handshake gets a config with
 	// the current pool; one copy per pool, made when first needed.
 	var forPool atomic.Pointer[tls.Config]
 	cfg.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
-		pool := cas.current().pool
+		pool := cas.Current().pool
 		if c := forPool.Load(); c != nil && c.ClientCAs == pool {
 			return c, nil
 		}
@@ -156,11 +156,11 @@ func ClientConfig(caFile, certFile, keyFile, serverName string, log hclog.Logger
 		}
 		if fips140.Enabled() {
 			log.Info("FIPS 140-3 mode: the CA file is read at start only; restart to use a changed one", "file", caFile)
-			cfg.RootCAs = cas.current().pool
+			cfg.RootCAs = cas.Current().pool
 		} else {
 			cfg.InsecureSkipVerify = true //nolint:gosec // VerifyConnection verifies against the current CA file
 			cfg.VerifyConnection = func(cs tls.ConnectionState) error {
-				return verifyServer(cs.PeerCertificates, cas.current().pool, serverName)
+				return verifyServer(cs.PeerCertificates, cas.Current().pool, serverName)
 			}
 		}
 	}
@@ -173,7 +173,7 @@ func ClientConfig(caFile, certFile, keyFile, serverName string, log hclog.Logger
 		cfg.GetClientCertificate = func(cri *tls.CertificateRequestInfo) (*tls.Certificate, error) {
 			// What Go does with Config.Certificates: send the certificate
 			// only if the server's request allows it, else none.
-			c := pair.current()
+			c := pair.Current()
 			if cri.SupportsCertificate(c) != nil {
 				return &tls.Certificate{}, nil
 			}
