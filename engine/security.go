@@ -92,17 +92,12 @@ func (e *Engine) kdsServerOptions() ([]grpc.ServerOption, error) {
 	if err != nil {
 		return nil, fmt.Errorf("zone token signing key: %w", err)
 	}
-	keys := []ed25519.PublicKey{key.Public().(ed25519.PublicKey)}
-	if len(e.cfg.TokenVerificationKeyFiles) > 0 {
-		more, err := token.LoadVerificationKeys(e.cfg.TokenVerificationKeyFiles...)
-		if err != nil {
-			return nil, fmt.Errorf("zone token verification keys: %w", err)
-		}
-		keys = append(keys, more...)
-	}
-	v, err := token.NewVerifier(keys)
+	// The verification key files are reloaded when they change; the
+	// signing key's public half is always trusted.
+	v, err := token.NewKeyFileVerifier(key.Public().(ed25519.PublicKey), e.cfg.TokenVerificationKeyFiles,
+		e.log.Named("token-keys"))
 	if err != nil {
-		return nil, fmt.Errorf("zone token verifier: %w", err)
+		return nil, fmt.Errorf("zone token verification keys: %w", err)
 	}
 	auth, err := kdsauth.NewAuthenticator(v, e.log,
 		kdsauth.WithSessionsPerMinute(e.cfg.SessionsPerMinute),

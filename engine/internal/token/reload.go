@@ -1,0 +1,142 @@
+package token
+
+import (
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/kds-engine/kds-engine/engine/internal/filewatch"
+)
+
+// DefaultKeyCheckInterval is how often, at most, a KeyFileVerifier looks at
+// its key files again: on a verification, once this long has passed since
+// the last look.
+const DefaultKeyCheckInterval = time.Second
+
+// KeyFileVerifier verifies zone tokens against the public half of the
+// signing key and the keys in a set of verification key files, which it
+// reloads when they change: on a verification, at most once per check
+// interval, it stats the files and, when one changed, reads all of them
+// again. A file that cannot be used keeps the previous keys; that change is
+// logged once as a warning and the files are tried again when they next
+// change. The signing key's public key is always trusted. It is safe for
+// concurrent use.
+type KeyFileVerifier struct {
+	keys *filewatch.Watched[*Verifier]
+}
+
+// KeyFileOption configures a KeyFileVerifier.
+type KeyFileOption func(*keyFileOptions)
+
+type keyFileOptions struct {
+	interval time.Duration
+	verifier []VerifierOption
+}
+
+// WithKeyCheckInterval sets how often, at most, a verification looks at the
+// key files again (default DefaultKeyCheckInterval). Zero or less looks on
+// every verification.
+func WithKeyCheckInterval(d time.Duration) KeyFileOption {
+	return func(o *keyFileOptions) { o.interval = d }
+}
+
+// WithVerifierOptions passes opts to every Verifier built from the keys.
+// WithClock also sets the clock of the check interval.
+func WithVerifierOptions(opts ...VerifierOption) KeyFileOption {
+	return func(o *keyFileOptions) { o.verifier = append(o.verifier, opts...) }
+}
+
+// NewKeyFileVerifier loads the keys of files (see LoadVerificationKeys) and
+// returns a verifier trusting them and signing, the public half of the
+// signing key. files may be empty: then only signing is trusted and nothing
+// is watched. log receives the reload messages (nil discards them).
+func NewKeyFileVerifier(signing ed25519.PublicKey, files []string, log hclog.Logger, opts ...KeyFileOption) (*KeyFileVerifier, error) {
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	o := keyFileOptions{interval: DefaultKeyCheckInterval}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	probe := &Verifier{now: time.Now}
+	for _, opt := range o.verifier {
+		opt(probe)
+	}
+	files = append([]string(nil), files...)
+	w, err := filewatch.New(filewatch.Config[*Verifier]{
+		Files: files,
+		Load: func() (*Verifier, error) {
+			keys, err := loadKeyFiles(files)
+			if err != nil {
+				return nil, err
+			}
+			return NewVerifier(append([]ed25519.PublicKey{signing}, keys...), o.verifier...)
+		},
+		Adopted: func(v *Verifier, reload bool) {
+			if len(files) == 0 {
+				return
+			}
+			msg, lvl := "loaded zone token verification keys", hclog.Debug
+			if reload {
+				msg, lvl = "reloaded zone token verification keys; new sessions are verified against them", hclog.Info
+			}
+			log.Log(lvl, msg, "files", files, "key_ids", v.KeyIDs())
+		},
+		Rejected: func(err error) {
+			file := ""
+			var fe *keyFileError
+			if errors.As(err, &fe) {
+				file = fe.file
+			}
+			log.Warn("zone token verification key file changed but cannot be used; still trusting the previous keys, will try again when the files change",
+				"file", file, "error", err)
+		},
+		Interval: o.interval,
+		Now:      probe.now,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &KeyFileVerifier{keys: w}, nil
+}
+
+// Verify checks tok against the keys trusted now; see Verifier.Verify.
+func (v *KeyFileVerifier) Verify(tok, claimedZone string) (string, error) {
+	return v.keys.Current().Verify(tok, claimedZone)
+}
+
+// KeyIDs returns the ids of the keys trusted now, sorted.
+func (v *KeyFileVerifier) KeyIDs() []string {
+	return v.keys.Current().KeyIDs()
+}
+
+// keyFileError is a verification key file that cannot be used.
+type keyFileError struct {
+	file string
+	err  error
+}
+
+func (e *keyFileError) Error() string { return e.err.Error() }
+
+func (e *keyFileError) Unwrap() error { return e.err }
+
+// loadKeyFiles reads the keys of every file; an error names the file.
+func loadKeyFiles(files []string) ([]ed25519.PublicKey, error) {
+	var keys []ed25519.PublicKey
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			return nil, &keyFileError{file: f, err: fmt.Errorf("read verification key file: %w", err)}
+		}
+		found, err := ParsePublicKeys(data)
+		if err != nil {
+			return nil, &keyFileError{file: f, err: fmt.Errorf("verification key file %s: %w", f, err)}
+		}
+		keys = append(keys, found...)
+	}
+	return keys, nil
+}
