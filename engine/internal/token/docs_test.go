@@ -1,0 +1,44 @@
+package token
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// docs/security.md describes how the verification key files are reloaded
+// and quotes the log messages; keep it in step with the code.
+func TestSecurityDocMatchesKeyReloading(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("..", "..", "..", "docs", "security.md"))
+	require.NoError(t, err)
+	doc := strings.Join(strings.Fields(string(data)), " ") // line breaks do not matter
+	start := strings.Index(doc, "## Rotating the signing key")
+	end := strings.Index(doc, "## Rotating TLS certificates")
+	require.True(t, start >= 0 && end > start, "docs/security.md has the section")
+	section := doc[start:end]
+	assert.Equal(t, time.Second, DefaultKeyCheckInterval, "docs/security.md says a second")
+	for _, fragment := range []string{
+		"once at least a second has passed since the last look",
+		warnKeys + "; still trusting the previous keys, will try again when the files change",
+		"`reloaded zone token verification keys`",
+		"`key_ids`",
+		"Running sessions are not affected.",
+		"3. **Switch the signing key.** Restart global",
+	} {
+		assert.True(t, strings.Contains(section, fragment), "docs/security.md, Rotating the signing key, lacks %q", fragment)
+	}
+	for _, step := range []string{"2. **Trust both.**", "5. **Drop the old key.**"} {
+		i := strings.Index(section, step)
+		require.GreaterOrEqual(t, i, 0, "step %q", step)
+		text := section[i:]
+		if next := strings.Index(text[len(step):], ". **"); next >= 0 {
+			text = text[:len(step)+next]
+		}
+		assert.Contains(t, strings.ToLower(text), "no restart is needed", "step %q", step)
+	}
+}
