@@ -1,22 +1,19 @@
 package tlsutil
 
 import (
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
-	"github.com/stretchr/testify/require"
+
+	"github.com/kds-engine/kds-engine/engine/internal/testsupport/docstest"
 )
 
 // docs/security.md describes the check interval and quotes the log
 // messages; keep it in step with the code.
 func TestSecurityDocMatchesReloading(t *testing.T) {
-	data, err := os.ReadFile(filepath.Join("..", "..", "..", "docs", "security.md"))
-	require.NoError(t, err)
-	doc := strings.Join(strings.Fields(string(data)), " ") // line breaks do not matter
+	doc := docstest.Read(t, "security.md") // line breaks do not matter
 	assert.Equal(t, time.Second, DefaultCheckInterval, "docs/security.md says a second")
 	for _, fragment := range []string{
 		"once at least a second has passed since the last look",

@@ -1,22 +1,20 @@
 package token
 
 import (
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/kds-engine/kds-engine/engine/internal/testsupport/docstest"
 )
 
 // docs/security.md describes how the verification key files are reloaded
 // and quotes the log messages; keep it in step with the code.
 func TestSecurityDocMatchesKeyReloading(t *testing.T) {
-	data, err := os.ReadFile(filepath.Join("..", "..", "..", "docs", "security.md"))
-	require.NoError(t, err)
-	doc := strings.Join(strings.Fields(string(data)), " ") // line breaks do not matter
+	doc := docstest.Read(t, "security.md") // line breaks do not matter
 	start := strings.Index(doc, "## Rotating the signing key")
 	end := strings.Index(doc, "## Rotating TLS certificates")
 	require.True(t, start >= 0 && end > start, "docs/security.md has the section")
