@@ -90,33 +90,16 @@ func GeneratePKI(dir string, hosts []string, clients []string) (PKI, error) {
 		return PKI{}, err
 	}
 
-	serverTmpl := &x509.Certificate{
-		Subject:     pkix.Name{CommonName: hosts[0]},
-		NotBefore:   notBefore,
-		NotAfter:    notAfter,
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	for _, h := range hosts {
-		if ip := net.ParseIP(h); ip != nil {
-			serverTmpl.IPAddresses = append(serverTmpl.IPAddresses, ip)
-		} else {
-			serverTmpl.DNSNames = append(serverTmpl.DNSNames, h)
-		}
-	}
+	serverTmpl := serverTemplate(hosts)
+	serverTmpl.NotBefore, serverTmpl.NotAfter = notBefore, notAfter
 	pki.Server = KeyPair{CertFile: filepath.Join(dir, "server.crt"), KeyFile: filepath.Join(dir, "server.key")}
 	if err := issue(serverTmpl, caCert, caKey, pki.Server); err != nil {
 		return PKI{}, fmt.Errorf("create server certificate: %w", err)
 	}
 
 	for _, name := range clients {
-		tmpl := &x509.Certificate{
-			Subject:     pkix.Name{CommonName: name},
-			NotBefore:   notBefore,
-			NotAfter:    notAfter,
-			KeyUsage:    x509.KeyUsageDigitalSignature,
-			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-		}
+		tmpl := clientTemplate(name)
+		tmpl.NotBefore, tmpl.NotAfter = notBefore, notAfter
 		kp := KeyPair{CertFile: filepath.Join(dir, "client-"+name+".crt"), KeyFile: filepath.Join(dir, "client-"+name+".key")}
 		if err := issue(tmpl, caCert, caKey, kp); err != nil {
 			return PKI{}, fmt.Errorf("create client certificate %q: %w", name, err)
@@ -124,6 +107,34 @@ func GeneratePKI(dir string, hosts []string, clients []string) (PKI, error) {
 		pki.Clients[name] = kp
 	}
 	return pki, nil
+}
+
+// serverTemplate is a server certificate for hosts (IP addresses or DNS
+// names; the first is the common name), without validity or serial.
+func serverTemplate(hosts []string) *x509.Certificate {
+	tmpl := &x509.Certificate{
+		Subject:     pkix.Name{CommonName: hosts[0]},
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, h)
+		}
+	}
+	return tmpl
+}
+
+// clientTemplate is a client certificate for name, without validity or
+// serial.
+func clientTemplate(name string) *x509.Certificate {
+	return &x509.Certificate{
+		Subject:     pkix.Name{CommonName: name},
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
 }
 
 func issue(tmpl, ca *x509.Certificate, caKey *ecdsa.PrivateKey, kp KeyPair) error {

@@ -117,28 +117,12 @@ func (ca *testCA) intermediate(t *testing.T, name string) *testCA {
 
 func (ca *testCA) server(t *testing.T, hosts ...string) leaf {
 	t.Helper()
-	tmpl := &x509.Certificate{
-		Subject:     pkix.Name{CommonName: hosts[0]},
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	for _, h := range hosts {
-		if ip := net.ParseIP(h); ip != nil {
-			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
-		} else {
-			tmpl.DNSNames = append(tmpl.DNSNames, h)
-		}
-	}
-	return ca.issue(t, tmpl)
+	return ca.issue(t, serverTemplate(hosts))
 }
 
 func (ca *testCA) client(t *testing.T, name string) leaf {
 	t.Helper()
-	return ca.issue(t, &x509.Certificate{
-		Subject:     pkix.Name{CommonName: name},
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	})
+	return ca.issue(t, clientTemplate(name))
 }
 
 func pemCert(der []byte) []byte {
