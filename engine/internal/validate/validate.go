@@ -39,16 +39,17 @@ import (
 	"golang.org/x/text/message"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/kds-engine/kds-engine/engine/internal/plugin"
 	"github.com/kds-engine/kds-engine/engine/internal/resource"
 )
 
 // Defaults for the options.
 const (
 	DefaultMaxResourceBytes = 1 << 20
-	DefaultBatchSize        = 1000
-	// MaxBatchBytes bounds the resources of one plugin RPC; a single
-	// larger resource is sent alone.
-	MaxBatchBytes = 4 << 20
+	DefaultBatchSize        = plugin.DefaultBatchSize
+	// MaxBatchBytes bounds the resources of one plugin RPC (the plugin
+	// host's limit); a single larger resource is sent alone.
+	MaxBatchBytes = plugin.MaxBatchBytes
 	// MaxNameLength bounds resource and mesh names.
 	MaxNameLength = 253
 )
@@ -305,8 +306,9 @@ func (v *Validator) checkLocal(rs []*resource.Resource, out []local) {
 // be worth starting for envelope and schema checks.
 const parallelThreshold = 256
 
-// pluginCallsInFlight bounds concurrent Validate calls of one Validate.
-const pluginCallsInFlight = 4
+// pluginCallsInFlight bounds concurrent Validate calls of one Validate, as
+// the plugin host's own Validate does.
+const pluginCallsInFlight = plugin.CallsInFlight
 
 // envelope checks everything but the spec's content against the schema and
 // returns the type's descriptor, the resource's wire size and the parsed
