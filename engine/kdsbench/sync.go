@@ -283,10 +283,13 @@ func syncOnce(ctx context.Context, o Options, v *env, g *node, zname string, n i
 			if err != nil {
 				return syncRun{}, fmt.Errorf("%d of %d after %s: %w", cnt.len(), n, el, err)
 			}
-			ts := sentTo(z, engine.GlobalPeer, statusType)
+			// The sender's insights: global's for the zone, or the zone's
+			// for global.
+			sender, peer, typ := z, engine.GlobalPeer, statusType
 			if g2z {
-				ts = sentTo(g, zname, policyType)
+				sender, peer, typ = g, zname, policyType
 			}
+			ts := sentTo(sender, peer, typ)
 			return syncRun{elapsed: el, bytes: p.Bytes(), responses: int(ts.ResponsesSent), maxMsg: ts.LargestResponseBytes}, nil
 		case <-tick.C:
 			o.Progress.Set(cnt.len())
