@@ -110,6 +110,9 @@ func TestModesSmoke(t *testing.T) {
 	assert.Positive(t, s.Figures["g2z_300_ratio_cold"])
 	assert.Positive(t, s.Figures["g2z_300_largest_msg_bytes"], "the engine's largest response comes from insights")
 	assert.Positive(t, s.Figures["z2g_300_largest_msg_bytes"])
+	assert.Positive(t, s.Figures["g2z_300_cpu_seconds"], "CPU used while the clock ran")
+	assert.Positive(t, s.Figures["z2g_300_cpu_seconds"])
+	assert.Contains(t, s.Figures, "baseline_300_cpu_seconds")
 
 	u, err := Update(ctx, o, UpdateConfig{N: 100, Updates: 10, Size: 256})
 	require.NoError(t, err)

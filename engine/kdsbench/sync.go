@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"runtime"
 	"slices"
 	"time"
 
@@ -28,7 +29,8 @@ type syncRun struct {
 	elapsed   time.Duration
 	bytes     int64
 	responses int
-	maxMsg    int // 0: not measured
+	maxMsg    int           // 0: not measured
+	cpu       time.Duration // CPU used by this process and the plugins while the clock ran
 }
 
 func (s syncRun) rps(n int) float64 { return float64(n) / s.elapsed.Seconds() }
@@ -52,7 +54,7 @@ func Sync(ctx context.Context, o Options, c SyncConfig) (*Report, error) {
 	}
 	c.Repeat = max(c.Repeat, 1)
 	r := newReport("sync", "100k resources global→zone in ≤ 2 s and ≥ 0.7× the go-control-plane baseline's resources/s (10k and zone→global are shown, not judged)",
-		"N", "path", "time s", "resources/s", "wire MB", "responses", "largest msg KB", "ratio vs baseline")
+		"N", "path", "time s", "CPU s", "resources/s", "wire MB", "responses", "largest msg KB", "ratio vs baseline")
 	v, err := newEnv(o.PluginsDir, o.Log)
 	if err != nil {
 		return nil, err
@@ -80,13 +82,13 @@ func Sync(ctx context.Context, o Options, c SyncConfig) (*Report, error) {
 			return fmt.Sprintf(" (run %d)", i+1)
 		}
 		for i, t := range trials {
-			r.row(n, "baseline first client, cold (not judged)"+label(i), t.cold.elapsed.Seconds(), t.cold.rps(n), float64(t.cold.bytes)/1e6, t.cold.responses, float64(t.cold.maxMsg)/1024, "-")
-			r.row(n, "baseline (go-control-plane delta)"+label(i), t.base.elapsed.Seconds(), t.base.rps(n), float64(t.base.bytes)/1e6, t.base.responses, float64(t.base.maxMsg)/1024, "1")
+			r.row(n, "baseline first client, cold (not judged)"+label(i), t.cold.elapsed.Seconds(), t.cold.cpu.Seconds(), t.cold.rps(n), float64(t.cold.bytes)/1e6, t.cold.responses, float64(t.cold.maxMsg)/1024, "-")
+			r.row(n, "baseline (go-control-plane delta)"+label(i), t.base.elapsed.Seconds(), t.base.cpu.Seconds(), t.base.rps(n), float64(t.base.bytes)/1e6, t.base.responses, float64(t.base.maxMsg)/1024, "1")
 			for _, x := range []struct {
 				name string
 				run  syncRun
 			}{{"global→zone", t.g2z}, {"zone→global", t.z2g}} {
-				r.row(n, "engine "+x.name+label(i), x.run.elapsed.Seconds(), x.run.rps(n), float64(x.run.bytes)/1e6, x.run.responses, float64(x.run.maxMsg)/1024, x.run.rps(n)/t.base.rps(n))
+				r.row(n, "engine "+x.name+label(i), x.run.elapsed.Seconds(), x.run.cpu.Seconds(), x.run.rps(n), float64(x.run.bytes)/1e6, x.run.responses, float64(x.run.maxMsg)/1024, x.run.rps(n)/t.base.rps(n))
 			}
 		}
 		// Each path's median run is judged and reported in the figures
@@ -108,9 +110,9 @@ func Sync(ctx context.Context, o Options, c SyncConfig) (*Report, error) {
 		}
 		if c.Repeat > 1 {
 			m := fmt.Sprintf(" (median of %d)", c.Repeat)
-			r.row(n, "baseline (go-control-plane delta)"+m, med.base.elapsed.Seconds(), med.base.rps(n), float64(med.base.bytes)/1e6, med.base.responses, float64(med.base.maxMsg)/1024, "1")
-			r.row(n, "engine global→zone"+m, med.g2z.elapsed.Seconds(), med.g2z.rps(n), float64(med.g2z.bytes)/1e6, med.g2z.responses, float64(med.g2z.maxMsg)/1024, med.g2z.rps(n)/med.base.rps(n))
-			r.row(n, "engine zone→global"+m, med.z2g.elapsed.Seconds(), med.z2g.rps(n), float64(med.z2g.bytes)/1e6, med.z2g.responses, float64(med.z2g.maxMsg)/1024, med.z2g.rps(n)/med.base.rps(n))
+			r.row(n, "baseline (go-control-plane delta)"+m, med.base.elapsed.Seconds(), med.base.cpu.Seconds(), med.base.rps(n), float64(med.base.bytes)/1e6, med.base.responses, float64(med.base.maxMsg)/1024, "1")
+			r.row(n, "engine global→zone"+m, med.g2z.elapsed.Seconds(), med.g2z.cpu.Seconds(), med.g2z.rps(n), float64(med.g2z.bytes)/1e6, med.g2z.responses, float64(med.g2z.maxMsg)/1024, med.g2z.rps(n)/med.base.rps(n))
+			r.row(n, "engine zone→global"+m, med.z2g.elapsed.Seconds(), med.z2g.cpu.Seconds(), med.z2g.rps(n), float64(med.z2g.bytes)/1e6, med.z2g.responses, float64(med.z2g.maxMsg)/1024, med.z2g.rps(n)/med.base.rps(n))
 		}
 		for _, x := range []struct {
 			key string
@@ -124,6 +126,7 @@ func Sync(ctx context.Context, o Options, c SyncConfig) (*Report, error) {
 			r.Figures[key+"responses"] = float64(x.run.responses)
 			r.Figures[key+"largest_msg_bytes"] = float64(x.run.maxMsg)
 			r.Figures[key+"ratio"] = ratio
+			r.Figures[key+"cpu_seconds"] = x.run.cpu.Seconds()
 			r.Figures[key+"ratio_cold"] = x.run.rps(n) / med.cold.rps(n)
 			if n == 100000 && x.key == "g2z" && (ratio < 0.7 || x.run.elapsed > 2*time.Second) {
 				r.Pass = false
@@ -135,9 +138,16 @@ func Sync(ctx context.Context, o Options, c SyncConfig) (*Report, error) {
 		r.Figures[bk+"wire_bytes"] = float64(med.base.bytes)
 		r.Figures[bk+"responses"] = float64(med.base.responses)
 		r.Figures[bk+"largest_msg_bytes"] = float64(med.base.maxMsg)
+		r.Figures[bk+"cpu_seconds"] = med.base.cpu.Seconds()
 		r.Figures[fmt.Sprintf("baseline_cold_%d_seconds", n)] = med.cold.elapsed.Seconds()
 		r.note("N=%d: engine global→zone is %.2f× the cold baseline (its first client), %.2f× the warm one", n,
 			med.g2z.rps(n)/med.cold.rps(n), med.g2z.rps(n)/med.base.rps(n))
+		if cpu := med.g2z.cpu; cpu > 0 && med.base.cpu > 0 {
+			cores := runtime.NumCPU()
+			r.note("N=%d: engine global→zone used %.2f s of CPU (%.2f× the warm baseline's %.2f s): on %d cores it needs at least %.2f s, so it can reach at most %.2f× the warm baseline's resources/s", n,
+				cpu.Seconds(), cpu.Seconds()/med.base.cpu.Seconds(), med.base.cpu.Seconds(), cores,
+				cpu.Seconds()/float64(cores), med.base.elapsed.Seconds()/(cpu.Seconds()/float64(cores)))
+		}
 	}
 	if !slices.Contains(c.Ns, 100000) {
 		r.note("the target is for N=100000, which this run did not measure (MISS means not shown to pass)")
@@ -164,7 +174,7 @@ func syncXDS(ctx context.Context, n, size int) (warm, cold syncRun, err error) {
 	}
 	defer x.close()
 	receive := func() (syncRun, error) {
-		before := x.proxy.Bytes()
+		before, cpu := x.proxy.Bytes(), sampleCPU()
 		start := time.Now()
 		cl, err := dialXDS(x.proxy.Addr().String(), nil)
 		if err != nil {
@@ -174,10 +184,10 @@ func syncXDS(ctx context.Context, n, size int) (warm, cold syncRun, err error) {
 		if err := cl.waitCount(ctx, n, 2*time.Minute); err != nil {
 			return syncRun{}, err
 		}
-		el := time.Since(start)
+		el, used := time.Since(start), sampleCPU().since(cpu)
 		cl.mu.Lock()
 		defer cl.mu.Unlock()
-		return syncRun{elapsed: el, bytes: x.proxy.Bytes() - before, responses: cl.responses, maxMsg: cl.maxMsg}, nil
+		return syncRun{elapsed: el, bytes: x.proxy.Bytes() - before, responses: cl.responses, maxMsg: cl.maxMsg, cpu: used}, nil
 	}
 	if cold, err = receive(); err != nil {
 		return warm, cold, fmt.Errorf("first client: %w", err)
@@ -268,6 +278,7 @@ func syncOnce(ctx context.Context, o Options, v *env, g *node, zname string, n i
 	defer cancel()
 	o.Progress.Start(fmt.Sprintf("sync %d: %s", n, zname), n)
 	defer o.Progress.Finish()
+	cpu := sampleCPU()
 	start := time.Now()
 	p.Open()
 	tick := time.NewTicker(200 * time.Millisecond)
@@ -279,7 +290,7 @@ func syncOnce(ctx context.Context, o Options, v *env, g *node, zname string, n i
 	for {
 		select {
 		case err := <-waitErr:
-			el := time.Since(start)
+			el, used := time.Since(start), sampleCPU().since(cpu)
 			if err != nil {
 				return syncRun{}, fmt.Errorf("%d of %d after %s: %w", cnt.len(), n, el, err)
 			}
@@ -290,7 +301,7 @@ func syncOnce(ctx context.Context, o Options, v *env, g *node, zname string, n i
 				sender, peer, typ = g, zname, policyType
 			}
 			ts := sentTo(sender, peer, typ)
-			return syncRun{elapsed: el, bytes: p.Bytes(), responses: int(ts.ResponsesSent), maxMsg: ts.LargestResponseBytes}, nil
+			return syncRun{elapsed: el, bytes: p.Bytes(), responses: int(ts.ResponsesSent), maxMsg: ts.LargestResponseBytes, cpu: used}, nil
 		case <-tick.C:
 			o.Progress.Set(cnt.len())
 		}
