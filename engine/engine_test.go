@@ -83,7 +83,9 @@ func startNode(t *testing.T, cfg Config) *node {
 	}
 	cfg.APIAddress = "127.0.0.1:0"
 	if cfg.Role == RoleGlobal {
-		cfg.KDSAddress = "127.0.0.1:0"
+		if cfg.KDSAddress == "" {
+			cfg.KDSAddress = "127.0.0.1:0"
+		}
 		if cfg.TLSCertFile == "" {
 			cfg.TLSCertFile, cfg.TLSKeyFile = certFile, keyFile
 		}

@@ -2,17 +2,26 @@ package engine
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
+	"math/big"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/kds-engine/kds-engine/engine/internal/tlsutil"
 )
 
 // copyTo copies src to dir/name by writing a temporary file and renaming
@@ -150,4 +159,135 @@ func TestRunningGlobalPicksUpRotatedCertificates(t *testing.T) {
 	create(t, g, meshTimeout("after", "2s"))
 	eventually(t, func() bool { return find(zone, meshTimeout("after", "").Key()) != nil }, "zone syncs after the rotation")
 	assert.Equal(t, 1.0, metricSum(t, g, "kds_sessions_started_total", "zone-a"), "one session from start to end")
+}
+
+// renewCert issues a certificate like the one in certPath (subject, key
+// usages, start of validity) from pki's CA, with a new key, a new serial and
+// the expiry notAfter, and writes it with its key into a new directory.
+func renewCert(t *testing.T, pki tlsutil.PKI, certPath string, notAfter time.Time) (cert, key string) {
+	t.Helper()
+	ca, err := tls.LoadX509KeyPair(pki.CAFile, pki.CAKeyFile)
+	require.NoError(t, err)
+	old := leafOf(t, certPath)
+	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	require.NoError(t, err)
+	der, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{
+		SerialNumber: serial, Subject: old.Subject, KeyUsage: old.KeyUsage, ExtKeyUsage: old.ExtKeyUsage,
+		NotBefore: old.NotBefore, NotAfter: notAfter,
+	}, ca.Leaf, &priv.PublicKey, ca.PrivateKey)
+	require.NoError(t, err)
+	keyDER, err := x509.MarshalPKCS8PrivateKey(priv)
+	require.NoError(t, err)
+	dir := t.TempDir()
+	cert, key = filepath.Join(dir, "renewed.crt"), filepath.Join(dir, "renewed.key")
+	require.NoError(t, os.WriteFile(cert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600))
+	require.NoError(t, os.WriteFile(key, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600))
+	return cert, key
+}
+
+// clientSerialsAt listens on addr with cfg, the TLS config of a KDS port
+// that requires client certificates, and records the serial of the
+// certificate each client presents in a handshake that succeeds; it closes
+// every connection after the handshake. serials returns what was recorded
+// so far; stop closes the listener (also at the end of the test).
+func clientSerialsAt(t *testing.T, addr string, cfg *tls.Config) (serials func() []string, stop func()) {
+	t.Helper()
+	lis, err := tls.Listen("tcp", addr, cfg)
+	require.NoError(t, err)
+	var mu sync.Mutex
+	var seen []string
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			conn, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			tc := conn.(*tls.Conn)
+			_ = tc.SetDeadline(time.Now().Add(10 * time.Second))
+			if tc.Handshake() == nil {
+				mu.Lock()
+				seen = append(seen, tc.ConnectionState().PeerCertificates[0].SerialNumber.String())
+				mu.Unlock()
+			}
+			_ = tc.Close()
+		}
+	})
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			lis.Close()
+			wg.Wait()
+		})
+	}
+	t.Cleanup(stop)
+	return func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(seen)
+	}, stop
+}
+
+// A running zone presents its client certificate, replaced on disk by one
+// from the same CA with a new serial, on its next session with global,
+// without a restart.
+func TestRunningZonePresentsRotatedClientCertificate(t *testing.T) {
+	pki, err := tlsutil.GeneratePKI(filepath.Join(t.TempDir(), "pki"), []string{"localhost", "127.0.0.1", "::1"}, []string{"zone-a"})
+	require.NoError(t, err)
+	gcfg := Config{Role: RoleGlobal, PluginsDir: builtinDir,
+		TLSCertFile: pki.Server.CertFile, TLSKeyFile: pki.Server.KeyFile, ClientCAFile: pki.CAFile}
+	g := startNode(t, gcfg)
+	live := t.TempDir()
+	zoneCert := copyTo(t, pki.Clients["zone-a"].CertFile, live, "zone.crt")
+	zoneKey := copyTo(t, pki.Clients["zone-a"].KeyFile, live, "zone.key")
+	zone := startNode(t, zoneConfig(t, "zone-a", g, Config{PluginsDir: builtinDir, CAFile: pki.CAFile,
+		CertFile: zoneCert, KeyFile: zoneKey}))
+	create(t, g, meshTimeout("before", "1s"))
+	eventually(t, func() bool { return find(zone, meshTimeout("before", "").Key()) != nil }, "zone syncs before the rotation")
+
+	const expiry = "kds_tls_certificate_expiry_timestamp_seconds"
+	oldLeaf := leafOf(t, zoneCert)
+	v, ok := metricValue(t, zone, expiry, "cert-file")
+	require.True(t, ok)
+	assert.Equal(t, float64(oldLeaf.NotAfter.Unix()), v)
+
+	renewedCert, renewedKey := renewCert(t, pki, zoneCert, oldLeaf.NotAfter.Add(24*time.Hour))
+	newLeaf := leafOf(t, renewedCert)
+	require.Equal(t, oldLeaf.Issuer.String(), newLeaf.Issuer.String(), "the same CA")
+	require.NotEqual(t, oldLeaf.SerialNumber, newLeaf.SerialNumber)
+	copyTo(t, renewedKey, live, "zone.key")
+	copyTo(t, renewedCert, live, "zone.crt")
+
+	// A new session: global restarts. While it is down its address is
+	// served with the TLS config of global's KDS port, which records the
+	// certificate the zone presents (the engine does not expose it).
+	kdsAddr := g.e.KDSAddr().String()
+	g.stop()
+	scfg, err := tlsutil.ServerConfig(gcfg.TLSCertFile, gcfg.TLSKeyFile, gcfg.ClientCAFile, nil)
+	require.NoError(t, err)
+	scfg.NextProtos = []string{"h2"}
+	serials, stop := clientSerialsAt(t, kdsAddr, scfg)
+	want := newLeaf.SerialNumber.String()
+	if !assert.Eventually(t, func() bool {
+		s := serials()
+		return len(s) > 0 && s[len(s)-1] == want
+	}, 30*time.Second, 50*time.Millisecond) {
+		t.Fatalf("the zone does not present the new certificate: presented %v; old %s, new %s", serials(), oldLeaf.SerialNumber, want)
+	}
+	for _, s := range serials() {
+		assert.Contains(t, []string{oldLeaf.SerialNumber.String(), want}, s)
+	}
+	stop()
+
+	// Global back on the same address and data: the zone's new session
+	// with the new certificate is accepted and syncs.
+	gcfg.KDSAddress, gcfg.DataDir = kdsAddr, g.e.cfg.DataDir
+	g = startNode(t, gcfg)
+	create(t, g, meshTimeout("after", "2s"))
+	eventually(t, func() bool { return find(zone, meshTimeout("after", "").Key()) != nil }, "zone syncs after the rotation")
+	assert.Equal(t, 1.0, metricSum(t, g, "kds_sessions_started_total", "zone-a"))
+	v, _ = metricValue(t, zone, expiry, "cert-file")
+	assert.Equal(t, float64(newLeaf.NotAfter.Unix()), v, "the zone reports the expiry of the certificate it now uses")
 }
