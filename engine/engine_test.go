@@ -78,6 +78,12 @@ func (n *node) stop() {
 
 func startNode(t *testing.T, cfg Config) *node {
 	t.Helper()
+	return startNodeLogging(t, cfg, hclog.New(&hclog.LoggerOptions{Name: "test", Level: hclog.Warn, Output: os.Stderr}))
+}
+
+// startNodeLogging is startNode with the engine's logger.
+func startNodeLogging(t *testing.T, cfg Config, log hclog.Logger) *node {
+	t.Helper()
 	if cfg.DataDir == "" {
 		cfg.DataDir = t.TempDir()
 	}
@@ -94,7 +100,6 @@ func startNode(t *testing.T, cfg Config) *node {
 	}
 	cfg.ReconnectBackoffBase = 50 * time.Millisecond
 	cfg.ReconnectBackoffMax = 500 * time.Millisecond
-	log := hclog.New(&hclog.LoggerOptions{Name: "test", Level: hclog.Warn, Output: os.Stderr})
 	e, err := New(cfg, log)
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())

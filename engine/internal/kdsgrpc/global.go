@@ -7,10 +7,13 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/kds-engine/kds-engine/engine/internal/mux"
+	"github.com/kds-engine/kds-engine/engine/internal/tlsutil"
 	kdsv1 "github.com/kds-engine/kds-engine/proto/kds/v1"
 )
 
@@ -83,7 +86,7 @@ func (g *Global) Session(stream kdsv1.KDS_SessionServer) error {
 		mux.WithAbort(func() { close(release) })) // mux calls abort once
 	opts = append(opts, g.set.sessionOptions(zone)...)
 	sess := mux.NewSession(stream, g.types, opts...)
-	log.Info("session started", "capacity", sess.Capacity())
+	log.Info("session started", append([]any{"capacity", sess.Capacity()}, peerFields(stream.Context())...)...)
 
 	done := make(chan error, 1)
 	g.wg.Add(1) // joined by Wait, which the RPC does not wait for
@@ -100,6 +103,25 @@ func (g *Global) Session(stream kdsv1.KDS_SessionServer) error {
 	}
 	log.Info("session ended", "error", err)
 	return toStatus(err)
+}
+
+// peerFields returns the log fields that say who is on the other end of
+// ctx's stream: the address, and for a client certificate (mTLS) its
+// subject, serial number and expiry, so that a rotation on the zone can be
+// checked in global's log. Nothing is returned for what ctx does not carry.
+func peerFields(ctx context.Context) []any {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return nil
+	}
+	var f []any
+	if p.Addr != nil {
+		f = append(f, "peer", p.Addr.String())
+	}
+	if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok && len(ti.State.PeerCertificates) > 0 {
+		f = append(f, tlsutil.CertificateFields("client_cert_", ti.State.PeerCertificates[0])...)
+	}
+	return f
 }
 
 // Wait refuses new sessions (codes.Unavailable) and blocks until every

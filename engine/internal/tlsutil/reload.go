@@ -86,8 +86,7 @@ func watchKeyPair(certFile, keyFile string, log hclog.Logger, o options) (*filew
 			if reload {
 				msg, lvl = "reloaded TLS certificate; new connections use it", hclog.Info
 			}
-			log.Log(lvl, msg, "file", certFile, "key_file", keyFile,
-				"subject", c.Leaf.Subject.String(), "serial", serial(c.Leaf), "not_after", timestamp(c.Leaf.NotAfter))
+			log.Log(lvl, msg, append([]any{"file", certFile, "key_file", keyFile}, CertificateFields("", c.Leaf)...)...)
 			o.onLoad(Loaded{File: certFile, NotAfter: c.Leaf.NotAfter})
 		},
 		Rejected: func(err error) {
@@ -171,5 +170,13 @@ func loadCAs(path, what string) (caBundle, error) {
 }
 
 func serial(c *x509.Certificate) string { return fmt.Sprintf("%x", c.SerialNumber) }
+
+// CertificateFields returns the log fields that identify c: its subject,
+// serial number (hex) and expiry (RFC 3339, UTC), each key starting with
+// prefix. Every log line that names a certificate uses them, so the same
+// certificate reads the same in each.
+func CertificateFields(prefix string, c *x509.Certificate) []any {
+	return []any{prefix + "subject", c.Subject.String(), prefix + "serial", serial(c), prefix + "not_after", timestamp(c.NotAfter)}
+}
 
 func timestamp(t time.Time) string { return t.UTC().Format(time.RFC3339) }
