@@ -61,19 +61,11 @@ func report(b *testing.B, n int, unit string, div time.Duration, store, base met
 }
 
 func BenchmarkApplyVsBolt(b *testing.B) {
-	for _, c := range []struct {
-		name         string
-		total, batch int
-	}{
-		{"10k/batch=10k", 10_000, 10_000},
-		{"100k/batch=4k", 100_000, 4_000},
-		{"100k/batch=25k", 100_000, 25_000},
-		{"100k/batch=100k", 100_000, 100_000},
-	} {
-		b.Run(c.name, func(b *testing.B) {
-			all := storetest.Batch(c.total, 1024, "z1", "1")
-			keys := make([][]byte, c.total)
-			vals := make([][]byte, c.total)
+	for _, c := range storetest.ApplySizes {
+		b.Run(c.Name, func(b *testing.B) {
+			all := storetest.Batch(c.Total, 1024, "z1", "1")
+			keys := make([][]byte, c.Total)
+			vals := make([][]byte, c.Total)
 			for i, r := range all.Put {
 				keys[i], vals[i] = itemKey(r.Key()), encode(r)
 			}
@@ -84,14 +76,14 @@ func BenchmarkApplyVsBolt(b *testing.B) {
 				n++
 				db := openRaw(b, false)
 				base.measure(b, func() {
-					for i := 0; i < c.total; i += c.batch {
+					for i := 0; i < c.Total; i += c.Batch {
 						err := db.Update(func(tx *bolt.Tx) error {
 							bk, err := tx.CreateBucketIfNotExists([]byte("Dataplane"))
 							if err != nil {
 								return err
 							}
 							bk.FillPercent = 0.9 // as the store does for appends
-							for j := i; j < min(i+c.batch, c.total); j++ {
+							for j := i; j < min(i+c.Batch, c.Total); j++ {
 								if err := bk.Put(keys[j], vals[j]); err != nil {
 									return err
 								}
@@ -110,8 +102,8 @@ func BenchmarkApplyVsBolt(b *testing.B) {
 					b.Fatal(err)
 				}
 				st.measure(b, func() {
-					for i := 0; i < c.total; i += c.batch {
-						if _, err := s.Apply(ctx, store.Batch{Put: all.Put[i:min(i+c.batch, c.total)]}); err != nil {
+					for i := 0; i < c.Total; i += c.Batch {
+						if _, err := s.Apply(ctx, store.Batch{Put: all.Put[i:min(i+c.Batch, c.Total)]}); err != nil {
 							b.Fatal(err)
 						}
 					}

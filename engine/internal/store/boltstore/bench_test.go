@@ -17,17 +17,9 @@ func openBench(b *testing.B, opts ...boltstore.Option) *boltstore.Store {
 }
 
 func BenchmarkApply(b *testing.B) {
-	for _, c := range []struct {
-		name         string
-		total, batch int
-	}{
-		{"10k/batch=10k", 10_000, 10_000},
-		{"100k/batch=4k", 100_000, 4_000},
-		{"100k/batch=25k", 100_000, 25_000},
-		{"100k/batch=100k", 100_000, 100_000},
-	} {
-		b.Run(c.name, func(b *testing.B) {
-			storetest.BenchApply(b, func(b *testing.B) store.Store { return openBench(b) }, c.total, c.batch)
+	for _, c := range storetest.ApplySizes {
+		b.Run(c.Name, func(b *testing.B) {
+			storetest.BenchApply(b, func(b *testing.B) store.Store { return openBench(b) }, c.Total, c.Batch)
 		})
 	}
 }

@@ -9,17 +9,9 @@ import (
 )
 
 func BenchmarkApply(b *testing.B) {
-	for _, c := range []struct {
-		name         string
-		total, batch int
-	}{
-		{"10k/batch=10k", 10_000, 10_000},
-		{"100k/batch=4k", 100_000, 4_000},
-		{"100k/batch=25k", 100_000, 25_000},
-		{"100k/batch=100k", 100_000, 100_000},
-	} {
-		b.Run(c.name, func(b *testing.B) {
-			storetest.BenchApply(b, func(*testing.B) store.Store { return memory.New() }, c.total, c.batch)
+	for _, c := range storetest.ApplySizes {
+		b.Run(c.Name, func(b *testing.B) {
+			storetest.BenchApply(b, func(*testing.B) store.Store { return memory.New() }, c.Total, c.Batch)
 		})
 	}
 }

@@ -40,6 +40,22 @@ func Batch(n, specBytes int, zone, version string) store.Batch {
 // Resource size used by the benchmarks: about 1 KiB of spec.
 const benchSpecBytes = 1024
 
+// ApplySize is one size BenchApply is run at: Total resources applied in
+// batches of Batch.
+type ApplySize struct {
+	Name         string
+	Total, Batch int
+}
+
+// ApplySizes are the sizes every store's apply benchmark runs, so that the
+// stores' figures (and the raw bbolt baseline's) line up row by row.
+var ApplySizes = []ApplySize{
+	{"10k/batch=10k", 10_000, 10_000},
+	{"100k/batch=4k", 100_000, 4_000},
+	{"100k/batch=25k", 100_000, 25_000},
+	{"100k/batch=100k", 100_000, 100_000},
+}
+
 // BenchApply measures applying total resources of about 1 KiB, in batches of
 // batchSize, to a fresh store per iteration. It reports resources/s.
 func BenchApply(b *testing.B, open func(b *testing.B) store.Store, total, batchSize int) {
