@@ -81,14 +81,17 @@ func Sync(ctx context.Context, o Options, c SyncConfig) (*Report, error) {
 			}
 			return fmt.Sprintf(" (run %d)", i+1)
 		}
+		row := func(path string, run syncRun, ratio any) {
+			r.row(n, path, run.elapsed.Seconds(), run.cpu.Seconds(), run.rps(n), float64(run.bytes)/1e6, run.responses, float64(run.maxMsg)/1024, ratio)
+		}
 		for i, t := range trials {
-			r.row(n, "baseline first client, cold (not judged)"+label(i), t.cold.elapsed.Seconds(), t.cold.cpu.Seconds(), t.cold.rps(n), float64(t.cold.bytes)/1e6, t.cold.responses, float64(t.cold.maxMsg)/1024, "-")
-			r.row(n, "baseline (go-control-plane delta)"+label(i), t.base.elapsed.Seconds(), t.base.cpu.Seconds(), t.base.rps(n), float64(t.base.bytes)/1e6, t.base.responses, float64(t.base.maxMsg)/1024, "1")
+			row("baseline first client, cold (not judged)"+label(i), t.cold, "-")
+			row("baseline (go-control-plane delta)"+label(i), t.base, "1")
 			for _, x := range []struct {
 				name string
 				run  syncRun
 			}{{"global→zone", t.g2z}, {"zone→global", t.z2g}} {
-				r.row(n, "engine "+x.name+label(i), x.run.elapsed.Seconds(), x.run.cpu.Seconds(), x.run.rps(n), float64(x.run.bytes)/1e6, x.run.responses, float64(x.run.maxMsg)/1024, x.run.rps(n)/t.base.rps(n))
+				row("engine "+x.name+label(i), x.run, x.run.rps(n)/t.base.rps(n))
 			}
 		}
 		// Each path's median run is judged and reported in the figures
@@ -110,9 +113,9 @@ func Sync(ctx context.Context, o Options, c SyncConfig) (*Report, error) {
 		}
 		if c.Repeat > 1 {
 			m := fmt.Sprintf(" (median of %d)", c.Repeat)
-			r.row(n, "baseline (go-control-plane delta)"+m, med.base.elapsed.Seconds(), med.base.cpu.Seconds(), med.base.rps(n), float64(med.base.bytes)/1e6, med.base.responses, float64(med.base.maxMsg)/1024, "1")
-			r.row(n, "engine global→zone"+m, med.g2z.elapsed.Seconds(), med.g2z.cpu.Seconds(), med.g2z.rps(n), float64(med.g2z.bytes)/1e6, med.g2z.responses, float64(med.g2z.maxMsg)/1024, med.g2z.rps(n)/med.base.rps(n))
-			r.row(n, "engine zone→global"+m, med.z2g.elapsed.Seconds(), med.z2g.cpu.Seconds(), med.z2g.rps(n), float64(med.z2g.bytes)/1e6, med.z2g.responses, float64(med.z2g.maxMsg)/1024, med.z2g.rps(n)/med.base.rps(n))
+			row("baseline (go-control-plane delta)"+m, med.base, "1")
+			row("engine global→zone"+m, med.g2z, med.g2z.rps(n)/med.base.rps(n))
+			row("engine zone→global"+m, med.z2g, med.z2g.rps(n)/med.base.rps(n))
 		}
 		for _, x := range []struct {
 			key string
