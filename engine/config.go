@@ -79,6 +79,10 @@ type Config struct {
 	// Global: public keys (PEM) that verify zone tokens, for rotation. The
 	// signing key's public half is always trusted.
 	TokenVerificationKeyFiles []string
+	// Global: a file of revoked zone token ids, one per line (see
+	// docs/security.md). Reloaded when it changes: listed tokens are
+	// refused and their running sessions ended. Empty: nothing is revoked.
+	TokenRevocationFile string
 	// Global: new sessions one zone may open per minute (default 20;
 	// negative: no limit).
 	SessionsPerMinute int

@@ -28,6 +28,7 @@ import (
 	"github.com/kds-engine/kds-engine/engine/internal/store"
 	"github.com/kds-engine/kds-engine/engine/internal/store/boltstore"
 	"github.com/kds-engine/kds-engine/engine/internal/store/memory"
+	"github.com/kds-engine/kds-engine/engine/internal/token"
 	"github.com/kds-engine/kds-engine/engine/internal/validate"
 	kdsv1 "github.com/kds-engine/kds-engine/proto/kds/v1"
 )
@@ -57,6 +58,7 @@ type Engine struct {
 	received  []string
 	kdsAddr   net.Addr
 	apiAddr   net.Addr
+	revoked   *revocations // global
 
 	mu        sync.Mutex
 	connected bool // zone: a session to global is up
@@ -394,8 +396,13 @@ func (e *Engine) runGlobal(g *errgroup.Group, ctx context.Context, lis net.Liste
 		kdsgrpc.WithLogger(e.log),
 		kdsgrpc.WithSessionOptions(e.sendObserver),
 		kdsgrpc.WithSessionHooks(
-			func(ev kdsgrpc.SessionEvent) { e.ins.Connected(ev.Zone); e.metrics.SessionStarted(ev.Zone) },
 			func(ev kdsgrpc.SessionEvent) {
+				e.ins.Connected(ev.Zone)
+				e.metrics.SessionStarted(ev.Zone)
+				e.revoked.started(ev)
+			},
+			func(ev kdsgrpc.SessionEvent) {
+				e.revoked.ended(ev)
 				e.ins.Disconnected(ev.Zone, ev.Err)
 				e.metrics.SessionEnded(ev.Zone, endReason(ev.Err))
 			}))
@@ -407,6 +414,7 @@ func (e *Engine) runGlobal(g *errgroup.Group, ctx context.Context, lis net.Liste
 		}
 		return nil
 	})
+	g.Go(func() error { e.revoked.poll(ctx, token.DefaultKeyCheckInterval); return nil })
 	g.Go(func() error {
 		<-ctx.Done()
 		gs.Stop() // ends every session; their goroutines are joined below

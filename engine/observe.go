@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/kds-engine/kds-engine/engine/internal/insights"
+	"github.com/kds-engine/kds-engine/engine/internal/kdsgrpc"
 	"github.com/kds-engine/kds-engine/engine/internal/metrics"
 	"github.com/kds-engine/kds-engine/engine/internal/mux"
 	"github.com/kds-engine/kds-engine/engine/internal/plugin"
@@ -138,6 +139,8 @@ func endReason(err error) metrics.EndReason {
 		return metrics.ReasonShutdown
 	case errors.Is(err, io.EOF), errors.Is(err, mux.ErrSessionClosed):
 		return metrics.ReasonPeerClosed
+	case errors.Is(err, kdsgrpc.ErrCredentialsRevoked):
+		return metrics.ReasonAuth
 	}
 	msg := err.Error()
 	switch {

@@ -56,6 +56,10 @@ func GenerateZoneToken(dataDir, signingKeyFile, zone string, validFor time.Durat
 	return iss.Generate(zone, validFor)
 }
 
+// ZoneTokenID returns the id of a zone token (its "jti"), the value to list
+// in the revocation file to revoke it. The token is not verified.
+func ZoneTokenID(tok string) (string, error) { return token.ID(tok) }
+
 // GenerateDemoPKI writes a CA, a server certificate for localhost and client
 // certificates for zones into dir, for demos and tests. It returns the CA,
 // server certificate and key file paths, and each client's certificate and
@@ -92,10 +96,19 @@ func (e *Engine) kdsServerOptions() ([]grpc.ServerOption, error) {
 	if err != nil {
 		return nil, fmt.Errorf("zone token signing key: %w", err)
 	}
-	// The verification key files are reloaded when they change; the
-	// signing key's public half is always trusted.
+	// The verification key files and the revocation file are reloaded
+	// when they change; the signing key's public half is always trusted.
+	e.revoked = newRevocations(e.log.Named("token-revocations"))
+	var vopts []token.VerifierOption
+	if e.cfg.TokenRevocationFile != "" {
+		list, err := e.revoked.load(e.cfg.TokenRevocationFile)
+		if err != nil {
+			return nil, fmt.Errorf("zone token revocation file: %w", err)
+		}
+		vopts = append(vopts, token.WithRevoked(list.Revoked))
+	}
 	v, err := token.NewKeyFileVerifier(key.Public().(ed25519.PublicKey), e.cfg.TokenVerificationKeyFiles,
-		e.log.Named("token-keys"))
+		e.log.Named("token-keys"), token.WithVerifierOptions(vopts...))
 	if err != nil {
 		return nil, fmt.Errorf("zone token verification keys: %w", err)
 	}

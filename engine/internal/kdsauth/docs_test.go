@@ -27,7 +27,7 @@ func TestSecurityDocMatchesCode(t *testing.T) {
 
 	for _, r := range []string{
 		ReasonMissingZone, ReasonMissingToken, ReasonMalformed, ReasonExpired, ReasonNotYetValid,
-		ReasonUnknownKey, ReasonBadSignature, ReasonZoneMismatch, ReasonRateLimited,
+		ReasonUnknownKey, ReasonBadSignature, ReasonZoneMismatch, ReasonRevoked, ReasonRateLimited,
 	} {
 		has("| `"+r+"` |", "reason %s is missing from the refusals table", r)
 	}

@@ -68,6 +68,7 @@ const (
 	ReasonBadSignature = "bad_signature" // forged/altered token, or a non-EdDSA algorithm
 	ReasonZoneMismatch = "zone_mismatch" // token issued for another zone
 	ReasonMalformed    = "malformed"     // not a zone token
+	ReasonRevoked      = "revoked"       // token listed in the revocation file
 	ReasonRateLimited  = "rate_limited"  // too many new sessions for this zone
 	ReasonInvalid      = "invalid"       // verifier error outside the token sentinels
 )
@@ -226,8 +227,11 @@ func (a *Authenticator) Authenticate(ctx context.Context, method string) (contex
 			zone, a.limiter.perMinute)
 		return nil, a.refuse(codes.ResourceExhausted, zone, peerAddr, method, ReasonRateLimited, msg)
 	}
-	a.logger.Debug("zone authenticated", "zone", zone, "peer", peerAddr, "method", method)
-	return ContextWithIdentity(ctx, zone), nil
+	// The id names the session's token, so that revoking it can end the
+	// session; a verifier that accepted the token has parsed it already.
+	id, _ := token.ID(tok)
+	a.logger.Debug("zone authenticated", "zone", zone, "peer", peerAddr, "method", method, "token_id", id)
+	return context.WithValue(ContextWithIdentity(ctx, zone), tokenIDKey{}, id), nil
 }
 
 func (a *Authenticator) refuse(code codes.Code, claimed, peerAddr, method, reason, msg string) error {
@@ -306,6 +310,8 @@ func reasonFor(err error) string {
 		return ReasonZoneMismatch
 	case errors.Is(err, token.ErrMalformed):
 		return ReasonMalformed
+	case errors.Is(err, token.ErrRevoked):
+		return ReasonRevoked
 	default:
 		return ReasonInvalid
 	}
@@ -338,6 +344,15 @@ func ContextWithIdentity(ctx context.Context, zone string) context.Context {
 func IdentityFromContext(ctx context.Context) (zone string, ok bool) {
 	zone, ok = ctx.Value(identityKey{}).(string)
 	return zone, ok && zone != ""
+}
+
+type tokenIDKey struct{}
+
+// TokenIDFromContext returns the id of the token the stream authenticated
+// with, "" when ctx did not pass through an Authenticator.
+func TokenIDFromContext(ctx context.Context) string {
+	id, _ := ctx.Value(tokenIDKey{}).(string)
+	return id
 }
 
 // identityStream is a grpc.ServerStream whose Context carries the identity.

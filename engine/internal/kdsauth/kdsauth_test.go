@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -522,4 +523,31 @@ func TestEmptyClaimedZoneIsRefused(t *testing.T) {
 	_, err := e.session(t, "", nil, MetadataZone, "", MetadataAuthorization, "Bearer "+e.token(t, "zone-a"))
 	assertRefused(t, err, codes.Unauthenticated, ReasonMissingZone, "empty value")
 	assert.Zero(t, e.kds.calls.Load())
+}
+
+// An accepted session's context names the token it authenticated with; a
+// revoked token is refused with reason "revoked".
+func TestTokenIDAndRevokedReason(t *testing.T) {
+	iss := newIssuer(t, now0)
+	tok, err := iss.Generate("zone-a", time.Hour)
+	require.NoError(t, err)
+	id, err := token.ID(tok)
+	require.NoError(t, err)
+	ctx := metadata.NewIncomingContext(context.Background(),
+		metadata.Pairs(MetadataZone, "zone-a", MetadataAuthorization, "Bearer "+tok))
+
+	auth, err := NewAuthenticator(fixedVerifier{zone: "zone-a"}, hclog.NewNullLogger())
+	require.NoError(t, err)
+	got, err := auth.Authenticate(ctx, "/m")
+	require.NoError(t, err)
+	assert.Equal(t, id, TokenIDFromContext(got))
+	assert.Empty(t, TokenIDFromContext(context.Background()))
+
+	var r recorder
+	auth, err = NewAuthenticator(fixedVerifier{err: fmt.Errorf("%w: token %s", token.ErrRevoked, id)}, hclog.NewNullLogger(),
+		WithOnRefused(r.record))
+	require.NoError(t, err)
+	_, err = auth.Authenticate(ctx, "/m")
+	assertRefused(t, err, codes.Unauthenticated, "("+ReasonRevoked+")", id)
+	assert.Equal(t, []refusal{{"zone-a", ReasonRevoked}}, r.all())
 }

@@ -140,7 +140,7 @@ func (d *Dialer) session(ctx context.Context, client kdsv1.KDSClient) error {
 		s.Sessions++
 	})
 	d.log.Info("session started")
-	err = runSession(ctx, &d.set, d.zone, sess, func(ctx context.Context) error {
+	err = runSession(ctx, nil, &d.set, d.zone, sess, func(ctx context.Context) error {
 		return d.handler(context.WithValue(ctx, peerHeaderKey{}, headerSource(stream)), sess)
 	})
 	d.setState(func(s *ConnState) {

@@ -92,7 +92,7 @@ func (g *Global) Session(stream kdsv1.KDS_SessionServer) error {
 	g.wg.Add(1) // joined by Wait, which the RPC does not wait for
 	go func() {
 		defer g.wg.Done()
-		done <- runSession(context.Background(), &g.set, zone, sess, func(ctx context.Context) error {
+		done <- runSession(context.Background(), stream.Context(), &g.set, zone, sess, func(ctx context.Context) error {
 			return g.handler(ctx, zone, sess)
 		})
 	}()
@@ -139,6 +139,8 @@ func toStatus(err error) error {
 	switch {
 	case err == nil, errors.Is(err, ErrHandlerReturned):
 		return nil
+	case errors.Is(err, ErrCredentialsRevoked):
+		return status.Error(codes.Unauthenticated, err.Error())
 	case errors.Is(err, mux.ErrSendTimeout):
 		return status.Error(codes.DeadlineExceeded, err.Error())
 	case errors.Is(err, mux.ErrBufferFull), errors.Is(err, mux.ErrInboundFull), errors.Is(err, mux.ErrMessageTooLarge):

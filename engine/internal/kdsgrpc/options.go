@@ -27,6 +27,11 @@ var ErrInvalidZoneName = errors.New("invalid zone name")
 // ErrHandlerReturned ends a session whose sync handler returned nil.
 var ErrHandlerReturned = errors.New("sync handler returned")
 
+// ErrCredentialsRevoked ends a session on global whose credentials were
+// revoked while it ran (mux.Session.Close with an error wrapping it); the
+// zone receives codes.Unauthenticated.
+var ErrCredentialsRevoked = errors.New("session credentials revoked")
+
 // ValidateZoneName returns an error wrapping ErrInvalidZoneName unless name
 // is a DNS label.
 func ValidateZoneName(name string) error {
@@ -43,6 +48,9 @@ type SessionEvent struct {
 	Zone    string
 	Session *mux.Session
 	Started time.Time
+	// Stream is the context of the session's gRPC stream on global (it
+	// carries the authenticated identity and the peer); nil on a zone.
+	Stream context.Context
 	// Ended and Err are set only for the end hook.
 	Ended time.Time
 	Err   error
@@ -155,8 +163,8 @@ func WithBackoff(b Backoff) Option { return func(s *settings) { s.backoff = b.wi
 // runSession runs sess and handler together and joins both. The handler gets
 // the session's context; when it returns, the session ends (with
 // ErrHandlerReturned if it returned nil). Returns the session's error.
-func runSession(ctx context.Context, set *settings, zone string, sess *mux.Session, handler func(context.Context) error) error {
-	ev := SessionEvent{Zone: zone, Session: sess, Started: time.Now()}
+func runSession(ctx, stream context.Context, set *settings, zone string, sess *mux.Session, handler func(context.Context) error) error {
+	ev := SessionEvent{Zone: zone, Session: sess, Started: time.Now(), Stream: stream}
 	if set.onStart != nil {
 		set.onStart(ev)
 	}

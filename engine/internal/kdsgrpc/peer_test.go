@@ -5,14 +5,17 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"fmt"
 	"math/big"
 	"net"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
 )
 
 func TestPeerFieldsNameTheClientCertificate(t *testing.T) {
@@ -31,4 +34,12 @@ func TestPeerFieldsNameTheClientCertificate(t *testing.T) {
 
 	ctx = peer.NewContext(context.Background(), &peer.Peer{Addr: addr, AuthInfo: credentials.TLSInfo{}})
 	assert.Equal(t, []any{"peer", "10.0.0.7:40123"}, peerFields(ctx), "TLS without a client certificate")
+}
+
+func TestRevokedSessionEndsUnauthenticated(t *testing.T) {
+	err := toStatus(fmt.Errorf("%w: token x", ErrCredentialsRevoked))
+	st, ok := status.FromError(err)
+	assert.True(t, ok)
+	assert.Equal(t, codes.Unauthenticated, st.Code())
+	assert.Contains(t, st.Message(), "token x")
 }

@@ -78,6 +78,9 @@ var (
 	// ErrMalformed: the input is not a zone token (not a JWT, bad encoding,
 	// missing or wrongly typed claims, wrong issuer, no key id).
 	ErrMalformed = errors.New("malformed zone token")
+	// ErrRevoked: the token is authentic and otherwise valid, but its id
+	// is listed in the revocation file (see RevocationList).
+	ErrRevoked = errors.New("zone token revoked")
 )
 
 // claims is the JWT payload of a zone token.
@@ -175,9 +178,10 @@ func ValidateZoneName(name string) error {
 // Verifier checks zone tokens against a fixed set of Ed25519 public keys. It
 // is immutable and safe for concurrent use; build a new one to change keys.
 type Verifier struct {
-	keys   map[string]ed25519.PublicKey // by KeyID
-	leeway time.Duration
-	now    func() time.Time
+	keys    map[string]ed25519.PublicKey // by KeyID
+	leeway  time.Duration
+	now     func() time.Time
+	revoked func(id string) bool // nil: nothing is revoked
 }
 
 // VerifierOption configures a Verifier.
@@ -187,6 +191,13 @@ type VerifierOption func(*Verifier)
 // values are treated as zero.
 func WithLeeway(d time.Duration) VerifierOption {
 	return func(v *Verifier) { v.leeway = max(d, 0) }
+}
+
+// WithRevoked makes Verify refuse, with ErrRevoked, a token whose id
+// revoked reports (see RevocationList.Revoked). revoked must be safe for
+// concurrent use.
+func WithRevoked(revoked func(id string) bool) VerifierOption {
+	return func(v *Verifier) { v.revoked = revoked }
 }
 
 // WithClock sets the verifier's clock (default time.Now); for tests.
@@ -266,7 +277,22 @@ func (v *Verifier) Verify(tok, claimedZone string) (string, error) {
 		return "", fmt.Errorf("%w: token is for zone %q, connection claims %s; give this zone a token generated for it (kds-engine token generate --zone %s)",
 			ErrZoneMismatch, zone, claimed, cmp.Or(claimedZone, "NAME"))
 	}
+	if v.revoked != nil && v.revoked(c.ID) {
+		return "", fmt.Errorf("%w: token %s for zone %q is listed in the revocation file; give the zone a new token (kds-engine token generate --zone %s)",
+			ErrRevoked, c.ID, zone, zone)
+	}
 	return zone, nil
+}
+
+// ID returns the id ("jti") of tok without verifying it: for a token that
+// has been verified already, to name it in logs and to match it against
+// revocations.
+func ID(tok string) (string, error) {
+	var c claims
+	if _, _, err := jwt.NewParser().ParseUnverified(strings.TrimSpace(tok), &c); err != nil {
+		return "", fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	return c.ID, nil
 }
 
 // keyFor selects the verification key named by the token's "kid". It runs

@@ -81,14 +81,20 @@ func (a *App) tokenGenerate(cmd *cobra.Command, f tokenFlags) error {
 		fmt.Fprintf(a.Stderr, "%s: created the signing key %s; global must run with --data-dir %s to accept this token\n",
 			verb, keyFile, f.dataDir)
 	}
+	id, err := engine.ZoneTokenID(tok)
+	if err != nil {
+		return failed(fmt.Errorf("%s: %w", verb, err))
+	}
 	if f.output == "" {
 		fmt.Fprintln(a.Stdout, tok)
+		fmt.Fprintf(a.Stderr, "token id %s (list it in global's --token-revocation-file to revoke the token)\n", id)
 		return nil
 	}
 	if err := writePrivateFile(f.output, []byte(tok+"\n")); err != nil {
 		return failed(fmt.Errorf("%s: %w", verb, err))
 	}
-	fmt.Fprintf(a.Stderr, "token of zone %s written to %s (valid for %s)\n", f.zone, f.output, f.validFor)
+	fmt.Fprintf(a.Stderr, "token of zone %s written to %s (valid for %s); token id %s (list it in global's --token-revocation-file to revoke the token)\n",
+		f.zone, f.output, f.validFor, id)
 	return nil
 }
 

@@ -69,9 +69,10 @@ func TestTokenGenerateStdout(t *testing.T) {
 	// A second token uses the same key and says nothing about creating it.
 	code, out, errOut = runCLI(t, nil, "token", "generate", "--zone", "zone-2", "--data-dir", dir, "--valid-for", "2h")
 	require.Equal(t, ExitOK, code, errOut)
-	assert.Empty(t, errOut)
 	claims = verifyToken(t, strings.TrimSpace(out), keyFile)
 	assert.Equal(t, "zone-2", claims["sub"])
+	assert.Equal(t, "token id "+claims["jti"].(string)+" (list it in global's --token-revocation-file to revoke the token)\n", errOut,
+		"stderr names the token id and nothing else")
 	exp, err = claims.GetExpirationTime()
 	require.NoError(t, err)
 	assert.WithinDuration(t, time.Now().Add(2*time.Hour), exp.Time, time.Minute)
@@ -87,6 +88,7 @@ func TestTokenGenerateToFileAndEnv(t *testing.T) {
 	require.Equal(t, ExitOK, code, errOut)
 	assert.Empty(t, out)
 	assert.Contains(t, errOut, "token of zone zone-1 written to "+outFile)
+	assert.Contains(t, errOut, "token id ")
 	st, err := os.Stat(outFile)
 	require.NoError(t, err)
 	assert.Equal(t, os.FileMode(0o600), st.Mode().Perm(), "an existing file is replaced with mode 0600")

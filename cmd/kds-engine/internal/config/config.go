@@ -61,6 +61,7 @@ type Config struct {
 	ClientCAFile              string   `json:"clientCAFile,omitempty"`              // global
 	TokenSigningKeyFile       string   `json:"tokenSigningKeyFile,omitempty"`       // global
 	TokenVerificationKeyFiles []string `json:"tokenVerificationKeyFiles,omitempty"` // global
+	TokenRevocationFile       string   `json:"tokenRevocationFile,omitempty"`       // global
 	SessionsPerMinute         int      `json:"sessionsPerMinute,omitempty"`         // global
 	MaxResourcesPerZoneType   int      `json:"maxResourcesPerZoneType,omitempty"`   // global
 
@@ -159,6 +160,8 @@ var Settings = []Setting{
 		Usage: "key that signs zone tokens (default: DATA_DIR/zone-token-signing.key, created on first start)", set: func(c *Config, v string) error { c.TokenSigningKeyFile = v; return nil }},
 	{Flag: "token-verification-key-files", Kind: "list", Key: "tokenVerificationKeyFiles", Global: true, Default: fixed(""), Accepted: "comma-separated PEM public key files",
 		Usage: "extra public keys that verify zone tokens, for key rotation (comma list)", set: func(c *Config, v string) error { c.TokenVerificationKeyFiles = splitList(v); return nil }},
+	{Flag: "token-revocation-file", Kind: "string", Key: "tokenRevocationFile", Global: true, Default: fixed(""), Accepted: "a file of token ids, one per line",
+		Usage: "revoked zone token ids; reloaded on change, listed tokens are refused and their sessions ended", set: func(c *Config, v string) error { c.TokenRevocationFile = v; return nil }},
 	{Flag: "sessions-per-minute", Kind: "int", Key: "sessionsPerMinute", Global: true, Default: fixed("20"), Accepted: "a positive integer, or -1 for no limit",
 		Usage: "new sessions one zone may open per minute", set: func(c *Config, v string) error { return setInt(&c.SessionsPerMinute, v) }},
 	{Flag: "max-resources-per-zone-type", Kind: "int", Key: "maxResourcesPerZoneType", Global: true, Default: fixed("100000"), Accepted: "a positive integer, or -1 for no limit",
@@ -586,6 +589,7 @@ func (c *Config) Engine() engine.Config {
 		ec.TLSCertFile, ec.TLSKeyFile, ec.ClientCAFile = c.TLSCertFile, c.TLSKeyFile, c.ClientCAFile
 		ec.TokenSigningKeyFile = c.TokenSigningKeyFile
 		ec.TokenVerificationKeyFiles = slices.Clone(c.TokenVerificationKeyFiles)
+		ec.TokenRevocationFile = c.TokenRevocationFile
 		ec.SessionsPerMinute = c.SessionsPerMinute
 		ec.MaxResourcesPerZoneType = c.MaxResourcesPerZoneType
 	case engine.RoleZone:
