@@ -73,3 +73,51 @@ func TestRunningGlobalPicksUpVerificationKeys(t *testing.T) {
 	eventually(t, func() bool { return find(zone, meshTimeout("after-remove", "").Key()) != nil }, "the running session keeps syncing")
 	assert.Equal(t, 1.0, metricSum(t, g, "kds_sessions_started_total", "zone-a"), "one session from start to end")
 }
+
+// Replacing the signing key file of a running global switches the key it
+// always trusts, without a restart: tokens signed with the new key get in,
+// tokens of the old key only while a verification key file lists it.
+func TestRunningGlobalFollowsItsSigningKeyFile(t *testing.T) {
+	dataDir := t.TempDir()
+	signingFile := SigningKeyFile(dataDir, "") // the default one, in the data dir
+	oldKey, _, err := token.LoadOrCreateSigningKey(signingFile)
+	require.NoError(t, err)
+	trusted := filepath.Join(t.TempDir(), "trusted.pub")
+	writePublicKeys(t, trusted, oldKey.Public().(ed25519.PublicKey))
+	g := startNode(t, Config{Role: RoleGlobal, PluginsDir: builtinDir, DataDir: dataDir, TokenVerificationKeyFiles: []string{trusted},
+		SessionsPerMinute: -1}) // this test opens many sessions as zone-a
+	oldTok, err := GenerateZoneToken(g.e.cfg.DataDir, "", "zone-a", time.Hour)
+	require.NoError(t, err)
+
+	// Step 3 of the rotation: the new key goes in place of the old one.
+	next := filepath.Join(t.TempDir(), "next.key")
+	newKey, _, err := token.LoadOrCreateSigningKey(next)
+	require.NoError(t, err)
+	writePublicKeys(t, trusted, oldKey.Public().(ed25519.PublicKey), newKey.Public().(ed25519.PublicKey))
+	require.NoError(t, os.Rename(next, signingFile))
+	newTok, err := GenerateZoneToken(g.e.cfg.DataDir, "", "zone-a", time.Hour)
+	require.NoError(t, err)
+	require.NotEqual(t, oldTok, newTok)
+
+	// Global sends its session header only to a session it accepted; a
+	// refused one ends with a status naming the reason.
+	accepted := func(tok string) (bool, string) {
+		s := rawSession(t, dialGlobal(t, g), "zone-a", tok)
+		if md, err := s.Header(); err == nil && len(md) > 0 {
+			return true, ""
+		}
+		return false, recvUntilErr(t, s).Message()
+	}
+	require.Eventually(t, func() bool { ok, _ := accepted(newTok); return ok }, 30*time.Second, 100*time.Millisecond,
+		"a token of the new signing key gets in")
+	ok, why := accepted(oldTok)
+	assert.True(t, ok, "the old key is still listed: %s", why)
+
+	// Step 5: only the new key stays; the old key is no longer trusted,
+	// although it was the signing key global started with.
+	writePublicKeys(t, trusted, newKey.Public().(ed25519.PublicKey))
+	require.Eventually(t, func() bool { _, why := accepted(oldTok); return strings.Contains(why, "(unknown_key)") },
+		30*time.Second, 100*time.Millisecond, "the old key is dropped")
+	ok, why = accepted(newTok)
+	assert.True(t, ok, why)
+}

@@ -96,8 +96,9 @@ func (e *Engine) kdsServerOptions() ([]grpc.ServerOption, error) {
 	if err != nil {
 		return nil, fmt.Errorf("zone token signing key: %w", err)
 	}
-	// The verification key files and the revocation file are reloaded
-	// when they change; the signing key's public half is always trusted.
+	// The signing key file, the verification key files and the revocation
+	// file are reloaded when they change; the public half of the signing
+	// key in the file is always trusted.
 	e.revoked = newRevocations(e.log.Named("token-revocations"))
 	var vopts []token.VerifierOption
 	if e.cfg.TokenRevocationFile != "" {
@@ -108,7 +109,8 @@ func (e *Engine) kdsServerOptions() ([]grpc.ServerOption, error) {
 		vopts = append(vopts, token.WithRevoked(list.Revoked))
 	}
 	v, err := token.NewKeyFileVerifier(key.Public().(ed25519.PublicKey), e.cfg.TokenVerificationKeyFiles,
-		e.log.Named("token-keys"), token.WithVerifierOptions(vopts...))
+		e.log.Named("token-keys"), token.WithVerifierOptions(vopts...),
+		token.WithSigningKeyFile(SigningKeyFile(e.cfg.DataDir, e.cfg.TokenSigningKeyFile)))
 	if err != nil {
 		return nil, fmt.Errorf("zone token verification keys: %w", err)
 	}

@@ -11,7 +11,7 @@ import (
 	"github.com/kds-engine/kds-engine/engine/internal/testsupport/docstest"
 )
 
-// docs/security.md describes how the verification key files are reloaded
+// docs/security.md describes how the signing and verification key files are reloaded
 // and quotes the log messages; keep it in step with the code.
 func TestSecurityDocMatchesKeyReloading(t *testing.T) {
 	doc := docstest.Read(t, "security.md") // line breaks do not matter
@@ -25,12 +25,12 @@ func TestSecurityDocMatchesKeyReloading(t *testing.T) {
 		warnKeys + "; still trusting the previous keys, will try again when the files change",
 		"`reloaded zone token verification keys`",
 		"`key_ids`",
+		"`signing_key_id`",
 		"Running sessions are not affected.",
-		"3. **Switch the signing key.** Restart global",
 	} {
 		assert.True(t, strings.Contains(section, fragment), "docs/security.md, Rotating the signing key, lacks %q", fragment)
 	}
-	for _, step := range []string{"2. **Trust both.**", "5. **Drop the old key.**"} {
+	for _, step := range []string{"2. **Trust both.**", "3. **Switch the signing key.**", "5. **Drop the old key.**"} {
 		i := strings.Index(section, step)
 		require.GreaterOrEqual(t, i, 0, "step %q", step)
 		text := section[i:]

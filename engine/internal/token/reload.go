@@ -23,7 +23,8 @@ const DefaultKeyCheckInterval = time.Second
 // interval, it stats the files and, when one changed, reads all of them
 // again. A file that cannot be used keeps the previous keys; that change is
 // logged once as a warning and the files are tried again when they next
-// change. The signing key's public key is always trusted. It is safe for
+// change. The signing key's public key is always trusted (with
+// WithSigningKeyFile, that of the key the file holds now). It is safe for
 // concurrent use.
 type KeyFileVerifier struct {
 	keys *filewatch.Watched[*Verifier]
@@ -33,8 +34,19 @@ type KeyFileVerifier struct {
 type KeyFileOption func(*keyFileOptions)
 
 type keyFileOptions struct {
-	interval time.Duration
-	verifier []VerifierOption
+	interval    time.Duration
+	verifier    []VerifierOption
+	signingFile string
+}
+
+// WithSigningKeyFile makes the trusted signing key the public half of the
+// private key in path (see LoadSigningKey), watched and reloaded like the
+// verification key files, instead of the fixed key given to
+// NewKeyFileVerifier: replacing the file switches the signing key without a
+// restart. The key given to NewKeyFileVerifier must be the file's current
+// one.
+func WithSigningKeyFile(path string) KeyFileOption {
+	return func(o *keyFileOptions) { o.signingFile = path }
 }
 
 // WithKeyCheckInterval sets how often, at most, a verification looks at the
@@ -67,24 +79,42 @@ func NewKeyFileVerifier(signing ed25519.PublicKey, files []string, log hclog.Log
 		opt(probe)
 	}
 	files = append([]string(nil), files...)
+	watched := files
+	if o.signingFile != "" {
+		watched = append([]string{o.signingFile}, files...)
+	}
 	w, err := filewatch.New(filewatch.Config[*Verifier]{
-		Files: files,
+		Files: watched,
+		// Load and Adopted run under the watcher's lock: signing is the key
+		// of the verifier in use once Adopted has run.
 		Load: func() (*Verifier, error) {
+			sign := signing
+			if o.signingFile != "" {
+				key, err := LoadSigningKey(o.signingFile)
+				if err != nil {
+					return nil, &keyFileError{file: o.signingFile, err: err}
+				}
+				sign = key.Public().(ed25519.PublicKey)
+			}
 			keys, err := loadKeyFiles(files)
 			if err != nil {
 				return nil, err
 			}
-			return NewVerifier(append([]ed25519.PublicKey{signing}, keys...), o.verifier...)
+			v, err := NewVerifier(append([]ed25519.PublicKey{sign}, keys...), o.verifier...)
+			if err == nil {
+				signing = sign
+			}
+			return v, err
 		},
 		Adopted: func(v *Verifier, reload bool) {
-			if len(files) == 0 {
+			if len(watched) == 0 {
 				return
 			}
 			msg, lvl := "loaded zone token verification keys", hclog.Debug
 			if reload {
 				msg, lvl = "reloaded zone token verification keys; new sessions are verified against them", hclog.Info
 			}
-			log.Log(lvl, msg, "files", files, "key_ids", v.KeyIDs())
+			log.Log(lvl, msg, "files", watched, "key_ids", v.KeyIDs(), "signing_key_id", KeyID(signing))
 		},
 		Rejected: func(err error) {
 			file := ""

@@ -198,3 +198,51 @@ func TestKeyFileVerifierStartErrorNamesFile(t *testing.T) {
 	assert.Contains(t, err.Error(), missing)
 	assert.False(t, strings.Contains(err.Error(), "failed to"))
 }
+
+// With WithSigningKeyFile the always-trusted key follows the signing key
+// file: a key renamed over it is trusted from the next look, the one it
+// replaced only if a verification key file lists it; an unusable signing
+// key file keeps the previous keys with one warning.
+func TestKeyFileVerifierFollowsSigningKeyFile(t *testing.T) {
+	dir := t.TempDir()
+	signingFile := filepath.Join(dir, "signing.key")
+	oldKey, _, err := LoadOrCreateSigningKey(signingFile)
+	require.NoError(t, err)
+	next := filepath.Join(dir, "next.key")
+	newKey, _, err := LoadOrCreateSigningKey(next)
+	require.NoError(t, err)
+	issue := func(key ed25519.PrivateKey) string {
+		iss, err := NewIssuer(key, WithIssuerClock(func() time.Time { return t0 }))
+		require.NoError(t, err)
+		tok, err := iss.Generate("zone-a", time.Hour)
+		require.NoError(t, err)
+		return tok
+	}
+	oldTok, newTok := issue(oldKey), issue(newKey)
+
+	clk, logs := fakeclock.New(t0), &logbuf.Buffer{}
+	v, err := NewKeyFileVerifier(oldKey.Public().(ed25519.PublicKey), nil,
+		hclog.New(&hclog.LoggerOptions{Output: logs, Level: hclog.Debug}),
+		WithSigningKeyFile(signingFile), WithVerifierOptions(WithClock(clk.Now)))
+	require.NoError(t, err)
+	verify := func(tok string) error { _, err := v.Verify(tok, "zone-a"); return err }
+	require.NoError(t, verify(oldTok))
+	require.ErrorIs(t, verify(newTok), ErrUnknownKey)
+
+	require.NoError(t, os.Rename(next, signingFile))
+	clk.Advance(DefaultKeyCheckInterval)
+	require.NoError(t, verify(newTok), "the new signing key is trusted without a restart")
+	require.ErrorIs(t, verify(oldTok), ErrUnknownKey, "the replaced key is not trusted unless a key file lists it")
+	reloaded := logs.Lines("[INFO]", "reloaded zone token verification keys", "signing_key_id="+KeyID(newKey.Public().(ed25519.PublicKey)))
+	assert.Len(t, reloaded, 1, logs.String())
+
+	// A signing key file others can read is not used.
+	data, err := os.ReadFile(signingFile)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(signingFile+".tmp", data, 0o644)) //nolint:gosec // the point of the test
+	require.NoError(t, os.Chmod(signingFile+".tmp", 0o644))
+	require.NoError(t, os.Rename(signingFile+".tmp", signingFile))
+	clk.Advance(DefaultKeyCheckInterval)
+	require.NoError(t, verify(newTok), "the previous keys stay in force")
+	assert.Len(t, logs.Lines("[WARN]", warnKeys, "file="+signingFile), 1, logs.String())
+}
