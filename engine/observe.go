@@ -63,17 +63,8 @@ func (e *Engine) sampleSession(ctx context.Context, peer string, sess *mux.Sessi
 		}
 		last = st
 	}
-	t := time.NewTicker(sessionSampleInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			sample()
-			return
-		case <-t.C:
-			sample()
-		}
-	}
+	every(ctx, sessionSampleInterval, sample)
+	sample()
 }
 
 // sampleEngine refreshes engine-wide metrics (plugins, resources, responses
@@ -114,6 +105,11 @@ func (e *Engine) sampleEngine(ctx context.Context, interval time.Duration) {
 		}
 	}
 	sample()
+	every(ctx, interval, sample)
+}
+
+// every calls f every interval until ctx ends.
+func every(ctx context.Context, interval time.Duration, f func()) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -121,7 +117,7 @@ func (e *Engine) sampleEngine(ctx context.Context, interval time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			sample()
+			f()
 		}
 	}
 }

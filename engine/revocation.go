@@ -95,18 +95,9 @@ func (r *revocations) end(s *mux.Session, ls liveSession) {
 
 // poll looks at the revocation file every interval until ctx ends, so that
 // a revocation ends running sessions even while no session starts.
-func (r *revocations) poll(ctx context.Context, every time.Duration) {
+func (r *revocations) poll(ctx context.Context, interval time.Duration) {
 	if r == nil || r.list == nil {
 		return
 	}
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			r.list.Refresh()
-		}
-	}
+	every(ctx, interval, r.list.Refresh)
 }
