@@ -60,6 +60,13 @@ func GenerateZoneToken(dataDir, signingKeyFile, zone string, validFor time.Durat
 // in the revocation file to revoke it. The token is not verified.
 func ZoneTokenID(tok string) (string, error) { return token.ID(tok) }
 
+// ZoneTokenInfo is what a zone token says about itself (not verified).
+type ZoneTokenInfo = token.Info
+
+// InspectZoneToken reads a zone token's zone, id, key id, issue and expiry
+// times without verifying it.
+func InspectZoneToken(tok string) (ZoneTokenInfo, error) { return token.Inspect(tok) }
+
 // GenerateDemoPKI writes a CA, a server certificate for localhost and client
 // certificates for zones into dir, for demos and tests. It returns the CA,
 // server certificate and key file paths, and each client's certificate and

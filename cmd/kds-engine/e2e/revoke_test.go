@@ -1,14 +1,13 @@
 package e2e
 
 import (
+	"encoding/json"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-
-	"github.com/kds-engine/kds-engine/engine"
 )
 
 // A zone token listed in global's --token-revocation-file is cut off while
@@ -23,9 +22,13 @@ func TestRevokedZoneTokenIsCutOff(t *testing.T) {
 	z := c.addZone(t, "zone-1")
 	waitFor(t, "zone-1 online", func() (bool, string) { return zoneOnline(t, c.global, "zone-1") })
 
+	// The operator looks up the token's id with the CLI.
 	tokenFile := filepath.Join(c.dir, "zone-1.token")
-	id, err := engine.ZoneTokenID(readFile(t, tokenFile))
-	require.NoError(t, err)
+	var info struct{ Zone, ID string }
+	require.NoError(t, json.Unmarshal([]byte(mustCLI(t, "token", "inspect", tokenFile, "-o", "json").stdout), &info))
+	require.Equal(t, "zone-1", info.Zone)
+	id := info.ID
+	require.Len(t, id, 32)
 	writeFile(t, c.dir, "revoked.txt", id+"  # zone-1's first token\n")
 
 	waitFor(t, "zone-1 offline on global", func() (bool, string) {

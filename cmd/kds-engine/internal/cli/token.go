@@ -1,8 +1,10 @@
 package cli
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"time"
@@ -46,8 +48,52 @@ func (a *App) tokenCommand() *cobra.Command {
 	fs.StringVar(&f.signingKeyFile, "token-signing-key-file", "",
 		"global's signing key (default: DATA_DIR/zone-token-signing.key) (env KDS_ENGINE_TOKEN_SIGNING_KEY_FILE)")
 	fs.StringVarP(&f.output, "output", "o", "", "write the token to this file (mode 0600) instead of stdout")
-	cmd.AddCommand(gen)
+
+	var format string
+	inspect := &cobra.Command{
+		Use:   "inspect [FILE|-]",
+		Short: "Show a zone token's zone, id, key id and validity (not verified)",
+		Long: "Show what a zone token says about itself: its zone, its id (what --token-revocation-file lists to revoke it),\n" +
+			"the id of the key that signed it, and when it was issued and expires. The token is read from FILE, or from\n" +
+			"stdin with - or no argument. Its signature is not checked: only global can tell whether it would be accepted.",
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error { return a.tokenInspect(args, format) },
+	}
+	inspect.Flags().StringVarP(&format, "output", "o", "text", "output format: text or json")
+	cmd.AddCommand(gen, inspect)
 	return cmd
+}
+
+func (a *App) tokenInspect(args []string, format string) error {
+	const verb = "token inspect"
+	if format != "text" && format != "json" {
+		return usageError(fmt.Errorf("%s: -o %q: want text or json", verb, format))
+	}
+	src, read := "stdin", func() ([]byte, error) { return io.ReadAll(io.LimitReader(a.Stdin, 1<<20)) }
+	if len(args) == 1 && args[0] != "-" {
+		src, read = args[0], func() ([]byte, error) { return os.ReadFile(args[0]) }
+	}
+	raw, err := read()
+	if err != nil {
+		return failed(fmt.Errorf("%s: read %s: %w", verb, src, err))
+	}
+	info, err := engine.InspectZoneToken(string(raw))
+	if err != nil {
+		return failed(fmt.Errorf("%s: %s: %w", verb, src, err))
+	}
+	if format == "json" {
+		enc := json.NewEncoder(a.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(info)
+	}
+	expiry := "expired"
+	if left := time.Until(info.ExpiresAt); left > 0 {
+		expiry = "in " + left.Truncate(time.Minute).String()
+	}
+	fmt.Fprintf(a.Stdout, "zone:       %s\nid:         %s\nkey id:     %s\nissued at:  %s\nexpires at: %s (%s)\n",
+		info.Zone, info.ID, info.KeyID, info.IssuedAt.Format(time.RFC3339), info.ExpiresAt.Format(time.RFC3339), expiry)
+	fmt.Fprintln(a.Stderr, "not verified: only global can tell whether it accepts this token")
+	return nil
 }
 
 func (a *App) tokenGenerate(cmd *cobra.Command, f tokenFlags) error {

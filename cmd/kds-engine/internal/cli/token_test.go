@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/json"
 	"encoding/pem"
 	"os"
 	"path/filepath"
@@ -156,4 +157,47 @@ func TestTokenGenerateBadSigningKeyFile(t *testing.T) {
 	code, _, errOut = runCLI(t, nil, "token", "generate", "--zone", "zone-1", "--token-signing-key-file", junk)
 	assert.Equal(t, ExitFailed, code)
 	assert.Contains(t, errOut, junk)
+}
+
+func TestTokenInspect(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "global")
+	tokenFile := filepath.Join(t.TempDir(), "zone-1.token")
+	code, _, errOut := runCLI(t, nil, "token", "generate", "--zone", "zone-1", "--data-dir", dir, "--valid-for", "2h", "-o", tokenFile)
+	require.Equal(t, ExitOK, code, errOut)
+	raw, err := os.ReadFile(tokenFile)
+	require.NoError(t, err)
+	claims := verifyToken(t, strings.TrimSpace(string(raw)), filepath.Join(dir, "zone-token-signing.key"))
+	id := claims["jti"].(string)
+	assert.Contains(t, errOut, "token id "+id, "generate and inspect name the same id")
+
+	code, out, errOut := runCLI(t, nil, "token", "inspect", tokenFile)
+	require.Equal(t, ExitOK, code, errOut)
+	assert.Contains(t, out, "zone:       zone-1\n")
+	assert.Contains(t, out, "id:         "+id+"\n")
+	assert.Regexp(t, `key id:     [0-9a-f]{16}\n`, out)
+	assert.Regexp(t, `expires at: \S+ \(in 1h5\dm0s\)\n`, out)
+	assert.Contains(t, errOut, "not verified")
+
+	code, out, errOut = runCLI(t, nil, "token", "inspect", tokenFile, "-o", "json")
+	require.Equal(t, ExitOK, code, errOut)
+	var info struct{ Zone, ID, KeyID string }
+	require.NoError(t, json.Unmarshal([]byte(out), &info), out)
+	assert.Equal(t, "zone-1", info.Zone)
+	assert.Equal(t, id, info.ID)
+	assert.Len(t, info.KeyID, 16)
+
+	// From stdin, as `kds-engine token inspect < zone-1.token`.
+	var stdout, stderr bytes.Buffer
+	a := &App{Stdin: bytes.NewReader(raw), Stdout: &stdout, Stderr: &stderr, LookupEnv: func(string) (string, bool) { return "", false }}
+	require.Equal(t, ExitOK, a.Run([]string{"token", "inspect"}), stderr.String())
+	assert.Contains(t, stdout.String(), "id:         "+id+"\n")
+
+	junk := filepath.Join(t.TempDir(), "junk")
+	require.NoError(t, os.WriteFile(junk, []byte("not a token"), 0o600))
+	code, _, errOut = runCLI(t, nil, "token", "inspect", junk)
+	assert.Equal(t, ExitFailed, code)
+	assert.Contains(t, errOut, "token inspect: "+junk+": malformed zone token")
+	code, _, errOut = runCLI(t, nil, "token", "inspect", tokenFile, "-o", "yaml")
+	assert.Equal(t, ExitUsage, code)
+	assert.Contains(t, errOut, `-o "yaml": want text or json`)
 }
