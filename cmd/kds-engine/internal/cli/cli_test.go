@@ -19,6 +19,7 @@ import (
 	"go.uber.org/goleak"
 	"sigs.k8s.io/yaml"
 
+	"github.com/kds-engine/kds-engine/cmd/kds-engine/internal/syncbuf"
 	"github.com/kds-engine/kds-engine/engine"
 	"github.com/kds-engine/kds-engine/engine/apitest"
 )
@@ -541,7 +542,7 @@ func within[T any](t *testing.T, ch <-chan T, d time.Duration, what string) T {
 // waitStarted waits until the fake engine runs; if Run returns first (for
 // example because the configuration was refused), it fails with the exit
 // code and stderr instead of hanging.
-func waitStarted(t *testing.T, started <-chan struct{}, done <-chan int, errb *syncBuffer) {
+func waitStarted(t *testing.T, started <-chan struct{}, done <-chan int, errb *syncbuf.Buffer) {
 	t.Helper()
 	select {
 	case <-started:
@@ -552,24 +553,6 @@ func waitStarted(t *testing.T, started <-chan struct{}, done <-chan int, errb *s
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for a writer goroutine and a reader.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestRunFirstSignalCancelsSecondExits(t *testing.T) {
 	h := newHarness(t, "global")
 	sigs := make(chan os.Signal, 2)
@@ -577,7 +560,7 @@ func TestRunFirstSignalCancelsSecondExits(t *testing.T) {
 
 	// First signal: the context is cancelled, the engine returns, exit 0.
 	a, _, _ := h.app()
-	errb := &syncBuffer{}
+	errb := &syncbuf.Buffer{}
 	a.Stderr = errb
 	a.Signals = func() (<-chan os.Signal, func()) { return sigs, func() {} }
 	a.RunEngine = (&fakeEngine{run: func(ctx context.Context) error {
@@ -596,7 +579,7 @@ func TestRunFirstSignalCancelsSecondExits(t *testing.T) {
 	release := make(chan struct{})
 	started2 := make(chan struct{})
 	a, _, _ = h.app()
-	errb2 := &syncBuffer{}
+	errb2 := &syncbuf.Buffer{}
 	a.Stderr = errb2
 	a.Signals = func() (<-chan os.Signal, func()) { return sigs, func() {} }
 	a.Exit = func(code int) { exited <- code; close(release) }

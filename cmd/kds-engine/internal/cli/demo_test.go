@@ -13,6 +13,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/kds-engine/kds-engine/cmd/kds-engine/internal/syncbuf"
 )
 
 // repoRoot is the module root relative to this package.
@@ -60,7 +62,7 @@ func TestDemoOnceSyncsOverMTLSWithTokens(t *testing.T) {
 	}
 	plugins := buildPlugins(t)
 	data := t.TempDir()
-	var out, errb syncBuffer
+	var out, errb syncbuf.Buffer
 	a := &App{Stdout: &out, Stderr: &errb}
 	done := make(chan int, 1)
 	go func() {
