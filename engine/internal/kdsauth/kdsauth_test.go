@@ -536,12 +536,21 @@ func TestTokenIDAndRevokedReason(t *testing.T) {
 	ctx := metadata.NewIncomingContext(context.Background(),
 		metadata.Pairs(MetadataZone, "zone-a", MetadataAuthorization, "Bearer "+tok))
 
-	auth, err := NewAuthenticator(fixedVerifier{zone: "zone-a"}, hclog.NewNullLogger())
+	v, err := token.NewVerifier([]ed25519.PublicKey{iss.PublicKey()}, token.WithClock(func() time.Time { return now0 }))
+	require.NoError(t, err)
+	auth, err := NewAuthenticator(v, hclog.NewNullLogger())
 	require.NoError(t, err)
 	got, err := auth.Authenticate(ctx, "/m")
 	require.NoError(t, err)
 	assert.Equal(t, id, TokenIDFromContext(got))
 	assert.Empty(t, TokenIDFromContext(context.Background()))
+
+	// A verifier that only returns the zone leaves the id empty.
+	auth, err = NewAuthenticator(fixedVerifier{zone: "zone-a"}, hclog.NewNullLogger())
+	require.NoError(t, err)
+	got, err = auth.Authenticate(ctx, "/m")
+	require.NoError(t, err)
+	assert.Empty(t, TokenIDFromContext(got))
 
 	var r recorder
 	auth, err = NewAuthenticator(fixedVerifier{err: fmt.Errorf("%w: token %s", token.ErrRevoked, id)}, hclog.NewNullLogger(),

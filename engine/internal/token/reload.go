@@ -139,6 +139,11 @@ func (v *KeyFileVerifier) Verify(tok, claimedZone string) (string, error) {
 	return v.keys.Current().Verify(tok, claimedZone)
 }
 
+// VerifyID checks tok against the keys trusted now; see Verifier.VerifyID.
+func (v *KeyFileVerifier) VerifyID(tok, claimedZone string) (zone, id string, err error) {
+	return v.keys.Current().VerifyID(tok, claimedZone)
+}
+
 // KeyIDs returns the ids of the keys trusted now, sorted.
 func (v *KeyFileVerifier) KeyIDs() []string {
 	return v.keys.Current().KeyIDs()

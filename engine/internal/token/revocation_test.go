@@ -177,3 +177,16 @@ func TestKeyFileVerifierWithRevocationList(t *testing.T) {
 	_, err = v.Verify(s.tok, "zone-a")
 	require.NoError(t, err)
 }
+
+func TestVerifyIDReturnsTheTokenID(t *testing.T) {
+	s := newSigner(t)
+	v, err := NewVerifier([]ed25519.PublicKey{s.pub}, WithClock(func() time.Time { return t0 }))
+	require.NoError(t, err)
+	zone, id, err := v.VerifyID(s.tok, "zone-a")
+	require.NoError(t, err)
+	assert.Equal(t, "zone-a", zone)
+	assert.Equal(t, tokenID(t, s.tok), id)
+	_, id, err = v.VerifyID(s.tok, "zone-b")
+	require.ErrorIs(t, err, ErrZoneMismatch)
+	assert.Empty(t, id, "no id for a refused token")
+}

@@ -244,12 +244,20 @@ func (v *Verifier) KeyIDs() []string {
 // ErrUnknownKey, ErrBadSignature, ErrZoneMismatch or ErrMalformed, and its
 // text says what to do.
 func (v *Verifier) Verify(tok, claimedZone string) (string, error) {
+	zone, _, err := v.VerifyID(tok, claimedZone)
+	return zone, err
+}
+
+// VerifyID is Verify that also returns the token's id ("jti"), so that a
+// caller that keeps it (to end the session when the token is revoked) does
+// not parse the token again.
+func (v *Verifier) VerifyID(tok, claimedZone string) (zone, id string, err error) {
 	tok = strings.TrimSpace(tok)
 	if tok == "" {
-		return "", fmt.Errorf("%w; start the zone with --token-file (create one on global: kds-engine token generate --zone NAME)", ErrMissing)
+		return "", "", fmt.Errorf("%w; start the zone with --token-file (create one on global: kds-engine token generate --zone NAME)", ErrMissing)
 	}
 	if len(tok) > MaxTokenSize {
-		return "", fmt.Errorf("%w: %d bytes, the limit is %d; %s", ErrMalformed, len(tok), MaxTokenSize, generateHint)
+		return "", "", fmt.Errorf("%w: %d bytes, the limit is %d; %s", ErrMalformed, len(tok), MaxTokenSize, generateHint)
 	}
 	var c claims
 	parser := jwt.NewParser(
@@ -263,25 +271,25 @@ func (v *Verifier) Verify(tok, claimedZone string) (string, error) {
 	)
 	parsed, err := parser.ParseWithClaims(tok, &c, v.keyFor)
 	if err != nil {
-		return "", v.classify(parsed, &c, err)
+		return "", "", v.classify(parsed, &c, err)
 	}
-	zone := c.Subject
+	zone = c.Subject
 	if err := ValidateZoneName(zone); err != nil {
-		return "", fmt.Errorf("%w: subject: %v; %s", ErrMalformed, err, generateHint)
+		return "", "", fmt.Errorf("%w: subject: %v; %s", ErrMalformed, err, generateHint)
 	}
 	if zone != claimedZone {
 		claimed := fmt.Sprintf("zone %q", claimedZone)
 		if claimedZone == "" {
 			claimed = "no zone"
 		}
-		return "", fmt.Errorf("%w: token is for zone %q, connection claims %s; give this zone a token generated for it (kds-engine token generate --zone %s)",
+		return "", "", fmt.Errorf("%w: token is for zone %q, connection claims %s; give this zone a token generated for it (kds-engine token generate --zone %s)",
 			ErrZoneMismatch, zone, claimed, cmp.Or(claimedZone, "NAME"))
 	}
 	if v.revoked != nil && v.revoked(c.ID) {
-		return "", fmt.Errorf("%w: token %s for zone %q is listed in the revocation file; give the zone a new token (kds-engine token generate --zone %s)",
+		return "", "", fmt.Errorf("%w: token %s for zone %q is listed in the revocation file; give the zone a new token (kds-engine token generate --zone %s)",
 			ErrRevoked, c.ID, zone, zone)
 	}
-	return zone, nil
+	return zone, c.ID, nil
 }
 
 // Info is what a zone token says about itself, read without verifying it.
