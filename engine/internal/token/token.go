@@ -241,7 +241,8 @@ func (v *Verifier) KeyIDs() []string {
 // tok is ignored (token files end in a newline).
 //
 // Every error wraps one of ErrMissing, ErrExpired, ErrNotYetValid,
-// ErrUnknownKey, ErrBadSignature, ErrZoneMismatch or ErrMalformed, and its
+// ErrUnknownKey, ErrBadSignature, ErrZoneMismatch, ErrRevoked (with
+// WithRevoked) or ErrMalformed, and its
 // text says what to do.
 func (v *Verifier) Verify(tok, claimedZone string) (string, error) {
 	zone, _, err := v.VerifyID(tok, claimedZone)
