@@ -39,8 +39,9 @@ func TestRevokedTokenEndsItsSessions(t *testing.T) {
 	raw, err := os.ReadFile(acfg.TokenFile)
 	require.NoError(t, err)
 	tokA := strings.TrimSpace(string(raw))
-	idA, err := ZoneTokenID(tokA)
+	info, err := InspectZoneToken(tokA)
 	require.NoError(t, err)
+	idA := info.ID
 
 	writeFile(t, revoked, "# leaked\n"+idA+"\n")
 	eventually(t, func() bool { return zoneA.b().Ready() != nil }, "zone-a's running session is ended")

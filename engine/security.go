@@ -56,11 +56,8 @@ func GenerateZoneToken(dataDir, signingKeyFile, zone string, validFor time.Durat
 	return iss.Generate(zone, validFor)
 }
 
-// ZoneTokenID returns the id of a zone token (its "jti"), the value to list
-// in the revocation file to revoke it. The token is not verified.
-func ZoneTokenID(tok string) (string, error) { return token.ID(tok) }
-
-// ZoneTokenInfo is what a zone token says about itself (not verified).
+// ZoneTokenInfo is what a zone token says about itself (not verified). ID
+// is the value to list in the revocation file to revoke the token.
 type ZoneTokenInfo = token.Info
 
 // InspectZoneToken reads a zone token's zone, id, key id, issue and expiry

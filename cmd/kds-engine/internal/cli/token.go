@@ -127,10 +127,11 @@ func (a *App) tokenGenerate(cmd *cobra.Command, f tokenFlags) error {
 		fmt.Fprintf(a.Stderr, "%s: created the signing key %s; global must run with --data-dir %s to accept this token\n",
 			verb, keyFile, f.dataDir)
 	}
-	id, err := engine.ZoneTokenID(tok)
+	info, err := engine.InspectZoneToken(tok)
 	if err != nil {
 		return failed(fmt.Errorf("%s: %w", verb, err))
 	}
+	id := info.ID
 	if f.output == "" {
 		fmt.Fprintln(a.Stdout, tok)
 		fmt.Fprintf(a.Stderr, "token id %s (list it in global's --token-revocation-file to revoke the token)\n", id)
