@@ -531,8 +531,9 @@ func TestTokenIDAndRevokedReason(t *testing.T) {
 	iss := newIssuer(t, now0)
 	tok, err := iss.Generate("zone-a", time.Hour)
 	require.NoError(t, err)
-	id, err := token.ID(tok)
+	info, err := token.Inspect(tok)
 	require.NoError(t, err)
+	id := info.ID
 	ctx := metadata.NewIncomingContext(context.Background(),
 		metadata.Pairs(MetadataZone, "zone-a", MetadataAuthorization, "Bearer "+tok))
 

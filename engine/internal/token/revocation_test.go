@@ -18,10 +18,10 @@ import (
 
 func tokenID(t *testing.T, tok string) string {
 	t.Helper()
-	id, err := ID(tok)
+	info, err := Inspect(tok)
 	require.NoError(t, err)
-	require.Len(t, id, idLen)
-	return id
+	require.Len(t, info.ID, idLen)
+	return info.ID
 }
 
 func TestParseRevocations(t *testing.T) {
@@ -67,12 +67,18 @@ func TestVerifyRefusesRevokedToken(t *testing.T) {
 	require.ErrorIs(t, err, ErrZoneMismatch)
 }
 
-func TestIDOfToken(t *testing.T) {
+func TestInspectToken(t *testing.T) {
 	s := newSigner(t)
-	id, err := ID(" " + s.tok + "\n")
+	info, err := Inspect(" " + s.tok + "\n")
 	require.NoError(t, err)
-	assert.Len(t, id, idLen)
-	_, err = ID("not a token")
+	assert.Equal(t, "zone-a", info.Zone)
+	assert.Len(t, info.ID, idLen)
+	assert.Equal(t, KeyID(s.pub), info.KeyID)
+	assert.Equal(t, t0, info.IssuedAt)
+	assert.Equal(t, t0.Add(time.Hour), info.ExpiresAt)
+	_, err = Inspect("not a token")
+	require.ErrorIs(t, err, ErrMalformed)
+	_, err = Inspect(strings.Repeat("a", MaxTokenSize+1))
 	require.ErrorIs(t, err, ErrMalformed)
 }
 

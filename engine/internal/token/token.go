@@ -329,13 +329,6 @@ func Inspect(tok string) (Info, error) {
 	return i, nil
 }
 
-// ID returns the id ("jti") of tok without verifying it: for a token that
-// has been verified already, to name it in logs and to match it against
-// revocations.
-func ID(tok string) (string, error) {
-	i, err := Inspect(tok)
-	return i.ID, err
-}
 
 // keyFor selects the verification key named by the token's "kid". It runs
 // only after the parser has checked that alg is EdDSA.
