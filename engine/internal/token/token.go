@@ -329,7 +329,6 @@ func Inspect(tok string) (Info, error) {
 	return i, nil
 }
 
-
 // keyFor selects the verification key named by the token's "kid". It runs
 // only after the parser has checked that alg is EdDSA.
 func (v *Verifier) keyFor(t *jwt.Token) (any, error) {
