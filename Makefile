@@ -30,6 +30,8 @@ test: vet check-proto
 	@for m in $(EXAMPLE_MODULES); do echo "== $$m"; (cd $$m && $(GO) vet ./... && $(GO) test $(GOFLAGS_TEST) ./...) || exit 1; done
 
 vet:
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go')) || exit 1; \
+	if [ -n "$$unformatted" ]; then echo "gofmt would change (run gofmt -w):"; echo "$$unformatted"; exit 1; fi
 	$(GO) vet ./...
 
 ## proto: regenerate Go code next to every .proto with the pinned generators
