@@ -85,19 +85,37 @@ func NewServer(ix *Index, opts ...ServerOption) *Server {
 	return s
 }
 
+// SessionOption configures one Serve call.
+type SessionOption func(*serverSession)
+
+// WithSessionMaxMessageSize caps this session's responses at n bytes when n
+// is smaller than the server's own limit: the peer announced that it
+// receives at most n bytes per message. Values <= 0 are ignored.
+func WithSessionMaxMessageSize(n int) SessionOption {
+	return func(ss *serverSession) {
+		if n > 0 && n < ss.maxMsg {
+			ss.maxMsg = n
+		}
+	}
+}
+
 // Serve runs the serving side of one session for peer until ctx ends or the
 // stream fails, and returns why it ended. It owns one goroutine reading
 // stream.Recv and joins it before returning.
-func (s *Server) Serve(ctx context.Context, stream ServerStream, peer string) error {
+func (s *Server) Serve(ctx context.Context, stream ServerStream, peer string, opts ...SessionOption) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	ss := &serverSession{
 		Server: s,
+		maxMsg: s.maxMsg,
 		stream: stream,
 		peer:   peer,
 		log:    s.log.With("peer", peer),
 		types:  map[string]*serveState{},
 		notify: make(chan struct{}, 1),
+	}
+	for _, o := range opts {
+		o(ss)
 	}
 	defer ss.close()
 
@@ -142,6 +160,8 @@ func (s *Server) Serve(ctx context.Context, stream ServerStream, peer string) er
 
 type serverSession struct {
 	*Server
+	// maxMsg shadows the server's limit: the smaller of it and the peer's.
+	maxMsg int
 	stream ServerStream
 	peer   string
 	log    hclog.Logger
