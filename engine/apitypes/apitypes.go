@@ -182,6 +182,29 @@ type TypeState struct {
 	// has no plugin for; Error then says so.
 	Unknown bool   `json:"unknown,omitempty"`
 	Error   string `json:"error,omitempty"`
+	// RejectedCount is how many resources of the type the receiving side
+	// refused and does not hold at the version sent (on the sending side:
+	// what the peer refused; on the receiving side: what this side
+	// refused). Each holds back only itself, and is not sent again until
+	// it changes.
+	RejectedCount int `json:"rejectedCount,omitempty"`
+	// Rejected lists up to MaxRejectedShown of them with the reasons.
+	Rejected []RejectedResource `json:"rejected,omitempty"`
+}
+
+// MaxRejectedShown bounds TypeState.Rejected.
+const MaxRejectedShown = 100
+
+// RejectedResource is one resource (or removal) the receiving side refused.
+type RejectedResource struct {
+	// Name is the wire name: "mesh/name" or "name".
+	Name string `json:"name"`
+	// Version is the version refused; empty for a removal.
+	Version string `json:"version,omitempty"`
+	// Removal is set when the refused entry removed the resource.
+	Removal bool `json:"removal,omitempty"`
+	// Errors say why, one per field ("field: message").
+	Errors []string `json:"errors,omitempty"`
 }
 
 // Conn is the state of one zone<->global connection: the body of

@@ -77,6 +77,53 @@ func (r *Registry) UpdateType(name, typ string, fn func(*TypeState)) {
 	c.Types[typ] = ts
 }
 
+// DropTypes removes the state of types on connection name (for example the
+// unknown types a session asked for, when it ends).
+func (r *Registry) DropTypes(name string, types []string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c, ok := r.conns[name]
+	if !ok {
+		return
+	}
+	for _, t := range types {
+		delete(c.Types, t)
+	}
+}
+
+// MergeRejected returns list with the entries of add put in (replacing one
+// of the same name) and the names in accepted taken out, keeping at most
+// apitypes.MaxRejectedShown entries. It returns a new slice: snapshots
+// taken earlier keep theirs.
+func MergeRejected(list, add []apitypes.RejectedResource, accepted []string) []apitypes.RejectedResource {
+	if len(add) == 0 && len(list) == 0 {
+		return list
+	}
+	drop := make(map[string]struct{}, len(add)+len(accepted))
+	for _, n := range accepted {
+		drop[n] = struct{}{}
+	}
+	for _, a := range add {
+		drop[a.Name] = struct{}{}
+	}
+	out := make([]apitypes.RejectedResource, 0, min(len(list)+len(add), apitypes.MaxRejectedShown))
+	for _, e := range list {
+		if _, ok := drop[e.Name]; !ok && len(out) < apitypes.MaxRejectedShown {
+			out = append(out, e)
+		}
+	}
+	for _, a := range add {
+		if len(out) == apitypes.MaxRejectedShown {
+			break
+		}
+		out = append(out, a)
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return out
+}
+
 // Get returns a copy of the entry for name.
 func (r *Registry) Get(name string) (Conn, bool) {
 	r.mu.Lock()

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/kds-engine/kds-engine/engine/apitypes"
 	"github.com/kds-engine/kds-engine/engine/internal/insights"
 	"github.com/kds-engine/kds-engine/engine/internal/resource"
 	kdsv1 "github.com/kds-engine/kds-engine/proto/kds/v1"
@@ -48,8 +49,8 @@ type Validator interface {
 	Validate(ctx context.Context, rs []*resource.Resource) error
 }
 
-// ErrLimitExceeded is wrapped in NACKs that refuse a response because the
-// peer would hold more resources of a type than allowed.
+// ErrLimitExceeded is wrapped in the errors of resources refused because
+// the peer would make this side hold more resources of a type than allowed.
 var ErrLimitExceeded = errors.New("resource limit exceeded")
 
 // ClientOption configures a Client.
@@ -64,9 +65,15 @@ func WithClientInsights(reg *insights.Registry) ClientOption {
 }
 
 // WithMaxResourcesPerType limits how many resources of one type the peer may
-// make this side hold (0: no limit). A response that would exceed it is
-// NACKed with ErrLimitExceeded.
+// make this side hold (0: no limit). Creates beyond it are refused, one by
+// one, with ErrLimitExceeded; the rest of the response is applied.
 func WithMaxResourcesPerType(n int) ClientOption { return func(c *Client) { c.maxPerType = n } }
+
+// WithRejections keeps what this side refused in r, which outlives the
+// Client: the next session with the same peer tells the server, which then
+// does not send those versions again until they change. Without it the
+// memory lasts one session.
+func WithRejections(r *Rejections) ClientOption { return func(c *Client) { c.rejections = r } }
 
 // Client subscribes to a fixed set of types and applies what arrives. One
 // Client serves one session: create a new one per session.
@@ -79,6 +86,7 @@ type Client struct {
 	log        hclog.Logger
 	ins        *insights.Registry
 	maxPerType int
+	rejections *Rejections
 
 	held map[string]map[string]string // type -> wire name -> version
 }
@@ -99,14 +107,19 @@ func NewClient(types []string, sink Sink, v Validator, peer, zone string, opts .
 	for _, o := range opts {
 		o(c)
 	}
+	if c.rejections == nil {
+		c.rejections = NewRejections()
+	}
 	c.log = c.log.With("peer", peer)
 	return c
 }
 
 // Run subscribes to every type and applies responses until ctx ends or the
-// stream fails. An invalid response is NACKed and the session goes on; a
-// failure to validate at all (plugin down) or to store ends the session, so
-// that the reconnect resumes from what is stored and nothing is lost.
+// stream fails. A resource this side refuses holds back only itself: the
+// rest of its response is applied and the answer (a NACK with a Rejection)
+// names what was refused and why. A failure to validate at all (plugin
+// down) or to store ends the session, so that the reconnect resumes from
+// what is stored and nothing is lost.
 //
 // Responses go through two stages, so that one is validated while the one
 // before it is stored: one goroutine receives, decodes and validates;
@@ -125,6 +138,13 @@ func (c *Client) Run(ctx context.Context, stream ClientStream) error {
 			TypeUrl:                 TypeURL(typ),
 			ResourceNamesSubscribe:  []string{"*"},
 			InitialResourceVersions: maps.Clone(versions),
+		}
+		if earlier := c.rejections.list(typ); len(earlier) > 0 {
+			st, err := rejectionStatus(int32(codes.OK), "versions refused in earlier sessions", earlier)
+			if err != nil {
+				return err
+			}
+			req.ErrorDetail = st
 		}
 		if err := stream.Send(req); err != nil {
 			return fmt.Errorf("subscribe to %s: %w", typ, err)
@@ -161,21 +181,24 @@ func (c *Client) Run(ctx context.Context, stream ClientStream) error {
 	return g.Wait()
 }
 
-// checked is a response that went through the checking stage: either
-// accepted (puts and deletes to apply) or refused (nack set).
+// checked is a response that went through the checking stage: what to
+// apply, and what is refused (all of it when whole is set).
 type checked struct {
-	resp    *discovery.DeltaDiscoveryResponse
-	typ     string
-	puts    []*resource.Resource
-	deletes []resource.Key
-	nack    error
-	held    int // resources of typ held once this response is applied
+	resp     *discovery.DeltaDiscoveryResponse
+	typ      string
+	puts     []*resource.Resource
+	deletes  []resource.Key
+	accepted []string // wire names applied (puts and removals)
+	rejected []*kdsv1.RejectedResource
+	whole    error // the response is refused as a whole (NACK without a Rejection)
+	held     int   // resources of typ held once this response is applied
 }
 
 // check decodes and validates resp. Only a failure to validate at all is
-// returned as an error; an invalid response comes back with nack set. It
-// updates c.held as if the response were applied: answer applies it before
-// anything later, and a failed apply ends the session (and this Client).
+// returned as an error; refused resources come back in rejected. It
+// updates c.held as if the accepted part were applied: answer applies it
+// before anything later, and a failed apply ends the session (and this
+// Client).
 func (c *Client) check(ctx context.Context, resp *discovery.DeltaDiscoveryResponse) (*checked, error) {
 	typ, err := TypeFromURL(resp.GetTypeUrl())
 	if err == nil {
@@ -185,10 +208,10 @@ func (c *Client) check(ctx context.Context, resp *discovery.DeltaDiscoveryRespon
 	}
 	if err != nil {
 		c.log.Warn("rejecting response", "error", err)
-		return &checked{resp: resp, typ: typ, nack: err}, nil
+		return &checked{resp: resp, typ: typ, whole: err}, nil
 	}
 	for _, re := range resp.GetResourceErrors() {
-		msg := re.GetErrorDetail().GetMessage()
+		msg := truncate(re.GetErrorDetail().GetMessage())
 		c.log.Warn("peer reported an error for a type", "type", typ, "error", msg)
 		c.record(typ, func(ts *insights.TypeState) {
 			ts.Unknown = true
@@ -196,61 +219,125 @@ func (c *Client) check(ctx context.Context, resp *discovery.DeltaDiscoveryRespon
 		})
 	}
 
-	puts, decodeErr := c.decode(typ, resp)
-	if decodeErr == nil && len(puts) > 0 {
+	ch := &checked{resp: resp, typ: typ}
+	puts, removed := c.decode(typ, resp, ch)
+	if len(puts) > 0 {
 		if err := c.validator.Validate(ctx, puts); err != nil {
 			var ve *resource.ValidationError
 			if !errors.As(err, &ve) {
 				return nil, fmt.Errorf("validate %s response: %w", typ, err)
 			}
-			decodeErr = ve
+			puts = c.refuseInvalid(ch, puts, ve)
 		}
 	}
 	held := c.held[typ]
-	if decodeErr == nil && c.maxPerType > 0 {
-		n := len(held)
-		for _, p := range puts {
-			if _, ok := held[WireName(p.Mesh, p.Name)]; !ok {
-				n++
-			}
-		}
-		for _, name := range resp.GetRemovedResources() {
-			if _, ok := held[name]; ok {
-				n--
-			}
-		}
-		if n > c.maxPerType {
-			decodeErr = fmt.Errorf("%w: %s would hold %d resources, the limit is %d", ErrLimitExceeded, typ, n, c.maxPerType)
-		}
+	if c.maxPerType > 0 {
+		puts = c.refuseOverLimit(ch, typ, held, puts, removed)
 	}
-	if decodeErr != nil {
-		c.log.Warn("rejecting response (NACK)", "type", typ, "error", decodeErr)
-		return &checked{resp: resp, typ: typ, nack: decodeErr}, nil
-	}
-
-	deletes := make([]resource.Key, 0, len(resp.GetRemovedResources()))
-	for _, name := range resp.GetRemovedResources() {
-		deletes = append(deletes, keyFor(typ, c.zone, name))
-	}
-	for _, p := range puts {
-		held[WireName(p.Mesh, p.Name)] = p.Version
-	}
-	for _, name := range resp.GetRemovedResources() {
+	for _, name := range removed {
+		ch.deletes = append(ch.deletes, keyFor(typ, c.zone, name))
+		ch.accepted = append(ch.accepted, name)
 		delete(held, name)
 	}
-	return &checked{resp: resp, typ: typ, puts: puts, deletes: deletes, held: len(held)}, nil
+	for _, p := range puts {
+		name := WireName(p.Mesh, p.Name)
+		held[name] = p.Version
+		ch.accepted = append(ch.accepted, name)
+	}
+	ch.puts = puts
+	ch.held = len(held)
+	if len(ch.rejected) > 0 {
+		c.log.Warn("refusing resources (NACK); the rest of the response is applied",
+			"type", typ, "refused", len(ch.rejected), "first", ch.rejected[0].GetName(), "why", fieldErrors(ch.rejected[0].GetErrors()))
+	}
+	return ch, nil
 }
 
-// answer applies an accepted response as one transaction and ACKs it, or
-// NACKs a refused one. A failure to store is returned and ends the session.
+// refuseInvalid moves the puts ve names into ch.rejected and returns the
+// rest. If ve names a resource that is not among puts, the validator and
+// this side disagree on identities: every put is refused.
+func (c *Client) refuseInvalid(ch *checked, puts []*resource.Resource, ve *resource.ValidationError) []*resource.Resource {
+	bad := make(map[resource.Key][]resource.FieldError, len(ve.Invalid))
+	for _, inv := range ve.Invalid {
+		bad[inv.Key] = append(bad[inv.Key], inv.Errors...)
+	}
+	matched := 0
+	for _, p := range puts {
+		if _, ok := bad[p.Key()]; ok {
+			matched++
+		}
+	}
+	keep := puts[:0:0]
+	for _, p := range puts {
+		errs, ok := bad[p.Key()]
+		if matched < len(bad) && !ok {
+			errs, ok = []resource.FieldError{{Message: "refused with its response: " + ve.Error()}}, true
+		}
+		if ok {
+			ch.rejected = append(ch.rejected, rejectedEntry(WireName(p.Mesh, p.Name), p.Version, false, errs))
+			continue
+		}
+		keep = append(keep, p)
+	}
+	return keep
+}
+
+// refuseOverLimit refuses the creates (names not held) that would take the
+// type past the per-type limit, in response order, and returns the rest.
+func (c *Client) refuseOverLimit(ch *checked, typ string, held map[string]string, puts []*resource.Resource, removed []string) []*resource.Resource {
+	n := len(held)
+	for _, name := range removed {
+		if _, ok := held[name]; ok {
+			n--
+		}
+	}
+	keep := puts[:0:0]
+	for _, p := range puts {
+		name := WireName(p.Mesh, p.Name)
+		if _, ok := held[name]; !ok {
+			if n >= c.maxPerType {
+				msg := fmt.Sprintf("%s: %s would hold more than %d resources", ErrLimitExceeded, typ, c.maxPerType)
+				ch.rejected = append(ch.rejected, rejectedEntry(name, p.Version, false, []resource.FieldError{{Message: msg}}))
+				continue
+			}
+			n++
+		}
+		keep = append(keep, p)
+	}
+	return keep
+}
+
+// answer applies the accepted part of a response as one transaction and
+// answers: an ACK when nothing was refused, else a NACK whose Rejection
+// names what was. A failure to store is returned and ends the session.
 func (c *Client) answer(ctx context.Context, stream ClientStream, ch *checked) error {
-	if ch.nack != nil {
-		return c.nack(stream, ch.resp, ch.typ, ch.nack)
+	if ch.whole != nil {
+		return c.nack(stream, ch, &status.Status{Code: int32(codes.InvalidArgument), Message: ch.whole.Error()})
 	}
 	if len(ch.puts) > 0 || len(ch.deletes) > 0 {
 		if err := c.sink.Apply(ctx, ch.puts, ch.deletes); err != nil {
 			return fmt.Errorf("apply %s response: %w", ch.typ, err)
 		}
+	}
+	c.rejections.update(ch.typ, ch.rejected, ch.accepted)
+	refused := c.rejections.count(ch.typ)
+	shown := make([]apitypes.RejectedResource, 0, len(ch.rejected))
+	for _, r := range ch.rejected {
+		shown = append(shown, apitypes.RejectedResource{Name: r.GetName(), Version: r.GetVersion(), Removal: r.GetRemoval(), Errors: fieldErrors(r.GetErrors())})
+	}
+	c.record(ch.typ, func(ts *insights.TypeState) {
+		ts.LastVersionApplied = ch.resp.GetSystemVersionInfo()
+		ts.ResourcesHeld = ch.held
+		ts.ResourcesReceived += uint64(len(ch.puts))
+		ts.RejectedCount = refused
+		ts.Rejected = insights.MergeRejected(ts.Rejected, shown, ch.accepted)
+	})
+	if len(ch.rejected) > 0 {
+		st, err := rejectionStatus(int32(codes.InvalidArgument), rejectionSummary(ch.typ, ch.rejected), ch.rejected)
+		if err != nil {
+			return err
+		}
+		return c.nack(stream, ch, st)
 	}
 	if err := stream.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: ch.resp.GetTypeUrl(), ResponseNonce: ch.resp.GetNonce()}); err != nil {
 		return fmt.Errorf("ACK %s: %w", ch.typ, err)
@@ -258,60 +345,68 @@ func (c *Client) answer(ctx context.Context, stream ClientStream, ch *checked) e
 	c.record(ch.typ, func(ts *insights.TypeState) {
 		ts.ResponsesACKed++
 		ts.LastACK = time.Now()
-		ts.LastVersionApplied = ch.resp.GetSystemVersionInfo()
-		ts.ResourcesHeld = ch.held
-		ts.ResourcesReceived += uint64(len(ch.puts))
 	})
 	return nil
 }
 
-// decode turns the wire resources into engine resources, stamped with the
-// connection's zone. It returns a *resource.ValidationError for envelopes
-// that cannot be decoded or do not match their wire name and type, and for
-// a response the store could not apply as one batch: a name twice (among
-// the resources and the removed names), a resource without a version, a
-// removed name that cannot be a key.
-func (c *Client) decode(typ string, resp *discovery.DeltaDiscoveryResponse) ([]*resource.Resource, error) {
-	puts := make([]*resource.Resource, 0, len(resp.GetResources()))
-	var invalid []resource.InvalidResource
-	seen := make(map[string]struct{}, len(resp.GetResources())+len(resp.GetRemovedResources()))
-	once := func(name string) bool {
-		if _, dup := seen[name]; dup {
-			return false
-		}
-		seen[name] = struct{}{}
-		return true
+// rejectionSummary is the NACK's message: how many were refused and the
+// first reason.
+func rejectionSummary(typ string, rs []*kdsv1.RejectedResource) string {
+	first := rs[0]
+	why := strings.Join(fieldErrors(first.GetErrors()), "; ")
+	if len(rs) == 1 {
+		return fmt.Sprintf("%s %s refused: %s", typ, first.GetName(), why)
 	}
+	return fmt.Sprintf("%d %s resources refused (the rest applied); first: %s: %s", len(rs), typ, first.GetName(), why)
+}
+
+// decode turns the wire resources into engine resources, stamped with the
+// connection's zone, and returns them with the removed names to apply.
+// Everything that cannot be applied on its own goes to ch.rejected: an
+// envelope that cannot be decoded or does not match its wire name and
+// type, a resource without a version, a removed name that is not canonical
+// (two spellings of one key, such as "x" and "/x", would otherwise reach
+// the store twice), and every entry of a name that appears more than once
+// among the resources and removed names (which one was meant is unknown, so
+// the receiver keeps what it holds).
+func (c *Client) decode(typ string, resp *discovery.DeltaDiscoveryResponse, ch *checked) ([]*resource.Resource, []string) {
+	count := make(map[string]int, len(resp.GetResources())+len(resp.GetRemovedResources()))
 	for _, name := range resp.GetRemovedResources() {
-		key := keyFor(typ, c.zone, name)
-		msg := ""
-		switch {
-		case strings.IndexByte(name, 0) >= 0:
-			msg = "removed resource name contains a NUL byte"
-		case key.Name == "":
-			msg = "removed resource has an empty name"
-		case !once(name):
-			msg = "appears more than once in the response"
-		}
-		if msg != "" {
-			invalid = append(invalid, resource.InvalidResource{Key: key, Errors: []resource.FieldError{{Field: "name", Message: msg}}})
-		}
+		count[name]++
 	}
 	for _, wr := range resp.GetResources() {
-		key := keyFor(typ, c.zone, wr.GetName())
-		bad := func(field, msg string) {
-			invalid = append(invalid, resource.InvalidResource{Key: key, Errors: []resource.FieldError{{Field: field, Message: msg}}})
+		count[wr.GetName()]++
+	}
+	refuse := func(name, version string, removal bool, field, msg string) {
+		ch.rejected = append(ch.rejected, rejectedEntry(name, version, removal, []resource.FieldError{{Field: field, Message: msg}}))
+	}
+	var removed []string
+	for _, name := range resp.GetRemovedResources() {
+		switch {
+		case strings.IndexByte(name, 0) >= 0:
+			refuse(name, "", true, "name", "removed resource name contains a NUL byte")
+		case !canonicalName(name):
+			refuse(name, "", true, "name", `removed resource name is not "name" or "mesh/name"`)
+		case count[name] > 1:
+			refuse(name, "", true, "name", "appears more than once in the response")
+		default:
+			removed = append(removed, name)
 		}
-		if !once(wr.GetName()) {
+	}
+	puts := make([]*resource.Resource, 0, len(resp.GetResources()))
+	for _, wr := range resp.GetResources() {
+		name, version := wr.GetName(), wr.GetVersion()
+		bad := func(field, msg string) { refuse(name, version, false, field, msg) }
+		if count[name] > 1 {
 			bad("name", "appears more than once in the response")
 			continue
 		}
-		if wr.GetVersion() == "" {
+		if version == "" {
 			bad("version", "is empty")
 			continue
 		}
 		if wr.GetResource().GetTypeUrl() != resourceTypeURL {
-			bad("", fmt.Sprintf("payload type %q, want %q", wr.GetResource().GetTypeUrl(), resourceTypeURL))
+			bad("", fmt.Sprintf("payload type %.100q, want %q", wr.GetResource().GetTypeUrl(), resourceTypeURL))
 			continue
 		}
 		var p kdsv1.Resource
@@ -321,37 +416,34 @@ func (c *Client) decode(typ string, resp *discovery.DeltaDiscoveryResponse) ([]*
 		}
 		r := resource.FromProto(&p)
 		if r.Type != typ {
-			bad("type", fmt.Sprintf("is %q inside a %s response", r.Type, typ))
+			bad("type", fmt.Sprintf("is %.100q inside a %s response", r.Type, typ))
 			continue
 		}
-		if WireName(r.Mesh, r.Name) != wr.GetName() {
-			bad("name", fmt.Sprintf("envelope says %q, wire name is %q", WireName(r.Mesh, r.Name), wr.GetName()))
+		if WireName(r.Mesh, r.Name) != name || !canonicalName(name) {
+			bad("name", fmt.Sprintf("envelope says %.200q, wire name is %.200q", WireName(r.Mesh, r.Name), name))
 			continue
 		}
 		r.Zone = c.zone // attribution comes from the connection, never the payload
-		r.Version = wr.GetVersion()
+		r.Version = version
 		puts = append(puts, r)
 	}
-	if len(invalid) > 0 {
-		return nil, &resource.ValidationError{Invalid: invalid}
-	}
-	return puts, nil
+	return puts, removed
 }
 
-func (c *Client) nack(stream ClientStream, resp *discovery.DeltaDiscoveryResponse, typ string, cause error) error {
+func (c *Client) nack(stream ClientStream, ch *checked, detail *status.Status) error {
 	req := &discovery.DeltaDiscoveryRequest{
-		TypeUrl:       resp.GetTypeUrl(),
-		ResponseNonce: resp.GetNonce(),
-		ErrorDetail:   &status.Status{Code: int32(codes.InvalidArgument), Message: cause.Error()},
+		TypeUrl:       ch.resp.GetTypeUrl(),
+		ResponseNonce: ch.resp.GetNonce(),
+		ErrorDetail:   detail,
 	}
 	if err := stream.Send(req); err != nil {
-		return fmt.Errorf("NACK %s: %w", resp.GetTypeUrl(), err)
+		return fmt.Errorf("NACK %.100q: %w", ch.resp.GetTypeUrl(), err)
 	}
-	if typ != "" {
-		c.record(typ, func(ts *insights.TypeState) {
+	if ch.typ != "" && c.held[ch.typ] != nil {
+		c.record(ch.typ, func(ts *insights.TypeState) {
 			ts.ResponsesNACKed++
 			ts.LastNACK = time.Now()
-			ts.LastNACKError = cause.Error()
+			ts.LastNACKError = truncate(detail.GetMessage())
 		})
 	}
 	return nil

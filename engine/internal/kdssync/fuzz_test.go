@@ -147,7 +147,8 @@ func fuzzSeeds() [][]byte {
 // each response with exactly one ACK or NACK carrying its nonce, never
 // fails (a zone's payload must not end the session through a store error),
 // stores only what it ACKed, attributes everything to the connection's zone,
-// and never holds more than the per-type limit.
+// and never holds more than the per-type limit; a refused entry changes nothing
+// under its name.
 func FuzzClientDecode(f *testing.F) {
 	for _, s := range fuzzSeeds() {
 		f.Add(s)
@@ -188,14 +189,26 @@ func FuzzClientDecode(f *testing.F) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if ans.GetErrorDetail() != nil {
+			rej, err := RejectionOf(ans.GetErrorDetail())
+			if err != nil {
+				t.Fatalf("response %d: unreadable rejection list: %v", i, err)
+			}
+			if ans.GetErrorDetail() != nil && rej == nil {
 				if !sameResources(before, after) {
-					t.Fatalf("NACKed response %d changed the store", i)
+					t.Fatalf("response %d refused as a whole changed the store", i)
 				}
 				continue
 			}
+			// A refused entry holds back only itself: what the store held
+			// under its name is unchanged.
+			for _, r := range rej.GetResources() {
+				k := keyFor(fuzzType, fuzzZone, r.GetName())
+				if versionOf(before, k) != versionOf(after, k) {
+					t.Fatalf("response %d: refused %q changed the store", i, r.GetName())
+				}
+			}
 			if len(after) > fuzzLimit {
-				t.Fatalf("ACKed response %d: %d resources held, the limit is %d", i, len(after), fuzzLimit)
+				t.Fatalf("response %d: %d resources held, the limit is %d", i, len(after), fuzzLimit)
 			}
 			if len(after) != len(c.held[fuzzType]) {
 				t.Fatalf("store holds %d, client believes %d", len(after), len(c.held[fuzzType]))
@@ -219,6 +232,16 @@ func handle(ctx context.Context, c *Client, stream ClientStream, resp *discovery
 		return err
 	}
 	return c.answer(ctx, stream, ch)
+}
+
+// versionOf returns the version stored under k in rs ("" if absent).
+func versionOf(rs []*resource.Resource, k resource.Key) string {
+	for _, r := range rs {
+		if r.Key() == k {
+			return r.Version
+		}
+	}
+	return ""
 }
 
 func sameResources(a, b []*resource.Resource) bool {

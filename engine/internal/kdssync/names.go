@@ -17,13 +17,40 @@ const resourceTypeURL = "type.googleapis.com/kds.v1.Resource"
 // TypeURL returns the delta-xDS type URL for a resource type name.
 func TypeURL(typ string) string { return TypeURLPrefix + typ }
 
-// TypeFromURL returns the type name in a type URL.
+// TypeFromURL returns the type name in a type URL. The name must have the
+// syntax of a registered type name (an upper-case letter, then at most 62
+// letters and digits), so nothing a peer sends under another name reaches
+// logs, insights or metrics.
 func TypeFromURL(url string) (string, error) {
 	typ, ok := strings.CutPrefix(url, TypeURLPrefix)
-	if !ok || typ == "" {
-		return "", fmt.Errorf("type URL %q does not start with %q", url, TypeURLPrefix)
+	if !ok {
+		return "", fmt.Errorf("type URL %.100q does not start with %q", url, TypeURLPrefix)
+	}
+	if !validTypeName(typ) {
+		return "", fmt.Errorf("type URL %.100q: %.70q is not a type name (an upper-case letter, then at most 62 letters and digits)", url, typ)
 	}
 	return typ, nil
+}
+
+func validTypeName(s string) bool {
+	if len(s) == 0 || len(s) > 63 || s[0] < 'A' || s[0] > 'Z' {
+		return false
+	}
+	for i := 1; i < len(s); i++ {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9') {
+			return false
+		}
+	}
+	return true
+}
+
+// canonicalName reports whether a wire name is in the one form WireName
+// produces: "name", or "mesh/name" with neither part empty and no further
+// '/'. Two different canonical names never map to the same store key.
+func canonicalName(s string) bool {
+	mesh, name := splitXDSName(s)
+	return name != "" && strings.IndexByte(name, '/') < 0 && WireName(mesh, name) == s
 }
 
 // WireName is a resource's name within its type on the wire: "mesh/name" for

@@ -2,25 +2,32 @@ package kdssync
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"google.golang.org/protobuf/proto"
+	"maps"
 	"slices"
 	"strconv"
 	"time"
+
+	"google.golang.org/protobuf/proto"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
 
+	"github.com/kds-engine/kds-engine/engine/apitypes"
 	"github.com/kds-engine/kds-engine/engine/internal/insights"
+	kdsv1 "github.com/kds-engine/kds-engine/proto/kds/v1"
 )
 
 // ServerStream is the serving side of a session's logical stream. Send must
 // only enqueue (never wait for the network).
 type ServerStream interface {
 	Send(*discovery.DeltaDiscoveryResponse) error
-	Recv() (*discovery.DeltaDiscoveryRequest, error)
+	// RecvContext blocks for the peer's next request; it returns early,
+	// with ctx's cause, when ctx ends.
+	RecvContext(ctx context.Context) (*discovery.DeltaDiscoveryRequest, error)
 	Context() context.Context
 }
 
@@ -30,6 +37,29 @@ const DefaultMaxMessageSize = 4 << 20
 // responseOverhead is reserved in every response for the envelope fields
 // (type URL, nonce, removed names are counted separately) and the mux frame.
 const responseOverhead = 16 << 10
+
+// Limits on what one peer can make a server hold or do.
+const (
+	// MaxNamesPerRequest bounds the names one request carries: initial
+	// versions, subscribed and unsubscribed names and rejected entries
+	// together. A request over it ends the session (ErrProtocol).
+	MaxNamesPerRequest = 200_000
+	// MaxUnknownTypes is how many distinct types this side does not serve
+	// one session's requests are shown for in insights. Every such request
+	// is answered; the entries are dropped when the session ends.
+	MaxUnknownTypes = 16
+	// DefaultSessionBudgetMessages sizes a session's budget for responses
+	// in flight: this many max-size messages (one always fits).
+	DefaultSessionBudgetMessages = 3
+	// DefaultProcessBudget bounds the bytes of responses in flight across
+	// all sessions of a server (see Budget).
+	DefaultProcessBudget = 128 << 20
+)
+
+// ErrProtocol is wrapped in the errors that end a session because the peer
+// broke the sync protocol: a request over the limits above, or an answer
+// whose rejection list cannot be read.
+var ErrProtocol = errors.New("peer broke the sync protocol")
 
 // ServerOption configures a Server.
 type ServerOption func(*Server)
@@ -56,6 +86,17 @@ func WithServerWindow(n int) ServerOption {
 	return func(s *Server) { s.window = max(n, 1) }
 }
 
+// WithServerBudget shares b, the process-wide budget for responses in
+// flight, among this server's sessions (default: a budget of
+// DefaultProcessBudget of the server's own). A budget smaller than the
+// max message size is raised to it.
+func WithServerBudget(b *Budget) ServerOption { return func(s *Server) { s.budget = b } }
+
+// WithSessionBudget bounds the bytes of one session's responses in flight
+// (default DefaultSessionBudgetMessages × the session's max message size);
+// one response is always allowed.
+func WithSessionBudget(n int64) ServerOption { return func(s *Server) { s.sessionBudget = n } }
+
 // WithServerMaxMessageSize bounds each response's encoded size (default
 // DefaultMaxMessageSize).
 func WithServerMaxMessageSize(n int) ServerOption {
@@ -69,11 +110,13 @@ func WithServerMaxMessageSize(n int) ServerOption {
 // Server serves the types of an Index to peers, one Serve call per session.
 // A Server is safe for concurrent use by many sessions.
 type Server struct {
-	ix     *Index
-	log    hclog.Logger
-	ins    *insights.Registry
-	maxMsg int
-	window int
+	ix            *Index
+	log           hclog.Logger
+	ins           *insights.Registry
+	maxMsg        int
+	window        int
+	budget        *Budget
+	sessionBudget int64
 }
 
 // NewServer returns a server for ix.
@@ -82,6 +125,10 @@ func NewServer(ix *Index, opts ...ServerOption) *Server {
 	for _, o := range opts {
 		o(s)
 	}
+	if s.budget == nil {
+		s.budget = NewBudget(DefaultProcessBudget)
+	}
+	s.budget.atLeast(int64(s.maxMsg))
 	return s
 }
 
@@ -101,21 +148,28 @@ func WithSessionMaxMessageSize(n int) SessionOption {
 
 // Serve runs the serving side of one session for peer until ctx ends or the
 // stream fails, and returns why it ended. It owns one goroutine reading
-// stream.Recv and joins it before returning.
+// stream.RecvContext and joins it before returning: Serve returns once ctx
+// ends even if the stream stays open.
 func (s *Server) Serve(ctx context.Context, stream ServerStream, peer string, opts ...SessionOption) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	ss := &serverSession{
-		Server: s,
-		maxMsg: s.maxMsg,
-		stream: stream,
-		peer:   peer,
-		log:    s.log.With("peer", peer),
-		types:  map[string]*serveState{},
-		notify: make(chan struct{}, 1),
+		Server:  s,
+		maxMsg:  s.maxMsg,
+		stream:  stream,
+		peer:    peer,
+		log:     s.log.With("peer", peer),
+		types:   map[string]*serveState{},
+		unknown: map[string]struct{}{},
+		notify:  make(chan struct{}, 1),
+		wake:    make(chan struct{}, 1),
 	}
 	for _, o := range opts {
 		o(ss)
+	}
+	ss.sessionBudget = s.sessionBudget
+	if ss.sessionBudget <= 0 {
+		ss.sessionBudget = DefaultSessionBudgetMessages * int64(ss.maxMsg)
 	}
 	defer ss.close()
 
@@ -124,7 +178,7 @@ func (s *Server) Serve(ctx context.Context, stream ServerStream, peer string, op
 	go func() {
 		defer close(recvDone)
 		for {
-			req, err := stream.Recv()
+			req, err := stream.RecvContext(ctx)
 			if err != nil {
 				cancel(fmt.Errorf("receive request: %w", err))
 				return
@@ -139,21 +193,23 @@ func (s *Server) Serve(ctx context.Context, stream ServerStream, peer string, op
 	defer func() { <-recvDone }()
 
 	for {
+		var err error
 		select {
 		case <-ctx.Done():
 			return context.Cause(ctx)
 		case req := <-reqs:
-			if err := ss.handle(req); err != nil {
-				cancel(err)
-				return err
+			err = ss.handle(req)
+			if err == nil && ss.starved {
+				err = ss.trySendAll()
 			}
 		case <-ss.notify:
-			for _, st := range ss.types {
-				if err := ss.trySend(st); err != nil {
-					cancel(err)
-					return err
-				}
-			}
+			err = ss.trySendAll()
+		case <-ss.wake:
+			err = ss.trySendAll()
+		}
+		if err != nil {
+			cancel(err)
+			return err
 		}
 	}
 }
@@ -166,8 +222,21 @@ type serverSession struct {
 	peer   string
 	log    hclog.Logger
 	types  map[string]*serveState
+	// unknown holds the types this side does not serve that the peer asked
+	// for and that insights show (at most MaxUnknownTypes).
+	unknown map[string]struct{}
+	// notify is signalled by the index subscriptions, wake by the process
+	// budget when bytes are released.
 	notify chan struct{}
+	wake   chan struct{}
 	nonce  uint64
+	// inflightBytes is the size of every response in flight, all types;
+	// at most sessionBudget (one response always fits).
+	inflightBytes int64
+	sessionBudget int64
+	// starved is set when a response could not be built for lack of budget;
+	// the next answer retries every type.
+	starved bool
 }
 
 // serveState is the server's view of one type on one session.
@@ -175,9 +244,16 @@ type serveState struct {
 	typ string
 	url string
 	sub *Subscription
-	// known maps wire names to the version the peer holds or was last sent
-	// (a NACKed version stays here, so it is not resent until it changes).
-	known map[string]string
+	// held maps wire names to the version the peer applied: its
+	// subscription's initial versions, then every answered response minus
+	// what the peer rejected.
+	held map[string]string
+	// sent overlays held with the responses in flight: for each name they
+	// carry, the latest state sent and the nonce of the response.
+	sent map[string]sentState
+	// rejected maps names to the version the peer refused ("" for a
+	// refused removal); such a version is not sent again until it changes.
+	rejected map[string]string
 	// pending holds names to reconsider in the next response.
 	pending map[string]struct{}
 	// queue is a snapshot of pending in store-key order (mesh, then name),
@@ -187,89 +263,252 @@ type serveState struct {
 	// skipped, names pending since the snapshot are sorted in when it is
 	// used up.
 	queue []string
-	// inflight holds the nonces of responses sent and not yet ACKed or
-	// NACKed, oldest first; at most the server's window.
-	inflight []string
+	// inflight holds the responses sent and not yet ACKed or NACKed, oldest
+	// first; at most the server's window.
+	inflight []*flight
 	// force makes the next trySend send even an empty response (the
 	// answer to an initial request).
 	force bool
+}
+
+// sentState is what a response in flight carries for one name.
+type sentState struct {
+	version string
+	removed bool
+	nonce   string
+}
+
+// flight is one response in flight.
+type flight struct {
+	nonce   string
+	puts    map[string]string // wire name → version
+	removed []string
+	bytes   int64
+	// stale: sent before the peer subscribed to the type again; its answer
+	// still frees its slot in the window but changes nothing.
+	stale bool
+}
+
+// view returns what the peer holds of name once the responses in flight are
+// applied.
+func (st *serveState) view(name string) (version string, holds bool) {
+	if s, ok := st.sent[name]; ok {
+		return s.version, !s.removed
+	}
+	v, ok := st.held[name]
+	return v, ok
 }
 
 func (ss *serverSession) close() {
 	for _, st := range ss.types {
 		ss.ix.unsubscribe(st.sub)
 	}
+	ss.budget.forget(ss.wake)
+	ss.budget.release(ss.inflightBytes)
+	if ss.ins != nil && len(ss.unknown) > 0 {
+		ss.ins.DropTypes(ss.peer, slices.Collect(maps.Keys(ss.unknown)))
+	}
+}
+
+// requestNames counts the names a request carries.
+func requestNames(req *discovery.DeltaDiscoveryRequest, rej *kdsv1.Rejection) int {
+	return len(req.GetInitialResourceVersions()) + len(req.GetResourceNamesSubscribe()) +
+		len(req.GetResourceNamesUnsubscribe()) + len(rej.GetResources())
 }
 
 func (ss *serverSession) handle(req *discovery.DeltaDiscoveryRequest) error {
+	rej, rejErr := RejectionOf(req.GetErrorDetail())
+	if n := requestNames(req, rej); n > MaxNamesPerRequest {
+		return fmt.Errorf("%w: a request for %.100q carries %d names, the limit is %d", ErrProtocol, req.GetTypeUrl(), n, MaxNamesPerRequest)
+	}
 	typ, err := TypeFromURL(req.GetTypeUrl())
 	if err == nil && !ss.ix.Serves(typ) {
 		err = fmt.Errorf("type %s is not served here: no plugin on this side registers it", typ)
+	} else if err != nil {
+		typ = ""
 	}
 	if err != nil {
 		return ss.refuse(req, typ, err)
 	}
+	if rejErr != nil {
+		return fmt.Errorf("%w: %s request: %w", ErrProtocol, typ, rejErr)
+	}
 	st := ss.types[typ]
 	if req.GetResponseNonce() == "" {
-		// (Re)subscription: start from the versions the peer holds.
-		if st == nil {
-			st = &serveState{typ: typ, url: req.GetTypeUrl()}
-			st.sub = ss.ix.subscribe(typ, ss.notify)
-			ss.types[typ] = st
-		}
-		st.known = make(map[string]string, len(req.GetInitialResourceVersions()))
-		for n, v := range req.GetInitialResourceVersions() {
-			st.known[n] = v
-		}
-		st.pending = make(map[string]struct{}, len(st.known))
-		for n := range st.known {
-			st.pending[n] = struct{}{}
-		}
-		ss.ix.mu.RLock()
-		for n := range ss.ix.types[typ].entries {
-			st.pending[n] = struct{}{}
-		}
-		ss.ix.mu.RUnlock()
-		st.queue = nil
-		st.inflight = nil
-		st.force = true
-		return ss.trySend(st)
+		return ss.subscribe(st, typ, req, rej)
 	}
 	i := -1
 	if st != nil {
-		i = slices.Index(st.inflight, req.GetResponseNonce())
+		i = slices.IndexFunc(st.inflight, func(f *flight) bool { return f.nonce == req.GetResponseNonce() })
 	}
 	if i < 0 {
 		ss.log.Trace("ignoring stale ACK/NACK", "type", typ, "nonce", req.GetResponseNonce())
 		return nil
 	}
-	// The peer answers in order, so nothing older can still be owed.
-	st.inflight = st.inflight[i+1:]
-	if d := req.GetErrorDetail(); d != nil {
-		ss.log.Warn("peer rejected a response (NACK); it is resent only when the resources change",
-			"type", typ, "nonce", req.GetResponseNonce(), "error", d.GetMessage())
-		ss.record(typ, func(ts *insights.TypeState) {
-			ts.ResponsesNACKed++
-			ts.LastNACK = time.Now()
-			ts.LastNACKError = d.GetMessage()
-		})
-	} else {
-		ss.record(typ, func(ts *insights.TypeState) {
-			ts.ResponsesACKed++
-			ts.LastACK = time.Now()
-		})
+	// The peer answers in order: responses older than the one answered
+	// were skipped, so what they carried is unknown to have arrived.
+	for _, f := range st.inflight[:i] {
+		ss.forget(st, f)
 	}
+	f := st.inflight[i]
+	st.inflight = st.inflight[i+1:]
+	ss.resolve(st, f, req.GetErrorDetail(), rej)
 	return ss.trySend(st)
 }
 
+// subscribe starts (or restarts) serving typ from the versions the peer
+// says it holds. A re-subscription keeps the responses in flight in the
+// window: their answers free their slots but change nothing.
+func (ss *serverSession) subscribe(st *serveState, typ string, req *discovery.DeltaDiscoveryRequest, rej *kdsv1.Rejection) error {
+	if st == nil {
+		st = &serveState{typ: typ, url: req.GetTypeUrl()}
+		st.sub = ss.ix.subscribe(typ, ss.notify)
+		ss.types[typ] = st
+	}
+	for _, f := range st.inflight {
+		f.stale = true
+	}
+	st.held = make(map[string]string, len(req.GetInitialResourceVersions()))
+	for n, v := range req.GetInitialResourceVersions() {
+		st.held[n] = v
+	}
+	st.sent = map[string]sentState{}
+	st.rejected = map[string]string{}
+	for _, r := range rej.GetResources() {
+		if r.GetRemoval() {
+			st.rejected[r.GetName()] = ""
+		} else if r.GetVersion() != "" {
+			st.rejected[r.GetName()] = r.GetVersion()
+		}
+	}
+	st.pending = make(map[string]struct{}, len(st.held))
+	for n := range st.held {
+		st.pending[n] = struct{}{}
+	}
+	ss.ix.mu.RLock()
+	for n := range ss.ix.types[typ].entries {
+		st.pending[n] = struct{}{}
+	}
+	ss.ix.mu.RUnlock()
+	st.queue = nil
+	st.force = true
+	held, rejected := len(st.held), len(st.rejected)
+	ss.record(typ, func(ts *insights.TypeState) {
+		ts.ResourcesHeld = held
+		ts.RejectedCount = rejected
+		ts.Rejected = nil
+	})
+	return ss.trySend(st)
+}
+
+// forget drops a response the peer skipped: its names are reconsidered
+// against what the peer is known to hold.
+func (ss *serverSession) forget(st *serveState, f *flight) {
+	ss.release(f)
+	for name := range f.puts {
+		ss.unsend(st, f, name)
+	}
+	for _, name := range f.removed {
+		ss.unsend(st, f, name)
+	}
+}
+
+func (ss *serverSession) unsend(st *serveState, f *flight, name string) {
+	if s, ok := st.sent[name]; ok && s.nonce == f.nonce {
+		delete(st.sent, name)
+	}
+	if !f.stale {
+		st.pending[name] = struct{}{}
+	}
+}
+
+func (ss *serverSession) release(f *flight) {
+	ss.inflightBytes -= f.bytes
+	ss.budget.release(f.bytes)
+}
+
+// resolve applies the peer's answer to f: everything f carried is now held
+// by the peer, except what the answer rejects (all of it for an error
+// without a Rejection).
+func (ss *serverSession) resolve(st *serveState, f *flight, detail *status.Status, rej *kdsv1.Rejection) {
+	ss.release(f)
+	whole := detail != nil && rej == nil
+	refused := map[string]*kdsv1.RejectedResource{}
+	for _, r := range rej.GetResources() {
+		refused[r.GetName()] = r
+	}
+	var rejected []apitypes.RejectedResource
+	var accepted []string
+	settle := func(name, version string, removal bool) {
+		if s, ok := st.sent[name]; ok && s.nonce == f.nonce {
+			delete(st.sent, name)
+		}
+		if f.stale {
+			return
+		}
+		r, isRefused := refused[name]
+		if whole || isRefused {
+			st.rejected[name] = version
+			rr := apitypes.RejectedResource{Name: name, Version: version, Removal: removal}
+			if isRefused {
+				rr.Errors = fieldErrors(r.GetErrors())
+			} else {
+				rr.Errors = []string{truncate(detail.GetMessage())}
+			}
+			rejected = append(rejected, rr)
+			return
+		}
+		delete(st.rejected, name)
+		accepted = append(accepted, name)
+		if removal {
+			delete(st.held, name)
+		} else {
+			st.held[name] = version
+		}
+	}
+	for name, v := range f.puts {
+		settle(name, v, false)
+	}
+	for _, name := range f.removed {
+		settle(name, "", true)
+	}
+	held, nrej := len(st.held), len(st.rejected)
+	if detail != nil {
+		ss.log.Warn("peer rejected resources (NACK); they are resent only when they change",
+			"type", st.typ, "nonce", f.nonce, "rejected", len(rejected), "error", truncate(detail.GetMessage()))
+		ss.record(st.typ, func(ts *insights.TypeState) {
+			ts.ResponsesNACKed++
+			ts.LastNACK = time.Now()
+			ts.LastNACKError = truncate(detail.GetMessage())
+			ts.ResourcesHeld = held
+			ts.RejectedCount = nrej
+			ts.Rejected = insights.MergeRejected(ts.Rejected, rejected, accepted)
+		})
+		return
+	}
+	ss.record(st.typ, func(ts *insights.TypeState) {
+		ts.ResponsesACKed++
+		ts.LastACK = time.Now()
+		ts.ResourcesHeld = held
+		ts.RejectedCount = nrej
+		ts.Rejected = insights.MergeRejected(ts.Rejected, nil, accepted)
+	})
+}
+
 // refuse answers a request for a type this side does not serve with an
-// empty response carrying a resource error; the stream stays up.
+// empty response carrying a resource error; the stream stays up. typ is ""
+// for a malformed type URL. At most MaxUnknownTypes well-formed unknown
+// types per session are shown in insights; every one is answered.
 func (ss *serverSession) refuse(req *discovery.DeltaDiscoveryRequest, typ string, cause error) error {
 	if req.GetResponseNonce() != "" {
 		return nil // the peer's ACK of our refusal
 	}
-	ss.log.Warn("peer requested a type this side does not serve; answering empty", "type_url", req.GetTypeUrl(), "reason", cause)
-	if typ != "" {
+	_, seen := ss.unknown[typ]
+	if !seen {
+		ss.log.Warn("peer requested a type this side does not serve; answering empty", "type_url", truncate(req.GetTypeUrl()), "reason", cause)
+	}
+	if typ != "" && !seen && len(ss.unknown) < MaxUnknownTypes {
+		ss.unknown[typ] = struct{}{}
 		ss.record(typ, func(ts *insights.TypeState) {
 			ts.Unknown = true
 			ts.Error = "requested by peer: " + cause.Error()
@@ -285,7 +524,18 @@ func (ss *serverSession) refuse(req *discovery.DeltaDiscoveryRequest, typ string
 		}},
 	}
 	if err := ss.stream.Send(resp); err != nil {
-		return fmt.Errorf("send refusal for %s: %w", req.GetTypeUrl(), err)
+		return fmt.Errorf("send refusal for %.100q: %w", req.GetTypeUrl(), err)
+	}
+	return nil
+}
+
+// trySendAll gives every type the chance to send.
+func (ss *serverSession) trySendAll() error {
+	ss.starved = false
+	for _, st := range ss.types {
+		if err := ss.trySend(st); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -302,39 +552,53 @@ func (ss *serverSession) trySend(st *serveState) error {
 	return nil
 }
 
-// sendNext sends the next response for st, if there is anything to send,
-// and reports whether it did.
+// sendNext sends the next response for st, if there is anything to send
+// and the budgets allow it, and reports whether it did.
 func (ss *serverSession) sendNext(st *serveState) (bool, error) {
 	st.sub.take(st.pending)
 	if len(st.pending) == 0 && !st.force {
 		return false, nil
 	}
-	resp, sent := ss.build(st)
+	// Reserve a whole message, then give back what the response did not
+	// use. One response always fits the session's budget.
+	reserve := int64(ss.maxMsg)
+	if ss.inflightBytes > 0 && ss.inflightBytes+reserve > ss.sessionBudget {
+		ss.starved = true
+		return false, nil
+	}
+	if !ss.budget.tryAcquire(reserve, ss.wake) {
+		return false, nil
+	}
+	ss.nonce++
+	f := &flight{nonce: strconv.FormatUint(ss.nonce, 10), puts: map[string]string{}}
+	resp := ss.build(st, f)
 	if len(resp.Resources) == 0 && len(resp.RemovedResources) == 0 && !st.force {
+		ss.budget.release(reserve)
 		return false, nil
 	}
 	st.force = false
-	ss.nonce++
-	resp.Nonce = strconv.FormatUint(ss.nonce, 10)
+	resp.Nonce = f.nonce
+	size := proto.Size(resp)
+	f.bytes = int64(size)
+	ss.budget.release(reserve - f.bytes)
+	ss.inflightBytes += f.bytes
 	if err := ss.stream.Send(resp); err != nil {
 		return false, fmt.Errorf("send %s response: %w", st.typ, err)
 	}
-	st.inflight = append(st.inflight, resp.Nonce)
-	held := len(st.known)
-	size := proto.Size(resp)
+	st.inflight = append(st.inflight, f)
 	ss.record(st.typ, func(ts *insights.TypeState) {
 		ts.ResponsesSent++
 		ts.LargestResponseBytes = max(ts.LargestResponseBytes, size)
-		ts.ResourcesSent += uint64(sent)
+		ts.ResourcesSent += uint64(len(resp.Resources))
 		ts.LastVersionSent = resp.SystemVersionInfo
-		ts.ResourcesHeld = held
 	})
 	return true, nil
 }
 
 // build assembles one response from st.pending, at most maxMsg bytes; what
-// does not fit stays pending for the next response.
-func (ss *serverSession) build(st *serveState) (*discovery.DeltaDiscoveryResponse, int) {
+// does not fit stays pending for the next response. It records in f and
+// st.sent what the response carries.
+func (ss *serverSession) build(st *serveState, f *flight) *discovery.DeltaDiscoveryResponse {
 	resp := &discovery.DeltaDiscoveryResponse{TypeUrl: st.url}
 	limit := ss.maxMsg - responseOverhead
 	size := 0
@@ -356,20 +620,26 @@ func (ss *serverSession) build(st *serveState) (*discovery.DeltaDiscoveryRespons
 		}
 		e, ok := ti.entries[name]
 		if !ok {
-			if _, held := st.known[name]; held {
+			rv, refused := st.rejected[name]
+			_, holds := st.view(name)
+			if holds && (!refused || rv != "") {
 				n := len(name) + 8
 				if size+n > limit && size > 0 {
 					break
 				}
 				size += n
 				resp.RemovedResources = append(resp.RemovedResources, name)
-				delete(st.known, name)
+				f.removed = append(f.removed, name)
+				st.sent[name] = sentState{removed: true, nonce: f.nonce}
+			} else if !holds {
+				delete(st.rejected, name) // gone on both sides
 			}
 			delete(st.pending, name)
 			st.queue = st.queue[1:]
 			continue
 		}
-		if st.known[name] == e.res.Version {
+		v := e.res.Version
+		if held, holds := st.view(name); (holds && held == v) || (st.rejected[name] == v) {
 			delete(st.pending, name)
 			st.queue = st.queue[1:]
 			continue
@@ -379,14 +649,15 @@ func (ss *serverSession) build(st *serveState) (*discovery.DeltaDiscoveryRespons
 		}
 		size += e.size + 8
 		resp.Resources = append(resp.Resources, e.res)
-		st.known[name] = e.res.Version
+		f.puts[name] = v
+		st.sent[name] = sentState{version: v, nonce: f.nonce}
 		delete(st.pending, name)
 		st.queue = st.queue[1:]
 	}
 	if len(st.queue) == 0 {
 		st.queue = nil // release the snapshot's backing array
 	}
-	return resp, len(resp.Resources)
+	return resp
 }
 
 func (ss *serverSession) record(typ string, fn func(*insights.TypeState)) {

@@ -51,12 +51,14 @@ func (s serverEnd) Send(r *discovery.DeltaDiscoveryResponse) error {
 	s.resps <- &c
 	return nil
 }
-func (s serverEnd) Recv() (*discovery.DeltaDiscoveryRequest, error) {
+func (s serverEnd) RecvContext(ctx context.Context) (*discovery.DeltaDiscoveryRequest, error) {
 	select {
 	case r := <-s.reqs:
 		return r, nil
 	case <-s.ctx.Done():
 		return nil, s.ctx.Err()
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
 	}
 }
 func (s serverEnd) Context() context.Context { return s.ctx }
@@ -322,7 +324,7 @@ func TestPayloadCannotChooseZoneOrType(t *testing.T) {
 	}
 }
 
-func TestResourceLimitNACKs(t *testing.T) {
+func TestResourceLimitRefusesOnlyTheCreatesOverIt(t *testing.T) {
 	ix := NewIndex([]string{"Dataplane"})
 	for i := range 5 {
 		require.NoError(t, ix.Put(res("Dataplane", "default", fmt.Sprintf("d-%d", i), "1", 10)))
@@ -330,8 +332,12 @@ func TestResourceLimitNACKs(t *testing.T) {
 	sink := newMemSink()
 	h := start(t, ix, sink, []string{"Dataplane"}, nil, WithMaxResourcesPerType(3))
 	h.waitFor(func() bool { return h.srvType("Dataplane").ResponsesNACKed == 1 }, "NACK")
-	assert.Contains(t, h.srvType("Dataplane").LastNACKError, "limit is 3")
-	assert.Empty(t, sink.snapshot(), "nothing applied")
+	st := h.srvType("Dataplane")
+	assert.Contains(t, st.LastNACKError, "more than 3")
+	assert.Len(t, sink.snapshot(), 3, "the creates within the limit are applied")
+	assert.Equal(t, 3, st.ResourcesHeld)
+	assert.Equal(t, 2, st.RejectedCount)
+	assert.Equal(t, 2, h.cliType("Dataplane").RejectedCount)
 }
 
 func TestStoreFailureEndsSession(t *testing.T) {

@@ -148,6 +148,12 @@ func (ss *ServerStream) Recv() (*discovery.DeltaDiscoveryRequest, error) {
 	return ss.in.get(nil, ss.s)
 }
 
+// RecvContext is Recv that also returns, with ctx's cause, when ctx ends;
+// the session goes on.
+func (ss *ServerStream) RecvContext(ctx context.Context) (*discovery.DeltaDiscoveryRequest, error) {
+	return ss.in.get(ctx, ss.s)
+}
+
 // Context is the session's context.
 func (ss *ServerStream) Context() context.Context { return ss.s.ctx }
 

@@ -234,6 +234,188 @@ func (x *Resource) GetZone() string {
 	return ""
 }
 
+// Rejection lists the resources of one response that the subscriber did not
+// apply. It travels packed in google.protobuf.Any in the details of a
+// DeltaDiscoveryRequest's error_detail:
+//
+//   - In the answer to a response (response_nonce set), everything in that
+//     response that is not listed here was applied: a rejected resource holds
+//     back only itself. An error_detail without a Rejection rejects the whole
+//     response.
+//   - In a subscription (no response_nonce), it lists the versions this
+//     subscriber rejected in earlier sessions, so that the server does not
+//     send them again until they change.
+type Rejection struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Resources     []*RejectedResource    `protobuf:"bytes,1,rep,name=resources,proto3" json:"resources,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Rejection) Reset() {
+	*x = Rejection{}
+	mi := &file_kds_v1_kds_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Rejection) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Rejection) ProtoMessage() {}
+
+func (x *Rejection) ProtoReflect() protoreflect.Message {
+	mi := &file_kds_v1_kds_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Rejection.ProtoReflect.Descriptor instead.
+func (*Rejection) Descriptor() ([]byte, []int) {
+	return file_kds_v1_kds_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Rejection) GetResources() []*RejectedResource {
+	if x != nil {
+		return x.Resources
+	}
+	return nil
+}
+
+// RejectedResource is one resource (or removal) a subscriber refused.
+type RejectedResource struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Wire name: "mesh/name" for mesh-scoped types, "name" otherwise.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The version refused; empty for a refused removal.
+	Version string `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
+	// Set when the refused entry was a removal of name.
+	Removal bool `protobuf:"varint,3,opt,name=removal,proto3" json:"removal,omitempty"`
+	// Why, field by field.
+	Errors        []*FieldError `protobuf:"bytes,4,rep,name=errors,proto3" json:"errors,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RejectedResource) Reset() {
+	*x = RejectedResource{}
+	mi := &file_kds_v1_kds_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RejectedResource) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RejectedResource) ProtoMessage() {}
+
+func (x *RejectedResource) ProtoReflect() protoreflect.Message {
+	mi := &file_kds_v1_kds_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RejectedResource.ProtoReflect.Descriptor instead.
+func (*RejectedResource) Descriptor() ([]byte, []int) {
+	return file_kds_v1_kds_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *RejectedResource) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RejectedResource) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *RejectedResource) GetRemoval() bool {
+	if x != nil {
+		return x.Removal
+	}
+	return false
+}
+
+func (x *RejectedResource) GetErrors() []*FieldError {
+	if x != nil {
+		return x.Errors
+	}
+	return nil
+}
+
+// FieldError is one problem with one field of a resource.
+type FieldError struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Path of the field ("" for the resource as a whole).
+	Field         string `protobuf:"bytes,1,opt,name=field,proto3" json:"field,omitempty"`
+	Message       string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FieldError) Reset() {
+	*x = FieldError{}
+	mi := &file_kds_v1_kds_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FieldError) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FieldError) ProtoMessage() {}
+
+func (x *FieldError) ProtoReflect() protoreflect.Message {
+	mi := &file_kds_v1_kds_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FieldError.ProtoReflect.Descriptor instead.
+func (*FieldError) Descriptor() ([]byte, []int) {
+	return file_kds_v1_kds_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *FieldError) GetField() string {
+	if x != nil {
+		return x.Field
+	}
+	return ""
+}
+
+func (x *FieldError) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
 var File_kds_v1_kds_proto protoreflect.FileDescriptor
 
 const file_kds_v1_kds_proto_rawDesc = "" +
@@ -255,7 +437,18 @@ const file_kds_v1_kds_proto_rawDesc = "" +
 	"\x04zone\x18\t \x01(\tR\x04zone\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x0126\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"C\n" +
+	"\tRejection\x126\n" +
+	"\tresources\x18\x01 \x03(\v2\x18.kds.v1.RejectedResourceR\tresources\"\x86\x01\n" +
+	"\x10RejectedResource\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\tR\aversion\x12\x18\n" +
+	"\aremoval\x18\x03 \x01(\bR\aremoval\x12*\n" +
+	"\x06errors\x18\x04 \x03(\v2\x12.kds.v1.FieldErrorR\x06errors\"<\n" +
+	"\n" +
+	"FieldError\x12\x14\n" +
+	"\x05field\x18\x01 \x01(\tR\x05field\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage26\n" +
 	"\x03KDS\x12/\n" +
 	"\aSession\x12\x0f.kds.v1.Message\x1a\x0f.kds.v1.Message(\x010\x01B5Z3github.com/kds-engine/kds-engine/proto/kds/v1;kdsv1b\x06proto3"
 
@@ -271,28 +464,33 @@ func file_kds_v1_kds_proto_rawDescGZIP() []byte {
 	return file_kds_v1_kds_proto_rawDescData
 }
 
-var file_kds_v1_kds_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_kds_v1_kds_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_kds_v1_kds_proto_goTypes = []any{
 	(*Message)(nil),                   // 0: kds.v1.Message
 	(*Resource)(nil),                  // 1: kds.v1.Resource
-	nil,                               // 2: kds.v1.Resource.LabelsEntry
-	(*v3.DeltaDiscoveryRequest)(nil),  // 3: envoy.service.discovery.v3.DeltaDiscoveryRequest
-	(*v3.DeltaDiscoveryResponse)(nil), // 4: envoy.service.discovery.v3.DeltaDiscoveryResponse
-	(*timestamppb.Timestamp)(nil),     // 5: google.protobuf.Timestamp
+	(*Rejection)(nil),                 // 2: kds.v1.Rejection
+	(*RejectedResource)(nil),          // 3: kds.v1.RejectedResource
+	(*FieldError)(nil),                // 4: kds.v1.FieldError
+	nil,                               // 5: kds.v1.Resource.LabelsEntry
+	(*v3.DeltaDiscoveryRequest)(nil),  // 6: envoy.service.discovery.v3.DeltaDiscoveryRequest
+	(*v3.DeltaDiscoveryResponse)(nil), // 7: envoy.service.discovery.v3.DeltaDiscoveryResponse
+	(*timestamppb.Timestamp)(nil),     // 8: google.protobuf.Timestamp
 }
 var file_kds_v1_kds_proto_depIdxs = []int32{
-	3, // 0: kds.v1.Message.request:type_name -> envoy.service.discovery.v3.DeltaDiscoveryRequest
-	4, // 1: kds.v1.Message.response:type_name -> envoy.service.discovery.v3.DeltaDiscoveryResponse
-	2, // 2: kds.v1.Resource.labels:type_name -> kds.v1.Resource.LabelsEntry
-	5, // 3: kds.v1.Resource.creation_time:type_name -> google.protobuf.Timestamp
-	5, // 4: kds.v1.Resource.modification_time:type_name -> google.protobuf.Timestamp
-	0, // 5: kds.v1.KDS.Session:input_type -> kds.v1.Message
-	0, // 6: kds.v1.KDS.Session:output_type -> kds.v1.Message
-	6, // [6:7] is the sub-list for method output_type
-	5, // [5:6] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	6, // 0: kds.v1.Message.request:type_name -> envoy.service.discovery.v3.DeltaDiscoveryRequest
+	7, // 1: kds.v1.Message.response:type_name -> envoy.service.discovery.v3.DeltaDiscoveryResponse
+	5, // 2: kds.v1.Resource.labels:type_name -> kds.v1.Resource.LabelsEntry
+	8, // 3: kds.v1.Resource.creation_time:type_name -> google.protobuf.Timestamp
+	8, // 4: kds.v1.Resource.modification_time:type_name -> google.protobuf.Timestamp
+	3, // 5: kds.v1.Rejection.resources:type_name -> kds.v1.RejectedResource
+	4, // 6: kds.v1.RejectedResource.errors:type_name -> kds.v1.FieldError
+	0, // 7: kds.v1.KDS.Session:input_type -> kds.v1.Message
+	0, // 8: kds.v1.KDS.Session:output_type -> kds.v1.Message
+	8, // [8:9] is the sub-list for method output_type
+	7, // [7:8] is the sub-list for method input_type
+	7, // [7:7] is the sub-list for extension type_name
+	7, // [7:7] is the sub-list for extension extendee
+	0, // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_kds_v1_kds_proto_init() }
@@ -310,7 +508,7 @@ func file_kds_v1_kds_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kds_v1_kds_proto_rawDesc), len(file_kds_v1_kds_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   3,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1,0 +1,90 @@
+package kdssync
+
+import (
+	"fmt"
+	"unicode/utf8"
+
+	"google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/kds-engine/kds-engine/engine/internal/resource"
+	kdsv1 "github.com/kds-engine/kds-engine/proto/kds/v1"
+)
+
+// rejectionTypeURL is the type URL of a kdsv1.Rejection packed in Any.
+const rejectionTypeURL = "type.googleapis.com/kds.v1.Rejection"
+
+// Limits on what one rejected entry carries, so that a peer's NACKs cannot
+// make this side hold much: field errors per resource and bytes per text.
+const (
+	maxFieldErrors = 8
+	maxErrorText   = 512
+)
+
+// RejectionOf returns the Rejection carried in an answer's or a
+// subscription's error detail: nil if there is none (for an answer with an
+// error, that rejects the whole response), and an error if one is there but
+// cannot be read.
+func RejectionOf(detail *status.Status) (*kdsv1.Rejection, error) {
+	for _, d := range detail.GetDetails() {
+		if d.GetTypeUrl() != rejectionTypeURL {
+			continue
+		}
+		var r kdsv1.Rejection
+		if err := d.UnmarshalTo(&r); err != nil {
+			return nil, fmt.Errorf("read rejection list: %w", err)
+		}
+		return &r, nil
+	}
+	return nil, nil
+}
+
+// rejectionStatus builds the error detail of a NACK that rejects rs and
+// nothing else.
+func rejectionStatus(code int32, msg string, rs []*kdsv1.RejectedResource) (*status.Status, error) {
+	a, err := anypb.New(&kdsv1.Rejection{Resources: rs})
+	if err != nil {
+		return nil, fmt.Errorf("pack rejection list: %w", err)
+	}
+	return &status.Status{Code: code, Message: msg, Details: []*anypb.Any{a}}, nil
+}
+
+// rejectedEntry turns one invalid resource into its wire entry.
+func rejectedEntry(name, version string, removal bool, errs []resource.FieldError) *kdsv1.RejectedResource {
+	r := &kdsv1.RejectedResource{Name: name, Version: version, Removal: removal}
+	for i, fe := range errs {
+		if i == maxFieldErrors {
+			break
+		}
+		r.Errors = append(r.Errors, &kdsv1.FieldError{Field: truncate(fe.Field), Message: truncate(fe.Message)})
+	}
+	return r
+}
+
+// fieldErrors renders a rejected entry's errors for insights.
+func fieldErrors(errs []*kdsv1.FieldError) []string {
+	out := make([]string, 0, min(len(errs), maxFieldErrors))
+	for i, fe := range errs {
+		if i == maxFieldErrors {
+			break
+		}
+		if f := truncate(fe.GetField()); f != "" {
+			out = append(out, f+": "+truncate(fe.GetMessage()))
+		} else {
+			out = append(out, truncate(fe.GetMessage()))
+		}
+	}
+	return out
+}
+
+// truncate bounds a peer-supplied text kept in memory or logged.
+func truncate(s string) string {
+	if len(s) <= maxErrorText {
+		return s
+	}
+	cut := maxErrorText
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
+}
