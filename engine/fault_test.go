@@ -149,7 +149,9 @@ func TestFaultGlobalRestoredFromOlderCopy(t *testing.T) {
 	for _, z := range zones {
 		eventually(t, func() bool { return holds(z, p1.Key(), "5s") }, "p1 reaches %s", z.e.cfg.ZoneName)
 	}
-	eventually(t, func() bool { return find(g, dpKey("zone-a", "dp-a1")) != nil && find(g, dpKey("zone-b", "dp-b1")) != nil }, "dataplanes reach global")
+	eventually(t, func() bool {
+		return find(g, dpKey("zone-a", "dp-a1")) != nil && find(g, dpKey("zone-b", "dp-b1")) != nil
+	}, "dataplanes reach global")
 
 	backup := t.TempDir()
 	g = restartGlobal(t, g, func() { copyDir(t, dataDir, backup) })
@@ -165,7 +167,9 @@ func TestFaultGlobalRestoredFromOlderCopy(t *testing.T) {
 	for _, z := range zones {
 		eventually(t, func() bool { return holds(z, p1.Key(), "7s") && find(z, p2.Key()) != nil }, "the writes reach %s", z.e.cfg.ZoneName)
 	}
-	eventually(t, func() bool { return find(g, dpKey("zone-a", "dp-a2")) != nil && find(g, dpKey("zone-b", "dp-b2")) != nil }, "dataplanes reach global")
+	eventually(t, func() bool {
+		return find(g, dpKey("zone-a", "dp-a2")) != nil && find(g, dpKey("zone-b", "dp-b2")) != nil
+	}, "dataplanes reach global")
 
 	offline.stop()
 	g = restartGlobal(t, g, func() {
@@ -179,7 +183,9 @@ func TestFaultGlobalRestoredFromOlderCopy(t *testing.T) {
 	// sends global the dataplane the copy lacks.
 	eventually(t, func() bool { return holds(online, p1.Key(), "5s") && find(online, p2.Key()) == nil },
 		"zone-a holds p1 as in the copy, and no p2")
-	eventually(t, func() bool { return find(g, dpKey("zone-a", "dp-a1")) != nil && find(g, dpKey("zone-a", "dp-a2")) != nil },
+	eventually(t, func() bool {
+		return find(g, dpKey("zone-a", "dp-a1")) != nil && find(g, dpKey("zone-a", "dp-a2")) != nil
+	},
 		"global holds every dataplane of zone-a")
 
 	// Two writes of p1 on the restored global, as many as global made
@@ -194,6 +200,8 @@ func TestFaultGlobalRestoredFromOlderCopy(t *testing.T) {
 	offline = startNode(t, offlineCfg)
 	eventually(t, func() bool { return holds(offline, p1.Key(), "11s") && find(offline, p2.Key()) == nil },
 		"zone-b, offline during the restore, holds the restored global's p1 and no p2")
-	eventually(t, func() bool { return find(g, dpKey("zone-b", "dp-b1")) != nil && find(g, dpKey("zone-b", "dp-b2")) != nil },
+	eventually(t, func() bool {
+		return find(g, dpKey("zone-b", "dp-b1")) != nil && find(g, dpKey("zone-b", "dp-b2")) != nil
+	},
 		"global holds every dataplane of zone-b")
 }
