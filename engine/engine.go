@@ -467,15 +467,17 @@ type sink struct {
 	zone string
 }
 
+// Versions reads keys and versions only: a session start costs no copy of
+// the specs the peer's resources hold.
 func (k *sink) Versions(ctx context.Context, typ string) (map[string]string, error) {
 	f := store.Filter{Type: typ, Zone: k.zone, LocalOnly: k.zone == ""}
-	rs, err := k.s.List(ctx, f)
+	kvs, err := k.s.Versions(ctx, f)
 	if err != nil {
 		return nil, err
 	}
-	out := make(map[string]string, len(rs))
-	for _, r := range rs {
-		out[kdssync.WireName(r.Mesh, r.Name)] = r.Version
+	out := make(map[string]string, len(kvs))
+	for _, kv := range kvs {
+		out[kdssync.WireName(kv.Key.Mesh, kv.Key.Name)] = kv.Version
 	}
 	return out, nil
 }

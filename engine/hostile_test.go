@@ -587,11 +587,15 @@ func TestAdminAPIWriteWithoutTokenIsRefused(t *testing.T) {
 	assert.Len(t, list(g, "MeshTimeout"), 1, "the token is what gates the write")
 }
 
-// failingListStore is a store whose List fails: the sync client cannot read
+// failingListStore is a store whose reads fail: the sync client cannot read
 // the versions it holds.
 type failingListStore struct{ store.Store }
 
 func (failingListStore) List(context.Context, store.Filter) ([]*resource.Resource, error) {
+	return nil, errors.New("disk on fire")
+}
+
+func (failingListStore) Versions(context.Context, store.Filter) ([]store.KeyVersion, error) {
 	return nil, errors.New("disk on fire")
 }
 

@@ -23,14 +23,33 @@
 // type):
 //
 //   - Local writes, Create, Update and Delete, used by the admin API. The
-//     store assigns the Version (a store-wide counter rendered in decimal,
-//     unique across types and never reused, also after a restart),
-//     CreationTime and ModificationTime. Update and Delete take the version
-//     the caller read for optimistic concurrency; a mismatch is ErrConflict
-//     with both versions in the message.
+//     store assigns the Version, CreationTime and ModificationTime. Update
+//     and Delete take the version the caller read for optimistic
+//     concurrency; a mismatch is ErrConflict with both versions in the
+//     message.
 //   - Sync writes, Apply, used by the sync layer: one received sync response
 //     is one Batch applied in one transaction, all or nothing. Puts keep the
-//     sender's Version and times verbatim; deletes name keys.
+//     sender's Version and times verbatim; deletes name keys. A Batch may
+//     carry a session Fence (see ClaimSession) and a Limit on the resources
+//     per (Type, Zone); both are checked inside the commit.
+//
+// # Versions
+//
+// A version is opaque: compare it, do not parse it. A version a store
+// assigns names one content of one resource for good: it is never assigned
+// again by this store, for any key, also after a restart, after the store
+// was lost and started empty, or after a durable store was restored from an
+// older copy. Peers rely on it: the sync resumes a session by comparing
+// versions and treats an equal version as unchanged content. Stores build
+// versions with Versioner ("<epoch>-<counter>", a random epoch per open; see
+// its documentation for why per open).
+//
+// # Sessions
+//
+// On global, the sync keeps one live session per zone. ClaimSession makes a
+// new generation current for a zone; Apply with a Fence of an older
+// generation fails with ErrFenced inside the commit, so nothing a replaced
+// session received commits after its successor claimed the zone.
 //
 // Every commit (one local write, or one Apply that changes something) gets
 // the next store-wide revision; Revision reports the latest.

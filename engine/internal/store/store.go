@@ -24,6 +24,14 @@ var (
 	// (empty type or name, a NUL byte in an identity field, an Apply put
 	// without a version, a key twice in one batch). The write changes nothing.
 	ErrInvalid = errors.New("invalid store request")
+	// ErrFenced: an Apply carried a Fence whose session generation is not
+	// the zone's current one (a newer session claimed the zone). The write
+	// changes nothing; the message names the current generation.
+	ErrFenced = errors.New("session fenced off by a newer session")
+	// ErrLimitExceeded: an Apply with a Limit would leave a (Type, Zone) with
+	// more resources than the limit. The write changes nothing; the message
+	// names the type, the zone, the count and the limit.
+	ErrLimitExceeded = errors.New("resource limit exceeded")
 )
 
 // Store holds resources and publishes every committed change to watchers.
@@ -75,6 +83,12 @@ type Store interface {
 	// put identical to the stored resource, are no-ops that emit no Event.
 	// It returns the revision of the commit (the current revision if the
 	// batch changed nothing).
+	//
+	// b.Fence and b.Limit are checked inside the commit, against the state
+	// the batch is applied to: a batch fenced with a generation that is not
+	// its zone's current one fails with ErrFenced, and one that would leave
+	// a (Type, Zone) of its puts over b.Limit fails with ErrLimitExceeded.
+	// Either way nothing changes and no Event is published.
 	Apply(ctx context.Context, b Batch) (revision uint64, err error)
 
 	// Snapshot is List plus the revision the result reflects: the result
@@ -85,6 +99,23 @@ type Store interface {
 	// Watch registers a watcher that receives every commit published after
 	// Watch returns, in commit order, until ctx ends or the store closes.
 	Watch(ctx context.Context) (*Watch, error)
+
+	// Versions returns the key and version of every resource matching f,
+	// in List's order, without reading labels, specs or times: what the
+	// sync sends as the versions it holds when a session starts, at a cost
+	// that does not grow with the size of the resources. f.Labels must be
+	// empty (labels are not read): a filter with labels fails with
+	// ErrInvalid rather than match what it was not meant to.
+	Versions(ctx context.Context, f Filter) ([]KeyVersion, error)
+
+	// ClaimSession makes a new session generation current for zone and
+	// returns it: atomically, and strictly greater than every generation
+	// this store returned for zone before (durable stores keep this across
+	// a restart; see each implementation for what a restore from an older
+	// copy does). Applies fenced with an older generation fail with
+	// ErrFenced from then on. An empty zone or a NUL byte in it is
+	// ErrInvalid.
+	ClaimSession(ctx context.Context, zone string) (generation uint64, err error)
 
 	// Revision returns the revision of the latest commit (0 for a new store).
 	Revision() uint64
@@ -159,6 +190,29 @@ type Batch struct {
 	Put []*resource.Resource
 	// Delete holds keys to remove; keys not stored are ignored.
 	Delete []resource.Key
+	// Fence, when set, makes the batch conditional on its session still
+	// being the zone's current one (see Store.ClaimSession): checked in the
+	// same transaction as the write, so nothing from a replaced session
+	// commits after its successor claimed the zone.
+	Fence *Fence
+	// Limit, when positive, is the most resources any (Type, Zone) that
+	// the batch puts into may hold after the commit, counting what is
+	// already stored, what the batch adds and what it deletes. Zero or
+	// negative: no limit.
+	Limit int
+}
+
+// Fence names the session a batch belongs to: the zone it was claimed for
+// and the generation ClaimSession returned.
+type Fence struct {
+	Zone       string
+	Generation uint64
+}
+
+// KeyVersion is one entry of Store.Versions.
+type KeyVersion struct {
+	Key     resource.Key
+	Version string
 }
 
 // EventKind says what a commit did to one resource.
@@ -231,9 +285,42 @@ func CheckKey(k resource.Key) error {
 	return nil
 }
 
+// CheckZone returns an error wrapping ErrInvalid if zone cannot name a
+// session's zone: empty, or with a NUL byte.
+func CheckZone(zone string) error {
+	if zone == "" {
+		return fmt.Errorf("empty zone: %w", ErrInvalid)
+	}
+	if strings.IndexByte(zone, 0) >= 0 {
+		return fmt.Errorf("zone %q: NUL byte: %w", zone, ErrInvalid)
+	}
+	return nil
+}
+
+// CheckVersionsFilter validates a filter for Store.Versions: Validate, and
+// no Labels (Versions does not read them).
+func CheckVersionsFilter(f Filter) error {
+	if err := f.Validate(); err != nil {
+		return err
+	}
+	if len(f.Labels) > 0 {
+		return fmt.Errorf("filter: versions cannot select by labels (they are not read): %w", ErrInvalid)
+	}
+	return nil
+}
+
 // CheckBatch validates b as a whole before anything is written: no nil
-// resource, valid keys, a Version on every put, no key twice.
+// resource, valid keys, a Version on every put, no key twice, and a Fence,
+// if any, with a zone and a generation (generations start at 1).
 func CheckBatch(b Batch) error {
+	if f := b.Fence; f != nil {
+		if err := CheckZone(f.Zone); err != nil {
+			return fmt.Errorf("batch fence: %w", err)
+		}
+		if f.Generation == 0 {
+			return fmt.Errorf("batch fence: zone %s: generation 0 is never claimed: %w", f.Zone, ErrInvalid)
+		}
+	}
 	seen := make(map[resource.Key]struct{}, len(b.Put)+len(b.Delete))
 	for i, r := range b.Put {
 		if r == nil {
@@ -267,6 +354,26 @@ func CheckBatch(b Batch) error {
 // caller expected and the version stored.
 func ConflictError(key resource.Key, expected, stored string) error {
 	return fmt.Errorf("%s: expected version %q, stored version %q: %w", key, expected, stored, ErrConflict)
+}
+
+// FencedError builds the ErrFenced error for a batch of zone fenced with
+// generation when current is the zone's current generation.
+func FencedError(zone string, generation, current uint64) error {
+	if current > generation {
+		return fmt.Errorf("zone %s: session generation %d was replaced by %d: %w", zone, generation, current, ErrFenced)
+	}
+	return fmt.Errorf("zone %s: session generation %d was never claimed (current %d): %w", zone, generation, current, ErrFenced)
+}
+
+// LimitError builds the ErrLimitExceeded error for a batch that would leave
+// count resources of typ in zone ("" for resources written on this side)
+// when limit is the most allowed.
+func LimitError(typ, zone string, count, limit int) error {
+	where := "zone " + zone
+	if zone == "" {
+		where = "no zone (written on this side)"
+	}
+	return fmt.Errorf("%s in %s: the batch would make %d resources, over the limit of %d: %w", typ, where, count, limit, ErrLimitExceeded)
 }
 
 // CompareKeys orders keys by (Type, Zone, Mesh, Name), the order List uses.

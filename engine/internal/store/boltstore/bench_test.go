@@ -65,3 +65,36 @@ func BenchmarkConcurrentApply(b *testing.B) {
 		storetest.BenchConcurrentApply(b, s, 50, 10, 50)
 	})
 }
+
+// BenchmarkSmallApply: batches of 10 new resources into a zone that holds
+// 100k, without and with Batch.Limit. The limit's count is kept in memory,
+// so the two cost the same after the first limited Apply.
+func BenchmarkSmallApply(b *testing.B) {
+	for _, c := range []struct {
+		name  string
+		limit int
+	}{{"stored=100k/nolimit", 0}, {"stored=100k/limit", 1 << 30}} {
+		b.Run(c.name, func(b *testing.B) {
+			s := openBench(b, boltstore.WithNoSync(true))
+			defer s.Close()
+			storetest.BenchSmallApply(b, s, 100_000, 10, c.limit)
+		})
+	}
+}
+
+// BenchmarkVersions: what a session start reads for a zone holding 64
+// resources of 1 MiB: List copies every spec, Versions reads only keys and
+// versions.
+func BenchmarkVersions(b *testing.B) {
+	for _, useList := range []bool{true, false} {
+		name := "Versions"
+		if useList {
+			name = "List"
+		}
+		b.Run("1MiB-x64/"+name, func(b *testing.B) {
+			s := openBench(b, boltstore.WithNoSync(true))
+			defer s.Close()
+			storetest.BenchVersions(b, s, 64, 1<<20, useList)
+		})
+	}
+}

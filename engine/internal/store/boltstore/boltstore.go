@@ -3,20 +3,44 @@
 //
 // # Layout
 //
-// The file holds two top-level buckets:
+// The file holds three top-level buckets:
 //
 //   - "meta": "layout" (the layout version, currently "1"), "revision" and
 //     "version" (8-byte big-endian counters: the revision of the latest
-//     commit and the last version assigned by a local write). Both counters
-//     are written in the same transaction as the resources they account for,
-//     so after a restart they continue where the last commit left them and
-//     versions never go backwards or repeat.
+//     commit and the counter of the last version assigned by a local
+//     write). Both counters are written in the same transaction as the
+//     resources they account for, so after a restart they continue where
+//     the last commit left them.
+//   - "sessions": one 8-byte big-endian session generation per zone name,
+//     the last one ClaimSession returned for it. Written by ClaimSession in
+//     its own commit and read by fenced Applies inside theirs. (Files
+//     written before this bucket existed get it, empty, at open; older
+//     engines ignore it.)
 //   - "types": one nested bucket per resource type, named by the type (a
 //     bucket is dropped when its last resource is deleted). Inside it each
 //     resource is stored under Zone NUL Mesh NUL Name (NUL never occurs in a
 //     key part; store.CheckKey refuses it), so a cursor walks a type in
 //     (Zone, Mesh, Name) order and one zone's resources are one key range:
 //     List with a Type and a Zone (or LocalOnly) reads only that range.
+//
+// # Versions
+//
+// A local write's version is "<epoch>-<counter>" (store.Versioner): the
+// counter is the persisted "version" counter, the epoch is drawn at every
+// Open and never stored. A file restored from an older copy resumes the
+// counter from the copy, but under a new epoch, so no version written after
+// the restore equals one written after the copy was taken; a new file (a
+// lost data dir) likewise.
+//
+// # Limits and fences
+//
+// Apply checks Batch.Fence against "sessions" and Batch.Limit against a
+// count of resources per (type, zone) inside the commit. The counts are
+// kept in memory under the commit mutex: a (type, zone) is counted with a
+// cursor over its key range the first time a limited Apply needs it, and
+// every commit after that (local writes and deletes included) keeps the
+// count current, so a limited Apply costs O(its own size), not O(what the
+// zone holds).
 //
 // A value is the resource's wire envelope, kds.v1.Resource, in protobuf
 // wire format with labels sorted by key, written and read with protowire
@@ -63,7 +87,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -85,11 +108,12 @@ var ErrLocked = errors.New("data dir is in use by another kds-engine")
 const layoutVersion = "1"
 
 var (
-	bucketMeta  = []byte("meta")
-	bucketTypes = []byte("types")
-	keyLayout   = []byte("layout")
-	keyRevision = []byte("revision")
-	keyVersion  = []byte("version")
+	bucketMeta     = []byte("meta")
+	bucketTypes    = []byte("types")
+	bucketSessions = []byte("sessions")
+	keyLayout      = []byte("layout")
+	keyRevision    = []byte("revision")
+	keyVersion     = []byte("version")
 )
 
 var _ store.Store = (*Store)(nil)
@@ -142,10 +166,11 @@ func WithClock(now func() time.Time) Option {
 
 // Store is the bbolt-backed store.Store. Safe for concurrent use.
 type Store struct {
-	db   *bolt.DB
-	log  hclog.Logger
-	now  func() time.Time
-	feed *store.Feed
+	db        *bolt.DB
+	log       hclog.Logger
+	now       func() time.Time
+	feed      *store.Feed
+	versioner *store.Versioner
 
 	// life is held for reading by every operation and for writing by Close.
 	life   sync.RWMutex
@@ -156,12 +181,17 @@ type Store struct {
 	// qmu guards queue, the writes waiting for the next group commit.
 	qmu   sync.Mutex
 	queue []*commitReq
-	// wmu is held by the goroutine committing a group; version is guarded
-	// by it.
-	wmu      sync.Mutex
-	version  uint64
+	// wmu is held by the goroutine committing a group; version and counts
+	// are guarded by it.
+	wmu     sync.Mutex
+	version uint64
+	// counts holds, for the (type, zone) pairs counted so far, how many
+	// resources the last commit left there (see "Limits and fences").
+	counts   map[typeZone]int
 	revision atomic.Uint64
 }
+
+type typeZone struct{ typ, zone string }
 
 // Open opens (creating if needed) the store in dir, creating dir if missing.
 // If the file is locked by another holder for longer than the lock timeout
@@ -186,10 +216,12 @@ func Open(dir string, opts ...Option) (*Store, error) {
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
 	s := &Store{
-		db:   db,
-		log:  cfg.log.Named("store"),
-		now:  cfg.now,
-		feed: store.NewFeed(),
+		db:        db,
+		log:       cfg.log.Named("store"),
+		now:       cfg.now,
+		feed:      store.NewFeed(),
+		versioner: store.NewVersioner(),
+		counts:    make(map[typeZone]int),
 	}
 	var rev uint64
 	err = db.Update(func(tx *bolt.Tx) error {
@@ -198,6 +230,9 @@ func Open(dir string, opts ...Option) (*Store, error) {
 			return err
 		}
 		if _, err := tx.CreateBucketIfNotExists(bucketTypes); err != nil {
+			return err
+		}
+		if _, err := tx.CreateBucketIfNotExists(bucketSessions); err != nil {
 			return err
 		}
 		switch l := meta.Get(keyLayout); {
@@ -217,7 +252,7 @@ func Open(dir string, opts ...Option) (*Store, error) {
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
 	s.revision.Store(rev)
-	s.log.Info("store opened", "path", path, "revision", rev, "version", s.version, "nosync", cfg.noSync)
+	s.log.Info("store opened", "path", path, "revision", rev, "version_counter", s.version, "version_epoch", s.versioner.Epoch(), "nosync", cfg.noSync)
 	return s, nil
 }
 
@@ -278,13 +313,65 @@ func (s *Store) enter(ctx context.Context) (func(), error) {
 type txn struct {
 	tx      *bolt.Tx
 	s       *Store
+	g       *groupState
 	version uint64
 	events  []store.Event
 }
 
+// groupState is what the commits of one group transaction share.
+type groupState struct {
+	// counts overlays s.counts with the counts as of the transaction so
+	// far; merged into s.counts once the transaction committed.
+	counts map[typeZone]int
+}
+
 func (t *txn) nextVersion() string {
 	t.version++
-	return strconv.FormatUint(t.version, 10)
+	return t.s.versioner.Version(t.version)
+}
+
+// count returns how many resources of (type, zone) tz the transaction
+// holds, counting them with a cursor if no commit has counted them yet.
+func (t *txn) count(tz typeZone) int {
+	if n, ok := t.g.counts[tz]; ok {
+		return n
+	}
+	n, ok := t.s.counts[tz]
+	if !ok {
+		if b := t.tx.Bucket(bucketTypes).Bucket([]byte(tz.typ)); b != nil {
+			prefix := zonePrefix(tz.zone)
+			c := b.Cursor()
+			for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+				n++
+			}
+		}
+	}
+	if t.g.counts == nil {
+		t.g.counts = make(map[typeZone]int)
+	}
+	t.g.counts[tz] = n
+	return n
+}
+
+// adjust records that the transaction added d resources to tz (removed,
+// if negative). A (type, zone) not counted yet is left alone: when it is
+// counted, the cursor sees the change.
+func (t *txn) adjust(tz typeZone, d int) {
+	if n, ok := t.g.counts[tz]; ok {
+		t.g.counts[tz] = n + d
+		return
+	}
+	if n, ok := t.s.counts[tz]; ok {
+		if t.g.counts == nil {
+			t.g.counts = make(map[typeZone]int)
+		}
+		t.g.counts[tz] = n + d
+	}
+}
+
+// generation returns zone's current session generation (0: never claimed).
+func (t *txn) generation(zone string) uint64 {
+	return getUint(t.tx.Bucket(bucketSessions), []byte(zone))
 }
 
 func (t *txn) typeBucket(typ string, create bool) (*bolt.Bucket, error) {
@@ -366,10 +453,11 @@ func (s *Store) commitGroup(group []*commitReq) (retry []*commitReq) {
 		rev      = s.revision.Load()
 		version  = s.version
 		firstRev = rev
+		g        groupState
 	)
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		for i, req := range group {
-			t := &txn{tx: tx, s: s, version: version}
+			t := &txn{tx: tx, s: s, g: &g, version: version}
 			if err := req.fn(t); err != nil {
 				failed, failErr = i, err
 				return errAbandon
@@ -403,6 +491,13 @@ func (s *Store) commitGroup(group []*commitReq) (retry []*commitReq) {
 		return nil
 	}
 	s.version = version
+	for tz, n := range g.counts {
+		if n > 0 {
+			s.counts[tz] = n
+		} else {
+			delete(s.counts, tz)
+		}
+	}
 	s.revision.Store(rev)
 	for _, o := range outs {
 		s.feed.Publish(o.events)
@@ -481,13 +576,7 @@ func (s *Store) Snapshot(ctx context.Context, f store.Filter) ([]*resource.Resou
 
 // scan appends the resources of one type bucket that match f.
 func scan(ctx context.Context, b *bolt.Bucket, f store.Filter, out []*resource.Resource) ([]*resource.Resource, error) {
-	var prefix []byte
-	switch {
-	case f.Zone != "":
-		prefix = zonePrefix(f.Zone)
-	case f.LocalOnly:
-		prefix = zonePrefix("")
-	}
+	prefix := filterPrefix(f)
 	mesh := []byte(f.Mesh)
 	c := b.Cursor()
 	n := 0
@@ -510,6 +599,17 @@ func scan(ctx context.Context, b *bolt.Bucket, f store.Filter, out []*resource.R
 		out = append(out, r)
 	}
 	return out, nil
+}
+
+// filterPrefix is the item-key prefix of the resources f can match.
+func filterPrefix(f store.Filter) []byte {
+	switch {
+	case f.Zone != "":
+		return zonePrefix(f.Zone)
+	case f.LocalOnly:
+		return zonePrefix("")
+	}
+	return nil
 }
 
 // normTime drops the monotonic reading and the location so that what a
@@ -543,6 +643,7 @@ func (s *Store) Create(ctx context.Context, r *resource.Resource) (*resource.Res
 		if err := b.Put(k, encode(c)); err != nil {
 			return err
 		}
+		t.adjust(typeZone{key.Type, key.Zone}, 1)
 		t.events = append(t.events, store.Event{Kind: store.EventPut, Origin: store.OriginLocal, Resource: c})
 		return nil
 	})
@@ -643,6 +744,7 @@ func (t *txn) delete(key resource.Key) (*resource.Resource, error) {
 	if err := b.Delete(k); err != nil {
 		return nil, err
 	}
+	t.adjust(typeZone{key.Type, key.Zone}, -1)
 	if first, _ := b.Cursor().First(); first == nil {
 		if err := types.DeleteBucket([]byte(key.Type)); err != nil {
 			return nil, err
@@ -670,6 +772,18 @@ func (s *Store) Apply(ctx context.Context, b store.Batch) (uint64, error) {
 			return 0, fmt.Errorf("apply: %w", err)
 		}
 		defer leave()
+		if f := b.Fence; f != nil {
+			// Nothing to write, but a fenced-off session learns it now.
+			err := s.db.View(func(tx *bolt.Tx) error {
+				if cur := getUint(tx.Bucket(bucketSessions), []byte(f.Zone)); cur != f.Generation {
+					return store.FencedError(f.Zone, f.Generation, cur)
+				}
+				return nil
+			})
+			if err != nil {
+				return 0, fmt.Errorf("apply: %w", err)
+			}
+		}
 		return s.revision.Load(), nil
 	}
 	// One arena holds every value (bbolt references them until the commit)
@@ -703,14 +817,38 @@ func (s *Store) Apply(ctx context.Context, b store.Batch) (uint64, error) {
 		}
 		return bytes.Compare(a.key, b.key)
 	})
+	// The (type, zone) pairs the puts go to, in put order (each pair's puts
+	// are contiguous: item keys start with the zone).
+	var limited []typeZone
+	if b.Limit > 0 {
+		for _, p := range puts {
+			tz := typeZone{p.r.Type, p.r.Zone}
+			if len(limited) == 0 || limited[len(limited)-1] != tz {
+				limited = append(limited, tz)
+			}
+		}
+	}
 	rev, err := s.commit(ctx, func(t *txn) error {
+		if f := b.Fence; f != nil {
+			if cur := t.generation(f.Zone); cur != f.Generation {
+				return store.FencedError(f.Zone, f.Generation, cur)
+			}
+		}
 		t.events = make([]store.Event, 0, len(puts)+len(b.Delete))
 		var (
 			bucket    *bolt.Bucket
 			current   string
 			appending bool // every remaining key of this type sorts after the stored ones
+			run       typeZone
+			added     int // new keys in run so far
 		)
 		for i, p := range puts {
+			if tz := (typeZone{p.r.Type, p.r.Zone}); tz != run {
+				if added > 0 {
+					t.adjust(run, added)
+				}
+				run, added = tz, 0
+			}
 			if bucket == nil || p.r.Type != current {
 				var err error
 				if bucket, err = t.typeBucket(p.r.Type, true); err != nil {
@@ -724,15 +862,24 @@ func (s *Store) Apply(ctx context.Context, b store.Batch) (uint64, error) {
 					bucket.FillPercent = 0.9
 				}
 			}
+			isNew := appending
 			if !appending {
-				if old := bucket.Get(p.key); old != nil && bytes.Equal(old, p.val) {
+				old := bucket.Get(p.key)
+				if old != nil && bytes.Equal(old, p.val) {
 					continue
 				}
+				isNew = old == nil
 			}
 			if err := bucket.Put(p.key, p.val); err != nil {
 				return err
 			}
+			if isNew {
+				added++
+			}
 			t.events = append(t.events, store.Event{Kind: store.EventPut, Origin: store.OriginSync, Resource: puts[i].r})
+		}
+		if added > 0 {
+			t.adjust(run, added)
 		}
 		for _, k := range b.Delete {
 			prev, err := t.delete(k)
@@ -743,12 +890,100 @@ func (s *Store) Apply(ctx context.Context, b store.Batch) (uint64, error) {
 				t.events = append(t.events, store.Event{Kind: store.EventDelete, Origin: store.OriginSync, Resource: prev})
 			}
 		}
+		for _, tz := range limited {
+			if n := t.count(tz); n > b.Limit {
+				return store.LimitError(tz.typ, tz.zone, n, b.Limit)
+			}
+		}
 		return nil
 	})
 	if err != nil {
 		return 0, fmt.Errorf("apply: %w", err)
 	}
 	return rev, nil
+}
+
+// Versions implements store.Store. It decodes only the key and the version
+// field of each stored value; the spec's bytes are skipped, not copied.
+func (s *Store) Versions(ctx context.Context, f store.Filter) ([]store.KeyVersion, error) {
+	if err := store.CheckVersionsFilter(f); err != nil {
+		return nil, fmt.Errorf("versions: %w", err)
+	}
+	leave, err := s.enter(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("versions: %w", err)
+	}
+	defer leave()
+	var out []store.KeyVersion
+	err = s.db.View(func(tx *bolt.Tx) error {
+		types := tx.Bucket(bucketTypes)
+		if f.Type != "" {
+			b := types.Bucket([]byte(f.Type))
+			if b == nil {
+				return nil
+			}
+			out, err = scanVersions(ctx, f.Type, b, f, out)
+			return err
+		}
+		return types.ForEachBucket(func(name []byte) error {
+			out, err = scanVersions(ctx, string(name), types.Bucket(name), f, out)
+			return err
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("versions: %w", err)
+	}
+	return out, nil
+}
+
+// scanVersions appends the keys and versions of one type bucket that match
+// f (which has no labels).
+func scanVersions(ctx context.Context, typ string, b *bolt.Bucket, f store.Filter, out []store.KeyVersion) ([]store.KeyVersion, error) {
+	prefix := filterPrefix(f)
+	mesh := []byte(f.Mesh)
+	c := b.Cursor()
+	n := 0
+	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+		if n++; n%4096 == 0 {
+			if err := context.Cause(ctx); err != nil {
+				return nil, err
+			}
+		}
+		if f.Mesh != "" && !bytes.Equal(meshOf(k), mesh) {
+			continue
+		}
+		key, err := keyOf(typ, k)
+		if err != nil {
+			return nil, err
+		}
+		version, err := decodeVersion(v)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", key, err)
+		}
+		out = append(out, store.KeyVersion{Key: key, Version: version})
+	}
+	return out, nil
+}
+
+// ClaimSession implements store.Store. The generation is persisted in
+// "sessions" in its own commit (no revision, no event), so it keeps growing
+// across restarts. A file restored from an older copy goes back to the
+// generations in the copy; that is harmless for this store, whose sessions
+// all ended when the process holding it stopped.
+func (s *Store) ClaimSession(ctx context.Context, zone string) (uint64, error) {
+	if err := store.CheckZone(zone); err != nil {
+		return 0, fmt.Errorf("claim session: %w", err)
+	}
+	var gen uint64
+	_, err := s.commit(ctx, func(t *txn) error {
+		b := t.tx.Bucket(bucketSessions)
+		gen = getUint(b, []byte(zone)) + 1
+		return putUint(b, []byte(zone), gen)
+	})
+	if err != nil {
+		return 0, fmt.Errorf("claim session of zone %s: %w", zone, err)
+	}
+	return gen, nil
 }
 
 // Watch implements store.Store.

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -28,6 +27,24 @@ func TestConformance(t *testing.T) {
 		s, err := boltstore.Open(t.TempDir())
 		require.NoError(t, err)
 		return s
+	})
+}
+
+func TestFaultConformance(t *testing.T) {
+	t.Run("GroupCommit", func(t *testing.T) {
+		storetest.RunFault(t, func(t *testing.T) store.Store {
+			s, err := boltstore.Open(t.TempDir())
+			require.NoError(t, err)
+			return s
+		})
+	})
+	t.Run("WithoutGroupCommit", func(t *testing.T) {
+		storetest.RunFault(t, func(t *testing.T) store.Store {
+			s, err := boltstore.Open(t.TempDir())
+			require.NoError(t, err)
+			boltstore.DisableGroupCommitForTest(s)
+			return s
+		})
 	})
 }
 
@@ -107,13 +124,9 @@ func TestDurableAcrossReopen(t *testing.T) {
 	require.NoError(t, err)
 	recreated, err := s2.Create(ctx, storetest.Res("MeshTimeout", "gone"))
 	require.NoError(t, err)
-	n := func(v string) uint64 {
-		x, err := strconv.ParseUint(v, 10, 64)
-		require.NoError(t, err)
-		return x
-	}
-	assert.Greater(t, n(recreated.Version), n(gone.Version))
-	assert.Greater(t, n(recreated.Version), n(local.Version))
+	assert.Greater(t, counter(t, recreated.Version), counter(t, gone.Version))
+	assert.Greater(t, counter(t, recreated.Version), counter(t, local.Version))
+	assert.NotEqual(t, epoch(t, recreated.Version), epoch(t, local.Version), "a new epoch per open")
 	<-w.C()
 	evs := w.Next()
 	require.Len(t, evs, 1)
@@ -129,8 +142,7 @@ func TestCountersSurviveManyRestarts(t *testing.T) {
 		require.NoError(t, err)
 		r, err := s.Create(ctx, storetest.Res("T", fmt.Sprintf("r%d", i)))
 		require.NoError(t, err)
-		v, err := strconv.ParseUint(r.Version, 10, 64)
-		require.NoError(t, err)
+		v := counter(t, r.Version)
 		require.Greater(t, v, last)
 		last = v
 		assert.EqualValues(t, i+1, s.Revision())

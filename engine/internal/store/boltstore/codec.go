@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"google.golang.org/protobuf/encoding/protowire"
@@ -27,6 +28,21 @@ func itemKey(k resource.Key) []byte {
 	b = append(b, k.Mesh...)
 	b = append(b, sep)
 	return append(b, k.Name...)
+}
+
+// keyOf parses an item key of type typ back into the resource key.
+func keyOf(typ string, k []byte) (resource.Key, error) {
+	s := string(k) // one allocation shared by the three parts
+	i := strings.IndexByte(s, sep)
+	if i < 0 {
+		return resource.Key{}, fmt.Errorf("%w: item key %q of %s has no zone separator", errCorrupt, s, typ)
+	}
+	j := strings.IndexByte(s[i+1:], sep)
+	if j < 0 {
+		return resource.Key{}, fmt.Errorf("%w: item key %q of %s has no mesh separator", errCorrupt, s, typ)
+	}
+	j += i + 1
+	return resource.Key{Type: typ, Zone: s[:i], Mesh: s[i+1 : j], Name: s[j+1:]}, nil
 }
 
 // zonePrefix is the item-key prefix of every resource of one zone ("" for
@@ -219,6 +235,33 @@ func decode(v []byte) (*resource.Resource, error) {
 		}
 	}
 	return r, nil
+}
+
+// decodeVersion returns the version field of a stored value, skipping every
+// other field without copying it (the spec's bytes are stepped over by
+// their length). Like decode, the last occurrence wins.
+func decodeVersion(v []byte) (string, error) {
+	var version []byte
+	for len(v) > 0 {
+		num, typ, n := protowire.ConsumeTag(v)
+		if n < 0 {
+			return "", fmt.Errorf("%w: %w", errCorrupt, protowire.ParseError(n))
+		}
+		v = v[n:]
+		if num == fVersion && typ == protowire.BytesType {
+			field, n := protowire.ConsumeBytes(v)
+			if n < 0 {
+				return "", fmt.Errorf("%w: field %d: %w", errCorrupt, num, protowire.ParseError(n))
+			}
+			version, v = field, v[n:]
+			continue
+		}
+		if n = protowire.ConsumeFieldValue(num, typ, v); n < 0 {
+			return "", fmt.Errorf("%w: field %d: %w", errCorrupt, num, protowire.ParseError(n))
+		}
+		v = v[n:]
+	}
+	return string(version), nil
 }
 
 func decodeLabel(v []byte) (key, value string, err error) {

@@ -1,5 +1,11 @@
 // Package memory is an in-memory store.Store for tests and demos: maps
 // guarded by one RWMutex. Nothing survives Close.
+//
+// Every New draws a new version epoch (store.NewVersioner), so a process
+// restarted with a memory store never hands out a version it handed out
+// before, although its counter starts over. Session generations
+// (ClaimSession) live in memory too and start over with the store, which is
+// harmless: the sessions they fenced ended with the process.
 package memory
 
 import (
@@ -7,7 +13,6 @@ import (
 	"fmt"
 	"maps"
 	"slices"
-	"strconv"
 	"sync"
 	"time"
 
@@ -31,22 +36,32 @@ func WithClock(now func() time.Time) Option {
 // Stored resources are never mutated in place (a write replaces the
 // pointer), so events share them with the map without copying.
 type Store struct {
-	now  func() time.Time
-	feed *store.Feed
+	now       func() time.Time
+	feed      *store.Feed
+	versioner *store.Versioner
 
-	mu       sync.RWMutex
-	byType   map[string]map[resource.Key]*resource.Resource
+	mu     sync.RWMutex
+	byType map[string]map[resource.Key]*resource.Resource
+	// counts holds the number of resources per (type, zone), for
+	// Batch.Limit without a scan.
+	counts   map[typeZone]int
+	sessions map[string]uint64 // zone → current session generation
 	revision uint64
 	version  uint64
 	closed   bool
 }
 
+type typeZone struct{ typ, zone string }
+
 // New returns an empty Store.
 func New(opts ...Option) *Store {
 	s := &Store{
-		now:    time.Now,
-		feed:   store.NewFeed(),
-		byType: make(map[string]map[resource.Key]*resource.Resource),
+		now:       time.Now,
+		feed:      store.NewFeed(),
+		versioner: store.NewVersioner(),
+		byType:    make(map[string]map[resource.Key]*resource.Resource),
+		counts:    make(map[typeZone]int),
+		sessions:  make(map[string]uint64),
 	}
 	for _, o := range opts {
 		o(s)
@@ -143,7 +158,7 @@ func (s *Store) Create(ctx context.Context, r *resource.Resource) (*resource.Res
 	now := s.now().UTC().Round(0)
 	c.CreationTime, c.ModificationTime = now, now
 	s.version++
-	c.Version = strconv.FormatUint(s.version, 10)
+	c.Version = s.versioner.Version(s.version)
 	s.put(c)
 	s.commit([]store.Event{{Kind: store.EventPut, Origin: store.OriginLocal, Resource: c}})
 	return c.Clone(), nil
@@ -174,7 +189,7 @@ func (s *Store) Update(ctx context.Context, r *resource.Resource) (*resource.Res
 	c.CreationTime = old.CreationTime
 	c.ModificationTime = s.now().UTC().Round(0)
 	s.version++
-	c.Version = strconv.FormatUint(s.version, 10)
+	c.Version = s.versioner.Version(s.version)
 	s.put(c)
 	s.commit([]store.Event{{Kind: store.EventPut, Origin: store.OriginLocal, Resource: c}})
 	return c.Clone(), nil
@@ -218,6 +233,16 @@ func (s *Store) Apply(ctx context.Context, b store.Batch) (uint64, error) {
 	if err := s.checkOpen(ctx); err != nil {
 		return 0, fmt.Errorf("apply: %w", err)
 	}
+	if f := b.Fence; f != nil {
+		if cur := s.sessions[f.Zone]; cur != f.Generation {
+			return 0, fmt.Errorf("apply: %w", store.FencedError(f.Zone, f.Generation, cur))
+		}
+	}
+	if b.Limit > 0 {
+		if err := s.checkLimit(puts, b.Delete, b.Limit); err != nil {
+			return 0, fmt.Errorf("apply: %w", err)
+		}
+	}
 	events := make([]store.Event, 0, len(puts)+len(b.Delete))
 	for _, r := range puts {
 		if old, ok := s.byType[r.Type][r.Key()]; ok && same(old, r) {
@@ -239,6 +264,82 @@ func (s *Store) Apply(ctx context.Context, b store.Batch) (uint64, error) {
 	}
 	s.commit(events)
 	return s.revision, nil
+}
+
+// checkLimit fails with store.ErrLimitExceeded if applying puts and deletes
+// would leave a (type, zone) of puts with more than limit resources; s.mu
+// held.
+func (s *Store) checkLimit(puts []*resource.Resource, deletes []resource.Key, limit int) error {
+	after := make(map[typeZone]int)
+	for _, r := range puts {
+		tz := typeZone{r.Type, r.Zone}
+		if _, ok := after[tz]; !ok {
+			after[tz] = s.counts[tz]
+		}
+		if _, stored := s.byType[r.Type][r.Key()]; !stored {
+			after[tz]++
+		}
+	}
+	for _, k := range deletes {
+		tz := typeZone{k.Type, k.Zone}
+		if _, ok := after[tz]; !ok {
+			continue // no put into this (type, zone)
+		}
+		if _, stored := s.byType[k.Type][k]; stored {
+			after[tz]--
+		}
+	}
+	for _, r := range puts {
+		tz := typeZone{r.Type, r.Zone}
+		if n := after[tz]; n > limit {
+			return store.LimitError(tz.typ, tz.zone, n, limit)
+		}
+	}
+	return nil
+}
+
+// Versions implements store.Store.
+func (s *Store) Versions(ctx context.Context, f store.Filter) ([]store.KeyVersion, error) {
+	if err := store.CheckVersionsFilter(f); err != nil {
+		return nil, fmt.Errorf("versions: %w", err)
+	}
+	s.mu.RLock()
+	if err := s.checkOpen(ctx); err != nil {
+		s.mu.RUnlock()
+		return nil, fmt.Errorf("versions: %w", err)
+	}
+	var out []store.KeyVersion
+	collect := func(m map[resource.Key]*resource.Resource) {
+		for k, r := range m {
+			if f.MatchesKey(k) {
+				out = append(out, store.KeyVersion{Key: k, Version: r.Version})
+			}
+		}
+	}
+	if f.Type != "" {
+		collect(s.byType[f.Type])
+	} else {
+		for _, m := range s.byType {
+			collect(m)
+		}
+	}
+	s.mu.RUnlock()
+	slices.SortFunc(out, func(a, b store.KeyVersion) int { return store.CompareKeys(a.Key, b.Key) })
+	return out, nil
+}
+
+// ClaimSession implements store.Store.
+func (s *Store) ClaimSession(ctx context.Context, zone string) (uint64, error) {
+	if err := store.CheckZone(zone); err != nil {
+		return 0, fmt.Errorf("claim session: %w", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.checkOpen(ctx); err != nil {
+		return 0, fmt.Errorf("claim session of zone %s: %w", zone, err)
+	}
+	s.sessions[zone]++
+	return s.sessions[zone], nil
 }
 
 // Watch implements store.Store.
@@ -263,7 +364,7 @@ func (s *Store) Revision() uint64 {
 func (s *Store) Close() error {
 	s.mu.Lock()
 	s.closed = true
-	s.byType = nil
+	s.byType, s.counts, s.sessions = nil, nil, nil
 	s.mu.Unlock()
 	s.feed.Close()
 	return nil
@@ -276,14 +377,25 @@ func (s *Store) put(r *resource.Resource) {
 		m = make(map[resource.Key]*resource.Resource)
 		s.byType[r.Type] = m
 	}
-	m[r.Key()] = r
+	k := r.Key()
+	if _, ok := m[k]; !ok {
+		s.counts[typeZone{k.Type, k.Zone}]++
+	}
+	m[k] = r
 }
 
 func (s *Store) remove(k resource.Key) {
 	m := s.byType[k.Type]
+	if _, ok := m[k]; !ok {
+		return
+	}
 	delete(m, k)
 	if len(m) == 0 {
 		delete(s.byType, k.Type)
+	}
+	tz := typeZone{k.Type, k.Zone}
+	if s.counts[tz]--; s.counts[tz] <= 0 {
+		delete(s.counts, tz)
 	}
 }
 

@@ -19,6 +19,10 @@ func TestConformance(t *testing.T) {
 	storetest.Run(t, func(*testing.T) store.Store { return memory.New() })
 }
 
+func TestFaultConformance(t *testing.T) {
+	storetest.RunFault(t, func(*testing.T) store.Store { return memory.New() })
+}
+
 func TestClockOption(t *testing.T) {
 	t0 := time.Date(2026, 2, 3, 4, 5, 6, 7, time.UTC)
 	s := memory.New(memory.WithClock(func() time.Time { return t0 }))

@@ -59,6 +59,9 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"ApplyKeepsVersions", testApplyKeepsVersions},
 		{"ApplyAtomic", testApplyAtomic},
 		{"ApplyDeletesAndNoops", testApplyDeletesAndNoops},
+		{"ApplyLimit", testApplyLimit},
+		{"ApplyLimitCountsEveryWrite", testApplyLimitCountsEveryWrite},
+		{"Versions", testVersions},
 		{"ConcurrentCreatesOneWins", testConcurrentCreates},
 		{"ConcurrentUpdatesNoLostUpdate", testNoLostUpdate},
 		{"WatchEvents", testWatchEvents},
@@ -100,11 +103,16 @@ func mustCreate(t *testing.T, s store.Store, r *resource.Resource) *resource.Res
 	return got
 }
 
-func versionNum(t *testing.T, v string) uint64 {
+// newVersion checks that v, a version the store just assigned to a local
+// write, is non-empty and none of the versions in seen (if seen is not nil),
+// and adds it to seen.
+func newVersion(t *testing.T, seen map[string]bool, v string) {
 	t.Helper()
-	n, err := strconv.ParseUint(v, 10, 64)
-	require.NoError(t, err, "local versions are decimal counters, got %q", v)
-	return n
+	require.NotEmpty(t, v, "the store assigns a version")
+	if seen != nil {
+		require.False(t, seen[v], "version %q assigned twice", v)
+		seen[v] = true
+	}
 }
 
 func testCreateGet(t *testing.T, s store.Store) {
@@ -116,7 +124,7 @@ func testCreateGet(t *testing.T, s store.Store) {
 	created, err := s.Create(ctx, in)
 	require.NoError(t, err)
 	assert.NotEqual(t, "ignored", created.Version)
-	versionNum(t, created.Version)
+	newVersion(t, nil, created.Version)
 	assert.True(t, created.CreationTime.After(before), "creation time set")
 	assert.True(t, created.ModificationTime.Equal(created.CreationTime))
 
@@ -165,7 +173,9 @@ func testUpdate(t *testing.T, s store.Store) {
 	upd.Labels = map[string]string{"x": "y"}
 	v2, err := s.Update(ctx, upd)
 	require.NoError(t, err)
-	assert.Greater(t, versionNum(t, v2.Version), versionNum(t, v1.Version))
+	seen := map[string]bool{}
+	newVersion(t, seen, v1.Version)
+	newVersion(t, seen, v2.Version)
 	assert.True(t, v2.CreationTime.Equal(v1.CreationTime), "creation time kept")
 	assert.False(t, v2.ModificationTime.Before(v1.ModificationTime))
 	assert.JSONEq(t, `{"port":9090}`, string(v2.Spec))
@@ -186,7 +196,7 @@ func testUpdate(t *testing.T, s store.Store) {
 	blind.Version = ""
 	v3, err := s.Update(ctx, blind)
 	require.NoError(t, err)
-	assert.Greater(t, versionNum(t, v3.Version), versionNum(t, v2.Version))
+	newVersion(t, seen, v3.Version)
 	assert.JSONEq(t, `{"port":8080}`, string(v3.Spec))
 }
 
@@ -213,7 +223,7 @@ func testDelete(t *testing.T, s store.Store) {
 	// Empty version deletes unconditionally; the name can be reused and
 	// gets a fresh version.
 	v2 := mustCreate(t, s, Res("MeshTimeout", "web"))
-	assert.Greater(t, versionNum(t, v2.Version), versionNum(t, v1.Version))
+	assert.NotEqual(t, v1.Version, v2.Version, "a recreated resource gets a version never used before")
 	require.NoError(t, s.Delete(ctx, v2.Key(), ""))
 }
 
@@ -254,16 +264,22 @@ func testCopies(t *testing.T, s store.Store) {
 }
 
 func testVersionsUnique(t *testing.T, s store.Store) {
+	ctx := ctxT(t)
 	seen := map[string]bool{}
-	var last uint64
 	for i := range 20 {
 		typ := []string{"A", "B", "C"}[i%3]
 		r := mustCreate(t, s, Res(typ, fmt.Sprintf("r%d", i)))
-		require.False(t, seen[r.Version], "version %s reused", r.Version)
-		seen[r.Version] = true
-		n := versionNum(t, r.Version)
-		require.Greater(t, n, last)
-		last = n
+		newVersion(t, seen, r.Version)
+		u, err := s.Update(ctx, r)
+		require.NoError(t, err)
+		newVersion(t, seen, u.Version)
+		if i%2 == 0 {
+			// Deleting and creating the same key again never brings a
+			// version back.
+			require.NoError(t, s.Delete(ctx, r.Key(), ""))
+			again := mustCreate(t, s, Res(typ, fmt.Sprintf("r%d", i)))
+			newVersion(t, seen, again.Version)
+		}
 	}
 }
 
@@ -390,9 +406,9 @@ func testApplyKeepsVersions(t *testing.T, s store.Store) {
 		require.NoError(t, err)
 		assertSame(t, p, got)
 	}
-	// A later local write still gets a counter version.
+	// A later local write still gets a version of the store's own.
 	c := mustCreate(t, s, Res("MeshTimeout", "local"))
-	versionNum(t, c.Version)
+	newVersion(t, map[string]bool{"sender-v0": true, "sender-v1": true, "sender-v2": true}, c.Version)
 
 	// Apply replaces a resource wholesale, version included.
 	upd := puts[0].Clone()
@@ -769,6 +785,10 @@ func testCanceledContext(t *testing.T, s store.Store) {
 	require.ErrorIs(t, err, context.Canceled)
 	_, err = s.List(ctx, store.Filter{})
 	require.ErrorIs(t, err, context.Canceled)
+	_, err = s.Versions(ctx, store.Filter{})
+	require.ErrorIs(t, err, context.Canceled)
+	_, err = s.ClaimSession(ctx, "z1")
+	require.ErrorIs(t, err, context.Canceled)
 	assert.Zero(t, s.Revision())
 }
 
@@ -794,6 +814,10 @@ func testClose(t *testing.T, s store.Store) {
 	_, err = s.List(ctx, store.Filter{})
 	assert.ErrorIs(t, err, store.ErrClosed)
 	_, _, err = s.Snapshot(ctx, store.Filter{})
+	assert.ErrorIs(t, err, store.ErrClosed)
+	_, err = s.Versions(ctx, store.Filter{})
+	assert.ErrorIs(t, err, store.ErrClosed)
+	_, err = s.ClaimSession(ctx, "z1")
 	assert.ErrorIs(t, err, store.ErrClosed)
 	_, err = s.Create(ctx, Res("T", "y"))
 	assert.ErrorIs(t, err, store.ErrClosed)
