@@ -349,3 +349,36 @@ func TestLaunchPluginConnectionIsMutualTLS(t *testing.T) {
 	require.NoError(t, plain.Start(context.Background()))
 	assert.NoError(t, describe(plain), "the control: without AutoMTLS the same call works")
 }
+
+func TestLaunchResolveReportsEveryDirectoryOnTheWay(t *testing.T) {
+	base, err := filepath.EvalSymlinks(t.TempDir())
+	require.NoError(t, err)
+	for _, d := range []string{"a/b", "c/d"} {
+		require.NoError(t, os.MkdirAll(filepath.Join(base, d), 0o755))
+	}
+	file := filepath.Join(base, "c/d/file")
+	require.NoError(t, os.WriteFile(file, nil, 0o644))
+	require.NoError(t, os.Symlink("../../c/d", filepath.Join(base, "a/b/rel")))                       // relative
+	require.NoError(t, os.Symlink(filepath.Join(base, "a/b/rel/file"), filepath.Join(base, "a/abs"))) // absolute, through rel
+	require.NoError(t, os.Symlink("loop2", filepath.Join(base, "loop1")))
+	require.NoError(t, os.Symlink("loop1", filepath.Join(base, "loop2")))
+
+	got, steps, err := resolve(filepath.Join(base, "a/abs"))
+	require.NoError(t, err)
+	assert.Equal(t, file, got)
+	var dirs []string
+	for _, s := range steps {
+		dirs = append(dirs, s.dir)
+	}
+	assert.Subset(t, dirs, []string{"/", base, filepath.Join(base, "a"), filepath.Join(base, "a/b"), filepath.Join(base, "c"), filepath.Join(base, "c/d")},
+		"every directory searched, those behind the links included")
+
+	got, _, err = resolve(filepath.Join(base, "a/b/../b/rel/./file"))
+	require.NoError(t, err)
+	assert.Equal(t, file, got)
+
+	_, _, err = resolve(filepath.Join(base, "loop1"))
+	assert.ErrorContains(t, err, "more than 40 symlinks")
+	_, _, err = resolve(filepath.Join(file, "x"))
+	assert.ErrorContains(t, err, "is not a directory")
+}
