@@ -145,7 +145,8 @@ type Host struct {
 
 	// execMode is how launches execute the checked file (defaultExecMode).
 	execMode execMode
-	// plainConn turns go-plugin's AutoMTLS off, for benchmarks only.
+	// plainConn turns go-plugin's AutoMTLS off: for the benchmark and the
+	// test that compare with and without it.
 	plainConn bool
 	// beforeExec, when set (tests only, before Start), is called by every
 	// launch after the binary passed its checks and before it is executed.

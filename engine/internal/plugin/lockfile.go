@@ -27,15 +27,16 @@ import (
 //   - a malformed file (a digest that is not 64 hex digits, no name, a name
 //     that is not kds-plugin-NAME or has a path separator, a name listed
 //     twice) fails Start, naming the line;
-//   - the file must pass the safety checks of the binaries (owned by root
-//     or the engine's user, not writable by group or others), or Start
-//     fails;
+//   - the file must pass the safety checks of the binaries (ErrUnsafePath:
+//     owned by root or the engine's user, not writable by group or others,
+//     and so every directory above it), or Start fails;
 //   - a kds-plugin-NAME.sha256 next to a binary is checked as well: both
 //     must match.
 //
 // The file is read again before every restart, so a binary swapped or the
 // file edited while the engine runs is caught then; a lock file present at
-// Start that is gone at a restart refuses the restart.
+// Start that is gone at a restart refuses the restart. A refused restart
+// leaves the plugin StateFailed until a later check passes.
 const LockFileName = "kds-plugins.lock"
 
 // LockEntry is one plugin binary of a lock file.
@@ -177,14 +178,19 @@ func (lf *lockFile) stale(bins []binary) []string {
 	return out
 }
 
-// verifyBinary opens the binary at path and verifies it with
-// verifyDigest: what CheckLock reports.
+// verifyBinary runs on the binary at path what a launch runs before it
+// executes it: it opens it after the safety checks (openChecked), refuses a
+// script and verifies the open file with verifyDigest. CheckLock reports
+// it.
 func verifyBinary(path string, lock *lockFile) error {
-	f, err := os.Open(path)
+	f, err := openChecked(path)
 	if err != nil {
-		return fmt.Errorf("open binary: %w", err)
+		return err
 	}
 	defer f.Close()
+	if err := refuseScript(f, path); err != nil {
+		return err
+	}
 	return verifyDigest(path, lock, func() ([]byte, error) { return hashReader(f) })
 }
 
