@@ -88,8 +88,10 @@ func Start(t testing.TB, p sdk.Plugin) *Client {
 	return &Client{t: t, conn: pluginv1.NewPluginClient(cc)}
 }
 
-// StartBinary starts the plugin binary at path as the engine does and
-// returns a client for it; the process is killed at cleanup.
+// StartBinary starts the plugin binary at path with the engine's
+// go-plugin settings (handshake, gRPC only, AutoMTLS, message limits) and
+// returns a client for it; the process is killed at cleanup. It does not
+// run the engine's file checks: see docs/plugins.md for those.
 func StartBinary(t testing.TB, path string) *Client {
 	t.Helper()
 	c := goplugin.NewClient(&goplugin.ClientConfig{
@@ -98,6 +100,7 @@ func StartBinary(t testing.TB, path string) *Client {
 		Cmd:              exec.Command(path),
 		AllowedProtocols: []goplugin.Protocol{goplugin.ProtocolGRPC},
 		GRPCDialOptions:  sdk.GRPCDialOptions(),
+		AutoMTLS:         true,
 		Logger: hclog.New(&hclog.LoggerOptions{
 			Name:   filepath.Base(path),
 			Output: os.Stderr,

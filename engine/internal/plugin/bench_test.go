@@ -95,3 +95,86 @@ func BenchmarkValidatePluginVsInProcess(b *testing.B) {
 	b.ReportMetric(float64(inproc.Nanoseconds())/iters/n, "inproc-ns/resource")
 	b.ReportMetric(float64(viaPlugin)/float64(inproc), "ratio")
 }
+
+// BenchmarkPluginAutoMTLS measures what go-plugin's AutoMTLS adds to a
+// plugin connection, launching the same plugin with and without it in
+// every iteration (the order alternating): the start (checks, exec,
+// handshake and Describe, as at every start and restart), the round trip
+// of a Validate RPC with one small resource, and one with a batch of 1000
+// resources of about 1 KiB (1 MiB). It reports each side and the ratios
+// with/without.
+//
+//	go test -run '^$' -bench PluginAutoMTLS -benchtime 20x ./engine/internal/plugin
+func BenchmarkPluginAutoMTLS(b *testing.B) {
+	const rtts, batches = 50, 5
+	dir := b.TempDir()
+	bin, err := os.ReadFile(filepath.Join(binDir, "testplugin"))
+	require.NoError(b, err)
+	path := filepath.Join(dir, FilePrefix+"alpha")
+	require.NoError(b, os.WriteFile(path, bin, 0o755))
+	withTLS := NewHost(dir, hclog.NewNullLogger())
+	plain := NewHost(dir, hclog.NewNullLogger())
+	plain.plainConn = true
+	m := &managed{name: "alpha", path: path, log: hclog.NewNullLogger()}
+
+	one := &pluginv1.ValidateRequest{Resources: []*kdsv1.Resource{
+		(&resource.Resource{Type: "AlphaOne", Mesh: "default", Name: "one", Spec: json.RawMessage(`{"value":"x"}`)}).ToProto(),
+	}}
+	big := &pluginv1.ValidateRequest{}
+	pad := strings.Repeat("x", 980)
+	for i := range 1000 {
+		spec, _ := json.Marshal(map[string]any{"value": fmt.Sprintf("value-%d", i), "pad": pad})
+		big.Resources = append(big.Resources, (&resource.Resource{Type: "AlphaOne", Mesh: "default", Name: fmt.Sprintf("r-%04d", i), Spec: spec}).ToProto())
+	}
+
+	type totals struct{ start, rtt, batch time.Duration }
+	ctx := context.Background()
+	measure := func(h *Host, into *totals) {
+		t0 := time.Now()
+		inst, err := h.launch(ctx, m, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer inst.client.Kill()
+		into.start += time.Since(t0)
+		for range rtts {
+			t0 = time.Now()
+			if _, err := inst.conn.Validate(ctx, one); err != nil {
+				b.Fatal(err)
+			}
+			into.rtt += time.Since(t0)
+		}
+		for range batches {
+			t0 = time.Now()
+			if _, err := inst.conn.Validate(ctx, big); err != nil {
+				b.Fatal(err)
+			}
+			into.batch += time.Since(t0)
+		}
+	}
+	var warm totals
+	measure(withTLS, &warm)
+	measure(plain, &warm)
+
+	var on, off totals
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		if i%2 == 0 {
+			measure(withTLS, &on)
+			measure(plain, &off)
+		} else {
+			measure(plain, &off)
+			measure(withTLS, &on)
+		}
+	}
+	n := float64(b.N)
+	b.ReportMetric(float64(on.start.Microseconds())/n/1000, "start-ms-mtls")
+	b.ReportMetric(float64(off.start.Microseconds())/n/1000, "start-ms-plain")
+	b.ReportMetric(float64(on.start)/float64(off.start), "start-ratio")
+	b.ReportMetric(float64(on.rtt.Nanoseconds())/n/rtts/1000, "rtt-us-mtls")
+	b.ReportMetric(float64(off.rtt.Nanoseconds())/n/rtts/1000, "rtt-us-plain")
+	b.ReportMetric(float64(on.rtt)/float64(off.rtt), "rtt-ratio")
+	b.ReportMetric(float64(on.batch.Microseconds())/n/batches/1000, "batch1000-ms-mtls")
+	b.ReportMetric(float64(off.batch.Microseconds())/n/batches/1000, "batch1000-ms-plain")
+	b.ReportMetric(float64(on.batch)/float64(off.batch), "batch1000-ratio")
+}

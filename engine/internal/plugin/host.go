@@ -62,7 +62,11 @@ const (
 	StateRunning State = "running"
 	// StateDown plugins crashed and are being restarted.
 	StateDown State = "down"
-	// StateFailed plugins failed to load at start and are not retried.
+	// StateFailed plugins failed to load at start, and are not retried,
+	// or crashed and were refused at a restart by the checks that run
+	// before every launch (an unsafe path, a binary that does not match
+	// the lock file or its checksum): nothing was run, and the checks run
+	// again with the restart backoff until they pass.
 	StateFailed State = "failed"
 )
 
@@ -139,6 +143,18 @@ type Host struct {
 	// lock file existed: a restart then needs it too.
 	lockedAtStart bool
 
+	// execMode is how launches execute the checked file (defaultExecMode).
+	execMode execMode
+	// plainConn turns go-plugin's AutoMTLS off: for the benchmark and the
+	// test that compare with and without it.
+	plainConn bool
+	// beforeExec, when set (tests only, before Start), is called by every
+	// launch after the binary passed its checks and before it is executed.
+	beforeExec func(path string)
+
+	copyMu   sync.Mutex // guards copyPath
+	copyPath string     // execCopy's private directory, "" until used
+
 	ctx    context.Context // cancelled by Close; stops supervisors
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // supervisors
@@ -168,6 +184,7 @@ func NewHost(dir string, logger hclog.Logger, opts ...Option) *Host {
 		batchSize:       DefaultBatchSize,
 		callTimeout:     DefaultCallTimeout,
 		engineVersion:   "dev",
+		execMode:        defaultExecMode(),
 		ctx:             ctx,
 		cancel:          cancel,
 		byName:          map[string]*managed{},
@@ -338,7 +355,7 @@ type skipped struct {
 // name, and the files it skips. The lock file and checksum files are
 // neither: they are read when binaries start.
 func scanDir(dir string) (bins []binary, skips []skipped, err error) {
-	if err := checkSafe(dir, true); err != nil {
+	if _, _, err := checkSafe(dir, true); err != nil {
 		return nil, nil, fmt.Errorf("plugins dir: %w", err)
 	}
 	entries, err := os.ReadDir(dir)
@@ -376,7 +393,8 @@ func scanDir(dir string) (bins []binary, skips []skipped, err error) {
 			skip(path, hclog.Warn, "skipping file: not executable", "mode", fi.Mode().String())
 			continue
 		}
-		bins = append(bins, binary{name: strings.TrimPrefix(name, FilePrefix), path: path, unsafe: checkSafe(path, false)})
+		_, _, unsafe := checkSafe(path, false)
+		bins = append(bins, binary{name: strings.TrimPrefix(name, FilePrefix), path: path, unsafe: unsafe})
 	}
 	slices.SortFunc(bins, func(a, b binary) int { return strings.Compare(a.name, b.name) })
 	return bins, skips, nil
@@ -420,6 +438,14 @@ func (h *Host) Close() error {
 	h.wg.Wait()
 	for _, m := range ps {
 		m.kill()
+	}
+	h.copyMu.Lock()
+	defer h.copyMu.Unlock()
+	if h.copyPath != "" {
+		if err := os.RemoveAll(h.copyPath); err != nil {
+			return fmt.Errorf("remove private plugin directory: %w", err)
+		}
+		h.copyPath = ""
 	}
 	return nil
 }

@@ -435,7 +435,7 @@ func TestChecksumIsVerifiedBeforeEveryStart(t *testing.T) {
 	require.NoError(t, syscall.Kill(pid, syscall.SIGKILL))
 	require.Eventually(t, func() bool {
 		a := info(t, h, "alpha")
-		return a.State == StateDown && strings.Contains(a.LastError, "checksum mismatch")
+		return a.State == StateFailed && strings.Contains(a.LastError, "checksum mismatch")
 	}, eventually, 10*time.Millisecond)
 	assert.Zero(t, info(t, h, "alpha").Restarts)
 }

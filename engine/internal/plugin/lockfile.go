@@ -27,15 +27,16 @@ import (
 //   - a malformed file (a digest that is not 64 hex digits, no name, a name
 //     that is not kds-plugin-NAME or has a path separator, a name listed
 //     twice) fails Start, naming the line;
-//   - the file must pass the safety checks of the binaries (owned by root
-//     or the engine's user, not writable by group or others), or Start
-//     fails;
+//   - the file must pass the safety checks of the binaries (ErrUnsafePath:
+//     owned by root or the engine's user, not writable by group or others,
+//     and so every directory above it), or Start fails;
 //   - a kds-plugin-NAME.sha256 next to a binary is checked as well: both
 //     must match.
 //
 // The file is read again before every restart, so a binary swapped or the
 // file edited while the engine runs is caught then; a lock file present at
-// Start that is gone at a restart refuses the restart.
+// Start that is gone at a restart refuses the restart. A refused restart
+// leaves the plugin StateFailed until a later check passes.
 const LockFileName = "kds-plugins.lock"
 
 // LockEntry is one plugin binary of a lock file.
@@ -69,10 +70,12 @@ func loadLock(dir string) (*lockFile, error) {
 	if !fi.Mode().IsRegular() {
 		return nil, fmt.Errorf("plugins lock file %s is not a regular file; remove it or write it with `kds-engine plugins lock --plugins-dir %s`", path, dir)
 	}
-	if err := checkSafe(path, false); err != nil {
+	f, err := openChecked(path)
+	if err != nil {
 		return nil, fmt.Errorf("plugins lock file: %w", err)
 	}
-	b, err := os.ReadFile(path)
+	defer f.Close()
+	b, err := io.ReadAll(f)
 	if err != nil {
 		return nil, fmt.Errorf("plugins lock file: %w", err)
 	}
@@ -175,10 +178,27 @@ func (lf *lockFile) stale(bins []binary) []string {
 	return out
 }
 
-// verifyBinary hashes the binary at path afresh and compares it with its
-// entry in lock (unless lock is nil) and with path.sha256 (when that file
-// exists): every one present must match, and a lock file must list it.
+// verifyBinary runs on the binary at path what a launch runs before it
+// executes it: it opens it after the safety checks (openChecked), refuses a
+// script and verifies the open file with verifyDigest. CheckLock reports
+// it.
 func verifyBinary(path string, lock *lockFile) error {
+	f, err := openChecked(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := refuseScript(f, path); err != nil {
+		return err
+	}
+	return verifyDigest(path, lock, func() ([]byte, error) { return hashReader(f) })
+}
+
+// verifyDigest compares digest(), the sha256 of what runs for the binary at
+// path, with its entry in lock (unless lock is nil) and with path.sha256
+// (when that file exists): every one present must match, and a lock file
+// must list the binary. digest is called only when one of them applies.
+func verifyDigest(path string, lock *lockFile, digest func() ([]byte, error)) error {
 	type want struct {
 		sum  []byte
 		from string // names where the digest came from
@@ -204,7 +224,7 @@ func verifyBinary(path string, lock *lockFile) error {
 	if len(wants) == 0 {
 		return nil
 	}
-	got, err := hashFile(path)
+	got, err := digest()
 	if err != nil {
 		return err
 	}
@@ -243,17 +263,15 @@ func readChecksumFile(path string) ([]byte, string, error) {
 	return want, sumPath, nil
 }
 
+// hashFile opens the file at path after the safety checks (openChecked)
+// and hashes that open file.
 func hashFile(path string) ([]byte, error) {
-	f, err := os.Open(path)
+	f, err := openChecked(path)
 	if err != nil {
-		return nil, fmt.Errorf("open binary: %w", err)
+		return nil, err
 	}
 	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return nil, fmt.Errorf("hash binary: %w", err)
-	}
-	return h.Sum(nil), nil
+	return hashReader(f)
 }
 
 // WriteLock hashes every plugin binary in dir (the files Start would load)

@@ -30,14 +30,15 @@ func writeLock(t *testing.T, dir string, lines ...string) string {
 	return path
 }
 
-// waitLastError waits until plugin name is down with an error containing want.
+// waitLastError waits until plugin name is failed (a restart refused) with
+// an error containing want.
 func waitLastError(t *testing.T, h *Host, name, want string) PluginInfo {
 	t.Helper()
 	var p PluginInfo
 	require.Eventually(t, func() bool {
 		p = info(t, h, name)
-		return p.State == StateDown && strings.Contains(p.LastError, want)
-	}, eventually, 10*time.Millisecond, "plugin %s down with %q", name, want)
+		return p.State == StateFailed && strings.Contains(p.LastError, want)
+	}, eventually, 10*time.Millisecond, "plugin %s failed with %q", name, want)
 	return p
 }
 

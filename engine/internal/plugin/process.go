@@ -63,10 +63,11 @@ func (m *managed) setDown(err error) {
 	m.state, m.inst, m.lastErr = StateDown, nil, err
 }
 
-func (m *managed) setErr(err error) {
+// setFailed marks a plugin whose restart was refused.
+func (m *managed) setFailed(err error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.lastErr = err
+	m.state, m.inst, m.lastErr = StateFailed, nil, err
 }
 
 // current returns the running instance or an ErrPluginDown error.
@@ -122,29 +123,53 @@ func (m *managed) kill() {
 	}
 }
 
-// launch verifies (against lock, the lock file as read for this start, nil
-// when there is none, and the binary's .sha256 file), starts and describes
-// one plugin process. On error no process is left running.
+// launch runs one plugin process: it checks the plugins directory and the
+// binary at m.path with everything on the way (see ErrUnsafePath), opens
+// the binary once, verifies that open file against lock (the lock file as
+// read for this launch, nil when there is none) and the binary's .sha256
+// file, and executes that same open file, so what runs is what was
+// checked and hashed even if the path is changed meanwhile. It then
+// completes the handshake and calls Describe. An error of the checks is a
+// refusal (isRefusal): nothing was executed. On error no process is left
+// running.
 func (h *Host) launch(ctx context.Context, m *managed, lock *lockFile) (*instance, error) {
-	if err := verifyBinary(m.path, lock); err != nil {
+	img, err := h.openImage(m.path)
+	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(m.path)
-	// Its own process group: a signal meant for the engine's group (Ctrl-C,
-	// `timeout`, a service manager) does not reach the plugin, which the
-	// engine stops in order on shutdown; a plugin whose engine died exits
-	// by itself (sdk.Serve watches its parent).
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// The process has started (or failed to) once client.Client returns:
+	// the open file or the copy is no longer needed then.
+	defer img.release()
+	if err := verifyDigest(m.path, lock, img.sum); err != nil {
+		return nil, refused(err)
+	}
+	if h.beforeExec != nil {
+		h.beforeExec(m.path)
+	}
+	cmd := &exec.Cmd{
+		Path: img.path,
+		// argv[0] is the plugin's path, as if it had been run by name.
+		Args: []string{m.path},
+		// Its own process group: a signal meant for the engine's group
+		// (Ctrl-C, `timeout`, a service manager) does not reach the plugin,
+		// which the engine stops in order on shutdown; a plugin whose
+		// engine died exits by itself (sdk.Serve watches its parent).
+		SysProcAttr: &syscall.SysProcAttr{Setpgid: true},
+	}
 	client := goplugin.NewClient(&goplugin.ClientConfig{
 		HandshakeConfig:  sdk.Handshake,
 		VersionedPlugins: sdk.VersionedPlugins(nil),
 		Cmd:              cmd,
 		AllowedProtocols: []goplugin.Protocol{goplugin.ProtocolGRPC},
 		GRPCDialOptions:  sdk.GRPCDialOptions(),
-		Logger:           m.log,
-		StartTimeout:     h.startTimeout,
-		SyncStdout:       lineLogger(m.log, "stdout"),
-		SyncStderr:       lineLogger(m.log, "stderr"),
+		// A one-time certificate for each side, exchanged at the
+		// handshake: only this engine can call the plugin, and the engine
+		// talks only to the process it started.
+		AutoMTLS:     !h.plainConn,
+		Logger:       m.log,
+		StartTimeout: h.startTimeout,
+		SyncStdout:   lineLogger(m.log, "stdout"),
+		SyncStderr:   lineLogger(m.log, "stderr"),
 	})
 	inst, err := h.handshakeAndDescribe(ctx, m, client)
 	if err != nil {
@@ -226,8 +251,15 @@ func (h *Host) supervise(m *managed, inst *instance) {
 			}
 			backoff = min(backoff*2, h.backoffCap)
 			next, err := h.relaunch(m)
+			if isRefusal(err) {
+				err = fmt.Errorf("restart refused, nothing was run: %w", err)
+				m.setFailed(err)
+				m.log.Error("plugin restart refused; the plugin is failed until its checks pass, writes of its types fail meanwhile",
+					"error", err, "next_check_in", backoff)
+				continue
+			}
 			if err != nil {
-				m.setErr(err)
+				m.setDown(err)
 				m.log.Error("plugin restart failed", "error", err, "next_attempt_in", backoff)
 				continue
 			}
@@ -252,17 +284,18 @@ func (h *Host) supervise(m *managed, inst *instance) {
 	}
 }
 
-// relaunch reads the lock file afresh and launches m again. A lock file
-// that existed at Start must still exist: removing it is no way to run a
-// binary it would refuse.
+// relaunch reads the lock file afresh and launches m again, with every
+// check of the first start. A lock file that existed at Start must still
+// exist: removing it is no way to run a binary it would refuse. A lock file
+// that is unsafe, malformed or gone refuses the launch.
 func (h *Host) relaunch(m *managed) (*instance, error) {
 	lock, err := loadLock(h.dir)
 	if err != nil {
-		return nil, err
+		return nil, refused(err)
 	}
 	if lock == nil && h.lockedAtStart {
-		return nil, fmt.Errorf("plugins lock file %s existed when the engine started and is gone; put it back, or restart the engine to run without it",
-			filepath.Join(h.dir, LockFileName))
+		return nil, refused(fmt.Errorf("plugins lock file %s existed when the engine started and is gone; put it back, or restart the engine to run without it",
+			filepath.Join(h.dir, LockFileName)))
 	}
 	return h.launch(h.ctx, m, lock)
 }

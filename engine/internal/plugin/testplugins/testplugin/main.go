@@ -13,6 +13,9 @@
 //	garbage       breaks the handshake
 //	future        serves protocol versions 1 and 2 (a newer SDK)
 //	futureonly    serves only protocol version 2
+//
+// When KDS_TESTPLUGIN_RUNLOG names a file, every start appends a line
+// "NAME PID" to it, so a test can tell whether a binary ran at all.
 package main
 
 import (
@@ -29,6 +32,19 @@ import (
 
 func main() {
 	mode := strings.TrimPrefix(filepath.Base(os.Args[0]), "kds-plugin-")
+	if log := os.Getenv("KDS_TESTPLUGIN_RUNLOG"); log != "" {
+		f, err := os.OpenFile(log, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+		if err == nil {
+			_, err = fmt.Fprintf(f, "%s %d\n", mode, os.Getpid())
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "run log:", err)
+			os.Exit(1)
+		}
+	}
 	if mode == "garbage" {
 		fmt.Println("this is not a handshake")
 		os.Exit(1)
