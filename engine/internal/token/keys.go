@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
 
 	"github.com/kds-engine/kds-engine/engine/internal/trustfile"
 )
@@ -61,10 +60,6 @@ func LoadOrCreateSigningKey(path string) (key ed25519.PrivateKey, created bool, 
 }
 
 func createSigningKey(path string) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("create signing key directory %s: %w", dir, err)
-	}
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		return fmt.Errorf("generate signing key: %w", err)
@@ -73,28 +68,8 @@ func createSigningKey(path string) error {
 	if err != nil {
 		return fmt.Errorf("encode signing key: %w", err)
 	}
-	data := pem.EncodeToMemory(&pem.Block{Type: pemPrivateKey, Bytes: der})
-
-	// os.CreateTemp creates the file with mode 0600.
-	tmp, err := os.CreateTemp(dir, ".signing-key-*")
-	if err != nil {
-		return fmt.Errorf("create signing key file in %s: %w", dir, err)
-	}
-	tmpName := tmp.Name()
-	defer os.Remove(tmpName) //nolint:errcheck // best effort; gone after a successful link anyway
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close() //nolint:errcheck,gosec // the write error is the one worth reporting
-		return fmt.Errorf("write signing key file %s: %w", tmpName, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close() //nolint:errcheck,gosec // the sync error is the one worth reporting
-		return fmt.Errorf("sync signing key file %s: %w", tmpName, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("close signing key file %s: %w", tmpName, err)
-	}
-	if err := os.Link(tmpName, path); err != nil {
-		return fmt.Errorf("install signing key file %s: %w", path, err)
+	if err := createFile(path, pem.EncodeToMemory(&pem.Block{Type: pemPrivateKey, Bytes: der})); err != nil {
+		return fmt.Errorf("create signing key file %s: %w", path, err)
 	}
 	return nil
 }
