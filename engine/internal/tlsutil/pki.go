@@ -130,15 +130,19 @@ func serverTemplate(hosts []string) *x509.Certificate {
 }
 
 // clientTemplate is a client certificate for name, without validity or
-// serial: the common name is name, and the URI SAN kds-zone://NAME names
-// the zone it is for (see CertificateZones).
+// serial: the common name is name, and, when name can be the host of a URI
+// as is (zone names can), the URI SAN kds-zone://NAME names the zone it is
+// for (see CertificateZones).
 func clientTemplate(name string) *x509.Certificate {
-	return &x509.Certificate{
+	c := &x509.Certificate{
 		Subject:     pkix.Name{CommonName: name},
-		URIs:        []*url.URL{ZoneURI(name)},
 		KeyUsage:    x509.KeyUsageDigitalSignature,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	}
+	if u := ZoneURI(name); u.String() == ZoneURIScheme+"://"+name {
+		c.URIs = []*url.URL{u}
+	}
+	return c
 }
 
 // ZoneURIScheme is the scheme of the URI SAN that names the zone a client
