@@ -24,6 +24,7 @@ var _ api.Backend = backend{}
 func (e *Engine) apiHandler() http.Handler {
 	return api.NewHandler(backend{e}, e.log.Named("api"),
 		api.WithGatherer(e.promReg),
+		api.WithMaxBodyBytes(e.cfg.APIMaxBodySize),
 		api.WithErrorCode(plugin.ErrPluginDown, http.StatusServiceUnavailable, "plugin_down"),
 		api.WithErrorCode(store.ErrNotFound, http.StatusNotFound, "not_found"),
 		api.WithErrorCode(store.ErrAlreadyExists, http.StatusConflict, "already_exists"),

@@ -67,8 +67,13 @@ type Config struct {
 	ReconnectBackoffMax  time.Duration // default 30s
 
 	// Insecure turns off TLS on the KDS connection (both roles). Zone
-	// tokens are still required. Logged as a warning.
+	// tokens are still required, and travel in plaintext. Logged as a
+	// warning. Accepted only on loopback (global's KDSAddress, a zone's
+	// GlobalAddress) unless InsecureAllowRemote is set.
 	Insecure bool
+	// InsecureAllowRemote accepts Insecure with a non-loopback address:
+	// anyone on the network path can then read zone tokens.
+	InsecureAllowRemote bool
 
 	// Global: the KDS listener's certificate and key, and the CA that signs
 	// zone client certificates (set: mTLS is required).
@@ -76,6 +81,15 @@ type Config struct {
 	// Global: the Ed25519 key that signs zone tokens. Empty means
 	// DataDir/zone-token-signing.key, created (mode 0600) on first start.
 	TokenSigningKeyFile string
+	// Global: the name zone tokens carry as their audience: tokens for
+	// another cluster id are refused. Empty means the id in
+	// DataDir/cluster-id, created (random) on first start. Global replicas
+	// that share zones must share it.
+	ClusterID string
+	// Global: with ClientCAFile, accept a zone's client certificate
+	// whatever zone it names. Default (false): the certificate must name
+	// the zone of the session's token (URI SAN kds-zone://NAME).
+	ClientCertAnyZone bool
 	// Global: public keys (PEM) that verify zone tokens, for rotation. The
 	// signing key's public half is always trusted.
 	TokenVerificationKeyFiles []string
@@ -97,4 +111,24 @@ type Config struct {
 	// Admin API: bearer token file (required with a non-loopback
 	// APIAddress) and TLS certificate and key (likewise).
 	APITokenFile, APITLSCertFile, APITLSKeyFile string
+	// Admin API: host names clients may use in the Host header besides the
+	// bound address, localhost and IP addresses (see docs/security.md).
+	APIAllowedHosts []string
+	// Admin API: largest request body (default APIBodyResources ×
+	// MaxResourceSize + APIBodyOverhead).
+	APIMaxBodySize int64
+	// Admin API: connections served at once (default 128).
+	APIMaxConnections int
+	// Admin API: time to read a whole request (default 30s; headers within
+	// min(10s, this)), to answer it (default 1m), and that a kept-alive
+	// connection may wait for its next request (default 1m).
+	APIReadTimeout, APIWriteTimeout, APIIdleTimeout time.Duration
 }
+
+// The default admin API body limit is APIBodyResources × MaxResourceSize +
+// APIBodyOverhead: a batch of four resources of the largest size, with
+// room for their envelopes and the batch around them.
+const (
+	APIBodyResources = 4
+	APIBodyOverhead  = 64 << 10
+)

@@ -18,7 +18,9 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/kds-engine/kds-engine/engine/internal/guard"
+	"github.com/kds-engine/kds-engine/engine/internal/httpauth"
 	"github.com/kds-engine/kds-engine/engine/internal/insights"
+	"github.com/kds-engine/kds-engine/engine/internal/kdsauth"
 	"github.com/kds-engine/kds-engine/engine/internal/kdsgrpc"
 	"github.com/kds-engine/kds-engine/engine/internal/kdssync"
 	"github.com/kds-engine/kds-engine/engine/internal/metrics"
@@ -131,6 +133,9 @@ func (c Config) withDefaults() Config {
 	if c.MaxResourcesPerZoneType == 0 {
 		c.MaxResourcesPerZoneType = 100000
 	}
+	if c.APIMaxBodySize <= 0 {
+		c.APIMaxBodySize = APIBodyResources*int64(c.MaxResourceSize) + APIBodyOverhead
+	}
 	return c
 }
 
@@ -156,7 +161,39 @@ func (c Config) check() error {
 	if c.MaxResourceSize > c.MaxMessageSize/2 {
 		return fmt.Errorf("max resource size %d: must be at most half the max message size (%d)", c.MaxResourceSize, c.MaxMessageSize)
 	}
-	return nil
+	if c.ClusterID != "" {
+		if err := token.ValidateClusterID(c.ClusterID); err != nil {
+			return err
+		}
+	}
+	return c.checkInsecure()
+}
+
+// ErrInsecureRemote is returned (wrapped) by New for Insecure with an
+// address that is not loopback, unless InsecureAllowRemote is set.
+var ErrInsecureRemote = errors.New("--insecure on a non-loopback address")
+
+// checkInsecure refuses plaintext KDS beyond loopback unless explicitly
+// allowed: zone tokens would cross the network readable by anyone on the
+// path.
+func (c Config) checkInsecure() error {
+	if !c.Insecure || c.InsecureAllowRemote {
+		return nil
+	}
+	addr, what := c.KDSAddress, "the KDS address (--kds-addr)"
+	if c.Role == RoleZone {
+		addr, what = c.GlobalAddress, "global's address (--global)"
+	}
+	loopback, err := httpauth.IsLoopback(addr)
+	if err != nil {
+		return fmt.Errorf("%w: %s %q: %w", ErrInsecureRemote, what, addr, err)
+	}
+	if loopback {
+		return nil
+	}
+	return fmt.Errorf("%w: %s %s is not a loopback address, and without TLS zone tokens cross the network in plaintext: "+
+		"use TLS, or bind to 127.0.0.1 for local development, or set --insecure-allow-remote to accept that anyone on the path can read the tokens",
+		ErrInsecureRemote, what, addr)
 }
 
 // Started is closed once Run has loaded the plugins, opened the store and
@@ -242,6 +279,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		return fmt.Errorf("admin API listen on %s: %w", e.cfg.APIAddress, err)
 	}
 	e.apiAddr = apiLis.Addr()
+	apiLis = httpauth.LimitListener(apiLis, e.apiLimits())
 	var kdsLis net.Listener
 	if e.cfg.Role == RoleGlobal {
 		kdsLis, err = net.Listen("tcp", e.cfg.KDSAddress)
@@ -399,6 +437,7 @@ func (e *Engine) runGlobal(g *errgroup.Group, ctx context.Context, lis net.Liste
 			func(ev kdsgrpc.SessionEvent) {
 				e.ins.Connected(ev.Zone)
 				e.metrics.SessionStarted(ev.Zone)
+				e.tokenExpiry(ev)
 				e.revoked.started(ev)
 			},
 			func(ev kdsgrpc.SessionEvent) {
@@ -453,6 +492,24 @@ func (e *Engine) runZone(g *errgroup.Group, ctx context.Context, tcfg kdsgrpc.Co
 				e.metrics.SessionEnded(GlobalPeer, endReason(ev.Err))
 			}))
 	g.Go(func() error { return d.Run(ctx) })
+}
+
+// tokenExpiry records when the token of a session that started on global
+// expires, and warns when that is within TokenExpiryWarning.
+func (e *Engine) tokenExpiry(ev kdsgrpc.SessionEvent) {
+	if ev.Stream == nil {
+		return
+	}
+	exp := kdsauth.TokenExpiryFromContext(ev.Stream)
+	if exp.IsZero() {
+		return
+	}
+	e.metrics.SetZoneTokenExpiry(ev.Zone, exp)
+	if left := time.Until(exp); left <= TokenExpiryWarning {
+		e.log.Warn("zone token expires soon; generate a new one (kds-engine token generate) and replace the zone's token file",
+			"zone", ev.Zone, "token_id", kdsauth.TokenIDFromContext(ev.Stream), "expires_at", exp.UTC().Format(time.RFC3339),
+			"expires_in", left.Truncate(time.Minute).String())
+	}
 }
 
 func (e *Engine) setConnected(v bool) {

@@ -139,10 +139,18 @@ func portOf(addr string) string {
 	return p
 }
 
+// clusterIDOf is g's cluster id, the audience of its zone tokens.
+func clusterIDOf(t *testing.T, g *node) string {
+	t.Helper()
+	id, _, err := ClusterID(g.e.cfg.DataDir, g.e.cfg.ClusterID)
+	require.NoError(t, err)
+	return id
+}
+
 // zoneToken writes a token for zone signed by g's key and returns its file.
 func zoneToken(t *testing.T, g *node, zone string) string {
 	t.Helper()
-	tok, err := GenerateZoneToken(g.e.cfg.DataDir, "", zone, time.Hour)
+	tok, err := GenerateZoneToken(g.e.cfg.DataDir, "", "", zone, time.Hour)
 	require.NoError(t, err)
 	path := filepath.Join(t.TempDir(), zone+".token")
 	require.NoError(t, os.WriteFile(path, []byte(tok), 0o600))

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/golang-jwt/jwt/v5"
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/assert"
@@ -32,6 +33,7 @@ import (
 	"github.com/kds-engine/kds-engine/engine/internal/guard"
 	"github.com/kds-engine/kds-engine/engine/internal/httpauth"
 	"github.com/kds-engine/kds-engine/engine/internal/insights"
+	"github.com/kds-engine/kds-engine/engine/internal/kdsauth"
 	"github.com/kds-engine/kds-engine/engine/internal/kdssync"
 	"github.com/kds-engine/kds-engine/engine/internal/metrics"
 	"github.com/kds-engine/kds-engine/engine/internal/mux"
@@ -125,7 +127,7 @@ func zoneResources(t *testing.T, g *node, typ, zone string) []*resource.Resource
 // tokenFor signs a token for zone with g's signing key.
 func tokenFor(t *testing.T, g *node, zone string) string {
 	t.Helper()
-	tok, err := GenerateZoneToken(g.e.cfg.DataDir, "", zone, time.Hour)
+	tok, err := GenerateZoneToken(g.e.cfg.DataDir, "", "", zone, time.Hour)
 	require.NoError(t, err)
 	return tok
 }
@@ -211,12 +213,41 @@ func sendResponse(t *testing.T, s kdsv1.KDS_SessionClient, typeURL, nonce string
 	}}}))
 }
 
+// refusedFor is global's count of zone sessions refused for reason.
+func refusedFor(t *testing.T, g *node, reason string) float64 {
+	t.Helper()
+	mfs, err := g.e.promReg.Gather()
+	require.NoError(t, err)
+	for _, mf := range mfs {
+		if mf.GetName() != "kds_auth_refused_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "reason" && l.GetValue() == reason {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
+}
+
+// requireGenericRefusal checks that st is what every refused client gets:
+// Unauthenticated and a reference to global's log, no reason.
+func requireGenericRefusal(t *testing.T, st *status.Status) {
+	t.Helper()
+	require.Equal(t, codes.Unauthenticated, st.Code(), st.Message())
+	assert.Regexp(t, `^zone authentication failed \(ref [0-9a-f]{8}\); global's log has the reason$`, st.Message())
+}
+
 func requireAuthRefused(t *testing.T, env *hostileEnv, zone, tok, reason string) {
 	t.Helper()
+	before := refusedFor(t, env.g, reason)
 	s := rawSession(t, dialGlobal(t, env.g), zone, tok)
 	st := recvUntilErr(t, s)
-	assert.Equal(t, codes.Unauthenticated, st.Code(), st.Message())
-	assert.Contains(t, st.Message(), "zone authentication failed ("+reason+")")
+	requireGenericRefusal(t, st)
+	assert.Equal(t, before+1, refusedFor(t, env.g, reason), "refused for %s", reason)
 	_, known := env.g.e.Insights().Get(zone)
 	assert.False(t, known, "a refused session never reaches the sync: no insights for %s", zone)
 	assert.Empty(t, zoneResources(t, env.g, "Dataplane", zone), "nothing written for %s", zone)
@@ -232,7 +263,7 @@ func TestHostileZoneAuthentication(t *testing.T) {
 		env.assertHonestZoneSyncs(t)
 	})
 	t.Run("expired token", func(t *testing.T) {
-		iss, err := token.NewIssuer(key, token.WithIssuerClock(func() time.Time { return time.Now().Add(-2 * time.Hour) }))
+		iss, err := token.NewIssuer(key, clusterIDOf(t, env.g), token.WithIssuerClock(func() time.Time { return time.Now().Add(-2 * time.Hour) }))
 		require.NoError(t, err)
 		tok, err := iss.Generate("zone-late", time.Hour)
 		require.NoError(t, err)
@@ -242,7 +273,7 @@ func TestHostileZoneAuthentication(t *testing.T) {
 	t.Run("token signed by an unknown key", func(t *testing.T) {
 		_, other, err := ed25519.GenerateKey(rand.Reader)
 		require.NoError(t, err)
-		iss, err := token.NewIssuer(other)
+		iss, err := token.NewIssuer(other, clusterIDOf(t, env.g))
 		require.NoError(t, err)
 		tok, err := iss.Generate("zone-forged", time.Hour)
 		require.NoError(t, err)
@@ -251,6 +282,50 @@ func TestHostileZoneAuthentication(t *testing.T) {
 	})
 	t.Run("no token", func(t *testing.T) {
 		requireAuthRefused(t, env, "zone-anon", "", "missing_token")
+		env.assertHonestZoneSyncs(t)
+	})
+	t.Run("token for another global", func(t *testing.T) {
+		// Same signing key (a copied key, a shared one), another cluster id.
+		iss, err := token.NewIssuer(key, "other-global")
+		require.NoError(t, err)
+		tok, err := iss.Generate("zone-elsewhere", time.Hour)
+		require.NoError(t, err)
+		requireAuthRefused(t, env, "zone-elsewhere", tok, "wrong_audience")
+		env.assertHonestZoneSyncs(t)
+	})
+	t.Run("token without an id cannot be revoked", func(t *testing.T) {
+		c := jwt.RegisteredClaims{Issuer: token.IssuerName, Subject: "zone-noid", Audience: jwt.ClaimStrings{clusterIDOf(t, env.g)},
+			IssuedAt: jwt.NewNumericDate(time.Now()), NotBefore: jwt.NewNumericDate(time.Now()), ExpiresAt: jwt.NewNumericDate(time.Now().Add(time.Hour))}
+		for _, id := range []string{"", strings.Repeat("A", 32)} {
+			c.ID = id
+			j := jwt.NewWithClaims(jwt.SigningMethodEdDSA, c)
+			j.Header["kid"] = token.KeyID(key.Public().(ed25519.PublicKey))
+			tok, err := j.SignedString(key)
+			require.NoError(t, err)
+			requireAuthRefused(t, env, "zone-noid", tok, "malformed")
+		}
+		env.assertHonestZoneSyncs(t)
+	})
+	t.Run("claimed zone that is not a zone name", func(t *testing.T) {
+		requireAuthRefused(t, env, strings.Repeat("Z", 40<<10), tokenFor(t, env.g, "zone-x"), "invalid_zone")
+		env.assertHonestZoneSyncs(t)
+	})
+	t.Run("headers over the gRPC limit never reach authentication", func(t *testing.T) {
+		before := 0.0
+		for _, r := range kdsauth.Reasons {
+			before += refusedFor(t, env.g, r)
+		}
+		s, err := kdsv1.NewKDSClient(dialGlobal(t, env.g)).Session(metadata.AppendToOutgoingContext(context.Background(),
+			"kds-zone", strings.Repeat("z", 1<<20), "authorization", "Bearer "+tokenFor(t, env.g, "zone-big")))
+		if err == nil {
+			_, err = s.Recv()
+		}
+		require.Error(t, err, "a 1 MiB header is refused by the transport")
+		after := 0.0
+		for _, r := range kdsauth.Reasons {
+			after += refusedFor(t, env.g, r)
+		}
+		assert.Equal(t, before, after, "nothing was parsed, counted or logged by authentication")
 		env.assertHonestZoneSyncs(t)
 	})
 	t.Run("plaintext client against the TLS listener", func(t *testing.T) {
@@ -525,6 +600,33 @@ func TestHostileClientWithoutCertificateUnderMTLS(t *testing.T) {
 	env.assertHonestZoneSyncs(t)
 }
 
+// Under mTLS, a zone's certificate names its zone (URI SAN
+// kds-zone://NAME): zone-thief's certificate with a valid token of another
+// zone opens no session; with its own token it does.
+func TestHostileZoneCertificateForAnotherZone(t *testing.T) {
+	pki, err := tlsutil.GeneratePKI(t.TempDir(), []string{"localhost"}, []string{honestZone, "zone-thief"})
+	require.NoError(t, err)
+	env := startHostileEnvMTLS(t, pki.CAFile, pki.Clients[honestZone].CertFile, pki.Clients[honestZone].KeyFile)
+
+	thief := pki.Clients["zone-thief"]
+	tc, err := tlsutil.ClientConfig(caFile, thief.CertFile, thief.KeyFile, "localhost", hclog.NewNullLogger()) // global's certificate is the test CA's
+	require.NoError(t, err)
+	creds := grpc.WithTransportCredentials(credentials.NewTLS(tc))
+
+	before := refusedFor(t, env.g, "certificate_mismatch")
+	st := recvUntilErr(t, rawSession(t, dialGlobal(t, env.g, creds), "zone-victim", tokenFor(t, env.g, "zone-victim")))
+	requireGenericRefusal(t, st)
+	assert.Equal(t, before+1, refusedFor(t, env.g, "certificate_mismatch"))
+	_, known := env.g.e.Insights().Get("zone-victim")
+	assert.False(t, known, "no session for the zone the token names")
+
+	s := rawSession(t, dialGlobal(t, env.g, creds), "zone-thief", tokenFor(t, env.g, "zone-thief"))
+	md, err := s.Header()
+	require.NoError(t, err)
+	assert.NotEmpty(t, md, "its own zone: accepted")
+	env.assertHonestZoneSyncs(t)
+}
+
 // startHostileEnvMTLS is startHostileEnv with mTLS: global requires client
 // certificates from clientCA; the honest zone presents cert and key.
 func startHostileEnvMTLS(t *testing.T, clientCA, cert, key string) *hostileEnv {
@@ -566,6 +668,7 @@ func TestAdminAPIWriteWithoutTokenIsRefused(t *testing.T) {
 		req, err := http.NewRequest(http.MethodPut,
 			"http://"+g.e.APIAddr().String()+"/api/v1/resources/MeshTimeout/"+name+"?mesh=default", bytes.NewReader([]byte(body)))
 		require.NoError(t, err)
+		req.Header.Set("Content-Type", "application/json")
 		if auth != "" {
 			req.Header.Set("Authorization", auth)
 		}

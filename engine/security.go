@@ -23,6 +23,30 @@ import (
 // DefaultTokenValidity is how long a zone token is valid unless told.
 const DefaultTokenValidity = token.DefaultValidity
 
+// TokenExpiryWarning is how long before its token expires a session that
+// starts is warned about.
+const TokenExpiryWarning = token.ExpiryWarning
+
+// ClusterIDFile is where global keeps its cluster id unless told.
+func ClusterIDFile(dataDir string) string { return filepath.Join(dataDir, "cluster-id") }
+
+// ClusterID returns global's cluster id, the audience of its zone tokens:
+// configured if set (it must be a DNS label), otherwise the id stored in
+// the data dir, created on first use. created reports that it was.
+func ClusterID(dataDir, configured string) (id string, created bool, err error) {
+	if configured != "" {
+		if err := token.ValidateClusterID(configured); err != nil {
+			return "", false, err
+		}
+		return configured, false, nil
+	}
+	id, created, err = token.LoadOrCreateClusterID(ClusterIDFile(dataDir))
+	if err != nil {
+		return "", false, fmt.Errorf("cluster id: %w", err)
+	}
+	return id, created, nil
+}
+
 // SigningKeyFile is where global keeps its token signing key unless told.
 func SigningKeyFile(dataDir, configured string) string {
 	if configured != "" {
@@ -43,13 +67,19 @@ func signingKey(dataDir, configured string) (ed25519.PrivateKey, error) {
 }
 
 // GenerateZoneToken signs a token for zone with global's signing key (the
-// one in dataDir unless signingKeyFile is set), valid for validFor.
-func GenerateZoneToken(dataDir, signingKeyFile, zone string, validFor time.Duration) (string, error) {
+// one in dataDir unless signingKeyFile is set) for the global whose cluster
+// id is clusterID (the one in dataDir unless set; see ClusterID), valid for
+// validFor.
+func GenerateZoneToken(dataDir, signingKeyFile, clusterID, zone string, validFor time.Duration) (string, error) {
 	key, err := signingKey(dataDir, signingKeyFile)
 	if err != nil {
 		return "", err
 	}
-	iss, err := token.NewIssuer(key)
+	aud, _, err := ClusterID(dataDir, clusterID)
+	if err != nil {
+		return "", err
+	}
+	iss, err := token.NewIssuer(key, aud)
 	if err != nil {
 		return "", err
 	}
@@ -65,9 +95,9 @@ type ZoneTokenInfo = token.Info
 func InspectZoneToken(tok string) (ZoneTokenInfo, error) { return token.Inspect(tok) }
 
 // GenerateDemoPKI writes a CA, a server certificate for localhost and client
-// certificates for zones into dir, for demos and tests. It returns the CA,
-// server certificate and key file paths, and each client's certificate and
-// key files.
+// certificates for zones (each naming its zone as global's check requires)
+// into dir, for demos and tests. It returns the CA, server certificate and
+// key file paths, and each client's certificate and key files.
 func GenerateDemoPKI(dir string, zones []string) (ca, cert, key string, clients map[string][2]string, err error) {
 	pki, err := tlsutil.GeneratePKI(dir, []string{"localhost", "127.0.0.1", "::1"}, zones)
 	if err != nil {
@@ -84,7 +114,8 @@ func GenerateDemoPKI(dir string, zones []string) (ca, cert, key string, clients 
 func (e *Engine) kdsServerOptions() ([]grpc.ServerOption, error) {
 	var opts []grpc.ServerOption
 	if e.cfg.Insecure {
-		e.log.Warn("KDS port runs WITHOUT TLS (--insecure): zone tokens travel in plaintext; use only on a trusted network")
+		e.log.Warn("KDS port runs WITHOUT TLS (--insecure): zone tokens travel in plaintext; use only on a trusted network",
+			"kds_addr", e.cfg.KDSAddress, "insecure_allow_remote", e.cfg.InsecureAllowRemote)
 	} else {
 		if e.cfg.TLSCertFile == "" || e.cfg.TLSKeyFile == "" {
 			return nil, errors.New("KDS TLS: set --tls-cert-file and --tls-key-file (or --insecure to run without TLS)")
@@ -100,6 +131,11 @@ func (e *Engine) kdsServerOptions() ([]grpc.ServerOption, error) {
 	if err != nil {
 		return nil, fmt.Errorf("zone token signing key: %w", err)
 	}
+	clusterID, created, err := ClusterID(e.cfg.DataDir, e.cfg.ClusterID)
+	if err != nil {
+		return nil, err
+	}
+	e.log.Info("zone tokens must name this global's cluster id as their audience", "cluster_id", clusterID, "created", created)
 	// The signing key file, the verification key files and the revocation
 	// file are reloaded when they change; the public half of the signing
 	// key in the file is always trusted.
@@ -112,15 +148,25 @@ func (e *Engine) kdsServerOptions() ([]grpc.ServerOption, error) {
 		}
 		vopts = append(vopts, token.WithRevoked(list.Revoked))
 	}
-	v, err := token.NewKeyFileVerifier(key.Public().(ed25519.PublicKey), e.cfg.TokenVerificationKeyFiles,
+	v, err := token.NewKeyFileVerifier(key.Public().(ed25519.PublicKey), clusterID, e.cfg.TokenVerificationKeyFiles,
 		e.log.Named("token-keys"), token.WithVerifierOptions(vopts...),
 		token.WithSigningKeyFile(SigningKeyFile(e.cfg.DataDir, e.cfg.TokenSigningKeyFile)))
 	if err != nil {
 		return nil, fmt.Errorf("zone token verification keys: %w", err)
 	}
-	auth, err := kdsauth.NewAuthenticator(v, e.log,
+	aopts := []kdsauth.Option{
 		kdsauth.WithSessionsPerMinute(e.cfg.SessionsPerMinute),
-		kdsauth.WithOnRefused(func(_, reason string) { e.metrics.AuthRefused(reason) }))
+		kdsauth.WithOnRefused(func(_, reason string) { e.metrics.AuthRefused(reason) }),
+	}
+	switch {
+	case e.cfg.ClientCAFile == "" || e.cfg.Insecure:
+	case e.cfg.ClientCertAnyZone:
+		e.log.Warn("zone client certificates are not checked for the zone they name (--client-cert-must-name-zone=false): " +
+			"a zone's certificate with another zone's token opens a session for that zone")
+	default:
+		aopts = append(aopts, kdsauth.WithClientCertZone())
+	}
+	auth, err := kdsauth.NewAuthenticator(v, e.log, aopts...)
 	if err != nil {
 		return nil, err
 	}
@@ -132,7 +178,10 @@ func (e *Engine) kdsDialOptions() ([]grpc.DialOption, error) {
 	if e.cfg.TokenFile == "" {
 		return nil, errors.New("zone token: set --token-file (generate one on global with `kds-engine token generate --zone " + e.cfg.ZoneName + "`)")
 	}
-	var copts []kdsauth.CredentialsOption
+	copts := []kdsauth.CredentialsOption{
+		kdsauth.WithCredentialsLogger(e.log.Named("zone-token")),
+		kdsauth.WithCredentialsZone(e.cfg.ZoneName),
+	}
 	var opts []grpc.DialOption
 	if e.cfg.Insecure {
 		e.log.Warn("connecting to global WITHOUT TLS (--insecure): the zone token travels in plaintext")
@@ -160,8 +209,20 @@ func (e *Engine) kdsDialOptions() ([]grpc.DialOption, error) {
 	return append(opts, grpc.WithPerRPCCredentials(creds)), nil
 }
 
-// apiServer wraps the admin API with its token and TLS as configured, and
-// refuses a network-reachable bind without both.
+// apiLimits are the admin API server's timeouts and connection limit.
+func (e *Engine) apiLimits() httpauth.Limits {
+	return httpauth.Limits{
+		ReadTimeout:    e.cfg.APIReadTimeout,
+		WriteTimeout:   e.cfg.APIWriteTimeout,
+		IdleTimeout:    e.cfg.APIIdleTimeout,
+		MaxConnections: e.cfg.APIMaxConnections,
+	}.WithDefaults()
+}
+
+// apiServer wraps the admin API with its request rules (Host, Origin,
+// Content-Type, body size), its token and TLS as configured, and refuses a
+// network-reachable bind without both. Serve it on
+// httpauth.LimitListener(lis, e.apiLimits()).
 func (e *Engine) apiServer(h http.Handler) (*http.Server, *tls.Config, error) {
 	tok := ""
 	if e.cfg.APITokenFile != "" {
@@ -177,7 +238,16 @@ func (e *Engine) apiServer(h http.Handler) (*http.Server, *tls.Config, error) {
 	if tok != "" {
 		h = httpauth.Middleware(tok, h)
 	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	h = httpauth.Guard(httpauth.RequestRules{
+		BoundAddr:    e.cfg.APIAddress,
+		AllowedHosts: e.cfg.APIAllowedHosts,
+		MaxBodyBytes: e.cfg.APIMaxBodySize,
+	}, h)
+	limits := e.apiLimits()
+	e.log.Debug("admin API limits", "read_header_timeout", limits.ReadHeaderTimeout, "read_timeout", limits.ReadTimeout,
+		"write_timeout", limits.WriteTimeout, "idle_timeout", limits.IdleTimeout, "max_connections", limits.MaxConnections,
+		"max_body_size", e.cfg.APIMaxBodySize, "allowed_hosts", e.cfg.APIAllowedHosts)
+	srv := httpauth.NewServer(h, limits)
 	if !tlsOn {
 		return srv, nil, nil
 	}

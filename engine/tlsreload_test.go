@@ -162,7 +162,7 @@ func TestRunningGlobalPicksUpRotatedCertificates(t *testing.T) {
 }
 
 // renewCert issues a certificate like the one in certPath (subject, key
-// usages, start of validity) from pki's CA, with a new key, a new serial and
+// usages, names, start of validity) from pki's CA, with a new key, a new serial and
 // the expiry notAfter, and writes it with its key into a new directory.
 func renewCert(t *testing.T, pki tlsutil.PKI, certPath string, notAfter time.Time) (cert, key string) {
 	t.Helper()
@@ -174,7 +174,8 @@ func renewCert(t *testing.T, pki tlsutil.PKI, certPath string, notAfter time.Tim
 	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
 	require.NoError(t, err)
 	der, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{
-		SerialNumber: serial, Subject: old.Subject, KeyUsage: old.KeyUsage, ExtKeyUsage: old.ExtKeyUsage,
+		SerialNumber: serial, Subject: old.Subject, URIs: old.URIs, DNSNames: old.DNSNames, IPAddresses: old.IPAddresses,
+		KeyUsage: old.KeyUsage, ExtKeyUsage: old.ExtKeyUsage,
 		NotBefore: old.NotBefore, NotAfter: notAfter,
 	}, ca.Leaf, &priv.PublicKey, ca.PrivateKey)
 	require.NoError(t, err)
@@ -216,6 +217,9 @@ func TestRunningZonePresentsRotatedClientCertificate(t *testing.T) {
 	require.NotEqual(t, oldLeaf.SerialNumber, newLeaf.SerialNumber)
 	copyTo(t, renewedKey, live, "zone.key")
 	copyTo(t, renewedCert, live, "zone.crt")
+	// The zone looks at its files at most once per check interval: let one
+	// pass, so that its next handshake does.
+	time.Sleep(tlsutil.DefaultCheckInterval)
 
 	// A new session: global restarts on the same address and data, and
 	// logs the certificate the zone presents.

@@ -105,20 +105,23 @@ type FieldProblem struct {
 
 // Error codes and the HTTP status each comes with.
 const (
-	CodeBadRequest       = "bad_request"        // 400
-	CodeUnauthenticated  = "unauthenticated"    // 401
-	CodeReadOnly         = "read_only"          // 403
-	CodeNotFound         = "not_found"          // 404
-	CodeUnknownType      = "unknown_type"       // 404
-	CodeWrongRole        = "wrong_role"         // 404: route served by the other role
-	CodeMethodNotAllowed = "method_not_allowed" // 405
-	CodeAlreadyExists    = "already_exists"     // 409
-	CodeConflict         = "conflict"           // 409
-	CodeTooLarge         = "too_large"          // 413
-	CodeInvalid          = "invalid"            // 422
-	CodeInternal         = "internal"           // 500
-	CodePluginDown       = "plugin_down"        // 503
-	CodeNotReady         = "not_ready"          // 503
+	CodeBadRequest           = "bad_request"            // 400
+	CodeUnauthenticated      = "unauthenticated"        // 401
+	CodeHostNotAllowed       = "host_not_allowed"       // 403: Host header names no address the API serves
+	CodeCrossOrigin          = "cross_origin"           // 403: a browser request from another origin
+	CodeReadOnly             = "read_only"              // 403
+	CodeNotFound             = "not_found"              // 404
+	CodeUnknownType          = "unknown_type"           // 404
+	CodeWrongRole            = "wrong_role"             // 404: route served by the other role
+	CodeMethodNotAllowed     = "method_not_allowed"     // 405
+	CodeAlreadyExists        = "already_exists"         // 409
+	CodeConflict             = "conflict"               // 409
+	CodeTooLarge             = "too_large"              // 413
+	CodeUnsupportedMediaType = "unsupported_media_type" // 415: a write without Content-Type: application/json
+	CodeInvalid              = "invalid"                // 422
+	CodeInternal             = "internal"               // 500
+	CodePluginDown           = "plugin_down"            // 503
+	CodeNotReady             = "not_ready"              // 503
 )
 
 // PluginsInfo is the body of GET /api/v1/plugins.

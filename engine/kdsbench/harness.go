@@ -183,7 +183,7 @@ func (v *env) startGlobal(name string, mut func(*engine.Config)) (*node, error) 
 // certificate is for localhost) with a token signed by g. dataDir empty
 // means a fresh directory.
 func (v *env) zoneConfig(g *node, name, addr, dataDir string) (engine.Config, error) {
-	tok, err := engine.GenerateZoneToken(g.cfg.DataDir, "", name, 24*time.Hour)
+	tok, err := engine.GenerateZoneToken(g.cfg.DataDir, "", "", name, 24*time.Hour)
 	if err != nil {
 		return engine.Config{}, fmt.Errorf("zone token: %w", err)
 	}

@@ -474,7 +474,7 @@ func newCluster(t *testing.T) *cluster {
 // addZone signs a token for zone with global's key and starts the zone.
 func (c *cluster) addZone(t *testing.T, zone string) *node {
 	t.Helper()
-	tok, err := engine.GenerateZoneToken(c.global.dataDir, "", zone, time.Hour)
+	tok, err := engine.GenerateZoneToken(c.global.dataDir, "", "", zone, time.Hour)
 	require.NoError(t, err)
 	tokenFile := writeFile(t, c.dir, zone+".token", tok)
 	z := &node{name: zone, dataDir: filepath.Join(c.dir, zone)}

@@ -38,7 +38,7 @@ func TestRevokedZoneTokenIsCutOff(t *testing.T) {
 	waitFor(t, "global logs the ended session and refuses the next", func() (bool, string) {
 		out := c.global.p.stderr.String()
 		return strings.Contains(out, "ending the session of a revoked zone token") &&
-			strings.Contains(out, "zone authentication failed (revoked)"), out
+			strings.Contains(out, "refused zone session") && strings.Contains(out, "reason=revoked"), out
 	})
 	assert.Contains(t, z.p.stderr.String(), "Unauthenticated", "the zone is told why")
 	assert.Contains(t, z.p.stderr.String(), id)

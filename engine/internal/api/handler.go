@@ -22,8 +22,8 @@ import (
 )
 
 // DefaultMaxBodyBytes bounds request bodies unless WithMaxBodyBytes says
-// otherwise.
-const DefaultMaxBodyBytes = 32 << 20
+// otherwise: four resources of the default maximum size (1 MiB).
+const DefaultMaxBodyBytes = 4 << 20
 
 type options struct {
 	token        string
@@ -56,7 +56,10 @@ func WithToken(token string) Option {
 	return func(o *options) { o.token = token }
 }
 
-// WithMaxBodyBytes bounds request bodies (413 too_large beyond it).
+// WithMaxBodyBytes bounds request bodies (413 too_large beyond it, with
+// the limit in the message). A body whose Content-Length is over the limit
+// is refused before any of it is read; any other is read through
+// http.MaxBytesReader, so at most n+1 bytes are read.
 func WithMaxBodyBytes(n int64) Option {
 	return func(o *options) { o.maxBodyBytes = n }
 }
@@ -400,12 +403,16 @@ func (h *handler) delete(w http.ResponseWriter, r *http.Request) {
 
 // decode reads a JSON body into v, refusing unknown fields and trailing data.
 func (h *handler) decode(w http.ResponseWriter, r *http.Request, v any) error {
+	if r.ContentLength > h.opts.maxBodyBytes {
+		return newError(http.StatusRequestEntityTooLarge, CodeTooLarge, "request body is %d bytes, over the limit of %d bytes",
+			r.ContentLength, h.opts.maxBodyBytes)
+	}
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, h.opts.maxBodyBytes))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return newError(http.StatusRequestEntityTooLarge, CodeTooLarge, "request body over %d bytes", mbe.Limit)
+			return newError(http.StatusRequestEntityTooLarge, CodeTooLarge, "request body over the limit of %d bytes", mbe.Limit)
 		}
 		return badRequest("request body: %v", err)
 	}

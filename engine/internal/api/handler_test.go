@@ -200,7 +200,49 @@ func TestPutRejectsMismatchedBody(t *testing.T) {
 func TestBodyLimit(t *testing.T) {
 	f := newFixture(t, api.RoleGlobal, api.WithMaxBodyBytes(64))
 	big := `{"spec":{"x":"` + strings.Repeat("a", 100) + `"}}`
-	f.apiError("PUT", "/api/v1/resources/MeshTimeout/web?mesh=default", big, 413, api.CodeTooLarge)
+	e := f.apiError("PUT", "/api/v1/resources/MeshTimeout/web?mesh=default", big, 413, api.CodeTooLarge)
+	assert.Contains(t, e.Message, "over the limit of 64 bytes")
+}
+
+// countingBody is an endless request body that counts what is read of it.
+type countingBody struct{ n int64 }
+
+func (c *countingBody) Read(p []byte) (int, error) {
+	for i := range p {
+		p[i] = ' ' // JSON whitespace: the decoder keeps reading
+	}
+	c.n += int64(len(p))
+	return len(p), nil
+}
+
+func (c *countingBody) Close() error { return nil }
+
+// A body over the limit is refused with 413 and the limit, without being
+// read: not at all when its Content-Length says so, and no more than the
+// limit and one byte when it does not (chunked).
+func TestBodyOverLimitIsRefusedWithoutReadingIt(t *testing.T) {
+	const limit = 1 << 10
+	h := api.NewHandler(apitest.NewBackend(api.RoleGlobal), hclog.NewNullLogger(), api.WithMaxBodyBytes(limit))
+	for _, declared := range []int64{-1, 20 << 20} {
+		for _, path := range []string{"/api/v1/apply", "/api/v1/validate"} {
+			body := &countingBody{}
+			req := httptest.NewRequest("POST", path, nil)
+			req.Body, req.ContentLength = body, declared
+			req.Header.Set("Content-Type", "application/json")
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, req)
+			require.Equal(t, 413, rec.Code, rec.Body.String())
+			var e api.Error
+			require.NoError(t, json.Unmarshal(rec.Body.Bytes(), &e))
+			assert.Equal(t, api.CodeTooLarge, e.Code)
+			assert.Contains(t, e.Message, fmt.Sprintf("limit of %d bytes", limit))
+			if declared > 0 {
+				assert.Zero(t, body.n, "a declared size over the limit is refused before reading")
+			} else {
+				assert.LessOrEqual(t, body.n, int64(limit+1), "no more than the limit is read")
+			}
+		}
+	}
 }
 
 func TestScopeChecks(t *testing.T) {

@@ -41,18 +41,21 @@ const (
 
 // Error codes and the HTTP status each comes with (see apitypes).
 const (
-	CodeBadRequest       = apitypes.CodeBadRequest       // 400
-	CodeUnauthenticated  = apitypes.CodeUnauthenticated  // 401
-	CodeReadOnly         = apitypes.CodeReadOnly         // 403
-	CodeNotFound         = apitypes.CodeNotFound         // 404
-	CodeUnknownType      = apitypes.CodeUnknownType      // 404
-	CodeWrongRole        = apitypes.CodeWrongRole        // 404: route served by the other role
-	CodeMethodNotAllowed = apitypes.CodeMethodNotAllowed // 405
-	CodeAlreadyExists    = apitypes.CodeAlreadyExists    // 409
-	CodeConflict         = apitypes.CodeConflict         // 409
-	CodeTooLarge         = apitypes.CodeTooLarge         // 413
-	CodeInvalid          = apitypes.CodeInvalid          // 422
-	CodeInternal         = apitypes.CodeInternal         // 500
-	CodePluginDown       = apitypes.CodePluginDown       // 503
-	CodeNotReady         = apitypes.CodeNotReady         // 503
+	CodeBadRequest           = apitypes.CodeBadRequest           // 400
+	CodeUnauthenticated      = apitypes.CodeUnauthenticated      // 401
+	CodeHostNotAllowed       = apitypes.CodeHostNotAllowed       // 403: Host header names no address the API serves
+	CodeCrossOrigin          = apitypes.CodeCrossOrigin          // 403: a browser request from another origin
+	CodeReadOnly             = apitypes.CodeReadOnly             // 403
+	CodeNotFound             = apitypes.CodeNotFound             // 404
+	CodeUnknownType          = apitypes.CodeUnknownType          // 404
+	CodeWrongRole            = apitypes.CodeWrongRole            // 404: route served by the other role
+	CodeMethodNotAllowed     = apitypes.CodeMethodNotAllowed     // 405
+	CodeAlreadyExists        = apitypes.CodeAlreadyExists        // 409
+	CodeConflict             = apitypes.CodeConflict             // 409
+	CodeTooLarge             = apitypes.CodeTooLarge             // 413
+	CodeUnsupportedMediaType = apitypes.CodeUnsupportedMediaType // 415: a write without Content-Type: application/json
+	CodeInvalid              = apitypes.CodeInvalid              // 422
+	CodeInternal             = apitypes.CodeInternal             // 500
+	CodePluginDown           = apitypes.CodePluginDown           // 503
+	CodeNotReady             = apitypes.CodeNotReady             // 503
 )

@@ -1,9 +1,12 @@
 // Package filewatch keeps material loaded from files current without a
 // goroutine: whoever uses the material asks for it, and at most once per
-// interval that look stats the files and reloads them when one changed. A
-// reload that fails keeps the previous material and is retried when the
-// files change again. The TLS files (tlsutil) and the zone token
-// verification keys use it.
+// interval that look stats the files and reloads them when one changed
+// (content, inode, mode or owner). A reload that fails keeps the previous
+// material and is retried when the files change again. The TLS files
+// (tlsutil), the zone token verification keys and revocation file
+// (token) and the zone's token file (kdsauth) use it; their loads check
+// each file with package trustfile, so a file whose mode or owner turns
+// unsafe is refused at the next look.
 package filewatch
 
 import (
@@ -15,13 +18,16 @@ import (
 )
 
 // Stamp is what stat says about a file: enough to notice that it was
-// rewritten, renamed over or reached through a swapped symlink, without
-// reading it.
+// rewritten, renamed over or reached through a swapped symlink, or that
+// its mode or owner changed (which decides whether it may be trusted, see
+// package trustfile), without reading it.
 type Stamp struct {
 	exists   bool
 	size     int64
 	mtime    int64 // Unix nanoseconds
+	mode     os.FileMode
 	dev, ino uint64
+	uid      uint32
 }
 
 // Stat follows symlinks, so a Kubernetes secret volume whose ..data link
@@ -32,9 +38,9 @@ func Stat(path string) Stamp {
 	if err != nil {
 		return Stamp{}
 	}
-	s := Stamp{exists: true, size: fi.Size(), mtime: fi.ModTime().UnixNano()}
+	s := Stamp{exists: true, size: fi.Size(), mtime: fi.ModTime().UnixNano(), mode: fi.Mode()}
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		s.dev, s.ino = uint64(st.Dev), st.Ino //nolint:unconvert // Dev is not uint64 everywhere
+		s.dev, s.ino, s.uid = uint64(st.Dev), st.Ino, st.Uid //nolint:unconvert // Dev is not uint64 everywhere
 	}
 	return s
 }

@@ -288,6 +288,29 @@ func TestChangeDetected(t *testing.T) {
 	}
 }
 
+// A change of mode or owner alone (chmod, chown: content, times and
+// inode stay) is a change too: whether a file may be trusted depends on
+// them, so the load that decides it must run again.
+func TestModeOrOwnerChangeReloads(t *testing.T) {
+	f := fileIn(t, "a")
+	h := newHarness(t, []string{f}, "v1")
+	before := Stat(f)
+	require.NoError(t, os.Chmod(f, 0o666))
+	after := Stat(f)
+	require.Equal(t, before.size, after.size)
+	require.Equal(t, before.mtime, after.mtime)
+	require.Equal(t, before.ino, after.ino)
+	h.next()
+	assert.Equal(t, []bool{false, true}, h.reloads, "chmod reloads")
+
+	if os.Geteuid() != 0 {
+		return
+	}
+	require.NoError(t, os.Chown(f, 4242, 4242))
+	h.next()
+	assert.Equal(t, []bool{false, true, true}, h.reloads, "chown reloads")
+}
+
 func modTime(t *testing.T, path string) time.Time {
 	t.Helper()
 	fi, err := os.Stat(path)

@@ -1,13 +1,20 @@
 // Package httpauth protects the admin HTTP API: a bearer-token middleware,
-// loading the token from a file, and the rule that decides whether an
-// address may be bound without TLS and a token.
+// loading the token from a file, the rule that decides whether an address
+// may be bound without TLS and a token, the request rules that keep a web
+// page in a browser from using the API (Guard), and the server limits that
+// keep clients from holding connections and memory (NewServer,
+// LimitListener).
 //
 // The admin API can change every resource a control plane serves, so it is
 // bound to loopback by default; binding it anywhere else requires TLS and a
-// token (CheckBind). The health endpoints /healthz and /readyz stay open
-// even when a token is set: orchestrators and load balancers probe them
-// without credentials, and they reveal nothing but liveness and readiness.
-// Everything else — resources, zones, /metrics — needs the token.
+// token (CheckBind). Loopback alone does not keep browsers out: any page a
+// local browser loads can send requests to 127.0.0.1, and a page whose name
+// it rebinds to 127.0.0.1 can even read the answers. Guard refuses such
+// requests by their Host, Origin and Content-Type. The health endpoints
+// /healthz and /readyz stay open even when a token is set: orchestrators
+// and load balancers probe them without credentials, and they reveal
+// nothing but liveness and readiness. Everything else — resources, zones,
+// /metrics — needs the token.
 package httpauth
 
 import (
@@ -20,11 +27,10 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"os"
-	"runtime"
 	"strings"
 
 	"github.com/kds-engine/kds-engine/engine/apitypes"
+	"github.com/kds-engine/kds-engine/engine/internal/trustfile"
 )
 
 const (
@@ -98,27 +104,15 @@ func unauthorized(w http.ResponseWriter, msg string) {
 }
 
 // LoadTokenFile reads the admin API token from path: the file's content
-// without surrounding whitespace. It refuses a file that group or others can
-// access, an empty token, a token with inner whitespace and one shorter than
-// MinTokenLength, each with a message saying how to fix it.
+// without surrounding whitespace. The file must pass trustfile's rule for
+// secrets (owned by root or the engine's user, not accessible by group or
+// others); an empty token, a token with inner whitespace and one shorter
+// than MinTokenLength are refused too, each with a message saying how to
+// fix it.
 func LoadTokenFile(path string) (string, error) {
-	info, err := os.Stat(path)
+	data, err := trustfile.ReadFile(path, trustfile.Secret, "admin API token file", MaxTokenFileSize)
 	if err != nil {
-		return "", fmt.Errorf("admin API token file: %w", err)
-	}
-	if !info.Mode().IsRegular() {
-		return "", fmt.Errorf("admin API token file %s is not a regular file", path)
-	}
-	if info.Size() > MaxTokenFileSize {
-		return "", fmt.Errorf("admin API token file %s is %d bytes, the limit is %d", path, info.Size(), MaxTokenFileSize)
-	}
-	if perm := info.Mode().Perm(); runtime.GOOS != "windows" && perm&0o077 != 0 {
-		return "", fmt.Errorf("admin API token file %s has mode %04o and is accessible by group or others; "+
-			"anyone who reads it controls the admin API: run chmod 600 %s", path, perm, path)
-	}
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return "", fmt.Errorf("read admin API token file: %w", err)
+		return "", err
 	}
 	tok := strings.TrimSpace(string(data))
 	switch {
@@ -150,7 +144,7 @@ func GenerateToken() (string, error) {
 func IsLoopback(addr string) (bool, error) {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
-		return false, fmt.Errorf("admin API address %q: %w", addr, err)
+		return false, fmt.Errorf("address %q: %w", addr, err)
 	}
 	if strings.EqualFold(host, "localhost") {
 		return true, nil
@@ -166,7 +160,7 @@ func IsLoopback(addr string) (bool, error) {
 func CheckBind(addr string, tlsEnabled bool, token string) error {
 	loopback, err := IsLoopback(addr)
 	if err != nil {
-		return err
+		return fmt.Errorf("admin API: %w", err)
 	}
 	if loopback {
 		return nil

@@ -4,15 +4,23 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"runtime"
 	"strings"
+	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc/credentials"
+
+	"github.com/kds-engine/kds-engine/engine/internal/filewatch"
+	"github.com/kds-engine/kds-engine/engine/internal/token"
+	"github.com/kds-engine/kds-engine/engine/internal/trustfile"
 )
 
 // MaxTokenFileSize bounds the token file a zone reads.
 const MaxTokenFileSize = 16 << 10
+
+// warnTokenFile starts the warning about a token file change that cannot be
+// used.
+const warnTokenFile = "zone token file changed but cannot be used; still using the previous token, will try again when the file changes"
 
 // TokenFileCredentials is the zone side of zone authentication: a
 // credentials.PerRPCCredentials that sends the zone token from a file as
@@ -20,15 +28,22 @@ const MaxTokenFileSize = 16 << 10
 // KDS session).
 //
 // The file is read when the credentials are built (so a bad --token-file
-// fails at start with a clear error) and again for every RPC, so a token
-// replaced on disk is picked up by the next session without a restart. The
-// file must not be accessible by group or others: whoever reads it can
-// connect as this zone.
+// fails at start with a clear error) and looked at again (a stat) for
+// every RPC: a token replaced on disk is picked up by the next session
+// without a restart. The file must pass trustfile's rule for secrets:
+// owned by root or the zone's user and not accessible by group or others
+// (whoever reads it can connect as this zone). A changed file that cannot
+// be used — unsafe, empty, missing — keeps the previous token, with one
+// warning per change.
 //
 // It is safe for concurrent use.
 type TokenFileCredentials struct {
 	path     string
 	insecure bool
+	zone     string
+	log      hclog.Logger
+	now      func() time.Time
+	tok      *filewatch.Watched[string]
 }
 
 var _ credentials.PerRPCCredentials = (*TokenFileCredentials)(nil)
@@ -44,17 +59,72 @@ func WithInsecureTransport() CredentialsOption {
 	return func(c *TokenFileCredentials) { c.insecure = true }
 }
 
+// WithCredentialsLogger logs each token the credentials put to use (its
+// zone, id and expiry; a warning when it is expired, expires within
+// token.ExpiryWarning or names another zone than WithCredentialsZone) and
+// each change of the file that cannot be used. Default: discard.
+func WithCredentialsLogger(l hclog.Logger) CredentialsOption {
+	return func(c *TokenFileCredentials) {
+		if l != nil {
+			c.log = l
+		}
+	}
+}
+
+// WithCredentialsZone is the zone these credentials speak for; a token for
+// another zone is sent anyway (global decides) but logged as a warning.
+// Global tells a refused zone nothing about why, so the zone says what it
+// can see itself.
+func WithCredentialsZone(zone string) CredentialsOption {
+	return func(c *TokenFileCredentials) { c.zone = zone }
+}
+
 // NewTokenFileCredentials returns credentials that send the token stored at
 // path. It reads and checks the file once and returns its error, if any.
 func NewTokenFileCredentials(path string, opts ...CredentialsOption) (*TokenFileCredentials, error) {
-	c := &TokenFileCredentials{path: path}
+	c := &TokenFileCredentials{path: path, log: hclog.NewNullLogger(), now: time.Now}
 	for _, o := range opts {
 		o(c)
 	}
-	if _, err := c.readToken(); err != nil {
+	w, err := filewatch.New(filewatch.Config[string]{
+		Files:   []string{path},
+		Load:    c.readToken,
+		Adopted: c.adopted,
+		Rejected: func(err error) {
+			c.log.Warn(warnTokenFile, "file", path, "error", err)
+		},
+		Interval: 0, // a stat per session: sessions are rare
+	})
+	if err != nil {
 		return nil, err
 	}
+	c.tok = w
 	return c, nil
+}
+
+// adopted logs what the zone can tell about a token it is about to use.
+func (c *TokenFileCredentials) adopted(tok string, reload bool) {
+	msg := "using zone token"
+	if reload {
+		msg = "zone token file changed; new sessions use the new token"
+	}
+	info, err := token.Inspect(tok)
+	if err != nil {
+		c.log.Warn(msg+"; it is not a zone token, global will refuse it", "file", c.path, "error", err)
+		return
+	}
+	args := []any{"file", c.path, "zone", info.Zone, "token_id", info.ID, "expires_at", info.ExpiresAt.Format(time.RFC3339)}
+	left := info.ExpiresAt.Sub(c.now())
+	switch {
+	case c.zone != "" && info.Zone != c.zone:
+		c.log.Warn(msg+"; the token is for another zone, global will refuse it: generate one for this zone", append(args, "this_zone", c.zone)...)
+	case left <= 0:
+		c.log.Warn(msg+"; the token has expired, global will refuse it: generate a new one on global", args...)
+	case left <= token.ExpiryWarning:
+		c.log.Warn(msg+"; the token expires soon: generate a new one on global and replace the file", append(args, "expires_in", left.Truncate(time.Minute).String())...)
+	default:
+		c.log.Info(msg, args...)
+	}
 }
 
 // GetRequestMetadata implements credentials.PerRPCCredentials. Unless built
@@ -67,11 +137,7 @@ func (c *TokenFileCredentials) GetRequestMetadata(ctx context.Context, _ ...stri
 			return nil, fmt.Errorf("refusing to send the zone token over an insecure connection (configure TLS or pass --insecure): %w", err)
 		}
 	}
-	tok, err := c.readToken()
-	if err != nil {
-		return nil, err
-	}
-	return map[string]string{MetadataAuthorization: bearerPrefix + tok}, nil
+	return map[string]string{MetadataAuthorization: bearerPrefix + c.tok.Current()}, nil
 }
 
 // RequireTransportSecurity implements credentials.PerRPCCredentials: true
@@ -79,23 +145,9 @@ func (c *TokenFileCredentials) GetRequestMetadata(ctx context.Context, _ ...stri
 func (c *TokenFileCredentials) RequireTransportSecurity() bool { return !c.insecure }
 
 func (c *TokenFileCredentials) readToken() (string, error) {
-	info, err := os.Stat(c.path)
+	data, err := trustfile.ReadFile(c.path, trustfile.Secret, "zone token file", MaxTokenFileSize)
 	if err != nil {
-		return "", fmt.Errorf("zone token file: %w", err)
-	}
-	if !info.Mode().IsRegular() {
-		return "", fmt.Errorf("zone token file %s is not a regular file", c.path)
-	}
-	if info.Size() > MaxTokenFileSize {
-		return "", fmt.Errorf("zone token file %s is %d bytes, the limit is %d; it must hold only the token", c.path, info.Size(), MaxTokenFileSize)
-	}
-	if perm := info.Mode().Perm(); runtime.GOOS != "windows" && perm&0o077 != 0 {
-		return "", fmt.Errorf("zone token file %s has mode %04o and is accessible by group or others; "+
-			"anyone who reads it can connect as this zone: run chmod 600 %s", c.path, perm, c.path)
-	}
-	data, err := os.ReadFile(c.path)
-	if err != nil {
-		return "", fmt.Errorf("read zone token file: %w", err)
+		return "", err
 	}
 	tok := strings.TrimSpace(string(data))
 	if tok == "" {

@@ -9,6 +9,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/kds-engine/kds-engine/engine/internal/kdsgrpc"
+	"github.com/kds-engine/kds-engine/engine/internal/logsafe"
 	"github.com/kds-engine/kds-engine/engine/internal/token"
 )
 
@@ -25,12 +27,17 @@ func TestSecurityDocMatchesCode(t *testing.T) {
 		}
 	}
 
-	for _, r := range []string{
-		ReasonMissingZone, ReasonMissingToken, ReasonMalformed, ReasonExpired, ReasonNotYetValid,
-		ReasonUnknownKey, ReasonBadSignature, ReasonZoneMismatch, ReasonRevoked, ReasonRateLimited,
-	} {
+	for _, r := range Reasons {
+		if r == ReasonInvalid {
+			continue // a verifier error outside the token's sentinels: not a documented outcome
+		}
 		has("| `"+r+"` |", "reason %s is missing from the refusals table", r)
 	}
+	has(RefusedMessage+" (ref ", "the generic refusal is quoted")
+	has(fmt.Sprintf("cut to %d bytes", logsafe.MaxPeerValue), "the bound of logged peer values")
+	has(fmt.Sprintf("| %d KiB | gRPC refuses larger headers", kdsgrpc.MaxHeaderListSize>>10), "header limit changed?")
+	has("`kds-zone://NAME`", "the form of the zone in a client certificate")
+	has(fmt.Sprintf("within %d days", int(token.ExpiryWarning.Hours()/24)), "expiry warning changed?")
 	has(fmt.Sprintf("| New sessions per minute, per zone | %d |", DefaultSessionsPerMinute), "default changed?")
 	has(fmt.Sprintf("at most %d refusals a minute are logged", DefaultRefusalLogsPerMinute), "default changed?")
 	has(fmt.Sprintf("exceeded its limit of %d new sessions per minute", DefaultSessionsPerMinute), "default changed?")
@@ -42,6 +49,8 @@ func TestSecurityDocMatchesCode(t *testing.T) {
 		"--tls-cert-file", "--tls-key-file", "--client-ca-file", "--token-signing-key-file",
 		"--token-verification-key-files", "--ca-file", "--cert-file", "--key-file", "--token-file",
 		"--insecure", "--api-token-file", "--api-tls-cert-file", "--api-tls-key-file", "--valid-for",
+		"--cluster-id", "--client-cert-must-name-zone", "--insecure-allow-remote", "--api-allowed-hosts",
+		"--api-max-body-size", "--api-max-connections", "--api-read-timeout", "--api-write-timeout", "--api-idle-timeout",
 	} {
 		has(flag, "flag %s is not documented", flag)
 	}

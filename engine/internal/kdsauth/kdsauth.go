@@ -13,6 +13,19 @@
 // equal to the identity, so a transport that reads the zone from metadata
 // reads the verified zone; IdentityFromContext is still the one to use.)
 //
+// The checks run in this order, each before anything that depends on it: the
+// claimed zone is one value and a zone name (a DNS label, so at most 63
+// bytes) before anything else reads it; then the token; then, with
+// WithClientCertZone, that the verified client certificate names the
+// token's zone; then the zone's session budget.
+//
+// A refused client learns nothing but that it was refused: the status
+// message is the same for every reason (Unauthenticated, "zone
+// authentication failed", with a reference), and the reason, the detail
+// and the same reference go to global's log. Every value the peer chose is
+// bounded with logsafe.Peer before it is logged, and refusals are logged at
+// a bounded rate.
+//
 // The Authenticator also limits how many sessions each (verified) zone may
 // open per minute, so a zone in a reconnect loop cannot make global spend
 // its time on session setup and resyncs.
@@ -20,8 +33,11 @@ package kdsauth
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -29,10 +45,13 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	"github.com/kds-engine/kds-engine/engine/internal/logsafe"
+	"github.com/kds-engine/kds-engine/engine/internal/tlsutil"
 	"github.com/kds-engine/kds-engine/engine/internal/token"
 )
 
@@ -49,9 +68,9 @@ const (
 	DefaultRefusalLogsPerMinute = 120
 
 	bearerPrefix = "Bearer "
-	// maxLoggedZone bounds how much of an unverified claimed zone is logged
-	// or passed to OnRefused.
-	maxLoggedZone = 64
+	// RefusedMessage starts the status message of every refused session;
+	// a reference to global's log line follows.
+	RefusedMessage = "zone authentication failed"
 	// pruneAbove is the number of per-zone buckets above which idle (full)
 	// buckets are dropped.
 	pruneAbove = 1024
@@ -60,18 +79,28 @@ const (
 // Reasons a session is refused, passed to the OnRefused callback. The set is
 // fixed, so a reason is safe to use as a metric label.
 const (
-	ReasonMissingZone  = "missing_zone"  // no (or several) "kds-zone" values
-	ReasonMissingToken = "missing_token" // no token presented
-	ReasonExpired      = "expired"       // token past its expiry
-	ReasonNotYetValid  = "not_yet_valid" // token not valid yet (clock skew)
-	ReasonUnknownKey   = "unknown_key"   // signed by a key global does not trust
-	ReasonBadSignature = "bad_signature" // forged/altered token, or a non-EdDSA algorithm
-	ReasonZoneMismatch = "zone_mismatch" // token issued for another zone
-	ReasonMalformed    = "malformed"     // not a zone token
-	ReasonRevoked      = "revoked"       // token listed in the revocation file
-	ReasonRateLimited  = "rate_limited"  // too many new sessions for this zone
-	ReasonInvalid      = "invalid"       // verifier error outside the token sentinels
+	ReasonMissingZone         = "missing_zone"         // no (or several) "kds-zone" values
+	ReasonInvalidZone         = "invalid_zone"         // the "kds-zone" value is not a zone name
+	ReasonMissingToken        = "missing_token"        // no token presented
+	ReasonExpired             = "expired"              // token past its expiry
+	ReasonNotYetValid         = "not_yet_valid"        // token not valid yet (clock skew)
+	ReasonUnknownKey          = "unknown_key"          // signed by a key global does not trust
+	ReasonBadSignature        = "bad_signature"        // forged/altered token, or a non-EdDSA algorithm
+	ReasonZoneMismatch        = "zone_mismatch"        // token issued for another zone
+	ReasonWrongAudience       = "wrong_audience"       // token issued for another global (or none)
+	ReasonCertificateMismatch = "certificate_mismatch" // client certificate does not name the token's zone
+	ReasonMalformed           = "malformed"            // not a zone token
+	ReasonRevoked             = "revoked"              // token listed in the revocation file
+	ReasonRateLimited         = "rate_limited"         // too many new sessions for this zone
+	ReasonInvalid             = "invalid"              // verifier error outside the token sentinels
 )
+
+// Reasons lists every Reason… constant.
+var Reasons = []string{
+	ReasonMissingZone, ReasonInvalidZone, ReasonMissingToken, ReasonExpired, ReasonNotYetValid, ReasonUnknownKey,
+	ReasonBadSignature, ReasonZoneMismatch, ReasonWrongAudience, ReasonCertificateMismatch, ReasonMalformed,
+	ReasonRevoked, ReasonRateLimited, ReasonInvalid,
+}
 
 // TokenVerifier checks a zone token against the zone a connection claims and
 // returns the verified zone. *token.Verifier implements it; errors should
@@ -80,17 +109,18 @@ type TokenVerifier interface {
 	Verify(tok, claimedZone string) (zone string, err error)
 }
 
-// idVerifier is a TokenVerifier that also returns the token's id, which
-// the Authenticator then puts in the session's context (TokenIDFromContext)
-// without parsing the token again.
-type idVerifier interface {
-	VerifyID(tok, claimedZone string) (zone, id string, err error)
+// detailVerifier is a TokenVerifier that also returns the token's id and
+// expiry, which the Authenticator then puts in the session's context
+// (TokenIDFromContext, TokenExpiryFromContext) without parsing the token
+// again.
+type detailVerifier interface {
+	VerifyToken(tok, claimedZone string) (token.Verified, error)
 }
 
 var (
-	_ TokenVerifier = (*token.Verifier)(nil)
-	_ idVerifier    = (*token.Verifier)(nil)
-	_ idVerifier    = (*token.KeyFileVerifier)(nil)
+	_ TokenVerifier  = (*token.Verifier)(nil)
+	_ detailVerifier = (*token.Verifier)(nil)
+	_ detailVerifier = (*token.KeyFileVerifier)(nil)
 )
 
 // Authenticator holds global's zone-authentication policy and provides the
@@ -101,6 +131,7 @@ type Authenticator struct {
 	onRefused func(zone, reason string)
 	limiter   *limiter
 	logLimit  *logLimiter
+	certZone  bool
 }
 
 // Option configures an Authenticator.
@@ -108,8 +139,8 @@ type Option func(*Authenticator)
 
 // WithOnRefused sets a callback run (synchronously, on the RPC's goroutine)
 // for every refused session, e.g. to count refusals in a metric. zone is the
-// zone the connection claimed — unverified, truncated to 64 bytes, possibly
-// empty — and reason is one of the Reason… constants. Because anyone can
+// zone the connection claimed — unverified, bounded by logsafe.Peer — and
+// reason is one of the Reason… constants. Because anyone can
 // claim any zone, do not use zone as a metric label unless you bound its
 // values (e.g. to zones global knows); reason is safe as a label.
 func WithOnRefused(fn func(zone, reason string)) Option {
@@ -131,6 +162,17 @@ func WithSessionsPerMinute(n int) Option {
 // carries how many were suppressed. OnRefused sees every refusal regardless.
 func WithRefusalLogsPerMinute(n int) Option {
 	return func(a *Authenticator) { a.logLimit.perMinute = max(n, 0) }
+}
+
+// WithClientCertZone requires that the client certificate a zone's TLS
+// connection verified with names the zone its token is for, as the URI SAN
+// kds-zone://NAME (tlsutil.CertificateZones); otherwise the session is
+// refused (ReasonCertificateMismatch). Use it when global requires client
+// certificates (mTLS): then a zone's certificate alone cannot open a
+// session for another zone, even with that zone's token. A connection
+// without a verified client certificate is refused under this option.
+func WithClientCertZone() Option {
+	return func(a *Authenticator) { a.certZone = true }
 }
 
 // WithClock sets the clock of the rate limiters (default time.Now); for tests.
@@ -166,8 +208,10 @@ func NewAuthenticator(verifier TokenVerifier, logger hclog.Logger, opts ...Optio
 
 // StreamInterceptor returns a grpc.StreamServerInterceptor that
 // authenticates every stream before its handler runs. A refused stream ends
-// with codes.Unauthenticated (codes.ResourceExhausted when rate limited) and
-// a message saying why; an accepted one reaches the handler with a context
+// with codes.Unauthenticated and a message that says nothing but that (and
+// a reference to global's log line, which has the reason), or, for an
+// authenticated zone over its session budget, codes.ResourceExhausted
+// with the limit; an accepted one reaches the handler with a context
 // carrying the zone (IdentityFromContext).
 func (a *Authenticator) StreamInterceptor() grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
@@ -212,55 +256,117 @@ func (a *Authenticator) Authenticate(ctx context.Context, method string) (contex
 		if len(zones) == 1 {
 			got = "got an empty value"
 		}
-		msg := fmt.Sprintf("zone authentication failed (%s): the connection must name its zone exactly once in metadata %q, %s",
-			ReasonMissingZone, MetadataZone, got)
-		return nil, a.refuse(codes.Unauthenticated, claimed, peerAddr, method, ReasonMissingZone, msg)
+		return nil, a.refuse(claimed, peerAddr, method, ReasonMissingZone,
+			fmt.Sprintf("the connection must name its zone exactly once in metadata %q, %s", MetadataZone, got))
+	}
+	// Nothing reads the claimed zone before it is known to be a short
+	// name: not the token check, not a message.
+	if err := token.ValidateZoneName(claimed); err != nil {
+		return nil, a.refuse(claimed, peerAddr, method, ReasonInvalidZone, fmt.Sprintf("metadata %q: %v", MetadataZone, err))
 	}
 
 	tok, reason, msg := bearerToken(md.Get(MetadataAuthorization))
 	if reason != "" {
-		return nil, a.refuse(codes.Unauthenticated, claimed, peerAddr, method, reason, "zone authentication failed ("+reason+"): "+msg)
+		return nil, a.refuse(claimed, peerAddr, method, reason, msg)
 	}
-	var zone, id string
+	var got token.Verified
 	var err error
-	if iv, ok := a.verifier.(idVerifier); ok {
-		zone, id, err = iv.VerifyID(tok, claimed)
+	if dv, ok := a.verifier.(detailVerifier); ok {
+		got, err = dv.VerifyToken(tok, claimed)
 	} else {
-		zone, err = a.verifier.Verify(tok, claimed)
+		got.Zone, err = a.verifier.Verify(tok, claimed)
 	}
 	if err != nil {
-		reason := reasonFor(err)
-		return nil, a.refuse(codes.Unauthenticated, claimed, peerAddr, method, reason,
-			fmt.Sprintf("zone authentication failed (%s): %v", reason, err))
+		return nil, a.refuse(claimed, peerAddr, method, reasonFor(err), err.Error())
 	}
+	zone := got.Zone
 	if zone != claimed {
 		// A verifier must not return another zone than the one claimed;
 		// fail closed if one does.
-		return nil, a.refuse(codes.Unauthenticated, claimed, peerAddr, method, ReasonZoneMismatch,
-			fmt.Sprintf("zone authentication failed (%s): token is for zone %q, connection claims zone %q", ReasonZoneMismatch, zone, claimed))
+		return nil, a.refuse(claimed, peerAddr, method, ReasonZoneMismatch,
+			fmt.Sprintf("token is for zone %s, connection claims zone %s", logsafe.Peer(zone), claimed))
+	}
+	if a.certZone {
+		if msg := certificateProblem(ctx, zone); msg != "" {
+			return nil, a.refuse(claimed, peerAddr, method, ReasonCertificateMismatch, msg)
+		}
 	}
 	if !a.limiter.allow(zone) {
+		// The zone has authenticated: it may know its limit.
 		msg := fmt.Sprintf("zone %q exceeded its limit of %d new sessions per minute; retry later with backoff",
 			zone, a.limiter.perMinute)
-		return nil, a.refuse(codes.ResourceExhausted, zone, peerAddr, method, ReasonRateLimited, msg)
+		a.logRefusal(zone, peerAddr, method, ReasonRateLimited, msg, "")
+		a.onRefused(zone, ReasonRateLimited)
+		return nil, status.Error(codes.ResourceExhausted, msg)
 	}
 	// The id names the session's token, so that revoking it can end the
 	// session (empty from a verifier that does not report it).
-	a.logger.Debug("zone authenticated", "zone", zone, "peer", peerAddr, "method", method, "token_id", id)
-	return context.WithValue(ContextWithIdentity(ctx, zone), tokenIDKey{}, id), nil
+	a.logger.Debug("zone authenticated", "zone", zone, "peer", peerAddr, "method", method, "token_id", got.ID)
+	ctx = context.WithValue(ContextWithIdentity(ctx, zone), tokenIDKey{}, got.ID)
+	return context.WithValue(ctx, tokenExpiryKey{}, got.ExpiresAt), nil
 }
 
-func (a *Authenticator) refuse(code codes.Code, claimed, peerAddr, method, reason, msg string) error {
-	zone := sanitizeZone(claimed)
+// certificateProblem says why the verified client certificate of ctx's
+// connection does not name zone, or "" when it does.
+func certificateProblem(ctx context.Context, zone string) string {
+	cert := verifiedClientCertificate(ctx)
+	if cert == nil {
+		return "the connection has no verified client certificate, and global requires one that names the zone (mTLS with --client-ca-file)"
+	}
+	zones := tlsutil.CertificateZones(cert)
+	if slices.Contains(zones, zone) {
+		return ""
+	}
+	named := "no zone"
+	if len(zones) > 0 {
+		bounded := make([]string, 0, min(len(zones), 4))
+		for _, z := range zones[:min(len(zones), 4)] {
+			bounded = append(bounded, logsafe.Peer(z))
+		}
+		named = "zones " + strings.Join(bounded, ", ")
+	}
+	return fmt.Sprintf("the client certificate (subject %s, serial %x) names %s, the token is for zone %s; "+
+		"issue the zone a certificate with the URI SAN %s, or start global with --client-cert-must-name-zone=false",
+		logsafe.Peer(cert.Subject.String()), cert.SerialNumber, named, zone, tlsutil.ZoneURI(zone))
+}
+
+// verifiedClientCertificate is the leaf of the chain the TLS handshake
+// verified the client's certificate with, or nil.
+func verifiedClientCertificate(ctx context.Context) *x509.Certificate {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return nil
+	}
+	ti, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(ti.State.VerifiedChains) == 0 || len(ti.State.VerifiedChains[0]) == 0 {
+		return nil
+	}
+	return ti.State.VerifiedChains[0][0]
+}
+
+// refuse logs a refused session with its reason and detail under a fresh
+// reference, tells the callback, and returns the status for the peer: the
+// same for every reason, naming only the reference.
+func (a *Authenticator) refuse(claimed, peerAddr, method, reason, detail string) error {
+	ref := fmt.Sprintf("%08x", rand.Uint32())
+	zone := logsafe.Peer(claimed)
+	a.logRefusal(zone, peerAddr, method, reason, detail, ref)
+	a.onRefused(zone, reason)
+	return status.Error(codes.Unauthenticated, fmt.Sprintf("%s (ref %s); global's log has the reason", RefusedMessage, ref))
+}
+
+// logRefusal writes one bounded log line per refusal, at a bounded rate.
+func (a *Authenticator) logRefusal(zone, peerAddr, method, reason, detail, ref string) {
 	if log, suppressed := a.logLimit.take(); log {
-		args := []any{"zone", zone, "peer", peerAddr, "method", method, "reason", reason, "error", msg}
+		args := []any{"zone", zone, "peer", peerAddr, "method", method, "reason", reason, "error", detail}
+		if ref != "" {
+			args = append(args, "ref", ref)
+		}
 		if suppressed > 0 {
 			args = append(args, "suppressed_since_last", suppressed)
 		}
 		a.logger.Warn("refused zone session", args...)
 	}
-	a.onRefused(zone, reason)
-	return status.Error(code, msg)
 }
 
 // logLimiter bounds how many refusals are logged per minute, so that
@@ -307,6 +413,11 @@ func bearerToken(values []string) (tok, reason, msg string) {
 	if len(v) < len(bearerPrefix) || !strings.EqualFold(v[:len(bearerPrefix)], bearerPrefix) {
 		return "", ReasonMalformed, fmt.Sprintf("%q metadata must be %q followed by the zone token", MetadataAuthorization, bearerPrefix)
 	}
+	if len(v)-len(bearerPrefix) > token.MaxTokenSize+64 {
+		// Verify bounds the token too; this keeps a huge value from even
+		// being trimmed.
+		return "", ReasonMalformed, fmt.Sprintf("%q metadata is %d bytes, a zone token is at most %d", MetadataAuthorization, len(v), token.MaxTokenSize)
+	}
 	return v[len(bearerPrefix):], "", ""
 }
 
@@ -328,21 +439,11 @@ func reasonFor(err error) string {
 		return ReasonMalformed
 	case errors.Is(err, token.ErrRevoked):
 		return ReasonRevoked
+	case errors.Is(err, token.ErrWrongAudience):
+		return ReasonWrongAudience
 	default:
 		return ReasonInvalid
 	}
-}
-
-// sanitizeZone makes an unverified claimed zone safe to log and to hand to
-// callbacks: bounded length, and quoted when it is not a plain name.
-func sanitizeZone(z string) string {
-	if len(z) > maxLoggedZone {
-		z = z[:maxLoggedZone] + "..."
-	}
-	if token.ValidateZoneName(z) != nil && z != "" {
-		return fmt.Sprintf("%q", z)
-	}
-	return z
 }
 
 type identityKey struct{}
@@ -369,6 +470,16 @@ type tokenIDKey struct{}
 func TokenIDFromContext(ctx context.Context) string {
 	id, _ := ctx.Value(tokenIDKey{}).(string)
 	return id
+}
+
+type tokenExpiryKey struct{}
+
+// TokenExpiryFromContext returns when the token the stream authenticated
+// with expires; the zero time when ctx did not pass through an
+// Authenticator or its verifier does not report expiry.
+func TokenExpiryFromContext(ctx context.Context) time.Time {
+	t, _ := ctx.Value(tokenExpiryKey{}).(time.Time)
+	return t
 }
 
 // identityStream is a grpc.ServerStream whose Context carries the identity.

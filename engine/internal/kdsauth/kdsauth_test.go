@@ -4,10 +4,13 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -25,6 +28,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/kds-engine/kds-engine/engine/internal/logsafe"
 	"github.com/kds-engine/kds-engine/engine/internal/testsupport/fakeclock"
 	"github.com/kds-engine/kds-engine/engine/internal/testsupport/logbuf"
 	"github.com/kds-engine/kds-engine/engine/internal/token"
@@ -74,6 +78,9 @@ func (r *recorder) all() []refusal {
 
 var now0 = time.Date(2026, 5, 1, 10, 0, 0, 0, time.UTC)
 
+// testAudience is the cluster id of the global in these tests.
+const testAudience = "test-cluster"
+
 type env struct {
 	issuer   *token.Issuer
 	addr     string
@@ -88,7 +95,7 @@ func newIssuer(t *testing.T, at time.Time) *token.Issuer {
 	t.Helper()
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	require.NoError(t, err)
-	iss, err := token.NewIssuer(priv, token.WithIssuerClock(func() time.Time { return at }))
+	iss, err := token.NewIssuer(priv, testAudience, token.WithIssuerClock(func() time.Time { return at }))
 	require.NoError(t, err)
 	return iss
 }
@@ -105,7 +112,7 @@ func startEnv(t *testing.T, opts ...Option) *env {
 		clock:    fakeclock.New(now0),
 		tokenDir: t.TempDir(),
 	}
-	verifier, err := token.NewVerifier([]ed25519.PublicKey{e.issuer.PublicKey()}, token.WithClock(e.clock.Now))
+	verifier, err := token.NewVerifier([]ed25519.PublicKey{e.issuer.PublicKey()}, testAudience, token.WithClock(e.clock.Now))
 	require.NoError(t, err)
 	logger := hclog.New(&hclog.LoggerOptions{Output: e.logs, Level: hclog.Debug})
 	all := append([]Option{WithOnRefused(e.refused.record), WithClock(e.clock.Now)}, opts...)
@@ -189,6 +196,23 @@ func assertRefused(t *testing.T, err error, code codes.Code, fragments ...string
 	}
 }
 
+var refusedRE = regexp.MustCompile(`^zone authentication failed \(ref ([0-9a-f]{8})\); global's log has the reason$`)
+
+// assertRefusedLogged checks that err is the refusal every unauthenticated
+// client gets — Unauthenticated and nothing but a reference — and that
+// global's log line with that reference has the reason and every fragment.
+func assertRefusedLogged(t *testing.T, err error, logs *logbuf.Buffer, reason string, fragments ...string) {
+	t.Helper()
+	require.Error(t, err)
+	st, ok := status.FromError(err)
+	require.True(t, ok, "not a status error: %v", err)
+	assert.Equal(t, codes.Unauthenticated, st.Code(), st.Message())
+	m := refusedRE.FindStringSubmatch(st.Message())
+	require.NotNil(t, m, "the refused client learns nothing but the reference: %q", st.Message())
+	lines := logs.Lines(append([]string{"refused zone session", "ref=" + m[1], "reason=" + reason}, fragments...)...)
+	assert.Len(t, lines, 1, "global's log has the reason under the reference:\n%s", logs.String())
+}
+
 func TestValidTokenFromFileYieldsIdentity(t *testing.T) {
 	e := startEnv(t)
 	creds, err := NewTokenFileCredentials(e.tokenFile(t, e.token(t, "zone-a")), WithInsecureTransport())
@@ -204,7 +228,7 @@ func TestValidTokenFromFileYieldsIdentity(t *testing.T) {
 func TestTokenForAnotherZoneIsRefused(t *testing.T) {
 	e := startEnv(t)
 	_, err := e.sessionWithToken(t, "zone-b", e.token(t, "zone-a"))
-	assertRefused(t, err, codes.Unauthenticated, ReasonZoneMismatch, `token is for zone "zone-a", connection claims zone "zone-b"`)
+	assertRefusedLogged(t, err, e.logs, ReasonZoneMismatch, `token is for zone zone-a, connection claims zone zone-b`)
 	assert.Equal(t, []refusal{{"zone-b", ReasonZoneMismatch}}, e.refused.all())
 	assert.Zero(t, e.kds.calls.Load(), "a refused stream must never reach the handler")
 }
@@ -214,7 +238,7 @@ func TestExpiredTokenIsRefused(t *testing.T) {
 	tok := e.token(t, "zone-a")
 	e.clock.Advance(2 * time.Hour)
 	_, err := e.sessionWithToken(t, "zone-a", tok)
-	assertRefused(t, err, codes.Unauthenticated, ReasonExpired, now0.Add(time.Hour).Format(time.RFC3339), "kds-engine token generate")
+	assertRefusedLogged(t, err, e.logs, ReasonExpired, now0.Add(time.Hour).Format(time.RFC3339), "kds-engine token generate")
 	assert.Equal(t, []refusal{{"zone-a", ReasonExpired}}, e.refused.all())
 	assert.Zero(t, e.kds.calls.Load())
 }
@@ -225,7 +249,7 @@ func TestTokenFromUnknownKeyIsRefused(t *testing.T) {
 	tok, err := other.Generate("zone-a", time.Hour)
 	require.NoError(t, err)
 	_, err = e.sessionWithToken(t, "zone-a", tok)
-	assertRefused(t, err, codes.Unauthenticated, ReasonUnknownKey, "global does not trust")
+	assertRefusedLogged(t, err, e.logs, ReasonUnknownKey, "global does not trust")
 	assert.Equal(t, []refusal{{"zone-a", ReasonUnknownKey}}, e.refused.all())
 }
 
@@ -234,14 +258,14 @@ func TestForgedTokenIsRefused(t *testing.T) {
 	parts := strings.Split(e.token(t, "zone-a"), ".")
 	parts[2] = strings.Repeat("A", len(parts[2]))
 	_, err := e.sessionWithToken(t, "zone-a", strings.Join(parts, "."))
-	assertRefused(t, err, codes.Unauthenticated, ReasonBadSignature)
+	assertRefusedLogged(t, err, e.logs, ReasonBadSignature)
 	assert.Equal(t, []refusal{{"zone-a", ReasonBadSignature}}, e.refused.all())
 }
 
 func TestNoTokenIsRefused(t *testing.T) {
 	e := startEnv(t)
 	_, err := e.session(t, "zone-a", nil)
-	assertRefused(t, err, codes.Unauthenticated, ReasonMissingToken, "--token-file")
+	assertRefusedLogged(t, err, e.logs, ReasonMissingToken, "--token-file")
 	assert.Equal(t, []refusal{{"zone-a", ReasonMissingToken}}, e.refused.all())
 	assert.Zero(t, e.kds.calls.Load())
 }
@@ -251,20 +275,20 @@ func TestBadMetadataIsRefused(t *testing.T) {
 	tok := e.token(t, "zone-a")
 
 	_, err := e.session(t, "", nil, MetadataAuthorization, "Bearer "+tok)
-	assertRefused(t, err, codes.Unauthenticated, ReasonMissingZone, MetadataZone)
+	assertRefusedLogged(t, err, e.logs, ReasonMissingZone, MetadataZone)
 
 	// Two claimed zones: ambiguous, refused even though one matches.
 	_, err = e.session(t, "zone-a", nil, MetadataZone, "zone-b", MetadataAuthorization, "Bearer "+tok)
-	assertRefused(t, err, codes.Unauthenticated, ReasonMissingZone, "got 2 values")
+	assertRefusedLogged(t, err, e.logs, ReasonMissingZone, "got 2 values")
 
 	_, err = e.session(t, "zone-a", nil, MetadataAuthorization, "Basic "+tok)
-	assertRefused(t, err, codes.Unauthenticated, ReasonMalformed, "Bearer")
+	assertRefusedLogged(t, err, e.logs, ReasonMalformed, "Bearer")
 
 	_, err = e.session(t, "zone-a", nil, MetadataAuthorization, "Bearer "+tok, MetadataAuthorization, "Bearer "+tok)
-	assertRefused(t, err, codes.Unauthenticated, ReasonMalformed, "exactly one")
+	assertRefusedLogged(t, err, e.logs, ReasonMalformed, "exactly one")
 
 	_, err = e.session(t, "zone-a", nil, MetadataAuthorization, "Bearer not-a-token")
-	assertRefused(t, err, codes.Unauthenticated, ReasonMalformed)
+	assertRefusedLogged(t, err, e.logs, ReasonMalformed)
 
 	// The scheme is case-insensitive.
 	zone, err := e.session(t, "zone-a", nil, MetadataAuthorization, "bearer "+tok)
@@ -289,10 +313,11 @@ func TestRefusalsAreLoggedWithZonePeerAndReason(t *testing.T) {
 	assert.Contains(t, logs, "reason="+ReasonZoneMismatch)
 	assert.Contains(t, logs, "kdsauth")
 
-	// A hostile claimed zone is bounded and quoted in logs and callbacks.
+	// A hostile claimed zone is bounded and quoted in logs and callbacks,
+	// and refused as such before the token is looked at.
 	hostile := "evil zone" + strings.Repeat("x", 500)
 	_, err = e.sessionWithToken(t, hostile, e.token(t, "zone-a"))
-	require.Error(t, err)
+	assertRefusedLogged(t, err, e.logs, ReasonInvalidZone)
 	got := e.refused.all()
 	require.Len(t, got, 2)
 	assert.Less(t, len(got[1].zone), 100)
@@ -319,7 +344,7 @@ func TestRateLimitPerZone(t *testing.T) {
 	e.clock.Advance(20 * time.Second) // refills one session
 	for range 5 {
 		_, err = e.sessionWithToken(t, "zone-a", e.token(t, "zone-b"))
-		assertRefused(t, err, codes.Unauthenticated, ReasonZoneMismatch)
+		assertRefusedLogged(t, err, e.logs, ReasonZoneMismatch)
 	}
 	// ...so the refilled session is still there for the real zone-a.
 	_, err = e.sessionWithToken(t, "zone-a", tokA)
@@ -367,9 +392,10 @@ func TestConcurrentSessions(t *testing.T) {
 
 func TestUnaryInterceptor(t *testing.T) {
 	iss := newIssuer(t, time.Now())
-	v, err := token.NewVerifier([]ed25519.PublicKey{iss.PublicKey()})
+	v, err := token.NewVerifier([]ed25519.PublicKey{iss.PublicKey()}, testAudience)
 	require.NoError(t, err)
-	auth, err := NewAuthenticator(v, hclog.NewNullLogger())
+	logs := &logbuf.Buffer{}
+	auth, err := NewAuthenticator(v, hclog.New(&hclog.LoggerOptions{Output: logs}))
 	require.NoError(t, err)
 	tok, err := iss.Generate("zone-a", time.Hour)
 	require.NoError(t, err)
@@ -387,7 +413,7 @@ func TestUnaryInterceptor(t *testing.T) {
 
 	ctx = metadata.NewIncomingContext(context.Background(), metadata.Pairs(MetadataZone, "zone-b", MetadataAuthorization, "Bearer "+tok))
 	_, err = auth.UnaryInterceptor()(ctx, nil, info, handler)
-	assertRefused(t, err, codes.Unauthenticated, ReasonZoneMismatch)
+	assertRefusedLogged(t, err, logs, ReasonZoneMismatch)
 }
 
 type fixedVerifier struct {
@@ -407,16 +433,18 @@ func TestAuthenticatorFailsClosed(t *testing.T) {
 	ctx := metadata.NewIncomingContext(context.Background(), md)
 
 	// A verifier that returns another zone than claimed is not trusted.
-	auth, err := NewAuthenticator(fixedVerifier{zone: "zone-b"}, hclog.NewNullLogger())
+	logs := &logbuf.Buffer{}
+	log := hclog.New(&hclog.LoggerOptions{Output: logs})
+	auth, err := NewAuthenticator(fixedVerifier{zone: "zone-b"}, log)
 	require.NoError(t, err)
 	_, err = auth.Authenticate(ctx, "/m")
-	assertRefused(t, err, codes.Unauthenticated, ReasonZoneMismatch)
+	assertRefusedLogged(t, err, logs, ReasonZoneMismatch)
 
 	// An unclassified verifier error is still a refusal.
-	auth, err = NewAuthenticator(fixedVerifier{err: assert.AnError}, hclog.NewNullLogger())
+	auth, err = NewAuthenticator(fixedVerifier{err: assert.AnError}, log)
 	require.NoError(t, err)
 	_, err = auth.Authenticate(ctx, "/m")
-	assertRefused(t, err, codes.Unauthenticated, ReasonInvalid)
+	assertRefusedLogged(t, err, logs, ReasonInvalid)
 }
 
 func TestIdentityFromContext(t *testing.T) {
@@ -485,10 +513,17 @@ func TestTokenFileCredentials(t *testing.T) {
 	assert.Equal(t, map[string]string{"authorization": "Bearer first"}, md)
 
 	// A replaced token is used by the next RPC.
-	write("token", "second", 0o600)
+	write("token", "second-token", 0o600)
 	md, err = c.GetRequestMetadata(context.Background())
 	require.NoError(t, err)
-	assert.Equal(t, "Bearer second", md["authorization"])
+	assert.Equal(t, "Bearer second-token", md["authorization"])
+
+	// A changed file that cannot be used keeps the previous token.
+	require.NoError(t, os.Chmod(path, 0o644))
+	md, err = c.GetRequestMetadata(context.Background())
+	require.NoError(t, err)
+	assert.Equal(t, "Bearer second-token", md["authorization"], "an unsafe file is not used")
+	require.NoError(t, os.Chmod(path, 0o600))
 
 	// Secure by default: no token over a connection without TLS.
 	secure, err := NewTokenFileCredentials(path)
@@ -521,7 +556,7 @@ func TestRefusalLogsAreBounded(t *testing.T) {
 func TestEmptyClaimedZoneIsRefused(t *testing.T) {
 	e := startEnv(t)
 	_, err := e.session(t, "", nil, MetadataZone, "", MetadataAuthorization, "Bearer "+e.token(t, "zone-a"))
-	assertRefused(t, err, codes.Unauthenticated, ReasonMissingZone, "empty value")
+	assertRefusedLogged(t, err, e.logs, ReasonMissingZone, "empty value")
 	assert.Zero(t, e.kds.calls.Load())
 }
 
@@ -537,14 +572,16 @@ func TestTokenIDAndRevokedReason(t *testing.T) {
 	ctx := metadata.NewIncomingContext(context.Background(),
 		metadata.Pairs(MetadataZone, "zone-a", MetadataAuthorization, "Bearer "+tok))
 
-	v, err := token.NewVerifier([]ed25519.PublicKey{iss.PublicKey()}, token.WithClock(func() time.Time { return now0 }))
+	v, err := token.NewVerifier([]ed25519.PublicKey{iss.PublicKey()}, testAudience, token.WithClock(func() time.Time { return now0 }))
 	require.NoError(t, err)
 	auth, err := NewAuthenticator(v, hclog.NewNullLogger())
 	require.NoError(t, err)
 	got, err := auth.Authenticate(ctx, "/m")
 	require.NoError(t, err)
 	assert.Equal(t, id, TokenIDFromContext(got))
+	assert.Equal(t, now0.Add(time.Hour), TokenExpiryFromContext(got))
 	assert.Empty(t, TokenIDFromContext(context.Background()))
+	assert.True(t, TokenExpiryFromContext(context.Background()).IsZero())
 
 	// A verifier that only returns the zone leaves the id empty.
 	auth, err = NewAuthenticator(fixedVerifier{zone: "zone-a"}, hclog.NewNullLogger())
@@ -554,10 +591,93 @@ func TestTokenIDAndRevokedReason(t *testing.T) {
 	assert.Empty(t, TokenIDFromContext(got))
 
 	var r recorder
-	auth, err = NewAuthenticator(fixedVerifier{err: fmt.Errorf("%w: token %s", token.ErrRevoked, id)}, hclog.NewNullLogger(),
-		WithOnRefused(r.record))
+	logs := &logbuf.Buffer{}
+	auth, err = NewAuthenticator(fixedVerifier{err: fmt.Errorf("%w: token %s", token.ErrRevoked, id)},
+		hclog.New(&hclog.LoggerOptions{Output: logs}), WithOnRefused(r.record))
 	require.NoError(t, err)
 	_, err = auth.Authenticate(ctx, "/m")
-	assertRefused(t, err, codes.Unauthenticated, "("+ReasonRevoked+")", id)
+	assertRefusedLogged(t, err, logs, ReasonRevoked, id)
 	assert.Equal(t, []refusal{{"zone-a", ReasonRevoked}}, r.all())
+}
+
+// A refused client learns nothing: not the reason, not which keys global
+// trusts (the unknown_key detail names them), not the token's id.
+func TestRefusalRevealsNothingToTheClient(t *testing.T) {
+	e := startEnv(t)
+	other := newIssuer(t, now0)
+	tok, err := other.Generate("zone-a", time.Hour)
+	require.NoError(t, err)
+	_, err = e.sessionWithToken(t, "zone-a", tok)
+	assertRefusedLogged(t, err, e.logs, ReasonUnknownKey, token.KeyID(e.issuer.PublicKey()))
+	msg := status.Convert(err).Message()
+	assert.NotContains(t, msg, token.KeyID(e.issuer.PublicKey()), "trusted key ids stay in global's log")
+	assert.NotContains(t, msg, ReasonUnknownKey)
+
+	e.clock.Advance(2 * time.Hour)
+	_, err = e.sessionWithToken(t, "zone-a", e.token(t, "zone-a"))
+	require.Error(t, err)
+	_, err2 := e.sessionWithToken(t, "zone-b", e.token(t, "zone-a"))
+	require.Error(t, err2)
+	strip := func(err error) string { return refusedRE.ReplaceAllString(status.Convert(err).Message(), "REF") }
+	assert.Equal(t, strip(err), strip(err2), "every reason reads the same to the client")
+}
+
+// countingVerifier counts the tokens it is asked to verify.
+type countingVerifier struct{ calls atomic.Int32 }
+
+func (c *countingVerifier) Verify(string, string) (string, error) {
+	c.calls.Add(1)
+	return "", assert.AnError
+}
+
+// The claimed zone is checked for syntax and length before anything else:
+// the token of a connection claiming a zone that is not a zone name is
+// never looked at.
+func TestInvalidZoneIsRefusedBeforeTheToken(t *testing.T) {
+	v := &countingVerifier{}
+	logs := &logbuf.Buffer{}
+	var r recorder
+	auth, err := NewAuthenticator(v, hclog.New(&hclog.LoggerOptions{Output: logs}), WithOnRefused(r.record))
+	require.NoError(t, err)
+	for _, zone := range []string{"Zone-A", "a.b", "zone a", "-x", strings.Repeat("z", token.MaxZoneNameLength+1), strings.Repeat("z", 60<<10), "zone\nforged=1"} {
+		ctx := metadata.NewIncomingContext(context.Background(), metadata.Pairs(MetadataZone, zone, MetadataAuthorization, "Bearer x"))
+		_, err := auth.Authenticate(ctx, "/m")
+		assertRefusedLogged(t, err, logs, ReasonInvalidZone)
+	}
+	assert.Zero(t, v.calls.Load(), "no token was verified")
+	for _, got := range r.all() {
+		assert.Equal(t, ReasonInvalidZone, got.reason)
+		assert.LessOrEqual(t, len(got.zone), 2*logsafe.MaxPeerValue)
+	}
+}
+
+// Whatever a client sends within gRPC's header limit, one refusal adds one
+// log line of bounded size: the claimed zone, a token's key id and
+// algorithm are cut down before they are logged.
+func TestRefusalLogLinesAreBounded(t *testing.T) {
+	e := startEnv(t)
+	huge := strings.Repeat("k", 3000)
+	longKid := encodeSegment(map[string]any{"alg": "EdDSA", "kid": huge}) + "." + encodeSegment(map[string]any{"sub": "zone-a"}) + ".c2ln"
+	longAlg := encodeSegment(map[string]any{"alg": huge, "kid": "x"}) + "." + encodeSegment(map[string]any{"sub": "zone-a"}) + ".c2ln"
+	for _, tc := range []struct{ zone, tok string }{
+		{strings.Repeat("z", 32<<10), "x"},
+		{"zone-a", longKid},
+		{"zone-a", longAlg},
+		{"zone-a", strings.Repeat("t", 32<<10)},
+	} {
+		before := len(e.logs.String())
+		_, err := e.sessionWithToken(t, tc.zone, tc.tok)
+		require.Error(t, err)
+		added := e.logs.String()[before:]
+		assert.Equal(t, 1, strings.Count(added, "refused zone session"))
+		assert.Less(t, len(added), 1024, "one refusal, one short line: %s", added)
+	}
+}
+
+func encodeSegment(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err)
+	}
+	return base64.RawURLEncoding.EncodeToString(b)
 }

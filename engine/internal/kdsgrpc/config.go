@@ -46,6 +46,11 @@ type Config struct {
 	InitialWindowSize int32
 }
 
+// MaxHeaderListSize bounds the request headers (metadata) a zone may send
+// global: a zone token (at most 4 KiB) and a zone name fit many times over,
+// and a peer cannot make global buffer megabytes of headers.
+const MaxHeaderListSize = 64 << 10
+
 // Defaults for Config fields.
 const (
 	DefaultKeepaliveTime    = 30 * time.Second
@@ -73,9 +78,10 @@ func (c Config) withDefaults() Config {
 }
 
 // ServerOptions returns the grpc.ServerOptions for the KDS port: keepalive
-// parameters and enforcement policy, the max message size both ways, and
-// grpc.WaitForHandlers(true) so that Server.Stop returns only once every
-// RPC handler has. extra (TLS credentials, interceptors) is appended.
+// parameters and enforcement policy, the max message size both ways, the
+// header size limit (MaxHeaderListSize), and grpc.WaitForHandlers(true) so
+// that Server.Stop returns only once every RPC handler has. extra (TLS
+// credentials, interceptors) is appended.
 func ServerOptions(cfg Config, extra ...grpc.ServerOption) []grpc.ServerOption {
 	c := cfg.withDefaults()
 	opts := []grpc.ServerOption{
@@ -89,6 +95,7 @@ func ServerOptions(cfg Config, extra ...grpc.ServerOption) []grpc.ServerOption {
 		}),
 		grpc.MaxRecvMsgSize(c.MaxMessageSize),
 		grpc.MaxSendMsgSize(c.MaxMessageSize),
+		grpc.MaxHeaderListSize(MaxHeaderListSize),
 		grpc.WaitForHandlers(true),
 	}
 	if c.InitialWindowSize > 0 {

@@ -68,6 +68,7 @@ type Metrics struct {
 	validation       *prometheus.HistogramVec
 	authRefused      *prometheus.CounterVec
 	certExpiry       *prometheus.GaugeVec
+	tokenExpiry      *prometheus.GaugeVec
 }
 
 // New creates the collectors and registers them with reg. A nil reg
@@ -140,6 +141,9 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 		certExpiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "kds_tls_certificate_expiry_timestamp_seconds", Help: "When the TLS certificate in use expires (Unix time), by the setting naming its file; for a CA file the earliest of its certificates.",
 		}, []string{"setting"}),
+		tokenExpiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kds_zone_token_expiry_timestamp_seconds", Help: "When the token of a zone's latest session expires (Unix time), by zone (global).",
+		}, []string{"zone"}),
 	}
 	if reg == nil {
 		return m, nil
@@ -163,7 +167,7 @@ func (m *Metrics) collectors() []prometheus.Collector {
 		m.sessionsStarted, m.sessionsEnded, m.sessionConnected,
 		m.responsesSent, m.responsesACKed, m.responsesNACKed,
 		m.resources, m.pluginRestarts, m.pluginUp, m.validation, m.authRefused,
-		m.certExpiry,
+		m.certExpiry, m.tokenExpiry,
 	}
 }
 
@@ -362,4 +366,14 @@ func (m *Metrics) SetCertificateExpiry(setting string, notAfter time.Time) {
 		return
 	}
 	m.certExpiry.WithLabelValues(setting).Set(float64(notAfter.Unix()))
+}
+
+// SetZoneTokenExpiry records when the token zone's latest session
+// authenticated with expires. zone is an authenticated zone, so the label
+// is bounded by the zones global has tokens for.
+func (m *Metrics) SetZoneTokenExpiry(zone string, expires time.Time) {
+	if m == nil {
+		return
+	}
+	m.tokenExpiry.WithLabelValues(zone).Set(float64(expires.Unix()))
 }

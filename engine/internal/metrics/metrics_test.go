@@ -36,6 +36,7 @@ func touchAll(m *Metrics) {
 	m.SetPluginUp("policies", true)
 	m.ObserveValidation("policies", time.Millisecond)
 	m.SetCertificateExpiry("tls-cert-file", time.Unix(1900000000, 0))
+	m.SetZoneTokenExpiry("zone-1", time.Unix(1900000000, 0))
 }
 
 func scrape(t *testing.T, g prometheus.Gatherer) string {

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -43,7 +44,8 @@ type PKI struct {
 // CA (ca.crt, ca.key), a server certificate valid for hosts (server.crt,
 // server.key; each host is an IP address or a DNS name, e.g. "localhost",
 // "127.0.0.1") and one client certificate per name in clients
-// (client-NAME.crt, client-NAME.key, with NAME as the common name). Keys
+// (client-NAME.crt, client-NAME.key, with NAME as the common name and the
+// URI SAN kds-zone://NAME, the form global's zone check reads). Keys
 // are ECDSA P-256, certificates are valid for PKIValidity, private key files
 // have mode 0600. Existing files of those names are replaced.
 //
@@ -128,13 +130,41 @@ func serverTemplate(hosts []string) *x509.Certificate {
 }
 
 // clientTemplate is a client certificate for name, without validity or
-// serial.
+// serial: the common name is name, and, when name can be the host of a URI
+// as is (zone names can), the URI SAN kds-zone://NAME names the zone it is
+// for (see CertificateZones).
 func clientTemplate(name string) *x509.Certificate {
-	return &x509.Certificate{
+	c := &x509.Certificate{
 		Subject:     pkix.Name{CommonName: name},
 		KeyUsage:    x509.KeyUsageDigitalSignature,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	}
+	if u := ZoneURI(name); u.String() == ZoneURIScheme+"://"+name {
+		c.URIs = []*url.URL{u}
+	}
+	return c
+}
+
+// ZoneURIScheme is the scheme of the URI SAN that names the zone a client
+// certificate is for: kds-zone://NAME.
+const ZoneURIScheme = "kds-zone"
+
+// ZoneURI is the URI SAN that names zone in a client certificate.
+func ZoneURI(zone string) *url.URL { return &url.URL{Scheme: ZoneURIScheme, Host: zone} }
+
+// CertificateZones returns the zones c names: the host of each URI SAN of
+// the form kds-zone://NAME (nothing else in the URI). Other SANs and the
+// subject are not zone names: a CA may issue DNS names or common names for
+// other purposes, a kds-zone URI only for a zone.
+func CertificateZones(c *x509.Certificate) []string {
+	var zones []string
+	for _, u := range c.URIs {
+		if u.Scheme == ZoneURIScheme && u.Host != "" && u.Opaque == "" && u.User == nil &&
+			u.Path == "" && u.RawQuery == "" && u.Fragment == "" && u.Port() == "" {
+			zones = append(zones, u.Host)
+		}
+	}
+	return zones
 }
 
 func issue(tmpl, ca *x509.Certificate, caKey *ecdsa.PrivateKey, kp KeyPair) error {

@@ -5,12 +5,12 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
-	"os"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/kds-engine/kds-engine/engine/internal/filewatch"
+	"github.com/kds-engine/kds-engine/engine/internal/trustfile"
 )
 
 // DefaultCheckInterval is how often, at most, the files behind a config are
@@ -139,13 +139,14 @@ func watchCAs(path, what string, log hclog.Logger, o options) (*filewatch.Watche
 	})
 }
 
-// loadCAs reads the PEM CERTIFICATE blocks of path. Like
+// loadCAs reads the PEM CERTIFICATE blocks of path, which must pass
+// trustfile's rule for public files. Like
 // x509.CertPool.AppendCertsFromPEM it skips other blocks and certificates
 // that do not parse; at least one certificate must remain.
 func loadCAs(path, what string) (caBundle, error) {
-	data, err := os.ReadFile(path)
+	data, err := trustfile.ReadFile(path, trustfile.Public, what, maxPEMFileSize)
 	if err != nil {
-		return caBundle{}, fmt.Errorf("read %s: %w", what, err)
+		return caBundle{}, err
 	}
 	b := caBundle{pool: x509.NewCertPool()}
 	for len(data) > 0 {

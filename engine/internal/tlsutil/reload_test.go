@@ -457,6 +457,21 @@ func TestBrokenFilesKeepTheLastGoodMaterial(t *testing.T) {
 		}, []string{warnCA, "no PEM certificates found"}},
 		{"client CA removed", func(t *testing.T, _ KeyPair, clientCA string) { require.NoError(t, os.Remove(clientCA)) },
 			[]string{warnCA, "no such file or directory"}},
+		// Another user appends their CA to a client CA file all can write.
+		{"client CA writable by others", func(t *testing.T, _ KeyPair, clientCA string) {
+			require.NoError(t, os.Chmod(clientCA, 0o666))
+			f, err := os.OpenFile(clientCA, os.O_APPEND|os.O_WRONLY, 0)
+			require.NoError(t, err)
+			_, err = f.Write(other.pem)
+			require.NoError(t, err)
+			require.NoError(t, f.Close())
+		}, []string{warnCA, "client CA file CAFILE has mode 0666", "chmod go-w CAFILE"}},
+		{"key readable by others", func(t *testing.T, kp KeyPair, _ string) {
+			renewed := ca.server(t, "127.0.0.1")
+			replace(t, kp.CertFile, renewed.certPEM)
+			replace(t, kp.KeyFile, renewed.keyPEM)
+			require.NoError(t, os.Chmod(kp.KeyFile, 0o644))
+		}, []string{warnCert, "TLS key file", "mode 0644", "chmod 600"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			good := ca.server(t, "127.0.0.1")

@@ -23,10 +23,14 @@
 //
 // Contracts:
 //
+//   - Every file passes package trustfile's rule, at start and at every
+//     reload: owned by root or the engine's user, not writable by group or
+//     others, and private key files not readable by them either.
 //   - A config returned without error has usable material, and keeps it:
 //     new files that cannot be used — missing, unparsable, expired, a
 //     certificate whose key does not match (say the certificate was written
-//     and the key not yet) — are not adopted; the previous material stays in
+//     and the key not yet), a file that fails trustfile's rule — are not
+//     adopted; the previous material stays in
 //     use and a warning naming the files and the reason is logged once per
 //     change. The next change is tried again, so a pair written as two files
 //     is adopted once both are there.
@@ -48,11 +52,12 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"os"
 	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/kds-engine/kds-engine/engine/internal/trustfile"
 )
 
 // MinVersion is the oldest TLS version either side accepts.
@@ -208,14 +213,20 @@ func verifyServer(certs []*x509.Certificate, roots *x509.CertPool, name string) 
 	return nil
 }
 
+// maxPEMFileSize bounds a certificate, key or CA file.
+const maxPEMFileSize = 16 << 20
+
+// loadKeyPair reads a certificate (chain) and its private key. Both files
+// must pass trustfile's rule: the certificate may be readable by anyone,
+// the key by its owner only.
 func loadKeyPair(certFile, keyFile string) (tls.Certificate, error) {
-	certPEM, err := os.ReadFile(certFile)
+	certPEM, err := trustfile.ReadFile(certFile, trustfile.Public, "TLS certificate file", maxPEMFileSize)
 	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("read TLS certificate file: %w", err)
+		return tls.Certificate{}, err
 	}
-	keyPEM, err := os.ReadFile(keyFile)
+	keyPEM, err := trustfile.ReadFile(keyFile, trustfile.Secret, "TLS key file", maxPEMFileSize)
 	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("read TLS key file: %w", err)
+		return tls.Certificate{}, err
 	}
 	if block, _ := pem.Decode(certPEM); block == nil || block.Type != "CERTIFICATE" {
 		return tls.Certificate{}, fmt.Errorf("TLS certificate file %s: no PEM CERTIFICATE block found", certFile)

@@ -10,6 +10,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -327,4 +328,20 @@ func TestExpiredCertificateIsRefusedAtLoad(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), kp.CertFile)
 	assert.Contains(t, err.Error(), "expired at")
+}
+
+// GeneratePKI's client certificates name their zone the way global's zone
+// check reads it, and nothing else counts as a zone.
+func TestClientCertificatesNameTheirZone(t *testing.T) {
+	pki, err := GeneratePKI(t.TempDir(), []string{"localhost"}, []string{"zone-a"})
+	require.NoError(t, err)
+	cl := readCert(t, pki.Clients["zone-a"].CertFile)
+	assert.Equal(t, []string{"zone-a"}, CertificateZones(cl))
+	assert.Equal(t, "kds-zone://zone-a", ZoneURI("zone-a").String())
+
+	for _, raw := range []string{"kds-zone://zone-b/x", "kds-zone://zone-b:1", "kds-zone://u@zone-b", "kds-zone://zone-b?q", "spiffe://zone-b", "kds-zone:zone-b"} {
+		u, err := url.Parse(raw)
+		require.NoError(t, err)
+		assert.Empty(t, CertificateZones(&x509.Certificate{URIs: []*url.URL{u}, DNSNames: []string{"zone-b"}, Subject: pkix.Name{CommonName: "zone-b"}}), raw)
+	}
 }

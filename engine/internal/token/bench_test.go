@@ -17,11 +17,11 @@ func BenchmarkVerify(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	iss, err := NewIssuer(priv)
+	iss, err := NewIssuer(priv, testAudience)
 	if err != nil {
 		b.Fatal(err)
 	}
-	v, err := NewVerifier([]ed25519.PublicKey{pub})
+	v, err := NewVerifier([]ed25519.PublicKey{pub}, testAudience)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -25,11 +25,11 @@ var (
 
 func fuzzSeeds(tb testing.TB) [][2]string {
 	tb.Helper()
-	trusted, err := NewIssuer(fuzzTrusted, WithIssuerClock(func() time.Time { return fuzzIssued }))
+	trusted, err := NewIssuer(fuzzTrusted, testAudience, WithIssuerClock(func() time.Time { return fuzzIssued }))
 	if err != nil {
 		tb.Fatal(err)
 	}
-	untrusted, err := NewIssuer(fuzzUntrusted, WithIssuerClock(func() time.Time { return fuzzIssued }))
+	untrusted, err := NewIssuer(fuzzUntrusted, testAudience, WithIssuerClock(func() time.Time { return fuzzIssued }))
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -74,7 +74,7 @@ func FuzzVerify(f *testing.F) {
 		f.Add(s[0], s[1])
 	}
 	trustedPub := fuzzTrusted.Public().(ed25519.PublicKey)
-	v, err := NewVerifier([]ed25519.PublicKey{trustedPub}, WithClock(func() time.Time { return fuzzNow }))
+	v, err := NewVerifier([]ed25519.PublicKey{trustedPub}, testAudience, WithClock(func() time.Time { return fuzzNow }))
 	if err != nil {
 		f.Fatal(err)
 	}

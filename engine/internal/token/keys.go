@@ -11,13 +11,18 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
-	"runtime"
+
+	"github.com/kds-engine/kds-engine/engine/internal/trustfile"
 )
 
 const (
 	pemPrivateKey = "PRIVATE KEY"
 	pemPublicKey  = "PUBLIC KEY"
+
+	// maxKeyFileSize bounds a signing key or verification key file.
+	maxKeyFileSize = 1 << 20
+	// whatKeyFile names a verification key file in errors.
+	whatKeyFile = "verification key file"
 )
 
 // LoadOrCreateSigningKey returns the Ed25519 signing key stored at path as a
@@ -55,10 +60,6 @@ func LoadOrCreateSigningKey(path string) (key ed25519.PrivateKey, created bool, 
 }
 
 func createSigningKey(path string) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("create signing key directory %s: %w", dir, err)
-	}
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		return fmt.Errorf("generate signing key: %w", err)
@@ -67,42 +68,21 @@ func createSigningKey(path string) error {
 	if err != nil {
 		return fmt.Errorf("encode signing key: %w", err)
 	}
-	data := pem.EncodeToMemory(&pem.Block{Type: pemPrivateKey, Bytes: der})
-
-	// os.CreateTemp creates the file with mode 0600.
-	tmp, err := os.CreateTemp(dir, ".signing-key-*")
-	if err != nil {
-		return fmt.Errorf("create signing key file in %s: %w", dir, err)
-	}
-	tmpName := tmp.Name()
-	defer os.Remove(tmpName) //nolint:errcheck // best effort; gone after a successful link anyway
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close() //nolint:errcheck,gosec // the write error is the one worth reporting
-		return fmt.Errorf("write signing key file %s: %w", tmpName, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close() //nolint:errcheck,gosec // the sync error is the one worth reporting
-		return fmt.Errorf("sync signing key file %s: %w", tmpName, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("close signing key file %s: %w", tmpName, err)
-	}
-	if err := os.Link(tmpName, path); err != nil {
-		return fmt.Errorf("install signing key file %s: %w", path, err)
+	if err := createFile(path, pem.EncodeToMemory(&pem.Block{Type: pemPrivateKey, Bytes: der})); err != nil {
+		return fmt.Errorf("create signing key file %s: %w", path, err)
 	}
 	return nil
 }
 
 // LoadSigningKey reads the Ed25519 signing key at path (PEM PKCS#8 "PRIVATE
-// KEY"). The file must exist and must not be accessible by group or others.
-// A missing file yields an error matching fs.ErrNotExist.
+// KEY"). The file must exist and pass trustfile's rule for secrets: owned
+// by root or the engine's user, not accessible by group or others (an
+// error wrapping trustfile.ErrUnsafe names the file, its mode or owner and
+// the fix). A missing file yields an error matching fs.ErrNotExist.
 func LoadSigningKey(path string) (ed25519.PrivateKey, error) {
-	if err := checkPrivateFile(path); err != nil {
-		return nil, err
-	}
-	data, err := os.ReadFile(path)
+	data, err := trustfile.ReadFile(path, trustfile.Secret, "signing key file", maxKeyFileSize)
 	if err != nil {
-		return nil, fmt.Errorf("read signing key file: %w", err)
+		return nil, err
 	}
 	block, _ := pem.Decode(data)
 	if block == nil || block.Type != pemPrivateKey {
@@ -117,26 +97,6 @@ func LoadSigningKey(path string) (ed25519.PrivateKey, error) {
 		return nil, fmt.Errorf("signing key file %s: holds a %T, want an Ed25519 key", path, parsed)
 	}
 	return key, nil
-}
-
-// checkPrivateFile refuses a secret file that group or others can access.
-// The mode check is skipped on Windows, which has no such permission bits.
-func checkPrivateFile(path string) error {
-	info, err := os.Stat(path)
-	if err != nil {
-		return fmt.Errorf("signing key file: %w", err)
-	}
-	if info.IsDir() {
-		return fmt.Errorf("signing key file %s is a directory", path)
-	}
-	if runtime.GOOS == "windows" {
-		return nil
-	}
-	if perm := info.Mode().Perm(); perm&0o077 != 0 {
-		return fmt.Errorf("signing key file %s has mode %04o and is accessible by group or others; "+
-			"anyone who reads it can impersonate every zone: run chmod 600 %s", path, perm, path)
-	}
-	return nil
 }
 
 // WritePublicKey writes pub to path as a PEM PKIX "PUBLIC KEY" with mode
@@ -158,8 +118,9 @@ func WritePublicKey(path string, pub ed25519.PublicKey) error {
 }
 
 // LoadVerificationKeys reads Ed25519 public keys from the given files. Each
-// file holds one or more PEM PKIX "PUBLIC KEY" blocks (as written by
-// WritePublicKey). Several keys allow rotation: tokens signed by any of them
+// file must pass trustfile's rule for public files (owned by root or the
+// engine's user, not writable by group or others) and holds one or more
+// PEM PKIX "PUBLIC KEY" blocks (as written by WritePublicKey). Several keys allow rotation: tokens signed by any of them
 // verify. At least one key is required; errors name the file. The public half
 // of the signing key is not added implicitly: callers that verify with the key
 // they sign with pass it to NewVerifier themselves.
@@ -169,9 +130,9 @@ func LoadVerificationKeys(paths ...string) ([]ed25519.PublicKey, error) {
 	}
 	var keys []ed25519.PublicKey
 	for _, path := range paths {
-		data, err := os.ReadFile(path)
+		data, err := trustfile.ReadFile(path, trustfile.Public, whatKeyFile, maxKeyFileSize)
 		if err != nil {
-			return nil, fmt.Errorf("read verification key file: %w", err)
+			return nil, err
 		}
 		found, err := ParsePublicKeys(data)
 		if err != nil {

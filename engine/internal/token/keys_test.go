@@ -15,6 +15,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/kds-engine/kds-engine/engine/internal/trustfile"
 )
 
 func TestLoadOrCreateSigningKeyCreatesPrivateFileAndDirectory(t *testing.T) {
@@ -203,4 +205,51 @@ func TestOpenSSLKeysLoad(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, pubs, 1)
 	assert.True(t, pubs[0].Equal(key.Public()))
+}
+
+func TestLoadOrCreateClusterID(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "data", "cluster-id")
+	id, created, err := LoadOrCreateClusterID(path)
+	require.NoError(t, err)
+	assert.True(t, created)
+	require.NoError(t, ValidateClusterID(id))
+	assert.Len(t, id, 32)
+
+	again, created, err := LoadOrCreateClusterID(path)
+	require.NoError(t, err)
+	assert.False(t, created)
+	assert.Equal(t, id, again, "the id is stable across starts")
+
+	require.NoError(t, os.WriteFile(path, []byte("Not An Id\n"), 0o600))
+	_, _, err = LoadOrCreateClusterID(path)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), path)
+
+	require.NoError(t, os.WriteFile(path, []byte("prod-eu\n"), 0o600))
+	require.NoError(t, os.Chmod(path, 0o666))
+	_, _, err = LoadOrCreateClusterID(path)
+	require.ErrorIs(t, err, trustfile.ErrUnsafe, "a cluster id others can change is refused")
+	require.NoError(t, os.Chmod(path, 0o644))
+	id, _, err = LoadOrCreateClusterID(path)
+	require.NoError(t, err)
+	assert.Equal(t, "prod-eu", id)
+}
+
+// Two creators racing (global starting while token generate runs) end up
+// with the same id.
+func TestLoadOrCreateClusterIDConcurrent(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "cluster-id")
+	ids := make([]string, 8)
+	var wg sync.WaitGroup
+	for i := range ids {
+		wg.Go(func() {
+			id, _, err := LoadOrCreateClusterID(path)
+			assert.NoError(t, err)
+			ids[i] = id
+		})
+	}
+	wg.Wait()
+	for _, id := range ids {
+		assert.Equal(t, ids[0], id)
+	}
 }

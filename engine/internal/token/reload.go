@@ -4,12 +4,12 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"fmt"
-	"os"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/kds-engine/kds-engine/engine/internal/filewatch"
+	"github.com/kds-engine/kds-engine/engine/internal/trustfile"
 )
 
 // DefaultKeyCheckInterval is how often, at most, a KeyFileVerifier looks at
@@ -64,9 +64,13 @@ func WithVerifierOptions(opts ...VerifierOption) KeyFileOption {
 
 // NewKeyFileVerifier loads the keys of files (see LoadVerificationKeys) and
 // returns a verifier trusting them and signing, the public half of the
-// signing key. files may be empty: then only signing is trusted and nothing
-// is watched. log receives the reload messages (nil discards them).
-func NewKeyFileVerifier(signing ed25519.PublicKey, files []string, log hclog.Logger, opts ...KeyFileOption) (*KeyFileVerifier, error) {
+// signing key, for tokens whose audience is audience (see NewVerifier).
+// files may be empty: then only signing is trusted and nothing is watched.
+// Every load, the first and each reload, checks the files with trustfile's
+// rule (public files: not writable by group or others; the signing key:
+// not accessible by them). log receives the reload messages (nil discards
+// them).
+func NewKeyFileVerifier(signing ed25519.PublicKey, audience string, files []string, log hclog.Logger, opts ...KeyFileOption) (*KeyFileVerifier, error) {
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
@@ -100,7 +104,7 @@ func NewKeyFileVerifier(signing ed25519.PublicKey, files []string, log hclog.Log
 			if err != nil {
 				return nil, err
 			}
-			v, err := NewVerifier(append([]ed25519.PublicKey{sign}, keys...), o.verifier...)
+			v, err := NewVerifier(append([]ed25519.PublicKey{sign}, keys...), audience, o.verifier...)
 			if err == nil {
 				signing = sign
 			}
@@ -139,9 +143,10 @@ func (v *KeyFileVerifier) Verify(tok, claimedZone string) (string, error) {
 	return v.keys.Current().Verify(tok, claimedZone)
 }
 
-// VerifyID checks tok against the keys trusted now; see Verifier.VerifyID.
-func (v *KeyFileVerifier) VerifyID(tok, claimedZone string) (zone, id string, err error) {
-	return v.keys.Current().VerifyID(tok, claimedZone)
+// VerifyToken checks tok against the keys trusted now; see
+// Verifier.VerifyToken.
+func (v *KeyFileVerifier) VerifyToken(tok, claimedZone string) (Verified, error) {
+	return v.keys.Current().VerifyToken(tok, claimedZone)
 }
 
 // KeyIDs returns the ids of the keys trusted now, sorted.
@@ -163,9 +168,9 @@ func (e *keyFileError) Unwrap() error { return e.err }
 func loadKeyFiles(files []string) ([]ed25519.PublicKey, error) {
 	var keys []ed25519.PublicKey
 	for _, f := range files {
-		data, err := os.ReadFile(f)
+		data, err := trustfile.ReadFile(f, trustfile.Public, whatKeyFile, maxKeyFileSize)
 		if err != nil {
-			return nil, &keyFileError{file: f, err: fmt.Errorf("read verification key file: %w", err)}
+			return nil, &keyFileError{file: f, err: err}
 		}
 		found, err := ParsePublicKeys(data)
 		if err != nil {

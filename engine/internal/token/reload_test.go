@@ -15,6 +15,7 @@ import (
 
 	"github.com/kds-engine/kds-engine/engine/internal/testsupport/fakeclock"
 	"github.com/kds-engine/kds-engine/engine/internal/testsupport/logbuf"
+	"github.com/kds-engine/kds-engine/engine/internal/trustfile"
 )
 
 const warnKeys = "zone token verification key file changed but cannot be used"
@@ -29,7 +30,7 @@ func newSigner(t *testing.T) signer {
 	t.Helper()
 	pub, priv, err := ed25519.GenerateKey(rand.Reader)
 	require.NoError(t, err)
-	iss, err := NewIssuer(priv, WithIssuerClock(func() time.Time { return t0 }))
+	iss, err := NewIssuer(priv, testAudience, WithIssuerClock(func() time.Time { return t0 }))
 	require.NoError(t, err)
 	tok, err := iss.Generate("zone-a", time.Hour)
 	require.NoError(t, err)
@@ -73,7 +74,7 @@ func newKeyFiles(t *testing.T, signing signer, in ...signer) *keyFiles {
 	replaceFile(t, k.file, pubPEM(t, in...))
 	log := hclog.New(&hclog.LoggerOptions{Output: k.logs, Level: hclog.Debug})
 	var err error
-	k.v, err = NewKeyFileVerifier(signing.pub, []string{k.file}, log, WithVerifierOptions(WithClock(k.clk.Now)))
+	k.v, err = NewKeyFileVerifier(signing.pub, testAudience, []string{k.file}, log, WithVerifierOptions(WithClock(k.clk.Now)))
 	require.NoError(t, err)
 	return k
 }
@@ -164,6 +165,51 @@ func TestKeyFileVerifierKeepsKeysWhenFileIsBroken(t *testing.T) {
 	}
 }
 
+// The attack a world-writable verification key file allows: another user
+// appends their key and signs a token with it. The file is refused at the
+// next look (it is writable by others), the key is not trusted, the keys
+// trusted before stay trusted, and the warning names the file, its mode
+// and the fix, once.
+func TestKeyFileVerifierRefusesWorldWritableFileOnReload(t *testing.T) {
+	signing, old, attacker := newSigner(t), newSigner(t), newSigner(t)
+	k := newKeyFiles(t, signing, old)
+
+	require.NoError(t, os.Chmod(k.file, 0o666))
+	f, err := os.OpenFile(k.file, os.O_APPEND|os.O_WRONLY, 0)
+	require.NoError(t, err)
+	_, err = f.Write(pubPEM(t, attacker))
+	require.NoError(t, err)
+	require.NoError(t, f.Close())
+	for range 3 {
+		k.clk.Advance(DefaultKeyCheckInterval)
+		assert.False(t, k.accepts(t, attacker), "a key appended to a file others can write is not trusted")
+		assert.True(t, k.accepts(t, old), "the previous keys stay trusted")
+	}
+	warned := k.logs.Lines("[WARN]", warnKeys, "file="+k.file, "mode 0666", "writable by group or others", "chmod go-w "+k.file)
+	assert.Len(t, warned, 1, k.logs.String())
+
+	// Starting with such a file fails, naming it.
+	_, err = NewKeyFileVerifier(signing.pub, testAudience, []string{k.file}, nil)
+	require.ErrorIs(t, err, trustfile.ErrUnsafe)
+	assert.Contains(t, err.Error(), k.file)
+}
+
+// A verification key file owned by another user is refused like one that
+// others can write: that user can change it.
+func TestKeyFileVerifierRefusesFileOwnedByAnotherUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to give a file to another user")
+	}
+	signing, old, added := newSigner(t), newSigner(t), newSigner(t)
+	k := newKeyFiles(t, signing, old)
+	replaceFile(t, k.file, pubPEM(t, old, added))
+	require.NoError(t, os.Chown(k.file, 4242, 4242))
+	k.clk.Advance(DefaultKeyCheckInterval)
+	assert.False(t, k.accepts(t, added))
+	assert.True(t, k.accepts(t, old))
+	assert.Len(t, k.logs.Lines("[WARN]", warnKeys, "owned by uid 4242", "chown 0 "+k.file), 1, k.logs.String())
+}
+
 func TestKeyFileVerifierAlwaysTrustsSigningKey(t *testing.T) {
 	signing, other, another := newSigner(t), newSigner(t), newSigner(t)
 	k := newKeyFiles(t, signing, other)
@@ -174,7 +220,7 @@ func TestKeyFileVerifierAlwaysTrustsSigningKey(t *testing.T) {
 	assert.True(t, k.accepts(t, signing), "and after a reload")
 
 	// Without files only the signing key is trusted.
-	v, err := NewKeyFileVerifier(signing.pub, nil, nil, WithVerifierOptions(WithClock(k.clk.Now)))
+	v, err := NewKeyFileVerifier(signing.pub, testAudience, nil, nil, WithVerifierOptions(WithClock(k.clk.Now)))
 	require.NoError(t, err)
 	zone, err := v.Verify(signing.tok, "zone-a")
 	require.NoError(t, err)
@@ -189,11 +235,11 @@ func TestKeyFileVerifierStartErrorNamesFile(t *testing.T) {
 	dir := t.TempDir()
 	bad := filepath.Join(dir, "bad.pub")
 	replaceFile(t, bad, []byte("junk"))
-	_, err := NewKeyFileVerifier(signing.pub, []string{bad}, nil)
+	_, err := NewKeyFileVerifier(signing.pub, testAudience, []string{bad}, nil)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), bad)
 	missing := filepath.Join(dir, "missing.pub")
-	_, err = NewKeyFileVerifier(signing.pub, []string{missing}, nil)
+	_, err = NewKeyFileVerifier(signing.pub, testAudience, []string{missing}, nil)
 	require.ErrorIs(t, err, os.ErrNotExist)
 	assert.Contains(t, err.Error(), missing)
 	assert.False(t, strings.Contains(err.Error(), "failed to"))
@@ -212,7 +258,7 @@ func TestKeyFileVerifierFollowsSigningKeyFile(t *testing.T) {
 	newKey, _, err := LoadOrCreateSigningKey(next)
 	require.NoError(t, err)
 	issue := func(key ed25519.PrivateKey) string {
-		iss, err := NewIssuer(key, WithIssuerClock(func() time.Time { return t0 }))
+		iss, err := NewIssuer(key, testAudience, WithIssuerClock(func() time.Time { return t0 }))
 		require.NoError(t, err)
 		tok, err := iss.Generate("zone-a", time.Hour)
 		require.NoError(t, err)
@@ -221,7 +267,7 @@ func TestKeyFileVerifierFollowsSigningKeyFile(t *testing.T) {
 	oldTok, newTok := issue(oldKey), issue(newKey)
 
 	clk, logs := fakeclock.New(t0), &logbuf.Buffer{}
-	v, err := NewKeyFileVerifier(oldKey.Public().(ed25519.PublicKey), nil,
+	v, err := NewKeyFileVerifier(oldKey.Public().(ed25519.PublicKey), testAudience, nil,
 		hclog.New(&hclog.LoggerOptions{Output: logs, Level: hclog.Debug}),
 		WithSigningKeyFile(signingFile), WithVerifierOptions(WithClock(clk.Now)))
 	require.NoError(t, err)

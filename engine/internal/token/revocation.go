@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"encoding/hex"
 	"fmt"
-	"os"
 	"slices"
 	"strings"
 	"time"
@@ -13,16 +12,15 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/kds-engine/kds-engine/engine/internal/filewatch"
+	"github.com/kds-engine/kds-engine/engine/internal/trustfile"
 )
-
-// idLen is the length of a token id: 16 random bytes in hex.
-const idLen = 32
 
 // RevocationList is the set of revoked token ids read from a file, which it
 // reloads when the file changes: on Revoked, at most once per check
 // interval, it stats the file and, when it changed, reads it again. A
-// change that cannot be used (the file is gone, or a line is not a token
-// id) keeps the previous list; that change is logged once as a warning and
+// change that cannot be used (the file is gone, a line is not a token id,
+// or the file fails trustfile's rule: owned by another user, writable by
+// group or others) keeps the previous list; that change is logged once as a warning and
 // the file is tried again when it next changes. The file holds one token id
 // per line (as `kds-engine token generate` prints it); blank lines and
 // everything after a '#' are ignored. It is safe for concurrent use.
@@ -124,9 +122,9 @@ func sortedIDs(ids map[string]struct{}) []string {
 // loadRevocations reads the token ids of file; an error names the file and
 // the line.
 func loadRevocations(file string) (map[string]struct{}, error) {
-	data, err := os.ReadFile(file)
+	data, err := trustfile.ReadFile(file, trustfile.Public, "revocation file", 0)
 	if err != nil {
-		return nil, fmt.Errorf("read revocation file: %w", err)
+		return nil, err
 	}
 	ids, err := ParseRevocations(data)
 	if err != nil {
@@ -147,8 +145,8 @@ func ParseRevocations(data []byte) (map[string]struct{}, error) {
 		if id == "" {
 			continue
 		}
-		if len(id) != idLen || !isHex(id) {
-			return nil, fmt.Errorf("%d: %q is not a token id (%d hexadecimal digits, as kds-engine token generate prints it)", n, id, idLen)
+		if len(id) != IDLength || !isHex(id) {
+			return nil, fmt.Errorf("%d: %q is not a token id (%d hexadecimal digits, as kds-engine token generate prints it)", n, id, IDLength)
 		}
 		ids[id] = struct{}{}
 	}

@@ -2,6 +2,7 @@ package token
 
 import (
 	"crypto/ed25519"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -14,13 +15,14 @@ import (
 
 	"github.com/kds-engine/kds-engine/engine/internal/testsupport/fakeclock"
 	"github.com/kds-engine/kds-engine/engine/internal/testsupport/logbuf"
+	"github.com/kds-engine/kds-engine/engine/internal/trustfile"
 )
 
 func tokenID(t *testing.T, tok string) string {
 	t.Helper()
 	info, err := Inspect(tok)
 	require.NoError(t, err)
-	require.Len(t, info.ID, idLen)
+	require.Len(t, info.ID, IDLength)
 	return info.ID
 }
 
@@ -45,7 +47,7 @@ func TestParseRevocations(t *testing.T) {
 func TestVerifyRefusesRevokedToken(t *testing.T) {
 	s := newSigner(t)
 	id := tokenID(t, s.tok)
-	v, err := NewVerifier([]ed25519.PublicKey{s.pub}, WithClock(func() time.Time { return t0 }), WithRevoked(func(got string) bool { return got == id }))
+	v, err := NewVerifier([]ed25519.PublicKey{s.pub}, testAudience, WithClock(func() time.Time { return t0 }), WithRevoked(func(got string) bool { return got == id }))
 	require.NoError(t, err)
 	_, err = v.Verify(s.tok, "zone-a")
 	require.ErrorIs(t, err, ErrRevoked)
@@ -53,7 +55,7 @@ func TestVerifyRefusesRevokedToken(t *testing.T) {
 	assert.Contains(t, err.Error(), "kds-engine token generate --zone zone-a")
 
 	other := newSigner(t)
-	v, err = NewVerifier([]ed25519.PublicKey{s.pub, other.pub}, WithClock(func() time.Time { return t0 }), WithRevoked(func(got string) bool { return got == id }))
+	v, err = NewVerifier([]ed25519.PublicKey{s.pub, other.pub}, testAudience, WithClock(func() time.Time { return t0 }), WithRevoked(func(got string) bool { return got == id }))
 	require.NoError(t, err)
 	zone, err := v.Verify(other.tok, "zone-a")
 	require.NoError(t, err, "another token of the same zone is not revoked")
@@ -61,7 +63,7 @@ func TestVerifyRefusesRevokedToken(t *testing.T) {
 
 	// Revocation never hides another refusal: a revoked token for another
 	// zone is refused for the zone.
-	v, err = NewVerifier([]ed25519.PublicKey{s.pub}, WithClock(func() time.Time { return t0 }), WithRevoked(func(string) bool { return true }))
+	v, err = NewVerifier([]ed25519.PublicKey{s.pub}, testAudience, WithClock(func() time.Time { return t0 }), WithRevoked(func(string) bool { return true }))
 	require.NoError(t, err)
 	_, err = v.Verify(s.tok, "zone-b")
 	require.ErrorIs(t, err, ErrZoneMismatch)
@@ -72,7 +74,7 @@ func TestInspectToken(t *testing.T) {
 	info, err := Inspect(" " + s.tok + "\n")
 	require.NoError(t, err)
 	assert.Equal(t, "zone-a", info.Zone)
-	assert.Len(t, info.ID, idLen)
+	assert.Len(t, info.ID, IDLength)
 	assert.Equal(t, KeyID(s.pub), info.KeyID)
 	assert.Equal(t, t0, info.IssuedAt)
 	assert.Equal(t, t0.Add(time.Hour), info.ExpiresAt)
@@ -150,6 +152,27 @@ func TestRevocationListReloads(t *testing.T) {
 	assert.Equal(t, []string{}, r.reported()[1])
 }
 
+// A revocation file others can write could un-revoke a leaked token: a
+// change that leaves it writable by group or others is not used.
+func TestRevocationListRefusesWorldWritableFile(t *testing.T) {
+	a, b := strings.Repeat("a", 32), strings.Repeat("b", 32)
+	r, err := newRevocations(t, a+"\n")
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(r.file+".tmp", []byte(b+"\n"), 0o600))
+	require.NoError(t, os.Chmod(r.file+".tmp", 0o666))
+	require.NoError(t, os.Rename(r.file+".tmp", r.file))
+	for range 3 {
+		r.clk.Advance(DefaultKeyCheckInterval)
+		assert.True(t, r.l.Revoked(a), "the previous list stays in force")
+		assert.False(t, r.l.Revoked(b))
+	}
+	warn := r.logs.Lines("[WARN]", "revocation file changed but cannot be used", "mode 0666", "chmod go-w "+r.file)
+	assert.Len(t, warn, 1, r.logs.String())
+
+	_, err = NewRevocationList(r.file, nil)
+	require.ErrorIs(t, err, trustfile.ErrUnsafe, "refused at start too")
+}
+
 func TestRevocationListRefusesUnusableFileAtStart(t *testing.T) {
 	_, err := newRevocations(t, "# ok\nnot-an-id\n")
 	require.Error(t, err)
@@ -167,7 +190,7 @@ func TestKeyFileVerifierWithRevocationList(t *testing.T) {
 	id := tokenID(t, s.tok)
 	r, err := newRevocations(t, "")
 	require.NoError(t, err)
-	v, err := NewKeyFileVerifier(s.pub, nil, nil, WithVerifierOptions(WithClock(r.clk.Now), WithRevoked(r.l.Revoked)))
+	v, err := NewKeyFileVerifier(s.pub, testAudience, nil, nil, WithVerifierOptions(WithClock(r.clk.Now), WithRevoked(r.l.Revoked)))
 	require.NoError(t, err)
 	_, err = v.Verify(s.tok, "zone-a")
 	require.NoError(t, err)
@@ -184,15 +207,16 @@ func TestKeyFileVerifierWithRevocationList(t *testing.T) {
 	require.NoError(t, err)
 }
 
-func TestVerifyIDReturnsTheTokenID(t *testing.T) {
+func TestVerifyTokenReturnsIDAndExpiry(t *testing.T) {
 	s := newSigner(t)
-	v, err := NewVerifier([]ed25519.PublicKey{s.pub}, WithClock(func() time.Time { return t0 }))
+	v, err := NewVerifier([]ed25519.PublicKey{s.pub}, testAudience, WithClock(func() time.Time { return t0 }))
 	require.NoError(t, err)
-	zone, id, err := v.VerifyID(s.tok, "zone-a")
+	got, err := v.VerifyToken(s.tok, "zone-a")
 	require.NoError(t, err)
-	assert.Equal(t, "zone-a", zone)
-	assert.Equal(t, tokenID(t, s.tok), id)
-	_, id, err = v.VerifyID(s.tok, "zone-b")
+	assert.Equal(t, "zone-a", got.Zone)
+	assert.Equal(t, tokenID(t, s.tok), got.ID)
+	assert.Equal(t, t0.Add(time.Hour), got.ExpiresAt)
+	got, err = v.VerifyToken(s.tok, "zone-b")
 	require.ErrorIs(t, err, ErrZoneMismatch)
-	assert.Empty(t, id, "no id for a refused token")
+	assert.Empty(t, got.ID, "no id for a refused token")
 }

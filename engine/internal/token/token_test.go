@@ -18,6 +18,12 @@ import (
 
 var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 
+// testAudience is the cluster id of the global the tests' tokens are for.
+const testAudience = "test-cluster"
+
+// testID is a canonical token id for hand-made tokens.
+const testID = "0123456789abcdef0123456789abcdef"
+
 type fixture struct {
 	priv     ed25519.PrivateKey
 	pub      ed25519.PublicKey
@@ -31,9 +37,9 @@ func newFixture(t *testing.T) *fixture {
 	pub, priv, err := ed25519.GenerateKey(rand.Reader)
 	require.NoError(t, err)
 	f := &fixture{priv: priv, pub: pub, now: t0}
-	f.issuer, err = NewIssuer(priv, WithIssuerClock(func() time.Time { return t0 }))
+	f.issuer, err = NewIssuer(priv, testAudience, WithIssuerClock(func() time.Time { return t0 }))
 	require.NoError(t, err)
-	f.verifier, err = NewVerifier([]ed25519.PublicKey{pub}, WithClock(func() time.Time { return f.now }))
+	f.verifier, err = NewVerifier([]ed25519.PublicKey{pub}, testAudience, WithClock(func() time.Time { return f.now }))
 	require.NoError(t, err)
 	return f
 }
@@ -55,9 +61,11 @@ func validClaims(zone string) jwt.RegisteredClaims {
 	return jwt.RegisteredClaims{
 		Issuer:    IssuerName,
 		Subject:   zone,
+		Audience:  jwt.ClaimStrings{testAudience},
 		IssuedAt:  jwt.NewNumericDate(t0),
 		NotBefore: jwt.NewNumericDate(t0),
 		ExpiresAt: jwt.NewNumericDate(t0.Add(time.Hour)),
+		ID:        testID,
 	}
 }
 
@@ -90,7 +98,10 @@ func TestGenerateAndVerify(t *testing.T) {
 	assert.EqualValues(t, t0.Unix(), payload["iat"])
 	assert.EqualValues(t, t0.Unix(), payload["nbf"])
 	assert.EqualValues(t, t0.Add(24*time.Hour).Unix(), payload["exp"])
-	assert.Len(t, payload["jti"], 32)
+	assert.Equal(t, []any{testAudience}, payload["aud"], "the token names its global")
+	assert.Regexp(t, "^[0-9a-f]{32}$", payload["jti"])
+	_, crit := header["crit"]
+	assert.False(t, crit)
 
 	other, err := f.issuer.Generate("zone-a", 24*time.Hour)
 	require.NoError(t, err)
@@ -112,11 +123,80 @@ func TestGenerateRejectsBadInput(t *testing.T) {
 	_, err := f.issuer.Generate(strings.Repeat("z", MaxZoneNameLength), time.Hour)
 	assert.NoError(t, err)
 
-	_, err = NewIssuer(ed25519.PrivateKey{1, 2})
+	_, err = NewIssuer(ed25519.PrivateKey{1, 2}, testAudience)
 	assert.Error(t, err)
+	for _, aud := range []string{"", "Upper", "has space", strings.Repeat("a", 64)} {
+		_, err = NewIssuer(f.priv, aud)
+		assert.Error(t, err, "audience %q", aud)
+		_, err = NewVerifier([]ed25519.PublicKey{f.pub}, aud)
+		assert.Error(t, err, "audience %q", aud)
+	}
 }
 
-var allSentinels = []error{ErrMissing, ErrExpired, ErrNotYetValid, ErrUnknownKey, ErrBadSignature, ErrZoneMismatch, ErrMalformed}
+// A token is valid for 30 days unless told, and warned about a week before.
+func TestDefaultValidityIsThirtyDays(t *testing.T) {
+	assert.Equal(t, 720*time.Hour, DefaultValidity)
+	assert.Equal(t, 7*24*time.Hour, ExpiryWarning)
+}
+
+// A token without a canonical id cannot be listed in a revocation file
+// (ids are compared lower-case), so it is refused.
+func TestVerifyRefusesTokenWithoutCanonicalID(t *testing.T) {
+	f := newFixture(t)
+	kid := map[string]any{"kid": KeyID(f.pub)}
+	for name, id := range map[string]string{
+		"no jti":     "",
+		"upper case": strings.ToUpper(testID),
+		"too short":  testID[:31],
+		"not hex":    strings.Repeat("g", 32),
+		"uuid":       "01234567-89ab-cdef-0123-456789abcdef",
+	} {
+		t.Run(name, func(t *testing.T) {
+			c := validClaims("zone-a")
+			c.ID = id
+			_, err := f.verifier.Verify(signRaw(t, jwt.SigningMethodEdDSA, f.priv, kid, c), "zone-a")
+			assertOnly(t, err, ErrMalformed, "token id (jti)", "could not be revoked")
+		})
+	}
+	_, err := f.verifier.Verify(signRaw(t, jwt.SigningMethodEdDSA, f.priv, kid, validClaims("zone-a")), "zone-a")
+	require.NoError(t, err, "the same token with a canonical id passes")
+}
+
+// A header naming critical extensions is refused: the verifier knows none,
+// so it cannot honour what they require.
+func TestVerifyRefusesCritHeader(t *testing.T) {
+	f := newFixture(t)
+	for _, crit := range []any{[]string{"exp"}, []string{"b64"}, []string{}, "x"} {
+		tok := signRaw(t, jwt.SigningMethodEdDSA, f.priv, map[string]any{"kid": KeyID(f.pub), "crit": crit}, validClaims("zone-a"))
+		_, err := f.verifier.Verify(tok, "zone-a")
+		assertOnly(t, err, ErrMalformed, `"crit"`)
+	}
+}
+
+// A token names the global it is for; another global's token (signed with
+// the same key, say a copied key) or one naming none is refused.
+func TestVerifyRefusesWrongOrMissingAudience(t *testing.T) {
+	f := newFixture(t)
+	kid := map[string]any{"kid": KeyID(f.pub)}
+	other := validClaims("zone-a")
+	other.Audience = jwt.ClaimStrings{"other-cluster"}
+	_, err := f.verifier.Verify(signRaw(t, jwt.SigningMethodEdDSA, f.priv, kid, other), "zone-a")
+	assertOnly(t, err, ErrWrongAudience, "other-cluster", testAudience)
+
+	none := validClaims("zone-a")
+	none.Audience = nil
+	_, err = f.verifier.Verify(signRaw(t, jwt.SigningMethodEdDSA, f.priv, kid, none), "zone-a")
+	assertOnly(t, err, ErrWrongAudience, "names global none")
+
+	iss, err := NewIssuer(f.priv, "other-cluster", WithIssuerClock(func() time.Time { return t0 }))
+	require.NoError(t, err)
+	tok, err := iss.Generate("zone-a", time.Hour)
+	require.NoError(t, err)
+	_, err = f.verifier.Verify(tok, "zone-a")
+	assertOnly(t, err, ErrWrongAudience)
+}
+
+var allSentinels = []error{ErrMissing, ErrExpired, ErrNotYetValid, ErrUnknownKey, ErrBadSignature, ErrZoneMismatch, ErrMalformed, ErrWrongAudience}
 
 // assertOnly checks err wraps want and no other sentinel, and that its text
 // contains every fragment.
@@ -162,7 +242,7 @@ func TestVerifyLeewayIsConfigurable(t *testing.T) {
 	f := newFixture(t)
 	tok, err := f.issuer.Generate("zone-a", time.Hour)
 	require.NoError(t, err)
-	strict, err := NewVerifier([]ed25519.PublicKey{f.pub}, WithLeeway(0),
+	strict, err := NewVerifier([]ed25519.PublicKey{f.pub}, testAudience, WithLeeway(0),
 		WithClock(func() time.Time { return t0.Add(time.Hour + time.Second) }))
 	require.NoError(t, err)
 	_, err = strict.Verify(tok, "zone-a")
@@ -187,7 +267,7 @@ func TestVerifyUnknownKey(t *testing.T) {
 	f := newFixture(t)
 	_, otherPriv, err := ed25519.GenerateKey(rand.Reader)
 	require.NoError(t, err)
-	other, err := NewIssuer(otherPriv, WithIssuerClock(func() time.Time { return t0 }))
+	other, err := NewIssuer(otherPriv, testAudience, WithIssuerClock(func() time.Time { return t0 }))
 	require.NoError(t, err)
 	tok, err := other.Generate("zone-a", time.Hour)
 	require.NoError(t, err)
@@ -234,11 +314,11 @@ func TestVerifyRejectsOtherAlgorithms(t *testing.T) {
 	// The classic key-confusion attack: HMAC keyed with the public key.
 	hs := signRaw(t, jwt.SigningMethodHS256, []byte(f.pub), header, validClaims("zone-a"))
 	_, err := f.verifier.Verify(hs, "zone-a")
-	assertOnly(t, err, ErrBadSignature, `"HS256" is not accepted`)
+	assertOnly(t, err, ErrBadSignature, `algorithm HS256 is not accepted`)
 
 	none := signRaw(t, jwt.SigningMethodNone, jwt.UnsafeAllowNoneSignatureType, header, validClaims("zone-a"))
 	_, err = f.verifier.Verify(none, "zone-a")
-	assertOnly(t, err, ErrBadSignature, `"none" is not accepted`)
+	assertOnly(t, err, ErrBadSignature, `algorithm none is not accepted`)
 
 	// alg=none with a hand-written header, empty signature.
 	handmade := encodeSegment(t, map[string]any{"alg": "none", "typ": "JWT", "kid": KeyID(f.pub)}) + "." +
@@ -260,7 +340,7 @@ func TestVerifyZoneMismatch(t *testing.T) {
 	require.NoError(t, err)
 
 	_, err = f.verifier.Verify(tok, "zone-b")
-	assertOnly(t, err, ErrZoneMismatch, `token is for zone "zone-a", connection claims zone "zone-b"`)
+	assertOnly(t, err, ErrZoneMismatch, `token is for zone zone-a, connection claims zone zone-b`)
 
 	_, err = f.verifier.Verify(tok, "")
 	assertOnly(t, err, ErrZoneMismatch, "connection claims no zone")
@@ -303,9 +383,9 @@ func TestRotation(t *testing.T) {
 	require.NoError(t, err)
 	_, newPriv, err := ed25519.GenerateKey(rand.Reader)
 	require.NoError(t, err)
-	oldIss, err := NewIssuer(oldPriv)
+	oldIss, err := NewIssuer(oldPriv, testAudience)
 	require.NoError(t, err)
-	newIss, err := NewIssuer(newPriv)
+	newIss, err := NewIssuer(newPriv, testAudience)
 	require.NoError(t, err)
 	oldTok, err := oldIss.Generate("zone-a", time.Hour)
 	require.NoError(t, err)
@@ -313,7 +393,7 @@ func TestRotation(t *testing.T) {
 	require.NoError(t, err)
 
 	// Step 1: both keys trusted — old and new tokens verify.
-	both, err := NewVerifier([]ed25519.PublicKey{oldIss.PublicKey(), newIss.PublicKey(), newIss.PublicKey()})
+	both, err := NewVerifier([]ed25519.PublicKey{oldIss.PublicKey(), newIss.PublicKey(), newIss.PublicKey()}, testAudience)
 	require.NoError(t, err)
 	assert.Len(t, both.KeyIDs(), 2, "duplicates are ignored")
 	for _, tok := range []string{oldTok, newTok} {
@@ -323,7 +403,7 @@ func TestRotation(t *testing.T) {
 	}
 
 	// Step 2: old key dropped — old tokens are refused, naming the key.
-	onlyNew, err := NewVerifier([]ed25519.PublicKey{newIss.PublicKey()})
+	onlyNew, err := NewVerifier([]ed25519.PublicKey{newIss.PublicKey()}, testAudience)
 	require.NoError(t, err)
 	_, err = onlyNew.Verify(newTok, "zone-a")
 	require.NoError(t, err)
@@ -332,9 +412,9 @@ func TestRotation(t *testing.T) {
 }
 
 func TestNewVerifierValidatesKeys(t *testing.T) {
-	_, err := NewVerifier(nil)
+	_, err := NewVerifier(nil, testAudience)
 	assert.Error(t, err)
-	_, err = NewVerifier([]ed25519.PublicKey{{1, 2, 3}})
+	_, err = NewVerifier([]ed25519.PublicKey{{1, 2, 3}}, testAudience)
 	assert.Error(t, err)
 }
 

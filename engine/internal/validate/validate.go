@@ -1,8 +1,9 @@
 // Package validate is the validation pipeline the engine runs on every write
 // and on every received sync response, before anything is stored:
 //
-//  1. envelope: known type, name and mesh syntax, scope rules, label keys,
-//     total size against the configured limit, spec is JSON;
+//  1. envelope: known type, name and mesh syntax, scope rules, label keys
+//     and values (Kubernetes syntax; the kds-engine.io/ prefix is the
+//     engine's), total size against the configured limit, spec is JSON;
 //  2. the type's JSON Schema (compiled once per type when the Validator is
 //     built);
 //  3. the plugin's own Validate, resources grouped by plugin and sent in
@@ -325,12 +326,7 @@ func (v *Validator) envelope(p *fastjson.Parser, r *resource.Resource) (resource
 	if msg := nameProblem(r.Name); msg != "" {
 		add("name", "%s", msg)
 	}
-	for k := range r.Labels {
-		if k == "" || len(k) > MaxNameLength {
-			add("labels", "label names must be 1-%d characters", MaxNameLength)
-			break
-		}
-	}
+	fes = append(fes, labelErrors(r.Labels)...)
 	spec, err := parseSpec(p, r.Spec)
 	switch {
 	case err != nil:

@@ -127,7 +127,9 @@ func TestEnvelope(t *testing.T) {
 		{r("", "default", "notype", `{}`), "type", "is required"},
 		{r("alphaGlobal", "", "big", `{"pad":"`+strings.Repeat("x", 3000)+`"}`), "", "over the limit of 2048 bytes"},
 		{r("alphaGlobal", "", "notjson", `{"port":`), "spec", "not valid JSON"},
-		{&resource.Resource{Type: "alphaGlobal", Name: "label", Labels: map[string]string{"": "x"}}, "labels", "label names"},
+		{&resource.Resource{Type: "alphaGlobal", Name: "label", Labels: map[string]string{"": "x"}}, "labels", `label "": the name is empty`},
+		{&resource.Resource{Type: "alphaGlobal", Name: "badlabel", Labels: map[string]string{"kuma.io/Not Valid!": "x"}}, "labels", `label "kuma.io/Not Valid!": the name may hold only`},
+		{&resource.Resource{Type: "alphaGlobal", Name: "reserved", Labels: map[string]string{"kds-engine.io/zone": "z"}}, "labels", `label "kds-engine.io/zone": the prefix kds-engine.io/ is reserved`},
 	}
 	rs := make([]*resource.Resource, len(cases))
 	for i, c := range cases {
@@ -246,4 +248,40 @@ func TestUngroup(t *testing.T) {
 	assert.Equal(t, "maximum: got 70000, want 65535", ungroup("maximum: got 70,000, want 65,535"))
 	assert.Equal(t, "got 1000000", ungroup("got 1,000,000"))
 	assert.Equal(t, "a, b", ungroup("a, b"))
+}
+
+// Label keys and values follow Kubernetes' syntax, and the kds-engine.io/
+// prefix belongs to the engine.
+func TestLabelSyntax(t *testing.T) {
+	for _, ok := range [][2]string{
+		{"team", "web"}, {"team", ""}, {"app.kubernetes.io/name", "web-1"}, {"kuma.io/service", "web_v1.2"},
+		{"a", "B"}, {strings.Repeat("a", 63), strings.Repeat("v", 63)}, {strings.Repeat("p", 253) + "/n", "x"},
+		{"example.com/Mixed_Case.name-1", "Z"}, {"kds-engine.io.example/x", "y"},
+	} {
+		assert.Empty(t, LabelProblem(ok[0], ok[1]), "%q=%q", ok[0], ok[1])
+	}
+	for _, bad := range []struct{ key, value, msg string }{
+		{"kuma.io/Not Valid!", "", "the name may hold only"},
+		{"Not Valid", "", "the name may hold only"},
+		{"-lead", "", "start and end"},
+		{"trail.", "", "start and end"},
+		{"", "x", "the name is empty"},
+		{"example.com/", "x", "the name is empty"},
+		{"/name", "x", "the prefix before '/' is empty"},
+		{"Example.com/name", "x", "DNS subdomain"},
+		{"a/b/c", "x", "the name may hold only"},
+		{"exa_mple.com/name", "x", "DNS subdomain"},
+		{strings.Repeat("a", 64), "x", "the name is 64 characters, at most 63"},
+		{strings.Repeat("p", 254) + "/n", "x", "the prefix is 254 characters, at most 253"},
+		{"team", strings.Repeat("v", 64), "the value is 64 characters, at most 63"},
+		{"team", "has space", "the value"},
+		{"team", "-x", "the value"},
+		{"team", "line\nbreak", `the value "line\nbreak"`},
+		{"kds-engine.io/owner", "me", "reserved for labels the engine sets"},
+		{"kds-engine.io/", "", "reserved"},
+	} {
+		msg := LabelProblem(bad.key, bad.value)
+		assert.Contains(t, msg, bad.msg, "%q=%q", bad.key, bad.value)
+		assert.Less(t, len(msg), 400, "bounded: %s", msg)
+	}
 }

@@ -466,10 +466,11 @@ func TestRunPrecedenceFileEnvFlag(t *testing.T) {
 	h.files["other.yaml"] = "sendTimeout: 3s\n"
 	a, _, errb = h.app()
 	a.RunEngine = fe.Run
-	require.Equal(t, ExitOK, a.Run([]string{"global", "--config", "other.yaml", "--insecure"}), errb.String())
+	require.Equal(t, ExitOK, a.Run([]string{"global", "--config", "other.yaml", "--insecure", "--insecure-allow-remote"}), errb.String())
 	assert.Equal(t, 3*time.Second, fe.last(t).SendTimeout)
 	assert.Equal(t, ":5685", fe.last(t).KDSAddress)
 	assert.True(t, fe.last(t).Insecure, "--insecure without a value")
+	assert.True(t, fe.last(t).InsecureAllowRemote)
 	assert.Equal(t, 20, fe.last(t).SessionsPerMinute, "default")
 	assert.Equal(t, 100000, fe.last(t).MaxResourcesPerZoneType, "default")
 }
@@ -495,7 +496,7 @@ func TestRunInvalidConfigExitsOne(t *testing.T) {
 
 	a, _, errb = h.app()
 	a.RunEngine = fe.Run
-	assert.Equal(t, ExitUsage, a.Run([]string{"zone", "--name", "zone-1", "--global", "g:1", "--insecure", "--token-file", "t",
+	assert.Equal(t, ExitUsage, a.Run([]string{"zone", "--name", "zone-1", "--global", "127.0.0.1:1", "--insecure", "--token-file", "t",
 		"--cert-file", "z.crt"}))
 	assert.Equal(t, "kds-engine zone: invalid configuration:\n"+
 		"  cert-file: --cert-file and --key-file go together (accepted: a PEM certificate file)\n", errb.String())
@@ -521,7 +522,7 @@ func TestRunEngineFailureExitsTwo(t *testing.T) {
 	h := newHarness(t, "global")
 	a, _, errb := h.app()
 	a.RunEngine = (&fakeEngine{run: func(context.Context) error { return errors.New("listen :5685: address in use") }}).Run
-	assert.Equal(t, ExitFailed, a.Run([]string{"global", "--log-level", "error", "--insecure"}))
+	assert.Equal(t, ExitFailed, a.Run([]string{"global", "--log-level", "error", "--insecure", "--kds-addr", "127.0.0.1:5685"}))
 	assert.Equal(t, "kds-engine global: listen :5685: address in use\n", errb.String())
 }
 
@@ -569,7 +570,7 @@ func TestRunFirstSignalCancelsSecondExits(t *testing.T) {
 		return ctx.Err()
 	}}).Run
 	done := make(chan int, 1)
-	go func() { done <- a.Run([]string{"global", "--insecure"}) }()
+	go func() { done <- a.Run([]string{"global", "--insecure", "--kds-addr", "127.0.0.1:5685"}) }()
 	waitStarted(t, started, done, errb)
 	sigs <- syscall.SIGTERM
 	assert.Equal(t, ExitOK, within(t, done, 10*time.Second, "run did not return after the first signal"), errb.String())
@@ -592,7 +593,7 @@ func TestRunFirstSignalCancelsSecondExits(t *testing.T) {
 		}
 		return nil
 	}}).Run
-	go func() { done <- a.Run([]string{"global", "--insecure"}) }()
+	go func() { done <- a.Run([]string{"global", "--insecure", "--kds-addr", "127.0.0.1:5685"}) }()
 	waitStarted(t, started2, done, errb2)
 	sigs <- syscall.SIGINT
 	sigs <- syscall.SIGINT

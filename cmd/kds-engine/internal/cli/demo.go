@@ -225,7 +225,7 @@ func demoSecurity(dataDir string) (demoSecurityFiles, error) {
 	}
 	f.tokens = map[string]string{}
 	for _, z := range demoZones {
-		tok, err := engine.GenerateZoneToken(filepath.Join(dataDir, "global"), "", z, 24*time.Hour)
+		tok, err := engine.GenerateZoneToken(filepath.Join(dataDir, "global"), "", "", z, engine.DefaultTokenValidity)
 		if err != nil {
 			return f, fmt.Errorf("token of %s: %w", z, err)
 		}

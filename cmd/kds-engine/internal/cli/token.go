@@ -20,6 +20,7 @@ type tokenFlags struct {
 	validFor       time.Duration
 	dataDir        string
 	signingKeyFile string
+	clusterID      string
 	output         string
 }
 
@@ -34,10 +35,12 @@ func (a *App) tokenCommand() *cobra.Command {
 		Use:   "generate --zone NAME",
 		Short: "Sign a token for a zone with global's signing key",
 		Long: "Sign a token for a zone with global's token signing key and print it (or write it to -o FILE, mode 0600).\n" +
-			"Run it on global's machine with global's --data-dir (or --token-signing-key-file); the zone presents the\n" +
-			"token from its --token-file. Without --token-signing-key-file the key is DATA_DIR/zone-token-signing.key,\n" +
-			"created when missing (global creates and loads the same file). The data dir and key file also come from\n" +
-			"KDS_ENGINE_DATA_DIR and KDS_ENGINE_TOKEN_SIGNING_KEY_FILE, like global's.",
+			"Run it on global's machine with global's --data-dir (or --token-signing-key-file and --cluster-id); the zone\n" +
+			"presents the token from its --token-file. Without --token-signing-key-file the key is\n" +
+			"DATA_DIR/zone-token-signing.key, created when missing (global creates and loads the same file). The token\n" +
+			"names the global it is for (its audience): --cluster-id, or the id in DATA_DIR/cluster-id, created when\n" +
+			"missing (global does the same). The data dir, key file and cluster id also come from KDS_ENGINE_DATA_DIR,\n" +
+			"KDS_ENGINE_TOKEN_SIGNING_KEY_FILE and KDS_ENGINE_CLUSTER_ID, like global's.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return a.tokenGenerate(cmd, f) },
 	}
@@ -47,6 +50,7 @@ func (a *App) tokenCommand() *cobra.Command {
 	fs.StringVar(&f.dataDir, "data-dir", "kds-data/global", "global's data dir, holding the signing key (env KDS_ENGINE_DATA_DIR)")
 	fs.StringVar(&f.signingKeyFile, "token-signing-key-file", "",
 		"global's signing key (default: DATA_DIR/zone-token-signing.key) (env KDS_ENGINE_TOKEN_SIGNING_KEY_FILE)")
+	fs.StringVar(&f.clusterID, "cluster-id", "", "global's cluster id, the token's audience (default: the id in DATA_DIR/cluster-id) (env KDS_ENGINE_CLUSTER_ID)")
 	fs.StringVarP(&f.output, "output", "o", "", "write the token to this file (mode 0600) instead of stdout")
 
 	var format string
@@ -90,8 +94,8 @@ func (a *App) tokenInspect(args []string, format string) error {
 	if left := time.Until(info.ExpiresAt); left > 0 {
 		expiry = "in " + left.Truncate(time.Minute).String()
 	}
-	fmt.Fprintf(a.Stdout, "zone:       %s\nid:         %s\nkey id:     %s\nissued at:  %s\nexpires at: %s (%s)\n",
-		info.Zone, info.ID, info.KeyID, info.IssuedAt.Format(time.RFC3339), info.ExpiresAt.Format(time.RFC3339), expiry)
+	fmt.Fprintf(a.Stdout, "zone:       %s\nfor global: %s\nid:         %s\nkey id:     %s\nissued at:  %s\nexpires at: %s (%s)\n",
+		info.Zone, info.Audience, info.ID, info.KeyID, info.IssuedAt.Format(time.RFC3339), info.ExpiresAt.Format(time.RFC3339), expiry)
 	fmt.Fprintln(a.Stderr, "not verified: only global can tell whether it accepts this token")
 	return nil
 }
@@ -115,17 +119,28 @@ func (a *App) tokenGenerate(cmd *cobra.Command, f tokenFlags) error {
 	}
 	fromEnv("data-dir", config.EnvPrefix+"DATA_DIR", &f.dataDir)
 	fromEnv("token-signing-key-file", config.EnvPrefix+"TOKEN_SIGNING_KEY_FILE", &f.signingKeyFile)
+	fromEnv("cluster-id", config.EnvPrefix+"CLUSTER_ID", &f.clusterID)
+	if f.clusterID != "" && !config.ValidZoneName(f.clusterID) {
+		return usageError(fmt.Errorf("%s: --cluster-id %q is not a valid cluster id (accepted: %s)", verb, f.clusterID, config.ClusterIDAccepted))
+	}
 
 	keyFile := engine.SigningKeyFile(f.dataDir, f.signingKeyFile)
 	_, statErr := os.Stat(keyFile)
 	created := f.signingKeyFile == "" && errors.Is(statErr, os.ErrNotExist)
-	tok, err := engine.GenerateZoneToken(f.dataDir, f.signingKeyFile, f.zone, f.validFor)
+	idFile := engine.ClusterIDFile(f.dataDir)
+	_, statErr = os.Stat(idFile)
+	idCreated := f.clusterID == "" && errors.Is(statErr, os.ErrNotExist)
+	tok, err := engine.GenerateZoneToken(f.dataDir, f.signingKeyFile, f.clusterID, f.zone, f.validFor)
 	if err != nil {
 		return failed(fmt.Errorf("%s: %w", verb, err))
 	}
 	if created {
 		fmt.Fprintf(a.Stderr, "%s: created the signing key %s; global must run with --data-dir %s to accept this token\n",
 			verb, keyFile, f.dataDir)
+	}
+	if idCreated {
+		fmt.Fprintf(a.Stderr, "%s: created the cluster id %s; global must run with --data-dir %s to accept this token\n",
+			verb, idFile, f.dataDir)
 	}
 	info, err := engine.InspectZoneToken(tok)
 	if err != nil {
@@ -140,8 +155,8 @@ func (a *App) tokenGenerate(cmd *cobra.Command, f tokenFlags) error {
 	if err := writePrivateFile(f.output, []byte(tok+"\n")); err != nil {
 		return failed(fmt.Errorf("%s: %w", verb, err))
 	}
-	fmt.Fprintf(a.Stderr, "token of zone %s written to %s (valid for %s); token id %s (list it in global's --token-revocation-file to revoke the token)\n",
-		f.zone, f.output, f.validFor, id)
+	fmt.Fprintf(a.Stderr, "token of zone %s for global %s written to %s (valid for %s); token id %s (list it in global's --token-revocation-file to revoke the token)\n",
+		f.zone, info.Audience, f.output, f.validFor, id)
 	return nil
 }
 

@@ -65,7 +65,15 @@ func TestTokenGenerateStdout(t *testing.T) {
 	assert.Equal(t, "zone-1", claims["sub"])
 	exp, err := claims.GetExpirationTime()
 	require.NoError(t, err)
-	assert.WithinDuration(t, time.Now().Add(8760*time.Hour), exp.Time, time.Minute, "default validity one year")
+	assert.WithinDuration(t, time.Now().Add(720*time.Hour), exp.Time, time.Minute, "default validity 30 days")
+	idFile := filepath.Join(dir, "cluster-id")
+	assert.Contains(t, errOut, "created the cluster id "+idFile)
+	id, err := os.ReadFile(idFile)
+	require.NoError(t, err)
+	aud, err := claims.GetAudience()
+	require.NoError(t, err)
+	assert.Equal(t, jwt.ClaimStrings{strings.TrimSpace(string(id))}, aud, "the token names global's cluster id")
+	assert.Regexp(t, "^[0-9a-f]{32}$", claims["jti"])
 
 	// A second token uses the same key and says nothing about creating it.
 	code, out, errOut = runCLI(t, nil, "token", "generate", "--zone", "zone-2", "--data-dir", dir, "--valid-for", "2h")
@@ -88,7 +96,8 @@ func TestTokenGenerateToFileAndEnv(t *testing.T) {
 	code, out, errOut := runCLI(t, map[string]string{"KDS_ENGINE_DATA_DIR": dir}, "token", "generate", "--zone", "zone-1", "-o", outFile)
 	require.Equal(t, ExitOK, code, errOut)
 	assert.Empty(t, out)
-	assert.Contains(t, errOut, "token of zone zone-1 written to "+outFile)
+	assert.Contains(t, errOut, "token of zone zone-1 for global ")
+	assert.Contains(t, errOut, " written to "+outFile)
 	assert.Contains(t, errOut, "token id ")
 	st, err := os.Stat(outFile)
 	require.NoError(t, err)
@@ -100,6 +109,20 @@ func TestTokenGenerateToFileAndEnv(t *testing.T) {
 	entries, err := os.ReadDir(tmp)
 	require.NoError(t, err)
 	assert.Len(t, entries, 2, "no temporary file left: %v", entries)
+
+	// The cluster id comes from the flag or the environment, like global's.
+	code, _, errOut = runCLI(t, map[string]string{"KDS_ENGINE_DATA_DIR": dir, "KDS_ENGINE_CLUSTER_ID": "prod-eu"},
+		"token", "generate", "--zone", "zone-1", "-o", outFile)
+	require.Equal(t, ExitOK, code, errOut)
+	raw, err = os.ReadFile(outFile)
+	require.NoError(t, err)
+	claims = verifyToken(t, strings.TrimSpace(string(raw)), filepath.Join(dir, "zone-token-signing.key"))
+	aud, err := claims.GetAudience()
+	require.NoError(t, err)
+	assert.Equal(t, jwt.ClaimStrings{"prod-eu"}, aud)
+	code, _, errOut = runCLI(t, nil, "token", "generate", "--zone", "zone-1", "--data-dir", dir, "--cluster-id", "Prod EU")
+	assert.Equal(t, ExitUsage, code)
+	assert.Contains(t, errOut, `--cluster-id "Prod EU" is not a valid cluster id`)
 }
 
 func TestTokenGenerateUsageErrors(t *testing.T) {

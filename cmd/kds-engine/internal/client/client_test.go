@@ -54,3 +54,20 @@ func TestUnreachable(t *testing.T) {
 	_, err = c.Plugins(context.Background())
 	assert.True(t, errors.Is(err, ErrUnreachable), err)
 }
+
+// Writes send Content-Type: application/json, which the admin API requires
+// of every request with a body (it refuses form-like cross-site posts).
+func TestWritesSendJSONContentType(t *testing.T) {
+	var got *http.Request
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got = r
+		_, _ = w.Write([]byte(`{"results":[]}`))
+	}))
+	defer srv.Close()
+	c, err := New(srv.URL, "", nil)
+	require.NoError(t, err)
+	_, err = c.Apply(context.Background(), []Resource{{Type: "Mesh", Name: "default"}})
+	require.NoError(t, err)
+	assert.Equal(t, http.MethodPost, got.Method)
+	assert.Equal(t, "application/json", got.Header.Get("Content-Type"))
+}

@@ -54,12 +54,15 @@ type Config struct {
 	LogLevel  string `json:"logLevel"`
 	LogFormat string `json:"logFormat"`
 
-	Insecure bool `json:"insecure,omitempty"`
+	Insecure            bool `json:"insecure,omitempty"`
+	InsecureAllowRemote bool `json:"insecureAllowRemote,omitempty"`
 
 	TLSCertFile               string   `json:"tlsCertFile,omitempty"`               // global
 	TLSKeyFile                string   `json:"tlsKeyFile,omitempty"`                // global
 	ClientCAFile              string   `json:"clientCAFile,omitempty"`              // global
 	TokenSigningKeyFile       string   `json:"tokenSigningKeyFile,omitempty"`       // global
+	ClusterID                 string   `json:"clusterID,omitempty"`                 // global
+	ClientCertMustNameZone    bool     `json:"clientCertMustNameZone"`              // global
 	TokenVerificationKeyFiles []string `json:"tokenVerificationKeyFiles,omitempty"` // global
 	TokenRevocationFile       string   `json:"tokenRevocationFile,omitempty"`       // global
 	SessionsPerMinute         int      `json:"sessionsPerMinute,omitempty"`         // global
@@ -70,9 +73,15 @@ type Config struct {
 	KeyFile   string `json:"keyFile,omitempty"`   // zone
 	TokenFile string `json:"tokenFile,omitempty"` // zone
 
-	APITokenFile   string `json:"apiTokenFile,omitempty"`
-	APITLSCertFile string `json:"apiTLSCertFile,omitempty"`
-	APITLSKeyFile  string `json:"apiTLSKeyFile,omitempty"`
+	APITokenFile      string        `json:"apiTokenFile,omitempty"`
+	APITLSCertFile    string        `json:"apiTLSCertFile,omitempty"`
+	APITLSKeyFile     string        `json:"apiTLSKeyFile,omitempty"`
+	APIAllowedHosts   []string      `json:"apiAllowedHosts,omitempty"`
+	APIMaxBodySize    int64         `json:"apiMaxBodySize,omitempty"`
+	APIMaxConnections int           `json:"apiMaxConnections"`
+	APIReadTimeout    time.Duration `json:"apiReadTimeout"`
+	APIWriteTimeout   time.Duration `json:"apiWriteTimeout"`
+	APIIdleTimeout    time.Duration `json:"apiIdleTimeout"`
 }
 
 // Setting describes one setting.
@@ -149,7 +158,9 @@ var Settings = []Setting{
 	{Flag: "log-format", Kind: "string", Key: "logFormat", Global: true, Zone: true, Default: fixed("text"), Accepted: "text, json",
 		Usage: "log format", set: func(c *Config, v string) error { c.LogFormat = strings.ToLower(strings.TrimSpace(v)); return nil }},
 	{Flag: "insecure", Kind: "bool", Key: "insecure", Global: true, Zone: true, Default: fixed("false"), Accepted: "true, false",
-		Usage: "run the KDS connection without TLS (zone tokens are still required)", set: func(c *Config, v string) error { return setBool(&c.Insecure, v) }},
+		Usage: "run the KDS connection without TLS (zone tokens are still required); loopback only unless --insecure-allow-remote", set: func(c *Config, v string) error { return setBool(&c.Insecure, v) }},
+	{Flag: "insecure-allow-remote", Kind: "bool", Key: "insecureAllowRemote", Global: true, Zone: true, Default: fixed("false"), Accepted: "true, false",
+		Usage: "DANGEROUS: accept --insecure on a non-loopback address; anyone on the network path can read zone tokens", set: func(c *Config, v string) error { return setBool(&c.InsecureAllowRemote, v) }},
 	{Flag: "tls-cert-file", Kind: "string", Key: "tlsCertFile", Global: true, Default: fixed(""), Accepted: "a PEM certificate file",
 		Usage: "certificate of the KDS listener (required unless --insecure)", set: func(c *Config, v string) error { c.TLSCertFile = v; return nil }},
 	{Flag: "tls-key-file", Kind: "string", Key: "tlsKeyFile", Global: true, Default: fixed(""), Accepted: "a PEM private key file",
@@ -158,6 +169,10 @@ var Settings = []Setting{
 		Usage: "CA that signs zone client certificates; set to require mTLS", set: func(c *Config, v string) error { c.ClientCAFile = v; return nil }},
 	{Flag: "token-signing-key-file", Kind: "string", Key: "tokenSigningKeyFile", Global: true, Default: fixed(""), Accepted: "a PEM PKCS#8 Ed25519 private key file, mode 0600",
 		Usage: "key that signs zone tokens (default: DATA_DIR/zone-token-signing.key, created on first start)", set: func(c *Config, v string) error { c.TokenSigningKeyFile = v; return nil }},
+	{Flag: "cluster-id", Kind: "string", Key: "clusterID", Global: true, Default: fixed(""), Accepted: ClusterIDAccepted,
+		Usage: "this global's name in zone tokens (their audience); default: DATA_DIR/cluster-id, created on first start", set: func(c *Config, v string) error { c.ClusterID = strings.TrimSpace(v); return nil }},
+	{Flag: "client-cert-must-name-zone", Kind: "bool", Key: "clientCertMustNameZone", Global: true, Default: fixed("true"), Accepted: "true, false",
+		Usage: "with --client-ca-file, a zone's client certificate must name its zone (URI SAN kds-zone://NAME)", set: func(c *Config, v string) error { return setBool(&c.ClientCertMustNameZone, v) }},
 	{Flag: "token-verification-key-files", Kind: "list", Key: "tokenVerificationKeyFiles", Global: true, Default: fixed(""), Accepted: "comma-separated PEM public key files",
 		Usage: "extra public keys that verify zone tokens, for key rotation (comma list)", set: func(c *Config, v string) error { c.TokenVerificationKeyFiles = splitList(v); return nil }},
 	{Flag: "token-revocation-file", Kind: "string", Key: "tokenRevocationFile", Global: true, Default: fixed(""), Accepted: "a file of token ids, one per line",
@@ -180,6 +195,18 @@ var Settings = []Setting{
 		Usage: "certificate of the admin API (required with a non-loopback --api-addr)", set: func(c *Config, v string) error { c.APITLSCertFile = v; return nil }},
 	{Flag: "api-tls-key-file", Kind: "string", Key: "apiTLSKeyFile", Global: true, Zone: true, Default: fixed(""), Accepted: "a PEM private key file",
 		Usage: "private key of --api-tls-cert-file", set: func(c *Config, v string) error { c.APITLSKeyFile = v; return nil }},
+	{Flag: "api-allowed-hosts", Kind: "list", Key: "apiAllowedHosts", Global: true, Zone: true, Default: fixed(""), Accepted: "comma-separated host names, without scheme or port",
+		Usage: "host names clients may reach the admin API by, besides its address, localhost and IP addresses (comma list)", set: func(c *Config, v string) error { c.APIAllowedHosts = splitList(v); return nil }},
+	{Flag: "api-max-body-size", Kind: "size", Key: "apiMaxBodySize", Global: true, Zone: true, Default: fixed(""), Accepted: "a size from max-resource-size to 1GiB",
+		Usage: "largest admin API request body (default: 4 × max-resource-size + 64KiB)", set: func(c *Config, v string) error { return setSize(&c.APIMaxBodySize, v) }},
+	{Flag: "api-max-connections", Kind: "int", Key: "apiMaxConnections", Global: true, Zone: true, Default: fixed("128"), Accepted: "an integer from 1 to 65535",
+		Usage: "admin API connections served at once; more wait until one closes", set: func(c *Config, v string) error { return setInt(&c.APIMaxConnections, v) }},
+	{Flag: "api-read-timeout", Kind: "duration", Key: "apiReadTimeout", Global: true, Zone: true, Default: fixed("30s"), Accepted: "a duration of at least 1s",
+		Usage: "time to read a whole admin API request (its headers: at most 10s)", set: func(c *Config, v string) error { return setDuration(&c.APIReadTimeout, v) }},
+	{Flag: "api-write-timeout", Kind: "duration", Key: "apiWriteTimeout", Global: true, Zone: true, Default: fixed("1m"), Accepted: "a duration of at least 1s",
+		Usage: "time to handle and answer an admin API request", set: func(c *Config, v string) error { return setDuration(&c.APIWriteTimeout, v) }},
+	{Flag: "api-idle-timeout", Kind: "duration", Key: "apiIdleTimeout", Global: true, Zone: true, Default: fixed("1m"), Accepted: "a duration of at least 1s",
+		Usage: "time a kept-alive admin API connection may wait for its next request", set: func(c *Config, v string) error { return setDuration(&c.APIIdleTimeout, v) }},
 }
 
 func setBool(dst *bool, v string) error {
@@ -432,6 +459,11 @@ func ValidZoneName(name string) bool {
 	return len(name) <= 63 && dnsLabel.MatchString(name)
 }
 
+// ClusterIDAccepted describes a valid cluster id, for messages.
+const ClusterIDAccepted = "a DNS label: lower-case letters, digits and '-', at most 63"
+
+var hostName = regexp.MustCompile(`^[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?$`)
+
 // Validate checks every setting of c's role and reports every problem, one
 // per line, each naming the setting and the accepted values.
 func (c *Config) Validate() error {
@@ -500,6 +532,38 @@ func (c *Config) Validate() error {
 	if (c.APITLSCertFile == "") != (c.APITLSKeyFile == "") {
 		bad("api-tls-cert-file", "--api-tls-cert-file and --api-tls-key-file go together")
 	}
+	if c.Role == engine.RoleGlobal && c.ClusterID != "" && !ValidZoneName(c.ClusterID) {
+		bad("cluster-id", "%q is not a valid cluster id", c.ClusterID)
+	}
+	if c.Insecure && !c.InsecureAllowRemote {
+		addr, flag := c.KDSAddr, "--kds-addr"
+		if c.Role == engine.RoleZone {
+			addr, flag = c.Global, "--global"
+		}
+		if host, err := checkHostPort(addr); err == nil && !loopbackHost(host) {
+			bad("insecure", "%s %q is not a loopback address, and without TLS zone tokens cross the network in plaintext; "+
+				"use TLS, or 127.0.0.1 for local development, or set --insecure-allow-remote to accept that anyone on the path can read them", flag, addr)
+		}
+	}
+	for _, h := range c.APIAllowedHosts {
+		if !hostName.MatchString(h) {
+			bad("api-allowed-hosts", "%q is not a host name", h)
+		}
+	}
+	if c.APIMaxBodySize != 0 && (c.APIMaxBodySize < c.MaxResourceSize || c.APIMaxBodySize > 1<<30) {
+		bad("api-max-body-size", "%s is out of range (max-resource-size is %s)", FormatSize(c.APIMaxBodySize), FormatSize(c.MaxResourceSize))
+	}
+	if c.APIMaxConnections < 1 || c.APIMaxConnections > 65535 {
+		bad("api-max-connections", "%d is out of range", c.APIMaxConnections)
+	}
+	for _, d := range []struct {
+		setting string
+		v       time.Duration
+	}{{"api-read-timeout", c.APIReadTimeout}, {"api-write-timeout", c.APIWriteTimeout}, {"api-idle-timeout", c.APIIdleTimeout}} {
+		if d.v < time.Second {
+			bad(d.setting, "%s is too short", d.v)
+		}
+	}
 	if c.PluginsDir == "" {
 		bad("plugins-dir", "must not be empty")
 	}
@@ -552,6 +616,16 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
+// loopbackHost reports whether a host of an address is "localhost" or a
+// loopback IP; an empty host (all interfaces) is not.
+func loopbackHost(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
 func checkHostPort(addr string) (host string, err error) {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
@@ -582,12 +656,22 @@ func (c *Config) Engine() engine.Config {
 		APITokenFile:     c.APITokenFile,
 		APITLSCertFile:   c.APITLSCertFile,
 		APITLSKeyFile:    c.APITLSKeyFile,
+
+		InsecureAllowRemote: c.InsecureAllowRemote,
+		APIAllowedHosts:     slices.Clone(c.APIAllowedHosts),
+		APIMaxBodySize:      c.APIMaxBodySize,
+		APIMaxConnections:   c.APIMaxConnections,
+		APIReadTimeout:      c.APIReadTimeout,
+		APIWriteTimeout:     c.APIWriteTimeout,
+		APIIdleTimeout:      c.APIIdleTimeout,
 	}
 	switch c.Role {
 	case engine.RoleGlobal:
 		ec.KDSAddress = c.KDSAddr
 		ec.TLSCertFile, ec.TLSKeyFile, ec.ClientCAFile = c.TLSCertFile, c.TLSKeyFile, c.ClientCAFile
 		ec.TokenSigningKeyFile = c.TokenSigningKeyFile
+		ec.ClusterID = c.ClusterID
+		ec.ClientCertAnyZone = !c.ClientCertMustNameZone
 		ec.TokenVerificationKeyFiles = slices.Clone(c.TokenVerificationKeyFiles)
 		ec.TokenRevocationFile = c.TokenRevocationFile
 		ec.SessionsPerMinute = c.SessionsPerMinute

@@ -40,7 +40,9 @@ func TestDefaults(t *testing.T) {
 		KDSAddress: ":5685", APIAddress: "127.0.0.1:5681", SendTimeout: time.Minute, BufferHeadroom: 16,
 		MaxMessageSize: 4 << 20, MaxResourceSize: 1 << 20, KeepaliveTime: 10 * time.Second, KeepaliveTimeout: 10 * time.Second,
 		TLSCertFile: "kds.crt", TLSKeyFile: "kds.key", SessionsPerMinute: 20, MaxResourcesPerZoneType: 100000,
+		APIMaxConnections: 128, APIReadTimeout: 30 * time.Second, APIWriteTimeout: time.Minute, APIIdleTimeout: time.Minute,
 	}, g.Engine())
+	assert.False(t, g.Engine().ClientCertAnyZone, "client certificates must name their zone by default")
 
 	z, err := Load(engine.RoleZone, Sources{Flags: map[string]string{
 		"name": "zone-1", "global": "global.example:5685", "ca-file": "ca.crt", "token-file": "zone-1.token"}})
@@ -222,7 +224,28 @@ func TestValidateSecurity(t *testing.T) {
 		flags map[string]string
 		want  []string // nil: valid
 	}{
-		{"global insecure needs no certificate", engine.RoleGlobal, map[string]string{"insecure": "true"}, nil},
+		{"global insecure needs no certificate", engine.RoleGlobal, map[string]string{"insecure": "true", "kds-addr": "127.0.0.1:5685"}, nil},
+		{"global insecure on all interfaces", engine.RoleGlobal, map[string]string{"insecure": "true"},
+			[]string{`insecure: --kds-addr ":5685" is not a loopback address, and without TLS zone tokens cross the network in plaintext; ` +
+				"use TLS, or 127.0.0.1 for local development, or set --insecure-allow-remote to accept that anyone on the path can read them (accepted: true, false)"}},
+		{"global insecure on a remote address, allowed", engine.RoleGlobal, map[string]string{"insecure": "true", "insecure-allow-remote": "true"}, nil},
+		{"global insecure on localhost", engine.RoleGlobal, map[string]string{"insecure": "true", "kds-addr": "localhost:5685"}, nil},
+		{"zone insecure to a remote global", engine.RoleZone, with(zone, "insecure", "true", "ca-file", ""),
+			[]string{`insecure: --global "g:5685" is not a loopback address, and without TLS zone tokens cross the network in plaintext; ` +
+				"use TLS, or 127.0.0.1 for local development, or set --insecure-allow-remote to accept that anyone on the path can read them (accepted: true, false)"}},
+		{"zone insecure to a remote global, allowed", engine.RoleZone, with(zone, "insecure", "true", "ca-file", "", "insecure-allow-remote", "true"), nil},
+		{"cluster id", engine.RoleGlobal, with(global, "cluster-id", "prod-eu"), nil},
+		{"cluster id not a label", engine.RoleGlobal, with(global, "cluster-id", "Prod EU"),
+			[]string{`cluster-id: "Prod EU" is not a valid cluster id (accepted: a DNS label: lower-case letters, digits and '-', at most 63)`}},
+		{"api allowed hosts", engine.RoleGlobal, with(global, "api-allowed-hosts", "kds.example.com, admin"), nil},
+		{"api allowed hosts with scheme", engine.RoleGlobal, with(global, "api-allowed-hosts", "http://kds.example.com"),
+			[]string{`api-allowed-hosts: "http://kds.example.com" is not a host name (accepted: comma-separated host names, without scheme or port)`}},
+		{"api body below a resource", engine.RoleGlobal, with(global, "api-max-body-size", "512KiB"),
+			[]string{"api-max-body-size: 512KiB is out of range (max-resource-size is 1MiB) (accepted: a size from max-resource-size to 1GiB)"}},
+		{"api connections 0", engine.RoleGlobal, with(global, "api-max-connections", "0"),
+			[]string{"api-max-connections: 0 is out of range (accepted: an integer from 1 to 65535)"}},
+		{"api read timeout too short", engine.RoleZone, with(zone, "api-read-timeout", "10ms"),
+			[]string{"api-read-timeout: 10ms is too short (accepted: a duration of at least 1s)"}},
 		{"global cert without key", engine.RoleGlobal, with(global, "tls-key-file", ""),
 			[]string{"tls-key-file: required unless --insecure (accepted: a PEM private key file)"}},
 		{"global key without cert", engine.RoleGlobal, with(global, "tls-cert-file", ""),
@@ -239,8 +262,8 @@ func TestValidateSecurity(t *testing.T) {
 			[]string{"max-resources-per-zone-type: 0 is out of range (accepted: a positive integer, or -1 for no limit)"}},
 		{"max-resources-per-zone-type -5", engine.RoleGlobal, with(global, "max-resources-per-zone-type", "-5"),
 			[]string{"max-resources-per-zone-type: -5 is out of range (accepted: a positive integer, or -1 for no limit)"}},
-		{"zone insecure needs no CA", engine.RoleZone, with(zone, "insecure", "true", "ca-file", ""), nil},
-		{"zone insecure still needs a token", engine.RoleZone, with(zone, "insecure", "true", "ca-file", "", "token-file", ""),
+		{"zone insecure needs no CA", engine.RoleZone, with(zone, "insecure", "true", "ca-file", "", "global", "127.0.0.1:5685"), nil},
+		{"zone insecure still needs a token", engine.RoleZone, with(zone, "insecure", "true", "ca-file", "", "token-file", "", "global", "localhost:5685"),
 			[]string{"token-file: required: generate a token on global with `kds-engine token generate --zone zone-1` (accepted: a file with the zone token, mode 0600)"}},
 		{"zone client cert and key", engine.RoleZone, with(zone, "cert-file", "z.crt", "key-file", "z.key"), nil},
 		{"zone client cert without key", engine.RoleZone, with(zone, "cert-file", "z.crt"),
@@ -285,6 +308,15 @@ tokenFile: z.token
 apiTokenFile: api.token
 apiTLSCertFile: api.crt
 apiTLSKeyFile: api.key
+clusterID: prod-eu
+clientCertMustNameZone: false
+insecureAllowRemote: true
+apiAllowedHosts: [kds.example.com]
+apiMaxBodySize: 8MiB
+apiMaxConnections: 16
+apiReadTimeout: 5s
+apiWriteTimeout: 6s
+apiIdleTimeout: 7s
 `
 	src := Sources{File: "c.yaml", ReadFile: files(map[string]string{"c.yaml": file})}
 	g, err := Load(engine.RoleGlobal, src)
@@ -297,6 +329,13 @@ apiTLSKeyFile: api.key
 	assert.Equal(t, 5, ge.SessionsPerMinute)
 	assert.Equal(t, -1, ge.MaxResourcesPerZoneType)
 	assert.Equal(t, [3]string{"api.token", "api.crt", "api.key"}, [3]string{ge.APITokenFile, ge.APITLSCertFile, ge.APITLSKeyFile})
+	assert.Equal(t, "prod-eu", ge.ClusterID)
+	assert.True(t, ge.ClientCertAnyZone)
+	assert.True(t, ge.InsecureAllowRemote)
+	assert.Equal(t, []string{"kds.example.com"}, ge.APIAllowedHosts)
+	assert.Equal(t, int64(8<<20), ge.APIMaxBodySize)
+	assert.Equal(t, 16, ge.APIMaxConnections)
+	assert.Equal(t, [3]time.Duration{5 * time.Second, 6 * time.Second, 7 * time.Second}, [3]time.Duration{ge.APIReadTimeout, ge.APIWriteTimeout, ge.APIIdleTimeout})
 	assert.Empty(t, ge.CAFile+ge.CertFile+ge.KeyFile+ge.TokenFile, "zone settings ignored on global")
 
 	src.Flags = map[string]string{"name": "zone-1", "global": "g:5685"}
@@ -306,7 +345,8 @@ apiTLSKeyFile: api.key
 	ze := z.Engine()
 	assert.Equal(t, [4]string{"ca.crt", "z.crt", "z.key", "z.token"}, [4]string{ze.CAFile, ze.CertFile, ze.KeyFile, ze.TokenFile})
 	assert.Equal(t, [3]string{"api.token", "api.crt", "api.key"}, [3]string{ze.APITokenFile, ze.APITLSCertFile, ze.APITLSKeyFile})
-	assert.Empty(t, ze.TLSCertFile+ze.TLSKeyFile+ze.ClientCAFile+ze.TokenSigningKeyFile, "global settings ignored on a zone")
+	assert.Empty(t, ze.TLSCertFile+ze.TLSKeyFile+ze.ClientCAFile+ze.TokenSigningKeyFile+ze.ClusterID, "global settings ignored on a zone")
+	assert.Equal(t, []string{"kds.example.com"}, ze.APIAllowedHosts)
 	assert.Empty(t, ze.TokenVerificationKeyFiles)
 }
 
