@@ -28,8 +28,9 @@ var (
 	// the zone's current one (a newer session claimed the zone). The write
 	// changes nothing; the message names the current generation.
 	ErrFenced = errors.New("session fenced off by a newer session")
-	// ErrLimitExceeded: an Apply with a Limit would leave a (Type, Zone) with
-	// more resources than the limit. The write changes nothing; the message
+	// ErrLimitExceeded: an Apply with a Limit would grow a (Type, Zone) to
+	// more resources than the limit (a batch that does not grow one already
+	// over it, after the limit was lowered, passes). The write changes nothing; the message
 	// names the type, the zone, the count and the limit.
 	ErrLimitExceeded = errors.New("resource limit exceeded")
 )
@@ -86,8 +87,8 @@ type Store interface {
 	//
 	// b.Fence and b.Limit are checked inside the commit, against the state
 	// the batch is applied to: a batch fenced with a generation that is not
-	// its zone's current one fails with ErrFenced, and one that would leave
-	// a (Type, Zone) of its puts over b.Limit fails with ErrLimitExceeded.
+	// its zone's current one fails with ErrFenced, and one that would grow
+	// a (Type, Zone) of its puts past b.Limit fails with ErrLimitExceeded.
 	// Either way nothing changes and no Event is published.
 	Apply(ctx context.Context, b Batch) (revision uint64, err error)
 
@@ -197,7 +198,9 @@ type Batch struct {
 	Fence *Fence
 	// Limit, when positive, is the most resources any (Type, Zone) that
 	// the batch puts into may hold after the commit, counting what is
-	// already stored, what the batch adds and what it deletes. Zero or
+	// already stored, what the batch adds and what it deletes. A batch that
+	// leaves a (Type, Zone) already over the limit (the limit was lowered)
+	// no larger than it was passes: updates and deletes go on. Zero or
 	// negative: no limit.
 	Limit int
 }

@@ -834,6 +834,10 @@ func (s *Store) Apply(ctx context.Context, b store.Batch) (uint64, error) {
 				return store.FencedError(f.Zone, f.Generation, cur)
 			}
 		}
+		before := make([]int, len(limited))
+		for i, tz := range limited {
+			before[i] = t.count(tz)
+		}
 		t.events = make([]store.Event, 0, len(puts)+len(b.Delete))
 		var (
 			bucket    *bolt.Bucket
@@ -890,8 +894,8 @@ func (s *Store) Apply(ctx context.Context, b store.Batch) (uint64, error) {
 				t.events = append(t.events, store.Event{Kind: store.EventDelete, Origin: store.OriginSync, Resource: prev})
 			}
 		}
-		for _, tz := range limited {
-			if n := t.count(tz); n > b.Limit {
+		for i, tz := range limited {
+			if n := t.count(tz); n > b.Limit && n > before[i] {
 				return store.LimitError(tz.typ, tz.zone, n, b.Limit)
 			}
 		}

@@ -267,8 +267,7 @@ func (s *Store) Apply(ctx context.Context, b store.Batch) (uint64, error) {
 }
 
 // checkLimit fails with store.ErrLimitExceeded if applying puts and deletes
-// would leave a (type, zone) of puts with more than limit resources; s.mu
-// held.
+// would grow a (type, zone) of puts past limit resources; s.mu held.
 func (s *Store) checkLimit(puts []*resource.Resource, deletes []resource.Key, limit int) error {
 	after := make(map[typeZone]int)
 	for _, r := range puts {
@@ -291,7 +290,7 @@ func (s *Store) checkLimit(puts []*resource.Resource, deletes []resource.Key, li
 	}
 	for _, r := range puts {
 		tz := typeZone{r.Type, r.Zone}
-		if n := after[tz]; n > limit {
+		if n := after[tz]; n > limit && n > s.counts[tz] {
 			return store.LimitError(tz.typ, tz.zone, n, limit)
 		}
 	}

@@ -83,6 +83,14 @@ func testApplyLimit(t *testing.T, s store.Store) {
 		"Dataplane z1/default/b", "Dataplane z1/default/c", "Dataplane z1/default/d",
 		"Dataplane z2/default/a", "Dataplane z2/default/b", "Dataplane z2/default/c",
 	}, keyStrings(got))
+	// A lowered limit: a (type, zone) already over it still takes updates
+	// and deletes, but no batch that grows it.
+	_, err = s.Apply(ctx, store.Batch{Put: puts("z1", "4", "b", "c"), Limit: 2})
+	require.NoError(t, err, "updates of a (type, zone) over a lowered limit")
+	_, err = s.Apply(ctx, store.Batch{Put: puts("z1", "1", "f"), Delete: []resource.Key{zoneRes("z1", "d", "").Key()}, Limit: 2})
+	require.NoError(t, err, "a create that a delete makes room for")
+	_, err = s.Apply(ctx, store.Batch{Put: puts("z1", "1", "g"), Limit: 2})
+	require.ErrorIs(t, err, store.ErrLimitExceeded, "a batch that grows it")
 }
 
 // testApplyLimitCountsEveryWrite: the count a limited Apply checks follows
@@ -101,20 +109,20 @@ func testApplyLimitCountsEveryWrite(t *testing.T, s store.Store) {
 	// A local delete makes room.
 	require.NoError(t, s.Delete(ctx, zoneRes("z1", "a", "").Key(), ""))
 	require.NoError(t, apply(store.Batch{Put: puts("z1", "1", "c"), Limit: 2}), "room after a local delete")
-	// A local create takes it: now 3 stored, so even replacing one is over 2.
+	// A local create takes it: now 3 stored, so a create is over 3.
 	local := Res("Dataplane", "local")
 	local.Zone = "z1"
 	mustCreate(t, s, local)
-	err := apply(store.Batch{Put: puts("z1", "2", "b"), Limit: 2})
+	err := apply(store.Batch{Put: puts("z1", "1", "x"), Limit: 3})
 	require.ErrorIs(t, err, store.ErrLimitExceeded, "a local create counts")
-	assert.Contains(t, err.Error(), "make 3 resources")
+	assert.Contains(t, err.Error(), "make 4 resources")
 	require.NoError(t, apply(store.Batch{Put: puts("z1", "2", "b"), Limit: 3}))
 
 	// An unlimited apply counts too.
 	require.NoError(t, apply(store.Batch{Put: puts("z1", "1", "d", "e")}))
-	err = apply(store.Batch{Put: puts("z1", "3", "b"), Limit: 4})
+	err = apply(store.Batch{Put: puts("z1", "1", "x"), Limit: 5})
 	require.ErrorIs(t, err, store.ErrLimitExceeded)
-	assert.Contains(t, err.Error(), "make 5 resources")
+	assert.Contains(t, err.Error(), "make 6 resources")
 
 	// Deleting everything (the store may drop the type) and starting over.
 	require.NoError(t, apply(store.Batch{Delete: []resource.Key{
