@@ -60,7 +60,13 @@ type Engine struct {
 	received  []string
 	kdsAddr   net.Addr
 	apiAddr   net.Addr
-	revoked   *revocations // global
+	revoked   *revocations  // global
+	live      *liveSessions // global: each zone's one live session
+	// fromGlobal remembers, on a zone, what it refused of global's
+	// resources, across its sessions.
+	fromGlobal *kdssync.Rejections
+	// inflight budgets the bytes of responses in flight, all sessions.
+	inflight *kdssync.Budget
 
 	mu        sync.Mutex
 	connected bool // zone: a session to global is up
@@ -253,7 +259,11 @@ func (e *Engine) Run(ctx context.Context) error {
 		}
 	}
 	e.ix = kdssync.NewIndex(e.served)
+	e.inflight = kdssync.NewBudget(kdssync.DefaultProcessBudget)
+	e.fromGlobal = kdssync.NewRejections()
+	e.live = newLiveSessions(raw)
 	e.server = kdssync.NewServer(e.ix,
+		kdssync.WithServerBudget(e.inflight),
 		kdssync.WithServerLogger(log.Named("kds-server")),
 		kdssync.WithServerInsights(e.ins),
 		kdssync.WithServerMaxMessageSize(e.cfg.MaxMessageSize),
@@ -401,8 +411,10 @@ func (e *Engine) feedIndex(ctx context.Context, s store.Store, ready chan<- stru
 }
 
 // runSync runs both logical streams of one session: serving this side's
-// types and applying the peer's.
-func (e *Engine) runSync(ctx context.Context, peer, zone string, sess *mux.Session, v kdssync.Validator) error {
+// types and applying the peer's. On global, fence ties the zone's writes to
+// this session (nil on a zone); rej remembers what this side refused of the
+// peer across sessions.
+func (e *Engine) runSync(ctx context.Context, peer, zone string, sess *mux.Session, v kdssync.Validator, fence *store.Fence, rej *kdssync.Rejections) error {
 	g, ctx := errgroup.WithContext(ctx)
 	// The logical streams' Recv only returns when the session ends, so the
 	// first failure (a store or plugin error in the client) must end the
@@ -415,11 +427,14 @@ func (e *Engine) runSync(ctx context.Context, peer, zone string, sess *mux.Sessi
 		opts := []kdssync.ClientOption{
 			kdssync.WithClientLogger(e.log.Named("kds-client")),
 			kdssync.WithClientInsights(e.ins),
+			kdssync.WithRejections(rej),
 		}
+		k := &sink{s: e.store, zone: zone, fence: fence}
 		if e.cfg.Role == RoleGlobal && e.cfg.MaxResourcesPerZoneType > 0 {
 			opts = append(opts, kdssync.WithMaxResourcesPerType(e.cfg.MaxResourcesPerZoneType))
+			k.limit = e.cfg.MaxResourcesPerZoneType
 		}
-		c := kdssync.NewClient(e.received, &sink{s: e.store, zone: zone}, v, peer, zone, opts...)
+		c := kdssync.NewClient(e.received, k, v, peer, zone, opts...)
 		return c.Run(ctx, sess.Client())
 	})
 	return g.Wait()
@@ -427,7 +442,11 @@ func (e *Engine) runSync(ctx context.Context, peer, zone string, sess *mux.Sessi
 
 func (e *Engine) runGlobal(g *errgroup.Group, ctx context.Context, lis net.Listener, tcfg kdsgrpc.Config, types int, opts []grpc.ServerOption) {
 	glob := kdsgrpc.NewGlobal(types, func(ctx context.Context, zone string, s *mux.Session) error {
-		return e.runSync(ctx, zone, zone, s, e.validator)
+		fence, rej, err := e.live.claim(ctx, zone, s)
+		if err != nil {
+			return err
+		}
+		return e.runSync(ctx, zone, zone, s, e.validator, fence, rej)
 	},
 		kdsgrpc.WithSessionHeader(e.schemaHeader),
 		kdsgrpc.WithConfig(tcfg),
@@ -435,6 +454,7 @@ func (e *Engine) runGlobal(g *errgroup.Group, ctx context.Context, lis net.Liste
 		kdsgrpc.WithSessionOptions(e.sendObserver),
 		kdsgrpc.WithSessionHooks(
 			func(ev kdsgrpc.SessionEvent) {
+				e.live.start(ev.Stream, ev.Zone, ev.Session)
 				e.ins.Connected(ev.Zone)
 				e.metrics.SessionStarted(ev.Zone)
 				e.tokenExpiry(ev)
@@ -442,6 +462,11 @@ func (e *Engine) runGlobal(g *errgroup.Group, ctx context.Context, lis net.Liste
 			},
 			func(ev kdsgrpc.SessionEvent) {
 				e.revoked.ended(ev)
+				if !e.live.end(ev.Zone, ev.Session) {
+					// Replaced: the zone's state follows the newer session.
+					e.metrics.SessionReplaced(ev.Zone)
+					return
+				}
 				e.ins.Disconnected(ev.Zone, ev.Err)
 				e.metrics.SessionEnded(ev.Zone, endReason(ev.Err))
 			}))
@@ -473,7 +498,7 @@ func (e *Engine) runZone(g *errgroup.Group, ctx context.Context, tcfg kdsgrpc.Co
 			if len(trusted) > 0 {
 				e.log.Debug("types whose JSON Schema is the same as global's skip the schema check on receipt (the plugins still validate them)", "types", trusted)
 			}
-			return e.runSync(ctx, GlobalPeer, "", s, v)
+			return e.runSync(ctx, GlobalPeer, "", s, v, nil, e.fromGlobal)
 		},
 		kdsgrpc.WithConfig(tcfg),
 		kdsgrpc.WithLogger(e.log),
@@ -522,6 +547,10 @@ func (e *Engine) setConnected(v bool) {
 type sink struct {
 	s    *guard.Store
 	zone string
+	// fence and limit go with every write (global: the session's fence and
+	// the per-zone per-type limit, checked inside the commit).
+	fence *store.Fence
+	limit int
 }
 
 // Versions reads keys and versions only: a session start costs no copy of
@@ -540,6 +569,6 @@ func (k *sink) Versions(ctx context.Context, typ string) (map[string]string, err
 }
 
 func (k *sink) Apply(ctx context.Context, puts []*resource.Resource, deletes []resource.Key) error {
-	_, err := k.s.Apply(ctx, store.Batch{Put: puts, Delete: deletes})
+	_, err := k.s.Apply(ctx, store.Batch{Put: puts, Delete: deletes, Fence: k.fence, Limit: k.limit})
 	return err
 }

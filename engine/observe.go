@@ -12,6 +12,7 @@ import (
 	"github.com/kds-engine/kds-engine/engine/internal/metrics"
 	"github.com/kds-engine/kds-engine/engine/internal/mux"
 	"github.com/kds-engine/kds-engine/engine/internal/plugin"
+	"github.com/kds-engine/kds-engine/engine/internal/store"
 )
 
 // sessionSampleInterval is how often a session's own counters are copied to
@@ -135,6 +136,8 @@ func endReason(err error) metrics.EndReason {
 		return metrics.ReasonShutdown
 	case errors.Is(err, io.EOF), errors.Is(err, mux.ErrSessionClosed):
 		return metrics.ReasonPeerClosed
+	case errors.Is(err, ErrSessionReplaced), errors.Is(err, store.ErrFenced):
+		return metrics.ReasonReplaced
 	case errors.Is(err, kdsgrpc.ErrCredentialsRevoked):
 		return metrics.ReasonAuth
 	}

@@ -89,6 +89,10 @@ type Client struct {
 	rejections *Rejections
 
 	held map[string]map[string]string // type -> wire name -> version
+	// unknown holds the types of responses this side never subscribed to
+	// that insights show (at most MaxUnknownTypes); dropped when Run ends.
+	// Only the answering stage touches it.
+	unknown map[string]struct{}
 }
 
 // NewClient returns a client for one session with peer (the insights name).
@@ -103,6 +107,7 @@ func NewClient(types []string, sink Sink, v Validator, peer, zone string, opts .
 		peer:      peer,
 		log:       hclog.NewNullLogger(),
 		held:      map[string]map[string]string{},
+		unknown:   map[string]struct{}{},
 	}
 	for _, o := range opts {
 		o(c)
@@ -171,6 +176,11 @@ func (c *Client) Run(ctx context.Context, stream ClientStream) error {
 		}
 	})
 	g.Go(func() error {
+		defer func() {
+			if c.ins != nil && len(c.unknown) > 0 {
+				c.ins.DropTypes(c.peer, slices.Collect(maps.Keys(c.unknown)))
+			}
+		}()
 		for ch := range checked {
 			if err := c.answer(gctx, stream, ch); err != nil {
 				return err
@@ -385,6 +395,8 @@ func (c *Client) decode(typ string, resp *discovery.DeltaDiscoveryResponse, ch *
 		switch {
 		case strings.IndexByte(name, 0) >= 0:
 			refuse(name, "", true, "name", "removed resource name contains a NUL byte")
+		case keyFor(typ, c.zone, name).Name == "":
+			refuse(name, "", true, "name", "removed resource has an empty name")
 		case !canonicalName(name):
 			refuse(name, "", true, "name", `removed resource name is not "name" or "mesh/name"`)
 		case count[name] > 1:
@@ -439,7 +451,14 @@ func (c *Client) nack(stream ClientStream, ch *checked, detail *status.Status) e
 	if err := stream.Send(req); err != nil {
 		return fmt.Errorf("NACK %.100q: %w", ch.resp.GetTypeUrl(), err)
 	}
-	if ch.typ != "" && c.held[ch.typ] != nil {
+	known := c.held[ch.typ] != nil
+	if !known && ch.typ != "" {
+		if _, ok := c.unknown[ch.typ]; !ok && len(c.unknown) < MaxUnknownTypes {
+			c.unknown[ch.typ] = struct{}{}
+		}
+		_, known = c.unknown[ch.typ]
+	}
+	if known {
 		c.record(ch.typ, func(ts *insights.TypeState) {
 			ts.ResponsesNACKed++
 			ts.LastNACK = time.Now()

@@ -40,11 +40,12 @@ const (
 	ReasonKeepalive   EndReason = "keepalive"    // keepalive pings went unanswered
 	ReasonAuth        EndReason = "auth"         // the peer failed authentication
 	ReasonShutdown    EndReason = "shutdown"     // this side is stopping
+	ReasonReplaced    EndReason = "replaced"     // a newer session of the same zone replaced it
 	ReasonOther       EndReason = "other"        // anything else
 )
 
 // EndReasons lists every EndReason.
-var EndReasons = []EndReason{ReasonSendTimeout, ReasonBufferFull, ReasonPeerClosed, ReasonKeepalive, ReasonAuth, ReasonShutdown, ReasonOther}
+var EndReasons = []EndReason{ReasonSendTimeout, ReasonBufferFull, ReasonPeerClosed, ReasonKeepalive, ReasonAuth, ReasonShutdown, ReasonReplaced, ReasonOther}
 
 // Metrics holds every collector. Create it with New.
 type Metrics struct {
@@ -281,6 +282,16 @@ func (m *Metrics) SessionEnded(zone string, reason EndReason) {
 	m.sessionConnected.WithLabelValues(zone).Set(0)
 	m.bufferMessages.DeletePartialMatch(prometheus.Labels{"zone": zone})
 	m.bufferCapacity.DeletePartialMatch(prometheus.Labels{"zone": zone})
+}
+
+// SessionReplaced records the end of a session that a newer session of the
+// same zone replaced: it is counted as ended, and the zone's connected
+// gauge and buffer series, which follow the live session, are left alone.
+func (m *Metrics) SessionReplaced(zone string) {
+	if m == nil {
+		return
+	}
+	m.sessionsEnded.WithLabelValues(zone, string(ReasonReplaced)).Inc()
 }
 
 // ResponseSent records a response of typ sent to zone (and creates its ACK
