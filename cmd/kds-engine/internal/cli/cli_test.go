@@ -301,7 +301,8 @@ func TestDelete(t *testing.T) {
 const zonesJSON = `[
 	{"name":"zone-1","online":true,"connectedSince":"2026-01-02T03:00:00Z","sessions":3,
 	 "types":{"MeshTimeout":{"type":"MeshTimeout","responsesSent":4,"responsesAcked":3,"responsesNacked":1,
-	   "lastAck":"2026-01-02T03:01:00Z","lastNack":"2026-01-02T03:02:00Z","lastNackError":"spec.x: bad","resourcesHeld":2}}},
+	   "lastAck":"2026-01-02T03:01:00Z","lastNack":"2026-01-02T03:02:00Z","lastNackError":"spec.x: bad","resourcesHeld":2,
+	   "rejectedCount":1,"rejected":[{"name":"default/bad","version":"v-7","errors":["spec.x: bad"]}]}}},
 	{"name":"zone-2","online":false,"disconnectedAt":"2026-01-02T02:00:00Z","sessions":1,"lastError":"send timeout after 1m0s","types":{}}
 ]`
 
@@ -314,8 +315,11 @@ func TestInspectZones(t *testing.T) {
 zone-1  online   2026-01-02T03:00:00Z  3         1      1       -
 zone-2  offline  2026-01-02T02:00:00Z  1         0      0       send timeout after 1m0s
 
-ZONE    TYPE         SENT  ACKED  NACKED  HELD  LAST ACK              LAST NACK                         ERROR
-zone-1  MeshTimeout  4     3      1       2     2026-01-02T03:01:00Z  2026-01-02T03:02:00Z spec.x: bad  -
+ZONE    TYPE         SENT  ACKED  NACKED  HELD  REJECTED  LAST ACK              LAST NACK                         ERROR
+zone-1  MeshTimeout  4     3      1       2     1         2026-01-02T03:01:00Z  2026-01-02T03:02:00Z spec.x: bad  -
+
+ZONE    TYPE         REJECTED     VERSION  WHY
+zone-1  MeshTimeout  default/bad  v-7      spec.x: bad
 `
 	assert.Equal(t, want, out)
 

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"regexp"
 	"slices"
 	"strconv"
@@ -507,7 +508,7 @@ func (a *App) printConns(first string, conns []apitypes.Conn) error {
 		return nil
 	}
 	fmt.Fprintln(a.Stdout)
-	t = newTable(a.Stdout, first, "TYPE", "SENT", "ACKED", "NACKED", "HELD", "LAST ACK", "LAST NACK", "ERROR")
+	t = newTable(a.Stdout, first, "TYPE", "SENT", "ACKED", "NACKED", "HELD", "REJECTED", "LAST ACK", "LAST NACK", "ERROR")
 	for _, c := range conns {
 		names := make([]string, 0, len(c.Types))
 		for n := range c.Types {
@@ -525,7 +526,38 @@ func (a *App) printConns(first string, conns []apitypes.Conn) error {
 				errText = "unknown type"
 			}
 			t.row(c.Name, n, strconv.FormatUint(ts.ResponsesSent, 10), strconv.FormatUint(ts.ResponsesACKed, 10),
-				strconv.FormatUint(ts.ResponsesNACKed, 10), strconv.Itoa(ts.ResourcesHeld), timestamp(ts.LastACK), lastNACK, errText)
+				strconv.FormatUint(ts.ResponsesNACKed, 10), strconv.Itoa(ts.ResourcesHeld), strconv.Itoa(ts.RejectedCount), timestamp(ts.LastACK), lastNACK, errText)
+		}
+	}
+	if err := t.flush(); err != nil {
+		return err
+	}
+	return a.printRejected(first, conns)
+}
+
+// printRejected lists the resources a side refused (each holds back only
+// itself), per connection and type, with the reasons.
+func (a *App) printRejected(first string, conns []apitypes.Conn) error {
+	var rows int
+	for _, c := range conns {
+		for _, ts := range c.Types {
+			rows += len(ts.Rejected)
+		}
+	}
+	if rows == 0 {
+		return nil
+	}
+	fmt.Fprintln(a.Stdout)
+	t := newTable(a.Stdout, first, "TYPE", "REJECTED", "VERSION", "WHY")
+	for _, c := range conns {
+		for _, n := range slices.Sorted(maps.Keys(c.Types)) {
+			for _, r := range c.Types[n].Rejected {
+				version := r.Version
+				if r.Removal {
+					version = "(removal)"
+				}
+				t.row(c.Name, n, r.Name, version, strings.Join(r.Errors, "; "))
+			}
 		}
 	}
 	return t.flush()
