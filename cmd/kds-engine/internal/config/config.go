@@ -180,7 +180,7 @@ var Settings = []Setting{
 	{Flag: "sessions-per-minute", Kind: "int", Key: "sessionsPerMinute", Global: true, Default: fixed("20"), Accepted: "a positive integer, or -1 for no limit",
 		Usage: "new sessions one zone may open per minute", set: func(c *Config, v string) error { return setInt(&c.SessionsPerMinute, v) }},
 	{Flag: "max-resources-per-zone-type", Kind: "int", Key: "maxResourcesPerZoneType", Global: true, Default: fixed("100000"), Accepted: "a positive integer, or -1 for no limit",
-		Usage: "most resources of one type a zone may sync to global (beyond: NACK)", set: func(c *Config, v string) error { return setInt(&c.MaxResourcesPerZoneType, v) }},
+		Usage: "most resources of one type a zone may sync to global (creates beyond it are refused, one by one)", set: func(c *Config, v string) error { return setInt(&c.MaxResourcesPerZoneType, v) }},
 	{Flag: "ca-file", Kind: "string", Key: "caFile", Zone: true, Default: fixed(""), Accepted: "a PEM CA file",
 		Usage: "CA that signed global's certificate (required unless --insecure)", set: func(c *Config, v string) error { c.CAFile = v; return nil }},
 	{Flag: "cert-file", Kind: "string", Key: "certFile", Zone: true, Default: fixed(""), Accepted: "a PEM certificate file",
