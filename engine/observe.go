@@ -85,24 +85,33 @@ func (e *Engine) sampleEngine(ctx context.Context, interval time.Duration) {
 			e.metrics.SetPluginUp(p.Name, p.State == plugin.StateRunning)
 		}
 		held := map[string]int{}
+		served := map[string]bool{}
 		for _, t := range e.served {
 			held[t] = e.ix.Len(t)
+			served[t] = true
 		}
+		registered := e.host.Registry()
 		for _, c := range e.ins.List() {
 			for typ, ts := range c.Types {
+				if _, ok := registered.Type(typ); !ok {
+					continue // a type a peer asked for: never a metric label
+				}
 				k := key{c.Name, typ}
 				prev := responses[k]
 				if ts.ResponsesSent >= prev.ResponsesSent && ts.ResponsesACKed >= prev.ResponsesACKed && ts.ResponsesNACKed >= prev.ResponsesNACKed {
 					e.metrics.AddResponses(c.Name, typ, ts.ResponsesSent-prev.ResponsesSent, ts.ResponsesACKed-prev.ResponsesACKed, ts.ResponsesNACKed-prev.ResponsesNACKed)
 				}
 				responses[k] = ts
-				if _, served := held[typ]; !served {
-					held[typ] += ts.ResourcesHeld
+				if !served[typ] {
+					held[typ] += ts.ResourcesHeld // every zone's, on global
 				}
 			}
 		}
 		for typ, n := range held {
 			e.metrics.SetResources(typ, n)
+		}
+		if e.inflight != nil {
+			e.metrics.SetInflightBytes(e.inflight.Used())
 		}
 	}
 	sample()

@@ -64,6 +64,7 @@ type Metrics struct {
 	responsesACKed   *prometheus.CounterVec
 	responsesNACKed  *prometheus.CounterVec
 	resources        *prometheus.GaugeVec
+	inflightBytes    prometheus.Gauge
 	pluginRestarts   *prometheus.CounterVec
 	pluginUp         *prometheus.GaugeVec
 	validation       *prometheus.HistogramVec
@@ -122,6 +123,9 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 		responsesNACKed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kds_responses_nacked_total", Help: "Sent responses the peer NACKed, per type.",
 		}, []string{"zone", "type"}),
+		inflightBytes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "kds_sync_inflight_bytes", Help: "Bytes of sync responses sent and not yet answered, all sessions.",
+		}),
 		resources: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "kds_resources", Help: "Resources held in the store, per type.",
 		}, []string{"type"}),
@@ -167,7 +171,7 @@ func (m *Metrics) collectors() []prometheus.Collector {
 		m.bufferMessages, m.bufferCapacity, m.sendDuration, m.sendTimeouts,
 		m.sessionsStarted, m.sessionsEnded, m.sessionConnected,
 		m.responsesSent, m.responsesACKed, m.responsesNACKed,
-		m.resources, m.pluginRestarts, m.pluginUp, m.validation, m.authRefused,
+		m.resources, m.inflightBytes, m.pluginRestarts, m.pluginUp, m.validation, m.authRefused,
 		m.certExpiry, m.tokenExpiry,
 	}
 }
@@ -282,6 +286,14 @@ func (m *Metrics) SessionEnded(zone string, reason EndReason) {
 	m.sessionConnected.WithLabelValues(zone).Set(0)
 	m.bufferMessages.DeletePartialMatch(prometheus.Labels{"zone": zone})
 	m.bufferCapacity.DeletePartialMatch(prometheus.Labels{"zone": zone})
+}
+
+// SetInflightBytes records the bytes of sync responses in flight.
+func (m *Metrics) SetInflightBytes(n int64) {
+	if m == nil {
+		return
+	}
+	m.inflightBytes.Set(float64(n))
 }
 
 // SessionReplaced records the end of a session that a newer session of the
