@@ -576,6 +576,23 @@ func (s *Store) Snapshot(ctx context.Context, f store.Filter) ([]*resource.Resou
 
 // scan appends the resources of one type bucket that match f.
 func scan(ctx context.Context, b *bolt.Bucket, f store.Filter, out []*resource.Resource) ([]*resource.Resource, error) {
+	err := eachItem(ctx, b, f, func(_, v []byte) error {
+		r, err := decode(v)
+		if err != nil {
+			return err
+		}
+		if len(f.Labels) == 0 || f.Matches(r) {
+			out = append(out, r)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// eachItem calls fn with the key and value of every item of one type
+// bucket whose key f can match (labels are not looked at), in key order,
+// checking ctx every 4096 items.
+func eachItem(ctx context.Context, b *bolt.Bucket, f store.Filter, fn func(k, v []byte) error) error {
 	prefix := filterPrefix(f)
 	mesh := []byte(f.Mesh)
 	c := b.Cursor()
@@ -583,22 +600,17 @@ func scan(ctx context.Context, b *bolt.Bucket, f store.Filter, out []*resource.R
 	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
 		if n++; n%4096 == 0 {
 			if err := context.Cause(ctx); err != nil {
-				return nil, err
+				return err
 			}
 		}
 		if f.Mesh != "" && !bytes.Equal(meshOf(k), mesh) {
 			continue
 		}
-		r, err := decode(v)
-		if err != nil {
-			return nil, err
+		if err := fn(k, v); err != nil {
+			return err
 		}
-		if len(f.Labels) > 0 && !f.Matches(r) {
-			continue
-		}
-		out = append(out, r)
 	}
-	return out, nil
+	return nil
 }
 
 // filterPrefix is the item-key prefix of the resources f can match.
@@ -943,30 +955,19 @@ func (s *Store) Versions(ctx context.Context, f store.Filter) ([]store.KeyVersio
 // scanVersions appends the keys and versions of one type bucket that match
 // f (which has no labels).
 func scanVersions(ctx context.Context, typ string, b *bolt.Bucket, f store.Filter, out []store.KeyVersion) ([]store.KeyVersion, error) {
-	prefix := filterPrefix(f)
-	mesh := []byte(f.Mesh)
-	c := b.Cursor()
-	n := 0
-	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
-		if n++; n%4096 == 0 {
-			if err := context.Cause(ctx); err != nil {
-				return nil, err
-			}
-		}
-		if f.Mesh != "" && !bytes.Equal(meshOf(k), mesh) {
-			continue
-		}
+	err := eachItem(ctx, b, f, func(k, v []byte) error {
 		key, err := keyOf(typ, k)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		version, err := decodeVersion(v)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", key, err)
+			return fmt.Errorf("%s: %w", key, err)
 		}
 		out = append(out, store.KeyVersion{Key: key, Version: version})
-	}
-	return out, nil
+		return nil
+	})
+	return out, err
 }
 
 // ClaimSession implements store.Store. The generation is persisted in
