@@ -215,22 +215,7 @@ func sendResponse(t *testing.T, s kdsv1.KDS_SessionClient, typeURL, nonce string
 
 // refusedFor is global's count of zone sessions refused for reason.
 func refusedFor(t *testing.T, g *node, reason string) float64 {
-	t.Helper()
-	mfs, err := g.e.promReg.Gather()
-	require.NoError(t, err)
-	for _, mf := range mfs {
-		if mf.GetName() != "kds_auth_refused_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "reason" && l.GetValue() == reason {
-					return m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return 0
+	return seriesValueOf(t, g, "kds_auth_refused_total", map[string]string{"reason": reason})
 }
 
 // requireGenericRefusal checks that st is what every refused client gets:

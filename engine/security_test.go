@@ -241,22 +241,7 @@ func TestZoneTokenExpiryIsExportedAndWarned(t *testing.T) {
 
 // gaugeFor is the value of gauge name with label zone on n.
 func gaugeFor(t *testing.T, n *node, name, zone string) float64 {
-	t.Helper()
-	mfs, err := n.e.promReg.Gather()
-	require.NoError(t, err)
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "zone" && l.GetValue() == zone {
-					return m.GetGauge().GetValue()
-				}
-			}
-		}
-	}
-	return 0
+	return seriesValueOf(t, n, name, map[string]string{"zone": zone})
 }
 
 // A label key or value outside Kubernetes' syntax, or with the engine's

@@ -40,12 +40,12 @@ func TestFaultNewerSessionReplacesOlder(t *testing.T) {
 	require.NotNil(t, got)
 	assert.Equal(t, "new-2", got.Version)
 	eventually(t, func() bool {
-		return seriesValue(t, env.g, "kds_sessions_ended_total", map[string]string{"zone": zone, "reason": "replaced"}) == 1
+		return seriesValueOf(t, env.g, "kds_sessions_ended_total", map[string]string{"zone": zone, "reason": "replaced"}) == 1
 	}, "the older session is counted as replaced")
 	c, _ := env.g.e.Insights().Get(zone)
 	assert.True(t, c.Online, "online while the newer session lives: %s", c.LastError)
 	assert.Equal(t, uint64(2), c.Sessions)
-	assert.Equal(t, float64(1), seriesValue(t, env.g, "kds_session_connected", map[string]string{"zone": zone}))
+	assert.Equal(t, float64(1), seriesValueOf(t, env.g, "kds_session_connected", map[string]string{"zone": zone}))
 	env.assertHonestZoneSyncs(t)
 }
 
@@ -143,30 +143,4 @@ func TestFaultLimitHoldsAcrossSessions(t *testing.T) {
 	kvs, err := mem.Versions(ctx, store.Filter{Type: "Dataplane", Zone: "z"})
 	require.NoError(t, err)
 	assert.Len(t, kvs, 3)
-}
-
-// seriesValue is the value of global's series name with exactly labels.
-func seriesValue(t *testing.T, g *node, name string, labels map[string]string) float64 {
-	t.Helper()
-	mfs, err := g.e.promReg.Gather()
-	require.NoError(t, err)
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			got := map[string]string{}
-			for _, l := range m.GetLabel() {
-				got[l.GetName()] = l.GetValue()
-			}
-			if fmt.Sprint(got) != fmt.Sprint(labels) {
-				continue
-			}
-			if c := m.GetCounter(); c != nil {
-				return c.GetValue()
-			}
-			return m.GetGauge().GetValue()
-		}
-	}
-	return 0
 }

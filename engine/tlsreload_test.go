@@ -60,22 +60,7 @@ func leafOf(t *testing.T, certPath string) *x509.Certificate {
 
 // metricValue is the gauge value of name with label setting on n.
 func metricValue(t *testing.T, n *node, name, setting string) (float64, bool) {
-	t.Helper()
-	mfs, err := n.e.promReg.Gather()
-	require.NoError(t, err)
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "setting" && l.GetValue() == setting {
-					return m.GetGauge().GetValue(), true
-				}
-			}
-		}
-	}
-	return 0, false
+	return seriesValue(t, n, name, map[string]string{"setting": setting})
 }
 
 // A running global serves certificates replaced on disk on its KDS port
