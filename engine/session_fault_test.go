@@ -4,7 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"testing"
+
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/grpc"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -15,6 +19,7 @@ import (
 	"github.com/kds-engine/kds-engine/engine/internal/resource"
 	"github.com/kds-engine/kds-engine/engine/internal/store"
 	"github.com/kds-engine/kds-engine/engine/internal/store/memory"
+	kdsv1 "github.com/kds-engine/kds-engine/proto/kds/v1"
 )
 
 // A second session of one zone replaces the first: the first ends with a
@@ -143,4 +148,66 @@ func TestFaultLimitHoldsAcrossSessions(t *testing.T) {
 	kvs, err := mem.Versions(ctx, store.Filter{Type: "Dataplane", Zone: "z"})
 	require.NoError(t, err)
 	assert.Len(t, kvs, 3)
+}
+
+// A hostile zone's mix — many subscriptions each carrying 100000 held
+// names (3.8 MB), thousands of requests for types global does not serve,
+// re-subscriptions to draw more responses, and not reading what global
+// sends — grows global's heap by a bounded amount, and the honest zone
+// keeps syncing.
+func TestFaultHostileZoneMixIsBoundedInMemory(t *testing.T) {
+	env := startHostileEnv(t, Config{MaxMessageSize: 8 << 20, MaxResourceSize: 1 << 20})
+	for i := range 20 {
+		create(t, env.g, meshTimeout(fmt.Sprintf("mt-%d", i), "5s"))
+	}
+	heap := func() uint64 {
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapInuse
+	}
+	before := heap()
+
+	const zone = "zone-hog"
+	s := rawSession(t, dialGlobal(t, env.g, tlsCreds(t), grpc.WithInitialWindowSize(64<<10), grpc.WithInitialConnWindowSize(64<<10)), zone, tokenFor(t, env.g, zone))
+	held := make(map[string]string, 100000)
+	for i := range 100000 {
+		held[fmt.Sprintf("default/name-%026d", i)] = "v-0000000000001"
+	}
+	sub := &kdsv1.Message{Kind: &kdsv1.Message_Request{Request: &discovery.DeltaDiscoveryRequest{
+		TypeUrl: kdssync.TypeURL("MeshTimeout"), ResourceNamesSubscribe: []string{"*"}, InitialResourceVersions: held,
+	}}}
+	sent := 0
+	for ; sent < 40; sent++ {
+		if s.Send(sub) != nil {
+			break
+		}
+	}
+	for i := range 3000 {
+		if s.Send(&kdsv1.Message{Kind: &kdsv1.Message_Request{Request: &discovery.DeltaDiscoveryRequest{
+			TypeUrl: kdssync.TypeURL(fmt.Sprintf("Unknown%d", i)),
+		}}}) != nil {
+			break
+		}
+	}
+	held, sub = nil, nil
+	// Give global time to take in what it accepts (the stream may also be
+	// ended for breaking the protocol, which is an acceptable answer).
+	eventually(t, func() bool {
+		c, _ := env.g.e.Insights().Get(zone)
+		return !c.Online || len(c.Types) > 1
+	}, "global handled the hostile requests")
+	grown := int64(heap()) - int64(before)
+	hog, _ := env.g.e.Insights().Get(zone)
+	t.Logf("global's heap grew by %d MiB under the hostile mix (%d big subscriptions sent; session online %v, last error %q)", grown>>20, sent, hog.Online, hog.LastError)
+	assert.Less(t, grown, int64(256<<20), "what one zone can make global hold is bounded")
+	c, _ := env.g.e.Insights().Get(zone)
+	unknown := 0
+	for _, ts := range c.Types {
+		if ts.Unknown {
+			unknown++
+		}
+	}
+	assert.LessOrEqual(t, unknown, kdssync.MaxUnknownTypes)
+	env.assertHonestZoneSyncs(t)
 }
