@@ -20,32 +20,110 @@
 //  2. The receive path never waits for the send path. Handing a received
 //     message to a logical stream is a non-blocking enqueue, and so is
 //     producing a reply (ServerStream.Send, ClientStream.Send).
-//  3. Each logical stream's send buffer holds Capacity() = types × window +
-//     headroom messages. Application-level flow control bounds what is in
-//     flight: a delta-xDS server sends at most window responses per type
-//     before their ACKs or NACKs ([WithWindow]; the sync layer uses 3), and a
-//     client answers each response once, so it has at most window answers per
-//     type outstanding. The headroom (default [DefaultHeadroom]) absorbs requests for types this side
-//     does not know (a peer with a newer plugin) and the brief overlap of an
-//     ACK with a subscription change. The same bound applies to the inbound
-//     queue of each logical stream, for the same reason.
-//  4. A full buffer, outbound or inbound, means the protocol was broken (by
-//     the peer, or by a local caller that ignores flow control): the session
-//     ends with [ErrBufferFull] or [ErrInboundFull], naming the logical stream
-//     and the count, instead of blocking.
-//  5. A gRPC Send that has not returned within the send timeout (default
+//  3. Each logical stream's send buffer and inbound queue are bounded in
+//     messages: the stream a side subscribes on holds types × window +
+//     headroom ([Params.ClientCapacity]), the stream it serves peer types ×
+//     window + headroom ([Params.ServerCapacity]), where types is this
+//     side's registered type count and peer types the peer's, which the two
+//     sides announce when the session starts ([WithPeer]; package kdsgrpc
+//     carries the announcement). Application-level flow control bounds what
+//     is in flight: a delta-xDS server sends at most window responses per
+//     type before their ACKs or NACKs ([WithWindow]; the sync layer uses 3),
+//     and a client answers each response once, so it has at most window
+//     answers per type outstanding. See "Sizing the four queues" below.
+//  4. Each logical stream's inbound queue is also bounded in bytes per
+//     session ([WithInboundBudget], default [DefaultInboundBudgetMessages]
+//     × the session's max message size), and all sessions' inbound queues
+//     together by an [InboundPool] ([WithInboundPool], default size
+//     [DefaultInboundPoolBytes]). A message costs its encoded size
+//     (proto.Size, measured once) plus [MessageOverhead].
+//  5. A full queue or buffer, in messages or in the session's bytes, means
+//     the protocol was broken (by the peer, or by a local caller that
+//     ignores flow control): the session ends with [ErrBufferFull] or
+//     [ErrInboundFull], naming the logical stream, the type URL of the
+//     message that did not fit, the count and the bytes, instead of
+//     blocking. An exhausted pool is not a violation by anyone: the
+//     receive loop waits for room (see below).
+//  6. A gRPC Send that has not returned within the send timeout (default
 //     [DefaultSendTimeout]) ends the session with [ErrSendTimeout]; the error
 //     text carries the timeout. The zone reconnects with backoff (package
 //     kdsgrpc).
+//  7. Send refuses a message over the session's max message size with
+//     [ErrMessageTooLarge]: the smaller of this side's and the peer's
+//     announced size, so the peer's gRPC never refuses what this side sends.
+//
+// # Sizing the four queues
+//
+// Which side's type count bounds each of the four queues on a side:
+//
+//   - the client stream's send buffer (this side's subscriptions and
+//     answers): one subscription and at most window answers per type this
+//     side receives, so this side's count;
+//   - the client stream's inbound queue (the peer's responses): at most
+//     window per type this side subscribed to, so this side's count;
+//   - the server stream's inbound queue (the peer's subscriptions and
+//     answers): the mirror of the peer's client send buffer, so the peer's
+//     count, types this side does not know included, since the peer
+//     subscribes to those too;
+//   - the server stream's send buffer (responses to the peer): at most
+//     window per type the peer subscribed to, answers for types this side
+//     does not serve included, so the peer's count.
+//
+// Both sides thus compute the same figure for one logical stream: the
+// sender's buffer and the receiver's queue agree, whichever side has more
+// types. Sizing every queue from this side's count alone lets a peer with
+// more types overflow the server stream's inbound queue with its first
+// burst of subscriptions (a global with more types than 3 × a zone's + 16
+// did so, and the zone reconnected in a loop). The headroom (default
+// [DefaultHeadroom]) absorbs re-subscriptions and the brief overlap of an
+// ACK with a subscription change and, with a peer that announced nothing
+// (an older build, assumed to be like this side), requests for types this
+// side does not know. The window is a protocol constant of the sync layer
+// that both sides share, so it is not announced. Queues allocate as they
+// fill, so a large bound costs nothing until used, and the byte budgets
+// (invariant 4) bound what a peer that announces many types can make this
+// side hold.
+//
+// # Failures
 //
 // The first failure is recorded with context.WithCancelCause and reaches
 // everything the session owns: once the session has ended, Recv and Send on
 // both logical streams return that cause, and [Session.Run] returns it.
 //
+// # Defaults
+//
 // Why the default headroom is 16: it covers a peer a full plugin release
 // ahead (a release rarely adds more than a handful of types) plus the
-// ACK/update overlaps of the few types busy at any moment, while keeping what
-// a violating peer can pin bounded ((types × window + 16) × max message size) and its
-// violation detected early. A buffer slot costs a pointer until used. See
-// docs/decisions/0001-mux-send-buffers.md.
+// ACK/update overlaps of the few types busy at any moment, while keeping
+// violations detected early. See docs/decisions/0001-mux-send-buffers.md.
+//
+// Why the per-session byte budget is 16 max-size messages per logical
+// stream: a peer that follows the protocol may have window (3) responses
+// of every type in flight, each up to the max message size, and the
+// receiver takes one at a time off the queue to validate it. A full initial
+// sync of the two heavy zone→global types (Dataplane, DataplaneInsight)
+// can put six max-size responses on the queue, a large policy set a few
+// more; 16 covers five heavy types syncing at once. Requests are small
+// except subscriptions, one per type with the versions the peer holds. A
+// smaller budget (two messages) would end honest sessions during large
+// initial syncs and make them reconnect; the budget is a bound against a
+// peer that ignores flow control, not a throttle. What one peer can make
+// this side hold is then at most 2 × 16 × the max message size (128 MiB at
+// the 4 MiB default) plus the one message its receive loop holds, instead
+// of (types × window + headroom) × the max message size per stream.
+//
+// Why the receive loop waits when the shared pool is exhausted instead of
+// ending the session: the pool is shared, so the session that finds it
+// exhausted is usually not the one that filled it; ending it would let a
+// few peers that keep their queues full disconnect every other peer.
+// Waiting stops this session's reads, and HTTP/2 flow control then stops
+// its peer, which is back-pressure and nothing more. It cannot deadlock:
+// the pool is freed by the sync layer's readers of every session's
+// queues, which never wait for any receive loop (invariant 2 keeps the
+// receive loops from waiting for the send path, and the readers only
+// enqueue their replies), and the pool is taken in arrival order, so a
+// waiting session gets room as soon as enough has been read. The wait ends
+// when the session ends, or the stream does. A peer whose Send then stays
+// blocked for longer than its send timeout ends its own session, as with
+// any slow reader.
 package mux

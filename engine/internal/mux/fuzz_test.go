@@ -156,8 +156,8 @@ func FuzzSessionRouting(f *testing.F) {
 		if !errors.Is(err, want) {
 			t.Fatalf("session ended with %v, want %v", err, want)
 		}
-		gotReqs := drain(s.server.in.ch)
-		gotResps := drain(s.client.in.ch)
+		gotReqs := drain(&s.server.in)
+		gotResps := drain(&s.client.in)
 		if !sameMessages(gotReqs, wantReqs) || !sameMessages(gotResps, wantResps) {
 			t.Fatalf("routed %d requests and %d responses, want %d and %d (in order)",
 				len(gotReqs), len(gotResps), len(wantReqs), len(wantResps))
@@ -165,15 +165,14 @@ func FuzzSessionRouting(f *testing.F) {
 	})
 }
 
-func drain[T proto.Message](ch chan T) []proto.Message {
+func drain[T proto.Message](in *inQueue[T]) []proto.Message {
 	var out []proto.Message
 	for {
-		select {
-		case m := <-ch:
-			out = append(out, m)
-		default:
+		it, ok := in.q.pop()
+		if !ok {
 			return out
 		}
+		out = append(out, it.msg)
 	}
 }
 

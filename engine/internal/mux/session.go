@@ -25,6 +25,18 @@ const (
 	// DefaultMaxMessageSize is the largest message a session sends (and the
 	// gRPC default for what it receives).
 	DefaultMaxMessageSize = 4 << 20
+	// DefaultInboundBudgetMessages sizes each logical stream's inbound byte
+	// budget per session: this many messages of the session's max message
+	// size. See the package documentation.
+	DefaultInboundBudgetMessages = 16
+	// DefaultInboundPoolBytes is the default size of an InboundPool, the
+	// byte budget all sessions' inbound queues share.
+	DefaultInboundPoolBytes = 256 << 20
+	// MessageOverhead is charged against the inbound byte budgets for every
+	// queued message on top of its encoded size: the decoded message's own
+	// structures, so that many tiny messages cannot hold more memory than
+	// the budgets say.
+	MessageOverhead = 256
 )
 
 // Sentinel errors. The error a session ends with wraps exactly one of them
@@ -34,9 +46,9 @@ var (
 	// ErrBufferFull: a logical stream's send buffer was full when a message
 	// was handed to it. The session ends.
 	ErrBufferFull = errors.New("send buffer full")
-	// ErrInboundFull: the peer sent more messages to a logical stream than
-	// its inbound queue holds, i.e. it ignored application-level flow
-	// control. The session ends.
+	// ErrInboundFull: the peer sent more to a logical stream than its
+	// inbound queue holds, in messages or in bytes, i.e. it ignored
+	// application-level flow control. The session ends.
 	ErrInboundFull = errors.New("inbound queue full")
 	// ErrSendTimeout: a gRPC Send did not return within the send timeout.
 	// The session ends.
@@ -72,6 +84,11 @@ type options struct {
 	window         int
 	sendTimeout    time.Duration
 	maxMessageSize int
+	peer           bool
+	peerTypes      int
+	peerMaxSize    int
+	inboundBudget  int
+	pool           *InboundPool
 	log            hclog.Logger
 	abort          func()
 	observeSend    func(server bool, bytes int, d time.Duration)
@@ -113,15 +130,48 @@ func WithLogger(l hclog.Logger) Option {
 	}
 }
 
-// WithMaxMessageSize sets the largest message, in encoded bytes, that Send
-// accepts (default DefaultMaxMessageSize). Zero or negative keeps the default.
-// Configure the gRPC transport with the same limit for what is received.
+// WithMaxMessageSize sets this side's max message size, in encoded bytes
+// (default DefaultMaxMessageSize): the largest message it receives, and
+// the largest Send accepts unless the peer announced a smaller one
+// (WithPeer). Zero or negative keeps the default. Configure the gRPC
+// transport with the same limit for what is received.
 func WithMaxMessageSize(n int) Option {
 	return func(o *options) {
 		if n > 0 {
 			o.maxMessageSize = n
 		}
 	}
+}
+
+// WithPeer sets the figures the peer announced when the session started:
+// its registered type count and its max message size. The logical stream
+// this side serves is sized from the peer's type count, Send accepts at
+// most the smaller of the two max message sizes (see the package
+// documentation). A negative types or a size of zero or less stands for a
+// figure the peer did not announce and is taken to be this side's. Without
+// WithPeer, the peer is assumed to be like this side. The figures must have
+// been validated (package kdsgrpc refuses absurd announcements).
+func WithPeer(types, maxMessageSize int) Option {
+	return func(o *options) {
+		o.peer, o.peerTypes, o.peerMaxSize = true, types, maxMessageSize
+	}
+}
+
+// WithInboundBudget sets how many bytes each logical stream's inbound queue
+// may hold (encoded size plus MessageOverhead per message) before the
+// session ends with ErrInboundFull (default DefaultInboundBudgetMessages ×
+// the session's max message size). Values below this side's max message
+// size plus MessageOverhead are raised to it, so that any message gRPC
+// accepted fits an empty queue. Zero or negative keeps the default.
+func WithInboundBudget(bytes int) Option {
+	return func(o *options) { o.inboundBudget = bytes }
+}
+
+// WithInboundPool makes the session's inbound queues draw on p, a byte
+// budget shared with other sessions: when p is exhausted, the receive loop
+// waits for room. Nil (the default) means no shared budget.
+func WithInboundPool(p *InboundPool) Option {
+	return func(o *options) { o.pool = p }
 }
 
 // WithSendObserver sets a function the sender goroutine calls after every
@@ -146,15 +196,15 @@ func WithAbort(f func()) Option {
 // with NewSession, run it with Run, use Server and Client from any goroutine.
 // All methods are safe for concurrent use.
 type Session struct {
-	stream   Stream
-	log      hclog.Logger
-	types    int
-	headroom int
-	window   int
-	capacity int
-	timeout  time.Duration
-	maxSize  int
-	abort    func()
+	stream  Stream
+	log     hclog.Logger
+	params  Params
+	timeout time.Duration
+	// maxSize is the largest message Send accepts: the smaller of the two
+	// sides' max message sizes.
+	maxSize int
+	pool    *InboundPool
+	abort   func()
 	// observeSend, if set, is called after every successful Send.
 	observeSend func(server bool, bytes int, d time.Duration)
 
@@ -173,6 +223,46 @@ type Session struct {
 	sendTimer    *time.Timer
 }
 
+// Params are a session's effective figures: this side's, the peer's as
+// announced, and the sizes that follow from both.
+type Params struct {
+	// Types is the number of types registered on this side, PeerTypes the
+	// number the peer announced (Types if it announced none).
+	Types, PeerTypes int
+	// PeerAnnounced is false when the peer announced nothing (WithPeer was
+	// not given) and its figures are assumed to be this side's.
+	PeerAnnounced bool
+	// Window is the responses per type in flight before an answer,
+	// Headroom the extra slots per queue.
+	Window, Headroom int
+	// ServerCapacity bounds, in messages, the send buffer and the inbound
+	// queue of the logical stream this side serves: PeerTypes × Window +
+	// Headroom. ClientCapacity bounds those of the stream it subscribes
+	// on: Types × Window + Headroom. Each is at least 1.
+	ServerCapacity, ClientCapacity int
+	// LocalMaxMessageSize is this side's max message size (the largest it
+	// receives), PeerMaxMessageSize the peer's as announced (this side's
+	// if it announced none). MaxMessageSize, the smaller, is the largest
+	// message the session sends.
+	LocalMaxMessageSize, PeerMaxMessageSize, MaxMessageSize int
+	// InboundBudget is the most bytes each logical stream's inbound queue
+	// holds before the session ends with ErrInboundFull.
+	InboundBudget int
+	// PoolLimit is the size of the shared InboundPool, 0 without one.
+	PoolLimit int64
+}
+
+// ServerFormula and ClientFormula spell out how the capacities follow from
+// the figures, for logs and errors.
+func (p Params) ServerFormula() string {
+	return fmt.Sprintf("%d peer types × %d in flight + %d headroom = %d", p.PeerTypes, p.Window, p.Headroom, p.ServerCapacity)
+}
+
+// ClientFormula: see ServerFormula.
+func (p Params) ClientFormula() string {
+	return fmt.Sprintf("%d types × %d in flight + %d headroom = %d", p.Types, p.Window, p.Headroom, p.ClientCapacity)
+}
+
 // NewSession returns a session on stream for a side with types registered
 // resource types. Nothing runs until Run. The session's context carries
 // stream.Context()'s values; the session ends when the stream does (Recv
@@ -188,17 +278,37 @@ func NewSession(stream Stream, types int, opts ...Option) *Session {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	types = max(types, 0)
+	p := Params{
+		Types: max(types, 0), PeerAnnounced: o.peer,
+		Window: o.window, Headroom: o.headroom,
+		LocalMaxMessageSize: o.maxMessageSize,
+	}
+	p.PeerTypes, p.PeerMaxMessageSize = p.Types, p.LocalMaxMessageSize
+	if o.peer && o.peerTypes >= 0 {
+		p.PeerTypes = o.peerTypes
+	}
+	if o.peer && o.peerMaxSize > 0 {
+		p.PeerMaxMessageSize = o.peerMaxSize
+	}
+	p.ServerCapacity = max(p.PeerTypes*p.Window+p.Headroom, 1)
+	p.ClientCapacity = max(p.Types*p.Window+p.Headroom, 1)
+	p.MaxMessageSize = min(p.LocalMaxMessageSize, p.PeerMaxMessageSize)
+	p.InboundBudget = o.inboundBudget
+	if p.InboundBudget <= 0 {
+		p.InboundBudget = DefaultInboundBudgetMessages * p.MaxMessageSize
+	}
+	p.InboundBudget = max(p.InboundBudget, p.LocalMaxMessageSize+MessageOverhead)
+	if o.pool != nil {
+		p.PoolLimit = o.pool.Limit()
+	}
 	s := &Session{
-		stream:   stream,
-		log:      o.log.Named("mux"),
-		types:    types,
-		headroom: o.headroom,
-		window:   o.window,
-		capacity: max(types*o.window+o.headroom, 1),
-		timeout:  o.sendTimeout,
-		maxSize:  o.maxMessageSize,
-		abort:    o.abort,
+		stream:  stream,
+		log:     o.log.Named("mux"),
+		params:  p,
+		timeout: o.sendTimeout,
+		maxSize: p.MaxMessageSize,
+		pool:    o.pool,
+		abort:   o.abort,
 
 		observeSend: o.observeSend,
 	}
@@ -206,18 +316,23 @@ func NewSession(stream Stream, types int, opts ...Option) *Session {
 	// reports why (a gRPC status), which is a better cause than "context
 	// canceled". Values (metadata, peer) are kept.
 	s.ctx, s.cancel = context.WithCancelCause(context.WithoutCancel(stream.Context()))
+	srvFormula, cliFormula := p.ServerFormula(), p.ClientFormula()
+	budget := int64(p.InboundBudget)
 	s.server = &ServerStream{s: s}
-	s.server.out.init("server", s.capacity)
-	s.server.in.init("server", s.capacity)
+	s.server.out.init("server", p.ServerCapacity, srvFormula)
+	s.server.in.init("server", "request", p.ServerCapacity, srvFormula, budget)
 	s.client = &ClientStream{s: s}
-	s.client.out.init("client", s.capacity)
-	s.client.in.init("client", s.capacity)
+	s.client.out.init("client", p.ClientCapacity, cliFormula)
+	s.client.in.init("client", "response", p.ClientCapacity, cliFormula, budget)
 	return s
 }
 
-// Capacity is the size of each logical stream's send buffer and inbound
-// queue: types × window + headroom (at least 1).
-func (s *Session) Capacity() int { return s.capacity }
+// Params returns the session's effective figures.
+func (s *Session) Params() Params { return s.params }
+
+// Capacity is the larger of the two logical streams' capacities
+// (Params.ServerCapacity, Params.ClientCapacity), for a one-number summary.
+func (s *Session) Capacity() int { return max(s.params.ServerCapacity, s.params.ClientCapacity) }
 
 // Server is the logical stream this side serves: it receives the peer's
 // requests and sends responses.
@@ -267,30 +382,48 @@ func (s *Session) Run(ctx context.Context) error {
 	})
 	defer stop()
 
-	s.log.Debug("session started", "buffer_formula", "types × window + headroom", "types", s.types,
-		"window", s.window, "headroom", s.headroom, "capacity", s.capacity, "send_timeout", s.timeout,
-		"max_message_size", s.maxSize)
+	p := s.params
+	s.log.Debug("session started", "server_capacity", p.ServerFormula(), "client_capacity", p.ClientFormula(),
+		"send_timeout", s.timeout, "max_message_size", p.MaxMessageSize, "inbound_budget", p.InboundBudget,
+		"inbound_pool", p.PoolLimit)
 
 	s.sendTimer = time.AfterFunc(time.Hour, s.checkSendTimeout)
 	s.sendTimer.Stop()
 
+	// The receive loop may wait for room in the shared pool; that wait
+	// ends with the session, and also when the stream ends (nothing reads
+	// it then to notice).
+	rctx, rcancel := context.WithCancelCause(s.ctx)
+	defer rcancel(nil)
+	stopWatch := context.AfterFunc(s.stream.Context(), func() {
+		rcancel(fmt.Errorf("%w: the stream ended while the receive loop waited for the shared inbound budget", ErrSessionClosed))
+	})
+	defer stopWatch()
+
 	var wg sync.WaitGroup
 	wg.Go(s.sendLoop)
-	wg.Go(s.recvLoop)
+	wg.Go(func() { s.recvLoop(rctx) })
 	<-s.ctx.Done()
 	if s.abort != nil {
 		s.abort()
 	}
 	wg.Wait()
 	s.sendTimer.Stop()
+	if s.pool != nil {
+		// Nothing is received any more; what is still queued gives its
+		// bytes back (a late Recv that takes a message does so itself).
+		s.server.in.drain(s.pool)
+		s.client.in.drain(s.pool)
+	}
 	err := context.Cause(s.ctx)
 	s.log.Debug("session ended", "error", err)
 	return err
 }
 
 // recvLoop is the only caller of stream.Recv. It routes and enqueues without
-// ever blocking on anything but Recv itself.
-func (s *Session) recvLoop() {
+// ever waiting for the send path; besides Recv itself it waits only for
+// room in the shared inbound pool, until ctx ends.
+func (s *Session) recvLoop(ctx context.Context) {
 	for {
 		m, err := s.stream.Recv()
 		if err != nil {
@@ -303,9 +436,9 @@ func (s *Session) recvLoop() {
 		}
 		switch k := m.GetKind().(type) {
 		case *kdsv1.Message_Request:
-			err = s.server.in.put(k.Request, proto.Size(k.Request))
+			err = s.server.in.put(ctx, s.pool, k.Request, k.Request.GetTypeUrl(), proto.Size(k.Request))
 		case *kdsv1.Message_Response:
-			err = s.client.in.put(k.Response, proto.Size(k.Response))
+			err = s.client.in.put(ctx, s.pool, k.Response, k.Response.GetTypeUrl(), proto.Size(k.Response))
 		default:
 			err = ErrUnknownMessage
 		}
@@ -318,21 +451,34 @@ func (s *Session) recvLoop() {
 
 // sendLoop is the only caller of stream.Send.
 func (s *Session) sendLoop() {
-	srv, cli := s.server.out.ch, s.client.out.ch
+	srv, cli := &s.server.out, &s.client.out
+	first := false
 	for {
 		if s.ctx.Err() != nil {
 			return // do not pick queued messages after the end
 		}
-		var it outItem
-		var q *outQueue
-		select {
-		case <-s.ctx.Done():
-			return
-		case it = <-srv:
-			q = &s.server.out
-		case it = <-cli:
-			q = &s.client.out
+		// Take turns, so that neither logical stream starves the other.
+		first = !first
+		a, b := srv, cli
+		if !first {
+			a, b = cli, srv
 		}
+		q := a
+		it, ok := a.q.pop()
+		if !ok {
+			q = b
+			it, ok = b.q.pop()
+		}
+		if !ok {
+			select {
+			case <-s.ctx.Done():
+				return
+			case <-srv.q.ready:
+			case <-cli.q.ready:
+			}
+			continue
+		}
+		q.queued.Add(-int64(it.size))
 		start := time.Now()
 		if err := s.send(it.msg); err != nil {
 			if errors.Is(err, io.EOF) {
@@ -351,7 +497,7 @@ func (s *Session) sendLoop() {
 		q.messages.Add(1)
 		q.bytes.Add(uint64(it.size))
 		if s.observeSend != nil {
-			s.observeSend(q == &s.server.out, it.size, time.Since(start))
+			s.observeSend(q == srv, it.size, time.Since(start))
 		}
 	}
 }
@@ -388,7 +534,7 @@ type Stats struct {
 	// SendTimeouts counts Sends that exceeded the send timeout (0 or 1: the
 	// first one ends the session).
 	SendTimeouts uint64
-	// Capacity is types × window + headroom.
+	// Capacity is Session.Capacity(); each StreamStats has its stream's.
 	Capacity int
 }
 
@@ -402,6 +548,13 @@ type StreamStats struct {
 	// InboundLen is the number of received messages not yet read by Recv,
 	// InboundHighWater the most the inbound queue has held.
 	InboundLen, InboundHighWater int
+	// InboundBytes is what those messages cost against the inbound byte
+	// budget (encoded size plus MessageOverhead each), InboundBytesHighWater
+	// the most the queue has held.
+	InboundBytes, InboundBytesHighWater int64
+	// Capacity bounds the stream's send buffer and inbound queue, in
+	// messages.
+	Capacity int
 }
 
 // Stats returns a snapshot of the session's counters. Safe to call at any
@@ -412,23 +565,26 @@ func (s *Session) Stats() Stats {
 		Client:       streamStats(&s.client.out, inStats(&s.client.in)),
 		SendTime:     time.Duration(s.sendNanos.Load()),
 		SendTimeouts: s.sendTimeouts.Load(),
-		Capacity:     s.capacity,
+		Capacity:     s.Capacity(),
 	}
 }
 
 func inStats[T any](in *inQueue[T]) StreamStats {
 	return StreamStats{
-		MessagesReceived: in.messages.Load(),
-		BytesReceived:    in.bytes.Load(),
-		InboundLen:       len(in.ch),
-		InboundHighWater: int(in.highWater.Load()),
+		MessagesReceived:      in.messages.Load(),
+		BytesReceived:         in.bytes.Load(),
+		InboundLen:            in.q.len(),
+		InboundHighWater:      int(in.highWater.Load()),
+		InboundBytes:          in.queued.Load(),
+		InboundBytesHighWater: in.bytesHighWater.Load(),
+		Capacity:              in.capacity,
 	}
 }
 
 func streamStats(out *outQueue, st StreamStats) StreamStats {
 	st.MessagesSent = out.messages.Load()
 	st.BytesSent = out.bytes.Load()
-	st.SendBufferLen = len(out.ch)
+	st.SendBufferLen = out.q.len()
 	st.SendBufferHighWater = int(out.highWater.Load())
 	return st
 }

@@ -1,0 +1,60 @@
+package mux
+
+import (
+	"context"
+	"sync/atomic"
+
+	"golang.org/x/sync/semaphore"
+)
+
+// InboundPool is a byte budget that the inbound queues of many sessions
+// share: what every session of a process has received and not yet handed
+// to its sync layer. A receive loop that finds the pool exhausted waits
+// for room (see the package documentation for why it waits instead of
+// ending its session). Safe for concurrent use; create it with
+// NewInboundPool and pass it to every session with WithInboundPool.
+type InboundPool struct {
+	limit  int64
+	sem    *semaphore.Weighted
+	queued atomic.Int64
+	waits  atomic.Uint64
+}
+
+// NewInboundPool returns a pool of limit bytes; zero or negative means
+// DefaultInboundPoolBytes.
+func NewInboundPool(limit int64) *InboundPool {
+	if limit <= 0 {
+		limit = DefaultInboundPoolBytes
+	}
+	return &InboundPool{limit: limit, sem: semaphore.NewWeighted(limit)}
+}
+
+// Limit is the pool's size in bytes.
+func (p *InboundPool) Limit() int64 { return p.limit }
+
+// Queued is how many bytes the sessions' inbound queues hold now.
+func (p *InboundPool) Queued() int64 { return p.queued.Load() }
+
+// Waits counts the times a receive loop found the pool exhausted and had
+// to wait for room.
+func (p *InboundPool) Waits() uint64 { return p.waits.Load() }
+
+// acquire takes n bytes (at most the whole pool, so that one message larger
+// than the pool still fits once everything else is gone), waiting in
+// arrival order until there is room or ctx ends. It returns what it took.
+func (p *InboundPool) acquire(ctx context.Context, n int64) (int64, error) {
+	n = min(n, p.limit)
+	if !p.sem.TryAcquire(n) {
+		p.waits.Add(1)
+		if err := p.sem.Acquire(ctx, n); err != nil {
+			return 0, context.Cause(ctx)
+		}
+	}
+	p.queued.Add(n)
+	return n, nil
+}
+
+func (p *InboundPool) release(n int64) {
+	p.queued.Add(-n)
+	p.sem.Release(n)
+}
