@@ -65,8 +65,10 @@ type Engine struct {
 	// fromGlobal remembers, on a zone, what it refused of global's
 	// resources, across its sessions.
 	fromGlobal *kdssync.Rejections
-	// inflight budgets the bytes of responses in flight, all sessions.
-	inflight *kdssync.Budget
+	// inflight budgets the bytes of responses in flight, all sessions;
+	// inboundPool the bytes received and not yet handled, all sessions.
+	inflight    *kdssync.Budget
+	inboundPool *mux.InboundPool
 
 	mu        sync.Mutex
 	connected bool // zone: a session to global is up
@@ -260,6 +262,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	}
 	e.ix = kdssync.NewIndex(e.served)
 	e.inflight = kdssync.NewBudget(kdssync.DefaultProcessBudget)
+	e.inboundPool = mux.NewInboundPool(mux.DefaultInboundPoolBytes)
 	e.fromGlobal = kdssync.NewRejections()
 	e.live = newLiveSessions(raw)
 	e.server = kdssync.NewServer(e.ix,

@@ -25,8 +25,8 @@
 //     headroom ([Params.ClientCapacity]), the stream it serves peer types ×
 //     window + headroom ([Params.ServerCapacity]), where types is this
 //     side's registered type count and peer types the peer's, which the two
-//     sides announce when the session starts ([WithPeer]; package kdsgrpc
-//     carries the announcement). Application-level flow control bounds what
+//     sides announce when the session starts ([WithPeer]; without it the
+//     peer is taken to be like this side). Application-level flow control bounds what
 //     is in flight: a delta-xDS server sends at most window responses per
 //     type before their ACKs or NACKs ([WithWindow]; the sync layer uses 3),
 //     and a client answers each response once, so it has at most window

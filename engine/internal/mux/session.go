@@ -150,7 +150,8 @@ func WithMaxMessageSize(n int) Option {
 // documentation). A negative types or a size of zero or less stands for a
 // figure the peer did not announce and is taken to be this side's. Without
 // WithPeer, the peer is assumed to be like this side. The figures must have
-// been validated (package kdsgrpc refuses absurd announcements).
+// been validated by the caller (absurd values are not to be used to size
+// anything).
 func WithPeer(types, maxMessageSize int) Option {
 	return func(o *options) {
 		o.peer, o.peerTypes, o.peerMaxSize = true, types, maxMessageSize
