@@ -99,21 +99,26 @@ func TestFaultVersionsAfterRestore(t *testing.T) {
 	require.NoError(t, err)
 	record(inCopy)
 	require.NoError(t, s.Close())
+	// writeFive updates the dataplane and creates p0..p4 in s, recording
+	// every version handed out.
+	writeFive := func(s *boltstore.Store, when string) {
+		for i := range 5 {
+			r := dp(fmt.Sprintf("%s %d", when, i))
+			r.Version = ""
+			u, err := s.Update(ctx, r)
+			require.NoError(t, err)
+			record(u)
+			created, err := s.Create(ctx, storetest.Res("MeshTimeout", fmt.Sprintf("p%d", i)))
+			require.NoError(t, err)
+			record(created)
+		}
+	}
 	backup := filepath.Join(t.TempDir(), "backup.db")
 	copyFile(t, path, backup)
 
 	s, err = boltstore.Open(dir)
 	require.NoError(t, err)
-	for i := range 5 {
-		r := dp(fmt.Sprintf("after the copy %d", i))
-		r.Version = ""
-		u, err := s.Update(ctx, r)
-		require.NoError(t, err)
-		record(u)
-		other, err := s.Create(ctx, storetest.Res("MeshTimeout", fmt.Sprintf("p%d", i)))
-		require.NoError(t, err)
-		record(other)
-	}
+	writeFive(s, "after the copy")
 	require.NoError(t, s.Close())
 
 	copyFile(t, backup, path)
@@ -123,16 +128,7 @@ func TestFaultVersionsAfterRestore(t *testing.T) {
 	assert.Equal(t, inCopy.Version, got.Version, "a restored resource keeps the version that named its content")
 	assert.JSONEq(t, `{"content":"in the copy"}`, string(got.Spec))
 
-	for i := range 5 {
-		r := dp(fmt.Sprintf("after the restore %d", i))
-		r.Version = ""
-		u, err := s.Update(ctx, r)
-		require.NoError(t, err)
-		record(u)
-		created, err := s.Create(ctx, storetest.Res("MeshTimeout", fmt.Sprintf("p%d", i)))
-		require.NoError(t, err)
-		record(created)
-	}
+	writeFive(s, "after the restore")
 }
 
 // TestFaultSessionGenerationsAfterReopen: generations keep growing across

@@ -35,10 +35,7 @@ func RunFault(t *testing.T, newStore func(t *testing.T) store.Store) {
 		return s
 	}
 	t.Run("VersionsDifferAfterStoreLoss", func(t *testing.T) { testVersionsAfterStoreLoss(t, open) })
-	tests := []struct {
-		name string
-		fn   func(t *testing.T, s store.Store)
-	}{
+	tests := []namedTest{
 		{"VersionsNeverRepeat", testVersionsNeverRepeat},
 		{"FencedApply", testFencedApply},
 		{"FencedApplyChangesNothing", testFencedApplyChangesNothing},
@@ -46,11 +43,7 @@ func RunFault(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"ClaimSessionConcurrent", testClaimSessionConcurrent},
 		{"ClaimSessionInvalid", testClaimSessionInvalid},
 	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			tc.fn(t, open(t))
-		})
-	}
+	runEach(t, open, tests)
 }
 
 // testVersionsAfterStoreLoss: a store that starts over (a memory store in a

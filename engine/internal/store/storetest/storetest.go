@@ -41,10 +41,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		t.Cleanup(func() { _ = s.Close() })
 		return s
 	}
-	tests := []struct {
-		name string
-		fn   func(t *testing.T, s store.Store)
-	}{
+	tests := []namedTest{
 		{"CreateGet", testCreateGet},
 		{"CreateAlreadyExists", testCreateAlreadyExists},
 		{"CreateInvalid", testCreateInvalid},
@@ -72,6 +69,17 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"CanceledContext", testCanceledContext},
 		{"Close", testClose},
 	}
+	runEach(t, open, tests)
+}
+
+// namedTest is one conformance test.
+type namedTest struct {
+	name string
+	fn   func(t *testing.T, s store.Store)
+}
+
+// runEach runs every test as a subtest on a store of its own.
+func runEach(t *testing.T, open func(*testing.T) store.Store, tests []namedTest) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.fn(t, open(t))
