@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"time"
@@ -26,6 +27,32 @@ func syncCmd(g *globals) *cobra.Command {
 	cmd.Flags().IntSliceVar(&c.Ns, "n", []int{10000, 100000}, "resource counts")
 	cmd.Flags().IntVar(&c.Size, "size", 1024, "spec size in bytes")
 	cmd.Flags().IntVar(&c.Repeat, "repeat", 5, "runs per N, each with its own baseline; the verdict uses each path's median (one run is too noisy to judge)")
+	return cmd
+}
+
+func wanCmd(g *globals) *cobra.Command {
+	var c kdsbench.WANConfig
+	var mbit float64
+	cmd := &cobra.Command{
+		Use:   "wan",
+		Short: "Initial sync global→zone over added round trips and limited bandwidth vs loopback and go-control-plane",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if mbit <= 0 {
+				return fmt.Errorf("--bandwidth-mbit must be positive, got %g", mbit)
+			}
+			c.Bandwidth = int64(mbit * 1e6 / 8)
+			return run(cmd, g, func(ctx context.Context, o kdsbench.Options) (*kdsbench.Report, error) {
+				return kdsbench.WAN(ctx, o, c)
+			})
+		},
+	}
+	cmd.Flags().IntVar(&c.N, "n", 100000, "resources")
+	cmd.Flags().IntVar(&c.Size, "size", 1024, "spec size in bytes")
+	cmd.Flags().DurationSliceVar(&c.RTTs, "rtt", []time.Duration{50 * time.Millisecond, 150 * time.Millisecond}, "round trips to add (loopback always runs first)")
+	cmd.Flags().Float64Var(&mbit, "bandwidth-mbit", 1000, "link rate in Mbit/s")
+	cmd.Flags().IntVar(&c.Repeat, "repeat", 3, "runs per link; figures are medians")
+	cmd.Flags().Int32Var(&c.Window, "window", 0, "fix the engines' HTTP/2 stream and connection windows at this many bytes (0: gRPC's dynamic windows)")
 	return cmd
 }
 

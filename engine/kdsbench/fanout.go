@@ -75,7 +75,7 @@ func Fanout(ctx context.Context, o Options, c FanoutConfig) (*Report, error) {
 }
 
 func fanoutXDS(ctx context.Context, o Options, zones int, c FanoutConfig) ([]time.Duration, error) {
-	x, err := startXDS(xdsResources("p", c.N, c.Size))
+	x, err := startXDS(xdsResources("p", c.N, c.Size), Link{})
 	if err != nil {
 		return nil, err
 	}

@@ -43,6 +43,9 @@ type env struct {
 	cert    string
 	key     string
 	log     hclog.Logger
+	// window, when positive, fixes every engine's HTTP/2 windows
+	// (engine.Config.InitialWindowSize).
+	window int32
 }
 
 // newEnv creates a scratch directory and PKI. pluginsDir empty means build
@@ -141,6 +144,9 @@ func (n *node) discard() error {
 func (v *env) start(cfg engine.Config) (*node, error) {
 	cfg.APIAddress = "127.0.0.1:0"
 	cfg.PluginsDir = v.plugins
+	if v.window > 0 {
+		cfg.InitialWindowSize = v.window
+	}
 	e, err := engine.New(cfg, v.log)
 	if err != nil {
 		return nil, err
@@ -325,10 +331,11 @@ func (c *counter) waitFor(ctx context.Context, stall time.Duration, cond func(ma
 var errStalled = errors.New("stalled: no change")
 
 // proxy is a TCP relay that counts the bytes crossing it and holds new
-// connections until Open.
+// connections until Open. With a shaped Link it imitates that network.
 type proxy struct {
 	lis      net.Listener
 	target   string
+	link     Link
 	gate     chan struct{}
 	gateOnce sync.Once
 	up, down atomic.Int64
@@ -338,11 +345,16 @@ type proxy struct {
 }
 
 func newProxy(target string, open bool) (*proxy, error) {
+	return newLinkProxy(target, open, Link{})
+}
+
+// newLinkProxy is newProxy over the network l describes.
+func newLinkProxy(target string, open bool, l Link) (*proxy, error) {
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
-	p := &proxy{lis: lis, target: target, gate: make(chan struct{})}
+	p := &proxy{lis: lis, target: target, link: l, gate: make(chan struct{})}
 	if open {
 		p.Open()
 	}
@@ -379,8 +391,8 @@ func (p *proxy) accept() {
 			p.track(u)
 			var wg sync.WaitGroup
 			wg.Add(2)
-			go func() { defer wg.Done(); relay(u, c, &p.up); u.Close() }()
-			go func() { defer wg.Done(); relay(c, u, &p.down); c.Close() }()
+			go func() { defer wg.Done(); p.relay(u, c, &p.up); u.Close() }()
+			go func() { defer wg.Done(); p.relay(c, u, &p.down); c.Close() }()
 			wg.Wait()
 		}()
 	}
@@ -390,6 +402,14 @@ func (p *proxy) track(c net.Conn) {
 	p.mu.Lock()
 	p.conns = append(p.conns, c)
 	p.mu.Unlock()
+}
+
+func (p *proxy) relay(dst io.Writer, src io.Reader, n *atomic.Int64) {
+	if p.link.shaped() {
+		shapedRelay(dst, src, p.link, n)
+		return
+	}
+	relay(dst, src, n)
 }
 
 func relay(dst io.Writer, src io.Reader, n *atomic.Int64) {

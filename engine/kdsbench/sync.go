@@ -1,7 +1,6 @@
 package kdsbench
 
 import (
-	"cmp"
 	"context"
 	"fmt"
 	"runtime"
@@ -64,7 +63,7 @@ func Sync(ctx context.Context, o Options, c SyncConfig) (*Report, error) {
 		var trials []syncTrial
 		for i := range c.Repeat {
 			o.Progress.Start(fmt.Sprintf("sync %d: baseline", n), 0)
-			base, cold, err := syncXDS(ctx, n, c.Size)
+			base, cold, err := syncXDS(ctx, n, c.Size, Link{})
 			o.Progress.Finish()
 			if err != nil {
 				return nil, fmt.Errorf("baseline %d: %w", n, err)
@@ -102,8 +101,7 @@ func Sync(ctx context.Context, o Options, c SyncConfig) (*Report, error) {
 			for i, t := range trials {
 				runs[i] = pick(t)
 			}
-			slices.SortFunc(runs, func(a, b syncRun) int { return cmp.Compare(a.elapsed, b.elapsed) })
-			return runs[len(runs)/2]
+			return medianRun(runs)
 		}
 		med := syncTrial{
 			base: median(func(t syncTrial) syncRun { return t.base }),
@@ -164,14 +162,14 @@ func Sync(ctx context.Context, o Options, c SyncConfig) (*Report, error) {
 	return r, nil
 }
 
-// syncXDS times go-control-plane's delta server sending n resources to two
-// fresh clients, one after the other, and returns the second (warm) and
+// syncXDS times go-control-plane's delta server sending n resources over
+// link to two fresh clients, one after the other, and returns the second (warm) and
 // the first (cold) run. The warm one is judged: the baseline's one
 // ~110 MiB message takes several times longer on a heap that has not yet
 // grown to hold it, and a control plane serving a new zone has long been
 // running.
-func syncXDS(ctx context.Context, n, size int) (warm, cold syncRun, err error) {
-	x, err := startXDS(xdsResources("p", n, size))
+func syncXDS(ctx context.Context, n, size int, link Link) (warm, cold syncRun, err error) {
+	x, err := startXDS(xdsResources("p", n, size), link)
 	if err != nil {
 		return warm, cold, err
 	}
@@ -209,7 +207,7 @@ func syncEngine(ctx context.Context, o Options, v *env, n, size, run int) (g2z, 
 
 	// global → zone
 	zname := fmt.Sprintf("sync-a-%d-%d", n, run)
-	g2z, err = syncOnce(ctx, o, v, g, zname, n, func(z *node) (store.Store, store.Filter) {
+	g2z, err = syncOnce(ctx, o, v, g, zname, n, Link{}, func(z *node) (store.Store, store.Filter) {
 		return z.e.Store(), store.Filter{Type: policyType}
 	}, nil)
 	if err != nil {
@@ -226,7 +224,7 @@ func syncEngine(ctx context.Context, o Options, v *env, n, size, run int) (g2z, 
 	}
 	defer g.discard()
 	zname = fmt.Sprintf("sync-b-%d-%d", n, run)
-	z2g, err = syncOnce(ctx, o, v, g, zname, n, func(*node) (store.Store, store.Filter) {
+	z2g, err = syncOnce(ctx, o, v, g, zname, n, Link{}, func(*node) (store.Store, store.Filter) {
 		return g.e.Store(), store.Filter{Type: statusType, Zone: zname}
 	}, func(z *node) error {
 		o.Progress.Start(fmt.Sprintf("sync %d: load zone", n), n)
@@ -245,13 +243,14 @@ func sentTo(n *node, peer, typ string) insights.TypeState {
 	return c.Types[typ]
 }
 
-// syncOnce starts zone behind a closed proxy, runs prepare, then opens the
-// proxy and times until the watched store holds n resources.
-func syncOnce(ctx context.Context, o Options, v *env, g *node, zname string, n int,
+// syncOnce starts zone behind a closed proxy imitating link, runs prepare,
+// then opens the proxy and times until the watched store holds n
+// resources.
+func syncOnce(ctx context.Context, o Options, v *env, g *node, zname string, n int, link Link,
 	watched func(z *node) (store.Store, store.Filter), prepare func(z *node) error,
 ) (syncRun, error) {
 	g2z := prepare == nil
-	p, err := newProxy(g.e.KDSAddr().String(), false)
+	p, err := newLinkProxy(g.e.KDSAddr().String(), false, link)
 	if err != nil {
 		return syncRun{}, err
 	}

@@ -39,7 +39,7 @@ func Update(ctx context.Context, o Options, c UpdateConfig) (*Report, error) {
 		"N", "path", "updates", "p50 ms", "p99 ms", "max ms")
 
 	// Baseline.
-	x, err := startXDS(xdsResources("p", c.N, c.Size))
+	x, err := startXDS(xdsResources("p", c.N, c.Size), Link{})
 	if err != nil {
 		return nil, err
 	}

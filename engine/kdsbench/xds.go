@@ -42,7 +42,8 @@ func xdsResources(prefix string, n, size int) map[string]types.Resource {
 	return m
 }
 
-func startXDS(initial map[string]types.Resource) (*xdsServer, error) {
+// startXDS starts the baseline server behind a proxy imitating link.
+func startXDS(initial map[string]types.Resource, link Link) (*xdsServer, error) {
 	c := cache.NewLinearCache(xdsType, cache.WithInitialResources(initial))
 	ctx, cancel := context.WithCancel(context.Background())
 	srv := &adsDelta{srv: delta.NewServer(ctx, c, nil)}
@@ -53,7 +54,7 @@ func startXDS(initial map[string]types.Resource) (*xdsServer, error) {
 		cancel()
 		return nil, err
 	}
-	p, err := newProxy(lis.Addr().String(), true)
+	p, err := newLinkProxy(lis.Addr().String(), true, link)
 	if err != nil {
 		cancel()
 		lis.Close()
