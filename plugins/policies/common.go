@@ -33,7 +33,7 @@ const PolicyRoleLabel = "kuma.io/policy-role"
 // TargetRef selects the proxies (top level, from) or the destinations (to)
 // a policy applies to.
 type TargetRef struct {
-	Kind        string             `json:"kind,omitempty" jsonschema:"enum=Mesh,enum=Dataplane,enum=MeshSubset,enum=MeshGateway,enum=MeshService,enum=MeshExternalService,enum=MeshMultiZoneService,enum=MeshServiceSubset,enum=MeshHTTPRoute"`
+	Kind        string             `json:"kind,omitempty"`
 	Name        *string            `json:"name,omitempty"`
 	Tags        *map[string]string `json:"tags,omitempty"`
 	Mesh        *string            `json:"mesh,omitempty"`

@@ -21,7 +21,7 @@ type MeshRateLimitSpec struct {
 
 // RateLimitTo applies Default to the traffic TargetRef selects.
 type RateLimitTo struct {
-	TargetRef TargetRef     `json:"targetRef"`
+	TargetRef TargetRef     `json:"targetRef,omitempty"`
 	Default   RateLimitConf `json:"default,omitempty"`
 }
 

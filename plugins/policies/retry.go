@@ -19,7 +19,7 @@ type MeshRetrySpec struct {
 
 // RetryTo applies Default to the destinations TargetRef selects.
 type RetryTo struct {
-	TargetRef TargetRef `json:"targetRef"`
+	TargetRef TargetRef `json:"targetRef,omitempty"`
 	Default   RetryConf `json:"default,omitempty"`
 }
 

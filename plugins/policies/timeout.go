@@ -19,7 +19,7 @@ type MeshTimeoutSpec struct {
 
 // TimeoutTo applies Default to the traffic its TargetRef selects.
 type TimeoutTo struct {
-	TargetRef TargetRef   `json:"targetRef"`
+	TargetRef TargetRef   `json:"targetRef,omitempty"`
 	Default   TimeoutConf `json:"default,omitempty"`
 }
 

@@ -18,7 +18,7 @@ type MeshTrafficPermissionSpec struct {
 
 // TrafficPermissionFrom is the action for the clients TargetRef selects.
 type TrafficPermissionFrom struct {
-	TargetRef TargetRef            `json:"targetRef"`
+	TargetRef TargetRef            `json:"targetRef,omitempty"`
 	Default   TrafficPermissionAct `json:"default,omitempty"`
 }
 
@@ -30,7 +30,7 @@ type TrafficPermissionAct struct {
 // TrafficPermissionRule lists the clients that are denied, allowed, or
 // allowed while logging what a deny would do.
 type TrafficPermissionRule struct {
-	Default TrafficPermissionRuleConf `json:"default"`
+	Default TrafficPermissionRuleConf `json:"default,omitempty"`
 }
 
 // TrafficPermissionRuleConf holds the client matches of each action.
