@@ -2,9 +2,13 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"net/http"
 	"slices"
 	"strconv"
+
+	"github.com/invopop/jsonschema"
 
 	"github.com/kds-engine/kds-engine/sdk"
 )
@@ -41,7 +45,7 @@ type HTTPRetry struct {
 	PerTryTimeout            *Duration           `json:"perTryTimeout,omitempty"`
 	BackOff                  *BackOff            `json:"backOff,omitempty"`
 	RateLimitedBackOff       *RateLimitedBackOff `json:"rateLimitedBackOff,omitempty"`
-	RetryOn                  *[]string           `json:"retryOn,omitempty"`
+	RetryOn                  *[]RetryCondition   `json:"retryOn,omitempty"`
 	RetriableResponseHeaders *[]HeaderMatch      `json:"retriableResponseHeaders,omitempty"`
 	RetriableRequestHeaders  *[]HeaderMatch      `json:"retriableRequestHeaders,omitempty"`
 	HostSelection            *[]Predicate        `json:"hostSelection,omitempty"`
@@ -54,7 +58,31 @@ type GRPCRetry struct {
 	PerTryTimeout      *Duration           `json:"perTryTimeout,omitempty"`
 	BackOff            *BackOff            `json:"backOff,omitempty"`
 	RateLimitedBackOff *RateLimitedBackOff `json:"rateLimitedBackOff,omitempty"`
-	RetryOn            *[]string           `json:"retryOn,omitempty"`
+	RetryOn            *[]RetryCondition   `json:"retryOn,omitempty"`
+}
+
+// RetryCondition is one retryOn entry: a condition name or, for HTTP, a
+// status code, written as a string or a number.
+type RetryCondition string
+
+// UnmarshalJSON accepts a string or a number.
+func (c *RetryCondition) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err == nil {
+		*c = RetryCondition(s)
+		return nil
+	}
+	var n json.Number
+	if err := json.Unmarshal(b, &n); err != nil {
+		return errors.New("must be a string or a number")
+	}
+	*c = RetryCondition(n.String())
+	return nil
+}
+
+// JSONSchema allows a string or an integer.
+func (RetryCondition) JSONSchema() *jsonschema.Schema {
+	return &jsonschema.Schema{OneOf: []*jsonschema.Schema{{Type: "string"}, {Type: "integer"}}}
 }
 
 // BackOff is the exponential wait between retries.
@@ -156,7 +184,8 @@ func validateMeshRetry(_ context.Context, meta sdk.Meta, s *MeshRetrySpec) sdk.E
 			parseDuration(&errs, hp.Child("perTryTimeout"), h.PerTryTimeout)
 			validateBackOff(&errs, hp.Child("backOff"), h.BackOff)
 			validateRateLimitedBackOff(&errs, hp.Child("rateLimitedBackOff"), h.RateLimitedBackOff)
-			for j, ro := range deref(h.RetryOn) {
+			for j, c := range deref(h.RetryOn) {
+				ro := string(c)
 				if slices.Contains(retryOnHTTP, ro) {
 					continue
 				}
@@ -179,8 +208,8 @@ func validateMeshRetry(_ context.Context, meta sdk.Meta, s *MeshRetrySpec) sdk.E
 			parseDuration(&errs, gp.Child("perTryTimeout"), g.PerTryTimeout)
 			validateBackOff(&errs, gp.Child("backOff"), g.BackOff)
 			validateRateLimitedBackOff(&errs, gp.Child("rateLimitedBackOff"), g.RateLimitedBackOff)
-			for j, ro := range deref(g.RetryOn) {
-				if !slices.Contains(retryOnGRPC, ro) {
+			for j, c := range deref(g.RetryOn) {
+				if ro := string(c); !slices.Contains(retryOnGRPC, ro) {
 					errs.Invalid(gp.Child("retryOn").Index(j), ro, "unknown condition; use one of Canceled, DeadlineExceeded, Internal, ResourceExhausted, Unavailable")
 				}
 			}
