@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -235,8 +236,12 @@ func validateDataplane(_ context.Context, _ sdk.Meta, s *DataplaneSpec) sdk.Erro
 	default:
 		validateNetworking(&errs, n, nw)
 		validateProbes(&errs, spec.Child("probes"), s.Probes)
-		if m := s.Metrics; m != nil && m.Type != "prometheus" {
-			errs.Invalid(spec.Child("metrics").Child("type"), m.Type, `unknown backend type; use "prometheus"`)
+		if m := s.Metrics; m != nil {
+			if m.Type != "prometheus" {
+				errs.Invalid(spec.Child("metrics").Child("type"), m.Type, `unknown backend type; use "prometheus"`)
+			} else {
+				validatePrometheus(&errs, spec.Child("metrics").Child("conf"), m.Conf)
+			}
 		}
 		validateListeners(&errs, n.Child("listeners"), nw)
 	}
@@ -539,5 +544,63 @@ func checkTags(errs *sdk.ErrorList, p sdk.Path, tags map[string]string) {
 		} else if !tagValueRE.MatchString(v) {
 			errs.Add(p.Key(k), "tag values are letters, digits, '.', '-', '_' and ':'")
 		}
+	}
+}
+
+// prometheusConf is the conf of a prometheus metrics backend.
+type prometheusConf struct {
+	Port      uint32            `json:"port,omitempty"`
+	Path      string            `json:"path,omitempty"`
+	Tags      map[string]string `json:"tags,omitempty"`
+	SkipMTLS  *bool             `json:"skipMTLS,omitempty"`
+	Aggregate []struct {
+		Name    string `json:"name,omitempty"`
+		Port    uint32 `json:"port,omitempty"`
+		Path    string `json:"path,omitempty"`
+		Enabled *bool  `json:"enabled,omitempty"`
+		Address string `json:"address,omitempty"`
+	} `json:"aggregate,omitempty"`
+	Envoy *struct {
+		FilterRegex string `json:"filterRegex,omitempty"`
+		UsedOnly    *bool  `json:"usedOnly,omitempty"`
+	} `json:"envoy,omitempty"`
+	TLS *struct {
+		Mode string `json:"mode,omitempty"`
+	} `json:"tls,omitempty"`
+}
+
+// validatePrometheus checks a prometheus backend's conf at p.
+func validatePrometheus(errs *sdk.ErrorList, p sdk.Path, raw json.RawMessage) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return
+	}
+	var c prometheusConf
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		errs.Add(p, "cannot read the backend configuration: %v", err)
+		return
+	}
+	if c.SkipMTLS != nil && c.TLS != nil {
+		consistent := (!*c.SkipMTLS && (c.TLS.Mode == "" || c.TLS.Mode == "activeMTLSBackend")) ||
+			(*c.SkipMTLS && c.TLS.Mode == "disabled")
+		if !consistent {
+			errs.Add(p, "set skipMTLS or tls, not both")
+			return
+		}
+	}
+	if c.Envoy != nil {
+		if _, err := regexp.Compile(c.Envoy.FilterRegex); err != nil {
+			errs.Invalid(p.Child("envoy").Child("filterRegex"), c.Envoy.FilterRegex, "not a regular expression: "+err.Error())
+			return
+		}
+	}
+	seen := map[string]bool{}
+	for i, a := range c.Aggregate {
+		if seen[a.Name] {
+			errs.Add(p.Child("aggregate").Index(i).Child("name"), "%q appears more than once; names must be unique", a.Name)
+			continue
+		}
+		seen[a.Name] = true
 	}
 }

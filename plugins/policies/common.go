@@ -72,7 +72,7 @@ type SNIMatch struct {
 
 // HeaderMatch matches an HTTP header.
 type HeaderMatch struct {
-	Type  *string `json:"type,omitempty" jsonschema:"enum=Exact,enum=Present,enum=RegularExpression,enum=Absent,enum=Prefix"`
+	Type  *string `json:"type,omitempty"`
 	Name  string  `json:"name,omitempty"`
 	Value string  `json:"value,omitempty"`
 }
