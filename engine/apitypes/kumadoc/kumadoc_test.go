@@ -1,6 +1,8 @@
 package kumadoc
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"testing"
 
@@ -75,4 +77,43 @@ func TestRoundTrip(t *testing.T) {
 		require.NoError(t, err)
 		assert.Equal(t, doc, string(back))
 	}
+}
+
+// FuzzToEnvelope: whatever the input, ToEnvelope never panics; when it
+// converts, the result is a JSON object with a spec, the input's envelope
+// keys unchanged, and FromEnvelope turns it back into a valid object.
+func FuzzToEnvelope(f *testing.F) {
+	for _, s := range []string{
+		`{"type":"Dataplane","name":"d","networking":{}}`,
+		`{"type":"Mesh","name":"m","spec":{},"mtls":{}}`,
+		`{"type":"x","type":"y","a":1}`,
+		`{"type":"Mesh"} trailing`,
+		`[]`, `"s"`, ``,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		out, err := ToEnvelope(in)
+		if err != nil || bytes.Equal(out, in) {
+			return
+		}
+		var m map[string]json.RawMessage
+		if err := json.Unmarshal(out, &m); err != nil {
+			t.Fatalf("converted %q to invalid JSON %q: %v", in, out, err)
+		}
+		if _, ok := m["spec"]; !ok {
+			t.Fatalf("converted %q without a spec: %q", in, out)
+		}
+		var orig map[string]json.RawMessage
+		if json.Unmarshal(in, &orig) == nil {
+			for _, k := range envelopeKeys {
+				if k != "spec" && !bytes.Equal(orig[k], m[k]) {
+					t.Fatalf("envelope key %s changed: %q -> %q", k, orig[k], m[k])
+				}
+			}
+		}
+		if back, err := FromEnvelope(out); err == nil && !json.Valid(back) {
+			t.Fatalf("FromEnvelope(%q) = invalid JSON %q", out, back)
+		}
+	})
 }
