@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
@@ -11,6 +12,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/invopop/jsonschema"
 
 	"github.com/kds-engine/kds-engine/sdk"
 )
@@ -43,13 +46,39 @@ type Networking struct {
 	Listeners           []Listener           `json:"listeners,omitempty"`
 }
 
+// Tags are a proxy's tags. A null value reads as empty, as in Kuma, so the
+// validator reports it at the tag ("tag values must not be empty").
+type Tags map[string]string
+
+// UnmarshalJSON reads an object of strings, null values as "".
+func (t *Tags) UnmarshalJSON(b []byte) error {
+	var m map[string]*string
+	if err := json.Unmarshal(b, &m); err != nil {
+		return errors.New("must be an object of strings")
+	}
+	*t = make(Tags, len(m))
+	for k, v := range m {
+		if v != nil {
+			(*t)[k] = *v
+		} else {
+			(*t)[k] = ""
+		}
+	}
+	return nil
+}
+
+// JSONSchema allows string or null values.
+func (Tags) JSONSchema() *jsonschema.Schema {
+	return &jsonschema.Schema{Type: "object", AdditionalProperties: &jsonschema.Schema{Type: "", OneOf: []*jsonschema.Schema{{Type: "string"}, {Type: "null"}}}}
+}
+
 // Inbound is one port the dataplane serves for its workload.
 type Inbound struct {
-	Port           uint32            `json:"port,omitempty"`
-	ServicePort    uint32            `json:"servicePort,omitempty"`
-	ServiceAddress string            `json:"serviceAddress,omitempty"`
-	Address        string            `json:"address,omitempty"`
-	Tags           map[string]string `json:"tags,omitempty"`
+	Port           uint32 `json:"port,omitempty"`
+	ServicePort    uint32 `json:"servicePort,omitempty"`
+	ServiceAddress string `json:"serviceAddress,omitempty"`
+	Address        string `json:"address,omitempty"`
+	Tags           Tags   `json:"tags,omitempty"`
 	Health         *struct {
 		Ready bool `json:"ready,omitempty"`
 	} `json:"health,omitempty"`
@@ -70,10 +99,10 @@ type ServiceProbe struct {
 
 // Outbound is one destination the dataplane's workload reaches.
 type Outbound struct {
-	Address    string            `json:"address,omitempty"`
-	Port       uint32            `json:"port,omitempty"`
-	Tags       map[string]string `json:"tags,omitempty"`
-	BackendRef *BackendRef       `json:"backendRef,omitempty"`
+	Address    string      `json:"address,omitempty"`
+	Port       uint32      `json:"port,omitempty"`
+	Tags       Tags        `json:"tags,omitempty"`
+	BackendRef *BackendRef `json:"backendRef,omitempty"`
 }
 
 // BackendRef names the service an outbound reaches.
@@ -87,8 +116,8 @@ type BackendRef struct {
 // Gateway marks the dataplane as a gateway; Type is DELEGATED (the
 // default) or BUILTIN.
 type Gateway struct {
-	Tags map[string]string `json:"tags,omitempty"`
-	Type any               `json:"type,omitempty"`
+	Tags Tags `json:"tags,omitempty"`
+	Type any  `json:"type,omitempty"`
 }
 
 // TransparentProxying configures traffic redirection.

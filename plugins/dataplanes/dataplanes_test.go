@@ -47,6 +47,7 @@ func TestValidate(t *testing.T) {
 		{"dp port too big", "Dataplane", `{"networking":{"address":"10.0.0.1","inbound":[{"port":65536,"tags":{"kuma.io/service":"a"}}]}}`, []string{"spec.networking.inbound[0].port"}, "between 1 and 65535"},
 		{"dp tags without service", "Dataplane", `{"networking":{"address":"10.0.0.1","inbound":[{"port":80,"tags":{"version":"v1"}}]}}`, []string{`spec.networking.inbound[0].tags["kuma.io/service"]`}, "required"},
 		{"dp bad tag value", "Dataplane", `{"networking":{"address":"10.0.0.1","inbound":[{"port":80,"tags":{"kuma.io/service":"web","team":"a b"}}]}}`, []string{`spec.networking.inbound[0].tags["team"]`}, "tag values"},
+		{"dp null tag value", "Dataplane", `{"networking":{"address":"10.0.0.1","inbound":[{"port":80,"tags":{"kuma.io/service":"web","version":null}}]}}`, []string{`spec.networking.inbound[0].tags["version"]`}, "must not be empty"},
 		{"dp bad protocol", "Dataplane", `{"networking":{"address":"10.0.0.1","inbound":[{"port":80,"tags":{"kuma.io/service":"web","kuma.io/protocol":"smtp"}}]}}`, []string{`spec.networking.inbound[0].tags["kuma.io/protocol"]`}, "unknown protocol"},
 		{"dp service address clash", "Dataplane", `{"networking":{"address":"10.0.0.1","inbound":[{"port":80,"serviceAddress":"10.0.0.1","tags":{"kuma.io/service":"web"}}]}}`, []string{"spec.networking.inbound[0].serviceAddress"}, "differ"},
 		{"dp outbound without service", "Dataplane", `{"networking":{"address":"10.0.0.1","outbound":[{"port":10001}]}}`, []string{"spec.networking.outbound[0].tags"}, "kuma.io/service"},
