@@ -198,7 +198,7 @@ func meshTimeout(name, connect string) *resource.Resource {
 		"targetRef": map[string]any{"kind": "Mesh"},
 		"to": []any{map[string]any{
 			"targetRef": map[string]any{"kind": "Mesh"},
-			"default":   map[string]any{"connectTimeout": connect},
+			"default":   map[string]any{"connectionTimeout": connect},
 		}},
 	})}
 }

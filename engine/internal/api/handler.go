@@ -7,6 +7,7 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	"reflect"
 	"slices"
@@ -407,13 +408,20 @@ func (h *handler) decode(w http.ResponseWriter, r *http.Request, v any) error {
 		return newError(http.StatusRequestEntityTooLarge, CodeTooLarge, "request body is %d bytes, over the limit of %d bytes",
 			r.ContentLength, h.opts.maxBodyBytes)
 	}
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, h.opts.maxBodyBytes))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.opts.maxBodyBytes))
+	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			return newError(http.StatusRequestEntityTooLarge, CodeTooLarge, "request body over the limit of %d bytes", mbe.Limit)
 		}
+		return badRequest("request body: %v", err)
+	}
+	if body, err = kumaForm(v, body); err != nil {
+		return badRequest("request body: %v", err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
 		return badRequest("request body: %v", err)
 	}
 	if dec.More() {

@@ -211,7 +211,7 @@ func TestStartRegistersTypesFromSeveralPluginsAndValidates(t *testing.T) {
 	rs := []*resource.Resource{
 		res("AlphaOne", "default", "good", `{"value":"x"}`),
 		res("AlphaOne", "default", "bad", `{"bad":true}`),
-		res("MeshTimeout", "default", "t1", `{"targetRef":{"kind":"Mesh"},"to":[{"targetRef":{"kind":"Mesh"},"default":{"connectTimeout":"-5s"}}]}`),
+		res("MeshTimeout", "default", "t1", `{"targetRef":{"kind":"Mesh"},"to":[{"targetRef":{"kind":"Mesh"},"default":{"connectionTimeout":"-5s"}}]}`),
 		res("Dataplane", "default", "dp", `{"networking":{"address":"10.0.0.1","inbound":[{"port":80,"tags":{"kuma.io/service":"web"}}]}}`),
 		res("Unknown", "default", "u", `{}`),
 	}
@@ -219,7 +219,7 @@ func TestStartRegistersTypesFromSeveralPluginsAndValidates(t *testing.T) {
 	require.Len(t, ve.Invalid, 3)
 	assert.Equal(t, resource.Key{Type: "AlphaOne", Mesh: "default", Name: "bad"}, ve.Invalid[0].Key)
 	assert.Equal(t, "spec.bad", ve.Invalid[0].Errors[0].Field)
-	assert.Equal(t, "spec.to[0].default.connectTimeout", ve.Invalid[1].Errors[0].Field)
+	assert.Equal(t, "spec.to[0].default.connectionTimeout", ve.Invalid[1].Errors[0].Field)
 	assert.Equal(t, "type", ve.Invalid[2].Errors[0].Field)
 	require.NoError(t, h.Validate(context.Background(), rs[:1]))
 }

@@ -145,7 +145,7 @@ spec: {connectTimeout: -3s}
 func TestApplyInputErrors(t *testing.T) {
 	h := newHarness(t, "global")
 	for name, tc := range map[string]struct{ file, want string }{
-		"unknown field": {"type: Mesh\nname: a\nmetadata: {}\n", `apply: f.yaml document 1: unknown field "metadata"`},
+		"unknown field": {"type: Mesh\nname: a\nspec: {}\nmetadata: {}\n", `apply: f.yaml document 1: document mixes spec with top-level fields: move metadata under spec`},
 		"no name":       {"type: Mesh\n---\ntype: Mesh\n", `apply: f.yaml document 1: type and name are required`},
 		"bad yaml":      {"type: Mesh\nname: a\n---\ntype: [\n", `apply: f.yaml document 2: `},
 		"duplicate":     {"type: Mesh\nname: a\n---\ntype: Mesh\nname: a\n", `apply: f.yaml document 2: Mesh a is also in f.yaml document 1`},
