@@ -56,6 +56,28 @@ func wanCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
+func churnCmd(g *globals) *cobra.Command {
+	var c kdsbench.ChurnConfig
+	cmd := &cobra.Command{
+		Use:   "churn",
+		Short: "Zones rewriting their statuses all the time: global keeps up, write→apply latency, RSS, CPU per update",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return run(cmd, g, func(ctx context.Context, o kdsbench.Options) (*kdsbench.Report, error) {
+				return kdsbench.Churn(ctx, o, c)
+			})
+		},
+	}
+	cmd.Flags().IntVar(&c.Zones, "zones", 100, "zones (in this process, memory store)")
+	cmd.Flags().IntVar(&c.PerZone, "per-zone", 1000, "statuses each zone rewrites every --interval")
+	cmd.Flags().DurationVar(&c.Interval, "interval", 10*time.Second, "how often each status changes")
+	cmd.Flags().DurationVar(&c.Duration, "duration", 5*time.Minute, "steady phase")
+	cmd.Flags().IntVar(&c.Size, "size", 512, "spec size in bytes")
+	cmd.Flags().DurationVar(&c.RampStep, "ramp-step", 20*time.Second, "after the steady phase, raise the rate ×1.5 every step until global stops keeping up (0: no ramp)")
+	cmd.Flags().Float64Var(&c.RampMax, "ramp-max", 16, "highest rate multiplier the ramp tries")
+	return cmd
+}
+
 func transportCmd(g *globals) *cobra.Command {
 	var c kdsbench.TransportConfig
 	cmd := &cobra.Command{

@@ -151,3 +151,20 @@ func TestBulkLoadAndWriteRules(t *testing.T) {
 	_, err = g.e.Write(ctx, &resource.Resource{Type: statusType, Mesh: benchMesh, Name: "x", Spec: specOf("v", 64)})
 	require.ErrorIs(t, err, resource.ErrReadOnly)
 }
+
+// The churn mode runs end to end at a toy size: every status written is
+// committed on global, latencies and pending samples are collected (no
+// timing is asserted).
+func TestChurnSmoke(t *testing.T) {
+	r, err := Churn(context.Background(), Options{PluginsDir: pluginsDir}, ChurnConfig{
+		Zones: 2, PerZone: 20, Interval: 500 * time.Millisecond, Duration: 3 * time.Second, Size: 128,
+		RampStep: 2 * time.Second, RampMax: 2,
+	})
+	require.NoError(t, err)
+	assert.Positive(t, r.Figures["steady_updates_per_s"])
+	assert.Positive(t, r.Figures["steady_p99_ms"])
+	assert.Positive(t, r.Figures["baseline_p99_ms"])
+	assert.Positive(t, r.Figures["steady_cpu_us_per_update"])
+	assert.Contains(t, r.Figures, "ramp_max_rate_kept_up")
+	assert.False(t, r.Pass, "a 3 s steady phase cannot show the RSS and backlog verdicts")
+}
