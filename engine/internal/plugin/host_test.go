@@ -387,6 +387,19 @@ func TestHungValidateTimesOut(t *testing.T) {
 	cancel(errors.New("client went away"))
 	err = h.Validate(ctx, []*resource.Resource{res("HangvalidateThing", "m", "a", `{}`)})
 	assert.ErrorContains(t, err, "client went away")
+
+	// The caller's own deadline, shorter than the call timeout, is
+	// reported as the caller's deadline, never as the plugin not answering
+	// within the call timeout (gRPC may see the deadline a moment before
+	// the context does).
+	h2, _ := startHost(t, pluginsDir(t, "hangvalidate"), WithCallTimeout(time.Hour))
+	for range 20 {
+		dctx, dcancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+		err = h2.Validate(dctx, []*resource.Resource{res("HangvalidateThing", "m", "a", `{}`)})
+		dcancel()
+		require.ErrorIs(t, err, context.DeadlineExceeded)
+		require.NotContains(t, err.Error(), "no answer within")
+	}
 }
 
 func TestCloseLeavesNoPluginProcess(t *testing.T) {
