@@ -1,0 +1,128 @@
+package api
+
+import (
+	"cmp"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/kds-engine/kds-engine/engine/apitypes"
+	"github.com/kds-engine/kds-engine/engine/internal/resource"
+)
+
+// MaxListLimit is the largest page GET /api/v1/resources/{type} serves
+// when ?limit= is given.
+const MaxListLimit = 1000
+
+// listPage reads limit, continue and q from the query. limit 0 means no
+// limit (every match, as before paging existed).
+type listPage struct {
+	limit int
+	after *pageKey
+	q     string
+}
+
+// pageKey is the position a continue token names: the sort key of the last
+// item of the previous page.
+type pageKey struct {
+	Zone string `json:"z,omitempty"`
+	Mesh string `json:"m,omitempty"`
+	Name string `json:"n"`
+}
+
+func compareItem(a *resource.Resource, k pageKey) int {
+	return cmp.Or(cmp.Compare(a.Zone, k.Zone), cmp.Compare(a.Mesh, k.Mesh), cmp.Compare(a.Name, k.Name))
+}
+
+func readListPage(q url.Values) (listPage, error) {
+	var p listPage
+	if s := q.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > MaxListLimit {
+			return p, badRequest("limit %q: want a number from 1 to %d", s, MaxListLimit)
+		}
+		p.limit = n
+	}
+	if s := q.Get("continue"); s != "" {
+		raw, err := base64.RawURLEncoding.DecodeString(s)
+		var k pageKey
+		if err == nil {
+			err = json.Unmarshal(raw, &k)
+		}
+		if err != nil || k.Name == "" {
+			return p, badRequest("continue %.40q is not a token this API returned; start again without continue", s)
+		}
+		p.after = &k
+	}
+	p.q = strings.ToLower(q.Get("q"))
+	return p, nil
+}
+
+// apply filters sorted items by q, skips what the continue token passed,
+// and cuts the page, returning the token of the next page ("" on the last).
+func (p listPage) apply(items []*resource.Resource) ([]*resource.Resource, string) {
+	if p.q != "" {
+		items = slices.DeleteFunc(items, func(r *resource.Resource) bool {
+			return !strings.Contains(strings.ToLower(r.Name), p.q)
+		})
+	}
+	if p.after != nil {
+		i, _ := slices.BinarySearchFunc(items, *p.after, compareItem)
+		if i < len(items) && compareItem(items[i], *p.after) == 0 {
+			i++
+		}
+		items = items[i:]
+	}
+	if p.limit == 0 || len(items) <= p.limit {
+		return items, ""
+	}
+	items = items[:p.limit]
+	last := items[len(items)-1]
+	raw, _ := json.Marshal(pageKey{Zone: last.Zone, Mesh: last.Mesh, Name: last.Name})
+	return items, base64.RawURLEncoding.EncodeToString(raw)
+}
+
+// HoldersBackend is implemented by a global Backend that can say which
+// zones hold which version of a resource it serves. Without it,
+// GET /api/v1/holders/... answers 404.
+type HoldersBackend interface {
+	// Holders returns one entry per zone that ever connected, sorted by
+	// zone name, for the resource key (which must exist: an error
+	// wrapping resource.ErrNotFound otherwise) and its stored version.
+	Holders(ctx context.Context, key resource.Key) (version string, zones []apitypes.Holding, err error)
+}
+
+// HoldersResponse is the body of GET /api/v1/holders/{type}/{name}.
+type HoldersResponse = apitypes.HoldersResponse
+
+func (h *handler) holders(w http.ResponseWriter, r *http.Request) {
+	if err := h.requireRole(RoleGlobal); err != nil {
+		h.fail(w, r, err, "")
+		return
+	}
+	key, td, err := h.singleKey(r)
+	if err != nil {
+		h.fail(w, r, err, key.Type)
+		return
+	}
+	hb, ok := h.b.(HoldersBackend)
+	if td.Direction != resource.GlobalToZone || !ok {
+		h.fail(w, r, newError(http.StatusNotFound, CodeNotFound,
+			"%s resources are not sent to zones from here; holders exist only for GlobalToZone types on global", td.Name), key.Type)
+		return
+	}
+	version, zones, err := hb.Holders(r.Context(), key)
+	if err != nil {
+		h.fail(w, r, err, key.Type)
+		return
+	}
+	if zones == nil {
+		zones = []apitypes.Holding{}
+	}
+	h.writeJSON(w, http.StatusOK, HoldersResponse{Type: key.Type, Mesh: key.Mesh, Name: key.Name, Version: version, Zones: zones})
+}
