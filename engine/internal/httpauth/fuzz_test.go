@@ -2,8 +2,8 @@ package httpauth
 
 import (
 	"net/http"
-	pathpkg "path"
 	"net/http/httptest"
+	pathpkg "path"
 	"strings"
 	"testing"
 )
