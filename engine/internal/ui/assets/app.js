@@ -11,6 +11,7 @@
   let gen = 0; // bumped on every view change; stale polls drop their result
   let timer = 0;
   let lastSig = '';
+  let polls = 0; // completed polls, exposed as body[data-polls] for tests
 
   // ---- API -------------------------------------------------------------
 
@@ -433,9 +434,11 @@
     try {
       const data = await v.load(r.params, r.rest);
       if (myGen !== gen) return;
+      polls++;
       const sig = JSON.stringify(data);
       if (sig !== lastSig) {
         lastSig = sig;
+        results.dataset.poll = String(polls);
         const focused = document.activeElement && document.activeElement.getAttribute('data-focus');
         results.replaceChildren(...[].concat(v.build(data, r.params)));
         if (focused) {
@@ -446,6 +449,7 @@
       refreshTimes();
       const ms = Math.round(performance.now() - started);
       document.body.dataset.pollMs = String(ms);
+      document.body.dataset.polls = String(polls);
       setLive('live · updated ' + absolute(new Date()));
     } catch (e) {
       if (myGen !== gen) return;
