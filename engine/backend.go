@@ -127,7 +127,27 @@ func (b backend) Ready() error {
 	return nil
 }
 
-var _ api.HoldersBackend = backend{}
+var (
+	_ api.HoldersBackend = backend{}
+	_ api.KeyLister      = backend{}
+	_ api.Revisioner     = backend{}
+)
+
+// ListKeys reads keys and versions only: no spec is decoded.
+func (b backend) ListKeys(ctx context.Context, f api.Filter) ([]resource.Key, error) {
+	kvs, err := b.e.store.Versions(ctx, store.Filter{Type: f.Type, Mesh: f.Mesh, Zone: f.Zone})
+	if err != nil {
+		return nil, err
+	}
+	keys := make([]resource.Key, len(kvs))
+	for i, kv := range kvs {
+		keys[i] = kv.Key
+	}
+	return keys, nil
+}
+
+// Revision is the store's latest commit revision.
+func (b backend) Revision() uint64 { return b.e.store.Revision() }
 
 // Holders reports, for every zone that ever connected, what it holds of the
 // resource key global serves: asked of each live session's server (one

@@ -29,13 +29,8 @@ const screenshotsEnv = "KDS_ENGINE_UI_SCREENSHOTS"
 // the test is skipped, unless CI=true: CI must run it.
 func chromium(t *testing.T) string {
 	t.Helper()
-	if p := os.Getenv("KDS_ENGINE_CHROMIUM"); p != "" {
+	if p, err := lookChromium(); err == nil {
 		return p
-	}
-	for _, name := range []string{"chromium", "chromium-browser"} {
-		if p, err := exec.LookPath(name); err == nil {
-			return p
-		}
 	}
 	const how = "browser tests need Chromium: apt-get update && apt-get install -y chromium (or set KDS_ENGINE_CHROMIUM)"
 	if os.Getenv("CI") == "true" {
@@ -43,6 +38,22 @@ func chromium(t *testing.T) string {
 	}
 	t.Skip(how)
 	return ""
+}
+
+// lookChromium finds the Chromium binary: KDS_ENGINE_CHROMIUM, else
+// chromium or chromium-browser on PATH.
+func lookChromium() (string, error) {
+	if p := os.Getenv("KDS_ENGINE_CHROMIUM"); p != "" {
+		return p, nil
+	}
+	var err error
+	for _, name := range []string{"chromium", "chromium-browser"} {
+		var p string
+		if p, err = exec.LookPath(name); err == nil {
+			return p, nil
+		}
+	}
+	return "", err
 }
 
 // browser is one headless Chromium with a fresh profile, driven over the
@@ -206,7 +217,9 @@ func TestUIInBrowser(t *testing.T) {
 	require.NoError(t, b.eval(`location.href`, &href))
 	assert.NotContains(t, href, apiToken, "the token is never in the URL")
 	c1, _ := g.e.Insights().Get("zone-1")
-	assert.Contains(t, b.text(`tr[data-zone="zone-1"]`), c1.TokenID, "the session's token id is shown")
+	var tokenID string
+	require.NoError(t, b.eval(`document.querySelector('tr[data-zone="zone-1"] code.token').title`, &tokenID))
+	assert.Equal(t, c1.TokenID, tokenID, "the session's token id is shown")
 	assert.Contains(t, b.text(`tr[data-zone="zone-1"]`), c1.Peer, "the session's peer is shown")
 
 	var focused string

@@ -97,6 +97,7 @@ func NewHandler(b Backend, logger hclog.Logger, opts ...Option) http.Handler {
 	mux.HandleFunc("GET /api/v1/sync", h.sync)
 	mux.HandleFunc("GET /api/v1/plugins", h.plugins)
 	mux.HandleFunc("GET /api/v1/holders/{type}/{name}", h.holders)
+	mux.HandleFunc("GET /api/v1/revision", h.revision)
 	mux.Handle("GET /ui/", ui.Handler())
 	mux.HandleFunc("/", h.noRoute)
 	h.mux = mux
@@ -304,6 +305,15 @@ func (h *handler) list(w http.ResponseWriter, r *http.Request) {
 			f.Labels = map[string]string{}
 		}
 		f.Labels[k] = v
+	}
+	if kl, ok := h.b.(KeyLister); ok && page.limit > 0 && len(f.Labels) == 0 {
+		items, next, err := h.listPageByKeys(r.Context(), kl, f, page)
+		if err != nil {
+			h.fail(w, r, err, typ)
+			return
+		}
+		h.writeJSON(w, http.StatusOK, ListResponse{Items: items, Continue: next})
+		return
 	}
 	items, err := h.b.List(r.Context(), f)
 	if err != nil {

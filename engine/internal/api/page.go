@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"net/url"
 	"slices"
@@ -85,6 +86,70 @@ func (p listPage) apply(items []*resource.Resource) ([]*resource.Resource, strin
 	last := items[len(items)-1]
 	raw, _ := json.Marshal(pageKey{Zone: last.Zone, Mesh: last.Mesh, Name: last.Name})
 	return items, base64.RawURLEncoding.EncodeToString(raw)
+}
+
+// KeyLister is implemented by a Backend that can list keys without
+// reading the resources. With it, a list with ?limit= and no label filter
+// reads only the keys of the matches, and then the resources of one page:
+// the response and the decoding are bounded by the limit.
+type KeyLister interface {
+	// ListKeys returns the key of every resource matching f (f.Labels is
+	// empty), sorted by zone, mesh, name.
+	ListKeys(ctx context.Context, f Filter) ([]resource.Key, error)
+}
+
+// Revisioner is implemented by a Backend whose resources have a revision
+// that changes with every write: GET /api/v1/revision serves it.
+type Revisioner interface {
+	// Revision returns the revision of the latest change to any resource.
+	Revision() uint64
+}
+
+// RevisionResponse is the body of GET /api/v1/revision.
+type RevisionResponse struct {
+	// Revision changes whenever any resource is created, changed or
+	// deleted (on this side or received from the peer). Clients poll it to
+	// skip reading a list that cannot have changed.
+	Revision uint64 `json:"revision"`
+}
+
+func (h *handler) revision(w http.ResponseWriter, r *http.Request) {
+	rv, ok := h.b.(Revisioner)
+	if !ok {
+		h.fail(w, r, newError(http.StatusNotFound, CodeNotFound, "this backend has no revision"), "")
+		return
+	}
+	h.writeJSON(w, http.StatusOK, RevisionResponse{Revision: rv.Revision()})
+}
+
+// listPageByKeys serves a page from the keys of the matches: the keys are
+// filtered and cut as apply does, then only the page's resources are read.
+// A resource deleted between the two reads is left out of the page.
+func (h *handler) listPageByKeys(ctx context.Context, kl KeyLister, f Filter, p listPage) ([]*resource.Resource, string, error) {
+	keys, err := kl.ListKeys(ctx, f)
+	if err != nil {
+		return nil, "", err
+	}
+	stubs := make([]*resource.Resource, len(keys))
+	for i, k := range keys {
+		stubs[i] = &resource.Resource{Type: k.Type, Zone: k.Zone, Mesh: k.Mesh, Name: k.Name}
+	}
+	slices.SortFunc(stubs, func(a, b *resource.Resource) int {
+		return cmp.Or(cmp.Compare(a.Zone, b.Zone), cmp.Compare(a.Mesh, b.Mesh), cmp.Compare(a.Name, b.Name))
+	})
+	page, next := p.apply(stubs)
+	out := make([]*resource.Resource, 0, len(page))
+	for _, s := range page {
+		r, err := h.b.Get(ctx, s.Key())
+		if errors.Is(err, resource.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, "", err
+		}
+		out = append(out, r)
+	}
+	return out, next, nil
 }
 
 // HoldersBackend is implemented by a global Backend that can say which

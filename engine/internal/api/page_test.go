@@ -140,3 +140,74 @@ func TestUIIsServedWithoutTokenAndWithCSP(t *testing.T) {
 	f.apiError("GET", "/api/v1/zones", nil, 401, api.CodeUnauthenticated)
 	f.apiError("POST", "/ui/", "{}", 401, api.CodeUnauthenticated)
 }
+
+// keysBackend lists keys without resources and counts what it reads.
+type keysBackend struct {
+	*apitest.Backend
+	gets, lists int
+	rev         uint64
+}
+
+func (b *keysBackend) ListKeys(ctx context.Context, f api.Filter) ([]resource.Key, error) {
+	rs, err := b.Backend.List(ctx, f)
+	keys := make([]resource.Key, len(rs))
+	for i, r := range rs {
+		keys[i] = r.Key()
+	}
+	return keys, err
+}
+
+func (b *keysBackend) Get(ctx context.Context, k resource.Key) (*resource.Resource, error) {
+	b.gets++
+	return b.Backend.Get(ctx, k)
+}
+
+func (b *keysBackend) List(ctx context.Context, f api.Filter) ([]*resource.Resource, error) {
+	b.lists++
+	return b.Backend.List(ctx, f)
+}
+
+func (b *keysBackend) Revision() uint64 { return b.rev }
+
+// With a KeyLister, a page reads the keys and then only its own resources,
+// and returns what the full list would; GET /api/v1/revision serves the
+// backend's revision.
+func TestListPageReadsOnlyItsResources(t *testing.T) {
+	kb := &keysBackend{Backend: apitest.NewBackend(api.RoleGlobal), rev: 42}
+	full := newFixture(t, api.RoleGlobal)
+	for i := range 40 {
+		r := meshTimeout([]string{"default", "other"}[i%3%2], fmt.Sprintf("t-%02d", i), "1s")
+		kb.Put(r)
+		full.b.Put(r)
+	}
+	srv := httptest.NewServer(api.NewHandler(kb, hclog.NewNullLogger()))
+	t.Cleanup(srv.Close)
+	f := &fixture{t: t, b: kb.Backend, srv: srv}
+	for _, q := range []string{"limit=7", "limit=7&q=1", "limit=7&mesh=other", "limit=50"} {
+		path := "/api/v1/resources/MeshTimeout?" + q
+		for {
+			kb.gets = 0
+			status, raw := f.do("GET", path, nil)
+			require.Equal(t, 200, status, string(raw))
+			_, want := full.do("GET", path, nil)
+			assert.JSONEq(t, string(want), string(raw), path)
+			page := decode[api.ListResponse](t, raw)
+			assert.Equal(t, len(page.Items), kb.gets, "%s: one read per item of the page", path)
+			if page.Continue == "" {
+				break
+			}
+			path = "/api/v1/resources/MeshTimeout?" + q + "&continue=" + url.QueryEscape(page.Continue)
+		}
+	}
+	assert.Zero(t, kb.lists, "no full list read")
+
+	// A label filter needs the labels: the full list.
+	status, _ := f.do("GET", "/api/v1/resources/MeshTimeout?limit=5&label=team=web", nil)
+	assert.Equal(t, 200, status)
+	assert.Equal(t, 1, kb.lists)
+
+	status, raw := f.do("GET", "/api/v1/revision", nil)
+	require.Equal(t, 200, status)
+	assert.JSONEq(t, `{"revision":42}`, string(raw))
+	full.apiError("GET", "/api/v1/revision", nil, 404, api.CodeNotFound)
+}

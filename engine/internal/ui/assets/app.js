@@ -12,6 +12,20 @@
   let timer = 0;
   let lastSig = '';
   let polls = 0; // completed polls, exposed as body[data-polls] for tests
+  // cache keeps the last resource data of the current view with the store
+  // revision it was read at: while the revision stays, nothing is re-read.
+  let cache = null;
+
+  // cached returns read()'s result, read again only when the revision of
+  // the resources changed since the last read (or is unknown).
+  async function cached(read) {
+    let rev = null;
+    try { rev = (await api('/api/v1/revision')).revision; } catch (e) { if (e instanceof AuthError) throw e; }
+    if (rev !== null && cache && cache.rev === rev) return cache.data;
+    const data = await read();
+    cache = { rev, data };
+    return data;
+  }
 
   // ---- API -------------------------------------------------------------
 
@@ -64,6 +78,14 @@
         el('caption', {}, caption),
         el('thead', {}, el('tr', {}, head.map((h) => el('th', { scope: 'col' }, h)))),
         el('tbody', {}, rows.length ? rows : el('tr', {}, el('td', { colspan: head.length, class: 'muted' }, 'none')))));
+  }
+
+  // details is a disclosure whose open state survives redraws.
+  const opened = new Set();
+  function details(key, summary, body) {
+    const d = el('details', { open: opened.has(key) }, el('summary', { 'data-focus': key }, summary), body);
+    d.addEventListener('toggle', () => { if (d.open) opened.add(key); else opened.delete(key); });
+    return d;
   }
 
   function muted(s) { return el('span', { class: 'muted' }, s); }
@@ -193,22 +215,37 @@
       build(data) {
         const zones = data.zones || [];
         const online = zones.filter((z) => z.online).length;
-        const rows = zones.map((z) => el('tr', { class: z.online ? '' : 'offline', 'data-zone': z.name },
-          el('th', { scope: 'row' }, link('#/sync?zone=' + encodeURIComponent(z.name), z.name)),
-          el('td', {}, statusOf(z)),
-          el('td', {}, z.peer || muted('—')),
-          el('td', {}, z.online ? when(z.connectedSince) : muted('—')),
-          el('td', { class: 'num' }, z.sessions),
-          el('td', {}, z.tokenId ? el('code', {}, z.tokenId) : muted('—')),
-          el('td', {}, sortedTypes(z).map((t) => el('div', { class: 'tstat' },
-            el('b', {}, t.type), ' sent ', t.resourcesSent, ' · received ', t.resourcesReceived,
-            ' · ACKed ', t.responsesAcked, ' · NACKed ', el('span', { class: t.responsesNacked ? 'bad' : '' }, t.responsesNacked),
-            ' · held ', t.resourcesHeld, ' · rejected ', el('span', { class: t.rejectedCount ? 'bad' : '' }, t.rejectedCount || 0)))),
-          el('td', { class: 'err' }, z.lastError || muted('—'))));
+        const rows = zones.map((z) => {
+          const ts = sortedTypes(z);
+          const sum = (f) => ts.reduce((n, t) => n + (t[f] || 0), 0);
+          const nacked = sum('responsesNacked');
+          const rejected = sum('rejectedCount');
+          const perType = el('table', { class: 'mini' },
+            el('thead', {}, el('tr', {}, ['Type', 'Sent', 'Received', 'ACKed', 'NACKed', 'Held', 'Rejected'].map((h) => el('th', { scope: 'col' }, h)))),
+            el('tbody', {}, ts.map((t) => el('tr', {},
+              el('th', { scope: 'row' }, t.type),
+              [t.resourcesSent, t.resourcesReceived, t.responsesAcked].map((n) => el('td', { class: 'num' }, n || 0)),
+              el('td', { class: 'num' + (t.responsesNacked ? ' bad' : '') }, t.responsesNacked || 0),
+              el('td', { class: 'num' }, t.resourcesHeld || 0),
+              el('td', { class: 'num' + (t.rejectedCount ? ' bad' : '') }, t.rejectedCount || 0)))));
+          return el('tr', { class: z.online ? '' : 'offline', 'data-zone': z.name },
+            el('th', { scope: 'row', class: 'nowrap' }, link('#/sync?zone=' + encodeURIComponent(z.name), z.name)),
+            el('td', {}, statusOf(z)),
+            el('td', {}, el('div', { class: 'nowrap' }, z.peer || muted('no peer')),
+              z.online ? el('div', {}, 'since ', when(z.connectedSince)) : null,
+              el('div', { class: 'muted' }, z.sessions + (z.sessions === 1 ? ' session' : ' sessions'))),
+            el('td', {}, z.tokenId ? el('code', { class: 'token', title: z.tokenId }, z.tokenId.slice(0, 12) + (z.tokenId.length > 12 ? '…' : '')) : muted('—')),
+            el('td', { class: 'num nowrap' }, sum('resourcesSent') + ' / ' + sum('resourcesReceived') + ' / ' + sum('resourcesHeld')),
+            el('td', { class: 'num' + (nacked ? ' bad' : '') }, nacked),
+            el('td', { class: 'num' + (rejected ? ' bad' : '') }, rejected),
+            el('td', {}, details('zone-types:' + z.name, ts.length + ' types', perType)),
+            el('td', { class: 'err' }, z.lastError || muted('—')));
+        });
         return [
           el('p', { class: 'summary' }, zones.length + ' zones: ', el('span', { class: 'ok' }, online + ' online'), ', ',
             el('span', { class: zones.length - online ? 'bad' : '' }, (zones.length - online) + ' offline')),
-          table('Zones that ever connected', ['Zone', 'Status', 'Peer', 'Session since', 'Sessions', 'Token id', 'Per type (resources sent / received, responses ACKed / NACKed, held, rejected)', 'Last error'], rows, 'zones'),
+          table('Zones that ever connected (resources summed over types; open a zone\'s types for each one)',
+            ['Zone', 'Status', 'Session', 'Token id', 'Resources sent / received / held', 'NACKs', 'Rejected', 'Per type', 'Last error'], rows, 'zones'),
         ];
       },
     },
@@ -305,9 +342,8 @@
         if (!typ) return { items: [] };
         const q = new URLSearchParams({ limit: String(PAGE_SIZE) });
         for (const n of ['mesh', 'zone', 'label', 'q', 'continue']) if (params.get(n)) q.set(n, params.get(n));
-        const page = await api('/api/v1/resources/' + encodeURIComponent(typ) + '?' + q.toString());
-        page.type = typ;
-        return page;
+        const page = await cached(() => api('/api/v1/resources/' + encodeURIComponent(typ) + '?' + q.toString()));
+        return Object.assign({ type: typ }, page);
       },
       build(data, params) {
         const ti = typeInfo(data.type) || {};
@@ -350,7 +386,7 @@
         if (params.get('zone')) q.set('zone', params.get('zone'));
         const qs = q.toString() ? '?' + q : '';
         const path = encodeURIComponent(typ) + '/' + encodeURIComponent(name) + qs;
-        const r = await api('/api/v1/resources/' + path);
+        const r = await cached(() => api('/api/v1/resources/' + path));
         const ti = typeInfo(typ) || {};
         let holders = null;
         if (role === 'global' && ti.direction === 'GlobalToZone') holders = await api('/api/v1/holders/' + path);
@@ -416,6 +452,7 @@
     gen++;
     clearTimeout(timer);
     lastSig = '';
+    cache = null;
     const r = parseHash();
     buildNav(r.name);
     const v = views[r.name];
