@@ -186,7 +186,7 @@ func TestUIInBrowser(t *testing.T) {
 	tokFile := filepath.Join(t.TempDir(), "api.token")
 	require.NoError(t, os.WriteFile(tokFile, []byte(apiToken), 0o600))
 	g := startNode(t, Config{Role: RoleGlobal, PluginsDir: uiGlobalDir, APITokenFile: tokFile})
-	startZone(t, "zone-1", g, uiZoneDir, "")
+	z1 := startZone(t, "zone-1", g, uiZoneDir, "")
 	z2 := startZone(t, "zone-2", g, uiZoneDir, "")
 	for _, name := range []string{"web-timeouts", "backend-timeouts", "db-timeouts"} {
 		create(t, g, meshTimeout(name, "5s"))
@@ -319,7 +319,18 @@ func TestUIInBrowser(t *testing.T) {
 	assert.True(t, overflow, "the page itself does not scroll sideways at 420px (tables scroll in their own box)")
 	b.screenshot("zones-narrow-dark")
 
+	// A zone's own UI (its API has no token: no prompt) shows its
+	// connection to global.
+	b.run(chromedp.EmulateViewport(1280, 800), chromedp.Navigate("http://"+z1.e.APIAddr().String()+"/ui/#/sync"))
+	b.waitJS("zone's sync page", `document.querySelector('section.conn h2 .status.ok')`)
+	assert.Contains(t, b.text("section.conn h2"), "global")
+	var zoneNav string
+	require.NoError(t, b.eval(`document.querySelector('#nav').innerText`, &zoneNav))
+	assert.NotContains(t, zoneNav, "Zones", "no zones page on a zone")
+
 	// Forgetting the token brings the prompt back.
+	b.run(chromedp.Navigate("http://" + apiAddr + "/ui/#/zones"))
+	b.waitJS("zones page", `document.querySelector('tr[data-zone="zone-1"]')`)
 	b.run(chromedp.EmulateViewport(1280, 800), chromedp.Click(chromedp.CSS("#signout")))
 	b.waitJS("prompt again", `document.querySelector('#login #token') && !sessionStorage.getItem('kds-engine-api-token')`)
 }

@@ -36,8 +36,8 @@ type pageKey struct {
 	Name string `json:"n"`
 }
 
-func compareItem(a *resource.Resource, k pageKey) int {
-	return cmp.Or(cmp.Compare(a.Zone, k.Zone), cmp.Compare(a.Mesh, k.Mesh), cmp.Compare(a.Name, k.Name))
+func compareKey(a, b pageKey) int {
+	return cmp.Or(cmp.Compare(a.Zone, b.Zone), cmp.Compare(a.Mesh, b.Mesh), cmp.Compare(a.Name, b.Name))
 }
 
 func readListPage(q url.Values) (listPage, error) {
@@ -67,14 +67,17 @@ func readListPage(q url.Values) (listPage, error) {
 // apply filters sorted items by q, skips what the continue token passed,
 // and cuts the page, returning the token of the next page ("" on the last).
 func (p listPage) apply(items []*resource.Resource) ([]*resource.Resource, string) {
+	return pageOf(items, func(r *resource.Resource) pageKey { return pageKey{Zone: r.Zone, Mesh: r.Mesh, Name: r.Name} }, p)
+}
+
+// pageOf is apply for any item sorted by its pageKey.
+func pageOf[T any](items []T, key func(T) pageKey, p listPage) ([]T, string) {
 	if p.q != "" {
-		items = slices.DeleteFunc(items, func(r *resource.Resource) bool {
-			return !strings.Contains(strings.ToLower(r.Name), p.q)
-		})
+		items = slices.DeleteFunc(items, func(it T) bool { return !strings.Contains(strings.ToLower(key(it).Name), p.q) })
 	}
 	if p.after != nil {
-		i, _ := slices.BinarySearchFunc(items, *p.after, compareItem)
-		if i < len(items) && compareItem(items[i], *p.after) == 0 {
+		i, found := slices.BinarySearchFunc(items, *p.after, func(it T, k pageKey) int { return compareKey(key(it), k) })
+		if found {
 			i++
 		}
 		items = items[i:]
@@ -83,8 +86,7 @@ func (p listPage) apply(items []*resource.Resource) ([]*resource.Resource, strin
 		return items, ""
 	}
 	items = items[:p.limit]
-	last := items[len(items)-1]
-	raw, _ := json.Marshal(pageKey{Zone: last.Zone, Mesh: last.Mesh, Name: last.Name})
+	raw, _ := json.Marshal(key(items[len(items)-1]))
 	return items, base64.RawURLEncoding.EncodeToString(raw)
 }
 
@@ -130,17 +132,14 @@ func (h *handler) listPageByKeys(ctx context.Context, kl KeyLister, f Filter, p 
 	if err != nil {
 		return nil, "", err
 	}
-	stubs := make([]*resource.Resource, len(keys))
-	for i, k := range keys {
-		stubs[i] = &resource.Resource{Type: k.Type, Zone: k.Zone, Mesh: k.Mesh, Name: k.Name}
+	keyOf := func(k resource.Key) pageKey { return pageKey{Zone: k.Zone, Mesh: k.Mesh, Name: k.Name} }
+	if !slices.IsSortedFunc(keys, func(a, b resource.Key) int { return compareKey(keyOf(a), keyOf(b)) }) {
+		slices.SortFunc(keys, func(a, b resource.Key) int { return compareKey(keyOf(a), keyOf(b)) })
 	}
-	slices.SortFunc(stubs, func(a, b *resource.Resource) int {
-		return cmp.Or(cmp.Compare(a.Zone, b.Zone), cmp.Compare(a.Mesh, b.Mesh), cmp.Compare(a.Name, b.Name))
-	})
-	page, next := p.apply(stubs)
+	page, next := pageOf(keys, keyOf, p)
 	out := make([]*resource.Resource, 0, len(page))
-	for _, s := range page {
-		r, err := h.b.Get(ctx, s.Key())
+	for _, k := range page {
+		r, err := h.b.Get(ctx, k)
 		if errors.Is(err, resource.ErrNotFound) {
 			continue
 		}
