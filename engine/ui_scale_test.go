@@ -8,6 +8,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -88,6 +89,7 @@ func TestUIScale(t *testing.T) {
 	for _, route := range []struct{ page, path string }{
 		{"zones, sync health", "/api/v1/zones"},
 		{"plugins", "/api/v1/plugins"},
+		{"resources (revision check)", "/api/v1/revision"},
 		{"resources (first page)", "/api/v1/resources/MeshTimeout?limit=50"},
 		{"resources (search)", "/api/v1/resources/MeshTimeout?limit=50&q=mt-0999"},
 		{"resources (label)", "/api/v1/resources/MeshTimeout?limit=50&label=team=team-3"},
@@ -117,6 +119,7 @@ func TestUIScale(t *testing.T) {
 		return
 	}
 	b := newBrowser(t)
+	var churn atomic.Bool // also rewrite a listed resource every 200ms
 	stop := make(chan struct{})
 	done := make(chan struct{})
 	go func() { // every poll sees a change, so every poll redraws
@@ -127,15 +130,26 @@ func TestUIScale(t *testing.T) {
 				return
 			case <-time.After(200 * time.Millisecond):
 				touch(i)
+				if churn.Load() {
+					r := meshTimeout("mt-000000", fmt.Sprintf("%ds", i%50+1))
+					if _, err := g.e.Write(ctx, r); err != nil {
+						t.Errorf("write: %v", err)
+					}
+				}
 			}
 		}
 	}()
 	defer func() { close(stop); <-done }()
-	for _, page := range []struct{ name, hash, ready string }{
-		{"zones", "#/zones", `document.querySelectorAll('table.zones > tbody > tr').length === 100`},
-		{"sync health", "#/sync", `document.querySelectorAll('section.conn').length === 100`},
-		{"resources", "#/resources?type=MeshTimeout", `document.querySelectorAll('table.resources tbody tr').length === 50`},
+	for _, page := range []struct {
+		name, hash, ready string
+		churn             bool
+	}{
+		{"zones", "#/zones", `document.querySelectorAll('table.zones > tbody > tr').length === 100`, false},
+		{"sync health", "#/sync", `document.querySelectorAll('section.conn').length === 100`, false},
+		{"resources (no resource changed)", "#/resources?type=MeshTimeout", `document.querySelectorAll('table.resources tbody tr').length === 50`, false},
+		{"resources (one changes every 200ms)", "#/resources?type=MeshTimeout", `document.querySelectorAll('table.resources tbody tr').length === 50`, true},
 	} {
+		churn.Store(page.churn)
 		b.run(chromedp.Navigate(base + "/ui/" + page.hash))
 		b.waitJS(page.name, page.ready)
 		var ms []int
@@ -152,6 +166,6 @@ func TestUIScale(t *testing.T) {
 			time.Sleep(100 * time.Millisecond)
 		}
 		slices.Sort(ms)
-		t.Logf("browser %-12s one poll (requests + JSON + DOM update): median %d ms, max %d ms over %d polls", page.name, ms[len(ms)/2], ms[len(ms)-1], len(ms))
+		t.Logf("browser %-36s one poll (requests + JSON + DOM update): median %d ms, max %d ms over %d polls", page.name, ms[len(ms)/2], ms[len(ms)-1], len(ms))
 	}
 }
