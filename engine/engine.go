@@ -459,6 +459,7 @@ func (e *Engine) runGlobal(g *errgroup.Group, ctx context.Context, lis net.Liste
 			func(ev kdsgrpc.SessionEvent) {
 				e.live.start(ev.Stream, ev.Zone, ev.Session)
 				e.ins.Connected(ev.Zone)
+				e.ins.SetSession(ev.Zone, streamPeer(ev.Stream), kdsauth.TokenIDFromContext(ev.Stream))
 				e.metrics.SessionStarted(ev.Zone)
 				e.tokenExpiry(ev)
 				e.revoked.started(ev)

@@ -28,6 +28,9 @@ var (
 	builtinDir string // kds-plugin-policies, kds-plugin-dataplanes
 	lenientDir string // kds-plugin-synctest
 	strictDir  string // kds-plugin-synctest-strict
+	// The built-in plugins with the lenient (global) or strict (zones)
+	// test plugin, for the browser tests.
+	uiGlobalDir, uiZoneDir string
 
 	// TLS material for every test: a CA and a certificate for localhost.
 	caFile, certFile, keyFile string
@@ -36,10 +39,15 @@ var (
 func TestMain(m *testing.M) {
 	os.Exit(pluginbuild.Main(m, func(tmp string) error {
 		builtinDir, lenientDir, strictDir = filepath.Join(tmp, "builtin"), filepath.Join(tmp, "lenient"), filepath.Join(tmp, "strict")
+		uiGlobalDir, uiZoneDir = filepath.Join(tmp, "ui-global"), filepath.Join(tmp, "ui-zone")
 		for dir, bins := range map[string]map[string]string{
 			builtinDir: {"kds-plugin-policies": "./plugins/policies", "kds-plugin-dataplanes": "./plugins/dataplanes"},
 			lenientDir: {"kds-plugin-synctest": "./engine/internal/testsupport/syncplugin"},
 			strictDir:  {"kds-plugin-synctest-strict": "./engine/internal/testsupport/syncplugin"},
+			uiGlobalDir: {"kds-plugin-policies": "./plugins/policies", "kds-plugin-dataplanes": "./plugins/dataplanes",
+				"kds-plugin-synctest": "./engine/internal/testsupport/syncplugin"},
+			uiZoneDir: {"kds-plugin-policies": "./plugins/policies", "kds-plugin-dataplanes": "./plugins/dataplanes",
+				"kds-plugin-synctest-strict": "./engine/internal/testsupport/syncplugin"},
 		} {
 			if err := pluginbuild.Build(dir, bins); err != nil {
 				return err

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/grpc/peer"
+
 	"github.com/kds-engine/kds-engine/engine/internal/insights"
 	"github.com/kds-engine/kds-engine/engine/internal/kdsgrpc"
 	"github.com/kds-engine/kds-engine/engine/internal/metrics"
@@ -59,6 +61,13 @@ func (e *Engine) sampleSession(ctx context.Context, peer string, sess *mux.Sessi
 				s.now.MessagesReceived-s.prev.MessagesReceived, s.now.BytesReceived-s.prev.BytesReceived)
 			e.metrics.SetSendBuffer(peer, s.name, s.now.SendBufferLen)
 		}
+		if ctx.Err() == nil {
+			// Only a live session: a replaced one must not overwrite the
+			// state of the session that replaced it.
+			e.ins.SetStreams(peer, []insights.StreamState{
+				streamState(srvName, "server", st.Server), streamState(cliName, "client", st.Client),
+			})
+		}
 		if st.SendTimeouts > last.SendTimeouts {
 			e.metrics.SendTimeout(peer)
 		}
@@ -66,6 +75,23 @@ func (e *Engine) sampleSession(ctx context.Context, peer string, sess *mux.Sessi
 	}
 	every(ctx, sessionSampleInterval, sample)
 	sample()
+}
+
+func streamState(name metrics.Stream, role string, s mux.StreamStats) insights.StreamState {
+	return insights.StreamState{Name: string(name), Role: role, SendBufferLen: s.SendBufferLen,
+		SendBufferHighWater: s.SendBufferHighWater, Capacity: s.Capacity}
+}
+
+// streamPeer returns the remote address of a gRPC stream's context, "" when
+// it carries none.
+func streamPeer(ctx context.Context) string {
+	if ctx == nil {
+		return ""
+	}
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		return p.Addr.String()
+	}
+	return ""
 }
 
 // sampleEngine refreshes engine-wide metrics (plugins, resources, responses

@@ -25,6 +25,9 @@ type (
 // ListResponse is the body of GET /api/v1/resources/{type}.
 type ListResponse struct {
 	Items []*resource.Resource `json:"items"`
+	// Continue, set when ?limit= cut the list, is the token to pass as
+	// ?continue= for the next page.
+	Continue string `json:"continue,omitempty"`
 }
 
 // BatchRequest is the body of POST /api/v1/validate and POST /api/v1/apply.
