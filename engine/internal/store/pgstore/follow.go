@@ -27,12 +27,22 @@ func (s *Store) poke() {
 // earlier commit is published (after catching up, if needed) it publishes
 // them at once; if the reader has already read rev from the log it does
 // nothing; otherwise (catching up failed) the reader will.
-func (s *Store) publishOwn(ctx context.Context, rev uint64, events []store.Event) {
+//
+// wentBack says the commit found the database's revision below what this
+// Store had published (checked under the counter lock, when no commit
+// after rev-1 could exist): then the watchers are owed commits that are
+// gone, and end with store.ErrWatchLost before rev is published, unless
+// the reader did that already (resets, read under the counter lock, has
+// changed since).
+func (s *Store) publishOwn(ctx context.Context, rev uint64, events []store.Event, wentBack bool, resets uint64) {
 	if len(events) == 0 {
 		return
 	}
 	s.pmu.Lock()
 	defer s.pmu.Unlock()
+	if wentBack && s.resets.Load() == resets && s.published.Load() >= rev {
+		s.lost(s.published.Load(), rev-1, fmt.Errorf("the database was at revision %d, behind revision %d this store already published (restored from a backup, or failed over to a standby that lost commits?)", rev-1, s.published.Load()))
+	}
 	if s.published.Load() < rev-1 {
 		if err := s.catchUpLocked(ctx, rev-1); err != nil {
 			s.poke()
@@ -116,6 +126,7 @@ func (s *Store) lost(pub, head uint64, why error) {
 	s.log.Error("change feed lost commits: watchers resync", "published", pub, "database_revision", head, "why", why)
 	s.feed.EndAll(fmt.Errorf("%w: %w", why, store.ErrWatchLost))
 	s.published.Store(head)
+	s.resets.Add(1)
 }
 
 // readCommits groups rows of kds_changes (ordered by revision) into
@@ -223,7 +234,7 @@ func (s *Store) listenLoop(ctx context.Context) {
 		if connected {
 			backoff = minBackoff
 		}
-		s.log.Warn("LISTEN connection lost; reconnecting", "postgres", s.target, "error", s.classify(err), "backoff", backoff)
+		s.log.Warn("LISTEN connection lost; reconnecting", "postgres", s.target, "error", fmt.Sprint(s.classify(err)), "backoff", backoff)
 		t := time.NewTimer(backoff)
 		select {
 		case <-ctx.Done():

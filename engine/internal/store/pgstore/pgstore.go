@@ -171,6 +171,8 @@ type Store struct {
 	pmu       sync.Mutex
 	published atomic.Uint64
 
+	resets    atomic.Uint64 // how many times lost() reset the feed
+
 	listenPID atomic.Uint32
 	lastErr   atomic.Pointer[errBox] // the reader's last failure, nil once it succeeds
 }
@@ -360,20 +362,25 @@ func (s *Store) write(ctx context.Context, fn func(ctx context.Context, w *wtx) 
 	}
 	defer leave()
 	var (
-		rev    uint64
-		events []store.Event
+		rev      uint64
+		events   []store.Event
+		wentBack bool
+		resets   uint64
 	)
 	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		w := &wtx{tx: tx, s: s}
 		if err := tx.QueryRow(ctx, "SELECT revision, version FROM kds_counter WHERE id = 1 FOR UPDATE").Scan(&w.rev, &w.version); err != nil {
 			return err
 		}
+		resets = s.resets.Load()
+		wentBack = w.rev < s.published.Load()
 		s.vmu.Lock()
-		if w.version < s.assigned {
+		if assigned := s.assigned; w.version < assigned {
 			old := s.versioner.Epoch()
 			s.versioner = store.NewVersioner()
+			s.assigned = w.version // the new epoch has assigned nothing
 			s.log.Warn("the database's version counter is behind what this store assigned (restored or failed over to an older copy?): drawing a new version epoch",
-				"counter", w.version, "assigned", s.assigned, "old_epoch", old, "epoch", s.versioner.Epoch())
+				"counter", w.version, "assigned", assigned, "old_epoch", old, "epoch", s.versioner.Epoch())
 		}
 		w.versions = s.versioner
 		s.vmu.Unlock()
@@ -399,7 +406,7 @@ func (s *Store) write(ctx context.Context, fn func(ctx context.Context, w *wtx) 
 	for i := range events {
 		events[i].Revision = rev
 	}
-	s.publishOwn(ctx, rev, events)
+	s.publishOwn(ctx, rev, events, wentBack, resets)
 	return rev, nil
 }
 
