@@ -171,7 +171,7 @@ type Store struct {
 	pmu       sync.Mutex
 	published atomic.Uint64
 
-	resets    atomic.Uint64 // how many times lost() reset the feed
+	resets atomic.Uint64 // how many times lost() reset the feed
 
 	listenPID atomic.Uint32
 	lastErr   atomic.Pointer[errBox] // the reader's last failure, nil once it succeeds
