@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"time"
 
 	"github.com/kds-engine/kds-engine/engine/apitypes"
 	"github.com/kds-engine/kds-engine/engine/internal/api"
@@ -26,6 +27,7 @@ func (e *Engine) apiHandler() http.Handler {
 		api.WithGatherer(e.promReg),
 		api.WithMaxBodyBytes(e.cfg.APIMaxBodySize),
 		api.WithErrorCode(plugin.ErrPluginDown, http.StatusServiceUnavailable, "plugin_down"),
+		api.WithErrorCode(store.ErrUnavailable, http.StatusServiceUnavailable, api.CodeStoreUnavailable),
 		api.WithErrorCode(store.ErrNotFound, http.StatusNotFound, "not_found"),
 		api.WithErrorCode(store.ErrAlreadyExists, http.StatusConflict, "already_exists"),
 		api.WithErrorCode(store.ErrConflict, http.StatusConflict, "conflict"),
@@ -122,5 +124,18 @@ func (b backend) Ready() error {
 	if b.e.host.Registry().Len() == 0 {
 		return errors.New("no resource types: no plugin loaded from " + b.e.cfg.PluginsDir)
 	}
+	if h, ok := b.e.raw.(healthChecker); ok {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		if err := h.Health(ctx); err != nil {
+			return fmt.Errorf("store: %w", err)
+		}
+	}
 	return nil
+}
+
+// healthChecker is implemented by stores backed by a server that may be
+// unreachable (pgstore): Health returns nil or why the store cannot serve.
+type healthChecker interface {
+	Health(ctx context.Context) error
 }
