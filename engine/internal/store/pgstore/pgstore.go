@@ -14,6 +14,7 @@
 //   - kds_resources: one row per resource, keyed by (type, zone, mesh,
 //     name) in the "C" collation, so ORDER BY is the bytewise order every
 //     store lists in.
+//   - kds_counts: how many resources each (type, zone) holds.
 //   - kds_sessions: the last session generation ClaimSession handed out per
 //     zone.
 //   - kds_changes: the change log, one row per changed resource per commit.
@@ -34,8 +35,10 @@
 //
 // A fenced Apply reads its zone's generation FOR SHARE, so a ClaimSession
 // for that zone waits for the Apply's commit: nothing of a replaced
-// session commits after its successor claimed the zone. Limits are counted
-// with count(*) inside the commit, which the counter lock makes exact.
+// session commits after its successor claimed the zone. Every commit that
+// adds or removes resources keeps kds_counts (resources per type and zone)
+// current, so a limited Apply reads its counts instead of counting; the
+// counter lock makes them exact.
 //
 // # Change feed
 //
@@ -340,6 +343,9 @@ type wtx struct {
 	version  uint64 // the version counter, advanced by nextVersion
 	versions *store.Versioner
 	events   []store.Event
+	// logged: the statements that recorded events also logged them in
+	// kds_changes (sync applies); otherwise write logs them.
+	logged bool
 }
 
 func (w *wtx) nextVersion() string {
@@ -392,8 +398,10 @@ func (s *Store) write(ctx context.Context, fn func(ctx context.Context, w *wtx) 
 			return nil
 		}
 		rev = w.rev + 1
-		if err := logEvents(ctx, tx, rev, w.events); err != nil {
-			return err
+		if !w.logged {
+			if err := logEvents(ctx, tx, rev, w.events); err != nil {
+				return err
+			}
 		}
 		_, err := tx.Exec(ctx, "WITH c AS (UPDATE kds_counter SET revision = $1, version = $2 WHERE id = 1) SELECT pg_notify($3, $4)",
 			rev, w.version, Channel, strconv.FormatUint(rev, 10))
@@ -658,12 +666,20 @@ func (s *Store) Create(ctx context.Context, r *resource.Resource) (*resource.Res
 		c.CreationTime, c.ModificationTime = now, now
 		c.Version = w.nextVersion()
 		rw := encodeRow(c)
-		tag, err := w.tx.Exec(ctx, "INSERT INTO kds_resources ("+upsertColumns+") VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
-			c.Type, c.Zone, c.Mesh, c.Name, c.Version, rw.labels, rw.spec, rw.ctime, rw.mtime, w.rev+1)
+		var created int
+		err := w.tx.QueryRow(ctx, `WITH ins AS (
+				INSERT INTO kds_resources (`+upsertColumns+`) VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9, $10)
+				ON CONFLICT DO NOTHING RETURNING type, zone
+			), counted AS (
+				INSERT INTO kds_counts (type, zone, n) SELECT type, zone, 1 FROM ins
+				ON CONFLICT (type, zone) DO UPDATE SET n = kds_counts.n + 1
+			)
+			SELECT count(*) FROM ins`,
+			c.Type, c.Zone, c.Mesh, c.Name, c.Version, rw.labels, rw.spec, rw.ctime, rw.mtime, w.rev+1).Scan(&created)
 		if err != nil {
 			return err
 		}
-		if tag.RowsAffected() == 0 {
+		if created == 0 {
 			return store.ErrAlreadyExists
 		}
 		w.events = append(w.events, store.Event{Kind: store.EventPut, Origin: store.OriginLocal, Resource: c})
@@ -725,7 +741,12 @@ func (s *Store) Delete(ctx context.Context, key resource.Key, version string) er
 		return fmt.Errorf("delete: %w", err)
 	}
 	_, err := s.write(ctx, func(ctx context.Context, w *wtx) error {
-		rows, err := w.tx.Query(ctx, "DELETE FROM kds_resources WHERE type = $1 AND zone = $2 AND mesh = $3 AND name = $4 RETURNING "+resourceColumns,
+		rows, err := w.tx.Query(ctx, `WITH del AS (
+				DELETE FROM kds_resources WHERE type = $1 AND zone = $2 AND mesh = $3 AND name = $4 RETURNING *
+			), counted AS (
+				UPDATE kds_counts c SET n = c.n - 1 FROM del WHERE c.type = del.type AND c.zone = del.zone
+			)
+			SELECT `+resourceColumns+` FROM del`,
 			key.Type, key.Zone, key.Mesh, key.Name)
 		if err != nil {
 			return err
@@ -815,12 +836,13 @@ func (s *Store) Apply(ctx context.Context, b store.Batch) (uint64, error) {
 		if err != nil {
 			return err
 		}
+		w.logged = true
 		for _, tz := range slices.SortedFunc(maps.Keys(before), typeZone.Compare) {
 			if n := before[tz] + added[tz] - removed[tz]; n > b.Limit && n > before[tz] {
 				return store.LimitError(tz.typ, tz.zone, n, b.Limit)
 			}
 		}
-		return nil
+		return adjustCounts(ctx, w.tx, added, removed)
 	})
 	if err != nil {
 		return 0, fmt.Errorf("apply: %w", err)
@@ -853,7 +875,31 @@ func (a typeZone) Compare(b typeZone) int {
 	return 0
 }
 
-// countZones counts the stored resources of every (type, zone) of puts.
+// adjustCounts adds added and subtracts removed from kds_counts.
+func adjustCounts(ctx context.Context, tx pgx.Tx, added, removed map[typeZone]int) error {
+	delta := maps.Clone(added)
+	for tz, n := range removed {
+		delta[tz] -= n
+	}
+	var (
+		types, zones []string
+		ns           []int64
+	)
+	for tz, n := range delta {
+		if n != 0 {
+			types, zones, ns = append(types, tz.typ), append(zones, tz.zone), append(ns, int64(n))
+		}
+	}
+	if len(ns) == 0 {
+		return nil
+	}
+	_, err := tx.Exec(ctx, `INSERT INTO kds_counts AS c (type, zone, n)
+		SELECT * FROM unnest($1::text[], $2::text[], $3::int8[])
+		ON CONFLICT (type, zone) DO UPDATE SET n = c.n + EXCLUDED.n`, types, zones, ns)
+	return err
+}
+
+// countZones reads how many resources every (type, zone) of puts holds.
 func countZones(ctx context.Context, tx pgx.Tx, puts []*resource.Resource) (map[typeZone]int, error) {
 	out := map[typeZone]int{}
 	var types, zones []string
@@ -864,9 +910,8 @@ func countZones(ctx context.Context, tx pgx.Tx, puts []*resource.Resource) (map[
 			types, zones = append(types, r.Type), append(zones, r.Zone)
 		}
 	}
-	rows, err := tx.Query(ctx, `SELECT r.type, r.zone, count(*) FROM kds_resources r
-		JOIN unnest($1::text[], $2::text[]) AS k(type, zone) ON r.type = k.type AND r.zone = k.zone
-		GROUP BY r.type, r.zone`, types, zones)
+	rows, err := tx.Query(ctx, `SELECT c.type, c.zone, c.n FROM kds_counts c
+		JOIN unnest($1::text[], $2::text[]) AS k(type, zone) ON c.type = k.type AND c.zone = k.zone`, types, zones)
 	if err != nil {
 		return nil, err
 	}
@@ -904,7 +949,9 @@ func (w *wtx) upsert(ctx context.Context, puts []*resource.Resource) (map[typeZo
 		types[i], zones[i], meshes[i], names[i], versions[i] = r.Type, r.Zone, r.Mesh, r.Name, r.Version
 		labels[i], specs[i], ctimes[i], mtimes[i] = rw.labels, rw.spec, rw.ctime, rw.mtime
 	}
-	rows, err := w.tx.Query(ctx, `INSERT INTO kds_resources AS r (`+upsertColumns+`)
+	// One statement writes the changed puts and logs them.
+	rows, err := w.tx.Query(ctx, `WITH up AS (
+		INSERT INTO kds_resources AS r (`+upsertColumns+`)
 		SELECT t, z, m, n, v, l::jsonb, s, c, mt, $10
 		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bytea[], $8::int8[], $9::int8[])
 			AS p(t, z, m, n, v, l, s, c, mt)
@@ -914,7 +961,12 @@ func (w *wtx) upsert(ctx context.Context, puts []*resource.Resource) (map[typeZo
 			revision = EXCLUDED.revision
 		WHERE (r.version, r.labels, r.spec, r.creation_time, r.modification_time)
 			IS DISTINCT FROM (EXCLUDED.version, EXCLUDED.labels, EXCLUDED.spec, EXCLUDED.creation_time, EXCLUDED.modification_time)
-		RETURNING r.type, r.zone, r.mesh, r.name, (r.xmax = 0)`,
+		RETURNING r.type, r.zone, r.mesh, r.name, r.version, r.labels, r.spec, r.creation_time, r.modification_time, (r.xmax = 0) AS inserted
+	), logged AS (
+		INSERT INTO kds_changes (revision, kind, origin, type, zone, mesh, name, version, labels, spec, creation_time, modification_time)
+		SELECT $10, 1, 2, type, zone, mesh, name, version, labels, spec, creation_time, modification_time FROM up
+	)
+	SELECT type, zone, mesh, name, inserted FROM up`,
 		types, zones, meshes, names, versions, labels, specs, ctimes, mtimes, w.rev+1)
 	if err != nil {
 		return nil, err
@@ -957,11 +1009,18 @@ func (w *wtx) deleteKeys(ctx context.Context, dels []resource.Key) (map[typeZone
 	for i, k := range dels {
 		types[i], zones[i], meshes[i], names[i] = k.Type, k.Zone, k.Mesh, k.Name
 	}
-	rows, err := w.tx.Query(ctx, `DELETE FROM kds_resources r
+	// One statement deletes and logs.
+	rows, err := w.tx.Query(ctx, `WITH del AS (
+		DELETE FROM kds_resources r
 		USING unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS k(t, z, m, n)
 		WHERE r.type = k.t AND r.zone = k.z AND r.mesh = k.m AND r.name = k.n
-		RETURNING r.type, r.zone, r.mesh, r.name, r.version, r.labels::text, r.spec, r.creation_time, r.modification_time`,
-		types, zones, meshes, names)
+		RETURNING r.type, r.zone, r.mesh, r.name, r.version, r.labels, r.spec, r.creation_time, r.modification_time
+	), logged AS (
+		INSERT INTO kds_changes (revision, kind, origin, type, zone, mesh, name, version, labels, spec, creation_time, modification_time)
+		SELECT $5, 2, 2, type, zone, mesh, name, version, labels, spec, creation_time, modification_time FROM del
+	)
+	SELECT type, zone, mesh, name, version, labels::text, spec, creation_time, modification_time FROM del`,
+		types, zones, meshes, names, w.rev+1)
 	if err != nil {
 		return nil, err
 	}

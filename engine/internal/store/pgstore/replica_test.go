@@ -334,3 +334,56 @@ func TestUnavailable(t *testing.T) {
 	_, err = s.Create(ctx, storetest.Res("T", "after"))
 	require.NoError(t, err)
 }
+
+// checkCounts asserts that kds_counts matches what kds_resources holds.
+func checkCounts(t *testing.T, url string) {
+	t.Helper()
+	ctx := context.Background()
+	c, err := pgx.Connect(ctx, url)
+	require.NoError(t, err)
+	defer c.Close(ctx)
+	var wrong int
+	require.NoError(t, c.QueryRow(ctx, `SELECT count(*) FROM
+		(SELECT type, zone, count(*) AS n FROM kds_resources GROUP BY type, zone) r
+		FULL JOIN (SELECT * FROM kds_counts WHERE n <> 0) c USING (type, zone)
+		WHERE r.n IS DISTINCT FROM c.n`).Scan(&wrong))
+	assert.Zero(t, wrong, "kds_counts rows that disagree with kds_resources")
+}
+
+// TestCountsFollowEveryWrite: creates, deletes and applies (puts, deletes,
+// no-ops) through two replicas keep kds_counts exact.
+func TestCountsFollowEveryWrite(t *testing.T) {
+	url := pgtest.NewDatabase(t)
+	a, b := open(t, url), open(t, url)
+	ctx := t.Context()
+	g, gctx := errgroup.WithContext(ctx)
+	for i, s := range []*pgstore.Store{a, b} {
+		g.Go(func() error {
+			for j := range 40 {
+				r := storetest.Res("T", fmt.Sprintf("w%d-%d", i, j%9))
+				if _, err := s.Create(gctx, r); err != nil && !errors.Is(err, store.ErrAlreadyExists) {
+					return err
+				}
+				if j%3 == 0 {
+					if err := s.Delete(gctx, r.Key(), ""); err != nil && !errors.Is(err, store.ErrNotFound) {
+						return err
+					}
+				}
+				var batch store.Batch
+				for k := range 3 {
+					p := storetest.Res("S", fmt.Sprintf("p%d", (j+k)%7))
+					p.Zone, p.Version = fmt.Sprintf("z%d", i), fmt.Sprintf("%d", j/2)
+					batch.Put = append(batch.Put, p)
+				}
+				batch.Delete = []resource.Key{{Type: "S", Mesh: "default", Zone: fmt.Sprintf("z%d", i), Name: fmt.Sprintf("p%d", (j+5)%7)}}
+				batch.Limit = 100
+				if _, err := s.Apply(gctx, batch); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	require.NoError(t, g.Wait())
+	checkCounts(t, url)
+}

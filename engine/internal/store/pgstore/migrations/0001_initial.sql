@@ -30,6 +30,16 @@ CREATE TABLE kds_resources (
     PRIMARY KEY (type, zone, mesh, name)
 );
 
+-- How many resources each (type, zone) holds, kept by every commit that
+-- adds or removes one, so that a limited Apply reads its counts instead
+-- of counting the zone.
+CREATE TABLE kds_counts (
+    type text COLLATE "C" NOT NULL,
+    zone text COLLATE "C" NOT NULL,
+    n    bigint NOT NULL,
+    PRIMARY KEY (type, zone)
+);
+
 -- One row per zone that ever had a session: the generation ClaimSession
 -- handed out last. Fenced applies read it FOR SHARE inside their commit.
 CREATE TABLE kds_sessions (
