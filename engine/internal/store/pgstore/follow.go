@@ -51,8 +51,9 @@ func (s *Store) publishOwn(ctx context.Context, rev uint64, events []store.Event
 	}
 	switch pub := s.published.Load(); {
 	case pub == rev-1:
-		s.feed.Publish(events)
+		// Revision first: it never lags what a watcher has seen.
 		s.published.Store(rev)
+		s.feed.Publish(events)
 	case pub < rev-1:
 		s.poke()
 	}
@@ -109,8 +110,8 @@ func (s *Store) catchUpLocked(ctx context.Context, upto uint64) error {
 			if c[0].Revision != next {
 				break
 			}
-			s.feed.Publish(c)
 			s.published.Store(next)
+			s.feed.Publish(c)
 			next++
 		}
 		if next <= end {

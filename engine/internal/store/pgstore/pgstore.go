@@ -33,6 +33,12 @@
 // revision that commits late.) A transaction that rolls back leaves the
 // counter as it was, so revisions have no holes.
 //
+// Within one Store, writes are group-committed: concurrent writers queue,
+// and one of them commits every queued write in one such transaction (one
+// lock round and one WAL flush), each with its own revision and its own
+// savepoint, so a write that fails is answered alone and the others
+// commit.
+//
 // A fenced Apply reads its zone's generation FOR SHARE, so a ClaimSession
 // for that zone waits for the Apply's commit: nothing of a replaced
 // session commits after its successor claimed the zone. Every commit that
@@ -163,8 +169,14 @@ type Store struct {
 	life   sync.RWMutex
 	closed bool
 
+	// qmu guards queue, the writes waiting for the next group commit; wmu
+	// is held by the goroutine committing a group.
+	qmu   sync.Mutex
+	queue []*commitReq
+	wmu   sync.Mutex
+
 	// vmu guards versioner and assigned: the epoch in use and the highest
-	// version counter this Store assigned (or tried to) under it.
+	// version counter this Store may have committed under it.
 	vmu       sync.Mutex
 	versioner *store.Versioner
 	assigned  uint64
@@ -350,72 +362,149 @@ type wtx struct {
 
 func (w *wtx) nextVersion() string {
 	w.version++
-	w.s.vmu.Lock()
-	w.s.assigned = max(w.s.assigned, w.version)
-	w.s.vmu.Unlock()
 	return w.versions.Version(w.version)
 }
 
-// write runs fn in a transaction that holds the counter row lock. If fn
-// recorded events, the commit takes the next revision: the events are
-// logged in kds_changes, the counter is written and NOTIFY sent in the
-// same transaction, and once it committed the events are published. It
-// returns the revision after the transaction.
+// commitReq is one write waiting for a group commit. Its result fields
+// are written by the goroutine that commits it, under s.wmu, and read by
+// the writer after it took s.wmu itself.
+type commitReq struct {
+	fn     func(ctx context.Context, w *wtx) error
+	done   bool
+	rev    uint64
+	events []store.Event
+	err    error
+}
+
+// write commits fn and returns the revision after it. If fn recorded
+// events, its commit takes the next revision: the events are logged in
+// kds_changes (unless fn's statements did), and once committed they are
+// published, before write returns.
+//
+// Group commit: writers queue their fn; whoever holds s.wmu commits every
+// queued fn in one transaction holding the counter lock (one round of
+// locking and one WAL flush for all of them), each with its own revision,
+// in queue order. A fn that fails is rolled back to a savepoint and
+// answered with its error; the others commit without it, so every writer
+// sees the outcome it would have seen alone. fn must derive everything it
+// writes from its wtx and its captured inputs.
 func (s *Store) write(ctx context.Context, fn func(ctx context.Context, w *wtx) error) (uint64, error) {
 	leave, err := s.enter(ctx)
 	if err != nil {
 		return 0, err
 	}
 	defer leave()
+	req := &commitReq{fn: fn}
+	s.qmu.Lock()
+	s.queue = append(s.queue, req)
+	s.qmu.Unlock()
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if !req.done {
+		s.qmu.Lock()
+		group := s.queue
+		s.queue = nil
+		s.qmu.Unlock()
+		s.commitGroup(ctx, group)
+	}
+	return req.rev, req.err
+}
+
+// commitGroup commits group (s.wmu held) and publishes each commit, in
+// order. It answers every request.
+func (s *Store) commitGroup(ctx context.Context, group []*commitReq) {
+	// The transaction serves every writer of the group: it is not ended
+	// by the leader's context.
+	gctx := context.WithoutCancel(ctx)
 	var (
-		rev      uint64
-		events   []store.Event
-		wentBack bool
-		resets   uint64
+		wentBack  bool
+		resets    uint64
+		attempted uint64 // the version counter the transaction tried to commit
+		fnFailed  bool   // a lone fn failed: nothing was attempted
 	)
-	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		w := &wtx{tx: tx, s: s}
-		if err := tx.QueryRow(ctx, "SELECT revision, version FROM kds_counter WHERE id = 1 FOR UPDATE").Scan(&w.rev, &w.version); err != nil {
+	err := pgx.BeginFunc(gctx, s.pool, func(tx pgx.Tx) error {
+		var rev, version uint64
+		if err := tx.QueryRow(gctx, "SELECT revision, version FROM kds_counter WHERE id = 1 FOR UPDATE").Scan(&rev, &version); err != nil {
 			return err
 		}
 		resets = s.resets.Load()
-		wentBack = w.rev < s.published.Load()
+		wentBack = rev < s.published.Load()
 		s.vmu.Lock()
-		if assigned := s.assigned; w.version < assigned {
+		if assigned := s.assigned; version < assigned {
 			old := s.versioner.Epoch()
 			s.versioner = store.NewVersioner()
-			s.assigned = w.version // the new epoch has assigned nothing
+			s.assigned = version // the new epoch has assigned nothing
 			s.log.Warn("the database's version counter is behind what this store assigned (restored or failed over to an older copy?): drawing a new version epoch",
-				"counter", w.version, "assigned", assigned, "old_epoch", old, "epoch", s.versioner.Epoch())
+				"counter", version, "assigned", assigned, "old_epoch", old, "epoch", s.versioner.Epoch())
 		}
-		w.versions = s.versioner
+		versions := s.versioner
 		s.vmu.Unlock()
-		if err := fn(ctx, w); err != nil {
-			return err
+		cur := rev
+		for _, req := range group {
+			if len(group) > 1 {
+				if _, err := tx.Exec(gctx, "SAVEPOINT kds_write"); err != nil {
+					return err
+				}
+			}
+			w := &wtx{tx: tx, s: s, rev: cur, version: version, versions: versions}
+			if err := req.fn(gctx, w); err != nil {
+				if len(group) == 1 {
+					fnFailed = true
+					return err
+				}
+				if _, rerr := tx.Exec(gctx, "ROLLBACK TO SAVEPOINT kds_write"); rerr != nil {
+					return rerr
+				}
+				req.done, req.err = true, s.classify(err)
+				continue
+			}
+			req.rev = cur
+			if len(w.events) == 0 {
+				continue
+			}
+			cur++
+			if !w.logged {
+				if err := logEvents(gctx, tx, cur, w.events); err != nil {
+					return err
+				}
+			}
+			version = w.version
+			req.rev, req.events = cur, w.events
 		}
-		rev = w.rev
-		if len(w.events) == 0 {
+		attempted = version
+		if cur == rev {
 			return nil
 		}
-		rev = w.rev + 1
-		if !w.logged {
-			if err := logEvents(ctx, tx, rev, w.events); err != nil {
-				return err
-			}
-		}
-		_, err := tx.Exec(ctx, "WITH c AS (UPDATE kds_counter SET revision = $1, version = $2 WHERE id = 1) SELECT pg_notify($3, $4)",
-			rev, w.version, Channel, strconv.FormatUint(rev, 10))
-		events = w.events
+		_, err := tx.Exec(gctx, "WITH c AS (UPDATE kds_counter SET revision = $1, version = $2 WHERE id = 1) SELECT pg_notify($3, $4)",
+			cur, version, Channel, strconv.FormatUint(cur, 10))
 		return err
 	})
+	if !fnFailed {
+		// Versions up to attempted may have been committed (also when the
+		// commit's outcome is unknown): never render them again.
+		s.vmu.Lock()
+		s.assigned = max(s.assigned, attempted)
+		s.vmu.Unlock()
+	}
 	if err != nil {
-		return 0, s.classify(err)
+		err = s.classify(err)
+		for _, req := range group {
+			if !req.done {
+				req.done, req.err, req.events = true, err, nil
+			}
+		}
+		return
 	}
-	for i := range events {
-		events[i].Revision = rev
+	for _, req := range group {
+		if req.done {
+			continue
+		}
+		for i := range req.events {
+			req.events[i].Revision = req.rev
+		}
+		s.publishOwn(ctx, req.rev, req.events, wentBack, resets)
+		req.done = true
 	}
-	s.publishOwn(ctx, rev, events, wentBack, resets)
-	return rev, nil
 }
 
 // row is the column values of one resource (kds_resources or

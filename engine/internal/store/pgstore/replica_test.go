@@ -387,3 +387,48 @@ func TestCountsFollowEveryWrite(t *testing.T) {
 	require.NoError(t, g.Wait())
 	checkCounts(t, url)
 }
+
+// TestFailedWritesKeepTheEpoch: writes that fail (alone, or inside a group
+// commit) give their version counters back without making the store
+// believe the database went back: the epoch stays, versions stay unique.
+func TestFailedWritesKeepTheEpoch(t *testing.T) {
+	url := pgtest.NewDatabase(t)
+	s := open(t, url)
+	ctx := t.Context()
+	first, err := s.Create(ctx, storetest.Res("T", "x"))
+	require.NoError(t, err)
+	epoch := strings.SplitN(first.Version, "-", 2)[0]
+	_, err = s.Create(ctx, storetest.Res("T", "x"))
+	require.ErrorIs(t, err, store.ErrAlreadyExists)
+	var (
+		mu       sync.Mutex
+		versions = map[string]bool{first.Version: true}
+	)
+	g, gctx := errgroup.WithContext(ctx)
+	for i := range 8 {
+		g.Go(func() error {
+			for j := range 10 {
+				r, err := s.Create(gctx, storetest.Res("T", fmt.Sprintf("k%d", (i+j)%12)))
+				if errors.Is(err, store.ErrAlreadyExists) {
+					continue
+				}
+				if err != nil {
+					return err
+				}
+				mu.Lock()
+				dup := versions[r.Version]
+				versions[r.Version] = true
+				mu.Unlock()
+				if dup {
+					return fmt.Errorf("version %s twice", r.Version)
+				}
+				if got := strings.SplitN(r.Version, "-", 2)[0]; got != epoch {
+					return fmt.Errorf("epoch changed from %s to %s", epoch, got)
+				}
+			}
+			return nil
+		})
+	}
+	require.NoError(t, g.Wait())
+	assert.Len(t, versions, 13)
+}
