@@ -17,7 +17,7 @@ import (
 	"github.com/kds-engine/kds-engine/engine/internal/store"
 	"github.com/kds-engine/kds-engine/engine/internal/store/boltstore"
 	"github.com/kds-engine/kds-engine/engine/internal/testsupport/logbuf"
-	"github.com/kds-engine/kds-engine/engine/internal/testsupport/pgtest"
+	"github.com/kds-engine/kds-engine/internal/testsupport/pgtest"
 )
 
 // TestGlobalOnPostgresRidesOutItsLoss: a global on PostgreSQL syncs both

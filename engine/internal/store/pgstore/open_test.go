@@ -14,7 +14,7 @@ import (
 	"github.com/kds-engine/kds-engine/engine/internal/resource"
 	"github.com/kds-engine/kds-engine/engine/internal/store"
 	"github.com/kds-engine/kds-engine/engine/internal/store/pgstore"
-	"github.com/kds-engine/kds-engine/engine/internal/testsupport/pgtest"
+	"github.com/kds-engine/kds-engine/internal/testsupport/pgtest"
 )
 
 func TestOpenUnreachableNamesServer(t *testing.T) {

@@ -11,7 +11,7 @@ import (
 	"github.com/kds-engine/kds-engine/engine/internal/store"
 	"github.com/kds-engine/kds-engine/engine/internal/store/pgstore"
 	"github.com/kds-engine/kds-engine/engine/internal/store/storetest"
-	"github.com/kds-engine/kds-engine/engine/internal/testsupport/pgtest"
+	"github.com/kds-engine/kds-engine/internal/testsupport/pgtest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

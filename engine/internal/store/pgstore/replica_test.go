@@ -18,7 +18,7 @@ import (
 	"github.com/kds-engine/kds-engine/engine/internal/store"
 	"github.com/kds-engine/kds-engine/engine/internal/store/pgstore"
 	"github.com/kds-engine/kds-engine/engine/internal/store/storetest"
-	"github.com/kds-engine/kds-engine/engine/internal/testsupport/pgtest"
+	"github.com/kds-engine/kds-engine/internal/testsupport/pgtest"
 )
 
 const eventually = 15 * time.Second

@@ -1,5 +1,6 @@
 // Package pgtest gives tests a PostgreSQL database of their own on the
-// test server.
+// test server. It sits outside engine/ so that every test of the module
+// (engine packages, the CLI's end-to-end tests, benchmarks) can use it.
 //
 // The server is named by KDS_ENGINE_TEST_POSTGRES_URL (default
 // postgres://postgres@127.0.0.1:5432/test): a URL whose user may create
