@@ -51,10 +51,11 @@ func NewDatabase(t testing.TB) string {
 	defer cancel()
 	admin, err := pgx.Connect(ctx, server)
 	if err != nil {
+		why := strings.Join(strings.Fields(err.Error()), " ") // one line
 		if Required() {
-			t.Fatalf("PostgreSQL test server unreachable (CI=true, so this fails): %s: %v", EnvURL, err)
+			t.Fatalf("PostgreSQL test server unreachable (CI=true, so this fails; %s): %s", EnvURL, why)
 		}
-		t.Skipf("skipping: no PostgreSQL test server (%v); set %s or start one on 127.0.0.1:5432", err, EnvURL)
+		t.Skipf("skipping: no PostgreSQL test server (%s); set %s or start one on 127.0.0.1:5432", why, EnvURL)
 	}
 	defer admin.Close(context.Background())
 	var b [6]byte
