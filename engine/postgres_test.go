@@ -105,3 +105,28 @@ func TestBoltFileMovedToItsDocumentedPlace(t *testing.T) {
 	require.NotNil(t, got)
 	assert.Equal(t, "v1", got.Version)
 }
+
+// TestTwoGlobalsOnOneDatabase: a policy written through global A reaches a
+// zone connected to global B (B's feed follows A's commits), and the
+// zone's dataplanes, stored through B, are read through A.
+func TestTwoGlobalsOnOneDatabase(t *testing.T) {
+	url := pgtest.NewDatabase(t)
+	a := startNode(t, Config{Role: RoleGlobal, PluginsDir: builtinDir, Store: StorePostgres, PostgresURL: url})
+	b := startNode(t, Config{Role: RoleGlobal, PluginsDir: builtinDir, Store: StorePostgres, PostgresURL: url,
+		TokenSigningKeyFile: SigningKeyFile(a.e.cfg.DataDir, ""), ClusterID: clusterIDOf(t, a)})
+	cfg := zoneConfig(t, "zone-1", a, Config{PluginsDir: builtinDir})
+	cfg.GlobalAddress = "localhost:" + portOf(b.e.KDSAddr().String())
+	z := startNode(t, cfg)
+
+	create(t, a, &resource.Resource{Type: "Mesh", Name: "default", Spec: spec(map[string]any{})})
+	mt := create(t, a, meshTimeout("from-a", "3s"))
+	eventually(t, func() bool { r := find(z, mt.Key()); return r != nil && r.Version == mt.Version },
+		"a write through A reaches the zone attached to B")
+
+	create(t, z, dataplane("web-1", "10.0.0.1"))
+	k := resource.Key{Type: "Dataplane", Mesh: "default", Zone: "zone-1", Name: "web-1"}
+	eventually(t, func() bool { return find(a, k) != nil }, "the zone's dataplane, stored through B, read through A")
+
+	require.NoError(t, a.b().Delete(context.Background(), mt.Key(), ""))
+	eventually(t, func() bool { return find(z, mt.Key()) == nil }, "a delete through A reaches the zone")
+}

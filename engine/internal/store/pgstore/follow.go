@@ -13,7 +13,7 @@ import (
 )
 
 // catchUpBatch is the most revisions one catch-up query reads.
-const catchUpBatch = 1000
+const catchUpBatch = 256
 
 // poke wakes the reader without waiting.
 func (s *Store) poke() {
