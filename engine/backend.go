@@ -28,6 +28,7 @@ func (e *Engine) apiHandler() http.Handler {
 		api.WithGatherer(e.promReg),
 		api.WithMaxBodyBytes(e.cfg.APIMaxBodySize),
 		api.WithErrorCode(plugin.ErrPluginDown, http.StatusServiceUnavailable, "plugin_down"),
+		api.WithErrorCode(store.ErrUnavailable, http.StatusServiceUnavailable, api.CodeStoreUnavailable),
 		api.WithErrorCode(store.ErrNotFound, http.StatusNotFound, "not_found"),
 		api.WithErrorCode(store.ErrAlreadyExists, http.StatusConflict, "already_exists"),
 		api.WithErrorCode(store.ErrConflict, http.StatusConflict, "conflict"),
@@ -124,6 +125,13 @@ func (b backend) Ready() error {
 	if b.e.host.Registry().Len() == 0 {
 		return errors.New("no resource types: no plugin loaded from " + b.e.cfg.PluginsDir)
 	}
+	if h, ok := b.e.raw.(healthChecker); ok {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		if err := h.Health(ctx); err != nil {
+			return fmt.Errorf("store: %w", err)
+		}
+	}
 	return nil
 }
 
@@ -190,3 +198,9 @@ func (b backend) Holders(ctx context.Context, key resource.Key) (string, []apity
 
 // holdersTimeout bounds how long Holders waits for the live sessions.
 const holdersTimeout = 5 * time.Second
+
+// healthChecker is implemented by stores backed by a server that may be
+// unreachable (pgstore): Health returns nil or why the store cannot serve.
+type healthChecker interface {
+	Health(ctx context.Context) error
+}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -30,6 +29,7 @@ import (
 	"github.com/kds-engine/kds-engine/engine/internal/store"
 	"github.com/kds-engine/kds-engine/engine/internal/store/boltstore"
 	"github.com/kds-engine/kds-engine/engine/internal/store/memory"
+	"github.com/kds-engine/kds-engine/engine/internal/store/pgstore"
 	"github.com/kds-engine/kds-engine/engine/internal/token"
 	"github.com/kds-engine/kds-engine/engine/internal/validate"
 	kdsv1 "github.com/kds-engine/kds-engine/proto/kds/v1"
@@ -52,6 +52,7 @@ type Engine struct {
 	// Set by Run before Started is closed.
 	host      *plugin.Host
 	store     *guard.Store
+	raw       store.Store // the store under guard, for its health
 	validator *validate.Validator
 	digests   map[string]string // type → schema digest, for types with a schema
 	ix        *kdssync.Index
@@ -163,8 +164,17 @@ func (c Config) check() error {
 	if c.Store == StoreBolt && c.DataDir == "" {
 		return errors.New("data dir: required for the bolt store")
 	}
-	if c.Store != StoreBolt && c.Store != StoreMemory {
-		return fmt.Errorf("store %q: want %q or %q", c.Store, StoreBolt, StoreMemory)
+	switch c.Store {
+	case StoreBolt, StoreMemory:
+	case StorePostgres:
+		if c.Role != RoleGlobal {
+			return errors.New("store postgres: only global runs on PostgreSQL (a zone keeps the bolt store)")
+		}
+		if c.PostgresURL == "" {
+			return errors.New("store postgres: the PostgreSQL URL is required (--postgres-url or KDS_ENGINE_POSTGRES_URL)")
+		}
+	default:
+		return fmt.Errorf("store %q: want %q, %q or %q", c.Store, StoreBolt, StorePostgres, StoreMemory)
 	}
 	if c.MaxResourceSize > c.MaxMessageSize/2 {
 		return fmt.Errorf("max resource size %d: must be at most half the max message size (%d)", c.MaxResourceSize, c.MaxMessageSize)
@@ -232,11 +242,12 @@ func (e *Engine) Run(ctx context.Context) error {
 	defer host.Close()
 	e.host = host
 
-	raw, err := e.openStore()
+	raw, err := e.openStore(ctx)
 	if err != nil {
 		return err
 	}
 	defer raw.Close()
+	e.raw = raw
 	role := guard.Global
 	if e.cfg.Role == RoleZone {
 		role = guard.Zone
@@ -368,11 +379,27 @@ func (e *Engine) Run(ctx context.Context) error {
 	return err
 }
 
-func (e *Engine) openStore() (store.Store, error) {
-	if e.cfg.Store == StoreMemory {
+// ErrStoreUnavailable is wrapped by Run's error when the store's database
+// (--store postgres) cannot be reached at start; the message names the
+// server and the database. (Once running, the engine rides out the loss of
+// its database instead of stopping.)
+var ErrStoreUnavailable = store.ErrUnavailable
+
+func (e *Engine) openStore(ctx context.Context) (store.Store, error) {
+	switch e.cfg.Store {
+	case StoreMemory:
 		return memory.New(), nil
+	case StorePostgres:
+		s, err := pgstore.Open(ctx, e.cfg.PostgresURL, pgstore.WithLogger(e.log))
+		if err != nil {
+			return nil, err
+		}
+		return s, nil
 	}
-	s, err := boltstore.Open(filepath.Join(e.cfg.DataDir, "kds.db"))
+	if err := boltstore.MoveMisplacedFile(e.cfg.DataDir, e.log); err != nil {
+		return nil, fmt.Errorf("open store in %s: %w", e.cfg.DataDir, err)
+	}
+	s, err := boltstore.Open(e.cfg.DataDir, boltstore.WithLogger(e.log))
 	if err != nil {
 		return nil, fmt.Errorf("open store in %s: %w", e.cfg.DataDir, err)
 	}
@@ -380,7 +407,10 @@ func (e *Engine) openStore() (store.Store, error) {
 }
 
 // feedIndex loads the locally written resources into the index and then
-// follows the change feed, without a gap.
+// follows the change feed, without a gap. A watch that ends with
+// store.ErrWatchLost (the store could not deliver some commits) is
+// replaced: a new snapshot replaces the index's content, retried with
+// backoff while the store is unavailable.
 func (e *Engine) feedIndex(ctx context.Context, s store.Store, ready chan<- struct{}) error {
 	w, items, _, err := store.SnapshotAndWatch(ctx, s, store.Filter{LocalOnly: true})
 	if err != nil {
@@ -397,7 +427,17 @@ func (e *Engine) feedIndex(ctx context.Context, s store.Store, ready chan<- stru
 		case <-ctx.Done():
 			return nil
 		case <-w.Done():
-			return fmt.Errorf("store watch ended: %w", w.Err())
+			if !errors.Is(w.Err(), store.ErrWatchLost) {
+				return fmt.Errorf("store watch ended: %w", w.Err())
+			}
+			e.log.Warn("store change feed lost commits: reloading the served resources", "why", w.Err())
+			if w, err = e.resyncIndex(ctx, s); err != nil {
+				return err
+			}
+			if w == nil {
+				return nil // ctx ended
+			}
+			continue
 		case <-w.C():
 			for _, ev := range w.Next() {
 				if ev.Resource.Zone != "" {
@@ -410,6 +450,37 @@ func (e *Engine) feedIndex(ctx context.Context, s store.Store, ready chan<- stru
 				}
 			}
 		}
+	}
+}
+
+// resyncIndex takes a new snapshot and watch and replaces the index's
+// content with the snapshot, retrying with backoff while the store fails.
+// It returns a nil watch (and no error) if ctx ends first.
+func (e *Engine) resyncIndex(ctx context.Context, s store.Store) (*store.Watch, error) {
+	backoff := 100 * time.Millisecond
+	for {
+		w, items, _, err := store.SnapshotAndWatch(ctx, s, store.Filter{LocalOnly: true})
+		if err == nil {
+			if err := e.ix.Replace(items); err != nil {
+				return nil, err
+			}
+			return w, nil
+		}
+		if ctx.Err() != nil {
+			return nil, nil
+		}
+		if errors.Is(err, store.ErrClosed) {
+			return nil, fmt.Errorf("watch store: %w", err)
+		}
+		e.log.Warn("reload served resources: retrying", "error", err, "backoff", backoff)
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, nil
+		case <-t.C:
+		}
+		backoff = min(2*backoff, 5*time.Second)
 	}
 }
 

@@ -122,6 +122,7 @@ const (
 	CodeInternal             = "internal"               // 500
 	CodePluginDown           = "plugin_down"            // 503
 	CodeNotReady             = "not_ready"              // 503
+	CodeStoreUnavailable     = "store_unavailable"      // 503: the store's database cannot be reached
 )
 
 // PluginsInfo is the body of GET /api/v1/plugins.

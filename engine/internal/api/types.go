@@ -61,4 +61,5 @@ const (
 	CodeInternal             = apitypes.CodeInternal             // 500
 	CodePluginDown           = apitypes.CodePluginDown           // 503
 	CodeNotReady             = apitypes.CodeNotReady             // 503
+	CodeStoreUnavailable     = apitypes.CodeStoreUnavailable     // 503: the store's database cannot be reached
 )
