@@ -62,6 +62,6 @@ func TestGlobalPostgresCrashRestart(t *testing.T) {
 	require.Contains(t, r.stdout, "MeshTimeout default/web-timeouts updated")
 	waitFor(t, "the changed MeshTimeout on the zone", func() (bool, string) {
 		mt, ok := find(list(t, z.api(), "MeshTimeout"), "web-timeouts", "")
-		return ok && connectTimeout(mt) == "7s", fmt.Sprintf("%v %q", ok, connectTimeout(mt))
+		return ok && connectionTimeout(mt) == "7s", fmt.Sprintf("%v %q", ok, connectionTimeout(mt))
 	})
 }
