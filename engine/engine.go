@@ -166,6 +166,9 @@ func (c Config) check() error {
 	if c.Store != StoreBolt && c.Store != StoreMemory {
 		return fmt.Errorf("store %q: want %q or %q", c.Store, StoreBolt, StoreMemory)
 	}
+	if c.MaxMessageSize > kdsgrpc.MaxAnnouncedMessageSize {
+		return fmt.Errorf("max message size %d: must be at most %d (64 MiB), the most a peer accepts when the session starts", c.MaxMessageSize, kdsgrpc.MaxAnnouncedMessageSize)
+	}
 	if c.MaxResourceSize > c.MaxMessageSize/2 {
 		return fmt.Errorf("max resource size %d: must be at most half the max message size (%d)", c.MaxResourceSize, c.MaxMessageSize)
 	}
@@ -425,7 +428,10 @@ func (e *Engine) runSync(ctx context.Context, peer, zone string, sess *mux.Sessi
 	stop := context.AfterFunc(ctx, func() { sess.Close(fmt.Errorf("sync: %w", context.Cause(ctx))) })
 	defer stop()
 	g.Go(func() error { e.sampleSession(ctx, peer, sess); return nil })
-	g.Go(func() error { return e.server.Serve(ctx, sess.Server(), peer) })
+	// Responses never exceed the smaller of the two sides' max message
+	// sizes (the session agreed on it from the peer's announcement).
+	maxMsg := kdssync.WithSessionMaxMessageSize(sess.Params().MaxMessageSize)
+	g.Go(func() error { return e.server.Serve(ctx, sess.Server(), peer, maxMsg) })
 	g.Go(func() error {
 		opts := []kdssync.ClientOption{
 			kdssync.WithClientLogger(e.log.Named("kds-client")),
@@ -508,6 +514,7 @@ func (e *Engine) runZone(g *errgroup.Group, ctx context.Context, tcfg kdsgrpc.Co
 		kdsgrpc.WithBackoff(kdsgrpc.Backoff{Base: e.cfg.ReconnectBackoffBase, Cap: e.cfg.ReconnectBackoffMax}),
 		kdsgrpc.WithDialOptions(opts...),
 		kdsgrpc.WithSessionOptions(func(string) []mux.Option { return e.sendObserver(GlobalPeer) }),
+		kdsgrpc.WithRefusedHook(func(err error) { e.ins.Disconnected(GlobalPeer, err) }),
 		kdsgrpc.WithSessionHooks(
 			func(kdsgrpc.SessionEvent) {
 				e.setConnected(true)
