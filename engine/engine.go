@@ -72,6 +72,10 @@ type Engine struct {
 
 	mu        sync.Mutex
 	connected bool // zone: a session to global is up
+
+	// observeSent, if set before Run (tests), is called with the encoded
+	// size of every message sent to peer. It must be cheap and not block.
+	observeSent func(peer string, bytes int)
 }
 
 // New checks cfg, fills in defaults and returns an engine that is not yet

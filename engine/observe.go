@@ -32,7 +32,10 @@ func (e *Engine) streams() (server, client metrics.Stream) {
 // session in the send-latency histogram.
 func (e *Engine) sendObserver(peer string) []mux.Option {
 	srvName, cliName := e.streams()
-	return []mux.Option{mux.WithInboundPool(e.inboundPool), mux.WithSendObserver(func(server bool, _ int, d time.Duration) {
+	return []mux.Option{mux.WithInboundPool(e.inboundPool), mux.WithSendObserver(func(server bool, n int, d time.Duration) {
+		if e.observeSent != nil {
+			e.observeSent(peer, n)
+		}
 		name := cliName
 		if server {
 			name = srvName
