@@ -170,8 +170,9 @@ func (c Config) check() error {
 	if c.Store != StoreBolt && c.Store != StoreMemory {
 		return fmt.Errorf("store %q: want %q or %q", c.Store, StoreBolt, StoreMemory)
 	}
-	if c.MaxMessageSize > kdsgrpc.MaxAnnouncedMessageSize {
-		return fmt.Errorf("max message size %d: must be at most %d (64 MiB), the most a peer accepts when the session starts", c.MaxMessageSize, kdsgrpc.MaxAnnouncedMessageSize)
+	if c.MaxMessageSize < kdsgrpc.MinAnnouncedMessageSize || c.MaxMessageSize > kdsgrpc.MaxAnnouncedMessageSize {
+		return fmt.Errorf("max message size %d: must be from %d (64 KiB) to %d (64 MiB), the sizes a peer accepts when the session starts",
+			c.MaxMessageSize, kdsgrpc.MinAnnouncedMessageSize, kdsgrpc.MaxAnnouncedMessageSize)
 	}
 	if c.MaxResourceSize > c.MaxMessageSize/2 {
 		return fmt.Errorf("max resource size %d: must be at most half the max message size (%d)", c.MaxResourceSize, c.MaxMessageSize)

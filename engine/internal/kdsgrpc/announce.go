@@ -30,8 +30,12 @@ const (
 const (
 	// MaxAnnouncedTypes is the largest type count a peer may announce.
 	MaxAnnouncedTypes = 100000
-	// MaxAnnouncedMessageSize is the largest max message size a peer may
-	// announce (and the largest a side may be configured with).
+	// MinAnnouncedMessageSize and MaxAnnouncedMessageSize bound the max
+	// message size a peer may announce (and a side may be configured with):
+	// a smaller one would make this side split its responses into absurdly
+	// many messages, a larger one is beyond what the byte budgets are
+	// sized for.
+	MinAnnouncedMessageSize = 64 << 10
 	MaxAnnouncedMessageSize = 64 << 20
 )
 
@@ -76,15 +80,15 @@ func (p peerFigures) muxOptions() []mux.Option {
 
 // parseAnnouncement reads and checks the figures in md. A figure that is
 // absent is -1. A figure present more than once, not a decimal integer, or
-// out of range (types 0 to MaxAnnouncedTypes, size 1 to
-// MaxAnnouncedMessageSize) is an error wrapping ErrInvalidAnnouncement that
+// out of range (types 0 to MaxAnnouncedTypes, size MinAnnouncedMessageSize
+// to MaxAnnouncedMessageSize) is an error wrapping ErrInvalidAnnouncement that
 // names the key and the value.
 func parseAnnouncement(md metadata.MD) (peerFigures, error) {
 	types, err := announcedInt(md, TypesMetadataKey, 0, MaxAnnouncedTypes, "a type count")
 	if err != nil {
 		return peerFigures{}, err
 	}
-	size, err := announcedInt(md, MaxMessageSizeMetadataKey, 1, MaxAnnouncedMessageSize, "a size in bytes")
+	size, err := announcedInt(md, MaxMessageSizeMetadataKey, MinAnnouncedMessageSize, MaxAnnouncedMessageSize, "a size in bytes")
 	if err != nil {
 		return peerFigures{}, err
 	}

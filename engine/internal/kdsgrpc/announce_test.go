@@ -101,6 +101,7 @@ func TestFaultGlobalRefusesInvalidAnnouncement(t *testing.T) {
 		{MaxMessageSizeMetadataKey, "abc"},
 		{MaxMessageSizeMetadataKey, strconv.Itoa(64<<20 + 1)},
 		{MaxMessageSizeMetadataKey, "+5"},
+		{MaxMessageSizeMetadataKey, strconv.Itoa(64<<10 - 1)},
 		{TypesMetadataKey, "-1"},
 		{TypesMetadataKey, "abc"},
 		{TypesMetadataKey, "100001"},
