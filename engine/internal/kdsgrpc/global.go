@@ -64,6 +64,9 @@ func (g *Global) Session(stream kdsv1.KDS_SessionServer) error {
 	md, _ := metadata.FromIncomingContext(stream.Context())
 	peerFig, err := parseAnnouncement(md)
 	if err != nil {
+		// Authenticated zones only reach this point, within their
+		// session rate limit; the value is cut and escaped.
+		g.log.Warn("session refused", "zone", zone, "error", err)
 		return status.Errorf(codes.InvalidArgument, "zone %s: %v", zone, err)
 	}
 	g.mu.Lock()
