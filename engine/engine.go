@@ -73,6 +73,10 @@ type Engine struct {
 
 	mu        sync.Mutex
 	connected bool // zone: a session to global is up
+
+	// observeSent, if set before Run (tests), is called with the encoded
+	// size of every message sent to peer. It must be cheap and not block.
+	observeSent func(peer string, bytes int)
 }
 
 // New checks cfg, fills in defaults and returns an engine that is not yet
@@ -175,6 +179,10 @@ func (c Config) check() error {
 		}
 	default:
 		return fmt.Errorf("store %q: want %q, %q or %q", c.Store, StoreBolt, StorePostgres, StoreMemory)
+	}
+	if c.MaxMessageSize < kdsgrpc.MinAnnouncedMessageSize || c.MaxMessageSize > kdsgrpc.MaxAnnouncedMessageSize {
+		return fmt.Errorf("max message size %d: must be from %d (64 KiB) to %d (64 MiB), the sizes a peer accepts when the session starts",
+			c.MaxMessageSize, kdsgrpc.MinAnnouncedMessageSize, kdsgrpc.MaxAnnouncedMessageSize)
 	}
 	if c.MaxResourceSize > c.MaxMessageSize/2 {
 		return fmt.Errorf("max resource size %d: must be at most half the max message size (%d)", c.MaxResourceSize, c.MaxMessageSize)
@@ -496,7 +504,10 @@ func (e *Engine) runSync(ctx context.Context, peer, zone string, sess *mux.Sessi
 	stop := context.AfterFunc(ctx, func() { sess.Close(fmt.Errorf("sync: %w", context.Cause(ctx))) })
 	defer stop()
 	g.Go(func() error { e.sampleSession(ctx, peer, sess); return nil })
-	g.Go(func() error { return e.server.Serve(ctx, sess.Server(), peer) })
+	// Responses never exceed the smaller of the two sides' max message
+	// sizes (the session agreed on it from the peer's announcement).
+	maxMsg := kdssync.WithSessionMaxMessageSize(sess.Params().MaxMessageSize)
+	g.Go(func() error { return e.server.Serve(ctx, sess.Server(), peer, maxMsg) })
 	g.Go(func() error {
 		opts := []kdssync.ClientOption{
 			kdssync.WithClientLogger(e.log.Named("kds-client")),
@@ -580,6 +591,7 @@ func (e *Engine) runZone(g *errgroup.Group, ctx context.Context, tcfg kdsgrpc.Co
 		kdsgrpc.WithBackoff(kdsgrpc.Backoff{Base: e.cfg.ReconnectBackoffBase, Cap: e.cfg.ReconnectBackoffMax}),
 		kdsgrpc.WithDialOptions(opts...),
 		kdsgrpc.WithSessionOptions(func(string) []mux.Option { return e.sendObserver(GlobalPeer) }),
+		kdsgrpc.WithRefusedHook(func(err error) { e.ins.Disconnected(GlobalPeer, err) }),
 		kdsgrpc.WithSessionHooks(
 			func(kdsgrpc.SessionEvent) {
 				e.setConnected(true)

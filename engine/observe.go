@@ -34,7 +34,10 @@ func (e *Engine) streams() (server, client metrics.Stream) {
 // session in the send-latency histogram.
 func (e *Engine) sendObserver(peer string) []mux.Option {
 	srvName, cliName := e.streams()
-	return []mux.Option{mux.WithInboundPool(e.inboundPool), mux.WithSendObserver(func(server bool, _ int, d time.Duration) {
+	return []mux.Option{mux.WithInboundPool(e.inboundPool), mux.WithSendObserver(func(server bool, n int, d time.Duration) {
+		if e.observeSent != nil {
+			e.observeSent(peer, n)
+		}
 		name := cliName
 		if server {
 			name = srvName
@@ -47,8 +50,10 @@ func (e *Engine) sendObserver(peer string) []mux.Option {
 // second until ctx ends, then once more.
 func (e *Engine) sampleSession(ctx context.Context, peer string, sess *mux.Session) {
 	srvName, cliName := e.streams()
-	e.metrics.SetSendBufferCapacity(peer, srvName, sess.Capacity())
-	e.metrics.SetSendBufferCapacity(peer, cliName, sess.Capacity())
+	// The stream this side serves is sized from the peer's announced type
+	// count, the one it subscribes on from its own.
+	e.metrics.SetSendBufferCapacity(peer, srvName, sess.Params().ServerCapacity)
+	e.metrics.SetSendBufferCapacity(peer, cliName, sess.Params().ClientCapacity)
 	var last mux.Stats
 	sample := func() {
 		st := sess.Stats()

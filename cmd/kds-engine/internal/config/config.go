@@ -144,7 +144,7 @@ var Settings = []Setting{
 		Usage: "a gRPC Send not done within this ends the session", set: func(c *Config, v string) error { return setDuration(&c.SendTimeout, v) }},
 	{Flag: "buffer-headroom", Kind: "int", Key: "bufferHeadroom", Global: true, Zone: true, Default: fixed("16"), Accepted: "an integer from 1 to 4096",
 		Usage: "send-buffer slots beyond one per registered type", set: func(c *Config, v string) error { return setInt(&c.BufferHeadroom, v) }},
-	{Flag: "max-message-size", Kind: "size", Key: "maxMessageSize", Global: true, Zone: true, Default: fixed("4MiB"), Accepted: "a size from 64KiB to 1GiB: bytes, or a number with B, KB, KiB, MB, MiB, GB, GiB",
+	{Flag: "max-message-size", Kind: "size", Key: "maxMessageSize", Global: true, Zone: true, Default: fixed("4MiB"), Accepted: "a size from 64KiB to 64MiB: bytes, or a number with B, KB, KiB, MB, MiB, GB, GiB",
 		Usage: "largest KDS message sent or accepted", set: func(c *Config, v string) error { return setSize(&c.MaxMessageSize, v) }},
 	{Flag: "max-resource-size", Kind: "size", Key: "maxResourceSize", Global: true, Zone: true, Default: fixed("1MiB"), Accepted: "a size below max-message-size: bytes, or a number with B, KB, KiB, MB, MiB, GB, GiB",
 		Usage: "largest single resource accepted on write", set: func(c *Config, v string) error { return setSize(&c.MaxResourceSize, v) }},
@@ -608,7 +608,7 @@ func (c *Config) Validate() error {
 	if c.BufferHeadroom < 1 || c.BufferHeadroom > 4096 {
 		bad("buffer-headroom", "%d is out of range", c.BufferHeadroom)
 	}
-	if c.MaxMessageSize < 64<<10 || c.MaxMessageSize > 1<<30 {
+	if c.MaxMessageSize < 64<<10 || c.MaxMessageSize > 64<<20 {
 		bad("max-message-size", "%s is out of range", FormatSize(c.MaxMessageSize))
 	}
 	if c.MaxResourceSize <= 0 || c.MaxResourceSize >= c.MaxMessageSize {

@@ -186,7 +186,7 @@ func TestValidateMessages(t *testing.T) {
 		`api-addr: "localhost": want HOST:PORT (accepted: HOST:PORT)`,
 		`send-timeout: must be positive, got 0s (accepted: a positive duration such as 30s, 1m, 1m30s)`,
 		`buffer-headroom: 0 is out of range (accepted: an integer from 1 to 4096)`,
-		`max-message-size: 1KiB is out of range (accepted: a size from 64KiB to 1GiB: bytes, or a number with B, KB, KiB, MB, MiB, GB, GiB)`,
+		`max-message-size: 1KiB is out of range (accepted: a size from 64KiB to 64MiB: bytes, or a number with B, KB, KiB, MB, MiB, GB, GiB)`,
 		`max-resource-size: 2KiB must be positive and below max-message-size 1KiB (a message carries envelope overhead) (accepted: a size below max-message-size: bytes, or a number with B, KB, KiB, MB, MiB, GB, GiB)`,
 		`keepalive-time: 10ms is too short (accepted: a duration of at least 1s)`,
 		`log-level: "loud" is not a level (accepted: trace, debug, info, warn, error)`,
