@@ -72,6 +72,10 @@ type Engine struct {
 
 	mu        sync.Mutex
 	connected bool // zone: a session to global is up
+
+	// testHookFeed, when set (by tests, before Run), runs each time the
+	// index feed wakes up for new store events, before it handles them.
+	testHookFeed func()
 }
 
 // New checks cfg, fills in defaults and returns an engine that is not yet
@@ -303,6 +307,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		e.kdsAddr = kdsLis.Addr()
 	}
 
+	parent := ctx
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	g, gctx := errgroup.WithContext(ctx)
@@ -318,7 +323,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		if kdsLis != nil {
 			kdsLis.Close()
 		}
-		return g.Wait()
+		return stopErr(parent, g.Wait())
 	}
 
 	g.Go(func() error {
@@ -360,11 +365,23 @@ func (e *Engine) Run(ctx context.Context) error {
 	close(e.started)
 	log.Info("running", "api", e.apiAddr, "kds", e.kdsAddr, "store", e.cfg.Store, "data_dir", e.cfg.DataDir)
 
-	err = g.Wait()
-	if ctx.Err() != nil && context.Cause(ctx) == nil || errors.Is(err, context.Canceled) {
-		err = nil
-	}
+	err = stopErr(parent, g.Wait())
 	log.Info("stopped", "error", err)
+	return err
+}
+
+// stopErr returns nil for an error that only reports the shutdown parent
+// asked for: once parent has ended, a component that stops because of it
+// (an error wrapping context.Canceled or parent's cause, such as a store
+// watch ended by the shutdown signal) stopped cleanly, whichever component
+// noticed first. Any other error is returned as it is.
+func stopErr(parent context.Context, err error) error {
+	if err == nil || parent.Err() == nil {
+		return err
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.Cause(parent)) {
+		return nil
+	}
 	return err
 }
 
@@ -397,8 +414,14 @@ func (e *Engine) feedIndex(ctx context.Context, s store.Store, ready chan<- stru
 		case <-ctx.Done():
 			return nil
 		case <-w.Done():
+			if ctx.Err() != nil {
+				return nil // ended by the shutdown, like ctx
+			}
 			return fmt.Errorf("store watch ended: %w", w.Err())
 		case <-w.C():
+			if e.testHookFeed != nil {
+				e.testHookFeed()
+			}
 			for _, ev := range w.Next() {
 				if ev.Resource.Zone != "" {
 					continue
