@@ -494,7 +494,7 @@ func (e *Engine) runGlobal(g *errgroup.Group, ctx context.Context, lis net.Liste
 					return
 				}
 				e.ins.Disconnected(ev.Zone, ev.Err)
-				e.metrics.SessionEnded(ev.Zone, endReason(ev.Err))
+				e.metrics.SessionEnded(ev.Zone, endReason(ev.Err, ctx.Err() != nil))
 			}))
 	gs := kdsgrpc.NewServer(tcfg, opts...)
 	kdsv1.RegisterKDSServer(gs, glob)
@@ -535,12 +535,12 @@ func (e *Engine) runZone(g *errgroup.Group, ctx context.Context, tcfg kdsgrpc.Co
 			func(kdsgrpc.SessionEvent) {
 				e.setConnected(true)
 				e.ins.Connected(GlobalPeer)
-				e.metrics.SessionStarted(GlobalPeer)
+				e.metrics.SessionStarted(e.cfg.ZoneName)
 			},
 			func(ev kdsgrpc.SessionEvent) {
 				e.setConnected(false)
 				e.ins.Disconnected(GlobalPeer, ev.Err)
-				e.metrics.SessionEnded(GlobalPeer, endReason(ev.Err))
+				e.metrics.SessionEnded(e.cfg.ZoneName, endReason(ev.Err, ctx.Err() != nil))
 			}))
 	g.Go(func() error { return d.Run(ctx) })
 }
