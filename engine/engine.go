@@ -72,6 +72,11 @@ type Engine struct {
 
 	mu        sync.Mutex
 	connected bool // zone: a session to global is up
+	// dialer is the zone's connection to global (nil on global, and on a
+	// zone until Run has created it). Its state holds why an attempt was
+	// refused, which no session hook sees: a refused attempt never starts
+	// a session.
+	dialer interface{ State() kdsgrpc.ConnState }
 
 	// testHookFeed, when set (by tests, before Run), runs each time the
 	// index feed wakes up for new store events, before it handles them.
@@ -542,7 +547,29 @@ func (e *Engine) runZone(g *errgroup.Group, ctx context.Context, tcfg kdsgrpc.Co
 				e.ins.Disconnected(GlobalPeer, ev.Err)
 				e.metrics.SessionEnded(e.cfg.ZoneName, endReason(ev.Err, ctx.Err() != nil))
 			}))
+	e.mu.Lock()
+	e.dialer = d
+	e.mu.Unlock()
 	g.Go(func() error { return d.Run(ctx) })
+}
+
+// zoneConn returns, on a zone, whether a session to global is up and why
+// the last attempt or session ended: the session's error, or the refusal
+// of an attempt that never became a session (a token global refused).
+func (e *Engine) zoneConn() (connected bool, lastErr string) {
+	e.mu.Lock()
+	connected, d := e.connected, e.dialer
+	e.mu.Unlock()
+	if d != nil {
+		if err := d.State().LastError; err != nil {
+			lastErr = err.Error()
+		}
+	}
+	if lastErr == "" {
+		c, _ := e.ins.Get(GlobalPeer)
+		lastErr = c.LastError
+	}
+	return connected, lastErr
 }
 
 // tokenExpiry records when the token of a session that started on global
