@@ -29,6 +29,7 @@ func (e *Engine) apiHandler() http.Handler {
 		api.WithMaxBodyBytes(e.cfg.APIMaxBodySize),
 		api.WithErrorCode(plugin.ErrPluginDown, http.StatusServiceUnavailable, "plugin_down"),
 		api.WithErrorCode(store.ErrUnavailable, http.StatusServiceUnavailable, api.CodeStoreUnavailable),
+		api.WithErrorCode(ErrMeshNotFound, http.StatusBadRequest, apitypes.CodeMeshNotFound),
 		api.WithErrorCode(store.ErrNotFound, http.StatusNotFound, "not_found"),
 		api.WithErrorCode(store.ErrAlreadyExists, http.StatusConflict, "already_exists"),
 		api.WithErrorCode(store.ErrConflict, http.StatusConflict, "conflict"),
@@ -68,6 +69,9 @@ func (b backend) checkWrite(ctx context.Context, r *resource.Resource) error {
 	if err := b.e.store.CheckLocalWrite(r.Type); err != nil {
 		return err
 	}
+	if err := b.checkMesh(ctx, r); err != nil {
+		return err
+	}
 	if api.BatchValidated(ctx) {
 		return nil
 	}
@@ -75,6 +79,40 @@ func (b backend) checkWrite(ctx context.Context, r *resource.Resource) error {
 		return err
 	}
 	return nil
+}
+
+// MeshType is the type whose resources are meshes: when a plugin registers
+// a global-scoped type of this name, a mesh-scoped resource can only be
+// written into a mesh that exists.
+const MeshType = "Mesh"
+
+// ErrMeshNotFound refuses a write of a mesh-scoped resource into a mesh
+// that has no Mesh resource on this side.
+var ErrMeshNotFound = errors.New("mesh does not exist")
+
+// checkMesh refuses r when it is mesh-scoped, a Mesh type is registered and
+// r's mesh has no Mesh resource here. Only the admin API's writes are
+// checked: the sync stores what the owning side accepted, in whatever order
+// it arrives (a zone may receive a policy before its Mesh).
+func (b backend) checkMesh(ctx context.Context, r *resource.Resource) error {
+	reg := b.e.host.Registry()
+	td, ok := reg.Type(r.Type)
+	if !ok || td.Scope != resource.ScopeMesh || r.Mesh == "" {
+		return nil
+	}
+	if mt, ok := reg.Type(MeshType); !ok || mt.Scope != resource.ScopeGlobal {
+		return nil
+	}
+	_, err := b.e.store.Get(ctx, resource.Key{Type: MeshType, Name: r.Mesh})
+	if !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
+	if b.e.cfg.Role == RoleZone {
+		return fmt.Errorf("%s %s/%s: %w: mesh %q is not on this zone; meshes are written on global and reach zones by sync: create it on global (type: Mesh, name: %s) and write this again once it has synced",
+			r.Type, r.Mesh, r.Name, ErrMeshNotFound, r.Mesh, r.Mesh)
+	}
+	return fmt.Errorf("%s %s/%s: %w: mesh %q: create it first (type: Mesh, name: %s), then write this again",
+		r.Type, r.Mesh, r.Name, ErrMeshNotFound, r.Mesh, r.Mesh)
 }
 
 func (b backend) Delete(ctx context.Context, k resource.Key, version string) error {
@@ -107,17 +145,35 @@ func (b backend) Plugins() apitypes.PluginsInfo {
 	return out
 }
 
-func (b backend) Insights() []apitypes.Conn { return b.e.ins.List() }
+// Insights lists the sync state. On a zone, the entry for global carries
+// the reason the last attempt to connect failed, also when global refused
+// it before a session started (which the sync layer never sees).
+func (b backend) Insights() []apitypes.Conn {
+	cs := b.e.ins.List()
+	if b.e.cfg.Role != RoleZone {
+		return cs
+	}
+	connected, lastErr := b.e.zoneConn()
+	if len(cs) == 0 {
+		if lastErr == "" {
+			return cs
+		}
+		cs = []apitypes.Conn{{Name: GlobalPeer, Types: map[string]apitypes.TypeState{}}}
+	}
+	for i := range cs {
+		if cs[i].Name == GlobalPeer && !connected && lastErr != "" {
+			cs[i].LastError = lastErr
+		}
+	}
+	return cs
+}
 
 func (b backend) Ready() error {
 	if b.e.cfg.Role == RoleZone {
-		b.e.mu.Lock()
-		ok := b.e.connected
-		b.e.mu.Unlock()
+		ok, lastErr := b.e.zoneConn()
 		if !ok {
-			c, _ := b.e.ins.Get(GlobalPeer)
-			if c.LastError != "" {
-				return fmt.Errorf("not connected to global at %s: %s", b.e.cfg.GlobalAddress, c.LastError)
+			if lastErr != "" {
+				return fmt.Errorf("not connected to global at %s: %s", b.e.cfg.GlobalAddress, lastErr)
 			}
 			return fmt.Errorf("not connected to global at %s yet", b.e.cfg.GlobalAddress)
 		}

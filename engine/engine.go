@@ -77,6 +77,16 @@ type Engine struct {
 	// observeSent, if set before Run (tests), is called with the encoded
 	// size of every message sent to peer. It must be cheap and not block.
 	observeSent func(peer string, bytes int)
+
+	// dialer is the zone's connection to global (nil on global, and on a
+	// zone until Run has created it). Its state holds why an attempt was
+	// refused, which no session hook sees: a refused attempt never starts
+	// a session.
+	dialer interface{ State() kdsgrpc.ConnState }
+
+	// testHookFeed, when set (by tests, before Run), runs each time the
+	// index feed wakes up for new store events, before it handles them.
+	testHookFeed func()
 }
 
 // New checks cfg, fills in defaults and returns an engine that is not yet
@@ -322,6 +332,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		e.kdsAddr = kdsLis.Addr()
 	}
 
+	parent := ctx
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	g, gctx := errgroup.WithContext(ctx)
@@ -337,7 +348,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		if kdsLis != nil {
 			kdsLis.Close()
 		}
-		return g.Wait()
+		return stopErr(parent, g.Wait())
 	}
 
 	g.Go(func() error {
@@ -379,11 +390,23 @@ func (e *Engine) Run(ctx context.Context) error {
 	close(e.started)
 	log.Info("running", "api", e.apiAddr, "kds", e.kdsAddr, "store", e.cfg.Store, "data_dir", e.cfg.DataDir)
 
-	err = g.Wait()
-	if ctx.Err() != nil && context.Cause(ctx) == nil || errors.Is(err, context.Canceled) {
-		err = nil
-	}
+	err = stopErr(parent, g.Wait())
 	log.Info("stopped", "error", err)
+	return err
+}
+
+// stopErr returns nil for an error that only reports the shutdown parent
+// asked for: once parent has ended, a component that stops because of it
+// (an error wrapping context.Canceled or parent's cause, such as a store
+// watch ended by the shutdown signal) stopped cleanly, whichever component
+// noticed first. Any other error is returned as it is.
+func stopErr(parent context.Context, err error) error {
+	if err == nil || parent.Err() == nil {
+		return err
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.Cause(parent)) {
+		return nil
+	}
 	return err
 }
 
@@ -435,6 +458,9 @@ func (e *Engine) feedIndex(ctx context.Context, s store.Store, ready chan<- stru
 		case <-ctx.Done():
 			return nil
 		case <-w.Done():
+			if ctx.Err() != nil {
+				return nil // ended by the shutdown, like ctx
+			}
 			if !errors.Is(w.Err(), store.ErrWatchLost) {
 				return fmt.Errorf("store watch ended: %w", w.Err())
 			}
@@ -447,6 +473,9 @@ func (e *Engine) feedIndex(ctx context.Context, s store.Store, ready chan<- stru
 			}
 			continue
 		case <-w.C():
+			if e.testHookFeed != nil {
+				e.testHookFeed()
+			}
 			for _, ev := range w.Next() {
 				if ev.Resource.Zone != "" {
 					continue
@@ -554,7 +583,7 @@ func (e *Engine) runGlobal(g *errgroup.Group, ctx context.Context, lis net.Liste
 					return
 				}
 				e.ins.Disconnected(ev.Zone, ev.Err)
-				e.metrics.SessionEnded(ev.Zone, endReason(ev.Err))
+				e.metrics.SessionEnded(ev.Zone, endReason(ev.Err, ctx.Err() != nil))
 			}))
 	gs := kdsgrpc.NewServer(tcfg, opts...)
 	kdsv1.RegisterKDSServer(gs, glob)
@@ -596,14 +625,36 @@ func (e *Engine) runZone(g *errgroup.Group, ctx context.Context, tcfg kdsgrpc.Co
 			func(kdsgrpc.SessionEvent) {
 				e.setConnected(true)
 				e.ins.Connected(GlobalPeer)
-				e.metrics.SessionStarted(GlobalPeer)
+				e.metrics.SessionStarted(e.cfg.ZoneName)
 			},
 			func(ev kdsgrpc.SessionEvent) {
 				e.setConnected(false)
 				e.ins.Disconnected(GlobalPeer, ev.Err)
-				e.metrics.SessionEnded(GlobalPeer, endReason(ev.Err))
+				e.metrics.SessionEnded(e.cfg.ZoneName, endReason(ev.Err, ctx.Err() != nil))
 			}))
+	e.mu.Lock()
+	e.dialer = d
+	e.mu.Unlock()
 	g.Go(func() error { return d.Run(ctx) })
+}
+
+// zoneConn returns, on a zone, whether a session to global is up and why
+// the last attempt or session ended: the session's error, or the refusal
+// of an attempt that never became a session (a token global refused).
+func (e *Engine) zoneConn() (connected bool, lastErr string) {
+	e.mu.Lock()
+	connected, d := e.connected, e.dialer
+	e.mu.Unlock()
+	if d != nil {
+		if err := d.State().LastError; err != nil {
+			lastErr = err.Error()
+		}
+	}
+	if lastErr == "" {
+		c, _ := e.ins.Get(GlobalPeer)
+		lastErr = c.LastError
+	}
+	return connected, lastErr
 }
 
 // tokenExpiry records when the token of a session that started on global

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -178,9 +179,15 @@ func zoneToken(t *testing.T, g *node, zone string) string {
 	return path
 }
 
+// create writes r through n's admin API backend. On a zone, a write into a
+// mesh whose Mesh has not synced from global yet is retried until it has.
 func create(t *testing.T, n *node, r *resource.Resource) *resource.Resource {
 	t.Helper()
 	got, err := n.b().Create(context.Background(), r)
+	for deadline := time.Now().Add(30 * time.Second); errors.Is(err, ErrMeshNotFound) && n.e.cfg.Role == RoleZone && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+		got, err = n.b().Create(context.Background(), r)
+	}
 	require.NoError(t, err)
 	return got
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/kds-engine/kds-engine/engine/internal/resource"
 	"github.com/kds-engine/kds-engine/engine/internal/testsupport/logbuf"
 )
 
@@ -31,6 +32,7 @@ func TestRevokedTokenEndsItsSessions(t *testing.T) {
 	acfg := zoneConfig(t, "zone-a", g, Config{PluginsDir: builtinDir})
 	zoneA := startNode(t, acfg)
 	zoneB := startNode(t, zoneConfig(t, "zone-b", g, Config{PluginsDir: builtinDir}))
+	create(t, g, &resource.Resource{Type: "Mesh", Name: "default", Spec: spec(map[string]any{})})
 	create(t, g, meshTimeout("before", "1s"))
 	for _, z := range []*node{zoneA, zoneB} {
 		eventually(t, func() bool { return find(z, meshTimeout("before", "").Key()) != nil }, "zones sync before the revocation")

@@ -106,6 +106,7 @@ type FieldProblem struct {
 // Error codes and the HTTP status each comes with.
 const (
 	CodeBadRequest           = "bad_request"            // 400
+	CodeMeshNotFound         = "mesh_not_found"         // 400: a mesh-scoped write into a mesh with no Mesh resource
 	CodeUnauthenticated      = "unauthenticated"        // 401
 	CodeHostNotAllowed       = "host_not_allowed"       // 403: Host header names no address the API serves
 	CodeCrossOrigin          = "cross_origin"           // 403: a browser request from another origin

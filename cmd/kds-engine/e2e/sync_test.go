@@ -34,6 +34,12 @@ func syncedCluster(t *testing.T) (*cluster, *node) {
 		mt, ok := find(rs, "web-timeouts", "")
 		return ok && connectionTimeout(mt) == "5s", fmt.Sprint(rs)
 	})
+	// A zone accepts dataplanes only in a mesh it holds.
+	waitFor(t, "Mesh default on zone-1", func() (bool, string) {
+		rs := list(t, z.api(), "Mesh")
+		_, ok := find(rs, "default", "")
+		return ok, fmt.Sprint(rs)
+	})
 
 	r = mustCLI(t, "apply", "-f", examplesFile(t, "zone-1.yaml"), "--api", z.api())
 	assert.Contains(t, r.stdout, "2 resources applied: 2 created")
@@ -174,6 +180,11 @@ spec:
 			name: "read-only side", api: z.api(),
 			file: writeFile(t, dir, "on-zone.yaml", goodTimeout),
 			want: []string{"MeshTimeout is written on global", "apply it on global"},
+		},
+		{
+			name: "mesh that does not exist", api: c.global.api(),
+			file: writeFile(t, dir, "no-mesh.yaml", strings.Replace(goodTimeout, "mesh: default", "mesh: no-such-mesh", 1)),
+			want: []string{`mesh "no-such-mesh"`, "create it first (type: Mesh, name: no-such-mesh)"},
 		},
 		{
 			name: "dataplane on global", api: c.global.api(),

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"path"
 	"reflect"
 	"slices"
 	"strings"
@@ -128,13 +129,32 @@ func (h *handler) noRoute(w http.ResponseWriter, r *http.Request) {
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
-	if h.authorized(r) {
-		h.mux.ServeHTTP(sw, r)
-	} else {
+	switch {
+	case !h.authorized(r):
 		sw.Header().Set("WWW-Authenticate", `Bearer realm="kds-engine"`)
 		h.fail(sw, r, newError(http.StatusUnauthorized, CodeUnauthenticated, "this API requires a token: Authorization: Bearer TOKEN"), "")
+	case !canonicalPath(r.URL.Path):
+		// http.ServeMux would answer 307 to the cleaned path: a write to
+		// ".../MeshTimeout/.." would be redirected to the list route.
+		h.fail(sw, r, newError(http.StatusBadRequest, CodeBadRequest,
+			"path %q is not canonical (it has an empty, \".\" or \"..\" segment): resource names never are \".\" or \"..\"; send the path without them", r.URL.Path), "")
+	default:
+		h.mux.ServeHTTP(sw, r)
 	}
 	h.log.Debug("request", "method", r.Method, "path", r.URL.Path, "status", sw.status, "duration", time.Since(start))
+}
+
+// canonicalPath reports whether p is what http.ServeMux cleans it to: no
+// "." or ".." segments and no repeated slashes (a trailing slash is kept).
+func canonicalPath(p string) bool {
+	if p == "" || p[0] != '/' {
+		return false
+	}
+	clean := path.Clean(p)
+	if strings.HasSuffix(p, "/") && clean != "/" {
+		clean += "/"
+	}
+	return clean == p
 }
 
 func (h *handler) authorized(r *http.Request) bool {
