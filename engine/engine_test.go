@@ -221,6 +221,11 @@ func spec(v any) json.RawMessage {
 	return b
 }
 
+// meshResource is the Mesh named name, with no settings.
+func meshResource(name string) *resource.Resource {
+	return &resource.Resource{Type: "Mesh", Name: name, Spec: spec(map[string]any{})}
+}
+
 func meshTimeout(name, connect string) *resource.Resource {
 	return &resource.Resource{Type: "MeshTimeout", Mesh: "default", Name: name, Spec: spec(map[string]any{
 		"targetRef": map[string]any{"kind": "Mesh"},

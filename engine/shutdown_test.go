@@ -33,7 +33,7 @@ func TestShutdownWithCauseWhileWritingIsClean(t *testing.T) {
 	}
 	log := hclog.New(&hclog.LoggerOptions{Name: "test", Level: hclog.Error, Output: os.Stderr})
 	for i := range iterations {
-		cfg := Config{Role: RoleGlobal, PluginsDir: lenientDir, Store: StoreMemory,
+		cfg := Config{Role: RoleGlobal, PluginsDir: lenientDir, Store: StoreMemory, DataDir: t.TempDir(),
 			APIAddress: "127.0.0.1:0", KDSAddress: "127.0.0.1:0", Insecure: true}
 		e, err := New(cfg, log)
 		require.NoError(t, err)

@@ -188,6 +188,7 @@ func TestUIInBrowser(t *testing.T) {
 	g := startNode(t, Config{Role: RoleGlobal, PluginsDir: uiGlobalDir, APITokenFile: tokFile})
 	z1 := startZone(t, "zone-1", g, uiZoneDir, "")
 	z2 := startZone(t, "zone-2", g, uiZoneDir, "")
+	create(t, g, meshResource("default"))
 	for _, name := range []string{"web-timeouts", "backend-timeouts", "db-timeouts"} {
 		create(t, g, meshTimeout(name, "5s"))
 	}
