@@ -32,7 +32,7 @@ A="-DTYPES=1 -DBURST=4 -DSTREAM_WIN=2 -DCONN_WIN=1"
 B="-DTYPES=2 -DBURST=2 -DSTREAM_WIN=1 -DCONN_WIN=1"
 
 failed=0
-printf '%-34s %-6s %-24s %-28s %10s %12s %9s %7s\n' check bounds run result states transitions "mem MiB" time
+printf '%-34s %-6s %-32s %-28s %10s %12s %9s %7s\n' check bounds run result states transitions "mem MiB" time
 
 # check NAME BOUNDS MODE EXPECT FLAGS...
 #   MODE: safety (invalid end states and assertions) or an ltl name
@@ -81,7 +81,7 @@ check() {
 	esac
 	[ "$expect" = ok ] || result="$result (expected)"
 	[ "$verdict" = ok ] || { result="$result: UNEXPECTED"; failed=1; }
-	printf '%-34s %-6s %-24s %-28s %10s %12s %9s %6ss\n' "$name" "$bounds" "$run" "$result" "${states:-?}" "${trans:-?}" "${mem:-?}" "${secs:-?}"
+	printf '%-34s %-6s %-32s %-28s %10s %12s %9s %6ss\n' "$name" "$bounds" "$run" "$result" "${states:-?}" "${trans:-?}" "${mem:-?}" "${secs:-?}"
 	if [ "$verdict" != ok ]; then
 		sed 's/^/    /' "$out" | grep -v '^    *$' | head -40
 	fi
