@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"time"
 
 	"github.com/kds-engine/kds-engine/engine/apitypes"
 	"github.com/kds-engine/kds-engine/engine/internal/api"
+	"github.com/kds-engine/kds-engine/engine/internal/kdssync"
 	"github.com/kds-engine/kds-engine/engine/internal/plugin"
 	"github.com/kds-engine/kds-engine/engine/internal/resource"
 	"github.com/kds-engine/kds-engine/engine/internal/store"
@@ -26,6 +28,8 @@ func (e *Engine) apiHandler() http.Handler {
 		api.WithGatherer(e.promReg),
 		api.WithMaxBodyBytes(e.cfg.APIMaxBodySize),
 		api.WithErrorCode(plugin.ErrPluginDown, http.StatusServiceUnavailable, "plugin_down"),
+		api.WithErrorCode(store.ErrUnavailable, http.StatusServiceUnavailable, api.CodeStoreUnavailable),
+		api.WithErrorCode(ErrMeshNotFound, http.StatusBadRequest, apitypes.CodeMeshNotFound),
 		api.WithErrorCode(store.ErrNotFound, http.StatusNotFound, "not_found"),
 		api.WithErrorCode(store.ErrAlreadyExists, http.StatusConflict, "already_exists"),
 		api.WithErrorCode(store.ErrConflict, http.StatusConflict, "conflict"),
@@ -65,6 +69,9 @@ func (b backend) checkWrite(ctx context.Context, r *resource.Resource) error {
 	if err := b.e.store.CheckLocalWrite(r.Type); err != nil {
 		return err
 	}
+	if err := b.checkMesh(ctx, r); err != nil {
+		return err
+	}
 	if api.BatchValidated(ctx) {
 		return nil
 	}
@@ -72,6 +79,40 @@ func (b backend) checkWrite(ctx context.Context, r *resource.Resource) error {
 		return err
 	}
 	return nil
+}
+
+// MeshType is the type whose resources are meshes: when a plugin registers
+// a global-scoped type of this name, a mesh-scoped resource can only be
+// written into a mesh that exists.
+const MeshType = "Mesh"
+
+// ErrMeshNotFound refuses a write of a mesh-scoped resource into a mesh
+// that has no Mesh resource on this side.
+var ErrMeshNotFound = errors.New("mesh does not exist")
+
+// checkMesh refuses r when it is mesh-scoped, a Mesh type is registered and
+// r's mesh has no Mesh resource here. Only the admin API's writes are
+// checked: the sync stores what the owning side accepted, in whatever order
+// it arrives (a zone may receive a policy before its Mesh).
+func (b backend) checkMesh(ctx context.Context, r *resource.Resource) error {
+	reg := b.e.host.Registry()
+	td, ok := reg.Type(r.Type)
+	if !ok || td.Scope != resource.ScopeMesh || r.Mesh == "" {
+		return nil
+	}
+	if mt, ok := reg.Type(MeshType); !ok || mt.Scope != resource.ScopeGlobal {
+		return nil
+	}
+	_, err := b.e.store.Get(ctx, resource.Key{Type: MeshType, Name: r.Mesh})
+	if !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
+	if b.e.cfg.Role == RoleZone {
+		return fmt.Errorf("%s %s/%s: %w: mesh %q is not on this zone; meshes are written on global and reach zones by sync: create it on global (type: Mesh, name: %s) and write this again once it has synced",
+			r.Type, r.Mesh, r.Name, ErrMeshNotFound, r.Mesh, r.Mesh)
+	}
+	return fmt.Errorf("%s %s/%s: %w: mesh %q: create it first (type: Mesh, name: %s), then write this again",
+		r.Type, r.Mesh, r.Name, ErrMeshNotFound, r.Mesh, r.Mesh)
 }
 
 func (b backend) Delete(ctx context.Context, k resource.Key, version string) error {
@@ -104,17 +145,35 @@ func (b backend) Plugins() apitypes.PluginsInfo {
 	return out
 }
 
-func (b backend) Insights() []apitypes.Conn { return b.e.ins.List() }
+// Insights lists the sync state. On a zone, the entry for global carries
+// the reason the last attempt to connect failed, also when global refused
+// it before a session started (which the sync layer never sees).
+func (b backend) Insights() []apitypes.Conn {
+	cs := b.e.ins.List()
+	if b.e.cfg.Role != RoleZone {
+		return cs
+	}
+	connected, lastErr := b.e.zoneConn()
+	if len(cs) == 0 {
+		if lastErr == "" {
+			return cs
+		}
+		cs = []apitypes.Conn{{Name: GlobalPeer, Types: map[string]apitypes.TypeState{}}}
+	}
+	for i := range cs {
+		if cs[i].Name == GlobalPeer && !connected && lastErr != "" {
+			cs[i].LastError = lastErr
+		}
+	}
+	return cs
+}
 
 func (b backend) Ready() error {
 	if b.e.cfg.Role == RoleZone {
-		b.e.mu.Lock()
-		ok := b.e.connected
-		b.e.mu.Unlock()
+		ok, lastErr := b.e.zoneConn()
 		if !ok {
-			c, _ := b.e.ins.Get(GlobalPeer)
-			if c.LastError != "" {
-				return fmt.Errorf("not connected to global at %s: %s", b.e.cfg.GlobalAddress, c.LastError)
+			if lastErr != "" {
+				return fmt.Errorf("not connected to global at %s: %s", b.e.cfg.GlobalAddress, lastErr)
 			}
 			return fmt.Errorf("not connected to global at %s yet", b.e.cfg.GlobalAddress)
 		}
@@ -122,5 +181,82 @@ func (b backend) Ready() error {
 	if b.e.host.Registry().Len() == 0 {
 		return errors.New("no resource types: no plugin loaded from " + b.e.cfg.PluginsDir)
 	}
+	if h, ok := b.e.raw.(healthChecker); ok {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		if err := h.Health(ctx); err != nil {
+			return fmt.Errorf("store: %w", err)
+		}
+	}
 	return nil
+}
+
+var (
+	_ api.HoldersBackend = backend{}
+	_ api.KeyLister      = backend{}
+	_ api.Revisioner     = backend{}
+)
+
+// ListKeys reads keys and versions only: no spec is decoded.
+func (b backend) ListKeys(ctx context.Context, f api.Filter) ([]resource.Key, error) {
+	kvs, err := b.e.store.Versions(ctx, store.Filter{Type: f.Type, Mesh: f.Mesh, Zone: f.Zone})
+	if err != nil {
+		return nil, err
+	}
+	keys := make([]resource.Key, len(kvs))
+	for i, kv := range kvs {
+		keys[i] = kv.Key
+	}
+	return keys, nil
+}
+
+// Revision is the store's latest commit revision.
+func (b backend) Revision() uint64 { return b.e.store.Revision() }
+
+// Holders reports, for every zone that ever connected, what it holds of the
+// resource key global serves: asked of each live session's server (one
+// message each, whatever the number of resources), with the reasons of a
+// refused version from the insights.
+func (b backend) Holders(ctx context.Context, key resource.Key) (string, []apitypes.Holding, error) {
+	cur, err := b.e.store.Get(ctx, key)
+	if err != nil {
+		return "", nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, holdersTimeout)
+	defer cancel()
+	name := kdssync.WireName(key.Mesh, key.Name)
+	held, err := b.e.server.Held(ctx, key.Type, name)
+	if err != nil {
+		return "", nil, err
+	}
+	var out []apitypes.Holding
+	for _, c := range b.e.ins.List() {
+		h := apitypes.Holding{Zone: c.Name}
+		if ph, ok := held[c.Name]; ok && c.Online {
+			h.Online = true
+			h.Holds, h.Version = ph.Holds, ph.Version
+			if ph.Pending {
+				h.Pending, h.PendingVersion = true, ph.PendingVersion
+			}
+			if ph.Rejected {
+				h.RejectedVersion = ph.RejectedVersion
+				for _, r := range c.Types[key.Type].Rejected {
+					if r.Name == name {
+						h.RejectedErrors = r.Errors
+					}
+				}
+			}
+		}
+		out = append(out, h)
+	}
+	return cur.Version, out, nil
+}
+
+// holdersTimeout bounds how long Holders waits for the live sessions.
+const holdersTimeout = 5 * time.Second
+
+// healthChecker is implemented by stores backed by a server that may be
+// unreachable (pgstore): Health returns nil or why the store cannot serve.
+type healthChecker interface {
+	Health(ctx context.Context) error
 }

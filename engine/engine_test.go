@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -28,6 +29,10 @@ var (
 	builtinDir string // kds-plugin-policies, kds-plugin-dataplanes
 	lenientDir string // kds-plugin-synctest
 	strictDir  string // kds-plugin-synctest-strict
+	// The built-in plugins with the lenient (global) or strict (zones)
+	// test plugin, for the browser tests.
+	uiGlobalDir, uiZoneDir string
+	manyDir                string // kds-plugin-synctest-many (203 types)
 
 	// TLS material for every test: a CA and a certificate for localhost.
 	caFile, certFile, keyFile string
@@ -36,10 +41,17 @@ var (
 func TestMain(m *testing.M) {
 	os.Exit(pluginbuild.Main(m, func(tmp string) error {
 		builtinDir, lenientDir, strictDir = filepath.Join(tmp, "builtin"), filepath.Join(tmp, "lenient"), filepath.Join(tmp, "strict")
+		uiGlobalDir, uiZoneDir = filepath.Join(tmp, "ui-global"), filepath.Join(tmp, "ui-zone")
+		manyDir = filepath.Join(tmp, "many")
 		for dir, bins := range map[string]map[string]string{
 			builtinDir: {"kds-plugin-policies": "./plugins/policies", "kds-plugin-dataplanes": "./plugins/dataplanes"},
 			lenientDir: {"kds-plugin-synctest": "./engine/internal/testsupport/syncplugin"},
 			strictDir:  {"kds-plugin-synctest-strict": "./engine/internal/testsupport/syncplugin"},
+			uiGlobalDir: {"kds-plugin-policies": "./plugins/policies", "kds-plugin-dataplanes": "./plugins/dataplanes",
+				"kds-plugin-synctest": "./engine/internal/testsupport/syncplugin"},
+			uiZoneDir: {"kds-plugin-policies": "./plugins/policies", "kds-plugin-dataplanes": "./plugins/dataplanes",
+				"kds-plugin-synctest-strict": "./engine/internal/testsupport/syncplugin"},
+			manyDir: {"kds-plugin-synctest-many": "./engine/internal/testsupport/syncplugin"},
 		} {
 			if err := pluginbuild.Build(dir, bins); err != nil {
 				return err
@@ -84,6 +96,13 @@ func startNode(t *testing.T, cfg Config) *node {
 // startNodeLogging is startNode with the engine's logger.
 func startNodeLogging(t *testing.T, cfg Config, log hclog.Logger) *node {
 	t.Helper()
+	return startNodePrepared(t, cfg, log, nil)
+}
+
+// startNodePrepared is startNodeLogging with prep, if not nil, run on the
+// engine before it runs.
+func startNodePrepared(t *testing.T, cfg Config, log hclog.Logger, prep func(*Engine)) *node {
+	t.Helper()
 	if cfg.DataDir == "" {
 		cfg.DataDir = t.TempDir()
 	}
@@ -102,6 +121,9 @@ func startNodeLogging(t *testing.T, cfg Config, log hclog.Logger) *node {
 	cfg.ReconnectBackoffMax = 500 * time.Millisecond
 	e, err := New(cfg, log)
 	require.NoError(t, err)
+	if prep != nil {
+		prep(e)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	n := &node{t: t, e: e, cancel: cancel, done: make(chan error, 1)}
 	go func() { n.done <- e.Run(ctx) }()
@@ -157,9 +179,15 @@ func zoneToken(t *testing.T, g *node, zone string) string {
 	return path
 }
 
+// create writes r through n's admin API backend. On a zone, a write into a
+// mesh whose Mesh has not synced from global yet is retried until it has.
 func create(t *testing.T, n *node, r *resource.Resource) *resource.Resource {
 	t.Helper()
 	got, err := n.b().Create(context.Background(), r)
+	for deadline := time.Now().Add(30 * time.Second); errors.Is(err, ErrMeshNotFound) && n.e.cfg.Role == RoleZone && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+		got, err = n.b().Create(context.Background(), r)
+	}
 	require.NoError(t, err)
 	return got
 }
@@ -198,7 +226,7 @@ func meshTimeout(name, connect string) *resource.Resource {
 		"targetRef": map[string]any{"kind": "Mesh"},
 		"to": []any{map[string]any{
 			"targetRef": map[string]any{"kind": "Mesh"},
-			"default":   map[string]any{"connectTimeout": connect},
+			"default":   map[string]any{"connectionTimeout": connect},
 		}},
 	})}
 }

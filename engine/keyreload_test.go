@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc/codes"
 
+	"github.com/kds-engine/kds-engine/engine/internal/resource"
 	"github.com/kds-engine/kds-engine/engine/internal/token"
 )
 
@@ -63,6 +64,7 @@ func TestRunningGlobalPicksUpVerificationKeys(t *testing.T) {
 
 	// Trusted once the key is in the file: the zone's next attempt gets in.
 	writePublicKeys(t, trusted, oldPub, newPub)
+	create(t, g, &resource.Resource{Type: "Mesh", Name: "default", Spec: spec(map[string]any{})})
 	create(t, g, meshTimeout("after-add", "1s"))
 	eventually(t, func() bool { return find(zone, meshTimeout("after-add", "").Key()) != nil }, "the zone syncs once its key is trusted")
 

@@ -3,9 +3,10 @@ package engine
 import (
 	"context"
 	"errors"
-	"io"
 	"strings"
 	"time"
+
+	"google.golang.org/grpc/peer"
 
 	"github.com/kds-engine/kds-engine/engine/internal/insights"
 	"github.com/kds-engine/kds-engine/engine/internal/kdsgrpc"
@@ -28,16 +29,30 @@ func (e *Engine) streams() (server, client metrics.Stream) {
 	return metrics.StreamZoneToGlobal, metrics.StreamGlobalToZone
 }
 
+// metricZone is the zone label of a session's metrics: on global the
+// connected zone (peer), on a zone its own name (not the insights name of
+// its connection to global).
+func (e *Engine) metricZone(peer string) string {
+	if e.cfg.Role == RoleZone {
+		return e.cfg.ZoneName
+	}
+	return peer
+}
+
 // sendObserver returns the mux option that records every Send of peer's
 // session in the send-latency histogram.
 func (e *Engine) sendObserver(peer string) []mux.Option {
 	srvName, cliName := e.streams()
-	return []mux.Option{mux.WithInboundPool(e.inboundPool), mux.WithSendObserver(func(server bool, _ int, d time.Duration) {
+	zone := e.metricZone(peer)
+	return []mux.Option{mux.WithInboundPool(e.inboundPool), mux.WithSendObserver(func(server bool, n int, d time.Duration) {
+		if e.observeSent != nil {
+			e.observeSent(peer, n)
+		}
 		name := cliName
 		if server {
 			name = srvName
 		}
-		e.metrics.ObserveSendDuration(peer, name, d)
+		e.metrics.ObserveSendDuration(zone, name, d)
 	})}
 }
 
@@ -45,8 +60,11 @@ func (e *Engine) sendObserver(peer string) []mux.Option {
 // second until ctx ends, then once more.
 func (e *Engine) sampleSession(ctx context.Context, peer string, sess *mux.Session) {
 	srvName, cliName := e.streams()
-	e.metrics.SetSendBufferCapacity(peer, srvName, sess.Capacity())
-	e.metrics.SetSendBufferCapacity(peer, cliName, sess.Capacity())
+	// The stream this side serves is sized from the peer's announced type
+	// count, the one it subscribes on from its own.
+	mz := e.metricZone(peer)
+	e.metrics.SetSendBufferCapacity(mz, srvName, sess.Params().ServerCapacity)
+	e.metrics.SetSendBufferCapacity(mz, cliName, sess.Params().ClientCapacity)
 	var last mux.Stats
 	sample := func() {
 		st := sess.Stats()
@@ -54,13 +72,20 @@ func (e *Engine) sampleSession(ctx context.Context, peer string, sess *mux.Sessi
 			name      metrics.Stream
 			now, prev mux.StreamStats
 		}{{srvName, st.Server, last.Server}, {cliName, st.Client, last.Client}} {
-			e.metrics.AddTraffic(peer, s.name,
+			e.metrics.AddTraffic(mz, s.name,
 				s.now.MessagesSent-s.prev.MessagesSent, s.now.BytesSent-s.prev.BytesSent,
 				s.now.MessagesReceived-s.prev.MessagesReceived, s.now.BytesReceived-s.prev.BytesReceived)
-			e.metrics.SetSendBuffer(peer, s.name, s.now.SendBufferLen)
+			e.metrics.SetSendBuffer(mz, s.name, s.now.SendBufferLen)
+		}
+		if ctx.Err() == nil {
+			// Only a live session: a replaced one must not overwrite the
+			// state of the session that replaced it.
+			e.ins.SetStreams(peer, []insights.StreamState{
+				streamState(srvName, "server", st.Server), streamState(cliName, "client", st.Client),
+			})
 		}
 		if st.SendTimeouts > last.SendTimeouts {
-			e.metrics.SendTimeout(peer)
+			e.metrics.SendTimeout(mz)
 		}
 		last = st
 	}
@@ -68,8 +93,25 @@ func (e *Engine) sampleSession(ctx context.Context, peer string, sess *mux.Sessi
 	sample()
 }
 
-// sampleEngine refreshes engine-wide metrics (plugins, resources, responses
-// per type) every interval until ctx ends.
+func streamState(name metrics.Stream, role string, s mux.StreamStats) insights.StreamState {
+	return insights.StreamState{Name: string(name), Role: role, SendBufferLen: s.SendBufferLen,
+		SendBufferHighWater: s.SendBufferHighWater, Capacity: s.Capacity}
+}
+
+// streamPeer returns the remote address of a gRPC stream's context, "" when
+// it carries none.
+func streamPeer(ctx context.Context) string {
+	if ctx == nil {
+		return ""
+	}
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		return p.Addr.String()
+	}
+	return ""
+}
+
+// sampleEngine refreshes engine-wide metrics (plugins, resources held,
+// responses per type) at once and then every interval until ctx ends.
 func (e *Engine) sampleEngine(ctx context.Context, interval time.Duration) {
 	restarts := map[string]int{}
 	type key struct{ peer, typ string }
@@ -84,11 +126,19 @@ func (e *Engine) sampleEngine(ctx context.Context, interval time.Duration) {
 			restarts[p.Name] = p.Restarts
 			e.metrics.SetPluginUp(p.Name, p.State == plugin.StateRunning)
 		}
+		// Resources held: the index counts what this side serves (written
+		// here); the store counts what it received, on global from every
+		// zone, connected or not.
 		held := map[string]int{}
-		served := map[string]bool{}
 		for _, t := range e.served {
 			held[t] = e.ix.Len(t)
-			served[t] = true
+		}
+		for _, t := range e.received {
+			kvs, err := e.store.Versions(ctx, store.Filter{Type: t})
+			if err != nil {
+				continue // stopping, or the store failed: keep the last value
+			}
+			held[t] = len(kvs)
 		}
 		registered := e.host.Registry()
 		for _, c := range e.ins.List() {
@@ -99,12 +149,9 @@ func (e *Engine) sampleEngine(ctx context.Context, interval time.Duration) {
 				k := key{c.Name, typ}
 				prev := responses[k]
 				if ts.ResponsesSent >= prev.ResponsesSent && ts.ResponsesACKed >= prev.ResponsesACKed && ts.ResponsesNACKed >= prev.ResponsesNACKed {
-					e.metrics.AddResponses(c.Name, typ, ts.ResponsesSent-prev.ResponsesSent, ts.ResponsesACKed-prev.ResponsesACKed, ts.ResponsesNACKed-prev.ResponsesNACKed)
+					e.metrics.AddResponses(e.metricZone(c.Name), typ, ts.ResponsesSent-prev.ResponsesSent, ts.ResponsesACKed-prev.ResponsesACKed, ts.ResponsesNACKed-prev.ResponsesNACKed)
 				}
 				responses[k] = ts
-				if !served[typ] {
-					held[typ] += ts.ResourcesHeld // every zone's, on global
-				}
 			}
 		}
 		for typ, n := range held {
@@ -133,18 +180,18 @@ func every(ctx context.Context, interval time.Duration, f func()) {
 }
 
 // endReason classifies why a session ended for kds_sessions_ended_total.
-func endReason(err error) metrics.EndReason {
+// stopping is true when this side is shutting down (which ends every
+// stream with the same errors a peer that goes away causes).
+func endReason(err error, stopping bool) metrics.EndReason {
 	switch {
+	case stopping:
+		return metrics.ReasonShutdown
 	case err == nil:
 		return metrics.ReasonOther
 	case errors.Is(err, mux.ErrSendTimeout):
 		return metrics.ReasonSendTimeout
 	case errors.Is(err, mux.ErrBufferFull), errors.Is(err, mux.ErrInboundFull):
 		return metrics.ReasonBufferFull
-	case errors.Is(err, context.Canceled):
-		return metrics.ReasonShutdown
-	case errors.Is(err, io.EOF), errors.Is(err, mux.ErrSessionClosed):
-		return metrics.ReasonPeerClosed
 	case errors.Is(err, ErrSessionReplaced), errors.Is(err, store.ErrFenced):
 		return metrics.ReasonReplaced
 	case errors.Is(err, kdsgrpc.ErrCredentialsRevoked):
@@ -156,6 +203,8 @@ func endReason(err error) metrics.EndReason {
 		return metrics.ReasonKeepalive
 	case strings.Contains(msg, "Unauthenticated"):
 		return metrics.ReasonAuth
+	case kdsgrpc.PeerClosed(err):
+		return metrics.ReasonPeerClosed
 	}
 	return metrics.ReasonOther
 }

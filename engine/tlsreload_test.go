@@ -20,6 +20,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/kds-engine/kds-engine/engine/internal/resource"
 	"github.com/kds-engine/kds-engine/engine/internal/testsupport/logbuf"
 	"github.com/kds-engine/kds-engine/engine/internal/tlsutil"
 )
@@ -79,6 +80,7 @@ func TestRunningGlobalPicksUpRotatedCertificates(t *testing.T) {
 		APITLSCertFile: copyTo(t, certA, live, "api.crt"), APITLSKeyFile: copyTo(t, keyA, live, "api.key")})
 	zone := startNode(t, zoneConfig(t, "zone-a", g, Config{PluginsDir: builtinDir, CAFile: caA,
 		CertFile: clientsA["zone-a"][0], KeyFile: clientsA["zone-a"][1]}))
+	create(t, g, &resource.Resource{Type: "Mesh", Name: "default", Spec: spec(map[string]any{})})
 	create(t, g, meshTimeout("before", "1s"))
 	eventually(t, func() bool { return find(zone, meshTimeout("before", "").Key()) != nil }, "zone syncs before the rotation")
 
@@ -187,6 +189,7 @@ func TestRunningZonePresentsRotatedClientCertificate(t *testing.T) {
 	zoneKey := copyTo(t, pki.Clients["zone-a"].KeyFile, live, "zone.key")
 	zone := startNode(t, zoneConfig(t, "zone-a", g, Config{PluginsDir: builtinDir, CAFile: pki.CAFile,
 		CertFile: zoneCert, KeyFile: zoneKey}))
+	create(t, g, &resource.Resource{Type: "Mesh", Name: "default", Spec: spec(map[string]any{})})
 	create(t, g, meshTimeout("before", "1s"))
 	eventually(t, func() bool { return find(zone, meshTimeout("before", "").Key()) != nil }, "zone syncs before the rotation")
 

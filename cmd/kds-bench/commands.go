@@ -56,6 +56,28 @@ func wanCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
+func churnCmd(g *globals) *cobra.Command {
+	var c kdsbench.ChurnConfig
+	cmd := &cobra.Command{
+		Use:   "churn",
+		Short: "Zones rewriting their statuses all the time: global keeps up, write→apply latency, RSS, CPU per update",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return run(cmd, g, func(ctx context.Context, o kdsbench.Options) (*kdsbench.Report, error) {
+				return kdsbench.Churn(ctx, o, c)
+			})
+		},
+	}
+	cmd.Flags().IntVar(&c.Zones, "zones", 100, "zones (in this process, memory store)")
+	cmd.Flags().IntVar(&c.PerZone, "per-zone", 1000, "statuses each zone rewrites every --interval")
+	cmd.Flags().DurationVar(&c.Interval, "interval", 10*time.Second, "how often each status changes")
+	cmd.Flags().DurationVar(&c.Duration, "duration", 5*time.Minute, "steady phase")
+	cmd.Flags().IntVar(&c.Size, "size", 512, "spec size in bytes")
+	cmd.Flags().DurationVar(&c.RampStep, "ramp-step", 20*time.Second, "after the steady phase, raise the rate ×1.5 every step until global stops keeping up (0: no ramp)")
+	cmd.Flags().Float64Var(&c.RampMax, "ramp-max", 16, "highest rate multiplier the ramp tries")
+	return cmd
+}
+
 func transportCmd(g *globals) *cobra.Command {
 	var c kdsbench.TransportConfig
 	cmd := &cobra.Command{
@@ -185,6 +207,68 @@ which shows the stall the engine's session avoids.`,
 	cmd.Flags().Int32Var(&c.Window, "window", 64<<10, "static HTTP/2 stream and connection window, bytes")
 	cmd.Flags().DurationVar(&c.Stall, "stall", 30*time.Second, "no progress for this long = stalled")
 	cmd.Flags().BoolVar(&c.Naive, "naive", false, "run the transport-level burst with the naive peer instead of the engine")
+	return cmd
+}
+
+func hostileCmd(g *globals) *cobra.Command {
+	var c kdsbench.HostileConfig
+	var inProcess bool
+	cmd := &cobra.Command{
+		Use:   "hostile",
+		Short: "Global's RSS growth under one hostile zone's mix, against a baseline without it; the honest zone keeps syncing",
+		Long: `hostile runs global and one well-behaved zone in this process, both writing
+all the time. The baseline phase runs them alone for --duration; the attack
+phase adds a hostile zone (a child process by default) that keeps --sessions
+sessions open, each replacing the older: every session announces 100000
+types and a 64 MiB max message size, pushes --pushed resources of
+--push-size bytes, sends --big-subscriptions subscriptions claiming
+--held-names names each, asks for --unknown-types unknown types,
+re-subscribes --resubscriptions times, reads nothing for --hold and then
+sends a message over global's max message size. Global's RSS (VmRSS of this
+process) is sampled every 100ms; the growth is the attack phase's peak minus
+the baseline phase's peak. Target: at most 256 MiB, with the honest zone in
+its first session and in sync after the attack.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if !inProcess {
+				exe, err := os.Executable()
+				if err != nil {
+					return err
+				}
+				c.AttackCommand = func(a string) *exec.Cmd { return exec.Command(exe, "hostile-zone-proc", "--attack-json", a) }
+			}
+			return run(cmd, g, func(ctx context.Context, o kdsbench.Options) (*kdsbench.Report, error) {
+				return kdsbench.Hostile(ctx, o, c)
+			})
+		},
+	}
+	cmd.Flags().DurationVar(&c.Duration, "duration", 25*time.Second, "length of each phase (baseline, attack)")
+	cmd.Flags().IntVar(&c.Policies, "policies", 200, "policies global holds")
+	cmd.Flags().IntVar(&c.Sessions, "sessions", 1, "hostile sessions at once (more than 1: each new one replaces the older)")
+	cmd.Flags().DurationVar(&c.Hold, "hold", 3*time.Second, "how long each hostile session reads nothing before its oversized message")
+	cmd.Flags().IntVar(&c.BigSubscriptions, "big-subscriptions", 40, "subscriptions per session claiming --held-names names")
+	cmd.Flags().IntVar(&c.HeldNames, "held-names", 0, "names each big subscription claims to hold (0: as many as fit in one message)")
+	cmd.Flags().IntVar(&c.MaxMessageSize, "max-message-size", 4<<20, "global's and the honest zone's max message size, bytes")
+	cmd.Flags().IntVar(&c.UnknownTypes, "unknown-types", 3000, "requests for distinct unknown types per session")
+	cmd.Flags().IntVar(&c.Resubscriptions, "resubscriptions", 20, "re-subscriptions per session")
+	cmd.Flags().IntVar(&c.Pushed, "pushed", 100, "resources the hostile zone pushes per session")
+	cmd.Flags().IntVar(&c.PushSize, "push-size", 256<<10, "bytes per pushed resource")
+	cmd.Flags().BoolVar(&inProcess, "attack-in-process", false, "run the hostile zone in this process (what it allocates then counts against global's RSS)")
+	return cmd
+}
+
+// hostileZoneProcCmd is the hidden child process of the hostile mode.
+func hostileZoneProcCmd() *cobra.Command {
+	var attack string
+	cmd := &cobra.Command{
+		Use:    "hostile-zone-proc",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return kdsbench.HostileZoneProcess(cmd.Context(), attack)
+		},
+	}
+	cmd.Flags().StringVar(&attack, "attack-json", "", "the attack as JSON")
 	return cmd
 }
 

@@ -11,7 +11,7 @@ package main
 import "github.com/kds-engine/kds-engine/sdk"
 
 // Version of this plugin, reported by Describe.
-const Version = "0.1.0"
+const Version = "0.2.0"
 
 func plugin() sdk.Plugin {
 	return sdk.Plugin{

@@ -375,15 +375,15 @@ func find(rs []resource, name, zone string) (resource, bool) {
 	return resource{}, false
 }
 
-// connectTimeout digs spec.to[0].default.connectTimeout out of a MeshTimeout.
-func connectTimeout(r resource) string {
+// connectionTimeout digs spec.to[0].default.connectionTimeout out of a MeshTimeout.
+func connectionTimeout(r resource) string {
 	to, _ := r.Spec["to"].([]any)
 	if len(to) == 0 {
 		return ""
 	}
 	first, _ := to[0].(map[string]any)
 	def, _ := first["default"].(map[string]any)
-	s, _ := def["connectTimeout"].(string)
+	s, _ := def["connectionTimeout"].(string)
 	return s
 }
 

@@ -9,7 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// changedTimeout is web-timeouts with another connectTimeout.
+// changedTimeout is web-timeouts with another connectionTimeout.
 const changedTimeout = `type: MeshTimeout
 mesh: default
 name: web-timeouts
@@ -19,7 +19,7 @@ spec:
   to:
     - targetRef: {kind: MeshService, name: web}
       default:
-        connectTimeout: 7s
+        connectionTimeout: 7s
         idleTimeout: 1h
 `
 
@@ -43,7 +43,7 @@ func TestZoneCrashRestart(t *testing.T) {
 
 	waitFor(t, "the changed MeshTimeout on the restarted zone", func() (bool, string) {
 		mt, ok := find(list(t, z.api(), "MeshTimeout"), "web-timeouts", "")
-		return ok && connectTimeout(mt) == "7s", fmt.Sprintf("%v %q", ok, connectTimeout(mt))
+		return ok && connectionTimeout(mt) == "7s", fmt.Sprintf("%v %q", ok, connectionTimeout(mt))
 	})
 	waitFor(t, "zone-1 online again", func() (bool, string) { return zoneOnline(t, c.global, "zone-1") })
 
@@ -94,7 +94,7 @@ spec:
   targetRef: {kind: Mesh}
   to:
     - targetRef: {kind: MeshService, name: db}
-      default: {connectTimeout: 2s}
+      default: {connectionTimeout: 2s}
 `), "--api", c.global.api())
 	require.Contains(t, r.stdout, "MeshTimeout default/db-timeouts created")
 	waitFor(t, "the new MeshTimeout on the zone", func() (bool, string) {

@@ -32,7 +32,13 @@ func syncedCluster(t *testing.T) (*cluster, *node) {
 	waitFor(t, "MeshTimeout web-timeouts on zone-1", func() (bool, string) {
 		rs := list(t, z.api(), "MeshTimeout")
 		mt, ok := find(rs, "web-timeouts", "")
-		return ok && connectTimeout(mt) == "5s", fmt.Sprint(rs)
+		return ok && connectionTimeout(mt) == "5s", fmt.Sprint(rs)
+	})
+	// A zone accepts dataplanes only in a mesh it holds.
+	waitFor(t, "Mesh default on zone-1", func() (bool, string) {
+		rs := list(t, z.api(), "Mesh")
+		_, ok := find(rs, "default", "")
+		return ok, fmt.Sprint(rs)
 	})
 
 	r = mustCLI(t, "apply", "-f", examplesFile(t, "zone-1.yaml"), "--api", z.api())
@@ -126,7 +132,7 @@ spec:
   targetRef: {kind: Mesh}
   to:
     - targetRef: {kind: MeshService, name: db}
-      default: {connectTimeout: 3s}
+      default: {connectionTimeout: 3s}
 `
 	cases := []struct {
 		name, api, file string
@@ -143,7 +149,7 @@ spec:
 			want: []string{"unknown.yaml document 2", "unknown resource type NoSuchType"},
 		},
 		{
-			name: "negative connectTimeout", api: c.global.api(),
+			name: "negative connectionTimeout", api: c.global.api(),
 			file: writeFile(t, dir, "negative.yaml", goodTimeout+`---
 type: MeshTimeout
 mesh: default
@@ -152,9 +158,9 @@ spec:
   targetRef: {kind: Mesh}
   to:
     - targetRef: {kind: MeshService, name: web}
-      default: {connectTimeout: -5s}
+      default: {connectionTimeout: -5s}
 `),
-			want: []string{"negative.yaml document 2", "MeshTimeout default/web-timeouts", "spec.to[0].default.connectTimeout"},
+			want: []string{"negative.yaml document 2", "MeshTimeout default/web-timeouts", "spec.to[0].default.connectionTimeout"},
 		},
 		{
 			name: "dataplane port out of range", api: z.api(),
@@ -174,6 +180,11 @@ spec:
 			name: "read-only side", api: z.api(),
 			file: writeFile(t, dir, "on-zone.yaml", goodTimeout),
 			want: []string{"MeshTimeout is written on global", "apply it on global"},
+		},
+		{
+			name: "mesh that does not exist", api: c.global.api(),
+			file: writeFile(t, dir, "no-mesh.yaml", strings.Replace(goodTimeout, "mesh: default", "mesh: no-such-mesh", 1)),
+			want: []string{`mesh "no-such-mesh"`, "create it first (type: Mesh, name: no-such-mesh)"},
 		},
 		{
 			name: "dataplane on global", api: c.global.api(),
@@ -217,7 +228,7 @@ spec:
 	mtAfter, ok := find(list(t, c.global.api(), "MeshTimeout"), "web-timeouts", "")
 	require.True(t, ok)
 	assert.Equal(t, mtBefore.Version, mtAfter.Version, "web-timeouts was rewritten")
-	assert.Equal(t, "5s", connectTimeout(mtAfter))
+	assert.Equal(t, "5s", connectionTimeout(mtAfter))
 }
 
 // metricNames parses the metric table of docs/metrics.md.

@@ -7,7 +7,9 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
+	"path"
 	"reflect"
 	"slices"
 	"strings"
@@ -17,8 +19,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/kds-engine/kds-engine/engine/internal/httpauth"
 	"github.com/kds-engine/kds-engine/engine/internal/insights"
 	"github.com/kds-engine/kds-engine/engine/internal/resource"
+	"github.com/kds-engine/kds-engine/engine/internal/ui"
 )
 
 // DefaultMaxBodyBytes bounds request bodies unless WithMaxBodyBytes says
@@ -94,6 +98,9 @@ func NewHandler(b Backend, logger hclog.Logger, opts ...Option) http.Handler {
 	mux.HandleFunc("GET /api/v1/zones/{name}", h.zone)
 	mux.HandleFunc("GET /api/v1/sync", h.sync)
 	mux.HandleFunc("GET /api/v1/plugins", h.plugins)
+	mux.HandleFunc("GET /api/v1/holders/{type}/{name}", h.holders)
+	mux.HandleFunc("GET /api/v1/revision", h.revision)
+	mux.Handle("GET /ui/", ui.Handler())
 	mux.HandleFunc("/", h.noRoute)
 	h.mux = mux
 	return h
@@ -122,17 +129,36 @@ func (h *handler) noRoute(w http.ResponseWriter, r *http.Request) {
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
-	if h.authorized(r) {
-		h.mux.ServeHTTP(sw, r)
-	} else {
+	switch {
+	case !h.authorized(r):
 		sw.Header().Set("WWW-Authenticate", `Bearer realm="kds-engine"`)
 		h.fail(sw, r, newError(http.StatusUnauthorized, CodeUnauthenticated, "this API requires a token: Authorization: Bearer TOKEN"), "")
+	case !canonicalPath(r.URL.Path):
+		// http.ServeMux would answer 307 to the cleaned path: a write to
+		// ".../MeshTimeout/.." would be redirected to the list route.
+		h.fail(sw, r, newError(http.StatusBadRequest, CodeBadRequest,
+			"path %q is not canonical (it has an empty, \".\" or \"..\" segment): resource names never are \".\" or \"..\"; send the path without them", r.URL.Path), "")
+	default:
+		h.mux.ServeHTTP(sw, r)
 	}
 	h.log.Debug("request", "method", r.Method, "path", r.URL.Path, "status", sw.status, "duration", time.Since(start))
 }
 
+// canonicalPath reports whether p is what http.ServeMux cleans it to: no
+// "." or ".." segments and no repeated slashes (a trailing slash is kept).
+func canonicalPath(p string) bool {
+	if p == "" || p[0] != '/' {
+		return false
+	}
+	clean := path.Clean(p)
+	if strings.HasSuffix(p, "/") && clean != "/" {
+		clean += "/"
+	}
+	return clean == p
+}
+
 func (h *handler) authorized(r *http.Request) bool {
-	if h.opts.token == "" || r.URL.Path == "/healthz" || r.URL.Path == "/readyz" {
+	if h.opts.token == "" || httpauth.Public(r) {
 		return true
 	}
 	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
@@ -284,6 +310,11 @@ func (h *handler) list(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err, typ)
 		return
 	}
+	page, err := readListPage(r.URL.Query())
+	if err != nil {
+		h.fail(w, r, err, typ)
+		return
+	}
 	f := Filter{Type: typ, Mesh: mesh, Zone: zone}
 	for _, l := range r.URL.Query()["label"] {
 		k, v, ok := strings.Cut(l, "=")
@@ -296,6 +327,15 @@ func (h *handler) list(w http.ResponseWriter, r *http.Request) {
 		}
 		f.Labels[k] = v
 	}
+	if kl, ok := h.b.(KeyLister); ok && page.limit > 0 && len(f.Labels) == 0 {
+		items, next, err := h.listPageByKeys(r.Context(), kl, f, page)
+		if err != nil {
+			h.fail(w, r, err, typ)
+			return
+		}
+		h.writeJSON(w, http.StatusOK, ListResponse{Items: items, Continue: next})
+		return
+	}
 	items, err := h.b.List(r.Context(), f)
 	if err != nil {
 		h.fail(w, r, err, typ)
@@ -307,7 +347,8 @@ func (h *handler) list(w http.ResponseWriter, r *http.Request) {
 	slices.SortFunc(items, func(a, b *resource.Resource) int {
 		return cmp.Or(cmp.Compare(a.Zone, b.Zone), cmp.Compare(a.Mesh, b.Mesh), cmp.Compare(a.Name, b.Name))
 	})
-	h.writeJSON(w, http.StatusOK, ListResponse{Items: items})
+	items, next := page.apply(items)
+	h.writeJSON(w, http.StatusOK, ListResponse{Items: items, Continue: next})
 }
 
 func (h *handler) singleKey(r *http.Request) (resource.Key, resource.TypeDescriptor, error) {
@@ -407,13 +448,20 @@ func (h *handler) decode(w http.ResponseWriter, r *http.Request, v any) error {
 		return newError(http.StatusRequestEntityTooLarge, CodeTooLarge, "request body is %d bytes, over the limit of %d bytes",
 			r.ContentLength, h.opts.maxBodyBytes)
 	}
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, h.opts.maxBodyBytes))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.opts.maxBodyBytes))
+	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			return newError(http.StatusRequestEntityTooLarge, CodeTooLarge, "request body over the limit of %d bytes", mbe.Limit)
 		}
+		return badRequest("request body: %v", err)
+	}
+	if body, err = kumaForm(v, body); err != nil {
+		return badRequest("request body: %v", err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
 		return badRequest("request body: %v", err)
 	}
 	if dec.More() {

@@ -548,3 +548,44 @@ func TestToken(t *testing.T) {
 		assert.Equal(t, want, resp.StatusCode, token)
 	}
 }
+
+// TestNonCanonicalPathIsAnError: "." and ".." segments and doubled slashes
+// get a JSON 400 naming the path, never the mux's 307 to the cleaned path
+// (a write to ".../MeshTimeout/.." must not be redirected to the list).
+func TestNonCanonicalPathIsAnError(t *testing.T) {
+	f := newFixture(t, api.RoleGlobal)
+	noRedirect := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	body := `{"type":"MeshTimeout","mesh":"default","name":"x","spec":{}}`
+	for _, tc := range []struct{ method, path string }{
+		{"PUT", "/api/v1/resources/MeshTimeout/..?mesh=default"},
+		{"DELETE", "/api/v1/resources/MeshTimeout/.?mesh=default"},
+		{"GET", "/api/v1/resources/MeshTimeout/./web?mesh=default"},
+		{"GET", "/api/v1/../v1/types"},
+		{"GET", "/api/v1//types"},
+		{"POST", "/api/v1/./apply"},
+	} {
+		t.Run(tc.method+" "+tc.path, func(t *testing.T) {
+			req, err := http.NewRequest(tc.method, f.srv.URL+tc.path, strings.NewReader(body))
+			require.NoError(t, err)
+			req.Header.Set("Content-Type", "application/json")
+			resp, err := noRedirect.Do(req)
+			require.NoError(t, err)
+			defer resp.Body.Close()
+			raw, err := io.ReadAll(resp.Body)
+			require.NoError(t, err)
+			require.Equal(t, http.StatusBadRequest, resp.StatusCode, string(raw))
+			assert.Equal(t, "application/json", resp.Header.Get("Content-Type"))
+			var e api.Error
+			require.NoError(t, json.Unmarshal(raw, &e), string(raw))
+			assert.Equal(t, api.CodeBadRequest, e.Code)
+			assert.Contains(t, e.Message, "not canonical")
+		})
+	}
+	rs, err := f.b.List(context.Background(), api.Filter{})
+	require.NoError(t, err)
+	assert.Empty(t, rs, "nothing was written")
+	// Canonical paths, with and without a trailing slash, still route.
+	status, _ := f.do("GET", "/api/v1/types", nil)
+	assert.Equal(t, 200, status)
+	f.apiError("GET", "/api/v1/types/", nil, 404, api.CodeNotFound)
+}

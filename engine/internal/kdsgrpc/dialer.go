@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"sync"
 	"time"
 
@@ -109,12 +110,14 @@ func (d *Dialer) Run(ctx context.Context) error {
 
 // session opens one stream and runs one session on it.
 func (d *Dialer) session(ctx context.Context, client kdsv1.KDSClient) error {
-	sctx, cancel := context.WithCancel(metadata.AppendToOutgoingContext(ctx, ZoneMetadataKey, d.zone))
+	a := d.set.announcement(d.types)
+	sctx, cancel := context.WithCancel(metadata.AppendToOutgoingContext(ctx, ZoneMetadataKey, d.zone,
+		TypesMetadataKey, strconv.Itoa(a.Types), MaxMessageSizeMetadataKey, strconv.Itoa(a.MaxMessageSize)))
 	defer cancel()
 	stream, err := client.Session(sctx)
 	if err != nil {
 		err = fmt.Errorf("open stream: %w", err)
-		d.setState(func(s *ConnState) { s.LastError = err })
+		d.refused(err)
 		return err
 	}
 	// Global sends its session header before anything else once it has
@@ -122,17 +125,27 @@ func (d *Dialer) session(ctx context.Context, client kdsv1.KDSClient) error {
 	// ends the stream instead. Only then is the session connected: the
 	// stream opening proves nothing, since gRPC opens it without waiting
 	// for global.
-	if md, _ := stream.Header(); md == nil {
+	md, _ := stream.Header()
+	if md == nil {
 		// No header: the stream ended first. Its status says why.
 		_, err := stream.Recv()
 		if err == nil || errors.Is(err, io.EOF) {
 			err = errors.New("global ended the stream without a session header")
 		}
 		err = fmt.Errorf("session refused: %w", err)
-		d.setState(func(s *ConnState) { s.LastError = err })
+		d.refused(err)
+		return err
+	}
+	// What global announced sizes the session; figures out of range
+	// refuse it (this side ends the stream by returning).
+	peerFig, err := parseAnnouncement(md)
+	if err != nil {
+		err = fmt.Errorf("session refused: global's session header: %w", err)
+		d.refused(err)
 		return err
 	}
 	opts := append(d.set.cfg.muxOptions(), mux.WithLogger(d.log), mux.WithAbort(cancel))
+	opts = append(opts, peerFig.muxOptions()...)
 	opts = append(opts, d.set.sessionOptions(d.zone)...)
 	sess := mux.NewSession(stream, d.types, opts...)
 	d.setState(func(s *ConnState) {
@@ -140,6 +153,7 @@ func (d *Dialer) session(ctx context.Context, client kdsv1.KDSClient) error {
 		s.Sessions++
 	})
 	d.log.Info("session started")
+	logAgreement(d.log, sess.Params())
 	err = runSession(ctx, nil, &d.set, d.zone, sess, func(ctx context.Context) error {
 		return d.handler(context.WithValue(ctx, peerHeaderKey{}, headerSource(stream)), sess)
 	})
@@ -147,6 +161,15 @@ func (d *Dialer) session(ctx context.Context, client kdsv1.KDSClient) error {
 		s.Connected, s.ConnectedSince, s.LastError = false, time.Time{}, err
 	})
 	return err
+}
+
+// refused records err as the failure of an attempt that never started a
+// session.
+func (d *Dialer) refused(err error) {
+	d.setState(func(s *ConnState) { s.LastError = err })
+	if d.set.onRefused != nil {
+		d.set.onRefused(err)
+	}
 }
 
 func (d *Dialer) setState(f func(*ConnState)) {

@@ -137,6 +137,7 @@ func (c *Client) Run(ctx context.Context, stream ClientStream) error {
 			return fmt.Errorf("read held versions of %s: %w", typ, err)
 		}
 		c.held[typ] = versions
+		c.record(typ, func(ts *insights.TypeState) { ts.ResourcesHeld = len(versions) })
 		// A copy: the transport may marshal the request after Send returns,
 		// while check updates held.
 		req := &discovery.DeltaDiscoveryRequest{

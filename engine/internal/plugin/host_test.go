@@ -211,7 +211,7 @@ func TestStartRegistersTypesFromSeveralPluginsAndValidates(t *testing.T) {
 	rs := []*resource.Resource{
 		res("AlphaOne", "default", "good", `{"value":"x"}`),
 		res("AlphaOne", "default", "bad", `{"bad":true}`),
-		res("MeshTimeout", "default", "t1", `{"targetRef":{"kind":"Mesh"},"to":[{"targetRef":{"kind":"Mesh"},"default":{"connectTimeout":"-5s"}}]}`),
+		res("MeshTimeout", "default", "t1", `{"targetRef":{"kind":"Mesh"},"to":[{"targetRef":{"kind":"Mesh"},"default":{"connectionTimeout":"-5s"}}]}`),
 		res("Dataplane", "default", "dp", `{"networking":{"address":"10.0.0.1","inbound":[{"port":80,"tags":{"kuma.io/service":"web"}}]}}`),
 		res("Unknown", "default", "u", `{}`),
 	}
@@ -219,7 +219,7 @@ func TestStartRegistersTypesFromSeveralPluginsAndValidates(t *testing.T) {
 	require.Len(t, ve.Invalid, 3)
 	assert.Equal(t, resource.Key{Type: "AlphaOne", Mesh: "default", Name: "bad"}, ve.Invalid[0].Key)
 	assert.Equal(t, "spec.bad", ve.Invalid[0].Errors[0].Field)
-	assert.Equal(t, "spec.to[0].default.connectTimeout", ve.Invalid[1].Errors[0].Field)
+	assert.Equal(t, "spec.to[0].default.connectionTimeout", ve.Invalid[1].Errors[0].Field)
 	assert.Equal(t, "type", ve.Invalid[2].Errors[0].Field)
 	require.NoError(t, h.Validate(context.Background(), rs[:1]))
 }
@@ -387,6 +387,19 @@ func TestHungValidateTimesOut(t *testing.T) {
 	cancel(errors.New("client went away"))
 	err = h.Validate(ctx, []*resource.Resource{res("HangvalidateThing", "m", "a", `{}`)})
 	assert.ErrorContains(t, err, "client went away")
+
+	// The caller's own deadline, shorter than the call timeout, is
+	// reported as the caller's deadline, never as the plugin not answering
+	// within the call timeout (gRPC may see the deadline a moment before
+	// the context does).
+	h2, _ := startHost(t, pluginsDir(t, "hangvalidate"), WithCallTimeout(time.Hour))
+	for range 20 {
+		dctx, dcancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+		err = h2.Validate(dctx, []*resource.Resource{res("HangvalidateThing", "m", "a", `{}`)})
+		dcancel()
+		require.ErrorIs(t, err, context.DeadlineExceeded)
+		require.NotContains(t, err.Error(), "no answer within")
+	}
 }
 
 func TestCloseLeavesNoPluginProcess(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 
@@ -50,6 +51,12 @@ func (h *Host) ValidateBatch(ctx context.Context, pluginName string, rs []*resou
 		}
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("validate with plugin %q: %w", pluginName, context.Cause(ctx))
+		}
+		// gRPC may end the call on the caller's deadline by its own timer
+		// a moment before ctx reports it: that is the caller's deadline,
+		// not the plugin failing to answer within the call timeout.
+		if dl, ok := ctx.Deadline(); ok && !time.Now().Before(dl) && status.Code(err) == codes.DeadlineExceeded {
+			return nil, fmt.Errorf("validate with plugin %q: %w", pluginName, context.DeadlineExceeded)
 		}
 		if cctx.Err() != nil || status.Code(err) == codes.DeadlineExceeded {
 			return nil, fmt.Errorf("validate with plugin %q: no answer within %s", pluginName, h.callTimeout)

@@ -53,16 +53,16 @@ func calls(h *plugin.Host, name string) int64 {
 func TestPipelineWithRealPlugins(t *testing.T) {
 	h, v := startHost(t)
 	rs := []*resource.Resource{
-		r("MeshTimeout", "default", "ok", `{"targetRef":{"kind":"Mesh"},"to":[{"targetRef":{"kind":"Mesh"},"default":{"connectTimeout":"5s"}}]}`),
-		r("MeshTimeout", "default", "semantic", `{"targetRef":{"kind":"Mesh"},"to":[{"targetRef":{"kind":"Mesh"},"default":{"connectTimeout":"-5s"}}]}`),
-		r("MeshTimeout", "default", "schema", `{"targetRef":{"kind":"Nope"},"to":[]}`),
+		r("MeshTimeout", "default", "ok", `{"targetRef":{"kind":"Mesh"},"to":[{"targetRef":{"kind":"Mesh"},"default":{"connectionTimeout":"5s"}}]}`),
+		r("MeshTimeout", "default", "semantic", `{"targetRef":{"kind":"Mesh"},"to":[{"targetRef":{"kind":"Mesh"},"default":{"connectionTimeout":"-5s"}}]}`),
+		r("MeshTimeout", "default", "schema", `{"targetRef":{"kind":7},"to":[]}`),
 		r("Mesh", "default", "envelope", `{}`),
 		r("AlphaOne", "default", "alpha-bad", `{"bad":true}`),
 	}
 	got := errorsOf(t, v.Validate(context.Background(), rs))
 	assert.NotContains(t, got, "ok")
-	assert.Equal(t, "spec.to[0].default.connectTimeout", got["semantic"][0].Field)
-	assert.Contains(t, got["semantic"][0].Message, "must be positive")
+	assert.Equal(t, "spec.to[0].default.connectionTimeout", got["semantic"][0].Field)
+	assert.Contains(t, got["semantic"][0].Message, "must be greater than zero")
 	assert.Equal(t, "spec.targetRef.kind", got["schema"][0].Field, "the schema derived by the SDK is enforced by the engine")
 	assert.Equal(t, "mesh", got["envelope"][0].Field)
 	assert.Equal(t, []resource.FieldError{{Field: "spec.bad", Message: "invalid value true: bad is set"}}, got["alpha-bad"])

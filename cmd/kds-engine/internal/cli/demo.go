@@ -160,15 +160,22 @@ func (a *App) runDemo(parent context.Context, f demoFlags) error {
 		kdsPort, sec.ca, filepath.Dir(sec.tokens[demoZones[0]]))
 
 	section := func(title string) { fmt.Fprintf(a.Stdout, "\n=== %s\n", title) }
-	for _, n := range append([]*demoNode{global}, zones...) {
+	wctx, wcancel := context.WithTimeout(ctx, f.timeout)
+	defer wcancel()
+	for i, n := range append([]*demoNode{global}, zones...) {
+		if i == 1 {
+			// A zone accepts dataplanes only in a mesh it holds: wait until
+			// global's Meshes have reached every zone.
+			if err := waitMeshes(wctx, global, zones); err != nil {
+				return failed(fmt.Errorf("demo: %w", err))
+			}
+		}
 		section(fmt.Sprintf("apply %s on %s", filepath.Join(f.examplesDir, n.name+".yaml"), n.name))
 		if code := a.sub("apply", "-f", filepath.Join(f.examplesDir, n.name+".yaml"), "--api", n.url); code != ExitOK {
 			return failed(fmt.Errorf("demo: apply on %s failed (exit %d)", n.name, code))
 		}
 	}
 
-	wctx, wcancel := context.WithTimeout(ctx, f.timeout)
-	defer wcancel()
 	if err := waitSynced(wctx, global, zones); err != nil {
 		return failed(fmt.Errorf("demo: %w", err))
 	}
@@ -241,6 +248,34 @@ func demoSecurity(dataDir string) (demoSecurityFiles, error) {
 func (a *App) sub(args ...string) int {
 	b := *a
 	return b.Run(args)
+}
+
+// waitMeshes polls until every zone holds as many Meshes as global.
+func waitMeshes(ctx context.Context, global *demoNode, zones []*demoNode) error {
+	for {
+		want, err := global.api.List(ctx, "Mesh", "", "", nil)
+		if err != nil {
+			return err
+		}
+		synced, why := true, ""
+		for _, z := range zones {
+			got, err := z.api.List(ctx, "Mesh", "", "", nil)
+			if err != nil {
+				return err
+			}
+			if len(got) != len(want) {
+				synced, why = false, fmt.Sprintf("%s has %d of %d Mesh", z.name, len(got), len(want))
+			}
+		}
+		if synced {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("meshes did not reach the zones: %s: %w", why, context.Cause(ctx))
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // waitSynced polls until every zone holds what global wrote and global holds

@@ -18,6 +18,7 @@ import (
 
 	"github.com/kds-engine/kds-engine/cmd/kds-engine/internal/client"
 	"github.com/kds-engine/kds-engine/engine/apitypes"
+	"github.com/kds-engine/kds-engine/engine/apitypes/kumadoc"
 )
 
 // DefaultAPI is the admin API the client verbs talk to by default (global's).
@@ -173,6 +174,11 @@ func (a *App) readDocs(path string) ([]doc, error) {
 			continue
 		}
 		d := doc{source: source, n: len(docs) + 1}
+		// Kuma's universal form (Mesh, Dataplane... with their fields at
+		// the top level) becomes the envelope form here, as the API does.
+		if js, err = kumadoc.ToEnvelope(js); err != nil {
+			return nil, fmt.Errorf("%s: %w", d.where(), err)
+		}
 		dec := json.NewDecoder(bytes.NewReader(js))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&d.res); err != nil {
@@ -244,6 +250,7 @@ type scopeFlags struct {
 	mesh, zone string
 	labels     []string
 	output     string
+	format     string
 }
 
 // resolveMesh defaults the mesh of a named mesh-scoped resource to "default".
@@ -268,9 +275,13 @@ func (a *App) getCommand() *cobra.Command {
 	cmd.Flags().StringVar(&f.zone, "zone", "", "zone that provided the resource (on global, zone-provided types)")
 	cmd.Flags().StringArrayVarP(&f.labels, "label", "l", nil, "label filter key=value (repeatable, or comma-separated)")
 	cmd.Flags().StringVarP(&f.output, "output", "o", outTable, "output format: table, json, yaml")
+	cmd.Flags().StringVar(&f.format, "format", formatEngine, "document form of -o json|yaml: engine (the envelope, fields under spec) or kuma (Kuma's universal form)")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		if err := checkOutput(f.output); err != nil {
 			return err
+		}
+		if f.format != formatEngine && f.format != formatKuma {
+			return usageError(fmt.Errorf("--format %q: want %s or %s", f.format, formatEngine, formatKuma))
 		}
 		var labels []string
 		for _, l := range f.labels {
@@ -296,18 +307,37 @@ func (a *App) getCommand() *cobra.Command {
 			if err != nil {
 				return opError("get", err)
 			}
-			return a.printResources(types, typ, []client.Resource{r}, true, f.output)
+			return a.printResources(types, typ, []client.Resource{r}, true, f.output, f.format)
 		}
 		rs, err := c.List(ctx, typ, f.mesh, f.zone, labels)
 		if err != nil {
 			return opError("get", err)
 		}
-		return a.printResources(types, typ, rs, false, f.output)
+		return a.printResources(types, typ, rs, false, f.output, f.format)
 	}
 	return cmd
 }
 
-func (a *App) printResources(types client.Types, typ string, rs []client.Resource, single bool, output string) error {
+// Document forms of get -o json|yaml.
+const (
+	formatEngine = "engine"
+	formatKuma   = "kuma"
+)
+
+func (a *App) printResources(types client.Types, typ string, rs []client.Resource, single bool, output, format string) error {
+	if format == formatKuma && (output == outJSON || output == outYAML) {
+		docs := make([]json.RawMessage, len(rs))
+		for i, r := range rs {
+			js, err := json.Marshal(r)
+			if err != nil {
+				return failed(fmt.Errorf("encode output: %w", err))
+			}
+			if docs[i], err = kumadoc.FromEnvelope(js); err != nil {
+				return failed(fmt.Errorf("get: %s: %w", r.Key(), err))
+			}
+		}
+		return a.printDocs(docs, single, output)
+	}
 	switch output {
 	case outJSON:
 		if single {
@@ -618,4 +648,26 @@ func (a *App) pluginsCommand() *cobra.Command {
 	}
 	cmd.AddCommand(list, a.pluginsLockCommand())
 	return cmd
+}
+
+// printDocs prints documents already in their final form.
+func (a *App) printDocs(docs []json.RawMessage, single bool, output string) error {
+	if output == outJSON {
+		if single {
+			return writeJSON(a.Stdout, docs[0])
+		}
+		if docs == nil {
+			docs = []json.RawMessage{}
+		}
+		return writeJSON(a.Stdout, docs)
+	}
+	for i, d := range docs {
+		if i > 0 {
+			fmt.Fprintln(a.Stdout, "---")
+		}
+		if err := writeYAML(a.Stdout, d); err != nil {
+			return err
+		}
+	}
+	return nil
 }
