@@ -6,7 +6,7 @@ GOFLAGS_TEST ?= -race -count=1
 # Every Go module under examples/ (third-party plugins with their own go.mod).
 EXAMPLE_MODULES := $(patsubst %/go.mod,%,$(shell find examples -name go.mod 2>/dev/null))
 
-.PHONY: all build plugins test vet check-proto proto demo bench clean
+.PHONY: all build plugins test vet check-proto proto model demo bench clean
 
 all: build
 
@@ -23,8 +23,8 @@ plugins:
 	cd examples/featureflag && $(GO) build -o $(PLUGINS)/kds-plugin-featureflag .
 	@chmod go-w $(PLUGINS)/kds-plugin-*
 
-## test: vet, generated-code check, the race-enabled suite, and the examples
-test: vet check-proto
+## test: vet, generated-code check, the spin model, the race-enabled suite, and the examples
+test: vet check-proto model
 	$(GO) test $(GOFLAGS_TEST) ./...
 	@for f in $$(grep -rl --include='*_test.go' '^func Fuzz' engine cmd sdk); do for t in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$f); do echo "== fuzz $$t ./$$(dirname $$f)"; $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime 1000x -parallel 1 ./$$(dirname $$f) || exit 1; done; done
 	@for m in $(EXAMPLE_MODULES); do echo "== $$m"; (cd $$m && $(GO) vet ./... && $(GO) test $(GOFLAGS_TEST) ./...) || exit 1; done
@@ -40,6 +40,11 @@ proto:
 
 check-proto:
 	$(GO) run ./proto/internal/protogen -check
+
+## model: check the Promela model of a session with spin (needs spin and gcc;
+## skipped with a message when they are missing, an error when CI=true)
+model:
+	@model/check.sh $(BIN)/model
 
 ## demo: build everything and run a global and two zones in one process
 demo: build

@@ -52,6 +52,20 @@
 //     [ErrMessageTooLarge]: the smaller of this side's and the peer's
 //     announced size, so the peer's gRPC never refuses what this side sends.
 //
+// # The model
+//
+// model/kds.pml is a Promela model of one session: both peers with the
+// goroutines of this package (receive loop, send loop) and the sync
+// layer's handlers, the HTTP/2 stream and connection windows, the four
+// bounded queues per side and the send timeout. `make model` has spin show
+// that the naive design deadlocks and that this design, within the bounds
+// listed in docs/decisions/0013-spin-model.md, has no deadlock, sends
+// everything it enqueues (or ends the session with an error), and
+// overflows a queue only when a peer broke the protocol. The model's
+// constants are checked against this package's and kdssync's
+// (TestModelParams); a change to the capacity formula, the window or the
+// headroom must be reflected there.
+//
 // # Sizing the four queues
 //
 // Which side's type count bounds each of the four queues on a side:
