@@ -104,7 +104,30 @@ func (b backend) Plugins() apitypes.PluginsInfo {
 	return out
 }
 
-func (b backend) Insights() []apitypes.Conn { return b.e.ins.List() }
+// Insights lists the connections' sync state. On a zone, the entry for
+// global carries the address the session is on (or was last tried) and the
+// dialer's last error, which names that address; the entry exists once the
+// zone has tried to connect.
+func (b backend) Insights() []apitypes.Conn {
+	cs := b.e.ins.List()
+	if b.e.cfg.Role != RoleZone {
+		return cs
+	}
+	st := b.e.globalConn()
+	if st.Address == "" {
+		return cs
+	}
+	i := slices.IndexFunc(cs, func(c apitypes.Conn) bool { return c.Name == GlobalPeer })
+	if i < 0 {
+		cs = append(cs, apitypes.Conn{Name: GlobalPeer, Types: map[string]apitypes.TypeState{}})
+		i = len(cs) - 1
+	}
+	cs[i].Address = st.Address
+	if st.LastError != nil {
+		cs[i].LastError = st.LastError.Error()
+	}
+	return cs
+}
 
 func (b backend) Ready() error {
 	if b.e.cfg.Role == RoleZone {
@@ -112,9 +135,10 @@ func (b backend) Ready() error {
 		ok := b.e.connected
 		b.e.mu.Unlock()
 		if !ok {
-			c, _ := b.e.ins.Get(GlobalPeer)
-			if c.LastError != "" {
-				return fmt.Errorf("not connected to global at %s: %s", b.e.cfg.GlobalAddress, c.LastError)
+			// The dialer's error names the address it happened at:
+			// "global at ADDR: …".
+			if st := b.e.globalConn(); st.LastError != nil {
+				return fmt.Errorf("not connected to %w", st.LastError)
 			}
 			return fmt.Errorf("not connected to global at %s yet", b.e.cfg.GlobalAddress)
 		}

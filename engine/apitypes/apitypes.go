@@ -215,11 +215,15 @@ type RejectedResource struct {
 // ZonesResponse.
 type Conn struct {
 	// Name is the zone name (on global) or "global" (on a zone).
-	Name           string               `json:"name"`
-	Online         bool                 `json:"online"`
-	ConnectedSince time.Time            `json:"connectedSince,omitzero"`
-	DisconnectedAt time.Time            `json:"disconnectedAt,omitzero"`
-	Sessions       uint64               `json:"sessions"`
-	LastError      string               `json:"lastError,omitempty"`
-	Types          map[string]TypeState `json:"types"`
+	Name           string    `json:"name"`
+	Online         bool      `json:"online"`
+	ConnectedSince time.Time `json:"connectedSince,omitzero"`
+	DisconnectedAt time.Time `json:"disconnectedAt,omitzero"`
+	Sessions       uint64    `json:"sessions"`
+	// Address is set on a zone only: the global address (HOST:PORT, as
+	// dialed) the live session is on; while offline, the address last
+	// tried. It tells which global replica the zone is attached to.
+	Address   string               `json:"address,omitempty"`
+	LastError string               `json:"lastError,omitempty"`
+	Types     map[string]TypeState `json:"types"`
 }

@@ -178,7 +178,7 @@ func TestValidateMessages(t *testing.T) {
 	got := strings.Split(err.Error(), "\n")
 	want := []string{
 		`name: "Zone_1" is not a valid zone name (accepted: a DNS label: lower-case letters, digits and '-', at most 63)`,
-		`global: "nohost": want HOST:PORT (accepted: HOST:PORT)`,
+		`global: "nohost": missing port: want HOST:PORT such as nohost:5685 (accepted: HOST:PORT, or several separated by commas (global replicas; IPv6 in brackets))`,
 		`reconnect-backoff-max: 1s is below reconnect-backoff-base 2s (accepted: a duration not below reconnect-backoff-base)`,
 		`ca-file: required unless --insecure (accepted: a PEM CA file)`,
 		"token-file: required: generate a token on global with `kds-engine token generate --zone Zone_1` (accepted: a file with the zone token, mode 0600)",
