@@ -90,7 +90,9 @@ func TestZoneFailsOverToAnotherGlobalAndIsResentNothing(t *testing.T) {
 
 	// Sync goes on through replica 2.
 	create(t, g2, meshTimeout("after-failover", "6s"))
-	eventually(t, func() bool { return find(z, resource.Key{Type: "MeshTimeout", Mesh: "default", Name: "after-failover"}) != nil },
+	eventually(t, func() bool {
+		return find(z, resource.Key{Type: "MeshTimeout", Mesh: "default", Name: "after-failover"}) != nil
+	},
 		"a write on replica 2 reaches the zone")
 }
 
