@@ -3,12 +3,14 @@ package engine
 import (
 	"fmt"
 	"net"
+	"path/filepath"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/kds-engine/kds-engine/engine/internal/resource"
+	"github.com/kds-engine/kds-engine/engine/internal/tlsutil"
 )
 
 // freeAddr is a loopback address nothing listens on now.
@@ -112,4 +114,35 @@ func TestZoneNotReadyNamesTheAddressTried(t *testing.T) {
 	assert.False(t, c.Online)
 	assert.Contains(t, []string{a, b}, c.Address)
 	assert.Contains(t, c.Error, "global at "+c.Address)
+}
+
+// Global's certificate names only a DNS name and the zone dials an IP
+// address: the zone verifies the name set as TLSServerName, and without it
+// refuses the certificate, saying for which address.
+func TestZoneTLSServerNameOverride(t *testing.T) {
+	pki, err := tlsutil.GeneratePKI(filepath.Join(t.TempDir(), "pki"), []string{"global.kds.test"}, nil)
+	require.NoError(t, err)
+	g := startNode(t, Config{Role: RoleGlobal, PluginsDir: builtinDir, TLSCertFile: pki.Server.CertFile, TLSKeyFile: pki.Server.KeyFile})
+	ip := g.e.KDSAddr().String() // 127.0.0.1:PORT
+
+	cfg := zoneConfig(t, "zone-1", g, Config{PluginsDir: builtinDir, CAFile: pki.CAFile, TLSServerName: "global.kds.test"})
+	cfg.GlobalAddress = ip
+	z := startNode(t, cfg)
+	eventually(t, func() bool { return z.b().Ready() == nil }, "zone connected, verifying global.kds.test at %s", ip)
+	assert.Equal(t, ip, zoneGlobal(z).Address)
+
+	cfg = zoneConfig(t, "zone-2", g, Config{PluginsDir: builtinDir, CAFile: pki.CAFile})
+	cfg.GlobalAddress = ip
+	z2 := startNode(t, cfg)
+	eventually(t, func() bool { return zoneGlobal(z2).Error != "" }, "an attempt failed")
+	c := zoneGlobal(z2)
+	assert.False(t, c.Online)
+	assert.Contains(t, c.Error, "global at "+ip)
+	assert.Contains(t, c.Error, "cannot validate certificate for 127.0.0.1")
+}
+
+func TestZoneConfigRefusesBadGlobalAddressList(t *testing.T) {
+	_, err := New(Config{Role: RoleZone, ZoneName: "zone-a", GlobalAddress: "g1:5685,,g2:5685", DataDir: t.TempDir()}, nil)
+	require.Error(t, err)
+	assert.Equal(t, `global address: entry 2 of "g1:5685,,g2:5685" is empty (want HOST:PORT entries separated by single commas)`, err.Error())
 }
