@@ -5,6 +5,7 @@ import (
 	"net"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -76,8 +77,10 @@ func TestZoneFailsOverToAnotherGlobalAndIsResentNothing(t *testing.T) {
 	assert.Equal(t, "127.0.0.1:"+p1, before.Address, "the zone is on replica 1")
 	require.NoError(t, z.b().Ready())
 
+	stopping := time.Now()
 	g1.stop()
 	eventually(t, func() bool { c, _ := g2.e.Insights().Get("zone-1"); return c.Online }, "zone online on replica 2")
+	t.Logf("zone online on replica 2 %s after replica 1 was told to stop (its graceful shutdown included)", time.Since(stopping).Round(time.Millisecond))
 	eventually(t, func() bool {
 		return zoneType(g2, "zone-1", "MeshTimeout").ResponsesACKed >= 1 && zoneType(g2, "zone-1", "Dataplane").ResponsesACKed >= 1
 	}, "both directions answered on replica 2")
