@@ -117,16 +117,7 @@ func (d *Dialer) Run(ctx context.Context) error {
 	last := ""    // the address last tried
 	early := true // the previous round was cut short by a long session (or there was none)
 	for {
-		rctx, cancel := context.WithTimeout(ctx, d.set.connectTimeout)
-		cands, rerr := candidates(rctx, d.entries, d.set.resolve, d.set.serverName)
-		cancel()
-		if rerr != nil {
-			d.log.Warn("global address lookup", "error", rerr)
-			if len(cands) == 0 {
-				d.setState(func(s *ConnState) { s.LastError = rerr })
-			}
-		}
-		order := rotateAfter(cands, last)
+		order := d.round(ctx, last)
 		if !early || len(order) == 0 || order[0].addr == last {
 			delay := d.set.backoff.Delay(k)
 			k++
@@ -134,6 +125,7 @@ func (d *Dialer) Run(ctx context.Context) error {
 			if !sleep(ctx, delay) {
 				return nil
 			}
+			order = d.round(ctx, last) // names may resolve differently now
 		}
 		early = false
 		for i, c := range order {
@@ -155,6 +147,22 @@ func (d *Dialer) Run(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// round returns the candidates of a new round, starting after last. A
+// failed lookup is logged, and recorded as the last error when no address
+// is left.
+func (d *Dialer) round(ctx context.Context, last string) []candidate {
+	rctx, cancel := context.WithTimeout(ctx, d.set.connectTimeout)
+	defer cancel()
+	cands, err := candidates(rctx, d.entries, d.set.resolve, d.set.serverName)
+	if err != nil {
+		d.log.Warn("global address lookup", "error", err)
+		if len(cands) == 0 {
+			d.setState(func(s *ConnState) { s.LastError = err })
+		}
+	}
+	return rotateAfter(cands, last)
 }
 
 // sleep waits d or until ctx ends; it reports whether d elapsed.

@@ -354,3 +354,37 @@ func TestDialerRefusesBadAddressList(t *testing.T) {
 	assert.ErrorIs(t, NewDialer(nil, "zone-1", 1, waitingZone).Run(context.Background()), ErrInvalidAddress)
 	assert.ErrorIs(t, NewDialer([]string{"nohost"}, "zone-1", 1, waitingZone).Run(context.Background()), ErrInvalidAddress)
 }
+
+// A name with several addresses is several replicas: the zone tries each.
+// A name that does not resolve is reported, and retried with backoff.
+func TestDialerTriesEveryAddressOfAName(t *testing.T) {
+	live := startReplica(t, "127.0.0.2:0") // all of 127/8 is loopback on Linux
+	_, port, err := net.SplitHostPort(live.addr)
+	require.NoError(t, err)
+	var mu sync.Mutex
+	lookups := 0
+	resolve := func(_ context.Context, host string) ([]string, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		lookups++
+		if lookups == 1 {
+			return nil, errors.New("temporary failure in name resolution")
+		}
+		return []string{"127.0.0.1", "127.0.0.2"}, nil
+	}
+	var log attemptLog
+	d := NewDialer([]string{"global.test:" + port}, "zone-1", 1, waitingZone, insecureDial(), log.option(),
+		WithResolver(resolve), WithBackoff(Backoff{Base: 20 * time.Millisecond, Cap: 20 * time.Millisecond}))
+	runDialer(t, d)
+	eventually(t, func() bool { return d.State().Connected }, "connected to the name's second address")
+	st := d.State()
+	assert.Equal(t, live.addr, st.Address)
+	assert.Equal(t, "global.test:"+port, st.AddressEntry)
+	require.Error(t, st.LastError)
+	assert.Contains(t, st.LastError.Error(), "global at global.test:"+port+" (127.0.0.1:"+port+"): open stream")
+	addrs, _ := log.snapshot()
+	assert.Equal(t, []string{"127.0.0.1:" + port, live.addr}, addrs)
+	mu.Lock()
+	assert.GreaterOrEqual(t, lookups, 2, "looked up again after the failure")
+	mu.Unlock()
+}
