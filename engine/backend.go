@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"time"
 
 	"github.com/kds-engine/kds-engine/engine/apitypes"
 	"github.com/kds-engine/kds-engine/engine/internal/api"
+	"github.com/kds-engine/kds-engine/engine/internal/kdssync"
 	"github.com/kds-engine/kds-engine/engine/internal/plugin"
 	"github.com/kds-engine/kds-engine/engine/internal/resource"
 	"github.com/kds-engine/kds-engine/engine/internal/store"
@@ -26,6 +28,7 @@ func (e *Engine) apiHandler() http.Handler {
 		api.WithGatherer(e.promReg),
 		api.WithMaxBodyBytes(e.cfg.APIMaxBodySize),
 		api.WithErrorCode(plugin.ErrPluginDown, http.StatusServiceUnavailable, "plugin_down"),
+		api.WithErrorCode(store.ErrUnavailable, http.StatusServiceUnavailable, api.CodeStoreUnavailable),
 		api.WithErrorCode(store.ErrNotFound, http.StatusNotFound, "not_found"),
 		api.WithErrorCode(store.ErrAlreadyExists, http.StatusConflict, "already_exists"),
 		api.WithErrorCode(store.ErrConflict, http.StatusConflict, "conflict"),
@@ -146,5 +149,82 @@ func (b backend) Ready() error {
 	if b.e.host.Registry().Len() == 0 {
 		return errors.New("no resource types: no plugin loaded from " + b.e.cfg.PluginsDir)
 	}
+	if h, ok := b.e.raw.(healthChecker); ok {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		if err := h.Health(ctx); err != nil {
+			return fmt.Errorf("store: %w", err)
+		}
+	}
 	return nil
+}
+
+var (
+	_ api.HoldersBackend = backend{}
+	_ api.KeyLister      = backend{}
+	_ api.Revisioner     = backend{}
+)
+
+// ListKeys reads keys and versions only: no spec is decoded.
+func (b backend) ListKeys(ctx context.Context, f api.Filter) ([]resource.Key, error) {
+	kvs, err := b.e.store.Versions(ctx, store.Filter{Type: f.Type, Mesh: f.Mesh, Zone: f.Zone})
+	if err != nil {
+		return nil, err
+	}
+	keys := make([]resource.Key, len(kvs))
+	for i, kv := range kvs {
+		keys[i] = kv.Key
+	}
+	return keys, nil
+}
+
+// Revision is the store's latest commit revision.
+func (b backend) Revision() uint64 { return b.e.store.Revision() }
+
+// Holders reports, for every zone that ever connected, what it holds of the
+// resource key global serves: asked of each live session's server (one
+// message each, whatever the number of resources), with the reasons of a
+// refused version from the insights.
+func (b backend) Holders(ctx context.Context, key resource.Key) (string, []apitypes.Holding, error) {
+	cur, err := b.e.store.Get(ctx, key)
+	if err != nil {
+		return "", nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, holdersTimeout)
+	defer cancel()
+	name := kdssync.WireName(key.Mesh, key.Name)
+	held, err := b.e.server.Held(ctx, key.Type, name)
+	if err != nil {
+		return "", nil, err
+	}
+	var out []apitypes.Holding
+	for _, c := range b.e.ins.List() {
+		h := apitypes.Holding{Zone: c.Name}
+		if ph, ok := held[c.Name]; ok && c.Online {
+			h.Online = true
+			h.Holds, h.Version = ph.Holds, ph.Version
+			if ph.Pending {
+				h.Pending, h.PendingVersion = true, ph.PendingVersion
+			}
+			if ph.Rejected {
+				h.RejectedVersion = ph.RejectedVersion
+				for _, r := range c.Types[key.Type].Rejected {
+					if r.Name == name {
+						h.RejectedErrors = r.Errors
+					}
+				}
+			}
+		}
+		out = append(out, h)
+	}
+	return cur.Version, out, nil
+}
+
+// holdersTimeout bounds how long Holders waits for the live sessions.
+const holdersTimeout = 5 * time.Second
+
+// healthChecker is implemented by stores backed by a server that may be
+// unreachable (pgstore): Health returns nil or why the store cannot serve.
+type healthChecker interface {
+	Health(ctx context.Context) error
 }

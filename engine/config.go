@@ -26,6 +26,9 @@ const (
 	StoreBolt StoreKind = "bolt"
 	// StoreMemory keeps everything in memory; for tests and demos.
 	StoreMemory StoreKind = "memory"
+	// StorePostgres keeps everything in the PostgreSQL database at
+	// PostgresURL, which several global replicas share (global role).
+	StorePostgres StoreKind = "postgres"
 )
 
 // Config is everything an engine needs to run. Zero values mean the defaults
@@ -50,6 +53,10 @@ type Config struct {
 
 	Store   StoreKind
 	DataDir string
+	// PostgresURL is the database of StorePostgres: a postgres:// URL or
+	// a key=value connection string. Its password is never logged or
+	// shown.
+	PostgresURL string
 
 	// KDSAddress is where global listens for zones (global role).
 	KDSAddress string

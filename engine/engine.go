@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -31,6 +30,7 @@ import (
 	"github.com/kds-engine/kds-engine/engine/internal/store"
 	"github.com/kds-engine/kds-engine/engine/internal/store/boltstore"
 	"github.com/kds-engine/kds-engine/engine/internal/store/memory"
+	"github.com/kds-engine/kds-engine/engine/internal/store/pgstore"
 	"github.com/kds-engine/kds-engine/engine/internal/token"
 	"github.com/kds-engine/kds-engine/engine/internal/validate"
 	kdsv1 "github.com/kds-engine/kds-engine/proto/kds/v1"
@@ -53,6 +53,7 @@ type Engine struct {
 	// Set by Run before Started is closed.
 	host      *plugin.Host
 	store     *guard.Store
+	raw       store.Store // the store under guard, for its health
 	validator *validate.Validator
 	digests   map[string]string // type → schema digest, for types with a schema
 	ix        *kdssync.Index
@@ -76,6 +77,10 @@ type Engine struct {
 	// dialer keeps the zone's session to global (nil on global, and on a
 	// zone until it runs).
 	dialer *kdsgrpc.Dialer
+
+	// observeSent, if set before Run (tests), is called with the encoded
+	// size of every message sent to peer. It must be cheap and not block.
+	observeSent func(peer string, bytes int)
 }
 
 // New checks cfg, fills in defaults and returns an engine that is not yet
@@ -170,8 +175,21 @@ func (c Config) check() error {
 	if c.Store == StoreBolt && c.DataDir == "" {
 		return errors.New("data dir: required for the bolt store")
 	}
-	if c.Store != StoreBolt && c.Store != StoreMemory {
-		return fmt.Errorf("store %q: want %q or %q", c.Store, StoreBolt, StoreMemory)
+	switch c.Store {
+	case StoreBolt, StoreMemory:
+	case StorePostgres:
+		if c.Role != RoleGlobal {
+			return errors.New("store postgres: only global runs on PostgreSQL (a zone keeps the bolt store)")
+		}
+		if c.PostgresURL == "" {
+			return errors.New("store postgres: the PostgreSQL URL is required (--postgres-url or KDS_ENGINE_POSTGRES_URL)")
+		}
+	default:
+		return fmt.Errorf("store %q: want %q, %q or %q", c.Store, StoreBolt, StorePostgres, StoreMemory)
+	}
+	if c.MaxMessageSize < kdsgrpc.MinAnnouncedMessageSize || c.MaxMessageSize > kdsgrpc.MaxAnnouncedMessageSize {
+		return fmt.Errorf("max message size %d: must be from %d (64 KiB) to %d (64 MiB), the sizes a peer accepts when the session starts",
+			c.MaxMessageSize, kdsgrpc.MinAnnouncedMessageSize, kdsgrpc.MaxAnnouncedMessageSize)
 	}
 	if c.MaxResourceSize > c.MaxMessageSize/2 {
 		return fmt.Errorf("max resource size %d: must be at most half the max message size (%d)", c.MaxResourceSize, c.MaxMessageSize)
@@ -250,11 +268,12 @@ func (e *Engine) Run(ctx context.Context) error {
 	defer host.Close()
 	e.host = host
 
-	raw, err := e.openStore()
+	raw, err := e.openStore(ctx)
 	if err != nil {
 		return err
 	}
 	defer raw.Close()
+	e.raw = raw
 	role := guard.Global
 	if e.cfg.Role == RoleZone {
 		role = guard.Zone
@@ -387,11 +406,27 @@ func (e *Engine) Run(ctx context.Context) error {
 	return err
 }
 
-func (e *Engine) openStore() (store.Store, error) {
-	if e.cfg.Store == StoreMemory {
+// ErrStoreUnavailable is wrapped by Run's error when the store's database
+// (--store postgres) cannot be reached at start; the message names the
+// server and the database. (Once running, the engine rides out the loss of
+// its database instead of stopping.)
+var ErrStoreUnavailable = store.ErrUnavailable
+
+func (e *Engine) openStore(ctx context.Context) (store.Store, error) {
+	switch e.cfg.Store {
+	case StoreMemory:
 		return memory.New(), nil
+	case StorePostgres:
+		s, err := pgstore.Open(ctx, e.cfg.PostgresURL, pgstore.WithLogger(e.log))
+		if err != nil {
+			return nil, err
+		}
+		return s, nil
 	}
-	s, err := boltstore.Open(filepath.Join(e.cfg.DataDir, "kds.db"))
+	if err := boltstore.MoveMisplacedFile(e.cfg.DataDir, e.log); err != nil {
+		return nil, fmt.Errorf("open store in %s: %w", e.cfg.DataDir, err)
+	}
+	s, err := boltstore.Open(e.cfg.DataDir, boltstore.WithLogger(e.log))
 	if err != nil {
 		return nil, fmt.Errorf("open store in %s: %w", e.cfg.DataDir, err)
 	}
@@ -399,7 +434,10 @@ func (e *Engine) openStore() (store.Store, error) {
 }
 
 // feedIndex loads the locally written resources into the index and then
-// follows the change feed, without a gap.
+// follows the change feed, without a gap. A watch that ends with
+// store.ErrWatchLost (the store could not deliver some commits) is
+// replaced: a new snapshot replaces the index's content, retried with
+// backoff while the store is unavailable.
 func (e *Engine) feedIndex(ctx context.Context, s store.Store, ready chan<- struct{}) error {
 	w, items, _, err := store.SnapshotAndWatch(ctx, s, store.Filter{LocalOnly: true})
 	if err != nil {
@@ -416,7 +454,17 @@ func (e *Engine) feedIndex(ctx context.Context, s store.Store, ready chan<- stru
 		case <-ctx.Done():
 			return nil
 		case <-w.Done():
-			return fmt.Errorf("store watch ended: %w", w.Err())
+			if !errors.Is(w.Err(), store.ErrWatchLost) {
+				return fmt.Errorf("store watch ended: %w", w.Err())
+			}
+			e.log.Warn("store change feed lost commits: reloading the served resources", "why", w.Err())
+			if w, err = e.resyncIndex(ctx, s); err != nil {
+				return err
+			}
+			if w == nil {
+				return nil // ctx ended
+			}
+			continue
 		case <-w.C():
 			for _, ev := range w.Next() {
 				if ev.Resource.Zone != "" {
@@ -432,6 +480,37 @@ func (e *Engine) feedIndex(ctx context.Context, s store.Store, ready chan<- stru
 	}
 }
 
+// resyncIndex takes a new snapshot and watch and replaces the index's
+// content with the snapshot, retrying with backoff while the store fails.
+// It returns a nil watch (and no error) if ctx ends first.
+func (e *Engine) resyncIndex(ctx context.Context, s store.Store) (*store.Watch, error) {
+	backoff := 100 * time.Millisecond
+	for {
+		w, items, _, err := store.SnapshotAndWatch(ctx, s, store.Filter{LocalOnly: true})
+		if err == nil {
+			if err := e.ix.Replace(items); err != nil {
+				return nil, err
+			}
+			return w, nil
+		}
+		if ctx.Err() != nil {
+			return nil, nil
+		}
+		if errors.Is(err, store.ErrClosed) {
+			return nil, fmt.Errorf("watch store: %w", err)
+		}
+		e.log.Warn("reload served resources: retrying", "error", err, "backoff", backoff)
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, nil
+		case <-t.C:
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
 // runSync runs both logical streams of one session: serving this side's
 // types and applying the peer's. On global, fence ties the zone's writes to
 // this session (nil on a zone); rej remembers what this side refused of the
@@ -444,7 +523,10 @@ func (e *Engine) runSync(ctx context.Context, peer, zone string, sess *mux.Sessi
 	stop := context.AfterFunc(ctx, func() { sess.Close(fmt.Errorf("sync: %w", context.Cause(ctx))) })
 	defer stop()
 	g.Go(func() error { e.sampleSession(ctx, peer, sess); return nil })
-	g.Go(func() error { return e.server.Serve(ctx, sess.Server(), peer) })
+	// Responses never exceed the smaller of the two sides' max message
+	// sizes (the session agreed on it from the peer's announcement).
+	maxMsg := kdssync.WithSessionMaxMessageSize(sess.Params().MaxMessageSize)
+	g.Go(func() error { return e.server.Serve(ctx, sess.Server(), peer, maxMsg) })
 	g.Go(func() error {
 		opts := []kdssync.ClientOption{
 			kdssync.WithClientLogger(e.log.Named("kds-client")),
@@ -478,6 +560,7 @@ func (e *Engine) runGlobal(g *errgroup.Group, ctx context.Context, lis net.Liste
 			func(ev kdsgrpc.SessionEvent) {
 				e.live.start(ev.Stream, ev.Zone, ev.Session)
 				e.ins.Connected(ev.Zone)
+				e.ins.SetSession(ev.Zone, streamPeer(ev.Stream), kdsauth.TokenIDFromContext(ev.Stream))
 				e.metrics.SessionStarted(ev.Zone)
 				e.tokenExpiry(ev)
 				e.revoked.started(ev)
@@ -536,6 +619,7 @@ func (e *Engine) runZone(g *errgroup.Group, ctx context.Context, tcfg kdsgrpc.Co
 		kdsgrpc.WithTransportCredentialsFor(credsFor),
 		kdsgrpc.WithServerName(e.cfg.TLSServerName),
 		kdsgrpc.WithSessionOptions(func(string) []mux.Option { return e.sendObserver(GlobalPeer) }),
+		kdsgrpc.WithRefusedHook(func(err error) { e.ins.Disconnected(GlobalPeer, err) }),
 		kdsgrpc.WithSessionHooks(
 			func(kdsgrpc.SessionEvent) {
 				e.setConnected(true)

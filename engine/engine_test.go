@@ -28,6 +28,10 @@ var (
 	builtinDir string // kds-plugin-policies, kds-plugin-dataplanes
 	lenientDir string // kds-plugin-synctest
 	strictDir  string // kds-plugin-synctest-strict
+	// The built-in plugins with the lenient (global) or strict (zones)
+	// test plugin, for the browser tests.
+	uiGlobalDir, uiZoneDir string
+	manyDir                string // kds-plugin-synctest-many (203 types)
 
 	// TLS material for every test: a CA and a certificate for localhost.
 	caFile, certFile, keyFile string
@@ -36,10 +40,17 @@ var (
 func TestMain(m *testing.M) {
 	os.Exit(pluginbuild.Main(m, func(tmp string) error {
 		builtinDir, lenientDir, strictDir = filepath.Join(tmp, "builtin"), filepath.Join(tmp, "lenient"), filepath.Join(tmp, "strict")
+		uiGlobalDir, uiZoneDir = filepath.Join(tmp, "ui-global"), filepath.Join(tmp, "ui-zone")
+		manyDir = filepath.Join(tmp, "many")
 		for dir, bins := range map[string]map[string]string{
 			builtinDir: {"kds-plugin-policies": "./plugins/policies", "kds-plugin-dataplanes": "./plugins/dataplanes"},
 			lenientDir: {"kds-plugin-synctest": "./engine/internal/testsupport/syncplugin"},
 			strictDir:  {"kds-plugin-synctest-strict": "./engine/internal/testsupport/syncplugin"},
+			uiGlobalDir: {"kds-plugin-policies": "./plugins/policies", "kds-plugin-dataplanes": "./plugins/dataplanes",
+				"kds-plugin-synctest": "./engine/internal/testsupport/syncplugin"},
+			uiZoneDir: {"kds-plugin-policies": "./plugins/policies", "kds-plugin-dataplanes": "./plugins/dataplanes",
+				"kds-plugin-synctest-strict": "./engine/internal/testsupport/syncplugin"},
+			manyDir: {"kds-plugin-synctest-many": "./engine/internal/testsupport/syncplugin"},
 		} {
 			if err := pluginbuild.Build(dir, bins); err != nil {
 				return err
@@ -84,6 +95,13 @@ func startNode(t *testing.T, cfg Config) *node {
 // startNodeLogging is startNode with the engine's logger.
 func startNodeLogging(t *testing.T, cfg Config, log hclog.Logger) *node {
 	t.Helper()
+	return startNodePrepared(t, cfg, log, nil)
+}
+
+// startNodePrepared is startNodeLogging with prep, if not nil, run on the
+// engine before it runs.
+func startNodePrepared(t *testing.T, cfg Config, log hclog.Logger, prep func(*Engine)) *node {
+	t.Helper()
 	if cfg.DataDir == "" {
 		cfg.DataDir = t.TempDir()
 	}
@@ -102,6 +120,9 @@ func startNodeLogging(t *testing.T, cfg Config, log hclog.Logger) *node {
 	cfg.ReconnectBackoffMax = 500 * time.Millisecond
 	e, err := New(cfg, log)
 	require.NoError(t, err)
+	if prep != nil {
+		prep(e)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	n := &node{t: t, e: e, cancel: cancel, done: make(chan error, 1)}
 	go func() { n.done <- e.Run(ctx) }()

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/grpc/peer"
+
 	"github.com/kds-engine/kds-engine/engine/internal/insights"
 	"github.com/kds-engine/kds-engine/engine/internal/kdsgrpc"
 	"github.com/kds-engine/kds-engine/engine/internal/metrics"
@@ -32,7 +34,10 @@ func (e *Engine) streams() (server, client metrics.Stream) {
 // session in the send-latency histogram.
 func (e *Engine) sendObserver(peer string) []mux.Option {
 	srvName, cliName := e.streams()
-	return []mux.Option{mux.WithInboundPool(e.inboundPool), mux.WithSendObserver(func(server bool, _ int, d time.Duration) {
+	return []mux.Option{mux.WithInboundPool(e.inboundPool), mux.WithSendObserver(func(server bool, n int, d time.Duration) {
+		if e.observeSent != nil {
+			e.observeSent(peer, n)
+		}
 		name := cliName
 		if server {
 			name = srvName
@@ -45,8 +50,10 @@ func (e *Engine) sendObserver(peer string) []mux.Option {
 // second until ctx ends, then once more.
 func (e *Engine) sampleSession(ctx context.Context, peer string, sess *mux.Session) {
 	srvName, cliName := e.streams()
-	e.metrics.SetSendBufferCapacity(peer, srvName, sess.Capacity())
-	e.metrics.SetSendBufferCapacity(peer, cliName, sess.Capacity())
+	// The stream this side serves is sized from the peer's announced type
+	// count, the one it subscribes on from its own.
+	e.metrics.SetSendBufferCapacity(peer, srvName, sess.Params().ServerCapacity)
+	e.metrics.SetSendBufferCapacity(peer, cliName, sess.Params().ClientCapacity)
 	var last mux.Stats
 	sample := func() {
 		st := sess.Stats()
@@ -59,6 +66,13 @@ func (e *Engine) sampleSession(ctx context.Context, peer string, sess *mux.Sessi
 				s.now.MessagesReceived-s.prev.MessagesReceived, s.now.BytesReceived-s.prev.BytesReceived)
 			e.metrics.SetSendBuffer(peer, s.name, s.now.SendBufferLen)
 		}
+		if ctx.Err() == nil {
+			// Only a live session: a replaced one must not overwrite the
+			// state of the session that replaced it.
+			e.ins.SetStreams(peer, []insights.StreamState{
+				streamState(srvName, "server", st.Server), streamState(cliName, "client", st.Client),
+			})
+		}
 		if st.SendTimeouts > last.SendTimeouts {
 			e.metrics.SendTimeout(peer)
 		}
@@ -66,6 +80,23 @@ func (e *Engine) sampleSession(ctx context.Context, peer string, sess *mux.Sessi
 	}
 	every(ctx, sessionSampleInterval, sample)
 	sample()
+}
+
+func streamState(name metrics.Stream, role string, s mux.StreamStats) insights.StreamState {
+	return insights.StreamState{Name: string(name), Role: role, SendBufferLen: s.SendBufferLen,
+		SendBufferHighWater: s.SendBufferHighWater, Capacity: s.Capacity}
+}
+
+// streamPeer returns the remote address of a gRPC stream's context, "" when
+// it carries none.
+func streamPeer(ctx context.Context) string {
+	if ctx == nil {
+		return ""
+	}
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		return p.Addr.String()
+	}
+	return ""
 }
 
 // sampleEngine refreshes engine-wide metrics (plugins, resources, responses

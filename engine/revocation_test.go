@@ -49,10 +49,14 @@ func TestRevokedTokenEndsItsSessions(t *testing.T) {
 	ended := out.Lines("[WARN]", "ending the session of a revoked zone token", "zone=zone-a", "token_id="+idA)
 	assert.Len(t, ended, 1, out.String())
 
+	// zone-a keeps retrying with its revoked token, so its own attempts
+	// may be refused too: the raw session's refusal adds at least one.
+	refusedBefore := refusedFor(t, g, "revoked")
+	linesBefore := len(out.Lines("[WARN]", "refused zone session", "reason=revoked", idA))
 	st := recvUntilErr(t, rawSession(t, dialGlobal(t, g), "zone-a", tokA))
 	requireGenericRefusal(t, st)
-	assert.Equal(t, 1.0, refusedFor(t, g, "revoked"))
-	assert.Len(t, out.Lines("[WARN]", "refused zone session", "reason=revoked", idA), 1, "global's log names the token: %s", out.String())
+	assert.GreaterOrEqual(t, refusedFor(t, g, "revoked"), refusedBefore+1)
+	assert.Greater(t, len(out.Lines("[WARN]", "refused zone session", "reason=revoked", idA)), linesBefore, "global's log names the token: %s", out.String())
 
 	create(t, g, meshTimeout("after", "2s"))
 	eventually(t, func() bool { return find(zoneB, meshTimeout("after", "").Key()) != nil }, "zone-b keeps syncing")

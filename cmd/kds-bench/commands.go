@@ -210,6 +210,68 @@ which shows the stall the engine's session avoids.`,
 	return cmd
 }
 
+func hostileCmd(g *globals) *cobra.Command {
+	var c kdsbench.HostileConfig
+	var inProcess bool
+	cmd := &cobra.Command{
+		Use:   "hostile",
+		Short: "Global's RSS growth under one hostile zone's mix, against a baseline without it; the honest zone keeps syncing",
+		Long: `hostile runs global and one well-behaved zone in this process, both writing
+all the time. The baseline phase runs them alone for --duration; the attack
+phase adds a hostile zone (a child process by default) that keeps --sessions
+sessions open, each replacing the older: every session announces 100000
+types and a 64 MiB max message size, pushes --pushed resources of
+--push-size bytes, sends --big-subscriptions subscriptions claiming
+--held-names names each, asks for --unknown-types unknown types,
+re-subscribes --resubscriptions times, reads nothing for --hold and then
+sends a message over global's max message size. Global's RSS (VmRSS of this
+process) is sampled every 100ms; the growth is the attack phase's peak minus
+the baseline phase's peak. Target: at most 256 MiB, with the honest zone in
+its first session and in sync after the attack.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if !inProcess {
+				exe, err := os.Executable()
+				if err != nil {
+					return err
+				}
+				c.AttackCommand = func(a string) *exec.Cmd { return exec.Command(exe, "hostile-zone-proc", "--attack-json", a) }
+			}
+			return run(cmd, g, func(ctx context.Context, o kdsbench.Options) (*kdsbench.Report, error) {
+				return kdsbench.Hostile(ctx, o, c)
+			})
+		},
+	}
+	cmd.Flags().DurationVar(&c.Duration, "duration", 25*time.Second, "length of each phase (baseline, attack)")
+	cmd.Flags().IntVar(&c.Policies, "policies", 200, "policies global holds")
+	cmd.Flags().IntVar(&c.Sessions, "sessions", 1, "hostile sessions at once (more than 1: each new one replaces the older)")
+	cmd.Flags().DurationVar(&c.Hold, "hold", 3*time.Second, "how long each hostile session reads nothing before its oversized message")
+	cmd.Flags().IntVar(&c.BigSubscriptions, "big-subscriptions", 40, "subscriptions per session claiming --held-names names")
+	cmd.Flags().IntVar(&c.HeldNames, "held-names", 0, "names each big subscription claims to hold (0: as many as fit in one message)")
+	cmd.Flags().IntVar(&c.MaxMessageSize, "max-message-size", 4<<20, "global's and the honest zone's max message size, bytes")
+	cmd.Flags().IntVar(&c.UnknownTypes, "unknown-types", 3000, "requests for distinct unknown types per session")
+	cmd.Flags().IntVar(&c.Resubscriptions, "resubscriptions", 20, "re-subscriptions per session")
+	cmd.Flags().IntVar(&c.Pushed, "pushed", 100, "resources the hostile zone pushes per session")
+	cmd.Flags().IntVar(&c.PushSize, "push-size", 256<<10, "bytes per pushed resource")
+	cmd.Flags().BoolVar(&inProcess, "attack-in-process", false, "run the hostile zone in this process (what it allocates then counts against global's RSS)")
+	return cmd
+}
+
+// hostileZoneProcCmd is the hidden child process of the hostile mode.
+func hostileZoneProcCmd() *cobra.Command {
+	var attack string
+	cmd := &cobra.Command{
+		Use:    "hostile-zone-proc",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return kdsbench.HostileZoneProcess(cmd.Context(), attack)
+		},
+	}
+	cmd.Flags().StringVar(&attack, "attack-json", "", "the attack as JSON")
+	return cmd
+}
+
 // zoneProcCmd is the hidden child process of the memory mode.
 func zoneProcCmd() *cobra.Command {
 	var cfg string

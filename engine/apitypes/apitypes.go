@@ -122,6 +122,7 @@ const (
 	CodeInternal             = "internal"               // 500
 	CodePluginDown           = "plugin_down"            // 503
 	CodeNotReady             = "not_ready"              // 503
+	CodeStoreUnavailable     = "store_unavailable"      // 503: the store's database cannot be reached
 )
 
 // PluginsInfo is the body of GET /api/v1/plugins.
@@ -215,15 +216,70 @@ type RejectedResource struct {
 // ZonesResponse.
 type Conn struct {
 	// Name is the zone name (on global) or "global" (on a zone).
-	Name           string    `json:"name"`
-	Online         bool      `json:"online"`
-	ConnectedSince time.Time `json:"connectedSince,omitzero"`
-	DisconnectedAt time.Time `json:"disconnectedAt,omitzero"`
-	Sessions       uint64    `json:"sessions"`
+	Name           string               `json:"name"`
+	Online         bool                 `json:"online"`
+	ConnectedSince time.Time            `json:"connectedSince,omitzero"`
+	DisconnectedAt time.Time            `json:"disconnectedAt,omitzero"`
+	Sessions       uint64               `json:"sessions"`
+	LastError      string               `json:"lastError,omitempty"`
+	Types          map[string]TypeState `json:"types"`
+	// Peer is the network address the latest session came from (on
+	// global; empty on a zone and before the first session).
+	Peer string `json:"peer,omitempty"`
 	// Address is set on a zone only: the global address (HOST:PORT, as
 	// dialed) the live session is on; while offline, the address last
 	// tried. It tells which global replica the zone is attached to.
-	Address   string               `json:"address,omitempty"`
-	LastError string               `json:"lastError,omitempty"`
-	Types     map[string]TypeState `json:"types"`
+	Address string `json:"address,omitempty"`
+	// TokenID is the id of the zone token the latest session
+	// authenticated with (on global, when zones authenticate by token).
+	TokenID string `json:"tokenId,omitempty"`
+	// Streams describes the send buffer of each logical stream of the
+	// latest session, sampled every second while it is live.
+	Streams []StreamState `json:"streams,omitempty"`
+}
+
+// StreamState is the send buffer of one logical stream of a session.
+type StreamState struct {
+	// Name is "global-to-zone" or "zone-to-global".
+	Name string `json:"name"`
+	// Role is "server" when this side serves the stream's types,
+	// "client" when it subscribes to them.
+	Role string `json:"role"`
+	// SendBufferLen is the messages waiting in the send buffer at the
+	// sample, SendBufferHighWater the most it held during the session.
+	SendBufferLen       int `json:"sendBufferLen"`
+	SendBufferHighWater int `json:"sendBufferHighWater"`
+	// Capacity bounds the send buffer (registered types × window +
+	// headroom, see PluginsInfo.Buffer).
+	Capacity int `json:"capacity"`
+}
+
+// Holding is what one zone holds of a resource global serves: the body's
+// entries of GET /api/v1/holders/{type}/{name}.
+type Holding struct {
+	Zone string `json:"zone"`
+	// Online is false for a zone without a live session; what it held
+	// then is not known here and Version is empty.
+	Online bool `json:"online"`
+	// Holds reports whether the zone applied the resource, at Version.
+	Holds   bool   `json:"holds"`
+	Version string `json:"version,omitempty"`
+	// Pending is set while a response carrying the resource is in flight
+	// (sent, not yet ACKed or NACKed) with PendingVersion.
+	Pending        bool   `json:"pending,omitempty"`
+	PendingVersion string `json:"pendingVersion,omitempty"`
+	// RejectedVersion is a version the zone refused (NACKed); it is not
+	// sent again until the resource changes. RejectedErrors say why.
+	RejectedVersion string   `json:"rejectedVersion,omitempty"`
+	RejectedErrors  []string `json:"rejectedErrors,omitempty"`
+}
+
+// HoldersResponse is the body of GET /api/v1/holders/{type}/{name}.
+type HoldersResponse struct {
+	Type    string `json:"type"`
+	Mesh    string `json:"mesh,omitempty"`
+	Name    string `json:"name"`
+	Version string `json:"version"`
+	// Zones has one entry per zone that ever connected, sorted by name.
+	Zones []Holding `json:"zones"`
 }

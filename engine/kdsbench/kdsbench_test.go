@@ -168,3 +168,24 @@ func TestChurnSmoke(t *testing.T) {
 	assert.Contains(t, r.Figures, "ramp_max_rate_kept_up")
 	assert.False(t, r.Pass, "a 3 s steady phase cannot show the RSS and backlog verdicts")
 }
+
+// The hostile mode runs end to end at a toy size: the hostile zone opens
+// sessions and sends its mix, global's RSS is sampled in both phases, the
+// honest zone keeps its one session and syncs after the attack.
+func TestHostileSmoke(t *testing.T) {
+	r, err := Hostile(context.Background(), Options{PluginsDir: pluginsDir}, HostileConfig{
+		Duration: 2 * time.Second, Policies: 10, PolicySize: 256, Sessions: 2, Hold: 300 * time.Millisecond,
+		BigSubscriptions: 2, HeldNames: 1000, UnknownTypes: 50, Resubscriptions: 5, Pushed: 5, PushSize: 4 << 10,
+	})
+	require.NoError(t, err)
+	assert.Positive(t, r.Figures["rss_baseline_peak_bytes"])
+	assert.Positive(t, r.Figures["rss_attack_peak_bytes"])
+	assert.Contains(t, r.Figures, "rss_growth_bytes")
+	assert.GreaterOrEqual(t, r.Figures["hostile_sessions"], float64(2), "the hostile zone opened sessions")
+	assert.Positive(t, r.Figures["hostile_messages"])
+	assert.Equal(t, float64(1), r.Figures["honest_sessions"], "the honest zone kept its session")
+	assert.Equal(t, float64(1), r.Figures["honest_synced_after"])
+	assert.Positive(t, r.Figures["honest_writes_attack"])
+	assert.LessOrEqual(t, r.Figures["hostile_unknown_types_shown"], float64(16))
+	assert.True(t, r.Pass, "%+v", r.Figures)
+}

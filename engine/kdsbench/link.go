@@ -64,11 +64,13 @@ func shapedRelay(dst io.Writer, src io.Reader, l Link, n *atomic.Int64) {
 			if d := time.Until(c.at); d > 0 {
 				time.Sleep(d)
 			}
+			// Counted before the write, so that a reader that has the
+			// bytes sees them counted.
+			n.Add(int64(len(c.b)))
 			if _, err := dst.Write(c.b); err != nil {
 				q.fail()
 				return
 			}
-			n.Add(int64(len(c.b)))
 			q.release(len(c.b))
 		}
 	}()

@@ -18,8 +18,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/kds-engine/kds-engine/engine/internal/httpauth"
 	"github.com/kds-engine/kds-engine/engine/internal/insights"
 	"github.com/kds-engine/kds-engine/engine/internal/resource"
+	"github.com/kds-engine/kds-engine/engine/internal/ui"
 )
 
 // DefaultMaxBodyBytes bounds request bodies unless WithMaxBodyBytes says
@@ -95,6 +97,9 @@ func NewHandler(b Backend, logger hclog.Logger, opts ...Option) http.Handler {
 	mux.HandleFunc("GET /api/v1/zones/{name}", h.zone)
 	mux.HandleFunc("GET /api/v1/sync", h.sync)
 	mux.HandleFunc("GET /api/v1/plugins", h.plugins)
+	mux.HandleFunc("GET /api/v1/holders/{type}/{name}", h.holders)
+	mux.HandleFunc("GET /api/v1/revision", h.revision)
+	mux.Handle("GET /ui/", ui.Handler())
 	mux.HandleFunc("/", h.noRoute)
 	h.mux = mux
 	return h
@@ -133,7 +138,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *handler) authorized(r *http.Request) bool {
-	if h.opts.token == "" || r.URL.Path == "/healthz" || r.URL.Path == "/readyz" {
+	if h.opts.token == "" || httpauth.Public(r) {
 		return true
 	}
 	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
@@ -285,6 +290,11 @@ func (h *handler) list(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err, typ)
 		return
 	}
+	page, err := readListPage(r.URL.Query())
+	if err != nil {
+		h.fail(w, r, err, typ)
+		return
+	}
 	f := Filter{Type: typ, Mesh: mesh, Zone: zone}
 	for _, l := range r.URL.Query()["label"] {
 		k, v, ok := strings.Cut(l, "=")
@@ -297,6 +307,15 @@ func (h *handler) list(w http.ResponseWriter, r *http.Request) {
 		}
 		f.Labels[k] = v
 	}
+	if kl, ok := h.b.(KeyLister); ok && page.limit > 0 && len(f.Labels) == 0 {
+		items, next, err := h.listPageByKeys(r.Context(), kl, f, page)
+		if err != nil {
+			h.fail(w, r, err, typ)
+			return
+		}
+		h.writeJSON(w, http.StatusOK, ListResponse{Items: items, Continue: next})
+		return
+	}
 	items, err := h.b.List(r.Context(), f)
 	if err != nil {
 		h.fail(w, r, err, typ)
@@ -308,7 +327,8 @@ func (h *handler) list(w http.ResponseWriter, r *http.Request) {
 	slices.SortFunc(items, func(a, b *resource.Resource) int {
 		return cmp.Or(cmp.Compare(a.Zone, b.Zone), cmp.Compare(a.Mesh, b.Mesh), cmp.Compare(a.Name, b.Name))
 	})
-	h.writeJSON(w, http.StatusOK, ListResponse{Items: items})
+	items, next := page.apply(items)
+	h.writeJSON(w, http.StatusOK, ListResponse{Items: items, Continue: next})
 }
 
 func (h *handler) singleKey(r *http.Request) (resource.Key, resource.TypeDescriptor, error) {

@@ -25,6 +25,9 @@ type (
 // ListResponse is the body of GET /api/v1/resources/{type}.
 type ListResponse struct {
 	Items []*resource.Resource `json:"items"`
+	// Continue, set when ?limit= cut the list, is the token to pass as
+	// ?continue= for the next page.
+	Continue string `json:"continue,omitempty"`
 }
 
 // BatchRequest is the body of POST /api/v1/validate and POST /api/v1/apply.
@@ -58,4 +61,5 @@ const (
 	CodeInternal             = apitypes.CodeInternal             // 500
 	CodePluginDown           = apitypes.CodePluginDown           // 503
 	CodeNotReady             = apitypes.CodeNotReady             // 503
+	CodeStoreUnavailable     = apitypes.CodeStoreUnavailable     // 503: the store's database cannot be reached
 )

@@ -3,6 +3,7 @@ package httpauth
 import (
 	"net/http"
 	"net/http/httptest"
+	pathpkg "path"
 	"strings"
 	"testing"
 )
@@ -18,6 +19,9 @@ func FuzzMiddleware(f *testing.F) {
 		{"/api/v1/resources", ""},
 		{"/healthz", ""},
 		{"/healthz/../metrics", "Bearer"},
+		{"/ui/", ""},
+		{"/ui/app.js", ""},
+		{"/ui/../api/v1/zones", ""},
 	} {
 		f.Add(seed.path, seed.auth)
 	}
@@ -32,7 +36,7 @@ func FuzzMiddleware(f *testing.F) {
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, req)
 
-		public := path == "/healthz" || path == "/readyz"
+		public := path == "/healthz" || path == "/readyz" || uiAsset(path)
 		valid := len(auth) >= len(bearerPrefix) && strings.EqualFold(auth[:len(bearerPrefix)], bearerPrefix) &&
 			strings.TrimSpace(auth[len(bearerPrefix):]) == testToken
 		switch {
@@ -44,4 +48,19 @@ func FuzzMiddleware(f *testing.F) {
 			t.Fatalf("refusal with status %d", rec.Code)
 		}
 	})
+}
+
+// uiAsset reports whether p is a clean path of the web UI.
+func uiAsset(p string) bool {
+	if p == "/ui" {
+		return true
+	}
+	if !strings.HasPrefix(p, "/ui/") {
+		return false
+	}
+	c := pathpkg.Clean(p)
+	if strings.HasSuffix(p, "/") {
+		c += "/"
+	}
+	return c == p
 }

@@ -13,8 +13,10 @@
 // requests by their Host, Origin and Content-Type. The health endpoints
 // /healthz and /readyz stay open even when a token is set: orchestrators
 // and load balancers probe them without credentials, and they reveal
-// nothing but liveness and readiness. Everything else — resources, zones,
-// /metrics — needs the token.
+// nothing but liveness and readiness. The web UI's static assets under
+// /ui/ are open too (GET and HEAD): they are the same in every binary and
+// carry no data. Everything else — resources, zones, /metrics — needs the
+// token.
 package httpauth
 
 import (
@@ -27,6 +29,8 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"path"
+	"slices"
 	"strings"
 
 	"github.com/kds-engine/kds-engine/engine/apitypes"
@@ -44,6 +48,32 @@ const (
 
 // publicPaths are served without a token (exact path match).
 var publicPaths = []string{"/healthz", "/readyz"}
+
+// UIPrefix is the path of the web UI. Its static assets (HTML, CSS,
+// JavaScript, identical in every kds-engine binary and holding no data) are
+// served without a token for GET and HEAD, so that a browser can load the
+// page that then asks for the token; every piece of data the page shows
+// comes from the API routes, which still require it.
+const UIPrefix = "/ui/"
+
+// Public reports whether r may pass without a token: the PublicPaths (any
+// method), and GET or HEAD of the web UI's assets (UIPrefix, or the bare
+// "/ui" that redirects there).
+func Public(r *http.Request) bool {
+	p := r.URL.Path
+	if slices.Contains(publicPaths, p) {
+		return true
+	}
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		return false
+	}
+	// Only clean paths: "/ui/../api/v1/zones" is not the UI.
+	clean := path.Clean(p)
+	if strings.HasSuffix(p, "/") && clean != "/" {
+		clean += "/"
+	}
+	return clean == p && (p == "/ui" || strings.HasPrefix(p, UIPrefix))
+}
 
 // PublicPaths returns the paths Middleware serves without a token (exact
 // match): /healthz and /readyz. The result is a copy.
@@ -63,11 +93,9 @@ func Middleware(token string, next http.Handler) http.Handler {
 	want := sha256.Sum256([]byte(token))
 	configured := token != ""
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		for _, p := range publicPaths {
-			if r.URL.Path == p {
-				next.ServeHTTP(w, r)
-				return
-			}
+		if Public(r) {
+			next.ServeHTTP(w, r)
+			return
 		}
 		if !configured {
 			unauthorized(w, "the admin API has no token configured; start the server with --api-token-file")

@@ -211,3 +211,30 @@ func TestPublicPathsIsACopy(t *testing.T) {
 	p[0] = "/api/v1/resources"
 	assert.Equal(t, []string{"/healthz", "/readyz"}, PublicPaths())
 }
+
+// The web UI's assets load without a token (GET and HEAD only, clean paths
+// only); the API the page reads still needs it.
+func TestMiddlewareServesUIAssetsWithoutToken(t *testing.T) {
+	srv := httptest.NewServer(Middleware(testToken, okHandler()))
+	defer srv.Close()
+	for _, tc := range []struct {
+		method, path string
+		want         int
+	}{
+		{http.MethodGet, "/ui/", http.StatusOK},
+		{http.MethodGet, "/ui", http.StatusOK},
+		{http.MethodHead, "/ui/app.js", http.StatusOK},
+		{http.MethodPost, "/ui/", http.StatusUnauthorized},
+		{http.MethodGet, "/ui/../api/v1/zones", http.StatusUnauthorized},
+		{http.MethodGet, "/uix", http.StatusUnauthorized},
+		{http.MethodGet, "/api/v1/zones", http.StatusUnauthorized},
+	} {
+		req, err := http.NewRequest(tc.method, srv.URL, nil)
+		require.NoError(t, err)
+		req.URL.Path = tc.path
+		resp, err := srv.Client().Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		assert.Equal(t, tc.want, resp.StatusCode, "%s %s", tc.method, tc.path)
+	}
+}

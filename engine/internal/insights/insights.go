@@ -52,6 +52,7 @@ func (r *Registry) Connected(name string) {
 	c.Online = true
 	c.ConnectedSince = r.now()
 	c.Sessions++
+	c.Streams = nil
 }
 
 // Disconnected records the end of a session for name and why it ended.
@@ -149,4 +150,23 @@ func (r *Registry) List() []Conn {
 		}
 	}
 	return out
+}
+
+// StreamState is the send buffer of one logical stream (package apitypes).
+type StreamState = apitypes.StreamState
+
+// SetSession records who the live session for name is: the peer's address
+// and the id of the token it authenticated with (either may be empty).
+func (r *Registry) SetSession(name, peer, tokenID string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c := r.conn(name)
+	c.Peer, c.TokenID = peer, tokenID
+}
+
+// SetStreams replaces the send-buffer state of name's logical streams.
+func (r *Registry) SetStreams(name string, streams []StreamState) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.conn(name).Streams = slices.Clone(streams)
 }

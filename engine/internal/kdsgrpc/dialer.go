@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -183,22 +184,27 @@ func (d *Dialer) attempt(ctx context.Context, c candidate) error {
 	if d.set.onAttempt != nil {
 		d.set.onAttempt(c.addr)
 	}
-	err := d.dialAndRun(ctx, c)
+	started, err := d.dialAndRun(ctx, c)
 	if err != nil {
 		err = fmt.Errorf("global at %s: %w", c.label(), err)
 	}
 	d.setState(func(s *ConnState) {
 		s.Connected, s.ConnectedSince, s.LastError = false, time.Time{}, err
 	})
+	if !started && err != nil && ctx.Err() == nil && d.set.onRefused != nil {
+		d.set.onRefused(err)
+	}
 	return err
 }
 
-func (d *Dialer) dialAndRun(ctx context.Context, c candidate) error {
+// dialAndRun dials c and runs one session there; started reports whether
+// the session started (global accepted it).
+func (d *Dialer) dialAndRun(ctx context.Context, c candidate) (started bool, err error) {
 	opts := DialOptions(d.set.cfg, d.set.dialOpts...)
 	if d.set.credsFor != nil {
 		creds, err := d.set.credsFor(c.serverName)
 		if err != nil {
-			return fmt.Errorf("TLS for %s: %w", c.serverName, err)
+			return false, fmt.Errorf("TLS for %s: %w", c.serverName, err)
 		}
 		opts = append(opts, grpc.WithTransportCredentials(creds))
 	}
@@ -206,7 +212,7 @@ func (d *Dialer) dialAndRun(ctx context.Context, c candidate) error {
 	// With TLS, gRPC takes the authority from the credentials' server name.
 	conn, err := grpc.NewClient("passthrough:///"+c.addr, opts...)
 	if err != nil {
-		return fmt.Errorf("dial: %w", err)
+		return false, fmt.Errorf("dial: %w", err)
 	}
 	defer conn.Close()
 	return d.session(ctx, kdsv1.NewKDSClient(conn), c)
@@ -216,9 +222,12 @@ func (d *Dialer) dialAndRun(ctx context.Context, c candidate) error {
 // session header) within the connect timeout.
 var ErrConnectTimeout = errors.New("connect timeout")
 
-// session opens one stream and runs one session on it.
-func (d *Dialer) session(ctx context.Context, client kdsv1.KDSClient, c candidate) error {
-	sctx, cancel := context.WithCancelCause(metadata.AppendToOutgoingContext(ctx, ZoneMetadataKey, d.zone))
+// session opens one stream and runs one session on it; started reports
+// whether the session started.
+func (d *Dialer) session(ctx context.Context, client kdsv1.KDSClient, c candidate) (started bool, err error) {
+	a := d.set.announcement(d.types)
+	sctx, cancel := context.WithCancelCause(metadata.AppendToOutgoingContext(ctx, ZoneMetadataKey, d.zone,
+		TypesMetadataKey, strconv.Itoa(a.Types), MaxMessageSizeMetadataKey, strconv.Itoa(a.MaxMessageSize)))
 	defer cancel(nil)
 	timeout := d.set.connectTimeout
 	timer := time.AfterFunc(timeout, func() {
@@ -232,27 +241,35 @@ func (d *Dialer) session(ctx context.Context, client kdsv1.KDSClient, c candidat
 	}
 	stream, err := client.Session(sctx)
 	if err != nil {
-		return opened(fmt.Errorf("open stream: %w", err))
+		return false, opened(fmt.Errorf("open stream: %w", err))
 	}
 	// Global sends its session header before anything else once it has
 	// accepted the zone; a refusal (authentication, a duplicate session)
 	// ends the stream instead. Only then is the session connected: the
 	// stream opening proves nothing, since gRPC opens it without waiting
 	// for global.
-	if md, _ := stream.Header(); md == nil {
+	md, _ := stream.Header()
+	if md == nil {
 		// No header: the stream ended first. Its status says why.
 		_, err := stream.Recv()
 		if err == nil || errors.Is(err, io.EOF) {
 			err = errors.New("global ended the stream without a session header")
 		}
-		return opened(fmt.Errorf("session refused: %w", err))
+		return false, opened(fmt.Errorf("session refused: %w", err))
 	}
 	if err := opened(nil); err != nil {
-		return err
+		return false, err
+	}
+	// What global announced sizes the session; figures out of range
+	// refuse it (this side ends the stream by returning).
+	peerFig, err := parseAnnouncement(md)
+	if err != nil {
+		return false, fmt.Errorf("session refused: global's session header: %w", err)
 	}
 	log := d.log.With("global", c.label())
 	abort := func() { cancel(nil) }
 	opts := append(d.set.cfg.muxOptions(), mux.WithLogger(log), mux.WithAbort(abort))
+	opts = append(opts, peerFig.muxOptions()...)
 	opts = append(opts, d.set.sessionOptions(d.zone)...)
 	sess := mux.NewSession(stream, d.types, opts...)
 	d.setState(func(s *ConnState) {
@@ -260,7 +277,8 @@ func (d *Dialer) session(ctx context.Context, client kdsv1.KDSClient, c candidat
 		s.Sessions++
 	})
 	log.Info("session started")
-	return runSession(ctx, nil, &d.set, d.zone, c.addr, sess, func(ctx context.Context) error {
+	logAgreement(log, sess.Params())
+	return true, runSession(ctx, nil, &d.set, d.zone, c.addr, sess, func(ctx context.Context) error {
 		return d.handler(context.WithValue(ctx, peerHeaderKey{}, headerSource(stream)), sess)
 	})
 }

@@ -9,6 +9,17 @@
 // before any message ([WithSessionHeader]; the engine announces its schema
 // digests there), which the zone's handler reads with [PeerHeader].
 //
+// Both sides announce their registered type count and max message size when
+// a session starts ([TypesMetadataKey], [MaxMessageSizeMetadataKey]): the
+// zone in its request metadata, global in its session header. Each side
+// sizes its mux.Session from both (mux.WithPeer): the stream it serves from
+// the peer's count, every message at most the smaller size. A figure that
+// is absent means an older peer, taken to be like this side; one that is
+// out of range refuses the session ([ErrInvalidAnnouncement]:
+// codes.InvalidArgument on global, a refused attempt on the zone, reported
+// to [WithRefusedHook]). Each side's gRPC receive limit stays its own max
+// message size, which is at least the agreed one.
+//
 // Both sides apply keepalive and the max message size from [Config]; TLS and
 // tokens are added by the caller as extra grpc.ServerOption / grpc.DialOption.
 // The zone side may be given several global addresses (replicas; a host

@@ -150,18 +150,6 @@ func (l *attemptLog) snapshot() ([]string, []time.Time) {
 	return append([]string(nil), l.addrs...), append([]time.Time(nil), l.times...)
 }
 
-// runDialer runs d until the test ends.
-func runDialer(t *testing.T, d *Dialer) {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	runDone := make(chan error, 1)
-	go func() { runDone <- d.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		require.NoError(t, <-runDone)
-	})
-}
-
 func waitingZone(ctx context.Context, _ *mux.Session) error {
 	<-ctx.Done()
 	return nil

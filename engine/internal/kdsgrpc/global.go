@@ -61,6 +61,14 @@ func (g *Global) Session(stream kdsv1.KDS_SessionServer) error {
 	if err != nil {
 		return status.Error(codes.InvalidArgument, err.Error())
 	}
+	md, _ := metadata.FromIncomingContext(stream.Context())
+	peerFig, err := parseAnnouncement(md)
+	if err != nil {
+		// Authenticated zones only reach this point, within their
+		// session rate limit; the value is cut and escaped.
+		g.log.Warn("session refused", "zone", zone, "error", err)
+		return status.Errorf(codes.InvalidArgument, "zone %s: %v", zone, err)
+	}
 	g.mu.Lock()
 	if g.closing {
 		g.mu.Unlock()
@@ -72,21 +80,24 @@ func (g *Global) Session(stream kdsv1.KDS_SessionServer) error {
 
 	log := g.log.With("zone", zone)
 	// The header goes out before anything else, always: a zone waits for
-	// it before its session starts.
-	var md metadata.MD
+	// it before its session starts. It carries this side's announcement
+	// and what the header function adds.
+	hdr := g.set.announcement(g.types).metadata()
 	if g.set.header != nil {
-		md = g.set.header(zone)
+		hdr = metadata.Join(g.set.header(zone), hdr)
 	}
-	if err := stream.SendHeader(md); err != nil {
+	if err := stream.SendHeader(hdr); err != nil {
 		return status.Errorf(codes.Unavailable, "send session header: %v", err)
 	}
 	release := make(chan struct{})
 	opts := append(g.set.cfg.muxOptions(),
 		mux.WithLogger(log),
 		mux.WithAbort(func() { close(release) })) // mux calls abort once
+	opts = append(opts, peerFig.muxOptions()...)
 	opts = append(opts, g.set.sessionOptions(zone)...)
 	sess := mux.NewSession(stream, g.types, opts...)
 	log.Info("session started", append([]any{"capacity", sess.Capacity()}, peerFields(stream.Context())...)...)
+	logAgreement(log, sess.Params())
 
 	done := make(chan error, 1)
 	g.wg.Add(1) // joined by Wait, which the RPC does not wait for

@@ -535,17 +535,26 @@ func TestDialerReportsUnreachableGlobal(t *testing.T) {
 	assert.ErrorIs(t, NewDialer([]string{addr}, "Not A Zone", 1, nil).Run(context.Background()), ErrInvalidZoneName)
 }
 
-// The zone's max message size applies to what it receives.
+// bigSender is a global that ignores the zone's announcement: it sends a
+// header and then one response of 100 KiB.
+type bigSender struct{ kdsv1.UnimplementedKDSServer }
+
+func (bigSender) Session(stream kdsv1.KDS_SessionServer) error {
+	if err := stream.SendHeader(metadata.MD{}); err != nil {
+		return err
+	}
+	big := &discovery.DeltaDiscoveryResponse{Nonce: strings.Repeat("x", 100<<10)}
+	if err := stream.Send(&kdsv1.Message{Kind: &kdsv1.Message_Response{Response: big}}); err != nil {
+		return err
+	}
+	<-stream.Context().Done()
+	return nil
+}
+
+// The zone's max message size applies to what it receives, also from a
+// peer that ignores the announced size.
 func TestDialerMaxMessageSizeApplied(t *testing.T) {
-	g := NewGlobal(1, func(ctx context.Context, _ string, s *mux.Session) error {
-		big := &discovery.DeltaDiscoveryResponse{Nonce: strings.Repeat("x", 100<<10)}
-		if err := s.Server().Send(big); err != nil {
-			return err
-		}
-		<-ctx.Done()
-		return nil
-	})
-	addr := serve(t, g, Config{})
+	addr := serve(t, bigSender{}, Config{})
 	ended := make(chan error, 1)
 	d := NewDialer([]string{addr}, "zone-1", 1, func(ctx context.Context, _ *mux.Session) error {
 		<-ctx.Done()
@@ -570,6 +579,35 @@ func TestDialerMaxMessageSizeApplied(t *testing.T) {
 	}
 	cancel()
 	require.NoError(t, <-runDone)
+}
+
+// Global sends a zone nothing larger than the size the zone announced:
+// its Send refuses a larger response with mux.ErrMessageTooLarge, so the
+// zone's gRPC never has to.
+func TestGlobalSendsAtMostTheZonesSize(t *testing.T) {
+	sendErr := make(chan error, 1)
+	g := NewGlobal(1, func(ctx context.Context, _ string, s *mux.Session) error {
+		big := &discovery.DeltaDiscoveryResponse{Nonce: strings.Repeat("x", 100<<10)}
+		sendErr <- s.Server().Send(big)
+		<-ctx.Done()
+		return nil
+	})
+	addr := serve(t, g, Config{})
+	var ended atomic.Int32
+	d := NewDialer([]string{addr}, "zone-1", 1, func(ctx context.Context, _ *mux.Session) error {
+		<-ctx.Done()
+		return nil
+	}, insecureDial(), WithConfig(Config{MaxMessageSize: 64 << 10}),
+		WithSessionHooks(nil, func(SessionEvent) { ended.Add(1) }))
+	runDialer(t, d)
+	select {
+	case err := <-sendErr:
+		require.ErrorIs(t, err, mux.ErrMessageTooLarge)
+		assert.Contains(t, err.Error(), "65536")
+	case <-time.After(20 * time.Second):
+		t.Fatal("no session")
+	}
+	assert.Zero(t, ended.Load(), "the session goes on")
 }
 
 // On global, a Send blocked by a zone that stopped reading ends the session

@@ -65,12 +65,13 @@ type SessionEvent struct {
 type Option func(*settings)
 
 type settings struct {
-	cfg      Config
-	log      hclog.Logger
-	onStart  func(SessionEvent)
-	onEnd    func(SessionEvent)
-	dialOpts []grpc.DialOption
-	backoff  Backoff
+	cfg       Config
+	log       hclog.Logger
+	onStart   func(SessionEvent)
+	onEnd     func(SessionEvent)
+	onRefused func(error)
+	dialOpts  []grpc.DialOption
+	backoff   Backoff
 	// Dialer only: credentials per server name, the server name override,
 	// the host name resolver, the session open timeout, and a hook called
 	// before each attempt (tests).
@@ -114,6 +115,15 @@ func WithSessionHooks(onStart, onEnd func(SessionEvent)) Option {
 	return func(s *settings) { s.onStart, s.onEnd = onStart, onEnd }
 }
 
+// WithRefusedHook sets a function a Dialer calls when an attempt ends
+// before its session started: the stream could not be opened, global
+// refused the zone, or global's session header was invalid. It gets the
+// error the attempt failed with (the Dialer's State().LastError). It runs
+// on the Dialer's goroutine and must not block. Ignored by Global.
+func WithRefusedHook(f func(error)) Option {
+	return func(s *settings) { s.onRefused = f }
+}
+
 // WithSessionOptions adds mux options to every session, computed per zone
 // (on a zone: its own name), for example a send observer that feeds metrics.
 func WithSessionOptions(f func(zone string) []mux.Option) Option {
@@ -125,6 +135,11 @@ func WithSessionOptions(f func(zone string) []mux.Option) Option {
 // reads it with PeerHeader. Ignored by a Dialer.
 func WithSessionHeader(f func(zone string) metadata.MD) Option {
 	return func(s *settings) { s.header = f }
+}
+
+// announcement is what this side announces for a session sized for types.
+func (s *settings) announcement(types int) Announcement {
+	return Announcement{Types: max(types, 0), MaxMessageSize: s.cfg.withDefaults().MaxMessageSize}
 }
 
 type peerHeaderKey struct{}

@@ -162,3 +162,47 @@ func (s *Subscription) take(into map[string]struct{}) {
 	}
 	clear(s.dirty)
 }
+
+// Replace makes the served resources exactly items (of served types;
+// others are ignored): what items hold is put unless the index holds the
+// same version already, and what the index holds beyond items is deleted.
+// Subscribers see only what changed. The engine calls it to resync after
+// its store's change feed lost commits.
+func (ix *Index) Replace(items []*resource.Resource) error {
+	keep := make(map[string]map[string]struct{}, len(ix.types))
+	for t := range ix.types {
+		keep[t] = map[string]struct{}{}
+	}
+	for _, r := range items {
+		names, ok := keep[r.Type]
+		if !ok {
+			continue
+		}
+		name := WireName(r.Mesh, r.Name)
+		names[name] = struct{}{}
+		ix.mu.RLock()
+		e, held := ix.types[r.Type].entries[name]
+		ix.mu.RUnlock()
+		if held && e.res.Version == r.Version {
+			continue
+		}
+		if err := ix.Put(r); err != nil {
+			return err
+		}
+	}
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	for t, ti := range ix.types {
+		for name := range ti.entries {
+			if _, ok := keep[t][name]; ok {
+				continue
+			}
+			delete(ti.entries, name)
+			ti.revision++
+			for s := range ti.subs {
+				s.mark(name)
+			}
+		}
+	}
+	return nil
+}

@@ -117,6 +117,7 @@ type Server struct {
 	window        int
 	budget        *Budget
 	sessionBudget int64
+	sessions      sessions
 }
 
 // NewServer returns a server for ix.
@@ -163,6 +164,8 @@ func (s *Server) Serve(ctx context.Context, stream ServerStream, peer string, op
 		unknown: map[string]struct{}{},
 		notify:  make(chan struct{}, 1),
 		wake:    make(chan struct{}, 1),
+		queries: make(chan heldQuery),
+		done:    make(chan struct{}),
 	}
 	for _, o := range opts {
 		o(ss)
@@ -172,6 +175,8 @@ func (s *Server) Serve(ctx context.Context, stream ServerStream, peer string, op
 		ss.sessionBudget = DefaultSessionBudgetMessages * int64(ss.maxMsg)
 	}
 	defer ss.close()
+	s.sessions.add(ss)
+	defer func() { s.sessions.remove(ss); close(ss.done) }()
 
 	reqs := make(chan *discovery.DeltaDiscoveryRequest)
 	recvDone := make(chan struct{})
@@ -206,6 +211,8 @@ func (s *Server) Serve(ctx context.Context, stream ServerStream, peer string, op
 			err = ss.trySendAll()
 		case <-ss.wake:
 			err = ss.trySendAll()
+		case q := <-ss.queries:
+			ss.answer(q)
 		}
 		if err != nil {
 			cancel(err)
@@ -229,7 +236,11 @@ type serverSession struct {
 	// budget when bytes are released.
 	notify chan struct{}
 	wake   chan struct{}
-	nonce  uint64
+	// queries carries Held's questions to the loop; done is closed when
+	// Serve returns.
+	queries chan heldQuery
+	done    chan struct{}
+	nonce   uint64
 	// inflightBytes is the size of every response in flight, all types;
 	// at most sessionBudget (one response always fits).
 	inflightBytes int64

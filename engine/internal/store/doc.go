@@ -3,7 +3,8 @@
 // and the change feed (Feed, Watch, Event) that implementations share.
 //
 // Implementations: store/boltstore (durable, the default: one bbolt file in
-// the data dir) and store/memory (tests and demos). store/storetest is the
+// the data dir), store/pgstore (PostgreSQL, shared by several global
+// replicas) and store/memory (tests and demos). store/storetest is the
 // conformance suite every implementation passes.
 //
 // # Contract

@@ -83,6 +83,21 @@ func (f *Feed) Close() {
 	}
 }
 
+// EndAll ends every current watcher with cause (which should wrap
+// ErrWatchLost) and leaves the Feed open: later Watch calls succeed. A
+// store calls it when it cannot deliver commits its watchers are owed.
+func (f *Feed) EndAll(cause error) {
+	f.mu.Lock()
+	ws := make([]*Watch, 0, len(f.watchers))
+	for w := range f.watchers {
+		ws = append(ws, w)
+	}
+	f.mu.Unlock()
+	for _, w := range ws {
+		w.end(cause)
+	}
+}
+
 // Watchers returns the number of registered watchers.
 func (f *Feed) Watchers() int {
 	f.mu.Lock()

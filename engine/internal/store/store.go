@@ -33,6 +33,17 @@ var (
 	// over it, after the limit was lowered, passes). The write changes nothing; the message
 	// names the type, the zone, the count and the limit.
 	ErrLimitExceeded = errors.New("resource limit exceeded")
+	// ErrUnavailable: the store's backing service (the database server of
+	// a networked store) cannot be reached or refused the operation for a
+	// reason that goes away on its own. Nothing was changed, or the write's
+	// outcome could not be confirmed; retrying later is the remedy. The
+	// message names the service and the cause.
+	ErrUnavailable = errors.New("store unavailable")
+	// ErrWatchLost: a Watch ended because commits it should have received
+	// are no longer available (its store's change log was pruned past them,
+	// or the database went back to an older state). A watcher that gets it
+	// takes a new Snapshot and watches again.
+	ErrWatchLost = errors.New("change feed lost commits; snapshot and watch again")
 )
 
 // Store holds resources and publishes every committed change to watchers.

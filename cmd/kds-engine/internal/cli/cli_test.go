@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"strings"
@@ -500,7 +501,7 @@ func TestRunInvalidConfigExitsOne(t *testing.T) {
 	assert.Equal(t, "kds-engine zone: invalid configuration:\n  name: required for a zone (accepted: a DNS label: lower-case letters, digits and '-', at most 63)\n"+
 		"  ca-file: required unless --insecure (accepted: a PEM CA file)\n"+
 		"  token-file: required: generate a token on global with `kds-engine token generate --zone NAME` (accepted: a file with the zone token, mode 0600)\n"+
-		"  store: \"sqlite\" is not a store (accepted: bolt, memory)\n", errb.String())
+		"  store: \"sqlite\" is not a store (accepted: bolt, postgres (global only), memory)\n", errb.String())
 	assert.Empty(t, fe.cfgs, "engine not started")
 
 	a, _, errb = h.app()
@@ -665,4 +666,18 @@ func TestRunFlagNames(t *testing.T) {
 	assert.Nil(t, z.Flags().Lookup("kds-addr"))
 	assert.Nil(t, z.Flags().Lookup("tls-cert-file"))
 	assert.Equal(t, "true", z.Flags().Lookup("insecure").NoOptDefVal, "--insecure needs no value")
+}
+
+func TestRunStoreUnreachableExitsOne(t *testing.T) {
+	h := newHarness(t, "global")
+	fe := &fakeEngine{run: func(context.Context) error {
+		return fmt.Errorf("open postgres store: cannot reach PostgreSQL at db:5432 database kds: refused: %w", engine.ErrStoreUnavailable)
+	}}
+	a, _, errb := h.app()
+	a.RunEngine = fe.Run
+	h.env["KDS_ENGINE_POSTGRES_URL"] = "postgres://kds@db:5432/kds"
+	assert.Equal(t, ExitUsage, a.Run([]string{"global", "--insecure", "--kds-addr", "127.0.0.1:5685", "--store", "postgres"}))
+	assert.Contains(t, errb.String(), "kds-engine global: open postgres store: cannot reach PostgreSQL at db:5432 database kds")
+	assert.Equal(t, "postgres://kds@db:5432/kds", fe.last(t).PostgresURL, "from the environment")
+	assert.Equal(t, engine.StorePostgres, fe.last(t).Store)
 }

@@ -36,6 +36,7 @@ type Config struct {
 	RequiredPlugins []string `json:"requiredPlugins,omitempty"`
 	DataDir         string   `json:"dataDir"`
 	Store           string   `json:"store"`
+	PostgresURL     string   `json:"postgresURL,omitempty"` // global
 
 	KDSAddr string `json:"kdsAddr,omitempty"` // global
 	APIAddr string `json:"apiAddr"`
@@ -132,8 +133,10 @@ var Settings = []Setting{
 		Usage: "plugins that must load or the engine does not start (comma list)", set: func(c *Config, v string) error { c.RequiredPlugins = splitList(v); return nil }},
 	{Flag: "data-dir", Kind: "string", Key: "dataDir", Global: true, Zone: true, Default: byRole("kds-data/global", "kds-data/NAME"), Accepted: "a directory",
 		Usage: "directory of the bolt store", set: func(c *Config, v string) error { c.DataDir = v; return nil }},
-	{Flag: "store", Kind: "string", Key: "store", Global: true, Zone: true, Default: fixed("bolt"), Accepted: "bolt, memory",
-		Usage: "resource store: bolt (durable, under --data-dir) or memory", set: func(c *Config, v string) error { c.Store = v; return nil }},
+	{Flag: "store", Kind: "string", Key: "store", Global: true, Zone: true, Default: fixed("bolt"), Accepted: "bolt, postgres (global only), memory",
+		Usage: "resource store: bolt (durable, under --data-dir), postgres (global replicas sharing --postgres-url) or memory", set: func(c *Config, v string) error { c.Store = v; return nil }},
+	{Flag: "postgres-url", Kind: "string", Key: "postgresURL", Global: true, Default: fixed(""), Accepted: "postgres://USER[:PASSWORD]@HOST:PORT/DATABASE[?PARAMS] or a key=value string",
+		Usage: "PostgreSQL database of --store postgres (its password is never logged or shown)", set: func(c *Config, v string) error { c.PostgresURL = v; return nil }},
 	{Flag: "kds-addr", Kind: "address", Key: "kdsAddr", Global: true, Default: fixed(":5685"), Accepted: "HOST:PORT (empty host: all interfaces)",
 		Usage: "address global listens on for zones", set: func(c *Config, v string) error { c.KDSAddr = v; return nil }},
 	{Flag: "api-addr", Kind: "address", Key: "apiAddr", Global: true, Zone: true, Default: byRole("127.0.0.1:5681", "127.0.0.1:5682"), Accepted: "HOST:PORT",
@@ -142,7 +145,7 @@ var Settings = []Setting{
 		Usage: "a gRPC Send not done within this ends the session", set: func(c *Config, v string) error { return setDuration(&c.SendTimeout, v) }},
 	{Flag: "buffer-headroom", Kind: "int", Key: "bufferHeadroom", Global: true, Zone: true, Default: fixed("16"), Accepted: "an integer from 1 to 4096",
 		Usage: "send-buffer slots beyond one per registered type", set: func(c *Config, v string) error { return setInt(&c.BufferHeadroom, v) }},
-	{Flag: "max-message-size", Kind: "size", Key: "maxMessageSize", Global: true, Zone: true, Default: fixed("4MiB"), Accepted: "a size from 64KiB to 1GiB: bytes, or a number with B, KB, KiB, MB, MiB, GB, GiB",
+	{Flag: "max-message-size", Kind: "size", Key: "maxMessageSize", Global: true, Zone: true, Default: fixed("4MiB"), Accepted: "a size from 64KiB to 64MiB: bytes, or a number with B, KB, KiB, MB, MiB, GB, GiB",
 		Usage: "largest KDS message sent or accepted", set: func(c *Config, v string) error { return setSize(&c.MaxMessageSize, v) }},
 	{Flag: "max-resource-size", Kind: "size", Key: "maxResourceSize", Global: true, Zone: true, Default: fixed("1MiB"), Accepted: "a size below max-message-size: bytes, or a number with B, KB, KiB, MB, MiB, GB, GiB",
 		Usage: "largest single resource accepted on write", set: func(c *Config, v string) error { return setSize(&c.MaxResourceSize, v) }},
@@ -589,8 +592,19 @@ func (c *Config) Validate() error {
 			bad("data-dir", "must not be empty with store bolt")
 		}
 	case string(engine.StoreMemory):
+	case string(engine.StorePostgres):
+		if c.Role != engine.RoleGlobal {
+			bad("store", "postgres is for global replicas; a zone keeps its resources in bolt")
+		} else if c.PostgresURL == "" {
+			bad("postgres-url", "required with store postgres (or set KDS_ENGINE_POSTGRES_URL)")
+		}
 	default:
 		bad("store", "%q is not a store", c.Store)
+	}
+	if c.PostgresURL != "" && c.Store != string(engine.StorePostgres) && c.Role == engine.RoleGlobal {
+		// Replicas that each fell back to their own bolt file would each
+		// serve a different state.
+		bad("postgres-url", "is set but store is %s: set store postgres, or remove the URL", c.Store)
 	}
 	if _, err := checkHostPort(c.APIAddr); err != nil {
 		bad("api-addr", "%q: %v", c.APIAddr, err)
@@ -601,7 +615,7 @@ func (c *Config) Validate() error {
 	if c.BufferHeadroom < 1 || c.BufferHeadroom > 4096 {
 		bad("buffer-headroom", "%d is out of range", c.BufferHeadroom)
 	}
-	if c.MaxMessageSize < 64<<10 || c.MaxMessageSize > 1<<30 {
+	if c.MaxMessageSize < 64<<10 || c.MaxMessageSize > 64<<20 {
 		bad("max-message-size", "%s is out of range", FormatSize(c.MaxMessageSize))
 	}
 	if c.MaxResourceSize <= 0 || c.MaxResourceSize >= c.MaxMessageSize {
@@ -652,6 +666,7 @@ func (c *Config) Engine() engine.Config {
 		RequiredPlugins:  slices.Clone(c.RequiredPlugins),
 		Store:            engine.StoreKind(c.Store),
 		DataDir:          c.DataDir,
+		PostgresURL:      c.PostgresURL,
 		APIAddress:       c.APIAddr,
 		SendTimeout:      c.SendTimeout,
 		BufferHeadroom:   c.BufferHeadroom,

@@ -182,11 +182,11 @@ func TestValidateMessages(t *testing.T) {
 		`reconnect-backoff-max: 1s is below reconnect-backoff-base 2s (accepted: a duration not below reconnect-backoff-base)`,
 		`ca-file: required unless --insecure (accepted: a PEM CA file)`,
 		"token-file: required: generate a token on global with `kds-engine token generate --zone Zone_1` (accepted: a file with the zone token, mode 0600)",
-		`store: "sql" is not a store (accepted: bolt, memory)`,
+		`store: "sql" is not a store (accepted: bolt, postgres (global only), memory)`,
 		`api-addr: "localhost": want HOST:PORT (accepted: HOST:PORT)`,
 		`send-timeout: must be positive, got 0s (accepted: a positive duration such as 30s, 1m, 1m30s)`,
 		`buffer-headroom: 0 is out of range (accepted: an integer from 1 to 4096)`,
-		`max-message-size: 1KiB is out of range (accepted: a size from 64KiB to 1GiB: bytes, or a number with B, KB, KiB, MB, MiB, GB, GiB)`,
+		`max-message-size: 1KiB is out of range (accepted: a size from 64KiB to 64MiB: bytes, or a number with B, KB, KiB, MB, MiB, GB, GiB)`,
 		`max-resource-size: 2KiB must be positive and below max-message-size 1KiB (a message carries envelope overhead) (accepted: a size below max-message-size: bytes, or a number with B, KB, KiB, MB, MiB, GB, GiB)`,
 		`keepalive-time: 10ms is too short (accepted: a duration of at least 1s)`,
 		`log-level: "loud" is not a level (accepted: trace, debug, info, warn, error)`,
@@ -515,4 +515,50 @@ func TestGlobalAddressList(t *testing.T) {
 	assert.ErrorContains(t, c.Validate(), `insecure: --global "g2.example:5685" is not a loopback address`)
 	c = load(t, Sources{Flags: map[string]string{"global": "127.0.0.1:5685,localhost:5686,[::1]:5687", "insecure": "true"}})
 	assert.NoError(t, c.Validate())
+}
+
+func TestPostgresSettings(t *testing.T) {
+	global := map[string]string{"tls-cert-file": "kds.crt", "tls-key-file": "kds.key"}
+	const url = "postgres://kds:pw@db:5432/kds"
+	for _, tc := range []struct {
+		name string
+		role engine.Role
+		src  Sources
+		want string // "" valid
+	}{
+		{"flag", engine.RoleGlobal, Sources{Flags: merge(global, "store", "postgres", "postgres-url", url)}, ""},
+		{"env", engine.RoleGlobal, Sources{Flags: merge(global, "store", "postgres"),
+			LookupEnv: env(map[string]string{"KDS_ENGINE_POSTGRES_URL": url})}, ""},
+		{"yaml", engine.RoleGlobal, Sources{Flags: global, File: "c.yaml",
+			ReadFile: files(map[string]string{"c.yaml": "store: postgres\npostgresURL: " + url + "\n"})}, ""},
+		{"no url", engine.RoleGlobal, Sources{Flags: merge(global, "store", "postgres")},
+			"postgres-url: required with store postgres (or set KDS_ENGINE_POSTGRES_URL)"},
+		{"url without store postgres", engine.RoleGlobal, Sources{Flags: merge(global, "postgres-url", url)},
+			"postgres-url: is set but store is bolt: set store postgres, or remove the URL"},
+		{"zone", engine.RoleZone, Sources{Flags: map[string]string{"name": "zone-1", "global": "g:5685", "ca-file": "ca.crt", "token-file": "t", "store": "postgres"}},
+			"store: postgres is for global replicas; a zone keeps its resources in bolt"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Load(tc.role, tc.src)
+			require.NoError(t, err)
+			err = c.Validate()
+			if tc.want == "" {
+				require.NoError(t, err)
+				ec := c.Engine()
+				assert.Equal(t, engine.StorePostgres, ec.Store)
+				assert.Equal(t, url, ec.PostgresURL)
+				return
+			}
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tc.want)
+		})
+	}
+}
+
+func merge(base map[string]string, kv ...string) map[string]string {
+	m := maps.Clone(base)
+	for i := 0; i < len(kv); i += 2 {
+		m[kv[i]] = kv[i+1]
+	}
+	return m
 }

@@ -7,16 +7,22 @@
 //	kds-plugin-synctest-strict  SyncPolicy, SyncStatus and FutureType
 //	                            (GlobalToZone, unknown to the lenient build);
 //	                            rejects specs with "reject": true
+//	kds-plugin-synctest-many    the lenient build's types plus ManyTypes
+//	                            ZoneToGlobal types Many000, Many001, …
 package main
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 
 	"github.com/kds-engine/kds-engine/sdk"
 )
+
+// ManyTypes is how many extra types the "-many" build registers.
+const ManyTypes = 200
 
 type spec struct {
 	Reject bool   `json:"reject,omitempty"`
@@ -26,6 +32,7 @@ type spec struct {
 
 func main() {
 	strict := strings.HasSuffix(filepath.Base(os.Args[0]), "-strict")
+	many := strings.HasSuffix(filepath.Base(os.Args[0]), "-many")
 	check := func(_ context.Context, _ sdk.Meta, s *spec) sdk.ErrorList {
 		var errs sdk.ErrorList
 		if strict && s.Reject {
@@ -41,6 +48,11 @@ func main() {
 		types = append(types, def("FutureType", sdk.GlobalToZone))
 	} else {
 		types = append(types, def("OldOnly", sdk.GlobalToZone))
+	}
+	if many {
+		for i := range ManyTypes {
+			types = append(types, def(fmt.Sprintf("Many%03d", i), sdk.ZoneToGlobal))
+		}
 	}
 	sdk.Serve(sdk.Plugin{Name: "synctest", Version: "1.0.0", Types: types})
 }

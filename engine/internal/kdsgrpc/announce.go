@@ -1,0 +1,156 @@
+package kdsgrpc
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/kds-engine/kds-engine/engine/internal/logsafe"
+	"github.com/kds-engine/kds-engine/engine/internal/mux"
+)
+
+// Metadata keys of the session announcement. The zone sends both in the
+// request metadata of the stream it opens; global sends both in its session
+// header. Each holds one decimal integer.
+const (
+	// TypesMetadataKey: how many resource types the sender has registered
+	// (its plugins' types, both directions). The receiver sizes the queues
+	// of the logical stream it serves from it.
+	TypesMetadataKey = "kds-types"
+	// MaxMessageSizeMetadataKey: the largest message, in encoded bytes, the
+	// sender accepts (its --max-message-size). Each side sends at most the
+	// smaller of the two sizes.
+	MaxMessageSizeMetadataKey = "kds-max-message-size"
+)
+
+// Bounds on announced figures: a peer announcing more is refused.
+const (
+	// MaxAnnouncedTypes is the largest type count a peer may announce.
+	MaxAnnouncedTypes = 100000
+	// MinAnnouncedMessageSize and MaxAnnouncedMessageSize bound the max
+	// message size a peer may announce (and a side may be configured with):
+	// a smaller one would make this side split its responses into absurdly
+	// many messages, a larger one is beyond what the byte budgets are
+	// sized for.
+	MinAnnouncedMessageSize = 64 << 10
+	MaxAnnouncedMessageSize = 64 << 20
+)
+
+// ErrInvalidAnnouncement: the peer announced a type count or max message
+// size that is not a whole number in range, or more than one of either.
+// The session is refused: on global with codes.InvalidArgument, on a zone
+// with an error naming the header and the value.
+var ErrInvalidAnnouncement = errors.New("invalid session announcement")
+
+// Announcement is the figures one side announces when a session starts.
+type Announcement struct {
+	// Types is the number of registered resource types.
+	Types int
+	// MaxMessageSize is the largest message accepted, in encoded bytes.
+	MaxMessageSize int
+}
+
+// metadata returns a's figures as announcement metadata.
+func (a Announcement) metadata() metadata.MD {
+	return metadata.Pairs(
+		TypesMetadataKey, strconv.Itoa(a.Types),
+		MaxMessageSizeMetadataKey, strconv.Itoa(a.MaxMessageSize))
+}
+
+// peerFigures is what a peer announced; a figure it did not announce is -1.
+type peerFigures struct {
+	types, maxMessageSize int
+}
+
+// announced reports whether the peer announced anything.
+func (p peerFigures) announced() bool { return p.types >= 0 || p.maxMessageSize >= 0 }
+
+// muxOptions returns the mux options that size a session from p: none for
+// a peer that announced nothing (it is taken to be like this side).
+func (p peerFigures) muxOptions() []mux.Option {
+	if !p.announced() {
+		return nil
+	}
+	// mux reads a negative type count or a size <= 0 as "not announced".
+	return []mux.Option{mux.WithPeer(p.types, p.maxMessageSize)}
+}
+
+// parseAnnouncement reads and checks the figures in md. A figure that is
+// absent is -1. A figure present more than once, not a decimal integer, or
+// out of range (types 0 to MaxAnnouncedTypes, size MinAnnouncedMessageSize
+// to MaxAnnouncedMessageSize) is an error wrapping ErrInvalidAnnouncement that
+// names the key and the value.
+func parseAnnouncement(md metadata.MD) (peerFigures, error) {
+	types, err := announcedInt(md, TypesMetadataKey, 0, MaxAnnouncedTypes, "a type count")
+	if err != nil {
+		return peerFigures{}, err
+	}
+	size, err := announcedInt(md, MaxMessageSizeMetadataKey, MinAnnouncedMessageSize, MaxAnnouncedMessageSize, "a size in bytes")
+	if err != nil {
+		return peerFigures{}, err
+	}
+	return peerFigures{types: types, maxMessageSize: size}, nil
+}
+
+func announcedInt(md metadata.MD, key string, lo, hi int, what string) (int, error) {
+	vals := md.Get(key)
+	switch len(vals) {
+	case 0:
+		return -1, nil
+	case 1:
+	default:
+		return 0, fmt.Errorf("%w: %s was sent %d times, want once", ErrInvalidAnnouncement, key, len(vals))
+	}
+	v := vals[0]
+	shown := logsafe.Peer(v)
+	if shown == "" {
+		shown = `""`
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || !isDecimal(v) {
+		return 0, fmt.Errorf("%w: %s %s: want %s as a decimal integer", ErrInvalidAnnouncement, key, shown, what)
+	}
+	if n < lo || n > hi {
+		return 0, fmt.Errorf("%w: %s %s: want %s from %d to %d", ErrInvalidAnnouncement, key, shown, what, lo, hi)
+	}
+	return n, nil
+}
+
+// isDecimal reports whether v is an optional '-' and digits only (no '+',
+// no spaces), so that only canonical integers pass.
+func isDecimal(v string) bool {
+	if len(v) > 0 && v[0] == '-' {
+		v = v[1:]
+	}
+	if v == "" {
+		return false
+	}
+	for i := 0; i < len(v); i++ {
+		if v[i] < '0' || v[i] > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// logAgreement logs, once per session, how the session's figures follow
+// from both sides' when the peer's differ from this side's or the peer
+// announced nothing.
+func logAgreement(log hclog.Logger, p mux.Params) {
+	if !p.PeerAnnounced {
+		log.Info("the peer announced no type count or max message size (an older build); sizing the session as if it were like this side",
+			"types", p.Types, "max_message_size", p.MaxMessageSize)
+		return
+	}
+	if p.Types == p.PeerTypes && p.LocalMaxMessageSize == p.PeerMaxMessageSize {
+		return
+	}
+	log.Info("the peer's session figures differ from this side's; using both",
+		"types", p.Types, "peer_types", p.PeerTypes,
+		"max_message_size", p.LocalMaxMessageSize, "peer_max_message_size", p.PeerMaxMessageSize,
+		"agreed_max_message_size", p.MaxMessageSize,
+		"server_capacity", p.ServerFormula(), "client_capacity", p.ClientFormula())
+}
