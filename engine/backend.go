@@ -145,35 +145,41 @@ func (b backend) Plugins() apitypes.PluginsInfo {
 	return out
 }
 
-// Insights lists the sync state. On a zone, the entry for global carries
-// the reason the last attempt to connect failed, also when global refused
-// it before a session started (which the sync layer never sees).
+// Insights lists the connections' sync state. On a zone, the entry for
+// global carries the address the session is on (or was last tried) and the
+// dialer's last error, which names that address; the entry exists once the
+// zone has tried to connect.
 func (b backend) Insights() []apitypes.Conn {
 	cs := b.e.ins.List()
 	if b.e.cfg.Role != RoleZone {
 		return cs
 	}
-	connected, lastErr := b.e.zoneConn()
-	if len(cs) == 0 {
-		if lastErr == "" {
-			return cs
-		}
-		cs = []apitypes.Conn{{Name: GlobalPeer, Types: map[string]apitypes.TypeState{}}}
+	st := b.e.globalConn()
+	if st.Address == "" {
+		return cs
 	}
-	for i := range cs {
-		if cs[i].Name == GlobalPeer && !connected && lastErr != "" {
-			cs[i].LastError = lastErr
-		}
+	i := slices.IndexFunc(cs, func(c apitypes.Conn) bool { return c.Name == GlobalPeer })
+	if i < 0 {
+		cs = append(cs, apitypes.Conn{Name: GlobalPeer, Types: map[string]apitypes.TypeState{}})
+		i = len(cs) - 1
+	}
+	cs[i].Address = st.Address
+	if st.LastError != nil {
+		cs[i].LastError = st.LastError.Error()
 	}
 	return cs
 }
 
 func (b backend) Ready() error {
 	if b.e.cfg.Role == RoleZone {
-		ok, lastErr := b.e.zoneConn()
+		b.e.mu.Lock()
+		ok := b.e.connected
+		b.e.mu.Unlock()
 		if !ok {
-			if lastErr != "" {
-				return fmt.Errorf("not connected to global at %s: %s", b.e.cfg.GlobalAddress, lastErr)
+			// The dialer's error names the address it happened at:
+			// "global at ADDR: …".
+			if st := b.e.globalConn(); st.LastError != nil {
+				return fmt.Errorf("not connected to %w", st.LastError)
 			}
 			return fmt.Errorf("not connected to global at %s yet", b.e.cfg.GlobalAddress)
 		}

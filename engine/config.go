@@ -39,8 +39,14 @@ type Config struct {
 
 	// ZoneName is this zone's name (zone role).
 	ZoneName string
-	// GlobalAddress is global's KDS address, HOST:PORT (zone role).
+	// GlobalAddress is global's KDS address, HOST:PORT (zone role). Global
+	// replicas are listed separated by commas ("g1:5685,g2:5685"); a host
+	// name counts as every address it resolves to. See ParseGlobalAddresses
+	// and docs/decisions/0018 for the failover policy.
 	GlobalAddress string
+	// TLSServerName, if set, is the name global's certificate must be valid
+	// for at every global address (zone role). Empty: each address's host.
+	TLSServerName string
 
 	PluginsDir      string
 	RequiredPlugins []string

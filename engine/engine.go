@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/kds-engine/kds-engine/engine/internal/guard"
 	"github.com/kds-engine/kds-engine/engine/internal/httpauth"
@@ -73,16 +74,14 @@ type Engine struct {
 
 	mu        sync.Mutex
 	connected bool // zone: a session to global is up
+	// dialer keeps the zone's session to global (nil on global, and on a
+	// zone until it runs). Its state holds why an attempt was refused,
+	// which no session hook sees: a refused attempt never starts a session.
+	dialer *kdsgrpc.Dialer
 
 	// observeSent, if set before Run (tests), is called with the encoded
 	// size of every message sent to peer. It must be cheap and not block.
 	observeSent func(peer string, bytes int)
-
-	// dialer is the zone's connection to global (nil on global, and on a
-	// zone until Run has created it). Its state holds why an attempt was
-	// refused, which no session hook sees: a refused attempt never starts
-	// a session.
-	dialer interface{ State() kdsgrpc.ConnState }
 
 	// testHookFeed, when set (by tests, before Run), runs each time the
 	// index feed wakes up for new store events, before it handles them.
@@ -172,6 +171,9 @@ func (c Config) check() error {
 		if c.GlobalAddress == "" {
 			return errors.New("global address: required for a zone (HOST:PORT of global's KDS port)")
 		}
+		if _, err := ParseGlobalAddresses(c.GlobalAddress); err != nil {
+			return fmt.Errorf("global address: %w", err)
+		}
 	default:
 		return fmt.Errorf("role %q: want %q or %q", c.Role, RoleGlobal, RoleZone)
 	}
@@ -216,10 +218,21 @@ func (c Config) checkInsecure() error {
 	if !c.Insecure || c.InsecureAllowRemote {
 		return nil
 	}
-	addr, what := c.KDSAddress, "the KDS address (--kds-addr)"
+	addrs, what := []string{c.KDSAddress}, "the KDS address (--kds-addr)"
 	if c.Role == RoleZone {
-		addr, what = c.GlobalAddress, "global's address (--global)"
+		addrs, _ = ParseGlobalAddresses(c.GlobalAddress)
+		what = "global's address (--global)"
 	}
+	for _, addr := range addrs {
+		if err := checkLoopback(addr, what); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkLoopback is checkInsecure for one address.
+func checkLoopback(addr, what string) error {
 	loopback, err := httpauth.IsLoopback(addr)
 	if err != nil {
 		return fmt.Errorf("%w: %s %q: %w", ErrInsecureRemote, what, addr, err)
@@ -307,10 +320,11 @@ func (e *Engine) Run(ctx context.Context) error {
 	}
 	var kdsSrvOpts []grpc.ServerOption
 	var kdsDialOpts []grpc.DialOption
+	var kdsCredsFor func(string) (credentials.TransportCredentials, error)
 	if e.cfg.Role == RoleGlobal {
 		kdsSrvOpts, err = e.kdsServerOptions()
 	} else {
-		kdsDialOpts, err = e.kdsDialOptions()
+		kdsDialOpts, kdsCredsFor, err = e.kdsDialOptions()
 	}
 	if err != nil {
 		return err
@@ -385,7 +399,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	if e.cfg.Role == RoleGlobal {
 		e.runGlobal(g, gctx, kdsLis, tcfg, types, kdsSrvOpts)
 	} else {
-		e.runZone(g, gctx, tcfg, types, kdsDialOpts)
+		e.runZone(g, gctx, tcfg, types, kdsDialOpts, kdsCredsFor)
 	}
 	close(e.started)
 	log.Info("running", "api", e.apiAddr, "kds", e.kdsAddr, "store", e.cfg.Store, "data_dir", e.cfg.DataDir)
@@ -602,8 +616,15 @@ func (e *Engine) runGlobal(g *errgroup.Group, ctx context.Context, lis net.Liste
 	})
 }
 
-func (e *Engine) runZone(g *errgroup.Group, ctx context.Context, tcfg kdsgrpc.Config, types int, opts []grpc.DialOption) {
-	d := kdsgrpc.NewDialer(e.cfg.GlobalAddress, e.cfg.ZoneName, types,
+// ParseGlobalAddresses splits a zone's global address setting into its
+// replicas' addresses: HOST:PORT entries separated by commas. The error
+// names the bad entry (empty, no port, a bad port, a repeat).
+func ParseGlobalAddresses(list string) ([]string, error) { return kdsgrpc.ParseAddresses(list) }
+
+func (e *Engine) runZone(g *errgroup.Group, ctx context.Context, tcfg kdsgrpc.Config, types int, opts []grpc.DialOption,
+	credsFor func(serverName string) (credentials.TransportCredentials, error)) {
+	addrs, _ := ParseGlobalAddresses(e.cfg.GlobalAddress) // checked by New
+	d := kdsgrpc.NewDialer(addrs, e.cfg.ZoneName, types,
 		func(ctx context.Context, s *mux.Session) error {
 			md, err := kdsgrpc.PeerHeader(ctx)
 			if err != nil {
@@ -619,6 +640,8 @@ func (e *Engine) runZone(g *errgroup.Group, ctx context.Context, tcfg kdsgrpc.Co
 		kdsgrpc.WithLogger(e.log),
 		kdsgrpc.WithBackoff(kdsgrpc.Backoff{Base: e.cfg.ReconnectBackoffBase, Cap: e.cfg.ReconnectBackoffMax}),
 		kdsgrpc.WithDialOptions(opts...),
+		kdsgrpc.WithTransportCredentialsFor(credsFor),
+		kdsgrpc.WithServerName(e.cfg.TLSServerName),
 		kdsgrpc.WithSessionOptions(func(string) []mux.Option { return e.sendObserver(GlobalPeer) }),
 		kdsgrpc.WithRefusedHook(func(err error) { e.ins.Disconnected(GlobalPeer, err) }),
 		kdsgrpc.WithSessionHooks(
@@ -638,23 +661,16 @@ func (e *Engine) runZone(g *errgroup.Group, ctx context.Context, tcfg kdsgrpc.Co
 	g.Go(func() error { return d.Run(ctx) })
 }
 
-// zoneConn returns, on a zone, whether a session to global is up and why
-// the last attempt or session ended: the session's error, or the refusal
-// of an attempt that never became a session (a token global refused).
-func (e *Engine) zoneConn() (connected bool, lastErr string) {
+// globalConn is the zone's connection state (zero before the dialer
+// exists, and on global).
+func (e *Engine) globalConn() kdsgrpc.ConnState {
 	e.mu.Lock()
-	connected, d := e.connected, e.dialer
+	d := e.dialer
 	e.mu.Unlock()
-	if d != nil {
-		if err := d.State().LastError; err != nil {
-			lastErr = err.Error()
-		}
+	if d == nil {
+		return kdsgrpc.ConnState{}
 	}
-	if lastErr == "" {
-		c, _ := e.ins.Get(GlobalPeer)
-		lastErr = c.LastError
-	}
-	return connected, lastErr
+	return d.State()
 }
 
 // tokenExpiry records when the token of a session that started on global

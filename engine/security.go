@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"path/filepath"
 	"time"
@@ -173,40 +172,44 @@ func (e *Engine) kdsServerOptions() ([]grpc.ServerOption, error) {
 	return append(opts, grpc.StreamInterceptor(auth.StreamInterceptor()), grpc.UnaryInterceptor(auth.UnaryInterceptor())), nil
 }
 
-// kdsDialOptions returns the zone's TLS credentials and token.
-func (e *Engine) kdsDialOptions() ([]grpc.DialOption, error) {
+// kdsDialOptions returns the zone's token and, without TLS, its insecure
+// transport; with TLS, credsFor returns the TLS credentials that verify
+// global's certificate for one server name (each global address's host, or
+// TLSServerName), sharing one CA file and client certificate.
+func (e *Engine) kdsDialOptions() (opts []grpc.DialOption, credsFor func(serverName string) (credentials.TransportCredentials, error), err error) {
 	if e.cfg.TokenFile == "" {
-		return nil, errors.New("zone token: set --token-file (generate one on global with `kds-engine token generate --zone " + e.cfg.ZoneName + "`)")
+		return nil, nil, errors.New("zone token: set --token-file (generate one on global with `kds-engine token generate --zone " + e.cfg.ZoneName + "`)")
 	}
 	copts := []kdsauth.CredentialsOption{
 		kdsauth.WithCredentialsLogger(e.log.Named("zone-token")),
 		kdsauth.WithCredentialsZone(e.cfg.ZoneName),
 	}
-	var opts []grpc.DialOption
 	if e.cfg.Insecure {
 		e.log.Warn("connecting to global WITHOUT TLS (--insecure): the zone token travels in plaintext")
 		copts = append(copts, kdsauth.WithInsecureTransport())
 		opts = append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	} else {
 		if e.cfg.CAFile == "" {
-			return nil, errors.New("KDS TLS: set --ca-file to the CA that signed global's certificate (or --insecure to run without TLS)")
+			return nil, nil, errors.New("KDS TLS: set --ca-file to the CA that signed global's certificate (or --insecure to run without TLS)")
 		}
-		host, _, err := net.SplitHostPort(e.cfg.GlobalAddress)
-		if err != nil {
-			return nil, fmt.Errorf("global address %q: %w", e.cfg.GlobalAddress, err)
-		}
-		tc, err := tlsutil.ClientConfig(e.cfg.CAFile, e.cfg.CertFile, e.cfg.KeyFile, host, e.log.Named("kds-tls"),
+		cc, err := tlsutil.NewClientConfigs(e.cfg.CAFile, e.cfg.CertFile, e.cfg.KeyFile, e.log.Named("kds-tls"),
 			tlsutil.WithOnLoad(e.certificateExpiry("cert-file", "ca-file")))
 		if err != nil {
-			return nil, fmt.Errorf("KDS TLS: %w", err)
+			return nil, nil, fmt.Errorf("KDS TLS: %w", err)
 		}
-		opts = append(opts, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+		credsFor = func(serverName string) (credentials.TransportCredentials, error) {
+			tc, err := cc.For(serverName)
+			if err != nil {
+				return nil, fmt.Errorf("KDS TLS: %w", err)
+			}
+			return credentials.NewTLS(tc), nil
+		}
 	}
 	creds, err := kdsauth.NewTokenFileCredentials(e.cfg.TokenFile, copts...)
 	if err != nil {
-		return nil, fmt.Errorf("zone token: %w", err)
+		return nil, nil, fmt.Errorf("zone token: %w", err)
 	}
-	return append(opts, grpc.WithPerRPCCredentials(creds)), nil
+	return append(opts, grpc.WithPerRPCCredentials(creds)), credsFor, nil
 }
 
 // apiLimits are the admin API server's timeouts and connection limit.

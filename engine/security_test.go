@@ -99,6 +99,7 @@ func TestInsecureRefusedOnNonLoopbackAddress(t *testing.T) {
 		{Role: RoleGlobal, Insecure: true, KDSAddress: "10.0.0.1:5685"},
 		{Role: RoleGlobal, Insecure: true}, // the default: all interfaces
 		{Role: RoleZone, ZoneName: "zone-a", Insecure: true, GlobalAddress: "global.example.com:5685"},
+		{Role: RoleZone, ZoneName: "zone-a", Insecure: true, GlobalAddress: "127.0.0.1:5685,global.example.com:5685"},
 	} {
 		cfg.DataDir = t.TempDir()
 		_, err := New(cfg, hclog.NewNullLogger())
@@ -112,6 +113,7 @@ func TestInsecureRefusedOnNonLoopbackAddress(t *testing.T) {
 		{Role: RoleGlobal, Insecure: true, KDSAddress: "127.0.0.1:5685"},
 		{Role: RoleGlobal, Insecure: true, KDSAddress: "[::1]:5685"},
 		{Role: RoleZone, ZoneName: "zone-a", Insecure: true, GlobalAddress: "localhost:5685"},
+		{Role: RoleZone, ZoneName: "zone-a", Insecure: true, GlobalAddress: "localhost:5685,127.0.0.1:5686,[::1]:5687"},
 		{Role: RoleGlobal, KDSAddress: ":5685"}, // TLS
 	} {
 		cfg.DataDir = t.TempDir()

@@ -227,6 +227,10 @@ type Conn struct {
 	// Peer is the network address the latest session came from (on
 	// global; empty on a zone and before the first session).
 	Peer string `json:"peer,omitempty"`
+	// Address is set on a zone only: the global address (HOST:PORT, as
+	// dialed) the live session is on; while offline, the address last
+	// tried. It tells which global replica the zone is attached to.
+	Address string `json:"address,omitempty"`
 	// TokenID is the id of the zone token the latest session
 	// authenticated with (on global, when zones authenticate by token).
 	TokenID string `json:"tokenId,omitempty"`

@@ -56,6 +56,10 @@ func TestInvalidConfig(t *testing.T) {
 			regexp.MustCompile(`invalid configuration: --send-timeout: "soon" is not a duration`)},
 		{"zone name and store", "zone", []string{"--global", "127.0.0.1:1", "--store", "sqlite", "--insecure=true"},
 			regexp.MustCompile(`kds-engine zone: invalid configuration:(.|\n)*name: required(.|\n)*store: "sqlite" is not a store`)},
+		{"empty entry in the global address list", "zone", []string{"--name", "zone-1", "--global", "127.0.0.1:5685,,127.0.0.1:5686", "--insecure=true", "--token-file", "t"},
+			regexp.MustCompile(`kds-engine zone: invalid configuration:(.|\n)*global: entry 2 of "127.0.0.1:5685,,127.0.0.1:5686" is empty`)},
+		{"global address without port", "zone", []string{"--name", "zone-1", "--global", "127.0.0.1:5685,g2", "--insecure=true", "--token-file", "t"},
+			regexp.MustCompile(`global: entry 2 \("g2"\): missing port`)},
 		{"unknown key in config file", "global", []string{"--config", writeFile(t, dir, "bad.yaml", "sendTimout: 1m\n"), "--insecure=true"},
 			regexp.MustCompile(`config file \S*bad\.yaml: .*"sendTimout"`)},
 	}

@@ -50,7 +50,7 @@ func TestFaultAnnouncementSizesBothSides(t *testing.T) {
 			}, WithConfig(Config{MaxMessageSize: tc.globalMax}))
 			addr := serve(t, g, Config{MaxMessageSize: tc.globalMax})
 			zoneParams := make(chan mux.Params, 1)
-			runDialer(t, NewDialer(addr, "zone-1", tc.zoneTyp, func(ctx context.Context, s *mux.Session) error {
+			runDialer(t, NewDialer([]string{addr}, "zone-1", tc.zoneTyp, func(ctx context.Context, s *mux.Session) error {
 				zoneParams <- s.Params()
 				<-ctx.Done()
 				return nil
@@ -180,7 +180,7 @@ func TestFaultZoneRefusesInvalidAnnouncement(t *testing.T) {
 			addr := serve(t, peer, Config{})
 			var started atomic.Int32
 			refusals := make(chan error, 100)
-			d := NewDialer(addr, "zone-1", 3, func(ctx context.Context, _ *mux.Session) error {
+			d := NewDialer([]string{addr}, "zone-1", 3, func(ctx context.Context, _ *mux.Session) error {
 				started.Add(1)
 				<-ctx.Done()
 				return nil
@@ -214,7 +214,7 @@ func TestFaultZoneRefusesInvalidAnnouncement(t *testing.T) {
 		peer := &headerGlobal{header: metadata.Pairs("x-other", "1")}
 		addr := serve(t, peer, Config{})
 		params := make(chan mux.Params, 1)
-		runDialer(t, NewDialer(addr, "zone-1", 3, func(ctx context.Context, s *mux.Session) error {
+		runDialer(t, NewDialer([]string{addr}, "zone-1", 3, func(ctx context.Context, s *mux.Session) error {
 			params <- s.Params()
 			<-ctx.Done()
 			return nil
@@ -239,7 +239,7 @@ func TestZoneAnnouncesInRequestMetadata(t *testing.T) {
 		return nil
 	})
 	addr := serve(t, g, Config{})
-	runDialer(t, NewDialer(addr, "zone-1", 7, func(ctx context.Context, _ *mux.Session) error {
+	runDialer(t, NewDialer([]string{addr}, "zone-1", 7, func(ctx context.Context, _ *mux.Session) error {
 		<-ctx.Done()
 		return nil
 	}, insecureDial(), WithConfig(Config{MaxMessageSize: 1 << 20})))

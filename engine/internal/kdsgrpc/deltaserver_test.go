@@ -33,7 +33,7 @@ func TestDeltaServerRunsOnServerStream(t *testing.T) {
 	addr := serve(t, g, Config{})
 
 	got := make(chan *discovery.DeltaDiscoveryResponse, 1)
-	d := NewDialer(addr, "zone-1", 1, func(ctx context.Context, s *mux.Session) error {
+	d := NewDialer([]string{addr}, "zone-1", 1, func(ctx context.Context, s *mux.Session) error {
 		err := s.Client().Send(&discovery.DeltaDiscoveryRequest{
 			Node:                   &core.Node{Id: "zone-1"},
 			TypeUrl:                resource.ClusterType,

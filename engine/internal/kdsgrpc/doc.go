@@ -22,6 +22,9 @@
 //
 // Both sides apply keepalive and the max message size from [Config]; TLS and
 // tokens are added by the caller as extra grpc.ServerOption / grpc.DialOption.
-// The zone side reconnects after any session error with exponential backoff
-// and jitter ([Backoff]).
+// The zone side may be given several global addresses (replicas; a host
+// name counts as each address it resolves to, see [ParseAddresses]). After
+// any session error it moves on to the next address at once, and waits
+// between rounds over all of them with exponential backoff and jitter
+// ([Backoff]); [Dialer] states the exact policy.
 package kdsgrpc

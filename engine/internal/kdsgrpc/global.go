@@ -103,7 +103,7 @@ func (g *Global) Session(stream kdsv1.KDS_SessionServer) error {
 	g.wg.Add(1) // joined by Wait, which the RPC does not wait for
 	go func() {
 		defer g.wg.Done()
-		done <- runSession(context.Background(), stream.Context(), &g.set, zone, sess, func(ctx context.Context) error {
+		done <- runSession(context.Background(), stream.Context(), &g.set, zone, "", sess, func(ctx context.Context) error {
 			return g.handler(ctx, zone, sess)
 		})
 	}()

@@ -122,7 +122,7 @@ func TestGlobalAndDialerExchange(t *testing.T) {
 	zoneGot := make(chan string, 1)
 	var starts, ends atomic.Int32
 	var endErr atomic.Value
-	d := NewDialer(addr, "zone-1", 2, func(ctx context.Context, s *mux.Session) error {
+	d := NewDialer([]string{addr}, "zone-1", 2, func(ctx context.Context, s *mux.Session) error {
 		if err := s.Client().Send(&discovery.DeltaDiscoveryRequest{ResponseNonce: "zone-asks"}); err != nil {
 			return err
 		}
@@ -208,7 +208,7 @@ func TestRefusedSessionIsNeverConnected(t *testing.T) {
 	peer := &refusingGlobal{}
 	addr := serve(t, peer, Config{})
 	var started atomic.Int32
-	d := NewDialer(addr, "zone-1", 1, func(ctx context.Context, s *mux.Session) error {
+	d := NewDialer([]string{addr}, "zone-1", 1, func(ctx context.Context, s *mux.Session) error {
 		<-ctx.Done()
 		return nil
 	}, insecureDial(),
@@ -249,7 +249,7 @@ func TestSendTimeoutEndsSessionAndZoneReconnects(t *testing.T) {
 	}
 	ends := make(chan end, 10)
 	payload := make([]byte, 1<<20)
-	d := NewDialer(addr, "zone-1", 3, func(ctx context.Context, s *mux.Session) error {
+	d := NewDialer([]string{addr}, "zone-1", 3, func(ctx context.Context, s *mux.Session) error {
 		for range 3 {
 			r := &discovery.DeltaDiscoveryRequest{ResponseNonce: "x"}
 			r.InitialResourceVersions = map[string]string{"big": string(payload)}
@@ -387,7 +387,7 @@ func TestServerKeepaliveApplied(t *testing.T) {
 	}
 	started := make(chan struct{})
 	var once sync.Once
-	d := NewDialer(addr, "zone-1", 1, func(ctx context.Context, _ *mux.Session) error {
+	d := NewDialer([]string{addr}, "zone-1", 1, func(ctx context.Context, _ *mux.Session) error {
 		once.Do(func() { close(started) })
 		<-ctx.Done()
 		return nil
@@ -437,7 +437,7 @@ func TestDialerBackoffResetsAfterStableSession(t *testing.T) {
 	// The zone ends its sessions at once, except the third, which it keeps
 	// for longer than ResetAfter.
 	var n atomic.Int32
-	d := NewDialer(addr, "zone-1", 1, func(ctx context.Context, _ *mux.Session) error {
+	d := NewDialer([]string{addr}, "zone-1", 1, func(ctx context.Context, _ *mux.Session) error {
 		if n.Add(1) == 3 {
 			select {
 			case <-time.After(1200 * time.Millisecond):
@@ -517,7 +517,7 @@ func TestDialerReportsUnreachableGlobal(t *testing.T) {
 	require.NoError(t, err)
 	addr := lis.Addr().String()
 	require.NoError(t, lis.Close()) // nothing listens there now
-	d := NewDialer(addr, "zone-1", 1, func(ctx context.Context, _ *mux.Session) error {
+	d := NewDialer([]string{addr}, "zone-1", 1, func(ctx context.Context, _ *mux.Session) error {
 		<-ctx.Done()
 		return nil
 	}, insecureDial(), WithBackoff(Backoff{Base: 10 * time.Millisecond, Cap: 50 * time.Millisecond}))
@@ -532,7 +532,7 @@ func TestDialerReportsUnreachableGlobal(t *testing.T) {
 	cancel()
 	require.NoError(t, <-runDone)
 
-	assert.ErrorIs(t, NewDialer(addr, "Not A Zone", 1, nil).Run(context.Background()), ErrInvalidZoneName)
+	assert.ErrorIs(t, NewDialer([]string{addr}, "Not A Zone", 1, nil).Run(context.Background()), ErrInvalidZoneName)
 }
 
 // bigSender is a global that ignores the zone's announcement: it sends a
@@ -556,7 +556,7 @@ func (bigSender) Session(stream kdsv1.KDS_SessionServer) error {
 func TestDialerMaxMessageSizeApplied(t *testing.T) {
 	addr := serve(t, bigSender{}, Config{})
 	ended := make(chan error, 1)
-	d := NewDialer(addr, "zone-1", 1, func(ctx context.Context, _ *mux.Session) error {
+	d := NewDialer([]string{addr}, "zone-1", 1, func(ctx context.Context, _ *mux.Session) error {
 		<-ctx.Done()
 		return nil
 	}, insecureDial(), WithConfig(Config{MaxMessageSize: 64 << 10}),
@@ -594,7 +594,7 @@ func TestGlobalSendsAtMostTheZonesSize(t *testing.T) {
 	})
 	addr := serve(t, g, Config{})
 	var ended atomic.Int32
-	d := NewDialer(addr, "zone-1", 1, func(ctx context.Context, _ *mux.Session) error {
+	d := NewDialer([]string{addr}, "zone-1", 1, func(ctx context.Context, _ *mux.Session) error {
 		<-ctx.Done()
 		return nil
 	}, insecureDial(), WithConfig(Config{MaxMessageSize: 64 << 10}),
@@ -656,7 +656,7 @@ func TestSessionHeaderReachesZone(t *testing.T) {
 	}))
 	addr := serve(t, g, Config{})
 	got := make(chan []string, 1)
-	d := NewDialer(addr, "zone-7", 1, func(ctx context.Context, _ *mux.Session) error {
+	d := NewDialer([]string{addr}, "zone-7", 1, func(ctx context.Context, _ *mux.Session) error {
 		md, err := PeerHeader(ctx)
 		if err != nil {
 			return err

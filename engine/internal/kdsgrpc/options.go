@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"regexp"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 
 	"github.com/kds-engine/kds-engine/engine/internal/mux"
@@ -51,6 +53,9 @@ type SessionEvent struct {
 	// Stream is the context of the session's gRPC stream on global (it
 	// carries the authenticated identity and the peer); nil on a zone.
 	Stream context.Context
+	// Address is, on a zone, the global address the session is on (the
+	// dialed HOST:PORT); empty on global.
+	Address string
 	// Ended and Err are set only for the end hook.
 	Ended time.Time
 	Err   error
@@ -67,12 +72,21 @@ type settings struct {
 	onRefused func(error)
 	dialOpts  []grpc.DialOption
 	backoff   Backoff
-	muxOpts   func(zone string) []mux.Option
-	header    func(zone string) metadata.MD
+	// Dialer only: credentials per server name, the server name override,
+	// the host name resolver, the session open timeout, and a hook called
+	// before each attempt (tests).
+	credsFor       func(serverName string) (credentials.TransportCredentials, error)
+	serverName     string
+	resolve        Resolver
+	connectTimeout time.Duration
+	onAttempt      func(addr string)
+	muxOpts        func(zone string) []mux.Option
+	header         func(zone string) metadata.MD
 }
 
 func newSettings(opts []Option) settings {
-	s := settings{log: hclog.NewNullLogger(), backoff: DefaultBackoff}
+	s := settings{log: hclog.NewNullLogger(), backoff: DefaultBackoff,
+		resolve: net.DefaultResolver.LookupHost, connectTimeout: DefaultConnectTimeout}
 	for _, o := range opts {
 		o(&s)
 	}
@@ -171,15 +185,56 @@ func WithDialOptions(o ...grpc.DialOption) Option {
 	return func(s *settings) { s.dialOpts = append(s.dialOpts, o...) }
 }
 
+// WithTransportCredentialsFor makes the Dialer dial each global address with
+// the transport credentials f returns for the name global's certificate must
+// be valid for there: the override set with WithServerName, else the host of
+// the configured entry (a host name, also for each address it resolves to,
+// or an IP address). It replaces transport credentials given with
+// WithDialOptions. Ignored by Global.
+func WithTransportCredentialsFor(f func(serverName string) (credentials.TransportCredentials, error)) Option {
+	return func(s *settings) { s.credsFor = f }
+}
+
+// WithServerName sets the name global's certificate must be valid for at
+// every address (see WithTransportCredentialsFor); empty keeps each entry's
+// host. Ignored by Global.
+func WithServerName(name string) Option { return func(s *settings) { s.serverName = name } }
+
+// WithResolver sets how the Dialer looks up the addresses of a host name
+// (default net.DefaultResolver.LookupHost). Ignored by Global.
+func WithResolver(r Resolver) Option {
+	return func(s *settings) {
+		if r != nil {
+			s.resolve = r
+		}
+	}
+}
+
+// DefaultConnectTimeout bounds, by default, a zone's name lookup and the
+// opening of a session: the connection, TLS, and global's session header.
+const DefaultConnectTimeout = 10 * time.Second
+
+// WithConnectTimeout sets how long the Dialer waits for one address's
+// session to open (connection, TLS handshake, global's session header)
+// before it gives up on that address (default DefaultConnectTimeout; zero
+// or negative keeps it). Ignored by Global.
+func WithConnectTimeout(d time.Duration) Option {
+	return func(s *settings) {
+		if d > 0 {
+			s.connectTimeout = d
+		}
+	}
+}
+
 // WithBackoff sets the Dialer's reconnect backoff (default DefaultBackoff);
 // zero fields keep their defaults. Ignored by Global.
 func WithBackoff(b Backoff) Option { return func(s *settings) { s.backoff = b.withDefaults() } }
 
-// runSession runs sess and handler together and joins both. The handler gets
+// runSession runs sess (on global address addr, on a zone) and handler together and joins both. The handler gets
 // the session's context; when it returns, the session ends (with
 // ErrHandlerReturned if it returned nil). Returns the session's error.
-func runSession(ctx, stream context.Context, set *settings, zone string, sess *mux.Session, handler func(context.Context) error) error {
-	ev := SessionEvent{Zone: zone, Session: sess, Started: time.Now(), Stream: stream}
+func runSession(ctx, stream context.Context, set *settings, zone, addr string, sess *mux.Session, handler func(context.Context) error) error {
+	ev := SessionEvent{Zone: zone, Session: sess, Started: time.Now(), Stream: stream, Address: addr}
 	if set.onStart != nil {
 		set.onStart(ev)
 	}

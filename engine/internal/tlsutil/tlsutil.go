@@ -57,6 +57,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/kds-engine/kds-engine/engine/internal/filewatch"
 	"github.com/kds-engine/kds-engine/engine/internal/trustfile"
 )
 
@@ -143,24 +144,72 @@ func ServerConfig(certFile, keyFile, clientCAFile string, log hclog.Logger, opts
 //
 // The returned config is new and owned by the caller.
 func ClientConfig(caFile, certFile, keyFile, serverName string, log hclog.Logger, opts ...Option) (*tls.Config, error) {
+	if caFile != "" && serverName == "" {
+		return nil, fmt.Errorf("TLS client with CA file %s: no server name given; pass the name the server's certificate must be valid for", caFile)
+	}
+	cc, err := NewClientConfigs(caFile, certFile, keyFile, log, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return cc.For(serverName)
+}
+
+// ClientConfigs makes client configurations for several servers that share
+// one CA file and one client certificate (replicas of one service reached
+// at different names or addresses): the files are loaded and watched once,
+// and For returns the configuration for one server name. Safe for
+// concurrent use.
+type ClientConfigs struct {
+	caFile string
+	cas    *filewatch.Watched[caBundle]
+	pair   *filewatch.Watched[*tls.Certificate]
+}
+
+// NewClientConfigs loads caFile, certFile and keyFile as ClientConfig does
+// and returns the source of per-server configurations.
+func NewClientConfigs(caFile, certFile, keyFile string, log hclog.Logger, opts ...Option) (*ClientConfigs, error) {
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
 	o := newOptions(opts)
-	cfg := &tls.Config{
-		MinVersion: MinVersion,
-		ServerName: serverName,
-	}
+	cc := &ClientConfigs{caFile: caFile}
 	if caFile != "" {
-		if serverName == "" {
-			return nil, fmt.Errorf("TLS client with CA file %s: no server name given; pass the name the server's certificate must be valid for", caFile)
-		}
 		cas, err := watchCAs(caFile, "CA file", log, o)
 		if err != nil {
 			return nil, err
 		}
 		if fips140.Enabled() {
 			log.Info("FIPS 140-3 mode: the CA file is read at start only; restart to use a changed one", "file", caFile)
+		}
+		cc.cas = cas
+	}
+	switch {
+	case certFile != "" && keyFile != "":
+		pair, err := watchKeyPair(certFile, keyFile, log, o)
+		if err != nil {
+			return nil, err
+		}
+		cc.pair = pair
+	case certFile != "" || keyFile != "":
+		return nil, fmt.Errorf("client certificate needs both a certificate file (--cert-file, got %q) and a key file (--key-file, got %q)", certFile, keyFile)
+	}
+	return cc, nil
+}
+
+// For returns a new configuration, owned by the caller, that verifies the
+// server's certificate for serverName (see ClientConfig; with a CA file
+// serverName is required).
+func (cc *ClientConfigs) For(serverName string) (*tls.Config, error) {
+	cfg := &tls.Config{
+		MinVersion: MinVersion,
+		ServerName: serverName,
+	}
+	if cc.cas != nil {
+		if serverName == "" {
+			return nil, fmt.Errorf("TLS client with CA file %s: no server name given; pass the name the server's certificate must be valid for", cc.caFile)
+		}
+		cas := cc.cas
+		if fips140.Enabled() {
 			cfg.RootCAs = cas.Current().pool
 		} else {
 			cfg.InsecureSkipVerify = true //nolint:gosec // VerifyConnection verifies against the current CA file
@@ -169,12 +218,7 @@ func ClientConfig(caFile, certFile, keyFile, serverName string, log hclog.Logger
 			}
 		}
 	}
-	switch {
-	case certFile != "" && keyFile != "":
-		pair, err := watchKeyPair(certFile, keyFile, log, o)
-		if err != nil {
-			return nil, err
-		}
+	if pair := cc.pair; pair != nil {
 		cfg.GetClientCertificate = func(cri *tls.CertificateRequestInfo) (*tls.Certificate, error) {
 			// What Go does with Config.Certificates: send the certificate
 			// only if the server's request allows it, else none.
@@ -184,8 +228,6 @@ func ClientConfig(caFile, certFile, keyFile, serverName string, log hclog.Logger
 			}
 			return c, nil
 		}
-	case certFile != "" || keyFile != "":
-		return nil, fmt.Errorf("client certificate needs both a certificate file (--cert-file, got %q) and a key file (--key-file, got %q)", certFile, keyFile)
 	}
 	return cfg, nil
 }

@@ -360,6 +360,18 @@ func TestInspectSync(t *testing.T) {
 	require.NoError(t, json.Unmarshal([]byte(out), &c))
 	assert.Equal(t, true, c["online"])
 
+	// The global replica the zone is on.
+	require.NoError(t, h.srv.Backend.SetInsightsJSON(`[{"name":"global","online":true,"connectedSince":"2026-01-02T03:00:00Z","sessions":3,
+		"address":"10.0.0.2:5685","lastError":"global at g1.example:5685 (10.0.0.1:5685): stream closed","types":{}}]`))
+	code, out, _ = h.run("inspect", "sync")
+	require.Equal(t, ExitOK, code)
+	assert.Equal(t, "PEER    STATUS  ADDRESS        SINCE                 SESSIONS  TYPES  NACKED  LAST ERROR\n"+
+		"global  online  10.0.0.2:5685  2026-01-02T03:00:00Z  3         0      0       global at g1.example:5685 (10.0.0.1:5685): stream closed\n", out)
+	code, out, _ = h.run("inspect", "sync", "-o", "json")
+	require.Equal(t, ExitOK, code)
+	require.NoError(t, json.Unmarshal([]byte(out), &c))
+	assert.Equal(t, "10.0.0.2:5685", c["address"])
+
 	code, _, errOut = h.run("inspect", "zones")
 	assert.Equal(t, ExitFailed, code)
 	assert.Contains(t, errOut, "this route is served by global")

@@ -514,7 +514,14 @@ func nonNil(cs []apitypes.Conn) []apitypes.Conn {
 
 // printConns writes a connection table, then a per-type table.
 func (a *App) printConns(first string, conns []apitypes.Conn) error {
-	t := newTable(a.Stdout, first, "STATUS", "SINCE", "SESSIONS", "TYPES", "NACKED", "LAST ERROR")
+	// A zone's connection names the global address it is on (or last
+	// tried): a column of its own, shown only when there is one.
+	withAddr := slices.ContainsFunc(conns, func(c apitypes.Conn) bool { return c.Address != "" })
+	header := []string{first, "STATUS", "SINCE", "SESSIONS", "TYPES", "NACKED", "LAST ERROR"}
+	if withAddr {
+		header = slices.Insert(header, 2, "ADDRESS")
+	}
+	t := newTable(a.Stdout, header...)
 	for _, c := range conns {
 		status, since := "offline", c.DisconnectedAt
 		if c.Online {
@@ -524,8 +531,12 @@ func (a *App) printConns(first string, conns []apitypes.Conn) error {
 		for _, ts := range c.Types {
 			nacked += ts.ResponsesNACKed
 		}
-		t.row(c.Name, status, timestamp(since), strconv.FormatUint(c.Sessions, 10),
-			strconv.Itoa(len(c.Types)), strconv.FormatUint(nacked, 10), c.LastError)
+		cells := []string{c.Name, status, timestamp(since), strconv.FormatUint(c.Sessions, 10),
+			strconv.Itoa(len(c.Types)), strconv.FormatUint(nacked, 10), c.LastError}
+		if withAddr {
+			cells = slices.Insert(cells, 2, c.Address)
+		}
+		t.row(cells...)
 	}
 	if err := t.flush(); err != nil {
 		return err

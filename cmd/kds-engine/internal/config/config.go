@@ -69,10 +69,11 @@ type Config struct {
 	SessionsPerMinute         int      `json:"sessionsPerMinute,omitempty"`         // global
 	MaxResourcesPerZoneType   int      `json:"maxResourcesPerZoneType,omitempty"`   // global
 
-	CAFile    string `json:"caFile,omitempty"`    // zone
-	CertFile  string `json:"certFile,omitempty"`  // zone
-	KeyFile   string `json:"keyFile,omitempty"`   // zone
-	TokenFile string `json:"tokenFile,omitempty"` // zone
+	TLSServerName string `json:"tlsServerName,omitempty"` // zone
+	CAFile        string `json:"caFile,omitempty"`        // zone
+	CertFile      string `json:"certFile,omitempty"`      // zone
+	KeyFile       string `json:"keyFile,omitempty"`       // zone
+	TokenFile     string `json:"tokenFile,omitempty"`     // zone
 
 	APITokenFile      string        `json:"apiTokenFile,omitempty"`
 	APITLSCertFile    string        `json:"apiTLSCertFile,omitempty"`
@@ -124,8 +125,8 @@ func byRole(global, zone string) func(engine.Role) string {
 var Settings = []Setting{
 	{Flag: "name", Kind: "string", Key: "name", Zone: true, Default: fixed(""), Accepted: ZoneNameAccepted,
 		Usage: "this zone's name (required)", set: func(c *Config, v string) error { c.Name = v; return nil }},
-	{Flag: "global", Kind: "address", Key: "global", Zone: true, Default: fixed(""), Accepted: "HOST:PORT",
-		Usage: "global's KDS address, HOST:PORT (required)", set: func(c *Config, v string) error { c.Global = v; return nil }},
+	{Flag: "global", Kind: "address", Key: "global", Zone: true, Default: fixed(""), Accepted: "HOST:PORT, or several separated by commas (global replicas; IPv6 in brackets)",
+		Usage: "global's KDS address, HOST:PORT; global replicas separated by commas, a host name counts as each address it resolves to (required)", set: func(c *Config, v string) error { c.Global = v; return nil }},
 	{Flag: "plugins-dir", Kind: "string", Key: "pluginsDir", Global: true, Zone: true, Default: fixed("plugins"), Accepted: "a directory",
 		Usage: "directory holding the kds-plugin-* binaries", set: func(c *Config, v string) error { c.PluginsDir = v; return nil }},
 	{Flag: "required-plugins", Kind: "list", Key: "requiredPlugins", Global: true, Zone: true, Default: fixed(""), Accepted: "comma-separated plugin names",
@@ -186,6 +187,8 @@ var Settings = []Setting{
 		Usage: "most resources of one type a zone may sync to global (creates beyond it are refused, one by one)", set: func(c *Config, v string) error { return setInt(&c.MaxResourcesPerZoneType, v) }},
 	{Flag: "ca-file", Kind: "string", Key: "caFile", Zone: true, Default: fixed(""), Accepted: "a PEM CA file",
 		Usage: "CA that signed global's certificate (required unless --insecure)", set: func(c *Config, v string) error { c.CAFile = v; return nil }},
+	{Flag: "tls-server-name", Kind: "string", Key: "tlsServerName", Zone: true, Default: fixed(""), Accepted: "a DNS name or IP address",
+		Usage: "name global's certificate must be valid for at every --global address (default: each address's host)", set: func(c *Config, v string) error { c.TLSServerName = v; return nil }},
 	{Flag: "cert-file", Kind: "string", Key: "certFile", Zone: true, Default: fixed(""), Accepted: "a PEM certificate file",
 		Usage: "this zone's client certificate, when global requires mTLS", set: func(c *Config, v string) error { c.CertFile = v; return nil }},
 	{Flag: "key-file", Kind: "string", Key: "keyFile", Zone: true, Default: fixed(""), Accepted: "a PEM private key file",
@@ -488,10 +491,11 @@ func (c *Config) Validate() error {
 		}
 		if c.Global == "" {
 			bad("global", "required for a zone")
-		} else if host, err := checkHostPort(c.Global); err != nil {
-			bad("global", "%q: %v", c.Global, err)
-		} else if host == "" {
-			bad("global", "%q has no host", c.Global)
+		} else if _, err := engine.ParseGlobalAddresses(c.Global); err != nil {
+			bad("global", "%v", err)
+		}
+		if c.TLSServerName != "" && net.ParseIP(c.TLSServerName) == nil && !hostName.MatchString(c.TLSServerName) {
+			bad("tls-server-name", "%q is not a DNS name or IP address", c.TLSServerName)
 		}
 		if c.ReconnectBackoffBase <= 0 {
 			bad("reconnect-backoff-base", "must be positive, got %s", c.ReconnectBackoffBase)
@@ -539,13 +543,16 @@ func (c *Config) Validate() error {
 		bad("cluster-id", "%q is not a valid cluster id", c.ClusterID)
 	}
 	if c.Insecure && !c.InsecureAllowRemote {
-		addr, flag := c.KDSAddr, "--kds-addr"
+		addrs, flag := []string{c.KDSAddr}, "--kds-addr"
 		if c.Role == engine.RoleZone {
-			addr, flag = c.Global, "--global"
+			addrs, _ = engine.ParseGlobalAddresses(c.Global)
+			flag = "--global"
 		}
-		if host, err := checkHostPort(addr); err == nil && !loopbackHost(host) {
-			bad("insecure", "%s %q is not a loopback address, and without TLS zone tokens cross the network in plaintext; "+
-				"use TLS, or 127.0.0.1 for local development, or set --insecure-allow-remote to accept that anyone on the path can read them", flag, addr)
+		for _, addr := range addrs {
+			if host, err := checkHostPort(addr); err == nil && !loopbackHost(host) {
+				bad("insecure", "%s %q is not a loopback address, and without TLS zone tokens cross the network in plaintext; "+
+					"use TLS, or 127.0.0.1 for local development, or set --insecure-allow-remote to accept that anyone on the path can read them", flag, addr)
+			}
 		}
 	}
 	for _, h := range c.APIAllowedHosts {
@@ -694,6 +701,7 @@ func (c *Config) Engine() engine.Config {
 	case engine.RoleZone:
 		ec.ZoneName = c.Name
 		ec.GlobalAddress = c.Global
+		ec.TLSServerName = c.TLSServerName
 		ec.ReconnectBackoffBase = c.ReconnectBackoffBase
 		ec.ReconnectBackoffMax = c.ReconnectBackoffMax
 		ec.CAFile, ec.CertFile, ec.KeyFile, ec.TokenFile = c.CAFile, c.CertFile, c.KeyFile, c.TokenFile

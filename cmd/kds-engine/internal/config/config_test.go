@@ -178,7 +178,7 @@ func TestValidateMessages(t *testing.T) {
 	got := strings.Split(err.Error(), "\n")
 	want := []string{
 		`name: "Zone_1" is not a valid zone name (accepted: a DNS label: lower-case letters, digits and '-', at most 63)`,
-		`global: "nohost": want HOST:PORT (accepted: HOST:PORT)`,
+		`global: "nohost": missing port: want HOST:PORT such as nohost:5685 (accepted: HOST:PORT, or several separated by commas (global replicas; IPv6 in brackets))`,
 		`reconnect-backoff-max: 1s is below reconnect-backoff-base 2s (accepted: a duration not below reconnect-backoff-base)`,
 		`ca-file: required unless --insecure (accepted: a PEM CA file)`,
 		"token-file: required: generate a token on global with `kds-engine token generate --zone Zone_1` (accepted: a file with the zone token, mode 0600)",
@@ -461,6 +461,60 @@ func TestDocsListEverySetting(t *testing.T) {
 		want := map[[2]bool]string{{true, true}: "global, zone", {true, false}: "global", {false, true}: "zone"}[[2]bool{s.Global, s.Zone}]
 		assert.Equal(t, want, strings.TrimSpace(cells[5]), s.Flag)
 	}
+}
+
+// --global lists global replicas; every entry is checked, from flags,
+// variables and the file (where it may be a YAML list).
+func TestGlobalAddressList(t *testing.T) {
+	base := map[string]string{"name": "zone-1", "ca-file": "ca.crt", "token-file": "t"}
+	load := func(t *testing.T, src Sources) Config {
+		t.Helper()
+		if src.Flags == nil {
+			src.Flags = map[string]string{}
+		}
+		for k, v := range base {
+			src.Flags[k] = v
+		}
+		c, err := Load(engine.RoleZone, src)
+		require.NoError(t, err)
+		return c
+	}
+	c := load(t, Sources{Flags: map[string]string{"global": "g1.example:5685, g2.example:5685,[::1]:5685", "tls-server-name": "global.example"}})
+	require.NoError(t, c.Validate())
+	assert.Equal(t, "g1.example:5685, g2.example:5685,[::1]:5685", c.Engine().GlobalAddress)
+	assert.Equal(t, "global.example", c.Engine().TLSServerName)
+
+	file := "global: [g1.example:5685, g2.example:5685]\ntlsServerName: global.example\n"
+	c = load(t, Sources{File: "zone.yaml", ReadFile: func(string) ([]byte, error) { return []byte(file), nil }})
+	require.NoError(t, c.Validate())
+	addrs, err := engine.ParseGlobalAddresses(c.Engine().GlobalAddress)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"g1.example:5685", "g2.example:5685"}, addrs)
+
+	c = load(t, Sources{LookupEnv: func(k string) (string, bool) {
+		return "g1.example:5685,g1.example:5685", k == "KDS_ENGINE_GLOBAL"
+	}})
+	assert.EqualError(t, c.Validate(), `global: entry 2 ("g1.example:5685") repeats entry 1 (accepted: HOST:PORT, or several separated by commas (global replicas; IPv6 in brackets))`)
+
+	for _, tc := range []struct{ global, want string }{
+		{"g1:5685,,g2:5685", `global: entry 2 of "g1:5685,,g2:5685" is empty`},
+		{"g1:5685,g2", `global: entry 2 ("g2"): missing port: want HOST:PORT such as g2:5685`},
+		{"g1:5685,g2:99999", `global: entry 2 ("g2:99999"): port "99999" is not a number from 1 to 65535`},
+	} {
+		c := load(t, Sources{Flags: map[string]string{"global": tc.global}})
+		err := c.Validate()
+		require.Error(t, err, tc.global)
+		assert.Contains(t, err.Error(), tc.want)
+	}
+
+	c = load(t, Sources{Flags: map[string]string{"global": "g1.example:5685", "tls-server-name": "not a name"}})
+	assert.ErrorContains(t, c.Validate(), `tls-server-name: "not a name" is not a DNS name or IP address`)
+
+	// --insecure: every address must be loopback.
+	c = load(t, Sources{Flags: map[string]string{"global": "127.0.0.1:5685,g2.example:5685", "insecure": "true"}})
+	assert.ErrorContains(t, c.Validate(), `insecure: --global "g2.example:5685" is not a loopback address`)
+	c = load(t, Sources{Flags: map[string]string{"global": "127.0.0.1:5685,localhost:5686,[::1]:5687", "insecure": "true"}})
+	assert.NoError(t, c.Validate())
 }
 
 func TestPostgresSettings(t *testing.T) {
