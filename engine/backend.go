@@ -178,8 +178,18 @@ func (b backend) Ready() error {
 		if !ok {
 			// The dialer's error names the address it happened at:
 			// "global at ADDR: …".
-			if st := b.e.globalConn(); st.LastError != nil {
+			st := b.e.globalConn()
+			if st.LastError != nil {
 				return fmt.Errorf("not connected to %w", st.LastError)
+			}
+			// A refused attempt never became a session: the refusal is
+			// recorded in the insights by the refused-attempt hook.
+			if c, _ := b.e.ins.Get(GlobalPeer); c.LastError != "" {
+				addr := st.Address
+				if addr == "" {
+					addr = b.e.cfg.GlobalAddress
+				}
+				return fmt.Errorf("not connected to global at %s: %s", addr, c.LastError)
 			}
 			return fmt.Errorf("not connected to global at %s yet", b.e.cfg.GlobalAddress)
 		}
