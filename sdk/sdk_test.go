@@ -11,8 +11,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	kdsv1 "github.com/kds-engine/kds-engine/proto/kds/v1"
-	pluginv1 "github.com/kds-engine/kds-engine/proto/plugin/v1"
+	pluginv1 "github.com/kds-engine/kds-engine/sdk/proto/plugin/v1"
 )
 
 func TestPathBuilder(t *testing.T) {
@@ -95,7 +94,7 @@ func TestServerValidateReportsIndexesAndPassesMeta(t *testing.T) {
 		},
 	})}})
 	require.NoError(t, err)
-	resp, err := srv.Validate(context.Background(), &pluginv1.ValidateRequest{Resources: []*kdsv1.Resource{
+	resp, err := srv.Validate(context.Background(), &pluginv1.ValidateRequest{Resources: []*pluginv1.Resource{
 		{Type: "Sample", Mesh: "m1", Name: "a", Spec: []byte(`{"port": 80, "extra": 1}`)},
 		{Type: "Sample", Mesh: "m1", Name: "b", Labels: map[string]string{"k": "v"}},
 		{Type: "Sample", Mesh: "m1", Name: "c", Spec: []byte(`[1]`)},

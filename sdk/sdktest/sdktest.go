@@ -28,9 +28,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	kdsv1 "github.com/kds-engine/kds-engine/proto/kds/v1"
-	pluginv1 "github.com/kds-engine/kds-engine/proto/plugin/v1"
 	"github.com/kds-engine/kds-engine/sdk"
+	pluginv1 "github.com/kds-engine/kds-engine/sdk/proto/plugin/v1"
 )
 
 // Timeout bounds every call a Client makes.
@@ -149,13 +148,13 @@ func (c *Client) Describe() *pluginv1.DescribeResponse {
 // order; a valid resource has an empty list.
 func (c *Client) Validate(rs ...Resource) []sdk.ErrorList {
 	c.t.Helper()
-	req := &pluginv1.ValidateRequest{Resources: make([]*kdsv1.Resource, len(rs))}
+	req := &pluginv1.ValidateRequest{Resources: make([]*pluginv1.Resource, len(rs))}
 	for i, r := range rs {
 		spec, err := specJSON(r.Spec)
 		if err != nil {
 			c.t.Fatalf("sdktest: resource %d spec: %v", i, err)
 		}
-		req.Resources[i] = &kdsv1.Resource{Type: r.Type, Mesh: r.Mesh, Name: r.Name, Labels: r.Labels, Spec: spec}
+		req.Resources[i] = &pluginv1.Resource{Type: r.Type, Mesh: r.Mesh, Name: r.Name, Labels: r.Labels, Spec: spec}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), Timeout)
 	defer cancel()

@@ -21,8 +21,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/kds-engine/kds-engine/engine/internal/resource"
-	pluginv1 "github.com/kds-engine/kds-engine/proto/plugin/v1"
 	"github.com/kds-engine/kds-engine/sdk"
+	pluginv1 "github.com/kds-engine/kds-engine/sdk/proto/plugin/v1"
 )
 
 // managed is one plugin binary and its current process, if any.

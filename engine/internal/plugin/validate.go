@@ -12,8 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/kds-engine/kds-engine/engine/internal/resource"
-	kdsv1 "github.com/kds-engine/kds-engine/proto/kds/v1"
-	pluginv1 "github.com/kds-engine/kds-engine/proto/plugin/v1"
+	pluginv1 "github.com/kds-engine/kds-engine/sdk/proto/plugin/v1"
 )
 
 // ValidateBatch sends rs to the named plugin in one Validate RPC and returns
@@ -32,9 +31,9 @@ func (h *Host) ValidateBatch(ctx context.Context, pluginName string, rs []*resou
 	if err != nil {
 		return nil, fmt.Errorf("validate: %w", err)
 	}
-	req := &pluginv1.ValidateRequest{Resources: make([]*kdsv1.Resource, len(rs))}
+	req := &pluginv1.ValidateRequest{Resources: make([]*pluginv1.Resource, len(rs))}
 	for i, r := range rs {
-		req.Resources[i] = r.ToProto()
+		req.Resources[i] = ToPlugin(r)
 	}
 	m.calls.Add(1)
 	cctx, cancel := context.WithTimeout(ctx, h.callTimeout)
@@ -64,6 +63,13 @@ func (h *Host) ValidateBatch(ctx context.Context, pluginName string, rs []*resou
 		return nil, fmt.Errorf("validate with plugin %q: %w", pluginName, err)
 	}
 	return fieldErrors(pluginName, len(rs), resp)
+}
+
+// ToPlugin converts r to the plugin protocol's envelope: the fields a plugin
+// validates (type, mesh, name, labels, spec, zone), sharing r's maps and
+// slices. Store versions and timestamps are not sent.
+func ToPlugin(r *resource.Resource) *pluginv1.Resource {
+	return &pluginv1.Resource{Type: r.Type, Mesh: r.Mesh, Name: r.Name, Labels: r.Labels, Spec: r.Spec, Zone: r.Zone}
 }
 
 // fieldErrors converts a plugin's answer for a batch of n resources into
