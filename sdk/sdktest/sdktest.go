@@ -1,6 +1,12 @@
 // Package sdktest runs a kds-engine plugin for unit tests, without the
 // engine.
 //
+// [Client.Validate] checks each resource against its type's JSON Schema with
+// the engine's own implementation (package schemacheck) and then asks the
+// plugin, and merges the two as the engine does, so a test sees the field
+// errors `kds-engine apply` would print for the same spec. Only the engine's
+// envelope checks (name syntax, scope, labels, size) are not run.
+//
 // [Start] serves an sdk.Plugin in-process over a real gRPC connection on
 // the loopback interface, so requests and responses go through the same
 // protobuf encoding as in production. [StartBinary] starts a built
@@ -30,6 +36,7 @@ import (
 
 	"github.com/kds-engine/kds-engine/sdk"
 	pluginv1 "github.com/kds-engine/kds-engine/sdk/proto/plugin/v1"
+	"github.com/kds-engine/kds-engine/sdk/schemacheck"
 )
 
 // Timeout bounds every call a Client makes.
@@ -51,6 +58,11 @@ type Client struct {
 	conn pluginv1.PluginClient
 	// Pid is the plugin process id for StartBinary, 0 for Start.
 	Pid int
+	// PluginOnly skips the JSON Schema check in Validate, so only the
+	// plugin's own decoding and validate functions answer.
+	PluginOnly bool
+
+	schemas map[string]*schemacheck.Schema // by type, from Describe; nil until first needed
 }
 
 // Start serves p in-process on a loopback gRPC server (with the server and
@@ -144,10 +156,14 @@ func (c *Client) Describe() *pluginv1.DescribeResponse {
 	return resp
 }
 
-// Validate sends rs in one batch and returns one ErrorList per resource, in
-// order; a valid resource has an empty list.
+// Validate checks rs as the engine would and returns one ErrorList per
+// resource, in order; a valid resource has an empty list. Each spec is
+// checked against its type's JSON Schema (unless PluginOnly), then all are
+// sent to the plugin in one batch; the plugin's errors at fields the schema
+// already reported are dropped ([sdk.MergeErrors]).
 func (c *Client) Validate(rs ...Resource) []sdk.ErrorList {
 	c.t.Helper()
+	out := make([]sdk.ErrorList, len(rs))
 	req := &pluginv1.ValidateRequest{Resources: make([]*pluginv1.Resource, len(rs))}
 	for i, r := range rs {
 		spec, err := specJSON(r.Spec)
@@ -155,6 +171,9 @@ func (c *Client) Validate(rs ...Resource) []sdk.ErrorList {
 			c.t.Fatalf("sdktest: resource %d spec: %v", i, err)
 		}
 		req.Resources[i] = &pluginv1.Resource{Type: r.Type, Mesh: r.Mesh, Name: r.Name, Labels: r.Labels, Spec: spec}
+		if !c.PluginOnly {
+			out[i] = c.schemaErrors(r.Type, spec)
+		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), Timeout)
 	defer cancel()
@@ -162,14 +181,49 @@ func (c *Client) Validate(rs ...Resource) []sdk.ErrorList {
 	if err != nil {
 		c.t.Fatalf("sdktest: validate: %v", err)
 	}
-	out := make([]sdk.ErrorList, len(rs))
+	fromPlugin := make([]sdk.ErrorList, len(rs))
 	for _, inv := range resp.GetInvalid() {
 		if int(inv.GetIndex()) >= len(rs) {
 			c.t.Fatalf("sdktest: plugin answered for index %d of a %d-resource batch", inv.GetIndex(), len(rs))
 		}
 		for _, fe := range inv.GetErrors() {
-			out[inv.GetIndex()] = append(out[inv.GetIndex()], sdk.FieldError{Field: fe.GetField(), Message: fe.GetMessage()})
+			fromPlugin[inv.GetIndex()] = append(fromPlugin[inv.GetIndex()], sdk.FieldError{Field: fe.GetField(), Message: fe.GetMessage()})
 		}
+	}
+	for i := range out {
+		out[i] = sdk.MergeErrors(out[i], fromPlugin[i])
+	}
+	return out
+}
+
+// schemaErrors checks spec against the JSON Schema the plugin describes for
+// typ (none for an unknown type or a type without a schema).
+func (c *Client) schemaErrors(typ string, spec []byte) sdk.ErrorList {
+	c.t.Helper()
+	if c.schemas == nil {
+		c.schemas = map[string]*schemacheck.Schema{}
+		for _, d := range c.Describe().GetTypes() {
+			if len(d.GetJsonSchema()) == 0 {
+				continue
+			}
+			s, err := schemacheck.Compile(d.GetName(), d.GetJsonSchema())
+			if err != nil {
+				c.t.Fatalf("sdktest: the engine would refuse the schema of type %s: %v", d.GetName(), err)
+			}
+			c.schemas[d.GetName()] = s
+		}
+	}
+	s, ok := c.schemas[typ]
+	if !ok {
+		return nil
+	}
+	errs, err := s.CheckJSON(spec)
+	if err != nil {
+		return sdk.ErrorList{{Field: "spec", Message: err.Error()}}
+	}
+	var out sdk.ErrorList
+	for _, e := range errs {
+		out = append(out, sdk.FieldError{Field: e.Field, Message: e.Message})
 	}
 	return out
 }
