@@ -26,8 +26,10 @@ plugins:
 	cd examples/featureflag && $(GO) build -o $(PLUGINS)/kds-plugin-featureflag .
 	@chmod go-w $(PLUGINS)/kds-plugin-*
 
-## test: vet, generated-code check, the race-enabled suite, the sdk module,
-## the examples, and the plugin guide's own snippet built outside the tree
+## test: vet, generated-code check, the race-enabled suite (its e2e tests
+## include docs/plugins.md's plugin, built from the guide's own snippets in a
+## module outside the tree and loaded into an engine), the sdk module and the
+## examples
 test: vet check-proto
 	$(GO) test $(GOFLAGS_TEST) ./...
 	@for f in $$(grep -rl --include='*_test.go' '^func Fuzz' engine cmd $(SDK_MODULE)); do for t in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$f); do d=$$(dirname $$f); m=.; case $$d in $(SDK_MODULE)|$(SDK_MODULE)/*) m=$(SDK_MODULE); d=$${d#$(SDK_MODULE)}; d=$${d#/};; esac; echo "== fuzz $$t ./$$f"; (cd $$m && $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime 1000x -parallel 1 ./$$d) || exit 1; done; done

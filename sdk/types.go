@@ -16,7 +16,6 @@ import (
 	"github.com/invopop/jsonschema"
 
 	pluginv1 "github.com/kds-engine/kds-engine/sdk/proto/plugin/v1"
-	"github.com/kds-engine/kds-engine/sdk/schemacheck"
 )
 
 // Direction says which side writes a type and which receives it.
@@ -136,11 +135,6 @@ func (t *typed[T]) descriptor() (*pluginv1.TypeDescriptor, error) {
 			return nil, fmt.Errorf("type %s: %w", s.Name, err)
 		}
 		d.JsonSchema = schema
-	}
-	// The engine compiles the schema with the same code; a schema it would
-	// refuse fails here, at start, naming the type.
-	if _, err := schemacheck.Compile(s.Name, d.JsonSchema); err != nil {
-		return nil, fmt.Errorf("type %s: schema: %w", s.Name, err)
 	}
 	return d, nil
 }
