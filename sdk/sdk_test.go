@@ -261,3 +261,31 @@ func TestValidatePanicIsAnError(t *testing.T) {
 	assert.EqualValues(t, 0, resp.GetInvalid()[0].GetIndex())
 	assert.Equal(t, "plugin bomb panicked validating Boom m1/a: index out of range (a bug in the plugin; its log has the stack)", resp.GetInvalid()[0].GetErrors()[0].GetMessage())
 }
+
+// Warnings travel apart from errors: a resource with only warnings is
+// valid.
+func TestWarnings(t *testing.T) {
+	typ := Define(TypeSpec[decodeSpec]{Name: "Warn", Direction: GlobalToZone, Scope: ScopeMesh,
+		Validate: func(_ context.Context, _ Meta, s *decodeSpec) ErrorList {
+			var errs ErrorList
+			errs.Warn(Field("spec").Child("name"), "%q is deprecated", s.Name)
+			if s.Port == 0 {
+				errs.Required(Field("spec").Child("port"))
+			}
+			return errs
+		}})
+	srv, err := NewServer(Plugin{Name: "w", Types: []Type{typ}})
+	require.NoError(t, err)
+	resp, err := srv.Validate(context.Background(), &pluginv1.ValidateRequest{Resources: []*pluginv1.Resource{
+		{Type: "Warn", Mesh: "m", Name: "ok", Spec: []byte(`{"port":1,"name":"old"}`)},
+		{Type: "Warn", Mesh: "m", Name: "bad", Spec: []byte(`{"name":"old"}`)},
+	}})
+	require.NoError(t, err)
+	require.Len(t, resp.GetInvalid(), 1)
+	assert.EqualValues(t, 1, resp.GetInvalid()[0].GetIndex())
+	assert.Equal(t, "spec.port", resp.GetInvalid()[0].GetErrors()[0].GetField())
+	require.Len(t, resp.GetWarnings(), 2)
+	assert.EqualValues(t, 0, resp.GetWarnings()[0].GetIndex())
+	assert.Equal(t, `"old" is deprecated`, resp.GetWarnings()[0].GetErrors()[0].GetMessage())
+	assert.Equal(t, `spec.name: warning: "old" is deprecated`, ErrorList{{Field: "spec.name", Message: `"old" is deprecated`, Warning: true}}.Error())
+}

@@ -58,6 +58,14 @@ func (s *server) Describe(context.Context, *pluginv1.DescribeRequest) (*pluginv1
 	return &pluginv1.DescribeResponse{Name: s.name, Version: s.version, Types: s.descriptors}, nil
 }
 
+func resourceErrors(i int, errs ErrorList) *pluginv1.ResourceErrors {
+	re := &pluginv1.ResourceErrors{Index: uint32(i), Errors: make([]*pluginv1.FieldError, len(errs))}
+	for j, e := range errs {
+		re.Errors[j] = &pluginv1.FieldError{Field: e.Field, Message: e.Message}
+	}
+	return re
+}
+
 // validateOne runs t's checks on one resource. A panic in them becomes an
 // error naming the resource and the plugin, logged with its stack to the
 // plugin's stderr; the plugin keeps serving.
@@ -91,14 +99,12 @@ func (s *server) Validate(ctx context.Context, req *pluginv1.ValidateRequest) (*
 			meta := Meta{Type: r.GetType(), Mesh: r.GetMesh(), Name: r.GetName(), Labels: r.GetLabels(), Zone: r.GetZone()}
 			errs = s.validateOne(ctx, t, meta, r.GetSpec())
 		}
-		if len(errs) == 0 {
-			continue
+		if fails := errs.Errors(); len(fails) > 0 {
+			resp.Invalid = append(resp.Invalid, resourceErrors(i, fails))
 		}
-		re := &pluginv1.ResourceErrors{Index: uint32(i), Errors: make([]*pluginv1.FieldError, len(errs))}
-		for j, e := range errs {
-			re.Errors[j] = &pluginv1.FieldError{Field: e.Field, Message: e.Message}
+		if warns := errs.Warnings(); len(warns) > 0 {
+			resp.Warnings = append(resp.Warnings, resourceErrors(i, warns))
 		}
-		resp.Invalid = append(resp.Invalid, re)
 	}
 	if len(req.GetResources()) > 0 && ctx.Err() != nil {
 		return nil, status.Error(codes.Canceled, ctx.Err().Error())

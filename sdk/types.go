@@ -48,8 +48,8 @@ type Meta struct {
 	Zone   string // origin zone, set only on global for zone-provided resources
 }
 
-// ValidateFunc checks one decoded spec and returns its problems (nil or empty
-// means valid). Paths should start at Field("spec"). It is called
+// ValidateFunc checks one decoded spec and returns its problems: nil, or a
+// list with only warnings ([ErrorList.Warn]), means valid. Paths should start at Field("spec"). It is called
 // concurrently for different resources and must not retain spec.
 type ValidateFunc[T any] func(ctx context.Context, meta Meta, spec *T) ErrorList
 

@@ -157,7 +157,8 @@ func (c *Client) Describe() *pluginv1.DescribeResponse {
 }
 
 // Validate checks rs as the engine would and returns one ErrorList per
-// resource, in order; a valid resource has an empty list. Each spec is
+// resource, in order; a valid resource has an empty list, or only warnings
+// (entries with Warning set; see ErrorList.Errors and ErrorList.Warnings). Each spec is
 // checked against its type's JSON Schema (unless PluginOnly), then all are
 // sent to the plugin in one batch; the plugin's errors at fields the schema
 // already reported are dropped ([sdk.MergeErrors]).
@@ -188,6 +189,14 @@ func (c *Client) Validate(rs ...Resource) []sdk.ErrorList {
 		}
 		for _, fe := range inv.GetErrors() {
 			fromPlugin[inv.GetIndex()] = append(fromPlugin[inv.GetIndex()], sdk.FieldError{Field: fe.GetField(), Message: fe.GetMessage()})
+		}
+	}
+	for _, w := range resp.GetWarnings() {
+		if int(w.GetIndex()) >= len(rs) {
+			c.t.Fatalf("sdktest: plugin warned for index %d of a %d-resource batch", w.GetIndex(), len(rs))
+		}
+		for _, fe := range w.GetErrors() {
+			fromPlugin[w.GetIndex()] = append(fromPlugin[w.GetIndex()], sdk.FieldError{Field: fe.GetField(), Message: fe.GetMessage(), Warning: true})
 		}
 	}
 	for i := range out {

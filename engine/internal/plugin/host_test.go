@@ -319,6 +319,28 @@ func TestCrashInABatchFindsTheResource(t *testing.T) {
 	assert.Equal(t, 2, info(t, h, "panicky").Restarts)
 }
 
+// A plugin's warnings go to the collector in the context, for valid and
+// invalid resources alike; they do not make a resource invalid.
+func TestWarningsReachTheCollector(t *testing.T) {
+	h, _ := startHost(t, pluginsDir(t, "warner"))
+	ctx, warns := resource.WithWarnings(context.Background())
+	err := h.Validate(ctx, []*resource.Resource{
+		res("WarnerThing", "m", "a", `{"value":"old"}`),
+		res("WarnerThing", "m", "b", `{"value":"new"}`),
+		res("WarnerThing", "m", "c", `{"value":"old","bad":true}`),
+	})
+	var ve *resource.ValidationError
+	require.ErrorAs(t, err, &ve)
+	require.Len(t, ve.Invalid, 1, "a warning alone does not refuse a resource")
+	assert.Equal(t, "c", ve.Invalid[0].Key.Name)
+	got := warns.List()
+	require.Len(t, got, 2)
+	assert.Equal(t, "a", got[0].Key.Name)
+	assert.Equal(t, "c", got[1].Key.Name)
+	assert.Equal(t, []resource.FieldError{{Field: "spec.value", Message: `"old" is deprecated`}}, got[0].Errors)
+	require.NoError(t, h.Validate(context.Background(), []*resource.Resource{res("WarnerThing", "m", "a", `{"value":"old"}`)}), "no collector: warnings are dropped")
+}
+
 // An incompatible protocol version says what to upgrade.
 func TestIncompatibleProtocolSaysWhatToUpgrade(t *testing.T) {
 	h, _ := startHost(t, pluginsDir(t, "futureonly"))

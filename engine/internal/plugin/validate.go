@@ -20,7 +20,9 @@ import (
 )
 
 // ValidateBatch sends rs to the named plugin in one Validate RPC and returns
-// the field errors of each invalid resource by its index in rs. It fails
+// the field errors of each invalid resource by its index in rs. The
+// plugin's warnings go to the collector in ctx, if any (see
+// resource.WithWarnings). It fails
 // with an error wrapping ErrPluginDown when the plugin is not running (or
 // dies during the call). Every resource must be of a type of that plugin;
 // the caller keeps batches under MaxBatchBytes.
@@ -162,7 +164,20 @@ func (h *Host) call(ctx context.Context, pluginName string, m *managed, inst *in
 		}
 		return nil, fmt.Errorf("validate with plugin %q: %w", pluginName, err)
 	}
-	return fieldErrors(pluginName, len(rs), resp)
+	fes, err := fieldErrors(pluginName, len(rs), resp)
+	if err != nil {
+		return nil, err
+	}
+	for _, w := range resp.GetWarnings() {
+		if idx := int(w.GetIndex()); idx >= 0 && idx < len(rs) {
+			ws := make([]resource.FieldError, 0, len(w.GetErrors()))
+			for _, fe := range w.GetErrors() {
+				ws = append(ws, resource.FieldError{Field: fe.GetField(), Message: fe.GetMessage()})
+			}
+			resource.AddWarnings(ctx, rs[idx].Key(), ws)
+		}
+	}
+	return fes, nil
 }
 
 // crashRecord is a resource whose validation made one binary exit.

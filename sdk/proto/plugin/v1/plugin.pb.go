@@ -455,7 +455,11 @@ func (x *Resource) GetZone() string {
 type ValidateResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// One entry per invalid resource; valid resources have no entry.
-	Invalid       []*ResourceErrors `protobuf:"bytes,1,rep,name=invalid,proto3" json:"invalid,omitempty"`
+	Invalid []*ResourceErrors `protobuf:"bytes,1,rep,name=invalid,proto3" json:"invalid,omitempty"`
+	// Warnings: problems that do not make a resource invalid. The write goes
+	// ahead and the user is told. One entry per resource with warnings (valid
+	// or not); engines that predate warnings ignore them.
+	Warnings      []*ResourceErrors `protobuf:"bytes,2,rep,name=warnings,proto3" json:"warnings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -493,6 +497,13 @@ func (*ValidateResponse) Descriptor() ([]byte, []int) {
 func (x *ValidateResponse) GetInvalid() []*ResourceErrors {
 	if x != nil {
 		return x.Invalid
+	}
+	return nil
+}
+
+func (x *ValidateResponse) GetWarnings() []*ResourceErrors {
+	if x != nil {
+		return x.Warnings
 	}
 	return nil
 }
@@ -633,9 +644,10 @@ const file_plugin_v1_plugin_proto_rawDesc = "" +
 	"\x04zone\x18\t \x01(\tR\x04zone\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"G\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"~\n" +
 	"\x10ValidateResponse\x123\n" +
-	"\ainvalid\x18\x01 \x03(\v2\x19.plugin.v1.ResourceErrorsR\ainvalid\"U\n" +
+	"\ainvalid\x18\x01 \x03(\v2\x19.plugin.v1.ResourceErrorsR\ainvalid\x125\n" +
+	"\bwarnings\x18\x02 \x03(\v2\x19.plugin.v1.ResourceErrorsR\bwarnings\"U\n" +
 	"\x0eResourceErrors\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\rR\x05index\x12-\n" +
 	"\x06errors\x18\x02 \x03(\v2\x15.plugin.v1.FieldErrorR\x06errors\"<\n" +
@@ -690,16 +702,17 @@ var file_plugin_v1_plugin_proto_depIdxs = []int32{
 	6,  // 3: plugin.v1.ValidateRequest.resources:type_name -> plugin.v1.Resource
 	10, // 4: plugin.v1.Resource.labels:type_name -> plugin.v1.Resource.LabelsEntry
 	8,  // 5: plugin.v1.ValidateResponse.invalid:type_name -> plugin.v1.ResourceErrors
-	9,  // 6: plugin.v1.ResourceErrors.errors:type_name -> plugin.v1.FieldError
-	2,  // 7: plugin.v1.Plugin.Describe:input_type -> plugin.v1.DescribeRequest
-	5,  // 8: plugin.v1.Plugin.Validate:input_type -> plugin.v1.ValidateRequest
-	3,  // 9: plugin.v1.Plugin.Describe:output_type -> plugin.v1.DescribeResponse
-	7,  // 10: plugin.v1.Plugin.Validate:output_type -> plugin.v1.ValidateResponse
-	9,  // [9:11] is the sub-list for method output_type
-	7,  // [7:9] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	8,  // 6: plugin.v1.ValidateResponse.warnings:type_name -> plugin.v1.ResourceErrors
+	9,  // 7: plugin.v1.ResourceErrors.errors:type_name -> plugin.v1.FieldError
+	2,  // 8: plugin.v1.Plugin.Describe:input_type -> plugin.v1.DescribeRequest
+	5,  // 9: plugin.v1.Plugin.Validate:input_type -> plugin.v1.ValidateRequest
+	3,  // 10: plugin.v1.Plugin.Describe:output_type -> plugin.v1.DescribeResponse
+	7,  // 11: plugin.v1.Plugin.Validate:output_type -> plugin.v1.ValidateResponse
+	10, // [10:12] is the sub-list for method output_type
+	8,  // [8:10] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_plugin_v1_plugin_proto_init() }

@@ -16,6 +16,7 @@
 //	panicky       type PanickyThing; a spec with "crash" in it makes it
 //	              panic outside the SDK's recovery (the process dies)
 //	panicstart    panics before serving
+//	warner        type WarnerThing; warns about {"value": "old"}
 //
 // When KDS_TESTPLUGIN_RUNLOG names a file, every start appends a line
 // "NAME PID" to it, so a test can tell whether a binary ran at all.
