@@ -14,6 +14,10 @@
 // versioned protocol negotiation, gRPC only. [Build] compiles a plugin's main
 // package for StartBinary.
 //
+// For a test against a real engine (envelope checks, storage, the CLI's
+// output), see package github.com/kds-engine/kds-engine/cmd/kds-engine/enginetest
+// in the engine's module.
+//
 // Everything is torn down with t.Cleanup. Client methods report failures
 // with t.Fatalf, so call them from the test's goroutine.
 package sdktest
