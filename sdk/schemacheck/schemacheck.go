@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"math/big"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -62,7 +63,8 @@ func Compile(name string, doc []byte) (*Schema, error) {
 
 // Check validates instance, a decoded JSON value made of map[string]any,
 // []any, string, json.Number (or float64), bool and nil, and returns every
-// violation (nil when it is valid). Numbers given as json.Number are
+// violation (nil when it is valid), ordered by field path so that the same
+// spec always gets the same answer. Numbers given as json.Number are
 // compared exactly.
 func (s *Schema) Check(instance any) []Error {
 	err := s.s.Validate(instance)
@@ -75,7 +77,9 @@ func (s *Schema) Check(instance any) []Error {
 	}
 	var out []Error
 	collect(ve, &out)
-	return dedupe(out)
+	out = dedupe(out)
+	slices.SortStableFunc(out, func(a, b Error) int { return strings.Compare(a.Field, b.Field) })
+	return out
 }
 
 // CheckJSON decodes spec (empty or blank means {}) and checks it. It fails
