@@ -38,13 +38,20 @@ func (p Path) String() string { return p.s }
 type FieldError struct {
 	Field   string // path of the field, for example "spec.inbound[1].port"; "" means the whole resource
 	Message string
+	// Warning marks a problem that does not make the resource invalid: the
+	// write goes ahead and apply prints it (see [ErrorList.Warn]).
+	Warning bool
 }
 
 func (e FieldError) Error() string {
-	if e.Field == "" {
-		return e.Message
+	msg := e.Message
+	if e.Warning {
+		msg = "warning: " + msg
 	}
-	return e.Field + ": " + e.Message
+	if e.Field == "" {
+		return msg
+	}
+	return e.Field + ": " + msg
 }
 
 // ErrorList collects the field errors of one resource. The zero value is an
@@ -64,10 +71,39 @@ func (l *ErrorList) Invalid(p Path, value any, reason string) {
 	l.Add(p, "invalid value %v: %s", quoteIfString(value), reason)
 }
 
+// Warn appends a warning for path p: a problem worth telling the user
+// that does not refuse the resource. `kds-engine apply` prints it and the
+// admin API returns it; the resource is written if it has no errors.
+func (l *ErrorList) Warn(p Path, format string, args ...any) {
+	*l = append(*l, FieldError{Field: p.String(), Message: fmt.Sprintf(format, args...), Warning: true})
+}
+
+// Errors returns the entries of l that are errors, not warnings.
+func (l ErrorList) Errors() ErrorList {
+	var out ErrorList
+	for _, e := range l {
+		if !e.Warning {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// Warnings returns the entries of l that are warnings.
+func (l ErrorList) Warnings() ErrorList {
+	var out ErrorList
+	for _, e := range l {
+		if e.Warning {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
 // Append adds every error of other to l.
 func (l *ErrorList) Append(other ErrorList) { *l = append(*l, other...) }
 
-// Empty reports whether the list has no errors.
+// Empty reports whether the list has no entries, errors or warnings.
 func (l ErrorList) Empty() bool { return len(l) == 0 }
 
 // Error joins the errors with "; ". It makes ErrorList usable as an error in

@@ -11,7 +11,7 @@ import (
 	goplugin "github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
 
-	pluginv1 "github.com/kds-engine/kds-engine/proto/plugin/v1"
+	pluginv1 "github.com/kds-engine/kds-engine/sdk/proto/plugin/v1"
 )
 
 // Protocol constants shared by the engine and every plugin.

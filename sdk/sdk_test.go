@@ -11,8 +11,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	kdsv1 "github.com/kds-engine/kds-engine/proto/kds/v1"
-	pluginv1 "github.com/kds-engine/kds-engine/proto/plugin/v1"
+	pluginv1 "github.com/kds-engine/kds-engine/sdk/proto/plugin/v1"
 )
 
 func TestPathBuilder(t *testing.T) {
@@ -95,7 +94,7 @@ func TestServerValidateReportsIndexesAndPassesMeta(t *testing.T) {
 		},
 	})}})
 	require.NoError(t, err)
-	resp, err := srv.Validate(context.Background(), &pluginv1.ValidateRequest{Resources: []*kdsv1.Resource{
+	resp, err := srv.Validate(context.Background(), &pluginv1.ValidateRequest{Resources: []*pluginv1.Resource{
 		{Type: "Sample", Mesh: "m1", Name: "a", Spec: []byte(`{"port": 80, "extra": 1}`)},
 		{Type: "Sample", Mesh: "m1", Name: "b", Labels: map[string]string{"k": "v"}},
 		{Type: "Sample", Mesh: "m1", Name: "c", Spec: []byte(`[1]`)},
@@ -201,4 +200,92 @@ func FuzzDecodeSpec(f *testing.F) {
 		assert.True(t, field == "spec" || strings.HasPrefix(field, "spec.") || strings.HasPrefix(field, "spec["), "field %q", field)
 		assert.NotEmpty(t, errs[0].Message)
 	})
+}
+
+// Every value that does not decode is reported in one answer, and the
+// validate function still runs on the rest; its errors at fields the
+// decoder already reported are dropped.
+func TestEveryDecodeProblemAtOnce(t *testing.T) {
+	var seen *decodeSpec
+	typ := Define(TypeSpec[decodeSpec]{Name: "Decode", Direction: GlobalToZone, Scope: ScopeMesh,
+		Validate: func(_ context.Context, _ Meta, s *decodeSpec) ErrorList {
+			cp := *s
+			seen = &cp
+			var errs ErrorList
+			if s.Port == 0 {
+				errs.Required(Field("spec").Child("port"))
+			}
+			if s.Name != "ok" {
+				errs.Invalid(Field("spec").Child("name"), s.Name, "must be ok")
+			}
+			return errs
+		}})
+	errs := typ.validate(context.Background(), Meta{}, []byte(`{"port":"80","colour":1,"entries":[{"value":"a"},{"value":7}],"level":"x","name":"bad"}`))
+	var fields []string
+	for _, e := range errs {
+		fields = append(fields, e.Field)
+	}
+	assert.ElementsMatch(t, []string{"spec.port", "spec.colour", "spec.entries[1].value", "spec.level", "spec.name"}, fields)
+	assert.Equal(t, "must be an integer, not JSON string", errs[0].Message, "the decoder's message, not the validate function's")
+	require.NotNil(t, seen, "validate ran on the spec decoded as far as possible")
+	assert.Equal(t, "bad", seen.Name)
+	assert.Len(t, seen.Entries, 2)
+}
+
+func TestMergeErrors(t *testing.T) {
+	first := ErrorList{{Field: "spec.a", Message: "x"}, {Field: "spec.b[1]", Message: "y"}}
+	then := ErrorList{{Field: "spec.a", Message: "other"}, {Field: "spec.a.c", Message: "below"}, {Field: "spec.b[1].d", Message: "below"},
+		{Field: "spec.ab", Message: "kept"}, {Field: "spec", Message: "kept"}}
+	assert.Equal(t, ErrorList{first[0], first[1], {Field: "spec.ab", Message: "kept"}, {Field: "spec", Message: "kept"}}, MergeErrors(first, then))
+	assert.Equal(t, then, MergeErrors(nil, then))
+}
+
+// A panic in a validate function is an error naming the resource and the
+// plugin; the plugin keeps answering.
+func TestValidatePanicIsAnError(t *testing.T) {
+	typ := Define(TypeSpec[decodeSpec]{Name: "Boom", Direction: GlobalToZone, Scope: ScopeMesh,
+		Validate: func(_ context.Context, _ Meta, s *decodeSpec) ErrorList {
+			if s.Name == "boom" {
+				panic("index out of range")
+			}
+			return nil
+		}})
+	srv, err := NewServer(Plugin{Name: "bomb", Types: []Type{typ}})
+	require.NoError(t, err)
+	resp, err := srv.Validate(context.Background(), &pluginv1.ValidateRequest{Resources: []*pluginv1.Resource{
+		{Type: "Boom", Mesh: "m1", Name: "a", Spec: []byte(`{"name":"boom"}`)},
+		{Type: "Boom", Mesh: "m1", Name: "b", Spec: []byte(`{"name":"fine"}`)},
+	}})
+	require.NoError(t, err)
+	require.Len(t, resp.GetInvalid(), 1)
+	assert.EqualValues(t, 0, resp.GetInvalid()[0].GetIndex())
+	assert.Equal(t, "plugin bomb panicked validating Boom m1/a: index out of range (a bug in the plugin; its log has the stack)", resp.GetInvalid()[0].GetErrors()[0].GetMessage())
+}
+
+// Warnings travel apart from errors: a resource with only warnings is
+// valid.
+func TestWarnings(t *testing.T) {
+	typ := Define(TypeSpec[decodeSpec]{Name: "Warn", Direction: GlobalToZone, Scope: ScopeMesh,
+		Validate: func(_ context.Context, _ Meta, s *decodeSpec) ErrorList {
+			var errs ErrorList
+			errs.Warn(Field("spec").Child("name"), "%q is deprecated", s.Name)
+			if s.Port == 0 {
+				errs.Required(Field("spec").Child("port"))
+			}
+			return errs
+		}})
+	srv, err := NewServer(Plugin{Name: "w", Types: []Type{typ}})
+	require.NoError(t, err)
+	resp, err := srv.Validate(context.Background(), &pluginv1.ValidateRequest{Resources: []*pluginv1.Resource{
+		{Type: "Warn", Mesh: "m", Name: "ok", Spec: []byte(`{"port":1,"name":"old"}`)},
+		{Type: "Warn", Mesh: "m", Name: "bad", Spec: []byte(`{"name":"old"}`)},
+	}})
+	require.NoError(t, err)
+	require.Len(t, resp.GetInvalid(), 1)
+	assert.EqualValues(t, 1, resp.GetInvalid()[0].GetIndex())
+	assert.Equal(t, "spec.port", resp.GetInvalid()[0].GetErrors()[0].GetField())
+	require.Len(t, resp.GetWarnings(), 2)
+	assert.EqualValues(t, 0, resp.GetWarnings()[0].GetIndex())
+	assert.Equal(t, `"old" is deprecated`, resp.GetWarnings()[0].GetErrors()[0].GetMessage())
+	assert.Equal(t, `spec.name: warning: "old" is deprecated`, ErrorList{{Field: "spec.name", Message: `"old" is deprecated`, Warning: true}}.Error())
 }

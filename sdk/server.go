@@ -3,11 +3,13 @@ package sdk
 import (
 	"context"
 	"fmt"
+	"os"
+	"runtime/debug"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	pluginv1 "github.com/kds-engine/kds-engine/proto/plugin/v1"
+	pluginv1 "github.com/kds-engine/kds-engine/sdk/proto/plugin/v1"
 )
 
 // Plugin is a complete plugin: its identity and its types.
@@ -56,6 +58,31 @@ func (s *server) Describe(context.Context, *pluginv1.DescribeRequest) (*pluginv1
 	return &pluginv1.DescribeResponse{Name: s.name, Version: s.version, Types: s.descriptors}, nil
 }
 
+func resourceErrors(i int, errs ErrorList) *pluginv1.ResourceErrors {
+	re := &pluginv1.ResourceErrors{Index: uint32(i), Errors: make([]*pluginv1.FieldError, len(errs))}
+	for j, e := range errs {
+		re.Errors[j] = &pluginv1.FieldError{Field: e.Field, Message: e.Message}
+	}
+	return re
+}
+
+// validateOne runs t's checks on one resource. A panic in them becomes an
+// error naming the resource and the plugin, logged with its stack to the
+// plugin's stderr; the plugin keeps serving.
+func (s *server) validateOne(ctx context.Context, t Type, meta Meta, spec []byte) (errs ErrorList) {
+	defer func() {
+		if v := recover(); v != nil {
+			name := meta.Name
+			if meta.Mesh != "" {
+				name = meta.Mesh + "/" + name
+			}
+			fmt.Fprintf(os.Stderr, "panic validating %s %s: %v\n%s", meta.Type, name, v, debug.Stack())
+			errs = ErrorList{{Message: fmt.Sprintf("plugin %s panicked validating %s %s: %v (a bug in the plugin; its log has the stack)", s.name, meta.Type, name, v)}}
+		}
+	}()
+	return t.validate(ctx, meta, spec)
+}
+
 func (s *server) Validate(ctx context.Context, req *pluginv1.ValidateRequest) (*pluginv1.ValidateResponse, error) {
 	resp := &pluginv1.ValidateResponse{}
 	for i, r := range req.GetResources() {
@@ -70,16 +97,14 @@ func (s *server) Validate(ctx context.Context, req *pluginv1.ValidateRequest) (*
 			errs = ErrorList{{Field: "type", Message: fmt.Sprintf("plugin %s does not supply type %q", s.name, r.GetType())}}
 		} else {
 			meta := Meta{Type: r.GetType(), Mesh: r.GetMesh(), Name: r.GetName(), Labels: r.GetLabels(), Zone: r.GetZone()}
-			errs = t.validate(ctx, meta, r.GetSpec())
+			errs = s.validateOne(ctx, t, meta, r.GetSpec())
 		}
-		if len(errs) == 0 {
-			continue
+		if fails := errs.Errors(); len(fails) > 0 {
+			resp.Invalid = append(resp.Invalid, resourceErrors(i, fails))
 		}
-		re := &pluginv1.ResourceErrors{Index: uint32(i), Errors: make([]*pluginv1.FieldError, len(errs))}
-		for j, e := range errs {
-			re.Errors[j] = &pluginv1.FieldError{Field: e.Field, Message: e.Message}
+		if warns := errs.Warnings(); len(warns) > 0 {
+			resp.Warnings = append(resp.Warnings, resourceErrors(i, warns))
 		}
-		resp.Invalid = append(resp.Invalid, re)
 	}
 	if len(req.GetResources()) > 0 && ctx.Err() != nil {
 		return nil, status.Error(codes.Canceled, ctx.Err().Error())

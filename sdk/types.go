@@ -15,7 +15,7 @@ import (
 	"github.com/go-json-experiment/json/jsontext"
 	"github.com/invopop/jsonschema"
 
-	pluginv1 "github.com/kds-engine/kds-engine/proto/plugin/v1"
+	pluginv1 "github.com/kds-engine/kds-engine/sdk/proto/plugin/v1"
 )
 
 // Direction says which side writes a type and which receives it.
@@ -48,8 +48,8 @@ type Meta struct {
 	Zone   string // origin zone, set only on global for zone-provided resources
 }
 
-// ValidateFunc checks one decoded spec and returns its problems (nil or empty
-// means valid). Paths should start at Field("spec"). It is called
+// ValidateFunc checks one decoded spec and returns its problems: nil, or a
+// list with only warnings ([ErrorList.Warn]), means valid. Paths should start at Field("spec"). It is called
 // concurrently for different resources and must not retain spec.
 type ValidateFunc[T any] func(ctx context.Context, meta Meta, spec *T) ErrorList
 
@@ -126,18 +126,20 @@ func (t *typed[T]) descriptor() (*pluginv1.TypeDescriptor, error) {
 			return nil, fmt.Errorf("type %s: schema is not valid JSON", s.Name)
 		}
 		d.JsonSchema = s.Schema
-		return d, nil
+	} else {
+		if err := checkTags(reflect.TypeFor[T]()); err != nil {
+			return nil, fmt.Errorf("type %s: %w", s.Name, err)
+		}
+		schema, err := SchemaFor[T]()
+		if err != nil {
+			return nil, fmt.Errorf("type %s: %w", s.Name, err)
+		}
+		d.JsonSchema = schema
 	}
-	schema, err := SchemaFor[T]()
-	if err != nil {
-		return nil, fmt.Errorf("type %s: %w", s.Name, err)
-	}
-	d.JsonSchema = schema
 	return d, nil
 }
 
 func (t *typed[T]) validate(ctx context.Context, meta Meta, raw []byte) ErrorList {
-	spec := new(T)
 	if len(raw) == 0 || (raw[0] != '{' && len(bytes.TrimSpace(raw)) == 0) {
 		raw = []byte("{}")
 	}
@@ -145,13 +147,135 @@ func (t *typed[T]) validate(ctx context.Context, meta Meta, raw []byte) ErrorLis
 	if t.spec.AllowUnknownFields {
 		opts = allowUnknown
 	}
-	if err := jsonv2.Unmarshal(raw, spec, opts); err != nil {
-		return ErrorList{decodeError(raw, err)}
+	spec, errs := decodeAll[T](raw, opts)
+	if spec == nil || t.spec.Validate == nil {
+		return errs
 	}
-	if t.spec.Validate == nil {
-		return nil
+	return MergeErrors(errs, t.spec.Validate(ctx, meta, spec))
+}
+
+// maxDecodeErrors bounds how many decoding errors one spec reports.
+const maxDecodeErrors = 100
+
+// decodeAll decodes raw into a new T and reports every value that does not
+// decode, not only the first: after each error the offending value is
+// replaced by null (an unknown member is removed) and decoding starts again.
+// It returns the spec decoded as far as possible, or nil when raw cannot be
+// repaired that way (it is not JSON, a name repeats, or an error does not
+// go away).
+func decodeAll[T any](raw []byte, opts jsonv2.Options) (*T, ErrorList) {
+	var errs ErrorList
+	tries := map[jsontext.Pointer]int{}
+	for {
+		spec := new(T)
+		err := jsonv2.Unmarshal(raw, spec, opts)
+		if err == nil {
+			return spec, errs
+		}
+		var se *jsonv2.SemanticError
+		if !errors.As(err, &se) || se.JSONPointer == "" {
+			return nil, append(errs, decodeError(raw, err))
+		}
+		// A value that still fails as null (a custom unmarshaler may refuse
+		// null) is removed instead; one that fails removed ends the loop.
+		tries[se.JSONPointer]++
+		n := tries[se.JSONPointer]
+		if n == 1 {
+			errs = append(errs, decodeError(raw, err))
+		}
+		if n > 2 || len(errs) >= maxDecodeErrors {
+			return nil, errs
+		}
+		fixed, ok := clearAt(raw, se.JSONPointer, n == 2 || errors.Is(se.Err, jsonv2.ErrUnknownName))
+		if !ok {
+			return nil, errs
+		}
+		raw = fixed
 	}
-	return t.spec.Validate(ctx, meta, spec)
+}
+
+// clearAt returns raw with the value at ptr replaced by null, or with its
+// member removed when remove is set.
+func clearAt(raw []byte, ptr jsontext.Pointer, remove bool) ([]byte, bool) {
+	var toks []string
+	for tok := range ptr.Tokens() {
+		toks = append(toks, tok)
+	}
+	if len(toks) == 0 {
+		return nil, false
+	}
+	var walk func(v jsontext.Value, toks []string) (jsontext.Value, bool)
+	walk = func(v jsontext.Value, toks []string) (jsontext.Value, bool) {
+		switch v.Kind() {
+		case '{':
+			var members map[string]jsontext.Value
+			if jsonv2.Unmarshal(v, &members) != nil {
+				return nil, false
+			}
+			m, ok := members[toks[0]]
+			if !ok {
+				return nil, false
+			}
+			if len(toks) == 1 {
+				if remove {
+					delete(members, toks[0])
+				} else {
+					members[toks[0]] = jsontext.Value("null")
+				}
+			} else if members[toks[0]], ok = walk(m, toks[1:]); !ok {
+				return nil, false
+			}
+			out, err := jsonv2.Marshal(members, jsonv2.Deterministic(true))
+			return out, err == nil
+		case '[':
+			var items []jsontext.Value
+			i, err := strconv.Atoi(toks[0])
+			if err != nil || jsonv2.Unmarshal(v, &items) != nil || i < 0 || i >= len(items) {
+				return nil, false
+			}
+			if len(toks) == 1 {
+				items[i] = jsontext.Value("null")
+			} else if items[i], err = walkOK(walk(items[i], toks[1:])); err != nil {
+				return nil, false
+			}
+			out, err := jsonv2.Marshal(items)
+			return out, err == nil
+		}
+		return nil, false
+	}
+	out, ok := walk(jsontext.Value(raw), toks)
+	return out, ok
+}
+
+func walkOK(v jsontext.Value, ok bool) (jsontext.Value, error) {
+	if !ok {
+		return nil, errors.New("cannot clear")
+	}
+	return v, nil
+}
+
+// MergeErrors returns first followed by the errors of then that are not at
+// or below a field first already reports, so one problem found by two
+// checks (the schema and the decoder, or the decoder and a validate
+// function) is reported once, by the earlier check.
+func MergeErrors(first, then ErrorList) ErrorList {
+	if len(first) == 0 {
+		return then
+	}
+	out := append(ErrorList(nil), first...)
+	for _, e := range then {
+		covered := false
+		for _, f := range first {
+			if f.Field != "" && f.Field != "spec" && (e.Field == f.Field || strings.HasPrefix(e.Field, f.Field+".") || strings.HasPrefix(e.Field, f.Field+"[")) {
+				covered = true
+				break
+			}
+		}
+		if !covered {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 // Decoding options: the v2 JSON decoder matches field names exactly, refuses

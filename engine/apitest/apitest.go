@@ -68,6 +68,19 @@ type Backend struct {
 	plugins  apitypes.PluginsInfo
 	notReady error
 	down     map[string]bool // plugin name → down
+	warn     map[resource.Key][]resource.FieldError
+}
+
+// AddWarning makes Validate report a plugin warning at field of the
+// resource typ mesh/name (valid or not), as the plugin host does.
+func (b *Backend) AddWarning(typ, mesh, name, field, message string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.warn == nil {
+		b.warn = map[resource.Key][]resource.FieldError{}
+	}
+	k := resource.Key{Type: typ, Mesh: mesh, Name: name}
+	b.warn[k] = append(b.warn[k], resource.FieldError{Field: field, Message: message})
 }
 
 var _ api.Backend = (*Backend)(nil)
@@ -216,13 +229,16 @@ func (b *Backend) Delete(_ context.Context, key resource.Key, version string) er
 }
 
 // Validate implements api.Backend with the fixture rules.
-func (b *Backend) Validate(_ context.Context, rs []*resource.Resource) error {
+func (b *Backend) Validate(ctx context.Context, rs []*resource.Resource) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for _, r := range rs {
 		if td, ok := b.typ(r.Type); ok && b.down[td.Plugin] {
 			return &PluginDownError{Plugin: td.Plugin, Type: r.Type}
 		}
+	}
+	for _, r := range rs {
+		resource.AddWarnings(ctx, r.Key(), b.warn[r.Key()])
 	}
 	return b.validate(rs)
 }

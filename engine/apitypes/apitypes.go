@@ -60,12 +60,17 @@ type ApplyResult struct {
 // per resource in request order.
 type ApplyResponse struct {
 	Results []ApplyResult `json:"results"`
+	// Warnings are problems plugins reported that did not refuse the
+	// write, one per field, ordered by resource.
+	Warnings []FieldProblem `json:"warnings,omitempty"`
 }
 
 // ValidateResponse is the body of a successful POST /api/v1/validate.
 type ValidateResponse struct {
 	Valid bool `json:"valid"`
 	Count int  `json:"count"`
+	// Warnings as in ApplyResponse.
+	Warnings []FieldProblem `json:"warnings,omitempty"`
 }
 
 // ZonesResponse is the body of GET /api/v1/zones.

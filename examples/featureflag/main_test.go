@@ -54,3 +54,14 @@ func TestBinary(t *testing.T) {
 	errs := c.ValidateOne(sdktest.Resource{Type: "FeatureFlag", Mesh: "default", Name: "x", Spec: `{"enabled":true,"rollout":{"percentage":-1}}`})
 	assert.Equal(t, []string{"spec.rollout.percentage"}, sdktest.Fields(errs))
 }
+
+// Every problem of a flag is reported at once, the schema's (derived from
+// the struct tags, worded as apply words them) and validate's together.
+func TestEveryProblemAtOnce(t *testing.T) {
+	c := sdktest.Start(t, plugin())
+	errs := c.ValidateOne(sdktest.Resource{Type: "FeatureFlag", Mesh: "default", Name: "checkout",
+		Spec: `{"enabled":false,"rollout":{"percentage":101,"stickiness":"weekly"}}`})
+	assert.ElementsMatch(t, []string{"spec.rollout.percentage", "spec.rollout.stickiness", "spec.rollout"}, sdktest.Fields(errs), errs.Error())
+	assert.Contains(t, errs.Error(), "spec.rollout.percentage: must be at most 100, got 101")
+	assert.Contains(t, errs.Error(), `spec.rollout.stickiness: must be one of "user", "session", "random", got "weekly"`)
+}

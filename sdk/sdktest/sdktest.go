@@ -1,12 +1,22 @@
 // Package sdktest runs a kds-engine plugin for unit tests, without the
 // engine.
 //
+// [Client.Validate] checks each resource against its type's JSON Schema with
+// the engine's own implementation (package schemacheck) and then asks the
+// plugin, and merges the two as the engine does, so a test sees the field
+// errors `kds-engine apply` would print for the same spec. Only the engine's
+// envelope checks (name syntax, scope, labels, size) are not run.
+//
 // [Start] serves an sdk.Plugin in-process over a real gRPC connection on
 // the loopback interface, so requests and responses go through the same
 // protobuf encoding as in production. [StartBinary] starts a built
 // kds-plugin-* binary the way the engine does: go-plugin handshake,
 // versioned protocol negotiation, gRPC only. [Build] compiles a plugin's main
 // package for StartBinary.
+//
+// For a test against a real engine (envelope checks, storage, the CLI's
+// output), see package github.com/kds-engine/kds-engine/cmd/kds-engine/enginetest
+// in the engine's module.
 //
 // Everything is torn down with t.Cleanup. Client methods report failures
 // with t.Fatalf, so call them from the test's goroutine.
@@ -28,9 +38,9 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	kdsv1 "github.com/kds-engine/kds-engine/proto/kds/v1"
-	pluginv1 "github.com/kds-engine/kds-engine/proto/plugin/v1"
 	"github.com/kds-engine/kds-engine/sdk"
+	pluginv1 "github.com/kds-engine/kds-engine/sdk/proto/plugin/v1"
+	"github.com/kds-engine/kds-engine/sdk/schemacheck"
 )
 
 // Timeout bounds every call a Client makes.
@@ -52,6 +62,11 @@ type Client struct {
 	conn pluginv1.PluginClient
 	// Pid is the plugin process id for StartBinary, 0 for Start.
 	Pid int
+	// PluginOnly skips the JSON Schema check in Validate, so only the
+	// plugin's own decoding and validate functions answer.
+	PluginOnly bool
+
+	schemas map[string]*schemacheck.Schema // by type, from Describe; nil until first needed
 }
 
 // Start serves p in-process on a loopback gRPC server (with the server and
@@ -145,17 +160,25 @@ func (c *Client) Describe() *pluginv1.DescribeResponse {
 	return resp
 }
 
-// Validate sends rs in one batch and returns one ErrorList per resource, in
-// order; a valid resource has an empty list.
+// Validate checks rs as the engine would and returns one ErrorList per
+// resource, in order; a valid resource has an empty list, or only warnings
+// (entries with Warning set; see ErrorList.Errors and ErrorList.Warnings). Each spec is
+// checked against its type's JSON Schema (unless PluginOnly), then all are
+// sent to the plugin in one batch; the plugin's errors at fields the schema
+// already reported are dropped ([sdk.MergeErrors]).
 func (c *Client) Validate(rs ...Resource) []sdk.ErrorList {
 	c.t.Helper()
-	req := &pluginv1.ValidateRequest{Resources: make([]*kdsv1.Resource, len(rs))}
+	out := make([]sdk.ErrorList, len(rs))
+	req := &pluginv1.ValidateRequest{Resources: make([]*pluginv1.Resource, len(rs))}
 	for i, r := range rs {
 		spec, err := specJSON(r.Spec)
 		if err != nil {
 			c.t.Fatalf("sdktest: resource %d spec: %v", i, err)
 		}
-		req.Resources[i] = &kdsv1.Resource{Type: r.Type, Mesh: r.Mesh, Name: r.Name, Labels: r.Labels, Spec: spec}
+		req.Resources[i] = &pluginv1.Resource{Type: r.Type, Mesh: r.Mesh, Name: r.Name, Labels: r.Labels, Spec: spec}
+		if !c.PluginOnly {
+			out[i] = c.schemaErrors(r.Type, spec)
+		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), Timeout)
 	defer cancel()
@@ -163,14 +186,57 @@ func (c *Client) Validate(rs ...Resource) []sdk.ErrorList {
 	if err != nil {
 		c.t.Fatalf("sdktest: validate: %v", err)
 	}
-	out := make([]sdk.ErrorList, len(rs))
+	fromPlugin := make([]sdk.ErrorList, len(rs))
 	for _, inv := range resp.GetInvalid() {
 		if int(inv.GetIndex()) >= len(rs) {
 			c.t.Fatalf("sdktest: plugin answered for index %d of a %d-resource batch", inv.GetIndex(), len(rs))
 		}
 		for _, fe := range inv.GetErrors() {
-			out[inv.GetIndex()] = append(out[inv.GetIndex()], sdk.FieldError{Field: fe.GetField(), Message: fe.GetMessage()})
+			fromPlugin[inv.GetIndex()] = append(fromPlugin[inv.GetIndex()], sdk.FieldError{Field: fe.GetField(), Message: fe.GetMessage()})
 		}
+	}
+	for _, w := range resp.GetWarnings() {
+		if int(w.GetIndex()) >= len(rs) {
+			c.t.Fatalf("sdktest: plugin warned for index %d of a %d-resource batch", w.GetIndex(), len(rs))
+		}
+		for _, fe := range w.GetErrors() {
+			fromPlugin[w.GetIndex()] = append(fromPlugin[w.GetIndex()], sdk.FieldError{Field: fe.GetField(), Message: fe.GetMessage(), Warning: true})
+		}
+	}
+	for i := range out {
+		out[i] = sdk.MergeErrors(out[i], fromPlugin[i])
+	}
+	return out
+}
+
+// schemaErrors checks spec against the JSON Schema the plugin describes for
+// typ (none for an unknown type or a type without a schema).
+func (c *Client) schemaErrors(typ string, spec []byte) sdk.ErrorList {
+	c.t.Helper()
+	if c.schemas == nil {
+		c.schemas = map[string]*schemacheck.Schema{}
+		for _, d := range c.Describe().GetTypes() {
+			if len(d.GetJsonSchema()) == 0 {
+				continue
+			}
+			s, err := schemacheck.Compile(d.GetName(), d.GetJsonSchema())
+			if err != nil {
+				c.t.Fatalf("sdktest: the engine would refuse the schema of type %s: %v", d.GetName(), err)
+			}
+			c.schemas[d.GetName()] = s
+		}
+	}
+	s, ok := c.schemas[typ]
+	if !ok {
+		return nil
+	}
+	errs, err := s.CheckJSON(spec)
+	if err != nil {
+		return sdk.ErrorList{{Field: "spec", Message: err.Error()}}
+	}
+	var out sdk.ErrorList
+	for _, e := range errs {
+		out = append(out, sdk.FieldError{Field: e.Field, Message: e.Message})
 	}
 	return out
 }

@@ -106,3 +106,54 @@ func TestBuildAndStartBinaryLikeTheEngine(t *testing.T) {
 	assert.Equal(t, []string{"spec.networking.inbound[0].port"}, sdktest.Fields(got[0]))
 	assert.Empty(t, got[1])
 }
+
+type rateSpec struct {
+	Currency string `json:"currency" jsonschema:"pattern=^[A-Z]{3}$"`
+	Tiers    int    `json:"tiers" jsonschema:"minimum=1,maximum=5"`
+	Note     string `json:"note,omitempty" jsonschema:"maxLength=10"`
+}
+
+// The schema derived from the struct's tags is checked by Validate exactly
+// as the engine checks it, together with the plugin's own errors.
+func TestValidateChecksTheSchema(t *testing.T) {
+	p := sdk.Plugin{Name: "rates", Types: []sdk.Type{sdk.Define(sdk.TypeSpec[rateSpec]{
+		Name: "RateCard", Direction: sdk.GlobalToZone, Scope: sdk.ScopeMesh,
+		Validate: func(_ context.Context, _ sdk.Meta, s *rateSpec) sdk.ErrorList {
+			var errs sdk.ErrorList
+			if s.Note == "free" {
+				errs.Invalid(sdk.Field("spec").Child("note"), s.Note, "nothing is free")
+			}
+			if s.Tiers > 5 {
+				errs.Add(sdk.Field("spec").Child("tiers"), "too many tiers (the schema said it first)")
+			}
+			return errs
+		},
+	})}}
+	c := sdktest.Start(t, p)
+	errs := c.ValidateOne(sdktest.Resource{Type: "RateCard", Mesh: "m", Name: "r", Spec: `{"currency":"eur","tiers":9,"note":"free"}`})
+	assert.Equal(t, sdk.ErrorList{
+		{Field: "spec.currency", Message: `must match the pattern ^[A-Z]{3}$, got "eur"`},
+		{Field: "spec.tiers", Message: "must be at most 5, got 9"},
+		{Field: "spec.note", Message: `invalid value "free": nothing is free`},
+	}, sortedByField(errs, "spec.currency", "spec.tiers", "spec.note"))
+
+	c.PluginOnly = true
+	errs = c.ValidateOne(sdktest.Resource{Type: "RateCard", Mesh: "m", Name: "r", Spec: `{"currency":"eur","tiers":9}`})
+	assert.Equal(t, []string{"spec.tiers"}, sdktest.Fields(errs), "without the schema only the plugin answers")
+}
+
+// sortedByField orders errs by the given field order.
+func sortedByField(errs sdk.ErrorList, order ...string) sdk.ErrorList {
+	var out sdk.ErrorList
+	for _, f := range order {
+		for _, e := range errs {
+			if e.Field == f {
+				out = append(out, e)
+			}
+		}
+	}
+	if len(out) != len(errs) {
+		return errs
+	}
+	return out
+}

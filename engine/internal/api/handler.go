@@ -526,21 +526,36 @@ func (h *handler) checkBatch(w http.ResponseWriter, r *http.Request) ([]*resourc
 }
 
 func (h *handler) validate(w http.ResponseWriter, r *http.Request) {
+	ctx, warns := resource.WithWarnings(r.Context())
+	r = r.WithContext(ctx)
 	rs, err := h.checkBatch(w, r)
 	if err != nil {
 		h.fail(w, r, err, "")
 		return
 	}
-	h.writeJSON(w, http.StatusOK, ValidateResponse{Valid: true, Count: len(rs)})
+	h.writeJSON(w, http.StatusOK, ValidateResponse{Valid: true, Count: len(rs), Warnings: warningProblems(warns)})
+}
+
+// warningProblems lists the collected warnings, one per field.
+func warningProblems(w *resource.Warnings) []FieldProblem {
+	var out []FieldProblem
+	for _, inv := range w.List() {
+		for _, fe := range inv.Errors {
+			out = append(out, fieldProblem(inv.Key, fe.Field, fe.Message))
+		}
+	}
+	return out
 }
 
 func (h *handler) apply(w http.ResponseWriter, r *http.Request) {
+	ctx, warns := resource.WithWarnings(r.Context())
+	r = r.WithContext(ctx)
 	rs, err := h.checkBatch(w, r)
 	if err != nil {
 		h.fail(w, r, err, "")
 		return
 	}
-	out := ApplyResponse{Results: make([]ApplyResult, 0, len(rs))}
+	out := ApplyResponse{Results: make([]ApplyResult, 0, len(rs)), Warnings: warningProblems(warns)}
 	// checkBatch validated every resource in one pass; the writes need not
 	// validate them one by one again.
 	r = r.WithContext(context.WithValue(r.Context(), batchValidatedKey{}, true))

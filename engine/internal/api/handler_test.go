@@ -464,6 +464,26 @@ func TestApplyValidatesAllBeforeWriting(t *testing.T) {
 	assert.Equal(t, 0, f.b.Count())
 }
 
+// Plugin warnings are returned by apply and validate; the write goes ahead.
+func TestWarningsAreReturned(t *testing.T) {
+	f := newFixture(t, api.RoleGlobal)
+	web := meshTimeout("default", "web", "5s")
+	f.b.AddWarning("MeshTimeout", "default", "web", "spec.connectTimeout", "is deprecated; use connectionTimeout")
+	want := []api.FieldProblem{{Resource: "MeshTimeout default/web", Type: "MeshTimeout", Mesh: "default", Name: "web",
+		Field: "spec.connectTimeout", Message: "is deprecated; use connectionTimeout"}}
+
+	status, raw := f.do("POST", "/api/v1/validate", api.BatchRequest{Resources: []*resource.Resource{web}})
+	require.Equal(t, 200, status, string(raw))
+	assert.Equal(t, want, decode[api.ValidateResponse](t, raw).Warnings)
+
+	status, raw = f.do("POST", "/api/v1/apply", api.BatchRequest{Resources: []*resource.Resource{web}})
+	require.Equal(t, 200, status, string(raw))
+	out := decode[api.ApplyResponse](t, raw)
+	assert.Equal(t, want, out.Warnings)
+	assert.Equal(t, api.ActionCreated, out.Results[0].Action, "a warning does not refuse the write")
+	assert.Equal(t, 1, f.b.Count())
+}
+
 func TestValidate(t *testing.T) {
 	f := newFixture(t, api.RoleGlobal)
 	status, raw := f.do("POST", "/api/v1/validate", api.BatchRequest{Resources: []*resource.Resource{meshTimeout("default", "web", "5s")}})

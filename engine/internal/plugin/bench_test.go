@@ -15,8 +15,7 @@ import (
 
 	"github.com/kds-engine/kds-engine/engine/internal/plugin/testplugins/fixture"
 	"github.com/kds-engine/kds-engine/engine/internal/resource"
-	kdsv1 "github.com/kds-engine/kds-engine/proto/kds/v1"
-	pluginv1 "github.com/kds-engine/kds-engine/proto/plugin/v1"
+	pluginv1 "github.com/kds-engine/kds-engine/sdk/proto/plugin/v1"
 )
 
 // BenchmarkValidatePluginVsInProcess validates 10,000 resources of about
@@ -54,9 +53,9 @@ func BenchmarkValidatePluginVsInProcess(b *testing.B) {
 	inProcess := func() error {
 		invalid := map[int][]resource.FieldError{}
 		for _, batch := range batches(rs, idx, 1000, MaxBatchBytes) {
-			req := &pluginv1.ValidateRequest{Resources: make([]*kdsv1.Resource, len(batch))}
+			req := &pluginv1.ValidateRequest{Resources: make([]*pluginv1.Resource, len(batch))}
 			for j, k := range batch {
-				req.Resources[j] = rs[k].ToProto()
+				req.Resources[j] = ToPlugin(rs[k])
 			}
 			resp, err := srv.Validate(ctx, req)
 			if err != nil {
@@ -117,14 +116,14 @@ func BenchmarkPluginAutoMTLS(b *testing.B) {
 	plain.plainConn = true
 	m := &managed{name: "alpha", path: path, log: hclog.NewNullLogger()}
 
-	one := &pluginv1.ValidateRequest{Resources: []*kdsv1.Resource{
-		(&resource.Resource{Type: "AlphaOne", Mesh: "default", Name: "one", Spec: json.RawMessage(`{"value":"x"}`)}).ToProto(),
+	one := &pluginv1.ValidateRequest{Resources: []*pluginv1.Resource{
+		ToPlugin(&resource.Resource{Type: "AlphaOne", Mesh: "default", Name: "one", Spec: json.RawMessage(`{"value":"x"}`)}),
 	}}
 	big := &pluginv1.ValidateRequest{}
 	pad := strings.Repeat("x", 980)
 	for i := range 1000 {
 		spec, _ := json.Marshal(map[string]any{"value": fmt.Sprintf("value-%d", i), "pad": pad})
-		big.Resources = append(big.Resources, (&resource.Resource{Type: "AlphaOne", Mesh: "default", Name: fmt.Sprintf("r-%04d", i), Spec: spec}).ToProto())
+		big.Resources = append(big.Resources, ToPlugin(&resource.Resource{Type: "AlphaOne", Mesh: "default", Name: fmt.Sprintf("r-%04d", i), Spec: spec}))
 	}
 
 	type totals struct{ start, rtt, batch time.Duration }

@@ -202,8 +202,10 @@ func NewHost(dir string, logger hclog.Logger, opts ...Option) *Host {
 // LockFileName and ChecksumSuffix) or describe is logged and left out,
 // unless it is required. Start returns an error (and leaves no process
 // running) when the directory cannot be read or is unsafe, the lock file is
-// unsafe or malformed, a required plugin is missing or failed, or two
-// plugins claim one type. It may be called once; ctx bounds the loading
+// unsafe or malformed, or a required plugin is missing or failed. Of two
+// plugins that claim one type, the first (required ones first, then by
+// name) keeps it and the other is left out as failed, or fails Start when
+// it is required. It may be called once; ctx bounds the loading
 // only.
 func (h *Host) Start(ctx context.Context) error {
 	h.mu.Lock()
@@ -262,7 +264,39 @@ func (h *Host) Start(ctx context.Context) error {
 				continue
 			}
 			m.log.Error("plugin not loaded; continuing without it", "path", m.path, "error", errs[i])
+		}
+	}
+	// Two plugins that claim one type: required plugins first, then by
+	// name; the first keeps its types and a later one that claims any of
+	// them is left out whole (failed, with both names and the fix), or
+	// stops the start when it is required.
+	claimed := map[string]string{} // type -> plugin
+	for _, i := range claimOrder(candidates, h.required) {
+		m := candidates[i]
+		if insts[i] == nil {
 			continue
+		}
+		var clash []string
+		for _, d := range insts[i].types {
+			if prev, ok := claimed[d.Name]; ok {
+				clash = append(clash, fmt.Sprintf("type %s is already supplied by plugin %q", d.Name, prev))
+			}
+		}
+		if len(clash) > 0 {
+			err := fmt.Errorf("%w: %s; plugins are loaded required first, then in name order, and the first keeps a type: "+
+				"remove %s%s from %s or the type from one of the plugins", ErrDuplicateType, strings.Join(clash, "; "), FilePrefix, m.name, h.dir)
+			insts[i].client.Kill()
+			insts[i] = nil
+			m.state, m.lastErr = StateFailed, err
+			if slices.Contains(h.required, m.name) {
+				reqErrs = append(reqErrs, fmt.Errorf("%w: %s: %w", ErrRequiredPlugin, m.name, err))
+				continue
+			}
+			m.log.Error("plugin not loaded; continuing without it", "path", m.path, "error", err)
+			continue
+		}
+		for _, d := range insts[i].types {
+			claimed[d.Name] = m.name
 		}
 		m.setRunning(insts[i])
 		m.mu.Lock()
@@ -312,6 +346,26 @@ func (h *Host) Start(ctx context.Context) error {
 		"formula", capacity.Formula, "types", capacity.Types, "window", capacity.Window, "headroom", capacity.Headroom, "total", capacity.Total,
 		"reason", "a server keeps at most window responses per type in flight before their ACKs; headroom covers requests for types only the peer knows")
 	return nil
+}
+
+// claimOrder returns the indexes of ms in the order they claim types:
+// required plugins first, then the others, each group by name.
+func claimOrder(ms []*managed, required []string) []int {
+	idx := make([]int, len(ms))
+	for i := range idx {
+		idx[i] = i
+	}
+	slices.SortStableFunc(idx, func(a, b int) int {
+		ra, rb := slices.Contains(required, ms[a].name), slices.Contains(required, ms[b].name)
+		if ra != rb {
+			if ra {
+				return -1
+			}
+			return 1
+		}
+		return strings.Compare(ms[a].name, ms[b].name)
+	})
+	return idx
 }
 
 // scan lists the plugin binaries in the directory, logging what it skips

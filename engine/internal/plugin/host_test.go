@@ -235,14 +235,117 @@ func TestHeadroomOption(t *testing.T) {
 	assert.Equal(t, 7, h.Capacity().Total)
 }
 
-func TestDuplicateTypeIsRefusedWithBothNames(t *testing.T) {
+// Of two plugins that claim one type the first by name keeps it; the other
+// is failed with both names and the fix, and the engine starts. A required
+// plugin claims first; two required ones that clash fail the start.
+func TestDuplicateTypeKeepsTheFirstClaimant(t *testing.T) {
+	dir := pluginsDir(t, "alpha", "dupalpha", "beta")
 	log, _ := testLogger(t)
-	h := NewHost(pluginsDir(t, "alpha", "dupalpha", "beta"), log)
-	err := h.Start(context.Background())
+	h3 := NewHost(dir, log, WithRequired([]string{"alpha", "dupalpha"}))
+	err := h3.Start(context.Background())
 	require.ErrorIs(t, err, ErrDuplicateType)
-	assert.Contains(t, err.Error(), `type AlphaOne is claimed by plugins "alpha" and "dupalpha"`)
-	require.NoError(t, h.Close())
+	require.ErrorIs(t, err, ErrRequiredPlugin)
+	require.NoError(t, h3.Close())
 	assert.Empty(t, childPIDs(), "a refused start leaves no plugin running")
+
+	h, logs := startHost(t, dir)
+	assert.Equal(t, StateRunning, info(t, h, "alpha").State)
+	assert.Equal(t, StateRunning, info(t, h, "beta").State)
+	dup := info(t, h, "dupalpha")
+	assert.Equal(t, StateFailed, dup.State)
+	assert.Contains(t, dup.LastError, `type AlphaOne is already supplied by plugin "alpha"`)
+	assert.Contains(t, dup.LastError, "remove kds-plugin-dupalpha from "+dir)
+	assert.NotContains(t, dup.LastError, "\n")
+	assert.Equal(t, 0, dup.PID, "the refused plugin's process is stopped")
+	d, ok := h.Registry().Type("AlphaOne")
+	require.True(t, ok)
+	assert.Equal(t, "alpha", d.Plugin)
+	assert.Contains(t, logs.String(), "plugin not loaded; continuing without it")
+
+	h2, _ := startHost(t, dir, WithRequired([]string{"dupalpha"}))
+	d, _ = h2.Registry().Type("AlphaOne")
+	assert.Equal(t, "dupalpha", d.Plugin, "a required plugin claims first")
+	assert.Equal(t, StateFailed, info(t, h2, "alpha").State)
+	_, ok = h2.Registry().Type("AlphaTwo")
+	assert.False(t, ok, "a plugin that clashes is left out whole")
+}
+
+// A plugin that panics at start is reported with its panic, on one line.
+func TestPanicAtStartIsReportedOnOneLine(t *testing.T) {
+	h, _ := startHost(t, pluginsDir(t, "panicstart", "beta"))
+	p := info(t, h, "panicstart")
+	assert.Equal(t, StateFailed, p.State)
+	assert.Contains(t, p.LastError, "the plugin exited: panic: config file /etc/panicstart.yaml not found")
+	assert.Contains(t, p.LastError, "goroutine 1 [running]")
+	assert.NotContains(t, p.LastError, "\n")
+	assert.NotContains(t, p.LastError, "compiled for this architecture")
+}
+
+// A resource that makes a plugin exit is reported with the plugin's panic,
+// and refused with that reason afterwards without asking the plugin again;
+// other resources are validated as usual once it is back.
+func TestCrashingResourceIsNotSentAgain(t *testing.T) {
+	h, _ := startHost(t, pluginsDir(t, "panicky"), WithRestartBackoff(time.Millisecond, time.Millisecond))
+	bad := res("PanickyThing", "m", "bad", `{"value":"crash"}`)
+	err := h.Validate(context.Background(), []*resource.Resource{bad})
+	require.ErrorIs(t, err, ErrPluginDown)
+	assert.Contains(t, err.Error(), "panic: cannot handle bad")
+	waitRunning(t, h, "panicky", 1)
+	assert.Contains(t, info(t, h, "panicky").LastError, "process exited: panic: cannot handle bad")
+
+	err = h.Validate(context.Background(), []*resource.Resource{bad, res("PanickyThing", "m", "good", `{"value":"fine"}`)})
+	var ve *resource.ValidationError
+	require.ErrorAs(t, err, &ve)
+	require.Len(t, ve.Invalid, 1)
+	assert.Equal(t, "bad", ve.Invalid[0].Key.Name)
+	assert.Contains(t, ve.Invalid[0].Errors[0].Message, `plugin "panicky" exited while validating this resource (panic: cannot handle bad`)
+	assert.Contains(t, ve.Invalid[0].Errors[0].Message, "refused without asking the plugin again")
+	assert.Equal(t, 1, info(t, h, "panicky").Restarts, "not sent again: no second crash")
+}
+
+// A batch during which the plugin exits is retried one resource at a time,
+// which finds the resource that makes it exit.
+func TestCrashInABatchFindsTheResource(t *testing.T) {
+	h, _ := startHost(t, pluginsDir(t, "panicky"), WithRestartBackoff(time.Millisecond, time.Millisecond))
+	batch := []*resource.Resource{res("PanickyThing", "m", "a", `{}`), res("PanickyThing", "m", "bad", `{"value":"crash"}`), res("PanickyThing", "m", "c", `{}`)}
+	require.ErrorIs(t, h.Validate(context.Background(), batch), ErrPluginDown)
+	waitRunning(t, h, "panicky", 1)
+	require.ErrorIs(t, h.Validate(context.Background(), batch), ErrPluginDown, "sent alone, the bad one crashes it once more")
+	waitRunning(t, h, "panicky", 2)
+	var ve *resource.ValidationError
+	require.ErrorAs(t, h.Validate(context.Background(), batch), &ve)
+	require.Len(t, ve.Invalid, 1)
+	assert.Equal(t, "bad", ve.Invalid[0].Key.Name)
+	assert.Equal(t, 2, info(t, h, "panicky").Restarts)
+}
+
+// A plugin's warnings go to the collector in the context, for valid and
+// invalid resources alike; they do not make a resource invalid.
+func TestWarningsReachTheCollector(t *testing.T) {
+	h, _ := startHost(t, pluginsDir(t, "warner"))
+	ctx, warns := resource.WithWarnings(context.Background())
+	err := h.Validate(ctx, []*resource.Resource{
+		res("WarnerThing", "m", "a", `{"value":"old"}`),
+		res("WarnerThing", "m", "b", `{"value":"new"}`),
+		res("WarnerThing", "m", "c", `{"value":"old","bad":true}`),
+	})
+	var ve *resource.ValidationError
+	require.ErrorAs(t, err, &ve)
+	require.Len(t, ve.Invalid, 1, "a warning alone does not refuse a resource")
+	assert.Equal(t, "c", ve.Invalid[0].Key.Name)
+	got := warns.List()
+	require.Len(t, got, 2)
+	assert.Equal(t, "a", got[0].Key.Name)
+	assert.Equal(t, "c", got[1].Key.Name)
+	assert.Equal(t, []resource.FieldError{{Field: "spec.value", Message: `"old" is deprecated`}}, got[0].Errors)
+	require.NoError(t, h.Validate(context.Background(), []*resource.Resource{res("WarnerThing", "m", "a", `{"value":"old"}`)}), "no collector: warnings are dropped")
+}
+
+// An incompatible protocol version says what to upgrade.
+func TestIncompatibleProtocolSaysWhatToUpgrade(t *testing.T) {
+	h, _ := startHost(t, pluginsDir(t, "futureonly"))
+	fo := info(t, h, "futureonly")
+	assert.Contains(t, fo.LastError, "incompatible plugin protocol: the plugin speaks version 2, this engine speaks version 1; upgrade kds-engine")
 }
 
 func TestChecksumMismatchIsRefused(t *testing.T) {
@@ -485,4 +588,13 @@ func TestStartErrors(t *testing.T) {
 	assert.Equal(t, "type", validationErr(t, err).Invalid[0].Errors[0].Field)
 	_, err = h.ValidateBatch(context.Background(), "nope", nil)
 	assert.False(t, errors.Is(err, ErrPluginDown))
+}
+
+// waitRunning waits until plugin name runs again after restarts restarts.
+func waitRunning(t *testing.T, h *Host, name string, restarts int) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		p := info(t, h, name)
+		return p.State == StateRunning && p.Restarts == restarts
+	}, eventually, 5*time.Millisecond)
 }

@@ -17,7 +17,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/kds-engine/kds-engine/engine/internal/resource"
-	pluginv1 "github.com/kds-engine/kds-engine/proto/plugin/v1"
+	pluginv1 "github.com/kds-engine/kds-engine/sdk/proto/plugin/v1"
 )
 
 // otherUID owns files "another user" made in the tests that need root.

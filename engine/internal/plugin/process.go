@@ -3,12 +3,15 @@ package plugin
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,8 +24,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/kds-engine/kds-engine/engine/internal/resource"
-	pluginv1 "github.com/kds-engine/kds-engine/proto/plugin/v1"
 	"github.com/kds-engine/kds-engine/sdk"
+	pluginv1 "github.com/kds-engine/kds-engine/sdk/proto/plugin/v1"
 )
 
 // managed is one plugin binary and its current process, if any.
@@ -40,11 +43,17 @@ type managed struct {
 	types    []resource.TypeDescriptor // as registered at Start
 	restarts int
 	lastErr  error
+	// crashes are the resources whose validation made the process exit,
+	// by fingerprint; suspects were in a batch during which it exited.
+	crashes  map[[32]byte]crashRecord
+	suspects map[[32]byte]bool
 }
 
 // instance is one started plugin process.
 type instance struct {
 	client  *goplugin.Client
+	stderr  *stderrTail // the process's own stderr, last lines
+	binary  string      // sha256 of the executed binary, hex
 	conn    *sdk.Conn
 	pid     int
 	version string
@@ -146,6 +155,7 @@ func (h *Host) launch(ctx context.Context, m *managed, lock *lockFile) (*instanc
 	if h.beforeExec != nil {
 		h.beforeExec(m.path)
 	}
+	tail := &stderrTail{}
 	cmd := &exec.Cmd{
 		Path: img.path,
 		// argv[0] is the plugin's path, as if it had been run by name.
@@ -170,19 +180,39 @@ func (h *Host) launch(ctx context.Context, m *managed, lock *lockFile) (*instanc
 		StartTimeout: h.startTimeout,
 		SyncStdout:   lineLogger(m.log, "stdout"),
 		SyncStderr:   lineLogger(m.log, "stderr"),
+		Stderr:       tail,
 	})
-	inst, err := h.handshakeAndDescribe(ctx, m, client)
+	inst, err := h.handshakeAndDescribe(ctx, m, client, tail)
 	if err != nil {
 		client.Kill()
 		return nil, err
 	}
+	inst.stderr = tail
+	if sum, err := img.sum(); err == nil {
+		inst.binary = hex.EncodeToString(sum)
+	}
 	return inst, nil
 }
 
-func (h *Host) handshakeAndDescribe(ctx context.Context, m *managed, client *goplugin.Client) (*instance, error) {
+func (h *Host) handshakeAndDescribe(ctx context.Context, m *managed, client *goplugin.Client, tail *stderrTail) (*instance, error) {
 	proto, err := client.Client()
 	if err != nil {
-		return nil, fmt.Errorf("start and handshake: %w", err)
+		if msg := protocolMismatch(err); msg != "" {
+			return nil, fmt.Errorf("start and handshake: %s", msg)
+		}
+		// go-plugin's own errors span several lines of generic advice:
+		// keep their first line, and say what the plugin itself printed.
+		first, _, _ := strings.Cut(err.Error(), "\n")
+		first = strings.TrimSpace(first)
+		client.Kill() // returns once the plugin's stderr has been read to its end
+		out := tail.summary()
+		switch {
+		case out == "":
+			return nil, fmt.Errorf("start and handshake: %s", first)
+		case tail.crashed():
+			return nil, fmt.Errorf("start and handshake: the plugin exited: %s", out)
+		}
+		return nil, fmt.Errorf("start and handshake: %s; the plugin's last output: %s", first, out)
 	}
 	raw, err := proto.Dispense(sdk.PluginKey)
 	if err != nil {
@@ -223,6 +253,30 @@ func (h *Host) handshakeAndDescribe(ctx context.Context, m *managed, client *gop
 	return inst, nil
 }
 
+var incompatibleVersion = regexp.MustCompile(`incompatible API version with plugin\. Plugin version: (\d+), Client versions: \[([\d ]*)\]`)
+
+// protocolMismatch explains go-plugin's protocol version refusal, saying
+// what to upgrade, or returns "" for any other error.
+func protocolMismatch(err error) string {
+	m := incompatibleVersion.FindStringSubmatch(err.Error())
+	if m == nil {
+		return ""
+	}
+	plugin, _ := strconv.Atoi(m[1])
+	ours := strings.Fields(m[2])
+	newest := 0
+	for _, v := range ours {
+		n, _ := strconv.Atoi(v)
+		newest = max(newest, n)
+	}
+	what := "upgrade kds-engine to a release that speaks it, or rebuild the plugin with an sdk release that also serves version " + strconv.Itoa(newest)
+	if plugin < newest {
+		what = "rebuild the plugin with a newer sdk release (github.com/kds-engine/kds-engine/sdk)"
+	}
+	return fmt.Sprintf("incompatible plugin protocol: the plugin speaks version %d, this engine speaks version %s; %s",
+		plugin, strings.Join(ours, ", "), what)
+}
+
 // supervise waits for the process to exit and restarts it with backoff until
 // the host closes. It owns inst until it hands it to m.
 func (h *Host) supervise(m *managed, inst *instance) {
@@ -236,8 +290,17 @@ func (h *Host) supervise(m *managed, inst *instance) {
 		case <-inst.conn.Done():
 		}
 		m.setDown(errors.New("process exited"))
-		m.log.Error("plugin process exited; restarting", "pid", inst.pid, "backoff", backoff)
-		inst.client.Kill() // reap and release go-plugin's goroutines
+		inst.client.Kill() // reap and release go-plugin's goroutines (its stderr read to the end)
+		exitErr := errors.New("process exited")
+		if out := inst.stderr.summary(); out != "" {
+			exitErr = fmt.Errorf("process exited: %s", out)
+			m.mu.Lock()
+			if m.state == StateDown {
+				m.lastErr = exitErr
+			}
+			m.mu.Unlock()
+		}
+		m.log.Error("plugin process exited; restarting", "pid", inst.pid, "backoff", backoff, "error", exitErr)
 		if time.Since(upSince) > h.backoffCap {
 			backoff = h.backoffBase // it ran long enough: a fresh crash
 		}

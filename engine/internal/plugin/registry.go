@@ -6,7 +6,7 @@ import (
 	"strings"
 
 	"github.com/kds-engine/kds-engine/engine/internal/resource"
-	pluginv1 "github.com/kds-engine/kds-engine/proto/plugin/v1"
+	pluginv1 "github.com/kds-engine/kds-engine/sdk/proto/plugin/v1"
 )
 
 // Registry maps type names to their descriptors. It is immutable once built

@@ -2,7 +2,11 @@ package plugin
 
 import (
 	"context"
+	"crypto/sha256"
+	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -12,12 +16,13 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/kds-engine/kds-engine/engine/internal/resource"
-	kdsv1 "github.com/kds-engine/kds-engine/proto/kds/v1"
-	pluginv1 "github.com/kds-engine/kds-engine/proto/plugin/v1"
+	pluginv1 "github.com/kds-engine/kds-engine/sdk/proto/plugin/v1"
 )
 
 // ValidateBatch sends rs to the named plugin in one Validate RPC and returns
-// the field errors of each invalid resource by its index in rs. It fails
+// the field errors of each invalid resource by its index in rs. The
+// plugin's warnings go to the collector in ctx, if any (see
+// resource.WithWarnings). It fails
 // with an error wrapping ErrPluginDown when the plugin is not running (or
 // dies during the call). Every resource must be of a type of that plugin;
 // the caller keeps batches under MaxBatchBytes.
@@ -32,19 +37,115 @@ func (h *Host) ValidateBatch(ctx context.Context, pluginName string, rs []*resou
 	if err != nil {
 		return nil, fmt.Errorf("validate: %w", err)
 	}
-	req := &pluginv1.ValidateRequest{Resources: make([]*kdsv1.Resource, len(rs))}
+	// Resources that made this binary exit before are refused without
+	// asking it; resources that were in a batch during which it exited go
+	// alone, so the one that makes it exit is found.
+	out := map[int][]resource.FieldError{}
+	var rest, alone []int
+	fps := make([][32]byte, len(rs))
 	for i, r := range rs {
-		req.Resources[i] = r.ToProto()
+		fps[i] = fingerprint(r)
+		if reason, ok := m.crashedOn(inst.binary, fps[i]); ok {
+			out[i] = []resource.FieldError{{Message: reason}}
+			continue
+		}
+		if m.isSuspect(fps[i]) {
+			alone = append(alone, i)
+			continue
+		}
+		rest = append(rest, i)
+	}
+	send := func(idx []int) error {
+		sub := make([]*resource.Resource, len(idx))
+		for j, i := range idx {
+			sub[j] = rs[i]
+		}
+		res, err := h.call(ctx, pluginName, m, inst, sub)
+		if errors.Is(err, errExitedDuringCall) {
+			reason := inst.stderr.summary()
+			if len(idx) == 1 {
+				m.recordCrash(inst.binary, fps[idx[0]], crashReason(pluginName, rs[idx[0]], reason))
+			} else {
+				for _, i := range idx {
+					m.markSuspect(fps[i])
+				}
+			}
+			if reason != "" {
+				return fmt.Errorf("validate: plugin %q exited during the call (its last output: %s): %w", pluginName, reason, ErrPluginDown)
+			}
+			return fmt.Errorf("validate: plugin %q exited during the call: %w", pluginName, ErrPluginDown)
+		}
+		if err != nil {
+			return err
+		}
+		for j, fes := range res {
+			out[idx[j]] = append(out[idx[j]], fes...)
+		}
+		return nil
+	}
+	for _, i := range alone {
+		if err := send([]int{i}); err != nil {
+			return nil, err
+		}
+		m.clearSuspect(fps[i])
+	}
+	if len(rest) > 0 {
+		if err := send(rest); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// exitGrace is how long a call that lost its connection waits for the
+// plugin process's exit before reporting the plugin unreachable.
+const exitGrace = 2 * time.Second
+
+// exitedDuring reports whether inst's process has exited, waiting up to
+// exitGrace for it when wait is set. Once it has, its stderr has been read
+// to the end.
+func (h *Host) exitedDuring(inst *instance, wait bool) bool {
+	select {
+	case <-inst.conn.Done():
+		inst.client.Kill() // the process is gone: returns once its stderr is read
+		return true
+	default:
+	}
+	if !wait {
+		return false
+	}
+	t := time.NewTimer(exitGrace)
+	defer t.Stop()
+	select {
+	case <-inst.conn.Done():
+		inst.client.Kill()
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
+// errExitedDuringCall marks a call during which the plugin process exited.
+var errExitedDuringCall = errors.New("exited during the call")
+
+// call sends rs to inst in one Validate RPC and returns the field errors by
+// index in rs. When the process exits during the call it returns
+// errExitedDuringCall once the process's stderr has been read to its end.
+func (h *Host) call(ctx context.Context, pluginName string, m *managed, inst *instance, rs []*resource.Resource) (map[int][]resource.FieldError, error) {
+	req := &pluginv1.ValidateRequest{Resources: make([]*pluginv1.Resource, len(rs))}
+	for i, r := range rs {
+		req.Resources[i] = ToPlugin(r)
 	}
 	m.calls.Add(1)
 	cctx, cancel := context.WithTimeout(ctx, h.callTimeout)
 	defer cancel()
 	resp, err := inst.conn.Validate(cctx, req)
 	if err != nil {
-		select {
-		case <-inst.conn.Done():
-			return nil, fmt.Errorf("validate: plugin %q exited during the call: %w", pluginName, ErrPluginDown)
-		default:
+		// A process that dies mid-call usually shows first as the
+		// connection failing (Unavailable); its exit follows within
+		// moments. Wait for it a little, so a crash is reported as one.
+		if h.exitedDuring(inst, status.Code(err) == codes.Unavailable) {
+			return nil, errExitedDuringCall
 		}
 		if status.Code(err) == codes.Unavailable {
 			return nil, fmt.Errorf("validate: plugin %q unreachable (%v): %w", pluginName, status.Convert(err).Message(), ErrPluginDown)
@@ -63,7 +164,116 @@ func (h *Host) ValidateBatch(ctx context.Context, pluginName string, rs []*resou
 		}
 		return nil, fmt.Errorf("validate with plugin %q: %w", pluginName, err)
 	}
-	return fieldErrors(pluginName, len(rs), resp)
+	fes, err := fieldErrors(pluginName, len(rs), resp)
+	if err != nil {
+		return nil, err
+	}
+	for _, w := range resp.GetWarnings() {
+		if idx := int(w.GetIndex()); idx >= 0 && idx < len(rs) {
+			ws := make([]resource.FieldError, 0, len(w.GetErrors()))
+			for _, fe := range w.GetErrors() {
+				ws = append(ws, resource.FieldError{Field: fe.GetField(), Message: fe.GetMessage()})
+			}
+			resource.AddWarnings(ctx, rs[idx].Key(), ws)
+		}
+	}
+	return fes, nil
+}
+
+// crashRecord is a resource whose validation made one binary exit.
+type crashRecord struct {
+	binary string
+	reason string
+}
+
+// Bounds on the crash records kept per plugin.
+const (
+	maxCrashRecords = 1024
+	maxSuspects     = 16384
+)
+
+// fingerprint identifies what a plugin is asked to validate.
+func fingerprint(r *resource.Resource) [32]byte {
+	h := sha256.New()
+	for _, s := range []string{r.Type, r.Mesh, r.Name, r.Zone} {
+		fmt.Fprintf(h, "%d:%s", len(s), s)
+	}
+	keys := slices.Sorted(maps.Keys(r.Labels))
+	for _, k := range keys {
+		fmt.Fprintf(h, "%d:%s%d:%s", len(k), k, len(r.Labels[k]), r.Labels[k])
+	}
+	h.Write(r.Spec)
+	var out [32]byte
+	h.Sum(out[:0])
+	return out
+}
+
+func crashReason(pluginName string, r *resource.Resource, out string) string {
+	msg := fmt.Sprintf("plugin %q exited while validating this resource", pluginName)
+	if out != "" {
+		msg += " (" + out + ")"
+	}
+	return msg + "; it is refused without asking the plugin again until the plugin's binary changes: fix the plugin, or change the resource"
+}
+
+// crashedOn returns why fp is refused for binary, if it made that binary
+// exit before.
+func (m *managed) crashedOn(binary string, fp [32]byte) (string, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	c, ok := m.crashes[fp]
+	if !ok || c.binary != binary {
+		return "", false
+	}
+	return c.reason, true
+}
+
+func (m *managed) recordCrash(binary string, fp [32]byte, reason string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.suspects, fp)
+	for k, c := range m.crashes { // another binary's records no longer apply
+		if c.binary != binary {
+			delete(m.crashes, k)
+		}
+	}
+	if m.crashes == nil {
+		m.crashes = map[[32]byte]crashRecord{}
+	}
+	if len(m.crashes) < maxCrashRecords {
+		m.crashes[fp] = crashRecord{binary: binary, reason: reason}
+	}
+	m.log.Error("a resource made the plugin exit; it is refused until the plugin's binary changes", "reason", reason)
+}
+
+func (m *managed) isSuspect(fp [32]byte) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.suspects[fp]
+}
+
+func (m *managed) markSuspect(fp [32]byte) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.suspects == nil {
+		m.suspects = map[[32]byte]bool{}
+	}
+	if len(m.suspects) < maxSuspects {
+		m.suspects[fp] = true
+	}
+}
+
+func (m *managed) clearSuspect(fp [32]byte) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.suspects, fp)
+}
+
+// ToPlugin converts r to the plugin protocol's envelope: the fields a plugin
+// validates (type, mesh, name, labels, spec, zone), sharing r's maps and
+// slices. Store versions and timestamps are not sent.
+func ToPlugin(r *resource.Resource) *pluginv1.Resource {
+	return &pluginv1.Resource{Type: r.Type, Mesh: r.Mesh, Name: r.Name, Labels: r.Labels, Spec: r.Spec, Zone: r.Zone}
 }
 
 // fieldErrors converts a plugin's answer for a batch of n resources into

@@ -59,7 +59,7 @@ func TestSchemaSeesDecodedValues(t *testing.T) {
 		r("alphaMeshy", "m", "big", `{"port":65535.0000000000000001}`),
 		r("alphaMeshy", "m", "type", `{"port":"80"}`),
 	}))
-	assert.Equal(t, "got number, want integer", errs["big"][0].Message, "compared exactly, not as a float64 (which rounds to 65535)")
+	assert.Equal(t, "must be an integer, not JSON number", errs["big"][0].Message, "compared exactly, not as a float64 (which rounds to 65535)")
 	assert.Equal(t, "spec.port", errs["type"][0].Field)
 }
 

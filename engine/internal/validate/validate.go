@@ -9,7 +9,10 @@
 //  3. the plugin's own Validate, resources grouped by plugin and sent in
 //     batches, so ten thousand resources cost a handful of RPCs.
 //
-// A resource that fails one step is not passed to the next. The result is
+// A resource that fails the envelope goes no further. One that fails only
+// its schema still goes to its plugin, so a write reports every problem at
+// once; the plugin's errors at fields the schema already reported are
+// dropped (sdk.MergeErrors), the schema's message wins. The result is
 // nil, a *resource.ValidationError naming every invalid resource and field,
 // or an error from the plugins (for example one wrapping plugin.ErrPluginDown
 // when a plugin is down).
@@ -24,7 +27,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"regexp"
 	"runtime"
 	"slices"
 	"strconv"
@@ -32,16 +34,14 @@ import (
 	"sync"
 	"unicode/utf8"
 
-	"github.com/santhosh-tekuri/jsonschema/v6"
-	"github.com/santhosh-tekuri/jsonschema/v6/kind"
 	"github.com/valyala/fastjson"
 	"golang.org/x/sync/errgroup"
-	"golang.org/x/text/language"
-	"golang.org/x/text/message"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/kds-engine/kds-engine/engine/internal/plugin"
 	"github.com/kds-engine/kds-engine/engine/internal/resource"
+	"github.com/kds-engine/kds-engine/sdk"
+	"github.com/kds-engine/kds-engine/sdk/schemacheck"
 )
 
 // Defaults for the options.
@@ -86,7 +86,7 @@ type Validator struct {
 	plugins   Plugins
 	maxBytes  int
 	batchSize int
-	schemas   map[string]*jsonschema.Schema // by type; absent: no schema
+	schemas   map[string]*schemacheck.Schema // by type; absent: no schema
 }
 
 // New compiles the JSON Schema of every type in reg and returns a Validator.
@@ -97,7 +97,7 @@ func New(reg Registry, plugins Plugins, opts ...Option) (*Validator, error) {
 		plugins:   plugins,
 		maxBytes:  DefaultMaxResourceBytes,
 		batchSize: DefaultBatchSize,
-		schemas:   map[string]*jsonschema.Schema{},
+		schemas:   map[string]*schemacheck.Schema{},
 	}
 	for _, o := range opts {
 		o(v)
@@ -107,7 +107,7 @@ func New(reg Registry, plugins Plugins, opts ...Option) (*Validator, error) {
 		if len(d.Schema) == 0 {
 			continue
 		}
-		s, err := compile(d)
+		s, err := schemacheck.Compile(d.Name, d.Schema)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("schema of type %s (plugin %s): %w", d.Name, d.Plugin, err))
 			continue
@@ -118,24 +118,6 @@ func New(reg Registry, plugins Plugins, opts ...Option) (*Validator, error) {
 		return nil, errors.Join(errs...)
 	}
 	return v, nil
-}
-
-func compile(d resource.TypeDescriptor) (*jsonschema.Schema, error) {
-	doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(d.Schema))
-	if err != nil {
-		return nil, fmt.Errorf("parse: %w", err)
-	}
-	c := jsonschema.NewCompiler()
-	c.DefaultDraft(jsonschema.Draft2020)
-	url := "urn:kds-engine:type:" + d.Name
-	if err := c.AddResource(url, doc); err != nil {
-		return nil, fmt.Errorf("add: %w", err)
-	}
-	s, err := c.Compile(url)
-	if err != nil {
-		return nil, fmt.Errorf("compile: %w", err)
-	}
-	return s, nil
 }
 
 // WithoutSchemas returns a Validator that skips the JSON Schema step for
@@ -204,7 +186,7 @@ func (v *Validator) Validate(ctx context.Context, rs []*resource.Resource) error
 				if j < 0 || j >= len(batch) {
 					return fmt.Errorf("validate with plugin %q: answer names resource %d of a batch of %d", p, j, len(batch))
 				}
-				invalid[batch[j]] = append(invalid[batch[j]], fes...)
+				invalid[batch[j]] = mergeErrors(invalid[batch[j]], fes)
 			}
 			return nil
 		})
@@ -229,7 +211,9 @@ func (v *Validator) Validate(ctx context.Context, rs []*resource.Resource) error
 				mu.Lock()
 				invalid[i] = l.fes
 				mu.Unlock()
-				continue
+				if !l.schemaOnly {
+					continue
+				}
 			}
 			pb := next[l.d.Plugin]
 			if pb == nil {
@@ -275,6 +259,8 @@ type local struct {
 	d    resource.TypeDescriptor
 	size int
 	fes  []resource.FieldError
+	// schemaOnly: fes are schema violations only, the plugin still runs.
+	schemaOnly bool
 }
 
 // checkLocal runs the envelope and schema checks of rs into out (same
@@ -284,10 +270,12 @@ func (v *Validator) checkLocal(rs []*resource.Resource, out []local) {
 		var p fastjson.Parser // one per goroutine: a Parser is not safe for concurrent use
 		for i := lo; i < hi; i++ {
 			d, size, spec, fes := v.envelope(&p, rs[i])
+			schemaOnly := false
 			if len(fes) == 0 {
 				fes = v.schema(d, spec)
+				schemaOnly = len(fes) > 0
 			}
-			out[i] = local{d: d, size: size, fes: fes}
+			out[i] = local{d: d, size: size, fes: fes, schemaOnly: schemaOnly}
 		}
 	}
 	workers := min(runtime.GOMAXPROCS(0), len(rs)/parallelThreshold)
@@ -496,32 +484,21 @@ func nameProblem(n string) string {
 	return ""
 }
 
-var printer = message.NewPrinter(language.English)
-
-var groupedNumber = regexp.MustCompile(`\b\d{1,3}(,\d{3})+\b`)
-
-// ungroup removes the printer's thousands separators: 65,535 -> 65535.
-func ungroup(s string) string {
-	return groupedNumber.ReplaceAllStringFunc(s, func(n string) string { return strings.ReplaceAll(n, ",", "") })
-}
-
 // schema validates the parsed spec against the type's JSON Schema.
 func (v *Validator) schema(d resource.TypeDescriptor, spec *fastjson.Value) []resource.FieldError {
 	s, ok := v.schemas[d.Name]
 	if !ok {
 		return nil
 	}
-	err := s.Validate(instance(spec))
-	if err == nil {
+	errs := s.Check(instance(spec))
+	if len(errs) == 0 {
 		return nil
 	}
-	var ve *jsonschema.ValidationError
-	if !errors.As(err, &ve) {
-		return []resource.FieldError{{Field: "spec", Message: err.Error()}}
+	fes := make([]resource.FieldError, len(errs))
+	for i, e := range errs {
+		fes[i] = resource.FieldError{Field: e.Field, Message: e.Message}
 	}
-	var fes []resource.FieldError
-	collect(ve, &fes)
-	return dedupe(fes)
+	return fes
 }
 
 // instance converts a parsed JSON value to the form the schema validator
@@ -555,56 +532,25 @@ func instance(v *fastjson.Value) any {
 	}
 }
 
-// collect turns the leaves of a schema error tree into field errors.
-func collect(e *jsonschema.ValidationError, out *[]resource.FieldError) {
-	if len(e.Causes) > 0 {
-		for _, c := range e.Causes {
-			collect(c, out)
-		}
-		return
-	}
-	base := specPath(e.InstanceLocation)
-	switch k := e.ErrorKind.(type) {
-	case *kind.Required:
-		for _, m := range k.Missing {
-			*out = append(*out, resource.FieldError{Field: child(base, m), Message: "is required"})
-		}
-	case *kind.AdditionalProperties:
-		for _, p := range k.Properties {
-			*out = append(*out, resource.FieldError{Field: child(base, p), Message: "unknown field"})
-		}
-	default:
-		*out = append(*out, resource.FieldError{Field: base, Message: ungroup(e.ErrorKind.LocalizedString(printer))})
-	}
-}
+func child(base, tok string) string { return schemacheck.Child(base, tok) }
 
-// specPath renders a JSON pointer's tokens as spec.a.b[2].c.
-func specPath(tokens []string) string {
-	p := "spec"
-	for _, t := range tokens {
-		p = child(p, t)
+// mergeErrors appends a plugin's errors to the schema's, as sdk.MergeErrors
+// does (and so as sdktest reports them).
+func mergeErrors(schema, fromPlugin []resource.FieldError) []resource.FieldError {
+	if len(schema) == 0 {
+		return fromPlugin
 	}
-	return p
-}
-
-func child(base, tok string) string {
-	if _, err := strconv.Atoi(tok); err == nil {
-		return base + "[" + tok + "]"
-	}
-	if tok == "" || strings.ContainsAny(tok, ".[]\" ") {
-		return base + "[" + strconv.Quote(tok) + "]"
-	}
-	return base + "." + tok
-}
-
-func dedupe(fes []resource.FieldError) []resource.FieldError {
-	seen := map[resource.FieldError]bool{}
-	out := fes[:0]
-	for _, fe := range fes {
-		if !seen[fe] {
-			seen[fe] = true
-			out = append(out, fe)
+	conv := func(fes []resource.FieldError) sdk.ErrorList {
+		out := make(sdk.ErrorList, len(fes))
+		for i, fe := range fes {
+			out[i] = sdk.FieldError{Field: fe.Field, Message: fe.Message}
 		}
+		return out
+	}
+	merged := sdk.MergeErrors(conv(schema), conv(fromPlugin))
+	out := make([]resource.FieldError, len(merged))
+	for i, fe := range merged {
+		out[i] = resource.FieldError{Field: fe.Field, Message: fe.Message}
 	}
 	return out
 }

@@ -166,14 +166,35 @@ func TestSchemaErrorsHaveSpecPaths(t *testing.T) {
 	}))
 	assert.Equal(t, []resource.FieldError{{Field: "spec.port", Message: "is required"}}, got["missing"])
 	assert.Equal(t, "spec.port", got["wrongtype"][0].Field)
-	assert.Contains(t, got["wrongtype"][0].Message, "want integer")
+	assert.Equal(t, "must be an integer, not JSON string", got["wrongtype"][0].Message)
 	assert.Equal(t, "spec.port", got["range"][0].Field)
-	assert.Contains(t, got["range"][0].Message, "65535")
+	assert.Equal(t, "must be at most 65535, got 70000", got["range"][0].Message)
 	assert.Equal(t, []resource.FieldError{{Field: "spec.colour", Message: "unknown field"}}, got["extra"])
 	assert.Equal(t, []resource.FieldError{{Field: "spec.items[1].value", Message: "is required"}}, got["nested"])
 	assert.Equal(t, []resource.FieldError{{Field: "spec.port", Message: "is required"}}, got["empty"], "an absent spec is {}")
 	assert.NotContains(t, got, "fine")
-	assert.Equal(t, map[string][]int{"alpha": {1}}, fp.calls, "schema failures never reach the plugin")
+	assert.Equal(t, map[string][]int{"alpha": {7}}, fp.calls, "schema failures still reach the plugin, so every problem is reported at once")
+}
+
+// A resource that fails its schema is still validated by its plugin: the
+// answer has both, except plugin errors at a field the schema reported.
+func TestSchemaAndPluginErrorsTogether(t *testing.T) {
+	v, _ := newValidator(t)
+	got := errorsOf(t, v.Validate(context.Background(), []*resource.Resource{
+		r("alphaMeshy", "m", "both", `{"port":70000,"items":[{"value":"reject"}]}`),
+		r("alphaMeshy", "m", "same", `{"port":80,"items":[{"value":"reject","x":1}]}`),
+	}))
+	assert.Equal(t, []resource.FieldError{
+		{Field: "spec.port", Message: "must be at most 65535, got 70000"},
+		{Field: "spec.items[0].value", Message: "rejected by alpha"},
+	}, got["both"])
+	assert.Equal(t, []resource.FieldError{{Field: "spec.items[0].x", Message: "unknown field"}, {Field: "spec.items[0].value", Message: "rejected by alpha"}}, got["same"])
+	got = errorsOf(t, v.Validate(context.Background(), []*resource.Resource{
+		r("alphaMeshy", "m", "covered", `{"port":80,"items":[{"value":7,"reject":1}]}`),
+	}))
+	for _, fe := range got["covered"] {
+		assert.NotEqual(t, "rejected by alpha", fe.Message, "the plugin's error at spec.items[0].value is covered by the schema's: %v", got)
+	}
 }
 
 func TestPluginErrorsInInputOrder(t *testing.T) {
@@ -242,12 +263,6 @@ func TestNewRejectsBadSchema(t *testing.T) {
 	assert.True(t, ok)
 	assert.Equal(t, "alpha", d.Plugin)
 	assert.Len(t, v.Types(), 3)
-}
-
-func TestUngroup(t *testing.T) {
-	assert.Equal(t, "maximum: got 70000, want 65535", ungroup("maximum: got 70,000, want 65,535"))
-	assert.Equal(t, "got 1000000", ungroup("got 1,000,000"))
-	assert.Equal(t, "a, b", ungroup("a, b"))
 }
 
 // Label keys and values follow Kubernetes' syntax, and the kds-engine.io/

@@ -1,5 +1,6 @@
 // Command protogen regenerates the Go code next to every .proto file under
-// proto/ without a system protoc.
+// proto/ (the engine's) and sdk/proto/ (the plugin protocol, in the sdk
+// module) without a system protoc. Each directory is its own import root.
 //
 // It compiles the .proto sources with github.com/bufbuild/protocompile,
 // resolving imports first from proto/ and then from the descriptors that
@@ -39,7 +40,8 @@ import (
 	_ "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 )
 
-const root = "proto"
+// roots are the directories holding .proto files, each its own import root.
+var roots = []string{"proto", "sdk/proto"}
 
 func main() {
 	check := flag.Bool("check", false, "do not write; exit 1 if generated code is stale")
@@ -51,6 +53,24 @@ func main() {
 }
 
 func run(check bool) error {
+	var stale []string
+	for _, root := range roots {
+		s, err := generate(root, check)
+		if err != nil {
+			return fmt.Errorf("%s: %w", root, err)
+		}
+		stale = append(stale, s...)
+	}
+	if len(stale) > 0 {
+		return fmt.Errorf("generated code is stale, run `make proto`: %s", strings.Join(stale, ", "))
+	}
+	return nil
+}
+
+// generate runs the generators over every .proto file under root and writes
+// their output next to the sources, or with check returns the paths whose
+// committed content differs.
+func generate(root string, check bool) ([]string, error) {
 	var sources []string
 	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
@@ -63,7 +83,7 @@ func run(check bool) error {
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("find .proto files: %w", err)
+		return nil, fmt.Errorf("find .proto files: %w", err)
 	}
 	sort.Strings(sources)
 
@@ -82,7 +102,7 @@ func run(check bool) error {
 	}
 	files, err := compiler.Compile(context.Background(), sources...)
 	if err != nil {
-		return fmt.Errorf("compile: %w", err)
+		return nil, fmt.Errorf("compile: %w", err)
 	}
 
 	// Every file the generators need, dependencies first.
@@ -113,7 +133,7 @@ func run(check bool) error {
 	for _, gen := range []string{"protoc-gen-go", "protoc-gen-go-grpc"} {
 		out, err := runPlugin(gen, req)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		for _, f := range out {
 			path := filepath.Join(root, f.GetName())
@@ -126,14 +146,11 @@ func run(check bool) error {
 				continue
 			}
 			if err := os.WriteFile(path, content, 0o644); err != nil {
-				return fmt.Errorf("write %s: %w", path, err)
+				return nil, fmt.Errorf("write %s: %w", path, err)
 			}
 		}
 	}
-	if len(stale) > 0 {
-		return fmt.Errorf("generated code is stale, run `make proto`: %s", strings.Join(stale, ", "))
-	}
-	return nil
+	return stale, nil
 }
 
 // runPlugin runs one pinned generator through `go tool` and returns its files.

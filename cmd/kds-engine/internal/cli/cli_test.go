@@ -143,6 +143,23 @@ spec: {connectTimeout: -3s}
 	assert.Equal(t, 0, h.srv.Backend.Count(), "nothing written")
 }
 
+// Plugin warnings are printed to stderr, naming file, document and field;
+// the resource is applied.
+func TestApplyPrintsWarnings(t *testing.T) {
+	h := newHarness(t, "global")
+	h.files["x.yaml"] = `type: MeshTimeout
+mesh: default
+name: web
+spec: {connectTimeout: 5s}
+`
+	h.srv.Backend.AddWarning("MeshTimeout", "default", "web", "spec.connectTimeout", "is deprecated")
+	code, out, errOut := h.run("apply", "-f", "x.yaml")
+	assert.Equal(t, 0, code, errOut)
+	assert.Equal(t, "apply: x.yaml document 1: MeshTimeout default/web: spec.connectTimeout: warning: is deprecated\n", errOut)
+	assert.Contains(t, out, "MeshTimeout default/web created")
+	assert.Equal(t, 1, h.srv.Backend.Count())
+}
+
 func TestApplyInputErrors(t *testing.T) {
 	h := newHarness(t, "global")
 	for name, tc := range map[string]struct{ file, want string }{

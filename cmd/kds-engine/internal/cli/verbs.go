@@ -109,9 +109,12 @@ func (a *App) applyCommand() *cobra.Command {
 		for i, d := range docs {
 			rs[i] = d.res
 		}
-		results, err := c.Apply(cmd.Context(), rs)
+		results, warnings, err := c.Apply(cmd.Context(), rs)
 		if err != nil {
 			return failed(applyError(docs, err))
+		}
+		for _, line := range problemLines(docs, "warning: ", warnings) {
+			fmt.Fprintln(a.Stderr, line)
 		}
 		counts := map[string]int{}
 		for _, r := range results {
@@ -210,14 +213,6 @@ func applyError(docs []doc, err error) error {
 	if !errors.As(err, &ae) {
 		return fmt.Errorf("apply: %w", err)
 	}
-	find := func(typ, mesh, name string) (doc, bool) {
-		for _, d := range docs {
-			if d.res.Type == typ && d.res.Mesh == mesh && d.res.Name == name {
-				return d, true
-			}
-		}
-		return doc{}, false
-	}
 	// A read-only refusal says it all in one line.
 	if ae.Code == apitypes.CodeReadOnly || len(ae.Fields) == 0 {
 		where := ""
@@ -229,19 +224,28 @@ func applyError(docs []doc, err error) error {
 		}
 		return errors.New("apply: " + where + ae.Message)
 	}
+	return errors.New(strings.Join(problemLines(docs, "", ae.Fields), "\n"))
+}
+
+// problemLines formats field problems one per line, naming the file and
+// document of each resource: "apply: FILE document N: KEY: PREFIXfield: msg".
+func problemLines(docs []doc, prefix string, fields []apitypes.FieldProblem) []string {
 	var lines []string
-	for _, f := range ae.Fields {
-		msg := f.Message
+	for _, f := range fields {
+		msg := prefix + f.Message
 		if f.Field != "" {
 			msg = f.Field + ": " + msg
 		}
-		if d, ok := find(f.Type, f.Mesh, f.Name); ok {
-			lines = append(lines, fmt.Sprintf("apply: %s: %s: %s", d.where(), f.Resource, msg))
-		} else {
-			lines = append(lines, fmt.Sprintf("apply: %s: %s", f.Resource, msg))
+		where := ""
+		for _, d := range docs {
+			if d.res.Type == f.Type && d.res.Mesh == f.Mesh && d.res.Name == f.Name {
+				where = d.where() + ": "
+				break
+			}
 		}
+		lines = append(lines, fmt.Sprintf("apply: %s%s: %s", where, f.Resource, msg))
 	}
-	return errors.New(strings.Join(lines, "\n"))
+	return lines
 }
 
 // ---- get ----

@@ -216,10 +216,11 @@ func (c *Client) Delete(ctx context.Context, typ, name, mesh string) error {
 }
 
 // Apply validates every resource, then creates, updates or leaves each one.
-func (c *Client) Apply(ctx context.Context, rs []Resource) ([]apitypes.ApplyResult, error) {
+// It returns one result per resource and the plugins' warnings.
+func (c *Client) Apply(ctx context.Context, rs []Resource) ([]apitypes.ApplyResult, []apitypes.FieldProblem, error) {
 	var out apitypes.ApplyResponse
 	err := c.do(ctx, http.MethodPost, "/api/v1/apply", nil, map[string]any{"resources": rs}, &out)
-	return out.Results, err
+	return out.Results, out.Warnings, err
 }
 
 // Zones lists the zones global knows (global only).

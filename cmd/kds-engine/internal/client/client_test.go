@@ -66,7 +66,7 @@ func TestWritesSendJSONContentType(t *testing.T) {
 	defer srv.Close()
 	c, err := New(srv.URL, "", nil)
 	require.NoError(t, err)
-	_, err = c.Apply(context.Background(), []Resource{{Type: "Mesh", Name: "default"}})
+	_, _, err = c.Apply(context.Background(), []Resource{{Type: "Mesh", Name: "default"}})
 	require.NoError(t, err)
 	assert.Equal(t, http.MethodPost, got.Method)
 	assert.Equal(t, "application/json", got.Header.Get("Content-Type"))

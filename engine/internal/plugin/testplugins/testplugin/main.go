@@ -13,6 +13,10 @@
 //	garbage       breaks the handshake
 //	future        serves protocol versions 1 and 2 (a newer SDK)
 //	futureonly    serves only protocol version 2
+//	panicky       type PanickyThing; a spec with "crash" in it makes it
+//	              panic outside the SDK's recovery (the process dies)
+//	panicstart    panics before serving
+//	warner        type WarnerThing; warns about {"value": "old"}
 //
 // When KDS_TESTPLUGIN_RUNLOG names a file, every start appends a line
 // "NAME PID" to it, so a test can tell whether a binary ran at all.
@@ -44,6 +48,9 @@ func main() {
 			fmt.Fprintln(os.Stderr, "run log:", err)
 			os.Exit(1)
 		}
+	}
+	if mode == "panicstart" {
+		panic("config file /etc/panicstart.yaml not found")
 	}
 	if mode == "garbage" {
 		fmt.Println("this is not a handshake")

@@ -10,7 +10,6 @@
 package pluginv1
 
 import (
-	v1 "github.com/kds-engine/kds-engine/proto/kds/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	reflect "reflect"
@@ -319,7 +318,7 @@ func (x *TypeDescriptor) GetSchemaVersion() uint32 {
 
 type ValidateRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Resources     []*v1.Resource         `protobuf:"bytes,1,rep,name=resources,proto3" json:"resources,omitempty"`
+	Resources     []*Resource            `protobuf:"bytes,1,rep,name=resources,proto3" json:"resources,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -354,24 +353,120 @@ func (*ValidateRequest) Descriptor() ([]byte, []int) {
 	return file_plugin_v1_plugin_proto_rawDescGZIP(), []int{3}
 }
 
-func (x *ValidateRequest) GetResources() []*v1.Resource {
+func (x *ValidateRequest) GetResources() []*Resource {
 	if x != nil {
 		return x.Resources
 	}
 	return nil
 }
 
+// Resource is the part of a stored resource a plugin validates. Its field
+// numbers match kds.v1.Resource, so the two are the same on the wire; the
+// plugin protocol declares its own copy so that plugins do not depend on the
+// sync protocol (and its envoy imports).
+type Resource struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Type name, as registered by a plugin (for example "MeshTimeout").
+	Type string `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
+	// Mesh the resource belongs to; empty for global-scoped types.
+	Mesh   string            `protobuf:"bytes,2,opt,name=mesh,proto3" json:"mesh,omitempty"`
+	Name   string            `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	Labels map[string]string `protobuf:"bytes,4,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The spec as JSON; its shape is defined by the type's plugin.
+	Spec []byte `protobuf:"bytes,5,opt,name=spec,proto3" json:"spec,omitempty"`
+	// On global: the zone a zone-provided resource came from.
+	Zone          string `protobuf:"bytes,9,opt,name=zone,proto3" json:"zone,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Resource) Reset() {
+	*x = Resource{}
+	mi := &file_plugin_v1_plugin_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Resource) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Resource) ProtoMessage() {}
+
+func (x *Resource) ProtoReflect() protoreflect.Message {
+	mi := &file_plugin_v1_plugin_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Resource.ProtoReflect.Descriptor instead.
+func (*Resource) Descriptor() ([]byte, []int) {
+	return file_plugin_v1_plugin_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Resource) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *Resource) GetMesh() string {
+	if x != nil {
+		return x.Mesh
+	}
+	return ""
+}
+
+func (x *Resource) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Resource) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *Resource) GetSpec() []byte {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
+func (x *Resource) GetZone() string {
+	if x != nil {
+		return x.Zone
+	}
+	return ""
+}
+
 type ValidateResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// One entry per invalid resource; valid resources have no entry.
-	Invalid       []*ResourceErrors `protobuf:"bytes,1,rep,name=invalid,proto3" json:"invalid,omitempty"`
+	Invalid []*ResourceErrors `protobuf:"bytes,1,rep,name=invalid,proto3" json:"invalid,omitempty"`
+	// Warnings: problems that do not make a resource invalid. The write goes
+	// ahead and the user is told. One entry per resource with warnings (valid
+	// or not); engines that predate warnings ignore them.
+	Warnings      []*ResourceErrors `protobuf:"bytes,2,rep,name=warnings,proto3" json:"warnings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ValidateResponse) Reset() {
 	*x = ValidateResponse{}
-	mi := &file_plugin_v1_plugin_proto_msgTypes[4]
+	mi := &file_plugin_v1_plugin_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -383,7 +478,7 @@ func (x *ValidateResponse) String() string {
 func (*ValidateResponse) ProtoMessage() {}
 
 func (x *ValidateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_plugin_v1_plugin_proto_msgTypes[4]
+	mi := &file_plugin_v1_plugin_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -396,12 +491,19 @@ func (x *ValidateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ValidateResponse.ProtoReflect.Descriptor instead.
 func (*ValidateResponse) Descriptor() ([]byte, []int) {
-	return file_plugin_v1_plugin_proto_rawDescGZIP(), []int{4}
+	return file_plugin_v1_plugin_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ValidateResponse) GetInvalid() []*ResourceErrors {
 	if x != nil {
 		return x.Invalid
+	}
+	return nil
+}
+
+func (x *ValidateResponse) GetWarnings() []*ResourceErrors {
+	if x != nil {
+		return x.Warnings
 	}
 	return nil
 }
@@ -417,7 +519,7 @@ type ResourceErrors struct {
 
 func (x *ResourceErrors) Reset() {
 	*x = ResourceErrors{}
-	mi := &file_plugin_v1_plugin_proto_msgTypes[5]
+	mi := &file_plugin_v1_plugin_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -429,7 +531,7 @@ func (x *ResourceErrors) String() string {
 func (*ResourceErrors) ProtoMessage() {}
 
 func (x *ResourceErrors) ProtoReflect() protoreflect.Message {
-	mi := &file_plugin_v1_plugin_proto_msgTypes[5]
+	mi := &file_plugin_v1_plugin_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -442,7 +544,7 @@ func (x *ResourceErrors) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResourceErrors.ProtoReflect.Descriptor instead.
 func (*ResourceErrors) Descriptor() ([]byte, []int) {
-	return file_plugin_v1_plugin_proto_rawDescGZIP(), []int{5}
+	return file_plugin_v1_plugin_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ResourceErrors) GetIndex() uint32 {
@@ -470,7 +572,7 @@ type FieldError struct {
 
 func (x *FieldError) Reset() {
 	*x = FieldError{}
-	mi := &file_plugin_v1_plugin_proto_msgTypes[6]
+	mi := &file_plugin_v1_plugin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -482,7 +584,7 @@ func (x *FieldError) String() string {
 func (*FieldError) ProtoMessage() {}
 
 func (x *FieldError) ProtoReflect() protoreflect.Message {
-	mi := &file_plugin_v1_plugin_proto_msgTypes[6]
+	mi := &file_plugin_v1_plugin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -495,7 +597,7 @@ func (x *FieldError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FieldError.ProtoReflect.Descriptor instead.
 func (*FieldError) Descriptor() ([]byte, []int) {
-	return file_plugin_v1_plugin_proto_rawDescGZIP(), []int{6}
+	return file_plugin_v1_plugin_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *FieldError) GetField() string {
@@ -516,7 +618,7 @@ var File_plugin_v1_plugin_proto protoreflect.FileDescriptor
 
 const file_plugin_v1_plugin_proto_rawDesc = "" +
 	"\n" +
-	"\x16plugin/v1/plugin.proto\x12\tplugin.v1\x1a\x10kds/v1/kds.proto\"8\n" +
+	"\x16plugin/v1/plugin.proto\x12\tplugin.v1\"8\n" +
 	"\x0fDescribeRequest\x12%\n" +
 	"\x0eengine_version\x18\x01 \x01(\tR\rengineVersion\"q\n" +
 	"\x10DescribeResponse\x12\x12\n" +
@@ -530,11 +632,22 @@ const file_plugin_v1_plugin_proto_rawDesc = "" +
 	"\vjson_schema\x18\x04 \x01(\fR\n" +
 	"jsonSchema\x12 \n" +
 	"\vdescription\x18\x05 \x01(\tR\vdescription\x12%\n" +
-	"\x0eschema_version\x18\x06 \x01(\rR\rschemaVersion\"A\n" +
-	"\x0fValidateRequest\x12.\n" +
-	"\tresources\x18\x01 \x03(\v2\x10.kds.v1.ResourceR\tresources\"G\n" +
+	"\x0eschema_version\x18\x06 \x01(\rR\rschemaVersion\"D\n" +
+	"\x0fValidateRequest\x121\n" +
+	"\tresources\x18\x01 \x03(\v2\x13.plugin.v1.ResourceR\tresources\"\xe2\x01\n" +
+	"\bResource\x12\x12\n" +
+	"\x04type\x18\x01 \x01(\tR\x04type\x12\x12\n" +
+	"\x04mesh\x18\x02 \x01(\tR\x04mesh\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\x127\n" +
+	"\x06labels\x18\x04 \x03(\v2\x1f.plugin.v1.Resource.LabelsEntryR\x06labels\x12\x12\n" +
+	"\x04spec\x18\x05 \x01(\fR\x04spec\x12\x12\n" +
+	"\x04zone\x18\t \x01(\tR\x04zone\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"~\n" +
 	"\x10ValidateResponse\x123\n" +
-	"\ainvalid\x18\x01 \x03(\v2\x19.plugin.v1.ResourceErrorsR\ainvalid\"U\n" +
+	"\ainvalid\x18\x01 \x03(\v2\x19.plugin.v1.ResourceErrorsR\ainvalid\x125\n" +
+	"\bwarnings\x18\x02 \x03(\v2\x19.plugin.v1.ResourceErrorsR\bwarnings\"U\n" +
 	"\x0eResourceErrors\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\rR\x05index\x12-\n" +
 	"\x06errors\x18\x02 \x03(\v2\x15.plugin.v1.FieldErrorR\x06errors\"<\n" +
@@ -553,7 +666,7 @@ const file_plugin_v1_plugin_proto_rawDesc = "" +
 	"SCOPE_MESH\x10\x022\x92\x01\n" +
 	"\x06Plugin\x12C\n" +
 	"\bDescribe\x12\x1a.plugin.v1.DescribeRequest\x1a\x1b.plugin.v1.DescribeResponse\x12C\n" +
-	"\bValidate\x12\x1a.plugin.v1.ValidateRequest\x1a\x1b.plugin.v1.ValidateResponseB;Z9github.com/kds-engine/kds-engine/proto/plugin/v1;pluginv1b\x06proto3"
+	"\bValidate\x12\x1a.plugin.v1.ValidateRequest\x1a\x1b.plugin.v1.ValidateResponseB?Z=github.com/kds-engine/kds-engine/sdk/proto/plugin/v1;pluginv1b\x06proto3"
 
 var (
 	file_plugin_v1_plugin_proto_rawDescOnce sync.Once
@@ -568,7 +681,7 @@ func file_plugin_v1_plugin_proto_rawDescGZIP() []byte {
 }
 
 var file_plugin_v1_plugin_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_plugin_v1_plugin_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_plugin_v1_plugin_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_plugin_v1_plugin_proto_goTypes = []any{
 	(Direction)(0),           // 0: plugin.v1.Direction
 	(Scope)(0),               // 1: plugin.v1.Scope
@@ -576,27 +689,30 @@ var file_plugin_v1_plugin_proto_goTypes = []any{
 	(*DescribeResponse)(nil), // 3: plugin.v1.DescribeResponse
 	(*TypeDescriptor)(nil),   // 4: plugin.v1.TypeDescriptor
 	(*ValidateRequest)(nil),  // 5: plugin.v1.ValidateRequest
-	(*ValidateResponse)(nil), // 6: plugin.v1.ValidateResponse
-	(*ResourceErrors)(nil),   // 7: plugin.v1.ResourceErrors
-	(*FieldError)(nil),       // 8: plugin.v1.FieldError
-	(*v1.Resource)(nil),      // 9: kds.v1.Resource
+	(*Resource)(nil),         // 6: plugin.v1.Resource
+	(*ValidateResponse)(nil), // 7: plugin.v1.ValidateResponse
+	(*ResourceErrors)(nil),   // 8: plugin.v1.ResourceErrors
+	(*FieldError)(nil),       // 9: plugin.v1.FieldError
+	nil,                      // 10: plugin.v1.Resource.LabelsEntry
 }
 var file_plugin_v1_plugin_proto_depIdxs = []int32{
-	4, // 0: plugin.v1.DescribeResponse.types:type_name -> plugin.v1.TypeDescriptor
-	0, // 1: plugin.v1.TypeDescriptor.direction:type_name -> plugin.v1.Direction
-	1, // 2: plugin.v1.TypeDescriptor.scope:type_name -> plugin.v1.Scope
-	9, // 3: plugin.v1.ValidateRequest.resources:type_name -> kds.v1.Resource
-	7, // 4: plugin.v1.ValidateResponse.invalid:type_name -> plugin.v1.ResourceErrors
-	8, // 5: plugin.v1.ResourceErrors.errors:type_name -> plugin.v1.FieldError
-	2, // 6: plugin.v1.Plugin.Describe:input_type -> plugin.v1.DescribeRequest
-	5, // 7: plugin.v1.Plugin.Validate:input_type -> plugin.v1.ValidateRequest
-	3, // 8: plugin.v1.Plugin.Describe:output_type -> plugin.v1.DescribeResponse
-	6, // 9: plugin.v1.Plugin.Validate:output_type -> plugin.v1.ValidateResponse
-	8, // [8:10] is the sub-list for method output_type
-	6, // [6:8] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	4,  // 0: plugin.v1.DescribeResponse.types:type_name -> plugin.v1.TypeDescriptor
+	0,  // 1: plugin.v1.TypeDescriptor.direction:type_name -> plugin.v1.Direction
+	1,  // 2: plugin.v1.TypeDescriptor.scope:type_name -> plugin.v1.Scope
+	6,  // 3: plugin.v1.ValidateRequest.resources:type_name -> plugin.v1.Resource
+	10, // 4: plugin.v1.Resource.labels:type_name -> plugin.v1.Resource.LabelsEntry
+	8,  // 5: plugin.v1.ValidateResponse.invalid:type_name -> plugin.v1.ResourceErrors
+	8,  // 6: plugin.v1.ValidateResponse.warnings:type_name -> plugin.v1.ResourceErrors
+	9,  // 7: plugin.v1.ResourceErrors.errors:type_name -> plugin.v1.FieldError
+	2,  // 8: plugin.v1.Plugin.Describe:input_type -> plugin.v1.DescribeRequest
+	5,  // 9: plugin.v1.Plugin.Validate:input_type -> plugin.v1.ValidateRequest
+	3,  // 10: plugin.v1.Plugin.Describe:output_type -> plugin.v1.DescribeResponse
+	7,  // 11: plugin.v1.Plugin.Validate:output_type -> plugin.v1.ValidateResponse
+	10, // [10:12] is the sub-list for method output_type
+	8,  // [8:10] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_plugin_v1_plugin_proto_init() }
@@ -610,7 +726,7 @@ func file_plugin_v1_plugin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_plugin_v1_plugin_proto_rawDesc), len(file_plugin_v1_plugin_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   7,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
