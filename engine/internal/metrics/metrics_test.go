@@ -37,6 +37,8 @@ func touchAll(m *Metrics) {
 	m.ObserveValidation("policies", time.Millisecond)
 	m.SetCertificateExpiry("tls-cert-file", time.Unix(1900000000, 0))
 	m.SetZoneTokenExpiry("zone-1", time.Unix(1900000000, 0))
+	m.SetStoreAvailable(true)
+	m.ApplyRetried("zone-1")
 }
 
 func scrape(t *testing.T, g prometheus.Gatherer) string {
