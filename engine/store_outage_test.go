@@ -4,14 +4,19 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"slices"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/kds-engine/kds-engine/engine/internal/guard"
 	"github.com/kds-engine/kds-engine/engine/internal/resource"
 	"github.com/kds-engine/kds-engine/engine/internal/store"
+	"github.com/kds-engine/kds-engine/engine/internal/store/memory"
 	"github.com/kds-engine/kds-engine/engine/internal/store/pgstore"
 	"github.com/kds-engine/kds-engine/internal/testsupport/pgtest"
 )
@@ -172,4 +177,75 @@ func TestStoreOutageResyncSendsOnlyChanges(t *testing.T) {
 	}
 	assert.Equal(t, 1.0, sessionsStarted(t, g), "global kept the zone's session")
 	assert.Equal(t, 1.0, sessionsStarted(t, z), "the zone kept its session")
+}
+
+// flakyStore fails Apply with the errors in fail, one per call, then
+// passes calls to the memory store.
+type flakyStore struct {
+	store.Store
+	mu    sync.Mutex
+	fail  []error
+	calls int
+}
+
+func (s *flakyStore) Apply(ctx context.Context, b store.Batch) (uint64, error) {
+	s.mu.Lock()
+	s.calls++
+	var err error
+	if len(s.fail) > 0 {
+		err, s.fail = s.fail[0], s.fail[1:]
+	}
+	s.mu.Unlock()
+	if err != nil {
+		return 0, err
+	}
+	return s.Store.Apply(ctx, b)
+}
+
+func (s *flakyStore) Calls() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.calls
+}
+
+// TestSinkWaitsOutAnUnavailableStore: the sink retries an apply that
+// failed because the store was unavailable until it is stored, reporting
+// each failed attempt and the success; any other error returns at once;
+// the end of the session's context ends the wait.
+func TestSinkWaitsOutAnUnavailableStore(t *testing.T) {
+	mem := memory.New()
+	defer mem.Close()
+	down := fmt.Errorf("PostgreSQL at h:1 database d unavailable: connection refused: %w", store.ErrUnavailable)
+	dp := dataplane("dp-1", "10.0.0.1")
+	dp.Zone, dp.Version = "z", "v1"
+
+	fs := &flakyStore{Store: mem, fail: []error{down, down, down}}
+	var attempts []int
+	k := &sink{s: guard.New(fs, guard.Global, dpTypes{}), zone: "z", retried: func(a int, _ error) { attempts = append(attempts, a) }}
+	require.NoError(t, k.Apply(t.Context(), []*resource.Resource{dp}, nil))
+	assert.Equal(t, []int{1, 2, 3, 0}, attempts, "three failed attempts, then stored")
+	got, err := mem.Get(t.Context(), dp.Key())
+	require.NoError(t, err)
+	assert.Equal(t, "v1", got.Version)
+
+	// Any other store error ends the apply (and the session) at once.
+	fs = &flakyStore{Store: mem, fail: []error{fmt.Errorf("apply: %w", store.ErrConflict)}}
+	k = &sink{s: guard.New(fs, guard.Global, dpTypes{}), zone: "z"}
+	require.ErrorIs(t, k.Apply(t.Context(), []*resource.Resource{dp}, nil), store.ErrConflict)
+	assert.Equal(t, 1, fs.Calls())
+
+	// The session ending stops the wait, with the store's error.
+	fs = &flakyStore{Store: mem, fail: slices.Repeat([]error{down}, 1000)}
+	k = &sink{s: guard.New(fs, guard.Global, dpTypes{}), zone: "z"}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- k.Apply(ctx, []*resource.Resource{dp}, nil) }()
+	eventually(t, func() bool { return fs.Calls() >= 2 }, "retrying")
+	cancel()
+	select {
+	case err := <-done:
+		require.ErrorIs(t, err, store.ErrUnavailable)
+	case <-time.After(30 * time.Second):
+		t.Fatal("Apply did not return after its context ended")
+	}
 }
