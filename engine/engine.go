@@ -283,7 +283,8 @@ func (e *Engine) Run(ctx context.Context) error {
 	host := plugin.NewHost(e.cfg.PluginsDir, log,
 		plugin.WithRequired(e.cfg.RequiredPlugins),
 		plugin.WithHeadroom(e.cfg.BufferHeadroom),
-		plugin.WithWindow(kdssync.DefaultWindow))
+		plugin.WithWindow(kdssync.DefaultWindow),
+		plugin.WithValidationObserver(e.metrics.ObserveValidation))
 	if err := host.Start(ctx); err != nil {
 		return fmt.Errorf("start plugins: %w", err)
 	}
