@@ -618,6 +618,7 @@ func (e *Engine) runGlobal(g *errgroup.Group, ctx context.Context, lis net.Liste
 				e.ins.Connected(ev.Zone)
 				e.ins.SetSession(ev.Zone, streamPeer(ev.Stream), kdsauth.TokenIDFromContext(ev.Stream))
 				e.metrics.SessionStarted(ev.Zone)
+				e.metrics.ZoneSessionStarted(ev.Zone)
 				e.tokenExpiry(ev)
 				e.revoked.started(ev)
 			},

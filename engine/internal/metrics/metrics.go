@@ -445,3 +445,13 @@ func (m *Metrics) ApplyRetried(zone string) {
 	}
 	m.applyRetries.WithLabelValues(zone).Inc()
 }
+
+// ZoneSessionStarted creates, at zero, the series that only global keeps
+// per zone, so that they are scraped before their first event. Global
+// calls it next to SessionStarted.
+func (m *Metrics) ZoneSessionStarted(zone string) {
+	if m == nil {
+		return
+	}
+	m.applyRetries.WithLabelValues(zone).Add(0)
+}
