@@ -30,9 +30,16 @@ type outageSetup struct {
 }
 
 func startOutageSetup(t *testing.T) outageSetup {
+	return startOutageSetupWith(t, Config{})
+}
+
+// startOutageSetupWith is startOutageSetup with global's lease timings
+// from cfg.
+func startOutageSetupWith(t *testing.T, cfg Config) outageSetup {
 	url := pgtest.NewDatabase(t)
 	proxy := pgtest.NewProxy(t, url)
-	g := startNode(t, Config{Role: RoleGlobal, PluginsDir: builtinDir, Store: StorePostgres, PostgresURL: proxy.URL(url)})
+	g := startNode(t, Config{Role: RoleGlobal, PluginsDir: builtinDir, Store: StorePostgres, PostgresURL: proxy.URL(url),
+		LeaseHeartbeat: cfg.LeaseHeartbeat, LeaseExpiry: cfg.LeaseExpiry})
 	z := startZone(t, "zone-1", g, builtinDir, "")
 	create(t, g, meshResource("default"))
 	return outageSetup{url: url, proxy: proxy, g: g, z: z}
@@ -248,4 +255,39 @@ func TestSinkWaitsOutAnUnavailableStore(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("Apply did not return after its context ended")
 	}
+}
+
+// TestStoreOutageLongerThanTheLeaseExpiry: an outage of the whole database
+// that outlasts the session leases' expiry does not end the sessions when
+// the database returns. No lease was renewed meanwhile, but no replica
+// could renew one either: the leader that takes over after the outage
+// gives every replica a lease expiry's time to renew before it expires
+// anything, so the zone keeps its one session.
+func TestStoreOutageLongerThanTheLeaseExpiry(t *testing.T) {
+	s := startOutageSetupWith(t, Config{LeaseHeartbeat: 250 * time.Millisecond, LeaseExpiry: time.Second})
+	g, z := s.g, s.z
+	eventually(t, func() bool { return seriesValueOf(t, g, "kds_leader", nil) == 1 }, "global leads")
+	before := create(t, g, meshTimeout("before-outage", "1s"))
+	eventually(t, func() bool { return find(z, before.Key()) != nil }, "the zone is synced")
+	require.Equal(t, 1.0, sessionsStarted(t, g))
+	require.Equal(t, 1.0, sessionsStarted(t, z))
+
+	s.proxy.Cut()
+	eventually(t, func() bool { return seriesValueOf(t, g, "kds_leader", nil) == 0 }, "leadership is lost with the database")
+	// Several lease expiries without a heartbeat.
+	time.Sleep(4 * time.Second)
+	s.proxy.Restore()
+	eventually(t, func() bool { return seriesValueOf(t, g, "kds_leader", nil) == 1 }, "global leads again")
+	// Give the leader several expiries after it took over: a lease it
+	// expired would end the session at the next heartbeat.
+	after := create(t, g, meshTimeout("after-outage", "2s"))
+	eventually(t, func() bool { return find(z, after.Key()) != nil }, "global's writes reach the zone again")
+	time.Sleep(4 * time.Second)
+	dp := create(t, z, dataplane("web-after", "10.0.0.9"))
+	k := dp.Key()
+	k.Zone = "zone-1"
+	eventually(t, func() bool { return find(g, k) != nil }, "the zone's writes reach global again")
+	assert.Equal(t, 1.0, sessionsStarted(t, g), "global kept the zone's session through the outage")
+	assert.Equal(t, 1.0, sessionsStarted(t, z), "the zone kept its session through the outage")
+	assert.Zero(t, seriesValueOf(t, g, "kds_sessions_ended_total", map[string]string{"zone": "zone-1"}))
 }
