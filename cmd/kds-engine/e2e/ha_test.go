@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -188,6 +189,35 @@ func TestReplicaSIGKILLZoneFailsOverResendsNothing(t *testing.T) {
 	})
 	after = zoneSync(t, z)
 	assert.Equal(t, totalReceived(before)+1, totalReceived(after), "exactly the changed resource was sent")
+}
+
+// TestReplicaFrozenZoneFailsOverAfterKeepalive: the replica a zone is on
+// stops answering without closing its connections (SIGSTOP, as a machine
+// that vanishes from the network); the zone's keepalive (defaults: a ping
+// after 10s idle, 10s for its answer) ends the session, and the zone
+// resumes on the next replica with nothing resent.
+func TestReplicaFrozenZoneFailsOverAfterKeepalive(t *testing.T) {
+	c, g := pgReplicas(t, 2)
+	mustCLI(t, "apply", "-f", examplesFile(t, "global.yaml"), "--api", g[0].api())
+	z := c.zoneOn(t, "zone-1", g[0], g[1])
+	waitFor(t, "global.yaml on zone-1", func() (bool, string) { return holdsPolicies(t, z) })
+	var before syncState
+	waitFor(t, "zone-1 current on replica 1", func() (bool, string) {
+		before = zoneSync(t, z)
+		return before.Online && before.Address == addr(g[0].kdsPort) && totalReceived(before) == 4, fmt.Sprintf("%+v", before)
+	})
+
+	require.NoError(t, g[0].p.cmd.Process.Signal(syscall.SIGSTOP))
+	frozen := time.Now()
+	var after syncState
+	waitFor(t, "zone-1 on replica 2", func() (bool, string) {
+		after = zoneSync(t, z)
+		on := zoneOnGlobal(t, g[1], "zone-1")
+		return after.Online && after.Address == addr(g[1].kdsPort) && on.Types["MeshTimeout"].ResponsesAcked >= 1, fmt.Sprintf("%+v", after)
+	})
+	t.Logf("zone-1 re-synced on replica 2 %s after replica 1 was frozen", time.Since(frozen).Round(time.Millisecond))
+	assert.Equal(t, totalReceived(before), totalReceived(after), "the zone was resent nothing: %+v", after.Types)
+	assert.Zero(t, totalSent(zoneOnGlobal(t, g[1], "zone-1")), "replica 2 sent zone-1 nothing")
 }
 
 func totalReceived(s syncState) (n uint64) {
