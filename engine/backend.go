@@ -149,10 +149,13 @@ func (b backend) Plugins() apitypes.PluginsInfo {
 // global carries the address the session is on (or was last tried) and the
 // dialer's last error, which names that address; the entry exists once the
 // zone has tried to connect.
+//
+// On global, whether a zone is online, and on which replica, comes from the
+// session leases when the store is shared by replicas (see zoneStatus).
 func (b backend) Insights() []apitypes.Conn {
 	cs := b.e.ins.List()
 	if b.e.cfg.Role != RoleZone {
-		return cs
+		return b.e.zoneStatus(cs)
 	}
 	st := b.e.globalConn()
 	if st.Address == "" {
@@ -207,7 +210,11 @@ func (b backend) Ready() error {
 	return nil
 }
 
+// Replica is this global replica's id ("" on a zone).
+func (b backend) Replica() string { return b.e.cfg.ReplicaID }
+
 var (
+	_ api.ReplicaNamer   = backend{}
 	_ api.HoldersBackend = backend{}
 	_ api.KeyLister      = backend{}
 	_ api.Revisioner     = backend{}

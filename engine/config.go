@@ -6,7 +6,30 @@
 // plugins directory's lock file.
 package engine
 
-import "time"
+import (
+	"os"
+	"time"
+
+	"github.com/kds-engine/kds-engine/engine/internal/store/pgstore"
+)
+
+// Default lease timings of global replicas on PostgreSQL (see
+// docs/decisions/0021-replica-leases.md).
+const (
+	DefaultLeaseHeartbeat = pgstore.DefaultLeaseHeartbeat
+	DefaultLeaseExpiry    = pgstore.DefaultLeaseExpiry
+)
+
+// DefaultReplicaID returns a new replica id for this process: the host
+// name and six random hex digits, such as "gw-1-3fa9c1".
+func DefaultReplicaID() string {
+	host, _ := os.Hostname()
+	return pgstore.NewReplicaID(host)
+}
+
+// CheckReplicaID accepts a replica id: 1 to 64 characters of
+// [A-Za-z0-9._-].
+func CheckReplicaID(id string) error { return pgstore.CheckReplicaID(id) }
 
 // Role is the part an engine plays.
 type Role string
@@ -57,6 +80,13 @@ type Config struct {
 	// a key=value connection string. Its password is never logged or
 	// shown.
 	PostgresURL string
+	// ReplicaID names this global replica in the session leases, zone
+	// status and logs (global role). Default: DefaultReplicaID().
+	ReplicaID string
+	// LeaseHeartbeat is how often a replica on PostgreSQL renews the
+	// leases of its live sessions (default 5s); LeaseExpiry how long a
+	// lease not renewed holds (default 15s, at least twice LeaseHeartbeat).
+	LeaseHeartbeat, LeaseExpiry time.Duration
 
 	// KDSAddress is where global listens for zones (global role).
 	KDSAddress string

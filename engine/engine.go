@@ -155,6 +155,15 @@ func (c Config) withDefaults() Config {
 	if c.MaxResourcesPerZoneType == 0 {
 		c.MaxResourcesPerZoneType = 100000
 	}
+	if c.Role == RoleGlobal && c.ReplicaID == "" {
+		c.ReplicaID = DefaultReplicaID()
+	}
+	if c.LeaseHeartbeat <= 0 {
+		c.LeaseHeartbeat = DefaultLeaseHeartbeat
+	}
+	if c.LeaseExpiry <= 0 {
+		c.LeaseExpiry = DefaultLeaseExpiry
+	}
 	if c.APIMaxBodySize <= 0 {
 		c.APIMaxBodySize = APIBodyResources*int64(c.MaxResourceSize) + APIBodyOverhead
 	}
@@ -203,6 +212,14 @@ func (c Config) check() error {
 		if err := token.ValidateClusterID(c.ClusterID); err != nil {
 			return err
 		}
+	}
+	if c.Role == RoleGlobal {
+		if err := pgstore.CheckReplicaID(c.ReplicaID); err != nil {
+			return fmt.Errorf("replica id: %w", err)
+		}
+	}
+	if c.LeaseExpiry < 2*c.LeaseHeartbeat {
+		return fmt.Errorf("lease expiry %s: must be at least twice the lease heartbeat interval %s", c.LeaseExpiry, c.LeaseHeartbeat)
 	}
 	return c.checkInsecure()
 }
@@ -279,6 +296,9 @@ func (e *Engine) Run(ctx context.Context) error {
 	}
 	defer raw.Close()
 	e.raw = raw
+	if e.cfg.Role == RoleGlobal && e.cfg.Store != StorePostgres {
+		e.metrics.SetLeader(true) // the only replica does everything
+	}
 	role := guard.Global
 	if e.cfg.Role == RoleZone {
 		role = guard.Zone
@@ -306,7 +326,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	e.inflight = kdssync.NewBudget(kdssync.DefaultProcessBudget)
 	e.inboundPool = mux.NewInboundPool(mux.DefaultInboundPoolBytes)
 	e.fromGlobal = kdssync.NewRejections()
-	e.live = newLiveSessions(raw)
+	e.live = newLiveSessions(raw, log.Named("sessions"))
 	e.server = kdssync.NewServer(e.ix,
 		kdssync.WithServerBudget(e.inflight),
 		kdssync.WithServerLogger(log.Named("kds-server")),
@@ -402,7 +422,11 @@ func (e *Engine) Run(ctx context.Context) error {
 		e.runZone(g, gctx, tcfg, types, kdsDialOpts, kdsCredsFor)
 	}
 	close(e.started)
-	log.Info("running", "api", e.apiAddr, "kds", e.kdsAddr, "store", e.cfg.Store, "data_dir", e.cfg.DataDir)
+	if e.cfg.Role == RoleGlobal {
+		log.Info("running", "api", e.apiAddr, "kds", e.kdsAddr, "store", e.cfg.Store, "data_dir", e.cfg.DataDir, "replica", e.cfg.ReplicaID)
+	} else {
+		log.Info("running", "api", e.apiAddr, "kds", e.kdsAddr, "store", e.cfg.Store, "data_dir", e.cfg.DataDir)
+	}
 
 	err = stopErr(parent, g.Wait())
 	log.Info("stopped", "error", err)
@@ -435,7 +459,10 @@ func (e *Engine) openStore(ctx context.Context) (store.Store, error) {
 	case StoreMemory:
 		return memory.New(), nil
 	case StorePostgres:
-		s, err := pgstore.Open(ctx, e.cfg.PostgresURL, pgstore.WithLogger(e.log))
+		s, err := pgstore.Open(ctx, e.cfg.PostgresURL, pgstore.WithLogger(e.log),
+			pgstore.WithReplica(e.cfg.ReplicaID),
+			pgstore.WithLeaseTimings(e.cfg.LeaseHeartbeat, e.cfg.LeaseExpiry),
+			pgstore.WithLeaderHook(e.metrics.SetLeader))
 		if err != nil {
 			return nil, err
 		}

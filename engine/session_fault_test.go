@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc"
 
 	"github.com/stretchr/testify/assert"
@@ -83,7 +84,7 @@ func TestFaultReplacedSessionWritesAreFenced(t *testing.T) {
 	mem := memory.New()
 	defer mem.Close()
 	gs := guard.New(mem, guard.Global, dpTypes{})
-	live := newLiveSessions(mem)
+	live := newLiveSessions(mem, hclog.NewNullLogger())
 	dp := func(version, addr string) []*resource.Resource {
 		r := dataplane("dp-1", addr)
 		r.Zone, r.Version = "z", version

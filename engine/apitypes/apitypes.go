@@ -76,6 +76,8 @@ type ValidateResponse struct {
 // ZonesResponse is the body of GET /api/v1/zones.
 type ZonesResponse struct {
 	Zones []Conn `json:"zones"`
+	// Replica is the id of the global replica that answered.
+	Replica string `json:"replica,omitempty"`
 }
 
 // StatusResponse is the body of /healthz and of /readyz when ready.
@@ -239,6 +241,11 @@ type Conn struct {
 	// TokenID is the id of the zone token the latest session
 	// authenticated with (on global, when zones authenticate by token).
 	TokenID string `json:"tokenId,omitempty"`
+	// Replica is set on global only: the id of the global replica that
+	// holds the zone's live session (Online) or held its latest one.
+	// With --store postgres it comes from the session leases every
+	// replica shares, so every replica answers the same.
+	Replica string `json:"replica,omitempty"`
 	// Streams describes the send buffer of each logical stream of the
 	// latest session, sampled every second while it is live.
 	Streams []StreamState `json:"streams,omitempty"`

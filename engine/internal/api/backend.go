@@ -66,6 +66,12 @@ type Backend interface {
 	Ready() error
 }
 
+// ReplicaNamer is implemented by a global Backend that names the replica
+// it is (GET /api/v1/zones reports it as "replica").
+type ReplicaNamer interface {
+	Replica() string
+}
+
 // Filter selects resources in Backend.List. Empty fields match everything;
 // Labels must all be present with equal values.
 type Filter struct {

@@ -657,7 +657,11 @@ func (h *handler) zones(w http.ResponseWriter, r *http.Request) {
 		zs = []insights.Conn{}
 	}
 	slices.SortFunc(zs, func(a, b insights.Conn) int { return cmp.Compare(a.Name, b.Name) })
-	h.writeJSON(w, http.StatusOK, ZonesResponse{Zones: zs})
+	resp := ZonesResponse{Zones: zs}
+	if rn, ok := h.b.(ReplicaNamer); ok {
+		resp.Replica = rn.Replica()
+	}
+	h.writeJSON(w, http.StatusOK, resp)
 }
 
 func (h *handler) zone(w http.ResponseWriter, r *http.Request) {

@@ -71,6 +71,7 @@ type Metrics struct {
 	authRefused      *prometheus.CounterVec
 	certExpiry       *prometheus.GaugeVec
 	tokenExpiry      *prometheus.GaugeVec
+	leader           prometheus.Gauge
 }
 
 // New creates the collectors and registers them with reg. A nil reg
@@ -123,6 +124,9 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 		responsesNACKed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kds_responses_nacked_total", Help: "Sent responses the peer NACKed, per type.",
 		}, []string{"zone", "type"}),
+		leader: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "kds_leader", Help: "1 while this global replica leads (expires session leases, prunes the change log), else 0.",
+		}),
 		inflightBytes: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "kds_sync_inflight_bytes", Help: "Bytes of sync responses sent and not yet answered, all sessions.",
 		}),
@@ -172,7 +176,7 @@ func (m *Metrics) collectors() []prometheus.Collector {
 		m.sessionsStarted, m.sessionsEnded, m.sessionConnected,
 		m.responsesSent, m.responsesACKed, m.responsesNACKed,
 		m.resources, m.inflightBytes, m.pluginRestarts, m.pluginUp, m.validation, m.authRefused,
-		m.certExpiry, m.tokenExpiry,
+		m.certExpiry, m.tokenExpiry, m.leader,
 	}
 }
 
@@ -286,6 +290,18 @@ func (m *Metrics) SessionEnded(zone string, reason EndReason) {
 	m.sessionConnected.WithLabelValues(zone).Set(0)
 	m.bufferMessages.DeletePartialMatch(prometheus.Labels{"zone": zone})
 	m.bufferCapacity.DeletePartialMatch(prometheus.Labels{"zone": zone})
+}
+
+// SetLeader records whether this replica leads.
+func (m *Metrics) SetLeader(leader bool) {
+	if m == nil {
+		return
+	}
+	v := 0.0
+	if leader {
+		v = 1
+	}
+	m.leader.Set(v)
 }
 
 // SetInflightBytes records the bytes of sync responses in flight.

@@ -37,6 +37,7 @@ func touchAll(m *Metrics) {
 	m.ObserveValidation("policies", time.Millisecond)
 	m.SetCertificateExpiry("tls-cert-file", time.Unix(1900000000, 0))
 	m.SetZoneTokenExpiry("zone-1", time.Unix(1900000000, 0))
+	m.SetLeader(true)
 }
 
 func scrape(t *testing.T, g prometheus.Gatherer) string {
@@ -108,6 +109,7 @@ func TestValuesAndLabels(t *testing.T) {
 	assert.Contains(t, body, `kds_send_buffer_capacity_messages{stream="global_to_zone",zone="zone-1"} 19`)
 	assert.Contains(t, body, `kds_plugin_restarts_total{plugin="policies"} 1`)
 	assert.Contains(t, body, `kds_tls_certificate_expiry_timestamp_seconds{setting="tls-cert-file"} 1.9e+09`)
+	assert.Contains(t, body, "\nkds_leader 1\n")
 
 	// Ending zone-1's session drops its buffer gauges.
 	m.SessionEnded("zone-1", ReasonPeerClosed)

@@ -521,7 +521,12 @@ func (a *App) printConns(first string, conns []apitypes.Conn) error {
 	// A zone's connection names the global address it is on (or last
 	// tried): a column of its own, shown only when there is one.
 	withAddr := slices.ContainsFunc(conns, func(c apitypes.Conn) bool { return c.Address != "" })
+	// On global, the replica holding each zone's session.
+	withReplica := slices.ContainsFunc(conns, func(c apitypes.Conn) bool { return c.Replica != "" })
 	header := []string{first, "STATUS", "SINCE", "SESSIONS", "TYPES", "NACKED", "LAST ERROR"}
+	if withReplica {
+		header = slices.Insert(header, 2, "REPLICA")
+	}
 	if withAddr {
 		header = slices.Insert(header, 2, "ADDRESS")
 	}
@@ -537,6 +542,9 @@ func (a *App) printConns(first string, conns []apitypes.Conn) error {
 		}
 		cells := []string{c.Name, status, timestamp(since), strconv.FormatUint(c.Sessions, 10),
 			strconv.Itoa(len(c.Types)), strconv.FormatUint(nacked, 10), c.LastError}
+		if withReplica {
+			cells = slices.Insert(cells, 2, c.Replica)
+		}
 		if withAddr {
 			cells = slices.Insert(cells, 2, c.Address)
 		}

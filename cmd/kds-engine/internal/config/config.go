@@ -38,6 +38,10 @@ type Config struct {
 	Store           string   `json:"store"`
 	PostgresURL     string   `json:"postgresURL,omitempty"` // global
 
+	ReplicaID              string        `json:"replicaID,omitempty"`              // global
+	LeaseHeartbeatInterval time.Duration `json:"leaseHeartbeatInterval,omitempty"` // global
+	LeaseExpiry            time.Duration `json:"leaseExpiry,omitempty"`            // global
+
 	KDSAddr string `json:"kdsAddr,omitempty"` // global
 	APIAddr string `json:"apiAddr"`
 
@@ -137,6 +141,12 @@ var Settings = []Setting{
 		Usage: "resource store: bolt (durable, under --data-dir), postgres (global replicas sharing --postgres-url) or memory", set: func(c *Config, v string) error { c.Store = v; return nil }},
 	{Flag: "postgres-url", Kind: "string", Key: "postgresURL", Global: true, Default: fixed(""), Accepted: "postgres://USER[:PASSWORD]@HOST:PORT/DATABASE[?PARAMS] or a key=value string",
 		Usage: "PostgreSQL database of --store postgres (its password is never logged or shown)", set: func(c *Config, v string) error { c.PostgresURL = v; return nil }},
+	{Flag: "replica-id", Kind: "string", Key: "replicaID", Global: true, Default: fixed(""), Accepted: "1 to 64 characters of A-Z a-z 0-9 . _ -",
+		Usage: "this global replica's name in session leases, zone status and logs (default: the host name and 6 random hex digits, new at every start)", set: func(c *Config, v string) error { c.ReplicaID = strings.TrimSpace(v); return nil }},
+	{Flag: "lease-heartbeat-interval", Kind: "duration", Key: "leaseHeartbeatInterval", Global: true, Default: fixed("5s"), Accepted: "a duration from 100ms to 1m",
+		Usage: "with store postgres: how often a replica renews the leases of its zones' sessions, and how often it tries to become leader", set: func(c *Config, v string) error { return setDuration(&c.LeaseHeartbeatInterval, v) }},
+	{Flag: "lease-expiry", Kind: "duration", Key: "leaseExpiry", Global: true, Default: fixed("15s"), Accepted: "a duration of at least twice lease-heartbeat-interval, at most 10m",
+		Usage: "with store postgres: a lease not renewed for this long expires, and every replica shows its zone offline", set: func(c *Config, v string) error { return setDuration(&c.LeaseExpiry, v) }},
 	{Flag: "kds-addr", Kind: "address", Key: "kdsAddr", Global: true, Default: fixed(":5685"), Accepted: "HOST:PORT (empty host: all interfaces)",
 		Usage: "address global listens on for zones", set: func(c *Config, v string) error { c.KDSAddr = v; return nil }},
 	{Flag: "api-addr", Kind: "address", Key: "apiAddr", Global: true, Zone: true, Default: byRole("127.0.0.1:5681", "127.0.0.1:5682"), Accepted: "HOST:PORT",
@@ -601,6 +611,26 @@ func (c *Config) Validate() error {
 	default:
 		bad("store", "%q is not a store", c.Store)
 	}
+	if c.Role == engine.RoleGlobal {
+		if c.ReplicaID != "" {
+			if err := engine.CheckReplicaID(c.ReplicaID); err != nil {
+				bad("replica-id", "%v", err)
+			}
+		}
+		hb, exp := c.LeaseHeartbeatInterval, c.LeaseExpiry
+		if hb == 0 {
+			hb = engine.DefaultLeaseHeartbeat
+		}
+		if exp == 0 {
+			exp = engine.DefaultLeaseExpiry
+		}
+		if hb < 100*time.Millisecond || hb > time.Minute {
+			bad("lease-heartbeat-interval", "%s is out of range", hb)
+		}
+		if exp < 2*hb || exp > 10*time.Minute {
+			bad("lease-expiry", "%s must be at least twice lease-heartbeat-interval (%s) and at most 10m", exp, hb)
+		}
+	}
 	if c.PostgresURL != "" && c.Store != string(engine.StorePostgres) && c.Role == engine.RoleGlobal {
 		// Replicas that each fell back to their own bolt file would each
 		// serve a different state.
@@ -698,6 +728,8 @@ func (c *Config) Engine() engine.Config {
 		ec.TokenRevocationFile = c.TokenRevocationFile
 		ec.SessionsPerMinute = c.SessionsPerMinute
 		ec.MaxResourcesPerZoneType = c.MaxResourcesPerZoneType
+		ec.ReplicaID = c.ReplicaID
+		ec.LeaseHeartbeat, ec.LeaseExpiry = c.LeaseHeartbeatInterval, c.LeaseExpiry
 	case engine.RoleZone:
 		ec.ZoneName = c.Name
 		ec.GlobalAddress = c.Global

@@ -37,6 +37,7 @@ func TestDefaults(t *testing.T) {
 	require.NoError(t, g.Validate())
 	assert.Equal(t, engine.Config{
 		Role: engine.RoleGlobal, PluginsDir: "plugins", Store: engine.StoreBolt, DataDir: "kds-data/global",
+		LeaseHeartbeat: 5 * time.Second, LeaseExpiry: 15 * time.Second,
 		KDSAddress: ":5685", APIAddress: "127.0.0.1:5681", SendTimeout: time.Minute, BufferHeadroom: 16,
 		MaxMessageSize: 4 << 20, MaxResourceSize: 1 << 20, KeepaliveTime: 10 * time.Second, KeepaliveTimeout: 10 * time.Second,
 		TLSCertFile: "kds.crt", TLSKeyFile: "kds.key", SessionsPerMinute: 20, MaxResourcesPerZoneType: 100000,

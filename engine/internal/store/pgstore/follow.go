@@ -165,21 +165,17 @@ func readCommits(rows pgx.Rows) ([][]store.Event, error) {
 	return out, rows.Err()
 }
 
-// readLoop is the reader: it catches up when woken, every poll interval,
-// and prunes the change log every prune interval, until ctx ends.
+// readLoop is the reader: it catches up when woken and every poll
+// interval, until ctx ends.
 func (s *Store) readLoop(ctx context.Context) {
 	poll := time.NewTicker(s.cfg.poll)
 	defer poll.Stop()
-	prune := time.NewTicker(s.cfg.pruneEvery)
-	defer prune.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-s.wake:
 		case <-poll.C:
-		case <-prune.C:
-			s.prune(ctx)
 		}
 		s.pmu.Lock()
 		err := s.catchUpLocked(ctx, 0)
@@ -204,9 +200,10 @@ func (s *Store) noteReader(ctx context.Context, err error) {
 	}
 }
 
-// prune deletes the revisions of kds_changes older than the retention.
-func (s *Store) prune(ctx context.Context) {
-	tag, err := s.pool.Exec(ctx, `DELETE FROM kds_changes
+// prune deletes the revisions of kds_changes older than the retention. Only
+// the leader prunes, on its leader connection.
+func (s *Store) prune(ctx context.Context, conn *pgx.Conn) {
+	tag, err := conn.Exec(ctx, `DELETE FROM kds_changes
 		WHERE revision <= (SELECT revision FROM kds_counter WHERE id = 1) - $1
 		AND committed_at < now() - make_interval(secs => $2)`,
 		int64(s.cfg.keepRevisions), s.cfg.keepFor.Seconds())
@@ -261,19 +258,25 @@ func (s *Store) listenOnce(ctx context.Context) (connected bool, err error) {
 		defer cancel()
 		_ = conn.Close(cctx)
 	}()
-	if _, err := conn.Exec(ctx, "LISTEN "+Channel); err != nil {
+	if _, err := conn.Exec(ctx, "LISTEN "+Channel+"; LISTEN "+SessionsChannel); err != nil {
 		return false, err
 	}
 	s.listenPID.Store(conn.PgConn().PID())
 	// Notifications sent while this connection was down are lost: catch
-	// up now.
+	// up now, and check the leases.
 	s.poke()
+	s.pokeHeartbeat()
 	for {
-		if _, err := conn.WaitForNotification(ctx); err != nil {
+		n, err := conn.WaitForNotification(ctx)
+		if err != nil {
 			if errors.Is(err, context.Canceled) && ctx.Err() != nil {
 				return true, ctx.Err()
 			}
 			return true, err
+		}
+		if n.Channel == SessionsChannel {
+			s.noteClaim(n.Payload)
+			continue
 		}
 		s.poke()
 	}

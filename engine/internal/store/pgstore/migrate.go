@@ -75,6 +75,12 @@ func SchemaVersion() int {
 // database whose schema is newer than this build is refused: an older
 // engine must not write into a layout it does not know.
 func migrate(ctx context.Context, pool *pgxpool.Pool, log hclog.Logger) error {
+	return migrateTo(ctx, pool, log, SchemaVersion())
+}
+
+// migrateTo is migrate up to version target (tests build older schemas
+// with it).
+func migrateTo(ctx context.Context, pool *pgxpool.Pool, log hclog.Logger, target int) error {
 	ms, err := migrations()
 	if err != nil {
 		return err
@@ -104,7 +110,7 @@ func migrate(ctx context.Context, pool *pgxpool.Pool, log hclog.Logger) error {
 	if current > len(ms) {
 		return fmt.Errorf("database schema version %d is newer than this kds-engine's (%d): run a kds-engine at least as new as the one that migrated it", current, len(ms))
 	}
-	for _, m := range ms[current:] {
+	for _, m := range ms[current:max(current, min(target, len(ms)))] {
 		err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 			if _, err := tx.Exec(ctx, m.sql); err != nil {
 				return err

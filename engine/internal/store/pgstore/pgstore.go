@@ -16,7 +16,8 @@
 //     store lists in.
 //   - kds_counts: how many resources each (type, zone) holds.
 //   - kds_sessions: the last session generation ClaimSession handed out per
-//     zone.
+//     zone, and the lease of that session (schema version 2): the replica
+//     holding it, the zone's address, start, heartbeat and end times.
 //   - kds_changes: the change log, one row per changed resource per commit.
 //
 // # Commits and revisions
@@ -48,9 +49,10 @@
 //
 // # Change feed
 //
-// Each Store runs two goroutines: one holds a dedicated connection that
-// LISTENs on Channel and wakes the reader on every notification (and once
-// after every reconnect); the reader catches up from kds_changes by
+// Each Store runs four goroutines: the heartbeat and the leader (below),
+// one that holds a dedicated connection that LISTENs on Channel and
+// SessionsChannel and wakes the reader on every change notification (and
+// once after every reconnect), and the reader, which catches up from kds_changes by
 // revision whenever it is woken and at least every poll interval, and
 // publishes each commit to the Store's watchers, in revision order,
 // exactly once. A lost notification or a connection that dropped costs
@@ -59,12 +61,32 @@
 // catches up first if needed), so a watcher of the writing process sees
 // its writes at once. Writers never wait for watchers.
 //
-// The reader prunes kds_changes (revisions older than the retention in
-// both count and age). A Store whose reader fell behind the pruned horizon
+// The leader replica (below) prunes kds_changes (revisions older than the
+// retention in both count and age). A Store whose reader fell behind the pruned horizon
 // (disconnected for longer than the retention), or that finds the
 // database at an older revision than it published (a restore, a failover
 // to a standby that lost commits), ends every Watch with
 // store.ErrWatchLost: watchers take a new snapshot.
+//
+// # Leases and leadership
+//
+// Every Store has a replica id (WithReplica). ClaimLease claims a zone's
+// next session generation and, in the same statement, makes it this
+// replica's lease, notifying SessionsChannel; the Store renews the leases
+// it holds every heartbeat (WithLeaseTimings) and reports through
+// OnLeaseLost a lease that a newer claim took (from the notification, or
+// at the latest when its heartbeat finds the row's generation changed) or
+// that the leader ended after it expired. EndLease marks a lease ended;
+// rows are never deleted. Leases lists every zone's lease with whether it
+// is live (not ended and renewed within the expiry, by the database's
+// clock), the same answer on every replica.
+//
+// One Store per database leads at a time: it holds a session-level
+// pg_try_advisory_lock on a dedicated connection (a lost connection
+// releases it; the others try again every heartbeat) and meanwhile marks
+// expired leases ended and prunes the change log. Both jobs are
+// idempotent, so a leader that lost its connection mid-job does no harm.
+// See docs/decisions/0021-replica-leases.md.
 //
 // # Versions
 //
@@ -91,6 +113,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"os"
 	"slices"
 	"strconv"
 	"sync"
@@ -124,6 +147,10 @@ type config struct {
 	keepRevisions uint64
 	keepFor       time.Duration
 	maxConns      int32
+	replica       string
+	heartbeat     time.Duration
+	expiry        time.Duration
+	leaderHook    func(bool)
 }
 
 // WithLogger sets the logger (default: discard). The store logs under the
@@ -190,6 +217,16 @@ type Store struct {
 
 	listenPID atomic.Uint32
 	lastErr   atomic.Pointer[errBox] // the reader's last failure, nil once it succeeds
+
+	// lmu guards held (the generation of each lease this Store renews),
+	// latest (the highest generation notified per zone) and onLost.
+	lmu         sync.Mutex
+	held        map[string]uint64
+	latest      map[string]uint64
+	onLost      func(LeaseLoss)
+	beat        chan struct{}
+	beatFailing atomic.Bool
+	leader      atomic.Bool
 }
 
 type errBox struct{ err error }
@@ -207,12 +244,24 @@ func Open(ctx context.Context, url string, opts ...Option) (*Store, error) {
 		pruneEvery:    30 * time.Second,
 		keepRevisions: 10000,
 		keepFor:       10 * time.Minute,
+		heartbeat:     DefaultLeaseHeartbeat,
+		expiry:        DefaultLeaseExpiry,
 	}
 	for _, o := range opts {
 		o(&cfg)
 	}
 	if cfg.poll <= 0 || cfg.pruneEvery <= 0 {
 		return nil, fmt.Errorf("open postgres store: poll and prune intervals must be positive")
+	}
+	if cfg.heartbeat <= 0 || cfg.expiry < 2*cfg.heartbeat {
+		return nil, fmt.Errorf("open postgres store: lease heartbeat %s must be positive and the lease expiry %s at least twice as long", cfg.heartbeat, cfg.expiry)
+	}
+	if cfg.replica == "" {
+		host, _ := os.Hostname()
+		cfg.replica = NewReplicaID(host)
+	}
+	if err := CheckReplicaID(cfg.replica); err != nil {
+		return nil, fmt.Errorf("open postgres store: %w", err)
 	}
 	pcfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
@@ -235,6 +284,9 @@ func Open(ctx context.Context, url string, opts ...Option) (*Store, error) {
 		cfg:       cfg,
 		wake:      make(chan struct{}, 1),
 		versioner: store.NewVersioner(),
+		held:      map[string]uint64{},
+		latest:    map[string]uint64{},
+		beat:      make(chan struct{}, 1),
 	}
 	s.pool, err = pgxpool.NewWithConfig(ctx, pcfg)
 	if err != nil {
@@ -254,12 +306,28 @@ func Open(ctx context.Context, url string, opts ...Option) (*Store, error) {
 		return nil, fmt.Errorf("open postgres store at %s: read counter: %w", s.target, s.classify(err))
 	}
 	s.published.Store(rev)
+	// The first try for leadership is made here, so that of replicas
+	// opened one after the other the first leads at once.
+	lconn, err := pgx.ConnectConfig(ctx, s.listen.Copy())
+	if err != nil {
+		s.pool.Close()
+		return nil, fmt.Errorf("open postgres store: leader connection: %w", s.unavailable(err))
+	}
+	lead, err := tryLead(ctx, lconn)
+	if err != nil {
+		closeConn(lconn)
+		s.pool.Close()
+		return nil, fmt.Errorf("open postgres store at %s: leader lock: %w", s.target, s.classify(err))
+	}
 	wctx, stop := context.WithCancelCause(context.Background())
 	s.stop = stop
-	s.workers.Add(2)
+	s.workers.Add(4)
 	go func() { defer s.workers.Done(); s.listenLoop(wctx) }()
 	go func() { defer s.workers.Done(); s.readLoop(wctx) }()
-	s.log.Info("store opened", "postgres", s.target, "schema_version", SchemaVersion(), "revision", rev, "version_counter", version, "version_epoch", s.versioner.Epoch())
+	go func() { defer s.workers.Done(); s.heartbeatLoop(wctx) }()
+	go func() { defer s.workers.Done(); s.leaderLoop(wctx, lconn, lead) }()
+	s.log.Info("store opened", "postgres", s.target, "replica", cfg.replica, "schema_version", SchemaVersion(), "revision", rev,
+		"version_counter", version, "version_epoch", s.versioner.Epoch(), "lease_heartbeat", cfg.heartbeat, "lease_expiry", cfg.expiry)
 	return s, nil
 }
 
@@ -1133,22 +1201,7 @@ func (w *wtx) deleteKeys(ctx context.Context, dels []resource.Key) (map[typeZone
 // sessions of the replicas that were running are still live; see
 // docs/decisions/0017-postgresql-store.md.
 func (s *Store) ClaimSession(ctx context.Context, zone string) (uint64, error) {
-	if err := store.CheckZone(zone); err != nil {
-		return 0, fmt.Errorf("claim session: %w", err)
-	}
-	leave, err := s.enter(ctx)
-	if err != nil {
-		return 0, fmt.Errorf("claim session of zone %s: %w", zone, err)
-	}
-	defer leave()
-	var gen uint64
-	err = s.pool.QueryRow(ctx, `INSERT INTO kds_sessions AS s (zone, generation) VALUES ($1, 1)
-		ON CONFLICT (zone) DO UPDATE SET generation = s.generation + 1, claimed_at = now()
-		RETURNING generation`, zone).Scan(&gen)
-	if err != nil {
-		return 0, fmt.Errorf("claim session of zone %s: %w", zone, s.classify(err))
-	}
-	return gen, nil
+	return s.ClaimLease(ctx, zone, "")
 }
 
 // Watch implements store.Store.
