@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -21,8 +22,9 @@ import (
 // database. They share what docs/configuration.md#postgresql says replicas
 // must share besides the database: the zone token signing key and the
 // cluster id, created in replica 1's data dir and copied to the others
-// before any starts. Replica 1 starts first (it creates the schema), the
-// others after it. The cluster's global is replica 1.
+// before any starts. Replica i has the replica id "gi". Replica 1 starts
+// first (it creates the schema), the others after it. The cluster's global
+// is replica 1.
 func pgReplicas(t *testing.T, n int) (*cluster, []*node) {
 	t.Helper()
 	url := pgtest.NewDatabase(t)
@@ -42,7 +44,8 @@ func pgReplicas(t *testing.T, n int) (*cluster, []*node) {
 			copyTree(t, first, g.dataDir)
 		}
 		g.args = []string{"global", "--data-dir", g.dataDir, "--plugins-dir", pluginsDir,
-			"--tls-cert-file", cert, "--tls-key-file", key, "--store", "postgres", "--postgres-url", url}
+			"--tls-cert-file", cert, "--tls-key-file", key, "--store", "postgres", "--postgres-url", url,
+			"--replica-id", fmt.Sprintf("g%d", i)}
 		c.start(t, g, true)
 		gs = append(gs, g)
 	}
@@ -54,19 +57,27 @@ func pgReplicas(t *testing.T, n int) (*cluster, []*node) {
 // given (the first is where it connects) and waits until it is connected.
 func (c *cluster) zoneOn(t *testing.T, zone string, replicas ...*node) *node {
 	t.Helper()
+	return c.zoneProc(t, zone, zone, nil, replicas...)
+}
+
+// zoneProc is zoneOn with the data dir named dir (a second process of the
+// same zone needs one of its own) and extra flags.
+func (c *cluster) zoneProc(t *testing.T, zone, dir string, extra []string, replicas ...*node) *node {
+	t.Helper()
 	tok, err := engine.GenerateZoneToken(c.global.dataDir, "", "", zone, time.Hour)
 	require.NoError(t, err)
 	addrs := make([]string, len(replicas))
 	for i, g := range replicas {
 		addrs[i] = addr(g.kdsPort)
 	}
-	z := &node{name: zone, dataDir: filepath.Join(c.dir, zone)}
+	z := &node{name: zone, dataDir: filepath.Join(c.dir, dir)}
 	require.NoError(t, os.MkdirAll(z.dataDir, 0o700))
 	z.args = []string{"zone", "--name", zone, "--global", strings.Join(addrs, ","),
 		"--data-dir", z.dataDir, "--plugins-dir", pluginsDir,
 		"--ca-file", c.pki.ca, "--token-file", writeFile(t, c.dir, zone+".token", tok),
 		"--reconnect-backoff-base", "100ms", "--reconnect-backoff-max", "1s"}
-	c.zones[zone] = z
+	z.args = append(z.args, extra...)
+	c.zones[dir] = z
 	c.start(t, z, true)
 	return z
 }
@@ -103,10 +114,14 @@ func TestThreeReplicasTwoZones(t *testing.T) {
 	zb := c.zoneOn(t, "zone-b", g[2], g[0], g[1])
 	assert.Equal(t, addr(g[1].kdsPort), zoneSync(t, za).Address, "zone-a is on replica 2")
 	assert.Equal(t, addr(g[2].kdsPort), zoneSync(t, zb).Address, "zone-b is on replica 3")
-	online, out := zoneOnline(t, g[1], "zone-a")
-	assert.True(t, online, "replica 2 shows zone-a online: %s", out)
-	online, out = zoneOnline(t, g[2], "zone-b")
-	assert.True(t, online, "replica 3 shows zone-b online: %s", out)
+	// Every replica shows both zones online, each on its replica (from the
+	// session leases in the database).
+	for i, r := range g {
+		waitFor(t, fmt.Sprintf("replica %d shows zone-a on g2 and zone-b on g3", i+1), func() (bool, string) {
+			a, b := zoneOnGlobal(t, r, "zone-a"), zoneOnGlobal(t, r, "zone-b")
+			return a.Online && a.Replica == "g2" && b.Online && b.Replica == "g3", fmt.Sprintf("%+v %+v", a, b)
+		})
+	}
 
 	r := mustCLI(t, "apply", "-f", examplesFile(t, "global.yaml"), "--api", g[0].api())
 	require.Contains(t, r.stdout, "4 resources applied: 4 created")
@@ -181,6 +196,14 @@ func TestReplicaSIGKILLZoneFailsOverResendsNothing(t *testing.T) {
 	assert.Zero(t, totalSent(onG3), "replica 3 sent zone-1 nothing: %+v", onG3.Types)
 	assert.Zero(t, totalReceived(onG3), "zone-1 resent replica 3 nothing: %+v", onG3.Types)
 
+	// The surviving replicas agree where the zone is (session leases).
+	for _, r := range []*node{g[0], g[2]} {
+		waitWithin(t, time.Until(killed.Add(30*time.Second)), "replica "+r.args[len(r.args)-1]+" shows zone-1 online on g3 (30 s after the kill)", func() (bool, string) {
+			s := zoneOnGlobal(t, r, "zone-1")
+			return s.Online && s.Replica == "g3", fmt.Sprintf("%+v", s)
+		})
+	}
+
 	// Sync goes on through replica 3, also for writes made on replica 1.
 	mustCLI(t, "apply", "-f", writeFile(t, c.dir, "changed.yaml", changedTimeout), "--api", g[0].api())
 	waitFor(t, "a write on replica 1 reaches zone-1 on replica 3", func() (bool, string) {
@@ -218,6 +241,150 @@ func TestReplicaFrozenZoneFailsOverAfterKeepalive(t *testing.T) {
 	t.Logf("zone-1 re-synced on replica 2 %s after replica 1 was frozen", time.Since(frozen).Round(time.Millisecond))
 	assert.Equal(t, totalReceived(before), totalReceived(after), "the zone was resent nothing: %+v", after.Types)
 	assert.Zero(t, totalSent(zoneOnGlobal(t, g[1], "zone-1")), "replica 2 sent zone-1 nothing")
+}
+
+// TestOlderSessionOnAnotherReplicaIsReplacedAndFenced: zone-1 has a
+// session on replica 1, which freezes (SIGSTOP: its sockets stay open). A
+// second zone-1 process connects to replica 2, whose session replaces the
+// first. The first process then changes a dataplane; the change reaches
+// replica 1's socket (its receive queue grows) and the process is frozen
+// too, so that it cannot reconnect. Once replica 1 runs again it ends its
+// session with the reason replaced (kds_sessions_ended_total on its
+// /metrics) and the change is not stored: every replica shows zone-1's
+// dataplanes as the second process holds them.
+func TestOlderSessionOnAnotherReplicaIsReplacedAndFenced(t *testing.T) {
+	c, g := pgReplicas(t, 2)
+	mustCLI(t, "apply", "-f", examplesFile(t, "global.yaml"), "--api", g[0].api())
+	// Its keepalive must not end the session while replica 1 is frozen.
+	old := c.zoneProc(t, "zone-1", "zone-1-old", []string{"--keepalive-time", "10m"}, g[0])
+	waitFor(t, "global.yaml on the first zone-1", func() (bool, string) { return holdsPolicies(t, old) })
+	mustCLI(t, "apply", "-f", examplesFile(t, "zone-1.yaml"), "--api", old.api())
+	for i, r := range g {
+		waitFor(t, fmt.Sprintf("zone-1's dataplanes on replica %d", i+1), func() (bool, string) {
+			got := names(list(t, r.api(), "Dataplane"))
+			return len(got) == 2, fmt.Sprint(got)
+		})
+	}
+	waitFor(t, "zone-1 online on g1", func() (bool, string) {
+		s := zoneOnGlobal(t, g[1], "zone-1")
+		return s.Online && s.Replica == "g1", fmt.Sprintf("%+v", s)
+	})
+
+	require.NoError(t, g[0].p.cmd.Process.Signal(syscall.SIGSTOP))
+	queued := receiveQueue(t, g[0].kdsPort)
+	nw := c.zoneProc(t, "zone-1", "zone-1-new", nil, g[1])
+	waitFor(t, "the second zone-1 process holds global.yaml", func() (bool, string) { return holdsPolicies(t, nw) })
+	mustCLI(t, "apply", "-f", examplesFile(t, "zone-2.yaml"), "--api", nw.api())
+	waitFor(t, "replica 2 shows zone-1 on g2 with the second process's dataplane", func() (bool, string) {
+		s := zoneOnGlobal(t, g[1], "zone-1")
+		web, ok := find(list(t, g[1].api(), "Dataplane"), "web-1", "zone-1")
+		return s.Online && s.Replica == "g2" && ok && dataplaneAddress(web) == "10.0.2.10", fmt.Sprintf("%+v %v", s, web.Spec)
+	})
+
+	// The first process, still attached to frozen replica 1, changes a
+	// dataplane; the change is in replica 1's socket before the process
+	// freezes too.
+	mustCLI(t, "apply", "-f", writeFile(t, c.dir, "late.yaml", lateDataplane), "--api", old.api())
+	waitFor(t, "the late change in replica 1's receive queue", func() (bool, string) {
+		n := receiveQueue(t, g[0].kdsPort)
+		return n > queued+100, fmt.Sprintf("%d bytes queued, %d before", n, queued)
+	})
+	require.NoError(t, old.p.cmd.Process.Signal(syscall.SIGSTOP))
+	require.NoError(t, g[0].p.cmd.Process.Signal(syscall.SIGCONT))
+
+	waitFor(t, "replica 1 ended its zone-1 session as replaced", func() (bool, string) {
+		code, body, err := httpGet(g[0].api() + "/metrics")
+		if err != nil || code != 200 {
+			return false, fmt.Sprint(code, err)
+		}
+		return metricValue(body, "kds_sessions_ended_total", `reason="replaced"`, `zone="zone-1"`) >= 1, grepLines(body, "kds_sessions_ended_total")
+	})
+	s := zoneOnGlobal(t, g[0], "zone-1")
+	assert.Contains(t, s.LastError, "replaced by a newer session on global replica g2", "replica 1's view of its own ended session")
+	for i, r := range g {
+		rs := list(t, r.api(), "Dataplane")
+		web, ok := find(rs, "web-1", "zone-1")
+		assert.True(t, ok, "replica %d: %v", i+1, names(rs))
+		assert.Equal(t, "10.0.2.10", dataplaneAddress(web), "replica %d holds the second process's web-1, not the replaced session's late change", i+1)
+		assert.Equal(t, []string{"zone-1/default/web-1"}, names(rs), "replica %d: zone-1's dataplanes are the second process's", i+1)
+		s := zoneOnGlobal(t, r, "zone-1")
+		assert.True(t, s.Online && s.Replica == "g2", "replica %d: %+v", i+1, s)
+	}
+}
+
+// lateDataplane changes web-1 as the replaced session's process holds it.
+const lateDataplane = `type: Dataplane
+mesh: default
+name: web-1
+networking:
+  address: 10.9.9.9
+  inbound:
+    - port: 8080
+      tags: {kuma.io/service: web, version: v1}
+`
+
+// dataplaneAddress is spec.networking.address of a Dataplane.
+func dataplaneAddress(r resource) string {
+	n, _ := r.Spec["networking"].(map[string]any)
+	a, _ := n["address"].(string)
+	return a
+}
+
+// receiveQueue sums the unread bytes of the established loopback TCP
+// connections whose local port is port (from /proc/net/tcp): what a
+// stopped server has been sent and not read.
+func receiveQueue(t *testing.T, port int) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/net/tcp")
+	require.NoError(t, err)
+	local := fmt.Sprintf(":%04X", port)
+	total := 0
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) < 5 || !strings.HasSuffix(f[1], local) || f[3] != "01" {
+			continue
+		}
+		_, rx, ok := strings.Cut(f[4], ":")
+		require.True(t, ok, line)
+		n, err := strconv.ParseInt(rx, 16, 64)
+		require.NoError(t, err, line)
+		total += int(n)
+	}
+	return total
+}
+
+// metricValue returns the value of the first sample of name whose labels
+// include every one of labels (0 if none).
+func metricValue(body, name string, labels ...string) float64 {
+	for _, line := range strings.Split(body, "\n") {
+		if !strings.HasPrefix(line, name+"{") {
+			continue
+		}
+		all := true
+		for _, l := range labels {
+			all = all && strings.Contains(line, l)
+		}
+		if !all {
+			continue
+		}
+		f := strings.Fields(line)
+		v, err := strconv.ParseFloat(f[len(f)-1], 64)
+		if err == nil {
+			return v
+		}
+	}
+	return 0
+}
+
+// grepLines returns the lines of body that start with prefix.
+func grepLines(body, prefix string) string {
+	var out []string
+	for _, line := range strings.Split(body, "\n") {
+		if strings.HasPrefix(line, prefix) {
+			out = append(out, line)
+		}
+	}
+	return strings.Join(out, "\n")
 }
 
 func totalReceived(s syncState) (n uint64) {
