@@ -61,11 +61,12 @@ demo: build
 BENCH_OUT ?= $(BIN)/bench-results.txt
 ## bench: the long benchmark runs (not part of CI): the package benchmarks,
 ## then every kds-bench mode at its default sizes (tables and JSON lines
-## appended to $(BENCH_OUT))
+## appended to $(BENCH_OUT)); ha needs the PostgreSQL server of --postgres-url
+## (default postgres://postgres@127.0.0.1:5432/postgres)
 bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./engine/...
 	$(GO) build -o $(BIN)/bench-plugins/kds-plugin-synctest ./engine/internal/testsupport/syncplugin
-	@for m in transport sync update fanout resume memory torture "torture --naive" wan hostile; do \
+	@for m in transport sync update fanout resume memory torture "torture --naive" wan hostile ha; do \
 		echo "== kds-bench $$m"; \
 		$(BIN)/kds-bench $$m -o both --plugins-dir $(BIN)/bench-plugins | tee -a $(BENCH_OUT) || exit 1; \
 	done

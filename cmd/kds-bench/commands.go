@@ -286,3 +286,40 @@ func zoneProcCmd() *cobra.Command {
 	cmd.Flags().StringVar(&cfg, "config-json", "", "zone engine.Config as JSON")
 	return cmd
 }
+
+func haCmd(g *globals) *cobra.Command {
+	var c kdsbench.HAConfig
+	cmd := &cobra.Command{
+		Use:   "ha",
+		Short: "Global replicas on PostgreSQL: write→zone latency across replicas, initial sync vs bolt, admin API writes on 1 and 3 replicas",
+		Long: `ha runs globals with --store postgres on databases it creates on the server at
+--postgres-url (and drops at the end), next to bolt-backed globals as the
+baseline, all in this process:
+
+  latency  replicas A and B of one database holding --n resources, a zone on B;
+           p50/p99 from a write on A until the zone applied it, next to writes on
+           B and to a single bolt global
+  sync     initial sync of --sync-n resources to a fresh zone from a PostgreSQL-
+           backed global as a ratio to a bolt-backed one, alternating, --repeat runs
+  writes   admin API creates (HTTP PUT) by --writers clients on a bolt global, one
+           replica, and three replicas with the clients spread over them
+
+Target: cross-replica p99 ≤ 50 ms and a sync ratio ≥ 0.7.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return run(cmd, g, func(ctx context.Context, o kdsbench.Options) (*kdsbench.Report, error) {
+				return kdsbench.HA(ctx, o, c)
+			})
+		},
+	}
+	cmd.Flags().StringVar(&c.PostgresURL, "postgres-url", kdsbench.DefaultPostgresURL, "PostgreSQL server (postgres:// URL) whose user may create databases; each part creates one and drops it")
+	cmd.Flags().IntVar(&c.N, "n", 10000, "resources synced while latency is measured")
+	cmd.Flags().IntVar(&c.Updates, "updates", 200, "measured updates per latency path")
+	cmd.Flags().IntVar(&c.Size, "size", 1024, "spec size in bytes")
+	cmd.Flags().IntVar(&c.SyncN, "sync-n", 100000, "resources of the initial sync")
+	cmd.Flags().IntVar(&c.Repeat, "repeat", 3, "initial syncs per store; figures are medians")
+	cmd.Flags().IntVar(&c.Writes, "writes", 2000, "admin API writes per throughput run")
+	cmd.Flags().IntVar(&c.Writers, "writers", 16, "concurrent admin API clients")
+	cmd.Flags().StringSliceVar(&c.Parts, "parts", []string{kdsbench.HALatency, kdsbench.HASync, kdsbench.HAWrites}, "parts to run (latency, sync, writes); the verdict needs latency and sync")
+	return cmd
+}

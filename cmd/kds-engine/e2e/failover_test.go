@@ -82,6 +82,7 @@ type syncState struct {
 	Online    bool   `json:"online"`
 	Sessions  uint64 `json:"sessions"`
 	Address   string `json:"address"`
+	Replica   string `json:"replica"`
 	LastError string `json:"lastError"`
 	Types     map[string]struct {
 		ResponsesAcked    uint64 `json:"responsesAcked"`
