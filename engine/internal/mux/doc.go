@@ -36,7 +36,8 @@
 //     × the session's max message size), and all sessions' inbound queues
 //     together by an [InboundPool] ([WithInboundPool], default size
 //     [DefaultInboundPoolBytes]). A message costs its encoded size
-//     (proto.Size, measured once) plus [MessageOverhead].
+//     (proto.Size of the whole session message, measured once: the size
+//     the sender counted and checked) plus [MessageOverhead].
 //  5. A full queue or buffer, in messages or in the session's bytes, means
 //     the protocol was broken (by the peer, or by a local caller that
 //     ignores flow control): the session ends with [ErrBufferFull] or
