@@ -14,6 +14,7 @@ import (
 	"github.com/kds-engine/kds-engine/engine/internal/plugin"
 	"github.com/kds-engine/kds-engine/engine/internal/resource"
 	"github.com/kds-engine/kds-engine/engine/internal/store"
+	"github.com/kds-engine/kds-engine/engine/internal/validate"
 )
 
 // backend adapts a running engine to the admin API. Every write goes through
@@ -97,8 +98,8 @@ var ErrMeshNotFound = errors.New("mesh does not exist")
 func (b backend) checkMesh(ctx context.Context, r *resource.Resource) error {
 	reg := b.e.host.Registry()
 	td, ok := reg.Type(r.Type)
-	if !ok || td.Scope != resource.ScopeMesh || r.Mesh == "" {
-		return nil
+	if !ok || td.Scope != resource.ScopeMesh || r.Mesh == "" || validate.NameProblem(r.Mesh) != "" {
+		return nil // the validation that follows names what is wrong
 	}
 	if mt, ok := reg.Type(MeshType); !ok || mt.Scope != resource.ScopeGlobal {
 		return nil

@@ -283,7 +283,8 @@ func (e *Engine) Run(ctx context.Context) error {
 	host := plugin.NewHost(e.cfg.PluginsDir, log,
 		plugin.WithRequired(e.cfg.RequiredPlugins),
 		plugin.WithHeadroom(e.cfg.BufferHeadroom),
-		plugin.WithWindow(kdssync.DefaultWindow))
+		plugin.WithWindow(kdssync.DefaultWindow),
+		plugin.WithValidationObserver(e.metrics.ObserveValidation))
 	if err := host.Start(ctx); err != nil {
 		return fmt.Errorf("start plugins: %w", err)
 	}
@@ -398,6 +399,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		return nil
 	})
 	g.Go(func() error { e.sampleEngine(gctx, 5*time.Second); return nil })
+	g.Go(func() error { e.watchStoreHealth(gctx, raw); return nil })
 	g.Go(func() error {
 		<-gctx.Done()
 		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -585,6 +587,9 @@ func (e *Engine) runSync(ctx context.Context, peer, zone string, sess *mux.Sessi
 			kdssync.WithRejections(rej),
 		}
 		k := &sink{s: e.store, zone: zone, fence: fence}
+		if e.cfg.Role == RoleGlobal {
+			k.retried = e.applyRetried(zone)
+		}
 		if e.cfg.Role == RoleGlobal && e.cfg.MaxResourcesPerZoneType > 0 {
 			opts = append(opts, kdssync.WithMaxResourcesPerType(e.cfg.MaxResourcesPerZoneType))
 			k.limit = e.cfg.MaxResourcesPerZoneType
@@ -613,6 +618,7 @@ func (e *Engine) runGlobal(g *errgroup.Group, ctx context.Context, lis net.Liste
 				e.ins.Connected(ev.Zone)
 				e.ins.SetSession(ev.Zone, streamPeer(ev.Stream), kdsauth.TokenIDFromContext(ev.Stream))
 				e.metrics.SessionStarted(ev.Zone)
+				e.metrics.ZoneSessionStarted(ev.Zone)
 				e.tokenExpiry(ev)
 				e.revoked.started(ev)
 			},
@@ -732,6 +738,10 @@ type sink struct {
 	// the per-zone per-type limit, checked inside the commit).
 	fence *store.Fence
 	limit int
+	// retried, if set, hears of every attempt of Apply that failed because
+	// the store was unavailable (attempt 1, 2, …) and of the success after
+	// such attempts (attempt 0, err nil).
+	retried func(attempt int, err error)
 }
 
 // Versions reads keys and versions only: a session start costs no copy of
@@ -747,9 +757,4 @@ func (k *sink) Versions(ctx context.Context, typ string) (map[string]string, err
 		out[kdssync.WireName(kv.Key.Mesh, kv.Key.Name)] = kv.Version
 	}
 	return out, nil
-}
-
-func (k *sink) Apply(ctx context.Context, puts []*resource.Resource, deletes []resource.Key) error {
-	_, err := k.s.Apply(ctx, store.Batch{Put: puts, Delete: deletes, Fence: k.fence, Limit: k.limit})
-	return err
 }

@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"time"
 
@@ -140,11 +141,13 @@ func (e *Engine) sampleEngine(ctx context.Context, interval time.Duration) {
 			}
 			held[t] = len(kvs)
 		}
-		registered := e.host.Registry()
+		// The response counters count responses this side sent, so only
+		// the types it serves: for a type it receives, the insights count
+		// the responses it received and ACKed or NACKed itself.
 		for _, c := range e.ins.List() {
 			for typ, ts := range c.Types {
-				if _, ok := registered.Type(typ); !ok {
-					continue // a type a peer asked for: never a metric label
+				if !slices.Contains(e.served, typ) {
+					continue // received, or a type a peer asked for (never a metric label)
 				}
 				k := key{c.Name, typ}
 				prev := responses[k]

@@ -177,6 +177,20 @@ func TestMeshMustExist(t *testing.T) {
 	orphan.Mesh = "short-lived"
 	create(t, g, orphan)
 	require.NoError(t, g.b().Delete(context.Background(), resource.Key{Type: "Mesh", Name: "short-lived"}, ""))
+	// Deleting a Mesh does not delete what is in it; what is left can be
+	// read and deleted but not changed (docs/decisions/0019).
+	stored := find(g, orphan.Key())
+	require.NotNil(t, stored, "no cascade")
+	upd := meshTimeout("orphan", "2s")
+	upd.Mesh, upd.Version = "short-lived", stored.Version
+	_, err = g.b().Update(context.Background(), upd)
+	require.ErrorIs(t, err, ErrMeshNotFound, "an update into a deleted mesh")
+	leftover := meshTimeout("leftover", "1s")
+	leftover.Mesh = "short-lived"
+	create(t, g, &resource.Resource{Type: "Mesh", Name: "short-lived", Spec: spec(map[string]any{})})
+	create(t, g, leftover)
+	require.NoError(t, g.b().Delete(context.Background(), resource.Key{Type: "Mesh", Name: "short-lived"}, ""))
+	require.NoError(t, g.b().Delete(context.Background(), leftover.Key(), ""), "a resource of a deleted mesh can be deleted")
 
 	z := startZone(t, "zone-1", g, builtinDir, "")
 	eventually(t, func() bool { return len(list(z, "MeshTimeout")) == 2 }, "the zone holds both policies")

@@ -223,7 +223,14 @@ func (l *liveSessions) claim(ctx context.Context, zone string, sess *mux.Session
 	l.mu.Unlock()
 	switch {
 	case !live:
-		// Replaced here while claiming: the successor claims next.
+		// Replaced here while claiming: the successor claims next. The
+		// lease just claimed is ended unless the successor's claim has
+		// already taken the row (the generation differs then).
+		if l.leases != nil {
+			if err := l.leases.EndLease(ctx, zone, gen); err != nil {
+				l.log.Warn("cannot mark the session lease ended; it expires instead", "zone", zone, "generation", gen, "error", err)
+			}
+		}
 		return nil, nil, ErrSessionReplaced
 	case lost:
 		return nil, nil, fmt.Errorf("%w (session generation %d was taken over as it was claimed)", ErrSessionReplaced, gen)

@@ -38,7 +38,10 @@ type Sink interface {
 	// for this connection's peer (sent as initial_resource_versions).
 	Versions(ctx context.Context, typ string) (map[string]string, error)
 	// Apply upserts puts (keeping their versions) and deletes the keys, all
-	// or nothing.
+	// or nothing. It may take its time (global waits for a store that is
+	// unavailable): the response is answered only after it returns, so the
+	// peer keeps it in flight meanwhile, and its window bounds what else it
+	// sends. It must return once ctx ends.
 	Apply(ctx context.Context, puts []*resource.Resource, deletes []resource.Key) error
 }
 
@@ -124,7 +127,9 @@ func NewClient(types []string, sink Sink, v Validator, peer, zone string, opts .
 // rest of its response is applied and the answer (a NACK with a Rejection)
 // names what was refused and why. A failure to validate at all (plugin
 // down) or to store ends the session, so that the reconnect resumes from
-// what is stored and nothing is lost.
+// what is stored and nothing is lost. (A Sink that waits for its store
+// instead of failing keeps the session up: only the applying stage waits,
+// never the receiving one, and the peer's window bounds what queues up.)
 //
 // Responses go through two stages, so that one is validated while the one
 // before it is stored: one goroutine receives, decodes and validates;

@@ -72,6 +72,8 @@ type Metrics struct {
 	certExpiry       *prometheus.GaugeVec
 	tokenExpiry      *prometheus.GaugeVec
 	leader           prometheus.Gauge
+	storeAvailable   prometheus.Gauge
+	applyRetries     *prometheus.CounterVec
 }
 
 // New creates the collectors and registers them with reg. A nil reg
@@ -153,6 +155,12 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 		tokenExpiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "kds_zone_token_expiry_timestamp_seconds", Help: "When the token of a zone's latest session expires (Unix time), by zone (global).",
 		}, []string{"zone"}),
+		storeAvailable: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "kds_store_available", Help: "1 while the store answers (always 1 for the embedded store), 0 while its database cannot be reached.",
+		}),
+		applyRetries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kds_sync_apply_retries_total", Help: "Attempts to store a peer's response that failed because the store was unavailable and are retried (the response stays un-ACKed).",
+		}, []string{"zone"}),
 	}
 	if reg == nil {
 		return m, nil
@@ -176,7 +184,7 @@ func (m *Metrics) collectors() []prometheus.Collector {
 		m.sessionsStarted, m.sessionsEnded, m.sessionConnected,
 		m.responsesSent, m.responsesACKed, m.responsesNACKed,
 		m.resources, m.inflightBytes, m.pluginRestarts, m.pluginUp, m.validation, m.authRefused,
-		m.certExpiry, m.tokenExpiry, m.leader,
+		m.certExpiry, m.tokenExpiry, m.leader, m.storeAvailable, m.applyRetries,
 	}
 }
 
@@ -415,4 +423,35 @@ func (m *Metrics) SetZoneTokenExpiry(zone string, expires time.Time) {
 		return
 	}
 	m.tokenExpiry.WithLabelValues(zone).Set(float64(expires.Unix()))
+}
+
+// SetStoreAvailable records whether the store answers.
+func (m *Metrics) SetStoreAvailable(up bool) {
+	if m == nil {
+		return
+	}
+	v := 0.0
+	if up {
+		v = 1
+	}
+	m.storeAvailable.Set(v)
+}
+
+// ApplyRetried records a failed attempt to store a response received on
+// zone's session that is retried because the store was unavailable.
+func (m *Metrics) ApplyRetried(zone string) {
+	if m == nil {
+		return
+	}
+	m.applyRetries.WithLabelValues(zone).Inc()
+}
+
+// ZoneSessionStarted creates, at zero, the series that only global keeps
+// per zone, so that they are scraped before their first event. Global
+// calls it next to SessionStarted.
+func (m *Metrics) ZoneSessionStarted(zone string) {
+	if m == nil {
+		return
+	}
+	m.applyRetries.WithLabelValues(zone).Add(0)
 }

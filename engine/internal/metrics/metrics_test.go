@@ -38,6 +38,8 @@ func touchAll(m *Metrics) {
 	m.SetCertificateExpiry("tls-cert-file", time.Unix(1900000000, 0))
 	m.SetZoneTokenExpiry("zone-1", time.Unix(1900000000, 0))
 	m.SetLeader(true)
+	m.SetStoreAvailable(true)
+	m.ApplyRetried("zone-1")
 }
 
 func scrape(t *testing.T, g prometheus.Gatherer) string {

@@ -153,7 +153,7 @@ func TestFaultInboundBytesOverSessionBudgetEndSession(t *testing.T) {
 	wait := run(t, s)
 
 	big := &discovery.DeltaDiscoveryResponse{TypeUrl: "type.example/Big", Nonce: strings.Repeat("r", 3<<10)}
-	cost := proto.Size(big) + MessageOverhead
+	cost := proto.Size(asResponse(big)) + MessageOverhead
 	n := 3 * maxSize / cost // what fits
 	require.Less(t, n, s.Params().ClientCapacity, "the count bound is not what stops it")
 	for range n {
@@ -184,7 +184,7 @@ func TestFaultSharedPoolExhaustedWaitsForRoom(t *testing.T) {
 	msg := func(typ string) *kdsv1.Message {
 		return asRequest(&discovery.DeltaDiscoveryRequest{TypeUrl: typ, ResponseNonce: strings.Repeat("n", 1000)})
 	}
-	cost := int64(proto.Size(msg("A").GetRequest()) + MessageOverhead)
+	cost := int64(proto.Size(msg("A")) + MessageOverhead)
 	pool := NewInboundPool(2 * cost)
 
 	actx, acancel := context.WithCancel(context.Background())
@@ -281,7 +281,7 @@ func TestOverflowErrorsNameTypeCountAndBytes(t *testing.T) {
 		s := NewSession(f, 3, WithHeadroom(2), WithAbort(cancel))
 		err := run(t, s)()
 		require.ErrorIs(t, err, ErrInboundFull)
-		cost := proto.Size(req("flood")) + MessageOverhead
+		cost := proto.Size(asRequest(req("flood"))) + MessageOverhead
 		assert.Contains(t, err.Error(), fmt.Sprintf(`server stream: request for type "T" did not fit: the peer has 6 requests in flight (%d bytes), capacity is 5`, 6*cost))
 	})
 }

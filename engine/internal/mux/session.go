@@ -435,11 +435,14 @@ func (s *Session) recvLoop(ctx context.Context) {
 			}
 			return
 		}
+		// The whole message as it came off the stream, the size the
+		// sender counted and checked against the max message size.
+		size := proto.Size(m)
 		switch k := m.GetKind().(type) {
 		case *kdsv1.Message_Request:
-			err = s.server.in.put(ctx, s.pool, k.Request, k.Request.GetTypeUrl(), proto.Size(k.Request))
+			err = s.server.in.put(ctx, s.pool, k.Request, k.Request.GetTypeUrl(), size)
 		case *kdsv1.Message_Response:
-			err = s.client.in.put(ctx, s.pool, k.Response, k.Response.GetTypeUrl(), proto.Size(k.Response))
+			err = s.client.in.put(ctx, s.pool, k.Response, k.Response.GetTypeUrl(), size)
 		default:
 			err = ErrUnknownMessage
 		}

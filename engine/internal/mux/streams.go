@@ -149,7 +149,8 @@ func (q *inQueue[T]) init(name, kind string, capacity int, formula string, budge
 	q.q.init(capacity)
 }
 
-// put enqueues m, received with encoded size size, for typeURL. It is
+// put enqueues m, received in a session message of encoded size size (the
+// whole kdsv1.Message, as the sender counts it), for typeURL. It is
 // called by the receive loop only. A message that does not fit the count
 // or the session's byte budget is the peer's protocol violation and an
 // error wrapping ErrInboundFull; with a shared pool it waits for room there

@@ -123,6 +123,13 @@ func WithCallTimeout(d time.Duration) Option { return func(h *Host) { h.callTime
 // WithEngineVersion sets the version reported to plugins in Describe.
 func WithEngineVersion(v string) Option { return func(h *Host) { h.engineVersion = v } }
 
+// WithValidationObserver sets f to be called once for every Validate RPC
+// sent to a plugin (one batch), with the plugin's name and how long the call
+// took, whether it succeeded or not. f must not block.
+func WithValidationObserver(f func(plugin string, d time.Duration)) Option {
+	return func(h *Host) { h.observeValidation = f }
+}
+
 // Host loads and supervises plugins. Create with NewHost; see the package
 // documentation for the life cycle.
 type Host struct {
@@ -138,6 +145,8 @@ type Host struct {
 	batchSize       int
 	callTimeout     time.Duration
 	engineVersion   string
+	// observeValidation, if set, is told the duration of every Validate RPC.
+	observeValidation func(plugin string, d time.Duration)
 
 	// lockedAtStart is set by Start, before any supervisor runs, when the
 	// lock file existed: a restart then needs it too.

@@ -139,7 +139,11 @@ func (h *Host) call(ctx context.Context, pluginName string, m *managed, inst *in
 	m.calls.Add(1)
 	cctx, cancel := context.WithTimeout(ctx, h.callTimeout)
 	defer cancel()
+	start := time.Now()
 	resp, err := inst.conn.Validate(cctx, req)
+	if h.observeValidation != nil {
+		h.observeValidation(pluginName, time.Since(start))
+	}
 	if err != nil {
 		// A process that dies mid-call usually shows first as the
 		// connection failing (Unavailable); its exit follows within

@@ -461,6 +461,10 @@ func duplicateName(v *fastjson.Value, path string) string {
 	return ""
 }
 
+// NameProblem describes what is wrong with a resource or mesh name, or
+// returns "" when it follows the rule (see nameProblem).
+func NameProblem(n string) string { return nameProblem(n) }
+
 // nameProblem describes what is wrong with a resource or mesh name, or
 // returns "": 1-253 characters of lower case letters, digits, '-' and '.',
 // starting and ending with a letter or digit.

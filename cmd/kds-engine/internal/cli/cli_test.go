@@ -357,6 +357,21 @@ zone-1  MeshTimeout  default/bad  v-7      spec.x: bad
 	code, _, errOut = h.run("inspect", "zones", "zone-9")
 	assert.Equal(t, ExitFailed, code)
 	assert.Equal(t, "inspect zones: zone \"zone-9\" has never connected\n", errOut)
+}
+
+// Zones that name the global replica holding their session get a REPLICA
+// column.
+func TestInspectZonesShowsReplica(t *testing.T) {
+	h := newHarness(t, "global")
+	require.NoError(t, h.srv.Backend.SetInsightsJSON(`[
+	{"name":"zone-1","online":true,"connectedSince":"2026-01-02T03:00:00Z","sessions":1,"types":{},"replica":"gw-b"},
+	{"name":"zone-2","online":false,"disconnectedAt":"2026-01-02T02:00:00Z","sessions":0,"types":{},"replica":"gw-a"}]`))
+	code, out, errOut := h.run("inspect", "zones")
+	require.Equal(t, ExitOK, code, errOut)
+	assert.Equal(t, `ZONE    STATUS   REPLICA  SINCE                 SESSIONS  TYPES  NACKED  LAST ERROR
+zone-1  online   gw-b     2026-01-02T03:00:00Z  1         0      0       -
+zone-2  offline  gw-a     2026-01-02T02:00:00Z  0         0      0       -
+`, out)
 
 	code, _, errOut = h.run("inspect", "sync")
 	assert.Equal(t, ExitFailed, code)

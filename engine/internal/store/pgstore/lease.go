@@ -480,13 +480,23 @@ func (s *Store) lead(ctx context.Context, conn *pgx.Conn, held bool) {
 	defer s.setLeader(false)
 	prune := time.NewTicker(s.cfg.pruneEvery)
 	defer prune.Stop()
-	s.expireLeases(ctx, conn)
+	// A new leader expires nothing for one lease expiry: it may lead
+	// because the database (or this replica's connection to it) just came
+	// back, and then no replica could renew its leases meanwhile. Every
+	// live replica renews within a heartbeat of reconnecting; a lease
+	// still old after the grace belongs to a replica that is gone. (The
+	// zone status readers already show an unrenewed lease offline.)
+	grace := time.Now().Add(s.cfg.expiry)
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-beat.C:
-			if err := s.expireLeases(ctx, conn); err == nil {
+			if time.Now().Before(grace) {
+				if err := conn.Ping(ctx); err == nil {
+					continue
+				}
+			} else if err := s.expireLeases(ctx, conn); err == nil {
 				continue
 			}
 			if err := conn.Ping(ctx); err != nil {

@@ -184,3 +184,40 @@ func TestLeadershipLostWithItsConnection(t *testing.T) {
 	assert.Equal(t, []bool{true, false, true}, changes[:3])
 	mu.Unlock()
 }
+
+// TestNewLeaderGivesLeasesAnExpiryToRenew: after an outage of the whole
+// database no lease was renewed, through no fault of its replica. The
+// leader that takes over first (B, back before A) must not expire A's
+// lease at once: A gets a lease expiry to renew it, and keeps it. Without
+// the grace, B expires A's lease the moment it leads, while A is still cut
+// off, and A loses its zone on its next heartbeat.
+func TestNewLeaderGivesLeasesAnExpiryToRenew(t *testing.T) {
+	url := pgtest.NewDatabase(t)
+	const expiry = 2 * time.Second
+	timing := pgstore.WithLeaseTimings(100*time.Millisecond, expiry)
+	pb, pa := pgtest.NewProxy(t, url), pgtest.NewProxy(t, url)
+	b := open(t, pb.URL(url), timing, pgstore.WithReplica("replica-b"))
+	require.Eventually(t, b.IsLeader, eventually, 10*time.Millisecond)
+	a := open(t, pa.URL(url), timing, pgstore.WithReplica("replica-a"))
+	var lost losses
+	a.OnLeaseLost(lost.add)
+	ga, err := a.ClaimLease(t.Context(), "z", "")
+	require.NoError(t, err)
+
+	pa.Cut()
+	pb.Cut()
+	require.Eventually(t, func() bool { return !b.IsLeader() }, eventually, 10*time.Millisecond, "B loses leadership with the database")
+	time.Sleep(expiry + expiry/2) // A's lease ages past its expiry
+	pb.Restore()
+	require.Eventually(t, b.IsLeader, eventually, 10*time.Millisecond, "B leads again")
+	time.Sleep(expiry / 2) // A comes back well inside the grace, not at once
+	pa.Restore()
+	// Past the new leader's grace and several heartbeats after it.
+	time.Sleep(expiry + expiry/2)
+	assert.Empty(t, lost.list(), "A kept its lease")
+	l := lease(t, b, "z")
+	assert.True(t, l.Live, "the lease is live again")
+	assert.Equal(t, "replica-a", l.Replica)
+	assert.Equal(t, ga, l.Generation)
+	assert.True(t, l.EndedAt.IsZero(), "never marked ended")
+}

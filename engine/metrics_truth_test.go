@@ -1,0 +1,112 @@
+package engine
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// histogramCount returns the sample count of histogram name's series whose
+// labels include labels (0 when there is none).
+func histogramCount(t *testing.T, n *node, name string, labels map[string]string) uint64 {
+	t.Helper()
+	mfs, err := n.e.promReg.Gather()
+	require.NoError(t, err)
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	series:
+		for _, m := range mf.GetMetric() {
+			got := map[string]string{}
+			for _, l := range m.GetLabel() {
+				got[l.GetName()] = l.GetValue()
+			}
+			for k, v := range labels {
+				if got[k] != v {
+					continue series
+				}
+			}
+			return m.GetHistogram().GetSampleCount()
+		}
+	}
+	return 0
+}
+
+// Every batch sent to a plugin for validation is timed: an apply through the
+// API adds one observation per Validate call to the plugin's histogram.
+func TestValidationDurationObservedPerBatch(t *testing.T) {
+	g := startGlobal(t, builtinDir)
+	create(t, g, meshResource("default"))
+	lbl := map[string]string{"plugin": "policies"}
+	beforeCount := histogramCount(t, g, "kds_validation_duration_seconds", lbl)
+	beforeCalls := pluginCalls(g, "policies")
+
+	var docs []any
+	for i := range 3 {
+		docs = append(docs, meshTimeout(fmt.Sprintf("t-%d", i), "5s"))
+	}
+	body, err := json.Marshal(map[string]any{"resources": docs})
+	require.NoError(t, err)
+	resp, err := http.Post("http://"+g.e.APIAddr().String()+"/api/v1/apply", "application/json", bytes.NewReader(body))
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+
+	calls := pluginCalls(g, "policies") - beforeCalls
+	require.Positive(t, calls, "the apply asked the plugin")
+	assert.Equal(t, uint64(calls), histogramCount(t, g, "kds_validation_duration_seconds", lbl)-beforeCount,
+		"one observation per Validate call")
+	assert.Zero(t, histogramCount(t, g, "kds_validation_duration_seconds", map[string]string{"plugin": "dataplanes"}),
+		"no batch went to the dataplanes plugin")
+}
+
+// The byte and message counters of one logical stream agree across the
+// session: once both directions have converged and nothing is in flight,
+// what global received on a stream is what the zone sent on it, and the
+// other way round (both count the whole session message).
+func TestStreamCountersAgreeAcrossTheSession(t *testing.T) {
+	g := startGlobal(t, builtinDir)
+	z := startZone(t, "zone-1", g, builtinDir, "")
+	create(t, g, meshResource("default"))
+	for i := range 3 {
+		create(t, g, meshTimeout(fmt.Sprintf("t-%d", i), "5s"))
+	}
+	for i := range 4 {
+		create(t, z, dataplane(fmt.Sprintf("dp-%d", i), fmt.Sprintf("10.0.0.%d", i+1)))
+	}
+	eventually(t, func() bool { return len(list(z, "MeshTimeout")) == 3 && len(list(g, "Dataplane")) == 4 }, "both directions converge")
+
+	type counts struct{ gSent, gRecv, zSent, zRecv, gMsgSent, gMsgRecv, zMsgSent, zMsgRecv float64 }
+	read := func(stream string) counts {
+		l := map[string]string{"zone": "zone-1", "stream": stream}
+		return counts{
+			gSent: seriesValueOf(t, g, "kds_stream_sent_bytes_total", l), gRecv: seriesValueOf(t, g, "kds_stream_received_bytes_total", l),
+			zSent: seriesValueOf(t, z, "kds_stream_sent_bytes_total", l), zRecv: seriesValueOf(t, z, "kds_stream_received_bytes_total", l),
+			gMsgSent: seriesValueOf(t, g, "kds_stream_messages_sent_total", l), gMsgRecv: seriesValueOf(t, g, "kds_stream_messages_received_total", l),
+			zMsgSent: seriesValueOf(t, z, "kds_stream_messages_sent_total", l), zMsgRecv: seriesValueOf(t, z, "kds_stream_messages_received_total", l),
+		}
+	}
+	// The metrics are sampled from the sessions every second: wait until
+	// both sides' samples show the same traffic.
+	var last map[string]counts
+	agree := func() bool {
+		last = map[string]counts{}
+		for _, s := range []string{"global_to_zone", "zone_to_global"} {
+			c := read(s)
+			last[s] = c
+			if c.gSent == 0 || c.zSent == 0 || c.gSent != c.zRecv || c.zSent != c.gRecv ||
+				c.gMsgSent != c.zMsgRecv || c.zMsgSent != c.gMsgRecv {
+				return false
+			}
+		}
+		return true
+	}
+	eventually(t, agree, "sent and received counters agree across the session")
+	t.Logf("counters: %+v", last)
+}
