@@ -738,7 +738,7 @@ type sink struct {
 	// the per-zone per-type limit, checked inside the commit).
 	fence *store.Fence
 	limit int
-	// retried, if set, hears of every attempt of Apply that failed because
+	// retried, if set, hears of every attempt of Apply or Versions that failed because
 	// the store was unavailable (attempt 1, 2, …) and of the success after
 	// such attempts (attempt 0, err nil).
 	retried func(attempt int, err error)
@@ -748,7 +748,14 @@ type sink struct {
 // the specs the peer's resources hold.
 func (k *sink) Versions(ctx context.Context, typ string) (map[string]string, error) {
 	f := store.Filter{Type: typ, Zone: k.zone, LocalOnly: k.zone == ""}
-	kvs, err := k.s.Versions(ctx, f)
+	// At session start: while the store is unavailable the session waits
+	// for it, as Apply does, rather than end (decision 0024).
+	var kvs []store.KeyVersion
+	err := k.whileUnavailable(ctx, func() error {
+		var err error
+		kvs, err = k.s.Versions(ctx, f)
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}

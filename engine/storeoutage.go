@@ -29,9 +29,20 @@ const (
 // Every other error is returned at once and ends the session, as before.
 func (k *sink) Apply(ctx context.Context, puts []*resource.Resource, deletes []resource.Key) error {
 	b := store.Batch{Put: puts, Delete: deletes, Fence: k.fence, Limit: k.limit}
+	return k.whileUnavailable(ctx, func() error {
+		_, err := k.s.Apply(ctx, b)
+		return err
+	})
+}
+
+// whileUnavailable runs op until it returns anything but
+// store.ErrUnavailable, waiting with backoff between attempts, or until
+// ctx ends. Each failed attempt is reported to the retry hook, and so is
+// success after failures (attempt 0).
+func (k *sink) whileUnavailable(ctx context.Context, op func() error) error {
 	wait := applyRetryMin
 	for attempt := 1; ; attempt++ {
-		_, err := k.s.Apply(ctx, b)
+		err := op()
 		if err == nil || !errors.Is(err, store.ErrUnavailable) || ctx.Err() != nil {
 			if err == nil && attempt > 1 && k.retried != nil {
 				k.retried(0, nil)
@@ -62,7 +73,7 @@ func (e *Engine) applyRetried(zone string) func(attempt int, err error) {
 		case attempt == 0:
 			log.Info("store available again: the zone's waiting response is stored and ACKed")
 		case attempt == 1:
-			log.Warn("store unavailable: the zone's response is kept un-ACKed and retried until the store is back; the session stays up", "error", err)
+			log.Warn("store unavailable: the zone's session waits for it (what the zone sent stays un-ACKed and is retried) and stays up", "error", err)
 			fallthrough
 		default:
 			e.metrics.ApplyRetried(zone)
