@@ -96,8 +96,10 @@ func TestLeaseZoneMovesToAnotherReplica(t *testing.T) {
 	require.Len(t, leases, 1)
 	genA := leases[0].Generation
 
+	moved := time.Now()
 	newer := rawSession(t, dialGlobal(t, b), zone, tok)
 	st := recvUntilErr(t, older)
+	t.Logf("A's session ended %s after the newer session was opened on B (figure only)", time.Since(moved))
 	assert.Contains(t, st.Message(), "replaced by a newer session on global replica replica-b")
 	eventually(t, func() bool {
 		return seriesValueOf(t, a, "kds_sessions_ended_total", map[string]string{"zone": zone, "reason": "replaced"}) == 1
@@ -139,8 +141,10 @@ func TestLeaseDeadReplicasZoneGoesOffline(t *testing.T) {
 	awaitSubscriptions(t, a, older)
 	eventually(t, func() bool { return zoneOn(t, b, zone, "replica-a") }, "online on A, seen by B")
 
+	cut := time.Now()
 	proxy.Cut()
 	eventually(t, func() bool { return zoneOffline(t, b, zone) }, "B shows the zone offline once A's lease expired")
+	t.Logf("B showed the zone offline %s after A was cut off, lease expiry 1s (figure only)", time.Since(cut))
 	eventually(t, func() bool { return seriesValueOf(t, b, "kds_leader", nil) == 1 }, "B leads")
 	eventually(t, func() bool {
 		ls, err := b.e.live.leases.Leases(context.Background())
