@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/kds-engine/kds-engine/engine/apitypes"
 	"github.com/kds-engine/kds-engine/engine/internal/guard"
 	"github.com/kds-engine/kds-engine/engine/internal/httpauth"
 	"github.com/kds-engine/kds-engine/engine/internal/insights"
@@ -272,8 +273,21 @@ func (e *Engine) KDSAddr() net.Addr { return e.kdsAddr }
 // APIAddr is the bound admin API address (nil before Started).
 func (e *Engine) APIAddr() net.Addr { return e.apiAddr }
 
-// Insights returns the sync state registry.
+// Insights returns the sync state registry: this process's own sessions.
 func (e *Engine) Insights() *insights.Registry { return e.ins }
+
+// Zones returns global's zone status as GET /api/v1/zones shows it: with
+// --store postgres, online and replica come from the session leases every
+// replica shares (nil on a zone; call after Started).
+func (e *Engine) Zones() []apitypes.Conn {
+	if e.cfg.Role != RoleGlobal {
+		return nil
+	}
+	return backend{e}.Insights()
+}
+
+// ReplicaID is this global replica's id (--replica-id; "" on a zone).
+func (e *Engine) ReplicaID() string { return e.cfg.ReplicaID }
 
 // Run runs the engine until ctx ends or a component fails, then shuts down
 // in order: listeners, sessions, sync, plugins, store. It returns nil after

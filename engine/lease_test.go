@@ -15,6 +15,7 @@ import (
 	"github.com/kds-engine/kds-engine/engine/internal/resource"
 	"github.com/kds-engine/kds-engine/engine/internal/store"
 	"github.com/kds-engine/kds-engine/internal/testsupport/pgtest"
+	kdsv1 "github.com/kds-engine/kds-engine/proto/kds/v1"
 )
 
 // zonesView is GET /api/v1/zones on n.
@@ -95,8 +96,10 @@ func TestLeaseZoneMovesToAnotherReplica(t *testing.T) {
 	require.Len(t, leases, 1)
 	genA := leases[0].Generation
 
+	moved := time.Now()
 	newer := rawSession(t, dialGlobal(t, b), zone, tok)
 	st := recvUntilErr(t, older)
+	t.Logf("A's session ended %s after the newer session was opened on B (figure only)", time.Since(moved))
 	assert.Contains(t, st.Message(), "replaced by a newer session on global replica replica-b")
 	eventually(t, func() bool {
 		return seriesValueOf(t, a, "kds_sessions_ended_total", map[string]string{"zone": zone, "reason": "replaced"}) == 1
@@ -135,10 +138,13 @@ func TestLeaseDeadReplicasZoneGoesOffline(t *testing.T) {
 	const zone = "zone-1"
 	tok := tokenFor(t, a, zone)
 	older := rawSession(t, dialGlobal(t, a), zone, tok)
+	awaitSubscriptions(t, a, older)
 	eventually(t, func() bool { return zoneOn(t, b, zone, "replica-a") }, "online on A, seen by B")
 
+	cut := time.Now()
 	proxy.Cut()
 	eventually(t, func() bool { return zoneOffline(t, b, zone) }, "B shows the zone offline once A's lease expired")
+	t.Logf("B showed the zone offline %s after A was cut off, lease expiry 1s (figure only)", time.Since(cut))
 	eventually(t, func() bool { return seriesValueOf(t, b, "kds_leader", nil) == 1 }, "B leads")
 	eventually(t, func() bool {
 		ls, err := b.e.live.leases.Leases(context.Background())
@@ -159,13 +165,34 @@ func TestLeaseDeadReplicasZoneGoesOffline(t *testing.T) {
 	_ = newer
 }
 
+// awaitSubscriptions reads s until g has subscribed to every type it
+// receives from zones: g's session has read what it holds of the zone
+// from its store, and touches the store no more while the zone is idle.
+func awaitSubscriptions(t *testing.T, g *node, s kdsv1.KDS_SessionClient) {
+	t.Helper()
+	want := map[string]bool{}
+	for _, typ := range g.e.received {
+		want[kdssync.TypeURL(typ)] = true
+	}
+	for len(want) > 0 {
+		m, err := s.Recv()
+		require.NoError(t, err, "waiting for global's subscriptions")
+		if r := m.GetRequest(); r != nil {
+			delete(want, r.GetTypeUrl())
+		}
+	}
+}
+
 // A global on its own store names itself as the replica of its zones and
 // leads.
 func TestBoltGlobalIsItsOwnReplica(t *testing.T) {
 	g := startNode(t, Config{Role: RoleGlobal, PluginsDir: builtinDir, ReplicaID: "solo"})
 	z := startZone(t, "zone-1", g, builtinDir, "")
-	_ = z
 	eventually(t, func() bool { return zoneOn(t, g, "zone-1", "solo") }, "online on this replica")
 	assert.Equal(t, "solo", zonesView(t, g).Replica)
+	assert.Equal(t, "solo", g.e.ReplicaID())
+	require.Len(t, g.e.Zones(), 1)
+	assert.Equal(t, "solo", g.e.Zones()[0].Replica)
+	assert.Nil(t, z.e.Zones(), "a zone has no zone list")
 	assert.Equal(t, float64(1), seriesValueOf(t, g, "kds_leader", nil))
 }
