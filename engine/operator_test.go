@@ -103,9 +103,13 @@ func TestOperatorMetricsMatchTheStores(t *testing.T) {
 	eventually(t, func() bool {
 		return seriesValueOf(t, g, "kds_resources", map[string]string{"type": "Dataplane"}) == total
 	}, "the restarted global's kds_resources counts every zone's dataplanes (%d)", total)
+	// resourcesHeld is set once the session has read what it holds, a
+	// moment after the zone shows online.
 	for _, name := range []string{"zone-1", "zone-3"} {
-		c, _ := g.e.Insights().Get(name)
-		assert.Equal(t, zones[name], c.Types["Dataplane"].ResourcesHeld, "%s's resourcesHeld after a resumed session", name)
+		eventually(t, func() bool {
+			c, _ := g.e.Insights().Get(name)
+			return c.Types["Dataplane"].ResourcesHeld == zones[name]
+		}, "%s's resourcesHeld after a resumed session is %d", name, zones[name])
 	}
 }
 
