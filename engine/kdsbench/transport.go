@@ -12,6 +12,9 @@ type TransportConfig struct {
 	Rounds int // alternating raw/engine rounds per size (default 3)
 	// Messages per direction for 1 KiB and 64 KiB (default 20480 and 2048).
 	Small, Large int
+	// AckEvery is how many responses one engine ACK acknowledges (default
+	// bench.AckEvery, 32; 1 is the sync client's pattern).
+	AckEvery int
 }
 
 // Transport compares an engine session with a raw gRPC bidi stream, both
@@ -34,7 +37,7 @@ func Transport(ctx context.Context, o Options, c TransportConfig) (*Report, erro
 		target  float64
 	}{{1 << 10, c.Small, 0.6}, {64 << 10, c.Large, 0.8}} {
 		o.Progress.Start(fmt.Sprintf("transport %d KiB", x.size>>10), 0)
-		res, err := bench.Compare(ctx, x.size, x.n, c.Rounds)
+		res, err := bench.CompareWith(ctx, x.size, x.n, c.Rounds, bench.EngineOptions{AckEvery: c.AckEvery})
 		o.Progress.Finish()
 		if err != nil {
 			return nil, err
@@ -49,5 +52,11 @@ func Transport(ctx context.Context, o Options, c TransportConfig) (*Report, erro
 		}
 	}
 	r.note("loopback, default gRPC windows, no TLS; MB/s counts payload in both directions")
+	ack := c.AckEvery
+	if ack <= 0 {
+		ack = bench.AckEvery
+	}
+	r.note("engine: one ACK per %d responses (the sync client sends one per response: --ack-every 1)", ack)
+	r.Figures["ack_every"] = float64(ack)
 	return r, nil
 }
