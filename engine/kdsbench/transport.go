@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/kds-engine/kds-engine/engine/internal/mux"
 	"github.com/kds-engine/kds-engine/engine/internal/testsupport/bench"
 )
 
@@ -15,6 +16,9 @@ type TransportConfig struct {
 	// AckEvery is how many responses one engine ACK acknowledges (default
 	// bench.AckEvery, 32; 1 is the sync client's pattern).
 	AckEvery int
+	// NoCoalesce sends one message per gRPC message, as an engine does
+	// with a peer that did not announce kds-coalesce.
+	NoCoalesce bool
 }
 
 // Transport compares an engine session with a raw gRPC bidi stream, both
@@ -37,7 +41,7 @@ func Transport(ctx context.Context, o Options, c TransportConfig) (*Report, erro
 		target  float64
 	}{{1 << 10, c.Small, 0.6}, {64 << 10, c.Large, 0.8}} {
 		o.Progress.Start(fmt.Sprintf("transport %d KiB", x.size>>10), 0)
-		res, err := bench.CompareWith(ctx, x.size, x.n, c.Rounds, bench.EngineOptions{AckEvery: c.AckEvery})
+		res, err := bench.CompareWith(ctx, x.size, x.n, c.Rounds, bench.EngineOptions{AckEvery: c.AckEvery, Mux: []mux.Option{mux.WithCoalesce(!c.NoCoalesce)}})
 		o.Progress.Finish()
 		if err != nil {
 			return nil, err
@@ -58,5 +62,10 @@ func Transport(ctx context.Context, o Options, c TransportConfig) (*Report, erro
 	}
 	r.note("engine: one ACK per %d responses (the sync client sends one per response: --ack-every 1)", ack)
 	r.Figures["ack_every"] = float64(ack)
+	if c.NoCoalesce {
+		r.note("engine: one message per gRPC message (--no-coalesce)")
+	} else {
+		r.note("engine: messages ready together share a gRPC message (kds-coalesce)")
+	}
 	return r, nil
 }
