@@ -36,8 +36,8 @@ func schemaDigests(types []resource.TypeDescriptor) map[string]string {
 
 // schemaHeader is the session header global sends every zone: the schema
 // digest of each served type that has a schema, and the plugin and version
-// of each served type whose plugin is running with a version that can be
-// sent as metadata (printable ASCII).
+// of each served type whose plugin is running with a non-empty version that
+// can be sent as metadata (printable ASCII).
 func (e *Engine) schemaHeader(string) metadata.MD {
 	md := metadata.MD{}
 	for _, name := range e.served {
@@ -50,7 +50,7 @@ func (e *Engine) schemaHeader(string) metadata.MD {
 		if !ok || e.pluginVersion == nil {
 			continue
 		}
-		if ver, ok := e.pluginVersion(d.Plugin); ok && announceable(d.Plugin) && announceable(ver) {
+		if ver, ok := e.pluginVersion(d.Plugin); ok && ver != "" && announceable(d.Plugin) && announceable(ver) {
 			md.Append(typePluginKey, name+"="+d.Plugin+"/"+ver)
 		}
 	}
@@ -117,7 +117,7 @@ func (e *Engine) receiveValidator(md metadata.MD) (v *validate.Validator, schema
 			continue
 		}
 		plug, ver, ok := strings.Cut(pv, "/")
-		if !ok || plug != d.Plugin {
+		if !ok || plug != d.Plugin || ver == "" { // an unversioned plugin proves nothing
 			continue
 		}
 		if mine, ok := e.pluginVersion(d.Plugin); ok && mine == ver {

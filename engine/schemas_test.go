@@ -146,6 +146,8 @@ func TestZoneTrustsGlobalValidationOnlyForTheSamePlugin(t *testing.T) {
 	t.Run("another plugin name, another schema, nothing announced: plugin called", func(t *testing.T) {
 		other := md.Copy()
 		other.Set(typePluginKey, "Plain=q/1.0.0", "Policy=q/1.0.0")
+		unversioned := md.Copy()
+		unversioned.Set(typePluginKey, "Plain=p/", "Policy=p/")
 		twice := md.Copy()
 		twice.Append(typePluginKey, "Plain=p/1.0.0", "Policy=p/1.0.0")
 		for name, c := range map[string]struct {
@@ -154,6 +156,7 @@ func TestZoneTrustsGlobalValidationOnlyForTheSamePlugin(t *testing.T) {
 		}{
 			"other plugin":      {portSchema, other},
 			"announced twice":   {portSchema, twice},
+			"no version":        {portSchema, unversioned},
 			"older global":      {portSchema, withoutPlugins(md)},
 			"no header":         {portSchema, nil},
 			"zone's own schema": {`{"type":"object"}`, md},
