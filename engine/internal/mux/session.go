@@ -265,6 +265,8 @@ type Params struct {
 	InboundBudget int
 	// PoolLimit is the size of the shared InboundPool, 0 without one.
 	PoolLimit int64
+	// Coalesce: the send loop batches ready messages (WithCoalesce).
+	Coalesce bool
 }
 
 // ServerFormula and ClientFormula spell out how the capacities follow from
@@ -308,6 +310,7 @@ func NewSession(stream Stream, types int, opts ...Option) *Session {
 	p.ServerCapacity = max(p.PeerTypes*p.Window+p.Headroom, 1)
 	p.ClientCapacity = max(p.Types*p.Window+p.Headroom, 1)
 	p.MaxMessageSize = min(p.LocalMaxMessageSize, p.PeerMaxMessageSize)
+	p.Coalesce = o.coalesce
 	p.InboundBudget = o.inboundBudget
 	if p.InboundBudget <= 0 {
 		p.InboundBudget = DefaultInboundBudgetMessages * p.MaxMessageSize
