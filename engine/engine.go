@@ -57,14 +57,17 @@ type Engine struct {
 	raw       store.Store // the store under guard, for its health
 	validator *validate.Validator
 	digests   map[string]string // type → schema digest, for types with a schema
-	ix        *kdssync.Index
-	server    *kdssync.Server
-	served    []string
-	received  []string
-	kdsAddr   net.Addr
-	apiAddr   net.Addr
-	revoked   *revocations  // global
-	live      *liveSessions // global: each zone's one live session
+	// pluginVersion reports the version of a plugin's running process
+	// (the host's RunningVersion; tests may set another).
+	pluginVersion func(plugin string) (string, bool)
+	ix            *kdssync.Index
+	server        *kdssync.Server
+	served        []string
+	received      []string
+	kdsAddr       net.Addr
+	apiAddr       net.Addr
+	revoked       *revocations  // global
+	live          *liveSessions // global: each zone's one live session
 	// fromGlobal remembers, on a zone, what it refused of global's
 	// resources, across its sessions.
 	fromGlobal *kdssync.Rejections
@@ -325,6 +328,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		return fmt.Errorf("compile type schemas: %w", err)
 	}
 	e.digests = schemaDigests(reg.Types())
+	e.pluginVersion = host.RunningVersion
 
 	owned := resource.GlobalToZone
 	if e.cfg.Role == RoleZone {
@@ -677,9 +681,10 @@ func (e *Engine) runZone(g *errgroup.Group, ctx context.Context, tcfg kdsgrpc.Co
 			if err != nil {
 				return err
 			}
-			v, trusted := e.receiveValidator(md)
-			if len(trusted) > 0 {
-				e.log.Debug("types whose JSON Schema is the same as global's skip the schema check on receipt (the plugins still validate them)", "types", trusted)
+			v, schemaTrusted, pluginTrusted := e.receiveValidator(md)
+			if len(schemaTrusted) > 0 || len(pluginTrusted) > 0 {
+				e.log.Debug("global announced the same schema, or the same plugin version and schema, as this zone has for some types: what it sends of them skips those checks on receipt (the envelope is always checked)",
+					"same_schema", schemaTrusted, "same_plugin_and_schema", pluginTrusted)
 			}
 			return e.runSync(ctx, GlobalPeer, "", s, v, nil, e.fromGlobal)
 		},

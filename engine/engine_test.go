@@ -28,7 +28,9 @@ import (
 var (
 	builtinDir string // kds-plugin-policies, kds-plugin-dataplanes
 	lenientDir string // kds-plugin-synctest
-	strictDir  string // kds-plugin-synctest-strict
+	// lenientV2Dir: the same plugin reporting version 2.0.0.
+	lenientV2Dir string
+	strictDir    string // kds-plugin-synctest-strict
 	// The built-in plugins with the lenient (global) or strict (zones)
 	// test plugin, for the browser tests.
 	uiGlobalDir, uiZoneDir string
@@ -43,10 +45,12 @@ func TestMain(m *testing.M) {
 		builtinDir, lenientDir, strictDir = filepath.Join(tmp, "builtin"), filepath.Join(tmp, "lenient"), filepath.Join(tmp, "strict")
 		uiGlobalDir, uiZoneDir = filepath.Join(tmp, "ui-global"), filepath.Join(tmp, "ui-zone")
 		manyDir = filepath.Join(tmp, "many")
+		lenientV2Dir = filepath.Join(tmp, "lenient-v2")
 		for dir, bins := range map[string]map[string]string{
-			builtinDir: {"kds-plugin-policies": "./plugins/policies", "kds-plugin-dataplanes": "./plugins/dataplanes"},
-			lenientDir: {"kds-plugin-synctest": "./engine/internal/testsupport/syncplugin"},
-			strictDir:  {"kds-plugin-synctest-strict": "./engine/internal/testsupport/syncplugin"},
+			builtinDir:   {"kds-plugin-policies": "./plugins/policies", "kds-plugin-dataplanes": "./plugins/dataplanes"},
+			lenientDir:   {"kds-plugin-synctest": "./engine/internal/testsupport/syncplugin"},
+			lenientV2Dir: {"kds-plugin-synctest": "./engine/internal/testsupport/syncplugin"},
+			strictDir:    {"kds-plugin-synctest-strict": "./engine/internal/testsupport/syncplugin"},
 			uiGlobalDir: {"kds-plugin-policies": "./plugins/policies", "kds-plugin-dataplanes": "./plugins/dataplanes",
 				"kds-plugin-synctest": "./engine/internal/testsupport/syncplugin"},
 			uiZoneDir: {"kds-plugin-policies": "./plugins/policies", "kds-plugin-dataplanes": "./plugins/dataplanes",
@@ -547,4 +551,38 @@ func TestZoneTrustsGlobalsIdenticalSchema(t *testing.T) {
 	require.NoError(t, err)
 	eventually(t, func() bool { return len(list(z, "SyncPolicy")) == 1 }, "the zone trusts global's schema check")
 	assert.Zero(t, zoneType(g, "zone-1", "SyncPolicy").ResponsesNACKed)
+}
+
+// A zone running the plugin global announced, at the same version and with
+// the same schema, does not ask it about what global sends; at another
+// version it does. Global asks its own plugin about every resource a zone
+// sends (decision 0025).
+func TestZoneTrustsGlobalsValidationForTheSamePluginVersion(t *testing.T) {
+	for _, c := range []struct {
+		name      string
+		zoneDir   string
+		wantCalls bool
+	}{
+		{"same plugin and version", lenientDir, false},
+		{"other plugin version", lenientV2Dir, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			g := startGlobal(t, lenientDir)
+			for i := range 20 {
+				create(t, g, syncPolicy(fmt.Sprintf("p%d", i), false))
+			}
+			z := startZone(t, "zone-1", g, c.zoneDir, "")
+			eventually(t, func() bool { return len(list(z, "SyncPolicy")) == 20 }, "the zone has every policy")
+			if c.wantCalls {
+				assert.Positive(t, pluginCalls(z, "synctest"), "the zone's own plugin judged global's resources")
+			} else {
+				assert.Zero(t, pluginCalls(z, "synctest"), "global's verdict stands for the zone's plugin")
+			}
+
+			before := pluginCalls(g, "synctest")
+			create(t, z, &resource.Resource{Type: "SyncStatus", Mesh: "default", Name: "s1", Spec: spec(map[string]any{})})
+			eventually(t, func() bool { return len(list(g, "SyncStatus")) == 1 }, "the status reaches global")
+			assert.Greater(t, pluginCalls(g, "synctest"), before, "global validates what a zone sends with its own plugin")
+		})
+	}
 }

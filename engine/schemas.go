@@ -14,6 +14,14 @@ import (
 // SHA-256 of the schema document its plugin reported).
 const schemaDigestKey = "kds-schema-digest"
 
+// typePluginKey is the session-header key under which global announces,
+// for each type it serves, "Type=plugin/version": the name of the plugin
+// that supplies it and the version that plugin's running process reported.
+// Together with kds-schema-digest it tells a zone whether its own plugin
+// would judge the type's resources as global's did
+// (docs/decisions/0025-trusted-global-validation.md).
+const typePluginKey = "kds-type-plugin"
+
 // schemaDigests maps each type with a JSON Schema to its digest; computed
 // once when the plugins are loaded.
 func schemaDigests(types []resource.TypeDescriptor) map[string]string {
@@ -26,7 +34,10 @@ func schemaDigests(types []resource.TypeDescriptor) map[string]string {
 	return out
 }
 
-// schemaHeader is the session header global sends every zone.
+// schemaHeader is the session header global sends every zone: the schema
+// digest of each served type that has a schema, and the plugin and version
+// of each served type whose plugin is running with a non-empty version that
+// can be sent as metadata (printable ASCII).
 func (e *Engine) schemaHeader(string) metadata.MD {
 	md := metadata.MD{}
 	for _, name := range e.served {
@@ -34,31 +45,92 @@ func (e *Engine) schemaHeader(string) metadata.MD {
 			md.Append(schemaDigestKey, name+"="+dg)
 		}
 	}
+	for _, name := range e.served {
+		d, ok := e.validator.Type(name)
+		if !ok || e.pluginVersion == nil {
+			continue
+		}
+		if ver, ok := e.pluginVersion(d.Plugin); ok && ver != "" && announceable(d.Plugin) && announceable(ver) {
+			md.Append(typePluginKey, name+"="+d.Plugin+"/"+ver)
+		}
+	}
 	return md
 }
 
+// announceable reports whether s can travel in a metadata value and be read
+// back unchanged: printable ASCII, no leading or trailing space.
+func announceable(s string) bool {
+	if s != strings.TrimSpace(s) {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
 // receiveValidator returns the validator a zone runs on what global sends,
-// and the types it trusts global's schema check for: those whose schema
-// global announced with the same digest as this zone's. Global enforced
-// that very schema when the resource was written, so checking it again
-// proves nothing; the envelope and this zone's plugins still validate
-// every resource. Global never uses this: what a zone sends is checked in
-// full (docs/decisions/0006-trusted-schemas.md).
-func (e *Engine) receiveValidator(md metadata.MD) (*validate.Validator, []string) {
+// and the types for which it trusts global's checks:
+//
+//   - schema trusted (decision 0006): global announced the type's schema
+//     with the same digest as this zone's; the envelope and this zone's
+//     plugin still validate every resource.
+//   - plugin trusted (decision 0025): global also announced the same plugin
+//     name and version as this zone runs for the type, and both sides have
+//     the same schema or neither has one; then only the envelope is checked,
+//     as long as this zone's plugin still runs that version.
+//
+// Global never uses this: what a zone sends is checked in full. A peer
+// that announces nothing gets nothing skipped.
+func (e *Engine) receiveValidator(md metadata.MD) (v *validate.Validator, schemaTrusted, pluginTrusted []string) {
+	if e.cfg.Role != RoleZone {
+		return e.validator, nil, nil // global trusts no zone
+	}
 	announced := map[string]string{}
-	for _, v := range md.Get(schemaDigestKey) {
-		if name, dg, ok := strings.Cut(v, "="); ok {
+	for _, val := range md.Get(schemaDigestKey) {
+		if name, dg, ok := strings.Cut(val, "="); ok {
 			announced[name] = dg
 		}
 	}
-	var same []string
-	for _, name := range e.received {
-		if dg, ok := e.digests[name]; ok && announced[name] == dg {
-			same = append(same, name)
+	plugins := map[string]string{}
+	for _, val := range md.Get(typePluginKey) {
+		if name, pv, ok := strings.Cut(val, "="); ok {
+			if _, dup := plugins[name]; dup {
+				plugins[name] = "" // announced twice: trust neither
+				continue
+			}
+			plugins[name] = pv
 		}
 	}
-	if len(same) == 0 {
-		return e.validator, nil
+	versions := map[string]string{}
+	for _, name := range e.received {
+		dg, hasSchema := e.digests[name]
+		sameSchema := announced[name] == dg
+		if hasSchema && sameSchema {
+			schemaTrusted = append(schemaTrusted, name)
+		}
+		d, ok := e.validator.Type(name)
+		pv := plugins[name]
+		if !ok || pv == "" || !sameSchema || e.pluginVersion == nil {
+			continue
+		}
+		plug, ver, ok := strings.Cut(pv, "/")
+		if !ok || plug != d.Plugin || ver == "" { // an unversioned plugin proves nothing
+			continue
+		}
+		if mine, ok := e.pluginVersion(d.Plugin); ok && mine == ver {
+			versions[name] = ver
+			pluginTrusted = append(pluginTrusted, name)
+		}
 	}
-	return e.validator.WithoutSchemas(same), same
+	v = e.validator
+	if len(schemaTrusted) > 0 {
+		v = v.WithoutSchemas(schemaTrusted)
+	}
+	if len(versions) > 0 {
+		v = v.WithTrustedPlugins(versions, e.pluginVersion)
+	}
+	return v, schemaTrusted, pluginTrusted
 }

@@ -93,6 +93,8 @@ func transportCmd(g *globals) *cobra.Command {
 	cmd.Flags().IntVar(&c.Rounds, "rounds", 3, "alternating raw/engine rounds per size")
 	cmd.Flags().IntVar(&c.Small, "small-messages", 20480, "1 KiB messages per direction")
 	cmd.Flags().IntVar(&c.Large, "large-messages", 2048, "64 KiB messages per direction")
+	cmd.Flags().IntVar(&c.AckEvery, "ack-every", 0, "responses per engine ACK (0: 32, batched credit; 1: one ACK per response, as the sync client does)")
+	cmd.Flags().BoolVar(&c.NoCoalesce, "no-coalesce", false, "one engine message per gRPC message (as with a peer that does not announce kds-coalesce)")
 	return cmd
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/kds-engine/kds-engine/engine/internal/mux"
 	"github.com/kds-engine/kds-engine/engine/internal/testsupport/bench"
 )
 
@@ -12,6 +13,12 @@ type TransportConfig struct {
 	Rounds int // alternating raw/engine rounds per size (default 3)
 	// Messages per direction for 1 KiB and 64 KiB (default 20480 and 2048).
 	Small, Large int
+	// AckEvery is how many responses one engine ACK acknowledges (default
+	// bench.AckEvery, 32; 1 is the sync client's pattern).
+	AckEvery int
+	// NoCoalesce sends one message per gRPC message, as an engine does
+	// with a peer that did not announce kds-coalesce.
+	NoCoalesce bool
 }
 
 // Transport compares an engine session with a raw gRPC bidi stream, both
@@ -34,7 +41,7 @@ func Transport(ctx context.Context, o Options, c TransportConfig) (*Report, erro
 		target  float64
 	}{{1 << 10, c.Small, 0.6}, {64 << 10, c.Large, 0.8}} {
 		o.Progress.Start(fmt.Sprintf("transport %d KiB", x.size>>10), 0)
-		res, err := bench.Compare(ctx, x.size, x.n, c.Rounds)
+		res, err := bench.CompareWith(ctx, x.size, x.n, c.Rounds, bench.EngineOptions{AckEvery: c.AckEvery, Mux: []mux.Option{mux.WithCoalesce(!c.NoCoalesce)}})
 		o.Progress.Finish()
 		if err != nil {
 			return nil, err
@@ -49,5 +56,16 @@ func Transport(ctx context.Context, o Options, c TransportConfig) (*Report, erro
 		}
 	}
 	r.note("loopback, default gRPC windows, no TLS; MB/s counts payload in both directions")
+	ack := c.AckEvery
+	if ack <= 0 {
+		ack = bench.AckEvery
+	}
+	r.note("engine: one ACK per %d responses (the sync client sends one per response: --ack-every 1)", ack)
+	r.Figures["ack_every"] = float64(ack)
+	if c.NoCoalesce {
+		r.note("engine: one message per gRPC message (--no-coalesce)")
+	} else {
+		r.note("engine: messages ready together share a gRPC message (kds-coalesce)")
+	}
 	return r, nil
 }

@@ -24,6 +24,11 @@ const (
 	// sender accepts (its --max-message-size). Each side sends at most the
 	// smaller of the two sizes.
 	MaxMessageSizeMetadataKey = "kds-max-message-size"
+	// CoalesceMetadataKey: "1" when the sender accepts several messages
+	// in one stream message (kdsv1.Batch). The receiver then coalesces
+	// what it sends; a peer that does not announce it gets one message per
+	// stream message, as before.
+	CoalesceMetadataKey = "kds-coalesce"
 )
 
 // Bounds on announced figures: a peer announcing more is refused.
@@ -53,16 +58,20 @@ type Announcement struct {
 	MaxMessageSize int
 }
 
-// metadata returns a's figures as announcement metadata.
+// metadata returns a's figures as announcement metadata, with the batches
+// this build accepts.
 func (a Announcement) metadata() metadata.MD {
 	return metadata.Pairs(
 		TypesMetadataKey, strconv.Itoa(a.Types),
-		MaxMessageSizeMetadataKey, strconv.Itoa(a.MaxMessageSize))
+		MaxMessageSizeMetadataKey, strconv.Itoa(a.MaxMessageSize),
+		CoalesceMetadataKey, "1")
 }
 
 // peerFigures is what a peer announced; a figure it did not announce is -1.
 type peerFigures struct {
 	types, maxMessageSize int
+	// coalesce: the peer accepts batches.
+	coalesce bool
 }
 
 // announced reports whether the peer announced anything.
@@ -71,15 +80,19 @@ func (p peerFigures) announced() bool { return p.types >= 0 || p.maxMessageSize 
 // muxOptions returns the mux options that size a session from p: none for
 // a peer that announced nothing (it is taken to be like this side).
 func (p peerFigures) muxOptions() []mux.Option {
+	var opts []mux.Option
+	if p.coalesce {
+		opts = append(opts, mux.WithCoalesce(true))
+	}
 	if !p.announced() {
-		return nil
+		return opts
 	}
 	// mux reads a negative type count or a size <= 0 as "not announced".
-	return []mux.Option{mux.WithPeer(p.types, p.maxMessageSize)}
+	return append(opts, mux.WithPeer(p.types, p.maxMessageSize))
 }
 
 // parseAnnouncement reads and checks the figures in md. A figure that is
-// absent is -1. A figure present more than once, not a decimal integer, or
+// absent is -1 (kds-coalesce: off). A figure present more than once, not a decimal integer, or
 // out of range (types 0 to MaxAnnouncedTypes, size MinAnnouncedMessageSize
 // to MaxAnnouncedMessageSize) is an error wrapping ErrInvalidAnnouncement that
 // names the key and the value.
@@ -92,7 +105,11 @@ func parseAnnouncement(md metadata.MD) (peerFigures, error) {
 	if err != nil {
 		return peerFigures{}, err
 	}
-	return peerFigures{types: types, maxMessageSize: size}, nil
+	coalesce, err := announcedInt(md, CoalesceMetadataKey, 0, 1, "0 or 1")
+	if err != nil {
+		return peerFigures{}, err
+	}
+	return peerFigures{types: types, maxMessageSize: size, coalesce: coalesce == 1}, nil
 }
 
 func announcedInt(md metadata.MD, key string, lo, hi int, what string) (int, error) {

@@ -232,14 +232,17 @@ func TestFaultZoneRefusesInvalidAnnouncement(t *testing.T) {
 // The zone announces its figures in the request metadata of its stream.
 func TestZoneAnnouncesInRequestMetadata(t *testing.T) {
 	got := make(chan metadata.MD, 1)
+	coalesce := make(chan bool, 2)
 	g := NewGlobal(1, func(ctx context.Context, _ string, s *mux.Session) error {
 		md, _ := metadata.FromIncomingContext(s.Context())
 		got <- md
+		coalesce <- s.Params().Coalesce
 		<-ctx.Done()
 		return nil
 	})
 	addr := serve(t, g, Config{})
-	runDialer(t, NewDialer([]string{addr}, "zone-1", 7, func(ctx context.Context, _ *mux.Session) error {
+	runDialer(t, NewDialer([]string{addr}, "zone-1", 7, func(ctx context.Context, s *mux.Session) error {
+		coalesce <- s.Params().Coalesce
 		<-ctx.Done()
 		return nil
 	}, insecureDial(), WithConfig(Config{MaxMessageSize: 1 << 20})))
@@ -247,7 +250,35 @@ func TestZoneAnnouncesInRequestMetadata(t *testing.T) {
 	case md := <-got:
 		assert.Equal(t, []string{"7"}, md.Get(TypesMetadataKey))
 		assert.Equal(t, []string{strconv.Itoa(1 << 20)}, md.Get(MaxMessageSizeMetadataKey))
+		assert.Equal(t, []string{"1"}, md.Get(CoalesceMetadataKey))
+		assert.True(t, <-coalesce, "both sides announced batches: both send them")
+		assert.True(t, <-coalesce)
 	case <-time.After(20 * time.Second):
 		t.Fatal("no session")
+	}
+}
+
+// kds-coalesce: absent or 0 is off, 1 is on, anything else (or twice)
+// refuses the session like any invalid figure.
+func TestParseCoalesce(t *testing.T) {
+	for _, c := range []struct {
+		vals []string
+		on   bool
+		bad  bool
+	}{{nil, false, false}, {[]string{"0"}, false, false}, {[]string{"1"}, true, false},
+		{[]string{"2"}, false, true}, {[]string{"yes"}, false, true}, {[]string{"1", "1"}, false, true}} {
+		md := metadata.MD{}
+		for _, v := range c.vals {
+			md.Append(CoalesceMetadataKey, v)
+		}
+		p, err := parseAnnouncement(md)
+		if c.bad {
+			assert.ErrorIs(t, err, ErrInvalidAnnouncement, "%v", c.vals)
+			continue
+		}
+		require.NoError(t, err, "%v", c.vals)
+		assert.Equal(t, c.on, p.coalesce, "%v", c.vals)
+		hasOpt := len(p.muxOptions()) > 0
+		assert.Equal(t, c.on, hasOpt, "%v: only a peer that accepts batches gets them", c.vals)
 	}
 }

@@ -227,7 +227,8 @@ var ErrConnectTimeout = errors.New("connect timeout")
 func (d *Dialer) session(ctx context.Context, client kdsv1.KDSClient, c candidate) (started bool, err error) {
 	a := d.set.announcement(d.types)
 	sctx, cancel := context.WithCancelCause(metadata.AppendToOutgoingContext(ctx, ZoneMetadataKey, d.zone,
-		TypesMetadataKey, strconv.Itoa(a.Types), MaxMessageSizeMetadataKey, strconv.Itoa(a.MaxMessageSize)))
+		TypesMetadataKey, strconv.Itoa(a.Types), MaxMessageSizeMetadataKey, strconv.Itoa(a.MaxMessageSize),
+		CoalesceMetadataKey, "1"))
 	defer cancel(nil)
 	timeout := d.set.connectTimeout
 	timer := time.AfterFunc(timeout, func() {

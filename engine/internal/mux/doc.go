@@ -67,6 +67,31 @@
 // (TestModelParams); a change to the capacity formula, the window or the
 // headroom must be reflected there.
 //
+// # Coalescing
+//
+// With [WithCoalesce] (kdsgrpc sets it when the peer announced
+// kds-coalesce: 1), the send loop, after taking one message, also takes
+// whatever else is already queued on either logical stream, taking turns,
+// and sends them as one kdsv1.Batch in one Stream.Send: at most
+// [MaxBatchMessages] messages and never more than the session's max message
+// size. It never waits to fill a batch, so a message alone goes alone, as
+// it is. The receive loop routes the messages of a batch one by one, in
+// order, exactly as if each had arrived alone (each counts against its
+// queue's capacity and budgets); a batch inside a batch is
+// [ErrUnknownMessage]. Every session accepts batches; it sends them only to
+// a peer that announced it accepts them, so a peer that does not know the
+// kind never receives one. This is what makes one small ACK per response
+// cheap: the ACKs queued while a Send is under way share the next one.
+//
+// The invariants are unchanged: one sender and one receiver, the receive
+// path never waits for the send path, the queues are bounded in messages
+// and bytes as before, and no stream message exceeds the max message size.
+// The spin model still sends one message per Send; a batch is the same
+// messages sent back to back with nothing in between, which the model's
+// send loop can also do, except that the receiver sees them only once the
+// whole batch arrived: that only delays what the receive loop enqueues,
+// and the receive loop waits for nothing of the send path either way.
+//
 // # Sizing the four queues
 //
 // Which side's type count bounds each of the four queues on a side:

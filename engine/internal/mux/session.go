@@ -92,7 +92,18 @@ type options struct {
 	log            hclog.Logger
 	abort          func()
 	observeSend    func(server bool, bytes int, d time.Duration)
+	coalesce       bool
 }
+
+// WithCoalesce lets the send loop put several queued messages into one
+// stream message (a kdsv1.Batch) when more than one is ready, up to the
+// session's max message size and MaxBatchMessages. Only for a peer that
+// announced it accepts batches (kdsgrpc: kds-coalesce); every session
+// accepts batches it receives, whatever this option says.
+func WithCoalesce(on bool) Option { return func(o *options) { o.coalesce = on } }
+
+// MaxBatchMessages bounds the messages the send loop puts into one batch.
+const MaxBatchMessages = 64
 
 // WithHeadroom sets the headroom added to the number of types to size each
 // logical stream's buffers (default DefaultHeadroom). Negative values are
@@ -206,8 +217,11 @@ type Session struct {
 	maxSize int
 	pool    *InboundPool
 	abort   func()
-	// observeSend, if set, is called after every successful Send.
+	// observeSend, if set, is called after every successful Send, once
+	// for each message it carried.
 	observeSend func(server bool, bytes int, d time.Duration)
+	// coalesce: the peer accepts batches (WithCoalesce).
+	coalesce bool
 
 	ctx    context.Context
 	cancel context.CancelCauseFunc
@@ -251,6 +265,8 @@ type Params struct {
 	InboundBudget int
 	// PoolLimit is the size of the shared InboundPool, 0 without one.
 	PoolLimit int64
+	// Coalesce: the send loop batches ready messages (WithCoalesce).
+	Coalesce bool
 }
 
 // ServerFormula and ClientFormula spell out how the capacities follow from
@@ -294,6 +310,7 @@ func NewSession(stream Stream, types int, opts ...Option) *Session {
 	p.ServerCapacity = max(p.PeerTypes*p.Window+p.Headroom, 1)
 	p.ClientCapacity = max(p.Types*p.Window+p.Headroom, 1)
 	p.MaxMessageSize = min(p.LocalMaxMessageSize, p.PeerMaxMessageSize)
+	p.Coalesce = o.coalesce
 	p.InboundBudget = o.inboundBudget
 	if p.InboundBudget <= 0 {
 		p.InboundBudget = DefaultInboundBudgetMessages * p.MaxMessageSize
@@ -312,6 +329,7 @@ func NewSession(stream Stream, types int, opts ...Option) *Session {
 		abort:   o.abort,
 
 		observeSend: o.observeSend,
+		coalesce:    o.coalesce,
 	}
 	// Not cancelled with the stream's context: when the stream ends, Recv
 	// reports why (a gRPC status), which is a better cause than "context
@@ -435,21 +453,35 @@ func (s *Session) recvLoop(ctx context.Context) {
 			}
 			return
 		}
-		// The whole message as it came off the stream, the size the
-		// sender counted and checked against the max message size.
-		size := proto.Size(m)
-		switch k := m.GetKind().(type) {
-		case *kdsv1.Message_Request:
-			err = s.server.in.put(ctx, s.pool, k.Request, k.Request.GetTypeUrl(), size)
-		case *kdsv1.Message_Response:
-			err = s.client.in.put(ctx, s.pool, k.Response, k.Response.GetTypeUrl(), size)
-		default:
-			err = ErrUnknownMessage
+		if b, ok := m.GetKind().(*kdsv1.Message_Batch); ok {
+			for _, inner := range b.Batch.GetMessages() {
+				if err = s.route(ctx, inner); err != nil {
+					break
+				}
+			}
+		} else {
+			err = s.route(ctx, m)
 		}
 		if err != nil {
 			s.Close(err)
 			return
 		}
+	}
+}
+
+// route enqueues one received request or response on its logical stream;
+// anything else (a batch inside a batch included) is ErrUnknownMessage.
+func (s *Session) route(ctx context.Context, m *kdsv1.Message) error {
+	// The whole message (one of a batch counts alone), the size the sender
+	// counted and checked against the max message size.
+	size := proto.Size(m)
+	switch k := m.GetKind().(type) {
+	case *kdsv1.Message_Request:
+		return s.server.in.put(ctx, s.pool, k.Request, k.Request.GetTypeUrl(), size)
+	case *kdsv1.Message_Response:
+		return s.client.in.put(ctx, s.pool, k.Response, k.Response.GetTypeUrl(), size)
+	default:
+		return ErrUnknownMessage
 	}
 }
 
@@ -483,8 +515,20 @@ func (s *Session) sendLoop() {
 			continue
 		}
 		q.queued.Add(-int64(it.size))
+		sent := []sentItem{{it, q}}
+		if s.coalesce {
+			sent = s.fill(sent, a, b)
+		}
+		msg := it.msg
+		if len(sent) > 1 {
+			batch := &kdsv1.Batch{Messages: make([]*kdsv1.Message, len(sent))}
+			for i, x := range sent {
+				batch.Messages[i] = x.it.msg
+			}
+			msg = &kdsv1.Message{Kind: &kdsv1.Message_Batch{Batch: batch}}
+		}
 		start := time.Now()
-		if err := s.send(it.msg); err != nil {
+		if err := s.send(msg); err != nil {
 			if errors.Is(err, io.EOF) {
 				// A gRPC client stream reports the real status on Recv;
 				// give the receiver a moment to record it first.
@@ -498,12 +542,52 @@ func (s *Session) sendLoop() {
 			s.Close(fmt.Errorf("send on %s stream: %w", q.name, err))
 			return
 		}
-		q.messages.Add(1)
-		q.bytes.Add(uint64(it.size))
-		if s.observeSend != nil {
-			s.observeSend(q == srv, it.size, time.Since(start))
+		d := time.Since(start)
+		for _, x := range sent {
+			x.q.messages.Add(1)
+			x.q.bytes.Add(uint64(x.it.size))
+			if s.observeSend != nil {
+				s.observeSend(x.q == srv, x.it.size, d)
+			}
 		}
 	}
+}
+
+// sentItem is a message the send loop took from queue q.
+type sentItem struct {
+	it outItem
+	q  *outQueue
+}
+
+// batchOverhead bounds what a message adds to a batch besides its own
+// encoded size (field tag and length), and what the batch adds around them.
+const batchOverhead = 6
+
+// fill adds to sent (which holds the first message taken) what else is
+// ready in the two queues, taking turns starting with a, while the batch
+// stays within the session's max message size and MaxBatchMessages. It
+// never waits: only messages already queued go.
+func (s *Session) fill(sent []sentItem, a, b *outQueue) []sentItem {
+	size := batchOverhead + sent[0].it.size + batchOverhead
+	for len(sent) < MaxBatchMessages {
+		fits := func(it outItem) bool { return size+it.size+batchOverhead <= s.maxSize }
+		took := false
+		for _, q := range []*outQueue{a, b} {
+			if len(sent) >= MaxBatchMessages {
+				break
+			}
+			if it, ok := q.q.popIf(fits); ok {
+				q.queued.Add(-int64(it.size))
+				sent = append(sent, sentItem{it, q})
+				size += it.size + batchOverhead
+				took = true
+			}
+		}
+		if !took {
+			break
+		}
+	}
+	return sent
 }
 
 func (s *Session) send(m *kdsv1.Message) error {

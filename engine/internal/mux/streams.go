@@ -83,6 +83,20 @@ func (f *fifo[T]) pop() (T, bool) {
 	return v, true
 }
 
+// popIf removes the oldest item if there is one and ok accepts it.
+func (f *fifo[T]) popIf(ok func(T) bool) (T, bool) {
+	var zero T
+	f.mu.Lock()
+	if f.head == len(f.items) || !ok(f.items[f.head]) {
+		f.mu.Unlock()
+		return zero, false
+	}
+	f.mu.Unlock()
+	// Only the one consumer pops (the send loop), so the head is still
+	// the item ok accepted.
+	return f.pop()
+}
+
 func (f *fifo[T]) len() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -470,6 +470,24 @@ func (h *Host) Registry() *Registry {
 	return h.registry
 }
 
+// RunningVersion returns the version the named plugin's running process
+// reported in Describe, and false when no process of it is running (down,
+// failed, or no such plugin). A restart may run another build: callers
+// that act on a version ask again each time.
+func (h *Host) RunningVersion(name string) (string, bool) {
+	h.mu.RLock()
+	m := h.byName[name]
+	h.mu.RUnlock()
+	if m == nil {
+		return "", false
+	}
+	inst, err := m.current()
+	if err != nil {
+		return "", false
+	}
+	return inst.version, true
+}
+
 // Capacity returns the send-buffer capacity computed by Start (types 0
 // before Start).
 func (h *Host) Capacity() Capacity {

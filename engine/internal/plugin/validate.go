@@ -42,14 +42,28 @@ func (h *Host) ValidateBatch(ctx context.Context, pluginName string, rs []*resou
 	// alone, so the one that makes it exit is found.
 	out := map[int][]resource.FieldError{}
 	var rest, alone []int
+	// Fingerprints (a SHA-256 of each resource) are needed only to look
+	// up records, and to make one when the plugin exits during a call: with
+	// no records they are taken only then.
 	fps := make([][32]byte, len(rs))
-	for i, r := range rs {
-		fps[i] = fingerprint(r)
-		if reason, ok := m.crashedOn(inst.binary, fps[i]); ok {
+	have := make([]bool, len(rs))
+	fp := func(i int) [32]byte {
+		if !have[i] {
+			fps[i], have[i] = fingerprint(rs[i]), true
+		}
+		return fps[i]
+	}
+	records := m.hasRecords()
+	for i := range rs {
+		if !records {
+			rest = append(rest, i)
+			continue
+		}
+		if reason, ok := m.crashedOn(inst.binary, fp(i)); ok {
 			out[i] = []resource.FieldError{{Message: reason}}
 			continue
 		}
-		if m.isSuspect(fps[i]) {
+		if m.isSuspect(fp(i)) {
 			alone = append(alone, i)
 			continue
 		}
@@ -64,10 +78,10 @@ func (h *Host) ValidateBatch(ctx context.Context, pluginName string, rs []*resou
 		if errors.Is(err, errExitedDuringCall) {
 			reason := inst.stderr.summary()
 			if len(idx) == 1 {
-				m.recordCrash(inst.binary, fps[idx[0]], crashReason(pluginName, rs[idx[0]], reason))
+				m.recordCrash(inst.binary, fp(idx[0]), crashReason(pluginName, rs[idx[0]], reason))
 			} else {
 				for _, i := range idx {
-					m.markSuspect(fps[i])
+					m.markSuspect(fp(i))
 				}
 			}
 			if reason != "" {
@@ -87,7 +101,7 @@ func (h *Host) ValidateBatch(ctx context.Context, pluginName string, rs []*resou
 		if err := send([]int{i}); err != nil {
 			return nil, err
 		}
-		m.clearSuspect(fps[i])
+		m.clearSuspect(fp(i))
 	}
 	if len(rest) > 0 {
 		if err := send(rest); err != nil {
@@ -248,6 +262,14 @@ func (m *managed) recordCrash(binary string, fp [32]byte, reason string) {
 		m.crashes[fp] = crashRecord{binary: binary, reason: reason}
 	}
 	m.log.Error("a resource made the plugin exit; it is refused until the plugin's binary changes", "reason", reason)
+}
+
+// hasRecords reports whether any resource is recorded as having made a
+// binary of the plugin exit, or as suspect.
+func (m *managed) hasRecords() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.crashes) > 0 || len(m.suspects) > 0
 }
 
 func (m *managed) isSuspect(fp [32]byte) bool {

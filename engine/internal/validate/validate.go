@@ -87,6 +87,10 @@ type Validator struct {
 	maxBytes  int
 	batchSize int
 	schemas   map[string]*schemacheck.Schema // by type; absent: no schema
+	// trusted: type → plugin version whose verdict the caller already
+	// has (WithTrustedPlugins); running reports a plugin's current version.
+	trusted map[string]string
+	running func(plugin string) (string, bool)
 }
 
 // New compiles the JSON Schema of every type in reg and returns a Validator.
@@ -133,6 +137,44 @@ func (v *Validator) WithoutSchemas(types []string) *Validator {
 		delete(c.schemas, t)
 	}
 	return &c
+}
+
+// WithTrustedPlugins returns a Validator that, for the types in versions
+// (type → plugin version), skips the JSON Schema and plugin steps whenever
+// the type's plugin is running at exactly that version (running reports the
+// current version of a plugin, false when it is not running); otherwise, or
+// for any other type, it is v. The envelope step always runs. The engine
+// uses it on a zone for resources global sends when global announced the
+// same plugin, version and schema for the type: global's validation of the
+// write is the verdict this zone's own plugin would give (see
+// docs/decisions/0025-trusted-global-validation.md). The version is asked
+// again on every Validate, so a plugin restarted as another build is
+// called again.
+func (v *Validator) WithTrustedPlugins(versions map[string]string, running func(plugin string) (string, bool)) *Validator {
+	c := *v
+	c.trusted = maps.Clone(versions)
+	c.running = running
+	return &c
+}
+
+// trustedTypes returns the types whose plugin and schema steps are skipped
+// for one Validate call: those of v.trusted whose plugin now runs at the
+// trusted version.
+func (v *Validator) trustedTypes() map[string]bool {
+	if len(v.trusted) == 0 || v.running == nil {
+		return nil
+	}
+	out := make(map[string]bool, len(v.trusted))
+	for typ, want := range v.trusted {
+		d, ok := v.reg.Type(typ)
+		if !ok {
+			continue
+		}
+		if got, ok := v.running(d.Plugin); ok && got == want {
+			out[typ] = true
+		}
+	}
+	return out
 }
 
 // SchemaDigest returns a hex SHA-256 of a type's JSON Schema as its plugin
@@ -200,13 +242,17 @@ func (v *Validator) Validate(ctx context.Context, rs []*resource.Resource) error
 	}
 	next := map[string]*pending{}
 	var order []string
+	trusted := v.trustedTypes()
 	locals := make([]local, min(len(rs), v.batchSize))
 	for lo := 0; lo < len(rs) && gctx.Err() == nil; lo += v.batchSize {
 		hi := min(lo+v.batchSize, len(rs))
 		chunk := locals[:hi-lo]
-		v.checkLocal(rs[lo:hi], chunk)
+		v.checkLocal(rs[lo:hi], chunk, trusted)
 		for j, l := range chunk {
 			i := lo + j
+			if len(l.fes) == 0 && trusted[l.d.Name] {
+				continue // the peer's verdict is this plugin's (WithTrustedPlugins)
+			}
 			if len(l.fes) > 0 {
 				mu.Lock()
 				invalid[i] = l.fes
@@ -264,14 +310,15 @@ type local struct {
 }
 
 // checkLocal runs the envelope and schema checks of rs into out (same
-// length), spread over the available cores when rs is large enough.
-func (v *Validator) checkLocal(rs []*resource.Resource, out []local) {
+// length), spread over the available cores when rs is large enough. The
+// schema step is skipped for the trusted types.
+func (v *Validator) checkLocal(rs []*resource.Resource, out []local, trusted map[string]bool) {
 	check := func(lo, hi int) {
 		var p fastjson.Parser // one per goroutine: a Parser is not safe for concurrent use
 		for i := lo; i < hi; i++ {
 			d, size, spec, fes := v.envelope(&p, rs[i])
 			schemaOnly := false
-			if len(fes) == 0 {
+			if len(fes) == 0 && !trusted[d.Name] {
 				fes = v.schema(d, spec)
 				schemaOnly = len(fes) > 0
 			}

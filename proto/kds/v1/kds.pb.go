@@ -39,6 +39,7 @@ type Message struct {
 	//
 	//	*Message_Request
 	//	*Message_Response
+	//	*Message_Batch
 	Kind          isMessage_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -99,6 +100,15 @@ func (x *Message) GetResponse() *v3.DeltaDiscoveryResponse {
 	return nil
 }
 
+func (x *Message) GetBatch() *Batch {
+	if x != nil {
+		if x, ok := x.Kind.(*Message_Batch); ok {
+			return x.Batch
+		}
+	}
+	return nil
+}
+
 type isMessage_Kind interface {
 	isMessage_Kind()
 }
@@ -113,9 +123,65 @@ type Message_Response struct {
 	Response *v3.DeltaDiscoveryResponse `protobuf:"bytes,2,opt,name=response,proto3,oneof"`
 }
 
+type Message_Batch struct {
+	// Several requests and responses in one stream message, each routed
+	// as if it had come alone, in order. Sent only to a peer that
+	// announced kds-coalesce: 1 when the session started; a batch inside a
+	// batch is refused like a message of unknown kind.
+	Batch *Batch `protobuf:"bytes,3,opt,name=batch,proto3,oneof"`
+}
+
 func (*Message_Request) isMessage_Kind() {}
 
 func (*Message_Response) isMessage_Kind() {}
+
+func (*Message_Batch) isMessage_Kind() {}
+
+// Batch carries several envelope messages (requests and responses only) in
+// one stream message.
+type Batch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Messages      []*Message             `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Batch) Reset() {
+	*x = Batch{}
+	mi := &file_kds_v1_kds_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Batch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Batch) ProtoMessage() {}
+
+func (x *Batch) ProtoReflect() protoreflect.Message {
+	mi := &file_kds_v1_kds_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Batch.ProtoReflect.Descriptor instead.
+func (*Batch) Descriptor() ([]byte, []int) {
+	return file_kds_v1_kds_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Batch) GetMessages() []*Message {
+	if x != nil {
+		return x.Messages
+	}
+	return nil
+}
 
 // Resource is the envelope of one synced resource. On the wire it travels
 // packed in google.protobuf.Any inside DeltaDiscoveryResponse.resources.
@@ -143,7 +209,7 @@ type Resource struct {
 
 func (x *Resource) Reset() {
 	*x = Resource{}
-	mi := &file_kds_v1_kds_proto_msgTypes[1]
+	mi := &file_kds_v1_kds_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -155,7 +221,7 @@ func (x *Resource) String() string {
 func (*Resource) ProtoMessage() {}
 
 func (x *Resource) ProtoReflect() protoreflect.Message {
-	mi := &file_kds_v1_kds_proto_msgTypes[1]
+	mi := &file_kds_v1_kds_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -168,7 +234,7 @@ func (x *Resource) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Resource.ProtoReflect.Descriptor instead.
 func (*Resource) Descriptor() ([]byte, []int) {
-	return file_kds_v1_kds_proto_rawDescGZIP(), []int{1}
+	return file_kds_v1_kds_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Resource) GetType() string {
@@ -254,7 +320,7 @@ type Rejection struct {
 
 func (x *Rejection) Reset() {
 	*x = Rejection{}
-	mi := &file_kds_v1_kds_proto_msgTypes[2]
+	mi := &file_kds_v1_kds_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -266,7 +332,7 @@ func (x *Rejection) String() string {
 func (*Rejection) ProtoMessage() {}
 
 func (x *Rejection) ProtoReflect() protoreflect.Message {
-	mi := &file_kds_v1_kds_proto_msgTypes[2]
+	mi := &file_kds_v1_kds_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -279,7 +345,7 @@ func (x *Rejection) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rejection.ProtoReflect.Descriptor instead.
 func (*Rejection) Descriptor() ([]byte, []int) {
-	return file_kds_v1_kds_proto_rawDescGZIP(), []int{2}
+	return file_kds_v1_kds_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Rejection) GetResources() []*RejectedResource {
@@ -306,7 +372,7 @@ type RejectedResource struct {
 
 func (x *RejectedResource) Reset() {
 	*x = RejectedResource{}
-	mi := &file_kds_v1_kds_proto_msgTypes[3]
+	mi := &file_kds_v1_kds_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -318,7 +384,7 @@ func (x *RejectedResource) String() string {
 func (*RejectedResource) ProtoMessage() {}
 
 func (x *RejectedResource) ProtoReflect() protoreflect.Message {
-	mi := &file_kds_v1_kds_proto_msgTypes[3]
+	mi := &file_kds_v1_kds_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -331,7 +397,7 @@ func (x *RejectedResource) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RejectedResource.ProtoReflect.Descriptor instead.
 func (*RejectedResource) Descriptor() ([]byte, []int) {
-	return file_kds_v1_kds_proto_rawDescGZIP(), []int{3}
+	return file_kds_v1_kds_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *RejectedResource) GetName() string {
@@ -374,7 +440,7 @@ type FieldError struct {
 
 func (x *FieldError) Reset() {
 	*x = FieldError{}
-	mi := &file_kds_v1_kds_proto_msgTypes[4]
+	mi := &file_kds_v1_kds_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -386,7 +452,7 @@ func (x *FieldError) String() string {
 func (*FieldError) ProtoMessage() {}
 
 func (x *FieldError) ProtoReflect() protoreflect.Message {
-	mi := &file_kds_v1_kds_proto_msgTypes[4]
+	mi := &file_kds_v1_kds_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -399,7 +465,7 @@ func (x *FieldError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FieldError.ProtoReflect.Descriptor instead.
 func (*FieldError) Descriptor() ([]byte, []int) {
-	return file_kds_v1_kds_proto_rawDescGZIP(), []int{4}
+	return file_kds_v1_kds_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *FieldError) GetField() string {
@@ -420,11 +486,14 @@ var File_kds_v1_kds_proto protoreflect.FileDescriptor
 
 const file_kds_v1_kds_proto_rawDesc = "" +
 	"\n" +
-	"\x10kds/v1/kds.proto\x12\x06kds.v1\x1a*envoy/service/discovery/v3/discovery.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb2\x01\n" +
+	"\x10kds/v1/kds.proto\x12\x06kds.v1\x1a*envoy/service/discovery/v3/discovery.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd9\x01\n" +
 	"\aMessage\x12M\n" +
 	"\arequest\x18\x01 \x01(\v21.envoy.service.discovery.v3.DeltaDiscoveryRequestH\x00R\arequest\x12P\n" +
-	"\bresponse\x18\x02 \x01(\v22.envoy.service.discovery.v3.DeltaDiscoveryResponseH\x00R\bresponseB\x06\n" +
-	"\x04kind\"\x83\x03\n" +
+	"\bresponse\x18\x02 \x01(\v22.envoy.service.discovery.v3.DeltaDiscoveryResponseH\x00R\bresponse\x12%\n" +
+	"\x05batch\x18\x03 \x01(\v2\r.kds.v1.BatchH\x00R\x05batchB\x06\n" +
+	"\x04kind\"4\n" +
+	"\x05Batch\x12+\n" +
+	"\bmessages\x18\x01 \x03(\v2\x0f.kds.v1.MessageR\bmessages\"\x83\x03\n" +
 	"\bResource\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x12\n" +
 	"\x04mesh\x18\x02 \x01(\tR\x04mesh\x12\x12\n" +
@@ -464,33 +533,36 @@ func file_kds_v1_kds_proto_rawDescGZIP() []byte {
 	return file_kds_v1_kds_proto_rawDescData
 }
 
-var file_kds_v1_kds_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_kds_v1_kds_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_kds_v1_kds_proto_goTypes = []any{
 	(*Message)(nil),                   // 0: kds.v1.Message
-	(*Resource)(nil),                  // 1: kds.v1.Resource
-	(*Rejection)(nil),                 // 2: kds.v1.Rejection
-	(*RejectedResource)(nil),          // 3: kds.v1.RejectedResource
-	(*FieldError)(nil),                // 4: kds.v1.FieldError
-	nil,                               // 5: kds.v1.Resource.LabelsEntry
-	(*v3.DeltaDiscoveryRequest)(nil),  // 6: envoy.service.discovery.v3.DeltaDiscoveryRequest
-	(*v3.DeltaDiscoveryResponse)(nil), // 7: envoy.service.discovery.v3.DeltaDiscoveryResponse
-	(*timestamppb.Timestamp)(nil),     // 8: google.protobuf.Timestamp
+	(*Batch)(nil),                     // 1: kds.v1.Batch
+	(*Resource)(nil),                  // 2: kds.v1.Resource
+	(*Rejection)(nil),                 // 3: kds.v1.Rejection
+	(*RejectedResource)(nil),          // 4: kds.v1.RejectedResource
+	(*FieldError)(nil),                // 5: kds.v1.FieldError
+	nil,                               // 6: kds.v1.Resource.LabelsEntry
+	(*v3.DeltaDiscoveryRequest)(nil),  // 7: envoy.service.discovery.v3.DeltaDiscoveryRequest
+	(*v3.DeltaDiscoveryResponse)(nil), // 8: envoy.service.discovery.v3.DeltaDiscoveryResponse
+	(*timestamppb.Timestamp)(nil),     // 9: google.protobuf.Timestamp
 }
 var file_kds_v1_kds_proto_depIdxs = []int32{
-	6, // 0: kds.v1.Message.request:type_name -> envoy.service.discovery.v3.DeltaDiscoveryRequest
-	7, // 1: kds.v1.Message.response:type_name -> envoy.service.discovery.v3.DeltaDiscoveryResponse
-	5, // 2: kds.v1.Resource.labels:type_name -> kds.v1.Resource.LabelsEntry
-	8, // 3: kds.v1.Resource.creation_time:type_name -> google.protobuf.Timestamp
-	8, // 4: kds.v1.Resource.modification_time:type_name -> google.protobuf.Timestamp
-	3, // 5: kds.v1.Rejection.resources:type_name -> kds.v1.RejectedResource
-	4, // 6: kds.v1.RejectedResource.errors:type_name -> kds.v1.FieldError
-	0, // 7: kds.v1.KDS.Session:input_type -> kds.v1.Message
-	0, // 8: kds.v1.KDS.Session:output_type -> kds.v1.Message
-	8, // [8:9] is the sub-list for method output_type
-	7, // [7:8] is the sub-list for method input_type
-	7, // [7:7] is the sub-list for extension type_name
-	7, // [7:7] is the sub-list for extension extendee
-	0, // [0:7] is the sub-list for field type_name
+	7,  // 0: kds.v1.Message.request:type_name -> envoy.service.discovery.v3.DeltaDiscoveryRequest
+	8,  // 1: kds.v1.Message.response:type_name -> envoy.service.discovery.v3.DeltaDiscoveryResponse
+	1,  // 2: kds.v1.Message.batch:type_name -> kds.v1.Batch
+	0,  // 3: kds.v1.Batch.messages:type_name -> kds.v1.Message
+	6,  // 4: kds.v1.Resource.labels:type_name -> kds.v1.Resource.LabelsEntry
+	9,  // 5: kds.v1.Resource.creation_time:type_name -> google.protobuf.Timestamp
+	9,  // 6: kds.v1.Resource.modification_time:type_name -> google.protobuf.Timestamp
+	4,  // 7: kds.v1.Rejection.resources:type_name -> kds.v1.RejectedResource
+	5,  // 8: kds.v1.RejectedResource.errors:type_name -> kds.v1.FieldError
+	0,  // 9: kds.v1.KDS.Session:input_type -> kds.v1.Message
+	0,  // 10: kds.v1.KDS.Session:output_type -> kds.v1.Message
+	10, // [10:11] is the sub-list for method output_type
+	9,  // [9:10] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_kds_v1_kds_proto_init() }
@@ -501,6 +573,7 @@ func file_kds_v1_kds_proto_init() {
 	file_kds_v1_kds_proto_msgTypes[0].OneofWrappers = []any{
 		(*Message_Request)(nil),
 		(*Message_Response)(nil),
+		(*Message_Batch)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -508,7 +581,7 @@ func file_kds_v1_kds_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kds_v1_kds_proto_rawDesc), len(file_kds_v1_kds_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   6,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -18,9 +18,27 @@ import (
 const EngineWindow = 256
 
 // AckEvery is how many responses one ACK of the throughput workload
-// acknowledges: the credit returns in batches, so the engine carries the raw
-// workload's payloads plus one small message per AckEvery.
+// acknowledges by default: the credit returns in batches, so the engine
+// carries the raw workload's payloads plus one small message per AckEvery.
+// The sync client's real pattern is one ACK per response (EngineOptions).
 const AckEvery = EngineWindow / 8
+
+// EngineOptions shape the engine side of the throughput workload.
+type EngineOptions struct {
+	// AckEvery is how many responses one ACK acknowledges (default
+	// AckEvery; 1 is the sync client's pattern: one ACK per response).
+	// EngineWindow must be a multiple of it.
+	AckEvery int
+	// Mux are extra options for both sessions.
+	Mux []mux.Option
+}
+
+func (o EngineOptions) ackEvery() int {
+	if o.AckEvery <= 0 {
+		return AckEvery
+	}
+	return o.AckEvery
+}
 
 // RawThroughput streams n messages of the payload's size from each end of a
 // fresh loopback stream to the other, both directions at once, with plain
@@ -67,10 +85,11 @@ func RawThroughput(ctx context.Context, pl Payload, n int) (time.Duration, error
 // stream acknowledges every AckEvery responses with one small request (a
 // cumulative ACK: the application-level flow control that bounds the
 // session's buffers). It returns the time until both ends received every
-// response and every ACK. n must be a multiple of AckEvery.
-func EngineThroughput(ctx context.Context, pl Payload, n int) (time.Duration, error) {
-	if n%AckEvery != 0 {
-		return 0, fmt.Errorf("engine: %d messages is not a multiple of %d", n, AckEvery)
+// response and every ACK. n must be a multiple of the ACK interval (o).
+func EngineThroughput(ctx context.Context, pl Payload, n int, o EngineOptions) (time.Duration, error) {
+	ackEvery := o.ackEvery()
+	if n%ackEvery != 0 || EngineWindow%ackEvery != 0 {
+		return 0, fmt.Errorf("engine: %d messages or a window of %d is not a multiple of %d", n, EngineWindow, ackEvery)
 	}
 	pair, err := NewPair(ctx, PairOptions{})
 	if err != nil {
@@ -88,7 +107,7 @@ func EngineThroughput(ctx context.Context, pl Payload, n int) (time.Duration, er
 	sessions := make([]*mux.Session, len(ends))
 	var runs sync.WaitGroup
 	for i, e := range ends {
-		sessions[i] = mux.NewSession(e.stream, EngineWindow, mux.WithAbort(e.abort))
+		sessions[i] = mux.NewSession(e.stream, EngineWindow, append([]mux.Option{mux.WithAbort(e.abort)}, o.Mux...)...)
 		runs.Go(func() { _ = sessions[i].Run(runCtx) })
 	}
 	defer runs.Wait()
@@ -114,23 +133,23 @@ func EngineThroughput(ctx context.Context, pl Payload, n int) (time.Duration, er
 			}
 		})
 		wg.Go(func() { // serve: each ACK frees AckEvery slots
-			for range n / AckEvery {
+			for range n / ackEvery {
 				if _, err := s.Server().Recv(); err != nil {
 					errs <- err
 					return
 				}
-				for range AckEvery {
+				for range ackEvery {
 					<-credit
 				}
 			}
 		})
-		wg.Go(func() { // subscribe: receive, ACK every AckEvery
+		wg.Go(func() { // subscribe: receive, ACK every ackEvery
 			for i := range n {
 				if _, err := s.Client().Recv(); err != nil {
 					errs <- err
 					return
 				}
-				if (i+1)%AckEvery != 0 {
+				if (i+1)%ackEvery != 0 {
 					continue
 				}
 				if err := s.Client().Send(ack); err != nil {
@@ -172,6 +191,11 @@ func (c Comparison) Ratio() float64 { return c.Raw.Seconds() / c.Engine.Seconds(
 // Compare runs RawThroughput and EngineThroughput alternately, rounds times
 // each, with n messages of size bytes each way, and returns the totals.
 func Compare(ctx context.Context, size, n, rounds int) (Comparison, error) {
+	return CompareWith(ctx, size, n, rounds, EngineOptions{})
+}
+
+// CompareWith is Compare with the engine side shaped by o.
+func CompareWith(ctx context.Context, size, n, rounds int, o EngineOptions) (Comparison, error) {
 	c := Comparison{Size: size, Messages: n, Rounds: rounds}
 	pl := NewPayload(size)
 	for range rounds {
@@ -180,7 +204,7 @@ func Compare(ctx context.Context, size, n, rounds int) (Comparison, error) {
 			return c, err
 		}
 		c.Raw += d
-		d, err = EngineThroughput(ctx, pl, n)
+		d, err = EngineThroughput(ctx, pl, n, o)
 		if err != nil {
 			return c, err
 		}

@@ -9,6 +9,9 @@
 //	                            rejects specs with "reject": true
 //	kds-plugin-synctest-many    the lenient build's types plus ManyTypes
 //	                            ZoneToGlobal types Many000, Many001, …
+//
+// It reports version 1.0.0, or 2.0.0 when the directory it is in ends in
+// "-v2" (the same plugin at another version).
 package main
 
 import (
@@ -54,5 +57,9 @@ func main() {
 			types = append(types, def(fmt.Sprintf("Many%03d", i), sdk.ZoneToGlobal))
 		}
 	}
-	sdk.Serve(sdk.Plugin{Name: "synctest", Version: "1.0.0", Types: types})
+	version := "1.0.0"
+	if strings.HasSuffix(filepath.Dir(os.Args[0]), "-v2") {
+		version = "2.0.0"
+	}
+	sdk.Serve(sdk.Plugin{Name: "synctest", Version: version, Types: types})
 }
