@@ -33,7 +33,8 @@ type ScaleConfig struct {
 	Stall time.Duration
 }
 
-// Targets of the scale mode, judged at the largest N measured.
+// Targets of the scale mode, set at 1M resources and judged at the largest
+// N measured.
 const (
 	scaleHeapTarget = 2048             // global heap bytes per resource
 	scaleSyncTarget = 15 * time.Second // one zone's initial sync of all N (at 1M)
@@ -127,14 +128,9 @@ func Scale(ctx context.Context, o Options, c ScaleConfig) (*Report, error) {
 	r.Figures["zones"] = float64(c.Zones)
 	r.Figures["changes"] = float64(min(c.Changes, c.Ns[0]))
 	r.Figures["largest_n"] = float64(last.n)
-	for _, p := range pts {
-		if p.heapPerRes > scaleHeapTarget {
-			r.Pass = false
-		}
-	}
-	if last.sync > scaleSyncTarget || last.p99 > scaleP99Target {
-		r.Pass = false
-	}
+	// Every target is judged at the largest N: at small N the heap per
+	// resource carries fixed costs spread over few resources.
+	r.Pass = last.heapPerRes <= scaleHeapTarget && last.sync <= scaleSyncTarget && last.p99 <= scaleP99Target
 	if last.n < 1000000 {
 		r.note("the targets are set at N=1M; this run's largest N is %d, and the verdict judges that point", last.n)
 	}
