@@ -66,7 +66,7 @@ BENCH_OUT ?= $(BIN)/bench-results.txt
 bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./engine/...
 	$(GO) build -o $(BIN)/bench-plugins/kds-plugin-synctest ./engine/internal/testsupport/syncplugin
-	@for m in transport sync update fanout resume memory torture "torture --naive" wan hostile ha; do \
+	@for m in transport sync update fanout resume memory torture "torture --naive" wan hostile ha "scale --n 10000,100000"; do \
 		echo "== kds-bench $$m"; \
 		$(BIN)/kds-bench $$m -o both --plugins-dir $(BIN)/bench-plugins | tee -a $(BENCH_OUT) || exit 1; \
 	done

@@ -180,6 +180,34 @@ func memoryCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
+func scaleCmd(g *globals) *cobra.Command {
+	var c kdsbench.ScaleConfig
+	cmd := &cobra.Command{
+		Use:   "scale",
+		Short: "Global heap per resource, one zone's initial sync and a change's fan-out to Z light zones as N grows",
+		Long: `scale loads N resources of --size bytes straight into global's bbolt store
+for each N in --n, then measures global's heap per resource (after GC), one
+engine zone's initial sync of all N (memory store), and --changes policy
+changes reaching all --zones light zones (p50/p99). Light zones run the
+engine's session code in this process (dialer, TLS, token, mux, kdssync client
+and server) but keep only name → version, never specs. Each figure is also
+shown as a ratio to the first N's. Run small Ns first: 1M needs several GiB
+and minutes.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return run(cmd, g, func(ctx context.Context, o kdsbench.Options) (*kdsbench.Report, error) {
+				return kdsbench.Scale(ctx, o, c)
+			})
+		},
+	}
+	cmd.Flags().IntSliceVar(&c.Ns, "n", []int{10000, 100000, 1000000}, "resource counts")
+	cmd.Flags().IntVar(&c.Zones, "zones", 100, "light zones for the fan-out (in this process)")
+	cmd.Flags().IntVar(&c.Changes, "changes", 50, "measured policy changes per N")
+	cmd.Flags().IntVar(&c.Size, "size", 1024, "spec size in bytes")
+	cmd.Flags().DurationVar(&c.Stall, "stall", 2*time.Minute, "give up on an initial sync that made no progress for this long")
+	return cmd
+}
+
 func tortureCmd(g *globals) *cobra.Command {
 	var c kdsbench.TortureConfig
 	cmd := &cobra.Command{

@@ -84,7 +84,7 @@ target. Compare runs across machines by their ratios, not absolute numbers.`,
 	pf.StringVar(&g.cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run (engines and baseline) to this file")
 	root.AddCommand(
 		transportCmd(g), syncCmd(g), updateCmd(g), fanoutCmd(g),
-		resumeCmd(g), memoryCmd(g), tortureCmd(g), wanCmd(g), churnCmd(g), hostileCmd(g), haCmd(g), zoneProcCmd(), hostileZoneProcCmd(),
+		resumeCmd(g), memoryCmd(g), scaleCmd(g), tortureCmd(g), wanCmd(g), churnCmd(g), hostileCmd(g), haCmd(g), zoneProcCmd(), hostileZoneProcCmd(),
 	)
 	return root
 }
