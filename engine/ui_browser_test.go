@@ -222,6 +222,7 @@ func TestUIInBrowser(t *testing.T) {
 	require.NoError(t, b.eval(`document.querySelector('tr[data-zone="zone-1"] code.token').title`, &tokenID))
 	assert.Equal(t, c1.TokenID, tokenID, "the session's token id is shown")
 	assert.Contains(t, b.text(`tr[data-zone="zone-1"]`), c1.Peer, "the session's peer is shown")
+	assert.Contains(t, b.text(`tr[data-zone="zone-1"]`), "replica "+g.e.ReplicaID()+" (this one)", "the replica holding the session is shown")
 
 	var focused string
 	// Keyboard, from a fresh load (the token stays for the tab): skip
