@@ -15,27 +15,7 @@ import (
 // labels include labels (0 when there is none).
 func histogramCount(t *testing.T, n *node, name string, labels map[string]string) uint64 {
 	t.Helper()
-	mfs, err := n.e.promReg.Gather()
-	require.NoError(t, err)
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	series:
-		for _, m := range mf.GetMetric() {
-			got := map[string]string{}
-			for _, l := range m.GetLabel() {
-				got[l.GetName()] = l.GetValue()
-			}
-			for k, v := range labels {
-				if got[k] != v {
-					continue series
-				}
-			}
-			return m.GetHistogram().GetSampleCount()
-		}
-	}
-	return 0
+	return findSeries(t, n, name, labels).GetHistogram().GetSampleCount()
 }
 
 // Every batch sent to a plugin for validation is timed: an apply through the

@@ -3,12 +3,13 @@ package engine
 import (
 	"testing"
 
+	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/require"
 )
 
-// seriesValue returns the value of the first series of metric name on n
-// whose labels include labels, and whether there is one.
-func seriesValue(t *testing.T, n *node, name string, labels map[string]string) (float64, bool) {
+// findSeries returns the first series of metric name on n whose labels
+// include labels, or nil.
+func findSeries(t *testing.T, n *node, name string, labels map[string]string) *dto.Metric {
 	t.Helper()
 	mfs, err := n.e.promReg.Gather()
 	require.NoError(t, err)
@@ -27,13 +28,25 @@ func seriesValue(t *testing.T, n *node, name string, labels map[string]string) (
 					continue series
 				}
 			}
-			if c := m.GetCounter(); c != nil {
-				return c.GetValue(), true
-			}
-			return m.GetGauge().GetValue(), true
+			return m
 		}
 	}
-	return 0, false
+	return nil
+}
+
+// seriesValue returns the value of the first series of metric name on n
+// whose labels include labels (a counter or a gauge), and whether there is
+// one.
+func seriesValue(t *testing.T, n *node, name string, labels map[string]string) (float64, bool) {
+	t.Helper()
+	m := findSeries(t, n, name, labels)
+	if m == nil {
+		return 0, false
+	}
+	if c := m.GetCounter(); c != nil {
+		return c.GetValue(), true
+	}
+	return m.GetGauge().GetValue(), true
 }
 
 // seriesValueOf is seriesValue's value (0 when there is no such series).
