@@ -37,14 +37,19 @@ func (e *Engine) zoneStatus(cs []apitypes.Conn) []apitypes.Conn {
 		e.log.Debug("zone status: cannot read the session leases; showing this replica's own view", "error", err)
 		return cs
 	}
+	at := make(map[string]int, len(cs))
+	for i, c := range cs {
+		at[c.Name] = i
+	}
 	for _, l := range leases {
 		if l.Replica == "" {
 			continue // a row from before leases: nothing known
 		}
-		i := slices.IndexFunc(cs, func(c apitypes.Conn) bool { return c.Name == l.Zone })
-		if i < 0 {
+		i, ok := at[l.Zone]
+		if !ok {
 			cs = append(cs, apitypes.Conn{Name: l.Zone, Types: map[string]apitypes.TypeState{}})
 			i = len(cs) - 1
+			at[l.Zone] = i
 		}
 		c := &cs[i]
 		c.Online, c.Replica = l.Live, l.Replica
