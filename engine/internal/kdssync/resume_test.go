@@ -1,0 +1,188 @@
+package kdssync
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+	"unsafe"
+
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/proto"
+)
+
+// recordingEnd is a clientEnd that keeps a copy of every request sent.
+type recordingEnd struct {
+	clientEnd
+	mu   *sync.Mutex
+	reqs *[]*discovery.DeltaDiscoveryRequest
+}
+
+func (r recordingEnd) Send(req *discovery.DeltaDiscoveryRequest) error {
+	r.mu.Lock()
+	*r.reqs = append(*r.reqs, proto.Clone(req).(*discovery.DeltaDiscoveryRequest))
+	r.mu.Unlock()
+	return r.clientEnd.Send(req)
+}
+
+// heldAndServed fills ix with n resources of T at version "1" and returns a
+// sink holding the same, plus what the test changes: "default/t-00010" is
+// at version "2" on the server, "default/new" exists only there, and 50
+// "default/gone-N" only in the sink.
+func heldAndServed(t *testing.T, n int) (*Index, *memSink) {
+	t.Helper()
+	ix := NewIndex([]string{"T"})
+	sink := newMemSink()
+	for i := range n {
+		r := res("T", "default", fmt.Sprintf("t-%05d", i), "1", 10)
+		require.NoError(t, ix.Put(r))
+		c := r.Clone()
+		c.Zone = "zone-1"
+		sink.res[c.Key()] = c
+	}
+	require.NoError(t, ix.Put(res("T", "default", "t-00010", "2", 10)))
+	require.NoError(t, ix.Put(res("T", "default", "new", "1", 10)))
+	for i := range 50 {
+		r := res("T", "default", fmt.Sprintf("gone-%d", i), "1", 10)
+		r.Zone = "zone-1"
+		sink.res[r.Key()] = r
+	}
+	return ix, sink
+}
+
+// A subscription whose held versions do not fit one message goes in parts;
+// the server decides nothing before the last one, so a resume still sends
+// only what changed and removes only what is gone.
+func TestResumeInPartsSendsOnlyChanges(t *testing.T) {
+	const n, maxMsg = 6000, 64 << 10
+	ix, sink := heldAndServed(t, n)
+	ctx, cancel := context.WithCancel(context.Background())
+	p := newPipe(ctx)
+	var mu sync.Mutex
+	var reqs []*discovery.DeltaDiscoveryRequest
+	srv := NewServer(ix, WithServerMaxMessageSize(maxMsg))
+	cli := NewClient([]string{"T"}, sink, rejectValidator{}, "global", "zone-1",
+		WithClientMaxMessageSize(maxMsg), WithResumeParts(true))
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); _ = srv.Serve(ctx, serverEnd{p}, "zone-1") }()
+	go func() { defer wg.Done(); _ = cli.Run(ctx, recordingEnd{clientEnd{p}, &mu, &reqs}) }()
+	defer func() { cancel(); wg.Wait() }()
+
+	want := map[string]string{}
+	for name, e := range ix.types["T"].entries {
+		want[name] = e.res.Version
+	}
+	require.Eventually(t, func() bool {
+		got := versions(sink)
+		return len(got) == len(want) && fmt.Sprint(got) == fmt.Sprint(want)
+	}, 10*time.Second, 5*time.Millisecond, "the zone converges on the server's state")
+
+	mu.Lock()
+	subs := slices.DeleteFunc(slices.Clone(reqs), func(r *discovery.DeltaDiscoveryRequest) bool { return r.GetResponseNonce() != "" })
+	mu.Unlock()
+	require.GreaterOrEqual(t, len(subs), 3, "%d held versions of ~25 bytes need several 64 KiB requests", n+50)
+	held := map[string]string{}
+	for i, r := range subs {
+		assert.LessOrEqual(t, proto.Size(r), maxMsg, "part %d fits the message size", i)
+		assert.Equal(t, i == len(subs)-1, slices.Contains(r.GetResourceNamesSubscribe(), "*"), "only the last part subscribes (part %d)", i)
+		for k, v := range r.GetInitialResourceVersions() {
+			_, dup := held[k]
+			assert.False(t, dup, "%s sent in two parts", k)
+			held[k] = v
+		}
+	}
+	assert.Len(t, held, n+50, "every held version was sent once")
+
+	var puts, removed int
+	empty := 0
+	for _, r := range p.responses() {
+		puts += len(r.GetResources())
+		removed += len(r.GetRemovedResources())
+		if len(r.GetResources()) == 0 && len(r.GetRemovedResources()) == 0 {
+			empty++
+		}
+	}
+	assert.Equal(t, 2, puts, "only the changed and the new resource are sent")
+	assert.Equal(t, 50, removed, "only what the server does not have is removed")
+	assert.GreaterOrEqual(t, empty, len(subs)-1, "each part but the last is answered with an empty response")
+}
+
+// Without the peer's consent to parts, a subscription that does not fit one
+// request ends the session with an error that says what to do.
+func TestResumeTooLargeForPeerWithoutParts(t *testing.T) {
+	const maxMsg = 64 << 10
+	ix, sink := heldAndServed(t, 6000)
+	p := newPipe(t.Context())
+	cli := NewClient([]string{"T"}, sink, rejectValidator{}, "global", "zone-1", WithClientMaxMessageSize(maxMsg))
+	err := cli.Run(t.Context(), clientEnd{p})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "does not accept them in parts")
+	assert.Contains(t, err.Error(), "--max-message-size")
+	assert.Empty(t, p.reqs, "nothing was sent")
+	assert.NotEmpty(t, ix.types["T"].entries)
+}
+
+// A part sent before the answer to the previous one was ACKed ends the
+// session: the server keeps at most one unanswered part per type.
+func TestResumePartBeforeAnswerEndsSession(t *testing.T) {
+	ix := NewIndex([]string{"T"})
+	p := newPipe(t.Context())
+	part := &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), InitialResourceVersions: map[string]string{"a": "1"}}
+	p.reqs <- part
+	p.reqs <- proto.Clone(part).(*discovery.DeltaDiscoveryRequest)
+	err := NewServer(ix).Serve(t.Context(), serverEnd{p}, "zone-1")
+	require.ErrorIs(t, err, ErrProtocol)
+	assert.Contains(t, err.Error(), "before the answer to the previous part was ACKed")
+	resps := p.responses()
+	require.Len(t, resps, 1, "the first part was answered")
+	assert.Empty(t, resps[0].GetResources())
+	assert.Empty(t, resps[0].GetRemovedResources())
+}
+
+// Parts are kept until the subscription, so together they may name at most
+// what the server serves of the type plus MaxNamesPerRequest.
+func TestResumePartsAreBounded(t *testing.T) {
+	ix := NewIndex([]string{"T"})
+	require.NoError(t, ix.Put(res("T", "", "served", "1", 1)))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	p := newPipe(ctx)
+	done := make(chan error, 1)
+	go func() { done <- NewServer(ix).Serve(ctx, serverEnd{p}, "zone-1") }()
+	part := func(from, n int) *discovery.DeltaDiscoveryRequest {
+		v := make(map[string]string, n)
+		for i := range n {
+			v[fmt.Sprintf("n-%d", from+i)] = "1"
+		}
+		return &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), InitialResourceVersions: v}
+	}
+	p.reqs <- part(0, MaxNamesPerRequest/2)
+	first := <-p.resps
+	p.reqs <- &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResponseNonce: first.GetNonce()}
+	p.reqs <- part(MaxNamesPerRequest/2, MaxNamesPerRequest/2+2)
+	err := <-done
+	require.ErrorIs(t, err, ErrProtocol)
+	assert.Contains(t, err.Error(), fmt.Sprintf("more than %d held or refused resources", MaxNamesPerRequest+1))
+}
+
+// A resumed subscription keeps the index's own strings for names held at
+// the served version, so a peer holding what is served costs no copies.
+func TestResumeSharesTheIndexStrings(t *testing.T) {
+	ix := NewIndex([]string{"T"})
+	require.NoError(t, ix.Put(res("T", "", "a", "1", 1)))
+	ss := &serverSession{Server: NewServer(ix), resuming: map[string]*resumeState{}}
+	rs, err := ss.collect("T", &discovery.DeltaDiscoveryRequest{InitialResourceVersions: map[string]string{string([]byte("a")): string([]byte("1"))}}, nil)
+	require.NoError(t, err)
+	e := ix.types["T"].entries["a"]
+	for n, v := range rs.held {
+		assert.Same(t, unsafeStringData(e.res.Name), unsafeStringData(n))
+		assert.Same(t, unsafeStringData(e.res.Version), unsafeStringData(v))
+	}
+}
+
+func unsafeStringData(s string) *byte { return unsafe.StringData(s) }
