@@ -13,6 +13,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/proto"
+
+	kdsv1 "github.com/kds-engine/kds-engine/proto/kds/v1"
 )
 
 // recordingEnd is a clientEnd that keeps a copy of every request sent.
@@ -186,3 +188,46 @@ func TestResumeSharesTheIndexStrings(t *testing.T) {
 }
 
 func unsafeStringData(s string) *byte { return unsafe.StringData(s) }
+
+// Parts are kept until the subscription, so what they copy is bounded in
+// bytes too: a peer that sends one held name per part with a version the
+// size of a message ends the session once the session's held budget is
+// used up, instead of making the server keep MaxNamesPerRequest of them.
+func TestResumePartsAreBoundedInBytes(t *testing.T) {
+	const maxMsg = 64 << 10
+	ix := NewIndex([]string{"T"})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	p := newPipe(ctx)
+	done := make(chan error, 1)
+	go func() { done <- NewServer(ix, WithServerMaxMessageSize(maxMsg)).Serve(ctx, serverEnd{p}, "zone-1") }()
+	version := string(make([]byte, maxMsg-1<<10))
+	for i := range 2 * HeldBudgetMessages {
+		p.reqs <- &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), InitialResourceVersions: map[string]string{fmt.Sprintf("n-%d", i): version}}
+		select {
+		case resp := <-p.resps:
+			p.reqs <- &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResponseNonce: resp.GetNonce()}
+		case err := <-done:
+			require.ErrorIs(t, err, ErrProtocol)
+			assert.Contains(t, err.Error(), fmt.Sprintf("more than %d", HeldBudgetMessages*maxMsg))
+			assert.Equal(t, HeldBudgetMessages, i, "the parts that fit the budget were answered")
+			return
+		}
+	}
+	t.Fatalf("%d parts of %d-byte versions were all kept", 2*HeldBudgetMessages, len(version))
+}
+
+// The refusals a part carries are kept as names and versions: the reasons
+// a peer attaches cost nothing until the subscription.
+func TestResumePartsKeepRefusalsSlim(t *testing.T) {
+	ix := NewIndex([]string{"T"})
+	ss := &serverSession{Server: NewServer(ix), maxMsg: DefaultMaxMessageSize, resuming: map[string]*resumeState{}}
+	rej := &kdsv1.Rejection{Resources: []*kdsv1.RejectedResource{{Name: "a", Version: "1", Errors: []*kdsv1.FieldError{{Field: "spec", Message: string(make([]byte, 1<<20))}}}}}
+	rs, err := ss.collect("T", &discovery.DeltaDiscoveryRequest{}, rej)
+	require.NoError(t, err)
+	require.Len(t, rs.rejected, 1)
+	assert.Equal(t, "a", rs.rejected[0].GetName())
+	assert.Equal(t, "1", rs.rejected[0].GetVersion())
+	assert.Empty(t, rs.rejected[0].GetErrors(), "the reasons are not kept")
+	assert.Equal(t, int64(2), ss.heldBytes)
+}

@@ -51,6 +51,13 @@ const (
 	// DefaultSessionBudgetMessages sizes a session's budget for responses
 	// in flight: this many max-size messages (one always fits).
 	DefaultSessionBudgetMessages = 3
+	// HeldBudgetMessages bounds, in max-size messages, the bytes of the
+	// held names and versions (and refused ones) a session's subscriptions
+	// carry that are not the index's own strings, all types together. A
+	// subscription sent in parts would otherwise make the server keep
+	// versions of any length, MaxNamesPerRequest of them per type; more
+	// ends the session (ErrProtocol).
+	HeldBudgetMessages = 16
 	// DefaultProcessBudget bounds the bytes of responses in flight across
 	// all sessions of a server (see Budget).
 	DefaultProcessBudget = 128 << 20
@@ -253,6 +260,11 @@ type serverSession struct {
 	// resuming collects, per type, the held versions a peer sends in parts
 	// before the subscription that completes them (see resumePart).
 	resuming map[string]*resumeState
+	// heldBytes is what the subscriptions' held and refused names and
+	// versions copied (not the index's strings) take, collected parts and
+	// every type's latest subscription together; at most
+	// HeldBudgetMessages × maxMsg.
+	heldBytes int64
 }
 
 // resumeState is what a peer has said it holds of one type so far, while it
@@ -261,8 +273,11 @@ type serverSession struct {
 // answer is ACKed, and the subscription ("*") last. Nothing is served and
 // no removal is decided until then.
 type resumeState struct {
-	held     map[string]string
+	held map[string]string
+	// rejected keeps names, versions and removal flags only.
 	rejected []*kdsv1.RejectedResource
+	// bytes is what held and rejected copied (counted in heldBytes).
+	bytes int64
 	// ack is the nonce of the answer to the last part until the peer ACKs it.
 	ack string
 }
@@ -297,6 +312,9 @@ type serveState struct {
 	// force makes the next trySend send even an empty response (the
 	// answer to an initial request).
 	force bool
+	// heldBytes is the share of the session's heldBytes that the latest
+	// subscription's held and refused strings take.
+	heldBytes int64
 }
 
 // sentState is what a response in flight carries for one name.
@@ -407,12 +425,16 @@ func (ss *serverSession) subscribe(st *serveState, typ string, req *discovery.De
 	for _, f := range st.inflight {
 		f.stale = true
 	}
+	// What the previous subscription held is replaced below.
+	ss.heldBytes -= st.heldBytes
+	st.heldBytes = 0
 	rs, err := ss.collect(typ, req, rej)
 	if err != nil {
 		return err
 	}
 	delete(ss.resuming, typ)
 	st.held = rs.held
+	st.heldBytes = rs.bytes
 	st.sent = map[string]sentState{}
 	st.rejected = map[string]string{}
 	for _, r := range rs.rejected {
@@ -476,7 +498,8 @@ func (ss *serverSession) resumePart(typ string, req *discovery.DeltaDiscoveryReq
 // collect adds what req says the peer holds of typ (and refused earlier)
 // to the parts collected so far, and returns the result. Names and
 // versions the index holds are stored as the index's own strings, so that
-// a peer holding what this side serves costs a map entry, not a copy.
+// a peer holding what this side serves costs a map entry, not a copy; the
+// strings it copies count against the session's HeldBudgetMessages.
 func (ss *serverSession) collect(typ string, req *discovery.DeltaDiscoveryRequest, rej *kdsv1.Rejection) (*resumeState, error) {
 	rs := ss.resuming[typ]
 	if rs == nil {
@@ -490,16 +513,28 @@ func (ss *serverSession) collect(typ string, req *discovery.DeltaDiscoveryReques
 		return nil, fmt.Errorf("%w: the %s subscription names more than %d held or refused resources (the %d this side serves plus %d)",
 			ErrProtocol, typ, limit, ss.ix.Len(typ), MaxNamesPerRequest)
 	}
+	var copied int64
 	ss.ix.mu.RLock()
 	entries := ss.ix.types[typ].entries
 	for n, v := range versions {
 		if e, ok := entries[n]; ok && e.res.Version == v {
 			n, v = e.res.Name, e.res.Version
+		} else {
+			copied += int64(len(n) + len(v))
 		}
 		rs.held[n] = v
 	}
 	ss.ix.mu.RUnlock()
-	rs.rejected = append(rs.rejected, rej.GetResources()...)
+	for _, r := range rej.GetResources() {
+		rs.rejected = append(rs.rejected, &kdsv1.RejectedResource{Name: r.GetName(), Version: r.GetVersion(), Removal: r.GetRemoval()})
+		copied += int64(len(r.GetName()) + len(r.GetVersion()))
+	}
+	rs.bytes += copied
+	ss.heldBytes += copied
+	if limit := int64(HeldBudgetMessages) * int64(ss.maxMsg); ss.heldBytes > limit {
+		return nil, fmt.Errorf("%w: the %s subscription brings the held and refused names and versions this side does not serve to %d bytes, more than %d (%d max-size messages)",
+			ErrProtocol, typ, ss.heldBytes, limit, HeldBudgetMessages)
+	}
 	return rs, nil
 }
 
