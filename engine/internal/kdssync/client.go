@@ -253,11 +253,6 @@ func (c *Client) check(ctx context.Context, resp *discovery.DeltaDiscoveryRespon
 	}
 
 	ch := &checked{resp: resp, typ: typ}
-	if c.resume[typ] != nil {
-		// The answer to the previous part: the next one goes out once
-		// this response is answered.
-		ch.next = c.nextPart(typ)
-	}
 	puts, removed := c.decode(typ, resp, ch)
 	if len(puts) > 0 {
 		if err := c.validator.Validate(ctx, puts); err != nil {
@@ -284,6 +279,12 @@ func (c *Client) check(ctx context.Context, resp *discovery.DeltaDiscoveryRespon
 	}
 	ch.puts = puts
 	ch.held = len(held)
+	if c.resume[typ] != nil {
+		// The answer to the previous part: the next one goes out once
+		// this response is answered, from what is held once it is
+		// applied.
+		ch.next = c.nextPart(typ)
+	}
 	if len(ch.rejected) > 0 {
 		c.log.Warn("refusing resources (NACK); the rest of the response is applied",
 			"type", typ, "refused", len(ch.rejected), "first", ch.rejected[0].GetName(), "why", fieldErrors(ch.rejected[0].GetErrors()))

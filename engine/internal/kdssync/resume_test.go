@@ -231,3 +231,40 @@ func TestResumePartsKeepRefusalsSlim(t *testing.T) {
 	assert.Empty(t, rs.rejected[0].GetErrors(), "the reasons are not kept")
 	assert.Equal(t, int64(2), ss.heldBytes)
 }
+
+// The next part says what the client holds once the response that
+// triggered it is applied: a name that response removed is left out and a
+// name it updated goes at its new version, so the server never takes the
+// client to hold what it dropped.
+func TestResumeNextPartAfterTheAnswerIsApplied(t *testing.T) {
+	const maxMsg = 64 << 10
+	_, sink := heldAndServed(t, 6000)
+	p := newPipe(t.Context())
+	cli := NewClient([]string{"T"}, sink, rejectValidator{}, "global", "zone-1",
+		WithClientMaxMessageSize(maxMsg), WithResumeParts(true))
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- cli.Run(ctx, clientEnd{p}) }()
+	defer func() { cancel(); <-done }()
+
+	first := <-p.reqs
+	require.NotContains(t, first.GetResourceNamesSubscribe(), "*", "6050 held versions do not fit one 64 KiB request")
+	var rest []string
+	for name := range versions(sink) {
+		if _, sent := first.GetInitialResourceVersions()[name]; !sent {
+			rest = append(rest, name)
+		}
+	}
+	slices.Sort(rest)
+	kept := rest[0]
+	mesh, name := splitXDSName(kept)
+	enc, err := Encode(res("T", mesh, name, "9", 10))
+	require.NoError(t, err)
+	p.resps <- &discovery.DeltaDiscoveryResponse{TypeUrl: TypeURL("T"), Nonce: "p1", Resources: []*discovery.Resource{enc}, RemovedResources: rest[1:]}
+	ack := <-p.reqs
+	require.Equal(t, "p1", ack.GetResponseNonce())
+	next := <-p.reqs
+	assert.Empty(t, next.GetResponseNonce())
+	assert.Contains(t, next.GetResourceNamesSubscribe(), "*", "nothing else is held: the next part is the last")
+	assert.Equal(t, map[string]string{kept: "9"}, next.GetInitialResourceVersions())
+}
