@@ -14,6 +14,8 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/kds-engine/kds-engine/engine/internal/insights"
+
 	kdsv1 "github.com/kds-engine/kds-engine/proto/kds/v1"
 )
 
@@ -267,4 +269,44 @@ func TestResumeNextPartAfterTheAnswerIsApplied(t *testing.T) {
 	assert.Empty(t, next.GetResponseNonce())
 	assert.Contains(t, next.GetResourceNamesSubscribe(), "*", "nothing else is held: the next part is the last")
 	assert.Equal(t, map[string]string{kept: "9"}, next.GetInitialResourceVersions())
+}
+
+// The answers to parts count as responses sent and ACKed on both ends, so
+// the two ends' figures agree once a resume in parts has settled.
+func TestResumeInPartsCountsAgree(t *testing.T) {
+	const maxMsg = 64 << 10
+	ix, sink := heldAndServed(t, 6000)
+	h := start(t, ix, sink, []string{"T"}, []ServerOption{WithServerMaxMessageSize(maxMsg)},
+		WithClientMaxMessageSize(maxMsg), WithResumeParts(true))
+	h.waitFor(func() bool { return len(versions(sink)) == 6001 }, "the zone converges")
+	h.waitFor(func() bool {
+		srv, cli := h.srvType("T"), h.cliType("T")
+		return srv.ResponsesSent == srv.ResponsesACKed && srv.ResponsesACKed == cli.ResponsesACKed
+	}, "every response sent is ACKed, and both ends count the same")
+	assert.GreaterOrEqual(t, h.srvType("T").ResponsesSent, uint64(3), "the answers to the parts are counted")
+}
+
+// An answer to a part applies nothing and carries no system version, so the
+// version last applied (of an earlier session) stays shown until the type
+// is served.
+func TestResumePartAnswerKeepsLastVersionApplied(t *testing.T) {
+	const maxMsg = 64 << 10
+	_, sink := heldAndServed(t, 6000)
+	ins := insights.NewRegistry()
+	ins.UpdateType("global", "T", func(ts *insights.TypeState) { ts.LastVersionApplied = "41" })
+	p := newPipe(t.Context())
+	cli := NewClient([]string{"T"}, sink, rejectValidator{}, "global", "zone-1",
+		WithClientMaxMessageSize(maxMsg), WithResumeParts(true), WithClientInsights(ins))
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- cli.Run(ctx, clientEnd{p}) }()
+	defer func() { cancel(); <-done }()
+
+	first := <-p.reqs
+	require.NotContains(t, first.GetResourceNamesSubscribe(), "*")
+	p.resps <- &discovery.DeltaDiscoveryResponse{TypeUrl: TypeURL("T"), Nonce: "p1"}
+	require.Equal(t, "p1", (<-p.reqs).GetResponseNonce())
+	c, _ := ins.Get("global")
+	assert.Equal(t, "41", c.Types["T"].LastVersionApplied)
+	assert.Equal(t, uint64(1), c.Types["T"].ResponsesACKed)
 }
