@@ -310,3 +310,46 @@ func TestResumePartAnswerKeepsLastVersionApplied(t *testing.T) {
 	assert.Equal(t, "41", c.Types["T"].LastVersionApplied)
 	assert.Equal(t, uint64(1), c.Types["T"].ResponsesACKed)
 }
+
+// A server that does not serve the type refuses each part like any request
+// for it, and the client goes on to the last part: the session stays up and
+// the client shows why the type is not served.
+func TestResumeInPartsToServerWithoutTheType(t *testing.T) {
+	const maxMsg = 64 << 10
+	_, sink := heldAndServed(t, 6000)
+	ix := NewIndex([]string{"Other"})
+	ctx, cancel := context.WithCancel(context.Background())
+	p := newPipe(ctx)
+	var mu sync.Mutex
+	var reqs []*discovery.DeltaDiscoveryRequest
+	cliIns := insights.NewRegistry()
+	srv := NewServer(ix, WithServerMaxMessageSize(maxMsg))
+	cli := NewClient([]string{"T"}, sink, rejectValidator{}, "global", "zone-1",
+		WithClientMaxMessageSize(maxMsg), WithResumeParts(true), WithClientInsights(cliIns))
+	errs := make(chan error, 2)
+	go func() { errs <- srv.Serve(ctx, serverEnd{p}, "zone-1") }()
+	go func() { errs <- cli.Run(ctx, recordingEnd{clientEnd{p}, &mu, &reqs}) }()
+
+	require.Eventually(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.ContainsFunc(reqs, func(r *discovery.DeltaDiscoveryRequest) bool {
+			return slices.Contains(r.GetResourceNamesSubscribe(), "*")
+		})
+	}, 10*time.Second, 5*time.Millisecond, "every part was answered and the last one sent")
+	require.Eventually(t, func() bool { return len(p.responses()) >= 3 }, 10*time.Second, 5*time.Millisecond)
+	for _, r := range p.responses() {
+		assert.NotEmpty(t, r.GetResourceErrors(), "each part is refused")
+	}
+	c, _ := cliIns.Get("global")
+	assert.True(t, c.Types["T"].Unknown)
+	assert.Len(t, versions(sink), 6050, "nothing removed")
+	select {
+	case err := <-errs:
+		t.Fatalf("the session ended: %v", err)
+	default:
+	}
+	cancel()
+	<-errs
+	<-errs
+}
