@@ -307,8 +307,8 @@ func TestResumePartAnswerKeepsLastVersionApplied(t *testing.T) {
 	p.resps <- &discovery.DeltaDiscoveryResponse{TypeUrl: TypeURL("T"), Nonce: "p1"}
 	require.Equal(t, "p1", (<-p.reqs).GetResponseNonce())
 	c, _ := ins.Get("global")
+	// Recorded before the ACK is sent.
 	assert.Equal(t, "41", c.Types["T"].LastVersionApplied)
-	assert.Equal(t, uint64(1), c.Types["T"].ResponsesACKed)
 }
 
 // A server that does not serve the type refuses each part like any request
