@@ -53,7 +53,9 @@ const (
 	DefaultSessionBudgetMessages = 3
 	// HeldBudgetMessages bounds, in max-size messages, the bytes of the
 	// held names and versions (and refused ones) a session's subscriptions
-	// carry that are not the index's own strings, all types together. A
+	// carry that are not the index's own strings, all types together (a
+	// name this side serves costs nothing, a version other than the one
+	// served costs its length). A
 	// subscription sent in parts would otherwise make the server keep
 	// versions of any length, MaxNamesPerRequest of them per type; more
 	// ends the session (ErrProtocol).
@@ -517,9 +519,17 @@ func (ss *serverSession) collect(typ string, req *discovery.DeltaDiscoveryReques
 	ss.ix.mu.RLock()
 	entries := ss.ix.types[typ].entries
 	for n, v := range versions {
-		if e, ok := entries[n]; ok && e.res.Version == v {
+		e, ok := entries[n]
+		switch {
+		case ok && e.res.Version == v:
 			n, v = e.res.Name, e.res.Version
-		} else {
+		case ok:
+			// Held at another version (changed while the peer was away,
+			// or every version after this side's store was restored):
+			// only the version is a copy.
+			n = e.res.Name
+			copied += int64(len(v))
+		default:
 			copied += int64(len(n) + len(v))
 		}
 		rs.held[n] = v
@@ -532,7 +542,7 @@ func (ss *serverSession) collect(typ string, req *discovery.DeltaDiscoveryReques
 	rs.bytes += copied
 	ss.heldBytes += copied
 	if limit := int64(HeldBudgetMessages) * int64(ss.maxMsg); ss.heldBytes > limit {
-		return nil, fmt.Errorf("%w: the %s subscription brings the held and refused names and versions this side does not serve to %d bytes, more than %d (%d max-size messages)",
+		return nil, fmt.Errorf("%w: the %s subscription brings the held and refused names and versions this side does not serve to %d bytes, more than %d (%d max-size messages; raise --max-message-size on both sides if a peer really holds that much this side no longer serves)",
 			ErrProtocol, typ, ss.heldBytes, limit, HeldBudgetMessages)
 	}
 	return rs, nil
