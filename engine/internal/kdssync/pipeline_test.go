@@ -173,9 +173,10 @@ func TestClientValidatesNextResponseWhileStoring(t *testing.T) {
 		p.resps <- &discovery.DeltaDiscoveryResponse{TypeUrl: TypeURL("T"), Nonce: nonce, Resources: rs}
 	}
 	send("1", "a")
-	send("2", "b", "c")
 	require.Equal(t, 1, <-val.calls)
 	require.Equal(t, 1, <-sink.started, "response 1 is being stored")
+	// Sent only now: a response already waiting would be stored with 1.
+	send("2", "b", "c")
 	select {
 	case n := <-val.calls:
 		assert.Equal(t, 2, n, "response 2 validated while 1 is stored")
