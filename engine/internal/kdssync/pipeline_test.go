@@ -12,7 +12,9 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/protobuf/proto"
 
+	"github.com/kds-engine/kds-engine/engine/internal/insights"
 	"github.com/kds-engine/kds-engine/engine/internal/resource"
 )
 
@@ -196,4 +198,31 @@ func TestClientValidatesNextResponseWhileStoring(t *testing.T) {
 	assert.Len(t, sink.snapshot(), 3)
 	cancel()
 	<-done
+}
+
+// The size a server records for a response (its window budget and the
+// largest-response figure in insights) is the response's encoded size.
+func TestServerRecordsEncodedResponseSize(t *testing.T) {
+	for _, initial := range []map[string]string{
+		nil,
+		{"m/a": "0", "m/gone-1": "1", "m/gone-2": "7"}, // an update and removals
+	} {
+		ix := NewIndex([]string{"T"})
+		for i, name := range []string{"a", "b", "c"} {
+			r := res("T", "m", name, "1", 100*(i+1)<<(3*i))
+			r.Labels = map[string]string{"k": name, "": ""}
+			r.CreationTime = time.Unix(1700000000, int64(i))
+			require.NoError(t, ix.Put(r))
+		}
+		reg := insights.NewRegistry()
+		p := serveRaw(t, ix, WithServerInsights(reg))
+		p.reqs <- &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResourceNamesSubscribe: []string{"*"}, InitialResourceVersions: initial}
+		resp := nextResponse(t, p)
+		require.NotEmpty(t, resp.Resources)
+		c, _ := reg.Get("z")
+		assert.Equal(t, proto.Size(resp), c.Types["T"].LargestResponseBytes, "initial versions %v", initial)
+		if initial != nil {
+			assert.Len(t, resp.RemovedResources, 2)
+		}
+	}
 }
