@@ -35,12 +35,13 @@ type globals struct {
 	logLevel   string
 	noProgress bool
 	cpuProfile string
+	winProfile string
 	stdout     io.Writer
 	stderr     io.Writer
 }
 
 func (g *globals) options() kdsbench.Options {
-	o := kdsbench.Options{PluginsDir: g.pluginsDir}
+	o := kdsbench.Options{PluginsDir: g.pluginsDir, WindowProfile: g.winProfile}
 	if g.logLevel != "off" {
 		o.Log = hclog.New(&hclog.LoggerOptions{Name: "kds-bench", Level: hclog.LevelFromString(g.logLevel), Output: g.stderr})
 	}
@@ -82,6 +83,7 @@ target. Compare runs across machines by their ratios, not absolute numbers.`,
 	pf.StringVar(&g.logLevel, "log-level", "off", "engine log level (off, error, warn, info, debug)")
 	pf.BoolVar(&g.noProgress, "no-progress", false, "no progress display")
 	pf.StringVar(&g.cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run (engines and baseline) to this file")
+	pf.StringVar(&g.winProfile, "window-cpuprofile", "", "write a CPU profile of each timed engine sync window (sync, wan, ha) to PREFIX-<zone>.prof (this process only, not the plugins)")
 	root.AddCommand(
 		transportCmd(g), syncCmd(g), updateCmd(g), fanoutCmd(g),
 		resumeCmd(g), memoryCmd(g), scaleCmd(g), tortureCmd(g), wanCmd(g), churnCmd(g), hostileCmd(g), haCmd(g), zoneProcCmd(), hostileZoneProcCmd(),
@@ -96,6 +98,9 @@ func run(cmd *cobra.Command, g *globals, f func(context.Context, kdsbench.Option
 	case "table", "json", "both", "":
 	default:
 		return fmt.Errorf("output %q: want table, json or both", g.output)
+	}
+	if g.cpuProfile != "" && g.winProfile != "" {
+		return errors.New("--cpuprofile and --window-cpuprofile exclude each other (one CPU profile at a time)")
 	}
 	if g.cpuProfile != "" {
 		pf, err := os.Create(g.cpuProfile)

@@ -109,6 +109,11 @@ type Options struct {
 	Log hclog.Logger
 	// Progress (nil: none).
 	Progress Progress
+	// WindowProfile, when set, is the path prefix of a CPU profile of each
+	// timed engine sync window (WindowProfile-<zone>.prof): this process
+	// only, from opening the zone's link until the watched store holds N.
+	// No other CPU profile may run meanwhile.
+	WindowProfile string
 }
 
 func (o Options) withDefaults() Options {

@@ -3,8 +3,11 @@ package kdsbench
 import (
 	"context"
 	"fmt"
+	"os"
 	"runtime"
+	"runtime/pprof"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/kds-engine/kds-engine/engine"
@@ -280,6 +283,11 @@ func syncOnce(ctx context.Context, o Options, v *env, g *node, zname string, n i
 	defer cancel()
 	o.Progress.Start(fmt.Sprintf("sync %d: %s", n, zname), n)
 	defer o.Progress.Finish()
+	stopProfile, err := startWindowProfile(o.WindowProfile, zname)
+	if err != nil {
+		return syncRun{}, err
+	}
+	defer stopProfile()
 	cpu := sampleCPU()
 	start := time.Now()
 	p.Open()
@@ -293,6 +301,7 @@ func syncOnce(ctx context.Context, o Options, v *env, g *node, zname string, n i
 		select {
 		case err := <-waitErr:
 			el, used := time.Since(start), sampleCPU().since(cpu)
+			stopProfile()
 			if err != nil {
 				return syncRun{}, fmt.Errorf("%d of %d after %s: %w", cnt.len(), n, el, err)
 			}
@@ -308,4 +317,28 @@ func syncOnce(ctx context.Context, o Options, v *env, g *node, zname string, n i
 			o.Progress.Set(cnt.len())
 		}
 	}
+}
+
+// startWindowProfile starts a CPU profile written to prefix-zone.prof (no
+// profile when prefix is empty) and returns what stops it; calling that
+// again does nothing.
+func startWindowProfile(prefix, zone string) (func(), error) {
+	if prefix == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(fmt.Sprintf("%s-%s.prof", prefix, zone))
+	if err != nil {
+		return nil, fmt.Errorf("window profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("window profile: %w", err)
+	}
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			pprof.StopCPUProfile()
+			f.Close()
+		})
+	}, nil
 }

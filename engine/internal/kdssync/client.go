@@ -38,7 +38,8 @@ type Sink interface {
 	// for this connection's peer (sent as initial_resource_versions).
 	Versions(ctx context.Context, typ string) (map[string]string, error)
 	// Apply upserts puts (keeping their versions) and deletes the keys, all
-	// or nothing. It may take its time (global waits for a store that is
+	// or nothing. A key appears at most once across puts and deletes. One
+	// call may hold several responses (see Client.Run). It may take its time (global waits for a store that is
 	// unavailable): the response is answered only after it returns, so the
 	// peer keeps it in flight meanwhile, and its window bounds what else it
 	// sends. It must return once ctx ends.
@@ -158,8 +159,12 @@ func NewClient(types []string, sink Sink, v Validator, peer, zone string, opts .
 //
 // Responses go through two stages, so that one is validated while the one
 // before it is stored: one goroutine receives, decodes and validates;
-// another applies and answers (ACK or NACK) in arrival order. The first
-// failure of either ends both; Run joins both before it returns.
+// another applies and answers (ACK or NACK) in arrival order. The applying
+// stage stores the checked responses that are already waiting when it
+// takes one (never waiting for more; bounded by maxApplyBytes) in one
+// Sink.Apply, as if applied one after another, then answers each; none is
+// answered before that Apply returns. The first failure of either stage
+// ends both; Run joins both before it returns.
 func (c *Client) Run(ctx context.Context, stream ClientStream) error {
 	for _, typ := range c.types {
 		versions, err := c.sink.Versions(ctx, typ)
@@ -177,7 +182,7 @@ func (c *Client) Run(ctx context.Context, stream ClientStream) error {
 		}
 	}
 	g, gctx := errgroup.WithContext(ctx)
-	checked := make(chan *checked, 1)
+	checked := make(chan *checked, readyQueue)
 	g.Go(func() error {
 		defer close(checked)
 		for {
@@ -202,9 +207,15 @@ func (c *Client) Run(ctx context.Context, stream ClientStream) error {
 				c.ins.DropTypes(c.peer, slices.Collect(maps.Keys(c.unknown)))
 			}
 		}()
-		for ch := range checked {
-			if err := c.answer(gctx, stream, ch); err != nil {
+		for first := range checked {
+			batch, err := c.applyReady(gctx, first, checked)
+			if err != nil {
 				return err
+			}
+			for _, ch := range batch {
+				if err := c.answer(gctx, stream, ch); err != nil {
+					return err
+				}
 			}
 		}
 		return nil
@@ -223,6 +234,8 @@ type checked struct {
 	rejected []*kdsv1.RejectedResource
 	whole    error // the response is refused as a whole (NACK without a Rejection)
 	held     int   // resources of typ held once this response is applied
+	size     int   // wire bytes of its resources (bounds applyReady's batches)
+	applied  bool  // puts and deletes are stored (applyReady)
 	// next is the next part of typ's subscription, sent after the answer.
 	next *discovery.DeltaDiscoveryRequest
 }
@@ -360,14 +373,15 @@ func (c *Client) answer(ctx context.Context, stream ClientStream, ch *checked) e
 	return nil
 }
 
-// settle applies the accepted part of a response as one transaction and
+// settle applies the accepted part of a response as one transaction,
+// unless applyReady already stored it with the responses around it, and
 // answers: an ACK when nothing was refused, else a NACK whose Rejection
 // names what was. A failure to store is returned and ends the session.
 func (c *Client) settle(ctx context.Context, stream ClientStream, ch *checked) error {
 	if ch.whole != nil {
 		return c.nack(stream, ch, &status.Status{Code: int32(codes.InvalidArgument), Message: ch.whole.Error()})
 	}
-	if len(ch.puts) > 0 || len(ch.deletes) > 0 {
+	if !ch.applied && (len(ch.puts) > 0 || len(ch.deletes) > 0) {
 		if err := c.sink.Apply(ctx, ch.puts, ch.deletes); err != nil {
 			return fmt.Errorf("apply %s response: %w", ch.typ, err)
 		}
@@ -437,6 +451,7 @@ func (c *Client) decode(typ string, resp *discovery.DeltaDiscoveryResponse, ch *
 	}
 	var removed []string
 	for _, name := range resp.GetRemovedResources() {
+		ch.size += len(name)
 		switch {
 		case strings.IndexByte(name, 0) >= 0:
 			refuse(name, "", true, "name", "removed resource name contains a NUL byte")
@@ -453,6 +468,7 @@ func (c *Client) decode(typ string, resp *discovery.DeltaDiscoveryResponse, ch *
 	puts := make([]*resource.Resource, 0, len(resp.GetResources()))
 	for _, wr := range resp.GetResources() {
 		name, version := wr.GetName(), wr.GetVersion()
+		ch.size += len(name) + len(version) + len(wr.GetResource().GetValue())
 		bad := func(field, msg string) { refuse(name, version, false, field, msg) }
 		if count[name] > 1 {
 			bad("name", "appears more than once in the response")

@@ -12,7 +12,9 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/protobuf/proto"
 
+	"github.com/kds-engine/kds-engine/engine/internal/insights"
 	"github.com/kds-engine/kds-engine/engine/internal/resource"
 )
 
@@ -173,9 +175,10 @@ func TestClientValidatesNextResponseWhileStoring(t *testing.T) {
 		p.resps <- &discovery.DeltaDiscoveryResponse{TypeUrl: TypeURL("T"), Nonce: nonce, Resources: rs}
 	}
 	send("1", "a")
-	send("2", "b", "c")
 	require.Equal(t, 1, <-val.calls)
 	require.Equal(t, 1, <-sink.started, "response 1 is being stored")
+	// Sent only now: a response already waiting would be stored with 1.
+	send("2", "b", "c")
 	select {
 	case n := <-val.calls:
 		assert.Equal(t, 2, n, "response 2 validated while 1 is stored")
@@ -195,4 +198,37 @@ func TestClientValidatesNextResponseWhileStoring(t *testing.T) {
 	assert.Len(t, sink.snapshot(), 3)
 	cancel()
 	<-done
+}
+
+// The size a server records for a response (its window budget and the
+// largest-response figure in insights) is the response's encoded size.
+func TestServerRecordsEncodedResponseSize(t *testing.T) {
+	for _, initial := range []map[string]string{
+		nil,
+		{"m/a": "0", "m/gone-1": "1", "m/gone-2": "7"}, // an update and removals
+	} {
+		ix := NewIndex([]string{"T"})
+		for i, name := range []string{"a", "b", "c"} {
+			r := res("T", "m", name, "1", 100*(i+1)<<(3*i))
+			r.Labels = map[string]string{"k": name, "": ""}
+			r.CreationTime = time.Unix(1700000000, int64(i))
+			require.NoError(t, ix.Put(r))
+		}
+		reg := insights.NewRegistry()
+		p := serveRaw(t, ix, WithServerInsights(reg))
+		p.reqs <- &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResourceNamesSubscribe: []string{"*"}, InitialResourceVersions: initial}
+		resp := nextResponse(t, p)
+		require.NotEmpty(t, resp.Resources)
+		// The server records the response after handing it to the stream.
+		var recorded int
+		require.Eventually(t, func() bool {
+			c, _ := reg.Get("z")
+			recorded = c.Types["T"].LargestResponseBytes
+			return recorded != 0
+		}, 10*time.Second, time.Millisecond)
+		assert.Equal(t, proto.Size(resp), recorded, "initial versions %v", initial)
+		if initial != nil {
+			assert.Len(t, resp.RemovedResources, 2)
+		}
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -725,7 +726,7 @@ func (ss *serverSession) sendNext(st *serveState) (bool, error) {
 	}
 	st.force = false
 	resp.Nonce = f.nonce
-	size := proto.Size(resp)
+	size := responseSize(resp, f.bytes)
 	f.bytes = int64(size)
 	ss.budget.release(reserve - f.bytes)
 	ss.inflightBytes += f.bytes
@@ -744,7 +745,8 @@ func (ss *serverSession) sendNext(st *serveState) (bool, error) {
 
 // build assembles one response from st.pending, at most maxMsg bytes; what
 // does not fit stays pending for the next response. It records in f and
-// st.sent what the response carries.
+// st.sent what the response carries, and in f.bytes the encoded size of
+// the response's resources field (see responseSize).
 func (ss *serverSession) build(st *serveState, f *flight) *discovery.DeltaDiscoveryResponse {
 	resp := &discovery.DeltaDiscoveryResponse{TypeUrl: st.url}
 	limit := ss.maxMsg - responseOverhead
@@ -795,6 +797,7 @@ func (ss *serverSession) build(st *serveState, f *flight) *discovery.DeltaDiscov
 			break
 		}
 		size += e.size + 8
+		f.bytes += int64(protowire.SizeTag(responseResourcesField) + protowire.SizeBytes(e.size))
 		resp.Resources = append(resp.Resources, e.res)
 		f.puts[name] = v
 		st.sent[name] = sentState{version: v, nonce: f.nonce}
@@ -805,6 +808,27 @@ func (ss *serverSession) build(st *serveState, f *flight) *discovery.DeltaDiscov
 		st.queue = nil // release the snapshot's backing array
 	}
 	return resp
+}
+
+// responseResourcesField is the field number of DeltaDiscoveryResponse's
+// resources.
+const responseResourcesField = 2
+
+// responseSize returns proto.Size(resp) for a response whose resources
+// field encodes to resources bytes (build adds up the index's encoded size
+// of each): only the other fields are sized here, instead of walking every
+// resource again before the transport marshals them.
+func responseSize(resp *discovery.DeltaDiscoveryResponse, resources int64) int {
+	rest := &discovery.DeltaDiscoveryResponse{
+		SystemVersionInfo:    resp.SystemVersionInfo,
+		TypeUrl:              resp.TypeUrl,
+		RemovedResources:     resp.RemovedResources,
+		RemovedResourceNames: resp.RemovedResourceNames,
+		Nonce:                resp.Nonce,
+		ControlPlane:         resp.ControlPlane,
+		ResourceErrors:       resp.ResourceErrors,
+	}
+	return proto.Size(rest) + int(resources)
 }
 
 func (ss *serverSession) record(typ string, fn func(*insights.TypeState)) {

@@ -36,7 +36,6 @@ import (
 
 	"github.com/valyala/fastjson"
 	"golang.org/x/sync/errgroup"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/kds-engine/kds-engine/engine/internal/plugin"
 	"github.com/kds-engine/kds-engine/engine/internal/resource"
@@ -354,7 +353,7 @@ func (v *Validator) envelope(p *fastjson.Parser, r *resource.Resource) (resource
 	add := func(field, format string, args ...any) {
 		fes = append(fes, resource.FieldError{Field: field, Message: fmt.Sprintf(format, args...)})
 	}
-	size := proto.Size(r.ToProto())
+	size := r.EncodedSize()
 	if size > v.maxBytes {
 		add("", "resource is %d bytes, over the limit of %d bytes", size, v.maxBytes)
 	}
