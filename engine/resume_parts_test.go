@@ -39,6 +39,8 @@ func TestResumeInPartsOverRealSessions(t *testing.T) {
 	eventually(t, func() bool { return len(list(z, "SyncPolicy")) == n }, "policies reach the zone")
 	bulk(t, z, "SyncStatus", "s", n)
 	eventually(t, func() bool { return len(list(g, "SyncStatus")) == n }, "statuses reach global")
+	// Insights are recorded after the store commit: wait for the last one.
+	eventually(t, func() bool { return zoneType(g, "zone-1", "SyncStatus").ResourcesReceived == n }, "global recorded the statuses")
 	sent := zoneType(g, "zone-1", "SyncPolicy").ResourcesSent
 	received := zoneType(g, "zone-1", "SyncStatus").ResourcesReceived
 	z.stop()
