@@ -12,6 +12,8 @@ import (
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/kds-engine/kds-engine/engine/internal/insights"
@@ -352,4 +354,29 @@ func TestResumeInPartsToServerWithoutTheType(t *testing.T) {
 	cancel()
 	<-errs
 	<-errs
+}
+
+// A NACK of a part's empty answer counts as a NACK (not an ACK), refuses
+// nothing and lets the next part follow.
+func TestResumePartAnswerNACKed(t *testing.T) {
+	ix := NewIndex([]string{"T"})
+	require.NoError(t, ix.Put(res("T", "", "a", "1", 1)))
+	ins := insights.NewRegistry()
+	ctx, cancel := context.WithCancel(context.Background())
+	p := newPipe(ctx)
+	done := make(chan error, 1)
+	go func() { done <- NewServer(ix, WithServerInsights(ins)).Serve(ctx, serverEnd{p}, "zone-1") }()
+	defer func() { cancel(); <-done }()
+
+	p.reqs <- &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), InitialResourceVersions: map[string]string{"a": "1"}}
+	answer := <-p.resps
+	p.reqs <- &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResponseNonce: answer.GetNonce(),
+		ErrorDetail: &status.Status{Code: int32(codes.InvalidArgument), Message: "no"}}
+	p.reqs <- &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResourceNamesSubscribe: []string{"*"}}
+	first := <-p.resps
+	assert.Empty(t, first.GetResources(), "the part said a is held at the served version")
+	c, _ := ins.Get("zone-1")
+	assert.Equal(t, uint64(1), c.Types["T"].ResponsesNACKed)
+	assert.Equal(t, uint64(0), c.Types["T"].ResponsesACKed)
+	assert.Equal(t, "no", c.Types["T"].LastNACKError)
 }

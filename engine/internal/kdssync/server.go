@@ -387,8 +387,17 @@ func (ss *serverSession) handle(req *discovery.DeltaDiscoveryRequest) error {
 		return ss.subscribe(st, typ, req, rej)
 	}
 	if rs := ss.resuming[typ]; rs != nil && rs.ack == req.GetResponseNonce() {
+		// The answer to a part's empty response: a NACK refuses nothing
+		// (it is counted as one, and the next part may follow).
 		rs.ack = ""
+		detail := req.GetErrorDetail()
 		ss.record(typ, func(ts *insights.TypeState) {
+			if detail != nil {
+				ts.ResponsesNACKed++
+				ts.LastNACK = time.Now()
+				ts.LastNACKError = truncate(detail.GetMessage())
+				return
+			}
 			ts.ResponsesACKed++
 			ts.LastACK = time.Now()
 		})
