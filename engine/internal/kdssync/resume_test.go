@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -197,15 +198,17 @@ func unsafeStringData(s string) *byte { return unsafe.StringData(s) }
 // bytes too: a peer that sends one held name per part with a version the
 // size of a message ends the session once the session's held budget is
 // used up, instead of making the server keep MaxNamesPerRequest of them.
+// (The budget is never below HeldBudgetMessages default-size messages, so
+// that a small max message size does not end an honest resume.)
 func TestResumePartsAreBoundedInBytes(t *testing.T) {
-	const maxMsg = 64 << 10
+	const maxMsg = DefaultMaxMessageSize
 	ix := NewIndex([]string{"T"})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	p := newPipe(ctx)
 	done := make(chan error, 1)
-	go func() { done <- NewServer(ix, WithServerMaxMessageSize(maxMsg)).Serve(ctx, serverEnd{p}, "zone-1") }()
-	version := string(make([]byte, maxMsg-1<<10))
+	go func() { done <- NewServer(ix).Serve(ctx, serverEnd{p}, "zone-1") }()
+	version := string(make([]byte, maxMsg-64<<10))
 	for i := range 2 * HeldBudgetMessages {
 		p.reqs <- &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), InitialResourceVersions: map[string]string{fmt.Sprintf("n-%d", i): version}}
 		select {
@@ -379,4 +382,48 @@ func TestResumePartAnswerNACKed(t *testing.T) {
 	assert.Equal(t, uint64(1), c.Types["T"].ResponsesNACKed)
 	assert.Equal(t, uint64(0), c.Types["T"].ResponsesACKed)
 	assert.Equal(t, "no", c.Types["T"].LastNACKError)
+}
+
+// With a small max message size the held budget stays that of default-size
+// messages: a resume whose held names the server no longer serves take
+// more than 16 small messages is served (each of those names removed).
+func TestResumeHeldBudgetWithSmallMessages(t *testing.T) {
+	const maxMsg = 64 << 10
+	ix := NewIndex([]string{"T"})
+	ctx, cancel := context.WithCancel(context.Background())
+	p := newPipe(ctx)
+	done := make(chan error, 1)
+	go func() { done <- NewServer(ix, WithServerMaxMessageSize(maxMsg)).Serve(ctx, serverEnd{p}, "zone-1") }()
+	defer func() { cancel(); <-done }()
+	pad := strings.Repeat("v", 1000)
+	var gone int
+	for part := range 20 {
+		v := make(map[string]string, 60)
+		for i := range 60 {
+			v[fmt.Sprintf("gone-%d-%d", part, i)] = pad
+		}
+		gone += len(v)
+		req := &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), InitialResourceVersions: v}
+		if part == 19 {
+			req.ResourceNamesSubscribe = []string{"*"}
+		}
+		p.reqs <- req
+		select {
+		case resp := <-p.resps:
+			if part < 19 {
+				p.reqs <- &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResponseNonce: resp.GetNonce()}
+				continue
+			}
+			removed := len(resp.GetRemovedResources())
+			for removed < gone {
+				p.reqs <- &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResponseNonce: resp.GetNonce()}
+				resp = <-p.resps
+				removed += len(resp.GetRemovedResources())
+			}
+			assert.Equal(t, gone, removed)
+		case err := <-done:
+			done <- err // for the deferred join
+			t.Fatalf("the session ended after %d parts of %d bytes: %v", part, 60*1010, err)
+		}
+	}
 }

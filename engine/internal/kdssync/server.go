@@ -51,12 +51,13 @@ const (
 	// DefaultSessionBudgetMessages sizes a session's budget for responses
 	// in flight: this many max-size messages (one always fits).
 	DefaultSessionBudgetMessages = 3
-	// HeldBudgetMessages bounds, in max-size messages, the bytes of the
-	// held names and versions (and refused ones) a session's subscriptions
-	// carry that are not the index's own strings, all types together. A
-	// subscription sent in parts would otherwise make the server keep
-	// versions of any length, MaxNamesPerRequest of them per type; more
-	// ends the session (ErrProtocol).
+	// HeldBudgetMessages bounds, in max-size messages (at least
+	// DefaultMaxMessageSize each), the bytes of the held names and
+	// versions (and refused ones) a session's subscriptions carry that are
+	// not the index's own strings, all types together. A subscription sent
+	// in parts would otherwise make the server keep versions of any
+	// length, MaxNamesPerRequest of them per type; more ends the session
+	// (ErrProtocol).
 	HeldBudgetMessages = 16
 	// DefaultProcessBudget bounds the bytes of responses in flight across
 	// all sessions of a server (see Budget).
@@ -263,7 +264,7 @@ type serverSession struct {
 	// heldBytes is what the subscriptions' held and refused names and
 	// versions copied (not the index's strings) take, collected parts and
 	// every type's latest subscription together; at most
-	// HeldBudgetMessages × maxMsg.
+	// HeldBudgetMessages × max(maxMsg, DefaultMaxMessageSize).
 	heldBytes int64
 }
 
@@ -540,9 +541,10 @@ func (ss *serverSession) collect(typ string, req *discovery.DeltaDiscoveryReques
 	}
 	rs.bytes += copied
 	ss.heldBytes += copied
-	if limit := int64(HeldBudgetMessages) * int64(ss.maxMsg); ss.heldBytes > limit {
-		return nil, fmt.Errorf("%w: the %s subscription brings the held and refused names and versions this side does not serve to %d bytes, more than %d (%d max-size messages)",
-			ErrProtocol, typ, ss.heldBytes, limit, HeldBudgetMessages)
+	msg := max(ss.maxMsg, DefaultMaxMessageSize)
+	if limit := int64(HeldBudgetMessages) * int64(msg); ss.heldBytes > limit {
+		return nil, fmt.Errorf("%w: the %s subscription brings the held and refused names and versions this side does not serve to %d bytes, more than %d (%d messages of %d bytes)",
+			ErrProtocol, typ, ss.heldBytes, limit, HeldBudgetMessages, msg)
 	}
 	return rs, nil
 }
