@@ -427,3 +427,30 @@ func TestResumeHeldBudgetWithSmallMessages(t *testing.T) {
 		}
 	}
 }
+
+// The versions refused in earlier sessions go with the last part and the
+// server honours them: a resume in parts does not send a refused version
+// again.
+func TestResumeInPartsCarriesEarlierRefusals(t *testing.T) {
+	const maxMsg = 64 << 10
+	ix, sink := heldAndServed(t, 6000)
+	require.NoError(t, ix.Put(res("T", "default", "bad-new", "1", 10)))
+	rej := NewRejections()
+	rej.update("T", []*kdsv1.RejectedResource{{Name: "default/bad-new", Version: "1", Errors: []*kdsv1.FieldError{{Field: "spec.x", Message: "must not be bad"}}}}, nil)
+	h := start(t, ix, sink, []string{"T"}, []ServerOption{WithServerMaxMessageSize(maxMsg)},
+		WithClientMaxMessageSize(maxMsg), WithResumeParts(true), WithRejections(rej))
+	h.waitFor(func() bool {
+		v := versions(sink)
+		return len(v) == 6001 && v["default/t-00010"] == "2" && v["default/new"] == "1"
+	}, "everything else converges")
+	h.waitFor(func() bool {
+		srv := h.srvType("T")
+		return srv.ResponsesSent >= 3 && srv.ResponsesSent == srv.ResponsesACKed+srv.ResponsesNACKed
+	}, "every response answered")
+	for _, r := range h.pipe.responses() {
+		for _, x := range r.GetResources() {
+			assert.NotEqual(t, "default/bad-new", x.GetName(), "the refused version is not sent again")
+		}
+	}
+	assert.Equal(t, 1, h.srvType("T").RejectedCount, "the server knows the refusal from the last part")
+}
