@@ -454,3 +454,38 @@ func TestResumeInPartsCarriesEarlierRefusals(t *testing.T) {
 	}
 	assert.Equal(t, 1, h.srvType("T").RejectedCount, "the server knows the refusal from the last part")
 }
+
+// A peer may subscribe again in parts to a type it is being served: the
+// answers to the parts are told apart from the responses in the window, and
+// the server then serves from what the parts and the subscription say.
+func TestResumeInPartsResubscription(t *testing.T) {
+	ix := NewIndex([]string{"T"})
+	require.NoError(t, ix.Put(res("T", "", "a", "1", 1)))
+	require.NoError(t, ix.Put(res("T", "", "b", "1", 1)))
+	ctx, cancel := context.WithCancel(context.Background())
+	p := newPipe(ctx)
+	done := make(chan error, 1)
+	go func() { done <- NewServer(ix).Serve(ctx, serverEnd{p}, "zone-1") }()
+	defer func() { cancel(); <-done }()
+	ack := func(r *discovery.DeltaDiscoveryResponse) {
+		p.reqs <- &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResponseNonce: r.GetNonce()}
+	}
+
+	p.reqs <- &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResourceNamesSubscribe: []string{"*"}}
+	first := <-p.resps
+	assert.Len(t, first.GetResources(), 2)
+	ack(first)
+	p.reqs <- &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), InitialResourceVersions: map[string]string{"a": "1"}}
+	part := <-p.resps
+	assert.Empty(t, part.GetResources())
+	ack(part)
+	p.reqs <- &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResourceNamesSubscribe: []string{"*"}, InitialResourceVersions: map[string]string{"b": "1"}}
+	select {
+	case resp := <-p.resps:
+		assert.Empty(t, resp.GetResources(), "a and b are held at the served versions: nothing is sent again")
+		assert.Empty(t, resp.GetRemovedResources())
+	case err := <-done:
+		done <- err
+		t.Fatalf("the session ended: %v", err)
+	}
+}
