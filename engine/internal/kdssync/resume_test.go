@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -12,6 +13,8 @@ import (
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/kds-engine/kds-engine/engine/internal/insights"
@@ -194,8 +197,8 @@ func unsafeStringData(s string) *byte { return unsafe.StringData(s) }
 // A peer holding every served name at another version (after this side's
 // store was restored, all versions are new) costs only its versions
 // against the held budget: the names are the index's. 70 000 such entries
-// copy 70 000 bytes of versions, well within a 64 KiB session's 1 MiB
-// budget, where copying names too (~1.1 MB) would end the session.
+// copy 70 000 bytes of versions, not the ~1.2 MB names and versions would
+// (so the budget's 64 MiB covers millions of them).
 func TestResumeWithStaleVersionsCostsOnlyTheVersions(t *testing.T) {
 	const n, maxMsg = 70_000, 64 << 10
 	ix := NewIndex([]string{"T"})
@@ -221,15 +224,17 @@ func TestResumeWithStaleVersionsCostsOnlyTheVersions(t *testing.T) {
 // bytes too: a peer that sends one held name per part with a version the
 // size of a message ends the session once the session's held budget is
 // used up, instead of making the server keep MaxNamesPerRequest of them.
+// (The budget is never below HeldBudgetMessages default-size messages, so
+// that a small max message size does not end an honest resume.)
 func TestResumePartsAreBoundedInBytes(t *testing.T) {
-	const maxMsg = 64 << 10
+	const maxMsg = DefaultMaxMessageSize
 	ix := NewIndex([]string{"T"})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	p := newPipe(ctx)
 	done := make(chan error, 1)
-	go func() { done <- NewServer(ix, WithServerMaxMessageSize(maxMsg)).Serve(ctx, serverEnd{p}, "zone-1") }()
-	version := string(make([]byte, maxMsg-1<<10))
+	go func() { done <- NewServer(ix).Serve(ctx, serverEnd{p}, "zone-1") }()
+	version := string(make([]byte, maxMsg-64<<10))
 	for i := range 2 * HeldBudgetMessages {
 		p.reqs <- &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), InitialResourceVersions: map[string]string{fmt.Sprintf("n-%d", i): version}}
 		select {
@@ -378,4 +383,135 @@ func TestResumeInPartsToServerWithoutTheType(t *testing.T) {
 	cancel()
 	<-errs
 	<-errs
+}
+
+// A NACK of a part's empty answer counts as a NACK (not an ACK), refuses
+// nothing and lets the next part follow.
+func TestResumePartAnswerNACKed(t *testing.T) {
+	ix := NewIndex([]string{"T"})
+	require.NoError(t, ix.Put(res("T", "", "a", "1", 1)))
+	ins := insights.NewRegistry()
+	ctx, cancel := context.WithCancel(context.Background())
+	p := newPipe(ctx)
+	done := make(chan error, 1)
+	go func() { done <- NewServer(ix, WithServerInsights(ins)).Serve(ctx, serverEnd{p}, "zone-1") }()
+	defer func() { cancel(); <-done }()
+
+	p.reqs <- &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), InitialResourceVersions: map[string]string{"a": "1"}}
+	answer := <-p.resps
+	p.reqs <- &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResponseNonce: answer.GetNonce(),
+		ErrorDetail: &status.Status{Code: int32(codes.InvalidArgument), Message: "no"}}
+	p.reqs <- &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResourceNamesSubscribe: []string{"*"}}
+	first := <-p.resps
+	assert.Empty(t, first.GetResources(), "the part said a is held at the served version")
+	c, _ := ins.Get("zone-1")
+	assert.Equal(t, uint64(1), c.Types["T"].ResponsesNACKed)
+	assert.Equal(t, uint64(0), c.Types["T"].ResponsesACKed)
+	assert.Equal(t, "no", c.Types["T"].LastNACKError)
+}
+
+// With a small max message size the held budget stays that of default-size
+// messages: a resume whose held names the server no longer serves take
+// more than 16 small messages is served (each of those names removed).
+func TestResumeHeldBudgetWithSmallMessages(t *testing.T) {
+	const maxMsg = 64 << 10
+	ix := NewIndex([]string{"T"})
+	ctx, cancel := context.WithCancel(context.Background())
+	p := newPipe(ctx)
+	done := make(chan error, 1)
+	go func() { done <- NewServer(ix, WithServerMaxMessageSize(maxMsg)).Serve(ctx, serverEnd{p}, "zone-1") }()
+	defer func() { cancel(); <-done }()
+	pad := strings.Repeat("v", 1000)
+	var gone int
+	for part := range 20 {
+		v := make(map[string]string, 60)
+		for i := range 60 {
+			v[fmt.Sprintf("gone-%d-%d", part, i)] = pad
+		}
+		gone += len(v)
+		req := &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), InitialResourceVersions: v}
+		if part == 19 {
+			req.ResourceNamesSubscribe = []string{"*"}
+		}
+		p.reqs <- req
+		select {
+		case resp := <-p.resps:
+			if part < 19 {
+				p.reqs <- &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResponseNonce: resp.GetNonce()}
+				continue
+			}
+			removed := len(resp.GetRemovedResources())
+			for removed < gone {
+				p.reqs <- &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResponseNonce: resp.GetNonce()}
+				resp = <-p.resps
+				removed += len(resp.GetRemovedResources())
+			}
+			assert.Equal(t, gone, removed)
+		case err := <-done:
+			done <- err // for the deferred join
+			t.Fatalf("the session ended after %d parts of %d bytes: %v", part, 60*1010, err)
+		}
+	}
+}
+
+// The versions refused in earlier sessions go with the last part and the
+// server honours them: a resume in parts does not send a refused version
+// again.
+func TestResumeInPartsCarriesEarlierRefusals(t *testing.T) {
+	const maxMsg = 64 << 10
+	ix, sink := heldAndServed(t, 6000)
+	require.NoError(t, ix.Put(res("T", "default", "bad-new", "1", 10)))
+	rej := NewRejections()
+	rej.update("T", []*kdsv1.RejectedResource{{Name: "default/bad-new", Version: "1", Errors: []*kdsv1.FieldError{{Field: "spec.x", Message: "must not be bad"}}}}, nil)
+	h := start(t, ix, sink, []string{"T"}, []ServerOption{WithServerMaxMessageSize(maxMsg)},
+		WithClientMaxMessageSize(maxMsg), WithResumeParts(true), WithRejections(rej))
+	h.waitFor(func() bool {
+		v := versions(sink)
+		return len(v) == 6001 && v["default/t-00010"] == "2" && v["default/new"] == "1"
+	}, "everything else converges")
+	h.waitFor(func() bool {
+		srv := h.srvType("T")
+		return srv.ResponsesSent >= 3 && srv.ResponsesSent == srv.ResponsesACKed+srv.ResponsesNACKed
+	}, "every response answered")
+	for _, r := range h.pipe.responses() {
+		for _, x := range r.GetResources() {
+			assert.NotEqual(t, "default/bad-new", x.GetName(), "the refused version is not sent again")
+		}
+	}
+	assert.Equal(t, 1, h.srvType("T").RejectedCount, "the server knows the refusal from the last part")
+}
+
+// A peer may subscribe again in parts to a type it is being served: the
+// answers to the parts are told apart from the responses in the window, and
+// the server then serves from what the parts and the subscription say.
+func TestResumeInPartsResubscription(t *testing.T) {
+	ix := NewIndex([]string{"T"})
+	require.NoError(t, ix.Put(res("T", "", "a", "1", 1)))
+	require.NoError(t, ix.Put(res("T", "", "b", "1", 1)))
+	ctx, cancel := context.WithCancel(context.Background())
+	p := newPipe(ctx)
+	done := make(chan error, 1)
+	go func() { done <- NewServer(ix).Serve(ctx, serverEnd{p}, "zone-1") }()
+	defer func() { cancel(); <-done }()
+	ack := func(r *discovery.DeltaDiscoveryResponse) {
+		p.reqs <- &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResponseNonce: r.GetNonce()}
+	}
+
+	p.reqs <- &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResourceNamesSubscribe: []string{"*"}}
+	first := <-p.resps
+	assert.Len(t, first.GetResources(), 2)
+	ack(first)
+	p.reqs <- &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), InitialResourceVersions: map[string]string{"a": "1"}}
+	part := <-p.resps
+	assert.Empty(t, part.GetResources())
+	ack(part)
+	p.reqs <- &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResourceNamesSubscribe: []string{"*"}, InitialResourceVersions: map[string]string{"b": "1"}}
+	select {
+	case resp := <-p.resps:
+		assert.Empty(t, resp.GetResources(), "a and b are held at the served versions: nothing is sent again")
+		assert.Empty(t, resp.GetRemovedResources())
+	case err := <-done:
+		done <- err
+		t.Fatalf("the session ended: %v", err)
+	}
 }

@@ -52,14 +52,14 @@ const (
 	// DefaultSessionBudgetMessages sizes a session's budget for responses
 	// in flight: this many max-size messages (one always fits).
 	DefaultSessionBudgetMessages = 3
-	// HeldBudgetMessages bounds, in max-size messages, the bytes of the
-	// held names and versions (and refused ones) a session's subscriptions
-	// carry that are not the index's own strings, all types together (a
-	// name this side serves costs nothing, a version other than the one
-	// served costs its length). A
-	// subscription sent in parts would otherwise make the server keep
-	// versions of any length, MaxNamesPerRequest of them per type; more
-	// ends the session (ErrProtocol).
+	// HeldBudgetMessages bounds, in max-size messages (at least
+	// DefaultMaxMessageSize each), the bytes of the held names and
+	// versions (and refused ones) a session's subscriptions carry that are
+	// not the index's own strings, all types together (a name this side
+	// serves costs nothing, a version other than the one served costs its
+	// length). A subscription sent in parts would otherwise make the server
+	// keep versions of any length, MaxNamesPerRequest of them per type;
+	// more ends the session (ErrProtocol).
 	HeldBudgetMessages = 16
 	// DefaultProcessBudget bounds the bytes of responses in flight across
 	// all sessions of a server (see Budget).
@@ -266,7 +266,7 @@ type serverSession struct {
 	// heldBytes is what the subscriptions' held and refused names and
 	// versions copied (not the index's strings) take, collected parts and
 	// every type's latest subscription together; at most
-	// HeldBudgetMessages × maxMsg.
+	// HeldBudgetMessages × max(maxMsg, DefaultMaxMessageSize).
 	heldBytes int64
 }
 
@@ -390,8 +390,17 @@ func (ss *serverSession) handle(req *discovery.DeltaDiscoveryRequest) error {
 		return ss.subscribe(st, typ, req, rej)
 	}
 	if rs := ss.resuming[typ]; rs != nil && rs.ack == req.GetResponseNonce() {
+		// The answer to a part's empty response: a NACK refuses nothing
+		// (it is counted as one, and the next part may follow).
 		rs.ack = ""
+		detail := req.GetErrorDetail()
 		ss.record(typ, func(ts *insights.TypeState) {
+			if detail != nil {
+				ts.ResponsesNACKed++
+				ts.LastNACK = time.Now()
+				ts.LastNACKError = truncate(detail.GetMessage())
+				return
+			}
 			ts.ResponsesACKed++
 			ts.LastACK = time.Now()
 		})
@@ -542,9 +551,10 @@ func (ss *serverSession) collect(typ string, req *discovery.DeltaDiscoveryReques
 	}
 	rs.bytes += copied
 	ss.heldBytes += copied
-	if limit := int64(HeldBudgetMessages) * int64(ss.maxMsg); ss.heldBytes > limit {
-		return nil, fmt.Errorf("%w: the %s subscription brings the held and refused names and versions this side does not serve to %d bytes, more than %d (%d max-size messages; raise --max-message-size on both sides if a peer really holds that much this side no longer serves)",
-			ErrProtocol, typ, ss.heldBytes, limit, HeldBudgetMessages)
+	msg := max(ss.maxMsg, DefaultMaxMessageSize)
+	if limit := int64(HeldBudgetMessages) * int64(msg); ss.heldBytes > limit {
+		return nil, fmt.Errorf("%w: the %s subscription brings the held and refused names and versions this side does not serve to %d bytes, more than %d (%d messages of %d bytes; raise --max-message-size on both sides if a peer really holds that much this side no longer serves)",
+			ErrProtocol, typ, ss.heldBytes, limit, HeldBudgetMessages, msg)
 	}
 	return rs, nil
 }
