@@ -515,3 +515,37 @@ func TestResumeInPartsResubscription(t *testing.T) {
 		t.Fatalf("the session ended: %v", err)
 	}
 }
+
+// The parts end with the subscription they complete: a later subscription
+// starts from what it says alone, and a late ACK of a part's answer is
+// ignored.
+func TestResumePartsEndWithTheirSubscription(t *testing.T) {
+	ix := NewIndex([]string{"T"})
+	require.NoError(t, ix.Put(res("T", "", "a", "1", 1)))
+	ctx, cancel := context.WithCancel(context.Background())
+	p := newPipe(ctx)
+	done := make(chan error, 1)
+	go func() { done <- NewServer(ix).Serve(ctx, serverEnd{p}, "zone-1") }()
+	defer func() { cancel(); <-done }()
+	ack := func(r *discovery.DeltaDiscoveryResponse) {
+		p.reqs <- &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResponseNonce: r.GetNonce()}
+	}
+
+	p.reqs <- &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), InitialResourceVersions: map[string]string{"a": "1"}}
+	part := <-p.resps
+	ack(part)
+	p.reqs <- &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResourceNamesSubscribe: []string{"*"}}
+	first := <-p.resps
+	assert.Empty(t, first.GetResources(), "the part said a is held")
+	ack(first)
+	ack(part) // late: ignored
+	p.reqs <- &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResourceNamesSubscribe: []string{"*"}}
+	select {
+	case again := <-p.resps:
+		require.Len(t, again.GetResources(), 1, "the new subscription holds nothing: a is sent")
+		assert.Equal(t, "a", again.GetResources()[0].GetName())
+	case err := <-done:
+		done <- err
+		t.Fatalf("the session ended: %v", err)
+	}
+}
