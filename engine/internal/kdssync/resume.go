@@ -77,7 +77,8 @@ func (c *Client) subscription(typ string) (*discovery.DeltaDiscoveryRequest, err
 	for n, v := range versions {
 		size += versionEntrySize(n, v)
 	}
-	if size <= limit && len(versions)+len(earlier) <= MaxNamesPerRequest {
+	// The "*" counts among the names a server accepts (requestNames).
+	if size <= limit && len(versions)+len(earlier)+len(final.ResourceNamesSubscribe) <= MaxNamesPerRequest {
 		// A copy: the transport may marshal the request after Send
 		// returns, while check updates held.
 		final.InitialResourceVersions = maps.Clone(versions)

@@ -549,3 +549,26 @@ func TestResumePartsEndWithTheirSubscription(t *testing.T) {
 		t.Fatalf("the session ended: %v", err)
 	}
 }
+
+// The subscription's "*" counts among the names a server accepts in one
+// request, so held versions that fill MaxNamesPerRequest on their own go
+// in parts even when their bytes fit one message.
+func TestResumeNameLimitCountsTheSubscription(t *testing.T) {
+	sink := newMemSink()
+	for i := range MaxNamesPerRequest {
+		r := res("T", "", fmt.Sprintf("n%d", i), "1", 0)
+		r.Zone = "zone-1"
+		sink.res[r.Key()] = r
+	}
+	p := newPipe(t.Context())
+	cli := NewClient([]string{"T"}, sink, rejectValidator{}, "global", "zone-1",
+		WithClientMaxMessageSize(64<<20), WithResumeParts(true))
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- cli.Run(ctx, clientEnd{p}) }()
+	defer func() { cancel(); <-done }()
+	first := <-p.reqs
+	rej, err := RejectionOf(first.GetErrorDetail())
+	require.NoError(t, err)
+	assert.LessOrEqual(t, requestNames(first, rej), MaxNamesPerRequest, "what a server accepts")
+}
