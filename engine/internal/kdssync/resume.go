@@ -85,8 +85,8 @@ func (c *Client) subscription(typ string) (*discovery.DeltaDiscoveryRequest, err
 		return final, nil
 	}
 	if !c.parts {
-		return nil, fmt.Errorf("subscribe to %s: the %d versions held take %d bytes, more than fits one request (%d bytes of the session's %d-byte max message size), and the peer does not accept them in parts (a build without kds-resume-parts): upgrade it, or raise --max-message-size on both sides",
-			typ, len(versions), size, limit, c.maxMsg)
+		return nil, fmt.Errorf("subscribe to %s: the %d versions held take %d bytes, more than fits one request (%d bytes of the session's %d-byte max message size, %d names with the refused ones and the subscription), and the peer does not accept them in parts (a build without kds-resume-parts): upgrade it, or raise --max-message-size on both sides",
+			typ, len(versions), size, limit, c.maxMsg, MaxNamesPerRequest)
 	}
 	if limit < 1<<10 {
 		return nil, fmt.Errorf("subscribe to %s: the versions refused in earlier sessions leave %d bytes of a %d-byte message for held versions", typ, limit, c.maxMsg)
