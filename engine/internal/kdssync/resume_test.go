@@ -222,13 +222,15 @@ func TestResumeWithStaleVersionsCostsOnlyTheVersions(t *testing.T) {
 
 // Parts are kept until the subscription, so what they copy is bounded in
 // bytes too: a peer that sends one held name per part with a version the
-// size of a message ends the session once the session's held budget is
-// used up, instead of making the server keep MaxNamesPerRequest of them.
+// size of a message, for one type or several, ends the session once the
+// session's held budget is used up, instead of making the server keep MaxNamesPerRequest of them.
 // (The budget is never below HeldBudgetMessages default-size messages, so
 // that a small max message size does not end an honest resume.)
 func TestResumePartsAreBoundedInBytes(t *testing.T) {
 	const maxMsg = DefaultMaxMessageSize
-	ix := NewIndex([]string{"T"})
+	// Two types take turns: the budget is the session's, not each type's.
+	types := []string{"T", "U"}
+	ix := NewIndex(types)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	p := newPipe(ctx)
@@ -236,10 +238,11 @@ func TestResumePartsAreBoundedInBytes(t *testing.T) {
 	go func() { done <- NewServer(ix).Serve(ctx, serverEnd{p}, "zone-1") }()
 	version := string(make([]byte, maxMsg-64<<10))
 	for i := range 2 * HeldBudgetMessages {
-		p.reqs <- &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), InitialResourceVersions: map[string]string{fmt.Sprintf("n-%d", i): version}}
+		url := TypeURL(types[i%2])
+		p.reqs <- &discovery.DeltaDiscoveryRequest{TypeUrl: url, InitialResourceVersions: map[string]string{fmt.Sprintf("n-%d", i): version}}
 		select {
 		case resp := <-p.resps:
-			p.reqs <- &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResponseNonce: resp.GetNonce()}
+			p.reqs <- &discovery.DeltaDiscoveryRequest{TypeUrl: url, ResponseNonce: resp.GetNonce()}
 		case err := <-done:
 			require.ErrorIs(t, err, ErrProtocol)
 			assert.Contains(t, err.Error(), fmt.Sprintf("more than %d", HeldBudgetMessages*maxMsg))
