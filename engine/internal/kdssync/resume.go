@@ -20,9 +20,12 @@ import (
 //
 //  1. every part but the last is a request without the "*" subscription
 //     carrying some of the held versions;
-//  2. the server keeps them, sends nothing of the type and answers each
-//     part with an empty response; the client ACKs it and only then sends
-//     the next part, so at most one part per type is on the wire;
+//  2. the server keeps what they say of names it serves and answers each
+//     part with a response that removes the part's names it does not
+//     serve (those are gone whatever else the peer holds, so the server
+//     keeps no record of them); the client applies and ACKs it and only
+//     then sends the next part, so at most one part per type is on the
+//     wire;
 //  3. the last part is the subscription ("*") with the rest of the held
 //     versions and the versions refused in earlier sessions. The server
 //     then serves the type from everything the parts said, exactly as if

@@ -106,17 +106,17 @@ func TestResumeInPartsSendsOnlyChanges(t *testing.T) {
 	assert.Len(t, held, n+50, "every held version was sent once")
 
 	var puts, removed int
-	empty := 0
+	partAnswers := 0
 	for _, r := range p.responses() {
 		puts += len(r.GetResources())
 		removed += len(r.GetRemovedResources())
-		if len(r.GetResources()) == 0 && len(r.GetRemovedResources()) == 0 {
-			empty++
+		if len(r.GetResources()) == 0 {
+			partAnswers++
 		}
 	}
 	assert.Equal(t, 2, puts, "only the changed and the new resource are sent")
 	assert.Equal(t, 50, removed, "only what the server does not have is removed")
-	assert.GreaterOrEqual(t, empty, len(subs)-1, "each part but the last is answered with an empty response")
+	assert.GreaterOrEqual(t, partAnswers, len(subs)-1, "each part but the last is answered without resources")
 }
 
 // Without the peer's consent to parts, a subscription that does not fit one
@@ -138,6 +138,7 @@ func TestResumeTooLargeForPeerWithoutParts(t *testing.T) {
 // session: the server keeps at most one unanswered part per type.
 func TestResumePartBeforeAnswerEndsSession(t *testing.T) {
 	ix := NewIndex([]string{"T"})
+	require.NoError(t, ix.Put(res("T", "", "a", "1", 1)))
 	p := newPipe(t.Context())
 	part := &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), InitialResourceVersions: map[string]string{"a": "1"}}
 	p.reqs <- part
@@ -151,8 +152,10 @@ func TestResumePartBeforeAnswerEndsSession(t *testing.T) {
 	assert.Empty(t, resps[0].GetRemovedResources())
 }
 
-// Parts are kept until the subscription, so together they may name at most
-// what the server serves of the type plus MaxNamesPerRequest.
+// What parts keep until the subscription — held names this side serves
+// and refusals — may name at most what the server serves of the type plus
+// MaxNamesPerRequest; held names it does not serve are removed by each
+// part's answer and not kept.
 func TestResumePartsAreBounded(t *testing.T) {
 	ix := NewIndex([]string{"T"})
 	require.NoError(t, ix.Put(res("T", "", "served", "1", 1)))
@@ -162,11 +165,13 @@ func TestResumePartsAreBounded(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- NewServer(ix).Serve(ctx, serverEnd{p}, "zone-1") }()
 	part := func(from, n int) *discovery.DeltaDiscoveryRequest {
-		v := make(map[string]string, n)
-		for i := range n {
-			v[fmt.Sprintf("n-%d", from+i)] = "1"
+		rej := make([]*kdsv1.RejectedResource, n)
+		for i := range rej {
+			rej[i] = &kdsv1.RejectedResource{Name: fmt.Sprintf("n-%d", from+i), Version: "1"}
 		}
-		return &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), InitialResourceVersions: v}
+		st, err := rejectionStatus(0, "refused earlier", rej)
+		require.NoError(t, err)
+		return &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), InitialResourceVersions: map[string]string{"served": "1"}, ErrorDetail: st}
 	}
 	p.reqs <- part(0, MaxNamesPerRequest/2)
 	first := <-p.resps
@@ -177,13 +182,43 @@ func TestResumePartsAreBounded(t *testing.T) {
 	assert.Contains(t, err.Error(), fmt.Sprintf("more than %d held or refused resources", MaxNamesPerRequest+1))
 }
 
+// A zone that was away while global deleted more resources of a type than
+// one request may name still resumes: each part's answer removes the held
+// names the server does not serve, so the server keeps none of them, and
+// nothing it does serve is sent again.
+func TestResumeAfterMassDeleteRemovesInParts(t *testing.T) {
+	const gone = MaxNamesPerRequest + 50_000
+	ix, sink := heldAndServed(t, 100)
+	for i := range gone {
+		r := res("T", "default", fmt.Sprintf("deleted-%07d", i), "1", 1)
+		r.Zone = "zone-1"
+		sink.res[r.Key()] = r
+	}
+	h := start(t, ix, sink, []string{"T"}, nil, WithResumeParts(true))
+	want := map[string]string{}
+	for name, e := range ix.types["T"].entries {
+		want[name] = e.res.Version
+	}
+	require.Eventually(t, func() bool {
+		sink.mu.Lock()
+		defer sink.mu.Unlock()
+		return len(sink.res) == len(want)
+	}, time.Minute, 10*time.Millisecond, "the zone converges: every deleted resource removed")
+	assert.Equal(t, want, versions(sink))
+	var puts int
+	for _, r := range h.pipe.responses() {
+		puts += len(r.GetResources())
+	}
+	assert.Equal(t, 2, puts, "only the changed and the new resource are sent")
+}
+
 // A resumed subscription keeps the index's own strings for names held at
 // the served version, so a peer holding what is served costs no copies.
 func TestResumeSharesTheIndexStrings(t *testing.T) {
 	ix := NewIndex([]string{"T"})
 	require.NoError(t, ix.Put(res("T", "", "a", "1", 1)))
 	ss := &serverSession{Server: NewServer(ix), resuming: map[string]*resumeState{}}
-	rs, err := ss.collect("T", &discovery.DeltaDiscoveryRequest{InitialResourceVersions: map[string]string{string([]byte("a")): string([]byte("1"))}}, nil)
+	rs, _, err := ss.collect("T", &discovery.DeltaDiscoveryRequest{InitialResourceVersions: map[string]string{string([]byte("a")): string([]byte("1"))}}, nil, false)
 	require.NoError(t, err)
 	e := ix.types["T"].entries["a"]
 	for n, v := range rs.held {
@@ -209,7 +244,7 @@ func TestResumeWithStaleVersionsCostsOnlyTheVersions(t *testing.T) {
 		held[name] = "0"
 	}
 	ss := &serverSession{Server: NewServer(ix), maxMsg: maxMsg, resuming: map[string]*resumeState{}}
-	rs, err := ss.collect("T", &discovery.DeltaDiscoveryRequest{InitialResourceVersions: held}, nil)
+	rs, _, err := ss.collect("T", &discovery.DeltaDiscoveryRequest{InitialResourceVersions: held}, nil, false)
 	require.NoError(t, err)
 	assert.EqualValues(t, n, rs.bytes, "one byte of version per entry")
 	e := ix.types["T"].entries["default/t-000007"]
@@ -231,6 +266,12 @@ func TestResumePartsAreBoundedInBytes(t *testing.T) {
 	// Two types take turns: the budget is the session's, not each type's.
 	types := []string{"T", "U"}
 	ix := NewIndex(types)
+	// Served names held at another version: the version is what is kept.
+	// (Names the server does not serve are removed by each part's answer
+	// and not kept at all.)
+	for i := range 2 * HeldBudgetMessages {
+		require.NoError(t, ix.Put(res(types[i%2], "", fmt.Sprintf("n-%d", i), "1", 1)))
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	p := newPipe(ctx)
@@ -259,7 +300,7 @@ func TestResumePartsKeepRefusalsSlim(t *testing.T) {
 	ix := NewIndex([]string{"T"})
 	ss := &serverSession{Server: NewServer(ix), maxMsg: DefaultMaxMessageSize, resuming: map[string]*resumeState{}}
 	rej := &kdsv1.Rejection{Resources: []*kdsv1.RejectedResource{{Name: "a", Version: "1", Errors: []*kdsv1.FieldError{{Field: "spec", Message: string(make([]byte, 1<<20))}}}}}
-	rs, err := ss.collect("T", &discovery.DeltaDiscoveryRequest{}, rej)
+	rs, _, err := ss.collect("T", &discovery.DeltaDiscoveryRequest{}, rej, true)
 	require.NoError(t, err)
 	require.Len(t, rs.rejected, 1)
 	assert.Equal(t, "a", rs.rejected[0].GetName())
@@ -414,7 +455,8 @@ func TestResumePartAnswerNACKed(t *testing.T) {
 }
 
 // With a small max message size the held budget stays that of default-size
-// messages: a resume whose held names the server no longer serves take
+// messages, and the names a part's answer removes are released once it is
+// answered: a resume whose held names the server no longer serves take
 // more than 16 small messages is served (each of those names removed).
 func TestResumeHeldBudgetWithSmallMessages(t *testing.T) {
 	const maxMsg = 64 << 10
@@ -425,7 +467,7 @@ func TestResumeHeldBudgetWithSmallMessages(t *testing.T) {
 	go func() { done <- NewServer(ix, WithServerMaxMessageSize(maxMsg)).Serve(ctx, serverEnd{p}, "zone-1") }()
 	defer func() { cancel(); <-done }()
 	pad := strings.Repeat("v", 1000)
-	var gone int
+	var gone, removed int
 	for part := range 20 {
 		v := make(map[string]string, 60)
 		for i := range 60 {
@@ -439,11 +481,11 @@ func TestResumeHeldBudgetWithSmallMessages(t *testing.T) {
 		p.reqs <- req
 		select {
 		case resp := <-p.resps:
+			removed += len(resp.GetRemovedResources())
 			if part < 19 {
 				p.reqs <- &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResponseNonce: resp.GetNonce()}
 				continue
 			}
-			removed := len(resp.GetRemovedResources())
 			for removed < gone {
 				p.reqs <- &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResponseNonce: resp.GetNonce()}
 				resp = <-p.resps

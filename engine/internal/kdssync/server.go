@@ -272,15 +272,20 @@ type serverSession struct {
 
 // resumeState is what a peer has said it holds of one type so far, while it
 // sends its held versions in parts: requests without the "*" subscription,
-// each answered with an empty response, the next part only after that
-// answer is ACKed, and the subscription ("*") last. Nothing is served and
-// no removal is decided until then.
+// each answered with a response that removes only the part's names this
+// side does not serve, the next part only after that answer is ACKed, and
+// the subscription ("*") last. Nothing is served and no other removal is
+// decided until then.
 type resumeState struct {
 	held map[string]string
 	// rejected keeps names, versions and removal flags only.
 	rejected []*kdsv1.RejectedResource
-	// bytes is what held and rejected copied (counted in heldBytes).
+	// bytes is what held, removing and rejected copied (counted in
+	// heldBytes).
 	bytes int64
+	// removing maps the names the last part's answer removes to the
+	// versions the peer said it holds, until the peer answers.
+	removing map[string]string
 	// ack is the nonce of the answer to the last part until the peer ACKs it.
 	ack string
 }
@@ -390,9 +395,26 @@ func (ss *serverSession) handle(req *discovery.DeltaDiscoveryRequest) error {
 		return ss.subscribe(st, typ, req, rej)
 	}
 	if rs := ss.resuming[typ]; rs != nil && rs.ack == req.GetResponseNonce() {
-		// The answer to a part's empty response: a NACK refuses nothing
-		// (it is counted as one, and the next part may follow).
+		// The answer to a part's answer. A removal the peer refused is a
+		// name it still holds: kept, and remembered as refused, as the
+		// subscription would have it. Anything else refused changes
+		// nothing (the answer carries no resources), and the next part
+		// may follow.
 		rs.ack = ""
+		for _, r := range rej.GetResources() {
+			if v, ok := rs.removing[r.GetName()]; ok && r.GetRemoval() {
+				rs.held[r.GetName()] = v
+				rs.rejected = append(rs.rejected, &kdsv1.RejectedResource{Name: r.GetName(), Removal: true})
+				delete(rs.removing, r.GetName())
+			}
+		}
+		var released int64
+		for n, v := range rs.removing {
+			released += int64(len(n) + len(v))
+		}
+		rs.bytes -= released
+		ss.heldBytes -= released
+		rs.removing = nil
 		detail := req.GetErrorDetail()
 		ss.record(typ, func(ts *insights.TypeState) {
 			if detail != nil {
@@ -440,7 +462,7 @@ func (ss *serverSession) subscribe(st *serveState, typ string, req *discovery.De
 	// What the previous subscription held is replaced below.
 	ss.heldBytes -= st.heldBytes
 	st.heldBytes = 0
-	rs, err := ss.collect(typ, req, rej)
+	rs, _, err := ss.collect(typ, req, rej, false)
 	if err != nil {
 		return err
 	}
@@ -486,20 +508,22 @@ func (ss *serverSession) subscribe(st *serveState, typ string, req *discovery.De
 
 // resumePart takes one part of the versions a peer holds of typ (a request
 // without the "*" subscription; the subscription that follows completes
-// them) and answers it with an empty response, which the peer ACKs before
+// them) and answers it with a response that removes the part's names this
+// side does not serve (and carries nothing else), which the peer ACKs before
 // it sends the next part. A part sent before the previous answer was
-// ACKed, or parts naming more than this side serves of the type plus
-// MaxNamesPerRequest, end the session (ErrProtocol): the parts are kept
-// until the subscription, so they must stay bounded.
+// ACKed, or parts whose kept names (served ones and refusals) come to more
+// than this side serves of the type plus MaxNamesPerRequest, end the
+// session (ErrProtocol): what parts say is kept until the subscription, so
+// it must stay bounded.
 func (ss *serverSession) resumePart(typ string, req *discovery.DeltaDiscoveryRequest, rej *kdsv1.Rejection) error {
-	rs, err := ss.collect(typ, req, rej)
+	rs, removed, err := ss.collect(typ, req, rej, true)
 	if err != nil {
 		return err
 	}
 	ss.resuming[typ] = rs
 	ss.nonce++
 	rs.ack = strconv.FormatUint(ss.nonce, 10)
-	resp := &discovery.DeltaDiscoveryResponse{TypeUrl: req.GetTypeUrl(), Nonce: rs.ack}
+	resp := &discovery.DeltaDiscoveryResponse{TypeUrl: req.GetTypeUrl(), Nonce: rs.ack, RemovedResources: removed}
 	if err := ss.stream.Send(resp); err != nil {
 		return fmt.Errorf("answer %s subscription part: %w", typ, err)
 	}
@@ -512,22 +536,36 @@ func (ss *serverSession) resumePart(typ string, req *discovery.DeltaDiscoveryReq
 // versions the index holds are stored as the index's own strings, so that
 // a peer holding what this side serves costs a map entry, not a copy; the
 // strings it copies count against the session's HeldBudgetMessages.
-func (ss *serverSession) collect(typ string, req *discovery.DeltaDiscoveryRequest, rej *kdsv1.Rejection) (*resumeState, error) {
+func (ss *serverSession) collect(typ string, req *discovery.DeltaDiscoveryRequest, rej *kdsv1.Rejection, part bool) (*resumeState, []string, error) {
 	rs := ss.resuming[typ]
 	if rs == nil {
 		rs = &resumeState{held: make(map[string]string, len(req.GetInitialResourceVersions()))}
 	}
 	if rs.ack != "" {
-		return nil, fmt.Errorf("%w: a %s subscription part arrived before the answer to the previous part was ACKed", ErrProtocol, typ)
+		return nil, nil, fmt.Errorf("%w: a %s subscription part arrived before the answer to the previous part was ACKed", ErrProtocol, typ)
 	}
 	versions := req.GetInitialResourceVersions()
-	if limit := ss.ix.Len(typ) + MaxNamesPerRequest; len(rs.held)+len(versions)+len(rs.rejected)+len(rej.GetResources()) > limit {
-		return nil, fmt.Errorf("%w: the %s subscription names more than %d held or refused resources (the %d this side serves plus %d)",
-			ErrProtocol, typ, limit, ss.ix.Len(typ), MaxNamesPerRequest)
-	}
 	var copied int64
+	var removed []string
 	ss.ix.mu.RLock()
 	entries := ss.ix.types[typ].entries
+	stored := len(versions)
+	if part {
+		// A held name this side does not serve is removed by the part's
+		// answer and not kept: however many the peer holds that were
+		// deleted while it was away, they cost nothing here.
+		for n := range versions {
+			if _, ok := entries[n]; !ok {
+				removed = append(removed, n)
+			}
+		}
+		stored -= len(removed)
+	}
+	if limit := len(entries) + MaxNamesPerRequest; len(rs.held)+stored+len(rs.rejected)+len(rej.GetResources()) > limit {
+		ss.ix.mu.RUnlock()
+		return nil, nil, fmt.Errorf("%w: the %s subscription names more than %d held or refused resources (the %d this side serves plus %d)",
+			ErrProtocol, typ, limit, len(entries), MaxNamesPerRequest)
+	}
 	for n, v := range versions {
 		e, ok := entries[n]
 		switch {
@@ -539,24 +577,44 @@ func (ss *serverSession) collect(typ string, req *discovery.DeltaDiscoveryReques
 			// only the version is a copy.
 			n = e.res.Name
 			copied += int64(len(v))
+		case part:
+			continue // removed by the answer
 		default:
 			copied += int64(len(n) + len(v))
 		}
 		rs.held[n] = v
 	}
 	ss.ix.mu.RUnlock()
+	if len(removed) > 0 {
+		// Kept until the answer is ACKed, in case the peer refuses a
+		// removal: it then still holds that name.
+		rs.removing = make(map[string]string, len(removed))
+		for _, n := range removed {
+			rs.removing[n] = versions[n]
+			copied += int64(len(n) + len(versions[n]))
+		}
+	}
 	for _, r := range rej.GetResources() {
 		rs.rejected = append(rs.rejected, &kdsv1.RejectedResource{Name: r.GetName(), Version: r.GetVersion(), Removal: r.GetRemoval()})
 		copied += int64(len(r.GetName()) + len(r.GetVersion()))
 	}
-	rs.bytes += copied
-	ss.heldBytes += copied
+	if err := ss.chargeHeld(rs, typ, copied); err != nil {
+		return nil, nil, err
+	}
+	return rs, removed, nil
+}
+
+// chargeHeld counts n more bytes of copied strings against the session's
+// held budget (HeldBudgetMessages).
+func (ss *serverSession) chargeHeld(rs *resumeState, typ string, n int64) error {
+	rs.bytes += n
+	ss.heldBytes += n
 	msg := max(ss.maxMsg, DefaultMaxMessageSize)
 	if limit := int64(HeldBudgetMessages) * int64(msg); ss.heldBytes > limit {
-		return nil, fmt.Errorf("%w: the %s subscription brings the held and refused names and versions this side does not serve to %d bytes, more than %d (%d messages of %d bytes; raise --max-message-size on both sides if a peer really holds that much this side no longer serves)",
+		return fmt.Errorf("%w: the %s subscription brings the held and refused names and versions this side does not serve to %d bytes, more than %d (%d messages of %d bytes; raise --max-message-size on both sides if a peer really holds that much this side no longer serves)",
 			ErrProtocol, typ, ss.heldBytes, limit, HeldBudgetMessages, msg)
 	}
-	return rs, nil
+	return nil
 }
 
 // forget drops a response the peer skipped: its names are reconsidered
