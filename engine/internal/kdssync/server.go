@@ -293,12 +293,17 @@ type sentState struct {
 // flight is one response in flight.
 type flight struct {
 	nonce   string
-	puts    map[string]string // wire name → version
+	puts    []flightPut // in the response's order; each name once
 	removed []string
 	bytes   int64
 	// stale: sent before the peer subscribed to the type again; its answer
 	// still frees its slot in the window but changes nothing.
 	stale bool
+}
+
+// flightPut is one resource a response in flight carries.
+type flightPut struct {
+	name, version string
 }
 
 // view returns what the peer holds of name once the responses in flight are
@@ -380,7 +385,12 @@ func (ss *serverSession) subscribe(st *serveState, typ string, req *discovery.De
 	for _, f := range st.inflight {
 		f.stale = true
 	}
-	st.held = make(map[string]string, len(req.GetInitialResourceVersions()))
+	// Sized for what the peer holds once in sync (every served name), so
+	// that an initial sync does not grow the map step by step.
+	ss.ix.mu.RLock()
+	served := len(ss.ix.types[typ].entries)
+	ss.ix.mu.RUnlock()
+	st.held = make(map[string]string, max(len(req.GetInitialResourceVersions()), served))
 	for n, v := range req.GetInitialResourceVersions() {
 		st.held[n] = v
 	}
@@ -417,8 +427,8 @@ func (ss *serverSession) subscribe(st *serveState, typ string, req *discovery.De
 // against what the peer is known to hold.
 func (ss *serverSession) forget(st *serveState, f *flight) {
 	ss.release(f)
-	for name := range f.puts {
-		ss.unsend(st, f, name)
+	for _, p := range f.puts {
+		ss.unsend(st, f, p.name)
 	}
 	for _, name := range f.removed {
 		ss.unsend(st, f, name)
@@ -478,8 +488,8 @@ func (ss *serverSession) resolve(st *serveState, f *flight, detail *status.Statu
 			st.held[name] = version
 		}
 	}
-	for name, v := range f.puts {
-		settle(name, v, false)
+	for _, p := range f.puts {
+		settle(p.name, p.version, false)
 	}
 	for _, name := range f.removed {
 		settle(name, "", true)
@@ -582,7 +592,7 @@ func (ss *serverSession) sendNext(st *serveState) (bool, error) {
 		return false, nil
 	}
 	ss.nonce++
-	f := &flight{nonce: strconv.FormatUint(ss.nonce, 10), puts: map[string]string{}}
+	f := &flight{nonce: strconv.FormatUint(ss.nonce, 10)}
 	resp := ss.build(st, f)
 	if len(resp.Resources) == 0 && len(resp.RemovedResources) == 0 && !st.force {
 		ss.budget.release(reserve)
@@ -663,7 +673,7 @@ func (ss *serverSession) build(st *serveState, f *flight) *discovery.DeltaDiscov
 		size += e.size + 8
 		f.bytes += int64(protowire.SizeTag(responseResourcesField) + protowire.SizeBytes(e.size))
 		resp.Resources = append(resp.Resources, e.res)
-		f.puts[name] = v
+		f.puts = append(f.puts, flightPut{name, v})
 		st.sent[name] = sentState{version: v, nonce: f.nonce}
 		delete(st.pending, name)
 		st.queue = st.queue[1:]
