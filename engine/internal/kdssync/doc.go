@@ -23,7 +23,9 @@
 //     atomically (one store transaction), then ACKs; if anything is invalid it
 //     applies nothing and NACKs with an error naming the resources and fields.
 //     Responses are answered in arrival order; validation of the next response
-//     overlaps the store transaction of the previous one.
+//     overlaps the store transaction of the previous one, and responses that
+//     are checked and waiting together share one transaction
+//     (docs/decisions/0027-batched-sync-apply.md).
 //   - After a NACK the server does not resend the rejected versions: it sends
 //     a resource again only when its content (version) changes.
 //   - A request for a type this side does not serve gets an empty response

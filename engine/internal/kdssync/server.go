@@ -335,12 +335,17 @@ type sentState struct {
 // flight is one response in flight.
 type flight struct {
 	nonce   string
-	puts    map[string]string // wire name → version
+	puts    []flightPut // in the response's order; each name once
 	removed []string
 	bytes   int64
 	// stale: sent before the peer subscribed to the type again; its answer
 	// still frees its slot in the window but changes nothing.
 	stale bool
+}
+
+// flightPut is one resource a response in flight carries.
+type flightPut struct {
+	name, version string
 }
 
 // view returns what the peer holds of name once the responses in flight are
@@ -539,7 +544,9 @@ func (ss *serverSession) resumePart(typ string, req *discovery.DeltaDiscoveryReq
 func (ss *serverSession) collect(typ string, req *discovery.DeltaDiscoveryRequest, rej *kdsv1.Rejection, part bool) (*resumeState, []string, error) {
 	rs := ss.resuming[typ]
 	if rs == nil {
-		rs = &resumeState{held: make(map[string]string, len(req.GetInitialResourceVersions()))}
+		// Sized for what the peer holds once in sync (every served name),
+		// so that an initial sync does not grow the map step by step.
+		rs = &resumeState{held: make(map[string]string, max(len(req.GetInitialResourceVersions()), ss.ix.Len(typ)))}
 	}
 	if rs.ack != "" {
 		return nil, nil, fmt.Errorf("%w: a %s subscription part arrived before the answer to the previous part was ACKed", ErrProtocol, typ)
@@ -621,8 +628,8 @@ func (ss *serverSession) chargeHeld(rs *resumeState, typ string, n int64) error 
 // against what the peer is known to hold.
 func (ss *serverSession) forget(st *serveState, f *flight) {
 	ss.release(f)
-	for name := range f.puts {
-		ss.unsend(st, f, name)
+	for _, p := range f.puts {
+		ss.unsend(st, f, p.name)
 	}
 	for _, name := range f.removed {
 		ss.unsend(st, f, name)
@@ -682,8 +689,8 @@ func (ss *serverSession) resolve(st *serveState, f *flight, detail *status.Statu
 			st.held[name] = version
 		}
 	}
-	for name, v := range f.puts {
-		settle(name, v, false)
+	for _, p := range f.puts {
+		settle(p.name, p.version, false)
 	}
 	for _, name := range f.removed {
 		settle(name, "", true)
@@ -786,7 +793,7 @@ func (ss *serverSession) sendNext(st *serveState) (bool, error) {
 		return false, nil
 	}
 	ss.nonce++
-	f := &flight{nonce: strconv.FormatUint(ss.nonce, 10), puts: map[string]string{}}
+	f := &flight{nonce: strconv.FormatUint(ss.nonce, 10)}
 	resp := ss.build(st, f)
 	if len(resp.Resources) == 0 && len(resp.RemovedResources) == 0 && !st.force {
 		ss.budget.release(reserve)
@@ -867,7 +874,7 @@ func (ss *serverSession) build(st *serveState, f *flight) *discovery.DeltaDiscov
 		size += e.size + 8
 		f.bytes += int64(protowire.SizeTag(responseResourcesField) + protowire.SizeBytes(e.size))
 		resp.Resources = append(resp.Resources, e.res)
-		f.puts[name] = v
+		f.puts = append(f.puts, flightPut{name, v})
 		st.sent[name] = sentState{version: v, nonce: f.nonce}
 		delete(st.pending, name)
 		st.queue = st.queue[1:]

@@ -17,8 +17,8 @@ const (
 // message: the size of r's wire envelope, which the validator checks
 // against its limit on every write and every received resource.
 func (r *Resource) EncodedSize() int {
-	n := sizeString(r.Type) + sizeString(r.Mesh) + sizeString(r.Name) +
-		sizeString(string(r.Spec)) + sizeString(r.Version) + sizeString(r.Zone)
+	n := sizeField(len(r.Type)) + sizeField(len(r.Mesh)) + sizeField(len(r.Name)) +
+		sizeField(len(r.Spec)) + sizeField(len(r.Version)) + sizeField(len(r.Zone))
 	for k, v := range r.Labels {
 		// A map entry always carries its key and value fields.
 		entry := 1 + protowire.SizeBytes(len(k)) + 1 + protowire.SizeBytes(len(v))
@@ -28,13 +28,13 @@ func (r *Resource) EncodedSize() int {
 	return n
 }
 
-// sizeString is the size of a proto3 string or bytes field with a
-// one-byte tag (field numbers below 16); empty fields are not encoded.
-func sizeString(s string) int {
-	if s == "" {
+// sizeField is the size of a proto3 string or bytes field of n bytes with
+// a one-byte tag (field numbers below 16); empty fields are not encoded.
+func sizeField(n int) int {
+	if n == 0 {
 		return 0
 	}
-	return 1 + protowire.SizeBytes(len(s))
+	return 1 + protowire.SizeBytes(n)
 }
 
 // sizeTime is the size of a Timestamp field as ToProto sets it: absent for

@@ -1,0 +1,179 @@
+package kdssync
+
+import (
+	"encoding/json"
+	"time"
+	"unicode/utf8"
+
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/kds-engine/kds-engine/engine/internal/resource"
+	kdsv1 "github.com/kds-engine/kds-engine/proto/kds/v1"
+)
+
+// Field numbers of kds.v1.Resource (proto/kds/v1), its labels' map entries
+// and google.protobuf.Timestamp.
+const (
+	envType             protowire.Number = 1
+	envMesh             protowire.Number = 2
+	envName             protowire.Number = 3
+	envLabels           protowire.Number = 4
+	envSpec             protowire.Number = 5
+	envVersion          protowire.Number = 6
+	envCreationTime     protowire.Number = 7
+	envModificationTime protowire.Number = 8
+	envZone             protowire.Number = 9
+
+	entryKey   protowire.Number = 1
+	entryValue protowire.Number = 2
+
+	tsSeconds protowire.Number = 1
+	tsNanos   protowire.Number = 2
+)
+
+// decodeEnvelope decodes a kds.v1.Resource envelope as
+// resource.FromProto(proto.Unmarshal(b)) does. The returned Spec shares b's
+// memory (the caller owns b and does not change it). Envelopes in the form
+// kds-engine's senders write (each known field with its own wire type,
+// valid UTF-8, each timestamp at most once, no unknown fields) are read
+// here directly, without the reflection-driven decoder and without copying
+// the spec; anything else goes through proto.Unmarshal, which decides.
+func decodeEnvelope(b []byte) (*resource.Resource, error) {
+	if r, ok := decodeEnvelopeFast(b); ok {
+		return r, nil
+	}
+	var p kdsv1.Resource
+	if err := proto.Unmarshal(b, &p); err != nil {
+		return nil, err
+	}
+	return resource.FromProto(&p), nil
+}
+
+// decodeEnvelopeFast decodes b if it is in the plain form decodeEnvelope
+// describes; ok is false for everything else (including malformed input).
+func decodeEnvelopeFast(b []byte) (r *resource.Resource, ok bool) {
+	r = &resource.Resource{}
+	var seenCreation, seenModification bool
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 || typ != protowire.BytesType {
+			return nil, false
+		}
+		b = b[n:]
+		v, n := protowire.ConsumeBytes(b)
+		if n < 0 {
+			return nil, false
+		}
+		b = b[n:]
+		switch num {
+		case envType, envMesh, envName, envVersion, envZone:
+			if !utf8.Valid(v) {
+				return nil, false
+			}
+			s := string(v)
+			switch num {
+			case envType:
+				r.Type = s
+			case envMesh:
+				r.Mesh = s
+			case envName:
+				r.Name = s
+			case envVersion:
+				r.Version = s
+			default:
+				r.Zone = s
+			}
+		case envSpec:
+			if len(v) == 0 {
+				r.Spec = nil
+			} else {
+				r.Spec = json.RawMessage(v[:len(v):len(v)])
+			}
+		case envLabels:
+			k, val, ok := decodeLabelEntry(v)
+			if !ok {
+				return nil, false
+			}
+			if r.Labels == nil {
+				r.Labels = map[string]string{}
+			}
+			r.Labels[k] = val
+		case envCreationTime, envModificationTime:
+			t, ok := decodeTimestamp(v)
+			if !ok {
+				return nil, false
+			}
+			if num == envCreationTime {
+				if seenCreation {
+					return nil, false
+				}
+				seenCreation, r.CreationTime = true, t
+			} else {
+				if seenModification {
+					return nil, false
+				}
+				seenModification, r.ModificationTime = true, t
+			}
+		default:
+			return nil, false
+		}
+	}
+	return r, true
+}
+
+// decodeLabelEntry reads a map entry holding at most one key and one value,
+// both valid UTF-8 strings.
+func decodeLabelEntry(b []byte) (key, value string, ok bool) {
+	var seenKey, seenValue bool
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 || typ != protowire.BytesType {
+			return "", "", false
+		}
+		b = b[n:]
+		v, n := protowire.ConsumeBytes(b)
+		if n < 0 || !utf8.Valid(v) {
+			return "", "", false
+		}
+		b = b[n:]
+		switch {
+		case num == entryKey && !seenKey:
+			seenKey, key = true, string(v)
+		case num == entryValue && !seenValue:
+			seenValue, value = true, string(v)
+		default:
+			return "", "", false
+		}
+	}
+	return key, value, true
+}
+
+// decodeTimestamp reads a Timestamp holding at most one seconds and one
+// nanos field, as Timestamp.AsTime returns it.
+func decodeTimestamp(b []byte) (time.Time, bool) {
+	var secs uint64
+	var nanos uint64
+	var seenSecs, seenNanos bool
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 || typ != protowire.VarintType {
+			return time.Time{}, false
+		}
+		b = b[n:]
+		x, n := protowire.ConsumeVarint(b)
+		if n < 0 {
+			return time.Time{}, false
+		}
+		b = b[n:]
+		switch {
+		case num == tsSeconds && !seenSecs:
+			seenSecs, secs = true, x
+		case num == tsNanos && !seenNanos:
+			seenNanos, nanos = true, x
+		default:
+			return time.Time{}, false
+		}
+	}
+	return time.Unix(int64(secs), int64(int32(nanos))).UTC(), true
+}
