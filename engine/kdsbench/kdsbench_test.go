@@ -189,3 +189,16 @@ func TestHostileSmoke(t *testing.T) {
 	assert.LessOrEqual(t, r.Figures["hostile_unknown_types_shown"], float64(16))
 	assert.True(t, r.Pass, "%+v", r.Figures)
 }
+
+// --window-cpuprofile writes one profile per timed sync window.
+func TestSyncWindowProfiles(t *testing.T) {
+	prefix := filepath.Join(t.TempDir(), "w")
+	o := Options{PluginsDir: pluginsDir, WindowProfile: prefix}
+	_, err := Sync(context.Background(), o, SyncConfig{Ns: []int{200}, Size: 256})
+	require.NoError(t, err)
+	for _, zone := range []string{"sync-a-200-0", "sync-b-200-0"} {
+		fi, err := os.Stat(prefix + "-" + zone + ".prof")
+		require.NoError(t, err, "profile of %s", zone)
+		assert.Positive(t, fi.Size())
+	}
+}
