@@ -211,7 +211,7 @@ func Churn(ctx context.Context, o Options, c ChurnConfig) (*Report, error) {
 	} else {
 		r.note("zones are light zones in this process (the engine's dialer, TLS, token, mux and kdssync server serving each zone's statuses from an in-memory index; no zone plugin, no zone store); global is the full engine: bbolt with fsync, every status validated by its kds-plugin-synctest process. RSS is this whole process's VmRSS; CPU is this process (global, the light zones, the writers) plus global's plugin process (\"plugins\"); a CPU profile (--cpuprofile) tells global's share: the zones' samples carry the label side=zone, the tracker's side=bench")
 	}
-	r.note("pending = statuses whose latest zone write global has not committed yet, sampled every second; global keeps up when the last minute's median pending is at most 1.5× the first minute's + the updates of half a second")
+	r.note("pending = statuses whose latest zone write global has not committed yet, sampled every second; global keeps up when the last minute's median pending is at most 1.5× the first minute's + the updates of half a second, and at most the updates of one second")
 	return r, nil
 }
 
@@ -490,10 +490,21 @@ type churnPhase struct {
 // run rewrites every zone's statuses at mult times the configured rate for
 // d, sampling pending and RSS every second.
 func (t *churnTracker) run(ctx context.Context, zs churnZones, c ChurnConfig, mult float64, d time.Duration, tick func(int)) (churnPhase, error) {
+	p := churnPhase{d: d, rate: float64(c.Zones*c.PerZone) / c.Interval.Seconds() * mult}
+	// The latencies' buffer is sized for the phase and touched before it
+	// starts, so that the tracker's own memory is not counted as growth
+	// of RSS during the phase.
+	want := int(p.rate*d.Seconds()*1.25) + 1024
 	t.mu.Lock()
+	if cap(t.lat) < want {
+		t.lat = nil
+		t.lat = make([]time.Duration, want)
+		for i := range t.lat {
+			t.lat[i] = 1
+		}
+	}
 	t.lat = t.lat[:0]
 	t.mu.Unlock()
-	p := churnPhase{d: d, rate: float64(c.Zones*c.PerZone) / c.Interval.Seconds() * mult}
 	var written atomic.Int64
 	// The phase ends by cancellation, not by a deadline: a deadline
 	// reaches gRPC calls inside the writes, which may time out on their own
@@ -601,7 +612,11 @@ func (p churnPhase) pendingMedian(from, to time.Duration) int {
 }
 
 // keptUp: the last minute's (or last half's, for short phases) median
-// pending is at most 1.5× the first one's plus half a second of updates.
+// pending is at most 1.5× the first one's plus half a second of updates,
+// and at most one second of updates. The second bound matters because
+// pending cannot grow past the number of statuses (a status rewritten before
+// global applied it is pending once): a global far behind holds pending at
+// that cap, flat, which the first bound alone would call keeping up.
 func (p churnPhase) keptUp() bool {
 	n := len(p.pendings)
 	if n < 2 {
@@ -610,7 +625,7 @@ func (p churnPhase) keptUp() bool {
 	win := min(60, n/2)
 	first := p.pendingMedian(0, time.Duration(win)*time.Second)
 	last := p.pendingMedian(time.Duration(n-win)*time.Second, time.Duration(n)*time.Second)
-	return float64(last) <= 1.5*float64(first)+p.rate/2
+	return float64(last) <= 1.5*float64(first)+p.rate/2 && float64(last) <= p.rate
 }
 
 // rssGrowth is the growth of RSS at the end over RSS at after, as a
