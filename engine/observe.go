@@ -150,11 +150,11 @@ func (e *Engine) sampleEngine(ctx context.Context, interval time.Duration) {
 				held[t] = ts.ResourcesHeld
 				continue
 			}
-			kvs, err := e.store.Versions(ctx, store.Filter{Type: t})
+			n, err := countHeld(ctx, e.raw, t)
 			if err != nil {
 				continue // stopping, or the store failed: keep the last value
 			}
-			held[t] = len(kvs)
+			held[t] = n
 		}
 		// The response counters count responses this side sent, so only
 		// the types it serves: for a type it receives, the insights count
@@ -225,4 +225,14 @@ func endReason(err error, stopping bool) metrics.EndReason {
 		return metrics.ReasonPeerClosed
 	}
 	return metrics.ReasonOther
+}
+
+// countHeld returns how many resources of typ s holds: s's own count when
+// it keeps one (store.Counter), else the length of a Versions scan.
+func countHeld(ctx context.Context, s store.Store, typ string) (int, error) {
+	if c, ok := s.(store.Counter); ok {
+		return c.Count(ctx, typ)
+	}
+	kvs, err := s.Versions(ctx, store.Filter{Type: typ})
+	return len(kvs), err
 }

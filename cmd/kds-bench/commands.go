@@ -68,13 +68,15 @@ func churnCmd(g *globals) *cobra.Command {
 			})
 		},
 	}
-	cmd.Flags().IntVar(&c.Zones, "zones", 100, "zones (in this process, memory store)")
+	cmd.Flags().IntVar(&c.Zones, "zones", 100, "zones (in this process)")
 	cmd.Flags().IntVar(&c.PerZone, "per-zone", 1000, "statuses each zone rewrites every --interval")
 	cmd.Flags().DurationVar(&c.Interval, "interval", 10*time.Second, "how often each status changes")
 	cmd.Flags().DurationVar(&c.Duration, "duration", 5*time.Minute, "steady phase")
 	cmd.Flags().IntVar(&c.Size, "size", 512, "spec size in bytes")
 	cmd.Flags().DurationVar(&c.RampStep, "ramp-step", 20*time.Second, "after the steady phase, raise the rate ×1.5 every step until global stops keeping up (0: no ramp)")
 	cmd.Flags().Float64Var(&c.RampMax, "ramp-max", 16, "highest rate multiplier the ramp tries")
+	cmd.Flags().StringVar(&c.SteadyProfile, "steady-cpuprofile", "", "write a CPU profile of the steady phase alone to this file (zone-side samples carry the label side=zone, the tracker's side=bench)")
+	cmd.Flags().BoolVar(&c.FullZones, "full-zones", false, "run every zone as a full engine with its own plugin process validating each write (default: light zones serving their statuses from memory; global is the full engine either way)")
 	return cmd
 }
 

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"os"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"sync"
@@ -13,6 +15,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/kds-engine/kds-engine/engine"
+	"github.com/kds-engine/kds-engine/engine/internal/kdssync"
 	"github.com/kds-engine/kds-engine/engine/internal/resource"
 	"github.com/kds-engine/kds-engine/engine/internal/store"
 )
@@ -37,6 +40,18 @@ type ChurnConfig struct {
 	RampStep time.Duration
 	// RampMax caps the ramp's rate multiplier (default 16).
 	RampMax float64
+	// FullZones runs every zone as a full engine (memory store, its own
+	// plugin process validating each write before it is synced). Off (the
+	// default), the zones are light zones (see startLightZone): the
+	// engine's dialer, mux and kdssync server serving their statuses from
+	// an in-memory index the writers put into, with no plugin and no store.
+	// Global is the same real engine either way; light zones leave the
+	// machine's CPU to it instead of to 100 zones' validation, which a real
+	// deployment spreads over 100 machines.
+	FullZones bool
+	// SteadyProfile, when set, is the file a CPU profile of the steady phase
+	// alone is written to (not together with a profile of the whole run).
+	SteadyProfile string
 }
 
 // Churn targets.
@@ -61,7 +76,7 @@ func Churn(ctx context.Context, o Options, c ChurnConfig) (*Report, error) {
 	rate := float64(c.Zones*c.PerZone) / c.Interval.Seconds()
 	r := newReport("churn", fmt.Sprintf("%d zones × %d statuses every %s (%.0f updates/s) for %s: global keeps up, write→apply p99 ≤ %s, RSS growth ≤ %.0f%% after the first minute",
 		c.Zones, c.PerZone, c.Interval, rate, c.Duration, churnP99, churnRSSGrow*100),
-		"phase", "updates/s offered", "updates/s written", "applied", "p50 ms", "p99 ms", "max ms", "pending (median/max)", "RSS MiB", "CPU µs/update")
+		"phase", "updates/s offered", "updates/s written", "applied", "p50 ms", "p99 ms", "max ms", "pending (median/max)", "RSS MiB", "CPU µs/update", "of it plugins µs")
 	v, err := newEnv(o.PluginsDir, o.Log)
 	if err != nil {
 		return nil, err
@@ -76,45 +91,34 @@ func Churn(ctx context.Context, o Options, c ChurnConfig) (*Report, error) {
 	t := newChurnTracker(c.Zones, c.PerZone)
 	wctx, cancelWatch := context.WithCancel(ctx)
 	defer cancelWatch()
-	_, joinWatch, err := follow(wctx, g.e.Store(), store.Filter{Type: statusType}, t.applied)
+	var joinWatch func()
+	pprof.Do(wctx, benchLabels, func(wctx context.Context) {
+		_, joinWatch, err = follow(wctx, g.e.Store(), store.Filter{Type: statusType}, t.applied)
+	})
 	if err != nil {
 		return nil, err
 	}
 	defer joinWatch()
 	defer cancelWatch()
 
-	zones := make([]*node, c.Zones)
-	o.Progress.Start("churn: start zones and load their statuses", c.Zones)
-	for i := range zones {
-		zc, err := v.zoneConfig(g, churnZone(i), localAddr(g.e.KDSAddr()), "")
-		if err != nil {
-			return nil, err
-		}
-		zc.Store = engine.StoreMemory
-		z, err := v.start(zc)
-		if err != nil {
-			return nil, err
-		}
-		defer z.stop()
-		zones[i] = z
-		rs := make([]*resource.Resource, c.PerZone)
-		for j := range rs {
-			rs[j] = t.next(i, j, c.Size)
-		}
-		if err := z.e.BulkLoad(ctx, rs); err != nil {
-			return nil, fmt.Errorf("load zone %d: %w", i, err)
-		}
-		o.Progress.Set(i + 1)
+	var zs churnZones
+	if c.FullZones {
+		zs, err = startFullChurnZones(ctx, o, v, g, t, c)
+	} else {
+		zs, err = startLightChurnZones(o, v, g, t, c)
 	}
-	o.Progress.Finish()
-	if err := t.waitSettled(ctx, 2*time.Minute); err != nil {
+	defer zs.stop()
+	if err != nil {
+		return nil, err
+	}
+	if err := t.waitSettled(ctx, 2*time.Minute, zs.failed); err != nil {
 		return nil, fmt.Errorf("initial sync of the zones' statuses: %w", err)
 	}
 
 	phase := func(name string, mult float64, d time.Duration) (churnPhase, error) {
 		o.Progress.Start("churn: "+name, int(d.Seconds()))
 		defer o.Progress.Finish()
-		return t.run(ctx, zones, c, mult, d, func(s int) { o.Progress.Set(s) })
+		return t.run(ctx, zs, c, mult, d, func(s int) { o.Progress.Set(s) })
 	}
 	idle, err := phase("baseline (1% of the rate)", 0.01, c.baselineDuration())
 	if err != nil {
@@ -122,7 +126,14 @@ func Churn(ctx context.Context, o Options, c ChurnConfig) (*Report, error) {
 	}
 	idle.report(r, "baseline: 1% of the rate", rate*0.01)
 	r.Figures["baseline_p99_ms"] = ms(percentile(idle.lat, 0.99))
+	stopProfile, err := startProfile(c.SteadyProfile)
+	if err != nil {
+		return nil, err
+	}
 	steady, err := phase("steady", 1, c.Duration)
+	if perr := stopProfile(); err == nil {
+		err = perr
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -135,6 +146,9 @@ func Churn(ctx context.Context, o Options, c ChurnConfig) (*Report, error) {
 	}
 	r.Figures["steady_updates_per_s"] = steady.writtenRate()
 	r.Figures["steady_cpu_us_per_update"] = steady.cpuPerUpdate()
+	r.Figures["steady_cpu_plugins_us_per_update"] = steady.perUpdate(steady.cpuPlugins)
+	r.Figures["steady_cpu_this_process_us_per_update"] = steady.perUpdate(steady.cpu - steady.cpuPlugins)
+	r.Figures["full_zones"] = b2f(c.FullZones)
 	r.Figures["steady_pending_first_minute_median"] = float64(steady.pendingMedian(0, time.Minute))
 	r.Figures["steady_pending_last_minute_median"] = float64(steady.pendingMedian(c.Duration-time.Minute, c.Duration))
 	grow := steady.rssGrowth(time.Minute)
@@ -192,8 +206,12 @@ func Churn(ctx context.Context, o Options, c ChurnConfig) (*Report, error) {
 			r.note("global did not keep up even at ×%.3f of the configured rate", 1/c.RampMax)
 		}
 	}
-	r.note("zones run in this process on the memory store (one kds-plugin-synctest process each); global runs bbolt. RSS is this whole process's VmRSS (global and the zones; the zones hold a fixed set); CPU includes the plugins' processes")
-	r.note("pending = statuses whose latest zone write global has not committed yet, sampled every second; global keeps up when the last minute's median pending is at most 1.5× the first minute's + the updates of half a second")
+	if c.FullZones {
+		r.note("zones run in this process as full engines on the memory store (one kds-plugin-synctest process each, validating every write); global runs bbolt. RSS is this whole process's VmRSS (global and the zones; the zones hold a fixed set); CPU includes the plugins' processes (\"plugins\": global's and the zones')")
+	} else {
+		r.note("zones are light zones in this process (the engine's dialer, TLS, token, mux and kdssync server serving each zone's statuses from an in-memory index; no zone plugin, no zone store); global is the full engine: bbolt with fsync, every status validated by its kds-plugin-synctest process. RSS is this whole process's VmRSS; CPU is this process (global, the light zones, the writers) plus global's plugin process (\"plugins\"); a CPU profile (--cpuprofile) tells global's share: the zones' samples carry the label side=zone, the tracker's side=bench")
+	}
+	r.note("pending = statuses whose latest zone write global has not committed yet, sampled every second; global keeps up when the last minute's median pending is at most 1.5× the first minute's + the updates of half a second, and at most the updates of one second")
 	return r, nil
 }
 
@@ -225,7 +243,126 @@ func (c ChurnConfig) baselineDuration() time.Duration {
 	return min(30*time.Second, max(c.Duration/4, 2*time.Second))
 }
 
+// startProfile starts a CPU profile into file (nothing when file is empty);
+// the returned function stops it and closes the file.
+func startProfile(file string) (func() error, error) {
+	if file == "" {
+		return func() error { return nil }, nil
+	}
+	f, err := os.Create(file)
+	if err != nil {
+		return nil, fmt.Errorf("steady phase profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("steady phase profile (not with a profile of the whole run): %w", err)
+	}
+	return func() error {
+		pprof.StopCPUProfile()
+		return f.Close()
+	}, nil
+}
+
 func churnZone(i int) string { return fmt.Sprintf("churn-%d", i) }
+
+// benchLabels marks the CPU profile samples of the churn tracker (global's
+// watcher that records what it committed, and the sampler).
+var benchLabels = pprof.Labels("side", "bench")
+
+// churnZones are the running zones of a churn run.
+type churnZones struct {
+	// write makes zone i's status r its latest (r.Version is the tracker's
+	// sequence) and returns once the zone will sync it.
+	write func(ctx context.Context, i int, r *resource.Resource) error
+	// failed returns an error when a zone can no longer sync.
+	failed func() error
+	stops  []func()
+}
+
+// stop stops every zone started.
+func (zs churnZones) stop() {
+	for _, f := range zs.stops {
+		f()
+	}
+}
+
+// startFullChurnZones starts c.Zones zone engines on the memory store, each
+// with its own plugin process, loaded with their statuses. Writes go
+// through each zone's validated write path.
+func startFullChurnZones(ctx context.Context, o Options, v *env, g *node, t *churnTracker, c ChurnConfig) (churnZones, error) {
+	zones := make([]*node, c.Zones)
+	zs := churnZones{
+		write: func(ctx context.Context, i int, r *resource.Resource) error {
+			r.Version = "" // the zone's store versions its writes
+			_, err := zones[i].e.Write(ctx, r)
+			return err
+		},
+		failed: func() error { return nil },
+	}
+	o.Progress.Start("churn: start zones and load their statuses", c.Zones)
+	defer o.Progress.Finish()
+	for i := range zones {
+		zc, err := v.zoneConfig(g, churnZone(i), localAddr(g.e.KDSAddr()), "")
+		if err != nil {
+			return zs, err
+		}
+		zc.Store = engine.StoreMemory
+		z, err := v.start(zc)
+		if err != nil {
+			return zs, err
+		}
+		zs.stops = append(zs.stops, func() { _ = z.stop() })
+		zones[i] = z
+		rs := make([]*resource.Resource, c.PerZone)
+		for j := range rs {
+			rs[j] = t.next(i, j, c.Size)
+			rs[j].Version = ""
+		}
+		if err := z.e.BulkLoad(ctx, rs); err != nil {
+			return zs, fmt.Errorf("load zone %d: %w", i, err)
+		}
+		o.Progress.Set(i + 1)
+	}
+	return zs, nil
+}
+
+// startLightChurnZones starts c.Zones light zones, each serving its
+// statuses from its own index. A write is a Put into the zone's index: what
+// a zone engine's change feed does after its store committed the write.
+func startLightChurnZones(o Options, v *env, g *node, t *churnTracker, c ChurnConfig) (churnZones, error) {
+	ixs := make([]*kdssync.Index, c.Zones)
+	var lz []*lightZone
+	zs := churnZones{
+		write: func(_ context.Context, i int, r *resource.Resource) error { return ixs[i].Put(r) },
+		failed: func() error {
+			for _, z := range lz {
+				if err := z.failed(); err != nil {
+					return err
+				}
+			}
+			return nil
+		},
+	}
+	o.Progress.Start("churn: start light zones with their statuses", c.Zones)
+	defer o.Progress.Finish()
+	var none arrivals // no policies are written: nothing arrives
+	for i := range ixs {
+		ixs[i] = kdssync.NewIndex([]string{statusType})
+		for j := range c.PerZone {
+			if err := ixs[i].Put(t.next(i, j, c.Size)); err != nil {
+				return zs, fmt.Errorf("zone %d: %w", i, err)
+			}
+		}
+		z, err := startLightZone(v, g, churnZone(i), i, &none, ixs[i], o.Log)
+		if err != nil {
+			return zs, err
+		}
+		lz = append(lz, z)
+		zs.stops = append(zs.stops, z.stop)
+		o.Progress.Set(i + 1)
+	}
+	return zs, nil
+}
 
 func b2f(b bool) float64 {
 	if b {
@@ -257,12 +394,12 @@ func newChurnTracker(zones, per int) *churnTracker {
 }
 
 // next returns zone i's status j at its next sequence number, stamped with
-// the time of the write.
+// the time of the write; its version is the sequence.
 func (t *churnTracker) next(i, j, size int) *resource.Resource {
 	seq := t.written[i][j].Load() + 1
 	t.written[i][j].Store(seq)
 	val := fmt.Sprintf("c%d-%d", seq, time.Now().UnixNano())
-	return &resource.Resource{Type: statusType, Mesh: benchMesh, Name: fmt.Sprintf("s-%d", j), Spec: specOf(val, size)}
+	return &resource.Resource{Type: statusType, Mesh: benchMesh, Name: fmt.Sprintf("s-%d", j), Version: strconv.FormatInt(seq, 10), Spec: specOf(val, size)}
 }
 
 var churnValue = []byte(`"value":"c`)
@@ -317,10 +454,14 @@ func (t *churnTracker) pending() int {
 	return n
 }
 
-// waitSettled waits until global holds every zone's latest write.
-func (t *churnTracker) waitSettled(ctx context.Context, limit time.Duration) error {
+// waitSettled waits until global holds every zone's latest write, or failed
+// returns an error.
+func (t *churnTracker) waitSettled(ctx context.Context, limit time.Duration, failed func() error) error {
 	deadline := time.Now().Add(limit)
 	for t.pending() > 0 {
+		if err := failed(); err != nil {
+			return err
+		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("%d statuses not at global after %s", t.pending(), limit)
 		}
@@ -338,19 +479,32 @@ type churnPhase struct {
 	d        time.Duration
 	written  int64
 	lat      []time.Duration
-	pendings []int     // one sample per second
-	rss      []float64 // MiB, one sample per second
-	cpu      time.Duration
-	rate     float64 // offered updates/s, for the keep-up slack
+	pendings []int         // one sample per second
+	rss      []float64     // MiB, one sample per second
+	cpu      time.Duration // this process and its children (the plugins)
+	// cpuPlugins is the children's share of cpu.
+	cpuPlugins time.Duration
+	rate       float64 // offered updates/s, for the keep-up slack
 }
 
 // run rewrites every zone's statuses at mult times the configured rate for
 // d, sampling pending and RSS every second.
-func (t *churnTracker) run(ctx context.Context, zones []*node, c ChurnConfig, mult float64, d time.Duration, tick func(int)) (churnPhase, error) {
+func (t *churnTracker) run(ctx context.Context, zs churnZones, c ChurnConfig, mult float64, d time.Duration, tick func(int)) (churnPhase, error) {
+	p := churnPhase{d: d, rate: float64(c.Zones*c.PerZone) / c.Interval.Seconds() * mult}
+	// The latencies' buffer is sized for the phase and touched before it
+	// starts, so that the tracker's own memory is not counted as growth
+	// of RSS during the phase.
+	want := int(p.rate*d.Seconds()*1.25) + 1024
 	t.mu.Lock()
+	if cap(t.lat) < want {
+		t.lat = nil
+		t.lat = make([]time.Duration, want)
+		for i := range t.lat {
+			t.lat[i] = 1
+		}
+	}
 	t.lat = t.lat[:0]
 	t.mu.Unlock()
-	p := churnPhase{d: d, rate: float64(len(zones)*c.PerZone) / c.Interval.Seconds() * mult}
 	var written atomic.Int64
 	// The phase ends by cancellation, not by a deadline: a deadline
 	// reaches gRPC calls inside the writes, which may time out on their own
@@ -363,48 +517,22 @@ func (t *churnTracker) run(ctx context.Context, zones []*node, c ChurnConfig, mu
 	eg, ectx := errgroup.WithContext(ctx)
 	// Each zone's writer spreads its statuses evenly over the interval.
 	gap := time.Duration(float64(c.Interval) / mult / float64(c.PerZone))
-	for i, z := range zones {
-		eg.Go(func() error {
-			next := time.Now().Add(time.Duration(i) * gap / time.Duration(len(zones)))
-			for j := 0; ; j = (j + 1) % c.PerZone {
-				if wait := time.Until(next); wait > 0 {
-					select {
-					case <-ectx.Done():
-						return nil
-					case <-time.After(wait):
-					}
-				} else if ectx.Err() != nil {
-					return nil
-				}
-				if _, err := z.e.Write(ectx, t.next(i, j, c.Size)); err != nil {
-					if ectx.Err() != nil {
-						return nil
-					}
-					return fmt.Errorf("zone %d write: %w", i, err)
-				}
-				written.Add(1)
-				next = next.Add(gap)
-			}
+	for i := range c.Zones {
+		eg.Go(func() (err error) {
+			pprof.Do(ectx, zoneLabels, func(ectx context.Context) { err = t.write(ectx, zs, i, c, gap, &written) })
+			return err
 		})
 	}
-	eg.Go(func() error {
-		tk := time.NewTicker(time.Second)
-		defer tk.Stop()
-		for s := 1; ; s++ {
-			select {
-			case <-ectx.Done():
-				return nil
-			case <-tk.C:
-				p.pendings = append(p.pendings, t.pending())
-				p.rss = append(p.rss, mib(readRSS()))
-				tick(s)
-			}
-		}
+	eg.Go(func() (err error) {
+		pprof.Do(ectx, benchLabels, func(ectx context.Context) { err = t.sample(ectx, zs, &p, tick) })
+		return err
 	})
 	if err := eg.Wait(); err != nil {
 		return p, err
 	}
-	p.cpu = sampleCPU().since(cpu0)
+	cpu := sampleCPU()
+	p.cpu = cpu.since(cpu0)
+	p.cpuPlugins = cpu.childrenSince(cpu0)
 	p.written = written.Load()
 	t.mu.Lock()
 	p.lat = slices.Clone(t.lat)
@@ -412,16 +540,64 @@ func (t *churnTracker) run(ctx context.Context, zones []*node, c ChurnConfig, mu
 	return p, nil
 }
 
+// write rewrites zone i's statuses one after the other, gap apart, until
+// ctx ends, counting them in written.
+func (t *churnTracker) write(ctx context.Context, zs churnZones, i int, c ChurnConfig, gap time.Duration, written *atomic.Int64) error {
+	next := time.Now().Add(time.Duration(i) * gap / time.Duration(c.Zones))
+	for j := 0; ; j = (j + 1) % c.PerZone {
+		if wait := time.Until(next); wait > 0 {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(wait):
+			}
+		} else if ctx.Err() != nil {
+			return nil
+		}
+		if err := zs.write(ctx, i, t.next(i, j, c.Size)); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("zone %d write: %w", i, err)
+		}
+		written.Add(1)
+		next = next.Add(gap)
+	}
+}
+
+// sample records pending and RSS into p every second until ctx ends, and
+// fails when a zone can no longer sync.
+func (t *churnTracker) sample(ctx context.Context, zs churnZones, p *churnPhase, tick func(int)) error {
+	tk := time.NewTicker(time.Second)
+	defer tk.Stop()
+	for s := 1; ; s++ {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tk.C:
+			if err := zs.failed(); err != nil {
+				return err
+			}
+			p.pendings = append(p.pendings, t.pending())
+			p.rss = append(p.rss, mib(readRSS()))
+			tick(s)
+		}
+	}
+}
+
 // offered: the writers wrote at least 90% of the rate asked of them.
 func (p churnPhase) offered() bool { return p.writtenRate() >= 0.9*p.rate }
 
 func (p churnPhase) writtenRate() float64 { return float64(p.written) / p.d.Seconds() }
 
-func (p churnPhase) cpuPerUpdate() float64 {
+func (p churnPhase) cpuPerUpdate() float64 { return p.perUpdate(p.cpu) }
+
+// perUpdate is cpu in µs per update written.
+func (p churnPhase) perUpdate(cpu time.Duration) float64 {
 	if p.written == 0 {
 		return 0
 	}
-	return float64(p.cpu.Microseconds()) / float64(p.written)
+	return float64(cpu.Microseconds()) / float64(p.written)
 }
 
 // pendingMedian is the median pending sample between from and to.
@@ -436,7 +612,11 @@ func (p churnPhase) pendingMedian(from, to time.Duration) int {
 }
 
 // keptUp: the last minute's (or last half's, for short phases) median
-// pending is at most 1.5× the first one's plus half a second of updates.
+// pending is at most 1.5× the first one's plus half a second of updates,
+// and at most one second of updates. The second bound matters because
+// pending cannot grow past the number of statuses (a status rewritten before
+// global applied it is pending once): a global far behind holds pending at
+// that cap, flat, which the first bound alone would call keeping up.
 func (p churnPhase) keptUp() bool {
 	n := len(p.pendings)
 	if n < 2 {
@@ -445,7 +625,7 @@ func (p churnPhase) keptUp() bool {
 	win := min(60, n/2)
 	first := p.pendingMedian(0, time.Duration(win)*time.Second)
 	last := p.pendingMedian(time.Duration(n-win)*time.Second, time.Duration(n)*time.Second)
-	return float64(last) <= 1.5*float64(first)+p.rate/2
+	return float64(last) <= 1.5*float64(first)+p.rate/2 && float64(last) <= p.rate
 }
 
 // rssGrowth is the growth of RSS at the end over RSS at after, as a
@@ -468,5 +648,5 @@ func (p churnPhase) report(r *Report, name string, offered float64) {
 		rss = fmt.Sprintf("%.0f→%.0f", p.rss[0], p.rss[len(p.rss)-1])
 	}
 	lat := slices.Clone(p.lat)
-	r.row(name, offered, p.writtenRate(), len(lat), ms(percentile(lat, 0.5)), ms(percentile(lat, 0.99)), ms(percentile(lat, 1)), pend, rss, p.cpuPerUpdate())
+	r.row(name, offered, p.writtenRate(), len(lat), ms(percentile(lat, 0.5)), ms(percentile(lat, 0.99)), ms(percentile(lat, 1)), pend, rss, p.cpuPerUpdate(), p.perUpdate(p.cpuPlugins))
 }

@@ -45,6 +45,15 @@ func (s cpuSample) since(before cpuSample) time.Duration {
 	return d
 }
 
+// childrenSince is the part of since used by the child processes.
+func (s cpuSample) childrenSince(before cpuSample) time.Duration {
+	var d time.Duration
+	for pid, t := range s.children {
+		d += t - before.children[pid]
+	}
+	return d
+}
+
 // childCPU returns the CPU time of every process under proc whose parent
 // is ppid, or nil when proc cannot be listed. A process that exits while
 // it is read is skipped.

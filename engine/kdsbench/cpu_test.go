@@ -53,3 +53,21 @@ func TestSampleCPUSeesThisProcess(t *testing.T) {
 	}
 	assert.Positive(t, sampleCPU().since(before))
 }
+
+// A backlog flat at the number of statuses (global far behind: pending
+// cannot grow past it) is not keeping up; a small flat backlog is.
+func TestChurnKeptUp(t *testing.T) {
+	flat := func(n, v int) []int {
+		s := make([]int, n)
+		for i := range s {
+			s[i] = v
+		}
+		return s
+	}
+	small := churnPhase{rate: 10000, pendings: flat(120, 3000)}
+	assert.True(t, small.keptUp())
+	saturated := churnPhase{rate: 10000, pendings: flat(120, 100000)}
+	assert.False(t, saturated.keptUp())
+	growing := churnPhase{rate: 10000, pendings: append(flat(60, 1000), flat(60, 9000)...)}
+	assert.False(t, growing.keptUp())
+}

@@ -152,21 +152,31 @@ func TestBulkLoadAndWriteRules(t *testing.T) {
 	require.ErrorIs(t, err, resource.ErrReadOnly)
 }
 
-// The churn mode runs end to end at a toy size: every status written is
-// committed on global, latencies and pending samples are collected (no
-// timing is asserted).
+// The churn mode runs end to end at a toy size, with light zones (the
+// default) and with full zone engines: every status written is committed on
+// global, latencies and pending samples are collected (no timing is
+// asserted), and the steady phase's profile is written.
 func TestChurnSmoke(t *testing.T) {
-	r, err := Churn(context.Background(), Options{PluginsDir: pluginsDir}, ChurnConfig{
-		Zones: 2, PerZone: 20, Interval: 500 * time.Millisecond, Duration: 3 * time.Second, Size: 128,
-		RampStep: 2 * time.Second, RampMax: 2,
-	})
-	require.NoError(t, err)
-	assert.Positive(t, r.Figures["steady_updates_per_s"])
-	assert.Positive(t, r.Figures["steady_p99_ms"])
-	assert.Positive(t, r.Figures["baseline_p99_ms"])
-	assert.Positive(t, r.Figures["steady_cpu_us_per_update"])
-	assert.Contains(t, r.Figures, "ramp_max_rate_kept_up")
-	assert.False(t, r.Pass, "a 3 s steady phase cannot show the RSS and backlog verdicts")
+	for _, full := range []bool{false, true} {
+		t.Run(fmt.Sprintf("full=%v", full), func(t *testing.T) {
+			prof := filepath.Join(t.TempDir(), "steady.prof")
+			r, err := Churn(context.Background(), Options{PluginsDir: pluginsDir}, ChurnConfig{
+				Zones: 2, PerZone: 20, Interval: 500 * time.Millisecond, Duration: 3 * time.Second, Size: 128,
+				RampStep: 2 * time.Second, RampMax: 2, FullZones: full, SteadyProfile: prof,
+			})
+			require.NoError(t, err)
+			assert.Positive(t, r.Figures["steady_updates_per_s"])
+			assert.Positive(t, r.Figures["steady_p99_ms"])
+			assert.Positive(t, r.Figures["baseline_p99_ms"])
+			assert.Positive(t, r.Figures["steady_cpu_us_per_update"])
+			assert.Equal(t, b2f(full), r.Figures["full_zones"])
+			assert.Contains(t, r.Figures, "ramp_max_rate_kept_up")
+			assert.False(t, r.Pass, "a 3 s steady phase cannot show the RSS and backlog verdicts")
+			fi, err := os.Stat(prof)
+			require.NoError(t, err)
+			assert.Positive(t, fi.Size())
+		})
+	}
 }
 
 // The hostile mode runs end to end at a toy size: the hostile zone opens

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime/pprof"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -181,7 +182,7 @@ func scaleOne(ctx context.Context, o Options, v *env, c ScaleConfig, n int) (sca
 	o.Progress.Start(fmt.Sprintf("scale %d: %d light zones sync", n, c.Zones), c.Zones*n)
 	start := time.Now()
 	for i := range c.Zones {
-		z, err := startLightZone(v, g, fmt.Sprintf("light-%d-%d", n, i), i, &a, o.Log)
+		z, err := startLightZone(v, g, fmt.Sprintf("light-%d-%d", n, i), i, &a, nil, o.Log)
 		if err != nil {
 			return p, err
 		}
@@ -292,8 +293,15 @@ type lightZone struct {
 }
 
 // startLightZone starts light zone name, receiver who of a, dialing g.
+// Its kdssync server serves the zone→global statuses in serve (nil: none);
+// the caller may Put into serve while the zone runs, as a zone engine's
+// change feed does. Every goroutine of the zone runs under the pprof label
+// side=zone, so that a CPU profile tells the zones' share from global's.
 // stop ends it and joins its goroutines.
-func startLightZone(v *env, g *node, name string, who int, a *arrivals, log hclog.Logger) (*lightZone, error) {
+func startLightZone(v *env, g *node, name string, who int, a *arrivals, serve *kdssync.Index, log hclog.Logger) (*lightZone, error) {
+	if serve == nil {
+		serve = kdssync.NewIndex([]string{statusType})
+	}
 	zc, err := v.zoneConfig(g, name, localAddr(g.e.KDSAddr()), "")
 	if err != nil {
 		return nil, err
@@ -313,7 +321,7 @@ func startLightZone(v *env, g *node, name string, who int, a *arrivals, log hclo
 		stop := context.AfterFunc(ctx, func() { s.Close(fmt.Errorf("light zone: %w", context.Cause(ctx))) })
 		defer stop()
 		maxMsg := kdssync.WithSessionMaxMessageSize(s.Params().MaxMessageSize)
-		srv := kdssync.NewServer(kdssync.NewIndex([]string{statusType}))
+		srv := kdssync.NewServer(serve)
 		eg.Go(func() error { return srv.Serve(ctx, s.Server(), engine.GlobalPeer, maxMsg) })
 		eg.Go(func() error {
 			return kdssync.NewClient([]string{policyType}, sink, noValidation{}, engine.GlobalPeer, "").Run(ctx, s.Client())
@@ -336,7 +344,7 @@ func startLightZone(v *env, g *node, name string, who int, a *arrivals, log hclo
 	z.cancel = cancel
 	go func() {
 		defer close(z.done)
-		_ = d.Run(ctx)
+		pprof.Do(ctx, zoneLabels, func(ctx context.Context) { _ = d.Run(ctx) })
 	}()
 	return z, nil
 }
@@ -382,6 +390,11 @@ func (s *countingSink) Apply(_ context.Context, puts []*resource.Resource, delet
 	}
 	return nil
 }
+
+// zoneLabels marks the CPU profile samples of the benchmark's zone side
+// (light zones and the writers feeding them): go tool pprof
+// -tagfocus side=zone shows them, -tagignore side=zone the rest.
+var zoneLabels = pprof.Labels("side", "zone")
 
 // noValidation accepts everything: a light zone measures the transport and
 // sync protocol, not the plugins.

@@ -921,6 +921,28 @@ func (s *Store) Apply(ctx context.Context, b store.Batch) (uint64, error) {
 
 // Versions implements store.Store. It decodes only the key and the version
 // field of each stored value; the spec's bytes are skipped, not copied.
+// Count implements store.Counter: the type's bucket statistics, which
+// add up the leaf pages' element counts without reading any value (the
+// bucket holds items only).
+func (s *Store) Count(ctx context.Context, typ string) (int, error) {
+	leave, err := s.enter(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("count %s: %w", typ, err)
+	}
+	defer leave()
+	n := 0
+	err = s.db.View(func(tx *bolt.Tx) error {
+		if b := tx.Bucket(bucketTypes).Bucket([]byte(typ)); b != nil {
+			n = b.Stats().KeyN
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("count %s: %w", typ, err)
+	}
+	return n, nil
+}
+
 func (s *Store) Versions(ctx context.Context, f store.Filter) ([]store.KeyVersion, error) {
 	if err := store.CheckVersionsFilter(f); err != nil {
 		return nil, fmt.Errorf("versions: %w", err)

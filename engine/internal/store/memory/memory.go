@@ -298,6 +298,16 @@ func (s *Store) checkLimit(puts []*resource.Resource, deletes []resource.Key, li
 }
 
 // Versions implements store.Store.
+// Count implements store.Counter.
+func (s *Store) Count(ctx context.Context, typ string) (int, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if err := s.checkOpen(ctx); err != nil {
+		return 0, fmt.Errorf("count %s: %w", typ, err)
+	}
+	return len(s.byType[typ]), nil
+}
+
 func (s *Store) Versions(ctx context.Context, f store.Filter) ([]store.KeyVersion, error) {
 	if err := store.CheckVersionsFilter(f); err != nil {
 		return nil, fmt.Errorf("versions: %w", err)

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -59,6 +60,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"ApplyLimit", testApplyLimit},
 		{"ApplyLimitCountsEveryWrite", testApplyLimitCountsEveryWrite},
 		{"Versions", testVersions},
+		{"Count", testCount},
 		{"ConcurrentCreatesOneWins", testConcurrentCreates},
 		{"ConcurrentUpdatesNoLostUpdate", testNoLostUpdate},
 		{"WatchEvents", testWatchEvents},
@@ -893,4 +895,44 @@ func assertSame(t *testing.T, want, got *resource.Resource) {
 	assert.Equal(t, string(want.Spec), string(got.Spec))
 	assert.True(t, want.CreationTime.Equal(got.CreationTime), "creation time %v != %v", want.CreationTime, got.CreationTime)
 	assert.True(t, want.ModificationTime.Equal(got.ModificationTime), "modification time %v != %v", want.ModificationTime, got.ModificationTime)
+}
+
+// testCount checks a store.Counter (skipped for a store without one)
+// against Versions: local and zone resources, replaced and deleted ones,
+// more than fit one page, and a type never written.
+func testCount(t *testing.T, s store.Store) {
+	c, ok := s.(store.Counter)
+	if !ok {
+		t.Skip("the store keeps no count")
+	}
+	ctx := ctxT(t)
+	pad := strings.Repeat("x", 400)
+	var puts []*resource.Resource
+	for i := range 500 {
+		r := Res("Dataplane", fmt.Sprintf("dp-%d", i))
+		r.Zone, r.Version = fmt.Sprintf("z%d", i%3), "1"
+		r.Spec = json.RawMessage(fmt.Sprintf(`{"pad":%q}`, pad))
+		puts = append(puts, r)
+	}
+	_, err := s.Apply(ctx, store.Batch{Put: puts})
+	require.NoError(t, err)
+	mustCreate(t, s, Res("Dataplane", "local"))
+	mustCreate(t, s, Res("Mesh", "default"))
+	// Replacing changes no count; deleting does.
+	again := Res("Dataplane", "dp-1")
+	again.Zone, again.Version = "z1", "2"
+	_, err = s.Apply(ctx, store.Batch{Put: []*resource.Resource{again}, Delete: []resource.Key{puts[2].Key(), puts[3].Key()}})
+	require.NoError(t, err)
+	for typ, want := range map[string]int{"Dataplane": 499, "Mesh": 1, "Nothing": 0} {
+		kvs, err := s.Versions(ctx, store.Filter{Type: typ})
+		require.NoError(t, err)
+		require.Len(t, kvs, want, typ)
+		n, err := c.Count(ctx, typ)
+		require.NoError(t, err)
+		assert.Equal(t, want, n, typ)
+	}
+	require.NoError(t, s.Delete(ctx, resource.Key{Type: "Mesh", Mesh: "default", Name: "default"}, ""))
+	n, err := c.Count(ctx, "Mesh")
+	require.NoError(t, err)
+	assert.Zero(t, n, "the last Mesh deleted")
 }
