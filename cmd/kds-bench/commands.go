@@ -228,6 +228,7 @@ ratio to the first N's. Run small Ns first: 1M needs several GiB and minutes.`,
 	cmd.Flags().DurationVar(&c.Stall, "stall", 2*time.Minute, "give up on an initial sync that made no progress for this long")
 	cmd.Flags().BoolVar(&zoneChild, "zone-process", false, "run the measured engine zone in a child process (as in production) instead of in global's process")
 	cmd.Flags().BoolVar(&c.LightResume, "light-resume", false, "light zones resume holding global's current versions instead of syncing all N")
+	cmd.Flags().IntVar(&c.LightGroup, "light-group", 0, "connect the light zones this many at a time, each group once the ones before hold all N (0: all at once)")
 	cmd.Flags().StringVar(&zoneProfile, "zone-cpuprofile", "", "with --zone-process: write a CPU profile of the zone process (its whole life; the last N's) to this file")
 	cmd.Flags().StringVar(&c.SyncCPUProfile, "sync-cpuprofile", "", "write a CPU profile of this process during the measured zone's initial sync (the last N's) to this file")
 	return cmd

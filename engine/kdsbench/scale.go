@@ -53,6 +53,11 @@ type ScaleConfig struct {
 	// sinks hand out clones of one map built once from global's store (the
 	// clones share its strings).
 	LightResume bool
+	// LightGroup connects the light zones this many at a time, each group
+	// once the ones before it hold all N (0: all at once). It bounds what
+	// sessions starting together hold in transit (a resuming zone's
+	// announced versions pass through several copies).
+	LightGroup int
 	// SyncCPUProfile, if set, is a file that receives a CPU profile of this
 	// process covering only the measured zone's initial sync (of the last N).
 	SyncCPUProfile string
@@ -188,6 +193,7 @@ func Scale(ctx context.Context, o Options, c ScaleConfig) (*Report, error) {
 	r.Figures["changes"] = float64(min(c.Changes, c.Ns[0]))
 	r.Figures["largest_n"] = float64(last.n)
 	r.Figures["light_resume"] = b2f(c.LightResume)
+	r.Figures["light_group"] = float64(c.LightGroup)
 	r.Figures["zone_in_child"] = b2f(c.ZoneCommand != nil)
 	// Every target is judged at the largest N: at small N the heap per
 	// resource carries fixed costs spread over few resources.
@@ -201,6 +207,9 @@ func Scale(ctx context.Context, o Options, c ScaleConfig) (*Report, error) {
 		where = "in a child process (its own heap and GC; the same 2 cores)"
 	}
 	r.note("zone sync: one engine zone (memory store, plugin validation on) %s, from its start to global holding its ACK of all N", where)
+	if c.LightGroup > 0 && c.LightGroup < c.Zones {
+		r.note("light zones connect %d at a time, each group once the ones before hold all N; the light time covers every group", c.LightGroup)
+	}
 	if c.LightResume {
 		r.note("light resume: all %d light zones from connecting to global holding, for each, its announced versions of all N (global's own, so nothing is sent) and its ACK", c.Zones)
 	} else {
@@ -262,16 +271,22 @@ func scaleOne(ctx context.Context, o Options, v *env, c ScaleConfig, n int) (sca
 		what = "resume"
 	}
 	o.Progress.Start(fmt.Sprintf("scale %d: %d light zones %s", n, c.Zones, what), c.Zones*n)
+	group := c.LightGroup
+	if group <= 0 || group > c.Zones {
+		group = c.Zones
+	}
 	start := time.Now()
-	for i := range c.Zones {
-		z, err := startLightZone(v, g, fmt.Sprintf("light-%d-%d", n, i), i, &a, held, o.Log)
-		if err != nil {
+	for first := 0; first < c.Zones; first += group {
+		for i := first; i < min(first+group, c.Zones); i++ {
+			z, err := startLightZone(v, g, fmt.Sprintf("light-%d-%d", n, i), i, &a, held, o.Log)
+			if err != nil {
+				return p, err
+			}
+			zones = append(zones, z)
+		}
+		if err := waitLight(ctx, o.Progress, g, zones, n, c.LightResume, c.Stall); err != nil {
 			return p, err
 		}
-		zones = append(zones, z)
-	}
-	if err := waitLight(ctx, o.Progress, g, zones, n, c.LightResume, c.Stall); err != nil {
-		return p, err
 	}
 	p.lightSync = time.Since(start)
 	o.Progress.Finish()

@@ -47,7 +47,7 @@ func TestScaleSmoke(t *testing.T) {
 // sync, and the changes still reach every zone.
 func TestScaleLightResume(t *testing.T) {
 	r, err := Scale(context.Background(), Options{PluginsDir: pluginsDir},
-		ScaleConfig{Ns: []int{200}, Zones: 3, Changes: 5, Size: 256, Stall: time.Minute, LightResume: true})
+		ScaleConfig{Ns: []int{200}, Zones: 3, Changes: 5, Size: 256, Stall: time.Minute, LightResume: true, LightGroup: 2})
 	require.NoError(t, err)
 	for _, f := range []string{"light_zones_resume_s", "change_p50_ms", "change_p99_ms", "heap_zones_bytes", "peak_rss_bytes"} {
 		assert.Positive(t, r.Figures["n200_"+f], "figure %s", f)
@@ -55,4 +55,5 @@ func TestScaleLightResume(t *testing.T) {
 	assert.NotContains(t, r.Figures, "n200_light_zones_sync_s")
 	assert.Zero(t, r.Figures["n200_light_resources_sent"], "zones resuming with global's versions are sent nothing")
 	assert.Equal(t, 1.0, r.Figures["light_resume"])
+	assert.Equal(t, 2.0, r.Figures["light_group"])
 }
