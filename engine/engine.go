@@ -603,6 +603,8 @@ func (e *Engine) runSync(ctx context.Context, peer, zone string, sess *mux.Sessi
 			kdssync.WithClientLogger(e.log.Named("kds-client")),
 			kdssync.WithClientInsights(e.ins),
 			kdssync.WithRejections(rej),
+			kdssync.WithClientMaxMessageSize(sess.Params().MaxMessageSize),
+			kdssync.WithResumeParts(kdsgrpc.PeerAcceptsResumeParts(ctx)),
 		}
 		k := &sink{s: e.store, zone: zone, fence: fence}
 		if e.cfg.Role == RoleGlobal {

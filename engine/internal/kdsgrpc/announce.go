@@ -1,6 +1,7 @@
 package kdsgrpc
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strconv"
@@ -29,6 +30,11 @@ const (
 	// what it sends; a peer that does not announce it gets one message per
 	// stream message, as before.
 	CoalesceMetadataKey = "kds-coalesce"
+	// ResumePartsMetadataKey: "1" when the sender accepts a subscription's
+	// held versions in several requests (kdssync.WithResumeParts). The
+	// receiver then sends them in parts when they do not fit one request;
+	// to a peer that does not announce it, they must fit one.
+	ResumePartsMetadataKey = "kds-resume-parts"
 )
 
 // Bounds on announced figures: a peer announcing more is refused.
@@ -64,7 +70,8 @@ func (a Announcement) metadata() metadata.MD {
 	return metadata.Pairs(
 		TypesMetadataKey, strconv.Itoa(a.Types),
 		MaxMessageSizeMetadataKey, strconv.Itoa(a.MaxMessageSize),
-		CoalesceMetadataKey, "1")
+		CoalesceMetadataKey, "1",
+		ResumePartsMetadataKey, "1")
 }
 
 // peerFigures is what a peer announced; a figure it did not announce is -1.
@@ -72,6 +79,8 @@ type peerFigures struct {
 	types, maxMessageSize int
 	// coalesce: the peer accepts batches.
 	coalesce bool
+	// resumeParts: the peer accepts held versions in parts.
+	resumeParts bool
 }
 
 // announced reports whether the peer announced anything.
@@ -109,7 +118,26 @@ func parseAnnouncement(md metadata.MD) (peerFigures, error) {
 	if err != nil {
 		return peerFigures{}, err
 	}
-	return peerFigures{types: types, maxMessageSize: size, coalesce: coalesce == 1}, nil
+	parts, err := announcedInt(md, ResumePartsMetadataKey, 0, 1, "0 or 1")
+	if err != nil {
+		return peerFigures{}, err
+	}
+	return peerFigures{types: types, maxMessageSize: size, coalesce: coalesce == 1, resumeParts: parts == 1}, nil
+}
+
+type peerFiguresKey struct{}
+
+// withPeerFigures returns ctx carrying what the peer announced, for the
+// handler (PeerAcceptsResumeParts).
+func withPeerFigures(ctx context.Context, p peerFigures) context.Context {
+	return context.WithValue(ctx, peerFiguresKey{}, p)
+}
+
+// PeerAcceptsResumeParts reports whether the peer of the session whose
+// handler got ctx announced kds-resume-parts: 1.
+func PeerAcceptsResumeParts(ctx context.Context) bool {
+	p, ok := ctx.Value(peerFiguresKey{}).(peerFigures)
+	return ok && p.resumeParts
 }
 
 func announcedInt(md metadata.MD, key string, lo, hi int, what string) (int, error) {

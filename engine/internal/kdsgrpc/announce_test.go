@@ -233,16 +233,19 @@ func TestFaultZoneRefusesInvalidAnnouncement(t *testing.T) {
 func TestZoneAnnouncesInRequestMetadata(t *testing.T) {
 	got := make(chan metadata.MD, 1)
 	coalesce := make(chan bool, 2)
+	parts := make(chan bool, 2)
 	g := NewGlobal(1, func(ctx context.Context, _ string, s *mux.Session) error {
 		md, _ := metadata.FromIncomingContext(s.Context())
 		got <- md
 		coalesce <- s.Params().Coalesce
+		parts <- PeerAcceptsResumeParts(ctx)
 		<-ctx.Done()
 		return nil
 	})
 	addr := serve(t, g, Config{})
 	runDialer(t, NewDialer([]string{addr}, "zone-1", 7, func(ctx context.Context, s *mux.Session) error {
 		coalesce <- s.Params().Coalesce
+		parts <- PeerAcceptsResumeParts(ctx)
 		<-ctx.Done()
 		return nil
 	}, insecureDial(), WithConfig(Config{MaxMessageSize: 1 << 20})))
@@ -251,8 +254,11 @@ func TestZoneAnnouncesInRequestMetadata(t *testing.T) {
 		assert.Equal(t, []string{"7"}, md.Get(TypesMetadataKey))
 		assert.Equal(t, []string{strconv.Itoa(1 << 20)}, md.Get(MaxMessageSizeMetadataKey))
 		assert.Equal(t, []string{"1"}, md.Get(CoalesceMetadataKey))
+		assert.Equal(t, []string{"1"}, md.Get(ResumePartsMetadataKey))
 		assert.True(t, <-coalesce, "both sides announced batches: both send them")
 		assert.True(t, <-coalesce)
+		assert.True(t, <-parts, "both sides announced resume parts: both handlers learn it")
+		assert.True(t, <-parts)
 	case <-time.After(20 * time.Second):
 		t.Fatal("no session")
 	}
@@ -281,4 +287,28 @@ func TestParseCoalesce(t *testing.T) {
 		hasOpt := len(p.muxOptions()) > 0
 		assert.Equal(t, c.on, hasOpt, "%v: only a peer that accepts batches gets them", c.vals)
 	}
+}
+
+// kds-resume-parts: absent or 0 is off, 1 is on, anything else (or twice)
+// refuses the session like any invalid figure.
+func TestParseResumeParts(t *testing.T) {
+	for _, c := range []struct {
+		vals []string
+		on   bool
+		bad  bool
+	}{{nil, false, false}, {[]string{"0"}, false, false}, {[]string{"1"}, true, false},
+		{[]string{"2"}, false, true}, {[]string{"on"}, false, true}, {[]string{"1", "1"}, false, true}} {
+		md := metadata.MD{}
+		for _, v := range c.vals {
+			md.Append(ResumePartsMetadataKey, v)
+		}
+		p, err := parseAnnouncement(md)
+		if c.bad {
+			assert.ErrorIs(t, err, ErrInvalidAnnouncement, "%v", c.vals)
+			continue
+		}
+		require.NoError(t, err, "%v", c.vals)
+		assert.Equal(t, c.on, PeerAcceptsResumeParts(withPeerFigures(context.Background(), p)), "%v", c.vals)
+	}
+	assert.False(t, PeerAcceptsResumeParts(context.Background()), "no announcement in the context")
 }

@@ -228,7 +228,7 @@ func (d *Dialer) session(ctx context.Context, client kdsv1.KDSClient, c candidat
 	a := d.set.announcement(d.types)
 	sctx, cancel := context.WithCancelCause(metadata.AppendToOutgoingContext(ctx, ZoneMetadataKey, d.zone,
 		TypesMetadataKey, strconv.Itoa(a.Types), MaxMessageSizeMetadataKey, strconv.Itoa(a.MaxMessageSize),
-		CoalesceMetadataKey, "1"))
+		CoalesceMetadataKey, "1", ResumePartsMetadataKey, "1"))
 	defer cancel(nil)
 	timeout := d.set.connectTimeout
 	timer := time.AfterFunc(timeout, func() {
@@ -280,7 +280,7 @@ func (d *Dialer) session(ctx context.Context, client kdsv1.KDSClient, c candidat
 	log.Info("session started")
 	logAgreement(log, sess.Params())
 	return true, runSession(ctx, nil, &d.set, d.zone, c.addr, sess, func(ctx context.Context) error {
-		return d.handler(context.WithValue(ctx, peerHeaderKey{}, headerSource(stream)), sess)
+		return d.handler(withPeerFigures(context.WithValue(ctx, peerHeaderKey{}, headerSource(stream)), peerFig), sess)
 	})
 }
 

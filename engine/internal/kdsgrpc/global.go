@@ -104,7 +104,7 @@ func (g *Global) Session(stream kdsv1.KDS_SessionServer) error {
 	go func() {
 		defer g.wg.Done()
 		done <- runSession(context.Background(), stream.Context(), &g.set, zone, "", sess, func(ctx context.Context) error {
-			return g.handler(ctx, zone, sess)
+			return g.handler(withPeerFigures(ctx, peerFig), zone, sess)
 		})
 	}()
 	select {

@@ -78,6 +78,22 @@ func WithMaxResourcesPerType(n int) ClientOption { return func(c *Client) { c.ma
 // memory lasts one session.
 func WithRejections(r *Rejections) ClientOption { return func(c *Client) { c.rejections = r } }
 
+// WithResumeParts lets the client send the versions it holds of a type in
+// several requests when they do not fit one (the peer announced that it
+// accepts them in parts). Without it, held versions that do not fit one
+// request end the session with an error saying so.
+func WithResumeParts(on bool) ClientOption { return func(c *Client) { c.parts = on } }
+
+// WithClientMaxMessageSize sets the largest request the client sends: the
+// session's agreed max message size (default DefaultMaxMessageSize).
+func WithClientMaxMessageSize(n int) ClientOption {
+	return func(c *Client) {
+		if n > 0 {
+			c.maxMsg = n
+		}
+	}
+}
+
 // Client subscribes to a fixed set of types and applies what arrives. One
 // Client serves one session: create a new one per session.
 type Client struct {
@@ -90,8 +106,15 @@ type Client struct {
 	ins        *insights.Registry
 	maxPerType int
 	rejections *Rejections
+	maxMsg     int
+	parts      bool
 
 	held map[string]map[string]string // type -> wire name -> version
+	// resume holds, per type whose held versions go in parts, what is left
+	// to send. Run fills it before the stages start; then only the
+	// checking stage touches it (it builds the next part when the answer
+	// to the previous one arrives).
+	resume map[string]*resumeParts
 	// unknown holds the types of responses this side never subscribed to
 	// that insights show (at most MaxUnknownTypes); dropped when Run ends.
 	// Only the answering stage touches it.
@@ -111,6 +134,8 @@ func NewClient(types []string, sink Sink, v Validator, peer, zone string, opts .
 		log:       hclog.NewNullLogger(),
 		held:      map[string]map[string]string{},
 		unknown:   map[string]struct{}{},
+		maxMsg:    DefaultMaxMessageSize,
+		resume:    map[string]*resumeParts{},
 	}
 	for _, o := range opts {
 		o(c)
@@ -143,19 +168,9 @@ func (c *Client) Run(ctx context.Context, stream ClientStream) error {
 		}
 		c.held[typ] = versions
 		c.record(typ, func(ts *insights.TypeState) { ts.ResourcesHeld = len(versions) })
-		// A copy: the transport may marshal the request after Send returns,
-		// while check updates held.
-		req := &discovery.DeltaDiscoveryRequest{
-			TypeUrl:                 TypeURL(typ),
-			ResourceNamesSubscribe:  []string{"*"},
-			InitialResourceVersions: maps.Clone(versions),
-		}
-		if earlier := c.rejections.list(typ); len(earlier) > 0 {
-			st, err := rejectionStatus(int32(codes.OK), "versions refused in earlier sessions", earlier)
-			if err != nil {
-				return err
-			}
-			req.ErrorDetail = st
+		req, err := c.subscription(typ)
+		if err != nil {
+			return err
 		}
 		if err := stream.Send(req); err != nil {
 			return fmt.Errorf("subscribe to %s: %w", typ, err)
@@ -208,6 +223,8 @@ type checked struct {
 	rejected []*kdsv1.RejectedResource
 	whole    error // the response is refused as a whole (NACK without a Rejection)
 	held     int   // resources of typ held once this response is applied
+	// next is the next part of typ's subscription, sent after the answer.
+	next *discovery.DeltaDiscoveryRequest
 }
 
 // check decodes and validates resp. Only a failure to validate at all is
@@ -262,6 +279,12 @@ func (c *Client) check(ctx context.Context, resp *discovery.DeltaDiscoveryRespon
 	}
 	ch.puts = puts
 	ch.held = len(held)
+	if c.resume[typ] != nil {
+		// The answer to the previous part: the next one goes out once
+		// this response is answered, from what is held once it is
+		// applied.
+		ch.next = c.nextPart(typ)
+	}
 	if len(ch.rejected) > 0 {
 		c.log.Warn("refusing resources (NACK); the rest of the response is applied",
 			"type", typ, "refused", len(ch.rejected), "first", ch.rejected[0].GetName(), "why", fieldErrors(ch.rejected[0].GetErrors()))
@@ -323,10 +346,24 @@ func (c *Client) refuseOverLimit(ch *checked, typ string, held map[string]string
 	return keep
 }
 
-// answer applies the accepted part of a response as one transaction and
+// answer settles one response (see settle), then sends the next part of
+// its type's subscription if one is due.
+func (c *Client) answer(ctx context.Context, stream ClientStream, ch *checked) error {
+	if err := c.settle(ctx, stream, ch); err != nil {
+		return err
+	}
+	if ch.next != nil {
+		if err := stream.Send(ch.next); err != nil {
+			return fmt.Errorf("subscribe to %s: %w", ch.typ, err)
+		}
+	}
+	return nil
+}
+
+// settle applies the accepted part of a response as one transaction and
 // answers: an ACK when nothing was refused, else a NACK whose Rejection
 // names what was. A failure to store is returned and ends the session.
-func (c *Client) answer(ctx context.Context, stream ClientStream, ch *checked) error {
+func (c *Client) settle(ctx context.Context, stream ClientStream, ch *checked) error {
 	if ch.whole != nil {
 		return c.nack(stream, ch, &status.Status{Code: int32(codes.InvalidArgument), Message: ch.whole.Error()})
 	}
@@ -342,7 +379,9 @@ func (c *Client) answer(ctx context.Context, stream ClientStream, ch *checked) e
 		shown = append(shown, apitypes.RejectedResource{Name: r.GetName(), Version: r.GetVersion(), Removal: r.GetRemoval(), Errors: fieldErrors(r.GetErrors())})
 	}
 	c.record(ch.typ, func(ts *insights.TypeState) {
-		ts.LastVersionApplied = ch.resp.GetSystemVersionInfo()
+		if v := ch.resp.GetSystemVersionInfo(); v != "" {
+			ts.LastVersionApplied = v
+		}
 		ts.ResourcesHeld = ch.held
 		ts.ResourcesReceived += uint64(len(ch.puts))
 		ts.RejectedCount = refused

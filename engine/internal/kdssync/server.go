@@ -51,6 +51,15 @@ const (
 	// DefaultSessionBudgetMessages sizes a session's budget for responses
 	// in flight: this many max-size messages (one always fits).
 	DefaultSessionBudgetMessages = 3
+	// HeldBudgetMessages bounds, in max-size messages, the bytes of the
+	// held names and versions (and refused ones) a session's subscriptions
+	// carry that are not the index's own strings, all types together (a
+	// name this side serves costs nothing, a version other than the one
+	// served costs its length). A
+	// subscription sent in parts would otherwise make the server keep
+	// versions of any length, MaxNamesPerRequest of them per type; more
+	// ends the session (ErrProtocol).
+	HeldBudgetMessages = 16
 	// DefaultProcessBudget bounds the bytes of responses in flight across
 	// all sessions of a server (see Budget).
 	DefaultProcessBudget = 128 << 20
@@ -166,6 +175,8 @@ func (s *Server) Serve(ctx context.Context, stream ServerStream, peer string, op
 		wake:    make(chan struct{}, 1),
 		queries: make(chan heldQuery),
 		done:    make(chan struct{}),
+
+		resuming: map[string]*resumeState{},
 	}
 	for _, o := range opts {
 		o(ss)
@@ -248,6 +259,29 @@ type serverSession struct {
 	// starved is set when a response could not be built for lack of budget;
 	// the next answer retries every type.
 	starved bool
+	// resuming collects, per type, the held versions a peer sends in parts
+	// before the subscription that completes them (see resumePart).
+	resuming map[string]*resumeState
+	// heldBytes is what the subscriptions' held and refused names and
+	// versions copied (not the index's strings) take, collected parts and
+	// every type's latest subscription together; at most
+	// HeldBudgetMessages × maxMsg.
+	heldBytes int64
+}
+
+// resumeState is what a peer has said it holds of one type so far, while it
+// sends its held versions in parts: requests without the "*" subscription,
+// each answered with an empty response, the next part only after that
+// answer is ACKed, and the subscription ("*") last. Nothing is served and
+// no removal is decided until then.
+type resumeState struct {
+	held map[string]string
+	// rejected keeps names, versions and removal flags only.
+	rejected []*kdsv1.RejectedResource
+	// bytes is what held and rejected copied (counted in heldBytes).
+	bytes int64
+	// ack is the nonce of the answer to the last part until the peer ACKs it.
+	ack string
 }
 
 // serveState is the server's view of one type on one session.
@@ -280,6 +314,9 @@ type serveState struct {
 	// force makes the next trySend send even an empty response (the
 	// answer to an initial request).
 	force bool
+	// heldBytes is the share of the session's heldBytes that the latest
+	// subscription's held and refused strings take.
+	heldBytes int64
 }
 
 // sentState is what a response in flight carries for one name.
@@ -346,7 +383,18 @@ func (ss *serverSession) handle(req *discovery.DeltaDiscoveryRequest) error {
 	}
 	st := ss.types[typ]
 	if req.GetResponseNonce() == "" {
+		if !slices.Contains(req.GetResourceNamesSubscribe(), "*") {
+			return ss.resumePart(typ, req, rej)
+		}
 		return ss.subscribe(st, typ, req, rej)
+	}
+	if rs := ss.resuming[typ]; rs != nil && rs.ack == req.GetResponseNonce() {
+		rs.ack = ""
+		ss.record(typ, func(ts *insights.TypeState) {
+			ts.ResponsesACKed++
+			ts.LastACK = time.Now()
+		})
+		return nil
 	}
 	i := -1
 	if st != nil {
@@ -379,26 +427,40 @@ func (ss *serverSession) subscribe(st *serveState, typ string, req *discovery.De
 	for _, f := range st.inflight {
 		f.stale = true
 	}
-	st.held = make(map[string]string, len(req.GetInitialResourceVersions()))
-	for n, v := range req.GetInitialResourceVersions() {
-		st.held[n] = v
+	// What the previous subscription held is replaced below.
+	ss.heldBytes -= st.heldBytes
+	st.heldBytes = 0
+	rs, err := ss.collect(typ, req, rej)
+	if err != nil {
+		return err
 	}
+	delete(ss.resuming, typ)
+	st.held = rs.held
+	st.heldBytes = rs.bytes
 	st.sent = map[string]sentState{}
 	st.rejected = map[string]string{}
-	for _, r := range rej.GetResources() {
+	for _, r := range rs.rejected {
 		if r.GetRemoval() {
 			st.rejected[r.GetName()] = ""
 		} else if r.GetVersion() != "" {
 			st.rejected[r.GetName()] = r.GetVersion()
 		}
 	}
-	st.pending = make(map[string]struct{}, len(st.held))
-	for n := range st.held {
-		st.pending[n] = struct{}{}
-	}
+	// Pending: every name whose state differs between the peer and the
+	// index (a name held at the index's version needs nothing, and a
+	// change after this point marks it through the subscription).
+	st.pending = map[string]struct{}{}
 	ss.ix.mu.RLock()
-	for n := range ss.ix.types[typ].entries {
-		st.pending[n] = struct{}{}
+	entries := ss.ix.types[typ].entries
+	for n, v := range st.held {
+		if e, ok := entries[n]; !ok || e.res.Version != v {
+			st.pending[n] = struct{}{}
+		}
+	}
+	for n, e := range entries {
+		if v, ok := st.held[n]; !ok || v != e.res.Version {
+			st.pending[n] = struct{}{}
+		}
 	}
 	ss.ix.mu.RUnlock()
 	st.queue = nil
@@ -410,6 +472,80 @@ func (ss *serverSession) subscribe(st *serveState, typ string, req *discovery.De
 		ts.Rejected = nil
 	})
 	return ss.trySend(st)
+}
+
+// resumePart takes one part of the versions a peer holds of typ (a request
+// without the "*" subscription; the subscription that follows completes
+// them) and answers it with an empty response, which the peer ACKs before
+// it sends the next part. A part sent before the previous answer was
+// ACKed, or parts naming more than this side serves of the type plus
+// MaxNamesPerRequest, end the session (ErrProtocol): the parts are kept
+// until the subscription, so they must stay bounded.
+func (ss *serverSession) resumePart(typ string, req *discovery.DeltaDiscoveryRequest, rej *kdsv1.Rejection) error {
+	rs, err := ss.collect(typ, req, rej)
+	if err != nil {
+		return err
+	}
+	ss.resuming[typ] = rs
+	ss.nonce++
+	rs.ack = strconv.FormatUint(ss.nonce, 10)
+	resp := &discovery.DeltaDiscoveryResponse{TypeUrl: req.GetTypeUrl(), Nonce: rs.ack}
+	if err := ss.stream.Send(resp); err != nil {
+		return fmt.Errorf("answer %s subscription part: %w", typ, err)
+	}
+	ss.record(typ, func(ts *insights.TypeState) { ts.ResponsesSent++ })
+	return nil
+}
+
+// collect adds what req says the peer holds of typ (and refused earlier)
+// to the parts collected so far, and returns the result. Names and
+// versions the index holds are stored as the index's own strings, so that
+// a peer holding what this side serves costs a map entry, not a copy; the
+// strings it copies count against the session's HeldBudgetMessages.
+func (ss *serverSession) collect(typ string, req *discovery.DeltaDiscoveryRequest, rej *kdsv1.Rejection) (*resumeState, error) {
+	rs := ss.resuming[typ]
+	if rs == nil {
+		rs = &resumeState{held: make(map[string]string, len(req.GetInitialResourceVersions()))}
+	}
+	if rs.ack != "" {
+		return nil, fmt.Errorf("%w: a %s subscription part arrived before the answer to the previous part was ACKed", ErrProtocol, typ)
+	}
+	versions := req.GetInitialResourceVersions()
+	if limit := ss.ix.Len(typ) + MaxNamesPerRequest; len(rs.held)+len(versions)+len(rs.rejected)+len(rej.GetResources()) > limit {
+		return nil, fmt.Errorf("%w: the %s subscription names more than %d held or refused resources (the %d this side serves plus %d)",
+			ErrProtocol, typ, limit, ss.ix.Len(typ), MaxNamesPerRequest)
+	}
+	var copied int64
+	ss.ix.mu.RLock()
+	entries := ss.ix.types[typ].entries
+	for n, v := range versions {
+		e, ok := entries[n]
+		switch {
+		case ok && e.res.Version == v:
+			n, v = e.res.Name, e.res.Version
+		case ok:
+			// Held at another version (changed while the peer was away,
+			// or every version after this side's store was restored):
+			// only the version is a copy.
+			n = e.res.Name
+			copied += int64(len(v))
+		default:
+			copied += int64(len(n) + len(v))
+		}
+		rs.held[n] = v
+	}
+	ss.ix.mu.RUnlock()
+	for _, r := range rej.GetResources() {
+		rs.rejected = append(rs.rejected, &kdsv1.RejectedResource{Name: r.GetName(), Version: r.GetVersion(), Removal: r.GetRemoval()})
+		copied += int64(len(r.GetName()) + len(r.GetVersion()))
+	}
+	rs.bytes += copied
+	ss.heldBytes += copied
+	if limit := int64(HeldBudgetMessages) * int64(ss.maxMsg); ss.heldBytes > limit {
+		return nil, fmt.Errorf("%w: the %s subscription brings the held and refused names and versions this side does not serve to %d bytes, more than %d (%d max-size messages; raise --max-message-size on both sides if a peer really holds that much this side no longer serves)",
+			ErrProtocol, typ, ss.heldBytes, limit, HeldBudgetMessages)
+	}
+	return rs, nil
 }
 
 // forget drops a response the peer skipped: its names are reconsidered
