@@ -510,7 +510,9 @@ func startLightZone(v *env, g *node, name string, who int, a *arrivals, held map
 		srv := kdssync.NewServer(kdssync.NewIndex([]string{statusType}))
 		eg.Go(func() error { return srv.Serve(ctx, s.Server(), engine.GlobalPeer, maxMsg) })
 		eg.Go(func() error {
-			return kdssync.NewClient([]string{policyType}, sink, noValidation{}, engine.GlobalPeer, "").Run(ctx, s.Client())
+			return kdssync.NewClient([]string{policyType}, sink, noValidation{}, engine.GlobalPeer, "",
+				kdssync.WithClientMaxMessageSize(s.Params().MaxMessageSize),
+				kdssync.WithResumeParts(kdsgrpc.PeerAcceptsResumeParts(ctx))).Run(ctx, s.Client())
 		})
 		return eg.Wait()
 	}
