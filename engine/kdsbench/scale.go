@@ -9,6 +9,7 @@ import (
 	"maps"
 	"os"
 	"os/exec"
+	"runtime"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -94,6 +95,9 @@ type scalePoint struct {
 	// lightSent is how many resources global sent the light zones until
 	// they held all N (Z × N for a sync, 0 for a resume).
 	lightSent uint64
+	// clonePerEntry is the heap one clone of the shared held map takes
+	// per name (light resume only).
+	clonePerEntry float64
 }
 
 // Scale measures how global behaves as the number of resources grows: for
@@ -175,6 +179,10 @@ func Scale(ctx context.Context, o Options, c ScaleConfig) (*Report, error) {
 		}
 		r.Figures[k+"heap_zones_bytes"] = float64(p.heapZones)
 		r.Figures[k+"light_resources_sent"] = float64(p.lightSent)
+		if c.LightResume {
+			r.Figures[k+"light_clone_bytes_per_entry"] = p.clonePerEntry
+			r.Figures[k+"global_bytes_per_zone_entry"] = perEntry - p.clonePerEntry
+		}
 		r.Figures[k+"heap_per_zone_entry_bytes"] = perEntry
 		r.Figures[k+"peak_rss_bytes"] = float64(p.peakRSS)
 		if c.ZoneCommand != nil {
@@ -218,6 +226,9 @@ func Scale(ctx context.Context, o Options, c ScaleConfig) (*Report, error) {
 	r.note("light zones: %d in-process zones on the engine's session code (kdsgrpc dialer, TLS, token, mux, kdssync client and server); they keep name → version only, no specs, no plugin, no validation", c.Zones)
 	r.note("zone sync CPU (JSON only): CPU seconds this process used during the zone's sync; with the zone in a child process, zone_process_cpu_s is the child's whole life (start to ACK)")
 	r.note("B/zone entry: heap after GC with the light zones connected minus heap loaded, over zones × N (global's held versions per zone and the light zones' own maps, both in this process); peak RSS: this process's VmHWM during the N")
+	if c.LightResume {
+		r.note("light_clone_bytes_per_entry (JSON): the heap one light zone's clone of the shared versions takes per name; global_bytes_per_zone_entry is B/zone entry minus it")
+	}
 	return r, nil
 }
 
@@ -258,6 +269,13 @@ func scaleOne(ctx context.Context, o Options, v *env, c ScaleConfig, n int) (sca
 		if held, err = globalVersions(ctx, g); err != nil {
 			return p, err
 		}
+		// What one light zone's clone costs, to tell the light zones'
+		// share of B/zone entry from global's.
+		h0, _ := heapAndRSS()
+		probe := maps.Clone(held)
+		h1, _ := heapAndRSS()
+		runtime.KeepAlive(probe)
+		p.clonePerEntry = perRes(h1, h0, n)
 	}
 	var a arrivals
 	zones := make([]*lightZone, 0, c.Zones)

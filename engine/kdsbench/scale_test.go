@@ -53,6 +53,8 @@ func TestScaleLightResume(t *testing.T) {
 		assert.Positive(t, r.Figures["n200_"+f], "figure %s", f)
 	}
 	assert.NotContains(t, r.Figures, "n200_light_zones_sync_s")
+	assert.Contains(t, r.Figures, "n200_light_clone_bytes_per_entry")
+	assert.Contains(t, r.Figures, "n200_global_bytes_per_zone_entry")
 	assert.Zero(t, r.Figures["n200_light_resources_sent"], "zones resuming with global's versions are sent nothing")
 	assert.Equal(t, 1.0, r.Figures["light_resume"])
 	assert.Equal(t, 2.0, r.Figures["light_group"])
