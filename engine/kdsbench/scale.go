@@ -105,10 +105,13 @@ type scalePoint struct {
 // global's bbolt store (in batches, as the other modes do), then
 //   - reads global's heap per resource (HeapAlloc after GC, loaded minus
 //     empty, divided by N),
-//   - times one real engine zone (memory store, kds-plugin-synctest) from
-//     its start until global has its ACK for all N,
-//   - connects Zones light zones and times Changes policy writes on global
-//     from just before the write until the last light zone applied it.
+//   - times one real engine zone (memory store, kds-plugin-synctest; in
+//     this process or, with ZoneCommand, a child) from its start until
+//     global has its ACK for all N,
+//   - connects Zones light zones (syncing all N, or with LightResume
+//     resuming from global's versions), reads the heap per zone-held name
+//     after GC, and times Changes policy writes on global from just before
+//     the write until the last light zone applied it.
 //
 // A light zone runs the engine's own session code in this process: the
 // kdsgrpc Dialer (TLS, zone token, session header, mux.Session) and the
