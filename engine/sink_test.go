@@ -43,3 +43,21 @@ func TestSinkReadsKeysAndVersionsOnly(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, map[string]string{"default/local": "v4"}, got, "on a zone: only what has no zone")
 }
+
+// A session hands what it received to the store for keeping: the batch is
+// Owned, so a memory store keeps the decoded resources instead of copying
+// every spec again.
+func TestSinkHandsResourcesToTheStore(t *testing.T) {
+	ctx := context.Background()
+	mem := memory.New()
+	defer mem.Close()
+	w, err := mem.Watch(t.Context())
+	require.NoError(t, err)
+	gs := guard.New(mem, guard.Global, dpTypes{})
+	r := &resource.Resource{Type: "Dataplane", Mesh: "default", Zone: "zone-1", Name: "a", Version: "v1", Spec: spec(map[string]any{})}
+	require.NoError(t, (&sink{s: gs, zone: "zone-1"}).Apply(ctx, []*resource.Resource{r}, nil))
+	<-w.C()
+	evs := w.Next()
+	require.Len(t, evs, 1)
+	assert.Same(t, r, evs[0].Resource, "stored as received, not copied")
+}

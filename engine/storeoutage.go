@@ -27,8 +27,12 @@ const (
 // attempt may have committed is safe: puts carry their versions (storing
 // one again changes nothing) and deletes of keys not stored are ignored.
 // Every other error is returned at once and ends the session, as before.
+//
+// The batch is Owned: the kdssync client decodes fresh resources for every
+// response and, after Apply, reads nothing of them but their count, so a
+// memory store keeps them without copying each spec.
 func (k *sink) Apply(ctx context.Context, puts []*resource.Resource, deletes []resource.Key) error {
-	b := store.Batch{Put: puts, Delete: deletes, Fence: k.fence, Limit: k.limit}
+	b := store.Batch{Put: puts, Delete: deletes, Fence: k.fence, Limit: k.limit, Owned: true}
 	return k.whileUnavailable(ctx, func() error {
 		_, err := k.s.Apply(ctx, b)
 		return err

@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
+	"runtime/pprof"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -184,19 +186,38 @@ func memoryCmd(g *globals) *cobra.Command {
 
 func scaleCmd(g *globals) *cobra.Command {
 	var c kdsbench.ScaleConfig
+	var zoneChild bool
+	var zoneProfile string
 	cmd := &cobra.Command{
 		Use:   "scale",
 		Short: "Global heap per resource, one zone's initial sync and a change's fan-out to Z light zones as N grows",
 		Long: `scale loads N resources of --size bytes straight into global's bbolt store
 for each N in --n, then measures global's heap per resource (after GC), one
-engine zone's initial sync of all N (memory store), and --changes policy
-changes reaching all --zones light zones (p50/p99). Light zones run the
-engine's session code in this process (dialer, TLS, token, mux, kdssync client
-and server) but keep only name → version, never specs. Each figure is also
-shown as a ratio to the first N's. Run small Ns first: 1M needs several GiB
-and minutes.`,
+engine zone's initial sync of all N (memory store; in this process, or in a
+child process with --zone-process), and --changes policy changes reaching all
+--zones light zones (p50/p99). Light zones run the engine's session code in
+this process (dialer, TLS, token, mux, kdssync client and server) but keep
+only name → version, never specs; with --light-resume they resume holding
+global's current versions instead of syncing. Each figure is also shown as a
+ratio to the first N's. Run small Ns first: 1M needs several GiB and minutes.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if zoneChild {
+				exe, err := os.Executable()
+				if err != nil {
+					return err
+				}
+				c.ZoneCommand = func(cfg string) *exec.Cmd {
+					args := []string{"zone-proc", "--config-json", cfg}
+					if zoneProfile != "" {
+						args = append(args, "--cpuprofile", zoneProfile)
+					}
+					return exec.Command(exe, args...)
+				}
+			}
+			if c.SyncCPUProfile != "" && g.cpuProfile != "" {
+				return errors.New("--sync-cpuprofile and --cpuprofile are exclusive")
+			}
 			return run(cmd, g, func(ctx context.Context, o kdsbench.Options) (*kdsbench.Report, error) {
 				return kdsbench.Scale(ctx, o, c)
 			})
@@ -207,6 +228,11 @@ and minutes.`,
 	cmd.Flags().IntVar(&c.Changes, "changes", 50, "measured policy changes per N")
 	cmd.Flags().IntVar(&c.Size, "size", 1024, "spec size in bytes")
 	cmd.Flags().DurationVar(&c.Stall, "stall", 2*time.Minute, "give up on an initial sync that made no progress for this long")
+	cmd.Flags().BoolVar(&zoneChild, "zone-process", false, "run the measured engine zone in a child process (as in production) instead of in global's process")
+	cmd.Flags().BoolVar(&c.LightResume, "light-resume", false, "light zones resume holding global's current versions instead of syncing all N")
+	cmd.Flags().IntVar(&c.LightGroup, "light-group", 0, "connect the light zones this many at a time, each group once the ones before hold all N (0: all at once)")
+	cmd.Flags().StringVar(&zoneProfile, "zone-cpuprofile", "", "with --zone-process: write a CPU profile of the zone process (its whole life; the last N's) to this file")
+	cmd.Flags().StringVar(&c.SyncCPUProfile, "sync-cpuprofile", "", "write a CPU profile of this process during the measured zone's initial sync (the last N's) to this file")
 	return cmd
 }
 
@@ -304,18 +330,30 @@ func hostileZoneProcCmd() *cobra.Command {
 	return cmd
 }
 
-// zoneProcCmd is the hidden child process of the memory mode.
+// zoneProcCmd is the hidden child process of the memory and scale modes.
 func zoneProcCmd() *cobra.Command {
-	var cfg string
+	var cfg, profile string
 	cmd := &cobra.Command{
 		Use:    "zone-proc",
 		Hidden: true,
 		Args:   cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if profile != "" {
+				pf, err := os.Create(profile)
+				if err != nil {
+					return err
+				}
+				defer pf.Close()
+				if err := pprof.StartCPUProfile(pf); err != nil {
+					return fmt.Errorf("cpu profile: %w", err)
+				}
+				defer pprof.StopCPUProfile()
+			}
 			return kdsbench.ZoneProcess(cmd.Context(), cfg, nil)
 		},
 	}
 	cmd.Flags().StringVar(&cfg, "config-json", "", "zone engine.Config as JSON")
+	cmd.Flags().StringVar(&profile, "cpuprofile", "", "write a CPU profile of the zone's whole life to this file")
 	return cmd
 }
 

@@ -353,7 +353,7 @@ func startLightChurnZones(o Options, v *env, g *node, t *churnTracker, c ChurnCo
 				return zs, fmt.Errorf("zone %d: %w", i, err)
 			}
 		}
-		z, err := startLightZone(v, g, churnZone(i), i, &none, ixs[i], o.Log)
+		z, err := startLightZone(v, g, churnZone(i), i, &none, ixs[i], nil, o.Log)
 		if err != nil {
 			return zs, err
 		}

@@ -124,6 +124,11 @@ func Memory(ctx context.Context, o Options, c MemoryConfig) (*Report, error) {
 	return r, nil
 }
 
+// resetPeakRSS resets this process's VmHWM to its current resident set
+// (Linux, /proc/self/clear_refs); where that is refused the peak stays the
+// process's whole-life peak.
+func resetPeakRSS() { _ = os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) }
+
 func mib(b uint64) float64 { return float64(b) / (1 << 20) }
 
 func perRes(now, base uint64, n int) float64 { return float64(int64(now)-int64(base)) / float64(n) }
@@ -138,15 +143,19 @@ func heapAndRSS() (heap, rss uint64) {
 	return m.HeapAlloc, readRSS()
 }
 
-func readRSS() uint64 {
-	f, err := os.Open("/proc/self/status")
+func readRSS() uint64 { return readStatus("self", "VmRSS:") }
+
+// readStatus reads a size field (such as "VmRSS:" or "VmHWM:") of process
+// pid ("self" for this one) from /proc, in bytes; 0 if it cannot.
+func readStatus(pid, field string) uint64 {
+	f, err := os.Open("/proc/" + pid + "/status")
 	if err != nil {
 		return 0
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+		if rest, ok := strings.CutPrefix(sc.Text(), field); ok {
 			kb, _ := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
 			return kb * 1024
 		}

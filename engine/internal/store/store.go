@@ -214,6 +214,11 @@ type Batch struct {
 	// no larger than it was passes: updates and deletes go on. Zero or
 	// negative: no limit.
 	Limit int
+	// Owned hands Put's resources to the store: the caller does not modify
+	// them (nor the slices and maps they hold) once it passed them to
+	// Apply, so a store that keeps resources in memory may keep these as
+	// they are instead of copying them. Stores that copy anyway ignore it.
+	Owned bool
 }
 
 // Fence names the session a batch belongs to: the zone it was claimed for

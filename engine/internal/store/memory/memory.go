@@ -223,10 +223,14 @@ func (s *Store) Apply(ctx context.Context, b store.Batch) (uint64, error) {
 		return 0, fmt.Errorf("apply: %w", err)
 	}
 	// Copy before taking the lock: nothing below can fail, so the batch is
-	// all or nothing.
-	puts := make([]*resource.Resource, len(b.Put))
-	for i, r := range b.Put {
-		puts[i] = r.Clone()
+	// all or nothing. An owned batch's resources are kept as they are (its
+	// caller no longer modifies them), which saves a copy of every spec.
+	puts := b.Put
+	if !b.Owned {
+		puts = make([]*resource.Resource, len(b.Put))
+		for i, r := range b.Put {
+			puts[i] = r.Clone()
+		}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
