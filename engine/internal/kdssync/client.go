@@ -38,10 +38,13 @@ type Sink interface {
 	Versions(ctx context.Context, typ string) (map[string]string, error)
 	// Apply upserts puts (keeping their versions) and deletes the keys, all
 	// or nothing. A key appears at most once across puts and deletes. One
-	// call may hold several responses (see Client.Run). It may take its time (global waits for a store that is
-	// unavailable): the response is answered only after it returns, so the
-	// peer keeps it in flight meanwhile, and its window bounds what else it
-	// sends. It must return once ctx ends.
+	// call may hold several responses (see Client.Run). The puts are the
+	// Sink's once Apply is called: the client neither changes nor reads
+	// them afterwards, so a Sink may keep them without copying. Apply may
+	// take its time (global waits for a store that is unavailable): the
+	// response is answered only after it returns, so the peer keeps it in
+	// flight meanwhile, and its window bounds what else it sends. It must
+	// return once ctx ends.
 	Apply(ctx context.Context, puts []*resource.Resource, deletes []resource.Key) error
 }
 
