@@ -159,11 +159,7 @@ func TestResumePartBeforeAnswerEndsSession(t *testing.T) {
 func TestResumePartsAreBounded(t *testing.T) {
 	ix := NewIndex([]string{"T"})
 	require.NoError(t, ix.Put(res("T", "", "served", "1", 1)))
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	p := newPipe(ctx)
-	done := make(chan error, 1)
-	go func() { done <- NewServer(ix).Serve(ctx, serverEnd{p}, "zone-1") }()
+	p, done := serveSession(t, ix)
 	part := func(from, n int) *discovery.DeltaDiscoveryRequest {
 		rej := make([]*kdsv1.RejectedResource, n)
 		for i := range rej {
@@ -229,6 +225,20 @@ func TestResumeSharesTheIndexStrings(t *testing.T) {
 
 func unsafeStringData(s string) *byte { return unsafe.StringData(s) }
 
+// serveSession runs a server on ix for peer zone-1 over a pipe until the
+// test ends (then it is stopped and joined); done receives Serve's result
+// once.
+func serveSession(t *testing.T, ix *Index, opts ...ServerOption) (*pipe, <-chan error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	p := newPipe(ctx)
+	done := make(chan error, 1)
+	joined := make(chan struct{})
+	go func() { defer close(joined); done <- NewServer(ix, opts...).Serve(ctx, serverEnd{p}, "zone-1") }()
+	t.Cleanup(func() { cancel(); <-joined })
+	return p, done
+}
+
 // A peer holding every served name at another version (after this side's
 // store was restored, all versions are new) costs only its versions
 // against the held budget: the names are the index's. 70 000 such entries
@@ -272,11 +282,7 @@ func TestResumePartsAreBoundedInBytes(t *testing.T) {
 	for i := range 2 * HeldBudgetMessages {
 		require.NoError(t, ix.Put(res(types[i%2], "", fmt.Sprintf("n-%d", i), "1", 1)))
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	p := newPipe(ctx)
-	done := make(chan error, 1)
-	go func() { done <- NewServer(ix).Serve(ctx, serverEnd{p}, "zone-1") }()
+	p, done := serveSession(t, ix)
 	version := string(make([]byte, maxMsg-64<<10))
 	for i := range 2 * HeldBudgetMessages {
 		url := TypeURL(types[i%2])
@@ -435,11 +441,7 @@ func TestResumePartAnswerNACKed(t *testing.T) {
 	ix := NewIndex([]string{"T"})
 	require.NoError(t, ix.Put(res("T", "", "a", "1", 1)))
 	ins := insights.NewRegistry()
-	ctx, cancel := context.WithCancel(context.Background())
-	p := newPipe(ctx)
-	done := make(chan error, 1)
-	go func() { done <- NewServer(ix, WithServerInsights(ins)).Serve(ctx, serverEnd{p}, "zone-1") }()
-	defer func() { cancel(); <-done }()
+	p, _ := serveSession(t, ix, WithServerInsights(ins))
 
 	p.reqs <- &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), InitialResourceVersions: map[string]string{"a": "1"}}
 	answer := <-p.resps
@@ -461,11 +463,7 @@ func TestResumePartAnswerNACKed(t *testing.T) {
 func TestResumeHeldBudgetWithSmallMessages(t *testing.T) {
 	const maxMsg = 64 << 10
 	ix := NewIndex([]string{"T"})
-	ctx, cancel := context.WithCancel(context.Background())
-	p := newPipe(ctx)
-	done := make(chan error, 1)
-	go func() { done <- NewServer(ix, WithServerMaxMessageSize(maxMsg)).Serve(ctx, serverEnd{p}, "zone-1") }()
-	defer func() { cancel(); <-done }()
+	p, done := serveSession(t, ix, WithServerMaxMessageSize(maxMsg))
 	pad := strings.Repeat("v", 1000)
 	var gone, removed int
 	for part := range 20 {
@@ -493,7 +491,6 @@ func TestResumeHeldBudgetWithSmallMessages(t *testing.T) {
 			}
 			assert.Equal(t, gone, removed)
 		case err := <-done:
-			done <- err // for the deferred join
 			t.Fatalf("the session ended after %d parts of %d bytes: %v", part, 60*1010, err)
 		}
 	}
@@ -533,11 +530,7 @@ func TestResumeInPartsResubscription(t *testing.T) {
 	ix := NewIndex([]string{"T"})
 	require.NoError(t, ix.Put(res("T", "", "a", "1", 1)))
 	require.NoError(t, ix.Put(res("T", "", "b", "1", 1)))
-	ctx, cancel := context.WithCancel(context.Background())
-	p := newPipe(ctx)
-	done := make(chan error, 1)
-	go func() { done <- NewServer(ix).Serve(ctx, serverEnd{p}, "zone-1") }()
-	defer func() { cancel(); <-done }()
+	p, done := serveSession(t, ix)
 	ack := func(r *discovery.DeltaDiscoveryResponse) {
 		p.reqs <- &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResponseNonce: r.GetNonce()}
 	}
@@ -556,7 +549,6 @@ func TestResumeInPartsResubscription(t *testing.T) {
 		assert.Empty(t, resp.GetResources(), "a and b are held at the served versions: nothing is sent again")
 		assert.Empty(t, resp.GetRemovedResources())
 	case err := <-done:
-		done <- err
 		t.Fatalf("the session ended: %v", err)
 	}
 }
@@ -567,11 +559,7 @@ func TestResumeInPartsResubscription(t *testing.T) {
 func TestResumePartsEndWithTheirSubscription(t *testing.T) {
 	ix := NewIndex([]string{"T"})
 	require.NoError(t, ix.Put(res("T", "", "a", "1", 1)))
-	ctx, cancel := context.WithCancel(context.Background())
-	p := newPipe(ctx)
-	done := make(chan error, 1)
-	go func() { done <- NewServer(ix).Serve(ctx, serverEnd{p}, "zone-1") }()
-	defer func() { cancel(); <-done }()
+	p, done := serveSession(t, ix)
 	ack := func(r *discovery.DeltaDiscoveryResponse) {
 		p.reqs <- &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResponseNonce: r.GetNonce()}
 	}
@@ -590,7 +578,6 @@ func TestResumePartsEndWithTheirSubscription(t *testing.T) {
 		require.Len(t, again.GetResources(), 1, "the new subscription holds nothing: a is sent")
 		assert.Equal(t, "a", again.GetResources()[0].GetName())
 	case err := <-done:
-		done <- err
 		t.Fatalf("the session ended: %v", err)
 	}
 }
