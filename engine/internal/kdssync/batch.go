@@ -22,7 +22,7 @@ const maxApplyBytes = 2 * DefaultMaxMessageSize
 // behind it in ready, in one Sink.Apply: one transaction, one durable
 // commit, instead of one per response. It never waits for a response to
 // arrive; it takes only what is there, up to maxApplyBytes. It returns the
-// responses in arrival order, each marked applied, for answer to answer
+// responses in arrival order, stored, for answer to answer
 // one by one.
 //
 // The combined write is what applying them one after another would leave
@@ -53,9 +53,6 @@ take:
 			}
 			return nil, fmt.Errorf("apply %d responses (first %s): %w", len(batch), first.typ, err)
 		}
-	}
-	for _, ch := range batch {
-		ch.applied = true
 	}
 	return batch, nil
 }

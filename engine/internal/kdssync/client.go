@@ -215,7 +215,7 @@ func (c *Client) Run(ctx context.Context, stream ClientStream) error {
 				return err
 			}
 			for _, ch := range batch {
-				if err := c.answer(gctx, stream, ch); err != nil {
+				if err := c.answer(stream, ch); err != nil {
 					return err
 				}
 			}
@@ -237,7 +237,6 @@ type checked struct {
 	whole    error // the response is refused as a whole (NACK without a Rejection)
 	held     int   // resources of typ held once this response is applied
 	size     int   // wire bytes of its resources (bounds applyReady's batches)
-	applied  bool  // puts and deletes are stored (applyReady)
 	// next is the next part of typ's subscription, sent after the answer.
 	next *discovery.DeltaDiscoveryRequest
 }
@@ -363,8 +362,8 @@ func (c *Client) refuseOverLimit(ch *checked, typ string, held map[string]string
 
 // answer settles one response (see settle), then sends the next part of
 // its type's subscription if one is due.
-func (c *Client) answer(ctx context.Context, stream ClientStream, ch *checked) error {
-	if err := c.settle(ctx, stream, ch); err != nil {
+func (c *Client) answer(stream ClientStream, ch *checked) error {
+	if err := c.settle(stream, ch); err != nil {
 		return err
 	}
 	if ch.next != nil {
@@ -375,18 +374,11 @@ func (c *Client) answer(ctx context.Context, stream ClientStream, ch *checked) e
 	return nil
 }
 
-// settle applies the accepted part of a response as one transaction,
-// unless applyReady already stored it with the responses around it, and
-// answers: an ACK when nothing was refused, else a NACK whose Rejection
-// names what was. A failure to store is returned and ends the session.
-func (c *Client) settle(ctx context.Context, stream ClientStream, ch *checked) error {
+// settle answers a response whose accepted part applyReady has stored: an
+// ACK when nothing was refused, else a NACK whose Rejection names what was.
+func (c *Client) settle(stream ClientStream, ch *checked) error {
 	if ch.whole != nil {
 		return c.nack(stream, ch, &status.Status{Code: int32(codes.InvalidArgument), Message: ch.whole.Error()})
-	}
-	if !ch.applied && (len(ch.puts) > 0 || len(ch.deletes) > 0) {
-		if err := c.sink.Apply(ctx, ch.puts, ch.deletes); err != nil {
-			return fmt.Errorf("apply %s response: %w", ch.typ, err)
-		}
 	}
 	c.rejections.update(ch.typ, ch.rejected, ch.accepted)
 	refused := c.rejections.count(ch.typ)

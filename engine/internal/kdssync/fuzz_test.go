@@ -231,7 +231,10 @@ func handle(ctx context.Context, c *Client, stream ClientStream, resp *discovery
 	if err != nil {
 		return err
 	}
-	return c.answer(ctx, stream, ch)
+	if _, err := c.applyReady(ctx, ch, nil); err != nil {
+		return err
+	}
+	return c.answer(stream, ch)
 }
 
 // versionOf returns the version stored under k in rs ("" if absent).

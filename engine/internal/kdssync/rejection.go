@@ -49,6 +49,12 @@ func rejectionStatus(code int32, msg string, rs []*kdsv1.RejectedResource) (*sta
 	return &status.Status{Code: code, Message: msg, Details: []*anypb.Any{a}}, nil
 }
 
+// slimRejected is r without its reasons: what a subscription needs of a
+// refusal (which version of which name, or its removal).
+func slimRejected(r *kdsv1.RejectedResource) *kdsv1.RejectedResource {
+	return &kdsv1.RejectedResource{Name: r.GetName(), Version: r.GetVersion(), Removal: r.GetRemoval()}
+}
+
 // rejectedEntry turns one invalid resource into its wire entry.
 func rejectedEntry(name, version string, removal bool, errs []resource.FieldError) *kdsv1.RejectedResource {
 	r := &kdsv1.RejectedResource{Name: name, Version: version, Removal: removal}

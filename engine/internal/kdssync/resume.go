@@ -66,7 +66,7 @@ func (c *Client) subscription(typ string) (*discovery.DeltaDiscoveryRequest, err
 	if len(earlier) > 0 {
 		slim := make([]*kdsv1.RejectedResource, len(earlier))
 		for i, r := range earlier {
-			slim[i] = &kdsv1.RejectedResource{Name: r.GetName(), Version: r.GetVersion(), Removal: r.GetRemoval()}
+			slim[i] = slimRejected(r)
 		}
 		st, err := rejectionStatus(int32(codes.OK), "versions refused in earlier sessions", slim)
 		if err != nil {

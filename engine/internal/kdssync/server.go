@@ -489,9 +489,9 @@ func (ss *serverSession) subscribe(st *serveState, typ string, req *discovery.De
 	st.pending = map[string]struct{}{}
 	ss.ix.mu.RLock()
 	entries := ss.ix.types[typ].entries
-	for n, v := range st.held {
-		if e, ok := entries[n]; !ok || e.res.Version != v {
-			st.pending[n] = struct{}{}
+	for n := range st.held {
+		if _, ok := entries[n]; !ok {
+			st.pending[n] = struct{}{} // held, not served: a removal
 		}
 	}
 	for n, e := range entries {
@@ -602,7 +602,7 @@ func (ss *serverSession) collect(typ string, req *discovery.DeltaDiscoveryReques
 		}
 	}
 	for _, r := range rej.GetResources() {
-		rs.rejected = append(rs.rejected, &kdsv1.RejectedResource{Name: r.GetName(), Version: r.GetVersion(), Removal: r.GetRemoval()})
+		rs.rejected = append(rs.rejected, slimRejected(r))
 		copied += int64(len(r.GetName()) + len(r.GetVersion()))
 	}
 	if err := ss.chargeHeld(rs, typ, copied); err != nil {
