@@ -93,19 +93,14 @@ type syncState struct {
 
 func zoneSync(t *testing.T, z *node) syncState {
 	t.Helper()
-	var s syncState
-	r := mustCLI(t, "inspect", "sync", "-o", "json", "--api", z.api())
-	require.NoError(t, json.Unmarshal([]byte(r.stdout), &s), r.stdout)
-	return s
+	return cliJSON[syncState](t, "inspect", "sync", "-o", "json", "--api", z.api())
 }
 
 func zoneOnGlobal(t *testing.T, g *node, zone string) syncState {
 	t.Helper()
-	var out struct {
+	out := cliJSON[struct {
 		Zones []syncState `json:"zones"`
-	}
-	r := mustCLI(t, "inspect", "zones", "-o", "json", "--api", g.api())
-	require.NoError(t, json.Unmarshal([]byte(r.stdout), &out), r.stdout)
+	}](t, "inspect", "zones", "-o", "json", "--api", g.api())
 	for _, s := range out.Zones {
 		if s.Name == zone {
 			return s

@@ -32,6 +32,7 @@ import (
 
 	"github.com/kds-engine/kds-engine/cmd/kds-engine/internal/syncbuf"
 	"github.com/kds-engine/kds-engine/engine"
+	"github.com/kds-engine/kds-engine/engine/apitypes"
 )
 
 // moduleRoot is the repository root relative to this package.
@@ -541,25 +542,41 @@ func waitReady(n *node) error {
 	return fmt.Errorf("readyz after %s: %s", eventually, last)
 }
 
+// cliJSON runs the CLI with args (which ask for `-o json`) and decodes its
+// output into a T.
+func cliJSON[T any](t *testing.T, args ...string) T {
+	t.Helper()
+	r := mustCLI(t, args...)
+	var v T
+	require.NoError(t, json.Unmarshal([]byte(r.stdout), &v), "%s output: %s", strings.Join(args, " "), r.stdout)
+	return v
+}
+
+// inspectZones is global's `inspect zones -o json`, by zone name.
+func inspectZones(t *testing.T, g *node) map[string]apitypes.Conn {
+	t.Helper()
+	out := cliJSON[struct {
+		Zones []apitypes.Conn `json:"zones"`
+	}](t, "inspect", "zones", "-o", "json", "--api", g.api())
+	m := map[string]apitypes.Conn{}
+	for _, z := range out.Zones {
+		m[z.Name] = z
+	}
+	return m
+}
+
+// inspectSync is a zone's `inspect sync -o json`.
+func inspectSync(t *testing.T, z *node) apitypes.Conn {
+	t.Helper()
+	return cliJSON[apitypes.Conn](t, "inspect", "sync", "-o", "json", "--api", z.api())
+}
+
 // zoneOnline reports whether global's `inspect zones -o json` shows zone
-// online.
+// online, and what it showed of the zones.
 func zoneOnline(t *testing.T, global *node, zone string) (bool, string) {
 	t.Helper()
-	r := mustCLI(t, "inspect", "zones", "-o", "json", "--api", global.api())
-	var out struct {
-		Zones []struct {
-			Name     string `json:"name"`
-			Online   bool   `json:"online"`
-			Sessions uint64 `json:"sessions"`
-		} `json:"zones"`
-	}
-	require.NoError(t, json.Unmarshal([]byte(r.stdout), &out), "inspect zones output: %s", r.stdout)
-	for _, z := range out.Zones {
-		if z.Name == zone {
-			return z.Online, r.stdout
-		}
-	}
-	return false, r.stdout
+	zones := inspectZones(t, global)
+	return zones[zone].Online, fmt.Sprintf("%+v", zones)
 }
 
 // readFile returns a file's content.

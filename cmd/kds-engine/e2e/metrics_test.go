@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"crypto/x509"
-	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"path/filepath"
@@ -186,37 +185,10 @@ func certNotAfter(t *testing.T, path string) time.Time {
 	return earliest
 }
 
-// inspectZones is global's `inspect zones -o json`.
-func inspectZones(t *testing.T, g *node) map[string]apitypes.Conn {
-	t.Helper()
-	r := mustCLI(t, "inspect", "zones", "-o", "json", "--api", g.api())
-	var out struct {
-		Zones []apitypes.Conn `json:"zones"`
-	}
-	require.NoError(t, json.Unmarshal([]byte(r.stdout), &out), "inspect zones output: %s", r.stdout)
-	m := map[string]apitypes.Conn{}
-	for _, z := range out.Zones {
-		m[z.Name] = z
-	}
-	return m
-}
-
-// inspectSync is a zone's `inspect sync -o json`.
-func inspectSync(t *testing.T, z *node) apitypes.Conn {
-	t.Helper()
-	r := mustCLI(t, "inspect", "sync", "-o", "json", "--api", z.api())
-	var c apitypes.Conn
-	require.NoError(t, json.Unmarshal([]byte(r.stdout), &c), "inspect sync output: %s", r.stdout)
-	return c
-}
-
 // pluginsOf is n's `plugins list -o json`.
 func pluginsOf(t *testing.T, n *node) apitypes.PluginsInfo {
 	t.Helper()
-	r := mustCLI(t, "plugins", "list", "-o", "json", "--api", n.api())
-	var p apitypes.PluginsInfo
-	require.NoError(t, json.Unmarshal([]byte(r.stdout), &p), "plugins list output: %s", r.stdout)
-	return p
+	return cliJSON[apitypes.PluginsInfo](t, "plugins", "list", "-o", "json", "--api", n.api())
 }
 
 var streams = []string{"global_to_zone", "zone_to_global"}

@@ -19,7 +19,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/kds-engine/kds-engine/engine"
 	"github.com/kds-engine/kds-engine/internal/testsupport/pgtest"
 )
 
@@ -140,19 +139,10 @@ func post(api, body string) (bool, int, string) {
 // zoneSessions returns each zone's session count from global's inspect.
 func zoneSessions(t *testing.T, global *node) map[string]uint64 {
 	t.Helper()
-	r := mustCLI(t, "inspect", "zones", "-o", "json", "--api", global.api())
-	var out struct {
-		Zones []struct {
-			Name     string `json:"name"`
-			Online   bool   `json:"online"`
-			Sessions uint64 `json:"sessions"`
-		} `json:"zones"`
-	}
-	require.NoError(t, json.Unmarshal([]byte(r.stdout), &out), "inspect zones output: %s", r.stdout)
 	m := map[string]uint64{}
-	for _, z := range out.Zones {
+	for name, z := range inspectZones(t, global) {
 		if z.Online {
-			m[z.Name] = z.Sessions
+			m[name] = z.Sessions
 		}
 	}
 	return m
@@ -189,16 +179,8 @@ func TestPostgresRestartWhileZonesSync(t *testing.T) {
 	// server is back whatever happened to the test.
 	t.Cleanup(func() { ensurePostgresRunning(t, version) })
 
-	dir := t.TempDir()
-	ca, cert, key, _, err := engine.GenerateDemoPKI(filepath.Join(dir, "pki"), nil)
-	require.NoError(t, err)
-	c := &cluster{dir: dir, pki: pki{ca: ca, cert: cert, key: key}, zones: map[string]*node{}}
-	g := &node{name: "global", dataDir: filepath.Join(dir, "global")}
-	require.NoError(t, os.MkdirAll(g.dataDir, 0o700))
-	g.args = []string{"global", "--data-dir", g.dataDir, "--plugins-dir", pluginsDir,
-		"--tls-cert-file", cert, "--tls-key-file", key, "--store", "postgres", "--postgres-url", url}
-	c.global = g
-	c.start(t, g, true)
+	c := postgresGlobal(t, url)
+	g := c.global
 	zones := []*node{c.addZone(t, "zone-1"), c.addZone(t, "zone-2")}
 
 	ok, code, body := post(g.api(), applyBody("Mesh", "", "default", map[string]any{}))

@@ -28,11 +28,10 @@ func TestGlobalPostgresUnreachableExitsOne(t *testing.T) {
 	assert.NotContains(t, r.stderr+r.stdout, "s3cret-pw")
 }
 
-// TestGlobalPostgresCrashRestart: a global on PostgreSQL killed with
-// SIGKILL and restarted loses nothing it acknowledged, and its zone keeps
-// syncing.
-func TestGlobalPostgresCrashRestart(t *testing.T) {
-	url := pgtest.NewDatabase(t)
+// postgresGlobal starts a cluster whose global (TLS with a fresh demo PKI)
+// stores in the PostgreSQL database at url, and waits until it is ready.
+func postgresGlobal(t *testing.T, url string) *cluster {
+	t.Helper()
 	dir := t.TempDir()
 	ca, cert, key, _, err := engine.GenerateDemoPKI(filepath.Join(dir, "pki"), nil)
 	require.NoError(t, err)
@@ -43,13 +42,22 @@ func TestGlobalPostgresCrashRestart(t *testing.T) {
 		"--tls-cert-file", cert, "--tls-key-file", key, "--store", "postgres", "--postgres-url", url}
 	c.global = g
 	c.start(t, g, true)
+	return c
+}
+
+// TestGlobalPostgresCrashRestart: a global on PostgreSQL killed with
+// SIGKILL and restarted loses nothing it acknowledged, and its zone keeps
+// syncing.
+func TestGlobalPostgresCrashRestart(t *testing.T) {
+	c := postgresGlobal(t, pgtest.NewDatabase(t))
+	g := c.global
 	z := c.addZone(t, "zone-1")
 
 	r := mustCLI(t, "apply", "-f", examplesFile(t, "global.yaml"), "--api", g.api())
 	require.Contains(t, r.stdout, "4 resources applied: 4 created")
 	before := list(t, g.api(), "MeshTimeout")
 	require.Len(t, before, 1)
-	_, err = os.Stat(filepath.Join(g.dataDir, "kds.db"))
+	_, err := os.Stat(filepath.Join(g.dataDir, "kds.db"))
 	require.ErrorIs(t, err, os.ErrNotExist, "no bolt file next to a PostgreSQL store")
 
 	g.p.kill9(t)
