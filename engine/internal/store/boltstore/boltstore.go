@@ -919,8 +919,6 @@ func (s *Store) Apply(ctx context.Context, b store.Batch) (uint64, error) {
 	return rev, nil
 }
 
-// Versions implements store.Store. It decodes only the key and the version
-// field of each stored value; the spec's bytes are skipped, not copied.
 // Count implements store.Counter: the type's bucket statistics, which
 // add up the leaf pages' element counts without reading any value (the
 // bucket holds items only).
@@ -943,6 +941,8 @@ func (s *Store) Count(ctx context.Context, typ string) (int, error) {
 	return n, nil
 }
 
+// Versions implements store.Store. It decodes only the key and the version
+// field of each stored value; the spec's bytes are skipped, not copied.
 func (s *Store) Versions(ctx context.Context, f store.Filter) ([]store.KeyVersion, error) {
 	if err := store.CheckVersionsFilter(f); err != nil {
 		return nil, fmt.Errorf("versions: %w", err)
