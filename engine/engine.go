@@ -605,6 +605,9 @@ func (e *Engine) runSync(ctx context.Context, peer, zone string, sess *mux.Sessi
 			kdssync.WithRejections(rej),
 			kdssync.WithClientMaxMessageSize(sess.Params().MaxMessageSize),
 			kdssync.WithResumeParts(kdsgrpc.PeerAcceptsResumeParts(ctx)),
+			// Subscriptions in flight stay well within what the peer's
+			// inbound queue holds, however many types resume at once.
+			kdssync.WithPeerInboundBudget(sess.Params().PeerInboundBudget),
 		}
 		k := &sink{s: e.store, zone: zone, fence: fence}
 		if e.cfg.Role == RoleGlobal {

@@ -118,6 +118,14 @@ type Client struct {
 	// checking stage touches it (it builds the next part when the answer
 	// to the previous one arrives).
 	resume map[string]*resumeParts
+	// The pacing of subscriptions (pacer.go), owned like resume: subLimit
+	// bounds subUsed, the cost of the subscriptions in outstanding (sent,
+	// not yet answered); waiting holds the subscriptions not sent yet, in
+	// order, and unsubscribed their types.
+	subLimit, subUsed int64
+	outstanding       map[string]int64
+	waiting           []*subPlan
+	unsubscribed      map[string]struct{}
 	// unknown holds the types of responses this side never subscribed to
 	// that insights show (at most MaxUnknownTypes); dropped when Run ends.
 	// Only the answering stage touches it.
@@ -139,6 +147,9 @@ func NewClient(types []string, sink Sink, v Validator, peer, zone string, opts .
 		unknown:   map[string]struct{}{},
 		maxMsg:    DefaultMaxMessageSize,
 		resume:    map[string]*resumeParts{},
+
+		outstanding:  map[string]int64{},
+		unsubscribed: map[string]struct{}{},
 	}
 	for _, o := range opts {
 		o(c)
@@ -175,13 +186,19 @@ func (c *Client) Run(ctx context.Context, stream ClientStream) error {
 		}
 		c.held[typ] = versions
 		c.record(typ, func(ts *insights.TypeState) { ts.ResourcesHeld = len(versions) })
-		req, err := c.subscription(typ)
+		p, err := c.plan(typ)
 		if err != nil {
 			return err
 		}
-		if err := stream.Send(req); err != nil {
-			return fmt.Errorf("subscribe to %s: %w", typ, err)
-		}
+		c.waiting = append(c.waiting, p)
+		c.unsubscribed[typ] = struct{}{}
+	}
+	first, err := c.startWaiting()
+	if err != nil {
+		return err
+	}
+	if err := send(stream, first); err != nil {
+		return err
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	checked := make(chan *checked, readyQueue)
@@ -237,8 +254,11 @@ type checked struct {
 	whole    error // the response is refused as a whole (NACK without a Rejection)
 	held     int   // resources of typ held once this response is applied
 	size     int   // wire bytes of its resources (bounds applyReady's batches)
-	// next is the next part of typ's subscription, sent after the answer.
-	next *discovery.DeltaDiscoveryRequest
+	// next is the next part of typ's subscription, sent after the answer;
+	// start the first requests of other types' subscriptions that this
+	// response's arrival let go (pacer.go), sent after that.
+	next  *discovery.DeltaDiscoveryRequest
+	start []*discovery.DeltaDiscoveryRequest
 }
 
 // check decodes and validates resp. Only a failure to validate at all is
@@ -251,6 +271,8 @@ func (c *Client) check(ctx context.Context, resp *discovery.DeltaDiscoveryRespon
 	if err == nil {
 		if _, ok := c.held[typ]; !ok {
 			err = fmt.Errorf("response for type %s, which this side never subscribed to", typ)
+		} else if _, ok := c.unsubscribed[typ]; ok {
+			err = fmt.Errorf("response for type %s, which this side has not subscribed to yet", typ)
 		}
 	}
 	if err != nil {
@@ -297,7 +319,11 @@ func (c *Client) check(ctx context.Context, resp *discovery.DeltaDiscoveryRespon
 		// The answer to the previous part: the next one goes out once
 		// this response is answered, from what is held once it is
 		// applied.
-		ch.next = c.nextPart(typ)
+		if ch.next, err = c.nextPart(typ); err != nil {
+			return nil, err
+		}
+	} else if ch.start, err = c.answered(typ); err != nil {
+		return nil, err
 	}
 	if len(ch.rejected) > 0 {
 		c.log.Warn("refusing resources (NACK); the rest of the response is applied",
@@ -361,7 +387,7 @@ func (c *Client) refuseOverLimit(ch *checked, typ string, held map[string]string
 }
 
 // answer settles one response (see settle), then sends the next part of
-// its type's subscription if one is due.
+// its type's subscription if one is due, and the subscriptions it let go.
 func (c *Client) answer(stream ClientStream, ch *checked) error {
 	if err := c.settle(stream, ch); err != nil {
 		return err
@@ -369,6 +395,16 @@ func (c *Client) answer(stream ClientStream, ch *checked) error {
 	if ch.next != nil {
 		if err := stream.Send(ch.next); err != nil {
 			return fmt.Errorf("subscribe to %s: %w", ch.typ, err)
+		}
+	}
+	return send(stream, ch.start)
+}
+
+// send sends the first requests of subscriptions.
+func send(stream ClientStream, reqs []*discovery.DeltaDiscoveryRequest) error {
+	for _, req := range reqs {
+		if err := stream.Send(req); err != nil {
+			return fmt.Errorf("subscribe to %s: %w", strings.TrimPrefix(req.GetTypeUrl(), TypeURLPrefix), err)
 		}
 	}
 	return nil

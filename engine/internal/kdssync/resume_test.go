@@ -496,9 +496,9 @@ func TestResumeHeldBudgetWithSmallMessages(t *testing.T) {
 	}
 }
 
-// The versions refused in earlier sessions go with the last part and the
-// server honours them: a resume in parts does not send a refused version
-// again.
+// The versions refused in earlier sessions go with the parts (the first
+// ones) and the server honours them: a resume in parts does not send a
+// refused version again.
 func TestResumeInPartsCarriesEarlierRefusals(t *testing.T) {
 	const maxMsg = 64 << 10
 	ix, sink := heldAndServed(t, 6000)
@@ -520,7 +520,7 @@ func TestResumeInPartsCarriesEarlierRefusals(t *testing.T) {
 			assert.NotEqual(t, "default/bad-new", x.GetName(), "the refused version is not sent again")
 		}
 	}
-	assert.Equal(t, 1, h.srvType("T").RejectedCount, "the server knows the refusal from the last part")
+	assert.Equal(t, 1, h.srvType("T").RejectedCount, "the server knows the refusal from the parts")
 }
 
 // A peer may subscribe again in parts to a type it is being served: the

@@ -263,6 +263,14 @@ type Params struct {
 	// InboundBudget is the most bytes each logical stream's inbound queue
 	// holds before the session ends with ErrInboundFull.
 	InboundBudget int
+	// PeerInboundBudget is what the peer's inbound queue for each logical
+	// stream holds at least, in bytes: DefaultInboundBudgetMessages ×
+	// MaxMessageSize, the figure the peer derives from the same agreed
+	// size (it raises its own only for a larger max message size of its
+	// own). What this side sends on a logical stream and the peer has not
+	// yet taken off that queue must stay below it, or the peer ends the
+	// session with ErrInboundFull.
+	PeerInboundBudget int
 	// PoolLimit is the size of the shared InboundPool, 0 without one.
 	PoolLimit int64
 	// Coalesce: the send loop batches ready messages (WithCoalesce).
@@ -316,6 +324,7 @@ func NewSession(stream Stream, types int, opts ...Option) *Session {
 		p.InboundBudget = DefaultInboundBudgetMessages * p.MaxMessageSize
 	}
 	p.InboundBudget = max(p.InboundBudget, p.LocalMaxMessageSize+MessageOverhead)
+	p.PeerInboundBudget = DefaultInboundBudgetMessages * p.MaxMessageSize
 	if o.pool != nil {
 		p.PoolLimit = o.pool.Limit()
 	}
@@ -404,7 +413,7 @@ func (s *Session) Run(ctx context.Context) error {
 	p := s.params
 	s.log.Debug("session started", "server_capacity", p.ServerFormula(), "client_capacity", p.ClientFormula(),
 		"send_timeout", s.timeout, "max_message_size", p.MaxMessageSize, "inbound_budget", p.InboundBudget,
-		"inbound_pool", p.PoolLimit)
+		"peer_inbound_budget", p.PeerInboundBudget, "inbound_pool", p.PoolLimit)
 
 	s.sendTimer = time.AfterFunc(time.Hour, s.checkSendTimeout)
 	s.sendTimer.Stop()
