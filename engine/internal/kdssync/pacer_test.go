@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -270,4 +271,90 @@ func TestResumeSpreadsRefusalsAcrossParts(t *testing.T) {
 		assert.LessOrEqual(t, proto.Size(r), maxMsg)
 	}
 	assert.GreaterOrEqual(t, subs, 3, "the refusals take two parts at least")
+}
+
+// The pacing lets small subscriptions pass one that waits, starts a
+// waiting one when an answer makes room, and refuses a response for a
+// type it has not subscribed to yet (the server broke the protocol; the
+// response is NACKed and changes nothing).
+func TestSubscriptionsWaitForRoom(t *testing.T) {
+	const maxMsg = 64 << 10
+	sink := newMemSink()
+	for _, typ := range []string{"Big0", "Big1"} {
+		for i := range 3000 {
+			r := res(typ, "default", fmt.Sprintf("%s-%05d", strings.Repeat("b", 24), i), "1", 1)
+			r.Zone = "zone-1"
+			sink.res[r.Key()] = r
+		}
+	}
+	p := newPipe(t.Context())
+	// Room for one subscription in parts at a time (each holds a max-size
+	// message and a bit) and the small ones.
+	cli := NewClient([]string{"Big0", "Small0", "Big1", "Small1"}, sink, rejectValidator{}, "global", "zone-1",
+		WithClientMaxMessageSize(maxMsg), WithResumeParts(true), WithPeerInboundBudget(4*maxMsg))
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- cli.Run(ctx, clientEnd{p}) }()
+	defer func() { cancel(); <-done }()
+
+	next := func() *discovery.DeltaDiscoveryRequest {
+		t.Helper()
+		select {
+		case r := <-p.reqs:
+			return r
+		case err := <-done:
+			t.Fatalf("the client ended: %v", err)
+		case <-time.After(10 * time.Second):
+			t.Fatal("no request")
+		}
+		return nil
+	}
+	quiet := func() {
+		t.Helper()
+		select {
+		case r := <-p.reqs:
+			t.Fatalf("unexpected request for %s", r.GetTypeUrl())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	nonce := 0
+	respond := func(typ string) {
+		nonce++
+		p.resps <- &discovery.DeltaDiscoveryResponse{TypeUrl: TypeURL(typ), Nonce: fmt.Sprint(nonce)}
+	}
+	var urls []string
+	for range 3 {
+		urls = append(urls, next().GetTypeUrl())
+	}
+	assert.Equal(t, []string{TypeURL("Big0"), TypeURL("Small0"), TypeURL("Small1")}, urls, "Big1 waits, the small ones pass it")
+	quiet()
+
+	// A response for Big1 before its subscription is refused.
+	respond("Big1")
+	nack := next()
+	assert.Equal(t, TypeURL("Big1"), nack.GetTypeUrl())
+	require.NotNil(t, nack.GetErrorDetail())
+	assert.Contains(t, nack.GetErrorDetail().GetMessage(), "not subscribed to yet")
+	quiet()
+
+	// The small ones' answers do not make room for Big1; Big0's parts go
+	// on one by one, and the answer to its last (the subscription) does.
+	respond("Small0")
+	require.NotEmpty(t, next().GetResponseNonce(), "ACK")
+	for {
+		respond("Big0")
+		ack := next()
+		require.NotEmpty(t, ack.GetResponseNonce())
+		part := next()
+		require.Equal(t, TypeURL("Big0"), part.GetTypeUrl())
+		if slices.Contains(part.GetResourceNamesSubscribe(), "*") {
+			break
+		}
+	}
+	quiet()
+	respond("Big0")
+	require.NotEmpty(t, next().GetResponseNonce(), "ACK")
+	first := next()
+	assert.Equal(t, TypeURL("Big1"), first.GetTypeUrl(), "Big1 starts once Big0 is answered")
+	assert.Empty(t, first.GetResourceNamesSubscribe(), "its first part")
 }
