@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -69,4 +70,56 @@ func TestResumeInPartsOverRealSessions(t *testing.T) {
 	assert.Equal(t, received, zoneType(g, "zone-1", "SyncStatus").ResourcesReceived, "the zone sent no status again")
 	c, _ := g.e.Insights().Get("zone-1")
 	assert.EqualValues(t, 2, c.Sessions, "one session each time: no reconnect loop")
+}
+
+// Many types resuming in parts at once, over real gRPC: a zone with 150
+// zone→global types of 250 resources with long names each, at 64 KiB
+// messages, restarts, and global sends the held versions of all 150 in
+// parts. Their first parts alone (150 × ~48 KiB) come to seven times the
+// zone's inbound budget for global's requests (16 messages of 64 KiB);
+// sent at once they could end the session (ErrInboundFull) on every
+// reconnect. Paced, every type
+// resumes in one session each time and nothing is sent again.
+func TestManyTypesResumeInPartsOverRealSessions(t *testing.T) {
+	const types, n, maxMsg = 150, 250, 64 << 10
+	prefix := strings.Repeat("s", 230)
+	g := startNode(t, Config{Role: RoleGlobal, PluginsDir: manyDir, MaxMessageSize: maxMsg, MaxResourceSize: 16 << 10})
+	zoneData := t.TempDir()
+	zcfg := func() Config {
+		return zoneConfig(t, "zone-1", g, Config{PluginsDir: manyDir, DataDir: zoneData, MaxMessageSize: maxMsg, MaxResourceSize: 16 << 10})
+	}
+	z := startNode(t, zcfg())
+	names := make([]string, types)
+	for i := range names {
+		names[i] = fmt.Sprintf("Many%03d", i)
+		bulk(t, z, names[i], prefix, n)
+	}
+	received := map[string]uint64{}
+	for _, typ := range names {
+		eventually(t, func() bool { return zoneType(g, "zone-1", typ).ResourcesReceived == n }, "global received every %s", typ)
+		received[typ] = zoneType(g, "zone-1", typ).ResourcesReceived
+	}
+	z.stop()
+	eventually(t, func() bool { c, _ := g.e.Insights().Get("zone-1"); return !c.Online }, "zone offline")
+
+	z = startNode(t, zcfg())
+	// While global resumes: one status of each type changes.
+	for _, typ := range names {
+		r := find(z, resource.Key{Type: typ, Mesh: "default", Name: prefix + "-00001"})
+		require.NotNil(t, r)
+		upd := r.Clone()
+		upd.Spec = spec(map[string]any{"value": "changed"})
+		_, err := z.b().Update(context.Background(), upd)
+		require.NoError(t, err)
+	}
+	eventually(t, func() bool { c, _ := g.e.Insights().Get("zone-1"); return c.Online && c.Sessions == 2 }, "zone back")
+	for _, typ := range names {
+		eventually(t, func() bool { return zoneType(g, "zone-1", typ).ResourcesReceived == received[typ]+1 }, "global resumed %s", typ)
+	}
+	for _, typ := range names {
+		assert.Len(t, zoneResources(t, g, typ, "zone-1"), n, typ)
+	}
+	c, _ := g.e.Insights().Get("zone-1")
+	assert.EqualValues(t, 2, c.Sessions, "one session each time: no reconnect loop")
+	assert.NotContains(t, c.LastError, "inbound queue full")
 }

@@ -178,6 +178,12 @@ func NewClient(types []string, sink Sink, v Validator, peer, zone string, opts .
 // Sink.Apply, as if applied one after another, then answers each; none is
 // answered before that Apply returns. The first failure of either stage
 // ends both; Run joins both before it returns.
+//
+// Subscriptions are paced (WithPeerInboundBudget): Run sends those that
+// fit at once, and the applying stage sends each waiting one after the
+// answer to the response that made room for it. Requests are sent by Run
+// before the stages start and by the applying stage after, never by two
+// goroutines at once.
 func (c *Client) Run(ctx context.Context, stream ClientStream) error {
 	for _, typ := range c.types {
 		versions, err := c.sink.Versions(ctx, typ)

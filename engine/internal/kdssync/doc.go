@@ -9,6 +9,10 @@
 //     holds. The server answers with what differs (changed or new resources,
 //     and removed_resources for names it no longer has), so a resumed zone
 //     with unchanged state receives nothing but one empty response.
+//   - Held versions that do not fit one request go in parts, one part per
+//     type on the wire (resume.go); subscriptions sent and not yet
+//     answered take at most half of the peer's inbound budget, all types
+//     together, the rest waiting for earlier answers (pacer.go).
 //   - The server has at most DefaultWindow (3) responses per type in flight:
 //     the next one is sent only after the ACK or NACK of the oldest. Large
 //     updates are split into several responses of at most the max message

@@ -144,7 +144,9 @@
 // sync of the two heavy zone→global types (Dataplane, DataplaneInsight)
 // can put six max-size responses on the queue, a large policy set a few
 // more; 16 covers five heavy types syncing at once. Requests are small
-// except subscriptions, one per type with the versions the peer holds. A
+// except subscriptions, one per type with the versions the peer holds,
+// which the sync layer's client keeps under half of this budget in flight
+// however many types subscribe at once ([Params.PeerInboundBudget]). A
 // smaller budget (two messages) would end honest sessions during large
 // initial syncs and make them reconnect; the budget is a bound against a
 // peer that ignores flow control, not a throttle. What one peer can make
