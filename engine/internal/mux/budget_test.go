@@ -176,6 +176,20 @@ func TestFaultInboundBytesOverSessionBudgetEndSession(t *testing.T) {
 	assert.Equal(t, DefaultInboundBudgetMessages*(1<<10), q.InboundBudget, "the default follows the agreed max message size")
 }
 
+// What a side takes its peer's inbound budget to be is never more than the
+// peer enforces, whichever side has the larger max message size: a sender
+// that stays under PeerInboundBudget never ends its own session.
+func TestPeerInboundBudgetIsWhatThePeerEnforces(t *testing.T) {
+	ctx := t.Context()
+	for _, sizes := range [][2]int{{64 << 10, 64 << 10}, {64 << 10, 4 << 20}, {4 << 20, 64 << 10}, {4 << 20, 64 << 20}} {
+		a := NewSession(&idle{ctx: ctx}, 3, WithMaxMessageSize(sizes[0]), WithPeer(5, sizes[1])).Params()
+		b := NewSession(&idle{ctx: ctx}, 5, WithMaxMessageSize(sizes[1]), WithPeer(3, sizes[0])).Params()
+		assert.Equal(t, DefaultInboundBudgetMessages*min(sizes[0], sizes[1]), a.PeerInboundBudget, "%v", sizes)
+		assert.LessOrEqual(t, a.PeerInboundBudget, b.InboundBudget, "%v", sizes)
+		assert.LessOrEqual(t, b.PeerInboundBudget, a.InboundBudget, "%v", sizes)
+	}
+}
+
 // When the shared pool is exhausted, a session's receive loop waits for
 // room instead of failing: it stops reading (back-pressure) and goes on
 // once another session's queue has been read. The wait ends when the
