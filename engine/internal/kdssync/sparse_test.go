@@ -200,3 +200,161 @@ func TestSparseHeldAcrossResubscription(t *testing.T) {
 	assert.Equal(t, PeerHolding{Subscribed: true, Holds: true, Version: "2"}, ask(ss, "default/t-000001"))
 	assert.Empty(t, st.overrides)
 }
+
+// FuzzSparseHeld drives a session through index changes, responses, ACKs,
+// NACKs, skipped answers and re-subscriptions, and checks after every step
+// that the sparse record agrees with a peer that keeps every name it
+// applied: Held answers, the held count, and no override equal to the
+// index's state; at the end the peer converges to the index.
+func FuzzSparseHeld(f *testing.F) {
+	f.Add([]byte{0, 1, 2, 3, 2, 3})
+	f.Add([]byte{0, 0, 2, 1, 1, 2, 4, 3, 7, 1, 5, 6, 2, 3})
+	f.Add([]byte{2, 1, 9, 2, 17, 6, 3, 4, 0, 8, 2, 5, 3, 7, 15, 6, 14, 2, 3, 3})
+	f.Fuzz(func(t *testing.T, ops []byte) {
+		if len(ops) > 400 {
+			return
+		}
+		ix := NewIndex([]string{"T"})
+		names := []string{"a", "b", "c", "d", "e"}
+		version := 0
+		put := func(i int) {
+			version++
+			require.NoError(t, ix.Put(res("T", "m", names[i%len(names)], fmt.Sprint("v", version), 4)))
+		}
+		for i := range 3 {
+			put(i)
+		}
+		ss, p, ins := directSession(t, ix, 1<<20)
+		ss.window = 2
+		// peer is what the peer applied; out what it was sent, in order.
+		peer := map[string]string{}
+		type out struct {
+			resp  *discovery.DeltaDiscoveryResponse
+			stale bool
+		}
+		var outs []out
+		subscribe := func() {
+			versions := map[string]string{}
+			for n, v := range peer {
+				versions[n] = v
+			}
+			for i := range outs {
+				outs[i].stale = true
+			}
+			require.NoError(t, ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResourceNamesSubscribe: []string{"*"}, InitialResourceVersions: versions}))
+		}
+		collect := func() {
+			for {
+				select {
+				case r := <-p.resps:
+					outs = append(outs, out{resp: r})
+				default:
+					return
+				}
+			}
+		}
+		answer := func(i int, refuse bool) {
+			o := outs[i]
+			outs = outs[i+1:]
+			var rej []*kdsv1.RejectedResource
+			refused := ""
+			if refuse {
+				if rs := o.resp.GetResources(); len(rs) > 0 {
+					refused = rs[0].GetName()
+					rej = append(rej, &kdsv1.RejectedResource{Name: refused, Version: rs[0].GetVersion()})
+				} else if rm := o.resp.GetRemovedResources(); len(rm) > 0 {
+					refused = rm[0]
+					rej = append(rej, &kdsv1.RejectedResource{Name: refused, Removal: true})
+				}
+			}
+			if !o.stale {
+				for _, r := range o.resp.GetResources() {
+					if r.GetName() != refused {
+						peer[r.GetName()] = r.GetVersion()
+					}
+				}
+				for _, n := range o.resp.GetRemovedResources() {
+					if n != refused {
+						delete(peer, n)
+					}
+				}
+			}
+			req := &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResponseNonce: o.resp.GetNonce()}
+			if len(rej) > 0 {
+				detail, err := rejectionStatus(3, "refused", rej)
+				require.NoError(t, err)
+				req.ErrorDetail = detail
+			}
+			require.NoError(t, ss.handle(req))
+			collect()
+		}
+		check := func() {
+			st := ss.types["T"]
+			if st == nil {
+				return
+			}
+			for _, n := range names {
+				w := WireName("m", n)
+				h := ask(ss, w)
+				v, holds := peer[w]
+				require.Equal(t, holds, h.Holds, "%s held", w)
+				require.Equal(t, v, h.Version, "%s version", w)
+			}
+			ss.ix.mu.RLock()
+			ti := ss.ix.types["T"]
+			st.catchUp(ti)
+			for n, o := range st.overrides {
+				require.NotEqual(t, ti.state(n), o, "override of %s equal to the index", n)
+			}
+			require.Equal(t, len(peer), st.heldCount(ti))
+			ss.ix.mu.RUnlock()
+		}
+		subscribe()
+		collect()
+		for _, op := range ops {
+			arg := int(op >> 3)
+			switch op & 7 {
+			case 0, 1:
+				put(arg)
+			case 2:
+				ix.Delete(resource.Key{Type: "T", Mesh: "m", Name: names[arg%len(names)]})
+			case 3:
+				require.NoError(t, ss.trySend(ss.types["T"]))
+				collect()
+			case 4, 5:
+				if len(outs) > 0 {
+					answer(0, op&7 == 5)
+				}
+			case 6:
+				if len(outs) > 1 {
+					answer(1, false) // the first was skipped
+				}
+			case 7:
+				subscribe()
+				collect()
+			}
+			check()
+		}
+		for range 50 {
+			require.NoError(t, ss.trySend(ss.types["T"]))
+			collect()
+			if len(outs) == 0 {
+				break
+			}
+			answer(0, false)
+		}
+		require.Empty(t, outs, "the session settles")
+		check()
+		ss.ix.mu.RLock()
+		defer ss.ix.mu.RUnlock()
+		st := ss.types["T"]
+		for n, e := range ss.ix.types["T"].entries {
+			if v, ok := st.rejected[n]; ok && v == e.res.Version {
+				continue
+			}
+			require.Equal(t, e.res.Version, peer[n], "%s converged", n)
+		}
+		c, _ := ins.Get("zone-1")
+		require.Equal(t, len(peer), c.Types["T"].ResourcesHeld)
+	})
+}
