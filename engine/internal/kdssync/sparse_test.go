@@ -210,7 +210,11 @@ func FuzzSparseHeld(f *testing.F) {
 	f.Add([]byte{0, 1, 2, 3, 2, 3})
 	f.Add([]byte{0, 0, 2, 1, 1, 2, 4, 3, 7, 1, 5, 6, 2, 3})
 	f.Add([]byte{2, 1, 9, 2, 17, 6, 3, 4, 0, 8, 2, 5, 3, 7, 15, 6, 14, 2, 3, 3})
-	f.Fuzz(func(t *testing.T, ops []byte) {
+	f.Fuzz(sparseHeld)
+}
+
+func sparseHeld(t *testing.T, ops []byte) {
+	{
 		if len(ops) > 400 {
 			return
 		}
@@ -356,5 +360,5 @@ func FuzzSparseHeld(f *testing.F) {
 		}
 		c, _ := ins.Get("zone-1")
 		require.Equal(t, len(peer), c.Types["T"].ResourcesHeld)
-	})
+	}
 }
