@@ -118,7 +118,12 @@ func (ss *serverSession) answer(q heldQuery) {
 	var h PeerHolding
 	if st := ss.types[q.typ]; st != nil {
 		h.Subscribed = true
-		h.Version, h.Holds = st.held[q.name]
+		ss.ix.mu.RLock()
+		ti := ss.ix.types[q.typ]
+		st.catchUp(ti)
+		hs := st.holding(ti, q.name)
+		ss.ix.mu.RUnlock()
+		h.Version, h.Holds = hs.version, hs.holds
 		if s, ok := st.sent[q.name]; ok {
 			h.Pending, h.PendingVersion, h.PendingRemoval = true, s.version, s.removed
 		}

@@ -79,10 +79,11 @@ func (ix *Index) Put(r *resource.Resource) error {
 	e := entry{res: res, size: proto.Size(res)}
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
+	was := ti.state(res.Name)
 	ti.entries[res.Name] = e
 	ti.revision++
 	for s := range ti.subs {
-		s.mark(res.Name)
+		s.mark(res.Name, was)
 	}
 	return nil
 }
@@ -96,14 +97,31 @@ func (ix *Index) Delete(k resource.Key) {
 	name := WireName(k.Mesh, k.Name)
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
-	if _, ok := ti.entries[name]; !ok {
+	was := ti.state(name)
+	if !was.holds {
 		return
 	}
 	delete(ti.entries, name)
 	ti.revision++
 	for s := range ti.subs {
-		s.mark(name)
+		s.mark(name, was)
 	}
+}
+
+// state returns name's state in the index. The caller holds ix.mu.
+func (ti *typeIndex) state(name string) heldState {
+	e, ok := ti.entries[name]
+	if !ok {
+		return heldState{}
+	}
+	return heldState{version: e.res.Version, holds: true}
+}
+
+// heldState is one name's state on one side: held at version, or not held
+// (the zero value).
+type heldState struct {
+	version string
+	holds   bool
 }
 
 // Len returns the number of resources of typ.
@@ -120,7 +138,7 @@ func (ix *Index) Len(typ string) int {
 // subscribe registers a subscription for typ that signals on notify when
 // resources change. The caller must call unsubscribe.
 func (ix *Index) subscribe(typ string, notify chan struct{}) *Subscription {
-	s := &Subscription{typ: typ, dirty: map[string]struct{}{}, notify: notify}
+	s := &Subscription{typ: typ, dirty: map[string]heldState{}, notify: notify}
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
 	ix.types[typ].subs[s] = struct{}{}
@@ -134,18 +152,29 @@ func (ix *Index) unsubscribe(s *Subscription) {
 }
 
 // Subscription collects the names of changed resources of one type for one
-// serving stream. Marking never blocks: names accumulate in a set and the
-// owner is signalled through a coalescing channel.
+// serving stream, each with the state its index entry had before the first
+// change since the owner last took them: for every name, the index's state
+// as of that take is the recorded one if the name is dirty, else the
+// index's current one (a server's sparse record of what its peer holds is
+// relative to it, see serveState). Marking never blocks: names accumulate
+// in a map and the owner is signalled through a coalescing channel.
 type Subscription struct {
-	typ    string
-	mu     sync.Mutex
-	dirty  map[string]struct{}
+	typ string
+	mu  sync.Mutex
+	// dirty maps the names changed since the last take to their state
+	// before the first of those changes.
+	dirty  map[string]heldState
 	notify chan struct{}
 }
 
-func (s *Subscription) mark(name string) {
+// mark records a change to name, whose index state was was; the caller
+// holds the index's write lock, so that the state and the change are one
+// step for every reader of the index.
+func (s *Subscription) mark(name string, was heldState) {
 	s.mu.Lock()
-	s.dirty[name] = struct{}{}
+	if _, ok := s.dirty[name]; !ok {
+		s.dirty[name] = was
+	}
 	s.mu.Unlock()
 	select {
 	case s.notify <- struct{}{}:
@@ -153,12 +182,14 @@ func (s *Subscription) mark(name string) {
 	}
 }
 
-// take moves the dirty names into into.
-func (s *Subscription) take(into map[string]struct{}) {
+// take hands every dirty name and its state before its changes to visit,
+// and forgets them. Called with the index's lock held (read or write), the
+// index's current state of every name is then its state as of this take.
+func (s *Subscription) take(visit func(name string, was heldState)) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for n := range s.dirty {
-		into[n] = struct{}{}
+	for n, was := range s.dirty {
+		visit(n, was)
 	}
 	clear(s.dirty)
 }
@@ -197,10 +228,11 @@ func (ix *Index) Replace(items []*resource.Resource) error {
 			if _, ok := keep[t][name]; ok {
 				continue
 			}
+			was := ti.state(name)
 			delete(ti.entries, name)
 			ti.revision++
 			for s := range ti.subs {
-				s.mark(name)
+				s.mark(name, was)
 			}
 		}
 	}

@@ -2,6 +2,7 @@ package kdssync
 
 import (
 	"encoding/json"
+	"fmt"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -25,13 +26,58 @@ func TestIndexReplace(t *testing.T) {
 	other := &resource.Resource{Type: "Other", Name: "x", Version: "1"}
 	require.NoError(t, ix.Replace([]*resource.Resource{r("same", "1"), r("changed", "2"), r("new", "1"), other}))
 
-	dirty := map[string]struct{}{}
-	sub.take(dirty)
-	assert.Equal(t, map[string]struct{}{"m/changed": {}, "m/gone": {}, "m/new": {}}, dirty)
+	dirty := map[string]heldState{}
+	sub.take(func(n string, was heldState) { dirty[n] = was })
+	assert.Equal(t, map[string]heldState{"m/changed": {"1", true}, "m/gone": {"1", true}, "m/new": {}}, dirty,
+		"each name with its state before the changes")
+
 	assert.Equal(t, 3, ix.Len("T"))
 	ix.mu.RLock()
-	defer ix.mu.RUnlock()
 	assert.Equal(t, "2", ix.types["T"].entries["m/changed"].res.Version)
 	_, held := ix.types["T"].entries["m/gone"]
+	ix.mu.RUnlock()
 	assert.False(t, held)
+
+	// Only the first change since the last take records the state before.
+	require.NoError(t, ix.Put(r("changed", "3")))
+	require.NoError(t, ix.Put(r("changed", "4")))
+	ix.Delete(resource.Key{Type: "T", Mesh: "m", Name: "new"})
+	clear(dirty)
+	sub.take(func(n string, was heldState) { dirty[n] = was })
+	assert.Equal(t, map[string]heldState{"m/changed": {"2", true}, "m/new": {"1", true}}, dirty)
+}
+
+// BenchmarkIndexPutSubscribers: a Put of an existing name with 100
+// subscribers, each taken every 256 puts under the index's read lock as a
+// serving session does.
+func BenchmarkIndexPutSubscribers(b *testing.B) {
+	ix := NewIndex([]string{"T"})
+	const n = 10000
+	for i := range n {
+		if err := ix.Put(res("T", "default", fmt.Sprintf("t-%06d", i), "0", 256)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	subs := make([]*Subscription, 100)
+	for i := range subs {
+		subs[i] = ix.subscribe("T", make(chan struct{}, 1))
+	}
+	rs := make([]*resource.Resource, 1024)
+	for i := range rs {
+		rs[i] = res("T", "default", fmt.Sprintf("t-%06d", i*7%n), fmt.Sprint(i), 256)
+	}
+	i := 0
+	for b.Loop() {
+		if err := ix.Put(rs[i%len(rs)]); err != nil {
+			b.Fatal(err)
+		}
+		i++
+		if i%256 == 0 {
+			for _, s := range subs {
+				ix.mu.RLock()
+				s.take(func(string, heldState) {})
+				ix.mu.RUnlock()
+			}
+		}
+	}
 }

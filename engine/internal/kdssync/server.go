@@ -291,14 +291,33 @@ type resumeState struct {
 }
 
 // serveState is the server's view of one type on one session.
+//
+// What the peer applied (its subscription's initial versions, then every
+// answered response minus what it rejected) is kept sparse: a name the peer
+// holds as the index held it at the last sub.take costs nothing, and only
+// names whose state differs from that are in overrides. The index's state
+// as of the last take is its current state while its lock is held and the
+// take happened under that same lock (see catchUp): every reader of the
+// peer's holding (build, resolve, the answer to Held, subscribe) works that
+// way. A name the index changes is thereby recorded, at the next take, at
+// the state the peer held, until the peer answers the response that
+// carries the change; a peer in sync costs no entry per name.
 type serveState struct {
 	typ string
 	url string
 	sub *Subscription
-	// held maps wire names to the version the peer applied: its
-	// subscription's initial versions, then every answered response minus
-	// what the peer rejected.
-	held map[string]string
+	// overrides maps the wire names whose state on the peer differs from
+	// the index's (as of the last take) to that state: held at another
+	// version, held but not served (a removal to send), or not held.
+	// Never an entry equal to the index's state.
+	overrides map[string]heldState
+	// overridesPeak is the most entries overrides held since it was
+	// allocated: a Go map keeps its peak size, so a large one is
+	// reallocated once it is mostly empty (see compact).
+	overridesPeak int
+	// heldDelta is how many names the peer holds minus how many the index
+	// holds (as of the last take): ResourcesHeld without counting.
+	heldDelta int
 	// sent overlays held with the responses in flight: for each name they
 	// carry, the latest state sent and the nonce of the response.
 	sent map[string]sentState
@@ -307,6 +326,9 @@ type serveState struct {
 	rejected map[string]string
 	// pending holds names to reconsider in the next response.
 	pending map[string]struct{}
+	// pendingPeak is the most entries pending held since it was allocated
+	// (see compact).
+	pendingPeak int
 	// queue is a snapshot of pending in store-key order (mesh, then name),
 	// consumed from the front by build. Responses then carry contiguous key
 	// ranges, so the receiver's store appends to its tree instead of
@@ -348,14 +370,97 @@ type flightPut struct {
 	name, version string
 }
 
+// catchUp takes the names the index changed since the last take into
+// pending and records, for each one the peer held as the index held it,
+// that state as an override. The caller holds the index's lock (read or
+// write) and keeps it for every lookup of the peer's holding that follows:
+// the index's current state is then its state as of this take.
+func (st *serveState) catchUp(ti *typeIndex) {
+	st.sub.take(func(name string, was heldState) {
+		st.pending[name] = struct{}{}
+		now := ti.state(name)
+		// A name's share of heldDelta is its override's holds minus the
+		// index's; an implicit name (no override) adds nothing before and,
+		// with an override equal to was, nothing after.
+		st.heldDelta += b2i(was.holds) - b2i(now.holds)
+		if o, ok := st.overrides[name]; ok {
+			if o == now {
+				delete(st.overrides, name)
+			}
+		} else if was != now {
+			st.overrides[name] = was
+			st.overridesPeak = max(st.overridesPeak, len(st.overrides))
+		}
+	})
+}
+
+// holding returns what the peer applied of name. The caller holds the
+// index's lock and caught up under it.
+func (st *serveState) holding(ti *typeIndex, name string) heldState {
+	if o, ok := st.overrides[name]; ok {
+		return o
+	}
+	return ti.state(name)
+}
+
+// setHolding records that the peer applied h for name (under the index's
+// lock, caught up).
+func (st *serveState) setHolding(ti *typeIndex, name string, h heldState) {
+	st.heldDelta += b2i(h.holds) - b2i(st.holding(ti, name).holds)
+	if h == ti.state(name) {
+		delete(st.overrides, name)
+		return
+	}
+	st.overrides[name] = h
+	st.overridesPeak = max(st.overridesPeak, len(st.overrides))
+}
+
+// heldCount is how many names the peer holds (under the index's lock,
+// caught up).
+func (st *serveState) heldCount(ti *typeIndex) int {
+	return len(ti.entries) + st.heldDelta
+}
+
+// compact reallocates overrides and pending once they are mostly empty
+// after having been large (an initial sync fills both with every name):
+// a Go map does not give back what its deletes free.
+func (st *serveState) compact() {
+	const small = 1024
+	if n := len(st.overrides); st.overridesPeak > small && n < st.overridesPeak/4 {
+		st.overrides = resized(st.overrides)
+		st.overridesPeak = n
+	}
+	if n := len(st.pending); st.pendingPeak > small && n < st.pendingPeak/4 {
+		st.pending = resized(st.pending)
+		st.pendingPeak = n
+	}
+}
+
+// resized copies m into a map sized for what it holds (maps.Clone keeps
+// the source's size).
+func resized[V any](m map[string]V) map[string]V {
+	out := make(map[string]V, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
 // view returns what the peer holds of name once the responses in flight are
-// applied.
-func (st *serveState) view(name string) (version string, holds bool) {
+// applied (under the index's lock, caught up).
+func (st *serveState) view(ti *typeIndex, name string) (version string, holds bool) {
 	if s, ok := st.sent[name]; ok {
 		return s.version, !s.removed
 	}
-	v, ok := st.held[name]
-	return v, ok
+	h := st.holding(ti, name)
+	return h.version, h.holds
 }
 
 func (ss *serverSession) close() {
@@ -472,7 +577,6 @@ func (ss *serverSession) subscribe(st *serveState, typ string, req *discovery.De
 		return err
 	}
 	delete(ss.resuming, typ)
-	st.held = rs.held
 	st.heldBytes = rs.bytes
 	st.sent = map[string]sentState{}
 	st.rejected = map[string]string{}
@@ -483,26 +587,40 @@ func (ss *serverSession) subscribe(st *serveState, typ string, req *discovery.De
 			st.rejected[r.GetName()] = r.GetVersion()
 		}
 	}
-	// Pending: every name whose state differs between the peer and the
-	// index (a name held at the index's version needs nothing, and a
-	// change after this point marks it through the subscription).
+	// Overrides and pending: every name whose state differs between the
+	// peer and the index (a name held at the index's version costs
+	// nothing, and a change after this point marks it through the
+	// subscription). The full map of what the peer said goes.
+	st.overrides = map[string]heldState{}
 	st.pending = map[string]struct{}{}
+	st.heldDelta = 0
 	ss.ix.mu.RLock()
-	entries := ss.ix.types[typ].entries
-	for n := range st.held {
-		if _, ok := entries[n]; !ok {
-			st.pending[n] = struct{}{} // held, not served: a removal
+	ti := ss.ix.types[typ]
+	// What changed before now is compared below as it is now.
+	st.sub.take(func(string, heldState) {})
+	for n, v := range rs.held {
+		if e, ok := ti.entries[n]; !ok {
+			st.overrides[n] = heldState{version: v, holds: true} // held, not served: a removal
+			st.heldDelta++
+		} else if v != e.res.Version {
+			st.overrides[e.res.Name] = heldState{version: v, holds: true}
 		}
 	}
-	for n, e := range entries {
-		if v, ok := st.held[n]; !ok || v != e.res.Version {
-			st.pending[n] = struct{}{}
+	for n, e := range ti.entries {
+		if _, ok := rs.held[n]; !ok {
+			st.overrides[e.res.Name] = heldState{}
+			st.heldDelta--
 		}
 	}
+	for n := range st.overrides {
+		st.pending[n] = struct{}{}
+	}
+	held := st.heldCount(ti)
 	ss.ix.mu.RUnlock()
+	st.overridesPeak, st.pendingPeak = len(st.overrides), len(st.pending)
 	st.queue = nil
 	st.force = true
-	held, rejected := len(st.held), len(st.rejected)
+	rejected := len(st.rejected)
 	ss.record(typ, func(ts *insights.TypeState) {
 		ts.ResourcesHeld = held
 		ts.RejectedCount = rejected
@@ -544,9 +662,13 @@ func (ss *serverSession) resumePart(typ string, req *discovery.DeltaDiscoveryReq
 func (ss *serverSession) collect(typ string, req *discovery.DeltaDiscoveryRequest, rej *kdsv1.Rejection, part bool) (*resumeState, []string, error) {
 	rs := ss.resuming[typ]
 	if rs == nil {
-		// Sized for what the peer holds once in sync (every served name),
-		// so that an initial sync does not grow the map step by step.
-		rs = &resumeState{held: make(map[string]string, max(len(req.GetInitialResourceVersions()), ss.ix.Len(typ)))}
+		// Parts are sized for what the peer holds once in sync (every
+		// served name), so that they do not grow the map step by step.
+		size := len(req.GetInitialResourceVersions())
+		if part {
+			size = max(size, ss.ix.Len(typ))
+		}
+		rs = &resumeState{held: make(map[string]string, size)}
 	}
 	if rs.ack != "" {
 		return nil, nil, fmt.Errorf("%w: a %s subscription part arrived before the answer to the previous part was ACKed", ErrProtocol, typ)
@@ -662,6 +784,7 @@ func (ss *serverSession) resolve(st *serveState, f *flight, detail *status.Statu
 	}
 	var rejected []apitypes.RejectedResource
 	var accepted []string
+	var ti *typeIndex
 	settle := func(name, version string, removal bool) {
 		if s, ok := st.sent[name]; ok && s.nonce == f.nonce {
 			delete(st.sent, name)
@@ -683,19 +806,21 @@ func (ss *serverSession) resolve(st *serveState, f *flight, detail *status.Statu
 		}
 		delete(st.rejected, name)
 		accepted = append(accepted, name)
-		if removal {
-			delete(st.held, name)
-		} else {
-			st.held[name] = version
-		}
+		st.setHolding(ti, name, heldState{version: version, holds: !removal})
 	}
+	ss.ix.mu.RLock()
+	ti = ss.ix.types[st.typ]
+	st.catchUp(ti)
 	for _, p := range f.puts {
 		settle(p.name, p.version, false)
 	}
 	for _, name := range f.removed {
 		settle(name, "", true)
 	}
-	held, nrej := len(st.held), len(st.rejected)
+	held := st.heldCount(ti)
+	ss.ix.mu.RUnlock()
+	st.compact()
+	nrej := len(st.rejected)
 	if detail != nil {
 		ss.log.Warn("peer rejected resources (NACK); they are resent only when they change",
 			"type", st.typ, "nonce", f.nonce, "rejected", len(rejected), "error", truncate(detail.GetMessage()))
@@ -778,7 +903,9 @@ func (ss *serverSession) trySend(st *serveState) error {
 // sendNext sends the next response for st, if there is anything to send
 // and the budgets allow it, and reports whether it did.
 func (ss *serverSession) sendNext(st *serveState) (bool, error) {
-	st.sub.take(st.pending)
+	ss.ix.mu.RLock()
+	st.catchUp(ss.ix.types[st.typ])
+	ss.ix.mu.RUnlock()
 	if len(st.pending) == 0 && !st.force {
 		return false, nil
 	}
@@ -829,12 +956,14 @@ func (ss *serverSession) build(st *serveState, f *flight) *discovery.DeltaDiscov
 	ss.ix.mu.RLock()
 	defer ss.ix.mu.RUnlock()
 	ti := ss.ix.types[st.typ]
+	st.catchUp(ti)
 	resp.SystemVersionInfo = strconv.FormatUint(ti.revision, 10)
 	for {
 		if len(st.queue) == 0 {
 			if len(st.pending) == 0 {
 				break
 			}
+			st.pendingPeak = max(st.pendingPeak, len(st.pending))
 			st.queue = sortedNames(st.pending)
 		}
 		name := st.queue[0]
@@ -845,7 +974,7 @@ func (ss *serverSession) build(st *serveState, f *flight) *discovery.DeltaDiscov
 		e, ok := ti.entries[name]
 		if !ok {
 			rv, refused := st.rejected[name]
-			_, holds := st.view(name)
+			_, holds := st.view(ti, name)
 			if holds && (!refused || rv != "") {
 				n := len(name) + 8
 				if size+n > limit && size > 0 {
@@ -863,7 +992,7 @@ func (ss *serverSession) build(st *serveState, f *flight) *discovery.DeltaDiscov
 			continue
 		}
 		v := e.res.Version
-		if held, holds := st.view(name); (holds && held == v) || (st.rejected[name] == v) {
+		if held, holds := st.view(ti, name); (holds && held == v) || (st.rejected[name] == v) {
 			delete(st.pending, name)
 			st.queue = st.queue[1:]
 			continue
@@ -882,6 +1011,7 @@ func (ss *serverSession) build(st *serveState, f *flight) *discovery.DeltaDiscov
 	if len(st.queue) == 0 {
 		st.queue = nil // release the snapshot's backing array
 	}
+	st.compact()
 	return resp
 }
 

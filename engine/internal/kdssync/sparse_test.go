@@ -1,0 +1,364 @@
+package kdssync
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/kds-engine/kds-engine/engine/internal/insights"
+	"github.com/kds-engine/kds-engine/engine/internal/resource"
+	kdsv1 "github.com/kds-engine/kds-engine/proto/kds/v1"
+)
+
+// directSession is a serving session for peer zone-1 driven by the test
+// itself instead of Serve's loop: the test is the loop, so it may look at
+// the session's state between steps.
+func directSession(t *testing.T, ix *Index, maxMsg int) (*serverSession, *pipe, *insights.Registry) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	ins := insights.NewRegistry()
+	p := newPipe(ctx)
+	srv := NewServer(ix, WithServerInsights(ins), WithServerMaxMessageSize(maxMsg))
+	ss := &serverSession{
+		Server: srv, maxMsg: srv.maxMsg, stream: serverEnd{p}, peer: "zone-1", log: srv.log,
+		types: map[string]*serveState{}, unknown: map[string]struct{}{},
+		notify: make(chan struct{}, 1), wake: make(chan struct{}, 1),
+		resuming:      map[string]*resumeState{},
+		sessionBudget: 1 << 40,
+	}
+	t.Cleanup(func() { ss.close(); cancel() })
+	return ss, p, ins
+}
+
+// ackAll answers every response the session sent so far with an ACK, in
+// order, and returns how many resources they carried.
+func ackAll(t *testing.T, ss *serverSession, p *pipe) int {
+	t.Helper()
+	n := 0
+	for {
+		select {
+		case r := <-p.resps:
+			n += len(r.GetResources())
+			require.NoError(t, ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: r.GetTypeUrl(), ResponseNonce: r.GetNonce()}))
+		default:
+			return n
+		}
+	}
+}
+
+// ask answers a Held query the way the session's loop does.
+func ask(ss *serverSession, name string) PeerHolding {
+	q := heldQuery{typ: "T", name: name, reply: make(chan PeerHolding, 1)}
+	ss.answer(q)
+	return <-q.reply
+}
+
+func sparseIndex(t *testing.T, n int) (*Index, map[string]string) {
+	t.Helper()
+	ix := NewIndex([]string{"T"})
+	versions := make(map[string]string, n)
+	for i := range n {
+		name := fmt.Sprintf("t-%06d", i)
+		require.NoError(t, ix.Put(res("T", "default", name, "1", 8)))
+		versions[WireName("default", name)] = "1"
+	}
+	return ix, versions
+}
+
+// A peer that holds what is served costs the server no entry per name:
+// after a resume at the index's versions, and after an initial sync once
+// every response is ACKed (the maps the sync filled are given back), the
+// session records only names whose state differs from the index's.
+func TestInSyncPeerCostsNoEntryPerName(t *testing.T) {
+	const n = 5000
+	ix, versions := sparseIndex(t, n)
+
+	t.Run("resume", func(t *testing.T) {
+		ss, p, ins := directSession(t, ix, 64<<10)
+		held := make(map[string]string, n)
+		for k, v := range versions {
+			held[k] = v
+		}
+		held["default/gone"] = "1"       // deleted while away
+		held["default/t-000007"] = "0"   // changed while away
+		delete(held, "default/t-000008") // created while away
+		require.NoError(t, ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResourceNamesSubscribe: []string{"*"}, InitialResourceVersions: held}))
+		st := ss.types["T"]
+		assert.Len(t, st.overrides, 3, "only the three names that differ")
+		assert.Equal(t, 2, ackAll(t, ss, p), "the changed and the created name are sent")
+		assert.Empty(t, st.overrides, "in sync: nothing recorded per name")
+		c, _ := ins.Get("zone-1")
+		assert.Equal(t, n, c.Types["T"].ResourcesHeld)
+		assert.Equal(t, PeerHolding{Subscribed: true, Holds: true, Version: "1"}, ask(ss, "default/t-000042"))
+	})
+
+	t.Run("initial sync", func(t *testing.T) {
+		ss, p, ins := directSession(t, ix, 64<<10)
+		require.NoError(t, ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResourceNamesSubscribe: []string{"*"}}))
+		st := ss.types["T"]
+		assert.Len(t, st.overrides, n, "nothing held yet: every name differs")
+		sent := 0
+		for sent < n {
+			got := ackAll(t, ss, p)
+			require.NotZero(t, got, "the sync progresses")
+			sent += got
+		}
+		assert.Equal(t, n, sent)
+		assert.Empty(t, st.overrides, "in sync: nothing recorded per name")
+		assert.Zero(t, st.overridesPeak, "the map the sync filled was given back")
+		assert.Zero(t, st.pendingPeak, "so was pending")
+		c, _ := ins.Get("zone-1")
+		assert.Equal(t, n, c.Types["T"].ResourcesHeld)
+	})
+}
+
+// The peer's holding of a name the session records nothing for is the
+// index's state as of the session's last take, not the index's live state:
+// right after a change, the peer still holds the old version (or the
+// deleted name) until it ACKs the response that carries the change, and
+// that response is sent. A rule "no entry means the index's current
+// version" would report the new version as held and never send it.
+func TestIndexChangeBeforeTheSessionLooks(t *testing.T) {
+	ix, versions := sparseIndex(t, 10)
+	ss, p, ins := directSession(t, ix, 64<<10)
+	require.NoError(t, ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResourceNamesSubscribe: []string{"*"}, InitialResourceVersions: versions}))
+	assert.Zero(t, ackAll(t, ss, p))
+	st := ss.types["T"]
+	require.Empty(t, st.overrides)
+
+	require.NoError(t, ix.Put(res("T", "default", "t-000001", "2", 8)))
+	require.NoError(t, ix.Put(res("T", "default", "t-000003", "2", 8)))
+	ix.Delete(resource.Key{Type: "T", Mesh: "default", Name: "t-000002"})
+	require.NoError(t, ix.Put(res("T", "default", "new", "1", 8)))
+
+	// Held is asked before the session built anything.
+	assert.Equal(t, PeerHolding{Subscribed: true, Holds: true, Version: "1"}, ask(ss, "default/t-000001"))
+	assert.Equal(t, PeerHolding{Subscribed: true, Holds: true, Version: "1"}, ask(ss, "default/t-000002"), "deleted, not yet removed")
+	assert.Equal(t, PeerHolding{Subscribed: true}, ask(ss, "default/new"))
+
+	// A change after the take and before the build: build sees it too.
+	require.NoError(t, ix.Put(res("T", "default", "t-000001", "3", 8)))
+	require.NoError(t, ss.trySend(st))
+	r := nextResponse(t, p)
+	got := map[string]string{}
+	for _, x := range r.GetResources() {
+		got[x.GetName()] = x.GetVersion()
+	}
+	assert.Equal(t, map[string]string{"default/t-000001": "3", "default/t-000003": "2", "default/new": "1"}, got)
+	assert.Equal(t, []string{"default/t-000002"}, r.GetRemovedResources())
+	assert.Equal(t, PeerHolding{Subscribed: true, Holds: true, Version: "1", Pending: true, PendingVersion: "3"}, ask(ss, "default/t-000001"))
+
+	// The peer refuses t-000003 at 2 and applies the rest.
+	detail, err := rejectionStatus(3, "refused", []*kdsv1.RejectedResource{{Name: "default/t-000003", Version: "2"}})
+	require.NoError(t, err)
+	require.NoError(t, ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResponseNonce: r.GetNonce(), ErrorDetail: detail}))
+	assert.Equal(t, PeerHolding{Subscribed: true, Holds: true, Version: "3"}, ask(ss, "default/t-000001"))
+	assert.Equal(t, PeerHolding{Subscribed: true}, ask(ss, "default/t-000002"))
+	assert.Equal(t, PeerHolding{Subscribed: true, Holds: true, Version: "1", Rejected: true, RejectedVersion: "2"}, ask(ss, "default/t-000003"))
+	assert.Equal(t, map[string]heldState{"default/t-000003": {"1", true}}, st.overrides, "only the refused name differs")
+	c, _ := ins.Get("zone-1")
+	assert.Equal(t, 10, c.Types["T"].ResourcesHeld, "9 of the 10 plus new")
+
+	// Deleting the refused name: the peer still holds it, and it goes.
+	ix.Delete(resource.Key{Type: "T", Mesh: "default", Name: "t-000003"})
+	assert.Equal(t, PeerHolding{Subscribed: true, Holds: true, Version: "1", Rejected: true, RejectedVersion: "2"}, ask(ss, "default/t-000003"))
+	require.NoError(t, ss.trySend(st))
+	r = nextResponse(t, p)
+	assert.Equal(t, []string{"default/t-000003"}, r.GetRemovedResources())
+	require.NoError(t, ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResponseNonce: r.GetNonce()}))
+	assert.Empty(t, st.overrides)
+	c, _ = ins.Get("zone-1")
+	assert.Equal(t, 9, c.Types["T"].ResourcesHeld)
+}
+
+// A response answered after the peer subscribed again (stale) changes
+// nothing, and a re-subscription's versions replace what was recorded.
+func TestSparseHeldAcrossResubscription(t *testing.T) {
+	ix, versions := sparseIndex(t, 10)
+	ss, p, _ := directSession(t, ix, 64<<10)
+	sub := &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResourceNamesSubscribe: []string{"*"}, InitialResourceVersions: versions}
+	require.NoError(t, ss.handle(sub))
+	ackAll(t, ss, p)
+	st := ss.types["T"]
+	require.NoError(t, ix.Put(res("T", "default", "t-000001", "2", 8)))
+	require.NoError(t, ss.trySend(st))
+	stale := nextResponse(t, p)
+	require.Len(t, stale.GetResources(), 1)
+
+	// The peer subscribes again still holding 1 everywhere, then answers
+	// the stale response: it holds 1 until the new response is answered.
+	require.NoError(t, ss.handle(sub))
+	fresh := nextResponse(t, p)
+	require.Len(t, fresh.GetResources(), 1)
+	require.NoError(t, ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResponseNonce: stale.GetNonce()}))
+	assert.Equal(t, PeerHolding{Subscribed: true, Holds: true, Version: "1", Pending: true, PendingVersion: "2"}, ask(ss, "default/t-000001"))
+	require.NoError(t, ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResponseNonce: fresh.GetNonce()}))
+	assert.Equal(t, PeerHolding{Subscribed: true, Holds: true, Version: "2"}, ask(ss, "default/t-000001"))
+	assert.Empty(t, st.overrides)
+}
+
+// FuzzSparseHeld drives a session through index changes, responses, ACKs,
+// NACKs, skipped answers and re-subscriptions, and checks after every step
+// that the sparse record agrees with a peer that keeps every name it
+// applied: Held answers, the held count, and no override equal to the
+// index's state; at the end the peer converges to the index.
+func FuzzSparseHeld(f *testing.F) {
+	f.Add([]byte{0, 1, 2, 3, 2, 3})
+	f.Add([]byte{0, 0, 2, 1, 1, 2, 4, 3, 7, 1, 5, 6, 2, 3})
+	f.Add([]byte{2, 1, 9, 2, 17, 6, 3, 4, 0, 8, 2, 5, 3, 7, 15, 6, 14, 2, 3, 3})
+	f.Fuzz(sparseHeld)
+}
+
+func sparseHeld(t *testing.T, ops []byte) {
+	{
+		if len(ops) > 400 {
+			return
+		}
+		ix := NewIndex([]string{"T"})
+		names := []string{"a", "b", "c", "d", "e"}
+		version := 0
+		put := func(i int) {
+			version++
+			require.NoError(t, ix.Put(res("T", "m", names[i%len(names)], fmt.Sprint("v", version), 4)))
+		}
+		for i := range 3 {
+			put(i)
+		}
+		ss, p, ins := directSession(t, ix, 1<<20)
+		ss.window = 2
+		// peer is what the peer applied; out what it was sent, in order.
+		peer := map[string]string{}
+		type out struct {
+			resp  *discovery.DeltaDiscoveryResponse
+			stale bool
+		}
+		var outs []out
+		subscribe := func() {
+			versions := map[string]string{}
+			for n, v := range peer {
+				versions[n] = v
+			}
+			for i := range outs {
+				outs[i].stale = true
+			}
+			require.NoError(t, ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResourceNamesSubscribe: []string{"*"}, InitialResourceVersions: versions}))
+		}
+		collect := func() {
+			for {
+				select {
+				case r := <-p.resps:
+					outs = append(outs, out{resp: r})
+				default:
+					return
+				}
+			}
+		}
+		answer := func(i int, refuse bool) {
+			o := outs[i]
+			outs = outs[i+1:]
+			var rej []*kdsv1.RejectedResource
+			refused := ""
+			if refuse {
+				if rs := o.resp.GetResources(); len(rs) > 0 {
+					refused = rs[0].GetName()
+					rej = append(rej, &kdsv1.RejectedResource{Name: refused, Version: rs[0].GetVersion()})
+				} else if rm := o.resp.GetRemovedResources(); len(rm) > 0 {
+					refused = rm[0]
+					rej = append(rej, &kdsv1.RejectedResource{Name: refused, Removal: true})
+				}
+			}
+			if !o.stale {
+				for _, r := range o.resp.GetResources() {
+					if r.GetName() != refused {
+						peer[r.GetName()] = r.GetVersion()
+					}
+				}
+				for _, n := range o.resp.GetRemovedResources() {
+					if n != refused {
+						delete(peer, n)
+					}
+				}
+			}
+			req := &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResponseNonce: o.resp.GetNonce()}
+			if len(rej) > 0 {
+				detail, err := rejectionStatus(3, "refused", rej)
+				require.NoError(t, err)
+				req.ErrorDetail = detail
+			}
+			require.NoError(t, ss.handle(req))
+			collect()
+		}
+		check := func() {
+			st := ss.types["T"]
+			if st == nil {
+				return
+			}
+			for _, n := range names {
+				w := WireName("m", n)
+				h := ask(ss, w)
+				v, holds := peer[w]
+				require.Equal(t, holds, h.Holds, "%s held", w)
+				require.Equal(t, v, h.Version, "%s version", w)
+			}
+			ss.ix.mu.RLock()
+			ti := ss.ix.types["T"]
+			st.catchUp(ti)
+			for n, o := range st.overrides {
+				require.NotEqual(t, ti.state(n), o, "override of %s equal to the index", n)
+			}
+			require.Equal(t, len(peer), st.heldCount(ti))
+			ss.ix.mu.RUnlock()
+		}
+		subscribe()
+		collect()
+		for _, op := range ops {
+			arg := int(op >> 3)
+			switch op & 7 {
+			case 0, 1:
+				put(arg)
+			case 2:
+				ix.Delete(resource.Key{Type: "T", Mesh: "m", Name: names[arg%len(names)]})
+			case 3:
+				require.NoError(t, ss.trySend(ss.types["T"]))
+				collect()
+			case 4, 5:
+				if len(outs) > 0 {
+					answer(0, op&7 == 5)
+				}
+			case 6:
+				if len(outs) > 1 {
+					answer(1, false) // the first was skipped
+				}
+			case 7:
+				subscribe()
+				collect()
+			}
+			check()
+		}
+		for range 50 {
+			require.NoError(t, ss.trySend(ss.types["T"]))
+			collect()
+			if len(outs) == 0 {
+				break
+			}
+			answer(0, false)
+		}
+		require.Empty(t, outs, "the session settles")
+		check()
+		ss.ix.mu.RLock()
+		defer ss.ix.mu.RUnlock()
+		st := ss.types["T"]
+		for n, e := range ss.ix.types["T"].entries {
+			if v, ok := st.rejected[n]; ok && v == e.res.Version {
+				continue
+			}
+			require.Equal(t, e.res.Version, peer[n], "%s converged", n)
+		}
+		c, _ := ins.Get("zone-1")
+		require.Equal(t, len(peer), c.Types["T"].ResourcesHeld)
+	}
+}
