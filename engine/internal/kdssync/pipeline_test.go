@@ -95,6 +95,47 @@ func TestServerKeepsWindowOfResponsesInFlight(t *testing.T) {
 	assert.Equal(t, 20, got, "every resource sent exactly once")
 }
 
+// Changes that arrive while a response is in flight wait for its answer
+// and then go together in one response, instead of a response each taking
+// the window's free slots; a burst bigger than one message still fills the
+// window after that answer.
+func TestServerHoldsChangesWhileAResponseIsInFlight(t *testing.T) {
+	ix := NewIndex([]string{"T"})
+	p := serveRaw(t, ix, WithServerWindow(3), WithServerMaxMessageSize(responseOverhead+32<<10))
+	p.reqs <- &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResourceNamesSubscribe: []string{"*"}}
+	ack := func(r *discovery.DeltaDiscoveryResponse) {
+		p.reqs <- &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResponseNonce: r.Nonce}
+	}
+	ack(nextResponse(t, p)) // the initial answer: nothing held, nothing served
+
+	// Nothing in flight: a change goes at once.
+	require.NoError(t, ix.Put(res("T", "", "a", "1", 100)))
+	first := nextResponse(t, p)
+	require.Len(t, first.Resources, 1)
+
+	// While it is in flight, further changes wait for its answer.
+	for _, n := range []string{"b", "c", "d"} {
+		require.NoError(t, ix.Put(res("T", "", n, "1", 100)))
+	}
+	noResponse(t, p, "a change while a response is in flight")
+	ack(first)
+	together := nextResponse(t, p)
+	assert.Len(t, together.Resources, 3, "the changes held meanwhile go in one response")
+	noResponse(t, p, "nothing left")
+
+	// A burst of more than one message's worth, while a response is in
+	// flight: held until the answer, which then fills the window.
+	for i := range 20 {
+		require.NoError(t, ix.Put(res("T", "", fmt.Sprintf("big-%02d", i), "1", 10<<10)))
+	}
+	noResponse(t, p, "a burst while a response is in flight")
+	ack(together)
+	for range 3 {
+		assert.NotEmpty(t, nextResponse(t, p).Resources)
+	}
+	noResponse(t, p, "beyond the window")
+}
+
 // Responses carry names in the receiving store's key order (mesh, then
 // name), so a large initial sync appends to the receiver's tree.
 func TestInitialSyncSendsNamesInKeyOrder(t *testing.T) {

@@ -215,10 +215,12 @@ func (s *Server) Serve(ctx context.Context, stream ServerStream, peer string, op
 		case <-ctx.Done():
 			return context.Cause(ctx)
 		case req := <-reqs:
+			ss.answering = true
 			err = ss.handle(req)
 			if err == nil && ss.starved {
 				err = ss.trySendAll()
 			}
+			ss.answering = false
 		case <-ss.notify:
 			err = ss.trySendAll()
 		case <-ss.wake:
@@ -260,6 +262,12 @@ type serverSession struct {
 	// starved is set when a response could not be built for lack of budget;
 	// the next answer retries every type.
 	starved bool
+	// answering is set while the loop handles a request (an answer to a
+	// response, a subscription): trySend may then fill the window with
+	// what is pending. Otherwise (a change notification, released budget)
+	// it sends only for a type with nothing in flight or whose last
+	// response was full (see trySend).
+	answering bool
 	// resuming collects, per type, the held versions a peer sends in parts
 	// before the subscription that completes them (see resumePart).
 	resuming map[string]*resumeState
@@ -317,6 +325,9 @@ type serveState struct {
 	// inflight holds the responses sent and not yet ACKed or NACKed, oldest
 	// first; at most the server's window.
 	inflight []*flight
+	// full is set when the last response sent could not carry everything
+	// pending (more than one message's worth was waiting).
+	full bool
 	// force makes the next trySend send even an empty response (the
 	// answer to an initial request).
 	force bool
@@ -765,8 +776,25 @@ func (ss *serverSession) trySendAll() error {
 
 // trySend sends responses for st while fewer than the window are in flight
 // and there is something to send (or an initial answer is owed).
+//
+// Changes that arrive while a response of st is in flight wait for its
+// answer, which sends them together, unless that response was full: a
+// change notification sends only when nothing of st is in flight or the
+// last response left more pending than one message holds; an answer (or a
+// subscription) fills the window with what is pending. A steady trickle of
+// changes then goes one response at a time, each carrying everything that
+// changed while the previous one was checked and stored, instead of a
+// response per change taking every slot of the window; the receiver
+// answers only after its commit, so responses sent earlier would have
+// waited behind that commit anyway, and each one costs it a validation
+// call, a store write and an answer. Bulk changes still use the whole
+// window. Nothing waits for anything but an answer that is owed: a held
+// change has a response of its type in flight.
 func (ss *serverSession) trySend(st *serveState) error {
 	for len(st.inflight) < ss.window {
+		if !ss.answering && len(st.inflight) > 0 && !st.full {
+			return nil
+		}
 		sent, err := ss.sendNext(st)
 		if err != nil || !sent {
 			return err
@@ -799,6 +827,7 @@ func (ss *serverSession) sendNext(st *serveState) (bool, error) {
 		ss.budget.release(reserve)
 		return false, nil
 	}
+	st.full = len(st.pending) > 0
 	st.force = false
 	resp.Nonce = f.nonce
 	size := responseSize(resp, f.bytes)
@@ -808,6 +837,7 @@ func (ss *serverSession) sendNext(st *serveState) (bool, error) {
 	if err := ss.stream.Send(resp); err != nil {
 		return false, fmt.Errorf("send %s response: %w", st.typ, err)
 	}
+	trace(TraceSent, resp, ss.answering)
 	st.inflight = append(st.inflight, f)
 	ss.record(st.typ, func(ts *insights.TypeState) {
 		ts.ResponsesSent++
