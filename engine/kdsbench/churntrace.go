@@ -78,7 +78,7 @@ func schedQuantile(from, to *metrics.Float64Histogram, q float64) time.Duration 
 // stageTimes is when one update passed each traced stage.
 type stageTimes struct {
 	sent, received, checked, applying, applied time.Time
-	afterAnswer                                 bool
+	afterAnswer                                bool
 }
 
 // updateStages is one committed update's time in each stage.
