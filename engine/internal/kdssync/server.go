@@ -89,6 +89,11 @@ func WithServerInsights(reg *insights.Registry) ServerOption {
 // is sized types × window + headroom.
 const DefaultWindow = 3
 
+// changeSlots is how many responses per type a change notification may
+// have in flight (see trySend): one the receiver stores while it checks
+// the next.
+const changeSlots = 2
+
 // WithServerWindow sets how many responses per type may be in flight
 // (default DefaultWindow; values below 1 mean 1). The session's buffers must
 // be sized for it (mux.WithWindow).
@@ -777,22 +782,21 @@ func (ss *serverSession) trySendAll() error {
 // trySend sends responses for st while fewer than the window are in flight
 // and there is something to send (or an initial answer is owed).
 //
-// Changes that arrive while a response of st is in flight wait for its
-// answer, which sends them together, unless that response was full: a
-// change notification sends only when nothing of st is in flight or the
-// last response left more pending than one message holds; an answer (or a
-// subscription) fills the window with what is pending. A steady trickle of
-// changes then goes one response at a time, each carrying everything that
-// changed while the previous one was checked and stored, instead of a
-// response per change taking every slot of the window; the receiver
-// answers only after its commit, so responses sent earlier would have
-// waited behind that commit anyway, and each one costs it a validation
-// call, a store write and an answer. Bulk changes still use the whole
-// window. Nothing waits for anything but an answer that is owed: a held
-// change has a response of its type in flight.
+// A change notification (or released budget) sends only while fewer than
+// changeSlots responses of st are in flight, or when the last response
+// was full (more was pending than one message holds); an answer or a
+// subscription fills the window with what is pending. In a steady trickle
+// of changes one response is then stored by the receiver while the next is
+// checked, and everything that changes meanwhile waits for an answer and
+// goes in one response, instead of single changes taking the window's last
+// slot: the receiver answers only after the commit that stores a response,
+// so a response there could only wait behind the two before it, and each
+// costs the receiver a validation call, a store write and an answer. Bulk
+// changes still use the whole window. A held change always has a response
+// of its type in flight, whose answer sends it.
 func (ss *serverSession) trySend(st *serveState) error {
 	for len(st.inflight) < ss.window {
-		if !ss.answering && len(st.inflight) > 0 && !st.full {
+		if !ss.answering && len(st.inflight) >= changeSlots && !st.full {
 			return nil
 		}
 		sent, err := ss.sendNext(st)
