@@ -270,8 +270,8 @@ type serverSession struct {
 	// answering is set while the loop handles a request (an answer to a
 	// response, a subscription): trySend may then fill the window with
 	// what is pending. Otherwise (a change notification, released budget)
-	// it sends only for a type with nothing in flight or whose last
-	// response was full (see trySend).
+	// it sends only for a type with fewer than changeSlots responses in
+	// flight or whose last response was full (see trySend).
 	answering bool
 	// resuming collects, per type, the held versions a peer sends in parts
 	// before the subscription that completes them (see resumePart).
