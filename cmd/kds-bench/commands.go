@@ -78,6 +78,7 @@ func churnCmd(g *globals) *cobra.Command {
 	cmd.Flags().DurationVar(&c.RampStep, "ramp-step", 20*time.Second, "after the steady phase, raise the rate ×1.5 every step until global stops keeping up (0: no ramp)")
 	cmd.Flags().Float64Var(&c.RampMax, "ramp-max", 16, "highest rate multiplier the ramp tries")
 	cmd.Flags().StringVar(&c.SteadyProfile, "steady-cpuprofile", "", "write a CPU profile of the steady phase alone to this file (zone-side samples carry the label side=zone, the tracker's side=bench)")
+	cmd.Flags().BoolVar(&c.TraceLatency, "trace-latency", false, "follow every update through its stages (zone sent, global received, checked, applying, applied, visible) and the store's group commits, and report where the write→apply latency goes")
 	cmd.Flags().BoolVar(&c.FullZones, "full-zones", false, "run every zone as a full engine with its own plugin process validating each write (default: light zones serving their statuses from memory; global is the full engine either way)")
 	return cmd
 }

@@ -49,6 +49,11 @@ type ChurnConfig struct {
 	// machine's CPU to it instead of to 100 zones' validation, which a real
 	// deployment spreads over 100 machines.
 	FullZones bool
+	// TraceLatency follows every update through the stages of its way
+	// (zone sent, global received, checked, applying, applied, visible)
+	// and the store's group commits, and reports where the write→apply
+	// latency goes. It costs some CPU per update.
+	TraceLatency bool
 	// SteadyProfile, when set, is the file a CPU profile of the steady phase
 	// alone is written to (not together with a profile of the whole run).
 	SteadyProfile string
@@ -89,6 +94,10 @@ func Churn(ctx context.Context, o Options, c ChurnConfig) (*Report, error) {
 	defer g.discard()
 
 	t := newChurnTracker(c.Zones, c.PerZone)
+	if c.TraceLatency {
+		t.trace = newStageTracer()
+		defer t.trace.start()()
+	}
 	wctx, cancelWatch := context.WithCancel(ctx)
 	defer cancelWatch()
 	var joinWatch func()
@@ -125,6 +134,9 @@ func Churn(ctx context.Context, o Options, c ChurnConfig) (*Report, error) {
 		return nil, err
 	}
 	idle.report(r, "baseline: 1% of the rate", rate*0.01)
+	if t.trace != nil {
+		t.trace.report(r, "baseline", "baseline")
+	}
 	r.Figures["baseline_p99_ms"] = ms(percentile(idle.lat, 0.99))
 	stopProfile, err := startProfile(c.SteadyProfile)
 	if err != nil {
@@ -138,6 +150,9 @@ func Churn(ctx context.Context, o Options, c ChurnConfig) (*Report, error) {
 		return nil, err
 	}
 	steady.report(r, "steady", rate)
+	if t.trace != nil {
+		t.trace.report(r, "steady", "steady")
+	}
 	p99 := percentile(steady.lat, 0.99)
 	r.Figures["steady_p50_ms"] = ms(percentile(steady.lat, 0.5))
 	r.Figures["steady_p99_ms"] = ms(p99)
@@ -381,6 +396,9 @@ type churnTracker struct {
 
 	mu  sync.Mutex
 	lat []time.Duration // guarded by mu; reset per phase
+
+	// trace, when set, breaks each update's latency into stages.
+	trace *stageTracer
 }
 
 func newChurnTracker(zones, per int) *churnTracker {
@@ -436,6 +454,9 @@ func (t *churnTracker) applied(ev store.Event) {
 		return
 	}
 	t.held[i][j].Store(seq)
+	if t.trace != nil {
+		t.trace.seen(string(rest[:end]), time.Unix(0, at), now)
+	}
 	t.mu.Lock()
 	t.lat = append(t.lat, now.Sub(time.Unix(0, at)))
 	t.mu.Unlock()
@@ -505,6 +526,9 @@ func (t *churnTracker) run(ctx context.Context, zs churnZones, c ChurnConfig, mu
 	}
 	t.lat = t.lat[:0]
 	t.mu.Unlock()
+	if t.trace != nil {
+		t.trace.reset()
+	}
 	var written atomic.Int64
 	// The phase ends by cancellation, not by a deadline: a deadline
 	// reaches gRPC calls inside the writes, which may time out on their own

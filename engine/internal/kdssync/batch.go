@@ -46,6 +46,9 @@ take:
 		}
 	}
 	puts, deletes := mergeApplies(batch)
+	for _, ch := range batch {
+		trace(TraceApplying, ch.resp, false)
+	}
 	if len(puts) > 0 || len(deletes) > 0 {
 		if err := c.sink.Apply(ctx, puts, deletes); err != nil {
 			if len(batch) == 1 {
@@ -53,6 +56,9 @@ take:
 			}
 			return nil, fmt.Errorf("apply %d responses (first %s): %w", len(batch), first.typ, err)
 		}
+	}
+	for _, ch := range batch {
+		trace(TraceApplied, ch.resp, false)
 	}
 	return batch, nil
 }

@@ -215,10 +215,12 @@ func (c *Client) Run(ctx context.Context, stream ClientStream) error {
 			if err != nil {
 				return fmt.Errorf("receive response: %w", err)
 			}
+			trace(TraceReceived, resp, false)
 			ch, err := c.check(gctx, resp)
 			if err != nil {
 				return err
 			}
+			trace(TraceChecked, resp, false)
 			select {
 			case checked <- ch:
 			case <-gctx.Done():

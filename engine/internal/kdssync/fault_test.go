@@ -142,31 +142,47 @@ func TestFaultRejectedResourceAfterZoneRestart(t *testing.T) {
 // The receiver answers in order, so a refusal in one response and an
 // acceptance of a newer version of the same name in the next leave the
 // server's view on the newer version; a refusal of both leaves it on what
-// the zone held before either.
+// the zone held before either. (Three responses carrying x are in flight
+// at once: the initial sync fills the window, and each later version goes
+// out with the answer to one of the sync's first responses.)
 func TestFaultRefusalsAcrossResponsesInFlight(t *testing.T) {
 	const typ = "T"
 	ix := NewIndex([]string{typ})
+	for _, n := range []string{"f0", "f1", "f2"} {
+		require.NoError(t, ix.Put(res(typ, "", n, "1", 10<<10)))
+	}
 	require.NoError(t, ix.Put(res(typ, "", "x", "5", 10)))
 	srvIns := insights.NewRegistry()
-	p := serveRaw(t, ix, WithServerInsights(srvIns))
+	// One filler per response; the last carries f2 and x@5.
+	p := serveRaw(t, ix, WithServerInsights(srvIns), WithServerMaxMessageSize(responseOverhead+12<<10))
 	p.reqs <- &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL(typ), ResourceNamesSubscribe: []string{"*"},
 		InitialResourceVersions: map[string]string{"x": "2"}}
+	ra, rb := nextResponse(t, p), nextResponse(t, p)
 	r1 := nextResponse(t, p)
+	require.Len(t, r1.Resources, 2)
+	require.Equal(t, "5", r1.Resources[1].Version)
+	ack := func(r *discovery.DeltaDiscoveryResponse) {
+		p.reqs <- &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL(typ), ResponseNonce: r.Nonce}
+	}
 	require.NoError(t, ix.Put(res(typ, "", "x", "6", 10)))
+	ack(ra)
 	r2 := nextResponse(t, p)
 	require.NoError(t, ix.Put(res(typ, "", "x", "7", 10)))
+	ack(rb)
 	r3 := nextResponse(t, p)
+	require.Equal(t, "6", r2.Resources[0].Version)
+	require.Equal(t, "7", r3.Resources[0].Version)
 	nack := func(r *discovery.DeltaDiscoveryResponse, version string) {
 		st, err := rejectionStatus(3, "refused", []*kdsv1.RejectedResource{rejectedEntry("x", version, false, nil)})
 		require.NoError(t, err)
 		p.reqs <- &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL(typ), ResponseNonce: r.Nonce, ErrorDetail: st}
 	}
 	nack(r1, "5")
-	p.reqs <- &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL(typ), ResponseNonce: r2.Nonce}
+	ack(r2)
 	nack(r3, "7")
 	held := func() int { c, _ := srvIns.Get("z"); return c.Types[typ].ResourcesHeld }
 	require.Eventually(t, func() bool { c, _ := srvIns.Get("z"); return c.Types[typ].ResponsesNACKed == 2 }, 10*time.Second, 5*time.Millisecond)
-	assert.Equal(t, 1, held())
+	assert.Equal(t, 4, held(), "the three fillers and x")
 	// Version 7 was refused: the server does not send it again; x@6 is
 	// what the zone holds. A change to 8 goes out.
 	noResponse(t, p, "refused version resent")

@@ -95,6 +95,51 @@ func TestServerKeepsWindowOfResponsesInFlight(t *testing.T) {
 	assert.Equal(t, 20, got, "every resource sent exactly once")
 }
 
+// Changes go at once while fewer than two responses are in flight (one
+// the receiver stores, one it checks); changes that arrive after that wait
+// for an answer and then go together in one response, instead of taking
+// the window's last slot one by one. A burst bigger than one message
+// still fills the window after that answer.
+func TestServerHoldsChangesWhileTwoResponsesAreInFlight(t *testing.T) {
+	ix := NewIndex([]string{"T"})
+	p := serveRaw(t, ix, WithServerWindow(3), WithServerMaxMessageSize(responseOverhead+32<<10))
+	p.reqs <- &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResourceNamesSubscribe: []string{"*"}}
+	ack := func(r *discovery.DeltaDiscoveryResponse) {
+		p.reqs <- &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResponseNonce: r.Nonce}
+	}
+	ack(nextResponse(t, p)) // the initial answer: nothing held, nothing served
+
+	// Fewer than two in flight: a change goes at once.
+	require.NoError(t, ix.Put(res("T", "", "a", "1", 100)))
+	r1 := nextResponse(t, p)
+	require.Len(t, r1.Resources, 1)
+	require.NoError(t, ix.Put(res("T", "", "b", "1", 100)))
+	r2 := nextResponse(t, p)
+	require.Len(t, r2.Resources, 1)
+
+	// Two in flight: further changes wait for an answer.
+	for _, n := range []string{"c", "d", "e"} {
+		require.NoError(t, ix.Put(res("T", "", n, "1", 100)))
+	}
+	noResponse(t, p, "a change while two responses are in flight")
+	ack(r1)
+	r3 := nextResponse(t, p)
+	assert.Len(t, r3.Resources, 3, "the changes held meanwhile go in one response")
+	noResponse(t, p, "nothing left")
+
+	// A burst of more than one message's worth while two are in flight:
+	// held until an answer, which then fills the window.
+	for i := range 20 {
+		require.NoError(t, ix.Put(res("T", "", fmt.Sprintf("big-%02d", i), "1", 10<<10)))
+	}
+	noResponse(t, p, "a burst while two responses are in flight")
+	ack(r2)
+	for range 2 {
+		assert.NotEmpty(t, nextResponse(t, p).Resources)
+	}
+	noResponse(t, p, "beyond the window")
+}
+
 // Responses carry names in the receiving store's key order (mesh, then
 // name), so a large initial sync appends to the receiver's tree.
 func TestInitialSyncSendsNamesInKeyOrder(t *testing.T) {

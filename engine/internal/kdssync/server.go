@@ -89,6 +89,11 @@ func WithServerInsights(reg *insights.Registry) ServerOption {
 // is sized types × window + headroom.
 const DefaultWindow = 3
 
+// changeSlots is how many responses per type a change notification may
+// have in flight (see trySend): one the receiver stores while it checks
+// the next.
+const changeSlots = 2
+
 // WithServerWindow sets how many responses per type may be in flight
 // (default DefaultWindow; values below 1 mean 1). The session's buffers must
 // be sized for it (mux.WithWindow).
@@ -215,10 +220,12 @@ func (s *Server) Serve(ctx context.Context, stream ServerStream, peer string, op
 		case <-ctx.Done():
 			return context.Cause(ctx)
 		case req := <-reqs:
+			ss.answering = true
 			err = ss.handle(req)
 			if err == nil && ss.starved {
 				err = ss.trySendAll()
 			}
+			ss.answering = false
 		case <-ss.notify:
 			err = ss.trySendAll()
 		case <-ss.wake:
@@ -260,6 +267,12 @@ type serverSession struct {
 	// starved is set when a response could not be built for lack of budget;
 	// the next answer retries every type.
 	starved bool
+	// answering is set while the loop handles a request (an answer to a
+	// response, a subscription): trySend may then fill the window with
+	// what is pending. Otherwise (a change notification, released budget)
+	// it sends only for a type with fewer than changeSlots responses in
+	// flight or whose last response was full (see trySend).
+	answering bool
 	// resuming collects, per type, the held versions a peer sends in parts
 	// before the subscription that completes them (see resumePart).
 	resuming map[string]*resumeState
@@ -339,6 +352,9 @@ type serveState struct {
 	// inflight holds the responses sent and not yet ACKed or NACKed, oldest
 	// first; at most the server's window.
 	inflight []*flight
+	// full is set when the last response sent could not carry everything
+	// pending (more than one message's worth was waiting).
+	full bool
 	// force makes the next trySend send even an empty response (the
 	// answer to an initial request).
 	force bool
@@ -890,8 +906,24 @@ func (ss *serverSession) trySendAll() error {
 
 // trySend sends responses for st while fewer than the window are in flight
 // and there is something to send (or an initial answer is owed).
+//
+// A change notification (or released budget) sends only while fewer than
+// changeSlots responses of st are in flight, or when the last response
+// was full (more was pending than one message holds); an answer or a
+// subscription fills the window with what is pending. In a steady trickle
+// of changes one response is then stored by the receiver while the next is
+// checked, and everything that changes meanwhile waits for an answer and
+// goes in one response, instead of single changes taking the window's last
+// slot: the receiver answers only after the commit that stores a response,
+// so a response there could only wait behind the two before it, and each
+// costs the receiver a validation call, a store write and an answer. Bulk
+// changes still use the whole window. A held change always has a response
+// of its type in flight, whose answer sends it.
 func (ss *serverSession) trySend(st *serveState) error {
 	for len(st.inflight) < ss.window {
+		if !ss.answering && len(st.inflight) >= changeSlots && !st.full {
+			return nil
+		}
 		sent, err := ss.sendNext(st)
 		if err != nil || !sent {
 			return err
@@ -926,6 +958,7 @@ func (ss *serverSession) sendNext(st *serveState) (bool, error) {
 		ss.budget.release(reserve)
 		return false, nil
 	}
+	st.full = len(st.pending) > 0
 	st.force = false
 	resp.Nonce = f.nonce
 	size := responseSize(resp, f.bytes)
@@ -935,6 +968,7 @@ func (ss *serverSession) sendNext(st *serveState) (bool, error) {
 	if err := ss.stream.Send(resp); err != nil {
 		return false, fmt.Errorf("send %s response: %w", st.typ, err)
 	}
+	trace(TraceSent, resp, ss.answering)
 	st.inflight = append(st.inflight, f)
 	ss.record(st.typ, func(ts *insights.TypeState) {
 		ts.ResponsesSent++

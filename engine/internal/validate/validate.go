@@ -209,28 +209,32 @@ func (v *Validator) Validate(ctx context.Context, rs []*resource.Resource) error
 	)
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(pluginCallsInFlight)
-	// call sends one batch to plugin p; it blocks while
-	// pluginCallsInFlight calls are out.
+	// send validates one batch with plugin p.
+	send := func(p string, batch []int) error {
+		sub := make([]*resource.Resource, len(batch))
+		for j, idx := range batch {
+			sub[j] = rs[idx]
+		}
+		res, err := v.plugins.ValidateBatch(gctx, p, sub)
+		if err != nil {
+			return err
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		for j, fes := range res {
+			if j < 0 || j >= len(batch) {
+				return fmt.Errorf("validate with plugin %q: answer names resource %d of a batch of %d", p, j, len(batch))
+			}
+			invalid[batch[j]] = mergeErrors(invalid[batch[j]], fes)
+		}
+		return nil
+	}
+	// call sends one batch to plugin p on a goroutine of its own; it
+	// blocks while pluginCallsInFlight calls are out.
+	started := 0
 	call := func(p string, batch []int) {
-		g.Go(func() error {
-			sub := make([]*resource.Resource, len(batch))
-			for j, idx := range batch {
-				sub[j] = rs[idx]
-			}
-			res, err := v.plugins.ValidateBatch(gctx, p, sub)
-			if err != nil {
-				return err
-			}
-			mu.Lock()
-			defer mu.Unlock()
-			for j, fes := range res {
-				if j < 0 || j >= len(batch) {
-					return fmt.Errorf("validate with plugin %q: answer names resource %d of a batch of %d", p, j, len(batch))
-				}
-				invalid[batch[j]] = mergeErrors(invalid[batch[j]], fes)
-			}
-			return nil
-		})
+		started++
+		g.Go(func() error { return send(p, batch) })
 	}
 	// Each plugin's next batch fills across chunks and goes out when it
 	// has the batch size or the byte limit; a resource larger than the
@@ -274,9 +278,23 @@ func (v *Validator) Validate(ctx context.Context, rs []*resource.Resource) error
 			pb.bytes += l.size
 		}
 	}
+	var last []string
 	for _, p := range order {
-		if pb := next[p]; len(pb.idx) > 0 && gctx.Err() == nil {
-			call(p, pb.idx)
+		if pb := next[p]; len(pb.idx) > 0 {
+			last = append(last, p)
+		}
+	}
+	if started == 0 && len(last) == 1 && gctx.Err() == nil {
+		// One call in all (a response of one type, a single write): it
+		// runs here, without handing it to a goroutine and back.
+		if err := send(last[0], next[last[0]].idx); err != nil {
+			return err
+		}
+	} else {
+		for _, p := range last {
+			if gctx.Err() == nil {
+				call(p, next[p].idx)
+			}
 		}
 	}
 	if err := g.Wait(); err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -240,6 +241,47 @@ func TestBatchingGroupsByPlugin(t *testing.T) {
 	// Batches go out concurrently: their order is not fixed.
 	require.Len(t, fp.calls, 1)
 	assert.ElementsMatch(t, []int{3, 2}, fp.calls["alpha"])
+}
+
+// goroutineID returns the calling goroutine's id (from its stack header).
+func goroutineID() string {
+	b := make([]byte, 64)
+	b = b[:runtime.Stack(b, false)]
+	f := strings.Fields(string(b))
+	return f[1] // "goroutine N [running]:"
+}
+
+// sameGoroutinePlugins records whether each call ran on the goroutine that
+// called Validate.
+type sameGoroutinePlugins struct {
+	fakePlugins
+	caller string
+	calls  []bool
+}
+
+func (f *sameGoroutinePlugins) ValidateBatch(ctx context.Context, p string, rs []*resource.Resource) (map[int][]resource.FieldError, error) {
+	same := goroutineID() == f.caller
+	res, err := f.fakePlugins.ValidateBatch(ctx, p, rs)
+	f.mu.Lock()
+	f.calls = append(f.calls, same)
+	f.mu.Unlock()
+	return res, err
+}
+
+// A Validate that needs one plugin call makes it on the caller's goroutine
+// (no hand-off to a goroutine and back on the sync path's critical path);
+// several calls still go out concurrently.
+func TestSinglePluginCallRunsInline(t *testing.T) {
+	fp := &sameGoroutinePlugins{caller: goroutineID()}
+	v, err := New(registry(t), fp, WithBatchSize(2))
+	require.NoError(t, err)
+	require.NoError(t, v.Validate(context.Background(), []*resource.Resource{r("alphaMeshy", "m", "a", `{"port":1}`), r("alphaMeshy", "m", "b", `{"port":2}`)}))
+	assert.Equal(t, []bool{true}, fp.calls, "one call, on the caller's goroutine")
+
+	fp.calls = nil
+	err = v.Validate(context.Background(), []*resource.Resource{r("alphaMeshy", "m", "a", `{"port":1}`), r("betaMeshy", "m", "b", `{"reject":1}`)})
+	assert.Len(t, errorsOf(t, err), 1, "the other plugin's verdict is kept")
+	assert.Equal(t, []bool{false, false}, fp.calls, "two plugins: concurrent calls")
 }
 
 func TestPluginFailurePassesThrough(t *testing.T) {

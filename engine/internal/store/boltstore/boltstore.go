@@ -390,6 +390,8 @@ type commitReq struct {
 	done bool
 	rev  uint64
 	err  error
+	// queued is when the write was queued (only while SetCommitTrace is on).
+	queued time.Time
 }
 
 // commit runs fn in a read-write transaction and returns the store's
@@ -408,6 +410,9 @@ func (s *Store) commit(ctx context.Context, fn func(t *txn) error) (uint64, erro
 	}
 	defer leave()
 	req := &commitReq{fn: fn}
+	if commitTracer.Load() != nil {
+		req.queued = time.Now()
+	}
 	if !s.noGroupCommit {
 		s.qmu.Lock()
 		s.queue = append(s.queue, req)
@@ -455,6 +460,14 @@ func (s *Store) commitGroup(group []*commitReq) (retry []*commitReq) {
 		firstRev = rev
 		g        groupState
 	)
+	tf := commitTracer.Load()
+	var began time.Time
+	var write0 time.Duration
+	if tf != nil {
+		began = time.Now()
+		st := s.db.Stats()
+		write0 = st.TxStats.GetWriteTime()
+	}
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		for i, req := range group {
 			t := &txn{tx: tx, s: s, g: &g, version: version}
@@ -503,7 +516,41 @@ func (s *Store) commitGroup(group []*commitReq) (retry []*commitReq) {
 		s.feed.Publish(o.events)
 		o.req.done, o.req.rev = true, o.rev
 	}
+	if tf != nil {
+		st := s.db.Stats()
+		ct := CommitTrace{Began: began, Done: time.Now(), Group: len(group), Write: st.TxStats.GetWriteTime() - write0}
+		for _, req := range group {
+			ct.Queued = req.queued
+			(*tf)(ct)
+		}
+	}
 	return nil
+}
+
+// CommitTrace is how one write went through a group commit.
+type CommitTrace struct {
+	// Queued: the write was queued; Began: the transaction that holds it
+	// began; Done: it committed (durably, unless WithNoSync) and its
+	// events were published.
+	Queued, Began, Done time.Time
+	// Group is how many writes the transaction held.
+	Group int
+	// Write is bbolt's time writing the transaction's pages and meta page
+	// to disk, each followed by its fdatasync.
+	Write time.Duration
+}
+
+var commitTracer atomic.Pointer[func(CommitTrace)]
+
+// SetCommitTrace makes every Store of this process report each committed
+// write to f (nil stops it). It is instrumentation for kds-bench's latency
+// breakdown.
+func SetCommitTrace(f func(CommitTrace)) {
+	if f == nil {
+		commitTracer.Store(nil)
+		return
+	}
+	commitTracer.Store(&f)
 }
 
 // Get implements store.Store.
