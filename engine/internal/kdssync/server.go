@@ -804,7 +804,13 @@ func (ss *serverSession) resolve(st *serveState, f *flight, detail *status.Statu
 			rejected = append(rejected, rr)
 			return
 		}
-		delete(st.rejected, name)
+		if _, was := st.rejected[name]; was {
+			// The refusal is forgotten: whatever the index holds of the
+			// name now (a version it re-created since, the one refused)
+			// is reconsidered instead of skipped for good.
+			delete(st.rejected, name)
+			st.pending[name] = struct{}{}
+		}
 		accepted = append(accepted, name)
 		st.setHolding(ti, name, heldState{version: version, holds: !removal})
 	}
