@@ -17,7 +17,7 @@ import (
 // directSession is a serving session for peer zone-1 driven by the test
 // itself instead of Serve's loop: the test is the loop, so it may look at
 // the session's state between steps.
-func directSession(t *testing.T, ix *Index, maxMsg int) (*serverSession, *pipe, *insights.Registry) {
+func directSession(t testing.TB, ix *Index, maxMsg int) (*serverSession, *pipe, *insights.Registry) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	ins := insights.NewRegistry()
