@@ -796,6 +796,14 @@ func (ss *serverSession) resolve(st *serveState, f *flight, detail *status.Statu
 			return
 		}
 		r, isRefused := refused[name]
+		if _, was := st.rejected[name]; was || whole || isRefused {
+			// What is remembered as refused changes (a refusal replaces
+			// or clears an earlier one): the name is reconsidered, since
+			// a refusal forgotten no longer keeps what the index holds of
+			// it now (re-created since, at the version refused) from
+			// being sent.
+			st.pending[name] = struct{}{}
+		}
 		if whole || isRefused {
 			st.rejected[name] = version
 			rr := apitypes.RejectedResource{Name: name, Version: version, Removal: removal}
@@ -807,13 +815,7 @@ func (ss *serverSession) resolve(st *serveState, f *flight, detail *status.Statu
 			rejected = append(rejected, rr)
 			return
 		}
-		if _, was := st.rejected[name]; was {
-			// The refusal is forgotten: whatever the index holds of the
-			// name now (a version it re-created since, the one refused)
-			// is reconsidered instead of skipped for good.
-			delete(st.rejected, name)
-			st.pending[name] = struct{}{}
-		}
+		delete(st.rejected, name)
 		accepted = append(accepted, name)
 		st.setHolding(ti, name, heldState{version: version, holds: !removal})
 	}

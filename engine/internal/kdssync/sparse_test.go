@@ -389,37 +389,44 @@ func sparseHeld(t *testing.T, ops []byte) {
 
 // A name deleted and re-created at the same version (a version names one
 // content for good, so a restored store may bring it back) while the peer's
-// refusal of that version and the removal are both in flight: the ACK of
-// the removal clears the refusal, so the version is reconsidered and sent
-// again (the peer refuses it again or applies it). Otherwise the peer lacks
-// the name while the server records it neither as held, nor pending, nor
-// refused.
+// refusal of that version and the removal are both in flight: the answer to
+// the removal (an ACK, or a NACK of the removal of a name the peer does not
+// hold) replaces what is remembered as refused, so the version is
+// reconsidered and sent again (the peer refuses it again or applies it).
+// Otherwise the peer lacks the name while the server sends nothing and
+// remembers no refusal of what it serves.
 func TestRecreatedAtRefusedVersionWhileRemovalInFlight(t *testing.T) {
-	ix := NewIndex([]string{"T"})
-	require.NoError(t, ix.Put(res("T", "m", "a", "v1", 8)))
-	ss, p, _ := directSession(t, ix, 64<<10)
-	require.NoError(t, ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResourceNamesSubscribe: []string{"*"}}))
-	st := ss.types["T"]
-	put := nextResponse(t, p)
-	require.Len(t, put.GetResources(), 1)
+	for _, refuseRemoval := range []bool{false, true} {
+		t.Run(fmt.Sprintf("removal refused=%v", refuseRemoval), func(t *testing.T) {
+			ix := NewIndex([]string{"T"})
+			require.NoError(t, ix.Put(res("T", "m", "a", "v1", 8)))
+			ss, p, _ := directSession(t, ix, 64<<10)
+			require.NoError(t, ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResourceNamesSubscribe: []string{"*"}}))
+			st := ss.types["T"]
+			put := nextResponse(t, p)
+			require.Len(t, put.GetResources(), 1)
 
-	ix.Delete(resource.Key{Type: "T", Mesh: "m", Name: "a"})
-	require.NoError(t, ss.trySend(st))
-	removal := nextResponse(t, p)
-	require.Equal(t, []string{"m/a"}, removal.GetRemovedResources())
-	require.NoError(t, ix.Put(res("T", "m", "a", "v1", 8)))
+			ix.Delete(resource.Key{Type: "T", Mesh: "m", Name: "a"})
+			require.NoError(t, ss.trySend(st))
+			removal := nextResponse(t, p)
+			require.Equal(t, []string{"m/a"}, removal.GetRemovedResources())
+			require.NoError(t, ix.Put(res("T", "m", "a", "v1", 8)))
 
-	detail, err := rejectionStatus(3, "refused", []*kdsv1.RejectedResource{{Name: "m/a", Version: "v1"}})
-	require.NoError(t, err)
-	require.NoError(t, ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResponseNonce: put.GetNonce(), ErrorDetail: detail}))
-	require.NoError(t, ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResponseNonce: removal.GetNonce()}))
+			detail, err := rejectionStatus(3, "refused", []*kdsv1.RejectedResource{{Name: "m/a", Version: "v1"}})
+			require.NoError(t, err)
+			require.NoError(t, ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResponseNonce: put.GetNonce(), ErrorDetail: detail}))
+			answer := &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResponseNonce: removal.GetNonce()}
+			if refuseRemoval {
+				answer.ErrorDetail, err = rejectionStatus(3, "refused", []*kdsv1.RejectedResource{{Name: "m/a", Removal: true}})
+				require.NoError(t, err)
+			}
+			require.NoError(t, ss.handle(answer))
 
-	h := ask(ss, "m/a")
-	if h.Rejected {
-		return // still remembered as refused: consistent
+			assert.False(t, ask(ss, "m/a").Holds)
+			require.NoError(t, ss.trySend(st))
+			r := nextResponse(t, p)
+			require.Len(t, r.GetResources(), 1, "v1 is served, the peer holds nothing and v1 is no longer remembered as refused: it is sent")
+			assert.Equal(t, "v1", r.GetResources()[0].GetVersion())
+		})
 	}
-	require.NoError(t, ss.trySend(st))
-	r := nextResponse(t, p)
-	require.Len(t, r.GetResources(), 1, "v1 is served, the peer holds nothing and no refusal is remembered: it is sent")
-	assert.Equal(t, "v1", r.GetResources()[0].GetVersion())
 }
