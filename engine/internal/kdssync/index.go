@@ -191,8 +191,18 @@ func (s *Subscription) take(visit func(name string, was heldState)) {
 	for n, was := range s.dirty {
 		visit(n, was)
 	}
+	if len(s.dirty) > dirtyKept {
+		// A cleared map keeps its peak size: after a burst (a resync
+		// marking every name) a fresh one gives that back.
+		s.dirty = map[string]heldState{}
+		return
+	}
 	clear(s.dirty)
 }
+
+// dirtyKept is the most dirty names a take clears in place; a larger map is
+// replaced (see take).
+const dirtyKept = 1024
 
 // Replace makes the served resources exactly items (of served types;
 // others are ignored): what items hold is put unless the index holds the

@@ -3,6 +3,7 @@ package kdssync
 import (
 	"encoding/json"
 	"fmt"
+	"runtime"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -80,4 +81,37 @@ func BenchmarkIndexPutSubscribers(b *testing.B) {
 			}
 		}
 	}
+}
+
+// A take gives back what a burst of changes grew the dirty map to: a Go
+// map keeps its peak size when cleared, and every serving session has one
+// Subscription per type, so a resync that marks a million names would
+// otherwise keep about 40 MB per session and type for the session's life.
+func TestTakeGivesBackALargeDirtyMap(t *testing.T) {
+	ix := NewIndex([]string{"T"})
+	s := ix.subscribe("T", make(chan struct{}, 1))
+	defer ix.unsubscribe(s)
+	names := make([]string, 200_000)
+	for i := range names {
+		names[i] = fmt.Sprintf("default/t-%07d", i)
+	}
+	heap := func() int64 {
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return int64(m.HeapAlloc)
+	}
+	before := heap()
+	ix.mu.Lock()
+	for _, n := range names {
+		s.mark(n, heldState{version: "1", holds: true})
+	}
+	ix.mu.Unlock()
+	ix.mu.RLock()
+	taken := 0
+	s.take(func(string, heldState) { taken++ })
+	ix.mu.RUnlock()
+	require.Equal(t, len(names), taken)
+	assert.Less(t, heap()-before, int64(1<<20), "the dirty map is given back once taken")
+	runtime.KeepAlive(names)
 }

@@ -607,11 +607,12 @@ func (ss *serverSession) subscribe(st *serveState, typ string, req *discovery.De
 	// peer and the index (a name held at the index's version costs
 	// nothing, and a change after this point marks it through the
 	// subscription). The full map of what the peer said goes.
-	st.overrides = map[string]heldState{}
-	st.pending = map[string]struct{}{}
 	st.heldDelta = 0
 	ss.ix.mu.RLock()
 	ti := ss.ix.types[typ]
+	// Sized for a fresh subscriber (every served name not held), so that
+	// the map does not grow step by step under the index's lock.
+	st.overrides = make(map[string]heldState, max(len(ti.entries)-len(rs.held), 0))
 	// What changed before now is compared below as it is now.
 	st.sub.take(func(string, heldState) {})
 	for n, v := range rs.held {
@@ -628,11 +629,13 @@ func (ss *serverSession) subscribe(st *serveState, typ string, req *discovery.De
 			st.heldDelta--
 		}
 	}
+	held := st.heldCount(ti)
+	ss.ix.mu.RUnlock()
+	// Outside the lock: pending is the session's own.
+	st.pending = make(map[string]struct{}, len(st.overrides))
 	for n := range st.overrides {
 		st.pending[n] = struct{}{}
 	}
-	held := st.heldCount(ti)
-	ss.ix.mu.RUnlock()
 	st.overridesPeak, st.pendingPeak = len(st.overrides), len(st.pending)
 	st.queue = nil
 	st.force = true
@@ -809,6 +812,14 @@ func (ss *serverSession) resolve(st *serveState, f *flight, detail *status.Statu
 			return
 		}
 		r, isRefused := refused[name]
+		if _, was := st.rejected[name]; was || whole || isRefused {
+			// What is remembered as refused changes (a refusal replaces
+			// or clears an earlier one): the name is reconsidered, since
+			// a refusal forgotten no longer keeps what the index holds of
+			// it now (re-created since, at the version refused) from
+			// being sent.
+			st.pending[name] = struct{}{}
+		}
 		if whole || isRefused {
 			st.rejected[name] = version
 			rr := apitypes.RejectedResource{Name: name, Version: version, Removal: removal}
@@ -987,6 +998,15 @@ func (ss *serverSession) build(st *serveState, f *flight) *discovery.DeltaDiscov
 	resp := &discovery.DeltaDiscoveryResponse{TypeUrl: st.url}
 	limit := ss.maxMsg - responseOverhead
 	size := 0
+	if len(st.queue) == 0 && len(st.pending) > 0 {
+		// Sorted before taking the index's lock: a snapshot of a large
+		// pending set (an initial sync) takes long, and a writer waiting
+		// for the lock stops every other reader meanwhile. Names that
+		// become pending under the lock are sorted in when it is used up.
+		st.pendingPeak = max(st.pendingPeak, len(st.pending))
+		st.queue = sortedNames(st.pending)
+	}
+	defer st.compact() // after the lock is released
 	ss.ix.mu.RLock()
 	defer ss.ix.mu.RUnlock()
 	ti := ss.ix.types[st.typ]
@@ -1045,7 +1065,6 @@ func (ss *serverSession) build(st *serveState, f *flight) *discovery.DeltaDiscov
 	if len(st.queue) == 0 {
 		st.queue = nil // release the snapshot's backing array
 	}
-	st.compact()
 	return resp
 }
 

@@ -17,7 +17,7 @@ import (
 // directSession is a serving session for peer zone-1 driven by the test
 // itself instead of Serve's loop: the test is the loop, so it may look at
 // the session's state between steps.
-func directSession(t *testing.T, ix *Index, maxMsg int) (*serverSession, *pipe, *insights.Registry) {
+func directSession(t testing.TB, ix *Index, maxMsg int) (*serverSession, *pipe, *insights.Registry) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	ins := insights.NewRegistry()
@@ -221,9 +221,29 @@ func sparseHeld(t *testing.T, ops []byte) {
 		ix := NewIndex([]string{"T"})
 		names := []string{"a", "b", "c", "d", "e"}
 		version := 0
+		last := map[string]string{} // the last version each name had
 		put := func(i int) {
 			version++
-			require.NoError(t, ix.Put(res("T", "m", names[i%len(names)], fmt.Sprint("v", version), 4)))
+			n := names[i%len(names)]
+			last[n] = fmt.Sprint("v", version)
+			require.NoError(t, ix.Put(res("T", "m", n, last[n], 4)))
+		}
+		// replace resyncs the index to the names whose bit is set in keep:
+		// those it holds at their version, the others re-created at the
+		// last version they had (or a new one), the rest deleted.
+		replace := func(keep int) {
+			var items []*resource.Resource
+			for i, n := range names {
+				if keep&(1<<i) == 0 {
+					continue
+				}
+				if _, ok := last[n]; !ok {
+					version++
+					last[n] = fmt.Sprint("v", version)
+				}
+				items = append(items, res("T", "m", n, last[n], 4))
+			}
+			require.NoError(t, ix.Replace(items))
 		}
 		for i := range 3 {
 			put(i)
@@ -290,6 +310,8 @@ func sparseHeld(t *testing.T, ops []byte) {
 				req.ErrorDetail = detail
 			}
 			require.NoError(t, ss.handle(req))
+			c, _ := ins.Get("zone-1")
+			require.Equal(t, len(peer), c.Types["T"].ResourcesHeld, "ResourcesHeld after an answer")
 			collect()
 		}
 		check := func() {
@@ -318,8 +340,10 @@ func sparseHeld(t *testing.T, ops []byte) {
 		for _, op := range ops {
 			arg := int(op >> 3)
 			switch op & 7 {
-			case 0, 1:
+			case 0:
 				put(arg)
+			case 1:
+				replace(arg)
 			case 2:
 				ix.Delete(resource.Key{Type: "T", Mesh: "m", Name: names[arg%len(names)]})
 			case 3:
@@ -360,5 +384,49 @@ func sparseHeld(t *testing.T, ops []byte) {
 		}
 		c, _ := ins.Get("zone-1")
 		require.Equal(t, len(peer), c.Types["T"].ResourcesHeld)
+	}
+}
+
+// A name deleted and re-created at the same version (a version names one
+// content for good, so a restored store may bring it back) while the peer's
+// refusal of that version and the removal are both in flight: the answer to
+// the removal (an ACK, or a NACK of the removal of a name the peer does not
+// hold) replaces what is remembered as refused, so the version is
+// reconsidered and sent again (the peer refuses it again or applies it).
+// Otherwise the peer lacks the name while the server sends nothing and
+// remembers no refusal of what it serves.
+func TestRecreatedAtRefusedVersionWhileRemovalInFlight(t *testing.T) {
+	for _, refuseRemoval := range []bool{false, true} {
+		t.Run(fmt.Sprintf("removal refused=%v", refuseRemoval), func(t *testing.T) {
+			ix := NewIndex([]string{"T"})
+			require.NoError(t, ix.Put(res("T", "m", "a", "v1", 8)))
+			ss, p, _ := directSession(t, ix, 64<<10)
+			require.NoError(t, ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResourceNamesSubscribe: []string{"*"}}))
+			st := ss.types["T"]
+			put := nextResponse(t, p)
+			require.Len(t, put.GetResources(), 1)
+
+			ix.Delete(resource.Key{Type: "T", Mesh: "m", Name: "a"})
+			require.NoError(t, ss.trySend(st))
+			removal := nextResponse(t, p)
+			require.Equal(t, []string{"m/a"}, removal.GetRemovedResources())
+			require.NoError(t, ix.Put(res("T", "m", "a", "v1", 8)))
+
+			detail, err := rejectionStatus(3, "refused", []*kdsv1.RejectedResource{{Name: "m/a", Version: "v1"}})
+			require.NoError(t, err)
+			require.NoError(t, ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResponseNonce: put.GetNonce(), ErrorDetail: detail}))
+			answer := &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResponseNonce: removal.GetNonce()}
+			if refuseRemoval {
+				answer.ErrorDetail, err = rejectionStatus(3, "refused", []*kdsv1.RejectedResource{{Name: "m/a", Removal: true}})
+				require.NoError(t, err)
+			}
+			require.NoError(t, ss.handle(answer))
+
+			assert.False(t, ask(ss, "m/a").Holds)
+			require.NoError(t, ss.trySend(st))
+			r := nextResponse(t, p)
+			require.Len(t, r.GetResources(), 1, "v1 is served, the peer holds nothing and v1 is no longer remembered as refused: it is sent")
+			assert.Equal(t, "v1", r.GetResources()[0].GetVersion())
+		})
 	}
 }

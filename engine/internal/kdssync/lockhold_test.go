@@ -1,0 +1,113 @@
+package kdssync
+
+import (
+	"fmt"
+	"slices"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+)
+
+// BenchmarkServeLockHold measures how long a serving session holds the
+// index's read lock while it catches a fresh peer up with 4 MiB responses
+// (build, then resolve of the ACK), and how long Puts wait meanwhile: Go's
+// RWMutex blocks new readers once a writer waits, so one long hold stalls
+// the feed and every other session. names= is the index size (400-byte
+// resources); sessions= how many fresh peers sync at once while a writer
+// puts one existing name every 100µs.
+func BenchmarkServeLockHold(b *testing.B) {
+	for _, c := range []struct{ names, sessions int }{{100_000, 1}, {1_000_000, 1}, {100_000, 100}} {
+		b.Run(fmt.Sprintf("names=%d/sessions=%d", c.names, c.sessions), func(b *testing.B) {
+			ix := NewIndex([]string{"T"})
+			for i := range c.names {
+				if err := ix.Put(res("T", "default", fmt.Sprintf("t-%07d", i), "1", 400)); err != nil {
+					b.Fatal(err)
+				}
+			}
+			var mu sync.Mutex
+			var builds, firsts, resolves, puts []time.Duration
+			for b.Loop() {
+				stop := make(chan struct{})
+				writer := make(chan struct{})
+				go func() {
+					defer close(writer)
+					v := 1
+					for {
+						select {
+						case <-stop:
+							return
+						case <-time.After(100 * time.Microsecond):
+						}
+						v++
+						r := res("T", "default", fmt.Sprintf("t-%07d", v%c.names), strconv.Itoa(v), 400)
+						t0 := time.Now()
+						if err := ix.Put(r); err != nil {
+							panic(err)
+						}
+						d := time.Since(t0)
+						mu.Lock()
+						puts = append(puts, d)
+						mu.Unlock()
+					}
+				}()
+				var wg sync.WaitGroup
+				for range c.sessions {
+					ss, p, _ := directSession(b, ix, 4<<20)
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						if err := ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResourceNamesSubscribe: []string{"*"}}); err != nil {
+							panic(err)
+						}
+						for len(p.resps) > 0 {
+							<-p.resps
+						}
+						st := ss.types["T"]
+						st.inflight = nil
+						for i := 0; ; i++ {
+							f := &flight{nonce: "b" + strconv.Itoa(i)}
+							t0 := time.Now()
+							resp := ss.build(st, f)
+							d := time.Since(t0)
+							if len(resp.Resources)+len(resp.RemovedResources) == 0 {
+								break
+							}
+							t0 = time.Now()
+							ss.resolve(st, f, nil, nil)
+							r := time.Since(t0)
+							mu.Lock()
+							if i == 0 {
+								firsts = append(firsts, d)
+							} else {
+								builds = append(builds, d)
+							}
+							resolves = append(resolves, r)
+							mu.Unlock()
+						}
+					}()
+				}
+				wg.Wait()
+				close(stop)
+				<-writer
+			}
+			ms := func(d time.Duration) float64 { return float64(d) / 1e6 }
+			q := func(ds []time.Duration, f float64) time.Duration {
+				if len(ds) == 0 {
+					return 0
+				}
+				slices.Sort(ds)
+				return ds[int(f*float64(len(ds)-1))]
+			}
+			b.ReportMetric(ms(q(firsts, 1)), "first-build-max-ms")
+			b.ReportMetric(ms(q(builds, 0.5)), "build-p50-ms")
+			b.ReportMetric(ms(q(builds, 1)), "build-max-ms")
+			b.ReportMetric(ms(q(resolves, 0.5)), "resolve-p50-ms")
+			b.ReportMetric(ms(q(resolves, 1)), "resolve-max-ms")
+			b.ReportMetric(ms(q(puts, 0.99)), "put-p99-ms")
+			b.ReportMetric(ms(q(puts, 1)), "put-max-ms")
+		})
+	}
+}
