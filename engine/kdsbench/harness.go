@@ -189,7 +189,10 @@ func (v *env) startGlobal(name string, mut func(*engine.Config)) (*node, error) 
 // certificate is for localhost) with a token signed by g. dataDir empty
 // means a fresh directory.
 func (v *env) zoneConfig(g *node, name, addr, dataDir string) (engine.Config, error) {
-	tok, err := engine.GenerateZoneToken(g.cfg.DataDir, "", "", name, 24*time.Hour)
+	// Valid for longer than engine.TokenExpiryWarning: a shorter token
+	// makes global warn that it expires soon on every session of every
+	// zone, which buries the log of a run with 100 zones.
+	tok, err := engine.GenerateZoneToken(g.cfg.DataDir, "", "", name, 2*engine.TokenExpiryWarning)
 	if err != nil {
 		return engine.Config{}, fmt.Errorf("zone token: %w", err)
 	}
