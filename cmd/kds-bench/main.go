@@ -102,17 +102,11 @@ func run(cmd *cobra.Command, g *globals, f func(context.Context, kdsbench.Option
 	if g.cpuProfile != "" && g.winProfile != "" {
 		return errors.New("--cpuprofile and --window-cpuprofile exclude each other (one CPU profile at a time)")
 	}
-	if g.cpuProfile != "" {
-		pf, err := os.Create(g.cpuProfile)
-		if err != nil {
-			return err
-		}
-		defer pf.Close()
-		if err := pprof.StartCPUProfile(pf); err != nil {
-			return fmt.Errorf("cpu profile: %w", err)
-		}
-		defer pprof.StopCPUProfile()
+	stop, err := startCPUProfile(g.cpuProfile)
+	if err != nil {
+		return err
 	}
+	defer stop()
 	r, err := f(cmd.Context(), g.options())
 	if err != nil {
 		return err
@@ -121,4 +115,24 @@ func run(cmd *cobra.Command, g *globals, f func(context.Context, kdsbench.Option
 		return errors.New("no report")
 	}
 	return g.print(r)
+}
+
+// startCPUProfile starts a CPU profile written to path and returns what
+// stops it and closes the file. An empty path profiles nothing.
+func startCPUProfile(path string) (stop func(), err error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	pf, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(pf); err != nil {
+		pf.Close()
+		return nil, fmt.Errorf("cpu profile %s: %w", path, err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		pf.Close()
+	}, nil
 }

@@ -22,19 +22,6 @@ import (
 	kdsv1 "github.com/kds-engine/kds-engine/proto/kds/v1"
 )
 
-// recordingEnd is a clientEnd that keeps a copy of every request sent.
-type recordingEnd struct {
-	clientEnd
-	mu   *sync.Mutex
-	reqs *[]*discovery.DeltaDiscoveryRequest
-}
-
-func (r recordingEnd) Send(req *discovery.DeltaDiscoveryRequest) error {
-	r.mu.Lock()
-	*r.reqs = append(*r.reqs, proto.Clone(req).(*discovery.DeltaDiscoveryRequest))
-	r.mu.Unlock()
-	return r.clientEnd.Send(req)
-}
 
 // heldAndServed fills ix with n resources of T at version "1" and returns a
 // sink holding the same, plus what the test changes: "default/t-00010" is
@@ -77,7 +64,7 @@ func TestResumeInPartsSendsOnlyChanges(t *testing.T) {
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { defer wg.Done(); _ = srv.Serve(ctx, serverEnd{p}, "zone-1") }()
-	go func() { defer wg.Done(); _ = cli.Run(ctx, recordingEnd{clientEnd{p}, &mu, &reqs}) }()
+	go func() { defer wg.Done(); _ = cli.Run(ctx, recordingClient{clientEnd{p}, &mu, &reqs}) }()
 	defer func() { cancel(); wg.Wait() }()
 
 	want := map[string]string{}
@@ -409,7 +396,7 @@ func TestResumeInPartsToServerWithoutTheType(t *testing.T) {
 		WithClientMaxMessageSize(maxMsg), WithResumeParts(true), WithClientInsights(cliIns))
 	errs := make(chan error, 2)
 	go func() { errs <- srv.Serve(ctx, serverEnd{p}, "zone-1") }()
-	go func() { errs <- cli.Run(ctx, recordingEnd{clientEnd{p}, &mu, &reqs}) }()
+	go func() { errs <- cli.Run(ctx, recordingClient{clientEnd{p}, &mu, &reqs}) }()
 
 	require.Eventually(t, func() bool {
 		mu.Lock()
