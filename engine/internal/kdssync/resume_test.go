@@ -22,7 +22,6 @@ import (
 	kdsv1 "github.com/kds-engine/kds-engine/proto/kds/v1"
 )
 
-
 // heldAndServed fills ix with n resources of T at version "1" and returns a
 // sink holding the same, plus what the test changes: "default/t-00010" is
 // at version "2" on the server, "default/new" exists only there, and 50
