@@ -338,9 +338,9 @@ func zoneProcCmd() *cobra.Command {
 		Hidden: true,
 		Args:   cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			stop, err := startCPUProfile(profile)
+			stop, err := kdsbench.StartCPUProfile(profile)
 			if err != nil {
-				return err
+				return fmt.Errorf("cpu profile: %w", err)
 			}
 			defer stop()
 			return kdsbench.ZoneProcess(cmd.Context(), cfg, nil)

@@ -10,7 +10,6 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"runtime/pprof"
 	"syscall"
 
 	"github.com/hashicorp/go-hclog"
@@ -102,9 +101,9 @@ func run(cmd *cobra.Command, g *globals, f func(context.Context, kdsbench.Option
 	if g.cpuProfile != "" && g.winProfile != "" {
 		return errors.New("--cpuprofile and --window-cpuprofile exclude each other (one CPU profile at a time)")
 	}
-	stop, err := startCPUProfile(g.cpuProfile)
+	stop, err := kdsbench.StartCPUProfile(g.cpuProfile)
 	if err != nil {
-		return err
+		return fmt.Errorf("cpu profile: %w", err)
 	}
 	defer stop()
 	r, err := f(cmd.Context(), g.options())
@@ -115,24 +114,4 @@ func run(cmd *cobra.Command, g *globals, f func(context.Context, kdsbench.Option
 		return errors.New("no report")
 	}
 	return g.print(r)
-}
-
-// startCPUProfile starts a CPU profile written to path and returns what
-// stops it and closes the file. An empty path profiles nothing.
-func startCPUProfile(path string) (stop func(), err error) {
-	if path == "" {
-		return func() {}, nil
-	}
-	pf, err := os.Create(path)
-	if err != nil {
-		return nil, fmt.Errorf("cpu profile: %w", err)
-	}
-	if err := pprof.StartCPUProfile(pf); err != nil {
-		pf.Close()
-		return nil, fmt.Errorf("cpu profile %s: %w", path, err)
-	}
-	return func() {
-		pprof.StopCPUProfile()
-		pf.Close()
-	}, nil
 }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"os"
 	"runtime/pprof"
 	"slices"
 	"strconv"
@@ -138,9 +137,9 @@ func Churn(ctx context.Context, o Options, c ChurnConfig) (*Report, error) {
 		t.trace.report(r, "baseline", "baseline")
 	}
 	r.Figures["baseline_p99_ms"] = ms(percentile(idle.lat, 0.99))
-	stopProfile, err := startProfile(c.SteadyProfile)
+	stopProfile, err := StartCPUProfile(c.SteadyProfile)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("steady phase profile (not with a profile of the whole run): %w", err)
 	}
 	steady, err := phase("steady", 1, c.Duration)
 	if perr := stopProfile(); err == nil {
@@ -256,26 +255,6 @@ func (c ChurnConfig) withDefaults() ChurnConfig {
 // hundred samples at the default sizes.
 func (c ChurnConfig) baselineDuration() time.Duration {
 	return min(30*time.Second, max(c.Duration/4, 2*time.Second))
-}
-
-// startProfile starts a CPU profile into file (nothing when file is empty);
-// the returned function stops it and closes the file.
-func startProfile(file string) (func() error, error) {
-	if file == "" {
-		return func() error { return nil }, nil
-	}
-	f, err := os.Create(file)
-	if err != nil {
-		return nil, fmt.Errorf("steady phase profile: %w", err)
-	}
-	if err := pprof.StartCPUProfile(f); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("steady phase profile (not with a profile of the whole run): %w", err)
-	}
-	return func() error {
-		pprof.StopCPUProfile()
-		return f.Close()
-	}, nil
 }
 
 func churnZone(i int) string { return fmt.Sprintf("churn-%d", i) }

@@ -358,17 +358,11 @@ func scaleZoneSync(ctx context.Context, o Options, v *env, g *node, c ScaleConfi
 		return err
 	}
 	zc.Store = engine.StoreMemory
-	if c.SyncCPUProfile != "" {
-		f, err := os.Create(c.SyncCPUProfile)
-		if err != nil {
-			return fmt.Errorf("sync CPU profile: %w", err)
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return fmt.Errorf("sync CPU profile: %w", err)
-		}
-		defer pprof.StopCPUProfile()
+	stopProfile, err := StartCPUProfile(c.SyncCPUProfile)
+	if err != nil {
+		return fmt.Errorf("sync CPU profile: %w", err)
 	}
+	defer stopProfile()
 	o.Progress.Start(fmt.Sprintf("scale %d: one zone's initial sync", n), n)
 	defer o.Progress.Finish()
 	start, cpu0 := time.Now(), cpuTime("self")

@@ -3,11 +3,8 @@ package kdsbench
 import (
 	"context"
 	"fmt"
-	"os"
 	"runtime"
-	"runtime/pprof"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/kds-engine/kds-engine/engine"
@@ -283,9 +280,14 @@ func syncOnce(ctx context.Context, o Options, v *env, g *node, zname string, n i
 	defer cancel()
 	o.Progress.Start(fmt.Sprintf("sync %d: %s", n, zname), n)
 	defer o.Progress.Finish()
-	stopProfile, err := startWindowProfile(o.WindowProfile, zname)
+	// A profile of this timed window alone, into PREFIX-zone.prof.
+	var profile string
+	if o.WindowProfile != "" {
+		profile = fmt.Sprintf("%s-%s.prof", o.WindowProfile, zname)
+	}
+	stopProfile, err := StartCPUProfile(profile)
 	if err != nil {
-		return syncRun{}, err
+		return syncRun{}, fmt.Errorf("window profile: %w", err)
 	}
 	defer stopProfile()
 	cpu := sampleCPU()
@@ -317,28 +319,4 @@ func syncOnce(ctx context.Context, o Options, v *env, g *node, zname string, n i
 			o.Progress.Set(cnt.len())
 		}
 	}
-}
-
-// startWindowProfile starts a CPU profile written to prefix-zone.prof (no
-// profile when prefix is empty) and returns what stops it; calling that
-// again does nothing.
-func startWindowProfile(prefix, zone string) (func(), error) {
-	if prefix == "" {
-		return func() {}, nil
-	}
-	f, err := os.Create(fmt.Sprintf("%s-%s.prof", prefix, zone))
-	if err != nil {
-		return nil, fmt.Errorf("window profile: %w", err)
-	}
-	if err := pprof.StartCPUProfile(f); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("window profile: %w", err)
-	}
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			pprof.StopCPUProfile()
-			f.Close()
-		})
-	}, nil
 }
