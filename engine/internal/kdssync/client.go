@@ -121,11 +121,10 @@ type Client struct {
 	// The pacing of subscriptions (pacer.go), owned like resume: subLimit
 	// bounds subUsed, the cost of the subscriptions in outstanding (sent,
 	// not yet answered); waiting holds the subscriptions not sent yet, in
-	// order, and unsubscribed their types.
+	// order.
 	subLimit, subUsed int64
 	outstanding       map[string]int64
 	waiting           []*subPlan
-	unsubscribed      map[string]struct{}
 	// unknown holds the types of responses this side never subscribed to
 	// that insights show (at most MaxUnknownTypes); dropped when Run ends.
 	// Only the answering stage touches it.
@@ -137,19 +136,17 @@ type Client struct {
 // global, "" on a zone.
 func NewClient(types []string, sink Sink, v Validator, peer, zone string, opts ...ClientOption) *Client {
 	c := &Client{
-		types:     slices.Clone(types),
-		sink:      sink,
-		validator: v,
-		zone:      zone,
-		peer:      peer,
-		log:       hclog.NewNullLogger(),
-		held:      map[string]map[string]string{},
-		unknown:   map[string]struct{}{},
-		maxMsg:    DefaultMaxMessageSize,
-		resume:    map[string]*resumeParts{},
-
-		outstanding:  map[string]int64{},
-		unsubscribed: map[string]struct{}{},
+		types:       slices.Clone(types),
+		sink:        sink,
+		validator:   v,
+		zone:        zone,
+		peer:        peer,
+		log:         hclog.NewNullLogger(),
+		held:        map[string]map[string]string{},
+		unknown:     map[string]struct{}{},
+		maxMsg:      DefaultMaxMessageSize,
+		resume:      map[string]*resumeParts{},
+		outstanding: map[string]int64{},
 	}
 	for _, o := range opts {
 		o(c)
@@ -197,7 +194,6 @@ func (c *Client) Run(ctx context.Context, stream ClientStream) error {
 			return err
 		}
 		c.waiting = append(c.waiting, p)
-		c.unsubscribed[typ] = struct{}{}
 	}
 	first, err := c.startWaiting()
 	if err != nil {
@@ -279,7 +275,7 @@ func (c *Client) check(ctx context.Context, resp *discovery.DeltaDiscoveryRespon
 	if err == nil {
 		if _, ok := c.held[typ]; !ok {
 			err = fmt.Errorf("response for type %s, which this side never subscribed to", typ)
-		} else if _, ok := c.unsubscribed[typ]; ok {
+		} else if slices.ContainsFunc(c.waiting, func(p *subPlan) bool { return p.typ == typ }) {
 			err = fmt.Errorf("response for type %s, which this side has not subscribed to yet", typ)
 		}
 	}

@@ -66,7 +66,6 @@ func (c *Client) startWaiting() ([]*discovery.DeltaDiscoveryRequest, error) {
 		if err != nil {
 			return nil, err
 		}
-		delete(c.unsubscribed, p.typ)
 		c.outstanding[p.typ] = p.cost
 		c.subUsed += p.cost
 		out = append(out, req)
