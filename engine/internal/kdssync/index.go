@@ -200,6 +200,13 @@ func (s *Subscription) take(visit func(name string, was heldState)) {
 	clear(s.dirty)
 }
 
+// changed reports whether any name was marked since the last take.
+func (s *Subscription) changed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.dirty) > 0
+}
+
 // dirtyKept is the most dirty names a take clears in place; a larger map is
 // replaced (see take).
 const dirtyKept = 1024

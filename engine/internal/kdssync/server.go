@@ -946,10 +946,9 @@ func (ss *serverSession) trySend(st *serveState) error {
 // sendNext sends the next response for st, if there is anything to send
 // and the budgets allow it, and reports whether it did.
 func (ss *serverSession) sendNext(st *serveState) (bool, error) {
-	ss.ix.mu.RLock()
-	st.catchUp(ss.ix.types[st.typ])
-	ss.ix.mu.RUnlock()
-	if len(st.pending) == 0 && !st.force {
+	// Nothing pending and nothing changed: done without the index's lock
+	// (build catches up under it).
+	if len(st.pending) == 0 && !st.force && !st.sub.changed() {
 		return false, nil
 	}
 	// Reserve a whole message, then give back what the response did not
