@@ -122,6 +122,7 @@ func TestModesSmoke(t *testing.T) {
 	f, err := Fanout(ctx, o, FanoutConfig{Zones: []int{2}, Changes: 5, N: 10, Size: 256})
 	require.NoError(t, err)
 	assert.Positive(t, f.Figures["engine_2z_p99_ms"])
+	assert.False(t, f.Pass, "the target is for 50 zones: 2 zones do not show it")
 }
 
 // BulkLoad and Write keep the admin API's rules: types owned by the other
