@@ -39,7 +39,7 @@ func Fanout(ctx context.Context, o Options, c FanoutConfig) (*Report, error) {
 		c.Size = 1024
 	}
 	c.Changes = min(c.Changes, c.N)
-	r := newReport("fanout", "one policy change reaches all of 50 zones with p99 ≤ 100 ms",
+	r := newReport("fanout", "one policy change reaches all of 50 zones with p99 ≤ 100 ms and ≤ 2× LinearCache's p99",
 		"zones", "path", "changes", "p50 ms", "p99 ms", "max ms")
 	v, err := newEnv(o.PluginsDir, o.Log)
 	if err != nil {
@@ -66,8 +66,10 @@ func Fanout(ctx context.Context, o Options, c FanoutConfig) (*Report, error) {
 			r.Figures[k+"p99_ms"] = ms(p99)
 			r.Figures[k+"max_ms"] = ms(mx)
 		}
-		r.Figures[fmt.Sprintf("p99_ratio_%dz", zn)] = r.Figures[fmt.Sprintf("engine_%dz_p99_ms", zn)] / r.Figures[fmt.Sprintf("baseline_%dz_p99_ms", zn)]
-		if zn >= 50 && r.Figures[fmt.Sprintf("engine_%dz_p99_ms", zn)] > 100 {
+		ratio := r.Figures[fmt.Sprintf("engine_%dz_p99_ms", zn)] / r.Figures[fmt.Sprintf("baseline_%dz_p99_ms", zn)]
+		r.Figures[fmt.Sprintf("p99_ratio_%dz", zn)] = ratio
+		r.note("%d zones: the engine's p99 is %.2f× LinearCache's", zn, ratio)
+		if zn >= 50 && (r.Figures[fmt.Sprintf("engine_%dz_p99_ms", zn)] > 100 || ratio > 2) {
 			r.Pass = false
 		}
 	}
