@@ -436,7 +436,11 @@ func (c *Client) settle(stream ClientStream, ch *checked) error {
 		ts.Rejected = insights.MergeRejected(ts.Rejected, shown, ch.accepted)
 	})
 	if len(ch.rejected) > 0 {
-		st, err := rejectionStatus(int32(codes.InvalidArgument), rejectionSummary(ch.typ, ch.rejected), ch.rejected)
+		// The reasons are cut to fit the NACK in one message; every
+		// refused name and version is still in it (the server's view is
+		// what this side applied), and insights here keep every reason.
+		sent, cut := fitRejections(ch.rejected, c.maxMsg-subscriptionOverhead)
+		st, err := rejectionStatus(int32(codes.InvalidArgument), rejectionSummary(ch.typ, ch.rejected, cut, c.maxMsg), sent)
 		if err != nil {
 			return err
 		}
@@ -452,15 +456,20 @@ func (c *Client) settle(stream ClientStream, ch *checked) error {
 	return nil
 }
 
-// rejectionSummary is the NACK's message: how many were refused and the
-// first reason.
-func rejectionSummary(typ string, rs []*kdsv1.RejectedResource) string {
+// rejectionSummary is the NACK's message: how many were refused, how many
+// of their reasons were cut to fit maxMsg (fitRejections), and the first
+// reason.
+func rejectionSummary(typ string, rs []*kdsv1.RejectedResource, cut, maxMsg int) string {
 	first := rs[0]
 	why := strings.Join(fieldErrors(first.GetErrors()), "; ")
 	if len(rs) == 1 {
 		return fmt.Sprintf("%s %s refused: %s", typ, first.GetName(), why)
 	}
-	return fmt.Sprintf("%d %s resources refused (the rest applied); first: %s: %s", len(rs), typ, first.GetName(), why)
+	var note string
+	if cut > 0 {
+		note = fmt.Sprintf("; the reasons of %d are not sent, to fit the NACK in %d bytes: the zone's insights have them", cut, maxMsg)
+	}
+	return fmt.Sprintf("%d %s resources refused (the rest applied%s); first: %s: %s", len(rs), typ, note, first.GetName(), why)
 }
 
 // decode turns the wire resources into engine resources, stamped with the

@@ -2,9 +2,12 @@ package kdssync
 
 import (
 	"fmt"
+	"slices"
 	"unicode/utf8"
 
 	"google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/kds-engine/kds-engine/engine/internal/resource"
@@ -54,6 +57,42 @@ func rejectionStatus(code int32, msg string, rs []*kdsv1.RejectedResource) (*sta
 func slimRejected(r *kdsv1.RejectedResource) *kdsv1.RejectedResource {
 	return &kdsv1.RejectedResource{Name: r.GetName(), Version: r.GetVersion(), Removal: r.GetRemoval()}
 }
+
+// fitRejections returns rs, or when their encoding exceeds budget bytes, a
+// copy in which entries from the last one backwards carry no reasons
+// (slimRejected) until it fits, and how many lost their reasons. The first entry keeps its reasons while
+// anything else can give way. What is refused (names, versions, removals)
+// is never cut: if even that does not fit, the result is over budget and
+// the caller's send fails as before. rs is not modified.
+func fitRejections(rs []*kdsv1.RejectedResource, budget int) ([]*kdsv1.RejectedResource, int) {
+	sizes := make([]int, len(rs))
+	total := 0
+	for i, r := range rs {
+		sizes[i] = repeatedFieldSize(proto.Size(r))
+		total += sizes[i]
+	}
+	if total <= budget {
+		return rs, 0
+	}
+	out, cut := slices.Clone(rs), 0
+	for i := len(out) - 1; i >= 0 && total > budget; i-- {
+		if len(out[i].GetErrors()) == 0 || (i == 0 && len(out) > 1) {
+			continue
+		}
+		out[i] = slimRejected(out[i])
+		s := repeatedFieldSize(proto.Size(out[i]))
+		total, sizes[i], cut = total-sizes[i]+s, s, cut+1
+	}
+	if total > budget && len(out[0].GetErrors()) > 0 {
+		out[0] = slimRejected(out[0])
+		cut++
+	}
+	return out, cut
+}
+
+// repeatedFieldSize is what an encoded message of n bytes takes as one
+// element of a repeated field: its tag, its length and itself.
+func repeatedFieldSize(n int) int { return 1 + protowire.SizeVarint(uint64(n)) + n }
 
 // rejectedEntry turns one invalid resource into its wire entry.
 func rejectedEntry(name, version string, removal bool, errs []resource.FieldError) *kdsv1.RejectedResource {

@@ -1,0 +1,131 @@
+package kdssync
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/kds-engine/kds-engine/engine/internal/insights"
+	"github.com/kds-engine/kds-engine/engine/internal/resource"
+	kdsv1 "github.com/kds-engine/kds-engine/proto/kds/v1"
+)
+
+// verboseRejecter refuses every resource with the most field errors, each
+// of the longest text, that a rejected entry carries.
+type verboseRejecter struct{}
+
+func (verboseRejecter) Validate(_ context.Context, rs []*resource.Resource) error {
+	inv := make([]resource.InvalidResource, 0, len(rs))
+	for _, r := range rs {
+		var errs []resource.FieldError
+		for i := range maxFieldErrors {
+			errs = append(errs, resource.FieldError{Field: fmt.Sprintf("spec.f%d", i), Message: strings.Repeat("m", maxErrorText)})
+		}
+		inv = append(inv, resource.InvalidResource{Key: r.Key(), Errors: errs})
+	}
+	return &resource.ValidationError{Invalid: inv}
+}
+
+// sizedClientEnd refuses to send a request over max bytes, as the mux does.
+type sizedClientEnd struct {
+	clientEnd
+	max int
+}
+
+func (c sizedClientEnd) Send(r *discovery.DeltaDiscoveryRequest) error {
+	if n := proto.Size(r); n > c.max {
+		return fmt.Errorf("message too large: %d bytes, the limit is %d", n, c.max)
+	}
+	return c.clientEnd.Send(r)
+}
+
+// A response whose every resource is refused with long reasons still gets
+// its NACK through a small max message size: the reasons are cut to fit,
+// every refused name and version still reaches the server (its view is
+// what the peer applied), and the session goes on.
+func TestLargeRejectionListFitsTheMessageSize(t *testing.T) {
+	const maxMsg = 64 << 10
+	ix := NewIndex([]string{"T"})
+	for i := range 300 {
+		require.NoError(t, ix.Put(res("T", "default", fmt.Sprintf("t-%04d", i), "1", 50)))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	p := newPipe(ctx)
+	srvIns, cliIns := insights.NewRegistry(), insights.NewRegistry()
+	srv := NewServer(ix, WithServerInsights(srvIns), WithServerMaxMessageSize(maxMsg))
+	cli := NewClient([]string{"T"}, newMemSink(), verboseRejecter{}, "global", "zone-1",
+		WithClientInsights(cliIns), WithClientMaxMessageSize(maxMsg))
+	srvDone, cliDone := make(chan error, 1), make(chan error, 1)
+	go func() { srvDone <- srv.Serve(ctx, serverEnd{p}, "zone-1") }()
+	go func() { cliDone <- cli.Run(ctx, sizedClientEnd{clientEnd{p}, maxMsg}) }()
+
+	srvType := func() insights.TypeState { c, _ := srvIns.Get("zone-1"); return c.Types["T"] }
+	require.Eventually(t, func() bool {
+		select {
+		case err := <-cliDone:
+			require.FailNow(t, "the client's session ended", "%v", err)
+		default:
+		}
+		return srvType().RejectedCount == 300
+	}, 10e9, 5e6, "every refusal reaches the server")
+	st := srvType()
+	assert.Zero(t, st.ResourcesHeld, "the server records nothing as held")
+	assert.Contains(t, st.LastNACKError, "resources refused")
+	assert.Contains(t, st.LastNACKError, "are not sent, to fit the NACK")
+	var withReasons int
+	for _, r := range st.Rejected {
+		if len(r.Errors) > 0 {
+			withReasons++
+		}
+	}
+	assert.Positive(t, withReasons, "reasons that fit are kept")
+
+	// Nothing is resent: the server knows what was refused.
+	before := len(p.responses())
+	require.NoError(t, ix.Put(res("T", "default", "t-0000", "2", 50)))
+	require.Eventually(t, func() bool { return srvType().RejectedCount == 300 && srvType().ResponsesNACKed >= 2 }, 10e9, 5e6)
+	for _, r := range p.responses()[before:] {
+		for _, x := range r.Resources {
+			assert.Equal(t, "default/t-0000", x.Name, "only the changed resource is sent again")
+		}
+	}
+	cancel()
+	<-srvDone
+	<-cliDone
+}
+
+func TestFitRejections(t *testing.T) {
+	long := []resource.FieldError{{Field: "spec.a", Message: strings.Repeat("m", 400)}}
+	var rs []*kdsv1.RejectedResource
+	for i := range 10 {
+		rs = append(rs, rejectedEntry(fmt.Sprintf("m/r-%d", i), "v1", false, long))
+	}
+	size := func(rs []*kdsv1.RejectedResource) int { return proto.Size(&kdsv1.Rejection{Resources: rs}) }
+	full := size(rs)
+
+	out, cut := fitRejections(rs, full)
+	assert.Zero(t, cut)
+	assert.Equal(t, rs, out, "what fits is sent as it is")
+
+	out, cut = fitRejections(rs, full/2)
+	assert.LessOrEqual(t, size(out), full/2)
+	assert.Equal(t, 6, cut, "only as many lose their reasons as needed (five halve the size, plus what the slim entries take), from the last")
+	assert.NotEmpty(t, out[0].GetErrors(), "the first keeps its reasons")
+	assert.Empty(t, out[9].GetErrors())
+	assert.NotEmpty(t, rs[9].GetErrors(), "the input is not modified")
+
+	out, cut = fitRejections(rs, 100)
+	assert.Equal(t, 10, cut, "when even one reason does not fit, none is sent")
+	require.Len(t, out, 10, "no refusal is dropped")
+	for i, r := range out {
+		assert.Equal(t, rs[i].GetName(), r.GetName())
+		assert.Equal(t, "v1", r.GetVersion())
+	}
+}
