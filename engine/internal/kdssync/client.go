@@ -293,30 +293,29 @@ func (c *Client) check(ctx context.Context, resp *discovery.DeltaDiscoveryRespon
 	}
 
 	ch := &checked{resp: resp, typ: typ}
-	puts, removed := c.decode(typ, resp, ch)
+	puts, names, removed := c.decode(typ, resp, ch)
 	if len(puts) > 0 {
 		if err := c.validator.Validate(ctx, puts); err != nil {
 			var ve *resource.ValidationError
 			if !errors.As(err, &ve) {
 				return nil, fmt.Errorf("validate %s response: %w", typ, err)
 			}
-			puts = c.refuseInvalid(ch, puts, ve)
+			puts, names = c.refuseInvalid(ch, puts, names, ve)
 		}
 	}
 	held := c.held[typ]
 	if c.maxPerType > 0 {
-		puts = c.refuseOverLimit(ch, typ, held, puts, removed)
+		puts, names = c.refuseOverLimit(ch, typ, held, puts, names, removed)
 	}
 	for _, name := range removed {
 		ch.deletes = append(ch.deletes, keyFor(typ, c.zone, name))
 		ch.accepted = append(ch.accepted, name)
 		delete(held, name)
 	}
-	for _, p := range puts {
-		name := WireName(p.Mesh, p.Name)
-		held[name] = p.Version
-		ch.accepted = append(ch.accepted, name)
+	for i, p := range puts {
+		held[names[i]] = p.Version
 	}
+	ch.accepted = append(ch.accepted, names...)
 	ch.puts = puts
 	ch.held = len(held)
 	if c.resume[typ] != nil {
@@ -337,9 +336,10 @@ func (c *Client) check(ctx context.Context, resp *discovery.DeltaDiscoveryRespon
 }
 
 // refuseInvalid moves the puts ve names into ch.rejected and returns the
-// rest. If ve names a resource that is not among puts, the validator and
-// this side disagree on identities: every put is refused.
-func (c *Client) refuseInvalid(ch *checked, puts []*resource.Resource, ve *resource.ValidationError) []*resource.Resource {
+// rest, with their wire names (names[i] is puts[i]'s). If ve names a
+// resource that is not among puts, the validator and this side disagree on
+// identities: every put is refused.
+func (c *Client) refuseInvalid(ch *checked, puts []*resource.Resource, names []string, ve *resource.ValidationError) ([]*resource.Resource, []string) {
 	bad := make(map[resource.Key][]resource.FieldError, len(ve.Invalid))
 	for _, inv := range ve.Invalid {
 		bad[inv.Key] = append(bad[inv.Key], inv.Errors...)
@@ -350,33 +350,34 @@ func (c *Client) refuseInvalid(ch *checked, puts []*resource.Resource, ve *resou
 			matched++
 		}
 	}
-	keep := puts[:0:0]
-	for _, p := range puts {
+	keep, keepNames := puts[:0:0], names[:0:0]
+	for i, p := range puts {
 		errs, ok := bad[p.Key()]
 		if matched < len(bad) && !ok {
 			errs, ok = []resource.FieldError{{Message: "refused with its response: " + ve.Error()}}, true
 		}
 		if ok {
-			ch.rejected = append(ch.rejected, rejectedEntry(WireName(p.Mesh, p.Name), p.Version, false, errs))
+			ch.rejected = append(ch.rejected, rejectedEntry(names[i], p.Version, false, errs))
 			continue
 		}
-		keep = append(keep, p)
+		keep, keepNames = append(keep, p), append(keepNames, names[i])
 	}
-	return keep
+	return keep, keepNames
 }
 
 // refuseOverLimit refuses the creates (names not held) that would take the
-// type past the per-type limit, in response order, and returns the rest.
-func (c *Client) refuseOverLimit(ch *checked, typ string, held map[string]string, puts []*resource.Resource, removed []string) []*resource.Resource {
+// type past the per-type limit, in response order, and returns the rest
+// with their wire names.
+func (c *Client) refuseOverLimit(ch *checked, typ string, held map[string]string, puts []*resource.Resource, names, removed []string) ([]*resource.Resource, []string) {
 	n := len(held)
 	for _, name := range removed {
 		if _, ok := held[name]; ok {
 			n--
 		}
 	}
-	keep := puts[:0:0]
-	for _, p := range puts {
-		name := WireName(p.Mesh, p.Name)
+	keep, keepNames := puts[:0:0], names[:0:0]
+	for i, p := range puts {
+		name := names[i]
 		if _, ok := held[name]; !ok {
 			if n >= c.maxPerType {
 				msg := fmt.Sprintf("%s: %s would hold more than %d resources", ErrLimitExceeded, typ, c.maxPerType)
@@ -385,9 +386,9 @@ func (c *Client) refuseOverLimit(ch *checked, typ string, held map[string]string
 			}
 			n++
 		}
-		keep = append(keep, p)
+		keep, keepNames = append(keep, p), append(keepNames, name)
 	}
-	return keep
+	return keep, keepNames
 }
 
 // answer settles one response (see settle), then sends the next part of
@@ -481,8 +482,11 @@ func rejectionSummary(typ string, rs []*kdsv1.RejectedResource, cut, maxMsg int)
 // the store twice), and every entry of a name that appears more than once
 // among the resources and removed names (which one was meant is unknown, so
 // the receiver keeps what it holds). The specs of the returned resources
-// share memory with resp (decodeEnvelope), which nothing changes after.
-func (c *Client) decode(typ string, resp *discovery.DeltaDiscoveryResponse, ch *checked) ([]*resource.Resource, []string) {
+// share memory with resp (decodeEnvelope), which nothing changes after, and
+// so do their type, mesh, name and version strings where they equal the
+// wire resource's (the type's and the wire name's parts). names[i] is
+// puts[i]'s wire name.
+func (c *Client) decode(typ string, resp *discovery.DeltaDiscoveryResponse, ch *checked) (puts []*resource.Resource, names, removed []string) {
 	count := make(map[string]int, len(resp.GetResources())+len(resp.GetRemovedResources()))
 	for _, name := range resp.GetRemovedResources() {
 		count[name]++
@@ -493,7 +497,6 @@ func (c *Client) decode(typ string, resp *discovery.DeltaDiscoveryResponse, ch *
 	refuse := func(name, version string, removal bool, field, msg string) {
 		ch.rejected = append(ch.rejected, rejectedEntry(name, version, removal, []resource.FieldError{{Field: field, Message: msg}}))
 	}
-	var removed []string
 	for _, name := range resp.GetRemovedResources() {
 		ch.size += len(name)
 		switch {
@@ -509,7 +512,8 @@ func (c *Client) decode(typ string, resp *discovery.DeltaDiscoveryResponse, ch *
 			removed = append(removed, name)
 		}
 	}
-	puts := make([]*resource.Resource, 0, len(resp.GetResources()))
+	puts = make([]*resource.Resource, 0, len(resp.GetResources()))
+	names = make([]string, 0, len(resp.GetResources()))
 	for _, wr := range resp.GetResources() {
 		name, version := wr.GetName(), wr.GetVersion()
 		ch.size += len(name) + len(version) + len(wr.GetResource().GetValue())
@@ -526,7 +530,8 @@ func (c *Client) decode(typ string, resp *discovery.DeltaDiscoveryResponse, ch *
 			bad("", fmt.Sprintf("payload type %.100q, want %q", wr.GetResource().GetTypeUrl(), resourceTypeURL))
 			continue
 		}
-		r, err := decodeEnvelope(wr.GetResource().GetValue())
+		mesh, short := splitXDSName(name)
+		r, err := decodeEnvelope(wr.GetResource().GetValue(), envelopeHint{typ: typ, mesh: mesh, name: short, version: version})
 		if err != nil {
 			bad("", "malformed envelope: "+err.Error())
 			continue
@@ -535,15 +540,16 @@ func (c *Client) decode(typ string, resp *discovery.DeltaDiscoveryResponse, ch *
 			bad("type", fmt.Sprintf("is %.100q inside a %s response", r.Type, typ))
 			continue
 		}
-		if WireName(r.Mesh, r.Name) != name || !canonicalName(name) {
+		if !isWireName(name, r.Mesh, r.Name) || !canonicalName(name) {
 			bad("name", fmt.Sprintf("envelope says %.200q, wire name is %.200q", WireName(r.Mesh, r.Name), name))
 			continue
 		}
 		r.Zone = c.zone // attribution comes from the connection, never the payload
 		r.Version = version
 		puts = append(puts, r)
+		names = append(names, name)
 	}
-	return puts, removed
+	return puts, names, removed
 }
 
 func (c *Client) nack(stream ClientStream, ch *checked, detail *status.Status) error {

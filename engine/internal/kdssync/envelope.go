@@ -32,15 +32,34 @@ const (
 	tsNanos   protowire.Number = 2
 )
 
+// envelopeHint holds what the caller expects an envelope's string fields
+// to be (from the wire resource that carries it). A field whose bytes equal
+// its hint is set to the hint itself, sharing its memory, instead of to a
+// new copy; a field that differs is copied as usual, so a hint never
+// changes what is decoded, only how many strings are allocated.
+type envelopeHint struct {
+	typ, mesh, name, version string
+}
+
+// hinted returns v as a string: hint itself if v holds the same bytes (the
+// comparison does not allocate), a copy otherwise.
+func hinted(v []byte, hint string) string {
+	if len(v) > 0 && string(v) == hint {
+		return hint
+	}
+	return string(v)
+}
+
 // decodeEnvelope decodes a kds.v1.Resource envelope as
 // resource.FromProto(proto.Unmarshal(b)) does. The returned Spec shares b's
-// memory (the caller owns b and does not change it). Envelopes in the form
+// memory (the caller owns b and does not change it), and string fields
+// equal to their hint share the hint's. Envelopes in the form
 // kds-engine's senders write (each known field with its own wire type,
 // valid UTF-8, each timestamp at most once, no unknown fields) are read
 // here directly, without the reflection-driven decoder and without copying
 // the spec; anything else goes through proto.Unmarshal, which decides.
-func decodeEnvelope(b []byte) (*resource.Resource, error) {
-	if r, ok := decodeEnvelopeFast(b); ok {
+func decodeEnvelope(b []byte, h envelopeHint) (*resource.Resource, error) {
+	if r, ok := decodeEnvelopeFast(b, h); ok {
 		return r, nil
 	}
 	var p kdsv1.Resource
@@ -52,7 +71,7 @@ func decodeEnvelope(b []byte) (*resource.Resource, error) {
 
 // decodeEnvelopeFast decodes b if it is in the plain form decodeEnvelope
 // describes; ok is false for everything else (including malformed input).
-func decodeEnvelopeFast(b []byte) (r *resource.Resource, ok bool) {
+func decodeEnvelopeFast(b []byte, h envelopeHint) (r *resource.Resource, ok bool) {
 	r = &resource.Resource{}
 	var seenCreation, seenModification bool
 	for len(b) > 0 {
@@ -71,18 +90,17 @@ func decodeEnvelopeFast(b []byte) (r *resource.Resource, ok bool) {
 			if !utf8.Valid(v) {
 				return nil, false
 			}
-			s := string(v)
 			switch num {
 			case envType:
-				r.Type = s
+				r.Type = hinted(v, h.typ)
 			case envMesh:
-				r.Mesh = s
+				r.Mesh = hinted(v, h.mesh)
 			case envName:
-				r.Name = s
+				r.Name = hinted(v, h.name)
 			case envVersion:
-				r.Version = s
+				r.Version = hinted(v, h.version)
 			default:
-				r.Zone = s
+				r.Zone = string(v)
 			}
 		case envSpec:
 			if len(v) == 0 {

@@ -4,6 +4,7 @@ import (
 	"reflect"
 	"testing"
 	"time"
+	"unsafe"
 
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -72,7 +73,7 @@ func checkDecodeEnvelope(t *testing.T, b []byte) bool {
 	t.Helper()
 	var p kdsv1.Resource
 	perr := proto.Unmarshal(b, &p)
-	got, ok := decodeEnvelopeFast(b)
+	got, ok := decodeEnvelopeFast(b, envelopeHint{})
 	if ok {
 		if perr != nil {
 			t.Fatalf("direct decoder accepted %x, proto.Unmarshal refuses it: %v", b, perr)
@@ -81,14 +82,50 @@ func checkDecodeEnvelope(t *testing.T, b []byte) bool {
 			t.Fatalf("%x: direct %#v, proto %#v", b, got, want)
 		}
 	}
-	r, err := decodeEnvelope(b)
-	if (err != nil) != (perr != nil) {
-		t.Fatalf("%x: decodeEnvelope error %v, proto.Unmarshal error %v", b, err, perr)
-	}
-	if err == nil && !reflect.DeepEqual(r, resource.FromProto(&p)) {
-		t.Fatalf("%x: decodeEnvelope %#v", b, r)
+	want := resource.FromProto(&p)
+	// Hints never change the result: none, the right ones, wrong ones.
+	for _, h := range []envelopeHint{
+		{},
+		{typ: want.Type, mesh: want.Mesh, name: want.Name, version: want.Version},
+		{typ: want.Type + "x", mesh: "x" + want.Mesh, name: want.Name[:len(want.Name)/2], version: "v"},
+	} {
+		r, err := decodeEnvelope(b, h)
+		if (err != nil) != (perr != nil) {
+			t.Fatalf("%x: decodeEnvelope (hint %+v) error %v, proto.Unmarshal error %v", b, h, err, perr)
+		}
+		if err == nil && !reflect.DeepEqual(r, want) {
+			t.Fatalf("%x: decodeEnvelope (hint %+v) %#v", b, h, r)
+		}
 	}
 	return ok
+}
+
+// Fields equal to their hint share the hint's memory; the others are
+// copies.
+func TestDecodeEnvelopeSharesHints(t *testing.T) {
+	r := res("T", "default", "policy-1", "e1-7", 10)
+	env, err := proto.Marshal(r.ToProto())
+	if err != nil {
+		t.Fatal(err)
+	}
+	wire := "default/policy-1"
+	h := envelopeHint{typ: "T", mesh: wire[:7], name: wire[8:], version: "e1-7"}
+	got, err := decodeEnvelope(env, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	same := func(a, b string) bool { return len(a) > 0 && unsafe.StringData(a) == unsafe.StringData(b) }
+	if !same(got.Type, h.typ) || !same(got.Mesh, h.mesh) || !same(got.Name, h.name) || !same(got.Version, h.version) {
+		t.Errorf("decoded %+v does not share the hint's strings", got)
+	}
+	other := envelopeHint{typ: "U", mesh: "other", name: "policy-2", version: "e1-8"}
+	got, err = decodeEnvelope(env, other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Type != "T" || got.Mesh != "default" || got.Name != "policy-1" || got.Version != "e1-7" {
+		t.Errorf("decoded %+v with wrong hints", got)
+	}
 }
 
 // BenchmarkDecodeEnvelope compares the direct decoder with proto.Unmarshal
@@ -103,7 +140,7 @@ func BenchmarkDecodeEnvelope(b *testing.B) {
 	}
 	b.Run("direct", func(b *testing.B) {
 		for b.Loop() {
-			if _, err := decodeEnvelope(env); err != nil {
+			if _, err := decodeEnvelope(env, envelopeHint{}); err != nil {
 				b.Fatal(err)
 			}
 		}

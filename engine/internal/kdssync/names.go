@@ -50,7 +50,16 @@ func validTypeName(s string) bool {
 // '/'. Two different canonical names never map to the same store key.
 func canonicalName(s string) bool {
 	mesh, name := splitXDSName(s)
-	return name != "" && strings.IndexByte(name, '/') < 0 && WireName(mesh, name) == s
+	return name != "" && strings.IndexByte(name, '/') < 0 && isWireName(s, mesh, name)
+}
+
+// isWireName reports whether s == WireName(mesh, name), without building
+// the wire name.
+func isWireName(s, mesh, name string) bool {
+	if mesh == "" {
+		return s == name
+	}
+	return len(s) == len(mesh)+1+len(name) && s[len(mesh)] == '/' && s[:len(mesh)] == mesh && s[len(mesh)+1:] == name
 }
 
 // WireName is a resource's name within its type on the wire: "mesh/name" for

@@ -331,9 +331,17 @@ type local struct {
 // schema step is skipped for the trusted types.
 func (v *Validator) checkLocal(rs []*resource.Resource, out []local, trusted map[string]bool) {
 	check := func(lo, hi int) {
-		var p fastjson.Parser // one per goroutine: a Parser is not safe for concurrent use
+		// One of each per goroutine: neither is safe for concurrent use.
+		var (
+			p  fastjson.Parser
+			sc plainScanner
+		)
 		for i := lo; i < hi; i++ {
-			d, size, spec, fes := v.envelope(&p, rs[i])
+			var plain *plainScanner
+			if trusted[rs[i].Type] {
+				plain = &sc // no schema step: the parsed spec is not needed
+			}
+			d, size, spec, fes := v.envelope(&p, plain, rs[i])
 			schemaOnly := false
 			if len(fes) == 0 && !trusted[d.Name] {
 				fes = v.schema(d, spec)
@@ -365,8 +373,10 @@ const pluginCallsInFlight = plugin.CallsInFlight
 
 // envelope checks everything but the spec's content against the schema and
 // returns the type's descriptor, the resource's wire size and the parsed
-// spec (valid until p parses again; nil when the spec is not JSON).
-func (v *Validator) envelope(p *fastjson.Parser, r *resource.Resource) (resource.TypeDescriptor, int, *fastjson.Value, []resource.FieldError) {
+// spec (valid until p parses again; nil when the spec is not JSON). With
+// plain set, a spec that plain finds to be a plain JSON object is not
+// parsed (the parsed spec is then nil): the caller does not need it.
+func (v *Validator) envelope(p *fastjson.Parser, plain *plainScanner, r *resource.Resource) (resource.TypeDescriptor, int, *fastjson.Value, []resource.FieldError) {
 	var fes []resource.FieldError
 	add := func(field, format string, args ...any) {
 		fes = append(fes, resource.FieldError{Field: field, Message: fmt.Sprintf(format, args...)})
@@ -379,15 +389,21 @@ func (v *Validator) envelope(p *fastjson.Parser, r *resource.Resource) (resource
 		add("name", "%s", msg)
 	}
 	fes = append(fes, labelErrors(r.Labels)...)
-	spec, err := parseSpec(p, r.Spec)
-	switch {
-	case err != nil:
-		add("spec", "not valid JSON: %v", err)
-	case !utf8.Valid(r.Spec):
-		add("spec", "not valid UTF-8 (at byte %d)", invalidUTF8At(r.Spec))
-	default:
-		if field := duplicateName(spec, "spec"); field != "" {
-			add(field, "appears more than once")
+	var spec *fastjson.Value
+	// A plain spec is JSON in UTF-8 with no name twice: nothing below
+	// would find anything wrong with it.
+	if plain == nil || !plain.plain(r.Spec) {
+		var err error
+		spec, err = parseSpec(p, r.Spec)
+		switch {
+		case err != nil:
+			add("spec", "not valid JSON: %v", err)
+		case !utf8.Valid(r.Spec):
+			add("spec", "not valid UTF-8 (at byte %d)", invalidUTF8At(r.Spec))
+		default:
+			if field := duplicateName(spec, "spec"); field != "" {
+				add(field, "appears more than once")
+			}
 		}
 	}
 	d, ok := v.reg.Type(r.Type)

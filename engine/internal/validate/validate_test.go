@@ -73,7 +73,7 @@ func (f *fakePlugins) ValidateBatch(_ context.Context, p string, rs []*resource.
 	return out, nil
 }
 
-func registry(t *testing.T) fakeRegistry {
+func registry(t testing.TB) fakeRegistry {
 	schema, err := sdk.SchemaFor[portSpec]()
 	require.NoError(t, err)
 	return fakeRegistry{

@@ -70,6 +70,13 @@
 // "meta" with the data) never misses a published commit. Reads run
 // concurrently with each other and with a commit. Apply validates, copies,
 // encodes and sorts its batch before queueing and writes it in key order.
+// When no stored key of a type lies within the key range of the batch's
+// puts of that type (a first sync appends; a zone's sync into a global that
+// holds other zones fills the gap between their ranges), the puts are
+// known to be creates without a lookup each, and the pages they make are
+// packed 90% full instead of bbolt's half-full split: 100k resources
+// written in front of stored keys took 1.7 times the bytes (2382 against
+// 1399 per resource) and a third more CPU (BenchmarkSyncWrites).
 //
 // The file is locked while open: a second process (or a second Open in this
 // process) waits for the lock timeout and then fails with an error wrapping
@@ -876,6 +883,15 @@ func (s *Store) Apply(ctx context.Context, b store.Batch) (uint64, error) {
 		}
 		return bytes.Compare(a.key, b.key)
 	})
+	// typeEnd[i] is the index of the last put of puts[i]'s type (each
+	// type's puts are contiguous and in key order).
+	typeEnd := make([]int, len(puts))
+	for i := len(puts) - 1; i >= 0; i-- {
+		typeEnd[i] = i
+		if i+1 < len(puts) && puts[i+1].r.Type == puts[i].r.Type {
+			typeEnd[i] = typeEnd[i+1]
+		}
+	}
 	// The (type, zone) pairs the puts go to, in put order (each pair's puts
 	// are contiguous: item keys start with the zone).
 	var limited []typeZone
@@ -899,11 +915,11 @@ func (s *Store) Apply(ctx context.Context, b store.Batch) (uint64, error) {
 		}
 		t.events = make([]store.Event, 0, len(puts)+len(b.Delete))
 		var (
-			bucket    *bolt.Bucket
-			current   string
-			appending bool // every remaining key of this type sorts after the stored ones
-			run       typeZone
-			added     int // new keys in run so far
+			bucket  *bolt.Bucket
+			current string
+			fresh   bool // no stored key of this type lies within the range of its puts
+			run     typeZone
+			added   int // new keys in run so far
 		)
 		for i, p := range puts {
 			if tz := (typeZone{p.r.Type, p.r.Zone}); tz != run {
@@ -918,15 +934,22 @@ func (s *Store) Apply(ctx context.Context, b store.Batch) (uint64, error) {
 					return err
 				}
 				current = p.r.Type
-				last, _ := bucket.Cursor().Last()
-				appending = last == nil || bytes.Compare(last, p.key) < 0
-				if appending {
-					// A first sync of a type appends: pack pages fuller.
+				// The first stored key at or after this type's first
+				// put: if there is none, or it sorts after the type's
+				// last put, every put of the type is new and they fill
+				// one gap between stored keys (at the end, for a first
+				// sync; before or between other zones' resources, for a
+				// zone's sync into a global that holds others).
+				next, _ := bucket.Cursor().Seek(p.key)
+				fresh = next == nil || bytes.Compare(next, puts[typeEnd[i]].key) > 0
+				if fresh {
+					// The puts make new pages of their own: pack them
+					// fuller than the default half-full split.
 					bucket.FillPercent = 0.9
 				}
 			}
-			isNew := appending
-			if !appending {
+			isNew := fresh
+			if !fresh {
 				old := bucket.Get(p.key)
 				if old != nil && bytes.Equal(old, p.val) {
 					continue
