@@ -28,6 +28,17 @@ type typeIndex struct {
 	// revision counts changes to the type; it is the system version servers
 	// report.
 	revision uint64
+	// namesGen counts names added and removed (not version changes): the
+	// sorted list of names below is every name served while sortedGen
+	// equals it.
+	namesGen uint64
+	// sorted is the served names in store-key order (compareWireNames) as
+	// of sortedGen, shared read-only by the subscriptions that start from
+	// it (see sortedNames). Written under the index's write lock, or under
+	// its read lock together with sortedMu.
+	sorted    []string
+	sortedGen uint64
+	sortedMu  sync.Mutex
 }
 
 type entry struct {
@@ -82,6 +93,9 @@ func (ix *Index) Put(r *resource.Resource) error {
 	was := ti.state(res.Name)
 	ti.entries[res.Name] = e
 	ti.revision++
+	if !was.holds {
+		ti.namesChanged()
+	}
 	for s := range ti.subs {
 		s.mark(res.Name, was)
 	}
@@ -103,8 +117,39 @@ func (ix *Index) Delete(k resource.Key) {
 	}
 	delete(ti.entries, name)
 	ti.revision++
+	ti.namesChanged()
 	for s := range ti.subs {
 		s.mark(name, was)
+	}
+}
+
+// namesChanged records that a name was added or removed; the caller holds
+// the index's write lock.
+func (ti *typeIndex) namesChanged() {
+	ti.namesGen++
+	ti.sorted = nil // not kept alive once stale
+}
+
+// cachedNames returns the served names in store-key order if the list kept
+// is current, else nil. The caller holds the index's read lock; the slice
+// is shared and must not be written.
+func (ti *typeIndex) cachedNames() []string {
+	ti.sortedMu.Lock()
+	defer ti.sortedMu.Unlock()
+	if ti.sorted != nil && ti.sortedGen == ti.namesGen {
+		return ti.sorted
+	}
+	return nil
+}
+
+// keepNames keeps names, the served names in store-key order as of
+// generation gen, for the subscriptions that follow, unless the names
+// changed since. The caller holds the index's read lock.
+func (ti *typeIndex) keepNames(names []string, gen uint64) {
+	ti.sortedMu.Lock()
+	defer ti.sortedMu.Unlock()
+	if gen == ti.namesGen {
+		ti.sorted, ti.sortedGen = names, gen
 	}
 }
 
@@ -248,6 +293,7 @@ func (ix *Index) Replace(items []*resource.Resource) error {
 			was := ti.state(name)
 			delete(ti.entries, name)
 			ti.revision++
+			ti.namesChanged()
 			for s := range ti.subs {
 				s.mark(name, was)
 			}
