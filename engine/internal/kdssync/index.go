@@ -24,7 +24,12 @@ type Index struct {
 
 type typeIndex struct {
 	entries map[string]entry
-	subs    map[*Subscription]struct{}
+	// subs is guarded by subsMu alone, so that a session subscribing or
+	// ending does not take the index's write lock (a writer waiting for it
+	// stops every reader). Changes mark them with the write lock held
+	// too.
+	subsMu sync.Mutex
+	subs   map[*Subscription]struct{}
 	// revision counts changes to the type; it is the system version servers
 	// report.
 	revision uint64
@@ -96,9 +101,7 @@ func (ix *Index) Put(r *resource.Resource) error {
 	if !was.holds {
 		ti.namesChanged()
 	}
-	for s := range ti.subs {
-		s.mark(res.Name, was)
-	}
+	ti.markAll(res.Name, was)
 	return nil
 }
 
@@ -118,6 +121,14 @@ func (ix *Index) Delete(k resource.Key) {
 	delete(ti.entries, name)
 	ti.revision++
 	ti.namesChanged()
+	ti.markAll(name, was)
+}
+
+// markAll marks name, whose state was was, in every subscription; the
+// caller holds the index's write lock.
+func (ti *typeIndex) markAll(name string, was heldState) {
+	ti.subsMu.Lock()
+	defer ti.subsMu.Unlock()
 	for s := range ti.subs {
 		s.mark(name, was)
 	}
@@ -184,16 +195,18 @@ func (ix *Index) Len(typ string) int {
 // resources change. The caller must call unsubscribe.
 func (ix *Index) subscribe(typ string, notify chan struct{}) *Subscription {
 	s := &Subscription{typ: typ, dirty: map[string]heldState{}, notify: notify}
-	ix.mu.Lock()
-	defer ix.mu.Unlock()
-	ix.types[typ].subs[s] = struct{}{}
+	ti := ix.types[typ]
+	ti.subsMu.Lock()
+	defer ti.subsMu.Unlock()
+	ti.subs[s] = struct{}{}
 	return s
 }
 
 func (ix *Index) unsubscribe(s *Subscription) {
-	ix.mu.Lock()
-	defer ix.mu.Unlock()
-	delete(ix.types[s.typ].subs, s)
+	ti := ix.types[s.typ]
+	ti.subsMu.Lock()
+	defer ti.subsMu.Unlock()
+	delete(ti.subs, s)
 }
 
 // Subscription collects the names of changed resources of one type for one
@@ -294,9 +307,7 @@ func (ix *Index) Replace(items []*resource.Resource) error {
 			delete(ti.entries, name)
 			ti.revision++
 			ti.namesChanged()
-			for s := range ti.subs {
-				s.mark(name, was)
-			}
+			ti.markAll(name, was)
 		}
 	}
 	return nil

@@ -511,9 +511,14 @@ func (st *serveState) heldCount(ti *typeIndex) int {
 // compact reallocates overrides and pending once they are mostly empty
 // after having been large (an initial sync fills both with every name):
 // a Go map does not give back what its deletes free.
+//
+// While a fresh peer's initial sync runs (the fresh region), overrides
+// holds the names in flight and is refilled by every response: it is kept
+// (reallocating it each time it empties cost the map's growth again for
+// every response) and reallocated once the sync is done.
 func (st *serveState) compact() {
 	const small = 1024
-	if n := len(st.overrides); st.overridesPeak > small && n < st.overridesPeak/4 {
+	if n := len(st.overrides); st.overridesPeak > small && n < st.overridesPeak/4 && !st.region {
 		st.overrides = resized(st.overrides)
 		st.overridesPeak = n
 	}
