@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"runtime"
 	"slices"
 	"strconv"
 	"time"
@@ -1214,7 +1215,15 @@ names:
 		}
 		if len(st.queue) == 0 && len(st.pending) > 0 {
 			st.pendingPeak = max(st.pendingPeak, len(st.pending))
-			st.queue = sortedNames(st.pending)
+			if len(st.pending) <= ss.lockChunk {
+				st.queue = sortedNames(st.pending)
+			} else {
+				// Many names became pending under the lock (a resync):
+				// sorted outside it (pending is the session's own).
+				ss.relockAfter(func() { st.queue = sortedNames(st.pending) })
+				handled = 0
+				st.catchUp(ti)
+			}
 		}
 		// The next name in key order: the queue's or fresh's first (or
 		// both's).
@@ -1297,11 +1306,26 @@ const serveLockChunk = 1024
 
 // relock releases the index's read lock, which the caller holds, and takes
 // it again: a writer waiting for it runs in between.
-func (ss *serverSession) relock() {
+func (ss *serverSession) relock() { ss.relockAfter(nil) }
+
+// relockAfter is relock running fn, if not nil, while the lock is released.
+//
+// It yields the processor before taking the lock back. A session catching
+// a peer up runs without blocking for as long as there is work, holding the
+// lock nearly all the time, so the scheduler's time-slice preemption would
+// most often stop it while it holds the lock; with many sessions runnable
+// on few cores it then waits behind all of them, and so does a writer
+// waiting for the lock (and every reader behind the writer). Yielding here
+// starts each chunk on a fresh time slice.
+func (ss *serverSession) relockAfter(fn func()) {
 	ss.ix.mu.RUnlock()
+	if fn != nil {
+		fn()
+	}
 	if ss.betweenChunks != nil {
 		ss.betweenChunks()
 	}
+	runtime.Gosched()
 	ss.ix.mu.RLock()
 }
 
