@@ -3,6 +3,7 @@ package kdssync
 import (
 	"context"
 	"fmt"
+	"reflect"
 	"testing"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -484,4 +485,33 @@ func TestRecreatedAtRefusedVersionWhileRemovalInFlight(t *testing.T) {
 			assert.Equal(t, "v1", r.GetResources()[0].GetVersion())
 		})
 	}
+}
+
+// While a fresh peer's initial sync runs, the overrides map holds the
+// names in flight and every response refills it: it is kept rather than
+// reallocated each time the answers empty it (each reallocation cost the
+// map's growth again), and given back once the sync is done.
+func TestFreshSyncKeepsItsOverridesMap(t *testing.T) {
+	ix, _ := sparseIndex(t, 20_000)
+	ss, p, _ := directSession(t, ix, 256<<10)
+	ss.window = 1 // each answer empties the map
+	require.NoError(t, ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResourceNamesSubscribe: []string{"*"}}))
+	st := ss.types["T"]
+	id := func() uintptr { return reflect.ValueOf(st.overrides).Pointer() }
+	during := id()
+	require.Greater(t, len(st.overrides), 1024, "enough in flight for compact to consider the map")
+	answered := 0
+	for st.region {
+		r := nextResponse(t, p)
+		require.NoError(t, ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: r.GetTypeUrl(), ResponseNonce: r.GetNonce()}))
+		answered++
+		if st.region {
+			require.Equal(t, during, id(), "kept while the sync runs (answer %d)", answered)
+		}
+	}
+	require.Greater(t, answered, 3, "the sync took several answers")
+	ackAll(t, ss, p)
+	assert.Empty(t, st.overrides)
+	assert.NotEqual(t, during, id(), "given back once done")
+	assert.Zero(t, st.overridesPeak)
 }
