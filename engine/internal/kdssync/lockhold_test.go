@@ -174,3 +174,31 @@ func TestServeReleasesTheIndexLockBetweenChunks(t *testing.T) {
 		})
 	}
 }
+
+// Many names that become pending while a build holds the lock (a resync)
+// are sorted into its queue with the lock released, not under it.
+func TestBuildSortsALargePendingSetOutsideTheLock(t *testing.T) {
+	ix, versions := sparseIndex(t, 1000)
+	ss, p, _ := directSession(t, ix, 1<<20)
+	require.NoError(t, ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResourceNamesSubscribe: []string{"*"}, InitialResourceVersions: versions}))
+	require.Zero(t, ackAll(t, ss, p))
+	st := ss.types["T"]
+	for i := range 200 {
+		require.NoError(t, ix.Put(res("T", "default", fmt.Sprintf("t-%06d", i), "2", 8)))
+	}
+	ss.lockChunk = 100
+	calls, sortedAtRelease := 0, 0
+	ss.betweenChunks = func() {
+		calls++
+		if calls == 1 {
+			for i := 500; i < 1000; i++ {
+				require.NoError(t, ix.Put(res("T", "default", fmt.Sprintf("t-%06d", i), "2", 8)))
+			}
+		}
+		sortedAtRelease = max(sortedAtRelease, len(st.queue))
+	}
+	require.NoError(t, ss.trySend(st))
+	r := nextResponse(t, p)
+	assert.Len(t, r.GetResources(), 700)
+	assert.Equal(t, 500, sortedAtRelease, "the 500 names were sorted while the lock was released")
+}
