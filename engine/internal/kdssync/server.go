@@ -868,6 +868,21 @@ func (ss *serverSession) collect(typ string, req *discovery.DeltaDiscoveryReques
 	// with the index again (see startFrom).
 	ss.ix.mu.RLock()
 	entries := ss.ix.types[typ].entries
+	// over reports (and unlocks) when what is kept is more than the limit;
+	// checked as the names are kept, so never more than one over.
+	over := func() error {
+		limit := len(entries) + MaxNamesPerRequest
+		if len(rs.held)+len(rs.rejected)+len(rej.GetResources()) <= limit {
+			return nil
+		}
+		served := len(entries)
+		ss.ix.mu.RUnlock()
+		return fmt.Errorf("%w: the %s subscription names more than %d held or refused resources (the %d this side serves plus %d)",
+			ErrProtocol, typ, limit, served, MaxNamesPerRequest)
+	}
+	if err := over(); err != nil {
+		return nil, nil, err
+	}
 	looked := 0
 	for n, v := range versions {
 		if looked++; looked%ss.lockChunk == 0 {
@@ -894,15 +909,11 @@ func (ss *serverSession) collect(typ string, req *discovery.DeltaDiscoveryReques
 			copied += int64(len(n) + len(v))
 		}
 		rs.held[n] = v
+		if err := over(); err != nil {
+			return nil, nil, err
+		}
 	}
-	served := len(entries)
 	ss.ix.mu.RUnlock()
-	// At most MaxNamesPerRequest more than the limit are kept before the
-	// session ends.
-	if limit := served + MaxNamesPerRequest; len(rs.held)+len(rs.rejected)+len(rej.GetResources()) > limit {
-		return nil, nil, fmt.Errorf("%w: the %s subscription names more than %d held or refused resources (the %d this side serves plus %d)",
-			ErrProtocol, typ, limit, served, MaxNamesPerRequest)
-	}
 	if len(removed) > 0 {
 		// Kept until the answer is ACKed, in case the peer refuses a
 		// removal: it then still holds that name.
