@@ -24,10 +24,26 @@ type Index struct {
 
 type typeIndex struct {
 	entries map[string]entry
-	subs    map[*Subscription]struct{}
+	// subs is guarded by subsMu alone, so that a session subscribing or
+	// ending does not take the index's write lock (a writer waiting for it
+	// stops every reader). Changes mark them with the write lock held
+	// too.
+	subsMu sync.Mutex
+	subs   map[*Subscription]struct{}
 	// revision counts changes to the type; it is the system version servers
 	// report.
 	revision uint64
+	// namesGen counts names added and removed (not version changes): the
+	// sorted list of names below is every name served while sortedGen
+	// equals it.
+	namesGen uint64
+	// sorted is the served names in store-key order (compareWireNames) as
+	// of sortedGen, shared read-only by the subscriptions that start from
+	// it (see sortedNames). Written under the index's write lock, or under
+	// its read lock together with sortedMu.
+	sorted    []string
+	sortedGen uint64
+	sortedMu  sync.Mutex
 }
 
 type entry struct {
@@ -82,9 +98,10 @@ func (ix *Index) Put(r *resource.Resource) error {
 	was := ti.state(res.Name)
 	ti.entries[res.Name] = e
 	ti.revision++
-	for s := range ti.subs {
-		s.mark(res.Name, was)
+	if !was.holds {
+		ti.namesChanged()
 	}
+	ti.markAll(res.Name, was)
 	return nil
 }
 
@@ -103,8 +120,47 @@ func (ix *Index) Delete(k resource.Key) {
 	}
 	delete(ti.entries, name)
 	ti.revision++
+	ti.namesChanged()
+	ti.markAll(name, was)
+}
+
+// markAll marks name, whose state was was, in every subscription; the
+// caller holds the index's write lock.
+func (ti *typeIndex) markAll(name string, was heldState) {
+	ti.subsMu.Lock()
+	defer ti.subsMu.Unlock()
 	for s := range ti.subs {
 		s.mark(name, was)
+	}
+}
+
+// namesChanged records that a name was added or removed; the caller holds
+// the index's write lock.
+func (ti *typeIndex) namesChanged() {
+	ti.namesGen++
+	ti.sorted = nil // not kept alive once stale
+}
+
+// cachedNames returns the served names in store-key order if the list kept
+// is current, else nil. The caller holds the index's read lock; the slice
+// is shared and must not be written.
+func (ti *typeIndex) cachedNames() []string {
+	ti.sortedMu.Lock()
+	defer ti.sortedMu.Unlock()
+	if ti.sorted != nil && ti.sortedGen == ti.namesGen {
+		return ti.sorted
+	}
+	return nil
+}
+
+// keepNames keeps names, the served names in store-key order as of
+// generation gen, for the subscriptions that follow, unless the names
+// changed since. The caller holds the index's read lock.
+func (ti *typeIndex) keepNames(names []string, gen uint64) {
+	ti.sortedMu.Lock()
+	defer ti.sortedMu.Unlock()
+	if gen == ti.namesGen {
+		ti.sorted, ti.sortedGen = names, gen
 	}
 }
 
@@ -139,16 +195,18 @@ func (ix *Index) Len(typ string) int {
 // resources change. The caller must call unsubscribe.
 func (ix *Index) subscribe(typ string, notify chan struct{}) *Subscription {
 	s := &Subscription{typ: typ, dirty: map[string]heldState{}, notify: notify}
-	ix.mu.Lock()
-	defer ix.mu.Unlock()
-	ix.types[typ].subs[s] = struct{}{}
+	ti := ix.types[typ]
+	ti.subsMu.Lock()
+	defer ti.subsMu.Unlock()
+	ti.subs[s] = struct{}{}
 	return s
 }
 
 func (ix *Index) unsubscribe(s *Subscription) {
-	ix.mu.Lock()
-	defer ix.mu.Unlock()
-	delete(ix.types[s.typ].subs, s)
+	ti := ix.types[s.typ]
+	ti.subsMu.Lock()
+	defer ti.subsMu.Unlock()
+	delete(ti.subs, s)
 }
 
 // Subscription collects the names of changed resources of one type for one
@@ -248,9 +306,8 @@ func (ix *Index) Replace(items []*resource.Resource) error {
 			was := ti.state(name)
 			delete(ti.entries, name)
 			ti.revision++
-			for s := range ti.subs {
-				s.mark(name, was)
-			}
+			ti.namesChanged()
+			ti.markAll(name, was)
 		}
 	}
 	return nil

@@ -4,8 +4,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"runtime"
+	"slices"
 	"testing"
+	"time"
 
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -114,4 +117,54 @@ func TestTakeGivesBackALargeDirtyMap(t *testing.T) {
 	require.Equal(t, len(names), taken)
 	assert.Less(t, heap()-before, int64(1<<20), "the dirty map is given back once taken")
 	runtime.KeepAlive(names)
+}
+
+// A session subscribing or ending does not take the index's write lock:
+// while readers hold the lock (sessions building responses) it would wait
+// for them, and every reader and Put behind it would wait too. A Put
+// still marks a subscription registered meanwhile.
+func TestSubscribeDoesNotWaitForReaders(t *testing.T) {
+	ix := NewIndex([]string{"T"})
+	ix.mu.RLock()
+	done := make(chan *Subscription)
+	go func() {
+		s := ix.subscribe("T", make(chan struct{}, 1))
+		ix.unsubscribe(s)
+		done <- ix.subscribe("T", make(chan struct{}, 1))
+	}()
+	var s *Subscription
+	select {
+	case s = <-done:
+	case <-time.After(5 * time.Second):
+		ix.mu.RUnlock()
+		t.Fatal("subscribe waited for a reader of the index")
+	}
+	ix.mu.RUnlock()
+	require.NoError(t, ix.Put(res("T", "m", "a", "1", 4)))
+	assert.True(t, s.changed())
+	ix.unsubscribe(s)
+}
+
+// The index keeps its names sorted for the subscriptions that follow while
+// no name is added or removed; a new version keeps the list, a new name
+// drops it.
+func TestIndexKeepsSortedNames(t *testing.T) {
+	ix, _ := sparseIndex(t, 50)
+	ti := ix.types["T"]
+	ss, _, _ := directSession(t, ix, 64<<10)
+	require.NoError(t, ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResourceNamesSubscribe: []string{"*"}}))
+	ix.mu.RLock()
+	first := ti.cachedNames()
+	ix.mu.RUnlock()
+	require.Len(t, first, 50)
+	assert.True(t, slices.IsSortedFunc(first, compareWireNames))
+
+	require.NoError(t, ix.Put(res("T", "default", "t-000003", "2", 8)))
+	ix.mu.RLock()
+	assert.Equal(t, &first[0], &ti.cachedNames()[0], "a version change keeps the list")
+	ix.mu.RUnlock()
+	require.NoError(t, ix.Put(res("T", "default", "new", "1", 8)))
+	ix.mu.RLock()
+	assert.Nil(t, ti.cachedNames(), "a new name drops it")
+	ix.mu.RUnlock()
 }

@@ -2,6 +2,7 @@ package kdssync
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"sync"
@@ -9,6 +10,8 @@ import (
 	"time"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // BenchmarkServeLockHold measures how long a serving session holds the
@@ -110,4 +113,94 @@ func BenchmarkServeLockHold(b *testing.B) {
 			b.ReportMetric(ms(q(puts, 1)), "put-max-ms")
 		})
 	}
+}
+
+// A serving session releases the index's read lock every lockChunk names:
+// while it copies a fresh subscriber's names, compares a resuming
+// subscriber's held versions, builds a response and applies its answer.
+// Each release lets a Put in (here one per release); what the peer is
+// recorded as holding stays exact (checked against what it applied).
+func TestServeReleasesTheIndexLockBetweenChunks(t *testing.T) {
+	const n, chunk = 3000, 100
+	for _, resume := range []bool{false, true} {
+		t.Run(fmt.Sprintf("resume=%v", resume), func(t *testing.T) {
+			ix := NewIndex([]string{"T"})
+			held := map[string]string{}
+			for i := range n {
+				name := fmt.Sprintf("t-%05d", i)
+				require.NoError(t, ix.Put(res("T", "default", name, "1", 400)))
+				if resume && i%2 == 0 {
+					held[WireName("default", name)] = "1"
+				}
+			}
+			ss, p, ins := directSession(t, ix, 256<<10)
+			ss.lockChunk = chunk
+			releases, v := 0, 1
+			ss.betweenChunks = func() {
+				releases++
+				v++
+				require.NoError(t, ix.Put(res("T", "default", fmt.Sprintf("t-%05d", v%n), strconv.Itoa(v), 400)))
+			}
+			require.NoError(t, ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResourceNamesSubscribe: []string{"*"}, InitialResourceVersions: held}))
+			want := n / chunk
+			if resume {
+				// The held versions looked up, then compared, and the
+				// served names walked.
+				want = (2*len(held) + n) / chunk
+			}
+			assert.GreaterOrEqual(t, releases, want, "the subscription released the lock every %d names", chunk)
+
+			peer := maps.Clone(held)
+			for range 100 {
+				r := <-p.resps
+				releases = 0
+				for _, x := range r.GetResources() {
+					peer[x.GetName()] = x.GetVersion()
+				}
+				require.NoError(t, ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResponseNonce: r.GetNonce()}))
+				if len(r.GetResources()) > 2*chunk {
+					// The answer's chunks, then the next responses'.
+					assert.GreaterOrEqual(t, releases, len(r.GetResources())/chunk, "the answer and the next build released the lock")
+				}
+				if len(p.resps) == 0 {
+					break
+				}
+			}
+			ss.betweenChunks = nil
+			require.Empty(t, p.resps, "the sync ends")
+			for name, v := range peer {
+				require.Equal(t, PeerHolding{Subscribed: true, Holds: true, Version: v}, ask(ss, name))
+			}
+			c, _ := ins.Get("zone-1")
+			assert.Equal(t, len(peer), c.Types["T"].ResourcesHeld)
+		})
+	}
+}
+
+// Many names that become pending while a build holds the lock (a resync)
+// are sorted into its queue with the lock released, not under it.
+func TestBuildSortsALargePendingSetOutsideTheLock(t *testing.T) {
+	ix, versions := sparseIndex(t, 1000)
+	ss, p, _ := directSession(t, ix, 1<<20)
+	require.NoError(t, ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResourceNamesSubscribe: []string{"*"}, InitialResourceVersions: versions}))
+	require.Zero(t, ackAll(t, ss, p))
+	st := ss.types["T"]
+	for i := range 200 {
+		require.NoError(t, ix.Put(res("T", "default", fmt.Sprintf("t-%06d", i), "2", 8)))
+	}
+	ss.lockChunk = 100
+	calls, sortedAtRelease := 0, 0
+	ss.betweenChunks = func() {
+		calls++
+		if calls == 1 {
+			for i := 500; i < 1000; i++ {
+				require.NoError(t, ix.Put(res("T", "default", fmt.Sprintf("t-%06d", i), "2", 8)))
+			}
+		}
+		sortedAtRelease = max(sortedAtRelease, len(st.queue))
+	}
+	require.NoError(t, ss.trySend(st))
+	r := nextResponse(t, p)
+	assert.Len(t, r.GetResources(), 700)
+	assert.Equal(t, 500, sortedAtRelease, "the 500 names were sorted while the lock was released")
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"runtime"
 	"slices"
 	"strconv"
 	"time"
@@ -133,11 +134,16 @@ type Server struct {
 	budget        *Budget
 	sessionBudget int64
 	sessions      sessions
+	// lockChunk is serveLockChunk; tests lower it, and set betweenChunks
+	// to change the index while a session has released the lock between
+	// chunks (nil otherwise).
+	lockChunk     int
+	betweenChunks func()
 }
 
 // NewServer returns a server for ix.
 func NewServer(ix *Index, opts ...ServerOption) *Server {
-	s := &Server{ix: ix, log: hclog.NewNullLogger(), maxMsg: DefaultMaxMessageSize, window: DefaultWindow}
+	s := &Server{ix: ix, log: hclog.NewNullLogger(), maxMsg: DefaultMaxMessageSize, window: DefaultWindow, lockChunk: serveLockChunk}
 	for _, o := range opts {
 		o(s)
 	}
@@ -349,6 +355,24 @@ type serveState struct {
 	// skipped, names pending since the snapshot are sorted in when it is
 	// used up.
 	queue []string
+	// fresh is what is left to send of the names the index served when the
+	// peer subscribed holding nothing, in store-key order: a list shared
+	// read-only with the index and other sessions, consumed from the front
+	// by build together with queue. While region is set, every name after
+	// cursor (the fresh region) is not held by the peer, whatever the
+	// index holds, unless overrides says otherwise, and the names in fresh
+	// are still to send: a fresh peer costs no override and no pending
+	// entry per name. Overrides stay relative to the index in the region
+	// too: a name there that the index holds and that is not in fresh
+	// (created since the subscription) has one, "not held" (see changed).
+	// When build moves the cursor past a name the index holds it records
+	// it as not held (see passed), so that the peer's holding of every
+	// name outside the region is as before; once fresh is used up every
+	// name after the cursor that the index holds has an override and the
+	// region ends.
+	fresh  []string
+	cursor string
+	region bool
 	// inflight holds the responses sent and not yet ACKed or NACKed, oldest
 	// first; at most the server's window.
 	inflight []*flight
@@ -392,22 +416,65 @@ type flightPut struct {
 // write) and keeps it for every lookup of the peer's holding that follows:
 // the index's current state is then its state as of this take.
 func (st *serveState) catchUp(ti *typeIndex) {
-	st.sub.take(func(name string, was heldState) {
-		st.pending[name] = struct{}{}
-		now := ti.state(name)
-		// A name's share of heldDelta is its override's holds minus the
-		// index's; an implicit name (no override) adds nothing before and,
-		// with an override equal to was, nothing after.
-		st.heldDelta += b2i(was.holds) - b2i(now.holds)
-		if o, ok := st.overrides[name]; ok {
-			if o == now {
-				delete(st.overrides, name)
-			}
-		} else if was != now {
-			st.overrides[name] = was
-			st.overridesPeak = max(st.overridesPeak, len(st.overrides))
+	st.sub.take(func(name string, was heldState) { st.changed(ti, name, was) })
+}
+
+// changed records that the index changed name from was to its current
+// state since the record was last brought up to date: name is pending,
+// and its override (if any) still says what the peer holds. The caller
+// holds the index's lock.
+func (st *serveState) changed(ti *typeIndex, name string, was heldState) {
+	st.pending[name] = struct{}{}
+	now := ti.state(name)
+	// A name's share of heldDelta is its override's holds minus the
+	// index's; an implicit name (no override) adds nothing before and,
+	// with an override equal to was, nothing after. In the fresh region
+	// an implicit name is not held: its share is minus the index's
+	// before and after.
+	st.heldDelta += b2i(was.holds) - b2i(now.holds)
+	switch o, ok := st.overrides[name]; {
+	case ok:
+		if o == now {
+			delete(st.overrides, name)
 		}
-	})
+	case st.inRegion(name):
+		if now.holds {
+			st.setOverride(name, heldState{})
+		}
+	case was != now:
+		st.setOverride(name, was)
+	}
+}
+
+func (st *serveState) setOverride(name string, h heldState) {
+	st.overrides[name] = h
+	st.overridesPeak = max(st.overridesPeak, len(st.overrides))
+}
+
+// inRegion reports whether name is in the fresh region: after the cursor,
+// while fresh is not used up.
+func (st *serveState) inRegion(name string) bool {
+	return st.region && compareWireNames(name, st.cursor) > 0
+}
+
+// endRegion ends the fresh region once fresh is used up.
+func (st *serveState) endRegion() {
+	if len(st.fresh) == 0 {
+		st.fresh, st.cursor, st.region = nil, "", false
+	}
+}
+
+// passed moves the cursor past name, which build has handled, recording
+// the peer as not holding it where the index does and nothing else does
+// (under the index's lock, caught up).
+func (st *serveState) passed(ti *typeIndex, name string) {
+	if !st.inRegion(name) {
+		return
+	}
+	if _, ok := st.overrides[name]; !ok && ti.state(name).holds {
+		st.setOverride(name, heldState{})
+	}
+	st.cursor = name
 }
 
 // holding returns what the peer applied of name. The caller holds the
@@ -416,6 +483,9 @@ func (st *serveState) holding(ti *typeIndex, name string) heldState {
 	if o, ok := st.overrides[name]; ok {
 		return o
 	}
+	if st.inRegion(name) {
+		return heldState{}
+	}
 	return ti.state(name)
 }
 
@@ -423,12 +493,14 @@ func (st *serveState) holding(ti *typeIndex, name string) heldState {
 // lock, caught up).
 func (st *serveState) setHolding(ti *typeIndex, name string, h heldState) {
 	st.heldDelta += b2i(h.holds) - b2i(st.holding(ti, name).holds)
-	if h == ti.state(name) {
+	// In the fresh region no override means "not held" (build sends a
+	// name only once the cursor passed it, so an answer does not land
+	// there, but a held state there is kept explicit all the same).
+	if h == ti.state(name) && (!h.holds || !st.inRegion(name)) {
 		delete(st.overrides, name)
 		return
 	}
-	st.overrides[name] = h
-	st.overridesPeak = max(st.overridesPeak, len(st.overrides))
+	st.setOverride(name, h)
 }
 
 // heldCount is how many names the peer holds (under the index's lock,
@@ -440,9 +512,14 @@ func (st *serveState) heldCount(ti *typeIndex) int {
 // compact reallocates overrides and pending once they are mostly empty
 // after having been large (an initial sync fills both with every name):
 // a Go map does not give back what its deletes free.
+//
+// While a fresh peer's initial sync runs (the fresh region), overrides
+// holds the names in flight and is refilled by every response: it is kept
+// (reallocating it each time it empties cost the map's growth again for
+// every response) and reallocated once the sync is done.
 func (st *serveState) compact() {
 	const small = 1024
-	if n := len(st.overrides); st.overridesPeak > small && n < st.overridesPeak/4 {
+	if n := len(st.overrides); st.overridesPeak > small && n < st.overridesPeak/4 && !st.region {
 		st.overrides = resized(st.overrides)
 		st.overridesPeak = n
 	}
@@ -606,38 +683,22 @@ func (ss *serverSession) subscribe(st *serveState, typ string, req *discovery.De
 	// Overrides and pending: every name whose state differs between the
 	// peer and the index (a name held at the index's version costs
 	// nothing, and a change after this point marks it through the
-	// subscription). The full map of what the peer said goes.
-	st.heldDelta = 0
-	ss.ix.mu.RLock()
-	ti := ss.ix.types[typ]
-	// Sized for a fresh subscriber (every served name not held), so that
-	// the map does not grow step by step under the index's lock.
-	st.overrides = make(map[string]heldState, max(len(ti.entries)-len(rs.held), 0))
-	// What changed before now is compared below as it is now.
-	st.sub.take(func(string, heldState) {})
-	for n, v := range rs.held {
-		if e, ok := ti.entries[n]; !ok {
-			st.overrides[n] = heldState{version: v, holds: true} // held, not served: a removal
-			st.heldDelta++
-		} else if v != e.res.Version {
-			st.overrides[e.res.Name] = heldState{version: v, holds: true}
+	// subscription). The full map of what the peer said goes. A peer that
+	// holds nothing starts from the index's sorted names instead (see
+	// serveState.fresh).
+	st.queue = nil
+	st.fresh, st.cursor, st.region = nil, "", false
+	var held int
+	if len(rs.held) == 0 {
+		held = ss.startFresh(st)
+	} else {
+		held = ss.startFrom(st, rs.held)
+		// Outside the lock: pending is the session's own.
+		for n := range st.overrides {
+			st.pending[n] = struct{}{}
 		}
-	}
-	for n, e := range ti.entries {
-		if _, ok := rs.held[n]; !ok {
-			st.overrides[e.res.Name] = heldState{}
-			st.heldDelta--
-		}
-	}
-	held := st.heldCount(ti)
-	ss.ix.mu.RUnlock()
-	// Outside the lock: pending is the session's own.
-	st.pending = make(map[string]struct{}, len(st.overrides))
-	for n := range st.overrides {
-		st.pending[n] = struct{}{}
 	}
 	st.overridesPeak, st.pendingPeak = len(st.overrides), len(st.pending)
-	st.queue = nil
 	st.force = true
 	rejected := len(st.rejected)
 	ss.record(typ, func(ts *insights.TypeState) {
@@ -646,6 +707,113 @@ func (ss *serverSession) subscribe(st *serveState, typ string, req *discovery.De
 		ts.Rejected = nil
 	})
 	return ss.trySend(st)
+}
+
+// startFresh starts the record of a peer that holds nothing of st's type:
+// no override and no pending entry, and every name the index serves is in
+// the fresh region. The names come sorted from the index, which keeps the
+// list for the subscriptions that follow while no name is added or
+// removed; otherwise they are copied serveLockChunk at a time under the
+// index's read lock and sorted outside it. A name added or removed during
+// the copy is marked through the subscription, taken before, and caught
+// up as any change. It returns the held count.
+func (ss *serverSession) startFresh(st *serveState) int {
+	ix := ss.ix
+	ix.mu.RLock()
+	ti := ix.types[st.typ]
+	st.sub.take(func(string, heldState) {})
+	st.overrides = map[string]heldState{}
+	st.pending = map[string]struct{}{}
+	st.heldDelta = -len(ti.entries)
+	names := ti.cachedNames()
+	if names == nil && len(ti.entries) > 0 {
+		gen := ti.namesGen
+		names = make([]string, 0, len(ti.entries))
+		for name := range ti.entries {
+			names = append(names, name)
+			if len(names)%ss.lockChunk == 0 {
+				ss.relock()
+			}
+		}
+		ix.mu.RUnlock()
+		slices.SortFunc(names, compareWireNames)
+		ix.mu.RLock()
+		ti.keepNames(names, gen)
+	}
+	st.fresh, st.region = names, true
+	st.catchUp(ti)
+	st.endRegion()
+	held := st.heldCount(ti)
+	ix.mu.RUnlock()
+	return held
+}
+
+// startFrom starts the record of a peer that holds held (wire names to
+// versions) of st's type: an override and a pending entry per name whose
+// state differs from the index's. The comparison is made against the
+// index as of one take of the subscription but releases the index's lock
+// every serveLockChunk names: a name changed meanwhile is compared at its
+// state as of that take (recorded by the subscription, collected at every
+// re-lock), and the changes are then caught up in one hold, as a take
+// would. It returns the held count.
+func (ss *serverSession) startFrom(st *serveState, held map[string]string) int {
+	ix := ss.ix
+	ix.mu.RLock()
+	ti := ix.types[st.typ]
+	st.sub.take(func(string, heldState) {})
+	// Sized for the names not held, so that the map does not grow step by
+	// step under the index's lock.
+	overrides := make(map[string]heldState, max(len(ti.entries)-len(held), 0))
+	st.overrides = overrides
+	st.pending = map[string]struct{}{}
+	st.heldDelta = len(held) - len(ti.entries)
+	// since maps the names changed after the take to their state then.
+	since := map[string]heldState{}
+	collect := func(name string, was heldState) {
+		if _, ok := since[name]; !ok {
+			since[name] = was
+		}
+	}
+	steps := 0
+	step := func() {
+		if steps++; steps%ss.lockChunk == 0 {
+			ss.relock()
+			st.sub.take(collect)
+		}
+	}
+	for n, v := range held {
+		step()
+		s, ok := since[n]
+		if !ok {
+			s = ti.state(n)
+		}
+		if !s.holds || s.version != v {
+			// Held at another version, or held and not served: a removal.
+			overrides[n] = heldState{version: v, holds: true}
+		}
+	}
+	for n := range ti.entries {
+		step()
+		if _, ok := held[n]; ok {
+			continue
+		}
+		if _, ok := since[n]; !ok {
+			overrides[n] = heldState{}
+		}
+	}
+	for n, was := range since {
+		if _, ok := held[n]; !ok && was.holds {
+			overrides[n] = heldState{}
+		}
+	}
+	// Every later change is caught up by build and the others as usual.
+	st.sub.take(collect)
+	for n, was := range since {
+		st.changed(ti, n, was)
+	}
+	h := st.heldCount(ti)
+	ix.mu.RUnlock()
+	return h
 }
 
 // resumePart takes one part of the versions a peer holds of typ (a request
@@ -695,26 +863,31 @@ func (ss *serverSession) collect(typ string, req *discovery.DeltaDiscoveryReques
 	versions := req.GetInitialResourceVersions()
 	var copied int64
 	var removed []string
+	// The index's lock is released every lockChunk names: each name is
+	// looked up once, and what the subscription makes of them is compared
+	// with the index again (see startFrom).
 	ss.ix.mu.RLock()
 	entries := ss.ix.types[typ].entries
-	stored := len(versions)
-	if part {
-		// A held name this side does not serve is removed by the part's
-		// answer and not kept: however many the peer holds that were
-		// deleted while it was away, they cost nothing here.
-		for n := range versions {
-			if _, ok := entries[n]; !ok {
-				removed = append(removed, n)
-			}
+	// over reports (and unlocks) when what is kept is more than the limit;
+	// checked as the names are kept, so never more than one over.
+	over := func() error {
+		limit := len(entries) + MaxNamesPerRequest
+		if len(rs.held)+len(rs.rejected)+len(rej.GetResources()) <= limit {
+			return nil
 		}
-		stored -= len(removed)
-	}
-	if limit := len(entries) + MaxNamesPerRequest; len(rs.held)+stored+len(rs.rejected)+len(rej.GetResources()) > limit {
+		served := len(entries)
 		ss.ix.mu.RUnlock()
-		return nil, nil, fmt.Errorf("%w: the %s subscription names more than %d held or refused resources (the %d this side serves plus %d)",
-			ErrProtocol, typ, limit, len(entries), MaxNamesPerRequest)
+		return fmt.Errorf("%w: the %s subscription names more than %d held or refused resources (the %d this side serves plus %d)",
+			ErrProtocol, typ, limit, served, MaxNamesPerRequest)
 	}
+	if err := over(); err != nil {
+		return nil, nil, err
+	}
+	looked := 0
 	for n, v := range versions {
+		if looked++; looked%ss.lockChunk == 0 {
+			ss.relock()
+		}
 		e, ok := entries[n]
 		switch {
 		case ok && e.res.Version == v:
@@ -726,11 +899,19 @@ func (ss *serverSession) collect(typ string, req *discovery.DeltaDiscoveryReques
 			n = e.res.Name
 			copied += int64(len(v))
 		case part:
-			continue // removed by the answer
+			// A held name this side does not serve is removed by the
+			// part's answer and not kept: however many the peer holds
+			// that were deleted while it was away, they cost nothing
+			// here.
+			removed = append(removed, n)
+			continue
 		default:
 			copied += int64(len(n) + len(v))
 		}
 		rs.held[n] = v
+		if err := over(); err != nil {
+			return nil, nil, err
+		}
 	}
 	ss.ix.mu.RUnlock()
 	if len(removed) > 0 {
@@ -835,13 +1016,25 @@ func (ss *serverSession) resolve(st *serveState, f *flight, detail *status.Statu
 		accepted = append(accepted, name)
 		st.setHolding(ti, name, heldState{version: version, holds: !removal})
 	}
+	// The index's lock is released every serveLockChunk names and the
+	// record caught up when it is taken back: what the peer applied does
+	// not depend on the index, only how it is recorded.
 	ss.ix.mu.RLock()
 	ti = ss.ix.types[st.typ]
 	st.catchUp(ti)
+	settled := 0
+	next := func() {
+		if settled++; settled%ss.lockChunk == 0 {
+			ss.relock()
+			st.catchUp(ti)
+		}
+	}
 	for _, p := range f.puts {
+		next()
 		settle(p.name, p.version, false)
 	}
 	for _, name := range f.removed {
+		next()
 		settle(name, "", true)
 	}
 	held := st.heldCount(ti)
@@ -948,7 +1141,7 @@ func (ss *serverSession) trySend(st *serveState) error {
 func (ss *serverSession) sendNext(st *serveState) (bool, error) {
 	// Nothing pending and nothing changed: done without the index's lock
 	// (build catches up under it).
-	if len(st.pending) == 0 && !st.force && !st.sub.changed() {
+	if len(st.pending) == 0 && len(st.fresh) == 0 && !st.force && !st.sub.changed() {
 		return false, nil
 	}
 	// Reserve a whole message, then give back what the response did not
@@ -968,7 +1161,7 @@ func (ss *serverSession) sendNext(st *serveState) (bool, error) {
 		ss.budget.release(reserve)
 		return false, nil
 	}
-	st.full = len(st.pending) > 0
+	st.full = len(st.pending) > 0 || len(st.fresh) > 0
 	st.force = false
 	resp.Nonce = f.nonce
 	size := responseSize(resp, f.bytes)
@@ -989,19 +1182,25 @@ func (ss *serverSession) sendNext(st *serveState) (bool, error) {
 	return true, nil
 }
 
-// build assembles one response from st.pending, at most maxMsg bytes; what
-// does not fit stays pending for the next response. It records in f and
-// st.sent what the response carries, and in f.bytes the encoded size of
-// the response's resources field (see responseSize).
+// build assembles one response from st.pending and st.fresh, at most
+// maxMsg bytes; what does not fit stays to send in the next response. It
+// records in f and st.sent what the response carries, and in f.bytes the
+// encoded size of the response's resources field (see responseSize).
+//
+// The index's read lock is held for at most serveLockChunk names at a
+// time: between chunks it is released (a Put waiting for it runs) and the
+// record is caught up again when it is taken back. The resources already
+// in the response stay as they were (entries are immutable); a name that
+// changed meanwhile is pending again and goes in the next response.
 func (ss *serverSession) build(st *serveState, f *flight) *discovery.DeltaDiscoveryResponse {
 	resp := &discovery.DeltaDiscoveryResponse{TypeUrl: st.url}
 	limit := ss.maxMsg - responseOverhead
 	size := 0
 	if len(st.queue) == 0 && len(st.pending) > 0 {
 		// Sorted before taking the index's lock: a snapshot of a large
-		// pending set (an initial sync) takes long, and a writer waiting
-		// for the lock stops every other reader meanwhile. Names that
-		// become pending under the lock are sorted in when it is used up.
+		// pending set (a resync) takes long, and a writer waiting for the
+		// lock stops every other reader meanwhile. Names that become
+		// pending under the lock are sorted in when it is used up.
 		st.pendingPeak = max(st.pendingPeak, len(st.pending))
 		st.queue = sortedNames(st.pending)
 	}
@@ -1011,19 +1210,56 @@ func (ss *serverSession) build(st *serveState, f *flight) *discovery.DeltaDiscov
 	ti := ss.ix.types[st.typ]
 	st.catchUp(ti)
 	resp.SystemVersionInfo = strconv.FormatUint(ti.revision, 10)
+	handled := 0
+names:
 	for {
-		if len(st.queue) == 0 {
-			if len(st.pending) == 0 {
+		if handled == ss.lockChunk {
+			handled = 0
+			ss.relock()
+			st.catchUp(ti)
+		}
+		for len(st.queue) > 0 {
+			if _, ok := st.pending[st.queue[0]]; ok {
 				break
 			}
-			st.pendingPeak = max(st.pendingPeak, len(st.pending))
-			st.queue = sortedNames(st.pending)
-		}
-		name := st.queue[0]
-		if _, ok := st.pending[name]; !ok {
 			st.queue = st.queue[1:]
-			continue
 		}
+		if len(st.queue) == 0 && len(st.pending) > 0 {
+			st.pendingPeak = max(st.pendingPeak, len(st.pending))
+			if len(st.pending) <= ss.lockChunk {
+				st.queue = sortedNames(st.pending)
+			} else {
+				// Many names became pending under the lock (a resync):
+				// sorted outside it (pending is the session's own).
+				ss.relockAfter(func() { st.queue = sortedNames(st.pending) })
+				handled = 0
+				st.catchUp(ti)
+			}
+		}
+		// The next name in key order: the queue's or fresh's first (or
+		// both's).
+		var name string
+		var fromQueue, fromFresh bool
+		switch {
+		case len(st.queue) > 0 && len(st.fresh) > 0:
+			c := compareWireNames(st.queue[0], st.fresh[0])
+			fromQueue, fromFresh = c <= 0, c >= 0
+			name = st.queue[0]
+			if !fromQueue {
+				name = st.fresh[0]
+			}
+		case len(st.queue) > 0:
+			name, fromQueue = st.queue[0], true
+		case len(st.fresh) > 0:
+			name, fromFresh = st.fresh[0], true
+		default:
+			break names
+		}
+		if s, ok := st.sent[name]; ok && s.nonce == f.nonce {
+			break // in this response already, changed since: the next one
+		}
+		handled++
+		var put, removal bool
 		e, ok := ti.entries[name]
 		if !ok {
 			rv, refused := st.rejected[name]
@@ -1034,37 +1270,74 @@ func (ss *serverSession) build(st *serveState, f *flight) *discovery.DeltaDiscov
 					break
 				}
 				size += n
-				resp.RemovedResources = append(resp.RemovedResources, name)
-				f.removed = append(f.removed, name)
-				st.sent[name] = sentState{removed: true, nonce: f.nonce}
+				removal = true
 			} else if !holds {
 				delete(st.rejected, name) // gone on both sides
 			}
-			delete(st.pending, name)
-			st.queue = st.queue[1:]
-			continue
+		} else if held, holds := st.view(ti, name); !(holds && held == e.res.Version) && st.rejected[name] != e.res.Version {
+			if size+e.size > limit && size > 0 {
+				break
+			}
+			size += e.size + 8
+			put = true
 		}
-		v := e.res.Version
-		if held, holds := st.view(ti, name); (holds && held == v) || (st.rejected[name] == v) {
-			delete(st.pending, name)
-			st.queue = st.queue[1:]
-			continue
-		}
-		if size+e.size > limit && size > 0 {
-			break
-		}
-		size += e.size + 8
-		f.bytes += int64(protowire.SizeTag(responseResourcesField) + protowire.SizeBytes(e.size))
-		resp.Resources = append(resp.Resources, e.res)
-		f.puts = append(f.puts, flightPut{name, v})
-		st.sent[name] = sentState{version: v, nonce: f.nonce}
+		st.passed(ti, name)
 		delete(st.pending, name)
-		st.queue = st.queue[1:]
+		if fromQueue {
+			st.queue = st.queue[1:]
+		}
+		if fromFresh {
+			st.fresh = st.fresh[1:]
+			st.endRegion()
+		}
+		switch {
+		case put:
+			v := e.res.Version
+			f.bytes += int64(protowire.SizeTag(responseResourcesField) + protowire.SizeBytes(e.size))
+			resp.Resources = append(resp.Resources, e.res)
+			f.puts = append(f.puts, flightPut{name, v})
+			st.sent[name] = sentState{version: v, nonce: f.nonce}
+		case removal:
+			resp.RemovedResources = append(resp.RemovedResources, name)
+			f.removed = append(f.removed, name)
+			st.sent[name] = sentState{removed: true, nonce: f.nonce}
+		}
 	}
 	if len(st.queue) == 0 {
 		st.queue = nil // release the snapshot's backing array
 	}
 	return resp
+}
+
+// serveLockChunk is how many names a server handles under one hold of the
+// index's read lock (building a response, applying an answer, comparing a
+// subscription's held versions); it releases the lock between chunks so
+// that a Put waiting for it, and every reader queued behind that Put, runs.
+const serveLockChunk = 1024
+
+// relock releases the index's read lock, which the caller holds, and takes
+// it again: a writer waiting for it runs in between.
+func (ss *serverSession) relock() { ss.relockAfter(nil) }
+
+// relockAfter is relock running fn, if not nil, while the lock is released.
+//
+// It yields the processor before taking the lock back. A session catching
+// a peer up runs without blocking for as long as there is work, holding the
+// lock nearly all the time, so the scheduler's time-slice preemption would
+// most often stop it while it holds the lock; with many sessions runnable
+// on few cores it then waits behind all of them, and so does a writer
+// waiting for the lock (and every reader behind the writer). Yielding here
+// starts each chunk on a fresh time slice.
+func (ss *serverSession) relockAfter(fn func()) {
+	ss.ix.mu.RUnlock()
+	if fn != nil {
+		fn()
+	}
+	if ss.betweenChunks != nil {
+		ss.betweenChunks()
+	}
+	runtime.Gosched()
+	ss.ix.mu.RLock()
 }
 
 // responseResourcesField is the field number of DeltaDiscoveryResponse's

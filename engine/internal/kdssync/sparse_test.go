@@ -3,6 +3,7 @@ package kdssync
 import (
 	"context"
 	"fmt"
+	"reflect"
 	"testing"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -100,17 +101,31 @@ func TestInSyncPeerCostsNoEntryPerName(t *testing.T) {
 		ss, p, ins := directSession(t, ix, 64<<10)
 		require.NoError(t, ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResourceNamesSubscribe: []string{"*"}}))
 		st := ss.types["T"]
-		assert.Len(t, st.overrides, n, "nothing held yet: every name differs")
+		// Nothing held yet, every name to send: the fresh region says so
+		// without an entry per name. Only the names in flight are
+		// recorded (as not held until answered).
+		inFlight := func() int {
+			k := 0
+			for _, f := range st.inflight {
+				k += len(f.puts) + len(f.removed)
+			}
+			return k
+		}
+		assert.Equal(t, inFlight(), len(st.overrides), "an override per name in flight, none for the rest")
+		assert.Less(t, len(st.overrides), n/2)
+		assert.Empty(t, st.pending)
 		sent := 0
 		for sent < n {
+			require.LessOrEqual(t, len(st.overrides), inFlight())
 			got := ackAll(t, ss, p)
 			require.NotZero(t, got, "the sync progresses")
 			sent += got
 		}
 		assert.Equal(t, n, sent)
 		assert.Empty(t, st.overrides, "in sync: nothing recorded per name")
-		assert.Zero(t, st.overridesPeak, "the map the sync filled was given back")
-		assert.Zero(t, st.pendingPeak, "so was pending")
+		assert.Empty(t, st.fresh)
+		assert.Less(t, st.overridesPeak, n/2, "never an entry per served name")
+		assert.Zero(t, st.pendingPeak, "nor in pending")
 		c, _ := ins.Get("zone-1")
 		assert.Equal(t, n, c.Types["T"].ResourcesHeld)
 	})
@@ -210,10 +225,27 @@ func FuzzSparseHeld(f *testing.F) {
 	f.Add([]byte{0, 1, 2, 3, 2, 3})
 	f.Add([]byte{0, 0, 2, 1, 1, 2, 4, 3, 7, 1, 5, 6, 2, 3})
 	f.Add([]byte{2, 1, 9, 2, 17, 6, 3, 4, 0, 8, 2, 5, 3, 7, 15, 6, 14, 2, 3, 3})
+	f.Fuzz(func(t *testing.T, ops []byte) { sparseHeld(t, 0, ops) })
+}
+
+// FuzzSparseHeldChunked is FuzzSparseHeld with small responses, so that
+// a fresh subscriber's region (everything after the cursor is not held)
+// spans several responses and answers, and with the index's lock
+// released every few names while the index changes in between (cfg: bits
+// 0-1 the response size, 0 for 1 MiB, else room for about that many
+// resources; bit 2 a window of 3; bits 3-4 the names per hold of the
+// lock, 0 for serveLockChunk; bit 5 a put or delete each time the lock is
+// released).
+func FuzzSparseHeldChunked(f *testing.F) {
+	f.Add(byte(0b101001), []byte{3, 4, 3, 4, 3, 4, 3, 4})
+	f.Add(byte(0b111010), []byte{0, 1, 2, 3, 2, 3})
+	f.Add(byte(0b001101), []byte{3, 6, 3, 5, 3, 4, 7, 3, 4, 3, 4})
+	f.Add(byte(0b101011), []byte{2, 1, 9, 2, 17, 6, 3, 4, 0, 8, 2, 5, 3, 7, 15, 6, 14, 2, 3, 3})
+	f.Add(byte(0b110001), []byte{56, 3, 8, 4, 3, 7, 0, 3, 6, 3, 5, 3, 4})
 	f.Fuzz(sparseHeld)
 }
 
-func sparseHeld(t *testing.T, ops []byte) {
+func sparseHeld(t *testing.T, cfg byte, ops []byte) {
 	{
 		if len(ops) > 400 {
 			return
@@ -248,8 +280,31 @@ func sparseHeld(t *testing.T, ops []byte) {
 		for i := range 3 {
 			put(i)
 		}
-		ss, p, ins := directSession(t, ix, 1<<20)
+		maxMsg := 1 << 20
+		if k := int(cfg & 3); k > 0 {
+			maxMsg = responseOverhead + k*40
+		}
+		ss, p, ins := directSession(t, ix, maxMsg)
 		ss.window = 2
+		if cfg&4 != 0 {
+			ss.window = 3
+		}
+		if k := int(cfg>>3) & 3; k > 0 {
+			ss.lockChunk = k
+		}
+		changes := cfg&32 != 0
+		between := 0
+		ss.betweenChunks = func() {
+			if !changes {
+				return
+			}
+			between++
+			if between%3 == 2 {
+				ix.Delete(resource.Key{Type: "T", Mesh: "m", Name: names[between%len(names)]})
+			} else {
+				put(between)
+			}
+		}
 		// peer is what the peer applied; out what it was sent, in order.
 		peer := map[string]string{}
 		type out struct {
@@ -363,7 +418,8 @@ func sparseHeld(t *testing.T, ops []byte) {
 			}
 			check()
 		}
-		for range 50 {
+		changes = false
+		for range 100 {
 			require.NoError(t, ss.trySend(ss.types["T"]))
 			collect()
 			if len(outs) == 0 {
@@ -429,4 +485,33 @@ func TestRecreatedAtRefusedVersionWhileRemovalInFlight(t *testing.T) {
 			assert.Equal(t, "v1", r.GetResources()[0].GetVersion())
 		})
 	}
+}
+
+// While a fresh peer's initial sync runs, the overrides map holds the
+// names in flight and every response refills it: it is kept rather than
+// reallocated each time the answers empty it (each reallocation cost the
+// map's growth again), and given back once the sync is done.
+func TestFreshSyncKeepsItsOverridesMap(t *testing.T) {
+	ix, _ := sparseIndex(t, 20_000)
+	ss, p, _ := directSession(t, ix, 256<<10)
+	ss.window = 1 // each answer empties the map
+	require.NoError(t, ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResourceNamesSubscribe: []string{"*"}}))
+	st := ss.types["T"]
+	id := func() uintptr { return reflect.ValueOf(st.overrides).Pointer() }
+	during := id()
+	require.Greater(t, len(st.overrides), 1024, "enough in flight for compact to consider the map")
+	answered := 0
+	for st.region {
+		r := nextResponse(t, p)
+		require.NoError(t, ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: r.GetTypeUrl(), ResponseNonce: r.GetNonce()}))
+		answered++
+		if st.region {
+			require.Equal(t, during, id(), "kept while the sync runs (answer %d)", answered)
+		}
+	}
+	require.Greater(t, answered, 3, "the sync took several answers")
+	ackAll(t, ss, p)
+	assert.Empty(t, st.overrides)
+	assert.NotEqual(t, during, id(), "given back once done")
+	assert.Zero(t, st.overridesPeak)
 }
