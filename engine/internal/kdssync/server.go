@@ -737,6 +737,10 @@ func (ss *serverSession) startFresh(st *serveState) int {
 		}
 		ix.mu.RUnlock()
 		slices.SortFunc(names, compareWireNames)
+		// A name deleted and re-created while the lock was released may
+		// come out of the iteration twice (an entry created during a
+		// map's iteration may be produced); it is to send once.
+		names = slices.Compact(names)
 		ix.mu.RLock()
 		ti.keepNames(names, gen)
 	}
