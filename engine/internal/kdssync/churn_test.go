@@ -82,6 +82,28 @@ func TestServeChurnConverges(t *testing.T) {
 		start(zones[i])
 	}
 
+	// Held is asked throughout, from another goroutine.
+	askDone := make(chan struct{})
+	asked := make(chan struct{})
+	go func() {
+		defer close(asked)
+		for i := 0; ; i++ {
+			select {
+			case <-askDone:
+				return
+			default:
+			}
+			mesh, n := name(i % names)
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_, err := srv.Held(ctx, typ, WireName(mesh, n))
+			cancel()
+			if err != nil {
+				t.Errorf("Held: %v", err)
+				return
+			}
+		}
+	}()
+
 	// Churn, restarting sessions now and then.
 	deadline := time.Now().Add(3 * time.Second)
 	for step := 0; time.Now().Before(deadline); step++ {
@@ -126,6 +148,9 @@ func TestServeChurnConverges(t *testing.T) {
 		}
 	}
 
+	close(askDone)
+	<-asked
+
 	want := func() map[string]string {
 		ix.mu.RLock()
 		defer ix.mu.RUnlock()
@@ -157,7 +182,6 @@ func TestServeChurnConverges(t *testing.T) {
 		return ok && c.Types[typ].ResourcesHeld == len(want)
 	}, 10*time.Second, 10*time.Millisecond)
 	for _, z := range zones {
-		z := z
 		require.Eventually(t, func() bool {
 			c, ok := srvIns.Get(z.peer)
 			return ok && c.Types[typ].ResourcesHeld == len(want)
