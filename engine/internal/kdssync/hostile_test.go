@@ -45,9 +45,9 @@ func FuzzServeHostile(f *testing.F) {
 // from a fixed seed, so that the plain test run covers more than the seeds.
 func TestServeHostileRandom(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
-	n := 3000
+	n := 1000
 	if testing.Short() {
-		n = 300
+		n = 200
 	}
 	for i := range n {
 		cfg := byte(rng.UintN(128))
