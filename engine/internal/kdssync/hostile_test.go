@@ -455,3 +455,133 @@ func TestFreshNamesListedOnce(t *testing.T) {
 		require.Equal(t, n, len(r.GetResources()), "attempt %d: the first response carries every name", iter)
 	}
 }
+
+// A peer resuming in parts while the index changes each time the session
+// releases its lock (collecting each part, comparing the subscription,
+// building and applying): the parts' answers remove what was not served
+// when looked up, and the record then converges the peer to the index
+// both ways, what it holds as Held and the held count say.
+func TestResumeInPartsWhileTheIndexChanges(t *testing.T) {
+	for seed := range uint64(20) {
+		t.Run(fmt.Sprint(seed), func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(seed, 3))
+			const n = 200
+			ix := NewIndex([]string{"T"})
+			name := func(i int) string { return fmt.Sprintf("n-%03d", i) }
+			last := map[int]string{}
+			version := 0
+			put := func(i int) {
+				version++
+				last[i] = fmt.Sprint("v", version)
+				require.NoError(t, ix.Put(res("T", "m", name(i), last[i], 4)))
+			}
+			for i := range n {
+				if rng.IntN(4) > 0 {
+					put(i)
+				}
+			}
+			// The peer holds some names at the index's version, some at
+			// another, some the index does not serve.
+			peer := map[string]string{}
+			for i := range n {
+				w := WireName("m", name(i))
+				switch v, ok := last[i]; {
+				case ok && rng.IntN(3) > 0:
+					peer[w] = v
+				case rng.IntN(3) == 0:
+					peer[w] = "old"
+				}
+			}
+			ss, p, ins := directSession(t, ix, responseOverhead+2000)
+			ss.lockChunk = 1 + rng.IntN(7)
+			ss.betweenChunks = func() {
+				i := rng.IntN(n)
+				switch rng.IntN(4) {
+				case 0, 1:
+					put(i)
+				case 2:
+					ix.Delete(resource.Key{Type: "T", Mesh: "m", Name: name(i)})
+				case 3:
+					if v, ok := last[i]; ok {
+						ix.Delete(resource.Key{Type: "T", Mesh: "m", Name: name(i)})
+						require.NoError(t, ix.Put(res("T", "m", name(i), v, 4)))
+					}
+				}
+			}
+			// Parts of at most 40 names, each answered before the next.
+			var held []string
+			for w := range peer {
+				held = append(held, w)
+			}
+			slices.Sort(held)
+			for len(held) > 0 {
+				k := min(40, len(held))
+				part := map[string]string{}
+				for _, w := range held[:k] {
+					part[w] = peer[w]
+				}
+				held = held[k:]
+				req := &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), InitialResourceVersions: part}
+				if len(held) == 0 {
+					req.ResourceNamesSubscribe = []string{"*"}
+				}
+				require.NoError(t, ss.handle(req))
+				if len(held) == 0 {
+					break
+				}
+				r := nextResponse(t, p)
+				require.Empty(t, r.GetResources(), "a part's answer only removes")
+				for _, w := range r.GetRemovedResources() {
+					delete(peer, w)
+				}
+				require.NoError(t, ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResponseNonce: r.GetNonce()}))
+			}
+			// Answer every response, the index still changing for the
+			// first 50, then until nothing more is sent.
+			for step := 0; ; step++ {
+				require.Less(t, step, 1000, "the session settles")
+				if step == 50 {
+					ss.betweenChunks = nil
+				}
+				var r *discovery.DeltaDiscoveryResponse
+				select {
+				case r = <-p.resps:
+				default:
+					require.NoError(t, ss.trySend(ss.types["T"]))
+					select {
+					case r = <-p.resps:
+					default:
+					}
+				}
+				if r == nil {
+					if ss.betweenChunks == nil {
+						break
+					}
+					continue
+				}
+				for _, x := range r.GetResources() {
+					peer[x.GetName()] = x.GetVersion()
+				}
+				for _, w := range r.GetRemovedResources() {
+					delete(peer, w)
+				}
+				require.NoError(t, ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResponseNonce: r.GetNonce()}))
+			}
+			require.Empty(t, p.resps, "the session settles")
+			want := map[string]string{}
+			ix.mu.RLock()
+			for w, e := range ix.types["T"].entries {
+				want[w] = e.res.Version
+			}
+			ix.mu.RUnlock()
+			require.Equal(t, want, peer, "the peer converges to the index")
+			for i := range n {
+				w := WireName("m", name(i))
+				v, holds := peer[w]
+				require.Equal(t, PeerHolding{Subscribed: true, Holds: holds, Version: v}, ask(ss, w))
+			}
+			c, _ := ins.Get("zone-1")
+			require.Equal(t, len(peer), c.Types["T"].ResourcesHeld)
+		})
+	}
+}
