@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
 
 	"github.com/kds-engine/kds-engine/engine/internal/insights"
 	"github.com/kds-engine/kds-engine/engine/internal/resource"
@@ -30,6 +31,7 @@ func TestServeChurnConverges(t *testing.T) {
 		peers = 5
 		names = 120
 	)
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("seed %d", seed)
 	rng := rand.New(rand.NewPCG(seed, 1))
