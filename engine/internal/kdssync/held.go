@@ -120,7 +120,7 @@ func (ss *serverSession) answer(q heldQuery) {
 		h.Subscribed = true
 		ss.ix.mu.RLock()
 		ti := ss.ix.types[q.typ]
-		st.catchUp(ti)
+		ss.catchUpInChunks(st, ti)
 		hs := st.holding(ti, q.name)
 		ss.ix.mu.RUnlock()
 		h.Version, h.Holds = hs.version, hs.holds

@@ -258,6 +258,25 @@ func (s *Subscription) take(visit func(name string, was heldState)) {
 	clear(s.dirty)
 }
 
+// takeOrHandOver is take when at most n names are dirty; otherwise it
+// visits nothing and hands the dirty map itself over (the caller's from
+// then on), starting a new one. Called with the index's lock held, as
+// take.
+func (s *Subscription) takeOrHandOver(n int, visit func(name string, was heldState)) map[string]heldState {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.dirty) > n {
+		d := s.dirty
+		s.dirty = map[string]heldState{}
+		return d
+	}
+	for name, was := range s.dirty {
+		visit(name, was)
+	}
+	clear(s.dirty)
+	return nil
+}
+
 // changed reports whether any name was marked since the last take.
 func (s *Subscription) changed() bool {
 	s.mu.Lock()

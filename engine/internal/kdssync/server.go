@@ -419,13 +419,57 @@ func (st *serveState) catchUp(ti *typeIndex) {
 	st.sub.take(func(name string, was heldState) { st.changed(ti, name, was) })
 }
 
+// catchUpInChunks is catchUp handling at most lockChunk names per hold of
+// the index's read lock, which the caller holds and holds again on return:
+// after a resync a take may hand over every served name. Each name handed
+// over is brought to its state as of the take (recorded by the
+// subscription if it changed while the lock was released, as startFrom
+// compares); the names changed meanwhile are then caught up the same way,
+// until a take hands over few enough for one hold. No lookup of the
+// peer's holding runs before it returns.
+func (ss *serverSession) catchUpInChunks(st *serveState, ti *typeIndex) {
+	batch := st.sub.takeOrHandOver(ss.lockChunk, func(name string, was heldState) { st.changed(ti, name, was) })
+	for len(batch) > 0 {
+		// since maps the names changed after batch's take to their
+		// state then.
+		since := map[string]heldState{}
+		collect := func(name string, was heldState) {
+			if _, ok := since[name]; !ok {
+				since[name] = was
+			}
+		}
+		handled := 0
+		for name, was := range batch {
+			// Released between names, never before the first: a round
+			// then always hands the next fewer names than it handled
+			// unless more than one change per release comes in.
+			if handled > 0 && handled%ss.lockChunk == 0 {
+				ss.relock()
+				st.sub.take(collect)
+			}
+			handled++
+			now, ok := since[name]
+			if !ok {
+				now = ti.state(name)
+			}
+			st.changedTo(name, was, now)
+		}
+		batch = since
+	}
+}
+
 // changed records that the index changed name from was to its current
 // state since the record was last brought up to date: name is pending,
 // and its override (if any) still says what the peer holds. The caller
 // holds the index's lock.
 func (st *serveState) changed(ti *typeIndex, name string, was heldState) {
+	st.changedTo(name, was, ti.state(name))
+}
+
+// changedTo is changed with the index's state of name as of the take
+// given (now).
+func (st *serveState) changedTo(name string, was, now heldState) {
 	st.pending[name] = struct{}{}
-	now := ti.state(name)
 	// A name's share of heldDelta is its override's holds minus the
 	// index's; an implicit name (no override) adds nothing before and,
 	// with an override equal to was, nothing after. In the fresh region
@@ -737,6 +781,10 @@ func (ss *serverSession) startFresh(st *serveState) int {
 		}
 		ix.mu.RUnlock()
 		slices.SortFunc(names, compareWireNames)
+		// A name deleted and re-created while the lock was released may
+		// come out of the iteration twice (an entry created during a
+		// map's iteration may be produced); it is to send once.
+		names = slices.Compact(names)
 		ix.mu.RLock()
 		ti.keepNames(names, gen)
 	}
@@ -1021,12 +1069,12 @@ func (ss *serverSession) resolve(st *serveState, f *flight, detail *status.Statu
 	// not depend on the index, only how it is recorded.
 	ss.ix.mu.RLock()
 	ti = ss.ix.types[st.typ]
-	st.catchUp(ti)
+	ss.catchUpInChunks(st, ti)
 	settled := 0
 	next := func() {
 		if settled++; settled%ss.lockChunk == 0 {
 			ss.relock()
-			st.catchUp(ti)
+			ss.catchUpInChunks(st, ti)
 		}
 	}
 	for _, p := range f.puts {
@@ -1208,7 +1256,7 @@ func (ss *serverSession) build(st *serveState, f *flight) *discovery.DeltaDiscov
 	ss.ix.mu.RLock()
 	defer ss.ix.mu.RUnlock()
 	ti := ss.ix.types[st.typ]
-	st.catchUp(ti)
+	ss.catchUpInChunks(st, ti)
 	resp.SystemVersionInfo = strconv.FormatUint(ti.revision, 10)
 	handled := 0
 names:
@@ -1216,7 +1264,7 @@ names:
 		if handled == ss.lockChunk {
 			handled = 0
 			ss.relock()
-			st.catchUp(ti)
+			ss.catchUpInChunks(st, ti)
 		}
 		for len(st.queue) > 0 {
 			if _, ok := st.pending[st.queue[0]]; ok {
@@ -1233,7 +1281,7 @@ names:
 				// sorted outside it (pending is the session's own).
 				ss.relockAfter(func() { st.queue = sortedNames(st.pending) })
 				handled = 0
-				st.catchUp(ti)
+				ss.catchUpInChunks(st, ti)
 			}
 		}
 		// The next name in key order: the queue's or fresh's first (or
