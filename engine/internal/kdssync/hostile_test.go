@@ -4,9 +4,11 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strconv"
 	"testing"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/genproto/googleapis/rpc/status"
 
@@ -616,4 +618,38 @@ func TestCatchUpReleasesTheIndexLockBetweenChunks(t *testing.T) {
 	require.Len(t, nextResponse(t, p).GetResources(), n)
 	require.GreaterOrEqual(t, caughtUp, 0, "the build released the lock")
 	require.LessOrEqual(t, caughtUp, 2*chunk, "names caught up (pending or sent) before the first release of the lock")
+}
+
+// Catching up in chunks ends even while writers change more names at each
+// release of the lock than a round handles: after catchUpRounds rounds the
+// rest is caught up in one hold. Without the bound the session would catch
+// up for as long as the writers write (here until the hook stops writing).
+func TestCatchUpEndsUnderConstantWrites(t *testing.T) {
+	const n, chunk = 1000, 10
+	ix, versions := sparseIndex(t, n)
+	ss, p, _ := directSession(t, ix, 64<<10)
+	require.NoError(t, ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResourceNamesSubscribe: []string{"*"}, InitialResourceVersions: versions}))
+	require.Zero(t, ackAll(t, ss, p))
+	st := ss.types["T"]
+	for i := range n {
+		require.NoError(t, ix.Put(res("T", "default", fmt.Sprintf("t-%06d", i), "2", 8)))
+	}
+	ss.lockChunk = chunk
+	const maxReleases = 5000
+	releases, v, next := 0, 3, 0
+	ss.betweenChunks = func() {
+		if releases++; releases > maxReleases {
+			return
+		}
+		// More changes per release than a chunk handles.
+		for range 2 * chunk {
+			require.NoError(t, ix.Put(res("T", "default", fmt.Sprintf("t-%06d", next), strconv.Itoa(v), 8)))
+			if next++; next == n {
+				next, v = 0, v+1
+			}
+		}
+	}
+	require.NoError(t, ss.trySend(st))
+	require.NotEmpty(t, nextResponse(t, p).GetResources())
+	assert.Less(t, releases, maxReleases, "the build ended while the writes went on")
 }

@@ -426,10 +426,14 @@ func (st *serveState) catchUp(ti *typeIndex) {
 // subscription if it changed while the lock was released, as startFrom
 // compares); the names changed meanwhile are then caught up the same way,
 // until a take hands over few enough for one hold. No lookup of the
-// peer's holding runs before it returns.
+// peer's holding runs before it returns. After catchUpRounds rounds the
+// rest is caught up in one hold: writers that change more names per
+// release than a round handles would otherwise keep the session catching
+// up for as long as they write.
 func (ss *serverSession) catchUpInChunks(st *serveState, ti *typeIndex) {
 	batch := st.sub.takeOrHandOver(ss.lockChunk, func(name string, was heldState) { st.changed(ti, name, was) })
-	for len(batch) > 0 {
+	for round := 1; len(batch) > 0; round++ {
+		release := round < catchUpRounds
 		// since maps the names changed after batch's take to their
 		// state then.
 		since := map[string]heldState{}
@@ -443,7 +447,7 @@ func (ss *serverSession) catchUpInChunks(st *serveState, ti *typeIndex) {
 			// Released between names, never before the first: a round
 			// then always hands the next fewer names than it handled
 			// unless more than one change per release comes in.
-			if handled > 0 && handled%ss.lockChunk == 0 {
+			if release && handled > 0 && handled%ss.lockChunk == 0 {
 				ss.relock()
 				st.sub.take(collect)
 			}
@@ -457,6 +461,10 @@ func (ss *serverSession) catchUpInChunks(st *serveState, ti *typeIndex) {
 		batch = since
 	}
 }
+
+// catchUpRounds bounds how many rounds catchUpInChunks releases the
+// index's lock in before it catches the rest up in one hold.
+const catchUpRounds = 4
 
 // changed records that the index changed name from was to its current
 // state since the record was last brought up to date: name is pending,
