@@ -599,15 +599,7 @@ func TestResumeInPartsWhileTheIndexChanges(t *testing.T) {
 // too.
 func TestCatchUpReleasesTheIndexLockBetweenChunks(t *testing.T) {
 	const n, chunk = 1000, 100
-	ix, versions := sparseIndex(t, n)
-	ss, p, _ := directSession(t, ix, 1<<20)
-	require.NoError(t, ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResourceNamesSubscribe: []string{"*"}, InitialResourceVersions: versions}))
-	require.Zero(t, ackAll(t, ss, p))
-	st := ss.types["T"]
-	for i := range n {
-		require.NoError(t, ix.Put(res("T", "default", fmt.Sprintf("t-%06d", i), "2", 8)))
-	}
-	ss.lockChunk = chunk
+	_, ss, p, st := resyncedSession(t, n, 1<<20, chunk)
 	caughtUp := -1
 	ss.betweenChunks = func() {
 		if caughtUp < 0 {
@@ -626,15 +618,7 @@ func TestCatchUpReleasesTheIndexLockBetweenChunks(t *testing.T) {
 // up for as long as the writers write (here until the hook stops writing).
 func TestCatchUpEndsUnderConstantWrites(t *testing.T) {
 	const n, chunk = 1000, 10
-	ix, versions := sparseIndex(t, n)
-	ss, p, _ := directSession(t, ix, 64<<10)
-	require.NoError(t, ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResourceNamesSubscribe: []string{"*"}, InitialResourceVersions: versions}))
-	require.Zero(t, ackAll(t, ss, p))
-	st := ss.types["T"]
-	for i := range n {
-		require.NoError(t, ix.Put(res("T", "default", fmt.Sprintf("t-%06d", i), "2", 8)))
-	}
-	ss.lockChunk = chunk
+	ix, ss, p, st := resyncedSession(t, n, 64<<10, chunk)
 	const maxReleases = 5000
 	releases, v, next := 0, 3, 0
 	ss.betweenChunks = func() {
@@ -652,4 +636,21 @@ func TestCatchUpEndsUnderConstantWrites(t *testing.T) {
 	require.NoError(t, ss.trySend(st))
 	require.NotEmpty(t, nextResponse(t, p).GetResources())
 	assert.Less(t, releases, maxReleases, "the build ended while the writes went on")
+}
+
+// resyncedSession is a session whose peer holds all n names of sparseIndex
+// at the versions it serves, after which every name changed (as a resync
+// does) and nothing has been sent yet; the session holds its lock chunk
+// names at a time.
+func resyncedSession(t *testing.T, n, maxMsg, chunk int) (*Index, *serverSession, *pipe, *serveState) {
+	t.Helper()
+	ix, versions := sparseIndex(t, n)
+	ss, p, _ := directSession(t, ix, maxMsg)
+	require.NoError(t, ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResourceNamesSubscribe: []string{"*"}, InitialResourceVersions: versions}))
+	require.Zero(t, ackAll(t, ss, p))
+	for i := range n {
+		require.NoError(t, ix.Put(res("T", "default", fmt.Sprintf("t-%06d", i), "2", 8)))
+	}
+	ss.lockChunk = chunk
+	return ix, ss, p, ss.types["T"]
 }
