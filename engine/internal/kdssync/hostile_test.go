@@ -644,10 +644,7 @@ func TestCatchUpEndsUnderConstantWrites(t *testing.T) {
 // names at a time.
 func resyncedSession(t *testing.T, n, maxMsg, chunk int) (*Index, *serverSession, *pipe, *serveState) {
 	t.Helper()
-	ix, versions := sparseIndex(t, n)
-	ss, p, _ := directSession(t, ix, maxMsg)
-	require.NoError(t, ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResourceNamesSubscribe: []string{"*"}, InitialResourceVersions: versions}))
-	require.Zero(t, ackAll(t, ss, p))
+	ix, ss, p, _ := inSyncSession(t, n, maxMsg)
 	for i := range n {
 		require.NoError(t, ix.Put(res("T", "default", fmt.Sprintf("t-%06d", i), "2", 8)))
 	}

@@ -180,10 +180,7 @@ func TestServeReleasesTheIndexLockBetweenChunks(t *testing.T) {
 // Many names that become pending while a build holds the lock (a resync)
 // are sorted into its queue with the lock released, not under it.
 func TestBuildSortsALargePendingSetOutsideTheLock(t *testing.T) {
-	ix, versions := sparseIndex(t, 1000)
-	ss, p, _ := directSession(t, ix, 1<<20)
-	require.NoError(t, ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResourceNamesSubscribe: []string{"*"}, InitialResourceVersions: versions}))
-	require.Zero(t, ackAll(t, ss, p))
+	ix, ss, p, _ := inSyncSession(t, 1000, 1<<20)
 	st := ss.types["T"]
 	// At most lockChunk: caught up in the build's first hold.
 	for i := range 100 {

@@ -70,6 +70,17 @@ func sparseIndex(t *testing.T, n int) (*Index, map[string]string) {
 	return ix, versions
 }
 
+// inSyncSession is a session on sparseIndex(t, n) whose peer subscribed
+// holding every name at the served version and has answered everything.
+func inSyncSession(t *testing.T, n, maxMsg int) (*Index, *serverSession, *pipe, *insights.Registry) {
+	t.Helper()
+	ix, versions := sparseIndex(t, n)
+	ss, p, ins := directSession(t, ix, maxMsg)
+	require.NoError(t, ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResourceNamesSubscribe: []string{"*"}, InitialResourceVersions: versions}))
+	require.Zero(t, ackAll(t, ss, p), "a peer holding what is served is sent nothing")
+	return ix, ss, p, ins
+}
+
 // A peer that holds what is served costs the server no entry per name:
 // after a resume at the index's versions, and after an initial sync once
 // every response is ACKed (the maps the sync filled are given back), the
@@ -138,10 +149,7 @@ func TestInSyncPeerCostsNoEntryPerName(t *testing.T) {
 // that response is sent. A rule "no entry means the index's current
 // version" would report the new version as held and never send it.
 func TestIndexChangeBeforeTheSessionLooks(t *testing.T) {
-	ix, versions := sparseIndex(t, 10)
-	ss, p, ins := directSession(t, ix, 64<<10)
-	require.NoError(t, ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResourceNamesSubscribe: []string{"*"}, InitialResourceVersions: versions}))
-	assert.Zero(t, ackAll(t, ss, p))
+	ix, ss, p, ins := inSyncSession(t, 10, 64<<10)
 	st := ss.types["T"]
 	require.Empty(t, st.overrides)
 
