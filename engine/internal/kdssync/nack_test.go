@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/stretchr/testify/assert"
@@ -127,5 +128,55 @@ func TestFitRejections(t *testing.T) {
 	for i, r := range out {
 		assert.Equal(t, rs[i].GetName(), r.GetName())
 		assert.Equal(t, "v1", r.GetVersion())
+	}
+}
+
+// A NACK takes at most the size of the response it answers and a little
+// more, whatever its reasons take: small responses refused with the
+// longest reasons get NACKs about their own size, each naming every
+// refused resource and version, and a large one still fits one message.
+func TestNACKStaysWithinItsResponse(t *testing.T) {
+	const maxMsg = 256 << 10
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	p := newPipe(ctx)
+	cli := NewClient([]string{"T"}, newMemSink(), verboseRejecter{}, "global", "zone-1", WithClientMaxMessageSize(maxMsg))
+	done := make(chan error, 1)
+	go func() { done <- cli.Run(ctx, clientEnd{p}) }()
+	defer func() { cancel(); <-done }()
+	next := func() *discovery.DeltaDiscoveryRequest {
+		t.Helper()
+		select {
+		case r := <-p.reqs:
+			return r
+		case err := <-done:
+			t.Fatalf("the client ended: %v", err)
+		case <-time.After(10 * time.Second):
+			t.Fatal("no request")
+		}
+		return nil
+	}
+	require.Empty(t, next().GetResponseNonce(), "the subscription")
+	for i, count := range []int{1, 5, 60, 2000} {
+		resp := &discovery.DeltaDiscoveryResponse{TypeUrl: TypeURL("T"), Nonce: fmt.Sprint(i + 1)}
+		for j := range count {
+			w, err := Encode(res("T", "default", fmt.Sprintf("r%d-%04d", i, j), "1", 10))
+			require.NoError(t, err)
+			resp.Resources = append(resp.Resources, w)
+		}
+		p.resps <- resp
+		nack := next()
+		require.Equal(t, resp.GetNonce(), nack.GetResponseNonce())
+		limit := min(proto.Size(resp)+2<<10, maxMsg)
+		assert.LessOrEqual(t, proto.Size(nack), limit, "%d resources: the NACK stays within its response's size and 2 KiB", count)
+		rej, err := RejectionOf(nack.GetErrorDetail())
+		require.NoError(t, err)
+		require.Len(t, rej.GetResources(), count, "every refused resource is named")
+		for j, r := range rej.GetResources() {
+			assert.Equal(t, fmt.Sprintf("default/r%d-%04d", i, j), r.GetName())
+			assert.Equal(t, "1", r.GetVersion())
+		}
+		assert.NotEmpty(t, rej.GetResources()[0].GetErrors(), "%d resources (response %d bytes, NACK %d): the first keeps its reasons while anything else gives way", count, proto.Size(resp), proto.Size(nack))
+		assert.LessOrEqual(t, len(nack.GetErrorDetail().GetMessage()), maxErrorText+len("…"))
 	}
 }
