@@ -182,6 +182,7 @@ func NewClient(types []string, sink Sink, v Validator, peer, zone string, opts .
 // before the stages start and by the applying stage after, never by two
 // goroutines at once.
 func (c *Client) Run(ctx context.Context, stream ClientStream) error {
+	defer c.stopWaiting()
 	for _, typ := range c.types {
 		versions, err := c.sink.Versions(ctx, typ)
 		if err != nil {
