@@ -122,6 +122,19 @@ func TestFitRejections(t *testing.T) {
 	assert.Empty(t, out[9].GetErrors())
 	assert.NotEmpty(t, rs[9].GetErrors(), "the input is not modified")
 
+	// The first keeps as many of its reasons as fit.
+	var many []resource.FieldError
+	for i := range 8 {
+		many = append(many, resource.FieldError{Field: fmt.Sprintf("spec.f%d", i), Message: strings.Repeat("m", 100)})
+	}
+	one := []*kdsv1.RejectedResource{rejectedEntry("m/r", "v1", false, many), rejectedEntry("m/s", "v1", false, long)}
+	out, cut = fitRejections(one, 400)
+	assert.Equal(t, 2, cut)
+	assert.LessOrEqual(t, size(out), 400)
+	assert.Len(t, out[0].GetErrors(), 3, "three of the first's reasons fit next to the other, slim")
+	assert.Empty(t, out[1].GetErrors())
+	assert.Len(t, one[0].GetErrors(), 8, "the input is not modified")
+
 	out, cut = fitRejections(rs, 100)
 	assert.Equal(t, 10, cut, "when even one reason does not fit, none is sent")
 	require.Len(t, out, 10, "no refusal is dropped")
