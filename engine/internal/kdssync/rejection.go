@@ -70,7 +70,7 @@ const nackAllowance = 1 << 10
 // later one of the type, and answers arrive in order), and the peer keeps
 // the responses in flight of a session, all types together, within its
 // session budget (DefaultSessionBudgetMessages max-size messages). A
-// refused entry without its reasons is smaller than the resource it
+// refused entry without its reasons is no larger than the resource it
 // refuses in the response, so cutting reasons always fits the limit (a
 // refused removal takes a few bytes more than in the response: the list
 // is then sent as it is, never without a refused name). The message
@@ -96,8 +96,9 @@ func slimRejected(r *kdsv1.RejectedResource) *kdsv1.RejectedResource {
 // (slimRejected) until it fits, and how many lost (some of) their reasons.
 // The first entry keeps its reasons while anything else can give way, and
 // then as many of them as fit. What is refused (names, versions, removals)
-// is never cut: if even that does not fit, the result is over budget and
-// the caller's send fails as before. rs is not modified.
+// is never cut: if even that does not fit, the result is over budget (the
+// caller sends it as it is; over the max message size, that send fails).
+// rs is not modified.
 func fitRejections(rs []*kdsv1.RejectedResource, budget int) ([]*kdsv1.RejectedResource, int) {
 	sizes := make([]int, len(rs))
 	total := 0
