@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"net/http"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/kds-engine/kds-engine/engine/internal/insights"
 )
 
 // histogramCount returns the sample count of histogram name's series whose
@@ -89,4 +92,26 @@ func TestStreamCountersAgreeAcrossTheSession(t *testing.T) {
 	}
 	eventually(t, agree, "sent and received counters agree across the session")
 	t.Logf("counters: %+v", last)
+
+	// Each side samples how many of its subscriptions wait for room in
+	// the peer's inbound budget, on the stream it subscribes on: none here.
+	for _, c := range []struct {
+		n      *node
+		stream string
+	}{{z, "global_to_zone"}, {g, "zone_to_global"}} {
+		v, ok := seriesValue(t, c.n, "kds_subscriptions_waiting", map[string]string{"zone": "zone-1", "stream": c.stream})
+		assert.True(t, ok, "kds_subscriptions_waiting on %s", c.stream)
+		assert.Zero(t, v, c.stream)
+	}
+}
+
+// subscriptionsWaiting counts the types of a connection whose subscription
+// waits (insights), for kds_subscriptions_waiting.
+func TestSubscriptionsWaitingCountsWaitingTypes(t *testing.T) {
+	e := &Engine{ins: insights.NewRegistry()}
+	e.ins.UpdateType("global", "A", func(ts *insights.TypeState) { ts.WaitingSince, ts.WaitingBytes = time.Now(), 5<<20 })
+	e.ins.UpdateType("global", "B", func(ts *insights.TypeState) { ts.ResourcesHeld = 3 })
+	e.ins.UpdateType("global", "C", func(ts *insights.TypeState) { ts.WaitingSince, ts.WaitingBytes = time.Now(), 6<<20 })
+	assert.Equal(t, 2, e.subscriptionsWaiting("global"))
+	assert.Zero(t, e.subscriptionsWaiting("zone-9"))
 }

@@ -84,6 +84,7 @@ func (e *Engine) sampleSession(ctx context.Context, peer string, sess *mux.Sessi
 			e.ins.SetStreams(peer, []insights.StreamState{
 				streamState(srvName, "server", st.Server), streamState(cliName, "client", st.Client),
 			})
+			e.metrics.SetSubscriptionsWaiting(mz, cliName, e.subscriptionsWaiting(peer))
 		}
 		if st.SendTimeouts > last.SendTimeouts {
 			e.metrics.SendTimeout(mz)
@@ -92,6 +93,19 @@ func (e *Engine) sampleSession(ctx context.Context, peer string, sess *mux.Sessi
 	}
 	every(ctx, sessionSampleInterval, sample)
 	sample()
+}
+
+// subscriptionsWaiting counts the types whose subscription on peer's
+// session waits for room in the peer's inbound budget (insights).
+func (e *Engine) subscriptionsWaiting(peer string) int {
+	c, _ := e.ins.Get(peer)
+	n := 0
+	for _, ts := range c.Types {
+		if !ts.WaitingSince.IsZero() {
+			n++
+		}
+	}
+	return n
 }
 
 func streamState(name metrics.Stream, role string, s mux.StreamStats) insights.StreamState {

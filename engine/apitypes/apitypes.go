@@ -202,6 +202,14 @@ type TypeState struct {
 	RejectedCount int `json:"rejectedCount,omitempty"`
 	// Rejected lists up to MaxRejectedShown of them with the reasons.
 	Rejected []RejectedResource `json:"rejected,omitempty"`
+	// WaitingSince is set (on the receiving side) while this side's
+	// subscription to the type is not sent yet because the subscriptions
+	// sent before it and not yet answered leave too little of the peer's
+	// inbound budget for it: since when it waits. WaitingBytes is what it
+	// will take of that budget once sent. Both are cleared when it is sent
+	// (as soon as answers make room) and when the session ends.
+	WaitingSince time.Time `json:"waitingSince,omitzero"`
+	WaitingBytes int64     `json:"waitingBytes,omitempty"`
 }
 
 // MaxRejectedShown bounds TypeState.Rejected.

@@ -182,6 +182,7 @@ func NewClient(types []string, sink Sink, v Validator, peer, zone string, opts .
 // before the stages start and by the applying stage after, never by two
 // goroutines at once.
 func (c *Client) Run(ctx context.Context, stream ClientStream) error {
+	defer c.stopWaiting()
 	for _, typ := range c.types {
 		versions, err := c.sink.Versions(ctx, typ)
 		if err != nil {
@@ -437,11 +438,13 @@ func (c *Client) settle(stream ClientStream, ch *checked) error {
 		ts.Rejected = insights.MergeRejected(ts.Rejected, shown, ch.accepted)
 	})
 	if len(ch.rejected) > 0 {
-		// The reasons are cut to fit the NACK in one message; every
-		// refused name and version is still in it (the server's view is
-		// what this side applied), and insights here keep every reason.
-		sent, cut := fitRejections(ch.rejected, c.maxMsg-subscriptionOverhead)
-		st, err := rejectionStatus(int32(codes.InvalidArgument), rejectionSummary(ch.typ, ch.rejected, cut, c.maxMsg), sent)
+		// The reasons are cut to keep the NACK within the size of its
+		// response (rejectionLimit); every refused name and version is
+		// still in it (the server's view is what this side applied), and
+		// insights here keep every reason.
+		limit := rejectionLimit(ch.resp, c.maxMsg)
+		sent, cut := fitRejections(ch.rejected, limit)
+		st, err := rejectionStatus(int32(codes.InvalidArgument), truncate(rejectionSummary(ch.typ, ch.rejected, cut, limit)), sent)
 		if err != nil {
 			return err
 		}
@@ -458,9 +461,9 @@ func (c *Client) settle(stream ClientStream, ch *checked) error {
 }
 
 // rejectionSummary is the NACK's message: how many were refused, how many
-// of their reasons were cut to fit maxMsg (fitRejections), and the first
+// of their reasons were cut to fit limit (fitRejections), and the first
 // reason.
-func rejectionSummary(typ string, rs []*kdsv1.RejectedResource, cut, maxMsg int) string {
+func rejectionSummary(typ string, rs []*kdsv1.RejectedResource, cut, limit int) string {
 	first := rs[0]
 	why := strings.Join(fieldErrors(first.GetErrors()), "; ")
 	if len(rs) == 1 {
@@ -468,7 +471,7 @@ func rejectionSummary(typ string, rs []*kdsv1.RejectedResource, cut, maxMsg int)
 	}
 	var note string
 	if cut > 0 {
-		note = fmt.Sprintf("; the reasons of %d are not sent, to fit the NACK in %d bytes: the zone's insights have them", cut, maxMsg)
+		note = fmt.Sprintf("; the reasons of %d are not sent, to fit the NACK in %d bytes: the refusing side's insights have them", cut, limit)
 	}
 	return fmt.Sprintf("%d %s resources refused (the rest applied%s); first: %s: %s", len(rs), typ, note, first.GetName(), why)
 }

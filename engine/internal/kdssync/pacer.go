@@ -1,7 +1,11 @@
 package kdssync
 
 import (
+	"time"
+
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+
+	"github.com/kds-engine/kds-engine/engine/internal/insights"
 )
 
 // A subscription and each part of one wait in the peer's inbound queue for
@@ -15,9 +19,11 @@ import (
 // most half of the peer's inbound budget (WithPeerInboundBudget); a
 // type's subscription that does not fit waits until an earlier one is
 // answered. The other half is for what else the client sends on the
-// stream, its ACKs and NACKs (at most window per type). A subscription
-// always goes when none is outstanding, so one larger than the share still
-// goes, alone.
+// stream, its ACKs and NACKs (at most window per type), which are not
+// paced: a NACK is never larger than the response it answers plus a
+// little (rejectionLimit), so the NACKs the peer has not read come to at
+// most the responses it keeps in flight. A subscription always goes when
+// none is outstanding, so one larger than the share still goes, alone.
 //
 // A subscription is answered by the first response of its type, which
 // the server sends only after taking the request off its queue (a part is
@@ -53,14 +59,24 @@ func WithPeerInboundBudget(bytes int) ClientOption {
 
 // startWaiting builds the first requests of the waiting subscriptions that
 // fit the pacing budget, in order (one that does not fit lets later,
-// smaller ones pass), charges them, and returns them for sending.
+// smaller ones pass), charges them, and returns them for sending. A
+// subscription left waiting shows in insights (TypeState.WaitingSince and
+// WaitingBytes) until it goes or Run ends (stopWaiting).
 func (c *Client) startWaiting() ([]*discovery.DeltaDiscoveryRequest, error) {
 	var out []*discovery.DeltaDiscoveryRequest
 	kept := c.waiting[:0]
+	now := time.Now()
 	for _, p := range c.waiting {
 		if c.subLimit > 0 && len(c.outstanding) > 0 && c.subUsed+p.cost > c.subLimit {
+			if p.since.IsZero() {
+				p.since = now
+				c.record(p.typ, func(ts *insights.TypeState) { ts.WaitingSince, ts.WaitingBytes = now, p.cost })
+			}
 			kept = append(kept, p)
 			continue
+		}
+		if !p.since.IsZero() {
+			c.record(p.typ, clearWaiting(p.since))
 		}
 		req, err := c.first(p)
 		if err != nil {
@@ -95,4 +111,25 @@ func (c *Client) answered(typ string) ([]*discovery.DeltaDiscoveryRequest, error
 		return nil, nil
 	}
 	return c.startWaiting()
+}
+
+// stopWaiting clears what insights show of the subscriptions still
+// waiting when Run ends: the next session's client decides anew.
+func (c *Client) stopWaiting() {
+	for _, p := range c.waiting {
+		if !p.since.IsZero() {
+			c.record(p.typ, clearWaiting(p.since))
+		}
+	}
+}
+
+// clearWaiting clears a type's waiting state if this client set it (since):
+// a session that ends after the one replacing it started leaves the newer
+// one's alone.
+func clearWaiting(since time.Time) func(*insights.TypeState) {
+	return func(ts *insights.TypeState) {
+		if ts.WaitingSince.Equal(since) {
+			ts.WaitingSince, ts.WaitingBytes = time.Time{}, 0
+		}
+	}
 }

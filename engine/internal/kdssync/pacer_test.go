@@ -290,8 +290,10 @@ func TestSubscriptionsWaitForRoom(t *testing.T) {
 	p := newPipe(t.Context())
 	// Room for one subscription in parts at a time (each holds a max-size
 	// message and a bit) and the small ones.
+	ins := insights.NewRegistry()
 	cli := NewClient([]string{"Big0", "Small0", "Big1", "Small1"}, sink, rejectValidator{}, "global", "zone-1",
-		WithClientMaxMessageSize(maxMsg), WithResumeParts(true), WithPeerInboundBudget(4*maxMsg))
+		WithClientInsights(ins), WithClientMaxMessageSize(maxMsg), WithResumeParts(true), WithPeerInboundBudget(4*maxMsg))
+	waiting := func(typ string) insights.TypeState { c, _ := ins.Get("global"); return c.Types[typ] }
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
 	go func() { done <- cli.Run(ctx, clientEnd{p}) }()
@@ -328,6 +330,12 @@ func TestSubscriptionsWaitForRoom(t *testing.T) {
 	}
 	assert.Equal(t, []string{TypeURL("Big0"), TypeURL("Small0"), TypeURL("Small1")}, urls, "Big1 waits, the small ones pass it")
 	quiet()
+	since := waiting("Big1").WaitingSince
+	assert.NotZero(t, since, "insights show that Big1 waits")
+	assert.Greater(t, waiting("Big1").WaitingBytes, int64(maxMsg/2))
+	for _, typ := range []string{"Big0", "Small0", "Small1"} {
+		assert.Zero(t, waiting(typ).WaitingSince, "%s is sent", typ)
+	}
 
 	// A response for Big1 before its subscription is refused.
 	respond("Big1")
@@ -352,9 +360,12 @@ func TestSubscriptionsWaitForRoom(t *testing.T) {
 		}
 	}
 	quiet()
+	assert.Equal(t, since, waiting("Big1").WaitingSince, "Big1 waits since it was first left waiting")
 	respond("Big0")
 	require.NotEmpty(t, next().GetResponseNonce(), "ACK")
 	first := next()
+	assert.Zero(t, waiting("Big1").WaitingSince, "Big1 no longer waits")
+	assert.Zero(t, waiting("Big1").WaitingBytes)
 	assert.Equal(t, TypeURL("Big1"), first.GetTypeUrl(), "Big1 starts once Big0 is answered")
 	assert.Empty(t, first.GetResourceNamesSubscribe(), "its first part")
 }

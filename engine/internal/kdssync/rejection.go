@@ -5,6 +5,7 @@ import (
 	"slices"
 	"unicode/utf8"
 
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -52,6 +53,38 @@ func rejectionStatus(code int32, msg string, rs []*kdsv1.RejectedResource) (*sta
 	return &status.Status{Code: code, Message: msg, Details: []*anypb.Any{a}}, nil
 }
 
+// nackAllowance is what a NACK's rejection list may take beyond the
+// encoded size of the response it answers (rejectionLimit): room for the
+// reasons of a refused resource or two when the response is small.
+const nackAllowance = 1 << 10
+
+// rejectionLimit is the most bytes a NACK's rejection list takes: the
+// encoded size of the response resp it answers plus nackAllowance, and
+// never more than one request holds (maxMsg less subscriptionOverhead).
+//
+// It keeps what the answers take of the peer's inbound queue (the requests
+// it has received and not yet read; mux.Params.PeerInboundBudget) bounded
+// by what the peer itself bounds, without waiting for anything: an answer
+// the peer has not read answers a response the peer still counts in
+// flight (it releases a response when it reads the answer to it or to a
+// later one of the type, and answers arrive in order), and the peer keeps
+// the responses in flight of a session, all types together, within its
+// session budget (DefaultSessionBudgetMessages max-size messages). A
+// refused entry without its reasons is no larger than the resource it
+// refuses in the response, so cutting reasons always fits the limit (a
+// refused removal takes a few bytes more than in the response: the list
+// is then sent as it is, never without a refused name). The message
+// (rejectionSummary, truncated) and the rest of the request take under
+// 1 KiB more. So however many types NACK at once, their NACKs in the
+// peer's queue come to at most that session budget plus 2 KiB per answer,
+// next to the subscriptions, which the pacer keeps under half the queue
+// (pacer.go). Pacing the NACKs instead would need a sign that the peer has
+// read one, and none comes: a NACK is not answered, so a waiting NACK
+// could wait forever on a quiet session (see docs/decisions/0034).
+func rejectionLimit(resp *discovery.DeltaDiscoveryResponse, maxMsg int) int {
+	return min(maxMsg-subscriptionOverhead, proto.Size(resp)+nackAllowance)
+}
+
 // slimRejected is r without its reasons: what a subscription needs of a
 // refusal (which version of which name, or its removal).
 func slimRejected(r *kdsv1.RejectedResource) *kdsv1.RejectedResource {
@@ -60,10 +93,12 @@ func slimRejected(r *kdsv1.RejectedResource) *kdsv1.RejectedResource {
 
 // fitRejections returns rs, or when their encoding exceeds budget bytes, a
 // copy in which entries from the last one backwards carry no reasons
-// (slimRejected) until it fits, and how many lost their reasons. The first entry keeps its reasons while
-// anything else can give way. What is refused (names, versions, removals)
-// is never cut: if even that does not fit, the result is over budget and
-// the caller's send fails as before. rs is not modified.
+// (slimRejected) until it fits, and how many lost (some of) their reasons.
+// The first entry keeps its reasons while anything else can give way, and
+// then as many of them as fit. What is refused (names, versions, removals)
+// is never cut: if even that does not fit, the result is over budget (the
+// caller sends it as it is; over the max message size, that send fails).
+// rs is not modified.
 func fitRejections(rs []*kdsv1.RejectedResource, budget int) ([]*kdsv1.RejectedResource, int) {
 	sizes := make([]int, len(rs))
 	total := 0
@@ -75,8 +110,8 @@ func fitRejections(rs []*kdsv1.RejectedResource, budget int) ([]*kdsv1.RejectedR
 		return rs, 0
 	}
 	out, cut := slices.Clone(rs), 0
-	for i := len(out) - 1; i >= 0 && total > budget; i-- {
-		if len(out[i].GetErrors()) == 0 || (i == 0 && len(out) > 1) {
+	for i := len(out) - 1; i > 0 && total > budget; i-- {
+		if len(out[i].GetErrors()) == 0 {
 			continue
 		}
 		out[i] = slimRejected(out[i])
@@ -84,7 +119,19 @@ func fitRejections(rs []*kdsv1.RejectedResource, budget int) ([]*kdsv1.RejectedR
 		total, sizes[i], cut = total-sizes[i]+s, s, cut+1
 	}
 	if total > budget && len(out[0].GetErrors()) > 0 {
-		out[0] = slimRejected(out[0])
+		// The first keeps as many of its reasons as fit (at least one,
+		// or none).
+		first := out[0]
+		rest := total - sizes[0]
+		out[0] = slimRejected(first)
+		for n := len(first.GetErrors()) - 1; n > 0; n-- {
+			e := slimRejected(first)
+			e.Errors = first.GetErrors()[:n]
+			if rest+repeatedFieldSize(proto.Size(e)) <= budget {
+				out[0] = e
+				break
+			}
+		}
 		cut++
 	}
 	return out, cut

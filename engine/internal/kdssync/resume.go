@@ -3,6 +3,7 @@ package kdssync
 import (
 	"fmt"
 	"maps"
+	"time"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc/codes"
@@ -61,6 +62,9 @@ type subPlan struct {
 	// is answered: its encoded size, or for one in parts the size of its
 	// largest possible part (one part is on the wire at a time).
 	cost int64
+	// since is when the subscription was first left waiting for room
+	// (zero if it never waited).
+	since time.Time
 }
 
 // resumeParts is what is left to send of one type's subscription in parts.

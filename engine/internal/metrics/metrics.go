@@ -55,6 +55,7 @@ type Metrics struct {
 	bytesReceived    *prometheus.CounterVec
 	bufferMessages   *prometheus.GaugeVec
 	bufferCapacity   *prometheus.GaugeVec
+	subsWaiting      *prometheus.GaugeVec
 	sendDuration     *prometheus.HistogramVec
 	sendTimeouts     *prometheus.CounterVec
 	sessionsStarted  *prometheus.CounterVec
@@ -99,6 +100,9 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 		}, zs),
 		bufferCapacity: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "kds_send_buffer_capacity_messages", Help: "Capacity of a logical stream's send buffer (registered types × responses in flight per type + headroom).",
+		}, zs),
+		subsWaiting: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kds_subscriptions_waiting", Help: "Types whose subscription on a logical stream is not sent yet: those sent and not yet answered leave too little of the peer's inbound budget for it.",
 		}, zs),
 		sendDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "kds_send_duration_seconds",
@@ -180,7 +184,7 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 func (m *Metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{
 		m.messagesSent, m.messagesReceived, m.bytesSent, m.bytesReceived,
-		m.bufferMessages, m.bufferCapacity, m.sendDuration, m.sendTimeouts,
+		m.bufferMessages, m.bufferCapacity, m.subsWaiting, m.sendDuration, m.sendTimeouts,
 		m.sessionsStarted, m.sessionsEnded, m.sessionConnected,
 		m.responsesSent, m.responsesACKed, m.responsesNACKed,
 		m.resources, m.inflightBytes, m.pluginRestarts, m.pluginUp, m.validation, m.authRefused,
@@ -256,6 +260,16 @@ func (m *Metrics) SetSendBufferCapacity(zone string, stream Stream, capacity int
 	m.bufferCapacity.WithLabelValues(zone, string(stream)).Set(float64(capacity))
 }
 
+// SetSubscriptionsWaiting records how many types' subscriptions on stream
+// (the one this side subscribes on) wait for room in the peer's inbound
+// budget.
+func (m *Metrics) SetSubscriptionsWaiting(zone string, stream Stream, types int) {
+	if m == nil {
+		return
+	}
+	m.subsWaiting.WithLabelValues(zone, string(stream)).Set(float64(types))
+}
+
 // SendTimeout records a Send that exceeded the send timeout. The session end
 // that follows is recorded separately with SessionEnded.
 func (m *Metrics) SendTimeout(zone string) {
@@ -289,7 +303,8 @@ func (m *Metrics) SessionStarted(zone string) {
 }
 
 // SessionEnded records the end of zone's session and why, and drops the
-// zone's send-buffer gauges (a new session sets them again).
+// zone's send-buffer and waiting-subscription gauges (a new session sets
+// them again).
 func (m *Metrics) SessionEnded(zone string, reason EndReason) {
 	if m == nil {
 		return
@@ -298,6 +313,7 @@ func (m *Metrics) SessionEnded(zone string, reason EndReason) {
 	m.sessionConnected.WithLabelValues(zone).Set(0)
 	m.bufferMessages.DeletePartialMatch(prometheus.Labels{"zone": zone})
 	m.bufferCapacity.DeletePartialMatch(prometheus.Labels{"zone": zone})
+	m.subsWaiting.DeletePartialMatch(prometheus.Labels{"zone": zone})
 }
 
 // SetLeader records whether this replica leads.

@@ -24,6 +24,7 @@ func touchAll(m *Metrics) {
 	m.MessageReceived("zone-1", StreamZoneToGlobal, 50)
 	m.SetSendBuffer("zone-1", StreamGlobalToZone, 3)
 	m.SetSendBufferCapacity("zone-1", StreamGlobalToZone, 19)
+	m.SetSubscriptionsWaiting("zone-1", StreamGlobalToZone, 4)
 	m.SendTimeout("zone-1")
 	m.SessionStarted("zone-1")
 	m.SessionEnded("zone-2", ReasonSendTimeout)
@@ -109,14 +110,16 @@ func TestValuesAndLabels(t *testing.T) {
 	body := scrape(t, reg)
 	assert.Contains(t, body, `kds_send_duration_seconds_count{stream="global_to_zone",zone="zone-1"} 2`)
 	assert.Contains(t, body, `kds_send_buffer_capacity_messages{stream="global_to_zone",zone="zone-1"} 19`)
+	assert.Contains(t, body, `kds_subscriptions_waiting{stream="global_to_zone",zone="zone-1"} 4`)
 	assert.Contains(t, body, `kds_plugin_restarts_total{plugin="policies"} 1`)
 	assert.Contains(t, body, `kds_tls_certificate_expiry_timestamp_seconds{setting="tls-cert-file"} 1.9e+09`)
 	assert.Contains(t, body, "\nkds_leader 1\n")
 
-	// Ending zone-1's session drops its buffer gauges.
+	// Ending zone-1's session drops its buffer and waiting gauges.
 	m.SessionEnded("zone-1", ReasonPeerClosed)
 	body = scrape(t, reg)
 	assert.NotContains(t, body, `kds_send_buffer_capacity_messages{stream="global_to_zone",zone="zone-1"}`)
+	assert.NotContains(t, body, `kds_subscriptions_waiting{stream="global_to_zone",zone="zone-1"}`)
 	assert.Contains(t, body, `kds_sessions_ended_total{reason="peer_closed",zone="zone-1"} 1`)
 }
 
