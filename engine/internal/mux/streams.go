@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/kds-engine/kds-engine/engine/internal/kdswire"
 	kdsv1 "github.com/kds-engine/kds-engine/proto/kds/v1"
 )
 
@@ -264,7 +265,7 @@ func (s *Session) enqueue(q *outQueue, m *kdsv1.Message, kind, typeURL string) e
 	if s.ctx.Err() != nil {
 		return context.Cause(s.ctx)
 	}
-	size := proto.Size(m)
+	size := kdswire.Size(m)
 	if size > s.maxSize {
 		return fmt.Errorf("%w: %s stream: %s for type %q is %d bytes, the limit is %d", ErrMessageTooLarge, q.name, kind, typeURL, size, s.maxSize)
 	}
