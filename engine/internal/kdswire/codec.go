@@ -1,6 +1,7 @@
 package kdswire
 
 import (
+	"bytes"
 	"fmt"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -68,7 +69,18 @@ func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
 	if !ok || !aliases(data) {
 		return fallback().Unmarshal(data, v)
 	}
-	return unmarshalOwned(data.Materialize(), m)
+	return unmarshalOwned(materialize(data), m)
+}
+
+// materialize copies data into one new slice. Unlike
+// mem.BufferSlice.Materialize it does not zero the slice first (bytes.Join
+// allocates without zeroing what it is about to fill).
+func materialize(data mem.BufferSlice) []byte {
+	pieces := make([][]byte, len(data))
+	for i, buf := range data {
+		pieces[i] = buf.ReadOnlyData()
+	}
+	return bytes.Join(pieces, nil)
 }
 
 // Unmarshal decodes b into m as Codec.Unmarshal does, keeping slices of b
