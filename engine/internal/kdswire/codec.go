@@ -33,7 +33,8 @@ func fallback() encoding.CodecV2 { return encoding.GetCodecV2(grpcproto.Name) }
 
 // Marshal encodes v. A *kdsv1.Message in the plain form (see the package
 // documentation) is written directly; anything else as proto.Marshal
-// would.
+// would. Resource values of a large message are not copied (see
+// encoder.pieces).
 func (Codec) Marshal(v any) (mem.BufferSlice, error) {
 	m, ok := v.(*kdsv1.Message)
 	if !ok || !fastEncode {
@@ -43,21 +44,42 @@ func (Codec) Marshal(v any) (mem.BufferSlice, error) {
 	if !ok {
 		return fallback().Marshal(v)
 	}
-	pool := mem.DefaultBufferPool()
-	if mem.IsBelowBufferPoolingThreshold(size) {
-		b := appendMessage(make([]byte, 0, size), m)
-		if len(b) != size {
-			return nil, fmt.Errorf("kds message: encoded %d bytes, sized %d", len(b), size)
+	return marshal(m, size, size >= referAbove)
+}
+
+// referAbove is the message size from which Marshal leaves resource values
+// in place instead of copying them into one buffer.
+const referAbove = 32 << 10
+
+// marshal writes m, which the sizer took at size bytes, into one buffer,
+// or with refer into pieces that refer to its resource values.
+func marshal(m *kdsv1.Message, size int, refer bool) (mem.BufferSlice, error) {
+	if refer {
+		e := encoder{refer: true, buf: make([]byte, 0, min(size, 64+size/8))}
+		e.message(m)
+		out := e.pieces()
+		if n := out.Len(); n != size {
+			return nil, fmt.Errorf("kds message: encoded %d bytes, sized %d", n, size)
 		}
-		return mem.BufferSlice{mem.SliceBuffer(b)}, nil
+		return out, nil
 	}
+	if mem.IsBelowBufferPoolingThreshold(size) {
+		e := encoder{buf: make([]byte, 0, size)}
+		e.message(m)
+		if len(e.buf) != size {
+			return nil, fmt.Errorf("kds message: encoded %d bytes, sized %d", len(e.buf), size)
+		}
+		return mem.BufferSlice{mem.SliceBuffer(e.buf)}, nil
+	}
+	pool := mem.DefaultBufferPool()
 	buf := pool.Get(size)
-	b := appendMessage((*buf)[:0], m)
-	if len(b) != size {
+	e := encoder{buf: (*buf)[:0]}
+	e.message(m)
+	if len(e.buf) != size {
 		pool.Put(buf)
-		return nil, fmt.Errorf("kds message: encoded %d bytes, sized %d", len(b), size)
+		return nil, fmt.Errorf("kds message: encoded %d bytes, sized %d", len(e.buf), size)
 	}
-	*buf = b
+	*buf = e.buf
 	return mem.BufferSlice{mem.NewBuffer(buf, pool)}, nil
 }
 

@@ -115,7 +115,41 @@ func TestMarshalWritesProtobufsBytes(t *testing.T) {
 			if got := encode(t, m); !bytes.Equal(got, want) {
 				t.Fatalf("encoded %d bytes differ from proto.Marshal's %d", len(got), len(want))
 			}
+			for _, refer := range []bool{false, true} {
+				bs, err := marshal(m, n, refer)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got := bs.Materialize(); !bytes.Equal(got, want) {
+					t.Fatalf("refer %v: encoded %d bytes differ from proto.Marshal's %d", refer, len(got), len(want))
+				}
+			}
 		})
+	}
+}
+
+// TestMarshalRefersToLargeValues: a large response's resource values go to
+// the transport as they are, not copied.
+func TestMarshalRefersToLargeValues(t *testing.T) {
+	m := respMsg(response(100, 1024))
+	bs, err := Codec{}.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := map[*byte]bool{}
+	for _, b := range bs {
+		if d := b.ReadOnlyData(); len(d) > 0 {
+			at[&d[0]] = true
+		}
+	}
+	for i, r := range m.GetResponse().GetResources() {
+		if !at[&r.GetResource().GetValue()[0]] {
+			t.Fatalf("resource %d's value was copied", i)
+		}
+	}
+	want, _ := proto.Marshal(m)
+	if !bytes.Equal(bs.Materialize(), want) {
+		t.Fatal("pieces differ from proto.Marshal's bytes")
 	}
 }
 

@@ -3,6 +3,7 @@ package kdswire
 import (
 	"unicode/utf8"
 
+	"google.golang.org/grpc/mem"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -25,7 +26,7 @@ func Size(m *kdsv1.Message) int {
 // Every field number written here is below 16: its tag is one byte.
 const tagLen = 1
 
-// sizer sizes messages in the plain form appendMessage writes. With check
+// sizer sizes messages in the plain form the encoder writes. With check
 // it also refuses strings that are not valid UTF-8 (protobuf refuses to
 // write them; Marshal leaves them to it), remembering the last valid type
 // URL so that the one every resource carries is checked once.
@@ -37,7 +38,7 @@ type sizer struct {
 func (z *sizer) valid(s string) bool { return !z.check || utf8.ValidString(s) }
 
 // message returns the encoded size of m and whether m is in the form
-// appendMessage writes: a request (sized and written by protobuf), a plain
+// encoder writes: a request (sized and written by protobuf), a plain
 // response (response), or a batch of those; no unknown fields, no nil
 // messages.
 func (z *sizer) message(m *kdsv1.Message) (int, bool) {
@@ -159,48 +160,65 @@ func appendString(b []byte, num protowire.Number, s string) []byte {
 	return protowire.AppendString(b, s)
 }
 
-// appendMessage appends m, which a sizer took, in the field order
-// protobuf-go writes, so the bytes are those of proto.Marshal.
-func appendMessage(b []byte, m *kdsv1.Message) []byte {
+// encoder writes messages a sizer took, in the field order protobuf-go
+// writes, so the bytes are those of proto.Marshal. With refer, resource
+// values of at least referMin bytes are not copied: buf gets everything
+// else and refs says where each value goes (see pieces).
+type encoder struct {
+	buf   []byte
+	refer bool
+	refs  []valueRef
+}
+
+// valueRef is a value that belongs at offset at of the encoder's buf.
+type valueRef struct {
+	at int
+	v  []byte
+}
+
+// referMin is the smallest value the encoder leaves in place: below it,
+// copying costs less than one more piece for the transport to write.
+const referMin = 256
+
+func (e *encoder) message(m *kdsv1.Message) {
 	var z sizer
 	switch k := m.Kind.(type) {
 	case *kdsv1.Message_Request:
-		// Sized by messageSize just before: the cached size is current.
+		// Sized by the sizer just before: the cached size is current.
 		n := proto.Size(k.Request)
-		b = protowire.AppendTag(b, msgRequest, protowire.BytesType)
-		b = protowire.AppendVarint(b, uint64(n))
-		out, err := proto.MarshalOptions{UseCachedSize: true}.MarshalAppend(b, k.Request)
-		if err != nil {
-			// Unreachable for a message proto.Size walked; the
-			// caller's length check reports the short write.
-			return b
+		e.buf = protowire.AppendTag(e.buf, msgRequest, protowire.BytesType)
+		e.buf = protowire.AppendVarint(e.buf, uint64(n))
+		out, err := proto.MarshalOptions{UseCachedSize: true}.MarshalAppend(e.buf, k.Request)
+		if err == nil {
+			// On error (unreachable for a message proto.Size
+			// walked) the caller's length check reports the short
+			// write.
+			e.buf = out
 		}
-		return out
 	case *kdsv1.Message_Response:
 		n, _ := z.response(k.Response)
-		b = protowire.AppendTag(b, msgResponse, protowire.BytesType)
-		b = protowire.AppendVarint(b, uint64(n))
-		return appendResponse(b, k.Response)
+		e.buf = protowire.AppendTag(e.buf, msgResponse, protowire.BytesType)
+		e.buf = protowire.AppendVarint(e.buf, uint64(n))
+		e.response(k.Response)
 	case *kdsv1.Message_Batch:
 		n := 0
 		for _, inner := range k.Batch.Messages {
 			in, _ := z.message(inner)
 			n += tagLen + protowire.SizeBytes(in)
 		}
-		b = protowire.AppendTag(b, msgBatch, protowire.BytesType)
-		b = protowire.AppendVarint(b, uint64(n))
+		e.buf = protowire.AppendTag(e.buf, msgBatch, protowire.BytesType)
+		e.buf = protowire.AppendVarint(e.buf, uint64(n))
 		for _, inner := range k.Batch.Messages {
 			in, _ := z.message(inner)
-			b = protowire.AppendTag(b, batchMessages, protowire.BytesType)
-			b = protowire.AppendVarint(b, uint64(in))
-			b = appendMessage(b, inner)
+			e.buf = protowire.AppendTag(e.buf, batchMessages, protowire.BytesType)
+			e.buf = protowire.AppendVarint(e.buf, uint64(in))
+			e.message(inner)
 		}
 	}
-	return b
 }
 
-func appendResponse(b []byte, r *discovery.DeltaDiscoveryResponse) []byte {
-	b = appendString(b, respSystemVersion, r.SystemVersionInfo)
+func (e *encoder) response(r *discovery.DeltaDiscoveryResponse) {
+	b := appendString(e.buf, respSystemVersion, r.SystemVersionInfo)
 	for _, res := range r.Resources {
 		n := resourceSize(res)
 		b = protowire.AppendTag(b, respResources, protowire.BytesType)
@@ -213,7 +231,12 @@ func appendResponse(b []byte, r *discovery.DeltaDiscoveryResponse) []byte {
 			b = appendString(b, anyTypeURL, a.TypeUrl)
 			if len(a.Value) > 0 {
 				b = protowire.AppendTag(b, anyValue, protowire.BytesType)
-				b = protowire.AppendBytes(b, a.Value)
+				if e.refer && len(a.Value) >= referMin {
+					b = protowire.AppendVarint(b, uint64(len(a.Value)))
+					e.refs = append(e.refs, valueRef{at: len(b), v: a.Value})
+				} else {
+					b = protowire.AppendBytes(b, a.Value)
+				}
 			}
 		}
 		b = appendString(b, resName, res.Name)
@@ -224,5 +247,31 @@ func appendResponse(b []byte, r *discovery.DeltaDiscoveryResponse) []byte {
 		b = protowire.AppendTag(b, respRemoved, protowire.BytesType)
 		b = protowire.AppendString(b, s)
 	}
-	return b
+	e.buf = b
+}
+
+// pieces returns what the encoder wrote as a BufferSlice: stretches of buf
+// with the referred values between them, in order. The values are not
+// copied; the transport reads them when it writes the message, after Send
+// returned, which is why a message handed to Send must not change (see
+// mux's ServerStream.Send). One slice holds every piece, so that the
+// BufferSlice's entries are pointers into it and cost no allocation each.
+func (e *encoder) pieces() mem.BufferSlice {
+	bufs := make([]mem.SliceBuffer, 0, 2*len(e.refs)+1)
+	prev := 0
+	for _, r := range e.refs {
+		if r.at > prev {
+			bufs = append(bufs, e.buf[prev:r.at:r.at])
+		}
+		bufs = append(bufs, r.v)
+		prev = r.at
+	}
+	if prev < len(e.buf) {
+		bufs = append(bufs, e.buf[prev:])
+	}
+	out := make(mem.BufferSlice, len(bufs))
+	for i := range bufs {
+		out[i] = &bufs[i]
+	}
+	return out
 }

@@ -17,6 +17,7 @@ func fuzzSeeds(f *testing.F) {
 	dup := response(1, 4)
 	for _, m := range []*kdsv1.Message{
 		respMsg(response(3, 16)),
+		respMsg(response(2, referMin+5)),
 		respMsg(withUnknown),
 		reqMsg(&discovery.DeltaDiscoveryRequest{TypeUrl: "t", ResponseNonce: "1", InitialResourceVersions: map[string]string{"a": "1"}}),
 		batchMsg(respMsg(response(2, 4)), reqMsg(&discovery.DeltaDiscoveryRequest{TypeUrl: "t"})),
@@ -86,6 +87,17 @@ func FuzzMarshal(f *testing.F) {
 		var back kdsv1.Message
 		if err := proto.Unmarshal(got, &back); err != nil || !proto.Equal(&back, &m) {
 			t.Fatalf("round trip: %v", err)
+		}
+		// The same message with every value left in place, whatever its
+		// size.
+		if n, ok := (&sizer{check: true}).message(&m); ok {
+			bs, err := marshal(&m, n, true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if pieces := bs.Materialize(); !hasMap(&m) && !bytes.Equal(pieces, want) {
+				t.Fatal("pieces differ from proto.Marshal's bytes")
+			}
 		}
 	})
 }
