@@ -3,8 +3,8 @@ package kdswire
 import (
 	"unicode/utf8"
 
-	"google.golang.org/grpc/mem"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
