@@ -113,6 +113,9 @@ func scan(b []byte, each func(protowire.Number, protowire.Type) bool) bool {
 	return true
 }
 
+// anyChunk is how many Any structs decodeResponse allocates at a time.
+const anyChunk = 256
+
 // decodeResponse decodes a DeltaDiscoveryResponse. Its resources are
 // decoded here (decodeResource; one that is not plain goes through
 // proto.Unmarshal on its own), every other field by proto.Unmarshal with
@@ -132,9 +135,12 @@ func decodeResponse(b []byte) (*discovery.DeltaDiscoveryResponse, bool) {
 	if count > 0 {
 		resp.Resources = make([]*discovery.Resource, 0, count)
 	}
-	// One allocation each for the response's Resource and Any structs.
+	// The response's Resource structs in one allocation (protobuf makes one
+	// per entry, so an entry costs no more than it did), their Any structs
+	// in chunks as resources that carry one arrive: a flood of empty
+	// resources must not cost an Any each.
 	res := make([]discovery.Resource, count)
-	anys := make([]anypb.Any, count)
+	var anys []anypb.Any
 	var typeURL string // the last type URL seen, shared by the next equal one
 	merge := proto.UnmarshalOptions{Merge: true}
 	run := -1 // start of the current run of other fields
@@ -158,7 +164,14 @@ func decodeResponse(b []byte) (*discovery.DeltaDiscoveryResponse, bool) {
 		at += n + m
 		i := len(resp.Resources)
 		r := &res[i]
-		if !decodeResource(v, r, &anys[i], &typeURL) {
+		if len(anys) == 0 {
+			anys = make([]anypb.Any, min(anyChunk, count-i))
+		}
+		ok := decodeResource(v, r, &anys[0], &typeURL)
+		if !ok || r.Resource == &anys[0] {
+			anys = anys[1:] // taken, or written into by a decode that gave up
+		}
+		if !ok {
 			r = &discovery.Resource{}
 			if proto.Unmarshal(v, r) != nil {
 				return nil, false

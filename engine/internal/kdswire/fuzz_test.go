@@ -14,6 +14,11 @@ import (
 func fuzzSeeds(f *testing.F) {
 	withUnknown := response(2, 8)
 	withUnknown.Resources[1].ProtoReflect().SetUnknown([]byte{0x58, 0x01})
+	// An Any the direct decoder starts and gives up on (an unknown field
+	// after its type URL); the next resource's Any must not inherit the
+	// type URL.
+	dirty := &anypb.Any{TypeUrl: "t"}
+	dirty.ProtoReflect().SetUnknown([]byte{0x1a, 0x01, 'u'})
 	dup := response(1, 4)
 	for _, m := range []*kdsv1.Message{
 		respMsg(response(3, 16)),
@@ -22,6 +27,16 @@ func fuzzSeeds(f *testing.F) {
 		reqMsg(&discovery.DeltaDiscoveryRequest{TypeUrl: "t", ResponseNonce: "1", InitialResourceVersions: map[string]string{"a": "1"}}),
 		batchMsg(respMsg(response(2, 4)), reqMsg(&discovery.DeltaDiscoveryRequest{TypeUrl: "t"})),
 		respMsg(&discovery.DeltaDiscoveryResponse{Resources: []*discovery.Resource{{Name: "n", Resource: &anypb.Any{}}}}),
+		// The first resource's Any is decoded before its aliases send it
+		// to protobuf; the second's must not inherit its type URL.
+		respMsg(&discovery.DeltaDiscoveryResponse{Resources: []*discovery.Resource{
+			{Name: "a", Resource: &anypb.Any{TypeUrl: "t"}, Aliases: []string{"x"}},
+			{Name: "b", Resource: &anypb.Any{Value: []byte("v")}},
+		}}),
+		respMsg(&discovery.DeltaDiscoveryResponse{Resources: []*discovery.Resource{
+			{Name: "a", Resource: dirty},
+			{Name: "b", Resource: &anypb.Any{Value: []byte("v")}},
+		}}),
 	} {
 		b, err := proto.Marshal(m)
 		if err != nil {
