@@ -44,10 +44,10 @@ func TestSinkReadsKeysAndVersionsOnly(t *testing.T) {
 	assert.Equal(t, map[string]string{"default/local": "v4"}, got, "on a zone: only what has no zone")
 }
 
-// A session hands what it received to the store for keeping: the batch is
-// Owned, so a memory store keeps the decoded resources instead of copying
-// every spec again.
-func TestSinkHandsResourcesToTheStore(t *testing.T) {
+// What a session received is copied by a memory store: the batch is not
+// Owned, because received specs share their response's buffer (decision
+// 0032), which a stored resource would keep alive.
+func TestSinkLetsTheStoreCopy(t *testing.T) {
 	ctx := context.Background()
 	mem := memory.New()
 	defer mem.Close()
@@ -59,5 +59,6 @@ func TestSinkHandsResourcesToTheStore(t *testing.T) {
 	<-w.C()
 	evs := w.Next()
 	require.Len(t, evs, 1)
-	assert.Same(t, r, evs[0].Resource, "stored as received, not copied")
+	assert.NotSame(t, r, evs[0].Resource, "stored as received, not copied")
+	assert.NotSame(t, &r.Spec[0], &evs[0].Resource.Spec[0], "the spec was not copied")
 }

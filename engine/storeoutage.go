@@ -28,11 +28,13 @@ const (
 // one again changes nothing) and deletes of keys not stored are ignored.
 // Every other error is returned at once and ends the session, as before.
 //
-// The batch is Owned: the kdssync client decodes fresh resources for every
-// response and, after Apply, reads nothing of them but their count, so a
-// memory store keeps them without copying each spec.
+// The batch is not Owned: the resources of one response are allocated
+// together and their specs are slices of the one buffer the response
+// arrived in (decision 0032), so a store that kept them as they are would
+// keep the whole response alive for as long as it keeps any one of them. A
+// memory store copies them; the durable stores copy what they write anyway.
 func (k *sink) Apply(ctx context.Context, puts []*resource.Resource, deletes []resource.Key) error {
-	b := store.Batch{Put: puts, Delete: deletes, Fence: k.fence, Limit: k.limit, Owned: true}
+	b := store.Batch{Put: puts, Delete: deletes, Fence: k.fence, Limit: k.limit}
 	return k.whileUnavailable(ctx, func() error {
 		_, err := k.s.Apply(ctx, b)
 		return err

@@ -6,6 +6,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/kds-engine/kds-engine/engine/internal/kdswire"
 	"github.com/kds-engine/kds-engine/engine/internal/mux"
 )
 
@@ -79,9 +80,10 @@ func (c Config) withDefaults() Config {
 
 // ServerOptions returns the grpc.ServerOptions for the KDS port: keepalive
 // parameters and enforcement policy, the max message size both ways, the
-// header size limit (MaxHeaderListSize), and grpc.WaitForHandlers(true) so
-// that Server.Stop returns only once every RPC handler has. extra (TLS
-// credentials, interceptors) is appended.
+// header size limit (MaxHeaderListSize), grpc.WaitForHandlers(true) so
+// that Server.Stop returns only once every RPC handler has, and the KDS
+// codec (kdswire.Codec: protobuf on the wire, with fewer copies). extra
+// (TLS credentials, interceptors) is appended.
 func ServerOptions(cfg Config, extra ...grpc.ServerOption) []grpc.ServerOption {
 	c := cfg.withDefaults()
 	opts := []grpc.ServerOption{
@@ -97,6 +99,7 @@ func ServerOptions(cfg Config, extra ...grpc.ServerOption) []grpc.ServerOption {
 		grpc.MaxSendMsgSize(c.MaxMessageSize),
 		grpc.MaxHeaderListSize(MaxHeaderListSize),
 		grpc.WaitForHandlers(true),
+		grpc.ForceServerCodecV2(kdswire.Codec{}),
 	}
 	if c.InitialWindowSize > 0 {
 		opts = append(opts, grpc.InitialWindowSize(c.InitialWindowSize), grpc.InitialConnWindowSize(c.InitialWindowSize))
@@ -110,8 +113,8 @@ func NewServer(cfg Config, extra ...grpc.ServerOption) *grpc.Server {
 	return grpc.NewServer(ServerOptions(cfg, extra...)...)
 }
 
-// DialOptions returns the grpc.DialOptions the zone uses: keepalive and the
-// max message size both ways. extra (credentials, per-RPC tokens) is
+// DialOptions returns the grpc.DialOptions the zone uses: keepalive, the
+// max message size both ways and the KDS codec (kdswire.Codec). extra (credentials, per-RPC tokens) is
 // appended. Transport credentials are not set here; pass them in extra (for
 // example insecure.NewCredentials() in tests).
 func DialOptions(cfg Config, extra ...grpc.DialOption) []grpc.DialOption {
@@ -125,6 +128,7 @@ func DialOptions(cfg Config, extra ...grpc.DialOption) []grpc.DialOption {
 		grpc.WithDefaultCallOptions(
 			grpc.MaxCallRecvMsgSize(c.MaxMessageSize),
 			grpc.MaxCallSendMsgSize(c.MaxMessageSize),
+			grpc.ForceCodecV2(kdswire.Codec{}),
 		),
 	}
 	if c.InitialWindowSize > 0 {

@@ -59,7 +59,13 @@ func hinted(v []byte, hint string) string {
 // here directly, without the reflection-driven decoder and without copying
 // the spec; anything else goes through proto.Unmarshal, which decides.
 func decodeEnvelope(b []byte, h envelopeHint) (*resource.Resource, error) {
-	if r, ok := decodeEnvelopeFast(b, h); ok {
+	return decodeEnvelopeInto(&resource.Resource{}, b, h)
+}
+
+// decodeEnvelopeInto is decodeEnvelope into r, which must be zero; it
+// returns r, or a new resource when b is not in the plain form.
+func decodeEnvelopeInto(r *resource.Resource, b []byte, h envelopeHint) (*resource.Resource, error) {
+	if decodeEnvelopeFast(r, b, h) {
 		return r, nil
 	}
 	var p kdsv1.Resource
@@ -69,26 +75,26 @@ func decodeEnvelope(b []byte, h envelopeHint) (*resource.Resource, error) {
 	return resource.FromProto(&p), nil
 }
 
-// decodeEnvelopeFast decodes b if it is in the plain form decodeEnvelope
-// describes; ok is false for everything else (including malformed input).
-func decodeEnvelopeFast(b []byte, h envelopeHint) (r *resource.Resource, ok bool) {
-	r = &resource.Resource{}
+// decodeEnvelopeFast decodes b into r, which must be zero, if b is in the
+// plain form decodeEnvelope describes; it reports false for everything
+// else (including malformed input), leaving r partly filled.
+func decodeEnvelopeFast(r *resource.Resource, b []byte, h envelopeHint) (ok bool) {
 	var seenCreation, seenModification bool
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 || typ != protowire.BytesType {
-			return nil, false
+			return false
 		}
 		b = b[n:]
 		v, n := protowire.ConsumeBytes(b)
 		if n < 0 {
-			return nil, false
+			return false
 		}
 		b = b[n:]
 		switch num {
 		case envType, envMesh, envName, envVersion, envZone:
 			if !utf8.Valid(v) {
-				return nil, false
+				return false
 			}
 			switch num {
 			case envType:
@@ -111,7 +117,7 @@ func decodeEnvelopeFast(b []byte, h envelopeHint) (r *resource.Resource, ok bool
 		case envLabels:
 			k, val, ok := decodeLabelEntry(v)
 			if !ok {
-				return nil, false
+				return false
 			}
 			if r.Labels == nil {
 				r.Labels = map[string]string{}
@@ -120,24 +126,24 @@ func decodeEnvelopeFast(b []byte, h envelopeHint) (r *resource.Resource, ok bool
 		case envCreationTime, envModificationTime:
 			t, ok := decodeTimestamp(v)
 			if !ok {
-				return nil, false
+				return false
 			}
 			if num == envCreationTime {
 				if seenCreation {
-					return nil, false
+					return false
 				}
 				seenCreation, r.CreationTime = true, t
 			} else {
 				if seenModification {
-					return nil, false
+					return false
 				}
 				seenModification, r.ModificationTime = true, t
 			}
 		default:
-			return nil, false
+			return false
 		}
 	}
-	return r, true
+	return true
 }
 
 // decodeLabelEntry reads a map entry holding at most one key and one value,

@@ -73,7 +73,8 @@ func checkDecodeEnvelope(t *testing.T, b []byte) bool {
 	t.Helper()
 	var p kdsv1.Resource
 	perr := proto.Unmarshal(b, &p)
-	got, ok := decodeEnvelopeFast(b, envelopeHint{})
+	got := &resource.Resource{}
+	ok := decodeEnvelopeFast(got, b, envelopeHint{})
 	if ok {
 		if perr != nil {
 			t.Fatalf("direct decoder accepted %x, proto.Unmarshal refuses it: %v", b, perr)

@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"google.golang.org/protobuf/proto"
 
+	"github.com/kds-engine/kds-engine/engine/internal/kdswire"
 	kdsv1 "github.com/kds-engine/kds-engine/proto/kds/v1"
 )
 
@@ -483,7 +483,7 @@ func (s *Session) recvLoop(ctx context.Context) {
 func (s *Session) route(ctx context.Context, m *kdsv1.Message) error {
 	// The whole message (one of a batch counts alone), the size the sender
 	// counted and checked against the max message size.
-	size := proto.Size(m)
+	size := kdswire.Size(m)
 	switch k := m.GetKind().(type) {
 	case *kdsv1.Message_Request:
 		return s.server.in.put(ctx, s.pool, k.Request, k.Request.GetTypeUrl(), size)

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/kds-engine/kds-engine/engine/internal/kdswire"
 	kdsv1 "github.com/kds-engine/kds-engine/proto/kds/v1"
 )
 
@@ -264,7 +265,7 @@ func (s *Session) enqueue(q *outQueue, m *kdsv1.Message, kind, typeURL string) e
 	if s.ctx.Err() != nil {
 		return context.Cause(s.ctx)
 	}
-	size := proto.Size(m)
+	size := kdswire.Size(m)
 	if size > s.maxSize {
 		return fmt.Errorf("%w: %s stream: %s for type %q is %d bytes, the limit is %d", ErrMessageTooLarge, q.name, kind, typeURL, size, s.maxSize)
 	}
@@ -299,7 +300,9 @@ var _ stream.DeltaStream = (*ServerStream)(nil)
 // the network. It fails with the session's error once the session ended,
 // with ErrMessageTooLarge for a message over the session's max size, and
 // with ErrBufferFull (ending the session) when the send buffer is full. r
-// must not be modified after Send.
+// must not be modified after Send, nor the bytes its resources' values
+// hold: the transport reads large values in place, after Send returned
+// (package kdswire).
 func (ss *ServerStream) Send(r *discovery.DeltaDiscoveryResponse) error {
 	return ss.s.enqueue(&ss.out, &kdsv1.Message{Kind: &kdsv1.Message_Response{Response: r}}, "response", r.GetTypeUrl())
 }
@@ -365,7 +368,7 @@ type ClientStream struct {
 
 // Send enqueues r for the sender goroutine and returns without waiting for
 // the network; errors as for ServerStream.Send. r must not be modified after
-// Send.
+// Send (its resources' values included, as for ServerStream.Send).
 func (cs *ClientStream) Send(r *discovery.DeltaDiscoveryRequest) error {
 	return cs.s.enqueue(&cs.out, &kdsv1.Message{Kind: &kdsv1.Message_Request{Request: r}}, "request", r.GetTypeUrl())
 }
