@@ -2,6 +2,7 @@ package kdssync
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"maps"
@@ -9,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"time"
+	"unsafe"
 
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -373,6 +375,12 @@ type serveState struct {
 	fresh  []string
 	cursor string
 	region bool
+	// spans are the responses (in flight, or being built) that carry
+	// names from fresh without an override each, oldest first: until its
+	// answer is applied, a name in a span's fresh list (past what the
+	// answer settled so far) is not held by the peer unless overrides says
+	// otherwise, as in the fresh region (see flight.fresh).
+	spans []*flight
 	// inflight holds the responses sent and not yet ACKed or NACKed, oldest
 	// first; at most the server's window.
 	inflight []*flight
@@ -396,10 +404,24 @@ type sentState struct {
 
 // flight is one response in flight.
 type flight struct {
-	nonce   string
-	puts    []flightPut // in the response's order; each name once
+	nonce string
+	// puts and fresh are what the response carries, each name once: fresh
+	// the names build took from the fresh region that had no override and
+	// were not pending (in key order), puts the rest. A name in fresh[settled:]
+	// is "not held" by the peer without an override (see serveState.spans)
+	// until the answer is applied: a fresh sync costs no override per name
+	// in flight.
+	puts    []flightPut
+	fresh   []flightPut
+	settled int
 	removed []string
 	bytes   int64
+	// rev is the index's revision of the type while build looked up every
+	// entry the response carries, if revOK (it did not change meanwhile):
+	// while the revision is still rev, the index holds each of them at the
+	// version sent, without a lookup.
+	rev   uint64
+	revOK bool
 	// stale: sent before the peer subscribed to the type again; its answer
 	// still frees its slot in the window but changes nothing.
 	stale bool
@@ -481,15 +503,15 @@ func (st *serveState) changedTo(name string, was, now heldState) {
 	// A name's share of heldDelta is its override's holds minus the
 	// index's; an implicit name (no override) adds nothing before and,
 	// with an override equal to was, nothing after. In the fresh region
-	// an implicit name is not held: its share is minus the index's
-	// before and after.
+	// (and in a span) an implicit name is not held: its share is minus
+	// the index's before and after.
 	st.heldDelta += b2i(was.holds) - b2i(now.holds)
 	switch o, ok := st.overrides[name]; {
 	case ok:
 		if o == now {
 			delete(st.overrides, name)
 		}
-	case st.inRegion(name):
+	case st.notHeldImplicitly(name):
 		if now.holds {
 			st.setOverride(name, heldState{})
 		}
@@ -507,6 +529,36 @@ func (st *serveState) setOverride(name string, h heldState) {
 // while fresh is not used up.
 func (st *serveState) inRegion(name string) bool {
 	return st.region && compareWireNames(name, st.cursor) > 0
+}
+
+// notHeldImplicitly reports whether a name without an override is not
+// held by the peer whatever the index holds: in the fresh region, or in a
+// span.
+func (st *serveState) notHeldImplicitly(name string) bool {
+	return st.inRegion(name) || st.inSpan(name)
+}
+
+// inSpan reports whether name is in a span: among the names a response
+// took from the fresh region without an override, and not yet settled by
+// its answer.
+func (st *serveState) inSpan(name string) bool {
+	for _, f := range st.spans {
+		fresh := f.fresh[f.settled:]
+		if len(fresh) == 0 || compareWireNames(name, fresh[0].name) < 0 || compareWireNames(name, fresh[len(fresh)-1].name) > 0 {
+			continue
+		}
+		if _, ok := slices.BinarySearchFunc(fresh, name, func(p flightPut, n string) int { return compareWireNames(p.name, n) }); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// dropSpan removes f from the spans.
+func (st *serveState) dropSpan(f *flight) {
+	if i := slices.Index(st.spans, f); i >= 0 {
+		st.spans = slices.Delete(st.spans, i, i+1)
+	}
 }
 
 // endRegion ends the fresh region once fresh is used up.
@@ -535,7 +587,7 @@ func (st *serveState) holding(ti *typeIndex, name string) heldState {
 	if o, ok := st.overrides[name]; ok {
 		return o
 	}
-	if st.inRegion(name) {
+	if st.notHeldImplicitly(name) {
 		return heldState{}
 	}
 	return ti.state(name)
@@ -548,7 +600,7 @@ func (st *serveState) setHolding(ti *typeIndex, name string, h heldState) {
 	// In the fresh region no override means "not held" (build sends a
 	// name only once the cursor passed it, so an answer does not land
 	// there, but a held state there is kept explicit all the same).
-	if h == ti.state(name) && (!h.holds || !st.inRegion(name)) {
+	if h == ti.state(name) && (!h.holds || !st.notHeldImplicitly(name)) {
 		delete(st.overrides, name)
 		return
 	}
@@ -740,6 +792,7 @@ func (ss *serverSession) subscribe(st *serveState, typ string, req *discovery.De
 	// serveState.fresh).
 	st.queue = nil
 	st.fresh, st.cursor, st.region = nil, "", false
+	st.spans = nil
 	var held int
 	if len(rs.held) == 0 {
 		held = ss.startFresh(st)
@@ -1006,12 +1059,42 @@ func (ss *serverSession) chargeHeld(rs *resumeState, typ string, n int64) error 
 // against what the peer is known to hold.
 func (ss *serverSession) forget(st *serveState, f *flight) {
 	ss.release(f)
+	ss.unspan(st, f)
+	for _, p := range f.fresh {
+		ss.unsend(st, f, p.name)
+	}
 	for _, p := range f.puts {
 		ss.unsend(st, f, p.name)
 	}
 	for _, name := range f.removed {
 		ss.unsend(st, f, name)
 	}
+}
+
+// unspan ends f's span without an answer: each name still in it that the
+// index holds is recorded as not held explicitly (an override), under
+// the index's read lock released every lockChunk names as resolve does.
+func (ss *serverSession) unspan(st *serveState, f *flight) {
+	if f.stale || f.settled == len(f.fresh) {
+		st.dropSpan(f)
+		return
+	}
+	ss.ix.mu.RLock()
+	ti := ss.ix.types[st.typ]
+	ss.catchUpInChunks(st, ti)
+	for i, n := f.settled, 0; i < len(f.fresh); i, n = i+1, n+1 {
+		if n > 0 && n%ss.lockChunk == 0 {
+			ss.relock()
+			ss.catchUpInChunks(st, ti)
+		}
+		name := f.fresh[i].name
+		if _, ok := st.overrides[name]; !ok && ti.state(name).holds {
+			st.setOverride(name, heldState{})
+		}
+		f.settled = i + 1
+	}
+	ss.ix.mu.RUnlock()
+	st.dropSpan(f)
 }
 
 func (ss *serverSession) unsend(st *serveState, f *flight, name string) {
@@ -1039,7 +1122,7 @@ func (ss *serverSession) resolve(st *serveState, f *flight, detail *status.Statu
 		refused[r.GetName()] = r
 	}
 	var rejected []apitypes.RejectedResource
-	var accepted []string
+	accepted := make([]string, 0, len(f.fresh)+len(f.puts)+len(f.removed))
 	var ti *typeIndex
 	settle := func(name, version string, removal bool) {
 		if s, ok := st.sent[name]; ok && s.nonce == f.nonce {
@@ -1072,6 +1155,53 @@ func (ss *serverSession) resolve(st *serveState, f *flight, detail *status.Statu
 		accepted = append(accepted, name)
 		st.setHolding(ti, name, heldState{version: version, holds: !removal})
 	}
+	// settleFresh is settle for a name of f's span: the peer's state
+	// before is its override, if any, else not held; once settled the
+	// name leaves the span and the index is its implicit state again.
+	settleFresh := func(name, version string) {
+		if s, ok := st.sent[name]; ok && s.nonce == f.nonce {
+			delete(st.sent, name)
+		}
+		if f.stale {
+			return
+		}
+		r, isRefused := refused[name]
+		if _, was := st.rejected[name]; was || whole || isRefused {
+			st.pending[name] = struct{}{}
+		}
+		o, hasOverride := st.overrides[name]
+		before := hasOverride && o.holds
+		var now heldState
+		if f.revOK && ti.revision == f.rev {
+			now = heldState{version: version, holds: true} // as sent
+		} else {
+			now = ti.state(name)
+		}
+		h := heldState{version: version, holds: true}
+		if whole || isRefused {
+			st.rejected[name] = version
+			rr := apitypes.RejectedResource{Name: name, Version: version}
+			if isRefused {
+				rr.Errors = fieldErrors(r.GetErrors())
+			} else {
+				rr.Errors = []string{truncate(detail.GetMessage())}
+			}
+			rejected = append(rejected, rr)
+			h = heldState{}
+		} else {
+			delete(st.rejected, name)
+			accepted = append(accepted, name)
+		}
+		st.heldDelta += b2i(h.holds) - b2i(before)
+		switch {
+		case h != now:
+			if !hasOverride || o != h {
+				st.setOverride(name, h)
+			}
+		case hasOverride:
+			delete(st.overrides, name)
+		}
+	}
 	// The index's lock is released every serveLockChunk names and the
 	// record caught up when it is taken back: what the peer applied does
 	// not depend on the index, only how it is recorded.
@@ -1085,6 +1215,12 @@ func (ss *serverSession) resolve(st *serveState, f *flight, detail *status.Statu
 			ss.catchUpInChunks(st, ti)
 		}
 	}
+	for i, p := range f.fresh {
+		next()
+		settleFresh(p.name, p.version)
+		f.settled = i + 1
+	}
+	st.dropSpan(f)
 	for _, p := range f.puts {
 		next()
 		settle(p.name, p.version, false)
@@ -1266,6 +1402,10 @@ func (ss *serverSession) build(st *serveState, f *flight) *discovery.DeltaDiscov
 	ti := ss.ix.types[st.typ]
 	ss.catchUpInChunks(st, ti)
 	resp.SystemVersionInfo = strconv.FormatUint(ti.revision, 10)
+	f.rev = ti.revision
+	if st.region {
+		st.spans = append(st.spans, f)
+	}
 	handled := 0
 names:
 	for {
@@ -1310,6 +1450,38 @@ names:
 			name, fromFresh = st.fresh[0], true
 		default:
 			break names
+		}
+		if fromFresh && !fromQueue {
+			// A name of the fresh region that has not changed since the
+			// subscription (not pending) and has no override: the index
+			// holds it, the peer does not, and no response carried it.
+			// It is sent without recording anything per name but the
+			// response's fresh list (a span: see serveState.spans).
+			_, isPending := st.pending[name]
+			_, hasOverride := st.overrides[name]
+			if e, ok := ti.entries[name]; ok && !isPending && !hasOverride && st.rejected[name] != e.res.Version {
+				if size+e.size > limit && size > 0 {
+					break
+				}
+				size += e.size + 8
+				handled++
+				st.cursor = name
+				st.fresh = st.fresh[1:]
+				st.endRegion()
+				v := e.res.Version
+				f.bytes += int64(protowire.SizeTag(responseResourcesField) + protowire.SizeBytes(e.size))
+				if f.fresh == nil {
+					// Sized for a message of resources like this one
+					// rather than grown step by step.
+					n := min(len(st.fresh)+1, limit/(e.size+8)+1)
+					f.fresh = make([]flightPut, 0, n)
+					resp.Resources = slices.Grow(resp.Resources, n)
+				}
+				resp.Resources = append(resp.Resources, e.res)
+				f.fresh = append(f.fresh, flightPut{name, v})
+				st.sent[name] = sentState{version: v, nonce: f.nonce}
+				continue
+			}
 		}
 		if s, ok := st.sent[name]; ok && s.nonce == f.nonce {
 			break // in this response already, changed since: the next one
@@ -1361,6 +1533,10 @@ names:
 	}
 	if len(st.queue) == 0 {
 		st.queue = nil // release the snapshot's backing array
+	}
+	f.revOK = ti.revision == f.rev
+	if len(f.fresh) == 0 {
+		st.dropSpan(f)
 	}
 	return resp
 }
@@ -1437,9 +1613,34 @@ func sortedNames(set map[string]struct{}) []string {
 // compareWireNames orders wire names by mesh, then name. Neither a mesh
 // nor a name contains '/', so comparing bytes with the separator below
 // every other byte gives that order without splitting.
+//
+// The common prefix is skipped eight bytes at a time (names of one type
+// mostly share their mesh and the start of their name); a sort of 100k
+// names spent most of its time comparing them one byte at a time.
 func compareWireNames(a, b string) int {
 	n := min(len(a), len(b))
-	for i := 0; i < n; i++ {
+	i := 0
+	for ; i+8 <= n; i += 8 {
+		if load64(a, i) != load64(b, i) {
+			break
+		}
+	}
+	return compareWireNamesFrom(a, b, i)
+}
+
+// load64 is the 8 bytes of s at i (i+8 <= len(s)), in memory order.
+func load64(s string, i int) uint64 {
+	return binary.LittleEndian.Uint64(unsafe.Slice(unsafe.StringData(s[i:]), 8))
+}
+
+// compareWireNamesBytes is compareWireNames one byte at a time.
+func compareWireNamesBytes(a, b string) int { return compareWireNamesFrom(a, b, 0) }
+
+// compareWireNamesFrom is compareWireNames for a and b whose first i
+// bytes are equal.
+func compareWireNamesFrom(a, b string, i int) int {
+	n := min(len(a), len(b))
+	for ; i < n; i++ {
 		if ca, cb := a[i], b[i]; ca != cb {
 			switch {
 			case ca == '/':
