@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/stretchr/testify/require"
 
 	"github.com/kds-engine/kds-engine/engine/internal/insights"
 )
@@ -149,25 +150,58 @@ func FuzzCompareWireNames(f *testing.F) {
 }
 
 // BenchmarkSortWireNames sorts 100k shuffled wire names of one mesh, as a
-// fresh subscription does, with compareWireNames and (bytes=true) with
-// the byte-at-a-time comparison it replaced.
+// fresh subscription does: with sortWireNames (keyed), with
+// compareWireNames alone (compare) and with the byte-at-a-time comparison
+// (bytes).
 func BenchmarkSortWireNames(b *testing.B) {
 	names := make([]string, 100_000)
 	for i := range names {
 		names[i] = WireName("default", fmt.Sprintf("p-%d", i))
 	}
 	rand.New(rand.NewPCG(1, 2)).Shuffle(len(names), func(i, j int) { names[i], names[j] = names[j], names[i] })
-	for _, bytes := range []bool{false, true} {
-		f := compareWireNames
-		if bytes {
-			f = compareWireNamesBytes
-		}
-		b.Run(fmt.Sprintf("bytes=%t", bytes), func(b *testing.B) {
+	for _, c := range []struct {
+		name string
+		sort func([]string)
+	}{
+		{"keyed", sortWireNames},
+		{"compare", func(s []string) { slices.SortFunc(s, compareWireNames) }},
+		{"bytes", func(s []string) { slices.SortFunc(s, compareWireNamesBytes) }},
+	} {
+		b.Run(c.name, func(b *testing.B) {
 			s := make([]string, len(names))
 			for b.Loop() {
 				copy(s, names)
-				slices.SortFunc(s, f)
+				c.sort(s)
 			}
 		})
+	}
+}
+
+// sortWireNames gives compareWireNames' order, for names with long shared
+// prefixes, ties in the packed bytes, slashes and bytes around '/'.
+func TestSortWireNames(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	alphabet := "ab-./~\x00\xff"
+	for round := range 500 {
+		prefix := []string{"", "default/", "default/p-", "m/abcdefghij"}[round%4]
+		names := make([]string, rng.IntN(40)+[]int{0, 300}[round%2])
+		for i := range names {
+			b := make([]byte, rng.IntN(12))
+			for j := range b {
+				b[j] = alphabet[rng.IntN(len(alphabet))]
+			}
+			names[i] = prefix + string(b)
+		}
+		if round%3 == 0 && len(names) > 100 {
+			// The first names share more than the rest: the prefix
+			// taken from them does not hold for all.
+			for i := range 80 {
+				names[i] = "default/p-" + names[i]
+			}
+		}
+		want := slices.Clone(names)
+		slices.SortStableFunc(want, compareWireNames)
+		sortWireNames(names)
+		require.Equal(t, want, names, "round %d", round)
 	}
 }

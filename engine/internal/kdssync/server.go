@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 	"unsafe"
 
@@ -368,10 +369,12 @@ type serveState struct {
 	// too: a name there that the index holds and that is not in fresh
 	// (created since the subscription) has one, "not held" (see changed).
 	// When build moves the cursor past a name the index holds it records
-	// it as not held (see passed), so that the peer's holding of every
-	// name outside the region is as before; once fresh is used up every
-	// name after the cursor that the index holds has an override and the
-	// region ends.
+	// it as not held: in the response's fresh list if it sends the name
+	// from fresh without an override (see spans), else as an override (see
+	// passed), so that the peer's holding of every name outside the region
+	// is as before; once fresh is used up every name after the cursor that
+	// the index holds has an override or is in a span, and the region
+	// ends.
 	fresh  []string
 	cursor string
 	region bool
@@ -841,7 +844,7 @@ func (ss *serverSession) startFresh(st *serveState) int {
 			}
 		}
 		ix.mu.RUnlock()
-		slices.SortFunc(names, compareWireNames)
+		sortWireNames(names)
 		// A name deleted and re-created while the lock was released may
 		// come out of the iteration twice (an entry created during a
 		// map's iteration may be produced); it is to send once.
@@ -1606,8 +1609,116 @@ func sortedNames(set map[string]struct{}) []string {
 	for n := range set {
 		names = append(names, n)
 	}
-	slices.SortFunc(names, compareWireNames)
+	sortWireNames(names)
 	return names
+}
+
+// sortWireNames sorts names by compareWireNames.
+//
+// Names of one type mostly share a prefix (their mesh, the start of their
+// name) and differ in a few bytes after it. Each name is read once to pack
+// the 7 bytes after the prefix all of them share into an integer whose
+// order is compareWireNames' order of those bytes; the names are radix
+// sorted by it (9 bits a pass, a pass skipped where every integer has the
+// same digit), and only names whose integers are equal are compared in
+// full. A sort of 100k names comparing the strings themselves spent most of
+// its time on strings that lie all over the heap.
+func sortWireNames(names []string) {
+	n := len(names)
+	if n < 256 {
+		slices.SortFunc(names, compareWireNames)
+		return
+	}
+	// The prefix is taken from the first names and checked as each name
+	// is keyed (one read of each string); a name without it means a
+	// second pass with the prefix of all of them.
+	prefix := names[0]
+	for _, s := range names[1:64] {
+		prefix = prefix[:commonPrefix(prefix, s)]
+	}
+	a, b := make([]keyedName, n), make([]keyedName, n)
+	for i, s := range names {
+		if !strings.HasPrefix(s, prefix) {
+			for _, s := range names[i:] {
+				prefix = prefix[:commonPrefix(prefix, s)]
+			}
+			for i, s := range names {
+				a[i] = keyedName{key: wireNameKey(s[len(prefix):]), name: s}
+			}
+			break
+		}
+		a[i] = keyedName{key: wireNameKey(s[len(prefix):]), name: s}
+	}
+	var count [1 << 9]int
+	for shift := 0; shift < 63; shift += 9 {
+		clear(count[:])
+		for _, x := range a {
+			count[x.key>>shift&511]++
+		}
+		if count[a[0].key>>shift&511] == n {
+			continue
+		}
+		sum := 0
+		for d, c := range count {
+			count[d] = sum
+			sum += c
+		}
+		for _, x := range a {
+			d := x.key >> shift & 511
+			b[count[d]] = x
+			count[d]++
+		}
+		a, b = b, a
+	}
+	for i := 0; i < n; {
+		j := i + 1
+		for j < n && a[j].key == a[i].key {
+			j++
+		}
+		if j-i > 1 {
+			slices.SortFunc(a[i:j], func(x, y keyedName) int { return compareWireNames(x.name, y.name) })
+		}
+		i = j
+	}
+	for i := range a {
+		names[i] = a[i].name
+	}
+}
+
+type keyedName struct {
+	key  uint64
+	name string
+}
+
+// commonPrefix returns the length of the longest common prefix of a and b.
+func commonPrefix(a, b string) int {
+	n := min(len(a), len(b))
+	i := 0
+	for ; i+8 <= n && load64(a, i) == load64(b, i); i += 8 {
+	}
+	for i < n && a[i] == b[i] {
+		i++
+	}
+	return i
+}
+
+// wireNameKey packs the first 7 bytes of s into 9 bits each, most
+// significant first: 0 past the end of s, 1 for '/', the byte plus 2
+// otherwise. Keys compare as compareWireNames compares those bytes (a
+// name that ends first is first, '/' is below every other byte).
+func wireNameKey(s string) uint64 {
+	var k uint64
+	for i := range 7 {
+		var d uint64
+		if i < len(s) {
+			d = uint64(s[i]) + 2
+			if s[i] == '/' {
+				d = 1
+			}
+		}
+		k = k<<9 | d
+	}
+	return k
 }
 
 // compareWireNames orders wire names by mesh, then name. Neither a mesh
