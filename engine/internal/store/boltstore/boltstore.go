@@ -829,8 +829,11 @@ type encodedPut struct {
 // Apply implements store.Store. Puts are encoded and sorted before the
 // commit lock is taken, then written in key order in one transaction.
 func (s *Store) Apply(ctx context.Context, b store.Batch) (uint64, error) {
-	if err := store.CheckBatch(b); err != nil {
-		return 0, fmt.Errorf("apply: %w", err)
+	// A key put twice is found once the puts are sorted; a batch refused
+	// gets CheckBatch's error, which names the first problem in the
+	// batch's order.
+	if err := store.CheckBatchPuts(b); err != nil {
+		return 0, fmt.Errorf("apply: %w", store.CheckBatch(b))
 	}
 	if len(b.Put) == 0 && len(b.Delete) == 0 {
 		leave, err := s.enter(ctx)
@@ -899,6 +902,11 @@ func (s *Store) Apply(ctx context.Context, b store.Batch) (uint64, error) {
 		}
 		return bytes.Compare(a.key, b.key)
 	})
+	for i := 1; i < len(puts); i++ {
+		if puts[i].r.Type == puts[i-1].r.Type && bytes.Equal(puts[i].key, puts[i-1].key) {
+			return 0, fmt.Errorf("apply: %w", store.CheckBatch(b))
+		}
+	}
 	// typeEnd[i] is the index of the last put of puts[i]'s type (each
 	// type's puts are contiguous and in key order).
 	typeEnd := make([]int, len(puts))
