@@ -201,7 +201,18 @@ func TestSortWireNames(t *testing.T) {
 		}
 		want := slices.Clone(names)
 		slices.SortStableFunc(want, compareWireNames)
-		sortWireNames(names)
+		ents := make([]entry, len(names))
+		for i, n := range names {
+			ents[i] = entry{res: &discovery.Resource{Name: n}}
+		}
+		if round%2 == 0 {
+			sortWireNames(names)
+		} else {
+			sortWireNamesWith(names, ents)
+			for i, e := range ents {
+				require.Equal(t, names[i], e.res.GetName(), "round %d: the entries move with the names", round)
+			}
+		}
 		require.Equal(t, want, names, "round %d", round)
 	}
 }

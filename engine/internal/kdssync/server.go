@@ -378,6 +378,10 @@ type serveState struct {
 	fresh  []string
 	cursor string
 	region bool
+	// freshEntries, when not nil, holds the index's entry of each name in
+	// fresh (same positions) as of the subscription's take: the entry of a
+	// name not pending since, without a lookup.
+	freshEntries []entry
 	// spans are the responses (in flight, or being built) that carry
 	// names from fresh without an override each, oldest first: until its
 	// answer is applied, a name in a span's fresh list (past what the
@@ -564,10 +568,18 @@ func (st *serveState) dropSpan(f *flight) {
 	}
 }
 
+// popFresh removes fresh's first name (and its entry).
+func (st *serveState) popFresh() {
+	st.fresh = st.fresh[1:]
+	if st.freshEntries != nil {
+		st.freshEntries = st.freshEntries[1:]
+	}
+}
+
 // endRegion ends the fresh region once fresh is used up.
 func (st *serveState) endRegion() {
 	if len(st.fresh) == 0 {
-		st.fresh, st.cursor, st.region = nil, "", false
+		st.fresh, st.freshEntries, st.cursor, st.region = nil, nil, "", false
 	}
 }
 
@@ -794,7 +806,7 @@ func (ss *serverSession) subscribe(st *serveState, typ string, req *discovery.De
 	// holds nothing starts from the index's sorted names instead (see
 	// serveState.fresh).
 	st.queue = nil
-	st.fresh, st.cursor, st.region = nil, "", false
+	st.fresh, st.freshEntries, st.cursor, st.region = nil, nil, "", false
 	st.spans = nil
 	var held int
 	if len(rs.held) == 0 {
@@ -833,26 +845,35 @@ func (ss *serverSession) startFresh(st *serveState) int {
 	st.overrides = map[string]heldState{}
 	st.pending = map[string]struct{}{}
 	st.heldDelta = -len(ti.entries)
-	names := ti.cachedNames()
+	names, ents := ti.cachedNames()
 	if names == nil && len(ti.entries) > 0 {
-		gen := ti.namesGen
+		gen, rev := ti.namesGen, ti.revision
 		names = make([]string, 0, len(ti.entries))
-		for name := range ti.entries {
+		ents = make([]entry, 0, len(ti.entries))
+		for name, e := range ti.entries {
 			names = append(names, name)
+			ents = append(ents, e)
 			if len(names)%ss.lockChunk == 0 {
 				ss.relock()
 			}
 		}
 		ix.mu.RUnlock()
-		sortWireNames(names)
+		sortWireNamesWith(names, ents)
 		// A name deleted and re-created while the lock was released may
 		// come out of the iteration twice (an entry created during a
-		// map's iteration may be produced); it is to send once.
-		names = slices.Compact(names)
+		// map's iteration may be produced); it is to send once (and is
+		// pending: its entry is not used).
+		names, ents = compactNames(names, ents)
 		ix.mu.RLock()
-		ti.keepNames(names, gen)
+		kept := ents
+		if ti.revision != rev {
+			kept = nil // not as of one revision: not for later subscribers
+		}
+		ti.keepNames(names, kept, gen)
 	}
-	st.fresh, st.region = names, true
+	// ents are the entries as of the take for every name not changed
+	// since (every name that is not pending).
+	st.fresh, st.freshEntries, st.region = names, ents, true
 	st.catchUp(ti)
 	st.endRegion()
 	held := st.heldCount(ti)
@@ -1462,14 +1483,23 @@ names:
 			// response's fresh list (a span: see serveState.spans).
 			_, isPending := st.pending[name]
 			_, hasOverride := st.overrides[name]
-			if e, ok := ti.entries[name]; ok && !isPending && !hasOverride && st.rejected[name] != e.res.Version {
+			var e entry
+			var ok bool
+			if !isPending && !hasOverride {
+				if st.freshEntries != nil {
+					e, ok = st.freshEntries[0], true
+				} else {
+					e, ok = ti.entries[name]
+				}
+			}
+			if ok && st.rejected[name] != e.res.Version {
 				if size+e.size > limit && size > 0 {
 					break
 				}
 				size += e.size + 8
 				handled++
 				st.cursor = name
-				st.fresh = st.fresh[1:]
+				st.popFresh()
 				st.endRegion()
 				v := e.res.Version
 				f.bytes += int64(protowire.SizeTag(responseResourcesField) + protowire.SizeBytes(e.size))
@@ -1518,7 +1548,7 @@ names:
 			st.queue = st.queue[1:]
 		}
 		if fromFresh {
-			st.fresh = st.fresh[1:]
+			st.popFresh()
 			st.endRegion()
 		}
 		switch {
@@ -1623,17 +1653,24 @@ func sortedNames(set map[string]struct{}) []string {
 // same digit), and only names whose integers are equal are compared in
 // full. A sort of 100k names comparing the strings themselves spent most of
 // its time on strings that lie all over the heap.
-func sortWireNames(names []string) {
+func sortWireNames(names []string) { sortWireNamesWith(names, nil) }
+
+// sortWireNamesWith is sortWireNames moving ents[i] (if ents is not nil)
+// with names[i].
+func sortWireNamesWith(names []string, ents []entry) {
 	n := len(names)
-	if n < 256 {
+	if n < 256 && ents == nil {
 		slices.SortFunc(names, compareWireNames)
+		return
+	}
+	if n < 2 {
 		return
 	}
 	// The prefix is taken from the first names and checked as each name
 	// is keyed (one read of each string); a name without it means a
 	// second pass with the prefix of all of them.
 	prefix := names[0]
-	for _, s := range names[1:64] {
+	for _, s := range names[1:min(n, 64)] {
 		prefix = prefix[:commonPrefix(prefix, s)]
 	}
 	a, b := make([]keyedName, n), make([]keyedName, n)
@@ -1643,11 +1680,11 @@ func sortWireNames(names []string) {
 				prefix = prefix[:commonPrefix(prefix, s)]
 			}
 			for i, s := range names {
-				a[i] = keyedName{key: wireNameKey(s[len(prefix):]), name: s}
+				a[i] = keyedName{key: wireNameKey(s[len(prefix):]), name: s, at: int32(i)}
 			}
 			break
 		}
-		a[i] = keyedName{key: wireNameKey(s[len(prefix):]), name: s}
+		a[i] = keyedName{key: wireNameKey(s[len(prefix):]), name: s, at: int32(i)}
 	}
 	var count [1 << 9]int
 	for shift := 0; shift < 63; shift += 9 {
@@ -1683,11 +1720,33 @@ func sortWireNames(names []string) {
 	for i := range a {
 		names[i] = a[i].name
 	}
+	if ents != nil {
+		sorted := make([]entry, n)
+		for i := range a {
+			sorted[i] = ents[a[i].at]
+		}
+		copy(ents, sorted)
+	}
+}
+
+// compactNames drops each name of sorted names equal to the one before it,
+// and its entry (ents at the same positions).
+func compactNames(names []string, ents []entry) ([]string, []entry) {
+	k := 0
+	for i := range names {
+		if i > 0 && names[i] == names[k-1] {
+			continue
+		}
+		names[k], ents[k] = names[i], ents[i]
+		k++
+	}
+	return names[:k], ents[:k]
 }
 
 type keyedName struct {
 	key  uint64
 	name string
+	at   int32 // the name's position before the sort
 }
 
 // commonPrefix returns the length of the longest common prefix of a and b.
