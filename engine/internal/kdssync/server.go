@@ -341,7 +341,9 @@ type serveState struct {
 	// holds (as of the last take): ResourcesHeld without counting.
 	heldDelta int
 	// sent overlays held with the responses in flight: for each name they
-	// carry, the latest state sent and the nonce of the response.
+	// carry, the latest state sent and the nonce of the response; a name
+	// of a span has no entry unless a later response carries it again
+	// (see inFlight).
 	sent map[string]sentState
 	// rejected maps names to the version the peer refused ("" for a
 	// refused removal); such a version is not sent again until it changes.
@@ -550,15 +552,40 @@ func (st *serveState) notHeldImplicitly(name string) bool {
 // its answer.
 func (st *serveState) inSpan(name string) bool {
 	for _, f := range st.spans {
-		fresh := f.fresh[f.settled:]
-		if len(fresh) == 0 || compareWireNames(name, fresh[0].name) < 0 || compareWireNames(name, fresh[len(fresh)-1].name) > 0 {
-			continue
-		}
-		if _, ok := slices.BinarySearchFunc(fresh, name, func(p flightPut, n string) int { return compareWireNames(p.name, n) }); ok {
+		if _, ok := f.spanPut(name); ok {
 			return true
 		}
 	}
 	return false
+}
+
+// spanPut returns name's entry in f's fresh list if name is in f's span
+// (in the list, not settled yet).
+func (f *flight) spanPut(name string) (flightPut, bool) {
+	fresh := f.fresh[f.settled:]
+	if len(fresh) == 0 || compareWireNames(name, fresh[0].name) < 0 || compareWireNames(name, fresh[len(fresh)-1].name) > 0 {
+		return flightPut{}, false
+	}
+	i, ok := slices.BinarySearchFunc(fresh, name, func(p flightPut, n string) int { return compareWireNames(p.name, n) })
+	if !ok {
+		return flightPut{}, false
+	}
+	return fresh[i], true
+}
+
+// inFlight returns the latest state a response in flight carries for
+// name: sent's entry, else the span's that holds name (a name of a span
+// has no entry in sent unless a later response carries it again).
+func (st *serveState) inFlight(name string) (sentState, bool) {
+	if s, ok := st.sent[name]; ok {
+		return s, true
+	}
+	for _, f := range st.spans {
+		if p, ok := f.spanPut(name); ok {
+			return sentState{version: p.version, nonce: f.nonce}, true
+		}
+	}
+	return sentState{}, false
 }
 
 // dropSpan removes f from the spans.
@@ -668,7 +695,7 @@ func b2i(b bool) int {
 // view returns what the peer holds of name once the responses in flight are
 // applied (under the index's lock, caught up).
 func (st *serveState) view(ti *typeIndex, name string) (version string, holds bool) {
-	if s, ok := st.sent[name]; ok {
+	if s, ok := st.inFlight(name); ok {
 		return s.version, !s.removed
 	}
 	h := st.holding(ti, name)
@@ -1183,9 +1210,7 @@ func (ss *serverSession) resolve(st *serveState, f *flight, detail *status.Statu
 	// before is its override, if any, else not held; once settled the
 	// name leaves the span and the index is its implicit state again.
 	settleFresh := func(name, version string) {
-		if s, ok := st.sent[name]; ok && s.nonce == f.nonce {
-			delete(st.sent, name)
-		}
+		// No entry in sent (see inFlight); one there is a later response's.
 		if f.stale {
 			return
 		}
@@ -1511,12 +1536,11 @@ names:
 					resp.Resources = slices.Grow(resp.Resources, n)
 				}
 				resp.Resources = append(resp.Resources, e.res)
-				f.fresh = append(f.fresh, flightPut{name, v})
-				st.sent[name] = sentState{version: v, nonce: f.nonce}
+				f.fresh = append(f.fresh, flightPut{name, v}) // in flight: see inFlight
 				continue
 			}
 		}
-		if s, ok := st.sent[name]; ok && s.nonce == f.nonce {
+		if s, ok := st.inFlight(name); ok && s.nonce == f.nonce {
 			break // in this response already, changed since: the next one
 		}
 		handled++

@@ -495,19 +495,22 @@ func TestRecreatedAtRefusedVersionWhileRemovalInFlight(t *testing.T) {
 }
 
 // While a fresh peer's initial sync runs, the names in flight cost no
-// override each: the responses' spans record them as not held until their
-// answers, so the overrides map stays empty through the whole sync (it
-// held every name in flight, refilled by every response).
+// override and no entry in sent each: the responses' spans record them as
+// not held, and in flight, until their answers, so both maps stay empty
+// through the whole sync (the overrides map held every name in flight,
+// refilled by every response, and so did sent).
 func TestFreshSyncRecordsNoOverridePerNameInFlight(t *testing.T) {
 	ix, _ := sparseIndex(t, 20_000)
 	ss, p, _ := directSession(t, ix, 256<<10)
 	require.NoError(t, ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResourceNamesSubscribe: []string{"*"}}))
 	st := ss.types["T"]
 	require.Len(t, st.inflight, DefaultWindow)
+	assert.Equal(t, PeerHolding{Subscribed: true, Pending: true, PendingVersion: "1"}, ask(ss, "default/t-000000"), "in flight, not held yet")
 	answered := 0
 	for st.region || len(st.inflight) > 0 {
 		require.Empty(t, st.overrides, "answer %d", answered)
 		require.Zero(t, st.overridesPeak, "answer %d", answered)
+		require.Empty(t, st.sent, "answer %d", answered)
 		r := nextResponse(t, p)
 		require.NoError(t, ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: r.GetTypeUrl(), ResponseNonce: r.GetNonce()}))
 		answered++
