@@ -101,7 +101,7 @@ func Churn(ctx context.Context, o Options, c ChurnConfig) (*Report, error) {
 	defer cancelWatch()
 	var joinWatch func()
 	pprof.Do(wctx, benchLabels, func(wctx context.Context) {
-		_, joinWatch, err = follow(wctx, g.e.Store(), store.Filter{Type: statusType}, t.applied)
+		_, joinWatch, err = follow(wctx, g.e.Store(), store.Filter{Type: statusType}, 0, t.applied)
 	})
 	if err != nil {
 		return nil, err

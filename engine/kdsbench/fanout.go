@@ -89,7 +89,7 @@ func fanoutXDS(ctx context.Context, o Options, zones int, c FanoutConfig) ([]tim
 	defer x.close()
 	var a arrivals
 	for i := range zones {
-		cl, err := dialXDS(x.proxy.Addr().String(), func(name string, v []byte, at time.Time) { a.saw(i, name, v, at) })
+		cl, err := dialXDS(x.proxy.Addr().String(), 0, func(name string, v []byte, at time.Time) { a.saw(i, name, v, at) })
 		if err != nil {
 			return nil, err
 		}

@@ -246,13 +246,15 @@ type counter struct {
 }
 
 // follow starts counting f on s until ctx ends. The returned function joins
-// the follower.
-func follow(ctx context.Context, s store.Store, f store.Filter, seen func(store.Event)) (*counter, func(), error) {
+// the follower. expect is how many resources the caller expects f to
+// match (0 if it does not know): the counter is sized for them up front,
+// so that a timed window does not include growing it from empty.
+func follow(ctx context.Context, s store.Store, f store.Filter, expect int, seen func(store.Event)) (*counter, func(), error) {
 	w, items, _, err := store.SnapshotAndWatch(ctx, s, f)
 	if err != nil {
 		return nil, nil, fmt.Errorf("watch store: %w", err)
 	}
-	c := &counter{versions: make(map[resource.Key]string, len(items)), changed: make(chan struct{}, 1), seen: seen}
+	c := &counter{versions: make(map[resource.Key]string, max(len(items), expect)), changed: make(chan struct{}, 1), seen: seen}
 	for _, r := range items {
 		c.versions[r.Key()] = r.Version
 	}

@@ -60,7 +60,7 @@ func (a *arrivals) lastAt() time.Time {
 // who. The returned function stops and joins the watcher.
 func watchZone(ctx context.Context, z *node, who int, a *arrivals) (*counter, func(), error) {
 	ctx, cancel := context.WithCancel(ctx)
-	c, join, err := follow(ctx, z.e.Store(), store.Filter{Type: policyType}, func(ev store.Event) {
+	c, join, err := follow(ctx, z.e.Store(), store.Filter{Type: policyType}, 0, func(ev store.Event) {
 		a.saw(who, ev.Resource.Name, ev.Resource.Spec, time.Now())
 	})
 	if err != nil {

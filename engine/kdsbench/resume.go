@@ -56,7 +56,7 @@ func Resume(ctx context.Context, o Options, c ResumeConfig) (*Report, error) {
 	}
 	fctx, fcancel := context.WithCancel(ctx)
 	defer fcancel()
-	gst, gjoin, err := follow(fctx, g.e.Store(), store.Filter{Type: statusType, Zone: "zone-1"}, nil)
+	gst, gjoin, err := follow(fctx, g.e.Store(), store.Filter{Type: statusType, Zone: "zone-1"}, 0, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -74,7 +74,7 @@ func Resume(ctx context.Context, o Options, c ResumeConfig) (*Report, error) {
 	}
 	zctx, zcancel := context.WithCancel(ctx)
 	defer zcancel()
-	zst, zjoin, err := follow(zctx, z.e.Store(), store.Filter{Type: policyType}, nil)
+	zst, zjoin, err := follow(zctx, z.e.Store(), store.Filter{Type: policyType}, 0, nil)
 	if err != nil {
 		z.stop()
 		return nil, err

@@ -177,7 +177,7 @@ func syncXDS(ctx context.Context, n, size int, link Link) (warm, cold syncRun, e
 	receive := func() (syncRun, error) {
 		before, cpu := x.proxy.Bytes(), sampleCPU()
 		start := time.Now()
-		cl, err := dialXDS(x.proxy.Addr().String(), nil)
+		cl, err := dialXDS(x.proxy.Addr().String(), n, nil)
 		if err != nil {
 			return syncRun{}, err
 		}
@@ -272,7 +272,7 @@ func syncOnce(ctx context.Context, o Options, v *env, g *node, zname string, n i
 	s, f := watched(z)
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	cnt, join, err := follow(wctx, s, f, nil)
+	cnt, join, err := follow(wctx, s, f, n, nil)
 	if err != nil {
 		return syncRun{}, err
 	}

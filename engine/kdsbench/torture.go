@@ -101,13 +101,13 @@ func Torture(ctx context.Context, o Options, c TortureConfig) (*Report, []Tortur
 	rng := rand.New(rand.NewPCG(c.Seed, 0))
 	fctx, fcancel := context.WithCancel(ctx)
 	defer fcancel()
-	gPolicies, gjoin, err := follow(fctx, g.e.Store(), store.Filter{Type: policyType}, nil)
+	gPolicies, gjoin, err := follow(fctx, g.e.Store(), store.Filter{Type: policyType}, 0, nil)
 	if err != nil {
 		return nil, nil, err
 	}
 	defer gjoin()
 	defer fcancel()
-	gStatuses, gjoin2, err := follow(fctx, g.e.Store(), store.Filter{Type: statusType, Zone: "zone-1"}, nil)
+	gStatuses, gjoin2, err := follow(fctx, g.e.Store(), store.Filter{Type: statusType, Zone: "zone-1"}, 0, nil)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -199,12 +199,12 @@ func tortureBatch(typ, prefix string, first, n, round, size int) []*resource.Res
 func converge(ctx context.Context, z *node, gPolicies, gStatuses *counter, stall time.Duration) (TortureRound, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	zPolicies, j1, err := follow(ctx, z.e.Store(), store.Filter{Type: policyType}, nil)
+	zPolicies, j1, err := follow(ctx, z.e.Store(), store.Filter{Type: policyType}, 0, nil)
 	if err != nil {
 		return TortureRound{}, err
 	}
 	defer j1()
-	zStatuses, j2, err := follow(ctx, z.e.Store(), store.Filter{Type: statusType}, nil)
+	zStatuses, j2, err := follow(ctx, z.e.Store(), store.Filter{Type: statusType}, 0, nil)
 	if err != nil {
 		return TortureRound{}, err
 	}

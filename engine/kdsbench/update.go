@@ -44,7 +44,7 @@ func Update(ctx context.Context, o Options, c UpdateConfig) (*Report, error) {
 		return nil, err
 	}
 	var xa arrivals
-	cl, err := dialXDS(x.proxy.Addr().String(), func(name string, v []byte, at time.Time) { xa.saw(0, name, v, at) })
+	cl, err := dialXDS(x.proxy.Addr().String(), 0, func(name string, v []byte, at time.Time) { xa.saw(0, name, v, at) })
 	if err != nil {
 		x.close()
 		return nil, err

@@ -99,7 +99,10 @@ type xdsClient struct {
 	seen      func(name string, value []byte, at time.Time)
 }
 
-func dialXDS(addr string, seen func(string, []byte, time.Time)) (*xdsClient, error) {
+// dialXDS opens a delta stream to the baseline server at addr. expect is
+// how many resources the caller expects (0 if it does not know): the
+// client's record is sized for them, as follow sizes the engine side's.
+func dialXDS(addr string, expect int, seen func(string, []byte, time.Time)) (*xdsClient, error) {
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(1<<30), grpc.MaxCallSendMsgSize(1<<30)))
 	if err != nil {
@@ -112,7 +115,7 @@ func dialXDS(addr string, seen func(string, []byte, time.Time)) (*xdsClient, err
 		conn.Close()
 		return nil, fmt.Errorf("open delta stream: %w", err)
 	}
-	c := &xdsClient{conn: conn, cancel: cancel, done: make(chan struct{}), versions: map[string]string{}, changed: make(chan struct{}, 1), seen: seen}
+	c := &xdsClient{conn: conn, cancel: cancel, done: make(chan struct{}), versions: make(map[string]string, expect), changed: make(chan struct{}, 1), seen: seen}
 	node := &core.Node{Id: "bench"}
 	if err := st.Send(&discovery.DeltaDiscoveryRequest{Node: node, TypeUrl: xdsType, ResourceNamesSubscribe: []string{"*"}}); err != nil {
 		cancel()

@@ -124,7 +124,7 @@ func (ss *serverSession) answer(q heldQuery) {
 		hs := st.holding(ti, q.name)
 		ss.ix.mu.RUnlock()
 		h.Version, h.Holds = hs.version, hs.holds
-		if s, ok := st.sent[q.name]; ok {
+		if s, ok := st.inFlight(q.name); ok {
 			h.Pending, h.PendingVersion, h.PendingRemoval = true, s.version, s.removed
 		}
 		h.RejectedVersion, h.Rejected = st.rejected[q.name]

@@ -44,6 +44,10 @@ type typeIndex struct {
 	sorted    []string
 	sortedGen uint64
 	sortedMu  sync.Mutex
+	// sortedEntries, when not nil, is the entry of each name in sorted
+	// (same positions) as of the current revision: any change drops it.
+	// Guarded like sorted.
+	sortedEntries []entry
 }
 
 type entry struct {
@@ -98,6 +102,7 @@ func (ix *Index) Put(r *resource.Resource) error {
 	was := ti.state(res.Name)
 	ti.entries[res.Name] = e
 	ti.revision++
+	ti.sortedEntries = nil
 	if !was.holds {
 		ti.namesChanged()
 	}
@@ -138,29 +143,31 @@ func (ti *typeIndex) markAll(name string, was heldState) {
 // the index's write lock.
 func (ti *typeIndex) namesChanged() {
 	ti.namesGen++
-	ti.sorted = nil // not kept alive once stale
+	ti.sorted, ti.sortedEntries = nil, nil // not kept alive once stale
 }
 
 // cachedNames returns the served names in store-key order if the list kept
-// is current, else nil. The caller holds the index's read lock; the slice
-// is shared and must not be written.
-func (ti *typeIndex) cachedNames() []string {
+// is current, else nil, and their entries if those are kept and current
+// too, else nil. The caller holds the index's read lock; the slices are
+// shared and must not be written.
+func (ti *typeIndex) cachedNames() ([]string, []entry) {
 	ti.sortedMu.Lock()
 	defer ti.sortedMu.Unlock()
 	if ti.sorted != nil && ti.sortedGen == ti.namesGen {
-		return ti.sorted
+		return ti.sorted, ti.sortedEntries
 	}
-	return nil
+	return nil, nil
 }
 
 // keepNames keeps names, the served names in store-key order as of
-// generation gen, for the subscriptions that follow, unless the names
+// generation gen, and ents (nil, or the entry of each name as of the
+// current revision) for the subscriptions that follow, unless the names
 // changed since. The caller holds the index's read lock.
-func (ti *typeIndex) keepNames(names []string, gen uint64) {
+func (ti *typeIndex) keepNames(names []string, ents []entry, gen uint64) {
 	ti.sortedMu.Lock()
 	defer ti.sortedMu.Unlock()
 	if gen == ti.namesGen {
-		ti.sorted, ti.sortedGen = names, gen
+		ti.sorted, ti.sortedGen, ti.sortedEntries = names, gen, ents
 	}
 }
 

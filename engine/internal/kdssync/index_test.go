@@ -146,25 +146,48 @@ func TestSubscribeDoesNotWaitForReaders(t *testing.T) {
 }
 
 // The index keeps its names sorted for the subscriptions that follow while
-// no name is added or removed; a new version keeps the list, a new name
-// drops it.
+// no name is added or removed, with their entries while nothing changes: a
+// new version keeps the list and drops the entries, a new name drops both.
 func TestIndexKeepsSortedNames(t *testing.T) {
 	ix, _ := sparseIndex(t, 50)
 	ti := ix.types["T"]
 	ss, _, _ := directSession(t, ix, 64<<10)
 	require.NoError(t, ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResourceNamesSubscribe: []string{"*"}}))
 	ix.mu.RLock()
-	first := ti.cachedNames()
+	first, ents := ti.cachedNames()
 	ix.mu.RUnlock()
 	require.Len(t, first, 50)
 	assert.True(t, slices.IsSortedFunc(first, compareWireNames))
+	require.Len(t, ents, 50)
+	for i, name := range first {
+		require.Equal(t, ti.entries[name], ents[i], "the entry of %s", name)
+	}
 
 	require.NoError(t, ix.Put(res("T", "default", "t-000003", "2", 8)))
 	ix.mu.RLock()
-	assert.Equal(t, &first[0], &ti.cachedNames()[0], "a version change keeps the list")
+	names, ents := ti.cachedNames()
+	assert.Equal(t, &first[0], &names[0], "a version change keeps the list")
+	assert.Nil(t, ents, "and drops the entries")
 	ix.mu.RUnlock()
 	require.NoError(t, ix.Put(res("T", "default", "new", "1", 8)))
 	ix.mu.RLock()
-	assert.Nil(t, ti.cachedNames(), "a new name drops it")
+	names, _ = ti.cachedNames()
+	assert.Nil(t, names, "a new name drops it")
 	ix.mu.RUnlock()
+}
+
+// A fresh subscriber starting from the kept list uses its entries only
+// while they are current: after a version change it sends the index's
+// version of the name, not the kept one.
+func TestFreshSubscriberAfterAVersionChange(t *testing.T) {
+	ix, _ := sparseIndex(t, 50)
+	first, p1, _ := directSession(t, ix, 64<<10)
+	require.NoError(t, first.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResourceNamesSubscribe: []string{"*"}}))
+	nextResponse(t, p1)
+	require.NoError(t, ix.Put(res("T", "default", "t-000003", "2", 8)))
+	ss, p, _ := directSession(t, ix, 64<<10)
+	require.NoError(t, ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResourceNamesSubscribe: []string{"*"}}))
+	r := nextResponse(t, p)
+	require.Len(t, r.GetResources(), 50)
+	assert.Equal(t, "2", r.GetResources()[3].GetVersion())
 }

@@ -2,13 +2,16 @@ package kdssync
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"maps"
 	"runtime"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
+	"unsafe"
 
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -338,7 +341,9 @@ type serveState struct {
 	// holds (as of the last take): ResourcesHeld without counting.
 	heldDelta int
 	// sent overlays held with the responses in flight: for each name they
-	// carry, the latest state sent and the nonce of the response.
+	// carry, the latest state sent and the nonce of the response; a name
+	// of a span has no entry unless a later response carries it again
+	// (see inFlight).
 	sent map[string]sentState
 	// rejected maps names to the version the peer refused ("" for a
 	// refused removal); such a version is not sent again until it changes.
@@ -366,13 +371,25 @@ type serveState struct {
 	// too: a name there that the index holds and that is not in fresh
 	// (created since the subscription) has one, "not held" (see changed).
 	// When build moves the cursor past a name the index holds it records
-	// it as not held (see passed), so that the peer's holding of every
-	// name outside the region is as before; once fresh is used up every
-	// name after the cursor that the index holds has an override and the
-	// region ends.
+	// it as not held: in the response's fresh list if it sends the name
+	// from fresh without an override (see spans), else as an override (see
+	// passed), so that the peer's holding of every name outside the region
+	// is as before; once fresh is used up every name after the cursor that
+	// the index holds has an override or is in a span, and the region
+	// ends.
 	fresh  []string
 	cursor string
 	region bool
+	// freshEntries, when not nil, holds the index's entry of each name in
+	// fresh (same positions) as of the subscription's take: the entry of a
+	// name not pending since, without a lookup.
+	freshEntries []entry
+	// spans are the responses (in flight, or being built) that carry
+	// names from fresh without an override each, oldest first: until its
+	// answer is applied, a name in a span's fresh list (past what the
+	// answer settled so far) is not held by the peer unless overrides says
+	// otherwise, as in the fresh region (see flight.fresh).
+	spans []*flight
 	// inflight holds the responses sent and not yet ACKed or NACKed, oldest
 	// first; at most the server's window.
 	inflight []*flight
@@ -396,10 +413,24 @@ type sentState struct {
 
 // flight is one response in flight.
 type flight struct {
-	nonce   string
-	puts    []flightPut // in the response's order; each name once
+	nonce string
+	// puts and fresh are what the response carries, each name once: fresh
+	// the names build took from the fresh region that had no override and
+	// were not pending (in key order), puts the rest. A name in fresh[settled:]
+	// is "not held" by the peer without an override (see serveState.spans)
+	// until the answer is applied: a fresh sync costs no override per name
+	// in flight.
+	puts    []flightPut
+	fresh   []flightPut
+	settled int
 	removed []string
 	bytes   int64
+	// rev is the index's revision of the type while build looked up every
+	// entry the response carries, if revOK (it did not change meanwhile):
+	// while the revision is still rev, the index holds each of them at the
+	// version sent, without a lookup.
+	rev   uint64
+	revOK bool
 	// stale: sent before the peer subscribed to the type again; its answer
 	// still frees its slot in the window but changes nothing.
 	stale bool
@@ -481,15 +512,15 @@ func (st *serveState) changedTo(name string, was, now heldState) {
 	// A name's share of heldDelta is its override's holds minus the
 	// index's; an implicit name (no override) adds nothing before and,
 	// with an override equal to was, nothing after. In the fresh region
-	// an implicit name is not held: its share is minus the index's
-	// before and after.
+	// (and in a span) an implicit name is not held: its share is minus
+	// the index's before and after.
 	st.heldDelta += b2i(was.holds) - b2i(now.holds)
 	switch o, ok := st.overrides[name]; {
 	case ok:
 		if o == now {
 			delete(st.overrides, name)
 		}
-	case st.inRegion(name):
+	case st.notHeldImplicitly(name):
 		if now.holds {
 			st.setOverride(name, heldState{})
 		}
@@ -509,10 +540,73 @@ func (st *serveState) inRegion(name string) bool {
 	return st.region && compareWireNames(name, st.cursor) > 0
 }
 
+// notHeldImplicitly reports whether a name without an override is not
+// held by the peer whatever the index holds: in the fresh region, or in a
+// span.
+func (st *serveState) notHeldImplicitly(name string) bool {
+	return st.inRegion(name) || st.inSpan(name)
+}
+
+// inSpan reports whether name is in a span: among the names a response
+// took from the fresh region without an override, and not yet settled by
+// its answer.
+func (st *serveState) inSpan(name string) bool {
+	for _, f := range st.spans {
+		if _, ok := f.spanPut(name); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// spanPut returns name's entry in f's fresh list if name is in f's span
+// (in the list, not settled yet).
+func (f *flight) spanPut(name string) (flightPut, bool) {
+	fresh := f.fresh[f.settled:]
+	if len(fresh) == 0 || compareWireNames(name, fresh[0].name) < 0 || compareWireNames(name, fresh[len(fresh)-1].name) > 0 {
+		return flightPut{}, false
+	}
+	i, ok := slices.BinarySearchFunc(fresh, name, func(p flightPut, n string) int { return compareWireNames(p.name, n) })
+	if !ok {
+		return flightPut{}, false
+	}
+	return fresh[i], true
+}
+
+// inFlight returns the latest state a response in flight carries for
+// name: sent's entry, else the span's that holds name (a name of a span
+// has no entry in sent unless a later response carries it again).
+func (st *serveState) inFlight(name string) (sentState, bool) {
+	if s, ok := st.sent[name]; ok {
+		return s, true
+	}
+	for _, f := range st.spans {
+		if p, ok := f.spanPut(name); ok {
+			return sentState{version: p.version, nonce: f.nonce}, true
+		}
+	}
+	return sentState{}, false
+}
+
+// dropSpan removes f from the spans.
+func (st *serveState) dropSpan(f *flight) {
+	if i := slices.Index(st.spans, f); i >= 0 {
+		st.spans = slices.Delete(st.spans, i, i+1)
+	}
+}
+
+// popFresh removes fresh's first name (and its entry).
+func (st *serveState) popFresh() {
+	st.fresh = st.fresh[1:]
+	if st.freshEntries != nil {
+		st.freshEntries = st.freshEntries[1:]
+	}
+}
+
 // endRegion ends the fresh region once fresh is used up.
 func (st *serveState) endRegion() {
 	if len(st.fresh) == 0 {
-		st.fresh, st.cursor, st.region = nil, "", false
+		st.fresh, st.freshEntries, st.cursor, st.region = nil, nil, "", false
 	}
 }
 
@@ -535,7 +629,7 @@ func (st *serveState) holding(ti *typeIndex, name string) heldState {
 	if o, ok := st.overrides[name]; ok {
 		return o
 	}
-	if st.inRegion(name) {
+	if st.notHeldImplicitly(name) {
 		return heldState{}
 	}
 	return ti.state(name)
@@ -548,7 +642,7 @@ func (st *serveState) setHolding(ti *typeIndex, name string, h heldState) {
 	// In the fresh region no override means "not held" (build sends a
 	// name only once the cursor passed it, so an answer does not land
 	// there, but a held state there is kept explicit all the same).
-	if h == ti.state(name) && (!h.holds || !st.inRegion(name)) {
+	if h == ti.state(name) && (!h.holds || !st.notHeldImplicitly(name)) {
 		delete(st.overrides, name)
 		return
 	}
@@ -601,7 +695,7 @@ func b2i(b bool) int {
 // view returns what the peer holds of name once the responses in flight are
 // applied (under the index's lock, caught up).
 func (st *serveState) view(ti *typeIndex, name string) (version string, holds bool) {
-	if s, ok := st.sent[name]; ok {
+	if s, ok := st.inFlight(name); ok {
 		return s.version, !s.removed
 	}
 	h := st.holding(ti, name)
@@ -739,7 +833,8 @@ func (ss *serverSession) subscribe(st *serveState, typ string, req *discovery.De
 	// holds nothing starts from the index's sorted names instead (see
 	// serveState.fresh).
 	st.queue = nil
-	st.fresh, st.cursor, st.region = nil, "", false
+	st.fresh, st.freshEntries, st.cursor, st.region = nil, nil, "", false
+	st.spans = nil
 	var held int
 	if len(rs.held) == 0 {
 		held = ss.startFresh(st)
@@ -777,26 +872,35 @@ func (ss *serverSession) startFresh(st *serveState) int {
 	st.overrides = map[string]heldState{}
 	st.pending = map[string]struct{}{}
 	st.heldDelta = -len(ti.entries)
-	names := ti.cachedNames()
+	names, ents := ti.cachedNames()
 	if names == nil && len(ti.entries) > 0 {
-		gen := ti.namesGen
+		gen, rev := ti.namesGen, ti.revision
 		names = make([]string, 0, len(ti.entries))
-		for name := range ti.entries {
+		ents = make([]entry, 0, len(ti.entries))
+		for name, e := range ti.entries {
 			names = append(names, name)
+			ents = append(ents, e)
 			if len(names)%ss.lockChunk == 0 {
 				ss.relock()
 			}
 		}
 		ix.mu.RUnlock()
-		slices.SortFunc(names, compareWireNames)
+		sortWireNamesWith(names, ents)
 		// A name deleted and re-created while the lock was released may
 		// come out of the iteration twice (an entry created during a
-		// map's iteration may be produced); it is to send once.
-		names = slices.Compact(names)
+		// map's iteration may be produced); it is to send once (and is
+		// pending: its entry is not used).
+		names, ents = compactNames(names, ents)
 		ix.mu.RLock()
-		ti.keepNames(names, gen)
+		kept := ents
+		if ti.revision != rev {
+			kept = nil // not as of one revision: not for later subscribers
+		}
+		ti.keepNames(names, kept, gen)
 	}
-	st.fresh, st.region = names, true
+	// ents are the entries as of the take for every name not changed
+	// since (every name that is not pending).
+	st.fresh, st.freshEntries, st.region = names, ents, true
 	st.catchUp(ti)
 	st.endRegion()
 	held := st.heldCount(ti)
@@ -1006,12 +1110,42 @@ func (ss *serverSession) chargeHeld(rs *resumeState, typ string, n int64) error 
 // against what the peer is known to hold.
 func (ss *serverSession) forget(st *serveState, f *flight) {
 	ss.release(f)
+	ss.unspan(st, f)
+	for _, p := range f.fresh {
+		ss.unsend(st, f, p.name)
+	}
 	for _, p := range f.puts {
 		ss.unsend(st, f, p.name)
 	}
 	for _, name := range f.removed {
 		ss.unsend(st, f, name)
 	}
+}
+
+// unspan ends f's span without an answer: each name still in it that the
+// index holds is recorded as not held explicitly (an override), under
+// the index's read lock released every lockChunk names as resolve does.
+func (ss *serverSession) unspan(st *serveState, f *flight) {
+	if f.stale || f.settled == len(f.fresh) {
+		st.dropSpan(f)
+		return
+	}
+	ss.ix.mu.RLock()
+	ti := ss.ix.types[st.typ]
+	ss.catchUpInChunks(st, ti)
+	for i, n := f.settled, 0; i < len(f.fresh); i, n = i+1, n+1 {
+		if n > 0 && n%ss.lockChunk == 0 {
+			ss.relock()
+			ss.catchUpInChunks(st, ti)
+		}
+		name := f.fresh[i].name
+		if _, ok := st.overrides[name]; !ok && ti.state(name).holds {
+			st.setOverride(name, heldState{})
+		}
+		f.settled = i + 1
+	}
+	ss.ix.mu.RUnlock()
+	st.dropSpan(f)
 }
 
 func (ss *serverSession) unsend(st *serveState, f *flight, name string) {
@@ -1039,7 +1173,7 @@ func (ss *serverSession) resolve(st *serveState, f *flight, detail *status.Statu
 		refused[r.GetName()] = r
 	}
 	var rejected []apitypes.RejectedResource
-	var accepted []string
+	accepted := make([]string, 0, len(f.fresh)+len(f.puts)+len(f.removed))
 	var ti *typeIndex
 	settle := func(name, version string, removal bool) {
 		if s, ok := st.sent[name]; ok && s.nonce == f.nonce {
@@ -1072,6 +1206,51 @@ func (ss *serverSession) resolve(st *serveState, f *flight, detail *status.Statu
 		accepted = append(accepted, name)
 		st.setHolding(ti, name, heldState{version: version, holds: !removal})
 	}
+	// settleFresh is settle for a name of f's span: the peer's state
+	// before is its override, if any, else not held; once settled the
+	// name leaves the span and the index is its implicit state again.
+	settleFresh := func(name, version string) {
+		// No entry in sent (see inFlight); one there is a later response's.
+		if f.stale {
+			return
+		}
+		r, isRefused := refused[name]
+		if _, was := st.rejected[name]; was || whole || isRefused {
+			st.pending[name] = struct{}{}
+		}
+		o, hasOverride := st.overrides[name]
+		before := hasOverride && o.holds
+		var now heldState
+		if f.revOK && ti.revision == f.rev {
+			now = heldState{version: version, holds: true} // as sent
+		} else {
+			now = ti.state(name)
+		}
+		h := heldState{version: version, holds: true}
+		if whole || isRefused {
+			st.rejected[name] = version
+			rr := apitypes.RejectedResource{Name: name, Version: version}
+			if isRefused {
+				rr.Errors = fieldErrors(r.GetErrors())
+			} else {
+				rr.Errors = []string{truncate(detail.GetMessage())}
+			}
+			rejected = append(rejected, rr)
+			h = heldState{}
+		} else {
+			delete(st.rejected, name)
+			accepted = append(accepted, name)
+		}
+		st.heldDelta += b2i(h.holds) - b2i(before)
+		switch {
+		case h != now:
+			if !hasOverride || o != h {
+				st.setOverride(name, h)
+			}
+		case hasOverride:
+			delete(st.overrides, name)
+		}
+	}
 	// The index's lock is released every serveLockChunk names and the
 	// record caught up when it is taken back: what the peer applied does
 	// not depend on the index, only how it is recorded.
@@ -1085,6 +1264,12 @@ func (ss *serverSession) resolve(st *serveState, f *flight, detail *status.Statu
 			ss.catchUpInChunks(st, ti)
 		}
 	}
+	for i, p := range f.fresh {
+		next()
+		settleFresh(p.name, p.version)
+		f.settled = i + 1
+	}
+	st.dropSpan(f)
 	for _, p := range f.puts {
 		next()
 		settle(p.name, p.version, false)
@@ -1266,6 +1451,10 @@ func (ss *serverSession) build(st *serveState, f *flight) *discovery.DeltaDiscov
 	ti := ss.ix.types[st.typ]
 	ss.catchUpInChunks(st, ti)
 	resp.SystemVersionInfo = strconv.FormatUint(ti.revision, 10)
+	f.rev = ti.revision
+	if st.region {
+		st.spans = append(st.spans, f)
+	}
 	handled := 0
 names:
 	for {
@@ -1311,7 +1500,47 @@ names:
 		default:
 			break names
 		}
-		if s, ok := st.sent[name]; ok && s.nonce == f.nonce {
+		if fromFresh && !fromQueue {
+			// A name of the fresh region that has not changed since the
+			// subscription (not pending) and has no override: the index
+			// holds it, the peer does not, and no response carried it.
+			// It is sent without recording anything per name but the
+			// response's fresh list (a span: see serveState.spans).
+			_, isPending := st.pending[name]
+			_, hasOverride := st.overrides[name]
+			var e entry
+			var ok bool
+			if !isPending && !hasOverride {
+				if st.freshEntries != nil {
+					e, ok = st.freshEntries[0], true
+				} else {
+					e, ok = ti.entries[name]
+				}
+			}
+			if ok && st.rejected[name] != e.res.Version {
+				if size+e.size > limit && size > 0 {
+					break
+				}
+				size += e.size + 8
+				handled++
+				st.cursor = name
+				st.popFresh()
+				st.endRegion()
+				v := e.res.Version
+				f.bytes += int64(protowire.SizeTag(responseResourcesField) + protowire.SizeBytes(e.size))
+				if f.fresh == nil {
+					// Sized for a message of resources like this one
+					// rather than grown step by step.
+					n := min(len(st.fresh)+1, limit/(e.size+8)+1)
+					f.fresh = make([]flightPut, 0, n)
+					resp.Resources = slices.Grow(resp.Resources, n)
+				}
+				resp.Resources = append(resp.Resources, e.res)
+				f.fresh = append(f.fresh, flightPut{name, v}) // in flight: see inFlight
+				continue
+			}
+		}
+		if s, ok := st.inFlight(name); ok && s.nonce == f.nonce {
 			break // in this response already, changed since: the next one
 		}
 		handled++
@@ -1343,7 +1572,7 @@ names:
 			st.queue = st.queue[1:]
 		}
 		if fromFresh {
-			st.fresh = st.fresh[1:]
+			st.popFresh()
 			st.endRegion()
 		}
 		switch {
@@ -1361,6 +1590,10 @@ names:
 	}
 	if len(st.queue) == 0 {
 		st.queue = nil // release the snapshot's backing array
+	}
+	f.revOK = ti.revision == f.rev
+	if len(f.fresh) == 0 {
+		st.dropSpan(f)
 	}
 	return resp
 }
@@ -1430,16 +1663,178 @@ func sortedNames(set map[string]struct{}) []string {
 	for n := range set {
 		names = append(names, n)
 	}
-	slices.SortFunc(names, compareWireNames)
+	sortWireNames(names)
 	return names
+}
+
+// sortWireNames sorts names by compareWireNames.
+//
+// Names of one type mostly share a prefix (their mesh, the start of their
+// name) and differ in a few bytes after it. Each name is read once to pack
+// the 7 bytes after the prefix all of them share into an integer whose
+// order is compareWireNames' order of those bytes; the names are radix
+// sorted by it (9 bits a pass, a pass skipped where every integer has the
+// same digit), and only names whose integers are equal are compared in
+// full. A sort of 100k names comparing the strings themselves spent most of
+// its time on strings that lie all over the heap.
+func sortWireNames(names []string) { sortWireNamesWith(names, nil) }
+
+// sortWireNamesWith is sortWireNames moving ents[i] (if ents is not nil)
+// with names[i].
+func sortWireNamesWith(names []string, ents []entry) {
+	n := len(names)
+	if n < 256 && ents == nil {
+		slices.SortFunc(names, compareWireNames)
+		return
+	}
+	if n < 2 {
+		return
+	}
+	// The prefix is taken from the first names and checked as each name
+	// is keyed (one read of each string); a name without it means a
+	// second pass with the prefix of all of them.
+	prefix := names[0]
+	for _, s := range names[1:min(n, 64)] {
+		prefix = prefix[:commonPrefix(prefix, s)]
+	}
+	a, b := make([]keyedName, n), make([]keyedName, n)
+	for i, s := range names {
+		if !strings.HasPrefix(s, prefix) {
+			for _, s := range names[i:] {
+				prefix = prefix[:commonPrefix(prefix, s)]
+			}
+			for i, s := range names {
+				a[i] = keyedName{key: wireNameKey(s[len(prefix):]), name: s, at: int32(i)}
+			}
+			break
+		}
+		a[i] = keyedName{key: wireNameKey(s[len(prefix):]), name: s, at: int32(i)}
+	}
+	var count [1 << 9]int
+	for shift := 0; shift < 63; shift += 9 {
+		clear(count[:])
+		for _, x := range a {
+			count[x.key>>shift&511]++
+		}
+		if count[a[0].key>>shift&511] == n {
+			continue
+		}
+		sum := 0
+		for d, c := range count {
+			count[d] = sum
+			sum += c
+		}
+		for _, x := range a {
+			d := x.key >> shift & 511
+			b[count[d]] = x
+			count[d]++
+		}
+		a, b = b, a
+	}
+	for i := 0; i < n; {
+		j := i + 1
+		for j < n && a[j].key == a[i].key {
+			j++
+		}
+		if j-i > 1 {
+			slices.SortFunc(a[i:j], func(x, y keyedName) int { return compareWireNames(x.name, y.name) })
+		}
+		i = j
+	}
+	for i := range a {
+		names[i] = a[i].name
+	}
+	if ents != nil {
+		sorted := make([]entry, n)
+		for i := range a {
+			sorted[i] = ents[a[i].at]
+		}
+		copy(ents, sorted)
+	}
+}
+
+// compactNames drops each name of sorted names equal to the one before it,
+// and its entry (ents at the same positions).
+func compactNames(names []string, ents []entry) ([]string, []entry) {
+	k := 0
+	for i := range names {
+		if i > 0 && names[i] == names[k-1] {
+			continue
+		}
+		names[k], ents[k] = names[i], ents[i]
+		k++
+	}
+	return names[:k], ents[:k]
+}
+
+type keyedName struct {
+	key  uint64
+	name string
+	at   int32 // the name's position before the sort
+}
+
+// commonPrefix returns the length of the longest common prefix of a and b.
+func commonPrefix(a, b string) int {
+	n := min(len(a), len(b))
+	i := 0
+	for ; i+8 <= n && load64(a, i) == load64(b, i); i += 8 {
+	}
+	for i < n && a[i] == b[i] {
+		i++
+	}
+	return i
+}
+
+// wireNameKey packs the first 7 bytes of s into 9 bits each, most
+// significant first: 0 past the end of s, 1 for '/', the byte plus 2
+// otherwise. Keys compare as compareWireNames compares those bytes (a
+// name that ends first is first, '/' is below every other byte).
+func wireNameKey(s string) uint64 {
+	var k uint64
+	for i := range 7 {
+		var d uint64
+		if i < len(s) {
+			d = uint64(s[i]) + 2
+			if s[i] == '/' {
+				d = 1
+			}
+		}
+		k = k<<9 | d
+	}
+	return k
 }
 
 // compareWireNames orders wire names by mesh, then name. Neither a mesh
 // nor a name contains '/', so comparing bytes with the separator below
 // every other byte gives that order without splitting.
+//
+// The common prefix is skipped eight bytes at a time (names of one type
+// mostly share their mesh and the start of their name); a sort of 100k
+// names spent most of its time comparing them one byte at a time.
 func compareWireNames(a, b string) int {
 	n := min(len(a), len(b))
-	for i := 0; i < n; i++ {
+	i := 0
+	for ; i+8 <= n; i += 8 {
+		if load64(a, i) != load64(b, i) {
+			break
+		}
+	}
+	return compareWireNamesFrom(a, b, i)
+}
+
+// load64 is the 8 bytes of s at i (i+8 <= len(s)), in memory order.
+func load64(s string, i int) uint64 {
+	return binary.LittleEndian.Uint64(unsafe.Slice(unsafe.StringData(s[i:]), 8))
+}
+
+// compareWireNamesBytes is compareWireNames one byte at a time.
+func compareWireNamesBytes(a, b string) int { return compareWireNamesFrom(a, b, 0) }
+
+// compareWireNamesFrom is compareWireNames for a and b whose first i
+// bytes are equal.
+func compareWireNamesFrom(a, b string, i int) int {
+	n := min(len(a), len(b))
+	for ; i < n; i++ {
 		if ca, cb := a[i], b[i]; ca != cb {
 			switch {
 			case ca == '/':

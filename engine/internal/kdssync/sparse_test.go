@@ -3,7 +3,6 @@ package kdssync
 import (
 	"context"
 	"fmt"
-	"reflect"
 	"testing"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -113,21 +112,21 @@ func TestInSyncPeerCostsNoEntryPerName(t *testing.T) {
 		require.NoError(t, ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResourceNamesSubscribe: []string{"*"}}))
 		st := ss.types["T"]
 		// Nothing held yet, every name to send: the fresh region says so
-		// without an entry per name. Only the names in flight are
-		// recorded (as not held until answered).
+		// without an entry per name, and so do the responses in flight
+		// for the names they carry (their spans) until answered.
 		inFlight := func() int {
 			k := 0
 			for _, f := range st.inflight {
-				k += len(f.puts) + len(f.removed)
+				k += len(f.fresh) + len(f.puts) + len(f.removed)
 			}
 			return k
 		}
-		assert.Equal(t, inFlight(), len(st.overrides), "an override per name in flight, none for the rest")
-		assert.Less(t, len(st.overrides), n/2)
+		assert.Positive(t, inFlight())
+		assert.Empty(t, st.overrides, "no override per name in flight")
 		assert.Empty(t, st.pending)
 		sent := 0
 		for sent < n {
-			require.LessOrEqual(t, len(st.overrides), inFlight())
+			require.Empty(t, st.overrides)
 			got := ackAll(t, ss, p)
 			require.NotZero(t, got, "the sync progresses")
 			sent += got
@@ -495,31 +494,28 @@ func TestRecreatedAtRefusedVersionWhileRemovalInFlight(t *testing.T) {
 	}
 }
 
-// While a fresh peer's initial sync runs, the overrides map holds the
-// names in flight and every response refills it: it is kept rather than
-// reallocated each time the answers empty it (each reallocation cost the
-// map's growth again), and given back once the sync is done.
-func TestFreshSyncKeepsItsOverridesMap(t *testing.T) {
+// While a fresh peer's initial sync runs, the names in flight cost no
+// override and no entry in sent each: the responses' spans record them as
+// not held, and in flight, until their answers, so both maps stay empty
+// through the whole sync (the overrides map held every name in flight,
+// refilled by every response, and so did sent).
+func TestFreshSyncRecordsNoOverridePerNameInFlight(t *testing.T) {
 	ix, _ := sparseIndex(t, 20_000)
 	ss, p, _ := directSession(t, ix, 256<<10)
-	ss.window = 1 // each answer empties the map
 	require.NoError(t, ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResourceNamesSubscribe: []string{"*"}}))
 	st := ss.types["T"]
-	id := func() uintptr { return reflect.ValueOf(st.overrides).Pointer() }
-	during := id()
-	require.Greater(t, len(st.overrides), 1024, "enough in flight for compact to consider the map")
+	require.Len(t, st.inflight, DefaultWindow)
+	assert.Equal(t, PeerHolding{Subscribed: true, Pending: true, PendingVersion: "1"}, ask(ss, "default/t-000000"), "in flight, not held yet")
 	answered := 0
-	for st.region {
+	for st.region || len(st.inflight) > 0 {
+		require.Empty(t, st.overrides, "answer %d", answered)
+		require.Zero(t, st.overridesPeak, "answer %d", answered)
+		require.Empty(t, st.sent, "answer %d", answered)
 		r := nextResponse(t, p)
 		require.NoError(t, ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: r.GetTypeUrl(), ResponseNonce: r.GetNonce()}))
 		answered++
-		if st.region {
-			require.Equal(t, during, id(), "kept while the sync runs (answer %d)", answered)
-		}
 	}
 	require.Greater(t, answered, 3, "the sync took several answers")
-	ackAll(t, ss, p)
-	assert.Empty(t, st.overrides)
-	assert.NotEqual(t, during, id(), "given back once done")
-	assert.Zero(t, st.overridesPeak)
+	assert.Empty(t, st.spans)
+	assert.Equal(t, PeerHolding{Subscribed: true, Holds: true, Version: "1"}, ask(ss, "default/t-019999"))
 }

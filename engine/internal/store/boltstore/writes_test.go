@@ -50,22 +50,24 @@ func userSys(b *testing.B) (user, sys time.Duration) {
 // what the store wrote: bytes per resource (wchar: bbolt's pages, its meta
 // pages), write calls per commit (one per page), the file's size per
 // resource, and CPU per resource (all, and user and system separately,
-// those two including a GC before each run).
+// those two including a GC before each run). owned: the batches are
+// Owned, as a sync's are.
 func BenchmarkSyncWrites(b *testing.B) {
-	b.Run("first", func(b *testing.B) { benchSyncWrites(b, nil) })
+	b.Run("first", func(b *testing.B) { benchSyncWrites(b, nil, false) })
+	b.Run("owned", func(b *testing.B) { benchSyncWrites(b, nil, true) })
 	// A second zone's resources sort before the first's: its sync inserts
 	// a key range in front of what the bucket holds instead of appending.
 	b.Run("before-stored", func(b *testing.B) {
-		benchSyncWrites(b, storetest.Batch(100_000, 1024, "zone-b", "1").Put)
+		benchSyncWrites(b, storetest.Batch(100_000, 1024, "zone-b", "1").Put, false)
 	})
 }
 
-func benchSyncWrites(b *testing.B, stored []*resource.Resource) {
+func benchSyncWrites(b *testing.B, stored []*resource.Resource, owned bool) {
 	const total, batch = 100_000, 3_334
 	all := storetest.Batch(total, 1024, "zone-a", "1")
 	var batches []store.Batch
 	for i := 0; i < total; i += batch {
-		batches = append(batches, store.Batch{Put: all.Put[i:min(i+batch, total)]})
+		batches = append(batches, store.Batch{Put: all.Put[i:min(i+batch, total)], Owned: owned})
 	}
 	var m meter
 	var bytes, writes, commits int64
