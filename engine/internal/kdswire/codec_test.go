@@ -322,3 +322,44 @@ func TestUnmarshalEmptyResourcesCostWhatProtobufCosts(t *testing.T) {
 		t.Fatalf("the codec allocated %d bytes for %d empty resources, protobuf %d", c, n, p)
 	}
 }
+
+// The messages of a batch are queued and released one by one (mux counts
+// each alone), so a response of a batch must not keep the batch's other
+// messages alive: here a request of 1 MiB (an unknown field) next to a
+// response with one small value. The value may not point into the batch's
+// bytes.
+func TestBatchResponseDoesNotPinTheBatch(t *testing.T) {
+	req := &discovery.DeltaDiscoveryRequest{TypeUrl: "t"}
+	req.ProtoReflect().SetUnknown(protowire.AppendBytes(protowire.AppendTag(nil, 99, protowire.BytesType), make([]byte, 1<<20)))
+	for _, m := range []*kdsv1.Message{
+		batchMsg(respMsg(response(1, 10)), reqMsg(req)),
+		batchMsg(reqMsg(req), respMsg(response(1, 10))),
+		batchMsg(respMsg(response(1, 10)), respMsg(response(1, 1<<20))),
+	} {
+		wire, err := proto.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got kdsv1.Message
+		if err := Unmarshal(wire, &got); err != nil {
+			t.Fatal(err)
+		}
+		require(t, proto.Equal(&got, m), "decoded batch differs")
+		lo, hi := uintptr(unsafe.Pointer(&wire[0])), uintptr(unsafe.Pointer(&wire[len(wire)-1]))
+		for i, in := range got.GetBatch().GetMessages() {
+			for _, r := range in.GetResponse().GetResources() {
+				v := r.GetResource().GetValue()
+				if p := uintptr(unsafe.Pointer(&v[0])); p >= lo && p <= hi {
+					t.Errorf("message %d of the batch: a %d-byte value points into the %d-byte batch", i, len(v), len(wire))
+				}
+			}
+		}
+	}
+}
+
+func require(t *testing.T, ok bool, msg string) {
+	t.Helper()
+	if !ok {
+		t.Fatal(msg)
+	}
+}

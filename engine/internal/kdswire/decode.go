@@ -1,6 +1,7 @@
 package kdswire
 
 import (
+	"bytes"
 	"unicode/utf8"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -84,6 +85,14 @@ func decodeMessage(b []byte, depth int) (m *kdsv1.Message, ok bool) {
 			_, _, n := protowire.ConsumeTag(v)
 			inner, vn := protowire.ConsumeBytes(v[n:])
 			v = v[n+vn:]
+			if count > 1 && len(inner) > 0 && inner[0] == tagResponse {
+				// The messages of a batch are queued, counted and
+				// released one by one (mux), so a response that shared
+				// the batch's buffer would keep the other messages' bytes
+				// alive for as long as it waits, uncounted: each
+				// response gets a buffer of its own size.
+				inner = bytes.Clone(inner)
+			}
 			im, ok := decodeMessage(inner, depth+1)
 			if !ok {
 				return nil, false
