@@ -59,12 +59,12 @@ func decodeMessage(b []byte, depth int) (m *kdsv1.Message, ok bool) {
 	switch num {
 	case msgRequest:
 		req := &discovery.DeltaDiscoveryRequest{}
-		if proto.Unmarshal(v, req) != nil {
+		if nested(1+2*depth).Unmarshal(v, req) != nil {
 			return nil, false
 		}
 		return &kdsv1.Message{Kind: &kdsv1.Message_Request{Request: req}}, true
 	case msgResponse:
-		resp, ok := decodeResponse(v)
+		resp, ok := decodeResponse(v, 1+2*depth)
 		if !ok {
 			return nil, false
 		}
@@ -104,6 +104,14 @@ func decodeMessage(b []byte, depth int) (m *kdsv1.Message, ok bool) {
 	return nil, false
 }
 
+// nested returns the options that decode a message found levels deep in a
+// kds.v1.Message as proto.Unmarshal does when it decodes the whole: with
+// what remains of protobuf's recursion limit at that depth, so that the
+// codec accepts no deeper nesting than protobuf does.
+func nested(levels int) proto.UnmarshalOptions {
+	return proto.UnmarshalOptions{RecursionLimit: protowire.DefaultRecursionLimit - levels}
+}
+
 // scan walks the fields of b, calling each with the field's number and
 // wire type until it returns false. It reports whether every field was
 // well formed and accepted.
@@ -130,7 +138,10 @@ const anyChunk = 256
 // proto.Unmarshal on its own), every other field by proto.Unmarshal with
 // Merge, run by run of consecutive fields: the same result as decoding the
 // whole message at once, since no other field touches resources.
-func decodeResponse(b []byte) (*discovery.DeltaDiscoveryResponse, bool) {
+//
+// levels is how deep in the whole message the response is (1, or 3 in a
+// batch): protobuf's recursion limit counts from the top.
+func decodeResponse(b []byte, levels int) (*discovery.DeltaDiscoveryResponse, bool) {
 	count := 0
 	if !scan(b, func(num protowire.Number, typ protowire.Type) bool {
 		if num == respResources && typ == protowire.BytesType {
@@ -151,7 +162,8 @@ func decodeResponse(b []byte) (*discovery.DeltaDiscoveryResponse, bool) {
 	res := make([]discovery.Resource, count)
 	var anys []anypb.Any
 	var typeURL string // the last type URL seen, shared by the next equal one
-	merge := proto.UnmarshalOptions{Merge: true}
+	merge := nested(levels)
+	merge.Merge = true
 	run := -1 // start of the current run of other fields
 	for at := 0; at < len(b); {
 		num, typ, n := protowire.ConsumeTag(b[at:])
@@ -182,7 +194,7 @@ func decodeResponse(b []byte) (*discovery.DeltaDiscoveryResponse, bool) {
 		}
 		if !ok {
 			r = &discovery.Resource{}
-			if proto.Unmarshal(v, r) != nil {
+			if nested(levels+1).Unmarshal(v, r) != nil {
 				return nil, false
 			}
 		}
