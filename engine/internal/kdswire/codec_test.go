@@ -363,3 +363,39 @@ func require(t *testing.T, ok bool, msg string) {
 		t.Fatal(msg)
 	}
 }
+
+// mux counts a received response at its decoded size (Size), so its values
+// may keep at most that many bytes alive. Bytes the decoded message does not
+// hold (a value or a string field written twice: the last one wins) must
+// not stay alive behind a value that points into the same buffer.
+func TestValuesDoNotPinBytesTheResponseDoesNotHold(t *testing.T) {
+	big := make([]byte, 1<<20)
+	anyTwice := protowire.AppendBytes(protowire.AppendTag(nil, anyValue, protowire.BytesType), big)
+	anyTwice = protowire.AppendBytes(protowire.AppendTag(anyTwice, anyValue, protowire.BytesType), []byte("small"))
+	resTwice := protowire.AppendBytes(protowire.AppendTag(nil, resResource, protowire.BytesType), wrap(anyValue, big))
+	resTwice = protowire.AppendBytes(protowire.AppendTag(resTwice, resResource, protowire.BytesType), wrap(anyValue, []byte("small")))
+	var versions []byte
+	for range 1 << 16 {
+		versions = protowire.AppendBytes(protowire.AppendTag(versions, respSystemVersion, protowire.BytesType), []byte("1234567890"))
+	}
+	for name, resp := range map[string][]byte{
+		"value twice in an Any":      wrap(respResources, append(wrap(resName, []byte("n")), wrap(resResource, anyTwice)...)),
+		"Any twice in a resource":    wrap(respResources, append(wrap(resName, []byte("n")), resTwice...)),
+		"system version 65536 times": append(versions, wrap(respResources, append(wrap(resName, []byte("n")), wrap(resResource, wrap(anyValue, []byte("small")))...))...),
+	} {
+		wire := wrap(msgResponse, resp)
+		var want, got kdsv1.Message
+		if err := proto.Unmarshal(wire, &want); err != nil {
+			t.Fatal(err)
+		}
+		if err := Unmarshal(wire, &got); err != nil {
+			t.Fatal(err)
+		}
+		require(t, proto.Equal(&got, &want), name+": decoded message differs")
+		lo, hi := uintptr(unsafe.Pointer(&wire[0])), uintptr(unsafe.Pointer(&wire[len(wire)-1]))
+		v := got.GetResponse().GetResources()[0].GetResource().GetValue()
+		if p := uintptr(unsafe.Pointer(&v[0])); p >= lo && p <= hi {
+			t.Errorf("%s: a %d-byte value of a response of Size %d keeps its %d-byte buffer alive", name, len(v), Size(&got), len(wire))
+		}
+	}
+}

@@ -65,7 +65,11 @@ func decodeMessage(b []byte, depth int) (m *kdsv1.Message, ok bool) {
 		return &kdsv1.Message{Kind: &kdsv1.Message_Request{Request: req}}, true
 	case msgResponse:
 		resp, ok := decodeResponse(v, 1+2*depth)
-		if !ok {
+		if !ok || len(v) > responseSize(resp) {
+			// A response whose bytes are more than it holds (a field
+			// written twice: the last one wins) is left to protobuf,
+			// which copies its values: mux counts a response at its
+			// size, so its values may keep no more than that alive.
 			return nil, false
 		}
 		return &kdsv1.Message{Kind: &kdsv1.Message_Response{Response: resp}}, true
