@@ -68,3 +68,15 @@ func BenchmarkMarshal(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkResponseSize: the size check a received response goes through
+// (decodeMessage), to set against BenchmarkUnmarshal's kdswire in the same
+// run.
+func BenchmarkResponseSize(b *testing.B) {
+	r := benchResponse(b).GetResponse()
+	for b.Loop() {
+		if responseSize(r) == 0 {
+			b.Fatal("no size")
+		}
+	}
+}
