@@ -399,3 +399,47 @@ func TestValuesDoNotPinBytesTheResponseDoesNotHold(t *testing.T) {
 		}
 	}
 }
+
+// A malformed message's error says where it is malformed: the field's path
+// and offset, and what protobuf's wire format reader found.
+func TestUnmarshalErrorsSayWhere(t *testing.T) {
+	good := wrap(respResources, append(wrap(resName, []byte("a")), wrap(resResource, wrap(anyValue, []byte("v")))...))
+	// The second resource's Any holds a value whose length runs past the
+	// Any's end.
+	badAny := append(protowire.AppendTag(nil, anyValue, protowire.BytesType), 50, 'x', 'y', 'z')
+	bad := wrap(respResources, append(wrap(resName, []byte("b")), wrap(resResource, badAny)...))
+	resp := append(append(wrap(respTypeURL, []byte("t")), good...), bad...)
+	wire := wrap(msgResponse, resp)
+	for _, data := range []mem.BufferSlice{split(wire, 7), split(wrap(msgBatch, wrap(batchMessages, wire)), 7)} {
+		var m kdsv1.Message
+		err := (Codec{}).Unmarshal(data, &m)
+		if err == nil {
+			t.Fatal("malformed message accepted")
+		}
+		for _, want := range []string{"response.resources[1].resource.value at byte", "unexpected EOF"} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("error %q does not say %q", err, want)
+			}
+		}
+	}
+	var m kdsv1.Message
+	wire = wrap(msgResponse, append(wrap(respTypeURL, []byte("t")), good...))
+	err := (Codec{}).Unmarshal(split(append(wire, 0x80), 7), &m)
+	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("message at byte %d: field tag", len(wire))) {
+		t.Errorf("truncated tag at the end: %v", err)
+	}
+}
+
+// A batch nested far deeper than protobuf's recursion limit is refused,
+// and finding where it is malformed does not follow it all the way down.
+func TestUnmarshalDeepBatches(t *testing.T) {
+	b := []byte{0x12, 0x05} // a response whose length runs past the end
+	for range protowire.DefaultRecursionLimit/2 + 100 {
+		b = wrap(msgBatch, wrap(batchMessages, b))
+	}
+	var m kdsv1.Message
+	err := (Codec{}).Unmarshal(split(b, 16<<10), &m)
+	if err == nil || !strings.Contains(err.Error(), "recursion depth") {
+		t.Fatalf("got %v, want protobuf's recursion depth error", err)
+	}
+}
