@@ -58,9 +58,11 @@ func TestRefusedResourcesTakeNoDecodedResource(t *testing.T) {
 	if err != nil || len(ch.rejected) != n {
 		t.Fatalf("check: %v, %d refused", err, len(ch.rejected))
 	}
-	// Measured: 429 bytes per refused resource with a decoded resource
-	// each, 269 without.
-	if per := (after.TotalAlloc - before.TotalAlloc) / n; per > 350 {
+	// Measured (n = 20,000): 422 bytes per refused resource with a
+	// decoded resource each, 262 without.
+	per := (after.TotalAlloc - before.TotalAlloc) / n
+	t.Logf("%d bytes per refused resource", per)
+	if per > 350 {
 		t.Fatalf("%d bytes allocated per refused resource, want at most 350 (a decoded resource is %d)", per, unsafe.Sizeof(resource.Resource{}))
 	}
 }
