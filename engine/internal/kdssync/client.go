@@ -540,6 +540,11 @@ func (c *Client) decode(typ string, resp *discovery.DeltaDiscoveryResponse, ch *
 			continue
 		}
 		mesh, short := splitXDSName(name)
+		if len(slab) == 0 {
+			// Only if the count above and the checks before here
+			// disagree: a resource of its own rather than a panic.
+			slab = make([]resource.Resource, 1)
+		}
 		r, err := decodeEnvelopeInto(&slab[0], wr.GetResource().GetValue(), envelopeHint{typ: typ, mesh: mesh, name: short, version: version})
 		slab = slab[1:]
 		if err != nil {
