@@ -512,9 +512,18 @@ func (c *Client) decode(typ string, resp *discovery.DeltaDiscoveryResponse, ch *
 	puts = make([]*resource.Resource, 0, len(resp.GetResources()))
 	names = make([]string, 0, len(resp.GetResources()))
 	// The decoded resources, allocated together: they live as long as the
-	// response they came in (the store copies what it keeps).
-	slab := make([]resource.Resource, len(resp.GetResources()))
-	for i, wr := range resp.GetResources() {
+	// response they came in (the store copies what it keeps). Only those
+	// that get as far as their envelope take one: a flood of resources
+	// refused on sight (two bytes each on the wire) must not cost a
+	// decoded resource each.
+	slots := 0
+	for _, wr := range resp.GetResources() {
+		if count[wr.GetName()] <= 1 && wr.GetVersion() != "" && wr.GetResource().GetTypeUrl() == resourceTypeURL {
+			slots++
+		}
+	}
+	slab := make([]resource.Resource, slots)
+	for _, wr := range resp.GetResources() {
 		name, version := wr.GetName(), wr.GetVersion()
 		ch.size += len(name) + len(version) + len(wr.GetResource().GetValue())
 		bad := func(field, msg string) { refuse(name, version, false, field, msg) }
@@ -531,7 +540,13 @@ func (c *Client) decode(typ string, resp *discovery.DeltaDiscoveryResponse, ch *
 			continue
 		}
 		mesh, short := splitXDSName(name)
-		r, err := decodeEnvelopeInto(&slab[i], wr.GetResource().GetValue(), envelopeHint{typ: typ, mesh: mesh, name: short, version: version})
+		if len(slab) == 0 {
+			// Only if the count above and the checks before here
+			// disagree: a resource of its own rather than a panic.
+			slab = make([]resource.Resource, 1)
+		}
+		r, err := decodeEnvelopeInto(&slab[0], wr.GetResource().GetValue(), envelopeHint{typ: typ, mesh: mesh, name: short, version: version})
+		slab = slab[1:]
 		if err != nil {
 			bad("", "malformed envelope: "+err.Error())
 			continue

@@ -68,3 +68,55 @@ func BenchmarkMarshal(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkResponseSize: the size check a received response goes through
+// (decodeMessage), to set against BenchmarkUnmarshal's kdswire in the same
+// run.
+func BenchmarkResponseSize(b *testing.B) {
+	r := benchResponse(b).GetResponse()
+	for b.Loop() {
+		if responseSize(r) == 0 {
+			b.Fatal("no size")
+		}
+	}
+}
+
+// BenchmarkUnmarshalBatch: four 1 MiB responses received as one batch
+// (each response copied out of the batch's buffer into its own) against
+// the same four received one by one, in the same run.
+func BenchmarkUnmarshalBatch(b *testing.B) {
+	var one []*kdsv1.Message
+	for range 4 {
+		one = append(one, respMsg(response(850, 1100)))
+	}
+	batch, err := proto.Marshal(batchMsg(one...))
+	if err != nil {
+		b.Fatal(err)
+	}
+	single, err := proto.Marshal(one[0])
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("batch", func(b *testing.B) {
+		data := split(batch, 16<<10)
+		b.SetBytes(int64(len(batch)))
+		for b.Loop() {
+			var m kdsv1.Message
+			if err := (Codec{}).Unmarshal(data, &m); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("alone", func(b *testing.B) {
+		data := split(single, 16<<10)
+		b.SetBytes(4 * int64(len(single)))
+		for b.Loop() {
+			for range 4 {
+				var m kdsv1.Message
+				if err := (Codec{}).Unmarshal(data, &m); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+	})
+}

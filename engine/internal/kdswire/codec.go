@@ -120,6 +120,9 @@ func unmarshalOwned(b []byte, m *kdsv1.Message) error {
 		}
 	}
 	if err := proto.Unmarshal(b, m); err != nil {
+		if where := locate(b); where != "" {
+			return fmt.Errorf("kds message (%d bytes): %s: %w", len(b), where, err)
+		}
 		return fmt.Errorf("kds message (%d bytes): %w", len(b), err)
 	}
 	return nil

@@ -322,3 +322,124 @@ func TestUnmarshalEmptyResourcesCostWhatProtobufCosts(t *testing.T) {
 		t.Fatalf("the codec allocated %d bytes for %d empty resources, protobuf %d", c, n, p)
 	}
 }
+
+// The messages of a batch are queued and released one by one (mux counts
+// each alone), so a response of a batch must not keep the batch's other
+// messages alive: here a request of 1 MiB (an unknown field) next to a
+// response with one small value. The value may not point into the batch's
+// bytes.
+func TestBatchResponseDoesNotPinTheBatch(t *testing.T) {
+	req := &discovery.DeltaDiscoveryRequest{TypeUrl: "t"}
+	req.ProtoReflect().SetUnknown(protowire.AppendBytes(protowire.AppendTag(nil, 99, protowire.BytesType), make([]byte, 1<<20)))
+	for _, m := range []*kdsv1.Message{
+		batchMsg(respMsg(response(1, 10)), reqMsg(req)),
+		batchMsg(reqMsg(req), respMsg(response(1, 10))),
+		batchMsg(respMsg(response(1, 10)), respMsg(response(1, 1<<20))),
+	} {
+		wire, err := proto.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got kdsv1.Message
+		if err := Unmarshal(wire, &got); err != nil {
+			t.Fatal(err)
+		}
+		require(t, proto.Equal(&got, m), "decoded batch differs")
+		lo, hi := uintptr(unsafe.Pointer(&wire[0])), uintptr(unsafe.Pointer(&wire[len(wire)-1]))
+		for i, in := range got.GetBatch().GetMessages() {
+			for _, r := range in.GetResponse().GetResources() {
+				v := r.GetResource().GetValue()
+				if p := uintptr(unsafe.Pointer(&v[0])); p >= lo && p <= hi {
+					t.Errorf("message %d of the batch: a %d-byte value points into the %d-byte batch", i, len(v), len(wire))
+				}
+			}
+		}
+	}
+}
+
+func require(t *testing.T, ok bool, msg string) {
+	t.Helper()
+	if !ok {
+		t.Fatal(msg)
+	}
+}
+
+// mux counts a received response at its decoded size (Size), so its values
+// may keep at most that many bytes alive. Bytes the decoded message does not
+// hold (a value or a string field written twice: the last one wins) must
+// not stay alive behind a value that points into the same buffer.
+func TestValuesDoNotPinBytesTheResponseDoesNotHold(t *testing.T) {
+	big := make([]byte, 1<<20)
+	anyTwice := protowire.AppendBytes(protowire.AppendTag(nil, anyValue, protowire.BytesType), big)
+	anyTwice = protowire.AppendBytes(protowire.AppendTag(anyTwice, anyValue, protowire.BytesType), []byte("small"))
+	resTwice := protowire.AppendBytes(protowire.AppendTag(nil, resResource, protowire.BytesType), wrap(anyValue, big))
+	resTwice = protowire.AppendBytes(protowire.AppendTag(resTwice, resResource, protowire.BytesType), wrap(anyValue, []byte("small")))
+	var versions []byte
+	for range 1 << 16 {
+		versions = protowire.AppendBytes(protowire.AppendTag(versions, respSystemVersion, protowire.BytesType), []byte("1234567890"))
+	}
+	for name, resp := range map[string][]byte{
+		"value twice in an Any":      wrap(respResources, append(wrap(resName, []byte("n")), wrap(resResource, anyTwice)...)),
+		"Any twice in a resource":    wrap(respResources, append(wrap(resName, []byte("n")), resTwice...)),
+		"system version 65536 times": append(versions, wrap(respResources, append(wrap(resName, []byte("n")), wrap(resResource, wrap(anyValue, []byte("small")))...))...),
+	} {
+		wire := wrap(msgResponse, resp)
+		var want, got kdsv1.Message
+		if err := proto.Unmarshal(wire, &want); err != nil {
+			t.Fatal(err)
+		}
+		if err := Unmarshal(wire, &got); err != nil {
+			t.Fatal(err)
+		}
+		require(t, proto.Equal(&got, &want), name+": decoded message differs")
+		lo, hi := uintptr(unsafe.Pointer(&wire[0])), uintptr(unsafe.Pointer(&wire[len(wire)-1]))
+		v := got.GetResponse().GetResources()[0].GetResource().GetValue()
+		if p := uintptr(unsafe.Pointer(&v[0])); p >= lo && p <= hi {
+			t.Errorf("%s: a %d-byte value of a response of Size %d keeps its %d-byte buffer alive", name, len(v), Size(&got), len(wire))
+		}
+	}
+}
+
+// A malformed message's error says where it is malformed: the field's path
+// and offset, and what protobuf's wire format reader found.
+func TestUnmarshalErrorsSayWhere(t *testing.T) {
+	good := wrap(respResources, append(wrap(resName, []byte("a")), wrap(resResource, wrap(anyValue, []byte("v")))...))
+	// The second resource's Any holds a value whose length runs past the
+	// Any's end.
+	badAny := append(protowire.AppendTag(nil, anyValue, protowire.BytesType), 50, 'x', 'y', 'z')
+	bad := wrap(respResources, append(wrap(resName, []byte("b")), wrap(resResource, badAny)...))
+	resp := append(append(wrap(respTypeURL, []byte("t")), good...), bad...)
+	wire := wrap(msgResponse, resp)
+	for _, data := range []mem.BufferSlice{split(wire, 7), split(wrap(msgBatch, wrap(batchMessages, wire)), 7)} {
+		var m kdsv1.Message
+		err := (Codec{}).Unmarshal(data, &m)
+		if err == nil {
+			t.Fatal("malformed message accepted")
+		}
+		for _, want := range []string{"response.resources[1].resource.value at byte", "unexpected EOF"} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("error %q does not say %q", err, want)
+			}
+		}
+	}
+	var m kdsv1.Message
+	wire = wrap(msgResponse, append(wrap(respTypeURL, []byte("t")), good...))
+	err := (Codec{}).Unmarshal(split(append(wire, 0x80), 7), &m)
+	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("message at byte %d: field tag", len(wire))) {
+		t.Errorf("truncated tag at the end: %v", err)
+	}
+}
+
+// A batch nested far deeper than protobuf's recursion limit is refused,
+// and finding where it is malformed does not follow it all the way down.
+func TestUnmarshalDeepBatches(t *testing.T) {
+	b := []byte{0x12, 0x05} // a response whose length runs past the end
+	for range protowire.DefaultRecursionLimit/2 + 100 {
+		b = wrap(msgBatch, wrap(batchMessages, b))
+	}
+	var m kdsv1.Message
+	err := (Codec{}).Unmarshal(split(b, 16<<10), &m)
+	if err == nil || !strings.Contains(err.Error(), "recursion depth") {
+		t.Fatalf("got %v, want protobuf's recursion depth error", err)
+	}
+}

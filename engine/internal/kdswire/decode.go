@@ -1,6 +1,7 @@
 package kdswire
 
 import (
+	"bytes"
 	"unicode/utf8"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -58,13 +59,17 @@ func decodeMessage(b []byte, depth int) (m *kdsv1.Message, ok bool) {
 	switch num {
 	case msgRequest:
 		req := &discovery.DeltaDiscoveryRequest{}
-		if proto.Unmarshal(v, req) != nil {
+		if nested(1+2*depth).Unmarshal(v, req) != nil {
 			return nil, false
 		}
 		return &kdsv1.Message{Kind: &kdsv1.Message_Request{Request: req}}, true
 	case msgResponse:
-		resp, ok := decodeResponse(v)
-		if !ok {
+		resp, ok := decodeResponse(v, 1+2*depth)
+		if !ok || len(v) > responseSize(resp) {
+			// A response whose bytes are more than it holds (a field
+			// written twice: the last one wins) is left to protobuf,
+			// which copies its values: mux counts a response at its
+			// size, so its values may keep no more than that alive.
 			return nil, false
 		}
 		return &kdsv1.Message{Kind: &kdsv1.Message_Response{Response: resp}}, true
@@ -84,6 +89,14 @@ func decodeMessage(b []byte, depth int) (m *kdsv1.Message, ok bool) {
 			_, _, n := protowire.ConsumeTag(v)
 			inner, vn := protowire.ConsumeBytes(v[n:])
 			v = v[n+vn:]
+			if count > 1 && len(inner) > 0 && inner[0] == tagResponse {
+				// The messages of a batch are queued, counted and
+				// released one by one (mux), so a response that shared
+				// the batch's buffer would keep the other messages' bytes
+				// alive for as long as it waits, uncounted: each
+				// response gets a buffer of its own size.
+				inner = bytes.Clone(inner)
+			}
 			im, ok := decodeMessage(inner, depth+1)
 			if !ok {
 				return nil, false
@@ -93,6 +106,14 @@ func decodeMessage(b []byte, depth int) (m *kdsv1.Message, ok bool) {
 		return &kdsv1.Message{Kind: &kdsv1.Message_Batch{Batch: batch}}, true
 	}
 	return nil, false
+}
+
+// nested returns the options that decode a message found levels deep in a
+// kds.v1.Message as proto.Unmarshal does when it decodes the whole: with
+// what remains of protobuf's recursion limit at that depth, so that the
+// codec accepts no deeper nesting than protobuf does.
+func nested(levels int) proto.UnmarshalOptions {
+	return proto.UnmarshalOptions{RecursionLimit: protowire.DefaultRecursionLimit - levels}
 }
 
 // scan walks the fields of b, calling each with the field's number and
@@ -121,7 +142,10 @@ const anyChunk = 256
 // proto.Unmarshal on its own), every other field by proto.Unmarshal with
 // Merge, run by run of consecutive fields: the same result as decoding the
 // whole message at once, since no other field touches resources.
-func decodeResponse(b []byte) (*discovery.DeltaDiscoveryResponse, bool) {
+//
+// levels is how deep in the whole message the response is (1, or 3 in a
+// batch): protobuf's recursion limit counts from the top.
+func decodeResponse(b []byte, levels int) (*discovery.DeltaDiscoveryResponse, bool) {
 	count := 0
 	if !scan(b, func(num protowire.Number, typ protowire.Type) bool {
 		if num == respResources && typ == protowire.BytesType {
@@ -142,7 +166,8 @@ func decodeResponse(b []byte) (*discovery.DeltaDiscoveryResponse, bool) {
 	res := make([]discovery.Resource, count)
 	var anys []anypb.Any
 	var typeURL string // the last type URL seen, shared by the next equal one
-	merge := proto.UnmarshalOptions{Merge: true}
+	merge := nested(levels)
+	merge.Merge = true
 	run := -1 // start of the current run of other fields
 	for at := 0; at < len(b); {
 		num, typ, n := protowire.ConsumeTag(b[at:])
@@ -173,7 +198,7 @@ func decodeResponse(b []byte) (*discovery.DeltaDiscoveryResponse, bool) {
 		}
 		if !ok {
 			r = &discovery.Resource{}
-			if proto.Unmarshal(v, r) != nil {
+			if nested(levels+1).Unmarshal(v, r) != nil {
 				return nil, false
 			}
 		}

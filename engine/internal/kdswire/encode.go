@@ -23,6 +23,15 @@ func Size(m *kdsv1.Message) int {
 	return proto.Size(m)
 }
 
+// responseSize returns proto.Size(r), without the reflection walk for a
+// plain response.
+func responseSize(r *discovery.DeltaDiscoveryResponse) int {
+	if n, ok := (&sizer{}).response(r); ok {
+		return n
+	}
+	return proto.Size(r)
+}
+
 // Every field number written here is below 16: its tag is one byte.
 const tagLen = 1
 

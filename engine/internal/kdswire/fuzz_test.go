@@ -3,6 +3,7 @@ package kdswire
 import (
 	"bytes"
 	"testing"
+	"unsafe"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/protobuf/proto"
@@ -48,6 +49,10 @@ func fuzzSeeds(f *testing.F) {
 	// between two resources.
 	b, _ := proto.Marshal(respMsg(dup))
 	f.Add(append(bytes.Clone(b), 0x12, 0x0b, 0x12, 0x09, 0x1a, 0x01, 'x', 0x12, 0x04, 0x12, 0x02, 'v', 'w'))
+	// A value written twice, the first one long: the response holds less
+	// than its bytes (checkPinning).
+	twice := append(wrap(anyValue, make([]byte, 100)), wrap(anyValue, []byte("v"))...)
+	f.Add(wrap(msgResponse, wrap(respResources, wrap(resResource, twice))))
 	f.Add([]byte{0x12, 0x00, 0x12, 0x00})
 	f.Add([]byte{0x1a, 0x02, 0x0a, 0x00})
 }
@@ -67,7 +72,52 @@ func FuzzUnmarshal(f *testing.F) {
 		if werr == nil && !proto.Equal(&got, &want) {
 			t.Fatalf("decoded messages differ:\ncodec %v\nproto %v", &got, &want)
 		}
+		if werr == nil {
+			checkPinning(t, bytes.Clone(b))
+		}
 	})
+}
+
+// checkPinning decodes b, which protobuf accepts, and checks that values
+// pointing into b keep no more of it alive than mux counts: a response
+// alone may share its message's buffer when its size (Size) covers it; a
+// response of a batch of several messages may not share the batch's.
+func checkPinning(t *testing.T, b []byte) {
+	var m kdsv1.Message
+	if err := Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	if len(b) == 0 {
+		return
+	}
+	lo, hi := uintptr(unsafe.Pointer(&b[0])), uintptr(unsafe.Pointer(&b[len(b)-1]))
+	aliases := func(m *kdsv1.Message) bool {
+		for _, r := range m.GetResponse().GetResources() {
+			if v := r.GetResource().GetValue(); len(v) > 0 {
+				if p := uintptr(unsafe.Pointer(&v[0])); p >= lo && p <= hi {
+					return true
+				}
+			}
+		}
+		return false
+	}
+	if ms := m.GetBatch().GetMessages(); len(ms) > 1 {
+		for i, in := range ms {
+			if aliases(in) {
+				t.Fatalf("response %d of a batch of %d shares the batch's %d bytes", i, len(ms), len(b))
+			}
+		}
+		return
+	}
+	in := &m
+	if ms := m.GetBatch().GetMessages(); len(ms) == 1 {
+		in = ms[0]
+	}
+	// The wrapping (tags and lengths, a batch of one) may be written
+	// longer than needed: at most 2 x 11 bytes each.
+	if aliases(in) && len(b) > Size(&m)+44 {
+		t.Fatalf("a response of Size %d shares a buffer of %d bytes", Size(&m), len(b))
+	}
 }
 
 // FuzzMarshal: for every message proto.Unmarshal accepts, the codec writes
