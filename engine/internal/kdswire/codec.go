@@ -88,7 +88,7 @@ func marshal(m *kdsv1.Message, size int, refer bool) (mem.BufferSlice, error) {
 // package documentation); the result is what proto.Unmarshal would give.
 func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
 	m, ok := v.(*kdsv1.Message)
-	if !ok || !aliases(data) {
+	if !ok || !(aliases(data) || data.Len() >= DeferMin) {
 		return fallback().Unmarshal(data, v)
 	}
 	return unmarshalOwned(materialize(data), m)
@@ -125,12 +125,25 @@ func unmarshalOwned(b []byte, m *kdsv1.Message) error {
 		}
 		return fmt.Errorf("kds message (%d bytes): %w", len(b), err)
 	}
+	// Not in the plain form (a field written twice, say): protobuf decoded
+	// it whole; large request lists go back to their encoding all the same.
+	switch k := m.Kind.(type) {
+	case *kdsv1.Message_Request:
+		deferDecoded(k.Request)
+	case *kdsv1.Message_Batch:
+		for _, im := range k.Batch.GetMessages() {
+			if r := im.GetRequest(); r != nil {
+				deferDecoded(r)
+			}
+		}
+	}
 	return nil
 }
 
 // aliases reports whether data starts with a response or a batch, the
 // messages worth a buffer of their own. Requests (small ACKs, mostly) are
-// decoded from gRPC's pooled buffer by the default codec.
+// decoded from gRPC's pooled buffer by the default codec, unless they are
+// large enough (DeferMin) to keep their lists encoded until Expand.
 func aliases(data mem.BufferSlice) bool {
 	for _, buf := range data {
 		if b := buf.ReadOnlyData(); len(b) > 0 {

@@ -58,8 +58,8 @@ func decodeMessage(b []byte, depth int) (m *kdsv1.Message, ok bool) {
 	}
 	switch num {
 	case msgRequest:
-		req := &discovery.DeltaDiscoveryRequest{}
-		if nested(1+2*depth).Unmarshal(v, req) != nil {
+		req, ok := decodeRequest(v, 1+2*depth)
+		if !ok {
 			return nil, false
 		}
 		return &kdsv1.Message{Kind: &kdsv1.Message_Request{Request: req}}, true

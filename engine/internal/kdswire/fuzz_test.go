@@ -66,6 +66,11 @@ func FuzzUnmarshal(f *testing.F) {
 		werr := proto.Unmarshal(b, &want)
 		var got kdsv1.Message
 		gerr := (Codec{}).Unmarshal(split(bytes.Clone(b), 7), &got)
+		if gerr == nil {
+			// What a queue's reader does: lists kept encoded are
+			// decoded, and refused, when the request is taken.
+			gerr = expandAll(&got)
+		}
 		if (werr == nil) != (gerr == nil) {
 			t.Fatalf("proto.Unmarshal: %v, codec: %v", werr, gerr)
 		}
@@ -179,4 +184,18 @@ func hasMap(m *kdsv1.Message) bool {
 		}
 	}
 	return false
+}
+
+// expandAll expands every request in m (Expand), as the reader of each
+// request's queue does.
+func expandAll(m *kdsv1.Message) error {
+	if r := m.GetRequest(); r != nil {
+		return Expand(r)
+	}
+	for _, im := range m.GetBatch().GetMessages() {
+		if err := expandAll(im); err != nil {
+			return err
+		}
+	}
+	return nil
 }

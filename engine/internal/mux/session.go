@@ -62,6 +62,10 @@ var (
 	// ErrUnknownMessage: the peer sent a Message with neither a request nor
 	// a response. The session ends.
 	ErrUnknownMessage = errors.New("message with unknown kind")
+	// ErrMalformedMessage: a request's resource lists, kept encoded while
+	// it waited in the inbound queue (kdswire.DeferMin), did not decode
+	// when it was taken off. The session ends.
+	ErrMalformedMessage = errors.New("malformed message")
 )
 
 var errRunTwice = errors.New("mux: Run called twice")

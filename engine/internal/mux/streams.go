@@ -310,13 +310,29 @@ func (ss *ServerStream) Send(r *discovery.DeltaDiscoveryResponse) error {
 // Recv blocks for the peer's next request and returns the session's error
 // once the session ended.
 func (ss *ServerStream) Recv() (*discovery.DeltaDiscoveryRequest, error) {
-	return ss.in.get(nil, ss.s)
+	return ss.expand(ss.in.get(nil, ss.s))
+}
+
+// expand decodes the lists a large request kept encoded while it waited
+// in the queue (kdswire.Expand): counted at its encoded size there, it
+// takes its decoded size only now, one request at a time. Lists that do
+// not decode are the peer's protocol violation: the session ends.
+func (ss *ServerStream) expand(r *discovery.DeltaDiscoveryRequest, err error) (*discovery.DeltaDiscoveryRequest, error) {
+	if err != nil {
+		return nil, err
+	}
+	if err := kdswire.Expand(r); err != nil {
+		err = fmt.Errorf("%w: %s stream: %w", ErrMalformedMessage, ss.in.name, err)
+		ss.s.Close(err)
+		return nil, err
+	}
+	return r, nil
 }
 
 // RecvContext is Recv that also returns, with ctx's cause, when ctx ends;
 // the session goes on.
 func (ss *ServerStream) RecvContext(ctx context.Context) (*discovery.DeltaDiscoveryRequest, error) {
-	return ss.in.get(ctx, ss.s)
+	return ss.expand(ss.in.get(ctx, ss.s))
 }
 
 // Context is the session's context.
