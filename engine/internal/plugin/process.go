@@ -35,6 +35,8 @@ type managed struct {
 	log  hclog.Logger
 
 	calls atomic.Int64
+	// share queues the small batches waiting for a shared Validate RPC.
+	share sharing
 
 	mu       sync.Mutex // guards the fields below
 	state    State
