@@ -1,15 +1,20 @@
 package plugin
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
@@ -532,4 +537,98 @@ func TestSharedCallPluginCrashReachesEveryCaller(t *testing.T) {
 		assert.Same(t, first0, err, "caller %d: the same error", i)
 	}
 	assert.False(t, errors.Is(first0, context.Canceled))
+}
+
+// BenchmarkSharedValidateCalls measures what sharing RPCs saves when many
+// callers validate small batches at once, as global's sync sessions do
+// under churn: 100 callers each validate 20 batches of 3 resources of about
+// 512 bytes with one plugin process, through a host with sharing on and
+// one with it off, alternating which goes first. It reports, per resource
+// validated, the CPU of this process and of the plugin process, and the
+// RPCs, each side and as ratios on/off.
+//
+//	go test -run '^$' -bench SharedValidateCalls -benchtime 10x ./engine/internal/plugin
+func BenchmarkSharedValidateCalls(b *testing.B) {
+	const callers, rounds, per = 100, 20, 3
+	log := hclog.NewNullLogger()
+	on := NewHost(pluginsDir(b, "alpha"), log)
+	off := NewHost(pluginsDir(b, "alpha"), log, WithCallSharing(false))
+	for _, h := range []*Host{on, off} {
+		require.NoError(b, h.Start(context.Background()))
+		b.Cleanup(func() { require.NoError(b, h.Close()) })
+	}
+	pad := strings.Repeat("x", 480)
+	batches := make([][]*resource.Resource, callers)
+	for c := range batches {
+		for i := range per {
+			spec := fmt.Sprintf(`{"value":"v-%d-%d","pad":%q}`, c, i, pad)
+			batches[c] = append(batches[c], res("AlphaOne", "default", fmt.Sprintf("r-%d-%d", c, i), spec))
+		}
+	}
+	type totals struct {
+		self, plugin time.Duration
+		rpcs         int64
+	}
+	run := func(h *Host, into *totals) {
+		p := info(b, h, "alpha")
+		self0, plug0 := selfCPU(b), procCPU(b, p.PID)
+		var wg sync.WaitGroup
+		for c := range callers {
+			wg.Go(func() {
+				for range rounds {
+					if _, err := h.ValidateBatch(context.Background(), "alpha", batches[c]); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		into.self += selfCPU(b) - self0
+		into.plugin += procCPU(b, p.PID) - plug0
+		into.rpcs += info(b, h, "alpha").Calls - p.Calls
+	}
+	var warm, son, soff totals
+	run(on, &warm)
+	run(off, &warm)
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		if i%2 == 0 {
+			run(on, &son)
+			run(off, &soff)
+		} else {
+			run(off, &soff)
+			run(on, &son)
+		}
+	}
+	n := float64(b.N * callers * rounds * per)
+	us := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1000 / n }
+	b.ReportMetric(us(son.self), "engine-us/res-shared")
+	b.ReportMetric(us(soff.self), "engine-us/res-alone")
+	b.ReportMetric(float64(son.self)/float64(soff.self), "engine-ratio")
+	b.ReportMetric(us(son.plugin), "plugin-us/res-shared")
+	b.ReportMetric(us(soff.plugin), "plugin-us/res-alone")
+	b.ReportMetric(float64(son.plugin)/float64(soff.plugin), "plugin-ratio")
+	b.ReportMetric(float64(son.rpcs)/n, "rpcs/res-shared")
+	b.ReportMetric(float64(soff.rpcs)/n, "rpcs/res-alone")
+}
+
+// selfCPU is this process's user and system CPU time so far.
+func selfCPU(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	require.NoError(b, syscall.Getrusage(syscall.RUSAGE_SELF, &ru))
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// procCPU is the user and system CPU time of process pid so far (Linux).
+func procCPU(b *testing.B, pid int) time.Duration {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		b.Skipf("no /proc: %v", err)
+	}
+	f := strings.Fields(string(raw[bytes.LastIndexByte(raw, ')')+2:]))
+	ut, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	require.NoError(b, errors.Join(err1, err2))
+	return time.Duration(ut+st) * (time.Second / 100) // clock ticks (USER_HZ 100)
 }
