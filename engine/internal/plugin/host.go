@@ -81,6 +81,7 @@ type PluginInfo struct {
 	LastError string // why the plugin last failed or went down; "" if never
 	PID       int    // 0 unless running
 	Calls     int64  // Validate RPCs sent
+	Waiting   int    // callers queued for a shared Validate RPC (see Host.ValidateBatch)
 }
 
 // Option configures a Host.
@@ -124,6 +125,11 @@ func WithCallTimeout(d time.Duration) Option { return func(h *Host) { h.callTime
 // batches on or off (default on; see Host.ValidateBatch).
 func WithCallSharing(on bool) Option { return func(h *Host) { h.shareCalls = on } }
 
+// WithCallHook sets f to be called by every Validate RPC just before it is
+// sent, with the number of resources in it; f may block (tests use it to
+// hold a call in flight). Not for production use.
+func WithCallHook(f func(n int)) Option { return func(h *Host) { h.beforeCall = f } }
+
 // WithEngineVersion sets the version reported to plugins in Describe.
 func WithEngineVersion(v string) Option { return func(h *Host) { h.engineVersion = v } }
 
@@ -165,7 +171,7 @@ type Host struct {
 	// beforeExec, when set (tests only, before Start), is called by every
 	// launch after the binary passed its checks and before it is executed.
 	beforeExec func(path string)
-	// beforeCall, when set (tests only, before Start), is called by every
+	// beforeCall, when set (tests only: WithCallHook), is called by every
 	// Validate RPC just before it is sent, with the resources' count.
 	beforeCall func(n int)
 

@@ -110,6 +110,7 @@ func (m *managed) info() PluginInfo {
 		State:    m.state,
 		Restarts: m.restarts,
 		Calls:    m.calls.Load(),
+		Waiting:  m.share.waitingCallers(),
 	}
 	if m.lastErr != nil {
 		pi.LastError = m.lastErr.Error()

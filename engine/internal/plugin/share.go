@@ -18,6 +18,22 @@ type sharing struct {
 	queue []*callGroup
 }
 
+// waitingCallers counts the callers queued for a shared call that have
+// not left.
+func (s *sharing) waitingCallers() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, g := range s.queue {
+		for _, me := range g.members {
+			if !me.gone {
+				n++
+			}
+		}
+	}
+	return n
+}
+
 // callGroup is the batches of several callers that go as one RPC.
 type callGroup struct {
 	members []*member

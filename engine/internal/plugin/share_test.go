@@ -108,16 +108,7 @@ func waitQueued(t *testing.T, s *sharing, n int) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		s.mu.Lock()
-		got := 0
-		for _, g := range s.queue {
-			for _, me := range g.members {
-				if !me.gone {
-					got++
-				}
-			}
-		}
-		s.mu.Unlock()
+		got := s.waitingCallers()
 		if got == n {
 			return
 		}
