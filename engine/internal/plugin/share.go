@@ -161,12 +161,17 @@ func (s *sharing) do(ctx context.Context, pluginName string, rs []*resource.Reso
 // one after the other; otherwise no shared call is in flight any more.
 func (s *sharing) next(send sendFunc, spawn func(func(base context.Context)) error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if len(s.queue) == 0 {
 		s.busy = false
+		s.mu.Unlock()
 		return
 	}
+	// busy stays set: nobody else starts a sender, and callers keep
+	// queueing. spawn (which takes the host's lock) runs without s.mu.
+	s.mu.Unlock()
 	if err := spawn(func(base context.Context) { s.sendQueued(base, send) }); err != nil {
+		s.mu.Lock()
+		defer s.mu.Unlock()
 		for _, g := range s.queue {
 			g.err = err
 			close(g.done)
