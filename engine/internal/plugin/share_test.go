@@ -400,6 +400,51 @@ func TestSharingFailureReachesEveryCaller(t *testing.T) {
 	assert.False(t, s2.busy)
 }
 
+// Many callers at once, some leaving early: every caller that gets results
+// gets exactly its own, and every call stays within the bounds.
+func TestSharingManyCallersGetTheirOwnResults(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	var s sharing
+	f := &fakeSends{}
+	sp := &spawner{base: context.Background()}
+	const callers, rounds, maxN = 40, 40, 7
+	var wg sync.WaitGroup
+	for c := range callers {
+		wg.Go(func() {
+			for r := range rounds {
+				n := 1 + (c+r)%4
+				names := make([]string, n)
+				want := map[int][]resource.FieldError{}
+				for i := range names {
+					names[i] = fmt.Sprintf("c%d-r%d-%d", c, r, i)
+					if (c+r+i)%3 == 0 {
+						names[i] = "bad-" + names[i]
+						want[i] = fe(names[i])
+					}
+				}
+				ctx, cancel := context.WithCancel(context.Background())
+				if (c*rounds+r)%5 == 0 {
+					cancel() // leaves at once, or whenever it is its turn
+				}
+				res, err := s.do(ctx, "p", named(names...), 10*n, maxN, 1<<20, f.send, sp.spawn)
+				cancel()
+				if err != nil {
+					assert.ErrorIs(t, err, context.Canceled)
+					continue
+				}
+				assert.Equal(t, want, res)
+			}
+		})
+	}
+	wg.Wait()
+	sp.wg.Wait()
+	for _, call := range f.callNames() {
+		assert.LessOrEqual(t, len(call), maxN)
+	}
+	assert.False(t, s.busy)
+	assert.Empty(t, s.queue)
+}
+
 // With a real plugin process: callers that arrive while a call is in
 // flight are served by one RPC, each with its own resources' errors and
 // warnings, and Host.ValidateBatch's results are those of separate calls.
