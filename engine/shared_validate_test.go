@@ -27,20 +27,20 @@ func pluginInfo(t *testing.T, n *node, name string) plugin.PluginInfo {
 }
 
 // Global validates what each zone session receives with its own plugin.
-// Responses of several sessions that arrive while a call to that plugin is
-// in flight are validated together in one call, and each session still
+// Responses of several sessions that arrive while the shared calls to that
+// plugin are in flight are validated together in one call, and each session still
 // gets its own resources' verdicts: the refused status is NACKed to its own
 // zone, the others are stored.
 func TestZoneSessionsShareGlobalsPluginCalls(t *testing.T) {
-	const zones = 4
+	const zones = plugin.SharedCallsInFlight + 3
 	var (
-		armed   atomic.Bool
-		entered = make(chan struct{})
+		armed   atomic.Int32 // calls still to hold
+		entered = make(chan struct{}, plugin.SharedCallsInFlight)
 		held    = make(chan struct{})
 	)
 	hold := plugin.WithCallHook(func(int) {
-		if armed.CompareAndSwap(true, false) {
-			close(entered)
+		if armed.Add(-1) >= 0 {
+			entered <- struct{}{}
 			<-held
 		}
 	})
@@ -68,32 +68,34 @@ func TestZoneSessionsShareGlobalsPluginCalls(t *testing.T) {
 	const name = "synctest-strict"
 	before := pluginInfo(t, g, name).Calls
 
-	// Zone 0's response is validated first and its call held; the others
-	// arrive while it is in flight.
-	armed.Store(true)
-	create(t, zs[0], status("s", false))
-	<-entered
-	for i := 1; i < zones; i++ {
-		create(t, zs[i], status("s", i == 2))
+	// The first zones' responses are validated first and their calls held;
+	// the others arrive while they are in flight.
+	const first = plugin.SharedCallsInFlight
+	armed.Store(first)
+	for i := range first {
+		create(t, zs[i], status("s", false))
+		<-entered
 	}
-	eventually(t, func() bool { return pluginInfo(t, g, name).Waiting == zones-1 }, "the other sessions wait for the call in flight")
+	for i := first; i < zones; i++ {
+		create(t, zs[i], status("s", i == first+1))
+	}
+	eventually(t, func() bool { return pluginInfo(t, g, name).Waiting == zones-first }, "the other sessions wait for the calls in flight")
 	close(held)
+	bad := fmt.Sprint("zone-", first+1)
 
-	eventually(t, func() bool { return zoneType(g, "zone-2", "SyncStatus").ResponsesNACKed == 1 }, "zone-2's refused status is NACKed")
+	eventually(t, func() bool { return zoneType(g, bad, "SyncStatus").ResponsesNACKed == 1 }, "%s's refused status is NACKed", bad)
 	eventually(t, func() bool { return len(list(g, "SyncStatus")) == 2*zones-1 }, "the other zones' statuses are stored")
 	for i := range zones {
-		got := find(g, resource.Key{Type: "SyncStatus", Mesh: "default", Name: "s", Zone: fmt.Sprint("zone-", i)})
-		if i == 2 {
-			assert.Nil(t, got, "zone-2's status was refused")
+		z := fmt.Sprint("zone-", i)
+		got := find(g, resource.Key{Type: "SyncStatus", Mesh: "default", Name: "s", Zone: z})
+		if z == bad {
+			assert.Nil(t, got, "%s's status was refused", z)
+			assert.Contains(t, zoneType(g, z, "SyncStatus").LastNACKError, "spec.reject")
 		} else {
-			assert.NotNil(t, got, "zone-%d's status was stored", i)
+			assert.NotNil(t, got, "%s's status was stored", z)
+			assert.Zero(t, zoneType(g, z, "SyncStatus").ResponsesNACKed, z)
 		}
 	}
-	st := zoneType(g, "zone-2", "SyncStatus")
-	assert.Contains(t, st.LastNACKError, "spec.reject")
-	for _, z := range []string{"zone-0", "zone-1", "zone-3"} {
-		assert.Zero(t, zoneType(g, z, "SyncStatus").ResponsesNACKed, z)
-	}
-	require.Equal(t, int64(2), pluginInfo(t, g, name).Calls-before,
-		"%d sessions' responses took two plugin calls: the one held, and one for the %d that waited", zones, zones-1)
+	require.Equal(t, int64(first+1), pluginInfo(t, g, name).Calls-before,
+		"%d sessions' responses took %d plugin calls: the ones held, and one for the %d that waited", zones, first+1, zones-first)
 }

@@ -41,6 +41,10 @@ const (
 	// once, so the engine prepares and sends the next batches while a
 	// plugin decodes the current one.
 	CallsInFlight = 4
+	// SharedCallsInFlight is how many shared Validate RPCs (see
+	// Host.ValidateBatch) one plugin has in flight at most; small batches
+	// that arrive while all are out wait for one to end and go together.
+	SharedCallsInFlight = 2
 )
 
 var (

@@ -10,12 +10,13 @@ import (
 )
 
 // sharing is one plugin's state for shared Validate RPCs (see
-// Host.ValidateBatch): whether a shared call is in flight and the groups
-// of small batches queued behind it, first to go first.
+// Host.ValidateBatch): how many shared calls are in flight and the groups
+// of small batches queued behind them, first to go first. The queue is
+// empty unless every slot is in flight.
 type sharing struct {
-	mu    sync.Mutex
-	busy  bool
-	queue []*callGroup
+	mu       sync.Mutex
+	inFlight int
+	queue    []*callGroup
 }
 
 // waitingCallers counts the callers queued for a shared call that have
@@ -83,7 +84,7 @@ func (h *Host) shared(ctx context.Context, pluginName string, m *managed, rs []*
 	send := func(ctx context.Context, rs []*resource.Resource, warnCtx func(int) context.Context) (map[int][]resource.FieldError, error) {
 		return h.validateBatch(ctx, pluginName, m, rs, warnCtx)
 	}
-	return m.share.do(ctx, pluginName, rs, bytes, h.batchSize, MaxBatchBytes, send, h.spawnSend)
+	return m.share.do(ctx, pluginName, rs, bytes, SharedCallsInFlight, h.batchSize, MaxBatchBytes, send, h.spawnSend)
 }
 
 // spawnSend runs f on a goroutine that Close joins; f must end soon after
@@ -103,16 +104,17 @@ func (h *Host) spawnSend(f func(base context.Context)) error {
 }
 
 // do validates rs (of the given approximate size) with send: at once on
-// this goroutine when no shared call is in flight, otherwise in the group
-// queued behind it, of at most maxN resources and maxBytes. The queued
-// groups go one after the other, each in one call of send, on a goroutine
-// that spawn starts once the call in flight ends; their calls' contexts
-// derive from the context spawn gives it. When spawn fails, the queued
-// callers get its error.
-func (s *sharing) do(ctx context.Context, pluginName string, rs []*resource.Resource, bytes, maxN, maxBytes int, send sendFunc, spawn func(func(base context.Context)) error) (map[int][]resource.FieldError, error) {
+// this goroutine when fewer than slots shared calls are in flight,
+// otherwise in the last group queued behind them, of at most maxN
+// resources and maxBytes. When a call ends and groups are queued, its slot
+// passes to a goroutine that spawn starts, which sends the queued groups
+// one after the other, each in one call of send, with contexts derived
+// from the context spawn gives it. When spawn fails, the queued callers
+// get its error.
+func (s *sharing) do(ctx context.Context, pluginName string, rs []*resource.Resource, bytes, slots, maxN, maxBytes int, send sendFunc, spawn func(func(base context.Context)) error) (map[int][]resource.FieldError, error) {
 	s.mu.Lock()
-	if !s.busy {
-		s.busy = true
+	if s.inFlight < slots {
+		s.inFlight++
 		s.mu.Unlock()
 		res, err := send(ctx, rs, nil)
 		s.next(send, spawn)
@@ -157,17 +159,17 @@ func (s *sharing) do(ctx context.Context, pluginName string, rs []*resource.Reso
 	}
 }
 
-// next hands the queued groups, if any, to a goroutine that sends them
-// one after the other; otherwise no shared call is in flight any more.
+// next hands the caller's slot, when groups are queued, to a goroutine
+// that sends them one after the other; otherwise it frees the slot.
 func (s *sharing) next(send sendFunc, spawn func(func(base context.Context)) error) {
 	s.mu.Lock()
 	if len(s.queue) == 0 {
-		s.busy = false
+		s.inFlight--
 		s.mu.Unlock()
 		return
 	}
-	// busy stays set: nobody else starts a sender, and callers keep
-	// queueing. spawn (which takes the host's lock) runs without s.mu.
+	// The slot stays taken, so callers keep queueing. spawn (which takes
+	// the host's lock) runs without s.mu.
 	s.mu.Unlock()
 	if err := spawn(func(base context.Context) { s.sendQueued(base, send) }); err != nil {
 		s.mu.Lock()
@@ -176,18 +178,19 @@ func (s *sharing) next(send sendFunc, spawn func(func(base context.Context)) err
 			g.err = err
 			close(g.done)
 		}
-		s.queue, s.busy = nil, false
+		s.queue = nil
+		s.inFlight--
 	}
 }
 
 // sendQueued sends the queued groups, one call at a time, until the queue
-// is empty. A call's context ends with base or when every caller of its
-// group left.
+// is empty, then frees its slot. A call's context ends with base or when
+// every caller of its group left.
 func (s *sharing) sendQueued(base context.Context, send sendFunc) {
 	for {
 		s.mu.Lock()
 		if len(s.queue) == 0 {
-			s.busy = false
+			s.inFlight--
 			s.mu.Unlock()
 			return
 		}

@@ -129,7 +129,7 @@ type outcome struct {
 func goDo(s *sharing, ctx context.Context, rs []*resource.Resource, maxN int, f *fakeSends, sp *spawner) <-chan outcome {
 	ch := make(chan outcome, 1)
 	go func() {
-		res, err := s.do(ctx, "p", rs, 10*len(rs), maxN, 1<<20, f.send, sp.spawn)
+		res, err := s.do(ctx, "p", rs, 10*len(rs), 1, maxN, 1<<20, f.send, sp.spawn)
 		ch <- outcome{res, err}
 	}()
 	return ch
@@ -154,12 +154,12 @@ func TestSharingLoneCallerGoesAtOnce(t *testing.T) {
 	}
 	for round := range 2 {
 		ctx := context.WithValue(context.Background(), ctxKey{}, round)
-		res, err := s.do(ctx, "p", named("a", "bad"), 20, 1000, 1<<20, f.send, spawn)
+		res, err := s.do(ctx, "p", named("a", "bad"), 20, 1, 1000, 1<<20, f.send, spawn)
 		require.NoError(t, err)
 		assert.Equal(t, map[int][]resource.FieldError{1: fe("bad")}, res)
 		require.Len(t, f.ctxs, round+1)
 		assert.Equal(t, round, f.ctxs[round].Value(ctxKey{}), "the call ran with the caller's context")
-		assert.False(t, s.busy, "nothing in flight once it returned")
+		assert.Zero(t, s.inFlight, "nothing in flight once it returned")
 	}
 	assert.Equal(t, [][]string{{"a", "bad"}, {"a", "bad"}}, f.callNames())
 }
@@ -207,7 +207,7 @@ func TestSharingJoinsCallersBehindTheCallInFlight(t *testing.T) {
 	assert.Empty(t, warns[1].List())
 	require.Len(t, warns[2].List(), 1, "the warning reaches its own caller only")
 	assert.Equal(t, "old3", warns[2].List()[0].Key.Name)
-	assert.False(t, s.busy)
+	assert.Zero(t, s.inFlight)
 }
 
 func waitCalls(t *testing.T, f *fakeSends, n int) {
@@ -264,7 +264,7 @@ func TestSharingBoundsEachCall(t *testing.T) {
 	do := func(rs []*resource.Resource) <-chan outcome {
 		ch := make(chan outcome, 1)
 		go func() {
-			res, err := s2.do(context.Background(), "p", rs, 60, 1000, 100, f2.send, sp2.spawn)
+			res, err := s2.do(context.Background(), "p", rs, 60, 1, 1000, 100, f2.send, sp2.spawn)
 			ch <- outcome{res, err}
 		}()
 		return ch
@@ -384,20 +384,20 @@ func TestSharingFailureReachesEveryCaller(t *testing.T) {
 	refuse := func(func(context.Context)) error { return closed }
 	l := make(chan error, 1)
 	go func() {
-		_, err := s2.do(context.Background(), "p", named("lead"), 10, 1000, 1<<20, f2.send, refuse)
+		_, err := s2.do(context.Background(), "p", named("lead"), 10, 1, 1000, 1<<20, f2.send, refuse)
 		l <- err
 	}()
 	waitCalls(t, f2, 1)
 	w := make(chan error, 1)
 	go func() {
-		_, err := s2.do(context.Background(), "p", named("w"), 10, 1000, 1<<20, f2.send, refuse)
+		_, err := s2.do(context.Background(), "p", named("w"), 10, 1, 1000, 1<<20, f2.send, refuse)
 		w <- err
 	}()
 	waitQueued(t, &s2, 1)
 	close(gate2)
 	require.NoError(t, <-l)
 	assert.Same(t, closed, <-w)
-	assert.False(t, s2.busy)
+	assert.Zero(t, s2.inFlight)
 }
 
 // Many callers at once, some leaving early: every caller that gets results
@@ -426,7 +426,7 @@ func TestSharingManyCallersGetTheirOwnResults(t *testing.T) {
 				if (c*rounds+r)%5 == 0 {
 					cancel() // leaves at once, or whenever it is its turn
 				}
-				res, err := s.do(ctx, "p", named(names...), 10*n, maxN, 1<<20, f.send, sp.spawn)
+				res, err := s.do(ctx, "p", named(names...), 10*n, 2, maxN, 1<<20, f.send, sp.spawn)
 				cancel()
 				if err != nil {
 					assert.ErrorIs(t, err, context.Canceled)
@@ -441,38 +441,82 @@ func TestSharingManyCallersGetTheirOwnResults(t *testing.T) {
 	for _, call := range f.callNames() {
 		assert.LessOrEqual(t, len(call), maxN)
 	}
-	assert.False(t, s.busy)
+	assert.Zero(t, s.inFlight)
 	assert.Empty(t, s.queue)
+}
+
+// holdFirstCalls returns a host option that holds the first n Validate
+// RPCs until held is closed; entered gets one value as each is held.
+func holdFirstCalls(n int) (held chan struct{}, entered chan struct{}, opt Option) {
+	held, entered = make(chan struct{}), make(chan struct{}, n)
+	var count atomic.Int32
+	opt = func(h *Host) {
+		h.beforeCall = func(int) {
+			if count.Add(1) <= int32(n) {
+				entered <- struct{}{}
+				<-held
+			}
+		}
+	}
+	return held, entered, opt
+}
+
+// With two slots, a second caller goes at once while the first call is in
+// flight; only a third waits, and goes when either call ends.
+func TestSharingSlots(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	var s sharing
+	g1, g2 := make(chan struct{}), make(chan struct{})
+	f := &fakeSends{gates: []chan struct{}{g1, g2}}
+	sp := &spawner{base: context.Background()}
+	do := func(name string) <-chan outcome {
+		ch := make(chan outcome, 1)
+		go func() {
+			res, err := s.do(context.Background(), "p", named(name), 10, 2, 1000, 1<<20, f.send, sp.spawn)
+			ch <- outcome{res, err}
+		}()
+		return ch
+	}
+	a := do("a")
+	waitCalls(t, f, 1)
+	b := do("bad-b")
+	waitCalls(t, f, 2) // went at once: a is still held
+	c := do("c")
+	waitQueued(t, &s, 1)
+	d := do("bad-d")
+	waitQueued(t, &s, 2)
+	close(g2)
+	o := <-b
+	require.NoError(t, o.err)
+	assert.Equal(t, map[int][]resource.FieldError{0: fe("bad-b")}, o.res)
+	for _, ch := range []<-chan outcome{c, d} {
+		require.NoError(t, (<-ch).err)
+	}
+	close(g1)
+	require.NoError(t, (<-a).err)
+	sp.wg.Wait()
+	assert.Equal(t, [][]string{{"a"}, {"bad-b"}, {"c", "bad-d"}}, f.callNames())
+	assert.Zero(t, s.inFlight)
 }
 
 // With a real plugin process: callers that arrive while a call is in
 // flight are served by one RPC, each with its own resources' errors and
 // warnings, and Host.ValidateBatch's results are those of separate calls.
 func TestSharedCallsWithARealPlugin(t *testing.T) {
-	var (
-		held    = make(chan struct{})
-		entered = make(chan struct{})
-		first   atomic.Bool
-	)
-	hold := func(h *Host) {
-		h.beforeCall = func(int) {
-			if first.CompareAndSwap(false, true) {
-				close(entered)
-				<-held
-			}
-		}
-	}
+	held, entered, hold := holdFirstCalls(SharedCallsInFlight)
 	h, _ := startHost(t, pluginsDir(t, "warner"), hold)
 	m := h.byName["warner"]
 	require.NotNil(t, m)
 	w := func(name, spec string) *resource.Resource { return res("WarnerThing", "m", name, spec) }
 
-	lead := make(chan error, 1)
-	go func() {
-		_, err := h.ValidateBatch(context.Background(), "warner", []*resource.Resource{w("lead", `{}`)})
-		lead <- err
-	}()
-	<-entered
+	lead := make(chan error, SharedCallsInFlight)
+	for i := range SharedCallsInFlight {
+		go func() {
+			_, err := h.ValidateBatch(context.Background(), "warner", []*resource.Resource{w(fmt.Sprint("lead-", i), `{}`)})
+			lead <- err
+		}()
+		<-entered
+	}
 	const sessions = 6
 	outs := make([]chan outcome, sessions)
 	warns := make([]*resource.Warnings, sessions)
@@ -497,7 +541,9 @@ func TestSharedCallsWithARealPlugin(t *testing.T) {
 		waitQueued(t, &m.share, i+1)
 	}
 	close(held)
-	require.NoError(t, <-lead)
+	for range SharedCallsInFlight {
+		require.NoError(t, <-lead)
+	}
 	badField := []resource.FieldError{{Field: "spec.bad", Message: "invalid value true: bad is set"}}
 	for i := range sessions {
 		o := <-outs[i]
@@ -515,7 +561,7 @@ func TestSharedCallsWithARealPlugin(t *testing.T) {
 			assert.Empty(t, got, "caller %d", i)
 		}
 	}
-	assert.Equal(t, int64(2), info(t, h, "warner").Calls, "%d callers after the first, one RPC", sessions)
+	assert.Equal(t, int64(SharedCallsInFlight+1), info(t, h, "warner").Calls, "%d callers behind the calls in flight, one RPC", sessions)
 
 	// Large batches do not wait for a shared call: they go at once.
 	big := make([]*resource.Resource, DefaultBatchSize/2+1)
@@ -529,29 +575,19 @@ func TestSharedCallsWithARealPlugin(t *testing.T) {
 // A plugin that exits during a shared RPC fails every caller in it with
 // the error a call of its own gets (wrapping ErrPluginDown).
 func TestSharedCallPluginCrashReachesEveryCaller(t *testing.T) {
-	var (
-		held    = make(chan struct{})
-		entered = make(chan struct{})
-		first   atomic.Bool
-	)
-	hold := func(h *Host) {
-		h.beforeCall = func(int) {
-			if first.CompareAndSwap(false, true) {
-				close(entered)
-				<-held
-			}
-		}
-	}
+	held, entered, hold := holdFirstCalls(SharedCallsInFlight)
 	h, _ := startHost(t, pluginsDir(t, "crashvalidate"), hold, WithRestartBackoff(time.Hour, time.Hour))
 	m := h.byName["crashvalidate"]
 	require.NotNil(t, m)
 	c := func(name string) *resource.Resource { return res("CrashvalidateThing", "m", name, `{}`) }
-	lead := make(chan error, 1)
-	go func() {
-		_, err := h.ValidateBatch(context.Background(), "crashvalidate", []*resource.Resource{c("lead")})
-		lead <- err
-	}()
-	<-entered
+	lead := make(chan error, SharedCallsInFlight)
+	for i := range SharedCallsInFlight {
+		go func() {
+			_, err := h.ValidateBatch(context.Background(), "crashvalidate", []*resource.Resource{c(fmt.Sprint("lead-", i))})
+			lead <- err
+		}()
+		<-entered
+	}
 	outs := make([]chan error, 3)
 	for i := range outs {
 		outs[i] = make(chan error, 1)
@@ -562,7 +598,9 @@ func TestSharedCallPluginCrashReachesEveryCaller(t *testing.T) {
 		waitQueued(t, &m.share, i+1)
 	}
 	close(held)
-	require.ErrorIs(t, <-lead, ErrPluginDown)
+	for range SharedCallsInFlight {
+		require.ErrorIs(t, <-lead, ErrPluginDown)
+	}
 	var first0 error
 	for i := range outs {
 		err := <-outs[i]

@@ -27,11 +27,12 @@ import (
 // caller keeps batches under MaxBatchBytes.
 //
 // A small batch (see shareable) shares its RPC with the other small
-// batches for the same plugin (unless WithCallSharing(false)): when no
-// shared call to the plugin is in flight it goes at once, alone, on the
-// caller's goroutine; otherwise it joins the group queued behind the call
-// in flight, which goes as one RPC when that call ends (at most the batch
-// size and MaxBatchBytes per RPC; a full group starts the next one). Each
+// batches for the same plugin (unless WithCallSharing(false)): when fewer
+// than SharedCallsInFlight shared calls to the plugin are in flight it
+// goes at once, alone, on the caller's goroutine; otherwise it joins the
+// group queued behind the calls in flight, which goes as one RPC when one
+// of them ends (at most the batch size and MaxBatchBytes per RPC; a full
+// group starts the next one). Each
 // caller gets its own resources' results by its own indexes and its own
 // warnings. A caller whose ctx ends returns at once with an error wrapping
 // ctx's cause and leaves the others' RPC running (it is cancelled only when
