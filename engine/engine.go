@@ -45,6 +45,8 @@ const GlobalPeer = "global"
 type Engine struct {
 	cfg Config
 	log hclog.Logger
+	// hostOpts are added to the plugin host's options (tests only).
+	hostOpts []plugin.Option
 
 	started chan struct{}
 	ins     *insights.Registry
@@ -297,11 +299,11 @@ func (e *Engine) ReplicaID() string { return e.cfg.ReplicaID }
 // a clean shutdown caused by ctx.
 func (e *Engine) Run(ctx context.Context) error {
 	log := e.log
-	host := plugin.NewHost(e.cfg.PluginsDir, log,
+	host := plugin.NewHost(e.cfg.PluginsDir, log, append([]plugin.Option{
 		plugin.WithRequired(e.cfg.RequiredPlugins),
 		plugin.WithHeadroom(e.cfg.BufferHeadroom),
 		plugin.WithWindow(kdssync.DefaultWindow),
-		plugin.WithValidationObserver(e.metrics.ObserveValidation))
+		plugin.WithValidationObserver(e.metrics.ObserveValidation)}, e.hostOpts...)...)
 	if err := host.Start(ctx); err != nil {
 		return fmt.Errorf("start plugins: %w", err)
 	}

@@ -41,6 +41,10 @@ const (
 	// once, so the engine prepares and sends the next batches while a
 	// plugin decodes the current one.
 	CallsInFlight = 4
+	// SharedCallsInFlight is how many shared Validate RPCs (see
+	// Host.ValidateBatch) one plugin has in flight at most; small batches
+	// that arrive while all are out wait for one to end and go together.
+	SharedCallsInFlight = 2
 )
 
 var (
@@ -81,6 +85,7 @@ type PluginInfo struct {
 	LastError string // why the plugin last failed or went down; "" if never
 	PID       int    // 0 unless running
 	Calls     int64  // Validate RPCs sent
+	Waiting   int    // callers queued for a shared Validate RPC (see Host.ValidateBatch)
 }
 
 // Option configures a Host.
@@ -120,6 +125,15 @@ func WithBatchSize(n int) Option { return func(h *Host) { h.batchSize = max(n, 1
 // hangs cannot hold a write forever.
 func WithCallTimeout(d time.Duration) Option { return func(h *Host) { h.callTimeout = d } }
 
+// WithCallSharing turns the sharing of Validate RPCs among concurrent small
+// batches on or off (default on; see Host.ValidateBatch).
+func WithCallSharing(on bool) Option { return func(h *Host) { h.shareCalls = on } }
+
+// WithCallHook sets f to be called by every Validate RPC just before it is
+// sent, with the number of resources in it; f may block (tests use it to
+// hold a call in flight). Not for production use.
+func WithCallHook(f func(n int)) Option { return func(h *Host) { h.beforeCall = f } }
+
 // WithEngineVersion sets the version reported to plugins in Describe.
 func WithEngineVersion(v string) Option { return func(h *Host) { h.engineVersion = v } }
 
@@ -145,6 +159,7 @@ type Host struct {
 	batchSize       int
 	callTimeout     time.Duration
 	engineVersion   string
+	shareCalls      bool
 	// observeValidation, if set, is told the duration of every Validate RPC.
 	observeValidation func(plugin string, d time.Duration)
 
@@ -160,6 +175,9 @@ type Host struct {
 	// beforeExec, when set (tests only, before Start), is called by every
 	// launch after the binary passed its checks and before it is executed.
 	beforeExec func(path string)
+	// beforeCall, when set (tests only: WithCallHook), is called by every
+	// Validate RPC just before it is sent, with the resources' count.
+	beforeCall func(n int)
 
 	copyMu   sync.Mutex // guards copyPath
 	copyPath string     // execCopy's private directory, "" until used
@@ -167,6 +185,9 @@ type Host struct {
 	ctx    context.Context // cancelled by Close; stops supervisors
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // supervisors
+	// sends runs the shared Validate RPCs (share.go); goroutines are
+	// added only under mu while !closed, and joined by Close.
+	sends sync.WaitGroup
 
 	mu       sync.RWMutex // guards the fields below
 	started  bool
@@ -193,6 +214,7 @@ func NewHost(dir string, logger hclog.Logger, opts ...Option) *Host {
 		batchSize:       DefaultBatchSize,
 		callTimeout:     DefaultCallTimeout,
 		engineVersion:   "dev",
+		shareCalls:      true,
 		execMode:        defaultExecMode(),
 		ctx:             ctx,
 		cancel:          cancel,
@@ -517,6 +539,7 @@ func (h *Host) Close() error {
 	h.mu.Unlock()
 	h.cancel()
 	h.wg.Wait()
+	h.sends.Wait()
 	for _, m := range ps {
 		m.kill()
 	}

@@ -76,7 +76,7 @@ func childPIDs() []int {
 // pluginsDir makes a plugins directory holding kds-plugin-NAME for each name:
 // policies and dataplanes are the built-in plugins, anything else the test
 // plugin under that name.
-func pluginsDir(t *testing.T, names ...string) string {
+func pluginsDir(t testing.TB, names ...string) string {
 	t.Helper()
 	dir := t.TempDir()
 	for _, n := range names {
@@ -89,7 +89,7 @@ func pluginsDir(t *testing.T, names ...string) string {
 	return dir
 }
 
-func copyFile(t *testing.T, src, dst string, mode os.FileMode) {
+func copyFile(t testing.TB, src, dst string, mode os.FileMode) {
 	t.Helper()
 	in, err := os.Open(src)
 	require.NoError(t, err)
@@ -134,7 +134,7 @@ func startHost(t *testing.T, dir string, opts ...Option) (*Host, *logbuf.Buffer)
 	return h, buf
 }
 
-func info(t *testing.T, h *Host, name string) PluginInfo {
+func info(t testing.TB, h *Host, name string) PluginInfo {
 	t.Helper()
 	for _, p := range h.Plugins() {
 		if p.Name == name {

@@ -35,6 +35,8 @@ type managed struct {
 	log  hclog.Logger
 
 	calls atomic.Int64
+	// share queues the small batches waiting for a shared Validate RPC.
+	share sharing
 
 	mu       sync.Mutex // guards the fields below
 	state    State
@@ -108,6 +110,7 @@ func (m *managed) info() PluginInfo {
 		State:    m.state,
 		Restarts: m.restarts,
 		Calls:    m.calls.Load(),
+		Waiting:  m.share.waitingCallers(),
 	}
 	if m.lastErr != nil {
 		pi.LastError = m.lastErr.Error()

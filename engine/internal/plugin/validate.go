@@ -19,13 +19,27 @@ import (
 	pluginv1 "github.com/kds-engine/kds-engine/sdk/proto/plugin/v1"
 )
 
-// ValidateBatch sends rs to the named plugin in one Validate RPC and returns
-// the field errors of each invalid resource by its index in rs. The
-// plugin's warnings go to the collector in ctx, if any (see
-// resource.WithWarnings). It fails
-// with an error wrapping ErrPluginDown when the plugin is not running (or
-// dies during the call). Every resource must be of a type of that plugin;
-// the caller keeps batches under MaxBatchBytes.
+// ValidateBatch sends rs to the named plugin and returns the field errors
+// of each invalid resource by its index in rs. The plugin's warnings go to
+// the collector in ctx, if any (see resource.WithWarnings). It fails with an
+// error wrapping ErrPluginDown when the plugin is not running (or dies
+// during the call). Every resource must be of a type of that plugin; the
+// caller keeps batches under MaxBatchBytes.
+//
+// A small batch (see shareable) shares its RPC with the other small
+// batches for the same plugin (unless WithCallSharing(false)): when fewer
+// than SharedCallsInFlight shared calls to the plugin are in flight it
+// goes at once, alone, on the caller's goroutine; otherwise it joins the
+// group queued behind the calls in flight, which goes as one RPC when one
+// of them ends (at most the batch size and MaxBatchBytes per RPC; a full
+// group starts the next one). Each
+// caller gets its own resources' results by its own indexes and its own
+// warnings. A caller whose ctx ends returns at once with an error wrapping
+// ctx's cause and leaves the others' RPC running (it is cancelled only when
+// every caller in it has left). An RPC that fails (the plugin down or
+// exiting during it, no answer within the call timeout, a malformed
+// answer) fails every caller in it with the same error as a call of its
+// own would have returned.
 func (h *Host) ValidateBatch(ctx context.Context, pluginName string, rs []*resource.Resource) (map[int][]resource.FieldError, error) {
 	h.mu.RLock()
 	m := h.byName[pluginName]
@@ -33,6 +47,19 @@ func (h *Host) ValidateBatch(ctx context.Context, pluginName string, rs []*resou
 	if m == nil {
 		return nil, fmt.Errorf("validate: no plugin %q", pluginName)
 	}
+	if h.shareCalls {
+		if bytes, ok := h.shareable(rs); ok {
+			return h.shared(ctx, pluginName, m, rs, bytes)
+		}
+	}
+	return h.validateBatch(ctx, pluginName, m, rs, nil)
+}
+
+// validateBatch sends rs to plugin m in one Validate RPC (crash records
+// and suspects aside, see below). ctx bounds the call; warnCtx, when set,
+// gives the context whose warnings collector takes the warnings about
+// rs[i] (nil: ctx's).
+func (h *Host) validateBatch(ctx context.Context, pluginName string, m *managed, rs []*resource.Resource, warnCtx func(i int) context.Context) (map[int][]resource.FieldError, error) {
 	inst, err := m.current()
 	if err != nil {
 		return nil, fmt.Errorf("validate: %w", err)
@@ -74,7 +101,11 @@ func (h *Host) ValidateBatch(ctx context.Context, pluginName string, rs []*resou
 		for j, i := range idx {
 			sub[j] = rs[i]
 		}
-		res, err := h.call(ctx, pluginName, m, inst, sub)
+		warn := func(int) context.Context { return ctx }
+		if warnCtx != nil {
+			warn = func(j int) context.Context { return warnCtx(idx[j]) }
+		}
+		res, err := h.call(ctx, pluginName, m, inst, sub, warn)
 		if errors.Is(err, errExitedDuringCall) {
 			reason := inst.stderr.summary()
 			if len(idx) == 1 {
@@ -143,12 +174,16 @@ func (h *Host) exitedDuring(inst *instance, wait bool) bool {
 var errExitedDuringCall = errors.New("exited during the call")
 
 // call sends rs to inst in one Validate RPC and returns the field errors by
-// index in rs. When the process exits during the call it returns
-// errExitedDuringCall once the process's stderr has been read to its end.
-func (h *Host) call(ctx context.Context, pluginName string, m *managed, inst *instance, rs []*resource.Resource) (map[int][]resource.FieldError, error) {
+// index in rs; the warnings about rs[i] go to warn(i)'s collector. When
+// the process exits during the call it returns errExitedDuringCall once the
+// process's stderr has been read to its end.
+func (h *Host) call(ctx context.Context, pluginName string, m *managed, inst *instance, rs []*resource.Resource, warn func(i int) context.Context) (map[int][]resource.FieldError, error) {
 	req := &pluginv1.ValidateRequest{Resources: make([]*pluginv1.Resource, len(rs))}
 	for i, r := range rs {
 		req.Resources[i] = ToPlugin(r)
+	}
+	if h.beforeCall != nil {
+		h.beforeCall(len(rs))
 	}
 	m.calls.Add(1)
 	cctx, cancel := context.WithTimeout(ctx, h.callTimeout)
@@ -192,7 +227,7 @@ func (h *Host) call(ctx context.Context, pluginName string, m *managed, inst *in
 			for _, fe := range w.GetErrors() {
 				ws = append(ws, resource.FieldError{Field: fe.GetField(), Message: fe.GetMessage()})
 			}
-			resource.AddWarnings(ctx, rs[idx].Key(), ws)
+			resource.AddWarnings(warn(idx), rs[idx].Key(), ws)
 		}
 	}
 	return fes, nil

@@ -7,7 +7,10 @@
 //  2. the type's JSON Schema (compiled once per type when the Validator is
 //     built);
 //  3. the plugin's own Validate, resources grouped by plugin and sent in
-//     batches, so ten thousand resources cost a handful of RPCs.
+//     batches, so ten thousand resources cost a handful of RPCs. The
+//     plugin host lets the small batches of concurrent Validate calls (one
+//     per sync session, say) share RPCs (plugin.Host.ValidateBatch); each
+//     call still gets exactly its own resources' results.
 //
 // A resource that fails the envelope goes no further. One that fails only
 // its schema still goes to its plugin, so a write reports every problem at

@@ -1,0 +1,708 @@
+package plugin
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/kds-engine/kds-engine/engine/internal/resource"
+)
+
+// fakeSends is a sendFunc that refuses every resource whose name starts
+// with "bad", warns about every resource whose name starts with "old", and
+// records what each call got. A call blocks while gate (when set before
+// the call) is open.
+type fakeSends struct {
+	mu    sync.Mutex
+	calls [][]string
+	ctxs  []context.Context
+	gates []chan struct{} // by call number; nil: no wait
+	err   error           // returned by calls after the first, when set
+}
+
+func (f *fakeSends) send(ctx context.Context, rs []*resource.Resource, warnCtx func(int) context.Context) (map[int][]resource.FieldError, error) {
+	f.mu.Lock()
+	n := len(f.calls)
+	names := make([]string, len(rs))
+	for i, r := range rs {
+		names[i] = r.Name
+	}
+	f.calls = append(f.calls, names)
+	f.ctxs = append(f.ctxs, ctx)
+	var gate chan struct{}
+	if n < len(f.gates) {
+		gate = f.gates[n]
+	}
+	err := f.err
+	f.mu.Unlock()
+	if gate != nil {
+		<-gate
+	}
+	if err != nil && n > 0 {
+		return nil, err
+	}
+	out := map[int][]resource.FieldError{}
+	for i, r := range rs {
+		if strings.HasPrefix(r.Name, "bad") {
+			out[i] = []resource.FieldError{{Field: "spec", Message: r.Name}}
+		}
+		if strings.HasPrefix(r.Name, "old") {
+			wc := ctx
+			if warnCtx != nil {
+				wc = warnCtx(i)
+			}
+			resource.AddWarnings(wc, r.Key(), []resource.FieldError{{Field: "spec", Message: "old"}})
+		}
+	}
+	return out, nil
+}
+
+func (f *fakeSends) callNames() [][]string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([][]string(nil), f.calls...)
+}
+
+// spawner starts the queued sends on goroutines the test joins.
+type spawner struct {
+	wg    sync.WaitGroup
+	base  context.Context
+	count atomic.Int32
+}
+
+func (sp *spawner) spawn(f func(context.Context)) error {
+	sp.count.Add(1)
+	sp.wg.Add(1)
+	go func() {
+		defer sp.wg.Done()
+		f(sp.base)
+	}()
+	return nil
+}
+
+func named(names ...string) []*resource.Resource {
+	rs := make([]*resource.Resource, len(names))
+	for i, n := range names {
+		rs[i] = &resource.Resource{Type: "T", Mesh: "m", Name: n, Spec: []byte(`{}`)}
+	}
+	return rs
+}
+
+// waitQueued waits until the queue of s holds n callers that have not
+// left.
+func waitQueued(t *testing.T, s *sharing, n int) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		got := s.waitingCallers()
+		if got == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d callers queued, want %d", got, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+type outcome struct {
+	res map[int][]resource.FieldError
+	err error
+}
+
+// goDo runs s.do for rs on a goroutine of the test and returns where its
+// outcome arrives.
+func goDo(s *sharing, ctx context.Context, rs []*resource.Resource, maxN int, f *fakeSends, sp *spawner) <-chan outcome {
+	ch := make(chan outcome, 1)
+	go func() {
+		res, err := s.do(ctx, "p", rs, 10*len(rs), 1, maxN, 1<<20, f.send, sp.spawn)
+		ch <- outcome{res, err}
+	}()
+	return ch
+}
+
+func fe(name string) []resource.FieldError {
+	return []resource.FieldError{{Field: "spec", Message: name}}
+}
+
+type ctxKey struct{}
+
+// With no shared call in flight, a caller's batch goes at once, alone, on
+// its own goroutine and with its own context: nothing is started, nothing
+// waits.
+func TestSharingLoneCallerGoesAtOnce(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	var s sharing
+	f := &fakeSends{}
+	spawn := func(func(context.Context)) error {
+		t.Error("a lone caller must not start a goroutine")
+		return nil
+	}
+	for round := range 2 {
+		ctx := context.WithValue(context.Background(), ctxKey{}, round)
+		res, err := s.do(ctx, "p", named("a", "bad"), 20, 1, 1000, 1<<20, f.send, spawn)
+		require.NoError(t, err)
+		assert.Equal(t, map[int][]resource.FieldError{1: fe("bad")}, res)
+		require.Len(t, f.ctxs, round+1)
+		assert.Equal(t, round, f.ctxs[round].Value(ctxKey{}), "the call ran with the caller's context")
+		assert.Zero(t, s.inFlight, "nothing in flight once it returned")
+	}
+	assert.Equal(t, [][]string{{"a", "bad"}, {"a", "bad"}}, f.callNames())
+}
+
+// Callers that arrive while a call is in flight go together in one call
+// once it ends, in the order they arrived; each gets its own resources'
+// results by its own indexes, and its own warnings.
+func TestSharingJoinsCallersBehindTheCallInFlight(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	var s sharing
+	gate := make(chan struct{})
+	f := &fakeSends{gates: []chan struct{}{gate}}
+	sp := &spawner{base: context.Background()}
+	leader := goDo(&s, context.Background(), named("lead"), 1000, f, sp)
+	waitCalls(t, f, 1)
+
+	batches := [][]*resource.Resource{
+		named("a1", "bad1"),
+		named("bad2"),
+		named("old3", "a3", "bad3"),
+	}
+	var outs []<-chan outcome
+	var warns []*resource.Warnings
+	for i, rs := range batches {
+		ctx, w := resource.WithWarnings(context.Background())
+		warns = append(warns, w)
+		outs = append(outs, goDo(&s, ctx, rs, 1000, f, sp))
+		waitQueued(t, &s, i+1)
+	}
+	close(gate)
+	require.NoError(t, (<-leader).err)
+	want := []map[int][]resource.FieldError{
+		{1: fe("bad1")},
+		{0: fe("bad2")},
+		{2: fe("bad3")},
+	}
+	for i, ch := range outs {
+		o := <-ch
+		require.NoError(t, o.err)
+		assert.Equal(t, want[i], o.res, "caller %d", i)
+	}
+	sp.wg.Wait()
+	assert.Equal(t, [][]string{{"lead"}, {"a1", "bad1", "bad2", "old3", "a3", "bad3"}}, f.callNames(), "three callers, one call")
+	assert.Empty(t, warns[0].List())
+	assert.Empty(t, warns[1].List())
+	require.Len(t, warns[2].List(), 1, "the warning reaches its own caller only")
+	assert.Equal(t, "old3", warns[2].List()[0].Key.Name)
+	assert.Zero(t, s.inFlight)
+}
+
+func waitCalls(t *testing.T, f *fakeSends, n int) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for len(f.callNames()) < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d calls, want %d", len(f.callNames()), n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// A group holds at most maxN resources and maxBytes; a batch that does not
+// fit starts the next group, which goes after it.
+func TestSharingBoundsEachCall(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	var s sharing
+	gate := make(chan struct{})
+	f := &fakeSends{gates: []chan struct{}{gate}}
+	sp := &spawner{base: context.Background()}
+	leader := goDo(&s, context.Background(), named("lead"), 4, f, sp)
+	waitCalls(t, f, 1)
+	var outs []<-chan outcome
+	for i, rs := range [][]*resource.Resource{
+		named("a1", "a2", "a3"),
+		named("b1", "b2"),
+		named("c1", "bad-c2"),
+		named("d1"),
+	} {
+		outs = append(outs, goDo(&s, context.Background(), rs, 4, f, sp))
+		waitQueued(t, &s, i+1)
+	}
+	close(gate)
+	require.NoError(t, (<-leader).err)
+	for i, ch := range outs {
+		o := <-ch
+		require.NoError(t, o.err)
+		if i == 2 {
+			assert.Equal(t, map[int][]resource.FieldError{1: fe("bad-c2")}, o.res)
+		} else {
+			assert.Empty(t, o.res)
+		}
+	}
+	sp.wg.Wait()
+	assert.Equal(t, [][]string{{"lead"}, {"a1", "a2", "a3"}, {"b1", "b2", "c1", "bad-c2"}, {"d1"}}, f.callNames())
+	assert.Equal(t, int32(1), sp.count.Load(), "one goroutine sent the queued groups one after the other")
+
+	// Bytes: two batches of 60 do not fit 100.
+	var s2 sharing
+	gate2 := make(chan struct{})
+	f2 := &fakeSends{gates: []chan struct{}{gate2}}
+	sp2 := &spawner{base: context.Background()}
+	do := func(rs []*resource.Resource) <-chan outcome {
+		ch := make(chan outcome, 1)
+		go func() {
+			res, err := s2.do(context.Background(), "p", rs, 60, 1, 1000, 100, f2.send, sp2.spawn)
+			ch <- outcome{res, err}
+		}()
+		return ch
+	}
+	l2 := do(named("lead"))
+	waitCalls(t, f2, 1)
+	x := do(named("x"))
+	waitQueued(t, &s2, 1)
+	y := do(named("y"))
+	waitQueued(t, &s2, 2)
+	close(gate2)
+	for _, ch := range []<-chan outcome{l2, x, y} {
+		require.NoError(t, (<-ch).err)
+	}
+	sp2.wg.Wait()
+	assert.Equal(t, [][]string{{"lead"}, {"x"}, {"y"}}, f2.callNames())
+}
+
+// A caller whose context ends returns at once with its context's error;
+// the others' call goes on. Before its group went, its resources are left
+// out; once it went, the call is cancelled only when every caller left.
+func TestSharingCallerWhoseContextEndsLeavesAlone(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	var s sharing
+	gate, gate2 := make(chan struct{}), make(chan struct{})
+	f := &fakeSends{gates: []chan struct{}{gate, nil, gate2}}
+	sp := &spawner{base: context.Background()}
+
+	// Queued, not sent yet.
+	leader := goDo(&s, context.Background(), named("lead"), 1000, f, sp)
+	waitCalls(t, f, 1)
+	xctx, xcancel := context.WithCancel(context.Background())
+	x := goDo(&s, xctx, named("bad-x"), 1000, f, sp)
+	waitQueued(t, &s, 1)
+	y := goDo(&s, context.Background(), named("bad-y"), 1000, f, sp)
+	waitQueued(t, &s, 2)
+	xcancel()
+	o := <-x // while the call in flight is still held
+	require.ErrorIs(t, o.err, context.Canceled)
+	assert.Equal(t, `validate with plugin "p": context canceled`, o.err.Error())
+	close(gate)
+	require.NoError(t, (<-leader).err)
+	o = <-y
+	require.NoError(t, o.err)
+	assert.Equal(t, map[int][]resource.FieldError{0: fe("bad-y")}, o.res)
+	sp.wg.Wait()
+	assert.Equal(t, [][]string{{"lead"}, {"bad-y"}}, f.callNames(), "the caller that left is not sent")
+
+	// Sent already: the third call (a lone one) holds on gate2, two
+	// callers queue behind it and share the fourth, which holds on gate3.
+	lead2 := goDo(&s, context.Background(), named("lead2"), 1000, f, sp)
+	waitCalls(t, f, 3)
+	f.mu.Lock()
+	gate3 := make(chan struct{})
+	f.gates = append(f.gates, gate3) // the shared call, the fourth, holds too
+	f.mu.Unlock()
+	pctx, pcancel := context.WithCancel(context.Background())
+	qctx, qcancel := context.WithCancel(context.Background())
+	p := goDo(&s, pctx, named("p1"), 1000, f, sp)
+	waitQueued(t, &s, 1)
+	q := goDo(&s, qctx, named("q1"), 1000, f, sp)
+	waitQueued(t, &s, 2)
+	close(gate2)
+	require.NoError(t, (<-lead2).err)
+	waitCalls(t, f, 4)
+	f.mu.Lock()
+	shared := f.ctxs[3]
+	f.mu.Unlock()
+	pcancel()
+	require.ErrorIs(t, (<-p).err, context.Canceled)
+	assert.NoError(t, shared.Err(), "one caller left: the call goes on for the other")
+	qcancel()
+	require.ErrorIs(t, (<-q).err, context.Canceled)
+	select {
+	case <-shared.Done():
+	case <-time.After(20 * time.Second):
+		t.Fatal("every caller left, the call was not cancelled")
+	}
+	close(gate3)
+	sp.wg.Wait()
+	assert.Equal(t, []string{"p1", "q1"}, f.callNames()[3])
+}
+
+// A call that fails fails every caller in it with the same error; the
+// call in flight before it is not affected.
+func TestSharingFailureReachesEveryCaller(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	var s sharing
+	gate := make(chan struct{})
+	down := fmt.Errorf("validate: plugin %q exited during the call: %w", "p", ErrPluginDown)
+	f := &fakeSends{gates: []chan struct{}{gate}, err: down}
+	sp := &spawner{base: context.Background()}
+	leader := goDo(&s, context.Background(), named("bad-lead"), 1000, f, sp)
+	waitCalls(t, f, 1)
+	var outs []<-chan outcome
+	for i := range 3 {
+		outs = append(outs, goDo(&s, context.Background(), named(fmt.Sprint("r", i)), 1000, f, sp))
+		waitQueued(t, &s, i+1)
+	}
+	close(gate)
+	o := <-leader
+	require.NoError(t, o.err)
+	assert.Equal(t, map[int][]resource.FieldError{0: fe("bad-lead")}, o.res)
+	for _, ch := range outs {
+		o := <-ch
+		require.ErrorIs(t, o.err, ErrPluginDown)
+		assert.Same(t, down, o.err, "the call's own error, unchanged")
+	}
+	sp.wg.Wait()
+	assert.Len(t, f.callNames(), 2)
+
+	// A host that closed starts nothing: the queued callers get why.
+	var s2 sharing
+	gate2 := make(chan struct{})
+	f2 := &fakeSends{gates: []chan struct{}{gate2}}
+	closed := fmt.Errorf("plugin host closed: %w", ErrPluginDown)
+	refuse := func(func(context.Context)) error { return closed }
+	l := make(chan error, 1)
+	go func() {
+		_, err := s2.do(context.Background(), "p", named("lead"), 10, 1, 1000, 1<<20, f2.send, refuse)
+		l <- err
+	}()
+	waitCalls(t, f2, 1)
+	w := make(chan error, 1)
+	go func() {
+		_, err := s2.do(context.Background(), "p", named("w"), 10, 1, 1000, 1<<20, f2.send, refuse)
+		w <- err
+	}()
+	waitQueued(t, &s2, 1)
+	close(gate2)
+	require.NoError(t, <-l)
+	assert.Same(t, closed, <-w)
+	assert.Zero(t, s2.inFlight)
+}
+
+// Many callers at once, some leaving early: every caller that gets results
+// gets exactly its own, and every call stays within the bounds.
+func TestSharingManyCallersGetTheirOwnResults(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	var s sharing
+	f := &fakeSends{}
+	sp := &spawner{base: context.Background()}
+	const callers, rounds, maxN = 40, 40, 7
+	var wg sync.WaitGroup
+	for c := range callers {
+		wg.Go(func() {
+			for r := range rounds {
+				n := 1 + (c+r)%4
+				names := make([]string, n)
+				want := map[int][]resource.FieldError{}
+				for i := range names {
+					names[i] = fmt.Sprintf("c%d-r%d-%d", c, r, i)
+					if (c+r+i)%3 == 0 {
+						names[i] = "bad-" + names[i]
+						want[i] = fe(names[i])
+					}
+				}
+				ctx, cancel := context.WithCancel(context.Background())
+				if (c*rounds+r)%5 == 0 {
+					cancel() // leaves at once, or whenever it is its turn
+				}
+				res, err := s.do(ctx, "p", named(names...), 10*n, 2, maxN, 1<<20, f.send, sp.spawn)
+				cancel()
+				if err != nil {
+					assert.ErrorIs(t, err, context.Canceled)
+					continue
+				}
+				assert.Equal(t, want, res)
+			}
+		})
+	}
+	wg.Wait()
+	sp.wg.Wait()
+	for _, call := range f.callNames() {
+		assert.LessOrEqual(t, len(call), maxN)
+	}
+	assert.Zero(t, s.inFlight)
+	assert.Empty(t, s.queue)
+}
+
+// holdFirstCalls returns a host option that holds the first n Validate
+// RPCs until held is closed; entered gets one value as each is held.
+func holdFirstCalls(n int) (held chan struct{}, entered chan struct{}, opt Option) {
+	held, entered = make(chan struct{}), make(chan struct{}, n)
+	var count atomic.Int32
+	opt = func(h *Host) {
+		h.beforeCall = func(int) {
+			if count.Add(1) <= int32(n) {
+				entered <- struct{}{}
+				<-held
+			}
+		}
+	}
+	return held, entered, opt
+}
+
+// With two slots, a second caller goes at once while the first call is in
+// flight; only a third waits, and goes when either call ends.
+func TestSharingSlots(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	var s sharing
+	g1, g2 := make(chan struct{}), make(chan struct{})
+	f := &fakeSends{gates: []chan struct{}{g1, g2}}
+	sp := &spawner{base: context.Background()}
+	do := func(name string) <-chan outcome {
+		ch := make(chan outcome, 1)
+		go func() {
+			res, err := s.do(context.Background(), "p", named(name), 10, 2, 1000, 1<<20, f.send, sp.spawn)
+			ch <- outcome{res, err}
+		}()
+		return ch
+	}
+	a := do("a")
+	waitCalls(t, f, 1)
+	b := do("bad-b")
+	waitCalls(t, f, 2) // went at once: a is still held
+	c := do("c")
+	waitQueued(t, &s, 1)
+	d := do("bad-d")
+	waitQueued(t, &s, 2)
+	close(g2)
+	o := <-b
+	require.NoError(t, o.err)
+	assert.Equal(t, map[int][]resource.FieldError{0: fe("bad-b")}, o.res)
+	for _, ch := range []<-chan outcome{c, d} {
+		require.NoError(t, (<-ch).err)
+	}
+	close(g1)
+	require.NoError(t, (<-a).err)
+	sp.wg.Wait()
+	assert.Equal(t, [][]string{{"a"}, {"bad-b"}, {"c", "bad-d"}}, f.callNames())
+	assert.Zero(t, s.inFlight)
+}
+
+// With a real plugin process: callers that arrive while a call is in
+// flight are served by one RPC, each with its own resources' errors and
+// warnings, and Host.ValidateBatch's results are those of separate calls.
+func TestSharedCallsWithARealPlugin(t *testing.T) {
+	held, entered, hold := holdFirstCalls(SharedCallsInFlight)
+	h, _ := startHost(t, pluginsDir(t, "warner"), hold)
+	m := h.byName["warner"]
+	require.NotNil(t, m)
+	w := func(name, spec string) *resource.Resource { return res("WarnerThing", "m", name, spec) }
+
+	lead := make(chan error, SharedCallsInFlight)
+	for i := range SharedCallsInFlight {
+		go func() {
+			_, err := h.ValidateBatch(context.Background(), "warner", []*resource.Resource{w(fmt.Sprint("lead-", i), `{}`)})
+			lead <- err
+		}()
+		<-entered
+	}
+	const sessions = 6
+	outs := make([]chan outcome, sessions)
+	warns := make([]*resource.Warnings, sessions)
+	for i := range sessions {
+		ctx, wc := resource.WithWarnings(context.Background())
+		warns[i] = wc
+		rs := []*resource.Resource{
+			w(fmt.Sprint("ok-", i), `{"value":"new"}`),
+			w(fmt.Sprint("bad-", i), `{"bad":true}`),
+		}
+		if i%2 == 0 {
+			rs = append(rs, w(fmt.Sprint("old-", i), `{"value":"old"}`))
+		}
+		if i == 3 {
+			rs = rs[:1] // all valid
+		}
+		outs[i] = make(chan outcome, 1)
+		go func() {
+			res, err := h.ValidateBatch(ctx, "warner", rs)
+			outs[i] <- outcome{res, err}
+		}()
+		waitQueued(t, &m.share, i+1)
+	}
+	close(held)
+	for range SharedCallsInFlight {
+		require.NoError(t, <-lead)
+	}
+	badField := []resource.FieldError{{Field: "spec.bad", Message: "invalid value true: bad is set"}}
+	for i := range sessions {
+		o := <-outs[i]
+		require.NoError(t, o.err, "caller %d", i)
+		if i == 3 {
+			assert.Empty(t, o.res, "caller %d", i)
+		} else {
+			assert.Equal(t, map[int][]resource.FieldError{1: badField}, o.res, "caller %d", i)
+		}
+		got := warns[i].List()
+		if i%2 == 0 {
+			require.Len(t, got, 1, "caller %d", i)
+			assert.Equal(t, fmt.Sprint("old-", i), got[0].Key.Name)
+		} else {
+			assert.Empty(t, got, "caller %d", i)
+		}
+	}
+	assert.Equal(t, int64(SharedCallsInFlight+1), info(t, h, "warner").Calls, "%d callers behind the calls in flight, one RPC", sessions)
+
+	// Large batches do not wait for a shared call: they go at once.
+	big := make([]*resource.Resource, DefaultBatchSize/2+1)
+	for i := range big {
+		big[i] = w(fmt.Sprint("big-", i), `{}`)
+	}
+	_, ok := h.shareable(big)
+	assert.False(t, ok)
+}
+
+// A plugin that exits during a shared RPC fails every caller in it with
+// the error a call of its own gets (wrapping ErrPluginDown).
+func TestSharedCallPluginCrashReachesEveryCaller(t *testing.T) {
+	held, entered, hold := holdFirstCalls(SharedCallsInFlight)
+	h, _ := startHost(t, pluginsDir(t, "crashvalidate"), hold, WithRestartBackoff(time.Hour, time.Hour))
+	m := h.byName["crashvalidate"]
+	require.NotNil(t, m)
+	c := func(name string) *resource.Resource { return res("CrashvalidateThing", "m", name, `{}`) }
+	lead := make(chan error, SharedCallsInFlight)
+	for i := range SharedCallsInFlight {
+		go func() {
+			_, err := h.ValidateBatch(context.Background(), "crashvalidate", []*resource.Resource{c(fmt.Sprint("lead-", i))})
+			lead <- err
+		}()
+		<-entered
+	}
+	outs := make([]chan error, 3)
+	for i := range outs {
+		outs[i] = make(chan error, 1)
+		go func() {
+			_, err := h.ValidateBatch(context.Background(), "crashvalidate", []*resource.Resource{c(fmt.Sprint("r", i))})
+			outs[i] <- err
+		}()
+		waitQueued(t, &m.share, i+1)
+	}
+	close(held)
+	for range SharedCallsInFlight {
+		require.ErrorIs(t, <-lead, ErrPluginDown)
+	}
+	var first0 error
+	for i := range outs {
+		err := <-outs[i]
+		require.ErrorIs(t, err, ErrPluginDown, "caller %d", i)
+		if first0 == nil {
+			first0 = err
+		}
+		assert.Same(t, first0, err, "caller %d: the same error", i)
+	}
+	assert.False(t, errors.Is(first0, context.Canceled))
+}
+
+// BenchmarkSharedValidateCalls measures what sharing RPCs saves when many
+// callers validate small batches at once, as global's sync sessions do
+// under churn: 100 callers each validate 20 batches of 3 resources of about
+// 512 bytes with one plugin process, through a host with sharing on and
+// one with it off, alternating which goes first. It reports, per resource
+// validated, the CPU of this process and of the plugin process, and the
+// RPCs, each side and as ratios on/off.
+//
+//	go test -run '^$' -bench SharedValidateCalls -benchtime 10x ./engine/internal/plugin
+func BenchmarkSharedValidateCalls(b *testing.B) {
+	const callers, rounds, per = 100, 20, 3
+	log := hclog.NewNullLogger()
+	on := NewHost(pluginsDir(b, "alpha"), log)
+	off := NewHost(pluginsDir(b, "alpha"), log, WithCallSharing(false))
+	for _, h := range []*Host{on, off} {
+		require.NoError(b, h.Start(context.Background()))
+		b.Cleanup(func() { require.NoError(b, h.Close()) })
+	}
+	pad := strings.Repeat("x", 480)
+	batches := make([][]*resource.Resource, callers)
+	for c := range batches {
+		for i := range per {
+			spec := fmt.Sprintf(`{"value":"v-%d-%d","pad":%q}`, c, i, pad)
+			batches[c] = append(batches[c], res("AlphaOne", "default", fmt.Sprintf("r-%d-%d", c, i), spec))
+		}
+	}
+	type totals struct {
+		self, plugin time.Duration
+		rpcs         int64
+	}
+	run := func(h *Host, into *totals) {
+		p := info(b, h, "alpha")
+		self0, plug0 := selfCPU(b), procCPU(b, p.PID)
+		var wg sync.WaitGroup
+		for c := range callers {
+			wg.Go(func() {
+				for range rounds {
+					if _, err := h.ValidateBatch(context.Background(), "alpha", batches[c]); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		into.self += selfCPU(b) - self0
+		into.plugin += procCPU(b, p.PID) - plug0
+		into.rpcs += info(b, h, "alpha").Calls - p.Calls
+	}
+	var warm, son, soff totals
+	run(on, &warm)
+	run(off, &warm)
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		if i%2 == 0 {
+			run(on, &son)
+			run(off, &soff)
+		} else {
+			run(off, &soff)
+			run(on, &son)
+		}
+	}
+	n := float64(b.N * callers * rounds * per)
+	us := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1000 / n }
+	b.ReportMetric(us(son.self), "engine-us/res-shared")
+	b.ReportMetric(us(soff.self), "engine-us/res-alone")
+	b.ReportMetric(float64(son.self)/float64(soff.self), "engine-ratio")
+	b.ReportMetric(us(son.plugin), "plugin-us/res-shared")
+	b.ReportMetric(us(soff.plugin), "plugin-us/res-alone")
+	b.ReportMetric(float64(son.plugin)/float64(soff.plugin), "plugin-ratio")
+	b.ReportMetric(float64(son.rpcs)/n, "rpcs/res-shared")
+	b.ReportMetric(float64(soff.rpcs)/n, "rpcs/res-alone")
+}
+
+// selfCPU is this process's user and system CPU time so far.
+func selfCPU(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	require.NoError(b, syscall.Getrusage(syscall.RUSAGE_SELF, &ru))
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// procCPU is the user and system CPU time of process pid so far (Linux).
+func procCPU(b *testing.B, pid int) time.Duration {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		b.Skipf("no /proc: %v", err)
+	}
+	f := strings.Fields(string(raw[bytes.LastIndexByte(raw, ')')+2:]))
+	ut, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	require.NoError(b, errors.Join(err1, err2))
+	return time.Duration(ut+st) * (time.Second / 100) // clock ticks (USER_HZ 100)
+}
