@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"testing"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -70,20 +69,8 @@ func TestCodecInteroperates(t *testing.T) {
 		{"both new", func() *grpc.Server { return NewServer(Config{}) }, DialOptions(Config{})},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			lis, err := net.Listen("tcp", "127.0.0.1:0")
-			require.NoError(t, err)
-			srv := tc.server()
-			kdsv1.RegisterKDSServer(srv, echoKDS{})
-			done := make(chan struct{})
-			go func() {
-				defer close(done)
-				_ = srv.Serve(lis)
-			}()
-			defer func() {
-				srv.Stop()
-				<-done
-			}()
-			conn, err := grpc.NewClient(lis.Addr().String(), append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, tc.dialExtra...)...)
+			addr := serveWith(t, tc.server(), echoKDS{})
+			conn, err := grpc.NewClient(addr, append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, tc.dialExtra...)...)
 			require.NoError(t, err)
 			defer conn.Close()
 			ctx, cancel := context.WithCancel(context.Background())

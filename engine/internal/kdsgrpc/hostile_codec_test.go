@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"runtime"
 	"testing"
 
@@ -86,20 +85,8 @@ func TestHostileMessagesPinNoMoreThanTheyHold(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			const n = 16
 			k := keepKDS{n: n, received: make(chan []*kdsv1.Message, 1), measured: make(chan struct{})}
-			lis, err := net.Listen("tcp", "127.0.0.1:0")
-			require.NoError(t, err)
-			srv := NewServer(Config{})
-			kdsv1.RegisterKDSServer(srv, k)
-			done := make(chan struct{})
-			go func() {
-				defer close(done)
-				_ = srv.Serve(lis)
-			}()
-			defer func() {
-				srv.Stop()
-				<-done
-			}()
-			conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+			addr := serve(t, k, Config{})
+			conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
 				grpc.WithDefaultCallOptions(grpc.ForceCodecV2(rawCodec{})))
 			require.NoError(t, err)
 			defer conn.Close()

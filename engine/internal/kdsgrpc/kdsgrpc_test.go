@@ -26,12 +26,18 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// serve starts srv with impl on 127.0.0.1:0 and stops it at cleanup.
+// serve starts a server of cfg with impl on 127.0.0.1:0 and stops it at
+// cleanup.
 func serve(t *testing.T, impl kdsv1.KDSServer, cfg Config, extra ...grpc.ServerOption) string {
+	t.Helper()
+	return serveWith(t, NewServer(cfg, extra...), impl)
+}
+
+// serveWith starts srv with impl on 127.0.0.1:0 and stops it at cleanup.
+func serveWith(t *testing.T, srv *grpc.Server, impl kdsv1.KDSServer) string {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	srv := NewServer(cfg, extra...)
 	kdsv1.RegisterKDSServer(srv, impl)
 	done := make(chan struct{})
 	go func() {

@@ -157,18 +157,7 @@ func TestNACKStaysWithinItsResponse(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- cli.Run(ctx, clientEnd{p}) }()
 	defer func() { cancel(); <-done }()
-	next := func() *discovery.DeltaDiscoveryRequest {
-		t.Helper()
-		select {
-		case r := <-p.reqs:
-			return r
-		case err := <-done:
-			t.Fatalf("the client ended: %v", err)
-		case <-time.After(10 * time.Second):
-			t.Fatal("no request")
-		}
-		return nil
-	}
+	next := func() *discovery.DeltaDiscoveryRequest { t.Helper(); return nextRequest(t, p, done) }
 	require.Empty(t, next().GetResponseNonce(), "the subscription")
 	for i, count := range []int{1, 5, 60, 2000} {
 		resp := &discovery.DeltaDiscoveryResponse{TypeUrl: TypeURL("T"), Nonce: fmt.Sprint(i + 1)}

@@ -299,18 +299,7 @@ func TestSubscriptionsWaitForRoom(t *testing.T) {
 	go func() { done <- cli.Run(ctx, clientEnd{p}) }()
 	defer func() { cancel(); <-done }()
 
-	next := func() *discovery.DeltaDiscoveryRequest {
-		t.Helper()
-		select {
-		case r := <-p.reqs:
-			return r
-		case err := <-done:
-			t.Fatalf("the client ended: %v", err)
-		case <-time.After(10 * time.Second):
-			t.Fatal("no request")
-		}
-		return nil
-	}
+	next := func() *discovery.DeltaDiscoveryRequest { t.Helper(); return nextRequest(t, p, done) }
 	quiet := func() {
 		t.Helper()
 		select {
@@ -368,4 +357,19 @@ func TestSubscriptionsWaitForRoom(t *testing.T) {
 	assert.Zero(t, waiting("Big1").WaitingBytes)
 	assert.Equal(t, TypeURL("Big1"), first.GetTypeUrl(), "Big1 starts once Big0 is answered")
 	assert.Empty(t, first.GetResourceNamesSubscribe(), "its first part")
+}
+
+// nextRequest waits for the client's next request on p; the test fails if
+// the client ends (done) or none comes within 10 s.
+func nextRequest(t *testing.T, p *pipe, done <-chan error) *discovery.DeltaDiscoveryRequest {
+	t.Helper()
+	select {
+	case r := <-p.reqs:
+		return r
+	case err := <-done:
+		t.Fatalf("the client ended: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("no request")
+	}
+	return nil
 }
