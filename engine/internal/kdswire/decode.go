@@ -48,12 +48,8 @@ const (
 // included; the caller then leaves the decision to proto.Unmarshal.
 // Resource values are slices of b.
 func decodeMessage(b []byte, depth int) (m *kdsv1.Message, ok bool) {
-	num, typ, n := protowire.ConsumeTag(b)
-	if n < 0 || typ != protowire.BytesType {
-		return nil, false
-	}
-	v, vn := protowire.ConsumeBytes(b[n:])
-	if vn < 0 || n+vn != len(b) {
+	num, v, rest, ok := nextBytesField(b)
+	if !ok || len(rest) != 0 {
 		return nil, false // truncated, or more than one field
 	}
 	switch num {
@@ -78,7 +74,7 @@ func decodeMessage(b []byte, depth int) (m *kdsv1.Message, ok bool) {
 			return nil, false
 		}
 		count := 0
-		if !scan(v, func(num protowire.Number, typ protowire.Type) bool {
+		if !scan(v, func(num protowire.Number, typ protowire.Type, _ []byte) bool {
 			count++
 			return num == batchMessages && typ == protowire.BytesType
 		}) {
@@ -116,22 +112,37 @@ func nested(levels int) proto.UnmarshalOptions {
 	return proto.UnmarshalOptions{RecursionLimit: protowire.DefaultRecursionLimit - levels}
 }
 
-// scan walks the fields of b, calling each with the field's number and
-// wire type until it returns false. It reports whether every field was
-// well formed and accepted.
-func scan(b []byte, each func(protowire.Number, protowire.Type) bool) bool {
+// scan walks the fields of b, calling each with the field's number, wire
+// type and whole encoding (tag included) until it returns false. It
+// reports whether every field was well formed and accepted.
+func scan(b []byte, each func(num protowire.Number, typ protowire.Type, field []byte) bool) bool {
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
 			return false
 		}
 		m := protowire.ConsumeFieldValue(num, typ, b[n:])
-		if m < 0 || !each(num, typ) {
+		if m < 0 || !each(num, typ, b[:n+m]) {
 			return false
 		}
 		b = b[n+m:]
 	}
 	return true
+}
+
+// nextBytesField takes the first field of b, which must be
+// length-delimited: its number, its value and what follows it. ok is false
+// for anything else, malformed input included.
+func nextBytesField(b []byte) (num protowire.Number, v, rest []byte, ok bool) {
+	num, typ, n := protowire.ConsumeTag(b)
+	if n < 0 || typ != protowire.BytesType {
+		return 0, nil, nil, false
+	}
+	v, vn := protowire.ConsumeBytes(b[n:])
+	if vn < 0 {
+		return 0, nil, nil, false
+	}
+	return num, v, b[n+vn:], true
 }
 
 // anyChunk is how many Any structs decodeResponse allocates at a time.
@@ -147,7 +158,7 @@ const anyChunk = 256
 // batch): protobuf's recursion limit counts from the top.
 func decodeResponse(b []byte, levels int) (*discovery.DeltaDiscoveryResponse, bool) {
 	count := 0
-	if !scan(b, func(num protowire.Number, typ protowire.Type) bool {
+	if !scan(b, func(num protowire.Number, typ protowire.Type, _ []byte) bool {
 		if num == respResources && typ == protowire.BytesType {
 			count++
 		}
@@ -217,15 +228,11 @@ func decodeResponse(b []byte, levels int) (*discovery.DeltaDiscoveryResponse, bo
 // with the caller so that equal type URLs share one string.
 func decodeResource(b []byte, r *discovery.Resource, a *anypb.Any, typeURL *string) bool {
 	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 || typ != protowire.BytesType {
+		num, v, rest, ok := nextBytesField(b)
+		if !ok {
 			return false
 		}
-		v, vn := protowire.ConsumeBytes(b[n:])
-		if vn < 0 {
-			return false
-		}
-		b = b[n+vn:]
+		b = rest
 		switch num {
 		case resName, resVersion:
 			if !utf8.Valid(v) {
@@ -253,15 +260,11 @@ func decodeResource(b []byte, r *discovery.Resource, a *anypb.Any, typeURL *stri
 // append to it cannot write into what follows.
 func decodeAny(b []byte, a *anypb.Any, typeURL *string) bool {
 	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 || typ != protowire.BytesType {
+		num, v, rest, ok := nextBytesField(b)
+		if !ok {
 			return false
 		}
-		v, vn := protowire.ConsumeBytes(b[n:])
-		if vn < 0 {
-			return false
-		}
-		b = b[n+vn:]
+		b = rest
 		switch num {
 		case anyTypeURL:
 			if string(v) != *typeURL {

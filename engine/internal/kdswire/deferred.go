@@ -50,10 +50,11 @@ func deferredField(num protowire.Number) bool {
 func decodeRequest(v []byte, levels int) (*discovery.DeltaDiscoveryRequest, bool) {
 	req := &discovery.DeltaDiscoveryRequest{}
 	listBytes := 0
-	if !scanRaw(v, func(num protowire.Number, field []byte) {
+	if !scan(v, func(num protowire.Number, _ protowire.Type, field []byte) bool {
 		if deferredField(num) {
 			listBytes += len(field)
 		}
+		return true
 	}) {
 		return nil, false
 	}
@@ -65,19 +66,20 @@ func decodeRequest(v []byte, levels int) (*discovery.DeltaDiscoveryRequest, bool
 	}
 	eager := make([]byte, 0, len(v)-listBytes)
 	lists := make([]byte, 0, listBytes)
-	scanRaw(v, func(num protowire.Number, field []byte) {
+	scan(v, func(num protowire.Number, _ protowire.Type, field []byte) bool {
 		if deferredField(num) {
 			lists = append(lists, field...)
 		} else {
 			eager = append(eager, field...)
 		}
+		return true
 	})
 	if nested(levels).Unmarshal(eager, req) != nil {
 		return nil, false
 	}
 	// Decoding the lists now only to check them would cost what deferring
 	// saves; Expand decodes them and reports what is wrong then. Their
-	// framing (tags, lengths) was checked by scanRaw.
+	// framing (tags, lengths) was checked by scan.
 	r := req.ProtoReflect()
 	r.SetUnknown(append(r.GetUnknown(), lists...))
 	return req, true
@@ -125,22 +127,4 @@ func Expand(req *discovery.DeltaDiscoveryRequest) error {
 		return fmt.Errorf("request for type %q: its resource lists (%d bytes): %w", req.GetTypeUrl(), len(u), err)
 	}
 	return nil
-}
-
-// scanRaw calls each with every top-level field of b, tag included, and
-// reports whether b was well framed.
-func scanRaw(b []byte, each func(num protowire.Number, field []byte)) bool {
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return false
-		}
-		m := protowire.ConsumeFieldValue(num, typ, b[n:])
-		if m < 0 {
-			return false
-		}
-		each(num, b[:n+m])
-		b = b[n+m:]
-	}
-	return true
 }
