@@ -20,6 +20,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	goplugin "github.com/hashicorp/go-plugin"
+	"golang.org/x/sync/semaphore"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -37,6 +38,11 @@ type managed struct {
 	calls atomic.Int64
 	// share queues the small batches waiting for a shared Validate RPC.
 	share sharing
+	// active counts the Validate RPCs in flight to the plugin and starts
+	// those ever sent: a call during which the process exits tells by them
+	// whether another call was in flight with it (see Host.call).
+	active atomic.Int64
+	starts atomic.Uint64
 
 	mu       sync.Mutex // guards the fields below
 	state    State
@@ -49,6 +55,11 @@ type managed struct {
 	// by fingerprint; suspects were in a batch during which it exited.
 	crashes  map[[32]byte]crashRecord
 	suspects map[[32]byte]bool
+	// gate lets Validate RPCs go side by side (weight 1 each) or one
+	// alone (exclusiveWeight); created on first use.
+	gate *semaphore.Weighted
+	// up, when set, is closed by the next setRunning (waitRunning).
+	up chan struct{}
 }
 
 // instance is one started plugin process.
@@ -62,10 +73,73 @@ type instance struct {
 	types   []resource.TypeDescriptor
 }
 
+// exited reports whether the process's connection has ended.
+func (inst *instance) exited() bool {
+	select {
+	case <-inst.conn.Done():
+		return true
+	default:
+		return false
+	}
+}
+
 func (m *managed) setRunning(inst *instance) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.state, m.inst, m.version = StateRunning, inst, inst.version
+	if m.up != nil {
+		close(m.up)
+		m.up = nil
+	}
+}
+
+// waitRunning returns the plugin's running instance once one runs whose
+// process has not exited, waiting for the supervisor's restart until ctx
+// ends or for at most d. It fails with the plugin's ErrPluginDown error
+// when none runs by then, or at once when a restart was refused (failed).
+func (m *managed) waitRunning(ctx context.Context, d time.Duration) (*instance, error) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	for {
+		m.mu.Lock()
+		inst, state := m.inst, m.state
+		if state == StateRunning && inst != nil && !inst.exited() {
+			m.mu.Unlock()
+			return inst, nil
+		}
+		if state == StateFailed || ctx.Err() != nil {
+			err := m.downErr()
+			m.mu.Unlock()
+			return nil, err
+		}
+		if m.up == nil {
+			m.up = make(chan struct{})
+		}
+		up := m.up
+		m.mu.Unlock()
+		select {
+		case <-up:
+		case <-ctx.Done():
+		case <-t.C:
+			m.mu.Lock()
+			defer m.mu.Unlock()
+			return nil, m.downErr()
+		}
+	}
+}
+
+// exclusiveWeight is what an RPC that must be the only one in flight to
+// its plugin takes of the plugin's gate: more than all others can hold.
+const exclusiveWeight = 1 << 40
+
+// callGate returns m's gate, creating it on first use.
+func (m *managed) callGate() *semaphore.Weighted {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.gate == nil {
+		m.gate = semaphore.NewWeighted(exclusiveWeight)
+	}
+	return m.gate
 }
 
 func (m *managed) setDown(err error) {

@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"sync"
@@ -41,19 +42,19 @@ type callGroup struct {
 	n       int // resources queued, also of members that left
 	bytes   int
 	started bool
-	waiting int                // members still waiting for the result
-	cancel  context.CancelFunc // the RPC's, once started
-	done    chan struct{}      // closed once res and err are set
-	res     map[int][]resource.FieldError
-	err     error
+	waiting int                // members still waiting for their result
+	cancel  context.CancelFunc // the RPC's (and the retries'), once started
 }
 
 // member is one caller's batch in a group.
 type member struct {
 	ctx  context.Context
 	rs   []*resource.Resource
-	off  int  // index of rs[0] in the RPC, once the group started
-	gone bool // left before the group started: not sent
+	off  int           // index of rs[0] in the RPC, once the group started
+	gone bool          // left: not sent, or not sent again
+	done chan struct{} // closed once res and err are set
+	res  map[int][]resource.FieldError
+	err  error
 }
 
 // shareable reports whether rs is small enough to share an RPC, and its
@@ -78,13 +79,59 @@ func (h *Host) shareable(rs []*resource.Resource) (int, bool) {
 // context whose warnings collector takes the warnings about rs[i].
 type sendFunc func(ctx context.Context, rs []*resource.Resource, warnCtx func(i int) context.Context) (map[int][]resource.FieldError, error)
 
+// sharedSends is how a sharing sends.
+type sharedSends struct {
+	// send sends one RPC; shared tells whether it holds several callers'
+	// batches.
+	send func(ctx context.Context, rs []*resource.Resource, warnCtx func(i int) context.Context, shared bool) (map[int][]resource.FieldError, error)
+	// alone sends one caller's batch again, on an RPC of its own, after
+	// the shared RPC it was in failed with an error that retry accepts.
+	// Nil: a failed RPC fails every caller in it.
+	alone sendFunc
+	retry func(err error) bool
+	// spawn runs f on a goroutine that the owner joins; f must end soon
+	// after base ends.
+	spawn func(f func(base context.Context)) error
+}
+
 // shared validates rs, a batch of plugin m of the given approximate size,
 // sharing its RPC (see Host.ValidateBatch).
 func (h *Host) shared(ctx context.Context, pluginName string, m *managed, rs []*resource.Resource, bytes int) (map[int][]resource.FieldError, error) {
-	send := func(ctx context.Context, rs []*resource.Resource, warnCtx func(int) context.Context) (map[int][]resource.FieldError, error) {
-		return h.validateBatch(ctx, pluginName, m, rs, warnCtx)
+	sends := sharedSends{
+		send: func(ctx context.Context, rs []*resource.Resource, warnCtx func(int) context.Context, shared bool) (map[int][]resource.FieldError, error) {
+			return h.validateBatch(ctx, pluginName, m, rs, callOpts{warnCtx: warnCtx, shared: shared})
+		},
+		alone: func(ctx context.Context, rs []*resource.Resource, warnCtx func(int) context.Context) (map[int][]resource.FieldError, error) {
+			return h.retryAlone(ctx, pluginName, m, rs, warnCtx)
+		},
+		retry: retryAlone,
+		spawn: h.spawnSend,
 	}
-	return m.share.do(ctx, pluginName, rs, bytes, SharedCallsInFlight, h.batchSize, MaxBatchBytes, send, h.spawnSend)
+	return m.share.do(ctx, pluginName, rs, bytes, SharedCallsInFlight, h.batchSize, MaxBatchBytes, sends)
+}
+
+// retryAlone reports whether the batches of a shared RPC that failed with
+// err are sent again, each on its own: unless nothing was sent (the plugin
+// was not running) or the RPC was cancelled (the host closing, or every
+// caller gone).
+func retryAlone(err error) bool {
+	var ns notSent
+	return !errors.As(err, &ns) && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
+}
+
+// retryAlone validates rs, one caller's batch of a shared RPC that failed,
+// on an RPC of its own that is the only one in flight to the plugin, so
+// that it fails only if this batch makes the plugin fail again: it waits
+// first for the plugin to run again (after a crash, the supervisor's
+// restart) until ctx ends or at most the call timeout.
+func (h *Host) retryAlone(ctx context.Context, pluginName string, m *managed, rs []*resource.Resource, warnCtx func(int) context.Context) (map[int][]resource.FieldError, error) {
+	if _, err := m.waitRunning(ctx, h.callTimeout); err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("validate with plugin %q: %w", pluginName, context.Cause(ctx))
+		}
+		return nil, fmt.Errorf("validate: %w", err)
+	}
+	return h.validateBatch(ctx, pluginName, m, rs, callOpts{warnCtx: warnCtx, exclusive: true})
 }
 
 // spawnSend runs f on a goroutine that Close joins; f must end soon after
@@ -103,31 +150,34 @@ func (h *Host) spawnSend(f func(base context.Context)) error {
 	return nil
 }
 
-// do validates rs (of the given approximate size) with send: at once on
+// do validates rs (of the given approximate size) with sends: at once on
 // this goroutine when fewer than slots shared calls are in flight,
 // otherwise in the last group queued behind them, of at most maxN
 // resources and maxBytes. When a call ends and groups are queued, its slot
-// passes to a goroutine that spawn starts, which sends the queued groups
-// one after the other, each in one call of send, with contexts derived
-// from the context spawn gives it. When spawn fails, the queued callers
-// get its error.
-func (s *sharing) do(ctx context.Context, pluginName string, rs []*resource.Resource, bytes, slots, maxN, maxBytes int, send sendFunc, spawn func(func(base context.Context)) error) (map[int][]resource.FieldError, error) {
+// passes to a goroutine that sends.spawn starts, which sends the queued
+// groups one after the other, each in one call of sends.send, with
+// contexts derived from the context spawn gives it. When a group's call
+// fails with an error sends.retry accepts and more than one caller is in
+// it, that goroutine sends each caller's batch again with sends.alone, one
+// after the other, and each caller gets the result of its own. When spawn
+// fails, the queued callers get its error.
+func (s *sharing) do(ctx context.Context, pluginName string, rs []*resource.Resource, bytes, slots, maxN, maxBytes int, sends sharedSends) (map[int][]resource.FieldError, error) {
 	s.mu.Lock()
 	if s.inFlight < slots {
 		s.inFlight++
 		s.mu.Unlock()
-		res, err := send(ctx, rs, nil)
-		s.next(send, spawn)
+		res, err := sends.send(ctx, rs, nil, false)
+		s.next(sends)
 		return res, err
 	}
 	var g *callGroup
 	if k := len(s.queue); k > 0 && s.queue[k-1].n+len(rs) <= maxN && s.queue[k-1].bytes+bytes <= maxBytes {
 		g = s.queue[k-1]
 	} else {
-		g = &callGroup{done: make(chan struct{})}
+		g = &callGroup{}
 		s.queue = append(s.queue, g)
 	}
-	me := &member{ctx: ctx, rs: rs}
+	me := &member{ctx: ctx, rs: rs, done: make(chan struct{})}
 	g.members = append(g.members, me)
 	g.n += len(rs)
 	g.bytes += bytes
@@ -135,23 +185,13 @@ func (s *sharing) do(ctx context.Context, pluginName string, rs []*resource.Reso
 	s.mu.Unlock()
 
 	select {
-	case <-g.done:
-		if g.err != nil {
-			return nil, g.err
-		}
-		out := map[int][]resource.FieldError{}
-		for i := range rs {
-			if fes, ok := g.res[me.off+i]; ok {
-				out[i] = fes
-			}
-		}
-		return out, nil
+	case <-me.done:
+		return me.res, me.err
 	case <-ctx.Done():
 		s.mu.Lock()
 		g.waiting--
-		if !g.started {
-			me.gone = true
-		} else if g.waiting == 0 {
+		me.gone = true
+		if g.started && g.waiting == 0 {
 			g.cancel() // nobody waits for this call any more
 		}
 		s.mu.Unlock()
@@ -161,7 +201,7 @@ func (s *sharing) do(ctx context.Context, pluginName string, rs []*resource.Reso
 
 // next hands the caller's slot, when groups are queued, to a goroutine
 // that sends them one after the other; otherwise it frees the slot.
-func (s *sharing) next(send sendFunc, spawn func(func(base context.Context)) error) {
+func (s *sharing) next(sends sharedSends) {
 	s.mu.Lock()
 	if len(s.queue) == 0 {
 		s.inFlight--
@@ -171,12 +211,14 @@ func (s *sharing) next(send sendFunc, spawn func(func(base context.Context)) err
 	// The slot stays taken, so callers keep queueing. spawn (which takes
 	// the host's lock) runs without s.mu.
 	s.mu.Unlock()
-	if err := spawn(func(base context.Context) { s.sendQueued(base, send) }); err != nil {
+	if err := sends.spawn(func(base context.Context) { s.sendQueued(base, sends) }); err != nil {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		for _, g := range s.queue {
-			g.err = err
-			close(g.done)
+			for _, me := range g.members {
+				me.err = err
+				close(me.done)
+			}
 		}
 		s.queue = nil
 		s.inFlight--
@@ -186,7 +228,7 @@ func (s *sharing) next(send sendFunc, spawn func(func(base context.Context)) err
 // sendQueued sends the queued groups, one call at a time, until the queue
 // is empty, then frees its slot. A call's context ends with base or when
 // every caller of its group left.
-func (s *sharing) sendQueued(base context.Context, send sendFunc) {
+func (s *sharing) sendQueued(base context.Context, sends sharedSends) {
 	for {
 		s.mu.Lock()
 		if len(s.queue) == 0 {
@@ -223,8 +265,51 @@ func (s *sharing) sendQueued(base context.Context, send sendFunc) {
 			k := sort.Search(len(live), func(k int) bool { return live[k].off > i }) - 1
 			return live[k].ctx
 		}
-		g.res, g.err = send(ctx, rs, owner)
+		res, err := sends.send(ctx, rs, owner, len(live) > 1)
+		switch {
+		case err == nil:
+			for _, me := range live {
+				me.res = map[int][]resource.FieldError{}
+				for i := range me.rs {
+					if fes, ok := res[me.off+i]; ok {
+						me.res[i] = fes
+					}
+				}
+				close(me.done)
+			}
+		case len(live) == 1 || sends.alone == nil || !sends.retry(err) || ctx.Err() != nil:
+			for _, me := range live {
+				me.err = err
+				close(me.done)
+			}
+		default:
+			s.retryEach(ctx, live, err, sends.alone)
+		}
 		cancel()
-		close(g.done)
+	}
+}
+
+// retryEach sends the batch of each caller in live that has not left, one
+// after the other, each with alone, after their shared call failed with
+// err; each caller gets its own call's result. A retry's context ends with
+// ctx or when its caller leaves. Callers that left get err (nobody reads
+// it).
+func (s *sharing) retryEach(ctx context.Context, live []*member, err error, alone sendFunc) {
+	for _, me := range live {
+		s.mu.Lock()
+		gone := me.gone
+		s.mu.Unlock()
+		if gone || ctx.Err() != nil {
+			me.err = err
+			close(me.done)
+			continue
+		}
+		rctx, cancel := context.WithCancel(ctx)
+		stop := context.AfterFunc(me.ctx, cancel)
+		warn := func(int) context.Context { return me.ctx }
+		me.res, me.err = alone(rctx, me.rs, warn)
+		stop()
+		cancel()
+		close(me.done)
 	}
 }

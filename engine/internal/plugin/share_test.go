@@ -32,6 +32,32 @@ type fakeSends struct {
 	ctxs  []context.Context
 	gates []chan struct{} // by call number; nil: no wait
 	err   error           // returned by calls after the first, when set
+	// poison, when set, fails every call that holds a resource whose name
+	// starts with it, with poisonErr.
+	poison    string
+	poisonErr error
+	shared    []bool // by call number: whether send was told it was shared
+}
+
+// sends returns the sharedSends of f, with no retries.
+func (f *fakeSends) sends(spawn func(func(context.Context)) error) sharedSends {
+	return sharedSends{
+		send: func(ctx context.Context, rs []*resource.Resource, warnCtx func(int) context.Context, shared bool) (map[int][]resource.FieldError, error) {
+			f.mu.Lock()
+			f.shared = append(f.shared, shared)
+			f.mu.Unlock()
+			return f.send(ctx, rs, warnCtx)
+		},
+		spawn: spawn,
+	}
+}
+
+// retrying returns the sharedSends of f that retry each caller alone,
+// with f.send, after a shared call failed.
+func (f *fakeSends) retrying(spawn func(func(context.Context)) error) sharedSends {
+	ss := f.sends(spawn)
+	ss.alone, ss.retry = f.send, retryAlone
+	return ss
 }
 
 func (f *fakeSends) send(ctx context.Context, rs []*resource.Resource, warnCtx func(int) context.Context) (map[int][]resource.FieldError, error) {
@@ -48,6 +74,13 @@ func (f *fakeSends) send(ctx context.Context, rs []*resource.Resource, warnCtx f
 		gate = f.gates[n]
 	}
 	err := f.err
+	if f.poison != "" {
+		for _, r := range rs {
+			if strings.HasPrefix(r.Name, f.poison) {
+				err, n = f.poisonErr, 1
+			}
+		}
+	}
 	f.mu.Unlock()
 	if gate != nil {
 		<-gate
@@ -129,7 +162,7 @@ type outcome struct {
 func goDo(s *sharing, ctx context.Context, rs []*resource.Resource, maxN int, f *fakeSends, sp *spawner) <-chan outcome {
 	ch := make(chan outcome, 1)
 	go func() {
-		res, err := s.do(ctx, "p", rs, 10*len(rs), 1, maxN, 1<<20, f.send, sp.spawn)
+		res, err := s.do(ctx, "p", rs, 10*len(rs), 1, maxN, 1<<20, f.sends(sp.spawn))
 		ch <- outcome{res, err}
 	}()
 	return ch
@@ -154,7 +187,7 @@ func TestSharingLoneCallerGoesAtOnce(t *testing.T) {
 	}
 	for round := range 2 {
 		ctx := context.WithValue(context.Background(), ctxKey{}, round)
-		res, err := s.do(ctx, "p", named("a", "bad"), 20, 1, 1000, 1<<20, f.send, spawn)
+		res, err := s.do(ctx, "p", named("a", "bad"), 20, 1, 1000, 1<<20, f.sends(spawn))
 		require.NoError(t, err)
 		assert.Equal(t, map[int][]resource.FieldError{1: fe("bad")}, res)
 		require.Len(t, f.ctxs, round+1)
@@ -264,7 +297,7 @@ func TestSharingBoundsEachCall(t *testing.T) {
 	do := func(rs []*resource.Resource) <-chan outcome {
 		ch := make(chan outcome, 1)
 		go func() {
-			res, err := s2.do(context.Background(), "p", rs, 60, 1, 1000, 100, f2.send, sp2.spawn)
+			res, err := s2.do(context.Background(), "p", rs, 60, 1, 1000, 100, f2.sends(sp2.spawn))
 			ch <- outcome{res, err}
 		}()
 		return ch
@@ -384,13 +417,13 @@ func TestSharingFailureReachesEveryCaller(t *testing.T) {
 	refuse := func(func(context.Context)) error { return closed }
 	l := make(chan error, 1)
 	go func() {
-		_, err := s2.do(context.Background(), "p", named("lead"), 10, 1, 1000, 1<<20, f2.send, refuse)
+		_, err := s2.do(context.Background(), "p", named("lead"), 10, 1, 1000, 1<<20, f2.sends(refuse))
 		l <- err
 	}()
 	waitCalls(t, f2, 1)
 	w := make(chan error, 1)
 	go func() {
-		_, err := s2.do(context.Background(), "p", named("w"), 10, 1, 1000, 1<<20, f2.send, refuse)
+		_, err := s2.do(context.Background(), "p", named("w"), 10, 1, 1000, 1<<20, f2.sends(refuse))
 		w <- err
 	}()
 	waitQueued(t, &s2, 1)
@@ -398,6 +431,84 @@ func TestSharingFailureReachesEveryCaller(t *testing.T) {
 	require.NoError(t, <-l)
 	assert.Same(t, closed, <-w)
 	assert.Zero(t, s2.inFlight)
+}
+
+// A shared call that fails sends each caller's batch again on a call of
+// its own, one after the other: only the caller whose batch fails again
+// gets an error, the others their own results and warnings. A call of one
+// caller, or one that sent nothing, is not sent again.
+func TestSharingRetriesEachCallerAloneAfterAFailedCall(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	var s sharing
+	gate := make(chan struct{})
+	crash := fmt.Errorf("validate: plugin %q exited during the call: %w", "p", ErrPluginDown)
+	f := &fakeSends{gates: []chan struct{}{gate}, poison: "crash", poisonErr: crash}
+	sp := &spawner{base: context.Background()}
+	do := func(ctx context.Context, rs []*resource.Resource) <-chan outcome {
+		ch := make(chan outcome, 1)
+		go func() {
+			res, err := s.do(ctx, "p", rs, 10*len(rs), 1, 1000, 1<<20, f.retrying(sp.spawn))
+			ch <- outcome{res, err}
+		}()
+		return ch
+	}
+	leader := do(context.Background(), named("lead"))
+	waitCalls(t, f, 1)
+	actx, warns := resource.WithWarnings(context.Background())
+	a := do(actx, named("a1", "old-a2"))
+	waitQueued(t, &s, 1)
+	b := do(context.Background(), named("b1", "crash-b2"))
+	waitQueued(t, &s, 2)
+	c := do(context.Background(), named("bad-c1"))
+	waitQueued(t, &s, 3)
+	close(gate)
+	require.NoError(t, (<-leader).err)
+	o := <-a
+	require.NoError(t, o.err)
+	assert.Empty(t, o.res)
+	require.Len(t, warns.List(), 1, "the retry's warnings reach the caller")
+	assert.Equal(t, "old-a2", warns.List()[0].Key.Name)
+	o = <-b
+	assert.Same(t, crash, o.err, "the caller whose batch fails again gets the error")
+	o = <-c
+	require.NoError(t, o.err)
+	assert.Equal(t, map[int][]resource.FieldError{0: fe("bad-c1")}, o.res)
+	sp.wg.Wait()
+	assert.Equal(t, [][]string{{"lead"}, {"a1", "old-a2", "b1", "crash-b2", "bad-c1"}, {"a1", "old-a2"}, {"b1", "crash-b2"}, {"bad-c1"}}, f.callNames())
+	assert.Equal(t, []bool{false, true}, f.shared, "the lone call is not shared, the group's is; the retries go alone")
+	assert.Zero(t, s.inFlight)
+
+	// One caller in the group: its error, no retry. Nothing sent (the
+	// plugin not running): every caller gets the error, no retry.
+	notRunning := notSent{fmt.Errorf("validate: plugin %q (down): %w", "p", ErrPluginDown)}
+	for _, tc := range []struct {
+		name    string
+		callers []string
+		err     error
+	}{
+		{"alone", []string{"crash-x"}, crash},
+		{"not sent", []string{"crash-x", "y"}, notRunning},
+	} {
+		gate := make(chan struct{})
+		f.mu.Lock()
+		f.calls, f.ctxs, f.shared = nil, nil, nil
+		f.gates, f.poisonErr = []chan struct{}{gate}, tc.err
+		f.mu.Unlock()
+		leader := do(context.Background(), named("lead"))
+		waitCalls(t, f, 1)
+		var outs []<-chan outcome
+		for i, name := range tc.callers {
+			outs = append(outs, do(context.Background(), named(name)))
+			waitQueued(t, &s, i+1)
+		}
+		close(gate)
+		require.NoError(t, (<-leader).err)
+		for _, ch := range outs {
+			assert.Equal(t, tc.err, (<-ch).err, tc.name)
+		}
+		sp.wg.Wait()
+		assert.Len(t, f.callNames(), 2, "%s: not sent again", tc.name)
+	}
 }
 
 // Many callers at once, some leaving early: every caller that gets results
@@ -426,7 +537,7 @@ func TestSharingManyCallersGetTheirOwnResults(t *testing.T) {
 				if (c*rounds+r)%5 == 0 {
 					cancel() // leaves at once, or whenever it is its turn
 				}
-				res, err := s.do(ctx, "p", named(names...), 10*n, 2, maxN, 1<<20, f.send, sp.spawn)
+				res, err := s.do(ctx, "p", named(names...), 10*n, 2, maxN, 1<<20, f.sends(sp.spawn))
 				cancel()
 				if err != nil {
 					assert.ErrorIs(t, err, context.Canceled)
@@ -472,7 +583,7 @@ func TestSharingSlots(t *testing.T) {
 	do := func(name string) <-chan outcome {
 		ch := make(chan outcome, 1)
 		go func() {
-			res, err := s.do(context.Background(), "p", named(name), 10, 2, 1000, 1<<20, f.send, sp.spawn)
+			res, err := s.do(context.Background(), "p", named(name), 10, 2, 1000, 1<<20, f.sends(sp.spawn))
 			ch <- outcome{res, err}
 		}()
 		return ch
@@ -572,11 +683,13 @@ func TestSharedCallsWithARealPlugin(t *testing.T) {
 	assert.False(t, ok)
 }
 
-// A plugin that exits during a shared RPC fails every caller in it with
-// the error a call of its own gets (wrapping ErrPluginDown).
+// A plugin that exits on every call: each caller of a shared RPC gets the
+// error a call of its own gets (wrapping ErrPluginDown), from the shared
+// RPC when it found the plugin down already, or from its own batch sent
+// again alone once the plugin was back.
 func TestSharedCallPluginCrashReachesEveryCaller(t *testing.T) {
 	held, entered, hold := holdFirstCalls(SharedCallsInFlight)
-	h, _ := startHost(t, pluginsDir(t, "crashvalidate"), hold, WithRestartBackoff(time.Hour, time.Hour))
+	h, _ := startHost(t, pluginsDir(t, "crashvalidate"), hold, WithRestartBackoff(time.Millisecond, time.Millisecond))
 	m := h.byName["crashvalidate"]
 	require.NotNil(t, m)
 	c := func(name string) *resource.Resource { return res("CrashvalidateThing", "m", name, `{}`) }
@@ -601,16 +714,121 @@ func TestSharedCallPluginCrashReachesEveryCaller(t *testing.T) {
 	for range SharedCallsInFlight {
 		require.ErrorIs(t, <-lead, ErrPluginDown)
 	}
-	var first0 error
 	for i := range outs {
 		err := <-outs[i]
 		require.ErrorIs(t, err, ErrPluginDown, "caller %d", i)
-		if first0 == nil {
-			first0 = err
-		}
-		assert.Same(t, first0, err, "caller %d: the same error", i)
+		assert.False(t, errors.Is(err, context.Canceled))
 	}
-	assert.False(t, errors.Is(first0, context.Canceled))
+}
+
+// One zone's resource that makes the plugin exit fails only that zone's
+// batch when the batches of several zones shared the RPC it was in: each
+// batch goes again on an RPC of its own once the plugin is back, and the
+// others get their results.
+func TestSharedCallCrashFailsOnlyTheBatchThatCrashes(t *testing.T) {
+	held, leadersBack := make(chan struct{}), make(chan struct{})
+	entered := make(chan struct{}, SharedCallsInFlight)
+	var count atomic.Int32
+	hook := WithCallHook(func(int) {
+		switch n := count.Add(1); {
+		case n <= SharedCallsInFlight: // the calls in flight the others queue behind
+			entered <- struct{}{}
+			<-held
+		case n == SharedCallsInFlight+1: // the shared call: once they returned
+			<-leadersBack
+		}
+	})
+	h, _ := startHost(t, pluginsDir(t, "panicky"), hook, WithRestartBackoff(time.Millisecond, time.Millisecond))
+	m := h.byName["panicky"]
+	require.NotNil(t, m)
+	p := func(name, spec string) *resource.Resource { return res("PanickyThing", "m", name, spec) }
+	lead := make(chan error, SharedCallsInFlight)
+	for i := range SharedCallsInFlight {
+		go func() {
+			_, err := h.ValidateBatch(context.Background(), "panicky", []*resource.Resource{p(fmt.Sprint("lead-", i), `{}`)})
+			lead <- err
+		}()
+		<-entered
+	}
+	zoneA := []*resource.Resource{p("a-ok", `{"value":"fine"}`), p("a-bad", `{"bad":true}`)}
+	zoneB := []*resource.Resource{p("b-ok", `{}`), p("b-poison", `{"value":"crash"}`)}
+	outs := make([]chan outcome, 2)
+	for i, rs := range [][]*resource.Resource{zoneA, zoneB} {
+		outs[i] = make(chan outcome, 1)
+		go func() {
+			res, err := h.ValidateBatch(context.Background(), "panicky", rs)
+			outs[i] <- outcome{res, err}
+		}()
+		waitQueued(t, &m.share, i+1)
+	}
+	close(held)
+	for range SharedCallsInFlight {
+		require.NoError(t, <-lead)
+	}
+	close(leadersBack)
+
+	a := <-outs[0]
+	require.NoError(t, a.err, "zone A's batch shared the RPC that crashed; sent again alone, it passes")
+	assert.Equal(t, map[int][]resource.FieldError{1: {{Field: "spec.bad", Message: "invalid value true: bad is set"}}}, a.res)
+	b := <-outs[1]
+	require.ErrorIs(t, b.err, ErrPluginDown, "zone B's batch crashes the plugin again")
+	assert.Contains(t, b.err.Error(), "panic: cannot handle b-poison")
+	waitRunning(t, h, "panicky", 2)
+	assert.Equal(t, int64(SharedCallsInFlight+3), info(t, h, "panicky").Calls, "the shared RPC, then one for each zone")
+
+	// Zone A's resources are not suspect (they go in one RPC as before);
+	// zone B's are, and going alone they find the poison, which is then
+	// refused without asking the plugin.
+	for _, r := range zoneA {
+		assert.False(t, m.isSuspect(fingerprint(r)), r.Name)
+	}
+	_, err := h.ValidateBatch(context.Background(), "panicky", zoneB)
+	require.ErrorIs(t, err, ErrPluginDown, "b-poison, alone, crashes it once more")
+	waitRunning(t, h, "panicky", 3)
+	res, err := h.ValidateBatch(context.Background(), "panicky", zoneB)
+	require.NoError(t, err)
+	require.Len(t, res, 1)
+	assert.Contains(t, res[1][0].Message, `plugin "panicky" exited while validating this resource`)
+}
+
+// A resource is blamed for a crash only when its RPC was the only one in
+// flight to the plugin: a resource whose call was in flight when another
+// call's resource made the plugin exit is not refused, only sent alone
+// next time.
+func TestCrashDuringAnotherCallBlamesNoOneElse(t *testing.T) {
+	release := make(chan struct{})
+	h, _ := startHost(t, pluginsDir(t, "panicky"), WithCallSharing(false), WithRestartBackoff(time.Millisecond, time.Millisecond))
+	m := h.byName["panicky"]
+	require.NotNil(t, m)
+	inst, err := m.current()
+	require.NoError(t, err)
+	slow := res("PanickyThing", "m", "slow", `{"value":"slow"}`)
+	poison := res("PanickyThing", "m", "poison", `{"value":"crash"}`)
+	errs := make(chan error, 2)
+	go func() {
+		_, err := h.ValidateBatch(context.Background(), "panicky", []*resource.Resource{slow})
+		errs <- err
+	}()
+	require.Eventually(t, func() bool { return m.active.Load() == 1 }, eventually, time.Millisecond, "the slow call in flight")
+	go func() {
+		<-release
+		_, err := h.ValidateBatch(context.Background(), "panicky", []*resource.Resource{poison})
+		errs <- err
+	}()
+	close(release)
+	for range 2 {
+		require.ErrorIs(t, <-errs, ErrPluginDown)
+	}
+	for _, r := range []*resource.Resource{slow, poison} {
+		_, recorded := m.crashedOn(inst.binary, fingerprint(r))
+		assert.False(t, recorded, "%s: two calls were in flight, either could have made it exit", r.Name)
+		assert.True(t, m.isSuspect(fingerprint(r)), "%s: goes alone next time", r.Name)
+	}
+	waitRunning(t, h, "panicky", 1)
+	_, err = h.ValidateBatch(context.Background(), "panicky", []*resource.Resource{poison})
+	require.ErrorIs(t, err, ErrPluginDown, "alone, the poison crashes it once more")
+	_, recorded := m.crashedOn(inst.binary, fingerprint(poison))
+	assert.True(t, recorded)
 }
 
 // BenchmarkSharedValidateCalls measures what sharing RPCs saves when many

@@ -36,10 +36,22 @@ import (
 // caller gets its own resources' results by its own indexes and its own
 // warnings. A caller whose ctx ends returns at once with an error wrapping
 // ctx's cause and leaves the others' RPC running (it is cancelled only when
-// every caller in it has left). An RPC that fails (the plugin down or
-// exiting during it, no answer within the call timeout, a malformed
-// answer) fails every caller in it with the same error as a call of its
-// own would have returned.
+// every caller in it has left). A shared RPC of one caller that fails
+// fails it with the error a call of its own returns. One of several
+// callers that fails after it was sent (the plugin exiting during it, no
+// answer within the call timeout, a malformed answer) is not the callers'
+// error yet: each caller's batch is sent again on an RPC of its own, one
+// after the other, each the only RPC in flight to the plugin and after
+// waiting for the plugin to run again (a restart, at most the call
+// timeout), and each caller gets that call's result, so only a caller
+// whose batch fails again gets an error. A shared RPC that sent nothing
+// (the plugin not running) fails every caller in it.
+//
+// A resource is recorded as making the plugin exit (and refused from then
+// on, see docs/plugins.md) only when it was alone in an RPC that was the
+// only one in flight to the plugin; the resources of any other RPC during
+// which the plugin exited are sent alone next time, each as the only RPC
+// in flight.
 func (h *Host) ValidateBatch(ctx context.Context, pluginName string, rs []*resource.Resource) (map[int][]resource.FieldError, error) {
 	h.mu.RLock()
 	m := h.byName[pluginName]
@@ -52,21 +64,47 @@ func (h *Host) ValidateBatch(ctx context.Context, pluginName string, rs []*resou
 			return h.shared(ctx, pluginName, m, rs, bytes)
 		}
 	}
-	return h.validateBatch(ctx, pluginName, m, rs, nil)
+	return h.validateBatch(ctx, pluginName, m, rs, callOpts{})
 }
 
+// callOpts are how validateBatch sends a batch.
+type callOpts struct {
+	// warnCtx, when set, gives the context whose warnings collector takes
+	// the warnings about rs[i] (nil: ctx's).
+	warnCtx func(i int) context.Context
+	// exclusive sends the batch as the only RPC in flight to the plugin.
+	exclusive bool
+	// shared marks the batches of several callers in one RPC: when the
+	// plugin exits during it, its resources are not marked suspect, since
+	// each caller's batch is sent again on its own (sharing.do).
+	shared bool
+}
+
+// notSent marks an error of a Validate that sent nothing to the plugin
+// (it was not running); its text and sentinels are the wrapped error's.
+type notSent struct{ error }
+
+func (e notSent) Unwrap() error { return e.error }
+
+// exitedError marks a call during which the plugin process exited;
+// overlapped tells whether another Validate RPC to the plugin was in
+// flight at some time during it (so the exit may have been that call's).
+type exitedError struct{ overlapped bool }
+
+func (*exitedError) Error() string { return "exited during the call" }
+
 // validateBatch sends rs to plugin m in one Validate RPC (crash records
-// and suspects aside, see below). ctx bounds the call; warnCtx, when set,
-// gives the context whose warnings collector takes the warnings about
-// rs[i] (nil: ctx's).
-func (h *Host) validateBatch(ctx context.Context, pluginName string, m *managed, rs []*resource.Resource, warnCtx func(i int) context.Context) (map[int][]resource.FieldError, error) {
+// and suspects aside, see below). ctx bounds the call.
+func (h *Host) validateBatch(ctx context.Context, pluginName string, m *managed, rs []*resource.Resource, opts callOpts) (map[int][]resource.FieldError, error) {
+	warnCtx := opts.warnCtx
 	inst, err := m.current()
 	if err != nil {
-		return nil, fmt.Errorf("validate: %w", err)
+		return nil, notSent{fmt.Errorf("validate: %w", err)}
 	}
 	// Resources that made this binary exit before are refused without
 	// asking it; resources that were in a batch during which it exited go
-	// alone, so the one that makes it exit is found.
+	// alone, each as the only RPC in flight to the plugin, so the one that
+	// makes it exit is found and nothing else is blamed for it.
 	out := map[int][]resource.FieldError{}
 	var rest, alone []int
 	// Fingerprints (a SHA-256 of each resource) are needed only to look
@@ -96,7 +134,7 @@ func (h *Host) validateBatch(ctx context.Context, pluginName string, m *managed,
 		}
 		rest = append(rest, i)
 	}
-	send := func(idx []int) error {
+	send := func(idx []int, exclusive bool) error {
 		sub := make([]*resource.Resource, len(idx))
 		for j, i := range idx {
 			sub[j] = rs[i]
@@ -105,12 +143,18 @@ func (h *Host) validateBatch(ctx context.Context, pluginName string, m *managed,
 		if warnCtx != nil {
 			warn = func(j int) context.Context { return warnCtx(idx[j]) }
 		}
-		res, err := h.call(ctx, pluginName, m, inst, sub, warn)
-		if errors.Is(err, errExitedDuringCall) {
+		res, err := h.call(ctx, pluginName, m, inst, sub, warn, exclusive)
+		var exited *exitedError
+		if errors.As(err, &exited) {
+			// One resource is blamed only when its RPC was the only one in
+			// flight: another call's resource may have made the process
+			// exit. Otherwise they go alone next time, which finds it.
 			reason := inst.stderr.summary()
-			if len(idx) == 1 {
+			switch {
+			case opts.shared:
+			case len(idx) == 1 && !exited.overlapped:
 				m.recordCrash(inst.binary, fp(idx[0]), crashReason(pluginName, rs[idx[0]], reason))
-			} else {
+			default:
 				for _, i := range idx {
 					m.markSuspect(fp(i))
 				}
@@ -129,13 +173,13 @@ func (h *Host) validateBatch(ctx context.Context, pluginName string, m *managed,
 		return nil
 	}
 	for _, i := range alone {
-		if err := send([]int{i}); err != nil {
+		if err := send([]int{i}, true); err != nil {
 			return nil, err
 		}
 		m.clearSuspect(fp(i))
 	}
 	if len(rest) > 0 {
-		if err := send(rest); err != nil {
+		if err := send(rest, opts.exclusive); err != nil {
 			return nil, err
 		}
 	}
@@ -170,20 +214,39 @@ func (h *Host) exitedDuring(inst *instance, wait bool) bool {
 	}
 }
 
-// errExitedDuringCall marks a call during which the plugin process exited.
-var errExitedDuringCall = errors.New("exited during the call")
-
 // call sends rs to inst in one Validate RPC and returns the field errors by
-// index in rs; the warnings about rs[i] go to warn(i)'s collector. When
-// the process exits during the call it returns errExitedDuringCall once the
-// process's stderr has been read to its end.
-func (h *Host) call(ctx context.Context, pluginName string, m *managed, inst *instance, rs []*resource.Resource, warn func(i int) context.Context) (map[int][]resource.FieldError, error) {
+// index in rs; the warnings about rs[i] go to warn(i)'s collector. An
+// exclusive call waits (within ctx) until no other Validate RPC to the
+// plugin is in flight and keeps others out until it ends. When the process
+// exits during the call it returns an *exitedError once the process's
+// stderr has been read to its end; when it had exited before, a notSent
+// error wrapping ErrPluginDown.
+func (h *Host) call(ctx context.Context, pluginName string, m *managed, inst *instance, rs []*resource.Resource, warn func(i int) context.Context, exclusive bool) (map[int][]resource.FieldError, error) {
 	req := &pluginv1.ValidateRequest{Resources: make([]*pluginv1.Resource, len(rs))}
 	for i, r := range rs {
 		req.Resources[i] = ToPlugin(r)
 	}
 	if h.beforeCall != nil {
 		h.beforeCall(len(rs))
+	}
+	weight := int64(1)
+	if exclusive {
+		weight = exclusiveWeight
+	}
+	gate := m.callGate()
+	if err := gate.Acquire(ctx, weight); err != nil {
+		return nil, fmt.Errorf("validate with plugin %q: %w", pluginName, context.Cause(ctx))
+	}
+	defer gate.Release(weight)
+	// Counted before the exit check: a call that ended with the process's
+	// exit before this one counted itself saw the exit already, so this
+	// one sees it below; any other call in flight with this one shows in
+	// the counts.
+	before := m.active.Add(1) - 1
+	seq := m.starts.Add(1)
+	defer m.active.Add(-1)
+	if inst.exited() {
+		return nil, notSent{fmt.Errorf("validate: plugin %q exited before the call: %w", pluginName, ErrPluginDown)}
 	}
 	m.calls.Add(1)
 	cctx, cancel := context.WithTimeout(ctx, h.callTimeout)
@@ -198,7 +261,7 @@ func (h *Host) call(ctx context.Context, pluginName string, m *managed, inst *in
 		// connection failing (Unavailable); its exit follows within
 		// moments. Wait for it a little, so a crash is reported as one.
 		if h.exitedDuring(inst, status.Code(err) == codes.Unavailable) {
-			return nil, errExitedDuringCall
+			return nil, &exitedError{overlapped: before > 0 || m.starts.Load() != seq}
 		}
 		if status.Code(err) == codes.Unavailable {
 			return nil, fmt.Errorf("validate: plugin %q unreachable (%v): %w", pluginName, status.Convert(err).Message(), ErrPluginDown)

@@ -14,7 +14,8 @@
 //	future        serves protocol versions 1 and 2 (a newer SDK)
 //	futureonly    serves only protocol version 2
 //	panicky       type PanickyThing; a spec with "crash" in it makes it
-//	              panic outside the SDK's recovery (the process dies)
+//	              panic outside the SDK's recovery (the process dies), one
+//	              with "slow" in it holds the call (30s at most)
 //	panicstart    panics before serving
 //	warner        type WarnerThing; warns about {"value": "old"}
 //
