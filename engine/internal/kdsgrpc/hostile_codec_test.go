@@ -116,3 +116,47 @@ func TestHostileMessagesPinNoMoreThanTheyHold(t *testing.T) {
 		})
 	}
 }
+
+// recvErrKDS reports the error its first Recv gets.
+type recvErrKDS struct {
+	kdsv1.UnimplementedKDSServer
+	errs chan error
+}
+
+func (k recvErrKDS) Session(s kdsv1.KDS_SessionServer) error {
+	_, err := s.Recv()
+	k.errs <- err
+	return err
+}
+
+// A zone that sends a request of resource locators (which KDS does not
+// use, and which decode to ~36 times their encoding) over gRPC has its
+// stream refused on receipt, with the reason, before anything of it is
+// decoded or queued.
+func TestRequestOfLocatorsIsRefusedOnReceipt(t *testing.T) {
+	locator := field(8, nil) // an empty ResourceLocator
+	var req []byte
+	req = append(req, field(2, []byte("type.googleapis.com/kds.v1.Resource/MeshTimeout"))...)
+	for range 100000 {
+		req = append(req, locator...)
+	}
+	msg := field(1, req)
+	k := recvErrKDS{errs: make(chan error, 1)}
+	addr := serve(t, k, Config{})
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(rawCodec{})))
+	require.NoError(t, err)
+	defer conn.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s, err := conn.NewStream(ctx, &kdsv1.KDS_ServiceDesc.Streams[0], kdsv1.KDS_Session_FullMethodName)
+	require.NoError(t, err)
+	require.NoError(t, s.SendMsg(&msg))
+	err = <-k.errs
+	require.Error(t, err)
+	require.Contains(t, err.Error(), "kds request with resource locators (field 8): KDS subscribes by name")
+	var b []byte
+	err = s.RecvMsg(&b)
+	require.Error(t, err)
+	require.Contains(t, err.Error(), "KDS subscribes by name", "the zone is told why")
+}

@@ -89,7 +89,16 @@ func marshal(m *kdsv1.Message, size int, refer bool) (mem.BufferSlice, error) {
 func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
 	m, ok := v.(*kdsv1.Message)
 	if !ok || !(aliases(data) || data.Len() >= DeferMin) {
-		return fallback().Unmarshal(data, v)
+		if err := fallback().Unmarshal(data, v); err != nil || !ok {
+			return err
+		}
+		// A small request, decoded whole: what it costs decoded is
+		// bounded by its size, and it is refused before it is queued.
+		if err := refuseDecoded(m.GetRequest()); err != nil {
+			proto.Reset(m)
+			return err
+		}
+		return nil
 	}
 	return unmarshalOwned(materialize(data), m)
 }
@@ -113,6 +122,9 @@ func Unmarshal(b []byte, m *kdsv1.Message) error {
 
 func unmarshalOwned(b []byte, m *kdsv1.Message) error {
 	proto.Reset(m)
+	if err := refuseMessage(b, 0); err != nil {
+		return err
+	}
 	if fastDecode {
 		if k, ok := decodeMessage(b, 0); ok {
 			m.Kind = k.Kind

@@ -2,6 +2,7 @@ package kdswire
 
 import (
 	"bytes"
+	"errors"
 	"testing"
 	"unsafe"
 
@@ -70,6 +71,14 @@ func FuzzUnmarshal(f *testing.F) {
 			// What a queue's reader does: lists kept encoded are
 			// decoded, and refused, when the request is taken.
 			gerr = expandAll(&got)
+		}
+		if werr == nil && errors.Is(gerr, ErrRefusedRequest) {
+			// What KDS does not use, refused on receipt: in the bytes
+			// (before decoding), or in what protobuf decoded (small).
+			if refuseMessage(b, 0) == nil && refuseDecoded(want.GetRequest()) == nil {
+				t.Fatalf("codec refused what it should not: %v", gerr)
+			}
+			return
 		}
 		if (werr == nil) != (gerr == nil) {
 			t.Fatalf("proto.Unmarshal: %v, codec: %v", werr, gerr)

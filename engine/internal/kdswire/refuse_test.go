@@ -1,0 +1,113 @@
+package kdswire
+
+import (
+	"runtime"
+	"strings"
+	"testing"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/stretchr/testify/assert"
+	must "github.com/stretchr/testify/require"
+	"google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	kdsv1 "github.com/kds-engine/kds-engine/proto/kds/v1"
+)
+
+func requestMsg(r *discovery.DeltaDiscoveryRequest) *kdsv1.Message {
+	return &kdsv1.Message{Kind: &kdsv1.Message_Request{Request: r}}
+}
+
+// hostileRequests are requests whose fields KDS does not use and that
+// decode to many times their encoding, large (the codec's own path) and
+// small (protobuf's), alone and in a batch.
+func hostileRequests(t *testing.T) map[string][]byte {
+	const n = 100000
+	locators := &discovery.DeltaDiscoveryRequest{TypeUrl: "x"}
+	extensions := &discovery.DeltaDiscoveryRequest{TypeUrl: "x", Node: &core.Node{}}
+	details := &discovery.DeltaDiscoveryRequest{TypeUrl: "x", ErrorDetail: &status.Status{}}
+	for range n {
+		locators.ResourceLocatorsUnsubscribe = append(locators.ResourceLocatorsUnsubscribe, &discovery.ResourceLocator{})
+		extensions.Node.Extensions = append(extensions.Node.Extensions, &core.Extension{})
+		details.ErrorDetail.Details = append(details.ErrorDetail.Details, &anypb.Any{})
+	}
+	enc := func(m proto.Message) []byte {
+		b, err := proto.Marshal(m)
+		must.NoError(t, err)
+		return b
+	}
+	out := map[string][]byte{
+		"locators":        enc(requestMsg(locators)),
+		"node extensions": enc(requestMsg(extensions)),
+		"error details":   enc(requestMsg(details)),
+		"batched locators": enc(&kdsv1.Message{Kind: &kdsv1.Message_Batch{Batch: &kdsv1.Batch{Messages: []*kdsv1.Message{
+			requestMsg(&discovery.DeltaDiscoveryRequest{TypeUrl: "y", ResponseNonce: "1"}), requestMsg(locators),
+		}}}}),
+		"small locators": enc(requestMsg(&discovery.DeltaDiscoveryRequest{TypeUrl: "x",
+			ResourceLocatorsSubscribe: []*discovery.ResourceLocator{{Name: "a"}}})),
+		"small error details": enc(requestMsg(&discovery.DeltaDiscoveryRequest{TypeUrl: "x",
+			ErrorDetail: &status.Status{Details: make([]*anypb.Any, MaxErrorDetails+1)}})),
+		"small node": enc(requestMsg(&discovery.DeltaDiscoveryRequest{TypeUrl: "x",
+			Node: &core.Node{Id: strings.Repeat("n", MaxNodeBytes)}})),
+	}
+	// A node written in pieces below the bound each, which protobuf merges
+	// into one: the request's message field twice, each with its node.
+	piece := enc(&discovery.DeltaDiscoveryRequest{Node: &core.Node{Extensions: extensions.Node.Extensions[:MaxNodeBytes/4]}})
+	var pieces []byte
+	for range 40 {
+		pieces = protowire.AppendTag(pieces, msgRequest, protowire.BytesType)
+		pieces = protowire.AppendBytes(pieces, piece)
+	}
+	out["node in pieces"] = pieces
+	return out
+}
+
+// A request that carries resource locators, a node larger than
+// MaxNodeBytes or an error detail of more than MaxErrorDetails details is
+// refused on receipt, before it is decoded: KDS uses none of them, and
+// they decode to 36-68 times their encoding (an empty locator is 2 bytes
+// on the wire and ~70 decoded), which a waiting request would hold
+// against a queue that counts its encoding.
+func TestRequestsOfUnusedMessageListsAreRefusedOnReceipt(t *testing.T) {
+	for name, b := range hostileRequests(t) {
+		var want kdsv1.Message
+		must.NoError(t, proto.Unmarshal(b, &want), "%s: protobuf accepts it", name)
+		const copies = 4
+		got := make([]*kdsv1.Message, copies)
+		before := heapInUse()
+		var err error
+		for i := range got {
+			got[i] = &kdsv1.Message{}
+			err = (Codec{}).Unmarshal(split(b, 3), got[i])
+		}
+		held := int64(heapInUse()) - int64(before)
+		t.Logf("%s: %d bytes, %d held per request (%.2f× its encoding): %v", name, len(b), held/copies, float64(held)/float64(copies*len(b)), err)
+		assert.ErrorIs(t, err, ErrRefusedRequest, name)
+		// Slack for the messages themselves and the heap's noise.
+		assert.Less(t, held, int64(copies*len(b))*5/4+copies*4096, "%s: holds no more than its encoding", name)
+		runtime.KeepAlive(got)
+	}
+}
+
+// What KDS and xDS clients send is accepted as protobuf decodes it: a node
+// that names its client, a NACK's rejection list in one detail.
+func TestRequestsWithASmallNodeOrARejectionAreAccepted(t *testing.T) {
+	big := heldRequest(5000)
+	big.Node = &core.Node{Id: "zone-1", Cluster: "kds"}
+	big.ErrorDetail = &status.Status{Code: 3, Message: "refused", Details: []*anypb.Any{{TypeUrl: "type.googleapis.com/kds.v1.Rejection", Value: []byte("x")}}}
+	for _, r := range []*discovery.DeltaDiscoveryRequest{
+		{TypeUrl: "x", ResponseNonce: "1", Node: &core.Node{Id: "zone-1"}},
+		big,
+	} {
+		want := requestMsg(r)
+		b, err := proto.Marshal(want)
+		must.NoError(t, err)
+		var got kdsv1.Message
+		must.NoError(t, (Codec{}).Unmarshal(split(b, 3), &got))
+		must.NoError(t, Expand(got.GetRequest()))
+		assert.True(t, proto.Equal(want, &got))
+	}
+}
