@@ -88,6 +88,7 @@ type sharedSends struct {
 	// the shared RPC it was in failed with an error that retry accepts.
 	// Nil: a failed RPC fails every caller in it.
 	alone sendFunc
+	// retry tells whether a shared RPC's error is worth sending again.
 	retry func(err error) bool
 	// spawn runs f on a goroutine that the owner joins; f must end soon
 	// after base ends.
@@ -104,17 +105,17 @@ func (h *Host) shared(ctx context.Context, pluginName string, m *managed, rs []*
 		alone: func(ctx context.Context, rs []*resource.Resource, warnCtx func(int) context.Context) (map[int][]resource.FieldError, error) {
 			return h.retryAlone(ctx, pluginName, m, rs, warnCtx)
 		},
-		retry: retryAlone,
+		retry: worthRetrying,
 		spawn: h.spawnSend,
 	}
 	return m.share.do(ctx, pluginName, rs, bytes, SharedCallsInFlight, h.batchSize, MaxBatchBytes, sends)
 }
 
-// retryAlone reports whether the batches of a shared RPC that failed with
-// err are sent again, each on its own: unless nothing was sent (the plugin
-// was not running) or the RPC was cancelled (the host closing, or every
-// caller gone).
-func retryAlone(err error) bool {
+// worthRetrying reports whether the batches of a shared RPC that failed
+// with err are sent again, each on its own: unless nothing was sent (the
+// plugin was not running) or the RPC was cancelled (the host closing, or
+// every caller gone).
+func worthRetrying(err error) bool {
 	var ns notSent
 	return !errors.As(err, &ns) && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
 }

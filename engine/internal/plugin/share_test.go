@@ -56,7 +56,7 @@ func (f *fakeSends) sends(spawn func(func(context.Context)) error) sharedSends {
 // with f.send, after a shared call failed.
 func (f *fakeSends) retrying(spawn func(func(context.Context)) error) sharedSends {
 	ss := f.sends(spawn)
-	ss.alone, ss.retry = f.send, retryAlone
+	ss.alone, ss.retry = f.send, worthRetrying
 	return ss
 }
 
