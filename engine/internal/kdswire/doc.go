@@ -6,7 +6,9 @@
 // The bytes on the wire are those of proto.Marshal: [Codec.Marshal] writes,
 // for the messages kds-engine's servers send, exactly what protobuf-go
 // writes, and [Codec.Unmarshal] yields what proto.Unmarshal yields (the
-// same message by proto.Equal, the same acceptance of malformed input).
+// same message by proto.Equal, the same acceptance of malformed input),
+// except that it refuses a request that carries fields KDS does not use
+// and that decode to many times their size ([ErrRefusedRequest]).
 // Older peers interoperate because nothing about the format changes; the
 // codec keeps the "proto" content subtype.
 //
