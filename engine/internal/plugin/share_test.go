@@ -511,6 +511,63 @@ func TestSharingRetriesEachCallerAloneAfterAFailedCall(t *testing.T) {
 	}
 }
 
+// Callers may leave while their group's batches are sent again: a caller
+// whose retry is in flight returns with its context's error and its retry
+// is cancelled; one that left before its turn is not sent again; the
+// others still get their own results.
+func TestSharingCallersLeaveDuringRetries(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	var s sharing
+	gate0, gate2 := make(chan struct{}), make(chan struct{})
+	crash := fmt.Errorf("validate: plugin %q exited during the call: %w", "p", ErrPluginDown)
+	// Calls: 0 the leader, 1 the shared one, 2 x's retry (held).
+	f := &fakeSends{gates: []chan struct{}{gate0, nil, gate2}, poison: "crash", poisonErr: crash}
+	sp := &spawner{base: context.Background()}
+	do := func(ctx context.Context, rs []*resource.Resource) <-chan outcome {
+		ch := make(chan outcome, 1)
+		go func() {
+			res, err := s.do(ctx, "p", rs, 10*len(rs), 1, 1000, 1<<20, f.retrying(sp.spawn))
+			ch <- outcome{res, err}
+		}()
+		return ch
+	}
+	leader := do(context.Background(), named("lead"))
+	waitCalls(t, f, 1)
+	xctx, xcancel := context.WithCancel(context.Background())
+	yctx, ycancel := context.WithCancel(context.Background())
+	x := do(xctx, named("x1"))
+	waitQueued(t, &s, 1)
+	y := do(yctx, named("y1"))
+	waitQueued(t, &s, 2)
+	p := do(context.Background(), named("crash-p1"))
+	waitQueued(t, &s, 3)
+	z := do(context.Background(), named("bad-z1"))
+	waitQueued(t, &s, 4)
+	close(gate0)
+	require.NoError(t, (<-leader).err)
+	waitCalls(t, f, 3) // x's retry, held
+	ycancel()
+	require.ErrorIs(t, (<-y).err, context.Canceled, "y left before its turn")
+	xcancel()
+	require.ErrorIs(t, (<-x).err, context.Canceled, "x left during its retry")
+	f.mu.Lock()
+	xRetry := f.ctxs[2]
+	f.mu.Unlock()
+	select {
+	case <-xRetry.Done():
+	case <-time.After(20 * time.Second):
+		t.Fatal("x's retry was not cancelled when x left")
+	}
+	close(gate2)
+	assert.Same(t, crash, (<-p).err)
+	o := <-z
+	require.NoError(t, o.err)
+	assert.Equal(t, map[int][]resource.FieldError{0: fe("bad-z1")}, o.res)
+	sp.wg.Wait()
+	assert.Equal(t, [][]string{{"lead"}, {"x1", "y1", "crash-p1", "bad-z1"}, {"x1"}, {"crash-p1"}, {"bad-z1"}}, f.callNames(), "y is not sent again")
+	assert.Zero(t, s.inFlight)
+}
+
 // Many callers at once, some leaving early: every caller that gets results
 // gets exactly its own, and every call stays within the bounds.
 func TestSharingManyCallersGetTheirOwnResults(t *testing.T) {
