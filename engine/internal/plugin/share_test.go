@@ -848,6 +848,71 @@ func TestSharedCallCrashFailsOnlyTheBatchThatCrashes(t *testing.T) {
 	assert.Contains(t, res[1][0].Message, `plugin "panicky" exited while validating this resource`)
 }
 
+// A resource suspected from an earlier crash goes alone, as the only RPC in
+// flight, also when it comes in a shared RPC: if it makes the plugin exit
+// again it is recorded at once, and its caller's batch, sent again, gets
+// the refusal as a result without another crash.
+func TestSuspectInASharedCallIsRecordedOnItsProbe(t *testing.T) {
+	var armed atomic.Bool
+	held, leadersBack := make(chan struct{}), make(chan struct{})
+	entered := make(chan struct{}, SharedCallsInFlight)
+	var count atomic.Int32
+	hook := WithCallHook(func(int) {
+		if !armed.Load() {
+			return
+		}
+		switch n := count.Add(1); {
+		case n <= SharedCallsInFlight:
+			entered <- struct{}{}
+			<-held
+		case n == SharedCallsInFlight+1:
+			<-leadersBack
+		}
+	})
+	h, _ := startHost(t, pluginsDir(t, "panicky"), hook, WithRestartBackoff(time.Millisecond, time.Millisecond))
+	m := h.byName["panicky"]
+	require.NotNil(t, m)
+	p := func(name, spec string) *resource.Resource { return res("PanickyThing", "m", name, spec) }
+	poison := p("poison", `{"value":"crash"}`)
+	_, err := h.ValidateBatch(context.Background(), "panicky", []*resource.Resource{p("other", `{}`), poison})
+	require.ErrorIs(t, err, ErrPluginDown)
+	require.True(t, m.isSuspect(fingerprint(poison)))
+	waitRunning(t, h, "panicky", 1)
+
+	armed.Store(true)
+	lead := make(chan error, SharedCallsInFlight)
+	for i := range SharedCallsInFlight {
+		go func() {
+			_, err := h.ValidateBatch(context.Background(), "panicky", []*resource.Resource{p(fmt.Sprint("lead-", i), `{}`)})
+			lead <- err
+		}()
+		<-entered
+	}
+	outs := make([]chan outcome, 2)
+	for i, rs := range [][]*resource.Resource{{p("a-ok", `{}`)}, {poison}} {
+		outs[i] = make(chan outcome, 1)
+		go func() {
+			res, err := h.ValidateBatch(context.Background(), "panicky", rs)
+			outs[i] <- outcome{res, err}
+		}()
+		waitQueued(t, &m.share, i+1)
+	}
+	close(held)
+	for range SharedCallsInFlight {
+		require.NoError(t, <-lead)
+	}
+	close(leadersBack)
+	a := <-outs[0]
+	require.NoError(t, a.err)
+	assert.Empty(t, a.res)
+	b := <-outs[1]
+	require.NoError(t, b.err, "recorded on its probe, the poison is refused without asking the plugin")
+	require.Len(t, b.res, 1)
+	assert.Contains(t, b.res[0][0].Message, `plugin "panicky" exited while validating this resource`)
+	waitRunning(t, h, "panicky", 2)
+	assert.Equal(t, 2, info(t, h, "panicky").Restarts, "one crash in the shared call, none after")
+}
+
 // A resource is blamed for a crash only when its RPC was the only one in
 // flight to the plugin: a resource whose call was in flight when another
 // call's resource made the plugin exit is not refused, only sent alone

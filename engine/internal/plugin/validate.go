@@ -134,7 +134,8 @@ func (h *Host) validateBatch(ctx context.Context, pluginName string, m *managed,
 		}
 		rest = append(rest, i)
 	}
-	send := func(idx []int, exclusive bool) error {
+	// shared: the RPC holds several callers' batches (see callOpts).
+	send := func(idx []int, exclusive, shared bool) error {
 		sub := make([]*resource.Resource, len(idx))
 		for j, i := range idx {
 			sub[j] = rs[i]
@@ -151,7 +152,7 @@ func (h *Host) validateBatch(ctx context.Context, pluginName string, m *managed,
 			// exit. Otherwise they go alone next time, which finds it.
 			reason := inst.stderr.summary()
 			switch {
-			case opts.shared:
+			case shared:
 			case len(idx) == 1 && !exited.overlapped:
 				m.recordCrash(inst.binary, fp(idx[0]), crashReason(pluginName, rs[idx[0]], reason))
 			default:
@@ -173,13 +174,13 @@ func (h *Host) validateBatch(ctx context.Context, pluginName string, m *managed,
 		return nil
 	}
 	for _, i := range alone {
-		if err := send([]int{i}, true); err != nil {
+		if err := send([]int{i}, true, false); err != nil {
 			return nil, err
 		}
 		m.clearSuspect(fp(i))
 	}
 	if len(rest) > 0 {
-		if err := send(rest, opts.exclusive); err != nil {
+		if err := send(rest, opts.exclusive, opts.shared); err != nil {
 			return nil, err
 		}
 	}
