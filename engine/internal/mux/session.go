@@ -485,14 +485,16 @@ func (s *Session) recvLoop(ctx context.Context) {
 // route enqueues one received request or response on its logical stream;
 // anything else (a batch inside a batch included) is ErrUnknownMessage.
 func (s *Session) route(ctx context.Context, m *kdsv1.Message) error {
-	// The whole message (one of a batch counts alone), the size the sender
-	// counted and checked against the max message size.
-	size := kdswire.Size(m)
+	// The whole message (one of a batch counts alone): the size the sender
+	// counted and checked against the max message size, and what it holds
+	// decoded, which the budgets count (a response's entries cost far more
+	// decoded than on the wire).
+	size, held := kdswire.Measure(m)
 	switch k := m.GetKind().(type) {
 	case *kdsv1.Message_Request:
-		return s.server.in.put(ctx, s.pool, k.Request, k.Request.GetTypeUrl(), size)
+		return s.server.in.put(ctx, s.pool, k.Request, k.Request.GetTypeUrl(), size, held)
 	case *kdsv1.Message_Response:
-		return s.client.in.put(ctx, s.pool, k.Response, k.Response.GetTypeUrl(), size)
+		return s.client.in.put(ctx, s.pool, k.Response, k.Response.GetTypeUrl(), size, held)
 	default:
 		return ErrUnknownMessage
 	}

@@ -165,21 +165,23 @@ func (q *inQueue[T]) init(name, kind string, capacity int, formula string, budge
 }
 
 // put enqueues m, received in a session message of encoded size size (the
-// whole kdsv1.Message, as the sender counts it), for typeURL. It is
+// whole kdsv1.Message, as the sender counts it) that holds held bytes
+// decoded (kdswire.Measure), for typeURL. m costs held plus
+// MessageOverhead against the budgets. It is
 // called by the receive loop only. A message that does not fit the count
 // or the session's byte budget is the peer's protocol violation and an
 // error wrapping ErrInboundFull; with a shared pool it waits for room there
 // until ctx ends (back-pressure: the receive loop stops reading, and HTTP/2
 // flow control stops the peer). It never waits for the send path.
-func (q *inQueue[T]) put(ctx context.Context, pool *InboundPool, m T, typeURL string, size int) error {
-	cost := int64(size) + MessageOverhead
+func (q *inQueue[T]) put(ctx context.Context, pool *InboundPool, m T, typeURL string, size, held int) error {
+	cost := int64(held) + MessageOverhead
 	if n := q.q.len(); n >= q.capacity {
 		return fmt.Errorf("%w: %s stream: %s for type %q did not fit: the peer has %d %ss in flight (%d bytes), capacity is %d (%s)",
 			ErrInboundFull, q.name, q.kind, typeURL, n+1, q.kind, q.queued.Load()+cost, q.capacity, q.formula)
 	}
 	if queued := q.queued.Load(); queued+cost > q.budget {
-		return fmt.Errorf("%w: %s stream: %s for type %q (%d bytes) did not fit: %d bytes queued in %d %ss, the budget is %d bytes per logical stream",
-			ErrInboundFull, q.name, q.kind, typeURL, cost, queued, q.q.len(), q.kind, q.budget)
+		return fmt.Errorf("%w: %s stream: %s for type %q (%d bytes, %d counted with what it holds decoded) did not fit: %d bytes queued in %d %ss, the budget is %d bytes per logical stream",
+			ErrInboundFull, q.name, q.kind, typeURL, size, cost, queued, q.q.len(), q.kind, q.budget)
 	}
 	it := inItem[T]{msg: m, cost: cost}
 	if pool != nil {

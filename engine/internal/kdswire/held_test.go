@@ -1,0 +1,118 @@
+package kdswire
+
+import (
+	"fmt"
+	"runtime"
+	"testing"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/stretchr/testify/assert"
+	must "github.com/stretchr/testify/require"
+	"google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	kdsv1 "github.com/kds-engine/kds-engine/proto/kds/v1"
+)
+
+// hostileResponses are responses that decode to many times their
+// encoding: entries as small as the wire allows, through the codec's own
+// path and through protobuf-go's (a field written twice sends the whole
+// response there), and fields kds-engine never sends.
+func hostileResponses(t *testing.T) map[string][]byte {
+	const n = 100000
+	enc := func(m proto.Message) []byte {
+		b, err := proto.Marshal(m)
+		must.NoError(t, err)
+		return b
+	}
+	resp := func(f func(r *discovery.DeltaDiscoveryResponse, i int)) *discovery.DeltaDiscoveryResponse {
+		r := &discovery.DeltaDiscoveryResponse{TypeUrl: "x", Nonce: "1"}
+		for i := range n {
+			f(r, i)
+		}
+		return r
+	}
+	// twice writes the nonce a second time: protobuf keeps the last, and
+	// the codec leaves such a response to protobuf-go.
+	twice := func(b []byte) []byte {
+		_, v, _, ok := nextBytesField(b)
+		must.True(t, ok)
+		v = protowire.AppendBytes(protowire.AppendTag(v, respNonce, protowire.BytesType), []byte("2"))
+		return protowire.AppendBytes(protowire.AppendTag(nil, msgResponse, protowire.BytesType), v)
+	}
+	empty := resp(func(r *discovery.DeltaDiscoveryResponse, _ int) {
+		r.Resources = append(r.Resources, &discovery.Resource{})
+	})
+	// Two-byte strings: a one-byte string costs no allocation in Go.
+	small := resp(func(r *discovery.DeltaDiscoveryResponse, i int) {
+		r.Resources = append(r.Resources, &discovery.Resource{Name: "ab", Version: "cd", Resource: &anypb.Any{Value: []byte{1}}})
+	})
+	bare := resp(func(r *discovery.DeltaDiscoveryResponse, i int) {
+		r.Resources = append(r.Resources, &discovery.Resource{Resource: &anypb.Any{}})
+	})
+	removed := resp(func(r *discovery.DeltaDiscoveryResponse, i int) {
+		r.RemovedResources = append(r.RemovedResources, "")
+	})
+	removedShort := resp(func(r *discovery.DeltaDiscoveryResponse, i int) {
+		r.RemovedResources = append(r.RemovedResources, "ab")
+	})
+	aliases := &discovery.DeltaDiscoveryResponse{TypeUrl: "x", Resources: []*discovery.Resource{{Name: "a", Aliases: make([]string, n)}}}
+	errs := resp(func(r *discovery.DeltaDiscoveryResponse, _ int) {
+		r.ResourceErrors = append(r.ResourceErrors, &discovery.ResourceError{})
+	})
+	details := &discovery.DeltaDiscoveryResponse{TypeUrl: "x", ResourceErrors: []*discovery.ResourceError{{ErrorDetail: &status.Status{}}}}
+	for range n {
+		details.ResourceErrors[0].ErrorDetail.Details = append(details.ResourceErrors[0].ErrorDetail.Details, &anypb.Any{})
+	}
+	names := resp(func(r *discovery.DeltaDiscoveryResponse, _ int) {
+		r.RemovedResourceNames = append(r.RemovedResourceNames, &discovery.ResourceName{})
+	})
+	filters := map[string]*structpb.Struct{}
+	for i := range n / 10 {
+		filters[fmt.Sprint(i)] = &structpb.Struct{}
+	}
+	meta := &discovery.DeltaDiscoveryResponse{TypeUrl: "x", Resources: []*discovery.Resource{{Name: "a", Metadata: &corev3.Metadata{FilterMetadata: filters}}}}
+	out := map[string][]byte{
+		"empty resources":           enc(respMsg(empty)),
+		"empty resources, protobuf": twice(enc(respMsg(empty))),
+		"small resources":           enc(respMsg(small)),
+		"small resources, protobuf": twice(enc(respMsg(small))),
+		"resources of an empty Any": enc(respMsg(bare)),
+		"empty removed names":       enc(respMsg(removed)),
+		"two-byte removed names":    enc(respMsg(removedShort)),
+		"aliases":                   enc(respMsg(aliases)),
+		"empty resource errors":     enc(respMsg(errs)),
+		"error details":             enc(respMsg(details)),
+		"removed resource names":    enc(respMsg(names)),
+		"batched small resources":   enc(batchMsg(respMsg(&discovery.DeltaDiscoveryResponse{TypeUrl: "y"}), respMsg(small))),
+		"metadata":                  enc(respMsg(meta)),
+	}
+	return out
+}
+
+// A received response is counted (Measure) at no less than what it holds
+// decoded, whatever its shape: a queue that counts its responses so bounds
+// what they hold. Counted at their encoded size, the responses above held
+// up to 71x that (empty resource entries, 2 bytes each on the wire).
+func TestResponsesHoldNoMoreThanTheyAreCounted(t *testing.T) {
+	for name, b := range hostileResponses(t) {
+		const copies = 4
+		got := make([]*kdsv1.Message, copies)
+		before := heapInUse()
+		for i := range got {
+			got[i] = &kdsv1.Message{}
+			must.NoError(t, (Codec{}).Unmarshal(split(b, 16<<10), got[i]), name)
+		}
+		held := int64(heapInUse()) - int64(before)
+		size, counted := Measure(got[0])
+		assert.LessOrEqual(t, size, len(b), name)
+		t.Logf("%s: %d bytes, %d held per response (%.1fx its encoding), counted at %d (%.1fx)",
+			name, len(b), held/copies, float64(held)/float64(copies*len(b)), counted, float64(counted)/float64(len(b)))
+		assert.LessOrEqual(t, held, int64(copies*counted), "%s: holds no more than it is counted at", name)
+		runtime.KeepAlive(got)
+	}
+}

@@ -1,0 +1,64 @@
+package mux
+
+import (
+	"bytes"
+	"context"
+	"runtime"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/encoding/protowire"
+
+	"github.com/kds-engine/kds-engine/engine/internal/kdswire"
+	kdsv1 "github.com/kds-engine/kds-engine/proto/kds/v1"
+)
+
+func heapAlloc() int64 {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return int64(ms.HeapAlloc)
+}
+
+// A peer that fills its response queue with responses of empty resource
+// entries (2 bytes each on the wire, ~144 decoded) makes this side hold
+// no more than the queue's byte budget: a response is counted at what it
+// holds decoded (kdswire.Measure), not at its encoding, so the session
+// ends with ErrInboundFull once that is over the budget. Counted at their
+// encoding, the queue took ~460 such responses of 2 KiB within its 1 MiB
+// budget and held ~70 MiB.
+func TestFaultResponsesAreCountedAtWhatTheyHoldDecoded(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st := newChanStream(ctx)
+	const maxSize = 64 << 10
+	// Many types, so that the count bound is not what stops it.
+	s := NewSession(st, 1000, WithMaxMessageSize(maxSize), WithAbort(cancel))
+	budget := s.Params().InboundBudget
+	require.Equal(t, DefaultInboundBudgetMessages*maxSize, budget)
+	wait := run(t, s)
+
+	// A response of 1000 empty resources, decoded by the KDS codec as the
+	// receive loop gets it from gRPC.
+	inner := protowire.AppendBytes(protowire.AppendTag(nil, 4, protowire.BytesType), []byte("T"))
+	inner = append(inner, bytes.Repeat([]byte{0x12, 0x00}, 1000)...)
+	wire := protowire.AppendBytes(protowire.AppendTag(nil, 2, protowire.BytesType), inner)
+	before := heapAlloc()
+	peak, sent := int64(0), 0
+	for ; sent < 2*s.Params().ClientCapacity && s.Err() == nil; sent++ {
+		var m kdsv1.Message
+		require.NoError(t, kdswire.Unmarshal(bytes.Clone(wire), &m))
+		st.deliver(t, &m)
+		waitFor(t, func() bool { return s.Stats().Client.InboundLen == sent+1 || s.Err() != nil }, "queued, or the session ended")
+		if s.Err() == nil {
+			peak = max(peak, heapAlloc()-before)
+		}
+	}
+	err := wait()
+	t.Logf("%d responses of %d bytes sent; the queue held at most %d bytes (%d KiB of heap), the budget is %d: %v",
+		sent, len(wire), s.Stats().Client.InboundBytesHighWater, peak>>10, budget, err)
+	require.ErrorIs(t, err, ErrInboundFull)
+	assert.LessOrEqual(t, s.Stats().Client.InboundBytesHighWater, int64(budget))
+	assert.Less(t, peak, int64(budget)*5/4, "the queue held no more than its budget")
+}
