@@ -148,8 +148,8 @@ func TestFaultInboundBytesOverSessionBudgetEndSession(t *testing.T) {
 	defer cancel()
 	st := newChanStream(ctx)
 	const maxSize = 4 << 10
-	s := NewSession(st, 10, WithMaxMessageSize(maxSize), WithInboundBudget(3*maxSize), WithAbort(cancel))
-	require.Equal(t, 3*maxSize, s.Params().InboundBudget)
+	s := NewSession(st, 10, WithMaxMessageSize(maxSize), WithInboundBudget(3*maxSize/ResponseBudgetMultiple), WithAbort(cancel))
+	require.Equal(t, 3*maxSize, s.Params().ResponseBudget)
 	wait := run(t, s)
 
 	big := &discovery.DeltaDiscoveryResponse{TypeUrl: "type.example/Big", Nonce: strings.Repeat("r", 3<<10)}

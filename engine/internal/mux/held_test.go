@@ -26,8 +26,8 @@ func heapAlloc() int64 {
 // no more than the queue's byte budget: a response is counted at what it
 // holds decoded (kdswire.Measure), not at its encoding, so the session
 // ends with ErrInboundFull once that is over the budget. Counted at their
-// encoding, the queue took ~460 such responses of 2 KiB within its 1 MiB
-// budget and held ~70 MiB.
+// encoding, the queue took ~460 such responses of 2 KiB within a 1 MiB
+// budget and held ~65 MiB.
 func TestFaultResponsesAreCountedAtWhatTheyHoldDecoded(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -35,8 +35,8 @@ func TestFaultResponsesAreCountedAtWhatTheyHoldDecoded(t *testing.T) {
 	const maxSize = 64 << 10
 	// Many types, so that the count bound is not what stops it.
 	s := NewSession(st, 1000, WithMaxMessageSize(maxSize), WithAbort(cancel))
-	budget := s.Params().InboundBudget
-	require.Equal(t, DefaultInboundBudgetMessages*maxSize, budget)
+	budget := s.Params().ResponseBudget
+	require.Equal(t, ResponseBudgetMultiple*DefaultInboundBudgetMessages*maxSize, budget)
 	wait := run(t, s)
 
 	// A response of 1000 empty resources, decoded by the KDS codec as the

@@ -33,10 +33,18 @@ const (
 	// byte budget all sessions' inbound queues share.
 	DefaultInboundPoolBytes = 256 << 20
 	// MessageOverhead is charged against the inbound byte budgets for every
-	// queued message on top of its encoded size: the decoded message's own
-	// structures, so that many tiny messages cannot hold more memory than
-	// the budgets say.
+	// queued message on top of what it holds (kdswire.Measure): the
+	// decoded message's own structures, so that many tiny messages cannot
+	// hold more memory than the budgets say.
 	MessageOverhead = 256
+	// ResponseBudgetMultiple sizes the inbound budget of the stream a side
+	// subscribes on (the peer's responses) against the other's: responses
+	// are counted at what they hold decoded, 1.2-3.9 times their encoding
+	// for what the sync layer sends (1 KiB policies, 200-byte statuses
+	// 1.85, resources of an empty spec 3.94), so twice the budget keeps as
+	// many max-size responses of statuses as the budget held counted at
+	// their encoding. See the package documentation.
+	ResponseBudgetMultiple = 2
 )
 
 // Sentinel errors. The error a session ends with wraps exactly one of them
@@ -173,12 +181,15 @@ func WithPeer(types, maxMessageSize int) Option {
 	}
 }
 
-// WithInboundBudget sets how many bytes each logical stream's inbound queue
-// may hold (encoded size plus MessageOverhead per message) before the
-// session ends with ErrInboundFull (default DefaultInboundBudgetMessages ×
-// the session's max message size). Values below this side's max message
-// size plus MessageOverhead are raised to it, so that any message gRPC
-// accepted fits an empty queue. Zero or negative keeps the default.
+// WithInboundBudget sets how many bytes the inbound queue of the stream this
+// side serves may hold (what its requests hold, their encoded size, plus
+// MessageOverhead per message) before the session ends with
+// ErrInboundFull (default DefaultInboundBudgetMessages × the session's max
+// message size); the queue of the peer's responses, counted at what they
+// hold decoded, may hold ResponseBudgetMultiple times that. Values below
+// this side's max message size plus MessageOverhead are raised to it, so
+// that any request gRPC accepted fits an empty queue. Zero or negative
+// keeps the default.
 func WithInboundBudget(bytes int) Option {
 	return func(o *options) { o.inboundBudget = bytes }
 }
@@ -264,9 +275,11 @@ type Params struct {
 	// if it announced none). MaxMessageSize, the smaller, is the largest
 	// message the session sends.
 	LocalMaxMessageSize, PeerMaxMessageSize, MaxMessageSize int
-	// InboundBudget is the most bytes each logical stream's inbound queue
-	// holds before the session ends with ErrInboundFull.
-	InboundBudget int
+	// InboundBudget is the most bytes the inbound queue of the stream this
+	// side serves (the peer's requests) holds before the session ends with
+	// ErrInboundFull. ResponseBudget, ResponseBudgetMultiple times that, is
+	// the same for the stream it subscribes on (the peer's responses).
+	InboundBudget, ResponseBudget int
 	// PeerInboundBudget is what the peer's inbound queue for each logical
 	// stream holds at least, in bytes: DefaultInboundBudgetMessages ×
 	// MaxMessageSize, the figure the peer derives from the same agreed
@@ -328,6 +341,7 @@ func NewSession(stream Stream, types int, opts ...Option) *Session {
 		p.InboundBudget = DefaultInboundBudgetMessages * p.MaxMessageSize
 	}
 	p.InboundBudget = max(p.InboundBudget, p.LocalMaxMessageSize+MessageOverhead)
+	p.ResponseBudget = ResponseBudgetMultiple * p.InboundBudget
 	p.PeerInboundBudget = DefaultInboundBudgetMessages * p.MaxMessageSize
 	if o.pool != nil {
 		p.PoolLimit = o.pool.Limit()
@@ -349,13 +363,12 @@ func NewSession(stream Stream, types int, opts ...Option) *Session {
 	// canceled". Values (metadata, peer) are kept.
 	s.ctx, s.cancel = context.WithCancelCause(context.WithoutCancel(stream.Context()))
 	srvFormula, cliFormula := p.ServerFormula(), p.ClientFormula()
-	budget := int64(p.InboundBudget)
 	s.server = &ServerStream{s: s}
 	s.server.out.init("server", p.ServerCapacity, srvFormula)
-	s.server.in.init("server", "request", p.ServerCapacity, srvFormula, budget)
+	s.server.in.init("server", "request", p.ServerCapacity, srvFormula, int64(p.InboundBudget))
 	s.client = &ClientStream{s: s}
 	s.client.out.init("client", p.ClientCapacity, cliFormula)
-	s.client.in.init("client", "response", p.ClientCapacity, cliFormula, budget)
+	s.client.in.init("client", "response", p.ClientCapacity, cliFormula, int64(p.ResponseBudget))
 	return s
 }
 
@@ -417,7 +430,7 @@ func (s *Session) Run(ctx context.Context) error {
 	p := s.params
 	s.log.Debug("session started", "server_capacity", p.ServerFormula(), "client_capacity", p.ClientFormula(),
 		"send_timeout", s.timeout, "max_message_size", p.MaxMessageSize, "inbound_budget", p.InboundBudget,
-		"peer_inbound_budget", p.PeerInboundBudget, "inbound_pool", p.PoolLimit)
+		"response_budget", p.ResponseBudget, "peer_inbound_budget", p.PeerInboundBudget, "inbound_pool", p.PoolLimit)
 
 	s.sendTimer = time.AfterFunc(time.Hour, s.checkSendTimeout)
 	s.sendTimer.Stop()
@@ -652,7 +665,7 @@ type StreamStats struct {
 	// InboundHighWater the most the inbound queue has held.
 	InboundLen, InboundHighWater int
 	// InboundBytes is what those messages cost against the inbound byte
-	// budget (encoded size plus MessageOverhead each), InboundBytesHighWater
+	// budget (what they hold, kdswire.Measure, plus MessageOverhead each), InboundBytesHighWater
 	// the most the queue has held.
 	InboundBytes, InboundBytesHighWater int64
 	// Capacity bounds the stream's send buffer and inbound queue, in
