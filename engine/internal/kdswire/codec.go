@@ -125,6 +125,12 @@ func unmarshalOwned(b []byte, m *kdsv1.Message) error {
 	if err := refuseMessage(b, 0); err != nil {
 		return err
 	}
+	return decode(b, m)
+}
+
+// decode decodes b into m, an empty message, once refuseMessage let it
+// through.
+func decode(b []byte, m *kdsv1.Message) error {
 	if fastDecode {
 		if k, ok := decodeMessage(b, 0); ok {
 			m.Kind = k.Kind

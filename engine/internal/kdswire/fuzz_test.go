@@ -80,6 +80,14 @@ func FuzzUnmarshal(f *testing.F) {
 			}
 			return
 		}
+		if werr == nil && errors.Is(gerr, ErrRefusedResponse) {
+			// A response that would hold many times its size decoded,
+			// refused before decoding.
+			if _, held := Measure(&want); refuseMessage(b, 0) == nil || held <= MaxResponseExpansion*len(b) {
+				t.Fatalf("codec refused what it should not: %v", gerr)
+			}
+			return
+		}
 		if (werr == nil) != (gerr == nil) {
 			t.Fatalf("proto.Unmarshal: %v, codec: %v", werr, gerr)
 		}

@@ -1,6 +1,7 @@
 package kdswire
 
 import (
+	"bytes"
 	"fmt"
 	"runtime"
 	"testing"
@@ -104,8 +105,9 @@ func TestResponsesHoldNoMoreThanTheyAreCounted(t *testing.T) {
 		got := make([]*kdsv1.Message, copies)
 		before := heapInUse()
 		for i := range got {
+			// Decoded as the codec does, without its refusal on receipt.
 			got[i] = &kdsv1.Message{}
-			must.NoError(t, (Codec{}).Unmarshal(split(b, 16<<10), got[i]), name)
+			must.NoError(t, decode(bytes.Clone(b), got[i]), name)
 		}
 		held := int64(heapInUse()) - int64(before)
 		size, counted := Measure(got[0])
@@ -113,6 +115,37 @@ func TestResponsesHoldNoMoreThanTheyAreCounted(t *testing.T) {
 		t.Logf("%s: %d bytes, %d held per response (%.1fx its encoding), counted at %d (%.1fx)",
 			name, len(b), held/copies, float64(held)/float64(copies*len(b)), counted, float64(counted)/float64(len(b)))
 		assert.LessOrEqual(t, held, int64(copies*counted), "%s: holds no more than it is counted at", name)
+		runtime.KeepAlive(got)
+	}
+}
+
+// A response that would hold more than MaxResponseExpansion times its size
+// decoded is refused on receipt, before anything of it is decoded: every
+// response above with as many entries as it has bytes to spare. Decoding
+// it first held what the queue would then refuse to count, up to 76.8x
+// its size (290 MiB for a 4 MiB message).
+func TestResponsesThatWouldHoldManyTimesTheirSizeAreRefusedOnReceipt(t *testing.T) {
+	for name, b := range hostileResponses(t) {
+		var want kdsv1.Message
+		must.NoError(t, proto.Unmarshal(b, &want), "%s: protobuf accepts it", name)
+		const copies = 4
+		got := make([]*kdsv1.Message, copies)
+		before := heapInUse()
+		var err error
+		for i := range got {
+			got[i] = &kdsv1.Message{}
+			err = (Codec{}).Unmarshal(split(b, 16<<10), got[i])
+		}
+		held := int64(heapInUse()) - int64(before)
+		_, counted := Measure(&want)
+		t.Logf("%s: %d bytes, counted at %.1fx: %d held per response: %v", name, len(b), float64(counted)/float64(len(b)), held/copies, err)
+		switch {
+		case counted > MaxResponseExpansion*len(b)+ResponseExpansionSlack && name != "aliases" && name != "metadata" && name != "error details":
+			assert.ErrorIs(t, err, ErrRefusedResponse, name)
+			assert.Less(t, held, int64(copies*len(b))*5/4+copies*4096, "%s: holds no more than its encoding", name)
+		case err == nil:
+			assert.LessOrEqual(t, held, int64(copies*counted), name)
+		}
 		runtime.KeepAlive(got)
 	}
 }

@@ -122,13 +122,78 @@ func refused(format string, args ...any) error {
 	return fmt.Errorf("kds request with %s: %w", fmt.Sprintf(format, args...), ErrRefusedRequest)
 }
 
+// A received response is counted at what it holds decoded (Measure) once
+// it is decoded, but decoding it is what costs: a response of empty
+// resource entries held 71x its encoding, 290 MiB for one 4 MiB message,
+// before anyone could count it. So the codec estimates what a response
+// will hold from its entries before decoding anything of it, and refuses
+// one that would hold more than MaxResponseExpansion times its size (plus
+// ResponseExpansionSlack). What kds-engine sends is far below: an entry
+// always carries a name, a version and an Any whose type URL alone is 37
+// bytes, and a max-size response of resources of an empty spec (97 bytes
+// each) holds 3.94x its size.
+const (
+	// MaxResponseExpansion is how many times its encoded size a received
+	// response may hold decoded, as estimated before decoding it.
+	MaxResponseExpansion = 8
+	// ResponseExpansionSlack is added to that bound, so that a small
+	// response is never refused for it.
+	ResponseExpansionSlack = 64 << 10
+)
+
+// Fields of envoy's DeltaDiscoveryResponse that are lists the codec counts
+// before decoding (besides resources and removed names).
+const (
+	respRemovedNames   protowire.Number = 8
+	respResourceErrors protowire.Number = 9
+)
+
+// ErrRefusedResponse is wrapped by the codec's error for a received
+// response that would hold more than MaxResponseExpansion times its size
+// decoded. gRPC ends the stream with that error's text.
+var ErrRefusedResponse = errors.New("response refused")
+
+// responseTotals adds up the occurrences of one response (protobuf merges
+// a response written in pieces): its bytes, and what it would hold decoded.
+type responseTotals struct {
+	bytes, held int
+}
+
+// refuseResponse checks v, an encoded DeltaDiscoveryResponse (or one
+// occurrence of it, adding to t), without decoding it: each entry of its
+// lists costs what Measure counts for it (ResourceOverhead for resources
+// and for the lists of messages kds-engine does not fill, RemovedOverhead
+// for removed names) on top of its bytes.
+func refuseResponse(v []byte, t *responseTotals) error {
+	t.bytes += len(v)
+	t.held += len(v)
+	scan(v, func(num protowire.Number, typ protowire.Type, _ []byte) bool {
+		if typ != protowire.BytesType {
+			return true
+		}
+		switch num {
+		case respResources, respRemovedNames, respResourceErrors:
+			t.held += ResourceOverhead
+		case respRemoved:
+			t.held += RemovedOverhead
+		}
+		return true
+	})
+	if t.held > MaxResponseExpansion*t.bytes+ResponseExpansionSlack {
+		return fmt.Errorf("kds response of %d bytes would hold %d decoded, more than %d times its size: %w",
+			t.bytes, t.held, MaxResponseExpansion, ErrRefusedResponse)
+	}
+	return nil
+}
+
 // refuseMessage applies refuseRequest to the requests of b, an encoded
-// kds.v1.Message: its own, or those of its batch (a batch in a batch is
-// not looked into: mux refuses it).
+// kds.v1.Message, and refuseResponse to its responses: its own, or those of
+// its batch (a batch in a batch is not looked into: mux refuses it).
 func refuseMessage(b []byte, depth int) error {
 	var (
 		err    error
 		totals requestTotals // of the request, however many times written
+		resp   responseTotals
 	)
 	scan(b, func(num protowire.Number, typ protowire.Type, field []byte) bool {
 		if typ != protowire.BytesType {
@@ -141,6 +206,8 @@ func refuseMessage(b []byte, depth int) error {
 		switch {
 		case num == msgRequest:
 			err = refuseRequest(value, &totals)
+		case num == msgResponse:
+			err = refuseResponse(value, &resp)
 		case num == msgBatch && depth == 0:
 			scan(value, func(num protowire.Number, typ protowire.Type, field []byte) bool {
 				if num != batchMessages || typ != protowire.BytesType {

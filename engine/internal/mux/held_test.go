@@ -6,9 +6,11 @@ import (
 	"runtime"
 	"testing"
 
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/kds-engine/kds-engine/engine/internal/kdswire"
 	kdsv1 "github.com/kds-engine/kds-engine/proto/kds/v1"
@@ -21,13 +23,12 @@ func heapAlloc() int64 {
 	return int64(ms.HeapAlloc)
 }
 
-// A peer that fills its response queue with responses of empty resource
-// entries (2 bytes each on the wire, ~144 decoded) makes this side hold
+// A peer that fills its response queue with responses of tiny resource
+// entries (44 bytes each on the wire, ~280 decoded) makes this side hold
 // no more than the queue's byte budget: a response is counted at what it
 // holds decoded (kdswire.Measure), not at its encoding, so the session
 // ends with ErrInboundFull once that is over the budget. Counted at their
-// encoding, the queue took ~460 such responses of 2 KiB within a 1 MiB
-// budget and held ~65 MiB.
+// encoding, the queue took 6.3 times as many of them as fit its budget.
 func TestFaultResponsesAreCountedAtWhatTheyHoldDecoded(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -39,11 +40,16 @@ func TestFaultResponsesAreCountedAtWhatTheyHoldDecoded(t *testing.T) {
 	require.Equal(t, ResponseBudgetMultiple*DefaultInboundBudgetMessages*maxSize, budget)
 	wait := run(t, s)
 
-	// A response of 1000 empty resources, decoded by the KDS codec as the
-	// receive loop gets it from gRPC.
-	inner := protowire.AppendBytes(protowire.AppendTag(nil, 4, protowire.BytesType), []byte("T"))
-	inner = append(inner, bytes.Repeat([]byte{0x12, 0x00}, 1000)...)
-	wire := protowire.AppendBytes(protowire.AppendTag(nil, 2, protowire.BytesType), inner)
+	// A response of 1000 resources of 42 bytes (a two-byte name and
+	// version, an Any of 30 bytes), decoded by the KDS codec as the receive
+	// loop gets it from gRPC: ~280 bytes each decoded, within what the
+	// codec lets through before decoding (kdswire.MaxResponseExpansion).
+	resp := &discovery.DeltaDiscoveryResponse{TypeUrl: "T"}
+	for range 1000 {
+		resp.Resources = append(resp.Resources, &discovery.Resource{Name: "ab", Version: "cd", Resource: &anypb.Any{Value: make([]byte, 30)}})
+	}
+	wire, err := proto.Marshal(asResponse(resp))
+	require.NoError(t, err)
 	before := heapAlloc()
 	peak, sent := int64(0), 0
 	for ; sent < 2*s.Params().ClientCapacity && s.Err() == nil; sent++ {
@@ -55,7 +61,7 @@ func TestFaultResponsesAreCountedAtWhatTheyHoldDecoded(t *testing.T) {
 			peak = max(peak, heapAlloc()-before)
 		}
 	}
-	err := wait()
+	err = wait()
 	t.Logf("%d responses of %d bytes sent; the queue held at most %d bytes (%d KiB of heap), the budget is %d: %v",
 		sent, len(wire), s.Stats().Client.InboundBytesHighWater, peak>>10, budget, err)
 	require.ErrorIs(t, err, ErrInboundFull)

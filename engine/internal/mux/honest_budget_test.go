@@ -90,5 +90,9 @@ func TestHonestMaxSizeResponsesFitTheBudget(t *testing.T) {
 		t.Logf("%s: %d resources of %d bytes in %d bytes, counted at %d (%.2fx): %d fit the budget of %d",
 			sh.name, n, size/n, size, held, float64(held)/float64(size), fit, budget)
 		assert.GreaterOrEqual(t, fit, sh.min, sh.name)
+		// The codec lets it through (kdswire.MaxResponseExpansion).
+		b, err := proto.Marshal(m)
+		require.NoError(t, err)
+		require.NoError(t, kdswire.Unmarshal(b, &kdsv1.Message{}), sh.name)
 	}
 }
