@@ -8,7 +8,10 @@
 // writes, and [Codec.Unmarshal] yields what proto.Unmarshal yields (the
 // same message by proto.Equal, the same acceptance of malformed input),
 // except that it refuses a request that carries fields KDS does not use
-// and that decode to many times their size ([ErrRefusedRequest]).
+// and that decode to many times their size ([ErrRefusedRequest]), and a
+// response whose entries would hold more than [MaxResponseExpansion] times
+// its size decoded ([ErrRefusedResponse]). [Measure] tells what a decoded
+// message holds, which the mux counts against its byte budgets.
 // Older peers interoperate because nothing about the format changes; the
 // codec keeps the "proto" content subtype.
 //

@@ -33,11 +33,17 @@
 //     answers per type outstanding. See "Sizing the four queues" below.
 //  4. Each logical stream's inbound queue is also bounded in bytes per
 //     session ([WithInboundBudget], default [DefaultInboundBudgetMessages]
-//     × the session's max message size), and all sessions' inbound queues
-//     together by an [InboundPool] ([WithInboundPool], default size
-//     [DefaultInboundPoolBytes]). A message costs its encoded size
-//     (proto.Size of the whole session message, measured once: the size
-//     the sender counted and checked) plus [MessageOverhead].
+//     × the session's max message size for the peer's requests,
+//     [ResponseBudgetMultiple] times that for its responses), and all
+//     sessions' inbound queues together by an [InboundPool]
+//     ([WithInboundPool], default size [DefaultInboundPoolBytes]). A
+//     message costs what it holds decoded (kdswire.Measure) plus
+//     [MessageOverhead]: for a request, its encoded size (proto.Size of
+//     the whole session message, the size the sender counted and
+//     checked; the large lists stay encoded until read); for a response,
+//     its encoded size plus the decoded structures of its entries
+//     (kdswire.ResourceOverhead per resource), since a resource entry of
+//     a few bytes on the wire becomes some 250 bytes of structs decoded.
 //  5. A full queue or buffer, in messages or in the session's bytes, means
 //     the protocol was broken (by the peer, or by a local caller that
 //     ignores flow control): the session ends with [ErrBufferFull] or
@@ -143,15 +149,24 @@
 // receiver takes one at a time off the queue to validate it. A full initial
 // sync of the two heavy zone→global types (Dataplane, DataplaneInsight)
 // can put six max-size responses on the queue, a large policy set a few
-// more; 16 covers five heavy types syncing at once. Requests are small
+// more; 16 covers five heavy types syncing at once. Responses are counted
+// at what they hold decoded, which for what the sync layer sends is 1.24
+// times their encoding (1 KiB policies) to 1.85 (200-byte statuses, the
+// churn benchmark's shape) and 3.94 (resources of an empty spec, 97 bytes
+// each); so the response queue's budget is twice the request queue's
+// ([ResponseBudgetMultiple]): 25, 17 and 8 max-size responses of these
+// shapes fit, five heavy types of statuses as before, and at worst the
+// two heavy types' six
+// (TestHonestMaxSizeResponsesFitTheBudget). Requests are small
 // except subscriptions, one per type with the versions the peer holds,
 // which the sync layer's client keeps under half of this budget in flight
 // however many types subscribe at once ([Params.PeerInboundBudget]). A
 // smaller budget (two messages) would end honest sessions during large
 // initial syncs and make them reconnect; the budget is a bound against a
 // peer that ignores flow control, not a throttle. What one peer can make
-// this side hold is then at most 2 × 16 × the max message size (128 MiB at
-// the 4 MiB default) plus the one message its receive loop holds, instead
+// this side hold is then at most 3 × 16 × the max message size (192 MiB at
+// the 4 MiB default: 64 of requests, 128 of responses, counted as they
+// hold decoded) plus the one message its receive loop holds, instead
 // of (types × window + headroom) × the max message size per stream.
 //
 // Why the receive loop waits when the shared pool is exhausted instead of
