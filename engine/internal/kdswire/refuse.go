@@ -124,7 +124,7 @@ func refused(format string, args ...any) error {
 
 // A received response is counted at what it holds decoded (Measure) once
 // it is decoded, but decoding it is what costs: a response of empty
-// resource entries held 71x its encoding, 290 MiB for one 4 MiB message,
+// resource entries held 72x its encoding, 290 MiB for one 4 MiB message,
 // before anyone could count it. So the codec estimates what a response
 // will hold from its entries before decoding anything of it, and refuses
 // one that would hold more than MaxResponseExpansion times its size (plus
