@@ -40,7 +40,12 @@ func TestUnmarshalKeepsProtobufsRecursionLimit(t *testing.T) {
 			case "resource", "batched resource":
 				// Metadata{filter_metadata: {"": st}} in a Resource.
 				md := wrap(1, append([]byte{0x0a, 0x00}, wrap(2, st)...))
+				// With a value 16 times the metadata's size: nested
+				// Values cost ~60 times their bytes decoded, which the
+				// codec refuses on receipt (MaxResponseExpansion)
+				// whatever their depth.
 				res := append(wrap(3, []byte("n")), wrap(9, md)...)
+				res = append(res, wrap(2, wrap(2, make([]byte, 16*len(md))))...)
 				msg = wrap(2, wrap(2, res))
 				if where == "batched resource" {
 					msg = wrap(3, append(wrap(1, msg), wrap(1, wrap(2, nil))...))

@@ -7,6 +7,7 @@ import (
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
 // A received request waits in the peer's inbound queue counted at its
@@ -141,17 +142,20 @@ const (
 	ResponseExpansionSlack = 64 << 10
 )
 
-// Fields of envoy's DeltaDiscoveryResponse that are lists the codec counts
-// before decoding (besides resources and removed names).
-const (
-	respRemovedNames   protowire.Number = 8
-	respResourceErrors protowire.Number = 9
-)
-
 // ErrRefusedResponse is wrapped by the codec's error for a received
 // response that would hold more than MaxResponseExpansion times its size
 // decoded. gRPC ends the stream with that error's text.
 var ErrRefusedResponse = errors.New("response refused")
+
+// Per occurrence on the wire, what the estimate before decoding adds to a
+// response's bytes: a message (a struct of at most 144 bytes for these
+// types, its pointer and append's growth), a string or bytes of a list (a
+// header, with append's growth). A plain resource entry is two messages
+// (the Resource and its Any), 320 bytes against the 235 measured at most.
+const (
+	estimateMessage = 160
+	estimateListed  = 32
+)
 
 // responseTotals adds up the occurrences of one response (protobuf merges
 // a response written in pieces): its bytes, and what it would hold decoded.
@@ -159,31 +163,51 @@ type responseTotals struct {
 	bytes, held int
 }
 
+// responseDescriptor is what refuseResponse walks a response by.
+var responseDescriptor = (&discovery.DeltaDiscoveryResponse{}).ProtoReflect().Descriptor()
+
 // refuseResponse checks v, an encoded DeltaDiscoveryResponse (or one
-// occurrence of it, adding to t), without decoding it: each entry of its
-// lists costs what Measure counts for it (ResourceOverhead for resources
-// and for the lists of messages kds-engine does not fill, RemovedOverhead
-// for removed names) on top of its bytes.
+// occurrence of it, adding to t), without decoding it: it walks every
+// field the types know, however deep, and adds estimateMessage for each
+// message and estimateListed for each string of a list to its bytes.
+// Malformed input is not its concern: what it cannot read it leaves to the
+// decoder.
 func refuseResponse(v []byte, t *responseTotals) error {
 	t.bytes += len(v)
-	t.held += len(v)
-	scan(v, func(num protowire.Number, typ protowire.Type, _ []byte) bool {
-		if typ != protowire.BytesType {
-			return true
-		}
-		switch num {
-		case respResources, respRemovedNames, respResourceErrors:
-			t.held += ResourceOverhead
-		case respRemoved:
-			t.held += RemovedOverhead
-		}
-		return true
-	})
+	t.held += len(v) + estimate(v, responseDescriptor, 0)
 	if t.held > MaxResponseExpansion*t.bytes+ResponseExpansionSlack {
 		return fmt.Errorf("kds response of %d bytes would hold %d decoded, more than %d times its size: %w",
 			t.bytes, t.held, MaxResponseExpansion, ErrRefusedResponse)
 	}
 	return nil
+}
+
+// estimate is what the messages and listed strings of b, a message of
+// type d found depth levels below the response, add decoded. Past
+// protobuf's recursion limit it stops: the decoder refuses such nesting.
+func estimate(b []byte, d protoreflect.MessageDescriptor, depth int) int {
+	if depth > protowire.DefaultRecursionLimit {
+		return 0
+	}
+	n := 0
+	fields := d.Fields()
+	scan(b, func(num protowire.Number, typ protowire.Type, field []byte) bool {
+		fd := fields.ByNumber(num)
+		if fd == nil || typ != protowire.BytesType {
+			return true // unknown fields are kept as their bytes
+		}
+		switch {
+		case fd.Message() != nil:
+			n += estimateMessage
+			if _, value, _, ok := nextBytesField(field); ok {
+				n += estimate(value, fd.Message(), depth+1)
+			}
+		case fd.IsList():
+			n += estimateListed
+		}
+		return true
+	})
+	return n
 }
 
 // refuseMessage applies refuseRequest to the requests of b, an encoded
