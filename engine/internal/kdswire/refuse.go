@@ -127,12 +127,12 @@ func refused(format string, args ...any) error {
 // it is decoded, but decoding it is what costs: a response of empty
 // resource entries held 72x its encoding, 290 MiB for one 4 MiB message,
 // before anyone could count it. So the codec estimates what a response
-// will hold from its entries before decoding anything of it, and refuses
+// will hold from its fields before decoding anything of it, and refuses
 // one that would hold more than MaxResponseExpansion times its size (plus
-// ResponseExpansionSlack). What kds-engine sends is far below: an entry
+// ResponseExpansionSlack). What kds-engine sends is well below: an entry
 // always carries a name, a version and an Any whose type URL alone is 37
 // bytes, and a max-size response of resources of an empty spec (97 bytes
-// each) holds 3.94x its size.
+// each) is estimated at 4.3x its size (it holds 3.94x).
 const (
 	// MaxResponseExpansion is how many times its encoded size a received
 	// response may hold decoded, as estimated before decoding it.
