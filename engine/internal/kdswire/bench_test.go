@@ -120,3 +120,27 @@ func BenchmarkUnmarshalBatch(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkResponseEstimate: the estimate of what a received response
+// would hold decoded (refuseMessage), against decoding it (decode), on
+// the same 4 MiB response in the same run.
+func BenchmarkResponseEstimate(b *testing.B) {
+	wire, err := proto.Marshal(benchResponse(b))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("estimate", func(b *testing.B) {
+		for b.Loop() {
+			if err := refuseMessage(wire, 0, false); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("decode", func(b *testing.B) {
+		for b.Loop() {
+			if err := decode(wire, &kdsv1.Message{}, false); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

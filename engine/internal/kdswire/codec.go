@@ -122,19 +122,26 @@ func Unmarshal(b []byte, m *kdsv1.Message) error {
 
 func unmarshalOwned(b []byte, m *kdsv1.Message) error {
 	proto.Reset(m)
-	if err := refuseMessage(b, 0); err != nil {
+	if err := refuseMessage(b, 0, false); err != nil {
 		return err
 	}
-	return decode(b, m)
+	return decode(b, m, true)
 }
 
 // decode decodes b into m, an empty message, once refuseMessage let it
-// through.
-func decode(b []byte, m *kdsv1.Message) error {
+// through with its resource entries taken as plain. A message the codec
+// leaves to protobuf-go (a resource entry that is not plain, among others)
+// is checked again, deep, first, unless check is false.
+func decode(b []byte, m *kdsv1.Message, check bool) error {
 	if fastDecode {
 		if k, ok := decodeMessage(b, 0); ok {
 			m.Kind = k.Kind
 			return nil
+		}
+	}
+	if check {
+		if err := refuseMessage(b, 0, true); err != nil {
+			return err
 		}
 	}
 	if err := proto.Unmarshal(b, m); err != nil {

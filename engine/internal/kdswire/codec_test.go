@@ -313,7 +313,7 @@ func TestUnmarshalEmptyResourcesCostWhatProtobufCosts(t *testing.T) {
 	c := allocated(func() {
 		// Decoded without the refusal on receipt, which such a response
 		// meets (TestResponsesThatWouldHoldManyTimesTheirSizeAreRefusedOnReceipt).
-		if err := decode(wire, &viaCodec); err != nil {
+		if err := decode(wire, &viaCodec, false); err != nil {
 			t.Fatal(err)
 		}
 	})

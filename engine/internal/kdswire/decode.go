@@ -149,8 +149,9 @@ func nextBytesField(b []byte) (num protowire.Number, v, rest []byte, ok bool) {
 const anyChunk = 256
 
 // decodeResponse decodes a DeltaDiscoveryResponse. Its resources are
-// decoded here (decodeResource; one that is not plain goes through
-// proto.Unmarshal on its own), every other field by proto.Unmarshal with
+// decoded here (decodeResource; if one is not plain, ok is false and the
+// caller leaves the whole message to protobuf-go), every other field by
+// proto.Unmarshal with
 // Merge, run by run of consecutive fields: the same result as decoding the
 // whole message at once, since no other field touches resources.
 //
@@ -203,15 +204,14 @@ func decodeResponse(b []byte, levels int) (*discovery.DeltaDiscoveryResponse, bo
 		if len(anys) == 0 {
 			anys = make([]anypb.Any, min(anyChunk, count-i))
 		}
-		ok := decodeResource(v, r, &anys[0], &typeURL)
-		if !ok || r.Resource == &anys[0] {
-			anys = anys[1:] // taken, or written into by a decode that gave up
+		if !decodeResource(v, r, &anys[0], &typeURL) {
+			// Not plain: the whole message goes to protobuf-go, after
+			// the codec estimated, deep, what such entries hold decoded
+			// (refuseMessage).
+			return nil, false
 		}
-		if !ok {
-			r = &discovery.Resource{}
-			if nested(levels+1).Unmarshal(v, r) != nil {
-				return nil, false
-			}
+		if r.Resource == &anys[0] {
+			anys = anys[1:]
 		}
 		resp.Resources = append(resp.Resources, r)
 	}

@@ -75,7 +75,7 @@ func FuzzUnmarshal(f *testing.F) {
 		if werr == nil && errors.Is(gerr, ErrRefusedRequest) {
 			// What KDS does not use, refused on receipt: in the bytes
 			// (before decoding), or in what protobuf decoded (small).
-			if refuseMessage(b, 0) == nil && refuseDecoded(want.GetRequest()) == nil {
+			if refuseMessage(b, 0, true) == nil && refuseDecoded(want.GetRequest()) == nil {
 				t.Fatalf("codec refused what it should not: %v", gerr)
 			}
 			return
@@ -83,7 +83,7 @@ func FuzzUnmarshal(f *testing.F) {
 		if werr == nil && errors.Is(gerr, ErrRefusedResponse) {
 			// A response that would hold many times its size decoded,
 			// refused before decoding.
-			if _, held := Measure(&want); refuseMessage(b, 0) == nil || held <= MaxResponseExpansion*len(b) {
+			if _, held := Measure(&want); refuseMessage(b, 0, true) == nil || held <= MaxResponseExpansion*len(b) {
 				t.Fatalf("codec refused what it should not: %v", gerr)
 			}
 			return

@@ -107,7 +107,7 @@ func TestResponsesHoldNoMoreThanTheyAreCounted(t *testing.T) {
 		for i := range got {
 			// Decoded as the codec does, without its refusal on receipt.
 			got[i] = &kdsv1.Message{}
-			must.NoError(t, decode(bytes.Clone(b), got[i]), name)
+			must.NoError(t, decode(bytes.Clone(b), got[i], false), name)
 		}
 		held := int64(heapInUse()) - int64(before)
 		size, counted := Measure(got[0])

@@ -163,18 +163,22 @@ type responseTotals struct {
 	bytes, held int
 }
 
-// responseDescriptor is what refuseResponse walks a response by.
-var responseDescriptor = (&discovery.DeltaDiscoveryResponse{}).ProtoReflect().Descriptor()
+// The descriptors refuseResponse walks a response by.
+var (
+	responseDescriptor = (&discovery.DeltaDiscoveryResponse{}).ProtoReflect().Descriptor()
+	resourceDescriptor = (&discovery.Resource{}).ProtoReflect().Descriptor()
+)
 
 // refuseResponse checks v, an encoded DeltaDiscoveryResponse (or one
-// occurrence of it, adding to t), without decoding it: it walks every
-// field the types know, however deep, and adds estimateMessage for each
-// message and estimateListed for each string of a list to its bytes.
+// occurrence of it, adding to t), without decoding it: it walks the
+// fields the types know (see estimate for deep), and adds estimateMessage
+// for each message and estimateListed for each string of a list to its
+// bytes.
 // Malformed input is not its concern: what it cannot read it leaves to the
 // decoder.
-func refuseResponse(v []byte, t *responseTotals) error {
+func refuseResponse(v []byte, t *responseTotals, deep bool) error {
 	t.bytes += len(v)
-	t.held += len(v) + estimate(v, responseDescriptor, 0)
+	t.held += len(v) + estimate(v, responseDescriptor, 0, deep)
 	if t.held > MaxResponseExpansion*t.bytes+ResponseExpansionSlack {
 		return fmt.Errorf("kds response of %d bytes would hold %d decoded, more than %d times its size: %w",
 			t.bytes, t.held, MaxResponseExpansion, ErrRefusedResponse)
@@ -185,35 +189,71 @@ func refuseResponse(v []byte, t *responseTotals) error {
 // estimate is what the messages and listed strings of b, a message of
 // type d found depth levels below the response, add decoded. Past
 // protobuf's recursion limit it stops: the decoder refuses such nesting.
-func estimate(b []byte, d protoreflect.MessageDescriptor, depth int) int {
+// The fields of the plain form (a response's resources and removed names,
+// a resource's name, version and Any) are counted without a descriptor
+// lookup, and an Any, whose fields are a string and bytes, is not walked.
+// Unless deep, a resource entry is not walked either and counts as a
+// plain one (two messages): the codec decodes only plain entries itself,
+// and walks the whole response deep before it hands one that is not to
+// protobuf-go.
+func estimate(b []byte, d protoreflect.MessageDescriptor, depth int, deep bool) int {
 	if depth > protowire.DefaultRecursionLimit {
 		return 0
 	}
 	n := 0
-	fields := d.Fields()
-	scan(b, func(num protowire.Number, typ protowire.Type, field []byte) bool {
-		fd := fields.ByNumber(num)
-		if fd == nil || typ != protowire.BytesType {
-			return true // unknown fields are kept as their bytes
+	for len(b) > 0 {
+		num, typ, tn := protowire.ConsumeTag(b)
+		if tn < 0 {
+			return n
 		}
-		switch {
-		case fd.Message() != nil:
-			n += estimateMessage
-			if _, value, _, ok := nextBytesField(field); ok {
-				n += estimate(value, fd.Message(), depth+1)
+		if typ != protowire.BytesType {
+			fn := protowire.ConsumeFieldValue(num, typ, b[tn:])
+			if fn < 0 {
+				return n
 			}
+			b = b[tn+fn:]
+			continue
+		}
+		v, vn := protowire.ConsumeBytes(b[tn:])
+		if vn < 0 {
+			return n
+		}
+		b = b[tn+vn:]
+		switch {
+		case d == responseDescriptor && num == respResources:
+			if !deep {
+				n += 2 * estimateMessage // a plain entry: the Resource and its Any
+				continue
+			}
+			n += estimateMessage + estimate(v, resourceDescriptor, depth+1, deep)
+			continue
+		case d == responseDescriptor && num == respRemoved:
+			n += estimateListed
+			continue
+		case d == resourceDescriptor && (num == resName || num == resVersion):
+			continue
+		case d == resourceDescriptor && num == resResource:
+			n += estimateMessage // an Any: a string and bytes
+			continue
+		}
+		fd := d.Fields().ByNumber(num)
+		switch {
+		case fd == nil:
+			// An unknown field is kept as its bytes.
+		case fd.Message() != nil:
+			n += estimateMessage + estimate(v, fd.Message(), depth+1, deep)
 		case fd.IsList():
 			n += estimateListed
 		}
-		return true
-	})
+	}
 	return n
 }
 
 // refuseMessage applies refuseRequest to the requests of b, an encoded
-// kds.v1.Message, and refuseResponse to its responses: its own, or those of
-// its batch (a batch in a batch is not looked into: mux refuses it).
-func refuseMessage(b []byte, depth int) error {
+// kds.v1.Message, and refuseResponse (deep or not) to its responses: its
+// own, or those of its batch (a batch in a batch is not looked into: mux
+// refuses it).
+func refuseMessage(b []byte, depth int, deep bool) error {
 	var (
 		err    error
 		totals requestTotals // of the request, however many times written
@@ -231,14 +271,14 @@ func refuseMessage(b []byte, depth int) error {
 		case num == msgRequest:
 			err = refuseRequest(value, &totals)
 		case num == msgResponse:
-			err = refuseResponse(value, &resp)
+			err = refuseResponse(value, &resp, deep)
 		case num == msgBatch && depth == 0:
 			scan(value, func(num protowire.Number, typ protowire.Type, field []byte) bool {
 				if num != batchMessages || typ != protowire.BytesType {
 					return true
 				}
 				if _, inner, _, ok := nextBytesField(field); ok {
-					err = refuseMessage(inner, depth+1)
+					err = refuseMessage(inner, depth+1, deep)
 				}
 				return err == nil
 			})
