@@ -699,3 +699,35 @@ func resyncedSession(t *testing.T, n, maxMsg, chunk int) (*Index, *serverSession
 	ss.lockChunk = chunk
 	return ix, ss, p, ss.types["T"]
 }
+
+// A fresh subscriber whose names are copied from the index a chunk at a
+// time catches up what changed during the copy in chunks too: here every
+// name changes at the copy's first release of the lock (a resync), and no
+// later hold of the lock makes more than 2 chunks of names pending. The
+// catch-up at the end of the copy handled all of them in one hold.
+func TestFreshSubscriberCatchesUpTheCopysChangesInChunks(t *testing.T) {
+	const n, chunk = 1000, 100
+	ix, _ := sparseIndex(t, n)
+	ss, p, _ := directSession(t, ix, 1<<20)
+	ss.lockChunk = chunk
+	releases, pending, most := 0, 0, 0
+	ss.betweenChunks = func() {
+		if releases++; releases == 1 {
+			for i := range n {
+				require.NoError(t, ix.Put(res("T", "default", fmt.Sprintf("t-%06d", i), "2", 8)))
+			}
+		}
+		if st := ss.types["T"]; st != nil {
+			most = max(most, len(st.pending)-pending)
+			pending = len(st.pending)
+		}
+	}
+	require.NoError(t, ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResourceNamesSubscribe: []string{"*"}}))
+	require.Greater(t, releases, n/chunk, "the copy released the lock")
+	assert.LessOrEqual(t, most, 2*chunk, "names made pending in one hold of the lock")
+	r := nextResponse(t, p)
+	require.Len(t, r.GetResources(), n)
+	for _, x := range r.GetResources() {
+		require.Equal(t, "2", x.GetVersion(), "%s is sent at the version the index holds", x.GetName())
+	}
+}

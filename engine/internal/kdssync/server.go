@@ -861,9 +861,10 @@ func (ss *serverSession) subscribe(st *serveState, typ string, req *discovery.De
 // the fresh region. The names come sorted from the index, which keeps the
 // list for the subscriptions that follow while no name is added or
 // removed; otherwise they are copied serveLockChunk at a time under the
-// index's read lock and sorted outside it. A name added or removed during
-// the copy is marked through the subscription, taken before, and caught
-// up as any change. It returns the held count.
+// index's read lock and sorted outside it. A name changed, added or
+// removed during the copy is marked through the subscription, taken
+// before, and caught up as any change (in chunks). It returns the held
+// count.
 func (ss *serverSession) startFresh(st *serveState) int {
 	ix := ss.ix
 	ix.mu.RLock()
@@ -899,9 +900,11 @@ func (ss *serverSession) startFresh(st *serveState) int {
 		ti.keepNames(names, kept, gen)
 	}
 	// ents are the entries as of the take for every name not changed
-	// since (every name that is not pending).
+	// since (every name that is not pending). What changed during the
+	// copy (a resync may change every name) is caught up a chunk at a
+	// time, as build does.
 	st.fresh, st.freshEntries, st.region = names, ents, true
-	st.catchUp(ti)
+	ss.catchUpInChunks(st, ti)
 	st.endRegion()
 	held := st.heldCount(ti)
 	ix.mu.RUnlock()
