@@ -463,6 +463,13 @@ func (st *serveState) catchUp(ti *typeIndex) {
 // up for as long as they write.
 func (ss *serverSession) catchUpInChunks(st *serveState, ti *typeIndex) {
 	batch := st.sub.takeOrHandOver(ss.lockChunk, func(name string, was heldState) { st.changed(ti, name, was) })
+	ss.catchUpBatch(st, ti, batch)
+}
+
+// catchUpBatch is catchUpInChunks for batch, the names changed since the
+// record was last brought up to date (each with its state then), taken
+// from the subscription by the caller under the lock it holds.
+func (ss *serverSession) catchUpBatch(st *serveState, ti *typeIndex, batch map[string]heldState) {
 	for round := 1; len(batch) > 0; round++ {
 		release := round < catchUpRounds
 		// since maps the names changed after batch's take to their
@@ -917,8 +924,8 @@ func (ss *serverSession) startFresh(st *serveState) int {
 // index as of one take of the subscription but releases the index's lock
 // every serveLockChunk names: a name changed meanwhile is compared at its
 // state as of that take (recorded by the subscription, collected at every
-// re-lock), and the changes are then caught up in one hold, as a take
-// would. It returns the held count.
+// re-lock), and the changes are then caught up in chunks, as a take
+// would be. It returns the held count.
 func (ss *serverSession) startFrom(st *serveState, held map[string]string) int {
 	ix := ss.ix
 	ix.mu.RLock()
@@ -969,11 +976,11 @@ func (ss *serverSession) startFrom(st *serveState, held map[string]string) int {
 			overrides[n] = heldState{}
 		}
 	}
-	// Every later change is caught up by build and the others as usual.
+	// What changed during the comparison (a resync may change every
+	// name) is caught up a chunk at a time; every later change by build
+	// and the others as usual.
 	st.sub.take(collect)
-	for n, was := range since {
-		st.changed(ti, n, was)
-	}
+	ss.catchUpBatch(st, ti, since)
 	h := st.heldCount(ti)
 	ix.mu.RUnlock()
 	return h
