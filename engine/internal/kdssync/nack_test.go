@@ -81,13 +81,17 @@ func TestLargeRejectionListFitsTheMessageSize(t *testing.T) {
 	assert.Zero(t, st.ResourcesHeld, "the server records nothing as held")
 	assert.Contains(t, st.LastNACKError, "resources refused")
 	assert.Contains(t, st.LastNACKError, "are not sent, to fit the NACK")
-	var withReasons int
+	var withReasons, without int
 	for _, r := range st.Rejected {
-		if len(r.Errors) > 0 {
+		require.NotEmpty(t, r.Errors, "%s is shown with a reason, or a note that it was not sent", r.Name)
+		if r.Errors[0] == reasonNotSent {
+			without++
+		} else {
 			withReasons++
 		}
 	}
 	assert.Positive(t, withReasons, "reasons that fit are kept")
+	assert.Positive(t, without, "the others are shown as not sent")
 
 	// Nothing is resent: the server knows what was refused.
 	before := len(p.responses())
@@ -310,4 +314,33 @@ func TestNACKMessageShowsTheReasonPastALongName(t *testing.T) {
 			assert.Equal(t, names[i], r.GetName(), "names are never cut")
 		}
 	}
+}
+
+// A refusal that arrives without its reasons (the refusing side cut them
+// to fit its NACK in the size of the response) is shown with something:
+// the first refused with the NACK's message, which carries the first
+// one's reason, the others with a note that their reasons were not sent.
+// They were shown with no reason at all (the holders of a resource on
+// global: rejected, and nothing of why).
+func TestRefusalsWithoutReasonsAreShownWithAReason(t *testing.T) {
+	ix := NewIndex([]string{"T"})
+	for _, n := range []string{"a", "b", "c"} {
+		require.NoError(t, ix.Put(res("T", "m", n, "1", 8)))
+	}
+	ss, p, ins := directSession(t, ix, 64<<10)
+	require.NoError(t, ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResourceNamesSubscribe: []string{"*"}}))
+	r := nextResponse(t, p)
+	require.Len(t, r.GetResources(), 3)
+	msg := "2 T resources refused (the rest applied; the reasons of 1 are not sent, to fit the NACK in 1400 bytes: the refusing side's insights have them); first: m/a: spec.port: must be below 65536"
+	detail, err := rejectionStatus(3, msg, []*kdsv1.RejectedResource{{Name: "m/a", Version: "1"}, {Name: "m/b", Version: "1"}})
+	require.NoError(t, err)
+	require.NoError(t, ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResponseNonce: r.GetNonce(), ErrorDetail: detail}))
+	c, _ := ins.Get("zone-1")
+	shown := map[string][]string{}
+	for _, x := range c.Types["T"].Rejected {
+		shown[x.Name] = x.Errors
+	}
+	assert.Equal(t, []string{msg}, shown["m/a"])
+	assert.Equal(t, []string{reasonNotSent}, shown["m/b"])
+	assert.Equal(t, PeerHolding{Subscribed: true, Holds: true, Version: "1"}, ask(ss, "m/c"))
 }

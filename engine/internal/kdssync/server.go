@@ -1172,6 +1172,10 @@ func (ss *serverSession) release(f *flight) {
 	ss.budget.release(f.bytes)
 }
 
+// reasonNotSent is what insights show as the reason of a refusal that
+// arrived without one, other than the first of its NACK.
+const reasonNotSent = "the reason was not sent: the peer cut it to fit its NACK in the size of the response, and its own insights have it"
+
 // resolve applies the peer's answer to f: everything f carried is now held
 // by the peer, except what the answer rejects (all of it for an error
 // without a Rejection).
@@ -1181,6 +1185,19 @@ func (ss *serverSession) resolve(st *serveState, f *flight, detail *status.Statu
 	refused := map[string]*kdsv1.RejectedResource{}
 	for _, r := range rej.GetResources() {
 		refused[r.GetName()] = r
+	}
+	// reasons renders a refused entry's reasons for insights. One sent
+	// without them (cut to fit the NACK in the size of its response,
+	// rejectionLimit) shows the NACK's message if it is the first, whose
+	// reason the message carries, else reasonNotSent.
+	reasons := func(r *kdsv1.RejectedResource) []string {
+		if errs := fieldErrors(r.GetErrors()); len(errs) > 0 {
+			return errs
+		}
+		if r.GetName() == rej.GetResources()[0].GetName() {
+			return []string{truncate(detail.GetMessage())}
+		}
+		return []string{reasonNotSent}
 	}
 	var rejected []apitypes.RejectedResource
 	accepted := make([]string, 0, len(f.fresh)+len(f.puts)+len(f.removed))
@@ -1205,7 +1222,7 @@ func (ss *serverSession) resolve(st *serveState, f *flight, detail *status.Statu
 			st.rejected[name] = version
 			rr := apitypes.RejectedResource{Name: name, Version: version, Removal: removal}
 			if isRefused {
-				rr.Errors = fieldErrors(r.GetErrors())
+				rr.Errors = reasons(r)
 			} else {
 				rr.Errors = []string{truncate(detail.GetMessage())}
 			}
@@ -1241,7 +1258,7 @@ func (ss *serverSession) resolve(st *serveState, f *flight, detail *status.Statu
 			st.rejected[name] = version
 			rr := apitypes.RejectedResource{Name: name, Version: version}
 			if isRefused {
-				rr.Errors = fieldErrors(r.GetErrors())
+				rr.Errors = reasons(r)
 			} else {
 				rr.Errors = []string{truncate(detail.GetMessage())}
 			}
