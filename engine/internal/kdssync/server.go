@@ -1028,6 +1028,9 @@ func (ss *serverSession) collect(typ string, req *discovery.DeltaDiscoveryReques
 		rs = &resumeState{held: make(map[string]string, size)}
 	}
 	if rs.ack != "" {
+		if !part {
+			return nil, nil, fmt.Errorf(`%w: the %s subscription arrived before the answer to the previous part of its held versions (a request without "*" and without a nonce, such as an unsubscription) was ACKed`, ErrProtocol, typ)
+		}
 		return nil, nil, fmt.Errorf("%w: a %s subscription part arrived before the answer to the previous part was ACKed", ErrProtocol, typ)
 	}
 	versions := req.GetInitialResourceVersions()
