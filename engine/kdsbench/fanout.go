@@ -13,10 +13,22 @@ import (
 
 // FanoutConfig sizes the fanout mode.
 type FanoutConfig struct {
-	Zones   []int // zone counts (default 10 and 50)
-	Changes int   // measured changes per zone count (default 100)
-	N       int   // resources synced before measuring (default 100)
-	Size    int   // spec bytes (default 1 KiB)
+	Zones []int // zone counts (default 10 and 50)
+	// Changes is the measured changes per zone count and round, per path
+	// (default 500); they cycle over the N resources.
+	Changes int
+	// Rounds repeats, per zone count, the baseline's and then the
+	// engine's measurement, each with fresh servers and zones (default
+	// 3); the p99s are taken over every round's changes together.
+	Rounds int
+	N      int // resources synced before measuring (default 100)
+	Size   int // spec bytes (default 1 KiB)
+	// TraceLatency follows every engine change through its stages
+	// (changeTracer) and reports where the time goes.
+	TraceLatency bool
+	// ExecTrace, when set, is a file for a runtime/trace of the last
+	// round's measured engine changes at the largest zone count.
+	ExecTrace string
 }
 
 // Fanout measures one policy change on global reaching every one of Z
@@ -30,7 +42,10 @@ func Fanout(ctx context.Context, o Options, c FanoutConfig) (*Report, error) {
 		c.Zones = []int{10, 50}
 	}
 	if c.Changes <= 0 {
-		c.Changes = 100
+		c.Changes = 500
+	}
+	if c.Rounds <= 0 {
+		c.Rounds = 3
 	}
 	if c.N <= 0 {
 		c.N = 100
@@ -38,7 +53,6 @@ func Fanout(ctx context.Context, o Options, c FanoutConfig) (*Report, error) {
 	if c.Size <= 0 {
 		c.Size = 1024
 	}
-	c.Changes = min(c.Changes, c.N)
 	r := newReport("fanout", "one policy change reaches all of 50 zones with p99 ≤ 100 ms and ≤ 2× LinearCache's p99",
 		"zones", "path", "changes", "p50 ms", "p99 ms", "max ms")
 	v, err := newEnv(o.PluginsDir, o.Log)
@@ -46,14 +60,33 @@ func Fanout(ctx context.Context, o Options, c FanoutConfig) (*Report, error) {
 		return nil, err
 	}
 	defer v.close()
-	for _, zn := range c.Zones {
-		base, err := fanoutXDS(ctx, o, zn, c)
-		if err != nil {
-			return nil, fmt.Errorf("baseline %d zones: %w", zn, err)
+	for zi, zn := range c.Zones {
+		var base, eng []time.Duration
+		var tr *changeTracer
+		if c.TraceLatency {
+			tr = newChangeTracer()
 		}
-		eng, err := fanoutEngine(ctx, o, v, zn, c)
-		if err != nil {
-			return nil, fmt.Errorf("engine %d zones: %w", zn, err)
+		for round := range c.Rounds {
+			b, err := fanoutXDS(ctx, o, zn, c)
+			if err != nil {
+				return nil, fmt.Errorf("baseline %d zones: %w", zn, err)
+			}
+			execTrace := ""
+			if zi == len(c.Zones)-1 && round == c.Rounds-1 {
+				execTrace = c.ExecTrace
+			}
+			e, err := fanoutEngine(ctx, o, v, zn, round, c, tr, execTrace)
+			if err != nil {
+				return nil, fmt.Errorf("engine %d zones: %w", zn, err)
+			}
+			base, eng = append(base, b...), append(eng, e...)
+			if c.Rounds > 1 {
+				bp, ep := percentile(b, 0.99), percentile(e, 0.99)
+				r.note("%d zones, round %d: baseline p99 %.2f ms, engine p50 %.2f / p99 %.2f ms (%.2f×)", zn, round+1, ms(bp), ms(percentile(e, 0.5)), ms(ep), ms(ep)/ms(bp))
+			}
+		}
+		if tr != nil {
+			tr.report(r, fmt.Sprintf("%d zones:", zn), fmt.Sprintf("engine_%dz", zn))
 		}
 		for _, x := range []struct {
 			name string
@@ -68,7 +101,7 @@ func Fanout(ctx context.Context, o Options, c FanoutConfig) (*Report, error) {
 		}
 		ratio := r.Figures[fmt.Sprintf("engine_%dz_p99_ms", zn)] / r.Figures[fmt.Sprintf("baseline_%dz_p99_ms", zn)]
 		r.Figures[fmt.Sprintf("p99_ratio_%dz", zn)] = ratio
-		r.note("%d zones: the engine's p99 is %.2f× LinearCache's", zn, ratio)
+		r.note("%d zones: the engine's p99 is %.2f× LinearCache's (p99 over %d changes per path: %d rounds of %d)", zn, ratio, len(eng), c.Rounds, c.Changes)
 		if zn >= 50 && (r.Figures[fmt.Sprintf("engine_%dz_p99_ms", zn)] > 100 || ratio > 2) {
 			r.Pass = false
 		}
@@ -98,14 +131,16 @@ func fanoutXDS(ctx context.Context, o Options, zones int, c FanoutConfig) ([]tim
 			return nil, err
 		}
 	}
-	return measure(ctx, o.Progress, fmt.Sprintf("fanout %d: baseline", zones), c.Changes, zones, &a, func(i int) (string, []byte, error) {
-		name, _ := nameMarker(i)
-		return "", nil, x.cache.UpdateResource(name, wrapperspb.Bytes(specOf(fmt.Sprintf("u%d", i), c.Size)))
+	return measureOver(ctx, o.Progress, fmt.Sprintf("fanout %d: baseline", zones), c.Changes, c.N, zones, &a, nil, func(i int, name string) error {
+		return x.cache.UpdateResource(name, wrapperspb.Bytes(specOf(fmt.Sprintf("u%d", i), c.Size)))
 	})
 }
 
-func fanoutEngine(ctx context.Context, o Options, v *env, zones int, c FanoutConfig) ([]time.Duration, error) {
-	g, err := v.startLoadedGlobal(ctx, o, fmt.Sprintf("global-fanout-%d", zones), fmt.Sprintf("fanout %d: load global", zones), c.N, c.Size)
+// fanoutEngine measures round's changes of the engine to zones zones; tr
+// (nil: none) follows them, execTrace ("": none) is a file for their
+// runtime/trace.
+func fanoutEngine(ctx context.Context, o Options, v *env, zones, round int, c FanoutConfig, tr *changeTracer, execTrace string) ([]time.Duration, error) {
+	g, err := v.startLoadedGlobal(ctx, o, fmt.Sprintf("global-fanout-%d-%d", zones, round), fmt.Sprintf("fanout %d: load global", zones), c.N, c.Size)
 	if err != nil {
 		return nil, err
 	}
@@ -113,7 +148,7 @@ func fanoutEngine(ctx context.Context, o Options, v *env, zones int, c FanoutCon
 	var a arrivals
 	o.Progress.Start(fmt.Sprintf("fanout %d: start zones", zones), zones)
 	for i := range zones {
-		zc, err := v.zoneConfig(g, fmt.Sprintf("fan-%d-%d", zones, i), localAddr(g.e.KDSAddr()), "")
+		zc, err := v.zoneConfig(g, fmt.Sprintf("fan-%d-%d-%d", zones, round, i), localAddr(g.e.KDSAddr()), "")
 		if err != nil {
 			return nil, err
 		}
@@ -134,8 +169,21 @@ func fanoutEngine(ctx context.Context, o Options, v *env, zones int, c FanoutCon
 		o.Progress.Set(i + 1)
 	}
 	o.Progress.Finish()
-	return measure(ctx, o.Progress, fmt.Sprintf("fanout %d: engine", zones), c.Changes, zones, &a, func(i int) (string, []byte, error) {
-		_, err := g.e.Write(ctx, policyUpdate(i, c.Size))
-		return "", nil, err
+	if tr != nil {
+		defer tr.hook()()
+	}
+	if execTrace != "" {
+		stop, err := startExecTrace(execTrace)
+		if err != nil {
+			return nil, err
+		}
+		defer stop()
+	}
+	return measureOver(ctx, o.Progress, fmt.Sprintf("fanout %d: engine", zones), c.Changes, c.N, zones, &a, tr, func(i int, name string) error {
+		_, err := g.e.Write(ctx, policyWrite(i, name, c.Size))
+		if tr != nil {
+			tr.wrote(time.Now())
+		}
+		return err
 	})
 }
