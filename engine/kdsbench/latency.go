@@ -91,30 +91,39 @@ func measureOver(ctx context.Context, p Progress, label string, count, n, need i
 	defer p.Finish()
 	out := make([]time.Duration, 0, count)
 	for i := range count {
-		name, marker := changeName(i, n), changeMarker(i)
-		done := a.expect(name, marker, need)
-		start := time.Now()
-		if tr != nil {
-			tr.arm(marker, start)
-		}
-		if err := change(i, name); err != nil {
+		d, err := measureOne(ctx, i, n, need, a, tr, change)
+		if err != nil {
 			return nil, err
 		}
-		select {
-		case <-done:
-		case <-ctx.Done():
-			return nil, context.Cause(ctx)
-		case <-time.After(30 * time.Second):
-			return nil, fmt.Errorf("change %d of %s not seen by all %d receivers within 30s", i, name, need)
-		}
-		last := a.lastAt()
-		if tr != nil {
-			tr.finish(last)
-		}
-		out = append(out, last.Sub(start))
+		out = append(out, d)
 		p.Set(i + 1)
 	}
 	return out, nil
+}
+
+// measureOne runs change i of measureOver and returns its latency.
+func measureOne(ctx context.Context, i, n, need int, a *arrivals, tr *changeTracer, change func(i int, name string) error) (time.Duration, error) {
+	name, marker := changeName(i, n), changeMarker(i)
+	done := a.expect(name, marker, need)
+	start := time.Now()
+	if tr != nil {
+		tr.arm(marker, start)
+	}
+	if err := change(i, name); err != nil {
+		return 0, err
+	}
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return 0, context.Cause(ctx)
+	case <-time.After(30 * time.Second):
+		return 0, fmt.Errorf("change %d of %s not seen by all %d receivers within 30s", i, name, need)
+	}
+	last := a.lastAt()
+	if tr != nil {
+		tr.finish(last)
+	}
+	return last.Sub(start), nil
 }
 
 // nameMarker is the resource changed by change i and the marker its new
