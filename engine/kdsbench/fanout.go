@@ -96,6 +96,7 @@ func Fanout(ctx context.Context, o Options, c FanoutConfig) (*Report, error) {
 			r.Figures[k+"p50_ms"] = ms(p50)
 			r.Figures[k+"p99_ms"] = ms(p99)
 			r.Figures[k+"max_ms"] = ms(mx)
+			r.Figures[k+"changes"] = float64(len(x.ds))
 		}
 		ratio := r.Figures[fmt.Sprintf("engine_%dz_p99_ms", zn)] / r.Figures[fmt.Sprintf("baseline_%dz_p99_ms", zn)]
 		r.Figures[fmt.Sprintf("p99_ratio_%dz", zn)] = ratio

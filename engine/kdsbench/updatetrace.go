@@ -153,11 +153,17 @@ func (t *changeTracer) commit(c boltstore.CommitTrace) {
 	t.mu.Unlock()
 }
 
-// finish closes the armed change, which the last receiver saw at last.
+// finish closes the armed change, which the last receiver saw at last, and
+// records its stages if every one was seen; nothing is recorded until the
+// next arm.
 func (t *changeTracer) finish(last time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	defer func() { t.marker = nil }()
+	defer func() {
+		t.marker = nil
+		clear(t.carried)
+		t.sent, t.commits = t.sent[:0], t.commits[:0]
+	}()
 	var g *boltstore.CommitTrace
 	for i := range t.commits {
 		if c := &t.commits[i]; !c.Queued.Before(t.start) && !t.written.IsZero() && c.Queued.Before(t.written) {
