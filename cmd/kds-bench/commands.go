@@ -137,7 +137,7 @@ func fanoutCmd(g *globals) *cobra.Command {
 		},
 	}
 	cmd.Flags().IntSliceVar(&c.Zones, "zones", []int{10, 50}, "zone counts")
-	cmd.Flags().IntVar(&c.Changes, "changes", 1000, "measured changes per zone count, round and path (they cycle over the N resources; the paths take turns change by change)")
+	cmd.Flags().IntVar(&c.Changes, "changes", 750, "measured changes per zone count, round and path (they cycle over the N resources; the paths take turns change by change)")
 	cmd.Flags().IntVar(&c.Rounds, "rounds", 2, "rounds per zone count, each with a fresh baseline server and engines; p99s are over all rounds' changes")
 	cmd.Flags().IntVar(&c.N, "n", 100, "resources synced before measuring")
 	cmd.Flags().BoolVar(&c.TraceLatency, "trace-latency", false, "follow every engine change through its stages (the last zone's) and report where the time goes")

@@ -15,7 +15,7 @@ import (
 type FanoutConfig struct {
 	Zones []int // zone counts (default 10 and 50)
 	// Changes is the measured changes per zone count and round, per path
-	// (default 1000); they cycle over the N resources. The two paths
+	// (default 750); they cycle over the N resources. The two paths
 	// take turns change by change (baseline, engine, baseline, ...), so
 	// that the load of a shared machine falls on both alike.
 	Changes int
@@ -44,7 +44,7 @@ func Fanout(ctx context.Context, o Options, c FanoutConfig) (*Report, error) {
 		c.Zones = []int{10, 50}
 	}
 	if c.Changes <= 0 {
-		c.Changes = 1000
+		c.Changes = 750
 	}
 	if c.Rounds <= 0 {
 		c.Rounds = 2
