@@ -62,6 +62,17 @@ func hostileRequests(t *testing.T) map[string][]byte {
 		pieces = protowire.AppendBytes(pieces, piece)
 	}
 	out["node in pieces"] = pieces
+	// A small batch (below DeferMin) that does not start with the batch's
+	// tag goes to protobuf: an empty request first, which the batch after
+	// it replaces (the last of a oneof's fields wins).
+	few := &discovery.DeltaDiscoveryRequest{TypeUrl: "x"}
+	for range 4000 {
+		few.ResourceLocatorsSubscribe = append(few.ResourceLocatorsSubscribe, &discovery.ResourceLocator{})
+	}
+	lead := protowire.AppendBytes(protowire.AppendTag(nil, msgRequest, protowire.BytesType), nil)
+	out["small batch behind a request"] = append(lead, enc(&kdsv1.Message{Kind: &kdsv1.Message_Batch{Batch: &kdsv1.Batch{Messages: []*kdsv1.Message{
+		requestMsg(few),
+	}}}})...)
 	return out
 }
 
