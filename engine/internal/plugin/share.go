@@ -19,10 +19,14 @@ type sharing struct {
 	mu       sync.Mutex
 	inFlight int
 	queue    []*callGroup
+	// retrying are the callers of failed shared calls whose batches are
+	// being sent again and who have no result yet.
+	retrying map[*member]struct{}
 }
 
-// waitingCallers counts the callers queued for a shared call that have
-// not left.
+// waitingCallers counts the callers that wait for a shared call, queued
+// or for their batch to be sent again after the call failed, and have not
+// left.
 func (s *sharing) waitingCallers() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -32,6 +36,11 @@ func (s *sharing) waitingCallers() int {
 			if !me.gone {
 				n++
 			}
+		}
+	}
+	for me := range s.retrying {
+		if !me.gone {
+			n++
 		}
 	}
 	return n
@@ -317,15 +326,25 @@ func (s *sharing) retryEach(ctx context.Context, live []*member, err error, send
 		ctx, cancel = context.WithTimeout(ctx, sends.budget)
 		defer cancel()
 	}
+	s.mu.Lock()
+	if s.retrying == nil {
+		s.retrying = map[*member]struct{}{}
+	}
+	for _, me := range live {
+		s.retrying[me] = struct{}{}
+	}
+	s.mu.Unlock()
 	for _, me := range live {
 		s.mu.Lock()
 		gone := me.gone
-		s.mu.Unlock()
 		if gone || ctx.Err() != nil {
+			delete(s.retrying, me)
+			s.mu.Unlock()
 			me.err = err
 			close(me.done)
 			continue
 		}
+		s.mu.Unlock()
 		rctx, cancel := context.WithCancel(ctx)
 		stop := context.AfterFunc(me.ctx, cancel)
 		warn := func(int) context.Context { return me.ctx }
@@ -335,6 +354,9 @@ func (s *sharing) retryEach(ctx context.Context, live []*member, err error, send
 		if rerr != nil && ctx.Err() != nil {
 			res, rerr = nil, err // cut short by the budget (or the host closing)
 		}
+		s.mu.Lock()
+		delete(s.retrying, me)
+		s.mu.Unlock()
 		me.res, me.err = res, rerr
 		close(me.done)
 	}

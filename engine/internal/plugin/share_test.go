@@ -1132,3 +1132,75 @@ func TestRetryAfterATimeoutIsNotExclusive(t *testing.T) {
 	require.ErrorIs(t, err, context.DeadlineExceeded, "waits for the call in flight to end")
 	assert.EqualValues(t, 1, m.calls.Load(), "the exclusive retry was not sent")
 }
+
+// Close while the batches of a shared call that crashed the plugin wait to
+// be sent again (for a restart that does not come before Close) ends the
+// retries: every caller returns with the plugin-down error and no
+// goroutine is left. While they wait, the callers count as waiting.
+func TestCloseDuringRetriesEndsThem(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	held, leadersBack := make(chan struct{}), make(chan struct{})
+	entered := make(chan struct{}, SharedCallsInFlight)
+	var count atomic.Int32
+	hook := WithCallHook(func(int) {
+		switch n := count.Add(1); {
+		case n <= SharedCallsInFlight: // the calls in flight the others queue behind
+			entered <- struct{}{}
+			<-held
+		case n == SharedCallsInFlight+1: // the shared call: once they returned
+			<-leadersBack
+		}
+	})
+	log, _ := testLogger(t)
+	h := NewHost(pluginsDir(t, "panicky"), log, hook, WithRestartBackoff(time.Hour, time.Hour))
+	require.NoError(t, h.Start(context.Background()))
+	closed := false
+	defer func() {
+		if !closed {
+			h.Close()
+		}
+	}()
+	m := h.byName["panicky"]
+	p := func(name, spec string) *resource.Resource { return res("PanickyThing", "m", name, spec) }
+	lead := make(chan error, SharedCallsInFlight)
+	for i := range SharedCallsInFlight {
+		go func() {
+			_, err := h.ValidateBatch(context.Background(), "panicky", []*resource.Resource{p(fmt.Sprint("lead-", i), `{}`)})
+			lead <- err
+		}()
+		<-entered
+	}
+	outs := make([]chan outcome, 2)
+	for i, rs := range [][]*resource.Resource{{p("a", `{}`)}, {p("b-poison", `{"value":"crash"}`)}} {
+		outs[i] = make(chan outcome, 1)
+		go func() {
+			res, err := h.ValidateBatch(context.Background(), "panicky", rs)
+			outs[i] <- outcome{res, err}
+		}()
+		waitQueued(t, &m.share, i+1)
+	}
+	close(held)
+	for range SharedCallsInFlight {
+		require.NoError(t, <-lead)
+	}
+	close(leadersBack)
+	// The shared call crashed the plugin; the first retry waits for the
+	// restart, an hour away.
+	require.Eventually(t, func() bool {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		return m.up != nil
+	}, 20*time.Second, time.Millisecond)
+	assert.Equal(t, 2, info(t, h, "panicky").Waiting, "both callers wait for their retries")
+	require.NoError(t, h.Close())
+	closed = true
+	for i, ch := range outs {
+		select {
+		case o := <-ch:
+			require.ErrorIs(t, o.err, ErrPluginDown, "caller %d", i)
+		case <-time.After(20 * time.Second):
+			t.Fatalf("caller %d still waits after Close", i)
+		}
+	}
+	assert.Zero(t, info(t, h, "panicky").Waiting)
+}

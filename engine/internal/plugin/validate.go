@@ -41,11 +41,16 @@ import (
 // callers that fails after it was sent (the plugin exiting during it, no
 // answer within the call timeout, a malformed answer) is not the callers'
 // error yet: each caller's batch is sent again on an RPC of its own, one
-// after the other, each the only RPC in flight to the plugin and after
-// waiting for the plugin to run again (a restart, at most the call
-// timeout), and each caller gets that call's result, so only a caller
-// whose batch fails again gets an error. A shared RPC that sent nothing
-// (the plugin not running) fails every caller in it.
+// after the other, after waiting for the plugin to run again (a restart),
+// and each caller gets that call's result, so only a caller whose batch
+// fails again gets an error. After the plugin went down (it exited, its
+// connection failed) each retry is the only RPC in flight to the plugin;
+// after no answer or a malformed one, it goes beside the others. The
+// retries of one shared RPC, restart wait included, end within the call
+// timeout: a caller not answered by then gets the shared RPC's error. So a
+// caller waits at most for the calls before its group's, its group's RPC
+// and one call timeout more. A shared RPC that sent nothing (the plugin
+// not running) fails every caller in it.
 //
 // A resource is recorded as making the plugin exit (and refused from then
 // on, see docs/plugins.md) only when it was alone in an RPC that was the
