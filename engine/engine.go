@@ -510,6 +510,7 @@ func (e *Engine) feedIndex(ctx context.Context, s store.Store, ready chan<- stru
 	if err != nil {
 		return fmt.Errorf("watch store: %w", err)
 	}
+	e.watchServed(w)
 	for _, r := range items {
 		if err := e.ix.Put(r); err != nil {
 			return err
@@ -553,6 +554,17 @@ func (e *Engine) feedIndex(ctx context.Context, s store.Store, ready chan<- stru
 	}
 }
 
+// watchServed restricts the index feed's watch w to commits of the served
+// types: the index ignores every other type, and its goroutine would
+// otherwise wake up for each of them — on a zone for every change global
+// sends, on global for every status a zone sends — and compete for the
+// processor with the sessions delivering them.
+func (e *Engine) watchServed(w *store.Watch) {
+	if len(e.served) > 0 {
+		w.Only(e.served...)
+	}
+}
+
 // resyncIndex takes a new snapshot and watch and replaces the index's
 // content with the snapshot, retrying with backoff while the store fails.
 // It returns a nil watch (and no error) if ctx ends first.
@@ -561,6 +573,7 @@ func (e *Engine) resyncIndex(ctx context.Context, s store.Store) (*store.Watch, 
 	for {
 		w, items, _, err := store.SnapshotAndWatch(ctx, s, store.Filter{LocalOnly: true})
 		if err == nil {
+			e.watchServed(w)
 			if err := e.ix.Replace(items); err != nil {
 				return nil, err
 			}

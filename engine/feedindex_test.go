@@ -4,10 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/kds-engine/kds-engine/engine/internal/kdssync"
@@ -67,4 +69,35 @@ func TestFeedIndexResyncsOnLostWatch(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("feedIndex did not return")
 	}
+}
+
+// TestFeedIndexSleepsThroughOtherTypes: the index feed's goroutine does not
+// wake up for commits of types the index does not serve (on a zone, every
+// change global sends; on global, every status a zone sends).
+func TestFeedIndexSleepsThroughOtherTypes(t *testing.T) {
+	mem := memory.New()
+	defer mem.Close()
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	e := &Engine{ix: kdssync.NewIndex([]string{"T"}), served: []string{"T"}, log: hclog.NewNullLogger()}
+	var wakes atomic.Int64
+	e.testHookFeed = func() { wakes.Add(1) }
+	ready := make(chan struct{})
+	done := make(chan error, 1)
+	go func() { done <- e.feedIndex(ctx, mem, ready) }()
+	<-ready
+	for i := range 20 {
+		_, err := mem.Create(ctx, &resource.Resource{Type: "U", Name: fmt.Sprintf("u%d", i), Spec: json.RawMessage(`{}`)})
+		require.NoError(t, err)
+	}
+	// A woken feed would have run the hook by now on any machine this
+	// runs on; waiting longer only makes the check stricter.
+	time.Sleep(200 * time.Millisecond)
+	assert.Zero(t, wakes.Load(), "not woken for commits of a type the index does not serve")
+	_, err := mem.Create(ctx, &resource.Resource{Type: "T", Name: "t", Spec: json.RawMessage(`{}`)})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return e.ix.Len("T") == 1 }, 10*time.Second, time.Millisecond)
+	assert.Equal(t, int64(1), wakes.Load(), "woken for the served type's commit")
+	cancel()
+	require.NoError(t, <-done)
 }

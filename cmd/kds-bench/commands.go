@@ -115,9 +115,12 @@ func updateCmd(g *globals) *cobra.Command {
 		},
 	}
 	cmd.Flags().IntVar(&c.N, "n", 100000, "synced resources")
-	cmd.Flags().IntVar(&c.Updates, "updates", 200, "measured updates")
+	cmd.Flags().IntVar(&c.Updates, "updates", 1000, "measured engine updates (they cycle over the N resources)")
+	cmd.Flags().IntVar(&c.BaselineUpdates, "baseline-updates", 200, "measured baseline updates (LinearCache takes tens of ms each at 100k)")
 	cmd.Flags().IntVar(&c.Size, "size", 1024, "spec size in bytes")
 	cmd.Flags().BoolVar(&c.ZoneMemory, "zone-memory", false, "zone on the memory store instead of bbolt")
+	cmd.Flags().BoolVar(&c.TraceLatency, "trace-latency", false, "follow every engine update through its stages (validation, global's commit, notify, wire, zone check, queue, apply, watcher) and report where the time goes")
+	cmd.Flags().StringVar(&c.ExecTrace, "exec-trace", "", "write a runtime/trace of the measured engine updates to this file (go tool trace)")
 	return cmd
 }
 
@@ -134,8 +137,11 @@ func fanoutCmd(g *globals) *cobra.Command {
 		},
 	}
 	cmd.Flags().IntSliceVar(&c.Zones, "zones", []int{10, 50}, "zone counts")
-	cmd.Flags().IntVar(&c.Changes, "changes", 100, "measured changes per zone count")
+	cmd.Flags().IntVar(&c.Changes, "changes", 750, "measured changes per zone count, round and path (they cycle over the N resources; the paths take turns change by change)")
+	cmd.Flags().IntVar(&c.Rounds, "rounds", 2, "rounds per zone count, each with a fresh baseline server and engines; p99s are over all rounds' changes")
 	cmd.Flags().IntVar(&c.N, "n", 100, "resources synced before measuring")
+	cmd.Flags().BoolVar(&c.TraceLatency, "trace-latency", false, "follow every engine change through its stages (the last zone's) and report where the time goes")
+	cmd.Flags().StringVar(&c.ExecTrace, "exec-trace", "", "write a runtime/trace of the last round's engine changes at the largest zone count to this file (go tool trace)")
 	cmd.Flags().IntVar(&c.Size, "size", 1024, "spec size in bytes")
 	return cmd
 }

@@ -114,14 +114,20 @@ func TestModesSmoke(t *testing.T) {
 	assert.Positive(t, s.Figures["z2g_300_cpu_seconds"])
 	assert.Contains(t, s.Figures, "baseline_300_cpu_seconds")
 
-	u, err := Update(ctx, o, UpdateConfig{N: 100, Updates: 10, Size: 256})
+	// More updates than resources: they cycle over them.
+	u, err := Update(ctx, o, UpdateConfig{N: 20, Updates: 30, BaselineUpdates: 10, Size: 256, TraceLatency: true})
 	require.NoError(t, err)
 	assert.Positive(t, u.Figures["engine_p99_ms"])
 	assert.Positive(t, u.Figures["baseline_p99_ms"])
+	assert.Positive(t, u.Figures["engine_stage2_p50_ms"], "the traced global commit")
+	assert.Positive(t, u.Figures["engine_stage8_p50_ms"], "the traced zone apply")
 
-	f, err := Fanout(ctx, o, FanoutConfig{Zones: []int{2}, Changes: 5, N: 10, Size: 256})
+	f, err := Fanout(ctx, o, FanoutConfig{Zones: []int{2}, Rounds: 2, Changes: 12, N: 10, Size: 256, TraceLatency: true})
 	require.NoError(t, err)
 	assert.Positive(t, f.Figures["engine_2z_p99_ms"])
+	assert.Equal(t, float64(24), f.Figures["engine_2z_changes"], "2 rounds of 12, cycling over 10 resources")
+	assert.Equal(t, float64(24), f.Figures["baseline_2z_changes"])
+	assert.Contains(t, f.Figures, "engine_2z_stage5_p50_ms", "the traced wire stage")
 	assert.False(t, f.Pass, "the target is for 50 zones: 2 zones do not show it")
 }
 

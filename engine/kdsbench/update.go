@@ -11,10 +11,19 @@ import (
 // UpdateConfig sizes the update mode.
 type UpdateConfig struct {
 	N       int // synced resources (default 100k)
-	Updates int // measured updates (default 200)
-	Size    int // spec bytes (default 1 KiB)
-	// ZoneStore is the zone's store kind (default bolt).
+	Updates int // measured engine updates (default 1000)
+	// BaselineUpdates is the measured baseline updates (default 200:
+	// LinearCache takes tens of milliseconds per update at 100k).
+	BaselineUpdates int
+	Size            int // spec bytes (default 1 KiB)
+	// ZoneMemory puts the zone on the memory store (default bbolt).
 	ZoneMemory bool
+	// TraceLatency follows every engine update through its stages
+	// (changeTracer) and reports where the time goes.
+	TraceLatency bool
+	// ExecTrace, when set, is a file for a runtime/trace of the measured
+	// engine updates.
+	ExecTrace string
 }
 
 // Update measures single-resource update latency with N resources synced:
@@ -29,12 +38,15 @@ func Update(ctx context.Context, o Options, c UpdateConfig) (*Report, error) {
 		c.N = 100000
 	}
 	if c.Updates <= 0 {
-		c.Updates = 200
+		c.Updates = 1000
+	}
+	if c.BaselineUpdates <= 0 {
+		c.BaselineUpdates = 200
 	}
 	if c.Size <= 0 {
 		c.Size = 1024
 	}
-	c.Updates = min(c.Updates, c.N)
+	c.BaselineUpdates = min(c.BaselineUpdates, c.N)
 	r := newReport("update", "p99 ≤ 10 ms from the global write until the zone has applied it",
 		"N", "path", "updates", "p50 ms", "p99 ms", "max ms")
 
@@ -52,9 +64,8 @@ func Update(ctx context.Context, o Options, c UpdateConfig) (*Report, error) {
 	err = cl.waitCount(ctx, c.N, 2*time.Minute)
 	var base []time.Duration
 	if err == nil {
-		base, err = measure(ctx, o.Progress, "update: baseline", c.Updates, 1, &xa, func(i int) (string, []byte, error) {
-			name, _ := nameMarker(i)
-			return "", nil, x.cache.UpdateResource(name, wrapperspb.Bytes(specOf(fmt.Sprintf("u%d", i), c.Size)))
+		base, err = measureOver(ctx, o.Progress, "update: baseline", c.BaselineUpdates, c.N, 1, &xa, nil, func(i int, name string) error {
+			return x.cache.UpdateResource(name, wrapperspb.Bytes(specOf(fmt.Sprintf("u%d", i), c.Size)))
 		})
 	}
 	cl.close()
@@ -97,15 +108,34 @@ func Update(ctx context.Context, o Options, c UpdateConfig) (*Report, error) {
 		return nil, fmt.Errorf("initial sync: %w", err)
 	}
 	o.Progress.Finish()
-	var writes []time.Duration
-	eng, err := measure(ctx, o.Progress, "update: engine", c.Updates, 1, &ea, func(i int) (string, []byte, error) {
+	var tr *changeTracer
+	if c.TraceLatency {
+		tr = newChangeTracer()
+		defer tr.hook()()
+	}
+	if c.ExecTrace != "" {
+		stopTrace, err := startExecTrace(c.ExecTrace)
+		if err != nil {
+			return nil, err
+		}
+		defer stopTrace()
+	}
+	writes := make([]time.Duration, 0, c.Updates)
+	eng, err := measureOver(ctx, o.Progress, "update: engine", c.Updates, c.N, 1, &ea, tr, func(i int, name string) error {
 		start := time.Now()
-		_, err := g.e.Write(ctx, policyUpdate(i, c.Size))
-		writes = append(writes, time.Since(start))
-		return "", nil, err
+		_, err := g.e.Write(ctx, policyWrite(i, name, c.Size))
+		end := time.Now()
+		if tr != nil {
+			tr.wrote(end)
+		}
+		writes = append(writes, end.Sub(start))
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("engine: %w", err)
+	}
+	if tr != nil {
+		tr.report(r, "engine", "engine")
 	}
 	for _, x := range []struct {
 		name string

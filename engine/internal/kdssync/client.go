@@ -462,19 +462,28 @@ func (c *Client) settle(stream ClientStream, ch *checked) error {
 
 // rejectionSummary is the NACK's message: how many were refused, how many
 // of their reasons were cut to fit limit (fitRejections), and the first
-// reason.
+// reason. The first name is shortened to maxNameInSummary bytes (the
+// rejection list carries it whole), so that the reason still fits the
+// message's maxErrorText bytes after the longest names.
 func rejectionSummary(typ string, rs []*kdsv1.RejectedResource, cut, limit int) string {
 	first := rs[0]
+	name := truncateTo(first.GetName(), maxNameInSummary)
 	why := strings.Join(fieldErrors(first.GetErrors()), "; ")
 	if len(rs) == 1 {
-		return fmt.Sprintf("%s %s refused: %s", typ, first.GetName(), why)
+		return fmt.Sprintf("%s %s refused: %s", typ, name, why)
 	}
 	var note string
 	if cut > 0 {
 		note = fmt.Sprintf("; the reasons of %d are not sent, to fit the NACK in %d bytes: the refusing side's insights have them", cut, limit)
 	}
-	return fmt.Sprintf("%d %s resources refused (the rest applied%s); first: %s: %s", len(rs), typ, note, first.GetName(), why)
+	return fmt.Sprintf("%d %s resources refused (the rest applied%s); first: %s: %s", len(rs), typ, note, name, why)
 }
+
+// maxNameInSummary is how much of the first refused name a NACK's message
+// shows: after the longest type name, the note on cut reasons and the
+// counts, about 180 of the message's maxErrorText bytes are left for the
+// reason.
+const maxNameInSummary = 96
 
 // decode turns the wire resources into engine resources, stamped with the
 // connection's zone, and returns them with the removed names to apply.

@@ -21,8 +21,10 @@ import (
 // meshes), changes chosen by the input for each release of the index's
 // lock (put, delete, delete and re-create at the same version, Replace),
 // NACKs of several names of a response (puts and removals) or of a whole
-// response, a peer that re-subscribes with its refusals or starts over
-// holding nothing while responses are in flight. After every step it
+// response (listing names it does not carry too), answers of nonces never
+// sent or answered already, a peer that re-subscribes with its refusals or
+// starts over holding nothing (with or without its refusals) while
+// responses are in flight. After every step it
 // checks, besides what the peer holds (Held, the held count), what is in
 // flight (Held's Pending), that a refused version is not sent again until
 // the index changes the name, that nothing is sent that the peer holds
@@ -34,7 +36,8 @@ import (
 // cfg: bits 0-1 the response size (0 for 1 MiB, else room for about that
 // many resources), bit 2 a window of 3, bits 3-4 the names per hold of the
 // lock (0 for 1), bit 5 a change at every release besides those the input
-// queues, bit 6 all names served at the start.
+// queues, bit 6 all names served at the start, bit 7 long names that
+// share prefixes (see names below).
 func FuzzServeHostile(f *testing.F) {
 	f.Add(byte(0b1001001), []byte{3, 4, 3, 4, 3, 4})
 	f.Add(byte(0b0111010), []byte{0x1b, 0x2b, 3, 0x35, 3, 8, 3, 4, 4, 4})
@@ -52,7 +55,7 @@ func TestServeHostileRandom(t *testing.T) {
 		n = 200
 	}
 	for i := range n {
-		cfg := byte(rng.UintN(128))
+		cfg := byte(rng.UintN(256))
 		ops := make([]byte, 10+rng.IntN(60))
 		for j := range ops {
 			ops[j] = byte(rng.UintN(256))
@@ -70,8 +73,15 @@ func serveHostile(t *testing.T, cfg byte, ops []byte) {
 	}
 	type nm struct{ mesh, name, wire string }
 	var names []nm
-	for _, mesh := range []string{"m", "m-b"} {
-		for _, n := range []string{"a", "b", "c", "d"} {
+	meshes, short := []string{"m", "m-b"}, []string{"a", "b", "c", "d"}
+	if cfg&128 != 0 {
+		// Names that share long prefixes, one a prefix of another, that
+		// differ only past the 7 bytes sortWireNames packs, and meshes
+		// whose order differs from their bytes' ('.' is below '/').
+		meshes, short = []string{"m", "m.b"}, []string{"resource", "resource-0", "resource-0000000-a", "resource-0000000-b"}
+	}
+	for _, mesh := range meshes {
+		for _, n := range short {
 			names = append(names, nm{mesh, n, WireName(mesh, n)})
 		}
 	}
@@ -242,10 +252,17 @@ func serveHostile(t *testing.T, cfg byte, ops []byte) {
 			}
 		}
 	}
-	subscribe := func(fresh bool) {
+	// subscribe subscribes again; fresh starts over holding nothing, and
+	// keep then keeps the refusals of versions (a subscriber that refused
+	// everything it was sent holds nothing, and says what it refused).
+	subscribe := func(fresh, keep bool) {
 		if fresh {
 			clear(peer)
-			clear(refused)
+			for n, r := range refused {
+				if !keep || r.GetRemoval() {
+					delete(refused, n)
+				}
+			}
 		}
 		versions := map[string]string{}
 		for n, v := range peer {
@@ -265,6 +282,24 @@ func serveHostile(t *testing.T, cfg byte, ops []byte) {
 			req.ErrorDetail = detail
 		}
 		require.NoError(t, ss.handle(req))
+		collect()
+	}
+	// answered lists the nonces answered so far.
+	var answered []string
+	// bogus sends answers that answer nothing in flight: an ACK of a
+	// response answered already, and a NACK refusing every name of a
+	// nonce never sent.
+	bogus := func() {
+		if len(answered) > 0 {
+			require.NoError(t, ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResponseNonce: answered[len(answered)-1]}))
+		}
+		var rej []*kdsv1.RejectedResource
+		for _, n := range names {
+			rej = append(rej, &kdsv1.RejectedResource{Name: n.wire, Version: "v1"}, &kdsv1.RejectedResource{Name: n.wire, Removal: true})
+		}
+		detail, err := rejectionStatus(3, "refused", rej)
+		require.NoError(t, err)
+		require.NoError(t, ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResponseNonce: "never-sent", ErrorDetail: detail}))
 		collect()
 	}
 	// answer answers outs[i] (those before it skipped), refusing the
@@ -305,6 +340,17 @@ func serveHostile(t *testing.T, cfg byte, ops []byte) {
 				peer[e.name] = e.version
 			}
 		}
+		if len(rej) > 0 {
+			// A refusal of a name the response does not carry (in flight
+			// in another one, or not at all) changes nothing.
+			for _, n := range names {
+				if !slices.ContainsFunc(entries, func(e entry) bool { return e.name == n.wire }) {
+					rej = append(rej, &kdsv1.RejectedResource{Name: n.wire, Version: "v0"})
+					break
+				}
+			}
+		}
+		answered = append(answered, o.resp.GetNonce())
 		req := &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResponseNonce: o.resp.GetNonce()}
 		switch {
 		case whole:
@@ -355,7 +401,7 @@ func serveHostile(t *testing.T, cfg byte, ops []byte) {
 		}
 	}
 
-	subscribe(false)
+	subscribe(false, false)
 	for _, op := range ops {
 		arg := int(op >> 4)
 		switch op & 15 {
@@ -377,13 +423,15 @@ func serveHostile(t *testing.T, cfg byte, ops []byte) {
 				answer(0, arg, false)
 			}
 		case 6:
-			if len(outs) > 1 {
+			if arg&8 != 0 {
+				bogus()
+			} else if len(outs) > 1 {
 				answer(1, 0, false) // the first was skipped
 			}
 		case 7:
-			subscribe(false)
+			subscribe(false, false)
 		case 8:
-			subscribe(true) // starts over holding nothing
+			subscribe(true, arg&1 != 0) // starts over holding nothing
 		case 9:
 			if len(outs) > 0 {
 				answer(0, 0, true)
@@ -650,4 +698,59 @@ func resyncedSession(t *testing.T, n, maxMsg, chunk int) (*Index, *serverSession
 	}
 	ss.lockChunk = chunk
 	return ix, ss, p, ss.types["T"]
+}
+
+// A fresh subscriber whose names are copied from the index a chunk at a
+// time catches up what changed during the copy in chunks too: here every
+// name changes at the copy's first release of the lock (a resync), and no
+// later hold of the lock catches up more than 2 chunks of names. The
+// catch-up at the end of the copy handled all of them in one hold.
+//
+// The same for a subscriber that holds every name at the version served:
+// what changed while its versions were compared was caught up in one hold.
+func TestSubscriberCatchesUpTheComparisonsChangesInChunks(t *testing.T) {
+	const n, chunk = 1000, 100
+	for _, fresh := range []bool{true, false} {
+		t.Run(fmt.Sprintf("fresh=%v", fresh), func(t *testing.T) {
+			ix, versions := sparseIndex(t, n)
+			if fresh {
+				versions = nil
+			}
+			ss, p, _ := directSession(t, ix, 1<<20)
+			ss.lockChunk = chunk
+			// Each name caught up gets an override (held at 1, or not
+			// held in the fresh region), which nothing removes before
+			// the answer: the growth of overrides between releases of
+			// the lock counts the names caught up in one hold.
+			releases, overrides, most, changed := 0, 0, 0, false
+			ss.betweenChunks = func() {
+				releases++
+				st := ss.types["T"]
+				if st == nil || st.overrides == nil {
+					return // the held versions are still looked up
+				}
+				if !changed {
+					// The first release of the copy, or of the
+					// comparison.
+					changed = true
+					for i := range n {
+						require.NoError(t, ix.Put(res("T", "default", fmt.Sprintf("t-%06d", i), "2", 8)))
+					}
+				}
+				most = max(most, len(st.overrides)-overrides)
+				overrides = len(st.overrides)
+			}
+			require.NoError(t, ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResourceNamesSubscribe: []string{"*"}, InitialResourceVersions: versions}))
+			require.Greater(t, releases, n/chunk, "the subscription released the lock")
+			assert.LessOrEqual(t, most, 2*chunk, "names caught up in one hold of the lock")
+			r := nextResponse(t, p)
+			require.Len(t, r.GetResources(), n)
+			for _, x := range r.GetResources() {
+				require.Equal(t, "2", x.GetVersion(), "%s is sent at the version the index holds", x.GetName())
+			}
+			require.NoError(t, ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResponseNonce: r.GetNonce()}))
+			assert.Equal(t, PeerHolding{Subscribed: true, Holds: true, Version: "2"}, ask(ss, "default/t-000001"))
+			assert.Empty(t, ss.types["T"].overrides)
+		})
+	}
 }

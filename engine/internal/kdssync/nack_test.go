@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/stretchr/testify/assert"
@@ -80,13 +81,17 @@ func TestLargeRejectionListFitsTheMessageSize(t *testing.T) {
 	assert.Zero(t, st.ResourcesHeld, "the server records nothing as held")
 	assert.Contains(t, st.LastNACKError, "resources refused")
 	assert.Contains(t, st.LastNACKError, "are not sent, to fit the NACK")
-	var withReasons int
+	var withReasons, without int
 	for _, r := range st.Rejected {
-		if len(r.Errors) > 0 {
+		require.NotEmpty(t, r.Errors, "%s is shown with a reason, or a note that it was not sent", r.Name)
+		if r.Errors[0] == reasonNotSent {
+			without++
+		} else {
 			withReasons++
 		}
 	}
 	assert.Positive(t, withReasons, "reasons that fit are kept")
+	assert.Positive(t, without, "the others are shown as not sent")
 
 	// Nothing is resent: the server knows what was refused.
 	before := len(p.responses())
@@ -211,4 +216,131 @@ func BenchmarkRejectionLimit(b *testing.B) {
 	}
 	b.ReportMetric(float64(len(wire)), "response-bytes")
 	b.ReportMetric(float64(limit)/float64(decode), "limit/decode")
+}
+
+// refuseWith refuses every resource with errs.
+type refuseWith []resource.FieldError
+
+func (errs refuseWith) Validate(_ context.Context, rs []*resource.Resource) error {
+	inv := make([]resource.InvalidResource, 0, len(rs))
+	for _, r := range rs {
+		inv = append(inv, resource.InvalidResource{Key: r.Key(), Errors: errs})
+	}
+	return &resource.ValidationError{Invalid: inv}
+}
+
+// answerTo runs a client of type T with validator v, hands it resp once it
+// has subscribed, and returns its answer, or the error that ended it.
+func answerTo(t *testing.T, v Validator, resp *discovery.DeltaDiscoveryResponse) (*discovery.DeltaDiscoveryRequest, error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	p := newPipe(ctx)
+	cli := NewClient([]string{"T"}, newMemSink(), v, "global", "zone-1", WithClientMaxMessageSize(256<<10))
+	var runErr error
+	ended := make(chan struct{})
+	go func() { defer close(ended); runErr = cli.Run(ctx, clientEnd{p}) }()
+	defer func() { cancel(); <-ended }()
+	for i := range 2 {
+		select {
+		case r := <-p.reqs:
+			if i == 0 {
+				require.Empty(t, r.GetResponseNonce(), "the subscription")
+				p.resps <- resp
+				continue
+			}
+			return r, nil
+		case <-ended:
+			return nil, runErr
+		case <-time.After(10 * time.Second):
+			t.Fatal("no request")
+		}
+	}
+	return nil, nil
+}
+
+// responseOf is a response of type T carrying resources of the wire names
+// given (mesh-scoped), at version 1.
+func responseOf(t *testing.T, wireNames ...string) *discovery.DeltaDiscoveryResponse {
+	t.Helper()
+	resp := &discovery.DeltaDiscoveryResponse{TypeUrl: TypeURL("T"), Nonce: "1"}
+	for _, n := range wireNames {
+		mesh, name := splitXDSName(n)
+		w, err := Encode(res("T", mesh, name, "1", 4))
+		require.NoError(t, err)
+		resp.Resources = append(resp.Resources, w)
+	}
+	return resp
+}
+
+// A reason whose text is not UTF-8 (a validator's or a plugin's message
+// quoting bytes of the refused spec) does not keep the NACK from being
+// encoded: the refusal goes out with the bad bytes replaced, and the
+// session goes on. Encoding the rejection list failed on it, which ended
+// the session, and every reconnect met the same resource again.
+func TestNACKReasonNotUTF8(t *testing.T) {
+	nack, err := answerTo(t, refuseWith{{Field: "spec.k\xff", Message: "value \"\xfe\xfd\" is not allowed"}}, responseOf(t, "default/a"))
+	require.NoError(t, err, "the client's session goes on")
+	rej, err := RejectionOf(nack.GetErrorDetail())
+	require.NoError(t, err)
+	require.Len(t, rej.GetResources(), 1)
+	r := rej.GetResources()[0]
+	assert.Equal(t, "default/a", r.GetName())
+	require.Len(t, r.GetErrors(), 1)
+	assert.Equal(t, "spec.k\uFFFD", r.GetErrors()[0].GetField())
+	assert.Equal(t, "value \"\uFFFD\" is not allowed", r.GetErrors()[0].GetMessage())
+	assert.True(t, utf8.ValidString(nack.GetErrorDetail().GetMessage()))
+	assert.Contains(t, nack.GetErrorDetail().GetMessage(), "is not allowed")
+}
+
+// The NACK's message (cut at maxErrorText bytes) shows the first refused
+// resource's reason even when its name is as long as names get (a mesh and
+// a name of validate.MaxNameLength each): the name is shortened there, and
+// carried whole in the rejection list. The message showed the name and
+// nothing of why ("T mmm…m re…").
+func TestNACKMessageShowsTheReasonPastALongName(t *testing.T) {
+	long := strings.Repeat("m", 253) + "/" + strings.Repeat("n", 252)
+	why := refuseWith{{Field: "spec.port", Message: "must be below 65536, got 70000"}}
+	for _, names := range [][]string{{long + "a"}, {long + "a", long + "b", long + "c"}} {
+		nack, err := answerTo(t, why, responseOf(t, names...))
+		require.NoError(t, err)
+		msg := nack.GetErrorDetail().GetMessage()
+		assert.LessOrEqual(t, len(msg), maxErrorText+len("…"))
+		assert.Contains(t, msg, "spec.port: must be below 65536, got 70000", "%d refused", len(names))
+		assert.Contains(t, msg, long[:40], "the start of the name")
+		rej, err := RejectionOf(nack.GetErrorDetail())
+		require.NoError(t, err)
+		for i, r := range rej.GetResources() {
+			assert.Equal(t, names[i], r.GetName(), "names are never cut")
+		}
+	}
+}
+
+// A refusal that arrives without its reasons (the refusing side cut them
+// to fit its NACK in the size of the response) is shown with something:
+// the first refused with the NACK's message, which carries the first
+// one's reason, the others with a note that their reasons were not sent.
+// They were shown with no reason at all (the holders of a resource on
+// global: rejected, and nothing of why).
+func TestRefusalsWithoutReasonsAreShownWithAReason(t *testing.T) {
+	ix := NewIndex([]string{"T"})
+	for _, n := range []string{"a", "b", "c"} {
+		require.NoError(t, ix.Put(res("T", "m", n, "1", 8)))
+	}
+	ss, p, ins := directSession(t, ix, 64<<10)
+	require.NoError(t, ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResourceNamesSubscribe: []string{"*"}}))
+	r := nextResponse(t, p)
+	require.Len(t, r.GetResources(), 3)
+	msg := "2 T resources refused (the rest applied; the reasons of 1 are not sent, to fit the NACK in 1400 bytes: the refusing side's insights have them); first: m/a: spec.port: must be below 65536"
+	detail, err := rejectionStatus(3, msg, []*kdsv1.RejectedResource{{Name: "m/a", Version: "1"}, {Name: "m/b", Version: "1"}})
+	require.NoError(t, err)
+	require.NoError(t, ss.handle(&discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResponseNonce: r.GetNonce(), ErrorDetail: detail}))
+	c, _ := ins.Get("zone-1")
+	shown := map[string][]string{}
+	for _, x := range c.Types["T"].Rejected {
+		shown[x.Name] = x.Errors
+	}
+	assert.Equal(t, []string{msg}, shown["m/a"])
+	assert.Equal(t, []string{reasonNotSent}, shown["m/b"])
+	assert.Equal(t, PeerHolding{Subscribed: true, Holds: true, Version: "1"}, ask(ss, "m/c"))
 }

@@ -360,13 +360,17 @@ func TestSubscriptionsWaitForRoom(t *testing.T) {
 }
 
 // nextRequest waits for the client's next request on p; the test fails if
-// the client ends (done) or none comes within 10 s.
-func nextRequest(t *testing.T, p *pipe, done <-chan error) *discovery.DeltaDiscoveryRequest {
+// the client ends (done) or none comes within 10 s. The client's error is
+// put back on done (of room for one), so that the test's deferred wait for
+// the client still returns: taking it made a client that ended hang the
+// test until the test binary's timeout instead of failing it.
+func nextRequest(t *testing.T, p *pipe, done chan error) *discovery.DeltaDiscoveryRequest {
 	t.Helper()
 	select {
 	case r := <-p.reqs:
 		return r
 	case err := <-done:
+		done <- err
 		t.Fatalf("the client ended: %v", err)
 	case <-time.After(10 * time.Second):
 		t.Fatal("no request")

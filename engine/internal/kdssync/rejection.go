@@ -3,6 +3,7 @@ package kdssync
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"unicode/utf8"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -169,12 +170,25 @@ func fieldErrors(errs []*kdsv1.FieldError) []string {
 	return out
 }
 
-// truncate bounds a peer-supplied text kept in memory or logged.
-func truncate(s string) string {
-	if len(s) <= maxErrorText {
+// truncate bounds a text kept in memory, logged or sent in an answer (a
+// peer's, or a reason this side gives) to maxErrorText bytes and makes it
+// valid UTF-8 (see truncateTo).
+func truncate(s string) string { return truncateTo(s, maxErrorText) }
+
+// truncateTo cuts s to at most n bytes at a rune boundary, marking the cut
+// with "…", and replaces what is not UTF-8 in it with U+FFFD: protobuf
+// refuses to encode a string field that is not, and a reason quoting bytes
+// of a refused spec would otherwise keep the NACK carrying it from being
+// sent (which ends the session, and every reconnect meets the resource
+// again).
+func truncateTo(s string, n int) string {
+	if !utf8.ValidString(s) {
+		s = strings.ToValidUTF8(s, "\uFFFD")
+	}
+	if len(s) <= n {
 		return s
 	}
-	cut := maxErrorText
+	cut := n
 	for cut > 0 && !utf8.RuneStart(s[cut]) {
 		cut--
 	}

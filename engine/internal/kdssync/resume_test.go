@@ -590,3 +590,19 @@ func TestResumeNameLimitCountsTheSubscription(t *testing.T) {
 	require.NoError(t, err)
 	assert.LessOrEqual(t, requestNames(first, rej), MaxNamesPerRequest, "what a server accepts")
 }
+
+// A subscription that arrives before the answer to the previous part was
+// ACKed ends the session with an error that says it was the subscription,
+// and what counts as a part: a peer that unsubscribed (a request without
+// "*" and without a nonce) and then subscribed again without answering
+// was told that a subscription part had arrived.
+func TestSubscriptionBeforePartAnswerEndsSession(t *testing.T) {
+	ix := NewIndex([]string{"T"})
+	require.NoError(t, ix.Put(res("T", "", "a", "1", 1)))
+	p := newPipe(t.Context())
+	p.reqs <- &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResourceNamesUnsubscribe: []string{"*"}}
+	p.reqs <- &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResourceNamesSubscribe: []string{"*"}}
+	err := NewServer(ix).Serve(t.Context(), serverEnd{p}, "zone-1")
+	require.ErrorIs(t, err, ErrProtocol)
+	assert.Contains(t, err.Error(), `the T subscription arrived before the answer to the previous part of its held versions (a request without "*" and without a nonce, such as an unsubscription) was ACKed`)
+}

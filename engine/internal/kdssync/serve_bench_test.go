@@ -1,6 +1,7 @@
 package kdssync
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"fmt"
@@ -215,4 +216,38 @@ func TestSortWireNames(t *testing.T) {
 		}
 		require.Equal(t, want, names, "round %d", round)
 	}
+}
+
+// FuzzSortWireNames checks sortWireNames against compareWireNames on any
+// names: empty ones, names listed twice, long shared prefixes, names that
+// differ only past the 7 bytes it packs, bytes around '/', and names
+// without the prefix the first ones share. data holds the names separated
+// by 0xff; prefix is put before each.
+func FuzzSortWireNames(f *testing.F) {
+	f.Add("m/resource-0000000-", []byte("a\xffb\xff\xffa\xff/x\xff-\xff.\xff"))
+	f.Add("", []byte("default/p-1\xffdefault-2/p-1\xffdefault/p-10\xffa/b\xffa-b"))
+	f.Fuzz(func(t *testing.T, prefix string, data []byte) {
+		var names []string
+		for i, s := range bytes.Split(data, []byte{0xff}) {
+			if i%5 == 4 {
+				names = append(names, string(s)) // without the prefix
+				continue
+			}
+			names = append(names, prefix+string(s))
+		}
+		want := slices.Clone(names)
+		slices.SortStableFunc(want, compareWireNames)
+		ents := make([]entry, len(names))
+		for i, n := range names {
+			ents[i] = entry{res: &discovery.Resource{Name: n}}
+		}
+		got := slices.Clone(names)
+		sortWireNames(got)
+		require.Equal(t, want, got)
+		sortWireNamesWith(names, ents)
+		require.Equal(t, want, names)
+		for i, e := range ents {
+			require.Equal(t, names[i], e.res.GetName(), "the entries move with the names")
+		}
+	})
 }

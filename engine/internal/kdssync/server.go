@@ -463,6 +463,13 @@ func (st *serveState) catchUp(ti *typeIndex) {
 // up for as long as they write.
 func (ss *serverSession) catchUpInChunks(st *serveState, ti *typeIndex) {
 	batch := st.sub.takeOrHandOver(ss.lockChunk, func(name string, was heldState) { st.changed(ti, name, was) })
+	ss.catchUpBatch(st, ti, batch)
+}
+
+// catchUpBatch is catchUpInChunks for batch, the names changed since the
+// record was last brought up to date (each with its state then), taken
+// from the subscription by the caller under the lock it holds.
+func (ss *serverSession) catchUpBatch(st *serveState, ti *typeIndex, batch map[string]heldState) {
 	for round := 1; len(batch) > 0; round++ {
 		release := round < catchUpRounds
 		// since maps the names changed after batch's take to their
@@ -861,9 +868,10 @@ func (ss *serverSession) subscribe(st *serveState, typ string, req *discovery.De
 // the fresh region. The names come sorted from the index, which keeps the
 // list for the subscriptions that follow while no name is added or
 // removed; otherwise they are copied serveLockChunk at a time under the
-// index's read lock and sorted outside it. A name added or removed during
-// the copy is marked through the subscription, taken before, and caught
-// up as any change. It returns the held count.
+// index's read lock and sorted outside it. A name changed, added or
+// removed during the copy is marked through the subscription, taken
+// before, and caught up as any change (in chunks). It returns the held
+// count.
 func (ss *serverSession) startFresh(st *serveState) int {
 	ix := ss.ix
 	ix.mu.RLock()
@@ -899,9 +907,11 @@ func (ss *serverSession) startFresh(st *serveState) int {
 		ti.keepNames(names, kept, gen)
 	}
 	// ents are the entries as of the take for every name not changed
-	// since (every name that is not pending).
+	// since (every name that is not pending). What changed during the
+	// copy (a resync may change every name) is caught up a chunk at a
+	// time, as build does.
 	st.fresh, st.freshEntries, st.region = names, ents, true
-	st.catchUp(ti)
+	ss.catchUpInChunks(st, ti)
 	st.endRegion()
 	held := st.heldCount(ti)
 	ix.mu.RUnlock()
@@ -914,8 +924,8 @@ func (ss *serverSession) startFresh(st *serveState) int {
 // index as of one take of the subscription but releases the index's lock
 // every serveLockChunk names: a name changed meanwhile is compared at its
 // state as of that take (recorded by the subscription, collected at every
-// re-lock), and the changes are then caught up in one hold, as a take
-// would. It returns the held count.
+// re-lock), and the changes are then caught up in chunks, as a take
+// would be. It returns the held count.
 func (ss *serverSession) startFrom(st *serveState, held map[string]string) int {
 	ix := ss.ix
 	ix.mu.RLock()
@@ -966,11 +976,11 @@ func (ss *serverSession) startFrom(st *serveState, held map[string]string) int {
 			overrides[n] = heldState{}
 		}
 	}
-	// Every later change is caught up by build and the others as usual.
+	// What changed during the comparison (a resync may change every
+	// name) is caught up a chunk at a time; every later change by build
+	// and the others as usual.
 	st.sub.take(collect)
-	for n, was := range since {
-		st.changed(ti, n, was)
-	}
+	ss.catchUpBatch(st, ti, since)
 	h := st.heldCount(ti)
 	ix.mu.RUnlock()
 	return h
@@ -1018,6 +1028,9 @@ func (ss *serverSession) collect(typ string, req *discovery.DeltaDiscoveryReques
 		rs = &resumeState{held: make(map[string]string, size)}
 	}
 	if rs.ack != "" {
+		if !part {
+			return nil, nil, fmt.Errorf(`%w: the %s subscription arrived before the answer to the previous part of its held versions (a request without "*" and without a nonce, such as an unsubscription) was ACKed`, ErrProtocol, typ)
+		}
 		return nil, nil, fmt.Errorf("%w: a %s subscription part arrived before the answer to the previous part was ACKed", ErrProtocol, typ)
 	}
 	versions := req.GetInitialResourceVersions()
@@ -1162,6 +1175,10 @@ func (ss *serverSession) release(f *flight) {
 	ss.budget.release(f.bytes)
 }
 
+// reasonNotSent is what insights show as the reason of a refusal that
+// arrived without one, other than the first of its NACK.
+const reasonNotSent = "the reason was not sent: the peer cut it to fit its NACK in the size of the response, and its own insights have it"
+
 // resolve applies the peer's answer to f: everything f carried is now held
 // by the peer, except what the answer rejects (all of it for an error
 // without a Rejection).
@@ -1171,6 +1188,19 @@ func (ss *serverSession) resolve(st *serveState, f *flight, detail *status.Statu
 	refused := map[string]*kdsv1.RejectedResource{}
 	for _, r := range rej.GetResources() {
 		refused[r.GetName()] = r
+	}
+	// reasons renders a refused entry's reasons for insights. One sent
+	// without them (cut to fit the NACK in the size of its response,
+	// rejectionLimit) shows the NACK's message if it is the first, whose
+	// reason the message carries, else reasonNotSent.
+	reasons := func(r *kdsv1.RejectedResource) []string {
+		if errs := fieldErrors(r.GetErrors()); len(errs) > 0 {
+			return errs
+		}
+		if r.GetName() == rej.GetResources()[0].GetName() {
+			return []string{truncate(detail.GetMessage())}
+		}
+		return []string{reasonNotSent}
 	}
 	var rejected []apitypes.RejectedResource
 	accepted := make([]string, 0, len(f.fresh)+len(f.puts)+len(f.removed))
@@ -1195,7 +1225,7 @@ func (ss *serverSession) resolve(st *serveState, f *flight, detail *status.Statu
 			st.rejected[name] = version
 			rr := apitypes.RejectedResource{Name: name, Version: version, Removal: removal}
 			if isRefused {
-				rr.Errors = fieldErrors(r.GetErrors())
+				rr.Errors = reasons(r)
 			} else {
 				rr.Errors = []string{truncate(detail.GetMessage())}
 			}
@@ -1231,7 +1261,7 @@ func (ss *serverSession) resolve(st *serveState, f *flight, detail *status.Statu
 			st.rejected[name] = version
 			rr := apitypes.RejectedResource{Name: name, Version: version}
 			if isRefused {
-				rr.Errors = fieldErrors(r.GetErrors())
+				rr.Errors = reasons(r)
 			} else {
 				rr.Errors = []string{truncate(detail.GetMessage())}
 			}

@@ -92,9 +92,9 @@ func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
 		if err := fallback().Unmarshal(data, v); err != nil || !ok {
 			return err
 		}
-		// A small request, decoded whole: what it costs decoded is
-		// bounded by its size, and it is refused before it is queued.
-		if err := refuseDecoded(m.GetRequest()); err != nil {
+		// A small request or batch, decoded whole: what it costs decoded
+		// is bounded by its size, and it is refused before it is queued.
+		if err := refuseDecoded(m); err != nil {
 			proto.Reset(m)
 			return err
 		}

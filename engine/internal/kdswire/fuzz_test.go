@@ -75,7 +75,7 @@ func FuzzUnmarshal(f *testing.F) {
 		if werr == nil && errors.Is(gerr, ErrRefusedRequest) {
 			// What KDS does not use, refused on receipt: in the bytes
 			// (before decoding), or in what protobuf decoded (small).
-			if refuseMessage(b, 0, true) == nil && refuseDecoded(want.GetRequest()) == nil {
+			if refuseMessage(b, 0, true) == nil && refuseDecoded(&want) == nil {
 				t.Fatalf("codec refused what it should not: %v", gerr)
 			}
 			return

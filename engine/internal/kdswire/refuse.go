@@ -8,6 +8,8 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
+
+	kdsv1 "github.com/kds-engine/kds-engine/proto/kds/v1"
 )
 
 // A received request waits in the peer's inbound queue counted at its
@@ -101,9 +103,26 @@ func refuseRequest(v []byte, t *requestTotals) error {
 	return err
 }
 
-// refuseDecoded is refuseRequest for a request decoded already (a small
-// one, which protobuf decoded from gRPC's buffer).
-func refuseDecoded(r *discovery.DeltaDiscoveryRequest) error {
+// refuseDecoded is refuseMessage for m, a message decoded already (a small
+// one, which protobuf decoded from gRPC's buffer): its request, or the
+// requests of its batch. A message's bytes may hold other fields before
+// its batch (the last of a oneof's fields wins), so a small batch is not
+// always one that starts with the batch's tag and takes refuseMessage's
+// path.
+func refuseDecoded(m *kdsv1.Message) error {
+	if b := m.GetBatch(); b != nil {
+		for _, inner := range b.GetMessages() {
+			if err := refuseDecodedRequest(inner.GetRequest()); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return refuseDecodedRequest(m.GetRequest())
+}
+
+// refuseDecodedRequest is refuseRequest for a request decoded already.
+func refuseDecodedRequest(r *discovery.DeltaDiscoveryRequest) error {
 	switch {
 	case r == nil:
 		return nil

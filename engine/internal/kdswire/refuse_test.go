@@ -62,6 +62,17 @@ func hostileRequests(t *testing.T) map[string][]byte {
 		pieces = protowire.AppendBytes(pieces, piece)
 	}
 	out["node in pieces"] = pieces
+	// A small batch (below DeferMin) that does not start with the batch's
+	// tag goes to protobuf: an empty request first, which the batch after
+	// it replaces (the last of a oneof's fields wins).
+	few := &discovery.DeltaDiscoveryRequest{TypeUrl: "x"}
+	for range 4000 {
+		few.ResourceLocatorsSubscribe = append(few.ResourceLocatorsSubscribe, &discovery.ResourceLocator{})
+	}
+	lead := protowire.AppendBytes(protowire.AppendTag(nil, msgRequest, protowire.BytesType), nil)
+	out["small batch behind a request"] = append(lead, enc(&kdsv1.Message{Kind: &kdsv1.Message_Batch{Batch: &kdsv1.Batch{Messages: []*kdsv1.Message{
+		requestMsg(few),
+	}}}})...)
 	return out
 }
 
@@ -110,4 +121,61 @@ func TestRequestsWithASmallNodeOrARejectionAreAccepted(t *testing.T) {
 		must.NoError(t, Expand(got.GetRequest()))
 		assert.True(t, proto.Equal(want, &got))
 	}
+}
+
+// A node's bound is the same on both decode paths (a small request decoded
+// by protobuf, a large one by the codec): a node of exactly MaxNodeBytes
+// passes, one byte more is refused. A node written in pieces is where
+// they differ, on the safe side: the codec's path adds up the pieces'
+// bytes, protobuf's measures the node it merged (here the second piece's
+// id replaces the first's), so only the codec's path refuses it.
+func TestNodeBoundAgreesOnBothPaths(t *testing.T) {
+	node := func(size int) *core.Node {
+		n := &core.Node{Id: "n"}
+		n.Id = strings.Repeat("n", size-(proto.Size(n)-1))
+		for proto.Size(n) > size { // the length's varint grew
+			n.Id = n.Id[1:]
+		}
+		must.Equal(t, size, proto.Size(n))
+		return n
+	}
+	small := func(n *core.Node) []byte {
+		b, err := proto.Marshal(requestMsg(&discovery.DeltaDiscoveryRequest{TypeUrl: "x", Node: n}))
+		must.NoError(t, err)
+		must.Less(t, len(b), DeferMin)
+		return b
+	}
+	large := func(n *core.Node) []byte {
+		r := heldRequest(400)
+		r.Node = n
+		b, err := proto.Marshal(requestMsg(r))
+		must.NoError(t, err)
+		must.GreaterOrEqual(t, len(b), DeferMin)
+		return b
+	}
+	decode := func(b []byte) error {
+		var m kdsv1.Message
+		return (Codec{}).Unmarshal(split(b, 3), &m)
+	}
+	for name, enc := range map[string]func(*core.Node) []byte{"small": small, "large": large} {
+		assert.NoError(t, decode(enc(node(MaxNodeBytes))), "%s: a node of exactly %d bytes", name, MaxNodeBytes)
+		assert.ErrorIs(t, decode(enc(node(MaxNodeBytes+1))), ErrRefusedRequest, "%s: one byte more", name)
+	}
+
+	// The same request's node in two pieces of 600 bytes: 1200 written,
+	// 600 merged.
+	piece := func(b []byte) []byte {
+		r, err := proto.Marshal(&discovery.DeltaDiscoveryRequest{Node: node(600)})
+		must.NoError(t, err)
+		return protowire.AppendBytes(protowire.AppendTag(b, msgRequest, protowire.BytesType), r)
+	}
+	pieces := piece(piece(nil))
+	assert.NoError(t, decode(pieces), "small: protobuf's merged node is within the bound")
+	padded := pieces
+	for len(padded) < DeferMin {
+		r, err := proto.Marshal(&discovery.DeltaDiscoveryRequest{ResourceNamesSubscribe: []string{strings.Repeat("s", 1000)}})
+		must.NoError(t, err)
+		padded = protowire.AppendBytes(protowire.AppendTag(padded, msgRequest, protowire.BytesType), r)
+	}
+	assert.ErrorIs(t, decode(padded), ErrRefusedRequest, "large: the pieces' bytes add up")
 }

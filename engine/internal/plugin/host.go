@@ -85,7 +85,7 @@ type PluginInfo struct {
 	LastError string // why the plugin last failed or went down; "" if never
 	PID       int    // 0 unless running
 	Calls     int64  // Validate RPCs sent
-	Waiting   int    // callers queued for a shared Validate RPC (see Host.ValidateBatch)
+	Waiting   int    // callers waiting for a shared Validate RPC: queued, or sent again after it failed (see Host.ValidateBatch)
 }
 
 // Option configures a Host.

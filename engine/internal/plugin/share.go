@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/kds-engine/kds-engine/engine/internal/resource"
 )
@@ -18,10 +19,14 @@ type sharing struct {
 	mu       sync.Mutex
 	inFlight int
 	queue    []*callGroup
+	// retrying are the callers of failed shared calls whose batches are
+	// being sent again and who have no result yet.
+	retrying map[*member]struct{}
 }
 
-// waitingCallers counts the callers queued for a shared call that have
-// not left.
+// waitingCallers counts the callers that wait for a shared call, queued
+// or for their batch to be sent again after the call failed, and have not
+// left.
 func (s *sharing) waitingCallers() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -31,6 +36,11 @@ func (s *sharing) waitingCallers() int {
 			if !me.gone {
 				n++
 			}
+		}
+	}
+	for me := range s.retrying {
+		if !me.gone {
+			n++
 		}
 	}
 	return n
@@ -75,21 +85,23 @@ func (h *Host) shareable(rs []*resource.Resource) (int, bool) {
 	return bytes, true
 }
 
-// sendFunc sends rs in one RPC; warnCtx(i), when warnCtx is set, is the
-// context whose warnings collector takes the warnings about rs[i].
-type sendFunc func(ctx context.Context, rs []*resource.Resource, warnCtx func(i int) context.Context) (map[int][]resource.FieldError, error)
-
 // sharedSends is how a sharing sends.
 type sharedSends struct {
-	// send sends one RPC; shared tells whether it holds several callers'
-	// batches.
+	// send sends rs in one RPC; shared tells whether it holds several
+	// callers' batches; warnCtx(i), when warnCtx is set, is the context
+	// whose warnings collector takes the warnings about rs[i].
 	send func(ctx context.Context, rs []*resource.Resource, warnCtx func(i int) context.Context, shared bool) (map[int][]resource.FieldError, error)
 	// alone sends one caller's batch again, on an RPC of its own, after
-	// the shared RPC it was in failed with an error that retry accepts.
-	// Nil: a failed RPC fails every caller in it.
-	alone sendFunc
+	// the shared RPC it was in failed with after, an error that retry
+	// accepts. Nil: a failed RPC fails every caller in it.
+	alone func(ctx context.Context, rs []*resource.Resource, warnCtx func(i int) context.Context, after error) (map[int][]resource.FieldError, error)
 	// retry tells whether a shared RPC's error is worth sending again.
 	retry func(err error) bool
+	// budget bounds the retries of one failed shared RPC together, the
+	// wait for the plugin's restart included: a caller whose batch has not
+	// been sent again, or whose retry has not ended, when it runs out gets
+	// the shared RPC's error. 0: no bound.
+	budget time.Duration
 	// spawn runs f on a goroutine that the owner joins; f must end soon
 	// after base ends.
 	spawn func(f func(base context.Context)) error
@@ -102,11 +114,12 @@ func (h *Host) shared(ctx context.Context, pluginName string, m *managed, rs []*
 		send: func(ctx context.Context, rs []*resource.Resource, warnCtx func(int) context.Context, shared bool) (map[int][]resource.FieldError, error) {
 			return h.validateBatch(ctx, pluginName, m, rs, callOpts{warnCtx: warnCtx, shared: shared})
 		},
-		alone: func(ctx context.Context, rs []*resource.Resource, warnCtx func(int) context.Context) (map[int][]resource.FieldError, error) {
-			return h.retryAlone(ctx, pluginName, m, rs, warnCtx)
+		alone: func(ctx context.Context, rs []*resource.Resource, warnCtx func(int) context.Context, after error) (map[int][]resource.FieldError, error) {
+			return h.retryAlone(ctx, pluginName, m, rs, warnCtx, after)
 		},
-		retry: worthRetrying,
-		spawn: h.spawnSend,
+		retry:  worthRetrying,
+		budget: h.callTimeout,
+		spawn:  h.spawnSend,
 	}
 	return m.share.do(ctx, pluginName, rs, bytes, SharedCallsInFlight, h.batchSize, MaxBatchBytes, sends)
 }
@@ -120,19 +133,25 @@ func worthRetrying(err error) bool {
 	return !errors.As(err, &ns) && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
 }
 
-// retryAlone validates rs, one caller's batch of a shared RPC that failed,
-// on an RPC of its own that is the only one in flight to the plugin, so
-// that it fails only if this batch makes the plugin fail again: it waits
-// first for the plugin to run again (after a crash, the supervisor's
-// restart) until ctx ends or at most the call timeout.
-func (h *Host) retryAlone(ctx context.Context, pluginName string, m *managed, rs []*resource.Resource, warnCtx func(int) context.Context) (map[int][]resource.FieldError, error) {
+// retryAlone validates rs, one caller's batch of a shared RPC that failed
+// with after, on an RPC of its own, so that it fails only if this batch
+// makes the plugin fail again: it waits first for the plugin to run again
+// (after a crash, the supervisor's restart) until ctx ends or at most the
+// call timeout. After the plugin went down (after wraps ErrPluginDown: it
+// exited, or its connection failed) the RPC is the only one in flight to
+// the plugin, so that an exit during it is this batch's; after any other
+// failure (no answer within the call timeout, a malformed answer) it goes
+// side by side with the plugin's other calls: a batch that hangs the
+// plugin hangs its own RPC, and holding every other call back for it would
+// stop the plugin for everyone for a call timeout.
+func (h *Host) retryAlone(ctx context.Context, pluginName string, m *managed, rs []*resource.Resource, warnCtx func(int) context.Context, after error) (map[int][]resource.FieldError, error) {
 	if _, err := m.waitRunning(ctx, h.callTimeout); err != nil {
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("validate with plugin %q: %w", pluginName, context.Cause(ctx))
 		}
 		return nil, fmt.Errorf("validate: %w", err)
 	}
-	return h.validateBatch(ctx, pluginName, m, rs, callOpts{warnCtx: warnCtx, exclusive: true})
+	return h.validateBatch(ctx, pluginName, m, rs, callOpts{warnCtx: warnCtx, exclusive: errors.Is(after, ErrPluginDown)})
 }
 
 // spawnSend runs f on a goroutine that Close joins; f must end soon after
@@ -160,8 +179,9 @@ func (h *Host) spawnSend(f func(base context.Context)) error {
 // contexts derived from the context spawn gives it. When a group's call
 // fails with an error sends.retry accepts and more than one caller is in
 // it, that goroutine sends each caller's batch again with sends.alone, one
-// after the other, and each caller gets the result of its own. When spawn
-// fails, the queued callers get its error.
+// after the other, and each caller gets the result of its own, or the
+// group's error once sends.budget has run out. When spawn fails, the
+// queued callers get its error.
 func (s *sharing) do(ctx context.Context, pluginName string, rs []*resource.Resource, bytes, slots, maxN, maxBytes int, sends sharedSends) (map[int][]resource.FieldError, error) {
 	s.mu.Lock()
 	if s.inFlight < slots {
@@ -284,33 +304,60 @@ func (s *sharing) sendQueued(base context.Context, sends sharedSends) {
 				close(me.done)
 			}
 		default:
-			s.retryEach(ctx, live, err, sends.alone)
+			s.retryEach(ctx, live, err, sends)
 		}
 		cancel()
 	}
 }
 
 // retryEach sends the batch of each caller in live that has not left, one
-// after the other, each with alone, after their shared call failed with
-// err; each caller gets its own call's result. A retry's context ends with
-// ctx or when its caller leaves. Callers that left get err (nobody reads
-// it).
-func (s *sharing) retryEach(ctx context.Context, live []*member, err error, alone sendFunc) {
+// after the other, each with sends.alone, after their shared call failed
+// with err; each caller gets its own call's result. The retries together
+// end within sends.budget: a caller whose retry fails once it has run out,
+// or whose turn comes after, gets err, as it would have without retries.
+// So no caller waits more than the shared call and the budget for its
+// result, however many callers are before it (each retry may otherwise
+// take a restart wait and a call timeout). A retry's context ends with
+// ctx, the budget, or when its caller leaves. Callers that left get err
+// (nobody reads it).
+func (s *sharing) retryEach(ctx context.Context, live []*member, err error, sends sharedSends) {
+	if sends.budget > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, sends.budget)
+		defer cancel()
+	}
+	s.mu.Lock()
+	if s.retrying == nil {
+		s.retrying = map[*member]struct{}{}
+	}
+	for _, me := range live {
+		s.retrying[me] = struct{}{}
+	}
+	s.mu.Unlock()
 	for _, me := range live {
 		s.mu.Lock()
 		gone := me.gone
-		s.mu.Unlock()
 		if gone || ctx.Err() != nil {
+			delete(s.retrying, me)
+			s.mu.Unlock()
 			me.err = err
 			close(me.done)
 			continue
 		}
+		s.mu.Unlock()
 		rctx, cancel := context.WithCancel(ctx)
 		stop := context.AfterFunc(me.ctx, cancel)
 		warn := func(int) context.Context { return me.ctx }
-		me.res, me.err = alone(rctx, me.rs, warn)
+		res, rerr := sends.alone(rctx, me.rs, warn, err)
 		stop()
 		cancel()
+		if rerr != nil && ctx.Err() != nil {
+			res, rerr = nil, err // cut short by the budget (or the host closing)
+		}
+		s.mu.Lock()
+		delete(s.retrying, me)
+		s.mu.Unlock()
+		me.res, me.err = res, rerr
 		close(me.done)
 	}
 }

@@ -22,7 +22,7 @@ import (
 	"github.com/kds-engine/kds-engine/engine/internal/resource"
 )
 
-// fakeSends is a sendFunc that refuses every resource whose name starts
+// fakeSends sends batches as a plugin would: it refuses every resource whose name starts
 // with "bad", warns about every resource whose name starts with "old", and
 // records what each call got. A call blocks while gate (when set before
 // the call) is open.
@@ -56,7 +56,10 @@ func (f *fakeSends) sends(spawn func(func(context.Context)) error) sharedSends {
 // with f.send, after a shared call failed.
 func (f *fakeSends) retrying(spawn func(func(context.Context)) error) sharedSends {
 	ss := f.sends(spawn)
-	ss.alone, ss.retry = f.send, worthRetrying
+	ss.alone = func(ctx context.Context, rs []*resource.Resource, warnCtx func(int) context.Context, _ error) (map[int][]resource.FieldError, error) {
+		return f.send(ctx, rs, warnCtx)
+	}
+	ss.retry = worthRetrying
 	return ss
 }
 
@@ -1045,4 +1048,159 @@ func procCPU(b *testing.B, pid int) time.Duration {
 	st, err2 := strconv.ParseInt(f[12], 10, 64)
 	require.NoError(b, errors.Join(err1, err2))
 	return time.Duration(ut+st) * (time.Second / 100) // clock ticks (USER_HZ 100)
+}
+
+// The retries of a failed shared call end together within the budget (a
+// call timeout, the restart wait included): a plugin that neither comes
+// back nor answers makes each retry take up to a restart wait and a call
+// timeout, and the last caller of a group of n waited n of them. Once the
+// budget is spent the retry in flight is cancelled and every caller not
+// answered yet gets the shared call's error, without being sent again.
+func TestSharingRetriesEndWithinTheirBudget(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	var s sharing
+	gate := make(chan struct{})
+	crash := fmt.Errorf("validate: plugin %q exited during the call: %w", "p", ErrPluginDown)
+	f := &fakeSends{gates: []chan struct{}{gate}, poison: "crash", poisonErr: crash}
+	sp := &spawner{base: context.Background()}
+	ss := f.retrying(sp.spawn)
+	ss.budget = 50 * time.Millisecond
+	// Each retry waits for a plugin that does not come back, until its
+	// context ends.
+	var retries atomic.Int32
+	ss.alone = func(ctx context.Context, rs []*resource.Resource, _ func(int) context.Context, after error) (map[int][]resource.FieldError, error) {
+		retries.Add(1)
+		assert.Same(t, crash, after, "the retry is told the shared call's error")
+		<-ctx.Done()
+		return nil, fmt.Errorf("validate with plugin %q: %w", "p", context.Cause(ctx))
+	}
+	do := func(rs []*resource.Resource) <-chan outcome {
+		ch := make(chan outcome, 1)
+		go func() {
+			res, err := s.do(context.Background(), "p", rs, 10*len(rs), 1, 1000, 1<<20, ss)
+			ch <- outcome{res, err}
+		}()
+		return ch
+	}
+	leader := do(named("lead"))
+	waitCalls(t, f, 1)
+	var outs []<-chan outcome
+	for i, name := range []string{"a", "crash-b", "c", "d"} {
+		outs = append(outs, do(named(name)))
+		waitQueued(t, &s, i+1)
+	}
+	close(gate)
+	require.NoError(t, (<-leader).err)
+	for i, ch := range outs {
+		select {
+		case o := <-ch:
+			assert.Same(t, crash, o.err, "caller %d gets the shared call's error", i)
+		case <-time.After(20 * time.Second):
+			t.Fatalf("caller %d still waits for the retries", i)
+		}
+	}
+	sp.wg.Wait()
+	assert.EqualValues(t, 1, retries.Load(), "the callers after the budget ran out are not sent again")
+	assert.Zero(t, s.inFlight)
+}
+
+// After a shared call that got no answer within the call timeout, each
+// batch is sent again side by side with the plugin's other calls: a batch
+// that hangs the plugin hangs its own RPC, and an exclusive retry would
+// hold every other call to the plugin back for a call timeout. After the
+// plugin went down, the retry is the only RPC in flight.
+func TestRetryAfterATimeoutIsNotExclusive(t *testing.T) {
+	h, _ := startHost(t, pluginsDir(t, "hangvalidate"), WithCallTimeout(200*time.Millisecond))
+	m := h.byName["hangvalidate"]
+	require.NotNil(t, m)
+	// A call in flight to the plugin.
+	gate := m.callGate()
+	require.NoError(t, gate.Acquire(context.Background(), 1))
+	defer gate.Release(1)
+	rs := []*resource.Resource{res("HangvalidateThing", "m", "a", `{}`)}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	timeout := fmt.Errorf("validate with plugin %q: no answer within %s", "hangvalidate", h.callTimeout)
+	_, err := h.retryAlone(ctx, "hangvalidate", m, rs, nil, timeout)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "no answer within 200ms", "sent beside the call in flight, and timed out itself")
+
+	down := fmt.Errorf("validate: plugin %q exited during the call: %w", "hangvalidate", ErrPluginDown)
+	sctx, scancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer scancel()
+	_, err = h.retryAlone(sctx, "hangvalidate", m, rs, nil, down)
+	require.ErrorIs(t, err, context.DeadlineExceeded, "waits for the call in flight to end")
+	assert.EqualValues(t, 1, m.calls.Load(), "the exclusive retry was not sent")
+}
+
+// Close while the batches of a shared call that crashed the plugin wait to
+// be sent again (for a restart that does not come before Close) ends the
+// retries: every caller returns with the plugin-down error and no
+// goroutine is left. While they wait, the callers count as waiting.
+func TestCloseDuringRetriesEndsThem(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	held, leadersBack := make(chan struct{}), make(chan struct{})
+	entered := make(chan struct{}, SharedCallsInFlight)
+	var count atomic.Int32
+	hook := WithCallHook(func(int) {
+		switch n := count.Add(1); {
+		case n <= SharedCallsInFlight: // the calls in flight the others queue behind
+			entered <- struct{}{}
+			<-held
+		case n == SharedCallsInFlight+1: // the shared call: once they returned
+			<-leadersBack
+		}
+	})
+	log, _ := testLogger(t)
+	h := NewHost(pluginsDir(t, "panicky"), log, hook, WithRestartBackoff(time.Hour, time.Hour))
+	require.NoError(t, h.Start(context.Background()))
+	closed := false
+	defer func() {
+		if !closed {
+			h.Close()
+		}
+	}()
+	m := h.byName["panicky"]
+	p := func(name, spec string) *resource.Resource { return res("PanickyThing", "m", name, spec) }
+	lead := make(chan error, SharedCallsInFlight)
+	for i := range SharedCallsInFlight {
+		go func() {
+			_, err := h.ValidateBatch(context.Background(), "panicky", []*resource.Resource{p(fmt.Sprint("lead-", i), `{}`)})
+			lead <- err
+		}()
+		<-entered
+	}
+	outs := make([]chan outcome, 2)
+	for i, rs := range [][]*resource.Resource{{p("a", `{}`)}, {p("b-poison", `{"value":"crash"}`)}} {
+		outs[i] = make(chan outcome, 1)
+		go func() {
+			res, err := h.ValidateBatch(context.Background(), "panicky", rs)
+			outs[i] <- outcome{res, err}
+		}()
+		waitQueued(t, &m.share, i+1)
+	}
+	close(held)
+	for range SharedCallsInFlight {
+		require.NoError(t, <-lead)
+	}
+	close(leadersBack)
+	// The shared call crashed the plugin; the first retry waits for the
+	// restart, an hour away.
+	require.Eventually(t, func() bool {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		return m.up != nil
+	}, 20*time.Second, time.Millisecond)
+	assert.Equal(t, 2, info(t, h, "panicky").Waiting, "both callers wait for their retries")
+	require.NoError(t, h.Close())
+	closed = true
+	for i, ch := range outs {
+		select {
+		case o := <-ch:
+			require.ErrorIs(t, o.err, ErrPluginDown, "caller %d", i)
+		case <-time.After(20 * time.Second):
+			t.Fatalf("caller %d still waits after Close", i)
+		}
+	}
+	assert.Zero(t, info(t, h, "panicky").Waiting)
 }

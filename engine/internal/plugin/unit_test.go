@@ -133,3 +133,36 @@ func TestParseLockFormats(t *testing.T) {
 	assert.Contains(t, err.Error(), "plugins lock file /p/kds-plugins.lock, line 1: ")
 	assert.Contains(t, err.Error(), "plugins lock file /p/kds-plugins.lock, line 2: ")
 }
+
+// Full crash records and suspects make room for a new one (evicting one
+// at random): once a zone had filled them, dropping the new one left a
+// poisonous resource neither suspect nor recorded, so it made the plugin
+// exit every time it was sent.
+func TestFullCrashRecordsTakeANewOne(t *testing.T) {
+	m := &managed{name: "p", log: hclog.NewNullLogger()}
+	fpOf := func(i int) [32]byte {
+		var fp [32]byte
+		fp[0], fp[1], fp[2] = byte(i>>16), byte(i>>8), byte(i)
+		fp[3] = 1
+		return fp
+	}
+	for i := range maxSuspects {
+		m.markSuspect(fpOf(i))
+	}
+	for i := range maxCrashRecords {
+		m.recordCrash("bin", fpOf(maxSuspects+i), "old")
+	}
+	require.Len(t, m.suspects, maxSuspects)
+	require.Len(t, m.crashes, maxCrashRecords)
+	fresh := [32]byte{0xff}
+	m.markSuspect(fresh)
+	assert.True(t, m.isSuspect(fresh), "a new suspect is kept")
+	assert.Len(t, m.suspects, maxSuspects)
+	m.recordCrash("bin", fresh, "new")
+	reason, ok := m.crashedOn("bin", fresh)
+	assert.True(t, ok, "a new crash is recorded")
+	assert.Equal(t, "new", reason)
+	assert.Len(t, m.crashes, maxCrashRecords)
+	m.recordCrash("bin", fresh, "again")
+	assert.Len(t, m.crashes, maxCrashRecords, "a record made again evicts nothing")
+}

@@ -41,11 +41,16 @@ import (
 // callers that fails after it was sent (the plugin exiting during it, no
 // answer within the call timeout, a malformed answer) is not the callers'
 // error yet: each caller's batch is sent again on an RPC of its own, one
-// after the other, each the only RPC in flight to the plugin and after
-// waiting for the plugin to run again (a restart, at most the call
-// timeout), and each caller gets that call's result, so only a caller
-// whose batch fails again gets an error. A shared RPC that sent nothing
-// (the plugin not running) fails every caller in it.
+// after the other, after waiting for the plugin to run again (a restart),
+// and each caller gets that call's result, so only a caller whose batch
+// fails again gets an error. After the plugin went down (it exited, its
+// connection failed) each retry is the only RPC in flight to the plugin;
+// after no answer or a malformed one, it goes beside the others. The
+// retries of one shared RPC, restart wait included, end within the call
+// timeout: a caller not answered by then gets the shared RPC's error. So a
+// caller waits at most for the calls before its group's, its group's RPC
+// and one call timeout more. A shared RPC that sent nothing (the plugin
+// not running) fails every caller in it.
 //
 // A resource is recorded as making the plugin exit (and refused from then
 // on, see docs/plugins.md) only when it was alone in an RPC that was the
@@ -303,7 +308,8 @@ type crashRecord struct {
 	reason string
 }
 
-// Bounds on the crash records kept per plugin.
+// Bounds on the crash records kept per plugin; a new record evicts one at
+// random when they are full (evictOne).
 const (
 	maxCrashRecords = 1024
 	maxSuspects     = 16384
@@ -357,9 +363,10 @@ func (m *managed) recordCrash(binary string, fp [32]byte, reason string) {
 	if m.crashes == nil {
 		m.crashes = map[[32]byte]crashRecord{}
 	}
-	if len(m.crashes) < maxCrashRecords {
-		m.crashes[fp] = crashRecord{binary: binary, reason: reason}
+	if _, ok := m.crashes[fp]; !ok && len(m.crashes) >= maxCrashRecords {
+		evictOne(m.crashes)
 	}
+	m.crashes[fp] = crashRecord{binary: binary, reason: reason}
 	m.log.Error("a resource made the plugin exit; it is refused until the plugin's binary changes", "reason", reason)
 }
 
@@ -383,8 +390,23 @@ func (m *managed) markSuspect(fp [32]byte) {
 	if m.suspects == nil {
 		m.suspects = map[[32]byte]bool{}
 	}
-	if len(m.suspects) < maxSuspects {
-		m.suspects[fp] = true
+	if !m.suspects[fp] && len(m.suspects) >= maxSuspects {
+		evictOne(m.suspects)
+	}
+	m.suspects[fp] = true
+}
+
+// evictOne removes an entry of a full record map, whichever the map's
+// iteration gives first (at random), to make room for a new one. Dropping
+// the new one instead would let the records, once full (a zone can fill
+// the suspects with a few crashes of large batches, and nothing clears
+// suspects that are never sent again), find no crash any more: a
+// poisonous resource would then make the plugin exit every time it is
+// sent. An evicted record costs at most one more exit to make again.
+func evictOne[V any](records map[[32]byte]V) {
+	for k := range records {
+		delete(records, k)
+		return
 	}
 }
 

@@ -63,6 +63,10 @@
 // watcher queues without bound, C() is a coalescing signal, and Next()
 // drains everything queued (never half a commit). A watch ends when its
 // context ends (Err is the context's cause) or the store closes (ErrClosed).
+// Watch.Only restricts a watch to the commits that hold an event of some
+// types, so that a consumer of a few types is not woken by every commit of
+// the others (the served-resource index does that: on a zone it serves
+// none of the types global sends).
 //
 // # Listing, then watching, without a gap
 //

@@ -134,6 +134,48 @@ type Watch struct {
 	n       int
 	err     error
 	stopCtx func() bool
+	// only, when not nil, holds the types of Only: commits with no event
+	// of one of them are not queued.
+	only map[string]struct{}
+}
+
+// Only restricts the watch to the commits that hold at least one event of
+// one of types: any other commit is neither queued nor signalled, so a
+// consumer that serves a few types does not wake up for commits of others.
+// A commit that qualifies is queued whole, events of other types included
+// (consumers still filter what they take). Commits published before Only
+// returned may be of any type. No types: every commit again (the default).
+func (w *Watch) Only(types ...string) {
+	var only map[string]struct{}
+	if len(types) > 0 {
+		only = make(map[string]struct{}, len(types))
+		for _, t := range types {
+			only[t] = struct{}{}
+		}
+	}
+	w.mu.Lock()
+	w.only = only
+	w.mu.Unlock()
+}
+
+// wants reports whether a commit of events qualifies under Only; w.mu held.
+func (w *Watch) wants(events []Event) bool {
+	if w.only == nil {
+		return true
+	}
+	last := ""
+	for _, ev := range events {
+		if ev.Resource == nil {
+			return true // nothing to judge by: deliver
+		}
+		if t := ev.Resource.Type; t != last {
+			if _, ok := w.only[t]; ok {
+				return true
+			}
+			last = t
+		}
+	}
+	return false
 }
 
 // C is signalled (capacity 1, coalescing) when events are pending. One
@@ -172,10 +214,12 @@ func (w *Watch) Err() error {
 
 func (w *Watch) push(events []Event) {
 	w.mu.Lock()
-	if w.err == nil {
-		w.pending = append(w.pending, events)
-		w.n += len(events)
+	if w.err != nil || !w.wants(events) {
+		w.mu.Unlock()
+		return
 	}
+	w.pending = append(w.pending, events)
+	w.n += len(events)
 	w.mu.Unlock()
 	select {
 	case w.c <- struct{}{}:

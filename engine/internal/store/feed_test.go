@@ -169,3 +169,35 @@ func TestCheckKeyAndCompare(t *testing.T) {
 	assert.Positive(t, store.CompareKeys(keys[2], keys[3]), "mesh before name")
 	assert.Zero(t, store.CompareKeys(keys[3], keys[3]))
 }
+
+// TestWatchOnlySkipsCommitsOfOtherTypes: a watch restricted with Only is
+// neither signalled nor handed commits without an event of its types; a
+// commit with one comes whole, and Only() with no types takes everything
+// again.
+func TestWatchOnlySkipsCommitsOfOtherTypes(t *testing.T) {
+	f := store.NewFeed()
+	defer f.Close()
+	w, err := f.Watch(t.Context())
+	require.NoError(t, err)
+	w.Only("T", "V")
+	other := func(rev uint64, name string) store.Event {
+		e := ev(rev, name)
+		e.Resource.Type = "U"
+		return e
+	}
+	f.Publish([]store.Event{other(1, "u1"), other(1, "u2")})
+	assert.False(t, signalled(w), "a commit of other types does not wake the watch")
+	assert.Nil(t, w.Next())
+
+	f.Publish([]store.Event{other(2, "u3"), ev(2, "t1")})
+	require.True(t, signalled(w))
+	got := w.Next()
+	require.Len(t, got, 2, "a commit that holds one of the types comes whole")
+	assert.Equal(t, "u3", got[0].Resource.Name)
+	assert.Equal(t, "t1", got[1].Resource.Name)
+
+	w.Only()
+	f.Publish([]store.Event{other(3, "u4")})
+	require.True(t, signalled(w), "no types: every commit again")
+	assert.Len(t, w.Next(), 1)
+}
