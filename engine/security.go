@@ -15,6 +15,7 @@ import (
 
 	"github.com/kds-engine/kds-engine/engine/internal/httpauth"
 	"github.com/kds-engine/kds-engine/engine/internal/kdsauth"
+	"github.com/kds-engine/kds-engine/engine/internal/kdsgrpc"
 	"github.com/kds-engine/kds-engine/engine/internal/tlsutil"
 	"github.com/kds-engine/kds-engine/engine/internal/token"
 )
@@ -124,7 +125,7 @@ func (e *Engine) kdsServerOptions() ([]grpc.ServerOption, error) {
 		if err != nil {
 			return nil, fmt.Errorf("KDS TLS: %w", err)
 		}
-		opts = append(opts, grpc.Creds(credentials.NewTLS(tc)))
+		opts = append(opts, kdsgrpc.TLSServerOptions(credentials.NewTLS(tc))...)
 	}
 	key, err := signingKey(e.cfg.DataDir, e.cfg.TokenSigningKeyFile)
 	if err != nil {

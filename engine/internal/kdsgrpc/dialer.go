@@ -206,7 +206,7 @@ func (d *Dialer) dialAndRun(ctx context.Context, c candidate) (started bool, err
 		if err != nil {
 			return false, fmt.Errorf("TLS for %s: %w", c.serverName, err)
 		}
-		opts = append(opts, grpc.WithTransportCredentials(creds))
+		opts = append(opts, transportDialOptions(creds)...)
 	}
 	// The address is dialed as is: no second name lookup inside gRPC.
 	// With TLS, gRPC takes the authority from the credentials' server name.

@@ -3,6 +3,7 @@ package kdssync
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/kds-engine/kds-engine/engine/internal/resource"
 )
@@ -85,6 +86,9 @@ func mergeApplies(batch []*checked) ([]*resource.Resource, []resource.Key) {
 	case 1:
 		return with[0].puts, with[0].deletes
 	}
+	if puts, ok := concatAscending(with, n); ok {
+		return puts, nil
+	}
 	// A key appears at most once within one response, so a position in the
 	// batch's sequence of entries identifies each entry.
 	last := make(map[resource.Key]int, n)
@@ -117,4 +121,44 @@ func mergeApplies(batch []*checked) ([]*resource.Resource, []resource.Key) {
 		}
 	}
 	return puts, deletes
+}
+
+// concatAscending returns the puts of with in order when no response has
+// deletes and the puts' keys strictly ascend across the responses, as an
+// initial sync's do (servers send names in the receiving store's key
+// order): then no key is named twice and the merge is their concatenation,
+// without a map of every key. ok is false otherwise.
+func concatAscending(with []*checked, n int) (puts []*resource.Resource, ok bool) {
+	var prev *resource.Resource
+	for _, ch := range with {
+		if len(ch.deletes) > 0 {
+			return nil, false
+		}
+		for _, p := range ch.puts {
+			if prev != nil && compareKeys(prev, p) >= 0 {
+				return nil, false
+			}
+			prev = p
+		}
+	}
+	puts = make([]*resource.Resource, 0, n)
+	for _, ch := range with {
+		puts = append(puts, ch.puts...)
+	}
+	return puts, true
+}
+
+// compareKeys orders resources by type, zone, mesh and name (a strict
+// order on keys: equal keys compare 0).
+func compareKeys(a, b *resource.Resource) int {
+	if c := strings.Compare(a.Type, b.Type); c != 0 {
+		return c
+	}
+	if c := strings.Compare(a.Zone, b.Zone); c != 0 {
+		return c
+	}
+	if c := strings.Compare(a.Mesh, b.Mesh); c != 0 {
+		return c
+	}
+	return strings.Compare(a.Name, b.Name)
 }

@@ -47,7 +47,7 @@ func BenchmarkClientCheck(b *testing.B) {
 	c := NewClient([]string{typ}, nil, acceptAll{}, "global", "")
 	b.ReportAllocs()
 	for b.Loop() {
-		c.held[typ] = map[string]string{} // the first response of an initial sync
+		c.held[typ] = newHeldRecord(nil) // the first response of an initial sync
 		ch, err := c.check(context.Background(), resp)
 		if err != nil || len(ch.puts) != n {
 			b.Fatalf("check: %v, %d puts", err, len(ch.puts))
@@ -67,7 +67,7 @@ func TestCheckSharesWireStrings(t *testing.T) {
 	c := NewClient([]string{typ}, nil, acceptAll{}, "global", "")
 	var ch *checked
 	allocs := testing.AllocsPerRun(20, func() {
-		c.held[typ] = make(map[string]string, n)
+		c.held[typ] = &heldRecord{m: map[string]string{}, tail: make([]heldName, 0, n)}
 		var err error
 		if ch, err = c.check(context.Background(), resp); err != nil || len(ch.puts) != n {
 			t.Fatalf("check: %v, %d puts", err, len(ch.puts))
@@ -97,7 +97,7 @@ func TestCheckRefusesNamesListedTwice(t *testing.T) {
 			resp := checkResponse(t, typ, 4, 10)
 			edit(resp)
 			c := NewClient([]string{typ}, nil, acceptAll{}, "global", "")
-			c.held[typ] = map[string]string{}
+			c.held[typ] = newHeldRecord(nil)
 			ch, err := c.check(context.Background(), resp)
 			if err != nil || ch.whole != nil {
 				t.Fatal(err, ch.whole)

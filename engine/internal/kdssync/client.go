@@ -112,7 +112,7 @@ type Client struct {
 	maxMsg     int
 	parts      bool
 
-	held map[string]map[string]string // type -> wire name -> version
+	held map[string]*heldRecord // type -> what is held of it
 	// resume holds, per type whose held versions go in parts, what is left
 	// to send. Run fills it before the stages start; then only the
 	// checking stage touches it (it builds the next part when the answer
@@ -142,7 +142,7 @@ func NewClient(types []string, sink Sink, v Validator, peer, zone string, opts .
 		zone:        zone,
 		peer:        peer,
 		log:         hclog.NewNullLogger(),
-		held:        map[string]map[string]string{},
+		held:        map[string]*heldRecord{},
 		unknown:     map[string]struct{}{},
 		maxMsg:      DefaultMaxMessageSize,
 		resume:      map[string]*resumeParts{},
@@ -188,7 +188,7 @@ func (c *Client) Run(ctx context.Context, stream ClientStream) error {
 		if err != nil {
 			return fmt.Errorf("read held versions of %s: %w", typ, err)
 		}
-		c.held[typ] = versions
+		c.held[typ] = newHeldRecord(versions)
 		c.record(typ, func(ts *insights.TypeState) { ts.ResourcesHeld = len(versions) })
 		p, err := c.plan(typ)
 		if err != nil {
@@ -311,14 +311,14 @@ func (c *Client) check(ctx context.Context, resp *discovery.DeltaDiscoveryRespon
 	for _, name := range removed {
 		ch.deletes = append(ch.deletes, keyFor(typ, c.zone, name))
 		ch.accepted = append(ch.accepted, name)
-		delete(held, name)
+		held.remove(name)
 	}
 	for i, p := range puts {
-		held[names[i]] = p.Version
+		held.set(names[i], p.Version)
 	}
 	ch.accepted = append(ch.accepted, names...)
 	ch.puts = puts
-	ch.held = len(held)
+	ch.held = held.len()
 	if c.resume[typ] != nil {
 		// The answer to the previous part: the next one goes out once
 		// this response is answered, from what is held once it is
@@ -369,17 +369,17 @@ func (c *Client) refuseInvalid(ch *checked, puts []*resource.Resource, names []s
 // refuseOverLimit refuses the creates (names not held) that would take the
 // type past the per-type limit, in response order, and returns the rest
 // with their wire names.
-func (c *Client) refuseOverLimit(ch *checked, typ string, held map[string]string, puts []*resource.Resource, names, removed []string) ([]*resource.Resource, []string) {
-	n := len(held)
+func (c *Client) refuseOverLimit(ch *checked, typ string, held *heldRecord, puts []*resource.Resource, names, removed []string) ([]*resource.Resource, []string) {
+	n := held.len()
 	for _, name := range removed {
-		if _, ok := held[name]; ok {
+		if _, ok := held.get(name); ok {
 			n--
 		}
 	}
 	keep, keepNames := puts[:0:0], names[:0:0]
 	for i, p := range puts {
 		name := names[i]
-		if _, ok := held[name]; !ok {
+		if _, ok := held.get(name); !ok {
 			if n >= c.maxPerType {
 				msg := fmt.Sprintf("%s: %s would hold more than %d resources", ErrLimitExceeded, typ, c.maxPerType)
 				ch.rejected = append(ch.rejected, rejectedEntry(name, p.Version, false, []resource.FieldError{{Message: msg}}))

@@ -203,7 +203,7 @@ func TestFaultRemovalSpelledTwoWays(t *testing.T) {
 	_, err := mem.Apply(ctx, store.Batch{Put: []*resource.Resource{{Type: typ, Zone: fuzzZone, Name: "default-x", Version: "1", Spec: []byte(`{}`)}}})
 	require.NoError(t, err)
 	c := NewClient([]string{typ}, storeSink{mem}, rejectValidator{}, fuzzZone, fuzzZone)
-	c.held[typ] = map[string]string{"default-x": "1"}
+	c.held[typ] = newHeldRecord(map[string]string{"default-x": "1"})
 	stream := &recordingStream{}
 	resp := &discovery.DeltaDiscoveryResponse{TypeUrl: TypeURL(typ), Nonce: "1", RemovedResources: []string{"default-x", "/default-x"}}
 	require.NoError(t, handle(ctx, c, stream, resp), "the session goes on")

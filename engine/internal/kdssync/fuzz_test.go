@@ -163,7 +163,7 @@ func FuzzClientDecode(f *testing.F) {
 		defer mem.Close()
 		sink := storeSink{mem}
 		c := NewClient([]string{fuzzType}, sink, v, fuzzZone, fuzzZone, WithMaxResourcesPerType(fuzzLimit))
-		c.held[fuzzType] = map[string]string{}
+		c.held[fuzzType] = newHeldRecord(nil)
 		stream := &recordingStream{}
 		for i, fr := range splitFrames(data) {
 			var resp discovery.DeltaDiscoveryResponse
@@ -210,15 +210,15 @@ func FuzzClientDecode(f *testing.F) {
 			if len(after) > fuzzLimit {
 				t.Fatalf("response %d: %d resources held, the limit is %d", i, len(after), fuzzLimit)
 			}
-			if len(after) != len(c.held[fuzzType]) {
-				t.Fatalf("store holds %d, client believes %d", len(after), len(c.held[fuzzType]))
+			if len(after) != c.held[fuzzType].len() {
+				t.Fatalf("store holds %d, client believes %d", len(after), c.held[fuzzType].len())
 			}
 			for _, r := range after {
 				if r.Zone != fuzzZone || r.Type != fuzzType {
 					t.Fatalf("stored %s: not attributed to the connection's zone and type", r.Key())
 				}
-				if c.held[fuzzType][WireName(r.Mesh, r.Name)] != r.Version {
-					t.Fatalf("stored %s version %q, client believes %q", r.Key(), r.Version, c.held[fuzzType][WireName(r.Mesh, r.Name)])
+				if v, _ := c.held[fuzzType].get(WireName(r.Mesh, r.Name)); v != r.Version {
+					t.Fatalf("stored %s version %q, client believes %q", r.Key(), r.Version, v)
 				}
 			}
 		}

@@ -50,7 +50,7 @@ func TestRefusedResourcesTakeNoDecodedResource(t *testing.T) {
 		resp.Resources = append(resp.Resources, &discovery.Resource{Name: fmt.Sprintf("default/p-%06d", i)})
 	}
 	c := NewClient([]string{typ}, nil, acceptAll{}, "global", "")
-	c.held[typ] = map[string]string{}
+	c.held[typ] = newHeldRecord(nil)
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
 	ch, err := c.check(context.Background(), resp)

@@ -2,7 +2,6 @@ package kdssync
 
 import (
 	"fmt"
-	"maps"
 	"time"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -118,23 +117,21 @@ func (c *Client) plan(typ string) (*subPlan, error) {
 		}
 	}
 	baseSize := proto.Size(base)
-	versions := c.held[typ]
+	held := c.held[typ]
 	size := 0
-	for n, v := range versions {
-		size += versionEntrySize(n, v)
-	}
+	held.each(func(n, v string) { size += versionEntrySize(n, v) })
 	for _, r := range p.refused {
 		size += refusedEntrySize(r)
 	}
 	limit := c.maxMsg - subscriptionOverhead - baseSize
 	// The "*" counts among the names a server accepts (requestNames).
-	if size <= limit && len(versions)+len(p.refused)+1 <= MaxNamesPerRequest {
+	if size <= limit && held.len()+len(p.refused)+1 <= MaxNamesPerRequest {
 		p.cost = int64(baseSize+size) + requestOverhead
 		return p, nil
 	}
 	if !c.parts {
 		return nil, fmt.Errorf("subscribe to %s: the %d versions held take %d bytes, more than fits one request (%d bytes of the session's %d-byte max message size, %d names with the refused ones and the subscription), and the peer does not accept them in parts (a build without kds-resume-parts): upgrade it, or raise --max-message-size on both sides",
-			typ, len(versions), size, limit, c.maxMsg, MaxNamesPerRequest)
+			typ, held.len(), size, limit, c.maxMsg, MaxNamesPerRequest)
 	}
 	if limit < 1<<10 {
 		return nil, fmt.Errorf("subscribe to %s: a %d-byte max message size leaves %d bytes per request for held versions", typ, c.maxMsg, limit)
@@ -148,23 +145,21 @@ func (c *Client) plan(typ string) (*subPlan, error) {
 // subscription when it fits one request, else its first part (the rest is
 // left in c.resume).
 func (c *Client) first(p *subPlan) (*discovery.DeltaDiscoveryRequest, error) {
-	versions := c.held[p.typ]
+	held := c.held[p.typ]
 	if !p.parts {
 		// A copy: the transport may marshal the request after Send
 		// returns, while check updates held.
 		req := &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL(p.typ), ResourceNamesSubscribe: []string{"*"},
-			InitialResourceVersions: maps.Clone(versions)}
+			InitialResourceVersions: held.all()}
 		if err := withRefused(req, p.refused); err != nil {
 			return nil, err
 		}
 		return req, nil
 	}
-	rp := &resumeParts{url: TypeURL(p.typ), names: make([]string, 0, len(versions)), refused: p.refused, limit: p.limit}
-	for n := range versions {
-		rp.names = append(rp.names, n)
-	}
+	rp := &resumeParts{url: TypeURL(p.typ), names: make([]string, 0, held.len()), refused: p.refused, limit: p.limit}
+	held.each(func(n, _ string) { rp.names = append(rp.names, n) })
 	c.resume[p.typ] = rp
-	c.log.Debug("sending held versions in parts", "type", p.typ, "held", len(versions), "refused", len(p.refused))
+	c.log.Debug("sending held versions in parts", "type", p.typ, "held", held.len(), "refused", len(p.refused))
 	return c.nextPart(p.typ)
 }
 
@@ -192,7 +187,7 @@ func (c *Client) nextPart(typ string) (*discovery.DeltaDiscoveryRequest, error) 
 	}
 	for !full && len(rp.names) > 0 && n < maxPartNames {
 		name := rp.names[0]
-		v, ok := held[name]
+		v, ok := held.get(name)
 		if !ok {
 			rp.names = rp.names[1:]
 			continue

@@ -77,7 +77,7 @@ func TestPlainSpec(t *testing.T) {
 
 // hasControl agrees with a byte loop at every length and position.
 func TestHasControl(t *testing.T) {
-	for n := 0; n < 20; n++ {
+	for n := 0; n < 80; n++ {
 		for at := -1; at < n; at++ {
 			for _, c := range []byte{0x00, 0x1f, 0x20, 0x7f, 0x80, 0xff} {
 				b := []byte(strings.Repeat("x", n))

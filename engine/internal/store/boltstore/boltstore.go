@@ -876,22 +876,39 @@ func (s *Store) Apply(ctx context.Context, b store.Batch) (uint64, error) {
 		arena = make([]byte, 0, size)
 	}
 	puts := make([]encodedPut, len(b.Put))
+	// The events' resources of a batch that is not Owned are allocated
+	// together, and so are the item keys (bbolt copies a key it keeps):
+	// two allocations per Apply instead of two per put. A watcher keeping
+	// one event's resource keeps the others' structs too, as it keeps the
+	// arena its spec is in.
+	var evs []resource.Resource
+	if !b.Owned {
+		evs = make([]resource.Resource, len(b.Put))
+	}
+	keySize := 0
+	for _, r := range b.Put {
+		keySize += itemKeySize(r.Key())
+	}
+	keys := make([]byte, 0, keySize)
 	for i, r := range b.Put {
 		start := len(arena)
 		var specAt int
 		arena, specAt = appendEncodedSpec(arena, r)
 		ev := r
 		if !b.Owned {
-			c := *r
+			c := &evs[i]
+			*c = *r
 			c.Labels = maps.Clone(r.Labels)
 			c.Spec = nil
 			if specAt >= 0 {
 				end := specAt + len(r.Spec)
 				c.Spec = json.RawMessage(arena[specAt:end:end])
 			}
-			ev = &c
+			ev = c
 		}
-		puts[i] = encodedPut{r: ev, key: itemKey(ev.Key()), val: arena[start:len(arena):len(arena)]}
+		k := len(keys)
+		keys = appendItemKey(keys, ev.Key())
+		puts[i] = encodedPut{r: ev, key: keys[k:len(keys):len(keys)], val: arena[start:len(arena):len(arena)]}
 	}
 	slices.SortFunc(puts, func(a, b encodedPut) int {
 		if a.r.Type != b.r.Type {

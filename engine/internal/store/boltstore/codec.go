@@ -22,7 +22,14 @@ const sep = 0
 // itemKey is the key of a resource inside its type's bucket:
 // Zone NUL Mesh NUL Name.
 func itemKey(k resource.Key) []byte {
-	b := make([]byte, 0, len(k.Zone)+len(k.Mesh)+len(k.Name)+2)
+	return appendItemKey(make([]byte, 0, itemKeySize(k)), k)
+}
+
+// itemKeySize is the length of k's item key.
+func itemKeySize(k resource.Key) int { return len(k.Zone) + len(k.Mesh) + len(k.Name) + 2 }
+
+// appendItemKey appends k's item key to b.
+func appendItemKey(b []byte, k resource.Key) []byte {
 	b = append(b, k.Zone...)
 	b = append(b, sep)
 	b = append(b, k.Mesh...)
