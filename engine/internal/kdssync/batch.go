@@ -3,9 +3,9 @@ package kdssync
 import (
 	"context"
 	"fmt"
-	"strings"
 
 	"github.com/kds-engine/kds-engine/engine/internal/resource"
+	"github.com/kds-engine/kds-engine/engine/internal/store"
 )
 
 // readyQueue is how many checked responses may wait for the answering
@@ -135,7 +135,7 @@ func concatAscending(with []*checked, n int) (puts []*resource.Resource, ok bool
 			return nil, false
 		}
 		for _, p := range ch.puts {
-			if prev != nil && compareKeys(prev, p) >= 0 {
+			if prev != nil && store.CompareKeys(prev.Key(), p.Key()) >= 0 {
 				return nil, false
 			}
 			prev = p
@@ -146,19 +146,4 @@ func concatAscending(with []*checked, n int) (puts []*resource.Resource, ok bool
 		puts = append(puts, ch.puts...)
 	}
 	return puts, true
-}
-
-// compareKeys orders resources by type, zone, mesh and name (a strict
-// order on keys: equal keys compare 0).
-func compareKeys(a, b *resource.Resource) int {
-	if c := strings.Compare(a.Type, b.Type); c != 0 {
-		return c
-	}
-	if c := strings.Compare(a.Zone, b.Zone); c != 0 {
-		return c
-	}
-	if c := strings.Compare(a.Mesh, b.Mesh); c != 0 {
-		return c
-	}
-	return strings.Compare(a.Name, b.Name)
 }
