@@ -160,6 +160,38 @@ type outcome struct {
 	err error
 }
 
+// startLeaders starts SharedCallsInFlight lone calls to plugin, call i
+// validating lead(i), and returns once each has signalled entered (the
+// test's call hook holds them there); their errors arrive on the channel.
+func startLeaders(h *Host, plugin string, entered <-chan struct{}, lead func(i int) *resource.Resource) <-chan error {
+	errs := make(chan error, SharedCallsInFlight)
+	for i := range SharedCallsInFlight {
+		go func() {
+			_, err := h.ValidateBatch(context.Background(), plugin, []*resource.Resource{lead(i)})
+			errs <- err
+		}()
+		<-entered
+	}
+	return errs
+}
+
+// queueCallers starts one ValidateBatch to plugin per batch, each once the
+// one before it has queued behind the calls in flight, and returns the
+// channels their outcomes arrive on, in the batches' order.
+func queueCallers(t *testing.T, h *Host, m *managed, plugin string, batches ...[]*resource.Resource) []chan outcome {
+	t.Helper()
+	outs := make([]chan outcome, len(batches))
+	for i, rs := range batches {
+		outs[i] = make(chan outcome, 1)
+		go func() {
+			res, err := h.ValidateBatch(context.Background(), plugin, rs)
+			outs[i] <- outcome{res, err}
+		}()
+		waitQueued(t, &m.share, i+1)
+	}
+	return outs
+}
+
 // goDo runs s.do for rs on a goroutine of the test and returns where its
 // outcome arrives.
 func goDo(s *sharing, ctx context.Context, rs []*resource.Resource, maxN int, f *fakeSends, sp *spawner) <-chan outcome {
@@ -680,14 +712,7 @@ func TestSharedCallsWithARealPlugin(t *testing.T) {
 	require.NotNil(t, m)
 	w := func(name, spec string) *resource.Resource { return res("WarnerThing", "m", name, spec) }
 
-	lead := make(chan error, SharedCallsInFlight)
-	for i := range SharedCallsInFlight {
-		go func() {
-			_, err := h.ValidateBatch(context.Background(), "warner", []*resource.Resource{w(fmt.Sprint("lead-", i), `{}`)})
-			lead <- err
-		}()
-		<-entered
-	}
+	lead := startLeaders(h, "warner", entered, func(i int) *resource.Resource { return w(fmt.Sprint("lead-", i), `{}`) })
 	const sessions = 6
 	outs := make([]chan outcome, sessions)
 	warns := make([]*resource.Warnings, sessions)
@@ -753,14 +778,7 @@ func TestSharedCallPluginCrashReachesEveryCaller(t *testing.T) {
 	m := h.byName["crashvalidate"]
 	require.NotNil(t, m)
 	c := func(name string) *resource.Resource { return res("CrashvalidateThing", "m", name, `{}`) }
-	lead := make(chan error, SharedCallsInFlight)
-	for i := range SharedCallsInFlight {
-		go func() {
-			_, err := h.ValidateBatch(context.Background(), "crashvalidate", []*resource.Resource{c(fmt.Sprint("lead-", i))})
-			lead <- err
-		}()
-		<-entered
-	}
+	lead := startLeaders(h, "crashvalidate", entered, func(i int) *resource.Resource { return c(fmt.Sprint("lead-", i)) })
 	outs := make([]chan error, 3)
 	for i := range outs {
 		outs[i] = make(chan error, 1)
@@ -802,25 +820,10 @@ func TestSharedCallCrashFailsOnlyTheBatchThatCrashes(t *testing.T) {
 	m := h.byName["panicky"]
 	require.NotNil(t, m)
 	p := func(name, spec string) *resource.Resource { return res("PanickyThing", "m", name, spec) }
-	lead := make(chan error, SharedCallsInFlight)
-	for i := range SharedCallsInFlight {
-		go func() {
-			_, err := h.ValidateBatch(context.Background(), "panicky", []*resource.Resource{p(fmt.Sprint("lead-", i), `{}`)})
-			lead <- err
-		}()
-		<-entered
-	}
+	lead := startLeaders(h, "panicky", entered, func(i int) *resource.Resource { return p(fmt.Sprint("lead-", i), `{}`) })
 	zoneA := []*resource.Resource{p("a-ok", `{"value":"fine"}`), p("a-bad", `{"bad":true}`)}
 	zoneB := []*resource.Resource{p("b-ok", `{}`), p("b-poison", `{"value":"crash"}`)}
-	outs := make([]chan outcome, 2)
-	for i, rs := range [][]*resource.Resource{zoneA, zoneB} {
-		outs[i] = make(chan outcome, 1)
-		go func() {
-			res, err := h.ValidateBatch(context.Background(), "panicky", rs)
-			outs[i] <- outcome{res, err}
-		}()
-		waitQueued(t, &m.share, i+1)
-	}
+	outs := queueCallers(t, h, m, "panicky", [][]*resource.Resource{zoneA, zoneB}...)
 	close(held)
 	for range SharedCallsInFlight {
 		require.NoError(t, <-lead)
@@ -883,23 +886,8 @@ func TestSuspectInASharedCallIsRecordedOnItsProbe(t *testing.T) {
 	waitRunning(t, h, "panicky", 1)
 
 	armed.Store(true)
-	lead := make(chan error, SharedCallsInFlight)
-	for i := range SharedCallsInFlight {
-		go func() {
-			_, err := h.ValidateBatch(context.Background(), "panicky", []*resource.Resource{p(fmt.Sprint("lead-", i), `{}`)})
-			lead <- err
-		}()
-		<-entered
-	}
-	outs := make([]chan outcome, 2)
-	for i, rs := range [][]*resource.Resource{{p("a-ok", `{}`)}, {poison}} {
-		outs[i] = make(chan outcome, 1)
-		go func() {
-			res, err := h.ValidateBatch(context.Background(), "panicky", rs)
-			outs[i] <- outcome{res, err}
-		}()
-		waitQueued(t, &m.share, i+1)
-	}
+	lead := startLeaders(h, "panicky", entered, func(i int) *resource.Resource { return p(fmt.Sprint("lead-", i), `{}`) })
+	outs := queueCallers(t, h, m, "panicky", [][]*resource.Resource{{p("a-ok", `{}`)}, {poison}}...)
 	close(held)
 	for range SharedCallsInFlight {
 		require.NoError(t, <-lead)
@@ -1162,23 +1150,8 @@ func TestCloseDuringRetriesEndsThem(t *testing.T) {
 	}()
 	m := h.byName["panicky"]
 	p := func(name, spec string) *resource.Resource { return res("PanickyThing", "m", name, spec) }
-	lead := make(chan error, SharedCallsInFlight)
-	for i := range SharedCallsInFlight {
-		go func() {
-			_, err := h.ValidateBatch(context.Background(), "panicky", []*resource.Resource{p(fmt.Sprint("lead-", i), `{}`)})
-			lead <- err
-		}()
-		<-entered
-	}
-	outs := make([]chan outcome, 2)
-	for i, rs := range [][]*resource.Resource{{p("a", `{}`)}, {p("b-poison", `{"value":"crash"}`)}} {
-		outs[i] = make(chan outcome, 1)
-		go func() {
-			res, err := h.ValidateBatch(context.Background(), "panicky", rs)
-			outs[i] <- outcome{res, err}
-		}()
-		waitQueued(t, &m.share, i+1)
-	}
+	lead := startLeaders(h, "panicky", entered, func(i int) *resource.Resource { return p(fmt.Sprint("lead-", i), `{}`) })
+	outs := queueCallers(t, h, m, "panicky", [][]*resource.Resource{{p("a", `{}`)}, {p("b-poison", `{"value":"crash"}`)}}...)
 	close(held)
 	for range SharedCallsInFlight {
 		require.NoError(t, <-lead)
