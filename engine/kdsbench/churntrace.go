@@ -77,8 +77,29 @@ func schedQuantile(from, to *metrics.Float64Histogram, q float64) time.Duration 
 
 // stageTimes is when one update passed each traced stage.
 type stageTimes struct {
-	sent, received, checked, applying, applied time.Time
-	afterAnswer                                bool
+	sent time.Time
+	zoneStamps
+	afterAnswer bool
+}
+
+// zoneStamps is when a client received, checked, began to apply and
+// applied one response.
+type zoneStamps struct {
+	received, checked, applying, applied time.Time
+}
+
+// mark records the client's stage s at now (other stages change nothing).
+func (z *zoneStamps) mark(s kdssync.TraceStage, now time.Time) {
+	switch s {
+	case kdssync.TraceReceived:
+		z.received = now
+	case kdssync.TraceChecked:
+		z.checked = now
+	case kdssync.TraceApplying:
+		z.applying = now
+	case kdssync.TraceApplied:
+		z.applied = now
+	}
 }
 
 // updateStages is one committed update's time in each stage.
@@ -167,17 +188,8 @@ func (st *stageTracer) stage(s kdssync.TraceStage, resp *discovery.DeltaDiscover
 			delete(st.carried, resp)
 		}
 		for _, stamp := range stamps {
-			t := st.at[stamp]
-			if t == nil {
-				continue
-			}
-			switch s {
-			case kdssync.TraceChecked:
-				t.checked = now
-			case kdssync.TraceApplying:
-				t.applying = now
-			case kdssync.TraceApplied:
-				t.applied = now
+			if t := st.at[stamp]; t != nil {
+				t.mark(s, now)
 			}
 		}
 	}

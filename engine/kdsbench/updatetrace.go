@@ -31,17 +31,11 @@ type changeTracer struct {
 	written time.Time
 	// carried: the responses that carry the change, by the stage each
 	// passed last (one per zone).
-	carried map[*discovery.DeltaDiscoveryResponse]*respTimes
+	carried map[*discovery.DeltaDiscoveryResponse]*zoneStamps
 	sent    []time.Time
 	commits []boltstore.CommitTrace
 	done    []changeStages
 	sched   *metrics.Float64Histogram
-}
-
-// respTimes is when one response carrying the change passed each stage on
-// the receiving zone.
-type respTimes struct {
-	received, checked, applying, applied time.Time
 }
 
 // changeStages is one change's time in each stage, for the slowest zone
@@ -70,7 +64,7 @@ func (c changeStages) stages() []time.Duration {
 }
 
 func newChangeTracer() *changeTracer {
-	return &changeTracer{carried: map[*discovery.DeltaDiscoveryResponse]*respTimes{}}
+	return &changeTracer{carried: map[*discovery.DeltaDiscoveryResponse]*zoneStamps{}}
 }
 
 // hook starts reporting kdssync's and boltstore's stages to t; the returned
@@ -127,21 +121,14 @@ func (t *changeTracer) stage(s kdssync.TraceStage, resp *discovery.DeltaDiscover
 		}
 	case kdssync.TraceReceived:
 		if t.carries(resp) {
-			t.carried[resp] = &respTimes{received: now}
+			t.carried[resp] = &zoneStamps{received: now}
 		}
 	default:
 		rt := t.carried[resp]
 		if rt == nil {
 			return
 		}
-		switch s {
-		case kdssync.TraceChecked:
-			rt.checked = now
-		case kdssync.TraceApplying:
-			rt.applying = now
-		case kdssync.TraceApplied:
-			rt.applied = now
-		}
+		rt.mark(s, now)
 	}
 }
 
@@ -174,7 +161,7 @@ func (t *changeTracer) finish(last time.Time) {
 	if g == nil || len(t.sent) == 0 {
 		return
 	}
-	var lastResp *respTimes
+	var lastResp *zoneStamps
 	for _, rt := range t.carried {
 		if rt.applied.IsZero() || rt.applying.IsZero() || rt.checked.IsZero() {
 			continue
