@@ -32,6 +32,20 @@ func heapInUse() uint64 {
 	return ms.HeapAlloc
 }
 
+// decodeCopies decodes copies messages with dec, each into its own
+// message, and returns them, what they hold together on the heap while all
+// are kept, and the last decode's error.
+func decodeCopies(copies int, dec func(*kdsv1.Message) error) (got []*kdsv1.Message, held int64, err error) {
+	got = make([]*kdsv1.Message, copies)
+	before := heapInUse()
+	for i := range got {
+		got[i] = &kdsv1.Message{}
+		err = dec(got[i])
+	}
+	held = int64(heapInUse()) - int64(before)
+	return got, held, err
+}
+
 // A subscription's held versions wait in the inbound queue as the bytes
 // mux counts for them (the message's encoded size), not as a Go map about
 // twice that size; Expand decodes them to what protobuf decodes.

@@ -102,14 +102,11 @@ func hostileResponses(t *testing.T) map[string][]byte {
 func TestResponsesHoldNoMoreThanTheyAreCounted(t *testing.T) {
 	for name, b := range hostileResponses(t) {
 		const copies = 4
-		got := make([]*kdsv1.Message, copies)
-		before := heapInUse()
-		for i := range got {
+		got, held, _ := decodeCopies(copies, func(m *kdsv1.Message) error {
 			// Decoded as the codec does, without its refusal on receipt.
-			got[i] = &kdsv1.Message{}
-			must.NoError(t, decode(bytes.Clone(b), got[i], false), name)
-		}
-		held := int64(heapInUse()) - int64(before)
+			must.NoError(t, decode(bytes.Clone(b), m, false), name)
+			return nil
+		})
 		size, counted := Measure(got[0])
 		assert.LessOrEqual(t, size, len(b), name)
 		t.Logf("%s: %d bytes, %d held per response (%.1fx its encoding), counted at %d (%.1fx)",
@@ -129,14 +126,7 @@ func TestResponsesThatWouldHoldManyTimesTheirSizeAreRefusedOnReceipt(t *testing.
 		var want kdsv1.Message
 		must.NoError(t, proto.Unmarshal(b, &want), "%s: protobuf accepts it", name)
 		const copies = 4
-		got := make([]*kdsv1.Message, copies)
-		before := heapInUse()
-		var err error
-		for i := range got {
-			got[i] = &kdsv1.Message{}
-			err = (Codec{}).Unmarshal(split(b, 16<<10), got[i])
-		}
-		held := int64(heapInUse()) - int64(before)
+		got, held, err := decodeCopies(copies, func(m *kdsv1.Message) error { return (Codec{}).Unmarshal(split(b, 16<<10), m) })
 		_, counted := Measure(&want)
 		t.Logf("%s: %d bytes, counted at %.1fx: %d held per response: %v", name, len(b), float64(counted)/float64(len(b)), held/copies, err)
 		assert.Greater(t, counted, MaxResponseExpansion*len(b)+ResponseExpansionSlack, name)

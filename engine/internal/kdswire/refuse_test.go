@@ -87,14 +87,7 @@ func TestRequestsOfUnusedMessageListsAreRefusedOnReceipt(t *testing.T) {
 		var want kdsv1.Message
 		must.NoError(t, proto.Unmarshal(b, &want), "%s: protobuf accepts it", name)
 		const copies = 4
-		got := make([]*kdsv1.Message, copies)
-		before := heapInUse()
-		var err error
-		for i := range got {
-			got[i] = &kdsv1.Message{}
-			err = (Codec{}).Unmarshal(split(b, 3), got[i])
-		}
-		held := int64(heapInUse()) - int64(before)
+		got, held, err := decodeCopies(copies, func(m *kdsv1.Message) error { return (Codec{}).Unmarshal(split(b, 3), m) })
 		t.Logf("%s: %d bytes, %d held per request (%.2f× its encoding): %v", name, len(b), held/copies, float64(held)/float64(copies*len(b)), err)
 		assert.ErrorIs(t, err, ErrRefusedRequest, name)
 		// Slack for the messages themselves and the heap's noise.
