@@ -72,6 +72,30 @@ func TestResumeInPartsOverRealSessions(t *testing.T) {
 	assert.EqualValues(t, 2, c.Sessions, "one session each time: no reconnect loop")
 }
 
+// manyTypesPrefix starts the names manyTypesZone writes: long names, so
+// that a type's held versions need several parts at small messages.
+var manyTypesPrefix = strings.Repeat("s", 230)
+
+// manyTypesZone starts a global and a zone "zone-1" of manyDir's plugin at
+// maxMsg messages, the zone writing n resources of each of its first
+// types types (their names returned); zcfg is the zone's config, to start
+// it again on the same data.
+func manyTypesZone(t *testing.T, types, n, maxMsg int) (g, z *node, zcfg func() Config, names []string) {
+	t.Helper()
+	g = startNode(t, Config{Role: RoleGlobal, PluginsDir: manyDir, MaxMessageSize: maxMsg, MaxResourceSize: 16 << 10})
+	zoneData := t.TempDir()
+	zcfg = func() Config {
+		return zoneConfig(t, "zone-1", g, Config{PluginsDir: manyDir, DataDir: zoneData, MaxMessageSize: maxMsg, MaxResourceSize: 16 << 10})
+	}
+	z = startNode(t, zcfg())
+	names = make([]string, types)
+	for i := range names {
+		names[i] = fmt.Sprintf("Many%03d", i)
+		bulk(t, z, names[i], manyTypesPrefix, n)
+	}
+	return g, z, zcfg, names
+}
+
 // Many types resuming in parts at once, over real gRPC: a zone with 150
 // zone→global types of 250 resources with long names each, at 64 KiB
 // messages, restarts, and global sends the held versions of all 150 in
@@ -82,18 +106,7 @@ func TestResumeInPartsOverRealSessions(t *testing.T) {
 // resumes in one session each time and nothing is sent again.
 func TestManyTypesResumeInPartsOverRealSessions(t *testing.T) {
 	const types, n, maxMsg = 150, 250, 64 << 10
-	prefix := strings.Repeat("s", 230)
-	g := startNode(t, Config{Role: RoleGlobal, PluginsDir: manyDir, MaxMessageSize: maxMsg, MaxResourceSize: 16 << 10})
-	zoneData := t.TempDir()
-	zcfg := func() Config {
-		return zoneConfig(t, "zone-1", g, Config{PluginsDir: manyDir, DataDir: zoneData, MaxMessageSize: maxMsg, MaxResourceSize: 16 << 10})
-	}
-	z := startNode(t, zcfg())
-	names := make([]string, types)
-	for i := range names {
-		names[i] = fmt.Sprintf("Many%03d", i)
-		bulk(t, z, names[i], prefix, n)
-	}
+	g, z, zcfg, names := manyTypesZone(t, types, n, maxMsg)
 	received := map[string]uint64{}
 	for _, typ := range names {
 		eventually(t, func() bool { return zoneType(g, "zone-1", typ).ResourcesReceived == n }, "global received every %s", typ)
@@ -105,7 +118,7 @@ func TestManyTypesResumeInPartsOverRealSessions(t *testing.T) {
 	z = startNode(t, zcfg())
 	// While global resumes: one status of each type changes.
 	for _, typ := range names {
-		r := find(z, resource.Key{Type: typ, Mesh: "default", Name: prefix + "-00001"})
+		r := find(z, resource.Key{Type: typ, Mesh: "default", Name: manyTypesPrefix + "-00001"})
 		require.NotNil(t, r)
 		upd := r.Clone()
 		upd.Spec = spec(map[string]any{"value": "changed"})

@@ -1,9 +1,7 @@
 package engine
 
 import (
-	"fmt"
 	"os"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -38,18 +36,7 @@ func (g *sendGate) open()               { g.once.Do(func() { close(g.ch) }) }
 // they are cleared too.
 func TestSubscriptionsWaitingShowWhileTheyWait(t *testing.T) {
 	const types, n, maxMsg = 40, 250, 64 << 10
-	prefix := strings.Repeat("s", 230)
-	g := startNode(t, Config{Role: RoleGlobal, PluginsDir: manyDir, MaxMessageSize: maxMsg, MaxResourceSize: 16 << 10})
-	zoneData := t.TempDir()
-	zcfg := func() Config {
-		return zoneConfig(t, "zone-1", g, Config{PluginsDir: manyDir, DataDir: zoneData, MaxMessageSize: maxMsg, MaxResourceSize: 16 << 10})
-	}
-	z := startNode(t, zcfg())
-	names := make([]string, types)
-	for i := range names {
-		names[i] = fmt.Sprintf("Many%03d", i)
-		bulk(t, z, names[i], prefix, n)
-	}
+	g, z, zcfg, names := manyTypesZone(t, types, n, maxMsg)
 	for _, typ := range names {
 		eventually(t, func() bool { return zoneType(g, "zone-1", typ).ResourcesReceived == n }, "global received every %s", typ)
 	}
