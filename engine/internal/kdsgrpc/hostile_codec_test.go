@@ -86,14 +86,7 @@ func TestHostileMessagesPinNoMoreThanTheyHold(t *testing.T) {
 			const n = 16
 			k := keepKDS{n: n, received: make(chan []*kdsv1.Message, 1), measured: make(chan struct{})}
 			addr := serve(t, k, Config{})
-			conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
-				grpc.WithDefaultCallOptions(grpc.ForceCodecV2(rawCodec{})))
-			require.NoError(t, err)
-			defer conn.Close()
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
-			s, err := conn.NewStream(ctx, &kdsv1.KDS_ServiceDesc.Streams[0], kdsv1.KDS_Session_FullMethodName)
-			require.NoError(t, err)
+			s := rawSession(t, addr)
 			before := heapAlloc()
 			for range n {
 				require.NoError(t, s.SendMsg(&msg))
@@ -143,20 +136,28 @@ func TestRequestOfLocatorsIsRefusedOnReceipt(t *testing.T) {
 	msg := field(1, req)
 	k := recvErrKDS{errs: make(chan error, 1)}
 	addr := serve(t, k, Config{})
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(rawCodec{})))
-	require.NoError(t, err)
-	defer conn.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	s, err := conn.NewStream(ctx, &kdsv1.KDS_ServiceDesc.Streams[0], kdsv1.KDS_Session_FullMethodName)
-	require.NoError(t, err)
+	s := rawSession(t, addr)
 	require.NoError(t, s.SendMsg(&msg))
-	err = <-k.errs
+	err := <-k.errs
 	require.Error(t, err)
 	require.Contains(t, err.Error(), "kds request with resource locators (field 8): KDS subscribes by name")
 	var b []byte
 	err = s.RecvMsg(&b)
 	require.Error(t, err)
 	require.Contains(t, err.Error(), "KDS subscribes by name", "the zone is told why")
+}
+
+// rawSession opens a KDS session to addr whose messages are sent as the
+// bytes given (rawCodec), closed when the test ends.
+func rawSession(t *testing.T, addr string) grpc.ClientStream {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(rawCodec{})))
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close() })
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	s, err := conn.NewStream(ctx, &kdsv1.KDS_ServiceDesc.Streams[0], kdsv1.KDS_Session_FullMethodName)
+	require.NoError(t, err)
+	return s
 }
