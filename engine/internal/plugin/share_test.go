@@ -468,6 +468,20 @@ func TestSharingFailureReachesEveryCaller(t *testing.T) {
 	assert.Zero(t, s2.inFlight)
 }
 
+// retryingCaller returns a function that starts one caller of s, sending
+// through f with retries of failed shared calls spawned by sp, and gives
+// the channel its outcome arrives on.
+func retryingCaller(s *sharing, f *fakeSends, sp *spawner) func(context.Context, []*resource.Resource) <-chan outcome {
+	return func(ctx context.Context, rs []*resource.Resource) <-chan outcome {
+		ch := make(chan outcome, 1)
+		go func() {
+			res, err := s.do(ctx, "p", rs, 10*len(rs), 1, 1000, 1<<20, f.retrying(sp.spawn))
+			ch <- outcome{res, err}
+		}()
+		return ch
+	}
+}
+
 // A shared call that fails sends each caller's batch again on a call of
 // its own, one after the other: only the caller whose batch fails again
 // gets an error, the others their own results and warnings. A call of one
@@ -479,14 +493,7 @@ func TestSharingRetriesEachCallerAloneAfterAFailedCall(t *testing.T) {
 	crash := fmt.Errorf("validate: plugin %q exited during the call: %w", "p", ErrPluginDown)
 	f := &fakeSends{gates: []chan struct{}{gate}, poison: "crash", poisonErr: crash}
 	sp := &spawner{base: context.Background()}
-	do := func(ctx context.Context, rs []*resource.Resource) <-chan outcome {
-		ch := make(chan outcome, 1)
-		go func() {
-			res, err := s.do(ctx, "p", rs, 10*len(rs), 1, 1000, 1<<20, f.retrying(sp.spawn))
-			ch <- outcome{res, err}
-		}()
-		return ch
-	}
+	do := retryingCaller(&s, f, sp)
 	leader := do(context.Background(), named("lead"))
 	waitCalls(t, f, 1)
 	actx, warns := resource.WithWarnings(context.Background())
@@ -558,14 +565,7 @@ func TestSharingCallersLeaveDuringRetries(t *testing.T) {
 	// Calls: 0 the leader, 1 the shared one, 2 x's retry (held).
 	f := &fakeSends{gates: []chan struct{}{gate0, nil, gate2}, poison: "crash", poisonErr: crash}
 	sp := &spawner{base: context.Background()}
-	do := func(ctx context.Context, rs []*resource.Resource) <-chan outcome {
-		ch := make(chan outcome, 1)
-		go func() {
-			res, err := s.do(ctx, "p", rs, 10*len(rs), 1, 1000, 1<<20, f.retrying(sp.spawn))
-			ch <- outcome{res, err}
-		}()
-		return ch
-	}
+	do := retryingCaller(&s, f, sp)
 	leader := do(context.Background(), named("lead"))
 	waitCalls(t, f, 1)
 	xctx, xcancel := context.WithCancel(context.Background())
