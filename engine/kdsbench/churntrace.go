@@ -47,6 +47,15 @@ func readSched() *metrics.Float64Histogram {
 	return s[0].Value.Float64Histogram()
 }
 
+// reportSched adds to r the Go scheduling latency of this process since
+// from (readSched) as a note and its p99 as figure prefix_sched_p99_ms.
+func reportSched(r *Report, phase, prefix string, from *metrics.Float64Histogram) {
+	to := readSched()
+	r.note("%s Go scheduling latency (runnable → running, this process): p50 %.2f / p90 %.2f / p99 %.2f ms", phase,
+		ms(schedQuantile(from, to, 0.5)), ms(schedQuantile(from, to, 0.9)), ms(schedQuantile(from, to, 0.99)))
+	r.Figures[prefix+"_sched_p99_ms"] = ms(schedQuantile(from, to, 0.99))
+}
+
 // schedQuantile is the q quantile of the scheduling latencies (how long
 // goroutines were runnable before they ran) between from and to.
 func schedQuantile(from, to *metrics.Float64Histogram, q float64) time.Duration {
@@ -245,10 +254,7 @@ func (st *stageTracer) report(r *Report, phase, prefix string) {
 	after, notify, res := st.sentAfterAnswer, st.sentOnNotify, st.resourcesSent
 	sched0 := st.sched
 	st.mu.Unlock()
-	sched1 := readSched()
-	r.note("%s Go scheduling latency (runnable → running, this process): p50 %.2f / p90 %.2f / p99 %.2f ms", phase,
-		ms(schedQuantile(sched0, sched1, 0.5)), ms(schedQuantile(sched0, sched1, 0.9)), ms(schedQuantile(sched0, sched1, 0.99)))
-	r.Figures[prefix+"_sched_p99_ms"] = ms(schedQuantile(sched0, sched1, 0.99))
+	reportSched(r, phase, prefix, sched0)
 	if len(done) == 0 {
 		return
 	}

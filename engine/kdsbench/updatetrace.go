@@ -188,10 +188,7 @@ func (t *changeTracer) report(r *Report, phase, prefix string) {
 	done := slices.Clone(t.done)
 	sched0 := t.sched
 	t.mu.Unlock()
-	sched1 := readSched()
-	r.note("%s Go scheduling latency (runnable → running, this process): p50 %.3f / p90 %.3f / p99 %.3f ms", phase,
-		ms(schedQuantile(sched0, sched1, 0.5)), ms(schedQuantile(sched0, sched1, 0.9)), ms(schedQuantile(sched0, sched1, 0.99)))
-	r.Figures[prefix+"_sched_p99_ms"] = ms(schedQuantile(sched0, sched1, 0.99))
+	reportSched(r, phase, prefix, sched0)
 	if len(done) == 0 {
 		return
 	}
