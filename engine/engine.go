@@ -40,6 +40,10 @@ import (
 // GlobalPeer is the insights name of a zone's connection to global.
 const GlobalPeer = "global"
 
+// apiShutdownGrace is how long a stopping engine lets admin API requests
+// in flight finish before it cuts them.
+const apiShutdownGrace = 5 * time.Second
+
 // Engine is one running role. Create it with New, start it with Run. After
 // Started is closed, the address methods report the bound listeners.
 type Engine struct {
@@ -422,9 +426,14 @@ func (e *Engine) Run(ctx context.Context) error {
 	g.Go(func() error { e.watchStoreHealth(gctx, raw); return nil })
 	g.Go(func() error {
 		<-gctx.Done()
-		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer scancel()
-		return srv.Shutdown(sctx)
+		cut, err := srv.Stop(apiShutdownGrace)
+		if cut > 0 {
+			e.log.Warn("admin API requests still running at shutdown were cut", "requests", cut, "grace", apiShutdownGrace)
+		}
+		if err != nil {
+			return fmt.Errorf("admin API: %w", err)
+		}
+		return nil
 	})
 
 	tcfg := kdsgrpc.Config{

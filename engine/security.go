@@ -227,7 +227,7 @@ func (e *Engine) apiLimits() httpauth.Limits {
 // Content-Type, body size), its token and TLS as configured, and refuses a
 // network-reachable bind without both. Serve it on
 // httpauth.LimitListener(lis, e.apiLimits()).
-func (e *Engine) apiServer(h http.Handler) (*http.Server, *tls.Config, error) {
+func (e *Engine) apiServer(h http.Handler) (*httpauth.Server, *tls.Config, error) {
 	tok := ""
 	if e.cfg.APITokenFile != "" {
 		var err error

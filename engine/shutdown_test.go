@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
+	"net"
+	"net/http"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -122,4 +125,24 @@ func TestStopErr(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A stop while a client holds an admin API connection on which it has
+// sent nothing yet (browsers open such ahead of use) is clean: the
+// connection is closed when the grace runs out instead of failing Run.
+func TestShutdownWithAnIdleNewAPIConnectionIsClean(t *testing.T) {
+	n := startNode(t, Config{Role: RoleGlobal, PluginsDir: lenientDir})
+	addr := n.e.APIAddr().String()
+	c, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	defer c.Close()
+	// The API has accepted c once a later connection's request is
+	// answered (one accept loop, in order).
+	resp, err := http.Get("http://" + addr + "/healthz")
+	require.NoError(t, err)
+	resp.Body.Close()
+	n.stop()
+	require.NoError(t, c.SetReadDeadline(time.Now().Add(30*time.Second)))
+	_, err = c.Read(make([]byte, 1))
+	require.ErrorIs(t, err, io.EOF, "the engine closed the connection")
 }

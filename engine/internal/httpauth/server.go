@@ -1,8 +1,12 @@
 package httpauth
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/netutil"
@@ -62,19 +66,67 @@ func (l Limits) WithDefaults() Limits {
 	return l
 }
 
-// NewServer returns an http.Server for h with l's timeouts (defaults for
-// zero fields) and MaxHeaderBytes. Serve it on LimitListener(lis, l), so
-// that the connection limit holds too.
-func NewServer(h http.Handler, l Limits) *http.Server {
+// Server is an http.Server that counts the requests it is serving, so
+// that Stop can say how many a shutdown cut.
+type Server struct {
+	*http.Server
+	inFlight atomic.Int64
+	// base is every request's parent context; Stop cancels it when the
+	// grace runs out.
+	base       context.Context
+	cancelBase context.CancelFunc
+}
+
+// NewServer returns a Server for h with l's timeouts (defaults for zero
+// fields) and MaxHeaderBytes. Serve it on LimitListener(lis, l), so that
+// the connection limit holds too, and end it with Stop.
+func NewServer(h http.Handler, l Limits) *Server {
 	l = l.WithDefaults()
-	return &http.Server{
-		Handler:           h,
+	s := &Server{}
+	s.base, s.cancelBase = context.WithCancel(context.Background())
+	s.Server = &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			s.inFlight.Add(1)
+			defer s.inFlight.Add(-1)
+			h.ServeHTTP(w, r)
+		}),
+		BaseContext:       func(net.Listener) context.Context { return s.base },
 		ReadHeaderTimeout: l.ReadHeaderTimeout,
 		ReadTimeout:       l.ReadTimeout,
 		WriteTimeout:      l.WriteTimeout,
 		IdleTimeout:       l.IdleTimeout,
 		MaxHeaderBytes:    MaxHeaderBytes,
 	}
+	return s
+}
+
+// Stop ends the server: it stops accepting, lets the requests being served
+// finish for at most grace, then cancels the context of those still
+// running and closes every connection left — including ones a client
+// opened without sending a request yet (browsers open such ahead of use;
+// http.Server.Shutdown alone waits seconds for them). It waits at most
+// grace again for the cut requests' handlers to return. cut is how many
+// requests were still being served when the grace ran out; err is only
+// an error closing the listeners or connections. Serve then returns
+// http.ErrServerClosed.
+func (s *Server) Stop(grace time.Duration) (cut int, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	err = s.Shutdown(ctx)
+	if err == nil || !errors.Is(err, context.DeadlineExceeded) {
+		s.cancelBase()
+		return 0, err
+	}
+	cut = int(s.inFlight.Load())
+	s.cancelBase()
+	if err := s.Close(); err != nil {
+		return cut, fmt.Errorf("close admin connections: %w", err)
+	}
+	deadline := time.Now().Add(grace)
+	for s.inFlight.Load() > 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	return cut, nil
 }
 
 // LimitListener returns lis accepting at most l.MaxConnections (default

@@ -2,6 +2,7 @@ package httpauth
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -139,4 +140,95 @@ func TestLimitsDefaults(t *testing.T) {
 	srv := NewServer(http.NotFoundHandler(), Limits{})
 	assert.Equal(t, 30*time.Second, srv.ReadTimeout)
 	assert.Equal(t, MaxHeaderBytes, srv.MaxHeaderBytes)
+}
+
+// serveStoppable runs NewServer(h) on a loopback listener and returns it
+// with its address; the test stops it, Serve's result is checked after.
+func serveStoppable(t *testing.T, h http.Handler) (*Server, string) {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	srv := NewServer(h, Limits{})
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(lis) }()
+	t.Cleanup(func() { require.ErrorIs(t, <-done, http.ErrServerClosed) })
+	return srv, lis.Addr().String()
+}
+
+// A connection opened without a request (browsers open them ahead of
+// use) neither fails nor stretches a stop: http.Server.Shutdown alone
+// waits until such a connection is over five seconds old.
+func TestStopClosesConnectionsThatSentNoRequest(t *testing.T) {
+	srv, addr := serveStoppable(t, http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	c := dial(t, addr)
+	// The server has accepted it once a request on another connection
+	// has been answered (one accept loop, in order).
+	resp, err := http.Get("http://" + addr + "/")
+	require.NoError(t, err)
+	resp.Body.Close()
+
+	cut, err := srv.Stop(300 * time.Millisecond)
+	require.NoError(t, err)
+	assert.Zero(t, cut, "no request was being served")
+	closedByServer(t, c)
+}
+
+// A request still running when the grace runs out is cut: its context
+// ends, Stop counts it and returns once its handler has.
+func TestStopCutsRequestsRunningPastTheGrace(t *testing.T) {
+	entered, returned := make(chan struct{}), make(chan error, 1)
+	srv, addr := serveStoppable(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(entered)
+		select {
+		case <-r.Context().Done():
+			returned <- r.Context().Err()
+		case <-time.After(patience):
+			returned <- errors.New("request context not cancelled")
+		}
+	}))
+	clientErr := make(chan error, 1)
+	go func() {
+		resp, err := http.Get("http://" + addr + "/")
+		if err == nil {
+			resp.Body.Close()
+		}
+		clientErr <- err
+	}()
+	<-entered
+	cut, err := srv.Stop(200 * time.Millisecond)
+	require.NoError(t, err)
+	assert.Equal(t, 1, cut)
+	select {
+	case err := <-returned:
+		require.ErrorIs(t, err, context.Canceled, "the handler saw its request end")
+	default:
+		t.Fatal("Stop returned before the cut handler did")
+	}
+	require.Error(t, <-clientErr, "the client's request was cut")
+}
+
+// A request that finishes within the grace is answered in full.
+func TestStopLetsRequestsFinishWithinTheGrace(t *testing.T) {
+	entered := make(chan struct{})
+	srv, addr := serveStoppable(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(entered)
+		time.Sleep(200 * time.Millisecond)
+		_, _ = io.WriteString(w, "done")
+	}))
+	body := make(chan string, 1)
+	go func() {
+		resp, err := http.Get("http://" + addr + "/")
+		if err != nil {
+			body <- err.Error()
+			return
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		body <- string(b)
+	}()
+	<-entered
+	cut, err := srv.Stop(patience)
+	require.NoError(t, err)
+	assert.Zero(t, cut)
+	assert.Equal(t, "done", <-body)
 }
