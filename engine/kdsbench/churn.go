@@ -7,6 +7,7 @@ import (
 	"runtime/pprof"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -174,6 +175,17 @@ func Churn(ctx context.Context, o Options, c ChurnConfig) (*Report, error) {
 	}
 	if !keeps || p99 > churnP99 || grow > churnRSSGrow {
 		r.Pass = false
+		var missed []string
+		if !keeps {
+			missed = append(missed, "global did not keep up")
+		}
+		if p99 > churnP99 {
+			missed = append(missed, fmt.Sprintf("write→apply p99 %.0f ms > %s", ms(p99), churnP99))
+		}
+		if grow > churnRSSGrow {
+			missed = append(missed, fmt.Sprintf("RSS grew %.1f %% after the first minute > %.0f %%", 100*grow, 100*churnRSSGrow))
+		}
+		r.note("steady phase missed: %s", strings.Join(missed, "; "))
 	}
 	if c.Duration < 2*time.Minute {
 		r.note("the steady phase ran %s; the RSS and backlog verdicts compare its first minute with the rest, so they need more than 2 minutes (MISS means not shown to pass)", c.Duration)
