@@ -89,18 +89,25 @@ func marshal(m *kdsv1.Message, size int, refer bool) (mem.BufferSlice, error) {
 func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
 	m, ok := v.(*kdsv1.Message)
 	if !ok || !(aliases(data) || data.Len() >= DeferMin) {
-		if err := fallback().Unmarshal(data, v); err != nil || !ok {
-			return err
+		if ok {
+			// A small message, which protobuf decodes whole from gRPC's
+			// buffer: refused, as a large one is, before anything of it
+			// is decoded (a response need not be its first field).
+			if err := refuseMessage(contiguous(data), 0, true); err != nil {
+				return err
+			}
 		}
-		// A small request or batch, decoded whole: what it costs decoded
-		// is bounded by its size, and it is refused before it is queued.
-		if err := refuseDecoded(m); err != nil {
-			proto.Reset(m)
-			return err
-		}
-		return nil
+		return fallback().Unmarshal(data, v)
 	}
 	return unmarshalOwned(materialize(data), m)
+}
+
+// contiguous is data's bytes: its one buffer's, or a copy of its buffers.
+func contiguous(data mem.BufferSlice) []byte {
+	if len(data) == 1 {
+		return data[0].ReadOnlyData()
+	}
+	return materialize(data)
 }
 
 // materialize copies data into one new slice. Unlike

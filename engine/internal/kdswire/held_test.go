@@ -135,3 +135,32 @@ func TestResponsesThatWouldHoldManyTimesTheirSizeAreRefusedOnReceipt(t *testing.
 		runtime.KeepAlive(got)
 	}
 }
+
+// A small message (under DeferMin) that does not start with its response
+// (a request field first: protobuf keeps the last of a oneof's fields) is
+// decoded whole by protobuf-go; it is refused before that, as a large
+// one is, when its response would hold many times its size.
+func TestSmallResponseBehindARequestIsRefusedBeforeDecoding(t *testing.T) {
+	r := &discovery.DeltaDiscoveryResponse{TypeUrl: "x"}
+	for range 7000 {
+		r.Resources = append(r.Resources, &discovery.Resource{})
+	}
+	resp, err := proto.Marshal(r)
+	must.NoError(t, err)
+	b := protowire.AppendBytes(protowire.AppendTag(nil, msgRequest, protowire.BytesType), nil)
+	b = protowire.AppendBytes(protowire.AppendTag(b, msgResponse, protowire.BytesType), resp)
+	must.Less(t, len(b), DeferMin, "small: protobuf decodes it whole")
+
+	var want kdsv1.Message
+	must.NoError(t, proto.Unmarshal(b, &want), "protobuf accepts it")
+	must.NotNil(t, want.GetResponse(), "the response is the field that counts")
+	_, counted := Measure(&want)
+	must.Greater(t, counted, MaxResponseExpansion*len(b)+ResponseExpansionSlack, "it holds many times its size")
+
+	for _, pieces := range []int{len(b), 100} {
+		var got kdsv1.Message
+		err := (Codec{}).Unmarshal(split(bytes.Clone(b), pieces), &got)
+		assert.ErrorIs(t, err, ErrRefusedResponse, "in pieces of %d bytes", pieces)
+		assert.True(t, got.GetResponse() == nil, "nothing of it decoded")
+	}
+}

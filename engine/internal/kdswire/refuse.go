@@ -6,10 +6,7 @@ import (
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/protobuf/encoding/protowire"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
-
-	kdsv1 "github.com/kds-engine/kds-engine/proto/kds/v1"
 )
 
 // A received request waits in the peer's inbound queue counted at its
@@ -101,41 +98,6 @@ func refuseRequest(v []byte, t *requestTotals) error {
 		return err == nil
 	})
 	return err
-}
-
-// refuseDecoded is refuseMessage for m, a message decoded already (a small
-// one, which protobuf decoded from gRPC's buffer): its request, or the
-// requests of its batch. A message's bytes may hold other fields before
-// its batch (the last of a oneof's fields wins), so a small batch is not
-// always one that starts with the batch's tag and takes refuseMessage's
-// path.
-func refuseDecoded(m *kdsv1.Message) error {
-	if b := m.GetBatch(); b != nil {
-		for _, inner := range b.GetMessages() {
-			if err := refuseDecodedRequest(inner.GetRequest()); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	return refuseDecodedRequest(m.GetRequest())
-}
-
-// refuseDecodedRequest is refuseRequest for a request decoded already.
-func refuseDecodedRequest(r *discovery.DeltaDiscoveryRequest) error {
-	switch {
-	case r == nil:
-		return nil
-	case len(r.GetResourceLocatorsSubscribe()) > 0:
-		return refused("resource locators (field %d): KDS subscribes by name", reqLocatorsSubscribe)
-	case len(r.GetResourceLocatorsUnsubscribe()) > 0:
-		return refused("resource locators (field %d): KDS subscribes by name", reqLocatorsUnsubscribe)
-	case r.Node != nil && proto.Size(r.Node) > MaxNodeBytes:
-		return refused("a node of %d bytes: at most %d", proto.Size(r.Node), MaxNodeBytes)
-	case len(r.GetErrorDetail().GetDetails()) > MaxErrorDetails:
-		return refused("an error detail of %d details: at most %d", len(r.GetErrorDetail().GetDetails()), MaxErrorDetails)
-	}
-	return nil
 }
 
 func refused(format string, args ...any) error {

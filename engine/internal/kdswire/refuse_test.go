@@ -118,10 +118,10 @@ func TestRequestsWithASmallNodeOrARejectionAreAccepted(t *testing.T) {
 
 // A node's bound is the same on both decode paths (a small request decoded
 // by protobuf, a large one by the codec): a node of exactly MaxNodeBytes
-// passes, one byte more is refused. A node written in pieces is where
-// they differ, on the safe side: the codec's path adds up the pieces'
-// bytes, protobuf's measures the node it merged (here the second piece's
-// id replaces the first's), so only the codec's path refuses it.
+// passes, one byte more is refused. A node written in pieces is refused
+// by the pieces' bytes added up, on both paths (both check the bytes
+// before decoding), though protobuf would merge them into a node within
+// the bound (here the second piece's id replaces the first's).
 func TestNodeBoundAgreesOnBothPaths(t *testing.T) {
 	node := func(size int) *core.Node {
 		n := &core.Node{Id: "n"}
@@ -163,7 +163,8 @@ func TestNodeBoundAgreesOnBothPaths(t *testing.T) {
 		return protowire.AppendBytes(protowire.AppendTag(b, msgRequest, protowire.BytesType), r)
 	}
 	pieces := piece(piece(nil))
-	assert.NoError(t, decode(pieces), "small: protobuf's merged node is within the bound")
+	must.Less(t, len(pieces), DeferMin)
+	assert.ErrorIs(t, decode(pieces), ErrRefusedRequest, "small: the pieces' bytes add up")
 	padded := pieces
 	for len(padded) < DeferMin {
 		r, err := proto.Marshal(&discovery.DeltaDiscoveryRequest{ResourceNamesSubscribe: []string{strings.Repeat("s", 1000)}})
