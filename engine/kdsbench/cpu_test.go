@@ -71,3 +71,11 @@ func TestChurnKeptUp(t *testing.T) {
 	growing := churnPhase{rate: 10000, pendings: append(flat(60, 1000), flat(60, 9000)...)}
 	assert.False(t, growing.keptUp())
 }
+
+// A missed churn verdict names each target it missed, and only those.
+func TestChurnMissedNamesWhatMissed(t *testing.T) {
+	assert.Empty(t, churnMissed(true, churnP99, churnRSSGrow))
+	assert.Equal(t, []string{"RSS grew 25.0 % after the first minute > 10 %"}, churnMissed(true, churnP99, 0.25))
+	missed := churnMissed(false, 436*time.Millisecond, 0)
+	assert.Equal(t, []string{"global did not keep up", "write→apply p99 436 ms > 250ms"}, missed)
+}
