@@ -2,10 +2,12 @@ package httpauth
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -67,7 +69,8 @@ func (l Limits) WithDefaults() Limits {
 }
 
 // Server is an http.Server that counts the requests it is serving, so
-// that Stop can say how many a shutdown cut.
+// that Stop can say how many a shutdown cut, and tracks its connections,
+// so that Stop can close them under TLS too.
 type Server struct {
 	*http.Server
 	inFlight atomic.Int64
@@ -75,6 +78,11 @@ type Server struct {
 	// grace runs out.
 	base       context.Context
 	cancelBase context.CancelFunc
+
+	mu sync.Mutex
+	// conns are the connections open, each with the connection under
+	// it when it is TLS (closing that one sends nothing).
+	conns map[net.Conn]net.Conn
 }
 
 // NewServer returns a Server for h with l's timeouts (defaults for zero
@@ -82,7 +90,7 @@ type Server struct {
 // the connection limit holds too, and end it with Stop.
 func NewServer(h http.Handler, l Limits) *Server {
 	l = l.WithDefaults()
-	s := &Server{}
+	s := &Server{conns: make(map[net.Conn]net.Conn)}
 	s.base, s.cancelBase = context.WithCancel(context.Background())
 	s.Server = &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -91,6 +99,7 @@ func NewServer(h http.Handler, l Limits) *Server {
 			h.ServeHTTP(w, r)
 		}),
 		BaseContext:       func(net.Listener) context.Context { return s.base },
+		ConnState:         s.track,
 		ReadHeaderTimeout: l.ReadHeaderTimeout,
 		ReadTimeout:       l.ReadTimeout,
 		WriteTimeout:      l.WriteTimeout,
@@ -100,33 +109,89 @@ func NewServer(h http.Handler, l Limits) *Server {
 	return s
 }
 
+// track keeps s.conns: a connection from its first state to its last.
+func (s *Server) track(c net.Conn, st http.ConnState) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch st {
+	case http.StateNew:
+		raw := c
+		if tc, ok := c.(*tls.Conn); ok {
+			raw = tc.NetConn()
+		}
+		s.conns[c] = raw
+	case http.StateClosed, http.StateHijacked:
+		delete(s.conns, c)
+	}
+}
+
+// closeConns closes the connections under every open one, sending
+// nothing: a TLS close_notify to a client that reads nothing waits up to
+// five seconds (crypto/tls), each, and http.Server closes them one after
+// the other, holding its lock.
+func (s *Server) closeConns() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, raw := range s.conns {
+		_ = raw.Close()
+	}
+}
+
+// Stopped is what Stop did to the requests being served.
+type Stopped struct {
+	// Cut is how many requests were still being served when the grace
+	// ran out: their contexts were cancelled, their connections closed.
+	Cut int
+	// Running is how many handlers had still not returned a grace after
+	// that: they ignore their request's context, and outlive Stop.
+	Running int
+}
+
 // Stop ends the server: it stops accepting, lets the requests being served
 // finish for at most grace, then cancels the context of those still
 // running and closes every connection left — including ones a client
 // opened without sending a request yet (browsers open such ahead of use;
-// http.Server.Shutdown alone waits seconds for them). It waits at most
-// grace again for the cut requests' handlers to return. cut is how many
-// requests were still being served when the grace ran out; err is only
-// an error closing the listeners or connections. Serve then returns
-// http.ErrServerClosed.
-func (s *Server) Stop(grace time.Duration) (cut int, err error) {
+// http.Server.Shutdown alone waits seconds for them) and TLS ones whose
+// client reads nothing (closed under TLS, without a close_notify). It
+// waits at most grace again for the cut requests' handlers to return, so
+// it returns within about twice grace. err is only an error closing the
+// listeners. Serve then returns http.ErrServerClosed.
+func (s *Server) Stop(grace time.Duration) (Stopped, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
-	err = s.Shutdown(ctx)
-	if err == nil || !errors.Is(err, context.DeadlineExceeded) {
-		s.cancelBase()
-		return 0, err
+	shut := make(chan error, 1)
+	go func() { shut <- s.Shutdown(ctx) }()
+	select {
+	case err := <-shut:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			s.cancelBase()
+			// Connections still tracked are closing, maybe in a
+			// close_notify to a client that reads nothing.
+			s.closeConns()
+			return Stopped{}, err
+		}
+		shut <- err
+	case <-ctx.Done():
+		// Shutdown may still be closing idle TLS connections.
 	}
-	cut = int(s.inFlight.Load())
+	// Connections first, contexts after: a cut handler that returns at
+	// once must not answer its client as if all went well.
+	st := Stopped{Cut: int(s.inFlight.Load())}
+	s.closeConns()
+	err := s.Close()
 	s.cancelBase()
-	if err := s.Close(); err != nil {
-		return cut, fmt.Errorf("close admin connections: %w", err)
+	if serr := <-shut; err == nil && serr != nil && !errors.Is(serr, context.DeadlineExceeded) {
+		err = serr
+	}
+	if err != nil {
+		return st, fmt.Errorf("close admin connections: %w", err)
 	}
 	deadline := time.Now().Add(grace)
 	for s.inFlight.Load() > 0 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	return cut, nil
+	st.Running = int(s.inFlight.Load())
+	return st, nil
 }
 
 // LimitListener returns lis accepting at most l.MaxConnections (default

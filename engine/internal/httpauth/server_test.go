@@ -167,9 +167,9 @@ func TestStopClosesConnectionsThatSentNoRequest(t *testing.T) {
 	require.NoError(t, err)
 	resp.Body.Close()
 
-	cut, err := srv.Stop(300 * time.Millisecond)
+	st, err := srv.Stop(300 * time.Millisecond)
 	require.NoError(t, err)
-	assert.Zero(t, cut, "no request was being served")
+	assert.Zero(t, st, "no request was being served")
 	closedByServer(t, c)
 }
 
@@ -195,9 +195,9 @@ func TestStopCutsRequestsRunningPastTheGrace(t *testing.T) {
 		clientErr <- err
 	}()
 	<-entered
-	cut, err := srv.Stop(200 * time.Millisecond)
+	st, err := srv.Stop(200 * time.Millisecond)
 	require.NoError(t, err)
-	assert.Equal(t, 1, cut)
+	assert.Equal(t, Stopped{Cut: 1}, st)
 	select {
 	case err := <-returned:
 		require.ErrorIs(t, err, context.Canceled, "the handler saw its request end")
@@ -227,8 +227,8 @@ func TestStopLetsRequestsFinishWithinTheGrace(t *testing.T) {
 		body <- string(b)
 	}()
 	<-entered
-	cut, err := srv.Stop(patience)
+	st, err := srv.Stop(patience)
 	require.NoError(t, err)
-	assert.Zero(t, cut)
+	assert.Zero(t, st)
 	assert.Equal(t, "done", <-body)
 }
