@@ -5,12 +5,15 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	stdlog "log"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"golang.org/x/net/netutil"
 )
 
@@ -86,10 +89,14 @@ type Server struct {
 }
 
 // NewServer returns a Server for h with l's timeouts (defaults for zero
-// fields) and MaxHeaderBytes. Serve it on LimitListener(lis, l), so that
+// fields) and MaxHeaderBytes, that reports what net/http logs to log (see
+// errorLog; nil discards it). Serve it on LimitListener(lis, l), so that
 // the connection limit holds too, and end it with Stop.
-func NewServer(h http.Handler, l Limits) *Server {
+func NewServer(h http.Handler, l Limits, log hclog.Logger) *Server {
 	l = l.WithDefaults()
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
 	s := &Server{conns: make(map[net.Conn]net.Conn)}
 	s.base, s.cancelBase = context.WithCancel(context.Background())
 	s.Server = &http.Server{
@@ -100,6 +107,7 @@ func NewServer(h http.Handler, l Limits) *Server {
 		}),
 		BaseContext:       func(net.Listener) context.Context { return s.base },
 		ConnState:         s.track,
+		ErrorLog:          errorLog(log),
 		ReadHeaderTimeout: l.ReadHeaderTimeout,
 		ReadTimeout:       l.ReadTimeout,
 		WriteTimeout:      l.WriteTimeout,
@@ -107,6 +115,25 @@ func NewServer(h http.Handler, l Limits) *Server {
 		MaxHeaderBytes:    MaxHeaderBytes,
 	}
 	return s
+}
+
+// errorLog is an http.Server's ErrorLog that writes to log: what net/http
+// says of clients (a TLS handshake that failed or was cut by a stop, a
+// malformed request) at debug level, a handler's panic as an error.
+func errorLog(log hclog.Logger) *stdlog.Logger {
+	return stdlog.New(serverErrors{log}, "", 0)
+}
+
+type serverErrors struct{ log hclog.Logger }
+
+func (w serverErrors) Write(p []byte) (int, error) {
+	msg := strings.TrimSpace(string(p))
+	if strings.Contains(msg, "panic serving") {
+		w.log.Error(msg)
+	} else {
+		w.log.Debug(msg)
+	}
+	return len(p), nil
 }
 
 // track keeps s.conns: a connection from its first state to its last.

@@ -25,7 +25,7 @@ func serveLimited(t *testing.T, l Limits, h http.Handler) string {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	srv := NewServer(Guard(RequestRules{BoundAddr: lis.Addr().String()}, h), l)
+	srv := NewServer(Guard(RequestRules{BoundAddr: lis.Addr().String()}, h), l, nil)
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(LimitListener(lis, l)) }()
 	t.Cleanup(func() {
@@ -137,7 +137,7 @@ func TestLimitsDefaults(t *testing.T) {
 	assert.Equal(t, Limits{ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: time.Minute,
 		IdleTimeout: time.Minute, MaxConnections: 128}, l)
 	assert.Equal(t, time.Second, Limits{ReadTimeout: time.Second}.WithDefaults().ReadHeaderTimeout, "never longer than the read timeout")
-	srv := NewServer(http.NotFoundHandler(), Limits{})
+	srv := NewServer(http.NotFoundHandler(), Limits{}, nil)
 	assert.Equal(t, 30*time.Second, srv.ReadTimeout)
 	assert.Equal(t, MaxHeaderBytes, srv.MaxHeaderBytes)
 }
@@ -148,7 +148,7 @@ func serveStoppable(t *testing.T, h http.Handler) (*Server, string) {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	srv := NewServer(h, Limits{})
+	srv := NewServer(h, Limits{}, nil)
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(lis) }()
 	t.Cleanup(func() { require.ErrorIs(t, <-done, http.ErrServerClosed) })

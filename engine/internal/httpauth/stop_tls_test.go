@@ -2,6 +2,7 @@ package httpauth
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -14,11 +15,13 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
@@ -110,12 +113,12 @@ func (l *stallListener) Accept() (net.Conn, error) {
 // serveTLS runs NewServer(h) over TLS on a loopback listener whose
 // connections the test can stall; Serve's result and leaked goroutines
 // are checked after.
-func serveTLS(t *testing.T, h http.Handler, idle chan<- struct{}) (*Server, string, chan *stallConn) {
+func serveTLS(t *testing.T, h http.Handler, idle chan<- struct{}, log hclog.Logger) (*Server, string, chan *stallConn) {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	sl := &stallListener{Listener: lis, accepted: make(chan *stallConn, 16)}
-	srv := NewServer(h, Limits{})
+	srv := NewServer(h, Limits{}, log)
 	if idle != nil {
 		track := srv.ConnState
 		srv.ConnState = func(c net.Conn, st http.ConnState) {
@@ -159,7 +162,7 @@ func stopWithAStalledTLSClient(t *testing.T, idle chan struct{}) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	srv, addr, accepted := serveTLS(t, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = io.WriteString(w, "ok")
-	}), idle)
+	}), idle, nil)
 	c, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true})
 	require.NoError(t, err)
 	defer c.Close()
@@ -191,7 +194,7 @@ func stopWithAStalledTLSClient(t *testing.T, idle chan struct{}) {
 // A client stalled in the TLS handshake (it sent nothing) neither fails
 // nor stretches a stop.
 func TestStopClosesConnectionsStalledInTheTLSHandshake(t *testing.T) {
-	srv, addr, accepted := serveTLS(t, http.NotFoundHandler(), nil)
+	srv, addr, accepted := serveTLS(t, http.NotFoundHandler(), nil, nil)
 	c := dial(t, addr)
 	<-accepted
 	start := time.Now()
@@ -232,4 +235,47 @@ func TestStopReportsHandlersThatOutliveIt(t *testing.T) {
 	assert.Less(t, time.Since(start), time.Second)
 	close(release)
 	<-returned
+}
+
+// What net/http logs of the admin API's clients reaches the engine's
+// logger: a TLS handshake a stop cut at debug level, a handler's panic as
+// an error (not the standard library's logger, on stderr).
+func TestServerErrorsReachTheLogger(t *testing.T) {
+	var buf syncBuffer
+	log := hclog.New(&hclog.LoggerOptions{Name: "api", Level: hclog.Debug, Output: &buf})
+	srv, addr, accepted := serveTLS(t, http.HandlerFunc(func(http.ResponseWriter, *http.Request) {
+		panic("handler bug")
+	}), nil, log)
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	_, err := client.Get("https://" + addr + "/")
+	require.Error(t, err, "the panic cut the request")
+	<-accepted
+	c := dial(t, addr)
+	defer c.Close()
+	<-accepted
+	_, err = srv.Stop(100 * time.Millisecond)
+	require.NoError(t, err)
+	client.CloseIdleConnections()
+	assert.Eventually(t, func() bool {
+		out := buf.String()
+		return strings.Contains(out, "[ERROR] api: http: panic serving") && strings.Contains(out, "[DEBUG] api: http: TLS handshake error")
+	}, patience, 10*time.Millisecond, "log:\n%s", &buf)
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger and a test at once.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
