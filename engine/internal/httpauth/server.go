@@ -72,8 +72,9 @@ func (l Limits) WithDefaults() Limits {
 }
 
 // Server is an http.Server that counts the requests it is serving, so
-// that Stop can say how many a shutdown cut, and tracks its connections,
-// so that Stop can close them under TLS too.
+// that Stop can say how many a shutdown cut, and tracks its connections
+// (its ConnState hook), so that Stop can close them under TLS too. A
+// caller that sets another ConnState must call the one it replaces.
 type Server struct {
 	*http.Server
 	inFlight atomic.Int64
