@@ -426,12 +426,18 @@ func (e *Engine) Run(ctx context.Context) error {
 	g.Go(func() error { e.watchStoreHealth(gctx, raw); return nil })
 	g.Go(func() error {
 		<-gctx.Done()
-		cut, err := srv.Stop(apiShutdownGrace)
-		if cut > 0 {
-			e.log.Warn("admin API requests still running at shutdown were cut", "requests", cut, "grace", apiShutdownGrace)
+		// Requests cut when the grace runs out are what a bounded stop
+		// means (their clients get an error, the stop is clean); handlers
+		// that ignore their cancelled request and outlive Run are not.
+		st, err := srv.Stop(apiShutdownGrace)
+		if st.Cut > 0 {
+			e.log.Warn("admin API requests still running at shutdown were cut", "requests", st.Cut, "grace", apiShutdownGrace)
 		}
 		if err != nil {
 			return fmt.Errorf("admin API: %w", err)
+		}
+		if st.Running > 0 {
+			return fmt.Errorf("admin API: %d handlers still running %s after their requests were cut", st.Running, apiShutdownGrace)
 		}
 		return nil
 	})

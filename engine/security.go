@@ -251,7 +251,7 @@ func (e *Engine) apiServer(h http.Handler) (*httpauth.Server, *tls.Config, error
 	e.log.Debug("admin API limits", "read_header_timeout", limits.ReadHeaderTimeout, "read_timeout", limits.ReadTimeout,
 		"write_timeout", limits.WriteTimeout, "idle_timeout", limits.IdleTimeout, "max_connections", limits.MaxConnections,
 		"max_body_size", e.cfg.APIMaxBodySize, "allowed_hosts", e.cfg.APIAllowedHosts)
-	srv := httpauth.NewServer(h, limits)
+	srv := httpauth.NewServer(h, limits, e.log.Named("api"))
 	if !tlsOn {
 		return srv, nil, nil
 	}

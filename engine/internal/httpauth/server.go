@@ -2,13 +2,18 @@ package httpauth
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	stdlog "log"
 	"net"
 	"net/http"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"golang.org/x/net/netutil"
 )
 
@@ -67,7 +72,9 @@ func (l Limits) WithDefaults() Limits {
 }
 
 // Server is an http.Server that counts the requests it is serving, so
-// that Stop can say how many a shutdown cut.
+// that Stop can say how many a shutdown cut, and tracks its connections
+// (its ConnState hook), so that Stop can close them under TLS too. A
+// caller that sets another ConnState must call the one it replaces.
 type Server struct {
 	*http.Server
 	inFlight atomic.Int64
@@ -75,14 +82,23 @@ type Server struct {
 	// grace runs out.
 	base       context.Context
 	cancelBase context.CancelFunc
+
+	mu sync.Mutex
+	// conns are the connections open, each with the connection under
+	// it when it is TLS (closing that one sends nothing).
+	conns map[net.Conn]net.Conn
 }
 
 // NewServer returns a Server for h with l's timeouts (defaults for zero
-// fields) and MaxHeaderBytes. Serve it on LimitListener(lis, l), so that
+// fields) and MaxHeaderBytes, that reports what net/http logs to log (see
+// errorLog; nil discards it). Serve it on LimitListener(lis, l), so that
 // the connection limit holds too, and end it with Stop.
-func NewServer(h http.Handler, l Limits) *Server {
+func NewServer(h http.Handler, l Limits, log hclog.Logger) *Server {
 	l = l.WithDefaults()
-	s := &Server{}
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	s := &Server{conns: make(map[net.Conn]net.Conn)}
 	s.base, s.cancelBase = context.WithCancel(context.Background())
 	s.Server = &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -91,6 +107,8 @@ func NewServer(h http.Handler, l Limits) *Server {
 			h.ServeHTTP(w, r)
 		}),
 		BaseContext:       func(net.Listener) context.Context { return s.base },
+		ConnState:         s.track,
+		ErrorLog:          errorLog(log),
 		ReadHeaderTimeout: l.ReadHeaderTimeout,
 		ReadTimeout:       l.ReadTimeout,
 		WriteTimeout:      l.WriteTimeout,
@@ -100,33 +118,108 @@ func NewServer(h http.Handler, l Limits) *Server {
 	return s
 }
 
+// errorLog is an http.Server's ErrorLog that writes to log: what net/http
+// says of clients (a TLS handshake that failed or was cut by a stop, a
+// malformed request) at debug level, a handler's panic as an error.
+func errorLog(log hclog.Logger) *stdlog.Logger {
+	return stdlog.New(serverErrors{log}, "", 0)
+}
+
+type serverErrors struct{ log hclog.Logger }
+
+func (w serverErrors) Write(p []byte) (int, error) {
+	msg := strings.TrimSpace(string(p))
+	if strings.Contains(msg, "panic serving") {
+		w.log.Error(msg)
+	} else {
+		w.log.Debug(msg)
+	}
+	return len(p), nil
+}
+
+// track keeps s.conns: a connection from its first state to its last.
+func (s *Server) track(c net.Conn, st http.ConnState) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch st {
+	case http.StateNew:
+		raw := c
+		if tc, ok := c.(*tls.Conn); ok {
+			raw = tc.NetConn()
+		}
+		s.conns[c] = raw
+	case http.StateClosed, http.StateHijacked:
+		delete(s.conns, c)
+	}
+}
+
+// closeConns closes the connections under every open one, sending
+// nothing: a TLS close_notify to a client that reads nothing waits up to
+// five seconds (crypto/tls), each, and http.Server closes them one after
+// the other, holding its lock.
+func (s *Server) closeConns() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, raw := range s.conns {
+		_ = raw.Close()
+	}
+}
+
+// Stopped is what Stop did to the requests being served.
+type Stopped struct {
+	// Cut is how many requests were still being served when the grace
+	// ran out: their contexts were cancelled, their connections closed.
+	Cut int
+	// Running is how many handlers had still not returned a grace after
+	// that: they ignore their request's context, and outlive Stop.
+	Running int
+}
+
 // Stop ends the server: it stops accepting, lets the requests being served
 // finish for at most grace, then cancels the context of those still
 // running and closes every connection left — including ones a client
 // opened without sending a request yet (browsers open such ahead of use;
-// http.Server.Shutdown alone waits seconds for them). It waits at most
-// grace again for the cut requests' handlers to return. cut is how many
-// requests were still being served when the grace ran out; err is only
-// an error closing the listeners or connections. Serve then returns
-// http.ErrServerClosed.
-func (s *Server) Stop(grace time.Duration) (cut int, err error) {
+// http.Server.Shutdown alone waits seconds for them) and TLS ones whose
+// client reads nothing (closed under TLS, without a close_notify). It
+// waits at most grace again for the cut requests' handlers to return, so
+// it returns within about twice grace. err is only an error closing the
+// listeners. Serve then returns http.ErrServerClosed.
+func (s *Server) Stop(grace time.Duration) (Stopped, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
-	err = s.Shutdown(ctx)
-	if err == nil || !errors.Is(err, context.DeadlineExceeded) {
-		s.cancelBase()
-		return 0, err
+	shut := make(chan error, 1)
+	go func() { shut <- s.Shutdown(ctx) }()
+	select {
+	case err := <-shut:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			s.cancelBase()
+			// Connections still tracked are closing, maybe in a
+			// close_notify to a client that reads nothing.
+			s.closeConns()
+			return Stopped{}, err
+		}
+		shut <- err
+	case <-ctx.Done():
+		// Shutdown may still be closing idle TLS connections.
 	}
-	cut = int(s.inFlight.Load())
+	// Connections first, contexts after: a cut handler that returns at
+	// once must not answer its client as if all went well.
+	st := Stopped{Cut: int(s.inFlight.Load())}
+	s.closeConns()
+	err := s.Close()
 	s.cancelBase()
-	if err := s.Close(); err != nil {
-		return cut, fmt.Errorf("close admin connections: %w", err)
+	if serr := <-shut; err == nil && serr != nil && !errors.Is(serr, context.DeadlineExceeded) {
+		err = serr
+	}
+	if err != nil {
+		return st, fmt.Errorf("close admin connections: %w", err)
 	}
 	deadline := time.Now().Add(grace)
 	for s.inFlight.Load() > 0 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	return cut, nil
+	st.Running = int(s.inFlight.Load())
+	return st, nil
 }
 
 // LimitListener returns lis accepting at most l.MaxConnections (default

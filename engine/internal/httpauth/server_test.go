@@ -25,7 +25,7 @@ func serveLimited(t *testing.T, l Limits, h http.Handler) string {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	srv := NewServer(Guard(RequestRules{BoundAddr: lis.Addr().String()}, h), l)
+	srv := NewServer(Guard(RequestRules{BoundAddr: lis.Addr().String()}, h), l, nil)
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(LimitListener(lis, l)) }()
 	t.Cleanup(func() {
@@ -137,7 +137,7 @@ func TestLimitsDefaults(t *testing.T) {
 	assert.Equal(t, Limits{ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: time.Minute,
 		IdleTimeout: time.Minute, MaxConnections: 128}, l)
 	assert.Equal(t, time.Second, Limits{ReadTimeout: time.Second}.WithDefaults().ReadHeaderTimeout, "never longer than the read timeout")
-	srv := NewServer(http.NotFoundHandler(), Limits{})
+	srv := NewServer(http.NotFoundHandler(), Limits{}, nil)
 	assert.Equal(t, 30*time.Second, srv.ReadTimeout)
 	assert.Equal(t, MaxHeaderBytes, srv.MaxHeaderBytes)
 }
@@ -148,7 +148,7 @@ func serveStoppable(t *testing.T, h http.Handler) (*Server, string) {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	srv := NewServer(h, Limits{})
+	srv := NewServer(h, Limits{}, nil)
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(lis) }()
 	t.Cleanup(func() { require.ErrorIs(t, <-done, http.ErrServerClosed) })
@@ -167,9 +167,9 @@ func TestStopClosesConnectionsThatSentNoRequest(t *testing.T) {
 	require.NoError(t, err)
 	resp.Body.Close()
 
-	cut, err := srv.Stop(300 * time.Millisecond)
+	st, err := srv.Stop(300 * time.Millisecond)
 	require.NoError(t, err)
-	assert.Zero(t, cut, "no request was being served")
+	assert.Zero(t, st, "no request was being served")
 	closedByServer(t, c)
 }
 
@@ -195,9 +195,9 @@ func TestStopCutsRequestsRunningPastTheGrace(t *testing.T) {
 		clientErr <- err
 	}()
 	<-entered
-	cut, err := srv.Stop(200 * time.Millisecond)
+	st, err := srv.Stop(200 * time.Millisecond)
 	require.NoError(t, err)
-	assert.Equal(t, 1, cut)
+	assert.Equal(t, Stopped{Cut: 1}, st)
 	select {
 	case err := <-returned:
 		require.ErrorIs(t, err, context.Canceled, "the handler saw its request end")
@@ -227,8 +227,8 @@ func TestStopLetsRequestsFinishWithinTheGrace(t *testing.T) {
 		body <- string(b)
 	}()
 	<-entered
-	cut, err := srv.Stop(patience)
+	st, err := srv.Stop(patience)
 	require.NoError(t, err)
-	assert.Zero(t, cut)
+	assert.Zero(t, st)
 	assert.Equal(t, "done", <-body)
 }

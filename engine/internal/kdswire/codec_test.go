@@ -2,6 +2,7 @@ package kdswire
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"runtime"
 	"strings"
@@ -432,16 +433,22 @@ func TestUnmarshalErrorsSayWhere(t *testing.T) {
 	}
 }
 
-// A batch nested far deeper than protobuf's recursion limit is refused,
-// and finding where it is malformed does not follow it all the way down.
+// A batch nested far deeper than protobuf's recursion limit is refused
+// (as any batch in a batch, before decoding), and finding where it is
+// malformed does not follow it all the way down.
 func TestUnmarshalDeepBatches(t *testing.T) {
 	b := []byte{0x12, 0x05} // a response whose length runs past the end
 	for range protowire.DefaultRecursionLimit/2 + 100 {
 		b = wrap(msgBatch, wrap(batchMessages, b))
 	}
 	var m kdsv1.Message
-	err := (Codec{}).Unmarshal(split(b, 16<<10), &m)
-	if err == nil || !strings.Contains(err.Error(), "recursion depth") {
-		t.Fatalf("got %v, want protobuf's recursion depth error", err)
+	if err := (Codec{}).Unmarshal(split(b, 16<<10), &m); !errors.Is(err, ErrRefusedBatch) {
+		t.Fatalf("got %v, want ErrRefusedBatch", err)
+	}
+	if err := proto.Unmarshal(b, &m); err == nil || !strings.Contains(err.Error(), "recursion depth") {
+		t.Fatalf("protobuf: got %v, want its recursion depth error", err)
+	}
+	if where := locate(b); strings.Count(where, "batch") > protowire.DefaultRecursionLimit {
+		t.Fatalf("locate followed the batches down: %.200s", where)
 	}
 }

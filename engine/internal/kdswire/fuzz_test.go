@@ -80,6 +80,14 @@ func FuzzUnmarshal(f *testing.F) {
 			}
 			return
 		}
+		if werr == nil && errors.Is(gerr, ErrRefusedBatch) {
+			// A batch kds-engine never sends (in a batch, or of
+			// many messages), refused before decoding.
+			if refuseMessage(b, 0, true) == nil {
+				t.Fatalf("codec refused what it should not: %v", gerr)
+			}
+			return
+		}
 		if werr == nil && errors.Is(gerr, ErrRefusedResponse) {
 			// A response that would hold many times its size decoded,
 			// refused before decoding.

@@ -164,3 +164,67 @@ func TestSmallResponseBehindARequestIsRefusedBeforeDecoding(t *testing.T) {
 		assert.True(t, got.GetResponse() == nil, "nothing of it decoded")
 	}
 }
+
+// hostileBatches are batches that kds-engine never sends and that protobuf
+// would decode to many times their encoding (measured 35× to 75×): a batch
+// inside a batch's message, batches of empty messages or of empty
+// requests, small (decoded whole by protobuf-go) and large (the codec's
+// path).
+func hostileBatches(t *testing.T) map[string][]byte {
+	t.Helper()
+	of := func(n int, inner []byte) []byte {
+		var ms []byte
+		for range n {
+			ms = protowire.AppendBytes(protowire.AppendTag(ms, batchMessages, protowire.BytesType), inner)
+		}
+		return protowire.AppendBytes(protowire.AppendTag(nil, msgBatch, protowire.BytesType), ms)
+	}
+	emptyResp := func(n int) *kdsv1.Message {
+		r := &discovery.DeltaDiscoveryResponse{TypeUrl: "x"}
+		for range n {
+			r.Resources = append(r.Resources, &discovery.Resource{})
+		}
+		return respMsg(r)
+	}
+	nested := func(n int) []byte {
+		b, err := proto.Marshal(batchMsg(batchMsg(emptyResp(n))))
+		must.NoError(t, err)
+		return b
+	}
+	emptyReq := []byte{byte(msgRequest)<<3 | byte(protowire.BytesType), 0}
+	return map[string][]byte{
+		"small nested batch":      nested(7000),
+		"large nested batch":      nested(100_000),
+		"small batch of empties":  of(8000, nil),
+		"large batch of empties":  of(100_000, nil),
+		"small batch of requests": of(4000, emptyReq),
+		"large batch of requests": of(100_000, emptyReq),
+	}
+}
+
+// A batch that would hold many times its size decoded is refused before
+// anything of it is decoded, small or large, whole or in pieces; a batch
+// as mux sends it (at most mux.MaxBatchMessages messages, here ACKs) is
+// not.
+func TestHostileBatchesAreRefusedBeforeDecoding(t *testing.T) {
+	for name, b := range hostileBatches(t) {
+		var want kdsv1.Message
+		must.NoError(t, proto.Unmarshal(b, &want), "%s: protobuf accepts it", name)
+		for _, pieces := range []int{len(b), 16 << 10, 100} {
+			var got kdsv1.Message
+			err := (Codec{}).Unmarshal(split(bytes.Clone(b), pieces), &got)
+			assert.ErrorIs(t, err, ErrRefusedBatch, "%s (%d bytes) in pieces of %d bytes", name, len(b), pieces)
+			assert.Nil(t, got.GetKind(), "%s: nothing of it decoded", name)
+		}
+	}
+
+	var acks []*kdsv1.Message
+	for i := range 64 {
+		acks = append(acks, reqMsg(&discovery.DeltaDiscoveryRequest{TypeUrl: "x", ResponseNonce: fmt.Sprint(i)}))
+	}
+	b, err := proto.Marshal(batchMsg(acks...))
+	must.NoError(t, err)
+	var got kdsv1.Message
+	must.NoError(t, (Codec{}).Unmarshal(split(b, len(b)), &got))
+	assert.Len(t, got.GetBatch().GetMessages(), 64)
+}

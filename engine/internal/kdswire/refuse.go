@@ -230,15 +230,32 @@ func estimate(b []byte, d protoreflect.MessageDescriptor, depth int, deep bool) 
 	return n
 }
 
+// ErrRefusedBatch is wrapped by the codec's error for a received batch
+// that kds-engine never sends and that would hold many times its size
+// decoded: a batch inside a batch's message, or a batch of so many
+// messages (empty ones cost 2 bytes each on the wire and ~70 decoded, with
+// a request ~270) that they would hold more than MaxResponseExpansion
+// times its size (plus ResponseExpansionSlack; a batch holds at most
+// mux.MaxBatchMessages messages, well within the slack). gRPC ends the
+// stream with that error's text.
+var ErrRefusedBatch = errors.New("batch refused")
+
+// estimateBatched is what the estimate adds per message of a batch: the
+// Message, and the request or response it carries (whose own fields are
+// estimated apart).
+const estimateBatched = 2 * estimateMessage
+
 // refuseMessage applies refuseRequest to the requests of b, an encoded
 // kds.v1.Message, and refuseResponse (deep or not) to its responses: its
-// own, or those of its batch (a batch in a batch is not looked into: mux
-// refuses it).
+// own, or those of its batch. A batch in a batch's message is refused
+// (mux refuses it decoded; protobuf would decode all of it first), and so
+// is a batch whose messages would hold many times its size.
 func refuseMessage(b []byte, depth int, deep bool) error {
 	var (
-		err    error
-		totals requestTotals // of the request, however many times written
-		resp   responseTotals
+		err     error
+		totals  requestTotals // of the request, however many times written
+		resp    responseTotals
+		batched int // messages of the batch, however many times written
 	)
 	scan(b, func(num protowire.Number, typ protowire.Type, field []byte) bool {
 		if typ != protowire.BytesType {
@@ -253,10 +270,17 @@ func refuseMessage(b []byte, depth int, deep bool) error {
 			err = refuseRequest(value, &totals)
 		case num == msgResponse:
 			err = refuseResponse(value, &resp, deep)
-		case num == msgBatch && depth == 0:
+		case num == msgBatch && depth > 0:
+			err = fmt.Errorf("kds batch inside a batch: %w", ErrRefusedBatch)
+		case num == msgBatch:
 			scan(value, func(num protowire.Number, typ protowire.Type, field []byte) bool {
 				if num != batchMessages || typ != protowire.BytesType {
 					return true
+				}
+				if batched++; len(b)+batched*estimateBatched > MaxResponseExpansion*len(b)+ResponseExpansionSlack {
+					err = fmt.Errorf("kds batch of %d bytes with over %d messages would hold more than %d times its size: %w",
+						len(b), batched-1, MaxResponseExpansion, ErrRefusedBatch)
+					return false
 				}
 				if _, inner, _, ok := nextBytesField(field); ok {
 					err = refuseMessage(inner, depth+1, deep)
