@@ -216,6 +216,7 @@ func TestFaultSharedPoolExhaustedWaitsForRoom(t *testing.T) {
 	ast.deliver(t, msg("A"))
 	ast.deliver(t, msg("A"))
 	waitFor(t, func() bool { return pool.Queued() == 2*cost }, "a's queue holds the whole pool")
+	assert.Equal(t, 2*cost, pool.Peak(), "the peak is the whole pool")
 
 	// b's next message does not fit: b waits, without ending.
 	bst.deliver(t, msg("B"))
@@ -265,6 +266,7 @@ func TestFaultSharedPoolExhaustedWaitsForRoom(t *testing.T) {
 	a.Close(nil)
 	require.ErrorIs(t, waitA(), ErrSessionClosed)
 	assert.Zero(t, pool.Queued(), "every session gave its bytes back")
+	assert.Equal(t, pool.Limit(), pool.Peak(), "the peak stays the most held at once, never over the limit")
 }
 
 // Overflow errors name the type of the message that did not fit, the count

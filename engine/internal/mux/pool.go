@@ -17,6 +17,7 @@ type InboundPool struct {
 	limit  int64
 	sem    *semaphore.Weighted
 	queued atomic.Int64
+	peak   atomic.Int64
 	waits  atomic.Uint64
 }
 
@@ -35,6 +36,10 @@ func (p *InboundPool) Limit() int64 { return p.limit }
 // Queued is how many bytes the sessions' inbound queues hold now.
 func (p *InboundPool) Queued() int64 { return p.queued.Load() }
 
+// Peak is the most bytes the sessions' inbound queues held at once since
+// the pool was created; never more than Limit.
+func (p *InboundPool) Peak() int64 { return p.peak.Load() }
+
 // Waits counts the times a receive loop found the pool exhausted and had
 // to wait for room.
 func (p *InboundPool) Waits() uint64 { return p.waits.Load() }
@@ -50,7 +55,7 @@ func (p *InboundPool) acquire(ctx context.Context, n int64) (int64, error) {
 			return 0, context.Cause(ctx)
 		}
 	}
-	p.queued.Add(n)
+	raise(&p.peak, int(p.queued.Add(n)))
 	return n, nil
 }
 
