@@ -67,3 +67,21 @@ func (e *Engine) Write(ctx context.Context, r *resource.Resource) (*resource.Res
 // Snapshot, Watch). Writes through it bypass validation; use Write or
 // BulkLoad. Valid between Started and the end of Run.
 func (e *Engine) Store() store.Store { return e.store }
+
+// InboundPoolStats are the figures of the byte budget all sessions'
+// inbound queues share (what they received and the sync layer has not yet
+// taken).
+type InboundPoolStats struct {
+	// Limit is the pool's size, Peak the most its queues held at once
+	// since Run started, in bytes counted as they hold decoded.
+	Limit, Peak int64
+	// Waits counts the times a receive loop found the pool exhausted and
+	// waited for room.
+	Waits uint64
+}
+
+// InboundPool returns the shared inbound pool's figures. Call it only after
+// Started is closed.
+func (e *Engine) InboundPool() InboundPoolStats {
+	return InboundPoolStats{Limit: e.inboundPool.Limit(), Peak: e.inboundPool.Peak(), Waits: e.inboundPool.Waits()}
+}
