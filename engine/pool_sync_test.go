@@ -25,7 +25,8 @@ import (
 // pool holds 512 KiB (four such responses). The pool fills and receive
 // loops wait for room: every status of every zone arrives, in one session
 // per zone, with no session ended or refused and no "inbound queue full",
-// and the pool never held more than its size.
+// the pool never held more than its size, and kds_inbound_pool_waits_total
+// shows the waits.
 func TestManyZonesInitialSyncIntoASmallPoolWaitsAndEndsNothing(t *testing.T) {
 	const (
 		zones    = 8
@@ -80,6 +81,11 @@ func TestManyZonesInitialSyncIntoASmallPoolWaitsAndEndsNothing(t *testing.T) {
 	// count less than 4 times their size.
 	assert.Greater(t, pool.Peak(), pool.Limit()-4*maxMsg, "the pool was filled to within one response of its size")
 	assert.LessOrEqual(t, pool.Peak(), pool.Limit(), "the queues never held more than the pool")
+	eventually(t, func() bool {
+		return seriesValueOf(t, g, "kds_inbound_pool_waits_total", nil) == float64(pool.Waits())
+	}, "kds_inbound_pool_waits_total shows the waits")
+	assert.Zero(t, pool.Queued(), "everything received was taken")
+	eventually(t, func() bool { return seriesValueOf(t, g, "kds_inbound_pool_bytes", nil) == 0 }, "kds_inbound_pool_bytes is back to 0")
 	for i, name := range names {
 		c, ok := g.e.Insights().Get(name)
 		require.True(t, ok, name)
