@@ -76,12 +76,14 @@ type InboundPoolStats struct {
 	// since Run started, in bytes counted as they hold decoded.
 	Limit, Peak int64
 	// Waits counts the times a receive loop found the pool exhausted and
-	// waited for room.
-	Waits uint64
+	// waited for room, LongestWait is the longest such wait.
+	Waits       uint64
+	LongestWait time.Duration
 }
 
 // InboundPool returns the shared inbound pool's figures. Call it only after
 // Started is closed.
 func (e *Engine) InboundPool() InboundPoolStats {
-	return InboundPoolStats{Limit: e.inboundPool.Limit(), Peak: e.inboundPool.Peak(), Waits: e.inboundPool.Waits()}
+	p := e.inboundPool
+	return InboundPoolStats{Limit: p.Limit(), Peak: p.Peak(), Waits: p.Waits(), LongestWait: p.LongestWait()}
 }

@@ -73,8 +73,8 @@ func TestManyZonesInitialSyncIntoASmallPoolWaitsAndEndsNothing(t *testing.T) {
 			return err == nil && len(rs) == statuses && zoneType(g, name, "SyncStatus").ResourcesReceived == statuses
 		}, 2*time.Minute, 20*time.Millisecond, "every status of %s reaches global", name)
 	}
-	t.Logf("%d zones × %d statuses converged in %v; pool of %d bytes: peak %d, %d waits for room",
-		zones, statuses, time.Since(start).Round(time.Millisecond), pool.Limit(), pool.Peak(), pool.Waits())
+	t.Logf("%d zones × %d statuses converged in %v; pool of %d bytes: peak %d, %d waits for room, the longest %v",
+		zones, statuses, time.Since(start).Round(time.Millisecond), pool.Limit(), pool.Peak(), pool.Waits(), pool.LongestWait())
 
 	assert.Positive(t, pool.Waits(), "the pool was full: receive loops waited for room")
 	// A wait means a response did not fit what was left; honest responses

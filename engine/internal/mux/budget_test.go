@@ -235,6 +235,7 @@ func TestFaultSharedPoolExhaustedWaitsForRoom(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "A", got.GetTypeUrl())
 	waitFor(t, func() bool { return b.Stats().Server.InboundLen == 1 }, "b's message queued once there is room")
+	assert.GreaterOrEqual(t, pool.LongestWait(), 50*time.Millisecond, "b waited at least while nobody read")
 	got, err = b.Server().Recv()
 	require.NoError(t, err)
 	assert.Equal(t, "B", got.GetTypeUrl())

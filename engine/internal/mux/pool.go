@@ -3,6 +3,7 @@ package mux
 import (
 	"context"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sync/semaphore"
 )
@@ -19,6 +20,8 @@ type InboundPool struct {
 	queued atomic.Int64
 	peak   atomic.Int64
 	waits  atomic.Uint64
+	// longest is the longest wait for room, in nanoseconds.
+	longest atomic.Int64
 }
 
 // NewInboundPool returns a pool of limit bytes; zero or negative means
@@ -44,6 +47,11 @@ func (p *InboundPool) Peak() int64 { return p.peak.Load() }
 // to wait for room.
 func (p *InboundPool) Waits() uint64 { return p.waits.Load() }
 
+// LongestWait is the longest a receive loop waited for room. While it
+// waits, HTTP/2 flow control holds its peer's Send, which the peer's send
+// timeout bounds.
+func (p *InboundPool) LongestWait() time.Duration { return time.Duration(p.longest.Load()) }
+
 // acquire takes n bytes (at most the whole pool, so that one message larger
 // than the pool still fits once everything else is gone), waiting in
 // arrival order until there is room or ctx ends. It returns what it took.
@@ -51,7 +59,10 @@ func (p *InboundPool) acquire(ctx context.Context, n int64) (int64, error) {
 	n = min(n, p.limit)
 	if !p.sem.TryAcquire(n) {
 		p.waits.Add(1)
-		if err := p.sem.Acquire(ctx, n); err != nil {
+		start := time.Now()
+		err := p.sem.Acquire(ctx, n)
+		raise(&p.longest, int(time.Since(start)))
+		if err != nil {
 			return 0, context.Cause(ctx)
 		}
 	}
