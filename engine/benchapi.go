@@ -67,3 +67,23 @@ func (e *Engine) Write(ctx context.Context, r *resource.Resource) (*resource.Res
 // Snapshot, Watch). Writes through it bypass validation; use Write or
 // BulkLoad. Valid between Started and the end of Run.
 func (e *Engine) Store() store.Store { return e.store }
+
+// InboundPoolStats are the figures of the byte budget all sessions'
+// inbound queues share (what they received and the sync layer has not yet
+// taken).
+type InboundPoolStats struct {
+	// Limit is the pool's size, Peak the most its queues held at once
+	// since Run started, in bytes counted as they hold decoded.
+	Limit, Peak int64
+	// Waits counts the times a receive loop found the pool exhausted and
+	// waited for room, LongestWait is the longest such wait.
+	Waits       uint64
+	LongestWait time.Duration
+}
+
+// InboundPool returns the shared inbound pool's figures. Call it only after
+// Started is closed.
+func (e *Engine) InboundPool() InboundPoolStats {
+	p := e.inboundPool
+	return InboundPoolStats{Limit: p.Limit(), Peak: p.Peak(), Waits: p.Waits(), LongestWait: p.LongestWait()}
+}

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -81,6 +82,9 @@ type Engine struct {
 	// inboundPool the bytes received and not yet handled, all sessions.
 	inflight    *kdssync.Budget
 	inboundPool *mux.InboundPool
+	// inboundPoolBytes, if set before Run (tests), sizes inboundPool
+	// instead of mux.DefaultInboundPoolBytes.
+	inboundPoolBytes int64
 
 	mu        sync.Mutex
 	connected bool // zone: a session to global is up
@@ -349,7 +353,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	}
 	e.ix = kdssync.NewIndex(e.served)
 	e.inflight = kdssync.NewBudget(kdssync.DefaultProcessBudget)
-	e.inboundPool = mux.NewInboundPool(mux.DefaultInboundPoolBytes)
+	e.inboundPool = mux.NewInboundPool(cmp.Or(e.inboundPoolBytes, mux.DefaultInboundPoolBytes))
 	e.fromGlobal = kdssync.NewRejections()
 	e.live = newLiveSessions(raw, log.Named("sessions"))
 	e.server = kdssync.NewServer(e.ix,

@@ -131,6 +131,7 @@ func (e *Engine) sampleEngine(ctx context.Context, interval time.Duration) {
 	restarts := map[string]int{}
 	type key struct{ peer, typ string }
 	responses := map[key]insights.TypeState{}
+	var poolWaits uint64
 	sample := func() {
 		for _, p := range e.host.Plugins() {
 			if d := p.Restarts - restarts[p.Name]; d > 0 {
@@ -191,6 +192,11 @@ func (e *Engine) sampleEngine(ctx context.Context, interval time.Duration) {
 		}
 		if e.inflight != nil {
 			e.metrics.SetInflightBytes(e.inflight.Used())
+		}
+		if e.inboundPool != nil {
+			w := e.inboundPool.Waits()
+			e.metrics.SetInboundPool(e.inboundPool.Queued(), w-poolWaits)
+			poolWaits = w
 		}
 	}
 	sample()

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"runtime"
 	"runtime/pprof"
 	"slices"
 	"strconv"
@@ -122,6 +123,17 @@ func Churn(ctx context.Context, o Options, c ChurnConfig) (*Report, error) {
 	}
 	if err := t.waitSettled(ctx, 2*time.Minute, zs.failed); err != nil {
 		return nil, fmt.Errorf("initial sync of the zones' statuses: %w", err)
+	}
+	if !zs.connectAt.IsZero() {
+		took, peak, pool := time.Since(zs.connectAt), readStatus("self", "VmHWM:"), g.e.InboundPool()
+		r.Figures["initial_sync_s"] = took.Seconds()
+		r.Figures["initial_sync_rss_before_mib"] = mib(zs.rssBefore)
+		r.Figures["initial_sync_peak_rss_mib"] = mib(peak)
+		r.Figures["initial_sync_pool_peak_mib"] = mib(uint64(pool.Peak))
+		r.Figures["initial_sync_pool_waits"] = float64(pool.Waits)
+		r.Figures["initial_sync_pool_longest_wait_ms"] = ms(pool.LongestWait)
+		r.note("initial sync: %d zones holding %d statuses each connected together; global held all %d after %.1f s (no session ended); this process's RSS %.0f MiB before they connected, peak %.0f MiB; global's shared inbound pool peaked at %.1f of %.0f MiB, %d waits for room, the longest %.0f ms",
+			c.Zones, c.PerZone, c.Zones*c.PerZone, took.Seconds(), mib(zs.rssBefore), mib(peak), mib(uint64(pool.Peak)), mib(uint64(pool.Limit)), pool.Waits, ms(pool.LongestWait))
 	}
 
 	phase := func(name string, mult float64, d time.Duration) (churnPhase, error) {
@@ -273,6 +285,10 @@ type churnZones struct {
 	// failed returns an error when a zone can no longer sync.
 	failed func() error
 	stops  []func()
+	// Light zones only: when the first zone started to connect, holding
+	// its statuses, and this process's RSS just before.
+	connectAt time.Time
+	rssBefore uint64
 }
 
 // stop stops every zone started.
@@ -339,9 +355,6 @@ func startLightChurnZones(o Options, v *env, g *node, t *churnTracker, c ChurnCo
 			return nil
 		},
 	}
-	o.Progress.Start("churn: start light zones with their statuses", c.Zones)
-	defer o.Progress.Finish()
-	var none arrivals // no policies are written: nothing arrives
 	for i := range ixs {
 		ixs[i] = kdssync.NewIndex([]string{statusType})
 		for j := range c.PerZone {
@@ -349,6 +362,17 @@ func startLightChurnZones(o Options, v *env, g *node, t *churnTracker, c ChurnCo
 				return zs, fmt.Errorf("zone %d: %w", i, err)
 			}
 		}
+	}
+	// Every zone holds its statuses before the first connects, so that
+	// their initial syncs reach global together, as when global comes back
+	// to zones that wrote while it was away.
+	runtime.GC()
+	resetPeakRSS()
+	zs.rssBefore, zs.connectAt = readRSS(), time.Now()
+	o.Progress.Start("churn: start light zones with their statuses", c.Zones)
+	defer o.Progress.Finish()
+	var none arrivals // no policies are written: nothing arrives
+	for i := range ixs {
 		z, err := startLightZone(v, g, churnZone(i), i, &none, ixs[i], nil, o.Log)
 		if err != nil {
 			return zs, err

@@ -178,6 +178,14 @@ func TestChurnSmoke(t *testing.T) {
 			assert.Positive(t, r.Figures["steady_cpu_us_per_update"])
 			assert.Equal(t, b2f(full), r.Figures["full_zones"])
 			assert.Contains(t, r.Figures, "ramp_max_rate_kept_up")
+			if full {
+				assert.NotContains(t, r.Figures, "initial_sync_s", "measured with light zones only")
+			} else {
+				assert.Positive(t, r.Figures["initial_sync_s"], "the light zones' initial sync is timed")
+				assert.Positive(t, r.Figures["initial_sync_peak_rss_mib"])
+				assert.Positive(t, r.Figures["initial_sync_pool_peak_mib"], "global's shared inbound pool held their responses")
+				assert.Contains(t, r.Figures, "initial_sync_pool_waits")
+			}
 			assert.False(t, r.Pass, "a 3 s steady phase cannot show the RSS and backlog verdicts")
 			fi, err := os.Stat(prof)
 			require.NoError(t, err)

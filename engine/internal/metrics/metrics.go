@@ -66,6 +66,8 @@ type Metrics struct {
 	responsesNACKed  *prometheus.CounterVec
 	resources        *prometheus.GaugeVec
 	inflightBytes    prometheus.Gauge
+	inboundPool      prometheus.Gauge
+	inboundPoolWaits prometheus.Counter
 	pluginRestarts   *prometheus.CounterVec
 	pluginUp         *prometheus.GaugeVec
 	validation       *prometheus.HistogramVec
@@ -139,6 +141,12 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 		resources: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "kds_resources", Help: "Resources held in the store, per type.",
 		}, []string{"type"}),
+		inboundPool: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "kds_inbound_pool_bytes", Help: "Bytes received and not yet taken by the sync layer, all sessions' inbound queues together, counted as they hold decoded; bounded by a shared pool (a receive loop that finds it full waits for room).",
+		}),
+		inboundPoolWaits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kds_inbound_pool_waits_total", Help: "Times a session's receive loop found the shared inbound pool full and waited for room.",
+		}),
 		pluginRestarts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kds_plugin_restarts_total", Help: "Plugin process restarts after a crash.",
 		}, []string{"plugin"}),
@@ -187,7 +195,7 @@ func (m *Metrics) collectors() []prometheus.Collector {
 		m.bufferMessages, m.bufferCapacity, m.subsWaiting, m.sendDuration, m.sendTimeouts,
 		m.sessionsStarted, m.sessionsEnded, m.sessionConnected,
 		m.responsesSent, m.responsesACKed, m.responsesNACKed,
-		m.resources, m.inflightBytes, m.pluginRestarts, m.pluginUp, m.validation, m.authRefused,
+		m.resources, m.inflightBytes, m.inboundPool, m.inboundPoolWaits, m.pluginRestarts, m.pluginUp, m.validation, m.authRefused,
 		m.certExpiry, m.tokenExpiry, m.leader, m.storeAvailable, m.applyRetries,
 	}
 }
@@ -334,6 +342,16 @@ func (m *Metrics) SetInflightBytes(n int64) {
 		return
 	}
 	m.inflightBytes.Set(float64(n))
+}
+
+// SetInboundPool records the bytes the shared inbound pool holds and adds
+// waits, the receive loops' waits for room since the previous call.
+func (m *Metrics) SetInboundPool(bytes int64, waits uint64) {
+	if m == nil {
+		return
+	}
+	m.inboundPool.Set(float64(bytes))
+	m.inboundPoolWaits.Add(float64(waits))
 }
 
 // SessionReplaced records the end of a session that a newer session of the

@@ -216,6 +216,7 @@ func TestFaultSharedPoolExhaustedWaitsForRoom(t *testing.T) {
 	ast.deliver(t, msg("A"))
 	ast.deliver(t, msg("A"))
 	waitFor(t, func() bool { return pool.Queued() == 2*cost }, "a's queue holds the whole pool")
+	assert.Equal(t, 2*cost, pool.Peak(), "the peak is the whole pool")
 
 	// b's next message does not fit: b waits, without ending.
 	bst.deliver(t, msg("B"))
@@ -234,6 +235,7 @@ func TestFaultSharedPoolExhaustedWaitsForRoom(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "A", got.GetTypeUrl())
 	waitFor(t, func() bool { return b.Stats().Server.InboundLen == 1 }, "b's message queued once there is room")
+	assert.GreaterOrEqual(t, pool.LongestWait(), 50*time.Millisecond, "b waited at least while nobody read")
 	got, err = b.Server().Recv()
 	require.NoError(t, err)
 	assert.Equal(t, "B", got.GetTypeUrl())
@@ -265,6 +267,7 @@ func TestFaultSharedPoolExhaustedWaitsForRoom(t *testing.T) {
 	a.Close(nil)
 	require.ErrorIs(t, waitA(), ErrSessionClosed)
 	assert.Zero(t, pool.Queued(), "every session gave its bytes back")
+	assert.Equal(t, pool.Limit(), pool.Peak(), "the peak stays the most held at once, never over the limit")
 }
 
 // Overflow errors name the type of the message that did not fit, the count

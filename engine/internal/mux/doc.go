@@ -182,5 +182,8 @@
 // waiting session gets room as soon as enough has been read. The wait ends
 // when the session ends, or the stream does. A peer whose Send then stays
 // blocked for longer than its send timeout ends its own session, as with
-// any slow reader.
+// any slow reader. Many honest peers' initial syncs at once fill a
+// small pool without ending anything (the engine's
+// TestManyZonesInitialSyncIntoASmallPoolWaitsAndEndsNothing);
+// [InboundPool.Waits] counts the waits.
 package mux

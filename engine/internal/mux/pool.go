@@ -3,6 +3,7 @@ package mux
 import (
 	"context"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sync/semaphore"
 )
@@ -17,7 +18,10 @@ type InboundPool struct {
 	limit  int64
 	sem    *semaphore.Weighted
 	queued atomic.Int64
+	peak   atomic.Int64
 	waits  atomic.Uint64
+	// longest is the longest wait for room, in nanoseconds.
+	longest atomic.Int64
 }
 
 // NewInboundPool returns a pool of limit bytes; zero or negative means
@@ -35,9 +39,18 @@ func (p *InboundPool) Limit() int64 { return p.limit }
 // Queued is how many bytes the sessions' inbound queues hold now.
 func (p *InboundPool) Queued() int64 { return p.queued.Load() }
 
+// Peak is the most bytes the sessions' inbound queues held at once since
+// the pool was created; never more than Limit.
+func (p *InboundPool) Peak() int64 { return p.peak.Load() }
+
 // Waits counts the times a receive loop found the pool exhausted and had
 // to wait for room.
 func (p *InboundPool) Waits() uint64 { return p.waits.Load() }
+
+// LongestWait is the longest a receive loop waited for room. While it
+// waits, HTTP/2 flow control holds its peer's Send, which the peer's send
+// timeout bounds.
+func (p *InboundPool) LongestWait() time.Duration { return time.Duration(p.longest.Load()) }
 
 // acquire takes n bytes (at most the whole pool, so that one message larger
 // than the pool still fits once everything else is gone), waiting in
@@ -46,11 +59,14 @@ func (p *InboundPool) acquire(ctx context.Context, n int64) (int64, error) {
 	n = min(n, p.limit)
 	if !p.sem.TryAcquire(n) {
 		p.waits.Add(1)
-		if err := p.sem.Acquire(ctx, n); err != nil {
+		start := time.Now()
+		err := p.sem.Acquire(ctx, n)
+		raise(&p.longest, int(time.Since(start)))
+		if err != nil {
 			return 0, context.Cause(ctx)
 		}
 	}
-	p.queued.Add(n)
+	raise(&p.peak, int(p.queued.Add(n)))
 	return n, nil
 }
 
