@@ -160,6 +160,29 @@ type outcome struct {
 	err error
 }
 
+// leadersHeldHook is a call hook for tests of a shared call: while armed
+// returns true, the first SharedCallsInFlight calls (the calls in flight
+// the others queue behind) signal entered and wait for held to close, and
+// the next one (the shared call) waits for leadersBack to close.
+func leadersHeldHook(armed func() bool) (hook Option, entered <-chan struct{}, held, leadersBack chan struct{}) {
+	held, leadersBack = make(chan struct{}), make(chan struct{})
+	in := make(chan struct{}, SharedCallsInFlight)
+	var count atomic.Int32
+	hook = WithCallHook(func(int) {
+		if !armed() {
+			return
+		}
+		switch n := count.Add(1); {
+		case n <= SharedCallsInFlight:
+			in <- struct{}{}
+			<-held
+		case n == SharedCallsInFlight+1:
+			<-leadersBack
+		}
+	})
+	return hook, in, held, leadersBack
+}
+
 // startLeaders starts SharedCallsInFlight lone calls to plugin, call i
 // validating lead(i), and returns once each has signalled entered (the
 // test's call hook holds them there); their errors arrive on the channel.
@@ -804,18 +827,7 @@ func TestSharedCallPluginCrashReachesEveryCaller(t *testing.T) {
 // batch goes again on an RPC of its own once the plugin is back, and the
 // others get their results.
 func TestSharedCallCrashFailsOnlyTheBatchThatCrashes(t *testing.T) {
-	held, leadersBack := make(chan struct{}), make(chan struct{})
-	entered := make(chan struct{}, SharedCallsInFlight)
-	var count atomic.Int32
-	hook := WithCallHook(func(int) {
-		switch n := count.Add(1); {
-		case n <= SharedCallsInFlight: // the calls in flight the others queue behind
-			entered <- struct{}{}
-			<-held
-		case n == SharedCallsInFlight+1: // the shared call: once they returned
-			<-leadersBack
-		}
-	})
+	hook, entered, held, leadersBack := leadersHeldHook(func() bool { return true })
 	h, _ := startHost(t, pluginsDir(t, "panicky"), hook, WithRestartBackoff(time.Millisecond, time.Millisecond))
 	m := h.byName["panicky"]
 	require.NotNil(t, m)
@@ -860,21 +872,7 @@ func TestSharedCallCrashFailsOnlyTheBatchThatCrashes(t *testing.T) {
 // the refusal as a result without another crash.
 func TestSuspectInASharedCallIsRecordedOnItsProbe(t *testing.T) {
 	var armed atomic.Bool
-	held, leadersBack := make(chan struct{}), make(chan struct{})
-	entered := make(chan struct{}, SharedCallsInFlight)
-	var count atomic.Int32
-	hook := WithCallHook(func(int) {
-		if !armed.Load() {
-			return
-		}
-		switch n := count.Add(1); {
-		case n <= SharedCallsInFlight:
-			entered <- struct{}{}
-			<-held
-		case n == SharedCallsInFlight+1:
-			<-leadersBack
-		}
-	})
+	hook, entered, held, leadersBack := leadersHeldHook(armed.Load)
 	h, _ := startHost(t, pluginsDir(t, "panicky"), hook, WithRestartBackoff(time.Millisecond, time.Millisecond))
 	m := h.byName["panicky"]
 	require.NotNil(t, m)
@@ -1127,18 +1125,7 @@ func TestRetryAfterATimeoutIsNotExclusive(t *testing.T) {
 // goroutine is left. While they wait, the callers count as waiting.
 func TestCloseDuringRetriesEndsThem(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
-	held, leadersBack := make(chan struct{}), make(chan struct{})
-	entered := make(chan struct{}, SharedCallsInFlight)
-	var count atomic.Int32
-	hook := WithCallHook(func(int) {
-		switch n := count.Add(1); {
-		case n <= SharedCallsInFlight: // the calls in flight the others queue behind
-			entered <- struct{}{}
-			<-held
-		case n == SharedCallsInFlight+1: // the shared call: once they returned
-			<-leadersBack
-		}
-	})
+	hook, entered, held, leadersBack := leadersHeldHook(func() bool { return true })
 	log, _ := testLogger(t)
 	h := NewHost(pluginsDir(t, "panicky"), log, hook, WithRestartBackoff(time.Hour, time.Hour))
 	require.NoError(t, h.Start(context.Background()))
