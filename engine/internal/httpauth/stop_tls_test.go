@@ -2,16 +2,10 @@ package httpauth
 
 import (
 	"bufio"
-	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -25,22 +19,20 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
+
+	"github.com/kds-engine/kds-engine/engine/internal/testsupport/logbuf"
+	"github.com/kds-engine/kds-engine/engine/internal/tlsutil"
 )
 
-// selfSigned is a server TLS config with a fresh self-signed certificate.
-func selfSigned(t *testing.T) *tls.Config {
+// serverTLS is a server TLS config with a fresh certificate for
+// 127.0.0.1 (tlsutil's demo PKI).
+func serverTLS(t *testing.T) *tls.Config {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	pki, err := tlsutil.GeneratePKI(t.TempDir(), []string{"127.0.0.1"}, nil)
 	require.NoError(t, err)
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	cert, err := tls.LoadX509KeyPair(pki.Server.CertFile, pki.Server.KeyFile)
 	require.NoError(t, err)
-	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}
+	return &tls.Config{Certificates: []tls.Certificate{cert}}
 }
 
 // stallConn is a server-side connection whose writes, once stalled, block
@@ -132,7 +124,7 @@ func serveTLS(t *testing.T, h http.Handler, idle chan<- struct{}, log hclog.Logg
 		}
 	}
 	done := make(chan error, 1)
-	go func() { done <- srv.Serve(tls.NewListener(sl, selfSigned(t))) }()
+	go func() { done <- srv.Serve(tls.NewListener(sl, serverTLS(t))) }()
 	t.Cleanup(func() {
 		require.ErrorIs(t, <-done, http.ErrServerClosed)
 		goleak.VerifyNone(t, goleak.IgnoreCurrent())
@@ -241,7 +233,7 @@ func TestStopReportsHandlersThatOutliveIt(t *testing.T) {
 // logger: a TLS handshake a stop cut at debug level, a handler's panic as
 // an error (not the standard library's logger, on stderr).
 func TestServerErrorsReachTheLogger(t *testing.T) {
-	var buf syncBuffer
+	var buf logbuf.Buffer
 	log := hclog.New(&hclog.LoggerOptions{Name: "api", Level: hclog.Debug, Output: &buf})
 	srv, addr, accepted := serveTLS(t, http.HandlerFunc(func(http.ResponseWriter, *http.Request) {
 		panic("handler bug")
@@ -260,22 +252,4 @@ func TestServerErrorsReachTheLogger(t *testing.T) {
 		out := buf.String()
 		return strings.Contains(out, "[ERROR] api: http: panic serving") && strings.Contains(out, "[DEBUG] api: http: TLS handshake error")
 	}, patience, 10*time.Millisecond, "log:\n%s", &buf)
-}
-
-// syncBuffer is a bytes.Buffer safe for a logger and a test at once.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
