@@ -88,16 +88,18 @@ func marshal(m *kdsv1.Message, size int, refer bool) (mem.BufferSlice, error) {
 // package documentation); the result is what proto.Unmarshal would give.
 func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
 	m, ok := v.(*kdsv1.Message)
-	if !ok || !(aliases(data) || data.Len() >= DeferMin) {
-		if ok {
-			// A small message, which protobuf decodes whole from gRPC's
-			// buffer: refused, as a large one is, before anything of it
-			// is decoded (a response need not be its first field).
-			if err := refuseMessage(contiguous(data), 0, true); err != nil {
-				return err
-			}
-		}
+	if !ok {
 		return fallback().Unmarshal(data, v)
+	}
+	if !(aliases(data) || data.Len() >= DeferMin) {
+		// A small message, which protobuf decodes whole (copying what
+		// it keeps): refused, as a large one is, before anything of it
+		// is decoded (a response need not be its first field).
+		b := contiguous(data)
+		if err := refuseMessage(b, 0, true); err != nil {
+			return err
+		}
+		return proto.Unmarshal(b, m)
 	}
 	return unmarshalOwned(materialize(data), m)
 }
