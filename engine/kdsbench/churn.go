@@ -132,8 +132,15 @@ func Churn(ctx context.Context, o Options, c ChurnConfig) (*Report, error) {
 		r.Figures["initial_sync_pool_peak_mib"] = mib(uint64(pool.Peak))
 		r.Figures["initial_sync_pool_waits"] = float64(pool.Waits)
 		r.Figures["initial_sync_pool_longest_wait_ms"] = ms(pool.LongestWait)
-		r.note("initial sync: %d zones holding %d statuses each connected together; global held all %d after %.1f s (no session ended); this process's RSS %.0f MiB before they connected, peak %.0f MiB; global's shared inbound pool peaked at %.1f of %.0f MiB, %d waits for room, the longest %.0f ms",
-			c.Zones, c.PerZone, c.Zones*c.PerZone, took.Seconds(), mib(zs.rssBefore), mib(peak), mib(uint64(pool.Peak)), mib(uint64(pool.Limit)), pool.Waits, ms(pool.LongestWait))
+		reconnected := 0 // zones global saw more than one session of
+		for i := range c.Zones {
+			if zi, _ := g.e.Insights().Get(churnZone(i)); zi.Sessions > 1 {
+				reconnected++
+			}
+		}
+		r.Figures["initial_sync_zones_reconnected"] = float64(reconnected)
+		r.note("initial sync: %d zones holding %d statuses each connected together; global held all %d after %.1f s, %d zones needing more than one session; this process's RSS %.0f MiB before they connected, peak %.0f MiB; global's shared inbound pool peaked at %.1f of %.0f MiB, %d waits for room, the longest %.0f ms",
+			c.Zones, c.PerZone, c.Zones*c.PerZone, took.Seconds(), reconnected, mib(zs.rssBefore), mib(peak), mib(uint64(pool.Peak)), mib(uint64(pool.Limit)), pool.Waits, ms(pool.LongestWait))
 	}
 
 	phase := func(name string, mult float64, d time.Duration) (churnPhase, error) {
