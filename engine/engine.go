@@ -85,6 +85,16 @@ type Engine struct {
 	// inboundPoolBytes, if set before Run (tests), sizes inboundPool
 	// instead of mux.DefaultInboundPoolBytes.
 	inboundPoolBytes int64
+	// admission (global) bounds the zones receiving their zone→global
+	// initial state at once, sized from the pool (decision 0041).
+	// initialSyncSlots, if set before Run (tests), sizes it instead; a
+	// negative value leaves global without one.
+	admission        *kdssync.Admission
+	initialSyncSlots int
+	// testHookCheck, if set before Run (tests), runs before each
+	// validation of a peer's resources received in a sync response, with
+	// the peer's zone ("" on a zone).
+	testHookCheck func(zone string)
 
 	mu        sync.Mutex
 	connected bool // zone: a session to global is up
@@ -354,6 +364,11 @@ func (e *Engine) Run(ctx context.Context) error {
 	e.ix = kdssync.NewIndex(e.served)
 	e.inflight = kdssync.NewBudget(kdssync.DefaultProcessBudget)
 	e.inboundPool = mux.NewInboundPool(cmp.Or(e.inboundPoolBytes, mux.DefaultInboundPoolBytes))
+	if e.cfg.Role == RoleGlobal && e.initialSyncSlots >= 0 {
+		slots := cmp.Or(e.initialSyncSlots, kdssync.AdmissionSlots(e.inboundPool.Limit(), e.cfg.MaxMessageSize))
+		e.admission = kdssync.NewAdmission(slots, 0)
+		log.Info("zone→global initial syncs at once", "slots", slots, "inbound_pool", e.inboundPool.Limit(), "max_message_size", e.cfg.MaxMessageSize)
+	}
 	e.fromGlobal = kdssync.NewRejections()
 	e.live = newLiveSessions(raw, log.Named("sessions"))
 	e.server = kdssync.NewServer(e.ix,
@@ -642,8 +657,14 @@ func (e *Engine) runSync(ctx context.Context, peer, zone string, sess *mux.Sessi
 			// Subscriptions in flight stay well within what the peer's
 			// inbound queue holds, however many types resume at once.
 			kdssync.WithPeerInboundBudget(sess.Params().PeerInboundBudget),
+			// Global: zones' initial syncs at once stay within what the
+			// shared inbound pool holds (nil on a zone).
+			kdssync.WithAdmission(e.admission),
 		}
 		k := &sink{s: e.store, zone: zone, fence: fence}
+		if e.testHookCheck != nil {
+			v = hookedValidator{v, func() { e.testHookCheck(zone) }}
+		}
 		if e.cfg.Role == RoleGlobal {
 			k.retried = e.applyRetried(zone)
 		}
@@ -800,6 +821,17 @@ type sink struct {
 	// the store was unavailable (attempt 1, 2, …) and of the success after
 	// such attempts (attempt 0, err nil).
 	retried func(attempt int, err error)
+}
+
+// hookedValidator runs hook before each validation (tests).
+type hookedValidator struct {
+	kdssync.Validator
+	hook func()
+}
+
+func (h hookedValidator) Validate(ctx context.Context, rs []*resource.Resource) error {
+	h.hook()
+	return h.Validator.Validate(ctx, rs)
 }
 
 // Versions reads keys and versions only: a session start costs no copy of

@@ -131,7 +131,7 @@ func (e *Engine) sampleEngine(ctx context.Context, interval time.Duration) {
 	restarts := map[string]int{}
 	type key struct{ peer, typ string }
 	responses := map[key]insights.TypeState{}
-	var poolWaits uint64
+	var poolWaits, admitWaits, admitExpired uint64
 	sample := func() {
 		for _, p := range e.host.Plugins() {
 			if d := p.Restarts - restarts[p.Name]; d > 0 {
@@ -192,6 +192,11 @@ func (e *Engine) sampleEngine(ctx context.Context, interval time.Duration) {
 		}
 		if e.inflight != nil {
 			e.metrics.SetInflightBytes(e.inflight.Used())
+		}
+		if a := e.admission; a != nil {
+			w, x := a.Waits(), a.Expired()
+			e.metrics.SetInitialSyncs(a.Running(), a.Waiting(), w-admitWaits, x-admitExpired)
+			admitWaits, admitExpired = w, x
 		}
 		if e.inboundPool != nil {
 			w := e.inboundPool.Waits()

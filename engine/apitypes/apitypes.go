@@ -208,8 +208,14 @@ type TypeState struct {
 	// inbound budget for it: since when it waits. WaitingBytes is what it
 	// will take of that budget once sent. Both are cleared when it is sent
 	// (as soon as answers make room) and when the session ends.
+	//
+	// WaitingFor says what the subscription waits for: "peerBudget" (room in
+	// the peer's inbound budget, above) or "initialSyncSlot" (global: the
+	// zone→global initial syncs running at once are at their limit; the
+	// zone's subscriptions go when one ends; WaitingBytes is then 0).
 	WaitingSince time.Time `json:"waitingSince,omitzero"`
 	WaitingBytes int64     `json:"waitingBytes,omitempty"`
+	WaitingFor   string    `json:"waitingFor,omitempty"`
 }
 
 // MaxRejectedShown bounds TypeState.Rejected.

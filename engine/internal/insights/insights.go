@@ -19,6 +19,14 @@ import (
 // part of the admin API's JSON (package apitypes).
 type TypeState = apitypes.TypeState
 
+// What a waiting subscription waits for (TypeState.WaitingFor).
+const (
+	// WaitingForPeerBudget: room in the peer's inbound budget.
+	WaitingForPeerBudget = "peerBudget"
+	// WaitingForSlot: a slot among the initial syncs global runs at once.
+	WaitingForSlot = "initialSyncSlot"
+)
+
 // Conn is the state of one zone<->global connection. It is part of the admin
 // API's JSON (package apitypes).
 type Conn = apitypes.Conn

@@ -129,6 +129,11 @@ type Client struct {
 	// that insights show (at most MaxUnknownTypes); dropped when Run ends.
 	// Only the answering stage touches it.
 	unknown map[string]struct{}
+	// admission, if set, bounds the sessions receiving their initial
+	// state at once (admission.go); adm is this session's slot from Run's
+	// start, nil without admission.
+	admission *Admission
+	adm       *admitted
 }
 
 // NewClient returns a client for one session with peer (the insights name).
@@ -196,6 +201,12 @@ func (c *Client) Run(ctx context.Context, stream ClientStream) error {
 		}
 		c.waiting = append(c.waiting, p)
 	}
+	adm, err := c.admit(ctx)
+	if err != nil {
+		return err
+	}
+	defer adm.close()
+	c.adm = adm
 	first, err := c.startWaiting()
 	if err != nil {
 		return err
@@ -326,8 +337,13 @@ func (c *Client) check(ctx context.Context, resp *discovery.DeltaDiscoveryRespon
 		if ch.next, err = c.nextPart(typ); err != nil {
 			return nil, err
 		}
-	} else if ch.start, err = c.answered(typ); err != nil {
-		return nil, err
+	} else {
+		if ch.start, err = c.answered(typ); err != nil {
+			return nil, err
+		}
+		if c.adm != nil && !strings.HasSuffix(resp.GetSystemVersionInfo(), MorePending) {
+			c.adm.arrived(typ)
+		}
 	}
 	if len(ch.rejected) > 0 {
 		c.log.Warn("refusing resources (NACK); the rest of the response is applied",
@@ -429,7 +445,7 @@ func (c *Client) settle(stream ClientStream, ch *checked) error {
 		shown = append(shown, apitypes.RejectedResource{Name: r.GetName(), Version: r.GetVersion(), Removal: r.GetRemoval(), Errors: fieldErrors(r.GetErrors())})
 	}
 	c.record(ch.typ, func(ts *insights.TypeState) {
-		if v := ch.resp.GetSystemVersionInfo(); v != "" {
+		if v := strings.TrimSuffix(ch.resp.GetSystemVersionInfo(), MorePending); v != "" {
 			ts.LastVersionApplied = v
 		}
 		ts.ResourcesHeld = ch.held

@@ -21,6 +21,12 @@
 //     headroom). A window above one lets the subscriber validate one response
 //     while it stores the previous one and the next is on the wire; see
 //     docs/decisions/0005-sync-window.md.
+//   - A response that leaves more of its type pending (the server will send
+//     another as the window allows) ends its system_version_info with
+//     MorePending. The first response to a "*" subscription without it
+//     completes the subscriber's initial state of the type; global admits
+//     only a bounded number of zones' initial syncs at once and counts on
+//     this to know when one is over (admission.go).
 //   - A large initial sync goes out in store-key order (mesh, then name), so
 //     each response is a contiguous key range the receiving store appends.
 //   - The subscriber validates a response through its plugins and applies it

@@ -70,7 +70,9 @@ func (c *Client) startWaiting() ([]*discovery.DeltaDiscoveryRequest, error) {
 		if c.subLimit > 0 && len(c.outstanding) > 0 && c.subUsed+p.cost > c.subLimit {
 			if p.since.IsZero() {
 				p.since = now
-				c.record(p.typ, func(ts *insights.TypeState) { ts.WaitingSince, ts.WaitingBytes = now, p.cost })
+				c.record(p.typ, func(ts *insights.TypeState) {
+					ts.WaitingSince, ts.WaitingBytes, ts.WaitingFor = now, p.cost, insights.WaitingForPeerBudget
+				})
 			}
 			kept = append(kept, p)
 			continue
@@ -129,7 +131,7 @@ func (c *Client) stopWaiting() {
 func clearWaiting(since time.Time) func(*insights.TypeState) {
 	return func(ts *insights.TypeState) {
 		if ts.WaitingSince.Equal(since) {
-			ts.WaitingSince, ts.WaitingBytes = time.Time{}, 0
+			ts.WaitingSince, ts.WaitingBytes, ts.WaitingFor = time.Time{}, 0, ""
 		}
 	}
 }

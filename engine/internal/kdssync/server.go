@@ -39,6 +39,15 @@ type ServerStream interface {
 // DefaultMaxMessageSize is the default limit on one response's encoded size.
 const DefaultMaxMessageSize = 4 << 20
 
+// MorePending ends a response's system_version_info (after the index
+// revision it was built at) when the server had more of its type pending
+// than the response holds: another response of the type follows as the
+// window allows. A response without it carried everything pending when it
+// was sent; the receiver knows its initial state of the type has arrived
+// at the first such response to its subscription (Admission). Peers that
+// do not mark responses look as if every response carried everything.
+const MorePending = "+"
+
 // responseOverhead is reserved in every response for the envelope fields
 // (type URL, nonce, removed names are counted separately) and the mux frame.
 const responseOverhead = 16 << 10
@@ -1433,6 +1442,9 @@ func (ss *serverSession) sendNext(st *serveState) (bool, error) {
 		return false, nil
 	}
 	st.full = len(st.pending) > 0 || len(st.fresh) > 0
+	if st.full {
+		resp.SystemVersionInfo += MorePending
+	}
 	st.force = false
 	resp.Nonce = f.nonce
 	size := responseSize(resp, f.bytes)
@@ -1448,7 +1460,7 @@ func (ss *serverSession) sendNext(st *serveState) (bool, error) {
 		ts.ResponsesSent++
 		ts.LargestResponseBytes = max(ts.LargestResponseBytes, size)
 		ts.ResourcesSent += uint64(len(resp.Resources))
-		ts.LastVersionSent = resp.SystemVersionInfo
+		ts.LastVersionSent = strconv.FormatUint(f.rev, 10)
 	})
 	return true, nil
 }

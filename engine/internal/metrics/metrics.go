@@ -68,6 +68,9 @@ type Metrics struct {
 	inflightBytes    prometheus.Gauge
 	inboundPool      prometheus.Gauge
 	inboundPoolWaits prometheus.Counter
+	initialSyncs     *prometheus.GaugeVec
+	initialSyncWaits prometheus.Counter
+	initialSyncHolds prometheus.Counter
 	pluginRestarts   *prometheus.CounterVec
 	pluginUp         *prometheus.GaugeVec
 	validation       *prometheus.HistogramVec
@@ -147,6 +150,15 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 		inboundPoolWaits: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "kds_inbound_pool_waits_total", Help: "Times a session's receive loop found the shared inbound pool full and waited for room.",
 		}),
+		initialSyncs: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kds_initial_syncs", Help: "Global: zones' sessions receiving their zone→global initial state (state=running, at most the slots) and waiting for a slot to subscribe (state=waiting).",
+		}, []string{"state"}),
+		initialSyncWaits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kds_initial_sync_waits_total", Help: "Global: zones' sessions that found every initial-sync slot taken and waited before subscribing.",
+		}),
+		initialSyncHolds: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kds_initial_sync_holds_expired_total", Help: "Global: initial-sync slots given back at the hold limit, before the zone's initial state had arrived.",
+		}),
 		pluginRestarts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kds_plugin_restarts_total", Help: "Plugin process restarts after a crash.",
 		}, []string{"plugin"}),
@@ -195,7 +207,7 @@ func (m *Metrics) collectors() []prometheus.Collector {
 		m.bufferMessages, m.bufferCapacity, m.subsWaiting, m.sendDuration, m.sendTimeouts,
 		m.sessionsStarted, m.sessionsEnded, m.sessionConnected,
 		m.responsesSent, m.responsesACKed, m.responsesNACKed,
-		m.resources, m.inflightBytes, m.inboundPool, m.inboundPoolWaits, m.pluginRestarts, m.pluginUp, m.validation, m.authRefused,
+		m.resources, m.inflightBytes, m.inboundPool, m.inboundPoolWaits, m.initialSyncs, m.initialSyncWaits, m.initialSyncHolds, m.pluginRestarts, m.pluginUp, m.validation, m.authRefused,
 		m.certExpiry, m.tokenExpiry, m.leader, m.storeAvailable, m.applyRetries,
 	}
 }
@@ -342,6 +354,19 @@ func (m *Metrics) SetInflightBytes(n int64) {
 		return
 	}
 	m.inflightBytes.Set(float64(n))
+}
+
+// SetInitialSyncs records global's initial syncs running and waiting for a
+// slot, and adds waits and expired, the waits and the holds ended at the
+// limit since the previous call.
+func (m *Metrics) SetInitialSyncs(running, waiting int, waits, expired uint64) {
+	if m == nil {
+		return
+	}
+	m.initialSyncs.WithLabelValues("running").Set(float64(running))
+	m.initialSyncs.WithLabelValues("waiting").Set(float64(waiting))
+	m.initialSyncWaits.Add(float64(waits))
+	m.initialSyncHolds.Add(float64(expired))
 }
 
 // SetInboundPool records the bytes the shared inbound pool holds and adds

@@ -185,5 +185,9 @@
 // any slow reader. Many honest peers' initial syncs at once fill a
 // small pool without ending anything (the engine's
 // TestManyZonesInitialSyncIntoASmallPoolWaitsAndEndsNothing);
-// [InboundPool.Waits] counts the waits.
+// [InboundPool.Waits] counts the waits. Global keeps honest zones from
+// filling it in the first place: it admits only as many zones' initial
+// syncs at once as the pool holds (kdssync.Admission, decision 0041),
+// because with a slow intake the waits would otherwise reach the zones'
+// send timeout.
 package mux

@@ -274,7 +274,9 @@
               el('li', {}, el('code', {}, r.name), r.version ? ' @ ' + r.version : '', r.removal ? ' (removal)' : '', ': ',
                 (r.errors || []).join('; ')))) : muted('—')),
             el('td', { class: 'err' }, t.error || t.waitingSince ? [t.error || null, t.waitingSince ? el('div', { class: 'warn' },
-              'subscription waits for room in the peer\'s inbound budget since ', when(t.waitingSince), ' (' + t.waitingBytes + ' bytes)') : null] : muted('—'))));
+              t.waitingFor === 'initialSyncSlot'
+                ? ['subscription waits for an initial-sync slot on global since ', when(t.waitingSince)]
+                : ['subscription waits for room in the peer\'s inbound budget since ', when(t.waitingSince), ' (' + t.waitingBytes + ' bytes)']) : null] : muted('—'))));
           out.push(el('section', { class: 'conn' + (c.online ? '' : ' offline') },
             el('h2', {}, c.name, ' ', statusOf(c)),
             table('Send buffers of ' + c.name + '\'s session', ['Logical stream', 'This side', 'Now', 'High-water mark', 'Capacity'], streams),

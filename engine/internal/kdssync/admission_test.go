@@ -1,0 +1,234 @@
+package kdssync
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/kds-engine/kds-engine/engine/internal/insights"
+	kdsv1 "github.com/kds-engine/kds-engine/proto/kds/v1"
+)
+
+func TestAdmissionSlotsFromThePool(t *testing.T) {
+	// Half of 256 MiB over three 4 MiB responses counted at twice their size.
+	assert.Equal(t, 5, AdmissionSlots(256<<20, 4<<20))
+	assert.Equal(t, 341, AdmissionSlots(256<<20, 64<<10))
+	assert.Equal(t, 1, AdmissionSlots(512<<10, 64<<10), "never fewer than one")
+	assert.Equal(t, 1, AdmissionSlots(0, 0))
+}
+
+// admissionClient is a Client run against a pipe the test answers as the
+// server would; the test sees each request it sends.
+type admissionClient struct {
+	t    *testing.T
+	p    *pipe
+	ins  *insights.Registry
+	done chan error
+	stop context.CancelFunc
+	n    int // nonces used
+}
+
+const admissionMaxMsg = 64 << 10
+
+func runAdmitted(t *testing.T, a *Admission, sink *memSink, types []string, opts ...ClientOption) *admissionClient {
+	t.Helper()
+	ctx, cancel := context.WithCancel(t.Context())
+	ac := &admissionClient{t: t, p: newPipe(ctx), ins: insights.NewRegistry(), done: make(chan error, 1), stop: cancel}
+	cli := NewClient(types, sink, rejectValidator{}, "zone", "zone-1",
+		append([]ClientOption{WithClientInsights(ac.ins), WithClientMaxMessageSize(admissionMaxMsg), WithAdmission(a)}, opts...)...)
+	go func() { ac.done <- cli.Run(ctx, clientEnd{ac.p}) }()
+	t.Cleanup(func() { cancel(); <-ac.done })
+	return ac
+}
+
+// subscriptions waits for the client's first requests, one per type.
+func (ac *admissionClient) subscriptions(n int) []string {
+	ac.t.Helper()
+	var urls []string
+	for range n {
+		urls = append(urls, nextRequest(ac.t, ac.p, ac.done).GetTypeUrl())
+	}
+	slices.Sort(urls)
+	return urls
+}
+
+// quiet fails the test if the client sends a request within 100 ms.
+func (ac *admissionClient) quiet(why string) {
+	ac.t.Helper()
+	select {
+	case r := <-ac.p.reqs:
+		ac.t.Fatalf("%s: unexpected request for %s", why, r.GetTypeUrl())
+	case <-time.After(100 * time.Millisecond):
+	}
+}
+
+// respond sends a response of typ whose resources take about bytes,
+// marked MorePending if more is set, and waits for its ACK.
+func (ac *admissionClient) respond(typ string, bytes int, more bool) {
+	ac.t.Helper()
+	ac.n++
+	resp := &discovery.DeltaDiscoveryResponse{TypeUrl: TypeURL(typ), Nonce: fmt.Sprint(ac.n), SystemVersionInfo: "7"}
+	if more {
+		resp.SystemVersionInfo += MorePending
+	}
+	for i := 0; bytes > 0; i++ {
+		size := min(bytes, 8<<10)
+		bytes -= size
+		name := fmt.Sprintf("r-%d-%d", ac.n, i)
+		resp.Resources = append(resp.Resources, wire("default", name, "1",
+			&kdsv1.Resource{Type: typ, Mesh: "default", Name: name, Spec: fmt.Appendf(nil, `{"pad":%q}`, strings.Repeat("x", size))}))
+	}
+	ac.p.resps <- resp
+	ack := nextRequest(ac.t, ac.p, ac.done)
+	require.Equal(ac.t, fmt.Sprint(ac.n), ack.GetResponseNonce(), "the answer to %s's response", typ)
+	require.Nil(ac.t, ack.GetErrorDetail(), "an ACK")
+}
+
+func (ac *admissionClient) waitingFor(typ string) insights.TypeState {
+	c, _ := ac.ins.Get("zone")
+	return c.Types[typ]
+}
+
+// One slot: a second session subscribes only once the first has received
+// its initial state, which ends at the first response of each type the
+// server did not mark MorePending, however large; marked ones keep the slot.
+func TestAdmissionHoldsASecondSessionUntilTheFirstHasItsInitialState(t *testing.T) {
+	a := NewAdmission(1, time.Minute)
+	types := []string{"Dataplane", "DataplaneInsight"}
+	first := runAdmitted(t, a, newMemSink(), types)
+	require.Equal(t, []string{TypeURL("Dataplane"), TypeURL("DataplaneInsight")}, first.subscriptions(2))
+	require.Equal(t, 1, a.Running())
+
+	second := runAdmitted(t, a, newMemSink(), types)
+	second.quiet("every slot is taken")
+	require.Eventually(t, func() bool { return a.Waiting() == 1 }, 10*time.Second, 5*time.Millisecond)
+	for _, typ := range types {
+		ts := second.waitingFor(typ)
+		assert.NotZero(t, ts.WaitingSince, "%s shows as waiting", typ)
+		assert.Equal(t, insights.WaitingForSlot, ts.WaitingFor, typ)
+	}
+
+	large, small := admissionMaxMsg*3/4, 1<<10
+	first.respond("Dataplane", large, true)
+	first.respond("Dataplane", small, true)  // a small response can be followed by more
+	first.respond("Dataplane", large, false) // Dataplane's initial state is in
+	first.respond("DataplaneInsight", large, true)
+	second.quiet("DataplaneInsight's initial state is still arriving")
+	assert.Equal(t, 1, a.Running())
+	assert.Equal(t, "7", first.waitingFor("DataplaneInsight").LastVersionApplied, "the mark is not part of the version shown")
+	first.respond("DataplaneInsight", 0, false) // an empty answer: nothing more was pending
+
+	assert.Equal(t, []string{TypeURL("Dataplane"), TypeURL("DataplaneInsight")}, second.subscriptions(2), "the second session subscribes")
+	for _, typ := range types {
+		ts := second.waitingFor(typ)
+		assert.Zero(t, ts.WaitingSince, "%s no longer waits", typ)
+		assert.Empty(t, ts.WaitingFor, typ)
+	}
+	assert.Equal(t, 1, a.Running())
+	assert.Zero(t, a.Waiting())
+	assert.EqualValues(t, 1, a.Waits())
+
+	// Later responses of the first session change nothing.
+	first.respond("Dataplane", small, false)
+	second.respond("Dataplane", 0, false)
+	second.respond("DataplaneInsight", 0, false)
+	require.Eventually(t, func() bool { return a.Running() == 0 }, 10*time.Second, 5*time.Millisecond)
+	assert.Zero(t, a.Expired())
+}
+
+// The answers to held versions sent in parts are small, but the initial
+// state comes after the last part: the slot is kept until then.
+func TestAdmissionKeepsTheSlotWhileHeldVersionsGoInParts(t *testing.T) {
+	a := NewAdmission(1, time.Minute)
+	sink := newMemSink()
+	for i := range 3000 {
+		r := res("Dataplane", "default", fmt.Sprintf("%s-%05d", strings.Repeat("d", 24), i), "1", 1)
+		r.Zone = "zone-1"
+		sink.res[r.Key()] = r
+	}
+	first := runAdmitted(t, a, sink, []string{"Dataplane"}, WithResumeParts(true))
+	parts := 0
+	for {
+		req := nextRequest(t, first.p, first.done)
+		parts++
+		if slices.Contains(req.GetResourceNamesSubscribe(), "*") {
+			break
+		}
+		first.respond("Dataplane", 0, false)
+	}
+	require.Greater(t, parts, 2, "the held versions went in parts")
+	assert.Equal(t, 1, a.Running(), "the answers to the parts kept the slot")
+
+	second := runAdmitted(t, a, newMemSink(), []string{"Dataplane"})
+	second.quiet("the first session's initial state has not arrived")
+	first.respond("Dataplane", 0, false)
+	assert.Equal(t, []string{TypeURL("Dataplane")}, second.subscriptions(1))
+}
+
+// A session that keeps its slot past the hold limit gives it back, and so
+// does one that ends.
+func TestAdmissionSlotGoesBackAtTheHoldLimitAndWhenTheSessionEnds(t *testing.T) {
+	a := NewAdmission(1, 200*time.Millisecond)
+	first := runAdmitted(t, a, newMemSink(), []string{"Dataplane"})
+	first.subscriptions(1)
+	first.respond("Dataplane", admissionMaxMsg*3/4, true) // more is pending, never sent
+	second := runAdmitted(t, a, newMemSink(), []string{"Dataplane"})
+	assert.Equal(t, []string{TypeURL("Dataplane")}, second.subscriptions(1), "the second session went at the first one's hold limit")
+	assert.EqualValues(t, 1, a.Expired())
+	assert.Equal(t, 1, a.Running(), "only the second holds a slot")
+
+	third := runAdmitted(t, a, newMemSink(), []string{"Dataplane"})
+	third.quiet("the second holds the slot")
+	second.stop()
+	assert.Equal(t, []string{TypeURL("Dataplane")}, third.subscriptions(1), "the third went when the second's session ended")
+	third.respond("Dataplane", 0, false)
+	require.Eventually(t, func() bool { return a.Running() == 0 }, 10*time.Second, 5*time.Millisecond)
+}
+
+// A session that ends while it waits for a slot gives up its place.
+func TestAdmissionWaitEndsWithTheSession(t *testing.T) {
+	a := NewAdmission(1, time.Minute)
+	first := runAdmitted(t, a, newMemSink(), []string{"Dataplane"})
+	first.subscriptions(1)
+	second := runAdmitted(t, a, newMemSink(), []string{"Dataplane"})
+	require.Eventually(t, func() bool { return a.Waiting() == 1 }, 10*time.Second, 5*time.Millisecond)
+	second.stop()
+	require.ErrorIs(t, <-second.done, context.Canceled)
+	second.done <- nil // for the cleanup's wait
+	assert.Zero(t, a.Waiting())
+	assert.Zero(t, second.waitingFor("Dataplane").WaitingSince, "insights no longer show it waiting")
+	first.respond("Dataplane", 0, false)
+	require.Eventually(t, func() bool { return a.Running() == 0 }, 10*time.Second, 5*time.Millisecond)
+}
+
+// The server marks each response of an initial sync that leaves more of
+// its type pending, and not the one that ends it; a change after it goes
+// unmarked.
+func TestServerMarksResponsesThatLeaveMorePending(t *testing.T) {
+	ix := NewIndex([]string{"MeshTimeout"})
+	for i := range 200 {
+		require.NoError(t, ix.Put(res("MeshTimeout", "default", fmt.Sprintf("t-%03d", i), "1", 1000)))
+	}
+	h := start(t, ix, newMemSink(), []string{"MeshTimeout"}, []ServerOption{WithServerMaxMessageSize(64 << 10)}, WithClientMaxMessageSize(64<<10))
+	h.waitFor(func() bool { return len(h.sink.snapshot()) == 200 }, "initial sync")
+	resps := h.pipe.responses()
+	require.Greater(t, len(resps), 2, "the initial sync took several responses")
+	for i, r := range resps {
+		more := strings.HasSuffix(r.GetSystemVersionInfo(), MorePending)
+		assert.Equal(t, i < len(resps)-1, more, "response %d of %d (%s)", i+1, len(resps), r.GetSystemVersionInfo())
+	}
+	require.NoError(t, ix.Put(res("MeshTimeout", "default", "t-000", "2", 1000)))
+	h.waitFor(func() bool { return len(h.pipe.responses()) == len(resps)+1 }, "the change")
+	assert.False(t, strings.HasSuffix(h.pipe.responses()[len(resps)].GetSystemVersionInfo(), MorePending))
+	assert.NotContains(t, h.srvType("MeshTimeout").LastVersionSent, MorePending, "the mark is not part of the version shown")
+	h.waitFor(func() bool {
+		return h.cliType("MeshTimeout").LastVersionApplied == h.srvType("MeshTimeout").LastVersionSent
+	}, "the versions shown agree")
+}
