@@ -87,3 +87,22 @@ func (e *Engine) InboundPool() InboundPoolStats {
 	p := e.inboundPool
 	return InboundPoolStats{Limit: p.Limit(), Peak: p.Peak(), Waits: p.Waits(), LongestWait: p.LongestWait()}
 }
+
+// InitialSyncStats are the figures of global's initial-sync slots
+// (decision 0041): how many zones may send their initial state at once,
+// how many waited for a slot and how many slots went back at the hold
+// limit. All zero on a zone.
+type InitialSyncStats struct {
+	Slots          int
+	Waits, Expired uint64
+}
+
+// InitialSyncs returns global's initial-sync slot figures. Call it only
+// after Started is closed.
+func (e *Engine) InitialSyncs() InitialSyncStats {
+	a := e.admission
+	if a == nil {
+		return InitialSyncStats{}
+	}
+	return InitialSyncStats{Slots: a.Slots(), Waits: a.Waits(), Expired: a.Expired()}
+}

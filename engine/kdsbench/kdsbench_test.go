@@ -186,6 +186,8 @@ func TestChurnSmoke(t *testing.T) {
 				assert.Positive(t, r.Figures["initial_sync_pool_peak_mib"], "global's shared inbound pool held their responses")
 				assert.Contains(t, r.Figures, "initial_sync_pool_waits")
 				assert.Contains(t, r.Figures, "initial_sync_zones_reconnected")
+				assert.Positive(t, r.Figures["initial_sync_slots"], "global admits zones' initial syncs")
+				assert.Contains(t, r.Figures, "initial_sync_slot_waits")
 				assert.Zero(t, r.Figures["initial_sync_zones_reconnected"], "each light zone syncs on its first session")
 			}
 			assert.False(t, r.Pass, "a 3 s steady phase cannot show the RSS and backlog verdicts")
