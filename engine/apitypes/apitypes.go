@@ -218,6 +218,14 @@ type TypeState struct {
 	WaitingFor   string    `json:"waitingFor,omitempty"`
 }
 
+// What a waiting subscription waits for (TypeState.WaitingFor).
+const (
+	// WaitingForPeerBudget: room in the peer's inbound budget.
+	WaitingForPeerBudget = "peerBudget"
+	// WaitingForSlot: one of global's initial-sync slots.
+	WaitingForSlot = "initialSyncSlot"
+)
+
 // MaxRejectedShown bounds TypeState.Rejected.
 const MaxRejectedShown = 100
 
