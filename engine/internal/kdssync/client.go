@@ -201,7 +201,7 @@ func (c *Client) Run(ctx context.Context, stream ClientStream) error {
 		}
 		c.waiting = append(c.waiting, p)
 	}
-	adm, err := c.admit(ctx)
+	adm, err := c.admit(ctx, stream)
 	if err != nil {
 		return err
 	}
