@@ -218,6 +218,14 @@ type TypeState struct {
 	WaitingFor   string    `json:"waitingFor,omitempty"`
 }
 
+// What a waiting subscription waits for (TypeState.WaitingFor).
+const (
+	// WaitingForPeerBudget: room in the peer's inbound budget.
+	WaitingForPeerBudget = "peerBudget"
+	// WaitingForSlot: a slot among the initial syncs global runs at once.
+	WaitingForSlot = "initialSyncSlot"
+)
+
 // MaxRejectedShown bounds TypeState.Rejected.
 const MaxRejectedShown = 100
 

@@ -22,9 +22,9 @@ type TypeState = apitypes.TypeState
 // What a waiting subscription waits for (TypeState.WaitingFor).
 const (
 	// WaitingForPeerBudget: room in the peer's inbound budget.
-	WaitingForPeerBudget = "peerBudget"
+	WaitingForPeerBudget = apitypes.WaitingForPeerBudget
 	// WaitingForSlot: a slot among the initial syncs global runs at once.
-	WaitingForSlot = "initialSyncSlot"
+	WaitingForSlot = apitypes.WaitingForSlot
 )
 
 // Conn is the state of one zone<->global connection. It is part of the admin
