@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/kds-engine/kds-engine/engine/internal/insights"
 	"github.com/kds-engine/kds-engine/engine/internal/kdssync"
 )
 
@@ -40,4 +41,16 @@ func TestZoneWaitingForAnInitialSyncSlotCannotParkResponses(t *testing.T) {
 	assert.Equal(t, 1, a.Waiting(), "it still waits")
 	eventually(t, func() bool { return g.e.inboundPool.Queued() == 0 }, "nothing of it is left in the pool")
 	assert.Empty(t, zoneResources(t, g, "Dataplane", parker))
+
+	// The first zone reconnecting does not keep its slot: its newer session
+	// replaces the one holding it, the slot goes to the zone that waited,
+	// and the newer session waits behind it.
+	require.NotZero(t, zoneType(g, parker, "Dataplane").WaitingSince)
+	rawSession(t, dialGlobal(t, g), hog, tokenFor(t, g, hog))
+	eventually(t, func() bool {
+		ts := zoneType(g, parker, "Dataplane")
+		return ts.WaitingSince.IsZero() && ts.WaitingFor == ""
+	}, "the second zone subscribes")
+	eventually(t, func() bool { return a.Running() == 1 && a.Waiting() == 1 }, "the first zone's newer session waits")
+	assert.Equal(t, insights.WaitingForSlot, zoneType(g, hog, "Dataplane").WaitingFor)
 }
