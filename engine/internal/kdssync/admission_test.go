@@ -272,3 +272,26 @@ func TestAdmissionClientWithoutTypesTakesNoSlot(t *testing.T) {
 	other.respond("Dataplane", 0, false)
 	require.Eventually(t, func() bool { return a.Running() == 0 }, 10*time.Second, 5*time.Millisecond)
 }
+
+// The types of responses nobody subscribed to that a waiting session
+// showed in insights go when the session ends, as they do after the
+// stages ran: each session could otherwise leave up to MaxUnknownTypes
+// more behind.
+func TestAdmissionWaitDropsUnknownTypesWhenTheSessionEnds(t *testing.T) {
+	a := NewAdmission(1, time.Minute)
+	first := runAdmitted(t, a, newMemSink(), []string{"Dataplane"})
+	first.subscriptions(1)
+	second := runAdmitted(t, a, newMemSink(), []string{"Dataplane"})
+	require.Eventually(t, func() bool { return a.Waiting() == 1 }, 10*time.Second, 5*time.Millisecond)
+	second.p.resps <- &discovery.DeltaDiscoveryResponse{TypeUrl: TypeURL("Bogus"), Nonce: "1"}
+	nack := nextRequest(t, second.p, second.done)
+	assert.Contains(t, nack.GetErrorDetail().GetMessage(), "never subscribed to")
+	c, _ := second.ins.Get("zone")
+	require.Contains(t, c.Types, "Bogus", "shown while the session lasts")
+
+	second.stop()
+	require.ErrorIs(t, <-second.done, context.Canceled)
+	second.done <- nil // for the cleanup's wait
+	c, _ = second.ins.Get("zone")
+	assert.NotContains(t, c.Types, "Bogus")
+}
