@@ -111,7 +111,13 @@ func TestSubscriptionsWaitingCountsWaitingTypes(t *testing.T) {
 	e := &Engine{ins: insights.NewRegistry()}
 	e.ins.UpdateType("global", "A", func(ts *insights.TypeState) { ts.WaitingSince, ts.WaitingBytes = time.Now(), 5<<20 })
 	e.ins.UpdateType("global", "B", func(ts *insights.TypeState) { ts.ResourcesHeld = 3 })
-	e.ins.UpdateType("global", "C", func(ts *insights.TypeState) { ts.WaitingSince, ts.WaitingBytes = time.Now(), 6<<20 })
+	e.ins.UpdateType("global", "C", func(ts *insights.TypeState) {
+		ts.WaitingSince, ts.WaitingBytes, ts.WaitingFor = time.Now(), 6<<20, insights.WaitingForPeerBudget
+	})
+	// An initial-sync slot is not room in the peer's budget.
+	e.ins.UpdateType("global", "D", func(ts *insights.TypeState) {
+		ts.WaitingSince, ts.WaitingFor = time.Now(), insights.WaitingForSlot
+	})
 	assert.Equal(t, 2, e.subscriptionsWaiting("global"))
 	assert.Zero(t, e.subscriptionsWaiting("zone-9"))
 }

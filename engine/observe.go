@@ -96,12 +96,14 @@ func (e *Engine) sampleSession(ctx context.Context, peer string, sess *mux.Sessi
 }
 
 // subscriptionsWaiting counts the types whose subscription on peer's
-// session waits for room in the peer's inbound budget (insights).
+// session waits for room in the peer's inbound budget (insights). Types
+// waiting for an initial-sync slot are not among them: every type of each
+// waiting zone would count, and kds_initial_syncs counts those zones.
 func (e *Engine) subscriptionsWaiting(peer string) int {
 	c, _ := e.ins.Get(peer)
 	n := 0
 	for _, ts := range c.Types {
-		if !ts.WaitingSince.IsZero() {
+		if !ts.WaitingSince.IsZero() && ts.WaitingFor != insights.WaitingForSlot {
 			n++
 		}
 	}

@@ -222,7 +222,7 @@ type TypeState struct {
 const (
 	// WaitingForPeerBudget: room in the peer's inbound budget.
 	WaitingForPeerBudget = "peerBudget"
-	// WaitingForSlot: one of global's initial-sync slots.
+	// WaitingForSlot: a slot among the initial syncs global runs at once.
 	WaitingForSlot = "initialSyncSlot"
 )
 

@@ -21,8 +21,10 @@ type TypeState = apitypes.TypeState
 
 // What a waiting subscription waits for (TypeState.WaitingFor).
 const (
+	// WaitingForPeerBudget: room in the peer's inbound budget.
 	WaitingForPeerBudget = apitypes.WaitingForPeerBudget
-	WaitingForSlot       = apitypes.WaitingForSlot
+	// WaitingForSlot: a slot among the initial syncs global runs at once.
+	WaitingForSlot = apitypes.WaitingForSlot
 )
 
 // Conn is the state of one zone<->global connection. It is part of the admin

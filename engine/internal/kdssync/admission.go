@@ -2,6 +2,8 @@ package kdssync
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -108,11 +110,12 @@ type admitted struct {
 }
 
 // admit waits for a slot of c.admission, showing every type as waiting in
-// insights meanwhile. It returns the slot (nil without an Admission) or
-// the cause of ctx's end.
-func (c *Client) admit(ctx context.Context) (*admitted, error) {
+// insights meanwhile. It returns the slot (nil without an Admission, or
+// without types to receive: nothing would give the slot back before the
+// hold limit) or the cause of ctx's end or of the stream's failure.
+func (c *Client) admit(ctx context.Context, stream ClientStream) (*admitted, error) {
 	a := c.admission
-	if a == nil {
+	if a == nil || len(c.types) == 0 {
 		return nil, nil
 	}
 	if !a.sem.TryAcquire(1) {
@@ -125,13 +128,13 @@ func (c *Client) admit(ctx context.Context) (*admitted, error) {
 			})
 		}
 		c.log.Debug("waiting for an initial sync slot", "slots", a.slots)
-		err := a.sem.Acquire(ctx, 1)
+		err := c.waitForSlot(ctx, stream)
 		a.waiting.Add(-1)
 		for _, typ := range c.types {
 			c.record(typ, clearWaiting(since))
 		}
 		if err != nil {
-			return nil, context.Cause(ctx)
+			return nil, err
 		}
 		c.log.Debug("initial sync slot taken", "waited", time.Since(since))
 	}
@@ -147,6 +150,57 @@ func (c *Client) admit(ctx context.Context) (*admitted, error) {
 		}
 	})
 	return ad, nil
+}
+
+// errAdmitted ends waitForSlot's receiving once the slot is taken.
+var errAdmitted = errors.New("initial sync slot taken")
+
+// waitForSlot takes one of c.admission's slots, waiting in arrival order.
+// Meanwhile it receives what the peer sends and refuses it (a NACK: no
+// type is subscribed yet), as check does for any response to a type not
+// subscribed to: a response left unread would hold its bytes of the
+// shared inbound pool for as long as the session waits, and a few peers
+// sending responses nobody asked for would fill it and stop every
+// session's receive loop. It returns nil holding the slot, else without
+// it and the cause of ctx's end or the stream's failure.
+func (c *Client) waitForSlot(ctx context.Context, stream ClientStream) error {
+	wctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	got := make(chan error, 1)
+	go func() {
+		err := c.admission.sem.Acquire(wctx, 1)
+		got <- err
+		if err == nil {
+			cancel(errAdmitted)
+		}
+	}()
+	var failed error
+	for failed == nil {
+		resp, err := stream.RecvContext(wctx)
+		if err != nil {
+			if !errors.Is(context.Cause(wctx), errAdmitted) {
+				failed = fmt.Errorf("receive response: %w", err)
+			}
+			break
+		}
+		ch, err := c.check(wctx, resp)
+		if err == nil {
+			err = c.settle(stream, ch)
+		}
+		failed = err
+	}
+	cancel(failed)
+	if err := <-got; err != nil {
+		if ctx.Err() != nil {
+			return context.Cause(ctx)
+		}
+		return failed
+	}
+	if failed != nil {
+		c.admission.sem.Release(1)
+		return failed
+	}
+	return nil
 }
 
 // release gives the slot back if it was not already, and reports whether

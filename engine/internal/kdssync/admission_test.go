@@ -232,3 +232,66 @@ func TestServerMarksResponsesThatLeaveMorePending(t *testing.T) {
 		return h.cliType("MeshTimeout").LastVersionApplied == h.srvType("MeshTimeout").LastVersionSent
 	}, "the versions shown agree")
 }
+
+// A session waiting for a slot reads what its peer sends and refuses it
+// at once (nothing is subscribed yet): responses left unread would hold
+// the shared inbound pool for as long as the session waits.
+func TestAdmissionWaitRefusesResponsesAtOnce(t *testing.T) {
+	a := NewAdmission(1, time.Minute)
+	first := runAdmitted(t, a, newMemSink(), []string{"Dataplane"})
+	first.subscriptions(1)
+	second := runAdmitted(t, a, newMemSink(), []string{"Dataplane"})
+	require.Eventually(t, func() bool { return a.Waiting() == 1 }, 10*time.Second, 5*time.Millisecond)
+	for i := range 3 {
+		second.p.resps <- &discovery.DeltaDiscoveryResponse{TypeUrl: TypeURL("Dataplane"), Nonce: fmt.Sprint("unasked-", i), SystemVersionInfo: "7",
+			Resources: []*discovery.Resource{wire("default", "r", "1", &kdsv1.Resource{Type: "Dataplane", Mesh: "default", Name: "r", Spec: []byte(`{}`)})}}
+		nack := nextRequest(t, second.p, second.done)
+		assert.Equal(t, fmt.Sprint("unasked-", i), nack.GetResponseNonce())
+		assert.Contains(t, nack.GetErrorDetail().GetMessage(), "not subscribed to yet")
+	}
+	assert.Equal(t, 1, a.Waiting(), "still waiting")
+	assert.Equal(t, insights.WaitingForSlot, second.waitingFor("Dataplane").WaitingFor)
+
+	first.respond("Dataplane", 0, false)
+	assert.Equal(t, []string{TypeURL("Dataplane")}, second.subscriptions(1), "the slot is taken as before")
+	second.respond("Dataplane", 0, false)
+	require.Eventually(t, func() bool { return a.Running() == 0 }, 10*time.Second, 5*time.Millisecond)
+}
+
+// A client with no types to receive (global without a plugin of a
+// zone→global type) takes no slot: nothing would give it back before the
+// hold limit.
+func TestAdmissionClientWithoutTypesTakesNoSlot(t *testing.T) {
+	a := NewAdmission(1, time.Minute)
+	none := runAdmitted(t, a, newMemSink(), nil)
+	none.quiet("nothing to subscribe to") // and its Run is past the admission
+	other := runAdmitted(t, a, newMemSink(), []string{"Dataplane"})
+	assert.Equal(t, []string{TypeURL("Dataplane")}, other.subscriptions(1))
+	assert.Equal(t, 1, a.Running())
+	assert.Zero(t, a.Waits())
+	other.respond("Dataplane", 0, false)
+	require.Eventually(t, func() bool { return a.Running() == 0 }, 10*time.Second, 5*time.Millisecond)
+}
+
+// The types of responses nobody subscribed to that a waiting session
+// showed in insights go when the session ends, as they do after the
+// stages ran: each session could otherwise leave up to MaxUnknownTypes
+// more behind.
+func TestAdmissionWaitDropsUnknownTypesWhenTheSessionEnds(t *testing.T) {
+	a := NewAdmission(1, time.Minute)
+	first := runAdmitted(t, a, newMemSink(), []string{"Dataplane"})
+	first.subscriptions(1)
+	second := runAdmitted(t, a, newMemSink(), []string{"Dataplane"})
+	require.Eventually(t, func() bool { return a.Waiting() == 1 }, 10*time.Second, 5*time.Millisecond)
+	second.p.resps <- &discovery.DeltaDiscoveryResponse{TypeUrl: TypeURL("Bogus"), Nonce: "1"}
+	nack := nextRequest(t, second.p, second.done)
+	assert.Contains(t, nack.GetErrorDetail().GetMessage(), "never subscribed to")
+	c, _ := second.ins.Get("zone")
+	require.Contains(t, c.Types, "Bogus", "shown while the session lasts")
+
+	second.stop()
+	require.ErrorIs(t, <-second.done, context.Canceled)
+	second.done <- nil // for the cleanup's wait
+	c, _ = second.ins.Get("zone")
+	assert.NotContains(t, c.Types, "Bogus")
+}

@@ -127,7 +127,8 @@ type Client struct {
 	waiting           []*subPlan
 	// unknown holds the types of responses this side never subscribed to
 	// that insights show (at most MaxUnknownTypes); dropped when Run ends.
-	// Only the answering stage touches it.
+	// Only the answering stage touches it, and Run before the stages start
+	// (waitForSlot).
 	unknown map[string]struct{}
 	// admission, if set, bounds the sessions receiving their initial
 	// state at once (admission.go); adm is this session's slot from Run's
@@ -188,6 +189,9 @@ func NewClient(types []string, sink Sink, v Validator, peer, zone string, opts .
 // goroutines at once.
 func (c *Client) Run(ctx context.Context, stream ClientStream) error {
 	defer c.stopWaiting()
+	// After both stages are joined (or before they started: a session
+	// waiting for a slot answers responses too).
+	defer c.dropUnknown()
 	for _, typ := range c.types {
 		versions, err := c.sink.Versions(ctx, typ)
 		if err != nil {
@@ -201,7 +205,7 @@ func (c *Client) Run(ctx context.Context, stream ClientStream) error {
 		}
 		c.waiting = append(c.waiting, p)
 	}
-	adm, err := c.admit(ctx)
+	adm, err := c.admit(ctx, stream)
 	if err != nil {
 		return err
 	}
@@ -237,11 +241,6 @@ func (c *Client) Run(ctx context.Context, stream ClientStream) error {
 		}
 	})
 	g.Go(func() error {
-		defer func() {
-			if c.ins != nil && len(c.unknown) > 0 {
-				c.ins.DropTypes(c.peer, slices.Collect(maps.Keys(c.unknown)))
-			}
-		}()
 		for first := range checked {
 			batch, err := c.applyReady(gctx, first, checked)
 			if err != nil {
@@ -642,6 +641,14 @@ func (c *Client) nack(stream ClientStream, ch *checked, detail *status.Status) e
 		})
 	}
 	return nil
+}
+
+// dropUnknown removes from insights the types of responses this side never
+// subscribed to that it showed (c.unknown).
+func (c *Client) dropUnknown() {
+	if c.ins != nil && len(c.unknown) > 0 {
+		c.ins.DropTypes(c.peer, slices.Collect(maps.Keys(c.unknown)))
+	}
 }
 
 func (c *Client) record(typ string, fn func(*insights.TypeState)) {

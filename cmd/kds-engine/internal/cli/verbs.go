@@ -580,12 +580,11 @@ func (a *App) printConns(first string, conns []apitypes.Conn) error {
 			}
 			if !ts.WaitingSince.IsZero() {
 				// Not an error: the subscription is not sent yet.
-				waiting := fmt.Sprintf("subscription waits for room in the peer's inbound budget since %s (%d bytes)",
-					timestamp(ts.WaitingSince), ts.WaitingBytes)
+				waits := fmt.Sprintf("subscription waits for room in the peer's inbound budget since %s (%d bytes)", timestamp(ts.WaitingSince), ts.WaitingBytes)
 				if ts.WaitingFor == apitypes.WaitingForSlot {
-					waiting = "subscription waits for one of global's initial-sync slots since " + timestamp(ts.WaitingSince)
+					waits = "subscription waits for an initial-sync slot on global since " + timestamp(ts.WaitingSince)
 				}
-				errText = strings.TrimPrefix(errText+"; ", "; ") + waiting
+				errText = strings.TrimPrefix(errText+"; ", "; ") + waits
 			}
 			t.row(c.Name, n, strconv.FormatUint(ts.ResponsesSent, 10), strconv.FormatUint(ts.ResponsesACKed, 10),
 				strconv.FormatUint(ts.ResponsesNACKed, 10), strconv.Itoa(ts.ResourcesHeld), strconv.Itoa(ts.RejectedCount), timestamp(ts.LastACK), lastNACK, errText)
