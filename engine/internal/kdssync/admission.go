@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"golang.org/x/sync/semaphore"
 
 	"github.com/kds-engine/kds-engine/engine/internal/insights"
@@ -152,13 +154,29 @@ func (c *Client) admit(ctx context.Context, stream ClientStream) (*admitted, err
 	return ad, nil
 }
 
+// unsubscribed refuses resp whole: nothing is subscribed while the session
+// waits for a slot (check's refusal of a response to a type not
+// subscribed to yet).
+func (c *Client) unsubscribed(resp *discovery.DeltaDiscoveryResponse) *checked {
+	typ, err := TypeFromURL(resp.GetTypeUrl())
+	switch {
+	case err != nil:
+	case !slices.Contains(c.types, typ):
+		err = fmt.Errorf("response for type %s, which this side never subscribed to", typ)
+	default:
+		err = fmt.Errorf("response for type %s, which this side has not subscribed to yet", typ)
+	}
+	c.log.Warn("rejecting response", "error", err)
+	return &checked{resp: resp, typ: typ, whole: err}
+}
+
 // errAdmitted ends waitForSlot's receiving once the slot is taken.
 var errAdmitted = errors.New("initial sync slot taken")
 
 // waitForSlot takes one of c.admission's slots, waiting in arrival order.
 // Meanwhile it receives what the peer sends and refuses it (a NACK: no
-// type is subscribed yet), as check does for any response to a type not
-// subscribed to: a response left unread would hold its bytes of the
+// type is subscribed yet, and this side has not read what it holds), as
+// check does for any response to a type not subscribed to: a response left unread would hold its bytes of the
 // shared inbound pool for as long as the session waits, and a few peers
 // sending responses nobody asked for would fill it and stop every
 // session's receive loop. It returns nil holding the slot, else without
@@ -183,11 +201,7 @@ func (c *Client) waitForSlot(ctx context.Context, stream ClientStream) error {
 			}
 			break
 		}
-		ch, err := c.check(wctx, resp)
-		if err == nil {
-			err = c.settle(stream, ch)
-		}
-		failed = err
+		failed = c.settle(stream, c.unsubscribed(resp))
 	}
 	cancel(failed)
 	if err := <-got; err != nil {

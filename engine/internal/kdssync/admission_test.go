@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -286,6 +287,9 @@ func TestAdmissionWaitDropsUnknownTypesWhenTheSessionEnds(t *testing.T) {
 	second.p.resps <- &discovery.DeltaDiscoveryResponse{TypeUrl: TypeURL("Bogus"), Nonce: "1"}
 	nack := nextRequest(t, second.p, second.done)
 	assert.Contains(t, nack.GetErrorDetail().GetMessage(), "never subscribed to")
+	second.p.resps <- &discovery.DeltaDiscoveryResponse{TypeUrl: TypeURL("Dataplane"), Nonce: "2"}
+	nack = nextRequest(t, second.p, second.done)
+	assert.Contains(t, nack.GetErrorDetail().GetMessage(), "not subscribed to yet")
 	c, _ := second.ins.Get("zone")
 	require.Contains(t, c.Types, "Bogus", "shown while the session lasts")
 
@@ -294,4 +298,28 @@ func TestAdmissionWaitDropsUnknownTypesWhenTheSessionEnds(t *testing.T) {
 	second.done <- nil // for the cleanup's wait
 	c, _ = second.ins.Get("zone")
 	assert.NotContains(t, c.Types, "Bogus")
+	assert.Contains(t, c.Types, "Dataplane", "a type of this side's, refused while waiting, is not taken for an unknown one")
+	assert.EqualValues(t, 1, c.Types["Dataplane"].ResponsesNACKed)
+}
+
+// A session reads what it holds of its types only once it has a slot: the
+// sessions waiting for one hold none of it.
+func TestAdmissionReadsHeldVersionsOnlyOnceAdmitted(t *testing.T) {
+	a := NewAdmission(1, time.Minute)
+	first := runAdmitted(t, a, newMemSink(), []string{"Dataplane"})
+	first.subscriptions(1)
+	var reads atomic.Int32
+	sink := countingSink{newMemSink(), &reads}
+	ctx, cancel := context.WithCancel(t.Context())
+	p := newPipe(ctx)
+	done := make(chan error, 1)
+	cli := NewClient([]string{"Dataplane", "DataplaneInsight"}, sink, rejectValidator{}, "zone", "zone-1", WithAdmission(a))
+	go func() { done <- cli.Run(ctx, clientEnd{p}) }()
+	defer func() { cancel(); <-done }()
+	require.Eventually(t, func() bool { return a.Waiting() == 1 }, 10*time.Second, 5*time.Millisecond)
+	time.Sleep(50 * time.Millisecond)
+	assert.Zero(t, reads.Load(), "nothing read while waiting")
+	first.respond("Dataplane", 0, false)
+	nextRequest(t, p, done)
+	assert.EqualValues(t, 2, reads.Load(), "read once admitted, one type at a time")
 }

@@ -192,6 +192,14 @@ func (c *Client) Run(ctx context.Context, stream ClientStream) error {
 	// After both stages are joined (or before they started: a session
 	// waiting for a slot answers responses too).
 	defer c.dropUnknown()
+	// The slot first: a session that waits for one holds nothing of what
+	// this side holds of the peer's resources meanwhile.
+	adm, err := c.admit(ctx, stream)
+	if err != nil {
+		return err
+	}
+	defer adm.close()
+	c.adm = adm
 	for _, typ := range c.types {
 		versions, err := c.sink.Versions(ctx, typ)
 		if err != nil {
@@ -205,12 +213,6 @@ func (c *Client) Run(ctx context.Context, stream ClientStream) error {
 		}
 		c.waiting = append(c.waiting, p)
 	}
-	adm, err := c.admit(ctx, stream)
-	if err != nil {
-		return err
-	}
-	defer adm.close()
-	c.adm = adm
 	first, err := c.startWaiting()
 	if err != nil {
 		return err
@@ -626,7 +628,9 @@ func (c *Client) nack(stream ClientStream, ch *checked, detail *status.Status) e
 	if err := stream.Send(req); err != nil {
 		return fmt.Errorf("NACK %.100q: %w", ch.resp.GetTypeUrl(), err)
 	}
-	known := c.held[ch.typ] != nil
+	// One of this side's types, also before Run has read what it holds of
+	// them (while it waits for a slot).
+	known := c.held[ch.typ] != nil || slices.Contains(c.types, ch.typ)
 	if !known && ch.typ != "" {
 		if _, ok := c.unknown[ch.typ]; !ok && len(c.unknown) < MaxUnknownTypes {
 			c.unknown[ch.typ] = struct{}{}
