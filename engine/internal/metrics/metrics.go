@@ -69,8 +69,9 @@ type Metrics struct {
 	inboundPool      prometheus.Gauge
 	inboundPoolWaits prometheus.Counter
 	initialSyncs     *prometheus.GaugeVec
-	initialSyncWaits prometheus.Counter
-	initialSyncHolds prometheus.Counter
+	// Vectors without labels: exposed only once set, on global.
+	initialSyncWaits *prometheus.CounterVec
+	initialSyncHolds *prometheus.CounterVec
 	pluginRestarts   *prometheus.CounterVec
 	pluginUp         *prometheus.GaugeVec
 	validation       *prometheus.HistogramVec
@@ -153,12 +154,12 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 		initialSyncs: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "kds_initial_syncs", Help: "Global: zones' sessions receiving their zone→global initial state (state=running, at most the slots) and waiting for a slot to subscribe (state=waiting).",
 		}, []string{"state"}),
-		initialSyncWaits: prometheus.NewCounter(prometheus.CounterOpts{
+		initialSyncWaits: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kds_initial_sync_waits_total", Help: "Global: zones' sessions that found every initial-sync slot taken and waited before subscribing.",
-		}),
-		initialSyncHolds: prometheus.NewCounter(prometheus.CounterOpts{
+		}, nil),
+		initialSyncHolds: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kds_initial_sync_holds_expired_total", Help: "Global: initial-sync slots given back at the hold limit, before the zone's initial state had arrived.",
-		}),
+		}, nil),
 		pluginRestarts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kds_plugin_restarts_total", Help: "Plugin process restarts after a crash.",
 		}, []string{"plugin"}),
@@ -365,8 +366,8 @@ func (m *Metrics) SetInitialSyncs(running, waiting int, waits, expired uint64) {
 	}
 	m.initialSyncs.WithLabelValues("running").Set(float64(running))
 	m.initialSyncs.WithLabelValues("waiting").Set(float64(waiting))
-	m.initialSyncWaits.Add(float64(waits))
-	m.initialSyncHolds.Add(float64(expired))
+	m.initialSyncWaits.WithLabelValues().Add(float64(waits))
+	m.initialSyncHolds.WithLabelValues().Add(float64(expired))
 }
 
 // SetInboundPool records the bytes the shared inbound pool holds and adds
