@@ -174,6 +174,9 @@ func (a *acked) get(where string) []string {
 // afterwards every acknowledged write is everywhere it belongs.
 func TestPostgresRestartWhileZonesSync(t *testing.T) {
 	version := pgCluster(t)
+	// The server goes down: no other test, in this process or another
+	// package's, uses it meanwhile.
+	pgtest.Exclusive(t)
 	url := pgtest.NewDatabase(t)
 	// Registered after the database's drop, so it runs before it: the
 	// server is back whatever happened to the test.

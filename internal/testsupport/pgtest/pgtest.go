@@ -42,10 +42,11 @@ func Required() bool { return os.Getenv("CI") == "true" }
 
 // NewDatabase creates an empty database on the test server, registers its
 // drop with t.Cleanup (terminating connections left to it), and returns
-// its URL. It skips the test if the server cannot be reached, or fails it
+// its URL. t holds the server (shared, see Exclusive) until it ends. It skips the test if the server cannot be reached, or fails it
 // when Required.
 func NewDatabase(t testing.TB) string {
 	t.Helper()
+	shared(t) // released after the drop below: cleanups run last first
 	server := ServerURL()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
