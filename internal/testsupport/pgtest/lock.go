@@ -27,7 +27,9 @@ var (
 	owner     testing.TB // the test holding the exclusive lock, if any
 )
 
-func lockPath(name string) string { return filepath.Join(os.TempDir(), "kds-engine-test-postgres."+name) }
+func lockPath(name string) string {
+	return filepath.Join(os.TempDir(), "kds-engine-test-postgres."+name)
+}
 
 // flock opens the lock file name and locks it (how: syscall.LOCK_SH or
 // LOCK_EX), waiting as long as it takes; closing the file unlocks it.
