@@ -14,17 +14,14 @@ import (
 // shared lock on a file in the temporary directory from NewDatabase until
 // it ends, and a test that restarts the server holds it exclusively
 // (Exclusive) for its whole run: the two never overlap, in one process or
-// across processes. A gate lock, taken briefly by the shared holders and
-// for the whole wait by the exclusive one, keeps new shared holders from
-// starving a waiting exclusive one.
+// across processes (each lock opens the file anew, and flock locks of two
+// open files conflict within a process too). A gate lock, taken briefly by
+// the shared holders and for the whole wait by the exclusive one, keeps
+// new shared holders from starving a waiting exclusive one.
 
 var (
-	// inProcess orders the tests of one process the same way (flock
-	// locks of two open files of one process conflict too, and the
-	// exclusive holder's own NewDatabase must not wait for itself).
-	inProcess sync.RWMutex
-	ownerMu   sync.Mutex
-	owner     testing.TB // the test holding the exclusive lock, if any
+	ownerMu sync.Mutex
+	owner   testing.TB // the test holding the exclusive lock, if any: its own NewDatabase does not wait for itself
 )
 
 func lockPath(name string) string {
@@ -61,14 +58,10 @@ func shared(t testing.TB) {
 	if mine {
 		return
 	}
-	inProcess.RLock()
 	gate := flock(t, "gate", syscall.LOCK_EX)
 	f := flock(t, "lock", syscall.LOCK_SH)
 	gate.Close()
-	t.Cleanup(func() {
-		f.Close()
-		inProcess.RUnlock()
-	})
+	t.Cleanup(func() { f.Close() })
 }
 
 // Exclusive holds the test server for t alone until t ends: call it
@@ -77,7 +70,6 @@ func shared(t testing.TB) {
 // and new ones wait for t. t's own NewDatabase calls do not wait.
 func Exclusive(t testing.TB) {
 	t.Helper()
-	inProcess.Lock()
 	gate := flock(t, "gate", syscall.LOCK_EX)
 	f := flock(t, "lock", syscall.LOCK_EX)
 	ownerMu.Lock()
@@ -89,6 +81,5 @@ func Exclusive(t testing.TB) {
 		ownerMu.Unlock()
 		f.Close()
 		gate.Close()
-		inProcess.Unlock()
 	})
 }
