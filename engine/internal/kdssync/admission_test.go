@@ -92,6 +92,18 @@ func (ac *admissionClient) respond(typ string, bytes int, more bool) {
 	require.Nil(ac.t, ack.GetErrorDetail(), "an ACK")
 }
 
+// oneHoldsOneWaits starts two sessions of Dataplane on one slot: the
+// first holds it (subscribed, nothing answered), the second waits for it.
+func oneHoldsOneWaits(t *testing.T) (a *Admission, first, second *admissionClient) {
+	t.Helper()
+	a = NewAdmission(1, time.Minute)
+	first = runAdmitted(t, a, newMemSink(), []string{"Dataplane"})
+	first.subscriptions(1)
+	second = runAdmitted(t, a, newMemSink(), []string{"Dataplane"})
+	require.Eventually(t, func() bool { return a.Waiting() == 1 }, 10*time.Second, 5*time.Millisecond)
+	return a, first, second
+}
+
 func (ac *admissionClient) waitingFor(typ string) insights.TypeState {
 	c, _ := ac.ins.Get("zone")
 	return c.Types[typ]
@@ -149,11 +161,7 @@ func TestAdmissionHoldsASecondSessionUntilTheFirstHasItsInitialState(t *testing.
 func TestAdmissionKeepsTheSlotWhileHeldVersionsGoInParts(t *testing.T) {
 	a := NewAdmission(1, time.Minute)
 	sink := newMemSink()
-	for i := range 3000 {
-		r := res("Dataplane", "default", fmt.Sprintf("%s-%05d", strings.Repeat("d", 24), i), "1", 1)
-		r.Zone = "zone-1"
-		sink.res[r.Key()] = r
-	}
+	sink.holdNamed("Dataplane", strings.Repeat("d", 24), 3000)
 	first := runAdmitted(t, a, sink, []string{"Dataplane"}, WithResumeParts(true))
 	parts := 0
 	for {
@@ -195,11 +203,7 @@ func TestAdmissionSlotGoesBackAtTheHoldLimitAndWhenTheSessionEnds(t *testing.T) 
 
 // A session that ends while it waits for a slot gives up its place.
 func TestAdmissionWaitEndsWithTheSession(t *testing.T) {
-	a := NewAdmission(1, time.Minute)
-	first := runAdmitted(t, a, newMemSink(), []string{"Dataplane"})
-	first.subscriptions(1)
-	second := runAdmitted(t, a, newMemSink(), []string{"Dataplane"})
-	require.Eventually(t, func() bool { return a.Waiting() == 1 }, 10*time.Second, 5*time.Millisecond)
+	a, first, second := oneHoldsOneWaits(t)
 	second.stop()
 	require.ErrorIs(t, <-second.done, context.Canceled)
 	second.done <- nil // for the cleanup's wait
@@ -238,11 +242,7 @@ func TestServerMarksResponsesThatLeaveMorePending(t *testing.T) {
 // at once (nothing is subscribed yet): responses left unread would hold
 // the shared inbound pool for as long as the session waits.
 func TestAdmissionWaitRefusesResponsesAtOnce(t *testing.T) {
-	a := NewAdmission(1, time.Minute)
-	first := runAdmitted(t, a, newMemSink(), []string{"Dataplane"})
-	first.subscriptions(1)
-	second := runAdmitted(t, a, newMemSink(), []string{"Dataplane"})
-	require.Eventually(t, func() bool { return a.Waiting() == 1 }, 10*time.Second, 5*time.Millisecond)
+	a, first, second := oneHoldsOneWaits(t)
 	for i := range 3 {
 		second.p.resps <- &discovery.DeltaDiscoveryResponse{TypeUrl: TypeURL("Dataplane"), Nonce: fmt.Sprint("unasked-", i), SystemVersionInfo: "7",
 			Resources: []*discovery.Resource{wire("default", "r", "1", &kdsv1.Resource{Type: "Dataplane", Mesh: "default", Name: "r", Spec: []byte(`{}`)})}}
@@ -279,11 +279,7 @@ func TestAdmissionClientWithoutTypesTakesNoSlot(t *testing.T) {
 // stages ran: each session could otherwise leave up to MaxUnknownTypes
 // more behind.
 func TestAdmissionWaitDropsUnknownTypesWhenTheSessionEnds(t *testing.T) {
-	a := NewAdmission(1, time.Minute)
-	first := runAdmitted(t, a, newMemSink(), []string{"Dataplane"})
-	first.subscriptions(1)
-	second := runAdmitted(t, a, newMemSink(), []string{"Dataplane"})
-	require.Eventually(t, func() bool { return a.Waiting() == 1 }, 10*time.Second, 5*time.Millisecond)
+	_, _, second := oneHoldsOneWaits(t)
 	second.p.resps <- &discovery.DeltaDiscoveryResponse{TypeUrl: TypeURL("Bogus"), Nonce: "1"}
 	nack := nextRequest(t, second.p, second.done)
 	assert.Contains(t, nack.GetErrorDetail().GetMessage(), "never subscribed to")

@@ -2,7 +2,6 @@ package kdssync
 
 import (
 	"context"
-	"fmt"
 	"testing"
 	"time"
 
@@ -23,11 +22,7 @@ func TestSessionEndsWithSubscriptionsWaiting(t *testing.T) {
 	sink := newMemSink()
 	types := []string{"A", "B", "C", "D"}
 	for _, typ := range types {
-		for i := range 3000 {
-			r := res(typ, "default", fmt.Sprintf("%s-%05d", typ, i), "1", 1)
-			r.Zone = "zone-1"
-			sink.res[r.Key()] = r
-		}
+		sink.holdNamed(typ, typ, 3000)
 	}
 	ctx, cancel := context.WithCancel(t.Context())
 	p := newPipe(ctx)

@@ -281,11 +281,7 @@ func TestSubscriptionsWaitForRoom(t *testing.T) {
 	const maxMsg = 64 << 10
 	sink := newMemSink()
 	for _, typ := range []string{"Big0", "Big1"} {
-		for i := range 3000 {
-			r := res(typ, "default", fmt.Sprintf("%s-%05d", strings.Repeat("b", 24), i), "1", 1)
-			r.Zone = "zone-1"
-			sink.res[r.Key()] = r
-		}
+		sink.holdNamed(typ, strings.Repeat("b", 24), 3000)
 	}
 	p := newPipe(t.Context())
 	// Room for one subscription in parts at a time (each holds a max-size

@@ -122,6 +122,19 @@ func (m *memSink) Apply(_ context.Context, puts []*resource.Resource, deletes []
 	return nil
 }
 
+// holdNamed puts n resources of typ in m as zone-1's, named prefix-00000
+// and on (version "1", a one-byte spec): what a client holds and resumes
+// from.
+func (m *memSink) holdNamed(typ, prefix string, n int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for i := range n {
+		r := res(typ, "default", fmt.Sprintf("%s-%05d", prefix, i), "1", 1)
+		r.Zone = "zone-1"
+		m.res[r.Key()] = r
+	}
+}
+
 func (m *memSink) snapshot() map[resource.Key]*resource.Resource {
 	m.mu.Lock()
 	defer m.mu.Unlock()
