@@ -54,3 +54,45 @@ func TestZoneWaitingForAnInitialSyncSlotCannotParkResponses(t *testing.T) {
 	eventually(t, func() bool { return a.Running() == 1 && a.Waiting() == 1 }, "the first zone's newer session waits")
 	assert.Equal(t, insights.WaitingForSlot, zoneType(g, hog, "Dataplane").WaitingFor)
 }
+
+// A zone that takes global's only initial-sync slot and then sends
+// nothing gives it back at the idle limit, not the 5-minute hold limit:
+// the zone waiting behind it subscribes, and what it sends is stored,
+// while the idle zone's session goes on.
+func TestIdleZoneGivesItsInitialSyncSlotBack(t *testing.T) {
+	const idle = 2 * time.Second
+	cfg := Config{Role: RoleGlobal, PluginsDir: builtinDir}
+	g := startNodePrepared(t, cfg, hclog.New(&hclog.LoggerOptions{Name: "test", Level: hclog.Warn, Output: os.Stderr}),
+		func(e *Engine) { e.initialSyncSlots, e.initialSyncIdle = 1, idle })
+	eventually(t, func() bool { return g.e.admission != nil }, "global runs")
+	a := g.e.admission
+
+	const idler, next = "zone-idle", "zone-next"
+	rawSession(t, dialGlobal(t, g), idler, tokenFor(t, g, idler)) // never answers
+	eventually(t, func() bool { return a.Running() == 1 }, "the first zone holds the slot")
+	start := time.Now()
+	s := rawSession(t, dialGlobal(t, g), next, tokenFor(t, g, next))
+	eventually(t, func() bool { return a.Waiting() == 1 }, "the second zone waits for it")
+
+	for {
+		m, err := s.Recv()
+		require.NoError(t, err, "waiting for global's subscription")
+		if r := m.GetRequest(); r.GetTypeUrl() == kdssync.TypeURL("Dataplane") && r.GetResponseNonce() == "" {
+			break
+		}
+	}
+	assert.GreaterOrEqual(t, time.Since(start), idle/2, "subscribed once the first zone had been idle long enough")
+	assert.EqualValues(t, 1, a.Idled())
+	assert.Zero(t, a.Expired())
+	sendResponse(t, s, kdssync.TypeURL("Dataplane"), "1", wireResource(t, dataplane("next-dp", "10.1.1.1"), "v1"))
+	require.Nil(t, awaitReply(t, s, "1").GetErrorDetail(), "an ACK")
+	assert.Len(t, zoneResources(t, g, "Dataplane", next), 1)
+	// (The second zone's slot goes back idle too, later: it answers only
+	// one of the types global subscribes to.)
+	eventually(t, func() bool {
+		return seriesValueOf(t, g, "kds_initial_sync_holds_expired_total", map[string]string{"limit": "idle"}) >= 1
+	}, "the metric shows the slot given back idle")
+	c, _ := g.e.Insights().Get(idler)
+	assert.True(t, c.Online, "the idle zone's session goes on")
+	assert.EqualValues(t, 1, c.Sessions)
+}

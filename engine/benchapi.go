@@ -91,10 +91,10 @@ func (e *Engine) InboundPool() InboundPoolStats {
 // InitialSyncStats are the figures of global's initial-sync slots
 // (decision 0041): how many zones may send their initial state at once,
 // how many waited for a slot and how many slots went back at the hold
-// limit. All zero on a zone.
+// limit and at the idle limit. All zero on a zone.
 type InitialSyncStats struct {
-	Slots          int
-	Waits, Expired uint64
+	Slots                 int
+	Waits, Expired, Idled uint64
 }
 
 // InitialSyncs returns global's initial-sync slot figures. Call it only
@@ -104,5 +104,5 @@ func (e *Engine) InitialSyncs() InitialSyncStats {
 	if a == nil {
 		return InitialSyncStats{}
 	}
-	return InitialSyncStats{Slots: a.Slots(), Waits: a.Waits(), Expired: a.Expired()}
+	return InitialSyncStats{Slots: a.Slots(), Waits: a.Waits(), Expired: a.Expired(), Idled: a.Idled()}
 }

@@ -88,9 +88,11 @@ type Engine struct {
 	// admission (global) bounds the zones receiving their zone→global
 	// initial state at once, sized from the pool (decision 0041).
 	// initialSyncSlots, if set before Run (tests), sizes it instead; a
-	// negative value leaves global without one.
+	// negative value leaves global without one. initialSyncIdle, if set
+	// before Run (tests), replaces kdssync.DefaultAdmissionIdle.
 	admission        *kdssync.Admission
 	initialSyncSlots int
+	initialSyncIdle  time.Duration
 	// testHookCheck, if set before Run (tests), runs before each
 	// validation of a peer's resources received in a sync response, with
 	// the peer's zone ("" on a zone).
@@ -366,7 +368,11 @@ func (e *Engine) Run(ctx context.Context) error {
 	e.inboundPool = mux.NewInboundPool(cmp.Or(e.inboundPoolBytes, mux.DefaultInboundPoolBytes))
 	if e.cfg.Role == RoleGlobal && e.initialSyncSlots >= 0 {
 		slots := cmp.Or(e.initialSyncSlots, kdssync.AdmissionSlots(e.inboundPool.Limit(), e.cfg.MaxMessageSize))
-		e.admission = kdssync.NewAdmission(slots, 0)
+		pool := e.inboundPool
+		e.admission = kdssync.NewAdmission(slots, kdssync.AdmissionIdle(e.initialSyncIdle),
+			// A full pool holds zones' responses before any session
+			// sees them: that is global being slow, not a zone idle.
+			kdssync.AdmissionBusy(func() bool { return pool.Queued() > pool.Limit()/2 }))
 		log.Info("zone→global initial syncs at once", "slots", slots, "inbound_pool", e.inboundPool.Limit(), "max_message_size", e.cfg.MaxMessageSize)
 	}
 	e.fromGlobal = kdssync.NewRejections()

@@ -133,7 +133,7 @@ func (e *Engine) sampleEngine(ctx context.Context, interval time.Duration) {
 	restarts := map[string]int{}
 	type key struct{ peer, typ string }
 	responses := map[key]insights.TypeState{}
-	var poolWaits, admitWaits, admitExpired uint64
+	var poolWaits, admitWaits, admitExpired, admitIdled uint64
 	sample := func() {
 		for _, p := range e.host.Plugins() {
 			if d := p.Restarts - restarts[p.Name]; d > 0 {
@@ -196,9 +196,9 @@ func (e *Engine) sampleEngine(ctx context.Context, interval time.Duration) {
 			e.metrics.SetInflightBytes(e.inflight.Used())
 		}
 		if a := e.admission; a != nil {
-			w, x := a.Waits(), a.Expired()
-			e.metrics.SetInitialSyncs(a.Running(), a.Waiting(), w-admitWaits, x-admitExpired)
-			admitWaits, admitExpired = w, x
+			w, x, i := a.Waits(), a.Expired(), a.Idled()
+			e.metrics.SetInitialSyncs(a.Running(), a.Waiting(), w-admitWaits, x-admitExpired, i-admitIdled)
+			admitWaits, admitExpired, admitIdled = w, x, i
 		}
 		if e.inboundPool != nil {
 			w := e.inboundPool.Waits()

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sync/semaphore"
 
 	"github.com/kds-engine/kds-engine/engine/internal/insights"
@@ -30,22 +31,68 @@ import (
 //
 // A type's initial state has arrived at the first response to its "*"
 // subscription that the server did not mark MorePending: when it was sent,
-// the server had nothing more of the type to send. A slot is
-// also given back after the hold limit whatever the state (a peer that
-// keeps sending full responses, or none, does not keep it longer), and
-// when the session ends. Safe for concurrent use.
+// the server had nothing more of the type to send. A slot is also given
+// back when the session ends; after the hold limit whatever the state (a
+// peer that keeps sending full responses does not keep it longer); and
+// once the session has been idle for the idle limit in all: idle is the
+// time this side has answered every response the peer sent and waits for
+// its next one, so a peer that sends nothing, or a response now and then,
+// keeps a slot for the idle limit rather than the hold limit, while a
+// slow check or store on this side (responses received, not yet answered)
+// costs the peer nothing. Safe for concurrent use.
 type Admission struct {
 	slots   int
 	sem     *semaphore.Weighted
 	maxHold time.Duration
+	maxIdle time.Duration
+	busy    func() bool
 	running atomic.Int64
 	waiting atomic.Int64
 	waits   atomic.Uint64
 	expired atomic.Uint64
+	idled   atomic.Uint64
 }
 
 // DefaultAdmissionHold is how long a session keeps its slot at most.
 const DefaultAdmissionHold = 5 * time.Minute
+
+// DefaultAdmissionIdle is how long in all a session holding a slot may
+// leave this side waiting for its peer's next response. An honest zone
+// answers an ACK with its next response at once (a round trip and the
+// time to read a response from its store), so its idle time grows by
+// about a round trip per response this side checks and stores faster than
+// the zone sends the next.
+const DefaultAdmissionIdle = 30 * time.Second
+
+// busyRecheck is how soon an idle slot that found this side busy (see
+// AdmissionBusy) is looked at again.
+const busyRecheck = time.Second
+
+// AdmissionOption configures an Admission.
+type AdmissionOption func(*Admission)
+
+// AdmissionHold sets how long a session keeps its slot at most
+// (DefaultAdmissionHold if zero or negative).
+func AdmissionHold(d time.Duration) AdmissionOption {
+	return func(a *Admission) { a.maxHold = d }
+}
+
+// AdmissionIdle sets how long in all a session holding a slot may leave
+// this side waiting for its peer's next response (DefaultAdmissionIdle if
+// zero or negative).
+func AdmissionIdle(d time.Duration) AdmissionOption {
+	return func(a *Admission) { a.maxIdle = d }
+}
+
+// AdmissionBusy sets a check of this side's own load: while it reports
+// true, an idle session keeps its slot (checked again a second later). A
+// receive loop waiting for room in a full inbound pool has not handed the
+// peer's response over yet, which would look like an idle peer; giving
+// slots away then would let more bulk in where there is no room. nil: never
+// busy.
+func AdmissionBusy(busy func() bool) AdmissionOption {
+	return func(a *Admission) { a.busy = busy }
+}
 
 // admissionShare is the part of the pool the admitted sessions' bulk may
 // take at most: 1/admissionShare of it, the rest left to the sessions past
@@ -68,15 +115,20 @@ func AdmissionSlots(poolBytes int64, maxMsg int) int {
 	return int(max(1, poolBytes/admissionShare/perSession))
 }
 
-// NewAdmission returns an Admission of slots slots (at least one) whose
-// sessions keep a slot at most maxHold (DefaultAdmissionHold if zero or
-// negative).
-func NewAdmission(slots int, maxHold time.Duration) *Admission {
+// NewAdmission returns an Admission of slots slots (at least one).
+func NewAdmission(slots int, opts ...AdmissionOption) *Admission {
 	slots = max(slots, 1)
-	if maxHold <= 0 {
-		maxHold = DefaultAdmissionHold
+	a := &Admission{slots: slots, sem: semaphore.NewWeighted(int64(slots))}
+	for _, o := range opts {
+		o(a)
 	}
-	return &Admission{slots: slots, sem: semaphore.NewWeighted(int64(slots)), maxHold: maxHold}
+	if a.maxHold <= 0 {
+		a.maxHold = DefaultAdmissionHold
+	}
+	if a.maxIdle <= 0 {
+		a.maxIdle = DefaultAdmissionIdle
+	}
+	return a
 }
 
 // Slots is how many sessions may receive their initial state at once.
@@ -95,20 +147,36 @@ func (a *Admission) Waits() uint64 { return a.waits.Load() }
 // session's initial state had arrived.
 func (a *Admission) Expired() uint64 { return a.expired.Load() }
 
+// Idled counts the slots given back at the idle limit, before the
+// session's initial state had arrived.
+func (a *Admission) Idled() uint64 { return a.idled.Load() }
+
 // WithAdmission makes the client take a slot of a before it subscribes
 // (see Admission). nil: the client subscribes at once.
 func WithAdmission(a *Admission) ClientOption { return func(c *Client) { c.admission = a } }
 
 // admitted is one session's slot: held from admit until release, which
 // gives it back once, from the checking stage (every type's initial state
-// arrived), the hold timer or Run's end (close).
+// arrived), the hold or idle timer or Run's end (close).
 type admitted struct {
-	a     *Admission
-	once  sync.Once
-	timer *time.Timer
+	a    *Admission
+	log  hclog.Logger
+	hold *time.Timer
 	// pending holds the types whose initial state has not arrived yet;
 	// only the checking stage touches it.
 	pending map[string]struct{}
+
+	// The idle clock (see Admission), and everything release touches,
+	// under mu: idle runs while idleFrom is set, from the first
+	// subscriptions on whenever every response received is answered;
+	// idleLeft is what the session may still spend idle. done is set once
+	// the slot is back.
+	mu         sync.Mutex
+	done       bool
+	idle       *time.Timer
+	idleFrom   time.Time
+	idleLeft   time.Duration
+	unanswered int
 }
 
 // admit waits for a slot of c.admission, showing every type as waiting in
@@ -141,17 +209,88 @@ func (c *Client) admit(ctx context.Context, stream ClientStream) (*admitted, err
 		c.log.Debug("initial sync slot taken", "waited", time.Since(since))
 	}
 	a.running.Add(1)
-	ad := &admitted{a: a, pending: make(map[string]struct{}, len(c.types))}
+	ad := &admitted{a: a, log: c.log, pending: make(map[string]struct{}, len(c.types)), idleLeft: a.maxIdle}
 	for _, typ := range c.types {
 		ad.pending[typ] = struct{}{}
 	}
-	ad.timer = time.AfterFunc(a.maxHold, func() {
-		if ad.release() {
-			a.expired.Add(1)
+	ad.mu.Lock()
+	defer ad.mu.Unlock()
+	ad.hold = time.AfterFunc(a.maxHold, func() {
+		ad.mu.Lock()
+		defer ad.mu.Unlock()
+		if ad.release(&a.expired) {
 			c.log.Info("initial sync still running at the hold limit: its slot goes to the next session", "limit", a.maxHold)
 		}
 	})
 	return ad, nil
+}
+
+// subscribed starts the idle clock once the first subscriptions are sent:
+// from then on the peer has something to answer. nil-safe.
+func (ad *admitted) subscribed() {
+	if ad == nil {
+		return
+	}
+	ad.mu.Lock()
+	defer ad.mu.Unlock()
+	if ad.done {
+		return
+	}
+	ad.idleFrom = time.Now()
+	ad.idle = time.AfterFunc(ad.idleLeft, ad.idleCheck)
+}
+
+// received stops the idle clock while a response of the peer is
+// unanswered. Called by the receiving stage for each response; nil-safe.
+func (ad *admitted) received() {
+	if ad == nil {
+		return
+	}
+	ad.mu.Lock()
+	defer ad.mu.Unlock()
+	ad.unanswered++
+	if ad.unanswered == 1 && !ad.done && !ad.idleFrom.IsZero() {
+		ad.idleLeft -= time.Since(ad.idleFrom)
+		ad.idleFrom = time.Time{}
+		ad.idle.Stop()
+	}
+}
+
+// answered runs the idle clock again once every response received is
+// answered. Called by the answering stage after each answer; nil-safe.
+func (ad *admitted) answered() {
+	if ad == nil {
+		return
+	}
+	ad.mu.Lock()
+	defer ad.mu.Unlock()
+	ad.unanswered--
+	if ad.unanswered == 0 && !ad.done && ad.idle != nil {
+		ad.idleFrom = time.Now()
+		ad.idle.Reset(max(ad.idleLeft, 0))
+	}
+}
+
+// idleCheck is the idle timer's: the slot goes back if the session is
+// still idle and has used up its idle time, unless this side is busy.
+func (ad *admitted) idleCheck() {
+	ad.mu.Lock()
+	defer ad.mu.Unlock()
+	if ad.done || ad.idleFrom.IsZero() {
+		return // given back, or a response arrived meanwhile
+	}
+	if left := ad.idleLeft - time.Since(ad.idleFrom); left > 0 {
+		ad.idle.Reset(left)
+		return
+	}
+	if busy := ad.a.busy; busy != nil && busy() {
+		ad.idle.Reset(busyRecheck)
+		return
+	}
+	if ad.release(&ad.a.idled) {
+		ad.log.Info("initial sync idle at the idle limit (every response answered, the peer sent no next one): its slot goes to the next session",
+			"limit", ad.a.maxIdle)
+	}
 }
 
 // unsubscribed refuses resp whole: nothing is subscribed while the session
@@ -217,16 +356,24 @@ func (c *Client) waitForSlot(ctx context.Context, stream ClientStream) error {
 	return nil
 }
 
-// release gives the slot back if it was not already, and reports whether
-// it did.
-func (ad *admitted) release() bool {
-	released := false
-	ad.once.Do(func() {
-		ad.a.running.Add(-1)
-		ad.a.sem.Release(1)
-		released = true
-	})
-	return released
+// release gives the slot back if it was not already, stops its timers,
+// and reports whether it did, counting it in why (nil: not counted) before
+// the next session can see the slot. The caller holds ad.mu.
+func (ad *admitted) release(why *atomic.Uint64) bool {
+	if ad.done {
+		return false
+	}
+	ad.done = true
+	if why != nil {
+		why.Add(1)
+	}
+	ad.hold.Stop()
+	if ad.idle != nil {
+		ad.idle.Stop()
+	}
+	ad.a.running.Add(-1)
+	ad.a.sem.Release(1)
+	return true
 }
 
 // close gives the slot back when Run ends; nil-safe.
@@ -234,8 +381,9 @@ func (ad *admitted) close() {
 	if ad == nil {
 		return
 	}
-	ad.timer.Stop()
-	ad.release()
+	ad.mu.Lock()
+	defer ad.mu.Unlock()
+	ad.release(nil)
 }
 
 // arrived is called by the checking stage for each response of typ, once
@@ -247,6 +395,8 @@ func (ad *admitted) arrived(typ string) {
 	}
 	delete(ad.pending, typ)
 	if len(ad.pending) == 0 {
-		ad.release()
+		ad.mu.Lock()
+		defer ad.mu.Unlock()
+		ad.release(nil)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/kds-engine/kds-engine/engine/internal/insights"
+	"github.com/kds-engine/kds-engine/engine/internal/resource"
 	kdsv1 "github.com/kds-engine/kds-engine/proto/kds/v1"
 )
 
@@ -40,9 +41,15 @@ const admissionMaxMsg = 64 << 10
 
 func runAdmitted(t *testing.T, a *Admission, sink *memSink, types []string, opts ...ClientOption) *admissionClient {
 	t.Helper()
+	return runAdmittedChecking(t, a, sink, types, rejectValidator{}, opts...)
+}
+
+// runAdmittedChecking is runAdmitted with v checking the responses.
+func runAdmittedChecking(t *testing.T, a *Admission, sink *memSink, types []string, v Validator, opts ...ClientOption) *admissionClient {
+	t.Helper()
 	ctx, cancel := context.WithCancel(t.Context())
 	ac := &admissionClient{t: t, p: newPipe(ctx), ins: insights.NewRegistry(), done: make(chan error, 1), stop: cancel}
-	cli := NewClient(types, sink, rejectValidator{}, "zone", "zone-1",
+	cli := NewClient(types, sink, v, "zone", "zone-1",
 		append([]ClientOption{WithClientInsights(ac.ins), WithClientMaxMessageSize(admissionMaxMsg), WithAdmission(a)}, opts...)...)
 	go func() { ac.done <- cli.Run(ctx, clientEnd{ac.p}) }()
 	t.Cleanup(func() { cancel(); <-ac.done })
@@ -96,7 +103,7 @@ func (ac *admissionClient) respond(typ string, bytes int, more bool) {
 // first holds it (subscribed, nothing answered), the second waits for it.
 func oneHoldsOneWaits(t *testing.T) (a *Admission, first, second *admissionClient) {
 	t.Helper()
-	a = NewAdmission(1, time.Minute)
+	a = NewAdmission(1, AdmissionHold(time.Minute))
 	first = runAdmitted(t, a, newMemSink(), []string{"Dataplane"})
 	first.subscriptions(1)
 	second = runAdmitted(t, a, newMemSink(), []string{"Dataplane"})
@@ -113,7 +120,7 @@ func (ac *admissionClient) waitingFor(typ string) insights.TypeState {
 // its initial state, which ends at the first response of each type the
 // server did not mark MorePending, however large; marked ones keep the slot.
 func TestAdmissionHoldsASecondSessionUntilTheFirstHasItsInitialState(t *testing.T) {
-	a := NewAdmission(1, time.Minute)
+	a := NewAdmission(1, AdmissionHold(time.Minute))
 	types := []string{"Dataplane", "DataplaneInsight"}
 	first := runAdmitted(t, a, newMemSink(), types)
 	require.Equal(t, []string{TypeURL("Dataplane"), TypeURL("DataplaneInsight")}, first.subscriptions(2))
@@ -159,7 +166,7 @@ func TestAdmissionHoldsASecondSessionUntilTheFirstHasItsInitialState(t *testing.
 // The answers to held versions sent in parts are small, but the initial
 // state comes after the last part: the slot is kept until then.
 func TestAdmissionKeepsTheSlotWhileHeldVersionsGoInParts(t *testing.T) {
-	a := NewAdmission(1, time.Minute)
+	a := NewAdmission(1, AdmissionHold(time.Minute))
 	sink := newMemSink()
 	sink.holdNamed("Dataplane", strings.Repeat("d", 24), 3000)
 	first := runAdmitted(t, a, sink, []string{"Dataplane"}, WithResumeParts(true))
@@ -184,7 +191,7 @@ func TestAdmissionKeepsTheSlotWhileHeldVersionsGoInParts(t *testing.T) {
 // A session that keeps its slot past the hold limit gives it back, and so
 // does one that ends.
 func TestAdmissionSlotGoesBackAtTheHoldLimitAndWhenTheSessionEnds(t *testing.T) {
-	a := NewAdmission(1, 200*time.Millisecond)
+	a := NewAdmission(1, AdmissionHold(200*time.Millisecond))
 	first := runAdmitted(t, a, newMemSink(), []string{"Dataplane"})
 	first.subscriptions(1)
 	first.respond("Dataplane", admissionMaxMsg*3/4, true) // more is pending, never sent
@@ -263,7 +270,7 @@ func TestAdmissionWaitRefusesResponsesAtOnce(t *testing.T) {
 // zone→global type) takes no slot: nothing would give it back before the
 // hold limit.
 func TestAdmissionClientWithoutTypesTakesNoSlot(t *testing.T) {
-	a := NewAdmission(1, time.Minute)
+	a := NewAdmission(1, AdmissionHold(time.Minute))
 	none := runAdmitted(t, a, newMemSink(), nil)
 	none.quiet("nothing to subscribe to") // and its Run is past the admission
 	other := runAdmitted(t, a, newMemSink(), []string{"Dataplane"})
@@ -301,7 +308,7 @@ func TestAdmissionWaitDropsUnknownTypesWhenTheSessionEnds(t *testing.T) {
 // A session reads what it holds of its types only once it has a slot: the
 // sessions waiting for one hold none of it.
 func TestAdmissionReadsHeldVersionsOnlyOnceAdmitted(t *testing.T) {
-	a := NewAdmission(1, time.Minute)
+	a := NewAdmission(1, AdmissionHold(time.Minute))
 	first := runAdmitted(t, a, newMemSink(), []string{"Dataplane"})
 	first.subscriptions(1)
 	var reads atomic.Int32
@@ -318,4 +325,105 @@ func TestAdmissionReadsHeldVersionsOnlyOnceAdmitted(t *testing.T) {
 	first.respond("Dataplane", 0, false)
 	nextRequest(t, p, done)
 	assert.EqualValues(t, 2, reads.Load(), "read once admitted, one type at a time")
+}
+
+// subscribedWithin reports whether the client sent a request within d.
+func (ac *admissionClient) subscribedWithin(d time.Duration) bool {
+	select {
+	case r := <-ac.p.reqs:
+		require.Equal(ac.t, TypeURL("Dataplane"), r.GetTypeUrl())
+		return true
+	case err := <-ac.done:
+		ac.t.Fatalf("the session ended: %v", err)
+	case <-time.After(d):
+	}
+	return false
+}
+
+// A peer that never answers the subscriptions gives its slot back at the
+// idle limit, long before the hold limit.
+func TestAdmissionSlotGoesBackWhenThePeerSendsNothing(t *testing.T) {
+	const idle = 300 * time.Millisecond
+	a := NewAdmission(1, AdmissionHold(time.Hour), AdmissionIdle(idle))
+	start := time.Now()
+	first := runAdmitted(t, a, newMemSink(), []string{"Dataplane"})
+	first.subscriptions(1)
+	second := runAdmitted(t, a, newMemSink(), []string{"Dataplane"})
+	assert.Equal(t, []string{TypeURL("Dataplane")}, second.subscriptions(1), "the second session went at the first one's idle limit")
+	assert.GreaterOrEqual(t, time.Since(start), idle, "not before it")
+	assert.EqualValues(t, 1, a.Idled())
+	assert.Zero(t, a.Expired())
+	assert.Equal(t, 1, a.Running(), "only the second holds a slot")
+}
+
+// Idle time adds up over the session: a peer that sends a response now and
+// then, each time before the idle limit, still gives its slot back once
+// its pauses add up to it.
+func TestAdmissionIdleTimeAddsUpOverResponses(t *testing.T) {
+	const idle = time.Second
+	a := NewAdmission(1, AdmissionHold(time.Hour), AdmissionIdle(idle))
+	first := runAdmitted(t, a, newMemSink(), []string{"Dataplane"})
+	first.subscriptions(1)
+	second := runAdmitted(t, a, newMemSink(), []string{"Dataplane"})
+	require.Eventually(t, func() bool { return a.Waiting() == 1 }, 10*time.Second, 5*time.Millisecond)
+	sent := 0
+	for !second.subscribedWithin(idle / 5) {
+		first.respond("Dataplane", 1<<10, true) // every idle/5: never idle for the limit at once
+		sent++
+		require.Less(t, sent, 40, "the pauses added up long ago")
+	}
+	assert.Positive(t, sent, "the slot was kept while the pauses were short of the limit")
+	assert.EqualValues(t, 1, a.Idled())
+}
+
+// gateValidator holds each Validate call until the test lets it go.
+type gateValidator struct{ entered, release chan struct{} }
+
+func (v gateValidator) Validate(ctx context.Context, _ []*resource.Resource) error {
+	v.entered <- struct{}{}
+	select {
+	case <-v.release:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Time this side takes with a response is not the peer's idle time: a
+// check that outlasts the idle limit keeps the slot; the clock runs again
+// once the response is answered.
+func TestAdmissionSlowCheckIsNotIdle(t *testing.T) {
+	const idle = 300 * time.Millisecond
+	a := NewAdmission(1, AdmissionHold(time.Hour), AdmissionIdle(idle))
+	v := gateValidator{entered: make(chan struct{}), release: make(chan struct{})}
+	first := runAdmittedChecking(t, a, newMemSink(), []string{"Dataplane"}, v)
+	first.subscriptions(1)
+	second := runAdmitted(t, a, newMemSink(), []string{"Dataplane"})
+	require.Eventually(t, func() bool { return a.Waiting() == 1 }, 10*time.Second, 5*time.Millisecond)
+
+	first.n++
+	first.p.resps <- &discovery.DeltaDiscoveryResponse{TypeUrl: TypeURL("Dataplane"), Nonce: fmt.Sprint(first.n), SystemVersionInfo: "7" + MorePending,
+		Resources: []*discovery.Resource{wire("default", "r", "1", &kdsv1.Resource{Type: "Dataplane", Mesh: "default", Name: "r", Spec: []byte(`{}`)})}}
+	<-v.entered
+	assert.False(t, second.subscribedWithin(3*idle), "the response is being checked: the peer is not idle")
+	assert.Zero(t, a.Idled())
+	close(v.release)
+	ack := nextRequest(t, first.p, first.done)
+	require.Equal(t, fmt.Sprint(first.n), ack.GetResponseNonce())
+	assert.True(t, second.subscribedWithin(10*time.Second), "the peer sent nothing after the answer: idle again, then the slot goes")
+	assert.EqualValues(t, 1, a.Idled())
+}
+
+// While this side is busy (a full inbound pool: the peer's next response
+// may be waiting there), an idle session keeps its slot.
+func TestAdmissionKeepsIdleSlotsWhileThisSideIsBusy(t *testing.T) {
+	var busy atomic.Bool
+	busy.Store(true)
+	a := NewAdmission(1, AdmissionHold(time.Hour), AdmissionIdle(100*time.Millisecond), AdmissionBusy(busy.Load))
+	runAdmitted(t, a, newMemSink(), []string{"Dataplane"}).subscriptions(1)
+	second := runAdmitted(t, a, newMemSink(), []string{"Dataplane"})
+	assert.False(t, second.subscribedWithin(time.Second), "busy: the idle session keeps its slot")
+	busy.Store(false)
+	assert.True(t, second.subscribedWithin(10*time.Second), "no longer busy: the slot goes")
+	assert.EqualValues(t, 1, a.Idled())
 }

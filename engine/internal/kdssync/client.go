@@ -220,6 +220,7 @@ func (c *Client) Run(ctx context.Context, stream ClientStream) error {
 	if err := send(stream, first); err != nil {
 		return err
 	}
+	adm.subscribed()
 	g, gctx := errgroup.WithContext(ctx)
 	checked := make(chan *checked, readyQueue)
 	g.Go(func() error {
@@ -230,6 +231,7 @@ func (c *Client) Run(ctx context.Context, stream ClientStream) error {
 				return fmt.Errorf("receive response: %w", err)
 			}
 			trace(TraceReceived, resp, false)
+			adm.received()
 			ch, err := c.check(gctx, resp)
 			if err != nil {
 				return err
@@ -252,6 +254,7 @@ func (c *Client) Run(ctx context.Context, stream ClientStream) error {
 				if err := c.answer(stream, ch); err != nil {
 					return err
 				}
+				adm.answered()
 			}
 		}
 		return nil

@@ -158,8 +158,8 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 			Name: "kds_initial_sync_waits_total", Help: "Global: zones' sessions that found every initial-sync slot taken and waited before subscribing.",
 		}, nil),
 		initialSyncHolds: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "kds_initial_sync_holds_expired_total", Help: "Global: initial-sync slots given back at the hold limit, before the zone's initial state had arrived.",
-		}, nil),
+			Name: "kds_initial_sync_holds_expired_total", Help: "Global: initial-sync slots given back before the zone's initial state had arrived, at the hold limit (limit=hold) or the idle limit (limit=idle).",
+		}, []string{"limit"}),
 		pluginRestarts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kds_plugin_restarts_total", Help: "Plugin process restarts after a crash.",
 		}, []string{"plugin"}),
@@ -358,16 +358,17 @@ func (m *Metrics) SetInflightBytes(n int64) {
 }
 
 // SetInitialSyncs records global's initial syncs running and waiting for a
-// slot, and adds waits and expired, the waits and the holds ended at the
-// limit since the previous call.
-func (m *Metrics) SetInitialSyncs(running, waiting int, waits, expired uint64) {
+// slot, and adds waits, expired and idled: the waits and the holds ended at
+// the hold and at the idle limit since the previous call.
+func (m *Metrics) SetInitialSyncs(running, waiting int, waits, expired, idled uint64) {
 	if m == nil {
 		return
 	}
 	m.initialSyncs.WithLabelValues("running").Set(float64(running))
 	m.initialSyncs.WithLabelValues("waiting").Set(float64(waiting))
 	m.initialSyncWaits.WithLabelValues().Add(float64(waits))
-	m.initialSyncHolds.WithLabelValues().Add(float64(expired))
+	m.initialSyncHolds.WithLabelValues("hold").Add(float64(expired))
+	m.initialSyncHolds.WithLabelValues("idle").Add(float64(idled))
 }
 
 // SetInboundPool records the bytes the shared inbound pool holds and adds

@@ -41,7 +41,7 @@ func touchAll(m *Metrics) {
 	m.SetLeader(true)
 	m.SetStoreAvailable(true)
 	m.ApplyRetried("zone-1")
-	m.SetInitialSyncs(1, 2, 3, 0)
+	m.SetInitialSyncs(1, 2, 3, 0, 0)
 }
 
 func scrape(t *testing.T, g prometheus.Gatherer) string {
