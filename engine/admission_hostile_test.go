@@ -70,6 +70,15 @@ func TestIdleZoneGivesItsInitialSyncSlotBack(t *testing.T) {
 	const idler, next = "zone-idle", "zone-next"
 	rawSession(t, dialGlobal(t, g), idler, tokenFor(t, g, idler)) // never answers
 	eventually(t, func() bool { return a.Running() == 1 }, "the first zone holds the slot")
+	slotSince := func(zone string) time.Time {
+		for _, c := range g.e.zoneStatus(g.e.Insights().List()) {
+			if c.Name == zone {
+				return c.InitialSyncSlotSince
+			}
+		}
+		return time.Time{}
+	}
+	assert.NotZero(t, slotSince(idler), "zone status shows which zone holds the slot")
 	start := time.Now()
 	s := rawSession(t, dialGlobal(t, g), next, tokenFor(t, g, next))
 	eventually(t, func() bool { return a.Waiting() == 1 }, "the second zone waits for it")
@@ -84,6 +93,8 @@ func TestIdleZoneGivesItsInitialSyncSlotBack(t *testing.T) {
 	assert.GreaterOrEqual(t, time.Since(start), idle/2, "subscribed once the first zone had been idle long enough")
 	assert.EqualValues(t, 1, a.Idled())
 	assert.Zero(t, a.Expired())
+	assert.Zero(t, slotSince(idler), "no longer shown once given back")
+	assert.NotZero(t, slotSince(next))
 	sendResponse(t, s, kdssync.TypeURL("Dataplane"), "1", wireResource(t, dataplane("next-dp", "10.1.1.1"), "v1"))
 	require.Nil(t, awaitReply(t, s, "1").GetErrorDetail(), "an ACK")
 	assert.Len(t, zoneResources(t, g, "Dataplane", next), 1)

@@ -54,8 +54,10 @@ func (e *Engine) zoneStatus(cs []apitypes.Conn) []apitypes.Conn {
 		c := &cs[i]
 		c.Online, c.Replica = l.Live, l.Replica
 		if l.Replica != self {
-			// Served elsewhere: this replica's stream state is stale.
-			c.Peer, c.ConnectedSince, c.Streams = l.Peer, l.StartedAt, nil
+			// Served elsewhere: this replica's stream state is stale,
+			// and a slot of its own an ending session still holds
+			// is not the zone's.
+			c.Peer, c.ConnectedSince, c.Streams, c.InitialSyncSlotSince = l.Peer, l.StartedAt, nil, time.Time{}
 		}
 		if !l.Live {
 			end := l.EndedAt

@@ -271,6 +271,13 @@ type Conn struct {
 	// Streams describes the send buffer of each logical stream of the
 	// latest session, sampled every second while it is live.
 	Streams []StreamState `json:"streams,omitempty"`
+	// InitialSyncSlotSince is set on global only, while the zone's
+	// session holds one of global's initial-sync slots (its zone→global
+	// initial state is arriving; decision 0041): since when. The replica
+	// holding the session shows it. A zone holding a slot long without its
+	// data arriving is a very large zone, a slow link or a misbehaving
+	// zone; the slot goes back at the hold and idle limits.
+	InitialSyncSlotSince time.Time `json:"initialSyncSlotSince,omitzero"`
 }
 
 // StreamState is the send buffer of one logical stream of a session.

@@ -172,6 +172,24 @@ func (r *Registry) SetSession(name, peer, tokenID string) {
 	c.Peer, c.TokenID = peer, tokenID
 }
 
+// SetInitialSyncSlot records that name's session holds an initial-sync
+// slot since since.
+func (r *Registry) SetInitialSyncSlot(name string, since time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.conn(name).InitialSyncSlotSince = since
+}
+
+// ClearInitialSyncSlot clears name's initial-sync slot if it is the one
+// taken at since: a newer session of name may hold one of its own.
+func (r *Registry) ClearInitialSyncSlot(name string, since time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if c, ok := r.conns[name]; ok && c.InitialSyncSlotSince.Equal(since) {
+		c.InitialSyncSlotSince = time.Time{}
+	}
+}
+
 // SetStreams replaces the send-buffer state of name's logical streams.
 func (r *Registry) SetStreams(name string, streams []StreamState) {
 	r.mu.Lock()

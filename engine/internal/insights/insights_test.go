@@ -49,3 +49,21 @@ func TestSnapshotsAreCopies(t *testing.T) {
 	got, _ := r.Get("z")
 	assert.Equal(t, 1, got.Types["Mesh"].ResourcesHeld, "mutating a snapshot does not change the registry")
 }
+
+// A session's slot is cleared only by the session that took it: a newer
+// session of the zone may hold one of its own by then.
+func TestInitialSyncSlotIsClearedOnlyByItsSession(t *testing.T) {
+	r := NewRegistry()
+	older, newer := time.Unix(100, 0), time.Unix(200, 0)
+	r.SetInitialSyncSlot("zone-1", older)
+	r.SetInitialSyncSlot("zone-1", newer)
+	r.ClearInitialSyncSlot("zone-1", older)
+	c, _ := r.Get("zone-1")
+	assert.Equal(t, newer, c.InitialSyncSlotSince, "the older session's end leaves the newer one's slot")
+	r.ClearInitialSyncSlot("zone-1", newer)
+	c, _ = r.Get("zone-1")
+	assert.Zero(t, c.InitialSyncSlotSince)
+	r.ClearInitialSyncSlot("zone-2", newer) // no such zone: nothing made up
+	_, ok := r.Get("zone-2")
+	assert.False(t, ok)
+}

@@ -162,6 +162,8 @@ type admitted struct {
 	a    *Admission
 	log  hclog.Logger
 	hold *time.Timer
+	// shown clears the slot from the insights.
+	shown func()
 	// pending holds the types whose initial state has not arrived yet;
 	// only the checking stage touches it.
 	pending map[string]struct{}
@@ -209,7 +211,16 @@ func (c *Client) admit(ctx context.Context, stream ClientStream) (*admitted, err
 		c.log.Debug("initial sync slot taken", "waited", time.Since(since))
 	}
 	a.running.Add(1)
-	ad := &admitted{a: a, log: c.log, pending: make(map[string]struct{}, len(c.types)), idleLeft: a.maxIdle}
+	since := time.Now()
+	if c.ins != nil {
+		c.ins.SetInitialSyncSlot(c.peer, since)
+	}
+	ad := &admitted{a: a, log: c.log, pending: make(map[string]struct{}, len(c.types)), idleLeft: a.maxIdle,
+		shown: func() {
+			if c.ins != nil {
+				c.ins.ClearInitialSyncSlot(c.peer, since)
+			}
+		}}
 	for _, typ := range c.types {
 		ad.pending[typ] = struct{}{}
 	}
@@ -371,6 +382,7 @@ func (ad *admitted) release(why *atomic.Uint64) bool {
 	if ad.idle != nil {
 		ad.idle.Stop()
 	}
+	ad.shown()
 	ad.a.running.Add(-1)
 	ad.a.sem.Release(1)
 	return true

@@ -111,6 +111,12 @@ func oneHoldsOneWaits(t *testing.T) (a *Admission, first, second *admissionClien
 	return a, first, second
 }
 
+// slotSince is what the insights show of the session's slot.
+func (ac *admissionClient) slotSince() time.Time {
+	c, _ := ac.ins.Get("zone")
+	return c.InitialSyncSlotSince
+}
+
 func (ac *admissionClient) waitingFor(typ string) insights.TypeState {
 	c, _ := ac.ins.Get("zone")
 	return c.Types[typ]
@@ -126,9 +132,11 @@ func TestAdmissionHoldsASecondSessionUntilTheFirstHasItsInitialState(t *testing.
 	require.Equal(t, []string{TypeURL("Dataplane"), TypeURL("DataplaneInsight")}, first.subscriptions(2))
 	require.Equal(t, 1, a.Running())
 
+	assert.NotZero(t, first.slotSince(), "the insights show the slot held")
 	second := runAdmitted(t, a, newMemSink(), types)
 	second.quiet("every slot is taken")
 	require.Eventually(t, func() bool { return a.Waiting() == 1 }, 10*time.Second, 5*time.Millisecond)
+	assert.Zero(t, second.slotSince(), "a waiting session holds none")
 	for _, typ := range types {
 		ts := second.waitingFor(typ)
 		assert.NotZero(t, ts.WaitingSince, "%s shows as waiting", typ)
@@ -146,6 +154,8 @@ func TestAdmissionHoldsASecondSessionUntilTheFirstHasItsInitialState(t *testing.
 	first.respond("DataplaneInsight", 0, false) // an empty answer: nothing more was pending
 
 	assert.Equal(t, []string{TypeURL("Dataplane"), TypeURL("DataplaneInsight")}, second.subscriptions(2), "the second session subscribes")
+	assert.Zero(t, first.slotSince(), "the first no longer shows a slot")
+	assert.NotZero(t, second.slotSince())
 	for _, typ := range types {
 		ts := second.waitingFor(typ)
 		assert.Zero(t, ts.WaitingSince, "%s no longer waits", typ)

@@ -378,6 +378,21 @@ zone-2  offline  gw-a     2026-01-02T02:00:00Z  0         0      0       -
 	assert.Equal(t, "inspect sync: this route is served by zone; this is a global control plane\n", errOut)
 }
 
+// Zones whose session holds one of global's initial-sync slots show since
+// when, in a column shown while any does.
+func TestInspectZonesShowsInitialSyncSlots(t *testing.T) {
+	h := newHarness(t, "global")
+	require.NoError(t, h.srv.Backend.SetInsightsJSON(`[
+	{"name":"zone-1","online":true,"connectedSince":"2026-01-02T03:00:00Z","sessions":1,"types":{},"initialSyncSlotSince":"2026-01-02T03:00:01Z"},
+	{"name":"zone-2","online":true,"connectedSince":"2026-01-02T03:00:00Z","sessions":1,"types":{}}]`))
+	code, out, errOut := h.run("inspect", "zones")
+	require.Equal(t, ExitOK, code, errOut)
+	assert.Equal(t, `ZONE    STATUS  SINCE                 SESSIONS  INITIAL-SYNC SLOT SINCE  TYPES  NACKED  LAST ERROR
+zone-1  online  2026-01-02T03:00:00Z  1         2026-01-02T03:00:01Z     0      0       -
+zone-2  online  2026-01-02T03:00:00Z  1         -                        0      0       -
+`, out)
+}
+
 func TestInspectSync(t *testing.T) {
 	h := newHarness(t, "zone")
 	code, out, errOut := h.run("inspect", "sync")

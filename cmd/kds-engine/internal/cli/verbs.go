@@ -523,7 +523,12 @@ func (a *App) printConns(first string, conns []apitypes.Conn) error {
 	withAddr := slices.ContainsFunc(conns, func(c apitypes.Conn) bool { return c.Address != "" })
 	// On global, the replica holding each zone's session.
 	withReplica := slices.ContainsFunc(conns, func(c apitypes.Conn) bool { return c.Replica != "" })
+	// On global, while any zone's session holds an initial-sync slot.
+	withSlot := slices.ContainsFunc(conns, func(c apitypes.Conn) bool { return !c.InitialSyncSlotSince.IsZero() })
 	header := []string{first, "STATUS", "SINCE", "SESSIONS", "TYPES", "NACKED", "LAST ERROR"}
+	if withSlot {
+		header = slices.Insert(header, 4, "INITIAL-SYNC SLOT SINCE")
+	}
 	if withReplica {
 		header = slices.Insert(header, 2, "REPLICA")
 	}
@@ -542,6 +547,9 @@ func (a *App) printConns(first string, conns []apitypes.Conn) error {
 		}
 		cells := []string{c.Name, status, timestamp(since), strconv.FormatUint(c.Sessions, 10),
 			strconv.Itoa(len(c.Types)), strconv.FormatUint(nacked, 10), c.LastError}
+		if withSlot {
+			cells = slices.Insert(cells, 4, timestamp(c.InitialSyncSlotSince))
+		}
 		if withReplica {
 			cells = slices.Insert(cells, 2, c.Replica)
 		}
