@@ -427,3 +427,25 @@ func TestAdmissionKeepsIdleSlotsWhileThisSideIsBusy(t *testing.T) {
 	assert.True(t, second.subscribedWithin(10*time.Second), "no longer busy: the slot goes")
 	assert.EqualValues(t, 1, a.Idled())
 }
+
+// Time this side was busy is its own, not the peer's idle time: a session
+// whose next response waited for this side (a full inbound pool) for longer
+// than the idle limit still has its idle time once it arrives, rather than
+// losing its slot at the first answer after the pool drained.
+func TestAdmissionBusyTimeIsNotIdle(t *testing.T) {
+	const idle = time.Second
+	var busy atomic.Bool
+	busy.Store(true)
+	a := NewAdmission(1, AdmissionHold(time.Hour), AdmissionIdle(idle), AdmissionBusy(busy.Load))
+	first := runAdmitted(t, a, newMemSink(), []string{"Dataplane"})
+	first.subscriptions(1)
+	second := runAdmitted(t, a, newMemSink(), []string{"Dataplane"})
+	require.Eventually(t, func() bool { return a.Waiting() == 1 }, 10*time.Second, 5*time.Millisecond)
+	assert.False(t, second.subscribedWithin(3*idle), "busy: the idle session keeps its slot")
+	busy.Store(false)
+	first.respond("Dataplane", 1<<10, true) // the response that waited for room
+	assert.False(t, second.subscribedWithin(idle/3), "the time this side was busy did not use up the peer's idle time")
+	assert.Zero(t, a.Idled())
+	assert.True(t, second.subscribedWithin(10*time.Second), "idle for the limit after that: the slot goes")
+	assert.EqualValues(t, 1, a.Idled())
+}
