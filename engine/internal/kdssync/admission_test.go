@@ -449,3 +449,27 @@ func TestAdmissionBusyTimeIsNotIdle(t *testing.T) {
 	assert.True(t, second.subscribedWithin(10*time.Second), "idle for the limit after that: the slot goes")
 	assert.EqualValues(t, 1, a.Idled())
 }
+
+// A zone's server answers every subscription, even of a type it holds
+// nothing of, or of which this side already holds everything, with a
+// response it does not mark MorePending: such a session gives its slot
+// back at once, not at the idle limit.
+func TestAdmissionSlotGoesBackAtOnceWhenThePeerHasNothingToSend(t *testing.T) {
+	a := NewAdmission(1, AdmissionHold(time.Hour), AdmissionIdle(time.Hour))
+	ix := NewIndex([]string{"MeshTimeout", "MeshRetry"})
+	for i := range 200 {
+		require.NoError(t, ix.Put(res("MeshTimeout", "default", fmt.Sprintf("t-%03d", i), "1", 1000)))
+	}
+	types := []string{"MeshTimeout", "MeshRetry"}
+	h := start(t, ix, newMemSink(), types, []ServerOption{WithServerMaxMessageSize(64 << 10)},
+		WithClientMaxMessageSize(64<<10), WithAdmission(a))
+	h.waitFor(func() bool { return len(h.sink.snapshot()) == 200 && a.Running() == 0 }, "the initial sync, and the slot back")
+	h.stop()
+
+	// The next session resumes from all of it: nothing differs.
+	h = start(t, ix, h.sink, types, []ServerOption{WithServerMaxMessageSize(64 << 10)},
+		WithClientMaxMessageSize(64<<10), WithAdmission(a))
+	h.waitFor(func() bool { return h.cliType("MeshTimeout").ResponsesACKed > 0 && a.Running() == 0 }, "the slot back")
+	assert.Zero(t, a.Idled())
+	assert.Zero(t, a.Expired())
+}
