@@ -64,9 +64,9 @@ const DefaultAdmissionHold = 5 * time.Minute
 // the zone sends the next.
 const DefaultAdmissionIdle = 30 * time.Second
 
-// busyRecheck is how soon an idle slot that found this side busy (see
-// AdmissionBusy) is looked at again.
-const busyRecheck = time.Second
+// busySample is how often the idle clock of a session checks whether this
+// side is busy (see AdmissionBusy) while it runs.
+const busySample = 250 * time.Millisecond
 
 // AdmissionOption configures an Admission.
 type AdmissionOption func(*Admission)
@@ -85,11 +85,13 @@ func AdmissionIdle(d time.Duration) AdmissionOption {
 }
 
 // AdmissionBusy sets a check of this side's own load: while it reports
-// true, an idle session keeps its slot (checked again a second later). A
-// receive loop waiting for room in a full inbound pool has not handed the
-// peer's response over yet, which would look like an idle peer; giving
-// slots away then would let more bulk in where there is no room. nil: never
-// busy.
+// true, an idle session keeps its slot, and the time is not counted as
+// idle (the check is made every quarter of a second while a session's
+// idle clock runs, and when a response arrives). A receive loop waiting
+// for room in a full inbound pool has not handed the peer's response over
+// yet, which would look like an idle peer; giving slots away then, or
+// once the pool has drained, would let more bulk in where there was no
+// room. nil: never busy.
 func AdmissionBusy(busy func() bool) AdmissionOption {
 	return func(a *Admission) { a.busy = busy }
 }
@@ -248,7 +250,7 @@ func (ad *admitted) subscribed() {
 		return
 	}
 	ad.idleFrom = time.Now()
-	ad.idle = time.AfterFunc(ad.idleLeft, ad.idleCheck)
+	ad.idle = time.AfterFunc(ad.nextCheck(), ad.idleCheck)
 }
 
 // received stops the idle clock while a response of the peer is
@@ -261,7 +263,7 @@ func (ad *admitted) received() {
 	defer ad.mu.Unlock()
 	ad.unanswered++
 	if ad.unanswered == 1 && !ad.done && !ad.idleFrom.IsZero() {
-		ad.idleLeft -= time.Since(ad.idleFrom)
+		ad.tally(time.Now())
 		ad.idleFrom = time.Time{}
 		ad.idle.Stop()
 	}
@@ -278,8 +280,40 @@ func (ad *admitted) answered() {
 	ad.unanswered--
 	if ad.unanswered == 0 && !ad.done && ad.idle != nil {
 		ad.idleFrom = time.Now()
-		ad.idle.Reset(max(ad.idleLeft, 0))
+		ad.idle.Reset(ad.nextCheck())
 	}
+}
+
+// busy reports whether this side is busy now (AdmissionBusy).
+func (ad *admitted) busy() bool {
+	busy := ad.a.busy
+	return busy != nil && busy()
+}
+
+// tally counts the time from idleFrom to now as idle unless this side is
+// busy now (a response may be waiting for room: the time is this side's),
+// goes on counting from now, and reports whether it was busy. The idle
+// timer samples the load every busySample while the clock runs, so at most
+// that much of a stretch is taken for the wrong one. The caller holds
+// ad.mu, with the idle clock running.
+func (ad *admitted) tally(now time.Time) (busy bool) {
+	busy = ad.busy()
+	if !busy {
+		ad.idleLeft -= now.Sub(ad.idleFrom)
+	}
+	ad.idleFrom = now
+	return busy
+}
+
+// nextCheck is when the idle timer looks again: when the idle time left
+// runs out, and every busySample if this side checks its load. The caller
+// holds ad.mu.
+func (ad *admitted) nextCheck() time.Duration {
+	d := max(ad.idleLeft, 0)
+	if ad.a.busy != nil {
+		d = min(d, busySample)
+	}
+	return d
 }
 
 // idleCheck is the idle timer's: the slot goes back if the session is
@@ -290,12 +324,13 @@ func (ad *admitted) idleCheck() {
 	if ad.done || ad.idleFrom.IsZero() {
 		return // given back, or a response arrived meanwhile
 	}
-	if left := ad.idleLeft - time.Since(ad.idleFrom); left > 0 {
-		ad.idle.Reset(left)
+	busy := ad.tally(time.Now())
+	if ad.idleLeft > 0 {
+		ad.idle.Reset(ad.nextCheck())
 		return
 	}
-	if busy := ad.a.busy; busy != nil && busy() {
-		ad.idle.Reset(busyRecheck)
+	if busy {
+		ad.idle.Reset(busySample)
 		return
 	}
 	if ad.release(&ad.a.idled) {

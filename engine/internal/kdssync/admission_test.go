@@ -437,3 +437,49 @@ func TestAdmissionKeepsIdleSlotsWhileThisSideIsBusy(t *testing.T) {
 	assert.True(t, second.subscribedWithin(10*time.Second), "no longer busy: the slot goes")
 	assert.EqualValues(t, 1, a.Idled())
 }
+
+// Time this side was busy is its own, not the peer's idle time: a session
+// whose next response waited for this side (a full inbound pool) for longer
+// than the idle limit still has its idle time once it arrives, rather than
+// losing its slot at the first answer after the pool drained.
+func TestAdmissionBusyTimeIsNotIdle(t *testing.T) {
+	const idle = time.Second
+	var busy atomic.Bool
+	busy.Store(true)
+	a := NewAdmission(1, AdmissionHold(time.Hour), AdmissionIdle(idle), AdmissionBusy(busy.Load))
+	first := runAdmitted(t, a, newMemSink(), []string{"Dataplane"})
+	first.subscriptions(1)
+	second := runAdmitted(t, a, newMemSink(), []string{"Dataplane"})
+	require.Eventually(t, func() bool { return a.Waiting() == 1 }, 10*time.Second, 5*time.Millisecond)
+	assert.False(t, second.subscribedWithin(3*idle), "busy: the idle session keeps its slot")
+	busy.Store(false)
+	first.respond("Dataplane", 1<<10, true) // the response that waited for room
+	assert.False(t, second.subscribedWithin(idle/3), "the time this side was busy did not use up the peer's idle time")
+	assert.Zero(t, a.Idled())
+	assert.True(t, second.subscribedWithin(10*time.Second), "idle for the limit after that: the slot goes")
+	assert.EqualValues(t, 1, a.Idled())
+}
+
+// A zone's server answers every subscription, even of a type it holds
+// nothing of, or of which this side already holds everything, with a
+// response it does not mark MorePending: such a session gives its slot
+// back at once, not at the idle limit.
+func TestAdmissionSlotGoesBackAtOnceWhenThePeerHasNothingToSend(t *testing.T) {
+	a := NewAdmission(1, AdmissionHold(time.Hour), AdmissionIdle(time.Hour))
+	ix := NewIndex([]string{"MeshTimeout", "MeshRetry"})
+	for i := range 200 {
+		require.NoError(t, ix.Put(res("MeshTimeout", "default", fmt.Sprintf("t-%03d", i), "1", 1000)))
+	}
+	types := []string{"MeshTimeout", "MeshRetry"}
+	h := start(t, ix, newMemSink(), types, []ServerOption{WithServerMaxMessageSize(64 << 10)},
+		WithClientMaxMessageSize(64<<10), WithAdmission(a))
+	h.waitFor(func() bool { return len(h.sink.snapshot()) == 200 && a.Running() == 0 }, "the initial sync, and the slot back")
+	h.stop()
+
+	// The next session resumes from all of it: nothing differs.
+	h = start(t, ix, h.sink, types, []ServerOption{WithServerMaxMessageSize(64 << 10)},
+		WithClientMaxMessageSize(64<<10), WithAdmission(a))
+	h.waitFor(func() bool { return h.cliType("MeshTimeout").ResponsesACKed > 0 && a.Running() == 0 }, "the slot back")
+	assert.Zero(t, a.Idled())
+	assert.Zero(t, a.Expired())
+}
