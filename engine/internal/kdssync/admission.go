@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,11 +36,12 @@ import (
 // back when the session ends; after the hold limit whatever the state (a
 // peer that keeps sending full responses does not keep it longer); and
 // once the session has been idle for the idle limit in all: idle is the
-// time this side has answered every response the peer sent and waits for
-// its next one, so a peer that sends nothing, or a response now and then,
-// keeps a slot for the idle limit rather than the hold limit, while a
-// slow check or store on this side (responses received, not yet answered)
-// costs the peer nothing. Safe for concurrent use.
+// time this side has answered every response the peer sent that moves
+// its initial state forward (see progress) and waits for its next one, so
+// a peer that sends nothing, a response now and then, or small responses
+// that keep this side busy, keeps a slot for the idle limit rather than
+// the hold limit, while a slow check on this side, or a slow store of bulk
+// responses, costs the peer nothing. Safe for concurrent use.
 type Admission struct {
 	slots   int
 	sem     *semaphore.Weighted
@@ -253,8 +255,44 @@ func (ad *admitted) subscribed() {
 	ad.idle = time.AfterFunc(ad.nextCheck(), ad.idleCheck)
 }
 
+// bulkShare: a response marked MorePending moves an initial sync forward
+// if it carries at least 1/bulkShare of the max message size. An honest
+// server fills such a response until the next resource does not fit.
+const bulkShare = 4
+
+// pendingType reports whether the type of typeURL has its initial state
+// still to arrive. Checking stage only; nil-safe.
+func (ad *admitted) pendingType(typeURL string) bool {
+	if ad == nil {
+		return false
+	}
+	typ, err := TypeFromURL(typeURL)
+	if err != nil {
+		return false
+	}
+	_, ok := ad.pending[typ]
+	return ok
+}
+
+// progress reports whether checked response ch, of a type whose initial
+// state was pending when it arrived, moved that initial state forward:
+// accepted as a response to a subscription, and either the last of it
+// (not marked MorePending: it completes the type, or answers a part of
+// the held versions) or bulk (at least 1/bulkShare of maxMsg). Only those
+// keep the idle clock stopped until answered; the rest stop it while they
+// are checked. A peer that keeps global busy with small responses, or with
+// changes of types whose initial state is in, leaves it idle meanwhile.
+// nil-safe.
+func (ad *admitted) progress(ch *checked, pending bool, maxMsg int) bool {
+	if ad == nil || !pending || ch.whole != nil {
+		return false
+	}
+	return !strings.HasSuffix(ch.resp.GetSystemVersionInfo(), MorePending) || ch.size >= maxMsg/bulkShare
+}
+
 // received stops the idle clock while a response of the peer is
-// unanswered. Called by the receiving stage for each response; nil-safe.
+// unanswered, or until progress reports it moves nothing forward. Called
+// by the receiving stage for each response; nil-safe.
 func (ad *admitted) received() {
 	if ad == nil {
 		return
@@ -270,7 +308,8 @@ func (ad *admitted) received() {
 }
 
 // answered runs the idle clock again once every response received is
-// answered. Called by the answering stage after each answer; nil-safe.
+// answered (or taken as moving nothing forward). Called once per response
+// received, after its answer or its check; nil-safe.
 func (ad *admitted) answered() {
 	if ad == nil {
 		return

@@ -81,6 +81,14 @@ func (ac *admissionClient) quiet(why string) {
 // marked MorePending if more is set, and waits for its ACK.
 func (ac *admissionClient) respond(typ string, bytes int, more bool) {
 	ac.t.Helper()
+	ac.push(typ, bytes, more)
+	ack := nextRequest(ac.t, ac.p, ac.done)
+	require.Equal(ac.t, fmt.Sprint(ac.n), ack.GetResponseNonce(), "the answer to %s's response", typ)
+	require.Nil(ac.t, ack.GetErrorDetail(), "an ACK")
+}
+
+// push sends a response as respond does, without waiting for its answer.
+func (ac *admissionClient) push(typ string, bytes int, more bool) {
 	ac.n++
 	resp := &discovery.DeltaDiscoveryResponse{TypeUrl: TypeURL(typ), Nonce: fmt.Sprint(ac.n), SystemVersionInfo: "7"}
 	if more {
@@ -94,9 +102,6 @@ func (ac *admissionClient) respond(typ string, bytes int, more bool) {
 			&kdsv1.Resource{Type: typ, Mesh: "default", Name: name, Spec: fmt.Appendf(nil, `{"pad":%q}`, strings.Repeat("x", size))}))
 	}
 	ac.p.resps <- resp
-	ack := nextRequest(ac.t, ac.p, ac.done)
-	require.Equal(ac.t, fmt.Sprint(ac.n), ack.GetResponseNonce(), "the answer to %s's response", typ)
-	require.Nil(ac.t, ack.GetErrorDetail(), "an ACK")
 }
 
 // oneHoldsOneWaits starts two sessions of Dataplane on one slot: the
@@ -482,4 +487,63 @@ func TestAdmissionSlotGoesBackAtOnceWhenThePeerHasNothingToSend(t *testing.T) {
 	h.waitFor(func() bool { return h.cliType("MeshTimeout").ResponsesACKed > 0 && a.Running() == 0 }, "the slot back")
 	assert.Zero(t, a.Idled())
 	assert.Zero(t, a.Expired())
+}
+
+// A peer that keeps this side busy cheaply — small responses marked
+// MorePending back to back, three in flight, each arriving while the one
+// before is stored — never leaves it waiting, but moves nothing forward:
+// the time those responses are stored counts as idle, and the slot goes.
+func TestAdmissionSmallResponsesBackToBackDoNotKeepTheSlot(t *testing.T) {
+	const idle = 300 * time.Millisecond
+	a := NewAdmission(1, AdmissionHold(time.Hour), AdmissionIdle(idle))
+	sink := newMemSink()
+	sink.delay = 5 * time.Millisecond
+	first := runAdmitted(t, a, sink, []string{"Dataplane"})
+	first.subscriptions(1)
+	second := runAdmitted(t, a, newMemSink(), []string{"Dataplane"})
+	require.Eventually(t, func() bool { return a.Waiting() == 1 }, 10*time.Second, 5*time.Millisecond)
+	start, sent, answered := time.Now(), 0, 0
+	deadline := time.After(20 * time.Second)
+	for subscribed := false; !subscribed; {
+		for ; sent-answered < 3; sent++ {
+			first.push("Dataplane", 100, true)
+		}
+		select {
+		case <-first.p.reqs:
+			answered++
+		case r := <-second.p.reqs:
+			require.Equal(t, TypeURL("Dataplane"), r.GetTypeUrl())
+			subscribed = true
+		case <-deadline:
+			t.Fatalf("the first session kept its slot through %d small responses", sent)
+		}
+	}
+	t.Logf("slot given back after %v and %d responses", time.Since(start).Round(time.Millisecond), sent)
+	assert.GreaterOrEqual(t, answered, 3, "the peer kept sending")
+	assert.EqualValues(t, 1, a.Idled())
+}
+
+// Bulk responses of a type whose initial state is still arriving keep the
+// slot however long this side takes to store them.
+func TestAdmissionBulkResponsesKeepTheSlotWhileStored(t *testing.T) {
+	const idle = 200 * time.Millisecond
+	a := NewAdmission(1, AdmissionHold(time.Hour), AdmissionIdle(idle))
+	sink := newMemSink()
+	sink.delay = idle
+	first := runAdmitted(t, a, sink, []string{"Dataplane"})
+	first.subscriptions(1)
+	second := runAdmitted(t, a, newMemSink(), []string{"Dataplane"})
+	require.Eventually(t, func() bool { return a.Waiting() == 1 }, 10*time.Second, 5*time.Millisecond)
+	for range 5 { // stored for 5 idle limits in all
+		first.push("Dataplane", admissionMaxMsg*3/4, true)
+		first.push("Dataplane", admissionMaxMsg*3/4, true)
+		for range 2 {
+			nextRequest(t, first.p, first.done)
+		}
+	}
+	assert.Zero(t, a.Idled(), "storing bulk is this side's time")
+	assert.False(t, second.subscribedWithin(idle/4))
+	first.respond("Dataplane", 0, false)
+	assert.True(t, second.subscribedWithin(10*time.Second), "the initial state arrived")
+	assert.Zero(t, a.Idled())
 }

@@ -232,9 +232,15 @@ func (c *Client) Run(ctx context.Context, stream ClientStream) error {
 			}
 			trace(TraceReceived, resp, false)
 			adm.received()
+			pending := adm.pendingType(resp.GetTypeUrl())
 			ch, err := c.check(gctx, resp)
 			if err != nil {
 				return err
+			}
+			// Only a response that moves the initial sync forward keeps
+			// the idle clock stopped until it is answered.
+			if ch.progress = adm.progress(ch, pending, c.maxMsg); !ch.progress {
+				adm.answered()
 			}
 			trace(TraceChecked, resp, false)
 			select {
@@ -254,7 +260,9 @@ func (c *Client) Run(ctx context.Context, stream ClientStream) error {
 				if err := c.answer(stream, ch); err != nil {
 					return err
 				}
-				adm.answered()
+				if ch.progress {
+					adm.answered()
+				}
 			}
 		}
 		return nil
@@ -279,6 +287,10 @@ type checked struct {
 	// response's arrival let go (pacer.go), sent after that.
 	next  *discovery.DeltaDiscoveryRequest
 	start []*discovery.DeltaDiscoveryRequest
+	// progress is set when the response moved its type's initial state
+	// forward (admission.go: the idle clock stays stopped until it is
+	// answered).
+	progress bool
 }
 
 // check decodes and validates resp. Only a failure to validate at all is

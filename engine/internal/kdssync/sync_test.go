@@ -90,6 +90,9 @@ type memSink struct {
 	res     map[resource.Key]*resource.Resource
 	applies int
 	fail    error
+	// delay, if set before use, is how long each Apply takes (a slow
+	// store).
+	delay time.Duration
 }
 
 func newMemSink() *memSink { return &memSink{res: map[resource.Key]*resource.Resource{}} }
@@ -112,6 +115,7 @@ func (m *memSink) Apply(_ context.Context, puts []*resource.Resource, deletes []
 	if m.fail != nil {
 		return m.fail
 	}
+	time.Sleep(m.delay)
 	m.applies++
 	for _, r := range puts {
 		m.res[r.Key()] = r.Clone()
