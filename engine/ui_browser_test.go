@@ -224,11 +224,18 @@ func TestUIInBrowser(t *testing.T) {
 	assert.Contains(t, b.text(`tr[data-zone="zone-1"]`), c1.Peer, "the session's peer is shown")
 	assert.Contains(t, b.text(`tr[data-zone="zone-1"]`), "replica "+g.e.ReplicaID()+" (this one)", "the replica holding the session is shown")
 
+	// A zone whose session holds an initial-sync slot says so (zone-2's
+	// is set by hand: real ones are over within milliseconds here).
+	slotSince := time.Now()
+	g.e.Insights().SetInitialSyncSlot("zone-2", slotSince)
 	var focused string
 	// Keyboard, from a fresh load (the token stays for the tab): skip
 	// link, then the pages in order; Enter follows.
 	b.run(chromedp.Reload())
 	b.waitJS("zones page after reload", `document.querySelector('tr[data-zone="zone-2"] .status.ok')`)
+	assert.Contains(t, b.text(`tr[data-zone="zone-2"]`), "initial sync: holds a slot since", "the slot is shown")
+	assert.NotContains(t, b.text(`tr[data-zone="zone-1"]`), "initial sync", "only for the zone holding one")
+	g.e.Insights().ClearInitialSyncSlot("zone-2", slotSince)
 	b.run(chromedp.KeyEvent(kb.Tab))
 	require.NoError(t, b.eval(`document.activeElement.innerText`, &focused))
 	assert.Equal(t, "Skip to content", focused)
