@@ -49,6 +49,7 @@ type Admission struct {
 	maxHold time.Duration
 	maxIdle time.Duration
 	busy    func() bool
+	maxMsg  int
 	running atomic.Int64
 	waiting atomic.Int64
 	waits   atomic.Uint64
@@ -97,6 +98,15 @@ func AdmissionIdle(d time.Duration) AdmissionOption {
 // room. nil: never busy.
 func AdmissionBusy(busy func() bool) AdmissionOption {
 	return func(a *Admission) { a.busy = busy }
+}
+
+// AdmissionMaxMessageSize sets this side's own max message size, which a
+// marked response's bulk is measured against (see Client.progress), in
+// place of the session's agreed one: a peer lowers the agreed size by
+// announcing a smaller one of its own (down to 64 KiB), and with it what
+// counts as bulk. Zero or negative: the session's.
+func AdmissionMaxMessageSize(n int) AdmissionOption {
+	return func(a *Admission) { a.maxMsg = n }
 }
 
 // admissionShare is the part of the pool the admitted sessions' bulk may
@@ -267,7 +277,8 @@ const bulkShare = 4
 // pending and whose subscription is sent (else it is refused whole), and
 // it is either the last of it (not marked MorePending: it completes the
 // type, or answers a part of the held versions) or bulk (its resources
-// take at least 1/bulkShare of maxMsg). Only those stop the idle clock,
+// take at least 1/bulkShare of this side's max message size,
+// AdmissionMaxMessageSize, else the session's). Only those stop the idle clock,
 // from their arrival until they are answered; the time this side spends
 // on any other — checking it included — counts as idle. It is decided
 // before the response is checked: a peer sending small responses that
@@ -289,7 +300,11 @@ func (c *Client) progress(resp *discovery.DeltaDiscoveryResponse) bool {
 	if slices.ContainsFunc(c.waiting, func(p *subPlan) bool { return p.typ == typ }) {
 		return false
 	}
-	return !strings.HasSuffix(resp.GetSystemVersionInfo(), MorePending) || resourceBytes(resp) >= c.maxMsg/bulkShare
+	maxMsg := c.maxMsg
+	if ad.a.maxMsg > 0 {
+		maxMsg = ad.a.maxMsg
+	}
+	return !strings.HasSuffix(resp.GetSystemVersionInfo(), MorePending) || resourceBytes(resp) >= maxMsg/bulkShare
 }
 
 // received stops the idle clock while a response of the peer that moves

@@ -590,3 +590,37 @@ func TestAdmissionSmallResponsesCheckedSlowlyDoNotKeepTheSlot(t *testing.T) {
 	t.Logf("slot given back after %v and %d responses", time.Since(start).Round(time.Millisecond), sent)
 	assert.EqualValues(t, 1, a.Idled())
 }
+
+// What counts as bulk is measured against this side's own max message
+// size, not the session's agreed one, which the peer lowers by announcing
+// a small size: marked responses of three quarters of a 64 KiB agreed
+// size, back to back and stored slowly, are small against this side's
+// 4 MiB, and the time they are stored counts as idle.
+func TestAdmissionBulkIsMeasuredAgainstThisSidesMaxMessageSize(t *testing.T) {
+	const idle = 300 * time.Millisecond
+	a := NewAdmission(1, AdmissionHold(time.Hour), AdmissionIdle(idle), AdmissionMaxMessageSize(4<<20))
+	sink := newMemSink()
+	sink.delay = 5 * time.Millisecond
+	first := runAdmitted(t, a, sink, []string{"Dataplane"}) // agreed: admissionMaxMsg
+	first.subscriptions(1)
+	second := runAdmitted(t, a, newMemSink(), []string{"Dataplane"})
+	require.Eventually(t, func() bool { return a.Waiting() == 1 }, 10*time.Second, 5*time.Millisecond)
+	start, sent, answered := time.Now(), 0, 0
+	deadline := time.After(10 * time.Second)
+	for subscribed := false; !subscribed; {
+		for ; sent-answered < 3; sent++ {
+			first.push("Dataplane", admissionMaxMsg*3/4, true)
+		}
+		select {
+		case <-first.p.reqs:
+			answered++
+		case r := <-second.p.reqs:
+			require.Equal(t, TypeURL("Dataplane"), r.GetTypeUrl())
+			subscribed = true
+		case <-deadline:
+			t.Fatalf("the first session kept its slot through %d responses of %d bytes", sent, admissionMaxMsg*3/4)
+		}
+	}
+	t.Logf("slot given back after %v and %d responses", time.Since(start).Round(time.Millisecond), sent)
+	assert.EqualValues(t, 1, a.Idled())
+}
