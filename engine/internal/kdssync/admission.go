@@ -268,8 +268,9 @@ func (ad *admitted) subscribed() {
 }
 
 // bulkShare: a response marked MorePending moves an initial sync forward
-// if it carries at least 1/bulkShare of this side's max message size. An honest
-// server fills such a response until the next resource does not fit.
+// if it carries at least 1/bulkShare of this side's max message size. An
+// honest server fills such a response until the next resource does not
+// fit.
 const bulkShare = 4
 
 // progress reports whether resp, as it arrives, moves the session's
