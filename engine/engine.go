@@ -370,6 +370,9 @@ func (e *Engine) Run(ctx context.Context) error {
 		slots := cmp.Or(e.initialSyncSlots, kdssync.AdmissionSlots(e.inboundPool.Limit(), e.cfg.MaxMessageSize))
 		pool := e.inboundPool
 		e.admission = kdssync.NewAdmission(slots, kdssync.AdmissionIdle(e.initialSyncIdle),
+			// Bulk is a quarter of global's own size, not of what a
+			// zone announces.
+			kdssync.AdmissionMaxMessageSize(e.cfg.MaxMessageSize),
 			// A full pool holds zones' responses before any session
 			// sees them: that is global being slow, not a zone idle.
 			kdssync.AdmissionBusy(func() bool { return pool.Queued() > pool.Limit()/2 }))

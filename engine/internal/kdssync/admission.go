@@ -37,17 +37,19 @@ import (
 // peer that keeps sending full responses does not keep it longer); and
 // once the session has been idle for the idle limit in all: idle is the
 // time this side has answered every response the peer sent that moves
-// its initial state forward (see progress) and waits for its next one, so
-// a peer that sends nothing, a response now and then, or small responses
-// that keep this side busy, keeps a slot for the idle limit rather than
-// the hold limit, while a slow check on this side, or a slow store of bulk
-// responses, costs the peer nothing. Safe for concurrent use.
+// its initial state forward (see Client.progress) and waits for its next
+// one, so a peer that sends nothing, a response now and then, or small
+// responses that keep this side busy checking or storing them, keeps a
+// slot for the idle limit rather than the hold limit, while a slow check
+// or store of the responses that move it forward costs the peer nothing.
+// Safe for concurrent use.
 type Admission struct {
 	slots   int
 	sem     *semaphore.Weighted
 	maxHold time.Duration
 	maxIdle time.Duration
 	busy    func() bool
+	maxMsg  int
 	running atomic.Int64
 	waiting atomic.Int64
 	waits   atomic.Uint64
@@ -96,6 +98,15 @@ func AdmissionIdle(d time.Duration) AdmissionOption {
 // room. nil: never busy.
 func AdmissionBusy(busy func() bool) AdmissionOption {
 	return func(a *Admission) { a.busy = busy }
+}
+
+// AdmissionMaxMessageSize sets this side's own max message size, which a
+// marked response's bulk is measured against (see Client.progress), in
+// place of the session's agreed one: a peer lowers the agreed size by
+// announcing a smaller one of its own (down to 64 KiB), and with it what
+// counts as bulk. Zero or negative: the session's.
+func AdmissionMaxMessageSize(n int) AdmissionOption {
+	return func(a *Admission) { a.maxMsg = n }
 }
 
 // admissionShare is the part of the pool the admitted sessions' bulk may
@@ -174,7 +185,8 @@ type admitted struct {
 
 	// The idle clock (see Admission), and everything release touches,
 	// under mu: idle runs while idleFrom is set, from the first
-	// subscriptions on whenever every response received is answered;
+	// subscriptions on whenever every response received that moves the
+	// initial sync forward (progress) is answered;
 	// idleLeft is what the session may still spend idle. done is set once
 	// the slot is back.
 	mu         sync.Mutex
@@ -256,43 +268,49 @@ func (ad *admitted) subscribed() {
 }
 
 // bulkShare: a response marked MorePending moves an initial sync forward
-// if it carries at least 1/bulkShare of the max message size. An honest
-// server fills such a response until the next resource does not fit.
+// if it carries at least 1/bulkShare of this side's max message size. An
+// honest server fills such a response until the next resource does not
+// fit.
 const bulkShare = 4
 
-// pendingType reports whether the type of typeURL has its initial state
-// still to arrive. Checking stage only; nil-safe.
-func (ad *admitted) pendingType(typeURL string) bool {
+// progress reports whether resp, as it arrives, moves the session's
+// initial sync forward: it is of a type whose initial state is still
+// pending and whose subscription is sent (else it is refused whole), and
+// it is either the last of it (not marked MorePending: it completes the
+// type, or answers a part of the held versions) or bulk (its resources
+// take at least 1/bulkShare of this side's max message size,
+// AdmissionMaxMessageSize, else the session's). Only those stop the idle clock,
+// from their arrival until they are answered; the time this side spends
+// on any other — checking it included — counts as idle. It is decided
+// before the response is checked: a peer sending small responses that
+// each take long to check (a busy plugin) would otherwise keep the clock
+// stopped at little cost. Receiving stage only (it reads pending and
+// c.waiting, which only that stage changes); false without a slot.
+func (c *Client) progress(resp *discovery.DeltaDiscoveryResponse) bool {
+	ad := c.adm
 	if ad == nil {
 		return false
 	}
-	typ, err := TypeFromURL(typeURL)
+	typ, err := TypeFromURL(resp.GetTypeUrl())
 	if err != nil {
 		return false
 	}
-	_, ok := ad.pending[typ]
-	return ok
-}
-
-// progress reports whether checked response ch, of a type whose initial
-// state was pending when it arrived, moved that initial state forward:
-// accepted as a response to a subscription, and either the last of it
-// (not marked MorePending: it completes the type, or answers a part of
-// the held versions) or bulk (at least 1/bulkShare of maxMsg). Only those
-// keep the idle clock stopped until answered; the rest stop it while they
-// are checked. A peer that keeps global busy with small responses, or with
-// changes of types whose initial state is in, leaves it idle meanwhile.
-// nil-safe.
-func (ad *admitted) progress(ch *checked, pending bool, maxMsg int) bool {
-	if ad == nil || !pending || ch.whole != nil {
+	if _, ok := ad.pending[typ]; !ok {
 		return false
 	}
-	return !strings.HasSuffix(ch.resp.GetSystemVersionInfo(), MorePending) || ch.size >= maxMsg/bulkShare
+	if slices.ContainsFunc(c.waiting, func(p *subPlan) bool { return p.typ == typ }) {
+		return false
+	}
+	maxMsg := c.maxMsg
+	if ad.a.maxMsg > 0 {
+		maxMsg = ad.a.maxMsg
+	}
+	return !strings.HasSuffix(resp.GetSystemVersionInfo(), MorePending) || resourceBytes(resp) >= maxMsg/bulkShare
 }
 
-// received stops the idle clock while a response of the peer is
-// unanswered, or until progress reports it moves nothing forward. Called
-// by the receiving stage for each response; nil-safe.
+// received stops the idle clock while a response of the peer that moves
+// the initial sync forward (progress) is unanswered. Called by the
+// receiving stage for each such response as it arrives; nil-safe.
 func (ad *admitted) received() {
 	if ad == nil {
 		return
@@ -307,9 +325,9 @@ func (ad *admitted) received() {
 	}
 }
 
-// answered runs the idle clock again once every response received is
-// answered (or taken as moving nothing forward). Called once per response
-// received, after its answer or its check; nil-safe.
+// answered runs the idle clock again once every response received
+// (counted by received) is answered. Called once per such response,
+// after its answer; nil-safe.
 func (ad *admitted) answered() {
 	if ad == nil {
 		return

@@ -404,9 +404,10 @@ func (v gateValidator) Validate(ctx context.Context, _ []*resource.Resource) err
 	}
 }
 
-// Time this side takes with a response is not the peer's idle time: a
-// check that outlasts the idle limit keeps the slot; the clock runs again
-// once the response is answered.
+// Time this side takes with a response that moves the initial sync
+// forward is not the peer's idle time: a check that outlasts the idle
+// limit keeps the slot; the clock runs again once the response is
+// answered.
 func TestAdmissionSlowCheckIsNotIdle(t *testing.T) {
 	const idle = 300 * time.Millisecond
 	a := NewAdmission(1, AdmissionHold(time.Hour), AdmissionIdle(idle))
@@ -416,9 +417,7 @@ func TestAdmissionSlowCheckIsNotIdle(t *testing.T) {
 	second := runAdmitted(t, a, newMemSink(), []string{"Dataplane"})
 	require.Eventually(t, func() bool { return a.Waiting() == 1 }, 10*time.Second, 5*time.Millisecond)
 
-	first.n++
-	first.p.resps <- &discovery.DeltaDiscoveryResponse{TypeUrl: TypeURL("Dataplane"), Nonce: fmt.Sprint(first.n), SystemVersionInfo: "7" + MorePending,
-		Resources: []*discovery.Resource{wire("default", "r", "1", &kdsv1.Resource{Type: "Dataplane", Mesh: "default", Name: "r", Spec: []byte(`{}`)})}}
+	first.push("Dataplane", admissionMaxMsg*3/4, true) // bulk: it moves the initial sync forward
 	<-v.entered
 	assert.False(t, second.subscribedWithin(3*idle), "the response is being checked: the peer is not idle")
 	assert.Zero(t, a.Idled())
@@ -546,4 +545,82 @@ func TestAdmissionBulkResponsesKeepTheSlotWhileStored(t *testing.T) {
 	first.respond("Dataplane", 0, false)
 	assert.True(t, second.subscribedWithin(10*time.Second), "the initial state arrived")
 	assert.Zero(t, a.Idled())
+}
+
+// slowValidator takes d over each Validate call (a busy plugin).
+type slowValidator struct{ d time.Duration }
+
+func (v slowValidator) Validate(ctx context.Context, _ []*resource.Resource) error {
+	select {
+	case <-time.After(v.d):
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// A peer that keeps this side's check busy cheaply — small responses
+// marked MorePending back to back, each with a resource to validate, three
+// in flight, while this side checks each slowly — never leaves it waiting
+// for a response, but moves nothing forward: the time those responses are
+// checked counts as idle too, and the slot goes.
+func TestAdmissionSmallResponsesCheckedSlowlyDoNotKeepTheSlot(t *testing.T) {
+	const idle = 300 * time.Millisecond
+	a := NewAdmission(1, AdmissionHold(time.Hour), AdmissionIdle(idle))
+	first := runAdmittedChecking(t, a, newMemSink(), []string{"Dataplane"}, slowValidator{10 * time.Millisecond})
+	first.subscriptions(1)
+	second := runAdmitted(t, a, newMemSink(), []string{"Dataplane"})
+	require.Eventually(t, func() bool { return a.Waiting() == 1 }, 10*time.Second, 5*time.Millisecond)
+	start, sent, answered := time.Now(), 0, 0
+	deadline := time.After(10 * time.Second)
+	for subscribed := false; !subscribed; {
+		for ; sent-answered < 3; sent++ {
+			first.push("Dataplane", 100, true)
+		}
+		select {
+		case <-first.p.reqs:
+			answered++
+		case r := <-second.p.reqs:
+			require.Equal(t, TypeURL("Dataplane"), r.GetTypeUrl())
+			subscribed = true
+		case <-deadline:
+			t.Fatalf("the first session kept its slot through %d small responses checked slowly", sent)
+		}
+	}
+	t.Logf("slot given back after %v and %d responses", time.Since(start).Round(time.Millisecond), sent)
+	assert.EqualValues(t, 1, a.Idled())
+}
+
+// What counts as bulk is measured against this side's own max message
+// size, not the session's agreed one, which the peer lowers by announcing
+// a small size: marked responses of three quarters of a 64 KiB agreed
+// size, back to back and stored slowly, are small against this side's
+// 4 MiB, and the time they are stored counts as idle.
+func TestAdmissionBulkIsMeasuredAgainstThisSidesMaxMessageSize(t *testing.T) {
+	const idle = 300 * time.Millisecond
+	a := NewAdmission(1, AdmissionHold(time.Hour), AdmissionIdle(idle), AdmissionMaxMessageSize(4<<20))
+	sink := newMemSink()
+	sink.delay = 5 * time.Millisecond
+	first := runAdmitted(t, a, sink, []string{"Dataplane"}) // agreed: admissionMaxMsg
+	first.subscriptions(1)
+	second := runAdmitted(t, a, newMemSink(), []string{"Dataplane"})
+	require.Eventually(t, func() bool { return a.Waiting() == 1 }, 10*time.Second, 5*time.Millisecond)
+	start, sent, answered := time.Now(), 0, 0
+	deadline := time.After(10 * time.Second)
+	for subscribed := false; !subscribed; {
+		for ; sent-answered < 3; sent++ {
+			first.push("Dataplane", admissionMaxMsg*3/4, true)
+		}
+		select {
+		case <-first.p.reqs:
+			answered++
+		case r := <-second.p.reqs:
+			require.Equal(t, TypeURL("Dataplane"), r.GetTypeUrl())
+			subscribed = true
+		case <-deadline:
+			t.Fatalf("the first session kept its slot through %d responses of %d bytes", sent, admissionMaxMsg*3/4)
+		}
+	}
+	t.Logf("slot given back after %v and %d responses", time.Since(start).Round(time.Millisecond), sent)
+	assert.EqualValues(t, 1, a.Idled())
 }

@@ -231,17 +231,17 @@ func (c *Client) Run(ctx context.Context, stream ClientStream) error {
 				return fmt.Errorf("receive response: %w", err)
 			}
 			trace(TraceReceived, resp, false)
-			adm.received()
-			pending := adm.pendingType(resp.GetTypeUrl())
+			// Only a response that moves the initial sync forward stops
+			// the idle clock, from its arrival until it is answered.
+			progress := c.progress(resp)
+			if progress {
+				adm.received()
+			}
 			ch, err := c.check(gctx, resp)
 			if err != nil {
 				return err
 			}
-			// Only a response that moves the initial sync forward keeps
-			// the idle clock stopped until it is answered.
-			if ch.progress = adm.progress(ch, pending, c.maxMsg); !ch.progress {
-				adm.answered()
-			}
+			ch.progress = progress
 			trace(TraceChecked, resp, false)
 			select {
 			case checked <- ch:
@@ -535,8 +535,8 @@ func (c *Client) decode(typ string, resp *discovery.DeltaDiscoveryResponse, ch *
 	refuse := func(name, version string, removal bool, field, msg string) {
 		ch.rejected = append(ch.rejected, rejectedEntry(name, version, removal, []resource.FieldError{{Field: field, Message: msg}}))
 	}
+	ch.size = resourceBytes(resp)
 	for _, name := range resp.GetRemovedResources() {
-		ch.size += len(name)
 		switch {
 		case strings.IndexByte(name, 0) >= 0:
 			refuse(name, "", true, "name", "removed resource name contains a NUL byte")
@@ -566,7 +566,6 @@ func (c *Client) decode(typ string, resp *discovery.DeltaDiscoveryResponse, ch *
 	slab := make([]resource.Resource, slots)
 	for _, wr := range resp.GetResources() {
 		name, version := wr.GetName(), wr.GetVersion()
-		ch.size += len(name) + len(version) + len(wr.GetResource().GetValue())
 		bad := func(field, msg string) { refuse(name, version, false, field, msg) }
 		if count[name] > 1 {
 			bad("name", "appears more than once in the response")
@@ -606,6 +605,20 @@ func (c *Client) decode(typ string, resp *discovery.DeltaDiscoveryResponse, ch *
 		names = append(names, name)
 	}
 	return puts, names, removed
+}
+
+// resourceBytes is what resp's resources and removed names take on the
+// wire, without the encoding's framing: their names, versions and
+// payloads.
+func resourceBytes(resp *discovery.DeltaDiscoveryResponse) int {
+	n := 0
+	for _, name := range resp.GetRemovedResources() {
+		n += len(name)
+	}
+	for _, wr := range resp.GetResources() {
+		n += len(wr.GetName()) + len(wr.GetVersion()) + len(wr.GetResource().GetValue())
+	}
+	return n
 }
 
 // nameCounts returns how many times each name appears in resp, among its
