@@ -142,6 +142,8 @@ func Churn(ctx context.Context, o Options, c ChurnConfig) (*Report, error) {
 		slots := g.e.InitialSyncs()
 		r.Figures["initial_sync_slots"] = float64(slots.Slots)
 		r.Figures["initial_sync_slot_waits"] = float64(slots.Waits)
+		r.Figures["initial_sync_slots_expired"] = float64(slots.Expired)
+		r.Figures["initial_sync_slots_idled"] = float64(slots.Idled)
 		r.note("initial sync: %d zones holding %d statuses each connected together; global held all %d after %.1f s, %d zones needing more than one session; this process's RSS %.0f MiB before they connected, peak %.0f MiB; global's shared inbound pool peaked at %.1f of %.0f MiB, %d waits for room, the longest %.0f ms; %d zones waited for one of %d initial-sync slots, %d held to the hold limit, %d given back idle",
 			c.Zones, c.PerZone, c.Zones*c.PerZone, took.Seconds(), reconnected, mib(zs.rssBefore), mib(peak), mib(uint64(pool.Peak)), mib(uint64(pool.Limit)), pool.Waits, ms(pool.LongestWait), slots.Waits, slots.Slots, slots.Expired, slots.Idled)
 	}

@@ -188,6 +188,9 @@ func TestChurnSmoke(t *testing.T) {
 				assert.Contains(t, r.Figures, "initial_sync_zones_reconnected")
 				assert.Positive(t, r.Figures["initial_sync_slots"], "global admits zones' initial syncs")
 				assert.Contains(t, r.Figures, "initial_sync_slot_waits")
+				assert.Zero(t, r.Figures["initial_sync_slots_expired"], "no honest zone held a slot to the hold limit")
+				assert.Zero(t, r.Figures["initial_sync_slots_idled"], "no honest zone's slot went back idle")
+				assert.Contains(t, r.Figures, "initial_sync_slots_idled")
 				assert.Zero(t, r.Figures["initial_sync_zones_reconnected"], "each light zone syncs on its first session")
 			}
 			assert.False(t, r.Pass, "a 3 s steady phase cannot show the RSS and backlog verdicts")
