@@ -488,6 +488,31 @@ func TestAdmissionSlotGoesBackAtOnceWhenThePeerHasNothingToSend(t *testing.T) {
 	assert.Zero(t, a.Expired())
 }
 
+// floodUntilAdmitted has ac send marked responses of about bytes each,
+// three in flight (a new one as each is answered), until waiting's session
+// subscribes; the test fails if it does not within limit. It returns how
+// many were answered.
+func (ac *admissionClient) floodUntilAdmitted(waiting *admissionClient, bytes int, limit time.Duration) (answered int) {
+	ac.t.Helper()
+	start, sent := time.Now(), 0
+	deadline := time.After(limit)
+	for {
+		for ; sent-answered < 3; sent++ {
+			ac.push("Dataplane", bytes, true)
+		}
+		select {
+		case <-ac.p.reqs:
+			answered++
+		case r := <-waiting.p.reqs:
+			require.Equal(ac.t, TypeURL("Dataplane"), r.GetTypeUrl())
+			ac.t.Logf("slot given back after %v and %d responses", time.Since(start).Round(time.Millisecond), sent)
+			return answered
+		case <-deadline:
+			ac.t.Fatalf("the first session kept its slot through %d responses of %d bytes", sent, bytes)
+		}
+	}
+}
+
 // A peer that keeps this side busy cheaply — small responses marked
 // MorePending back to back, three in flight, each arriving while the one
 // before is stored — never leaves it waiting, but moves nothing forward:
@@ -501,23 +526,7 @@ func TestAdmissionSmallResponsesBackToBackDoNotKeepTheSlot(t *testing.T) {
 	first.subscriptions(1)
 	second := runAdmitted(t, a, newMemSink(), []string{"Dataplane"})
 	require.Eventually(t, func() bool { return a.Waiting() == 1 }, 10*time.Second, 5*time.Millisecond)
-	start, sent, answered := time.Now(), 0, 0
-	deadline := time.After(20 * time.Second)
-	for subscribed := false; !subscribed; {
-		for ; sent-answered < 3; sent++ {
-			first.push("Dataplane", 100, true)
-		}
-		select {
-		case <-first.p.reqs:
-			answered++
-		case r := <-second.p.reqs:
-			require.Equal(t, TypeURL("Dataplane"), r.GetTypeUrl())
-			subscribed = true
-		case <-deadline:
-			t.Fatalf("the first session kept its slot through %d small responses", sent)
-		}
-	}
-	t.Logf("slot given back after %v and %d responses", time.Since(start).Round(time.Millisecond), sent)
+	answered := first.floodUntilAdmitted(second, 100, 20*time.Second)
 	assert.GreaterOrEqual(t, answered, 3, "the peer kept sending")
 	assert.EqualValues(t, 1, a.Idled())
 }
@@ -571,23 +580,7 @@ func TestAdmissionSmallResponsesCheckedSlowlyDoNotKeepTheSlot(t *testing.T) {
 	first.subscriptions(1)
 	second := runAdmitted(t, a, newMemSink(), []string{"Dataplane"})
 	require.Eventually(t, func() bool { return a.Waiting() == 1 }, 10*time.Second, 5*time.Millisecond)
-	start, sent, answered := time.Now(), 0, 0
-	deadline := time.After(10 * time.Second)
-	for subscribed := false; !subscribed; {
-		for ; sent-answered < 3; sent++ {
-			first.push("Dataplane", 100, true)
-		}
-		select {
-		case <-first.p.reqs:
-			answered++
-		case r := <-second.p.reqs:
-			require.Equal(t, TypeURL("Dataplane"), r.GetTypeUrl())
-			subscribed = true
-		case <-deadline:
-			t.Fatalf("the first session kept its slot through %d small responses checked slowly", sent)
-		}
-	}
-	t.Logf("slot given back after %v and %d responses", time.Since(start).Round(time.Millisecond), sent)
+	first.floodUntilAdmitted(second, 100, 10*time.Second)
 	assert.EqualValues(t, 1, a.Idled())
 }
 
@@ -605,22 +598,6 @@ func TestAdmissionBulkIsMeasuredAgainstThisSidesMaxMessageSize(t *testing.T) {
 	first.subscriptions(1)
 	second := runAdmitted(t, a, newMemSink(), []string{"Dataplane"})
 	require.Eventually(t, func() bool { return a.Waiting() == 1 }, 10*time.Second, 5*time.Millisecond)
-	start, sent, answered := time.Now(), 0, 0
-	deadline := time.After(10 * time.Second)
-	for subscribed := false; !subscribed; {
-		for ; sent-answered < 3; sent++ {
-			first.push("Dataplane", admissionMaxMsg*3/4, true)
-		}
-		select {
-		case <-first.p.reqs:
-			answered++
-		case r := <-second.p.reqs:
-			require.Equal(t, TypeURL("Dataplane"), r.GetTypeUrl())
-			subscribed = true
-		case <-deadline:
-			t.Fatalf("the first session kept its slot through %d responses of %d bytes", sent, admissionMaxMsg*3/4)
-		}
-	}
-	t.Logf("slot given back after %v and %d responses", time.Since(start).Round(time.Millisecond), sent)
+	first.floodUntilAdmitted(second, admissionMaxMsg*3/4, 10*time.Second)
 	assert.EqualValues(t, 1, a.Idled())
 }
