@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -298,14 +297,14 @@ func (c *Client) progress(resp *discovery.DeltaDiscoveryResponse) bool {
 	if _, ok := ad.pending[typ]; !ok {
 		return false
 	}
-	if slices.ContainsFunc(c.waiting, func(p *subPlan) bool { return p.typ == typ }) {
+	if c.notSubscribedYet(typ) {
 		return false
 	}
 	maxMsg := c.maxMsg
 	if ad.a.maxMsg > 0 {
 		maxMsg = ad.a.maxMsg
 	}
-	return !strings.HasSuffix(resp.GetSystemVersionInfo(), MorePending) || resourceBytes(resp) >= maxMsg/bulkShare
+	return !morePending(resp) || resourceBytes(resp) >= maxMsg/bulkShare
 }
 
 // received stops the idle clock while a response of the peer that moves

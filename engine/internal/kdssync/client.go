@@ -303,7 +303,7 @@ func (c *Client) check(ctx context.Context, resp *discovery.DeltaDiscoveryRespon
 	if err == nil {
 		if _, ok := c.held[typ]; !ok {
 			err = fmt.Errorf("response for type %s, which this side never subscribed to", typ)
-		} else if slices.ContainsFunc(c.waiting, func(p *subPlan) bool { return p.typ == typ }) {
+		} else if c.notSubscribedYet(typ) {
 			err = fmt.Errorf("response for type %s, which this side has not subscribed to yet", typ)
 		}
 	}
@@ -357,7 +357,7 @@ func (c *Client) check(ctx context.Context, resp *discovery.DeltaDiscoveryRespon
 		if ch.start, err = c.answered(typ); err != nil {
 			return nil, err
 		}
-		if c.adm != nil && !strings.HasSuffix(resp.GetSystemVersionInfo(), MorePending) {
+		if c.adm != nil && !morePending(resp) {
 			c.adm.arrived(typ)
 		}
 	}
@@ -605,6 +605,18 @@ func (c *Client) decode(typ string, resp *discovery.DeltaDiscoveryResponse, ch *
 		names = append(names, name)
 	}
 	return puts, names, removed
+}
+
+// notSubscribedYet reports whether typ's subscription waits to be sent
+// (pacer.go). Checking stage only.
+func (c *Client) notSubscribedYet(typ string) bool {
+	return slices.ContainsFunc(c.waiting, func(p *subPlan) bool { return p.typ == typ })
+}
+
+// morePending reports whether the server marked resp as leaving more of
+// its type pending (MorePending).
+func morePending(resp *discovery.DeltaDiscoveryResponse) bool {
+	return strings.HasSuffix(resp.GetSystemVersionInfo(), MorePending)
 }
 
 // resourceBytes is what resp's resources and removed names take on the
