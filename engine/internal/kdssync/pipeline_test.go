@@ -21,12 +21,36 @@ import (
 // serveRaw runs a server on a pipe whose client side the test drives by hand.
 func serveRaw(t *testing.T, ix *Index, opts ...ServerOption) *pipe {
 	t.Helper()
+	return serveRawWith(t, NewServer(ix, opts...))
+}
+
+// serveRawWith runs srv on a pipe whose client side the test drives by
+// hand, as peer "z".
+func serveRawWith(t *testing.T, srv *Server) *pipe {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	p := newPipe(ctx)
 	done := make(chan struct{})
-	go func() { defer close(done); _ = NewServer(ix, opts...).Serve(ctx, serverEnd{p}, "z") }()
+	go func() { defer close(done); _ = srv.Serve(ctx, serverEnd{p}, "z") }()
 	t.Cleanup(func() { cancel(); <-done })
 	return p
+}
+
+// waitHandled waits until srv's session with peer "z" has handled answers
+// ACKs of typ and nothing since: the ACKs are counted (insights in reg)
+// when the session's loop handles them, and a Held query is answered by
+// that loop only after it has finished handling the last one, including
+// what it sent in answer.
+func waitHandled(t *testing.T, srv *Server, reg *insights.Registry, typ string, answers uint64) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		c, ok := reg.Get("z")
+		return ok && c.Types[typ].ResponsesACKed >= answers
+	}, 10*time.Second, time.Millisecond, "the server handles ACK %d", answers)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := srv.Held(ctx, typ, "-")
+	require.NoError(t, err)
 }
 
 func nextResponse(t *testing.T, p *pipe) *discovery.DeltaDiscoveryResponse {
@@ -102,10 +126,18 @@ func TestServerKeepsWindowOfResponsesInFlight(t *testing.T) {
 // still fills the window after that answer.
 func TestServerHoldsChangesWhileTwoResponsesAreInFlight(t *testing.T) {
 	ix := NewIndex([]string{"T"})
-	p := serveRaw(t, ix, WithServerWindow(3), WithServerMaxMessageSize(responseOverhead+32<<10))
+	reg := insights.NewRegistry()
+	srv := NewServer(ix, WithServerWindow(3), WithServerMaxMessageSize(responseOverhead+32<<10), WithServerInsights(reg))
+	p := serveRawWith(t, srv)
 	p.reqs <- &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResourceNamesSubscribe: []string{"*"}}
+	// An answer fills the window with whatever is pending, including
+	// changes made while it is handled: each ACK is let finish before the
+	// test changes anything, or a change could ride on it.
+	var acked uint64
 	ack := func(r *discovery.DeltaDiscoveryResponse) {
 		p.reqs <- &discovery.DeltaDiscoveryRequest{TypeUrl: TypeURL("T"), ResponseNonce: r.Nonce}
+		acked++
+		waitHandled(t, srv, reg, "T", acked)
 	}
 	ack(nextResponse(t, p)) // the initial answer: nothing held, nothing served
 
