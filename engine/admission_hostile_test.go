@@ -20,9 +20,8 @@ import (
 // answering global's subscriptions, and a second one sends a response
 // nobody asked for while it waits.
 func TestZoneWaitingForAnInitialSyncSlotCannotParkResponses(t *testing.T) {
-	cfg := Config{Role: RoleGlobal, PluginsDir: builtinDir, MaxMessageSize: hostileMaxMsg, MaxResourceSize: 64 << 10}
-	g := startNodePrepared(t, cfg, hclog.New(&hclog.LoggerOptions{Name: "test", Level: hclog.Warn, Output: os.Stderr}),
-		func(e *Engine) { e.initialSyncSlots = 1 })
+	cfg := Config{Role: RoleGlobal, PluginsDir: builtinDir, MaxMessageSize: hostileMaxMsg, MaxResourceSize: 64 << 10, InitialSyncSlots: 1}
+	g := startNodeLogging(t, cfg, hclog.New(&hclog.LoggerOptions{Name: "test", Level: hclog.Warn, Output: os.Stderr}))
 	eventually(t, func() bool { return g.e.admission != nil }, "global runs")
 	a := g.e.admission
 
@@ -61,9 +60,8 @@ func TestZoneWaitingForAnInitialSyncSlotCannotParkResponses(t *testing.T) {
 // while the idle zone's session goes on.
 func TestIdleZoneGivesItsInitialSyncSlotBack(t *testing.T) {
 	const idle = 2 * time.Second
-	cfg := Config{Role: RoleGlobal, PluginsDir: builtinDir}
-	g := startNodePrepared(t, cfg, hclog.New(&hclog.LoggerOptions{Name: "test", Level: hclog.Warn, Output: os.Stderr}),
-		func(e *Engine) { e.initialSyncSlots, e.initialSyncIdle = 1, idle })
+	cfg := Config{Role: RoleGlobal, PluginsDir: builtinDir, InitialSyncSlots: 1, InitialSyncIdle: idle}
+	g := startNodeLogging(t, cfg, hclog.New(&hclog.LoggerOptions{Name: "test", Level: hclog.Warn, Output: os.Stderr}))
 	eventually(t, func() bool { return g.e.admission != nil }, "global runs")
 	a := g.e.admission
 

@@ -146,6 +146,23 @@ type Config struct {
 	// Global: most resources one zone may hold per type (default 100000;
 	// negative: no limit). A response that would exceed it is NACKed.
 	MaxResourcesPerZoneType int
+	// InboundPoolSize is the byte budget all KDS sessions' inbound queues
+	// share: what peers sent and this side has not yet taken, counted as
+	// it holds decoded (default mux.DefaultInboundPoolBytes, 256 MiB). At
+	// least MinInboundPoolMessages × MaxMessageSize. When it is full,
+	// receive loops wait for room (HTTP/2 back-pressure on their peers).
+	InboundPoolSize int64
+	// Global: zones' zone→global initial syncs admitted at once, the
+	// initial-sync slots of decision 0041. Default (0): as many as half
+	// the inbound pool holds, each zone with three max-size responses in
+	// flight counted at twice their size (5 at 256 MiB and 4 MiB
+	// messages, at least 1). Negative: no limit.
+	InitialSyncSlots int
+	// Global: how long a zone keeps its initial-sync slot at most
+	// (default 5m), and how long in all it may hold it while leaving
+	// global waiting for its next response (default 30s; at most
+	// InitialSyncHold).
+	InitialSyncHold, InitialSyncIdle time.Duration
 
 	// Zone: CA that signs global's certificate, the zone's client
 	// certificate and key (for mTLS), and the file holding its token.
@@ -167,6 +184,13 @@ type Config struct {
 	// connection may wait for its next request (default 1m).
 	APIReadTimeout, APIWriteTimeout, APIIdleTimeout time.Duration
 }
+
+// MinInboundPoolMessages is the smallest inbound pool, in max-size
+// messages: an honest response counts up to about 4 times its encoded size
+// in the pool (resources of an empty spec, decision 0040), so a smaller
+// pool cannot hold one max-size response, and every session's receive loop
+// would wait behind each one.
+const MinInboundPoolMessages = 4
 
 // The default admin API body limit is APIBodyResources × MaxResourceSize +
 // APIBodyOverhead: a batch of four resources of the largest size, with

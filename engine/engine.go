@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -82,17 +81,10 @@ type Engine struct {
 	// inboundPool the bytes received and not yet handled, all sessions.
 	inflight    *kdssync.Budget
 	inboundPool *mux.InboundPool
-	// inboundPoolBytes, if set before Run (tests), sizes inboundPool
-	// instead of mux.DefaultInboundPoolBytes.
-	inboundPoolBytes int64
 	// admission (global) bounds the zones receiving their zone→global
-	// initial state at once, sized from the pool (decision 0041).
-	// initialSyncSlots, if set before Run (tests), sizes it instead; a
-	// negative value leaves global without one. initialSyncIdle, if set
-	// before Run (tests), replaces kdssync.DefaultAdmissionIdle.
-	admission        *kdssync.Admission
-	initialSyncSlots int
-	initialSyncIdle  time.Duration
+	// initial state at once (decision 0041): cfg.InitialSyncSlots slots,
+	// none if negative.
+	admission *kdssync.Admission
 	// testHookCheck, if set before Run (tests), runs before each
 	// validation of a peer's resources received in a sync response, with
 	// the peer's zone ("" on a zone).
@@ -181,6 +173,18 @@ func (c Config) withDefaults() Config {
 	if c.MaxResourcesPerZoneType == 0 {
 		c.MaxResourcesPerZoneType = 100000
 	}
+	if c.InboundPoolSize <= 0 {
+		c.InboundPoolSize = mux.DefaultInboundPoolBytes
+	}
+	if c.Role == RoleGlobal && c.InitialSyncSlots == 0 {
+		c.InitialSyncSlots = kdssync.AdmissionSlots(c.InboundPoolSize, c.MaxMessageSize)
+	}
+	if c.InitialSyncHold <= 0 {
+		c.InitialSyncHold = kdssync.DefaultAdmissionHold
+	}
+	if c.InitialSyncIdle <= 0 {
+		c.InitialSyncIdle = kdssync.DefaultAdmissionIdle
+	}
 	if c.Role == RoleGlobal && c.ReplicaID == "" {
 		c.ReplicaID = DefaultReplicaID()
 	}
@@ -233,6 +237,14 @@ func (c Config) check() error {
 	}
 	if c.MaxResourceSize > c.MaxMessageSize/2 {
 		return fmt.Errorf("max resource size %d: must be at most half the max message size (%d)", c.MaxResourceSize, c.MaxMessageSize)
+	}
+	if minPool := int64(MinInboundPoolMessages) * int64(c.MaxMessageSize); c.InboundPoolSize < minPool {
+		return fmt.Errorf("inbound pool size %d: must be at least %d × the max message size (%d): an honest response counts up to about 4 times its size in the pool, "+
+			"and a smaller pool makes every session's receive loop wait behind each max-size one; raise it or lower the max message size",
+			c.InboundPoolSize, MinInboundPoolMessages, minPool)
+	}
+	if c.InitialSyncIdle > c.InitialSyncHold {
+		return fmt.Errorf("initial sync idle %s: must not be longer than the initial sync hold %s, which gives every slot back first", c.InitialSyncIdle, c.InitialSyncHold)
 	}
 	if c.ClusterID != "" {
 		if err := token.ValidateClusterID(c.ClusterID); err != nil {
@@ -365,18 +377,20 @@ func (e *Engine) Run(ctx context.Context) error {
 	}
 	e.ix = kdssync.NewIndex(e.served)
 	e.inflight = kdssync.NewBudget(kdssync.DefaultProcessBudget)
-	e.inboundPool = mux.NewInboundPool(cmp.Or(e.inboundPoolBytes, mux.DefaultInboundPoolBytes))
-	if e.cfg.Role == RoleGlobal && e.initialSyncSlots >= 0 {
-		slots := cmp.Or(e.initialSyncSlots, kdssync.AdmissionSlots(e.inboundPool.Limit(), e.cfg.MaxMessageSize))
+	e.inboundPool = mux.NewInboundPool(e.cfg.InboundPoolSize)
+	if e.cfg.Role == RoleGlobal && e.cfg.InitialSyncSlots > 0 {
+		slots := e.cfg.InitialSyncSlots
 		pool := e.inboundPool
-		e.admission = kdssync.NewAdmission(slots, kdssync.AdmissionIdle(e.initialSyncIdle),
+		e.admission = kdssync.NewAdmission(slots,
+			kdssync.AdmissionHold(e.cfg.InitialSyncHold), kdssync.AdmissionIdle(e.cfg.InitialSyncIdle),
 			// Bulk is a quarter of global's own size, not of what a
 			// zone announces.
 			kdssync.AdmissionMaxMessageSize(e.cfg.MaxMessageSize),
 			// A full pool holds zones' responses before any session
 			// sees them: that is global being slow, not a zone idle.
 			kdssync.AdmissionBusy(func() bool { return pool.Queued() > pool.Limit()/2 }))
-		log.Info("zone→global initial syncs at once", "slots", slots, "inbound_pool", e.inboundPool.Limit(), "max_message_size", e.cfg.MaxMessageSize)
+		log.Info("zone→global initial syncs at once", "slots", slots, "hold", e.cfg.InitialSyncHold, "idle", e.cfg.InitialSyncIdle,
+			"inbound_pool", e.inboundPool.Limit(), "max_message_size", e.cfg.MaxMessageSize)
 	}
 	e.fromGlobal = kdssync.NewRejections()
 	e.live = newLiveSessions(raw, log.Named("sessions"))

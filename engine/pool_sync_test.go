@@ -40,9 +40,7 @@ func TestManyZonesInitialSyncIntoASmallPoolWaitsAndEndsNothing(t *testing.T) {
 	// Without initial-sync slots, which would keep the zones sending at
 	// once within the pool: this shows the pool's own waiting, which
 	// bounds what global holds whatever the zones do.
-	g, zs, names, glog := zonesReconnecting(t, zones, statuses, maxMsg, Config{}, Config{}, func(e *Engine) {
-		e.inboundPoolBytes, e.initialSyncSlots = poolSize, -1
-	})
+	g, zs, names, glog := zonesReconnecting(t, zones, statuses, maxMsg, Config{InboundPoolSize: poolSize, InitialSyncSlots: -1}, Config{}, nil)
 	pool := g.e.inboundPool
 	require.EqualValues(t, poolSize, pool.Limit())
 	waitForStatuses(t, g, names, statuses)
@@ -90,10 +88,11 @@ func TestSlowGlobalAdmitsZonesInitialSyncsSoNoSendIsHeld(t *testing.T) {
 		time.Sleep(300 * time.Millisecond)
 	}
 	start := time.Now()
-	g, zs, names, glog := zonesReconnecting(t, zones, statuses, maxMsg, Config{PluginsDir: manyDir, InitialWindowSize: 64 << 10}, Config{PluginsDir: manyDir, SendTimeout: sendTimeout}, func(e *Engine) {
-		// Idle is counted only while every response is answered: zones
-		// whose responses wait in global's slow checks are not idle.
-		e.inboundPoolBytes, e.testHookCheck, e.initialSyncIdle = poolSize, busyPlugins, time.Second
+	// Idle is counted only while every response is answered: zones whose
+	// responses wait in global's slow checks are not idle.
+	gcfg := Config{PluginsDir: manyDir, InitialWindowSize: 64 << 10, InboundPoolSize: poolSize, InitialSyncIdle: time.Second}
+	g, zs, names, glog := zonesReconnecting(t, zones, statuses, maxMsg, gcfg, Config{PluginsDir: manyDir, SendTimeout: sendTimeout}, func(e *Engine) {
+		e.testHookCheck = busyPlugins
 	})
 	adm := g.e.admission
 	require.NotNil(t, adm)

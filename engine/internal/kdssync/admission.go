@@ -148,6 +148,13 @@ func NewAdmission(slots int, opts ...AdmissionOption) *Admission {
 // Slots is how many sessions may receive their initial state at once.
 func (a *Admission) Slots() int { return a.slots }
 
+// Hold is how long a session keeps its slot at most.
+func (a *Admission) Hold() time.Duration { return a.maxHold }
+
+// Idle is how long in all a session holding a slot may leave this side
+// waiting for its peer's next response.
+func (a *Admission) Idle() time.Duration { return a.maxIdle }
+
 // Running is how many sessions hold a slot now.
 func (a *Admission) Running() int { return int(a.running.Load()) }
 

@@ -554,6 +554,38 @@ func TestRunPrecedenceFileEnvFlag(t *testing.T) {
 	assert.Equal(t, 100000, fe.last(t).MaxResourcesPerZoneType, "default")
 }
 
+// The inbound pool and initial-sync settings reach engine.Config from
+// flags and variables; unset, the engine picks the slots from the pool.
+func TestRunInitialSyncSettingsReachEngine(t *testing.T) {
+	h := newHarness(t, "global")
+	h.env["KDS_ENGINE_INITIAL_SYNC_IDLE"] = "1m"
+	fe := &fakeEngine{}
+	a, _, errb := h.app()
+	a.RunEngine = fe.Run
+	require.Equal(t, ExitOK, a.Run([]string{"global", "--insecure", "--kds-addr", "127.0.0.1:5685",
+		"--inbound-pool-size", "2GiB", "--initial-sync-slots", "40", "--initial-sync-hold", "15m"}), errb.String())
+	cfg := fe.last(t)
+	assert.Equal(t, int64(2<<30), cfg.InboundPoolSize)
+	assert.Equal(t, 40, cfg.InitialSyncSlots)
+	assert.Equal(t, 15*time.Minute, cfg.InitialSyncHold)
+	assert.Equal(t, time.Minute, cfg.InitialSyncIdle, "from the environment")
+
+	a, _, errb = h.app()
+	a.RunEngine = fe.Run
+	require.Equal(t, ExitOK, a.Run([]string{"global", "--insecure", "--kds-addr", "127.0.0.1:5685"}), errb.String())
+	cfg = fe.last(t)
+	assert.Equal(t, int64(256<<20), cfg.InboundPoolSize, "default")
+	assert.Zero(t, cfg.InitialSyncSlots, "default: the engine sizes the slots from the pool")
+	assert.Equal(t, 5*time.Minute, cfg.InitialSyncHold, "default")
+
+	a, _, errb = h.app()
+	a.RunEngine = fe.Run
+	fe.cfgs = nil
+	assert.Equal(t, ExitUsage, a.Run([]string{"global", "--insecure", "--kds-addr", "127.0.0.1:5685", "--inbound-pool-size", "1MiB"}))
+	assert.Contains(t, errb.String(), "inbound-pool-size: 1MiB is below 4 × max-message-size (16MiB)")
+	assert.Empty(t, fe.cfgs, "engine not started")
+}
+
 func TestRunInvalidConfigExitsOne(t *testing.T) {
 	h := newHarness(t, "global")
 	fe := &fakeEngine{}
@@ -716,7 +748,8 @@ func TestRunFlagNames(t *testing.T) {
 		"insecure", "api-token-file", "api-tls-cert-file", "api-tls-key-file"}
 	g := a.runCommand(engine.RoleGlobal)
 	for _, f := range append(both, "kds-addr", "tls-cert-file", "tls-key-file", "client-ca-file", "token-signing-key-file",
-		"token-verification-key-files", "sessions-per-minute", "max-resources-per-zone-type") {
+		"token-verification-key-files", "sessions-per-minute", "max-resources-per-zone-type",
+		"inbound-pool-size", "initial-sync-slots", "initial-sync-hold", "initial-sync-idle") {
 		assert.NotNil(t, g.Flags().Lookup(f), "global --%s", f)
 	}
 	assert.Nil(t, g.Flags().Lookup("name"))
@@ -727,6 +760,7 @@ func TestRunFlagNames(t *testing.T) {
 	}
 	assert.Nil(t, z.Flags().Lookup("kds-addr"))
 	assert.Nil(t, z.Flags().Lookup("tls-cert-file"))
+	assert.Nil(t, z.Flags().Lookup("initial-sync-slots"), "global only")
 	assert.Equal(t, "true", z.Flags().Lookup("insecure").NoOptDefVal, "--insecure needs no value")
 }
 

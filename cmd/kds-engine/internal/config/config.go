@@ -62,16 +62,20 @@ type Config struct {
 	Insecure            bool `json:"insecure,omitempty"`
 	InsecureAllowRemote bool `json:"insecureAllowRemote,omitempty"`
 
-	TLSCertFile               string   `json:"tlsCertFile,omitempty"`               // global
-	TLSKeyFile                string   `json:"tlsKeyFile,omitempty"`                // global
-	ClientCAFile              string   `json:"clientCAFile,omitempty"`              // global
-	TokenSigningKeyFile       string   `json:"tokenSigningKeyFile,omitempty"`       // global
-	ClusterID                 string   `json:"clusterID,omitempty"`                 // global
-	ClientCertMustNameZone    bool     `json:"clientCertMustNameZone"`              // global
-	TokenVerificationKeyFiles []string `json:"tokenVerificationKeyFiles,omitempty"` // global
-	TokenRevocationFile       string   `json:"tokenRevocationFile,omitempty"`       // global
-	SessionsPerMinute         int      `json:"sessionsPerMinute,omitempty"`         // global
-	MaxResourcesPerZoneType   int      `json:"maxResourcesPerZoneType,omitempty"`   // global
+	TLSCertFile               string        `json:"tlsCertFile,omitempty"`               // global
+	TLSKeyFile                string        `json:"tlsKeyFile,omitempty"`                // global
+	ClientCAFile              string        `json:"clientCAFile,omitempty"`              // global
+	TokenSigningKeyFile       string        `json:"tokenSigningKeyFile,omitempty"`       // global
+	ClusterID                 string        `json:"clusterID,omitempty"`                 // global
+	ClientCertMustNameZone    bool          `json:"clientCertMustNameZone"`              // global
+	TokenVerificationKeyFiles []string      `json:"tokenVerificationKeyFiles,omitempty"` // global
+	TokenRevocationFile       string        `json:"tokenRevocationFile,omitempty"`       // global
+	SessionsPerMinute         int           `json:"sessionsPerMinute,omitempty"`         // global
+	MaxResourcesPerZoneType   int           `json:"maxResourcesPerZoneType,omitempty"`   // global
+	InboundPoolSize           int64         `json:"inboundPoolSize,omitempty"`           // global
+	InitialSyncSlots          int           `json:"initialSyncSlots,omitempty"`          // global
+	InitialSyncHold           time.Duration `json:"initialSyncHold,omitempty"`           // global
+	InitialSyncIdle           time.Duration `json:"initialSyncIdle,omitempty"`           // global
 
 	TLSServerName string `json:"tlsServerName,omitempty"` // zone
 	CAFile        string `json:"caFile,omitempty"`        // zone
@@ -195,6 +199,14 @@ var Settings = []Setting{
 		Usage: "new sessions one zone may open per minute", set: func(c *Config, v string) error { return setInt(&c.SessionsPerMinute, v) }},
 	{Flag: "max-resources-per-zone-type", Kind: "int", Key: "maxResourcesPerZoneType", Global: true, Default: fixed("100000"), Accepted: "a positive integer, or -1 for no limit",
 		Usage: "most resources of one type a zone may sync to global (creates beyond it are refused, one by one)", set: func(c *Config, v string) error { return setInt(&c.MaxResourcesPerZoneType, v) }},
+	{Flag: "inbound-pool-size", Kind: "size", Key: "inboundPoolSize", Global: true, Default: fixed("256MiB"), Accepted: "a size of at least 4 × max-message-size: bytes, or a number with B, KB, KiB, MB, MiB, GB, GiB",
+		Usage: "bytes of zones' messages received and not yet taken in, all sessions together; when full, receive loops wait for room", set: func(c *Config, v string) error { return setSize(&c.InboundPoolSize, v) }},
+	{Flag: "initial-sync-slots", Kind: "int", Key: "initialSyncSlots", Global: true, Default: fixed(""), Accepted: "a positive integer, or -1 for no limit; unset: as many as half the inbound pool holds",
+		Usage: "zones' initial syncs to global admitted at once (default: as many as half of inbound-pool-size holds, 5 at the defaults)", set: setInitialSyncSlots},
+	{Flag: "initial-sync-hold", Kind: "duration", Key: "initialSyncHold", Global: true, Default: fixed("5m"), Accepted: "a duration of at least 1s",
+		Usage: "longest a zone keeps its initial-sync slot", set: func(c *Config, v string) error { return setDuration(&c.InitialSyncHold, v) }},
+	{Flag: "initial-sync-idle", Kind: "duration", Key: "initialSyncIdle", Global: true, Default: fixed("30s"), Accepted: "a duration from 1s to initial-sync-hold",
+		Usage: "longest a zone holding an initial-sync slot may leave global waiting for its next response, in all", set: func(c *Config, v string) error { return setDuration(&c.InitialSyncIdle, v) }},
 	{Flag: "ca-file", Kind: "string", Key: "caFile", Zone: true, Default: fixed(""), Accepted: "a PEM CA file",
 		Usage: "CA that signed global's certificate (required unless --insecure)", set: func(c *Config, v string) error { c.CAFile = v; return nil }},
 	{Flag: "tls-server-name", Kind: "string", Key: "tlsServerName", Zone: true, Default: fixed(""), Accepted: "a DNS name or IP address",
@@ -223,6 +235,18 @@ var Settings = []Setting{
 		Usage: "time to handle and answer an admin API request", set: func(c *Config, v string) error { return setDuration(&c.APIWriteTimeout, v) }},
 	{Flag: "api-idle-timeout", Kind: "duration", Key: "apiIdleTimeout", Global: true, Zone: true, Default: fixed("1m"), Accepted: "a duration of at least 1s",
 		Usage: "time a kept-alive admin API connection may wait for its next request", set: func(c *Config, v string) error { return setDuration(&c.APIIdleTimeout, v) }},
+}
+
+// setInitialSyncSlots refuses 0, which would read as "no slots": the
+// default comes from leaving the setting unset.
+func setInitialSyncSlots(c *Config, v string) error {
+	if err := setInt(&c.InitialSyncSlots, v); err != nil {
+		return err
+	}
+	if c.InitialSyncSlots == 0 {
+		return fmt.Errorf("%q is not a slot count: give a positive integer, -1 for no limit, or leave it unset for as many as half the inbound pool holds", v)
+	}
+	return nil
 }
 
 func setBool(dst *bool, v string) error {
@@ -530,6 +554,24 @@ func (c *Config) Validate() error {
 		if c.MaxResourcesPerZoneType == 0 || c.MaxResourcesPerZoneType < -1 {
 			bad("max-resources-per-zone-type", "%d is out of range", c.MaxResourcesPerZoneType)
 		}
+		if minPool := engine.MinInboundPoolMessages * c.MaxMessageSize; c.InboundPoolSize < minPool {
+			bad("inbound-pool-size", "%s is below %d × max-message-size (%s): a response counts up to about 4 times its size in the pool, "+
+				"so a smaller pool makes every zone's receive loop wait behind each max-size one; raise it, or lower max-message-size",
+				FormatSize(c.InboundPoolSize), engine.MinInboundPoolMessages, FormatSize(minPool))
+		}
+		if c.InitialSyncSlots < -1 {
+			bad("initial-sync-slots", "%d is out of range", c.InitialSyncSlots)
+		}
+		if c.InitialSyncHold < time.Second {
+			bad("initial-sync-hold", "%s is too short", c.InitialSyncHold)
+		}
+		switch {
+		case c.InitialSyncIdle < time.Second:
+			bad("initial-sync-idle", "%s is too short", c.InitialSyncIdle)
+		case c.InitialSyncHold >= time.Second && c.InitialSyncIdle > c.InitialSyncHold:
+			bad("initial-sync-idle", "%s is longer than initial-sync-hold %s, which gives a slot back first: set it at most %s, or raise initial-sync-hold",
+				c.InitialSyncIdle, c.InitialSyncHold, c.InitialSyncHold)
+		}
 	}
 	if c.Role == engine.RoleZone {
 		if !c.Insecure && c.CAFile == "" {
@@ -728,6 +770,9 @@ func (c *Config) Engine() engine.Config {
 		ec.TokenRevocationFile = c.TokenRevocationFile
 		ec.SessionsPerMinute = c.SessionsPerMinute
 		ec.MaxResourcesPerZoneType = c.MaxResourcesPerZoneType
+		ec.InboundPoolSize = c.InboundPoolSize
+		ec.InitialSyncSlots = c.InitialSyncSlots
+		ec.InitialSyncHold, ec.InitialSyncIdle = c.InitialSyncHold, c.InitialSyncIdle
 		ec.ReplicaID = c.ReplicaID
 		ec.LeaseHeartbeat, ec.LeaseExpiry = c.LeaseHeartbeatInterval, c.LeaseExpiry
 	case engine.RoleZone:

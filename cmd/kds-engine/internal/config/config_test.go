@@ -41,6 +41,7 @@ func TestDefaults(t *testing.T) {
 		KDSAddress: ":5685", APIAddress: "127.0.0.1:5681", SendTimeout: time.Minute, BufferHeadroom: 16,
 		MaxMessageSize: 4 << 20, MaxResourceSize: 1 << 20, KeepaliveTime: 10 * time.Second, KeepaliveTimeout: 10 * time.Second,
 		TLSCertFile: "kds.crt", TLSKeyFile: "kds.key", SessionsPerMinute: 20, MaxResourcesPerZoneType: 100000,
+		InboundPoolSize: 256 << 20, InitialSyncHold: 5 * time.Minute, InitialSyncIdle: 30 * time.Second,
 		APIMaxConnections: 128, APIReadTimeout: 30 * time.Second, APIWriteTimeout: time.Minute, APIIdleTimeout: time.Minute,
 	}, g.Engine())
 	assert.False(t, g.Engine().ClientCertAnyZone, "client certificates must name their zone by default")
@@ -61,6 +62,8 @@ func TestDefaults(t *testing.T) {
 	assert.False(t, ec.Insecure)
 	assert.Empty(t, ec.KDSAddress)
 	assert.Zero(t, ec.SessionsPerMinute, "a global setting")
+	assert.Zero(t, ec.InboundPoolSize, "a global setting")
+	assert.Zero(t, ec.InitialSyncHold+ec.InitialSyncIdle, "global settings")
 	assert.Empty(t, ec.TLSCertFile, "a global setting")
 }
 
@@ -263,6 +266,28 @@ func TestValidateSecurity(t *testing.T) {
 			[]string{"max-resources-per-zone-type: 0 is out of range (accepted: a positive integer, or -1 for no limit)"}},
 		{"max-resources-per-zone-type -5", engine.RoleGlobal, with(global, "max-resources-per-zone-type", "-5"),
 			[]string{"max-resources-per-zone-type: -5 is out of range (accepted: a positive integer, or -1 for no limit)"}},
+		{"inbound pool and initial-sync slots", engine.RoleGlobal,
+			with(global, "inbound-pool-size", "2GiB", "initial-sync-slots", "40", "initial-sync-hold", "10m", "initial-sync-idle", "1m"), nil},
+		{"initial-sync-slots -1 is no limit", engine.RoleGlobal, with(global, "initial-sync-slots", "-1"), nil},
+		{"inbound pool of 4 max-size messages", engine.RoleGlobal, with(global, "inbound-pool-size", "16MiB"), nil},
+		{"inbound pool at the largest max message size", engine.RoleGlobal, with(global, "max-message-size", "64MiB", "max-resource-size", "1MiB"), nil},
+		{"inbound pool below 4 max-size messages", engine.RoleGlobal, with(global, "inbound-pool-size", "8MiB"),
+			[]string{"inbound-pool-size: 8MiB is below 4 × max-message-size (16MiB): a response counts up to about 4 times its size in the pool, " +
+				"so a smaller pool makes every zone's receive loop wait behind each max-size one; raise it, or lower max-message-size " +
+				"(accepted: a size of at least 4 × max-message-size: bytes, or a number with B, KB, KiB, MB, MiB, GB, GiB)"}},
+		{"inbound pool below 4 larger messages", engine.RoleGlobal, with(global, "max-message-size", "64MiB", "inbound-pool-size", "128MiB"),
+			[]string{"inbound-pool-size: 128MiB is below 4 × max-message-size (256MiB): a response counts up to about 4 times its size in the pool, " +
+				"so a smaller pool makes every zone's receive loop wait behind each max-size one; raise it, or lower max-message-size " +
+				"(accepted: a size of at least 4 × max-message-size: bytes, or a number with B, KB, KiB, MB, MiB, GB, GiB)"}},
+		{"initial-sync-slots -2", engine.RoleGlobal, with(global, "initial-sync-slots", "-2"),
+			[]string{"initial-sync-slots: -2 is out of range (accepted: a positive integer, or -1 for no limit; unset: as many as half the inbound pool holds)"}},
+		{"initial-sync-hold 0", engine.RoleGlobal, with(global, "initial-sync-hold", "0s"),
+			[]string{"initial-sync-hold: 0s is too short (accepted: a duration of at least 1s)"}},
+		{"initial-sync-idle 500ms", engine.RoleGlobal, with(global, "initial-sync-idle", "500ms"),
+			[]string{"initial-sync-idle: 500ms is too short (accepted: a duration from 1s to initial-sync-hold)"}},
+		{"initial-sync-idle over the hold", engine.RoleGlobal, with(global, "initial-sync-hold", "1m", "initial-sync-idle", "2m"),
+			[]string{"initial-sync-idle: 2m0s is longer than initial-sync-hold 1m0s, which gives a slot back first: set it at most 1m0s, or raise initial-sync-hold " +
+				"(accepted: a duration from 1s to initial-sync-hold)"}},
 		{"zone insecure needs no CA", engine.RoleZone, with(zone, "insecure", "true", "ca-file", "", "global", "127.0.0.1:5685"), nil},
 		{"zone insecure still needs a token", engine.RoleZone, with(zone, "insecure", "true", "ca-file", "", "token-file", "", "global", "localhost:5685"),
 			[]string{"token-file: required: generate a token on global with `kds-engine token generate --zone zone-1` (accepted: a file with the zone token, mode 0600)"}},
@@ -349,6 +374,63 @@ apiIdleTimeout: 7s
 	assert.Empty(t, ze.TLSCertFile+ze.TLSKeyFile+ze.ClientCAFile+ze.TokenSigningKeyFile+ze.ClusterID, "global settings ignored on a zone")
 	assert.Equal(t, []string{"kds.example.com"}, ze.APIAllowedHosts)
 	assert.Empty(t, ze.TokenVerificationKeyFiles)
+}
+
+// The inbound pool and initial-sync settings come from flags, variables
+// and the file, reach engine.Config, and are ignored on a zone.
+func TestInitialSyncSettings(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		src  Sources
+	}{
+		{"flags", Sources{Flags: merge(tlsFlags, "inbound-pool-size", "1GiB", "initial-sync-slots", "12",
+			"initial-sync-hold", "10m", "initial-sync-idle", "45s")}},
+		{"env", Sources{Flags: tlsFlags, LookupEnv: env(map[string]string{
+			"KDS_ENGINE_INBOUND_POOL_SIZE": "1073741824", "KDS_ENGINE_INITIAL_SYNC_SLOTS": "12",
+			"KDS_ENGINE_INITIAL_SYNC_HOLD": "10m", "KDS_ENGINE_INITIAL_SYNC_IDLE": "45s"})}},
+		{"yaml", Sources{Flags: tlsFlags, File: "c.yaml", ReadFile: files(map[string]string{
+			"c.yaml": "inboundPoolSize: 1GiB\ninitialSyncSlots: 12\ninitialSyncHold: 10m\ninitialSyncIdle: 45s\n"})}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Load(engine.RoleGlobal, tc.src)
+			require.NoError(t, err)
+			require.NoError(t, c.Validate())
+			ec := c.Engine()
+			assert.Equal(t, int64(1<<30), ec.InboundPoolSize)
+			assert.Equal(t, 12, ec.InitialSyncSlots)
+			assert.Equal(t, 10*time.Minute, ec.InitialSyncHold)
+			assert.Equal(t, 45*time.Second, ec.InitialSyncIdle)
+		})
+	}
+
+	c, err := Load(engine.RoleGlobal, Sources{Flags: merge(tlsFlags, "initial-sync-slots", "-1")})
+	require.NoError(t, err)
+	require.NoError(t, c.Validate())
+	assert.Equal(t, -1, c.Engine().InitialSyncSlots, "no limit")
+
+	for want, src := range map[string]Sources{
+		`--initial-sync-slots: "0" is not a slot count: give a positive integer, -1 for no limit, or leave it unset for as many as half the inbound pool holds`: {
+			Flags: map[string]string{"initial-sync-slots": "0"}},
+		`KDS_ENGINE_INITIAL_SYNC_SLOTS: "some" is not an integer`: {
+			LookupEnv: env(map[string]string{"KDS_ENGINE_INITIAL_SYNC_SLOTS": "some"})},
+		`config file c.yaml: inboundPoolSize: "lots" is not a size (examples: 4194304, 512KiB, 4MiB, 1GiB)`: {
+			File: "c.yaml", ReadFile: files(map[string]string{"c.yaml": "inboundPoolSize: lots\n"})},
+		`--initial-sync-idle: "30" is not a duration (examples: 500ms, 30s, 1m, 1h30m)`: {
+			Flags: map[string]string{"initial-sync-idle": "30"}},
+	} {
+		_, err := Load(engine.RoleGlobal, src)
+		assert.EqualError(t, err, want)
+	}
+
+	file := "inboundPoolSize: 1GiB\ninitialSyncSlots: 12\ninitialSyncHold: 10m\ninitialSyncIdle: 45s\n"
+	z, err := Load(engine.RoleZone, Sources{File: "c.yaml", ReadFile: files(map[string]string{"c.yaml": file}),
+		Flags: map[string]string{"name": "zone-1", "global": "g:5685", "ca-file": "ca.crt", "token-file": "t"}})
+	require.NoError(t, err)
+	require.NoError(t, z.Validate())
+	ze := z.Engine()
+	assert.Zero(t, ze.InboundPoolSize, "global settings ignored on a zone")
+	assert.Zero(t, ze.InitialSyncSlots)
+	assert.Zero(t, ze.InitialSyncHold+ze.InitialSyncIdle)
 }
 
 // TestBoolSetting covers the bool kind (--insecure) from each source.
