@@ -380,7 +380,6 @@ func (e *Engine) Run(ctx context.Context) error {
 	e.inboundPool = mux.NewInboundPool(e.cfg.InboundPoolSize)
 	if e.cfg.Role == RoleGlobal && e.cfg.InitialSyncSlots > 0 {
 		slots := e.cfg.InitialSyncSlots
-		pool := e.inboundPool
 		e.admission = kdssync.NewAdmission(slots,
 			kdssync.AdmissionHold(e.cfg.InitialSyncHold), kdssync.AdmissionIdle(e.cfg.InitialSyncIdle),
 			// Bulk is a quarter of global's own size, not of what a
@@ -388,7 +387,7 @@ func (e *Engine) Run(ctx context.Context) error {
 			kdssync.AdmissionMaxMessageSize(e.cfg.MaxMessageSize),
 			// A full pool holds zones' responses before any session
 			// sees them: that is global being slow, not a zone idle.
-			kdssync.AdmissionBusy(func() bool { return pool.Queued() > pool.Limit()/2 }))
+			kdssync.AdmissionBusy(e.inboundPool.Busy))
 		log.Info("zone→global initial syncs at once", "slots", slots, "hold", e.cfg.InitialSyncHold, "idle", e.cfg.InitialSyncIdle,
 			"inbound_pool", e.inboundPool.Limit(), "max_message_size", e.cfg.MaxMessageSize)
 	}

@@ -221,6 +221,7 @@ func TestFaultSharedPoolExhaustedWaitsForRoom(t *testing.T) {
 	// b's next message does not fit: b waits, without ending.
 	bst.deliver(t, msg("B"))
 	waitFor(t, func() bool { return pool.Waits() == 1 }, "b waits for room")
+	assert.Equal(t, int64(1), pool.Waiting(), "b is waiting now")
 	assert.Zero(t, b.Stats().Server.InboundLen)
 	assert.Nil(t, b.Err())
 	select {
@@ -235,6 +236,7 @@ func TestFaultSharedPoolExhaustedWaitsForRoom(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "A", got.GetTypeUrl())
 	waitFor(t, func() bool { return b.Stats().Server.InboundLen == 1 }, "b's message queued once there is room")
+	assert.Zero(t, pool.Waiting(), "nobody waits once b's message is in")
 	assert.GreaterOrEqual(t, pool.LongestWait(), 50*time.Millisecond, "b waited at least while nobody read")
 	got, err = b.Server().Recv()
 	require.NoError(t, err)
@@ -301,4 +303,35 @@ func TestOverflowErrorsNameTypeCountAndBytes(t *testing.T) {
 		cost := proto.Size(asRequest(req("flood"))) + MessageOverhead
 		assert.Contains(t, err.Error(), fmt.Sprintf(`server stream: request for type "T" did not fit: the peer has 6 requests in flight (%d bytes), capacity is 5`, 6*cost))
 	})
+}
+
+// The pool is busy while a receive loop waits for room, even when the
+// queues hold less than half of it (the waiting message is counted at more
+// than half), and while the queues hold more than half.
+func TestInboundPoolBusy(t *testing.T) {
+	pool := NewInboundPool(100)
+	assert.False(t, pool.Busy(), "empty")
+	n, err := pool.acquire(t.Context(), 40)
+	require.NoError(t, err)
+	assert.False(t, pool.Busy(), "40 of 100 queued, nobody waits")
+
+	// A message counted at 70 waits behind the 40 queued.
+	waited := make(chan error, 1)
+	go func() {
+		m, err := pool.acquire(t.Context(), 70)
+		if err == nil {
+			pool.release(m)
+		}
+		waited <- err
+	}()
+	waitFor(t, func() bool { return pool.Waiting() == 1 }, "the second message waits")
+	assert.True(t, pool.Busy(), "a receive loop waits for room with 40 of 100 queued")
+	pool.release(n)
+	require.NoError(t, <-waited)
+	assert.False(t, pool.Busy(), "nothing queued, nobody waits")
+
+	n, err = pool.acquire(t.Context(), 51)
+	require.NoError(t, err)
+	assert.True(t, pool.Busy(), "more than half queued")
+	pool.release(n)
 }

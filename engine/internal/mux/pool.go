@@ -20,6 +20,8 @@ type InboundPool struct {
 	queued atomic.Int64
 	peak   atomic.Int64
 	waits  atomic.Uint64
+	// waiting is how many receive loops wait for room now.
+	waiting atomic.Int64
 	// longest is the longest wait for room, in nanoseconds.
 	longest atomic.Int64
 }
@@ -47,6 +49,18 @@ func (p *InboundPool) Peak() int64 { return p.peak.Load() }
 // to wait for room.
 func (p *InboundPool) Waits() uint64 { return p.waits.Load() }
 
+// Waiting is how many receive loops wait for room now.
+func (p *InboundPool) Waiting() int64 { return p.waiting.Load() }
+
+// Busy reports whether this side is behind on what its peers sent: a
+// receive loop waits for room, or the queues hold more than half the
+// pool (a peer's next message may be about to wait). A waiting loop alone
+// counts, whatever the queues hold: a message counted at more than half
+// the pool waits for room while they hold less.
+func (p *InboundPool) Busy() bool {
+	return p.waiting.Load() > 0 || p.queued.Load() > p.limit/2
+}
+
 // LongestWait is the longest a receive loop waited for room. While it
 // waits, HTTP/2 flow control holds its peer's Send, which the peer's send
 // timeout bounds.
@@ -59,8 +73,10 @@ func (p *InboundPool) acquire(ctx context.Context, n int64) (int64, error) {
 	n = min(n, p.limit)
 	if !p.sem.TryAcquire(n) {
 		p.waits.Add(1)
+		p.waiting.Add(1)
 		start := time.Now()
 		err := p.sem.Acquire(ctx, n)
+		p.waiting.Add(-1)
 		raise(&p.longest, int(time.Since(start)))
 		if err != nil {
 			return 0, context.Cause(ctx)
