@@ -121,6 +121,8 @@ func TestModesSmoke(t *testing.T) {
 	assert.Positive(t, u.Figures["baseline_p99_ms"])
 	assert.Positive(t, u.Figures["engine_stage2_p50_ms"], "the traced global commit")
 	assert.Positive(t, u.Figures["engine_stage8_p50_ms"], "the traced zone apply")
+	assert.Positive(t, u.Figures["disk_floor_p50_ms"], "the disk floor is sampled beside the engine's updates")
+	assert.Positive(t, u.Figures["engine_p99_over_disk_floor"])
 
 	f, err := Fanout(ctx, o, FanoutConfig{Zones: []int{2}, Rounds: 2, Changes: 12, N: 10, Size: 256, TraceLatency: true})
 	require.NoError(t, err)
