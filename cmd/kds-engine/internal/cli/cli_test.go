@@ -241,6 +241,16 @@ func TestGetTable(t *testing.T) {
 	code, out, _ = h.run("get", "MeshTimeout", "web")
 	require.Equal(t, ExitOK, code)
 	assert.Equal(t, "MESH     NAME  VERSION  AGE\ndefault  web   1        5m\n", out)
+
+	// A single zone-provided resource on global needs its zone: the CLI
+	// asks for --zone (the API's message names its query parameter).
+	code, out, errOut = h.run("get", "Dataplane", "web-1")
+	assert.Equal(t, ExitUsage, code)
+	assert.Empty(t, out)
+	assert.Equal(t, "get: Dataplane resources on global belong to the zone that provided them; name it with --zone ZONE (the ZONE column of `kds-engine get Dataplane` lists them)\n", errOut)
+	code, out, errOut = h.run("get", "Dataplane", "web-1", "--zone", "zone-1")
+	require.Equal(t, ExitOK, code, errOut)
+	assert.Contains(t, out, "web-1  zone-1")
 }
 
 func TestGetJSONAndYAML(t *testing.T) {
@@ -375,7 +385,7 @@ zone-2  offline  gw-a     2026-01-02T02:00:00Z  0         0      0       -
 
 	code, _, errOut = h.run("inspect", "sync")
 	assert.Equal(t, ExitFailed, code)
-	assert.Equal(t, "inspect sync: this route is served by zone; this is a global control plane\n", errOut)
+	assert.Equal(t, "inspect sync: this route is served by zone; this is a global control plane; point --api (or KDS_ENGINE_API) at the admin API of a zone control plane (zone's default: http://127.0.0.1:5682)\n", errOut)
 }
 
 // Zones whose session holds one of global's initial-sync slots show since
@@ -436,7 +446,7 @@ func TestInspectSync(t *testing.T) {
 
 	code, _, errOut = h.run("inspect", "zones")
 	assert.Equal(t, ExitFailed, code)
-	assert.Contains(t, errOut, "this route is served by global")
+	assert.Equal(t, "inspect zones: this route is served by global; this is a zone control plane; point --api (or KDS_ENGINE_API) at the admin API of a global control plane (global's default: http://127.0.0.1:5681)\n", errOut)
 }
 
 func TestPluginsList(t *testing.T) {

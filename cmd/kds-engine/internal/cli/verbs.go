@@ -24,6 +24,9 @@ import (
 // DefaultAPI is the admin API the client verbs talk to by default (global's).
 const DefaultAPI = "http://127.0.0.1:5681"
 
+// defaultZoneAPI is a zone's admin API by default (engine's zone api-addr).
+const defaultZoneAPI = "http://127.0.0.1:5682"
+
 // APIEnv overrides DefaultAPI; --api overrides it.
 const APIEnv = "KDS_ENGINE_API"
 
@@ -60,6 +63,21 @@ func (a *App) client(cmd *cobra.Command, f *apiFlag) (*client.Client, error) {
 // opError makes an API or transport error a failure of verb.
 func opError(verb string, err error) error {
 	return failed(fmt.Errorf("%s: %w", verb, err))
+}
+
+// roleError is opError for a verb served by one role only (want: "global" or
+// "zone"): an API of the other role answers wrong_role, and the message then
+// says which --api to give instead.
+func roleError(verb, want string, err error) error {
+	var ae *client.APIError
+	if errors.As(err, &ae) && ae.Code == apitypes.CodeWrongRole {
+		api := DefaultAPI
+		if want == apitypes.RoleZone {
+			api = defaultZoneAPI
+		}
+		return failed(fmt.Errorf("%s: %w; point --api (or %s) at the admin API of a %s control plane (%s's default: %s)", verb, err, APIEnv, want, want, api))
+	}
+	return opError(verb, err)
 }
 
 // ---- apply ----
@@ -307,6 +325,9 @@ func (a *App) getCommand() *cobra.Command {
 		}
 		typ := args[0]
 		if len(args) == 2 {
+			if ti, ok := types.Find(typ); ok && types.Role == apitypes.RoleGlobal && ti.Direction == "ZoneToGlobal" && f.zone == "" {
+				return usageError(fmt.Errorf("get: %s resources on global belong to the zone that provided them; name it with --zone ZONE (the ZONE column of `kds-engine get %s` lists them)", typ, typ))
+			}
 			r, err := c.Get(ctx, typ, args[1], resolveMesh(types, typ, f.mesh), f.zone)
 			if err != nil {
 				return opError("get", err)
@@ -368,7 +389,7 @@ func (a *App) printResources(types client.Types, typ string, rs []client.Resourc
 	}
 	ti, _ := types.Find(typ)
 	mesh := ti.Scope == "Mesh"
-	zone := types.Role == "global" && ti.Direction == "ZoneToGlobal"
+	zone := types.Role == apitypes.RoleGlobal && ti.Direction == "ZoneToGlobal"
 	var header []string
 	if mesh {
 		header = append(header, "MESH")
@@ -454,11 +475,11 @@ func (a *App) inspectCommand() *cobra.Command {
 		if len(args) == 1 {
 			z, err := c.Zone(cmd.Context(), args[0])
 			if err != nil {
-				return opError("inspect zones", err)
+				return roleError("inspect zones", "global", err)
 			}
 			conns = []apitypes.Conn{z}
 		} else if conns, err = c.Zones(cmd.Context()); err != nil {
-			return opError("inspect zones", err)
+			return roleError("inspect zones", "global", err)
 		}
 		switch zonesOut {
 		case outJSON:
@@ -495,7 +516,7 @@ func (a *App) inspectCommand() *cobra.Command {
 		}
 		conn, err := c.Sync(cmd.Context())
 		if err != nil {
-			return opError("inspect sync", err)
+			return roleError("inspect sync", "zone", err)
 		}
 		switch syncOut {
 		case outJSON:
