@@ -490,7 +490,8 @@ func (e *Engine) Run(ctx context.Context) error {
 	if e.cfg.Role == RoleGlobal {
 		log.Info("running", "api", e.apiAddr, "kds", e.kdsAddr, "store", e.cfg.Store, "data_dir", e.cfg.DataDir, "replica", e.cfg.ReplicaID)
 	} else {
-		log.Info("running", "api", e.apiAddr, "kds", e.kdsAddr, "store", e.cfg.Store, "data_dir", e.cfg.DataDir)
+		// A zone listens on no KDS address: it names the global it dials.
+		log.Info("running", "api", e.apiAddr, "global", e.cfg.GlobalAddress, "store", e.cfg.Store, "data_dir", e.cfg.DataDir)
 	}
 
 	err = stopErr(parent, g.Wait())

@@ -241,6 +241,18 @@ func TestZoneTokenExpiryIsExportedAndWarned(t *testing.T) {
 	assert.Len(t, zout.Lines("[WARN]", "the token expires soon", "zone=zone-a"), 1, zout.String())
 }
 
+// A zone's start line names the global it dials, not a KDS listener it does
+// not have (it printed "kds=<nil>").
+func TestZoneRunningLineNamesGlobal(t *testing.T) {
+	var zout logbuf.Buffer
+	g := startGlobal(t, builtinDir)
+	cfg := zoneConfig(t, "zone-a", g, Config{PluginsDir: builtinDir})
+	startNodeLogging(t, cfg, hclog.New(&hclog.LoggerOptions{Name: "test", Level: hclog.Info, Output: &zout}))
+	eventually(t, func() bool { return len(zout.Lines("[INFO]", "running:")) == 1 }, "the zone logs its start line")
+	assert.Len(t, zout.Lines("[INFO]", "running:", "global="+cfg.GlobalAddress), 1, zout.String())
+	assert.NotContains(t, zout.String(), "<nil>")
+}
+
 // gaugeFor is the value of gauge name with label zone on n.
 func gaugeFor(t *testing.T, n *node, name, zone string) float64 {
 	return seriesValueOf(t, n, name, map[string]string{"zone": zone})
