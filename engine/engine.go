@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -405,7 +406,7 @@ func (e *Engine) Run(ctx context.Context) error {
 
 	apiLis, err := net.Listen("tcp", e.cfg.APIAddress)
 	if err != nil {
-		return fmt.Errorf("admin API listen on %s: %w", e.cfg.APIAddress, err)
+		return listenError("admin API", "--api-addr", e.cfg.APIAddress, err)
 	}
 	e.apiAddr = apiLis.Addr()
 	apiLis = httpauth.LimitListener(apiLis, e.apiLimits())
@@ -414,7 +415,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		kdsLis, err = net.Listen("tcp", e.cfg.KDSAddress)
 		if err != nil {
 			apiLis.Close()
-			return fmt.Errorf("KDS listen on %s: %w", e.cfg.KDSAddress, err)
+			return listenError("KDS", "--kds-addr", e.cfg.KDSAddress, err)
 		}
 		e.kdsAddr = kdsLis.Addr()
 	}
@@ -864,4 +865,13 @@ func (k *sink) Versions(ctx context.Context, typ string) (map[string]string, err
 		out[kdssync.WireName(kv.Key.Mesh, kv.Key.Name)] = kv.Version
 	}
 	return out, nil
+}
+
+// listenError reports that the listener what (set by flag) could not listen
+// on addr; an address in use says what to do about it.
+func listenError(what, flag, addr string, err error) error {
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return fmt.Errorf("%s listen on %s: %w; another process (another kds-engine?) listens there: stop it, or give this one another address with %s", what, addr, err, flag)
+	}
+	return fmt.Errorf("%s listen on %s: %w", what, addr, err)
 }
