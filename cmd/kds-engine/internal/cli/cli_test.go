@@ -300,7 +300,7 @@ func TestGetErrors(t *testing.T) {
 	assert.Equal(t, "get: MeshTimeout default/missing: resource not found\n", errOut)
 	code, _, errOut = h.run("get", "MeshTimeout", "-o", "xml")
 	assert.Equal(t, ExitUsage, code)
-	assert.Contains(t, errOut, `-o "xml": accepted: table, json, yaml`)
+	assert.Equal(t, "get: -o \"xml\": accepted: table, json, yaml\n", errOut)
 	code, _, _ = h.run("get", "MeshTimeout", "-l", "novalue")
 	assert.Equal(t, ExitUsage, code)
 	code, _, _ = h.run("get")
@@ -493,7 +493,7 @@ func TestAPIURLFromEnvAndErrors(t *testing.T) {
 
 	a, _, errb = h.app()
 	assert.Equal(t, ExitUsage, a.Run([]string{"get", "Mesh", "--api", "ftp://x"}))
-	assert.Contains(t, errb.String(), `api URL "ftp://x": want http(s)://HOST:PORT`)
+	assert.Equal(t, "get: --api (or KDS_ENGINE_API): api URL \"ftp://x\": want http(s)://HOST:PORT\n", errb.String())
 
 	a, _, errb = h.app()
 	assert.Equal(t, ExitUsage, a.Run([]string{"frobnicate"}))

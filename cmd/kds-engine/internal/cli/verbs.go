@@ -55,7 +55,7 @@ func (a *App) client(cmd *cobra.Command, f *apiFlag) (*client.Client, error) {
 	}
 	c, err := client.New(u, token, a.HTTPClient)
 	if err != nil {
-		return nil, usageError(err)
+		return nil, usageError(fmt.Errorf("%s: --api (or %s): %w", strings.TrimPrefix(cmd.CommandPath(), "kds-engine "), APIEnv, err))
 	}
 	return c, nil
 }
@@ -299,7 +299,7 @@ func (a *App) getCommand() *cobra.Command {
 	cmd.Flags().StringVarP(&f.output, "output", "o", outTable, "output format: table, json, yaml")
 	cmd.Flags().StringVar(&f.format, "format", formatEngine, "document form of -o json|yaml: engine (the envelope, fields under spec) or kuma (Kuma's universal form)")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		if err := checkOutput(f.output); err != nil {
+		if err := checkOutput("get", f.output); err != nil {
 			return err
 		}
 		if f.format != formatEngine && f.format != formatKuma {
@@ -464,7 +464,7 @@ func (a *App) inspectCommand() *cobra.Command {
 	zapi := a.addAPIFlag(zones)
 	zones.Flags().StringVarP(&zonesOut, "output", "o", outTable, "output format: table, json, yaml")
 	zones.RunE = func(cmd *cobra.Command, args []string) error {
-		if err := checkOutput(zonesOut); err != nil {
+		if err := checkOutput("inspect zones", zonesOut); err != nil {
 			return err
 		}
 		c, err := a.client(cmd, zapi)
@@ -507,7 +507,7 @@ func (a *App) inspectCommand() *cobra.Command {
 	sapi := a.addAPIFlag(sync)
 	sync.Flags().StringVarP(&syncOut, "output", "o", outTable, "output format: table, json, yaml")
 	sync.RunE = func(cmd *cobra.Command, _ []string) error {
-		if err := checkOutput(syncOut); err != nil {
+		if err := checkOutput("inspect sync", syncOut); err != nil {
 			return err
 		}
 		c, err := a.client(cmd, sapi)
@@ -670,7 +670,7 @@ func (a *App) pluginsCommand() *cobra.Command {
 	api := a.addAPIFlag(list)
 	list.Flags().StringVarP(&output, "output", "o", outTable, "output format: table, json, yaml")
 	list.RunE = func(cmd *cobra.Command, _ []string) error {
-		if err := checkOutput(output); err != nil {
+		if err := checkOutput("plugins list", output); err != nil {
 			return err
 		}
 		c, err := a.client(cmd, api)
