@@ -200,7 +200,9 @@ func (a *App) runDemo(parent context.Context, f demoFlags) error {
 	if f.once {
 		return nil
 	}
-	fmt.Fprintln(a.Stdout, "Try: kds-engine get Dataplane --api "+global.url+"   (Ctrl-C to stop)")
+	// The binary as the user ran it: make demo runs bin/kds-engine, which
+	// is not on PATH.
+	fmt.Fprintln(a.Stdout, "Try: "+a.Program+" get Dataplane --api "+global.url+"   (Ctrl-C to stop)")
 	select {
 	case <-sigs:
 		fmt.Fprintln(a.Stdout, "stopping")

@@ -106,6 +106,36 @@ func TestDemoOnceSyncsOverMTLSWithTokens(t *testing.T) {
 	assert.Equal(t, "zone-1", claims["sub"])
 }
 
+// Without --once the demo suggests a command to try with the binary as it
+// was run (make demo runs bin/kds-engine, which is not on PATH), and stops
+// on a signal.
+func TestDemoSuggestsTheBinaryItRunsAs(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds plugins and runs three engines")
+	}
+	plugins := buildPlugins(t)
+	var out, errb syncbuf.Buffer
+	sigs := make(chan os.Signal, 1)
+	a := &App{Stdout: &out, Stderr: &errb, Program: "/opt/kds/bin/kds-engine",
+		Signals: func() (<-chan os.Signal, func()) { return sigs, func() {} }}
+	done := make(chan int, 1)
+	go func() {
+		done <- a.Run([]string{"demo", "--api-port", "0", "--plugins-dir", plugins,
+			"--examples-dir", filepath.Join(repoRoot, "examples", "demo"), "--timeout", "45s"})
+	}()
+	deadline := time.Now().Add(90 * time.Second)
+	for !strings.Contains(out.String(), "Try: ") && time.Now().Before(deadline) {
+		select {
+		case code := <-done:
+			t.Fatalf("demo exited with %d before suggesting a command\nstdout:\n%s\nstderr:\n%s", code, out.String(), errb.String())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	sigs <- os.Interrupt
+	require.Equal(t, ExitOK, within(t, done, 60*time.Second, "demo did not stop on a signal"), errb.String())
+	assert.Regexp(t, `(?m)^Try: /opt/kds/bin/kds-engine get Dataplane --api http://127\.0\.0\.1:\d+ `, out.String())
+}
+
 func TestDemoUsageErrors(t *testing.T) {
 	var out, errb bytes.Buffer
 	a := &App{Stdout: &out, Stderr: &errb}
