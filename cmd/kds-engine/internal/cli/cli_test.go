@@ -301,8 +301,9 @@ func TestGetErrors(t *testing.T) {
 	code, _, errOut = h.run("get", "MeshTimeout", "-o", "xml")
 	assert.Equal(t, ExitUsage, code)
 	assert.Equal(t, "get: -o \"xml\": accepted: table, json, yaml\n", errOut)
-	code, _, _ = h.run("get", "MeshTimeout", "-l", "novalue")
+	code, _, errOut = h.run("get", "MeshTimeout", "-l", "novalue")
 	assert.Equal(t, ExitUsage, code)
+	assert.Equal(t, "get: -l \"novalue\": want key=value\n", errOut)
 	code, _, _ = h.run("get")
 	assert.Equal(t, ExitUsage, code)
 }

@@ -303,13 +303,13 @@ func (a *App) getCommand() *cobra.Command {
 			return err
 		}
 		if f.format != formatEngine && f.format != formatKuma {
-			return usageError(fmt.Errorf("--format %q: want %s or %s", f.format, formatEngine, formatKuma))
+			return usageError(fmt.Errorf("get: --format %q: want %s or %s", f.format, formatEngine, formatKuma))
 		}
 		var labels []string
 		for _, l := range f.labels {
 			for _, p := range strings.Split(l, ",") {
 				if k, _, ok := strings.Cut(p, "="); !ok || k == "" {
-					return usageError(fmt.Errorf("-l %q: want key=value", p))
+					return usageError(fmt.Errorf("get: -l %q: want key=value", p))
 				}
 				labels = append(labels, p)
 			}
