@@ -706,7 +706,7 @@ func TestTokenFromFlagAndEnv(t *testing.T) {
 	h := &harness{t: t, srv: srv, env: map[string]string{}, files: map[string]string{}}
 	code, _, errOut := h.run("get", "Mesh")
 	assert.Equal(t, ExitFailed, code)
-	assert.Equal(t, "get: this API requires a token: Authorization: Bearer TOKEN\n", errOut)
+	assert.Equal(t, "get: this API requires a token: Authorization: Bearer TOKEN; give the CLI the token with --token TOKEN or KDS_ENGINE_API_TOKEN\n", errOut)
 
 	code, _, errOut = h.run("get", "Mesh", "--token", "s3cret")
 	assert.Equal(t, ExitOK, code, errOut)
@@ -714,8 +714,9 @@ func TestTokenFromFlagAndEnv(t *testing.T) {
 	h.env[TokenEnv] = "s3cret"
 	code, _, errOut = h.run("plugins", "list")
 	assert.Equal(t, ExitOK, code, errOut)
-	code, _, _ = h.run("plugins", "list", "--token", "wrong")
+	code, _, errOut = h.run("plugins", "list", "--token", "wrong")
 	assert.Equal(t, ExitFailed, code, "flag wins over env")
+	assert.Contains(t, errOut, "; give the CLI the token with --token TOKEN or KDS_ENGINE_API_TOKEN\n")
 }
 
 // TestRunFlagNames pins the flag names other tools and docs rely on.

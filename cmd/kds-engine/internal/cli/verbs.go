@@ -60,8 +60,13 @@ func (a *App) client(cmd *cobra.Command, f *apiFlag) (*client.Client, error) {
 	return c, nil
 }
 
-// opError makes an API or transport error a failure of verb.
+// opError makes an API or transport error a failure of verb. An API that
+// wants a token, or another one, is told how the CLI sends it.
 func opError(verb string, err error) error {
+	var ae *client.APIError
+	if errors.As(err, &ae) && ae.Code == apitypes.CodeUnauthenticated {
+		return failed(fmt.Errorf("%s: %w; give the CLI the token with --token TOKEN or %s", verb, err, TokenEnv))
+	}
 	return failed(fmt.Errorf("%s: %w", verb, err))
 }
 
