@@ -3,10 +3,13 @@ package cli
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -134,6 +137,27 @@ func TestDemoSuggestsTheBinaryItRunsAs(t *testing.T) {
 	sigs <- os.Interrupt
 	require.Equal(t, ExitOK, within(t, done, 60*time.Second, "demo did not stop on a signal"), errb.String())
 	assert.Regexp(t, `(?m)^Try: /opt/kds/bin/kds-engine get Dataplane --api http://127\.0\.0\.1:\d+ `, out.String())
+}
+
+// A port the demo wants that is in use is named, with the demo's own flag
+// to move it (not the engine's --api-addr).
+func TestDemoPortInUseNamesAPIPort(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds plugins")
+	}
+	plugins := buildPlugins(t)
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer busy.Close()
+	port := busy.Addr().(*net.TCPAddr).Port
+	var out, errb syncbuf.Buffer
+	a := &App{Stdout: &out, Stderr: &errb}
+	code := a.Run([]string{"demo", "--once", "--api-port", strconv.Itoa(port), "--plugins-dir", plugins,
+		"--examples-dir", filepath.Join(repoRoot, "examples", "demo"), "--timeout", "45s"})
+	assert.Equal(t, ExitFailed, code)
+	assert.Contains(t, errb.String(), fmt.Sprintf("demo: start global: listen tcp 127.0.0.1:%d: bind: address already in use: ", port))
+	assert.Contains(t, errb.String(), "give the demo other ports with --api-port PORT (it uses PORT to PORT+2) or --api-port 0 (any free ports)")
+	assert.NotContains(t, errb.String(), "--api-addr")
 }
 
 func TestDemoUsageErrors(t *testing.T) {
