@@ -169,6 +169,7 @@ func TestApplyInputErrors(t *testing.T) {
 		"duplicate":     {"type: Mesh\nname: a\n---\ntype: Mesh\nname: a\n", `apply: f.yaml document 2: Mesh a is also in f.yaml document 1`},
 		"empty":         {"# nothing\n", `apply: no resources in f.yaml`},
 		"unknown type":  {"type: Mesh\nname: m\n---\ntype: Nope\nname: a\n", `apply: f.yaml document 2: Nope a: type: unknown resource type Nope`},
+		"kind":          {"kind: Mesh\nname: a\n", "apply: f.yaml document 1: unknown field \"kind\"; a document names its type with type: (for example type: MeshTimeout), not kind:\n"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			h.files["f.yaml"] = tc.file

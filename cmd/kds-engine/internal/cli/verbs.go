@@ -208,7 +208,12 @@ func (a *App) readDocs(path string) ([]doc, error) {
 		dec := json.NewDecoder(bytes.NewReader(js))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&d.res); err != nil {
-			return nil, fmt.Errorf("%s: %s", d.where(), strings.TrimPrefix(err.Error(), "json: "))
+			msg := strings.TrimPrefix(err.Error(), "json: ")
+			if msg == `unknown field "kind"` {
+				// A Kubernetes habit; a document without type gets here.
+				msg += "; a document names its type with type: (for example type: MeshTimeout), not kind:"
+			}
+			return nil, fmt.Errorf("%s: %s", d.where(), msg)
 		}
 		if d.res.Type == "" || d.res.Name == "" {
 			return nil, fmt.Errorf("%s: type and name are required", d.where())
