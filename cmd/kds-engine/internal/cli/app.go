@@ -172,6 +172,13 @@ func (a *App) rootCommand() *cobra.Command {
 		a.tokenCommand(),
 		a.demoCommand(),
 	)
+	for _, c := range root.Commands() {
+		if c.HasSubCommands() && !c.Runnable() {
+			// Cobra checks Args only of a runnable command: without this,
+			// "inspect zone" printed the help and exited 0.
+			c.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
+		}
+	}
 	return root
 }
 

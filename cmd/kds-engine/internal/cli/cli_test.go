@@ -500,6 +500,16 @@ func TestAPIURLFromEnvAndErrors(t *testing.T) {
 	a, _, errb = h.app()
 	assert.Equal(t, ExitUsage, a.Run([]string{"frobnicate"}))
 	assert.Contains(t, errb.String(), `unknown command "frobnicate"`)
+
+	// Under a command group too (it printed the group's help and exited 0).
+	for _, args := range [][]string{{"inspect", "zone"}, {"plugins", "lst"}, {"token", "verify"}} {
+		a, _, errb = h.app()
+		assert.Equal(t, ExitUsage, a.Run(args), "%v", args)
+		assert.Contains(t, errb.String(), fmt.Sprintf("unknown command %q for \"kds-engine %s\"", args[1], args[0]))
+	}
+	a, out, errb = h.app()
+	assert.Equal(t, ExitOK, a.Run([]string{"inspect"}), errb.String())
+	assert.Contains(t, out.String(), "Available Commands:")
 }
 
 // ---- run commands ----
