@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -418,7 +419,7 @@ func (e *Engine) Run(ctx context.Context) error {
 
 	apiLis, err := net.Listen("tcp", e.cfg.APIAddress)
 	if err != nil {
-		return fmt.Errorf("admin API listen on %s: %w", e.cfg.APIAddress, err)
+		return listenError("admin API", "--api-addr", e.cfg.APIAddress, err)
 	}
 	e.apiAddr = apiLis.Addr()
 	apiLis = httpauth.LimitListener(apiLis, e.apiLimits())
@@ -427,7 +428,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		kdsLis, err = net.Listen("tcp", e.cfg.KDSAddress)
 		if err != nil {
 			apiLis.Close()
-			return fmt.Errorf("KDS listen on %s: %w", e.cfg.KDSAddress, err)
+			return listenError("KDS", "--kds-addr", e.cfg.KDSAddress, err)
 		}
 		e.kdsAddr = kdsLis.Addr()
 	}
@@ -503,7 +504,8 @@ func (e *Engine) Run(ctx context.Context) error {
 	if e.cfg.Role == RoleGlobal {
 		log.Info("running", "api", e.apiAddr, "kds", e.kdsAddr, "store", e.cfg.Store, "data_dir", e.cfg.DataDir, "replica", e.cfg.ReplicaID)
 	} else {
-		log.Info("running", "api", e.apiAddr, "kds", e.kdsAddr, "store", e.cfg.Store, "data_dir", e.cfg.DataDir)
+		// A zone listens on no KDS address: it names the global it dials.
+		log.Info("running", "api", e.apiAddr, "global", e.cfg.GlobalAddress, "store", e.cfg.Store, "data_dir", e.cfg.DataDir)
 	}
 
 	err = stopErr(parent, g.Wait())
@@ -876,4 +878,13 @@ func (k *sink) Versions(ctx context.Context, typ string) (map[string]string, err
 		out[kdssync.WireName(kv.Key.Mesh, kv.Key.Name)] = kv.Version
 	}
 	return out, nil
+}
+
+// listenError reports that the listener what (set by flag) could not listen
+// on addr; an address in use says what to do about it.
+func listenError(what, flag, addr string, err error) error {
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return fmt.Errorf("%s listen on %s: %w; another process (another kds-engine?) listens there: stop it, or give this one another address with %s", what, addr, err, flag)
+	}
+	return fmt.Errorf("%s listen on %s: %w", what, addr, err)
 }

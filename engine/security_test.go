@@ -7,10 +7,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -239,6 +241,39 @@ func TestZoneTokenExpiryIsExportedAndWarned(t *testing.T) {
 	assert.Equal(t, float64(info.ExpiresAt.Unix()), gaugeFor(t, g, "kds_zone_token_expiry_timestamp_seconds", "zone-a"))
 	assert.Len(t, gout.Lines("[WARN]", "zone token expires soon", "zone=zone-a", "token_id="+info.ID), 1, gout.String())
 	assert.Len(t, zout.Lines("[WARN]", "the token expires soon", "zone=zone-a"), 1, zout.String())
+}
+
+// A zone's start line names the global it dials, not a KDS listener it does
+// not have (it printed "kds=<nil>").
+func TestZoneRunningLineNamesGlobal(t *testing.T) {
+	var zout logbuf.Buffer
+	g := startGlobal(t, builtinDir)
+	cfg := zoneConfig(t, "zone-a", g, Config{PluginsDir: builtinDir})
+	startNodeLogging(t, cfg, hclog.New(&hclog.LoggerOptions{Name: "test", Level: hclog.Info, Output: &zout}))
+	eventually(t, func() bool { return len(zout.Lines("[INFO]", "running:")) == 1 }, "the zone logs its start line")
+	assert.Len(t, zout.Lines("[INFO]", "running:", "global="+cfg.GlobalAddress), 1, zout.String())
+	assert.NotContains(t, zout.String(), "<nil>")
+}
+
+// An admin API or KDS address another process listens on stops the engine
+// with the address, the flag that sets it and what to do.
+func TestAddressInUseNamesTheFlag(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer busy.Close()
+	for _, tc := range []struct{ api, kds, want string }{
+		{busy.Addr().String(), "127.0.0.1:0", "admin API listen on " + busy.Addr().String()},
+		{"127.0.0.1:0", busy.Addr().String(), "KDS listen on " + busy.Addr().String()},
+	} {
+		flag := map[bool]string{true: "--api-addr", false: "--kds-addr"}[tc.api == busy.Addr().String()]
+		e, err := New(Config{Role: RoleGlobal, PluginsDir: builtinDir, DataDir: t.TempDir(), APIAddress: tc.api, KDSAddress: tc.kds,
+			TLSCertFile: certFile, TLSKeyFile: keyFile}, hclog.NewNullLogger())
+		require.NoError(t, err)
+		err = e.Run(context.Background())
+		require.ErrorIs(t, err, syscall.EADDRINUSE)
+		assert.Contains(t, err.Error(), tc.want)
+		assert.Contains(t, err.Error(), "another process (another kds-engine?) listens there: stop it, or give this one another address with "+flag)
+	}
 }
 
 // gaugeFor is the value of gauge name with label zone on n.

@@ -49,7 +49,7 @@ func guideSnippets(t *testing.T) map[string]string {
 // guide shows; then the guide's sdktest tests must pass.
 func TestPluginGuide(t *testing.T) {
 	snip := guideSnippets(t)
-	for _, n := range []string{"init.sh", "main.go", "build.sh", "bad-greeting.yaml", "apply-output", "main_test.go"} {
+	for _, n := range []string{"init.sh", "main.go", "build.sh", "bad-greeting.yaml", "apply-output", "main_test.go", "field-errors", "warning"} {
 		require.NotEmpty(t, snip[n], "docs/plugins.md has no guide-test snippet %q", n)
 	}
 	src, err := filepath.Abs(moduleRoot)
@@ -101,8 +101,13 @@ func TestPluginGuide(t *testing.T) {
 	}
 	require.NotEmpty(t, want)
 	assert.Equal(t, want, strings.Split(strings.TrimSpace(r.stderr), "\n"), "apply reports exactly what the guide shows")
-	// The guide's sdktest tests pass.
+	// The guide's sdktest tests pass, and its "Field errors" snippets
+	// compile against the SDK (in a function of their own).
 	require.NoError(t, os.WriteFile(filepath.Join(mod, "main_test.go"), []byte(snip["main_test.go"]), 0o644))
+	fieldErrors := "package main\n\nimport \"github.com/kds-engine/kds-engine/sdk\"\n\n" +
+		"func guideFieldErrors(i, port int) sdk.ErrorList {\n\tvar errs sdk.ErrorList\n" +
+		snip["field-errors"] + snip["warning"] + "\treturn errs\n}\n"
+	require.NoError(t, os.WriteFile(filepath.Join(mod, "guide_field_errors.go"), []byte(fieldErrors), 0o644))
 	sh(mod, "go mod tidy && go test ./...")
 
 	good := strings.NewReplacer("text: hello", "text: good day", "times: 20", "times: 2", "language: EN", "language: en").Replace(snip["bad-greeting.yaml"])

@@ -70,7 +70,7 @@ func (h *handler) classify(err error, typ string) (int, Error) {
 		msg := err.Error()
 		if typ != "" {
 			if td, ok := h.typeByName(typ); ok {
-				msg = h.readOnlyMessage(td)
+				msg = h.readOnlyMessage(td, "apply")
 			}
 		}
 		return http.StatusForbidden, Error{Code: CodeReadOnly, Message: msg}
@@ -100,10 +100,11 @@ func fieldProblem(k resource.Key, field, msg string) FieldProblem {
 	}
 }
 
-// readOnlyMessage says where a type must be written.
-func (h *handler) readOnlyMessage(td resource.TypeDescriptor) string {
+// readOnlyMessage says where a type must be written; verb is what the
+// client should do there ("apply" or "delete").
+func (h *handler) readOnlyMessage(td resource.TypeDescriptor, verb string) string {
 	if td.Direction == resource.ZoneToGlobal {
-		return fmt.Sprintf("%s is written on a zone and synced to global; apply it on the zone it belongs to", td.Name)
+		return fmt.Sprintf("%s is written on a zone and synced to global; %s it on the zone it belongs to", td.Name, verb)
 	}
-	return fmt.Sprintf("%s is written on global and synced to zones; apply it on global", td.Name)
+	return fmt.Sprintf("%s is written on global and synced to zones; %s it on global", td.Name, verb)
 }

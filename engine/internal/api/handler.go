@@ -386,7 +386,7 @@ func (h *handler) put(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if h.readOnly(td) {
-		h.fail(w, r, newError(http.StatusForbidden, CodeReadOnly, "%s", h.readOnlyMessage(td)), typ)
+		h.fail(w, r, newError(http.StatusForbidden, CodeReadOnly, "%s", h.readOnlyMessage(td, "apply")), typ)
 		return
 	}
 	var res resource.Resource
@@ -432,7 +432,7 @@ func (h *handler) delete(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if h.readOnly(td) {
-		h.fail(w, r, newError(http.StatusForbidden, CodeReadOnly, "%s", h.readOnlyMessage(td)), typ)
+		h.fail(w, r, newError(http.StatusForbidden, CodeReadOnly, "%s", h.readOnlyMessage(td, "delete")), typ)
 		return
 	}
 	if err := h.b.Delete(r.Context(), key, r.URL.Query().Get("version")); err != nil {
@@ -504,9 +504,9 @@ func (h *handler) checkBatch(w http.ResponseWriter, r *http.Request) ([]*resourc
 			unknown = append(unknown, fieldProblem(res.Key(), "type", "unknown resource type "+res.Type))
 		case h.readOnly(td):
 			if roMsg == "" {
-				roMsg = h.readOnlyMessage(td)
+				roMsg = h.readOnlyMessage(td, "apply")
 			}
-			readOnly = append(readOnly, fieldProblem(res.Key(), "", h.readOnlyMessage(td)))
+			readOnly = append(readOnly, fieldProblem(res.Key(), "", h.readOnlyMessage(td, "apply")))
 		}
 	}
 	if len(unknown) > 0 {

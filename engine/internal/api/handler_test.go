@@ -283,7 +283,8 @@ func TestReadOnly(t *testing.T) {
 	z := newFixture(t, api.RoleZone)
 	e := z.apiError("PUT", "/api/v1/resources/MeshTimeout/web?mesh=default", `{"spec":{}}`, 403, api.CodeReadOnly)
 	assert.Equal(t, "MeshTimeout is written on global and synced to zones; apply it on global", e.Message)
-	z.apiError("DELETE", "/api/v1/resources/MeshTimeout/web?mesh=default", nil, 403, api.CodeReadOnly)
+	e = z.apiError("DELETE", "/api/v1/resources/MeshTimeout/web?mesh=default", nil, 403, api.CodeReadOnly)
+	assert.Equal(t, "MeshTimeout is written on global and synced to zones; delete it on global", e.Message)
 	e = z.apiError("POST", "/api/v1/apply", api.BatchRequest{Resources: []*resource.Resource{meshTimeout("default", "web", "5s")}}, 403, api.CodeReadOnly)
 	assert.Equal(t, "MeshTimeout is written on global and synced to zones; apply it on global", e.Message)
 	require.Len(t, e.Fields, 1)
@@ -292,7 +293,7 @@ func TestReadOnly(t *testing.T) {
 	g := newFixture(t, api.RoleGlobal)
 	g.b.Put(&resource.Resource{Type: "Dataplane", Mesh: "default", Zone: "zone-1", Name: "web-1", Spec: json.RawMessage(`{"address":"10.0.0.1"}`)})
 	e = g.apiError("DELETE", "/api/v1/resources/Dataplane/web-1?mesh=default&zone=zone-1", nil, 403, api.CodeReadOnly)
-	assert.Equal(t, "Dataplane is written on a zone and synced to global; apply it on the zone it belongs to", e.Message)
+	assert.Equal(t, "Dataplane is written on a zone and synced to global; delete it on the zone it belongs to", e.Message)
 	assert.Equal(t, 1, g.b.Count())
 }
 

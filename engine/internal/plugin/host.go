@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -441,6 +442,9 @@ type skipped struct {
 // neither: they are read when binaries start.
 func scanDir(dir string) (bins []binary, skips []skipped, err error) {
 	if _, _, err := checkSafe(dir, true); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, nil, fmt.Errorf("plugins dir %s does not exist; set --plugins-dir (KDS_ENGINE_PLUGINS_DIR, pluginsDir in the config file) to the directory holding the %s* binaries: %w", dir, FilePrefix, err)
+		}
 		return nil, nil, fmt.Errorf("plugins dir: %w", err)
 	}
 	entries, err := os.ReadDir(dir)

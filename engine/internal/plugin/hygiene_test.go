@@ -10,6 +10,18 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
+// A plugins dir that does not exist (a typo, or plugins not built yet) is
+// named as missing, with the setting that names it.
+func TestMissingPluginsDirSaysSo(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "plugins")
+	log, _ := testLogger(t)
+	h := NewHost(dir, log)
+	err := h.Start(context.Background())
+	require.ErrorIs(t, err, os.ErrNotExist)
+	assert.Contains(t, err.Error(), "plugins dir "+dir+" does not exist; set --plugins-dir")
+	require.NoError(t, h.Close())
+}
+
 func TestWorldWritablePluginsDirIsRefused(t *testing.T) {
 	dir := pluginsDir(t, "alpha")
 	require.NoError(t, os.Chmod(dir, 0o777))

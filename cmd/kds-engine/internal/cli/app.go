@@ -56,11 +56,14 @@ type App struct {
 	Now        func() time.Time
 
 	Version, Commit string
+	// Program is how the user ran this binary (os.Args[0]), for commands
+	// printed to paste; "kds-engine" when empty.
+	Program string
 }
 
 // Main runs the real CLI with args (without the program name).
 func Main(args []string, version, commit string) int {
-	a := &App{Version: version, Commit: commit}
+	a := &App{Version: version, Commit: commit, Program: os.Args[0]}
 	return a.Run(args)
 }
 
@@ -101,6 +104,9 @@ func (a *App) defaults() {
 	}
 	if a.Commit == "" {
 		a.Commit = "dev"
+	}
+	if a.Program == "" {
+		a.Program = "kds-engine"
 	}
 }
 
@@ -166,6 +172,13 @@ func (a *App) rootCommand() *cobra.Command {
 		a.tokenCommand(),
 		a.demoCommand(),
 	)
+	for _, c := range root.Commands() {
+		if c.HasSubCommands() && !c.Runnable() {
+			// Cobra checks Args only of a runnable command: without this,
+			// "inspect zone" printed the help and exited 0.
+			c.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
+		}
+	}
 	return root
 }
 

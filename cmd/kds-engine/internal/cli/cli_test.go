@@ -169,6 +169,7 @@ func TestApplyInputErrors(t *testing.T) {
 		"duplicate":     {"type: Mesh\nname: a\n---\ntype: Mesh\nname: a\n", `apply: f.yaml document 2: Mesh a is also in f.yaml document 1`},
 		"empty":         {"# nothing\n", `apply: no resources in f.yaml`},
 		"unknown type":  {"type: Mesh\nname: m\n---\ntype: Nope\nname: a\n", `apply: f.yaml document 2: Nope a: type: unknown resource type Nope`},
+		"kind":          {"kind: Mesh\nname: a\n", "apply: f.yaml document 1: unknown field \"kind\"; a document names its type with type: (for example type: MeshTimeout), not kind:\n"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			h.files["f.yaml"] = tc.file
@@ -241,6 +242,16 @@ func TestGetTable(t *testing.T) {
 	code, out, _ = h.run("get", "MeshTimeout", "web")
 	require.Equal(t, ExitOK, code)
 	assert.Equal(t, "MESH     NAME  VERSION  AGE\ndefault  web   1        5m\n", out)
+
+	// A single zone-provided resource on global needs its zone: the CLI
+	// asks for --zone (the API's message names its query parameter).
+	code, out, errOut = h.run("get", "Dataplane", "web-1")
+	assert.Equal(t, ExitUsage, code)
+	assert.Empty(t, out)
+	assert.Equal(t, "get: Dataplane resources on global belong to the zone that provided them; name it with --zone ZONE (the ZONE column of `kds-engine get Dataplane` lists them)\n", errOut)
+	code, out, errOut = h.run("get", "Dataplane", "web-1", "--zone", "zone-1")
+	require.Equal(t, ExitOK, code, errOut)
+	assert.Contains(t, out, "web-1  zone-1")
 }
 
 func TestGetJSONAndYAML(t *testing.T) {
@@ -290,9 +301,10 @@ func TestGetErrors(t *testing.T) {
 	assert.Equal(t, "get: MeshTimeout default/missing: resource not found\n", errOut)
 	code, _, errOut = h.run("get", "MeshTimeout", "-o", "xml")
 	assert.Equal(t, ExitUsage, code)
-	assert.Contains(t, errOut, `-o "xml": accepted: table, json, yaml`)
-	code, _, _ = h.run("get", "MeshTimeout", "-l", "novalue")
+	assert.Equal(t, "get: -o \"xml\": accepted: table, json, yaml\n", errOut)
+	code, _, errOut = h.run("get", "MeshTimeout", "-l", "novalue")
 	assert.Equal(t, ExitUsage, code)
+	assert.Equal(t, "get: -l \"novalue\": want key=value\n", errOut)
 	code, _, _ = h.run("get")
 	assert.Equal(t, ExitUsage, code)
 }
@@ -375,7 +387,7 @@ zone-2  offline  gw-a     2026-01-02T02:00:00Z  0         0      0       -
 
 	code, _, errOut = h.run("inspect", "sync")
 	assert.Equal(t, ExitFailed, code)
-	assert.Equal(t, "inspect sync: this route is served by zone; this is a global control plane\n", errOut)
+	assert.Equal(t, "inspect sync: this route is served by zone; this is a global control plane; point --api (or KDS_ENGINE_API) at the admin API of a zone control plane (zone's default: http://127.0.0.1:5682)\n", errOut)
 }
 
 // Zones whose session holds one of global's initial-sync slots show since
@@ -436,7 +448,7 @@ func TestInspectSync(t *testing.T) {
 
 	code, _, errOut = h.run("inspect", "zones")
 	assert.Equal(t, ExitFailed, code)
-	assert.Contains(t, errOut, "this route is served by global")
+	assert.Equal(t, "inspect zones: this route is served by global; this is a zone control plane; point --api (or KDS_ENGINE_API) at the admin API of a global control plane (global's default: http://127.0.0.1:5681)\n", errOut)
 }
 
 func TestPluginsList(t *testing.T) {
@@ -483,11 +495,21 @@ func TestAPIURLFromEnvAndErrors(t *testing.T) {
 
 	a, _, errb = h.app()
 	assert.Equal(t, ExitUsage, a.Run([]string{"get", "Mesh", "--api", "ftp://x"}))
-	assert.Contains(t, errb.String(), `api URL "ftp://x": want http(s)://HOST:PORT`)
+	assert.Equal(t, "get: --api (or KDS_ENGINE_API): api URL \"ftp://x\": want http(s)://HOST:PORT\n", errb.String())
 
 	a, _, errb = h.app()
 	assert.Equal(t, ExitUsage, a.Run([]string{"frobnicate"}))
 	assert.Contains(t, errb.String(), `unknown command "frobnicate"`)
+
+	// Under a command group too (it printed the group's help and exited 0).
+	for _, args := range [][]string{{"inspect", "zone"}, {"plugins", "lst"}, {"token", "verify"}} {
+		a, _, errb = h.app()
+		assert.Equal(t, ExitUsage, a.Run(args), "%v", args)
+		assert.Contains(t, errb.String(), fmt.Sprintf("unknown command %q for \"kds-engine %s\"", args[1], args[0]))
+	}
+	a, out, errb = h.app()
+	assert.Equal(t, ExitOK, a.Run([]string{"inspect"}), errb.String())
+	assert.Contains(t, out.String(), "Available Commands:")
 }
 
 // ---- run commands ----
@@ -727,7 +749,7 @@ func TestTokenFromFlagAndEnv(t *testing.T) {
 	h := &harness{t: t, srv: srv, env: map[string]string{}, files: map[string]string{}}
 	code, _, errOut := h.run("get", "Mesh")
 	assert.Equal(t, ExitFailed, code)
-	assert.Equal(t, "get: this API requires a token: Authorization: Bearer TOKEN\n", errOut)
+	assert.Equal(t, "get: this API requires a token: Authorization: Bearer TOKEN; give the CLI the token with --token TOKEN or KDS_ENGINE_API_TOKEN\n", errOut)
 
 	code, _, errOut = h.run("get", "Mesh", "--token", "s3cret")
 	assert.Equal(t, ExitOK, code, errOut)
@@ -735,8 +757,9 @@ func TestTokenFromFlagAndEnv(t *testing.T) {
 	h.env[TokenEnv] = "s3cret"
 	code, _, errOut = h.run("plugins", "list")
 	assert.Equal(t, ExitOK, code, errOut)
-	code, _, _ = h.run("plugins", "list", "--token", "wrong")
+	code, _, errOut = h.run("plugins", "list", "--token", "wrong")
 	assert.Equal(t, ExitFailed, code, "flag wins over env")
+	assert.Contains(t, errOut, "; give the CLI the token with --token TOKEN or KDS_ENGINE_API_TOKEN\n")
 }
 
 // TestRunFlagNames pins the flag names other tools and docs rely on.

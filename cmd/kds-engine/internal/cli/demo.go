@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -121,6 +122,12 @@ func (a *App) runDemo(parent context.Context, f demoFlags) error {
 		case <-e.Started():
 		case err := <-n.done:
 			n.done <- nil
+			var oe *net.OpError
+			if errors.Is(err, syscall.EADDRINUSE) && errors.As(err, &oe) {
+				// The engine's advice names --api-addr, which the demo
+				// does not take: its ports come from --api-port.
+				return nil, fmt.Errorf("%s: %v: another process (another kds-engine, or a demo already running?) uses the port; give the demo other ports with --api-port PORT (it uses PORT to PORT+%d) or --api-port 0 (any free ports)", name, oe, len(demoZones))
+			}
 			return nil, fmt.Errorf("%s: %w", name, err)
 		case <-time.After(f.timeout):
 			return nil, fmt.Errorf("%s: not started after %s", name, f.timeout)
@@ -200,7 +207,9 @@ func (a *App) runDemo(parent context.Context, f demoFlags) error {
 	if f.once {
 		return nil
 	}
-	fmt.Fprintln(a.Stdout, "Try: kds-engine get Dataplane --api "+global.url+"   (Ctrl-C to stop)")
+	// The binary as the user ran it: make demo runs bin/kds-engine, which
+	// is not on PATH.
+	fmt.Fprintln(a.Stdout, "Try: "+a.Program+" get Dataplane --api "+global.url+"   (Ctrl-C to stop)")
 	select {
 	case <-sigs:
 		fmt.Fprintln(a.Stdout, "stopping")

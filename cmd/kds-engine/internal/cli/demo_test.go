@@ -3,10 +3,13 @@ package cli
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -104,6 +107,57 @@ func TestDemoOnceSyncsOverMTLSWithTokens(t *testing.T) {
 	require.NoError(t, err)
 	claims := verifyToken(t, strings.TrimSpace(string(tok)), filepath.Join(data, "global", "zone-token-signing.key"))
 	assert.Equal(t, "zone-1", claims["sub"])
+}
+
+// Without --once the demo suggests a command to try with the binary as it
+// was run (make demo runs bin/kds-engine, which is not on PATH), and stops
+// on a signal.
+func TestDemoSuggestsTheBinaryItRunsAs(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds plugins and runs three engines")
+	}
+	plugins := buildPlugins(t)
+	var out, errb syncbuf.Buffer
+	sigs := make(chan os.Signal, 1)
+	a := &App{Stdout: &out, Stderr: &errb, Program: "/opt/kds/bin/kds-engine",
+		Signals: func() (<-chan os.Signal, func()) { return sigs, func() {} }}
+	done := make(chan int, 1)
+	go func() {
+		done <- a.Run([]string{"demo", "--api-port", "0", "--plugins-dir", plugins,
+			"--examples-dir", filepath.Join(repoRoot, "examples", "demo"), "--timeout", "45s"})
+	}()
+	deadline := time.Now().Add(90 * time.Second)
+	for !strings.Contains(out.String(), "Try: ") && time.Now().Before(deadline) {
+		select {
+		case code := <-done:
+			t.Fatalf("demo exited with %d before suggesting a command\nstdout:\n%s\nstderr:\n%s", code, out.String(), errb.String())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	sigs <- os.Interrupt
+	require.Equal(t, ExitOK, within(t, done, 60*time.Second, "demo did not stop on a signal"), errb.String())
+	assert.Regexp(t, `(?m)^Try: /opt/kds/bin/kds-engine get Dataplane --api http://127\.0\.0\.1:\d+ `, out.String())
+}
+
+// A port the demo wants that is in use is named, with the demo's own flag
+// to move it (not the engine's --api-addr).
+func TestDemoPortInUseNamesAPIPort(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds plugins")
+	}
+	plugins := buildPlugins(t)
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer busy.Close()
+	port := busy.Addr().(*net.TCPAddr).Port
+	var out, errb syncbuf.Buffer
+	a := &App{Stdout: &out, Stderr: &errb}
+	code := a.Run([]string{"demo", "--once", "--api-port", strconv.Itoa(port), "--plugins-dir", plugins,
+		"--examples-dir", filepath.Join(repoRoot, "examples", "demo"), "--timeout", "45s"})
+	assert.Equal(t, ExitFailed, code)
+	assert.Contains(t, errb.String(), fmt.Sprintf("demo: start global: listen tcp 127.0.0.1:%d: bind: address already in use: ", port))
+	assert.Contains(t, errb.String(), "give the demo other ports with --api-port PORT (it uses PORT to PORT+2) or --api-port 0 (any free ports)")
+	assert.NotContains(t, errb.String(), "--api-addr")
 }
 
 func TestDemoUsageErrors(t *testing.T) {

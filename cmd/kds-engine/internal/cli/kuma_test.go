@@ -48,7 +48,7 @@ func TestApplyAndGetKumaForm(t *testing.T) {
 
 	code, _, errOut = h.run("get", "Mesh", "--format", "proto")
 	assert.Equal(t, ExitUsage, code)
-	assert.Contains(t, errOut, "--format")
+	assert.Equal(t, "get: --format \"proto\": want engine or kuma\n", errOut)
 }
 
 func TestApplyMixedFormRefused(t *testing.T) {

@@ -18,12 +18,13 @@ const (
 	outYAML  = "yaml"
 )
 
-func checkOutput(o string) error {
+// checkOutput checks the -o value of verb.
+func checkOutput(verb, o string) error {
 	switch o {
 	case outTable, outJSON, outYAML:
 		return nil
 	}
-	return usageError(fmt.Errorf("-o %q: accepted: table, json, yaml", o))
+	return usageError(fmt.Errorf("%s: -o %q: accepted: table, json, yaml", verb, o))
 }
 
 func writeJSON(w io.Writer, v any) error {

@@ -24,6 +24,9 @@ import (
 // DefaultAPI is the admin API the client verbs talk to by default (global's).
 const DefaultAPI = "http://127.0.0.1:5681"
 
+// defaultZoneAPI is a zone's admin API by default (engine's zone api-addr).
+const defaultZoneAPI = "http://127.0.0.1:5682"
+
 // APIEnv overrides DefaultAPI; --api overrides it.
 const APIEnv = "KDS_ENGINE_API"
 
@@ -52,14 +55,34 @@ func (a *App) client(cmd *cobra.Command, f *apiFlag) (*client.Client, error) {
 	}
 	c, err := client.New(u, token, a.HTTPClient)
 	if err != nil {
-		return nil, usageError(err)
+		return nil, usageError(fmt.Errorf("%s: --api (or %s): %w", strings.TrimPrefix(cmd.CommandPath(), "kds-engine "), APIEnv, err))
 	}
 	return c, nil
 }
 
-// opError makes an API or transport error a failure of verb.
+// opError makes an API or transport error a failure of verb. An API that
+// wants a token, or another one, is told how the CLI sends it.
 func opError(verb string, err error) error {
+	var ae *client.APIError
+	if errors.As(err, &ae) && ae.Code == apitypes.CodeUnauthenticated {
+		return failed(fmt.Errorf("%s: %w; give the CLI the token with --token TOKEN or %s", verb, err, TokenEnv))
+	}
 	return failed(fmt.Errorf("%s: %w", verb, err))
+}
+
+// roleError is opError for a verb served by one role only (want: "global" or
+// "zone"): an API of the other role answers wrong_role, and the message then
+// says which --api to give instead.
+func roleError(verb, want string, err error) error {
+	var ae *client.APIError
+	if errors.As(err, &ae) && ae.Code == apitypes.CodeWrongRole {
+		api := DefaultAPI
+		if want == apitypes.RoleZone {
+			api = defaultZoneAPI
+		}
+		return failed(fmt.Errorf("%s: %w; point --api (or %s) at the admin API of a %s control plane (%s's default: %s)", verb, err, APIEnv, want, want, api))
+	}
+	return opError(verb, err)
 }
 
 // ---- apply ----
@@ -185,7 +208,12 @@ func (a *App) readDocs(path string) ([]doc, error) {
 		dec := json.NewDecoder(bytes.NewReader(js))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&d.res); err != nil {
-			return nil, fmt.Errorf("%s: %s", d.where(), strings.TrimPrefix(err.Error(), "json: "))
+			msg := strings.TrimPrefix(err.Error(), "json: ")
+			if msg == `unknown field "kind"` {
+				// A Kubernetes habit; a document without type gets here.
+				msg += "; a document names its type with type: (for example type: MeshTimeout), not kind:"
+			}
+			return nil, fmt.Errorf("%s: %s", d.where(), msg)
 		}
 		if d.res.Type == "" || d.res.Name == "" {
 			return nil, fmt.Errorf("%s: type and name are required", d.where())
@@ -281,17 +309,17 @@ func (a *App) getCommand() *cobra.Command {
 	cmd.Flags().StringVarP(&f.output, "output", "o", outTable, "output format: table, json, yaml")
 	cmd.Flags().StringVar(&f.format, "format", formatEngine, "document form of -o json|yaml: engine (the envelope, fields under spec) or kuma (Kuma's universal form)")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		if err := checkOutput(f.output); err != nil {
+		if err := checkOutput("get", f.output); err != nil {
 			return err
 		}
 		if f.format != formatEngine && f.format != formatKuma {
-			return usageError(fmt.Errorf("--format %q: want %s or %s", f.format, formatEngine, formatKuma))
+			return usageError(fmt.Errorf("get: --format %q: want %s or %s", f.format, formatEngine, formatKuma))
 		}
 		var labels []string
 		for _, l := range f.labels {
 			for _, p := range strings.Split(l, ",") {
 				if k, _, ok := strings.Cut(p, "="); !ok || k == "" {
-					return usageError(fmt.Errorf("-l %q: want key=value", p))
+					return usageError(fmt.Errorf("get: -l %q: want key=value", p))
 				}
 				labels = append(labels, p)
 			}
@@ -307,6 +335,9 @@ func (a *App) getCommand() *cobra.Command {
 		}
 		typ := args[0]
 		if len(args) == 2 {
+			if ti, ok := types.Find(typ); ok && types.Role == apitypes.RoleGlobal && ti.Direction == "ZoneToGlobal" && f.zone == "" {
+				return usageError(fmt.Errorf("get: %s resources on global belong to the zone that provided them; name it with --zone ZONE (the ZONE column of `kds-engine get %s` lists them)", typ, typ))
+			}
 			r, err := c.Get(ctx, typ, args[1], resolveMesh(types, typ, f.mesh), f.zone)
 			if err != nil {
 				return opError("get", err)
@@ -368,7 +399,7 @@ func (a *App) printResources(types client.Types, typ string, rs []client.Resourc
 	}
 	ti, _ := types.Find(typ)
 	mesh := ti.Scope == "Mesh"
-	zone := types.Role == "global" && ti.Direction == "ZoneToGlobal"
+	zone := types.Role == apitypes.RoleGlobal && ti.Direction == "ZoneToGlobal"
 	var header []string
 	if mesh {
 		header = append(header, "MESH")
@@ -443,7 +474,7 @@ func (a *App) inspectCommand() *cobra.Command {
 	zapi := a.addAPIFlag(zones)
 	zones.Flags().StringVarP(&zonesOut, "output", "o", outTable, "output format: table, json, yaml")
 	zones.RunE = func(cmd *cobra.Command, args []string) error {
-		if err := checkOutput(zonesOut); err != nil {
+		if err := checkOutput("inspect zones", zonesOut); err != nil {
 			return err
 		}
 		c, err := a.client(cmd, zapi)
@@ -454,11 +485,11 @@ func (a *App) inspectCommand() *cobra.Command {
 		if len(args) == 1 {
 			z, err := c.Zone(cmd.Context(), args[0])
 			if err != nil {
-				return opError("inspect zones", err)
+				return roleError("inspect zones", "global", err)
 			}
 			conns = []apitypes.Conn{z}
 		} else if conns, err = c.Zones(cmd.Context()); err != nil {
-			return opError("inspect zones", err)
+			return roleError("inspect zones", "global", err)
 		}
 		switch zonesOut {
 		case outJSON:
@@ -486,7 +517,7 @@ func (a *App) inspectCommand() *cobra.Command {
 	sapi := a.addAPIFlag(sync)
 	sync.Flags().StringVarP(&syncOut, "output", "o", outTable, "output format: table, json, yaml")
 	sync.RunE = func(cmd *cobra.Command, _ []string) error {
-		if err := checkOutput(syncOut); err != nil {
+		if err := checkOutput("inspect sync", syncOut); err != nil {
 			return err
 		}
 		c, err := a.client(cmd, sapi)
@@ -495,7 +526,7 @@ func (a *App) inspectCommand() *cobra.Command {
 		}
 		conn, err := c.Sync(cmd.Context())
 		if err != nil {
-			return opError("inspect sync", err)
+			return roleError("inspect sync", "zone", err)
 		}
 		switch syncOut {
 		case outJSON:
@@ -649,7 +680,7 @@ func (a *App) pluginsCommand() *cobra.Command {
 	api := a.addAPIFlag(list)
 	list.Flags().StringVarP(&output, "output", "o", outTable, "output format: table, json, yaml")
 	list.RunE = func(cmd *cobra.Command, _ []string) error {
-		if err := checkOutput(output); err != nil {
+		if err := checkOutput("plugins list", output); err != nil {
 			return err
 		}
 		c, err := a.client(cmd, api)

@@ -216,7 +216,7 @@ var Settings = []Setting{
 	{Flag: "key-file", Kind: "string", Key: "keyFile", Zone: true, Default: fixed(""), Accepted: "a PEM private key file",
 		Usage: "private key of --cert-file", set: func(c *Config, v string) error { c.KeyFile = v; return nil }},
 	{Flag: "token-file", Kind: "string", Key: "tokenFile", Zone: true, Default: fixed(""), Accepted: "a file with the zone token, mode 0600",
-		Usage: "this zone's token, from `kds-engine token generate` on global (required)", set: func(c *Config, v string) error { c.TokenFile = v; return nil }},
+		Usage: "this zone's token, from 'kds-engine token generate' on global (required)", set: func(c *Config, v string) error { c.TokenFile = v; return nil }},
 	{Flag: "api-token-file", Kind: "string", Key: "apiTokenFile", Global: true, Zone: true, Default: fixed(""), Accepted: "a file with a bearer token of at least 16 characters, mode 0600",
 		Usage: "bearer token the admin API requires (required with a non-loopback --api-addr)", set: func(c *Config, v string) error { c.APITokenFile = v; return nil }},
 	{Flag: "api-tls-cert-file", Kind: "string", Key: "apiTLSCertFile", Global: true, Zone: true, Default: fixed(""), Accepted: "a PEM certificate file",

@@ -502,6 +502,15 @@ func TestSettingsMatchStructTags(t *testing.T) {
 	assert.ElementsMatch(t, tags, keys)
 }
 
+// TestUsageHasNoBackquotes: pflag takes a back-quoted word of a flag's usage
+// as the name of its value, so `--token-file` would be listed in --help as
+// "--token-file kds-engine token generate" instead of "--token-file string".
+func TestUsageHasNoBackquotes(t *testing.T) {
+	for _, s := range Settings {
+		assert.NotContains(t, s.Usage, "`", s.Flag)
+	}
+}
+
 func TestEveryDefaultParses(t *testing.T) {
 	for _, role := range []engine.Role{engine.RoleGlobal, engine.RoleZone} {
 		for _, s := range Settings {
