@@ -11,6 +11,18 @@ import (
 // docs/plugins.md describes the rules.
 const PluginLockFile = plugin.LockFileName
 
+// ErrUnsafePluginPath is wrapped by the errors refusing a plugins
+// directory, plugin binary or lock file that users other than the engine's
+// (and root) could change; docs/plugins.md describes the rules.
+var ErrUnsafePluginPath = plugin.ErrUnsafePath
+
+// CheckPluginsDir checks dir as the engine does before it looks for plugins
+// there: it must exist, be a directory and be safe (ErrUnsafePluginPath). A
+// missing dir's error says "plugins dir DIR does not exist; " followed by
+// how, which tells the user how to name the right one, and wraps
+// fs.ErrNotExist.
+func CheckPluginsDir(dir, how string) error { return plugin.CheckDir(dir, how) }
+
 // PluginLockEntry is one line of a plugin lock file.
 type PluginLockEntry struct {
 	File   string // kds-plugin-NAME

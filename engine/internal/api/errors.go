@@ -39,6 +39,18 @@ type errorMapping struct {
 	code   string
 }
 
+// notFoundAs answers a backend error wrapping resource.ErrNotFound for key
+// as "KEY: resource not found", whatever else the backend's text says: the
+// stores put their operation first ("get KEY: resource not found"), which a
+// client that asked for KEY already knows and would show twice (the CLI's
+// "get: get ..."). Other errors are returned as they are.
+func notFoundAs(key resource.Key, err error) error {
+	if errors.Is(err, resource.ErrNotFound) {
+		return newError(http.StatusNotFound, CodeNotFound, "%s: %s", key, resource.ErrNotFound)
+	}
+	return err
+}
+
 // classify turns any error into a status and a body. typ is the resource
 // type the request was about ("" if none), used to phrase read-only errors.
 func (h *handler) classify(err error, typ string) (int, Error) {

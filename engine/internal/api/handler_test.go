@@ -610,3 +610,55 @@ func TestNonCanonicalPathIsAnError(t *testing.T) {
 	assert.Equal(t, 200, status)
 	f.apiError("GET", "/api/v1/types/", nil, 404, api.CodeNotFound)
 }
+
+// storeWorded is the test backend with not-found errors worded as the
+// engine's stores word them: the operation first ("get KEY: resource not
+// found").
+type storeWorded struct{ *apitest.Backend }
+
+func (b storeWorded) Get(ctx context.Context, key resource.Key) (*resource.Resource, error) {
+	r, err := b.Backend.Get(ctx, key)
+	if errors.Is(err, resource.ErrNotFound) {
+		return nil, fmt.Errorf("get %s: %w", key, resource.ErrNotFound)
+	}
+	return r, err
+}
+
+func (b storeWorded) Update(ctx context.Context, r *resource.Resource) (*resource.Resource, error) {
+	out, err := b.Backend.Update(ctx, r)
+	if errors.Is(err, resource.ErrNotFound) {
+		return nil, fmt.Errorf("update %s: %w", r.Key(), resource.ErrNotFound)
+	}
+	return out, err
+}
+
+func (b storeWorded) Delete(ctx context.Context, key resource.Key, version string) error {
+	err := b.Backend.Delete(ctx, key, version)
+	if errors.Is(err, resource.ErrNotFound) {
+		return fmt.Errorf("delete %s: %w", key, resource.ErrNotFound)
+	}
+	return err
+}
+
+// A missing resource's message names it and says it is not found, without
+// the backend's operation word: a client already knows what it asked, and
+// the CLI puts its own verb in front ("get: get MeshTimeout ..." otherwise).
+func TestNotFoundMessageNamesTheResourceOnly(t *testing.T) {
+	b := apitest.NewBackend(api.RoleGlobal)
+	srv := httptest.NewServer(api.NewHandler(storeWorded{b}, hclog.NewNullLogger()))
+	t.Cleanup(srv.Close)
+	f := &fixture{t: t, b: b, srv: srv}
+	f.b.Put(&resource.Resource{Type: "Mesh", Name: "default", Spec: json.RawMessage(`{}`)})
+	const want = "MeshTimeout default/x: resource not found"
+
+	e := f.apiError("GET", "/api/v1/resources/MeshTimeout/x?mesh=default", nil, 404, api.CodeNotFound)
+	assert.Equal(t, want, e.Message)
+	e = f.apiError("DELETE", "/api/v1/resources/MeshTimeout/x?mesh=default", nil, 404, api.CodeNotFound)
+	assert.Equal(t, want, e.Message)
+	stale := meshTimeout("default", "x", "1s")
+	stale.Version = "1"
+	e = f.apiError("PUT", "/api/v1/resources/MeshTimeout/x?mesh=default", stale, 404, api.CodeNotFound)
+	assert.Equal(t, want, e.Message)
+	e = f.apiError("POST", "/api/v1/apply", api.BatchRequest{Resources: []*resource.Resource{stale}}, 404, api.CodeNotFound)
+	assert.Equal(t, want, e.Message)
+}

@@ -437,15 +437,26 @@ type skipped struct {
 	args  []any
 }
 
+// CheckDir checks dir as the engine does before it looks for plugins there:
+// it must exist, be a directory and be safe (ErrUnsafePath). A missing dir's
+// error says so, then how, which tells the user how to name the right one
+// ("set --plugins-dir to ..."), and wraps fs.ErrNotExist.
+func CheckDir(dir, how string) error {
+	if _, _, err := checkSafe(dir, true); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("plugins dir %s does not exist; %s: %w", dir, how, err)
+		}
+		return fmt.Errorf("plugins dir: %w", err)
+	}
+	return nil
+}
+
 // scanDir checks that dir is safe and lists its plugin binaries, sorted by
 // name, and the files it skips. The lock file and checksum files are
 // neither: they are read when binaries start.
 func scanDir(dir string) (bins []binary, skips []skipped, err error) {
-	if _, _, err := checkSafe(dir, true); err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, nil, fmt.Errorf("plugins dir %s does not exist; set --plugins-dir (KDS_ENGINE_PLUGINS_DIR, pluginsDir in the config file) to the directory holding the %s* binaries: %w", dir, FilePrefix, err)
-		}
-		return nil, nil, fmt.Errorf("plugins dir: %w", err)
+	if err := CheckDir(dir, "set --plugins-dir (KDS_ENGINE_PLUGINS_DIR, pluginsDir in the config file) to the directory holding the "+FilePrefix+"* binaries"); err != nil {
+		return nil, nil, err
 	}
 	entries, err := os.ReadDir(dir)
 	if err != nil {

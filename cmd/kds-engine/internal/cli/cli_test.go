@@ -800,3 +800,24 @@ func TestRunStoreUnreachableExitsOne(t *testing.T) {
 	assert.Equal(t, "postgres://kds@db:5432/kds", fe.last(t).PostgresURL, "from the environment")
 	assert.Equal(t, engine.StorePostgres, fe.last(t).Store)
 }
+
+// A zone refuses --store postgres, so its help does not offer it; global's
+// does.
+func TestStoreHelpListsWhatTheRoleAccepts(t *testing.T) {
+	storeLine := func(role string) string {
+		t.Helper()
+		code, out, errOut := runCLI(t, nil, role, "--help")
+		require.Equal(t, ExitOK, code, errOut)
+		for _, line := range strings.Split(out, "\n") {
+			if strings.HasPrefix(strings.TrimSpace(line), "--store ") {
+				return line
+			}
+		}
+		t.Fatalf("%s --help has no --store line:\n%s", role, out)
+		return ""
+	}
+	zone := storeLine("zone")
+	assert.NotContains(t, zone, "postgres", zone)
+	assert.Contains(t, zone, "bolt (durable, under --data-dir) or memory", zone)
+	assert.Contains(t, storeLine("global"), "postgres (global replicas sharing --postgres-url)")
+}

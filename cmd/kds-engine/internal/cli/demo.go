@@ -69,8 +69,10 @@ func (a *App) runDemo(parent context.Context, f demoFlags) error {
 	if parent == nil {
 		parent = context.Background()
 	}
-	if st, err := os.Stat(f.pluginsDir); err != nil || !st.IsDir() {
-		return usageError(fmt.Errorf("demo: plugins dir %q is not a directory; build the plugins first (make demo does)", f.pluginsDir))
+	// A dir the engine would refuse as unsafe fails at start, as before.
+	err := engine.CheckPluginsDir(f.pluginsDir, "build the plugins first (make demo does) or point --plugins-dir at them")
+	if err != nil && !errors.Is(err, engine.ErrUnsafePluginPath) {
+		return usageError(fmt.Errorf("demo: %w", err))
 	}
 	for _, n := range append([]string{"global"}, demoZones...) {
 		if _, err := os.Stat(filepath.Join(f.examplesDir, n+".yaml")); err != nil {

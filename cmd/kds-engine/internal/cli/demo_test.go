@@ -163,6 +163,8 @@ func TestDemoPortInUseNamesAPIPort(t *testing.T) {
 func TestDemoUsageErrors(t *testing.T) {
 	var out, errb bytes.Buffer
 	a := &App{Stdout: &out, Stderr: &errb}
-	assert.Equal(t, ExitUsage, a.Run([]string{"demo", "--plugins-dir", filepath.Join(t.TempDir(), "none")}))
-	assert.Contains(t, errb.String(), "is not a directory; build the plugins first")
+	none := filepath.Join(t.TempDir(), "none")
+	assert.Equal(t, ExitUsage, a.Run([]string{"demo", "--plugins-dir", none}))
+	assert.Contains(t, errb.String(), "demo: plugins dir "+none+" does not exist; build the plugins first (make demo does) or point --plugins-dir at them")
+	assert.NotContains(t, errb.String(), "not a directory")
 }

@@ -1,8 +1,8 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 
@@ -44,8 +44,11 @@ func (a *App) pluginsLockCommand() *cobra.Command {
 				dir = v
 			}
 		}
-		if st, err := os.Stat(dir); err != nil || !st.IsDir() {
-			return usageError(fmt.Errorf("%s: plugins dir %q is not a directory; give the engine's --plugins-dir", verb, dir))
+		// A dir the engine would refuse as unsafe is reported below, as a
+		// failure (exit 2), naming what to fix.
+		err := engine.CheckPluginsDir(dir, "set --plugins-dir (or "+pluginsDirEnv+") to the engine's plugins dir, the directory holding the kds-plugin-* binaries")
+		if err != nil && !errors.Is(err, engine.ErrUnsafePluginPath) {
+			return usageError(fmt.Errorf("%s: %w", verb, err))
 		}
 		if check {
 			return a.checkPluginLock(verb, dir)

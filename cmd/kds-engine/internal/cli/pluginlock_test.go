@@ -95,9 +95,16 @@ func TestPluginsLockErrors(t *testing.T) {
 		code, out, errOut := runCLI(t, nil, append([]string{"plugins", "lock", "--plugins-dir", missing}, args...)...)
 		assert.Equal(t, ExitUsage, code, args)
 		assert.Empty(t, out)
-		assert.Contains(t, errOut, fmt.Sprintf("plugins dir %q is not a directory", missing))
+		assert.Contains(t, errOut, "plugins dir "+missing+" does not exist; set --plugins-dir (or "+pluginsDirEnv+")")
+		assert.NotContains(t, errOut, "not a directory")
 	}
-	code, _, errOut := runCLI(t, nil, "plugins", "lock", "extra")
+	file := filepath.Join(t.TempDir(), "file")
+	require.NoError(t, os.WriteFile(file, nil, 0o600))
+	code, out, errOut := runCLI(t, nil, "plugins", "lock", "--plugins-dir", file)
+	assert.Equal(t, ExitUsage, code)
+	assert.Empty(t, out)
+	assert.Contains(t, errOut, file+" is not a directory")
+	code, _, errOut = runCLI(t, nil, "plugins", "lock", "extra")
 	assert.Equal(t, ExitUsage, code)
 	assert.Contains(t, errOut, `unknown command "extra"`)
 

@@ -43,7 +43,7 @@ func (a *App) runCommand(role engine.Role) *cobra.Command {
 		if s.Flag == "data-dir" && role == engine.RoleZone {
 			def = ""
 		}
-		usage := fmt.Sprintf("%s (env %s)", s.Usage, s.EnvName())
+		usage := fmt.Sprintf("%s (env %s)", s.UsageFor(role), s.EnvName())
 		if s.Flag == "data-dir" && role == engine.RoleZone {
 			usage += " (default \"kds-data/NAME\")"
 		}

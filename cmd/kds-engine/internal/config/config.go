@@ -99,6 +99,9 @@ type Setting struct {
 	Flag  string // flag name without dashes; also the setting's name in errors
 	Key   string // YAML key in the config file
 	Usage string
+	// ZoneUsage replaces Usage in a zone's --help when the zone accepts
+	// fewer values than global ("" means Usage).
+	ZoneUsage string
 	// Global and Zone say which run commands take the setting.
 	Global, Zone bool
 	// Default is the default's text for role (what --help shows).
@@ -142,7 +145,8 @@ var Settings = []Setting{
 	{Flag: "data-dir", Kind: "string", Key: "dataDir", Global: true, Zone: true, Default: byRole("kds-data/global", "kds-data/NAME"), Accepted: "a directory",
 		Usage: "directory of the bolt store", set: func(c *Config, v string) error { c.DataDir = v; return nil }},
 	{Flag: "store", Kind: "string", Key: "store", Global: true, Zone: true, Default: fixed("bolt"), Accepted: "bolt, postgres (global only), memory",
-		Usage: "resource store: bolt (durable, under --data-dir), postgres (global replicas sharing --postgres-url) or memory", set: func(c *Config, v string) error { c.Store = v; return nil }},
+		Usage:     "resource store: bolt (durable, under --data-dir), postgres (global replicas sharing --postgres-url) or memory",
+		ZoneUsage: "resource store: bolt (durable, under --data-dir) or memory", set: func(c *Config, v string) error { c.Store = v; return nil }},
 	{Flag: "postgres-url", Kind: "string", Key: "postgresURL", Global: true, Default: fixed(""), Accepted: "postgres://USER[:PASSWORD]@HOST:PORT/DATABASE[?PARAMS] or a key=value string",
 		Usage: "PostgreSQL database of --store postgres (its password is never logged or shown)", set: func(c *Config, v string) error { c.PostgresURL = v; return nil }},
 	{Flag: "replica-id", Kind: "string", Key: "replicaID", Global: true, Default: fixed(""), Accepted: "1 to 64 characters of A-Z a-z 0-9 . _ -",
@@ -264,6 +268,14 @@ func (s Setting) For(role engine.Role) bool {
 		return s.Zone
 	}
 	return s.Global
+}
+
+// UsageFor is s's --help text for role.
+func (s Setting) UsageFor(role engine.Role) string {
+	if role == engine.RoleZone && s.ZoneUsage != "" {
+		return s.ZoneUsage
+	}
+	return s.Usage
 }
 
 // EnvName is s's environment variable.

@@ -497,6 +497,7 @@ func TestSettingsMatchStructTags(t *testing.T) {
 		keys = append(keys, s.Key)
 		assert.True(t, s.Global || s.Zone, s.Flag)
 		assert.NotEmpty(t, s.Accepted, s.Flag)
+		assert.True(t, s.ZoneUsage == "" || s.Zone, "%s: ZoneUsage without Zone", s.Flag)
 		assert.Contains(t, []string{"string", "list", "duration", "int", "size", "address", "bool"}, s.Kind, s.Flag)
 	}
 	assert.ElementsMatch(t, tags, keys)
@@ -508,6 +509,7 @@ func TestSettingsMatchStructTags(t *testing.T) {
 func TestUsageHasNoBackquotes(t *testing.T) {
 	for _, s := range Settings {
 		assert.NotContains(t, s.Usage, "`", s.Flag)
+		assert.NotContains(t, s.ZoneUsage, "`", s.Flag)
 	}
 }
 
