@@ -200,7 +200,7 @@ func (b *Backend) Update(_ context.Context, r *resource.Resource) (*resource.Res
 		return nil, fmt.Errorf("%s: %w", r.Key(), resource.ErrNotFound)
 	}
 	if r.Version != cur.Version {
-		return nil, fmt.Errorf("%s: version %s is not the stored version %s: %w", r.Key(), r.Version, cur.Version, resource.ErrConflict)
+		return nil, &resource.VersionConflict{Key: r.Key(), Expected: r.Version, Stored: cur.Version}
 	}
 	s := r.Clone()
 	b.version++
@@ -222,7 +222,7 @@ func (b *Backend) Delete(_ context.Context, key resource.Key, version string) er
 		return fmt.Errorf("%s: %w", key, resource.ErrNotFound)
 	}
 	if version != "" && version != cur.Version {
-		return fmt.Errorf("%s: version %s is not the stored version %s: %w", key, version, cur.Version, resource.ErrConflict)
+		return &resource.VersionConflict{Key: key, Expected: version, Stored: cur.Version}
 	}
 	delete(b.res, key)
 	return nil

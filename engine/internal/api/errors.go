@@ -39,14 +39,21 @@ type errorMapping struct {
 	code   string
 }
 
-// notFoundAs answers a backend error wrapping resource.ErrNotFound for key
-// as "KEY: resource not found", whatever else the backend's text says: the
-// stores put their operation first ("get KEY: resource not found"), which a
-// client that asked for KEY already knows and would show twice (the CLI's
-// "get: get ..."). Other errors are returned as they are.
-func notFoundAs(key resource.Key, err error) error {
-	if errors.Is(err, resource.ErrNotFound) {
+// resourceError answers a backend error about the resource key in the
+// resource's own words, whatever else the backend's text says: a missing
+// resource as "KEY: resource not found", a version conflict as
+// "KEY: expected version …, stored version …". The stores put their
+// operation (and the key) first ("get KEY: resource not found", "update
+// KEY: KEY: expected version …"), which a client that asked for KEY
+// already knows and would show twice (the CLI's "get: get ..."). Other
+// errors are returned as they are.
+func resourceError(key resource.Key, err error) error {
+	var vc *resource.VersionConflict
+	switch {
+	case errors.Is(err, resource.ErrNotFound):
 		return newError(http.StatusNotFound, CodeNotFound, "%s: %s", key, resource.ErrNotFound)
+	case errors.As(err, &vc):
+		return newError(http.StatusConflict, CodeConflict, "%s", vc)
 	}
 	return err
 }

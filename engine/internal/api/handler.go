@@ -372,7 +372,7 @@ func (h *handler) get(w http.ResponseWriter, r *http.Request) {
 	}
 	res, err := h.b.Get(r.Context(), key)
 	if err != nil {
-		h.fail(w, r, notFoundAs(key, err), key.Type)
+		h.fail(w, r, resourceError(key, err), key.Type)
 		return
 	}
 	h.writeJSON(w, http.StatusOK, res)
@@ -418,7 +418,7 @@ func (h *handler) put(w http.ResponseWriter, r *http.Request) {
 	}
 	out, err := h.b.Update(r.Context(), &res)
 	if err != nil {
-		h.fail(w, r, notFoundAs(key, err), typ)
+		h.fail(w, r, resourceError(key, err), typ)
 		return
 	}
 	h.writeJSON(w, http.StatusOK, out)
@@ -436,7 +436,7 @@ func (h *handler) delete(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := h.b.Delete(r.Context(), key, r.URL.Query().Get("version")); err != nil {
-		h.fail(w, r, notFoundAs(key, err), typ)
+		h.fail(w, r, resourceError(key, err), typ)
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
@@ -586,7 +586,7 @@ func (h *handler) applyOne(r *http.Request, res *resource.Resource) (ApplyResult
 	switch {
 	case errors.Is(err, resource.ErrNotFound):
 		if res.Version != "" {
-			return result, notFoundAs(res.Key(), err)
+			return result, resourceError(res.Key(), err)
 		}
 		created, err := h.b.Create(r.Context(), res)
 		if err != nil {
@@ -609,7 +609,7 @@ func (h *handler) applyOne(r *http.Request, res *resource.Resource) (ApplyResult
 	upd.Version = cur.Version
 	updated, err := h.b.Update(r.Context(), upd)
 	if err != nil {
-		return result, notFoundAs(res.Key(), err)
+		return result, resourceError(res.Key(), err)
 	}
 	result.Action, result.Version = ActionUpdated, updated.Version
 	return result, nil

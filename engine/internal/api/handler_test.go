@@ -626,16 +626,22 @@ func (b storeWorded) Get(ctx context.Context, key resource.Key) (*resource.Resou
 
 func (b storeWorded) Update(ctx context.Context, r *resource.Resource) (*resource.Resource, error) {
 	out, err := b.Backend.Update(ctx, r)
-	if errors.Is(err, resource.ErrNotFound) {
+	switch {
+	case errors.Is(err, resource.ErrNotFound):
 		return nil, fmt.Errorf("update %s: %w", r.Key(), resource.ErrNotFound)
+	case err != nil:
+		return nil, fmt.Errorf("update %s: %w", r.Key(), err)
 	}
 	return out, err
 }
 
 func (b storeWorded) Delete(ctx context.Context, key resource.Key, version string) error {
 	err := b.Backend.Delete(ctx, key, version)
-	if errors.Is(err, resource.ErrNotFound) {
+	switch {
+	case errors.Is(err, resource.ErrNotFound):
 		return fmt.Errorf("delete %s: %w", key, resource.ErrNotFound)
+	case err != nil:
+		return fmt.Errorf("delete %s: %w", key, err)
 	}
 	return err
 }
@@ -660,5 +666,25 @@ func TestNotFoundMessageNamesTheResourceOnly(t *testing.T) {
 	e = f.apiError("PUT", "/api/v1/resources/MeshTimeout/x?mesh=default", stale, 404, api.CodeNotFound)
 	assert.Equal(t, want, e.Message)
 	e = f.apiError("POST", "/api/v1/apply", api.BatchRequest{Resources: []*resource.Resource{stale}}, 404, api.CodeNotFound)
+	assert.Equal(t, want, e.Message)
+}
+
+// A version conflict's message is the resource's own ("KEY: expected
+// version …, stored version …"), without the backend's operation and its
+// second copy of the key.
+func TestConflictMessageNamesTheResourceOnce(t *testing.T) {
+	b := apitest.NewBackend(api.RoleGlobal)
+	srv := httptest.NewServer(api.NewHandler(storeWorded{b}, hclog.NewNullLogger()))
+	t.Cleanup(srv.Close)
+	f := &fixture{t: t, b: b, srv: srv}
+	f.b.Put(&resource.Resource{Type: "Mesh", Name: "default", Spec: json.RawMessage(`{}`)})
+	cur := f.b.Put(meshTimeout("default", "x", "1s"))
+	want := (&resource.VersionConflict{Key: cur.Key(), Expected: "stale-1", Stored: cur.Version}).Error()
+
+	stale := meshTimeout("default", "x", "2s")
+	stale.Version = "stale-1"
+	e := f.apiError("PUT", "/api/v1/resources/MeshTimeout/x?mesh=default", stale, 409, api.CodeConflict)
+	assert.Equal(t, want, e.Message)
+	e = f.apiError("DELETE", "/api/v1/resources/MeshTimeout/x?mesh=default&version=stale-1", nil, 409, api.CodeConflict)
 	assert.Equal(t, want, e.Message)
 }

@@ -182,7 +182,7 @@ func (h *handler) holders(w http.ResponseWriter, r *http.Request) {
 	}
 	version, zones, err := hb.Holders(r.Context(), key)
 	if err != nil {
-		h.fail(w, r, notFoundAs(key, err), key.Type)
+		h.fail(w, r, resourceError(key, err), key.Type)
 		return
 	}
 	if zones == nil {

@@ -64,3 +64,18 @@ var (
 	// ErrUnknownType: no loaded plugin supplies the type.
 	ErrUnknownType = errors.New("unknown resource type")
 )
+
+// VersionConflict is the ErrConflict error of one resource: the version a
+// caller expected and the one stored. Its message starts with the key, so
+// that a caller reporting it adds only its own context.
+type VersionConflict struct {
+	Key              Key
+	Expected, Stored string
+}
+
+func (e *VersionConflict) Error() string {
+	return fmt.Sprintf("%s: expected version %q, stored version %q: %s", e.Key, e.Expected, e.Stored, ErrConflict)
+}
+
+// Unwrap makes errors.Is(err, ErrConflict) true.
+func (e *VersionConflict) Unwrap() error { return ErrConflict }

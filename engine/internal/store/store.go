@@ -403,7 +403,7 @@ func checkBatch(b Batch, twice bool) error {
 // ConflictError builds the ErrConflict error for key with the version the
 // caller expected and the version stored.
 func ConflictError(key resource.Key, expected, stored string) error {
-	return fmt.Errorf("%s: expected version %q, stored version %q: %w", key, expected, stored, ErrConflict)
+	return &resource.VersionConflict{Key: key, Expected: expected, Stored: stored}
 }
 
 // FencedError builds the ErrFenced error for a batch of zone fenced with
