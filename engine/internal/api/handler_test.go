@@ -646,15 +646,23 @@ func (b storeWorded) Delete(ctx context.Context, key resource.Key, version strin
 	return err
 }
 
-// A missing resource's message names it and says it is not found, without
-// the backend's operation word: a client already knows what it asked, and
-// the CLI puts its own verb in front ("get: get MeshTimeout ..." otherwise).
-func TestNotFoundMessageNamesTheResourceOnly(t *testing.T) {
+// wordedFixture serves a backend worded like the stores (storeWorded) that
+// holds mesh "default".
+func wordedFixture(t *testing.T) *fixture {
+	t.Helper()
 	b := apitest.NewBackend(api.RoleGlobal)
 	srv := httptest.NewServer(api.NewHandler(storeWorded{b}, hclog.NewNullLogger()))
 	t.Cleanup(srv.Close)
 	f := &fixture{t: t, b: b, srv: srv}
 	f.b.Put(&resource.Resource{Type: "Mesh", Name: "default", Spec: json.RawMessage(`{}`)})
+	return f
+}
+
+// A missing resource's message names it and says it is not found, without
+// the backend's operation word: a client already knows what it asked, and
+// the CLI puts its own verb in front ("get: get MeshTimeout ..." otherwise).
+func TestNotFoundMessageNamesTheResourceOnly(t *testing.T) {
+	f := wordedFixture(t)
 	const want = "MeshTimeout default/x: resource not found"
 
 	e := f.apiError("GET", "/api/v1/resources/MeshTimeout/x?mesh=default", nil, 404, api.CodeNotFound)
@@ -673,11 +681,7 @@ func TestNotFoundMessageNamesTheResourceOnly(t *testing.T) {
 // version …, stored version …"), without the backend's operation and its
 // second copy of the key.
 func TestConflictMessageNamesTheResourceOnce(t *testing.T) {
-	b := apitest.NewBackend(api.RoleGlobal)
-	srv := httptest.NewServer(api.NewHandler(storeWorded{b}, hclog.NewNullLogger()))
-	t.Cleanup(srv.Close)
-	f := &fixture{t: t, b: b, srv: srv}
-	f.b.Put(&resource.Resource{Type: "Mesh", Name: "default", Spec: json.RawMessage(`{}`)})
+	f := wordedFixture(t)
 	cur := f.b.Put(meshTimeout("default", "x", "1s"))
 	want := (&resource.VersionConflict{Key: cur.Key(), Expected: "stale-1", Stored: cur.Version}).Error()
 
