@@ -78,15 +78,16 @@ func measure(ctx context.Context, p Progress, label string, count, need int, a *
 	return measureOver(ctx, p, label, count, count, need, a, nil, func(i int, _ string) error {
 		_, _, err := change(i)
 		return err
-	})
+	}, nil)
 }
 
 // measureOver runs count changes over n resources: change i rewrites
 // resource changeName(i, n) with a spec carrying changeMarker(i), so count
 // may exceed n. The latency of one change is from just before change(i,
 // name) until the last of need receivers saw it. tr (nil: none) follows
-// each change's stages.
-func measureOver(ctx context.Context, p Progress, label string, count, n, need int, a *arrivals, tr *changeTracer, change func(i int, name string) error) ([]time.Duration, error) {
+// each change's stages. between (nil: none) runs after each change, off
+// the clock.
+func measureOver(ctx context.Context, p Progress, label string, count, n, need int, a *arrivals, tr *changeTracer, change func(i int, name string) error, between func() error) ([]time.Duration, error) {
 	p.Start(label, count)
 	defer p.Finish()
 	out := make([]time.Duration, 0, count)
@@ -96,6 +97,11 @@ func measureOver(ctx context.Context, p Progress, label string, count, n, need i
 			return nil, err
 		}
 		out = append(out, d)
+		if between != nil {
+			if err := between(); err != nil {
+				return nil, err
+			}
+		}
 		p.Set(i + 1)
 	}
 	return out, nil

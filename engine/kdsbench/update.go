@@ -66,7 +66,7 @@ func Update(ctx context.Context, o Options, c UpdateConfig) (*Report, error) {
 	if err == nil {
 		base, err = measureOver(ctx, o.Progress, "update: baseline", c.BaselineUpdates, c.N, 1, &xa, nil, func(i int, name string) error {
 			return x.cache.UpdateResource(name, wrapperspb.Bytes(specOf(fmt.Sprintf("u%d", i), c.Size)))
-		})
+		}, nil)
 	}
 	cl.close()
 	x.close()
@@ -143,23 +143,15 @@ func Update(ctx context.Context, o Options, c UpdateConfig) (*Report, error) {
 		writes = append(writes, end.Sub(start))
 		return err
 	}
-	eng := make([]time.Duration, 0, c.Updates)
 	floors := make([]time.Duration, 0, c.Updates)
-	o.Progress.Start("update: engine", c.Updates)
-	for i := range c.Updates {
-		d, err := measureOne(ctx, i, c.N, 1, &ea, tr, write)
-		if err != nil {
-			return nil, fmt.Errorf("engine: %w", err)
-		}
-		eng = append(eng, d)
+	eng, err := measureOver(ctx, o.Progress, "update: engine", c.Updates, c.N, 1, &ea, tr, write, func() error {
 		f, err := floor.sample()
-		if err != nil {
-			return nil, err
-		}
 		floors = append(floors, f)
-		o.Progress.Set(i + 1)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("engine: %w", err)
 	}
-	o.Progress.Finish()
 	if tr != nil {
 		tr.report(r, "engine", "engine")
 	}
