@@ -185,6 +185,13 @@ type Config struct {
 	APIReadTimeout, APIWriteTimeout, APIIdleTimeout time.Duration
 }
 
+// The admin API's addresses when Config.APIAddress is empty: global's and
+// a zone's differ, so that both run on one machine.
+const (
+	DefaultGlobalAPIAddress = "127.0.0.1:5681"
+	DefaultZoneAPIAddress   = "127.0.0.1:5682"
+)
+
 // MinInboundPoolMessages is the smallest inbound pool, in max-size
 // messages: an honest response counts up to about 4 times its encoded size
 // in the pool (resources of an empty spec, decision 0040), so a smaller

@@ -160,9 +160,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.APIAddress == "" {
 		if c.Role == RoleGlobal {
-			c.APIAddress = "127.0.0.1:5681"
+			c.APIAddress = DefaultGlobalAPIAddress
 		} else {
-			c.APIAddress = "127.0.0.1:5682"
+			c.APIAddress = DefaultZoneAPIAddress
 		}
 	}
 	if c.KDSAddress == "" && c.Role == RoleGlobal {

@@ -17,15 +17,16 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/kds-engine/kds-engine/cmd/kds-engine/internal/client"
+	"github.com/kds-engine/kds-engine/engine"
 	"github.com/kds-engine/kds-engine/engine/apitypes"
 	"github.com/kds-engine/kds-engine/engine/apitypes/kumadoc"
 )
 
 // DefaultAPI is the admin API the client verbs talk to by default (global's).
-const DefaultAPI = "http://127.0.0.1:5681"
+const DefaultAPI = "http://" + engine.DefaultGlobalAPIAddress
 
-// defaultZoneAPI is a zone's admin API by default (engine's zone api-addr).
-const defaultZoneAPI = "http://127.0.0.1:5682"
+// defaultZoneAPI is a zone's admin API by default.
+const defaultZoneAPI = "http://" + engine.DefaultZoneAPIAddress
 
 // APIEnv overrides DefaultAPI; --api overrides it.
 const APIEnv = "KDS_ENGINE_API"
@@ -286,6 +287,13 @@ type scopeFlags struct {
 }
 
 // resolveMesh defaults the mesh of a named mesh-scoped resource to "default".
+// zoneProvided reports whether resources of ti, read from an API of
+// types.Role, belong to the zones that provided them: zone→global types on
+// global, named with --zone.
+func zoneProvided(types client.Types, ti apitypes.TypeInfo) bool {
+	return types.Role == apitypes.RoleGlobal && ti.Direction == "ZoneToGlobal"
+}
+
 func resolveMesh(types client.Types, typ, mesh string) string {
 	if ti, ok := types.Find(typ); ok && ti.Scope == "Mesh" && mesh == "" {
 		return "default"
@@ -335,7 +343,7 @@ func (a *App) getCommand() *cobra.Command {
 		}
 		typ := args[0]
 		if len(args) == 2 {
-			if ti, ok := types.Find(typ); ok && types.Role == apitypes.RoleGlobal && ti.Direction == "ZoneToGlobal" && f.zone == "" {
+			if ti, ok := types.Find(typ); ok && zoneProvided(types, ti) && f.zone == "" {
 				return usageError(fmt.Errorf("get: %s resources on global belong to the zone that provided them; name it with --zone ZONE (the ZONE column of `kds-engine get %s` lists them)", typ, typ))
 			}
 			r, err := c.Get(ctx, typ, args[1], resolveMesh(types, typ, f.mesh), f.zone)
@@ -399,7 +407,7 @@ func (a *App) printResources(types client.Types, typ string, rs []client.Resourc
 	}
 	ti, _ := types.Find(typ)
 	mesh := ti.Scope == "Mesh"
-	zone := types.Role == apitypes.RoleGlobal && ti.Direction == "ZoneToGlobal"
+	zone := zoneProvided(types, ti)
 	var header []string
 	if mesh {
 		header = append(header, "MESH")

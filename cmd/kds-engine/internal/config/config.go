@@ -157,7 +157,7 @@ var Settings = []Setting{
 		Usage: "with store postgres: a lease not renewed for this long expires, and every replica shows its zone offline", set: func(c *Config, v string) error { return setDuration(&c.LeaseExpiry, v) }},
 	{Flag: "kds-addr", Kind: "address", Key: "kdsAddr", Global: true, Default: fixed(":5685"), Accepted: "HOST:PORT (empty host: all interfaces)",
 		Usage: "address global listens on for zones", set: func(c *Config, v string) error { c.KDSAddr = v; return nil }},
-	{Flag: "api-addr", Kind: "address", Key: "apiAddr", Global: true, Zone: true, Default: byRole("127.0.0.1:5681", "127.0.0.1:5682"), Accepted: "HOST:PORT",
+	{Flag: "api-addr", Kind: "address", Key: "apiAddr", Global: true, Zone: true, Default: byRole(engine.DefaultGlobalAPIAddress, engine.DefaultZoneAPIAddress), Accepted: "HOST:PORT",
 		Usage: "address of the admin HTTP API", set: func(c *Config, v string) error { c.APIAddr = v; return nil }},
 	{Flag: "send-timeout", Kind: "duration", Key: "sendTimeout", Global: true, Zone: true, Default: fixed("1m"), Accepted: "a positive duration such as 30s, 1m, 1m30s",
 		Usage: "a gRPC Send not done within this ends the session", set: func(c *Config, v string) error { return setDuration(&c.SendTimeout, v) }},
