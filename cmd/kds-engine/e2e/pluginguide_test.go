@@ -46,10 +46,10 @@ func guideSnippets(t *testing.T) map[string]string {
 // empty directory outside the repository, with the guide's own snippets:
 // it creates the module, builds the plugin, loads it into a real engine and
 // applies the guide's resource, which must be refused with the errors the
-// guide shows; then the guide's sdktest tests must pass.
+// guide shows; then the guide's sdktest and enginetest tests must pass.
 func TestPluginGuide(t *testing.T) {
 	snip := guideSnippets(t)
-	for _, n := range []string{"init.sh", "main.go", "build.sh", "bad-greeting.yaml", "apply-output", "main_test.go", "field-errors", "warning"} {
+	for _, n := range []string{"init.sh", "main.go", "build.sh", "bad-greeting.yaml", "apply-output", "main_test.go", "field-errors", "warning", "engine_test.go", "enginetest.sh"} {
 		require.NotEmpty(t, snip[n], "docs/plugins.md has no guide-test snippet %q", n)
 	}
 	src, err := filepath.Abs(moduleRoot)
@@ -109,6 +109,12 @@ func TestPluginGuide(t *testing.T) {
 		snip["field-errors"] + snip["warning"] + "\treturn errs\n}\n"
 	require.NoError(t, os.WriteFile(filepath.Join(mod, "guide_field_errors.go"), []byte(fieldErrors), 0o644))
 	sh(mod, "go mod tidy && go test ./...")
+
+	// The guide's enginetest test passes once the engine's module is
+	// required as the guide says (the greeting it stores goes through the
+	// guide's own plugin).
+	require.NoError(t, os.WriteFile(filepath.Join(mod, "engine_test.go"), []byte(snip["engine_test.go"]), 0o644))
+	sh(mod, snip["enginetest.sh"])
 
 	good := strings.NewReplacer("text: hello", "text: good day", "times: 20", "times: 2", "language: EN", "language: en").Replace(snip["bad-greeting.yaml"])
 	mustCLI(t, "apply", "-f", writeFile(t, work, "greeting.yaml", good), "--api", g.api())

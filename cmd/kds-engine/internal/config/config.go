@@ -108,6 +108,9 @@ type Setting struct {
 	Default func(role engine.Role) string
 	// Accepted describes accepted values for messages and docs.
 	Accepted string
+	// ZoneAccepted replaces Accepted in a zone's messages when the zone
+	// accepts fewer values than global ("" means Accepted).
+	ZoneAccepted string
 	// Kind names the value's form in --help: string, list, duration,
 	// int, size, address or bool.
 	Kind string
@@ -146,7 +149,7 @@ var Settings = []Setting{
 		Usage: "directory of the bolt store", set: func(c *Config, v string) error { c.DataDir = v; return nil }},
 	{Flag: "store", Kind: "string", Key: "store", Global: true, Zone: true, Default: fixed("bolt"), Accepted: "bolt, postgres (global only), memory",
 		Usage:     "resource store: bolt (durable, under --data-dir), postgres (global replicas sharing --postgres-url) or memory",
-		ZoneUsage: "resource store: bolt (durable, under --data-dir) or memory", set: func(c *Config, v string) error { c.Store = v; return nil }},
+		ZoneUsage: "resource store: bolt (durable, under --data-dir) or memory", ZoneAccepted: "bolt, memory", set: func(c *Config, v string) error { c.Store = v; return nil }},
 	{Flag: "postgres-url", Kind: "string", Key: "postgresURL", Global: true, Default: fixed(""), Accepted: "postgres://USER[:PASSWORD]@HOST:PORT/DATABASE[?PARAMS] or a key=value string",
 		Usage: "PostgreSQL database of --store postgres (its password is never logged or shown)", set: func(c *Config, v string) error { c.PostgresURL = v; return nil }},
 	{Flag: "replica-id", Kind: "string", Key: "replicaID", Global: true, Default: fixed(""), Accepted: "1 to 64 characters of A-Z a-z 0-9 . _ -",
@@ -276,6 +279,14 @@ func (s Setting) UsageFor(role engine.Role) string {
 		return s.ZoneUsage
 	}
 	return s.Usage
+}
+
+// AcceptedFor describes the values role accepts for s.
+func (s Setting) AcceptedFor(role engine.Role) string {
+	if role == engine.RoleZone && s.ZoneAccepted != "" {
+		return s.ZoneAccepted
+	}
+	return s.Accepted
 }
 
 // EnvName is s's environment variable.
@@ -524,7 +535,7 @@ func (c *Config) Validate() error {
 		i := slices.IndexFunc(Settings, func(s Setting) bool { return s.Flag == setting })
 		msg := fmt.Sprintf(format, args...)
 		if i >= 0 {
-			msg += " (accepted: " + Settings[i].Accepted + ")"
+			msg += " (accepted: " + Settings[i].AcceptedFor(c.Role) + ")"
 		}
 		errs = append(errs, fmt.Errorf("%s: %s", setting, msg))
 	}

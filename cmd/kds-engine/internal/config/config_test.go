@@ -186,7 +186,7 @@ func TestValidateMessages(t *testing.T) {
 		`reconnect-backoff-max: 1s is below reconnect-backoff-base 2s (accepted: a duration not below reconnect-backoff-base)`,
 		`ca-file: required unless --insecure (accepted: a PEM CA file)`,
 		"token-file: required: generate a token on global with `kds-engine token generate --zone Zone_1` (accepted: a file with the zone token, mode 0600)",
-		`store: "sql" is not a store (accepted: bolt, postgres (global only), memory)`,
+		`store: "sql" is not a store (accepted: bolt, memory)`,
 		`api-addr: "localhost": want HOST:PORT (accepted: HOST:PORT)`,
 		`send-timeout: must be positive, got 0s (accepted: a positive duration such as 30s, 1m, 1m30s)`,
 		`buffer-headroom: 0 is out of range (accepted: an integer from 1 to 4096)`,
@@ -197,6 +197,14 @@ func TestValidateMessages(t *testing.T) {
 		`log-format: "xml" is not a format (accepted: text, json)`,
 	}
 	assert.Equal(t, want, got)
+
+	// The zone's messages list only what a zone accepts; global's, all.
+	zp, err := Load(engine.RoleZone, Sources{Flags: map[string]string{"name": "z", "global": "g:5685", "insecure": "true", "store": "postgres"}})
+	require.NoError(t, err)
+	assert.Contains(t, zp.Validate().Error(), "store: postgres is for global replicas; a zone keeps its resources in bolt (accepted: bolt, memory)")
+	gs, err := Load(engine.RoleGlobal, Sources{Flags: map[string]string{"insecure": "true", "store": "sql"}})
+	require.NoError(t, err)
+	assert.Contains(t, gs.Validate().Error(), `store: "sql" is not a store (accepted: bolt, postgres (global only), memory)`)
 
 	z2, err := Load(engine.RoleZone, Sources{})
 	require.NoError(t, err)
