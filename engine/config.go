@@ -102,8 +102,13 @@ type Config struct {
 	KeepaliveTimeout time.Duration // default 10s
 
 	// InitialWindowSize, if positive, fixes the KDS connection's HTTP/2
-	// stream and connection windows at this many bytes (default: gRPC's
-	// dynamic windows). For benchmarks and tests that need full windows.
+	// stream and connection receive windows at this many bytes: how much
+	// the peer may send ahead of this side's reads, and so what one
+	// connection can make this side's transport hold. Zero keeps gRPC's
+	// dynamic windows, which it grows with its estimate of the link's
+	// bandwidth-delay product up to 16 MiB. A link whose bandwidth-delay
+	// product exceeds that syncs faster with a fixed window of about it
+	// (docs/guide.md, "Links with a long round trip").
 	InitialWindowSize int32
 
 	ReconnectBackoffBase time.Duration // default 500ms

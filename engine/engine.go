@@ -501,6 +501,9 @@ func (e *Engine) Run(ctx context.Context) error {
 		e.runZone(g, gctx, tcfg, types, kdsDialOpts, kdsCredsFor)
 	}
 	close(e.started)
+	if w := e.cfg.InitialWindowSize; w > 0 {
+		log.Info("KDS connection's HTTP/2 window is fixed (not grown with the link)", "bytes", w)
+	}
 	if e.cfg.Role == RoleGlobal {
 		log.Info("running", "api", e.apiAddr, "kds", e.kdsAddr, "store", e.cfg.Store, "data_dir", e.cfg.DataDir, "replica", e.cfg.ReplicaID)
 	} else {

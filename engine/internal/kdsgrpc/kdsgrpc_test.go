@@ -687,3 +687,37 @@ func TestSessionHeaderReachesZone(t *testing.T) {
 	assert.NoError(t, err)
 	assert.Nil(t, md, "no Dialer context, no header")
 }
+
+// A fixed receive window (Config.InitialWindowSize, the http2-window
+// setting) is what the peer may send ahead of this side's reads: a zone's
+// Sends of 2 MiB to a global that reads nothing all complete with a 4 MiB
+// window, and cannot complete with a 64 KiB one.
+func TestFixedWindowBoundsWhatThePeerSendsAhead(t *testing.T) {
+	sendAhead := func(window int32, wait time.Duration) bool {
+		addr := serve(t, &stallingGlobal{}, Config{InitialWindowSize: window})
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		s := rawStream(t, ctx, addr, "zone-1")
+		msg := &kdsv1.Message{Kind: &kdsv1.Message_Request{Request: &discovery.DeltaDiscoveryRequest{ResponseNonce: strings.Repeat("x", 256<<10)}}}
+		done := make(chan bool, 1)
+		go func() {
+			for range 8 {
+				if s.Send(msg) != nil {
+					done <- false
+					return
+				}
+			}
+			done <- true
+		}()
+		select {
+		case ok := <-done:
+			return ok
+		case <-time.After(wait):
+			cancel() // the blocked Send returns with the stream's end
+			<-done
+			return false
+		}
+	}
+	assert.True(t, sendAhead(4<<20, 20*time.Second), "2 MiB fit a 4 MiB window without a read")
+	assert.False(t, sendAhead(64<<10, time.Second), "2 MiB cannot fit a 64 KiB window without a read")
+}

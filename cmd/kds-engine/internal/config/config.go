@@ -52,6 +52,9 @@ type Config struct {
 
 	KeepaliveTime    time.Duration `json:"keepaliveTime"`
 	KeepaliveTimeout time.Duration `json:"keepaliveTimeout"`
+	// HTTP2Window is the KDS connection's fixed HTTP/2 receive window in
+	// bytes; 0 (auto) keeps gRPC's dynamic windows.
+	HTTP2Window int64 `json:"http2Window"`
 
 	ReconnectBackoffBase time.Duration `json:"reconnectBackoffBase,omitempty"` // zone
 	ReconnectBackoffMax  time.Duration `json:"reconnectBackoffMax,omitempty"`  // zone
@@ -118,6 +121,14 @@ type Setting struct {
 	set func(c *Config, v string) error
 }
 
+// MinHTTP2Window and MaxHTTP2Window bound a fixed http2-window: gRPC
+// ignores windows below 64 KiB, and a window is what a peer may make this
+// side hold in its transport before it reads.
+const (
+	MinHTTP2Window = 64 << 10
+	MaxHTTP2Window = 1 << 30
+)
+
 // EnvPrefix starts every environment variable.
 const EnvPrefix = "KDS_ENGINE_"
 
@@ -170,6 +181,16 @@ var Settings = []Setting{
 		Usage: "largest KDS message sent or accepted", set: func(c *Config, v string) error { return setSize(&c.MaxMessageSize, v) }},
 	{Flag: "max-resource-size", Kind: "size", Key: "maxResourceSize", Global: true, Zone: true, Default: fixed("1MiB"), Accepted: "a size below max-message-size: bytes, or a number with B, KB, KiB, MB, MiB, GB, GiB",
 		Usage: "largest single resource accepted on write", set: func(c *Config, v string) error { return setSize(&c.MaxResourceSize, v) }},
+	{Flag: "http2-window", Kind: "size", Key: "http2Window", Global: true, Zone: true, Default: fixed("auto"),
+		Accepted: "auto, or a size from 64KiB to 1GiB: bytes, or a number with B, KB, KiB, MB, MiB, GB, GiB",
+		Usage:    "HTTP/2 window of the KDS connection, what this side lets the peer send ahead of its reads: auto (grown with the link, up to 16MiB) or a fixed size for links with a long round trip",
+		set: func(c *Config, v string) error {
+			if strings.EqualFold(strings.TrimSpace(v), "auto") {
+				c.HTTP2Window = 0
+				return nil
+			}
+			return setSize(&c.HTTP2Window, v)
+		}},
 	{Flag: "keepalive-time", Kind: "duration", Key: "keepaliveTime", Global: true, Zone: true, Default: fixed("10s"), Accepted: "a duration of at least 1s",
 		Usage: "idle time after which a keepalive ping is sent", set: func(c *Config, v string) error { return setDuration(&c.KeepaliveTime, v) }},
 	{Flag: "keepalive-timeout", Kind: "duration", Key: "keepaliveTimeout", Global: true, Zone: true, Default: fixed("10s"), Accepted: "a duration of at least 1s",
@@ -717,6 +738,9 @@ func (c *Config) Validate() error {
 		bad("max-resource-size", "%s must be positive and below max-message-size %s (a message carries envelope overhead)",
 			FormatSize(c.MaxResourceSize), FormatSize(c.MaxMessageSize))
 	}
+	if c.HTTP2Window != 0 && (c.HTTP2Window < MinHTTP2Window || c.HTTP2Window > MaxHTTP2Window) {
+		bad("http2-window", "%s is out of range", FormatSize(c.HTTP2Window))
+	}
 	if c.KeepaliveTime < time.Second {
 		bad("keepalive-time", "%s is too short", c.KeepaliveTime)
 	}
@@ -770,9 +794,11 @@ func (c *Config) Engine() engine.Config {
 		KeepaliveTime:    c.KeepaliveTime,
 		KeepaliveTimeout: c.KeepaliveTimeout,
 		Insecure:         c.Insecure,
-		APITokenFile:     c.APITokenFile,
-		APITLSCertFile:   c.APITLSCertFile,
-		APITLSKeyFile:    c.APITLSKeyFile,
+
+		InitialWindowSize: int32(c.HTTP2Window),
+		APITokenFile:      c.APITokenFile,
+		APITLSCertFile:    c.APITLSCertFile,
+		APITLSKeyFile:     c.APITLSKeyFile,
 
 		InsecureAllowRemote: c.InsecureAllowRemote,
 		APIAllowedHosts:     slices.Clone(c.APIAllowedHosts),

@@ -441,6 +441,42 @@ func TestInitialSyncSettings(t *testing.T) {
 	assert.Zero(t, ze.InitialSyncHold+ze.InitialSyncIdle)
 }
 
+// The KDS connection's HTTP/2 window is auto (gRPC's dynamic windows) by
+// default, a size from any source on either role, and refused out of range.
+func TestHTTP2WindowSetting(t *testing.T) {
+	zoneFlags := map[string]string{"name": "zone-1", "global": "g:5685", "ca-file": "ca.crt", "token-file": "t"}
+	for _, tc := range []struct {
+		name string
+		role engine.Role
+		src  Sources
+		want int32
+	}{
+		{"global default", engine.RoleGlobal, Sources{Flags: tlsFlags}, 0},
+		{"global flag", engine.RoleGlobal, Sources{Flags: merge(tlsFlags, "http2-window", "16MiB")}, 16 << 20},
+		{"global auto", engine.RoleGlobal, Sources{Flags: merge(tlsFlags, "http2-window", "Auto")}, 0},
+		{"zone env", engine.RoleZone, Sources{Flags: zoneFlags, LookupEnv: env(map[string]string{"KDS_ENGINE_HTTP2_WINDOW": "64MiB"})}, 64 << 20},
+		{"zone yaml", engine.RoleZone, Sources{Flags: zoneFlags, File: "c.yaml", ReadFile: files(map[string]string{"c.yaml": "http2Window: 1GiB\n"})}, 1 << 30},
+		{"zone yaml number", engine.RoleZone, Sources{Flags: zoneFlags, File: "c.yaml", ReadFile: files(map[string]string{"c.yaml": "http2Window: 65536\n"})}, 64 << 10},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Load(tc.role, tc.src)
+			require.NoError(t, err)
+			require.NoError(t, c.Validate())
+			assert.Equal(t, tc.want, c.Engine().InitialWindowSize)
+		})
+	}
+	for value, want := range map[string]string{
+		"32KiB": "http2-window: 32KiB is out of range (accepted: auto, or a size from 64KiB to 1GiB: bytes, or a number with B, KB, KiB, MB, MiB, GB, GiB)",
+		"2GiB":  "http2-window: 2GiB is out of range (accepted: auto, or a size from 64KiB to 1GiB: bytes, or a number with B, KB, KiB, MB, MiB, GB, GiB)",
+	} {
+		c, err := Load(engine.RoleGlobal, Sources{Flags: merge(tlsFlags, "http2-window", value)})
+		require.NoError(t, err)
+		assert.EqualError(t, c.Validate(), want)
+	}
+	_, err := Load(engine.RoleGlobal, Sources{Flags: map[string]string{"http2-window": "wide"}})
+	assert.EqualError(t, err, `--http2-window: "wide" is not a size (examples: 4194304, 512KiB, 4MiB, 1GiB)`)
+}
+
 // TestBoolSetting covers the bool kind (--insecure) from each source.
 func TestBoolSetting(t *testing.T) {
 	for _, tc := range []struct {
