@@ -98,5 +98,7 @@ func TestWANSmoke(t *testing.T) {
 	assert.Positive(t, r.Figures["rtt_20ms_engine_seconds"])
 	assert.Positive(t, r.Figures["rtt_20ms_baseline_seconds"])
 	assert.GreaterOrEqual(t, r.Figures["rtt_20ms_engine_seconds"], 0.02, "at least one round trip over the shaped link")
+	assert.Greater(t, r.Figures["rtt_20ms_link_floor_seconds"], 0.02, "the link's floor: its round trip plus the bytes at its rate")
+	assert.LessOrEqual(t, r.Figures["rtt_20ms_link_floor_seconds"], r.Figures["rtt_20ms_engine_seconds"], "no sync beats the link's floor")
 	assert.False(t, r.Pass, "the judged 50 ms link did not run")
 }

@@ -121,10 +121,22 @@ func WAN(ctx context.Context, o Options, c WANConfig) (*Report, error) {
 		r.Figures[key+"baseline_seconds"] = base.elapsed.Seconds()
 		r.Figures[key+"engine_vs_loopback"] = slow
 		r.Figures[key+"engine_vs_baseline"] = eng.rps(c.N) / base.rps(c.N)
+		// No sender beats the link: the engine's bytes at the link's rate
+		// plus the round trip of the first request.
+		var floor float64
+		if l.shaped() && l.Bandwidth > 0 {
+			floor = float64(eng.bytes)/float64(l.Bandwidth) + l.RTT.Seconds()
+			r.Figures[key+"link_floor_seconds"] = floor
+		}
 		if l.RTT == wanTarget {
 			judged = true
 			if slow > wanMaxSlowdown {
 				r.Pass = false
+			}
+			if limit := wanMaxSlowdown * loopEngine.elapsed.Seconds(); floor > limit {
+				r.note("over %s the link's own floor (the engine's %.0f MB at %.0f Mbit/s plus one round trip) is %.2f s, above %.0f× the loopback time (%.2f s): "+
+					"no sender meets the target over this link on this machine; a higher --bandwidth-mbit judges the round trip alone",
+					linkName(l), float64(eng.bytes)/1e6, float64(l.Bandwidth)*8/1e6, floor, wanMaxSlowdown, limit)
 			}
 		}
 	}
