@@ -54,6 +54,7 @@ func wanCmd(g *globals) *cobra.Command {
 	cmd.Flags().Float64Var(&mbit, "bandwidth-mbit", 1000, "link rate in Mbit/s")
 	cmd.Flags().IntVar(&c.Repeat, "repeat", 3, "runs per link; figures are medians")
 	cmd.Flags().Int32Var(&c.Window, "window", 0, "fix the engines' HTTP/2 stream and connection windows at this many bytes (0: gRPC's dynamic windows)")
+	cmd.Flags().IntVar(&c.MaxMessageSize, "max-message-size", 0, "the engines' max message size in bytes (0: the engine's default, 4 MiB)")
 	return cmd
 }
 

@@ -46,6 +46,9 @@ type env struct {
 	// window, when positive, fixes every engine's HTTP/2 windows
 	// (engine.Config.InitialWindowSize).
 	window int32
+	// maxMessage, when positive, is every engine's max message size
+	// (engine.Config.MaxMessageSize).
+	maxMessage int
 }
 
 // newEnv creates a scratch directory and PKI. pluginsDir empty means build
@@ -146,6 +149,9 @@ func (v *env) start(cfg engine.Config) (*node, error) {
 	cfg.PluginsDir = v.plugins
 	if v.window > 0 {
 		cfg.InitialWindowSize = v.window
+	}
+	if v.maxMessage > 0 {
+		cfg.MaxMessageSize = v.maxMessage
 	}
 	e, err := engine.New(cfg, v.log)
 	if err != nil {

@@ -28,6 +28,9 @@ type WANConfig struct {
 	// connection windows at this many bytes instead of gRPC's dynamic
 	// (BDP-estimated) ones.
 	Window int32
+	// MaxMessageSize, when positive, is the engines' max message size
+	// (default 4 MiB): a type keeps up to three responses of it in flight.
+	MaxMessageSize int
 }
 
 // wanTarget is the judged round trip: the engine over it may take at most
@@ -66,6 +69,7 @@ func WAN(ctx context.Context, o Options, c WANConfig) (*Report, error) {
 	}
 	defer v.close()
 	v.window = c.Window
+	v.maxMessage = c.MaxMessageSize
 	g, err := v.startLoadedGlobal(ctx, o, "global-wan", fmt.Sprintf("wan %d: load global", c.N), c.N, c.Size)
 	if err != nil {
 		return nil, err
@@ -154,6 +158,9 @@ func WAN(ctx context.Context, o Options, c WANConfig) (*Report, error) {
 		r.note("HTTP/2 stream and connection windows fixed at %d bytes on global and zone", c.Window)
 	} else {
 		r.note("HTTP/2 windows: gRPC's dynamic (BDP-estimated) windows, the engine's default")
+	}
+	if c.MaxMessageSize > 0 {
+		r.note("engines' max message size %d bytes: up to three responses of it in flight per type", c.MaxMessageSize)
 	}
 	r.note("engine wire bytes include TLS; the baseline runs plaintext gRPC and sends everything in one message")
 	return r, nil
