@@ -770,6 +770,7 @@ func (e *Engine) runZone(g *errgroup.Group, ctx context.Context, tcfg kdsgrpc.Co
 			if err != nil {
 				return err
 			}
+			e.notReceivedByGlobal(md)
 			v, schemaTrusted, pluginTrusted := e.receiveValidator(md)
 			if len(schemaTrusted) > 0 || len(pluginTrusted) > 0 {
 				e.log.Debug("global announced the same schema, or the same plugin version and schema, as this zone has for some types: what it sends of them skips those checks on receipt (the envelope is always checked)",
