@@ -352,6 +352,8 @@ func (e *Engine) connectHint(err error) string {
 		return "global's certificate has expired (or is not valid yet) by this zone's clock: renew global's --tls-cert-file, or fix the clock"
 	case strings.Contains(msg, "certificate required"):
 		return "global requires a client certificate (mTLS, --client-ca-file on global): start the zone with --cert-file and --key-file"
+	case strings.Contains(msg, "error reading server preface"):
+		return "the address closed the connection or did not answer as a KDS port; if this persists, check that --global names global's KDS port (--kds-addr, 5685 by default), not its admin API, and that both sides agree on TLS (a global with --tls-cert-file wants the zone's --ca-file, not --insecure)"
 	case strings.Contains(msg, "first record does not look like a TLS handshake"):
 		return "the address does not answer with TLS: check that --global names global's KDS port (--kds-addr, 5685 by default), not its admin API, and that global runs with TLS (or both sides with --insecure)"
 	}

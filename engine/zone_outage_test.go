@@ -91,3 +91,18 @@ func TestZoneWithWrongCASaysWhichSetting(t *testing.T) {
 	c, _ := z.e.Insights().Get(GlobalPeer)
 	assert.Contains(t, c.LastError, "--ca-file "+other)
 }
+
+// TestZoneWithoutTLSAgainstTLSGlobalSaysWhatToCheck: a zone started with
+// --insecure against a global that serves TLS sees only "error reading
+// server preface"; it says to check the port and the TLS setting.
+func TestZoneWithoutTLSAgainstTLSGlobalSaysWhatToCheck(t *testing.T) {
+	g := startGlobal(t, builtinDir)
+	cfg := zoneConfig(t, "zone-1", g, Config{PluginsDir: builtinDir})
+	cfg.Insecure = true
+	z := startNode(t, cfg)
+	eventually(t, func() bool {
+		err := z.b().Ready()
+		return err != nil && strings.Contains(err.Error(), "server preface")
+	}, "the connection fails")
+	assert.Contains(t, z.b().Ready().Error(), "both sides agree on TLS")
+}
