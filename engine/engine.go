@@ -75,6 +75,8 @@ type Engine struct {
 	apiAddr       net.Addr
 	revoked       *revocations  // global
 	live          *liveSessions // global: each zone's one live session
+	// zoneToken is the zone's token file credentials (nil on global).
+	zoneToken *kdsauth.TokenFileCredentials
 	// fromGlobal remembers, on a zone, what it refused of global's
 	// resources, across its sessions.
 	fromGlobal *kdssync.Rejections
@@ -93,6 +95,9 @@ type Engine struct {
 
 	mu        sync.Mutex
 	connected bool // zone: a session to global is up
+	// revokedToken is, on a zone, the id of the token global named when it
+	// ended a session as unauthenticated (a revocation).
+	revokedToken string
 	// dialer keeps the zone's session to global (nil on global, and on a
 	// zone until it runs). Its state holds why an attempt was refused,
 	// which no session hook sees: a refused attempt never starts a session.
@@ -768,6 +773,7 @@ func (e *Engine) runZone(g *errgroup.Group, ctx context.Context, tcfg kdsgrpc.Co
 			if err != nil {
 				return err
 			}
+			e.notReceivedByGlobal(md)
 			v, schemaTrusted, pluginTrusted := e.receiveValidator(md)
 			if len(schemaTrusted) > 0 || len(pluginTrusted) > 0 {
 				e.log.Debug("global announced the same schema, or the same plugin version and schema, as this zone has for some types: what it sends of them skips those checks on receipt (the envelope is always checked)",
@@ -782,18 +788,22 @@ func (e *Engine) runZone(g *errgroup.Group, ctx context.Context, tcfg kdsgrpc.Co
 		kdsgrpc.WithTransportCredentialsFor(credsFor),
 		kdsgrpc.WithServerName(e.cfg.TLSServerName),
 		kdsgrpc.WithSessionOptions(func(string) []mux.Option { return e.sendObserver(GlobalPeer) }),
-		kdsgrpc.WithRefusedHook(func(err error) { e.ins.Disconnected(GlobalPeer, err) }),
+		kdsgrpc.WithRefusedHook(func(err error) { e.ins.Refused(GlobalPeer, err) }),
+		kdsgrpc.WithRefusalHint(e.refusalHint),
 		kdsgrpc.WithSessionHooks(
 			func(kdsgrpc.SessionEvent) {
 				e.setConnected(true)
 				e.ins.Connected(GlobalPeer)
 				e.metrics.SessionStarted(e.cfg.ZoneName)
+				e.ownTokenExpiry()
 			},
 			func(ev kdsgrpc.SessionEvent) {
 				e.setConnected(false)
+				e.sessionEndedByAuth(ev.Err)
 				e.ins.Disconnected(GlobalPeer, ev.Err)
 				e.metrics.SessionEnded(e.cfg.ZoneName, endReason(ev.Err, ctx.Err() != nil))
 			}))
+	e.metrics.ZoneStarting(e.cfg.ZoneName)
 	e.mu.Lock()
 	e.dialer = d
 	e.mu.Unlock()
@@ -826,7 +836,30 @@ func (e *Engine) tokenExpiry(ev kdsgrpc.SessionEvent) {
 	if left := time.Until(exp); left <= TokenExpiryWarning {
 		e.log.Warn("zone token expires soon; generate a new one (kds-engine token generate) and replace the zone's token file",
 			"zone", ev.Zone, "token_id", kdsauth.TokenIDFromContext(ev.Stream), "expires_at", exp.UTC().Format(time.RFC3339),
-			"expires_in", left.Truncate(time.Minute).String())
+			"expires_in", token.Left(left))
+	}
+}
+
+// ownTokenExpiry warns, on a zone whose session to global started, when
+// its token expires within TokenExpiryWarning, as global does: a zone that
+// runs for weeks reads its token file only at start and when it changes.
+func (e *Engine) ownTokenExpiry() {
+	if e.zoneToken == nil {
+		return
+	}
+	info, err := e.zoneToken.Info()
+	if err != nil || info.ExpiresAt.IsZero() {
+		return
+	}
+	left := time.Until(info.ExpiresAt)
+	args := []any{"file", e.cfg.TokenFile, "token_id", info.ID, "expires_at", info.ExpiresAt.UTC().Format(time.RFC3339)}
+	switch {
+	case left <= 0:
+		// Global tolerates some clock skew: it took the token this time.
+		e.log.Warn("zone token has expired; global will refuse the next session: generate a new one on global (kds-engine token generate) and replace the token file", args...)
+	case left <= TokenExpiryWarning:
+		e.log.Warn("zone token expires soon; generate a new one on global (kds-engine token generate) and replace the token file",
+			append(args, "expires_in", token.Left(left))...)
 	}
 }
 

@@ -120,7 +120,8 @@ func zoneOnlineIn(g *node, zone string) (bool, apitypes.Conn) {
 }
 
 // TestRefusedSessionIsVisible: a zone global refuses (a token for another
-// zone) says so in /readyz and in its sync state, not only in its log.
+// zone) says so in /readyz and in its sync state, not only in its log, with
+// what it can tell about its token.
 func TestRefusedSessionIsVisible(t *testing.T) {
 	g := startGlobal(t, builtinDir)
 	cfg := zoneConfig(t, "zone-1", g, Config{PluginsDir: builtinDir})
@@ -147,6 +148,9 @@ func TestRefusedSessionIsVisible(t *testing.T) {
 	assert.Equal(t, GlobalPeer, c.Name)
 	assert.False(t, c.Online)
 	assert.Contains(t, c.LastError, "session refused")
+	// Global says nothing about why; the zone adds what it sees itself.
+	assert.Contains(t, c.LastError, `is for zone "zone-2", not this zone "zone-1"`)
+	assert.Contains(t, c.LastError, "kds-engine token generate --zone zone-1")
 }
 
 // TestMeshMustExist: a mesh-scoped resource is refused by the admin API

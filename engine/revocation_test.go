@@ -65,6 +65,14 @@ func TestRevokedTokenEndsItsSessions(t *testing.T) {
 	assert.Nil(t, find(zoneA, meshTimeout("after", "").Key()), "zone-a gets nothing more")
 	assert.Equal(t, 1.0, metricSum(t, g, "kds_sessions_started_total", "zone-b"), "zone-b's session is untouched")
 
+	// Global refuses zone-a's next attempts without saying why; zone-a
+	// remembers that global ended its session for this very token.
+	eventually(t, func() bool {
+		err := zoneA.b().Ready()
+		return err != nil && strings.Contains(err.Error(), "session refused") &&
+			strings.Contains(err.Error(), "because its token (id "+idA) && strings.Contains(err.Error(), "is revoked")
+	}, "zone-a's refused attempts say its token was revoked")
+
 	// A new token for zone-a: its next attempt gets in and catches up.
 	writeFile(t, acfg.TokenFile, strings.TrimSpace(string(mustRead(t, zoneToken(t, g, "zone-a")))))
 	eventually(t, func() bool { return find(zoneA, meshTimeout("after", "").Key()) != nil }, "zone-a is back with a new token")

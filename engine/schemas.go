@@ -5,6 +5,7 @@ import (
 
 	"google.golang.org/grpc/metadata"
 
+	"github.com/kds-engine/kds-engine/engine/internal/insights"
 	"github.com/kds-engine/kds-engine/engine/internal/resource"
 	"github.com/kds-engine/kds-engine/engine/internal/validate"
 )
@@ -21,6 +22,13 @@ const schemaDigestKey = "kds-schema-digest"
 // would judge the type's resources as global's did
 // (docs/decisions/0025-trusted-global-validation.md).
 const typePluginKey = "kds-type-plugin"
+
+// receivesKey is the session-header key under which global announces the
+// types it receives from zones (the ZoneToGlobal types its plugins supply),
+// as one comma-separated value. A zone serving a type that is not listed
+// knows that what it writes of that type stays on the zone, and says so; a
+// header without the key (an older global) tells nothing.
+const receivesKey = "kds-receives"
 
 // schemaDigests maps each type with a JSON Schema to its digest; computed
 // once when the plugins are loaded.
@@ -40,6 +48,7 @@ func schemaDigests(types []resource.TypeDescriptor) map[string]string {
 // can be sent as metadata (printable ASCII).
 func (e *Engine) schemaHeader(string) metadata.MD {
 	md := metadata.MD{}
+	md.Append(receivesKey, strings.Join(e.received, ","))
 	for _, name := range e.served {
 		if dg, ok := e.digests[name]; ok {
 			md.Append(schemaDigestKey, name+"="+dg)
@@ -133,4 +142,44 @@ func (e *Engine) receiveValidator(md metadata.MD) (v *validate.Validator, schema
 		v = v.WithTrustedPlugins(versions, e.pluginVersion)
 	}
 	return v, schemaTrusted, pluginTrusted
+}
+
+// notReceivedByGlobal records, on a zone whose session to global started
+// with header md, each type this zone serves that global does not receive
+// (global has no plugin for it): the type's insight entry says so (the
+// ERROR column of inspect sync, the UI's sync page) and the log warns once
+// per session, since nothing else would show that what the zone writes of
+// it never reaches global. Types global does receive lose such an entry.
+func (e *Engine) notReceivedByGlobal(md metadata.MD) {
+	vals := md.Get(receivesKey)
+	if e.cfg.Role != RoleZone || len(vals) != 1 {
+		return // an older global, or one that announced it twice: nothing known
+	}
+	receives := map[string]bool{}
+	for _, name := range strings.Split(vals[0], ",") {
+		receives[name] = true
+	}
+	var missing []string
+	for _, name := range e.served {
+		if receives[name] {
+			e.ins.UpdateType(GlobalPeer, name, func(ts *insights.TypeState) {
+				if ts.Error == notReceivedError(name) {
+					ts.Unknown, ts.Error = false, ""
+				}
+			})
+			continue
+		}
+		missing = append(missing, name)
+		e.ins.UpdateType(GlobalPeer, name, func(ts *insights.TypeState) {
+			ts.Unknown, ts.Error = true, notReceivedError(name)
+		})
+	}
+	if len(missing) > 0 {
+		e.log.Warn("global has no plugin for types this zone sends: what this zone writes of them stays here and does not reach global; install their plugins on global",
+			"types", missing)
+	}
+}
+
+func notReceivedError(typ string) string {
+	return "global has no plugin for " + typ + ": it does not receive the type, so what this zone writes of it stays here; install the plugin on global"
 }

@@ -7,11 +7,14 @@ import (
 	"fmt"
 	"net/http"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"github.com/kds-engine/kds-engine/engine/internal/httpauth"
 	"github.com/kds-engine/kds-engine/engine/internal/kdsauth"
@@ -184,6 +187,9 @@ func (e *Engine) kdsDialOptions() (opts []grpc.DialOption, credsFor func(serverN
 	copts := []kdsauth.CredentialsOption{
 		kdsauth.WithCredentialsLogger(e.log.Named("zone-token")),
 		kdsauth.WithCredentialsZone(e.cfg.ZoneName),
+		// A zone exports its own token's expiry too: it can alert on it
+		// before global refuses the token.
+		kdsauth.WithTokenAdopted(func(info token.Info) { e.metrics.SetZoneTokenExpiry(e.cfg.ZoneName, info.ExpiresAt) }),
 	}
 	if e.cfg.Insecure {
 		e.log.Warn("connecting to global WITHOUT TLS (--insecure): the zone token travels in plaintext")
@@ -210,6 +216,7 @@ func (e *Engine) kdsDialOptions() (opts []grpc.DialOption, credsFor func(serverN
 	if err != nil {
 		return nil, nil, fmt.Errorf("zone token: %w", err)
 	}
+	e.zoneToken = creds
 	return append(opts, grpc.WithPerRPCCredentials(creds)), credsFor, nil
 }
 
@@ -274,4 +281,81 @@ func (e *Engine) certificateExpiry(certSetting, caSetting string) func(tlsutil.L
 		}
 		e.metrics.SetCertificateExpiry(setting, l.NotAfter)
 	}
+}
+
+// refusalHint is what the zone can tell about its own token when global
+// refused a session as unauthenticated: global says nothing about why, and
+// a token that was fine at start may have expired since.
+func (e *Engine) refusalHint(err error) string {
+	if h := e.connectHint(err); h != "" {
+		return h
+	}
+	if e.zoneToken == nil || !unauthenticated(err) {
+		return ""
+	}
+	if p := e.zoneToken.Problem(); p != "" {
+		return p
+	}
+	// A revoked token looks fine from here; global said so only when it
+	// ended the session that used it.
+	info, ierr := e.zoneToken.Info()
+	e.mu.Lock()
+	revoked := e.revokedToken
+	e.mu.Unlock()
+	if ierr == nil && revoked != "" && info.ID == revoked {
+		return fmt.Sprintf("global ended this zone's last session because its token (id %s, in %s) is revoked: generate a new one on global (kds-engine token generate --zone %s) and replace the file; the zone reads it at its next attempt",
+			info.ID, e.cfg.TokenFile, e.cfg.ZoneName)
+	}
+	return ""
+}
+
+// sessionEndedByAuth remembers, on a zone whose session global ended as
+// unauthenticated naming the token in use (a revocation), that token's id,
+// so that the refusals of the next attempts can say why.
+func (e *Engine) sessionEndedByAuth(err error) {
+	if e.zoneToken == nil || !unauthenticated(err) {
+		return
+	}
+	info, ierr := e.zoneToken.Info()
+	if ierr != nil || info.ID == "" || !strings.Contains(err.Error(), info.ID) {
+		return
+	}
+	e.mu.Lock()
+	e.revokedToken = info.ID
+	e.mu.Unlock()
+}
+
+// unauthenticated reports whether err is (or carries, as text through the
+// layers of a session's end) global's Unauthenticated status.
+func unauthenticated(err error) bool {
+	if err == nil {
+		return false
+	}
+	return status.Code(err) == codes.Unauthenticated || strings.Contains(err.Error(), "code = Unauthenticated")
+}
+
+// connectHint says what to check for the failures of a zone's connection
+// to global that name only their symptom: the TLS handshake refused
+// global's certificate, global wants a client certificate, or the address
+// does not speak KDS with the zone's TLS setting.
+func (e *Engine) connectHint(err error) string {
+	if err == nil {
+		return ""
+	}
+	msg := err.Error()
+	switch {
+	case strings.Contains(msg, "x509: certificate signed by unknown authority"):
+		return fmt.Sprintf("global's certificate is not signed by a CA in --ca-file %s: give the zone the CA certificate that signed global's --tls-cert-file", e.cfg.CAFile)
+	case strings.Contains(msg, "x509: certificate is valid for"):
+		return "global's certificate does not name the host the zone dials: put a name the certificate is valid for in --global, or set --tls-server-name to one"
+	case strings.Contains(msg, "x509: certificate has expired or is not yet valid"):
+		return "global's certificate has expired (or is not valid yet) by this zone's clock: renew global's --tls-cert-file, or fix the clock"
+	case strings.Contains(msg, "certificate required"):
+		return "global requires a client certificate (mTLS, --client-ca-file on global): start the zone with --cert-file and --key-file"
+	case strings.Contains(msg, "error reading server preface"):
+		return "the address closed the connection or did not answer as a KDS port; if this persists, check that --global names global's KDS port (--kds-addr, 5685 by default), not its admin API, and that both sides agree on TLS (a global with --tls-cert-file wants the zone's --ca-file, not --insecure)"
+	case strings.Contains(msg, "first record does not look like a TLS handshake"):
+		return "the address does not answer with TLS: check that --global names global's KDS port (--kds-addr, 5685 by default), not its admin API, and that global runs with TLS (or both sides with --insecure)"
+	}
+	return ""
 }

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -342,4 +343,31 @@ func TestUIInBrowser(t *testing.T) {
 	b.waitJS("zones page", `document.querySelector('tr[data-zone="zone-1"]')`)
 	b.run(chromedp.EmulateViewport(1280, 800), chromedp.Click(chromedp.CSS("#signout")))
 	b.waitJS("prompt again", `document.querySelector('#login #token') && !sessionStorage.getItem('kds-engine-api-token')`)
+}
+
+// TestUIZoneSyncPageSaysWhyGlobalIsAway: a zone's sync health page names
+// the global address it last tried and why it is not connected, next to
+// "offline since": without them a zone's operator sees that global is
+// away, not why (global down, a refused token, a wrong CA).
+func TestUIZoneSyncPageSaysWhyGlobalIsAway(t *testing.T) {
+	chromium(t)
+	g := startGlobal(t, builtinDir)
+	z := startZone(t, "zone-1", g, builtinDir, "")
+	eventually(t, func() bool { return z.b().Ready() == nil }, "zone connected")
+	port := ":" + portOf(g.e.KDSAddr().String())
+	g.stop()
+	eventually(t, func() bool {
+		c, _ := z.e.Insights().Get(GlobalPeer)
+		return !c.Online && strings.Contains(c.LastError, "connection refused")
+	}, "the zone's attempts fail")
+
+	b := newBrowser(t)
+	b.run(chromedp.Navigate("http://" + z.e.APIAddr().String() + "/ui/#/sync"))
+	b.waitJS("zone's sync page, global offline", `document.querySelector('section.conn h2 .status.bad')`)
+	assert.Contains(t, b.text("section.conn h2"), "offline since")
+	detail := b.text("section.conn dl.conn-detail")
+	assert.Contains(t, detail, "Global address")
+	assert.Contains(t, detail, port)
+	assert.Contains(t, detail, "Last error")
+	assert.Contains(t, detail, "connection refused")
 }

@@ -75,6 +75,25 @@ func (r *Registry) Disconnected(name string, cause error) {
 	}
 }
 
+// Refused records an attempt to open a session for name that never became
+// one (the peer unreachable, or the attempt refused) and why. The
+// connection is offline; DisconnectedAt stays when it went offline (the end
+// of its last session, or the first attempt that failed), so that a
+// connection retrying for an hour shows offline for an hour, not since its
+// latest attempt.
+func (r *Registry) Refused(name string, cause error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c := r.conn(name)
+	if c.Online || c.DisconnectedAt.IsZero() {
+		c.DisconnectedAt = r.now()
+	}
+	c.Online = false
+	if cause != nil {
+		c.LastError = cause.Error()
+	}
+}
+
 // UpdateType applies fn to the state of typ on connection name.
 func (r *Registry) UpdateType(name, typ string, fn func(*TypeState)) {
 	r.mu.Lock()

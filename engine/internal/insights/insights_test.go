@@ -67,3 +67,36 @@ func TestInitialSyncSlotIsClearedOnlyByItsSession(t *testing.T) {
 	_, ok := r.Get("zone-2")
 	assert.False(t, ok)
 }
+
+// Attempts that never become a session (global down, a refused token) keep
+// the time the connection went offline: a zone retrying for an hour shows
+// offline for an hour, with the latest attempt's error.
+func TestRefusedAttemptsKeepWhenTheConnectionWentOffline(t *testing.T) {
+	r := NewRegistry()
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	r.now = func() time.Time { return now }
+
+	// Never connected: offline since the first failed attempt.
+	r.Refused("global", errors.New("connection refused"))
+	first := now
+	now = now.Add(time.Minute)
+	r.Refused("global", errors.New("connection refused again"))
+	c, _ := r.Get("global")
+	assert.False(t, c.Online)
+	assert.Equal(t, first, c.DisconnectedAt)
+	assert.Equal(t, "connection refused again", c.LastError)
+
+	r.Connected("global")
+	now = now.Add(time.Hour)
+	r.Disconnected("global", errors.New("EOF"))
+	lost := now
+	for range 3 {
+		now = now.Add(30 * time.Second)
+		r.Refused("global", errors.New("connection refused"))
+	}
+	c, _ = r.Get("global")
+	assert.False(t, c.Online)
+	assert.Equal(t, lost, c.DisconnectedAt, "offline since the session ended, not since the latest attempt")
+	assert.Equal(t, "connection refused", c.LastError)
+	assert.Equal(t, uint64(1), c.Sessions)
+}

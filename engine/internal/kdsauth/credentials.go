@@ -44,6 +44,7 @@ type TokenFileCredentials struct {
 	log      hclog.Logger
 	now      func() time.Time
 	tok      *filewatch.Watched[string]
+	onAdopt  func(token.Info)
 }
 
 var _ credentials.PerRPCCredentials = (*TokenFileCredentials)(nil)
@@ -77,6 +78,14 @@ func WithCredentialsLogger(l hclog.Logger) CredentialsOption {
 // can see itself.
 func WithCredentialsZone(zone string) CredentialsOption {
 	return func(c *TokenFileCredentials) { c.zone = zone }
+}
+
+// WithTokenAdopted calls f with what a token says about itself each time the
+// credentials put a token to use (at start and after each usable change of
+// the file), for example to export its expiry. Tokens that are not zone
+// tokens are not passed.
+func WithTokenAdopted(f func(token.Info)) CredentialsOption {
+	return func(c *TokenFileCredentials) { c.onAdopt = f }
 }
 
 // NewTokenFileCredentials returns credentials that send the token stored at
@@ -113,6 +122,9 @@ func (c *TokenFileCredentials) adopted(tok string, reload bool) {
 		c.log.Warn(msg+"; it is not a zone token, global will refuse it", "file", c.path, "error", err)
 		return
 	}
+	if c.onAdopt != nil {
+		c.onAdopt(info)
+	}
 	args := []any{"file", c.path, "zone", info.Zone, "token_id", info.ID, "expires_at", info.ExpiresAt.Format(time.RFC3339)}
 	left := info.ExpiresAt.Sub(c.now())
 	switch {
@@ -121,10 +133,35 @@ func (c *TokenFileCredentials) adopted(tok string, reload bool) {
 	case left <= 0:
 		c.log.Warn(msg+"; the token has expired, global will refuse it: generate a new one on global", args...)
 	case left <= token.ExpiryWarning:
-		c.log.Warn(msg+"; the token expires soon: generate a new one on global and replace the file", append(args, "expires_in", left.Truncate(time.Minute).String())...)
+		c.log.Warn(msg+"; the token expires soon: generate a new one on global and replace the file", append(args, "expires_in", token.Left(left))...)
 	default:
 		c.log.Info(msg, args...)
 	}
+}
+
+// Info is what the token in use says about itself (not verified).
+func (c *TokenFileCredentials) Info() (token.Info, error) { return token.Inspect(c.tok.Current()) }
+
+// Problem says what is wrong with the token in use that the zone can see
+// by itself, as of now: it has expired, it is for another zone, or it is
+// not a zone token; "" when it sees nothing wrong.
+// Global tells a refused zone nothing, so a zone adds this to a refusal:
+// a token that was fine when the zone started may have expired since.
+func (c *TokenFileCredentials) Problem() string {
+	info, err := c.Info()
+	if err != nil {
+		return fmt.Sprintf("the token in %s is not a zone token (%v): put the output of kds-engine token generate --zone NAME in it", c.path, err)
+	}
+	now := c.now()
+	switch {
+	case c.zone != "" && info.Zone != c.zone:
+		return fmt.Sprintf("the token in %s (id %s) is for zone %q, not this zone %q: generate one for this zone on global (kds-engine token generate --zone %s) and replace the file",
+			c.path, info.ID, info.Zone, c.zone, c.zone)
+	case !info.ExpiresAt.IsZero() && !now.Before(info.ExpiresAt):
+		return fmt.Sprintf("the token in %s (id %s) expired at %s: generate a new one on global (kds-engine token generate --zone %s) and replace the file; the zone reads it at its next attempt",
+			c.path, info.ID, info.ExpiresAt.UTC().Format(time.RFC3339), info.Zone)
+	}
+	return ""
 }
 
 // GetRequestMetadata implements credentials.PerRPCCredentials. Unless built

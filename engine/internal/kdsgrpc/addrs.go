@@ -131,7 +131,7 @@ func candidates(ctx context.Context, entries []string, resolve Resolver, serverN
 			if err == nil {
 				err = errors.New("no addresses")
 			}
-			errs = append(errs, fmt.Errorf("resolve %s: %w", e, err))
+			errs = append(errs, fmt.Errorf("global at %s: cannot resolve %s: %w; check the host name in --global", e, host, err))
 			continue
 		}
 		for _, ip := range ips {

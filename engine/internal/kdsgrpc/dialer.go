@@ -131,7 +131,7 @@ func (d *Dialer) Run(ctx context.Context) error {
 		early = false
 		for i, c := range order {
 			start := time.Now()
-			err := d.attempt(ctx, c)
+			started, err := d.attempt(ctx, c)
 			if ctx.Err() != nil {
 				return nil
 			}
@@ -141,7 +141,13 @@ func (d *Dialer) Run(ctx context.Context) error {
 			if i+1 < len(order) {
 				next = order[i+1].label()
 			}
-			d.log.Warn("session ended", "global", c.label(), "error", err, "lived", lived.Round(time.Millisecond), "next", next)
+			if started {
+				d.log.Warn("session ended", "global", c.label(), "error", err, "lived", lived.Round(time.Millisecond), "next", next)
+			} else {
+				// No session: global unreachable, a refused token, a
+				// failed TLS handshake. The error says which.
+				d.log.Warn("no session with global", "global", c.label(), "error", err, "next", next)
+			}
 			if lived >= d.set.backoff.ResetAfter {
 				k, early = 0, true
 				break
@@ -178,8 +184,9 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// attempt runs one session at c on a connection of its own.
-func (d *Dialer) attempt(ctx context.Context, c candidate) error {
+// attempt runs one session at c on a connection of its own; started
+// reports whether a session started (global accepted it).
+func (d *Dialer) attempt(ctx context.Context, c candidate) (bool, error) {
 	d.setState(func(s *ConnState) { s.Address, s.AddressEntry = c.addr, c.entry })
 	if d.set.onAttempt != nil {
 		d.set.onAttempt(c.addr)
@@ -187,6 +194,11 @@ func (d *Dialer) attempt(ctx context.Context, c candidate) error {
 	started, err := d.dialAndRun(ctx, c)
 	if err != nil {
 		err = fmt.Errorf("global at %s: %w", c.label(), err)
+		if !started && ctx.Err() == nil && d.set.hint != nil {
+			if h := d.set.hint(err); h != "" {
+				err = fmt.Errorf("%w; %s", err, h)
+			}
+		}
 	}
 	d.setState(func(s *ConnState) {
 		s.Connected, s.ConnectedSince, s.LastError = false, time.Time{}, err
@@ -194,7 +206,7 @@ func (d *Dialer) attempt(ctx context.Context, c candidate) error {
 	if !started && err != nil && ctx.Err() == nil && d.set.onRefused != nil {
 		d.set.onRefused(err)
 	}
-	return err
+	return started, err
 }
 
 // dialAndRun dials c and runs one session there; started reports whether

@@ -54,7 +54,10 @@ func TestCandidatesResolveNamesAndRotate(t *testing.T) {
 	}
 	cs, err := candidates(context.Background(), []string{"global.example:5685", "10.0.0.9:5685", "gone.example:1", "[fd00::2]:5685"}, resolve, "")
 	require.Error(t, err)
-	assert.Contains(t, err.Error(), "resolve gone.example:1: no such host")
+	// Worded like a failed attempt ("global at ENTRY: …"), since it is shown
+	// as one (/readyz: "not connected to global at …").
+	assert.Contains(t, err.Error(), "global at gone.example:1: cannot resolve gone.example: no such host")
+	assert.Contains(t, err.Error(), "check the host name in --global")
 	assert.Equal(t, []candidate{
 		{addr: "10.0.0.1:5685", entry: "global.example:5685", serverName: "global.example"},
 		{addr: "[fd00::2]:5685", entry: "global.example:5685", serverName: "global.example"},

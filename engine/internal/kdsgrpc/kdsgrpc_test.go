@@ -11,6 +11,7 @@ import (
 	"time"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/hashicorp/go-hclog"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
@@ -21,6 +22,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/kds-engine/kds-engine/engine/internal/mux"
+	"github.com/kds-engine/kds-engine/engine/internal/testsupport/logbuf"
 	kdsv1 "github.com/kds-engine/kds-engine/proto/kds/v1"
 )
 
@@ -209,8 +211,11 @@ func (s *refusingGlobal) Session(kdsv1.KDS_SessionServer) error {
 
 // A session global refuses never counts as connected on the zone: the
 // stream opens at once (gRPC does not wait for global), so the Dialer waits
-// for global's session header before it calls the session started.
+// for global's session header before it calls the session started. Its
+// log says no session started (not that one ended), and the refusal hint
+// follows the refusal's error.
 func TestRefusedSessionIsNeverConnected(t *testing.T) {
+	var logs logbuf.Buffer
 	peer := &refusingGlobal{}
 	addr := serve(t, peer, Config{})
 	var started atomic.Int32
@@ -220,6 +225,13 @@ func TestRefusedSessionIsNeverConnected(t *testing.T) {
 	}, insecureDial(),
 		WithBackoff(Backoff{Base: 5 * time.Millisecond, Cap: 10 * time.Millisecond}),
 		WithSessionHooks(func(SessionEvent) { started.Add(1) }, nil),
+		WithLogger(hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Warn})),
+		WithRefusalHint(func(err error) string {
+			if status.Code(err) == codes.Unauthenticated {
+				return "what the zone sees in its token"
+			}
+			return ""
+		}),
 	)
 	ctx, cancel := context.WithCancel(context.Background())
 	runDone := make(chan error, 1)
@@ -230,9 +242,12 @@ func TestRefusedSessionIsNeverConnected(t *testing.T) {
 		return peer.attempts.Load() >= 5 && st.LastError != nil && strings.Contains(st.LastError.Error(), "token expired")
 	}, 10*time.Second, time.Millisecond)
 	assert.Contains(t, st.LastError.Error(), "session refused")
+	assert.Contains(t, st.LastError.Error(), "token expired; what the zone sees in its token", "the hint follows the refusal")
 	cancel()
 	<-runDone
 	assert.Zero(t, started.Load(), "no refused attempt started a session")
+	assert.NotEmpty(t, logs.Lines("[WARN]", "no session with global", "what the zone sees in its token"), logs.String())
+	assert.Empty(t, logs.Lines("session ended"), "no session started, so none ended")
 	st = d.State()
 	assert.False(t, st.Connected)
 	assert.Zero(t, st.Sessions)

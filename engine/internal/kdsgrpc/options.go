@@ -70,6 +70,7 @@ type settings struct {
 	onStart   func(SessionEvent)
 	onEnd     func(SessionEvent)
 	onRefused func(error)
+	hint      func(error) string
 	dialOpts  []grpc.DialOption
 	backoff   Backoff
 	// Dialer only: credentials per server name, the server name override,
@@ -122,6 +123,16 @@ func WithSessionHooks(onStart, onEnd func(SessionEvent)) Option {
 // on the Dialer's goroutine and must not block. Ignored by Global.
 func WithRefusedHook(f func(error)) Option {
 	return func(s *settings) { s.onRefused = f }
+}
+
+// WithRefusalHint sets a function the Dialer asks about every attempt that
+// did not become a session; what it returns (if not "") is added to the
+// attempt's error, which the log, the connection state and so the zone's
+// insights and /readyz show. A zone uses it to say what to check: what it
+// can tell about its own token when global refuses it, or which setting a
+// failed TLS handshake points at. Ignored by Global.
+func WithRefusalHint(f func(error) string) Option {
+	return func(s *settings) { s.hint = f }
 }
 
 // WithSessionOptions adds mux options to every session, computed per zone

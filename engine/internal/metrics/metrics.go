@@ -308,8 +308,26 @@ func (m *Metrics) SessionStarted(zone string) {
 	}
 	m.sessionsStarted.WithLabelValues(zone).Inc()
 	m.sessionConnected.WithLabelValues(zone).Set(1)
-	// Create the zone's other series at zero so they are scraped (and
-	// rate() works) before the first event.
+	m.zeroSessionSeries(zone)
+}
+
+// ZoneStarting creates a zone's own per-session series before its first
+// session to global: kds_session_connected at 0 and the counters at zero,
+// so that a zone that never gets a session (global down, a wrong CA, a
+// refused token) is seen disconnected by a query such as
+// kds_session_connected == 0 instead of having no series at all.
+func (m *Metrics) ZoneStarting(zone string) {
+	if m == nil {
+		return
+	}
+	m.sessionConnected.WithLabelValues(zone).Set(0)
+	m.sessionsStarted.WithLabelValues(zone).Add(0)
+	m.zeroSessionSeries(zone)
+}
+
+// zeroSessionSeries creates zone's per-session series at zero so they are
+// scraped (and rate() works) before the first event.
+func (m *Metrics) zeroSessionSeries(zone string) {
 	for _, s := range []Stream{StreamGlobalToZone, StreamZoneToGlobal} {
 		m.messagesSent.WithLabelValues(zone, string(s)).Add(0)
 		m.messagesReceived.WithLabelValues(zone, string(s)).Add(0)

@@ -475,3 +475,15 @@ func (v *Verifier) classify(t *jwt.Token, c *claims, err error) error {
 		return fmt.Errorf("%w: %v; %s", ErrMalformed, err, generateHint)
 	}
 }
+
+// Left is how long a token has left, as warnings print it: in whole
+// minutes, or in seconds under a minute; "0s" once it has expired.
+func Left(d time.Duration) string {
+	switch {
+	case d <= 0:
+		return "0s"
+	case d < time.Minute:
+		return d.Round(time.Second).String()
+	}
+	return d.Truncate(time.Minute).String()
+}

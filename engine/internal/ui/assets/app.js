@@ -278,8 +278,14 @@
               t.waitingFor === 'initialSyncSlot'
                 ? ['subscription waits for an initial-sync slot on global since ', when(t.waitingSince)]
                 : ['subscription waits for room in the peer\'s inbound budget since ', when(t.waitingSince), ' (' + t.waitingBytes + ' bytes)']) : null] : muted('—'))));
+          // On a zone: which global address it is on (or last tried) and
+          // why the last session ended or the last attempt failed.
+          const detail = c.address || c.lastError ? el('dl', { class: 'facts conn-detail' },
+            c.address ? [el('dt', {}, role === 'zone' ? 'Global address' : 'Address'), el('dd', {}, el('code', {}, c.address))] : null,
+            c.lastError ? [el('dt', {}, 'Last error'), el('dd', { class: 'last-error' }, c.lastError)] : null) : null;
           out.push(el('section', { class: 'conn' + (c.online ? '' : ' offline') },
             el('h2', {}, c.name, ' ', statusOf(c)),
+            detail,
             table('Send buffers of ' + c.name + '\'s session', ['Logical stream', 'This side', 'Now', 'High-water mark', 'Capacity'], streams),
             table('Types on ' + c.name, ['Type', 'Last ACK', 'NACKs', 'Last NACK', 'Rejected resources', 'Error'], typeRows)));
         }
