@@ -1,0 +1,64 @@
+package pgstore_test
+
+import (
+	"bytes"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/kds-engine/kds-engine/engine/internal/store/pgstore"
+	"github.com/kds-engine/kds-engine/internal/testsupport/pgtest"
+)
+
+// logBuffer is a bytes.Buffer safe for the store's goroutines.
+type logBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+// lines returns the logged lines that contain s.
+func (l *logBuffer) lines(s string) []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []string
+	for _, line := range strings.Split(l.b.String(), "\n") {
+		if strings.Contains(line, s) {
+			out = append(out, line)
+		}
+	}
+	return out
+}
+
+// TestListenOutageLoggedOnce: while the database is away, the LISTEN
+// connection's failed reconnects (every 100 ms doubling to 5 s) are not
+// each a warning: the loss is logged once, and its return once.
+func TestListenOutageLoggedOnce(t *testing.T) {
+	url := pgtest.NewDatabase(t)
+	proxy := pgtest.NewProxy(t, url)
+	logs := &logBuffer{}
+	s := open(t, proxy.URL(url), pgstore.WithLogger(hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: logs})))
+	require.Eventually(t, func() bool { return s.ListenPID() != 0 }, eventually, 10*time.Millisecond)
+
+	proxy.Cut()
+	// 100+200+400+800+1600 ms: at least five failed reconnects.
+	time.Sleep(3500 * time.Millisecond)
+	assert.Len(t, logs.lines("LISTEN"), 1, "one line for the whole outage:\n%s", strings.Join(logs.lines("LISTEN"), "\n"))
+
+	proxy.Restore()
+	require.Eventually(t, func() bool { return s.ListenPID() != 0 }, eventually, 10*time.Millisecond)
+	require.Eventually(t, func() bool { return len(logs.lines("LISTEN")) == 2 }, eventually, 10*time.Millisecond)
+	back := logs.lines("LISTEN")[1]
+	assert.Contains(t, back, "[INFO]")
+	assert.Contains(t, back, "LISTEN connection open again")
+}
