@@ -695,6 +695,18 @@ func (c *Config) Validate() error {
 		if exp < 2*hb || exp > 10*time.Minute {
 			bad("lease-expiry", "%s must be at least twice lease-heartbeat-interval (%s) and at most 10m", exp, hb)
 		}
+		if c.Store != string(engine.StorePostgres) {
+			// Only replicas on PostgreSQL have leases; elsewhere these
+			// would be accepted and do nothing.
+			for _, l := range []struct {
+				setting string
+				v, def  time.Duration
+			}{{"lease-heartbeat-interval", c.LeaseHeartbeatInterval, engine.DefaultLeaseHeartbeat}, {"lease-expiry", c.LeaseExpiry, engine.DefaultLeaseExpiry}} {
+				if l.v != 0 && l.v != l.def {
+					bad(l.setting, "%s is set but store is %s, which has no session leases (they exist with store postgres): remove it, or set store postgres", l.v, c.Store)
+				}
+			}
+		}
 	}
 	if c.PostgresURL != "" && c.Store != string(engine.StorePostgres) && c.Role == engine.RoleGlobal {
 		// Replicas that each fell back to their own bolt file would each
