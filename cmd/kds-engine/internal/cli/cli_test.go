@@ -617,7 +617,7 @@ func TestRunInvalidConfigExitsOne(t *testing.T) {
 	assert.Equal(t, "kds-engine zone: invalid configuration:\n  name: required for a zone (accepted: a DNS label: lower-case letters, digits and '-', at most 63)\n"+
 		"  ca-file: required unless --insecure (accepted: a PEM CA file)\n"+
 		"  token-file: required: generate a token on global with `kds-engine token generate --zone NAME` (accepted: a file with the zone token, mode 0600)\n"+
-		"  store: \"sqlite\" is not a store (accepted: bolt, postgres (global only), memory)\n", errb.String())
+		"  store: \"sqlite\" is not a store (accepted: bolt, memory)\n", errb.String())
 	assert.Empty(t, fe.cfgs, "engine not started")
 
 	a, _, errb = h.app()
