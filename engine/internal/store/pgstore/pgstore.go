@@ -356,7 +356,7 @@ func (s *Store) Health(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	if err := s.pool.Ping(ctx); err != nil {
-		return fmt.Errorf("postgres store: %w", s.unavailable(err))
+		return s.unavailable(err)
 	}
 	return nil
 }

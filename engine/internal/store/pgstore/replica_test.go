@@ -325,6 +325,8 @@ func TestUnavailable(t *testing.T) {
 	err = s.Health(ctx)
 	require.ErrorIs(t, err, store.ErrUnavailable)
 	assert.Contains(t, err.Error(), "unavailable")
+	// /readyz shows it after "store: ", as the guide documents.
+	assert.Regexp(t, `^PostgreSQL at 127\.0\.0\.1:\d+ database kds_test_\w+ unavailable: `, err.Error())
 
 	proxy.Restore()
 	require.Eventually(t, func() bool { return s.Health(ctx) == nil }, eventually, 50*time.Millisecond)
