@@ -806,25 +806,39 @@ func TestRunStoreUnreachableExitsOne(t *testing.T) {
 	assert.Equal(t, engine.StorePostgres, fe.last(t).Store)
 }
 
+// helpLine is the line of role's --help that starts with flag.
+func helpLine(t *testing.T, role, flag string) string {
+	t.Helper()
+	code, out, errOut := runCLI(t, nil, role, "--help")
+	require.Equal(t, ExitOK, code, errOut)
+	for _, line := range strings.Split(out, "\n") {
+		if strings.HasPrefix(strings.TrimSpace(line), flag) {
+			return line
+		}
+	}
+	t.Fatalf("%s --help has no %s line:\n%s", role, flag, out)
+	return ""
+}
+
 // A zone refuses --store postgres, so its help does not offer it; global's
 // does.
 func TestStoreHelpListsWhatTheRoleAccepts(t *testing.T) {
-	storeLine := func(role string) string {
-		t.Helper()
-		code, out, errOut := runCLI(t, nil, role, "--help")
-		require.Equal(t, ExitOK, code, errOut)
-		for _, line := range strings.Split(out, "\n") {
-			if strings.HasPrefix(strings.TrimSpace(line), "--store ") {
-				return line
-			}
-		}
-		t.Fatalf("%s --help has no --store line:\n%s", role, out)
-		return ""
-	}
-	zone := storeLine("zone")
+	zone := helpLine(t, "zone", "--store ")
 	assert.NotContains(t, zone, "postgres", zone)
 	assert.Contains(t, zone, "bolt (durable, under --data-dir) or memory", zone)
-	assert.Contains(t, storeLine("global"), "postgres (global replicas sharing --postgres-url)")
+	assert.Contains(t, helpLine(t, "global", "--store "), "postgres (global replicas sharing --postgres-url)")
+}
+
+// Global's data dir holds its zone token signing key and cluster id, also
+// with --store postgres (replicas share those files): its help says so,
+// not only "the bolt store".
+func TestDataDirHelpNamesGlobalsTrustFiles(t *testing.T) {
+	global := helpLine(t, "global", "--data-dir ")
+	assert.Contains(t, global, "zone token signing key and cluster id", global)
+	assert.Contains(t, global, "also with --store postgres", global)
+	zone := helpLine(t, "zone", "--data-dir ")
+	assert.Contains(t, zone, "directory of the bolt store", zone)
+	assert.NotContains(t, zone, "signing key", zone)
 }
 
 // While global's PostgreSQL is away, the admin API answers reads and
