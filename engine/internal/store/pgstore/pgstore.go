@@ -116,6 +116,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -364,8 +365,26 @@ func (s *Store) Health(ctx context.Context) error {
 // unavailable wraps err, a failure to reach the database, with
 // store.ErrUnavailable and the server's name.
 func (s *Store) unavailable(err error) error {
-	return fmt.Errorf("PostgreSQL at %s unavailable: %w: %w", s.target, err, store.ErrUnavailable)
+	return fmt.Errorf("PostgreSQL at %s unavailable: %w: %w", s.target, oneLine{err}, store.ErrUnavailable)
 }
+
+// oneLine is err with its text on one line: the driver's connect errors
+// put each address it tried on a line of its own, and these errors go
+// into /readyz, log lines and the CLI's table cells.
+type oneLine struct{ err error }
+
+func (o oneLine) Error() string {
+	lines := strings.Split(o.err.Error(), "\n")
+	for i := range lines {
+		lines[i] = strings.TrimSpace(lines[i])
+	}
+	if len(lines) == 1 {
+		return lines[0]
+	}
+	return lines[0] + " " + strings.Join(lines[1:], "; ")
+}
+
+func (o oneLine) Unwrap() error { return o.err }
 
 // classify wraps err with store.ErrUnavailable when it means the database
 // could not be reached or refused service for a passing reason; other
