@@ -62,3 +62,35 @@ func TestListenOutageLoggedOnce(t *testing.T) {
 	assert.Contains(t, back, "[INFO]")
 	assert.Contains(t, back, "LISTEN connection open again")
 }
+
+// TestDuplicateReplicaIDWarned: two running replicas given the same
+// --replica-id (a copied config) write leases under one name, so zone
+// status cannot tell which holds a zone. A replica that sees a live lease
+// under its id that it did not claim warns, naming the zone and the id;
+// its own claims and another id's leases warn nothing.
+func TestDuplicateReplicaIDWarned(t *testing.T) {
+	url := pgtest.NewDatabase(t)
+	logs := &logBuffer{}
+	timings := pgstore.WithLeaseTimings(100*time.Millisecond, time.Second)
+	a := open(t, url, pgstore.WithReplica("g1"), timings, pgstore.WithLogger(hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: logs})))
+	b := open(t, url, pgstore.WithReplica("g1"), timings)
+	c := open(t, url, pgstore.WithReplica("g2"), timings)
+	ctx := t.Context()
+	_, err := a.ClaimLease(ctx, "zone-a", "10.0.0.1:1")
+	require.NoError(t, err)
+	_, err = c.ClaimLease(ctx, "zone-c", "10.0.0.3:1")
+	require.NoError(t, err)
+	_, err = b.ClaimLease(ctx, "zone-b", "10.0.0.2:1")
+	require.NoError(t, err)
+
+	require.Eventually(t, func() bool { return len(logs.lines("another running replica")) > 0 }, eventually, 20*time.Millisecond)
+	time.Sleep(500 * time.Millisecond) // more heartbeats: still one warning
+	warned := logs.lines("another running replica")
+	require.Len(t, warned, 1, "%s", strings.Join(warned, "\n"))
+	assert.Contains(t, warned[0], "[WARN]")
+	assert.Contains(t, warned[0], "zone=zone-b")
+	assert.Contains(t, warned[0], "replica=g1")
+	assert.Contains(t, warned[0], "--replica-id")
+	assert.Empty(t, logs.lines("zone=zone-a"), "its own claim")
+	assert.Empty(t, logs.lines("zone=zone-c"), "another id's lease")
+}

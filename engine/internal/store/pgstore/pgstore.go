@@ -228,6 +228,16 @@ type Store struct {
 	beat        chan struct{}
 	beatFailing atomic.Bool
 	leader      atomic.Bool
+
+	// opened is the database's clock when this Store opened. Under lmu:
+	// claimed is the highest generation this Store claimed per zone;
+	// foreign and warned are the leases under this Store's replica id
+	// that it did not claim, seen at the last heartbeat and warned about
+	// (see checkReplicaID).
+	opened  time.Time
+	claimed map[string]uint64
+	foreign map[string]uint64
+	warned  map[string]uint64
 }
 
 type errBox struct{ err error }
@@ -287,6 +297,9 @@ func Open(ctx context.Context, url string, opts ...Option) (*Store, error) {
 		versioner: store.NewVersioner(),
 		held:      map[string]uint64{},
 		latest:    map[string]uint64{},
+		claimed:   map[string]uint64{},
+		foreign:   map[string]uint64{},
+		warned:    map[string]uint64{},
 		beat:      make(chan struct{}, 1),
 	}
 	s.pool, err = pgxpool.NewWithConfig(ctx, pcfg)
@@ -302,7 +315,7 @@ func Open(ctx context.Context, url string, opts ...Option) (*Store, error) {
 		return nil, fmt.Errorf("open postgres store at %s: schema: %w", s.target, s.classify(err))
 	}
 	var rev, version uint64
-	if err := s.pool.QueryRow(ctx, "SELECT revision, version FROM kds_counter WHERE id = 1").Scan(&rev, &version); err != nil {
+	if err := s.pool.QueryRow(ctx, "SELECT revision, version, now() FROM kds_counter WHERE id = 1").Scan(&rev, &version, &s.opened); err != nil {
 		s.pool.Close()
 		return nil, fmt.Errorf("open postgres store at %s: read counter: %w", s.target, s.classify(err))
 	}
