@@ -321,6 +321,9 @@ func (s *Store) pokeHeartbeat() {
 // leader).
 func (s *Store) heartbeat(ctx context.Context) {
 	s.checkReplicaID(ctx)
+	// The last renewal that succeeded, before this one: every lease held
+	// then was renewed then (and a lease claimed since, at its claim).
+	prev := s.renewed
 	s.lmu.Lock()
 	zones := slices.Sorted(maps.Keys(s.held))
 	gens := make([]int64, len(zones))
@@ -345,6 +348,7 @@ func (s *Store) heartbeat(ctx context.Context) {
 		return
 	}
 	s.noteHeartbeat(ctx, nil)
+	s.renewed = time.Now()
 	if len(renewed) == len(zones) {
 		return
 	}
@@ -397,6 +401,14 @@ func (s *Store) heartbeat(ctx context.Context) {
 		}
 		s.log.Warn("session lease lost at heartbeat", "zone", z, "generation", held, "replaced", loss.Replaced(),
 			"by_generation", loss.By, "by_replica", loss.Replica)
+		if since := time.Since(prev); !loss.Replaced() && !prev.IsZero() && since < s.cfg.expiry {
+			// Expired, though renewed within this replica's own expiry:
+			// the leader expires leases sooner.
+			s.log.Warn("lease timings differ between replicas: the leader replica ended this zone's lease as expired, though this replica renewed it "+
+				"within its own lease expiry; every replica of a database needs the same --lease-heartbeat-interval and --lease-expiry "+
+				"(the leader's expiry must be longer than every replica's heartbeat)",
+				"zone", z, "renewed_ago", since.Round(time.Millisecond), "heartbeat", s.cfg.heartbeat, "expiry", s.cfg.expiry)
+		}
 		if fn != nil {
 			fn(loss)
 		}

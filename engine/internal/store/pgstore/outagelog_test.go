@@ -94,3 +94,28 @@ func TestDuplicateReplicaIDWarned(t *testing.T) {
 	assert.Empty(t, logs.lines("zone=zone-a"), "its own claim")
 	assert.Empty(t, logs.lines("zone=zone-c"), "another id's lease")
 }
+
+// TestShorterLeaderExpiryWarned: replicas of one database must share the
+// lease timings. When the leader expires a lease that its replica renewed
+// within its own --lease-expiry (the leader's expiry is shorter than this
+// replica's heartbeat), that replica's log says the timings differ, rather
+// than leaving the operator with "not renewed in time".
+func TestShorterLeaderExpiryWarned(t *testing.T) {
+	url := pgtest.NewDatabase(t)
+	leader := open(t, url, pgstore.WithReplica("g1"), pgstore.WithLeaseTimings(50*time.Millisecond, 200*time.Millisecond))
+	require.Eventually(t, leader.IsLeader, eventually, 10*time.Millisecond)
+	logs := &logBuffer{}
+	slow := open(t, url, pgstore.WithReplica("g2"), pgstore.WithLeaseTimings(500*time.Millisecond, 5*time.Second),
+		pgstore.WithLogger(hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: logs})))
+	var lost losses
+	slow.OnLeaseLost(lost.add)
+	_, err := slow.ClaimLease(t.Context(), "zone-1", "10.0.0.1:1")
+	require.NoError(t, err)
+
+	require.Eventually(t, func() bool { return len(lost.list()) == 1 }, eventually, 20*time.Millisecond, "the leader expires the lease")
+	require.Eventually(t, func() bool { return len(logs.lines("lease timings differ")) == 1 }, eventually, 20*time.Millisecond)
+	line := logs.lines("lease timings differ")[0]
+	assert.Contains(t, line, "[WARN]")
+	assert.Contains(t, line, "--lease-expiry")
+	assert.Contains(t, line, "zone=zone-1")
+}

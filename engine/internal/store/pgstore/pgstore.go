@@ -235,6 +235,7 @@ type Store struct {
 	// that it did not claim, seen at the last heartbeat and warned about
 	// (see checkReplicaID).
 	opened  time.Time
+	renewed time.Time // when the heartbeat last renewed the leases (its goroutine only)
 	claimed map[string]uint64
 	foreign map[string]uint64
 	warned  map[string]uint64
