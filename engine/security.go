@@ -130,6 +130,9 @@ func (e *Engine) kdsServerOptions() ([]grpc.ServerOption, error) {
 		}
 		opts = append(opts, kdsgrpc.TLSServerOptions(credentials.NewTLS(tc))...)
 	}
+	if err := e.checkJoiningReplica(); err != nil {
+		return nil, err
+	}
 	key, err := signingKey(e.cfg.DataDir, e.cfg.TokenSigningKeyFile)
 	if err != nil {
 		return nil, fmt.Errorf("zone token signing key: %w", err)

@@ -291,3 +291,22 @@ func TestStoreOutageLongerThanTheLeaseExpiry(t *testing.T) {
 	assert.Equal(t, 1.0, sessionsStarted(t, z), "the zone kept its session through the outage")
 	assert.Zero(t, seriesValueOf(t, g, "kds_sessions_ended_total", map[string]string{"zone": "zone-1"}))
 }
+
+// TestZoneStatusDuringOutageNamesThisReplica: while the session leases
+// cannot be read, a replica answers zone status from its own sessions
+// (api.md): a zone whose session runs here is still shown online on this
+// replica (REPLICA in inspect zones), not without a replica.
+func TestZoneStatusDuringOutageNamesThisReplica(t *testing.T) {
+	s := startOutageSetup(t)
+	eventually(t, func() bool {
+		zs := s.g.e.Zones()
+		return len(zs) == 1 && zs[0].Online && zs[0].Replica == s.g.e.ReplicaID()
+	}, "zone-1 online on this replica, from its lease")
+
+	s.proxy.Cut()
+	defer s.proxy.Restore()
+	zs := s.g.e.Zones()
+	require.Len(t, zs, 1)
+	assert.True(t, zs[0].Online)
+	assert.Equal(t, s.g.e.ReplicaID(), zs[0].Replica, "the replica serving the zone's session")
+}

@@ -20,7 +20,8 @@ const leaseReadTimeout = 2 * time.Second
 // alike; a zone whose session runs on another replica appears even if it
 // never connected here. What only the serving replica counts (sessions,
 // per-type state, streams, last error, token) stays this replica's own.
-// If the leases cannot be read, the local view is returned.
+// If the leases cannot be read, the local view is returned: the zones
+// whose sessions run here are online on this replica.
 func (e *Engine) zoneStatus(cs []apitypes.Conn) []apitypes.Conn {
 	self := e.cfg.ReplicaID
 	ls := e.live.leases
@@ -35,6 +36,11 @@ func (e *Engine) zoneStatus(cs []apitypes.Conn) []apitypes.Conn {
 	leases, err := ls.Leases(ctx)
 	if err != nil {
 		e.log.Debug("zone status: cannot read the session leases; showing this replica's own view", "error", err)
+		for i := range cs {
+			if cs[i].Online { // its session runs here
+				cs[i].Replica = self
+			}
+		}
 		return cs
 	}
 	at := make(map[string]int, len(cs))

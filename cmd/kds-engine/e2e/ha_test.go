@@ -423,3 +423,50 @@ func waitWithin(t *testing.T, d time.Duration, what string, cond func() (bool, s
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// TestReplicaWithoutSharedTrustRefusesToStart: a second replica started on
+// the database the first one uses, with a data dir that lacks the cluster
+// id and the zone token signing key (nothing copied, no --cluster-id), does
+// not make up its own, which would refuse every zone token the first
+// replica accepts once zones fail over to it: it exits 1 naming the
+// missing files and what to copy, and creates neither. With the files
+// copied as docs/ha.md says, it starts.
+func TestReplicaWithoutSharedTrustRefusesToStart(t *testing.T) {
+	c, g := pgReplicas(t, 1)
+	mustCLI(t, "apply", "-f", examplesFile(t, "global.yaml"), "--api", g[0].api())
+
+	second := &node{name: "global", dataDir: filepath.Join(c.dir, "global-2")}
+	second.args = append([]string(nil), g[0].args...)
+	for i, a := range second.args {
+		switch {
+		case a == g[0].dataDir:
+			second.args[i] = second.dataDir
+		case a == "g1":
+			second.args[i] = "g2"
+		}
+	}
+	p := startProc(t, "global-2", append(second.args, "--api-addr", addr(freePort(t)), "--kds-addr", addr(freePort(t)))...)
+	code := p.wait(t, 30*time.Second)
+	out := p.stderr.String()
+	assert.Equal(t, 1, code, out)
+	for _, want := range []string{
+		filepath.Join(second.dataDir, "cluster-id"), filepath.Join(second.dataDir, "zone-token-signing.key"),
+		"is already used by global replicas", "Copy cluster-id and zone-token-signing.key from another replica's data dir",
+	} {
+		assert.Contains(t, out, want)
+	}
+	for _, f := range []string{"cluster-id", "zone-token-signing.key"} {
+		_, err := os.Stat(filepath.Join(second.dataDir, f))
+		assert.ErrorIs(t, err, os.ErrNotExist, "%s not created by the refused start", f)
+	}
+
+	require.NoError(t, os.MkdirAll(second.dataDir, 0o700))
+	for _, f := range []string{"cluster-id", "zone-token-signing.key"} {
+		b, err := os.ReadFile(filepath.Join(g[0].dataDir, f))
+		require.NoError(t, err)
+		require.NoError(t, os.WriteFile(filepath.Join(second.dataDir, f), b, 0o600))
+	}
+	c.start(t, second, true)
+	z := c.zoneOn(t, "zone-1", second)
+	waitFor(t, "global.yaml on zone-1 through the second replica", func() (bool, string) { return holdsPolicies(t, z) })
+}

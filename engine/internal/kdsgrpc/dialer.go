@@ -7,6 +7,7 @@ import (
 	"io"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -129,11 +130,22 @@ func (d *Dialer) Run(ctx context.Context) error {
 			order = d.round(ctx, last) // names may resolve differently now
 		}
 		early = false
+		var failed roundError // this round's failures, oldest first
 		for i, c := range order {
 			start := time.Now()
 			started, err := d.attempt(ctx, c)
 			if ctx.Err() != nil {
 				return nil
+			}
+			if err != nil {
+				// The state names every address that failed this round,
+				// not only the one tried last: a replica that is up but
+				// refuses the session says more than a dead one.
+				failed = append(failed, err)
+				if len(failed) > 1 {
+					all := slices.Clone(failed)
+					d.setState(func(s *ConnState) { s.LastError = all })
+				}
 			}
 			last = c.addr
 			lived := time.Since(start)
@@ -155,6 +167,20 @@ func (d *Dialer) Run(ctx context.Context) error {
 		}
 	}
 }
+
+// roundError is the failures of one round of attempts, oldest first; each
+// names its address. Its text lists them most recent first, on one line.
+type roundError []error
+
+func (r roundError) Error() string {
+	parts := make([]string, len(r))
+	for i, err := range r {
+		parts[len(r)-1-i] = err.Error()
+	}
+	return strings.Join(parts, "; ")
+}
+
+func (r roundError) Unwrap() []error { return r }
 
 // round returns the candidates of a new round, starting after last. A
 // failed lookup is logged, and recorded as the last error when no address

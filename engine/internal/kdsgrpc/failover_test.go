@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -378,4 +379,30 @@ func TestDialerTriesEveryAddressOfAName(t *testing.T) {
 	mu.Lock()
 	assert.GreaterOrEqual(t, lookups, 2, "looked up again after the failure")
 	mu.Unlock()
+}
+
+// Every address of a round fails, each for its own reason: the first
+// replica is up but ends every session at once (its database is away, so
+// it cannot claim the zone), the second is dead. The state's error (what
+// /readyz and inspect sync show) names both, the most recent first, not
+// only the dead one that happened to be tried last.
+func TestDialerErrorNamesEveryAddressOfAFailedRound(t *testing.T) {
+	refusing := serve(t, NewGlobal(1, func(context.Context, string, *mux.Session) error {
+		return errors.New("claim zone zone-1: PostgreSQL at db:5432 database kds unavailable")
+	}), Config{})
+	dead := deadAddr(t)
+	var log attemptLog
+	d := NewDialer([]string{refusing, dead}, "zone-1", 1, waitingZone, insecureDial(), noWait, log.option())
+	runDialer(t, d)
+	eventually(t, func() bool {
+		addrs, _ := log.snapshot()
+		st := d.State()
+		return len(addrs) == 2 && st.LastError != nil && strings.Contains(st.LastError.Error(), dead)
+	}, "one round over both addresses")
+	msg := d.State().LastError.Error()
+	assert.Contains(t, msg, "global at "+dead+": open stream")
+	assert.Contains(t, msg, "global at "+refusing+": ")
+	assert.Contains(t, msg, "PostgreSQL at db:5432 database kds unavailable", "the cause on the replica that is up")
+	assert.Less(t, strings.Index(msg, dead), strings.Index(msg, refusing), "the most recent first: %s", msg)
+	assert.NotContains(t, msg, "\n", "one line, for the inspect sync table")
 }

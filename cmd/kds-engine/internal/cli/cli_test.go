@@ -6,7 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"strings"
 	"sync"
@@ -801,23 +806,78 @@ func TestRunStoreUnreachableExitsOne(t *testing.T) {
 	assert.Equal(t, engine.StorePostgres, fe.last(t).Store)
 }
 
+// helpLine is the line of role's --help that starts with flag.
+func helpLine(t *testing.T, role, flag string) string {
+	t.Helper()
+	code, out, errOut := runCLI(t, nil, role, "--help")
+	require.Equal(t, ExitOK, code, errOut)
+	for _, line := range strings.Split(out, "\n") {
+		if strings.HasPrefix(strings.TrimSpace(line), flag) {
+			return line
+		}
+	}
+	t.Fatalf("%s --help has no %s line:\n%s", role, flag, out)
+	return ""
+}
+
 // A zone refuses --store postgres, so its help does not offer it; global's
 // does.
 func TestStoreHelpListsWhatTheRoleAccepts(t *testing.T) {
-	storeLine := func(role string) string {
-		t.Helper()
-		code, out, errOut := runCLI(t, nil, role, "--help")
-		require.Equal(t, ExitOK, code, errOut)
-		for _, line := range strings.Split(out, "\n") {
-			if strings.HasPrefix(strings.TrimSpace(line), "--store ") {
-				return line
-			}
-		}
-		t.Fatalf("%s --help has no --store line:\n%s", role, out)
-		return ""
-	}
-	zone := storeLine("zone")
+	zone := helpLine(t, "zone", "--store ")
 	assert.NotContains(t, zone, "postgres", zone)
 	assert.Contains(t, zone, "bolt (durable, under --data-dir) or memory", zone)
-	assert.Contains(t, storeLine("global"), "postgres (global replicas sharing --postgres-url)")
+	assert.Contains(t, helpLine(t, "global", "--store "), "postgres (global replicas sharing --postgres-url)")
+}
+
+// Global's data dir holds its zone token signing key and cluster id, also
+// with --store postgres (replicas share those files): its help says so,
+// not only "the bolt store".
+func TestDataDirHelpNamesGlobalsTrustFiles(t *testing.T) {
+	global := helpLine(t, "global", "--data-dir ")
+	assert.Contains(t, global, "zone token signing key and cluster id", global)
+	assert.Contains(t, global, "also with --store postgres", global)
+	zone := helpLine(t, "zone", "--data-dir ")
+	assert.Contains(t, zone, "directory of the bolt store", zone)
+	assert.NotContains(t, zone, "signing key", zone)
+}
+
+// While global's PostgreSQL is away, the admin API answers reads and
+// writes with 503 store_unavailable: the CLI says what to do (retry once
+// the database is back; a write is safe to repeat) and does not blame the
+// first document of an apply.
+func TestStoreUnavailableSaysRetry(t *testing.T) {
+	h := newHarness(t, "global")
+	seed(t, h)
+	target, err := url.Parse(h.srv.URL)
+	require.NoError(t, err)
+	types := httputil.NewSingleHostReverseProxy(target)
+	down := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/api/v1/types" { // from the plugins, not the database
+			types.ServeHTTP(w, r)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = io.WriteString(w, `{"code":"store_unavailable","message":"Mesh default: get Mesh default: PostgreSQL at db:5432 database kds unavailable: connection refused: store unavailable"}`)
+	}))
+	t.Cleanup(down.Close)
+	run := func(args ...string) (int, string) {
+		a, _, errb := h.app()
+		return a.Run(append(args, "--api", down.URL)), errb.String()
+	}
+
+	h.files["p.yaml"] = policiesYAML
+	code, errOut := run("apply", "-f", "p.yaml")
+	assert.Equal(t, ExitFailed, code)
+	assert.Equal(t, "apply: Mesh default: get Mesh default: PostgreSQL at db:5432 database kds unavailable: connection refused: store unavailable; "+
+		"global's database cannot be reached (its /readyz says why): retry once it is back; nothing was written, or the outcome is unknown, and the same command is safe to repeat\n", errOut)
+	assert.NotContains(t, errOut, "document 1")
+
+	code, errOut = run("delete", "MeshTimeout", "web")
+	assert.Equal(t, ExitFailed, code)
+	assert.Contains(t, errOut, "; global's database cannot be reached (its /readyz says why): retry once it is back; nothing was written")
+
+	code, errOut = run("get", "MeshTimeout")
+	assert.Equal(t, ExitFailed, code)
+	assert.Contains(t, errOut, "store unavailable; global's database cannot be reached (its /readyz says why): retry once it is back\n")
 }

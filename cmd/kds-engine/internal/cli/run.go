@@ -108,9 +108,11 @@ func (a *App) runRole(cmd *cobra.Command, role engine.Role, configFile string) e
 	close(done)
 	wg.Wait()
 	if err != nil && !(errors.Is(context.Cause(ctx), errSignal) && errors.Is(err, context.Canceled)) {
-		if errors.Is(err, engine.ErrStoreUnavailable) {
-			// The configured database cannot be reached: nothing started,
-			// and the fix is in the configuration or the deployment.
+		if errors.Is(err, engine.ErrStoreUnavailable) || errors.Is(err, engine.ErrReplicaTrustMissing) {
+			// The configured database cannot be reached, or this replica
+			// lacks the other replicas' cluster id or signing key: nothing
+			// started, and the fix is in the configuration or the
+			// deployment.
 			return usageError(fmt.Errorf("kds-engine %s: %w", role, err))
 		}
 		return failed(fmt.Errorf("kds-engine %s: %w", role, err))

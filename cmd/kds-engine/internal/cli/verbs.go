@@ -68,7 +68,20 @@ func opError(verb string, err error) error {
 	if errors.As(err, &ae) && ae.Code == apitypes.CodeUnauthenticated {
 		return failed(fmt.Errorf("%s: %w; give the CLI the token with --token TOKEN or %s", verb, err, TokenEnv))
 	}
+	if errors.As(err, &ae) && ae.Code == apitypes.CodeStoreUnavailable {
+		return failed(fmt.Errorf("%s: %w; %s", verb, err, storeUnavailableHint(verb == "delete")))
+	}
 	return failed(fmt.Errorf("%s: %w", verb, err))
+}
+
+// storeUnavailableHint says what to do about 503 store_unavailable (global's
+// PostgreSQL cannot be reached), after a write if write.
+func storeUnavailableHint(write bool) string {
+	hint := "global's database cannot be reached (its /readyz says why): retry once it is back"
+	if write {
+		hint += "; nothing was written, or the outcome is unknown, and the same command is safe to repeat"
+	}
+	return hint
 }
 
 // roleError is opError for a verb served by one role only (want: "global" or
@@ -241,6 +254,10 @@ func applyError(docs []doc, err error) error {
 	var ae *client.APIError
 	if !errors.As(err, &ae) {
 		return fmt.Errorf("apply: %w", err)
+	}
+	// The database is away: no document is at fault.
+	if ae.Code == apitypes.CodeStoreUnavailable {
+		return fmt.Errorf("apply: %s; %s", ae.Message, storeUnavailableHint(true))
 	}
 	// A read-only refusal says it all in one line.
 	if ae.Code == apitypes.CodeReadOnly || len(ae.Fields) == 0 {

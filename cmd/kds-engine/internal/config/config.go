@@ -157,7 +157,8 @@ var Settings = []Setting{
 	{Flag: "required-plugins", Kind: "list", Key: "requiredPlugins", Global: true, Zone: true, Default: fixed(""), Accepted: "comma-separated plugin names",
 		Usage: "plugins that must load or the engine does not start (comma list)", set: func(c *Config, v string) error { c.RequiredPlugins = splitList(v); return nil }},
 	{Flag: "data-dir", Kind: "string", Key: "dataDir", Global: true, Zone: true, Default: byRole("kds-data/global", "kds-data/NAME"), Accepted: "a directory",
-		Usage: "directory of the bolt store", set: func(c *Config, v string) error { c.DataDir = v; return nil }},
+		Usage:     "directory of the bolt store, and of global's zone token signing key and cluster id (also with --store postgres, where replicas share those two files)",
+		ZoneUsage: "directory of the bolt store", set: func(c *Config, v string) error { c.DataDir = v; return nil }},
 	{Flag: "store", Kind: "string", Key: "store", Global: true, Zone: true, Default: fixed("bolt"), Accepted: "bolt, postgres (global only), memory",
 		Usage:     "resource store: bolt (durable, under --data-dir), postgres (global replicas sharing --postgres-url) or memory",
 		ZoneUsage: "resource store: bolt (durable, under --data-dir) or memory", ZoneAccepted: "bolt, memory", set: func(c *Config, v string) error { c.Store = v; return nil }},
@@ -715,6 +716,18 @@ func (c *Config) Validate() error {
 		}
 		if exp < 2*hb || exp > 10*time.Minute {
 			bad("lease-expiry", "%s must be at least twice lease-heartbeat-interval (%s) and at most 10m", exp, hb)
+		}
+		if c.Store != string(engine.StorePostgres) {
+			// Only replicas on PostgreSQL have leases; elsewhere these
+			// would be accepted and do nothing.
+			for _, l := range []struct {
+				setting string
+				v, def  time.Duration
+			}{{"lease-heartbeat-interval", c.LeaseHeartbeatInterval, engine.DefaultLeaseHeartbeat}, {"lease-expiry", c.LeaseExpiry, engine.DefaultLeaseExpiry}} {
+				if l.v != 0 && l.v != l.def {
+					bad(l.setting, "%s is set but store is %s, which has no session leases (they exist with store postgres): remove it, or set store postgres", l.v, c.Store)
+				}
+			}
 		}
 	}
 	if c.PostgresURL != "" && c.Store != string(engine.StorePostgres) && c.Role == engine.RoleGlobal {

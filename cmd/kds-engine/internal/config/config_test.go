@@ -675,6 +675,15 @@ func TestPostgresSettings(t *testing.T) {
 			"postgres-url: is set but store is bolt: set store postgres, or remove the URL"},
 		{"zone", engine.RoleZone, Sources{Flags: map[string]string{"name": "zone-1", "global": "g:5685", "ca-file": "ca.crt", "token-file": "t", "store": "postgres"}},
 			"store: postgres is for global replicas; a zone keeps its resources in bolt"},
+		// Session leases exist only on PostgreSQL: on bolt these would
+		// be accepted and do nothing.
+		{"lease expiry without store postgres", engine.RoleGlobal, Sources{Flags: merge(global, "lease-expiry", "30s")},
+			"lease-expiry: 30s is set but store is bolt, which has no session leases (they exist with store postgres): remove it, or set store postgres"},
+		{"lease heartbeat without store postgres", engine.RoleGlobal, Sources{Flags: merge(global, "store", "memory"),
+			LookupEnv: env(map[string]string{"KDS_ENGINE_LEASE_HEARTBEAT_INTERVAL": "1s"})},
+			"lease-heartbeat-interval: 1s is set but store is memory, which has no session leases"},
+		{"lease settings with store postgres", engine.RoleGlobal, Sources{Flags: merge(global, "store", "postgres", "postgres-url", url,
+			"lease-heartbeat-interval", "1s", "lease-expiry", "30s")}, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := Load(tc.role, tc.src)

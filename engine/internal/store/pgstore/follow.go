@@ -220,19 +220,34 @@ func (s *Store) prune(ctx context.Context, conn *pgx.Conn) {
 
 // listenLoop keeps a LISTEN connection open until ctx ends, reconnecting
 // with backoff; every notification, and every (re)connect, wakes the
-// reader.
+// reader. A lost connection is logged once, as a warning, and its return
+// once: the reconnects that fail in between (while the database is away)
+// are logged at debug level only.
 func (s *Store) listenLoop(ctx context.Context) {
 	const minBackoff, maxBackoff = 100 * time.Millisecond, 5 * time.Second
 	backoff := minBackoff
+	failing := false // a loss was logged and LISTEN has not succeeded since
+	back := func() {
+		if failing {
+			failing = false
+			s.log.Info("LISTEN connection open again: following other replicas' commits and session claims", "postgres", s.target)
+		}
+	}
 	for {
-		connected, err := s.listenOnce(ctx)
+		connected, err := s.listenOnce(ctx, back)
 		if ctx.Err() != nil {
 			return
 		}
 		if connected {
 			backoff = minBackoff
 		}
-		s.log.Warn("LISTEN connection lost; reconnecting", "postgres", s.target, "error", fmt.Sprint(s.classify(err)), "backoff", backoff)
+		if failing {
+			s.log.Debug("LISTEN connection: reconnect failed", "postgres", s.target, "error", fmt.Sprint(s.classify(err)), "backoff", backoff)
+		} else {
+			failing = true
+			s.log.Warn("LISTEN connection lost; reconnecting with backoff (the change log is still polled; the reconnect is logged when it succeeds)",
+				"postgres", s.target, "error", fmt.Sprint(s.classify(err)), "backoff", backoff)
+		}
 		t := time.NewTimer(backoff)
 		select {
 		case <-ctx.Done():
@@ -246,8 +261,8 @@ func (s *Store) listenLoop(ctx context.Context) {
 
 // listenOnce connects, LISTENs and wakes the reader on every notification
 // until the connection fails or ctx ends. connected reports whether LISTEN
-// succeeded.
-func (s *Store) listenOnce(ctx context.Context) (connected bool, err error) {
+// succeeded; listening, if not nil, is called once it has.
+func (s *Store) listenOnce(ctx context.Context, listening func()) (connected bool, err error) {
 	conn, err := pgx.ConnectConfig(ctx, s.listen.Copy())
 	if err != nil {
 		return false, err
@@ -262,6 +277,9 @@ func (s *Store) listenOnce(ctx context.Context) (connected bool, err error) {
 		return false, err
 	}
 	s.listenPID.Store(conn.PgConn().PID())
+	if listening != nil {
+		listening()
+	}
 	// Notifications sent while this connection was down are lost: catch
 	// up now, and check the leases.
 	s.poke()

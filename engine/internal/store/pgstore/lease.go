@@ -178,6 +178,7 @@ func (s *Store) ClaimLease(ctx context.Context, zone, peer string) (uint64, erro
 		return 0, fmt.Errorf("claim session of zone %s: %w", zone, s.classify(err))
 	}
 	s.lmu.Lock()
+	s.claimed[zone] = max(s.claimed[zone], gen)
 	newer := s.latest[zone]
 	if newer <= gen {
 		s.latest[zone] = gen
@@ -319,6 +320,10 @@ func (s *Store) pokeHeartbeat() {
 // and is not ended; each other one is lost (replaced, or expired by the
 // leader).
 func (s *Store) heartbeat(ctx context.Context) {
+	s.checkReplicaID(ctx)
+	// The last renewal that succeeded, before this one: every lease held
+	// then was renewed then (and a lease claimed since, at its claim).
+	prev := s.renewed
 	s.lmu.Lock()
 	zones := slices.Sorted(maps.Keys(s.held))
 	gens := make([]int64, len(zones))
@@ -343,6 +348,7 @@ func (s *Store) heartbeat(ctx context.Context) {
 		return
 	}
 	s.noteHeartbeat(ctx, nil)
+	s.renewed = time.Now()
 	if len(renewed) == len(zones) {
 		return
 	}
@@ -395,10 +401,66 @@ func (s *Store) heartbeat(ctx context.Context) {
 		}
 		s.log.Warn("session lease lost at heartbeat", "zone", z, "generation", held, "replaced", loss.Replaced(),
 			"by_generation", loss.By, "by_replica", loss.Replica)
+		if since := time.Since(prev); !loss.Replaced() && !prev.IsZero() && since < s.cfg.expiry {
+			// Expired, though renewed within this replica's own expiry:
+			// the leader expires leases sooner.
+			s.log.Warn("lease timings differ between replicas: the leader replica ended this zone's lease as expired, though this replica renewed it "+
+				"within its own lease expiry; every replica of a database needs the same --lease-heartbeat-interval and --lease-expiry "+
+				"(the leader's expiry must be longer than every replica's heartbeat)",
+				"zone", z, "renewed_ago", since.Round(time.Millisecond), "heartbeat", s.cfg.heartbeat, "expiry", s.cfg.expiry)
+		}
 		if fn != nil {
 			fn(loss)
 		}
 	}
+}
+
+// checkReplicaID warns, once per lease, about a live lease under this
+// Store's replica id that this Store did not claim, started or renewed
+// since it opened: another running process uses the same replica id, and
+// zone status cannot tell the two apart. A lease is warned about when two
+// heartbeats in a row see it, so that a claim of this Store that commits
+// just before the first look is not taken for another's.
+func (s *Store) checkReplicaID(ctx context.Context) {
+	rows, err := s.pool.Query(ctx, `SELECT zone, generation, coalesce(peer, '') FROM kds_sessions
+		WHERE replica = $1 AND ended_at IS NULL AND heartbeat_at > $2`, s.cfg.replica, s.opened)
+	if err != nil {
+		return // the lease renewal reports the database's failures
+	}
+	type lease struct {
+		gen  uint64
+		peer string
+	}
+	found := map[string]lease{}
+	for rows.Next() {
+		var (
+			z string
+			l lease
+		)
+		if rows.Scan(&z, &l.gen, &l.peer) == nil {
+			found[z] = l
+		}
+	}
+	rows.Close()
+	if rows.Err() != nil {
+		return
+	}
+	s.lmu.Lock()
+	defer s.lmu.Unlock()
+	foreign := map[string]uint64{}
+	for z, l := range found {
+		if s.claimed[z] >= l.gen {
+			continue // this Store's own, or older than its own
+		}
+		foreign[z] = l.gen
+		if s.foreign[z] == l.gen && s.warned[z] != l.gen {
+			s.warned[z] = l.gen
+			s.log.Warn("another running replica uses this replica id: it holds the session lease of a zone that this replica did not claim, "+
+				"so zone status (the REPLICA column of inspect zones) cannot tell the two apart; give each replica its own --replica-id",
+				"replica", s.cfg.replica, "zone", z, "generation", l.gen, "zone_peer", l.peer)
+		}
+	}
+	s.foreign = foreign
 }
 
 // noteHeartbeat logs the heartbeat's failures once per change of state.

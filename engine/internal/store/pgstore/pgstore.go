@@ -116,6 +116,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -227,6 +228,17 @@ type Store struct {
 	beat        chan struct{}
 	beatFailing atomic.Bool
 	leader      atomic.Bool
+
+	// opened is the database's clock when this Store opened. Under lmu:
+	// claimed is the highest generation this Store claimed per zone;
+	// foreign and warned are the leases under this Store's replica id
+	// that it did not claim, seen at the last heartbeat and warned about
+	// (see checkReplicaID).
+	opened  time.Time
+	renewed time.Time // when the heartbeat last renewed the leases (its goroutine only)
+	claimed map[string]uint64
+	foreign map[string]uint64
+	warned  map[string]uint64
 }
 
 type errBox struct{ err error }
@@ -286,6 +298,9 @@ func Open(ctx context.Context, url string, opts ...Option) (*Store, error) {
 		versioner: store.NewVersioner(),
 		held:      map[string]uint64{},
 		latest:    map[string]uint64{},
+		claimed:   map[string]uint64{},
+		foreign:   map[string]uint64{},
+		warned:    map[string]uint64{},
 		beat:      make(chan struct{}, 1),
 	}
 	s.pool, err = pgxpool.NewWithConfig(ctx, pcfg)
@@ -301,7 +316,7 @@ func Open(ctx context.Context, url string, opts ...Option) (*Store, error) {
 		return nil, fmt.Errorf("open postgres store at %s: schema: %w", s.target, s.classify(err))
 	}
 	var rev, version uint64
-	if err := s.pool.QueryRow(ctx, "SELECT revision, version FROM kds_counter WHERE id = 1").Scan(&rev, &version); err != nil {
+	if err := s.pool.QueryRow(ctx, "SELECT revision, version, now() FROM kds_counter WHERE id = 1").Scan(&rev, &version, &s.opened); err != nil {
 		s.pool.Close()
 		return nil, fmt.Errorf("open postgres store at %s: read counter: %w", s.target, s.classify(err))
 	}
@@ -356,7 +371,7 @@ func (s *Store) Health(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	if err := s.pool.Ping(ctx); err != nil {
-		return fmt.Errorf("postgres store: %w", s.unavailable(err))
+		return s.unavailable(err)
 	}
 	return nil
 }
@@ -364,8 +379,26 @@ func (s *Store) Health(ctx context.Context) error {
 // unavailable wraps err, a failure to reach the database, with
 // store.ErrUnavailable and the server's name.
 func (s *Store) unavailable(err error) error {
-	return fmt.Errorf("PostgreSQL at %s unavailable: %w: %w", s.target, err, store.ErrUnavailable)
+	return fmt.Errorf("PostgreSQL at %s unavailable: %w: %w", s.target, oneLine{err}, store.ErrUnavailable)
 }
+
+// oneLine is err with its text on one line: the driver's connect errors
+// put each address it tried on a line of its own, and these errors go
+// into /readyz, log lines and the CLI's table cells.
+type oneLine struct{ err error }
+
+func (o oneLine) Error() string {
+	lines := strings.Split(o.err.Error(), "\n")
+	for i := range lines {
+		lines[i] = strings.TrimSpace(lines[i])
+	}
+	if len(lines) == 1 {
+		return lines[0]
+	}
+	return lines[0] + " " + strings.Join(lines[1:], "; ")
+}
+
+func (o oneLine) Unwrap() error { return o.err }
 
 // classify wraps err with store.ErrUnavailable when it means the database
 // could not be reached or refused service for a passing reason; other

@@ -325,6 +325,14 @@ func TestUnavailable(t *testing.T) {
 	err = s.Health(ctx)
 	require.ErrorIs(t, err, store.ErrUnavailable)
 	assert.Contains(t, err.Error(), "unavailable")
+	// /readyz shows it after "store: ", as the guide documents.
+	assert.Regexp(t, `^PostgreSQL at 127\.0\.0\.1:\d+ database kds_test_\w+ unavailable: `, err.Error())
+	// One line, though the driver's connect errors list each attempt on a
+	// line of its own: it goes into /readyz, log lines and table cells.
+	assert.NotContains(t, err.Error(), "\n")
+	_, err = s.Create(ctx, storetest.Res("T", "during-2"))
+	require.ErrorIs(t, err, store.ErrUnavailable)
+	assert.NotContains(t, err.Error(), "\n")
 
 	proxy.Restore()
 	require.Eventually(t, func() bool { return s.Health(ctx) == nil }, eventually, 50*time.Millisecond)
