@@ -1,9 +1,7 @@
 package pgstore_test
 
 import (
-	"bytes"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -12,33 +10,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/kds-engine/kds-engine/engine/internal/store/pgstore"
+	"github.com/kds-engine/kds-engine/engine/internal/testsupport/logbuf"
 	"github.com/kds-engine/kds-engine/internal/testsupport/pgtest"
 )
-
-// logBuffer is a bytes.Buffer safe for the store's goroutines.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-// lines returns the logged lines that contain s.
-func (l *logBuffer) lines(s string) []string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var out []string
-	for _, line := range strings.Split(l.b.String(), "\n") {
-		if strings.Contains(line, s) {
-			out = append(out, line)
-		}
-	}
-	return out
-}
 
 // TestListenOutageLoggedOnce: while the database is away, the LISTEN
 // connection's failed reconnects (every 100 ms doubling to 5 s) are not
@@ -46,19 +20,20 @@ func (l *logBuffer) lines(s string) []string {
 func TestListenOutageLoggedOnce(t *testing.T) {
 	url := pgtest.NewDatabase(t)
 	proxy := pgtest.NewProxy(t, url)
-	logs := &logBuffer{}
+	logs := &logbuf.Buffer{}
 	s := open(t, proxy.URL(url), pgstore.WithLogger(hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: logs})))
 	require.Eventually(t, func() bool { return s.ListenPID() != 0 }, eventually, 10*time.Millisecond)
 
 	proxy.Cut()
-	// 100+200+400+800+1600 ms: at least five failed reconnects.
+	require.Eventually(t, func() bool { return len(logs.Lines("LISTEN")) > 0 }, eventually, 10*time.Millisecond, "the loss is logged")
+	// 100+200+400+800+1600 ms: at least five failed reconnects more.
 	time.Sleep(3500 * time.Millisecond)
-	assert.Len(t, logs.lines("LISTEN"), 1, "one line for the whole outage:\n%s", strings.Join(logs.lines("LISTEN"), "\n"))
+	assert.Len(t, logs.Lines("LISTEN"), 1, "one line for the whole outage:\n%s", strings.Join(logs.Lines("LISTEN"), "\n"))
 
 	proxy.Restore()
 	require.Eventually(t, func() bool { return s.ListenPID() != 0 }, eventually, 10*time.Millisecond)
-	require.Eventually(t, func() bool { return len(logs.lines("LISTEN")) == 2 }, eventually, 10*time.Millisecond)
-	back := logs.lines("LISTEN")[1]
+	require.Eventually(t, func() bool { return len(logs.Lines("LISTEN")) == 2 }, eventually, 10*time.Millisecond)
+	back := logs.Lines("LISTEN")[1]
 	assert.Contains(t, back, "[INFO]")
 	assert.Contains(t, back, "LISTEN connection open again")
 }
@@ -70,7 +45,7 @@ func TestListenOutageLoggedOnce(t *testing.T) {
 // its own claims and another id's leases warn nothing.
 func TestDuplicateReplicaIDWarned(t *testing.T) {
 	url := pgtest.NewDatabase(t)
-	logs := &logBuffer{}
+	logs := &logbuf.Buffer{}
 	timings := pgstore.WithLeaseTimings(100*time.Millisecond, time.Second)
 	a := open(t, url, pgstore.WithReplica("g1"), timings, pgstore.WithLogger(hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: logs})))
 	b := open(t, url, pgstore.WithReplica("g1"), timings)
@@ -83,16 +58,16 @@ func TestDuplicateReplicaIDWarned(t *testing.T) {
 	_, err = b.ClaimLease(ctx, "zone-b", "10.0.0.2:1")
 	require.NoError(t, err)
 
-	require.Eventually(t, func() bool { return len(logs.lines("another running replica")) > 0 }, eventually, 20*time.Millisecond)
+	require.Eventually(t, func() bool { return len(logs.Lines("another running replica")) > 0 }, eventually, 20*time.Millisecond)
 	time.Sleep(500 * time.Millisecond) // more heartbeats: still one warning
-	warned := logs.lines("another running replica")
+	warned := logs.Lines("another running replica")
 	require.Len(t, warned, 1, "%s", strings.Join(warned, "\n"))
 	assert.Contains(t, warned[0], "[WARN]")
 	assert.Contains(t, warned[0], "zone=zone-b")
 	assert.Contains(t, warned[0], "replica=g1")
 	assert.Contains(t, warned[0], "--replica-id")
-	assert.Empty(t, logs.lines("zone=zone-a"), "its own claim")
-	assert.Empty(t, logs.lines("zone=zone-c"), "another id's lease")
+	assert.Empty(t, logs.Lines("zone=zone-a"), "its own claim")
+	assert.Empty(t, logs.Lines("zone=zone-c"), "another id's lease")
 }
 
 // TestShorterLeaderExpiryWarned: replicas of one database must share the
@@ -104,7 +79,7 @@ func TestShorterLeaderExpiryWarned(t *testing.T) {
 	url := pgtest.NewDatabase(t)
 	leader := open(t, url, pgstore.WithReplica("g1"), pgstore.WithLeaseTimings(50*time.Millisecond, 200*time.Millisecond))
 	require.Eventually(t, leader.IsLeader, eventually, 10*time.Millisecond)
-	logs := &logBuffer{}
+	logs := &logbuf.Buffer{}
 	slow := open(t, url, pgstore.WithReplica("g2"), pgstore.WithLeaseTimings(500*time.Millisecond, 5*time.Second),
 		pgstore.WithLogger(hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: logs})))
 	var lost losses
@@ -113,8 +88,8 @@ func TestShorterLeaderExpiryWarned(t *testing.T) {
 	require.NoError(t, err)
 
 	require.Eventually(t, func() bool { return len(lost.list()) == 1 }, eventually, 20*time.Millisecond, "the leader expires the lease")
-	require.Eventually(t, func() bool { return len(logs.lines("lease timings differ")) == 1 }, eventually, 20*time.Millisecond)
-	line := logs.lines("lease timings differ")[0]
+	require.Eventually(t, func() bool { return len(logs.Lines("lease timings differ")) == 1 }, eventually, 20*time.Millisecond)
+	line := logs.Lines("lease timings differ")[0]
 	assert.Contains(t, line, "[WARN]")
 	assert.Contains(t, line, "--lease-expiry")
 	assert.Contains(t, line, "zone=zone-1")
