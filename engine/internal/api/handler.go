@@ -193,7 +193,12 @@ func (h *handler) writeJSON(w http.ResponseWriter, status int, v any) {
 
 func (h *handler) fail(w http.ResponseWriter, r *http.Request, err error, typ string) {
 	status, body := h.classify(err, typ)
-	if status >= 500 {
+	switch {
+	case body.Code == CodeStoreUnavailable || body.Code == CodePluginDown:
+		// An outage the engine logs once when it starts and once when it
+		// ends; every request it refuses meanwhile would repeat it.
+		h.log.Debug("request refused during an outage", "method", r.Method, "path", r.URL.Path, "status", status, "code", body.Code, "error", err)
+	case status >= 500:
 		h.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "status", status, "error", err)
 	}
 	h.writeJSON(w, status, body)

@@ -23,6 +23,7 @@ import (
 	"github.com/kds-engine/kds-engine/engine/internal/api"
 	"github.com/kds-engine/kds-engine/engine/internal/insights"
 	"github.com/kds-engine/kds-engine/engine/internal/resource"
+	"github.com/kds-engine/kds-engine/engine/internal/testsupport/logbuf"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -352,6 +353,27 @@ func TestWithErrorCodeAndInternal(t *testing.T) {
 	defer plain.Close()
 	f.srv = plain
 	f.apiError("GET", "/api/v1/resources/MeshTimeout", nil, 500, api.CodeInternal)
+}
+
+// A request refused because the store is away (or a plugin is down) is
+// not an error of its own: the outage is logged where it starts and ends,
+// so each refusal is logged at debug only. Other failures still log an
+// error line.
+func TestOutageRefusalsAreNotLoggedAsErrors(t *testing.T) {
+	b := customErrBackend{apitest.NewBackend(api.RoleGlobal)}
+	for code, wantError := range map[string]bool{api.CodeStoreUnavailable: false, "store_closed": true} {
+		var logs logbuf.Buffer
+		srv := httptest.NewServer(api.NewHandler(b, hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Info}),
+			api.WithErrorCode(errCustom, 503, code)))
+		f := &fixture{t: t, b: b.Backend, srv: srv}
+		f.apiError("GET", "/api/v1/resources/MeshTimeout", nil, 503, code)
+		srv.Close()
+		if wantError {
+			assert.Len(t, logs.Lines("[ERROR]", "request failed"), 1, "%s:\n%s", code, logs.String())
+		} else {
+			assert.Empty(t, logs.String(), "%s: nothing at info or above", code)
+		}
+	}
 }
 
 func TestListFilters(t *testing.T) {
