@@ -366,6 +366,14 @@ func (b *Backend) SetNotReady(reason string) {
 	}
 }
 
+// SetNotReadyError makes Ready return err (nil makes it ready), for
+// readiness errors a handler option maps to a code (api.WithErrorCode).
+func (b *Backend) SetNotReadyError(err error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.notReady = err
+}
+
 // SetPluginDown marks a plugin down (writes of its types fail with
 // *PluginDownError) or back up.
 func (b *Backend) SetPluginDown(plugin string, down bool) {

@@ -681,6 +681,17 @@ func (h *handler) zone(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	// Global replicas know each other's zones from the store's session
+	// leases: while the store is away, a zone this replica does not serve
+	// is unknown here, not absent.
+	if err := h.b.Ready(); err != nil {
+		if status, body := h.classify(err, ""); body.Code == CodeStoreUnavailable {
+			h.fail(w, r, newError(status, CodeStoreUnavailable,
+				"zone %q has no session on this replica, and which replica serves it cannot be read while the store is unavailable (%s): retry once it is back, or ask the replica the zone is connected to",
+				name, body.Message), "")
+			return
+		}
+	}
 	h.fail(w, r, newError(http.StatusNotFound, CodeNotFound, "zone %q has never connected", name), "")
 }
 

@@ -376,6 +376,28 @@ func TestOutageRefusalsAreNotLoggedAsErrors(t *testing.T) {
 	}
 }
 
+// While the store is away, a zone this replica does not serve is unknown,
+// not "never connected": another replica may serve it, and which one is in
+// the store. The answer says so with 503 store_unavailable.
+func TestZoneLookupDuringStoreOutage(t *testing.T) {
+	b := apitest.NewBackend(api.RoleGlobal)
+	b.SetInsights(insights.Conn{Name: "zone-here", Online: true})
+	srv := httptest.NewServer(api.NewHandler(b, hclog.NewNullLogger(), api.WithErrorCode(errCustom, 503, api.CodeStoreUnavailable)))
+	defer srv.Close()
+	f := &fixture{t: t, b: b, srv: srv}
+	f.apiError("GET", "/api/v1/zones/zone-elsewhere", nil, 404, api.CodeNotFound)
+
+	b.SetNotReadyError(fmt.Errorf("store: %w", errCustom))
+	e := f.apiError("GET", "/api/v1/zones/zone-elsewhere", nil, 503, api.CodeStoreUnavailable)
+	assert.Contains(t, e.Message, `zone "zone-elsewhere" has no session on this replica`)
+	assert.Contains(t, e.Message, "store closed")
+	status, _ := f.do("GET", "/api/v1/zones/zone-here", nil)
+	assert.Equal(t, 200, status, "a zone this replica serves is answered from its own insights")
+
+	b.SetNotReadyError(errors.New("no resource types"))
+	f.apiError("GET", "/api/v1/zones/zone-elsewhere", nil, 404, api.CodeNotFound)
+}
+
 func TestListFilters(t *testing.T) {
 	f := newFixture(t, api.RoleGlobal)
 	require.NoError(t, f.b.SeedJSON(`[
