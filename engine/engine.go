@@ -716,9 +716,11 @@ func (e *Engine) runGlobal(g *errgroup.Group, ctx context.Context, lis net.Liste
 		if err != nil {
 			return err
 		}
+		e.notReceivedByZone(ctx, zone)
 		return e.runSync(ctx, zone, zone, s, e.validator, fence, rej)
 	},
 		kdsgrpc.WithSessionHeader(e.schemaHeader),
+		kdsgrpc.WithServedTypes(e.served),
 		kdsgrpc.WithConfig(tcfg),
 		kdsgrpc.WithLogger(e.log),
 		kdsgrpc.WithSessionOptions(e.sendObserver),
@@ -781,6 +783,7 @@ func (e *Engine) runZone(g *errgroup.Group, ctx context.Context, tcfg kdsgrpc.Co
 			}
 			return e.runSync(ctx, GlobalPeer, "", s, v, nil, e.fromGlobal)
 		},
+		kdsgrpc.WithReceives(e.received),
 		kdsgrpc.WithConfig(tcfg),
 		kdsgrpc.WithLogger(e.log),
 		kdsgrpc.WithBackoff(kdsgrpc.Backoff{Base: e.cfg.ReconnectBackoffBase, Cap: e.cfg.ReconnectBackoffMax}),

@@ -1,11 +1,14 @@
 package engine
 
 import (
+	"context"
+	"slices"
 	"strings"
 
 	"google.golang.org/grpc/metadata"
 
 	"github.com/kds-engine/kds-engine/engine/internal/insights"
+	"github.com/kds-engine/kds-engine/engine/internal/kdsgrpc"
 	"github.com/kds-engine/kds-engine/engine/internal/resource"
 	"github.com/kds-engine/kds-engine/engine/internal/validate"
 )
@@ -27,8 +30,10 @@ const typePluginKey = "kds-type-plugin"
 // types it receives from zones (the ZoneToGlobal types its plugins supply),
 // as one comma-separated value. A zone serving a type that is not listed
 // knows that what it writes of that type stays on the zone, and says so; a
-// header without the key (an older global) tells nothing.
-const receivesKey = "kds-receives"
+// header without the key (an older global) tells nothing. A zone announces
+// the GlobalToZone types it receives under the same key when it opens its
+// session (kdsgrpc checks it; see notReceivedByZone).
+const receivesKey = kdsgrpc.ReceivesMetadataKey
 
 // schemaDigests maps each type with a JSON Schema to its digest; computed
 // once when the plugins are loaded.
@@ -182,4 +187,44 @@ func (e *Engine) notReceivedByGlobal(md metadata.MD) {
 
 func notReceivedError(typ string) string {
 	return "global has no plugin for " + typ + ": it does not receive the type, so what this zone writes of it stays here; install the plugin on global"
+}
+
+// notReceivedByZone records, on global, for the session of zone whose
+// handler got ctx, each type global serves that the zone does not receive
+// (it announced kds-receives without the type: it has no plugin for it, so
+// never asks for it, and global's resources of that type never reach it):
+// the type's insight entry for the zone says so (inspect zones NAME and
+// inspect sync, the API, the UI) and the log warns once per session. Types
+// the zone receives lose such an entry, and so does every type of a zone
+// that announces nothing (an older build: nothing is known). Only types
+// global serves are ever recorded.
+func (e *Engine) notReceivedByZone(ctx context.Context, zone string) {
+	missing, announced := kdsgrpc.PeerDoesNotReceive(ctx)
+	if !announced {
+		missing = nil
+	}
+	for _, name := range missing {
+		e.ins.UpdateType(zone, name, func(ts *insights.TypeState) {
+			ts.Unknown, ts.Error = true, notReceivedByZoneError(zone, name)
+		})
+	}
+	c, _ := e.ins.Get(zone)
+	for name, ts := range c.Types {
+		if ts.Error != notReceivedByZoneError(zone, name) || slices.Contains(missing, name) {
+			continue
+		}
+		e.ins.UpdateType(zone, name, func(ts *insights.TypeState) {
+			if ts.Error == notReceivedByZoneError(zone, name) {
+				ts.Unknown, ts.Error = false, ""
+			}
+		})
+	}
+	if len(missing) > 0 {
+		e.log.Warn("zone has no plugin for types global serves: global's resources of them stay on global and do not reach the zone; install their plugins on the zone",
+			"zone", zone, "types", missing)
+	}
+}
+
+func notReceivedByZoneError(zone, typ string) string {
+	return "zone " + zone + " has no plugin for " + typ + ": it does not receive the type, so what global holds of it stays on global; install the plugin on the zone"
 }

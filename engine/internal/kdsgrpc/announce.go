@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc/metadata"
@@ -37,6 +38,16 @@ const (
 	ResumePartsMetadataKey = "kds-resume-parts"
 )
 
+// ReceivesMetadataKey: the resource types the sender receives from its
+// peer (the types its plugins supply in the peer→sender direction), as one
+// comma-separated value of distinct type names; empty when it receives
+// none. A zone sends it in its request metadata (WithReceives), and global
+// records, for the zone's session, each type it serves that is not listed
+// (PeerDoesNotReceive): the zone has no plugin for it and never asks for
+// it. Global sends it in its session header too (the engine adds it there).
+// A peer that does not send it (an older build) tells nothing.
+const ReceivesMetadataKey = "kds-receives"
+
 // Bounds on announced figures: a peer announcing more is refused.
 const (
 	// MaxAnnouncedTypes is the largest type count a peer may announce.
@@ -51,7 +62,8 @@ const (
 )
 
 // ErrInvalidAnnouncement: the peer announced a type count or max message
-// size that is not a whole number in range, or more than one of either.
+// size that is not a whole number in range, or more than one of either, or
+// (a zone) a kds-receives that is not one list of distinct type names.
 // The session is refused: on global with codes.InvalidArgument, on a zone
 // with an error naming the header and the value.
 var ErrInvalidAnnouncement = errors.New("invalid session announcement")
@@ -81,6 +93,11 @@ type peerFigures struct {
 	coalesce bool
 	// resumeParts: the peer accepts held versions in parts.
 	resumeParts bool
+	// receivesAnnounced: the zone sent kds-receives; notReceived then
+	// holds the types global serves that it did not list (global's own
+	// names, never the zone's value).
+	receivesAnnounced bool
+	notReceived       []string
 }
 
 // announced reports whether the peer announced anything.
@@ -138,6 +155,73 @@ func withPeerFigures(ctx context.Context, p peerFigures) context.Context {
 func PeerAcceptsResumeParts(ctx context.Context) bool {
 	p, ok := ctx.Value(peerFiguresKey{}).(peerFigures)
 	return ok && p.resumeParts
+}
+
+// PeerDoesNotReceive returns, given the context global's Handler gets, the
+// types global serves (WithServedTypes) that the zone did not list in its
+// kds-receives, in the order they were given; announced is false when the
+// zone did not send the key (an older build: nothing is known).
+func PeerDoesNotReceive(ctx context.Context) (types []string, announced bool) {
+	p, ok := ctx.Value(peerFiguresKey{}).(peerFigures)
+	if !ok || !p.receivesAnnounced {
+		return nil, false
+	}
+	return p.notReceived, true
+}
+
+// parseReceives reads a zone's kds-receives in md and returns the types of
+// served it does not list (sharing served's strings: nothing of the value
+// is kept); announced is false without the key. A value sent more than
+// once, or that is not a comma-separated list of distinct type names (""
+// lists none), is an error wrapping ErrInvalidAnnouncement that names the
+// key and the offending part.
+func parseReceives(md metadata.MD, served []string) (notReceived []string, announced bool, err error) {
+	vals := md.Get(ReceivesMetadataKey)
+	switch len(vals) {
+	case 0:
+		return nil, false, nil
+	case 1:
+	default:
+		return nil, false, fmt.Errorf("%w: %s was sent %d times, want once", ErrInvalidAnnouncement, ReceivesMetadataKey, len(vals))
+	}
+	listed := map[string]bool{}
+	if v := vals[0]; v != "" {
+		for name := range strings.SplitSeq(v, ",") {
+			if !validTypeName(name) {
+				shown := logsafe.Peer(name)
+				if shown == "" {
+					shown = `""`
+				}
+				return nil, false, fmt.Errorf("%w: %s: %s is not a type name (an upper-case letter, then at most 62 letters and digits)",
+					ErrInvalidAnnouncement, ReceivesMetadataKey, shown)
+			}
+			if listed[name] {
+				return nil, false, fmt.Errorf("%w: %s: %s is listed twice", ErrInvalidAnnouncement, ReceivesMetadataKey, name)
+			}
+			listed[name] = true
+		}
+	}
+	for _, name := range served {
+		if !listed[name] {
+			notReceived = append(notReceived, name)
+		}
+	}
+	return notReceived, true, nil
+}
+
+// validTypeName reports whether s has the syntax of a registered type name:
+// an upper-case letter, then at most 62 letters and digits.
+func validTypeName(s string) bool {
+	if len(s) == 0 || len(s) > 63 || s[0] < 'A' || s[0] > 'Z' {
+		return false
+	}
+	for i := 1; i < len(s); i++ {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9') {
+			return false
+		}
+	}
+	return true
 }
 
 func announcedInt(md metadata.MD, key string, lo, hi int, what string) (int, error) {

@@ -3,6 +3,7 @@ package kdsgrpc
 import (
 	"context"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -311,4 +312,76 @@ func TestParseResumeParts(t *testing.T) {
 		assert.Equal(t, c.on, PeerAcceptsResumeParts(withPeerFigures(context.Background(), p)), "%v", c.vals)
 	}
 	assert.False(t, PeerAcceptsResumeParts(context.Background()), "no announcement in the context")
+}
+
+// A zone announces the types it receives (WithReceives); global's handler
+// gets those it serves that the zone does not list, and nothing for a zone
+// that does not send kds-receives. A kds-receives that is not one list of
+// distinct type names is refused with InvalidArgument naming the key.
+func TestGlobalReadsZoneReceives(t *testing.T) {
+	type got struct {
+		types     []string
+		announced bool
+	}
+	sessions := make(chan got, 4)
+	g := NewGlobal(3, func(ctx context.Context, _ string, _ *mux.Session) error {
+		types, announced := PeerDoesNotReceive(ctx)
+		sessions <- got{types, announced}
+		<-ctx.Done()
+		return nil
+	}, WithServedTypes([]string{"Mesh", "MeshTimeout", "MeshRetry"}))
+	addr := serve(t, g, Config{})
+
+	runDialer(t, NewDialer([]string{addr}, "zone-1", 3, func(ctx context.Context, _ *mux.Session) error {
+		<-ctx.Done()
+		return nil
+	}, insecureDial(), WithReceives([]string{"Mesh", "MeshRetry", "Other"})))
+	select {
+	case s := <-sessions:
+		assert.True(t, s.announced)
+		assert.Equal(t, []string{"MeshTimeout"}, s.types, "only the served types the zone does not list")
+	case <-time.After(20 * time.Second):
+		t.Fatal("no session")
+	}
+
+	for _, tc := range []struct {
+		md   metadata.MD
+		want got
+	}{
+		{nil, got{nil, false}},
+		{metadata.Pairs(ReceivesMetadataKey, ""), got{[]string{"Mesh", "MeshTimeout", "MeshRetry"}, true}},
+	} {
+		ctx, cancel := context.WithCancel(metadata.NewOutgoingContext(context.Background(), tc.md))
+		s := rawStream(t, ctx, addr, "zone-2")
+		_, err := s.Header()
+		require.NoError(t, err)
+		select {
+		case s := <-sessions:
+			assert.Equal(t, tc.want, s, "%v", tc.md)
+		case <-time.After(20 * time.Second):
+			t.Fatal("no session")
+		}
+		cancel()
+	}
+
+	for _, tc := range []struct{ value, want string }{
+		{"Mesh,Mesh", "kds-receives: Mesh is listed twice"},
+		{"Mesh,mesh-timeout", "kds-receives: mesh-timeout is not a type name"},
+		{"Mesh,,MeshRetry", `kds-receives: "" is not a type name`},
+		{",", `kds-receives: "" is not a type name`},
+		{"M" + strings.Repeat("x", 63), "is not a type name"},
+	} {
+		ctx, cancel := context.WithCancel(metadata.AppendToOutgoingContext(context.Background(), ReceivesMetadataKey, tc.value))
+		_, err := rawStream(t, ctx, addr, "zone-3").Recv()
+		cancel()
+		assert.Equal(t, codes.InvalidArgument, status.Code(err), "%q: %v", tc.value, err)
+		assert.Contains(t, status.Convert(err).Message(), tc.want)
+	}
+	ctx, cancel := context.WithCancel(metadata.AppendToOutgoingContext(context.Background(),
+		ReceivesMetadataKey, "Mesh", ReceivesMetadataKey, "MeshRetry"))
+	_, err := rawStream(t, ctx, addr, "zone-3").Recv()
+	cancel()
+	assert.Equal(t, codes.InvalidArgument, status.Code(err))
+	assert.Contains(t, status.Convert(err).Message(), "kds-receives was sent 2 times")
+	assert.Empty(t, sessions, "no refused session reached the handler")
 }

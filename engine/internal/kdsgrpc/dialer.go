@@ -264,9 +264,13 @@ var ErrConnectTimeout = errors.New("connect timeout")
 // whether the session started.
 func (d *Dialer) session(ctx context.Context, client kdsv1.KDSClient, c candidate) (started bool, err error) {
 	a := d.set.announcement(d.types)
-	sctx, cancel := context.WithCancelCause(metadata.AppendToOutgoingContext(ctx, ZoneMetadataKey, d.zone,
+	kv := []string{ZoneMetadataKey, d.zone,
 		TypesMetadataKey, strconv.Itoa(a.Types), MaxMessageSizeMetadataKey, strconv.Itoa(a.MaxMessageSize),
-		CoalesceMetadataKey, "1", ResumePartsMetadataKey, "1"))
+		CoalesceMetadataKey, "1", ResumePartsMetadataKey, "1"}
+	if d.set.receivesSet {
+		kv = append(kv, ReceivesMetadataKey, strings.Join(d.set.receives, ","))
+	}
+	sctx, cancel := context.WithCancelCause(metadata.AppendToOutgoingContext(ctx, kv...))
 	defer cancel(nil)
 	timeout := d.set.connectTimeout
 	timer := time.AfterFunc(timeout, func() {

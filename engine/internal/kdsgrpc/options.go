@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"regexp"
+	"slices"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -83,6 +84,12 @@ type settings struct {
 	onAttempt      func(addr string)
 	muxOpts        func(zone string) []mux.Option
 	header         func(zone string) metadata.MD
+	// Global: the types it serves, which a zone's kds-receives is
+	// compared with. Dialer: the types it receives, announced in
+	// kds-receives when receivesSet.
+	served      []string
+	receives    []string
+	receivesSet bool
 }
 
 func newSettings(opts []Option) settings {
@@ -146,6 +153,21 @@ func WithSessionOptions(f func(zone string) []mux.Option) Option {
 // reads it with PeerHeader. Ignored by a Dialer.
 func WithSessionHeader(f func(zone string) metadata.MD) Option {
 	return func(s *settings) { s.header = f }
+}
+
+// WithServedTypes sets the types a Global serves: for each zone that
+// announces kds-receives, the session's handler gets those of them the zone
+// does not list (PeerDoesNotReceive). Ignored by a Dialer.
+func WithServedTypes(types []string) Option {
+	return func(s *settings) { s.served = slices.Clone(types) }
+}
+
+// WithReceives makes a Dialer announce, in kds-receives, the types it
+// receives from global (its plugins' global→zone types; none is an empty
+// list). Without it the Dialer sends no kds-receives. The names must be
+// type names. Ignored by Global.
+func WithReceives(types []string) Option {
+	return func(s *settings) { s.receives, s.receivesSet = slices.Clone(types), true }
 }
 
 // announcement is what this side announces for a session sized for types.
