@@ -12,6 +12,7 @@ import (
 
 	"github.com/kds-engine/kds-engine/engine/internal/logsafe"
 	"github.com/kds-engine/kds-engine/engine/internal/mux"
+	"github.com/kds-engine/kds-engine/engine/internal/resource"
 )
 
 // Metadata keys of the session announcement. The zone sends both in the
@@ -187,7 +188,7 @@ func parseReceives(md metadata.MD, served []string) (notReceived []string, annou
 	listed := map[string]bool{}
 	if v := vals[0]; v != "" {
 		for name := range strings.SplitSeq(v, ",") {
-			if !validTypeName(name) {
+			if !resource.ValidTypeName(name) {
 				shown := logsafe.Peer(name)
 				if shown == "" {
 					shown = `""`
@@ -207,21 +208,6 @@ func parseReceives(md metadata.MD, served []string) (notReceived []string, annou
 		}
 	}
 	return notReceived, true, nil
-}
-
-// validTypeName reports whether s has the syntax of a registered type name:
-// an upper-case letter, then at most 62 letters and digits.
-func validTypeName(s string) bool {
-	if len(s) == 0 || len(s) > 63 || s[0] < 'A' || s[0] > 'Z' {
-		return false
-	}
-	for i := 1; i < len(s); i++ {
-		c := s[i]
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9') {
-			return false
-		}
-	}
-	return true
 }
 
 func announcedInt(md metadata.MD, key string, lo, hi int, what string) (int, error) {

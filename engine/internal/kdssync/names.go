@@ -26,23 +26,10 @@ func TypeFromURL(url string) (string, error) {
 	if !ok {
 		return "", fmt.Errorf("type URL %.100q does not start with %q", url, TypeURLPrefix)
 	}
-	if !validTypeName(typ) {
+	if !resource.ValidTypeName(typ) {
 		return "", fmt.Errorf("type URL %.100q: %.70q is not a type name (an upper-case letter, then at most 62 letters and digits)", url, typ)
 	}
 	return typ, nil
-}
-
-func validTypeName(s string) bool {
-	if len(s) == 0 || len(s) > 63 || s[0] < 'A' || s[0] > 'Z' {
-		return false
-	}
-	for i := 1; i < len(s); i++ {
-		c := s[i]
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9') {
-			return false
-		}
-	}
-	return true
 }
 
 // canonicalName reports whether a wire name is in the one form WireName
