@@ -151,80 +151,63 @@ func (e *Engine) receiveValidator(md metadata.MD) (v *validate.Validator, schema
 
 // notReceivedByGlobal records, on a zone whose session to global started
 // with header md, each type this zone serves that global does not receive
-// (global has no plugin for it): the type's insight entry says so (the
-// ERROR column of inspect sync, the UI's sync page) and the log warns once
-// per session, since nothing else would show that what the zone writes of
-// it never reaches global. Types global does receive lose such an entry.
+// (global has no plugin for it): nothing else would show that what the zone
+// writes of it never reaches global. A header without the key (an older
+// global), or with a malformed one, tells nothing and changes nothing.
 func (e *Engine) notReceivedByGlobal(md metadata.MD) {
-	vals := md.Get(receivesKey)
-	if e.cfg.Role != RoleZone || len(vals) != 1 {
-		return // an older global, or one that announced it twice: nothing known
+	missing, announced, err := kdsgrpc.ParseReceives(md, e.served)
+	if e.cfg.Role != RoleZone || !announced || err != nil {
+		return
 	}
-	receives := map[string]bool{}
-	for _, name := range strings.Split(vals[0], ",") {
-		receives[name] = true
-	}
-	var missing []string
-	for _, name := range e.served {
-		if receives[name] {
-			e.ins.UpdateType(GlobalPeer, name, func(ts *insights.TypeState) {
-				if ts.Error == notReceivedError(name) {
-					ts.Unknown, ts.Error = false, ""
-				}
-			})
-			continue
-		}
-		missing = append(missing, name)
-		e.ins.UpdateType(GlobalPeer, name, func(ts *insights.TypeState) {
-			ts.Unknown, ts.Error = true, notReceivedError(name)
-		})
-	}
+	e.markNotReceived(GlobalPeer, missing, func(typ string) string {
+		return "global has no plugin for " + typ + ": it does not receive the type, so what this zone writes of it stays here; install the plugin on global"
+	})
 	if len(missing) > 0 {
 		e.log.Warn("global has no plugin for types this zone sends: what this zone writes of them stays here and does not reach global; install their plugins on global",
 			"types", missing)
 	}
 }
 
-func notReceivedError(typ string) string {
-	return "global has no plugin for " + typ + ": it does not receive the type, so what this zone writes of it stays here; install the plugin on global"
-}
-
 // notReceivedByZone records, on global, for the session of zone whose
 // handler got ctx, each type global serves that the zone does not receive
 // (it announced kds-receives without the type: it has no plugin for it, so
-// never asks for it, and global's resources of that type never reach it):
-// the type's insight entry for the zone says so (inspect zones NAME and
-// inspect sync, the API, the UI) and the log warns once per session. Types
-// the zone receives lose such an entry, and so does every type of a zone
-// that announces nothing (an older build: nothing is known). Only types
-// global serves are ever recorded.
+// never asks for it, and global's resources of that type never reach it).
+// A zone that announces nothing (an older build) clears what an earlier
+// session recorded: nothing is known. Only types global serves are ever
+// recorded.
 func (e *Engine) notReceivedByZone(ctx context.Context, zone string) {
 	missing, announced := kdsgrpc.PeerDoesNotReceive(ctx)
 	if !announced {
 		missing = nil
 	}
-	for _, name := range missing {
-		e.ins.UpdateType(zone, name, func(ts *insights.TypeState) {
-			ts.Unknown, ts.Error = true, notReceivedByZoneError(zone, name)
-		})
-	}
-	c, _ := e.ins.Get(zone)
-	for name, ts := range c.Types {
-		if ts.Error != notReceivedByZoneError(zone, name) || slices.Contains(missing, name) {
-			continue
-		}
-		e.ins.UpdateType(zone, name, func(ts *insights.TypeState) {
-			if ts.Error == notReceivedByZoneError(zone, name) {
-				ts.Unknown, ts.Error = false, ""
-			}
-		})
-	}
+	e.markNotReceived(zone, missing, func(typ string) string {
+		return "zone " + zone + " has no plugin for " + typ + ": it does not receive the type, so what global holds of it stays on global; install the plugin on the zone"
+	})
 	if len(missing) > 0 {
 		e.log.Warn("zone has no plugin for types global serves: global's resources of them stay on global and do not reach the zone; install their plugins on the zone",
 			"zone", zone, "types", missing)
 	}
 }
 
-func notReceivedByZoneError(zone, typ string) string {
-	return "zone " + zone + " has no plugin for " + typ + ": it does not receive the type, so what global holds of it stays on global; install the plugin on the zone"
+// markNotReceived flags each type in missing (types this side serves) in
+// peer's insights as unknown to the peer, with errFor's text (the ERROR
+// column of inspect sync and inspect zones, the API, the UI), and takes the
+// flag off every other type that carries it from an earlier session.
+func (e *Engine) markNotReceived(peer string, missing []string, errFor func(typ string) string) {
+	for _, name := range missing {
+		msg := errFor(name)
+		e.ins.UpdateType(peer, name, func(ts *insights.TypeState) { ts.Unknown, ts.Error = true, msg })
+	}
+	c, _ := e.ins.Get(peer)
+	for name, ts := range c.Types {
+		if slices.Contains(missing, name) || ts.Error != errFor(name) {
+			continue
+		}
+		msg := errFor(name)
+		e.ins.UpdateType(peer, name, func(ts *insights.TypeState) {
+			if ts.Error == msg {
+				ts.Unknown, ts.Error = false, ""
+			}
+		})
+	}
 }

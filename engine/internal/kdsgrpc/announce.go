@@ -170,13 +170,14 @@ func PeerDoesNotReceive(ctx context.Context) (types []string, announced bool) {
 	return p.notReceived, true
 }
 
-// parseReceives reads a zone's kds-receives in md and returns the types of
-// served it does not list (sharing served's strings: nothing of the value
-// is kept); announced is false without the key. A value sent more than
-// once, or that is not a comma-separated list of distinct type names (""
-// lists none), is an error wrapping ErrInvalidAnnouncement that names the
-// key and the offending part.
-func parseReceives(md metadata.MD, served []string) (notReceived []string, announced bool, err error) {
+// ParseReceives reads a peer's kds-receives in md (a zone's request
+// metadata, or global's session header) and returns the types of served it
+// does not list (sharing served's strings: nothing of the value is kept);
+// announced is false without the key. A value sent more than once, or that
+// is not a comma-separated list of distinct type names ("" lists none), is
+// an error wrapping ErrInvalidAnnouncement that names the key and the
+// offending part.
+func ParseReceives(md metadata.MD, served []string) (notReceived []string, announced bool, err error) {
 	vals := md.Get(ReceivesMetadataKey)
 	switch len(vals) {
 	case 0:

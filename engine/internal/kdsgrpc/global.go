@@ -71,7 +71,7 @@ func (g *Global) Session(stream kdsv1.KDS_SessionServer) error {
 	}
 	// Only global's own names of the types it serves are kept, never the
 	// zone's list.
-	peerFig.notReceived, peerFig.receivesAnnounced, err = parseReceives(md, g.set.served)
+	peerFig.notReceived, peerFig.receivesAnnounced, err = ParseReceives(md, g.set.served)
 	if err != nil {
 		g.log.Warn("session refused", "zone", zone, "error", err)
 		return status.Errorf(codes.InvalidArgument, "zone %s: %v", zone, err)
